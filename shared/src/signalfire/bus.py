@@ -1,0 +1,211 @@
+"""The one bus helper: connect to NATS and create Signalfire's streams and KV buckets.
+
+Every service connects through :func:`connect` (reconnecting forever, with credentials and
+TLS from :class:`NatsConfig`) and calls :func:`ensure_streams` at start; creating streams is
+idempotent and converges a stream whose settings changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from signalfire.config import Duration
+from signalfire.subjects import Subjects
+
+log = logging.getLogger("signalfire.bus")
+
+
+class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How a service reaches NATS. ``SF_NATS_URL`` overrides ``url``."""
+
+    url: str = "nats://127.0.0.1:4222"
+    #: Extra servers of a cluster, tried after ``url``.
+    servers: list[str] = []
+    prefix: str = "sf"
+    #: A ``.creds`` file (JWT + NKey) for decentralised auth.
+    credentials: str | None = None
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    connect_timeout: Duration = Duration(5)
+    #: Metrics stream retention: how long the gateway may be away without losing data.
+    metrics_max_age: Duration = Duration(24 * 3600)
+    metrics_max_bytes: int = 1 << 30
+    alerts_max_age: Duration = Duration(30 * 86400)
+    #: How long a ``Nats-Msg-Id`` is remembered for de-duplication of alert events.
+    alerts_duplicate_window: Duration = Duration(3600)
+    replicas: int = 1
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.prefix)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not (self.tls_ca or self.tls_cert or self.url.startswith("tls://")):
+            return None
+        context = ssl.create_default_context(cafile=self.tls_ca)
+        if self.tls_cert:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        return context
+
+
+async def connect(
+    config: NatsConfig,
+    name: str,
+    *,
+    on_disconnect: Callable[[], Awaitable[None]] | None = None,
+    on_reconnect: Callable[[], Awaitable[None]] | None = None,
+    max_reconnect_attempts: int = -1,
+    allow_reconnect: bool = True,
+) -> NATS:
+    """Connect with reconnect forever (by default); logs disconnects and reconnects.
+
+    Raises ``OSError``/``nats.errors.NoServersError`` when no server answers at first connect.
+    """
+
+    async def disconnected() -> None:
+        log.warning("disconnected from NATS", extra={"service": name})
+        if on_disconnect is not None:
+            await on_disconnect()
+
+    async def reconnected() -> None:
+        log.info("reconnected to NATS", extra={"url": str(nc.connected_url.geturl() if nc.connected_url else "")})
+        if on_reconnect is not None:
+            await on_reconnect()
+
+    async def error(exc: Exception) -> None:
+        log.warning("NATS error: %s", exc)
+
+    options: dict[str, Any] = {
+        "servers": [config.url, *config.servers],
+        "name": name,
+        "connect_timeout": float(config.connect_timeout),
+        "max_reconnect_attempts": max_reconnect_attempts,
+        "allow_reconnect": allow_reconnect,
+        "reconnect_time_wait": 0.5,
+        "disconnected_cb": disconnected,
+        "reconnected_cb": reconnected,
+        "error_cb": error,
+    }
+    if config.credentials:
+        options["user_credentials"] = config.credentials
+    if config.user:
+        options["user"] = config.user
+        options["password"] = config.password or ""
+    if config.token:
+        options["token"] = config.token
+    tls = config.tls_context()
+    if tls is not None:
+        options["tls"] = tls
+    nc: NATS = await nats.connect(**options)
+    return nc
+
+
+def stream_configs(config: NatsConfig) -> list[StreamConfig]:
+    """The two streams of the contract, as this deployment configures them."""
+    s = config.subjects
+    return [
+        StreamConfig(
+            name=s.metrics_stream,
+            subjects=[s.all_metrics, s.all_events, s.all_agents],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=float(config.metrics_max_age),
+            max_bytes=config.metrics_max_bytes,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=120.0,
+            num_replicas=config.replicas,
+            description="Signalfire metric batches, events and agent status",
+        ),
+        StreamConfig(
+            name=s.alerts_stream,
+            subjects=[s.all_alerts, s.actions, s.all_notifications],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=float(config.alerts_max_age),
+            discard=DiscardPolicy.OLD,
+            duplicate_window=float(config.alerts_duplicate_window),
+            num_replicas=config.replicas,
+            description="Signalfire alert events, alert actions and delivery results",
+        ),
+    ]
+
+
+#: KV buckets holding state that must survive restarts, by short name.
+BUCKETS = ("alert_state", "notify_state", "silences")
+
+
+async def ensure_streams(js: JetStreamContext, config: NatsConfig) -> None:
+    """Create (or converge) the ``SF_METRICS`` and ``SF_ALERTS`` streams and the KV buckets.
+
+    Safe to call from every service at every start, also concurrently.
+    """
+    for wanted in stream_configs(config):
+        assert wanted.name is not None
+        try:
+            info = await js.stream_info(wanted.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(wanted)
+                log.info("created stream %s", wanted.name)
+                continue
+            except Exception:
+                # another service created it between our look-up and our add
+                info = await js.stream_info(wanted.name)
+        current = info.config
+        if (
+            sorted(current.subjects or []) != sorted(wanted.subjects or [])
+            or current.max_age != wanted.max_age
+            or current.duplicate_window != wanted.duplicate_window
+            or current.max_bytes != wanted.max_bytes
+        ):
+            await js.update_stream(wanted)
+            log.info("updated stream %s", wanted.name)
+    for short in BUCKETS:
+        bucket = config.subjects.bucket(short)
+        try:
+            await js.key_value(bucket)
+        except (BucketNotFoundError, NotFoundError):
+            await js.create_key_value(
+                KeyValueConfig(
+                    bucket=bucket,
+                    history=1,
+                    storage=StorageType.FILE,
+                    replicas=config.replicas,
+                    description=f"Signalfire {short.replace('_', ' ')}",
+                )
+            )
+            log.info("created KV bucket %s", bucket)
+
+
+async def request_json(nc: NATS, subject: str, payload: bytes = b"{}", timeout: float = 2.0) -> Any:
+    """Request/reply on a control subject; returns the decoded JSON reply.
+
+    Raises :class:`LookupError` when no service answers.
+    """
+    try:
+        reply = await nc.request(subject, payload, timeout=timeout)
+    except (NoRespondersError, NatsTimeoutError):
+        raise LookupError(f"no service answered on {subject}") from None
+    return msgspec.json.decode(reply.data)
