@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -81,7 +82,9 @@ async def connect(
 ) -> NATS:
     """Connect with reconnect forever (by default); logs disconnects and reconnects.
 
-    Raises ``OSError``/``nats.errors.NoServersError`` when no server answers at first connect.
+    With the default ``max_reconnect_attempts=-1`` the first connect also waits until a
+    server answers, so services may start before NATS. With a positive number, each server
+    is tried that many more times and then ``nats.errors.NoServersError`` is raised.
     """
 
     async def disconnected() -> None:
@@ -90,12 +93,20 @@ async def connect(
             await on_disconnect()
 
     async def reconnected() -> None:
-        log.info("reconnected to NATS", extra={"url": str(nc.connected_url.geturl() if nc.connected_url else "")})
+        log.info(
+            "reconnected to NATS", extra={"url": str(nc.connected_url.geturl() if nc.connected_url else "")}
+        )
         if on_reconnect is not None:
             await on_reconnect()
 
+    last_error: dict[str, str | float] = {"text": "", "at": 0.0}
+
     async def error(exc: Exception) -> None:
-        log.warning("NATS error: %s", exc)
+        # While the server is away nats-py reports every attempt; say it once per 30 s.
+        text, now = str(exc), time.monotonic()
+        if text != last_error["text"] or now - float(last_error["at"]) > 30:
+            last_error.update(text=text, at=now)
+            log.warning("NATS error: %s", text, extra={"servers": ",".join([config.url, *config.servers])})
 
     options: dict[str, Any] = {
         "servers": [config.url, *config.servers],

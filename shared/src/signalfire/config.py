@@ -25,6 +25,7 @@ import yaml
 T = TypeVar("T")
 
 _PATH_IN_MESSAGE = re.compile(r" - at `(\$[^`]*)`$")
+_NAMED_FIELD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*): ")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
 
@@ -224,6 +225,10 @@ def convert(
         path = match.group(1) if match else "$"
         if match:
             message = message[: match.start()]
+        # A __post_init__ error names its field ("interval: must be ..."): point at that field.
+        named = _NAMED_FIELD.match(message)
+        if named:
+            path, message = f"{path}.{named.group(1)}", message[named.end() :]
         field = _field_path(path)
         env_hint = ""
         if env_applied:

@@ -76,9 +76,7 @@ def _quote(value: Any) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def configure_logging(
-    service: str, level: str = "info", fmt: Literal["logfmt", "json"] = "logfmt"
-) -> None:
+def configure_logging(service: str, level: str = "info", fmt: Literal["logfmt", "json"] = "logfmt") -> None:
     """Send every ``signalfire`` log record to stderr in ``fmt``; call once at service start."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service) if fmt == "json" else LogfmtFormatter(service))

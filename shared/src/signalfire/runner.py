@@ -6,8 +6,8 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from signalfire.config import ConfigError
 
@@ -22,7 +22,7 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
-async def serve(service: Service, on_reload: Callable[[], Awaitable[None]] | None = None) -> None:
+async def serve(service: Service, on_reload: Callable[[], Coroutine[Any, Any, None]] | None = None) -> None:
     """Start ``service``, wait for SIGTERM or SIGINT, then stop it cleanly."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -31,8 +31,12 @@ async def serve(service: Service, on_reload: Callable[[], Awaitable[None]] | Non
     if on_reload is not None:
         reload = on_reload
 
+        reloads: set[asyncio.Task[None]] = set()
+
         def hup() -> None:
-            loop.create_task(reload())
+            task = loop.create_task(reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, hup)
     await service.start()
@@ -43,7 +47,7 @@ async def serve(service: Service, on_reload: Callable[[], Awaitable[None]] | Non
         await service.stop()
 
 
-def run_service(main: Callable[[], Awaitable[None]]) -> int:
+def run_service(main: Callable[[], Coroutine[Any, Any, None]]) -> int:
     """``asyncio.run(main())`` with the errors users can meet turned into one-line messages."""
     try:
         asyncio.run(main())

@@ -1,0 +1,58 @@
+# Signalfire's entry points. `make up` runs the whole stack; `make test` runs every check.
+# Both install what they need: uv (from PyPI), the workspace, PostgreSQL 15 and TimescaleDB.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.9
+TOOLS := .signalfire/tools
+UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
+PYTEST_ARGS ?=
+
+.PHONY: help up test sync provision lint format typecheck unit integration e2e schemas clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+$(TOOLS)/bin/uv:
+	@echo "[make] installing uv $(UV_VERSION) from PyPI into $(TOOLS)"
+	@python3 -m venv $(TOOLS)
+	@$(TOOLS)/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+sync: $(if $(shell command -v uv 2>/dev/null),,$(TOOLS)/bin/uv)  ## install the workspace (uv sync --locked)
+	@$(UV) sync --locked --all-packages --quiet
+
+provision:  ## install PostgreSQL 15 and build TimescaleDB once (cached)
+	@bash deploy/dev/provision-postgres.sh
+
+up: sync provision  ## run NATS, PostgreSQL/TimescaleDB, the four services and an agent (Ctrl-C stops)
+	@$(UV) run --no-sync python deploy/dev/devstack.py up
+
+test: sync provision lint typecheck  ## lint, types and every test
+	@$(UV) run --no-sync pytest $(PYTEST_ARGS)
+
+lint:  ## ruff lint and format check
+	@$(UV) run --no-sync ruff check .
+	@$(UV) run --no-sync ruff format --check .
+
+format:  ## apply ruff's formatting and safe fixes
+	@$(UV) run --no-sync ruff format .
+	@$(UV) run --no-sync ruff check --fix .
+
+typecheck:  ## mypy (strict) on every package, the dev stack and the tests' helpers
+	@$(UV) run --no-sync mypy shared/src services/*/src deploy/dev
+
+unit: sync  ## unit tests only (no servers)
+	@$(UV) run --no-sync pytest tests/unit $(PYTEST_ARGS)
+
+integration: sync provision  ## integration tests (real NATS and PostgreSQL)
+	@$(UV) run --no-sync pytest tests/integration $(PYTEST_ARGS)
+
+e2e: sync provision  ## the whole stack, end to end
+	@$(UV) run --no-sync pytest tests/e2e $(PYTEST_ARGS)
+
+schemas: sync  ## regenerate docs/schemas from the event contract
+	@$(UV) run --no-sync signalfire schemas write docs/schemas
+
+clean:  ## remove local state (.signalfire), caches and the virtual environment
+	rm -rf .signalfire .venv .pytest_cache .mypy_cache .ruff_cache

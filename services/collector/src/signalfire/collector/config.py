@@ -1,0 +1,88 @@
+"""The agent's configuration: ``agent.yaml`` plus ``SF_*`` overrides (``SF_NATS_URL``, ``SF_INTERVAL``...)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Literal
+
+import msgspec
+
+from signalfire.bus import NatsConfig
+from signalfire.config import Duration
+from signalfire.events import Labels
+
+#: The shortest collection interval; below it the agent would cost more than it tells.
+MIN_INTERVAL = 0.2
+
+#: File systems that hold no user data (kernel, memory and container-layer mounts).
+#: Entries are shell patterns (``cgroup*``) matched against the mount's fstype.
+DEFAULT_EXCLUDED_FSTYPES = [
+    "aufs",
+    "autofs",
+    "binfmt_misc",
+    "bpf",
+    "cgroup*",
+    "configfs",
+    "debugfs",
+    "devfs",
+    "devpts",
+    "devtmpfs",
+    "efivarfs",
+    "fuse.lxcfs",
+    "fuse.portal",
+    "fusectl",
+    "hugetlbfs",
+    "iso9660",
+    "mqueue",
+    "nsfs",
+    "overlay",
+    "proc",
+    "pstore",
+    "ramfs",
+    "rpc_pipefs",
+    "securityfs",
+    "selinuxfs",
+    "squashfs",
+    "sysfs",
+    "tmpfs",
+    "tracefs",
+]
+
+
+class CollectorSwitches(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Which collectors run; each is on unless switched off."""
+
+    cpu: bool = True
+    memory: bool = True
+    disk: bool = True
+
+
+class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Everything ``signalfire agent`` reads from its config file."""
+
+    nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
+    log_level: str = "info"
+    log_format: Literal["logfmt", "json"] = "logfmt"
+    #: Time between two batches; ticks are aligned to multiples of it on the wall clock.
+    interval: Duration = Duration(5)
+    #: The host name in payloads (subjects use a subject-safe form); default: the system's.
+    hostname: str | None = None
+    #: Static labels on every batch, e.g. ``{env: prod, role: web}``.
+    labels: Labels = {}
+    collectors: CollectorSwitches = msgspec.field(default_factory=CollectorSwitches)
+    disk_exclude_fstypes: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_EXCLUDED_FSTYPES))
+    #: Batches kept in memory while NATS is unreachable; the oldest are dropped beyond it.
+    buffer_size: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.interval < MIN_INTERVAL:
+            raise ValueError(f"interval: must be at least {MIN_INTERVAL}s, got {float(self.interval)}s")
+        if self.hostname is not None and not self.hostname.strip():
+            raise ValueError("hostname: must not be empty (leave it out to use the system's host name)")
+        if self.buffer_size < 0:
+            raise ValueError(f"buffer_size: must be 0 or more, got {self.buffer_size}")
+
+    @property
+    def host(self) -> str:
+        """The host name the agent reports: ``hostname`` or the system's."""
+        return self.hostname or socket.gethostname()

@@ -1,0 +1,166 @@
+"""The pure core: one alert state machine per (rule, series), without I/O or clock reads.
+
+::
+
+    inactive ──condition──► pending ──`for` elapsed──► firing ──resolve──► inactive
+        ▲                      │                                (event: resolved)
+        └──condition fails─────┘ (no event)      (event: firing)
+
+``for: 0`` goes from inactive to firing on the first matching sample. While firing, a value
+between the resolve condition and the condition keeps the alert firing (hysteresis). Each
+alert instance yields exactly one ``firing`` and then exactly one ``resolved`` transition,
+both carrying the same ``alert_id``.
+
+The caller supplies ``now`` (the evaluator uses its own clock at the time a batch arrives,
+like Prometheus evaluates at its own time), so the functions are deterministic and the rule
+tests and property tests drive them with any sequence of values and times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+
+from signalfire.evaluator.rules import Rule
+
+Status = Literal["inactive", "pending", "firing"]
+
+
+class Series(msgspec.Struct, frozen=True, kw_only=True):
+    """The series a sample belongs to.
+
+    ``labels`` identify it (the sample's own labels: ``mount``, ``target``, …) together with
+    ``host``; ``context`` are the batch's labels (``env``, ``role``), shown on alerts but not
+    part of the identity, so re-labelling a host does not restart its alerts.
+    """
+
+    host: str
+    labels: dict[str, str] = {}
+    context: dict[str, str] = {}
+
+
+class AlertState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Where one (rule, series) pair is in its state machine; persisted in the KV bucket."""
+
+    rule: str
+    fingerprint: str
+    host: str
+    labels: dict[str, str] = {}
+    context: dict[str, str] = {}
+    status: Status = "inactive"
+    #: The current (or last) alert instance; set when it fires.
+    alert_id: str | None = None
+    #: When the condition started holding (the start of ``pending``).
+    active_since: float | None = None
+    fired_at: float | None = None
+    value: float | None = None
+    #: Transitions emitted so far for this fingerprint; the last one's ``seq``.
+    seq: int = 0
+    last_seen: float | None = None
+    v: int = 1
+
+
+class Transition(msgspec.Struct, frozen=True, kw_only=True):
+    """An alert event to publish: the instance ``alert_id`` fired or resolved at ``time``."""
+
+    status: Literal["firing", "resolved"]
+    alert_id: str
+    fingerprint: str
+    time: float
+    starts_at: float
+    value: float
+    seq: int
+    ends_at: float | None = None
+
+
+def fingerprint(rule: str, host: str, labels: Mapping[str, str]) -> str:
+    """A stable id (20 hex characters of SHA-256) of a rule and a series' identifying labels."""
+    canonical = json.dumps([rule, host, sorted(labels.items())], separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def alert_id(fingerprint: str, fired_at: float) -> str:
+    """``<fingerprint>:<firing time in unix milliseconds>``."""
+    return f"{fingerprint}:{round(fired_at * 1000)}"
+
+
+def initial_state(rule: Rule, series: Series) -> AlertState:
+    """The inactive state of a series the rule has not seen before."""
+    return AlertState(
+        rule=rule.name,
+        fingerprint=fingerprint(rule.name, series.host, series.labels),
+        host=series.host,
+        labels=series.labels,
+        context=series.context,
+    )
+
+
+def step(
+    rule: Rule, state: AlertState | None, value: float, now: float, series: Series
+) -> tuple[AlertState, list[Transition]]:
+    """Advance ``state`` (``None`` for a new series) by one sample of ``value`` at ``now``."""
+    if state is None:
+        state = initial_state(rule, series)
+    seen = msgspec.structs.replace(
+        state, value=value, last_seen=now, host=series.host, labels=series.labels, context=series.context
+    )
+    if state.status == "firing":
+        if rule.resolve.holds(value):
+            return _resolve(seen, now)
+        return seen, []
+    if not rule.condition.holds(value):
+        # Pending that stops holding before `for` goes back quietly: nothing was announced.
+        return msgspec.structs.replace(seen, status="inactive", active_since=None), []
+    if state.status == "inactive":
+        seen = msgspec.structs.replace(seen, status="pending", active_since=now)
+    return _fire_if_due(rule, seen, now)
+
+
+def tick(rule: Rule, state: AlertState, now: float) -> tuple[AlertState, list[Transition]]:
+    """Advance ``state`` to ``now`` without a new sample: a pending alert whose ``for`` has
+    elapsed fires with the last value it saw."""
+    if state.status != "pending":
+        return state, []
+    return _fire_if_due(rule, state, now)
+
+
+def _fire_if_due(rule: Rule, state: AlertState, now: float) -> tuple[AlertState, list[Transition]]:
+    assert state.active_since is not None and state.value is not None
+    if now - state.active_since < rule.for_:
+        return state, []
+    instance = alert_id(state.fingerprint, now)
+    fired = msgspec.structs.replace(
+        state, status="firing", alert_id=instance, fired_at=now, seq=state.seq + 1
+    )
+    event = Transition(
+        status="firing",
+        alert_id=instance,
+        fingerprint=state.fingerprint,
+        time=now,
+        starts_at=now,
+        value=state.value,
+        seq=fired.seq,
+    )
+    return fired, [event]
+
+
+def _resolve(state: AlertState, now: float) -> tuple[AlertState, list[Transition]]:
+    assert state.alert_id is not None and state.fired_at is not None and state.value is not None
+    resolved = msgspec.structs.replace(
+        state, status="inactive", active_since=None, fired_at=None, seq=state.seq + 1
+    )
+    event = Transition(
+        status="resolved",
+        alert_id=state.alert_id,
+        fingerprint=state.fingerprint,
+        time=now,
+        starts_at=state.fired_at,
+        ends_at=now,
+        value=state.value,
+        seq=resolved.seq,
+    )
+    return resolved, [event]

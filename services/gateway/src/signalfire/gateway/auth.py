@@ -1,0 +1,170 @@
+"""API tokens: random bearer tokens with a role, stored only as their SHA-256.
+
+Roles are ordered ``viewer`` < ``operator`` < ``admin``; reading needs ``viewer``, changing
+state needs ``operator``. The first start of a gateway on a database without an admin token
+creates one and writes it to ``admin_token_file`` (mode 0600) for the operator to pick up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+import asyncpg
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from signalfire.gateway.errors import error_response
+
+log = logging.getLogger("signalfire.gateway.auth")
+
+Role = Literal["viewer", "operator", "admin"]
+ROLES: tuple[Role, ...] = get_args(Role)
+_RANK = {role: rank for rank, role in enumerate(ROLES)}
+
+#: Paths under this prefix need a token; everything else (health, metrics) does not.
+PROTECTED_PREFIX = "/api/v1/"
+_READ_METHODS = {"GET", "HEAD", "OPTIONS"}
+# Keeps one advisory-lock key per purpose; this one serialises admin-token bootstrap.
+_BOOTSTRAP_LOCK_KEY = 0x5F61_646D  # "_adm"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who made a request: the token's name and role."""
+
+    token_id: int
+    name: str
+    role: Role
+
+    def allows(self, role: Role) -> bool:
+        return _RANK[self.role] >= _RANK[role]
+
+
+def new_token() -> str:
+    """A fresh random token (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token: its SHA-256, hex."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+async def create_token(conn: asyncpg.Connection | asyncpg.Pool, name: str, role: Role) -> str:
+    """Store a new token named ``name`` with ``role``; returns the token (shown once, never stored)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    if not name.strip():
+        raise ValueError("a token needs a name")
+    token = new_token()
+    await conn.execute(
+        "INSERT INTO api_tokens (name, role, hash) VALUES ($1, $2, $3)", name.strip(), role, hash_token(token)
+    )
+    return token
+
+
+async def authenticate(pool: asyncpg.Pool, token: str) -> Principal | None:
+    """The principal of a valid, unrevoked token; ``None`` for anything else."""
+    row = await pool.fetchrow(
+        "SELECT id, name, role FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL", hash_token(token)
+    )
+    if row is None:
+        return None
+    return Principal(token_id=row["id"], name=row["name"], role=row["role"])
+
+
+def write_secret_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by the owner only, creating parent directories."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an existing file keeps its old mode through O_CREAT
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+async def ensure_admin_token(pool: asyncpg.Pool, path: str | os.PathLike[str]) -> bool:
+    """Create an admin token and write it to ``path`` when the database has none.
+
+    Returns whether a token was created. The row is committed only after the file is
+    written, so a failed write (e.g. permissions) leaves no token nobody knows.
+    """
+    target = Path(path)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _BOOTSTRAP_LOCK_KEY)
+        exists = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE role = 'admin' AND revoked_at IS NULL)"
+        )
+        if exists:
+            return False
+        token = await create_token(conn, "bootstrap-admin", "admin")
+        write_secret_file(target, token + "\n")
+    log.warning("created the first admin API token", extra={"file": str(target)})
+    return True
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            return None
+    # Browsers cannot set headers on a WebSocket, so the stream takes ?token= too.
+    query = scope.get("query_string", b"").decode("latin-1")
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key == "token" and value:
+            from urllib.parse import unquote
+
+            return unquote(value)
+    return None
+
+
+class AuthMiddleware:
+    """Requires a valid token with a sufficient role on every ``/api/v1/`` path.
+
+    The request's :class:`Principal` is put in ``scope["state"]["principal"]``.
+    """
+
+    def __init__(self, app: ASGIApp, pool: asyncpg.Pool) -> None:
+        self.app = app
+        self.pool = pool
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or not scope["path"].startswith(PROTECTED_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        token = _bearer(scope)
+        challenge = {"WWW-Authenticate": 'Bearer realm="signalfire"'}
+        if token is None:
+            response = error_response(
+                401,
+                "unauthorized",
+                "an API token is required: send 'Authorization: Bearer <token>'",
+                headers=challenge,
+            )
+            await response(scope, receive, send)
+            return
+        principal = await authenticate(self.pool, token)
+        if principal is None:
+            response = error_response(
+                401, "unauthorized", "the API token is not valid or has been revoked", headers=challenge
+            )
+            await response(scope, receive, send)
+            return
+        needed: Role = "viewer" if scope.get("method", "GET") in _READ_METHODS else "operator"
+        if not principal.allows(needed):
+            response = error_response(
+                403, "forbidden", f"this needs the {needed} role; the token {principal.name!r} is {principal.role}"
+            )
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)

@@ -1,0 +1,56 @@
+"""The gateway's configuration (``gateway.yaml``, every field also from ``SF_*`` variables)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from signalfire.bus import NatsConfig
+from signalfire.config import Duration
+from signalfire.telemetry import parse_listen
+
+
+class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where the gateway stores data, where it listens, and how it ingests.
+
+    ``SF_DATABASE_URL`` overrides ``database_url`` and ``SF_LISTEN`` overrides ``listen``.
+    """
+
+    nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
+    database_url: str = "postgresql://signalfire@127.0.0.1:5432/signalfire"
+    #: ``host:port`` of the HTTP API (and, later, the dashboard).
+    listen: str = "127.0.0.1:8080"
+    #: Where the first start writes the bootstrap admin API token (mode 0600).
+    admin_token_file: str = ".signalfire/admin-token"
+    db_pool_size: int = 10
+    #: Messages fetched (and written in one transaction) at most per ingest round.
+    fetch_batch: int = 500
+    #: How long one fetch waits for messages; also bounds how long ``stop()`` waits for a fetch.
+    fetch_timeout: Duration = Duration(1.0)
+    #: JetStream redelivers an unacknowledged message after this long.
+    ack_wait: Duration = Duration(30.0)
+    #: A message that could not be stored after this many deliveries is dropped by JetStream.
+    max_deliver: int = 10
+    #: Longest pause between retries while the database or NATS is unreachable.
+    max_backoff: Duration = Duration(30.0)
+    #: A host that reported no interval is ``down`` after this long without data
+    #: (hosts that report their interval are down after three missed intervals).
+    host_down_after: Duration = Duration(30.0)
+    #: The most points one ``/api/v1/query`` answer may hold.
+    query_max_points: int = 200_000
+    log_level: str = "info"
+    log_format: Literal["logfmt", "json"] = "logfmt"
+
+    def __post_init__(self) -> None:
+        try:
+            parse_listen(self.listen)
+        except ValueError as exc:
+            raise ValueError(f"listen: {exc}") from None
+        for name in ("db_pool_size", "fetch_batch", "max_deliver", "query_max_points"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
+        if self.fetch_timeout <= 0:
+            raise ValueError("fetch_timeout: must be more than 0s")
+        if not self.database_url:
+            raise ValueError("database_url: must not be empty")

@@ -1,0 +1,104 @@
+"""Query-parameter parsing for the API: times, limits and label matchers.
+
+Every function raises :class:`~signalfire.gateway.errors.ApiError` (400) naming the parameter,
+so a caller can pass user input straight in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from signalfire.gateway.errors import invalid
+
+_RELATIVE = re.compile(r"^-\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_MAX_UNIX = 32503680000.0  # year 3000, the contract's bound too
+
+LABEL_PREFIX = "label."
+
+
+def parse_time(value: str, now: float, field: str) -> float:
+    """Unix seconds for ``value``: unix seconds (``1763794800.5``), RFC 3339
+    (``2025-11-22T07:00:00Z``), ``now``, or relative to ``now`` (``-1h``, ``-30m``, ``-90s``).
+    """
+    text = value.strip()
+    if not text:
+        raise invalid(field, f"{field} is empty; use unix seconds, RFC 3339 or a relative time like -1h")
+    if text == "now":
+        return now
+    relative = _RELATIVE.match(text)
+    if relative:
+        return now - float(relative.group(1)) * _UNITS[relative.group(2)]
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if not 0 <= seconds <= _MAX_UNIX:
+            raise invalid(field, f"{field}={value!r} is outside the range of unix times")
+        return seconds
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise invalid(
+            field, f"{field}={value!r} is not a time; use unix seconds, RFC 3339 or a relative time like -1h"
+        ) from None
+    if parsed.tzinfo is None:
+        raise invalid(field, f"{field}={value!r} has no time zone; add Z or an offset like +02:00")
+    return parsed.astimezone(UTC).timestamp()
+
+
+def parse_range(params: Mapping[str, str], now: float, default_span: float = 3600.0) -> tuple[float, float]:
+    """``from``/``to`` of a range query; defaults to the last ``default_span`` seconds."""
+    end = parse_time(params["to"], now, "to") if "to" in params else now
+    start = parse_time(params["from"], now, "from") if "from" in params else end - default_span
+    if start > end:
+        raise invalid("from", "from must not be later than to")
+    return start, end
+
+
+def parse_limit(params: Mapping[str, str], default: int, maximum: int) -> int:
+    """``limit``: a whole number from 1 to ``maximum``."""
+    raw = params.get("limit")
+    if raw is None:
+        return default
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise invalid("limit", f"limit={raw!r} is not a whole number") from None
+    if not 1 <= limit <= maximum:
+        raise invalid("limit", f"limit must be between 1 and {maximum}")
+    return limit
+
+
+def parse_choice(params: Mapping[str, str], field: str, choices: tuple[str, ...]) -> str | None:
+    """An optional parameter that must be one of ``choices``."""
+    raw = params.get(field)
+    if raw is None:
+        return None
+    if raw not in choices:
+        raise invalid(field, f"{field}={raw!r} must be one of: {', '.join(choices)}")
+    return raw
+
+
+def label_matchers(params: Mapping[str, str]) -> dict[str, str]:
+    """Exact label matchers from ``label.<name>=<value>`` parameters."""
+    matchers: dict[str, str] = {}
+    for key, value in params.items():
+        if key.startswith(LABEL_PREFIX):
+            name = key[len(LABEL_PREFIX) :]
+            if not name:
+                raise invalid(key, "a label matcher needs a name: label.<name>=<value>")
+            matchers[name] = value
+    return matchers
+
+
+def require(params: Mapping[str, str], field: str) -> str:
+    """A parameter that must be present and non-empty."""
+    value = params.get(field, "")
+    if not value:
+        raise invalid(field, f"{field} is required")
+    return value
+

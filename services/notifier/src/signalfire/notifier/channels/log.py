@@ -1,0 +1,46 @@
+"""The ``log`` channel: every notification becomes one structured log line (for development)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from signalfire.notifier.channels.base import ChannelContext, ChannelSettings, Notification
+
+log = logging.getLogger("signalfire.notifications")
+
+
+class LogChannelConfig(ChannelSettings, tag="log"):
+    """``type: log``; ``level`` is the level of the line written."""
+
+    level: Literal["debug", "info", "warning", "error"] = "warning"
+
+
+class LogChannel:
+    """Writes ``msg="alert firing: HighCPU on web-1"`` with the alert's fields as keys."""
+
+    def __init__(self, name: str, config: LogChannelConfig, context: ChannelContext) -> None:
+        self.name = name
+        self._level = logging.getLevelNamesMapping()[config.level.upper()]
+
+    async def send(self, notification: Notification) -> None:
+        alert = notification.alert
+        log.log(
+            self._level,
+            "%salert %s: %s on %s",
+            "test " if notification.test else "",
+            alert.status,
+            alert.rule,
+            alert.host,
+            extra={
+                "channel": self.name,
+                "alert_id": alert.id,
+                "status": alert.status,
+                "severity": alert.severity,
+                "rule": alert.rule,
+                "host": alert.host,
+                "value": alert.value,
+                "summary": alert.annotations.get("summary", ""),
+                "labels": ",".join(f"{k}={v}" for k, v in sorted(alert.labels.items())),
+            },
+        )

@@ -1,0 +1,116 @@
+"""``signalfire notifier`` (the service) and ``signalfire notify test CHANNEL``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+import uuid
+from typing import Any
+
+import httpx
+
+from signalfire.events import SEVERITIES, AlertEvent, DeliveryResult
+from signalfire.log import configure_logging
+from signalfire.notifier.channels import ChannelContext, Notification, build_channel, channel_type
+from signalfire.notifier.config import load_notify_config
+from signalfire.notifier.delivery import RetryPolicy, deliver
+from signalfire.notifier.service import NotifierService
+from signalfire.runner import run_service, serve
+
+CONFIG_HELP = "notify.yaml with channels and routes (default: settings from SF_* variables only)"
+
+
+def register_service(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "notifier",
+        help="run the notifier: deliver alert events through channels",
+        description="Consume alert events from JetStream and deliver them through the channels "
+        "their routes name.",
+    )
+    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    parser.set_defaults(handler=run_notifier)
+
+
+def register_notify(subparsers: Any) -> None:
+    parser = subparsers.add_parser("notify", help="notification tools (notify test CHANNEL)")
+    commands = parser.add_subparsers(dest="notify_command", metavar="COMMAND", required=True)
+    test = commands.add_parser(
+        "test",
+        help="send a test notification through one channel",
+        description="Send a test notification through CHANNEL directly (no NATS needed), with the "
+        "channel's retries, and print each attempt. Exit status 1 when it was not delivered.",
+    )
+    test.add_argument("channel", metavar="CHANNEL", help="a channel name from the config")
+    test.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    test.add_argument("--severity", choices=SEVERITIES, default="low", help="severity of the test alert")
+    test.set_defaults(handler=notify_test)
+
+
+def run_notifier(args: argparse.Namespace) -> int:
+    async def main() -> None:
+        config = load_notify_config(args.config)
+        configure_logging("notifier", config.log_level, config.log_format)
+        await serve(NotifierService(config))
+
+    return run_service(main)
+
+
+def make_test_notification(severity: str) -> Notification:
+    """A clearly labelled alert that exercises every field a channel renders."""
+    now = time.time()
+    host = socket.gethostname() or "localhost"
+    alert = AlertEvent(
+        id=f"test-{uuid.uuid4().hex}",
+        fingerprint="signalfire-test",
+        rule="SignalfireTestNotification",
+        status="firing",
+        severity=severity,  # type: ignore[arg-type]
+        host=host,
+        starts_at=now,
+        time=now,
+        labels={"test": "true"},
+        annotations={
+            "summary": f"Test notification from signalfire on {host}",
+            "description": "Sent by `signalfire notify test`; nothing is wrong.",
+        },
+    )
+    return Notification(alert=alert, test=True)
+
+
+def notify_test(args: argparse.Namespace) -> int:
+    outcome: list[DeliveryResult] = []
+
+    async def main() -> None:
+        config = load_notify_config(args.config)
+        configure_logging("notify", config.log_level, config.log_format)
+        settings = config.channels.get(args.channel)
+        if settings is None:
+            known = ", ".join(sorted(config.channels)) or "none"
+            print(f"signalfire: unknown channel {args.channel!r} (configured: {known})", file=sys.stderr)
+            return
+
+        async def show(result: DeliveryResult) -> None:
+            line = f"attempt {result.attempt}: {result.status}"
+            print(line + (f": {result.error}" if result.error else ""), flush=True)
+
+        async with httpx.AsyncClient(follow_redirects=False) as http:
+            channel = build_channel(args.channel, settings, ChannelContext(http=http, environ=os.environ))
+            result = await deliver(
+                channel, make_test_notification(args.severity), RetryPolicy.of(settings), show
+            )
+        outcome.append(result)
+        kind = channel_type(settings)
+        if result.status == "sent":
+            print(f"sent a test notification through {args.channel} ({kind})")
+        else:
+            print(f"could not deliver through {args.channel} ({kind}): {result.error}", file=sys.stderr)
+
+    code = run_service(main)
+    if code:
+        return code
+    if not outcome:
+        return 2
+    return 0 if outcome[0].status == "sent" else 1

@@ -1,0 +1,36 @@
+"""Which channels an alert goes to: a pure function of the alert and the routes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from signalfire.events import AlertEvent
+from signalfire.notifier.config import Route
+
+
+def alert_fields(alert: AlertEvent) -> dict[str, str]:
+    """What a route's ``match`` can test: the alert's labels plus ``severity``, ``rule`` and
+    ``host`` (which win over labels of the same name)."""
+    return {**alert.labels, "severity": alert.severity, "rule": alert.rule, "host": alert.host}
+
+
+def matches(match: Mapping[str, str], alert: AlertEvent) -> bool:
+    """Whether every ``match`` entry equals the alert's field of that name."""
+    fields = alert_fields(alert)
+    return all(fields.get(key) == value for key, value in match.items())
+
+
+def route(alert: AlertEvent, routes: Sequence[Route]) -> list[str]:
+    """Channel names for ``alert``, in route order without duplicates.
+
+    Routes are tried in order; the first that matches wins, unless it has
+    ``continue: true``, in which case later routes are tried too.
+    """
+    chosen: dict[str, None] = {}
+    for candidate in routes:
+        if not matches(candidate.match, alert):
+            continue
+        chosen.update(dict.fromkeys(candidate.channels))
+        if not candidate.continue_:
+            break
+    return list(chosen)

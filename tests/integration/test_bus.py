@@ -1,0 +1,57 @@
+"""Stream and bucket creation against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+from nats.errors import NoServersError
+
+from signalfire.bus import NatsConfig, connect, ensure_streams
+
+
+async def test_ensure_streams_is_idempotent_and_concurrent(nats_config: NatsConfig) -> None:
+    clients = [await connect(nats_config, f"c{i}") for i in range(3)]
+    try:
+        await asyncio.gather(*(ensure_streams(c.jetstream(), nats_config) for c in clients))
+        await ensure_streams(clients[0].jetstream(), nats_config)
+        js = clients[0].jetstream()
+        s = nats_config.subjects
+        metrics = await js.stream_info(s.metrics_stream)
+        alerts = await js.stream_info(s.alerts_stream)
+        assert set(metrics.config.subjects) == {s.all_metrics, s.all_events, s.all_agents}
+        assert set(alerts.config.subjects) == {s.all_alerts, s.actions, s.all_notifications}
+        for short in ("alert_state", "notify_state", "silences"):
+            kv = await js.key_value(s.bucket(short))
+            await kv.put("probe", b"1")
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_changed_retention_converges(nats_config: NatsConfig) -> None:
+    nc = await connect(nats_config, "t")
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, nats_config)
+        longer = msgspec.structs.replace(nats_config, metrics_max_age=48 * 3600)
+        await ensure_streams(js, longer)
+        info = await js.stream_info(nats_config.subjects.metrics_stream)
+        assert info.config.max_age == pytest.approx(48 * 3600)
+    finally:
+        await nc.close()
+
+
+async def test_published_batch_lands_in_the_metrics_stream(nc, nats_config: NatsConfig) -> None:
+    js = nc.jetstream()
+    ack = await js.publish(nats_config.subjects.metrics("web-1.example"), b'{"host":"web-1.example"}')
+    assert ack.stream == nats_config.subjects.metrics_stream
+
+
+async def test_unreachable_server_is_a_clear_error() -> None:
+    from devstack import free_port
+
+    config = NatsConfig(url=f"nats://127.0.0.1:{free_port()}", connect_timeout=0.5)
+    with pytest.raises(NoServersError):
+        await connect(config, "t", max_reconnect_attempts=1)

@@ -1,0 +1,93 @@
+"""The event contract: what other languages see on the wire, and what bad input gets."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from signalfire.events import (
+    AgentStatus,
+    AlertEvent,
+    MetricBatch,
+    PayloadError,
+    Sample,
+    decode,
+    encode,
+)
+
+
+def test_metric_batch_reads_the_documented_example() -> None:
+    raw = (
+        b'{"v":1, "host":"web-1", "time":1763794800.123, "labels":{"env":"prod"},'
+        b'"samples":[{"name":"cpu.usage_percent","value":12.5},'
+        b'{"name":"disk.used_percent","value":71.2,"labels":{"mount":"/"}}]}'
+    )
+    batch = decode(raw, MetricBatch)
+    assert batch.host == "web-1"
+    assert batch.labels == {"env": "prod"}
+    assert batch.samples[1] == Sample(name="disk.used_percent", value=71.2, labels={"mount": "/"})
+
+
+def test_encoding_carries_the_version_and_omits_empty_defaults() -> None:
+    batch = MetricBatch(host="h", time=1.0, samples=[Sample(name="cpu.usage_percent", value=1.0)])
+    wire = json.loads(encode(batch))
+    assert wire == {"host": "h", "time": 1.0, "samples": [{"name": "cpu.usage_percent", "value": 1.0}]}
+    assert decode(encode(batch), MetricBatch).v == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "names"),
+    [
+        (b"{not json", "malformed"),
+        (b'{"host":"h","time":1,"samples":[{"name":"x","value":"high"}]}', "$.samples[0].value"),
+        (b'{"host":"","time":1,"samples":[]}', "$.host"),
+        (b'{"host":"h","time":-5,"samples":[]}', "$.time"),
+        (b'{"host":"h","time":1,"samples":[{"name":"bad name!","value":1}]}', "$.samples[0].name"),
+        (b'{"host":"h","time":1,"samples":[{"name":"x","value":1e999}]}', "$.samples[0].value"),
+        (b'{"v":2,"host":"h","time":1,"samples":[]}', "$.v"),
+        (b'{"host":"h","time":1}', "samples"),
+        (b"[]", "object"),
+    ],
+)
+def test_bad_metric_batches_name_what_is_wrong(raw: bytes, names: str) -> None:
+    with pytest.raises(PayloadError) as error:
+        decode(raw, MetricBatch)
+    assert names.lower() in str(error.value).lower()
+
+
+def test_too_many_labels_are_refused() -> None:
+    labels = {f"l{i}": "x" for i in range(100)}
+    raw = msgspec.json.encode({"host": "h", "time": 1, "samples": [], "labels": labels})
+    with pytest.raises(PayloadError, match=r"\$\.labels"):
+        decode(raw, MetricBatch)
+
+
+def test_alert_event_status_and_severity_are_closed_sets() -> None:
+    base = {"id": "a", "fingerprint": "f", "rule": "R", "host": "h", "starts_at": 1, "time": 1}
+    decode(msgspec.json.encode({**base, "status": "firing", "severity": "high"}), AlertEvent)
+    with pytest.raises(PayloadError, match="status"):
+        decode(msgspec.json.encode({**base, "status": "burning", "severity": "high"}), AlertEvent)
+    with pytest.raises(PayloadError, match="severity"):
+        decode(msgspec.json.encode({**base, "status": "firing", "severity": "urgent"}), AlertEvent)
+
+
+def test_agent_status_defaults_facts() -> None:
+    status = decode(b'{"host":"h","status":"offline","time":2}', AgentStatus)
+    assert status.facts.cpu_count == 0
+
+
+@given(
+    host=st.text(min_size=1, max_size=60).filter(lambda s: s.strip() != "" and "\x00" not in s),
+    values=st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=20),
+)
+def test_any_valid_batch_round_trips(host: str, values: list[float]) -> None:
+    batch = MetricBatch(
+        host=host,
+        time=1763794800.5,
+        samples=[Sample(name="m.x", value=v, labels={"i": str(i)}) for i, v in enumerate(values)],
+    )
+    assert decode(encode(batch), MetricBatch) == batch
