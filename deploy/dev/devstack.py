@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import os
 import pwd
@@ -374,22 +375,27 @@ def stack(
     pg_port: int,
     *,
     agent: bool = True,
+    rules: Path = REPO / "rules" / "default.yaml",
+    notify_config: Path = REPO / "deploy" / "dev" / "notify.yaml",
+    agent_config: Path = REPO / "deploy" / "dev" / "agent.yaml",
+    durable: bool = True,
     extra_env: Mapping[str, str] | None = None,
-) -> Iterator[dict[str, object]]:
-    """The whole Signalfire stack: NATS, PostgreSQL, the four services and an agent."""
+) -> Iterator[Stack]:
+    """The whole Signalfire stack: NATS, PostgreSQL, the four services and (optionally) an agent.
+
+    Services are real ``signalfire`` processes configured through ``SF_*`` variables; all of
+    them, and the servers, are stopped by PID when the block ends.
+    """
     state.mkdir(parents=True, exist_ok=True)
     logs = state / "logs"
     nats_server = NatsServer(state / "nats", nats_port)
-    postgres = PostgresServer(private_pg_dir(state / "pg"), pg_port)
+    postgres = PostgresServer(private_pg_dir(state / "pg"), pg_port, durable=durable)
     services: list[ServiceProcess] = []
     try:
         print(f"starting nats-server on {nats_server.url}", flush=True)
         nats_server.start()
-        print(
-            f"starting PostgreSQL {PG_MAJOR}{' + TimescaleDB' if postgres.timescaledb else ''} "
-            f"on 127.0.0.1:{postgres.port}",
-            flush=True,
-        )
+        edition = " + TimescaleDB" if postgres.timescaledb else ""
+        print(f"starting PostgreSQL {PG_MAJOR}{edition} on 127.0.0.1:{postgres.port}", flush=True)
         postgres.start()
         database_url = postgres.create_database("signalfire")
         env = {
@@ -403,34 +409,45 @@ def stack(
         gateway = ServiceProcess("gateway", ["gateway"], env, logs).start()
         services.append(gateway)
         wait_for(
-            lambda: http_ok(f"http://127.0.0.1:{gateway_port}/healthz"),
+            lambda: http_ok(f"http://127.0.0.1:{gateway_port}/readyz"),
             "gateway",
             60,
             gateway.proc,
             gateway.log_path,
         )
         services.append(
-            ServiceProcess(
-                "evaluator", ["evaluator"], {**env, "SF_RULES": str(REPO / "rules" / "default.yaml")}, logs
-            ).start()
+            ServiceProcess("evaluator", ["evaluator"], {**env, "SF_RULES": str(rules)}, logs).start()
         )
         services.append(
-            ServiceProcess(
-                "notifier", ["notifier", "--config", str(REPO / "deploy/dev/notify.yaml")], env, logs
-            ).start()
+            ServiceProcess("notifier", ["notifier", "--config", str(notify_config)], env, logs).start()
         )
         if agent:
             services.append(
-                ServiceProcess(
-                    "agent", ["agent", "--config", str(REPO / "deploy/dev/agent.yaml")], env, logs
-                ).start()
+                ServiceProcess("agent", ["agent", "--config", str(agent_config)], env, logs).start()
             )
-        yield {"nats": nats_server, "postgres": postgres, "services": services, "logs": logs}
+        yield Stack(
+            nats_server, postgres, services, logs, f"http://127.0.0.1:{gateway_port}", state / "admin-token"
+        )
     finally:
         for service in reversed(services):
             service.stop()
         postgres.stop()
         nats_server.stop()
+
+
+@dataclasses.dataclass
+class Stack:
+    """What :func:`stack` started."""
+
+    nats: NatsServer
+    postgres: PostgresServer
+    services: list[ServiceProcess]
+    logs: Path
+    gateway_url: str
+    token_file: Path
+
+    def dead(self) -> list[ServiceProcess]:
+        return [s for s in self.services if not s.alive()]
 
 
 def up(argv: list[str]) -> int:
@@ -459,21 +476,15 @@ def up(argv: list[str]) -> int:
             print("\nSignalfire is running:")
             print(f"  dashboard   {url}")
             print(f"  API         {url}api/v1/hosts  (Authorization: Bearer $(cat {token_file}))")
-            print(f"  NATS        {running['nats'].url}")  # type: ignore[attr-defined]
+            print(f"  NATS        {running.nats.url}")
             print(f"  admin token {token_file}")
-            print(f"  logs        {running['logs']}/")
+            print(f"  logs        {running.logs}/")
             print("Press Ctrl-C to stop.", flush=True)
-            services: list[ServiceProcess] = running["services"]  # type: ignore[assignment]
             while not stopping:
-                for service in services:
-                    if not service.alive():
-                        code = service.proc.returncode if service.proc else "?"
-                        print(
-                            f"{service.name} exited (code {code}); see {service.log_path}",
-                            file=sys.stderr,
-                        )
-                        stopping = True
-                        break
+                for service in running.dead():
+                    code = service.proc.returncode if service.proc else "?"
+                    print(f"{service.name} exited (code {code}); see {service.log_path}", file=sys.stderr)
+                    stopping = True
                 time.sleep(0.2)
             print("stopping…", flush=True)
     except DevStackError as exc:

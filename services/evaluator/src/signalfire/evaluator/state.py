@@ -83,9 +83,19 @@ def fingerprint(rule: str, host: str, labels: Mapping[str, str]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:20]
 
 
-def alert_id(fingerprint: str, fired_at: float) -> str:
-    """``<fingerprint>:<firing time in unix milliseconds>``."""
-    return f"{fingerprint}:{round(fired_at * 1000)}"
+def alert_id(fingerprint: str, fired_at: float, previous: str | None = None) -> str:
+    """``<fingerprint>:<firing time in unix milliseconds>``.
+
+    An instance that fires within the same millisecond as (or, after a clock step, before)
+    the ``previous`` instance gets the next millisecond, so every instance has its own id
+    and the stream's de-duplication never swallows a new alert.
+    """
+    ms = round(fired_at * 1000)
+    if previous is not None:
+        last = previous.rpartition(":")[2]
+        if last.isdigit():
+            ms = max(ms, int(last) + 1)
+    return f"{fingerprint}:{ms}"
 
 
 def initial_state(rule: Rule, series: Series) -> AlertState:
@@ -132,7 +142,7 @@ def _fire_if_due(rule: Rule, state: AlertState, now: float) -> tuple[AlertState,
     assert state.active_since is not None and state.value is not None
     if now - state.active_since < rule.for_:
         return state, []
-    instance = alert_id(state.fingerprint, now)
+    instance = alert_id(state.fingerprint, now, state.alert_id)
     fired = msgspec.structs.replace(
         state, status="firing", alert_id=instance, fired_at=now, seq=state.seq + 1
     )

@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
+from urllib.parse import parse_qs
 
 import asyncpg
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -117,14 +118,8 @@ def _bearer(scope: Scope) -> str | None:
                 return token.strip()
             return None
     # Browsers cannot set headers on a WebSocket, so the stream takes ?token= too.
-    query = scope.get("query_string", b"").decode("latin-1")
-    for part in query.split("&"):
-        key, _, value = part.partition("=")
-        if key == "token" and value:
-            from urllib.parse import unquote
-
-            return unquote(value)
-    return None
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
+    return values[0] if values else None
 
 
 class AuthMiddleware:
@@ -152,7 +147,13 @@ class AuthMiddleware:
             )
             await response(scope, receive, send)
             return
-        principal = await authenticate(self.pool, token)
+        try:
+            principal = await authenticate(self.pool, token)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("cannot check an API token: database unavailable", extra={"reason": str(exc)})
+            response = error_response(503, "unavailable", "the database is unavailable; try again shortly")
+            await response(scope, receive, send)
+            return
         if principal is None:
             response = error_response(
                 401, "unauthorized", "the API token is not valid or has been revoked", headers=challenge

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar, Protocol
 
 import msgspec
@@ -34,6 +33,6 @@ class Collector(Protocol):
 
     #: Short name used in config switches, logs and ``agent.collector_errors{collector}``.
     name: ClassVar[str]
-    METRICS: ClassVar[Sequence[MetricSpec]]
+    METRICS: ClassVar[tuple[MetricSpec, ...]]
 
     def collect(self, now: float) -> list[Sample]: ...

@@ -34,10 +34,12 @@ class CpuCollector:
     so the first ``collect`` already reports a real value instead of psutil's priming 0."""
 
     name: ClassVar[str] = "cpu"
-    METRICS: ClassVar[list[MetricSpec]] = [
-        MetricSpec("cpu.usage_percent", (), "percent", "Share of time all CPUs were busy (not idle or iowait)"),
+    METRICS: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec(
+            "cpu.usage_percent", (), "percent", "Share of time all CPUs were busy (not idle or iowait)"
+        ),
         MetricSpec("cpu.core.usage_percent", ("core",), "percent", "Share of time one logical CPU was busy"),
-    ]
+    )
 
     def __init__(self) -> None:
         self._total = _busy_and_total(psutil.cpu_times())

@@ -27,10 +27,10 @@ class DiskCollector:
     """
 
     name: ClassVar[str] = "disk"
-    METRICS: ClassVar[list[MetricSpec]] = [
-        MetricSpec("disk.used_percent", ("mount",), "percent", "Share of the space usable by non-root users in use"),
-        MetricSpec("disk.free_bytes", ("mount",), "bytes", "Space available to non-root users"),
-    ]
+    METRICS: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("disk.used_percent", ("mount",), "percent", "Share of the usable space in use"),
+        MetricSpec("disk.free_bytes", ("mount",), "bytes", "Space available to unprivileged users"),
+    )
 
     def __init__(self, exclude_fstypes: Sequence[str] = ()) -> None:
         self.exclude_fstypes = list(exclude_fstypes)

@@ -15,12 +15,12 @@ class MemoryCollector:
     ``free`` and psutil do, so page cache the kernel can reclaim is not "used"."""
 
     name: ClassVar[str] = "memory"
-    METRICS: ClassVar[list[MetricSpec]] = [
+    METRICS: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("mem.used_percent", (), "percent", "Share of memory not available to new applications"),
-        MetricSpec("mem.available_bytes", (), "bytes", "Memory available to new applications without swapping"),
+        MetricSpec("mem.available_bytes", (), "bytes", "Memory available to new applications"),
         MetricSpec("mem.total_bytes", (), "bytes", "Physical memory"),
         MetricSpec("swap.used_percent", (), "percent", "Share of swap in use (0 on a host without swap)"),
-    ]
+    )
 
     def collect(self, now: float) -> list[Sample]:
         mem = psutil.virtual_memory()

@@ -1,0 +1,249 @@
+"""The spine, end to end: metric → NATS → TimescaleDB and rule → alert event → webhook → API.
+
+Everything is real and runs as separate processes, started the way `make up` starts them
+(``devstack.stack``): nats-server, PostgreSQL with TimescaleDB, ``signalfire gateway``,
+``signalfire evaluator``, ``signalfire notifier`` and ``signalfire agent`` for this host. A
+stdlib HTTP server on loopback stands in for the webhook receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from devstack import Stack, free_port, stack
+
+from signalfire.bus import NatsConfig, connect
+from signalfire.events import AlertEvent, MetricBatch, Sample, decode, encode
+
+pytestmark = pytest.mark.slow
+
+HOST = "e2e-web-1.example.com"
+
+
+class Receiver:
+    """A webhook receiver: records every POST body it gets."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        received = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                received.append(json.loads(self.rfile.read(length)))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def statuses(self) -> list[str]:
+        return [str(b.get("status")) for b in self.bodies if b.get("alert", {}).get("host") == HOST]
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    r.thread.start()
+    try:
+        yield r
+    finally:
+        r.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("stack")
+    rules = root / "rules.yaml"
+    rules.write_text(
+        """
+rules:
+  - name: E2EHighCPU
+    metric: cpu.usage_percent
+    where: {host: "e2e-*"}
+    condition: "> 90"
+    resolve: "< 50"
+    severity: critical
+    annotations:
+      summary: "CPU {{ value | round(1) }}% on {{ host }}"
+"""
+    )
+    notify = root / "notify.yaml"
+    notify.write_text(
+        f"""
+channels:
+  hook:
+    type: webhook
+    url: {receiver.url}
+  dev-log:
+    type: log
+routes:
+  - match: {{severity: critical}}
+    channels: [hook, dev-log]
+"""
+    )
+    agent = root / "agent.yaml"
+    agent.write_text("interval: 1s\n")
+    with stack(
+        root / "state",
+        free_port(),
+        free_port(),
+        free_port(),
+        rules=rules,
+        notify_config=notify,
+        agent_config=agent,
+        durable=False,
+    ) as s:
+        yield s
+
+
+def wait_until(check: Any, timeout: float, what: str, stack_: Stack) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        dead = stack_.dead()
+        if dead:
+            logs = "\n".join(f"--- {s.name}\n{s.log_path.read_text()[-3000:]}" for s in dead)
+            pytest.fail(f"service died while waiting for {what}:\n{logs}")
+        time.sleep(0.05)
+    logs = "\n".join(f"--- {s.name}\n{s.log_path.read_text()[-1500:]}" for s in stack_.services)
+    pytest.fail(f"timed out waiting for {what}\n{logs}")
+
+
+def api(running: Stack, path: str, **params: str) -> Any:
+    token = running.token_file.read_text().strip()
+    response = httpx.get(
+        f"{running.gateway_url}{path}", params=params, headers={"Authorization": f"Bearer {token}"}, timeout=5
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_metric_to_alert_to_webhook_and_api(running: Stack, receiver: Receiver) -> None:
+    nc = await connect(NatsConfig(url=running.nats.url), "e2e")
+    events: list[tuple[float, AlertEvent]] = []
+
+    async def on_alert(msg: Any) -> None:
+        events.append((time.monotonic(), decode(msg.data, AlertEvent)))
+
+    await nc.subscribe(f"sf.alerts.{'e2e-web-1_example_com'}", cb=on_alert)
+    js = nc.jetstream()
+
+    async def publish(cpu: float) -> float:
+        batch = MetricBatch(host=HOST, time=time.time(), samples=[Sample(name="cpu.usage_percent", value=cpu)])
+        sent = time.monotonic()
+        await js.publish(f"sf.metrics.{'e2e-web-1_example_com'}", encode(batch))
+        return sent
+
+    async def until(predicate: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}")
+            if running.dead():
+                pytest.fail(f"a service died waiting for {what}: {[s.name for s in running.dead()]}")
+            await asyncio.sleep(0.02)
+
+    try:
+        # The evaluator subscribes after start-up; it answers on its control subject once it does.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                await nc.request("sf.control.evaluator.rules", b"{}", timeout=1)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    pytest.fail("evaluator never answered on sf.control.evaluator.rules")
+                await asyncio.sleep(0.2)
+
+        sent = await publish(99.0)
+        await until(lambda: events, 10, "the firing alert event")
+        received_at, firing = events[0]
+        print(f"\npublish → firing alert event: {(received_at - sent) * 1000:.1f} ms")
+        assert firing.status == "firing"
+        assert firing.rule == "E2EHighCPU"
+        assert firing.host == HOST
+        assert firing.severity == "critical"
+        assert firing.value == 99.0
+        assert firing.annotations["summary"] == f"CPU 99.0% on {HOST}"
+
+        await until(lambda: "firing" in receiver.statuses(), 15, "the webhook POST for firing")
+
+        # Staying high is not a new alert.
+        await publish(98.0)
+        await asyncio.sleep(0.5)
+        assert [e.status for _, e in events] == ["firing"]
+
+        await publish(10.0)
+        await until(lambda: len(events) >= 2, 10, "the resolved alert event")
+        await publish(5.0)
+        await asyncio.sleep(1.0)
+        assert [e.status for _, e in events] == ["firing", "resolved"]
+        assert events[1][1].id == firing.id
+        await until(lambda: "resolved" in receiver.statuses(), 15, "the webhook POST for resolved")
+        assert receiver.statuses().count("firing") == 1
+        assert receiver.statuses().count("resolved") == 1
+    finally:
+        await nc.close()
+
+    # The gateway stored the samples and the alert.
+    def stored() -> Any:
+        series = api(running, "/api/v1/query", host=HOST, metric="cpu.usage_percent", **{"from": "-10m"})["series"]
+        return series and len(series[0]["points"]) >= 4 and series
+
+    series = wait_until(stored, 15, "samples in the API", running)
+    assert [p[1] for p in series[0]["points"]] == [99.0, 98.0, 10.0, 5.0]
+
+    def resolved_alert() -> Any:
+        alerts = [a for a in api(running, "/api/v1/alerts", host=HOST)["alerts"] if a["id"] == firing.id]
+        return alerts and alerts[0]["status"] == "resolved" and alerts
+
+    alert = wait_until(resolved_alert, 15, "the resolved alert in the API", running)[0]
+    assert alert["rule"] == "E2EHighCPU"
+    assert alert["severity"] == "critical"
+
+
+def test_agent_for_this_host_is_visible(running: Stack) -> None:
+    this_host = socket.gethostname()
+
+    def seen() -> Any:
+        hosts = {h["host"]: h for h in api(running, "/api/v1/hosts")["hosts"]}
+        return this_host in hosts and hosts[this_host]
+
+    host = wait_until(seen, 20, "this host in /api/v1/hosts", running)
+    assert host["status"] == "up"
+    series = wait_until(
+        lambda: api(running, "/api/v1/query", host=this_host, metric="mem.used_percent")["series"],
+        20,
+        "this host's memory samples",
+        running,
+    )
+    assert all(0 <= v <= 100 for _, v in series[0]["points"])
+
+
+def test_api_refuses_requests_without_a_valid_token(running: Stack) -> None:
+    for headers in ({}, {"Authorization": "Bearer not-a-token"}):
+        response = httpx.get(f"{running.gateway_url}/api/v1/hosts", headers=headers, timeout=5)
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "unauthorized"
+
+
+def test_token_file_is_private(running: Stack) -> None:
+    assert Path(running.token_file).stat().st_mode & 0o077 == 0

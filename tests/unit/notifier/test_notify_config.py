@@ -1,0 +1,137 @@
+"""notify.yaml mistakes stop start-up with file:line: field: reason."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from signalfire.config import ConfigError
+from signalfire.notifier.channels.log import LogChannelConfig
+from signalfire.notifier.channels.webhook import WebhookChannelConfig
+from signalfire.notifier.cli import run_notifier
+from signalfire.notifier.config import load_notify_config
+
+GOOD = """\
+channels:
+  log:
+    type: log
+  hook:
+    type: webhook
+    url: http://127.0.0.1:9/hook
+    timeout: 2s
+    max_attempts: 4
+routes:
+  - match: {severity: critical}
+    channels: [hook, log]
+    continue: true
+  - channels: [log]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "notify.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_notify_config(path, environ={})
+    return str(info.value)
+
+
+def test_good_file_loads_channels_by_type_and_routes(tmp_path: Path) -> None:
+    config = load_notify_config(write(tmp_path, GOOD), environ={})
+    assert isinstance(config.channels["log"], LogChannelConfig)
+    hook = config.channels["hook"]
+    assert isinstance(hook, WebhookChannelConfig)
+    assert (hook.timeout, hook.max_attempts) == (2.0, 4)
+    assert config.routes[0].continue_ is True
+    assert config.routes[1].match == {}
+
+
+def test_shipped_configs_load() -> None:
+    root = Path(__file__).resolve().parents[3]
+    for name in ("notify.example.yaml", "deploy/dev/notify.yaml"):
+        assert load_notify_config(root / name, environ={}).routes
+
+
+def test_unknown_channel_in_a_route_names_line_and_field(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("  - channels: [log]", "  - channels:\n      - log\n      - pager"))
+    assert error_of(path) == (
+        f"{path}:16: routes[1].channels[1]: unknown channel 'pager' (configured: hook, log)"
+    )
+
+
+def test_wrong_type_inside_a_channel_names_the_channel(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("max_attempts: 4", "max_attempts: many"))
+    assert error_of(path) == f"{path}:8: channels.hook.max_attempts: Expected `int`, got `str`"
+
+
+def test_unknown_channel_type_names_the_channel(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("type: webhook", "type: carrier-pigeon"))
+    assert error_of(path) == f"{path}:5: channels.hook.type: Invalid value 'carrier-pigeon'"
+
+
+def test_missing_webhook_url_names_the_channel(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("    url: http://127.0.0.1:9/hook\n", ""))
+    assert error_of(path) == f"{path}:4: channels.hook: Object missing required field `url`"
+
+
+def test_unknown_field_in_a_channel_names_the_channel(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("timeout: 2s", "timout: 2s"))
+    assert error_of(path) == f"{path}:4: channels.hook: Object contains unknown field `timout`"
+
+
+def test_bad_duration_and_bad_url(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("timeout: 2s", "timeout: soon"))
+    assert "channels.hook.timeout: expected a duration like 30s" in error_of(path)
+    path = write(tmp_path, GOOD.replace("http://127.0.0.1:9/hook", "ftp://example/hook"))
+    assert error_of(path) == f"{path}:4: channels.hook: url: expected an http:// or https:// URL"
+
+
+def test_wrong_type_in_a_route(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("channels: [hook, log]", "channels: hook"))
+    assert error_of(path) == f"{path}:11: routes[0].channels: Expected `array`, got `str`"
+
+
+def test_route_without_channels(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("  - channels: [log]", "  - channels: []"))
+    assert error_of(path).startswith(f"{path}:13: routes[1].channels: Expected `array` of length >= 1")
+
+
+def test_bad_channel_name(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("  log:\n", "  'my log':\n").replace("[hook, log]", "[hook]").replace(
+        "[log]", "[hook]"
+    ))
+    assert error_of(path) == f"{path}:2: channels.my log: a channel name may contain only A-Z a-z 0-9 _ -"
+
+
+def test_bad_yaml_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("  - channels: [log]", "  - channels: [log"))
+    message = error_of(path)
+    assert message.startswith(f"{path}:")
+    assert "invalid YAML" in message
+
+
+def test_unknown_top_level_field(tmp_path: Path) -> None:
+    path = write(tmp_path, "chanels: {}\n")
+    assert error_of(path) == f"{path}:1: Object contains unknown field `chanels`"
+
+
+def test_bad_file_stops_the_service_with_exit_code_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    path = write(tmp_path, GOOD.replace("[hook, log]", "[hook, pager]"))
+    assert run_notifier(argparse.Namespace(config=str(path))) == 2
+    assert f"{path}:11: routes[0].channels[1]: unknown channel 'pager'" in capsys.readouterr().err
+
+
+def test_environment_alone_is_enough() -> None:
+    config = load_notify_config(None, environ={"SF_NATS_URL": "nats://10.0.0.1:4222"})
+    assert config.nats.url == "nats://10.0.0.1:4222"
+    assert config.channels == {}

@@ -1,0 +1,91 @@
+"""Which channels an alert reaches, from the routes in notify.yaml."""
+
+from __future__ import annotations
+
+import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
+
+from signalfire.events import AlertEvent
+from signalfire.notifier.config import Route
+from signalfire.notifier.routing import matches, route
+
+
+def alert(**overrides: object) -> AlertEvent:
+    fields: dict[str, object] = {
+        "id": "a1",
+        "fingerprint": "f1",
+        "rule": "HighCPU",
+        "status": "firing",
+        "severity": "high",
+        "host": "web-1",
+        "starts_at": 1.0,
+        "time": 2.0,
+        "labels": {"team": "ops", "env": "prod"},
+    }
+    fields.update(overrides)
+    return msgspec.convert(fields, AlertEvent)
+
+
+def r(channels: list[str], match: dict[str, str] | None = None, cont: bool = False) -> Route:
+    return Route(channels=channels, match=match or {}, continue_=cont)
+
+
+def test_first_matching_route_wins() -> None:
+    routes = [r(["pager"], {"severity": "critical"}), r(["slack"], {"severity": "high"}), r(["log"])]
+    assert route(alert(), routes) == ["slack"]
+    assert route(alert(severity="critical"), routes) == ["pager"]
+    assert route(alert(severity="low"), routes) == ["log"]
+
+
+def test_continue_collects_later_routes_without_duplicates() -> None:
+    routes = [
+        r(["pager", "slack"], {"severity": "high"}, cont=True),
+        r(["slack", "team"], {"team": "ops"}, cont=True),
+        r(["log"]),
+        r(["never"]),
+    ]
+    assert route(alert(), routes) == ["pager", "slack", "team", "log"]
+
+
+def test_match_on_rule_host_and_labels_needs_every_entry() -> None:
+    routes = [r(["db"], {"rule": "HighCPU", "host": "db-1"}), r(["ops"], {"team": "ops", "env": "prod"})]
+    assert route(alert(host="db-1"), routes) == ["db"]
+    assert route(alert(), routes) == ["ops"]
+    assert route(alert(labels={"team": "ops", "env": "dev"}), routes) == []
+
+
+def test_builtin_fields_win_over_labels_of_the_same_name() -> None:
+    routes = [r(["critical"], {"severity": "critical"})]
+    assert route(alert(labels={"severity": "critical"}), routes) == []
+
+
+def test_no_routes_means_no_channels() -> None:
+    assert route(alert(), []) == []
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(["a", "b", "c", "d"]), min_size=1, max_size=3),
+            st.sampled_from([{}, {"severity": "high"}, {"severity": "low"}, {"team": "ops"}]),
+            st.booleans(),
+        ),
+        max_size=6,
+    )
+)
+def test_channels_are_unique_and_come_from_matching_routes(
+    spec: list[tuple[list[str], dict[str, str], bool]],
+) -> None:
+    the_alert = alert()
+    routes = [r(channels, match, cont) for channels, match, cont in spec]
+    matching = [rt for rt in routes if matches(rt.match, the_alert)]
+    chosen = route(the_alert, routes)
+    assert len(chosen) == len(set(chosen))
+    assert set(chosen) <= {c for rt in matching for c in rt.channels}
+    if matching:
+        assert chosen[: len(set(matching[0].channels))] == list(dict.fromkeys(matching[0].channels))
+    if matching and not matching[0].continue_:
+        assert chosen == list(dict.fromkeys(matching[0].channels))
+    if not matching:
+        assert chosen == []
