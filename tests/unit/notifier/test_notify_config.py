@@ -61,7 +61,7 @@ def test_shipped_configs_load() -> None:
 def test_unknown_channel_in_a_route_names_line_and_field(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace("  - channels: [log]", "  - channels:\n      - log\n      - pager"))
     assert error_of(path) == (
-        f"{path}:16: routes[1].channels[1]: unknown channel 'pager' (configured: hook, log)"
+        f"{path}:15: routes[1].channels[1]: unknown channel 'pager' (configured: hook, log)"
     )
 
 
@@ -89,7 +89,7 @@ def test_bad_duration_and_bad_url(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace("timeout: 2s", "timeout: soon"))
     assert "channels.hook.timeout: expected a duration like 30s" in error_of(path)
     path = write(tmp_path, GOOD.replace("http://127.0.0.1:9/hook", "ftp://example/hook"))
-    assert error_of(path) == f"{path}:4: channels.hook: url: expected an http:// or https:// URL"
+    assert error_of(path) == f"{path}:6: channels.hook.url: expected an http:// or https:// URL"
 
 
 def test_wrong_type_in_a_route(tmp_path: Path) -> None:

@@ -1,0 +1,309 @@
+"""Ingest: durable JetStream pull consumers that write the bus into the database.
+
+Two durable consumers, shared by every gateway replica:
+
+* ``gateway-metrics`` reads all of ``SF_METRICS`` (metric batches, event batches, agent status);
+* ``gateway-alerts`` reads ``sf.alerts.>`` from ``SF_ALERTS``.
+
+Each round fetches up to ``fetch_batch`` messages, decodes them, writes the good ones in one
+transaction and acknowledges them only after the commit. Malformed messages are counted,
+logged once and terminated (never redelivered); the rest of the round is still stored. When
+the database is unreachable nothing is acknowledged: the consumer waits for the database to
+answer again and then asks for the messages to be redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from signalfire.events import AgentStatus, AlertEvent, EventBatch, MetricBatch, PayloadError, decode
+from signalfire.gateway.config import GatewayConfig
+from signalfire.gateway.store import LatestValues, Store
+from signalfire.subjects import Subjects
+from signalfire.telemetry import Registry
+
+log = logging.getLogger("signalfire.gateway.ingest")
+
+METRICS_CONSUMER = "gateway-metrics"
+ALERTS_CONSUMER = "gateway-alerts"
+
+# SQLSTATE classes that mean "this data cannot be stored" rather than "try again later":
+# data exceptions (22), integrity violations (23), program limits such as an oversized key (54).
+_DATA_ERROR_CLASSES = ("22", "23", "54")
+
+Payload = MetricBatch | EventBatch | AgentStatus | AlertEvent
+
+
+class Rejected(Exception):
+    """A message that can never be stored; ``reason`` is the counter label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Whether the database refused the data itself (retrying the same data cannot help)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(exc, asyncpg.PostgresError) and bool(sqlstate) and sqlstate[:2] in _DATA_ERROR_CLASSES
+
+
+@dataclass
+class _Consumer:
+    name: str
+    stream: str
+    filter_subject: str | None
+    decode: Callable[[Msg], Payload]
+    write: Callable[[list[Payload]], Awaitable[None]]
+    subscription: Any = None
+
+
+class Ingest:
+    """Runs the gateway's consumers until :meth:`stop`."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        js: JetStreamContext,
+        store: Store,
+        registry: Registry,
+        latest: LatestValues,
+    ) -> None:
+        self.config = config
+        self.js = js
+        self.store = store
+        self.latest = latest
+        self.subjects: Subjects = config.nats.subjects
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._consumers = [
+            _Consumer(METRICS_CONSUMER, self.subjects.metrics_stream, None, self._decode_metrics, self._write_metrics),
+            _Consumer(
+                ALERTS_CONSUMER,
+                self.subjects.alerts_stream,
+                self.subjects.all_alerts,
+                self._decode_alert,
+                self._write_alerts,
+            ),
+        ]
+        self.messages = registry.counter("ingest_messages_total", "Bus messages stored", ["kind"])
+        self.samples = registry.counter("ingest_samples_total", "Samples stored (new rows)")
+        self.duplicates = registry.counter(
+            "ingest_duplicate_samples_total", "Samples already stored (redelivered or repeated)"
+        )
+        self.events = registry.counter("ingest_events_total", "Events stored (new rows)")
+        self.series = registry.counter("ingest_series_created_total", "Series seen for the first time")
+        self.rejected = registry.counter(
+            "ingest_rejected_total", "Messages terminated because they can never be stored", ["reason"]
+        )
+        self.db_errors = registry.counter(
+            "db_errors_total", "Database errors while ingesting (the messages are retried)", ["consumer"]
+        )
+        self.bus_errors = registry.counter("bus_errors_total", "NATS errors while fetching", ["consumer"])
+        registry.gauge("latest_series", "Series with a latest value in memory", function=lambda: len(latest))
+
+    async def start(self) -> None:
+        """Create (or update) the durable consumers and start fetching."""
+        for consumer in self._consumers:
+            await self.js.add_consumer(
+                consumer.stream,
+                ConsumerConfig(
+                    name=consumer.name,
+                    durable_name=consumer.name,
+                    description="Signalfire gateway: stores into the database",
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=float(self.config.ack_wait),
+                    max_deliver=self.config.max_deliver,
+                    max_ack_pending=max(2 * self.config.fetch_batch, 1000),
+                    filter_subject=consumer.filter_subject,
+                ),
+            )
+            consumer.subscription = await self.js.pull_subscribe_bind(
+                durable=consumer.name, stream=consumer.stream
+            )
+            self._tasks.append(asyncio.create_task(self._run(consumer), name=f"ingest-{consumer.name}"))
+        log.info("ingesting", extra={"consumers": ",".join(c.name for c in self._consumers)})
+
+    async def stop(self) -> None:
+        """Stop fetching; the round in flight is finished (stored and acknowledged) first."""
+        self._stopping.set()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for consumer in self._consumers:
+            if consumer.subscription is not None:
+                with contextlib.suppress(Exception):
+                    await consumer.subscription.unsubscribe()
+                consumer.subscription = None
+
+    # The loop -------------------------------------------------------------------------------
+
+    async def _run(self, consumer: _Consumer) -> None:
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                msgs = await consumer.subscription.fetch(
+                    self.config.fetch_batch, timeout=float(self.config.fetch_timeout)
+                )
+            except NatsTimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.bus_errors.inc(consumer=consumer.name)
+                log.warning("fetch failed; retrying", extra={"consumer": consumer.name, "reason": repr(exc)})
+                await self._pause(backoff)
+                backoff = min(backoff * 2, float(self.config.max_backoff))
+                continue
+            backoff = 0.5
+            await self._handle(consumer, msgs)
+
+    async def _handle(self, consumer: _Consumer, msgs: list[Msg]) -> None:
+        good: list[tuple[Msg, Payload]] = []
+        for msg in msgs:
+            try:
+                good.append((msg, consumer.decode(msg)))
+            except Rejected as exc:
+                await self._reject(msg, exc)
+        if not good:
+            return
+        if not await self._store(consumer, good):
+            # The database is away: nothing was acknowledged. Wait until it answers, then have
+            # the round redelivered at once instead of after ack_wait.
+            await self._wait_for_database()
+            for msg, _ in good:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+
+    async def _store(self, consumer: _Consumer, items: list[tuple[Msg, Payload]]) -> bool:
+        """Write ``items`` and acknowledge them; ``False`` when the database could not be reached.
+
+        When the database refuses the data itself, the items are retried one by one so the
+        one bad message is terminated and the others are stored.
+        """
+        try:
+            await consumer.write([payload for _, payload in items])
+        except Exception as exc:
+            if not is_data_error(exc):
+                self.db_errors.inc(consumer=consumer.name)
+                log.warning(
+                    "database write failed; will retry", extra={"consumer": consumer.name, "reason": repr(exc)}
+                )
+                return False
+            if len(items) == 1:
+                await self._reject(items[0][0], Rejected("db_rejected", f"the database refused it: {exc}"))
+                return True
+            for item in items:
+                if not await self._store(consumer, [item]):
+                    return False
+            return True
+        for msg, _ in items:
+            try:
+                await msg.ack()
+            except Exception as exc:  # stored already; a redelivery would be a no-op
+                log.warning("ack failed", extra={"subject": msg.subject, "reason": repr(exc)})
+        return True
+
+    async def _reject(self, msg: Msg, exc: Rejected) -> None:
+        self.rejected.inc(reason=exc.reason)
+        log.warning("dropped a message", extra={"subject": msg.subject, "reason": exc.reason, "detail": exc.detail})
+        try:
+            await msg.term()
+        except Exception as err:
+            log.warning("term failed", extra={"subject": msg.subject, "reason": repr(err)})
+
+    async def _wait_for_database(self) -> None:
+        backoff = 0.5
+        while not self._stopping.is_set():
+            await self._pause(backoff)
+            try:
+                await self.store.pool.fetchval("SELECT 1", timeout=5)
+            except Exception:
+                backoff = min(backoff * 2, float(self.config.max_backoff))
+                continue
+            log.info("database answers again; resuming ingest")
+            return
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    # Decoding ---------------------------------------------------------------------------------
+
+    def _decode_metrics(self, msg: Msg) -> Payload:
+        kind = self.subjects.kind_of(msg.subject)
+        payload: MetricBatch | EventBatch | AgentStatus
+        try:
+            if kind == "metrics":
+                payload = decode(msg.data, MetricBatch)
+                expected = self.subjects.metrics(payload.host)
+            elif kind == "events":
+                payload = decode(msg.data, EventBatch)
+                expected = self.subjects.events(payload.host)
+            elif kind == "agents":
+                payload = decode(msg.data, AgentStatus)
+                expected = self.subjects.agents(payload.host)
+            else:
+                raise Rejected("unknown_subject", f"no payload type is defined for {msg.subject}")
+        except PayloadError as exc:
+            raise Rejected("invalid_payload", str(exc)) from None
+        self._check_host(msg, payload.host, expected)
+        return payload
+
+    def _decode_alert(self, msg: Msg) -> Payload:
+        try:
+            alert = decode(msg.data, AlertEvent)
+        except PayloadError as exc:
+            raise Rejected("invalid_payload", str(exc)) from None
+        self._check_host(msg, alert.host, self.subjects.alerts(alert.host))
+        return alert
+
+    @staticmethod
+    def _check_host(msg: Msg, host: str, expected_subject: str) -> None:
+        # NATS permissions let an agent publish only on its own subject; the payload must agree,
+        # or one host could write data in another's name.
+        if msg.subject != expected_subject:
+            raise Rejected(
+                "host_mismatch", f"payload host {host!r} belongs on {expected_subject}, not {msg.subject}"
+            )
+
+    # Writing ------------------------------------------------------------------------------------
+
+    async def _write_metrics(self, payloads: list[Payload]) -> None:
+        metrics = [p for p in payloads if isinstance(p, MetricBatch)]
+        events = [p for p in payloads if isinstance(p, EventBatch)]
+        statuses = [p for p in payloads if isinstance(p, AgentStatus)]
+        written = await self.store.write_metrics(metrics, events, statuses)
+        for key, when, value in written.rows:
+            self.latest.update(key, when, value)
+        self.samples.inc(written.samples)
+        self.duplicates.inc(written.duplicate_samples)
+        self.events.inc(written.events)
+        self.series.inc(written.new_series)
+        for name, items in (("metrics", metrics), ("events", events), ("agents", statuses)):
+            if items:
+                self.messages.inc(len(items), kind=name)
+
+    async def _write_alerts(self, payloads: list[Payload]) -> None:
+        alerts = [p for p in payloads if isinstance(p, AlertEvent)]
+        await self.store.write_alerts(alerts)
+        self.messages.inc(len(alerts), kind="alerts")
+
+
+def describe(payload: Payload) -> str:
+    """A short description of a payload for logs."""
+    return f"{type(payload).__name__}({msgspec.structs.asdict(payload).get('host', '')})"
