@@ -163,8 +163,10 @@ def stream_configs(config: NatsConfig) -> list[StreamConfig]:
     ]
 
 
-#: KV buckets holding state that must survive restarts, by short name.
-BUCKETS = ("alert_state", "notify_state", "silences")
+#: KV buckets holding state that must survive restarts, by short name, with their entries'
+#: time to live (None: kept until deleted). The notifier's delivery ledger only has to outlive
+#: the redelivery of the alert events it covers, which stay in SF_ALERTS for 30 days.
+BUCKETS: dict[str, float | None] = {"alert_state": None, "notify_state": 30 * 86400.0, "silences": None}
 
 
 async def ensure_streams(js: JetStreamContext, config: NatsConfig) -> None:
@@ -193,7 +195,7 @@ async def ensure_streams(js: JetStreamContext, config: NatsConfig) -> None:
         ):
             await js.update_stream(wanted)
             log.info("updated stream %s", wanted.name)
-    for short in BUCKETS:
+    for short, ttl in BUCKETS.items():
         bucket = config.subjects.bucket(short)
         try:
             await js.key_value(bucket)
@@ -204,6 +206,7 @@ async def ensure_streams(js: JetStreamContext, config: NatsConfig) -> None:
                     history=1,
                     storage=StorageType.FILE,
                     replicas=config.replicas,
+                    ttl=ttl,
                     description=f"Signalfire {short.replace('_', ' ')}",
                 )
             )

@@ -1,6 +1,9 @@
 """The event contract: every payload that travels on the bus.
 
 Each struct is the wire format itself (JSON, encoded with msgspec) and carries ``v: 1``.
+Top-level payloads write every field (so ``v`` is always on the wire and readers in other
+languages see explicit nulls); the per-sample and per-event structs omit empty defaults,
+because a batch holds thousands of them.
 Validation happens once, when a payload is decoded at a service's boundary; everything
 inside a service can trust the types. JSON Schemas for integrators in other languages are
 generated from these structs into ``docs/schemas/`` (see :mod:`signalfire.schemas`).
@@ -54,7 +57,7 @@ class Sample(Struct, omit_defaults=True, forbid_unknown_fields=False):
     time: UnixTime | None = None
 
 
-class MetricBatch(Struct, omit_defaults=True, kw_only=True):
+class MetricBatch(Struct, kw_only=True):
     """Samples from one host, published on ``sf.metrics.<host>``."""
 
     host: HostName
@@ -74,7 +77,7 @@ class Event(Struct, omit_defaults=True, kw_only=True):
     value: float | None = None
 
 
-class EventBatch(Struct, omit_defaults=True, kw_only=True):
+class EventBatch(Struct, kw_only=True):
     """Events from one host, published on ``sf.events.<host>``."""
 
     host: HostName
@@ -95,7 +98,7 @@ class HostFacts(Struct, omit_defaults=True, kw_only=True):
     agent_version: str = ""
 
 
-class AgentStatus(Struct, omit_defaults=True, kw_only=True):
+class AgentStatus(Struct, kw_only=True):
     """Agent liveness on ``sf.agents.<host>``: ``online`` at start, ``offline`` on a clean
     shutdown (a host that goes silent without ``offline`` is down, not offline)."""
 
@@ -108,7 +111,7 @@ class AgentStatus(Struct, omit_defaults=True, kw_only=True):
     v: Version = 1
 
 
-class AlertEvent(Struct, omit_defaults=True, kw_only=True):
+class AlertEvent(Struct, kw_only=True):
     """One transition of one alert instance, on ``sf.alerts.<host>``.
 
     ``id`` names the alert instance and is the same on its ``firing`` and its ``resolved``
@@ -133,7 +136,7 @@ class AlertEvent(Struct, omit_defaults=True, kw_only=True):
     v: Version = 1
 
 
-class AlertAction(Struct, omit_defaults=True, kw_only=True):
+class AlertAction(Struct, kw_only=True):
     """A person's action on an alert, on ``sf.actions.alerts``."""
 
     alert_id: Annotated[str, Meta(min_length=1, max_length=200)]
@@ -145,7 +148,7 @@ class AlertAction(Struct, omit_defaults=True, kw_only=True):
     v: Version = 1
 
 
-class DeliveryResult(Struct, omit_defaults=True, kw_only=True):
+class DeliveryResult(Struct, kw_only=True):
     """The outcome of one delivery attempt, on ``sf.notifications.<channel>``."""
 
     alert_id: Annotated[str, Meta(min_length=1, max_length=200)]

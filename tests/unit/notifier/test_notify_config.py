@@ -103,9 +103,10 @@ def test_route_without_channels(tmp_path: Path) -> None:
 
 
 def test_bad_channel_name(tmp_path: Path) -> None:
-    path = write(tmp_path, GOOD.replace("  log:\n", "  'my log':\n").replace("[hook, log]", "[hook]").replace(
-        "[log]", "[hook]"
-    ))
+    path = write(
+        tmp_path,
+        GOOD.replace("  log:\n", "  'my log':\n").replace("[hook, log]", "[hook]").replace("[log]", "[hook]"),
+    )
     assert error_of(path) == f"{path}:2: channels.my log: a channel name may contain only A-Z a-z 0-9 _ -"
 
 

@@ -44,7 +44,9 @@ class Scripted:
             raise outcome
 
 
-async def run(channel: Scripted, policy: RetryPolicy) -> tuple[DeliveryResult, list[DeliveryResult], list[float]]:
+async def run(
+    channel: Scripted, policy: RetryPolicy
+) -> tuple[DeliveryResult, list[DeliveryResult], list[float]]:
     seen: list[DeliveryResult] = []
     waits: list[float] = []
 

@@ -32,11 +32,17 @@ def test_metric_batch_reads_the_documented_example() -> None:
     assert batch.samples[1] == Sample(name="disk.used_percent", value=71.2, labels={"mount": "/"})
 
 
-def test_encoding_carries_the_version_and_omits_empty_defaults() -> None:
+def test_payloads_carry_the_version_and_samples_stay_compact() -> None:
     batch = MetricBatch(host="h", time=1.0, samples=[Sample(name="cpu.usage_percent", value=1.0)])
     wire = json.loads(encode(batch))
-    assert wire == {"host": "h", "time": 1.0, "samples": [{"name": "cpu.usage_percent", "value": 1.0}]}
+    assert wire == {"v": 1, "host": "h", "time": 1.0, "labels": {},
+                    "samples": [{"name": "cpu.usage_percent", "value": 1.0}]}
     assert decode(encode(batch), MetricBatch).v == 1
+
+
+def test_every_payload_type_writes_v() -> None:
+    status = AgentStatus(host="h", status="online", time=1.0)
+    assert json.loads(encode(status))["v"] == 1
 
 
 @pytest.mark.parametrize(

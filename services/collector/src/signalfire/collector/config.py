@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from typing import Literal
 
@@ -9,7 +10,11 @@ import msgspec
 
 from signalfire.bus import NatsConfig
 from signalfire.config import Duration
-from signalfire.events import Labels
+from signalfire.events import MAX_LABELS
+
+#: Label names the event contract accepts (``signalfire.events.LabelName``).
+_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_MAX_LABEL_VALUE = 1024
 
 #: The shortest collection interval; below it the agent would cost more than it tells.
 MIN_INTERVAL = 0.2
@@ -68,7 +73,7 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: The host name in payloads (subjects use a subject-safe form); default: the system's.
     hostname: str | None = None
     #: Static labels on every batch, e.g. ``{env: prod, role: web}``.
-    labels: Labels = {}
+    labels: dict[str, str] = {}
     collectors: CollectorSwitches = msgspec.field(default_factory=CollectorSwitches)
     disk_exclude_fstypes: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_EXCLUDED_FSTYPES))
     #: Batches kept in memory while NATS is unreachable; the oldest are dropped beyond it.
@@ -79,8 +84,19 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError(f"interval: must be at least {MIN_INTERVAL}s, got {float(self.interval)}s")
         if self.hostname is not None and not self.hostname.strip():
             raise ValueError("hostname: must not be empty (leave it out to use the system's host name)")
+        self._check_labels()
         if self.buffer_size < 0:
             raise ValueError(f"buffer_size: must be 0 or more, got {self.buffer_size}")
+
+    def _check_labels(self) -> None:
+        # Checked here, not by the contract's types, so the message says which label is wrong.
+        if len(self.labels) > MAX_LABELS:
+            raise ValueError(f"labels: at most {MAX_LABELS} labels, got {len(self.labels)}")
+        for name, value in self.labels.items():
+            if len(name) > 100 or not _LABEL_NAME.match(name):
+                raise ValueError(f"labels: name {name!r} must be up to 100 letters, digits, '_', '.' or '-'")
+            if len(value) > _MAX_LABEL_VALUE:
+                raise ValueError(f"labels: value of {name!r} is longer than {_MAX_LABEL_VALUE} characters")
 
     @property
     def host(self) -> str:

@@ -345,7 +345,11 @@ def parse_rule_text(text: str, source: str) -> tuple[list[Rule], list[ConfigErro
         data, lines = parse_yaml(text, source)
     except ConfigError as exc:
         text_lines = text.splitlines()
-        if exc.line is not None and exc.line <= len(text_lines) and _UNQUOTED.search(text_lines[exc.line - 1]):
+        if (
+            exc.line is not None
+            and exc.line <= len(text_lines)
+            and _UNQUOTED.search(text_lines[exc.line - 1])
+        ):
             exc = ConfigError(_reason(exc) + _YAML_HINT, source=exc.source, line=exc.line, field=exc.field)
         return [], [exc]
     errors = _FileErrors(source, lines)
@@ -452,4 +456,3 @@ def load_rules(paths: Iterable[str]) -> list[Rule]:
     if errors:
         raise RuleErrors(errors)
     return rules
-

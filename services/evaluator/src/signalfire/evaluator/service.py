@@ -143,8 +143,11 @@ class EvaluatorService:
         )
         r.gauge("rules", "Rules loaded", function=lambda: len(self.rules))
         r.gauge("alerts_firing", "Alerts currently firing", function=lambda: self._count("firing"))
-        r.gauge("alerts_pending", "Alerts pending (condition holds, `for` not yet elapsed)",
-                function=lambda: len(self._pending))
+        r.gauge(
+            "alerts_pending",
+            "Alerts pending (condition holds, `for` not yet elapsed)",
+            function=lambda: len(self._pending),
+        )
 
     # Lifecycle ---------------------------------------------------------------------------
 
@@ -173,8 +176,11 @@ class EvaluatorService:
             self._metrics_server = await serve_metrics(self.registry, host, port)
         log.info(
             "evaluator started",
-            extra={"rules": len(self.rules), "alerts_firing": self._count("firing"),
-                   "alerts_pending": len(self._pending)},
+            extra={
+                "rules": len(self.rules),
+                "alerts_firing": self._count("firing"),
+                "alerts_pending": len(self._pending),
+            },
         )
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -185,19 +191,19 @@ class EvaluatorService:
         self._subs = []
         self._stopping = True
         self._wake.set()
-        deliver, *others = self._tasks or [None]
-        for task in others:
-            task.cancel()
-        if deliver is not None:
+        tasks, self._tasks = self._tasks, []
+        if tasks:
+            deliver, ticker = tasks
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
             try:
                 await asyncio.wait_for(deliver, timeout)
             except TimeoutError:
-                log.warning("stopped with alert events unpublished; they are kept for the next start",
-                            extra={"alerts": len(self._dirty)})
-        for task in others:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+                log.warning(
+                    "stopped with alert events unpublished; they are kept for the next start",
+                    extra={"alerts": len(self._dirty)},
+                )
         if self._metrics_server is not None:
             self._metrics_server.close()
             await self._metrics_server.wait_closed()
@@ -226,7 +232,9 @@ class EvaluatorService:
                     stored = msgspec.json.decode(entry.value or b"", type=StoredAlert)
                 except msgspec.DecodeError as exc:
                     self.invalid_states.inc()
-                    log.warning("skipped unreadable alert state", extra={"key": entry.key, "reason": str(exc)})
+                    log.warning(
+                        "skipped unreadable alert state", extra={"key": entry.key, "reason": str(exc)}
+                    )
                     continue
                 fp = stored.state.fingerprint
                 self._states[fp] = stored.state
@@ -236,7 +244,7 @@ class EvaluatorService:
                     self._outbox[fp] = list(stored.outbox)
                     self._dirty[fp] = None
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
         if self._dirty:
             self._wake.set()
 
@@ -320,8 +328,10 @@ class EvaluatorService:
         annotations, failed = rule.render_annotations(context)
         for key in failed:
             self.template_errors.inc(rule=rule.name)
-            log.warning("annotation template failed; sent the raw template",
-                        extra={"rule": rule.name, "annotation": key})
+            log.warning(
+                "annotation template failed; sent the raw template",
+                extra={"rule": rule.name, "annotation": key},
+            )
         return AlertEvent(
             id=transition.alert_id,
             fingerprint=transition.fingerprint,
@@ -429,12 +439,13 @@ class EvaluatorService:
             self.latency_sum.inc(elapsed)
             self.latency_count.inc()
         log.info(
-            "alert %s", event.status,
+            "alert %s",
+            event.status,
             extra={"rule": event.rule, "host": event.host, "alert_id": event.id, "value": event.value},
         )
         return True
 
-    async def _retry(self, what: Literal["kv", "publish"], attempt: Callable[[], Awaitable[None]]) -> bool:
+    async def _retry(self, what: Literal["kv", "publish"], attempt: Callable[[], Awaitable[object]]) -> bool:
         """Run ``attempt`` until it succeeds, backing off; gives up only while stopping."""
         counter = self.kv_failures if what == "kv" else self.publish_failures
         delay = 0.1
@@ -448,7 +459,8 @@ class EvaluatorService:
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
                     log.warning(
-                        "alert %s failed; retrying", "state write" if what == "kv" else "publish",
+                        "alert %s failed; retrying",
+                        "state write" if what == "kv" else "publish",
                         extra={"reason": str(exc) or type(exc).__name__, "attempts": failures},
                     )
                 if self._stopping and failures >= 3:

@@ -113,7 +113,7 @@ async def ensure_admin_token(pool: asyncpg.Pool, path: str | os.PathLike[str]) -
 def _bearer(scope: Scope) -> str | None:
     for name, value in scope.get("headers", []):
         if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
+            scheme, _, token = bytes(value).decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
             return None
@@ -163,7 +163,9 @@ class AuthMiddleware:
         needed: Role = "viewer" if scope.get("method", "GET") in _READ_METHODS else "operator"
         if not principal.allows(needed):
             response = error_response(
-                403, "forbidden", f"this needs the {needed} role; the token {principal.name!r} is {principal.role}"
+                403,
+                "forbidden",
+                f"this needs the {needed} role; the token {principal.name!r} is {principal.role}",
             )
             await response(scope, receive, send)
             return

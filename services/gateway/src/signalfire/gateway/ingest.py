@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import msgspec
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -57,8 +56,8 @@ class Rejected(Exception):
 
 def is_data_error(exc: BaseException) -> bool:
     """Whether the database refused the data itself (retrying the same data cannot help)."""
-    sqlstate = getattr(exc, "sqlstate", None)
-    return isinstance(exc, asyncpg.PostgresError) and bool(sqlstate) and sqlstate[:2] in _DATA_ERROR_CLASSES
+    sqlstate = str(getattr(exc, "sqlstate", None) or "")
+    return isinstance(exc, asyncpg.PostgresError) and sqlstate[:2] in _DATA_ERROR_CLASSES
 
 
 @dataclass
@@ -90,7 +89,13 @@ class Ingest:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._consumers = [
-            _Consumer(METRICS_CONSUMER, self.subjects.metrics_stream, None, self._decode_metrics, self._write_metrics),
+            _Consumer(
+                METRICS_CONSUMER,
+                self.subjects.metrics_stream,
+                None,
+                self._decode_metrics,
+                self._write_metrics,
+            ),
             _Consumer(
                 ALERTS_CONSUMER,
                 self.subjects.alerts_stream,
@@ -201,7 +206,8 @@ class Ingest:
             if not is_data_error(exc):
                 self.db_errors.inc(consumer=consumer.name)
                 log.warning(
-                    "database write failed; will retry", extra={"consumer": consumer.name, "reason": repr(exc)}
+                    "database write failed; will retry",
+                    extra={"consumer": consumer.name, "reason": repr(exc)},
                 )
                 return False
             if len(items) == 1:
@@ -220,7 +226,9 @@ class Ingest:
 
     async def _reject(self, msg: Msg, exc: Rejected) -> None:
         self.rejected.inc(reason=exc.reason)
-        log.warning("dropped a message", extra={"subject": msg.subject, "reason": exc.reason, "detail": exc.detail})
+        log.warning(
+            "dropped a message", extra={"subject": msg.subject, "reason": exc.reason, "detail": exc.detail}
+        )
         try:
             await msg.term()
         except Exception as err:
@@ -302,8 +310,3 @@ class Ingest:
         alerts = [p for p in payloads if isinstance(p, AlertEvent)]
         await self.store.write_alerts(alerts)
         self.messages.inc(len(alerts), kind="alerts")
-
-
-def describe(payload: Payload) -> str:
-    """A short description of a payload for logs."""
-    return f"{type(payload).__name__}({msgspec.structs.asdict(payload).get('host', '')})"

@@ -101,4 +101,3 @@ def require(params: Mapping[str, str], field: str) -> str:
     if not value:
         raise invalid(field, f"{field} is required")
     return value
-

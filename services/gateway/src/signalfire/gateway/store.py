@@ -183,7 +183,9 @@ class Store:
                     (when, ids[key] if key in ids else new_series[key], value)
                     for key, when, value in written.rows
                 ]
-                await conn.copy_records_to_table("samples_in", records=records, columns=["t", "series_id", "value"])
+                await conn.copy_records_to_table(
+                    "samples_in", records=records, columns=["t", "series_id", "value"]
+                )
                 status = await conn.execute(
                     "INSERT INTO samples (time, series_id, value) "
                     "SELECT to_timestamp(t), series_id, value FROM samples_in ON CONFLICT DO NOTHING"
@@ -215,9 +217,10 @@ class Store:
                 )
                 written.events = _inserted(status)
             seen: dict[str, MetricBatch | EventBatch] = {}
-            for batch in [*metrics, *events]:
-                if batch.host not in seen or batch.time > seen[batch.host].time:
-                    seen[batch.host] = batch
+            arrivals: list[MetricBatch | EventBatch] = [*metrics, *events]
+            for arrived in arrivals:
+                if arrived.host not in seen or arrived.time > seen[arrived.host].time:
+                    seen[arrived.host] = arrived
             if seen:
                 await conn.executemany(
                     _HOST_SEEN, [(host, b.time, labels_json(b.labels)) for host, b in sorted(seen.items())]

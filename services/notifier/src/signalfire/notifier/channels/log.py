@@ -25,6 +25,20 @@ class LogChannel:
 
     async def send(self, notification: Notification) -> None:
         alert = notification.alert
+        fields: dict[str, object] = {
+            "channel": self.name,
+            "alert_id": alert.id,
+            "status": alert.status,
+            "severity": alert.severity,
+            "rule": alert.rule,
+            "host": alert.host,
+        }
+        if alert.value is not None:
+            fields["value"] = alert.value
+        if summary := alert.annotations.get("summary"):
+            fields["summary"] = summary
+        if alert.labels:
+            fields["labels"] = ",".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
         log.log(
             self._level,
             "%salert %s: %s on %s",
@@ -32,15 +46,5 @@ class LogChannel:
             alert.status,
             alert.rule,
             alert.host,
-            extra={
-                "channel": self.name,
-                "alert_id": alert.id,
-                "status": alert.status,
-                "severity": alert.severity,
-                "rule": alert.rule,
-                "host": alert.host,
-                "value": alert.value,
-                "summary": alert.annotations.get("summary", ""),
-                "labels": ",".join(f"{k}={v}" for k, v in sorted(alert.labels.items())),
-            },
+            extra=fields,
         )

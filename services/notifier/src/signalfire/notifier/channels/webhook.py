@@ -28,6 +28,8 @@ from signalfire.notifier.channels.base import ChannelContext, ChannelSettings, D
 SIGNATURE_HEADER = "X-Signalfire-Signature"
 TIMESTAMP_HEADER = "X-Signalfire-Timestamp"
 USER_AGENT = "signalfire-notifier/1"
+#: Headers the channel sets itself; a configured header of the same name is ignored.
+RESERVED_HEADERS = frozenset({"content-type", SIGNATURE_HEADER.lower(), TIMESTAMP_HEADER.lower()})
 
 
 class WebhookChannelConfig(ChannelSettings, tag="webhook"):
@@ -91,6 +93,10 @@ class WebhookChannel:
     def __init__(self, name: str, config: WebhookChannelConfig, context: ChannelContext) -> None:
         self.name = name
         self._config = config
+        self._headers = {
+            "User-Agent": USER_AGENT,
+            **{k: v for k, v in config.headers.items() if k.lower() not in RESERVED_HEADERS},
+        }
         self._http = context.http
         self._secret: bytes | None = None
         if config.secret_env is not None:
@@ -115,8 +121,7 @@ class WebhookChannel:
             )
         )
         headers = {
-            "User-Agent": USER_AGENT,
-            **self._config.headers,
+            **self._headers,
             "Content-Type": "application/json",
             TIMESTAMP_HEADER: str(int(sent_at)),
         }

@@ -1,0 +1,122 @@
+"""``signalfire gateway``, ``signalfire db migrate`` and ``signalfire token create``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from signalfire.config import load_config
+from signalfire.gateway.auth import ROLES, create_token
+from signalfire.gateway.config import GatewayConfig
+from signalfire.gateway.migrate import migrate, schema_version
+from signalfire.log import configure_logging
+from signalfire.runner import run_service, serve
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="gateway YAML config (optional; SF_* environment variables override it)",
+    )
+
+
+def _run(main: Callable[[], Awaitable[None]]) -> int:
+    """Like :func:`run_service`, plus database errors as one-line messages."""
+
+    async def guarded() -> None:
+        try:
+            await main()
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise OSError(f"database error: {exc}") from None
+
+    return run_service(guarded)
+
+
+def _load(args: argparse.Namespace) -> GatewayConfig:
+    return load_config(GatewayConfig, args.config)
+
+
+def register_gateway(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "gateway",
+        help="store metrics and alerts in the database and serve the API",
+        description="Run the gateway: ingest from NATS into PostgreSQL/TimescaleDB, serve the REST API.",
+    )
+    _add_config(parser)
+    parser.set_defaults(handler=_gateway)
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    async def main() -> None:
+        from signalfire.gateway.service import GatewayService
+
+        config = _load(args)
+        configure_logging("gateway", config.log_level, config.log_format)
+        await serve(GatewayService(config))
+
+    return _run(main)
+
+
+def register_db(subparsers: Any) -> None:
+    parser = subparsers.add_parser("db", help="database maintenance", description="Database maintenance.")
+    commands = parser.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
+    migrate_parser = commands.add_parser(
+        "migrate", help="apply pending schema migrations", description="Apply pending schema migrations."
+    )
+    _add_config(migrate_parser)
+    migrate_parser.set_defaults(handler=_db_migrate)
+
+
+def _db_migrate(args: argparse.Namespace) -> int:
+    async def main() -> None:
+        config = _load(args)
+        conn = await asyncpg.connect(config.database_url)
+        try:
+            applied = await migrate(conn)
+            version = await schema_version(conn)
+        finally:
+            await conn.close()
+        for migration in applied:
+            print(f"applied {migration.version:04d}_{migration.name}")
+        print(f"schema version {version}" + ("" if applied else " (already up to date)"))
+
+    return _run(main)
+
+
+def register_token(subparsers: Any) -> None:
+    parser = subparsers.add_parser("token", help="API tokens", description="Manage API tokens.")
+    commands = parser.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
+    create = commands.add_parser(
+        "create",
+        help="create an API token and print it",
+        description="Create an API token and print it. It is stored only as a hash: keep the printed copy.",
+    )
+    create.add_argument("--name", required=True, help="who or what uses the token")
+    create.add_argument(
+        "--role", required=True, choices=ROLES, help="viewer reads; operator acts; admin manages"
+    )
+    _add_config(create)
+    create.set_defaults(handler=_token_create)
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    if not args.name.strip():
+        print("signalfire: --name must not be empty", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        config = _load(args)
+        conn = await asyncpg.connect(config.database_url)
+        try:
+            await migrate(conn)
+            token = await create_token(conn, args.name, args.role)
+        finally:
+            await conn.close()
+        print(token)
+
+    return _run(main)

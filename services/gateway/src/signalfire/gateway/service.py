@@ -1,0 +1,134 @@
+"""The gateway process: database, migrations, ingest and the HTTP API in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+
+import asyncpg
+import uvicorn
+from nats.aio.client import Client as NATS
+
+from signalfire.bus import connect, ensure_streams
+from signalfire.gateway.api import create_app
+from signalfire.gateway.auth import ensure_admin_token
+from signalfire.gateway.config import GatewayConfig
+from signalfire.gateway.ingest import Ingest
+from signalfire.gateway.migrate import migrate
+from signalfire.gateway.store import LatestValues, Store
+from signalfire.telemetry import Registry, parse_listen
+
+log = logging.getLogger("signalfire.gateway")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the service's runner owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(listen: str) -> socket.socket:
+    """A listening socket for ``host:port``; binding here makes a taken port an ``OSError``
+    from :meth:`GatewayService.start` instead of an exit from inside uvicorn."""
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {listen}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+class GatewayService:
+    """Stores the bus in the database and serves the API.
+
+    ``pool`` and ``nc`` may be handed in (tests, embedding); otherwise :meth:`start` creates
+    them from ``config`` and :meth:`stop` closes them.
+    """
+
+    def __init__(
+        self, config: GatewayConfig, *, pool: asyncpg.Pool | None = None, nc: NATS | None = None
+    ) -> None:
+        self.config = config
+        self.registry = Registry("signalfire_gateway")
+        self.latest = LatestValues()
+        self.pool = pool
+        self.nc = nc
+        self._own_pool = pool is None
+        self._own_nc = nc is None
+        self.ingest: Ingest | None = None
+        self._server: _Server | None = None
+        self._server_task: asyncio.Task[None] | None = None
+        #: The address the API listens on (the real port when ``listen`` asked for port 0).
+        self.address: tuple[str, int] | None = None
+
+    async def start(self) -> None:
+        """Connect, migrate, bootstrap the admin token, start ingest and the HTTP server.
+
+        Raises ``OSError`` (or an asyncpg/NATS error) when the database, NATS or the listen
+        address is unusable; whatever was started is stopped again.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        config = self.config
+        if self.pool is None:
+            self.pool = await asyncpg.create_pool(
+                config.database_url, min_size=1, max_size=config.db_pool_size, command_timeout=60
+            )
+        async with self.pool.acquire() as conn:
+            await migrate(conn)
+        await ensure_admin_token(self.pool, config.admin_token_file)
+        if self.nc is None:
+            self.nc = await connect(config.nats, "signalfire-gateway")
+        js = self.nc.jetstream()
+        await ensure_streams(js, config.nats)
+        sock = _bind(config.listen)
+        self.address = sock.getsockname()[:2]
+        store = Store(self.pool)
+        self.ingest = Ingest(config, js, store, self.registry, self.latest)
+        await self.ingest.start()
+        app = create_app(config, pool=self.pool, registry=self.registry, nc=self.nc, latest=self.latest)
+        self._server = _Server(
+            uvicorn.Config(app, log_config=None, lifespan="on", access_log=False, server_header=False)
+        )
+        self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]), name="gateway-http")
+        while not self._server.started:
+            if self._server_task.done():
+                self._server_task.result()
+                raise RuntimeError("the HTTP server stopped during start")
+            await asyncio.sleep(0.01)
+        log.info("gateway started", extra={"listen": f"{self.address[0]}:{self.address[1]}"})
+
+    async def stop(self) -> None:
+        """Stop serving, finish the ingest round in flight, close what this service opened."""
+        if self._server is not None and self._server_task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(Exception):
+                await self._server_task
+        self._server = self._server_task = None
+        if self.ingest is not None:
+            await self.ingest.stop()
+            self.ingest = None
+        if self.nc is not None and self._own_nc:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+            self.nc = None
+        if self.pool is not None and self._own_pool:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.pool.close(), timeout=10)
+            self.pool = None

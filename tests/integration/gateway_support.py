@@ -1,0 +1,76 @@
+"""Helpers for the gateway's integration tests: a running gateway and polling."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+
+from signalfire.bus import NatsConfig
+from signalfire.gateway.config import GatewayConfig
+from signalfire.gateway.service import GatewayService
+
+T = TypeVar("T")
+
+
+def gateway_config(nats_config: NatsConfig, database_url: str, state: Path, **overrides: Any) -> GatewayConfig:
+    """A gateway on a free port, with quick fetch rounds so tests stop fast."""
+    base = GatewayConfig(
+        nats=nats_config,
+        database_url=database_url,
+        listen="127.0.0.1:0",
+        admin_token_file=str(state / "admin-token"),
+        fetch_timeout=0.2,
+        db_pool_size=4,
+    )
+    return msgspec.structs.replace(base, **overrides)
+
+
+@dataclass
+class RunningGateway:
+    service: GatewayService
+    token: str
+    url: str
+
+    def client(self, token: str | None = None) -> httpx.AsyncClient:
+        """An HTTP client for the API with ``token`` (the admin token by default)."""
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=10)
+
+    def counter(self, name: str, **labels: str) -> float:
+        for metric in self.service.registry._metrics.values():
+            if metric.name == f"signalfire_gateway_{name}":
+                return metric.value(**labels)
+        raise KeyError(name)
+
+
+@asynccontextmanager
+async def running_gateway(config: GatewayConfig) -> AsyncIterator[RunningGateway]:
+    service = GatewayService(config)
+    await service.start()
+    try:
+        assert service.address is not None
+        host, port = service.address
+        token = Path(config.admin_token_file).read_text().strip()
+        yield RunningGateway(service, token, f"http://{host}:{port}")
+    finally:
+        await service.stop()
+
+
+async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 10.0) -> T:
+    """Poll ``check`` until it returns without an ``AssertionError``; returns its result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.05)

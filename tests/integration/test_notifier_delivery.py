@@ -1,0 +1,358 @@
+"""The notifier against real NATS JetStream and a real HTTP receiver on loopback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.msg import Msg
+
+from signalfire.bus import NatsConfig
+from signalfire.config import Duration
+from signalfire.events import AlertEvent, DeliveryResult, decode, encode
+from signalfire.notifier.channels.webhook import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookChannelConfig,
+    verify,
+)
+from signalfire.notifier.cli import notify_test
+from signalfire.notifier.config import NotifyConfig, Route
+from signalfire.notifier.service import DURABLE, NotifierService
+
+SECRET = "s3cret-for-tests"
+
+
+class Receiver:
+    """A webhook receiver answering with scripted statuses (then ``default``) and recording
+    every request it got."""
+
+    def __init__(self, statuses: list[int] | None = None, default: int = 200) -> None:
+        self.statuses = list(statuses or [])
+        self.default = default
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with receiver._lock:
+                    receiver.requests.append((dict(self.headers.items()), body))
+                    status = receiver.statuses.pop(0) if receiver.statuses else receiver.default
+                self.send_response(status)
+                if status == 429:
+                    self.send_header("Retry-After", "0")
+                reply = b"{}" if status < 400 else b'{"error": "scripted failure"}'
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}/hook"
+
+    def bodies(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [json.loads(body) for _, body in self.requests]
+
+    def __enter__(self) -> Receiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as r:
+        yield r
+
+
+def make_alert(**overrides: Any) -> AlertEvent:
+    alert_id = overrides.pop("id", f"alert-{uuid.uuid4().hex[:8]}")
+    fields: dict[str, Any] = {
+        "id": alert_id,
+        "fingerprint": f"fp-{alert_id}",
+        "rule": "HighCPU",
+        "status": "firing",
+        "severity": "high",
+        "host": "web-1.example.com",
+        "starts_at": 1_763_794_800.0,
+        "time": 1_763_794_860.0,
+        "labels": {"team": "ops"},
+        "annotations": {"summary": "CPU 93.2% on web-1"},
+        "value": 93.2,
+        "threshold": 80.0,
+    }
+    fields.update(overrides)
+    return AlertEvent(**fields)
+
+
+def config_for(nats_config: NatsConfig, receiver: Receiver, **channel: Any) -> NotifyConfig:
+    hook = WebhookChannelConfig(
+        url=receiver.url, secret_env="HOOK_SECRET", retry_backoff=Duration(0.05), **channel
+    )
+    return NotifyConfig(nats=nats_config, channels={"hook": hook}, routes=[Route(channels=["hook"])])
+
+
+@pytest.fixture
+async def results(nc: Any, nats_config: NatsConfig) -> AsyncIterator[list[DeliveryResult]]:
+    seen: list[DeliveryResult] = []
+
+    async def collect(msg: Msg) -> None:
+        seen.append(decode(msg.data, DeliveryResult))
+
+    sub = await nc.subscribe(nats_config.subjects.notifications("hook"), cb=collect)
+    yield seen
+    await sub.unsubscribe()
+
+
+async def publish(nc: Any, nats_config: NatsConfig, alert: AlertEvent, msg_id: str | None = None) -> Any:
+    msg_id = msg_id or f"{alert.id}:{alert.status}"
+    return await nc.jetstream().publish(
+        nats_config.subjects.alerts(alert.host), encode(alert), headers={"Nats-Msg-Id": msg_id}
+    )
+
+
+async def wait_until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def started(config: NotifyConfig, nc: Any) -> NotifierService:
+    service = NotifierService(config, nc, environ={"HOOK_SECRET": SECRET})
+    await service.start()
+    return service
+
+
+async def test_firing_alert_is_posted_once_with_the_documented_signed_body(
+    nc: Any, nats_config: NatsConfig, receiver: Receiver, results: list[DeliveryResult]
+) -> None:
+    service = await started(
+        config_for(nats_config, receiver, headers={"X-Team": "ops", "content-type": "text/plain"}), nc
+    )
+    try:
+        alert = make_alert()
+        await publish(nc, nats_config, alert)
+        await wait_until(lambda: len(results) == 1, "a delivery result")
+
+        [(headers, body)] = receiver.requests
+        document = json.loads(body)
+        assert document["version"] == 1
+        assert document["status"] == "firing"
+        assert document["channel"] == "hook"
+        assert document["test"] is False
+        assert decode(json.dumps(document["alert"]).encode(), AlertEvent) == alert
+        assert abs(document["sent_at"] - time.time()) < 60
+        assert headers["Content-Type"] == "application/json"
+        assert headers["X-Team"] == "ops"
+        assert verify(SECRET.encode(), body, headers[SIGNATURE_HEADER])
+        assert not verify(b"wrong secret", body, headers[SIGNATURE_HEADER])
+        assert headers[TIMESTAMP_HEADER] == str(int(document["sent_at"]))
+
+        [result] = results
+        assert (result.status, result.attempt, result.alert_id, result.channel) == (
+            "sent",
+            1,
+            alert.id,
+            "hook",
+        )
+        assert (result.transition, result.rule, result.host, result.error) == (
+            "firing",
+            "HighCPU",
+            alert.host,
+            None,
+        )
+        assert service.deliveries.value(channel="hook", status="sent") == 1
+        assert service.alerts_received.value(status="firing") == 1
+    finally:
+        await service.stop()
+
+
+async def test_the_same_event_again_is_not_sent_twice(
+    nc: Any, nats_config: NatsConfig, receiver: Receiver, results: list[DeliveryResult]
+) -> None:
+    config = config_for(nats_config, receiver)
+    service = await started(config, nc)
+    alert = make_alert()
+    try:
+        await publish(nc, nats_config, alert)
+        await wait_until(lambda: len(results) == 1, "the first delivery")
+        # Same Nats-Msg-Id: the stream itself drops it.
+        ack = await publish(nc, nats_config, alert)
+        assert ack.duplicate
+        # Published again under another id (e.g. after the dedup window): the ledger skips it.
+        await publish(nc, nats_config, alert, msg_id="another-id")
+        await wait_until(lambda: service.duplicates.value(channel="hook") == 1, "the duplicate to be skipped")
+    finally:
+        await service.stop()
+
+    # A notifier that crashed before acking gets the event redelivered; recreating the
+    # durable consumer replays the stream the same way.
+    await nc.jetstream().delete_consumer(nats_config.subjects.alerts_stream, DURABLE)
+    service = await started(config, nc)
+    try:
+        await wait_until(lambda: service.duplicates.value(channel="hook") == 2, "redeliveries to be skipped")
+    finally:
+        await service.stop()
+    assert len(receiver.requests) == 1
+    assert [r.status for r in results] == ["sent"]
+
+    # The resolved transition of the same alert is a new notification.
+    service = await started(config, nc)
+    try:
+        await publish(nc, nats_config, make_alert(id=alert.id, status="resolved", ends_at=alert.time + 60))
+        await wait_until(lambda: len(results) == 2, "the resolved delivery")
+    finally:
+        await service.stop()
+    assert [b["status"] for b in receiver.bodies()] == ["firing", "resolved"]
+
+
+async def test_failing_receiver_is_retried_until_it_accepts(
+    nc: Any, nats_config: NatsConfig, results: list[DeliveryResult]
+) -> None:
+    with Receiver(statuses=[500, 429, 500]) as receiver:
+        service = await started(config_for(nats_config, receiver, max_attempts=5), nc)
+        try:
+            alert = make_alert()
+            await publish(nc, nats_config, alert)
+            await wait_until(lambda: bool(results) and results[-1].status == "sent", "the delivery")
+        finally:
+            await service.stop()
+    assert [(r.status, r.attempt) for r in results] == [
+        ("retrying", 1),
+        ("retrying", 2),
+        ("retrying", 3),
+        ("sent", 4),
+    ]
+    assert results[0].error == 'HTTP 500: {"error": "scripted failure"}'
+    assert results[1].error is not None and results[1].error.startswith("HTTP 429")
+    assert len(receiver.requests) == 4
+    assert {b["alert"]["id"] for b in receiver.bodies()} == {alert.id}
+
+
+async def test_rejecting_receiver_fails_without_retries(
+    nc: Any, nats_config: NatsConfig, results: list[DeliveryResult]
+) -> None:
+    with Receiver(statuses=[400]) as receiver:
+        service = await started(config_for(nats_config, receiver, max_attempts=5), nc)
+        try:
+            await publish(nc, nats_config, make_alert(id="rejected"))
+            await wait_until(lambda: len(results) == 1, "the failed delivery")
+            await publish(nc, nats_config, make_alert(id="accepted"))
+            await wait_until(lambda: len(results) == 2, "the next delivery")
+            info = await nc.jetstream().consumer_info(nats_config.subjects.alerts_stream, DURABLE)
+        finally:
+            await service.stop()
+    assert [(r.alert_id, r.status, r.attempt) for r in results] == [
+        ("rejected", "failed", 1),
+        ("accepted", "sent", 1),
+    ]
+    assert results[0].error == 'HTTP 400: {"error": "scripted failure"}'
+    assert [b["alert"]["id"] for b in receiver.bodies()] == ["rejected", "accepted"]
+    assert info.num_ack_pending == 0
+    assert info.num_redelivered == 0
+
+
+async def test_malformed_message_is_terminated_and_counted_and_the_next_one_delivered(
+    nc: Any, nats_config: NatsConfig, receiver: Receiver, results: list[DeliveryResult]
+) -> None:
+    service = await started(config_for(nats_config, receiver), nc)
+    try:
+        js = nc.jetstream()
+        await js.publish(f"{nats_config.prefix}.alerts.x", b"{not json")
+        await js.publish(f"{nats_config.prefix}.alerts.x", b'{"id": "a", "status": "exploded"}')
+        await publish(nc, nats_config, make_alert(id="good"))
+        await wait_until(lambda: len(results) == 1, "the good delivery")
+        info = await js.consumer_info(nats_config.subjects.alerts_stream, DURABLE)
+    finally:
+        await service.stop()
+    assert service.rejected.value(reason="malformed") == 2
+    assert [b["alert"]["id"] for b in receiver.bodies()] == ["good"]
+    assert info.num_ack_pending == 0
+    assert info.num_redelivered == 0
+
+
+async def test_unrouted_alerts_are_acked_and_counted(
+    nc: Any, nats_config: NatsConfig, receiver: Receiver
+) -> None:
+    config = config_for(nats_config, receiver)
+    config.routes[0].match["severity"] = "critical"
+    service = await started(config, nc)
+    try:
+        await publish(nc, nats_config, make_alert(severity="low"))
+        await wait_until(lambda: service.unrouted.value() == 1, "the alert to be routed nowhere")
+    finally:
+        await service.stop()
+    assert receiver.requests == []
+
+
+async def test_replicas_share_the_work_without_sending_twice(
+    nc: Any, nats_config: NatsConfig, receiver: Receiver, results: list[DeliveryResult]
+) -> None:
+    config = config_for(nats_config, receiver)
+    replicas = [await started(config, nc) for _ in range(2)]
+    try:
+        alerts = [make_alert() for _ in range(20)]
+        for alert in alerts:
+            await publish(nc, nats_config, alert)
+        await wait_until(lambda: len(results) == 20, "all deliveries")
+    finally:
+        for replica in replicas:
+            await replica.stop()
+    ids = [b["alert"]["id"] for b in receiver.bodies()]
+    assert sorted(ids) == sorted(a.id for a in alerts)
+    assert sum(r.alerts_received.value(status="firing") for r in replicas) == 20
+
+
+def test_notify_test_sends_through_one_channel_and_reports_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    with Receiver(statuses=[200, 403]) as receiver:
+        path = tmp_path / "notify.yaml"
+        path.write_text(
+            f"channels:\n  hook:\n    type: webhook\n    url: {receiver.url}\n    secret_env: HOOK_SECRET\n"
+        )
+        args = argparse.Namespace(config=str(path), channel="hook", severity="critical")
+        assert notify_test(args) == 0
+        assert "sent a test notification through hook (webhook)" in capsys.readouterr().out
+        assert notify_test(args) == 1
+        assert "HTTP 403" in capsys.readouterr().err
+        assert notify_test(argparse.Namespace(config=str(path), channel="nope", severity="low")) == 2
+        assert "unknown channel 'nope' (configured: hook)" in capsys.readouterr().err
+    [first, _] = receiver.requests
+    document = json.loads(first[1])
+    assert (document["test"], document["alert"]["severity"]) == (True, "critical")
+    assert verify(SECRET.encode(), first[1], first[0][SIGNATURE_HEADER])
+
+
+def test_missing_secret_stops_start_up(nats_config: NatsConfig, receiver: Receiver) -> None:
+    from signalfire.config import ConfigError
+
+    service = NotifierService(config_for(nats_config, receiver), environ={})
+    with pytest.raises(
+        ConfigError, match=r"channels.hook.secret_env: environment variable HOOK_SECRET is not set"
+    ):
+        asyncio.run(service.start())

@@ -1,0 +1,92 @@
+"""agent.yaml: defaults, validation errors that name file, line and field, SF_* overrides."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from signalfire.collector.config import AgentConfig
+from signalfire.config import ConfigError, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.yaml"
+    path.write_text(text)
+    return path
+
+
+def error_of(path: Path, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(AgentConfig, path, environ=environ or {})
+    return str(info.value)
+
+
+def test_defaults_without_a_file() -> None:
+    config = load_config(AgentConfig, None, environ={})
+    assert config.interval == 5.0
+    assert config.host == socket.gethostname()
+    assert (config.collectors.cpu, config.collectors.memory, config.collectors.disk) == (True, True, True)
+    assert {"tmpfs", "devtmpfs", "overlay", "squashfs", "proc", "sysfs", "cgroup*"} <= set(
+        config.disk_exclude_fstypes
+    )
+    assert config.buffer_size == 1000
+
+
+def test_full_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "nats:\n  url: nats://10.0.0.1:4222\ninterval: 1s\nhostname: web-1.example.com\n"
+        "labels: {env: prod, role: web}\ncollectors: {disk: false}\nbuffer_size: 50\n"
+        "disk_exclude_fstypes: [tmpfs, nfs*]\n",
+    )
+    config = load_config(AgentConfig, path, environ={})
+    assert config.interval == 1.0
+    assert config.host == "web-1.example.com"
+    assert config.labels == {"env": "prod", "role": "web"}
+    assert not config.collectors.disk and config.collectors.cpu
+    assert config.buffer_size == 50
+    assert config.disk_exclude_fstypes == ["tmpfs", "nfs*"]
+
+
+def test_interval_below_minimum_names_line_and_field(tmp_path: Path) -> None:
+    path = write(tmp_path, "log_level: info\ninterval: 100ms\n")
+    assert error_of(path) == f"{path}:2: interval: must be at least 0.2s, got 0.1s"
+
+
+def test_interval_that_is_not_a_duration(tmp_path: Path) -> None:
+    path = write(tmp_path, "interval: soon\n")
+    message = error_of(path)
+    assert message.startswith(f"{path}:1: interval: ")
+    assert "duration" in message
+
+
+def test_unknown_field_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "interval: 5s\nintervall: 10s\n")
+    assert error_of(path) == f"{path}:1: Object contains unknown field `intervall`"
+
+
+def test_unknown_collector_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "interval: 5s\ncollectors:\n  cpu: true\n  gpu: true\n")
+    assert error_of(path) == f"{path}:2: collectors: Object contains unknown field `gpu`"
+
+
+def test_label_name_outside_the_contract(tmp_path: Path) -> None:
+    path = write(tmp_path, "interval: 5s\nlabels:\n  'bad label': x\n")
+    message = error_of(path)
+    assert message == f"{path}:2: labels: name 'bad label' must be up to 100 letters, digits, '_', '.' or '-'"
+
+
+def test_negative_buffer_and_empty_hostname(tmp_path: Path) -> None:
+    assert error_of(write(tmp_path, "buffer_size: -1\n")).endswith(":1: buffer_size: must be 0 or more, got -1")
+    assert ":1: hostname: must not be empty" in error_of(write(tmp_path, "hostname: ''\n"))
+
+
+def test_environment_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, "interval: 5s\n")
+    config = load_config(
+        AgentConfig, path, environ={"SF_INTERVAL": "2s", "SF_HOSTNAME": "db-1", "SF_NATS_URL": "nats://n:4222"}
+    )
+    assert (config.interval, config.host, config.nats.url) == (2.0, "db-1", "nats://n:4222")
+    assert "SF_INTERVAL" in error_of(path, {"SF_INTERVAL": "0.01"})

@@ -1,0 +1,48 @@
+"""The gateway's config: defaults, environment overrides and errors naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from signalfire.config import ConfigError, load_config
+from signalfire.gateway.config import GatewayConfig
+
+
+def test_defaults_need_no_file() -> None:
+    config = load_config(GatewayConfig, None, environ={})
+    assert config.database_url == "postgresql://signalfire@127.0.0.1:5432/signalfire"
+    assert config.listen == "127.0.0.1:8080"
+    assert config.admin_token_file == ".signalfire/admin-token"
+
+
+def test_environment_overrides() -> None:
+    config = load_config(
+        GatewayConfig,
+        None,
+        environ={"SF_DATABASE_URL": "postgresql://x@db/sf", "SF_LISTEN": "0.0.0.0:9000", "SF_NATS_URL": "nats://n:4222"},
+    )
+    assert config.database_url == "postgresql://x@db/sf"
+    assert config.listen == "0.0.0.0:9000"
+    assert config.nats.url == "nats://n:4222"
+
+
+def test_durations_read_like_the_other_services(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text("fetch_timeout: 250ms\nhost_down_after: 1m\n")
+    config = load_config(GatewayConfig, path, environ={})
+    assert config.fetch_timeout == 0.25
+    assert config.host_down_after == 60
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [("listen: localhost\n", "listen"), ("fetch_batch: 0\n", "fetch_batch"), ("databse_url: x\n", "databse_url")],
+)
+def test_bad_values_name_the_field(tmp_path: Path, text: str, field: str) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=field) as caught:
+        load_config(GatewayConfig, path, environ={})
+    assert str(caught.value).startswith(str(path))

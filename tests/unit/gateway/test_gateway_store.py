@@ -1,0 +1,51 @@
+"""Pure parts of the store: series keys, units, latest values and error classification."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from signalfire.gateway.ingest import is_data_error
+from signalfire.gateway.migrate import migrations
+from signalfire.gateway.store import LatestValues, labels_json, unit_of
+
+
+def test_labels_are_keyed_in_one_canonical_form() -> None:
+    assert labels_json({"b": "2", "a": "1"}) == labels_json({"a": "1", "b": "2"}) == '{"a":"1","b":"2"}'
+    assert labels_json({}) == "{}"
+
+
+def test_units_come_from_the_metric_name() -> None:
+    assert unit_of("cpu.usage_percent") == "percent"
+    assert unit_of("mem.available_bytes") == "bytes"
+    assert unit_of("disk.read_bytes_per_second") == "bytes_per_second"
+    assert unit_of("net.errors_per_second") == "per_second"
+    assert unit_of("host.uptime_seconds") == "seconds"
+    assert unit_of("check.http.latency_ms") == "ms"
+    assert unit_of("load.1m") == ""
+    assert unit_of("procs.total") == ""
+
+
+def test_latest_value_keeps_the_newest_sample() -> None:
+    latest = LatestValues()
+    key = ("web-1", "cpu.usage_percent", "{}")
+    latest.update(key, 10.0, 1.0)
+    latest.update(key, 5.0, 2.0)  # a late, older sample
+    assert latest.get(key) == (10.0, 1.0)
+    latest.update(key, 11.0, 3.0)
+    assert latest.get(key) == (11.0, 3.0)
+    assert len(latest) == 1
+
+
+def test_only_data_errors_make_a_message_unstorable() -> None:
+    assert is_data_error(asyncpg.exceptions.UntranslatableCharacterError("\\u0000"))
+    assert is_data_error(asyncpg.exceptions.CheckViolationError("check"))
+    assert not is_data_error(asyncpg.exceptions.UndefinedTableError("no table"))
+    assert not is_data_error(asyncpg.exceptions.AdminShutdownError("shutdown"))
+    assert not is_data_error(ConnectionResetError())
+
+
+def test_migrations_are_numbered_and_in_order() -> None:
+    found = migrations()
+    assert found[0].version == 1
+    assert [m.version for m in found] == sorted({m.version for m in found})
+    assert all(m.sql.strip() for m in found)
