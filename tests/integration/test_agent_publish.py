@@ -6,15 +6,17 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from devstack import NatsServer
 from nats.js.errors import NotFoundError
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.collector.agent import AGENT_METRICS, Agent
+from signalfire.collector.collectors import MetricSpec
 from signalfire.collector.config import AgentConfig
-from signalfire.events import AgentStatus, MetricBatch, decode
+from signalfire.config import Duration
+from signalfire.events import AgentStatus, MetricBatch, Sample, decode
 
 INTERVAL = 0.2
 
@@ -62,7 +64,7 @@ def own(batch: MetricBatch, name: str) -> float:
 
 
 def agent_config(nats: NatsConfig, **fields: Any) -> AgentConfig:
-    return AgentConfig(nats=nats, interval=INTERVAL, **fields)  # type: ignore[arg-type]
+    return AgentConfig(nats=nats, interval=Duration(INTERVAL), **fields)
 
 
 async def test_online_then_batches_then_offline(nats_config: NatsConfig, nc: Any) -> None:
@@ -96,7 +98,12 @@ async def test_online_then_batches_then_offline(nats_config: NatsConfig, nc: Any
         assert batch.host == "web-1.example.com"
         assert batch.labels == {"env": "test"}
         names = {s.name for s in batch.samples}
-        assert {"cpu.usage_percent", "cpu.core.usage_percent", "mem.used_percent", "disk.used_percent"} <= names
+        assert {
+            "cpu.usage_percent",
+            "cpu.core.usage_percent",
+            "mem.used_percent",
+            "disk.used_percent",
+        } <= names
         assert {spec.name for spec in AGENT_METRICS} <= names
         assert all(s.labels.get("mount") for s in batch.samples if s.name.startswith("disk."))
     times = [b.time for b in batches]
@@ -114,7 +121,9 @@ async def test_a_clean_stop_with_a_borrowed_connection_says_offline(nats_config:
 
     await wait_until(online_published, "online status")
     await agent.stop()
-    statuses = [decode(d, AgentStatus).status for s, d in await stored(js, nats_config) if s == agents_subject]
+    statuses = [
+        decode(d, AgentStatus).status for s, d in await stored(js, nats_config) if s == agents_subject
+    ]
     assert statuses == ["online", "offline"]
     assert nc.is_connected  # the caller's connection is the caller's to close
 
@@ -172,7 +181,7 @@ async def test_a_full_buffer_drops_the_oldest_and_counts_them(nats_config: NatsC
     assert own(batches[-1], "agent.batches_dropped") >= 4
     times = [b.time for b in batches]
     assert times == sorted(times)
-    made = agent._seq
+    made = agent.batches_made
     c = counters(agent)
     assert c["agent.batches_sent"] + c["agent.batches_dropped"] + c["agent.batches_buffered"] == made
 
@@ -208,3 +217,31 @@ async def test_replay_after_the_server_restarts(tmp_path: Path) -> None:
     assert len([t for t in times if down_at < t < up_at]) >= 5  # made during the outage, not lost
     assert len(batches) == counters(agent)["agent.batches_sent"]
     assert counters(agent)["agent.batches_dropped"] == 0
+
+
+class OneHugeBatch:
+    """A collector whose first batch is larger than the server's max_payload (1 MB)."""
+
+    name: ClassVar[str] = "huge"
+    METRICS: ClassVar[tuple[MetricSpec, ...]] = ()
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def collect(self, now: float) -> list[Sample]:
+        self.calls += 1
+        if self.calls > 1:
+            return [Sample("huge.ok", 1.0)]
+        return [Sample("huge.value", float(i), {"pad": "x" * 200}) for i in range(6000)]
+
+
+async def test_a_batch_too_large_for_the_server_is_dropped(nats_config: NatsConfig, nc: Any) -> None:
+    agent = Agent(agent_config(nats_config, hostname="huge"), nc=nc, collectors=[OneHugeBatch()])
+    await agent.start()
+    try:
+        await wait_until(lambda: counters(agent)["agent.batches_sent"] >= 2, "batches after the huge one")
+    finally:
+        await agent.stop()
+    batches = await stored_batches(nc.jetstream(), nats_config, "huge")
+    assert all(len(b.samples) < 100 for b in batches)
+    assert counters(agent)["agent.batches_dropped"] == 1

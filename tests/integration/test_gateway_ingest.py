@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from pathlib import Path
 
 import asyncpg
 import pytest
-from gateway_support import eventually, gateway_config, running_gateway
 
 from signalfire.bus import NatsConfig
+from signalfire.config import Duration
 from signalfire.events import (
     AgentStatus,
     AlertEvent,
@@ -22,6 +23,7 @@ from signalfire.events import (
 )
 from signalfire.gateway.ingest import METRICS_CONSUMER
 from signalfire.gateway.migrate import migrate, migrations
+from tests.integration.gateway_support import eventually, gateway_config, running_gateway
 
 
 def batch(host: str = "web-1", when: float | None = None, value: float = 12.5) -> MetricBatch:
@@ -45,7 +47,9 @@ async def count(database_url: str, sql: str, *args: object) -> int:
         await conn.close()
 
 
-async def test_a_duplicate_batch_adds_no_rows(nc, nats_config: NatsConfig, database_url: str, tmp_path: Path) -> None:
+async def test_a_duplicate_batch_adds_no_rows(
+    nc, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
     js = nc.jetstream()
     subject = nats_config.subjects.metrics("web-1")
     sent = batch()
@@ -91,7 +95,7 @@ async def test_a_redelivered_stream_adds_no_rows(
 
 
 @pytest.mark.parametrize(
-    ("payload", "reason"),
+    "case",
     [
         (b"{not json", "invalid_payload"),
         (b'{"host":"web-1","time":1,"samples":[{"name":"cpu","value":"high"}]}', "invalid_payload"),
@@ -99,12 +103,16 @@ async def test_a_redelivered_stream_adds_no_rows(
         (b'{"host":"web-1","time":1,"samples":[{"name":"1bad name","value":1}]}', "invalid_payload"),
         (b'{"host":"web-2","time":1,"samples":[{"name":"cpu","value":1}]}', "host_mismatch"),
         # Valid JSON the database refuses: jsonb has no NUL character.
-        (b'{"host":"web-1","time":1,"samples":[{"name":"cpu","value":1,"labels":{"a":"\\u0000"}}]}', "db_rejected"),
+        (
+            b'{"host":"web-1","time":1,"samples":[{"name":"cpu","value":1,"labels":{"a":"\\u0000"}}]}',
+            "db_rejected",
+        ),
     ],
 )
 async def test_a_bad_message_is_terminated_counted_and_the_next_one_stored(
-    nc, nats_config: NatsConfig, database_url: str, tmp_path: Path, payload: bytes, reason: str
+    nc, nats_config: NatsConfig, database_url: str, tmp_path: Path, case: tuple[bytes, str]
 ) -> None:
+    payload, reason = case
     js = nc.jetstream()
     subject = nats_config.subjects.metrics("web-1")
     async with running_gateway(gateway_config(nats_config, database_url, tmp_path)) as gw:
@@ -146,7 +154,10 @@ async def test_events_and_agent_status_are_stored(
 
         await eventually(stored)
         assert await count(database_url, "SELECT count(*) FROM events") == 2
-        assert await count(database_url, "SELECT count(*) FROM hosts WHERE interval = 5 AND status = 'online'") == 1
+        assert (
+            await count(database_url, "SELECT count(*) FROM hosts WHERE interval = 5 AND status = 'online'")
+            == 1
+        )
 
 
 async def test_firing_then_resolved_is_one_resolved_alert(
@@ -196,7 +207,9 @@ async def test_firing_then_resolved_is_one_resolved_alert(
         await eventually(handled)
         conn = await asyncpg.connect(database_url)
         try:
-            rows = await conn.fetch("SELECT status, seq, value, extract(epoch FROM ends_at)::float8 AS ends FROM alerts")
+            rows = await conn.fetch(
+                "SELECT status, seq, value, extract(epoch FROM ends_at)::float8 AS ends FROM alerts"
+            )
             history = await conn.fetch("SELECT event, seq FROM alert_history ORDER BY seq")
         finally:
             await conn.close()
@@ -228,7 +241,9 @@ async def test_samples_is_a_hypertable_when_timescaledb_is_there(database_url: s
     conn = await asyncpg.connect(database_url)
     try:
         await migrate(conn)
-        available = await conn.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
+        available = await conn.fetchval(
+            "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
+        )
         if not available:
             pytest.skip("this PostgreSQL has no TimescaleDB")
         tables = {
@@ -238,3 +253,49 @@ async def test_samples_is_a_hypertable_when_timescaledb_is_there(database_url: s
         assert "samples" in tables
     finally:
         await conn.close()
+
+
+async def test_a_database_outage_loses_nothing_on_plain_postgresql(
+    nc, nats_config: NatsConfig, tmp_path: Path
+) -> None:
+    from devstack import PostgresServer, temp_pg_dir
+
+    # A private server without TimescaleDB that this test may stop and start.
+    data = temp_pg_dir()
+    server = await asyncio.to_thread(PostgresServer(data, durable=False, timescaledb=False).start)
+    try:
+        database_url = await asyncio.to_thread(server.create_database, "outage")
+        config = gateway_config(nats_config, database_url, tmp_path, max_backoff=Duration(0.5))
+        js = nc.jetstream()
+        subject = nats_config.subjects.metrics("web-1")
+        now = time.time()
+        async with running_gateway(config) as gw:
+            await js.publish(subject, encode(batch(when=now - 2)))
+            await eventually(lambda: _stored(database_url, 3))
+            await asyncio.to_thread(server.stop)
+            for i in range(3):
+                await js.publish(subject, encode(batch(when=now + i)))
+
+            async def failed() -> None:
+                assert gw.counter("db_errors_total", consumer="gateway-metrics") >= 1
+
+            await eventually(failed)
+            await asyncio.to_thread(server.start)
+            await eventually(lambda: _stored(database_url, 12), timeout=30)
+        conn = await asyncpg.connect(database_url)
+        try:
+            hypertable = await conn.fetchval(
+                "SELECT to_regclass('timescaledb_information.hypertables') IS NOT NULL"
+            )
+            brin = await conn.fetchval("SELECT to_regclass('samples_time_brin') IS NOT NULL")
+        finally:
+            await conn.close()
+        assert not hypertable
+        assert brin
+    finally:
+        await asyncio.to_thread(server.stop)
+        shutil.rmtree(data.parent, ignore_errors=True)
+
+
+async def _stored(database_url: str, expected: int) -> None:
+    assert await count(database_url, "SELECT count(*) FROM samples") == expected

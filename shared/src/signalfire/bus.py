@@ -191,7 +191,7 @@ async def ensure_streams(js: JetStreamContext, config: NatsConfig) -> None:
             sorted(current.subjects or []) != sorted(wanted.subjects or [])
             or current.max_age != wanted.max_age
             or current.duplicate_window != wanted.duplicate_window
-            or current.max_bytes != wanted.max_bytes
+            or (current.max_bytes or -1) != (wanted.max_bytes or -1)  # the server reports "no limit" as -1
         ):
             await js.update_stream(wanted)
             log.info("updated stream %s", wanted.name)

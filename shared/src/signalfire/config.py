@@ -26,6 +26,7 @@ T = TypeVar("T")
 
 _PATH_IN_MESSAGE = re.compile(r" - at `(\$[^`]*)`$")
 _NAMED_FIELD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*): ")
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]+)`$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
 
@@ -229,6 +230,10 @@ def convert(
         named = _NAMED_FIELD.match(message)
         if named:
             path, message = f"{path}.{named.group(1)}", message[named.end() :]
+        # An unknown key is reported at its own line, named as the field it would be.
+        unknown = _UNKNOWN_FIELD.match(message)
+        if unknown:
+            path, message = f"{path}.{unknown.group(1)}", "unknown field (a typo, or a setting of another version?)"
         field = _field_path(path)
         env_hint = ""
         if env_applied:

@@ -54,3 +54,12 @@ def test_missing_config_file(tmp_path: Path) -> None:
     result = run_agent("--config", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2
     assert "nope.yaml: cannot read config file" in result.stderr
+
+
+def test_the_agent_imports_nothing_of_the_server_side() -> None:
+    code = (
+        "import sys, signalfire.collector.cli, signalfire.collector.agent\n"
+        "print(sorted({'asyncpg', 'starlette', 'jinja2', 'uvicorn'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

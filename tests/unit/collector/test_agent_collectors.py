@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
+from signalfire.collector.agent import AGENT_METRICS, Agent
 from signalfire.collector.collectors import CpuCollector, DiskCollector, MemoryCollector, build_collectors
 from signalfire.collector.collectors.base import Collector
 from signalfire.collector.config import DEFAULT_EXCLUDED_FSTYPES, AgentConfig, CollectorSwitches
@@ -71,7 +73,9 @@ def test_disk_reports_the_root_file_system() -> None:
 
 
 def test_disk_skips_pseudo_file_systems() -> None:
-    pseudo = {p.mountpoint for p in psutil.disk_partitions(all=True) if p.fstype in ("proc", "sysfs", "tmpfs")}
+    pseudo = {
+        p.mountpoint for p in psutil.disk_partitions(all=True) if p.fstype in ("proc", "sysfs", "tmpfs")
+    }
     reported = DiskCollector(DEFAULT_EXCLUDED_FSTYPES).mounts()
     assert not pseudo & set(reported) - {"/"}
     assert len(reported) == len(set(reported))
@@ -115,3 +119,21 @@ def test_every_collector_output_fits_the_contract() -> None:
     samples = [s for c in collectors for s in c.collect(time.monotonic())]
     batch = MetricBatch(host="h", time=time.time(), samples=samples)
     assert decode(encode(batch), MetricBatch) == batch
+
+
+def test_docs_list_every_declared_metric_and_config_field() -> None:
+    docs = (Path(__file__).parents[3] / "docs" / "agent.md").read_text()
+    collectors = build_collectors(AgentConfig())
+    for spec in [*AGENT_METRICS, *(spec for c in collectors for spec in c.METRICS)]:
+        assert f"| `{spec.name}` |" in docs, f"docs/agent.md does not list {spec.name}"
+    for field in AgentConfig.__struct_fields__:
+        assert f"`{field}" in docs, f"docs/agent.md does not document {field}"
+
+
+def test_agent_own_samples_are_declared() -> None:
+    agent = Agent(AgentConfig())
+    declared = {spec.name: set(spec.labels) for spec in AGENT_METRICS}
+    samples = agent.own_samples()
+    assert {s.name for s in samples} == set(declared)
+    for sample in samples:
+        assert set(sample.labels) == declared[sample.name]

@@ -63,3 +63,14 @@ def test_zero_capacity_keeps_nothing() -> None:
     assert len(outbox) == 0 and outbox.dropped == 1
     with pytest.raises(ValueError):
         Outbox(-1)
+
+
+def test_a_discarded_message_counts_as_dropped() -> None:
+    outbox = Outbox(3)
+    outbox.put(item(0))
+    outbox.put(item(1))
+    taken = outbox.take()
+    assert taken is not None
+    outbox.discard(taken)
+    assert drain(outbox) == [1]
+    assert outbox.dropped == 1

@@ -10,7 +10,9 @@ from signalfire.evaluator.state import AlertState, Series, Transition, fingerpri
 WEB1 = Series(host="web-1", labels={}, context={"env": "prod"})
 
 
-def rule(condition: str = "> 80", for_: str = "0s", resolve: str | None = None, name: str = "HighCPU") -> Rule:
+def rule(
+    condition: str = "> 80", for_: str = "0s", resolve: str | None = None, name: str = "HighCPU"
+) -> Rule:
     extra = f"\n    resolve: '{resolve}'" if resolve else ""
     text = f"""rules:
   - name: {name}

@@ -13,8 +13,15 @@ from signalfire.evaluator.state import AlertState, Series, Transition, step, tic
 SERIES = Series(host="web-1", labels={"mount": "/"})
 
 # (condition, resolve or None): plain rules and rules with a hysteresis band
-RULE_SHAPES = [("> 80", None), ("> 80", "< 75"), (">= 50", "<= 40"), ("< 10", "> 20"), ("== 0", None),
-               ("!= 1", None), ("<= 5", None)]
+RULE_SHAPES = [
+    ("> 80", None),
+    ("> 80", "< 75"),
+    (">= 50", "<= 40"),
+    ("< 10", "> 20"),
+    ("== 0", None),
+    ("!= 1", None),
+    ("<= 5", None),
+]
 
 
 def make_rule(condition: str, resolve: str | None, for_: float) -> Rule:

@@ -61,8 +61,15 @@ def test_resolve_defaults_to_the_negated_condition(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "op", "threshold"),
-    [("> 80", ">", 80), (">= 0.5", ">=", 0.5), ("< 10", "<", 10), ("== 0", "==", 0), ("!= 1", "!=", 1),
-     ("<=-3", "<=", -3), ("  > 1e3 ", ">", 1000)],
+    [
+        ("> 80", ">", 80),
+        (">= 0.5", ">=", 0.5),
+        ("< 10", "<", 10),
+        ("== 0", "==", 0),
+        ("!= 1", "!=", 1),
+        ("<=-3", "<=", -3),
+        ("  > 1e3 ", ">", 1000),
+    ],
 )
 def test_conditions_parse(text, op, threshold):
     assert parse_condition(text) == Condition(op, threshold)
@@ -124,7 +131,7 @@ def test_invalid_yaml_names_the_line(tmp_path):
 def test_unquoted_condition_gets_a_hint(tmp_path):
     message = load_error(tmp_path, GOOD.replace('"> 80"', "> 80"))
     assert ":5: invalid YAML:" in message
-    assert 'quote conditions' in message
+    assert "quote conditions" in message
 
 
 def test_unknown_field_is_named_at_its_line(tmp_path):
@@ -164,8 +171,12 @@ def test_every_error_of_a_file_is_reported(tmp_path):
 
 def test_duplicate_names_across_files_are_an_error(tmp_path):
     first = write(tmp_path, GOOD, "a.yaml")
-    second = write(tmp_path, "rules:\n  - {name: Other, metric: m, condition: '> 1', severity: low}\n" +
-                   GOOD.replace("rules:\n", ""), "b.yaml")
+    second = write(
+        tmp_path,
+        "rules:\n  - {name: Other, metric: m, condition: '> 1', severity: low}\n"
+        + GOOD.replace("rules:\n", ""),
+        "b.yaml",
+    )
     with pytest.raises(ConfigError) as info:
         load_rules([first, second])
     assert str(info.value) == (
@@ -235,8 +246,13 @@ def test_the_default_rule_pack_loads_and_renders():
     for rule in rules:
         assert set(rule.annotations) == {"summary", "description"}
         rendered, failed = rule.render_annotations(
-            {"value": 97.0, "threshold": 90.0, "host": "db-1",
-             "labels": {"mount": "/var", "target": "https://example.test/"}, "rule": rule.name}
+            {
+                "value": 97.0,
+                "threshold": 90.0,
+                "host": "db-1",
+                "labels": {"mount": "/var", "target": "https://example.test/"},
+                "rule": rule.name,
+            }
         )
         assert failed == []
         assert "db-1" in rendered["summary"] + rendered["description"]
@@ -247,7 +263,12 @@ def test_the_default_rule_pack_loads_and_renders():
     assert rendered["summary"] == "Disk /var at 97.0% on db-1"
     slow = next(r for r in rules if r.name == "SlowHttpCheck")
     rendered, _ = slow.render_annotations(
-        {"value": 2500.6, "threshold": 2000.0, "host": "db-1", "labels": {"target": "https://x.test/"},
-         "rule": "SlowHttpCheck"}
+        {
+            "value": 2500.6,
+            "threshold": 2000.0,
+            "host": "db-1",
+            "labels": {"target": "https://x.test/"},
+            "rule": "SlowHttpCheck",
+        }
     )
     assert rendered["summary"] == "HTTP check https://x.test/ slow: 2501 ms"

@@ -21,7 +21,11 @@ def test_environment_overrides() -> None:
     config = load_config(
         GatewayConfig,
         None,
-        environ={"SF_DATABASE_URL": "postgresql://x@db/sf", "SF_LISTEN": "0.0.0.0:9000", "SF_NATS_URL": "nats://n:4222"},
+        environ={
+            "SF_DATABASE_URL": "postgresql://x@db/sf",
+            "SF_LISTEN": "0.0.0.0:9000",
+            "SF_NATS_URL": "nats://n:4222",
+        },
     )
     assert config.database_url == "postgresql://x@db/sf"
     assert config.listen == "0.0.0.0:9000"
@@ -32,13 +36,17 @@ def test_durations_read_like_the_other_services(tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
     path.write_text("fetch_timeout: 250ms\nhost_down_after: 1m\n")
     config = load_config(GatewayConfig, path, environ={})
-    assert config.fetch_timeout == 0.25
-    assert config.host_down_after == 60
+    assert float(config.fetch_timeout) == 0.25
+    assert float(config.host_down_after) == 60.0
 
 
 @pytest.mark.parametrize(
     ("text", "field"),
-    [("listen: localhost\n", "listen"), ("fetch_batch: 0\n", "fetch_batch"), ("databse_url: x\n", "databse_url")],
+    [
+        ("listen: localhost\n", "listen"),
+        ("fetch_batch: 0\n", "fetch_batch"),
+        ("databse_url: x\n", "databse_url"),
+    ],
 )
 def test_bad_values_name_the_field(tmp_path: Path, text: str, field: str) -> None:
     path = tmp_path / "gateway.yaml"

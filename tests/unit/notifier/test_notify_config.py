@@ -82,7 +82,10 @@ def test_missing_webhook_url_names_the_channel(tmp_path: Path) -> None:
 
 def test_unknown_field_in_a_channel_names_the_channel(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace("timeout: 2s", "timout: 2s"))
-    assert error_of(path) == f"{path}:4: channels.hook: Object contains unknown field `timout`"
+    assert (
+        error_of(path)
+        == f"{path}:7: channels.hook.timout: unknown field (a typo, or a setting of another version?)"
+    )
 
 
 def test_bad_duration_and_bad_url(tmp_path: Path) -> None:
@@ -119,7 +122,7 @@ def test_bad_yaml_names_the_line(tmp_path: Path) -> None:
 
 def test_unknown_top_level_field(tmp_path: Path) -> None:
     path = write(tmp_path, "chanels: {}\n")
-    assert error_of(path) == f"{path}:1: Object contains unknown field `chanels`"
+    assert error_of(path) == f"{path}:1: chanels: unknown field (a typo, or a setting of another version?)"
 
 
 def test_bad_file_stops_the_service_with_exit_code_2(

@@ -35,8 +35,13 @@ def test_metric_batch_reads_the_documented_example() -> None:
 def test_payloads_carry_the_version_and_samples_stay_compact() -> None:
     batch = MetricBatch(host="h", time=1.0, samples=[Sample(name="cpu.usage_percent", value=1.0)])
     wire = json.loads(encode(batch))
-    assert wire == {"v": 1, "host": "h", "time": 1.0, "labels": {},
-                    "samples": [{"name": "cpu.usage_percent", "value": 1.0}]}
+    assert wire == {
+        "v": 1,
+        "host": "h",
+        "time": 1.0,
+        "labels": {},
+        "samples": [{"name": "cpu.usage_percent", "value": 1.0}],
+    }
     assert decode(encode(batch), MetricBatch).v == 1
 
 

@@ -84,7 +84,8 @@ class Agent:
         self._nc = nc
         self._owns_nc = nc is None
         self._run_id = secrets.token_hex(6)
-        self._seq = 0
+        #: Batches collected since the agent started (sent + dropped + buffered).
+        self.batches_made = 0
         self._facts: HostFacts | None = None
         self._online_pending = True
         self._failing = False
@@ -191,10 +192,9 @@ class Agent:
             if delay > 0:
                 await asyncio.sleep(delay)
             batch = await self.collect_batch()
-            self._seq += 1
-            self.outbox.put(
-                Outgoing(self.subjects.metrics(self.host), encode(batch), f"{self._run_id}-{self._seq}")
-            )
+            self.batches_made += 1
+            msg_id = f"{self._run_id}-{self.batches_made}"
+            self.outbox.put(Outgoing(self.subjects.metrics(self.host), encode(batch), msg_id))
             self._wake.set()
             planned = schedule.next_tick(planned, time.monotonic(), self.interval)
 
@@ -242,6 +242,14 @@ class Agent:
             except asyncio.CancelledError:
                 self.outbox.put_back(item)
                 raise
+            except nats.errors.MaxPayloadError:
+                # Retrying cannot help, and the batch must not hold up the ones behind it.
+                self.outbox.discard(item)
+                log.error(
+                    "batch larger than the server's max_payload, dropped",
+                    extra={"subject": item.subject, "bytes": len(item.data), "max_payload": nc.max_payload},
+                )
+                continue
             if not published:
                 self.outbox.put_back(item)
                 return
@@ -257,6 +265,8 @@ class Agent:
     ) -> bool:
         try:
             await js.publish(subject, data, timeout=timeout, headers={"Nats-Msg-Id": msg_id})
+        except nats.errors.MaxPayloadError:
+            raise
         except _PUBLISH_ERRORS as exc:
             self._publish_errors.inc()
             self._mark_failing(subject, str(exc) or type(exc).__name__)

@@ -55,3 +55,7 @@ class Outbox:
             self.dropped += 1
             return
         self._items.appendleft(item)
+
+    def discard(self, item: Outgoing) -> None:
+        """Count a taken message that can never be published (too large) as dropped."""
+        self.dropped += 1

@@ -222,11 +222,17 @@ class Rule:
 
     def describe(self) -> dict[str, Any]:
         """The rule as written (JSON-ready), with its effective resolve condition and origin."""
-        data: dict[str, Any] = msgspec.to_builtins(self.spec)
+        data: dict[str, Any] = msgspec.to_builtins(self.spec, enc_hook=_plain)
         data["resolve"] = str(self.resolve)
-        data["for"] = float(self.for_)
+        data["for"] = self.for_
         data["origin"] = self.origin
         return data
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float):  # Duration
+        return float(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
 
 
 class RuleErrors(ConfigError):

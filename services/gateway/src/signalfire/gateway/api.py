@@ -308,7 +308,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        log.info("API ready", extra={"listen": config.listen})
+        log.info("API ready")
         yield
         log.info("API stopped")
 

@@ -88,7 +88,12 @@ class GatewayService:
         config = self.config
         if self.pool is None:
             self.pool = await asyncpg.create_pool(
-                config.database_url, min_size=1, max_size=config.db_pool_size, command_timeout=60
+                # min_size=0: while the database is away, the pool does not retry (and log) in the
+                # background; ingest waits for it on its own.
+                config.database_url,
+                min_size=0,
+                max_size=config.db_pool_size,
+                command_timeout=60,
             )
         async with self.pool.acquire() as conn:
             await migrate(conn)

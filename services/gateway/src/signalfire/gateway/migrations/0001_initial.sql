@@ -36,9 +36,14 @@ CREATE INDEX events_time_idx ON events (time DESC);
 
 -- TimescaleDB when the server has it (Apache or Timescale-licensed edition); plain tables,
 -- with a BRIN index for time scans, when it does not or when we may not create it.
+-- An installed but not preloaded TimescaleDB ends the session (FATAL) on CREATE EXTENSION,
+-- so shared_preload_libraries is checked first.
 DO $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') THEN
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')
+       OR (EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
+           AND 'timescaledb' = ANY (string_to_array(
+                   replace(current_setting('shared_preload_libraries'), ' ', ''), ','))) THEN
         BEGIN
             CREATE EXTENSION IF NOT EXISTS timescaledb;
             PERFORM create_hypertable('samples', 'time', chunk_time_interval => interval '1 day');

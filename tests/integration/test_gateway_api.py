@@ -1,0 +1,340 @@
+"""The gateway's HTTP API against a running gateway, real NATS and real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+
+from signalfire.bus import NatsConfig
+from signalfire.events import AgentStatus, AlertEvent, MetricBatch, Sample, encode
+from signalfire.gateway.auth import create_token
+from tests.integration.gateway_support import RunningGateway, eventually, gateway_config, running_gateway
+
+
+def metric_batch(host: str, when: float, cpu: float) -> MetricBatch:
+    return MetricBatch(
+        host=host,
+        time=when,
+        labels={"env": "prod"},
+        samples=[
+            Sample(name="cpu.usage_percent", value=cpu),
+            Sample(name="disk.used_percent", value=71.2, labels={"mount": "/"}),
+            Sample(name="disk.used_percent", value=33.0, labels={"mount": "/var"}),
+        ],
+    )
+
+
+def assert_error(
+    response: httpx.Response, status: int, code: str, field: str | None = None
+) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error: dict[str, Any] = response.json()["error"]
+    assert error["code"] == code
+    assert error["field"] == field
+    assert error["message"]
+    return error
+
+
+async def until_stored(gw: RunningGateway, kind: str, n: int) -> None:
+    async def stored() -> None:
+        assert gw.counter("ingest_messages_total", kind=kind) >= n
+
+    await eventually(stored)
+
+
+async def test_a_published_batch_can_be_queried(
+    nc, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    js = nc.jetstream()
+    now = time.time()
+    async with running_gateway(gateway_config(nats_config, database_url, tmp_path)) as gw:
+        for i, cpu in enumerate((10.0, 20.0, 30.0)):
+            await js.publish(
+                nats_config.subjects.metrics("web-1"), encode(metric_batch("web-1", now - 20 + i * 5, cpu))
+            )
+        await js.publish(nats_config.subjects.metrics("db-1"), encode(metric_batch("db-1", now, 99.0)))
+        await until_stored(gw, "metrics", 4)
+        async with gw.client() as api:
+            answer = (
+                await api.get("/api/v1/query", params={"host": "web-1", "metric": "cpu.usage_percent"})
+            ).json()
+            assert answer["step"] == 0
+            assert answer["source"] == "raw"
+            [series] = answer["series"]
+            assert series["host"] == "web-1"
+            assert series["metric"] == "cpu.usage_percent"
+            assert series["labels"] == {"env": "prod"}
+            assert [v for _, v in series["points"]] == [10.0, 20.0, 30.0]
+            assert series["points"][0][0] == pytest.approx(now - 20, abs=1e-3)
+
+            both = (await api.get("/api/v1/query", params={"metric": "cpu.usage_percent"})).json()
+            assert {s["host"] for s in both["series"]} == {"web-1", "db-1"}
+
+            by_label = (
+                await api.get("/api/v1/query", params={"metric": "disk.used_percent", "label.mount": "/var"})
+            ).json()
+            assert {(s["host"], s["labels"]["mount"]) for s in by_label["series"]} == {
+                ("web-1", "/var"),
+                ("db-1", "/var"),
+            }
+
+            recent = await api.get(
+                "/api/v1/query", params={"host": "web-1", "metric": "cpu.usage_percent", "from": "-12s"}
+            )
+            assert [v for _, v in recent.json()["series"][0]["points"]] == [30.0]
+
+            window = await api.get(
+                "/api/v1/query",
+                params={
+                    "host": "web-1",
+                    "metric": "cpu.usage_percent",
+                    "from": str(now - 21),
+                    "to": str(now - 14),
+                },
+            )
+            assert [v for _, v in window.json()["series"][0]["points"]] == [10.0, 20.0]
+
+            nothing = await api.get("/api/v1/query", params={"metric": "no.such_metric"})
+            assert nothing.json()["series"] == []
+
+
+async def test_bad_query_parameters_are_400s_naming_the_field(
+    nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    async with running_gateway(gateway_config(nats_config, database_url, tmp_path)) as gw, gw.client() as api:
+        assert_error(await api.get("/api/v1/query"), 400, "invalid_parameter", "metric")
+        assert_error(
+            await api.get("/api/v1/query?metric=cpu&from=yesterday"), 400, "invalid_parameter", "from"
+        )
+        assert_error(
+            await api.get("/api/v1/query?metric=cpu&to=2025-01-01T00:00:00"), 400, "invalid_parameter", "to"
+        )
+        assert_error(
+            await api.get("/api/v1/query?metric=cpu&from=-1h&to=-2h"), 400, "invalid_parameter", "from"
+        )
+        assert_error(await api.get("/api/v1/query?metric=cpu&step=5m"), 400, "invalid_parameter", "step")
+        assert_error(await api.get("/api/v1/alerts?status=open"), 400, "invalid_parameter", "status")
+        assert_error(await api.get("/api/v1/alerts?severity=urgent"), 400, "invalid_parameter", "severity")
+        assert_error(await api.get("/api/v1/alerts?limit=0"), 400, "invalid_parameter", "limit")
+
+
+async def test_too_many_points_is_a_clear_error(
+    nc, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    config = gateway_config(nats_config, database_url, tmp_path, query_max_points=2)
+    async with running_gateway(config) as gw:
+        now = time.time()
+        for i in range(3):
+            await nc.jetstream().publish(
+                nats_config.subjects.metrics("web-1"), encode(metric_batch("web-1", now - i, 1.0))
+            )
+        await until_stored(gw, "metrics", 3)
+        async with gw.client() as api:
+            error = assert_error(
+                await api.get("/api/v1/query?metric=cpu.usage_percent"), 400, "too_many_points", "from"
+            )
+            assert "narrow" in error["message"]
+
+
+async def test_the_api_needs_a_valid_token(
+    nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    async with running_gateway(gateway_config(nats_config, database_url, tmp_path)) as gw:
+        async with httpx.AsyncClient(base_url=gw.url) as anonymous:
+            for path in ("/api/v1/hosts", "/api/v1/query?metric=cpu", "/api/v1/alerts", "/api/v1/nope"):
+                response = await anonymous.get(path)
+                assert_error(response, 401, "unauthorized")
+                assert response.headers["www-authenticate"].startswith("Bearer")
+            bad = await anonymous.get("/api/v1/hosts", headers={"Authorization": "Bearer not-a-token"})
+            assert "not valid" in assert_error(bad, 401, "unauthorized")["message"]
+            basic = await anonymous.get("/api/v1/hosts", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+            assert_error(basic, 401, "unauthorized")
+            by_query = await anonymous.get("/api/v1/hosts", params={"token": gw.token})
+            assert by_query.status_code == 200
+            # health, readiness and metrics stay open for probes and scrapers
+            for path in ("/healthz", "/readyz", "/metrics"):
+                assert (await anonymous.get(path)).status_code == 200, path
+
+        pool = gw.service.pool
+        assert pool is not None
+        viewer = await create_token(pool, "dashboard", "viewer")
+        async with gw.client(viewer) as api:
+            assert (await api.get("/api/v1/hosts")).status_code == 200
+            assert_error(await api.post("/api/v1/hosts"), 403, "forbidden")
+        await pool.execute("UPDATE api_tokens SET revoked_at = now() WHERE name = 'dashboard'")
+        async with gw.client(viewer) as api:
+            assert_error(await api.get("/api/v1/hosts"), 401, "unauthorized")
+
+
+async def test_the_first_start_writes_an_admin_token_once(
+    nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    config = gateway_config(nats_config, database_url, tmp_path / "state")
+    token_file = Path(config.admin_token_file)
+    async with running_gateway(config) as gw:
+        assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
+        first = gw.token
+        async with gw.client() as api:
+            assert (await api.get("/api/v1/hosts")).status_code == 200
+    async with running_gateway(config) as gw:
+        assert gw.token == first  # not replaced on the next start
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = await conn.fetch("SELECT hash FROM api_tokens")
+    finally:
+        await conn.close()
+    assert len(stored) == 1
+    assert first not in stored[0]["hash"]
+
+
+async def test_unknown_routes_and_methods_are_json(
+    nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    async with running_gateway(gateway_config(nats_config, database_url, tmp_path)) as gw, gw.client() as api:
+        assert_error(await api.get("/nope"), 404, "not_found")
+        assert_error(await api.get("/api/v1/nope"), 404, "not_found")
+        assert_error(await api.post("/healthz"), 405, "method_not_allowed")
+
+
+async def test_health_readiness_and_metrics(
+    nc, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    async with running_gateway(gateway_config(nats_config, database_url, tmp_path)) as gw:
+        await nc.jetstream().publish(nats_config.subjects.metrics("web-1"), b"garbage")
+        await nc.jetstream().publish(
+            nats_config.subjects.metrics("web-1"), encode(metric_batch("web-1", time.time(), 5.0))
+        )
+        await until_stored(gw, "metrics", 1)
+        async with httpx.AsyncClient(base_url=gw.url) as http:
+            assert (await http.get("/healthz")).json() == {"status": "ok"}
+            assert (await http.get("/readyz")).json() == {"status": "ready"}
+            text = (await http.get("/metrics")).text
+        assert 'signalfire_gateway_ingest_messages_total{kind="metrics"} 1' in text
+        assert "signalfire_gateway_ingest_samples_total 3" in text
+        assert 'signalfire_gateway_ingest_rejected_total{reason="invalid_payload"} 1' in text
+        assert 'signalfire_gateway_http_requests_total{method="GET",route="/readyz",status="200"} 1' in text
+
+        # NATS gone: the gateway is alive but not ready
+        assert gw.service.nc is not None
+        await gw.service.nc.close()
+        async with httpx.AsyncClient(base_url=gw.url) as http:
+            assert (await http.get("/healthz")).status_code == 200
+            not_ready = await http.get("/readyz")
+        assert not_ready.status_code == 503
+        assert any("nats" in reason for reason in not_ready.json()["reasons"])
+        assert not_ready.json()["error"]["code"] == "not_ready"
+
+
+async def test_hosts_report_status_and_firing_alerts(
+    nc, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    js = nc.jetstream()
+    s = nats_config.subjects
+    now = time.time()
+    facts = {"os": "Linux", "cpu_count": 8}
+    async with running_gateway(gateway_config(nats_config, database_url, tmp_path)) as gw:
+        await js.publish(s.agents("web-1"), encode(_status("web-1", "online", now - 2, facts)))
+        await js.publish(s.metrics("web-1"), encode(metric_batch("web-1", now, 10.0)))
+        await js.publish(s.metrics("old-1"), encode(metric_batch("old-1", now - 3600, 10.0)))
+        await js.publish(s.agents("gone-1"), encode(_status("gone-1", "online", now - 20, {})))
+        await js.publish(s.agents("gone-1"), encode(_status("gone-1", "offline", now - 10, {})))
+        for i, severity in enumerate(("critical", "high", "high")):
+            await js.publish(s.alerts("web-1"), encode(_alert(f"a{i}", "web-1", severity, now)))
+        await until_stored(gw, "metrics", 2)
+        await until_stored(gw, "agents", 3)
+        await until_stored(gw, "alerts", 3)
+        async with gw.client() as api:
+            hosts = {h["host"]: h for h in (await api.get("/api/v1/hosts")).json()["hosts"]}
+            alerts = (await api.get("/api/v1/alerts", params={"host": "web-1", "severity": "high"})).json()
+            limited = (await api.get("/api/v1/alerts", params={"limit": "1"})).json()
+    assert hosts["web-1"]["status"] == "up"
+    assert hosts["web-1"]["facts"] == facts
+    assert hosts["web-1"]["labels"] == {"role": "web"}
+    assert hosts["web-1"]["last_seen"] == pytest.approx(now, abs=1e-3)
+    assert hosts["web-1"]["alerts"] == {"critical": 1, "high": 2, "medium": 0, "low": 0}
+    assert hosts["old-1"]["status"] == "down"
+    assert hosts["gone-1"]["status"] == "offline"
+    assert {a["id"] for a in alerts["alerts"]} == {"a1", "a2"}
+    assert alerts["alerts"][0]["annotations"] == {"summary": "it burns"}
+    assert len(limited["alerts"]) == 1
+
+
+def _status(host: str, status: str, when: float, facts: dict[str, Any]) -> AgentStatus:
+    return msgspec.convert(
+        {
+            "host": host,
+            "status": status,
+            "time": when,
+            "interval": 5.0,
+            "facts": facts,
+            "labels": {"role": "web"},
+        },
+        AgentStatus,
+    )
+
+
+def _alert(alert_id: str, host: str, severity: str, now: float) -> AlertEvent:
+    return msgspec.convert(
+        {
+            "id": alert_id,
+            "fingerprint": f"fp-{alert_id}",
+            "rule": "HighCPU",
+            "status": "firing",
+            "severity": severity,
+            "host": host,
+            "starts_at": now - 60,
+            "time": now - 60,
+            "annotations": {"summary": "it burns"},
+        },
+        AlertEvent,
+    )
+
+
+def _cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SF_DATABASE_URL": database_url}
+    return subprocess.run(
+        [sys.executable, "-m", "signalfire.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_db_migrate_and_token_create_commands(database_url: str) -> None:
+    first = _cli(database_url, "db", "migrate")
+    assert first.returncode == 0, first.stderr
+    assert "applied 0001_initial" in first.stdout
+    again = _cli(database_url, "db", "migrate")
+    assert again.returncode == 0, again.stderr
+    assert "already up to date" in again.stdout
+
+    created = _cli(database_url, "token", "create", "--name", "grafana", "--role", "viewer")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert len(token) >= 43
+
+    bad_role = _cli(database_url, "token", "create", "--name", "x", "--role", "root")
+    assert bad_role.returncode == 2
+    assert "--role" in bad_role.stderr
+
+
+def test_an_unreachable_database_is_a_one_line_error() -> None:
+    from devstack import free_port
+
+    result = _cli(f"postgresql://nobody@127.0.0.1:{free_port()}/none", "db", "migrate")
+    assert result.returncode == 1
+    assert result.stderr.startswith("signalfire: ")
+    assert "Traceback" not in result.stderr
