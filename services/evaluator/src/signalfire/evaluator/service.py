@@ -253,6 +253,7 @@ class EvaluatorService:
     async def _on_metrics(self, msg: Msg) -> None:
         arrived = time.monotonic()
         now = self._clock()
+        log.warning("DEBUG got %s %r", msg.subject, msg.data[:80])
         try:
             batch = decode(msg.data, MetricBatch)
         except PayloadError as exc:
@@ -372,6 +373,7 @@ class EvaluatorService:
     # Delivery ----------------------------------------------------------------------------
 
     def _mark_dirty(self, fp: str) -> None:
+        log.warning("DEBUG dirty %s", fp)
         self._dirty[fp] = None
         self._wake.set()
 
