@@ -126,6 +126,7 @@ class NatsServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
         )
         log.close()
         wait_for(lambda: port_open(self.host, self.port), "nats-server", timeout, self.proc, self.log_path)
@@ -250,6 +251,7 @@ class PostgresServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
             user=self.run_as,
             group=self.run_as,
         )
@@ -347,6 +349,7 @@ class ServiceProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
             cwd=REPO,
         )
         log.close()
@@ -474,7 +477,7 @@ def up(argv: list[str]) -> int:
             token_file = state / "admin-token"
             url = f"http://127.0.0.1:{args.gateway_port}/"
             print("\nSignalfire is running:")
-            print(f"  dashboard   {url}")
+            print(f"  gateway     {url}")
             print(f"  API         {url}api/v1/hosts  (Authorization: Bearer $(cat {token_file}))")
             print(f"  NATS        {running.nats.url}")
             print(f"  admin token {token_file}")

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from signalfire.bus import NatsConfig, request_json
+from signalfire.config import Duration
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService, StoredAlert
 from signalfire.evaluator.state import AlertState, fingerprint
 from signalfire.events import AlertEvent, MetricBatch, Sample, decode, encode
@@ -41,7 +42,7 @@ rules:
 def config(tmp_path: Path, nats_config: NatsConfig) -> EvaluatorConfig:
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
-    return EvaluatorConfig(nats=nats_config, rules=[str(rules)], tick_interval=0.05)
+    return EvaluatorConfig(nats=nats_config, rules=[str(rules)], tick_interval=Duration(0.05))
 
 
 @contextlib.asynccontextmanager
@@ -70,7 +71,9 @@ class AlertStream:
         return decode(msg.data, AlertEvent), (msg.headers or {}).get("Nats-Msg-Id", "")
 
 
-async def send(nc, config: NatsConfig, *samples: Sample, host: str = HOST, time: float = 1_763_794_800.0) -> None:
+async def send(
+    nc, config: NatsConfig, *samples: Sample, host: str = HOST, time: float = 1_763_794_800.0
+) -> None:
     batch = MetricBatch(host=host, time=time, labels={"env": "prod", "role": "web"}, samples=list(samples))
     await nc.publish(config.subjects.metrics(host), encode(batch))
     await nc.flush()
@@ -138,7 +141,12 @@ async def test_for_expires_on_the_timer_without_another_sample(nc, nats_config, 
     async with running(config):
         await send(nc, nats_config, Sample(name="mem.used_percent", value=90.0))
         event, _ = await alerts.next()
-        assert (event.rule, event.status, event.value, event.severity) == ("HighMemory", "firing", 90.0, "high")
+        assert (event.rule, event.status, event.value, event.severity) == (
+            "HighMemory",
+            "firing",
+            90.0,
+            "high",
+        )
 
 
 async def test_restart_neither_repeats_a_firing_nor_loses_the_resolve(nc, nats_config, config):
@@ -174,15 +182,35 @@ async def test_an_outbox_left_by_a_crash_is_published_once_at_start(nc, nats_con
     alerts = await AlertStream.open(nc, nats_config)
     fp = fingerprint("HighCPU", HOST, {})
     event = AlertEvent(
-        id=f"{fp}:1000", fingerprint=fp, rule="HighCPU", status="firing", severity="critical",
-        host=HOST, starts_at=1.0, time=1.0, value=99.0, threshold=90.0, seq=1,
+        id=f"{fp}:1000",
+        fingerprint=fp,
+        rule="HighCPU",
+        status="firing",
+        severity="critical",
+        host=HOST,
+        starts_at=1.0,
+        time=1.0,
+        value=99.0,
+        threshold=90.0,
+        seq=1,
     )
-    state = AlertState(rule="HighCPU", fingerprint=fp, host=HOST, status="firing", alert_id=event.id,
-                       active_since=1.0, fired_at=1.0, value=99.0, seq=1, last_seen=1.0)
+    state = AlertState(
+        rule="HighCPU",
+        fingerprint=fp,
+        host=HOST,
+        status="firing",
+        alert_id=event.id,
+        active_since=1.0,
+        fired_at=1.0,
+        value=99.0,
+        seq=1,
+        last_seen=1.0,
+    )
     kv = await nc.jetstream().key_value(nats_config.subjects.bucket("alert_state"))
     # the crashed evaluator had published the event already; the stream must drop the repeat
-    await nc.jetstream().publish(nats_config.subjects.alerts(HOST), encode(event),
-                                 headers={"Nats-Msg-Id": f"{event.id}:firing"})
+    await nc.jetstream().publish(
+        nats_config.subjects.alerts(HOST), encode(event), headers={"Nats-Msg-Id": f"{event.id}:firing"}
+    )
     await kv.put(fp, msgspec.json.encode(StoredAlert(state=state, outbox=[event])))
 
     async with running(config) as service:

@@ -132,9 +132,9 @@ def test_hysteresis_keeps_firing_between_resolve_and_condition():
 
 
 def test_other_operators():
-    state, events = feed(rule("== 0"), [(0, 1), (1, 0), (2, 0), (3, 1)])
+    _, events = feed(rule("== 0"), [(0, 1), (1, 0), (2, 0), (3, 1)])
     assert [e.status for e in events] == ["firing", "resolved"]
-    state, events = feed(rule("< 10", resolve=">= 20"), [(0, 30), (1, 5), (2, 15), (3, 25)])
+    _, events = feed(rule("< 10", resolve=">= 20"), [(0, 30), (1, 5), (2, 15), (3, 25)])
     assert [(e.status, e.time) for e in events] == [("firing", 1), ("resolved", 3)]
 
 

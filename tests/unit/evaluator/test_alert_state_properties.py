@@ -26,7 +26,10 @@ RULE_SHAPES = [
 
 def make_rule(condition: str, resolve: str | None, for_: float) -> Rule:
     extra = f"\n    resolve: '{resolve}'" if resolve else ""
-    text = f"rules:\n  - name: R\n    metric: m\n    condition: '{condition}'\n    for: {for_}{extra}\n    severity: low\n"
+    text = (
+        f"rules:\n  - name: R\n    metric: m\n    condition: '{condition}'\n"
+        f"    for: {for_}{extra}\n    severity: low\n"
+    )
     rules, errors = parse_rule_text(text, "property.yaml")
     assert errors == []
     return rules[0]

@@ -231,6 +231,7 @@ def test_templates_run_in_a_sandbox(tmp_path):
         {"value": 1.0, "threshold": 80.0, "host": "web-1", "labels": {}, "rule": "HighCPU"}
     )
     assert failed == ["summary"]
+    assert "__globals__" in rendered["summary"]  # the raw template, not the interpreter's globals
 
 
 def test_the_default_rule_pack_loads_and_renders():

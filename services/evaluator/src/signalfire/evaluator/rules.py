@@ -341,7 +341,6 @@ def compile_rule(spec: RuleSpec, index: int, errors: _FileErrors, env: Sandboxed
 
 # An unquoted value starting with ">" (a block scalar) or "!" (a tag): a YAML error users meet.
 _UNQUOTED = re.compile(r":\s*[>!]")
-_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
 _YAML_HINT = ' (quote conditions and matchers that start with > or !, e.g. condition: "> 80")'
 
 
@@ -387,14 +386,11 @@ def parse_rule_text(text: str, source: str) -> tuple[list[Rule], list[ConfigErro
             spec = convert(item, RuleSpec, source=source, lines=own_lines)
         except ConfigError as exc:
             path = f"{where}.{exc.field}" if exc.field else where
-            line, reason = exc.line, _reason(exc)
-            unknown = _UNKNOWN_FIELD.search(reason)
-            if unknown is not None:  # msgspec reports it at the object; point at the field itself
-                path = f"{path}.{unknown.group(1)}"
-                line = line_of(f"$.{path}", lines) or line
+            reason = _reason(exc)
+            if reason.startswith("unknown field"):  # convert() names the field at its own line
                 allowed = ", ".join(f.encode_name for f in msgspec.structs.fields(RuleSpec))
                 reason = f"unknown field; a rule takes {allowed}"
-            errors.errors.append(ConfigError(reason, source=source, line=line, field=path))
+            errors.errors.append(ConfigError(reason, source=source, line=exc.line, field=path))
             continue
         rule = compile_rule(spec, i, errors, env)
         if rule is not None:

@@ -170,6 +170,10 @@ class EvaluatorService:
             await nc.subscribe(self.subjects.all_metrics, cb=self._on_metrics),
             await nc.subscribe(self.subjects.control("evaluator", "rules"), cb=self._on_rules_request),
         ]
+        # nats-py writes a flush's PING straight to the socket while SUBs wait in its send
+        # buffer, so one flush can return before the server has the subscriptions. The
+        # second PING goes out after them: once it returns, no batch published now is missed.
+        await nc.flush()
         await nc.flush()
         if self.config.metrics_listen:
             host, port = parse_listen(self.config.metrics_listen)
@@ -253,7 +257,6 @@ class EvaluatorService:
     async def _on_metrics(self, msg: Msg) -> None:
         arrived = time.monotonic()
         now = self._clock()
-        log.warning("DEBUG got %s %r", msg.subject, msg.data[:80])
         try:
             batch = decode(msg.data, MetricBatch)
         except PayloadError as exc:
@@ -373,7 +376,6 @@ class EvaluatorService:
     # Delivery ----------------------------------------------------------------------------
 
     def _mark_dirty(self, fp: str) -> None:
-        log.warning("DEBUG dirty %s", fp)
         self._dirty[fp] = None
         self._wake.set()
 
