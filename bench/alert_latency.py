@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import statistics
 import sys
@@ -22,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "dev"))
 
-from devstack import NatsServer, ServiceProcess  # noqa: E402
+from devstack import NatsServer, ServiceProcess
 
-from signalfire.bus import NatsConfig, connect, ensure_streams, request_json  # noqa: E402
-from signalfire.events import MetricBatch, Sample, encode  # noqa: E402
+from signalfire.bus import NatsConfig, connect, ensure_streams, request_json
+from signalfire.events import MetricBatch, Sample, encode
 
 RULES = """
 rules:
@@ -78,7 +79,9 @@ async def measure(url: str, transitions: int) -> tuple[list[float], list[float]]
     for i in range(transitions):
         host = f"bench-{i // 2}"
         value = 99.0 if i % 2 == 0 else 10.0
-        batch = MetricBatch(host=host, time=time.time(), samples=[Sample(name="cpu.usage_percent", value=value)])
+        batch = MetricBatch(
+            host=host, time=time.time(), samples=[Sample(name="cpu.usage_percent", value=value)]
+        )
         sent = time.perf_counter()
         await js.publish(f"sf.metrics.{host}", encode(batch))
         ours.append(await asyncio.wait_for(arrived.get(), 5) - sent)
@@ -88,6 +91,7 @@ async def measure(url: str, transitions: int) -> tuple[list[float], list[float]]
 
 
 def main() -> int:
+    logging.basicConfig(level=logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--transitions", type=int, default=400)
     args = parser.parse_args()
@@ -95,7 +99,12 @@ def main() -> int:
         root = Path(tmp)
         (root / "rules.yaml").write_text(RULES)
         nats = NatsServer(root / "nats").start()
-        env = {**os.environ, "SF_NATS_URL": nats.url, "SF_RULES": str(root / "rules.yaml"), "SF_LOG_LEVEL": "warning"}
+        env = {
+            **os.environ,
+            "SF_NATS_URL": nats.url,
+            "SF_RULES": str(root / "rules.yaml"),
+            "SF_LOG_LEVEL": "warning",
+        }
         evaluator = ServiceProcess("evaluator", ["evaluator"], env, root).start()
         try:
             raw, ours = asyncio.run(measure(nats.url, args.transitions))
@@ -105,8 +114,14 @@ def main() -> int:
     r, o = percentiles(raw), percentiles(ours)
     print(f"transitions: {args.transitions}   (2 cores, loopback)")
     print(f"{'':28}{'p50':>10}{'p95':>10}{'p99':>10}{'mean':>10}")
-    print("raw NATS publish→receive    " + "".join(f"{r[k] * 1000:>8.2f}ms" for k in ("p50", "p95", "p99", "mean")))
-    print("publish→AlertEvent          " + "".join(f"{o[k] * 1000:>8.2f}ms" for k in ("p50", "p95", "p99", "mean")))
+    print(
+        "raw NATS publish→receive    "
+        + "".join(f"{r[k] * 1000:>8.2f}ms" for k in ("p50", "p95", "p99", "mean"))
+    )
+    print(
+        "publish→AlertEvent          "
+        + "".join(f"{o[k] * 1000:>8.2f}ms" for k in ("p50", "p95", "p99", "mean"))
+    )
     print(f"ratio (ours / raw, p50):    {o['p50'] / r['p50']:.1f}x")
     return 0
 

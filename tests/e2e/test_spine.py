@@ -147,7 +147,9 @@ async def test_metric_to_alert_to_webhook_and_api(running: Stack, receiver: Rece
     js = nc.jetstream()
 
     async def publish(cpu: float) -> float:
-        batch = MetricBatch(host=HOST, time=time.time(), samples=[Sample(name="cpu.usage_percent", value=cpu)])
+        batch = MetricBatch(
+            host=HOST, time=time.time(), samples=[Sample(name="cpu.usage_percent", value=cpu)]
+        )
         sent = time.monotonic()
         await js.publish(f"sf.metrics.{'e2e-web-1_example_com'}", encode(batch))
         return sent
@@ -205,7 +207,9 @@ async def test_metric_to_alert_to_webhook_and_api(running: Stack, receiver: Rece
 
     # The gateway stored the samples and the alert.
     def stored() -> Any:
-        series = api(running, "/api/v1/query", host=HOST, metric="cpu.usage_percent", **{"from": "-10m"})["series"]
+        series = api(running, "/api/v1/query", host=HOST, metric="cpu.usage_percent", **{"from": "-10m"})[
+            "series"
+        ]
         return series and len(series[0]["points"]) >= 4 and series
 
     series = wait_until(stored, 15, "samples in the API", running)

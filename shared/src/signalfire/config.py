@@ -233,7 +233,10 @@ def convert(
         # An unknown key is reported at its own line, named as the field it would be.
         unknown = _UNKNOWN_FIELD.match(message)
         if unknown:
-            path, message = f"{path}.{unknown.group(1)}", "unknown field (a typo, or a setting of another version?)"
+            path, message = (
+                f"{path}.{unknown.group(1)}",
+                "unknown field (a typo, or a setting of another version?)",
+            )
         field = _field_path(path)
         env_hint = ""
         if env_applied:
