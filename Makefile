@@ -39,8 +39,8 @@ format:  ## apply ruff's formatting and safe fixes
 	@$(UV) run --no-sync ruff format .
 	@$(UV) run --no-sync ruff check --fix .
 
-typecheck:  ## mypy (strict) on every package, the dev stack and the tests' helpers
-	@$(UV) run --no-sync mypy shared/src services/*/src deploy/dev
+typecheck:  ## mypy (strict) on every package, the dev stack, the benchmarks and the tests
+	@$(UV) run --no-sync mypy shared/src services/*/src deploy/dev bench tests
 
 unit: sync  ## unit tests only (no servers)
 	@$(UV) run --no-sync pytest tests/unit $(PYTEST_ARGS)

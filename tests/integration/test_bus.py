@@ -9,6 +9,7 @@ import pytest
 from nats.errors import NoServersError
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
+from signalfire.config import Duration
 
 
 async def test_ensure_streams_is_idempotent_and_concurrent(nats_config: NatsConfig) -> None:
@@ -20,8 +21,8 @@ async def test_ensure_streams_is_idempotent_and_concurrent(nats_config: NatsConf
         s = nats_config.subjects
         metrics = await js.stream_info(s.metrics_stream)
         alerts = await js.stream_info(s.alerts_stream)
-        assert set(metrics.config.subjects) == {s.all_metrics, s.all_events, s.all_agents}
-        assert set(alerts.config.subjects) == {s.all_alerts, s.actions, s.all_notifications}
+        assert set(metrics.config.subjects or []) == {s.all_metrics, s.all_events, s.all_agents}
+        assert set(alerts.config.subjects or []) == {s.all_alerts, s.actions, s.all_notifications}
         for short in ("alert_state", "notify_state", "silences"):
             kv = await js.key_value(s.bucket(short))
             await kv.put("probe", b"1")
@@ -52,6 +53,6 @@ async def test_published_batch_lands_in_the_metrics_stream(nc, nats_config: Nats
 async def test_unreachable_server_is_a_clear_error() -> None:
     from devstack import free_port
 
-    config = NatsConfig(url=f"nats://127.0.0.1:{free_port()}", connect_timeout=0.5)
+    config = NatsConfig(url=f"nats://127.0.0.1:{free_port()}", connect_timeout=Duration(0.5))
     with pytest.raises(NoServersError):
         await connect(config, "t", max_reconnect_attempts=1)
