@@ -29,7 +29,9 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 
 @pytest.fixture
 def nats_config(nats_server: NatsServer) -> NatsConfig:
-    return NatsConfig(url=nats_server.url, prefix=f"t{secrets.token_hex(4)}")
+    # Small stream limits: every test creates its own streams on the one session server, and
+    # JetStream reserves each stream's max_bytes from the server's storage.
+    return NatsConfig(url=nats_server.url, prefix=f"t{secrets.token_hex(4)}", metrics_max_bytes=16 << 20)
 
 
 @pytest.fixture

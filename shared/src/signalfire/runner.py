@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -23,14 +24,17 @@ class Service(Protocol):
 
 
 async def serve(service: Service, on_reload: Callable[[], Coroutine[Any, Any, None]] | None = None) -> None:
-    """Start ``service``, wait for SIGTERM or SIGINT, then stop it cleanly."""
+    """Start ``service``, wait for SIGTERM or SIGINT, then stop it cleanly.
+
+    A signal that arrives while the service is still starting (waiting for NATS or the
+    database) abandons the start and stops what was started.
+    """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     if on_reload is not None:
         reload = on_reload
-
         reloads: set[asyncio.Task[None]] = set()
 
         def hup() -> None:
@@ -39,11 +43,21 @@ async def serve(service: Service, on_reload: Callable[[], Coroutine[Any, Any, No
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, hup)
-    await service.start()
+    starting = asyncio.ensure_future(service.start())
+    stop_requested = asyncio.ensure_future(stopping.wait())
     try:
-        await stopping.wait()
+        await asyncio.wait({starting, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # a failed start raises here
+            await stop_requested
+        else:
+            log.info("stop requested while starting")
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
         log.info("stopping")
     finally:
+        stop_requested.cancel()
         await service.stop()
 
 
