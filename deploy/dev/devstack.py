@@ -382,12 +382,15 @@ def stack(
     notify_config: Path = REPO / "deploy" / "dev" / "notify.yaml",
     agent_config: Path = REPO / "deploy" / "dev" / "agent.yaml",
     durable: bool = True,
+    metrics_port: int | None = None,
     extra_env: Mapping[str, str] | None = None,
 ) -> Iterator[Stack]:
     """The whole Signalfire stack: NATS, PostgreSQL, the four services and (optionally) an agent.
 
     Services are real ``signalfire`` processes configured through ``SF_*`` variables; all of
-    them, and the servers, are stopped by PID when the block ends.
+    them, and the servers, are stopped by PID when the block ends. With ``metrics_port``, the
+    evaluator serves ``/metrics`` on that port and the notifier on the next one (the gateway
+    serves its own at ``/metrics``).
     """
     state.mkdir(parents=True, exist_ok=True)
     logs = state / "logs"
@@ -418,12 +421,14 @@ def stack(
             gateway.proc,
             gateway.log_path,
         )
-        services.append(
-            ServiceProcess("evaluator", ["evaluator"], {**env, "SF_RULES": str(rules)}, logs).start()
-        )
-        services.append(
-            ServiceProcess("notifier", ["notifier", "--config", str(notify_config)], env, logs).start()
-        )
+        evaluator_env = {**env, "SF_RULES": str(rules)}
+        notifier_env = dict(env)
+        if metrics_port is not None:
+            evaluator_env["SF_METRICS_LISTEN"] = f"127.0.0.1:{metrics_port}"
+            notifier_env["SF_METRICS_LISTEN"] = f"127.0.0.1:{metrics_port + 1}"
+        services.append(ServiceProcess("evaluator", ["evaluator"], evaluator_env, logs).start())
+        notifier_args = ["notifier", "--config", str(notify_config)]
+        services.append(ServiceProcess("notifier", notifier_args, notifier_env, logs).start())
         if agent:
             services.append(
                 ServiceProcess("agent", ["agent", "--config", str(agent_config)], env, logs).start()
@@ -459,6 +464,7 @@ def up(argv: list[str]) -> int:
     parser.add_argument("--nats-port", type=int, default=int(os.environ.get("SF_UP_NATS_PORT", "4222")))
     parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("SF_UP_GATEWAY_PORT", "8080")))
     parser.add_argument("--pg-port", type=int, default=int(os.environ.get("SF_UP_PG_PORT", "15432")))
+    parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("SF_UP_METRICS_PORT", "9101")))
     parser.add_argument("--no-agent", action="store_true")
     args = parser.parse_args(argv)
     state = Path(args.state)
@@ -472,7 +478,12 @@ def up(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         with stack(
-            state, args.nats_port, args.gateway_port, args.pg_port, agent=not args.no_agent
+            state,
+            args.nats_port,
+            args.gateway_port,
+            args.pg_port,
+            agent=not args.no_agent,
+            metrics_port=args.metrics_port,
         ) as running:
             token_file = state / "admin-token"
             url = f"http://127.0.0.1:{args.gateway_port}/"
@@ -480,6 +491,11 @@ def up(argv: list[str]) -> int:
             print(f"  gateway     {url}")
             print(f"  API         {url}api/v1/hosts  (Authorization: Bearer $(cat {token_file}))")
             print(f"  NATS        {running.nats.url}")
+            print(
+                f"  /metrics    {url}metrics (gateway), "
+                f"http://127.0.0.1:{args.metrics_port}/metrics (evaluator), "
+                f"http://127.0.0.1:{args.metrics_port + 1}/metrics (notifier)"
+            )
             print(f"  admin token {token_file}")
             print(f"  logs        {running.logs}/")
             print("Press Ctrl-C to stop.", flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,3 +43,46 @@ def test_sigterm_while_waiting_for_nats(service: str, database_url: str, tmp_pat
     output = proc.stdout.read().decode() if proc.stdout else ""
     assert code == 0, output
     assert "Traceback" not in output, output
+
+
+BAD_CONFIGS = {
+    "evaluator": (
+        "rules.yaml",
+        'rules:\n  - name: HighCPU\n    metric: cpu.usage_percent\n    condition: "> eighty"\n    severity: high\n',
+        r"rules\.yaml:4: rules\[0\]\.condition: ",
+    ),
+    "notifier": (
+        "notify.yaml",
+        "channels:\n  ops:\n    type: log\nroutes:\n  - match: {severity: critical}\n    channels: [pager]\n",
+        r"notify\.yaml:6: routes\[0\]\.channels\[0\]: unknown channel 'pager'",
+    ),
+    "gateway": (
+        "gateway.yaml",
+        "listen: 127.0.0.1:8080\ndatabase_urll: x\n",
+        r"gateway\.yaml:2: database_urll: unknown field",
+    ),
+    "agent": (
+        "agent.yaml",
+        "interval: 5s\nlabels:\n  env: prod\n  'bad label!': x\n",
+        r"agent\.yaml:\d+: labels",
+    ),
+}
+
+
+@pytest.mark.parametrize("service", sorted(BAD_CONFIGS))
+def test_bad_config_stops_start_up_naming_file_line_and_field(service: str, tmp_path: Path) -> None:
+    filename, text, expected = BAD_CONFIGS[service]
+    path = tmp_path / filename
+    path.write_text(text)
+    env = {**os.environ, "SF_NATS_URL": f"nats://127.0.0.1:{free_port()}"}
+    args = [SIGNALFIRE, service]
+    if service == "evaluator":
+        env["SF_RULES"] = str(path)
+    else:
+        args += ["--config", str(path)]
+    result = subprocess.run(
+        args, env=env, capture_output=True, text=True, timeout=30, check=False, cwd=tmp_path
+    )
+    assert result.returncode == 2, result.stderr
+    assert re.search(expected, result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
