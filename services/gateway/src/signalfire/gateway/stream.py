@@ -1,0 +1,225 @@
+"""Live fan-out to dashboard tabs: one hub, many subscribers, resumable by sequence number.
+
+Every message the gateway streams (a sample, an alert event, a host status change) is
+encoded **once** into a frame carrying a global sequence number and kept in a ring buffer for
+a few minutes. Each client has its own bounded queue:
+
+- metric frames are coalesced to the latest value per series, so a slow client gets fresh
+  values instead of a backlog;
+- alert and host frames are never dropped; a client whose queue of those grows past
+  ``max_pending`` is stalled and is disconnected (it resumes from its last sequence number);
+- on reconnect a client sends the last sequence number it saw and gets every frame after it
+  that its subscription matches, from the ring: no gap and no duplicate. A client whose last
+  number has already left the ring gets a ``reset`` frame and reloads through the REST API.
+
+Coalescing skips sequence numbers by design: a skipped metric frame was superseded by a
+later one for the same series, which the client does receive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+Kind = Literal["metric", "alert", "host"]
+
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One encoded stream message."""
+
+    seq: int
+    kind: Kind
+    host: str
+    #: Identity used for coalescing: the series for metrics, the alert id for alerts.
+    key: str
+    metric: str
+    time: float
+    data: bytes
+
+
+class Subscription(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What a client wants: hosts and metrics (exact names or globs; empty = all), alerts."""
+
+    hosts: list[str] = []
+    metrics: list[str] = []
+    alerts: bool = True
+    host_status: bool = True
+
+    def matches(self, frame: Frame) -> bool:
+        if frame.kind == "alert":
+            return self.alerts and _any_match(self.hosts, frame.host)
+        if frame.kind == "host":
+            return self.host_status and _any_match(self.hosts, frame.host)
+        return _any_match(self.hosts, frame.host) and _any_match(self.metrics, frame.metric)
+
+
+def _any_match(patterns: list[str], value: str) -> bool:
+    if not patterns:
+        return True
+    return any(p == value or (any(c in p for c in "*?[") and fnmatch.fnmatchcase(value, p)) for p in patterns)
+
+
+class ClientStalled(Exception):
+    """The client did not keep up with frames that may not be dropped."""
+
+
+@dataclass(eq=False)
+class StreamClient:
+    """One connected tab. Frames are taken with :meth:`next_frames`."""
+
+    subscription: Subscription
+    max_pending: int
+    on_coalesced: Callable[[int], None] = lambda n: None
+    _metrics: OrderedDict[str, Frame] = field(default_factory=OrderedDict)
+    _others: deque[Frame] = field(default_factory=deque)
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    stalled: bool = False
+    last_seq: int = 0
+
+    def offer(self, frame: Frame) -> None:
+        if self.stalled or not self.subscription.matches(frame):
+            return
+        if frame.kind == "metric":
+            if frame.key in self._metrics:
+                del self._metrics[frame.key]
+                self.on_coalesced(1)
+            self._metrics[frame.key] = frame
+        else:
+            if len(self._others) >= self.max_pending:
+                self.stalled = True
+            self._others.append(frame)
+        self._ready.set()
+
+    def pending(self) -> int:
+        return len(self._metrics) + len(self._others)
+
+    async def next_frames(self, timeout: float | None = None) -> list[Frame]:
+        """Everything queued, in sequence order; waits up to ``timeout`` when nothing is.
+
+        Raises :class:`ClientStalled` once the client fell too far behind.
+        """
+        if self.stalled:
+            raise ClientStalled(f"more than {self.max_pending} undelivered alert/host frames")
+        if not self._metrics and not self._others:
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except TimeoutError:
+                return []
+            if self.stalled:
+                raise ClientStalled(f"more than {self.max_pending} undelivered alert/host frames")
+        frames = sorted([*self._metrics.values(), *self._others], key=lambda f: f.seq)
+        self._metrics.clear()
+        self._others.clear()
+        if frames:
+            self.last_seq = frames[-1].seq
+        return frames
+
+
+class StreamHub:
+    """Encodes each message once, keeps a ring for resume and feeds every client."""
+
+    def __init__(
+        self,
+        *,
+        ring_seconds: float = 300.0,
+        ring_max_frames: int = 200_000,
+        client_max_pending: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ring_seconds = ring_seconds
+        self.ring_max_frames = ring_max_frames
+        self.client_max_pending = client_max_pending
+        self.clock = clock
+        self.seq = 0
+        self._ring: deque[Frame] = deque()
+        self._clients: set[StreamClient] = set()
+        self.frames_published = 0
+        self.frames_coalesced = 0
+        self.clients_stalled = 0
+
+    # Publishing ------------------------------------------------------------------------
+    def publish(
+        self, kind: Kind, host: str, payload: dict[str, Any], *, key: str = "", metric: str = ""
+    ) -> Frame:
+        """Encode ``payload`` once (adding ``seq`` and ``kind``) and hand it to every client."""
+        self.seq += 1
+        body = {"seq": self.seq, "kind": kind, **payload}
+        frame = Frame(
+            seq=self.seq,
+            kind=kind,
+            host=host,
+            key=key or f"{host}\x00{metric}",
+            metric=metric,
+            time=self.clock(),
+            data=_encoder.encode(body),
+        )
+        self._ring.append(frame)
+        self._trim()
+        self.frames_published += 1
+        for client in self._clients:
+            was_stalled = client.stalled
+            client.offer(frame)
+            if client.stalled and not was_stalled:
+                self.clients_stalled += 1
+        return frame
+
+    def publish_samples(self, host: str, samples: Iterable[tuple[str, dict[str, str], float, float]]) -> None:
+        """One metric frame per sample: ``(metric, labels, time, value)``."""
+        for metric, labels, at, value in samples:
+            series = metric + "".join(f"\x00{k}={v}" for k, v in sorted(labels.items()))
+            self.publish(
+                "metric",
+                host,
+                {"host": host, "metric": metric, "labels": labels, "time": at, "value": value},
+                key=f"{host}\x00{series}",
+                metric=metric,
+            )
+
+    def _trim(self) -> None:
+        horizon = self.clock() - self.ring_seconds
+        ring = self._ring
+        while ring and (len(ring) > self.ring_max_frames or ring[0].time < horizon):
+            ring.popleft()
+
+    # Clients ---------------------------------------------------------------------------
+    def connect(self, subscription: Subscription, last_seq: int | None = None) -> tuple[StreamClient, bool]:
+        """Register a client; with ``last_seq``, queue what it missed from the ring.
+
+        Returns the client and whether the resume was complete (False: the ring no longer
+        holds ``last_seq + 1`` and the client must reload — send it a ``reset`` frame).
+        """
+        client = StreamClient(subscription, self.client_max_pending, on_coalesced=self._count_coalesced)
+        complete = True
+        if last_seq is not None and last_seq < self.seq:
+            self._trim()
+            oldest = self._ring[0].seq if self._ring else self.seq + 1
+            complete = last_seq + 1 >= oldest
+            for frame in self._ring:
+                if frame.seq > last_seq:
+                    client.offer(frame)
+        self._clients.add(client)
+        return client, complete
+
+    def disconnect(self, client: StreamClient) -> None:
+        self._clients.discard(client)
+
+    def _count_coalesced(self, n: int) -> None:
+        self.frames_coalesced += n
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+    def oldest_seq(self) -> int | None:
+        return self._ring[0].seq if self._ring else None
