@@ -1,0 +1,93 @@
+// The dashboard shell: sign-in with an API token, theme, hash routing to the pages.
+
+import { api, session, ApiError } from "./api.js";
+import { h, clear, toast } from "./dom.js";
+import { connect, disconnect } from "./stream.js";
+import { overviewPage } from "./pages/overview.js";
+import { hostPage } from "./pages/host.js";
+import { alertsPage } from "./pages/alerts.js";
+import { rulesPage, silencesPage, notificationsPage } from "./pages/lists.js";
+
+const THEME_KEY = "signalfire.theme";
+const main = document.getElementById("main");
+let leave = null;
+
+function applyTheme(theme) {
+  if (theme) document.documentElement.dataset.theme = theme;
+  else delete document.documentElement.dataset.theme;
+}
+
+document.getElementById("theme").addEventListener("click", () => {
+  const dark = document.documentElement.dataset.theme
+    ? document.documentElement.dataset.theme === "dark"
+    : matchMedia("(prefers-color-scheme: dark)").matches;
+  const next = dark ? "light" : "dark";
+  localStorage.setItem(THEME_KEY, next);
+  applyTheme(next);
+});
+applyTheme(localStorage.getItem(THEME_KEY));
+
+document.getElementById("signout").addEventListener("click", () => {
+  session.token = "";
+  disconnect();
+  route();
+});
+
+function signIn(message) {
+  document.getElementById("signout").hidden = true;
+  const input = h("input", { id: "token", type: "password", autocomplete: "current-password", required: true });
+  const form = h(
+    "form", { class: "panel signin", onsubmit: async (e) => { e.preventDefault(); session.token = input.value.trim(); route(); } },
+    h("h1", {}, "Sign in"),
+    h("label", { for: "token" }, "API token"),
+    input,
+    message ? h("p", { class: "sev sev-critical", role: "alert" }, message) : null,
+    h("button", { class: "primary", type: "submit" }, "Sign in"),
+    h("p", { class: "muted" }, "With `make up`, the admin token is in .signalfire/admin-token."),
+  );
+  clear(main, form);
+  input.focus();
+}
+
+const routes = [
+  [/^#?\/?$/, () => overviewPage(main)],
+  [/^#\/hosts\/(.+)$/, (m) => hostPage(main, decodeURIComponent(m[1]))],
+  [/^#\/alerts(?:\/(.+))?$/, (m) => alertsPage(main, m[1] ? decodeURIComponent(m[1]) : null)],
+  [/^#\/rules$/, () => rulesPage(main)],
+  [/^#\/silences$/, () => silencesPage(main)],
+  [/^#\/notifications$/, () => notificationsPage(main)],
+];
+
+async function route() {
+  if (leave) { leave(); leave = null; }
+  if (!session.token) return signIn();
+  try {
+    const me = await api("/whoami");
+    session.role = me.role;
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) { session.token = ""; return signIn("That token was not accepted."); }
+    toast(`Cannot reach the gateway: ${err.message}`);
+  }
+  document.getElementById("signout").hidden = false;
+  document.body.dataset.role = session.role;
+  for (const a of document.querySelectorAll("#nav a")) {
+    const active = location.hash.startsWith(a.getAttribute("href")) && (a.getAttribute("href") !== "#/" || ["", "#/", "#"].includes(location.hash));
+    if (active) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+  }
+  connect();
+  for (const [pattern, page] of routes) {
+    const m = location.hash.match(pattern);
+    if (m) {
+      try {
+        leave = (await page(m)) || null;
+      } catch (err) {
+        clear(main, h("p", { role: "alert" }, `Could not load this page: ${err.message}`));
+      }
+      return;
+    }
+  }
+  clear(main, h("h1", {}, "Not found"));
+}
+
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,97 @@
+// uPlot charts with synchronised crosshairs, drag-to-zoom, live appends and a table fallback.
+
+import uPlot from "/ui/vendor/uplot/uPlot.esm.js";
+import { h, formatValue, formatTime } from "./dom.js";
+
+const PALETTE = ["#d9480f", "#1c7ed6", "#2f9e44", "#ae3ec9", "#f08c00", "#0c8599", "#e64980", "#5c940d"];
+const sync = uPlot.sync("signalfire");
+
+/** A chart of several series sharing one time axis. `series`: [{label, points: [[t, v], ...]}]. */
+export function lineChart(container, title, metric, series, { height = 200, onZoom } = {}) {
+  const times = [...new Set(series.flatMap((s) => s.points.map((p) => p[0])))].sort((a, b) => a - b);
+  const index = new Map(times.map((t, i) => [t, i]));
+  const columns = series.map((s) => {
+    const col = new Array(times.length).fill(null);
+    for (const [t, v] of s.points) col[index.get(t)] = v;
+    return col;
+  });
+  const figure = h("figure", { class: "panel chart", "aria-label": title });
+  const caption = h("figcaption", {}, h("strong", {}, title));
+  const plotBox = h("div", { "aria-hidden": "true" });
+  const table = tableFallback(series, metric);
+  figure.append(caption, plotBox, table);
+  container.append(figure);
+  const css = getComputedStyle(document.documentElement);
+  const axis = { stroke: css.getPropertyValue("--muted"), grid: { stroke: css.getPropertyValue("--border") } };
+  const plot = new uPlot(
+    {
+      width: Math.max(280, figure.clientWidth - 24),
+      height,
+      cursor: { sync: { key: sync.key }, drag: { x: true, y: false } },
+      scales: { x: { time: true } },
+      axes: [axis, { ...axis, values: (u, vals) => vals.map((v) => formatValue(v, metric)) }],
+      series: [{}, ...series.map((s, i) => ({ label: s.label, stroke: PALETTE[i % PALETTE.length], width: 1.5,
+        value: (u, v) => formatValue(v, metric) }))],
+      hooks: { setSelect: [(u) => {
+        if (!onZoom || u.select.width < 5) return;
+        onZoom(u.posToVal(u.select.left, "x"), u.posToVal(u.select.left + u.select.width, "x"));
+      }] },
+    },
+    [times, ...columns],
+    plotBox,
+  );
+  sync.sub(plot);
+  const resize = new ResizeObserver(() => plot.setSize({ width: Math.max(280, figure.clientWidth - 24), height }));
+  resize.observe(figure);
+  return {
+    plot,
+    /** Append (t, value) for series `i`, dropping points older than `windowSeconds`. */
+    push(i, t, v, windowSeconds) {
+      const data = plot.data.map((col) => Array.from(col));
+      let at = data[0].indexOf(t);
+      if (at < 0) {
+        data[0].push(t);
+        for (let s = 1; s < data.length; s++) data[s].push(null);
+        at = data[0].length - 1;
+      }
+      data[i + 1][at] = v;
+      const horizon = t - windowSeconds;
+      while (data[0].length && data[0][0] < horizon) for (const col of data) col.shift();
+      plot.setData(data);
+    },
+    destroy() { resize.disconnect(); sync.unsub(plot); plot.destroy(); },
+  };
+}
+
+function tableFallback(series, metric) {
+  const rows = [];
+  for (const s of series) for (const [t, v] of s.points.slice(-20)) rows.push([s.label, t, v]);
+  return h("details", {},
+    h("summary", {}, "Show as table"),
+    h("div", { class: "table-wrap" }, h("table", {},
+      h("thead", {}, h("tr", {}, h("th", {}, "series"), h("th", {}, "time"), h("th", {}, "value"))),
+      h("tbody", {}, rows.map(([label, t, v]) => h("tr", {}, h("td", {}, label), h("td", {}, formatTime(t)), h("td", {}, formatValue(v, metric))))),
+    )));
+}
+
+/** A small inline sparkline (SVG, no axes) for host tiles. */
+export function sparkline(values, label) {
+  const w = 120, hgt = 28;
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", `0 0 ${w} ${hgt}`);
+  svg.setAttribute("width", w);
+  svg.setAttribute("height", hgt);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", label);
+  if (values.length > 1) {
+    const max = Math.max(...values, 1), min = Math.min(...values, 0);
+    const pts = values.map((v, i) => `${(i / (values.length - 1)) * w},${hgt - ((v - min) / (max - min || 1)) * hgt}`);
+    const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+    line.setAttribute("points", pts.join(" "));
+    line.setAttribute("fill", "none");
+    line.setAttribute("stroke", "currentColor");
+    line.setAttribute("stroke-width", "1.5");
+    svg.append(line);
+  }
+  return svg;
+}

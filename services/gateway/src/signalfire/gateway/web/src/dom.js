@@ -1,0 +1,75 @@
+// Building DOM without innerHTML: every text from users (host names, labels, annotations)
+// becomes a text node, so markup in it is shown, never run.
+
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on") && typeof value === "function") el.addEventListener(key.slice(2), value);
+    else if (key === "class") el.className = value;
+    else if (key === "dataset") Object.assign(el.dataset, value);
+    else el.setAttribute(key, value === true ? "" : String(value));
+  }
+  append(el, children);
+  return el;
+}
+
+function append(el, children) {
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+}
+
+export function clear(el, ...children) {
+  el.replaceChildren();
+  append(el, children);
+  return el;
+}
+
+export const SEVERITY_ICON = { critical: "\u26D4", high: "\u26A0\uFE0F", medium: "\u25B2", low: "\u2139\uFE0F" };
+
+/** A severity badge: icon + word, never colour alone. */
+export function severityBadge(severity) {
+  return h("span", { class: `sev sev-${severity}` }, h("span", { "aria-hidden": "true" }, SEVERITY_ICON[severity] || "•"), ` ${severity}`);
+}
+
+export function statusBadge(status) {
+  const icons = { up: "\u25CF", down: "\u2716", offline: "\u25CB", firing: "\u{1F525}", resolved: "\u2714", acknowledged: "\u270B" };
+  return h("span", { class: `status status-${status}` }, h("span", { "aria-hidden": "true" }, icons[status] || "•"), ` ${status}`);
+}
+
+export function formatTime(t) {
+  if (t === null || t === undefined) return "–";
+  return new Date(t * 1000).toLocaleString();
+}
+
+export function ago(t) {
+  if (!t) return "never";
+  const s = Math.max(0, Date.now() / 1000 - t);
+  if (s < 60) return `${Math.round(s)} s ago`;
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+  return `${Math.round(s / 86400)} d ago`;
+}
+
+export function formatValue(v, metric = "") {
+  if (v === null || v === undefined || Number.isNaN(v)) return "–";
+  if (metric.endsWith("_bytes") || metric.endsWith("bytes_per_second")) {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    let x = Math.abs(v);
+    while (x >= 1024 && i < units.length - 1) { x /= 1024; i++; }
+    return `${(Math.sign(v) * x).toFixed(x < 10 ? 1 : 0)} ${units[i]}${metric.endsWith("per_second") ? "/s" : ""}`;
+  }
+  if (metric.endsWith("percent")) return `${v.toFixed(1)} %`;
+  return Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(2);
+}
+
+export function toast(message) {
+  const el = document.getElementById("toast");
+  el.textContent = message;
+  el.classList.add("show");
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => el.classList.remove("show"), 4000);
+}

@@ -1,0 +1,99 @@
+// Host: live charts with a time-range picker, drag-to-zoom, host facts, checks and alerts.
+
+import { api } from "../api.js";
+import { h, clear, severityBadge, statusBadge, formatTime, formatValue, ago } from "../dom.js";
+import { onFrame, subscribe } from "../stream.js";
+import { lineChart } from "../charts.js";
+
+const CHARTS = [
+  ["CPU total", "cpu.usage_percent"],
+  ["CPU per core", "cpu.core.usage_percent"],
+  ["Load", "load.1m"],
+  ["Memory used", "mem.used_percent"],
+  ["Swap used", "swap.used_percent"],
+  ["Disk used", "disk.used_percent"],
+  ["Disk read", "disk.read_bytes_per_second"],
+  ["Disk write", "disk.write_bytes_per_second"],
+  ["Network received", "net.recv_bytes_per_second"],
+  ["Network sent", "net.sent_bytes_per_second"],
+];
+const RANGES = [["live", 900], ["15 min", 900], ["1 h", 3600], ["6 h", 21600], ["24 h", 86400], ["7 d", 604800]];
+
+function label(series) {
+  const extra = Object.entries(series.labels || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+  return extra || series.metric;
+}
+
+export async function hostPage(main, hostName) {
+  let range = { live: true, seconds: 900, from: null, to: null };
+  let charts = [];
+  const chartBox = h("div", { class: "charts", id: "charts" });
+  const picker = h("div", { class: "filters", role: "group", "aria-label": "Time range" },
+    RANGES.map(([name, seconds]) => h("button", { type: "button", dataset: { range: name },
+      onclick: () => { range = { live: name === "live", seconds, from: null, to: null }; load(); } }, name)),
+    h("label", {}, "from", h("input", { type: "datetime-local", id: "from" })),
+    h("label", {}, "to", h("input", { type: "datetime-local", id: "to" })),
+    h("button", { type: "button", onclick: () => {
+      const from = Date.parse(document.getElementById("from").value) / 1000;
+      const to = Date.parse(document.getElementById("to").value) / 1000;
+      if (from && to && from < to) { range = { live: false, seconds: to - from, from, to }; load(); }
+    } }, "apply"));
+  const facts = h("dl", { class: "kv" });
+  const alertsBox = h("div", {});
+  const checksBox = h("div", {});
+  clear(main,
+    h("h1", {}, "Host ", h("span", { id: "host-name" }, hostName)),
+    picker,
+    h("section", { "aria-label": "Charts" }, chartBox),
+    h("div", { class: "grid" },
+      h("section", { class: "panel" }, h("h2", {}, "Facts"), facts),
+      h("section", { class: "panel" }, h("h2", {}, "Checks"), checksBox),
+      h("section", { class: "panel" }, h("h2", {}, "Alerts"), alertsBox)));
+
+  const host = await api(`/hosts/${encodeURIComponent(hostName)}`).catch(() => null);
+  if (host) {
+    clear(facts,
+      h("dt", {}, "status"), h("dd", {}, statusBadge(host.status)),
+      h("dt", {}, "health"), h("dd", {}, host.health === undefined ? "–" : `${Math.round(host.health)} / 100`),
+      h("dt", {}, "last seen"), h("dd", {}, ago(host.last_seen)),
+      Object.entries(host.facts || {}).map(([k, v]) => [h("dt", {}, k), h("dd", {}, k === "boot_time" ? formatTime(v) : String(v))]),
+      Object.entries(host.labels || {}).map(([k, v]) => [h("dt", {}, `label ${k}`), h("dd", {}, v)]));
+  }
+  api("/alerts", { params: { host: hostName, limit: 20 } }).then(({ alerts }) => clear(alertsBox,
+    alerts.length ? h("ul", {}, alerts.map((a) => h("li", {}, severityBadge(a.severity), " ", h("a", { href: `#/alerts/${encodeURIComponent(a.id)}` }, a.rule), " ", statusBadge(a.status))))
+      : h("p", { class: "muted" }, "No alerts."))).catch(() => {});
+  api("/latest", { params: { host: hostName, metric: "check.*" } }).then(({ samples }) => clear(checksBox,
+    samples.length ? h("table", {}, h("tbody", {}, samples.map((s) => h("tr", {}, h("td", {}, s.metric), h("td", {}, Object.values(s.labels || {}).join(" ")), h("td", {}, formatValue(s.value, s.metric))))))
+      : h("p", { class: "muted" }, "No checks configured."))).catch(() => {});
+
+  async function load() {
+    for (const b of picker.querySelectorAll("button[data-range]")) b.setAttribute("aria-pressed", String(b.dataset.range === (range.live ? "live" : "")));
+    for (const c of charts) c.chart.destroy();
+    charts = [];
+    chartBox.replaceChildren();
+    const to = range.to ?? Date.now() / 1000;
+    const from = range.from ?? to - range.seconds;
+    const results = await Promise.all(CHARTS.map(([, metric]) =>
+      api("/query", { params: { host: hostName, metric, from, to, step: "auto", agg: "avg" } }).catch(() => ({ series: [] }))));
+    CHARTS.forEach(([title, metric], i) => {
+      const series = results[i].series || [];
+      if (!series.length) return;
+      const chart = lineChart(chartBox, title, metric, series.map((s) => ({ label: label(s), points: s.points })), {
+        onZoom: (a, b) => { range = { live: false, seconds: b - a, from: a, to: b }; load(); },
+      });
+      charts.push({ metric, keys: series.map((s) => JSON.stringify(s.labels || {})), chart });
+    });
+    if (!charts.length) chartBox.append(h("p", { class: "muted" }, "No data in this range."));
+  }
+
+  await load();
+  subscribe({ hosts: [hostName], metrics: CHARTS.map(([, m]) => m), alerts: true });
+  const off = onFrame((frame) => {
+    if (!range.live || frame.kind !== "metric" || frame.host !== hostName) return;
+    const target = charts.find((c) => c.metric === frame.metric);
+    if (!target) return;
+    const i = target.keys.indexOf(JSON.stringify(frame.labels || {}));
+    if (i >= 0) target.chart.push(i, frame.time, frame.value, range.seconds);
+  });
+  return () => { off(); for (const c of charts) c.chart.destroy(); };
+}

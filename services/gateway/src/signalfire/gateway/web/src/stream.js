@@ -1,0 +1,61 @@
+// The live stream: one WebSocket per tab, resumed with the last sequence number after any
+// disconnect, paused while the tab is hidden.
+
+import { session } from "./api.js";
+
+const listeners = new Set();
+let socket = null;
+let lastSeq = null;
+let retry = 500;
+let subscription = { hosts: [], metrics: [], alerts: true, host_status: true };
+let statusEl = null;
+
+export function onFrame(fn) {
+  listeners.add(fn);
+  return () => listeners.delete(fn);
+}
+
+export function subscribe(next) {
+  subscription = { ...subscription, ...next };
+  if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ subscribe: subscription }));
+}
+
+function setStatus(text, on) {
+  statusEl = statusEl || document.getElementById("live");
+  if (!statusEl) return;
+  statusEl.textContent = text;
+  statusEl.classList.toggle("on", on);
+}
+
+export function connect() {
+  if (socket || document.hidden || !session.token) return;
+  const url = new URL("/api/v1/stream", location.href);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  url.searchParams.set("token", session.token);
+  socket = new WebSocket(url);
+  socket.onopen = () => {
+    retry = 500;
+    setStatus("live", true);
+    socket.send(JSON.stringify({ subscribe: subscription, last_seq: lastSeq }));
+  };
+  socket.onmessage = (event) => {
+    const frames = JSON.parse(event.data);
+    for (const frame of Array.isArray(frames) ? frames : [frames]) {
+      if (frame.seq) lastSeq = frame.seq;
+      for (const fn of listeners) fn(frame);
+    }
+  };
+  socket.onclose = () => {
+    socket = null;
+    setStatus("reconnecting…", false);
+    if (!document.hidden) setTimeout(connect, retry);
+    retry = Math.min(retry * 2, 10000);
+  };
+}
+
+export function disconnect() {
+  if (socket) { socket.onclose = null; socket.close(); socket = null; }
+  setStatus("paused", false);
+}
+
+document.addEventListener("visibilitychange", () => (document.hidden ? disconnect() : connect()));
