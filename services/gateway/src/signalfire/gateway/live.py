@@ -1,0 +1,173 @@
+"""``WS /api/v1/stream`` and its SSE fallback ``GET /api/v1/events/stream``, fed by the hub.
+
+Protocol (WebSocket): after connecting with ``?token=``, the client sends
+``{"subscribe": {"hosts": [...], "metrics": [...], "alerts": true}, "last_seq": N|null}``; it may
+send ``{"subscribe": ...}`` again at any time to change what it gets. The gateway sends JSON
+arrays of frames (``{"seq", "kind": "metric"|"alert"|"host"|"reset"|"heartbeat", ...}``), at
+most ``flush_interval`` apart while there is traffic, and a heartbeat every
+``heartbeat_seconds`` when there is none. A client that stays blocked is disconnected with
+close code 4008 and resumes with its last sequence number.
+
+SSE: ``GET /api/v1/events/stream?hosts=a,b&metrics=cpu.*&alerts=1`` with ``Last-Event-ID``
+(or ``?last_seq=``) to resume; one ``data:`` line per frame with ``id: <seq>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from signalfire.events import MetricBatch
+from signalfire.gateway.errors import invalid
+from signalfire.gateway.stream import ClientStalled, StreamClient, StreamHub, Subscription
+
+log = logging.getLogger("signalfire.gateway.live")
+
+CLOSE_STALLED = 4008
+CLOSE_BAD_REQUEST = 4400
+
+
+class ClientMessage(msgspec.Struct, forbid_unknown_fields=True):
+    subscribe: Subscription | None = None
+    last_seq: int | None = None
+
+
+_decode_client = msgspec.json.Decoder(ClientMessage)
+
+
+@dataclass
+class LiveSettings:
+    heartbeat_seconds: float = 15.0
+    #: Frames are batched for this long, so a busy stream sends a few messages a second.
+    flush_interval: float = 0.1
+    #: A send that takes longer than this means the client is not reading.
+    send_timeout: float = 10.0
+
+
+async def _receive(ws: WebSocket) -> bytes:
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    if message.get("bytes") is not None:
+        return bytes(message["bytes"])
+    return str(message.get("text", "")).encode()
+
+
+def _join(frames: list[bytes]) -> bytes:
+    return b"[" + b",".join(frames) + b"]"
+
+
+RESET = b'{"kind":"reset","reason":"the stream moved past your last sequence number; reload"}'
+HEARTBEAT = b'{"kind":"heartbeat"}'
+
+
+class LiveEndpoints:
+    """The two stream endpoints over one :class:`StreamHub`."""
+
+    def __init__(self, hub: StreamHub, settings: LiveSettings | None = None) -> None:
+        self.hub = hub
+        self.settings = settings or LiveSettings()
+
+    async def websocket(self, ws: WebSocket) -> None:
+        await ws.accept()
+        try:
+            first = _decode_client.decode(await asyncio.wait_for(_receive(ws), 30))
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            await ws.close(CLOSE_BAD_REQUEST, f"bad subscription: {exc}"[:120])
+            return
+        except (TimeoutError, WebSocketDisconnect):
+            return
+        client, complete = self.hub.connect(first.subscribe or Subscription(), first.last_seq)
+        reader = asyncio.create_task(self._read_updates(ws, client))
+        try:
+            if not complete:
+                await ws.send_text(_join([RESET]).decode())
+            await self._pump(ws, client)
+        except ClientStalled as exc:
+            log.warning("disconnecting a stalled stream client", extra={"reason": str(exc)})
+            with contextlib.suppress(Exception):
+                await ws.close(CLOSE_STALLED, "too slow: resume with your last sequence number")
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
+        finally:
+            reader.cancel()
+            self.hub.disconnect(client)
+
+    async def _pump(self, ws: WebSocket, client: StreamClient) -> None:
+        s = self.settings
+        while True:
+            frames = await client.next_frames(timeout=s.heartbeat_seconds)
+            payload = _join([f.data for f in frames]) if frames else _join([HEARTBEAT])
+            await asyncio.wait_for(ws.send_text(payload.decode()), s.send_timeout)
+            await asyncio.sleep(s.flush_interval)
+
+    async def _read_updates(self, ws: WebSocket, client: StreamClient) -> None:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, asyncio.CancelledError):
+            while True:
+                try:
+                    message = _decode_client.decode(await _receive(ws))
+                except (msgspec.ValidationError, msgspec.DecodeError):
+                    continue
+                if message.subscribe is not None:
+                    client.subscription = message.subscribe
+
+    async def sse(self, request: Request) -> StreamingResponse:
+        params = request.query_params
+
+        def listed(name: str) -> list[str]:
+            return [p for p in params.get(name, "").split(",") if p]
+
+        subscription = Subscription(
+            hosts=listed("hosts"), metrics=listed("metrics"), alerts=params.get("alerts", "1") != "0"
+        )
+        raw_last = request.headers.get("last-event-id") or params.get("last_seq")
+        try:
+            last_seq = int(raw_last) if raw_last else None
+        except ValueError:
+            raise invalid("last_seq", "must be an integer sequence number") from None
+        client, complete = self.hub.connect(subscription, last_seq)
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                if not complete:
+                    yield b"event: reset\ndata: " + RESET + b"\n\n"
+                while True:
+                    frames = await client.next_frames(timeout=self.settings.heartbeat_seconds)
+                    if not frames:
+                        yield b": heartbeat\n\n"
+                    for frame in frames:
+                        yield b"id: %d\ndata: " % frame.seq + frame.data + b"\n\n"
+            except ClientStalled:
+                return
+            finally:
+                self.hub.disconnect(client)
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+
+def publish_batch(hub: StreamHub, batch: MetricBatch) -> None:
+    """Feed a stored batch's samples to the hub, labelled as their series are stored."""
+    hub.publish_samples(
+        batch.host,
+        (
+            (
+                sample.name,
+                {**batch.labels, **sample.labels} if batch.labels else sample.labels,
+                batch.time if sample.time is None else sample.time,
+                sample.value,
+            )
+            for sample in batch.samples
+        ),
+    )
