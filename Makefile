@@ -9,7 +9,7 @@ TOOLS := .signalfire/tools
 UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help up test sync provision lint format typecheck unit integration e2e schemas clean
+.PHONY: help up test sync provision provision-test lint format typecheck unit integration e2e schemas clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -22,13 +22,17 @@ $(TOOLS)/bin/uv:
 sync: $(if $(shell command -v uv 2>/dev/null),,$(TOOLS)/bin/uv)  ## install the workspace (uv sync --locked)
 	@$(UV) sync --locked --all-packages --quiet
 
-provision:  ## install PostgreSQL 15 and build TimescaleDB once (cached)
+provision:  ## install PostgreSQL 15, build TimescaleDB once (cached), the dashboard's npm packages
 	@bash deploy/dev/provision-postgres.sh
+	@bash deploy/dev/provision-web.sh
+
+provision-test: provision  ## also Chromium (Debian's) for the browser tests
+	@bash deploy/dev/provision-web.sh chromium
 
 up: sync provision  ## run NATS, PostgreSQL/TimescaleDB, the four services and an agent (Ctrl-C stops)
 	@$(UV) run --no-sync python deploy/dev/devstack.py up
 
-test: sync provision lint typecheck  ## lint, types and every test
+test: sync provision-test lint typecheck  ## lint, types and every test
 	@$(UV) run --no-sync pytest $(PYTEST_ARGS)
 
 lint:  ## ruff lint and format check
@@ -48,7 +52,7 @@ unit: sync  ## unit tests only (no servers)
 integration: sync provision  ## integration tests (real NATS and PostgreSQL)
 	@$(UV) run --no-sync pytest tests/integration $(PYTEST_ARGS)
 
-e2e: sync provision  ## the whole stack, end to end
+e2e: sync provision-test  ## the whole stack, end to end
 	@$(UV) run --no-sync pytest tests/e2e $(PYTEST_ARGS)
 
 schemas: sync  ## regenerate docs/schemas from the event contract
