@@ -19,11 +19,23 @@ export function lineChart(container, title, metric, series, { height = 200, onZo
   const caption = h("figcaption", {}, h("strong", {}, title));
   const plotBox = h("div", { "aria-hidden": "true" });
   const table = tableFallback(series, metric);
-  figure.append(caption, plotBox, table);
+  // The newest value of each series as text: for screen readers, and what a glance needs.
+  const latest = h("p", { class: "latest muted" });
+  const showLatest = () => {
+    const cols = plot ? plot.data : [times, ...columns];
+    latest.textContent = series.map((s, i) => {
+      const col = cols[i + 1];
+      let j = col.length - 1;
+      while (j >= 0 && (col[j] === null || col[j] === undefined)) j--;
+      return j >= 0 ? `${s.label}: ${formatValue(col[j], metric)}` : null;
+    }).filter(Boolean).join(" · ");
+  };
+  figure.append(caption, latest, plotBox, table);
+  let plot = null;
   container.append(figure);
   const css = getComputedStyle(document.documentElement);
   const axis = { stroke: css.getPropertyValue("--muted"), grid: { stroke: css.getPropertyValue("--border") } };
-  const plot = new uPlot(
+  plot = new uPlot(
     {
       width: Math.max(280, figure.clientWidth - 24),
       height,
@@ -41,6 +53,7 @@ export function lineChart(container, title, metric, series, { height = 200, onZo
     plotBox,
   );
   sync.sub(plot);
+  showLatest();
   const resize = new ResizeObserver(() => plot.setSize({ width: Math.max(280, figure.clientWidth - 24), height }));
   resize.observe(figure);
   return {
@@ -58,6 +71,7 @@ export function lineChart(container, title, metric, series, { height = 200, onZo
       const horizon = t - windowSeconds;
       while (data[0].length && data[0][0] < horizon) for (const col of data) col.shift();
       plot.setData(data);
+      showLatest();
     },
     destroy() { resize.disconnect(); sync.unsub(plot); plot.destroy(); },
   };
