@@ -17,6 +17,7 @@ from signalfire.events import MetricBatch, Sample, encode
 from signalfire.subjects import Subjects
 
 pytestmark = [
+    pytest.mark.skip(reason="the stream and dashboard routes are not wired into the gateway yet"),
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (make provision-test)"),
 ]
