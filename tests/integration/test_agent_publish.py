@@ -105,7 +105,11 @@ async def test_online_then_batches_then_offline(nats_config: NatsConfig, nc: Any
             "disk.used_percent",
         } <= names
         assert {spec.name for spec in AGENT_METRICS} <= names
-        assert all(s.labels.get("mount") for s in batch.samples if s.name.startswith("disk."))
+        assert all(
+            s.labels.get("mount") or s.labels.get("device")
+            for s in batch.samples
+            if s.name.startswith("disk.")
+        )
     times = [b.time for b in batches]
     assert times == sorted(times) and len(set(times)) == len(times)
 

@@ -2,16 +2,44 @@
 
 from __future__ import annotations
 
+import math
+import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 import pytest
 
 from signalfire.collector.agent import AGENT_METRICS, Agent
-from signalfire.collector.collectors import CpuCollector, DiskCollector, MemoryCollector, build_collectors
+from signalfire.collector.catalog import metrics_markdown
+from signalfire.collector.collectors import (
+    COLLECTOR_TYPES,
+    ConnectionsCollector,
+    CpuCollector,
+    DiskIoCollector,
+    FilesCollector,
+    FilesystemCollector,
+    LoadCollector,
+    MemoryCollector,
+    NetCollector,
+    ProcessesCollector,
+    UptimeCollector,
+    build_collectors,
+)
 from signalfire.collector.collectors.base import Collector
-from signalfire.collector.config import DEFAULT_EXCLUDED_FSTYPES, AgentConfig, CollectorSwitches
+from signalfire.collector.collectors.connections import count_tcp_states, parse_snmp, parse_sockstat
+from signalfire.collector.collectors.rates import Rates
+from signalfire.collector.collectors.sensors import SensorsCollector, sensor_samples
+from signalfire.collector.config import (
+    DEFAULT_DISKIO_EXCLUDE,
+    DEFAULT_EXCLUDED_FSTYPES,
+    AgentConfig,
+    CollectorSwitches,
+)
 from signalfire.events import MetricBatch, Sample, decode, encode
 
 
@@ -61,7 +89,7 @@ def test_memory_values_are_consistent() -> None:
 
 
 def test_disk_reports_the_root_file_system() -> None:
-    collector = DiskCollector(DEFAULT_EXCLUDED_FSTYPES)
+    collector = FilesystemCollector(DEFAULT_EXCLUDED_FSTYPES)
     samples = collector.collect(time.monotonic())
     used = {s.labels["mount"]: s.value for s in by_name(samples, "disk.used_percent")}
     free = {s.labels["mount"]: s.value for s in by_name(samples, "disk.free_bytes")}
@@ -76,18 +104,18 @@ def test_disk_skips_pseudo_file_systems() -> None:
     pseudo = {
         p.mountpoint for p in psutil.disk_partitions(all=True) if p.fstype in ("proc", "sysfs", "tmpfs")
     }
-    reported = DiskCollector(DEFAULT_EXCLUDED_FSTYPES).mounts()
+    reported = FilesystemCollector(DEFAULT_EXCLUDED_FSTYPES).mounts()
     assert not pseudo & set(reported) - {"/"}
     assert len(reported) == len(set(reported))
 
 
 def test_disk_exclude_patterns_match_fstypes() -> None:
     root = next(p for p in psutil.disk_partitions(all=True) if p.mountpoint == "/")
-    assert "/" not in DiskCollector([root.fstype[:2] + "*"]).mounts()
-    assert DiskCollector(["*"]).collect(time.monotonic()) == []
+    assert "/" not in FilesystemCollector([root.fstype[:2] + "*"]).mounts()
+    assert FilesystemCollector(["*"]).collect(time.monotonic()) == []
 
 
-class WithVanishedMount(DiskCollector):
+class WithVanishedMount(FilesystemCollector):
     """The mount table lists a mount point that cannot be read (e.g. a stale NFS mount)."""
 
     def mounts(self) -> list[str]:
@@ -108,9 +136,10 @@ def test_disk_unreadable_mount_is_skipped_and_the_others_reported(caplog: pytest
 
 def test_switches_choose_collectors() -> None:
     everything = build_collectors(AgentConfig())
-    assert [c.name for c in everything] == ["cpu", "memory", "disk"]
-    only_memory = build_collectors(AgentConfig(collectors=CollectorSwitches(cpu=False, disk=False)))
-    assert [c.name for c in only_memory] == ["memory"]
+    assert [c.name for c in everything] == [kind.name for kind in COLLECTOR_TYPES]
+    assert set(CollectorSwitches.__struct_fields__) == {kind.name for kind in COLLECTOR_TYPES}
+    switches = CollectorSwitches(**{name: name == "memory" for name in CollectorSwitches.__struct_fields__})
+    assert [c.name for c in build_collectors(AgentConfig(collectors=switches))] == ["memory"]
 
 
 def test_every_collector_output_fits_the_contract() -> None:
@@ -121,19 +150,205 @@ def test_every_collector_output_fits_the_contract() -> None:
     assert decode(encode(batch), MetricBatch) == batch
 
 
-def test_docs_list_every_declared_metric_and_config_field() -> None:
+def test_docs_metrics_md_is_generated_from_the_code() -> None:
+    docs = (Path(__file__).parents[3] / "docs" / "metrics.md").read_text()
+    assert docs == metrics_markdown(), (
+        "docs/metrics.md is stale: signalfire agent --list-metrics > docs/metrics.md"
+    )
+
+
+def test_docs_agent_md_documents_every_config_field() -> None:
     docs = (Path(__file__).parents[3] / "docs" / "agent.md").read_text()
-    collectors = build_collectors(AgentConfig())
-    for spec in [*AGENT_METRICS, *(spec for c in collectors for spec in c.METRICS)]:
-        assert f"| `{spec.name}` |" in docs, f"docs/agent.md does not list {spec.name}"
     for field in AgentConfig.__struct_fields__:
         assert f"`{field}" in docs, f"docs/agent.md does not document {field}"
+    for switch in CollectorSwitches.__struct_fields__:
+        assert f"`{switch}`" in docs, f"docs/agent.md does not name the collector {switch}"
 
 
 def test_agent_own_samples_are_declared() -> None:
     agent = Agent(AgentConfig())
     declared = {spec.name: set(spec.labels) for spec in AGENT_METRICS}
+    agent._collect_all(time.monotonic())
+    time.sleep(0.05)
     samples = agent.own_samples()
     assert {s.name for s in samples} == set(declared)
     for sample in samples:
         assert set(sample.labels) == declared[sample.name]
+
+
+def prime_and_collect(collector: Collector, pause: float = 0.3) -> list[Sample]:
+    collector.collect(time.monotonic())
+    time.sleep(pause)
+    return collector.collect(time.monotonic())
+
+
+def test_cpu_modes_per_core_and_totals() -> None:
+    samples = prime_and_collect(CpuCollector())
+    names = {s.name for s in samples}
+    assert {"cpu.user_percent", "cpu.system_percent", "cpu.iowait_percent", "cpu.steal_percent"} <= names
+    assert {"cpu.core.user_percent", "cpu.core.steal_percent", "cpu.context_switches_per_second"} <= names
+    for core in range(psutil.cpu_count()):
+        assert [s for s in by_name(samples, "cpu.core.system_percent") if s.labels["core"] == str(core)]
+    assert all(s.value >= 0 for s in samples)
+
+
+def test_load_memory_and_swap() -> None:
+    load = {s.name: s.value for s in LoadCollector().collect(time.monotonic())}
+    assert load.keys() == {"load.1m", "load.5m", "load.15m", "load.1m_per_cpu"}
+    assert all(v >= 0 for v in load.values())
+    memory = MemoryCollector()
+    samples = prime_and_collect(memory)
+    values = {s.name: s.value for s in samples}
+    assert 0 <= values["mem.cached_bytes"] <= values["mem.total_bytes"]
+    assert 0 <= values["mem.buffers_bytes"] <= values["mem.total_bytes"]
+    assert values["swap.used_bytes"] <= values["swap.total_bytes"]
+    assert values["mem.page_faults_per_second"] >= 0  # a rate, after priming
+    assert_declared(memory, samples)
+
+
+def test_filesystem_inodes() -> None:
+    samples = FilesystemCollector(DEFAULT_EXCLUDED_FSTYPES).collect(time.monotonic())
+    root = {s.name: s.value for s in samples if s.labels["mount"] == "/"}
+    assert 0 <= root["disk.inodes_used_percent"] <= 100
+    assert root["disk.used_bytes"] + root["disk.free_bytes"] <= root["disk.total_bytes"]
+
+
+def test_filesystem_exclude_mounts() -> None:
+    assert "/" not in FilesystemCollector(DEFAULT_EXCLUDED_FSTYPES, ["/"]).mounts()
+
+
+def test_disk_io_rates_after_priming(tmp_path: Path) -> None:
+    collector = DiskIoCollector(DEFAULT_DISKIO_EXCLUDE)
+    assert collector.collect(time.monotonic()) == []  # the first tick only primes
+    with open(tmp_path / "f", "wb") as f:
+        f.write(b"x" * (4 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+    time.sleep(0.2)
+    samples = collector.collect(time.monotonic())
+    assert_declared(collector, samples)
+    devices = {s.labels["device"] for s in samples}
+    assert devices and not any(d.startswith(("loop", "ram", "zram")) for d in devices)
+    assert all(s.value >= 0 for s in samples)
+    assert all(s.value <= 100 for s in by_name(samples, "disk.busy_percent"))
+
+
+def test_network_rates_skip_loopback_and_virtual_by_default() -> None:
+    collector = NetCollector()
+    assert collector.collect(time.monotonic()) == []
+    time.sleep(0.2)
+    samples = collector.collect(time.monotonic())
+    assert_declared(collector, samples)
+    interfaces = {s.labels["interface"] for s in samples}
+    assert "lo" not in interfaces
+    assert all(s.value >= 0 for s in samples)
+    with_lo = NetCollector(include_loopback=True)
+    with_lo.collect(time.monotonic())
+    time.sleep(0.1)
+    assert "lo" in {s.labels["interface"] for s in with_lo.collect(time.monotonic())}
+    assert not NetCollector(include_loopback=True, exclude="^lo$").wanted("lo")
+
+
+def test_tcp_connection_states_see_a_listening_socket() -> None:
+    collector = ConnectionsCollector()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        with socket.create_connection(server.getsockname()):
+            samples = prime_and_collect(collector, 0.1)
+    states = {s.labels["state"]: s.value for s in by_name(samples, "net.connections")}
+    assert states["listen"] >= 1 and states["established"] >= 2  # both ends of our connection
+    assert len(states) == 11
+    assert_declared(collector, samples)
+    assert all(s.value >= 0 for s in samples)
+
+
+def test_proc_net_parsers() -> None:
+    table = (
+        "  sl  local_address rem_address   st tx_queue rx_queue\n"
+        "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000\n"
+        "   1: 0100007F:1F90 0100007F:D2F0 01 00000000:00000000\n"
+        "   2: 0100007F:1F90 0100007F:D2F2 06 00000000:00000000\n"
+    )
+    counts = count_tcp_states([table, table.splitlines()[0]])
+    assert (counts["listen"], counts["established"], counts["time_wait"], counts["close"]) == (1, 1, 1, 0)
+    snmp = parse_snmp("Tcp: ActiveOpens RetransSegs\nTcp: 10 3\nUdp: InDatagrams\nUdp: 7\n")
+    assert snmp == {("Tcp", "ActiveOpens"): 10, ("Tcp", "RetransSegs"): 3, ("Udp", "InDatagrams"): 7}
+    sockstat = parse_sockstat("sockets: used 13\nTCP: inuse 1 orphan 0 tw 4 alloc 1 mem 185\n")
+    assert sockstat[("TCP", "tw")] == 4 and sockstat[("sockets", "used")] == 13
+
+
+def test_process_counts_see_a_zombie() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # the child exited and is not reaped yet: a zombie
+            samples = {s.name: s.value for s in ProcessesCollector().collect(time.monotonic())}
+            if samples["procs.zombie"] >= 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    finally:
+        child.wait()
+    assert samples["procs.zombie"] >= 1
+    assert samples["procs.total"] >= samples["procs.running"] + samples["procs.zombie"]
+    assert samples["procs.running"] >= 1  # this process, collecting
+    assert samples["procs.threads"] >= samples["procs.total"]
+
+
+def test_files_and_uptime() -> None:
+    files = {s.name: s.value for s in FilesCollector().collect(time.monotonic())}
+    assert 0 < files["files.open"] <= files["files.max"]
+    assert 0 <= files["files.used_percent"] <= 100
+    uptime = {s.name: s.value for s in UptimeCollector().collect(time.monotonic())}
+    assert uptime["host.uptime_seconds"] > 0
+    assert uptime["host.boot_time"] == pytest.approx(time.time() - uptime["host.uptime_seconds"], abs=5)
+
+
+class Reading(NamedTuple):
+    label: str
+    current: float
+    high: float | None = None
+    critical: float | None = None
+
+
+def test_sensors_where_present() -> None:
+    collector = SensorsCollector()
+    assert_declared(collector, collector.collect(time.monotonic()))  # none in most VMs, fine
+    samples = sensor_samples(
+        {"coretemp": [Reading("Package id 0", 48.0, 80.0, 100.0), Reading("", 45.0)]},
+        {"thinkpad": [Reading("", 2100.0)]},
+    )
+    assert_declared(collector, samples)
+    assert [(s.name, s.value, s.labels) for s in samples] == [
+        ("sensor.temperature_celsius", 48.0, {"chip": "coretemp", "sensor": "Package id 0"}),
+        ("sensor.temperature_critical_celsius", 100.0, {"chip": "coretemp", "sensor": "Package id 0"}),
+        ("sensor.temperature_celsius", 45.0, {"chip": "coretemp", "sensor": "1"}),
+        ("sensor.fan_rpm", 2100.0, {"chip": "thinkpad", "sensor": "0"}),
+    ]
+
+
+def test_rates_prime_skip_resets_and_forget_gone_counters() -> None:
+    rates = Rates()
+    rates.begin(10.0)
+    assert rates.rate("a", 100) is None
+    rates.begin(12.0)
+    assert rates.rate("a", 300) == 100.0
+    rates.begin(13.0)
+    assert rates.rate("a", 50) is None  # reset: never a negative rate
+    assert rates.rate("b", 1) is None
+    rates.begin(14.0)
+    assert rates.rate("a", 60) == 10.0
+    rates.begin(15.0)
+    rates.begin(16.0)  # "b" was not read at 14: gone, primes again
+    assert rates.rate("b", 5) is None
+
+
+def test_every_collector_emits_only_what_it_declares() -> None:
+    collectors = build_collectors(AgentConfig())
+    samples = {c.name: prime_and_collect(c, 0.0) for c in collectors}
+    time.sleep(0.2)
+    for collector in collectors:
+        collected = collector.collect(time.monotonic())
+        assert_declared(collector, collected)
+        assert all(math.isfinite(s.value) for s in collected)
+    assert samples

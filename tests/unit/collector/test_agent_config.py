@@ -27,10 +27,12 @@ def test_defaults_without_a_file() -> None:
     config = load_config(AgentConfig, None, environ={})
     assert config.interval == 5.0
     assert config.host == socket.gethostname()
-    assert (config.collectors.cpu, config.collectors.memory, config.collectors.disk) == (True, True, True)
+    assert all(getattr(config.collectors, name) for name in config.collectors.__struct_fields__)
     assert {"tmpfs", "devtmpfs", "overlay", "squashfs", "proc", "sysfs", "cgroup*"} <= set(
-        config.disk_exclude_fstypes
+        config.filesystem_exclude_fstypes
     )
+    assert not config.net_include_loopback and not config.net_include_virtual
+    assert config.spool_dir is None and config.checks.http == []
     assert config.buffer_size == 1000
 
 
@@ -38,16 +40,22 @@ def test_full_file(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         "nats:\n  url: nats://10.0.0.1:4222\ninterval: 1s\nhostname: web-1.example.com\n"
-        "labels: {env: prod, role: web}\ncollectors: {disk: false}\nbuffer_size: 50\n"
-        "disk_exclude_fstypes: [tmpfs, nfs*]\n",
+        "labels: {env: prod, role: web}\ncollectors: {filesystem: false}\nbuffer_size: 50\n"
+        "filesystem_exclude_fstypes: [tmpfs, nfs*]\nspool_dir: /var/lib/sf\nnet_include_virtual: true\n"
+        "checks:\n  http:\n    - url: https://example.com/health\n      interval: 30s\n      body_match: ok\n"
+        "  tcp:\n    - {address: 'db:5432', timeout: 2s}\n  process:\n    - {name: nginx}\n",
     )
     config = load_config(AgentConfig, path, environ={})
     assert config.interval == 1.0
     assert config.host == "web-1.example.com"
     assert config.labels == {"env": "prod", "role": "web"}
-    assert not config.collectors.disk and config.collectors.cpu
+    assert not config.collectors.filesystem and config.collectors.cpu
     assert config.buffer_size == 50
-    assert config.disk_exclude_fstypes == ["tmpfs", "nfs*"]
+    assert config.filesystem_exclude_fstypes == ["tmpfs", "nfs*"]
+    assert config.spool_dir == "/var/lib/sf" and config.net_include_virtual
+    assert config.checks.http[0].interval == 30.0 and config.checks.http[0].timeout == 5.0
+    assert config.checks.tcp[0].address == "db:5432" and config.checks.tcp[0].timeout == 2.0
+    assert config.checks.process[0].name == "nginx"
 
 
 def test_interval_below_minimum_names_line_and_field(tmp_path: Path) -> None:
@@ -97,3 +105,22 @@ def test_environment_overrides(tmp_path: Path) -> None:
     )
     assert (config.interval, config.host, config.nats.url) == (2.0, "db-1", "nats://n:4222")
     assert "SF_INTERVAL" in error_of(path, {"SF_INTERVAL": "0.01"})
+
+
+def test_bad_checks_name_line_and_field(tmp_path: Path) -> None:
+    path = write(tmp_path, "checks:\n  http:\n    - url: ftp://x\n")
+    assert (
+        error_of(path)
+        == f"{path}:3: checks.http[0].url: must be http://host[:port]/... or https://..., got 'ftp://x'"
+    )
+    path = write(tmp_path, "checks:\n  tcp:\n    - address: db\n")
+    assert ":3: checks.tcp[0].address: must be host:port, got 'db'" in error_of(path)
+    path = write(tmp_path, "checks:\n  http:\n    - url: http://x\n      body_match: '('\n")
+    assert "checks.http[0].body_match: not a valid regular expression" in error_of(path)
+    path = write(tmp_path, "checks:\n  process:\n    - {name: x, colour: red}\n")
+    assert "checks.process[0].colour: unknown field" in error_of(path)
+
+
+def test_bad_filter_regex_names_the_field(tmp_path: Path) -> None:
+    path = write(tmp_path, "interval: 1s\nnet_exclude_interfaces: '[veth'\n")
+    assert error_of(path).startswith(f"{path}:2: net_exclude_interfaces: not a valid regular expression")

@@ -2,9 +2,12 @@
 
 Two tasks share an :class:`~signalfire.collector.outbox.Outbox`. The collecting task runs the
 collectors on schedule and queues one ``MetricBatch`` per tick, whatever the bus is doing;
-the publishing task empties the outbox oldest first and, when a publish fails, puts the
-batch back and waits for the next tick (or a reconnect) to try again. So batches made while
+the publishing task empties the outbox oldest first, pipelining up to ``PUBLISH_WINDOW``
+publishes before waiting for their acknowledgements; when one fails, it and the ones after
+it go back to the front and wait for the next tick (or a reconnect). So batches made while
 NATS or the stream is away reach the stream later, in order, with their original times.
+Checks run in tasks of their own (:class:`~signalfire.collector.checks.CheckRunner`); a
+batch carries each check's latest completed result and never waits for one.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ import math
 import secrets
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import nats.errors
+import psutil
 from nats.aio.client import Client as NATS
 
 from signalfire.bus import connect
 from signalfire.collector import schedule
+from signalfire.collector.checks import CheckRunner, build_checks
 from signalfire.collector.collectors import Collector, MetricSpec, build_collectors
 from signalfire.collector.config import AgentConfig
 from signalfire.collector.facts import host_facts
@@ -32,8 +38,10 @@ from signalfire.telemetry import Registry
 
 log = logging.getLogger("signalfire.collector")
 
-#: How long one publish waits for JetStream's acknowledgement.
+#: How long a window of publishes waits for JetStream's acknowledgements.
 PUBLISH_TIMEOUT = 2.0
+#: Publishes sent before waiting for their acknowledgements (replaying a backlog).
+PUBLISH_WINDOW = 64
 #: How long ``stop()`` spends on publishing what is buffered, then ``offline``, then draining.
 STOP_FLUSH_TIMEOUT = 5.0
 STOP_STATUS_TIMEOUT = 1.0
@@ -49,6 +57,13 @@ AGENT_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("agent.publish_errors", (), "errors", "Publish attempts that failed (timeout, no stream)"),
     MetricSpec("agent.collect_seconds", (), "seconds", "Time the collectors took for this batch"),
     MetricSpec("agent.collector_errors", ("collector",), "errors", "Collections that failed, per collector"),
+    MetricSpec(
+        "agent.collector_seconds", ("collector",), "seconds", "Time one collector took for this batch"
+    ),
+    MetricSpec(
+        "agent.cpu_percent", (), "percent", "CPU the agent used since the last batch (100 = one core)"
+    ),
+    MetricSpec("agent.rss_bytes", (), "bytes", "Resident memory of the agent"),
 )
 
 _PUBLISH_ERRORS = (nats.errors.Error, TimeoutError, OSError)
@@ -71,7 +86,8 @@ class Agent:
         self.interval = float(config.interval)
         self.subjects = config.nats.subjects
         self.collectors = list(collectors) if collectors is not None else build_collectors(config)
-        self.outbox = Outbox(config.buffer_size)
+        self.outbox = Outbox(config.buffer_size, Path(config.spool_dir) if config.spool_dir else None)
+        self.checks = CheckRunner(build_checks(config.checks, self.interval))
         self.registry = Registry("signalfire_agent")
         self._sent = self.registry.counter("batches_sent_total", "Batches JetStream acknowledged")
         self._publish_errors = self.registry.counter("publish_errors_total", "Publish attempts that failed")
@@ -90,6 +106,9 @@ class Agent:
         self._online_pending = True
         self._failing = False
         self._failing_collectors: set[str] = set()
+        self._collector_seconds: dict[str, float] = {}
+        self._process = psutil.Process()
+        self._cpu_reading = (time.monotonic(), sum(self._process.cpu_times()[:2]))
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._connected = asyncio.Event()
@@ -102,6 +121,7 @@ class Agent:
             self._connected.set()
         else:
             self._tasks.append(asyncio.create_task(self._connect(), name="agent-connect"))
+        self.checks.start()
         self._tasks.append(asyncio.create_task(self._collect_loop(), name="agent-collect"))
         self._tasks.append(asyncio.create_task(self._publish_loop(), name="agent-publish"))
         log.info(
@@ -116,6 +136,7 @@ class Agent:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.checks.stop()
         nc = self._nc
         if nc is not None and nc.is_connected:
             js = nc.jetstream()
@@ -139,19 +160,22 @@ class Agent:
         log.info("agent stopped", extra={"host": self.host, "batches_sent": int(self._sent.value())})
 
     # Collecting --------------------------------------------------------------------------
-    async def collect_batch(self) -> MetricBatch:
-        """Run every collector once (in a worker thread) and return the batch, with the
-        agent's own counters appended; the batch time is the wall clock at the start."""
+    async def collect_batch(self, *, run_checks: bool = False) -> MetricBatch:
+        """Run every collector once (in a worker thread) and return the batch, with each
+        check's latest result (or, with ``run_checks``, a fresh one) and the agent's own
+        counters appended; the batch time is the wall clock at the start."""
         wall = time.time()
         started = time.perf_counter()
         samples = await asyncio.to_thread(self._collect_all, time.monotonic())
         self._collect_seconds.set(time.perf_counter() - started)
+        samples.extend(await self.checks.run_once() if run_checks else self.checks.latest())
         samples.extend(self.own_samples())
         return MetricBatch(host=self.host, time=wall, samples=samples, labels=dict(self.config.labels))
 
     def _collect_all(self, now: float) -> list[Sample]:
         samples: list[Sample] = []
         for collector in self.collectors:
+            started = time.perf_counter()
             try:
                 collected = collector.collect(now)
             except Exception as exc:
@@ -160,6 +184,7 @@ class Agent:
                     self._failing_collectors.add(collector.name)
                     log.exception("collector failed", extra={"collector": collector.name, "reason": str(exc)})
                 continue
+            self._collector_seconds[collector.name] = time.perf_counter() - started
             self._failing_collectors.discard(collector.name)
             # One non-finite value would make consumers reject the whole batch.
             samples.extend(s for s in collected if math.isfinite(s.value))
@@ -175,8 +200,26 @@ class Agent:
             Sample("agent.collect_seconds", round(self._collect_seconds.value(), 6)),
         ]
         for collector in self.collectors:
-            errors = self._collector_errors.value(collector=collector.name)
-            samples.append(Sample("agent.collector_errors", errors, {"collector": collector.name}))
+            labels = {"collector": collector.name}
+            samples.append(Sample("agent.collector_errors", self._collector_errors.value(**labels), labels))
+            if (seconds := self._collector_seconds.get(collector.name)) is not None:
+                samples.append(Sample("agent.collector_seconds", round(seconds, 6), labels))
+        samples.extend(self._own_usage())
+        return samples
+
+    def _own_usage(self) -> list[Sample]:
+        try:
+            with self._process.oneshot():
+                cpu = sum(self._process.cpu_times()[:2])
+                rss = self._process.memory_info().rss
+        except psutil.Error:
+            return []
+        now = time.monotonic()
+        then, cpu_then = self._cpu_reading
+        self._cpu_reading = (now, cpu)
+        samples = [Sample("agent.rss_bytes", float(rss))]
+        if now > then:
+            samples.append(Sample("agent.cpu_percent", round(100.0 * (cpu - cpu_then) / (now - then), 3)))
         return samples
 
     def _buffered(self) -> float:
@@ -236,37 +279,72 @@ class Agent:
                 return
             self._online_pending = False
         replayed = 0
-        while (item := self.outbox.take()) is not None:
+        while window := self.outbox.take(PUBLISH_WINDOW):
             try:
-                published = await self._publish(js, item.subject, item.data, item.msg_id)
+                acknowledged = await self._publish_window(js, nc, window)
             except asyncio.CancelledError:
-                self.outbox.put_back(item)
+                self.outbox.put_back(window)
                 raise
+            for item in window[:acknowledged]:
+                self.outbox.done(item)
+            replayed += acknowledged
+            if acknowledged < len(window):
+                # In order: the first failure and everything after it go again. Those of them
+                # the stream did store are recognised by their Nats-Msg-Id and not stored twice.
+                self.outbox.put_back(window[acknowledged:])
+                return
+        if self._failing:
+            self._failing = False
+            subject = self.subjects.metrics(self.host)
+            log.info("publishing again", extra={"subject": subject, "batches": replayed})
+
+    async def _publish_window(self, js: Any, nc: NATS, window: list[Outgoing]) -> int:
+        """Publish ``window`` without waiting between messages, then wait for the
+        acknowledgements; returns how many leading messages were acknowledged (or dropped
+        as too large for the server, which no retry can fix)."""
+        futures: list[asyncio.Future[Any] | None] = []
+        for item in window:
+            try:
+                future = await js.publish_async(item.subject, item.data, headers={"Nats-Msg-Id": item.msg_id})
             except nats.errors.MaxPayloadError:
-                # Retrying cannot help, and the batch must not hold up the ones behind it.
+                futures.append(None)
+                continue
+            except _PUBLISH_ERRORS as exc:
+                self._publish_errors.inc()
+                self._mark_failing(item.subject, str(exc) or type(exc).__name__)
+                break
+            futures.append(future)
+        pending = [f for f in futures if f is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=PUBLISH_TIMEOUT)
+        acknowledged = 0
+        for item, future in zip(window, futures, strict=False):
+            if future is None:
                 self.outbox.discard(item)
                 log.error(
                     "batch larger than the server's max_payload, dropped",
                     extra={"subject": item.subject, "bytes": len(item.data), "max_payload": nc.max_payload},
                 )
-                continue
-            if not published:
-                self.outbox.put_back(item)
-                return
-            self._sent.inc()
-            replayed += 1
-        if self._failing:
-            self._failing = False
-            subject = self.subjects.metrics(self.host)
-            log.info("publishing again", extra={"subject": subject, "batches": replayed})
+            elif not future.done() or future.cancelled() or future.exception() is not None:
+                error = (
+                    "no acknowledgement" if not future.done() or future.cancelled() else future.exception()
+                )
+                self._publish_errors.inc()
+                self._mark_failing(item.subject, str(error) or type(error).__name__)
+                break
+            else:
+                self._sent.inc()
+            acknowledged += 1
+        for future in pending:
+            if not future.done():
+                future.cancel()  # frees nats-py's slot for it
+        return acknowledged
 
     async def _publish(
         self, js: Any, subject: str, data: bytes, msg_id: str, timeout: float = PUBLISH_TIMEOUT
     ) -> bool:
         try:
             await js.publish(subject, data, timeout=timeout, headers={"Nats-Msg-Id": msg_id})
-        except nats.errors.MaxPayloadError:
-            raise
         except _PUBLISH_ERRORS as exc:
             self._publish_errors.inc()
             self._mark_failing(subject, str(exc) or type(exc).__name__)

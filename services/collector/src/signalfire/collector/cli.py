@@ -1,4 +1,4 @@
-"""``signalfire agent [--config FILE] [--once]``."""
+"""``signalfire agent [--config FILE] [--once] [--list-metrics]``."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import sys
 from typing import Any
 
 from signalfire.collector.agent import Agent
+from signalfire.collector.catalog import metrics_markdown
 from signalfire.collector.config import AgentConfig
 from signalfire.config import load_config
 from signalfire.events import encode
 from signalfire.log import configure_logging
 from signalfire.runner import run_service, serve
 
-#: How long ``--once`` waits between building the collectors and collecting, so rates and
-#: CPU usage cover a real span of time.
+#: How long ``--once`` waits between a priming collection and the one it prints, so rates
+#: and CPU usage cover a real span of time.
 ONCE_PRIME_SECONDS = 0.5
 
 
@@ -32,17 +33,27 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="collect one batch, print it as JSON to stdout and exit, without connecting to NATS",
     )
+    parser.add_argument(
+        "--list-metrics",
+        action="store_true",
+        help="print every metric the agent can emit as Markdown (docs/metrics.md) and exit",
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.list_metrics:
+        sys.stdout.write(metrics_markdown())
+        return 0
+
     async def main() -> None:
         config = load_config(AgentConfig, args.config)
         configure_logging("agent", config.log_level, config.log_format)
         agent = Agent(config)
         if args.once:
+            await agent.collect_batch()  # primes the rates
             await asyncio.sleep(ONCE_PRIME_SECONDS)
-            batch = await agent.collect_batch()
+            batch = await agent.collect_batch(run_checks=True)
             sys.stdout.buffer.write(encode(batch) + b"\n")
             sys.stdout.flush()
             return

@@ -9,6 +9,7 @@ from typing import Literal
 import msgspec
 
 from signalfire.bus import NatsConfig
+from signalfire.collector.checks.base import ChecksConfig
 from signalfire.config import Duration
 from signalfire.events import MAX_LABELS
 
@@ -54,12 +55,25 @@ DEFAULT_EXCLUDED_FSTYPES = [
 ]
 
 
+#: Block devices not reported by default: partitions (the whole disk is), loop, RAM, zram
+#: and floppy/optical devices; node_exporter's default, as a regular expression.
+DEFAULT_DISKIO_EXCLUDE = r"^(z?ram|loop|fd|sr|(h|s|v|xv)d[a-z]+|nvme\d+n\d+p|mmcblk\d+p)\d+$"
+
+
 class CollectorSwitches(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Which collectors run; each is on unless switched off."""
 
     cpu: bool = True
+    load: bool = True
     memory: bool = True
-    disk: bool = True
+    filesystem: bool = True
+    diskio: bool = True
+    net: bool = True
+    connections: bool = True
+    processes: bool = True
+    files: bool = True
+    uptime: bool = True
+    sensors: bool = True
 
 
 class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -75,9 +89,23 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Static labels on every batch, e.g. ``{env: prod, role: web}``.
     labels: dict[str, str] = {}
     collectors: CollectorSwitches = msgspec.field(default_factory=CollectorSwitches)
-    disk_exclude_fstypes: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_EXCLUDED_FSTYPES))
-    #: Batches kept in memory while NATS is unreachable; the oldest are dropped beyond it.
+    filesystem_exclude_fstypes: list[str] = msgspec.field(
+        default_factory=lambda: list(DEFAULT_EXCLUDED_FSTYPES)
+    )
+    #: Mount points (shell patterns) not reported, e.g. ``/var/lib/docker/*``.
+    filesystem_exclude_mounts: list[str] = []
+    #: Block devices (regular expression) not reported by the diskio collector.
+    diskio_exclude_devices: str = DEFAULT_DISKIO_EXCLUDE
+    net_include_loopback: bool = False
+    #: Software interfaces (bridges, veth pairs, tunnels): one per container on a container host.
+    net_include_virtual: bool = False
+    #: Interfaces (regular expression) not reported; empty: none.
+    net_exclude_interfaces: str = ""
+    checks: ChecksConfig = msgspec.field(default_factory=ChecksConfig)
+    #: Batches kept while NATS is unreachable; the oldest are dropped beyond it.
     buffer_size: int = 1000
+    #: A directory where buffered batches are also written, so they survive an agent restart.
+    spool_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.interval < MIN_INTERVAL:
@@ -87,6 +115,13 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         self._check_labels()
         if self.buffer_size < 0:
             raise ValueError(f"buffer_size: must be 0 or more, got {self.buffer_size}")
+        for field in ("diskio_exclude_devices", "net_exclude_interfaces"):
+            try:
+                re.compile(getattr(self, field))
+            except re.error as exc:
+                raise ValueError(f"{field}: not a valid regular expression: {exc}") from None
+        if self.spool_dir is not None and not self.spool_dir.strip():
+            raise ValueError("spool_dir: must not be empty (leave it out to buffer in memory only)")
 
     def _check_labels(self) -> None:
         # Checked here, not by the contract's types, so the message says which label is wrong.

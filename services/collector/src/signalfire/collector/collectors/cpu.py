@@ -1,4 +1,4 @@
-"""CPU usage, total and per core, from the kernel's cumulative CPU time counters."""
+"""CPU usage, total and per core, split by mode, from the kernel's cumulative CPU time counters."""
 
 from __future__ import annotations
 
@@ -7,7 +7,13 @@ from typing import Any, ClassVar
 import psutil
 
 from signalfire.collector.collectors.base import MetricSpec
+from signalfire.collector.collectors.rates import Rates
 from signalfire.events import Sample
+
+#: Modes reported for all CPUs together; psutil has no field for a mode the OS lacks.
+TOTAL_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+#: Modes reported per core.
+CORE_MODES = TOTAL_MODES
 
 
 def _busy_and_total(times: Any) -> tuple[float, float]:
@@ -20,12 +26,29 @@ def _busy_and_total(times: Any) -> tuple[float, float]:
     return total - idle, total
 
 
-def _percent(before: tuple[float, float], after: tuple[float, float]) -> float | None:
-    busy = after[0] - before[0]
-    total = after[1] - before[1]
-    if total <= 0:
-        return None  # no time has passed for this CPU: nothing to report yet
-    return round(min(100.0, max(0.0, 100.0 * busy / total)), 2)
+def _percent(part: float, whole: float) -> float:
+    return round(min(100.0, max(0.0, 100.0 * part / whole)), 2)
+
+
+def _mode_samples(
+    before: Any, after: Any, modes: tuple[str, ...], prefix: str, labels: dict[str, str]
+) -> list[Sample]:
+    """Usage and per-mode shares between two readings; none when no time passed."""
+    busy0, total0 = _busy_and_total(before)
+    busy1, total1 = _busy_and_total(after)
+    whole = total1 - total0
+    if whole <= 0:
+        return []  # no time has passed for this CPU: nothing to report yet
+    samples = [Sample(f"{prefix}.usage_percent", _percent(busy1 - busy0, whole), labels)]
+    for mode in modes:
+        if hasattr(after, mode):
+            spent = getattr(after, mode) - getattr(before, mode)
+            samples.append(Sample(f"{prefix}.{mode}_percent", _percent(spent, whole), labels))
+    return samples
+
+
+def _mode_spec(prefix: str, mode: str, labels: tuple[str, ...], whose: str) -> MetricSpec:
+    return MetricSpec(f"{prefix}.{mode}_percent", labels, "percent", f"Share of time {whose} spent in {mode}")
 
 
 class CpuCollector:
@@ -38,24 +61,36 @@ class CpuCollector:
         MetricSpec(
             "cpu.usage_percent", (), "percent", "Share of time all CPUs were busy (not idle or iowait)"
         ),
+        *(_mode_spec("cpu", mode, (), "all CPUs") for mode in TOTAL_MODES),
         MetricSpec("cpu.core.usage_percent", ("core",), "percent", "Share of time one logical CPU was busy"),
+        *(_mode_spec("cpu.core", mode, ("core",), "one logical CPU") for mode in CORE_MODES),
+        MetricSpec("cpu.context_switches_per_second", (), "1/s", "Context switches"),
+        MetricSpec("cpu.interrupts_per_second", (), "1/s", "Hardware interrupts"),
     )
 
     def __init__(self) -> None:
-        self._total = _busy_and_total(psutil.cpu_times())
-        self._cores = [_busy_and_total(t) for t in psutil.cpu_times(percpu=True)]
+        self._total = psutil.cpu_times()
+        self._cores = psutil.cpu_times(percpu=True)
+        self._rates = Rates()
+        self._stats(0.0)
+
+    def _stats(self, now: float) -> list[Sample]:
+        self._rates.begin(now)
+        stats = psutil.cpu_stats()
+        samples = []
+        for name, value in (("context_switches", stats.ctx_switches), ("interrupts", stats.interrupts)):
+            rate = self._rates.rate(name, value)
+            if rate is not None:
+                samples.append(Sample(f"cpu.{name}_per_second", round(rate, 1)))
+        return samples
 
     def collect(self, now: float) -> list[Sample]:
-        total = _busy_and_total(psutil.cpu_times())
-        cores = [_busy_and_total(t) for t in psutil.cpu_times(percpu=True)]
-        samples: list[Sample] = []
-        value = _percent(self._total, total)
-        if value is not None:
-            samples.append(Sample("cpu.usage_percent", value))
+        total = psutil.cpu_times()
+        cores = psutil.cpu_times(percpu=True)
+        samples = _mode_samples(self._total, total, TOTAL_MODES, "cpu", {})
         # CPUs can come and go (hotplug); compare only the ones seen both times.
         for core, (before, after) in enumerate(zip(self._cores, cores, strict=False)):
-            value = _percent(before, after)
-            if value is not None:
-                samples.append(Sample("cpu.core.usage_percent", value, {"core": str(core)}))
+            samples.extend(_mode_samples(before, after, CORE_MODES, "cpu.core", {"core": str(core)}))
         self._total, self._cores = total, cores
+        samples.extend(self._stats(now))
         return samples

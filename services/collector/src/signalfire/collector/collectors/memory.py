@@ -1,4 +1,4 @@
-"""Memory and swap usage."""
+"""Memory and swap usage, and swap traffic."""
 
 from __future__ import annotations
 
@@ -7,7 +7,47 @@ from typing import ClassVar
 import psutil
 
 from signalfire.collector.collectors.base import MetricSpec
+from signalfire.collector.collectors.rates import Rates
 from signalfire.events import Sample
+
+#: ``psutil.virtual_memory()`` fields reported as ``mem.<field>_bytes`` where the OS has them.
+_MEMORY_FIELDS = {
+    "available": "Memory available to new applications without swapping",
+    "total": "Physical memory",
+    "used": "Memory in use by applications (total minus available)",
+    "free": "Memory not used for anything",
+    "cached": "Page cache (file contents the kernel can reclaim)",
+    "buffers": "Block device buffers",
+    "shared": "Shared memory (tmpfs, shm)",
+    "slab": "Kernel data structures",
+    "active": "Memory used recently, not reclaimed unless needed",
+    "inactive": "Memory not used recently, reclaimed first",
+}
+
+#: /proc/vmstat counters reported as rates (Linux).
+_VMSTAT = {
+    "pgfault": ("mem.page_faults_per_second", "Page faults (minor and major)"),
+    "pgmajfault": ("mem.major_page_faults_per_second", "Page faults that needed a disk read"),
+    "pgpgin": ("mem.paged_in_bytes_per_second", "Data paged in from disk"),
+    "pgpgout": ("mem.paged_out_bytes_per_second", "Data paged out to disk"),
+    "oom_kill": ("mem.oom_kills_per_second", "Processes killed by the out-of-memory killer"),
+}
+_VMSTAT_BYTES = {"pgpgin", "pgpgout"}  # counted in KiB by the kernel
+
+
+def read_vmstat() -> dict[str, int]:
+    """The counters of /proc/vmstat that ``_VMSTAT`` names; empty where it does not exist."""
+    try:
+        with open("/proc/vmstat", encoding="ascii") as f:
+            text = f.read()
+    except OSError:
+        return {}
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in _VMSTAT:
+            values[name] = int(value)
+    return values
 
 
 class MemoryCollector:
@@ -17,17 +57,40 @@ class MemoryCollector:
     name: ClassVar[str] = "memory"
     METRICS: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("mem.used_percent", (), "percent", "Share of memory not available to new applications"),
-        MetricSpec("mem.available_bytes", (), "bytes", "Memory available to new applications"),
-        MetricSpec("mem.total_bytes", (), "bytes", "Physical memory"),
+        *(MetricSpec(f"mem.{field}_bytes", (), "bytes", text) for field, text in _MEMORY_FIELDS.items()),
         MetricSpec("swap.used_percent", (), "percent", "Share of swap in use (0 on a host without swap)"),
+        MetricSpec("swap.used_bytes", (), "bytes", "Swap in use"),
+        MetricSpec("swap.total_bytes", (), "bytes", "Swap space"),
+        MetricSpec("swap.in_bytes_per_second", (), "bytes/s", "Memory swapped in from disk"),
+        MetricSpec("swap.out_bytes_per_second", (), "bytes/s", "Memory swapped out to disk"),
+        *(
+            MetricSpec(metric, (), "bytes/s" if key in _VMSTAT_BYTES else "1/s", text)
+            for key, (metric, text) in _VMSTAT.items()
+        ),
     )
+
+    def __init__(self) -> None:
+        self._rates = Rates()
 
     def collect(self, now: float) -> list[Sample]:
         mem = psutil.virtual_memory()
         swap = psutil.swap_memory()
-        return [
-            Sample("mem.used_percent", round(mem.percent, 2)),
-            Sample("mem.available_bytes", float(mem.available)),
-            Sample("mem.total_bytes", float(mem.total)),
+        samples = [Sample("mem.used_percent", round(mem.percent, 2))]
+        for field in _MEMORY_FIELDS:
+            if hasattr(mem, field):
+                samples.append(Sample(f"mem.{field}_bytes", float(getattr(mem, field))))
+        samples += [
             Sample("swap.used_percent", round(swap.percent, 2) if swap.total else 0.0),
+            Sample("swap.used_bytes", float(swap.used)),
+            Sample("swap.total_bytes", float(swap.total)),
         ]
+        self._rates.begin(now)
+        for direction, value in (("in", swap.sin), ("out", swap.sout)):
+            rate = self._rates.rate(direction, value)
+            if rate is not None:
+                samples.append(Sample(f"swap.{direction}_bytes_per_second", round(rate, 1)))
+        for key, value in read_vmstat().items():
+            rate = self._rates.rate(key, value * 1024 if key in _VMSTAT_BYTES else value)
+            if rate is not None:
+                samples.append(Sample(_VMSTAT[key][0], round(rate, 1)))
+        return samples
