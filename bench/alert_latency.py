@@ -6,7 +6,7 @@ firing and resolving) and times until the AlertEvent arrives on ``sf.alerts.<hos
 The reference is the same publish echoed straight back by NATS (a core subscription on the
 metrics subject): the floor any design on this bus could reach.
 
-    uv run python bench/alert_latency.py [--transitions 400]
+    uv run python bench/alert_latency.py [--transitions 1000]
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ async def measure(url: str, transitions: int) -> tuple[list[float], list[float]]
 def main() -> int:
     logging.basicConfig(level=logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--transitions", type=int, default=400)
+    parser.add_argument("--transitions", type=int, default=1000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sf-bench-") as tmp:
         root = Path(tmp)

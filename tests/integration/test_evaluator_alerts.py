@@ -236,7 +236,7 @@ async def test_malformed_batches_are_counted_and_skipped(nc, nats_config, config
         assert event.status == "firing"
         metrics = service.registry.render()
         assert "signalfire_evaluator_invalid_batches_total 2" in metrics
-        assert "signalfire_evaluator_batches_total 1" in metrics
+        assert 'signalfire_evaluator_batches_total{kind="metrics"} 1' in metrics
 
 
 async def test_unreadable_rules_stop_the_start(nats_config, tmp_path):

@@ -98,8 +98,11 @@ def test_resolve_overlapping_the_condition_is_an_error(tmp_path):
 
 
 def test_unknown_kind_lists_the_allowed_kinds(tmp_path):
-    message = load_error(tmp_path, GOOD.replace("    metric:", "    kind: absent\n    metric:"))
-    assert ":3: rules[0].kind: unknown kind 'absent'; allowed kinds: threshold" in message
+    message = load_error(tmp_path, GOOD.replace("    metric:", "    kind: gauge\n    metric:"))
+    assert (
+        ":3: rules[0].kind: unknown kind 'gauge'; "
+        "allowed kinds: threshold, change, anomaly, ratio, event_count, absent" in message
+    )
 
 
 def test_bad_severity_lists_the_allowed_ones(tmp_path):
@@ -236,12 +239,15 @@ def test_templates_run_in_a_sandbox(tmp_path):
 
 def test_the_default_rule_pack_loads_and_renders():
     rules = load_rules([str(REPO / "rules" / "default.yaml")])
-    assert {r.name: (r.metric, str(r.condition), r.for_, r.severity) for r in rules} == {
-        "HighCPU": ("cpu.usage_percent", "> 80", 60.0, "high"),
-        "CriticalCPU": ("cpu.usage_percent", "> 95", 30.0, "critical"),
-        "HighMemory": ("mem.used_percent", "> 85", 120.0, "high"),
-        "DiskFull": ("disk.used_percent", "> 90", 0.0, "high"),
-        "SlowHttpCheck": ("check.http.latency_ms", "> 2000", 60.0, "medium"),
+    assert {r.name: (r.kind, r.metric, str(r.condition), r.for_, r.severity) for r in rules} == {
+        "HighCPU": ("threshold", "cpu.usage_percent", "> 80", 60.0, "high"),
+        "CriticalCPU": ("threshold", "cpu.usage_percent", "> 95", 30.0, "critical"),
+        "HighMemory": ("threshold", "mem.used_percent", "> 85", 120.0, "high"),
+        "DiskFull": ("threshold", "disk.used_percent", "> 90", 0.0, "high"),
+        "SlowHttpCheck": ("threshold", "check.http.latency_ms", "> 2000", 0.0, "medium"),
+        "HighErrorRate": ("ratio", "", "> 0.1", 0.0, "high"),
+        "FailedLoginSpike": ("event_count", "", "> 5", 0.0, "medium"),
+        "HostDown": ("absent", "", ">= 30", 0.0, "critical"),
     }
     assert next(r for r in rules if r.name == "HighCPU").resolve == Condition("<", 75)
     for rule in rules:
@@ -272,4 +278,83 @@ def test_the_default_rule_pack_loads_and_renders():
             "rule": "SlowHttpCheck",
         }
     )
-    assert rendered["summary"] == "HTTP check https://x.test/ slow: 2501 ms"
+    assert rendered["summary"] == "HTTP check https://x.test/ slow: 2501 ms on average"
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (
+            "{name: A, metric: m, aggregate: avg, condition: '> 1', severity: low}",
+            "rules[0].window: aggregate avg needs a `window`",
+        ),
+        (
+            "{name: A, metric: m, aggregate: mean, window: 1m, condition: '> 1', severity: low}",
+            "rules[0].aggregate: unknown aggregate 'mean'",
+        ),
+        (
+            "{name: A, kind: change, metric: m, aggregate: avg, window: 1m, condition: '> 1', severity: low}",
+            "a change rule takes increase, rate, delta",
+        ),
+        (
+            "{name: A, kind: change, metric: m, condition: '> 1', severity: low}",
+            "rules[0]: a change rule needs `window`",
+        ),
+        ("{name: A, kind: absent, severity: low}", "rules[0]: an absent rule needs `for`"),
+        (
+            "{name: A, kind: absent, for: 30s, condition: '> 1', severity: low}",
+            "rules[0].condition: `condition` applies to",
+        ),
+        (
+            "{name: A, kind: absent, for: 30s, group_by: series, severity: low}",
+            "grouped by series needs a `metric`",
+        ),
+        (
+            "{name: A, metric: m, event: x, condition: '> 1', severity: low}",
+            "rules[0].event: `event` applies to event_count rules, not threshold",
+        ),
+        (
+            "{name: A, kind: anomaly, metric: m, group_by: host, condition: '> 3', severity: low}",
+            "an anomaly rule takes series",
+        ),
+        (
+            "{name: A, kind: ratio, numerator: 'x{a=~\"(\"}', denominator: x, window: 1m, "
+            "condition: '> 1', severity: low}",
+            "rules[0].numerator: invalid regular expression",
+        ),
+        (
+            "{name: A, kind: ratio, numerator: 'x{a=b}', denominator: x, window: 1m, "
+            "condition: '> 1', severity: low}",
+            "rules[0].numerator: cannot read the label matchers",
+        ),
+        (
+            "{name: A, kind: ratio, numerator: x, window: 1m, condition: '> 1', severity: low}",
+            "a ratio rule needs `denominator`",
+        ),
+        (
+            "{name: A, kind: event_count, event: x, window: 0s, condition: '> 1', severity: low}",
+            "rules[0].window: must be longer than 0s",
+        ),
+        (
+            "{name: A, metric: m, condition: '> 1', flap: {changes: 0, window: 1m}, severity: low}",
+            "rules[0].flap.changes",
+        ),
+        ("{name: A, kind: anomaly, metric: m, alpha: 2, condition: '> 3', severity: low}", "rules[0].alpha"),
+    ],
+)
+def test_kind_specific_mistakes_name_the_field(tmp_path, rule, message):
+    assert message in load_error(tmp_path, f"rules:\n  - {rule}\n")
+
+
+def test_ratio_selectors_match_like_promql(tmp_path):
+    text = (
+        'rules:\n  - {name: A, kind: ratio, numerator: \'http.requests{status=~"5..", path!="/health"}\', '
+        "denominator: http.requests, window: 5m, condition: '> 0.1', severity: low}\n"
+    )
+    (rule,) = load_rules([write(tmp_path, text)])
+    assert rule.numerator is not None and rule.denominator is not None
+    assert rule.numerator.metric == rule.denominator.metric == "http.requests"
+    assert rule.group_by == "host"
+    assert rule.numerator.matches({"status": "503", "path": "/"})
+    assert not rule.numerator.matches({"status": "5030", "path": "/"})  # whole-value regex
+    assert not rule.numerator.matches({"status": "500", "path": "/health"})

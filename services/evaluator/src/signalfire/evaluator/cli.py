@@ -1,4 +1,4 @@
-"""``signalfire evaluator`` and ``signalfire rules check``."""
+"""``signalfire evaluator``, ``signalfire rules check`` and ``signalfire rules test``."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def _run_evaluator(args: argparse.Namespace) -> int:
     async def main() -> None:
         config = load_config(EvaluatorConfig, args.config)
         configure_logging("evaluator", config.log_level, config.log_format)
-        await serve(EvaluatorService(config))
+        service = EvaluatorService(config)
+        await serve(service, on_reload=service.reload_on_signal)
 
     return run_service(main)
 
@@ -44,6 +45,14 @@ def register_rules(subparsers: Any) -> None:
     )
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(handler=_check)
+    test = commands.add_parser(
+        "test",
+        help="run rule unit tests",
+        description="Run rule unit tests (input series, expected alert events; format in docs/rules.md). "
+        "Exits 1 with a diff when an alert differs.",
+    )
+    test.add_argument("files", nargs="+", metavar="FILE")
+    test.set_defaults(handler=_test)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -55,4 +64,31 @@ def _check(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     print(f"ok: {len(rules)} rules")
+    return 0
+
+
+def _test(args: argparse.Namespace) -> int:
+    from signalfire.evaluator.ruletests import run_file
+
+    failed = 0
+    total = 0
+    for path in args.files:
+        try:
+            results = run_file(path)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            failed += 1
+            continue
+        for result in results:
+            total += 1
+            if result.passed:
+                continue
+            failed += 1
+            print(f"FAIL {path}: {result.name}", file=sys.stderr)
+            for line in result.diff:
+                print(f"  {line}", file=sys.stderr)
+    if failed:
+        print(f"{failed} of {total} tests failed" if total else "no tests ran", file=sys.stderr)
+        return 1
+    print(f"ok: {total} tests")
     return 0

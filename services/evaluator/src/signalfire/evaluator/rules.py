@@ -31,12 +31,66 @@ from msgspec import Meta
 from signalfire.config import ConfigError, Duration, convert, line_of, parse_yaml
 from signalfire.events import SEVERITIES, LabelName, LabelValue, MetricName, Severity
 
-#: Rule kinds this evaluator runs. Later kinds (absent, ratio, event_count, …) add an entry to
-#: :data:`_KIND_FIELDS` and a branch in :mod:`signalfire.evaluator.state`.
-KINDS: tuple[str, ...] = ("threshold",)
+#: Rule kinds this evaluator runs; :mod:`signalfire.evaluator.engine` has one branch each.
+KINDS: tuple[str, ...] = ("threshold", "change", "anomaly", "ratio", "event_count", "absent")
 
 #: The fields each kind requires (beyond name and severity).
-_KIND_FIELDS: dict[str, tuple[str, ...]] = {"threshold": ("metric", "condition")}
+_KIND_FIELDS: dict[str, tuple[str, ...]] = {
+    "threshold": ("metric", "condition"),
+    "change": ("metric", "condition", "window"),
+    "anomaly": ("metric", "condition"),
+    "ratio": ("numerator", "denominator", "condition", "window"),
+    "event_count": ("event", "condition", "window"),
+    "absent": ("for_",),
+}
+
+#: Fields that only some kinds take; any other kind rejects them, so a setting is never ignored.
+_KIND_ONLY: dict[str, tuple[str, ...]] = {
+    "metric": ("threshold", "change", "anomaly", "absent"),
+    "aggregate": ("threshold", "change"),
+    "window": ("threshold", "change", "ratio", "event_count"),
+    "numerator": ("ratio",),
+    "denominator": ("ratio",),
+    "event": ("event_count",),
+    "alpha": ("anomaly",),
+    "warmup": ("anomaly",),
+    "condition": ("threshold", "change", "anomaly", "ratio", "event_count"),
+    "resolve": ("threshold", "change", "anomaly", "ratio", "event_count"),
+}
+
+#: Window aggregates; ``last`` (the default) needs no window.
+AGGREGATES: tuple[str, ...] = (
+    "last",
+    "avg",
+    "min",
+    "max",
+    "sum",
+    "count",
+    "rate",
+    "increase",
+    "delta",
+    "p50",
+    "p95",
+    "p99",
+)
+#: Aggregates a ``change`` rule takes (``increase`` is its default).
+CHANGE_AGGREGATES: tuple[str, ...] = ("increase", "rate", "delta")
+
+#: How series are grouped into alerts, per kind; the first is the kind's default.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "threshold": ("series", "host", "fleet"),
+    "change": ("series", "host", "fleet"),
+    "anomaly": ("series",),
+    "ratio": ("host", "fleet"),
+    "event_count": ("host", "series", "fleet"),
+    "absent": ("host", "series", "fleet"),
+}
+
+#: The host name of fleet-wide alerts (``group_by: fleet``).
+FLEET = "fleet"
+
+#: Series one rule may track unless the rule or the evaluator's config says otherwise.
+DEFAULT_MAX_SERIES = 100_000
 
 #: Variables a template may use; anything else is a load error (a typo would render empty).
 TEMPLATE_VARIABLES: tuple[str, ...] = ("value", "threshold", "host", "labels", "rule")
@@ -48,6 +102,14 @@ RuleName = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z_
 AnnotationName = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
+class FlapSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``flap: {changes: 4, window: 10m}``: more than ``changes`` transitions within ``window``
+    hold the alert firing, labelled ``flapping: "true"``."""
+
+    changes: Annotated[int, Meta(ge=1)]
+    window: Duration
+
+
 class RuleSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """One rule as written in the file. Field meanings are in ``docs/rules.md``."""
 
@@ -56,9 +118,21 @@ class RuleSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_de
     kind: str = "threshold"
     metric: MetricName | None = None
     where: dict[LabelName, str] = {}
+    aggregate: str | None = None
+    window: Duration | None = None
+    group_by: str | None = None
+    numerator: str | None = None
+    denominator: str | None = None
+    event: MetricName | None = None
+    alpha: Annotated[float, Meta(gt=0, le=1)] | None = None
+    warmup: Annotated[int, Meta(ge=1)] | None = None
     condition: str | None = None
     for_: Duration = msgspec.field(default=Duration(0), name="for")
     resolve: str | None = None
+    keep_firing_for: Duration = Duration(0)
+    cooldown: Duration = Duration(0)
+    flap: FlapSpec | None = None
+    max_series: Annotated[int, Meta(ge=1)] | None = None
     labels: dict[LabelName, LabelValue] = {}
     annotations: dict[AnnotationName, str] = {}
 
@@ -163,6 +237,64 @@ def parse_matcher(label: str, written: str) -> Matcher:
     return Matcher(label, written, negate, test)
 
 
+_SELECTOR = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.:-]*)\s*(?:\{(.*)\})?\s*$")
+_SELECTOR_MATCHER = re.compile(
+    r'\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)'
+)
+
+
+def _whole_match(regex: re.Pattern[str]) -> Callable[[str], bool]:
+    def test(value: str) -> bool:
+        return regex.fullmatch(value) is not None
+
+    return test
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A metric and label matchers, written like PromQL: ``http.requests{status=~"5.."}``.
+
+    ``=`` and ``!=`` compare exactly; ``=~`` and ``!~`` match a whole-value regular expression.
+    """
+
+    metric: str
+    matchers: tuple[Matcher, ...]
+    written: str
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return all(m.matches(labels) for m in self.matchers)
+
+
+def parse_selector(text: str) -> Selector:
+    """``name{label="v", label=~"re", label!="v", label!~"re"}``; raises ``ValueError``."""
+    match = _SELECTOR.match(text)
+    if match is None:
+        raise ValueError(
+            f'expected a metric and optional matchers like http.requests{{status=~"5.."}}, got {text!r}'
+        )
+    body = match.group(2) or ""
+    matchers: list[Matcher] = []
+    pos = 0
+    while pos < len(body.rstrip()):
+        item = _SELECTOR_MATCHER.match(body, pos)
+        if item is None:
+            raise ValueError(
+                f'cannot read the label matchers at {body[pos:]!r}; write label="value" or label=~"regex"'
+            )
+        label, op, value = item.group(1), item.group(2), item.group(3).replace('\\"', '"')
+        if op in ("=~", "!~"):
+            try:
+                regex = re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+            test = _whole_match(regex)
+        else:
+            test = value.__eq__
+        matchers.append(Matcher(label, f"{op}{value}", op.startswith("!"), test))
+        pos = item.end()
+    return Selector(match.group(1), tuple(matchers), text.strip())
+
+
 # Templates ---------------------------------------------------------------------------------
 
 
@@ -180,15 +312,37 @@ class Rule:
 
     name: str
     kind: str
+    #: The metric a sample must have; empty for kinds without one (ratio, event_count, absent
+    #: per host).
     metric: str
     where: tuple[Matcher, ...]
+    #: What holds while the alert is active. For ``absent`` it is ``>= <for>`` on the seconds
+    #: since the series was last seen.
     condition: Condition
     resolve: Condition
+    #: How long ``condition`` must hold before firing (the state machine's ``for``); 0 for
+    #: ``absent``, whose ``for`` is :attr:`silence`.
     for_: float
     severity: Severity
     labels: dict[str, str]
     annotations: dict[str, jinja2.Template]
     spec: RuleSpec
+    aggregate: str = "last"
+    window: float = 0.0
+    group_by: str = "series"
+    numerator: Selector | None = None
+    denominator: Selector | None = None
+    event: str = ""
+    alpha: float = 0.1
+    warmup: int = 30
+    #: ``absent``: seconds without data before the alert fires.
+    silence: float = 0.0
+    keep_firing_for: float = 0.0
+    cooldown: float = 0.0
+    #: Flap damping: more than ``flap_changes`` transitions within ``flap_window`` (0: off).
+    flap_changes: int = 0
+    flap_window: float = 0.0
+    max_series: int | None = None
     #: The file the rule comes from, the line it starts on and its index in ``rules:``.
     source: str = ""
     line: int | None = None
@@ -223,8 +377,13 @@ class Rule:
     def describe(self) -> dict[str, Any]:
         """The rule as written (JSON-ready), with its effective resolve condition and origin."""
         data: dict[str, Any] = msgspec.to_builtins(self.spec, enc_hook=_plain)
-        data["resolve"] = str(self.resolve)
-        data["for"] = self.for_
+        data["kind"] = self.kind
+        if self.kind != "absent":
+            data["resolve"] = str(self.resolve)
+        data["for"] = float(self.spec.for_)
+        data["group_by"] = self.group_by
+        if self.kind in ("threshold", "change"):
+            data["aggregate"] = self.aggregate
         data["origin"] = self.origin
         return data
 
@@ -263,20 +422,68 @@ class _FileErrors:
         self.errors.append(ConfigError(message, source=self.source, line=line, field=path))
 
 
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
 def compile_rule(spec: RuleSpec, index: int, errors: _FileErrors, env: SandboxedEnvironment) -> Rule | None:
     """Check and compile rule number ``index`` of a file; ``None`` (and ``errors``) when invalid."""
     where = f"rules[{index}]"
     count = len(errors.errors)
-    if spec.kind not in KINDS:
-        errors.add(f"{where}.kind", f"unknown kind {spec.kind!r}; allowed kinds: {', '.join(KINDS)}")
+    kind = spec.kind
+    if kind not in KINDS:
+        errors.add(f"{where}.kind", f"unknown kind {kind!r}; allowed kinds: {', '.join(KINDS)}")
         return None
     if spec.severity not in SEVERITIES:
         errors.add(
             f"{where}.severity", f"unknown severity {spec.severity!r}; allowed: {', '.join(SEVERITIES)}"
         )
-    for name in _KIND_FIELDS[spec.kind]:
-        if getattr(spec, name) is None:
-            errors.add(f"{where}", f"a {spec.kind} rule needs `{name}`")
+    for name in _KIND_FIELDS[kind]:
+        value = getattr(spec, name)
+        if value is None or (name == "for_" and not value):
+            written = "for" if name == "for_" else name
+            errors.add(f"{where}", f"{_a(kind)} rule needs `{written}`")
+    for name, kinds in _KIND_ONLY.items():
+        if getattr(spec, name) is not None and kind not in kinds:
+            errors.add(f"{where}.{name}", f"`{name}` applies to {', '.join(kinds)} rules, not {kind}")
+
+    aggregate = spec.aggregate or ("increase" if kind == "change" else "last")
+    allowed = CHANGE_AGGREGATES if kind == "change" else AGGREGATES
+    if spec.aggregate is not None and aggregate not in allowed:
+        errors.add(
+            f"{where}.aggregate",
+            f"unknown aggregate {aggregate!r}; {_a(kind)} rule takes {', '.join(allowed)}",
+        )
+    window = float(spec.window) if spec.window is not None else 0.0
+    if spec.window is not None and window <= 0:
+        errors.add(f"{where}.window", "must be longer than 0s")
+    if kind == "threshold" and aggregate != "last" and spec.window is None:
+        errors.add(f"{where}.window", f"aggregate {aggregate} needs a `window` (e.g. window: 1m)")
+    groups = GROUPS[kind]
+    group_by = spec.group_by or groups[0]
+    if kind == "absent" and spec.group_by is None and spec.metric is not None:
+        group_by = "series"
+    if group_by not in groups:
+        errors.add(
+            f"{where}.group_by", f"unknown group {group_by!r}; {_a(kind)} rule takes {', '.join(groups)}"
+        )
+    if kind == "absent" and group_by == "series" and spec.metric is None:
+        errors.add(f"{where}.group_by", "an absent rule grouped by series needs a `metric`")
+
+    selectors: dict[str, Selector] = {}
+    for side in ("numerator", "denominator"):
+        text = getattr(spec, side)
+        if text is not None:
+            try:
+                selectors[side] = parse_selector(text)
+            except ValueError as exc:
+                errors.add(f"{where}.{side}", str(exc))
+
+    flap_changes, flap_window = 0, 0.0
+    if spec.flap is not None:
+        flap_changes, flap_window = spec.flap.changes, float(spec.flap.window)
+        if flap_window <= 0:
+            errors.add(f"{where}.flap.window", "must be longer than 0s")
 
     condition = resolve = None
     if spec.condition is not None:
@@ -319,16 +526,21 @@ def compile_rule(spec: RuleSpec, index: int, errors: _FileErrors, env: Sandboxed
                 f"templates may use {', '.join(TEMPLATE_VARIABLES)}",
             )
 
-    if len(errors.errors) > count or condition is None or spec.metric is None:
+    silence = 0.0
+    for_ = float(spec.for_)
+    if kind == "absent":
+        silence, for_ = for_, 0.0
+        condition = Condition(">=", silence)
+    if len(errors.errors) > count or condition is None:
         return None
     return Rule(
         name=spec.name,
-        kind=spec.kind,
-        metric=spec.metric,
+        kind=kind,
+        metric=spec.metric or "",
         where=tuple(matchers),
         condition=condition,
         resolve=resolve if resolve is not None else condition.negated(),
-        for_=float(spec.for_),
+        for_=for_,
         severity=spec.severity,  # type: ignore[arg-type]  # checked against SEVERITIES above
         labels=dict(spec.labels),
         annotations=annotations,
@@ -336,6 +548,20 @@ def compile_rule(spec: RuleSpec, index: int, errors: _FileErrors, env: Sandboxed
         source=errors.source,
         line=line_of(f"$.{where}", errors.lines),
         index=index,
+        aggregate=aggregate,
+        window=window,
+        group_by=group_by,
+        numerator=selectors.get("numerator"),
+        denominator=selectors.get("denominator"),
+        event=spec.event or "",
+        alpha=spec.alpha if spec.alpha is not None else 0.1,
+        warmup=spec.warmup if spec.warmup is not None else 30,
+        silence=silence,
+        keep_firing_for=float(spec.keep_firing_for),
+        cooldown=float(spec.cooldown),
+        flap_changes=flap_changes,
+        flap_window=flap_window,
+        max_series=spec.max_series,
     )
 
 

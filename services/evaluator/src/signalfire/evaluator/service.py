@@ -1,9 +1,10 @@
-"""The imperative shell around :mod:`signalfire.evaluator.state`.
+"""The imperative shell around :class:`signalfire.evaluator.engine.Engine`.
 
-Metric batches arrive on a core NATS subscription (lowest latency; the evaluator needs the
-present, not the stream's history). Each sample that a rule watches advances that series'
-state machine; transitions become :class:`~signalfire.events.AlertEvent` publishes on
-JetStream, de-duplicated by ``Nats-Msg-Id: <alert_id>:<status>``.
+Metric batches, event batches and agent statuses arrive on core NATS subscriptions (lowest
+latency; the evaluator needs the present, not the stream's history) and go straight into
+the engine, with the service's clock; a timer ticks it for ``for`` expiry, absence and
+sliding event counts. The engine's alert events become :class:`~signalfire.events.AlertEvent`
+publishes on JetStream, de-duplicated by ``Nats-Msg-Id: <alert_id>:<status>``.
 
 Delivery is an outbox: a state with unpublished events is written to the ``alert_state`` KV
 bucket *before* the events are published, and again once they are. After a crash, a
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
@@ -28,10 +30,21 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
-from signalfire.config import Duration
-from signalfire.evaluator.rules import Rule, load_rules
-from signalfire.evaluator.state import AlertState, Series, Transition, fingerprint, step, tick
-from signalfire.events import AlertEvent, MetricBatch, PayloadError, decode, encode
+from signalfire.config import ConfigError, Duration
+from signalfire.evaluator.engine import Engine, Output
+from signalfire.evaluator.rules import DEFAULT_MAX_SERIES, Rule, expand_paths, load_rules
+from signalfire.evaluator.state import AlertState
+from signalfire.events import (
+    AgentStatus,
+    AlertAction,
+    AlertEvent,
+    Event,
+    EventBatch,
+    MetricBatch,
+    PayloadError,
+    decode,
+    encode,
+)
 from signalfire.telemetry import Registry, parse_listen, serve_metrics
 
 log = logging.getLogger("signalfire.evaluator")
@@ -50,12 +63,21 @@ class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rules: list[str] = msgspec.field(default_factory=lambda: ["rules/default.yaml"])
     #: ``host:port`` to serve ``/metrics`` on; off when unset.
     metrics_listen: str | None = None
-    #: How often pending alerts are checked for ``for`` expiry between samples.
+    #: How often time advances between payloads: ``for`` expiry, absence, event windows.
     tick_interval: Duration = Duration(1)
+    #: How often rule files are checked for changes (reloaded when one changed); 0: never.
+    watch_interval: Duration = Duration(1)
+    #: Series one rule may track (a rule's own ``max_series`` overrides it); beyond it new
+    #: series are dropped, counted and reported, so a label explosion cannot exhaust memory.
+    max_series_per_rule: int = DEFAULT_MAX_SERIES
 
     def __post_init__(self) -> None:
         if self.tick_interval <= 0:
             raise ValueError("tick_interval: must be greater than zero")
+        if self.watch_interval < 0:
+            raise ValueError("watch_interval: must not be negative")
+        if self.max_series_per_rule < 1:
+            raise ValueError("max_series_per_rule: must be at least 1")
         if not self.rules:
             raise ValueError("rules: name at least one rule file, directory or glob")
         if self.metrics_listen is not None:
@@ -74,7 +96,7 @@ class StoredAlert(msgspec.Struct, kw_only=True):
 
 
 class EvaluatorService:
-    """Evaluates rules on arriving metric batches and publishes alert events.
+    """Evaluates rules on arriving payloads and publishes alert events.
 
     ``nc`` may be a connected client to share (it is then not closed on :meth:`stop`);
     ``clock`` is the one time source of the service (unix seconds).
@@ -92,15 +114,12 @@ class EvaluatorService:
         self._nc = nc
         self._own_nc = nc is None
         self._clock = clock
-        self.rules: list[Rule] = []
-        self._by_metric: dict[str, list[Rule]] = {}
-        self._by_name: dict[str, Rule] = {}
-        self._states: dict[str, AlertState] = {}
-        self._pending: set[str] = set()
+        self.engine = Engine(max_series=config.max_series_per_rule)
         self._outbox: dict[str, list[AlertEvent]] = {}
         self._dirty: dict[str, None] = {}  # fingerprints to write to KV, in order
         self._arrivals: dict[str, float] = {}  # Nats-Msg-Id → monotonic batch arrival
-        self._fingerprints: dict[tuple[str, str, tuple[tuple[str, str], ...]], str] = {}
+        self._files: dict[str, tuple[int, int]] = {}  # rule file → (mtime_ns, size) last loaded
+        self.last_reload: dict[str, Any] = {}
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -108,14 +127,20 @@ class EvaluatorService:
         self._js: JetStreamContext | None = None
         self._kv: KeyValue | None = None
         self._metrics_server: asyncio.Server | None = None
+        self._reload_lock = asyncio.Lock()
 
         self.registry = Registry("signalfire_evaluator")
         r = self.registry
-        self.batches = r.counter("batches_total", "Metric batches evaluated")
+        self.batches = r.counter("batches_total", "Payloads evaluated", ["kind"])
         self.invalid_batches = r.counter(
-            "invalid_batches_total", "Metric batches dropped because they do not match the contract"
+            "invalid_batches_total", "Payloads dropped because they do not match the contract"
         )
-        self.samples = r.counter("samples_evaluated_total", "Samples that matched a rule and were evaluated")
+        self.rejected_samples = r.counter(
+            "rejected_samples_total", "Samples skipped because their value is NaN or infinite"
+        )
+        self.series_dropped = r.counter(
+            "series_dropped_total", "Samples not evaluated because their rule reached max_series", ["rule"]
+        )
         self.alert_events = r.counter("alert_events_total", "Alert events published", ["status"])
         self.duplicates = r.counter(
             "alert_duplicates_total", "Alert events the stream dropped as already published"
@@ -132,6 +157,7 @@ class EvaluatorService:
         self.template_errors = r.counter(
             "template_errors_total", "Annotations that failed to render (the raw template was sent)", ["rule"]
         )
+        self.reloads = r.counter("reloads_total", "Rule reloads", ["result"])
         self.latency = r.gauge(
             "alert_publish_latency_seconds", "Batch arrival to alert publish of the last alert event"
         )
@@ -141,20 +167,25 @@ class EvaluatorService:
         self.latency_count = r.counter(
             "alert_publish_latency_seconds_count", "Alert events counted in the latency sum"
         )
-        r.gauge("rules", "Rules loaded", function=lambda: len(self.rules))
+        r.gauge("rules", "Rules loaded", function=lambda: len(self.engine.rules))
         r.gauge("alerts_firing", "Alerts currently firing", function=lambda: self._count("firing"))
         r.gauge(
             "alerts_pending",
-            "Alerts pending (condition holds, `for` not yet elapsed)",
-            function=lambda: len(self._pending),
+            "Alerts pending (condition holds, `for` or cooldown not yet over)",
+            function=lambda: self._count("pending"),
         )
+
+    @property
+    def rules(self) -> list[Rule]:
+        return self.engine.rules
 
     # Lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load the rules and stored alert states, then subscribe. Raises ``ConfigError`` for
         invalid rules and ``OSError``-like errors when NATS is unreachable."""
-        self.set_rules(load_rules(self.config.rules))
+        self._files = self._file_signature()
+        self.engine.set_rules(load_rules(self.config.rules), self._clock())
         if self._nc is None:
             self._nc = await connect(self.config.nats, "signalfire-evaluator")
         nc = self._nc
@@ -166,9 +197,16 @@ class EvaluatorService:
             asyncio.create_task(self._deliver(), name="evaluator-deliver"),
             asyncio.create_task(self._tick_loop(), name="evaluator-tick"),
         ]
+        if self.config.watch_interval > 0:
+            self._tasks.append(asyncio.create_task(self._watch_files(), name="evaluator-watch"))
+        subjects = self.subjects
         self._subs = [
-            await nc.subscribe(self.subjects.all_metrics, cb=self._on_metrics),
-            await nc.subscribe(self.subjects.control("evaluator", "rules"), cb=self._on_rules_request),
+            await nc.subscribe(subjects.all_metrics, cb=self._on_payload),
+            await nc.subscribe(subjects.all_events, cb=self._on_payload),
+            await nc.subscribe(subjects.all_agents, cb=self._on_payload),
+            await nc.subscribe(subjects.actions, cb=self._on_action),
+            await nc.subscribe(subjects.control("evaluator", "rules"), cb=self._on_rules_request),
+            await nc.subscribe(subjects.control("evaluator", "reload"), cb=self._on_reload_request),
         ]
         # nats-py writes a flush's PING straight to the socket while SUBs wait in its send
         # buffer, so one flush can return before the server has the subscriptions. The
@@ -183,7 +221,7 @@ class EvaluatorService:
             extra={
                 "rules": len(self.rules),
                 "alerts_firing": self._count("firing"),
-                "alerts_pending": len(self._pending),
+                "alerts_pending": self._count("pending"),
             },
         )
 
@@ -197,10 +235,12 @@ class EvaluatorService:
         self._wake.set()
         tasks, self._tasks = self._tasks, []
         if tasks:
-            deliver, ticker = tasks
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            deliver, *timers = tasks
+            for task in timers:
+                task.cancel()
+            for task in timers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             try:
                 await asyncio.wait_for(deliver, timeout)
             except TimeoutError:
@@ -219,14 +259,11 @@ class EvaluatorService:
 
     def set_rules(self, rules: list[Rule]) -> None:
         """Run ``rules`` from now on (states of rules that remain continue)."""
-        self.rules = list(rules)
-        self._by_name = {rule.name: rule for rule in rules}
-        self._by_metric = {}
-        for rule in rules:
-            self._by_metric.setdefault(rule.metric, []).append(rule)
+        self._handle(self.engine.set_rules(rules, self._clock()), None)
 
     async def _load_states(self) -> None:
         assert self._kv is not None
+        states: list[AlertState] = []
         watcher = await self._kv.watchall(ignore_deletes=True)
         try:
             async for entry in watcher:
@@ -241,137 +278,145 @@ class EvaluatorService:
                     )
                     continue
                 fp = stored.state.fingerprint
-                self._states[fp] = stored.state
-                if stored.state.status == "pending":
-                    self._pending.add(fp)
+                states.append(stored.state)
                 if stored.outbox:
                     self._outbox[fp] = list(stored.outbox)
                     self._dirty[fp] = None
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
+        self.engine.load(states, self._clock())
         if self._dirty:
             self._wake.set()
 
+    # Reload ------------------------------------------------------------------------------
+
+    async def reload(self) -> dict[str, Any]:
+        """Load the rule files again. A bad file keeps the running rules; the reply (and the
+        log) says why: ``{"ok": false, "error": "file:line: field: reason"}``."""
+        async with self._reload_lock:
+            self._files = self._file_signature()
+            try:
+                rules = load_rules(self.config.rules)
+            except ConfigError as exc:
+                self.reloads.inc(result="failed")
+                log.error(
+                    "rule reload failed; the previous rules keep running",
+                    extra={"reason": str(exc), "rules": len(self.rules)},
+                )
+                self.last_reload = {"ok": False, "error": str(exc), "time": self._clock()}
+                return {**self.last_reload, "rules": len(self.rules)}
+            self.set_rules(rules)
+            self.reloads.inc(result="ok")
+            log.info("rules reloaded", extra={"rules": len(rules)})
+            self.last_reload = {"ok": True, "time": self._clock()}
+            return {**self.last_reload, "rules": len(rules)}
+
+    async def reload_on_signal(self) -> None:
+        """The SIGHUP handler for :func:`signalfire.runner.serve`."""
+        await self.reload()
+
+    def _file_signature(self) -> dict[str, tuple[int, int]]:
+        files, _ = expand_paths(self.config.rules)
+        signature: dict[str, tuple[int, int]] = {}
+        for path in files:
+            try:
+                stat = path.stat()
+            except OSError:
+                signature[str(path)] = (-1, -1)
+                continue
+            signature[str(path)] = (stat.st_mtime_ns, stat.st_size)
+        return signature
+
+    async def _watch_files(self) -> None:
+        while True:
+            await asyncio.sleep(float(self.config.watch_interval))
+            if self._file_signature() != self._files:
+                await self.reload()
+
     # Evaluation --------------------------------------------------------------------------
 
-    async def _on_metrics(self, msg: Msg) -> None:
+    async def _on_payload(self, msg: Msg) -> None:
         arrived = time.monotonic()
         now = self._clock()
+        kind = self.subjects.kind_of(msg.subject)
         try:
-            batch = decode(msg.data, MetricBatch)
+            if kind == "metrics":
+                out = self.engine.metrics(decode(msg.data, MetricBatch), now)
+            elif kind == "events":
+                out = self.engine.events(decode(msg.data, EventBatch), now)
+            else:
+                out = self.engine.agent(decode(msg.data, AgentStatus), now)
         except PayloadError as exc:
             self.invalid_batches.inc()
-            log.warning("dropped invalid metric batch", extra={"subject": msg.subject, "reason": str(exc)})
+            log.warning("dropped invalid payload", extra={"subject": msg.subject, "reason": str(exc)})
             return
-        self.batches.inc()
-        self.evaluate(batch, now, arrived)
+        self.batches.inc(kind=kind)
+        self._handle(out, arrived)
 
     def evaluate(self, batch: MetricBatch, now: float, arrived: float | None = None) -> None:
         """Run every rule that watches a sample of ``batch`` at time ``now``."""
-        for sample in batch.samples:
-            rules = self._by_metric.get(sample.name)
-            if not rules:
-                continue
-            labels = {**batch.labels, **sample.labels, "host": batch.host}
-            for rule in rules:
-                if not rule.matches(labels):
-                    continue
-                self.samples.inc()
-                series = Series(host=batch.host, labels=sample.labels, context=batch.labels)
-                fp = self._fingerprint(rule.name, batch.host, sample.labels)
-                old = self._states.get(fp)
-                new, transitions = step(rule, old, sample.value, now, series)
-                self._apply(rule, old, new, transitions, arrived)
+        self._handle(self.engine.metrics(batch, now), arrived)
 
-    def _fingerprint(self, rule: str, host: str, labels: dict[str, str]) -> str:
-        key = (rule, host, tuple(sorted(labels.items())))
-        fp = self._fingerprints.get(key)
-        if fp is None:
-            if len(self._fingerprints) > 1_000_000:  # bound the cache under label churn
-                self._fingerprints.clear()
-            fp = self._fingerprints[key] = fingerprint(rule, host, labels)
-        return fp
+    def tick(self, now: float) -> None:
+        """Advance time to ``now`` (``for`` expiry, absence, sliding windows)."""
+        self._handle(self.engine.tick(now), None)
 
-    def _apply(
-        self,
-        rule: Rule,
-        old: AlertState | None,
-        new: AlertState,
-        transitions: list[Transition],
-        arrived: float | None,
-    ) -> None:
-        fp = new.fingerprint
-        if new.status == "pending":
-            self._pending.add(fp)
-        else:
-            self._pending.discard(fp)
-        if new.status == "inactive" and new.seq == 0:
-            # Never announced: nothing to remember (only forget what was stored).
-            if old is not None:
-                del self._states[fp]
-                self._mark_dirty(fp)
+    async def _on_action(self, msg: Msg) -> None:
+        try:
+            action = decode(msg.data, AlertAction)
+        except PayloadError as exc:
+            self.invalid_batches.inc()
+            log.warning("dropped invalid alert action", extra={"subject": msg.subject, "reason": str(exc)})
             return
-        self._states[fp] = new
-        for transition in transitions:
-            event = self._event(rule, new, transition)
-            self._outbox.setdefault(fp, []).append(event)
+        self._handle(self.engine.ack(action), None)
+
+    def _handle(self, out: Output, arrived: float | None) -> None:
+        """Queue what the engine decided: events to the outbox, changed states to storage."""
+        for event in out.events:
+            self._outbox.setdefault(event.fingerprint, []).append(event)
             if arrived is not None:
                 self._arrivals[_msg_id(event)] = arrived
-        if transitions or old is None or old.status != new.status:
-            self._mark_dirty(fp)
-
-    def _event(self, rule: Rule, state: AlertState, transition: Transition) -> AlertEvent:
-        labels = {**state.context, **state.labels, **rule.labels}
-        context: dict[str, Any] = {
-            "value": transition.value,
-            "threshold": rule.condition.threshold,
-            "host": state.host,
-            "labels": labels,
-            "rule": rule.name,
-        }
-        annotations, failed = rule.render_annotations(context)
-        for key in failed:
-            self.template_errors.inc(rule=rule.name)
+        for fp in out.changed:
+            self._dirty[fp] = None
+        if out.changed:
+            self._wake.set()
+        if out.rejected:
+            self.rejected_samples.inc(out.rejected)
+        for rule, count in out.series_dropped.items():
+            self.series_dropped.inc(count, rule=rule)
+        for rule in out.limit_reached:
+            self._report_series_limit(rule)
+        for rule, key in out.template_errors:
+            self.template_errors.inc(rule=rule)
             log.warning(
-                "annotation template failed; sent the raw template",
-                extra={"rule": rule.name, "annotation": key},
+                "annotation template failed; sent the raw template", extra={"rule": rule, "annotation": key}
             )
-        return AlertEvent(
-            id=transition.alert_id,
-            fingerprint=transition.fingerprint,
-            rule=rule.name,
-            status=transition.status,
-            severity=rule.severity,
-            host=state.host,
-            starts_at=transition.starts_at,
-            time=transition.time,
-            labels=labels,
-            annotations=annotations,
-            value=transition.value,
-            threshold=rule.condition.threshold,
-            ends_at=transition.ends_at,
-            seq=transition.seq,
+
+    def _report_series_limit(self, rule: str) -> None:
+        limit = next((r.max_series for r in self.rules if r.name == rule), None) or self.engine.max_series
+        message = (
+            f"rule {rule} tracks {limit} series, its limit; samples of new series are dropped "
+            "(a label with unbounded values?). Raise max_series or narrow the rule's `where`."
         )
+        log.warning("series limit reached", extra={"rule": rule, "limit": limit})
+        if self._nc is None or self._nc.is_closed:
+            return
+        host = socket.gethostname() or "evaluator"
+        batch = EventBatch(
+            host=host,
+            time=self._clock(),
+            events=[Event(type="evaluator.series_limit", message=message, labels={"rule": rule})],
+        )
+        task = asyncio.ensure_future(self._nc.publish(self.subjects.events(host), encode(batch)))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(float(self.config.tick_interval))
             self.tick(self._clock())
 
-    def tick(self, now: float) -> None:
-        """Fire pending alerts whose ``for`` has elapsed by ``now``."""
-        for fp in list(self._pending):
-            state = self._states.get(fp)
-            rule = self._by_name.get(state.rule) if state is not None else None
-            if state is None or rule is None:
-                self._pending.discard(fp)
-                continue
-            new, transitions = tick(rule, state, now)
-            if transitions:
-                self._apply(rule, state, new, transitions, None)
-
     def _count(self, status: str) -> int:
-        return sum(1 for state in self._states.values() if state.status == status)
+        return sum(1 for state in self.engine.states.values() if state.status == status)
 
     # Delivery ----------------------------------------------------------------------------
 
@@ -397,23 +442,23 @@ class EvaluatorService:
         """Persist ``fp``'s state and publish its outbox. ``False`` when stopping cut it short."""
         assert self._kv is not None
         kv = self._kv
-        if fp not in self._states:
-            return await self._retry("kv", lambda: kv.delete(fp))
         outbox = self._outbox.get(fp)
         if outbox:
             # The intent first: a crash from here on re-publishes, and the stream de-duplicates.
-            if not await self._retry("kv", lambda: self._put(fp)):
+            if fp in self.engine.states and not await self._retry("kv", lambda: self._put(fp)):
                 return False
             while outbox:
                 if not await self._publish(outbox[0]):
                     return False
                 outbox.pop(0)
             self._outbox.pop(fp, None)
+        if fp not in self.engine.states:
+            return await self._retry("kv", lambda: kv.delete(fp))
         return await self._retry("kv", lambda: self._put(fp))
 
     async def _put(self, fp: str) -> None:
         assert self._kv is not None
-        state = self._states.get(fp)
+        state = self.engine.states.get(fp)
         if state is None:
             return
         record = StoredAlert(state=state, outbox=list(self._outbox.get(fp, [])))
@@ -479,10 +524,15 @@ class EvaluatorService:
             return
         await msg.respond(msgspec.json.encode(self.describe()))
 
+    async def _on_reload_request(self, msg: Msg) -> None:
+        result = await self.reload()
+        if msg.reply:
+            await msg.respond(msgspec.json.encode(result))
+
     def describe(self) -> dict[str, Any]:
         """The loaded rules, each with its pending and firing alerts (the control reply)."""
         active: dict[str, list[dict[str, Any]]] = {}
-        for state in self._states.values():
+        for state in self.engine.states.values():
             if state.status != "inactive":
                 active.setdefault(state.rule, []).append(
                     {
@@ -494,10 +544,20 @@ class EvaluatorService:
                         "value": state.value,
                         "active_since": state.active_since,
                         "fired_at": state.fired_at,
+                        "flapping": state.flapping,
+                        "acked_by": state.acked_by,
                     }
                 )
         return {
-            "rules": [{**rule.describe(), "alerts": active.get(rule.name, [])} for rule in self.rules],
+            "rules": [
+                {
+                    **rule.describe(),
+                    "series": self.engine.series_count(rule.name),
+                    "alerts": active.get(rule.name, []),
+                }
+                for rule in self.rules
+            ],
+            "last_reload": self.last_reload or None,
         }
 
 

@@ -3,17 +3,22 @@
 ::
 
     inactive ──condition──► pending ──`for` elapsed──► firing ──resolve──► inactive
-        ▲                      │                                (event: resolved)
-        └──condition fails─────┘ (no event)      (event: firing)
+        ▲                      │      (and cooldown over)   (keep_firing_for   (event: resolved)
+        └──condition fails─────┘ (no event)  (event: firing)  elapsed, not flapping)
 
 ``for: 0`` goes from inactive to firing on the first matching sample. While firing, a value
-between the resolve condition and the condition keeps the alert firing (hysteresis). Each
-alert instance yields exactly one ``firing`` and then exactly one ``resolved`` transition,
-both carrying the same ``alert_id``.
+between the resolve condition and the condition keeps the alert firing (hysteresis); once
+``resolve`` holds, the alert still fires for ``keep_firing_for``. After a resolve, the same
+series does not fire again for ``cooldown`` (it waits in ``pending``). An alert that changed
+state more than ``flap.changes`` times within ``flap.window`` is marked flapping and held
+firing until its recent changes fall under the limit. Each alert instance yields exactly one
+``firing`` and then exactly one ``resolved`` transition, both carrying the same ``alert_id``.
 
-The caller supplies ``now`` (the evaluator uses its own clock at the time a batch arrives,
-like Prometheus evaluates at its own time), so the functions are deterministic and the rule
-tests and property tests drive them with any sequence of values and times.
+:func:`evaluate` takes whether the condition and the resolve condition hold, so every rule kind
+(threshold, ratio, event count, absence, anomaly) shares this one machine; :func:`step` is the
+shorthand for a plain value. The caller supplies ``now`` (the evaluator's clock at the time a
+batch arrives), so the functions are deterministic and the rule tests and property tests
+drive them with any sequence of values and times.
 """
 
 from __future__ import annotations
@@ -61,6 +66,18 @@ class AlertState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     #: Transitions emitted so far for this fingerprint; the last one's ``seq``.
     seq: int = 0
     last_seen: float | None = None
+    #: While firing: when ``resolve`` started holding (``keep_firing_for`` and flap holds).
+    clearing_since: float | None = None
+    #: When the last instance resolved (``cooldown``).
+    resolved_at: float | None = None
+    #: Times of the transitions within the rule's flap window, oldest first.
+    changes: tuple[float, ...] = ()
+    flapping: bool = False
+    #: A clean ``offline`` agent status retired the series (``absent`` rules stop watching it).
+    retired: bool = False
+    #: ``AlertAction`` ``ack`` on the current instance: who and when.
+    acked_by: str | None = None
+    acked_at: float | None = None
     v: int = 1
 
 
@@ -75,6 +92,7 @@ class Transition(msgspec.Struct, frozen=True, kw_only=True):
     value: float
     seq: int
     ends_at: float | None = None
+    flapping: bool = False
 
 
 def fingerprint(rule: str, host: str, labels: Mapping[str, str]) -> str:
@@ -113,16 +131,37 @@ def step(
     rule: Rule, state: AlertState | None, value: float, now: float, series: Series
 ) -> tuple[AlertState, list[Transition]]:
     """Advance ``state`` (``None`` for a new series) by one sample of ``value`` at ``now``."""
+    return evaluate(
+        rule, state, value, now, series, holds=rule.condition.holds(value), clears=rule.resolve.holds(value)
+    )
+
+
+def evaluate(
+    rule: Rule,
+    state: AlertState | None,
+    value: float,
+    now: float,
+    series: Series,
+    *,
+    holds: bool,
+    clears: bool,
+) -> tuple[AlertState, list[Transition]]:
+    """Advance ``state`` by one observation: ``value`` (what events report), whether the
+    rule's condition ``holds`` and whether its resolve condition ``clears`` (never both)."""
     if state is None:
         state = initial_state(rule, series)
     seen = msgspec.structs.replace(
         state, value=value, last_seen=now, host=series.host, labels=series.labels, context=series.context
     )
     if state.status == "firing":
-        if rule.resolve.holds(value):
-            return _resolve(seen, now)
-        return seen, []
-    if not rule.condition.holds(value):
+        if not clears:
+            if seen.clearing_since is not None:
+                seen = msgspec.structs.replace(seen, clearing_since=None)
+            return seen, []
+        if seen.clearing_since is None:
+            seen = msgspec.structs.replace(seen, clearing_since=now)
+        return _resolve_if_due(rule, seen, now)
+    if not holds:
         # Pending that stops holding before `for` goes back quietly: nothing was announced.
         return msgspec.structs.replace(seen, status="inactive", active_since=None), []
     if state.status == "inactive":
@@ -131,20 +170,47 @@ def step(
 
 
 def tick(rule: Rule, state: AlertState, now: float) -> tuple[AlertState, list[Transition]]:
-    """Advance ``state`` to ``now`` without a new sample: a pending alert whose ``for`` has
-    elapsed fires with the last value it saw."""
-    if state.status != "pending":
-        return state, []
-    return _fire_if_due(rule, state, now)
+    """Advance ``state`` to ``now`` without a new observation: a pending alert whose ``for``
+    (and cooldown) has elapsed fires with the last value it saw; a firing alert whose resolve
+    condition has held for ``keep_firing_for`` (and is not held by flap damping) resolves."""
+    if state.status == "pending":
+        return _fire_if_due(rule, state, now)
+    if state.status == "firing" and state.clearing_since is not None:
+        return _resolve_if_due(rule, state, now)
+    return state, []
+
+
+def waiting(state: AlertState) -> bool:
+    """Whether :func:`tick` may change ``state`` as time passes."""
+    return state.status == "pending" or (state.status == "firing" and state.clearing_since is not None)
+
+
+def _recent(rule: Rule, changes: tuple[float, ...], now: float) -> tuple[float, ...]:
+    if not rule.flap_changes:
+        return ()
+    return tuple(t for t in changes if now - t < rule.flap_window)
 
 
 def _fire_if_due(rule: Rule, state: AlertState, now: float) -> tuple[AlertState, list[Transition]]:
     assert state.active_since is not None and state.value is not None
     if now - state.active_since < rule.for_:
         return state, []
+    if state.resolved_at is not None and now - state.resolved_at < rule.cooldown:
+        return state, []
+    changes = (*_recent(rule, state.changes, now), now) if rule.flap_changes else ()
+    flapping = bool(rule.flap_changes) and len(changes) > rule.flap_changes
     instance = alert_id(state.fingerprint, now, state.alert_id)
     fired = msgspec.structs.replace(
-        state, status="firing", alert_id=instance, fired_at=now, seq=state.seq + 1
+        state,
+        status="firing",
+        alert_id=instance,
+        fired_at=now,
+        seq=state.seq + 1,
+        clearing_since=None,
+        changes=changes,
+        flapping=flapping,
+        acked_by=None,
+        acked_at=None,
     )
     event = Transition(
         status="firing",
@@ -154,14 +220,38 @@ def _fire_if_due(rule: Rule, state: AlertState, now: float) -> tuple[AlertState,
         starts_at=now,
         value=state.value,
         seq=fired.seq,
+        flapping=flapping,
     )
     return fired, [event]
 
 
-def _resolve(state: AlertState, now: float) -> tuple[AlertState, list[Transition]]:
+def _resolve_if_due(rule: Rule, state: AlertState, now: float) -> tuple[AlertState, list[Transition]]:
+    assert state.alert_id is not None and state.fired_at is not None and state.value is not None
+    assert state.clearing_since is not None
+    if now - state.clearing_since < rule.keep_firing_for:
+        return state, []
+    recent = _recent(rule, state.changes, now)
+    if rule.flap_changes and len(recent) + 1 > rule.flap_changes:
+        # Resolving now would be one change too many: hold firing until old changes age out.
+        held = msgspec.structs.replace(state, flapping=True, changes=recent)
+        return held, []
+    return _resolved(state, now, (*recent, now) if rule.flap_changes else ())
+
+
+def _resolved(
+    state: AlertState, now: float, changes: tuple[float, ...]
+) -> tuple[AlertState, list[Transition]]:
     assert state.alert_id is not None and state.fired_at is not None and state.value is not None
     resolved = msgspec.structs.replace(
-        state, status="inactive", active_since=None, fired_at=None, seq=state.seq + 1
+        state,
+        status="inactive",
+        active_since=None,
+        fired_at=None,
+        clearing_since=None,
+        resolved_at=now,
+        changes=changes,
+        flapping=False,
+        seq=state.seq + 1,
     )
     event = Transition(
         status="resolved",
@@ -172,5 +262,14 @@ def _resolve(state: AlertState, now: float) -> tuple[AlertState, list[Transition
         ends_at=now,
         value=state.value,
         seq=resolved.seq,
+        flapping=state.flapping,
     )
     return resolved, [event]
+
+
+def end(state: AlertState, now: float) -> tuple[AlertState, list[Transition]]:
+    """Resolve a firing alert at once, whatever ``keep_firing_for`` or flap damping say: its
+    rule was removed, or its host shut down cleanly."""
+    if state.status != "firing":
+        return state, []
+    return _resolved(state, now, state.changes)

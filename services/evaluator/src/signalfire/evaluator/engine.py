@@ -1,0 +1,599 @@
+"""The evaluator's deterministic core: rules, arriving payloads and time in; alert events out.
+
+:class:`Engine` holds what the rules need to remember between payloads (each series' window,
+EWMA baseline, when it was last seen) and every alert's :class:`~.state.AlertState`, and turns
+each payload or timer tick into an :class:`Output`: the alert events to publish and the
+fingerprints whose stored state changed. It does no I/O and never reads a clock: the service
+(:mod:`signalfire.evaluator.service`), ``signalfire rules test`` and the benchmarks feed it the
+same way, so what the rule tests show is what production does.
+
+Every alert decision goes through the one state machine, :func:`.state.evaluate`; the kinds
+differ only in the value they compute and when:
+
+- ``threshold``/``change``: the sample's value or a window aggregate, on each sample;
+- ``anomaly``: the sample's distance from its series' EWMA baseline, in standard deviations;
+- ``ratio``: sum of the numerator's samples over the denominator's, in the window;
+- ``event_count``: events in the window, on each event batch and on ticks (the count decays);
+- ``absent``: seconds since the series (or host) was last seen, on ticks.
+
+Grouped rules (``group_by: host`` or ``fleet``) pool their samples and are judged once per
+batch, after all of its samples are in, so a half-read batch never fires a ratio.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from signalfire.evaluator.rules import DEFAULT_MAX_SERIES, FLEET, Rule
+from signalfire.evaluator.state import (
+    AlertState,
+    Series,
+    Transition,
+    end,
+    evaluate,
+    fingerprint,
+    initial_state,
+    tick,
+    waiting,
+)
+from signalfire.events import AgentStatus, AlertAction, AlertEvent, EventBatch, MetricBatch
+
+#: |z| of an anomaly is capped here so events always carry a finite value.
+MAX_DEVIATION = 1e9
+
+Points = deque[tuple[float, float]]
+Key = tuple[str, tuple[tuple[str, str], ...]]
+
+
+@dataclass(slots=True)
+class Track:
+    """What one rule remembers about one series (or host, or the fleet) between samples."""
+
+    fp: str
+    series: Series
+    #: The window: (time, value) of samples (numerator samples for ratios, 1.0 per event).
+    points: Points = field(default_factory=deque)
+    #: Denominator samples of a ratio rule.
+    below: Points = field(default_factory=deque)
+    mean: float = 0.0
+    var: float = 0.0
+    n: int = 0
+    last_seen: float = 0.0
+
+
+@dataclass
+class Output:
+    """What one engine call decided."""
+
+    events: list[AlertEvent] = field(default_factory=list)
+    #: Fingerprints whose stored state changed (written, or deleted when no longer in
+    #: :attr:`Engine.states`), in decision order.
+    changed: dict[str, None] = field(default_factory=dict)
+    #: Samples not evaluated because their rule tracks ``max_series`` series already.
+    series_dropped: dict[str, int] = field(default_factory=dict)
+    #: Rules that reached their series cap in this call (reported once until the next reload).
+    limit_reached: list[str] = field(default_factory=list)
+    #: Samples rejected because their value is NaN or infinite.
+    rejected: int = 0
+    #: (rule, annotation) pairs whose template failed to render.
+    template_errors: list[tuple[str, str]] = field(default_factory=list)
+
+    def extend(self, other: Output) -> None:
+        self.events.extend(other.events)
+        self.changed.update(other.changed)
+        for rule, count in other.series_dropped.items():
+            self.series_dropped[rule] = self.series_dropped.get(rule, 0) + count
+        self.limit_reached.extend(other.limit_reached)
+        self.rejected += other.rejected
+        self.template_errors.extend(other.template_errors)
+
+
+def aggregate(name: str, points: Points) -> float | None:
+    """The window aggregate ``name`` of ``points``; ``None`` when it is undefined (no points,
+    or a single point for ``rate``/``increase``/``delta``)."""
+    if not points:
+        return None
+    if name == "last":
+        return points[-1][1]
+    values = [v for _, v in points]
+    if name == "avg":
+        return math.fsum(values) / len(values)
+    if name == "min":
+        return min(values)
+    if name == "max":
+        return max(values)
+    if name == "sum":
+        return math.fsum(values)
+    if name == "count":
+        return float(len(values))
+    if name in ("rate", "increase", "delta"):
+        if len(values) < 2:
+            return None
+        if name == "delta":
+            return values[-1] - values[0]
+        # A counter that went down was reset: the increase is its new value.
+        increase = 0.0
+        previous = values[0]
+        for value in values[1:]:
+            increase += value - previous if value >= previous else value
+            previous = value
+        if name == "increase":
+            return increase
+        elapsed = points[-1][0] - points[0][0]
+        return increase / elapsed if elapsed > 0 else None
+    quantile = {"p50": 0.50, "p95": 0.95, "p99": 0.99}[name]
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(quantile * len(ordered)) - 1)]  # nearest rank
+
+
+def _evict(points: Points, oldest: float) -> None:
+    while points and points[0][0] <= oldest:
+        points.popleft()
+
+
+class Engine:
+    """Rules and the state of every series and alert they watch. Not thread-safe."""
+
+    def __init__(self, rules: Iterable[Rule] = (), *, max_series: int = DEFAULT_MAX_SERIES) -> None:
+        self.max_series = max_series
+        self.rules: list[Rule] = []
+        #: Every alert state by fingerprint: what the service persists.
+        self.states: dict[str, AlertState] = {}
+        self._by_name: dict[str, Rule] = {}
+        self._by_metric: dict[str, list[tuple[Rule, str]]] = {}
+        self._by_event: dict[str, list[Rule]] = {}
+        self._absent_hosts: list[Rule] = []
+        self._tracks: dict[str, dict[Key, Track]] = {}
+        self._timed: set[str] = set()
+        self._limited: set[str] = set()
+        self.set_rules(list(rules), 0.0)
+
+    # Rules and stored state --------------------------------------------------------------
+
+    def set_rules(self, rules: list[Rule], now: float) -> Output:
+        """Run ``rules`` from now on. Series and alerts of rules that stay continue (windows
+        restart when a rule's definition changed); firing alerts of removed rules resolve."""
+        out = Output()
+        previous = self._by_name
+        self.rules = list(rules)
+        self._by_name = {rule.name: rule for rule in rules}
+        self._by_metric = {}
+        self._by_event = {}
+        self._absent_hosts = []
+        for rule in rules:
+            if rule.kind in ("threshold", "change", "anomaly"):
+                self._by_metric.setdefault(rule.metric, []).append((rule, "value"))
+            elif rule.kind == "ratio":
+                assert rule.numerator is not None and rule.denominator is not None
+                self._by_metric.setdefault(rule.numerator.metric, []).append((rule, "numerator"))
+                self._by_metric.setdefault(rule.denominator.metric, []).append((rule, "denominator"))
+            elif rule.kind == "event_count":
+                self._by_event.setdefault(rule.event, []).append(rule)
+            elif rule.metric:  # absent, per series of a metric
+                self._by_metric.setdefault(rule.metric, []).append((rule, "seen"))
+            else:  # absent, per host or fleet-wide: any batch counts
+                self._absent_hosts.append(rule)
+        for name in list(self._tracks):
+            old, new = previous.get(name), self._by_name.get(name)
+            if new is None or old is None or new.spec != old.spec:
+                del self._tracks[name]
+        for rule in rules:
+            self._tracks.setdefault(rule.name, {})
+        self._limited.clear()
+        for fp, state in list(self.states.items()):
+            if state.rule in self._by_name:
+                continue
+            gone = previous.get(state.rule)
+            if gone is not None and state.status == "firing":
+                resolved, transitions = end(state, now)
+                self._emit(gone, resolved, transitions, out)
+            del self.states[fp]
+            self._timed.discard(fp)
+            out.changed[fp] = None
+        return out
+
+    def load(self, states: Iterable[AlertState], now: float) -> None:
+        """Adopt states read back from storage (at start). Series an ``absent`` rule watched
+        are watched again, as if seen at ``now``."""
+        for state in states:
+            rule = self._by_name.get(state.rule)
+            if rule is None:
+                continue
+            self.states[state.fingerprint] = state
+            if waiting(state):
+                self._timed.add(state.fingerprint)
+            if rule.kind == "absent" and state.retired:
+                continue
+            key: Key = (state.host, tuple(sorted(state.labels.items())))
+            series = Series(host=state.host, labels=state.labels, context=state.context)
+            self._tracks[rule.name][key] = Track(fp=state.fingerprint, series=series, last_seen=now)
+
+    def series_count(self, rule: str) -> int:
+        """Series (or hosts, for grouped rules) ``rule`` tracks."""
+        return len(self._tracks.get(rule, {}))
+
+    # Payloads ----------------------------------------------------------------------------
+
+    def metrics(self, batch: MetricBatch, now: float) -> Output:
+        """Evaluate every rule that watches a sample of ``batch`` (or its host) at ``now``."""
+        out = Output()
+        host = batch.host
+        context = batch.labels
+        grouped: dict[int, tuple[Rule, Track]] = {}
+        by_metric = self._by_metric
+        for sample in batch.samples:
+            value = sample.value
+            if not math.isfinite(value):
+                out.rejected += 1
+                continue
+            entries = by_metric.get(sample.name)
+            if entries is None:
+                continue
+            labels = {**context, **sample.labels, "host": host}
+            for rule, role in entries:
+                if rule.where and not rule.matches(labels):
+                    continue
+                if role == "value":
+                    self._value(
+                        rule,
+                        host,
+                        sample.labels,
+                        context=context,
+                        value=value,
+                        now=now,
+                        out=out,
+                        grouped=grouped,
+                    )
+                elif role == "seen":
+                    self._seen(rule, host, sample.labels, context=context, now=now, out=out)
+                else:
+                    selector = rule.numerator if role == "numerator" else rule.denominator
+                    assert selector is not None
+                    if selector.matchers and not selector.matches(labels):
+                        continue
+                    track = self._track(rule, host, sample.labels, context, out)
+                    if track is None:
+                        continue
+                    (track.points if role == "numerator" else track.below).append((now, value))
+                    grouped[id(track)] = (rule, track)
+        if self._absent_hosts:
+            labels = {**context, "host": host}
+            for rule in self._absent_hosts:
+                if not rule.where or rule.matches(labels):
+                    self._seen(rule, host, {}, context=context, now=now, out=out)
+        for rule, track in grouped.values():
+            self._judge_window(rule, track, now, out)
+        return out
+
+    def events(self, batch: EventBatch, now: float) -> Output:
+        """Count ``batch``'s events for the ``event_count`` rules that watch them."""
+        out = Output()
+        grouped: dict[int, tuple[Rule, Track]] = {}
+        for event in batch.events:
+            rules = self._by_event.get(event.type)
+            if not rules:
+                continue
+            labels = {**batch.labels, **event.labels, "host": batch.host}
+            for rule in rules:
+                if rule.where and not rule.matches(labels):
+                    continue
+                track = self._track(rule, batch.host, event.labels, batch.labels, out)
+                if track is not None:
+                    track.points.append((now, 1.0))
+                    grouped[id(track)] = (rule, track)
+        for rule, track in grouped.values():
+            self._judge_window(rule, track, now, out)
+        return out
+
+    def agent(self, status: AgentStatus, now: float) -> Output:
+        """``online`` counts as a sign of life for per-host ``absent`` rules; a clean
+        ``offline`` retires the host from every ``absent`` rule: no alert for its silence
+        (one already firing resolves) until it reports again."""
+        out = Output()
+        host = status.host
+        if status.status == "online":
+            labels = {**status.labels, "host": host}
+            for rule in self._absent_hosts:
+                if not rule.where or rule.matches(labels):
+                    self._seen(rule, host, {}, context=status.labels, now=now, out=out)
+            return out
+        for rule in self.rules:
+            if rule.kind != "absent":
+                continue
+            tracks = self._tracks[rule.name]
+            for key, track in list(tracks.items()):
+                if track.series.host != host:
+                    continue
+                del tracks[key]
+                state = self.states.get(track.fp)
+                if state is None:
+                    continue
+                transitions: list[Transition] = []
+                new = state
+                if state.status == "firing":
+                    new, transitions = end(state, now)
+                new = msgspec.structs.replace(new, status="inactive", active_since=None, retired=True)
+                self._apply(rule, state, new, transitions, out)
+        return out
+
+    def ack(self, action: AlertAction) -> Output:
+        """Record an ``ack``/``unack`` of the current instance of an alert; later events of
+        the instance carry ``acknowledged_by``/``acknowledged_at`` annotations."""
+        out = Output()
+        if action.action not in ("ack", "unack"):
+            return out
+        fp = action.fingerprint or action.alert_id.rpartition(":")[0]
+        state = self.states.get(fp)
+        if state is None or state.alert_id != action.alert_id:
+            return out
+        if action.action == "ack":
+            new = msgspec.structs.replace(state, acked_by=action.actor, acked_at=action.time)
+        else:
+            new = msgspec.structs.replace(state, acked_by=None, acked_at=None)
+        self.states[fp] = new
+        out.changed[fp] = None
+        return out
+
+    def tick(self, now: float) -> Output:
+        """Advance time to ``now``: ``for`` and cooldown expiry, ``keep_firing_for``, flap
+        holds, absence, and event counts sliding out of their window."""
+        out = Output()
+        for fp in list(self._timed):
+            state = self.states.get(fp)
+            rule = self._by_name.get(state.rule) if state is not None else None
+            if state is None or rule is None:
+                self._timed.discard(fp)
+                continue
+            new, transitions = tick(rule, state, now)
+            if new is not state:
+                self._apply(rule, state, new, transitions, out)
+        for rule in self.rules:
+            if rule.kind == "absent":
+                for track in self._tracks[rule.name].values():
+                    silent = now - track.last_seen
+                    if silent < rule.silence:
+                        continue
+                    state = self.states.get(track.fp)
+                    if state is None or state.status == "inactive":
+                        new, transitions = evaluate(
+                            rule, state, silent, now, track.series, holds=True, clears=False
+                        )
+                        self._apply(rule, state, new, transitions, out)
+            elif rule.kind == "event_count":
+                tracks = self._tracks[rule.name]
+                for key, track in list(tracks.items()):
+                    _evict(track.points, now - rule.window)
+                    state = self.states.get(track.fp)
+                    if not track.points and (state is None or state.status == "inactive"):
+                        del tracks[key]
+                        continue
+                    self._judge(rule, track, float(len(track.points)), now, out)
+        return out
+
+    # Per kind ----------------------------------------------------------------------------
+
+    def _value(
+        self,
+        rule: Rule,
+        host: str,
+        labels: Mapping[str, str],
+        *,
+        context: Mapping[str, str],
+        value: float,
+        now: float,
+        out: Output,
+        grouped: dict[int, tuple[Rule, Track]],
+    ) -> None:
+        """One sample for a threshold, change or anomaly rule."""
+        if rule.kind == "anomaly":
+            track = self._track(rule, host, labels, context, out)
+            if track is None:
+                return
+            if track.n >= rule.warmup:
+                spread = math.sqrt(track.var)
+                deviation = value - track.mean
+                if spread > 1e-12 * max(1.0, abs(track.mean)):
+                    z = deviation / spread
+                else:  # a flat baseline: any change is infinitely unusual
+                    z = math.copysign(MAX_DEVIATION, deviation) if deviation else 0.0
+                self._judge(rule, track, max(-MAX_DEVIATION, min(MAX_DEVIATION, z)), now, out)
+            # West's exponentially weighted mean and variance.
+            if track.n == 0:
+                track.mean = value
+            else:
+                diff = value - track.mean
+                step = rule.alpha * diff
+                track.mean += step
+                track.var = (1 - rule.alpha) * (track.var + diff * step)
+            track.n += 1
+            return
+        if not rule.window:  # `last`: no history needed until the condition first holds
+            existing = self._tracks[rule.name].get(self._key(rule, host, labels))
+            if existing is None:
+                if not rule.condition.holds(value):
+                    return
+                existing = self._track(rule, host, labels, context, out)
+                if existing is None:
+                    return
+            self._judge(rule, existing, value, now, out)
+            return
+        track = self._track(rule, host, labels, context, out)
+        if track is None:
+            return
+        track.points.append((now, value))
+        if rule.group_by != "series":
+            grouped[id(track)] = (rule, track)
+            return
+        _evict(track.points, now - rule.window)
+        result = aggregate(rule.aggregate, track.points)
+        if result is not None:
+            self._judge(rule, track, result, now, out)
+
+    def _seen(
+        self,
+        rule: Rule,
+        host: str,
+        labels: Mapping[str, str],
+        *,
+        context: Mapping[str, str],
+        now: float,
+        out: Output,
+    ) -> None:
+        """A sign of life for an ``absent`` rule."""
+        track = self._track(rule, host, labels, context, out)
+        if track is None:
+            return
+        silent = now - track.last_seen
+        track.last_seen = now
+        state = self.states.get(track.fp)
+        if state is None:
+            # Remember the series in storage, so a restarted evaluator keeps watching it.
+            self._apply(rule, None, initial_state(rule, track.series), [], out)
+            return
+        if state.retired or state.status != "inactive":
+            new, transitions = evaluate(rule, state, silent, now, track.series, holds=False, clears=True)
+            if new.retired:
+                new = msgspec.structs.replace(new, retired=False)
+            self._apply(rule, state, new, transitions, out)
+
+    def _judge_window(self, rule: Rule, track: Track, now: float, out: Output) -> None:
+        """Judge a pooled window once its batch is fully read."""
+        oldest = now - rule.window
+        _evict(track.points, oldest)
+        value: float | None
+        if rule.kind == "ratio":
+            _evict(track.below, oldest)
+            total = math.fsum(v for _, v in track.below)
+            if total <= 0:
+                return
+            value = math.fsum(v for _, v in track.points) / total
+        elif rule.kind == "event_count":
+            value = float(len(track.points))
+        else:
+            value = aggregate(rule.aggregate, track.points)
+        if value is not None:
+            self._judge(rule, track, value, now, out)
+
+    def _judge(self, rule: Rule, track: Track, value: float, now: float, out: Output) -> None:
+        state = self.states.get(track.fp)
+        holds = rule.condition.holds(value)
+        if not holds and (state is None or state.status == "inactive"):
+            return
+        new, transitions = evaluate(
+            rule, state, value, now, track.series, holds=holds, clears=rule.resolve.holds(value)
+        )
+        self._apply(rule, state, new, transitions, out)
+
+    # Series ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _key(rule: Rule, host: str, labels: Mapping[str, str]) -> Key:
+        if rule.group_by == "series":
+            return (host, tuple(sorted(labels.items())) if labels else ())
+        if rule.group_by == "host":
+            return (host, ())
+        return (FLEET, ())
+
+    def _track(
+        self, rule: Rule, host: str, labels: Mapping[str, str], context: Mapping[str, str], out: Output
+    ) -> Track | None:
+        """The track of the series a sample belongs to, created on first sight unless the
+        rule already tracks its ``max_series``."""
+        key = self._key(rule, host, labels)
+        tracks = self._tracks[rule.name]
+        track = tracks.get(key)
+        if track is not None:
+            if rule.group_by != "fleet" and context != track.series.context:
+                track.series = msgspec.structs.replace(track.series, context=dict(context))
+            return track
+        limit = rule.max_series or self.max_series
+        if len(tracks) >= limit:
+            out.series_dropped[rule.name] = out.series_dropped.get(rule.name, 0) + 1
+            if rule.name not in self._limited:
+                self._limited.add(rule.name)
+                out.limit_reached.append(rule.name)
+            return None
+        series_host, series_labels = key[0], dict(key[1])
+        series = Series(
+            host=series_host, labels=series_labels, context={} if rule.group_by == "fleet" else dict(context)
+        )
+        track = Track(fp=fingerprint(rule.name, series_host, series_labels), series=series)
+        tracks[key] = track
+        return track
+
+    # Decisions ---------------------------------------------------------------------------
+
+    def _apply(
+        self,
+        rule: Rule,
+        old: AlertState | None,
+        new: AlertState,
+        transitions: list[Transition],
+        out: Output,
+    ) -> None:
+        fp = new.fingerprint
+        if waiting(new):
+            self._timed.add(fp)
+        else:
+            self._timed.discard(fp)
+        if new.status == "inactive" and new.seq == 0 and rule.kind != "absent":
+            # Never announced: nothing to remember (only forget what was stored).
+            if old is not None:
+                del self.states[fp]
+                out.changed[fp] = None
+            return
+        self._emit(rule, new, transitions, out)
+        if (
+            transitions
+            or old is None
+            or old.status != new.status
+            or old.clearing_since != new.clearing_since
+            or old.flapping != new.flapping
+            or old.retired != new.retired
+        ):
+            out.changed[fp] = None
+
+    def _emit(self, rule: Rule, state: AlertState, transitions: list[Transition], out: Output) -> None:
+        self.states[state.fingerprint] = state
+        for transition in transitions:
+            out.events.append(self._event(rule, state, transition, out))
+            out.changed[state.fingerprint] = None
+
+    def _event(self, rule: Rule, state: AlertState, transition: Transition, out: Output) -> AlertEvent:
+        labels = {**state.context, **state.labels, **rule.labels}
+        if transition.flapping:
+            labels["flapping"] = "true"
+        context: dict[str, Any] = {
+            "value": transition.value,
+            "threshold": rule.condition.threshold,
+            "host": state.host,
+            "labels": labels,
+            "rule": rule.name,
+        }
+        annotations, failed = rule.render_annotations(context)
+        out.template_errors.extend((rule.name, key) for key in failed)
+        if state.acked_by is not None and state.acked_at is not None:
+            annotations["acknowledged_by"] = state.acked_by
+            annotations["acknowledged_at"] = f"{state.acked_at:.3f}"
+        return AlertEvent(
+            id=transition.alert_id,
+            fingerprint=transition.fingerprint,
+            rule=rule.name,
+            status=transition.status,
+            severity=rule.severity,
+            host=state.host,
+            starts_at=transition.starts_at,
+            time=transition.time,
+            labels=labels,
+            annotations=annotations,
+            value=transition.value,
+            threshold=rule.condition.threshold,
+            ends_at=transition.ends_at,
+            seq=transition.seq,
+        )
