@@ -5,13 +5,14 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from signalfire.config import ConfigError
 from signalfire.notifier.channels.log import LogChannelConfig
 from signalfire.notifier.channels.webhook import WebhookChannelConfig
 from signalfire.notifier.cli import run_notifier
-from signalfire.notifier.config import load_notify_config
+from signalfire.notifier.config import Route, load_notify_config
 
 GOOD = """\
 channels:
@@ -139,3 +140,87 @@ def test_environment_alone_is_enough() -> None:
     config = load_notify_config(None, environ={"SF_NATS_URL": "nats://10.0.0.1:4222"})
     assert config.nats.url == "nats://10.0.0.1:4222"
     assert config.channels == {}
+
+
+PIPELINE = """\
+channels:
+  pagerduty: {type: pagerduty, routing_key_env: PD_KEY, fallback: ops-mail}
+  ops-mail: {type: email, host: smtp.example.com, from: sf@example.com, to: [ops@example.com]}
+  oncall-sms:
+    type: sms
+    account_sid: AC1
+    from: "+14155550100"
+    to: "+14155550199"
+    auth_token_env: TWILIO_TOKEN
+routes:
+  - match: {severity: critical}
+    channels: [pagerduty]
+    escalate: [{after: 5m, channels: [oncall-sms]}]
+  - match: {severity: high}
+    channels: [ops-mail]
+    group_wait: 5m
+    group_by: [rule]
+    repeat: 1h
+  - match: {severity: low}
+    channels: [ops-mail]
+    digest: 1h
+inhibit:
+  - source: {rule: HostDown}
+    equal: [host]
+"""
+
+
+def test_escalation_grouping_digest_and_inhibition_load(tmp_path: Path) -> None:
+    config = load_notify_config(write(tmp_path, PIPELINE), environ={})
+    critical, high, low = config.routes
+    assert [(s.after, s.channels) for s in critical.escalate] == [(300.0, ["oncall-sms"])]
+    assert (high.group_wait, high.group_by, high.repeat) == (300.0, ["rule"], 3600.0)
+    assert low.digest == 3600.0
+    assert config.inhibit[0].source == {"rule": "HostDown"}
+    assert config.channels["pagerduty"].fallback == "ops-mail"
+
+
+@pytest.mark.parametrize(
+    ("mistake", "expected"),
+    [
+        (
+            ("[oncall-sms]}]", "[pager]}]"),
+            "notify.yaml:13: routes[0].escalate[0].channels[0]: unknown channel 'pager'",
+        ),
+        (
+            ("fallback: ops-mail", "fallback: nobody"),
+            "notify.yaml:2: channels.pagerduty.fallback: unknown channel",
+        ),
+        (
+            ("fallback: ops-mail", "fallback: pagerduty"),
+            "channels.pagerduty.fallback: a channel cannot be its own",
+        ),
+        (("digest: 1h", "digest: often"), "notify.yaml:21: routes[2].digest: expected a duration"),
+        (("equal: [host]", "equal: host"), "notify.yaml:24: inhibit[0].equal: Expected `array`"),
+        (("to: [ops@example.com]", "to: []"), "channels.ops-mail.to"),
+    ],
+)
+def test_pipeline_mistakes_name_file_line_and_field(
+    tmp_path: Path, mistake: tuple[str, str], expected: str
+) -> None:
+    assert expected in error_of(write(tmp_path, PIPELINE.replace(*mistake)))
+
+
+def test_secrets_are_never_in_the_file(tmp_path: Path) -> None:
+    text = PIPELINE.replace("routing_key_env: PD_KEY", "routing_key: abc123")
+    assert "channels.pagerduty" in error_of(write(tmp_path, text))
+
+
+async def test_reload_takes_new_routes_and_refuses_broken_ones(tmp_path: Path) -> None:
+    from signalfire.notifier.service import NotifierService
+
+    service = NotifierService(load_notify_config(write(tmp_path, GOOD), environ={}))
+    changed = load_notify_config(
+        write(tmp_path, GOOD.replace("severity: critical", "severity: high")), environ={}
+    )
+    await service.reload(changed)
+    assert service.config.routes[0].match == {"severity": "high"}
+    broken = msgspec.structs.replace(changed, routes=[Route(channels=["nope"])])
+    with pytest.raises(ConfigError, match=r"routes\[0\].channels\[0\]: unknown channel 'nope'"):
+        await service.reload(broken)
+    assert service.config.routes[0].match == {"severity": "high"}

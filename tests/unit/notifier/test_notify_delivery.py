@@ -12,6 +12,7 @@ from signalfire.notifier.channels import DeliveryError, Notification
 from signalfire.notifier.channels.base import ChannelContext
 from signalfire.notifier.channels.log import LogChannel, LogChannelConfig
 from signalfire.notifier.delivery import MAX_RETRY_AFTER, RetryPolicy, deliver
+from signalfire.notifier.ratelimit import TokenBucket
 
 ALERT = msgspec.convert(
     {
@@ -31,6 +32,8 @@ ALERT = msgspec.convert(
 
 class Scripted:
     """A channel whose attempts succeed or fail as scripted."""
+
+    acknowledges = False
 
     def __init__(self, outcomes: list[DeliveryError | None]) -> None:
         self.name = "scripted"
@@ -56,7 +59,7 @@ async def run(
     async def sleep(seconds: float) -> None:
         waits.append(seconds)
 
-    final = await deliver(channel, Notification(alert=ALERT), policy, record, sleep=sleep)
+    final, _ = await deliver(channel, Notification(alert=ALERT), policy, record, sleep=sleep)
     return final, seen, waits
 
 
@@ -99,11 +102,12 @@ async def test_retry_after_is_honoured() -> None:
 async def test_a_bug_in_a_channel_is_a_failure_not_a_crash() -> None:
     class Broken:
         name = "broken"
+        acknowledges = False
 
         async def send(self, notification: Notification) -> None:
             raise KeyError("oops")
 
-    final = await deliver(Broken(), Notification(alert=ALERT), RetryPolicy(), record=_ignore)
+    final, _ = await deliver(Broken(), Notification(alert=ALERT), RetryPolicy(), record=_ignore)
     assert (final.status, final.error) == ("failed", "internal error: KeyError")
 
 
@@ -131,3 +135,42 @@ async def test_log_channel_writes_one_line_with_the_alert_fields(caplog: pytest.
         "critical",
         "disk 95% full",
     )
+
+
+async def test_a_429_pauses_the_whole_channel_for_its_retry_after() -> None:
+    now = [0.0]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    limiter = TokenBucket(0.0, clock=lambda: now[0], sleep=sleep)
+    channel = Scripted([DeliveryError("HTTP 429", retryable=True, retry_after=30), None, None])
+    final, _ = await deliver(
+        channel, Notification(alert=ALERT), RetryPolicy(backoff=1), _ignore, sleep=sleep, limiter=limiter
+    )
+    assert final.status == "sent"
+    assert waits == [30]  # the backoff waited the 30 s; the channel was free again afterwards
+    limiter.hold(5)
+    final, _ = await deliver(
+        channel, Notification(alert=ALERT), RetryPolicy(), _ignore, sleep=sleep, limiter=limiter
+    )
+    assert waits == [30, 5]  # the next message waited for the hold too
+
+
+async def test_rate_limit_spaces_attempts() -> None:
+    now = [0.0]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    limiter = TokenBucket(1.0, burst=1, clock=lambda: now[0], sleep=sleep)
+    channel = Scripted([None, None, None])
+    for _ in range(3):
+        await deliver(
+            channel, Notification(alert=ALERT), RetryPolicy(), _ignore, sleep=sleep, limiter=limiter
+        )
+    assert waits == [1.0, 1.0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import sys
@@ -12,13 +13,17 @@ from typing import Any
 
 import httpx
 
+from signalfire.config import ConfigError
 from signalfire.events import SEVERITIES, AlertEvent, DeliveryResult
 from signalfire.log import configure_logging
 from signalfire.notifier.channels import ChannelContext, Notification, build_channel, channel_type
+from signalfire.notifier.channels.http import quiet_url_loggers
 from signalfire.notifier.config import load_notify_config
 from signalfire.notifier.delivery import RetryPolicy, deliver
 from signalfire.notifier.service import NotifierService
 from signalfire.runner import run_service, serve
+
+log = logging.getLogger("signalfire.notifier")
 
 CONFIG_HELP = "notify.yaml with channels and routes (default: settings from SF_* variables only)"
 
@@ -53,7 +58,16 @@ def run_notifier(args: argparse.Namespace) -> int:
     async def main() -> None:
         config = load_notify_config(args.config)
         configure_logging("notifier", config.log_level, config.log_format)
-        await serve(NotifierService(config))
+        service = NotifierService(config)
+
+        async def reload() -> None:
+            # SIGHUP: a broken file is reported and the running config kept
+            try:
+                await service.reload(load_notify_config(args.config))
+            except ConfigError as exc:
+                log.error("config not reloaded: %s", exc)
+
+        await serve(service, on_reload=reload)
 
     return run_service(main)
 
@@ -96,9 +110,10 @@ def notify_test(args: argparse.Namespace) -> int:
             line = f"attempt {result.attempt}: {result.status}"
             print(line + (f": {result.error}" if result.error else ""), flush=True)
 
+        quiet_url_loggers()
         async with httpx.AsyncClient(follow_redirects=False) as http:
             channel = build_channel(args.channel, settings, ChannelContext(http=http, environ=os.environ))
-            result = await deliver(
+            result, _ = await deliver(
                 channel, make_test_notification(args.severity), RetryPolicy.of(settings), show
             )
         outcome.append(result)

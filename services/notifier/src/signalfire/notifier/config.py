@@ -24,17 +24,56 @@ from signalfire.telemetry import parse_listen
 CHANNEL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 
+class EscalationStep(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``{after: 5m, channels: [oncall-sms]}``: tell more people if nobody acknowledged."""
+
+    after: Duration
+    channels: Annotated[list[str], Meta(min_length=1)]
+
+
 class Route(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Alerts whose fields equal every ``match`` entry go to ``channels``.
 
     ``match`` keys are ``severity``, ``rule``, ``host`` or any alert label; an empty
     ``match`` matches every alert. The first matching route wins unless it says
-    ``continue: true``.
+    ``continue: true``. The timing keys are described in ``docs/notifications.md``.
     """
 
     channels: Annotated[list[str], Meta(min_length=1)]
     match: dict[str, str] = {}
     continue_: bool = msgspec.field(default=False, name="continue")
+    #: Hold the first firing alert this long and send one message for all that fired meanwhile.
+    group_wait: Duration = Duration(0)
+    #: Alert fields (``rule``, ``host``, labels) that split alerts into separate groups.
+    group_by: list[str] = []
+    #: Instead of a message per alert, one message per channel per period.
+    digest: Duration | None = None
+    #: Steps run while the alert is firing and not acknowledged, ``after`` counted from the
+    #: first message (or from an ``unack``).
+    escalate: list[EscalationStep] = []
+    #: Remind ``channels`` this often while the alert is firing and not acknowledged.
+    repeat: Duration | None = None
+
+    def __post_init__(self) -> None:
+        if self.group_wait < 0:
+            raise ValueError("group_wait: must not be negative")
+        if self.digest is not None and self.digest < 1:
+            raise ValueError("digest: must be at least 1s")
+        if self.repeat is not None and self.repeat < 1:
+            raise ValueError("repeat: must be at least 1s")
+        if self.digest is not None and self.group_wait:
+            raise ValueError("digest: a digest route has no group_wait (the period is the wait)")
+        if any(step.after < 0 for step in self.escalate):
+            raise ValueError("escalate: after must not be negative")
+
+
+class InhibitRule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """While an alert matching ``source`` fires, alerts matching ``target`` (default: any
+    other alert) whose ``equal`` fields have the same values are not sent."""
+
+    source: Annotated[dict[str, str], Meta(min_length=1)]
+    target: dict[str, str] = {}
+    equal: list[str] = []
 
 
 class NotifyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -45,6 +84,12 @@ class NotifyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_format: Literal["logfmt", "json"] = "logfmt"
     channels: dict[str, ChannelConfig] = {}
     routes: list[Route] = []
+    inhibit: list[InhibitRule] = []
+    #: How often escalations, repeats, groups and digests are checked for being due.
+    tick: Duration = Duration(1)
+    #: A replica that claimed a message and then vanished (crash, kill -9) is presumed dead
+    #: after this long, and another replica sends the message instead.
+    claim_lease: Duration = Duration(120)
     #: ``host:port`` serving ``/metrics``; off when unset.
     metrics_listen: str | None = None
     #: How long an alert event may stay unacknowledged before JetStream redelivers it
@@ -64,12 +109,23 @@ class NotifyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             if not CHANNEL_NAME.match(name):
                 found.append((f"channels.{name}", "a channel name may contain only A-Z a-z 0-9 _ -"))
         known = ", ".join(sorted(self.channels)) or "none"
+
+        def check(field: str, channel: str) -> None:
+            if channel not in self.channels:
+                found.append((field, f"unknown channel {channel!r} (configured: {known})"))
+
         for i, route in enumerate(self.routes):
             for j, channel in enumerate(route.channels):
-                if channel not in self.channels:
-                    found.append(
-                        (f"routes[{i}].channels[{j}]", f"unknown channel {channel!r} (configured: {known})")
-                    )
+                check(f"routes[{i}].channels[{j}]", channel)
+            for k, step in enumerate(route.escalate):
+                for j, channel in enumerate(step.channels):
+                    check(f"routes[{i}].escalate[{k}].channels[{j}]", channel)
+        for name, settings in self.channels.items():
+            if settings.fallback is not None:
+                if settings.fallback == name:
+                    found.append((f"channels.{name}.fallback", "a channel cannot be its own fallback"))
+                else:
+                    check(f"channels.{name}.fallback", settings.fallback)
         if self.metrics_listen is not None:
             try:
                 parse_listen(self.metrics_listen)
@@ -77,6 +133,10 @@ class NotifyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 found.append(("metrics_listen", str(exc)))
         if self.ack_wait < 1:
             found.append(("ack_wait", "must be at least 1s"))
+        if self.tick <= 0:
+            found.append(("tick", "must be more than 0"))
+        if self.claim_lease < 1:
+            found.append(("claim_lease", "must be at least 1s"))
         return found
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from signalfire.events import DeliveryResult
 from signalfire.notifier.channels import Channel, ChannelSettings, DeliveryError, Notification
+from signalfire.notifier.ratelimit import TokenBucket
 
 log = logging.getLogger("signalfire.notifier.delivery")
 
@@ -46,9 +47,15 @@ class RetryPolicy:
 
 
 def result_for(
-    notification: Notification, channel: str, status: str, attempt: int, error: str | None = None
+    notification: Notification,
+    channel: str,
+    status: str,
+    attempt: int,
+    *,
+    error: str | None = None,
+    reason: str | None = None,
 ) -> DeliveryResult:
-    """The :class:`DeliveryResult` of one attempt."""
+    """The :class:`DeliveryResult` of one attempt (or of a suppressed delivery)."""
     alert = notification.alert
     return DeliveryResult(
         alert_id=alert.id,
@@ -56,11 +63,12 @@ def result_for(
         status=status,  # type: ignore[arg-type]
         attempt=attempt,
         time=time.time(),
-        transition="test" if notification.test else alert.status,
+        transition=notification.kind,
         fingerprint=alert.fingerprint,
         rule=alert.rule,
         host=alert.host,
         error=error,
+        reason=reason,
     )
 
 
@@ -71,34 +79,42 @@ async def deliver(
     record: Record,
     *,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> DeliveryResult:
+    limiter: TokenBucket | None = None,
+) -> tuple[DeliveryResult, str | None]:
     """Send until the channel accepts, fails permanently, or ``policy.max_attempts`` is spent.
 
-    Returns the last result (``sent`` or ``failed``) after ``record`` has seen every attempt.
+    Every attempt first waits for ``limiter`` (the channel's rate limit); a receiver's
+    ``Retry-After`` pauses the whole channel, not only this message. Returns the last result
+    (``sent`` or ``failed``), after ``record`` has seen every attempt, and the reference the
+    channel returned.
     """
     attempt = 1
     while True:
         try:
-            await channel.send(notification)
+            if limiter is not None:
+                await limiter.acquire()
+            reference = await channel.send(notification)
         except DeliveryError as exc:
+            if exc.retry_after is not None and limiter is not None:
+                limiter.hold(min(exc.retry_after, MAX_RETRY_AFTER))
             final = not exc.retryable or attempt >= policy.max_attempts
             result = result_for(
-                notification, channel.name, "failed" if final else "retrying", attempt, str(exc)
+                notification, channel.name, "failed" if final else "retrying", attempt, error=str(exc)
             )
             await record(result)
             if final:
-                return result
+                return result, None
             await sleep(policy.delay(attempt, exc.retry_after))
             attempt += 1
         except Exception as exc:
             # A bug in a channel must not take the other channels or the service down.
             log.exception("channel raised an unexpected error", extra={"channel": channel.name})
             result = result_for(
-                notification, channel.name, "failed", attempt, f"internal error: {type(exc).__name__}"
+                notification, channel.name, "failed", attempt, error=f"internal error: {type(exc).__name__}"
             )
             await record(result)
-            return result
+            return result, None
         else:
             result = result_for(notification, channel.name, "sent", attempt)
             await record(result)
-            return result
+            return result, reference

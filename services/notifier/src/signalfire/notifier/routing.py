@@ -20,17 +20,26 @@ def matches(match: Mapping[str, str], alert: AlertEvent) -> bool:
     return all(fields.get(key) == value for key, value in match.items())
 
 
-def route(alert: AlertEvent, routes: Sequence[Route]) -> list[str]:
-    """Channel names for ``alert``, in route order without duplicates.
+def matching(alert: AlertEvent, routes: Sequence[Route]) -> list[int]:
+    """Indexes of the routes ``alert`` takes, in order.
 
     Routes are tried in order; the first that matches wins, unless it has
     ``continue: true``, in which case later routes are tried too.
     """
-    chosen: dict[str, None] = {}
-    for candidate in routes:
+    chosen: list[int] = []
+    for index, candidate in enumerate(routes):
         if not matches(candidate.match, alert):
             continue
-        chosen.update(dict.fromkeys(candidate.channels))
+        chosen.append(index)
         if not candidate.continue_:
             break
+    return chosen
+
+
+def route(alert: AlertEvent, routes: Sequence[Route]) -> list[str]:
+    """Channel names for ``alert`` (immediate ones, not escalation steps), in route order
+    without duplicates."""
+    chosen: dict[str, None] = {}
+    for index in matching(alert, routes):
+        chosen.update(dict.fromkeys(routes[index].channels))
     return list(chosen)

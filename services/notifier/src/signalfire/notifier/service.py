@@ -1,15 +1,20 @@
-"""The notifier service: alert events from JetStream → routes → channels → delivery results.
+"""The notifier service: alert events and actions from JetStream → the pipeline → channels.
 
-Pipeline for each alert event (one task per event, events of one fingerprint in order):
+For each alert event (one task per event, events of one fingerprint in order):
 
 1. decode the :class:`AlertEvent` (a malformed message is counted, logged and terminated);
-2. :func:`~signalfire.notifier.routing.route` it to channel names;
-3. per channel, skip it if the :class:`DeliveryLedger` says it was already sent, otherwise
-   :func:`~signalfire.notifier.delivery.deliver` with retries, publishing a
-   :class:`DeliveryResult` for every attempt and marking the ledger after a success;
-4. ack the event once every channel's outcome is recorded.
+2. **route** it (:mod:`routing`) to the routes it matches;
+3. per route: a firing alert on a ``group_wait``/``digest`` route joins a **batch**
+   (:mod:`group`); otherwise it is **tracked** (:mod:`tracking`, for escalation, repeats and
+   the resolved notice) and sent now; a resolved alert goes out at once to the channels
+   that were told it fired;
+4. sending (:mod:`dispatch`): **silence** and **inhibition** suppress, the **ledger** claim
+   makes it once, **delivery** retries under the channel's **rate limit**, then the
+   **fallback** channel, then a **dead-letter** record; every attempt is a DeliveryResult;
+5. ack the event once the outcome is recorded.
 
-Replicas share the durable consumer ``notifier``, so each event goes to one of them.
+Actions (``ack``/``unack``/``resolve``) change the tracks; the :mod:`scheduler` sends the
+escalation steps, repeats and batches that come due. All state is in ``sf_notify_state``.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -32,28 +40,47 @@ from nats.js.errors import NotFoundError
 
 from signalfire.bus import connect, ensure_streams
 from signalfire.config import ConfigError
-from signalfire.events import AlertEvent, DeliveryResult, PayloadError, decode, encode
+from signalfire.events import AlertAction, AlertEvent, DeliveryResult, PayloadError, decode, encode
+from signalfire.notifier import inhibit, silence
 from signalfire.notifier.channels import Channel, ChannelContext, Notification, build_channel
+from signalfire.notifier.channels.http import quiet_url_loggers
 from signalfire.notifier.config import NotifyConfig
-from signalfire.notifier.delivery import RetryPolicy, deliver
+from signalfire.notifier.dispatch import Busy, Dispatcher, Outcome
+from signalfire.notifier.group import Batch, add, batch_key, batched, group_of, remove
 from signalfire.notifier.ledger import DeliveryLedger
-from signalfire.notifier.routing import route
-from signalfire.telemetry import Registry, parse_listen, serve_metrics
+from signalfire.notifier.mirror import Mirror
+from signalfire.notifier.routing import matches, matching
+from signalfire.notifier.scheduler import Scheduler, merge, references, told
+from signalfire.notifier.state import NotifyState
+from signalfire.notifier.tracking import Track, alert_key, track_key
+from signalfire.telemetry import Counter, Registry, parse_listen, serve_metrics
 
 log = logging.getLogger("signalfire.notifier")
 
-#: The durable consumer every notifier replica binds to.
+#: The durable consumers every notifier replica binds to.
 DURABLE = "notifier"
+ACTIONS_DURABLE = "notifier-actions"
 #: How long :meth:`NotifierService.stop` lets in-flight deliveries finish.
 DRAIN_TIMEOUT = 10.0
+#: Connections kept to providers (each channel also limits its own, ``concurrency``).
+HTTP_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+#: Wait before an event whose message another replica is sending is looked at again.
+BUSY_DELAY = 5.0
 
 
 class NotifierService:
     """Delivers alert events to people. ``nc`` may be passed in (tests); else it is created
-    in :meth:`start` from ``config.nats`` and closed in :meth:`stop`."""
+    in :meth:`start` from ``config.nats`` and closed in :meth:`stop`. ``clock`` is the one
+    clock every decision uses (tests pass their own)."""
 
     def __init__(
-        self, config: NotifyConfig, nc: NATS | None = None, *, environ: Mapping[str, str] | None = None
+        self,
+        config: NotifyConfig,
+        nc: NATS | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         problems = config.problems()
         if problems:
@@ -63,14 +90,18 @@ class NotifierService:
         self._nc = nc
         self._owns_nc = nc is None
         self._environ = os.environ if environ is None else environ
+        self._clock = clock
+        self._sleep = sleep
         self._subjects = config.nats.subjects
-        self._policies = {name: RetryPolicy.of(settings) for name, settings in config.channels.items()}
         self._channels: dict[str, Channel] = {}
         self._http: httpx.AsyncClient | None = None
         self._js: JetStreamContext | None = None
-        self._ledger: DeliveryLedger | None = None
-        self._sub: JetStreamContext.PullSubscription | None = None
-        self._fetcher: asyncio.Task[None] | None = None
+        self._state: NotifyState | None = None
+        self._silences: Mirror[silence.Silence] | None = None
+        self._dispatcher: Dispatcher | None = None
+        self.scheduler: Scheduler | None = None
+        self._subs: list[JetStreamContext.PullSubscription] = []
+        self._loops: list[asyncio.Task[None]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         # fingerprint → (lock, users): events of one alert are handled in stream order
         self._order: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -80,26 +111,49 @@ class NotifierService:
         self.alerts_received = self.registry.counter(
             "alerts_received_total", "Alert events received, by status", ["status"]
         )
-        self.deliveries = self.registry.counter(
-            "deliveries_total",
-            "Delivery attempts by channel and outcome (sent/retrying/failed)",
-            ["channel", "status"],
-        )
-        self.duplicates = self.registry.counter(
-            "duplicates_skipped_total", "Deliveries skipped because the ledger shows them sent", ["channel"]
+        self.actions_received = self.registry.counter(
+            "actions_received_total", "Alert actions received, by action", ["action"]
         )
         self.rejected = self.registry.counter(
             "rejected_messages_total",
-            "Messages on the alerts subjects that were not alert events",
+            "Messages on the alerts or actions subjects that were not valid payloads",
             ["reason"],
         )
+        self.bad_state = self.registry.counter(
+            "bad_state_entries_total",
+            "KV entries (silences, tracks, batches) that could not be read",
+            ["bucket"],
+        )
         self.unrouted = self.registry.counter("alerts_unrouted_total", "Alert events no route matched")
+        self.suppressed = self.registry.counter(
+            "suppressed_total", "Notifications not sent because of a silence or an inhibition", ["why"]
+        )
         self.errors = self.registry.counter(
-            "processing_errors_total", "Alert events left for redelivery after a NATS error"
+            "processing_errors_total", "Alert events or actions left for redelivery after a NATS error"
         )
 
+    @property
+    def deliveries(self) -> Counter:
+        """Delivery attempts by channel and outcome (from :meth:`start` on)."""
+        return self.dispatcher.deliveries
+
+    @property
+    def duplicates(self) -> Counter:
+        return self.dispatcher.duplicates
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        assert self._dispatcher is not None
+        return self._dispatcher
+
+    @property
+    def state(self) -> NotifyState:
+        assert self._state is not None
+        return self._state
+
     async def start(self) -> None:
-        self._http = httpx.AsyncClient(follow_redirects=False)
+        quiet_url_loggers()
+        self._http = httpx.AsyncClient(follow_redirects=False, limits=HTTP_LIMITS)
         context = ChannelContext(http=self._http, environ=self._environ)
         try:
             # before connecting: a missing secret must stop start-up, not the first delivery
@@ -111,8 +165,37 @@ class NotifierService:
                 self._nc = await connect(self.config.nats, "signalfire-notifier")
             js = self._js = self._nc.jetstream()
             await ensure_streams(js, self.config.nats)
-            self._ledger = DeliveryLedger(await js.key_value(self._subjects.bucket("notify_state")))
-            self._sub = await self._subscribe(js)
+            kv = await js.key_value(self._subjects.bucket("notify_state"))
+            self._state = NotifyState(kv, lambda key, why: self._bad_entry("notify_state", key, why))
+            await self._state.start()
+            self._silences = Mirror(
+                await js.key_value(self._subjects.bucket("silences")),
+                ">",
+                lambda data: msgspec.json.decode(data, type=silence.Silence),
+                lambda key, why: self._bad_entry("silences", key, why),
+            )
+            await self._silences.start()
+            ledger = DeliveryLedger(
+                kv, f"notifier-{uuid.uuid4().hex[:12]}", float(self.config.claim_lease), self._clock
+            )
+            self._dispatcher = Dispatcher(
+                channels=self._channels,
+                settings=self.config.channels,
+                ledger=ledger,
+                kv=kv,
+                publish=self._publish_result,
+                registry=self.registry,
+                clock=self._clock,
+                sleep=self._sleep,
+            )
+            self.scheduler = Scheduler(
+                self.config, self._state, self._dispatcher, self.suppression, self._clock
+            )
+            alerts = await self._subscribe(js, DURABLE, self._subjects.all_alerts, "delivers alert events")
+            actions = await self._subscribe(
+                js, ACTIONS_DURABLE, self._subjects.actions, "follows alert actions"
+            )
+            self._subs = [alerts, actions]
             if self.config.metrics_listen is not None:
                 host, port = parse_listen(self.config.metrics_listen)
                 self._metrics_server = await serve_metrics(self.registry, host, port)
@@ -121,28 +204,39 @@ class NotifierService:
             raise
         if not self.config.routes:
             log.warning("no routes configured: alert events are acknowledged without notifying anyone")
-        self._fetcher = asyncio.create_task(self._fetch_loop(self._sub))
+        self._loops = [
+            asyncio.create_task(self._fetch_loop(alerts, self._accept_alert)),
+            asyncio.create_task(self._fetch_loop(actions, self._accept_action)),
+            asyncio.create_task(self.scheduler.run()),
+        ]
         log.info(
             "notifier started",
             extra={"stream": self._subjects.alerts_stream, "channels": ",".join(self._channels)},
         )
 
     async def stop(self) -> None:
-        if self._fetcher is not None:
-            self._fetcher.cancel()
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._fetcher
-            self._fetcher = None
+                await loop
+        self._loops = []
         if self._in_flight:
             # Unfinished events are not acked: JetStream redelivers them, the ledger prevents repeats.
             _, pending = await asyncio.wait(self._in_flight, timeout=DRAIN_TIMEOUT)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._sub is not None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        for sub in self._subs:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+                await sub.unsubscribe()
+        self._subs = []
+        if self._state is not None:
+            await self._state.stop()
+        if self._silences is not None:
+            await self._silences.stop()
         if self._metrics_server is not None:
             self._metrics_server.close()
             await self._metrics_server.wait_closed()
@@ -154,12 +248,47 @@ class NotifierService:
             await self._nc.close()
             self._nc = None
 
-    async def _subscribe(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
+    async def reload(self, config: NotifyConfig) -> None:
+        """Use new routes, inhibit rules and timing (``SIGHUP``); channels need a restart."""
+        problems = config.problems()
+        if problems:
+            field, reason = problems[0]
+            raise ConfigError(reason, field=field)
+        if config.channels != self.config.channels:
+            log.warning("channel changes take effect at the next restart; routes were reloaded")
+        self.config = msgspec.structs.replace(
+            self.config, routes=config.routes, inhibit=config.inhibit, tick=config.tick
+        )
+        if self.scheduler is not None:
+            self.scheduler.config = self.config
+        log.info("notifier config reloaded", extra={"routes": len(self.config.routes)})
+
+    def suppression(self, alert: AlertEvent, now: float) -> str | None:
+        """Why ``alert`` must not be sent at ``now`` (a silence, an inhibition), or None."""
+        if self._silences is not None:
+            found = silence.silenced_by(alert, self._silences.values(), now)
+            if found is not None:
+                self.suppressed.inc(why="silence")
+                return silence.reason(found)
+        if self._state is not None and self.config.inhibit:
+            source = inhibit.inhibited_by(alert, self._state.firing(), self.config.inhibit)
+            if source is not None:
+                self.suppressed.inc(why="inhibition")
+                return inhibit.reason(source)
+        return None
+
+    def _bad_entry(self, bucket: str, key: str, why: str) -> None:
+        self.bad_state.inc(bucket=bucket)
+        log.warning("ignored an unreadable KV entry", extra={"bucket": bucket, "key": key, "reason": why})
+
+    async def _subscribe(
+        self, js: JetStreamContext, durable: str, subject: str, what: str
+    ) -> JetStreamContext.PullSubscription:
         stream = self._subjects.alerts_stream
         wanted = ConsumerConfig(
-            durable_name=DURABLE,
-            description="Signalfire notifier: delivers alert events",
-            filter_subject=self._subjects.all_alerts,
+            durable_name=durable,
+            description=f"Signalfire notifier: {what}",
+            filter_subject=subject,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=float(self.config.ack_wait),
             max_deliver=self.config.max_deliver,
@@ -170,13 +299,13 @@ class NotifierService:
             opt_start_time=datetime.now(UTC) - timedelta(seconds=float(self.config.first_start_backlog)),
         )
         try:
-            info = await js.consumer_info(stream, DURABLE)
+            info = await js.consumer_info(stream, durable)
         except NotFoundError:
             try:
                 await js.add_consumer(stream, wanted)
             except Exception:
                 # another replica created it first; use theirs
-                await js.consumer_info(stream, DURABLE)
+                await js.consumer_info(stream, durable)
         else:
             current = info.config
             if (current.ack_wait, current.max_deliver, current.filter_subject) != (
@@ -194,9 +323,11 @@ class NotifierService:
                         filter_subject=wanted.filter_subject,
                     ),
                 )
-        return await js.pull_subscribe_bind(durable=DURABLE, stream=stream)
+        return await js.pull_subscribe_bind(durable=durable, stream=stream)
 
-    async def _fetch_loop(self, sub: JetStreamContext.PullSubscription) -> None:
+    async def _fetch_loop(
+        self, sub: JetStreamContext.PullSubscription, accept: Callable[[Msg], Awaitable[None]]
+    ) -> None:
         while True:
             free = self.config.max_in_flight - len(self._in_flight)
             if free <= 0:
@@ -209,84 +340,202 @@ class NotifierService:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("fetching alert events failed; retrying", extra={"reason": str(exc)})
+                log.warning("fetching from JetStream failed; retrying", extra={"reason": str(exc)})
                 await asyncio.sleep(1.0)
                 continue
             for msg in messages:
-                await self._accept(msg)
+                await accept(msg)
 
-    async def _accept(self, msg: Msg) -> None:
-        try:
-            alert = decode(msg.data, AlertEvent)
-        except PayloadError as exc:
-            self.rejected.inc(reason="malformed")
-            log.warning("rejected malformed alert event", extra={"subject": msg.subject, "reason": str(exc)})
-            await msg.term()
-            return
-        self.alerts_received.inc(status=alert.status)
-        # Tasks start in creation order, so each takes its fingerprint's lock in stream order.
-        task = asyncio.create_task(self._handle(msg, alert))
+    def _spawn(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            await work
+
+        task = asyncio.create_task(run())
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    async def _handle(self, msg: Msg, alert: AlertEvent) -> None:
+    async def _reject(self, msg: Msg, what: str, exc: Exception) -> None:
+        self.rejected.inc(reason="malformed")
+        log.warning(f"rejected malformed {what}", extra={"subject": msg.subject, "reason": str(exc)})
+        await msg.term()
+
+    async def _accept_alert(self, msg: Msg) -> None:
         try:
-            async with self._keep_alive(msg), self._in_order(alert.fingerprint):
-                names = route(alert, self.config.routes)
-                if not names:
-                    self.unrouted.inc()
-                    log.info(
-                        "no route matched",
-                        extra={"alert_id": alert.id, "rule": alert.rule, "host": alert.host},
-                    )
-                await asyncio.gather(*(self._deliver(alert, name) for name in names))
+            alert = decode(msg.data, AlertEvent)
+        except PayloadError as exc:
+            await self._reject(msg, "alert event", exc)
+            return
+        self.alerts_received.inc(status=alert.status)
+        # Tasks start in creation order, so each takes its fingerprint's lock in stream order.
+        self._spawn(self._settle(msg, alert.id, alert.fingerprint, self._handle_alert(alert)))
+
+    async def _accept_action(self, msg: Msg) -> None:
+        try:
+            action = decode(msg.data, AlertAction)
+        except PayloadError as exc:
+            await self._reject(msg, "alert action", exc)
+            return
+        self.actions_received.inc(action=action.action)
+        self._spawn(
+            self._settle(
+                msg, action.alert_id, action.fingerprint or action.alert_id, self._handle_action(action)
+            )
+        )
+
+    async def _settle(self, msg: Msg, alert_id: str, fingerprint: str, work: Awaitable[None]) -> None:
+        """Run ``work`` for ``msg`` and ack it; nak it (for redelivery) when it could not finish."""
+        try:
+            async with self._keep_alive(msg), self._in_order(fingerprint):
+                await work
                 await msg.ack()
         except asyncio.CancelledError:
             raise
+        except Busy:
+            # another replica is sending one of its messages; look again when it should be done
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=BUSY_DELAY)
         except Exception as exc:
             # NATS trouble while recording: leave the event for redelivery; the ledger
             # keeps channels that already succeeded from sending again.
             self.errors.inc()
             log.warning(
-                "alert event left for redelivery",
+                "left for redelivery",
                 extra={
                     "subject": msg.subject,
-                    "alert_id": alert.id,
+                    "alert_id": alert_id,
                     "reason": f"{type(exc).__name__}: {exc}",
                 },
             )
             with contextlib.suppress(Exception):
                 await msg.nak(delay=5)
 
-    async def _deliver(self, alert: AlertEvent, name: str) -> None:
-        assert self._ledger is not None
-        ledger = self._ledger
-        if await ledger.was_sent(alert, name):
-            self.duplicates.inc(channel=name)
-            log.info(
-                "already sent; not sending again",
-                extra={"alert_id": alert.id, "status": alert.status, "channel": name},
-            )
+    async def _handle_alert(self, alert: AlertEvent) -> None:
+        indexes = matching(alert, self.config.routes)
+        if not indexes:
+            self.unrouted.inc()
+            log.info("no route matched", extra={"alert_id": alert.id, "rule": alert.rule, "host": alert.host})
+            return
+        handle = self._firing if alert.status == "firing" else self._resolved
+        if len(indexes) == 1:
+            await handle(alert, indexes[0])
+        else:
+            await asyncio.gather(*(handle(alert, index) for index in indexes))
+
+    async def _firing(self, alert: AlertEvent, index: int) -> None:
+        route = self.config.routes[index]
+        state = self.state
+        now = self._clock()
+        if batched(route):
+            key = batch_key(index, group_of(alert, route))
+            await state.update_batch(key, lambda b: add(b, alert, index, route, now))
+            return
+        # Sent first, tracked after: a crash in between leaves the event unacked, and its
+        # redelivery finds the sends in the ledger and writes the track then.
+        outcomes = await self.dispatcher.send(
+            Notification(alert=alert),
+            route.channels,
+            alert_key(alert.id),
+            "firing",
+            suppressed=self.suppression(alert, now),
+        )
+
+        if not self._needs_track(alert, index, outcomes):
             return
 
-        async def record(result: DeliveryResult) -> None:
-            self.deliveries.inc(channel=name, status=result.status)
-            if result.status == "sent":
-                await ledger.mark_sent(alert, name, result.time, result.attempt)
-            else:
-                log.warning(
-                    "delivery attempt failed",
-                    extra={
-                        "channel": name,
-                        "alert_id": alert.id,
-                        "attempt": result.attempt,
-                        "outcome": result.status,
-                        "reason": result.error,
-                    },
-                )
-            await self._publish_result(result)
+        def record(t: Track | None) -> Track:
+            if t is None:
+                t = Track(alert=alert, route=index, since=now)
+            return msgspec.structs.replace(
+                t,
+                alert=alert,
+                channels=merge(t.channels, told(outcomes)),
+                references={**t.references, **references(outcomes)},
+            )
 
-        await deliver(self._channels[name], Notification(alert=alert), self._policies[name], record)
+        await state.update_track(track_key(alert.id, index), record)
+
+    def _needs_track(self, alert: AlertEvent, index: int, outcomes: dict[str, Outcome]) -> bool:
+        """Whether a firing alert must be remembered until it resolves: for its escalation
+        or repeats, for a reference to thread under, because not every channel was told
+        (its resolved notice must go to those that were), or as a possible inhibition
+        source. Otherwise the resolved notice simply goes to the route's channels, and one
+        KV write per alert is saved (it matters at 1,000 alerts/s)."""
+        route = self.config.routes[index]
+        if route.escalate or route.repeat is not None or references(outcomes):
+            return True
+        if sorted(told(outcomes)) != sorted(route.channels):
+            return True
+        return any(matches(rule.source, alert) for rule in self.config.inhibit)
+
+    async def _resolved(self, alert: AlertEvent, index: int) -> None:
+        route = self.config.routes[index]
+        state = self.state
+        if batched(route):
+            key = batch_key(index, group_of(alert, route))
+
+            def without(b: Batch | None) -> Batch | None:
+                if b is None:
+                    return None
+                left = remove(b, alert.id)
+                return left if left.alerts else None
+
+            await state.update_batch(key, without)
+        key = track_key(alert.id, index)
+        track = await state.read_track(key)
+        if track is not None:
+            channels, refs = track.channels, track.references
+        elif route.digest is None and not route.group_wait:
+            # untracked: every channel of the route was told (or the firing predates us)
+            channels, refs = route.channels, {}
+        else:
+            channels, refs = [], {}
+        if channels:
+            await self.dispatcher.send(
+                Notification(alert=alert), channels, alert_key(alert.id), "resolved", references=refs
+            )
+        await state.update_track(key, lambda t: None)
+
+    async def _handle_action(self, action: AlertAction) -> None:
+        if action.action == "note":
+            return
+        state = self.state
+        now = self._clock()
+        # Read from KV, not the mirror: the track may be another replica's write of a moment ago.
+        keys = dict.fromkeys(
+            [
+                *state.tracks_of(action.alert_id),
+                *(track_key(action.alert_id, i) for i in range(len(self.config.routes))),
+            ]
+        )
+        for key in keys:
+            old = await state.read_track(key)
+            if old is None:
+                continue
+
+            def change(t: Track | None) -> Track | None:
+                if t is None:
+                    return None
+                if action.action == "ack" and not t.acknowledged:
+                    return msgspec.structs.replace(t, acknowledged=True, acks=t.acks + 1)
+                if action.action == "unack" and t.acknowledged:
+                    return msgspec.structs.replace(
+                        t, acknowledged=False, epoch=t.epoch + 1, since=now, steps_done=0, repeats_done=0
+                    )
+                if action.action == "resolve" and not t.acknowledged:
+                    return msgspec.structs.replace(t, acknowledged=True)
+                return t
+
+            track = await state.update_track(key, change)
+            if action.action != "ack" or track is None or track.acks == old.acks:
+                continue
+            channels = [name for name in track.channels if self._channels[name].acknowledges]
+            if channels:
+                await self.dispatcher.send(
+                    Notification(alert=track.alert, transition="acknowledged"),
+                    channels,
+                    alert_key(track.alert.id),
+                    f"ack{track.acks}",
+                )
 
     async def _publish_result(self, result: DeliveryResult) -> None:
         assert self._js is not None

@@ -16,16 +16,34 @@ from signalfire.notifier.channels.base import (
     DeliveryError,
     Notification,
 )
+from signalfire.notifier.channels.discord import DiscordChannel, DiscordChannelConfig
+from signalfire.notifier.channels.email import EmailChannel, EmailChannelConfig
 from signalfire.notifier.channels.log import LogChannel, LogChannelConfig
+from signalfire.notifier.channels.pagerduty import PagerDutyChannel, PagerDutyChannelConfig
+from signalfire.notifier.channels.slack import SlackChannel, SlackChannelConfig
+from signalfire.notifier.channels.sms import SmsChannel, SmsChannelConfig
 from signalfire.notifier.channels.webhook import WebhookChannel, WebhookChannelConfig
 
 #: A channel's config in ``notify.yaml``, chosen by its ``type`` key.
-ChannelConfig = LogChannelConfig | WebhookChannelConfig
+ChannelConfig = (
+    LogChannelConfig
+    | WebhookChannelConfig
+    | EmailChannelConfig
+    | SlackChannelConfig
+    | DiscordChannelConfig
+    | PagerDutyChannelConfig
+    | SmsChannelConfig
+)
 
 #: ``type`` → the class that delivers through that type.
 CHANNEL_TYPES: dict[str, Callable[[str, Any, ChannelContext], Channel]] = {
     "log": LogChannel,
     "webhook": WebhookChannel,
+    "email": EmailChannel,
+    "slack": SlackChannel,
+    "discord": DiscordChannel,
+    "pagerduty": PagerDutyChannel,
+    "sms": SmsChannel,
 }
 
 

@@ -5,20 +5,47 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Literal, Protocol
 
 import httpx
 import msgspec
 
-from signalfire.config import Duration
+from signalfire.config import ConfigError, Duration
 from signalfire.events import AlertEvent
+
+#: What a notification tells people: the alert's own transition, a reminder (``repeat``),
+#: the next escalation step, a person's acknowledgement, or ``signalfire notify test``.
+Transition = Literal["firing", "resolved", "acknowledged", "repeat", "escalation", "test"]
 
 
 class Notification(msgspec.Struct, frozen=True, kw_only=True):
-    """One alert transition to tell people about. ``test`` marks ``signalfire notify test``."""
+    """One message to send through one channel.
+
+    ``alert`` is the alert it is about; a grouped or digest message covers every alert in
+    ``alerts`` (``alert`` is then the first of them). ``reference`` is what the channel
+    returned when it sent this alert's ``firing`` message (a Slack message ``ts``), so a
+    later message can thread under it.
+    """
 
     alert: AlertEvent
     test: bool = False
+    transition: Transition | None = None
+    alerts: tuple[AlertEvent, ...] = ()
+    reference: str | None = None
+    digest: bool = False
+
+    @property
+    def kind(self) -> Transition:
+        """The transition this message announces (``test`` for ``notify test``)."""
+        if self.transition is not None:
+            return self.transition
+        return "test" if self.test else self.alert.status
+
+    @property
+    def covered(self) -> tuple[AlertEvent, ...]:
+        """Every alert the message is about (one, unless grouped or a digest)."""
+        return self.alerts or (self.alert,)
 
 
 class DeliveryError(Exception):
@@ -38,11 +65,17 @@ class DeliveryError(Exception):
 class Channel(Protocol):
     """A configured destination. ``send`` returns when the receiver has accepted the
     notification and raises :class:`DeliveryError` otherwise; it makes one attempt,
-    retries are the caller's business."""
+    retries are the caller's business. It may return a reference to the message it
+    created (kept with the sent mark and handed back as ``Notification.reference``).
+
+    ``acknowledges`` says whether the channel is told about acknowledgements (PagerDuty);
+    other channels only hear about firing, resolved, repeat and escalation messages.
+    """
 
     name: str
+    acknowledges: bool
 
-    async def send(self, notification: Notification) -> None: ...
+    async def send(self, notification: Notification) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -51,6 +84,33 @@ class ChannelContext:
 
     http: httpx.AsyncClient
     environ: Mapping[str, str]
+
+    def secret(self, channel: str, what: str, env: str | None, file: str | None) -> str | None:
+        """A secret named by a channel's ``<what>_env`` or ``<what>_file`` setting.
+
+        Secrets never live in ``notify.yaml``: the YAML names an environment variable or a
+        file. Raises ``ConfigError`` naming the setting when it is set but empty or
+        unreadable; returns None when neither is set.
+        """
+        if env is not None:
+            value = self.environ.get(env, "").strip()
+            if not value:
+                raise ConfigError(
+                    f"environment variable {env} is not set (it must hold the {what.replace('_', ' ')})",
+                    field=f"channels.{channel}.{what}_env",
+                )
+            return value
+        if file is not None:
+            try:
+                value = Path(file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read {file}: {exc.strerror or exc}", field=f"channels.{channel}.{what}_file"
+                ) from None
+            if not value:
+                raise ConfigError(f"{file} is empty", field=f"channels.{channel}.{what}_file")
+            return value
+        return None
 
 
 class ChannelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type"):
@@ -62,7 +122,23 @@ class ChannelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, 
     retry_backoff: Duration = Duration(1)
     #: Longest wait between attempts (a receiver's ``Retry-After`` may ask for more, up to 10 min).
     retry_max_delay: Duration = Duration(60)
+    #: Messages per second this channel sends at most (a token bucket); 0 means no limit.
+    rate_limit: float = 0.0
+    #: Messages sent back to back before ``rate_limit`` applies.
+    burst: int = 1
+    #: Channel that gets the notification when this one failed for good.
+    fallback: str | None = None
+    #: Requests to the provider in flight at once. Receivers answer in milliseconds, so a
+    #: few connections carry 1,000 messages/s; more only cost CPU (httpcore rescans its
+    #: whole pool for every queued request, while waiting on a semaphore is free).
+    concurrency: int = 4
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_attempts <= 100:
             raise ValueError(f"max_attempts: expected 1 to 100, got {self.max_attempts}")
+        if self.rate_limit < 0:
+            raise ValueError("rate_limit: must be 0 (no limit) or more")
+        if not 1 <= self.concurrency <= 100:
+            raise ValueError(f"concurrency: expected 1 to 100, got {self.concurrency}")
+        if not 1 <= self.burst <= 10_000:
+            raise ValueError(f"burst: expected 1 to 10000, got {self.burst}")

@@ -19,6 +19,8 @@ class LogChannelConfig(ChannelSettings, tag="log"):
 class LogChannel:
     """Writes ``msg="alert firing: HighCPU on web-1"`` with the alert's fields as keys."""
 
+    acknowledges = False
+
     def __init__(self, name: str, config: LogChannelConfig, context: ChannelContext) -> None:
         self.name = name
         self._level = logging.getLevelNamesMapping()[config.level.upper()]
@@ -29,6 +31,7 @@ class LogChannel:
             "channel": self.name,
             "alert_id": alert.id,
             "status": alert.status,
+            "transition": notification.kind,
             "severity": alert.severity,
             "rule": alert.rule,
             "host": alert.host,
@@ -39,11 +42,13 @@ class LogChannel:
             fields["summary"] = summary
         if alert.labels:
             fields["labels"] = ",".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
+        if len(notification.covered) > 1:
+            fields["alerts"] = len(notification.covered)
         log.log(
             self._level,
             "%salert %s: %s on %s",
             "test " if notification.test else "",
-            alert.status,
+            "digest" if notification.digest else notification.kind,
             alert.rule,
             alert.host,
             extra=fields,

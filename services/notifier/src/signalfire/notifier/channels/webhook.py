@@ -12,18 +12,27 @@ also refuse old (replayed) deliveries. ``X-Signalfire-Timestamp`` repeats it in 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
-from email.utils import parsedate_to_datetime
 from typing import Literal
 
-import httpx
 import msgspec
 
-from signalfire.config import ConfigError, Duration
+from signalfire.config import Duration
 from signalfire.events import AlertEvent
-from signalfire.notifier.channels.base import ChannelContext, ChannelSettings, DeliveryError, Notification
+from signalfire.notifier.channels.base import ChannelContext, ChannelSettings, Notification, Transition
+from signalfire.notifier.channels.http import parse_retry_after, post
+
+__all__ = [
+    "WebhookBody",
+    "WebhookChannel",
+    "WebhookChannelConfig",
+    "parse_retry_after",
+    "signature",
+    "verify",
+]
 
 SIGNATURE_HEADER = "X-Signalfire-Signature"
 TIMESTAMP_HEADER = "X-Signalfire-Timestamp"
@@ -33,12 +42,13 @@ RESERVED_HEADERS = frozenset({"content-type", SIGNATURE_HEADER.lower(), TIMESTAM
 
 
 class WebhookChannelConfig(ChannelSettings, tag="webhook"):
-    """``type: webhook``. The HMAC secret is read from the variable named by ``secret_env``,
-    never written in the YAML."""
+    """``type: webhook``. The HMAC secret is read from the variable named by ``secret_env``
+    (or the file ``secret_file``), never written in the YAML."""
 
     url: str
     headers: dict[str, str] = {}
     secret_env: str | None = None
+    secret_file: str | None = None
     timeout: Duration = Duration(10)
 
     def __post_init__(self) -> None:
@@ -58,6 +68,9 @@ class WebhookBody(msgspec.Struct, kw_only=True):
     channel: str
     sent_at: float
     test: bool = False
+    transition: Transition = "firing"
+    #: Every alert of a grouped or digest message (``alert`` is the first); else empty.
+    alerts: list[AlertEvent] = []
 
 
 def signature(secret: bytes, body: bytes) -> str:
@@ -70,25 +83,11 @@ def verify(secret: bytes, body: bytes, header: str) -> bool:
     return hmac.compare_digest(signature(secret, body), header)
 
 
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
 class WebhookChannel:
     """POSTs :class:`WebhookBody`; 2xx is sent, 408/429/5xx and network errors are retryable
     (honouring ``Retry-After``), any other status is a permanent failure."""
+
+    acknowledges = False
 
     def __init__(self, name: str, config: WebhookChannelConfig, context: ChannelContext) -> None:
         self.name = name
@@ -98,15 +97,9 @@ class WebhookChannel:
             **{k: v for k, v in config.headers.items() if k.lower() not in RESERVED_HEADERS},
         }
         self._http = context.http
-        self._secret: bytes | None = None
-        if config.secret_env is not None:
-            secret = context.environ.get(config.secret_env)
-            if not secret:
-                raise ConfigError(
-                    f"environment variable {config.secret_env} is not set (it must hold the HMAC secret)",
-                    field=f"channels.{name}.secret_env",
-                )
-            self._secret = secret.encode()
+        self._slots = asyncio.Semaphore(config.concurrency)
+        secret = context.secret(name, "secret", config.secret_env, config.secret_file)
+        self._secret = secret.encode() if secret is not None else None
 
     async def send(self, notification: Notification) -> None:
         sent_at = round(time.time(), 3)
@@ -118,6 +111,8 @@ class WebhookChannel:
                 channel=self.name,
                 sent_at=sent_at,
                 test=notification.test,
+                transition=notification.kind,
+                alerts=list(notification.alerts) if len(notification.alerts) > 1 else [],
             )
         )
         headers = {
@@ -127,24 +122,11 @@ class WebhookChannel:
         }
         if self._secret is not None:
             headers[SIGNATURE_HEADER] = signature(self._secret, body)
-        try:
-            response = await self._http.post(
-                self._config.url, content=body, headers=headers, timeout=float(self._config.timeout)
-            )
-        except httpx.TimeoutException:
-            raise DeliveryError(
-                f"no answer within {float(self._config.timeout):g}s", retryable=True
-            ) from None
-        except httpx.TransportError as exc:
-            raise DeliveryError(f"request failed: {type(exc).__name__}: {exc}", retryable=True) from None
-        except httpx.HTTPError as exc:
-            raise DeliveryError(f"request failed: {type(exc).__name__}: {exc}", retryable=False) from None
-        status = response.status_code
-        if 200 <= status < 300:
-            return
-        detail = " ".join(response.text[:200].split())
-        message = f"HTTP {status}" + (f": {detail}" if detail else "")
-        if status in (408, 429) or status >= 500:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
-            raise DeliveryError(message, retryable=True, retry_after=retry_after)
-        raise DeliveryError(message, retryable=False)
+        await post(
+            self._http,
+            self._config.url,
+            timeout=float(self._config.timeout),
+            slots=self._slots,
+            content=body,
+            headers=headers,
+        )

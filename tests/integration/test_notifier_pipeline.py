@@ -1,0 +1,492 @@
+"""The notifier's pipeline against real NATS JetStream and real HTTP receivers on loopback:
+escalation, repeats, acknowledgements, grouping, digests, silences, inhibition, fallback
+and dead letters — with time driven by an injected clock — and exactly one message per
+transition with two replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+import msgspec
+import pytest
+from nats.aio.msg import Msg
+
+from signalfire.bus import NatsConfig
+from signalfire.config import Duration
+from signalfire.events import AlertAction, AlertEvent, DeliveryResult, decode, encode
+from signalfire.notifier.channels.pagerduty import PagerDutyChannelConfig
+from signalfire.notifier.channels.webhook import WebhookChannelConfig
+from signalfire.notifier.config import EscalationStep, InhibitRule, NotifyConfig, Route
+from signalfire.notifier.deadletter import DeadLetter
+from signalfire.notifier.service import NotifierService
+from signalfire.notifier.silence import Matcher, Silence
+
+T0 = 1_763_794_800.0
+
+
+class Clock:
+    """The notifier's clock in these tests: moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def time(self) -> float:
+        return self.now
+
+
+class Receivers:
+    """One HTTP server standing in for every channel: ``/<channel>`` records the request and
+    answers with that channel's scripted status (then 200)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.statuses: dict[str, list[int]] = {}
+        self.always: dict[str, int] = {}
+        self._lock = threading.Lock()
+        receivers = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                name = self.path.strip("/")
+                with receivers._lock:
+                    receivers.requests.append((name, json.loads(body)))
+                    script = receivers.statuses.get(name)
+                    status = script.pop(0) if script else receivers.always.get(name, 200)
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}/{name}"
+
+    def got(self, name: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [body for channel, body in self.requests if channel == name]
+
+    def transitions(self, name: str) -> list[tuple[str, str]]:
+        """(alert id, transition) of every webhook message ``name`` got."""
+        return [(b["alert"]["id"], b["transition"]) for b in self.got(name)]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def receivers() -> Iterator[Receivers]:
+    r = Receivers()
+    yield r
+    r.close()
+
+
+def hook(receivers: Receivers, name: str, **settings: Any) -> WebhookChannelConfig:
+    return WebhookChannelConfig(url=receivers.url(name), retry_backoff=Duration(0.01), **settings)
+
+
+def make_config(
+    nats_config: NatsConfig, channels: dict[str, Any], routes: list[Route], **more: Any
+) -> NotifyConfig:
+    return NotifyConfig(nats=nats_config, channels=channels, routes=routes, tick=Duration(0.02), **more)
+
+
+def alert(**overrides: Any) -> AlertEvent:
+    alert_id = overrides.pop("id", f"alert-{uuid.uuid4().hex[:8]}")
+    fields: dict[str, Any] = {
+        "id": alert_id,
+        "fingerprint": f"fp-{alert_id}",
+        "rule": "HighCPU",
+        "status": "firing",
+        "severity": "critical",
+        "host": "web-1",
+        "starts_at": T0,
+        "time": T0,
+        "annotations": {"summary": "CPU 93% on web-1"},
+    }
+    fields.update(overrides)
+    return AlertEvent(**fields)
+
+
+def resolved(a: AlertEvent) -> AlertEvent:
+    return msgspec.structs.replace(a, status="resolved", ends_at=a.time + 60, seq=a.seq + 1)
+
+
+async def publish(nc: Any, nats_config: NatsConfig, a: AlertEvent) -> None:
+    await nc.jetstream().publish(
+        nats_config.subjects.alerts(a.host), encode(a), headers={"Nats-Msg-Id": f"{a.id}:{a.status}"}
+    )
+
+
+async def act(
+    nc: Any, nats_config: NatsConfig, a: AlertEvent, action: Literal["ack", "unack", "resolve", "note"]
+) -> None:
+    payload = AlertAction(
+        alert_id=a.id, action=action, actor="ana", time=time.time(), fingerprint=a.fingerprint
+    )
+    await nc.jetstream().publish(nats_config.subjects.actions, encode(payload))
+
+
+async def wait_until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def quiet(seconds: float = 0.3) -> None:
+    """Let several ticks pass (for asserting that nothing more happens)."""
+    await asyncio.sleep(seconds)
+
+
+@pytest.fixture
+async def results(nc: Any, nats_config: NatsConfig) -> AsyncIterator[list[DeliveryResult]]:
+    seen: list[DeliveryResult] = []
+
+    async def collect(msg: Msg) -> None:
+        seen.append(decode(msg.data, DeliveryResult))
+
+    sub = await nc.subscribe(nats_config.subjects.all_notifications, cb=collect)
+    yield seen
+    await sub.unsubscribe()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def running(nc: Any, clock: Clock) -> AsyncIterator[Callable[[NotifyConfig], Any]]:
+    services: list[NotifierService] = []
+
+    async def start(config: NotifyConfig) -> NotifierService:
+        service = NotifierService(config, nc, environ={"PD_KEY": "routing-key"}, clock=clock.time)
+        await service.start()
+        services.append(service)
+        return service
+
+    yield start
+    for service in services:
+        await service.stop()
+
+
+CRITICAL = Route(
+    match={"severity": "critical"},
+    channels=["ops"],
+    escalate=[
+        EscalationStep(after=Duration(300), channels=["oncall"]),
+        EscalationStep(after=Duration(900), channels=["manager"]),
+    ],
+)
+
+
+async def test_escalation_steps_go_out_while_nobody_acknowledges(
+    nc: Any, nats_config: NatsConfig, receivers: Receivers, clock: Clock, running: Any
+) -> None:
+    channels = {name: hook(receivers, name) for name in ("ops", "oncall", "manager")}
+    await running(make_config(nats_config, channels, [CRITICAL]))
+    a = alert()
+    await publish(nc, nats_config, a)
+    await wait_until(lambda: len(receivers.got("ops")) == 1, "the firing message")
+
+    clock.now = T0 + 299
+    await quiet()
+    assert receivers.got("oncall") == []
+    clock.now = T0 + 300
+    await wait_until(lambda: len(receivers.got("oncall")) == 1, "the first escalation step")
+    assert receivers.transitions("oncall") == [(a.id, "escalation")]
+    assert receivers.got("manager") == []
+    clock.now = T0 + 900
+    await wait_until(lambda: len(receivers.got("manager")) == 1, "the second escalation step")
+    clock.now = T0 + 5000
+    await quiet()
+    assert (len(receivers.got("ops")), len(receivers.got("oncall")), len(receivers.got("manager"))) == (
+        1,
+        1,
+        1,
+    )
+
+    # the resolved notice goes at once to everyone who was told
+    await publish(nc, nats_config, resolved(a))
+    await wait_until(lambda: all(len(receivers.got(n)) == 2 for n in channels), "the resolved notices")
+    assert {receivers.transitions(n)[-1] for n in channels} == {(a.id, "resolved")}
+
+
+async def test_ack_stops_escalation_and_repeats_and_acknowledges_in_pagerduty(
+    nc: Any, nats_config: NatsConfig, receivers: Receivers, clock: Clock, running: Any
+) -> None:
+    channels: dict[str, Any] = {
+        "pd": PagerDutyChannelConfig(routing_key_env="PD_KEY", url=receivers.url("pd")),
+        "oncall": hook(receivers, "oncall"),
+    }
+    route = Route(
+        channels=["pd"],
+        escalate=[EscalationStep(after=Duration(300), channels=["oncall"])],
+        repeat=Duration(3600),
+    )
+    await running(make_config(nats_config, channels, [route]))
+    a = alert()
+    await publish(nc, nats_config, a)
+    await wait_until(lambda: len(receivers.got("pd")) == 1, "the trigger")
+    await act(nc, nats_config, a, "ack")
+    await wait_until(lambda: len(receivers.got("pd")) == 2, "the acknowledgement")
+    assert [b["event_action"] for b in receivers.got("pd")] == ["trigger", "acknowledge"]
+    assert {b["dedup_key"] for b in receivers.got("pd")} == {a.fingerprint}
+
+    clock.now = T0 + 2 * 3600
+    await quiet()
+    assert receivers.got("oncall") == []
+    assert len(receivers.got("pd")) == 2
+
+    # unack starts the steps over from now
+    await act(nc, nats_config, a, "unack")
+    await quiet(0.2)
+    clock.now = T0 + 2 * 3600 + 299
+    await quiet()
+    assert receivers.got("oncall") == []
+    clock.now = T0 + 2 * 3600 + 300
+    await wait_until(lambda: len(receivers.got("oncall")) == 1, "the escalation after unack")
+    clock.now = T0 + 3 * 3600
+    await wait_until(lambda: len(receivers.got("pd")) == 3, "the repeat after unack")
+    assert receivers.got("pd")[-1]["event_action"] == "trigger"
+
+    # a second ack is announced again; a note changes nothing
+    await act(nc, nats_config, a, "note")
+    await act(nc, nats_config, a, "ack")
+    await wait_until(lambda: len(receivers.got("pd")) == 4, "the second acknowledgement")
+    await publish(nc, nats_config, resolved(a))
+    await wait_until(lambda: len(receivers.got("pd")) == 5, "the resolve")
+    assert [b["event_action"] for b in receivers.got("pd")][-2:] == ["acknowledge", "resolve"]
+
+
+async def test_repeat_reminds_every_period(
+    nc: Any, nats_config: NatsConfig, receivers: Receivers, clock: Clock, running: Any
+) -> None:
+    route = Route(channels=["team"], repeat=Duration(3600))
+    await running(make_config(nats_config, {"team": hook(receivers, "team")}, [route]))
+    a = alert(severity="high")
+    await publish(nc, nats_config, a)
+    await wait_until(lambda: len(receivers.got("team")) == 1, "the firing message")
+    clock.now = T0 + 3599
+    await quiet()
+    assert len(receivers.got("team")) == 1
+    clock.now = T0 + 3600
+    await wait_until(lambda: len(receivers.got("team")) == 2, "the first reminder")
+    clock.now = T0 + 7300
+    await wait_until(lambda: len(receivers.got("team")) == 3, "the second reminder")
+    await quiet()
+    assert receivers.transitions("team") == [(a.id, "firing"), (a.id, "repeat"), (a.id, "repeat")]
+
+
+async def test_group_wait_sends_one_message_for_what_fired_meanwhile(
+    nc: Any, nats_config: NatsConfig, receivers: Receivers, clock: Clock, running: Any, *, results: list[Any]
+) -> None:
+    route = Route(channels=["lead"], group_wait=Duration(300), group_by=["rule"])
+    await running(make_config(nats_config, {"lead": hook(receivers, "lead")}, [route]))
+    alerts = [alert(severity="high", host=f"web-{i}") for i in range(3)]
+    other_rule = alert(severity="high", rule="DiskFull")
+    for a in [*alerts, other_rule]:
+        await publish(nc, nats_config, a)
+    await quiet()
+    assert receivers.got("lead") == []
+    clock.now = T0 + 300
+    await wait_until(lambda: len(receivers.got("lead")) == 2, "one message per group")
+    by_rule = {b["alert"]["rule"]: b for b in receivers.got("lead")}
+    assert sorted(x["id"] for x in by_rule["HighCPU"]["alerts"]) == sorted(a.id for a in alerts)
+    assert by_rule["DiskFull"]["alerts"] == []  # a group of one is an ordinary message
+    await wait_until(lambda: len(results) == 4, "a result per alert")
+    assert sorted(r.alert_id for r in results) == sorted(a.id for a in [*alerts, other_rule])
+
+    # resolved goes out at once, no group delay
+    await publish(nc, nats_config, resolved(alerts[0]))
+    await wait_until(lambda: len(receivers.got("lead")) == 3, "the resolved notice")
+    assert receivers.transitions("lead")[-1] == (alerts[0].id, "resolved")
+
+
+async def test_digest_sends_one_message_per_period(
+    nc: Any, nats_config: NatsConfig, receivers: Receivers, clock: Clock, running: Any
+) -> None:
+    clock.now = 3600.0 * 490_000 + 10  # just after the top of an hour
+    route = Route(channels=["mail"], digest=Duration(3600))
+    await running(make_config(nats_config, {"mail": hook(receivers, "mail")}, [route]))
+    first = [alert(severity="low", host=f"h{i}") for i in range(4)]
+    for a in first:
+        await publish(nc, nats_config, a)
+    await quiet()
+    clock.now += 3000
+    await quiet()
+    assert receivers.got("mail") == []
+    clock.now = 3600.0 * 490_001
+    await wait_until(lambda: len(receivers.got("mail")) == 1, "the digest")
+    assert sorted(x["id"] for x in receivers.got("mail")[0]["alerts"]) == sorted(a.id for a in first)
+    late = alert(severity="low")
+    await publish(nc, nats_config, late)
+    await quiet()
+    clock.now = 3600.0 * 490_002
+    await wait_until(lambda: len(receivers.got("mail")) == 2, "the next digest")
+    assert receivers.got("mail")[1]["alert"]["id"] == late.id
+
+
+async def test_silence_suppresses_and_reports_why(
+    nc: Any, nats_config: NatsConfig, receivers: Receivers, clock: Clock, running: Any, *, results: list[Any]
+) -> None:
+    kv = await nc.jetstream().key_value(nats_config.subjects.bucket("silences"))
+    window = Silence(
+        id="maint-1",
+        matchers=[Matcher(name="host", value="web-1")],
+        starts_at=T0 - 60,
+        ends_at=T0 + 3600,
+        author="ana",
+        comment="kernel upgrade",
+    )
+    await kv.put("maint-1", msgspec.json.encode(window))
+    await kv.put("garbage", b"{not a silence")
+    route = Route(channels=["ops"], repeat=Duration(7200))
+    service = await running(make_config(nats_config, {"ops": hook(receivers, "ops")}, [route]))
+    assert service.bad_state.value(bucket="silences") == 1
+    muted, other = alert(), alert(host="web-2")
+    await publish(nc, nats_config, muted)
+    await publish(nc, nats_config, other)
+    await wait_until(lambda: len(results) == 2, "two results")
+    by_alert = {r.alert_id: r for r in results}
+    assert (by_alert[muted.id].status, by_alert[muted.id].reason) == (
+        "suppressed",
+        "silenced by maint-1 (ana: kernel upgrade)",
+    )
+    assert by_alert[other.id].status == "sent"
+    assert receivers.transitions("ops") == [(other.id, "firing")]
+
+    # after the silence ends, the reminder reaches people
+    clock.now = T0 + 7200
+    await wait_until(lambda: (muted.id, "repeat") in receivers.transitions("ops"), "the reminder")
+
+
+async def test_inhibition_suppresses_alerts_of_a_down_host(
+    nc: Any, nats_config: NatsConfig, receivers: Receivers, running: Any, results: list[Any]
+) -> None:
+    config = make_config(
+        nats_config,
+        {"ops": hook(receivers, "ops")},
+        [Route(channels=["ops"])],
+        inhibit=[InhibitRule(source={"rule": "HostDown"}, equal=["host"])],
+    )
+    await running(config)
+    down = alert(rule="HostDown")
+    await publish(nc, nats_config, down)
+    await wait_until(lambda: len(results) == 1, "the HostDown message")
+    cpu, elsewhere = alert(), alert(host="web-9")
+    await publish(nc, nats_config, cpu)
+    await publish(nc, nats_config, elsewhere)
+    await wait_until(lambda: len(results) == 3, "three results")
+    by_alert = {r.alert_id: r for r in results}
+    assert (by_alert[cpu.id].status, by_alert[cpu.id].reason) == (
+        "suppressed",
+        "inhibited by HostDown on web-1",
+    )
+    assert by_alert[elsewhere.id].status == "sent"
+    assert sorted(receivers.transitions("ops")) == sorted([(down.id, "firing"), (elsewhere.id, "firing")])
+
+
+async def test_failed_channel_hands_over_to_its_fallback_then_dead_letters(
+    nc: Any, nats_config: NatsConfig, receivers: Receivers, running: Any, results: list[Any]
+) -> None:
+    receivers.always["slack"] = 500
+    channels = {
+        "slack": hook(receivers, "slack", max_attempts=2, fallback="mail"),
+        "mail": hook(receivers, "mail", max_attempts=1),
+        "other": hook(receivers, "other"),
+    }
+    config = make_config(nats_config, channels, [Route(channels=["slack", "other"])])
+    service = await running(config)
+    a = alert()
+    await publish(nc, nats_config, a)
+    await wait_until(lambda: len(receivers.got("mail")) == 1, "the fallback")
+    assert len(receivers.got("slack")) == 2
+    assert len(receivers.got("other")) == 1  # only the failed channel was retried
+    assert service.dispatcher.fallbacks.value(channel="slack") == 1
+
+    receivers.always["mail"] = 503
+    b = alert()
+    await publish(nc, nats_config, b)
+    kv = await nc.jetstream().key_value(nats_config.subjects.bucket("notify_state"))
+
+    async def dead() -> list[str]:
+        try:
+            return [k for k in await kv.keys() if k.startswith("deadletter.")]
+        except Exception:
+            return []
+
+    found: list[str] = []
+
+    async def poll() -> None:
+        found[:] = await dead()
+
+    deadline = time.monotonic() + 10
+    while not found and time.monotonic() < deadline:
+        await poll()
+        await quiet(0.05)
+    [key] = found
+    letter = msgspec.json.decode((await kv.get(key)).value, type=DeadLetter)
+    assert (letter.alert.id, letter.channel, letter.attempts, letter.fallback) == (b.id, "slack", 2, "mail")
+    assert letter.error.startswith("HTTP 500")
+    assert service.dispatcher.dead_letters.value(channel="slack") == 1
+    slack_b = [(r.status, r.attempt) for r in results if r.alert_id == b.id and r.channel == "slack"]
+    assert slack_b == [("retrying", 1), ("failed", 2)]
+
+
+async def test_two_replicas_send_exactly_one_message_per_transition(
+    nc: Any, nats_config: NatsConfig, receivers: Receivers, clock: Clock, running: Any
+) -> None:
+    channels = {name: hook(receivers, name) for name in ("ops", "oncall", "manager")}
+    config = make_config(nats_config, channels, [CRITICAL])
+    await running(config)
+    await running(config)
+    alerts = [alert() for _ in range(10)]
+    for a in alerts:
+        await publish(nc, nats_config, a)
+    await wait_until(lambda: len(receivers.got("ops")) == 10, "ten firing messages")
+    clock.now = T0 + 1000  # both escalation steps due, on both replicas at once
+    await wait_until(
+        lambda: len(receivers.got("oncall")) == 10 and len(receivers.got("manager")) == 10, "the escalations"
+    )
+    for a in alerts[:5]:
+        await publish(nc, nats_config, resolved(a))
+    await wait_until(lambda: len(receivers.got("ops")) == 15, "five resolved notices")
+    await quiet(0.5)
+    for name in channels:
+        sent = receivers.transitions(name)
+        assert len(sent) == len(set(sent)), f"{name} got a message twice"
+    assert len(receivers.got("oncall")) == 15 and len(receivers.got("manager")) == 15
+
+
+async def test_provider_urls_never_reach_the_log(
+    nc: Any, nats_config: NatsConfig, receivers: Receivers, running: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await running(
+        make_config(
+            nats_config,
+            {"T0KEN-in-path": hook(receivers, "T0KEN-in-path")},
+            [Route(channels=["T0KEN-in-path"])],
+        )
+    )
+    await publish(nc, nats_config, alert())
+    await wait_until(lambda: len(receivers.got("T0KEN-in-path")) == 1, "the message")
+    assert receivers.url("T0KEN-in-path") not in caplog.text
