@@ -67,7 +67,9 @@ async def test_a_published_batch_can_be_queried(
         await until_stored(gw, "metrics", 4)
         async with gw.client() as api:
             answer = (
-                await api.get("/api/v1/query", params={"host": "web-1", "metric": "cpu.usage_percent"})
+                await api.get(
+                    "/api/v1/query", params={"host": "web-1", "metric": "cpu.usage_percent", "step": "raw"}
+                )
             ).json()
             assert answer["step"] == 0
             assert answer["source"] == "raw"
@@ -78,11 +80,16 @@ async def test_a_published_batch_can_be_queried(
             assert [v for _, v in series["points"]] == [10.0, 20.0, 30.0]
             assert series["points"][0][0] == pytest.approx(now - 20, abs=1e-3)
 
-            both = (await api.get("/api/v1/query", params={"metric": "cpu.usage_percent"})).json()
+            both = (
+                await api.get("/api/v1/query", params={"metric": "cpu.usage_percent", "step": "raw"})
+            ).json()
             assert {s["host"] for s in both["series"]} == {"web-1", "db-1"}
 
             by_label = (
-                await api.get("/api/v1/query", params={"metric": "disk.used_percent", "label.mount": "/var"})
+                await api.get(
+                    "/api/v1/query",
+                    params={"metric": "disk.used_percent", "label.mount": "/var", "step": "raw"},
+                )
             ).json()
             assert {(s["host"], s["labels"]["mount"]) for s in by_label["series"]} == {
                 ("web-1", "/var"),
@@ -90,7 +97,8 @@ async def test_a_published_batch_can_be_queried(
             }
 
             recent = await api.get(
-                "/api/v1/query", params={"host": "web-1", "metric": "cpu.usage_percent", "from": "-12s"}
+                "/api/v1/query",
+                params={"host": "web-1", "metric": "cpu.usage_percent", "from": "-12s", "step": "raw"},
             )
             assert [v for _, v in recent.json()["series"][0]["points"]] == [30.0]
 
@@ -101,6 +109,7 @@ async def test_a_published_batch_can_be_queried(
                     "metric": "cpu.usage_percent",
                     "from": str(now - 21),
                     "to": str(now - 14),
+                    "step": "raw",
                 },
             )
             assert [v for _, v in window.json()["series"][0]["points"]] == [10.0, 20.0]
@@ -123,7 +132,9 @@ async def test_bad_query_parameters_are_400s_naming_the_field(
         assert_error(
             await api.get("/api/v1/query?metric=cpu&from=-1h&to=-2h"), 400, "invalid_parameter", "from"
         )
-        assert_error(await api.get("/api/v1/query?metric=cpu&step=5m"), 400, "invalid_parameter", "step")
+        assert_error(
+            await api.get("/api/v1/query?metric=cpu&step=5%20minutes"), 400, "invalid_parameter", "step"
+        )
         assert_error(await api.get("/api/v1/alerts?status=open"), 400, "invalid_parameter", "status")
         assert_error(await api.get("/api/v1/alerts?severity=urgent"), 400, "invalid_parameter", "severity")
         assert_error(await api.get("/api/v1/alerts?limit=0"), 400, "invalid_parameter", "limit")
@@ -142,7 +153,10 @@ async def test_too_many_points_is_a_clear_error(
         await until_stored(gw, "metrics", 3)
         async with gw.client() as api:
             error = assert_error(
-                await api.get("/api/v1/query?metric=cpu.usage_percent"), 400, "too_many_points", "from"
+                await api.get("/api/v1/query?metric=cpu.usage_percent&step=raw"),
+                400,
+                "too_many_points",
+                "from",
             )
             assert "narrow" in error["message"]
 

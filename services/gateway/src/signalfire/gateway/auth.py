@@ -1,7 +1,10 @@
 """API tokens: random bearer tokens with a role, stored only as their SHA-256.
 
 Roles are ordered ``viewer`` < ``operator`` < ``admin``; reading needs ``viewer``, changing
-state needs ``operator``. The first start of a gateway on a database without an admin token
+state needs ``operator``, tokens and the audit log need ``admin``. Each token may make
+``rate_limit`` requests per second on average (bursts of ``rate_burst``).
+
+The first start of a gateway on a database without an admin token
 creates one and writes it to ``admin_token_file`` (mode 0600) for the operator to pick up.
 """
 
@@ -9,8 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -29,6 +35,10 @@ _RANK = {role: rank for rank, role in enumerate(ROLES)}
 
 #: Paths under this prefix need a token; everything else (health, metrics) does not.
 PROTECTED_PREFIX = "/api/v1/"
+#: ... except these, public like the health endpoints.
+PUBLIC_PATHS = frozenset({"/api/v1/openapi.json"})
+#: Paths that need the admin role for every method.
+ADMIN_PREFIXES = ("/api/v1/tokens", "/api/v1/audit")
 _READ_METHODS = {"GET", "HEAD", "OPTIONS"}
 # Keeps one advisory-lock key per purpose; this one serialises admin-token bootstrap.
 _BOOTSTRAP_LOCK_KEY = 0x5F61_646D  # "_adm"
@@ -56,7 +66,9 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-async def create_token(conn: asyncpg.Connection | asyncpg.Pool, name: str, role: Role) -> str:
+async def create_token(
+    conn: asyncpg.Connection | asyncpg.Pool, name: str, role: Role, created_by: str = ""
+) -> str:
     """Store a new token named ``name`` with ``role``; returns the token (shown once, never stored)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
@@ -64,9 +76,38 @@ async def create_token(conn: asyncpg.Connection | asyncpg.Pool, name: str, role:
         raise ValueError("a token needs a name")
     token = new_token()
     await conn.execute(
-        "INSERT INTO api_tokens (name, role, hash) VALUES ($1, $2, $3)", name.strip(), role, hash_token(token)
+        "INSERT INTO api_tokens (name, role, hash, created_by) VALUES ($1, $2, $3, $4)",
+        name.strip(),
+        role,
+        hash_token(token),
+        created_by,
     )
     return token
+
+
+async def revoke_token(conn: asyncpg.Connection | asyncpg.Pool, token_id: int) -> float | None:
+    """Revoke token ``token_id``; returns when it was revoked (earlier revocations stand),
+    ``None`` if there is no such token."""
+    revoked: float | None = await conn.fetchval(
+        """
+        UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
+        RETURNING extract(epoch FROM revoked_at)::float8
+        """,
+        token_id,
+    )
+    return revoked
+
+
+async def list_tokens(conn: asyncpg.Connection | asyncpg.Pool) -> list[dict[str, object]]:
+    """Every token (never its hash), oldest first."""
+    rows = await conn.fetch(
+        """
+        SELECT id, name, role, created_by, extract(epoch FROM created_at)::float8 AS created_at,
+               extract(epoch FROM revoked_at)::float8 AS revoked_at
+        FROM api_tokens ORDER BY id
+        """
+    )
+    return [dict(row) for row in rows]
 
 
 async def authenticate(pool: asyncpg.Pool, token: str) -> Principal | None:
@@ -110,6 +151,36 @@ async def ensure_admin_token(pool: asyncpg.Pool, path: str | os.PathLike[str]) -
     return True
 
 
+def required_role(method: str, path: str) -> Role:
+    """The least role that may call ``method path``."""
+    if path.startswith(ADMIN_PREFIXES):
+        return "admin"
+    return "viewer" if method in _READ_METHODS else "operator"
+
+
+class RateLimiter:
+    """A token bucket per API token: ``rate`` requests per second, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self._buckets: dict[int, tuple[float, float]] = {}
+
+    def wait_time(self, key: int) -> float:
+        """0 when a request may go ahead now (and it is counted), else seconds until one may."""
+        if self.rate <= 0:
+            return 0.0
+        now = self.clock()
+        level, since = self._buckets.get(key, (float(self.burst), now))
+        level = min(float(self.burst), level + (now - since) * self.rate)
+        if level >= 1:
+            self._buckets[key] = (level - 1, now)
+            return 0.0
+        self._buckets[key] = (level, now)
+        return (1 - level) / self.rate
+
+
 def _bearer(scope: Scope) -> str | None:
     for name, value in scope.get("headers", []):
         if name == b"authorization":
@@ -128,12 +199,18 @@ class AuthMiddleware:
     The request's :class:`Principal` is put in ``scope["state"]["principal"]``.
     """
 
-    def __init__(self, app: ASGIApp, pool: asyncpg.Pool) -> None:
+    def __init__(self, app: ASGIApp, pool: asyncpg.Pool, limiter: RateLimiter | None = None) -> None:
         self.app = app
         self.pool = pool
+        self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or not scope["path"].startswith(PROTECTED_PREFIX):
+        path = scope.get("path", "")
+        if (
+            scope["type"] not in ("http", "websocket")
+            or not path.startswith(PROTECTED_PREFIX)
+            or path in PUBLIC_PATHS
+        ):
             await self.app(scope, receive, send)
             return
         token = _bearer(scope)
@@ -160,7 +237,7 @@ class AuthMiddleware:
             )
             await response(scope, receive, send)
             return
-        needed: Role = "viewer" if scope.get("method", "GET") in _READ_METHODS else "operator"
+        needed = required_role(scope.get("method", "GET"), path)
         if not principal.allows(needed):
             response = error_response(
                 403,
@@ -169,5 +246,16 @@ class AuthMiddleware:
             )
             await response(scope, receive, send)
             return
+        if self.limiter is not None:
+            wait = self.limiter.wait_time(principal.token_id)
+            if wait > 0:
+                response = error_response(
+                    429,
+                    "rate_limited",
+                    f"too many requests with the token {principal.name!r}; try again in {wait:.1f}s",
+                    headers={"Retry-After": str(math.ceil(wait))},
+                )
+                await response(scope, receive, send)
+                return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)

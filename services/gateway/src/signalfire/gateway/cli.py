@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from signalfire.config import load_config
-from signalfire.gateway.auth import ROLES, create_token
+from signalfire.gateway.auth import ROLES, create_token, list_tokens, revoke_token
 from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.migrate import migrate, schema_version
 from signalfire.log import configure_logging
@@ -102,6 +102,17 @@ def register_token(subparsers: Any) -> None:
     )
     _add_config(create)
     create.set_defaults(handler=_token_create)
+    listing = commands.add_parser(
+        "list", help="list API tokens", description="List API tokens (id, name, role, state)."
+    )
+    _add_config(listing)
+    listing.set_defaults(handler=_token_list)
+    revoke = commands.add_parser(
+        "revoke", help="revoke an API token", description="Revoke an API token by id."
+    )
+    revoke.add_argument("id", type=int, help="the token's id (see signalfire token list)")
+    _add_config(revoke)
+    revoke.set_defaults(handler=_token_revoke)
 
 
 def _token_create(args: argparse.Namespace) -> int:
@@ -120,3 +131,45 @@ def _token_create(args: argparse.Namespace) -> int:
         print(token)
 
     return _run(main)
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    async def main() -> None:
+        config = _load(args)
+        conn = await asyncpg.connect(config.database_url)
+        try:
+            await migrate(conn)
+            tokens = await list_tokens(conn)
+        finally:
+            await conn.close()
+        print(f"{'ID':>5}  {'ROLE':<9} {'STATE':<8} NAME")
+        for token in tokens:
+            state = "revoked" if token["revoked_at"] is not None else "active"
+            print(f"{token['id']:>5}  {token['role']!s:<9} {state:<8} {token['name']}")
+
+    return _run(main)
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    if args.id < 1:
+        print("signalfire: the token id must be a positive number", file=sys.stderr)
+        return 2
+    outcome: list[float | None] = []
+
+    async def main() -> None:
+        config = _load(args)
+        conn = await asyncpg.connect(config.database_url)
+        try:
+            await migrate(conn)
+            outcome.append(await revoke_token(conn, args.id))
+        finally:
+            await conn.close()
+
+    code = _run(main)
+    if code != 0:
+        return code
+    if outcome[0] is None:
+        print(f"signalfire: no token with id {args.id}", file=sys.stderr)
+        return 1
+    print(f"revoked token {args.id}")
+    return 0

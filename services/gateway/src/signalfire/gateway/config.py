@@ -11,6 +11,26 @@ from signalfire.config import Duration
 from signalfire.telemetry import parse_listen
 
 
+class RetentionConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How long each kind of data is kept; ``0s`` keeps it forever."""
+
+    #: Raw samples (and events).
+    raw: Duration = Duration(30 * 86400.0)
+    #: The 1-minute rollups.
+    rollup_1m: Duration = Duration(90 * 86400.0)
+    #: The 1-hour rollups.
+    rollup_1h: Duration = Duration(365 * 86400.0)
+    #: How often the gateway looks for data to drop (without the Timescale-licensed edition).
+    check_every: Duration = Duration(3600.0)
+
+    def __post_init__(self) -> None:
+        for name in ("raw", "rollup_1m", "rollup_1h"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"retention.{name}: must not be negative")
+        if self.check_every <= 0:
+            raise ValueError("retention.check_every: must be more than 0s")
+
+
 class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Where the gateway stores data, where it listens, and how it ingests.
 
@@ -25,7 +45,7 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     admin_token_file: str = ".signalfire/admin-token"
     db_pool_size: int = 10
     #: Messages fetched (and written in one transaction) at most per ingest round.
-    fetch_batch: int = 500
+    fetch_batch: int = 1000
     #: How long one fetch waits for messages; also bounds how long ``stop()`` waits for a fetch.
     fetch_timeout: Duration = Duration(1.0)
     #: JetStream redelivers an unacknowledged message after this long.
@@ -39,6 +59,18 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host_down_after: Duration = Duration(30.0)
     #: The most points one ``/api/v1/query`` answer may hold.
     query_max_points: int = 200_000
+    #: Database transactions writing ingested batches at once (each one a large ``COPY``).
+    ingest_writers: int = 2
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    #: Origins a browser may call the API from (``*`` for any); empty: no CORS headers.
+    cors_origins: list[str] = msgspec.field(default_factory=list)
+    #: Requests per second one token may make on average (bursts up to ``rate_burst``); 0: no limit.
+    rate_limit: float = 50.0
+    rate_burst: int = 200
+    #: The largest request body accepted (bytes); larger ones are answered with 413.
+    max_body_bytes: int = 4 << 20
+    #: How long a request to another service (e.g. the evaluator's rules) may take.
+    control_timeout: Duration = Duration(2.0)
     log_level: str = "info"
     log_format: Literal["logfmt", "json"] = "logfmt"
 
@@ -47,10 +79,21 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             parse_listen(self.listen)
         except ValueError as exc:
             raise ValueError(f"listen: {exc}") from None
-        for name in ("db_pool_size", "fetch_batch", "max_deliver", "query_max_points"):
+        for name in (
+            "db_pool_size",
+            "fetch_batch",
+            "max_deliver",
+            "query_max_points",
+            "ingest_writers",
+            "max_body_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")
         if self.fetch_timeout <= 0:
             raise ValueError("fetch_timeout: must be more than 0s")
+        if self.rate_limit < 0:
+            raise ValueError("rate_limit: must not be negative")
+        if self.rate_burst < 1:
+            raise ValueError("rate_burst: must be at least 1")
         if not self.database_url:
             raise ValueError("database_url: must not be empty")

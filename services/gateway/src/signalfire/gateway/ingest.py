@@ -1,12 +1,16 @@
 """Ingest: durable JetStream pull consumers that write the bus into the database.
 
-Two durable consumers, shared by every gateway replica:
+Four durable consumers, shared by every gateway replica:
 
 * ``gateway-metrics`` reads all of ``SF_METRICS`` (metric batches, event batches, agent status);
-* ``gateway-alerts`` reads ``sf.alerts.>`` from ``SF_ALERTS``.
+* ``gateway-alerts`` reads ``sf.alerts.>`` from ``SF_ALERTS``;
+* ``gateway-actions`` reads ``sf.actions.alerts`` (acks, notes, … by people);
+* ``gateway-notifications`` reads ``sf.notifications.>`` (the notifier's delivery results).
 
 Each round fetches up to ``fetch_batch`` messages, decodes them, writes the good ones in one
-transaction and acknowledges them only after the commit. Malformed messages are counted,
+transaction (all samples of the round in one ``COPY``) and acknowledges them only after the
+commit. The metrics consumer runs ``ingest_writers`` rounds at once: while one transaction
+commits, the next round is fetched and copied. Malformed messages are counted,
 logged once and terminated (never redelivered); the rest of the round is still stored. When
 the database is unreachable nothing is acknowledged: the consumer waits for the database to
 answer again and then asks for the messages to be redelivered.
@@ -27,7 +31,16 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from signalfire.events import AgentStatus, AlertEvent, EventBatch, MetricBatch, PayloadError, decode
+from signalfire.events import (
+    AgentStatus,
+    AlertAction,
+    AlertEvent,
+    DeliveryResult,
+    EventBatch,
+    MetricBatch,
+    PayloadError,
+    decode,
+)
 from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.store import LatestValues, Store
 from signalfire.subjects import Subjects
@@ -37,12 +50,14 @@ log = logging.getLogger("signalfire.gateway.ingest")
 
 METRICS_CONSUMER = "gateway-metrics"
 ALERTS_CONSUMER = "gateway-alerts"
+ACTIONS_CONSUMER = "gateway-actions"
+NOTIFICATIONS_CONSUMER = "gateway-notifications"
 
 # SQLSTATE classes that mean "this data cannot be stored" rather than "try again later":
 # data exceptions (22), integrity violations (23), program limits such as an oversized key (54).
 _DATA_ERROR_CLASSES = ("22", "23", "54")
 
-Payload = MetricBatch | EventBatch | AgentStatus | AlertEvent
+Payload = MetricBatch | EventBatch | AgentStatus | AlertEvent | AlertAction | DeliveryResult
 
 
 class Rejected(Exception):
@@ -67,6 +82,7 @@ class _Consumer:
     filter_subject: str | None
     decode: Callable[[Msg], Payload]
     write: Callable[[list[Payload]], Awaitable[None]]
+    writers: int = 1
     subscription: Any = None
 
 
@@ -95,6 +111,7 @@ class Ingest:
                 None,
                 self._decode_metrics,
                 self._write_metrics,
+                writers=config.ingest_writers,
             ),
             _Consumer(
                 ALERTS_CONSUMER,
@@ -102,6 +119,20 @@ class Ingest:
                 self.subjects.all_alerts,
                 self._decode_alert,
                 self._write_alerts,
+            ),
+            _Consumer(
+                ACTIONS_CONSUMER,
+                self.subjects.alerts_stream,
+                self.subjects.actions,
+                self._decode_action,
+                self._write_actions,
+            ),
+            _Consumer(
+                NOTIFICATIONS_CONSUMER,
+                self.subjects.alerts_stream,
+                self.subjects.all_notifications,
+                self._decode_delivery,
+                self._write_deliveries,
             ),
         ]
         self.messages = registry.counter("ingest_messages_total", "Bus messages stored", ["kind"])
@@ -133,7 +164,7 @@ class Ingest:
                     ack_policy=AckPolicy.EXPLICIT,
                     ack_wait=float(self.config.ack_wait),
                     max_deliver=self.config.max_deliver,
-                    max_ack_pending=max(2 * self.config.fetch_batch, 1000),
+                    max_ack_pending=max(2 * consumer.writers * self.config.fetch_batch, 1000),
                     filter_subject=consumer.filter_subject,
                 ),
             )
@@ -159,23 +190,46 @@ class Ingest:
 
     async def _run(self, consumer: _Consumer) -> None:
         backoff = 0.5
-        while not self._stopping.is_set():
-            try:
-                msgs = await consumer.subscription.fetch(
-                    self.config.fetch_batch, timeout=float(self.config.fetch_timeout)
-                )
-            except NatsTimeoutError:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.bus_errors.inc(consumer=consumer.name)
-                log.warning("fetch failed; retrying", extra={"consumer": consumer.name, "reason": repr(exc)})
-                await self._pause(backoff)
-                backoff = min(backoff * 2, float(self.config.max_backoff))
-                continue
-            backoff = 0.5
+        slots = asyncio.Semaphore(consumer.writers)
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping.is_set():
+                await slots.acquire()
+                try:
+                    msgs = await consumer.subscription.fetch(
+                        self.config.fetch_batch, timeout=float(self.config.fetch_timeout)
+                    )
+                except NatsTimeoutError:
+                    slots.release()
+                    continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    slots.release()
+                    self.bus_errors.inc(consumer=consumer.name)
+                    log.warning(
+                        "fetch failed; retrying", extra={"consumer": consumer.name, "reason": repr(exc)}
+                    )
+                    await self._pause(backoff)
+                    backoff = min(backoff * 2, float(self.config.max_backoff))
+                    continue
+                backoff = 0.5
+                task = asyncio.create_task(self._handle_then_release(consumer, msgs, slots))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+        finally:
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _handle_then_release(
+        self, consumer: _Consumer, msgs: list[Msg], slots: asyncio.Semaphore
+    ) -> None:
+        try:
             await self._handle(consumer, msgs)
+        except Exception as exc:  # never lose the slot; the messages are redelivered
+            log.warning("ingest round failed", extra={"consumer": consumer.name, "reason": repr(exc)})
+        finally:
+            slots.release()
 
     async def _handle(self, consumer: _Consumer, msgs: list[Msg]) -> None:
         good: list[tuple[Msg, Payload]] = []
@@ -280,6 +334,18 @@ class Ingest:
         self._check_host(msg, alert.host, self.subjects.alerts(alert.host))
         return alert
 
+    def _decode_action(self, msg: Msg) -> Payload:
+        try:
+            return decode(msg.data, AlertAction)
+        except PayloadError as exc:
+            raise Rejected("invalid_payload", str(exc)) from None
+
+    def _decode_delivery(self, msg: Msg) -> Payload:
+        try:
+            return decode(msg.data, DeliveryResult)
+        except PayloadError as exc:
+            raise Rejected("invalid_payload", str(exc)) from None
+
     @staticmethod
     def _check_host(msg: Msg, host: str, expected_subject: str) -> None:
         # NATS permissions let an agent publish only on its own subject; the payload must agree,
@@ -310,3 +376,13 @@ class Ingest:
         alerts = [p for p in payloads if isinstance(p, AlertEvent)]
         await self.store.write_alerts(alerts)
         self.messages.inc(len(alerts), kind="alerts")
+
+    async def _write_actions(self, payloads: list[Payload]) -> None:
+        actions = [p for p in payloads if isinstance(p, AlertAction)]
+        await self.store.write_actions(actions)
+        self.messages.inc(len(actions), kind="actions")
+
+    async def _write_deliveries(self, payloads: list[Payload]) -> None:
+        results = [p for p in payloads if isinstance(p, DeliveryResult)]
+        await self.store.write_deliveries(results)
+        self.messages.inc(len(results), kind="notifications")

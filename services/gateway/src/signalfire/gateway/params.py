@@ -6,10 +6,15 @@ so a caller can pass user input straight in.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
+import msgspec
+
+from signalfire.config import parse_duration
 from signalfire.gateway.errors import invalid
 
 _RELATIVE = re.compile(r"^-\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)$")
@@ -101,3 +106,50 @@ def require(params: Mapping[str, str], field: str) -> str:
     if not value:
         raise invalid(field, f"{field} is required")
     return value
+
+
+def encode_cursor(values: list[Any]) -> str:
+    """An opaque paging cursor holding the sort key of the last item returned."""
+    return base64.urlsafe_b64encode(msgspec.json.encode(values)).decode().rstrip("=")
+
+
+def parse_cursor(params: Mapping[str, str], types: tuple[type, ...]) -> list[Any] | None:
+    """The sort key in ``cursor`` (as :func:`encode_cursor` made it), checked against ``types``."""
+    raw = params.get("cursor")
+    if raw is None or raw == "":
+        return None
+    try:
+        values = msgspec.json.decode(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (ValueError, msgspec.DecodeError):
+        raise invalid("cursor", "cursor is not one this API returned") from None
+    if (
+        not isinstance(values, list)
+        or len(values) != len(types)
+        or not all(
+            (isinstance(v, t) and not isinstance(v, bool)) or (t is float and isinstance(v, int))
+            for v, t in zip(values, types, strict=True)
+        )
+    ):
+        raise invalid("cursor", "cursor is not one this API returned")
+    return values
+
+
+def parse_step(params: Mapping[str, str]) -> float | str:
+    """``step``: ``raw``, ``auto`` (the default) or a duration (``10s``, ``5m``, ``1h``, seconds)."""
+    raw = params.get("step", "auto")
+    if raw in ("raw", "auto"):
+        return raw
+    try:
+        seconds = parse_duration(raw if not raw.replace(".", "", 1).isdigit() else float(raw))
+    except ValueError:
+        raise invalid("step", f"step={raw!r} must be raw, auto or a duration like 10s, 5m, 1h") from None
+    if not 1 <= seconds <= 366 * 86400:
+        raise invalid("step", "step must be between 1s and 366d")
+    return seconds
+
+
+def reject_nul(params: Mapping[str, str]) -> None:
+    """No parameter may hold a NUL character (PostgreSQL text cannot)."""
+    for key, value in params.items():
+        if "\x00" in key or "\x00" in value:
+            raise invalid(key.replace("\x00", ""), "parameters must not contain NUL characters")

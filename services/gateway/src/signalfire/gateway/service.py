@@ -17,6 +17,7 @@ from signalfire.gateway.api import create_app
 from signalfire.gateway.auth import ensure_admin_token
 from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.ingest import Ingest
+from signalfire.gateway.maintenance import Maintenance
 from signalfire.gateway.migrate import migrate
 from signalfire.gateway.store import LatestValues, Store
 from signalfire.telemetry import Registry, parse_listen
@@ -67,6 +68,7 @@ class GatewayService:
         self._own_pool = pool is None
         self._own_nc = nc is None
         self.ingest: Ingest | None = None
+        self.maintenance: Maintenance | None = None
         self._server: _Server | None = None
         self._server_task: asyncio.Task[None] | None = None
         #: The address the API listens on (the real port when ``listen`` asked for port 0).
@@ -104,10 +106,15 @@ class GatewayService:
         await ensure_streams(js, config.nats)
         sock = _bind(config.listen)
         self.address = sock.getsockname()[:2]
+        self.maintenance = Maintenance(self.pool, config.retention)
+        await self.maintenance.start()
         store = Store(self.pool)
+        await store.load_latest(self.latest)
         self.ingest = Ingest(config, js, store, self.registry, self.latest)
         await self.ingest.start()
-        app = create_app(config, pool=self.pool, registry=self.registry, nc=self.nc, latest=self.latest)
+        app = create_app(
+            config, pool=self.pool, registry=self.registry, nc=self.nc, latest=self.latest, store=store
+        )
         self._server = _Server(
             uvicorn.Config(app, log_config=None, lifespan="on", access_log=False, server_header=False)
         )
@@ -129,6 +136,9 @@ class GatewayService:
         if self.ingest is not None:
             await self.ingest.stop()
             self.ingest = None
+        if self.maintenance is not None:
+            await self.maintenance.stop()
+            self.maintenance = None
         if self.nc is not None and self._own_nc:
             with contextlib.suppress(Exception):
                 await self.nc.drain()

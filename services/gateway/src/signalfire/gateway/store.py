@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import asyncpg
 import msgspec
 
-from signalfire.events import AgentStatus, AlertEvent, EventBatch, MetricBatch
+from signalfire.events import AgentStatus, AlertAction, AlertEvent, DeliveryResult, EventBatch, MetricBatch
+from signalfire.gateway import rollup
 
 #: (host, metric name, labels as canonical JSON): one stored series.
 SeriesKey = tuple[str, str, str]
@@ -147,6 +148,16 @@ ON CONFLICT DO NOTHING
 """
 
 
+_INSERT_SAMPLES = (
+    "INSERT INTO samples (time, series_id, value) "
+    "SELECT to_timestamp(t), series_id, value FROM samples_in ON CONFLICT DO NOTHING"
+)
+
+
+class _Duplicates(Exception):
+    """Some staged samples were stored already: redo the insert reporting which were new."""
+
+
 def _inserted(status: str) -> int:
     """Rows inserted, from a command status like ``INSERT 0 42``."""
     return int(status.rsplit(" ", 1)[-1])
@@ -186,12 +197,10 @@ class Store:
                 await conn.copy_records_to_table(
                     "samples_in", records=records, columns=["t", "series_id", "value"]
                 )
-                status = await conn.execute(
-                    "INSERT INTO samples (time, series_id, value) "
-                    "SELECT to_timestamp(t), series_id, value FROM samples_in ON CONFLICT DO NOTHING"
-                )
-                written.samples = _inserted(status)
+                new_rows = await self._insert_samples(conn, records)
+                written.samples = len(new_rows)
                 written.duplicate_samples = len(records) - written.samples
+                await self._roll_up(conn, new_rows)
             event_records = [
                 (
                     event.time if event.time is not None else batch.time,
@@ -245,6 +254,35 @@ class Store:
         written.new_series = len(new_series)
         return written
 
+    async def _insert_samples(
+        self, conn: asyncpg.Connection, records: list[tuple[float, int, float]]
+    ) -> list[tuple[int, float, float]]:
+        """Move the staged samples into ``samples``; returns the new ones as (series, time, value).
+
+        Usually every staged sample is new and the insert reports only a count. When some were
+        stored already (a redelivery), the insert is rolled back to a savepoint and redone
+        returning the new rows, so rollups count each sample once.
+        """
+        try:
+            async with conn.transaction():
+                if _inserted(await conn.execute(_INSERT_SAMPLES)) != len(records):
+                    raise _Duplicates
+        except _Duplicates:
+            rows = await conn.fetch(
+                _INSERT_SAMPLES + " RETURNING series_id, extract(epoch FROM time)::float8 AS t, value"
+            )
+            return [(row["series_id"], row["t"], row["value"]) for row in rows]
+        return [(series_id, when, value) for when, series_id, value in records]
+
+    @staticmethod
+    async def _roll_up(conn: asyncpg.Connection, rows: list[tuple[int, float, float]]) -> None:
+        """Merge the new samples into the 1-minute and 1-hour rollups."""
+        if not rows:
+            return
+        for width, table in rollup.TABLES.items():
+            cells = rollup.aggregate(rows, width)
+            await conn.execute(rollup.upsert_sql(table), *rollup.upsert_args(cells))
+
     async def _resolve_series(self, conn: asyncpg.Connection, keys: set[SeriesKey]) -> dict[SeriesKey, int]:
         """Ids of the series in ``keys`` missing from the cache, creating those that do not exist."""
         missing = sorted(key for key in keys if key not in self._series)
@@ -288,3 +326,109 @@ class Store:
                 _ALERT_HISTORY,
                 [(a.id, a.time, a.status, a.seq, msgspec.json.encode(a).decode()) for a in alerts],
             )
+
+    async def load_latest(self, latest: LatestValues, within: float = 3600.0) -> int:
+        """Fill ``latest`` from the 1-minute rollups of the last ``within`` seconds (after a
+        restart the cache would otherwise be empty until every series reports again)."""
+        rows = await self.pool.fetch(
+            """
+            SELECT DISTINCT ON (r.series_id) s.host, s.name, s.labels::text AS labels,
+                   extract(epoch FROM r.last_time)::float8 AS t, r.last
+            FROM samples_1m r JOIN series s ON s.id = r.series_id
+            WHERE r.bucket >= now() - make_interval(secs => $1)
+            ORDER BY r.series_id, r.bucket DESC
+            """,
+            within,
+        )
+        for row in rows:
+            key = (row["host"], row["name"], labels_json(msgspec.json.decode(row["labels"])))
+            latest.update(key, row["t"], row["last"])
+        return len(rows)
+
+    async def write_actions(self, actions: list[AlertAction]) -> int:
+        """Apply people's actions to their alerts and record them in the history.
+
+        An action already recorded (same alert, action and time) changes nothing again.
+        Returns how many actions were new.
+        """
+        applied = 0
+        if not actions:
+            return 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            for action in sorted(actions, key=lambda a: (a.alert_id, a.time)):
+                status = await conn.execute(
+                    _ALERT_HISTORY,
+                    action.alert_id,
+                    action.time,
+                    action.action,
+                    0,
+                    msgspec.json.encode(action).decode(),
+                )
+                if _inserted(status) == 0:
+                    continue
+                applied += 1
+                await conn.execute(_ACTION_SQL[action.action], *_action_args(action))
+        return applied
+
+    async def write_deliveries(self, results: list[DeliveryResult]) -> int:
+        """Store delivery results from the notifier; a redelivered result is stored once."""
+        if not results:
+            return 0
+        stored = 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            for r in results:
+                status = await conn.execute(
+                    _INSERT_DELIVERY,
+                    r.time,
+                    r.alert_id,
+                    r.channel,
+                    r.status,
+                    r.attempt,
+                    msgspec.json.encode(r).decode(),
+                    r.transition,
+                    r.rule,
+                    r.host,
+                    r.error,
+                    r.reason,
+                )
+                stored += _inserted(status)
+        return stored
+
+
+_INSERT_DELIVERY = """
+INSERT INTO notifications (time, alert_id, channel, status, attempt, payload, transition, rule, host,
+                           error, reason)
+VALUES (to_timestamp($1), $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11)
+ON CONFLICT DO NOTHING
+"""
+
+# An action's statement and its arguments. Acks and unacks apply in time order; a resolve by
+# hand ends the alert until a newer event of the evaluator says otherwise.
+_ACTION_SQL = {
+    "ack": """
+        UPDATE alerts SET acknowledged_by = $2, acknowledged_at = to_timestamp($3)
+        WHERE id = $1 AND (acknowledged_at IS NULL OR acknowledged_at <= to_timestamp($3))
+    """,
+    "unack": """
+        UPDATE alerts SET acknowledged_by = NULL, acknowledged_at = NULL
+        WHERE id = $1 AND acknowledged_at <= to_timestamp($2)
+    """,
+    "resolve": """
+        UPDATE alerts SET status = 'resolved', resolved_by = $2, resolved_at = to_timestamp($3),
+                          ends_at = coalesce(ends_at, to_timestamp($3))
+        WHERE id = $1
+    """,
+    "note": """
+        UPDATE alerts SET notes = notes || jsonb_build_array(
+            jsonb_build_object('time', $3::float8, 'author', $2::text, 'note', $4::text))
+        WHERE id = $1
+    """,
+}
+
+
+def _action_args(action: AlertAction) -> tuple[object, ...]:
+    if action.action == "unack":
+        return (action.alert_id, action.time)
+    if action.action == "note":
+        return (action.alert_id, action.actor, action.time, action.note)
+    return (action.alert_id, action.actor, action.time)

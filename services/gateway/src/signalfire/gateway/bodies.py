@@ -1,0 +1,75 @@
+"""JSON request bodies of the API, decoded strictly: unknown fields and wrong types are 400s
+that name the field."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+from signalfire.events import PayloadError, decode
+from signalfire.gateway.auth import Role
+from signalfire.gateway.errors import invalid
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+_AT = re.compile(r"at `\$\.?([^`]*)`")
+_UNKNOWN = re.compile(r"unknown field `([^`]*)`")
+
+Text = Annotated[str, Meta(max_length=16384)]
+#: Unix seconds, or a string the query parameters accept (RFC 3339, ``now``, ``-1h``).
+TimeValue = float | Annotated[str, Meta(max_length=64)]
+
+
+class NoteBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``ack``, ``unack`` and ``resolve`` (an optional note) and of ``notes``."""
+
+    note: Text = ""
+
+
+class Matcher(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One label condition of a silence (the notifier's format): ``regex`` matches the whole
+    value (Python syntax), ``equal: false`` negates."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    value: Annotated[str, Meta(max_length=1024)]
+    regex: bool = False
+    equal: bool = True
+
+
+class SilenceBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A new silence: give ``ends_at`` or ``duration`` (``2h``, seconds)."""
+
+    matchers: Annotated[list[Matcher], Meta(min_length=1, max_length=50)]
+    starts_at: TimeValue | None = None
+    ends_at: TimeValue | None = None
+    duration: float | Annotated[str, Meta(max_length=32)] | None = None
+    comment: Annotated[str, Meta(max_length=4096)] = ""
+
+
+class TokenBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    role: Role
+
+
+def field_of(message: str) -> str:
+    """The field a msgspec error message points at (``samples[3].value``), or ``body``."""
+    at = _AT.search(message)
+    path = at.group(1) if at else ""
+    unknown = _UNKNOWN.search(message)
+    if unknown:
+        return f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+    return path or "body"
+
+
+def parse_body(data: bytes, kind: type[T]) -> T:
+    """``data`` decoded as ``kind``; a 400 naming the field when it does not fit."""
+    if not data.strip():
+        raise invalid("body", "a JSON body is required")
+    try:
+        return decode(data, kind)
+    except PayloadError as exc:
+        text = str(exc)
+        raise invalid(field_of(text), f"invalid body: {text}") from None

@@ -1,0 +1,286 @@
+"""The OpenAPI 3.1 document of ``/api/v1`` (served at ``/api/v1/openapi.json``)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import msgspec
+
+from signalfire.events import EventBatch, MetricBatch
+from signalfire.gateway.bodies import NoteBody, SilenceBody, TokenBody
+
+_REF = "#/components/schemas/"
+
+
+def _param(
+    name: str, description: str, *, where: str = "query", required: bool = False, **schema: Any
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": required or where == "path",
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+_TIME = "unix seconds, RFC 3339 (with a zone), `now`, or relative like `-1h`"
+_PAGE = [
+    _param("limit", "the most items in this page", type="integer", minimum=1),
+    _param("cursor", "`next_cursor` of the previous page"),
+]
+_RANGE = [_param("from", f"start; {_TIME}"), _param("to", f"end (default now); {_TIME}")]
+_LABELS = {
+    "name": "label.<name>",
+    "in": "query",
+    "required": False,
+    "description": "exact label matcher, e.g. `label.mount=/var` (any number of them)",
+    "schema": {"type": "string"},
+}
+
+
+def _op(
+    summary: str,
+    role: str,
+    *,
+    params: list[dict[str, Any]] | None = None,
+    body: str | None = None,
+    ok: int = 200,
+    answer: dict[str, Any] | None = None,
+    media: str = "application/json",
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        str(ok): {"description": "success", "content": {media: {"schema": answer or {"type": "object"}}}},
+        "400": {"$ref": "#/components/responses/Error"},
+        "401": {"$ref": "#/components/responses/Error"},
+        "403": {"$ref": "#/components/responses/Error"},
+        "413": {"$ref": "#/components/responses/Error"},
+        "429": {"$ref": "#/components/responses/Error"},
+        "503": {"$ref": "#/components/responses/Error"},
+    }
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "description": f"Needs the `{role}` role.",
+        "parameters": params or [],
+        "responses": responses,
+    }
+    if body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": _REF + body}}},
+        }
+    return operation
+
+
+def _list(key: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            key: {"type": "array", "items": {"type": "object"}},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+        "required": [key, "next_cursor"],
+    }
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    """The document; built once."""
+    _, components = msgspec.json.schema_components(
+        [MetricBatch, EventBatch, NoteBody, SilenceBody, TokenBody], ref_template=_REF + "{name}"
+    )
+    components["Error"] = {
+        "type": "object",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "field": {"type": ["string", "null"]},
+                },
+                "required": ["code", "message", "field"],
+            }
+        },
+        "required": ["error"],
+    }
+    host_path = _param("host", "host name", where="path")
+    id_path = _param("id", "alert id", where="path")
+    alert_filters = [
+        _param("status", "firing or resolved", enum=["firing", "resolved"]),
+        _param("severity", "severity", enum=["critical", "high", "medium", "low"]),
+        _param("host", "host name"),
+        _param("rule", "rule name"),
+        *_RANGE,
+        *_PAGE,
+    ]
+    paths: dict[str, Any] = {
+        "/api/v1/hosts": {
+            "get": _op(
+                "Hosts with status, last seen, health score, facts, alert counts",
+                "viewer",
+                params=_PAGE,
+                answer=_list("hosts"),
+            )
+        },
+        "/api/v1/hosts/{host}": {
+            "get": _op("One host with its latest values and active alerts", "viewer", params=[host_path])
+        },
+        "/api/v1/series": {
+            "get": _op(
+                "Search series",
+                "viewer",
+                params=[
+                    _param("host", "host name"),
+                    _param("metric", "metric name"),
+                    _param("q", "part of the metric name"),
+                    _LABELS,
+                    *_PAGE,
+                ],
+                answer=_list("series"),
+            )
+        },
+        "/api/v1/query": {
+            "get": _op(
+                "Range query over one or more series",
+                "viewer",
+                params=[
+                    _param("metric", "metric name; repeat for several", required=True),
+                    _param("host", "host name"),
+                    _LABELS,
+                    *_RANGE,
+                    _param("step", "`raw`, `auto` (default) or a duration like `10s`, `5m`, `1h`"),
+                    _param(
+                        "agg",
+                        "aggregate per step",
+                        enum=["avg", "min", "max", "sum", "count", "last", "p50", "p95", "p99"],
+                    ),
+                ],
+            )
+        },
+        "/api/v1/latest": {
+            "get": _op(
+                "Newest value of every series",
+                "viewer",
+                params=[_param("host", "host name"), _param("metric", "metric name")],
+            )
+        },
+        "/api/v1/events": {
+            "get": _op(
+                "Events, newest first",
+                "viewer",
+                params=[_param("host", "host name"), _param("type", "event type"), *_RANGE, *_PAGE],
+                answer=_list("events"),
+            )
+        },
+        "/api/v1/alerts": {
+            "get": _op("Alerts, newest first", "viewer", params=alert_filters, answer=_list("alerts"))
+        },
+        "/api/v1/alerts/{id}": {
+            "get": _op("One alert with its history and deliveries", "viewer", params=[id_path])
+        },
+        "/api/v1/rules": {
+            "get": _op(
+                "The evaluator's rules and their active alerts (503 when no evaluator answers)", "viewer"
+            )
+        },
+        "/api/v1/silences": {
+            "get": _op(
+                "Silences, newest first",
+                "viewer",
+                params=[
+                    _param("state", "active, pending or expired", enum=["active", "pending", "expired"]),
+                    *_PAGE,
+                ],
+                answer=_list("silences"),
+            ),
+            "post": _op("Create a silence", "operator", body="SilenceBody", ok=201),
+        },
+        "/api/v1/silences/{id}": {
+            "delete": _op(
+                "Expire a silence now", "operator", params=[_param("id", "silence id", where="path")]
+            )
+        },
+        "/api/v1/notifications": {
+            "get": _op(
+                "Delivery log, newest first",
+                "viewer",
+                params=[
+                    _param("alert", "alert id"),
+                    _param("channel", "channel name"),
+                    _param("status", "delivery status", enum=["sent", "failed", "retrying", "suppressed"]),
+                    *_PAGE,
+                ],
+                answer=_list("notifications"),
+            )
+        },
+        "/api/v1/export": {
+            "get": _op(
+                "Export samples, alerts or events (streamed)",
+                "viewer",
+                params=[
+                    _param("kind", "what to export", enum=["samples", "alerts", "events"]),
+                    _param("format", "file format", enum=["csv", "json"]),
+                    _param("host", "host name"),
+                    _param("metric", "metric name (samples)"),
+                    *_RANGE,
+                ],
+                media="text/csv",
+                answer={"type": "string"},
+            )
+        },
+        "/api/v1/ingest/metrics": {
+            "post": _op("Publish a MetricBatch to NATS", "operator", body="MetricBatch", ok=202)
+        },
+        "/api/v1/ingest/events": {
+            "post": _op("Publish an EventBatch to NATS", "operator", body="EventBatch", ok=202)
+        },
+        "/api/v1/tokens": {
+            "get": _op("API tokens (never their values)", "admin", answer=_list("tokens")),
+            "post": _op("Create an API token (its value is shown once)", "admin", body="TokenBody", ok=201),
+        },
+        "/api/v1/tokens/{id}": {
+            "delete": _op(
+                "Revoke an API token",
+                "admin",
+                params=[_param("id", "token id", where="path", type="integer")],
+            )
+        },
+        "/api/v1/audit": {
+            "get": _op(
+                "Audit log of state-changing calls, newest first",
+                "admin",
+                params=_PAGE,
+                answer=_list("audit"),
+            )
+        },
+    }
+    for action, what in (
+        ("ack", "Acknowledge"),
+        ("unack", "Withdraw the acknowledgement of"),
+        ("resolve", "Resolve by hand"),
+        ("notes", "Add a note to"),
+    ):
+        paths[f"/api/v1/alerts/{{id}}/{action}"] = {
+            "post": _op(
+                f"{what} an alert (publishes an AlertAction)", "operator", params=[id_path], body="NoteBody"
+            )
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Signalfire gateway API", "version": "1"},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {
+                "Error": {
+                    "description": "an error",
+                    "content": {"application/json": {"schema": {"$ref": _REF + "Error"}}},
+                }
+            },
+        },
+    }

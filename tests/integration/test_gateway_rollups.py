@@ -1,0 +1,161 @@
+"""Rollups and retention on TimescaleDB (Apache edition) and on plain PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+from devstack import PostgresServer
+
+from signalfire.config import Duration
+from signalfire.events import MetricBatch, Sample
+from signalfire.gateway.config import RetentionConfig
+from signalfire.gateway.maintenance import apply_retention, detect_edition
+from signalfire.gateway.migrate import migrate
+from signalfire.gateway.store import Store
+from tests.integration.gateway_support import plain_postgres
+
+DAY = 86400.0
+
+
+@pytest.fixture(scope="module")
+def plain_server() -> Iterator[PostgresServer]:
+    with plain_postgres() as server:
+        yield server
+
+
+@pytest.fixture(params=["timescaledb", "postgresql"])
+async def pool(
+    request: pytest.FixtureRequest, postgres: PostgresServer, plain_server: PostgresServer
+) -> AsyncIterator[asyncpg.Pool]:
+    server = postgres if request.param == "timescaledb" else plain_server
+    name = f"test_{secrets.token_hex(4)}"
+    url = server.create_database(name)
+    created = await asyncpg.create_pool(url, min_size=1, max_size=3)
+    try:
+        async with created.acquire() as conn:
+            await migrate(conn)
+        yield created
+    finally:
+        await created.close()
+        server.drop_database(name)
+
+
+def batches(start: float, hosts: int, points: int, step: float, seed: int) -> list[MetricBatch]:
+    rng = random.Random(seed)
+    return [
+        MetricBatch(
+            host=f"web-{h}",
+            time=start + i * step,
+            samples=[
+                Sample(name="cpu.usage_percent", value=rng.uniform(0, 100)),
+                Sample(name="net.errors_per_second", value=rng.choice([0.0, 0.0, 1.5, -2.0, 1e6])),
+            ],
+        )
+        for h in range(hosts)
+        for i in range(points)
+    ]
+
+
+async def test_the_edition_is_detected(pool: asyncpg.Pool, request: pytest.FixtureRequest) -> None:
+    async with pool.acquire() as conn:
+        edition = await detect_edition(conn)
+    expected = "apache" if "timescaledb" in request.node.callspec.id else "postgresql"
+    assert edition == expected
+
+
+async def test_rollups_equal_aggregates_of_the_raw_samples(pool: asyncpg.Pool) -> None:
+    store = Store(pool)
+    start = 1_763_700_000.0  # two hours of 7 s samples across minute and hour boundaries
+    data = batches(start, hosts=3, points=1100, step=7.0, seed=1)
+    random.Random(2).shuffle(data)  # late data: buckets are revisited by later writes
+    for i in range(0, len(data), 250):
+        await store.write_metrics(data[i : i + 250])
+    again = await store.write_metrics(data[:300])  # a redelivery adds nothing
+    assert again.samples == 0
+    assert again.duplicate_samples == 600
+    # ... and a mixed round (some new, some redelivered) counts only the new samples
+    extra = batches(start + 7.0 * 1100, hosts=3, points=10, step=7.0, seed=3)
+    mixed = await store.write_metrics(data[300:310] + extra)
+    assert mixed.samples == len(extra) * 2
+
+    for table, width in (("samples_1m", 60), ("samples_1h", 3600)):
+        mismatches = await pool.fetch(
+            f"""
+            WITH raw AS (
+                SELECT series_id, to_timestamp(floor(extract(epoch FROM time) / {width}) * {width}) AS bucket,
+                       count(*) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max,
+                       (array_agg(value ORDER BY time DESC))[1] AS last
+                FROM samples GROUP BY 1, 2
+            )
+            SELECT raw.*, r.count AS r_count FROM raw FULL JOIN {table} r USING (series_id, bucket)
+            WHERE r.count IS DISTINCT FROM raw.count
+               OR abs(r.sum - raw.sum) > 1e-6 * greatest(1, abs(raw.sum))
+               OR r.min IS DISTINCT FROM raw.min OR r.max IS DISTINCT FROM raw.max
+               OR r.last IS DISTINCT FROM raw.last
+            """
+        )
+        assert [dict(m) for m in mismatches] == [], table
+        total = await pool.fetchval(f"SELECT sum(count) FROM {table}")
+        assert total == await pool.fetchval("SELECT count(*) FROM samples") == 3 * 1110 * 2
+
+
+async def test_percentiles_from_rollups_are_within_two_percent(pool: asyncpg.Pool) -> None:
+    store = Store(pool)
+    start = 1_763_700_000.0 - 1_763_700_000.0 % 3600
+    await store.write_metrics(batches(start, hosts=1, points=500, step=7.0, seed=5))
+    series = await pool.fetchval("SELECT id FROM series WHERE name = 'cpu.usage_percent'")
+    raw = await pool.fetchrow(
+        """
+        SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY value) AS p50,
+               percentile_disc(0.95) WITHIN GROUP (ORDER BY value) AS p95,
+               percentile_disc(0.99) WITHIN GROUP (ORDER BY value) AS p99
+        FROM samples WHERE series_id = $1 AND time < to_timestamp($2)
+        """,
+        series,
+        start + 3600,
+    )
+    from signalfire.gateway import rollup
+
+    hist = await pool.fetchval(
+        "SELECT hist::text FROM samples_1h WHERE series_id = $1 AND bucket = to_timestamp($2)", series, start
+    )
+    import msgspec
+
+    merged = msgspec.json.decode(hist)
+    for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+        estimate = rollup.quantile(merged, q)
+        assert estimate == pytest.approx(raw[name], rel=0.03), name
+
+
+async def test_retention_drops_only_what_is_older_than_configured(pool: asyncpg.Pool) -> None:
+    store = Store(pool)
+    now = time.time()
+    ages = {"ancient": 500 * DAY, "old": 100 * DAY, "month": 40 * DAY, "recent": 10 * DAY}
+    for label, age in ages.items():
+        await store.write_metrics(
+            [MetricBatch(host=label, time=now - age, samples=[Sample(name="cpu.usage_percent", value=1.0)])]
+        )
+    async with pool.acquire() as conn:
+        edition = await detect_edition(conn)
+        dropped = await apply_retention(conn, edition, RetentionConfig(), now=now)
+        assert dropped["samples"] >= 3  # chunks or rows
+
+        async def hosts(table: str) -> set[str]:
+            rows = await conn.fetch(
+                f"SELECT DISTINCT s.host FROM {table} x JOIN series s ON s.id = x.series_id"
+            )
+            return {r["host"] for r in rows}
+
+        assert await hosts("samples") == {"recent"}  # raw: 30 days
+        assert await hosts("samples_1m") == {"recent", "month"}  # 90 days
+        assert await hosts("samples_1h") == {"recent", "month", "old"}  # 1 year
+        # nothing more to drop the second time; keeping forever (0s) drops nothing
+        again = await apply_retention(conn, edition, RetentionConfig(), now=now)
+        assert not any(again.values())
+        forever = RetentionConfig(raw=Duration(0), rollup_1m=Duration(0), rollup_1h=Duration(0))
+        assert await apply_retention(conn, edition, forever, now=now + 1000 * DAY) == {}
