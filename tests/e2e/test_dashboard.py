@@ -19,7 +19,9 @@ from signalfire.subjects import Subjects
 pytestmark = [
     pytest.mark.skip(reason="the stream and dashboard routes are not wired into the gateway yet"),
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (make provision-test)"),
+    pytest.mark.skipif(
+        shutil.which("chromium") is None, reason="needs Debian's chromium (make provision-test)"
+    ),
 ]
 
 CHROMIUM_ARGS = [
@@ -64,14 +66,18 @@ def token(running: Stack) -> str:
 
 
 def viewer_token(running: Stack) -> str:
-    from devstack import venv_bin
     import os
     import subprocess
+
+    from devstack import venv_bin
 
     env = {**os.environ, "SF_DATABASE_URL": running.postgres.dsn("signalfire")}
     result = subprocess.run(
         [venv_bin("signalfire"), "token", "create", "--name", "ui-viewer", "--role", "viewer"],
-        env=env, capture_output=True, text=True, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return result.stdout.strip().splitlines()[-1]
 
@@ -144,6 +150,8 @@ def test_phone_width_has_no_horizontal_scroll(browser: Any, running: Stack) -> N
     for path in ("#/", "#/alerts", "#/hosts/ui-web-1"):
         page = open_signed_in(browser, running, token(running), path, width=390)
         page.wait_for_timeout(500)
-        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
         assert overflow <= 0, f"{path} scrolls sideways by {overflow}px at 390 px"
         page.close()

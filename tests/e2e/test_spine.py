@@ -16,11 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import HOST, Receiver, api, wait_until
 from devstack import Stack
 
 from signalfire.bus import NatsConfig, connect
 from signalfire.events import AlertEvent, MetricBatch, Sample, decode, encode
+from tests.e2e.support import HOST, Receiver, api, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -96,9 +96,9 @@ async def test_metric_to_alert_to_webhook_and_api(running: Stack, receiver: Rece
 
     # The gateway stored the samples and the alert.
     def stored() -> Any:
-        series = api(running, "/api/v1/query", host=HOST, metric="cpu.usage_percent", **{"from": "-10m"})[
-            "series"
-        ]
+        series = api(
+            running, "/api/v1/query", host=HOST, metric="cpu.usage_percent", step="raw", **{"from": "-10m"}
+        )["series"]
         return series and len(series[0]["points"]) >= 4 and series
 
     series = wait_until(stored, 15, "samples in the API", running)

@@ -48,7 +48,8 @@ def test_sigterm_while_waiting_for_nats(service: str, database_url: str, tmp_pat
 BAD_CONFIGS = {
     "evaluator": (
         "rules.yaml",
-        'rules:\n  - name: HighCPU\n    metric: cpu.usage_percent\n    condition: "> eighty"\n    severity: high\n',
+        "rules:\n  - name: HighCPU\n    metric: cpu.usage_percent\n"
+        '    condition: "> eighty"\n    severity: high\n',
         r"rules\.yaml:4: rules\[0\]\.condition: ",
     ),
     "notifier": (
