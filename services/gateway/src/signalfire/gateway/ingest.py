@@ -42,6 +42,7 @@ from signalfire.events import (
     decode,
 )
 from signalfire.gateway.config import GatewayConfig
+from signalfire.gateway.live import LiveFeed
 from signalfire.gateway.store import LatestValues, Store
 from signalfire.subjects import Subjects
 from signalfire.telemetry import Registry
@@ -96,8 +97,11 @@ class Ingest:
         store: Store,
         registry: Registry,
         latest: LatestValues,
+        *,
+        live: LiveFeed | None = None,
     ) -> None:
         self.config = config
+        self.live = live
         self.js = js
         self.store = store
         self.latest = latest
@@ -364,6 +368,8 @@ class Ingest:
         written = await self.store.write_metrics(metrics, events, statuses)
         for key, when, value in written.rows:
             self.latest.update(key, when, value)
+        if self.live is not None:
+            self.live.metrics(metrics, statuses)
         self.samples.inc(written.samples)
         self.duplicates.inc(written.duplicate_samples)
         self.events.inc(written.events)
@@ -376,11 +382,15 @@ class Ingest:
         alerts = [p for p in payloads if isinstance(p, AlertEvent)]
         await self.store.write_alerts(alerts)
         self.messages.inc(len(alerts), kind="alerts")
+        if self.live is not None:
+            self.live.alerts(alerts)
 
     async def _write_actions(self, payloads: list[Payload]) -> None:
         actions = [p for p in payloads if isinstance(p, AlertAction)]
         await self.store.write_actions(actions)
         self.messages.inc(len(actions), kind="actions")
+        if self.live is not None and actions:
+            self.live.actions(actions, await self.store.alert_hosts([a.alert_id for a in actions]))
 
     async def _write_deliveries(self, payloads: list[Payload]) -> None:
         results = [p for p in payloads if isinstance(p, DeliveryResult)]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from signalfire.events import MetricBatch
+from signalfire.events import AgentStatus, AlertAction, AlertEvent, MetricBatch
 from signalfire.gateway.errors import invalid
 from signalfire.gateway.stream import ClientStalled, StreamClient, StreamHub, Subscription
 
@@ -155,6 +155,48 @@ class LiveEndpoints:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
+
+
+class LiveFeed:
+    """What the ingest hands to the stream once it has committed: samples, alerts, actions,
+    agent statuses. Frames go out only after the data is stored, so what a tab sees live is
+    also what a reload through the REST API returns."""
+
+    def __init__(self, hub: StreamHub) -> None:
+        self.hub = hub
+
+    def metrics(self, batches: Sequence[MetricBatch], statuses: Sequence[AgentStatus]) -> None:
+        for batch in batches:
+            publish_batch(self.hub, batch)
+        for status in statuses:
+            self.hub.publish(
+                "host",
+                status.host,
+                {"host": status.host, "status": status.status, "time": status.time},
+                key=f"host\x00{status.host}",
+            )
+
+    def alerts(self, events: Sequence[AlertEvent]) -> None:
+        for event in events:
+            self.hub.publish("alert", event.host, msgspec.to_builtins(event), key=event.id)
+
+    def actions(self, actions: Sequence[AlertAction], hosts: Mapping[str, str]) -> None:
+        """Actions on alerts (``hosts`` maps alert ids to their host, for subscriptions)."""
+        for action in actions:
+            host = hosts.get(action.alert_id, "")
+            self.hub.publish(
+                "alert",
+                host,
+                {
+                    "id": action.alert_id,
+                    "host": host,
+                    "action": action.action,
+                    "actor": action.actor,
+                    "time": action.time,
+                    "note": action.note,
+                },
+                key=action.alert_id,
+            )
 
 
 def publish_batch(hub: StreamHub, batch: MetricBatch) -> None:

@@ -370,6 +370,11 @@ class Store:
                 await conn.execute(_ACTION_SQL[action.action], *_action_args(action))
         return applied
 
+    async def alert_hosts(self, alert_ids: list[str]) -> dict[str, str]:
+        """The host of each known alert id (for routing live frames)."""
+        rows = await self.pool.fetch("SELECT id, host FROM alerts WHERE id = ANY($1::text[])", alert_ids)
+        return {row["id"]: row["host"] for row in rows}
+
     async def write_deliveries(self, results: list[DeliveryResult]) -> int:
         """Store delivery results from the notifier; a redelivered result is stored once."""
         if not results:
