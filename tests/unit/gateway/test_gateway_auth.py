@@ -48,14 +48,20 @@ def test_roles_are_ordered() -> None:
     assert admin.allows("admin") and admin.allows("viewer")
 
 
-def _scope(headers: list[tuple[bytes, bytes]] = (), query: bytes = b"") -> dict[str, object]:  # type: ignore[assignment]
-    return {"type": "http", "headers": list(headers), "query_string": query}
+def _scope(
+    headers: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
+    query: bytes = b"",
+    path: str = "/api/v1/hosts",
+) -> dict[str, object]:
+    return {"type": "http", "headers": list(headers), "query_string": query, "path": path}
 
 
-def test_a_token_comes_from_the_bearer_header_or_the_query() -> None:
+def test_a_token_comes_from_the_bearer_header_or_the_stream_query() -> None:
     assert _bearer(_scope([(b"authorization", b"Bearer abc")])) == "abc"
     assert _bearer(_scope([(b"authorization", b"bearer  abc ")])) == "abc"
-    assert _bearer(_scope(query=b"token=abc%2Bd&x=1")) == "abc+d"
+    assert _bearer(_scope(query=b"token=abc%2Bd&x=1", path="/api/v1/stream")) == "abc+d"
+    assert _bearer(_scope(query=b"token=abc", path="/api/v1/events/stream")) == "abc"
+    assert _bearer(_scope(query=b"token=abc")) is None
     assert _bearer(_scope()) is None
     assert _bearer(_scope([(b"authorization", b"Basic dXNlcjpwYXNz")])) is None
     assert _bearer(_scope([(b"authorization", b"Bearer ")])) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from signalfire.gateway.stream import ClientStalled, StreamHub, Subscription
+from signalfire.gateway.stream import ClientStalled, StreamClosed, StreamHub, Subscription
 
 
 class Clock:
@@ -106,6 +107,34 @@ async def test_resume_past_the_ring_asks_for_a_reset() -> None:
     client, complete = hub.connect(Subscription(), last_seq=0)
     assert not complete
     assert [f["n"] for f in decoded(await client.next_frames(0.1))] == [1]
+
+
+async def test_resume_from_another_epoch_or_the_future_asks_for_a_reset() -> None:
+    old, new = StreamHub(), StreamHub()
+    assert old.epoch != new.epoch
+    for i in range(3):
+        new.publish("alert", "h", {"n": i}, key=str(i))
+    # A number from the gateway before its restart means nothing to this one.
+    client, complete = new.connect(Subscription(), last_seq=1, epoch=old.epoch)
+    assert not complete
+    assert await client.next_frames(0.01) == []
+    _, complete = new.connect(Subscription(), last_seq=99, epoch=new.epoch)
+    assert not complete
+    _, complete = new.connect(Subscription(), last_seq=1, epoch=new.epoch)
+    assert complete
+
+
+async def test_close_ends_every_waiting_client() -> None:
+    hub = StreamHub()
+    client, _ = hub.connect(Subscription())
+    waiting = asyncio.create_task(client.next_frames(30))
+    await asyncio.sleep(0)
+    hub.close()
+    with pytest.raises(StreamClosed):
+        await waiting
+    late, _ = hub.connect(Subscription())
+    with pytest.raises(StreamClosed):
+        await late.next_frames(30)
 
 
 async def test_waiting_client_wakes_on_publish_and_times_out_quietly() -> None:

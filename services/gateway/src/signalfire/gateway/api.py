@@ -26,7 +26,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import BaseRoute, Match, Route
+from starlette.routing import BaseRoute, Match, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from signalfire.bus import request_json
@@ -45,6 +45,7 @@ from signalfire.gateway.auth import (
 from signalfire.gateway.bodies import NoteBody, SilenceBody, TimeValue, TokenBody, parse_body
 from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.errors import ApiError, error_body, error_response, invalid
+from signalfire.gateway.live import LiveEndpoints, LiveSettings
 from signalfire.gateway.openapi import openapi_document
 from signalfire.gateway.params import (
     encode_cursor,
@@ -58,6 +59,8 @@ from signalfire.gateway.params import (
     reject_nul,
 )
 from signalfire.gateway.store import LatestValues, Store
+from signalfire.gateway.stream import StreamHub
+from signalfire.gateway.web import dashboard_routes
 from signalfire.subjects import Subjects
 from signalfire.telemetry import CONTENT_TYPE, Counter, Registry
 
@@ -256,6 +259,11 @@ class Api:
 
     async def healthz(self, request: Request) -> Response:
         return json_response({"status": "ok"})
+
+    async def whoami(self, request: Request) -> Response:
+        """The calling token's name and role (the dashboard hides what the role may not do)."""
+        principal = self._principal(request)
+        return json_response({"name": principal.name, "role": principal.role})
 
     async def readyz(self, request: Request) -> Response:
         reasons: list[str] = []
@@ -1158,8 +1166,14 @@ def create_app(
     nc: NATS | None = None,
     latest: LatestValues | None = None,
     store: Store | None = None,
+    hub: StreamHub | None = None,
+    live_settings: LiveSettings | None = None,
 ) -> Starlette:
-    """The gateway's ASGI application over resources the caller owns (pool, NATS client)."""
+    """The gateway's ASGI application over resources the caller owns (pool, NATS client).
+
+    With ``hub``, it also serves the live stream (WebSocket and SSE) fed from that hub; the
+    dashboard is always served at ``/``.
+    """
     api = Api(config, pool, nc, registry, latest if latest is not None else LatestValues(), store=store)
     requests = registry.counter(
         "http_requests_total", "HTTP requests answered", ["method", "route", "status"]
@@ -1171,6 +1185,7 @@ def create_app(
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
         Route(f"{v1}/openapi.json", api.openapi, methods=["GET"]),
+        Route(f"{v1}/whoami", api.whoami, methods=["GET"]),
         Route(f"{v1}/hosts", api.hosts, methods=["GET"]),
         Route(f"{v1}/hosts/{{host}}", api.host, methods=["GET"]),
         Route(f"{v1}/series", api.series, methods=["GET"]),
@@ -1193,6 +1208,29 @@ def create_app(
         Route(f"{v1}/tokens/{{id}}", api.revoke_token, methods=["DELETE"]),
         Route(f"{v1}/audit", api.audit, methods=["GET"]),
     ]
+    if hub is not None:
+        live = LiveEndpoints(hub, live_settings)
+        routes += [
+            WebSocketRoute(f"{v1}/stream", live.websocket),
+            Route(f"{v1}/events/stream", live.sse, methods=["GET"]),
+        ]
+        registry.gauge("stream_clients", "Connected live-stream clients", function=lambda: hub.clients)
+        registry.gauge(
+            "stream_frames_published",
+            "Frames published to the live stream",
+            function=lambda: hub.frames_published,
+        )
+        registry.gauge(
+            "stream_frames_coalesced",
+            "Metric frames replaced by a newer value before a slow client read them",
+            function=lambda: hub.frames_coalesced,
+        )
+        registry.gauge(
+            "stream_clients_stalled",
+            "Clients disconnected for not reading",
+            function=lambda: hub.clients_stalled,
+        )
+    routes += dashboard_routes()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -181,6 +181,11 @@ class RateLimiter:
         return (1 - level) / self.rate
 
 
+#: Browsers cannot set headers on a WebSocket or an EventSource, so only the two stream
+#: endpoints also take the token as ``?token=`` (anywhere else it would end up in access logs).
+QUERY_TOKEN_PATHS = frozenset({"/api/v1/stream", "/api/v1/events/stream"})
+
+
 def _bearer(scope: Scope) -> str | None:
     for name, value in scope.get("headers", []):
         if name == b"authorization":
@@ -188,9 +193,28 @@ def _bearer(scope: Scope) -> str | None:
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
             return None
-    # Browsers cannot set headers on a WebSocket, so the stream takes ?token= too.
+    if scope.get("path") not in QUERY_TOKEN_PATHS:
+        return None
     values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
     return values[0] if values else None
+
+
+async def _deny(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    denial: tuple[int, str, str],
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Refuse a request with ``denial`` = ``(status, code, message)``: a JSON error response —
+    for a WebSocket too, as the handshake's answer, where the server supports that (uvicorn
+    does); otherwise the WebSocket is closed with code ``4000 + status`` (4401, 4403, 4429,
+    4503) and the message as the reason."""
+    status, code, message = denial
+    if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 4000 + status, "reason": message[:120]})
+        return
+    await error_response(status, code, message, headers=headers)(scope, receive, send)
 
 
 class AuthMiddleware:
@@ -216,46 +240,31 @@ class AuthMiddleware:
         token = _bearer(scope)
         challenge = {"WWW-Authenticate": 'Bearer realm="signalfire"'}
         if token is None:
-            response = error_response(
-                401,
-                "unauthorized",
-                "an API token is required: send 'Authorization: Bearer <token>'",
-                headers=challenge,
-            )
-            await response(scope, receive, send)
+            message = "an API token is required: send 'Authorization: Bearer <token>'"
+            await _deny(scope, receive, send, (401, "unauthorized", message), challenge)
             return
         try:
             principal = await authenticate(self.pool, token)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("cannot check an API token: database unavailable", extra={"reason": str(exc)})
-            response = error_response(503, "unavailable", "the database is unavailable; try again shortly")
-            await response(scope, receive, send)
+            message = "the database is unavailable; try again shortly"
+            await _deny(scope, receive, send, (503, "unavailable", message))
             return
         if principal is None:
-            response = error_response(
-                401, "unauthorized", "the API token is not valid or has been revoked", headers=challenge
-            )
-            await response(scope, receive, send)
+            message = "the API token is not valid or has been revoked"
+            await _deny(scope, receive, send, (401, "unauthorized", message), challenge)
             return
         needed = required_role(scope.get("method", "GET"), path)
         if not principal.allows(needed):
-            response = error_response(
-                403,
-                "forbidden",
-                f"this needs the {needed} role; the token {principal.name!r} is {principal.role}",
-            )
-            await response(scope, receive, send)
+            message = f"this needs the {needed} role; the token {principal.name!r} is {principal.role}"
+            await _deny(scope, receive, send, (403, "forbidden", message))
             return
         if self.limiter is not None:
             wait = self.limiter.wait_time(principal.token_id)
             if wait > 0:
-                response = error_response(
-                    429,
-                    "rate_limited",
-                    f"too many requests with the token {principal.name!r}; try again in {wait:.1f}s",
-                    headers={"Retry-After": str(math.ceil(wait))},
-                )
-                await response(scope, receive, send)
+                message = f"too many requests with the token {principal.name!r}; try again in {wait:.1f}s"
+                retry = {"Retry-After": str(math.ceil(wait))}
+                await _deny(scope, receive, send, (429, "rate_limited", message), retry)
                 return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)

@@ -39,7 +39,7 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
     database_url: str = "postgresql://signalfire@127.0.0.1:5432/signalfire"
-    #: ``host:port`` of the HTTP API (and, later, the dashboard).
+    #: ``host:port`` of the HTTP API, the live stream and the dashboard.
     listen: str = "127.0.0.1:8080"
     #: Where the first start writes the bootstrap admin API token (mode 0600).
     admin_token_file: str = ".signalfire/admin-token"
@@ -71,6 +71,8 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_body_bytes: int = 4 << 20
     #: How long a request to another service (e.g. the evaluator's rules) may take.
     control_timeout: Duration = Duration(2.0)
+    #: How far back a reconnecting dashboard tab can resume the live stream without a reload.
+    stream_ring_seconds: Duration = Duration(300.0)
     log_level: str = "info"
     log_format: Literal["logfmt", "json"] = "logfmt"
 

@@ -1,15 +1,18 @@
 """``WS /api/v1/stream`` and its SSE fallback ``GET /api/v1/events/stream``, fed by the hub.
 
 Protocol (WebSocket): after connecting with ``?token=``, the client sends
-``{"subscribe": {"hosts": [...], "metrics": [...], "alerts": true}, "last_seq": N|null}``; it may
-send ``{"subscribe": ...}`` again at any time to change what it gets. The gateway sends JSON
-arrays of frames (``{"seq", "kind": "metric"|"alert"|"host"|"reset"|"heartbeat", ...}``), at
+``{"subscribe": {"hosts": [...], "metrics": [...], "alerts": true}, "last_seq": N|null,
+"epoch": E|null}``; it may send ``{"subscribe": ...}`` again at any time to change what it
+gets. The gateway first sends ``{"kind": "hello", "epoch", "head"}`` (and a ``reset`` frame
+when it cannot resume from ``last_seq`` of ``epoch``: the ring moved past it, or the gateway
+restarted), then JSON arrays of frames (``{"seq", "kind": "metric"|"alert"|"host", ...}``), at
 most ``flush_interval`` apart while there is traffic, and a heartbeat every
 ``heartbeat_seconds`` when there is none. A client that stays blocked is disconnected with
-close code 4008 and resumes with its last sequence number.
+close code 4008 and resumes with its last sequence number; at shutdown every client gets
+close code 1012 and reconnects.
 
 SSE: ``GET /api/v1/events/stream?hosts=a,b&metrics=cpu.*&alerts=1`` with ``Last-Event-ID``
-(or ``?last_seq=``) to resume; one ``data:`` line per frame with ``id: <seq>``.
+(or ``?last_seq=``) to resume; one ``data:`` line per frame with ``id: <epoch>-<seq>``.
 """
 
 from __future__ import annotations
@@ -27,17 +30,20 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from signalfire.events import AgentStatus, AlertAction, AlertEvent, MetricBatch
 from signalfire.gateway.errors import invalid
-from signalfire.gateway.stream import ClientStalled, StreamClient, StreamHub, Subscription
+from signalfire.gateway.stream import ClientStalled, StreamClient, StreamClosed, StreamHub, Subscription
 
 log = logging.getLogger("signalfire.gateway.live")
 
 CLOSE_STALLED = 4008
 CLOSE_BAD_REQUEST = 4400
+CLOSE_RESTARTING = 1012
 
 
 class ClientMessage(msgspec.Struct, forbid_unknown_fields=True):
     subscribe: Subscription | None = None
     last_seq: int | None = None
+    #: The ``epoch`` of the ``hello`` frame that ``last_seq`` belongs to.
+    epoch: str | None = None
 
 
 _decode_client = msgspec.json.Decoder(ClientMessage)
@@ -65,7 +71,7 @@ def _join(frames: list[bytes]) -> bytes:
     return b"[" + b",".join(frames) + b"]"
 
 
-RESET = b'{"kind":"reset","reason":"the stream moved past your last sequence number; reload"}'
+RESET = b'{"kind":"reset","reason":"the stream cannot resume from your last sequence number; reload"}'
 HEARTBEAT = b'{"kind":"heartbeat"}'
 
 
@@ -85,21 +91,28 @@ class LiveEndpoints:
             return
         except (TimeoutError, WebSocketDisconnect):
             return
-        client, complete = self.hub.connect(first.subscribe or Subscription(), first.last_seq)
+        client, complete = self.hub.connect(first.subscribe or Subscription(), first.last_seq, first.epoch)
         reader = asyncio.create_task(self._read_updates(ws, client))
         try:
-            if not complete:
-                await ws.send_text(_join([RESET]).decode())
+            opening = [self._hello()] if complete else [self._hello(), RESET]
+            await ws.send_text(_join(opening).decode())
             await self._pump(ws, client)
         except ClientStalled as exc:
             log.warning("disconnecting a stalled stream client", extra={"reason": str(exc)})
             with contextlib.suppress(Exception):
                 await ws.close(CLOSE_STALLED, "too slow: resume with your last sequence number")
+        except StreamClosed:
+            with contextlib.suppress(Exception):
+                await ws.close(CLOSE_RESTARTING, "the gateway is restarting: reconnect and resume")
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         finally:
             reader.cancel()
             self.hub.disconnect(client)
+
+    def _hello(self) -> bytes:
+        """The first frame of every connection: the epoch and newest sequence number."""
+        return msgspec.json.encode({"kind": "hello", "epoch": self.hub.epoch, "head": self.hub.seq})
 
     async def _pump(self, ws: WebSocket, client: StreamClient) -> None:
         s = self.settings
@@ -128,15 +141,22 @@ class LiveEndpoints:
         subscription = Subscription(
             hosts=listed("hosts"), metrics=listed("metrics"), alerts=params.get("alerts", "1") != "0"
         )
+        # Event ids are "<epoch>-<seq>", so EventSource's automatic Last-Event-ID resumes
+        # correctly across gateway restarts; ?last_seq= takes a bare number or the same form.
         raw_last = request.headers.get("last-event-id") or params.get("last_seq")
+        epoch: str | None = None
         try:
+            if raw_last and "-" in raw_last:
+                epoch, _, raw_last = raw_last.rpartition("-")
             last_seq = int(raw_last) if raw_last else None
         except ValueError:
-            raise invalid("last_seq", "must be an integer sequence number") from None
-        client, complete = self.hub.connect(subscription, last_seq)
+            raise invalid("last_seq", "must be a sequence number (or the id of the last event)") from None
+        client, complete = self.hub.connect(subscription, last_seq, epoch)
+        prefix = self.hub.epoch.encode() + b"-"
 
         async def events() -> AsyncIterator[bytes]:
             try:
+                yield b"event: hello\ndata: " + self._hello() + b"\n\n"
                 if not complete:
                     yield b"event: reset\ndata: " + RESET + b"\n\n"
                 while True:
@@ -144,8 +164,8 @@ class LiveEndpoints:
                     if not frames:
                         yield b": heartbeat\n\n"
                     for frame in frames:
-                        yield b"id: %d\ndata: " % frame.seq + frame.data + b"\n\n"
-            except ClientStalled:
+                        yield b"id: " + prefix + b"%d\ndata: " % frame.seq + frame.data + b"\n\n"
+            except (ClientStalled, StreamClosed):
                 return
             finally:
                 self.hub.disconnect(client)

@@ -116,6 +116,20 @@ def openapi_document() -> dict[str, Any]:
         *_PAGE,
     ]
     paths: dict[str, Any] = {
+        "/api/v1/whoami": {
+            "get": _op(
+                "The calling token's name and role",
+                "viewer",
+                answer={
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "role": {"type": "string", "enum": ["viewer", "operator", "admin"]},
+                    },
+                    "required": ["name", "role"],
+                },
+            )
+        },
         "/api/v1/hosts": {
             "get": _op(
                 "Hosts with status, last seen, health score, facts, alert counts",

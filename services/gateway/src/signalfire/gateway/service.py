@@ -17,9 +17,11 @@ from signalfire.gateway.api import create_app
 from signalfire.gateway.auth import ensure_admin_token
 from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.ingest import Ingest
+from signalfire.gateway.live import LiveFeed
 from signalfire.gateway.maintenance import Maintenance
 from signalfire.gateway.migrate import migrate
 from signalfire.gateway.store import LatestValues, Store
+from signalfire.gateway.stream import StreamHub
 from signalfire.telemetry import Registry, parse_listen
 
 log = logging.getLogger("signalfire.gateway")
@@ -63,6 +65,7 @@ class GatewayService:
         self.config = config
         self.registry = Registry("signalfire_gateway")
         self.latest = LatestValues()
+        self.hub = StreamHub(ring_seconds=config.stream_ring_seconds)
         self.pool = pool
         self.nc = nc
         self._own_pool = pool is None
@@ -110,13 +113,26 @@ class GatewayService:
         await self.maintenance.start()
         store = Store(self.pool)
         await store.load_latest(self.latest)
-        self.ingest = Ingest(config, js, store, self.registry, self.latest)
+        self.ingest = Ingest(config, js, store, self.registry, self.latest, live=LiveFeed(self.hub))
         await self.ingest.start()
         app = create_app(
-            config, pool=self.pool, registry=self.registry, nc=self.nc, latest=self.latest, store=store
+            config,
+            pool=self.pool,
+            registry=self.registry,
+            nc=self.nc,
+            latest=self.latest,
+            store=store,
+            hub=self.hub,
         )
         self._server = _Server(
-            uvicorn.Config(app, log_config=None, lifespan="on", access_log=False, server_header=False)
+            uvicorn.Config(
+                app,
+                log_config=None,
+                lifespan="on",
+                access_log=False,
+                server_header=False,
+                timeout_graceful_shutdown=5,
+            )
         )
         self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]), name="gateway-http")
         while not self._server.started:
@@ -128,6 +144,8 @@ class GatewayService:
 
     async def stop(self) -> None:
         """Stop serving, finish the ingest round in flight, close what this service opened."""
+        # Live streams end first (their clients reconnect and resume), so the server can stop.
+        self.hub.close()
         if self._server is not None and self._server_task is not None:
             self._server.should_exit = True
             with contextlib.suppress(Exception):

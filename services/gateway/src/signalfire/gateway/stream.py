@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -73,6 +74,10 @@ class ClientStalled(Exception):
     """The client did not keep up with frames that may not be dropped."""
 
 
+class StreamClosed(Exception):
+    """The gateway is shutting down; the client reconnects (to this or another replica)."""
+
+
 @dataclass(eq=False)
 class StreamClient:
     """One connected tab. Frames are taken with :meth:`next_frames`."""
@@ -84,7 +89,12 @@ class StreamClient:
     _others: deque[Frame] = field(default_factory=deque)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     stalled: bool = False
+    closed: bool = False
     last_seq: int = 0
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
 
     def offer(self, frame: Frame) -> None:
         if self.stalled or not self.subscription.matches(frame):
@@ -108,22 +118,26 @@ class StreamClient:
 
         Raises :class:`ClientStalled` once the client fell too far behind.
         """
-        if self.stalled:
-            raise ClientStalled(f"more than {self.max_pending} undelivered alert/host frames")
+        self._check()
         if not self._metrics and not self._others:
             self._ready.clear()
             try:
                 await asyncio.wait_for(self._ready.wait(), timeout)
             except TimeoutError:
                 return []
-            if self.stalled:
-                raise ClientStalled(f"more than {self.max_pending} undelivered alert/host frames")
+            self._check()
         frames = sorted([*self._metrics.values(), *self._others], key=lambda f: f.seq)
         self._metrics.clear()
         self._others.clear()
         if frames:
             self.last_seq = frames[-1].seq
         return frames
+
+    def _check(self) -> None:
+        if self.closed:
+            raise StreamClosed("the gateway is shutting down")
+        if self.stalled:
+            raise ClientStalled(f"more than {self.max_pending} undelivered alert/host frames")
 
 
 class StreamHub:
@@ -141,9 +155,13 @@ class StreamHub:
         self.ring_max_frames = ring_max_frames
         self.client_max_pending = client_max_pending
         self.clock = clock
+        #: Names this hub's sequence numbers: a client resuming with another epoch's number
+        #: (the gateway restarted, or it reconnected to another replica) gets a ``reset``.
+        self.epoch = secrets.token_hex(6)
         self.seq = 0
         self._ring: deque[Frame] = deque()
         self._clients: set[StreamClient] = set()
+        self.closed = False
         self.frames_published = 0
         self.frames_coalesced = 0
         self.clients_stalled = 0
@@ -193,15 +211,22 @@ class StreamHub:
             ring.popleft()
 
     # Clients ---------------------------------------------------------------------------
-    def connect(self, subscription: Subscription, last_seq: int | None = None) -> tuple[StreamClient, bool]:
+    def connect(
+        self, subscription: Subscription, last_seq: int | None = None, epoch: str | None = None
+    ) -> tuple[StreamClient, bool]:
         """Register a client; with ``last_seq``, queue what it missed from the ring.
 
         Returns the client and whether the resume was complete (False: the ring no longer
-        holds ``last_seq + 1`` and the client must reload — send it a ``reset`` frame).
+        holds ``last_seq + 1``, or ``last_seq`` is from another ``epoch``, and the client must
+        reload what it shows through the REST API — send it a ``reset`` frame).
         """
         client = StreamClient(subscription, self.client_max_pending, on_coalesced=self._count_coalesced)
+        if self.closed:
+            client.close()
         complete = True
-        if last_seq is not None and last_seq < self.seq:
+        if last_seq is not None and ((epoch is not None and epoch != self.epoch) or last_seq > self.seq):
+            complete = False
+        elif last_seq is not None and last_seq < self.seq:
             self._trim()
             oldest = self._ring[0].seq if self._ring else self.seq + 1
             complete = last_seq + 1 >= oldest
@@ -213,6 +238,12 @@ class StreamHub:
 
     def disconnect(self, client: StreamClient) -> None:
         self._clients.discard(client)
+
+    def close(self) -> None:
+        """End every client's stream (at shutdown): they reconnect and resume elsewhere."""
+        self.closed = True
+        for client in self._clients:
+            client.close()
 
     def _count_coalesced(self, n: int) -> None:
         self.frames_coalesced += n
