@@ -193,3 +193,25 @@ async def test_an_ack_is_carried_on_the_resolve(nc, nats_config, rules_file):
         await metric(nc, nats_config, "temp", 10)
         resolved = await next_alert(sub)
         assert resolved.annotations["acknowledged_by"] == "ana"
+
+
+async def test_a_resolve_by_hand_ends_the_alert_and_a_still_hot_series_fires_anew(
+    nc, nats_config, rules_file
+):
+    sub = await alerts(nc, nats_config)
+    async with running(make_config(nats_config, rules_file)) as service:
+        await metric(nc, nats_config, "temp", 60)
+        firing = await next_alert(sub)
+        action = AlertAction(alert_id=firing.id, action="resolve", actor="ana", time=5.0)
+        await nc.publish(nats_config.subjects.actions, encode(action))
+        await nc.flush()
+        resolved = await next_alert(sub)
+        assert (resolved.status, resolved.id) == ("resolved", firing.id)
+        assert resolved.annotations["resolved_by"] == "ana"
+        described = await request_json(nc, nats_config.subjects.control("evaluator", "rules"))
+        assert described["rules"][0]["alerts"] == []
+
+        await metric(nc, nats_config, "temp", 61)  # still hot: a new alert
+        again = await next_alert(sub)
+        assert again.status == "firing" and again.id != firing.id
+        assert service.engine.states[again.fingerprint].alert_id == again.id

@@ -322,15 +322,41 @@ class Engine:
                 self._apply(rule, state, new, transitions, out)
         return out
 
-    def ack(self, action: AlertAction) -> Output:
-        """Record an ``ack``/``unack`` of the current instance of an alert; later events of
-        the instance carry ``acknowledged_by``/``acknowledged_at`` annotations."""
+    def action(self, action: AlertAction, now: float) -> Output:
+        """Apply a person's ``AlertAction`` to the current instance of an alert (actions on an
+        older instance, and ``note``, change nothing here).
+
+        - ``ack``/``unack``: recorded; later events of the instance carry
+          ``acknowledged_by``/``acknowledged_at`` annotations.
+        - ``resolve``: a firing instance resolves at once (whatever ``keep_firing_for`` or
+          flap damping would hold), its ``resolved`` event annotated ``resolved_by``. The
+          series starts over from inactive: if the condition still holds, the next sample
+          starts a new instance with a new id, after ``for`` and ``cooldown`` as for any other
+          resolve. An ``absent`` series is retired instead (as by a clean ``offline``): no
+          alert for its silence until it reports again.
+        """
         out = Output()
-        if action.action not in ("ack", "unack"):
+        if action.action not in ("ack", "unack", "resolve"):
             return out
         fp = action.fingerprint or action.alert_id.rpartition(":")[0]
         state = self.states.get(fp)
         if state is None or state.alert_id != action.alert_id:
+            return out
+        if action.action == "resolve":
+            rule = self._by_name.get(state.rule)
+            if rule is None or state.status != "firing":
+                return out
+            resolved, transitions = end(state, now)
+            if rule.kind == "absent":
+                # Silence would fire again on the next tick: retire the series instead, as a
+                # clean shutdown does, until it reports again.
+                tracks = self._tracks[rule.name]
+                for key in [k for k, t in tracks.items() if t.fp == fp]:
+                    del tracks[key]
+                resolved = msgspec.structs.replace(resolved, retired=True)
+            self._apply(rule, state, resolved, transitions, out)
+            for event in out.events:
+                event.annotations["resolved_by"] = action.actor
             return out
         if action.action == "ack":
             new = msgspec.structs.replace(state, acked_by=action.actor, acked_at=action.time)

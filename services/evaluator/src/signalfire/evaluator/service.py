@@ -368,7 +368,7 @@ class EvaluatorService:
             self.invalid_batches.inc()
             log.warning("dropped invalid alert action", extra={"subject": msg.subject, "reason": str(exc)})
             return
-        self._handle(self.engine.ack(action), None)
+        self._handle(self.engine.action(action, self._clock()), None)
 
     def _handle(self, out: Output, arrived: float | None) -> None:
         """Queue what the engine decided: events to the outbox, changed states to storage."""

@@ -1,0 +1,143 @@
+"""People's actions on alerts (ack, unack, resolve by hand) and bad sample values, through
+the engine the service runs."""
+
+from __future__ import annotations
+
+import math
+
+from signalfire.evaluator.engine import Engine
+from signalfire.evaluator.rules import Rule, parse_rule_text
+from signalfire.events import AlertAction, AlertEvent, MetricBatch, Sample
+
+
+def rules(text: str) -> list[Rule]:
+    parsed, errors = parse_rule_text(text, "test.yaml")
+    assert errors == []
+    return parsed
+
+
+HOT = """\
+rules:
+  - name: Hot
+    metric: temp
+    condition: "> 50"
+    severity: high
+"""
+
+
+def sample(engine: Engine, value: float, now: float, host: str = "web-1") -> list[AlertEvent]:
+    batch = MetricBatch(host=host, time=now, samples=[Sample(name="temp", value=value)])
+    return engine.metrics(batch, now).events
+
+
+def act(engine: Engine, kind: str, alert_id: str, now: float, actor: str = "ana") -> list[AlertEvent]:
+    action = AlertAction(alert_id=alert_id, action=kind, actor=actor, time=now)  # type: ignore[arg-type]
+    return engine.action(action, now).events
+
+
+def test_resolve_by_hand_ends_the_instance_and_a_still_hot_series_fires_anew():
+    engine = Engine(rules(HOT))
+    [firing] = sample(engine, 60, 10.0)
+    assert sample(engine, 70, 11.0) == []  # still firing: nothing new
+
+    [resolved] = act(engine, "resolve", firing.id, 12.0)
+    assert (resolved.status, resolved.id) == ("resolved", firing.id)
+    assert resolved.ends_at == 12.0
+    assert resolved.annotations["resolved_by"] == "ana"
+    assert resolved.seq == firing.seq + 1
+
+    # The condition still holds: the next sample is a new alert instance.
+    [again] = sample(engine, 70, 13.0)
+    assert again.status == "firing"
+    assert again.id != firing.id and again.fingerprint == firing.fingerprint
+    assert "resolved_by" not in again.annotations
+    # ... which then resolves normally, once.
+    [end] = sample(engine, 10, 14.0)
+    assert (end.status, end.id) == ("resolved", again.id)
+
+
+def test_resolve_twice_or_of_an_old_instance_changes_nothing():
+    engine = Engine(rules(HOT))
+    [firing] = sample(engine, 60, 10.0)
+    assert len(act(engine, "resolve", firing.id, 11.0)) == 1
+    assert act(engine, "resolve", firing.id, 11.5) == []  # a repeated action
+    [again] = sample(engine, 60, 12.0)
+    assert act(engine, "resolve", firing.id, 12.5) == []  # the old instance is over
+    assert engine.states[again.fingerprint].status == "firing"
+    assert act(engine, "resolve", "nosuchalert:1", 13.0) == []
+
+
+def test_resolve_by_hand_beats_keep_firing_for_and_honours_cooldown():
+    engine = Engine(
+        rules("""\
+rules:
+  - name: Hot
+    metric: temp
+    condition: "> 50"
+    keep_firing_for: 5m
+    cooldown: 60s
+    severity: high
+""")
+    )
+    [firing] = sample(engine, 60, 0.0)
+    assert sample(engine, 10, 1.0) == []  # kept firing
+    [resolved] = act(engine, "resolve", firing.id, 2.0)
+    assert resolved.status == "resolved"
+    assert engine.tick(30.0).events == []
+    assert sample(engine, 90, 30.0) == []  # hot again, but within the cooldown
+    [again] = engine.tick(62.0).events  # cooldown over, still hot: a new instance
+    assert again.status == "firing" and again.id != firing.id
+
+
+def test_an_ack_rides_on_the_instance_and_not_on_the_next_one():
+    engine = Engine(rules(HOT))
+    [firing] = sample(engine, 60, 10.0)
+    assert act(engine, "ack", firing.id, 11.0, actor="bo") == []  # no event of its own
+    [resolved] = sample(engine, 10, 12.0)
+    assert resolved.annotations["acknowledged_by"] == "bo"
+    [again] = sample(engine, 60, 13.0)
+    assert "acknowledged_by" not in again.annotations
+
+
+def test_unack_removes_the_acknowledgement():
+    engine = Engine(rules(HOT))
+    [firing] = sample(engine, 60, 10.0)
+    act(engine, "ack", firing.id, 11.0)
+    act(engine, "unack", firing.id, 12.0)
+    [resolved] = sample(engine, 10, 13.0)
+    assert "acknowledged_by" not in resolved.annotations
+
+
+def test_an_absent_alert_resolved_by_hand_stays_quiet_until_the_host_reports_again():
+    engine = Engine(
+        rules("""\
+rules:
+  - {name: Silent, kind: absent, for: 30s, severity: critical}
+""")
+    )
+    assert sample(engine, 1, 0.0) == []
+    [firing] = engine.tick(31.0).events
+    [resolved] = act(engine, "resolve", firing.id, 40.0)
+    assert resolved.status == "resolved"
+    assert engine.tick(600.0).events == []  # still silent: the person said it is over
+    assert sample(engine, 1, 601.0) == []  # back: watched again
+    [again] = engine.tick(632.0).events  # and silent again for `for`: a new instance
+    assert again.status == "firing" and again.id != firing.id
+
+
+def test_nan_and_infinite_values_are_rejected_and_counted_the_rest_of_the_batch_counts():
+    engine = Engine(rules(HOT))
+    batch = MetricBatch(
+        host="web-1",
+        time=1.0,
+        samples=[
+            Sample(name="temp", value=math.nan),
+            Sample(name="temp", value=math.inf, labels={"zone": "a"}),
+            Sample(name="temp", value=-math.inf, labels={"zone": "b"}),
+            Sample(name="temp", value=99.0, labels={"zone": "c"}),
+        ],
+    )
+    out = engine.metrics(batch, 1.0)
+    assert out.rejected == 3
+    [firing] = out.events
+    assert firing.labels["zone"] == "c" and firing.value == 99.0
