@@ -21,7 +21,7 @@ WINDOW: Points = deque([(0.0, 10.0), (10.0, 30.0), (20.0, 20.0), (30.0, 50.0), (
         ("max", 50.0),
         ("sum", 115.0),
         ("count", 5.0),
-        ("delta", -5.0),  # last − first, as a gauge
+        ("delta", -5.0),  # last - first, as a gauge
         ("increase", 20.0 + 20.0 + 30.0 + 5.0),  # the drops are resets: 30→20 counts 20, 50→5 counts 5
         ("rate", 75.0 / 40.0),
         ("p50", 20.0),  # nearest rank over 5, 10, 20, 30, 50
