@@ -48,10 +48,14 @@ def _op(
     body: str | None = None,
     ok: int = 200,
     answer: dict[str, Any] | None = None,
-    media: str = "application/json",
+    media: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """``media`` maps content types to schemas where the answer is not JSON described by ``answer``."""
+    content = {kind: {"schema": schema} for kind, schema in (media or {}).items()} or {
+        "application/json": {"schema": answer or {"type": "object"}}
+    }
     responses: dict[str, Any] = {
-        str(ok): {"description": "success", "content": {media: {"schema": answer or {"type": "object"}}}},
+        str(ok): {"description": "success", "content": content},
         "400": {"$ref": "#/components/responses/Error"},
         "401": {"$ref": "#/components/responses/Error"},
         "403": {"$ref": "#/components/responses/Error"},
@@ -65,6 +69,8 @@ def _op(
         "parameters": params or [],
         "responses": responses,
     }
+    if any(p["in"] == "path" for p in params or []):
+        responses["404"] = {"$ref": "#/components/responses/Error"}
     if body is not None:
         operation["requestBody"] = {
             "required": True,
@@ -240,8 +246,10 @@ def openapi_document() -> dict[str, Any]:
                     _param("metric", "metric name (samples)"),
                     *_RANGE,
                 ],
-                media="text/csv",
-                answer={"type": "string"},
+                media={
+                    "text/csv": {"type": "string"},
+                    "application/json": {"type": "array", "items": {"type": "object"}},
+                },
             )
         },
         "/api/v1/ingest/metrics": {
