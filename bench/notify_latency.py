@@ -7,9 +7,13 @@ loop, so arrival times are taken the moment a request is read). Latency: N alert
 one at a time to ``sf.alerts.<host>`` (JetStream, with its ack), each timed until its POST
 arrives. Reference: the same JetStream publish echoed back to a core subscription on the
 same server — the floor any design on this bus could reach. Sustained: ``--rate`` alerts per
-second for ``--seconds``, then wait (bounded) until every one has arrived.
+second for ``--seconds``, then wait (bounded) until every one has arrived; its reference is
+the same schedule of JetStream publishes echoed to a core subscription (``--ref-seconds``),
+which shows the load generator and the bus keep the rate on this machine. The notifier's
+own CPU time per alert in the sustained run (from ``/proc``, Linux) gives the rate one
+replica could carry on a core of its own, whatever else the machine is doing.
 
-    uv run python bench/notify_latency.py [--alerts 1000] [--rate 1000] [--seconds 5]
+    uv run python bench/notify_latency.py [--alerts 1000] [--rate 1000] [--seconds 30]
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "dev"))
@@ -105,7 +110,33 @@ def make_alert(alert_id: str) -> AlertEvent:
     )
 
 
-async def measure(url: str, receiver: Receiver, alerts: int, rate: int, seconds: float) -> dict[str, object]:
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def paced(rate: int, total: int, publish: Callable[[int], Awaitable[None]]) -> float:
+    """Call ``publish(k)`` for k < ``total`` at ``rate`` per second, in slices of 10 ms;
+    return the seconds it took."""
+    slice_size = max(1, rate // 100)
+    start = time.perf_counter()
+    for n in range(0, total, slice_size):
+        delay = start + n / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        for k in range(n, min(total, n + slice_size)):
+            await publish(k)
+    return time.perf_counter() - start
+
+
+async def measure(
+    url: str, receiver: Receiver, args: argparse.Namespace, notifier_cpu: Callable[[], float | None]
+) -> dict[str, object]:
+    alerts, rate, seconds = args.alerts, args.rate, args.seconds
     config = NatsConfig(url=url)
     nc = await connect(config, "bench")
     js = nc.jetstream()
@@ -143,23 +174,47 @@ async def measure(url: str, receiver: Receiver, alerts: int, rate: int, seconds:
         await js.publish(subjects.alerts("bench-1"), payload)
         ours.append(await asyncio.wait_for(waiter, 10) - sent)
 
+    # Reference for the sustained run: the same schedule of JetStream publishes, echoed.
+    ref_total = int(rate * args.ref_seconds)
+    ref_sent: list[float] = []
+    ref_arrived: list[float] = []
+    ref_done = asyncio.Event()
+    if ref_total == 0:
+        ref_done.set()
+
+    async def on_ref(msg: object) -> None:
+        ref_arrived.append(time.perf_counter())
+        if len(ref_arrived) >= ref_total:
+            ref_done.set()
+
+    echo = await nc.subscribe("sf.notifications.bench-rate", cb=on_ref)
+
+    async def publish_ref(k: int) -> None:
+        ref_sent.append(time.perf_counter())
+        await js.publish("sf.notifications.bench-rate", encode(make_alert(f"rate-{k}")))
+
+    ref_start = time.perf_counter()
+    await paced(rate, ref_total, publish_ref)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(ref_done.wait(), DRAIN_LIMIT)
+    await echo.unsubscribe()
+    ref_last = max(ref_arrived, default=ref_start)
+
     # Sustained: `rate` alerts per second, in slices of 10 ms.
     published: dict[str, float] = {}
     total = int(rate * seconds)
-    slice_size = max(1, rate // 100)
+
+    async def publish_alert(k: int) -> None:
+        alert_id = f"load-{k}"
+        published[alert_id] = time.perf_counter()
+        await js.publish(subjects.alerts("bench-1"), encode(make_alert(alert_id)))
+
+    cpu_before = notifier_cpu()
     start = time.perf_counter()
-    for n in range(0, total, slice_size):
-        due = start + n / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        for k in range(n, min(total, n + slice_size)):
-            alert_id = f"load-{k}"
-            published[alert_id] = time.perf_counter()
-            await js.publish(subjects.alerts("bench-1"), encode(make_alert(alert_id)))
-    publish_seconds = time.perf_counter() - start
+    publish_seconds = await paced(rate, total, publish_alert)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(receiver.all_of(set(published)), DRAIN_LIMIT)
+    cpu_after = notifier_cpu()
     received = [a for a in published if a in receiver.arrivals]
     last = max((receiver.arrivals[a] for a in received), default=start)
     load_latency = [receiver.arrivals[a] - published[a] for a in received]
@@ -172,18 +227,24 @@ async def measure(url: str, receiver: Receiver, alerts: int, rate: int, seconds:
         "publish_seconds": publish_seconds,
         "delivered_seconds": last - start,
         "load_latency": load_latency,
+        "ref_sent": ref_total,
+        "ref_received": len(ref_arrived),
+        "ref_seconds": ref_last - ref_start,
+        "ref_latency": [b - a for a, b in zip(ref_sent, ref_arrived, strict=False)],
+        "cpu": None if cpu_before is None or cpu_after is None else cpu_after - cpu_before,
     }
 
 
 async def run(url: str, root: Path, args: argparse.Namespace) -> dict[str, object]:
     receiver = Receiver()
     port = await receiver.start()
+    concurrency = "" if args.concurrency is None else f", concurrency: {args.concurrency}"
     (root / "notify.yaml").write_text(
         f"""\
 log_level: warning
 max_in_flight: {args.in_flight}
 channels:
-  hook: {{type: webhook, url: "http://127.0.0.1:{port}/hook"}}
+  hook: {{type: webhook, url: "http://127.0.0.1:{port}/hook"{concurrency}}}
 routes:
   - channels: [hook]
 """
@@ -193,7 +254,9 @@ routes:
         "notifier", ["notifier", "--config", str(root / "notify.yaml")], env, root
     ).start()
     try:
-        return await measure(url, receiver, args.alerts, args.rate, args.seconds)
+        assert notifier.proc is not None
+        pid = notifier.proc.pid
+        return await measure(url, receiver, args, lambda: cpu_seconds(pid))
     finally:
         notifier.stop()
 
@@ -203,8 +266,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--alerts", type=int, default=1000, help="alerts timed one at a time")
     parser.add_argument("--rate", type=int, default=1000, help="alerts per second in the sustained run")
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of the sustained run")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of the sustained run")
+    parser.add_argument(
+        "--ref-seconds", type=float, default=5.0, help="length of the raw-bus run at the same rate"
+    )
     parser.add_argument("--in-flight", type=int, default=64, help="the notifier's max_in_flight")
+    parser.add_argument("--concurrency", type=int, default=None, help="the webhook's concurrency")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sf-bench-") as tmp:
         root = Path(tmp)
@@ -231,9 +298,32 @@ def main() -> int:
         f"{received} arrived ({sent - received} lost), the last {delivered:.2f}s after the first "
         f"publish: {received / delivered:.0f} alerts/s delivered"
     )
-    if load:
-        p = percentiles(load)
-        print("under load, publish→arrival      " + "".join(f"{p[k] * 1000:>8.2f}ms" for k in p))
+    ref_sent, ref_received, ref_seconds = found["ref_sent"], found["ref_received"], found["ref_seconds"]
+    assert isinstance(ref_sent, int) and isinstance(ref_received, int) and isinstance(ref_seconds, float)
+    ref_rate = ref_received / ref_seconds if ref_seconds > 0 else 0.0
+    print(
+        f"reference: {ref_sent} raw JetStream publishes at {args.rate}/s, {ref_received} echoed: "
+        f"{ref_rate:.0f}/s"
+    )
+    rate = received / delivered if delivered > 0 else 0.0
+    if ref_rate > 0:
+        print(f"ratio (delivered / raw rate):     {rate / ref_rate:.2f}")
+    ref_latency = found["ref_latency"]
+    assert isinstance(ref_latency, list)
+    for label, values in (
+        ("under load, publish→arrival      ", load),
+        ("raw bus at that rate             ", ref_latency),
+    ):
+        if values:
+            p = percentiles(values)
+            print(label + "".join(f"{p[k] * 1000:>8.2f}ms" for k in p))
+    cpu = found["cpu"]
+    if isinstance(cpu, float) and received:
+        per_alert = cpu / received
+        print(
+            f"notifier CPU in the sustained run: {cpu:.1f}s, {per_alert * 1000:.3f} ms per alert "
+            f"→ {1 / per_alert:.0f} alerts/s on a core of its own"
+        )
     return 0 if sent == received else 1
 
 

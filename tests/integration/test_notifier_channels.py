@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import httpx
+import aiohttp
 import msgspec
 import pytest
 from aiosmtpd.controller import Controller
@@ -33,9 +33,13 @@ from signalfire.events import AlertEvent
 from signalfire.notifier.channels import ChannelContext, DeliveryError, Notification, build_channel
 from signalfire.notifier.channels.discord import DiscordChannelConfig
 from signalfire.notifier.channels.email import EmailChannelConfig
+from signalfire.notifier.channels.http import new_session
 from signalfire.notifier.channels.pagerduty import PagerDutyChannelConfig
 from signalfire.notifier.channels.slack import SlackChannelConfig
 from signalfire.notifier.channels.sms import SmsChannelConfig
+
+#: For channels built only to check their settings: they never make a request.
+NO_HTTP = cast(aiohttp.ClientSession, None)
 
 ALERT = AlertEvent(
     id="alert-1",
@@ -129,12 +133,12 @@ def provider() -> Iterator[Provider]:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with new_session() as client:
         yield client
 
 
-def channel(config: Any, http: httpx.AsyncClient, **environ: str) -> Any:
+def channel(config: Any, http: aiohttp.ClientSession, **environ: str) -> Any:
     return build_channel("chan", config, ChannelContext(http=http, environ=environ))
 
 
@@ -206,7 +210,7 @@ def email_config(port: int, **overrides: Any) -> EmailChannelConfig:
 
 
 async def test_email_arrives_with_text_and_escaped_html_bodies(
-    smtp: tuple[Mailbox, int], http: httpx.AsyncClient
+    smtp: tuple[Mailbox, int], http: aiohttp.ClientSession
 ) -> None:
     box, port = smtp
     config = email_config(port, username="alerts", password_env="SMTP_PASSWORD")
@@ -234,7 +238,7 @@ async def test_email_arrives_with_text_and_escaped_html_bodies(
 
 
 async def test_email_resolved_subject_and_refusals(
-    smtp: tuple[Mailbox, int], http: httpx.AsyncClient
+    smtp: tuple[Mailbox, int], http: aiohttp.ClientSession
 ) -> None:
     box, port = smtp
     chan = channel(email_config(port), http)
@@ -250,7 +254,7 @@ async def test_email_resolved_subject_and_refusals(
 
 
 async def test_email_wrong_password_is_permanent_and_never_shown(
-    smtp: tuple[Mailbox, int], http: httpx.AsyncClient
+    smtp: tuple[Mailbox, int], http: aiohttp.ClientSession
 ) -> None:
     _, port = smtp
     config = email_config(port, username="alerts", password_env="SMTP_PASSWORD")
@@ -259,13 +263,13 @@ async def test_email_wrong_password_is_permanent_and_never_shown(
     assert "SMTP login refused" in str(error) and "wrong-pass" not in str(error)
 
 
-async def test_email_server_away_is_retryable(http: httpx.AsyncClient) -> None:
+async def test_email_server_away_is_retryable(http: aiohttp.ClientSession) -> None:
     error = await failure(channel(email_config(free_port()), http), Notification(alert=ALERT))
     assert error.retryable
 
 
 async def test_email_starttls_against_a_plain_server_fails_clearly(
-    smtp: tuple[Mailbox, int], http: httpx.AsyncClient
+    smtp: tuple[Mailbox, int], http: aiohttp.ClientSession
 ) -> None:
     _, port = smtp
     error = await failure(channel(email_config(port, security="starttls"), http), Notification(alert=ALERT))
@@ -276,20 +280,22 @@ def test_email_password_from_a_file(tmp_path: Path) -> None:
     secret = tmp_path / "smtp-password"
     secret.write_text("from-file\n")
     config = email_config(25, username="u", password_file=str(secret))
-    chan = build_channel("mail", config, ChannelContext(http=httpx.AsyncClient(), environ={}))
+    chan = build_channel("mail", config, ChannelContext(http=NO_HTTP, environ={}))
     assert chan._password == "from-file"  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match=r"channels.mail.password_file: cannot read"):
         build_channel(
             "mail",
             email_config(25, username="u", password_file=str(tmp_path / "missing")),
-            ChannelContext(http=httpx.AsyncClient(), environ={}),
+            ChannelContext(http=NO_HTTP, environ={}),
         )
 
 
 # --- Slack -------------------------------------------------------------------------------
 
 
-async def test_slack_webhook_posts_a_coloured_attachment(provider: Provider, http: httpx.AsyncClient) -> None:
+async def test_slack_webhook_posts_a_coloured_attachment(
+    provider: Provider, http: aiohttp.ClientSession
+) -> None:
     provider.default = Answer(body=b"ok")
     config = SlackChannelConfig(webhook_url_env="SLACK_URL")
     chan = channel(config, http, SLACK_URL=provider.url + "/services/T0/B0/secret")
@@ -309,7 +315,7 @@ async def test_slack_webhook_posts_a_coloured_attachment(provider: Provider, htt
 
 
 async def test_slack_bot_threads_the_resolved_notice_under_the_original(
-    provider: Provider, http: httpx.AsyncClient
+    provider: Provider, http: aiohttp.ClientSession
 ) -> None:
     provider.default = Answer(
         body=b'{"ok": true, "channel": "C1", "ts": "1763794860.000100"}',
@@ -331,7 +337,7 @@ async def test_slack_bot_threads_the_resolved_notice_under_the_original(
     assert threaded["thread_ts"] == "1763794860.000100"
 
 
-async def test_slack_rate_limit_and_errors(provider: Provider, http: httpx.AsyncClient) -> None:
+async def test_slack_rate_limit_and_errors(provider: Provider, http: aiohttp.ClientSession) -> None:
     config = SlackChannelConfig(token_env="SLACK_TOKEN", channel="#ops", api_url=provider.url + "/api/")
     chan = channel(config, http, SLACK_TOKEN="xoxb-test-token")
     provider.script = [
@@ -346,7 +352,7 @@ async def test_slack_rate_limit_and_errors(provider: Provider, http: httpx.Async
 
 
 async def test_slack_webhook_500_is_retryable_and_a_hang_times_out(
-    provider: Provider, http: httpx.AsyncClient
+    provider: Provider, http: aiohttp.ClientSession
 ) -> None:
     chan = channel(
         SlackChannelConfig(webhook_url_env="SLACK_URL", timeout=Duration(1)),
@@ -362,7 +368,7 @@ async def test_slack_webhook_500_is_retryable_and_a_hang_times_out(
 # --- Discord -----------------------------------------------------------------------------
 
 
-async def test_discord_embed_with_severity_colour(provider: Provider, http: httpx.AsyncClient) -> None:
+async def test_discord_embed_with_severity_colour(provider: Provider, http: aiohttp.ClientSession) -> None:
     provider.default = Answer(204)
     chan = channel(
         DiscordChannelConfig(webhook_url_env="DISCORD_URL"), http, DISCORD_URL=provider.url + "/wh"
@@ -378,7 +384,7 @@ async def test_discord_embed_with_severity_colour(provider: Provider, http: http
     assert {"name": "Host", "value": "web-1", "inline": True} in embed["fields"]
 
 
-async def test_discord_keeps_within_its_limits(provider: Provider, http: httpx.AsyncClient) -> None:
+async def test_discord_keeps_within_its_limits(provider: Provider, http: aiohttp.ClientSession) -> None:
     provider.default = Answer(204)
     huge = msgspec.structs.replace(
         ALERT,
@@ -404,7 +410,7 @@ async def test_discord_keeps_within_its_limits(provider: Provider, http: httpx.A
     assert "(showing" in body["content"]
 
 
-async def test_discord_429_retry_after_from_the_body(provider: Provider, http: httpx.AsyncClient) -> None:
+async def test_discord_429_retry_after_from_the_body(provider: Provider, http: aiohttp.ClientSession) -> None:
     provider.script = [Answer(429, b'{"message": "You are being rate limited.", "retry_after": 2.5}')]
     chan = channel(
         DiscordChannelConfig(webhook_url_env="DISCORD_URL"), http, DISCORD_URL=provider.url + "/wh"
@@ -417,7 +423,7 @@ async def test_discord_429_retry_after_from_the_body(provider: Provider, http: h
 
 
 async def test_pagerduty_trigger_acknowledge_resolve_share_the_dedup_key(
-    provider: Provider, http: httpx.AsyncClient
+    provider: Provider, http: aiohttp.ClientSession
 ) -> None:
     provider.default = Answer(202, b'{"status": "success", "dedup_key": "fp-highcpu-web1"}')
     config = PagerDutyChannelConfig(routing_key_env="PD_KEY", url=provider.url + "/v2/enqueue")
@@ -459,7 +465,7 @@ async def test_pagerduty_trigger_acknowledge_resolve_share_the_dedup_key(
     ("ours", "theirs"), [("critical", "critical"), ("high", "error"), ("medium", "warning"), ("low", "info")]
 )
 async def test_pagerduty_severities(
-    provider: Provider, http: httpx.AsyncClient, ours: str, theirs: str
+    provider: Provider, http: aiohttp.ClientSession, ours: str, theirs: str
 ) -> None:
     provider.default = Answer(202)
     chan = channel(
@@ -469,7 +475,7 @@ async def test_pagerduty_severities(
     assert provider.requests[0].json()["payload"]["severity"] == theirs
 
 
-async def test_pagerduty_bad_request_is_permanent(provider: Provider, http: httpx.AsyncClient) -> None:
+async def test_pagerduty_bad_request_is_permanent(provider: Provider, http: aiohttp.ClientSession) -> None:
     provider.script = [Answer(400, b'{"status": "invalid event"}'), Answer(503)]
     chan = channel(
         PagerDutyChannelConfig(routing_key_env="PD_KEY", url=provider.url + "/e"), http, PD_KEY="k"
@@ -495,7 +501,7 @@ def sms_config(url: str) -> SmsChannelConfig:
 
 
 async def test_sms_posts_twilio_form_with_basic_auth_and_160_characters(
-    provider: Provider, http: httpx.AsyncClient
+    provider: Provider, http: aiohttp.ClientSession
 ) -> None:
     provider.default = Answer(201, b'{"sid": "SM123", "status": "queued"}')
     chan = channel(sms_config(provider.url), http, TWILIO_TOKEN="tw-token")
@@ -511,7 +517,7 @@ async def test_sms_posts_twilio_form_with_basic_auth_and_160_characters(
     assert form["Body"].isascii()
 
 
-async def test_sms_errors(provider: Provider, http: httpx.AsyncClient) -> None:
+async def test_sms_errors(provider: Provider, http: aiohttp.ClientSession) -> None:
     provider.script = [Answer(401, b'{"code": 20003, "message": "Authenticate"}'), Answer(429)]
     chan = channel(sms_config(provider.url), http, TWILIO_TOKEN="tw-token")
     denied = await failure(chan, Notification(alert=ALERT))
@@ -534,14 +540,16 @@ def test_channel_settings_are_checked() -> None:
 
 
 def test_missing_provider_secret_names_the_setting() -> None:
-    context = ChannelContext(http=httpx.AsyncClient(), environ={})
+    context = ChannelContext(http=NO_HTTP, environ={})
     with pytest.raises(
         ConfigError, match=r"channels.pd.routing_key_env: environment variable PD_KEY is not set"
     ):
         build_channel("pd", PagerDutyChannelConfig(routing_key_env="PD_KEY"), context)
 
 
-async def test_channels_time_out_on_a_hanging_provider(provider: Provider, http: httpx.AsyncClient) -> None:
+async def test_channels_time_out_on_a_hanging_provider(
+    provider: Provider, http: aiohttp.ClientSession
+) -> None:
     provider.default = Answer(hang=1.5)
     chan = channel(
         PagerDutyChannelConfig(routing_key_env="PD_KEY", url=provider.url + "/e", timeout=Duration(0.3)),
@@ -586,7 +594,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("security", ["starttls", "tls"])
 async def test_email_over_starttls_and_implicit_tls_with_login(
-    certificate: tuple[Path, Path], http: httpx.AsyncClient, security: str
+    certificate: tuple[Path, Path], http: aiohttp.ClientSession, security: str
 ) -> None:
     cert, key = certificate
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

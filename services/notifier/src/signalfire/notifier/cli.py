@@ -11,13 +11,11 @@ import time
 import uuid
 from typing import Any
 
-import httpx
-
 from signalfire.config import ConfigError
 from signalfire.events import SEVERITIES, AlertEvent, DeliveryResult
 from signalfire.log import configure_logging
 from signalfire.notifier.channels import ChannelContext, Notification, build_channel, channel_type
-from signalfire.notifier.channels.http import quiet_url_loggers
+from signalfire.notifier.channels.http import new_session, quiet_url_loggers
 from signalfire.notifier.config import load_notify_config
 from signalfire.notifier.delivery import RetryPolicy, deliver
 from signalfire.notifier.service import NotifierService
@@ -111,7 +109,7 @@ def notify_test(args: argparse.Namespace) -> int:
             print(line + (f": {result.error}" if result.error else ""), flush=True)
 
         quiet_url_loggers()
-        async with httpx.AsyncClient(follow_redirects=False) as http:
+        async with new_session() as http:
             channel = build_channel(args.channel, settings, ChannelContext(http=http, environ=os.environ))
             result, _ = await deliver(
                 channel, make_test_notification(args.severity), RetryPolicy.of(settings), show

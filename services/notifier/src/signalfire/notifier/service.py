@@ -29,7 +29,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
-import httpx
+import aiohttp
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -43,7 +43,7 @@ from signalfire.config import ConfigError
 from signalfire.events import AlertAction, AlertEvent, DeliveryResult, PayloadError, decode, encode
 from signalfire.notifier import inhibit, silence
 from signalfire.notifier.channels import Channel, ChannelContext, Notification, build_channel
-from signalfire.notifier.channels.http import quiet_url_loggers
+from signalfire.notifier.channels.http import new_session, quiet_url_loggers
 from signalfire.notifier.config import NotifyConfig
 from signalfire.notifier.dispatch import Busy, Dispatcher, Outcome
 from signalfire.notifier.group import Batch, add, batch_key, batched, group_of, remove
@@ -62,8 +62,6 @@ DURABLE = "notifier"
 ACTIONS_DURABLE = "notifier-actions"
 #: How long :meth:`NotifierService.stop` lets in-flight deliveries finish.
 DRAIN_TIMEOUT = 10.0
-#: Connections kept to providers (each channel also limits its own, ``concurrency``).
-HTTP_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64)
 #: Wait before an event whose message another replica is sending is looked at again.
 BUSY_DELAY = 5.0
 
@@ -94,7 +92,7 @@ class NotifierService:
         self._sleep = sleep
         self._subjects = config.nats.subjects
         self._channels: dict[str, Channel] = {}
-        self._http: httpx.AsyncClient | None = None
+        self._http: aiohttp.ClientSession | None = None
         self._js: JetStreamContext | None = None
         self._state: NotifyState | None = None
         self._silences: Mirror[silence.Silence] | None = None
@@ -153,7 +151,7 @@ class NotifierService:
 
     async def start(self) -> None:
         quiet_url_loggers()
-        self._http = httpx.AsyncClient(follow_redirects=False, limits=HTTP_LIMITS)
+        self._http = new_session()
         context = ChannelContext(http=self._http, environ=self._environ)
         try:
             # before connecting: a missing secret must stop start-up, not the first delivery
@@ -242,7 +240,7 @@ class NotifierService:
             await self._metrics_server.wait_closed()
             self._metrics_server = None
         if self._http is not None:
-            await self._http.aclose()
+            await self._http.close()
             self._http = None
         if self._owns_nc and self._nc is not None:
             await self._nc.close()

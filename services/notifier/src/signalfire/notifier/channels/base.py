@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-import httpx
+import aiohttp
 import msgspec
 
 from signalfire.config import ConfigError, Duration
@@ -82,7 +82,7 @@ class Channel(Protocol):
 class ChannelContext:
     """Resources channels share, owned by whoever builds them (the service or the CLI)."""
 
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession
     environ: Mapping[str, str]
 
     def secret(self, channel: str, what: str, env: str | None, file: str | None) -> str | None:
@@ -128,10 +128,10 @@ class ChannelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, 
     burst: int = 1
     #: Channel that gets the notification when this one failed for good.
     fallback: str | None = None
-    #: Requests to the provider in flight at once. Receivers answer in milliseconds, so a
-    #: few connections carry 1,000 messages/s; more only cost CPU (httpcore rescans its
-    #: whole pool for every queued request, while waiting on a semaphore is free).
-    concurrency: int = 4
+    #: Requests to the provider in flight at once (each on its own keep-alive connection).
+    #: 16 lets the sends that finish together record their results in one write to NATS:
+    #: with 4, one notifier spent a third more CPU per alert at 1,000 alerts/s.
+    concurrency: int = 16
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_attempts <= 100:

@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
-
 from signalfire.config import Duration
 from signalfire.notifier.channels import message
 from signalfire.notifier.channels.base import ChannelContext, ChannelSettings, DeliveryError, Notification
-from signalfire.notifier.channels.http import post
+from signalfire.notifier.channels.http import Reply, post
 
 TITLE_LIMIT = 256
 DESCRIPTION_LIMIT = 4096
@@ -94,7 +92,7 @@ def payload(notification: Notification, username: str) -> dict[str, Any]:
     }
 
 
-def discord_retry_after(response: httpx.Response) -> float | None:
+def discord_retry_after(response: Reply) -> float | None:
     """Discord's 429 body says ``{"retry_after": 1.5, ...}`` (seconds)."""
     try:
         value = response.json().get("retry_after")

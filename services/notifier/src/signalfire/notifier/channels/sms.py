@@ -4,9 +4,9 @@ Messages API (``POST /2010-04-01/Accounts/{sid}/Messages.json``)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 
-import httpx
 import msgspec
 
 from signalfire.config import Duration
@@ -73,7 +73,8 @@ class SmsChannel:
         self._slots = asyncio.Semaphore(config.concurrency)
         token = context.secret(name, "auth_token", config.auth_token_env, config.auth_token_file)
         assert token is not None
-        self._auth = httpx.BasicAuth(config.account_sid, token)
+        basic = base64.b64encode(f"{config.account_sid}:{token}".encode()).decode("ascii")
+        self._auth = {"Authorization": f"Basic {basic}"}
         self._url = f"{config.api_url.rstrip('/')}/2010-04-01/Accounts/{config.account_sid}/Messages.json"
 
     async def send(self, notification: Notification) -> str | None:
@@ -82,8 +83,8 @@ class SmsChannel:
             self._url,
             timeout=float(self._config.timeout),
             slots=self._slots,
-            auth=self._auth,
-            data={"To": self._config.to, "From": self._config.from_, "Body": text(notification)},
+            headers=self._auth,
+            form={"To": self._config.to, "From": self._config.from_, "Body": text(notification)},
         )
         try:
             sid = response.json().get("sid")

@@ -127,6 +127,6 @@ class WebhookChannel:
             self._config.url,
             timeout=float(self._config.timeout),
             slots=self._slots,
-            content=body,
+            body=body,
             headers=headers,
         )
