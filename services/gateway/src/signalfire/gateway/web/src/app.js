@@ -2,7 +2,7 @@
 
 import { api, session, ApiError } from "./api.js";
 import { h, clear, toast } from "./dom.js";
-import { connect, disconnect } from "./stream.js";
+import { connect, disconnect, onFrame } from "./stream.js";
 import { overviewPage } from "./pages/overview.js";
 import { hostPage } from "./pages/host.js";
 import { alertsPage } from "./pages/alerts.js";
@@ -90,4 +90,7 @@ async function route() {
 }
 
 window.addEventListener("hashchange", route);
+// The stream could not resume (the gateway restarted, or the tab was away too long): reload
+// what the page shows, so nothing that arrived in between is missing.
+onFrame((frame) => { if (frame.kind === "reset") route(); });
 route();

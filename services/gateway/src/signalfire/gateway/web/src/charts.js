@@ -18,7 +18,7 @@ export function lineChart(container, title, metric, series, { height = 200, onZo
   const figure = h("figure", { class: "panel chart", "aria-label": title });
   const caption = h("figcaption", {}, h("strong", {}, title));
   const plotBox = h("div", { "aria-hidden": "true" });
-  const table = tableFallback(series, metric);
+  const table = tableFallback(series, metric, () => (plot ? plot.data : [times, ...columns]));
   // The newest value of each series as text: for screen readers, and what a glance needs.
   const latest = h("p", { class: "latest muted" });
   const showLatest = () => {
@@ -72,20 +72,34 @@ export function lineChart(container, title, metric, series, { height = 200, onZo
       while (data[0].length && data[0][0] < horizon) for (const col of data) col.shift();
       plot.setData(data);
       showLatest();
+      table.refresh();
     },
     destroy() { resize.disconnect(); sync.unsub(plot); plot.destroy(); },
   };
 }
 
-function tableFallback(series, metric) {
-  const rows = [];
-  for (const s of series) for (const [t, v] of s.points.slice(-20)) rows.push([s.label, t, v]);
-  return h("details", {},
+/** The chart as a table: the newest 20 points of each series, kept current while open. */
+function tableFallback(series, metric, data) {
+  const body = h("tbody", {});
+  const render = () => {
+    const [times, ...cols] = data();
+    const rows = [];
+    series.forEach((s, i) => {
+      const points = [];
+      for (let j = times.length - 1; j >= 0 && points.length < 20; j--) {
+        if (cols[i][j] !== null && cols[i][j] !== undefined) points.unshift([times[j], cols[i][j]]);
+      }
+      for (const [t, v] of points) rows.push(h("tr", {}, h("td", {}, s.label), h("td", {}, formatTime(t)), h("td", {}, formatValue(v, metric))));
+    });
+    body.replaceChildren(...rows);
+  };
+  const details = h("details", { ontoggle: () => { if (details.open) render(); } },
     h("summary", {}, "Show as table"),
     h("div", { class: "table-wrap" }, h("table", {},
       h("thead", {}, h("tr", {}, h("th", {}, "series"), h("th", {}, "time"), h("th", {}, "value"))),
-      h("tbody", {}, rows.map(([label, t, v]) => h("tr", {}, h("td", {}, label), h("td", {}, formatTime(t)), h("td", {}, formatValue(v, metric))))),
-    )));
+      body)));
+  details.refresh = () => { if (details.open) render(); };
+  return details;
 }
 
 /** A small inline sparkline (SVG, no axes) for host tiles. */

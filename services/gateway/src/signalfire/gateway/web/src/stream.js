@@ -1,11 +1,15 @@
 // The live stream: one WebSocket per tab, resumed with the last sequence number after any
-// disconnect, paused while the tab is hidden.
+// disconnect, paused while the tab is hidden. The gateway names its sequence numbers with an
+// epoch (sent in the first, "hello" frame); when it cannot resume — it restarted, or the tab
+// was away longer than its ring buffer — it sends a "reset" frame and the page reloads its
+// data through the REST API, so a chart never shows a silent gap.
 
 import { session } from "./api.js";
 
 const listeners = new Set();
 let socket = null;
 let lastSeq = null;
+let epoch = null;
 let retry = 500;
 let subscription = { hosts: [], metrics: [], alerts: true, host_status: true };
 let statusEl = null;
@@ -36,12 +40,14 @@ export function connect() {
   socket.onopen = () => {
     retry = 500;
     setStatus("live", true);
-    socket.send(JSON.stringify({ subscribe: subscription, last_seq: lastSeq }));
+    socket.send(JSON.stringify({ subscribe: subscription, last_seq: lastSeq, epoch }));
   };
   socket.onmessage = (event) => {
     const frames = JSON.parse(event.data);
     for (const frame of Array.isArray(frames) ? frames : [frames]) {
-      if (frame.seq) lastSeq = frame.seq;
+      if (frame.kind === "hello") epoch = frame.epoch;
+      else if (frame.kind === "reset") lastSeq = null;
+      else if (frame.seq) lastSeq = frame.seq;
       for (const fn of listeners) fn(frame);
     }
   };
