@@ -8,14 +8,20 @@ import { lineChart } from "../charts.js";
 const CHARTS = [
   ["CPU total", "cpu.usage_percent"],
   ["CPU per core", "cpu.core.usage_percent"],
+  ["CPU iowait", "cpu.iowait_percent"],
   ["Load", "load.1m"],
   ["Memory used", "mem.used_percent"],
+  ["Memory available", "mem.available_bytes"],
   ["Swap used", "swap.used_percent"],
   ["Disk used", "disk.used_percent"],
   ["Disk read", "disk.read_bytes_per_second"],
   ["Disk write", "disk.write_bytes_per_second"],
+  ["Disk busy", "disk.busy_percent"],
   ["Network received", "net.recv_bytes_per_second"],
   ["Network sent", "net.sent_bytes_per_second"],
+  ["Network errors", "net.errors_per_second"],
+  ["TCP sockets in use", "sockets.tcp_inuse"],
+  ["Processes", "procs.total"],
 ];
 const RANGES = [["live", 900], ["15 min", 900], ["1 h", 3600], ["6 h", 21600], ["24 h", 86400], ["7 d", 604800]];
 
