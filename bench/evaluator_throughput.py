@@ -6,13 +6,17 @@ second of CPU time on one core. The reference, measured in the same run, is the 
 decoding the same batches from JSON with msgspec (what any consumer of the bus pays before
 doing anything); the ratio says how many times that cost the rule evaluation adds up to.
 
-    uv run python bench/evaluator_throughput.py [--hosts 1000] [--rounds 5]
+Each pass starts a fresh engine; the best of ``--repeat`` passes is reported (other work on a
+shared machine only adds CPU time), with every pass's figure beside it.
+
+    uv run python bench/evaluator_throughput.py [--hosts 1000] [--rounds 5] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import sys
 import time
 from collections import Counter
@@ -94,10 +98,37 @@ def make_batches(hosts: int, rounds: int, seed: int = 7) -> list[list[bytes]]:
     return out
 
 
-def run(hosts: int, rounds: int) -> None:
+def run(hosts: int, rounds: int, repeat: int) -> None:
     rules = bench_rules()
     warmup = make_batches(hosts, 3, seed=1)
     data = make_batches(hosts, rounds)
+    decode_cpus: list[float] = []
+    engine_cpus: list[float] = []
+    for _ in range(repeat):
+        decode_cpu, engine_cpu = once(rules, hosts, warmup, data)
+        decode_cpus.append(decode_cpu)
+        engine_cpus.append(engine_cpu)
+    samples = rounds * hosts * METRICS * DEVICES
+    # On a shared machine other work only ever adds CPU time (cache and core contention):
+    # the best run is the closest to the code's own cost; the median shows the spread.
+    decode_cpu, engine_cpu = min(decode_cpus), min(engine_cpus)
+    print(
+        f"runs: {repeat}   engine samples/s per run: " + ", ".join(f"{samples / c:,.0f}" for c in engine_cpus)
+    )
+    print(f"msgspec decode only (reference): {samples / decode_cpu:>12,.0f} samples/s (CPU, best run)")
+    print(
+        f"engine, all 50 rules:            {samples / engine_cpu:>12,.0f} samples/s (CPU, one core, best run)"
+    )
+    print(f"engine, median run:              {samples / statistics.median(engine_cpus):>12,.0f} samples/s")
+    print(f"decode + engine:                 {samples / (decode_cpu + engine_cpu):>12,.0f} samples/s")
+    print(f"ratio (engine cost / decode cost): {engine_cpu / decode_cpu:.1f}x")
+
+
+def once(
+    rules: list[Rule], hosts: int, warmup: list[list[bytes]], data: list[list[bytes]]
+) -> tuple[float, float]:
+    """One pass on a fresh engine: (decode CPU seconds, engine CPU seconds)."""
+    rounds = len(data)
     events = [
         encode(EventBatch(host=f"host-{h}", time=0.0, events=[Event(type="bench.e0")] * 2))
         for h in range(0, hosts, 10)
@@ -139,18 +170,16 @@ def run(hosts: int, rounds: int) -> None:
     print(f"rules: {len(rules)}   hosts: {hosts}   series per host: {METRICS * DEVICES}   rounds: {rounds}")
     print(f"samples evaluated: {samples:,}   tracked (rule, series) pairs: {series:,}")
     print(f"alert events: {dict(emitted)}")
-    print(f"msgspec decode only (reference): {samples / decode_cpu:>12,.0f} samples/s (CPU)")
-    print(f"engine, all 50 rules:            {samples / engine_cpu:>12,.0f} samples/s (CPU, one core)")
-    print(f"decode + engine:                 {samples / (decode_cpu + engine_cpu):>12,.0f} samples/s")
-    print(f"ratio (engine cost / decode cost): {engine_cpu / decode_cpu:.1f}x")
+    return decode_cpu, engine_cpu
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3, help="passes on a fresh engine; the best counts")
     args = parser.parse_args()
-    run(args.hosts, args.rounds)
+    run(args.hosts, args.rounds, args.repeat)
     return 0
 
 

@@ -235,29 +235,34 @@ class Engine:
             entries = by_metric.get(sample.name)
             if entries is None:
                 continue
-            labels = {**context, **sample.labels, "host": host}
+            own = sample.labels
+            # The series' key for per-series rules, and the labels matchers see: built once
+            # per sample, the labels only when a rule has matchers.
+            key: Key = (host, tuple(sorted(own.items())) if own else ())
+            labels: dict[str, str] | None = None
             for rule, role in entries:
-                if rule.where and not rule.matches(labels):
-                    continue
+                if rule.where:
+                    if labels is None:
+                        labels = {**context, **own, "host": host}
+                    if not rule.matches(labels):
+                        continue
                 if role == "value":
                     self._value(
-                        rule,
-                        host,
-                        sample.labels,
-                        context=context,
-                        value=value,
-                        now=now,
-                        out=out,
-                        grouped=grouped,
+                        rule, host, own, key, context=context, value=value, now=now, out=out, grouped=grouped
                     )
                 elif role == "seen":
-                    self._seen(rule, host, sample.labels, context=context, now=now, out=out)
+                    self._seen(rule, host, own, context=context, now=now, out=out)
                 else:
                     selector = rule.numerator if role == "numerator" else rule.denominator
                     assert selector is not None
-                    if selector.matchers and not selector.matches(labels):
-                        continue
-                    track = self._track(rule, host, sample.labels, context, out)
+                    if selector.matchers:
+                        if labels is None:
+                            labels = {**context, **own, "host": host}
+                        if not selector.matches(labels):
+                            continue
+                    track = self._track(
+                        rule, host, own, context, out, key=key if rule.group_by == "series" else None
+                    )
                     if track is None:
                         continue
                     (track.points if role == "numerator" else track.below).append((now, value))
@@ -409,6 +414,7 @@ class Engine:
         rule: Rule,
         host: str,
         labels: Mapping[str, str],
+        series_key: Key,
         *,
         context: Mapping[str, str],
         value: float,
@@ -416,9 +422,11 @@ class Engine:
         out: Output,
         grouped: dict[int, tuple[Rule, Track]],
     ) -> None:
-        """One sample for a threshold, change or anomaly rule."""
+        """One sample for a threshold, change or anomaly rule (``series_key``: the sample's
+        per-series key, see :meth:`_key`)."""
+        key = series_key if rule.group_by == "series" else self._key(rule, host, labels)
         if rule.kind == "anomaly":
-            track = self._track(rule, host, labels, context, out)
+            track = self._track(rule, host, labels, context, out, key=key)
             if track is None:
                 return
             if track.n >= rule.warmup:
@@ -440,16 +448,16 @@ class Engine:
             track.n += 1
             return
         if not rule.window:  # `last`: no history needed until the condition first holds
-            existing = self._tracks[rule.name].get(self._key(rule, host, labels))
+            existing = self._tracks[rule.name].get(key)
             if existing is None:
                 if not rule.condition.holds(value):
                     return
-                existing = self._track(rule, host, labels, context, out)
+                existing = self._track(rule, host, labels, context, out, key=key)
                 if existing is None:
                     return
             self._judge(rule, existing, value, now, out)
             return
-        track = self._track(rule, host, labels, context, out)
+        track = self._track(rule, host, labels, context, out, key=key)
         if track is None:
             return
         track.points.append((now, value))
@@ -527,11 +535,20 @@ class Engine:
         return (FLEET, ())
 
     def _track(
-        self, rule: Rule, host: str, labels: Mapping[str, str], context: Mapping[str, str], out: Output
+        self,
+        rule: Rule,
+        host: str,
+        labels: Mapping[str, str],
+        context: Mapping[str, str],
+        out: Output,
+        *,
+        key: Key | None = None,
     ) -> Track | None:
-        """The track of the series a sample belongs to, created on first sight unless the
-        rule already tracks its ``max_series``."""
-        key = self._key(rule, host, labels)
+        """The track of the series a sample belongs to (``key``: its :meth:`_key`, when the
+        caller has it), created on first sight unless the rule already tracks its
+        ``max_series``."""
+        if key is None:
+            key = self._key(rule, host, labels)
         tracks = self._tracks[rule.name]
         track = tracks.get(key)
         if track is not None:
