@@ -61,6 +61,9 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     query_max_points: int = 200_000
     #: Database transactions writing ingested batches at once (each one a large ``COPY``).
     ingest_writers: int = 2
+    #: How often the rollups of ingested samples are merged (many rounds at once); at most a
+    #: third of ``ack_wait`` is used, since messages are acknowledged after their merge.
+    rollup_flush: Duration = Duration(5.0)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     #: Origins a browser may call the API from (``*`` for any); empty: no CORS headers.
     cors_origins: list[str] = msgspec.field(default_factory=list)
@@ -93,6 +96,8 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ValueError(f"{name}: must be at least 1")
         if self.fetch_timeout <= 0:
             raise ValueError("fetch_timeout: must be more than 0s")
+        if self.rollup_flush <= 0:
+            raise ValueError("rollup_flush: must be more than 0s")
         if self.rate_limit < 0:
             raise ValueError("rate_limit: must not be negative")
         if self.rate_burst < 1:

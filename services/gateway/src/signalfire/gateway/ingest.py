@@ -10,10 +10,15 @@ Four durable consumers, shared by every gateway replica:
 Each round fetches up to ``fetch_batch`` messages, decodes them, writes the good ones in one
 transaction (all samples of the round in one ``COPY``) and acknowledges them only after the
 commit. The metrics consumer runs ``ingest_writers`` rounds at once: while one transaction
-commits, the next round is fetched and copied. Malformed messages are counted,
-logged once and terminated (never redelivered); the rest of the round is still stored. When
-the database is unreachable nothing is acknowledged: the consumer waits for the database to
-answer again and then asks for the messages to be redelivered.
+commits, the next round is fetched and copied. The rollups of the metric batches are merged
+every ``rollup_flush`` (many rounds in one merge, which is what keeps them cheap); those
+messages are acknowledged after that merge commits, so a gateway that dies in between has them
+redelivered and their rollups merged by the next one (see :mod:`signalfire.gateway.store`).
+
+Malformed messages are counted, logged once and terminated (never redelivered); the rest of
+the round is still stored. When the database is unreachable nothing is acknowledged: the
+consumer waits for the database to answer again and then asks for the messages to be
+redelivered.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from signalfire.events import (
 )
 from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.live import LiveFeed
-from signalfire.gateway.store import LatestValues, Store
+from signalfire.gateway.store import LatestValues, RollupBacklog, Store
 from signalfire.subjects import Subjects
 from signalfire.telemetry import Registry
 
@@ -82,7 +87,8 @@ class _Consumer:
     stream: str
     filter_subject: str | None
     decode: Callable[[Msg], Payload]
-    write: Callable[[list[Payload]], Awaitable[None]]
+    #: Stores the items; returns the messages to acknowledge later (after the rollup merge).
+    write: Callable[[list[tuple[Msg, Payload]]], Awaitable[list[Msg]]]
     writers: int = 1
     subscription: Any = None
 
@@ -108,6 +114,10 @@ class Ingest:
         self.subjects: Subjects = config.nats.subjects
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._backlog = RollupBacklog()
+        #: Messages stored but not acknowledged until their rollups are merged, by sequence.
+        self._held: dict[int, Msg] = {}
         self._consumers = [
             _Consumer(
                 METRICS_CONSUMER,
@@ -168,7 +178,8 @@ class Ingest:
                     ack_policy=AckPolicy.EXPLICIT,
                     ack_wait=float(self.config.ack_wait),
                     max_deliver=self.config.max_deliver,
-                    max_ack_pending=max(2 * consumer.writers * self.config.fetch_batch, 1000),
+                    # room for the messages held until the next rollup merge
+                    max_ack_pending=max(2 * consumer.writers * self.config.fetch_batch, 20_000),
                     filter_subject=consumer.filter_subject,
                 ),
             )
@@ -176,6 +187,7 @@ class Ingest:
                 durable=consumer.name, stream=consumer.stream
             )
             self._tasks.append(asyncio.create_task(self._run(consumer), name=f"ingest-{consumer.name}"))
+        self._flusher = asyncio.create_task(self._flush_rollups(), name="ingest-rollups")
         log.info("ingesting", extra={"consumers": ",".join(c.name for c in self._consumers)})
 
     async def stop(self) -> None:
@@ -184,6 +196,10 @@ class Ingest:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        await self._flush_once()  # what the last rounds stored
         for consumer in self._consumers:
             if consumer.subscription is not None:
                 with contextlib.suppress(Exception):
@@ -225,6 +241,32 @@ class Ingest:
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
 
+    async def _flush_rollups(self) -> None:
+        # Well within ack_wait, so held messages are not redelivered while they wait.
+        every = min(float(self.config.rollup_flush), float(self.config.ack_wait) / 3)
+        while not self._stopping.is_set():
+            await self._pause(every)
+            await self._flush_once()
+
+    async def _flush_once(self) -> None:
+        """Merge the rollups of the backlog, then acknowledge its messages."""
+        if not len(self._backlog):
+            return
+        try:
+            done = await self.store.flush_rollups(self._backlog)
+        except Exception as exc:  # kept in the backlog; retried next time
+            self.db_errors.inc(consumer="rollups")
+            log.warning("rollup merge failed; will retry", extra={"reason": repr(exc)})
+            return
+        for seq in done:
+            msg = self._held.pop(seq, None)
+            if msg is None:
+                continue
+            try:
+                await msg.ack()
+            except Exception as exc:  # merged already; a redelivery would be a no-op
+                log.warning("ack failed", extra={"subject": msg.subject, "reason": repr(exc)})
+
     async def _handle_then_release(
         self, consumer: _Consumer, msgs: list[Msg], slots: asyncio.Semaphore
     ) -> None:
@@ -259,7 +301,7 @@ class Ingest:
         one bad message is terminated and the others are stored.
         """
         try:
-            await consumer.write([payload for _, payload in items])
+            held = await consumer.write(items)
         except Exception as exc:
             if not is_data_error(exc):
                 self.db_errors.inc(consumer=consumer.name)
@@ -275,7 +317,10 @@ class Ingest:
                 if not await self._store(consumer, [item]):
                     return False
             return True
+        later = {id(msg) for msg in held}
         for msg, _ in items:
+            if id(msg) in later:
+                continue
             try:
                 await msg.ack()
             except Exception as exc:  # stored already; a redelivery would be a no-op
@@ -361,11 +406,23 @@ class Ingest:
 
     # Writing ------------------------------------------------------------------------------------
 
-    async def _write_metrics(self, payloads: list[Payload]) -> None:
-        metrics = [p for p in payloads if isinstance(p, MetricBatch)]
-        events = [p for p in payloads if isinstance(p, EventBatch)]
-        statuses = [p for p in payloads if isinstance(p, AgentStatus)]
-        written = await self.store.write_metrics(metrics, events, statuses)
+    async def _write_metrics(self, items: list[tuple[Msg, Payload]]) -> list[Msg]:
+        metric_items = [(msg, p) for msg, p in items if isinstance(p, MetricBatch)]
+        metrics = [p for _, p in metric_items]
+        events = [p for _, p in items if isinstance(p, EventBatch)]
+        statuses = [p for _, p in items if isinstance(p, AgentStatus)]
+        sequences = [msg.metadata.sequence.stream for msg, _ in metric_items]
+        written = await self.store.write_metrics(
+            metrics,
+            events,
+            statuses,
+            sequences=sequences,
+            backlog=self._backlog,
+            redelivered=any(msg.metadata.num_delivered > 1 for msg, _ in items),
+        )
+        held = [msg for (msg, _), seq in zip(metric_items, sequences, strict=True) if seq in written.deferred]
+        for msg in held:
+            self._held[msg.metadata.sequence.stream] = msg
         for key, when, value in written.rows:
             self.latest.update(key, when, value)
         if self.live is not None:
@@ -374,25 +431,29 @@ class Ingest:
         self.duplicates.inc(written.duplicate_samples)
         self.events.inc(written.events)
         self.series.inc(written.new_series)
-        for name, items in (("metrics", metrics), ("events", events), ("agents", statuses)):
-            if items:
-                self.messages.inc(len(items), kind=name)
+        for name, kinds in (("metrics", metrics), ("events", events), ("agents", statuses)):
+            if kinds:
+                self.messages.inc(len(kinds), kind=name)
+        return held
 
-    async def _write_alerts(self, payloads: list[Payload]) -> None:
-        alerts = [p for p in payloads if isinstance(p, AlertEvent)]
+    async def _write_alerts(self, items: list[tuple[Msg, Payload]]) -> list[Msg]:
+        alerts = [p for _, p in items if isinstance(p, AlertEvent)]
         await self.store.write_alerts(alerts)
         self.messages.inc(len(alerts), kind="alerts")
         if self.live is not None:
             self.live.alerts(alerts)
+        return []
 
-    async def _write_actions(self, payloads: list[Payload]) -> None:
-        actions = [p for p in payloads if isinstance(p, AlertAction)]
+    async def _write_actions(self, items: list[tuple[Msg, Payload]]) -> list[Msg]:
+        actions = [p for _, p in items if isinstance(p, AlertAction)]
         await self.store.write_actions(actions)
         self.messages.inc(len(actions), kind="actions")
         if self.live is not None and actions:
             self.live.actions(actions, await self.store.alert_hosts([a.alert_id for a in actions]))
+        return []
 
-    async def _write_deliveries(self, payloads: list[Payload]) -> None:
-        results = [p for p in payloads if isinstance(p, DeliveryResult)]
+    async def _write_deliveries(self, items: list[tuple[Msg, Payload]]) -> list[Msg]:
+        results = [p for _, p in items if isinstance(p, DeliveryResult)]
         await self.store.write_deliveries(results)
         self.messages.inc(len(results), kind="notifications")
+        return []

@@ -1,15 +1,23 @@
 """Writes what arrives on the bus into PostgreSQL/TimescaleDB.
 
-Every write is idempotent, because JetStream redelivers whatever was not acknowledged:
-samples and events go through a staging table (filled with ``COPY``) into tables with unique
-indexes and ``ON CONFLICT DO NOTHING``; hosts and alerts are upserts that never let an older
-message overwrite a newer one.
+Every write is idempotent, because JetStream redelivers whatever was not acknowledged.
+Samples are copied (binary ``COPY``) straight into ``samples``, whose unique index refuses a
+sample stored before; only then (a batch sent twice, a redelivery) is the round redone through
+a staging table with ``ON CONFLICT DO NOTHING``, which tells the new samples from the old ones.
+Events go through a staging table the same way; hosts and alerts are upserts that never let an
+older message overwrite a newer one.
+
+Rollups of ingested batches are merged later, many rounds at once (:class:`RollupBacklog`,
+:meth:`Store.flush_rollups`): the ``rollup_pending`` table, written with the samples and
+cleared with the merge, makes each batch count exactly once in the rollups.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import repeat
 
 import asyncpg
 import msgspec
@@ -77,16 +85,46 @@ class MetricsWritten:
     events: int = 0
     new_series: int = 0
     rows: list[tuple[SeriesKey, float, float]] = field(default_factory=list)
+    #: Stream sequences of the batches whose rollups wait in the backlog.
+    deferred: set[int] = field(default_factory=set)
 
 
-_CREATE_STAGING = """
+class RollupBacklog:
+    """Stored metric batches whose rollups are not merged yet, by stream sequence."""
+
+    def __init__(self) -> None:
+        self._batches: dict[int, rollup.StoredBatch] = {}
+
+    def add(self, seq: int, batch: rollup.StoredBatch) -> None:
+        self._batches[seq] = batch
+
+    def take(self) -> dict[int, rollup.StoredBatch]:
+        """Everything in the backlog, which is left empty."""
+        batches, self._batches = self._batches, {}
+        return batches
+
+    def put_back(self, batches: dict[int, rollup.StoredBatch]) -> None:
+        self._batches = {**batches, **self._batches}
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+
+_SAMPLE_COLUMNS = ["time", "series_id", "value"]
+
+_CREATE_SAMPLES_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS samples_in (
-    t double precision, series_id bigint, value double precision
-) ON COMMIT DELETE ROWS;
+    time timestamptz, series_id bigint, value double precision
+) ON COMMIT DELETE ROWS
+"""
+
+_CREATE_EVENTS_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS events_in (
     t double precision, host text, type text, message text, labels text, value double precision
-) ON COMMIT DELETE ROWS;
+) ON COMMIT DELETE ROWS
 """
+
+_ADD_PENDING = "INSERT INTO rollup_pending (seq) SELECT unnest($1::bigint[]) ON CONFLICT DO NOTHING"
 
 _INSERT_SERIES = """
 INSERT INTO series (host, name, labels, unit)
@@ -148,14 +186,24 @@ ON CONFLICT DO NOTHING
 """
 
 
-_INSERT_SAMPLES = (
-    "INSERT INTO samples (time, series_id, value) "
-    "SELECT to_timestamp(t), series_id, value FROM samples_in ON CONFLICT DO NOTHING"
-)
+def _records(batches: Iterable[rollup.StoredBatch]) -> list[tuple[datetime, int, float]]:
+    """``COPY`` records of ``samples`` (one datetime per distinct time, not per sample)."""
+    records: list[tuple[datetime, int, float]] = []
+    stamps: dict[float, datetime] = {}
+    for stored in batches:
+        if stored.times is None:
+            stamp = datetime.fromtimestamp(stored.time, UTC)
+            records.extend(zip(repeat(stamp), stored.ids, stored.values, strict=False))
+            continue
+        for when, series_id, value in zip(stored.times, stored.ids, stored.values, strict=True):
+            stamp = stamps.get(when) or stamps.setdefault(when, datetime.fromtimestamp(when, UTC))
+            records.append((stamp, series_id, value))
+    return records
 
 
-class _Duplicates(Exception):
-    """Some staged samples were stored already: redo the insert reporting which were new."""
+def _rows(stored: rollup.StoredBatch) -> Iterable[tuple[int, float, float]]:
+    """(series id, time, value) of every sample of a stored batch."""
+    return zip(stored.ids, stored.times or repeat(stored.time), stored.values, strict=False)
 
 
 def _inserted(status: str) -> int:
@@ -175,56 +223,75 @@ class Store:
         metrics: list[MetricBatch],
         events: list[EventBatch] | None = None,
         statuses: list[AgentStatus] | None = None,
+        *,
+        sequences: Sequence[int] | None = None,
+        backlog: RollupBacklog | None = None,
+        redelivered: bool = False,
     ) -> MetricsWritten:
-        """Store metric batches, event batches and agent statuses in one transaction."""
+        """Store metric batches, event batches and agent statuses in one transaction.
+
+        Without ``backlog`` the rollups are merged in the same transaction. With it (and
+        ``sequences``, the stream sequence of each metric batch), the samples are copied straight
+        into ``samples`` and their rollups left to :meth:`flush_rollups`: the batches' sequences
+        are then in :attr:`MetricsWritten.deferred`, and their messages must not be acknowledged
+        before that flush. ``redelivered``: some batches may have been stored before.
+        """
         events = events or []
         statuses = statuses or []
         written = MetricsWritten()
+        prepared: list[tuple[MetricBatch, list[SeriesKey], list[float] | None]] = []
+        keys_seen: set[SeriesKey] = set()
         for batch in metrics:
-            for sample in batch.samples:
-                labels = {**batch.labels, **sample.labels} if batch.labels else sample.labels
-                when = sample.time if sample.time is not None else batch.time
-                written.rows.append(((batch.host, sample.name, labels_json(labels)), when, sample.value))
+            keys: list[SeriesKey] = []
+            times: list[float] | None = None
+            host, base = batch.host, batch.labels
+            for i, sample in enumerate(batch.samples):
+                labels = {**base, **sample.labels} if base else sample.labels
+                keys.append((host, sample.name, labels_json(labels) if labels else "{}"))
+                if sample.time is not None and times is None:
+                    times = [batch.time] * len(batch.samples)
+                if times is not None:
+                    times[i] = sample.time if sample.time is not None else batch.time
+            keys_seen.update(keys)
+            prepared.append((batch, keys, times))
+            for key, when, sample in zip(keys, times or repeat(batch.time), batch.samples, strict=False):
+                written.rows.append((key, when, sample.value))
+        deferring = backlog is not None and sequences is not None
+        stored_before: set[int] = set()
+        held: dict[int, rollup.StoredBatch] = {}
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(_CREATE_STAGING)
-            new_series = await self._resolve_series(conn, {key for key, _, _ in written.rows})
-            if written.rows:
-                ids = self._series
-                records = [
-                    (when, ids[key] if key in ids else new_series[key], value)
-                    for key, when, value in written.rows
-                ]
-                await conn.copy_records_to_table(
-                    "samples_in", records=records, columns=["t", "series_id", "value"]
+            new_series = await self._resolve_series(conn, keys_seen)
+            ids = {**self._series, **new_series}
+            fresh: list[tuple[int | None, rollup.StoredBatch]] = []
+            for index, (batch, keys, times) in enumerate(prepared):
+                stored = rollup.StoredBatch(
+                    batch.time, [ids[key] for key in keys], [s.value for s in batch.samples], times
                 )
+                fresh.append((sequences[index] if sequences is not None else None, stored))
+            if deferring and redelivered:
+                stored_before = await self._pending(conn, [seq for seq, _ in fresh if seq is not None])
+                for seq, stored in fresh:
+                    if seq in stored_before:
+                        # stored by an earlier delivery whose rollup merge never happened
+                        held[seq] = stored
+                        written.duplicate_samples += len(stored.ids)
+                fresh = [(seq, stored) for seq, stored in fresh if seq not in stored_before]
+            records = _records([stored for _, stored in fresh])
+            copied = not redelivered and await self._copy_samples(conn, records)
+            if copied:
+                written.samples = len(records)
+                if deferring and all(seq is not None for seq, _ in fresh):
+                    waiting = {seq: stored for seq, stored in fresh if seq is not None and stored.ids}
+                    await conn.execute(_ADD_PENDING, list(waiting))
+                    held.update(waiting)
+                else:
+                    await self._roll_up(conn, [r for _, stored in fresh for r in _rows(stored)])
+            elif records:
                 new_rows = await self._insert_samples(conn, records)
                 written.samples = len(new_rows)
-                written.duplicate_samples = len(records) - written.samples
+                written.duplicate_samples += len(records) - written.samples
                 await self._roll_up(conn, new_rows)
-            event_records = [
-                (
-                    event.time if event.time is not None else batch.time,
-                    batch.host,
-                    event.type,
-                    event.message,
-                    labels_json({**batch.labels, **event.labels}),
-                    event.value,
-                )
-                for batch in events
-                for event in batch.events
-            ]
-            if event_records:
-                await conn.copy_records_to_table(
-                    "events_in",
-                    records=event_records,
-                    columns=["t", "host", "type", "message", "labels", "value"],
-                )
-                status = await conn.execute(
-                    "INSERT INTO events (time, host, type, message, labels, value) "
-                    "SELECT to_timestamp(t), host, type, message, labels::jsonb, value FROM events_in "
-                    "ON CONFLICT DO NOTHING"
-                )
-                written.events = _inserted(status)
+            written.events = await self._write_events(conn, events)
             seen: dict[str, MetricBatch | EventBatch] = {}
             arrivals: list[MetricBatch | EventBatch] = [*metrics, *events]
             for arrived in arrivals:
@@ -252,27 +319,100 @@ class Store:
         # Only now: ids of series created by a rolled-back transaction do not exist.
         self._series.update(new_series)
         written.new_series = len(new_series)
+        if backlog is not None:
+            for seq, stored in held.items():
+                backlog.add(seq, stored)
+            written.deferred = set(held)
         return written
 
-    async def _insert_samples(
-        self, conn: asyncpg.Connection, records: list[tuple[float, int, float]]
-    ) -> list[tuple[int, float, float]]:
-        """Move the staged samples into ``samples``; returns the new ones as (series, time, value).
+    @staticmethod
+    async def _pending(conn: asyncpg.Connection, sequences: list[int]) -> set[int]:
+        """Which of ``sequences`` are stored and wait for their rollup merge."""
+        if not sequences:
+            return set()
+        rows = await conn.fetch("SELECT seq FROM rollup_pending WHERE seq = ANY($1::bigint[])", sequences)
+        return {row["seq"] for row in rows}
 
-        Usually every staged sample is new and the insert reports only a count. When some were
-        stored already (a redelivery), the insert is rolled back to a savepoint and redone
-        returning the new rows, so rollups count each sample once.
-        """
+    @staticmethod
+    async def _copy_samples(conn: asyncpg.Connection, records: list[tuple[datetime, int, float]]) -> bool:
+        """``COPY`` the records straight into ``samples``; ``False`` (and nothing written) when
+        one of them is stored already, e.g. an agent sent the same batch twice."""
+        if not records:
+            return True
         try:
-            async with conn.transaction():
-                if _inserted(await conn.execute(_INSERT_SAMPLES)) != len(records):
-                    raise _Duplicates
-        except _Duplicates:
-            rows = await conn.fetch(
-                _INSERT_SAMPLES + " RETURNING series_id, extract(epoch FROM time)::float8 AS t, value"
+            async with conn.transaction():  # a savepoint: a conflict undoes only the copy
+                await conn.copy_records_to_table("samples", records=records, columns=_SAMPLE_COLUMNS)
+        except asyncpg.UniqueViolationError:
+            return False
+        return True
+
+    @staticmethod
+    async def _write_events(conn: asyncpg.Connection, events: list[EventBatch]) -> int:
+        event_records = [
+            (
+                event.time if event.time is not None else batch.time,
+                batch.host,
+                event.type,
+                event.message,
+                labels_json({**batch.labels, **event.labels}),
+                event.value,
             )
-            return [(row["series_id"], row["t"], row["value"]) for row in rows]
-        return [(series_id, when, value) for when, series_id, value in records]
+            for batch in events
+            for event in batch.events
+        ]
+        if not event_records:
+            return 0
+        await conn.execute(_CREATE_EVENTS_STAGING)
+        await conn.copy_records_to_table(
+            "events_in",
+            records=event_records,
+            columns=["t", "host", "type", "message", "labels", "value"],
+        )
+        status = await conn.execute(
+            "INSERT INTO events (time, host, type, message, labels, value) "
+            "SELECT to_timestamp(t), host, type, message, labels::jsonb, value FROM events_in "
+            "ON CONFLICT DO NOTHING"
+        )
+        return _inserted(status)
+
+    async def flush_rollups(self, backlog: RollupBacklog) -> set[int]:
+        """Merge the rollups of the stored batches in ``backlog``; returns their sequences (their
+        messages may be acknowledged now). On an error the batches stay in ``backlog``.
+
+        Each batch counts once: only the batches whose ``rollup_pending`` row this transaction
+        deletes are merged (another gateway, or an earlier flush, may have done the others).
+        """
+        batches = backlog.take()
+        if not batches:
+            return set()
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(
+                    "DELETE FROM rollup_pending WHERE seq = ANY($1::bigint[]) RETURNING seq", list(batches)
+                )
+                mine = [batches[row["seq"]] for row in rows]
+                if mine:
+                    minutes = rollup.aggregate_batches(mine, 60)
+                    for width, table in rollup.TABLES.items():
+                        cells = minutes if width == 60 else rollup.coarsen(minutes, width)
+                        await conn.execute(rollup.upsert_sql(table), *rollup.upsert_args(cells))
+        except BaseException:
+            backlog.put_back(batches)
+            raise
+        return set(batches)
+
+    async def _insert_samples(
+        self, conn: asyncpg.Connection, records: list[tuple[datetime, int, float]]
+    ) -> list[tuple[int, float, float]]:
+        """Insert the samples that are not stored yet; returns the new ones as (series, time, value)."""
+        await conn.execute(_CREATE_SAMPLES_STAGING)
+        await conn.copy_records_to_table("samples_in", records=records, columns=_SAMPLE_COLUMNS)
+        rows = await conn.fetch(
+            "INSERT INTO samples (time, series_id, value) SELECT time, series_id, value FROM samples_in "
+            "ON CONFLICT DO NOTHING RETURNING series_id, time"
+        )
+        floats = {(series_id, when): (when.timestamp(), value) for when, series_id, value in records}
+        return [(row["series_id"], *floats[(row["series_id"], row["time"])]) for row in rows]
 
     @staticmethod
     async def _roll_up(conn: asyncpg.Connection, rows: list[tuple[int, float, float]]) -> None:
