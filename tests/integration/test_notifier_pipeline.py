@@ -476,6 +476,26 @@ async def test_two_replicas_send_exactly_one_message_per_transition(
     assert len(receivers.got("oncall")) == 15 and len(receivers.got("manager")) == 15
 
 
+async def test_retries_longer_than_ack_wait_keep_the_event_from_redelivery(
+    nc: Any, nats_config: NatsConfig, receivers: Receivers, running: Any, results: list[DeliveryResult]
+) -> None:
+    # two failures, then 1 s + 2 s of backoff: three times JetStream's ack_wait
+    receivers.statuses["ops"] = [500, 500]
+    channels = {"ops": WebhookChannelConfig(url=receivers.url("ops"), retry_backoff=Duration(1))}
+    service = await running(
+        make_config(nats_config, channels, [Route(channels=["ops"])], ack_wait=Duration(1))
+    )
+    a = alert()
+    await publish(nc, nats_config, a)
+    await wait_until(lambda: any(r.status == "sent" for r in results), "the third attempt", timeout=15)
+    await quiet(1.5)
+    assert [r.status for r in results] == ["retrying", "retrying", "sent"]
+    assert len(receivers.got("ops")) == 3
+    # the event was worked on the whole time: JetStream never handed it out again
+    assert service.alerts_received.value(status="firing") == 1
+    assert service.duplicates.value(channel="ops") == 0
+
+
 async def test_provider_urls_never_reach_the_log(
     nc: Any, nats_config: NatsConfig, receivers: Receivers, running: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -151,6 +151,17 @@ async def _post(
         data=data,
         headers=headers,
         allow_redirects=False,
-        timeout=aiohttp.ClientTimeout(total=timeout),
+        timeout=_timeout(timeout),
     ) as response:
         return Reply(response.status, response.headers, await response.read())
+
+
+_TIMEOUTS: dict[float, aiohttp.ClientTimeout] = {}
+
+
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """One ``ClientTimeout`` per distinct value (each channel has one), not one per request."""
+    found = _TIMEOUTS.get(seconds)
+    if found is None:
+        found = _TIMEOUTS[seconds] = aiohttp.ClientTimeout(total=seconds)
+    return found
