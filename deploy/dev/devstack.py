@@ -488,7 +488,7 @@ def up(argv: list[str]) -> int:
             token_file = state / "admin-token"
             url = f"http://127.0.0.1:{args.gateway_port}/"
             print("\nSignalfire is running:")
-            print(f"  gateway     {url}")
+            print(f"  dashboard   {url}  (sign in with the admin token below)")
             print(f"  API         {url}api/v1/hosts  (Authorization: Bearer $(cat {token_file}))")
             print(f"  NATS        {running.nats.url}")
             print(

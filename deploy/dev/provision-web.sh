@@ -11,6 +11,13 @@ if [ "${1:-}" = chromium ] && ! command -v chromium >/dev/null 2>&1; then
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
+# The dashboard's severity and status icons are emoji; without a colour emoji font the
+# screenshots show empty boxes where users' browsers show icons.
+if [ "${1:-}" = chromium ] && [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]; then
+    say "apt-get install fonts-noto-color-emoji (browser tests)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends fonts-noto-color-emoji >/dev/null
+fi
 
 web="services/gateway/src/signalfire/gateway/web"
 if [ ! -f "$web/node_modules/uplot/dist/uPlot.esm.js" ] || [ "$web/package-lock.json" -nt "$web/node_modules/.package-lock.json" ]; then

@@ -7,6 +7,7 @@ answers are unix seconds. The OpenAPI document is served at ``/api/v1/openapi.js
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import logging
 import math
@@ -518,10 +519,16 @@ class Api:
         )
 
     def _latest_samples(self, host: str | None, metric: str | None) -> list[dict[str, Any]]:
+        """Newest values; ``metric`` is a name, a glob (``check.*``) or a comma-separated list."""
+        patterns = [p for p in (metric or "").split(",") if p]
+
+        def wanted(name: str) -> bool:
+            return not patterns or any(p == name or fnmatch.fnmatchcase(name, p) for p in patterns)
+
         samples = [
             {"host": h, "metric": name, "labels": _decode_json(labels), "time": when, "value": value}
             for (h, name, labels), (when, value) in self.latest.items()
-            if (host is None or h == host) and (metric is None or name == metric)
+            if (host is None or h == host) and wanted(name)
         ]
         samples.sort(key=lambda s: (s["host"], s["metric"]))
         return samples
@@ -742,6 +749,8 @@ class Api:
                 ends_at = starts_at + parse_duration(body.duration)
             except ValueError as exc:
                 raise invalid("duration", str(exc)) from None
+            if not ends_at <= 32503680000.0:
+                raise invalid("duration", "duration reaches beyond the range of unix times")
         else:
             raise invalid("ends_at", "a silence needs ends_at or duration")
         if ends_at <= starts_at:
@@ -1035,7 +1044,7 @@ class LimitsMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            reject_nul(Request(scope).query_params)
+            reject_nul(Request(scope).query_params, scope.get("path", ""))
         except ApiError as exc:
             await error_response(exc.status, exc.code, exc.message, exc.field)(scope, receive, send)
             return

@@ -41,7 +41,8 @@ export function lineChart(container, title, metric, series, { height = 200, onZo
       height,
       cursor: { sync: { key: sync.key }, drag: { x: true, y: false } },
       scales: { x: { time: true } },
-      axes: [axis, { ...axis, values: (u, vals) => vals.map((v) => formatValue(v, metric)) }],
+      // The value axis is wide enough for "100.0 %" or "1023 MiB/s".
+      axes: [axis, { ...axis, size: 76, values: (u, vals) => vals.map((v) => formatValue(v, metric)) }],
       series: [{}, ...series.map((s, i) => ({ label: s.label, stroke: PALETTE[i % PALETTE.length], width: 1.5,
         value: (u, v) => formatValue(v, metric) }))],
       hooks: { setSelect: [(u) => {

@@ -3,14 +3,20 @@
 import { api } from "../api.js";
 import { h, clear, severityBadge, statusBadge, ago, formatValue } from "../dom.js";
 import { onFrame, subscribe } from "../stream.js";
-import { sparkline } from "../charts.js";
+import { lineChart, sparkline } from "../charts.js";
 
 const KEY_METRICS = ["cpu.usage_percent", "mem.used_percent", "disk.used_percent"];
+// Fleet-wide charts over the last hour: the hosts with the highest newest values, refreshed
+// every 30 s (the tiles above update live).
+const FLEET = [["Fleet CPU, last hour", "cpu.usage_percent"], ["Fleet memory, last hour", "mem.used_percent"]];
+const FLEET_HOSTS = 10;
 
 export async function overviewPage(main) {
   const state = { hosts: [], latest: new Map(), history: new Map(), filter: "", sort: "health" };
   const counts = h("div", { class: "counts", "aria-label": "Active alerts by severity" });
   const grid = h("div", { class: "grid", id: "hosts" });
+  const fleet = h("div", { class: "charts", id: "fleet" });
+  let fleetCharts = [];
   const filter = h("input", { type: "search", id: "host-filter", placeholder: "web-*", oninput: (e) => { state.filter = e.target.value; render(); } });
   const sort = h("select", { id: "host-sort", onchange: (e) => { state.sort = e.target.value; render(); } },
     h("option", { value: "health" }, "health (worst first)"), h("option", { value: "name" }, "name"), h("option", { value: "cpu" }, "CPU (highest first)"));
@@ -18,7 +24,8 @@ export async function overviewPage(main) {
     h("h1", {}, "Overview"),
     counts,
     h("div", { class: "filters" }, h("label", {}, "Filter hosts", filter), h("label", {}, "Sort by", sort)),
-    grid);
+    grid,
+    h("section", { "aria-label": "Fleet charts" }, fleet));
 
   const [hostsReply, latestReply] = await Promise.all([api("/hosts"), api("/latest", { params: { metric: KEY_METRICS.join(",") } }).catch(() => ({ samples: [] }))]);
   state.hosts = hostsReply.hosts;
@@ -61,7 +68,26 @@ export async function overviewPage(main) {
       sparkline(state.history.get(host.host) || [], `CPU trend of ${host.host}`));
   }
 
+  async function loadFleet() {
+    const replies = await Promise.all(FLEET.map(([, metric]) =>
+      api("/query", { params: { metric, from: "-1h", step: "auto", agg: "avg" } }).catch(() => ({ series: [] }))));
+    for (const c of fleetCharts) c.destroy();
+    fleetCharts = [];
+    fleet.replaceChildren();
+    FLEET.forEach(([title, metric], i) => {
+      const newest = (s) => (s.points.length ? s.points[s.points.length - 1][1] ?? 0 : 0);
+      const series = (replies[i].series || []).filter((s) => !Object.keys(s.labels || {}).length && s.points.length)
+        .sort((a, b) => newest(b) - newest(a)).slice(0, FLEET_HOSTS);
+      if (metric === "cpu.usage_percent") {
+        for (const s of series) if (!state.history.has(s.host)) state.history.set(s.host, s.points.slice(-60).map((p) => p[1] ?? 0));
+      }
+      if (series.length) fleetCharts.push(lineChart(fleet, title, metric, series.map((s) => ({ label: s.host, points: s.points }))));
+    });
+  }
+
+  await loadFleet();
   render();
+  const fleetTimer = setInterval(() => { if (!document.hidden) loadFleet(); }, 30000);
   subscribe({ hosts: [], metrics: KEY_METRICS, alerts: true });
   let refresh = null;
   const off = onFrame((frame) => {
@@ -74,5 +100,5 @@ export async function overviewPage(main) {
     if (refresh) return;
     refresh = setTimeout(async () => { refresh = null; state.hosts = (await api("/hosts")).hosts; render(); }, 500);
   }
-  return () => { off(); clearTimeout(refresh); };
+  return () => { off(); clearTimeout(refresh); clearInterval(fleetTimer); for (const c of fleetCharts) c.destroy(); };
 }
