@@ -167,7 +167,10 @@ class Engine:
         self._by_event = {}
         self._absent_hosts = []
         for rule in rules:
-            if rule.kind in ("threshold", "change", "anomaly"):
+            if rule.kind == "threshold" and not rule.window and rule.group_by == "series":
+                # The most common rule, on the hot path: judged inline in `metrics`.
+                self._by_metric.setdefault(rule.metric, []).append((rule, "last"))
+            elif rule.kind in ("threshold", "change", "anomaly"):
                 self._by_metric.setdefault(rule.metric, []).append((rule, "value"))
             elif rule.kind == "ratio":
                 assert rule.numerator is not None and rule.denominator is not None
@@ -227,6 +230,7 @@ class Engine:
         context = batch.labels
         grouped: dict[int, tuple[Rule, Track]] = {}
         by_metric = self._by_metric
+        all_tracks = self._tracks
         for sample in batch.samples:
             value = sample.value
             if not math.isfinite(value):
@@ -246,7 +250,16 @@ class Engine:
                         labels = {**context, **own, "host": host}
                     if not rule.matches(labels):
                         continue
-                if role == "value":
+                if role == "last":  # as `_value` does for a last-value threshold per series
+                    track = all_tracks[rule.name].get(key)
+                    if track is None:
+                        if not rule.condition.holds(value):
+                            continue  # no history needed until the condition first holds
+                        track = self._track(rule, host, own, context, out, key=key)
+                        if track is None:
+                            continue
+                    self._judge(rule, track, value, now, out)
+                elif role == "value":
                     self._value(
                         rule, host, own, key, context=context, value=value, now=now, out=out, grouped=grouped
                     )
