@@ -15,6 +15,8 @@ how the server batches the writes of one answer.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -165,6 +167,8 @@ def run_operation(
         if response.status_code >= 400:
             error = response.json()["error"]
             assert error["code"] and error["message"], response.text
+        if response.status_code in (400, 413):  # bad input: the error names the field at fault
+            assert error["field"], response.text
 
     try:
         exercise()
@@ -218,3 +222,41 @@ def test_read_operations_conform_to_the_document_for_a_viewer(gateway: tuple[Run
         except (Exception, BaseExceptionGroup) as exc:
             failures.append(f"{operation.label}: {exc}")
     assert not failures, "\n\n".join(failures)
+
+
+def _cursor(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+# Inputs random generation rarely reaches, each a 400 naming the field at fault.
+EDGE_INPUTS: list[tuple[str, str, Any, str]] = [
+    ("GET", "/api/v1/hosts?cursor=" + _cursor(["\u0000"]), None, "cursor"),
+    ("GET", f"/api/v1/series?cursor={_cursor([10**30])}", None, "cursor"),
+    ("GET", f"/api/v1/events?cursor={_cursor([1e300, 'a', 'b', 'c'])}", None, "cursor"),
+    ("GET", f"/api/v1/alerts?cursor={_cursor([-1e300, 'a'])}", None, "cursor"),
+    ("GET", f"/api/v1/notifications?cursor={_cursor([10**19])}", None, "cursor"),
+    ("GET", "/api/v1/query?metric=cpu.usage_percent&from=-99999999999d", None, "from"),
+    ("GET", "/api/v1/query?metric=cpu.usage_percent&to=9999-12-31T23:59:59-14:00", None, "to"),
+    ("GET", "/api/v1/hosts/web%00-1", None, "path"),
+    ("POST", "/api/v1/alerts/a%00/ack", {}, "path"),
+    ("POST", "/api/v1/silences", {"matchers": [{"name": "a", "value": "b"}], "duration": 1e308}, "duration"),
+    (
+        "POST",
+        "/api/v1/silences",
+        {"matchers": [{"name": "host\u0000", "value": "b"}], "duration": "1h"},
+        "matchers[0].name",
+    ),
+    ("POST", "/api/v1/alerts/a-1/notes", {"note": "looking\u0000"}, "note"),
+    ("POST", "/api/v1/tokens", {"name": "ci\u0000", "role": "viewer"}, "name"),
+    ("POST", "/api/v1/ingest/metrics", {"host": "web\u0000", "time": 1, "samples": []}, "host"),
+]
+
+
+def test_edge_inputs_are_400s_naming_the_field(gateway: tuple[RunningGateway, str]) -> None:
+    gw, _ = gateway
+    headers = {"Authorization": f"Bearer {gw.token}", "Connection": "close"}
+    for method, path, body, field in EDGE_INPUTS:
+        response = requests.request(method, gw.url + path, json=body, headers=headers, timeout=10)
+        assert response.status_code == 400, (path, response.text)
+        assert response.headers["content-type"].startswith("application/json")
+        assert response.json()["error"]["field"] == field, (path, response.text)

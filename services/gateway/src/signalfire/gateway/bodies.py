@@ -65,11 +65,37 @@ def field_of(message: str) -> str:
 
 
 def parse_body(data: bytes, kind: type[T]) -> T:
-    """``data`` decoded as ``kind``; a 400 naming the field when it does not fit."""
+    """``data`` decoded as ``kind``; a 400 naming the field when it does not fit (including text
+    with NUL characters, which PostgreSQL cannot store)."""
     if not data.strip():
         raise invalid("body", "a JSON body is required")
     try:
-        return decode(data, kind)
+        body = decode(data, kind)
     except PayloadError as exc:
         text = str(exc)
         raise invalid(field_of(text), f"invalid body: {text}") from None
+    if b"\\u0000" in data:  # the only way JSON text can hold a NUL
+        where = nul_field(msgspec.to_builtins(body))
+        if where is not None:
+            raise invalid(where or "body", f"{where or 'the body'} must not contain NUL characters")
+    return body
+
+
+def nul_field(value: object, path: str = "") -> str | None:
+    """The path (``matchers[0].name``) of the first string in ``value`` holding a NUL, or ``None``."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return name
+            found = nul_field(item, name)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = nul_field(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None

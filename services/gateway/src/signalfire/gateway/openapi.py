@@ -40,6 +40,179 @@ _LABELS = {
 }
 
 
+def _obj(required: str = "", **properties: Any) -> dict[str, Any]:
+    """An object schema; ``required`` lists the always-present properties (space-separated)."""
+    return {"type": "object", "properties": properties, "required": required.split()}
+
+
+_NUM = {"type": "number"}
+_NUM_NULL = {"type": ["number", "null"]}
+_STR = {"type": "string"}
+_STR_NULL = {"type": ["string", "null"]}
+_INT = {"type": "integer"}
+_MAP = {"type": "object"}
+_ACCEPTED = {
+    "type": "object",
+    "properties": {"accepted": {"type": "integer", "minimum": 0}},
+    "required": ["accepted"],
+}
+_SEVERITY = {"type": "string", "enum": ["critical", "high", "medium", "low"]}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": _REF + name}
+
+
+#: The answers' schemas (components), named after what they describe.
+_ANSWERS: dict[str, dict[str, Any]] = {
+    "Host": _obj(
+        "host status last_seen first_seen health facts labels alerts",
+        host=_STR,
+        status={"type": "string", "enum": ["up", "down", "offline"]},
+        last_seen=_NUM,
+        first_seen=_NUM,
+        health={"type": "integer", "minimum": 0, "maximum": 100},
+        facts=_MAP,
+        labels=_MAP,
+        alerts={"type": "object", "additionalProperties": {"type": "integer"}},
+    ),
+    "Series": _obj("id host metric labels unit", id=_INT, host=_STR, metric=_STR, labels=_MAP, unit=_STR),
+    "LatestSample": _obj(
+        "host metric labels time value", host=_STR, metric=_STR, labels=_MAP, time=_NUM, value=_NUM
+    ),
+    "QueryAnswer": _obj(
+        "step source agg from to series",
+        step=_NUM,
+        source={"type": "string", "enum": ["raw", "1m", "1h"]},
+        agg=_STR_NULL,
+        **{"from": _NUM, "to": _NUM},
+        series={
+            "type": "array",
+            "items": _obj(
+                "host metric labels points",
+                host=_STR,
+                metric=_STR,
+                labels=_MAP,
+                points={
+                    "type": "array",
+                    "description": "[unix seconds, value or null]",
+                    "items": {"type": "array", "items": _NUM_NULL, "minItems": 2, "maxItems": 2},
+                },
+            ),
+        },
+    ),
+    "Event": _obj(
+        "time host type message labels value",
+        time=_NUM,
+        host=_STR,
+        type=_STR,
+        message=_STR,
+        labels=_MAP,
+        value=_NUM_NULL,
+    ),
+    "Alert": _obj(
+        "id fingerprint rule status severity host labels annotations starts_at ends_at updated_at seq "
+        "acknowledged acknowledged_by acknowledged_at resolved_by resolved_at notes",
+        id=_STR,
+        fingerprint=_STR,
+        rule=_STR,
+        status={"type": "string", "enum": ["firing", "resolved"]},
+        severity=_SEVERITY,
+        host=_STR,
+        labels=_MAP,
+        annotations=_MAP,
+        value=_NUM_NULL,
+        threshold=_NUM_NULL,
+        starts_at=_NUM,
+        ends_at=_NUM_NULL,
+        updated_at=_NUM,
+        seq=_INT,
+        acknowledged={"type": "boolean"},
+        acknowledged_by=_STR_NULL,
+        acknowledged_at=_NUM_NULL,
+        resolved_by=_STR_NULL,
+        resolved_at=_NUM_NULL,
+        notes={"type": "array"},
+    ),
+    "Notification": _obj(
+        "id time alert_id channel status attempt transition rule host error reason",
+        id=_INT,
+        time=_NUM,
+        alert_id=_STR,
+        channel=_STR,
+        status=_STR,
+        attempt=_INT,
+        transition=_STR,
+        rule=_STR,
+        host=_STR,
+        error=_STR_NULL,
+        reason=_STR_NULL,
+    ),
+    "Silence": _obj(
+        "id matchers starts_at ends_at author comment created_at state",
+        id=_STR,
+        matchers={"type": "array", "items": _MAP},
+        starts_at=_NUM,
+        ends_at=_NUM,
+        author=_STR,
+        comment=_STR,
+        created_at=_NUM,
+        state={"type": "string", "enum": ["active", "pending", "expired"]},
+    ),
+    "Token": _obj(
+        "id name role created_by created_at revoked_at",
+        id=_INT,
+        name=_STR,
+        role={"type": "string", "enum": ["viewer", "operator", "admin"]},
+        created_by=_STR,
+        created_at=_NUM,
+        revoked_at=_NUM_NULL,
+    ),
+    "NewToken": _obj(
+        "id name role token created_at",
+        id=_INT,
+        name=_STR,
+        role={"type": "string", "enum": ["viewer", "operator", "admin"]},
+        token={"type": "string", "description": "the token itself; shown this once"},
+        created_at=_NUM,
+    ),
+    "AuditEntry": _obj(
+        "id time actor action target source status details",
+        id=_INT,
+        time=_NUM,
+        actor=_STR,
+        action=_STR,
+        target=_STR,
+        source=_STR,
+        status={"type": ["integer", "null"]},
+        details=_MAP,
+    ),
+}
+_ANSWERS["HostDetail"] = {
+    "allOf": [
+        _ref("Host"),
+        _obj(
+            "latest active_alerts",
+            latest={"type": "array", "items": _ref("LatestSample")},
+            active_alerts={"type": "array", "items": _ref("Alert")},
+        ),
+    ]
+}
+_ANSWERS["AlertDetail"] = {
+    "allOf": [
+        _ref("Alert"),
+        _obj(
+            "history deliveries",
+            history={
+                "type": "array",
+                "items": _obj("time event seq payload", time=_NUM, event=_STR, seq=_INT, payload=_MAP),
+            },
+            deliveries={"type": "array", "items": _ref("Notification")},
+        ),
+    ]
+}
+
+
 def _op(
     summary: str,
     role: str,
@@ -79,11 +252,11 @@ def _op(
     return operation
 
 
-def _list(key: str) -> dict[str, Any]:
+def _list(key: str, item: str | None = None) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {
-            key: {"type": "array", "items": {"type": "object"}},
+            key: {"type": "array", "items": _ref(item) if item else {"type": "object"}},
             "next_cursor": {"type": ["string", "null"]},
         },
         "required": [key, "next_cursor"],
@@ -141,11 +314,16 @@ def openapi_document() -> dict[str, Any]:
                 "Hosts with status, last seen, health score, facts, alert counts",
                 "viewer",
                 params=_PAGE,
-                answer=_list("hosts"),
+                answer=_list("hosts", "Host"),
             )
         },
         "/api/v1/hosts/{host}": {
-            "get": _op("One host with its latest values and active alerts", "viewer", params=[host_path])
+            "get": _op(
+                "One host with its latest values and active alerts",
+                "viewer",
+                params=[host_path],
+                answer=_ref("HostDetail"),
+            )
         },
         "/api/v1/series": {
             "get": _op(
@@ -158,7 +336,7 @@ def openapi_document() -> dict[str, Any]:
                     _LABELS,
                     *_PAGE,
                 ],
-                answer=_list("series"),
+                answer=_list("series", "Series"),
             )
         },
         "/api/v1/query": {
@@ -177,6 +355,7 @@ def openapi_document() -> dict[str, Any]:
                         enum=["avg", "min", "max", "sum", "count", "last", "p50", "p95", "p99"],
                     ),
                 ],
+                answer=_ref("QueryAnswer"),
             )
         },
         "/api/v1/latest": {
@@ -184,6 +363,7 @@ def openapi_document() -> dict[str, Any]:
                 "Newest value of every series",
                 "viewer",
                 params=[_param("host", "host name"), _param("metric", "metric name")],
+                answer=_obj("samples", samples={"type": "array", "items": _ref("LatestSample")}),
             )
         },
         "/api/v1/events": {
@@ -191,14 +371,21 @@ def openapi_document() -> dict[str, Any]:
                 "Events, newest first",
                 "viewer",
                 params=[_param("host", "host name"), _param("type", "event type"), *_RANGE, *_PAGE],
-                answer=_list("events"),
+                answer=_list("events", "Event"),
             )
         },
         "/api/v1/alerts": {
-            "get": _op("Alerts, newest first", "viewer", params=alert_filters, answer=_list("alerts"))
+            "get": _op(
+                "Alerts, newest first", "viewer", params=alert_filters, answer=_list("alerts", "Alert")
+            )
         },
         "/api/v1/alerts/{id}": {
-            "get": _op("One alert with its history and deliveries", "viewer", params=[id_path])
+            "get": _op(
+                "One alert with its history and deliveries",
+                "viewer",
+                params=[id_path],
+                answer=_ref("AlertDetail"),
+            )
         },
         "/api/v1/rules": {
             "get": _op(
@@ -213,13 +400,16 @@ def openapi_document() -> dict[str, Any]:
                     _param("state", "active, pending or expired", enum=["active", "pending", "expired"]),
                     *_PAGE,
                 ],
-                answer=_list("silences"),
+                answer=_list("silences", "Silence"),
             ),
-            "post": _op("Create a silence", "operator", body="SilenceBody", ok=201),
+            "post": _op("Create a silence", "operator", body="SilenceBody", ok=201, answer=_ref("Silence")),
         },
         "/api/v1/silences/{id}": {
             "delete": _op(
-                "Expire a silence now", "operator", params=[_param("id", "silence id", where="path")]
+                "Expire a silence now",
+                "operator",
+                params=[_param("id", "silence id", where="path")],
+                answer=_ref("Silence"),
             )
         },
         "/api/v1/notifications": {
@@ -232,7 +422,7 @@ def openapi_document() -> dict[str, Any]:
                     _param("status", "delivery status", enum=["sent", "failed", "retrying", "suppressed"]),
                     *_PAGE,
                 ],
-                answer=_list("notifications"),
+                answer=_list("notifications", "Notification"),
             )
         },
         "/api/v1/export": {
@@ -253,20 +443,31 @@ def openapi_document() -> dict[str, Any]:
             )
         },
         "/api/v1/ingest/metrics": {
-            "post": _op("Publish a MetricBatch to NATS", "operator", body="MetricBatch", ok=202)
+            "post": _op(
+                "Publish a MetricBatch to NATS", "operator", body="MetricBatch", ok=202, answer=_ACCEPTED
+            )
         },
         "/api/v1/ingest/events": {
-            "post": _op("Publish an EventBatch to NATS", "operator", body="EventBatch", ok=202)
+            "post": _op(
+                "Publish an EventBatch to NATS", "operator", body="EventBatch", ok=202, answer=_ACCEPTED
+            )
         },
         "/api/v1/tokens": {
-            "get": _op("API tokens (never their values)", "admin", answer=_list("tokens")),
-            "post": _op("Create an API token (its value is shown once)", "admin", body="TokenBody", ok=201),
+            "get": _op("API tokens (never their values)", "admin", answer=_list("tokens", "Token")),
+            "post": _op(
+                "Create an API token (its value is shown once)",
+                "admin",
+                body="TokenBody",
+                ok=201,
+                answer=_ref("NewToken"),
+            ),
         },
         "/api/v1/tokens/{id}": {
             "delete": _op(
                 "Revoke an API token",
                 "admin",
                 params=[_param("id", "token id", where="path", type="integer")],
+                answer=_obj("id revoked_at", id=_INT, revoked_at=_NUM),
             )
         },
         "/api/v1/audit": {
@@ -274,7 +475,7 @@ def openapi_document() -> dict[str, Any]:
                 "Audit log of state-changing calls, newest first",
                 "admin",
                 params=_PAGE,
-                answer=_list("audit"),
+                answer=_list("audit", "AuditEntry"),
             )
         },
     }
@@ -286,9 +487,14 @@ def openapi_document() -> dict[str, Any]:
     ):
         paths[f"/api/v1/alerts/{{id}}/{action}"] = {
             "post": _op(
-                f"{what} an alert (publishes an AlertAction)", "operator", params=[id_path], body="NoteBody"
+                f"{what} an alert (publishes an AlertAction)",
+                "operator",
+                params=[id_path],
+                body="NoteBody",
+                answer=_ref("Alert"),
             )
         }
+    components.update(_ANSWERS)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Signalfire gateway API", "version": "1"},

@@ -20,6 +20,8 @@ from signalfire.gateway.errors import invalid
 _RELATIVE = re.compile(r"^-\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _MAX_UNIX = 32503680000.0  # year 3000, the contract's bound too
+_MIN_TIME = -62135596800.0  # 0001-01-01, the earliest a relative or RFC 3339 time may reach
+_INT64 = 2**63
 
 LABEL_PREFIX = "label."
 
@@ -35,7 +37,7 @@ def parse_time(value: str, now: float, field: str) -> float:
         return now
     relative = _RELATIVE.match(text)
     if relative:
-        return now - float(relative.group(1)) * _UNITS[relative.group(2)]
+        return _bounded(now - float(relative.group(1)) * _UNITS[relative.group(2)], value, field)
     try:
         seconds = float(text)
     except ValueError:
@@ -52,7 +54,16 @@ def parse_time(value: str, now: float, field: str) -> float:
         ) from None
     if parsed.tzinfo is None:
         raise invalid(field, f"{field}={value!r} has no time zone; add Z or an offset like +02:00")
-    return parsed.astimezone(UTC).timestamp()
+    try:
+        return _bounded(parsed.astimezone(UTC).timestamp(), value, field)
+    except OverflowError:  # an offset that moves 0001-01-01 or 9999-12-31 off the calendar
+        raise invalid(field, f"{field}={value!r} is outside the range of times") from None
+
+
+def _bounded(seconds: float, value: str, field: str) -> float:
+    if not _MIN_TIME <= seconds <= _MAX_UNIX:
+        raise invalid(field, f"{field}={value!r} is outside the range of times (year 1 to 3000)")
+    return seconds
 
 
 def parse_range(params: Mapping[str, str], now: float, default_span: float = 3600.0) -> tuple[float, float]:
@@ -125,13 +136,24 @@ def parse_cursor(params: Mapping[str, str], types: tuple[type, ...]) -> list[Any
     if (
         not isinstance(values, list)
         or len(values) != len(types)
-        or not all(
-            (isinstance(v, t) and not isinstance(v, bool)) or (t is float and isinstance(v, int))
-            for v, t in zip(values, types, strict=True)
-        )
+        or not all(_cursor_value_ok(v, t) for v, t in zip(values, types, strict=True))
     ):
         raise invalid("cursor", "cursor is not one this API returned")
     return values
+
+
+def _cursor_value_ok(value: Any, kind: type) -> bool:
+    """A cursor value of type ``kind`` that the database can take (no NUL in text, a 64-bit
+    id, a time within the range of times)."""
+    if isinstance(value, bool):
+        return False
+    if kind is str:
+        return isinstance(value, str) and "\x00" not in value
+    if kind is int:
+        return isinstance(value, int) and -_INT64 <= value < _INT64
+    if kind is float:
+        return isinstance(value, int | float) and _MIN_TIME <= value <= _MAX_UNIX
+    return isinstance(value, kind)
 
 
 def parse_step(params: Mapping[str, str]) -> float | str:
@@ -148,8 +170,11 @@ def parse_step(params: Mapping[str, str]) -> float | str:
     return seconds
 
 
-def reject_nul(params: Mapping[str, str]) -> None:
-    """No parameter may hold a NUL character (PostgreSQL text cannot)."""
+def reject_nul(params: Mapping[str, str], path: str = "") -> None:
+    """No parameter (nor the path, which holds the path parameters) may hold a NUL character
+    (PostgreSQL text cannot)."""
+    if "\x00" in path:
+        raise invalid("path", "the path must not contain NUL characters")
     for key, value in params.items():
         if "\x00" in key or "\x00" in value:
             raise invalid(key.replace("\x00", ""), "parameters must not contain NUL characters")
