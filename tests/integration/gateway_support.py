@@ -33,6 +33,7 @@ def gateway_config(
         listen="127.0.0.1:0",
         admin_token_file=str(state / "admin-token"),
         fetch_timeout=Duration(0.2),
+        rollup_flush=Duration(0.2),  # samples count as stored once their rollups are merged
         db_pool_size=4,
     )
     return msgspec.structs.replace(base, **overrides)

@@ -116,8 +116,9 @@ class Ingest:
         self._tasks: list[asyncio.Task[None]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._backlog = RollupBacklog()
-        #: Messages stored but not acknowledged until their rollups are merged, by sequence.
-        self._held: dict[int, Msg] = {}
+        #: Messages stored but not acknowledged until their rollups are merged, by sequence,
+        #: with the new samples they brought (counted once merged).
+        self._held: dict[int, tuple[Msg, int]] = {}
         self._consumers = [
             _Consumer(
                 METRICS_CONSUMER,
@@ -149,8 +150,12 @@ class Ingest:
                 self._write_deliveries,
             ),
         ]
-        self.messages = registry.counter("ingest_messages_total", "Bus messages stored", ["kind"])
-        self.samples = registry.counter("ingest_samples_total", "Samples stored (new rows)")
+        self.messages = registry.counter(
+            "ingest_messages_total", "Bus messages stored (metrics: once their rollups are merged)", ["kind"]
+        )
+        self.samples = registry.counter(
+            "ingest_samples_total", "Samples stored (new rows), counted once their rollups are merged"
+        )
         self.duplicates = registry.counter(
             "ingest_duplicate_samples_total", "Samples already stored (redelivered or repeated)"
         )
@@ -259,9 +264,12 @@ class Ingest:
             log.warning("rollup merge failed; will retry", extra={"reason": repr(exc)})
             return
         for seq in done:
-            msg = self._held.pop(seq, None)
-            if msg is None:
+            held = self._held.pop(seq, None)
+            if held is None:
                 continue
+            msg, samples = held
+            self.samples.inc(samples)
+            self.messages.inc(kind="metrics")
             try:
                 await msg.ack()
             except Exception as exc:  # merged already; a redelivery would be a no-op
@@ -420,20 +428,23 @@ class Ingest:
             backlog=self._backlog,
             redelivered=any(msg.metadata.num_delivered > 1 for msg, _ in items),
         )
+        # Batches whose rollups wait for the next merge are counted (and acknowledged) then.
         held = [msg for (msg, _), seq in zip(metric_items, sequences, strict=True) if seq in written.deferred]
         for msg in held:
-            self._held[msg.metadata.sequence.stream] = msg
+            seq = msg.metadata.sequence.stream
+            self._held[seq] = (msg, written.deferred[seq])
         for key, when, value in written.rows:
             self.latest.update(key, when, value)
         if self.live is not None:
             self.live.metrics(metrics, statuses)
-        self.samples.inc(written.samples)
+        self.samples.inc(written.samples - sum(written.deferred.values()))
         self.duplicates.inc(written.duplicate_samples)
         self.events.inc(written.events)
         self.series.inc(written.new_series)
-        for name, kinds in (("metrics", metrics), ("events", events), ("agents", statuses)):
-            if kinds:
-                self.messages.inc(len(kinds), kind=name)
+        counts = (("metrics", len(metrics) - len(held)), ("events", len(events)), ("agents", len(statuses)))
+        for name, n in counts:
+            if n:
+                self.messages.inc(n, kind=name)
         return held
 
     async def _write_alerts(self, items: list[tuple[Msg, Payload]]) -> list[Msg]:

@@ -85,8 +85,9 @@ class MetricsWritten:
     events: int = 0
     new_series: int = 0
     rows: list[tuple[SeriesKey, float, float]] = field(default_factory=list)
-    #: Stream sequences of the batches whose rollups wait in the backlog.
-    deferred: set[int] = field(default_factory=set)
+    #: Stream sequences of the batches whose rollups wait in the backlog, with the samples of
+    #: each that this call stored (included in ``samples``; 0 for a batch stored before).
+    deferred: dict[int, int] = field(default_factory=dict)
 
 
 class RollupBacklog:
@@ -322,7 +323,7 @@ class Store:
         if backlog is not None:
             for seq, stored in held.items():
                 backlog.add(seq, stored)
-            written.deferred = set(held)
+            written.deferred = {seq: 0 if seq in stored_before else len(b.ids) for seq, b in held.items()}
         return written
 
     @staticmethod
