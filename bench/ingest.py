@@ -93,11 +93,20 @@ def batch_templates(per_batch: int, variants: int = 16) -> list[bytes]:
     return templates
 
 
-def gateway_counter(metrics_url: str, name: str) -> float:
-    with urllib.request.urlopen(metrics_url, timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{}"):
-                return float(line.rsplit(" ", 1)[-1])
+#: The gateway counts a sample once it and its rollups are committed.
+COMMITTED = "ingest_samples_total"
+
+
+def gateway_counter(metrics_url: str, name: str, default: float = 0.0) -> float:
+    """A counter of the gateway's ``/metrics``; ``default`` when it does not answer in time
+    (a gateway busy at full load may answer late)."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(name + " ") or line.startswith(name + "{}"):
+                    return float(line.rsplit(" ", 1)[-1])
+    except OSError:
+        return default
     return 0.0
 
 
@@ -150,7 +159,7 @@ async def full_path(
                 "SELECT extract(epoch FROM max(time))::float8 FROM samples"
                 " WHERE time > now() - interval '1 minute'"
             )
-            committed = int(await asyncio.to_thread(gateway_counter, metrics_url, "ingest_samples_total"))
+            committed = int(await asyncio.to_thread(gateway_counter, metrics_url, COMMITTED, committed))
             now = time.monotonic()
             rolling_rate = (committed - last) / (now - last_t)
             last, last_t = committed, now
@@ -161,7 +170,7 @@ async def full_path(
     # drain: everything published must be committed (and rolled up) within a minute
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        committed = int(await asyncio.to_thread(gateway_counter, metrics_url, "ingest_samples_total"))
+        committed = int(await asyncio.to_thread(gateway_counter, metrics_url, COMMITTED, committed))
         if committed >= published:
             break
         await asyncio.sleep(0.25)

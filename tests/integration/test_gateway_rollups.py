@@ -16,7 +16,7 @@ from signalfire.events import MetricBatch, Sample
 from signalfire.gateway.config import RetentionConfig
 from signalfire.gateway.maintenance import apply_retention, detect_edition
 from signalfire.gateway.migrate import migrate
-from signalfire.gateway.store import Store
+from signalfire.gateway.store import RollupBacklog, Store
 from tests.integration.gateway_support import plain_postgres
 
 DAY = 86400.0
@@ -159,3 +159,34 @@ async def test_retention_drops_only_what_is_older_than_configured(pool: asyncpg.
         assert not any(again.values())
         forever = RetentionConfig(raw=Duration(0), rollup_1m=Duration(0), rollup_1h=Duration(0))
         assert await apply_retention(conn, edition, forever, now=now + 1000 * DAY) == {}
+
+
+async def test_deferred_rollups_count_every_batch_once(pool: asyncpg.Pool) -> None:
+    """Ingest's path: samples now, rollups merged later; a gateway that died before the merge
+    leaves the batch to its redelivery, and two gateways holding the same batch merge it once."""
+    start = 1_763_700_000.0
+    data = batches(start, hosts=2, points=50, step=7.0, seed=4)
+    sequences = list(range(1, len(data) + 1))
+    first = Store(pool)
+    died = RollupBacklog()  # the backlog of a gateway killed before its merge
+    written = await first.write_metrics(data, sequences=sequences, backlog=died)
+    assert written.samples == len(data) * 2
+    assert set(written.deferred) == set(sequences)
+    assert await pool.fetchval("SELECT count(*) FROM samples_1m") == 0
+
+    # the redelivered messages: nothing stored twice, every batch waits for its merge again
+    second, other = Store(pool), Store(pool)
+    held, also_held = RollupBacklog(), RollupBacklog()
+    again = await second.write_metrics(data, sequences=sequences, backlog=held, redelivered=True)
+    assert again.samples == 0
+    assert again.duplicate_samples == len(data) * 2
+    await other.write_metrics(data[:10], sequences=sequences[:10], backlog=also_held, redelivered=True)
+    assert await second.flush_rollups(held) == set(sequences)
+    assert await other.flush_rollups(also_held) == set(sequences[:10])  # merged already: no-op
+    assert len(held) == len(also_held) == 0
+
+    total = await pool.fetchval("SELECT count(*) FROM samples")
+    assert total == len(data) * 2
+    for table in ("samples_1m", "samples_1h"):
+        assert await pool.fetchval(f"SELECT sum(count) FROM {table}") == total, table
+    assert await pool.fetchval("SELECT count(*) FROM rollup_pending") == 0
