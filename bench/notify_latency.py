@@ -226,6 +226,8 @@ async def measure(
         "received": len(received),
         "publish_seconds": publish_seconds,
         "delivered_seconds": last - start,
+        # arrivals while the load lasted: what a replica that keeps up delivers at that rate
+        "during": sum(1 for a in received if receiver.arrivals[a] <= start + publish_seconds),
         "load_latency": load_latency,
         "ref_sent": ref_total,
         "ref_received": len(ref_arrived),
@@ -293,10 +295,17 @@ def main() -> int:
     assert isinstance(load, list)
     delivered = found["delivered_seconds"]
     assert isinstance(sent, int) and isinstance(received, int) and isinstance(delivered, float)
+    during, publish_seconds = found["during"], found["publish_seconds"]
+    assert isinstance(during, int) and isinstance(publish_seconds, float)
     print(
         f"sustained: {sent} alerts at {args.rate}/s published in {found['publish_seconds']:.2f}s; "
         f"{received} arrived ({sent - received} lost), the last {delivered:.2f}s after the first "
         f"publish: {received / delivered:.0f} alerts/s delivered"
+    )
+    print(
+        f"while publishing: {during} arrived ({during / publish_seconds:.0f}/s); "
+        f"backlog at the last publish: {sent - during}, "
+        f"the last arrived {delivered - publish_seconds:.2f}s later"
     )
     ref_sent, ref_received, ref_seconds = found["ref_sent"], found["ref_received"], found["ref_seconds"]
     assert isinstance(ref_sent, int) and isinstance(ref_received, int) and isinstance(ref_seconds, float)
