@@ -89,6 +89,8 @@ async function route() {
   clear(main, h("h1", {}, "Not found"));
 }
 
+// The skip link moves focus to the content; its #main must not reach the hash router.
+document.querySelector("a.skip").addEventListener("click", (e) => { e.preventDefault(); main.focus(); });
 window.addEventListener("hashchange", route);
 // The stream could not resume (the gateway restarted, or the tab was away too long): reload
 // what the page shows, so nothing that arrived in between is missing.

@@ -45,7 +45,9 @@ export function connect() {
   socket.onmessage = (event) => {
     const frames = JSON.parse(event.data);
     for (const frame of Array.isArray(frames) ? frames : [frames]) {
-      if (frame.kind === "hello") epoch = frame.epoch;
+      // Synced from the gateway's newest frame: a reconnect resumes from here even if no
+      // frame came before it.
+      if (frame.kind === "hello") { epoch = frame.epoch; if (lastSeq === null) lastSeq = frame.head; }
       else if (frame.kind === "reset") lastSeq = null;
       else if (frame.seq) lastSeq = frame.seq;
       for (const fn of listeners) fn(frame);

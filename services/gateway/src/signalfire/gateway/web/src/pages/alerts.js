@@ -75,7 +75,7 @@ export function actionButtons(a, after) {
   };
   const acked = Boolean(a.acknowledged_at);
   return h("div", { class: "actions" },
-    a.status === "firing" ? h("button", { type: "button", onclick: () => act(acked ? "unack" : "ack"), "aria-label": `${acked ? "Unacknowledge" : "Acknowledge"} ${a.rule} on ${a.host}` }, acked ? "Unack" : "Ack") : null,
+    a.status === "firing" ? h("button", { type: "button", onclick: () => act(acked ? "unack" : "ack"), "aria-label": `${acked ? "Unacknowledge" : "Acknowledge"} ${a.rule} on ${a.host}` }, acked ? "Unacknowledge" : "Acknowledge") : null,
     a.status === "firing" ? h("button", { type: "button", onclick: () => act("resolve"), "aria-label": `Resolve ${a.rule} on ${a.host}` }, "Resolve") : null);
 }
 

@@ -72,7 +72,26 @@ export async function hostPage(main, hostName) {
     samples.length ? h("table", {}, h("tbody", {}, samples.map((s) => h("tr", {}, h("td", {}, s.metric), h("td", {}, Object.values(s.labels || {}).join(" ")), h("td", {}, formatValue(s.value, s.metric))))))
       : h("p", { class: "muted" }, "No checks configured."))).catch(() => {});
 
+  // Frames that arrive while the charts load from the REST API are held and applied after,
+  // so a value stored between the query and the first frame is not lost.
+  let loading = true;
+  let held = [];
+  const apply = (frame) => {
+    const target = charts.find((c) => c.metric === frame.metric);
+    if (!target) return;
+    const i = target.keys.indexOf(JSON.stringify(frame.labels || {}));
+    if (i >= 0) target.chart.push(i, frame.time, frame.value, range.seconds);
+  };
+  subscribe({ hosts: [hostName], metrics: CHARTS.map(([, m]) => m), alerts: true });
+  const off = onFrame((frame) => {
+    if (!range.live || frame.kind !== "metric" || frame.host !== hostName) return;
+    if (loading) held.push(frame);
+    else apply(frame);
+  });
+
   async function load() {
+    loading = true;
+    held = [];
     for (const b of picker.querySelectorAll("button[data-range]")) b.setAttribute("aria-pressed", String(b.dataset.range === (range.live ? "live" : "")));
     for (const c of charts) c.chart.destroy();
     charts = [];
@@ -90,16 +109,11 @@ export async function hostPage(main, hostName) {
       charts.push({ metric, keys: series.map((s) => JSON.stringify(s.labels || {})), chart });
     });
     if (!charts.length) chartBox.append(h("p", { class: "muted" }, "No data in this range."));
+    loading = false;
+    for (const frame of held) apply(frame);
+    held = [];
   }
 
   await load();
-  subscribe({ hosts: [hostName], metrics: CHARTS.map(([, m]) => m), alerts: true });
-  const off = onFrame((frame) => {
-    if (!range.live || frame.kind !== "metric" || frame.host !== hostName) return;
-    const target = charts.find((c) => c.metric === frame.metric);
-    if (!target) return;
-    const i = target.keys.indexOf(JSON.stringify(frame.labels || {}));
-    if (i >= 0) target.chart.push(i, frame.time, frame.value, range.seconds);
-  });
   return () => { off(); for (const c of charts) c.chart.destroy(); };
 }
