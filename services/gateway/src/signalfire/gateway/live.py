@@ -130,7 +130,7 @@ class LiveEndpoints:
                 except (msgspec.ValidationError, msgspec.DecodeError):
                     continue
                 if message.subscribe is not None:
-                    client.subscription = message.subscribe
+                    self.hub.resubscribe(client, message.subscribe)
 
     async def sse(self, request: Request) -> StreamingResponse:
         params = request.query_params

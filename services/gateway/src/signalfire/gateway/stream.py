@@ -12,6 +12,10 @@ a few minutes. Each client has its own bounded queue:
   that its subscription matches, from the ring: no gap and no duplicate. A client whose last
   number has already left the ring gets a ``reset`` frame and reloads through the REST API.
 
+Clients that name exact hosts are indexed by host, so a frame is offered only to the clients
+of its host and to those subscribed by pattern or to every host: with many tabs each on one
+host (the Host page), publishing costs what those tabs need, not one check per connection.
+
 Coalescing skips sequence numbers by design: a skipped metric frame was superseded by a
 later one for the same series, which the client does receive.
 """
@@ -140,6 +144,9 @@ class StreamClient:
             raise ClientStalled(f"more than {self.max_pending} undelivered alert/host frames")
 
 
+_NO_CLIENTS: frozenset[StreamClient] = frozenset()
+
+
 class StreamHub:
     """Encodes each message once, keeps a ring for resume and feeds every client."""
 
@@ -161,6 +168,9 @@ class StreamHub:
         self.seq = 0
         self._ring: deque[Frame] = deque()
         self._clients: set[StreamClient] = set()
+        #: Clients subscribed to exact host names, by host; the rest (every host, or patterns).
+        self._by_host: dict[str, set[StreamClient]] = {}
+        self._wide: set[StreamClient] = set()
         self.closed = False
         self.frames_published = 0
         self.frames_coalesced = 0
@@ -185,11 +195,12 @@ class StreamHub:
         self._ring.append(frame)
         self._trim()
         self.frames_published += 1
-        for client in self._clients:
-            was_stalled = client.stalled
-            client.offer(frame)
-            if client.stalled and not was_stalled:
-                self.clients_stalled += 1
+        for clients in (self._wide, self._by_host.get(host, _NO_CLIENTS)):
+            for client in clients:
+                was_stalled = client.stalled
+                client.offer(frame)
+                if client.stalled and not was_stalled:
+                    self.clients_stalled += 1
         return frame
 
     def publish_samples(self, host: str, samples: Iterable[tuple[str, dict[str, str], float, float]]) -> None:
@@ -224,7 +235,7 @@ class StreamHub:
         if self.closed:
             client.close()
         complete = True
-        if last_seq is not None and ((epoch is not None and epoch != self.epoch) or last_seq > self.seq):
+        if (epoch is not None and epoch != self.epoch) or (last_seq is not None and last_seq > self.seq):
             complete = False
         elif last_seq is not None and last_seq < self.seq:
             self._trim()
@@ -234,10 +245,36 @@ class StreamHub:
                 if frame.seq > last_seq:
                     client.offer(frame)
         self._clients.add(client)
+        self._index(client)
         return client, complete
+
+    def resubscribe(self, client: StreamClient, subscription: Subscription) -> None:
+        """Change what ``client`` gets from the next frame on."""
+        self._unindex(client)
+        client.subscription = subscription
+        if client in self._clients:
+            self._index(client)
 
     def disconnect(self, client: StreamClient) -> None:
         self._clients.discard(client)
+        self._unindex(client)
+
+    def _index(self, client: StreamClient) -> None:
+        hosts = client.subscription.hosts
+        if not hosts or any(c in p for p in hosts for c in "*?["):
+            self._wide.add(client)
+        else:
+            for host in hosts:
+                self._by_host.setdefault(host, set()).add(client)
+
+    def _unindex(self, client: StreamClient) -> None:
+        self._wide.discard(client)
+        for host in client.subscription.hosts:
+            clients = self._by_host.get(host)
+            if clients is not None:
+                clients.discard(client)
+                if not clients:
+                    del self._by_host[host]
 
     def close(self) -> None:
         """End every client's stream (at shutdown): they reconnect and resume elsewhere."""
