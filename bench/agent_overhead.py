@@ -1,18 +1,29 @@
 """The agent's cost next to Debian's prometheus-node-exporter, in the same run.
 
-    uv run python bench/agent_overhead.py [--seconds 120]
+    uv run python bench/agent_overhead.py [--seconds 120] [--intervals 1 5] [--workspace]
 
-For each interval (1 s, then 5 s) it starts a private nats-server, a `signalfire agent`
-process publishing to it, and node_exporter on a free loopback port scraped at the same
-cadence by a small loop; after a warm-up it reads both processes' CPU time and RSS from
-/proc and prints CPU % of one core, RSS, samples per interval and the ratios. Needs the
-`prometheus-node-exporter` Debian package (installed with apt-get if missing, as root).
+The agent runs as hosts run it: from an agent-only environment (`signalfire-collector` and
+its locked dependencies, nothing of the server side, as docs/agent.md installs it), which
+this script makes with uv in a temporary directory; `--workspace` runs the workspace's
+`signalfire` instead, where nats-py also loads aiohttp (installed for the notifier).
+
+For each interval (1 s, then 5 s) it starts a private nats-server with the contract's
+streams, a `signalfire agent` process publishing to it, and node_exporter on a free loopback
+port scraped at the same cadence by a small loop; after a warm-up it reads both processes'
+CPU time and RSS from /proc and prints CPU % of one core, RSS, samples per interval and the
+ratios. The agent's samples are counted in the last batch it published to the stream (every
+batch of the measured time must have arrived); node_exporter's are the non-comment lines of
+its last scrape. Needs the `prometheus-node-exporter` Debian package (installed with apt-get
+if missing, as root).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -21,12 +32,17 @@ import time
 import urllib.request
 from pathlib import Path
 
+from signalfire.bus import NatsConfig, connect, ensure_streams
+from signalfire.events import MetricBatch, decode
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "dev"))
-from devstack import NatsServer, free_port
+from devstack import REPO, NatsServer, free_port
 
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
-WARMUP = 3.0
+#: Time for both processes to start and the agent's rates to prime before measuring.
+WARMUP = 5.0
 TICKS = os.sysconf("SC_CLK_TCK")
+HOST = "bench-agent"
 
 
 def ensure_node_exporter() -> None:
@@ -34,7 +50,37 @@ def ensure_node_exporter() -> None:
         return
     if os.geteuid() != 0:
         sys.exit("needs prometheus-node-exporter: apt-get install prometheus-node-exporter")
-    subprocess.run(["apt-get", "install", "-y", "prometheus-node-exporter"], check=True, capture_output=True)
+    install = ["apt-get", "install", "-y", "-q", "prometheus-node-exporter"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(install, env=env, capture_output=True, check=False).returncode != 0:
+        # A fresh machine has no package lists yet.
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
+        subprocess.run(install, env=env, capture_output=True, check=True)
+
+
+def find_uv() -> str:
+    for candidate in (os.environ.get("UV"), shutil.which("uv"), str(REPO / ".signalfire/tools/bin/uv")):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    sys.exit("uv not found: run `make sync` first")
+
+
+def agent_only_env(work: Path) -> str:
+    """A virtual environment with the agent's distribution and its locked dependencies
+    only; returns its ``signalfire``. The two local packages are installed editable (a
+    path entry to their sources), so the agent measured is the code of this tree."""
+    uv, venv = find_uv(), work / "agent-venv"
+
+    def run(*command: str) -> str:
+        return subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True).stdout
+
+    run(uv, "venv", "-q", "--python", sys.executable, str(venv))
+    requirements = work / "agent-requirements.txt"
+    requirements.write_text(
+        run(uv, "export", "-q", "--frozen", "--package", "signalfire-collector", "--no-dev", "--no-hashes")
+    )
+    run(uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), "-r", str(requirements))
+    return str(venv / "bin" / "signalfire")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -49,27 +95,52 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def measure(interval: float, seconds: float, work: Path) -> dict[str, dict[str, float]]:
+async def create_streams(url: str) -> None:
+    config = NatsConfig(url=url)
+    nc = await connect(config, "agent-bench", max_reconnect_attempts=3)
+    try:
+        await ensure_streams(nc.jetstream(), config)
+    finally:
+        await nc.close()
+
+
+async def published(url: str) -> tuple[int, MetricBatch]:
+    """How many batches the agent published, and the last one."""
+    config = NatsConfig(url=url)
+    nc = await connect(config, "agent-bench", max_reconnect_attempts=3)
+    try:
+        js = nc.jetstream()
+        subject = config.subjects.metrics(HOST)
+        info = await js.stream_info(config.subjects.metrics_stream, subjects_filter=subject)
+        count = (info.state.subjects or {}).get(subject, 0)
+        last = await js.get_last_msg(config.subjects.metrics_stream, subject)
+        assert last.data is not None
+        return count, decode(last.data, MetricBatch)
+    finally:
+        await nc.close()
+
+
+def measure(interval: float, seconds: float, work: Path, signalfire: str) -> dict[str, dict[str, float]]:
     nats = NatsServer(work / f"nats-{interval}").start()
+    asyncio.run(create_streams(nats.url))
     port = free_port("127.0.0.1")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SF_")}
-    env.update(SF_NATS_URL=nats.url, SF_INTERVAL=f"{interval}s", SF_LOG_LEVEL="warning")
-    signalfire = str(Path(sys.executable).parent / "signalfire")
+    env.update(SF_NATS_URL=nats.url, SF_INTERVAL=f"{interval}s", SF_LOG_LEVEL="warning", SF_HOSTNAME=HOST)
     agent = subprocess.Popen(
-        [signalfire, "agent"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        [signalfire, "agent"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     exporter = subprocess.Popen(
         [NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{port}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    samples = {"agent": 0.0, "node_exporter": 0.0}
     try:
         time.sleep(WARMUP)
-        once = subprocess.run(
-            [signalfire, "agent", "--once"], env=env, capture_output=True, text=True, check=True
-        )
-        samples["agent"] = float(once.stdout.count('"name":'))
+        for name, proc in (("agent", agent), ("node_exporter", exporter)):
+            if proc.poll() is not None:
+                stderr = agent.stderr.read().decode() if proc is agent and agent.stderr else ""
+                sys.exit(f"{name} exited with {proc.returncode}: {stderr}")
+        batches_before = asyncio.run(published(nats.url))[0]
         start = {p: cpu_seconds(p.pid) for p in (agent, exporter)}
         began = time.monotonic()
         lines = 0
@@ -81,15 +152,19 @@ def measure(interval: float, seconds: float, work: Path) -> dict[str, dict[str, 
             next_scrape += interval
             time.sleep(max(0.0, next_scrape - time.monotonic()))
         elapsed = time.monotonic() - began
-        samples["node_exporter"] = float(lines)
-        result = {}
-        for name, proc in (("agent", agent), ("node_exporter", exporter)):
-            result[name] = {
-                "cpu": 100.0 * (cpu_seconds(proc.pid) - start[proc]) / elapsed,
-                "rss": rss_bytes(proc.pid) / 2**20,
-                "samples": samples[name],
-            }
-        return result
+        cpu = {p: cpu_seconds(p.pid) - start[p] for p in (agent, exporter)}
+        rss = {p: rss_bytes(p.pid) for p in (agent, exporter)}
+        batches_after, last = asyncio.run(published(nats.url))
+        if batches_after - batches_before < elapsed / interval - 2:
+            sys.exit(
+                f"the agent published {batches_after - batches_before} batches in {elapsed:.0f} s "
+                f"at {interval:g} s: it fell behind or lost batches"
+            )
+        samples = {agent: float(len(last.samples)), exporter: float(lines)}
+        return {
+            name: {"cpu": 100.0 * cpu[proc] / elapsed, "rss": rss[proc] / 2**20, "samples": samples[proc]}
+            for name, proc in (("agent", agent), ("node_exporter", exporter))
+        }
     finally:
         for proc in (agent, exporter):
             proc.terminate()
@@ -98,25 +173,40 @@ def measure(interval: float, seconds: float, work: Path) -> dict[str, dict[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
         "--seconds", type=float, default=120.0, help="measured time per interval (default 120)"
     )
+    parser.add_argument(
+        "--intervals", type=float, nargs="+", default=[1.0, 5.0], help="intervals in seconds (default 1 5)"
+    )
+    parser.add_argument(
+        "--workspace", action="store_true", help="run the workspace's signalfire, not an agent-only install"
+    )
     args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # not the bench's own NATS connections coming and going
     ensure_node_exporter()
     work = Path(tempfile.mkdtemp(prefix="sf-agent-bench-"))
     try:
+        if args.workspace:
+            signalfire, kind = str(Path(sys.executable).parent / "signalfire"), "the workspace"
+        else:
+            signalfire, kind = agent_only_env(work), "an agent-only install"
+        print(
+            f"{platform.node()}: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; agent from {kind}; "
+            f"{args.seconds:g} s per interval"
+        )
         print(f"{'interval':>8} {'process':<14} {'CPU % core':>10} {'RSS MB':>7} {'samples':>8}")
-        for interval in (1.0, 5.0):
-            result = measure(interval, args.seconds, work)
+        for interval in args.intervals:
+            result = measure(interval, args.seconds, work, signalfire)
             for name, row in result.items():
-                print(
-                    f"{interval:>7}s {name:<14} {row['cpu']:>10.2f} {row['rss']:>7.1f} {row['samples']:>8.0f}"
-                )
+                cpu, rss, samples = row["cpu"], row["rss"], row["samples"]
+                print(f"{interval:>7g}s {name:<14} {cpu:>10.2f} {rss:>7.1f} {samples:>8.0f}")
             a, n = result["agent"], result["node_exporter"]
             print(
-                f"{interval:>7}s {'agent / n_e':<14} {a['cpu'] / max(n['cpu'], 1e-9):>9.2f}x "
-                f"{a['rss'] / n['rss']:>6.2f}x {a['samples'] / n['samples']:>7.2f}x"
+                f"{interval:>7g}s {'agent / n_e':<14} {a['cpu'] / max(n['cpu'], 1e-9):>9.2f}x "
+                f"{a['rss'] / n['rss']:>6.2f}x {a['samples'] / n['samples']:>7.2f}x",
+                flush=True,
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import shutil
 import ssl
 import subprocess
 import threading
@@ -260,16 +262,19 @@ async def test_tcp_check_open_and_closed_ports() -> None:
     assert (down["up"], down["result_code"]) == (0, RESULT_CODES["connection_failed"])
 
 
-async def test_process_check_by_name_and_command_line() -> None:
-    children = [subprocess.Popen(["sleep", "30"]) for _ in range(2)]  # noqa: ASYNC220
+async def test_process_check_by_name_and_command_line(tmp_path: Path) -> None:
+    # A name of its own: other `sleep` processes may run on the host meanwhile.
+    name = f"sf-sleep-{os.getpid() % 10000:04d}"
+    (tmp_path / name).symlink_to(shutil.which("sleep") or "/bin/sleep")
+    children = [subprocess.Popen([str(tmp_path / name), "30"]) for _ in range(2)]  # noqa: ASYNC220
     try:
-        by_name = ProcessCheck(ProcessCheckConfig(name="sleep", min_count=2), 1.0)
+        by_name = ProcessCheck(ProcessCheckConfig(name=name, min_count=2), 1.0)
         first = values(await by_name.run())
         assert (first["up"], first["count"]) == (1, 2)
         assert first["rss_bytes"] > 0 and "cpu_percent" not in first  # CPU needs two readings
         second = values(await by_name.run())
         assert 0 <= second["cpu_percent"] < 50  # sleeping processes
-        by_cmdline = ProcessCheck(ProcessCheckConfig(name="sleepers", cmdline=r"^sleep 30$"), 1.0)
+        by_cmdline = ProcessCheck(ProcessCheckConfig(name="sleepers", cmdline=rf"/{name} 30$"), 1.0)
         assert values(await by_cmdline.run())["count"] == 2
     finally:
         for child in children:

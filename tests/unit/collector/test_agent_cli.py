@@ -63,3 +63,19 @@ def test_the_agent_imports_nothing_of_the_server_side() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_signalfire_agent_loads_no_other_command() -> None:
+    # The console script registers every installed subcommand only for help; `signalfire
+    # agent` imports the agent's module alone, so the server side costs a host no memory.
+    code = (
+        "import contextlib, io, sys\n"
+        "from signalfire.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['agent', '--list-metrics'])\n"
+        "others = ('signalfire.gateway', 'signalfire.notifier', 'signalfire.evaluator', 'asyncpg', 'httpx')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(others)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+    assert "agent" in subprocess.run([SIGNALFIRE, "--help"], capture_output=True, text=True, check=True).stdout

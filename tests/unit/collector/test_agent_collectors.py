@@ -29,11 +29,21 @@ from signalfire.collector.collectors import (
     ProcessesCollector,
     UptimeCollector,
     build_collectors,
+    connections,
+    processes,
 )
 from signalfire.collector.collectors.base import Collector
-from signalfire.collector.collectors.connections import count_tcp_states, parse_snmp, parse_sockstat
+from signalfire.collector.collectors.connections import (
+    TCP_STATES,
+    count_tcp_states,
+    netlink_tcp_states,
+    parse_snmp,
+    parse_sockstat,
+)
+from signalfire.collector.collectors.cpu import read_proc_stat
+from signalfire.collector.collectors.memory import read_meminfo
 from signalfire.collector.collectors.rates import Rates
-from signalfire.collector.collectors.sensors import SensorsCollector, sensor_samples
+from signalfire.collector.collectors.sensors import LOOK_AGAIN_SECONDS, SensorsCollector, sensor_samples
 from signalfire.collector.config import (
     DEFAULT_DISKIO_EXCLUDE,
     DEFAULT_EXCLUDED_FSTYPES,
@@ -263,6 +273,114 @@ def test_tcp_connection_states_see_a_listening_socket() -> None:
     assert all(s.value >= 0 for s in samples)
 
 
+def listening(count: int) -> list[socket.socket]:
+    """``count`` listening sockets, half IPv4, half IPv6 (where the host has IPv6)."""
+    sockets = []
+    for n in range(count):
+        family = socket.AF_INET6 if n % 2 and socket.has_ipv6 else socket.AF_INET
+        sock = socket.socket(family)
+        sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+        sock.listen()
+        sockets.append(sock)
+    return sockets
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="netlink socket diagnostics are Linux's")
+def test_netlink_counts_tcp_states_of_both_families() -> None:
+    before = netlink_tcp_states()["listen"]
+    sockets = listening(20)
+    try:
+        during = netlink_tcp_states()
+        rare = netlink_tcp_states(connections._RARE_STATES)
+    finally:
+        for sock in sockets:
+            sock.close()
+    after = netlink_tcp_states()["listen"]
+    # Other processes on the host may open and close listeners meanwhile: a margin.
+    assert during["listen"] - max(before, after) >= 15
+    assert set(during) == set(TCP_STATES.values())
+    assert rare["listen"] >= 20 and rare["established"] == rare["time_wait"] == 0  # not asked for
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+def test_tcp_states_without_netlink_come_from_proc_net_tcp() -> None:
+    collector = ConnectionsCollector()
+    collector._netlink = False  # as where AF_NETLINK is not allowed
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        with socket.create_connection(server.getsockname()):
+            states = collector.states()
+    assert states["listen"] >= 1 and states["established"] >= 2
+    assert set(states) == set(TCP_STATES.values())
+
+
+def test_proc_stat_parser() -> None:
+    text = (
+        "cpu  100 2 30 400 5 0 6 7 0 0\n"
+        "cpu0 50 1 15 200 2 0 3 3 0 0\n"
+        "cpu2 50 1 15 200 3 0 3 4 0 0\n"  # CPU 1 is offline
+        "intr 12345 0 9 0\n"
+        "ctxt 6789\n"
+        "procs_running 3\n"
+    )
+    stat = read_proc_stat(text)
+    assert stat.total.user == 100 and stat.total.steal == 7 and stat.total.guest == 0
+    assert sorted(stat.cores) == [0, 2] and stat.cores[2].iowait == 3
+    assert (stat.context_switches, stat.interrupts) == (6789, 12345)
+
+
+def test_meminfo_parser_computes_as_psutil_does() -> None:
+    text = (
+        "MemTotal:       1000 kB\nMemFree:         100 kB\nMemAvailable:    600 kB\n"
+        "Buffers:          10 kB\nCached:          300 kB\nSReclaimable:     50 kB\n"
+        "Shmem:            20 kB\nSlab:             70 kB\nActive:          400 kB\n"
+        "Inactive:        200 kB\nSwapTotal:       500 kB\nSwapFree:        400 kB\n"
+    )
+    parsed = read_meminfo(text)
+    assert parsed is not None
+    mem, swap = parsed
+    assert (mem.total, mem.available, mem.used) == (1024000, 614400, 409600)
+    assert mem.percent == pytest.approx(40.0)
+    assert mem.cached == 350 * 1024  # Cached + SReclaimable, like free(1)
+    assert (swap.total, swap.used, swap.percent) == (512000, 102400, pytest.approx(20.0))
+    assert read_meminfo("MemTotal: 1000 kB\nMemFree: 100 kB\n") is None  # before Linux 3.14
+    if os.path.exists("/proc/meminfo"):
+        real = {s.name: s.value for s in MemoryCollector().collect(time.monotonic())}
+        assert real["mem.available_bytes"] == pytest.approx(psutil.virtual_memory().available, rel=0.1)
+        assert real["swap.total_bytes"] == psutil.swap_memory().total
+
+
+def test_mounts_are_chosen_again_only_when_the_table_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    collector = FilesystemCollector(DEFAULT_EXCLUDED_FSTYPES)
+    first = collector.mounts()
+    calls: list[int] = []
+
+    def choose() -> list[str]:
+        calls.append(1)
+        return ["/"]
+
+    monkeypatch.setattr(collector, "_choose_mounts", choose)
+    assert collector.mounts() == first
+    if sys.platform.startswith("linux"):
+        assert calls == []  # the same mount table: the same choice
+        collector._mount_table = b"another table"
+        assert collector.mounts() == ["/"] and calls == [1]
+
+
+def test_sensors_are_looked_for_again_only_now_and_then(monkeypatch: pytest.MonkeyPatch) -> None:
+    readings: dict[str, list[Reading]] = {}
+    monkeypatch.setattr(psutil, "sensors_temperatures", lambda: readings, raising=False)
+    monkeypatch.setattr(psutil, "sensors_fans", dict, raising=False)
+    collector = SensorsCollector()
+    assert collector.collect(10.0) == []
+    readings["acpitz"] = [Reading("", 40.0)]  # a chip appears (a driver was loaded)
+    assert collector.collect(11.0) == []  # not looked for on every tick
+    found = collector.collect(10.0 + LOOK_AGAIN_SECONDS)
+    assert [s.value for s in found] == [40.0]
+    assert [s.value for s in collector.collect(11.0 + LOOK_AGAIN_SECONDS)] == [40.0]  # read on every tick
+
+
 def test_proc_net_parsers() -> None:
     table = (
         "  sl  local_address rem_address   st tx_queue rx_queue\n"
@@ -290,9 +408,21 @@ def test_process_counts_see_a_zombie() -> None:
     finally:
         child.wait()
     assert samples["procs.zombie"] >= 1
-    assert samples["procs.total"] >= samples["procs.running"] + samples["procs.zombie"]
+    assert samples["procs.total"] >= samples["procs.sleeping"] + samples["procs.zombie"]
     assert samples["procs.running"] >= 1  # this process, collecting
-    assert samples["procs.threads"] >= samples["procs.total"]
+    assert samples["procs.threads"] >= max(samples["procs.total"], samples["procs.running"])
+
+
+def test_process_states_are_recounted_at_most_every_scan_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    collector = ProcessesCollector()
+    first = {s.name: s.value for s in collector.collect(100.0)}
+    assert first["procs.total"] > 0
+    monkeypatch.setattr(processes, "_state_of", lambda pid, proc: "Z")  # every process a zombie now
+    soon = {s.name: s.value for s in collector.collect(101.0)}
+    assert soon["procs.zombie"] == first["procs.zombie"]  # the last count, not a new scan
+    later = {s.name: s.value for s in collector.collect(100.0 + processes.STATE_SCAN_SECONDS)}
+    assert later["procs.zombie"] == later["procs.total"] > 0
+    assert [s.name for s in collector.collect(200.0)] == [spec.name for spec in collector.METRICS]
 
 
 def test_files_and_uptime() -> None:

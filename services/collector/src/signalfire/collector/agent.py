@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import secrets
 import time
 from collections.abc import Sequence
@@ -67,6 +68,7 @@ AGENT_METRICS: tuple[MetricSpec, ...] = (
 )
 
 _PUBLISH_ERRORS = (nats.errors.Error, TimeoutError, OSError)
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class Agent:
@@ -107,8 +109,8 @@ class Agent:
         self._failing = False
         self._failing_collectors: set[str] = set()
         self._collector_seconds: dict[str, float] = {}
-        self._process = psutil.Process()
-        self._cpu_reading = (time.monotonic(), sum(self._process.cpu_times()[:2]))
+        times = os.times()
+        self._cpu_reading = (time.monotonic(), times.user + times.system)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._connected = asyncio.Event()
@@ -208,12 +210,16 @@ class Agent:
         return samples
 
     def _own_usage(self) -> list[Sample]:
+        times = os.times()
+        cpu = times.user + times.system
         try:
-            with self._process.oneshot():
-                cpu = sum(self._process.cpu_times()[:2])
-                rss = self._process.memory_info().rss
-        except psutil.Error:
-            return []
+            with open("/proc/self/statm", "rb") as f:
+                rss = int(f.read().split()[1]) * _PAGE_SIZE
+        except OSError:  # not Linux
+            try:
+                rss = psutil.Process().memory_info().rss
+            except psutil.Error:
+                return []
         now = time.monotonic()
         then, cpu_then = self._cpu_reading
         self._cpu_reading = (now, cpu)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import os
+from typing import Any, ClassVar, NamedTuple
 
 import psutil
 
@@ -14,6 +15,49 @@ from signalfire.events import Sample
 TOTAL_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 #: Modes reported per core.
 CORE_MODES = TOTAL_MODES
+
+
+class CpuTimes(NamedTuple):
+    """One ``cpu`` line of /proc/stat (USER_HZ ticks), named as psutil names them."""
+
+    user: float = 0.0
+    nice: float = 0.0
+    system: float = 0.0
+    idle: float = 0.0
+    iowait: float = 0.0
+    irq: float = 0.0
+    softirq: float = 0.0
+    steal: float = 0.0
+    guest: float = 0.0
+    guest_nice: float = 0.0
+
+
+class ProcStat(NamedTuple):
+    """What the CPU collector needs of /proc/stat, read once per tick."""
+
+    total: CpuTimes
+    #: Per logical CPU, by its number (an offline CPU has no line).
+    cores: dict[int, CpuTimes]
+    context_switches: int
+    interrupts: int
+
+
+def read_proc_stat(text: str) -> ProcStat:
+    """Parse /proc/stat (psutil would read it three times for the same figures)."""
+    total, cores, ctxt, intr = CpuTimes(), {}, 0, 0
+    for line in text.splitlines():
+        if line.startswith("cpu"):
+            name, *values = line.split()
+            times = CpuTimes(*(float(v) for v in values[:10]))
+            if name == "cpu":
+                total = times
+            else:
+                cores[int(name[3:])] = times
+        elif line.startswith("ctxt "):
+            ctxt = int(line[5:])
+        elif line.startswith("intr "):
+            intr = int(line[5:].split(None, 1)[0])
+    return ProcStat(total, cores, ctxt, intr)
 
 
 def _busy_and_total(times: Any) -> tuple[float, float]:
@@ -52,9 +96,11 @@ def _mode_spec(prefix: str, mode: str, labels: tuple[str, ...], whose: str) -> M
 
 
 class CpuCollector:
-    """Usage over the last interval. The state is this instance's own (psutil's
-    ``cpu_percent`` keeps one per process), and the first reading is taken at construction,
-    so the first ``collect`` already reports a real value instead of psutil's priming 0."""
+    """Usage over the last interval, from one read of /proc/stat per tick on Linux (psutil
+    elsewhere). The state is this instance's own (psutil's ``cpu_percent`` keeps one per
+    process), and the first reading is taken at construction, so the first ``collect``
+    already reports a real value instead of psutil's priming 0. Cores are labelled with
+    the kernel's CPU number."""
 
     name: ClassVar[str] = "cpu"
     METRICS: ClassVar[tuple[MetricSpec, ...]] = (
@@ -69,28 +115,34 @@ class CpuCollector:
     )
 
     def __init__(self) -> None:
-        self._total = psutil.cpu_times()
-        self._cores = psutil.cpu_times(percpu=True)
+        self._linux = os.path.exists("/proc/stat")
         self._rates = Rates()
-        self._stats(0.0)
+        self._last = self._read()  # usage is reported from the first tick on; rates prime there
 
-    def _stats(self, now: float) -> list[Sample]:
-        self._rates.begin(now)
+    def _read(self) -> ProcStat:
+        if self._linux:
+            with open("/proc/stat", encoding="ascii") as f:
+                return read_proc_stat(f.read())
         stats = psutil.cpu_stats()
+        cores = dict(enumerate(psutil.cpu_times(percpu=True)))
+        return ProcStat(psutil.cpu_times(), cores, stats.ctx_switches, stats.interrupts)
+
+    def _stats(self, now: float, stat: ProcStat) -> list[Sample]:
+        self._rates.begin(now)
         samples = []
-        for name, value in (("context_switches", stats.ctx_switches), ("interrupts", stats.interrupts)):
+        for name, value in (("context_switches", stat.context_switches), ("interrupts", stat.interrupts)):
             rate = self._rates.rate(name, value)
             if rate is not None:
                 samples.append(Sample(f"cpu.{name}_per_second", round(rate, 1)))
         return samples
 
     def collect(self, now: float) -> list[Sample]:
-        total = psutil.cpu_times()
-        cores = psutil.cpu_times(percpu=True)
-        samples = _mode_samples(self._total, total, TOTAL_MODES, "cpu", {})
+        stat, last = self._read(), self._last
+        samples = _mode_samples(last.total, stat.total, TOTAL_MODES, "cpu", {})
         # CPUs can come and go (hotplug); compare only the ones seen both times.
-        for core, (before, after) in enumerate(zip(self._cores, cores, strict=False)):
-            samples.extend(_mode_samples(before, after, CORE_MODES, "cpu.core", {"core": str(core)}))
-        self._total, self._cores = total, cores
-        samples.extend(self._stats(now))
+        for core, after in stat.cores.items():
+            if (before := last.cores.get(core)) is not None:
+                samples.extend(_mode_samples(before, after, CORE_MODES, "cpu.core", {"core": str(core)}))
+        self._last = stat
+        samples.extend(self._stats(now, stat))
         return samples

@@ -15,6 +15,7 @@ from signalfire.events import Sample
 
 log = logging.getLogger("signalfire.collector.filesystem")
 
+_MOUNT_TABLE = "/proc/self/mounts"
 #: The contract's limit on a label value; a longer mount path could not be published.
 _MAX_LABEL_VALUE = 1024
 
@@ -43,9 +44,23 @@ class FilesystemCollector:
         self.exclude_fstypes = list(exclude_fstypes)
         self.exclude_mounts = list(exclude_mounts)
         self._failing: set[str] = set()
+        self._mount_table: bytes | None = None
+        self._mounts: list[str] = []
 
     def mounts(self) -> list[str]:
-        """Mount points to report, in the order the kernel lists them, each once."""
+        """Mount points to report, in the order the kernel lists them, each once. On Linux
+        the choice is made again only when the mount table changed."""
+        try:
+            with open(_MOUNT_TABLE, "rb") as f:
+                table: bytes | None = f.read()
+        except OSError:
+            table = None  # not Linux: choose every time
+        if table is None or table != self._mount_table:
+            self._mounts = self._choose_mounts()
+            self._mount_table = table
+        return self._mounts
+
+    def _choose_mounts(self) -> list[str]:
         seen: dict[str, None] = {}
         for part in psutil.disk_partitions(all=True):
             if any(fnmatch.fnmatchcase(part.fstype, pattern) for pattern in self.exclude_fstypes):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import os
+from types import SimpleNamespace
+from typing import Any, ClassVar
 
 import psutil
 
@@ -35,8 +37,14 @@ _VMSTAT = {
 _VMSTAT_BYTES = {"pgpgin", "pgpgout"}  # counted in KiB by the kernel
 
 
+#: /proc/vmstat counters of pages swapped in and out (psutil's ``sin`` and ``sout``).
+_SWAP_PAGES = {"pswpin": "in", "pswpout": "out"}
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
 def read_vmstat() -> dict[str, int]:
-    """The counters of /proc/vmstat that ``_VMSTAT`` names; empty where it does not exist."""
+    """The counters of /proc/vmstat that ``_VMSTAT`` and ``_SWAP_PAGES`` name; empty where it
+    does not exist."""
     try:
         with open("/proc/vmstat", encoding="ascii") as f:
             text = f.read()
@@ -45,9 +53,43 @@ def read_vmstat() -> dict[str, int]:
     values = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
-        if name in _VMSTAT:
+        if name in _VMSTAT or name in _SWAP_PAGES:
             values[name] = int(value)
     return values
+
+
+def read_meminfo(text: str) -> tuple[Any, Any] | None:
+    """psutil's ``virtual_memory()`` and ``swap_memory()`` fields from one read of
+    /proc/meminfo (psutil reads it twice), computed as psutil computes them on Linux;
+    ``None`` for a kernel without ``MemAvailable`` (before 3.14: psutil estimates it)."""
+    kib = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        kib[name] = int(rest.split(None, 1)[0]) * 1024
+    total, available = kib.get("MemTotal", 0), kib.get("MemAvailable", 0)
+    if not total or not available:
+        return None
+    if available > total:
+        available = kib.get("MemFree", 0)
+    mem = SimpleNamespace(
+        total=total,
+        available=available,
+        used=total - available,
+        percent=100.0 * (total - available) / total,
+        free=kib.get("MemFree", 0),
+        cached=kib.get("Cached", 0) + kib.get("SReclaimable", 0),
+        buffers=kib.get("Buffers", 0),
+        shared=kib.get("Shmem", 0),
+        slab=kib.get("Slab", 0),
+        active=kib.get("Active", 0),
+        inactive=kib.get("Inactive", 0),
+    )
+    swap_total = kib.get("SwapTotal", 0)
+    swap_used = swap_total - kib.get("SwapFree", 0)
+    swap = SimpleNamespace(
+        total=swap_total, used=swap_used, percent=100.0 * swap_used / swap_total if swap_total else 0.0
+    )
+    return mem, swap
 
 
 class MemoryCollector:
@@ -71,10 +113,24 @@ class MemoryCollector:
 
     def __init__(self) -> None:
         self._rates = Rates()
+        self._linux = os.path.exists("/proc/meminfo")
+
+    def _read(self) -> tuple[Any, Any, dict[str, int]]:
+        """(memory, swap, vmstat counters): one read of /proc/meminfo and /proc/vmstat."""
+        if self._linux:
+            with open("/proc/meminfo", encoding="ascii") as f:
+                memory = read_meminfo(f.read())
+            vmstat = read_vmstat()
+            if memory is not None:
+                return (*memory, vmstat)
+        else:
+            vmstat = {}
+        swap = psutil.swap_memory()
+        vmstat.update(pswpin=swap.sin // _PAGE_SIZE, pswpout=swap.sout // _PAGE_SIZE)
+        return psutil.virtual_memory(), swap, vmstat
 
     def collect(self, now: float) -> list[Sample]:
-        mem = psutil.virtual_memory()
-        swap = psutil.swap_memory()
+        mem, swap, vmstat = self._read()
         samples = [Sample("mem.used_percent", round(mem.percent, 2))]
         for field in _MEMORY_FIELDS:
             if hasattr(mem, field):
@@ -85,11 +141,12 @@ class MemoryCollector:
             Sample("swap.total_bytes", float(swap.total)),
         ]
         self._rates.begin(now)
-        for direction, value in (("in", swap.sin), ("out", swap.sout)):
-            rate = self._rates.rate(direction, value)
-            if rate is not None:
+        for key, direction in _SWAP_PAGES.items():
+            if key in vmstat and (rate := self._rates.rate(direction, vmstat[key] * _PAGE_SIZE)) is not None:
                 samples.append(Sample(f"swap.{direction}_bytes_per_second", round(rate, 1)))
-        for key, value in read_vmstat().items():
+        for key, value in vmstat.items():
+            if key not in _VMSTAT:
+                continue
             rate = self._rates.rate(key, value * 1024 if key in _VMSTAT_BYTES else value)
             if rate is not None:
                 samples.append(Sample(_VMSTAT[key][0], round(rate, 1)))

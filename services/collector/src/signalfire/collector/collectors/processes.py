@@ -12,9 +12,7 @@ from signalfire.events import Sample
 
 #: Process states as /proc/<pid>/stat writes them → the metric counting them.
 _STATE_METRIC = {
-    "R": "procs.running",
     "S": "procs.sleeping",
-    "D": "procs.blocked",
     "Z": "procs.zombie",
     "T": "procs.stopped",
     "t": "procs.stopped",
@@ -27,56 +25,137 @@ _STATUS_METRIC = {
     psutil.STATUS_ZOMBIE: "procs.zombie",
     psutil.STATUS_STOPPED: "procs.stopped",
 }
+#: The metrics counted by reading every process's state.
+_SCANNED = ("procs.total", "procs.sleeping", "procs.zombie", "procs.stopped")
+#: Reading every process's state costs one open and read per process (milliseconds on a
+#: busy host); it is done at most this often, and the counts are reported on every tick.
+STATE_SCAN_SECONDS = 5.0
 
 
-def _state_of(pid: str) -> str | None:
+def _state_of(pid: str, proc: int) -> str | None:
+    """The state letter in /proc/<pid>/stat; ``proc`` is an open descriptor of /proc (plain
+    descriptors: a file object per process would cost a third more)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        fd = os.open(f"{pid}/stat", os.O_RDONLY, dir_fd=proc)
     except OSError:
         return None  # the process ended meanwhile
+    try:
+        stat = os.read(fd, 512)  # the state is well inside the first 512 bytes
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     # The command name in parentheses may hold spaces and ')': the state follows the last ')'.
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3].decode("ascii", "replace")
+    end = stat.rfind(b")")
+    return stat[end + 2 : end + 3].decode("ascii", "replace") if end > 0 else None
+
+
+def _proc_stat_tasks() -> dict[str, int]:
+    """``procs_running`` and ``procs_blocked`` of /proc/stat: the kernel's own counts."""
+    values = {}
+    with open("/proc/stat", "rb") as f:
+        for line in f.read().splitlines():
+            if line.startswith(b"procs_"):
+                name, _, value = line.partition(b" ")
+                values[name.decode()] = int(value)
+    return values
 
 
 class ProcessesCollector:
-    """Counts every process on the host by state. On Linux one small read of
-    ``/proc/<pid>/stat`` per process (psutil would build a Process object for each)."""
+    """Counts processes on the host. On Linux ``procs.running`` and ``procs.blocked`` are
+    the kernel's counters in /proc/stat (tasks, threads included, as node_exporter reports
+    them) and ``procs.threads`` comes from /proc/loadavg, on every tick; all processes,
+    sleeping, zombie and stopped ones are counted by one small read of ``/proc/<pid>/stat``
+    per process (psutil would build a Process object for each), at most every
+    ``STATE_SCAN_SECONDS``: on a busy host that is the costliest read of a tick. Elsewhere
+    psutil's process list gives every count."""
 
     name: ClassVar[str] = "processes"
     METRICS: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("procs.total", (), "processes", "Processes on the host"),
-        MetricSpec("procs.running", (), "processes", "Processes running or runnable"),
-        MetricSpec("procs.sleeping", (), "processes", "Processes sleeping"),
         MetricSpec(
-            "procs.blocked", (), "processes", "Processes in uninterruptible sleep (usually waiting on I/O)"
+            "procs.total",
+            (),
+            "processes",
+            f"Processes on the host (recounted at most once per {STATE_SCAN_SECONDS:g} s)",
         ),
         MetricSpec(
-            "procs.zombie", (), "processes", "Processes that ended but were not reaped by their parent"
+            "procs.running",
+            (),
+            "tasks",
+            "Tasks (threads included) running or waiting for a CPU (the kernel's procs_running)",
         ),
-        MetricSpec("procs.stopped", (), "processes", "Processes stopped by a signal or a debugger"),
+        MetricSpec(
+            "procs.sleeping",
+            (),
+            "processes",
+            f"Processes sleeping (recounted at most once per {STATE_SCAN_SECONDS:g} s)",
+        ),
+        MetricSpec(
+            "procs.blocked",
+            (),
+            "tasks",
+            "Tasks in uninterruptible sleep, usually waiting on I/O (the kernel's procs_blocked)",
+        ),
+        MetricSpec(
+            "procs.zombie",
+            (),
+            "processes",
+            "Processes that ended but were not reaped by their parent "
+            f"(recounted at most once per {STATE_SCAN_SECONDS:g} s)",
+        ),
+        MetricSpec(
+            "procs.stopped",
+            (),
+            "processes",
+            f"Processes stopped by a signal or a debugger (recounted at most once per {STATE_SCAN_SECONDS:g} s)",
+        ),
         MetricSpec("procs.threads", (), "threads", "Threads of all processes (Linux)"),
     )
 
     def __init__(self) -> None:
         self._linux = os.path.isdir("/proc/self")
+        self._scanned: dict[str, int] = {}
+        self._next_scan = float("-inf")
+
+    def _scan_states(self, now: float) -> dict[str, int]:
+        if now >= self._next_scan:
+            counts = dict.fromkeys(_SCANNED, 0)
+            proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                for pid in os.listdir(proc):
+                    if pid.isdigit() and (state := _state_of(pid, proc)) is not None:
+                        counts["procs.total"] += 1
+                        if (metric := _STATE_METRIC.get(state)) is not None:
+                            counts[metric] += 1
+            finally:
+                os.close(proc)
+            self._scanned = counts
+            # Ticks jitter: a scan due "every 5 s" must not slip to every other 5 s tick.
+            self._next_scan = now + 0.9 * STATE_SCAN_SECONDS
+        return self._scanned
 
     def collect(self, now: float) -> list[Sample]:
+        if not self._linux:
+            return self._collect_psutil()
+        with open("/proc/loadavg", encoding="ascii") as f:
+            # "0.00 0.01 0.05 2/345 6789": runnable/total scheduling entities (threads).
+            threads = f.read().split()[3].partition("/")[2]
+        tasks = _proc_stat_tasks()
+        scanned = self._scan_states(now)
+        return [
+            Sample("procs.total", float(scanned["procs.total"])),
+            Sample("procs.running", float(tasks.get("procs_running", 0))),
+            Sample("procs.sleeping", float(scanned["procs.sleeping"])),
+            Sample("procs.blocked", float(tasks.get("procs_blocked", 0))),
+            Sample("procs.zombie", float(scanned["procs.zombie"])),
+            Sample("procs.stopped", float(scanned["procs.stopped"])),
+            Sample("procs.threads", float(threads)),
+        ]
+
+    def _collect_psutil(self) -> list[Sample]:
         counts = dict.fromkeys((spec.name for spec in self.METRICS if spec.name != "procs.threads"), 0)
-        samples = []
-        if self._linux:
-            with open("/proc/loadavg", encoding="ascii") as f:
-                # "0.00 0.01 0.05 2/345 6789": runnable/total scheduling entities (threads).
-                threads = f.read().split()[3].partition("/")[2]
-            samples.append(Sample("procs.threads", float(threads)))
-            for entry in os.scandir("/proc"):
-                if entry.name.isdigit() and (state := _state_of(entry.name)) is not None:
-                    counts["procs.total"] += 1
-                    if (metric := _STATE_METRIC.get(state)) is not None:
-                        counts[metric] += 1
-        else:
-            for proc in psutil.process_iter(["status"]):
-                counts["procs.total"] += 1
-                if (metric := _STATUS_METRIC.get(proc.info["status"])) is not None:
-                    counts[metric] += 1
-        return [*(Sample(name, float(n)) for name, n in counts.items()), *samples]
+        for proc in psutil.process_iter(["status"]):
+            counts["procs.total"] += 1
+            if (metric := _STATUS_METRIC.get(proc.info["status"])) is not None:
+                counts[metric] += 1
+        return [Sample(name, float(n)) for name, n in counts.items()]

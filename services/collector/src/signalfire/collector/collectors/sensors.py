@@ -10,6 +10,10 @@ import psutil
 from signalfire.collector.collectors.base import MetricSpec
 from signalfire.events import Sample
 
+#: How long a host without sensors goes before the agent looks for them again (a VM has
+#: none, and looking means listing several directories).
+LOOK_AGAIN_SECONDS = 60.0
+
 
 def sensor_samples(
     temperatures: Mapping[str, Sequence[Any]], fans: Mapping[str, Sequence[Any]]
@@ -32,7 +36,8 @@ def sensor_samples(
 
 class SensorsCollector:
     """Reads the hardware monitoring chips (``/sys/class/hwmon`` on Linux). Reports nothing
-    on a host without them, or where psutil cannot read them (macOS has no temperatures)."""
+    on a host without them, or where psutil cannot read them (macOS has no temperatures);
+    there it looks for them again only every ``LOOK_AGAIN_SECONDS``."""
 
     name: ClassVar[str] = "sensors"
     METRICS: ClassVar[tuple[MetricSpec, ...]] = (
@@ -46,7 +51,14 @@ class SensorsCollector:
         MetricSpec("sensor.fan_rpm", ("chip", "sensor"), "rpm", "Fan speed"),
     )
 
+    def __init__(self) -> None:
+        self._next_look = float("-inf")
+
     def collect(self, now: float) -> list[Sample]:
+        if now < self._next_look:
+            return []
         temperatures: dict[str, list[Any]] = getattr(psutil, "sensors_temperatures", dict)()
         fans: dict[str, list[Any]] = getattr(psutil, "sensors_fans", dict)()
+        if not temperatures and not fans:
+            self._next_look = now + LOOK_AGAIN_SECONDS
         return sensor_samples(temperatures, fans)
