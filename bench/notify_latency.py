@@ -305,7 +305,7 @@ def main() -> int:
     print(
         f"while publishing: {during} arrived ({during / publish_seconds:.0f}/s); "
         f"backlog at the last publish: {sent - during}, "
-        f"the last arrived {delivered - publish_seconds:.2f}s later"
+        f"the last arrived {max(0.0, delivered - publish_seconds):.2f}s later"
     )
     ref_sent, ref_received, ref_seconds = found["ref_sent"], found["ref_received"], found["ref_seconds"]
     assert isinstance(ref_sent, int) and isinstance(ref_received, int) and isinstance(ref_seconds, float)
