@@ -562,6 +562,24 @@ async def test_channels_time_out_on_a_hanging_provider(
     assert asyncio.get_running_loop().time() - started < 1.5
 
 
+async def test_redirects_are_not_followed_and_a_refused_connection_is_retried(
+    provider: Provider, http: aiohttp.ClientSession
+) -> None:
+    secret_path = "/api/webhooks/42/secret-token"
+    provider.default = Answer(302, headers={"Location": provider.url + "/elsewhere"})
+    chan = channel(DiscordChannelConfig(webhook_url_env="URL"), http, URL=provider.url + secret_path)
+    moved = await failure(chan, Notification(alert=ALERT))
+    assert not moved.retryable and str(moved) == "HTTP 302"
+    assert [r.path for r in provider.requests] == [secret_path]
+
+    away = channel(
+        DiscordChannelConfig(webhook_url_env="URL"), http, URL=f"http://127.0.0.1:{free_port()}{secret_path}"
+    )
+    refused = await failure(away, Notification(alert=ALERT))
+    assert refused.retryable and str(refused).startswith("request failed:")
+    assert "secret-token" not in str(refused)
+
+
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 (the openssl command line tool)."""
