@@ -336,6 +336,7 @@ def test_meminfo_parser_computes_as_psutil_does() -> None:
         "Buffers:          10 kB\nCached:          300 kB\nSReclaimable:     50 kB\n"
         "Shmem:            20 kB\nSlab:             70 kB\nActive:          400 kB\n"
         "Inactive:        200 kB\nSwapTotal:       500 kB\nSwapFree:        400 kB\n"
+        "Dirty:             5 kB\nCommitLimit:     900 kB\nCommitted_AS:   1200 kB\n"
     )
     parsed = read_meminfo(text)
     assert parsed is not None
@@ -343,6 +344,7 @@ def test_meminfo_parser_computes_as_psutil_does() -> None:
     assert (mem.total, mem.available, mem.used) == (1024000, 614400, 409600)
     assert mem.percent == pytest.approx(40.0)
     assert mem.cached == 350 * 1024  # Cached + SReclaimable, like free(1)
+    assert (mem.dirty, mem.writeback, mem.committed, mem.commit_limit) == (5120, 0, 1228800, 921600)
     assert (swap.total, swap.used, swap.percent) == (512000, 102400, pytest.approx(20.0))
     assert read_meminfo("MemTotal: 1000 kB\nMemFree: 100 kB\n") is None  # before Linux 3.14
     if os.path.exists("/proc/meminfo"):

@@ -41,10 +41,13 @@ _SNMP = {
     ("Tcp", "EstabResets"): ("tcp.resets_per_second", "Established connections reset"),
     ("Tcp", "RetransSegs"): ("tcp.retransmits_per_second", "Segments retransmitted"),
     ("Tcp", "InErrs"): ("tcp.in_errors_per_second", "Segments received in error"),
+    ("Tcp", "OutRsts"): ("tcp.out_resets_per_second", "Segments sent with the RST flag (refused, aborted)"),
     ("Udp", "InDatagrams"): ("udp.in_datagrams_per_second", "UDP datagrams received"),
     ("Udp", "OutDatagrams"): ("udp.out_datagrams_per_second", "UDP datagrams sent"),
     ("Udp", "InErrors"): ("udp.in_errors_per_second", "UDP datagrams that could not be delivered"),
     ("Udp", "RcvbufErrors"): ("udp.rcvbuf_errors_per_second", "UDP datagrams dropped: receive buffer full"),
+    ("Udp", "SndbufErrors"): ("udp.sndbuf_errors_per_second", "UDP datagrams dropped: send buffer full"),
+    ("Udp", "NoPorts"): ("udp.no_ports_per_second", "UDP datagrams to a port nothing listens on"),
 }
 
 #: /proc/net/sockstat gauges: (protocol, field) → metric.

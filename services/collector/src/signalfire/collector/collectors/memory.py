@@ -12,7 +12,8 @@ from signalfire.collector.collectors.base import MetricSpec
 from signalfire.collector.collectors.rates import Rates
 from signalfire.events import Sample
 
-#: ``psutil.virtual_memory()`` fields reported as ``mem.<field>_bytes`` where the OS has them.
+#: ``psutil.virtual_memory()`` fields (and a few more of /proc/meminfo) reported as
+#: ``mem.<field>_bytes`` where the OS has them.
 _MEMORY_FIELDS = {
     "available": "Memory available to new applications without swapping",
     "total": "Physical memory",
@@ -24,6 +25,11 @@ _MEMORY_FIELDS = {
     "slab": "Kernel data structures",
     "active": "Memory used recently, not reclaimed unless needed",
     "inactive": "Memory not used recently, reclaimed first",
+    # Linux only (/proc/meminfo), read in the same pass:
+    "dirty": "File data changed in memory, waiting to be written to disk (Linux)",
+    "writeback": "File data being written to disk now (Linux)",
+    "committed": "Memory promised to processes, used or not (Committed_AS, Linux)",
+    "commit_limit": "What the kernel may promise under strict overcommit (CommitLimit, Linux)",
 }
 
 #: /proc/vmstat counters reported as rates (Linux).
@@ -83,6 +89,10 @@ def read_meminfo(text: str) -> tuple[Any, Any] | None:
         slab=kib.get("Slab", 0),
         active=kib.get("Active", 0),
         inactive=kib.get("Inactive", 0),
+        dirty=kib.get("Dirty", 0),
+        writeback=kib.get("Writeback", 0),
+        committed=kib.get("Committed_AS", 0),
+        commit_limit=kib.get("CommitLimit", 0),
     )
     swap_total = kib.get("SwapTotal", 0)
     swap_used = swap_total - kib.get("SwapFree", 0)

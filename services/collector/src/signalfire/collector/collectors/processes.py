@@ -8,6 +8,7 @@ from typing import ClassVar
 import psutil
 
 from signalfire.collector.collectors.base import MetricSpec
+from signalfire.collector.collectors.rates import Rates
 from signalfire.events import Sample
 
 #: Process states as /proc/<pid>/stat writes them → the metric counting them.
@@ -30,6 +31,7 @@ _SCANNED = ("procs.total", "procs.sleeping", "procs.zombie", "procs.stopped")
 #: Reading every process's state costs one open and read per process (milliseconds on a
 #: busy host); it is done at most this often, and the counts are reported on every tick.
 STATE_SCAN_SECONDS = 5.0
+_RECOUNTED = f"(recounted at most once per {STATE_SCAN_SECONDS:g} s)"
 
 
 def _state_of(pid: str, proc: int) -> str | None:
@@ -51,11 +53,12 @@ def _state_of(pid: str, proc: int) -> str | None:
 
 
 def _proc_stat_tasks() -> dict[str, int]:
-    """``procs_running`` and ``procs_blocked`` of /proc/stat: the kernel's own counts."""
+    """``procs_running``, ``procs_blocked`` and ``processes`` (forks since boot) of
+    /proc/stat: the kernel's own counts."""
     values = {}
     with open("/proc/stat", "rb") as f:
         for line in f.read().splitlines():
-            if line.startswith(b"procs_"):
+            if line.startswith(b"proc"):
                 name, _, value = line.partition(b" ")
                 values[name.decode()] = int(value)
     return values
@@ -76,7 +79,7 @@ class ProcessesCollector:
             "procs.total",
             (),
             "processes",
-            f"Processes on the host (recounted at most once per {STATE_SCAN_SECONDS:g} s)",
+            f"Processes on the host {_RECOUNTED}",
         ),
         MetricSpec(
             "procs.running",
@@ -88,7 +91,7 @@ class ProcessesCollector:
             "procs.sleeping",
             (),
             "processes",
-            f"Processes sleeping (recounted at most once per {STATE_SCAN_SECONDS:g} s)",
+            f"Processes sleeping {_RECOUNTED}",
         ),
         MetricSpec(
             "procs.blocked",
@@ -100,22 +103,23 @@ class ProcessesCollector:
             "procs.zombie",
             (),
             "processes",
-            "Processes that ended but were not reaped by their parent "
-            f"(recounted at most once per {STATE_SCAN_SECONDS:g} s)",
+            f"Processes that ended but were not reaped by their parent {_RECOUNTED}",
         ),
         MetricSpec(
             "procs.stopped",
             (),
             "processes",
-            f"Processes stopped by a signal or a debugger (recounted at most once per {STATE_SCAN_SECONDS:g} s)",
+            f"Processes stopped by a signal or a debugger {_RECOUNTED}",
         ),
         MetricSpec("procs.threads", (), "threads", "Threads of all processes (Linux)"),
+        MetricSpec("procs.forks_per_second", (), "1/s", "Processes and threads created (Linux)"),
     )
 
     def __init__(self) -> None:
         self._linux = os.path.isdir("/proc/self")
         self._scanned: dict[str, int] = {}
         self._next_scan = float("-inf")
+        self._rates = Rates()
 
     def _scan_states(self, now: float) -> dict[str, int]:
         if now >= self._next_scan:
@@ -142,7 +146,7 @@ class ProcessesCollector:
             threads = f.read().split()[3].partition("/")[2]
         tasks = _proc_stat_tasks()
         scanned = self._scan_states(now)
-        return [
+        samples = [
             Sample("procs.total", float(scanned["procs.total"])),
             Sample("procs.running", float(tasks.get("procs_running", 0))),
             Sample("procs.sleeping", float(scanned["procs.sleeping"])),
@@ -151,9 +155,14 @@ class ProcessesCollector:
             Sample("procs.stopped", float(scanned["procs.stopped"])),
             Sample("procs.threads", float(threads)),
         ]
+        self._rates.begin(now)
+        if "processes" in tasks and (forks := self._rates.rate("forks", tasks["processes"])) is not None:
+            samples.append(Sample("procs.forks_per_second", round(forks, 1)))
+        return samples
 
     def _collect_psutil(self) -> list[Sample]:
-        counts = dict.fromkeys((spec.name for spec in self.METRICS if spec.name != "procs.threads"), 0)
+        linux_only = ("procs.threads", "procs.forks_per_second")
+        counts = dict.fromkeys((spec.name for spec in self.METRICS if spec.name not in linux_only), 0)
         for proc in psutil.process_iter(["status"]):
             counts["procs.total"] += 1
             if (metric := _STATUS_METRIC.get(proc.info["status"])) is not None:
