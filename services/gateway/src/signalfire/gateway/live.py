@@ -119,7 +119,8 @@ class LiveEndpoints:
         while True:
             frames = await client.next_frames(timeout=s.heartbeat_seconds)
             payload = _join([f.data for f in frames]) if frames else _join([HEARTBEAT])
-            await asyncio.wait_for(ws.send_text(payload.decode()), s.send_timeout)
+            async with asyncio.timeout(s.send_timeout):
+                await ws.send_text(payload.decode())
             await asyncio.sleep(s.flush_interval)
 
     async def _read_updates(self, ws: WebSocket, client: StreamClient) -> None:
