@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -266,6 +267,16 @@ async def main(args: argparse.Namespace) -> None:
                     f" growth {growth[name]:+.1f} %; long tasks after load: {count}"
                     f" (longest {longest:.0f} ms), during load: {at_load}"
                 )
+            if args.minutes >= 10:
+                # One sample moves by a few hundred KB with what is in flight: medians of three.
+                for name in pages:
+                    curve = samples[name]
+                    h0 = statistics.median(curve[m] for m in (first - 1, first, first + 1))
+                    h1 = statistics.median(curve[m] for m in range(args.minutes - 2, args.minutes + 1))
+                    print(
+                        f"{name:9s}: median heap minutes {first - 1}-{first + 1} {h0:.2f} MB,"
+                        f" last three minutes {h1:.2f} MB, growth {(h1 - h0) / h0 * 100:+.1f} %"
+                    )
             if args.minutes >= 15:
                 h15, hend = samples["soak"][15], samples["soak"][args.minutes]
                 print(f"soak heap growth minute 15 → {args.minutes}: {(hend - h15) / h15 * 100:+.1f} %")
