@@ -32,7 +32,7 @@ from signalfire.collector.collectors import (
     connections,
     processes,
 )
-from signalfire.collector.collectors.base import Collector
+from signalfire.collector.collectors.base import TABLE_WALK_SECONDS, Collector
 from signalfire.collector.collectors.connections import (
     TCP_STATES,
     count_tcp_states,
@@ -300,6 +300,24 @@ def test_netlink_counts_tcp_states_of_both_families() -> None:
     assert during["listen"] - max(before, after) >= 15
     assert set(during) == set(TCP_STATES.values())
     assert rare["listen"] >= 20 and rare["established"] == rare["time_wait"] == 0  # not asked for
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="netlink socket diagnostics are Linux's")
+def test_rare_tcp_states_are_dumped_at_most_every_walk_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    collector = ConnectionsCollector()
+
+    def listen(samples: list[Sample]) -> float:
+        return next(s.value for s in samples if s.labels.get("state") == "listen")
+
+    first = listen(collector.collect(100.0))
+    monkeypatch.setattr(
+        connections,
+        "netlink_tcp_states",
+        lambda states: dict.fromkeys(TCP_STATES.values(), 0) | {"listen": 999},
+    )
+    assert listen(collector.collect(101.0)) == first  # the last dump's count
+    assert listen(collector.collect(100.0 + TABLE_WALK_SECONDS)) == 999
+    assert collector.states()["listen"] == 999  # without a tick's time: always a fresh dump
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")

@@ -8,6 +8,17 @@ import msgspec
 
 from signalfire.events import Sample
 
+#: Counts that need a walk over a whole kernel table (every process, the TCP connection
+#: hash) are taken at most this often; ticks in between report the last count. At the
+#: default interval that is every tick; at 1 s, every fifth.
+TABLE_WALK_SECONDS = 5.0
+
+
+def walk_due(now: float, last: float) -> bool:
+    """Whether a walk last done at ``last`` is due again at ``now``. Ticks jitter: a walk
+    due every 5 s must not slip to every other tick of a 5 s interval."""
+    return now - last >= 0.9 * TABLE_WALK_SECONDS
+
 
 class MetricSpec(msgspec.Struct, frozen=True):
     """One metric a collector emits: its name, the label names on each sample, its unit.

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import psutil
 
-from signalfire.collector.collectors.base import MetricSpec
+from signalfire.collector.collectors.base import TABLE_WALK_SECONDS, MetricSpec, walk_due
 from signalfire.collector.collectors.rates import Rates
 from signalfire.events import Sample
 
@@ -167,15 +167,23 @@ class ConnectionsCollector:
     """Connection states on Linux: ESTABLISHED and TIME_WAIT, which a busy server has by
     the ten thousand, are the kernel's own counts (``CurrEstab`` of /proc/net/snmp counts
     established and close-wait connections; ``tw`` of /proc/net/sockstat the time-wait
-    ones; ``ss -s`` reports the same), and the other states, few at any time, are counted
-    in a socket-diagnostics dump over netlink (:func:`netlink_tcp_states`). So a tick costs
-    the same with 10 or 100,000 connections. Where netlink is not allowed, every state is
-    counted in /proc/net/tcp{,6}; elsewhere psutil is used. None of these needs root or
-    psutil's walk over every process's file descriptors."""
+    ones; ``ss -s`` reports the same), read on every tick; the other states, few at any
+    time, are counted in a socket-diagnostics dump over netlink (:func:`netlink_tcp_states`)
+    at most every ``TABLE_WALK_SECONDS``: the dump walks the kernel's whole connection hash
+    table (a few MB of memory on a large host), whatever is in it. So a tick costs the same
+    with 10 or 100,000 connections. Where netlink is not allowed, every state is counted in
+    /proc/net/tcp{,6}; elsewhere psutil is used. None of these needs root or psutil's walk
+    over every process's file descriptors."""
 
     name: ClassVar[str] = "connections"
     METRICS: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("net.connections", ("state",), "connections", "TCP connections (IPv4 and IPv6) per state"),
+        MetricSpec(
+            "net.connections",
+            ("state",),
+            "connections",
+            "TCP connections (IPv4 and IPv6) per state; states other than established and "
+            f"time_wait recounted at most once per {TABLE_WALK_SECONDS:g} s",
+        ),
         *(MetricSpec(metric, (), "1/s", text) for metric, text in _SNMP.values()),
         *(MetricSpec(metric, (), "sockets", text) for metric, text in _SOCKSTAT.values()),
     )
@@ -184,14 +192,18 @@ class ConnectionsCollector:
         self._linux = os.path.exists(_PROC_TCP[0])
         self._netlink = self._linux
         self._rates = Rates()
+        self._rare: dict[str, int] = {}
+        self._dumped_at = float("-inf")
 
     def states(
         self,
         snmp: dict[tuple[str, str], int] | None = None,
         sockstat: dict[tuple[str, str], int] | None = None,
+        now: float | None = None,
     ) -> dict[str, int]:
         """Connections per state (every state present, 0 or more). ``snmp`` and ``sockstat``
-        are this tick's parsed /proc/net/snmp and /proc/net/sockstat, where read already."""
+        are this tick's parsed /proc/net/snmp and /proc/net/sockstat, where read already;
+        with ``now`` (a tick's time) the rare states are dumped only when due."""
         if self._netlink:
             snmp = parse_snmp(_read("/proc/net/snmp")) if snmp is None else snmp
             sockstat = parse_sockstat(_read("/proc/net/sockstat")) if sockstat is None else sockstat
@@ -199,11 +211,14 @@ class ConnectionsCollector:
             try:
                 if established is None or time_wait is None:
                     return netlink_tcp_states()
-                counts = netlink_tcp_states(_RARE_STATES)
+                if now is None or walk_due(now, self._dumped_at):
+                    self._rare = netlink_tcp_states(_RARE_STATES)
+                    self._dumped_at = now if now is not None else float("-inf")
             except OSError:
                 self._netlink = False  # not allowed here: /proc from now on
             else:
-                # The two readings are a moment apart: never a negative count.
+                counts = dict(self._rare)
+                # The readings are moments apart: never a negative count.
                 counts["established"] = max(0, established - counts["close_wait"])
                 counts["time_wait"] = time_wait
                 return counts
@@ -223,7 +238,7 @@ class ConnectionsCollector:
         sockstat = parse_sockstat(_read("/proc/net/sockstat"))
         samples = [
             Sample("net.connections", float(n), {"state": s})
-            for s, n in self.states(counters, sockstat).items()
+            for s, n in self.states(counters, sockstat, now).items()
         ]
         self._rates.begin(now)
         for key, (metric, _) in _SNMP.items():

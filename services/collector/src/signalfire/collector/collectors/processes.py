@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import psutil
 
-from signalfire.collector.collectors.base import MetricSpec
+from signalfire.collector.collectors.base import TABLE_WALK_SECONDS, MetricSpec, walk_due
 from signalfire.collector.collectors.rates import Rates
 from signalfire.events import Sample
 
@@ -30,7 +30,7 @@ _STATUS_METRIC = {
 _SCANNED = ("procs.total", "procs.sleeping", "procs.zombie", "procs.stopped")
 #: Reading every process's state costs one open and read per process (milliseconds on a
 #: busy host); it is done at most this often, and the counts are reported on every tick.
-STATE_SCAN_SECONDS = 5.0
+STATE_SCAN_SECONDS = TABLE_WALK_SECONDS
 _RECOUNTED = f"(recounted at most once per {STATE_SCAN_SECONDS:g} s)"
 
 
@@ -118,11 +118,11 @@ class ProcessesCollector:
     def __init__(self) -> None:
         self._linux = os.path.isdir("/proc/self")
         self._scanned: dict[str, int] = {}
-        self._next_scan = float("-inf")
+        self._scanned_at = float("-inf")
         self._rates = Rates()
 
     def _scan_states(self, now: float) -> dict[str, int]:
-        if now >= self._next_scan:
+        if walk_due(now, self._scanned_at):
             counts = dict.fromkeys(_SCANNED, 0)
             proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -133,9 +133,7 @@ class ProcessesCollector:
                             counts[metric] += 1
             finally:
                 os.close(proc)
-            self._scanned = counts
-            # Ticks jitter: a scan due "every 5 s" must not slip to every other 5 s tick.
-            self._next_scan = now + 0.9 * STATE_SCAN_SECONDS
+            self._scanned, self._scanned_at = counts, now
         return self._scanned
 
     def collect(self, now: float) -> list[Sample]:
