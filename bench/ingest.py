@@ -94,7 +94,7 @@ def batch_templates(per_batch: int, variants: int = 16) -> list[bytes]:
 
 
 #: The gateway counts a sample once it and its rollups are committed.
-COMMITTED = "ingest_samples_total"
+COMMITTED = "signalfire_gateway_ingest_samples_total"
 
 
 def gateway_counter(metrics_url: str, name: str, default: float = 0.0) -> float:
@@ -136,8 +136,10 @@ async def full_path(
                 due = began + published / rate
                 if due > time.monotonic():
                     await asyncio.sleep(due - time.monotonic())
-            else:  # stay at most ~2 s ahead of the gateway
-                while published - committed > max(2 * rolling_rate, 20 * per_batch):  # noqa: ASYNC110
+            else:  # stay a few seconds ahead of the gateway (it counts at each rollup merge)
+                while published - committed > max(8 * average_rate, 200 * per_batch):
+                    if time.monotonic() >= stop:
+                        return
                     await asyncio.sleep(0.01)
             host = hosts[n % len(hosts)]
             when = time.time()
@@ -148,11 +150,10 @@ async def full_path(
             newest_published = when
             n += 1
 
-    rolling_rate = 0.0
+    average_rate = 0.0
 
     async def watcher() -> None:
-        nonlocal committed, rolling_rate
-        last, last_t = 0, time.monotonic()
+        nonlocal committed, average_rate
         while time.monotonic() < stop:
             await asyncio.sleep(0.25)
             newest = await conn.fetchval(
@@ -161,8 +162,7 @@ async def full_path(
             )
             committed = int(await asyncio.to_thread(gateway_counter, metrics_url, COMMITTED, committed))
             now = time.monotonic()
-            rolling_rate = (committed - last) / (now - last_t)
-            last, last_t = committed, now
+            average_rate = committed / (now - began)
             if newest is not None and newest_published:
                 lags.append(max(0.0, newest_published - float(newest)))
 
