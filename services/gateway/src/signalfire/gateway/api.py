@@ -501,11 +501,15 @@ class Api:
             expression = _ROLLUP_AGG.get(agg, "array_agg(hist::text)")
         rows = await self.pool.fetch(
             f"""
-            SELECT series_id, floor(extract(epoch FROM {column}) / $4) * $4 AS t, {expression} AS v
-            FROM {table}
-            WHERE series_id = ANY($1::bigint[])
-              AND {column} >= to_timestamp($2) AND {column} <= to_timestamp($3)
-            GROUP BY 1, 2 ORDER BY 1, 2
+            SELECT series_id, extract(epoch FROM b)::float8 AS t, v FROM (
+                SELECT series_id, date_bin(make_interval(secs => $4), {column}, 'epoch') AS b,
+                       {expression} AS v
+                FROM {table}
+                WHERE series_id = ANY($1::bigint[])
+                  AND {column} >= to_timestamp($2) AND {column} <= to_timestamp($3)
+                GROUP BY 1, 2
+            ) AS buckets
+            ORDER BY series_id, b
             """,
             ids,
             start - start % width if source != "raw" else start,
