@@ -44,8 +44,10 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Where the first start writes the bootstrap admin API token (mode 0600).
     admin_token_file: str = ".signalfire/admin-token"
     db_pool_size: int = 10
-    #: Messages fetched (and written in one transaction) at most per ingest round.
-    fetch_batch: int = 1000
+    #: Messages fetched (and written in one transaction) at most per ingest round. Small enough
+    #: that one fetch (up to ~8 MB of 1,000-sample batches) is read before NATS gives up on a
+    #: busy client; ``ingest_writers`` rounds are in flight at once.
+    fetch_batch: int = 200
     #: How long one fetch waits for messages; also bounds how long ``stop()`` waits for a fetch.
     fetch_timeout: Duration = Duration(1.0)
     #: JetStream redelivers an unacknowledged message after this long.

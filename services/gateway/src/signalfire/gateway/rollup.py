@@ -166,6 +166,97 @@ def aggregate_batches(batches: Sequence[StoredBatch], width: int) -> dict[tuple[
     return cells
 
 
+#: One rollup row: series id, bucket start, count, sum, min, max, last, last time, histogram.
+Row = tuple[int, float, int, float, float, float, float, float, dict[str, int]]
+
+
+def _histogram(group: list[float]) -> dict[str, int]:
+    hist: dict[str, int] = {}
+    for key in map(_cached_hist_key, group):
+        hist[key] = hist.get(key, 0) + 1
+    return hist
+
+
+def merge_rows(batches: Sequence[StoredBatch]) -> dict[str, list[list[object]]]:
+    """The :func:`upsert_args` of every rollup table (by table name) for ``batches``, like
+    ``aggregate_batches`` then ``coarsen`` but without a tuple or a :class:`Cell` per sample:
+    the values of batches with one time are grouped per bucket in plain lists keyed by the
+    series id, and the 1-hour rows are made from the sorted 1-minute rows (usually one each)."""
+    width = 60
+    groups: dict[float, dict[int, list[float]]] = {}
+    last_times: dict[float, dict[int, float]] = {}
+    for batch in sorted((b for b in batches if b.times is None), key=lambda b: b.time):
+        bucket = batch.time - batch.time % width
+        per_series = groups.get(bucket)
+        if per_series is None:
+            per_series = groups[bucket] = {}
+            last_times[bucket] = {}
+        get = per_series.get
+        for series_id, value in zip(batch.ids, batch.values, strict=True):
+            group = get(series_id)
+            if group is None:
+                per_series[series_id] = [value]
+            else:
+                group.append(value)
+        # oldest batch first: the last value of each group is the newest
+        last_times[bucket].update(zip(batch.ids, repeat(batch.time)))
+    rows: list[Row] = []
+    for bucket, per_series in groups.items():
+        times = last_times[bucket]
+        rows.extend(
+            (series_id, bucket, len(g), math.fsum(g), min(g), max(g), g[-1], times[series_id], _histogram(g))
+            for series_id, g in per_series.items()
+        )
+    varied = [b for b in batches if b.times is not None]
+    if varied:
+        cells = aggregate(
+            ((series_id, when, value) for b in varied for series_id, when, value in _triples(b)), width
+        )
+        if rows:  # both kinds: merge the cells of the same (series, minute)
+            for row in rows:
+                cell = cells.get((row[0], row[1]))
+                if cell is None:
+                    cells[(row[0], row[1])] = Cell(*row[2:])
+                else:
+                    cell.merge(Cell(*row[2:]))
+        rows = [
+            (sid, b, c.count, c.sum, c.min, c.max, c.last, c.last_time, c.hist)
+            for (sid, b), c in cells.items()
+        ]
+    rows.sort(key=lambda row: (row[0], row[1]))
+    minute = _columns(rows)
+    hours: list[Row] = []
+    same = True  # every 1-hour row is one 1-minute row: its histogram JSON is reused
+    for row in rows:
+        hour = row[1] - row[1] % 3600
+        if hours and hours[-1][0] == row[0] and hours[-1][1] == hour:
+            prev = hours[-1]
+            last, last_time = (row[6], row[7]) if row[7] >= prev[7] else (prev[6], prev[7])
+            hist = merge(dict(prev[8]), row[8])
+            hours[-1] = (
+                row[0], hour, prev[2] + row[2], prev[3] + row[3], min(prev[4], row[4]),
+                max(prev[5], row[5]), last, last_time, hist,
+            )  # fmt: skip
+            same = False
+        else:
+            hours.append((row[0], hour, *row[2:]))
+    hourly = _columns(hours, minute[8] if same else None)
+    return {TABLES[60]: minute, TABLES[3600]: hourly}
+
+
+def _triples(batch: StoredBatch) -> Iterable[tuple[int, float, float]]:
+    return zip(batch.ids, batch.times or repeat(batch.time), batch.values, strict=False)
+
+
+def _columns(rows: list[Row], hists: list[object] | None = None) -> list[list[object]]:
+    """The nine arrays of :func:`upsert_sql` from sorted rows."""
+    if not rows:
+        return [[] for _ in range(9)]
+    columns: list[list[object]] = [list(column) for column in zip(*rows, strict=True)]
+    columns[8] = hists if hists is not None else [_json.encode(h).decode() for h in columns[8]]
+    return columns
+
+
 def coarsen(cells: Mapping[tuple[int, float], Cell], width: int) -> dict[tuple[int, float], Cell]:
     """The cells of wider buckets (e.g. 1 h from 1 min) made by merging narrower ones."""
     wide: dict[tuple[int, float], Cell] = {}

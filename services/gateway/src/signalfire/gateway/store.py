@@ -14,10 +14,12 @@ cleared with the merge, makes each batch count exactly once in the rollups.
 
 from __future__ import annotations
 
+import math
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from itertools import repeat
+from datetime import UTC, datetime, timedelta
+from itertools import chain, repeat
 
 import asyncpg
 import msgspec
@@ -39,6 +41,7 @@ _UNIT_SUFFIXES = (
 )
 
 _json = msgspec.json.Encoder(order="sorted")
+_labels_json = _json.encode
 
 
 def labels_json(labels: Mapping[str, str]) -> str:
@@ -55,6 +58,9 @@ def unit_of(metric: str) -> str:
     return ""
 
 
+_NEVER = (-math.inf, 0.0)
+
+
 class LatestValues:
     """The newest (time, value) of every series seen since start, kept in memory."""
 
@@ -65,6 +71,15 @@ class LatestValues:
         current = self._values.get(key)
         if current is None or time >= current[0]:
             self._values[key] = (time, value)
+
+    def update_batch(self, keys: Sequence[SeriesKey], time: float, values: Sequence[float]) -> None:
+        """:meth:`update` of every ``keys[i]`` with ``(time, values[i])`` (one time for all)."""
+        current = self._values
+        if all(current.get(key, _NEVER)[0] <= time for key in keys):  # the usual case: newer
+            current.update(zip(keys, zip(repeat(time), values), strict=True))
+            return
+        for key, value in zip(keys, values, strict=True):
+            self.update(key, time, value)
 
     def get(self, key: SeriesKey) -> tuple[float, float] | None:
         return self._values.get(key)
@@ -85,6 +100,9 @@ class MetricsWritten:
     events: int = 0
     new_series: int = 0
     rows: list[tuple[SeriesKey, float, float]] = field(default_factory=list)
+    #: The samples of batches with one time for all: (series keys, time, values) per batch
+    #: (the other batches' samples are in ``rows``).
+    uniform: list[tuple[list[SeriesKey], float, list[float]]] = field(default_factory=list)
     #: Stream sequences of the batches whose rollups wait in the backlog, with the samples of
     #: each that this call stored (included in ``samples``; 0 for a batch stored before).
     deferred: dict[int, int] = field(default_factory=dict)
@@ -202,6 +220,49 @@ def _records(batches: Iterable[rollup.StoredBatch]) -> list[tuple[datetime, int,
     return records
 
 
+# Binary COPY of (time, series_id, value): a header, then per row the field count and each
+# field's length and big-endian value (timestamptz as microseconds since 2000-01-01), then -1.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_COPY_ROW = "hiqiqid"
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_row_structs: dict[int, struct.Struct] = {}
+
+
+def _pg_time(when: float) -> int:
+    """``when`` as PostgreSQL stores a timestamptz, rounded exactly as asyncpg rounds it."""
+    return (datetime.fromtimestamp(when, UTC) - _PG_EPOCH) // _MICROSECOND
+
+
+def _copy_data(batches: Iterable[rollup.StoredBatch]) -> tuple[bytes, int]:
+    """The binary ``COPY`` data of the samples of ``batches`` and how many rows it holds, built
+    with one ``struct`` call per batch instead of a Python tuple and datetime per sample."""
+    parts = [_COPY_HEADER]
+    rows = 0
+    stamps: dict[float, int] = {}
+    for stored in batches:
+        n = len(stored.ids)
+        if not n:
+            continue
+        packer = _row_structs.get(n)
+        if packer is None:
+            if len(_row_structs) > 64:
+                _row_structs.clear()
+            packer = _row_structs[n] = struct.Struct(">" + _COPY_ROW * n)
+        if stored.times is None:
+            times: Iterable[int] = repeat(_pg_time(stored.time))
+        else:
+            for when in set(stored.times).difference(stamps):
+                stamps[when] = _pg_time(when)
+            times = map(stamps.__getitem__, stored.times)
+        fields = zip(repeat(3), repeat(8), times, repeat(8), stored.ids, repeat(8), stored.values)
+        parts.append(packer.pack(*chain.from_iterable(fields)))
+        rows += n
+    parts.append(_COPY_TRAILER)
+    return b"".join(parts), rows
+
+
 def _rows(stored: rollup.StoredBatch) -> Iterable[tuple[int, float, float]]:
     """(series id, time, value) of every sample of a stored batch."""
     return zip(stored.ids, stored.times or repeat(stored.time), stored.values, strict=False)
@@ -240,23 +301,27 @@ class Store:
         events = events or []
         statuses = statuses or []
         written = MetricsWritten()
-        prepared: list[tuple[MetricBatch, list[SeriesKey], list[float] | None]] = []
+        prepared: list[tuple[MetricBatch, list[SeriesKey], list[float] | None, list[float]]] = []
         keys_seen: set[SeriesKey] = set()
         for batch in metrics:
-            keys: list[SeriesKey] = []
+            host, base, samples, at = batch.host, batch.labels, batch.samples, batch.time
+            keys: list[SeriesKey]
+            if base:
+                keys = [(host, s.name, labels_json({**base, **s.labels})) for s in samples]
+            else:
+                keys = [
+                    (host, s.name, _labels_json(s.labels).decode() if s.labels else "{}") for s in samples
+                ]
             times: list[float] | None = None
-            host, base = batch.host, batch.labels
-            for i, sample in enumerate(batch.samples):
-                labels = {**base, **sample.labels} if base else sample.labels
-                keys.append((host, sample.name, labels_json(labels) if labels else "{}"))
-                if sample.time is not None and times is None:
-                    times = [batch.time] * len(batch.samples)
-                if times is not None:
-                    times[i] = sample.time if sample.time is not None else batch.time
+            if any(s.time is not None for s in samples):
+                times = [at if s.time is None else s.time for s in samples]
+            values = [s.value for s in samples]
             keys_seen.update(keys)
-            prepared.append((batch, keys, times))
-            for key, when, sample in zip(keys, times or repeat(batch.time), batch.samples, strict=False):
-                written.rows.append((key, when, sample.value))
+            prepared.append((batch, keys, times, values))
+            if times is None:
+                written.uniform.append((keys, at, values))
+            else:
+                written.rows.extend(zip(keys, times, values, strict=True))
         deferring = backlog is not None and sequences is not None
         stored_before: set[int] = set()
         held: dict[int, rollup.StoredBatch] = {}
@@ -264,10 +329,8 @@ class Store:
             new_series = await self._resolve_series(conn, keys_seen)
             ids = {**self._series, **new_series}
             fresh: list[tuple[int | None, rollup.StoredBatch]] = []
-            for index, (batch, keys, times) in enumerate(prepared):
-                stored = rollup.StoredBatch(
-                    batch.time, [ids[key] for key in keys], [s.value for s in batch.samples], times
-                )
+            for index, (batch, keys, times, values) in enumerate(prepared):
+                stored = rollup.StoredBatch(batch.time, list(map(ids.__getitem__, keys)), values, times)
                 fresh.append((sequences[index] if sequences is not None else None, stored))
             if deferring and redelivered:
                 stored_before = await self._pending(conn, [seq for seq, _ in fresh if seq is not None])
@@ -277,17 +340,18 @@ class Store:
                         held[seq] = stored
                         written.duplicate_samples += len(stored.ids)
                 fresh = [(seq, stored) for seq, stored in fresh if seq not in stored_before]
-            records = _records([stored for _, stored in fresh])
-            copied = not redelivered and await self._copy_samples(conn, records)
+            data, count = _copy_data(stored for _, stored in fresh)
+            copied = not redelivered and await self._copy_samples(conn, data, count)
             if copied:
-                written.samples = len(records)
+                written.samples = count
                 if deferring and all(seq is not None for seq, _ in fresh):
                     waiting = {seq: stored for seq, stored in fresh if seq is not None and stored.ids}
                     await conn.execute(_ADD_PENDING, list(waiting))
                     held.update(waiting)
                 else:
                     await self._roll_up(conn, [r for _, stored in fresh for r in _rows(stored)])
-            elif records:
+            elif count:
+                records = _records([stored for _, stored in fresh])
                 new_rows = await self._insert_samples(conn, records)
                 written.samples = len(new_rows)
                 written.duplicate_samples += len(records) - written.samples
@@ -335,14 +399,18 @@ class Store:
         return {row["seq"] for row in rows}
 
     @staticmethod
-    async def _copy_samples(conn: asyncpg.Connection, records: list[tuple[datetime, int, float]]) -> bool:
-        """``COPY`` the records straight into ``samples``; ``False`` (and nothing written) when
-        one of them is stored already, e.g. an agent sent the same batch twice."""
-        if not records:
+    async def _copy_samples(conn: asyncpg.Connection, data: bytes, count: int) -> bool:
+        """``COPY`` the rows (binary ``COPY`` data) straight into ``samples``; ``False`` (and
+        nothing written) when one of them is stored already, e.g. an agent sent the same batch
+        twice."""
+        if not count:
             return True
         try:
             async with conn.transaction():  # a savepoint: a conflict undoes only the copy
-                await conn.copy_records_to_table("samples", records=records, columns=_SAMPLE_COLUMNS)
+                # a memoryview: asyncpg would take bytes for a file name
+                await conn.copy_to_table(
+                    "samples", source=memoryview(data), columns=_SAMPLE_COLUMNS, format="binary"
+                )
         except asyncpg.UniqueViolationError:
             return False
         return True
@@ -393,10 +461,8 @@ class Store:
                 )
                 mine = [batches[row["seq"]] for row in rows]
                 if mine:
-                    minutes = rollup.aggregate_batches(mine, 60)
-                    for width, table in rollup.TABLES.items():
-                        cells = minutes if width == 60 else rollup.coarsen(minutes, width)
-                        await conn.execute(rollup.upsert_sql(table), *rollup.upsert_args(cells))
+                    for table, args in rollup.merge_rows(mine).items():
+                        await conn.execute(rollup.upsert_sql(table), *args)
         except BaseException:
             backlog.put_back(batches)
             raise
