@@ -193,7 +193,9 @@ async def full_path(
         "published": published,
         "stored": stored,
         "rolled_up": rolled,
-        "rate": published / seconds if stored >= published else stored / (seconds + drained),
+        # the publish time plus the drain after it (which includes up to one rollup merge
+        # interval, since samples count once merged): what the gateway kept up with
+        "rate": min(published, stored) / (seconds + drained),
         "drain": drained,
         "p50": pick(0.5),
         "p99": pick(0.99),

@@ -24,7 +24,15 @@ from itertools import chain, repeat
 import asyncpg
 import msgspec
 
-from signalfire.events import AgentStatus, AlertAction, AlertEvent, DeliveryResult, EventBatch, MetricBatch
+from signalfire.events import (
+    AgentStatus,
+    AlertAction,
+    AlertEvent,
+    DeliveryResult,
+    EventBatch,
+    MetricBatch,
+    Sample,
+)
 from signalfire.gateway import rollup
 
 #: (host, metric name, labels as canonical JSON): one stored series.
@@ -58,37 +66,59 @@ def unit_of(metric: str) -> str:
     return ""
 
 
-_NEVER = (-math.inf, 0.0)
-
-
 class LatestValues:
-    """The newest (time, value) of every series seen since start, kept in memory."""
+    """The newest (time, value) of every series seen since start, kept in memory (times and
+    values in two dicts, so a whole batch is checked and updated by builtins)."""
 
     def __init__(self) -> None:
-        self._values: dict[SeriesKey, tuple[float, float]] = {}
+        self._times: dict[SeriesKey, float] = {}
+        self._values: dict[SeriesKey, float] = {}
+        #: Changes with every update: answers built from the values can be cached by it.
+        self.version = 0
 
     def update(self, key: SeriesKey, time: float, value: float) -> None:
-        current = self._values.get(key)
-        if current is None or time >= current[0]:
-            self._values[key] = (time, value)
+        self.version += 1
+        if time >= self._times.get(key, -math.inf):
+            self._times[key] = time
+            self._values[key] = value
 
     def update_batch(self, keys: Sequence[SeriesKey], time: float, values: Sequence[float]) -> None:
         """:meth:`update` of every ``keys[i]`` with ``(time, values[i])`` (one time for all)."""
-        current = self._values
-        if all(current.get(key, _NEVER)[0] <= time for key in keys):  # the usual case: newer
-            current.update(zip(keys, zip(repeat(time), values), strict=True))
+        if not keys:
+            return
+        self.version += 1
+        if max(map(self._times.get, keys, repeat(-math.inf))) <= time:  # the usual case: newer
+            self._times.update(zip(keys, repeat(time)))
+            self._values.update(zip(keys, values, strict=True))
             return
         for key, value in zip(keys, values, strict=True):
             self.update(key, time, value)
 
     def get(self, key: SeriesKey) -> tuple[float, float] | None:
-        return self._values.get(key)
+        time = self._times.get(key)
+        return None if time is None else (time, self._values[key])
 
     def items(self) -> Iterable[tuple[SeriesKey, tuple[float, float]]]:
-        return self._values.items()
+        values = self._values
+        return ((key, (time, values[key])) for key, time in self._times.items())
 
     def __len__(self) -> int:
-        return len(self._values)
+        return len(self._times)
+
+
+class _Shape:
+    """The series keys of a batch layout (host, labels and sample names and labels in order),
+    and their ids once every one of them is stored: agents send the same layout every time."""
+
+    __slots__ = ("ids", "keys")
+
+    def __init__(self, keys: list[SeriesKey]) -> None:
+        self.keys = keys
+        self.ids: list[int] | None = None
+
+
+#: Series keys remembered across batch layouts at most (then the layouts are forgotten).
+_SHAPE_KEYS = 1_000_000
 
 
 @dataclass
@@ -279,6 +309,8 @@ class Store:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self._series: dict[SeriesKey, int] = {}
+        self._shapes: dict[bytes, _Shape] = {}
+        self._shape_keys = 0
 
     async def write_metrics(
         self,
@@ -303,20 +335,18 @@ class Store:
         written = MetricsWritten()
         prepared: list[tuple[MetricBatch, list[SeriesKey], list[float] | None, list[float]]] = []
         keys_seen: set[SeriesKey] = set()
+        shapes: list[_Shape] = []
         for batch in metrics:
             host, base, samples, at = batch.host, batch.labels, batch.samples, batch.time
-            keys: list[SeriesKey]
-            if base:
-                keys = [(host, s.name, labels_json({**base, **s.labels})) for s in samples]
-            else:
-                keys = [
-                    (host, s.name, _labels_json(s.labels).decode() if s.labels else "{}") for s in samples
-                ]
+            shape = self._shape(host, base, samples)
+            keys = shape.keys
+            if shape.ids is None:
+                keys_seen.update(keys)
+            shapes.append(shape)
             times: list[float] | None = None
             if any(s.time is not None for s in samples):
                 times = [at if s.time is None else s.time for s in samples]
             values = [s.value for s in samples]
-            keys_seen.update(keys)
             prepared.append((batch, keys, times, values))
             if times is None:
                 written.uniform.append((keys, at, values))
@@ -327,11 +357,14 @@ class Store:
         held: dict[int, rollup.StoredBatch] = {}
         async with self.pool.acquire() as conn, conn.transaction():
             new_series = await self._resolve_series(conn, keys_seen)
-            ids = {**self._series, **new_series}
+            ids = {**self._series, **new_series} if new_series else self._series
             fresh: list[tuple[int | None, rollup.StoredBatch]] = []
-            for index, (batch, keys, times, values) in enumerate(prepared):
-                stored = rollup.StoredBatch(batch.time, list(map(ids.__getitem__, keys)), values, times)
+            for index, ((batch, keys, times, values), shape) in enumerate(zip(prepared, shapes, strict=True)):
+                # (a shape's ids are shared by its batches, never changed)
+                series_ids = shape.ids if shape.ids is not None else list(map(ids.__getitem__, keys))
+                stored = rollup.StoredBatch(batch.time, series_ids, values, times)
                 fresh.append((sequences[index] if sequences is not None else None, stored))
+            fresh_all = list(fresh)
             if deferring and redelivered:
                 stored_before = await self._pending(conn, [seq for seq, _ in fresh if seq is not None])
                 for seq, stored in fresh:
@@ -383,12 +416,32 @@ class Store:
                 )
         # Only now: ids of series created by a rolled-back transaction do not exist.
         self._series.update(new_series)
+        for shape, (_, stored) in zip(shapes, fresh_all, strict=True):
+            if shape.ids is None:
+                shape.ids = stored.ids
         written.new_series = len(new_series)
         if backlog is not None:
             for seq, stored in held.items():
                 backlog.add(seq, stored)
             written.deferred = {seq: 0 if seq in stored_before else len(b.ids) for seq, b in held.items()}
         return written
+
+    def _shape(self, host: str, base: dict[str, str], samples: Sequence[Sample]) -> _Shape:
+        """The series keys of a batch's samples, from the cache of batch layouts."""
+        layout = _labels_json((host, base, [s.name for s in samples], [s.labels for s in samples]))
+        shape = self._shapes.get(layout)
+        if shape is not None:
+            return shape
+        if base:
+            keys = [(host, s.name, labels_json({**base, **s.labels})) for s in samples]
+        else:
+            keys = [(host, s.name, _labels_json(s.labels).decode() if s.labels else "{}") for s in samples]
+        self._shape_keys += len(keys)
+        if self._shape_keys > _SHAPE_KEYS:
+            self._shapes.clear()
+            self._shape_keys = len(keys)
+        shape = self._shapes[layout] = _Shape(keys)
+        return shape
 
     @staticmethod
     async def _pending(conn: asyncpg.Connection, sequences: list[int]) -> set[int]:
@@ -492,7 +545,7 @@ class Store:
 
     async def _resolve_series(self, conn: asyncpg.Connection, keys: set[SeriesKey]) -> dict[SeriesKey, int]:
         """Ids of the series in ``keys`` missing from the cache, creating those that do not exist."""
-        missing = sorted(key for key in keys if key not in self._series)
+        missing = sorted(keys - self._series.keys())
         if not missing:
             return {}
         hosts = [k[0] for k in missing]
