@@ -54,3 +54,17 @@ def test_bad_values_name_the_field(tmp_path: Path, text: str, field: str) -> Non
     with pytest.raises(ConfigError, match=field) as caught:
         load_config(GatewayConfig, path, environ={})
     assert str(caught.value).startswith(str(path))
+
+
+def test_the_listening_socket_is_tcp_so_answers_are_not_held_by_nagle() -> None:
+    # asyncio turns on TCP_NODELAY for accepted connections only when the listening socket's
+    # protocol is IPPROTO_TCP; without it kept-alive answers waited ~40 ms each.
+    import socket
+
+    from signalfire.gateway.service import _bind
+
+    sock = _bind("127.0.0.1:0")
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

@@ -264,6 +264,7 @@ class Api:
         self.nc = nc
         self.registry = registry
         self.latest = latest
+        self._latest_all: tuple[int, bytes] | None = None
         self.store = store if store is not None else Store(pool)
         self.subjects: Subjects = config.nats.subjects
 
@@ -529,9 +530,16 @@ class Api:
 
     async def latest_values(self, request: Request) -> Response:
         params = request.query_params
-        return json_response(
-            {"samples": self._latest_samples(params.get("host") or None, params.get("metric") or None)}
-        )
+        host, metric = params.get("host") or None, params.get("metric") or None
+        if host is None and metric is None:
+            # Every series: a dashboard's most common ask, so the encoded answer is kept until
+            # the next update of the values.
+            version = self.latest.version
+            if self._latest_all is None or self._latest_all[0] != version:
+                body = _json.encode({"samples": self._latest_samples(None, None)})
+                self._latest_all = (version, body)
+            return Response(self._latest_all[1], media_type="application/json")
+        return json_response({"samples": self._latest_samples(host, metric)})
 
     def _latest_samples(self, host: str | None, metric: str | None) -> list[LatestSample]:
         """Newest values, by host, metric and labels; ``metric`` is a name, a glob (``check.*``)

@@ -40,7 +40,10 @@ def _bind(listen: str) -> socket.socket:
     from :meth:`GatewayService.start` instead of an exit from inside uvicorn."""
     host, port = parse_listen(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP given explicitly: asyncio sets TCP_NODELAY on accepted connections only when
+    # the listening socket says it is TCP; without it every kept-alive answer waited ~40 ms
+    # for Nagle and delayed ACKs.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -99,6 +102,9 @@ class GatewayService:
                 min_size=0,
                 max_size=config.db_pool_size,
                 command_timeout=60,
+                # The API's queries are short; PostgreSQL's JIT spent up to 0.8 s compiling a
+                # fleet-wide query that runs in a fraction of that.
+                server_settings={"jit": "off"},
             )
         async with self.pool.acquire() as conn:
             await migrate(conn)

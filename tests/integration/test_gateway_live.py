@@ -66,7 +66,15 @@ async def test_committed_samples_alerts_and_statuses_reach_the_tab(
         # The frame is sent after the commit: the REST API already has the sample.
         async with gw.client() as api:
             stored = (await api.get("/api/v1/latest", params={"host": "web-1"})).json()["samples"]
+            everything = (await api.get("/api/v1/latest")).json()["samples"]
         assert [s["value"] for s in stored] == [42.5]
+        assert ("web-1", 42.5) in {(s["host"], s["value"]) for s in everything}
+        # The answer for every series is cached until the values change.
+        await publish_cpu(nc, nats_config, "web-1", 43.5)
+        await frames_until(ws, lambda f: f["kind"] == "metric" and f["value"] == 43.5)
+        async with gw.client() as api:
+            everything = (await api.get("/api/v1/latest")).json()["samples"]
+        assert ("web-1", 43.5) in {(s["host"], s["value"]) for s in everything}
 
         now = time.time()
         event = AlertEvent(
