@@ -522,8 +522,8 @@ class Ingest:
         for msg in held:
             seq = msg.metadata.sequence.stream
             self._held[seq] = (msg, written.deferred[seq])
-        for keys, when, values in written.uniform:
-            self.latest.update_batch(keys, when, values)
+        for host, keys, when, values in written.uniform:
+            self.latest.update_batch(host, keys, when, values)
         for key, when, value in written.rows:
             self.latest.update(key, when, value)
         if self.live is not None:

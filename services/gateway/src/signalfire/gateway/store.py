@@ -75,19 +75,26 @@ class LatestValues:
         self._values: dict[SeriesKey, float] = {}
         #: Changes with every update: answers built from the values can be cached by it.
         self.version = 0
+        #: The newest time of any series of each host.
+        self._newest: dict[str, float] = {}
 
     def update(self, key: SeriesKey, time: float, value: float) -> None:
         self.version += 1
         if time >= self._times.get(key, -math.inf):
             self._times[key] = time
             self._values[key] = value
+            if time > self._newest.get(key[0], -math.inf):
+                self._newest[key[0]] = time
 
-    def update_batch(self, keys: Sequence[SeriesKey], time: float, values: Sequence[float]) -> None:
-        """:meth:`update` of every ``keys[i]`` with ``(time, values[i])`` (one time for all)."""
+    def update_batch(
+        self, host: str, keys: Sequence[SeriesKey], time: float, values: Sequence[float]
+    ) -> None:
+        """:meth:`update` of every ``keys[i]`` (series of ``host``) with ``(time, values[i])``."""
         if not keys:
             return
         self.version += 1
-        if max(map(self._times.get, keys, repeat(-math.inf))) <= time:  # the usual case: newer
+        if time >= self._newest.get(host, -math.inf):  # the usual case: nothing of the host is newer
+            self._newest[host] = time
             self._times.update(zip(keys, repeat(time)))
             self._values.update(zip(keys, values, strict=True))
             return
@@ -130,9 +137,9 @@ class MetricsWritten:
     events: int = 0
     new_series: int = 0
     rows: list[tuple[SeriesKey, float, float]] = field(default_factory=list)
-    #: The samples of batches with one time for all: (series keys, time, values) per batch
+    #: The samples of batches with one time for all: (host, series keys, time, values) per batch
     #: (the other batches' samples are in ``rows``).
-    uniform: list[tuple[list[SeriesKey], float, list[float]]] = field(default_factory=list)
+    uniform: list[tuple[str, list[SeriesKey], float, list[float]]] = field(default_factory=list)
     #: Stream sequences of the batches whose rollups wait in the backlog, with the samples of
     #: each that this call stored (included in ``samples``; 0 for a batch stored before).
     deferred: dict[int, int] = field(default_factory=dict)
@@ -349,7 +356,7 @@ class Store:
             values = [s.value for s in samples]
             prepared.append((batch, keys, times, values))
             if times is None:
-                written.uniform.append((keys, at, values))
+                written.uniform.append((host, keys, at, values))
             else:
                 written.rows.extend(zip(keys, times, values, strict=True))
         deferring = backlog is not None and sequences is not None
