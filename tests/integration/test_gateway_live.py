@@ -113,6 +113,10 @@ async def test_a_reconnect_resumes_without_gap_or_duplicate_and_a_restart_resets
     config = gateway_config(nats_config, database_url, tmp_path)
     async with running_gateway(config) as gw:
         subscribe = {"subscribe": {"hosts": ["web-1"], "alerts": False}}
+        # Another tab stays connected all along, so the gateway keeps making frames.
+        other = await websockets.connect(ws_url(gw, gw.token))
+        await other.send(json.dumps({"subscribe": {"hosts": ["nobody"]}}))
+        await frames_until(other, lambda f: f["kind"] == "hello")
         async with websockets.connect(ws_url(gw, gw.token)) as ws:
             await ws.send(json.dumps(subscribe))
             epoch = (await frames_until(ws, lambda f: f["kind"] == "hello"))[-1]["epoch"]
@@ -143,6 +147,20 @@ async def test_a_reconnect_resumes_without_gap_or_duplicate_and_a_restart_resets
             seqs = [f["seq"] for f in frames[1:]]
             assert seqs == sorted(seqs) and seqs[0] > last_seq and len(set(seqs)) == 3
             last_seq = frames[-1]["seq"]
+        await other.close()
+
+        # With no tab connected the gateway makes no metric frames; a tab that comes back
+        # is told to reload rather than shown a gap.
+        await publish_cpu(nc, nats_config, "web-1", 7.0)
+
+        async def stored_again() -> None:
+            assert gw.counter("ingest_samples_total") == 5
+
+        await eventually(stored_again)
+        async with websockets.connect(ws_url(gw, gw.token)) as ws:
+            await ws.send(json.dumps({**subscribe, "last_seq": last_seq, "epoch": epoch}))
+            frames = await frames_until(ws, lambda f: f["kind"] == "reset")
+            assert [f["kind"] for f in frames] == ["hello", "reset"]
 
     # A new gateway process has a new epoch: the tab is told to reload instead of silently
     # missing what was ingested while it was disconnected.

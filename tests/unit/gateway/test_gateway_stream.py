@@ -124,6 +124,18 @@ async def test_resume_from_another_epoch_or_the_future_asks_for_a_reset() -> Non
     assert complete
 
 
+async def test_a_resume_across_skipped_metric_frames_asks_for_a_reset() -> None:
+    hub = StreamHub()
+    hub.publish("alert", "h", {"n": 0}, key="0")
+    hub.skip_metrics()  # metrics arrived while nobody was connected
+    hub.publish("alert", "h", {"n": 1}, key="1")
+    _, complete = hub.connect(Subscription(), last_seq=1)
+    assert not complete
+    # A client that connected after the skipped stretch resumes normally.
+    _, complete = hub.connect(Subscription(), last_seq=2)
+    assert complete
+
+
 async def test_close_ends_every_waiting_client() -> None:
     hub = StreamHub()
     client, _ = hub.connect(Subscription())

@@ -177,6 +177,10 @@ class StreamHub:
         self._by_host: dict[str, set[StreamClient]] = {}
         self._wide: set[StreamClient] = set()
         self.closed = False
+        #: Metric frames are not made while no client is connected (nobody would read them,
+        #: and the ingest would pay for them); a client resuming from at or before this
+        #: sequence number may have missed some, so it gets a ``reset`` instead.
+        self.metrics_skipped_after: int | None = None
         self.frames_published = 0
         self.frames_coalesced = 0
         self.clients_stalled = 0
@@ -240,7 +244,12 @@ class StreamHub:
         if self.closed:
             client.close()
         complete = True
-        if (epoch is not None and epoch != self.epoch) or (last_seq is not None and last_seq > self.seq):
+        skipped = self.metrics_skipped_after
+        if (
+            (epoch is not None and epoch != self.epoch)
+            or (last_seq is not None and last_seq > self.seq)
+            or (last_seq is not None and skipped is not None and last_seq <= skipped)
+        ):
             complete = False
         elif last_seq is not None and last_seq < self.seq:
             self._trim()
@@ -252,6 +261,10 @@ class StreamHub:
         self._clients.add(client)
         self._index(client)
         return client, complete
+
+    def skip_metrics(self) -> None:
+        """Record that metric frames were left unmade from here (there were no clients)."""
+        self.metrics_skipped_after = self.seq
 
     def resubscribe(self, client: StreamClient, subscription: Subscription) -> None:
         """Change what ``client`` gets from the next frame on."""
