@@ -76,11 +76,23 @@ export async function hostPage(main, hostName) {
   // so a value stored between the query and the first frame is not lost.
   let loading = true;
   let held = [];
+  // A value for a chart (or a series: a new disk, a new core) that is not drawn yet: reload
+  // the charts once, a moment later, so it appears without the user reloading the page.
+  // (Once per series: one the REST API does not return is not asked for again and again.)
+  let reload = null;
+  const reloadedFor = new Set();
+  const reloadSoon = (frame) => {
+    const key = `${frame.metric} ${JSON.stringify(frame.labels || {})}`;
+    if (reloadedFor.has(key)) return;
+    reloadedFor.add(key);
+    if (!reload) reload = setTimeout(() => { reload = null; load(); }, 1000);
+  };
   const apply = (frame) => {
     const target = charts.find((c) => c.metric === frame.metric);
-    if (!target) return;
+    if (!target) { reloadSoon(frame); return; }
     const i = target.keys.indexOf(JSON.stringify(frame.labels || {}));
     if (i >= 0) target.chart.push(i, frame.time, frame.value, range.seconds);
+    else reloadSoon(frame);
   };
   subscribe({ hosts: [hostName], metrics: CHARTS.map(([, m]) => m), alerts: true });
   const off = onFrame((frame) => {
@@ -115,5 +127,5 @@ export async function hostPage(main, hostName) {
   }
 
   await load();
-  return () => { off(); for (const c of charts) c.chart.destroy(); };
+  return () => { off(); clearTimeout(reload); for (const c of charts) c.chart.destroy(); };
 }
