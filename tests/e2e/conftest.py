@@ -7,12 +7,14 @@ all on free loopback ports. A stdlib HTTP server stands in for the webhook recei
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from devstack import Stack, free_port, stack
 
-from tests.e2e.support import Receiver
+from tests.e2e.support import CHROMIUM_ARGS, Receiver
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +79,16 @@ routes:
         durable=False,
     ) as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright (no browser download), one per test module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -4,7 +4,6 @@ through the dashboard's lockfile) in a real browser; and the keyboard path throu
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 from devstack import Stack
 
 import signalfire.gateway
-from tests.e2e.test_dashboard import CHROMIUM_ARGS, token
+from tests.e2e.test_dashboard import token
 from tests.e2e.test_screenshots import PAGES, scene  # noqa: F401 - the fixture
 
 AXE = Path(signalfire.gateway.__file__).with_name("web") / "node_modules" / "axe-core" / "axe.min.js"
@@ -24,18 +23,6 @@ pytestmark = [
     ),
     pytest.mark.skipif(not AXE.exists(), reason="needs the dashboard's npm packages (make provision)"),
 ]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def signed_in(browser: Any, running: Stack, theme: str) -> Any:

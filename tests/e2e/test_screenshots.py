@@ -10,7 +10,6 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import httpx
 import pytest
 from devstack import REPO, Stack
 
-from tests.e2e.test_dashboard import CHROMIUM_ARGS, publish, token
+from tests.e2e.test_dashboard import publish, token
 
 pytestmark = [
     pytest.mark.slow,
@@ -38,18 +37,6 @@ PAGES = [
     ("notifications", "#/notifications", "main h1"),
 ]
 BACKGROUNDS = {"light": "rgb(246, 247, 249)", "dark": "rgb(17, 20, 24)"}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def _get(running: Stack, path: str, **params: Any) -> Any:
