@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import shutil
 import statistics
@@ -42,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "dev"))
 
-from devstack import NatsServer, PostgresServer, ServiceProcess, free_port, http_ok, temp_pg_dir
+from devstack import NatsServer, PostgresServer, ServiceProcess, free_port, start_gateway, temp_pg_dir
 from playwright.async_api import Browser, Page, Route, async_playwright
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
@@ -190,20 +189,14 @@ async def main(args: argparse.Namespace) -> None:
             db_url = postgres.create_database("signalfire")
             port = free_port()
             base = f"http://127.0.0.1:{port}"
-            env = {
-                **os.environ,
-                "SF_NATS_URL": nats.url,
-                "SF_DATABASE_URL": db_url,
-                "SF_LISTEN": f"127.0.0.1:{port}",
-                "SF_ADMIN_TOKEN_FILE": str(Path(tmp) / "admin-token"),
-                "SF_LOG_LEVEL": "warning",
-            }
-            gateway = ServiceProcess("gateway", ["gateway"], env, Path(tmp)).start()
-            deadline = time.monotonic() + 60
-            while not http_ok(f"{base}/readyz"):
-                if time.monotonic() > deadline or not gateway.alive():
-                    raise SystemExit("the gateway did not start:\n" + gateway.log_path.read_text())
-                await asyncio.sleep(0.2)
+            gateway = start_gateway(
+                nats.url,
+                db_url,
+                port,
+                log_dir=Path(tmp),
+                token_file=Path(tmp) / "admin-token",
+                extra_env={"SF_LOG_LEVEL": "warning"},
+            )
             token = (Path(tmp) / "admin-token").read_text().strip()
             await backfill(nats.url, metrics)
             deadline = time.monotonic() + 60

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import sys
 import tempfile
@@ -30,7 +29,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "dev"))
 
 import asyncpg
-from devstack import NatsServer, PostgresServer, ServiceProcess, free_port, http_ok, temp_pg_dir
+from devstack import (
+    NatsServer,
+    PostgresServer,
+    ServiceProcess,
+    free_port,
+    start_gateway,
+    temp_pg_dir,
+)
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.events import MetricBatch, Sample, encode
@@ -221,20 +227,14 @@ async def main(args: argparse.Namespace) -> None:
             ceiling = max(ceilings.values())
             db_url = postgres.create_database("signalfire")
             port = free_port()
-            env = {
-                **os.environ,
-                "SF_NATS_URL": nats.url,
-                "SF_DATABASE_URL": db_url,
-                "SF_LISTEN": f"127.0.0.1:{port}",
-                "SF_ADMIN_TOKEN_FILE": str(Path(tmp) / "admin-token"),
-                "SF_LOG_LEVEL": "warning",
-            }
-            gateway = ServiceProcess("gateway", ["gateway"], env, Path(tmp)).start()
-            deadline = time.monotonic() + 60
-            while not http_ok(f"http://127.0.0.1:{port}/readyz"):
-                if time.monotonic() > deadline or not gateway.alive():
-                    raise SystemExit("the gateway did not start:\n" + gateway.log_path.read_text())
-                await asyncio.sleep(0.2)
+            gateway = start_gateway(
+                nats.url,
+                db_url,
+                port,
+                log_dir=Path(tmp),
+                token_file=Path(tmp) / "admin-token",
+                extra_env={"SF_LOG_LEVEL": "warning"},
+            )
             result = await full_path(
                 nats.url,
                 db_url,

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import statistics
 import sys
@@ -51,7 +50,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "dev"))
 import asyncpg
 import httpx
 import msgspec
-from devstack import NatsServer, PostgresServer, ServiceProcess, free_port, http_ok, temp_pg_dir
+from devstack import (
+    NatsServer,
+    PostgresServer,
+    ServiceProcess,
+    free_port,
+    start_gateway,
+    temp_pg_dir,
+)
 
 from signalfire.gateway import rollup
 from signalfire.gateway.auth import create_token
@@ -383,21 +389,15 @@ async def main(args: argparse.Namespace) -> None:
             )
             await pool.close()
             port = free_port()
-            env = {
-                **os.environ,
-                "SF_NATS_URL": nats.url,
-                "SF_DATABASE_URL": db_url,
-                "SF_LISTEN": f"127.0.0.1:{port}",
-                "SF_ADMIN_TOKEN_FILE": str(Path(tmp) / "admin-token"),
-                "SF_RATE_LIMIT": "0",
-                "SF_LOG_LEVEL": "warning",
-            }
-            gateway = ServiceProcess("gateway", ["gateway"], env, Path(tmp)).start()
-            deadline = time.monotonic() + 120
-            while not http_ok(f"http://127.0.0.1:{port}/readyz"):
-                if time.monotonic() > deadline or not gateway.alive():
-                    raise SystemExit("the gateway did not start:\n" + gateway.log_path.read_text())
-                await asyncio.sleep(0.2)
+            gateway = start_gateway(
+                nats.url,
+                db_url,
+                port,
+                log_dir=Path(tmp),
+                token_file=Path(tmp) / "admin-token",
+                extra_env={"SF_RATE_LIMIT": "0", "SF_LOG_LEVEL": "warning"},
+                timeout=120,
+            )
             conn = await asyncpg.connect(db_url)
             token = await create_token(conn, "bench", "viewer")
             await conn.close()

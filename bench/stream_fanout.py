@@ -256,7 +256,14 @@ async def raw_nats_reference(nats_url: str, samples: int, seconds: float) -> lis
 
 
 async def main(args: argparse.Namespace) -> None:
-    from devstack import NatsServer, PostgresServer, ServiceProcess, free_port, http_ok, temp_pg_dir
+    from devstack import (
+        NatsServer,
+        PostgresServer,
+        ServiceProcess,
+        free_port,
+        start_gateway,
+        temp_pg_dir,
+    )
 
     from signalfire.bus import NatsConfig, connect, ensure_streams
 
@@ -274,24 +281,17 @@ async def main(args: argparse.Namespace) -> None:
         try:
             db_url = postgres.create_database("signalfire")
             port = free_port()
-            env = {
-                **os.environ,
-                "SF_NATS_URL": nats.url,
-                "SF_DATABASE_URL": db_url,
-                "SF_LISTEN": f"127.0.0.1:{port}",
-                "SF_ADMIN_TOKEN_FILE": str(Path(tmp) / "admin-token"),
-                "SF_LOG_LEVEL": "warning",
+            gateway = start_gateway(
+                nats.url,
+                db_url,
+                port,
+                log_dir=Path(tmp),
+                token_file=Path(tmp) / "admin-token",
                 # One token opens every connection here; real tabs each have their own.
-                "SF_RATE_LIMIT": "0",
-            }
-            gateway = ServiceProcess("gateway", ["gateway"], env, Path(tmp)).start()
+                extra_env={"SF_LOG_LEVEL": "warning", "SF_RATE_LIMIT": "0"},
+            )
             assert gateway.proc is not None
             pid = gateway.proc.pid
-            deadline = time.monotonic() + 60
-            while not http_ok(f"http://127.0.0.1:{port}/readyz"):
-                if time.monotonic() > deadline or not gateway.alive():
-                    raise SystemExit("the gateway did not start:\n" + gateway.log_path.read_text())
-                await asyncio.sleep(0.2)
             token = (Path(tmp) / "admin-token").read_text().strip()
             config = NatsConfig(url=nats.url)
             nc = await connect(config, "bench-setup")

@@ -370,6 +370,44 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def start_gateway(
+    nats_url: str,
+    database_url: str,
+    port: int,
+    *,
+    log_dir: Path,
+    token_file: Path,
+    extra_env: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+) -> ServiceProcess:
+    """A ``signalfire gateway`` process on 127.0.0.1:``port``, ready (``/readyz``) on return.
+
+    Raises :class:`DevStackError` with the end of its log when it exits or is not ready in
+    ``timeout`` seconds (and then stops it).
+    """
+    env = {
+        **os.environ,
+        "SF_NATS_URL": nats_url,
+        "SF_DATABASE_URL": database_url,
+        "SF_LISTEN": f"127.0.0.1:{port}",
+        "SF_ADMIN_TOKEN_FILE": str(token_file),
+        **(extra_env or {}),
+    }
+    gateway = ServiceProcess("gateway", ["gateway"], env, log_dir).start()
+    try:
+        wait_for(
+            lambda: http_ok(f"http://127.0.0.1:{port}/readyz"),
+            "gateway",
+            timeout,
+            gateway.proc,
+            gateway.log_path,
+        )
+    except BaseException:
+        gateway.stop()
+        raise
+    return gateway
+
+
 @contextlib.contextmanager
 def stack(
     state: Path,
@@ -412,14 +450,15 @@ def stack(
             "SF_ADMIN_TOKEN_FILE": str(state / "admin-token"),
             **(extra_env or {}),
         }
-        gateway = ServiceProcess("gateway", ["gateway"], env, logs).start()
-        services.append(gateway)
-        wait_for(
-            lambda: http_ok(f"http://127.0.0.1:{gateway_port}/readyz"),
-            "gateway",
-            60,
-            gateway.proc,
-            gateway.log_path,
+        services.append(
+            start_gateway(
+                nats_server.url,
+                database_url,
+                gateway_port,
+                log_dir=logs,
+                token_file=state / "admin-token",
+                extra_env=extra_env,
+            )
         )
         evaluator_env = {**env, "SF_RULES": str(rules)}
         notifier_env = dict(env)
