@@ -41,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "dev"))
 
-from devstack import NatsServer, PostgresServer, ServiceProcess, free_port, start_gateway, temp_pg_dir
+from devstack import ServiceProcess, free_port, private_servers, start_gateway
 from playwright.async_api import Browser, Page, Route, async_playwright
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
@@ -178,10 +178,7 @@ async def main(args: argparse.Namespace) -> None:
     metrics = chart_metrics()
     if len(metrics) != 16:
         raise SystemExit(f"expected 16 charts in host.js, found {len(metrics)}")
-    with tempfile.TemporaryDirectory() as tmp:
-        nats = NatsServer(Path(tmp) / "nats").start()
-        pg_dir = temp_pg_dir()
-        postgres = PostgresServer(pg_dir, durable=False).start()
+    with tempfile.TemporaryDirectory() as tmp, private_servers(Path(tmp)) as (nats, postgres):
         gateway: ServiceProcess | None = None
         stop = asyncio.Event()
         pub: asyncio.Task[None] | None = None
@@ -283,9 +280,6 @@ async def main(args: argparse.Namespace) -> None:
                 pub.cancel()
             if gateway is not None:
                 gateway.stop()
-            postgres.stop()
-            nats.stop()
-            shutil.rmtree(pg_dir.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -29,14 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "dev"))
 
 import asyncpg
-from devstack import (
-    NatsServer,
-    PostgresServer,
-    ServiceProcess,
-    free_port,
-    start_gateway,
-    temp_pg_dir,
-)
+from devstack import ServiceProcess, free_port, private_servers, start_gateway
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.events import MetricBatch, Sample, encode
@@ -210,9 +203,7 @@ async def full_path(
 
 
 async def main(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        nats = NatsServer(Path(tmp) / "nats").start()
-        postgres = PostgresServer(temp_pg_dir(), durable=True).start()
+    with tempfile.TemporaryDirectory() as tmp, private_servers(Path(tmp), durable=True) as (nats, postgres):
         gateway: ServiceProcess | None = None
         try:
             ceiling_url = postgres.create_database("ceiling")
@@ -259,8 +250,6 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             if gateway is not None:
                 gateway.stop()
-            postgres.stop()
-            nats.stop()
 
 
 if __name__ == "__main__":

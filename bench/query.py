@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import sys
 import tempfile
@@ -50,14 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "dev"))
 import asyncpg
 import httpx
 import msgspec
-from devstack import (
-    NatsServer,
-    PostgresServer,
-    ServiceProcess,
-    free_port,
-    start_gateway,
-    temp_pg_dir,
-)
+from devstack import ServiceProcess, free_port, private_servers, start_gateway
 
 from signalfire.gateway import rollup
 from signalfire.gateway.auth import create_token
@@ -357,11 +349,8 @@ async def measure(url: str, db_url: str, token: str, args: argparse.Namespace, e
 
 
 async def main(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        nats = NatsServer(Path(tmp) / "nats").start()
-        # Query latency does not depend on crash safety; loading is much faster without fsync.
-        pg_dir = temp_pg_dir()
-        postgres = PostgresServer(pg_dir, durable=False).start()
+    # Query latency does not depend on crash safety; loading is much faster without fsync.
+    with tempfile.TemporaryDirectory() as tmp, private_servers(Path(tmp)) as (nats, postgres):
         gateway: ServiceProcess | None = None
         try:
             db_url = postgres.create_database("signalfire")
@@ -414,9 +403,6 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             if gateway is not None:
                 gateway.stop()
-            postgres.stop()
-            nats.stop()
-            shutil.rmtree(pg_dir.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

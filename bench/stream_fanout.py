@@ -256,24 +256,14 @@ async def raw_nats_reference(nats_url: str, samples: int, seconds: float) -> lis
 
 
 async def main(args: argparse.Namespace) -> None:
-    from devstack import (
-        NatsServer,
-        PostgresServer,
-        ServiceProcess,
-        free_port,
-        start_gateway,
-        temp_pg_dir,
-    )
+    from devstack import ServiceProcess, free_port, private_servers, start_gateway
 
     from signalfire.bus import NatsConfig, connect, ensure_streams
 
     limit = raise_fd_limit()
     if limit < args.clients + 200:
         raise SystemExit(f"the open-file limit is {limit}: too low for {args.clients} clients")
-    with tempfile.TemporaryDirectory() as tmp:
-        nats = NatsServer(Path(tmp) / "nats").start()
-        pg_dir = temp_pg_dir()
-        postgres = PostgresServer(pg_dir, durable=False).start()
+    with tempfile.TemporaryDirectory() as tmp, private_servers(Path(tmp)) as (nats, postgres):
         gateway: ServiceProcess | None = None
         stop = asyncio.Event()
         publisher: asyncio.Task[None] | None = None
@@ -450,11 +440,6 @@ async def main(args: argparse.Namespace) -> None:
                 publisher.cancel()
             if gateway is not None:
                 gateway.stop()
-            postgres.stop()
-            nats.stop()
-            import shutil
-
-            shutil.rmtree(pg_dir.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

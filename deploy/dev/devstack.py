@@ -370,6 +370,23 @@ def http_ok(url: str) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def private_servers(state: Path, *, durable: bool = False) -> Iterator[tuple[NatsServer, PostgresServer]]:
+    """A nats-server (data under ``state``) and a PostgreSQL server in a fresh directory, on
+    free ports; both stopped, and PostgreSQL's directory removed, when the block ends."""
+    pg_dir = temp_pg_dir()
+    nats = NatsServer(state / "nats").start()
+    try:
+        postgres = PostgresServer(pg_dir, durable=durable).start()
+        try:
+            yield nats, postgres
+        finally:
+            postgres.stop()
+    finally:
+        nats.stop()
+        shutil.rmtree(pg_dir.parent, ignore_errors=True)
+
+
 def start_gateway(
     nats_url: str,
     database_url: str,
