@@ -9,11 +9,10 @@ window starts full.
 
 Two tabs, each in its own browser context, signed in with the admin token:
 
-- **soak**: the Host page in live mode. Live mode's window is 15 min; with ``--window 3600``
-  (the default) the bench serves ``pages/host.js`` with the live window set to 1 h (through
-  Playwright's request routing: nothing in the repository's page changes);
-- **reference**: the same page with the static "1 h" range selected — the same stream frames
-  arrive but no chart updates, so its heap drift is the floor of the measurement.
+- **soak**: the Host page on its "1 h" range, which follows the stream (1 s samples folded
+  into the range's 10 s buckets, the newest bucket redrawn every second);
+- **reference**: the same page on a fixed custom range over the same hour — the same stream
+  frames arrive but no chart updates, so its heap drift is the floor of the measurement.
 
 Every minute both tabs get ``HeapProfiler.collectGarbage`` then ``Runtime.getHeapUsage``
 (CDP). Long tasks come from a ``PerformanceObserver({type: "longtask", buffered: true})``
@@ -21,7 +20,7 @@ installed before the page's scripts run. Reported: heap at minute 5 and at the e
 growth between them for both tabs and their ratio, and count and longest of the long tasks
 (> 50 ms) after the page loaded.
 
-    uv run python bench/browser_soak.py [--minutes 30] [--window 3600]
+    uv run python bench/browser_soak.py [--minutes 30]
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "dev"))
 
 from devstack import ServiceProcess, free_port, private_servers, start_gateway
-from playwright.async_api import Browser, Page, Route, async_playwright
+from playwright.async_api import Browser, Page, async_playwright
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.events import MetricBatch, Sample, encode
@@ -134,27 +133,32 @@ def api_get(base: str, token: str, path: str) -> Any:
         return json.loads(response.read())
 
 
-async def open_host_page(browser: Browser, base: str, token: str, window: int | None) -> Page:
+async def open_host_page(browser: Browser, base: str, token: str, fixed: bool) -> Page:
+    """A signed-in tab on the Host page's "1 h" range (which follows the stream), or with
+    ``fixed`` on a custom range over the same hour (which does not)."""
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     page = await context.new_page()
     await page.add_init_script(LONGTASK_OBSERVER)
-    if window is not None and window != 900:
-        source = HOST_JS.read_text(encoding="utf-8")
-        patched = source.replace('["live", 900]', f'["live", {window}]').replace(
-            "live: true, seconds: 900", f"live: true, seconds: {window}"
-        )
-        if patched.count(str(window)) < 2:
-            raise SystemExit("host.js changed: cannot set the live window; run with --window 900")
-
-        async def serve(route: Route) -> None:
-            await route.fulfill(body=patched, content_type="text/javascript; charset=utf-8")
-
-        await page.route("**/ui/src/pages/host.js", serve)
     await page.goto(base + "/")
     await page.fill("#token", token)
     await page.click("button[type=submit]")
     await page.wait_for_selector("#live.on", timeout=20_000)
     await page.evaluate(f"location.hash = {f'#/hosts/{HOST}'!r}")
+    await page.locator("#charts figure").nth(15).wait_for(timeout=30_000)
+    if fixed:
+        # datetime-local fields take local time, to the minute: the last hour, rounded.
+        await page.evaluate(
+            """() => {
+              const local = (ms) =>
+                new Date(ms - new Date(ms).getTimezoneOffset() * 60e3).toISOString().slice(0, 16);
+              document.getElementById("from").value = local(Date.now() - 3600e3);
+              document.getElementById("to").value = local(Date.now() + 60e3);
+            }"""
+        )
+        await page.click("button:text-is('apply')")
+    else:
+        await page.click("button[data-range='1 h']")
+    await page.wait_for_timeout(1000)
     await page.locator("#charts figure").nth(15).wait_for(timeout=30_000)
     return page
 
@@ -214,11 +218,8 @@ async def main(args: argparse.Namespace) -> None:
             async with async_playwright() as p:
                 browser = await p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
                 try:
-                    soak = await open_host_page(browser, base, token, args.window)
-                    ref = await open_host_page(browser, base, token, None)
-                    await ref.click("button[data-range='1 h']")
-                    await ref.wait_for_timeout(1000)
-                    await ref.locator("#charts figure").nth(15).wait_for(timeout=30_000)
+                    soak = await open_host_page(browser, base, token, fixed=False)
+                    ref = await open_host_page(browser, base, token, fixed=True)
                     pages = {"soak": soak, "reference": ref}
                     cdps = {name: await pg.context.new_cdp_session(pg) for name, pg in pages.items()}
                     # Long tasks are counted from here: page load and chart creation are before.
@@ -245,7 +246,7 @@ async def main(args: argparse.Namespace) -> None:
 
             first = 5 if args.minutes >= 10 else 1
             print()
-            print(f"live window: {args.window} s; {args.minutes} min; {counter[0] + 1} batches published")
+            print(f"range 1 h (following the stream); {args.minutes} min; {counter[0] + 1} batches published")
             print(f"soak tab still live at the end: CPU total shows {latest!r} ({points} charts)")
             growth: dict[str, float] = {}
             for name in pages:
@@ -285,7 +286,4 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=int, default=30, help="how long the tab stays open")
-    parser.add_argument(
-        "--window", type=int, default=3600, help="live window in seconds (900: the page as shipped)"
-    )
     asyncio.run(main(parser.parse_args()))

@@ -234,3 +234,34 @@ def test_the_chart_has_no_gap_after_a_gateway_restart(browser: Any, running: Sta
     values = [cell.strip() for cell in table.locator("td:nth-child(3)").all_inner_texts()]
     assert values[-3:] == ["11.0 %", "22.0 %", "33.0 %"], values
     page.close()
+
+
+def test_a_long_range_folds_live_samples_into_its_buckets(browser: Any, running: Stack) -> None:
+    """On "1 h" (10 s buckets) a live sample moves the newest bucket's mean instead of adding a
+    point, so a tab left open holds one point per bucket, the same ones a reload draws."""
+    host = "ui-buckets-1"
+    # Start early in a 10 s bucket, so the page loads before it ends.
+    if time.time() % 10 > 3:
+        time.sleep(10.2 - time.time() % 10)
+    bucket = time.time() // 10 * 10
+    publish_to_nats(running, host, bucket - 5, [("cpu.usage_percent", 40.0)])
+    publish_to_nats(running, host, bucket + 0.1, [("cpu.usage_percent", 10.0)])
+    page = open_signed_in(browser, running, token(running), f"#/hosts/{host}")
+    figure = page.locator("figure[aria-label='CPU total']")
+    figure.locator(".latest").get_by_text("10.0 %").wait_for(timeout=5000)
+    page.click("button[data-range='1 h']")
+    page.wait_for_selector("button[data-range='1 h'][aria-pressed=true]")
+    figure.locator(".latest").get_by_text("10.0 %").wait_for(timeout=5000)
+    # Two more samples in the same bucket, as the agent would send them a second apart.
+    publish_to_nats(running, host, bucket + 1, [("cpu.usage_percent", 20.0)])
+    publish_to_nats(running, host, bucket + 2, [("cpu.usage_percent", 60.0)])
+    # The text line shows the newest sample; the chart the bucket's mean of all three (the
+    # one the page read at load is not counted twice when the stream repeats it).
+    figure.locator(".latest").get_by_text("60.0 %").wait_for(timeout=5000)
+    figure.get_by_text("Show as table").click()
+    cells = figure.locator("details table td:nth-child(3)")
+    deadline = time.monotonic() + 5
+    while cells.all_inner_texts()[-1:] != ["30.0 %"] and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+    assert cells.all_inner_texts() == ["40.0 %", "30.0 %"]
+    page.close()

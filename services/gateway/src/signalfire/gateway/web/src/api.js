@@ -21,7 +21,10 @@ export const session = {
 
 export async function api(path, { method = "GET", params, body } = {}) {
   const url = new URL(`/api/v1${path}`, location.origin);
-  for (const [k, v] of Object.entries(params || {})) if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, v);
+  // An array value repeats the parameter (`metric=a&metric=b`).
+  for (const [k, v] of Object.entries(params || {})) {
+    for (const item of Array.isArray(v) ? v : [v]) if (item !== undefined && item !== null && item !== "") url.searchParams.append(k, item);
+  }
   const response = await fetch(url, {
     method,
     headers: { Authorization: `Bearer ${session.token}`, ...(body ? { "Content-Type": "application/json" } : {}) },

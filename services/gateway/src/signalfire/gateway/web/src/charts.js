@@ -29,8 +29,17 @@ function scheduleRedraw(redraw) {
   if (!scheduled) scheduled = requestAnimationFrame(redrawSome);
 }
 
-/** A chart of several series sharing one time axis. `series`: [{label, points: [[t, v], ...]}]. */
-export function lineChart(container, title, metric, series, { height = 200, onZoom } = {}) {
+/**
+ * A chart of several series sharing one time axis. `series`: [{label, points: [[t, v], ...]}].
+ *
+ * `step` is the width of the points' buckets in seconds (what the query API answered), or 0
+ * for raw samples. Live values given to push() are folded into the chart's own buckets — the
+ * newest bucket shows the mean of the samples seen in it so far, as the API will once it is
+ * complete — so a chart left open holds as many points as its range has buckets, and the same
+ * ones a reload would draw. (Appending every 1 s sample to a 1 h chart of 10 s buckets grew it
+ * tenfold in an hour; to a 7 d chart, without bound.)
+ */
+export function lineChart(container, title, metric, series, { height = 200, step = 0, onZoom } = {}) {
   const times = [...new Set(series.flatMap((s) => s.points.map((p) => p[0])))].sort((a, b) => a - b);
   const index = new Map(times.map((t, i) => [t, i]));
   const columns = series.map((s) => {
@@ -42,6 +51,11 @@ export function lineChart(container, title, metric, series, { height = 200, onZo
   // ones cut from the front, and the chart redraws once however many points arrived before
   // its turn (a stream message carries many) — no copy of the window per point.
   const data = [times, ...columns];
+  // Per series, the bucket live samples are being folded into: {at, sum, count, last}.
+  const open = series.map(() => null);
+  // Per series, the newest sample seen live (a bucket's mean is not the newest value).
+  const newest = series.map(() => null);
+  const newestAt = series.map(() => -Infinity);
   const figure = h("figure", { class: "panel chart", "aria-label": title });
   const caption = h("figcaption", {}, h("strong", {}, title));
   const plotBox = h("div", { "aria-hidden": "true" });
@@ -49,9 +63,9 @@ export function lineChart(container, title, metric, series, { height = 200, onZo
   // The newest value of each series as text: for screen readers, and what a glance needs.
   const latest = h("p", { class: "latest muted" });
   const showLatest = () => {
-    const cols = data;
     latest.textContent = series.map((s, i) => {
-      const col = cols[i + 1];
+      if (newest[i] !== null) return `${s.label}: ${formatValue(newest[i], metric)}`;
+      const col = data[i + 1];
       let j = col.length - 1;
       while (j >= 0 && (col[j] === null || col[j] === undefined)) j--;
       return j >= 0 ? `${s.label}: ${formatValue(col[j], metric)}` : null;
@@ -89,25 +103,51 @@ export function lineChart(container, title, metric, series, { height = 200, onZo
     showLatest();
     table.refresh();
   };
+  /** Set series `i`'s value at time `t`, adding the time to the axis if it is new. */
+  const put = (i, t, v) => {
+    const xs = data[0];
+    let at = xs.length - 1;
+    if (at < 0 || t > xs[at]) {
+      xs.push(t);
+      for (let s = 1; s < data.length; s++) data[s].push(null);
+      at = xs.length - 1;
+    } else if (t !== xs[at]) {
+      at = xs.lastIndexOf(t);
+      if (at < 0) {
+        at = xs.findIndex((x) => x > t);
+        xs.splice(at, 0, t);
+        for (let s = 1; s < data.length; s++) data[s].splice(at, 0, null);
+      }
+    }
+    data[i + 1][at] = v;
+  };
   return {
     plot,
-    /** Append (t, value) for series `i`, dropping points older than `windowSeconds`. */
+    step,
+    /**
+     * A live sample (t, value) of series `i`; points older than `windowSeconds` are dropped.
+     * A sample no newer than the last one folded for its series is ignored (it is already
+     * counted: the stream can repeat what the first query returned), and so is one for a
+     * bucket older than the open one (late data: a reload shows it).
+     */
     push(i, t, v, windowSeconds) {
-      const xs = data[0];
-      let at = xs.length - 1;
-      if (at < 0 || t > xs[at]) {
-        xs.push(t);
-        for (let s = 1; s < data.length; s++) data[s].push(null);
-        at = xs.length - 1;
-      } else if (t !== xs[at]) {
-        at = xs.lastIndexOf(t);
-        if (at < 0) {
-          at = xs.findIndex((x) => x > t);
-          xs.splice(at, 0, t);
-          for (let s = 1; s < data.length; s++) data[s].splice(at, 0, null);
+      if (!step) {
+        put(i, t, v);
+      } else {
+        const at = Math.floor(t / step) * step;
+        const bucket = open[i];
+        if (bucket && (at < bucket.at || (at === bucket.at && t <= bucket.last))) return;
+        if (bucket && at === bucket.at) {
+          bucket.sum += v;
+          bucket.count += 1;
+          bucket.last = t;
+        } else {
+          open[i] = { at, sum: v, count: 1, last: t };
         }
+        put(i, at, open[i].sum / open[i].count);
       }
-      data[i + 1][at] = v;
+      if (t >= newestAt[i]) { newestAt[i] = t; newest[i] = v; }
+      const xs = data[0];
       const horizon = t - windowSeconds;
       let expired = 0;
       while (expired < xs.length && xs[expired] < horizon) expired++;

@@ -23,6 +23,8 @@ const CHARTS = [
   ["TCP sockets in use", "sockets.tcp_inuse"],
   ["Processes", "procs.total"],
 ];
+// "live" is every sample of the last 15 minutes; the others are the last N in the API's
+// buckets (about 500 a range). All of them follow the stream; a custom range or a zoom is fixed.
 const RANGES = [["live", 900], ["15 min", 900], ["1 h", 3600], ["6 h", 21600], ["24 h", 86400], ["7 d", 604800]];
 
 function label(series) {
@@ -31,18 +33,18 @@ function label(series) {
 }
 
 export async function hostPage(main, hostName) {
-  let range = { live: true, seconds: 900, from: null, to: null };
+  let range = { name: "live", live: true, raw: true, seconds: 900, from: null, to: null };
   let charts = [];
   const chartBox = h("div", { class: "charts", id: "charts" });
   const picker = h("div", { class: "filters", role: "group", "aria-label": "Time range" },
     RANGES.map(([name, seconds]) => h("button", { type: "button", dataset: { range: name },
-      onclick: () => { range = { live: name === "live", seconds, from: null, to: null }; load(); } }, name)),
+      onclick: () => { range = { name, live: true, raw: name === "live", seconds, from: null, to: null }; load(); } }, name)),
     h("label", {}, "from", h("input", { type: "datetime-local", id: "from" })),
     h("label", {}, "to", h("input", { type: "datetime-local", id: "to" })),
     h("button", { type: "button", onclick: () => {
       const from = Date.parse(document.getElementById("from").value) / 1000;
       const to = Date.parse(document.getElementById("to").value) / 1000;
-      if (from && to && from < to) { range = { live: false, seconds: to - from, from, to }; load(); }
+      if (from && to && from < to) { range = { name: "", live: false, seconds: to - from, from, to }; load(); }
     } }, "apply"));
   const facts = h("dl", { class: "kv" });
   const alertsBox = h("div", {});
@@ -87,12 +89,12 @@ export async function hostPage(main, hostName) {
     reloadedFor.add(key);
     if (!reload) reload = setTimeout(() => { reload = null; load(); }, 1000);
   };
-  const apply = (frame) => {
+  const apply = (frame, live = true) => {
     const target = charts.find((c) => c.metric === frame.metric);
-    if (!target) { reloadSoon(frame); return; }
+    if (!target) { if (live) reloadSoon(frame); return; }
     const i = target.keys.indexOf(JSON.stringify(frame.labels || {}));
     if (i >= 0) target.chart.push(i, frame.time, frame.value, range.seconds);
-    else reloadSoon(frame);
+    else if (live) reloadSoon(frame);
   };
   subscribe({ hosts: [hostName], metrics: CHARTS.map(([, m]) => m), alerts: true });
   const off = onFrame((frame) => {
@@ -104,22 +106,42 @@ export async function hostPage(main, hostName) {
   async function load() {
     loading = true;
     held = [];
-    for (const b of picker.querySelectorAll("button[data-range]")) b.setAttribute("aria-pressed", String(b.dataset.range === (range.live ? "live" : "")));
+    for (const b of picker.querySelectorAll("button[data-range]")) b.setAttribute("aria-pressed", String(b.dataset.range === range.name));
     for (const c of charts) c.chart.destroy();
     charts = [];
     chartBox.replaceChildren();
     const to = range.to ?? Date.now() / 1000;
     const from = range.from ?? to - range.seconds;
+    const raw = range.live && range.raw;
     const results = await Promise.all(CHARTS.map(([, metric]) =>
-      api("/query", { params: { host: hostName, metric, from, to, step: "auto", agg: "avg" } }).catch(() => ({ series: [] }))));
+      api("/query", { params: { host: hostName, metric, from, to, step: raw ? "raw" : "auto", agg: "avg" } })
+        .catch(() => ({ series: [] }))));
+    const open = [];
     CHARTS.forEach(([title, metric], i) => {
       const series = results[i].series || [];
       if (!series.length) return;
-      const chart = lineChart(chartBox, title, metric, series.map((s) => ({ label: label(s), points: s.points })), {
-        onZoom: (a, b) => { range = { live: false, seconds: b - a, from: a, to: b }; load(); },
-      });
+      const step = raw ? 0 : results[i].step || 0;
+      // Live, the newest bucket is still filling: it is built from its raw samples below
+      // and then from the stream, so it never mixes the API's partial mean with live samples.
+      const cut = range.live && step ? Math.floor(to / step) * step : Infinity;
+      if (cut !== Infinity) open.push([metric, cut]);
+      const chart = lineChart(chartBox, title, metric,
+        series.map((s) => ({ label: label(s), points: s.points.filter((p) => p[0] < cut) })), {
+          step,
+          onZoom: (a, b) => { range = { name: "", live: false, seconds: b - a, from: a, to: b }; load(); },
+        });
       charts.push({ metric, keys: series.map((s) => JSON.stringify(s.labels || {})), chart });
     });
+    if (open.length) {
+      const cuts = new Map(open);
+      const seed = await api("/query", { params: { host: hostName, metric: open.map(([m]) => m), from: Math.min(...cuts.values()), step: "raw" } })
+        .catch(() => ({ series: [] }));
+      for (const s of seed.series || []) {
+        for (const [t, v] of s.points) {
+          if (v !== null && t >= cuts.get(s.metric)) apply({ metric: s.metric, labels: s.labels, time: t, value: v }, false);
+        }
+      }
+    }
     if (!charts.length) chartBox.append(h("p", { class: "muted" }, "No data in this range."));
     loading = false;
     for (const frame of held) apply(frame);
