@@ -20,7 +20,8 @@ class RetentionConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rollup_1m: Duration = Duration(90 * 86400.0)
     #: The 1-hour rollups.
     rollup_1h: Duration = Duration(365 * 86400.0)
-    #: How often the gateway looks for data to drop (without the Timescale-licensed edition).
+    #: How often the gateway looks for data to drop (without the Timescale-licensed edition)
+    #: and for orphaned batches to repair (every edition; see ``rollup_repair_after``).
     check_every: Duration = Duration(3600.0)
 
     def __post_init__(self) -> None:
@@ -66,6 +67,11 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: How often the rollups of ingested samples are merged (many rounds at once); at most a
     #: third of ``ack_wait`` is used, since messages are acknowledged after their merge.
     rollup_flush: Duration = Duration(5.0)
+    #: A batch stored this long ago whose rollups are still not merged is an orphan: its
+    #: message will not come back (``max_deliver`` used up, or the stream discarded it), so
+    #: maintenance recomputes the rollups it is missing from the raw samples. At least
+    #: ``ack_wait`` * ``max_deliver``, the longest a stored batch can wait for its redelivery.
+    rollup_repair_after: Duration = Duration(3600.0)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     #: Origins a browser may call the API from (``*`` for any); empty: no CORS headers.
     cors_origins: list[str] = msgspec.field(default_factory=list)
@@ -100,6 +106,14 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("fetch_timeout: must be more than 0s")
         if self.rollup_flush <= 0:
             raise ValueError("rollup_flush: must be more than 0s")
+        redelivered_within = float(self.ack_wait) * self.max_deliver
+        if self.rollup_repair_after <= 0:
+            raise ValueError("rollup_repair_after: must be more than 0s")
+        if self.rollup_repair_after < redelivered_within:
+            raise ValueError(
+                f"rollup_repair_after: must be at least ack_wait * max_deliver ({redelivered_within:g}s), "
+                "the longest a stored batch can wait for its redelivery"
+            )
         if self.rate_limit < 0:
             raise ValueError("rate_limit: must not be negative")
         if self.rate_burst < 1:

@@ -115,7 +115,12 @@ class GatewayService:
         await ensure_streams(js, config.nats)
         sock = _bind(config.listen)
         self.address = sock.getsockname()[:2]
-        self.maintenance = Maintenance(self.pool, config.retention)
+        self.maintenance = Maintenance(
+            self.pool,
+            config.retention,
+            repair_after=float(config.rollup_repair_after),
+            registry=self.registry,
+        )
         await self.maintenance.start()
         store = Store(self.pool)
         await store.load_latest(self.latest)

@@ -180,7 +180,13 @@ CREATE TEMP TABLE IF NOT EXISTS events_in (
 ) ON COMMIT DELETE ROWS
 """
 
-_ADD_PENDING = "INSERT INTO rollup_pending (seq) SELECT unnest($1::bigint[]) ON CONFLICT DO NOTHING"
+# With each sequence its batch's host and earliest and latest sample time: what maintenance
+# recomputes should the message never come back (``maintenance.repair_rollups``).
+_ADD_PENDING = """
+INSERT INTO rollup_pending (seq, host, t_min, t_max)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::float8[])
+ON CONFLICT DO NOTHING
+"""
 
 _INSERT_SERIES = """
 INSERT INTO series (host, name, labels, unit)
@@ -386,7 +392,18 @@ class Store:
                 written.samples = count
                 if deferring and all(seq is not None for seq, _ in fresh):
                     waiting = {seq: stored for seq, stored in fresh if seq is not None and stored.ids}
-                    await conn.execute(_ADD_PENDING, list(waiting))
+                    hosts = {seq: item[0].host for (seq, _), item in zip(fresh_all, prepared, strict=True)}
+                    spans = [
+                        (b.time, b.time) if b.times is None else (min(b.times), max(b.times))
+                        for b in waiting.values()
+                    ]
+                    await conn.execute(
+                        _ADD_PENDING,
+                        list(waiting),
+                        [hosts[seq] for seq in waiting],
+                        [first for first, _ in spans],
+                        [last for _, last in spans],
+                    )
                     held.update(waiting)
                 else:
                     await self._roll_up(conn, [r for _, stored in fresh for r in _rows(stored)])
