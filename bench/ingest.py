@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sys
 import tempfile
@@ -90,6 +91,69 @@ def batch_templates(per_batch: int, variants: int = 16) -> list[bytes]:
         )
         templates.append(encode(batch).replace(b'"time":1.0', b'"time":%TIME%'))
     return templates
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process alone (not the servers it started)."""
+    times = os.times()
+    return times.user + times.system
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) of process ``root`` and every process below it, ended ones
+    included."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # utime, stime, and cutime, cstime: the children that ended (a closed connection's
+        # backend) are counted in their parent's
+        stats[int(entry)] = (int(fields[1]), sum(map(int, fields[11:15])) / _TICK)
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += stats.get(pid, (0, 0.0))[1]
+        todo.extend(children.get(pid, []))
+    return total
+
+
+class CpuMeter:
+    """CPU seconds used by named process trees between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, roots: dict[str, int]) -> None:
+        """``roots``: process trees by name; this process's pid counts this process alone."""
+        self.roots = roots
+        self.began: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.began = {name: self._cpu(pid) for name, pid in self.roots.items()}
+
+    @staticmethod
+    def _cpu(pid: int) -> float:
+        return own_cpu() if pid == os.getpid() else tree_cpu(pid)
+
+    def stop(self) -> dict[str, float]:
+        self.used = {name: self._cpu(pid) - self.began[name] for name, pid in self.roots.items()}
+        return self.used
+
+
+def cpu_line(used: dict[str, float], rows: float) -> str:
+    """CPU seconds per million rows, per process tree."""
+    parts = [f"{name} {seconds / rows * 1e6:.2f}" for name, seconds in used.items()]
+    total = sum(used.values()) / rows * 1e6
+    return f"CPU seconds per million rows: {', '.join(parts)}; total {total:.2f}"
 
 
 #: The gateway counts a sample once it and its rollups are committed.
@@ -210,11 +274,16 @@ async def main(args: argparse.Namespace) -> None:
             conn = await asyncpg.connect(ceiling_url)
             await migrate(conn)
             await conn.close()
-            ceilings = {
-                n: await copy_ceiling(ceiling_url, args.ceiling_seconds or args.seconds, n) for n in (1, 2)
-            }
-            for n, rate in ceilings.items():
-                print(f"raw COPY ceiling, {n} connection(s): {rate:,.0f} rows/s")
+            assert postgres.proc is not None and nats.proc is not None
+            ceilings: dict[int, float] = {}
+            for n in (1, 2):
+                meter = CpuMeter({"postgres": postgres.proc.pid, "bench": os.getpid()})
+                meter.start()
+                seconds = args.ceiling_seconds or args.seconds
+                ceilings[n] = await copy_ceiling(ceiling_url, seconds, n)
+                used = meter.stop()
+                print(f"raw COPY ceiling, {n} connection(s): {ceilings[n]:,.0f} rows/s")
+                print("  " + cpu_line(used, ceilings[n] * seconds))
             ceiling = max(ceilings.values())
             db_url = postgres.create_database("signalfire")
             port = free_port()
@@ -224,8 +293,18 @@ async def main(args: argparse.Namespace) -> None:
                 port,
                 log_dir=Path(tmp),
                 token_file=Path(tmp) / "admin-token",
-                extra_env={"SF_LOG_LEVEL": "warning"},
+                extra_env={"SF_LOG_LEVEL": "warning", **dict(kv.split("=", 1) for kv in args.gateway_env)},
             )
+            assert gateway.proc is not None
+            meter = CpuMeter(
+                {
+                    "gateway": gateway.proc.pid,
+                    "postgres": postgres.proc.pid,
+                    "nats": nats.proc.pid,
+                    "publisher": os.getpid(),
+                }
+            )
+            meter.start()
             result = await full_path(
                 nats.url,
                 db_url,
@@ -234,6 +313,7 @@ async def main(args: argparse.Namespace) -> None:
                 per_batch=args.samples_per_batch,
                 rate=args.rate,
             )
+            used = meter.stop()
             rate = result["rate"]
             print(
                 f"full path NATS → gateway → committed: {rate:,.0f} samples/s for {args.seconds:.0f} s"
@@ -246,6 +326,7 @@ async def main(args: argparse.Namespace) -> None:
                 f" rolled up (1 h) {result['rolled_up']:,.0f},"
                 f" lost {result['published'] - result['stored']:,.0f}"
             )
+            print("  " + cpu_line(used, result["stored"]))
             print(f"ratio full path / ceiling: {rate / ceiling:.2f}")
         finally:
             if gateway is not None:
@@ -261,5 +342,12 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--ceiling-seconds", type=float, default=0.0, help="length of the ceiling runs (default: --seconds)"
+    )
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="SF_KEY=VALUE",
+        help="a setting for the gateway process (e.g. SF_ROLLUP_FLUSH=10s); repeatable",
     )
     asyncio.run(main(parser.parse_args()))

@@ -569,7 +569,9 @@ class Store:
 
     async def _resolve_series(self, conn: asyncpg.Connection, keys: set[SeriesKey]) -> dict[SeriesKey, int]:
         """Ids of the series in ``keys`` missing from the cache, creating those that do not exist."""
-        missing = sorted(keys - self._series.keys())
+        # (not ``keys - self._series.keys()``: that walks the whole cache, every round)
+        cache = self._series
+        missing = sorted(k for k in keys if k not in cache)
         if not missing:
             return {}
         hosts = [k[0] for k in missing]
