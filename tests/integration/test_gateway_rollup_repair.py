@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import math
 import random
-import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import httpx
 import msgspec
 import pytest
-from devstack import PostgresServer
 
 from signalfire.bus import NatsConfig
 from signalfire.config import Duration
@@ -30,33 +27,10 @@ from signalfire.gateway.maintenance import (
 )
 from signalfire.gateway.migrate import migrate
 from signalfire.gateway.store import RollupBacklog, Store
-from tests.integration.gateway_support import eventually, gateway_config, plain_postgres, running_gateway
+from tests.integration.gateway_support import eventually, gateway_config, running_gateway
 
 HOUR = 3600.0
 Cells = dict[tuple[int, float], rollup.Cell]
-
-
-@pytest.fixture(scope="module")
-def plain_server() -> Iterator[PostgresServer]:
-    with plain_postgres() as server:
-        yield server
-
-
-@pytest.fixture(params=["timescaledb", "postgresql"])
-async def pool(
-    request: pytest.FixtureRequest, postgres: PostgresServer, plain_server: PostgresServer
-) -> AsyncIterator[asyncpg.Pool]:
-    server = postgres if request.param == "timescaledb" else plain_server
-    name = f"test_{secrets.token_hex(4)}"
-    url = server.create_database(name)
-    created = await asyncpg.create_pool(url, min_size=1, max_size=3)
-    try:
-        async with created.acquire() as conn:
-            await migrate(conn)
-        yield created
-    finally:
-        await created.close()
-        server.drop_database(name)
 
 
 def hour_start(ago: float) -> float:

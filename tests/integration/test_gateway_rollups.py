@@ -3,46 +3,18 @@
 from __future__ import annotations
 
 import random
-import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
-from devstack import PostgresServer
 
 from signalfire.config import Duration
 from signalfire.events import MetricBatch, Sample
 from signalfire.gateway.config import RetentionConfig
 from signalfire.gateway.maintenance import apply_retention, detect_edition
-from signalfire.gateway.migrate import migrate
 from signalfire.gateway.store import RollupBacklog, Store
-from tests.integration.gateway_support import plain_postgres
 
 DAY = 86400.0
-
-
-@pytest.fixture(scope="module")
-def plain_server() -> Iterator[PostgresServer]:
-    with plain_postgres() as server:
-        yield server
-
-
-@pytest.fixture(params=["timescaledb", "postgresql"])
-async def pool(
-    request: pytest.FixtureRequest, postgres: PostgresServer, plain_server: PostgresServer
-) -> AsyncIterator[asyncpg.Pool]:
-    server = postgres if request.param == "timescaledb" else plain_server
-    name = f"test_{secrets.token_hex(4)}"
-    url = server.create_database(name)
-    created = await asyncpg.create_pool(url, min_size=1, max_size=3)
-    try:
-        async with created.acquire() as conn:
-            await migrate(conn)
-        yield created
-    finally:
-        await created.close()
-        server.drop_database(name)
 
 
 def batches(start: float, hosts: int, points: int, step: float, seed: int) -> list[MetricBatch]:
