@@ -156,6 +156,10 @@ def cpu_line(used: dict[str, float], rows: float) -> str:
     return f"CPU seconds per million rows: {', '.join(parts)}; total {total:.2f}"
 
 
+#: The gateway's rounds (transactions) and the messages they fetched, of the metrics consumer.
+ROUNDS = 'signalfire_gateway_ingest_rounds_total{consumer="gateway-metrics"}'
+FETCHED = 'signalfire_gateway_ingest_fetched_messages_total{consumer="gateway-metrics"}'
+
 #: The gateway counts a sample once it and its rollups are committed.
 COMMITTED = "signalfire_gateway_ingest_samples_total"
 
@@ -314,6 +318,9 @@ async def main(args: argparse.Namespace) -> None:
                 rate=args.rate,
             )
             used = meter.stop()
+            metrics_url = f"http://127.0.0.1:{port}/metrics"
+            rounds = gateway_counter(metrics_url, ROUNDS)
+            fetched = gateway_counter(metrics_url, FETCHED)
             rate = result["rate"]
             print(
                 f"full path NATS → gateway → committed: {rate:,.0f} samples/s for {args.seconds:.0f} s"
@@ -327,6 +334,8 @@ async def main(args: argparse.Namespace) -> None:
                 f" lost {result['published'] - result['stored']:,.0f}"
             )
             print("  " + cpu_line(used, result["stored"]))
+            if rounds:
+                print(f"  {rounds:,.0f} ingest rounds, {fetched / rounds:.1f} messages a round")
             print(f"ratio full path / ceiling: {rate / ceiling:.2f}")
         finally:
             if gateway is not None:

@@ -257,6 +257,12 @@ class Ingest:
             "db_errors_total", "Database errors while ingesting (the messages are retried)", ["consumer"]
         )
         self.bus_errors = registry.counter("bus_errors_total", "NATS errors while fetching", ["consumer"])
+        self.rounds = registry.counter(
+            "ingest_rounds_total", "Rounds fetched and written (one transaction each)", ["consumer"]
+        )
+        self.fetched = registry.counter(
+            "ingest_fetched_messages_total", "Messages fetched, good or bad", ["consumer"]
+        )
         registry.gauge("latest_series", "Series with a latest value in memory", function=lambda: len(latest))
 
     async def start(self) -> None:
@@ -328,6 +334,8 @@ class Ingest:
                     backoff = min(backoff * 2, float(self.config.max_backoff))
                     continue
                 backoff = 0.5
+                self.rounds.inc(consumer=consumer.name)
+                self.fetched.inc(len(msgs), consumer=consumer.name)
                 task = asyncio.create_task(self._handle_then_release(consumer, msgs, slots))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
