@@ -65,8 +65,10 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Database transactions writing ingested batches at once (each one a large ``COPY``).
     ingest_writers: int = 2
     #: How often the rollups of ingested samples are merged (many rounds at once); at most a
-    #: third of ``ack_wait`` is used, since messages are acknowledged after their merge.
-    rollup_flush: Duration = Duration(5.0)
+    #: third of ``ack_wait`` is used, since messages are acknowledged after their merge. Every
+    #: merge is an upsert per series and bucket: 10 s instead of 5 s took PostgreSQL's CPU per
+    #: million samples from 6.5 to 5.0 s in ``bench/ingest.py`` (docs/benchmarks.md).
+    rollup_flush: Duration = Duration(10.0)
     #: A batch stored this long ago whose rollups are still not merged is an orphan: its
     #: message will not come back (``max_deliver`` used up, or the stream discarded it), so
     #: maintenance recomputes the rollups it is missing from the raw samples. At least
