@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from devstack import NatsServer, ServiceProcess
 
 from bench import prometheus_peer
+from bench.support import percentiles, serve_http
 from signalfire.bus import NatsConfig, connect, ensure_streams, request_json
 from signalfire.events import AlertEvent, MetricBatch, Sample, decode, encode
 
@@ -67,33 +67,13 @@ class Webhooks:
         return self.arrivals[key]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                body = await reader.readexactly(length)
-                arrived = time.perf_counter()
-                payload = json.loads(body)
-                self.arrivals.setdefault((payload["alert"]["id"], payload["status"]), arrived)
-                self._arrived.set()
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass  # the notifier closed the connection, or the benchmark is over
-        finally:
-            writer.close()
+        await serve_http(reader, writer, self._request)
 
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-
-    def pick(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99), "mean": statistics.fmean(ordered)}
+    def _request(self, method: bytes, path: bytes, body: bytes, arrived: float) -> bytes:
+        payload = json.loads(body)
+        self.arrivals.setdefault((payload["alert"]["id"], payload["status"]), arrived)
+        self._arrived.set()
+        return b""
 
 
 async def measure(

@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -33,9 +32,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "dev"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devstack import NatsServer, ServiceProcess
 
+from bench.support import percentiles, serve_http
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.events import AlertEvent, encode
 
@@ -63,36 +64,16 @@ class Receiver:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                body = await reader.readexactly(length)
-                arrived = time.perf_counter()
-                alert_id = json.loads(body)["alert"]["id"]
-                self.arrivals.setdefault(alert_id, arrived)
-                self._arrived.set()
-                waiter = self.waiters.pop(alert_id, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(arrived)
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass  # the notifier closed the connection, or the benchmark is over
-        finally:
-            writer.close()
+        await serve_http(reader, writer, self._request)
 
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-
-    def pick(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99), "mean": statistics.fmean(ordered)}
+    def _request(self, method: bytes, path: bytes, body: bytes, arrived: float) -> bytes:
+        alert_id = json.loads(body)["alert"]["id"]
+        self.arrivals.setdefault(alert_id, arrived)
+        self._arrived.set()
+        waiter = self.waiters.pop(alert_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(arrived)
+        return b""
 
 
 def make_alert(alert_id: str) -> AlertEvent:

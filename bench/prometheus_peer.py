@@ -32,6 +32,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench.support import serve_http
+
 PACKAGES = ("prometheus", "prometheus-alertmanager")
 METRIC = "bench_cpu_usage_percent"
 #: How long one trial may wait for a webhook before the benchmark gives up.
@@ -100,41 +102,21 @@ class Peer:
     # HTTP: the exporter and the webhook receiver ----------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                arrived = time.perf_counter()
-                lines = head.split(b"\r\n")
-                method, path = lines[0].split(b" ")[:2]
-                length = 0
-                for line in lines[1:]:
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                body = await reader.readexactly(length) if length else b""
-                if method == b"POST":
-                    for alert in json.loads(body).get("alerts", []):
-                        key = (alert.get("labels", {}).get("trial", ""), alert.get("status", ""))
-                        self.arrivals.setdefault(key, arrived)
-                    self._arrived.set()
-                    reply = b""
-                elif path.startswith(b"/metrics"):
-                    self.scrapes += 1
-                    self._scraped.set()
-                    reply = "".join(
-                        f'{METRIC}{{trial="{trial}"}} {value}\n' for trial, value in self.gauges.items()
-                    ).encode()
-                else:
-                    reply = b""
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                    + f"Content-Length: {len(reply)}\r\n\r\n".encode()
-                    + reply
-                )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError, ValueError):
-            pass  # the client closed the connection, or the benchmark is over
-        finally:
-            writer.close()
+        await serve_http(reader, writer, self._request)
+
+    def _request(self, method: bytes, path: bytes, body: bytes, arrived: float) -> bytes:
+        if method == b"POST":  # Alertmanager's webhook
+            for alert in json.loads(body).get("alerts", []):
+                key = (alert.get("labels", {}).get("trial", ""), alert.get("status", ""))
+                self.arrivals.setdefault(key, arrived)
+            self._arrived.set()
+            return b""
+        if path.startswith(b"/metrics"):  # Prometheus scraping the exporter
+            self.scrapes += 1
+            self._scraped.set()
+            lines = (f'{METRIC}{{trial="{trial}"}} {value}\n' for trial, value in self.gauges.items())
+            return "".join(lines).encode()
+        return b""
 
     async def _arrival(self, key: tuple[str, str]) -> float:
         while key not in self.arrivals:
