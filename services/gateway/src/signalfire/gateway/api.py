@@ -1033,18 +1033,25 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         route = route_of(self.routes, scope)
-        status = 500
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        status = ResponseStatus(send)
         try:
-            await self.app(scope, receive, send_and_record)
+            await self.app(scope, receive, status.send)
         finally:
-            self.counter.inc(method=scope["method"], route=route, status=str(status))
+            self.counter.inc(method=scope["method"], route=route, status=str(status.code))
+
+
+class ResponseStatus:
+    """Passes an ASGI app's messages on to ``send`` and keeps the status of its response
+    (500 until it starts one: an app that fails first has answered nothing)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.code = 500
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.code = message["status"]
+        await self._send(message)
 
 
 def route_of(routes: list[BaseRoute], scope: Scope) -> str:
@@ -1116,18 +1123,11 @@ class AuditMiddleware:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        status = 500
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        status = ResponseStatus(send)
         try:
-            await self.app(scope, receive, send_and_record)
+            await self.app(scope, receive, status.send)
         finally:
-            await self._record(scope, status)
+            await self._record(scope, status.code)
 
     async def _record(self, scope: Scope, status: int) -> None:
         state = scope.get("state", {})
