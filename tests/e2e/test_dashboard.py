@@ -252,9 +252,10 @@ def test_a_long_range_folds_live_samples_into_its_buckets(browser: Any, running:
     page.click("button[data-range='1 h']")
     page.wait_for_selector("button[data-range='1 h'][aria-pressed=true]")
     figure.locator(".latest").get_by_text("10.0 %").wait_for(timeout=5000)
-    # Two more samples in the same bucket, as the agent would send them a second apart.
-    publish_to_nats(running, host, bucket + 1, [("cpu.usage_percent", 20.0)])
+    # Two more samples in the same bucket, the newer first: the gateway commits rounds in
+    # parallel, so a tab can get a series' samples out of order.
     publish_to_nats(running, host, bucket + 2, [("cpu.usage_percent", 60.0)])
+    publish_to_nats(running, host, bucket + 1, [("cpu.usage_percent", 20.0)])
     # The text line shows the newest sample; the chart the bucket's mean of all three (the
     # one the page read at load is not counted twice when the stream repeats it).
     figure.locator(".latest").get_by_text("60.0 %").wait_for(timeout=5000)

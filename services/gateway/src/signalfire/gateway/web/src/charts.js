@@ -39,7 +39,7 @@ function scheduleRedraw(redraw) {
  * ones a reload would draw. (Appending every 1 s sample to a 1 h chart of 10 s buckets grew it
  * tenfold in an hour; to a 7 d chart, without bound.)
  */
-export function lineChart(container, title, metric, series, { height = 200, step = 0, onZoom } = {}) {
+export function lineChart(container, title, metric, series, { height = 200, step = 0, liveFrom = -Infinity, onZoom } = {}) {
   const times = [...new Set(series.flatMap((s) => s.points.map((p) => p[0])))].sort((a, b) => a - b);
   const index = new Map(times.map((t, i) => [t, i]));
   const columns = series.map((s) => {
@@ -51,8 +51,10 @@ export function lineChart(container, title, metric, series, { height = 200, step
   // ones cut from the front, and the chart redraws once however many points arrived before
   // its turn (a stream message carries many) — no copy of the window per point.
   const data = [times, ...columns];
-  // Per series, the bucket live samples are being folded into: {at, sum, count, last}.
-  const open = series.map(() => null);
+  // Per series, the buckets live samples are folded into — the newest two, by start time —
+  // with the times already counted: samples of one series can arrive out of order (the
+  // gateway commits rounds in parallel), and the stream can repeat what the first query read.
+  const folds = series.map(() => new Map());
   // Per series, the newest sample seen live (a bucket's mean is not the newest value).
   const newest = series.map(() => null);
   const newestAt = series.map(() => -Infinity);
@@ -126,25 +128,29 @@ export function lineChart(container, title, metric, series, { height = 200, step
     step,
     /**
      * A live sample (t, value) of series `i`; points older than `windowSeconds` are dropped.
-     * A sample no newer than the last one folded for its series is ignored (it is already
-     * counted: the stream can repeat what the first query returned), and so is one for a
-     * bucket older than the open one (late data: a reload shows it).
+     * With buckets, a sample is ignored when it is already counted, when it is older than
+     * `liveFrom` (the buckets the first query answered hold it), or when its bucket is older
+     * than the two being folded (late data: a reload shows it).
      */
     push(i, t, v, windowSeconds) {
       if (!step) {
         put(i, t, v);
       } else {
+        if (t < liveFrom) return;
         const at = Math.floor(t / step) * step;
-        const bucket = open[i];
-        if (bucket && (at < bucket.at || (at === bucket.at && t <= bucket.last))) return;
-        if (bucket && at === bucket.at) {
-          bucket.sum += v;
-          bucket.count += 1;
-          bucket.last = t;
-        } else {
-          open[i] = { at, sum: v, count: 1, last: t };
+        const mine = folds[i];
+        let bucket = mine.get(at);
+        if (!bucket) {
+          if (mine.size && at < Math.max(...mine.keys())) return;
+          bucket = { sum: 0, count: 0, times: new Set() };
+          mine.set(at, bucket);
+          if (mine.size > 2) mine.delete(Math.min(...mine.keys()));
         }
-        put(i, at, open[i].sum / open[i].count);
+        if (bucket.times.has(t)) return;
+        bucket.times.add(t);
+        bucket.sum += v;
+        bucket.count += 1;
+        put(i, at, bucket.sum / bucket.count);
       }
       if (t >= newestAt[i]) { newestAt[i] = t; newest[i] = v; }
       const xs = data[0];

@@ -128,6 +128,7 @@ export async function hostPage(main, hostName) {
       const chart = lineChart(chartBox, title, metric,
         series.map((s) => ({ label: label(s), points: s.points.filter((p) => p[0] < cut) })), {
           step,
+          liveFrom: cut,
           onZoom: (a, b) => { range = { name: "", live: false, seconds: b - a, from: a, to: b }; load(); },
         });
       charts.push({ metric, keys: series.map((s) => JSON.stringify(s.labels || {})), chart });
