@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "dev"))
 
-from devstack import ServiceProcess, free_port, private_servers, start_gateway
+from devstack import CHROMIUM_ARGS, ServiceProcess, free_port, private_servers, start_gateway
 from playwright.async_api import Browser, Page, async_playwright
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
@@ -49,15 +49,6 @@ from signalfire.events import MetricBatch, Sample, encode
 HOST_JS = (
     Path(__file__).resolve().parents[1] / "services/gateway/src/signalfire/gateway/web/src/pages/host.js"
 )
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 HOST = "soak-1"
 #: Labels per metric family, as the collector names them.
 LABELS: dict[str, list[dict[str, str]]] = {

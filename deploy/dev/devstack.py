@@ -29,6 +29,17 @@ from pathlib import Path
 PG_MAJOR = os.environ.get("SF_PG_MAJOR", "15")
 PG_BIN = Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")
 REPO = Path(__file__).resolve().parents[2]
+#: Debian's Chromium, headless, as root, without the background connections this machine
+#: refuses: the arguments of the browser tests and the dashboard soak.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 class DevStackError(RuntimeError):

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from devstack import Stack, free_port, stack
+from devstack import CHROMIUM_ARGS, Stack, free_port, stack
 
-from tests.e2e.support import CHROMIUM_ARGS, Receiver
+from tests.e2e.support import Receiver
 
 
 @pytest.fixture(scope="session")

@@ -14,17 +14,6 @@ from devstack import Stack
 
 HOST = "e2e-web-1.example.com"
 
-#: Debian's Chromium, headless, as root, without the background connections this machine refuses.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 
 class Receiver:
     """A webhook receiver: records every POST body it gets."""
