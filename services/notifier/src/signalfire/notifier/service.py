@@ -33,7 +33,6 @@ import aiohttp
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -342,7 +341,7 @@ class NotifierService:
                 continue
             try:
                 messages = await sub.fetch(batch=min(free, 100), timeout=1.0)
-            except NatsTimeoutError:
+            except TimeoutError:  # an idle stream; nats-py raises its own or the builtin one
                 continue
             except asyncio.CancelledError:
                 raise
