@@ -1,0 +1,189 @@
+"""What the fault scenarios share: services as processes, their ``/metrics``, the streams and
+the database, and the one-line summary each scenario prints.
+
+Every scenario runs the real ``signalfire`` processes (``devstack.ServiceProcess``) against
+real servers on loopback, kills or stops only the processes it started (by PID), and counts
+what went in against what came out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from devstack import ServiceProcess
+
+from signalfire.bus import NatsConfig, request_json
+from signalfire.events import AlertEvent, decode
+
+#: Every summary line starts with this, so ``pytest -s tests/faults | grep '^FAULT'`` lists them.
+SUMMARY_PREFIX = "FAULT"
+
+_SAMPLE = re.compile(r'^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$')
+_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def report(scenario: str, **numbers: object) -> str:
+    """Print (and return) the scenario's accounting as one line: ``FAULT name: key=value ...``.
+
+    Printed before the assertions, so a failing run shows its numbers too (``pytest -s`` or
+    ``-rA`` shows them)."""
+    line = f"{SUMMARY_PREFIX} {scenario}: " + " ".join(f"{k}={v}" for k, v in numbers.items())
+    print(line, flush=True)
+    return line
+
+
+def service_env(nats: NatsConfig, database_url: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a service process on ``nats`` (its prefix and stream limits too)."""
+    env = {
+        **os.environ,
+        "SF_NATS_URL": nats.url,
+        "SF_NATS_PREFIX": nats.prefix,
+        "SF_NATS_METRICS_MAX_BYTES": str(nats.metrics_max_bytes),
+        "SF_LOG_LEVEL": "info",
+    }
+    if database_url is not None:
+        env["SF_DATABASE_URL"] = database_url
+    env.update(extra)
+    return env
+
+
+def kill9(service: ServiceProcess) -> None:
+    """SIGKILL the process we started (by its PID) and reap it."""
+    assert service.proc is not None
+    service.proc.kill()
+    service.proc.wait(10)
+
+
+def log_tail(*services: ServiceProcess, chars: int = 2500) -> str:
+    """The end of each service's log, for a failure message."""
+    parts = []
+    for service in services:
+        text = service.log_path.read_text(errors="replace") if service.log_path.exists() else ""
+        parts.append(f"--- {service.name} ({service.log_path})\n{text[-chars:]}")
+    return "\n".join(parts)
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]],
+    what: str,
+    timeout: float,
+    *watch: ServiceProcess,
+) -> None:
+    """Poll ``check`` until it is true; fail naming ``what`` (with the services' logs) after
+    ``timeout`` seconds, or at once when one of the ``watch`` processes has exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        dead = [s for s in watch if not s.alive()]
+        if dead:
+            raise AssertionError(f"{dead[0].name} exited while waiting for {what}\n{log_tail(*dead)}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{log_tail(*watch)}")
+        await asyncio.sleep(0.1)
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A ``/metrics`` page as ``{(name, labels): value}``; empty when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line.strip())
+        if match is None or line.startswith("#"):
+            continue
+        name, labels, value = match.groups()
+        samples[(name, frozenset(_LABEL.findall(labels or "")))] = float(value)
+    return samples
+
+
+def total(samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """The sum of every sample of ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+async def stream_messages(js: Any, stream: str, subject_prefix: str = "") -> list[tuple[str, bytes]]:
+    """Every message of ``stream`` whose subject starts with ``subject_prefix``, oldest first."""
+    state = (await js.stream_info(stream)).state
+    found: list[tuple[str, bytes]] = []
+    if state.messages == 0:
+        return found
+    for seq in range(state.first_seq, state.last_seq + 1):
+        try:
+            msg = await js.get_msg(stream, seq)
+        except Exception:  # deleted or discarded
+            continue
+        if msg.subject.startswith(subject_prefix):
+            found.append((msg.subject, msg.data or b""))
+    return found
+
+
+async def alert_events(js: Any, nats: NatsConfig) -> list[AlertEvent]:
+    """Every alert event on the alerts stream (what the evaluator published, de-duplicated)."""
+    prefix = nats.subjects.all_alerts[:-1]
+    return [decode(data, AlertEvent) for _, data in await stream_messages(js, nats.subjects.alerts_stream, prefix)]
+
+
+async def wait_evaluator(nc: Any, nats: NatsConfig, evaluator: ServiceProcess, timeout: float = 30) -> None:
+    """Until the evaluator answers its control subject (it has loaded its state and subscribed)."""
+
+    async def answers() -> bool:
+        try:
+            await request_json(nc, nats.subjects.control("evaluator", "rules"), timeout=0.5)
+        except (LookupError, TimeoutError):
+            return False
+        return True
+
+    await eventually(answers, "the evaluator to start", timeout, evaluator)
+
+
+async def rule_status(nc: Any, nats: NatsConfig, rule: str) -> list[str]:
+    """The statuses (``pending``, ``firing``) of ``rule``'s alerts, as the evaluator reports them."""
+    described = await request_json(nc, nats.subjects.control("evaluator", "rules"), timeout=2)
+    for r in described["rules"]:
+        if r["name"] == rule:
+            return [str(a["status"]) for a in r["alerts"]]
+    raise LookupError(rule)
+
+
+async def fetch_count(database_url: str, sql: str, *args: object) -> int:
+    """``sql``'s single number (0 while the table does not exist yet)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval(sql, *args) or 0)
+    except asyncpg.UndefinedTableError:
+        return 0
+    finally:
+        await conn.close()
+
+
+async def consumer_numbers(js: Any, stream: str, durable: str) -> dict[str, int]:
+    """A durable consumer's delivery accounting: redelivered, pending acks, unfetched."""
+    info = await js.consumer_info(stream, durable)
+    return {
+        "redelivered": int(info.num_redelivered or 0),
+        "ack_pending": int(info.num_ack_pending or 0),
+        "pending": int(info.num_pending or 0),
+        "delivered": int(info.delivered.stream_seq or 0),
+    }
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path

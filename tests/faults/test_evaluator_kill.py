@@ -1,0 +1,124 @@
+"""kill -9 of the evaluator while an alert is pending, then while it is firing: the alerts
+stream holds exactly one firing and one resolved event."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from devstack import ServiceProcess
+
+from signalfire.bus import NatsConfig
+from signalfire.events import MetricBatch, Sample, encode
+from tests.faults.support import (
+    alert_events,
+    eventually,
+    kill9,
+    report,
+    rule_status,
+    service_env,
+    wait_evaluator,
+    write,
+)
+
+HOST = "fault-eval"
+FOR = 4.0
+RULES = f"""\
+rules:
+  - name: FaultHot
+    metric: fault.temp
+    condition: "> 50"
+    resolve: "< 40"
+    for: {FOR:g}s
+    severity: high
+"""
+
+
+async def publish_every_quarter_second(js: Any, nats: NatsConfig, level: list[float]) -> None:
+    """A host reporting ``level[0]`` four times a second (like an agent with a 250 ms interval)."""
+    while True:
+        batch = MetricBatch(host=HOST, time=time.time(), samples=[Sample(name="fault.temp", value=level[0])])
+        try:
+            await js.publish(nats.subjects.metrics(HOST), encode(batch), timeout=2)
+        except Exception:
+            pass  # the next one follows in 250 ms
+        await asyncio.sleep(0.25)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_evaluator_kill_9_while_pending_and_while_firing_sends_one_firing_and_one_resolved(
+    nc: Any, nats_config: NatsConfig, tmp_path: Path
+) -> None:
+    js = nc.jetstream()
+    # A fast tick so `for` expiry is seen within 0.1 s (the default 1 s would only blur timings).
+    env = service_env(
+        nats_config, SF_RULES=str(write(tmp_path / "rules.yaml", RULES)), SF_TICK_INTERVAL="0.1s"
+    )
+    generation = 0
+
+    async def start() -> ServiceProcess:
+        nonlocal generation
+        generation += 1
+        evaluator = ServiceProcess(f"evaluator-{generation}", ["evaluator"], env, tmp_path).start()
+        await wait_evaluator(nc, nats_config, evaluator)
+        return evaluator
+
+    async def status() -> list[str]:
+        return await rule_status(nc, nats_config, "FaultHot")
+
+    async def events_of(state: str) -> int:
+        return sum(1 for e in await alert_events(js, nats_config) if e.status == state)
+
+    level = [60.0]
+    evaluator = await start()
+    publisher = asyncio.create_task(publish_every_quarter_second(js, nats_config, level))
+    try:
+        async def pending() -> bool:
+            return await status() == ["pending"]
+
+        await eventually(pending, "FaultHot to be pending", 10, evaluator)
+        pending_since = time.time()
+        await asyncio.sleep(1)  # a second into `for`, its state written to the KV bucket
+        assert await status() == ["pending"]
+        kill9(evaluator)  # 1: while pending
+        evaluator = await start()
+
+        async def fired() -> bool:
+            return await events_of("firing") >= 1
+
+        await eventually(fired, "FaultHot to fire after the restart", 20, evaluator)
+        fired_after = time.time() - pending_since
+        await asyncio.sleep(1)  # firing a while (samples still above the threshold)
+        assert await status() == ["firing"]
+        kill9(evaluator)  # 2: while firing
+        evaluator = await start()
+        level[0] = 30.0  # the condition clears
+
+        async def resolved() -> bool:
+            return await events_of("resolved") >= 1
+
+        await eventually(resolved, "FaultHot to resolve after the second restart", 20, evaluator)
+        await asyncio.sleep(2)  # room for a stray repeat to show up
+        events = await alert_events(js, nats_config)
+    finally:
+        publisher.cancel()
+        evaluator.stop()
+    firing = [e for e in events if e.status == "firing"]
+    resolved_events = [e for e in events if e.status == "resolved"]
+    others = [e for e in events if e.rule != "FaultHot"]
+    report(
+        "evaluator-kill-9",
+        kills=2,
+        alert_events=len(events),
+        firing=len(firing),
+        resolved=len(resolved_events),
+        other_alerts=len(others),
+        pending_to_firing_s=f"{fired_after:.1f}",
+    )
+    assert len(firing) == 1 and len(resolved_events) == 1, [(e.rule, e.status, e.id) for e in events]
+    assert firing[0].id == resolved_events[0].id, "the resolve names another alert than the firing"
+    assert others == [], "an alert nobody asked for"

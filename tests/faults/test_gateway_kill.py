@@ -1,0 +1,127 @@
+"""kill -9 of the gateway while samples stream in: every sample is stored exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from devstack import free_port, start_gateway
+
+from signalfire.bus import NatsConfig
+from signalfire.events import MetricBatch, Sample, encode
+from tests.faults.support import consumer_numbers, eventually, fetch_count, kill9, report, scrape, service_env, total
+
+BATCHES = 200
+SAMPLES_PER_BATCH = 50
+RATE = 40.0  # batches per second: the whole flow takes 5 s, the kill lands in its first half
+KILL_AFTER = 70  # batches published when the gateway is killed
+HOSTS = 4
+
+
+async def publish_steadily(js: Any, nats: NatsConfig, published: list[int]) -> None:
+    """Publish every batch once, at ``RATE``, each with its own ``Nats-Msg-Id``; a publish that
+    times out is retried with the same id (as the agent does), so JetStream keeps one copy."""
+    start = time.time() - 3600
+    for b in range(BATCHES):
+        host = f"fault-gw-{b % HOSTS}"
+        batch = MetricBatch(
+            host=host,
+            time=start + b,
+            samples=[
+                Sample(name="fault.value", value=float(i), labels={"i": str(i)}) for i in range(SAMPLES_PER_BATCH)
+            ],
+        )
+        for _ in range(20):
+            try:
+                await js.publish(
+                    nats.subjects.metrics(host), encode(batch), headers={"Nats-Msg-Id": f"gw-{b}"}, timeout=2
+                )
+                break
+            except Exception:
+                await asyncio.sleep(0.2)
+        else:
+            raise AssertionError(f"batch {b} could not be published")
+        published.append(b)
+        await asyncio.sleep(1 / RATE)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_gateway_kill_9_under_ingest_stores_every_sample_once(
+    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    js = nc.jetstream()
+    port = free_port()
+    env = service_env(
+        nats_config,
+        database_url,
+        # Short, so the killed gateway's unacknowledged rounds come back within seconds
+        # (30 s by default) and rollups are merged (then acknowledged) twice a second.
+        SF_ACK_WAIT="3s",
+        SF_ROLLUP_FLUSH="0.5s",
+        SF_FETCH_BATCH="20",
+        SF_FETCH_TIMEOUT="0.2s",
+    )
+
+    def start() -> Any:
+        return start_gateway(
+            nats_config.url,
+            database_url,
+            port,
+            log_dir=tmp_path,
+            token_file=tmp_path / "admin-token",
+            extra_env=env,
+        )
+
+    expected = BATCHES * SAMPLES_PER_BATCH
+    gateway = await asyncio.to_thread(start)
+    published: list[int] = []
+    publisher = asyncio.create_task(publish_steadily(js, nats_config, published))
+    try:
+        await eventually(lambda: len(published) >= KILL_AFTER, "the first batches to be published", 30, gateway)
+
+        async def some_stored() -> bool:
+            return await fetch_count(database_url, "SELECT count(*) FROM samples") > 0
+
+        await eventually(some_stored, "the first samples to be stored", 30, gateway)
+        kill9(gateway)
+        at_kill = await fetch_count(database_url, "SELECT count(*) FROM samples")
+        published_at_kill = len(published)
+        await asyncio.sleep(1)  # down for a second while the publisher goes on
+        gateway = await asyncio.to_thread(start)
+        await asyncio.wait_for(publisher, 60)
+
+        async def all_merged() -> bool:
+            return await fetch_count(database_url, "SELECT sum(count) FROM samples_1m") >= expected
+
+        await eventually(all_merged, f"{expected} samples stored and rolled up", 60, gateway)
+        await asyncio.sleep(4)  # past ack_wait: any redelivery of the killed gateway's rounds is in
+        rows = await fetch_count(database_url, "SELECT count(*) FROM samples")
+        distinct = await fetch_count(database_url, "SELECT count(DISTINCT (series_id, time)) FROM samples")
+        rollup_1m = await fetch_count(database_url, "SELECT sum(count) FROM samples_1m")
+        rollup_1h = await fetch_count(database_url, "SELECT sum(count) FROM samples_1h")
+        consumer = await consumer_numbers(js, nats_config.subjects.metrics_stream, "gateway-metrics")
+        metrics = scrape(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        publisher.cancel()
+        gateway.stop()
+    report(
+        "gateway-kill-9",
+        published=expected,
+        batches=len(published),
+        killed_after_batches=published_at_kill,
+        stored_at_kill=at_kill,
+        stored=rows,
+        distinct=distinct,
+        rollup_1m=rollup_1m,
+        rollup_1h=rollup_1h,
+        duplicates_skipped=int(total(metrics, "signalfire_gateway_ingest_duplicate_samples_total")),
+        ack_pending=consumer["ack_pending"],
+    )
+    assert at_kill < expected, "the gateway had stored everything before it was killed"
+    assert rows == distinct == expected, "lost or duplicated samples"
+    assert rollup_1m == rollup_1h == expected, "a sample is missing from or counted twice in the rollups"
+    assert consumer["ack_pending"] == 0 and consumer["pending"] == 0
