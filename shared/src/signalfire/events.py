@@ -12,6 +12,7 @@ generated from these structs into ``docs/schemas/`` (see :mod:`signalfire.schema
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -25,19 +26,34 @@ MAX_SAMPLES_PER_BATCH = 100_000
 MAX_EVENTS_PER_BATCH = 10_000
 MAX_LABELS = 64
 
+# Patterns end in `$(?!\n)`: msgspec tests them with Python's `re.search`, where a bare `$` also
+# matches before a final newline (so `"cpu\n"` passed as a metric name); ECMAScript regexes
+# (JSON Schema validators) read the same pattern the same way.
+#: A host's real name: anything but `/`, control characters, `.` and `..`, because the name
+#: is one segment of the host's page address (`/hosts/<name>`), which those would break.
+HOST_NAME_PATTERN = r"^(?!\.\.?$)[^/\x00-\x1f\x7f-\x9f]+$(?!\n)"
+METRIC_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]*$(?!\n)"
+LABEL_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$(?!\n)"
+
 HostName = Annotated[
-    str, Meta(min_length=1, max_length=253, description="The host's real name (any characters but control)")
+    str,
+    Meta(
+        min_length=1,
+        max_length=253,
+        pattern=HOST_NAME_PATTERN,
+        description="The host's real name: any characters but `/` and control characters; not `.` or `..`",
+    ),
 ]
 MetricName = Annotated[
     str,
     Meta(
         min_length=1,
         max_length=200,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$",
+        pattern=METRIC_NAME_PATTERN,
         description="Dotted metric name carrying its unit, e.g. `cpu.usage_percent`",
     ),
 ]
-LabelName = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")]
+LabelName = Annotated[str, Meta(min_length=1, max_length=100, pattern=LABEL_NAME_PATTERN)]
 LabelValue = Annotated[str, Meta(max_length=1024)]
 Labels = Annotated[dict[LabelName, LabelValue], Meta(max_length=MAX_LABELS)]
 UnixTime = Annotated[float, Meta(ge=0, le=32503680000, description="Unix time in seconds")]
@@ -70,7 +86,7 @@ class MetricBatch(Struct, kw_only=True):
 class Event(Struct, omit_defaults=True, kw_only=True):
     """One discrete occurrence: a failed login, a deploy, a restart."""
 
-    type: Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$")]
+    type: Annotated[str, Meta(min_length=1, max_length=200, pattern=METRIC_NAME_PATTERN)]
     time: UnixTime | None = None
     message: Annotated[str, Meta(max_length=8192)] = ""
     labels: Labels = {}
@@ -182,6 +198,23 @@ class PayloadError(ValueError):
     """A payload that does not match the contract. ``str()`` names the field and the reason."""
 
 
+#: What each name pattern means, in the words an error message gives instead of the regex.
+_PATTERN_WORDS = {
+    HOST_NAME_PATTERN: "a host name without '/' or control characters (and not '.' or '..')",
+    METRIC_NAME_PATTERN: "a name of letters, digits, '_', '.', ':' or '-' starting with a letter or '_'",
+    LABEL_NAME_PATTERN: "a label name of letters, digits, '_', '.' or '-' starting with a letter or '_'",
+}
+
+
+def host_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a host name of the contract, or ``None`` when it can."""
+    if not name or len(name) > 253:
+        return "must be 1 to 253 characters long"
+    if re.search(HOST_NAME_PATTERN, name) is None:
+        return "must not contain '/' or control characters, nor be '.' or '..' (it names the host's page)"
+    return None
+
+
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 
@@ -192,20 +225,41 @@ def encode(payload: Struct) -> bytes:
 
 
 def decode(data: bytes, kind: type[T]) -> T:
-    """Decode and validate one payload of type ``kind``.
+    """Decode and validate one payload of type ``kind`` (any msgspec struct).
 
-    Raises :class:`PayloadError` naming the offending field (e.g. ``$.samples[3].value``)
-    for malformed JSON, wrong types, out-of-range values and non-finite numbers.
+    Total over bytes: returns a valid ``kind`` or raises :class:`PayloadError`, whose text names
+    the problem and, for a field, the field (e.g. ``$.samples[3].value``): malformed JSON, text
+    that is not UTF-8, nesting too deep to decode, wrong types, out-of-range values and
+    non-finite numbers.
     """
     decoder = _decoders.get(kind)
     if decoder is None:
         decoder = _decoders[kind] = msgspec.json.Decoder(kind)
     try:
         payload: T = decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise PayloadError(str(exc)) from None
+    except msgspec.DecodeError as exc:  # also msgspec.ValidationError
+        raise PayloadError(_in_words(str(exc))) from None
+    except UnicodeDecodeError as exc:
+        # msgspec meets bad UTF-8 inside a string (elsewhere it is malformed JSON); ``exc``
+        # holds only that string, so its offset would mislead: name the string's text instead.
+        text = exc.object[: exc.start].decode("utf-8", "replace")[-40:]
+        bad = exc.object[exc.start : exc.end].hex()
+        raise PayloadError(
+            f"not UTF-8 JSON: a string has byte 0x{bad}, which is not UTF-8 (after {text!r})"
+        ) from None
+    except RecursionError:
+        raise PayloadError("JSON is nested too deeply to decode") from None
+    except ValueError as exc:  # anything else msgspec refuses; never expected, still a bad payload
+        raise PayloadError(f"cannot decode: {exc}") from None
     if isinstance(payload, MetricBatch):
         for i, sample in enumerate(payload.samples):
             if not math.isfinite(sample.value):
                 raise PayloadError(f"Expected a finite number - at `$.samples[{i}].value`")
     return payload
+
+
+def _in_words(message: str) -> str:
+    if "matching regex" in message:
+        for pattern, words in _PATTERN_WORDS.items():
+            message = message.replace(f"`str` matching regex {pattern!r}", words)
+    return message

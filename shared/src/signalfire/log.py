@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable, Hashable
 from typing import Any, Literal
 
 import msgspec
@@ -91,3 +92,27 @@ def configure_logging(service: str, level: str = "info", fmt: Literal["logfmt", 
     # Libraries' chatter (uvicorn access lines, nats-py internals) stays at warnings.
     for noisy in ("uvicorn.access", "nats", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class Throttle:
+    """Whether a repeating log line is due: once per distinct ``key`` per ``every`` seconds.
+
+    For errors that repeat while a condition lasts (a server away): the first is logged, the
+    repeats are only counted by the caller's counter until ``every`` has passed.
+    """
+
+    def __init__(self, every: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self._clock = clock
+        self._last: dict[Hashable, float] = {}
+
+    def due(self, key: Hashable) -> bool:
+        """``True`` (and remembered) when ``key`` was not due in the last ``every`` seconds."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every:
+            return False
+        if len(self._last) >= 1000:  # distinct keys are few; bound them anyway
+            self._last = {k: t for k, t in self._last.items() if now - t < self.every}
+        self._last[key] = now
+        return True

@@ -17,6 +17,7 @@ from signalfire.events import (
     Sample,
     decode,
     encode,
+    host_name_problem,
 )
 
 
@@ -92,7 +93,7 @@ def test_agent_status_defaults_facts() -> None:
 
 
 @given(
-    host=st.text(min_size=1, max_size=60).filter(lambda s: s.strip() != "" and "\x00" not in s),
+    host=st.text(min_size=1, max_size=60).filter(lambda s: s.strip() != "" and host_name_problem(s) is None),
     values=st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=20),
 )
 def test_any_valid_batch_round_trips(host: str, values: list[float]) -> None:

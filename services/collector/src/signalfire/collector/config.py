@@ -11,10 +11,11 @@ import msgspec
 from signalfire.bus import NatsConfig
 from signalfire.collector.checks.base import ChecksConfig
 from signalfire.config import Duration
-from signalfire.events import MAX_LABELS
+from signalfire.events import LABEL_NAME_PATTERN, MAX_LABELS, host_name_problem
+from signalfire.regex import RegexError, compile_regex
 
 #: Label names the event contract accepts (``signalfire.events.LabelName``).
-_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_LABEL_NAME = re.compile(LABEL_NAME_PATTERN)
 _MAX_LABEL_VALUE = 1024
 
 #: The shortest collection interval; below it the agent would cost more than it tells.
@@ -110,15 +111,20 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.interval < MIN_INTERVAL:
             raise ValueError(f"interval: must be at least {MIN_INTERVAL}s, got {float(self.interval)}s")
-        if self.hostname is not None and not self.hostname.strip():
-            raise ValueError("hostname: must not be empty (leave it out to use the system's host name)")
+        if self.hostname is not None:
+            if not self.hostname.strip():
+                raise ValueError("hostname: must not be empty (leave it out to use the system's host name)")
+            # Checked here, not at the first publish: every batch would be refused by the contract.
+            problem = host_name_problem(self.hostname)
+            if problem is not None:
+                raise ValueError(f"hostname: {self.hostname!r} {problem}")
         self._check_labels()
         if self.buffer_size < 0:
             raise ValueError(f"buffer_size: must be 0 or more, got {self.buffer_size}")
         for field in ("diskio_exclude_devices", "net_exclude_interfaces"):
             try:
-                re.compile(getattr(self, field))
-            except re.error as exc:
+                compile_regex(getattr(self, field))
+            except RegexError as exc:
                 raise ValueError(f"{field}: not a valid regular expression: {exc}") from None
         if self.spool_dir is not None and not self.spool_dir.strip():
             raise ValueError("spool_dir: must not be empty (leave it out to buffer in memory only)")
@@ -128,7 +134,7 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if len(self.labels) > MAX_LABELS:
             raise ValueError(f"labels: at most {MAX_LABELS} labels, got {len(self.labels)}")
         for name, value in self.labels.items():
-            if len(name) > 100 or not _LABEL_NAME.match(name):
+            if len(name) > 100 or not _LABEL_NAME.search(name):
                 raise ValueError(f"labels: name {name!r} must be up to 100 letters, digits, '_', '.' or '-'")
             if len(value) > _MAX_LABEL_VALUE:
                 raise ValueError(f"labels: value of {name!r} is longer than {_MAX_LABEL_VALUE} characters")

@@ -270,8 +270,9 @@ class EvaluatorService:
                 if entry is None:  # the end of what the bucket holds now
                     break
                 try:
-                    stored = msgspec.json.decode(entry.value or b"", type=StoredAlert)
-                except msgspec.DecodeError as exc:
+                    # events.decode: any bytes become a StoredAlert or a PayloadError
+                    stored = decode(entry.value or b"", StoredAlert)
+                except PayloadError as exc:
                     self.invalid_states.inc()
                     log.warning(
                         "skipped unreadable alert state", extra={"key": entry.key, "reason": str(exc)}

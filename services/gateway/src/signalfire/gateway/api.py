@@ -1242,7 +1242,10 @@ def create_app(
         Route(f"{v1}/audit", api.audit, methods=["GET"]),
     ]
     if hub is not None:
-        live = LiveEndpoints(hub, live_settings)
+        stream_rejected = registry.counter(
+            "stream_messages_rejected_total", "Live-stream client messages refused (the client was closed)"
+        )
+        live = LiveEndpoints(hub, live_settings, rejected=stream_rejected)
         routes += [
             WebSocketRoute(f"{v1}/stream", live.websocket),
             Route(f"{v1}/events/stream", live.sse, methods=["GET"]),

@@ -28,9 +28,10 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from signalfire.events import AgentStatus, AlertAction, AlertEvent, MetricBatch
+from signalfire.events import AgentStatus, AlertAction, AlertEvent, MetricBatch, PayloadError, decode
 from signalfire.gateway.errors import invalid
 from signalfire.gateway.stream import ClientStalled, StreamClient, StreamClosed, StreamHub, Subscription
+from signalfire.telemetry import Counter
 
 log = logging.getLogger("signalfire.gateway.live")
 
@@ -46,7 +47,10 @@ class ClientMessage(msgspec.Struct, forbid_unknown_fields=True):
     epoch: str | None = None
 
 
-_decode_client = msgspec.json.Decoder(ClientMessage)
+def decode_client_message(data: bytes) -> ClientMessage:
+    """A client's message; :class:`~signalfire.events.PayloadError` naming the problem for any
+    bytes that are not one (not UTF-8, not JSON, too deep, unknown fields, wrong types)."""
+    return decode(data, ClientMessage)
 
 
 @dataclass
@@ -78,16 +82,28 @@ HEARTBEAT = b'{"kind":"heartbeat"}'
 class LiveEndpoints:
     """The two stream endpoints over one :class:`StreamHub`."""
 
-    def __init__(self, hub: StreamHub, settings: LiveSettings | None = None) -> None:
+    def __init__(
+        self, hub: StreamHub, settings: LiveSettings | None = None, *, rejected: Counter | None = None
+    ) -> None:
         self.hub = hub
         self.settings = settings or LiveSettings()
+        #: Client messages refused (the client is closed with ``CLOSE_BAD_REQUEST``).
+        self.rejected = rejected
+
+    async def _refuse(self, ws: WebSocket, exc: PayloadError) -> None:
+        """Close ``ws`` for a message that is not a client message, saying why; counted."""
+        if self.rejected is not None:
+            self.rejected.inc()
+        log.info("closed a stream client that sent a bad message", extra={"reason": str(exc)})
+        with contextlib.suppress(Exception):
+            await ws.close(CLOSE_BAD_REQUEST, f"bad subscription: {exc}"[:120])
 
     async def websocket(self, ws: WebSocket) -> None:
         await ws.accept()
         try:
-            first = _decode_client.decode(await asyncio.wait_for(_receive(ws), 30))
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            await ws.close(CLOSE_BAD_REQUEST, f"bad subscription: {exc}"[:120])
+            first = decode_client_message(await asyncio.wait_for(_receive(ws), 30))
+        except PayloadError as exc:
+            await self._refuse(ws, exc)
             return
         except (TimeoutError, WebSocketDisconnect):
             return
@@ -127,9 +143,14 @@ class LiveEndpoints:
         try:
             while True:
                 try:
-                    message = _decode_client.decode(await _receive(ws))
-                except (msgspec.ValidationError, msgspec.DecodeError):
-                    continue
+                    message = decode_client_message(await _receive(ws))
+                except PayloadError as exc:
+                    # The dashboard never sends one: a broken or hostile client. Close it
+                    # with the reason rather than keep serving it what it did not ask for.
+                    await self._refuse(ws, exc)
+                    self.hub.disconnect(client)
+                    client.close()
+                    return
                 if message.subscribe is not None:
                     self.hub.resubscribe(client, message.subscribe)
         except (WebSocketDisconnect, RuntimeError, OSError):

@@ -21,7 +21,9 @@ T = TypeVar("T")
 
 class Mirror(Generic[T]):
     """``entries`` maps key → (decoded value, revision) for keys matching ``pattern``.
-    Values that do not decode are skipped, counted by ``on_bad`` and logged once per key."""
+    Values that do not decode (whatever their bytes) are skipped and reported to ``on_bad``
+    with the key and the reason; ``decode`` raises ``ValueError`` for them (as msgspec and
+    :func:`signalfire.events.decode` do)."""
 
     def __init__(
         self,
@@ -85,7 +87,10 @@ class Mirror(Generic[T]):
             return
         try:
             value = self._decode(entry.value)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
+            # ValueError covers msgspec.DecodeError, UnicodeDecodeError (bytes that are not
+            # UTF-8) and PayloadError; RecursionError is JSON nested too deeply. A value that
+            # escaped here would end the watch, and the mirror would go stale for good.
             if self._on_bad is not None:
                 self._on_bad(key, str(exc))
             self.entries.pop(key, None)
