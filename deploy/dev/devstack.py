@@ -26,6 +26,10 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from signalfire.bus import NatsConfig
+from signalfire.busauth import CredentialDirectory
+from signalfire.buspolicy import user_name
+
 PG_MAJOR = os.environ.get("SF_PG_MAJOR", "15")
 PG_BIN = Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")
 REPO = Path(__file__).resolve().parents[2]
@@ -103,14 +107,23 @@ def venv_bin(name: str) -> str:
 
 
 class NatsServer:
-    """nats-server with JetStream, storing under ``data_dir``, listening on loopback."""
+    """nats-server with JetStream, storing under ``data_dir``, listening on loopback.
 
-    def __init__(self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+    ``config`` is a server config file read first (e.g. one including the ``auth.conf`` of
+    ``signalfire bus``, or a ``tls {}`` block); the address, port and store given here win.
+    The server's PID is in ``pid_file`` (what ``signalfire bus enroll --pid-file`` reloads).
+    """
+
+    def __init__(
+        self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1", *, config: Path | None = None
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port or free_port(host)
+        self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / "nats-server.log"
+        self.pid_file = self.data_dir / "nats-server.pid"
 
     @property
     def url(self) -> str:
@@ -133,6 +146,9 @@ class NatsServer:
                 str(self.port),
                 "--server_name",
                 "signalfire-dev",
+                "--pid",
+                str(self.pid_file),
+                *(["--config", str(self.config)] if self.config is not None else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -450,6 +466,7 @@ def stack(
     durable: bool = True,
     metrics_port: int | None = None,
     extra_env: Mapping[str, str] | None = None,
+    agent_host: str = socket.gethostname(),
 ) -> Iterator[Stack]:
     """The whole Signalfire stack: NATS, PostgreSQL, the four services and (optionally) an agent.
 
@@ -457,10 +474,17 @@ def stack(
     them, and the servers, are stopped by PID when the block ends. With ``metrics_port``, the
     evaluator serves ``/metrics`` on that port and the notifier on the next one (the gateway
     serves its own at ``/metrics``).
+
+    NATS requires credentials: each service connects as its own identity, the agent as the
+    enrolled ``agent_host``, with passwords made on the first run under ``state/bus``
+    (:func:`bus_credentials`); :meth:`Stack.nats_config` connects a test or a tool.
     """
     state.mkdir(parents=True, exist_ok=True)
     logs = state / "logs"
-    nats_server = NatsServer(state / "nats", nats_port)
+    bus = bus_credentials(
+        state / "bus", (extra_env or {}).get("SF_NATS_PREFIX", "sf"), agent_host if agent else None
+    )
+    nats_server = NatsServer(state / "nats", nats_port, config=bus.path / "nats.conf")
     postgres = PostgresServer(private_pg_dir(state / "pg"), pg_port, durable=durable)
     services: list[ServiceProcess] = []
     try:
@@ -485,11 +509,11 @@ def stack(
                 gateway_port,
                 log_dir=logs,
                 token_file=state / "admin-token",
-                extra_env=extra_env,
+                extra_env={**bus_env(bus, "gateway"), **(extra_env or {})},
             )
         )
-        evaluator_env = {**env, "SF_RULES": str(rules)}
-        notifier_env = dict(env)
+        evaluator_env = {**env, **bus_env(bus, "evaluator"), "SF_RULES": str(rules)}
+        notifier_env = {**env, **bus_env(bus, "notifier")}
         if metrics_port is not None:
             evaluator_env["SF_METRICS_LISTEN"] = f"127.0.0.1:{metrics_port}"
             notifier_env["SF_METRICS_LISTEN"] = f"127.0.0.1:{metrics_port + 1}"
@@ -497,17 +521,47 @@ def stack(
         notifier_args = ["notifier", "--config", str(notify_config)]
         services.append(ServiceProcess("notifier", notifier_args, notifier_env, logs).start())
         if agent:
+            agent_env = {**env, **bus_env(bus, user_name("agent", agent_host)), "SF_HOSTNAME": agent_host}
             services.append(
-                ServiceProcess("agent", ["agent", "--config", str(agent_config)], env, logs).start()
+                ServiceProcess("agent", ["agent", "--config", str(agent_config)], agent_env, logs).start()
             )
         yield Stack(
-            nats_server, postgres, services, logs, f"http://127.0.0.1:{gateway_port}", state / "admin-token"
+            nats_server,
+            postgres,
+            services,
+            logs,
+            f"http://127.0.0.1:{gateway_port}",
+            state / "admin-token",
+            bus,
         )
     finally:
         for service in reversed(services):
             service.stop()
         postgres.stop()
         nats_server.stop()
+
+
+def bus_credentials(
+    directory: Path, prefix: str = "sf", agent_host: str | None = None
+) -> CredentialDirectory:
+    """The stack's NATS identities under ``directory``: made on the first run (mode 0600, never
+    printed), kept after; ``agent_host`` enrolled as an agent. Writes the server config
+    ``nats.conf`` that includes their ``auth.conf``."""
+    bus = CredentialDirectory(directory)
+    bus.init(prefix)
+    if agent_host is not None:
+        name = user_name("agent", agent_host)
+        if agent_host not in bus.agents() or not bus.password_file(name).exists():
+            bus.enroll(agent_host, bus.password_file(name))
+    (directory / "nats.conf").write_text(
+        "# make up's nats-server: the bus requires credentials\ninclude ./auth.conf\n"
+    )
+    return bus
+
+
+def bus_env(bus: CredentialDirectory, name: str) -> dict[str, str]:
+    """The ``SF_NATS_*`` variables that make a service connect as identity ``name``."""
+    return {"SF_NATS_USER": name, "SF_NATS_PASSWORD_FILE": str(bus.password_file(name))}
 
 
 @dataclasses.dataclass
@@ -520,9 +574,19 @@ class Stack:
     logs: Path
     gateway_url: str
     token_file: Path
+    bus: CredentialDirectory
 
     def dead(self) -> list[ServiceProcess]:
         return [s for s in self.services if not s.alive()]
+
+    def nats_config(self, identity: str = "admin") -> NatsConfig:
+        """How a test or tool connects to the stack's NATS as ``identity`` (default: admin)."""
+        return NatsConfig(
+            url=self.nats.url,
+            prefix=self.bus.prefix(),
+            user=identity,
+            password_file=str(self.bus.password_file(identity)),
+        )
 
 
 def up(argv: list[str]) -> int:
@@ -557,7 +621,10 @@ def up(argv: list[str]) -> int:
             print("\nSignalfire is running:")
             print(f"  dashboard   {url}  (sign in with the admin token below)")
             print(f"  API         {url}api/v1/hosts  (Authorization: Bearer $(cat {token_file}))")
-            print(f"  NATS        {running.nats.url}")
+            print(
+                f"  NATS        {running.nats.url}  (credentials required: user admin, "
+                f"password in {running.bus.password_file('admin')}; docs/security.md)"
+            )
             print(
                 f"  /metrics    {url}metrics (gateway), "
                 f"http://127.0.0.1:{args.metrics_port}/metrics (evaluator), "

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from devstack import Stack
 
-from signalfire.bus import NatsConfig, connect
+from signalfire.bus import connect
 from signalfire.events import AlertAction, MetricBatch, Sample, decode, encode
 from signalfire.subjects import Subjects
 
@@ -64,7 +64,7 @@ def publish_to_nats(running: Stack, host: str, when: float, samples: list[tuple[
     """Publish straight to JetStream, as an agent does (works while the gateway is down)."""
 
     async def go() -> None:
-        nc = await connect(NatsConfig(url=running.nats.url), "e2e-ui")
+        nc = await connect(running.nats_config(), "e2e-ui")
         try:
             batch = MetricBatch(host=host, time=when, samples=[Sample(name=n, value=v) for n, v in samples])
             await nc.jetstream().publish(Subjects().metrics(host), encode(batch))
@@ -76,7 +76,7 @@ def publish_to_nats(running: Stack, host: str, when: float, samples: list[tuple[
 
 def last_action_on_the_bus(running: Stack) -> AlertAction:
     async def go() -> AlertAction:
-        nc = await connect(NatsConfig(url=running.nats.url), "e2e-ui")
+        nc = await connect(running.nats_config(), "e2e-ui")
         try:
             subjects = Subjects()
             msg = await nc.jetstream().get_last_msg(subjects.alerts_stream, subjects.actions)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from devstack import Stack
 
-from signalfire.bus import NatsConfig, connect
+from signalfire.bus import connect
 from signalfire.events import AlertEvent, MetricBatch, Sample, decode, encode
 from tests.e2e.support import HOST, Receiver, api, wait_until
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 
 async def test_metric_to_alert_to_webhook_and_api(running: Stack, receiver: Receiver) -> None:
-    nc = await connect(NatsConfig(url=running.nats.url), "e2e")
+    nc = await connect(running.nats_config(), "e2e")
     events: list[tuple[float, AlertEvent]] = []
 
     async def on_alert(msg: Any) -> None:

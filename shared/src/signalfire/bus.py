@@ -11,6 +11,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -28,7 +29,8 @@ from nats.js.api import (
 )
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
-from signalfire.config import Duration
+from signalfire.buspolicy import inbox_prefix
+from signalfire.config import ConfigError, Duration
 from signalfire.subjects import Subjects
 
 log = logging.getLogger("signalfire.bus")
@@ -45,6 +47,9 @@ class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     credentials: str | None = None
     user: str | None = None
     password: str | None = None
+    #: A file holding the password (what ``signalfire bus init``/``enroll`` write, mode 0600);
+    #: read at connect, so the password is in no config file and no environment.
+    password_file: str | None = None
     token: str | None = None
     tls_ca: str | None = None
     tls_cert: str | None = None
@@ -123,7 +128,9 @@ async def connect(
         options["user_credentials"] = config.credentials
     if config.user:
         options["user"] = config.user
-        options["password"] = config.password or ""
+        options["password"] = _password(config)
+        # Replies come to an inbox subtree of this user's own: the server lets no one else read it.
+        options["inbox_prefix"] = inbox_prefix(config.user)
     if config.token:
         options["token"] = config.token
     tls = config.tls_context()
@@ -131,6 +138,18 @@ async def connect(
         options["tls"] = tls
     nc: NATS = await nats.connect(**options)
     return nc
+
+
+def _password(config: NatsConfig) -> str:
+    if config.password_file is None:
+        return config.password or ""
+    try:
+        return Path(config.password_file).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the NATS password file {config.password_file}: {exc.strerror}",
+            field="nats.password_file",
+        ) from None
 
 
 def stream_configs(config: NatsConfig) -> list[StreamConfig]:
@@ -193,7 +212,17 @@ async def ensure_streams(js: JetStreamContext, config: NatsConfig) -> None:
             or current.duplicate_window != wanted.duplicate_window
             or (current.max_bytes or -1) != (wanted.max_bytes or -1)  # the server reports "no limit" as -1
         ):
-            await js.update_stream(wanted)
+            try:
+                await js.update_stream(wanted)
+            except (NatsTimeoutError, NoRespondersError):
+                # The bus refuses a stream update to identities other than the gateway and
+                # the admin (signalfire.buspolicy): keep running on the stream as it is.
+                log.warning(
+                    "stream settings differ from this service's config and could not be changed; "
+                    "the gateway (or an admin) updates them at its start",
+                    extra={"stream": wanted.name},
+                )
+                continue
             log.info("updated stream %s", wanted.name)
     for short, ttl in BUCKETS.items():
         bucket = config.subjects.bucket(short)
