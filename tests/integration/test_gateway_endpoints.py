@@ -253,6 +253,20 @@ async def test_silences_are_stored_in_the_kv_bucket(
         assert_error(await api.post("/api/v1/silences"), 400, "body")
 
 
+async def test_a_silence_regex_re2_cannot_run_is_refused_naming_the_matcher(
+    nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    async with running_gateway(gateway_config(nats_config, database_url, tmp_path)) as gw, gw.client() as api:
+        for pattern, reason in [(r"(a)\1", "backreferences are not supported"), ("web(?!-1)", "lookahead")]:
+            matchers = [{"name": "host", "value": "web-1"}, {"name": "host", "value": pattern, "regex": True}]
+            response = await api.post("/api/v1/silences", json={"matchers": matchers, "duration": "1h"})
+            error = assert_error(response, 400, "matchers[1].value")
+            assert reason in error["message"] and "RE2 syntax" in error["message"], error
+        # The pattern that froze the notifier is accepted: it runs in linear time now.
+        evil = {"matchers": [{"name": "host", "value": "(a+)+$", "regex": True}], "duration": "1h"}
+        assert (await api.post("/api/v1/silences", json=evil)).status_code == 201
+
+
 async def test_tokens_can_be_created_listed_and_revoked(
     nats_config: NatsConfig, database_url: str, tmp_path: Path
 ) -> None:

@@ -36,6 +36,10 @@ from signalfire.events import Sample
 HANG = threading.Event()
 
 
+#: `(a+)+$` backtracks ~2^40 steps on it in Python's re; RE2 answers in microseconds.
+EVIL_SUBJECT = "a" * 39 + "b"
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -53,6 +57,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         status = 503 if self.path == "/down" else 200
         body = b"status: healthy" if status == 200 else b"status: broken"
+        if self.path == "/aaab":  # what `(a+)+$` backtracks exponentially on in Python's re
+            body = EVIL_SUBJECT.encode()
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -218,6 +224,12 @@ async def test_http_bad_status_and_bad_content(http_url: str) -> None:
     assert (wrong["up"], wrong["result_code"]) == (0, RESULT_CODES["bad_content"])
 
 
+async def test_a_catastrophic_body_match_answers_at_once(http_url: str) -> None:
+    result = await http(f"{http_url}/aaab", body_match="(a+)+$")
+    assert (result["up"], result["result_code"]) == (0, RESULT_CODES["bad_content"])
+    assert (await http(f"{http_url}/aaab", body_match="a+b$"))["result_code"] == 0
+
+
 async def test_http_connection_failed_and_timeout(http_url: str) -> None:
     closed = await http("http://127.0.0.1:9/")
     assert (closed["up"], closed["result_code"]) == (0, RESULT_CODES["connection_failed"])
@@ -282,6 +294,21 @@ async def test_process_check_by_name_and_command_line(tmp_path: Path) -> None:
             child.wait()
     missing = values(await ProcessCheck(ProcessCheckConfig(name="no-such-daemon-sf"), 1.0).run())
     assert (missing["up"], missing["count"], missing["rss_bytes"]) == (0, 0, 0)
+
+
+async def test_a_catastrophic_cmdline_pattern_answers_at_once() -> None:
+    # The command line of every process is searched: one ending in `aaaa…ab` is enough.
+    child = subprocess.Popen(  # noqa: ASYNC220
+        [shutil.which("python3") or "python3", "-c", "import time; time.sleep(30)", EVIL_SUBJECT]
+    )
+    try:
+        check = ProcessCheck(ProcessCheckConfig(name="evil", cmdline="(a+)+$"), 1.0)
+        assert values(await check.run())["count"] == 0
+        found = ProcessCheck(ProcessCheckConfig(name="evil", cmdline=f"{EVIL_SUBJECT}$"), 1.0)
+        assert values(await found.run())["count"] == 1
+    finally:
+        child.kill()
+        child.wait()
 
 
 async def test_a_hanging_check_never_delays_the_batch(http_url: str) -> None:

@@ -257,6 +257,8 @@ def test_network_rates_skip_loopback_and_virtual_by_default() -> None:
     time.sleep(0.1)
     assert "lo" in {s.labels["interface"] for s in with_lo.collect(time.monotonic())}
     assert not NetCollector(include_loopback=True, exclude="^lo$").wanted("lo")
+    # Interface names are searched: one ending in `aaaa…ab` must not stall the agent.
+    assert NetCollector(exclude="(a+)+$").wanted("a" * 39 + "b")
 
 
 def test_tcp_connection_states_see_a_listening_socket() -> None:

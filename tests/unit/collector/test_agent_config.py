@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from signalfire.collector.collectors.diskio import DiskIoCollector
 from signalfire.collector.config import AgentConfig
 from signalfire.config import ConfigError, load_config
 
@@ -124,3 +125,27 @@ def test_bad_checks_name_line_and_field(tmp_path: Path) -> None:
 def test_bad_filter_regex_names_the_field(tmp_path: Path) -> None:
     path = write(tmp_path, "interval: 1s\nnet_exclude_interfaces: '[veth'\n")
     assert error_of(path).startswith(f"{path}:2: net_exclude_interfaces: not a valid regular expression")
+
+
+def test_a_regex_re2_cannot_run_is_refused_with_the_field_and_reason(tmp_path: Path) -> None:
+    path = write(tmp_path, "checks:\n  http:\n    - url: http://x\n      body_match: '(a)\\1'\n")
+    assert "checks.http[0].body_match: not a valid regular expression: " in error_of(path)
+    assert "backreferences are not supported (RE2 syntax, see docs/rules.md)" in error_of(path)
+    path = write(tmp_path, "checks:\n  process:\n    - {name: x, cmdline: 'x(?=y)'}\n")
+    assert "checks.process[0].cmdline: not a valid regular expression: 'x(?=y)': lookahead" in error_of(path)
+    for field in ("net_exclude_interfaces", "diskio_exclude_devices"):
+        path = write(tmp_path, f"interval: 1s\n{field}: '(?<!veth)x'\n")
+        assert error_of(path).startswith(f"{path}:2: {field}: not a valid regular expression: ")
+        assert "lookbehind" in error_of(path)
+
+
+def test_the_default_disk_exclude_pattern_runs_on_re2() -> None:
+    exclude = DiskIoCollector(load_config(AgentConfig, None, environ={}).diskio_exclude_devices).exclude
+    assert exclude is not None
+    assert [exclude.search(d) for d in ("nvme0n1p2", "sda1", "loop3", "nvme0n1", "sda")] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]

@@ -157,6 +157,29 @@ def test_bad_matcher_regex_names_the_label(tmp_path):
     assert ":4: rules[0].where.role: invalid regular expression" in message
 
 
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        (r"~(a)\\1", "backreferences are not supported"),
+        ("~web(?!-1)", "lookahead (?=…) / (?!…) is not supported"),
+    ],
+)
+def test_a_regex_re2_cannot_run_is_refused_at_load_with_file_line_field_and_reason(tmp_path, pattern, reason):
+    message = load_error(tmp_path, GOOD.replace('"web-*"', f'"{pattern}"'))
+    assert ":4: rules[0].where.role: invalid regular expression " in message
+    assert f"{reason} (RE2 syntax, see docs/rules.md)" in message
+
+
+def test_a_selector_regex_re2_cannot_run_is_refused_at_load(tmp_path):
+    rule = (
+        "rules:\n  - {name: A, kind: ratio, numerator: 'x{a=~\"(a)\\1\"}', denominator: x, window: 1m, "
+        "condition: '> 1', severity: low}\n"
+    )
+    message = load_error(tmp_path, rule)
+    assert ":2: rules[0].numerator: invalid regular expression" in message
+    assert "backreferences are not supported" in message
+
+
 def test_top_level_must_be_a_mapping(tmp_path):
     message = load_error(tmp_path, "- name: A\n")
     assert "expected a mapping with a `rules:` list" in message

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from signalfire.evaluator.rules import parse_matcher
+from signalfire.evaluator.rules import parse_matcher, parse_selector
 
 
 @pytest.mark.parametrize(
@@ -50,3 +50,25 @@ def test_a_missing_label_is_the_empty_string():
 def test_invalid_regex_is_rejected():
     with pytest.raises(ValueError, match="invalid regular expression"):
         parse_matcher("host", "~[")
+
+
+EVIL_SUBJECT = "a" * 39 + "b"  # `(a+)+$` backtracks ~2^40 steps on it in Python's re
+
+
+def test_a_catastrophic_where_regex_answers_at_once():
+    assert parse_matcher("host", "~(a+)+$").matches({"host": EVIL_SUBJECT}) is False
+    assert parse_matcher("host", "!~(a+)+$").matches({"host": EVIL_SUBJECT}) is True
+
+
+def test_a_catastrophic_selector_regex_answers_at_once():
+    selector = parse_selector('http.requests{path=~"(a+)+$"}')
+    assert selector.matches({"path": EVIL_SUBJECT}) is False
+    assert selector.matches({"path": "aaaa"}) is True
+
+
+@pytest.mark.parametrize(("pattern", "reason"), [(r"(a)\1", "backreferences"), ("a(?=b)", "lookahead")])
+def test_what_re2_cannot_do_is_refused_with_the_reason(pattern, reason):
+    with pytest.raises(ValueError, match=f"invalid regular expression .*{reason} are|is not supported"):
+        parse_matcher("host", "~" + pattern)
+    with pytest.raises(ValueError, match=reason):
+        parse_selector(f'm{{host=~"{pattern}"}}')

@@ -206,6 +206,31 @@ def test_bad_silences_are_refused() -> None:
         msgspec.json.decode(b'{"id":"s","matchers":[],"starts_at":0,"ends_at":1,"author":"a"}', type=Silence)
 
 
+def test_a_catastrophic_silence_regex_does_not_freeze_the_notifier() -> None:
+    # `(a+)+$` on a 40-character host took Python's re hours (8 s at 30 characters).
+    evil = silence(Matcher(name="host", value="(a+)+$", regex=True))
+    assert silenced_by(alert(host="a" * 39 + "b"), [evil], 150.0) is None
+    assert silenced_by(alert(host="aaaa"), [evil], 150.0) == evil
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"), [(r"(a)\1", "backreferences are not supported"), ("web(?=-1)", "lookahead")]
+)
+def test_a_silence_regex_re2_cannot_run_is_refused_with_the_reason(pattern: str, reason: str) -> None:
+    data = msgspec.json.encode(
+        {
+            "id": "s",
+            "matchers": [{"name": "host", "value": pattern, "regex": True}],
+            "starts_at": 0,
+            "ends_at": 1,
+            "author": "a",
+        }
+    )
+    with pytest.raises(msgspec.ValidationError, match=f"value: not a regular expression: .*{reason}") as info:
+        msgspec.json.decode(data, type=Silence)
+    assert "$.matchers[0]" in str(info.value)
+
+
 # --- rate limit --------------------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ from msgspec import Meta
 
 from signalfire.config import ConfigError, Duration, convert, line_of, parse_yaml
 from signalfire.events import SEVERITIES, LabelName, LabelValue, MetricName, Severity
+from signalfire.regex import RegexError, compile_regex
 
 #: Rule kinds this evaluator runs; :mod:`signalfire.evaluator.engine` has one branch each.
 KINDS: tuple[str, ...] = ("threshold", "change", "anomaly", "ratio", "event_count", "absent")
@@ -217,19 +218,18 @@ class Matcher:
 
 
 def parse_matcher(label: str, written: str) -> Matcher:
-    """``"web-1"`` exact, ``"web-*"`` glob, ``"~^db-"`` regex (searched), ``"!…"`` negates any.
+    """``"web-1"`` exact, ``"web-*"`` glob, ``"~^db-"`` regex (RE2, searched), ``"!…"`` negates any.
 
-    Raises ``ValueError`` for an invalid regular expression.
+    Raises ``ValueError`` for a regular expression RE2 refuses (see :mod:`signalfire.regex`).
     """
     negate = written.startswith("!")
     pattern = written[1:] if negate else written
     test: Callable[[str], bool]
     if pattern.startswith("~"):
         try:
-            regex = re.compile(pattern[1:])
-        except re.error as exc:
-            raise ValueError(f"invalid regular expression {pattern[1:]!r}: {exc}") from None
-        test = lambda value: regex.search(value) is not None  # noqa: E731
+            test = compile_regex(pattern[1:]).search
+        except RegexError as exc:
+            raise ValueError(f"invalid regular expression {exc}") from None
     elif any(c in pattern for c in "*?["):
         test = lambda value: fnmatch.fnmatchcase(value, pattern)  # noqa: E731
     else:
@@ -243,18 +243,12 @@ _SELECTOR_MATCHER = re.compile(
 )
 
 
-def _whole_match(regex: re.Pattern[str]) -> Callable[[str], bool]:
-    def test(value: str) -> bool:
-        return regex.fullmatch(value) is not None
-
-    return test
-
-
 @dataclass(frozen=True)
 class Selector:
     """A metric and label matchers, written like PromQL: ``http.requests{status=~"5.."}``.
 
-    ``=`` and ``!=`` compare exactly; ``=~`` and ``!~`` match a whole-value regular expression.
+    ``=`` and ``!=`` compare exactly; ``=~`` and ``!~`` match a whole-value regular expression
+    (RE2 syntax, see :mod:`signalfire.regex`).
     """
 
     metric: str
@@ -282,12 +276,12 @@ def parse_selector(text: str) -> Selector:
                 f'cannot read the label matchers at {body[pos:]!r}; write label="value" or label=~"regex"'
             )
         label, op, value = item.group(1), item.group(2), item.group(3).replace('\\"', '"')
+        test: Callable[[str], bool]
         if op in ("=~", "!~"):
             try:
-                regex = re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
-            test = _whole_match(regex)
+                test = compile_regex(value).fullmatch
+            except RegexError as exc:
+                raise ValueError(f"invalid regular expression {exc}") from None
         else:
             test = value.__eq__
         matchers.append(Matcher(label, f"{op}{value}", op.startswith("!"), test))

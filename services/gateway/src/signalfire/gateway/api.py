@@ -66,6 +66,7 @@ from signalfire.subjects import Subjects
 from signalfire.telemetry import CONTENT_TYPE, Counter, Registry
 
 log = logging.getLogger("signalfire.gateway.api")
+from signalfire.regex import RegexError, compile_regex
 
 ALERT_STATUSES = ("firing", "resolved")
 DELIVERY_STATUSES = ("sent", "failed", "retrying", "suppressed")
@@ -760,8 +761,8 @@ class Api:
         for i, matcher in enumerate(body.matchers):
             if matcher.regex:
                 try:
-                    re.compile(matcher.value)
-                except re.error as exc:
+                    compile_regex(matcher.value)
+                except RegexError as exc:
                     raise invalid(f"matchers[{i}].value", f"not a regular expression: {exc}") from None
         starts_at = _body_time(body.starts_at, now, "starts_at") if body.starts_at is not None else now
         if body.ends_at is not None and body.duration is not None:

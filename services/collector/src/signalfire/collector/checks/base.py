@@ -10,6 +10,7 @@ import msgspec
 from signalfire.collector.collectors.base import MetricSpec
 from signalfire.config import Duration
 from signalfire.events import Sample
+from signalfire.regex import RegexError, compile_regex
 
 Result = Literal["ok", "timeout", "connection_failed", "bad_status", "bad_content", "tls_error"]
 
@@ -93,8 +94,8 @@ def _check_regex(field: str, pattern: str | None) -> None:
     if pattern is None:
         return
     try:
-        re.compile(pattern)
-    except re.error as exc:
+        compile_regex(pattern)
+    except RegexError as exc:
         raise ValueError(f"{field}: not a valid regular expression: {exc}") from None
 
 

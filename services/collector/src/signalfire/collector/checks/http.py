@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import re
 import ssl
 import time
 from typing import ClassVar
@@ -17,6 +16,7 @@ from urllib.parse import urlsplit
 from signalfire.collector.checks.base import HttpCheckConfig, Result, outcome, outcome_specs
 from signalfire.collector.collectors.base import MetricSpec
 from signalfire.events import Sample
+from signalfire.regex import compile_regex
 
 #: How much of a response body is read (and searched by ``body_match``).
 MAX_BODY = 1 << 20
@@ -46,7 +46,7 @@ class HttpCheck:
         self.port = url.port or (443 if self.tls else 80)
         self.path = (url.path or "/") + (f"?{url.query}" if url.query else "")
         self.host_header = url.netloc.rpartition("@")[2]
-        self.body_match = re.compile(config.body_match) if config.body_match else None
+        self.body_match = compile_regex(config.body_match) if config.body_match else None
         self._context = self._ssl_context(verify=config.tls_verify) if self.tls else None
 
     def _ssl_context(self, verify: bool) -> ssl.SSLContext:

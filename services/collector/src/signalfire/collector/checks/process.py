@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from typing import ClassVar
 
@@ -12,6 +11,7 @@ import psutil
 from signalfire.collector.checks.base import ProcessCheckConfig, Result
 from signalfire.collector.collectors.base import MetricSpec
 from signalfire.events import Sample
+from signalfire.regex import compile_regex
 
 
 class ProcessCheck:
@@ -33,7 +33,7 @@ class ProcessCheck:
         self.target = config.name
         self.interval = float(config.interval or default_interval)
         self.timeout = max(5.0, self.interval)
-        self.cmdline = re.compile(config.cmdline) if config.cmdline else None
+        self.cmdline = compile_regex(config.cmdline) if config.cmdline else None
         self._cpu: dict[tuple[int, float], float] = {}
         self._at: float | None = None
 

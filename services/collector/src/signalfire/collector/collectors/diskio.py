@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import ClassVar
 
 import psutil
@@ -10,6 +9,7 @@ import psutil
 from signalfire.collector.collectors.base import MetricSpec
 from signalfire.collector.collectors.rates import Rates
 from signalfire.events import Sample
+from signalfire.regex import compile_regex
 
 
 class DiskIoCollector:
@@ -38,7 +38,7 @@ class DiskIoCollector:
     )
 
     def __init__(self, exclude: str = "") -> None:
-        self.exclude = re.compile(exclude) if exclude else None
+        self.exclude = compile_regex(exclude) if exclude else None
         self._rates = Rates()
 
     def collect(self, now: float) -> list[Sample]:

@@ -11,6 +11,7 @@ import psutil
 from signalfire.collector.collectors.base import MetricSpec
 from signalfire.collector.collectors.rates import Rates
 from signalfire.events import Sample
+from signalfire.regex import compile_regex
 
 _LOOPBACK = re.compile(r"^lo\d*$")
 
@@ -45,7 +46,7 @@ class NetCollector:
     ) -> None:
         self.include_loopback = include_loopback
         self.include_virtual = include_virtual
-        self.exclude = re.compile(exclude) if exclude else None
+        self.exclude = compile_regex(exclude) if exclude else None
         self._rates = Rates()
         self._wanted: dict[str, bool] = {}
 
