@@ -66,7 +66,6 @@ from signalfire.subjects import Subjects
 from signalfire.telemetry import CONTENT_TYPE, Counter, Registry
 
 log = logging.getLogger("signalfire.gateway.api")
-from signalfire.regex import RegexError, compile_regex
 
 ALERT_STATUSES = ("firing", "resolved")
 DELIVERY_STATUSES = ("sent", "failed", "retrying", "suppressed")
