@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from devstack import ServiceProcess
+from devstack import NatsServer, PostgresServer, ServiceProcess
 
 from signalfire.bus import NatsConfig, request_json
 from signalfire.events import AlertEvent, decode
@@ -55,11 +55,11 @@ def service_env(nats: NatsConfig, database_url: str | None = None, **extra: str)
     return env
 
 
-def kill9(service: ServiceProcess) -> None:
-    """SIGKILL the process we started (by its PID) and reap it."""
-    assert service.proc is not None
-    service.proc.kill()
-    service.proc.wait(10)
+def kill9(process: ServiceProcess | NatsServer | PostgresServer) -> None:
+    """SIGKILL a process this test started (by its PID) and reap it."""
+    assert process.proc is not None
+    process.proc.kill()
+    process.proc.wait(10)
 
 
 def log_tail(*services: ServiceProcess, chars: int = 2500) -> str:
