@@ -62,6 +62,7 @@ from signalfire.gateway.params import (
 from signalfire.gateway.store import LatestValues, Store
 from signalfire.gateway.stream import StreamHub
 from signalfire.gateway.web import dashboard_routes
+from signalfire.regex import RegexError, compile_regex
 from signalfire.subjects import Subjects
 from signalfire.telemetry import CONTENT_TYPE, Counter, Registry
 
