@@ -14,7 +14,9 @@ differ only in the value they compute and when:
 - ``anomaly``: the sample's distance from its series' EWMA baseline, in standard deviations;
 - ``ratio``: sum of the numerator's samples over the denominator's, in the window;
 - ``event_count``: events in the window, on each event batch and on ticks (the count decays);
-- ``absent``: seconds since the series (or host) was last seen, on ticks.
+- ``absent``: seconds since the series (or host) was last seen, on ticks; not judged while
+  the shell cannot see the bus (:meth:`Engine.disconnected`), and after it sees again
+  (:meth:`Engine.reconnected`) each series' silence counts from then at the earliest.
 
 Grouped rules (``group_by: host`` or ``fleet``) pool their samples and are judged once per
 batch, after all of its samples are in, so a half-read batch never fires a ratio.
@@ -152,6 +154,10 @@ class Engine:
         self._tracks: dict[str, dict[Key, Track]] = {}
         self._timed: set[str] = set()
         self._limited: set[str] = set()
+        #: Absence is judged only while the shell sees the bus, and counts from `_sight_since`
+        #: at the earliest: what was not seen while blind may have been sent.
+        self._blind = False
+        self._sight_since = 0.0
         self.set_rules(list(rules), 0.0)
 
     # Rules and stored state --------------------------------------------------------------
@@ -384,9 +390,32 @@ class Engine:
         out.changed[fp] = None
         return out
 
+    # Sight of the bus ---------------------------------------------------------------------
+
+    @property
+    def blind(self) -> bool:
+        """Whether absence judgements are suspended (between :meth:`disconnected` and
+        :meth:`reconnected`)."""
+        return self._blind
+
+    def disconnected(self) -> None:
+        """The shell no longer sees what is published (disconnected from the bus, or catching
+        up after reconnecting). Agents buffer and replay what they could not send, so silence
+        now is not absence: ``absent`` rules neither fire nor start counting towards firing
+        until :meth:`reconnected`. Everything else goes on (``for`` expiry, event windows)."""
+        self._blind = True
+
+    def reconnected(self, now: float) -> None:
+        """The shell sees everything published again as of ``now``. From here on each series'
+        silence is judged from the later of its last sample and ``now``: only a series still
+        silent for the rule's ``for`` after ``now`` fires (its ``value`` is still the seconds
+        since it was last seen)."""
+        self._blind = False
+        self._sight_since = max(self._sight_since, now)
+
     def tick(self, now: float) -> Output:
         """Advance time to ``now``: ``for`` and cooldown expiry, ``keep_firing_for``, flap
-        holds, absence, and event counts sliding out of their window."""
+        holds, absence (unless :attr:`blind`), and event counts sliding out of their window."""
         out = Output()
         for fp in list(self._timed):
             state = self.states.get(fp)
@@ -394,15 +423,19 @@ class Engine:
             if state is None or rule is None:
                 self._timed.discard(fp)
                 continue
+            if self._blind and rule.kind == "absent" and state.status == "pending":
+                continue  # an absence waiting out its cooldown: not judged while blind
             new, transitions = tick(rule, state, now)
             if new is not state:
                 self._apply(rule, state, new, transitions, out)
         for rule in self.rules:
             if rule.kind == "absent":
+                if self._blind:
+                    continue
                 for track in self._tracks[rule.name].values():
-                    silent = now - track.last_seen
-                    if silent < rule.silence:
+                    if now - max(track.last_seen, self._sight_since) < rule.silence:
                         continue
+                    silent = now - track.last_seen
                     state = self.states.get(track.fp)
                     if state is None or state.status == "inactive":
                         new, transitions = evaluate(

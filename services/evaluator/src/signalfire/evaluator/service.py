@@ -52,6 +52,13 @@ log = logging.getLogger("signalfire.evaluator")
 #: Longest wait between two attempts of a failed publish or KV write.
 MAX_BACKOFF = 5.0
 
+#: After a reconnect, absence stays suspended until the payload subscriptions hold at most
+#: this many messages not yet evaluated (what arrived meanwhile is read first) ...
+CATCH_UP_BACKLOG = 100
+#: ... or for at most this long (seconds), so a backlog that never drains cannot keep a dead
+#: host from alerting.
+CATCH_UP_LIMIT = 30.0
+
 
 class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """``signalfire evaluator --config FILE``; every field also from ``SF_*`` variables."""
@@ -128,6 +135,8 @@ class EvaluatorService:
         self._kv: KeyValue | None = None
         self._metrics_server: asyncio.Server | None = None
         self._reload_lock = asyncio.Lock()
+        self._reconnects = 0  # nats-py's reconnect count when the bus was last in sight
+        self._catch_up_from: float | None = None  # when the bus came back, until caught up
 
         self.registry = Registry("signalfire_evaluator")
         r = self.registry
@@ -174,6 +183,11 @@ class EvaluatorService:
             "Alerts pending (condition holds, `for` or cooldown not yet over)",
             function=lambda: self._count("pending"),
         )
+        r.gauge(
+            "absence_suspended",
+            "1 while absent rules are not judged: NATS out of sight, or catching up after a reconnect",
+            function=lambda: int(self.engine.blind),
+        )
 
     @property
     def rules(self) -> list[Rule]:
@@ -193,6 +207,7 @@ class EvaluatorService:
         await ensure_streams(self._js, self.config.nats)
         self._kv = await self._js.key_value(self.subjects.bucket("alert_state"))
         await self._load_states()
+        self._reconnects = nc.stats["reconnects"]
         self._tasks = [
             asyncio.create_task(self._deliver(), name="evaluator-deliver"),
             asyncio.create_task(self._tick_loop(), name="evaluator-tick"),
@@ -414,7 +429,39 @@ class EvaluatorService:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(float(self.config.tick_interval))
-            self.tick(self._clock())
+            now = self._clock()
+            self._watch_sight(now)
+            self.tick(now)
+
+    def _watch_sight(self, now: float) -> None:
+        """Tell the engine when the bus goes out of sight and when it is back (checked each
+        tick, so a connection shared with others works the same). While disconnected, agents
+        buffer and later replay; after a reconnect, what arrived meanwhile is evaluated first
+        (up to :data:`CATCH_UP_LIMIT`). Only then is absence judged again, from now."""
+        nc = self._nc
+        if nc is None:
+            return
+        connected = nc.is_connected
+        reconnects = nc.stats["reconnects"]
+        if not connected or reconnects != self._reconnects:  # down, or down and back since
+            if not self.engine.blind:
+                self.engine.disconnected()
+                log.warning("absent rules not judged until NATS is back and caught up")
+            if not connected:
+                self._catch_up_from = None
+                return
+            self._reconnects = reconnects
+            self._catch_up_from = now
+        if self.engine.blind and self._catch_up_from is not None:
+            backlog = sum(sub.pending_msgs for sub in self._subs[:3])  # metrics, events, agents
+            waited = now - self._catch_up_from
+            if backlog <= CATCH_UP_BACKLOG or waited >= CATCH_UP_LIMIT:
+                self.engine.reconnected(now)
+                self._catch_up_from = None
+                log.info(
+                    "absence judged again: a silence counts from now",
+                    extra={"backlog": backlog, "caught_up_after": round(waited, 3)},
+                )
 
     def _count(self, status: str) -> int:
         return sum(1 for state in self.engine.states.values() if state.status == status)
