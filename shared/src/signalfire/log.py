@@ -4,11 +4,16 @@ Fields passed with ``extra={...}`` become keys of the line, so logs can be searc
 subject, host or rule without parsing sentences::
 
     log.warning("dropped malformed batch", extra={"subject": msg.subject, "reason": str(exc)})
+
+Secrets never reach a line: every formatted line passes through :func:`redact_secrets`, so a
+URL with ``?token=…`` or an ``Authorization: Bearer …`` header shows ``[redacted]`` instead,
+whichever library logged it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Hashable
@@ -23,6 +28,21 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "taskName",
     "color_message",
 }
+
+
+#: ``token=…`` (also ``access_token``, ``password``, ``secret``) in a query string or form,
+#: ``Bearer …``, and the password of a ``scheme://user:password@host`` URL: the value runs to
+#: the next separator or quote.
+_SECRET = re.compile(
+    r"(?i)(\b(?:access_token|token|password|passwd|secret|api_key)=|\bbearer\s+)[^\s&;,'\"\\]+"
+    r"|(://[^:/@\s'\"]+:)[^@/\s'\"]+(?=@)"
+)
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with the values of token-like query parameters, bearer credentials and URL
+    passwords replaced by ``[redacted]``."""
+    return _SECRET.sub(lambda m: (m.group(1) or m.group(2)) + "[redacted]", text)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -51,7 +71,7 @@ class LogfmtFormatter(logging.Formatter):
         ]
         if record.exc_info:
             pairs.append(("error", self.formatException(record.exc_info)))
-        return " ".join(f"{k}={_quote(v)}" for k, v in pairs)
+        return redact_secrets(" ".join(f"{k}={_quote(v)}" for k, v in pairs))
 
 
 class JsonFormatter(logging.Formatter):
@@ -72,7 +92,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return msgspec.json.encode(entry, enc_hook=str).decode()
+        return redact_secrets(msgspec.json.encode(entry, enc_hook=str).decode())
 
 
 def _quote(value: Any) -> str:

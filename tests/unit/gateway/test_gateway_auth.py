@@ -6,7 +6,15 @@ import hashlib
 import stat
 from pathlib import Path
 
-from signalfire.gateway.auth import Principal, _bearer, hash_token, new_token, write_secret_file
+from signalfire.gateway.auth import (
+    FailureThrottle,
+    Principal,
+    RateLimiter,
+    _credentials,
+    hash_token,
+    new_token,
+    write_secret_file,
+)
 
 
 def test_tokens_are_random_and_long() -> None:
@@ -52,16 +60,71 @@ def _scope(
     headers: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
     query: bytes = b"",
     path: str = "/api/v1/hosts",
+    kind: str = "http",
+    subprotocols: list[str] = (),  # type: ignore[assignment]
 ) -> dict[str, object]:
-    return {"type": "http", "headers": list(headers), "query_string": query, "path": path}
+    return {
+        "type": kind,
+        "headers": list(headers),
+        "query_string": query,
+        "path": path,
+        "subprotocols": list(subprotocols),
+    }
 
 
-def test_a_token_comes_from_the_bearer_header_or_the_stream_query() -> None:
-    assert _bearer(_scope([(b"authorization", b"Bearer abc")])) == "abc"
-    assert _bearer(_scope([(b"authorization", b"bearer  abc ")])) == "abc"
-    assert _bearer(_scope(query=b"token=abc%2Bd&x=1", path="/api/v1/stream")) == "abc+d"
-    assert _bearer(_scope(query=b"token=abc", path="/api/v1/events/stream")) == "abc"
-    assert _bearer(_scope(query=b"token=abc")) is None
-    assert _bearer(_scope()) is None
-    assert _bearer(_scope([(b"authorization", b"Basic dXNlcjpwYXNz")])) is None
-    assert _bearer(_scope([(b"authorization", b"Bearer ")])) is None
+def test_a_token_comes_from_the_bearer_header_the_subprotocol_or_the_stream_query() -> None:
+    assert _credentials(_scope([(b"authorization", b"Bearer abc")])) == "abc"
+    assert _credentials(_scope([(b"authorization", b"bearer  abc ")])) == "abc"
+    assert _credentials(_scope(query=b"token=abc%2Bd&x=1", path="/api/v1/stream")) == "abc+d"
+    assert _credentials(_scope(query=b"token=abc", path="/api/v1/events/stream")) == "abc"
+    assert _credentials(_scope(query=b"token=abc")) is None
+    assert _credentials(_scope()) is None
+    assert _credentials(_scope([(b"authorization", b"Basic dXNlcjpwYXNz")])) is None
+    assert _credentials(_scope([(b"authorization", b"Bearer ")])) is None
+    offered = ["signalfire.v1", "signalfire.bearer.abc_D-1"]
+    ws = _scope(path="/api/v1/stream", kind="websocket", subprotocols=offered)
+    assert _credentials(ws) == "abc_D-1"
+    # Only a WebSocket's handshake offers subprotocols.
+    assert _credentials(_scope(subprotocols=offered)) is None
+
+
+def test_a_query_token_is_removed_from_the_request_once_read() -> None:
+    scope = _scope(query=b"hosts=a&token=secret-1&token=secret-2&metrics=cpu.*", path="/api/v1/events/stream")
+    assert _credentials(scope) == "secret-1"
+    assert scope["query_string"] == b"hosts=a&metrics=cpu.*"
+    # Also where it is not accepted: it must not stay in the URL that is logged.
+    elsewhere = _scope(query=b"token=secret-3", path="/api/v1/hosts")
+    assert _credentials(elsewhere) is None
+    assert elsewhere["query_string"] == b""
+
+
+def test_a_rate_limiter_refills_and_forgets_full_buckets() -> None:
+    now = [0.0]
+    limiter = RateLimiter(2.0, 3, clock=lambda: now[0])
+    assert [limiter.wait_time("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.peek("a") == 0.5
+    assert limiter.wait_time("a") == 0.5
+    assert limiter.peek("b") == 0.0
+    now[0] = 0.5
+    assert limiter.wait_time("a") == 0.0
+    limiter.MAX_KEYS = 2
+    limiter.wait_time("b")
+    now[0] = 100.0
+    limiter.wait_time("c")  # a and b are full again: dropped to make room
+    assert set(limiter._buckets) == {"c"}
+
+
+def test_an_address_over_its_failure_budget_is_refused_except_with_a_known_good_token() -> None:
+    now = [0.0]
+    throttle = FailureThrottle(1.0, 2, clock=lambda: now[0])
+    throttle.succeeded("good")
+    assert throttle.wait_time("10.0.0.1", "guess") == 0.0
+    throttle.failed("10.0.0.1", "guess")
+    throttle.failed("10.0.0.1", "guess")
+    assert throttle.wait_time("10.0.0.1", "guess") == 1.0
+    assert throttle.wait_time("10.0.0.1", None) == 1.0
+    assert throttle.wait_time("10.0.0.1", "good") == 0.0
+    assert throttle.wait_time("10.0.0.2", "guess") == 0.0
+    # A known token that then fails (it was revoked) is known no more.
+    throttle.failed("10.0.0.1", "good")
+    assert throttle.wait_time("10.0.0.1", "good") > 0

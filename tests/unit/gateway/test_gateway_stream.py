@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from signalfire.gateway.stream import ClientStalled, StreamClosed, StreamHub, Subscription
+from signalfire.gateway.stream import AccessRevoked, ClientStalled, StreamClosed, StreamHub, Subscription
 
 
 class Clock:
@@ -43,6 +43,25 @@ async def test_frames_carry_sequence_and_are_encoded_once() -> None:
             "value": 12.5,
         }
     ]
+
+
+async def test_revoking_a_token_ends_only_its_clients_and_wakes_them_at_once() -> None:
+    hub = StreamHub()
+    revoked_a, _ = hub.connect(Subscription(), token_id=7)
+    revoked_b, _ = hub.connect(Subscription(hosts=["web-1"]), token_id=7)
+    other, _ = hub.connect(Subscription(), token_id=8)
+    assert hub.token_ids() == {7, 8}
+    waiting = asyncio.create_task(revoked_a.next_frames(timeout=30))
+    await asyncio.sleep(0)
+    assert hub.revoke({7, 99}) == 2
+    with pytest.raises(AccessRevoked):
+        await asyncio.wait_for(waiting, 1)
+    with pytest.raises(AccessRevoked):
+        await revoked_b.next_frames(0.1)
+    hub.publish("alert", "web-1", {"id": "a"}, key="a")
+    assert [f["id"] for f in decoded(await other.next_frames(0.1))] == ["a"]
+    assert hub.revoke({7}) == 0  # already ended: counted once
+    assert hub.clients_revoked == 2
 
 
 async def test_subscriptions_filter_by_host_and_metric_globs() -> None:

@@ -6,6 +6,7 @@ answers are unix seconds. The OpenAPI document is served at ``/api/v1/openapi.js
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import fnmatch
 import io
@@ -15,7 +16,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import asyncpg
@@ -35,9 +36,12 @@ from signalfire.config import parse_duration
 from signalfire.events import SEVERITIES, AlertAction, EventBatch, MetricBatch, encode
 from signalfire.gateway import rollup
 from signalfire.gateway.auth import (
+    AuthCounters,
     AuthMiddleware,
+    FailureThrottle,
     Principal,
     RateLimiter,
+    Refusal,
     create_token,
     hash_token,
     list_tokens,
@@ -46,7 +50,7 @@ from signalfire.gateway.auth import (
 from signalfire.gateway.bodies import NoteBody, SilenceBody, TimeValue, TokenBody, parse_body
 from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.errors import ApiError, error_body, error_response, invalid
-from signalfire.gateway.live import LiveEndpoints, LiveSettings
+from signalfire.gateway.live import LiveEndpoints, LiveSettings, TokenWatch
 from signalfire.gateway.openapi import openapi_document
 from signalfire.gateway.params import (
     encode_cursor,
@@ -230,6 +234,23 @@ def auto_step(span: float) -> float:
     return float(math.ceil(wanted / 86400) * 86400)
 
 
+#: Text starting with one of these is a formula to a spreadsheet (OWASP, "CSV Injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def spreadsheet_cell(value: Any) -> Any:
+    """``value`` as a CSV export cell that a spreadsheet shows and never runs: text starting
+    with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'`` (OWASP's
+    advice against CSV injection), unless it is a plain number such as ``-1.5``; ``None`` is
+    an empty cell."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 def _body_time(value: TimeValue, now: float, field: str) -> float:
     if isinstance(value, str):
         return parse_time(value, now, field)
@@ -259,8 +280,11 @@ class Api:
         latest: LatestValues,
         *,
         store: Store | None = None,
+        hub: StreamHub | None = None,
     ) -> None:
         self.config = config
+        #: The live streams: a token revoked here ends its open streams at once.
+        self.hub = hub
         self.pool = pool
         self.nc = nc
         self.registry = registry
@@ -906,7 +930,7 @@ class Api:
             async for row in conn.cursor(sql, *args, prefetch=2000):
                 if fmt == "csv":
                     out = io.StringIO()
-                    csv.writer(out).writerow(["" if row[c] is None else row[c] for c in columns])
+                    csv.writer(out).writerow([spreadsheet_cell(row[c]) for c in columns])
                     chunk.append(out.getvalue().encode())
                 else:
                     item = {
@@ -974,6 +998,8 @@ class Api:
         revoked = await revoke_token(self.pool, token_id)
         if revoked is None:
             raise ApiError(404, "not_found", f"no token {token_id}", "id")
+        if self.hub is not None:
+            self.hub.revoke({token_id})
         _audit_details(request, {"token_id": token_id})
         return json_response({"id": token_id, "revoked_at": revoked})
 
@@ -1112,7 +1138,8 @@ class LimitsMiddleware:
 
 class AuditMiddleware:
     """Records every state-changing ``/api/v1`` call: who, what, when, from where, and how it
-    ended. Sits inside :class:`AuthMiddleware`, so the caller is known."""
+    ended (``details.outcome``: ``ok``, ``failed``, or ``denied`` for a 401/403 refusal). Sits
+    outside :class:`AuthMiddleware`, which leaves the caller or its refusal in the state."""
 
     def __init__(self, app: ASGIApp, pool: asyncpg.Pool, routes: list[BaseRoute], failures: Counter) -> None:
         self.app = app
@@ -1133,7 +1160,12 @@ class AuditMiddleware:
     async def _record(self, scope: Scope, status: int) -> None:
         state = scope.get("state", {})
         principal: Principal | None = state.get("principal")
-        if principal is None:
+        refused: Refusal | None = state.get("refused")
+        if principal is not None:
+            actor = f"{principal.name} (token {principal.token_id}, {principal.role})"
+        elif refused is not None:
+            actor = refused.actor
+        else:
             return
         client = scope.get("client")
         user_agent = next(
@@ -1143,6 +1175,8 @@ class AuditMiddleware:
         details = {
             "route": route_of(self.routes, scope),
             "user_agent": user_agent[:200],
+            "outcome": "denied" if refused is not None else "ok" if status < 400 else "failed",
+            **({"reason": refused.message} if refused is not None else {}),
             **state.get("audit", {}),
         }
         try:
@@ -1151,7 +1185,7 @@ class AuditMiddleware:
                 INSERT INTO audit (actor, action, target, details, source, status)
                 VALUES ($1, $2, $3, $4::jsonb, $5, $6)
                 """,
-                f"{principal.name} (token {principal.token_id}, {principal.role})",
+                actor,
                 f"{scope['method']} {details['route']}",
                 scope.get("path", "")[:1000],
                 _json.encode(details).decode(),
@@ -1208,7 +1242,9 @@ def create_app(
     With ``hub``, it also serves the live stream (WebSocket and SSE) fed from that hub; the
     dashboard is always served at ``/``.
     """
-    api = Api(config, pool, nc, registry, latest if latest is not None else LatestValues(), store=store)
+    api = Api(
+        config, pool, nc, registry, latest if latest is not None else LatestValues(), store=store, hub=hub
+    )
     requests = registry.counter(
         "http_requests_total", "HTTP requests answered", ["method", "route", "status"]
     )
@@ -1267,20 +1303,46 @@ def create_app(
             "Clients disconnected for not reading",
             function=lambda: hub.clients_stalled,
         )
+        registry.gauge(
+            "stream_clients_revoked",
+            "Clients disconnected because their API token was revoked or deleted",
+            function=lambda: hub.clients_revoked,
+        )
     routes += dashboard_routes()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        watch: asyncio.Task[None] | None = None
+        if hub is not None:
+            checker = TokenWatch(hub, pool, float(config.stream_token_recheck))
+            watch = asyncio.create_task(checker.run(), name="stream-token-watch")
         log.info("API ready")
-        yield
+        try:
+            yield
+        finally:
+            if watch is not None:
+                watch.cancel()
+                with suppress(asyncio.CancelledError):
+                    await watch
         log.info("API stopped")
 
     limiter = RateLimiter(config.rate_limit, config.rate_burst)
+    failed_auth = FailureThrottle(config.auth_failure_rate, config.auth_failure_burst)
+    auth_counters = AuthCounters(
+        failures=registry.counter(
+            "auth_failures_total", "Requests refused for a missing or invalid API token", ["reason"]
+        ),
+        throttled=registry.counter(
+            "auth_throttled_total",
+            "Requests refused (429) for too many failed authentications from their address",
+        ),
+    )
     middleware = [
         Middleware(RequestMetrics, routes=routes, counter=requests),
         Middleware(LimitsMiddleware, max_body_bytes=config.max_body_bytes),
-        Middleware(AuthMiddleware, pool=pool, limiter=limiter),
+        # Outside the auth, so that refused calls are audited too.
         Middleware(AuditMiddleware, pool=pool, routes=routes, failures=audit_failures),
+        Middleware(AuthMiddleware, pool=pool, limiter=limiter, failures=failed_auth, counters=auth_counters),
     ]
     if config.cors_origins:
         middleware.insert(

@@ -2,7 +2,15 @@
 
 Roles are ordered ``viewer`` < ``operator`` < ``admin``; reading needs ``viewer``, changing
 state needs ``operator``, tokens and the audit log need ``admin``. Each token may make
-``rate_limit`` requests per second on average (bursts of ``rate_burst``).
+``rate_limit`` requests per second on average (bursts of ``rate_burst``). Failed
+authentications are limited per client address (``auth_failure_rate``/``auth_failure_burst``):
+an address over its budget is answered 429 without its token being looked up, except for
+tokens that authenticated at this gateway before, so an attacker cannot lock out the users
+working from the same address.
+
+A token is never kept where it could reach a log line: a ``?token=`` query parameter is
+removed from the request as soon as it is read (the server's WebSocket access lines print
+the request's query), and WebSocket clients can send it as a subprotocol instead.
 
 The first start of a gateway on a database without an admin token
 creates one and writes it to ``admin_token_file`` (mode 0600) for the operator to pick up.
@@ -16,16 +24,18 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
-from urllib.parse import parse_qs
+from urllib.parse import unquote_plus
 
 import asyncpg
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from signalfire.gateway.errors import error_response
+from signalfire.telemetry import Counter
 
 log = logging.getLogger("signalfire.gateway.auth")
 
@@ -40,6 +50,11 @@ PUBLIC_PATHS = frozenset({"/api/v1/openapi.json"})
 #: Paths that need the admin role for every method.
 ADMIN_PREFIXES = ("/api/v1/tokens", "/api/v1/audit")
 _READ_METHODS = {"GET", "HEAD", "OPTIONS"}
+#: A WebSocket client may send its token as the subprotocol ``signalfire.bearer.<token>``,
+#: offered next to :data:`STREAM_SUBPROTOCOL` (which the gateway selects), so that the token
+#: is in no URL; tokens are URL-safe base64, which a subprotocol name may hold.
+BEARER_SUBPROTOCOL = "signalfire.bearer."
+STREAM_SUBPROTOCOL = "signalfire.v1"
 # Keeps one advisory-lock key per purpose; this one serialises admin-token bootstrap.
 _BOOTSTRAP_LOCK_KEY = 0x5F61_646D  # "_adm"
 
@@ -120,6 +135,23 @@ async def authenticate(pool: asyncpg.Pool, token: str) -> Principal | None:
     return Principal(token_id=row["id"], name=row["name"], role=row["role"])
 
 
+async def valid_token_ids(pool: asyncpg.Pool, token_ids: Collection[int]) -> set[int]:
+    """Which of ``token_ids`` name a token that exists and is not revoked."""
+    rows = await pool.fetch(
+        "SELECT id FROM api_tokens WHERE id = ANY($1::bigint[]) AND revoked_at IS NULL", list(token_ids)
+    )
+    return {row["id"] for row in rows}
+
+
+async def describe_refused_token(pool: asyncpg.Pool, token: str) -> str:
+    """Who a token that did not authenticate belonged to, for the audit log: the name of a
+    revoked token, or ``unknown token``."""
+    row = await pool.fetchrow("SELECT id, name FROM api_tokens WHERE hash = $1", hash_token(token))
+    if row is None:
+        return "unknown token"
+    return f"{row['name']} (token {row['id']}, revoked)"
+
+
 def write_secret_file(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` readable by the owner only, creating parent directories."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,26 +191,102 @@ def required_role(method: str, path: str) -> Role:
 
 
 class RateLimiter:
-    """A token bucket per API token: ``rate`` requests per second, bursts up to ``burst``."""
+    """A token bucket per key (an API token's id, a client address): ``rate`` requests per
+    second, bursts up to ``burst``. ``rate`` 0 means no limit."""
+
+    #: Buckets kept at most before full ones (keys idle long enough to be back at ``burst``)
+    #: are dropped; bounds the memory an attacker with many addresses can make it hold.
+    MAX_KEYS = 100_000
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
         self.burst = burst
         self.clock = clock
-        self._buckets: dict[int, tuple[float, float]] = {}
+        self._buckets: dict[Hashable, tuple[float, float]] = {}
 
-    def wait_time(self, key: int) -> float:
+    def _level(self, key: Hashable, now: float) -> float:
+        level, since = self._buckets.get(key, (float(self.burst), now))
+        return min(float(self.burst), level + (now - since) * self.rate)
+
+    def wait_time(self, key: Hashable) -> float:
         """0 when a request may go ahead now (and it is counted), else seconds until one may."""
         if self.rate <= 0:
             return 0.0
         now = self.clock()
-        level, since = self._buckets.get(key, (float(self.burst), now))
-        level = min(float(self.burst), level + (now - since) * self.rate)
+        level = self._level(key, now)
+        if key not in self._buckets and len(self._buckets) >= self.MAX_KEYS:
+            self._prune(now)
         if level >= 1:
             self._buckets[key] = (level - 1, now)
             return 0.0
         self._buckets[key] = (level, now)
         return (1 - level) / self.rate
+
+    def peek(self, key: Hashable) -> float:
+        """Like :meth:`wait_time`, without counting a request."""
+        if self.rate <= 0:
+            return 0.0
+        level = self._level(key, self.clock())
+        return 0.0 if level >= 1 else (1 - level) / self.rate
+
+    def _prune(self, now: float) -> None:
+        full = [key for key in self._buckets if self._level(key, now) >= self.burst]
+        for key in full:
+            del self._buckets[key]
+
+
+class FailureThrottle:
+    """Failed authentications per client address, as a :class:`RateLimiter`.
+
+    An address over its budget is refused before its token is looked up (no database work
+    and no way to tell a valid guess from an invalid one), except with a token that
+    authenticated at this gateway before: valid users behind the attacker's address (a NAT,
+    a proxy) keep working. Addresses under budget are not affected at all.
+    """
+
+    #: How many tokens that authenticated are remembered (by hash), newest kept.
+    REMEMBERED = 10_000
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.buckets = RateLimiter(rate, burst, clock)
+        self._good: OrderedDict[str, None] = OrderedDict()
+
+    def wait_time(self, address: str, token: str | None) -> float:
+        """0 when a request from ``address`` with ``token`` may be checked, else seconds to wait."""
+        wait = self.buckets.peek(address)
+        if wait > 0 and token is not None and hash_token(token) in self._good:
+            return 0.0
+        return wait
+
+    def failed(self, address: str, token: str | None) -> None:
+        self.buckets.wait_time(address)
+        if token is not None:
+            self._good.pop(hash_token(token), None)
+
+    def succeeded(self, token: str) -> None:
+        digest = hash_token(token)
+        self._good[digest] = None
+        self._good.move_to_end(digest)
+        if len(self._good) > self.REMEMBERED:
+            self._good.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class AuthCounters:
+    """``auth_failures_total`` (by ``reason``: ``missing``/``invalid``) and ``auth_throttled_total``."""
+
+    failures: Counter
+    throttled: Counter
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request was refused (401/403), kept in ``scope["state"]["refused"]`` for the audit log."""
+
+    status: int
+    message: str
+    #: The caller as the audit log names it (a token's name, ``unknown token``, ``no token``).
+    actor: str
 
 
 #: Browsers cannot set headers on a WebSocket or an EventSource, so only the two stream
@@ -186,17 +294,48 @@ class RateLimiter:
 QUERY_TOKEN_PATHS = frozenset({"/api/v1/stream", "/api/v1/events/stream"})
 
 
-def _bearer(scope: Scope) -> str | None:
+def _credentials(scope: Scope) -> str | None:
+    """The token of a request: ``Authorization: Bearer``, a WebSocket's bearer subprotocol, or
+    (on the stream endpoints only) ``?token=``. A ``token`` query parameter is removed from
+    ``scope`` on every path, so nothing that prints the request's URL later can show it."""
+    query_token = _take_query_token(scope)
     for name, value in scope.get("headers", []):
         if name == b"authorization":
             scheme, _, token = bytes(value).decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
             return None
+    if scope["type"] == "websocket":
+        for offered in scope.get("subprotocols", []):
+            if offered.startswith(BEARER_SUBPROTOCOL) and len(offered) > len(BEARER_SUBPROTOCOL):
+                return str(offered[len(BEARER_SUBPROTOCOL) :])
     if scope.get("path") not in QUERY_TOKEN_PATHS:
         return None
-    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
-    return values[0] if values else None
+    return query_token
+
+
+def _take_query_token(scope: Scope) -> str | None:
+    """Remove every ``token`` parameter from the query string of ``scope``; returns the first."""
+    query: bytes = scope.get("query_string", b"")
+    if b"token" not in query:
+        return None
+    token: str | None = None
+    kept: list[bytes] = []
+    for part in query.split(b"&"):
+        name, _, value = part.partition(b"=")
+        if unquote_plus(name.decode("latin-1")) == "token":
+            if token is None:
+                token = unquote_plus(value.decode("latin-1"))
+        elif part:
+            kept.append(part)
+    scope["query_string"] = b"&".join(kept)
+    return token or None
+
+
+def client_address(scope: Scope) -> str:
+    """The address a request came from (after uvicorn's trusted-proxy handling)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 async def _deny(
@@ -220,13 +359,23 @@ async def _deny(
 class AuthMiddleware:
     """Requires a valid token with a sufficient role on every ``/api/v1/`` path.
 
-    The request's :class:`Principal` is put in ``scope["state"]["principal"]``.
+    The request's :class:`Principal` is put in ``scope["state"]["principal"]``; a request
+    refused with 401 or 403 gets a :class:`Refusal` in ``scope["state"]["refused"]`` instead.
     """
 
-    def __init__(self, app: ASGIApp, pool: asyncpg.Pool, limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        pool: asyncpg.Pool,
+        limiter: RateLimiter | None = None,
+        failures: FailureThrottle | None = None,
+        counters: AuthCounters | None = None,
+    ) -> None:
         self.app = app
         self.pool = pool
         self.limiter = limiter
+        self.failures = failures
+        self.counters = counters
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -235,16 +384,32 @@ class AuthMiddleware:
             or not path.startswith(PROTECTED_PREFIX)
             or path in PUBLIC_PATHS
         ):
+            _take_query_token(scope)
             await self.app(scope, receive, send)
             return
-        token = _bearer(scope)
+        token = _credentials(scope)
+        address = client_address(scope)
+        if self.failures is not None:
+            wait = self.failures.wait_time(address, token)
+            if wait > 0:
+                if self.counters is not None:
+                    self.counters.throttled.inc()
+                message = f"too many failed authentications from {address}; try again in {wait:.1f}s"
+                retry = {"Retry-After": str(math.ceil(wait))}
+                await _deny(scope, receive, send, (429, "rate_limited", message), retry)
+                return
         challenge = {"WWW-Authenticate": 'Bearer realm="signalfire"'}
         if token is None:
             message = "an API token is required: send 'Authorization: Bearer <token>'"
+            self._failed(scope, address, None, Refusal(401, message, "no token"))
             await _deny(scope, receive, send, (401, "unauthorized", message), challenge)
             return
         try:
             principal = await authenticate(self.pool, token)
+            if principal is None and scope.get("method", "GET") not in _READ_METHODS:
+                actor = await describe_refused_token(self.pool, token)
+            else:
+                actor = "unknown token"
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("cannot check an API token: database unavailable", extra={"reason": str(exc)})
             message = "the database is unavailable; try again shortly"
@@ -252,11 +417,16 @@ class AuthMiddleware:
             return
         if principal is None:
             message = "the API token is not valid or has been revoked"
+            self._failed(scope, address, token, Refusal(401, message, actor))
             await _deny(scope, receive, send, (401, "unauthorized", message), challenge)
             return
+        if self.failures is not None:
+            self.failures.succeeded(token)
         needed = required_role(scope.get("method", "GET"), path)
         if not principal.allows(needed):
             message = f"this needs the {needed} role; the token {principal.name!r} is {principal.role}"
+            actor = f"{principal.name} (token {principal.token_id}, {principal.role})"
+            scope.setdefault("state", {})["refused"] = Refusal(403, message, actor)
             await _deny(scope, receive, send, (403, "forbidden", message))
             return
         if self.limiter is not None:
@@ -268,3 +438,10 @@ class AuthMiddleware:
                 return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
+
+    def _failed(self, scope: Scope, address: str, token: str | None, refusal: Refusal) -> None:
+        scope.setdefault("state", {})["refused"] = refusal
+        if self.failures is not None:
+            self.failures.failed(address, token)
+        if self.counters is not None:
+            self.counters.failures.inc(reason="missing" if token is None else "invalid")

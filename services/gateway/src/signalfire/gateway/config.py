@@ -80,12 +80,20 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Requests per second one token may make on average (bursts up to ``rate_burst``); 0: no limit.
     rate_limit: float = 50.0
     rate_burst: int = 200
+    #: Failed authentications (401s) per second one client address may make on average
+    #: (bursts up to ``auth_failure_burst``); beyond that its requests are answered 429, except
+    #: those with a token that authenticated at this gateway before. 0: no limit.
+    auth_failure_rate: float = 10.0
+    auth_failure_burst: int = 20
     #: The largest request body accepted (bytes); larger ones are answered with 413.
     max_body_bytes: int = 4 << 20
     #: How long a request to another service (e.g. the evaluator's rules) may take.
     control_timeout: Duration = Duration(2.0)
     #: How far back a reconnecting dashboard tab can resume the live stream without a reload.
     stream_ring_seconds: Duration = Duration(300.0)
+    #: How often the tokens of open live streams are checked; a stream whose token was revoked
+    #: elsewhere (the CLI, another replica) or deleted ends within this long.
+    stream_token_recheck: Duration = Duration(5.0)
     log_level: str = "info"
     log_format: Literal["logfmt", "json"] = "logfmt"
 
@@ -120,5 +128,11 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("rate_limit: must not be negative")
         if self.rate_burst < 1:
             raise ValueError("rate_burst: must be at least 1")
+        if self.auth_failure_rate < 0:
+            raise ValueError("auth_failure_rate: must not be negative")
+        if self.auth_failure_burst < 1:
+            raise ValueError("auth_failure_burst: must be at least 1")
+        if self.stream_token_recheck <= 0:
+            raise ValueError("stream_token_recheck: must be more than 0s")
         if not self.database_url:
             raise ValueError("database_url: must not be empty")

@@ -1,6 +1,8 @@
 """``WS /api/v1/stream`` and its SSE fallback ``GET /api/v1/events/stream``, fed by the hub.
 
-Protocol (WebSocket): after connecting with ``?token=``, the client sends
+Protocol (WebSocket): the client connects offering the subprotocols ``signalfire.v1`` and
+``signalfire.bearer.<token>`` (the gateway selects ``signalfire.v1``; ``?token=`` works too,
+for clients that cannot offer subprotocols), then sends
 ``{"subscribe": {"hosts": [...], "metrics": [...], "alerts": true}, "last_seq": N|null,
 "epoch": E|null}``; it may send ``{"subscribe": ...}`` again at any time to change what it
 gets. The gateway first sends ``{"kind": "hello", "epoch", "head"}`` (and a ``reset`` frame
@@ -9,10 +11,14 @@ restarted), then JSON arrays of frames (``{"seq", "kind": "metric"|"alert"|"host
 most ``flush_interval`` apart while there is traffic, and a heartbeat every
 ``heartbeat_seconds`` when there is none. A client that stays blocked is disconnected with
 close code 4008 and resumes with its last sequence number; at shutdown every client gets
-close code 1012 and reconnects.
+close code 1012 and reconnects. A client whose token is revoked or deleted is closed with code
+4401 and the reason ``token revoked`` (:class:`TokenWatch` checks every open stream's token
+every ``stream_token_recheck`` seconds; a revocation through the API ends them at once).
 
 SSE: ``GET /api/v1/events/stream?hosts=a,b&metrics=cpu.*&alerts=1`` with ``Last-Event-ID``
-(or ``?last_seq=``) to resume; one ``data:`` line per frame with ``id: <epoch>-<seq>``.
+(or ``?last_seq=``) to resume; one ``data:`` line per frame with ``id: <epoch>-<seq>``. A
+revoked token's stream ends with ``event: error`` and ``{"kind": "error", "code":
+"token_revoked", "message"}``.
 """
 
 from __future__ import annotations
@@ -23,14 +29,23 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
+import asyncpg
 import msgspec
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from signalfire.events import AgentStatus, AlertAction, AlertEvent, MetricBatch, PayloadError, decode
+from signalfire.gateway.auth import STREAM_SUBPROTOCOL, Principal, valid_token_ids
 from signalfire.gateway.errors import invalid
-from signalfire.gateway.stream import ClientStalled, StreamClient, StreamClosed, StreamHub, Subscription
+from signalfire.gateway.stream import (
+    AccessRevoked,
+    ClientStalled,
+    StreamClient,
+    StreamClosed,
+    StreamHub,
+    Subscription,
+)
 from signalfire.telemetry import Counter
 
 log = logging.getLogger("signalfire.gateway.live")
@@ -38,6 +53,9 @@ log = logging.getLogger("signalfire.gateway.live")
 CLOSE_STALLED = 4008
 CLOSE_BAD_REQUEST = 4400
 CLOSE_RESTARTING = 1012
+#: 4000 + 401, like a refused handshake: the client must sign in again, not reconnect.
+CLOSE_TOKEN_REVOKED = 4401
+TOKEN_REVOKED = "token revoked"
 
 
 class ClientMessage(msgspec.Struct, forbid_unknown_fields=True):
@@ -76,6 +94,13 @@ def _join(frames: list[bytes]) -> bytes:
 
 
 RESET = b'{"kind":"reset","reason":"the stream cannot resume from your last sequence number; reload"}'
+REVOKED_EVENT = msgspec.json.encode(
+    {
+        "kind": "error",
+        "code": "token_revoked",
+        "message": "the API token of this stream was revoked or deleted; sign in again",
+    }
+)
 HEARTBEAT = b'{"kind":"heartbeat"}'
 
 
@@ -99,7 +124,8 @@ class LiveEndpoints:
             await ws.close(CLOSE_BAD_REQUEST, f"bad subscription: {exc}"[:120])
 
     async def websocket(self, ws: WebSocket) -> None:
-        await ws.accept()
+        offered = ws.scope.get("subprotocols", [])
+        await ws.accept(subprotocol=STREAM_SUBPROTOCOL if STREAM_SUBPROTOCOL in offered else None)
         try:
             first = decode_client_message(await asyncio.wait_for(_receive(ws), 30))
         except PayloadError as exc:
@@ -107,7 +133,9 @@ class LiveEndpoints:
             return
         except (TimeoutError, WebSocketDisconnect):
             return
-        client, complete = self.hub.connect(first.subscribe or Subscription(), first.last_seq, first.epoch)
+        client, complete = self.hub.connect(
+            first.subscribe or Subscription(), first.last_seq, first.epoch, token_id=_token_id(ws.scope)
+        )
         reader = asyncio.create_task(self._read_updates(ws, client))
         try:
             opening = [self._hello()] if complete else [self._hello(), RESET]
@@ -120,6 +148,9 @@ class LiveEndpoints:
         except StreamClosed:
             with contextlib.suppress(Exception):
                 await ws.close(CLOSE_RESTARTING, "the gateway is restarting: reconnect and resume")
+        except AccessRevoked:
+            with contextlib.suppress(Exception):
+                await ws.close(CLOSE_TOKEN_REVOKED, TOKEN_REVOKED)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         finally:
@@ -179,7 +210,7 @@ class LiveEndpoints:
             last_seq = int(raw_last) if raw_last else None
         except ValueError:
             raise invalid("last_seq", "must be a sequence number (or the id of the last event)") from None
-        client, complete = self.hub.connect(subscription, last_seq, epoch)
+        client, complete = self.hub.connect(subscription, last_seq, epoch, token_id=_token_id(request.scope))
         prefix = self.hub.epoch.encode() + b"-"
 
         async def events() -> AsyncIterator[bytes]:
@@ -195,6 +226,8 @@ class LiveEndpoints:
                         yield b"id: " + prefix + b"%d\ndata: " % frame.seq + frame.data + b"\n\n"
             except (ClientStalled, StreamClosed):
                 return
+            except AccessRevoked:
+                yield b"event: error\ndata: " + REVOKED_EVENT + b"\n\n"
             finally:
                 self.hub.disconnect(client)
 
@@ -203,6 +236,50 @@ class LiveEndpoints:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
+
+
+def _token_id(scope: Mapping[str, object]) -> int | None:
+    """The id of the API token the request authenticated with (set by the auth middleware)."""
+    state = scope.get("state")
+    principal = state.get("principal") if isinstance(state, dict) else None
+    return principal.token_id if isinstance(principal, Principal) else None
+
+
+class TokenWatch:
+    """Ends the live streams of tokens that were revoked or deleted since they connected.
+
+    Revocations through this gateway's API end their streams at once (:meth:`StreamHub.revoke`);
+    this catches the rest — ``signalfire token revoke``, another replica's API, a deleted row —
+    by checking every open stream's token every ``interval`` seconds (one query for all of
+    them). While the database is unreachable the streams are left open and the check is
+    retried at the next interval.
+    """
+
+    def __init__(self, hub: StreamHub, pool: asyncpg.Pool, interval: float) -> None:
+        self.hub = hub
+        self.pool = pool
+        self.interval = interval
+
+    async def run(self) -> None:
+        """Check every ``interval`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.check()
+
+    async def check(self) -> int:
+        """End the streams whose token is no longer valid; returns how many were ended."""
+        token_ids = self.hub.token_ids()
+        if not token_ids:
+            return 0
+        try:
+            valid = await valid_token_ids(self.pool, token_ids)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("cannot re-check the tokens of open streams", extra={"reason": str(exc)})
+            return 0
+        ended = self.hub.revoke(token_ids - valid)
+        if ended:
+            log.info("ended streams of revoked tokens", extra={"streams": ended})
+        return ended
 
 
 class LiveFeed:

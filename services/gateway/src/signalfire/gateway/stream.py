@@ -27,7 +27,7 @@ import fnmatch
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -85,6 +85,10 @@ class StreamClosed(Exception):
     """The gateway is shutting down; the client reconnects (to this or another replica)."""
 
 
+class AccessRevoked(Exception):
+    """The token the client connected with was revoked or deleted: it must not reconnect with it."""
+
+
 @dataclass(eq=False)
 class StreamClient:
     """One connected tab. Frames are taken with :meth:`next_frames`."""
@@ -92,15 +96,23 @@ class StreamClient:
     subscription: Subscription
     max_pending: int
     on_coalesced: Callable[[int], None] = lambda n: None
+    #: The API token the client connected with (``None``: not known, e.g. in tests of the hub).
+    token_id: int | None = None
     _metrics: OrderedDict[str, Frame] = field(default_factory=OrderedDict)
     _others: deque[Frame] = field(default_factory=deque)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     stalled: bool = False
     closed: bool = False
+    revoked: bool = False
     last_seq: int = 0
 
     def close(self) -> None:
         self.closed = True
+        self._ready.set()
+
+    def revoke(self) -> None:
+        """End the stream at once because its token is no longer valid."""
+        self.revoked = True
         self._ready.set()
 
     def offer(self, frame: Frame) -> None:
@@ -123,7 +135,8 @@ class StreamClient:
     async def next_frames(self, timeout: float | None = None) -> list[Frame]:
         """Everything queued, in sequence order; waits up to ``timeout`` when nothing is.
 
-        Raises :class:`ClientStalled` once the client fell too far behind.
+        Raises :class:`ClientStalled` once the client fell too far behind,
+        :class:`AccessRevoked` once its token was revoked, :class:`StreamClosed` at shutdown.
         """
         self._check()
         if not self._metrics and not self._others:
@@ -143,6 +156,8 @@ class StreamClient:
         return frames
 
     def _check(self) -> None:
+        if self.revoked:
+            raise AccessRevoked("the API token was revoked")
         if self.closed:
             raise StreamClosed("the gateway is shutting down")
         if self.stalled:
@@ -184,6 +199,7 @@ class StreamHub:
         self.frames_published = 0
         self.frames_coalesced = 0
         self.clients_stalled = 0
+        self.clients_revoked = 0
 
     # Publishing ------------------------------------------------------------------------
     def publish(
@@ -232,15 +248,23 @@ class StreamHub:
 
     # Clients ---------------------------------------------------------------------------
     def connect(
-        self, subscription: Subscription, last_seq: int | None = None, epoch: str | None = None
+        self,
+        subscription: Subscription,
+        last_seq: int | None = None,
+        epoch: str | None = None,
+        *,
+        token_id: int | None = None,
     ) -> tuple[StreamClient, bool]:
-        """Register a client; with ``last_seq``, queue what it missed from the ring.
+        """Register a client (connected with API token ``token_id``); with ``last_seq``, queue
+        what it missed from the ring.
 
         Returns the client and whether the resume was complete (False: the ring no longer
         holds ``last_seq + 1``, or ``last_seq`` is from another ``epoch``, and the client must
         reload what it shows through the REST API — send it a ``reset`` frame).
         """
-        client = StreamClient(subscription, self.client_max_pending, on_coalesced=self._count_coalesced)
+        client = StreamClient(
+            subscription, self.client_max_pending, on_coalesced=self._count_coalesced, token_id=token_id
+        )
         if self.closed:
             client.close()
         complete = True
@@ -293,6 +317,20 @@ class StreamHub:
                 clients.discard(client)
                 if not clients:
                     del self._by_host[host]
+
+    def token_ids(self) -> set[int]:
+        """The API tokens of the connected clients."""
+        return {c.token_id for c in self._clients if c.token_id is not None}
+
+    def revoke(self, token_ids: Collection[int]) -> int:
+        """End the stream of every client connected with one of ``token_ids``; returns how many."""
+        if not token_ids:
+            return 0
+        ended = [c for c in self._clients if c.token_id in token_ids and not c.revoked]
+        for client in ended:
+            client.revoke()
+        self.clients_revoked += len(ended)
+        return len(ended)
 
     def close(self) -> None:
         """End every client's stream (at shutdown): they reconnect and resume elsewhere."""

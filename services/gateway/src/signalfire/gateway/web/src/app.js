@@ -95,4 +95,6 @@ window.addEventListener("hashchange", route);
 // The stream could not resume (the gateway restarted, or the tab was away too long): reload
 // what the page shows, so nothing that arrived in between is missing.
 onFrame((frame) => { if (frame.kind === "reset") route(); });
+// The stream's token was revoked: route() asks the API, which refuses it, and shows sign-in.
+window.addEventListener("signalfire:signed-out", route);
 route();

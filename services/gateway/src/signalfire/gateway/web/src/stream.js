@@ -2,9 +2,13 @@
 // disconnect, paused while the tab is hidden. The gateway names its sequence numbers with an
 // epoch (sent in the first, "hello" frame); when it cannot resume — it restarted, or the tab
 // was away longer than its ring buffer — it sends a "reset" frame and the page reloads its
-// data through the REST API, so a chart never shows a silent gap.
+// data through the REST API, so a chart never shows a silent gap. The token travels as a
+// WebSocket subprotocol, never in the URL (URLs end up in logs). A stream whose token is
+// revoked is closed with code 4401: the tab goes back to sign-in instead of reconnecting.
 
 import { session } from "./api.js";
+
+const CLOSE_TOKEN_REVOKED = 4401;
 
 const listeners = new Set();
 let socket = null;
@@ -35,8 +39,13 @@ export function connect() {
   if (socket || document.hidden || !session.token) return;
   const url = new URL("/api/v1/stream", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  url.searchParams.set("token", session.token);
-  socket = new WebSocket(url);
+  try {
+    socket = new WebSocket(url, ["signalfire.v1", `signalfire.bearer.${session.token}`]);
+  } catch {
+    // Not a token a subprotocol can carry (a pasted typo): the REST API will refuse it too.
+    setStatus("offline", false);
+    return;
+  }
   socket.onopen = () => {
     retry = 500;
     setStatus("live", true);
@@ -53,8 +62,13 @@ export function connect() {
       for (const fn of listeners) fn(frame);
     }
   };
-  socket.onclose = () => {
+  socket.onclose = (event) => {
     socket = null;
+    if (event.code === CLOSE_TOKEN_REVOKED) {
+      setStatus("signed out", false);
+      window.dispatchEvent(new CustomEvent("signalfire:signed-out"));
+      return;
+    }
     setStatus("reconnecting…", false);
     if (!document.hidden) setTimeout(connect, retry);
     retry = Math.min(retry * 2, 10000);
