@@ -9,10 +9,10 @@ TOOLS := .signalfire/tools
 UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help up test sync provision provision-test lint format typecheck unit integration e2e screenshots schemas clean
+.PHONY: help up test sync provision provision-test lint format typecheck unit integration e2e faults screenshots schemas clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 $(TOOLS)/bin/uv:
 	@echo "[make] installing uv $(UV_VERSION) from PyPI into $(TOOLS)"
@@ -54,6 +54,9 @@ integration: sync provision  ## integration tests (real NATS and PostgreSQL)
 
 e2e: sync provision-test  ## the whole stack, end to end
 	@$(UV) run --no-sync pytest tests/e2e $(PYTEST_ARGS)
+
+faults: sync provision  ## the fault suite: kill -9, NATS and PostgreSQL outages, poison; prints each one's numbers
+	@$(UV) run --no-sync pytest tests/faults -s $(PYTEST_ARGS)
 
 screenshots: sync provision-test  ## refresh docs/screenshots (every dashboard page, both themes)
 	@SF_UPDATE_SCREENSHOTS=1 $(UV) run --no-sync pytest tests/e2e/test_screenshots.py $(PYTEST_ARGS)

@@ -26,7 +26,7 @@ from signalfire.events import AlertEvent, decode
 #: Every summary line starts with this, so ``pytest -s tests/faults | grep '^FAULT'`` lists them.
 SUMMARY_PREFIX = "FAULT"
 
-_SAMPLE = re.compile(r'^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$')
+_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
 _LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
@@ -136,7 +136,9 @@ async def stream_messages(js: Any, stream: str, subject_prefix: str = "") -> lis
 async def alert_events(js: Any, nats: NatsConfig) -> list[AlertEvent]:
     """Every alert event on the alerts stream (what the evaluator published, de-duplicated)."""
     prefix = nats.subjects.all_alerts[:-1]
-    return [decode(data, AlertEvent) for _, data in await stream_messages(js, nats.subjects.alerts_stream, prefix)]
+    return [
+        decode(data, AlertEvent) for _, data in await stream_messages(js, nats.subjects.alerts_stream, prefix)
+    ]
 
 
 async def wait_evaluator(nc: Any, nats: NatsConfig, evaluator: ServiceProcess, timeout: float = 30) -> None:

@@ -12,7 +12,16 @@ from devstack import free_port, start_gateway
 
 from signalfire.bus import NatsConfig
 from signalfire.events import MetricBatch, Sample, encode
-from tests.faults.support import consumer_numbers, eventually, fetch_count, kill9, report, scrape, service_env, total
+from tests.faults.support import (
+    consumer_numbers,
+    eventually,
+    fetch_count,
+    kill9,
+    report,
+    scrape,
+    service_env,
+    total,
+)
 
 BATCHES = 200
 SAMPLES_PER_BATCH = 50
@@ -31,7 +40,8 @@ async def publish_steadily(js: Any, nats: NatsConfig, published: list[int]) -> N
             host=host,
             time=start + b,
             samples=[
-                Sample(name="fault.value", value=float(i), labels={"i": str(i)}) for i in range(SAMPLES_PER_BATCH)
+                Sample(name="fault.value", value=float(i), labels={"i": str(i)})
+                for i in range(SAMPLES_PER_BATCH)
             ],
         )
         for _ in range(20):
@@ -81,7 +91,9 @@ async def test_gateway_kill_9_under_ingest_stores_every_sample_once(
     published: list[int] = []
     publisher = asyncio.create_task(publish_steadily(js, nats_config, published))
     try:
-        await eventually(lambda: len(published) >= KILL_AFTER, "the first batches to be published", 30, gateway)
+        await eventually(
+            lambda: len(published) >= KILL_AFTER, "the first batches to be published", 30, gateway
+        )
 
         async def some_stored() -> bool:
             return await fetch_count(database_url, "SELECT count(*) FROM samples") > 0

@@ -61,10 +61,18 @@ async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false
     services: list[ServiceProcess] = []
     try:
         gateway = await asyncio.to_thread(
-            start_gateway, nats.url, database_url, port, log_dir=tmp_path, token_file=tmp_path / "token", extra_env=env
+            start_gateway,
+            nats.url,
+            database_url,
+            port,
+            log_dir=tmp_path,
+            token_file=tmp_path / "token",
+            extra_env=env,
         )
         services.append(gateway)
-        evaluator = ServiceProcess("evaluator", ["evaluator"], {**env, "SF_RULES": str(SHIPPED_RULES)}, tmp_path)
+        evaluator = ServiceProcess(
+            "evaluator", ["evaluator"], {**env, "SF_RULES": str(SHIPPED_RULES)}, tmp_path
+        )
         services.append(evaluator.start())
         await wait_evaluator(admin, nats, evaluator)
         agent_yaml = write(tmp_path / "agent.yaml", f"interval: {INTERVAL:g}s\nhostname: {HOST}\n")
@@ -115,8 +123,8 @@ async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false
         rows = await stored()
         distinct = await fetch_count(
             database_url,
-            "SELECT count(DISTINCT (s.series_id, s.time)) FROM samples s JOIN series ON series.id = s.series_id "
-            "WHERE series.host = $1 AND s.time <= to_timestamp($2)",
+            "SELECT count(DISTINCT (s.series_id, s.time)) FROM samples s "
+            "JOIN series ON series.id = s.series_id WHERE series.host = $1 AND s.time <= to_timestamp($2)",
             HOST,
             max(b.time for b in batches),
         )

@@ -31,7 +31,10 @@ async def publish_all_kinds(js: Any, nats: NatsConfig, counts: dict[str, int], s
         batch = MetricBatch(
             host=HOST,
             time=start + n * 0.1,
-            samples=[Sample(name="fault.pg", value=float(i), labels={"i": str(i)}) for i in range(SAMPLES_PER_BATCH)],
+            samples=[
+                Sample(name="fault.pg", value=float(i), labels={"i": str(i)})
+                for i in range(SAMPLES_PER_BATCH)
+            ],
         )
         await js.publish(nats.subjects.metrics(HOST), encode(batch), headers={"Nats-Msg-Id": f"pg-m-{n}"})
         counts["samples"] += SAMPLES_PER_BATCH
@@ -50,7 +53,9 @@ async def publish_all_kinds(js: Any, nats: NatsConfig, counts: dict[str, int], s
             )
             await js.publish(nats.subjects.alerts(HOST), encode(alert), headers={"Nats-Msg-Id": f"pg-a-{k}"})
             result = DeliveryResult(alert_id=alert.id, channel="hook", status="sent", attempt=1, time=now)
-            await js.publish(nats.subjects.notifications("hook"), encode(result), headers={"Nats-Msg-Id": f"pg-d-{k}"})
+            await js.publish(
+                nats.subjects.notifications("hook"), encode(result), headers={"Nats-Msg-Id": f"pg-d-{k}"}
+            )
             counts["alerts"] += 1
             counts["deliveries"] += 1
         n += 1
@@ -110,7 +115,11 @@ async def test_postgres_down_longer_than_ack_wait_times_max_deliver_loses_nothin
             merged = await fetch_count(database_url, "SELECT sum(count) FROM samples_1m")
             alerts = await fetch_count(database_url, "SELECT count(*) FROM alerts")
             deliveries = await fetch_count(database_url, "SELECT count(*) FROM notifications")
-            return merged >= counts["samples"] and alerts >= counts["alerts"] and deliveries >= counts["deliveries"]
+            return (
+                merged >= counts["samples"]
+                and alerts >= counts["alerts"]
+                and deliveries >= counts["deliveries"]
+            )
 
         caught = True
         try:
