@@ -57,6 +57,9 @@ LabelName = Annotated[str, Meta(min_length=1, max_length=100, pattern=LABEL_NAME
 LabelValue = Annotated[str, Meta(max_length=1024)]
 Labels = Annotated[dict[LabelName, LabelValue], Meta(max_length=MAX_LABELS)]
 UnixTime = Annotated[float, Meta(ge=0, le=32503680000, description="Unix time in seconds")]
+# JSON integers have no size limit and msgspec reads any; these bounds are what the database
+# (and most languages) can hold, so a huge number is refused here rather than by an INSERT.
+Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 Severity = Literal["critical", "high", "medium", "low"]
 Version = Literal[1]
 
@@ -108,8 +111,8 @@ class HostFacts(Struct, omit_defaults=True, kw_only=True):
 
     os: str = ""
     kernel: str = ""
-    cpu_count: int = 0
-    memory_total_bytes: int = 0
+    cpu_count: Count = 0
+    memory_total_bytes: Count = 0
     boot_time: UnixTime | None = None
     agent_version: str = ""
 
@@ -148,7 +151,7 @@ class AlertEvent(Struct, kw_only=True):
     value: float | None = None
     threshold: float | None = None
     ends_at: UnixTime | None = None
-    seq: Annotated[int, Meta(ge=0)] = 0
+    seq: Count = 0
     v: Version = 1
 
 
@@ -170,7 +173,7 @@ class DeliveryResult(Struct, kw_only=True):
     alert_id: Annotated[str, Meta(min_length=1, max_length=200)]
     channel: Annotated[str, Meta(min_length=1, max_length=200)]
     status: Literal["sent", "failed", "retrying", "suppressed"]
-    attempt: Annotated[int, Meta(ge=1)]
+    attempt: Annotated[int, Meta(ge=1, le=2**31 - 1)]
     time: UnixTime
     transition: Literal["firing", "resolved", "acknowledged", "repeat", "escalation", "test"] = "firing"
     fingerprint: str = ""

@@ -120,3 +120,12 @@ def test_spool_ignores_half_written_and_unreadable_files(tmp_path: Path) -> None
     outbox = Outbox(10, spool)
     assert drain(outbox) == [3]
     assert not (spool / "0000000000000001.tmp").exists()
+
+
+def test_a_spool_file_whose_head_is_not_utf8_is_skipped(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "0000000000000001.msg").write_bytes(b"sf.metrics.\xff\nid-1\n1")
+    (spool / "0000000000000002.msg").write_bytes(b"sf.metrics.h\nid-\xfe\n2")
+    (spool / "0000000000000003.msg").write_bytes(b"sf.metrics.h\nid-3\n3")
+    assert drain(Outbox(10, spool)) == [3]

@@ -127,11 +127,11 @@ class Outbox:
             try:
                 seq = int(path.stem)
                 subject, msg_id, data = path.read_bytes().split(b"\n", 2)
-            except (OSError, ValueError) as exc:
+                item = Outgoing(subject.decode(), data, msg_id.decode(), seq)
+            except (OSError, ValueError) as exc:  # ValueError: also a head that is not UTF-8
                 log.warning("unreadable spool file skipped", extra={"path": str(path), "reason": str(exc)})
                 continue
             self._next_seq = max(self._next_seq, seq + 1)
-            item = Outgoing(subject.decode(), data, msg_id.decode(), seq)
             if self.capacity == 0:
                 self._drop(item)
                 continue

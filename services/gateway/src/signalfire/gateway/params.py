@@ -131,7 +131,7 @@ def parse_cursor(params: Mapping[str, str], types: tuple[type, ...]) -> list[Any
         return None
     try:
         values = msgspec.json.decode(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-    except (ValueError, msgspec.DecodeError):
+    except (ValueError, RecursionError):  # bad base64 or JSON, not UTF-8, nested too deeply
         raise invalid("cursor", "cursor is not one this API returned") from None
     if (
         not isinstance(values, list)
