@@ -266,3 +266,37 @@ def test_a_long_range_folds_live_samples_into_its_buckets(browser: Any, running:
         page.wait_for_timeout(200)
     assert cells.all_inner_texts() == ["40.0 %", "30.0 %"]
     page.close()
+
+
+def test_host_page_opens_for_a_name_with_url_reserved_characters(browser: Any, running: Stack) -> None:
+    host = "ui 50% #2?.example"
+    publish(running, host, [("cpu.usage_percent", 12.5)])
+    page = open_signed_in(browser, running, token(running))
+    # From the overview's tile, as a user gets there: the link carries the name percent-encoded.
+    page.locator("a.tile", has_text=host).click()
+    page.wait_for_selector("#host-name")
+    assert page.locator("#host-name").inner_text() == host
+    page.locator("figure[aria-label='CPU total'] .latest").get_by_text("12.5 %").wait_for(timeout=5000)
+    page.get_by_text("last seen").wait_for(timeout=5000)  # the facts: /api/v1/hosts/{name} answered
+    page.close()
+
+
+def test_a_tab_whose_token_is_revoked_goes_back_to_sign_in(browser: Any, running: Stack) -> None:
+    name = f"ui-revoked-{time.monotonic_ns()}"
+    admin = {"Authorization": f"Bearer {token(running)}"}
+    created = httpx.post(
+        f"{running.gateway_url}/api/v1/tokens",
+        json={"name": name, "role": "viewer"},
+        headers=admin,
+        timeout=5,
+    )
+    assert created.status_code == 201, created.text
+    page = open_signed_in(browser, running, created.json()["token"])
+    revoked = httpx.delete(
+        f"{running.gateway_url}/api/v1/tokens/{created.json()['id']}", headers=admin, timeout=5
+    )
+    assert revoked.status_code == 200, revoked.text
+    # The stream is closed with 4401 at once; the tab asks the API, is refused and signs out.
+    page.get_by_role("alert").filter(has_text="not accepted").wait_for(timeout=5000)
+    assert page.locator("#token").is_visible()
+    page.close()
