@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import json
 import os
 import pwd
 import shutil
@@ -134,9 +135,8 @@ class NatsServer:
             raise DevStackError(f"port {self.host}:{self.port} is already in use: is another NATS running?")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                venv_bin("nats-server"),
+        if self.config is None:
+            args = [
                 "--jetstream",
                 "--store_dir",
                 str(self.data_dir / "jetstream"),
@@ -148,8 +148,11 @@ class NatsServer:
                 "signalfire-dev",
                 "--pid",
                 str(self.pid_file),
-                *(["--config", str(self.config)] if self.config is not None else []),
-            ],
+            ]
+        else:
+            args = ["--config", str(self._server_config(self.config))]
+        self.proc = subprocess.Popen(
+            [venv_bin("nats-server"), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -158,6 +161,25 @@ class NatsServer:
         log.close()
         wait_for(lambda: port_open(self.host, self.port), "nats-server", timeout, self.proc, self.log_path)
         return self
+
+    def _server_config(self, config: Path) -> Path:
+        """A config with this server's settings that includes ``config``. Settings given as flags
+        instead would make nats-server refuse every config reload (``SIGHUP``), and an include
+        is relative to the including file, so it is written beside ``config``."""
+        server = config.parent / f".{config.stem}-{self.port}.conf"
+        server.write_text(
+            "\n".join(
+                [
+                    "server_name: signalfire-dev",
+                    f"listen: {json.dumps(f'{self.host}:{self.port}')}",
+                    f"pid_file: {json.dumps(str(self.pid_file))}",
+                    f"jetstream {{ store_dir: {json.dumps(str(self.data_dir / 'jetstream'))} }}",
+                    f"include ./{config.name}",
+                    "",
+                ]
+            )
+        )
+        return server
 
     def stop(self) -> None:
         _stop(self.proc)

@@ -1,0 +1,486 @@
+"""The authorized bus: a nats-server with the config ``signalfire.buspolicy`` generates.
+
+Each service, connected as its own identity, does its whole job; what the policy forbids the
+server refuses (the state afterwards shows it: the stream is still there, nothing was
+stored, no one received the forged action). And a TLS server refuses a client that does not
+trust its certificate authority.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import trustme
+from devstack import NatsServer, bus_credentials
+from nats.errors import NoServersError
+from nats.js.errors import NotFoundError
+
+from signalfire.bus import NatsConfig, connect, ensure_streams
+from signalfire.busauth import CredentialDirectory, reload_server
+from signalfire.buspolicy import GATEWAY_DURABLES, NOTIFIER_DURABLES, permissions, user_name
+from signalfire.config import ConfigError, Duration
+from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
+from signalfire.events import AlertAction, AlertEvent, DeliveryResult, MetricBatch, Sample, decode, encode
+from signalfire.notifier.channels.log import LogChannelConfig
+from signalfire.notifier.config import NotifyConfig, Route
+from signalfire.notifier.service import NotifierService
+from signalfire.subjects import Subjects
+from tests.integration.gateway_support import eventually, gateway_config, running_gateway
+
+WEB1 = "web-1.example"
+WEB2 = "web-2.example"
+#: How long a refused JetStream API request waits: the server drops it, nobody answers.
+REFUSED_WAIT = 1.0
+
+
+@dataclass
+class Bus:
+    server: NatsServer
+    creds: CredentialDirectory
+    subjects: Subjects
+
+    def config(self, identity: str, **overrides: Any) -> NatsConfig:
+        base = NatsConfig(
+            url=self.server.url,
+            prefix=self.subjects.prefix,
+            user=identity,
+            password_file=str(self.creds.password_file(identity)),
+            metrics_max_bytes=16 << 20,
+            connect_timeout=Duration(2),
+        )
+        return msgspec.structs.replace(base, **overrides)
+
+
+@pytest.fixture(scope="module")
+def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
+    root = tmp_path_factory.mktemp("busauth")
+    prefix = f"a{secrets.token_hex(3)}"
+    creds = bus_credentials(root / "bus", prefix, WEB1)  # as `make up` makes them
+    creds.enroll(WEB2, creds.password_file(user_name("agent", WEB2)))
+    server = NatsServer(root / "nats", config=root / "bus" / "nats.conf").start()
+    try:
+        yield Bus(server, creds, Subjects(prefix))
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def admin(bus: Bus) -> AsyncIterator[Any]:
+    nc = await connect(bus.config("admin"), "test-admin", max_reconnect_attempts=1)
+    await ensure_streams(nc.jetstream(), bus.config("admin"))
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+async def client(bus: Bus, identity: str) -> Any:
+    return await connect(bus.config(identity), f"test-{identity}", max_reconnect_attempts=1)
+
+
+def batch(host: str, cpu: float) -> bytes:
+    return encode(
+        MetricBatch(host=host, time=time.time(), samples=[Sample(name="cpu.usage_percent", value=cpu)])
+    )
+
+
+# The policy itself ---------------------------------------------------------------------------
+
+
+def test_the_policy_names_the_durable_consumers_the_services_create() -> None:
+    from signalfire.gateway import ingest
+    from signalfire.notifier import service
+
+    assert set(GATEWAY_DURABLES["metrics"]) == {ingest.METRICS_CONSUMER}
+    assert set(GATEWAY_DURABLES["alerts"]) == {
+        ingest.ALERTS_CONSUMER,
+        ingest.ACTIONS_CONSUMER,
+        ingest.NOTIFICATIONS_CONSUMER,
+    }
+    assert set(NOTIFIER_DURABLES) == {service.DURABLE, service.ACTIONS_DURABLE}
+
+
+def test_no_service_may_delete_or_purge_and_only_the_gateway_publishes_actions() -> None:
+    s = Subjects("sf")
+    for role in ("gateway", "evaluator", "notifier"):
+        rights = permissions(role, s).publish
+        assert not [r for r in rights if ".DELETE." in r or ".PURGE." in r or r in (">", "$JS.API.>")], role
+    assert s.actions in permissions("gateway", s).publish
+    assert s.actions in permissions("admin", s).publish_deny
+    for role in ("evaluator", "notifier"):
+        assert not [r for r in permissions(role, s).publish if r.startswith("sf.actions")]
+    assert permissions("agent", s, WEB1).publish == (
+        "sf.metrics.web-1_example",
+        "sf.events.web-1_example",
+        "sf.agents.web-1_example",
+    )
+
+
+def test_credential_files_are_private_and_the_server_config_holds_no_password(bus: Bus) -> None:
+    conf = bus.creds.auth_conf.read_text()
+    for identity in ("admin", "gateway", "evaluator", "notifier", user_name("agent", WEB1)):
+        file = bus.creds.password_file(identity)
+        assert file.stat().st_mode & 0o777 == 0o600
+        assert file.read_text().strip() not in conf
+        assert f'user: "{identity}"' in conf
+    assert bus.creds.auth_conf.stat().st_mode & 0o777 == 0o600
+
+
+# What each service may do ----------------------------------------------------------------------
+
+
+RULES = """\
+rules:
+  - name: BusAuthHighCPU
+    metric: cpu.usage_percent
+    condition: "> 90"
+    resolve: "< 50"
+    severity: critical
+"""
+
+
+async def test_every_service_does_its_whole_job_as_its_own_identity(
+    bus: Bus, admin: Any, database_url: str, tmp_path: Path
+) -> None:
+    s = bus.subjects
+    alerts: list[AlertEvent] = []
+    deliveries: list[DeliveryResult] = []
+    actions: list[AlertAction] = []
+
+    async def on_alert(msg: Any) -> None:
+        alerts.append(decode(msg.data, AlertEvent))
+
+    async def on_delivery(msg: Any) -> None:
+        deliveries.append(decode(msg.data, DeliveryResult))
+
+    async def on_action(msg: Any) -> None:
+        actions.append(decode(msg.data, AlertAction))
+
+    await admin.subscribe(s.all_alerts, cb=on_alert)
+    await admin.subscribe(s.all_notifications, cb=on_delivery)
+    await admin.subscribe(s.actions, cb=on_action)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    evaluator = EvaluatorService(
+        EvaluatorConfig(nats=bus.config("evaluator"), rules=[str(rules)], tick_interval=Duration(0.05))
+    )
+    notifier = NotifierService(
+        NotifyConfig(
+            nats=bus.config("notifier"),
+            channels={"ops-log": LogChannelConfig()},
+            routes=[Route(channels=["ops-log"])],
+            tick=Duration(0.05),
+        )
+    )
+    agent = await client(bus, user_name("agent", WEB1))
+    await evaluator.start()
+    await notifier.start()
+    try:
+        async with running_gateway(gateway_config(bus.config("gateway"), database_url, tmp_path)) as gw:
+            # The agent publishes its own host's metrics; the evaluator fires, the notifier delivers.
+            await agent.jetstream().publish(s.metrics(WEB1), batch(WEB1, 99.0), timeout=5)
+
+            async def fired() -> None:
+                assert [a.status for a in alerts] == ["firing"]
+                assert [d.status for d in deliveries if d.channel == "ops-log"][-1:] == ["sent"]
+
+            await eventually(fired)
+            firing = alerts[0]
+
+            # The gateway stored the alert; an operator named alice resolves it through the API.
+            async with gw.client() as api:
+                created = await api.post("/api/v1/tokens", json={"name": "alice", "role": "operator"})
+                assert created.status_code == 201, created.text
+                alice = created.json()["token"]
+
+                async def stored() -> None:
+                    answer = await api.get(f"/api/v1/alerts/{firing.id}")
+                    assert answer.status_code == 200
+
+                await eventually(stored)
+                silence = await api.post(
+                    "/api/v1/silences",
+                    json={"matchers": [{"name": "host", "value": "nowhere"}], "duration": "1h"},
+                )
+                assert silence.status_code in (200, 201), silence.text
+            async with gw.client(alice) as api:
+                resolved = await api.post(f"/api/v1/alerts/{firing.id}/resolve")
+                assert resolved.status_code == 200, resolved.text
+
+            async def acted_on() -> None:
+                assert [(a.action, a.actor) for a in actions] == [("resolve", "alice")]
+                assert [a.status for a in alerts] == ["firing", "resolved"]
+
+            await eventually(acted_on)
+
+            # The action is audited with the authenticated actor.
+            async with gw.client() as api:
+                entries = (await api.get("/api/v1/audit")).json()["audit"]
+            [entry] = [e for e in entries if e["target"] == f"/api/v1/alerts/{firing.id}/resolve"]
+            assert entry["actor"].startswith("alice ")
+            assert entry["details"]["action"] == "resolve"
+            assert entry["details"]["alert_id"] == firing.id
+    finally:
+        await agent.close()
+        await notifier.stop()
+        await evaluator.stop()
+
+
+# What the server refuses -------------------------------------------------------------------------
+
+
+async def test_the_evaluator_cannot_delete_the_alerts_stream(bus: Bus, admin: Any) -> None:
+    nc = await client(bus, "evaluator")
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - the server drops the request; it times out
+            await nc.jetstream(timeout=REFUSED_WAIT).delete_stream(bus.subjects.alerts_stream)
+        with pytest.raises(Exception):  # noqa: B017
+            await nc.jetstream(timeout=REFUSED_WAIT).delete_consumer(bus.subjects.alerts_stream, "notifier")
+    finally:
+        await nc.close()
+    info = await admin.jetstream().stream_info(bus.subjects.alerts_stream)
+    assert info.config.name == bus.subjects.alerts_stream
+
+
+async def test_the_notifier_cannot_purge_the_metrics_stream(bus: Bus, admin: Any) -> None:
+    s = bus.subjects
+    await admin.jetstream().publish(s.metrics("kept"), batch("kept", 1.0))
+    before = (await admin.jetstream().stream_info(s.metrics_stream)).state.messages
+    nc = await client(bus, "notifier")
+    try:
+        with pytest.raises(Exception):  # noqa: B017
+            await nc.jetstream(timeout=REFUSED_WAIT).purge_stream(s.metrics_stream)
+    finally:
+        await nc.close()
+    assert (await admin.jetstream().stream_info(s.metrics_stream)).state.messages >= before > 0
+
+
+async def test_only_the_gateway_may_change_a_streams_settings(bus: Bus, admin: Any) -> None:
+    s = bus.subjects
+    nc = await client(bus, "evaluator")
+    try:
+        current = (await admin.jetstream().stream_info(s.metrics_stream)).config
+        shrunk = msgspec.structs.replace(bus.config("evaluator"), metrics_max_age=Duration(1))
+        # ensure_streams keeps the service running on the stream as it is
+        await ensure_streams(nc.jetstream(timeout=REFUSED_WAIT), shrunk)
+    finally:
+        await nc.close()
+    assert (await admin.jetstream().stream_info(s.metrics_stream)).config.max_age == current.max_age
+
+
+async def test_an_agent_cannot_publish_another_hosts_metrics(bus: Bus, admin: Any) -> None:
+    s = bus.subjects
+    nc = await client(bus, user_name("agent", WEB1))
+    try:
+        await nc.jetstream().publish(s.metrics(WEB1), batch(WEB1, 1.0), timeout=5)  # its own: fine
+        with pytest.raises(Exception):  # noqa: B017 - no acknowledgement comes back
+            await nc.jetstream().publish(s.metrics(WEB2), batch(WEB2, 1.0), timeout=REFUSED_WAIT)
+        await nc.publish(s.events(WEB2), b"{}")
+        await nc.flush()
+    finally:
+        await nc.close()
+    js = admin.jetstream()
+    assert (await js.get_last_msg(s.metrics_stream, s.metrics(WEB1))).data
+    for subject in (s.metrics(WEB2), s.events(WEB2)):
+        with pytest.raises(NotFoundError):
+            await js.get_last_msg(s.metrics_stream, subject)
+
+
+@pytest.mark.parametrize("identity", ["admin", "evaluator", "notifier", user_name("agent", WEB1)])
+async def test_a_forged_alert_action_is_refused_from_every_identity_but_the_gateway(
+    bus: Bus, admin: Any, identity: str
+) -> None:
+    s = bus.subjects
+    received: list[AlertAction] = []
+
+    async def on_action(msg: Any) -> None:
+        received.append(decode(msg.data, AlertAction))
+
+    await admin.subscribe(s.actions, cb=on_action)
+    await admin.flush()
+    forged = AlertAction(
+        alert_id=f"forged-{identity}", action="resolve", actor="alice (forged)", time=time.time()
+    )
+    nc = await client(bus, identity)
+    try:
+        await nc.publish(s.actions, encode(forged))
+        with pytest.raises(Exception):  # noqa: B017 - the stream never hears of it
+            await nc.jetstream().publish(s.actions, encode(forged), timeout=REFUSED_WAIT)
+    finally:
+        await nc.close()
+    gateway = await client(bus, "gateway")
+    try:  # the gateway's own action is the control: it arrives
+        genuine = AlertAction(alert_id=f"genuine-{identity}", action="ack", actor="bob", time=time.time())
+        await gateway.jetstream().publish(s.actions, encode(genuine), timeout=5)
+    finally:
+        await gateway.close()
+    await eventually(lambda: _has(received, f"genuine-{identity}"))
+    assert [a.alert_id for a in received] == [f"genuine-{identity}"]
+
+
+async def _has(received: list[AlertAction], alert_id: str) -> None:
+    assert alert_id in [a.alert_id for a in received]
+
+
+async def test_an_agent_cannot_read_alerts_or_another_identitys_replies(bus: Bus, admin: Any) -> None:
+    s = bus.subjects
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    nc = await connect(bus.config(user_name("agent", WEB1)), "test-agent", max_reconnect_attempts=1)
+    nc._error_cb = on_error  # see the server's refusals as they arrive
+    received: list[bytes] = []
+
+    async def on_msg(msg: Any) -> None:
+        received.append(msg.data)
+
+    try:
+        await nc.subscribe(s.all_alerts, cb=on_msg)
+        await nc.subscribe("_INBOX.gateway.>", cb=on_msg)
+        await nc.flush()
+        await admin.publish(s.alerts("x"), b"secret")
+        await admin.publish("_INBOX.gateway.abc", b"secret")
+        await admin.flush()
+        await asyncio.sleep(0.3)
+    finally:
+        await nc.close()
+    assert received == []
+    assert any("permissions violation for subscription" in str(e).lower() for e in errors), errors
+
+
+async def test_a_wrong_password_is_refused(bus: Bus, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not-the-password\n")
+    with pytest.raises(NoServersError):
+        await connect(bus.config("gateway", password_file=str(wrong)), "test", max_reconnect_attempts=1)
+    with pytest.raises(NoServersError):
+        await connect(
+            msgspec.structs.replace(bus.config("gateway"), user=None), "test", max_reconnect_attempts=1
+        )
+
+
+def test_an_unreadable_password_file_names_the_file(bus: Bus, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"missing\.password"):
+        asyncio.run(connect(bus.config("gateway", password_file=str(tmp_path / "missing.password")), "t"))
+
+
+async def test_enroll_then_revoke_takes_effect_on_reload(bus: Bus, admin: Any, tmp_path: Path) -> None:
+    host = f"new-{secrets.token_hex(2)}"
+    out = tmp_path / "agent.password"
+    name = bus.creds.enroll(host, out)
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert bus.server.proc is not None
+    reload_server(int(bus.server.pid_file.read_text()))
+    config = bus.config(name, password_file=str(out))
+
+    async def can_publish() -> None:
+        try:
+            nc = await connect(config, "test-enrolled", max_reconnect_attempts=1)
+        except NoServersError:
+            raise AssertionError("the enrolled agent cannot connect yet") from None
+        try:
+            await nc.jetstream().publish(bus.subjects.agents(host), b"{}", timeout=5)
+        finally:
+            await nc.close()
+
+    await eventually(can_publish)  # the reload is asynchronous
+    assert bus.creds.revoke(host)
+    reload_server(bus.server.proc.pid)
+
+    async def refused() -> None:
+        try:
+            nc = await connect(config, "test-revoked", max_reconnect_attempts=1)
+        except NoServersError:
+            return
+        await nc.close()
+        raise AssertionError("a revoked agent could still connect")
+
+    await eventually(refused)
+
+
+# TLS -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NatsServer, Path, trustme.CA]]:
+    """nats-server requiring TLS with client certificates (mutual TLS), certificates from trustme."""
+    root = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(root / "ca.pem"))
+    server_cert.cert_chain_pems[0].write_to_path(str(root / "server.pem"))
+    server_cert.private_key_pem.write_to_path(str(root / "server-key.pem"))
+    client_cert = ca.issue_cert("signalfire-evaluator")
+    client_cert.cert_chain_pems[0].write_to_path(str(root / "client.pem"))
+    client_cert.private_key_pem.write_to_path(str(root / "client-key.pem"))
+    conf = root / "nats.conf"
+    conf.write_text(
+        "tls {\n"
+        f'  cert_file: "{root / "server.pem"}"\n'
+        f'  key_file: "{root / "server-key.pem"}"\n'
+        f'  ca_file: "{root / "ca.pem"}"\n'
+        "  verify: true\n"
+        "  timeout: 2\n"
+        "}\n"
+    )
+    server = NatsServer(root / "data", config=conf).start()
+    try:
+        yield server, root, ca
+    finally:
+        server.stop()
+
+
+async def test_a_service_connects_through_tls_with_its_certificate(
+    tls_bus: tuple[NatsServer, Path, trustme.CA], tmp_path: Path
+) -> None:
+    server, root, _ = tls_bus
+    nats = NatsConfig(
+        url=f"tls://127.0.0.1:{server.port}",
+        prefix=f"t{secrets.token_hex(3)}",
+        tls_ca=str(root / "ca.pem"),
+        tls_cert=str(root / "client.pem"),
+        tls_key=str(root / "client-key.pem"),
+        metrics_max_bytes=16 << 20,
+    )
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    evaluator = EvaluatorService(EvaluatorConfig(nats=nats, rules=[str(rules)]))
+    await evaluator.start()  # streams, buckets, subscriptions: all over TLS
+    try:
+        assert evaluator._nc is not None and evaluator._nc.is_connected
+        url = evaluator._nc.connected_url
+        assert url is not None and url.scheme == "tls"
+    finally:
+        await evaluator.stop()
+
+
+async def test_tls_refuses_a_client_without_the_ca_or_without_a_certificate(
+    tls_bus: tuple[NatsServer, Path, trustme.CA],
+) -> None:
+    server, root, _ = tls_bus
+    url = f"tls://127.0.0.1:{server.port}"
+    # it does not trust the server's certificate
+    await never_connects(
+        NatsConfig(url=url, tls_cert=str(root / "client.pem"), tls_key=str(root / "client-key.pem"))
+    )
+    # the server wants a client certificate
+    await never_connects(NatsConfig(url=url, tls_ca=str(root / "ca.pem")))
+    await never_connects(NatsConfig(url=f"nats://127.0.0.1:{server.port}"))
+
+
+async def never_connects(config: NatsConfig) -> None:
+    # nats-py keeps retrying a failed TLS handshake on the first connect, whatever
+    # max_reconnect_attempts says: a connection that has not come up in 5 s never will.
+    with pytest.raises((NoServersError, TimeoutError)):
+        nc = await asyncio.wait_for(connect(config, "test-tls", max_reconnect_attempts=1), 5)
+        await nc.close()
