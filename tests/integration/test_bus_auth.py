@@ -9,6 +9,7 @@ trust its certificate authority.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -37,6 +38,7 @@ from tests.integration.gateway_support import eventually, gateway_config, runnin
 
 WEB1 = "web-1.example"
 WEB2 = "web-2.example"
+SHIPPED_ACCOUNTS = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "accounts.conf"
 #: How long a refused JetStream API request waits: the server drops it, nobody answers.
 REFUSED_WAIT = 1.0
 
@@ -406,6 +408,38 @@ async def test_enroll_then_revoke_takes_effect_on_reload(bus: Bus, admin: Any, t
         raise AssertionError("a revoked agent could still connect")
 
     await eventually(refused)
+
+
+async def test_the_shipped_compose_config_lets_in_only_its_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = SHIPPED_ACCOUNTS.read_text()
+    (tmp_path / "accounts.conf").write_text(text)
+    for variable in re.findall(r"\$(SF_NATS_[A-Z0-9_]+)", text):
+        monkeypatch.setenv(variable, f"pw-{variable}")  # as compose hands them to nats-server
+    server = NatsServer(tmp_path / "data", config=tmp_path / "accounts.conf").start()
+    try:
+        url = server.url
+        with pytest.raises(NoServersError):
+            await connect(NatsConfig(url=url), "anonymous", max_reconnect_attempts=1)
+        agent = NatsConfig(
+            url=url, user="agent-compose-agent", password="pw-SF_NATS_AGENT_COMPOSE_AGENT_PASSWORD"
+        )
+        gateway = NatsConfig(url=url, user="gateway", password="pw-SF_NATS_GATEWAY_PASSWORD")
+        nc = await connect(gateway, "gateway", max_reconnect_attempts=1)
+        try:
+            await ensure_streams(nc.jetstream(), gateway)
+        finally:
+            await nc.close()
+        nc = await connect(agent, "agent", max_reconnect_attempts=1)
+        try:
+            await nc.jetstream().publish("sf.metrics.compose-agent", batch("compose-agent", 1.0), timeout=5)
+            with pytest.raises(Exception):  # noqa: B017 - another host's subject: no acknowledgement
+                await nc.jetstream().publish("sf.metrics.other", batch("other", 1.0), timeout=REFUSED_WAIT)
+        finally:
+            await nc.close()
+    finally:
+        server.stop()
 
 
 # TLS -------------------------------------------------------------------------------------------
