@@ -1,11 +1,12 @@
 """nats-server killed for 30 s under a real agent, gateway and evaluator: the agent's buffer
 replays every batch once, the database has no gap and no duplicate, and nobody is told the
-host was down."""
+host was down, nor that a condition held that cleared during the outage."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import yaml
 from devstack import REPO, NatsServer, ServiceProcess, free_port, start_gateway
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
-from signalfire.events import MetricBatch, decode
+from signalfire.events import MetricBatch, Sample, decode, encode
 from tests.faults.support import (
     alert_events,
     eventually,
@@ -32,6 +33,13 @@ HOST = "fault-nats-outage"
 OUTAGE = 30.0  # seconds, as in the issue: past nats-py's reconnect back-off and HostDown's `for`
 INTERVAL = 1.0  # the agent's interval: 30 buffered batches instead of 6 at the default 5 s
 SHIPPED_RULES = REPO / "rules" / "default.yaml"
+#: A second host, published by the test through a buffer like the agent's: above FaultSpike's
+#: threshold for a few seconds before the outage, below it from the moment NATS dies.
+SPIKE_HOST = "fault-spike"
+SPIKE_RULES = """\
+rules:
+  - {name: FaultSpike, metric: fault.spike, condition: "> 50", for: 10s, severity: critical}
+"""
 
 
 def absence_rules() -> list[str]:
@@ -40,10 +48,37 @@ def absence_rules() -> list[str]:
     return [str(r["name"]) for r in rules if r.get("kind") == "absent"]
 
 
-async def batches_in_stream(js: Any, nats: NatsConfig) -> list[MetricBatch]:
-    subject = nats.subjects.metrics(HOST)
+async def batches_in_stream(js: Any, nats: NatsConfig, host: str = HOST) -> list[MetricBatch]:
+    subject = nats.subjects.metrics(host)
     messages = await stream_messages(js, nats.subjects.metrics_stream, subject)
     return [decode(data, MetricBatch) for s, data in messages if s == subject]
+
+
+async def publish_through_a_buffer(nc: Any, nats: NatsConfig, high: asyncio.Event, made: list[float]) -> None:
+    """Every 0.5 s a ``fault.spike`` batch (60 while ``high`` is set, else 10), queued and
+    published oldest first with its ``Nats-Msg-Id``, as the agent's outbox does: what cannot be
+    published waits in the queue and goes out, in order, once NATS is back."""
+    js = nc.jetstream()
+    queue: deque[MetricBatch] = deque()
+    while True:
+        now = time.time()
+        value = 60.0 if high.is_set() else 10.0
+        queue.append(
+            MetricBatch(host=SPIKE_HOST, time=now, samples=[Sample(name="fault.spike", value=value)])
+        )
+        made.append(now)
+        while queue:
+            try:
+                await js.publish(
+                    nats.subjects.metrics(SPIKE_HOST),
+                    encode(queue[0]),
+                    headers={"Nats-Msg-Id": f"spike-{queue[0].time!r}"},
+                    timeout=1,
+                )
+            except Exception:
+                break
+            queue.popleft()
+        await asyncio.sleep(0.5)
 
 
 @pytest.mark.slow
@@ -59,6 +94,7 @@ async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false
     env = service_env(nats, database_url)
     port = free_port()
     services: list[ServiceProcess] = []
+    spiker: asyncio.Task[None] | None = None
     try:
         gateway = await asyncio.to_thread(
             start_gateway,
@@ -70,9 +106,8 @@ async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false
             extra_env=env,
         )
         services.append(gateway)
-        evaluator = ServiceProcess(
-            "evaluator", ["evaluator"], {**env, "SF_RULES": str(SHIPPED_RULES)}, tmp_path
-        )
+        rules = f"{SHIPPED_RULES},{write(tmp_path / 'spike.yaml', SPIKE_RULES)}"
+        evaluator = ServiceProcess("evaluator", ["evaluator"], {**env, "SF_RULES": rules}, tmp_path)
         services.append(evaluator.start())
         await wait_evaluator(admin, nats, evaluator)
         agent_yaml = write(tmp_path / "agent.yaml", f"interval: {INTERVAL:g}s\nhostname: {HOST}\n")
@@ -83,14 +118,18 @@ async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false
             return len(await batches_in_stream(admin.jetstream(), nats)) >= 3
 
         await eventually(reporting, "the agent's first batches", 30, *services)
-        await admin.close()
+        high = asyncio.Event()
+        high.set()
+        spike_made: list[float] = []
+        spiker = asyncio.create_task(publish_through_a_buffer(admin, nats, high, spike_made))
+        await asyncio.sleep(3)  # FaultSpike pending for 3 s of its 10 s
 
         kill9_at = time.time()
+        high.clear()  # the condition clears as NATS dies: FaultSpike must not fire
         await asyncio.to_thread(kill9, server)  # a crash: no clean shutdown of JetStream
         await asyncio.sleep(OUTAGE)
         server = await asyncio.to_thread(NatsServer(tmp_path / "nats", port=server.port).start)
         up_at = time.time()
-        admin = await connect(nats, "fault-admin")
         js = admin.jetstream()
 
         async def replayed() -> bool:
@@ -98,10 +137,13 @@ async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false
             return bool(batches) and max(b.time for b in batches) > up_at + 3 * INTERVAL
 
         await eventually(replayed, "the agent to replay its buffer and report live again", 60, *services)
-        # HostDown's decision falls while NATS is down; give the evaluator time to publish it
-        # (it would be published as soon as it reconnects) before counting.
+        # HostDown's and FaultSpike's decisions fall while NATS is down; give the evaluator time
+        # to publish them (they would go out as soon as it reconnects) before counting.
         await asyncio.sleep(8)
+        spiker.cancel()
+        await asyncio.gather(spiker, return_exceptions=True)
         batches = await batches_in_stream(js, nats)
+        spike_batches = await batches_in_stream(js, nats, SPIKE_HOST)
         published = sum(len(b.samples) for b in batches)
 
         async def stored() -> int:
@@ -130,6 +172,8 @@ async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false
         )
         events = await alert_events(js, nats)
     finally:
+        if spiker is not None:
+            spiker.cancel()
         for service in reversed(services):
             service.stop()
         await admin.close()
@@ -139,7 +183,8 @@ async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false
     ticks = [round(t / INTERVAL) for t in times]
     missing = sorted(set(range(ticks[0], ticks[-1] + 1)) - set(ticks))
     during = [t for t in times if kill9_at < t < up_at]
-    false_alerts = [e for e in events if e.rule in absence_rules()]
+    false_alerts = [e for e in events if e.rule in [*absence_rules(), "FaultSpike"]]
+    spike_times = [b.time for b in spike_batches]
     report(
         "nats-outage",
         outage_s=f"{up_at - kill9_at:.1f}",
@@ -151,10 +196,14 @@ async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false
         stored=rows,
         distinct=distinct,
         alert_events=len(events),
+        by_rule=",".join(sorted({f"{e.rule}:{e.status}" for e in events})) or "-",
         false_alerts=len(false_alerts),
+        buffered_publisher=f"{len(set(spike_times))}/{len(spike_made)}",
     )
     assert missing == [], f"ticks with no batch: {missing[:10]}"
     assert len(set(times)) == len(times), "a batch is in the stream twice"
     assert len(during) >= OUTAGE / INTERVAL - 2, "the outage's batches were not buffered"
     assert rows == distinct == published, f"published {published}, stored {rows}\n{log_tail(gateway)}"
-    assert false_alerts == [], [(e.rule, e.status, e.host, e.time) for e in false_alerts]
+    assert spike_times == sorted(spike_times) and len(set(spike_times)) == len(spike_times)
+    assert len(spike_batches) >= len(spike_made) - 1, "the buffered publisher lost batches"  # -1: in flight
+    assert false_alerts == [], [(e.rule, e.status, e.host, e.value, e.time - kill9_at) for e in false_alerts]
