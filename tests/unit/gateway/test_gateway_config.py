@@ -46,6 +46,9 @@ def test_durations_read_like_the_other_services(tmp_path: Path) -> None:
         ("listen: localhost\n", "listen"),
         ("fetch_batch: 0\n", "fetch_batch"),
         ("databse_url: x\n", "databse_url"),
+        ("auth_failure_rate: -1\n", "auth_failure_rate"),
+        ("auth_failure_burst: 0\n", "auth_failure_burst"),
+        ("stream_token_recheck: 0s\n", "stream_token_recheck"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path: Path, text: str, field: str) -> None:
