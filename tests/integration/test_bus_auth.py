@@ -296,6 +296,43 @@ async def test_an_agent_cannot_publish_another_hosts_metrics(bus: Bus, admin: An
             await js.get_last_msg(s.metrics_stream, subject)
 
 
+async def test_an_agent_cannot_raise_alerts_for_another_host_from_its_own_subject(
+    bus: Bus, admin: Any, tmp_path: Path
+) -> None:
+    s = bus.subjects
+    alerts: list[AlertEvent] = []
+
+    async def on_alert(msg: Any) -> None:
+        alerts.append(decode(msg.data, AlertEvent))
+
+    await admin.subscribe(s.all_alerts, cb=on_alert)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    evaluator = EvaluatorService(
+        EvaluatorConfig(nats=bus.config("evaluator"), rules=[str(rules)], tick_interval=Duration(0.05))
+    )
+    await evaluator.start()
+    nc = await client(bus, user_name("agent", WEB1))
+    try:
+        # allowed on the wire (its own subject), but the payload speaks for web-2
+        await nc.publish(s.metrics(WEB1), batch(WEB2, 99.0))
+        await nc.flush()
+        await eventually(lambda: _counted(evaluator, 1))
+        await nc.publish(s.metrics(WEB1), batch(WEB1, 99.0))  # the control: its own host fires
+
+        async def fired() -> None:
+            assert [a.host for a in alerts if a.status == "firing"] == [WEB1]
+
+        await eventually(fired)
+    finally:
+        await nc.close()
+        await evaluator.stop()
+
+
+async def _counted(evaluator: EvaluatorService, invalid: int) -> None:
+    assert evaluator.invalid_batches.value() == invalid
+
+
 @pytest.mark.parametrize("identity", ["admin", "evaluator", "notifier", user_name("agent", WEB1)])
 async def test_a_forged_alert_action_is_refused_from_every_identity_but_the_gateway(
     bus: Bus, admin: Any, identity: str

@@ -45,6 +45,7 @@ from signalfire.events import (
     decode,
     encode,
 )
+from signalfire.subjects import subject_token
 from signalfire.telemetry import Registry, parse_listen, serve_metrics
 
 log = logging.getLogger("signalfire.evaluator")
@@ -355,17 +356,29 @@ class EvaluatorService:
         arrived = time.monotonic()
         now = self._clock()
         kind = self.subjects.kind_of(msg.subject)
+        payload: MetricBatch | EventBatch | AgentStatus
         try:
             if kind == "metrics":
-                out = self.engine.metrics(decode(msg.data, MetricBatch), now)
+                payload = decode(msg.data, MetricBatch)
             elif kind == "events":
-                out = self.engine.events(decode(msg.data, EventBatch), now)
+                payload = decode(msg.data, EventBatch)
             else:
-                out = self.engine.agent(decode(msg.data, AgentStatus), now)
+                payload = decode(msg.data, AgentStatus)
+            expected = f"{self.subjects.prefix}.{kind}.{subject_token(payload.host)}"
+            if msg.subject != expected:
+                # The bus lets an agent publish on its own host's subjects only; a payload that
+                # names another host would raise and resolve that host's alerts.
+                raise PayloadError(f"payload host {payload.host!r} belongs on {expected}, not {msg.subject}")
         except PayloadError as exc:
             self.invalid_batches.inc()
             log.warning("dropped invalid payload", extra={"subject": msg.subject, "reason": str(exc)})
             return
+        if isinstance(payload, MetricBatch):
+            out = self.engine.metrics(payload, now)
+        elif isinstance(payload, EventBatch):
+            out = self.engine.events(payload, now)
+        else:
+            out = self.engine.agent(payload, now)
         self.batches.inc(kind=kind)
         self._handle(out, arrived)
 
