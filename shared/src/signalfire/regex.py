@@ -13,7 +13,9 @@ A refused pattern raises :class:`RegexError` saying why in words an operator can
 from __future__ import annotations
 
 import re as _stdlib_re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import re2  # type: ignore[import-untyped]
 
@@ -64,24 +66,29 @@ class RegexError(ValueError):
         super().__init__(f"{shown!r}: {reason} ({_SEE})")
 
 
+Test = Callable[[bytes], bool]
+
+
 @dataclass(frozen=True, eq=False)
 class Regex:
     """A compiled user pattern. Matching is linear in the text's length whatever the pattern."""
 
     pattern: str
-    _compiled: re2._Regexp = field(repr=False)
+    _search: Test = field(repr=False)
+    _fullmatch: Test = field(repr=False)
     _searched: dict[str, bool] = field(default_factory=dict, repr=False)
-    _full: dict[str, bool] = field(default_factory=dict, repr=False)
+    _matched: dict[str, bool] = field(default_factory=dict, repr=False)
 
     def search(self, text: str) -> bool:
         """Whether the pattern matches anywhere in ``text`` (anchor with ``^``/``$``)."""
-        return self._test(text, True, self._searched)
+        return self._test(text, self._search, self._searched)
 
     def fullmatch(self, text: str) -> bool:
         """Whether the pattern matches the whole of ``text``."""
-        return self._test(text, False, self._full)
+        return self._test(text, self._fullmatch, self._matched)
 
-    def _test(self, text: str, search: bool, cache: dict[str, bool]) -> bool:
+    @staticmethod
+    def _test(text: str, test: Test, cache: dict[str, bool]) -> bool:
         cacheable = len(text) < _CACHE_VALUE_LENGTH
         if cacheable:
             hit = cache.get(text)
@@ -89,10 +96,8 @@ class Regex:
                 return hit
         # Bytes to RE2 (the pattern is compiled as UTF-8): its str path maps every byte offset
         # of a match back to characters, which a yes/no does not need. surrogatepass: a lone
-        # surrogate in a label must not raise; it is just bytes no character class matches.
-        data = text.encode("utf-8", "surrogatepass")
-        found = self._compiled.search(data) if search else self._compiled.fullmatch(data)
-        result = found is not None
+        # surrogate in a label must not raise; RE2 reads it as one invalid UTF-8 sequence.
+        result = test(text.encode("utf-8", "surrogatepass"))
         if cacheable:
             if len(cache) >= _CACHE_SIZE:
                 cache.clear()
@@ -110,7 +115,38 @@ def compile_regex(pattern: str) -> Regex:
         compiled = re2.compile(pattern, _OPTIONS)
     except re2.error as exc:
         raise RegexError(pattern, _reason(pattern, exc)) from None
-    return Regex(pattern, compiled)
+    if _RAW_MATCH:
+        return Regex(pattern, _raw(compiled, "UNANCHORED"), _raw(compiled, "ANCHOR_BOTH"))
+    return Regex(
+        pattern,
+        lambda data: compiled.search(data) is not None,
+        lambda data: compiled.fullmatch(data) is not None,
+    )
+
+
+def _raw(compiled: Any, anchor_name: str) -> Test:
+    # The wrapper's search()/fullmatch() run a generator and build a match object (~4 µs a
+    # call); a yes/no needs only RE2's own Match (~1.5 µs). That is not the wrapper's public
+    # API, so it is used only if it answers a probe correctly at import (below).
+    anchor = getattr(re2._Anchor, anchor_name)
+    regexp = compiled._regexp
+
+    def test(data: bytes) -> bool:
+        return bool(regexp.Match(anchor, data, 0, len(data))[0][0] != -1)
+
+    return test
+
+
+def _raw_match_works() -> bool:
+    try:
+        probe = re2.compile("b+", _OPTIONS)
+        search, full = _raw(probe, "UNANCHORED"), _raw(probe, "ANCHOR_BOTH")
+        return (search(b"abb"), search(b"a"), full(b"abb"), full(b"bb")) == (True, False, False, True)
+    except Exception:  # any change in the wrapper's internals: use its public calls
+        return False
+
+
+_RAW_MATCH = _raw_match_works()
 
 
 def _reason(pattern: str, exc: Exception) -> str:

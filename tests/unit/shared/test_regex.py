@@ -66,3 +66,13 @@ def test_a_pattern_beyond_the_memory_bound_is_refused():
     huge = "|".join(f"{i:08d}" * 8 for i in range(40000))
     with pytest.raises(RegexError, match="too large"):
         compile_regex(huge)
+
+
+def test_the_public_wrapper_path_answers_the_same(monkeypatch):
+    # RE2's own Match is used when the wrapper's internals answer a probe; else its public calls.
+    fast = compile_regex("db-[0-9]+")
+    monkeypatch.setattr("signalfire.regex._RAW_MATCH", False)
+    public = compile_regex("db-[0-9]+")
+    for text in ("db-7", "old-db-7", "db-", "", "héllo db-1 \ud800"):
+        assert (public.search(text), public.fullmatch(text)) == (fast.search(text), fast.fullmatch(text))
+    assert compile_regex("(a+)+$").search(SUBJECT) is False
