@@ -99,9 +99,11 @@ async def test_an_outage_raises_host_down_only_for_the_host_that_really_stopped(
         await asyncio.to_thread(server.stop)  # by its PID
         await asyncio.sleep(OUTAGE)
         assert len(steady.outbox) >= OUTAGE - 2  # buffered, not lost
+        assert evaluator.engine.blind  # absence_suspended: 1
         up_at = time.time()
         server = await asyncio.to_thread(NatsServer(tmp_path / "nats", port=server.port).start)
         await wait_until(lambda: len(steady.outbox) == 0, "steady's replay", timeout=30)
+        await wait_until(lambda: not evaluator.engine.blind, "absence judged again", timeout=30)
         # "gone" fires `for` after the evaluator sees again; wait a little past that for any
         # false firing to show up too.
         await wait_until(lambda: evaluator.alert_events.value(status="firing") >= 1, "gone fires", 30)
