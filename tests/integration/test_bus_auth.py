@@ -150,7 +150,7 @@ rules:
 
 
 async def test_every_service_does_its_whole_job_as_its_own_identity(
-    bus: Bus, admin: Any, database_url: str, tmp_path: Path
+    bus: Bus, admin: Any, database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     s = bus.subjects
     alerts: list[AlertEvent] = []
@@ -234,6 +234,9 @@ async def test_every_service_does_its_whole_job_as_its_own_identity(
         await agent.close()
         await notifier.stop()
         await evaluator.stop()
+    # Nothing any service did along the way was refused (the server would have said so).
+    refusals = [r.getMessage() for r in caplog.records if "permissions violation" in r.getMessage().lower()]
+    assert refusals == []
 
 
 # What the server refuses -------------------------------------------------------------------------

@@ -1,0 +1,75 @@
+"""``signalfire bus``: credentials on disk, never on screen, and the server config they make."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from signalfire.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(["bus", *args])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_init_then_enroll_writes_private_files_and_prints_no_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bus = tmp_path / "bus"
+    code, out = run(capsys, "init", "--dir", str(bus), "--prefix", "prod")
+    assert code == 0
+    for name in ("admin", "gateway", "evaluator", "notifier"):
+        password = (bus / f"{name}.password").read_text().strip()
+        assert len(password) >= 32
+        assert password not in out
+        assert (bus / f"{name}.password").stat().st_mode & 0o777 == 0o600
+    assert bus.stat().st_mode & 0o777 == 0o700
+
+    agent_file = tmp_path / "web-1.password"
+    code, out = run(capsys, "enroll", "web-1.example.com", "--dir", str(bus), "--out", str(agent_file))
+    assert code == 0
+    assert "agent-web-1_example_com" in out
+    assert agent_file.read_text().strip() not in out
+    assert agent_file.stat().st_mode & 0o777 == 0o600
+    conf = (bus / "auth.conf").read_text()
+    assert '"prod.metrics.web-1_example_com"' in conf
+    assert agent_file.read_text().strip() not in conf
+    users = json.loads((bus / "users.json").read_text())["users"]
+    assert users["agent-web-1_example_com"]["bcrypt"].startswith("$2")
+
+    assert run(capsys, "agents", "--dir", str(bus)) == (0, "web-1.example.com\n")
+
+
+def test_init_again_keeps_every_credential(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bus = tmp_path / "bus"
+    run(capsys, "init", "--dir", str(bus))
+    before = (bus / "gateway.password").read_text()
+    code, out = run(capsys, "init", "--dir", str(bus))
+    assert code == 0 and "created" not in out
+    assert (bus / "gateway.password").read_text() == before
+    code, out = run(capsys, "init", "--dir", str(bus), "--prefix", "other")
+    assert code == 1 and "prefix 'sf'" in out
+
+
+def test_enroll_needs_init_and_revoke_names_an_unknown_host(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = run(capsys, "enroll", "web-1", "--dir", str(tmp_path / "none"))
+    assert code == 1 and "signalfire bus init" in out
+    run(capsys, "init", "--dir", str(tmp_path / "bus"))
+    code, out = run(capsys, "revoke", "web-9", "--dir", str(tmp_path / "bus"))
+    assert code == 1 and "web-9 is not enrolled" in out
+
+
+def test_reload_of_a_server_that_is_not_running_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "init", "--dir", str(tmp_path / "bus"))
+    pid_file = tmp_path / "nats.pid"
+    pid_file.write_text("999999999\n")
+    code, out = run(capsys, "enroll", "web-1", "--dir", str(tmp_path / "bus"), "--pid-file", str(pid_file))
+    assert code == 1 and "no nats-server with PID 999999999" in out
