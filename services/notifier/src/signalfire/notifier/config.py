@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -88,14 +89,16 @@ class NotifyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: How often escalations, repeats, groups and digests are checked for being due.
     tick: Duration = Duration(1)
     #: A replica that claimed a message and then vanished (crash, kill -9) is presumed dead
-    #: after this long, and another replica sends the message instead.
-    claim_lease: Duration = Duration(120)
+    #: after this long, and another replica sends the message instead. Default: ``ack_wait``
+    #: (see :class:`Timings`).
+    claim_lease: Duration | None = None
     #: ``host:port`` serving ``/metrics``; off when unset.
     metrics_listen: str | None = None
     #: How long an alert event may stay unacknowledged before JetStream redelivers it
     #: (the notifier extends it while deliveries are still being retried).
-    ack_wait: Duration = Duration(60)
-    #: Deliveries of one alert event before JetStream gives up on it.
+    ack_wait: Duration = Duration(30)
+    #: Deliveries of one alert event before JetStream gives up on it; each crash of the
+    #: notifier working on it uses one (waiting for another replica's claim uses none).
     max_deliver: Annotated[int, Meta(ge=1, le=1000)] = 5
     #: Alert events processed at the same time by one replica.
     max_in_flight: Annotated[int, Meta(ge=1, le=10_000)] = 64
@@ -131,13 +134,83 @@ class NotifyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 parse_listen(self.metrics_listen)
             except ValueError as exc:
                 found.append(("metrics_listen", str(exc)))
-        if self.ack_wait < 1:
-            found.append(("ack_wait", "must be at least 1s"))
         if self.tick <= 0:
             found.append(("tick", "must be more than 0"))
-        if self.claim_lease < 1:
-            found.append(("claim_lease", "must be at least 1s"))
+        found.extend(self._timing_problems())
         return found
+
+    def _timing_problems(self) -> list[tuple[str, str]]:
+        """``ack_wait``, ``claim_lease`` and ``max_deliver`` must fit together (:class:`Timings`)."""
+        if self.ack_wait < 1:
+            return [("ack_wait", "must be at least 1s")]
+        found: list[tuple[str, str]] = []
+        heartbeat = float(self.ack_wait) / 3
+        if self.claim_lease is not None and self.claim_lease < 2 * heartbeat:
+            found.append(
+                (
+                    "claim_lease",
+                    f"must be at least 2/3 of ack_wait ({2 * heartbeat:g}s): a notifier refreshes its "
+                    f"claims every ack_wait/3 ({heartbeat:g}s), and a lease shorter than two refreshes "
+                    "lets another replica take over a live notifier's message and send it twice",
+                )
+            )
+        if self.max_deliver < 2:
+            found.append(
+                (
+                    "max_deliver",
+                    "must be at least 2: a redelivery is how the alert events of a notifier that "
+                    "crashed mid-send are finished (each crash uses one delivery)",
+                )
+            )
+        return found
+
+    @property
+    def timings(self) -> Timings:
+        """The redelivery and claim timings this config implies."""
+        return Timings.of(self)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """How redelivery (JetStream) and claims (the ledger) fit together; one heartbeat serves both.
+
+    - ``heartbeat = ack_wait / 3``: every heartbeat, events still being worked on are sent
+      ``in_progress`` and our ``sending`` claims older than ``heartbeat`` are rewritten, so
+      neither ever looks abandoned while the replica lives.
+    - ``lease = claim_lease`` (default ``ack_wait``, at least twice ``heartbeat``): a claim not
+      rewritten for this long belongs to a dead replica and may be taken over.
+    - after a ``kill -9`` its events are redelivered within ``ack_wait`` of its last heartbeat
+      and its claims expire within ``lease`` of it, so every message it held is sent again
+      within ``takeover = max(ack_wait, lease) + margin + busy_poll``.
+    - an event whose message another replica holds waits *locally* (kept alive by the
+      heartbeat), looked at again after ``min(remaining lease + margin, busy_poll)``: waiting
+      uses no delivery, so the broker cannot give up before a lease can expire; deliveries
+      are used only by crashes and NATS errors (a NATS error naks with ``heartbeat``).
+    """
+
+    ack_wait: float
+    heartbeat: float
+    lease: float
+    #: Allowance for the clocks of two replicas disagreeing and for KV write latency.
+    margin: float = 0.5
+    #: Longest wait before a busy message is looked at again (a live holder is usually done by then).
+    busy_poll: float = 1.0
+
+    @classmethod
+    def of(cls, config: NotifyConfig) -> Timings:
+        ack_wait = float(config.ack_wait)
+        lease = float(config.claim_lease) if config.claim_lease is not None else ack_wait
+        return cls(ack_wait=ack_wait, heartbeat=ack_wait / 3, lease=lease)
+
+    def busy_wait(self, remaining: float) -> float:
+        """Seconds before a busy message is looked at again, ``remaining`` being what is
+        left of the holder's lease."""
+        return max(0.05, min(max(remaining, 0.0) + self.margin, self.busy_poll))
+
+    @property
+    def takeover(self) -> float:
+        """Longest time from a replica's ``kill -9`` until its messages are sent again."""
+        return max(self.ack_wait, self.lease) + self.margin + self.busy_poll
 
 
 def load_notify_config(

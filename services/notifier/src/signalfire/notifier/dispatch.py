@@ -14,9 +14,15 @@ from typing import Literal
 import msgspec
 from nats.js.kv import KeyValue
 
-from signalfire.events import DeliveryResult
+from signalfire.events import AlertEvent, DeliveryResult
 from signalfire.notifier.channels import Channel, ChannelSettings, Notification
-from signalfire.notifier.deadletter import DeadLetter, record_dead_letter
+from signalfire.notifier.deadletter import (
+    ATTEMPTS_FAILED,
+    SUPERSEDED,
+    DeadLetter,
+    dead_letter_key,
+    record_dead_letter,
+)
 from signalfire.notifier.delivery import RetryPolicy, deliver, result_for
 from signalfire.notifier.ledger import DeliveryLedger, SentMark, ledger_key
 from signalfire.notifier.ratelimit import TokenBucket
@@ -26,13 +32,20 @@ log = logging.getLogger("signalfire.notifier.dispatch")
 
 
 class Busy(Exception):
-    """Another replica is sending this message right now: look again later."""
+    """Another replica is sending this message right now: look again later. ``wait`` is
+    the seconds until its claim expires should that replica have died (0: look again soon)."""
+
+    def __init__(self, what: str, wait: float = 0.0) -> None:
+        super().__init__(what)
+        self.wait = wait
 
 
 @dataclass(frozen=True)
 class Outcome:
     channel: str
-    status: Literal["sent", "failed", "suppressed", "duplicate"]
+    #: ``duplicate``: sent before (by us or another replica); ``superseded``: a firing
+    #: notice not sent because the alert's resolved event came first.
+    status: Literal["sent", "failed", "suppressed", "duplicate", "superseded"]
     reference: str | None = None
 
 
@@ -72,11 +85,17 @@ class Dispatcher:
             "duplicates_skipped_total", "Deliveries skipped because the ledger shows them sent", ["channel"]
         )
         self.dead_letters = registry.counter(
-            "dead_letters_total", "Notifications no channel accepted after the last attempt", ["channel"]
+            "dead_letters_total",
+            "Notifications that will never be delivered (recorded as dead letters)",
+            ["channel"],
         )
         self.fallbacks = registry.counter(
             "fallbacks_total", "Notifications handed to a channel's fallback", ["channel"]
         )
+
+    @property
+    def ledger(self) -> DeliveryLedger:
+        return self._ledger
 
     async def send(
         self,
@@ -116,16 +135,16 @@ class Dispatcher:
         else:
             outcomes = await asyncio.gather(*sends, return_exceptions=True)
         found: dict[str, Outcome] = {}
-        busy = False
+        waits: list[float] = []
         for outcome in outcomes:
             if isinstance(outcome, Busy):
-                busy = True
+                waits.append(outcome.wait)
             elif isinstance(outcome, BaseException):
                 raise outcome
             else:
                 found[outcome.channel] = outcome
-        if busy:
-            raise Busy(f"{tag}: another replica is sending")
+        if waits:
+            raise Busy(f"{tag}: another replica is sending", min(waits))
         return found
 
     async def _report(self, result: DeliveryResult, notification: Notification) -> None:
@@ -161,24 +180,16 @@ class Dispatcher:
             return Outcome(name, "suppressed")
         key = ledger_key(alert_key, tag, name)
         alert = notification.alert
-        claimed = await self._ledger.claim(key, alert.id, name, tag)
-        if claimed == "done":
-            self.duplicates.inc(channel=name)
-            mark = await self._ledger.mark(key)
-            log.info(
-                "already sent; not sending again", extra={"alert_id": alert.id, "tag": tag, "channel": name}
-            )
-            return Outcome(name, "duplicate", mark.reference if mark else None)
-        if claimed == "busy":
-            raise Busy(key)
-        mark = SentMark(
-            alert_id=alert.id,
-            channel=name,
-            tag=tag,
-            owner=self._ledger.owner,
-            state="sending",
-            time=self._clock(),
-        )
+        # a firing claim keeps the alert, for a resolved event that must send it first (firing_told)
+        keep = alert if tag == "firing" and not notification.alerts else None
+        claim = await self._ledger.claim(key, alert.id, name, tag, alert=keep)
+        if claim.outcome == "busy":
+            raise Busy(key, claim.wait)
+        if claim.outcome == "done":
+            return await self._done(notification, name, alert_key, tag, claim.mark)
+        assert claim.mark is not None
+        mark = claim.mark
+        notification = msgspec.structs.replace(notification, delivery_id=key)
 
         async def record(result: DeliveryResult) -> None:
             if result.status == "retrying":
@@ -191,9 +202,8 @@ class Dispatcher:
                         "reason": result.error,
                     },
                 )
-                await self._ledger.refresh(key, mark)
-            if result.status != "sent":
                 await self._report(result, notification)
+            # ``sent`` is reported with the ledger mark; ``failed`` once we know what follows
 
         result, reference = await deliver(
             self._channels[name],
@@ -204,11 +214,10 @@ class Dispatcher:
             limiter=self._limiters[name],
         )
         if result.status == "sent":
-            # the mark and the result are independent writes: make them at the same time
-            await asyncio.gather(
-                self._ledger.finish(key, mark, "sent", result.attempt, reference),
-                self._report(result, notification),
-            )
+            # The mark first and alone: a crash between the provider's answer and this write
+            # makes a takeover send the message again (with the same delivery id).
+            await self._ledger.finish(key, mark, "sent", result.attempt, reference)
+            await self._report(result, notification)
             return Outcome(name, "sent", reference)
         await self._ledger.finish(key, mark, "failed", result.attempt, None)
         log.warning(
@@ -216,22 +225,164 @@ class Dispatcher:
             extra={"channel": name, "alert_id": alert.id, "attempt": result.attempt, "reason": result.error},
         )
         if not fallback:
+            await self._report(result, notification)
             return Outcome(name, "failed")  # a fallback: the channel it stands in for records the loss
         target = self._settings[name].fallback
         if target is not None and target in self._channels:
             self.fallbacks.inc(channel=name)
             handed = await self._one(notification, target, alert_key, tag, None, fallback=False)
             if handed.status in ("sent", "duplicate"):
+                await self._report(
+                    msgspec.structs.replace(
+                        result, reason=f"delivered through the fallback channel {target}"
+                    ),
+                    notification,
+                )
                 return Outcome(name, "failed")
-        self.dead_letters.inc(channel=name)
+        await self.dead_letter(
+            notification,
+            name,
+            alert_key,
+            tag,
+            reason=ATTEMPTS_FAILED,
+            error=result.error or "",
+            attempts=result.attempt,
+            fallback=target,
+            result=result,
+        )
+        return Outcome(name, "failed")
+
+    async def _done(
+        self, notification: Notification, name: str, alert_key: str, tag: str, mark: SentMark | None
+    ) -> Outcome:
+        """The outcome of a message the ledger already has an answer for."""
+        alert = notification.alert
+        if mark is not None and mark.state == "failed":
+            return Outcome(name, "failed")  # recorded (and dead-lettered) when it failed
+        if mark is not None and mark.state == "superseded":
+            await self.dead_letter(notification, name, alert_key, tag, reason=SUPERSEDED)
+            return Outcome(name, "superseded")
+        self.duplicates.inc(channel=name)
+        log.info("already sent; not sending again", extra={"alert_id": alert.id, "tag": tag, "channel": name})
+        return Outcome(name, "duplicate", mark.reference if mark else None)
+
+    async def dead_letter(
+        self,
+        notification: Notification,
+        channel: str,
+        alert_key: str,
+        tag: str,
+        *,
+        reason: str,
+        error: str = "",
+        attempts: int = 0,
+        fallback: str | None = None,
+        result: DeliveryResult | None = None,
+    ) -> None:
+        """Record that ``notification`` will never reach ``channel``: the dead letter in KV,
+        an error log line, ``dead_letters_total`` and a ``failed`` DeliveryResult whose
+        reason starts with ``dead letter:`` (``result``, the last attempt's, when there is one)."""
+        alert = notification.alert
+        self.dead_letters.inc(channel=channel)
+        log.error(
+            "dead letter: notification will not be delivered",
+            extra={
+                "channel": channel,
+                "alert_id": alert.id,
+                "transition": notification.kind,
+                "reason": reason,
+                "error": error,
+            },
+        )
         letter = DeadLetter(
             alert=alert,
             transition=notification.kind,
-            channel=name,
-            attempts=result.attempt,
-            error=result.error or "",
+            channel=channel,
+            attempts=attempts,
+            error=error,
             time=self._clock(),
-            fallback=target,
+            fallback=fallback,
+            reason=reason,
         )
-        await record_dead_letter(self._kv, f"deadletter.{alert_key}.{tag}.{name}", letter)
-        return Outcome(name, "failed")
+        await record_dead_letter(self._kv, dead_letter_key(alert_key, tag, channel), letter)
+        if result is None:
+            result = result_for(notification, channel, "failed", max(attempts, 1), error=error or None)
+        await self._report(msgspec.structs.replace(result, reason=f"dead letter: {reason}"), notification)
+
+    async def firing_told(self, alert: AlertEvent, alert_key: str, channels: list[str]) -> list[str]:
+        """Which of ``channels`` were sent the firing notice of ``alert`` (whose resolved
+        event is being handled): only those get the resolved notice.
+
+        - ``sent``: told. ``failed``, ``superseded``: not told.
+        - a firing notice in flight (another replica's fresh claim): :class:`Busy`, so the
+          resolved waits for it;
+        - a dead replica's firing claim: taken over and the firing notice sent now, from the
+          alert kept in the claim, before the resolved notice;
+        - no record at all: not told, and the firing notice is marked ``superseded`` so a
+          firing event redelivered later (after a crash) is not sent after its resolved.
+        """
+
+        async def one(name: str) -> bool:
+            key = ledger_key(alert_key, "firing", name)
+            for _ in range(10):
+                found = await self._ledger.read(key)
+                if found is None:
+                    if await self._ledger.close(key, alert.id, name, "firing", "superseded"):
+                        return False
+                    continue
+                mark, revision = found
+                if mark.state != "sending":
+                    return mark.state == "sent"
+                if not self._ledger.expired(mark):
+                    raise Busy(key, max(0.0, self._ledger.lease - (self._clock() - mark.time)))
+                if mark.alert is None:
+                    if await self._ledger.close(key, alert.id, name, "firing", "superseded", last=revision):
+                        return False
+                    continue
+                outcome = await self._one(
+                    Notification(alert=mark.alert), name, alert_key, "firing", None, fallback=True
+                )
+                return outcome.status in ("sent", "duplicate")
+            raise Busy(key)  # the key keeps changing under us: look again later
+
+        names = [name for name in channels if name in self._channels]
+        answers = await asyncio.gather(*(one(name) for name in names), return_exceptions=True)
+        waits: list[float] = []
+        told: list[str] = []
+        for name, answer in zip(names, answers, strict=True):
+            if isinstance(answer, Busy):
+                waits.append(answer.wait)
+            elif isinstance(answer, BaseException):
+                raise answer
+            elif answer:
+                told.append(name)
+        if waits:
+            raise Busy(f"{alert.id}: its firing notice is being sent", min(waits))
+        return told
+
+    async def give_up(self, alert: AlertEvent, channels: list[str], alert_key: str, reason: str) -> None:
+        """JetStream stopped redelivering ``alert``'s event: dead-letter its message for every
+        one of ``channels`` that has none recorded (or only a dead replica's claim), and mark
+        it ``failed`` so nothing is left ``sending``. A resolved notice only counts for
+        channels that were sent the firing notice; a live replica's claim is left to it."""
+        tag = alert.status
+        notification = Notification(alert=alert)
+        for name in dict.fromkeys(channels):
+            if name not in self._channels:
+                continue
+            if tag == "resolved":
+                firing = await self._ledger.mark(ledger_key(alert_key, "firing", name))
+                if firing is None or firing.state != "sent":
+                    continue
+            key = ledger_key(alert_key, tag, name)
+            for _ in range(10):
+                found = await self._ledger.read(key)
+                if found is None:
+                    closed = await self._ledger.close(key, alert.id, name, tag, "failed")
+                elif found[0].state == "sending" and self._ledger.expired(found[0]):
+                    closed = await self._ledger.close(key, alert.id, name, tag, "failed", last=found[1])
+                else:
+                    break  # sent, failed, superseded, or a live replica is on it
+                if closed:
+                    await self.dead_letter(notification, name, alert_key, tag, reason=reason)
+                    break

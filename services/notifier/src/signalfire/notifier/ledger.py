@@ -4,24 +4,36 @@ per (alert, transition, channel), also with several replicas and after a crash.
 Before sending, a replica *claims* the message: ``kv.create(sent.<alert>.<tag>.<channel>)``,
 which fails when the key exists, so of two replicas racing for one message exactly one wins.
 The claim says ``sending`` until the channel has answered, then ``sent`` (with the channel's
-reference, e.g. a Slack ``ts``) or ``failed``. A ``sending`` claim older than the lease
-belongs to a replica that died mid-send (kill -9): another replica may take it over, with a
-revision-checked update so again only one does. The owner refreshes its claim between
-retries, so a long retry is not mistaken for a dead replica.
+reference, e.g. a Slack ``ts``) or ``failed``. A firing claim may also end ``superseded``:
+the alert's resolved event came first and found no firing notice sent (see
+:meth:`DeliveryLedger.close`).
+
+The owner keeps its ``sending`` claims fresh (:meth:`DeliveryLedger.refresh_held`, from the
+service's heartbeat, every ``ack_wait/3``), so a claim older than the lease belongs
+to a replica that died mid-send (kill -9): another replica may take it over, with a
+revision-checked update so again only one does. The ledger key is also the message's
+idempotency key: a takeover re-sends with the same key as the first attempt.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from signalfire.events import AlertEvent
+
+log = logging.getLogger("signalfire.notifier.ledger")
+
 #: What :meth:`DeliveryLedger.claim` found: ``mine`` (go ahead and send), ``done`` (already
-#: sent or given up on: do nothing), ``busy`` (another live replica is sending it now).
+#: sent, given up on or superseded: do not send), ``busy`` (another live replica is sending it).
 ClaimOutcome = Literal["mine", "done", "busy"]
+MarkState = Literal["sending", "sent", "failed", "superseded"]
 
 
 class SentMark(msgspec.Struct, kw_only=True):
@@ -31,10 +43,24 @@ class SentMark(msgspec.Struct, kw_only=True):
     channel: str
     tag: str
     owner: str
-    state: Literal["sending", "sent", "failed"]
+    state: MarkState
     time: float
     attempt: int = 0
     reference: str | None = None
+    #: The alert of a ``firing`` claim, so that its resolved event can send the firing
+    #: notice first when the claim's owner died (see :mod:`signalfire.notifier.dispatch`).
+    alert: AlertEvent | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer of :meth:`DeliveryLedger.claim`: ``mark`` is ours (``mine``) or what was
+    found (``done``, ``busy``); ``wait`` is, for ``busy``, the seconds until the holder's
+    lease runs out if it stops refreshing it."""
+
+    outcome: ClaimOutcome
+    mark: SentMark | None = None
+    wait: float = 0.0
 
 
 def ledger_key(alert_key: str, tag: str, channel: str) -> str:
@@ -45,57 +71,146 @@ def ledger_key(alert_key: str, tag: str, channel: str) -> str:
 
 
 class DeliveryLedger:
-    """Claims and marks in one KV bucket, on behalf of one replica (``owner``)."""
+    """Claims and marks in one KV bucket, on behalf of one replica (``owner``). ``lease`` is
+    how old another replica's ``sending`` claim must be before it is presumed dead; our own
+    are rewritten when ``refresh_every`` old (default: a third of the lease)."""
 
-    def __init__(self, kv: KeyValue, owner: str, lease: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        owner: str,
+        lease: float,
+        clock: Callable[[], float],
+        *,
+        refresh_every: float | None = None,
+    ) -> None:
         self._kv = kv
         self.owner = owner
-        self._lease = lease
+        self.lease = lease
+        self.refresh_every = lease / 3 if refresh_every is None else refresh_every
         self._clock = clock
+        # our sending claims: key → (mark, its revision, when we last wrote it)
+        self._held: dict[str, tuple[SentMark, int, float]] = {}
 
-    async def claim(self, key: str, alert_id: str, channel: str, tag: str) -> ClaimOutcome:
+    async def claim(
+        self, key: str, alert_id: str, channel: str, tag: str, *, alert: AlertEvent | None = None
+    ) -> Claim:
+        """Claim the message ``key`` for this replica (see the module docstring)."""
+        now = self._clock()
         mark = SentMark(
-            alert_id=alert_id, channel=channel, tag=tag, owner=self.owner, state="sending", time=self._clock()
+            alert_id=alert_id,
+            channel=channel,
+            tag=tag,
+            owner=self.owner,
+            state="sending",
+            time=now,
+            alert=alert,
         )
+        data = msgspec.json.encode(mark)
         try:
-            await self._kv.create(key, msgspec.json.encode(mark))
-            return "mine"
+            self._hold(key, mark, await self._kv.create(key, data))
+            return Claim("mine", mark)
         except KeyWrongLastSequenceError:
             pass
+        found = await self.read(key)
+        if found is None:
+            return Claim("busy", None, 0.0)  # deleted between our create and get: look again
+        current, revision = found
+        if current.state != "sending":
+            return Claim("done", current)
+        age = now - current.time
+        if current.owner == self.owner or age < self.lease:
+            return Claim("busy", current, max(0.0, self.lease - age))
         try:
-            entry = await self._kv.get(key)
-        except KeyNotFoundError:
-            return "busy"  # deleted between our create and get: look again later
-        found = msgspec.json.decode(entry.value or b"{}", type=SentMark)
-        if found.state != "sending":
-            return "done"
-        if found.owner == self.owner or self._clock() - found.time < self._lease:
-            return "busy"
-        try:
-            await self._kv.update(key, msgspec.json.encode(mark), last=entry.revision)
+            self._hold(key, mark, await self._kv.update(key, data, last=revision))
         except KeyWrongLastSequenceError:
-            return "busy"
-        return "mine"
+            return Claim("busy", current, 0.0)
+        log.warning(
+            "took over a dead replica's claim",
+            extra={"key": key, "owner": current.owner, "age": round(age, 1)},
+        )
+        return Claim("mine", mark)
 
-    async def refresh(self, key: str, mark: SentMark) -> None:
-        """Keep our ``sending`` claim fresh while retries wait."""
-        await self._kv.put(key, msgspec.json.encode(msgspec.structs.replace(mark, time=self._clock())))
+    def _hold(self, key: str, mark: SentMark, revision: int) -> None:
+        self._held[key] = (mark, revision, mark.time)
+
+    async def refresh_held(self) -> None:
+        """Rewrite every ``sending`` claim of ours written ``refresh_every`` ago or more
+        (called from the service's heartbeat), so that a live replica's claim never looks
+        dead while it waits for a rate limit, a slow provider or a retry. A claim another
+        replica took over meanwhile (we stalled past the lease) is dropped and logged."""
+        now = self._clock()
+        for key, (mark, revision, written) in list(self._held.items()):
+            if now - written < self.refresh_every or key not in self._held:
+                continue
+            fresh = msgspec.structs.replace(mark, time=now)
+            try:
+                new_revision = await self._kv.update(key, msgspec.json.encode(fresh), last=revision)
+            except KeyWrongLastSequenceError:
+                if self._held.pop(key, None) is not None:  # not simply finished meanwhile
+                    log.warning("lost a claim to another replica while sending", extra={"key": key})
+                continue
+            if key in self._held:  # not finished while we wrote
+                self._held[key] = (fresh, new_revision, now)
 
     async def finish(
         self, key: str, mark: SentMark, state: Literal["sent", "failed"], attempt: int, reference: str | None
     ) -> None:
+        """Record the channel's answer (unconditionally: it is what happened)."""
+        self._held.pop(key, None)
         done = msgspec.structs.replace(
-            mark, state=state, time=self._clock(), attempt=attempt, reference=reference
+            mark, state=state, time=self._clock(), attempt=attempt, reference=reference, alert=None
         )
         await self._kv.put(key, msgspec.json.encode(done))
 
     async def release(self, key: str) -> None:
         """Give a claim up without sending (the send was interrupted before it began)."""
+        self._held.pop(key, None)
         await self._kv.delete(key)
 
-    async def mark(self, key: str) -> SentMark | None:
+    async def close(
+        self,
+        key: str,
+        alert_id: str,
+        channel: str,
+        tag: str,
+        state: Literal["failed", "superseded"],
+        *,
+        last: int | None = None,
+    ) -> bool:
+        """Mark a message that must no longer be sent: ``superseded`` (a firing notice whose
+        alert resolved before it went out) or ``failed`` (its event was given up on). Creates
+        the key, or, with ``last``, replaces the revision read. False when another writer got
+        there first (read again)."""
+        mark = SentMark(
+            alert_id=alert_id, channel=channel, tag=tag, owner=self.owner, state=state, time=self._clock()
+        )
+        data = msgspec.json.encode(mark)
+        try:
+            if last is None:
+                await self._kv.create(key, data)
+            else:
+                await self._kv.update(key, data, last=last)
+        except KeyWrongLastSequenceError:
+            return False
+        return True
+
+    async def read(self, key: str) -> tuple[SentMark, int] | None:
+        """The stored mark and its revision, or None."""
         try:
             entry = await self._kv.get(key)
         except KeyNotFoundError:
             return None
-        return msgspec.json.decode(entry.value or b"{}", type=SentMark)
+        if not entry.value:
+            return None  # a deleted key (a released claim)
+        return msgspec.json.decode(entry.value, type=SentMark), entry.revision or 0
+
+    async def mark(self, key: str) -> SentMark | None:
+        found = await self.read(key)
+        return found[0] if found else None
+
+    def expired(self, mark: SentMark) -> bool:
+        """Whether ``mark`` is a ``sending`` claim whose owner stopped refreshing it."""
+        return (
+            mark.state == "sending" and mark.owner != self.owner and self._clock() - mark.time >= self.lease
+        )

@@ -33,6 +33,7 @@ import aiohttp
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -44,6 +45,7 @@ from signalfire.notifier import inhibit, silence
 from signalfire.notifier.channels import Channel, ChannelContext, Notification, build_channel
 from signalfire.notifier.channels.http import new_session, quiet_url_loggers
 from signalfire.notifier.config import NotifyConfig
+from signalfire.notifier.deadletter import max_deliveries
 from signalfire.notifier.dispatch import Busy, Dispatcher, Outcome
 from signalfire.notifier.group import Batch, add, batch_key, batched, group_of, remove
 from signalfire.notifier.ledger import DeliveryLedger
@@ -61,8 +63,22 @@ DURABLE = "notifier"
 ACTIONS_DURABLE = "notifier-actions"
 #: How long :meth:`NotifierService.stop` lets in-flight deliveries finish.
 DRAIN_TIMEOUT = 10.0
-#: Wait before an event whose message another replica is sending is looked at again.
-BUSY_DELAY = 5.0
+#: Queue group of the max-deliveries advisory subscription: one replica records each.
+ADVISORY_QUEUE = "signalfire-notifier"
+
+
+def max_deliveries_subject(stream: str, durable: str) -> str:
+    """Where JetStream announces that it stopped redelivering a message of ``durable``."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{durable}"
+
+
+class MaxDeliveries(msgspec.Struct):
+    """The part of JetStream's ``io.nats.jetstream.advisory.v1.max_deliver`` advisory we use."""
+
+    stream: str
+    consumer: str
+    stream_seq: int
+    deliveries: int
 
 
 class NotifierService:
@@ -98,6 +114,7 @@ class NotifierService:
         self._dispatcher: Dispatcher | None = None
         self.scheduler: Scheduler | None = None
         self._subs: list[JetStreamContext.PullSubscription] = []
+        self._advisories: list[Subscription] = []
         self._loops: list[asyncio.Task[None]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         # id(msg) → (msg, when JetStream last heard of it): the events being worked on
@@ -130,6 +147,14 @@ class NotifierService:
         )
         self.errors = self.registry.counter(
             "processing_errors_total", "Alert events or actions left for redelivery after a NATS error"
+        )
+        self.busy_waits = self.registry.counter(
+            "busy_waits_total", "Times an event waited for a message another replica (or a dead one) claimed"
+        )
+        self.given_up = self.registry.counter(
+            "events_given_up_total",
+            "Alert events or actions JetStream stopped redelivering (max_deliver reached)",
+            ["consumer"],
         )
 
     @property
@@ -175,8 +200,13 @@ class NotifierService:
                 lambda key, why: self._bad_entry("silences", key, why),
             )
             await self._silences.start()
+            timings = self.config.timings
             ledger = DeliveryLedger(
-                kv, f"notifier-{uuid.uuid4().hex[:12]}", float(self.config.claim_lease), self._clock
+                kv,
+                f"notifier-{uuid.uuid4().hex[:12]}",
+                timings.lease,
+                self._clock,
+                refresh_every=timings.heartbeat,
             )
             self._dispatcher = Dispatcher(
                 channels=self._channels,
@@ -196,6 +226,14 @@ class NotifierService:
                 js, ACTIONS_DURABLE, self._subjects.actions, "follows alert actions"
             )
             self._subs = [alerts, actions]
+            for durable in (DURABLE, ACTIONS_DURABLE):
+                self._advisories.append(
+                    await self._nc.subscribe(
+                        max_deliveries_subject(self._subjects.alerts_stream, durable),
+                        queue=ADVISORY_QUEUE,
+                        cb=self._on_max_deliveries,
+                    )
+                )
             if self.config.metrics_listen is not None:
                 host, port = parse_listen(self.config.metrics_listen)
                 self._metrics_server = await serve_metrics(self.registry, host, port)
@@ -239,6 +277,10 @@ class NotifierService:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._subs = []
+        for advisory in self._advisories:
+            with contextlib.suppress(Exception):
+                await advisory.unsubscribe()
+        self._advisories = []
         if self._state is not None:
             await self._state.stop()
         if self._silences is not None:
@@ -373,7 +415,7 @@ class NotifierService:
             return
         self.alerts_received.inc(status=alert.status)
         # Tasks start in creation order, so each takes its fingerprint's lock in stream order.
-        self._spawn(self._settle(msg, alert.id, alert.fingerprint, self._handle_alert(alert)))
+        self._spawn(self._settle(msg, alert.id, alert.fingerprint, lambda: self._handle_alert(alert)))
 
     async def _accept_action(self, msg: Msg) -> None:
         try:
@@ -384,27 +426,41 @@ class NotifierService:
         self.actions_received.inc(action=action.action)
         self._spawn(
             self._settle(
-                msg, action.alert_id, action.fingerprint or action.alert_id, self._handle_action(action)
+                msg,
+                action.alert_id,
+                action.fingerprint or action.alert_id,
+                lambda: self._handle_action(action),
             )
         )
 
-    async def _settle(self, msg: Msg, alert_id: str, fingerprint: str, work: Awaitable[None]) -> None:
-        """Run ``work`` for ``msg`` and ack it; nak it (for redelivery) when it could not finish."""
+    async def _settle(
+        self, msg: Msg, alert_id: str, fingerprint: str, work: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run ``work()`` for ``msg`` and ack it; nak it (for redelivery) when it could not finish.
+
+        While another replica holds a claim ``work`` needs (:class:`Busy`), the event waits
+        here, kept alive by the heartbeat, and ``work`` runs again when that claim should be
+        done or expired: waiting uses none of the event's ``max_deliver`` deliveries, so
+        JetStream cannot give up on it before a dead replica's lease runs out.
+        """
         key = id(msg)
+        timings = self.config.timings
         self._working[key] = (msg, asyncio.get_running_loop().time())
         try:
             try:
                 async with self._in_order(fingerprint):
-                    await work
+                    while True:
+                        try:
+                            await work()
+                            break
+                        except Busy as busy:
+                            self.busy_waits.inc()
+                            await asyncio.sleep(timings.busy_wait(busy.wait))
                     await msg.ack()
             finally:
                 del self._working[key]
         except asyncio.CancelledError:
             raise
-        except Busy:
-            # another replica is sending one of its messages; look again when it should be done
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=BUSY_DELAY)
         except Exception as exc:
             # NATS trouble while recording: leave the event for redelivery; the ledger
             # keeps channels that already succeeded from sending again.
@@ -418,7 +474,7 @@ class NotifierService:
                 },
             )
             with contextlib.suppress(Exception):
-                await msg.nak(delay=5)
+                await msg.nak(delay=timings.heartbeat)
 
     async def _handle_alert(self, alert: AlertEvent) -> None:
         indexes = matching(alert, self.config.routes)
@@ -449,6 +505,8 @@ class NotifierService:
             "firing",
             suppressed=self.suppression(alert, now),
         )
+        if any(outcome.status == "superseded" for outcome in outcomes.values()):
+            return  # its resolved event came first (a late redelivery): nothing to follow up
 
         if not self._needs_track(alert, index, outcomes):
             return
@@ -493,13 +551,17 @@ class NotifierService:
             await state.update_batch(key, without)
         key = track_key(alert.id, index)
         track = await state.read_track(key)
-        if track is not None:
-            channels, refs = track.channels, track.references
-        elif route.digest is None and not route.group_wait:
-            # untracked: every channel of the route was told (or the firing predates us)
-            channels, refs = route.channels, {}
+        known = track.channels if track is not None else []
+        refs = track.references if track is not None else {}
+        if batched(route):
+            # a grouped firing went out as a batch message: the track lists who was told
+            channels = known
         else:
-            channels, refs = [], {}
+            # Told = in the track (escalations included), or the ledger shows the firing
+            # notice sent; one still in flight is waited for (Busy), never overtaken.
+            unsure = [name for name in route.channels if name not in known]
+            told = await self.dispatcher.firing_told(alert, alert_key(alert.id), unsure) if unsure else []
+            channels = merge(known, told)
         if channels:
             await self.dispatcher.send(
                 Notification(alert=alert), channels, alert_key(alert.id), "resolved", references=refs
@@ -573,11 +635,71 @@ class NotifierService:
         than a timer task per event, which cost a few percent of the CPU at 1,000 alerts/s."""
         loop = asyncio.get_running_loop()
         while True:
-            period = float(self.config.ack_wait) / 3
+            timings = self.config.timings
+            period = timings.heartbeat
             await asyncio.sleep(period / 2)
             now = loop.time()
             due = [(key, msg) for key, (msg, last) in self._working.items() if now - last >= period]
             for key, msg in due:
                 self._working[key] = (msg, now)
             # a failure is left to the next beat (or to redelivery, which the ledger makes safe)
-            await asyncio.gather(*(msg.in_progress() for _, msg in due), return_exceptions=True)
+            await asyncio.gather(
+                *(msg.in_progress() for _, msg in due),
+                self._refresh_claims(),
+                return_exceptions=True,
+            )
+
+    async def _refresh_claims(self) -> None:
+        if self._dispatcher is None:
+            return
+        try:
+            await self._dispatcher.ledger.refresh_held()
+        except Exception as exc:
+            log.warning("could not refresh delivery claims", extra={"reason": f"{type(exc).__name__}: {exc}"})
+
+    async def _on_max_deliveries(self, advisory: Msg) -> None:
+        """JetStream gave up on an alert event (or action): record a dead letter for every
+        channel that has not been sent its message, and free claims nobody will finish, so
+        the loss is visible rather than silent."""
+        try:
+            notice = msgspec.json.decode(advisory.data, type=MaxDeliveries)
+            assert self._js is not None
+            stored = await self._js.get_msg(notice.stream, notice.stream_seq)
+        except Exception as exc:
+            log.error(
+                "JetStream gave up on a message that could not be looked up",
+                extra={"subject": advisory.subject, "reason": f"{type(exc).__name__}: {exc}"},
+            )
+            return
+        self.given_up.inc(consumer=notice.consumer)
+        if notice.consumer != DURABLE:
+            log.error(
+                "JetStream gave up on an alert action after max_deliver deliveries",
+                extra={"seq": notice.stream_seq, "deliveries": notice.deliveries, "subject": stored.subject},
+            )
+            return
+        try:
+            alert = decode(stored.data or b"", AlertEvent)
+        except PayloadError:
+            return  # a malformed event was already counted and terminated
+        log.error(
+            "JetStream gave up on an alert event after max_deliver deliveries",
+            extra={"alert_id": alert.id, "seq": notice.stream_seq, "deliveries": notice.deliveries},
+        )
+        try:
+            await self.dispatcher.give_up(
+                alert,
+                [
+                    name
+                    for index in matching(alert, self.config.routes)
+                    if not batched(self.config.routes[index])
+                    for name in self.config.routes[index].channels
+                ],
+                alert_key(alert.id),
+                max_deliveries(notice.deliveries),
+            )
+        except Exception as exc:
+            log.error(
+                "could not record the dead letters of a given-up alert event",
+                extra={"alert_id": alert.id, "reason": f"{type(exc).__name__}: {exc}"},
+            )

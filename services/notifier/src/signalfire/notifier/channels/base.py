@@ -25,7 +25,8 @@ class Notification(msgspec.Struct, frozen=True, kw_only=True):
     ``alert`` is the alert it is about; a grouped or digest message covers every alert in
     ``alerts`` (``alert`` is then the first of them). ``reference`` is what the channel
     returned when it sent this alert's ``firing`` message (a Slack message ``ts``), so a
-    later message can thread under it.
+    later message can thread under it. ``delivery_id`` is the message's idempotency key
+    (None for ``signalfire notify test``).
     """
 
     alert: AlertEvent
@@ -34,6 +35,9 @@ class Notification(msgspec.Struct, frozen=True, kw_only=True):
     alerts: tuple[AlertEvent, ...] = ()
     reference: str | None = None
     digest: bool = False
+    #: The ledger key of this message (``sent.<alert>.<tag>.<channel>``): the same for every
+    #: attempt and for a re-send after a crash, so a receiver can drop what it already has.
+    delivery_id: str | None = None
 
     @property
     def kind(self) -> Transition:

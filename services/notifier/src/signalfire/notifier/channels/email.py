@@ -83,7 +83,13 @@ class EmailChannel:
         mail["From"] = self._config.from_
         mail["To"] = ", ".join(self._config.to)
         mail["Date"] = formatdate(localtime=False)
-        mail["Message-ID"] = make_msgid(domain="signalfire")
+        # A re-send after a crash carries the first attempt's Message-ID: mail stores that
+        # de-duplicate on it (Gmail does) show the message once.
+        mail["Message-ID"] = (
+            f"<{notification.delivery_id}@signalfire>"
+            if notification.delivery_id
+            else make_msgid(domain="signalfire")
+        )
         mail["X-Signalfire-Alert"] = notification.alert.id
         mail.set_content(self._templates.get_template("email.txt.j2").render(values))
         mail.add_alternative(self._templates.get_template("email.html.j2").render(values), subtype="html")

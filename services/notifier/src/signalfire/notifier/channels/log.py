@@ -44,6 +44,8 @@ class LogChannel:
             fields["labels"] = ",".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
         if len(notification.covered) > 1:
             fields["alerts"] = len(notification.covered)
+        if notification.delivery_id:
+            fields["delivery_id"] = notification.delivery_id
         log.log(
             self._level,
             "%salert %s: %s on %s",

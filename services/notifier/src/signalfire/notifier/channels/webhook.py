@@ -8,6 +8,10 @@ Body (``WebhookBody``)::
 With ``secret_env`` set, ``X-Signalfire-Signature: sha256=<hex HMAC-SHA256 of the body>``
 lets the receiver check the sender; ``sent_at`` is inside the signed body, so a receiver can
 also refuse old (replayed) deliveries. ``X-Signalfire-Timestamp`` repeats it in whole seconds.
+
+``X-Signalfire-Delivery-Id`` (and the same value as ``Idempotency-Key``) names the message:
+every attempt of it, and a re-send by another notifier after a crash, carry the same id, so a
+receiver that remembers the ids it processed sees each message once.
 """
 
 from __future__ import annotations
@@ -36,9 +40,14 @@ __all__ = [
 
 SIGNATURE_HEADER = "X-Signalfire-Signature"
 TIMESTAMP_HEADER = "X-Signalfire-Timestamp"
+DELIVERY_ID_HEADER = "X-Signalfire-Delivery-Id"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 USER_AGENT = "signalfire-notifier/1"
 #: Headers the channel sets itself; a configured header of the same name is ignored.
-RESERVED_HEADERS = frozenset({"content-type", SIGNATURE_HEADER.lower(), TIMESTAMP_HEADER.lower()})
+RESERVED_HEADERS = frozenset(
+    name.lower()
+    for name in ("Content-Type", SIGNATURE_HEADER, TIMESTAMP_HEADER, DELIVERY_ID_HEADER, IDEMPOTENCY_HEADER)
+)
 
 
 class WebhookChannelConfig(ChannelSettings, tag="webhook"):
@@ -120,6 +129,8 @@ class WebhookChannel:
             "Content-Type": "application/json",
             TIMESTAMP_HEADER: str(int(sent_at)),
         }
+        if notification.delivery_id is not None:
+            headers[DELIVERY_ID_HEADER] = headers[IDEMPOTENCY_HEADER] = notification.delivery_id
         if self._secret is not None:
             headers[SIGNATURE_HEADER] = signature(self._secret, body)
         await post(
