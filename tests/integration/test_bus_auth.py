@@ -208,6 +208,9 @@ async def test_every_service_does_its_whole_job_as_its_own_identity(
                     assert answer.status_code == 200
 
                 await eventually(stored)
+                # the gateway asks the evaluator over its control subject, which answers
+                rules = await api.get("/api/v1/rules")
+                assert rules.status_code == 200 and "BusAuthHighCPU" in rules.text, rules.text
                 silence = await api.post(
                     "/api/v1/silences",
                     json={"matchers": [{"name": "host", "value": "nowhere"}], "duration": "1h"},

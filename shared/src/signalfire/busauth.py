@@ -82,9 +82,12 @@ class CredentialDirectory:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.path / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # one enroll at a time: each rewrites users.json
             yield
+        finally:
+            os.close(fd)
 
     def _load(self) -> tuple[str | None, dict[str, dict[str, Any]]]:
         file = self.path / USERS_FILE
