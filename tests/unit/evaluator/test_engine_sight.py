@@ -7,7 +7,7 @@ from pathlib import Path
 
 from signalfire.evaluator.engine import Engine
 from signalfire.evaluator.rules import Rule, load_rules, parse_rule_text
-from signalfire.events import AlertEvent, MetricBatch, Sample
+from signalfire.events import AlertEvent, Event, EventBatch, MetricBatch, Sample
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -110,4 +110,74 @@ def test_an_alert_firing_before_the_outage_stays_firing_and_resolves_when_data_r
     assert ticks(engine, 31.0, 50.0) == []
     engine.reconnected(50.0)
     [resolved] = batch(engine, "web-1", 51.0)
+    assert (resolved.id, resolved.status) == (fired.id, "resolved")
+
+
+SPIKE = """\
+rules:
+  - {name: Spike, metric: spike, condition: "> 50", for: 10s, severity: critical}
+  - {name: Sticky, metric: sticky, condition: "> 50", keep_firing_for: 20s, severity: high}
+  - {name: Logins, kind: event_count, event: login_failed, window: 10s, condition: "> 2", severity: low}
+"""
+
+
+def value(engine: Engine, metric: str, v: float, now: float) -> list[AlertEvent]:
+    return engine.metrics(
+        MetricBatch(host="web-1", time=now, samples=[Sample(name=metric, value=v)]), now
+    ).events
+
+
+def test_a_pending_alert_whose_condition_cleared_during_the_outage_never_fires():
+    engine = Engine(rules(SPIKE))
+    assert value(engine, "spike", 60, 0.0) == []  # pending, `for` 10 s
+    engine.disconnected()
+    assert ticks(engine, 1.0, 33.0) == []  # its `for` ran out while blind: no decision
+    engine.reconnected(33.0)
+    assert ticks(engine, 33.0, 34.0) == []
+    assert value(engine, "spike", 10, 34.5) == []  # the replay: it cleared at the outage
+    assert ticks(engine, 35.0, 60.0) == []
+    assert [s.status for s in engine.states.values() if s.rule == "Spike" and s.status != "inactive"] == []
+
+
+def test_a_pending_alert_with_no_news_after_the_outage_fires_for_after_the_reconnect():
+    engine = Engine(rules(SPIKE))
+    value(engine, "spike", 60, 0.0)
+    engine.disconnected()
+    assert ticks(engine, 1.0, 33.0) == []
+    engine.reconnected(33.0)
+    assert ticks(engine, 33.0, 42.0) == []
+    [fired] = ticks(engine, 43.0, 43.0)
+    assert (fired.rule, fired.status) == ("Spike", "firing")
+
+
+def test_a_replayed_sample_that_still_holds_fires_at_once():
+    engine = Engine(rules(SPIKE))
+    value(engine, "spike", 60, 0.0)
+    engine.disconnected()
+    ticks(engine, 1.0, 33.0)
+    engine.reconnected(33.0)
+    [fired] = value(engine, "spike", 70, 34.0)  # held all along: `for` is long over
+    assert (fired.status, fired.value) == ("firing", 70.0)
+
+
+def test_a_clearing_alert_does_not_resolve_while_blind_nor_before_keep_firing_for_after():
+    engine = Engine(rules(SPIKE))
+    [fired] = value(engine, "sticky", 60, 0.0)
+    assert value(engine, "sticky", 10, 1.0) == []  # clearing: resolves 20 s later
+    engine.disconnected()
+    assert ticks(engine, 2.0, 40.0) == []
+    engine.reconnected(40.0)
+    assert ticks(engine, 40.0, 59.0) == []
+    [resolved] = ticks(engine, 60.0, 60.0)
+    assert (resolved.id, resolved.status) == (fired.id, "resolved")
+
+
+def test_event_counts_do_not_decay_while_blind():
+    engine = Engine(rules(SPIKE))
+    events = EventBatch(host="web-1", time=0.0, events=[Event(type="login_failed") for _ in range(3)])
+    [fired] = engine.events(events, 0.0).events
+    engine.disconnected()
+    assert ticks(engine, 1.0, 30.0) == []  # the window emptied, but the evaluator saw nothing
+    engine.reconnected(30.0)
+    [resolved] = ticks(engine, 31.0, 31.0)
     assert (resolved.id, resolved.status) == (fired.id, "resolved")

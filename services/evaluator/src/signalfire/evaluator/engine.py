@@ -14,9 +14,12 @@ differ only in the value they compute and when:
 - ``anomaly``: the sample's distance from its series' EWMA baseline, in standard deviations;
 - ``ratio``: sum of the numerator's samples over the denominator's, in the window;
 - ``event_count``: events in the window, on each event batch and on ticks (the count decays);
-- ``absent``: seconds since the series (or host) was last seen, on ticks; not judged while
-  the shell cannot see the bus (:meth:`Engine.disconnected`), and after it sees again
-  (:meth:`Engine.reconnected`) each series' silence counts from then at the earliest.
+- ``absent``: seconds since the series (or host) was last seen, on ticks.
+
+While the shell cannot see the bus (:meth:`Engine.disconnected` to :meth:`Engine.reconnected`)
+nothing is decided by the passing of time alone, since agents replay what they could not send:
+no absence, no ``for`` or ``keep_firing_for`` running out, no event count decaying. After it
+sees again, each such wait counts from then at the earliest; samples decide as always.
 
 Grouped rules (``group_by: host`` or ``fleet``) pool their samples and are judged once per
 batch, after all of its samples are in, so a half-read batch never fires a ratio.
@@ -154,10 +157,10 @@ class Engine:
         self._tracks: dict[str, dict[Key, Track]] = {}
         self._timed: set[str] = set()
         self._limited: set[str] = set()
-        #: Absence is judged only while the shell sees the bus, and counts from `_sight_since`
-        #: at the earliest: what was not seen while blind may have been sent.
+        #: Time alone decides only while the shell sees the bus, and its waits count from
+        #: `_sight_since` at the earliest: what was not seen while blind may have been sent.
         self._blind = False
-        self._sight_since = 0.0
+        self._sight_since = -math.inf
         self.set_rules(list(rules), 0.0)
 
     # Rules and stored state --------------------------------------------------------------
@@ -394,28 +397,44 @@ class Engine:
 
     @property
     def blind(self) -> bool:
-        """Whether absence judgements are suspended (between :meth:`disconnected` and
+        """Whether decisions by time alone are suspended (between :meth:`disconnected` and
         :meth:`reconnected`)."""
         return self._blind
 
     def disconnected(self) -> None:
         """The shell no longer sees what is published (disconnected from the bus, or catching
-        up after reconnecting). Agents buffer and replay what they could not send, so silence
-        now is not absence: ``absent`` rules neither fire nor start counting towards firing
-        until :meth:`reconnected`. Everything else goes on (``for`` expiry, event windows)."""
+        up after reconnecting). Agents buffer and replay what they could not send, so what the
+        engine has not seen may well have happened: until :meth:`reconnected`, :meth:`tick`
+        decides nothing from the passing of time alone. ``absent`` rules neither fire nor
+        count towards firing, a pending alert does not fire when its ``for`` runs out, a
+        firing one does not resolve when its ``keep_firing_for`` does, and event counts do
+        not decay. Payloads, actions and reloads are handled as always."""
         self._blind = True
 
     def reconnected(self, now: float) -> None:
-        """The shell sees everything published again as of ``now``. From here on each series'
-        silence is judged from the later of its last sample and ``now``: only a series still
-        silent for the rule's ``for`` after ``now`` fires (its ``value`` is still the seconds
-        since it was last seen)."""
+        """The shell sees everything published again as of ``now``. Each wait that
+        :meth:`tick` judges then counts from the later of its own start and ``now``: a series
+        fires for absence only if still silent for the rule's ``for`` after ``now`` (its
+        ``value`` is still the seconds since it was last seen), a pending alert fires by time
+        alone only ``for`` after ``now`` (a sample that arrives and still holds fires it as
+        usual), a clearing alert resolves only ``keep_firing_for`` after ``now``."""
         self._blind = False
         self._sight_since = max(self._sight_since, now)
 
+    def _waits_for_sight(self, rule: Rule, state: AlertState, now: float) -> bool:
+        """Whether a decision by time alone on ``state`` must wait (see :meth:`reconnected`)."""
+        if self._blind:
+            return True
+        if state.status == "pending":
+            wait = rule.silence if rule.kind == "absent" else rule.for_
+        else:
+            wait = rule.keep_firing_for
+        return now - self._sight_since < wait
+
     def tick(self, now: float) -> Output:
         """Advance time to ``now``: ``for`` and cooldown expiry, ``keep_firing_for``, flap
-        holds, absence (unless :attr:`blind`), and event counts sliding out of their window."""
+        holds, absence, and event counts sliding out of their window (none of it while
+        :attr:`blind`, see :meth:`disconnected`)."""
         out = Output()
         for fp in list(self._timed):
             state = self.states.get(fp)
@@ -423,8 +442,8 @@ class Engine:
             if state is None or rule is None:
                 self._timed.discard(fp)
                 continue
-            if self._blind and rule.kind == "absent" and state.status == "pending":
-                continue  # an absence waiting out its cooldown: not judged while blind
+            if self._waits_for_sight(rule, state, now):
+                continue
             new, transitions = tick(rule, state, now)
             if new is not state:
                 self._apply(rule, state, new, transitions, out)
@@ -442,7 +461,7 @@ class Engine:
                             rule, state, silent, now, track.series, holds=True, clears=False
                         )
                         self._apply(rule, state, new, transitions, out)
-            elif rule.kind == "event_count":
+            elif rule.kind == "event_count" and not self._blind:
                 tracks = self._tracks[rule.name]
                 for key, track in list(tracks.items()):
                     _evict(track.points, now - rule.window)

@@ -53,8 +53,9 @@ log = logging.getLogger("signalfire.evaluator")
 #: Longest wait between two attempts of a failed publish or KV write.
 MAX_BACKOFF = 5.0
 
-#: After a reconnect, absence stays suspended until the payload subscriptions hold at most
-#: this many messages not yet evaluated (what arrived meanwhile is read first) ...
+#: After a reconnect, decisions by time alone (absence, `for` running out) stay suspended
+#: until the payload subscriptions hold at most this many messages not yet evaluated (what
+#: arrived meanwhile is read first) ...
 CATCH_UP_BACKLOG = 100
 #: ... or for at most this long (seconds), so a backlog that never drains cannot keep a dead
 #: host from alerting.
@@ -185,8 +186,9 @@ class EvaluatorService:
             function=lambda: self._count("pending"),
         )
         r.gauge(
-            "absence_suspended",
-            "1 while absent rules are not judged: NATS out of sight, or catching up after a reconnect",
+            "bus_out_of_sight",
+            "1 while NATS is out of sight or being caught up with: no absence, `for` or "
+            "keep_firing_for is judged by time alone",
             function=lambda: int(self.engine.blind),
         )
 
@@ -450,7 +452,8 @@ class EvaluatorService:
         """Tell the engine when the bus goes out of sight and when it is back (checked each
         tick, so a connection shared with others works the same). While disconnected, agents
         buffer and later replay; after a reconnect, what arrived meanwhile is evaluated first
-        (up to :data:`CATCH_UP_LIMIT`). Only then is absence judged again, from now."""
+        (up to :data:`CATCH_UP_LIMIT`). Only then does time alone decide again (absence,
+        ``for``, ``keep_firing_for``), counting from now."""
         nc = self._nc
         if nc is None:
             return
@@ -459,7 +462,7 @@ class EvaluatorService:
         if not connected or reconnects != self._reconnects:  # down, or down and back since
             if not self.engine.blind:
                 self.engine.disconnected()
-                log.warning("absent rules not judged until NATS is back and caught up")
+                log.warning("NATS out of sight: absence and `for` not judged until it is back and caught up")
             if not connected:
                 self._catch_up_from = None
                 return
@@ -472,7 +475,7 @@ class EvaluatorService:
                 self.engine.reconnected(now)
                 self._catch_up_from = None
                 log.info(
-                    "absence judged again: a silence counts from now",
+                    "NATS in sight again: absence and `for` judged again, counting from now",
                     extra={"backlog": backlog, "caught_up_after": round(waited, 3)},
                 )
 
