@@ -1,5 +1,6 @@
-"""Absence while the evaluator cannot see the bus: agents buffer and replay what they could not
-send, so silence the evaluator could not have seen is not absence."""
+"""While the evaluator cannot see the bus, time alone decides nothing: agents buffer and replay
+what they could not send, so a silence it could not have seen is not absence, and a condition
+it last saw holding may have cleared."""
 
 from __future__ import annotations
 
