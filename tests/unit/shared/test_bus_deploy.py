@@ -51,20 +51,21 @@ def test_compose_nats_requires_a_login_for_every_identity() -> None:
     assert "no_auth_user" not in conf + accounts
     variables = re.findall(r"password: \$(SF_NATS_[A-Z0-9_]+)", accounts)
     assert len(variables) == len(re.findall(r"\{ user: ", accounts)) >= 5
-    for variable in variables:  # nats-server gets each password, and compose refuses to start without it
-        value = nats["environment"][variable]
-        assert REQUIRED.match(value) and REQUIRED.match(value).group(1) == variable, variable  # type: ignore[union-attr]
+    for variable in variables:  # nats-server gets each password; compose refuses to start without it
+        required = REQUIRED.match(nats["environment"][variable])
+        assert required is not None and required.group(1) == variable, variable
 
 
 def test_every_service_in_compose_logs_in_as_its_own_user() -> None:
     services = compose()["services"]
     accounts = (NATS_DIR / "accounts.conf").read_text()
-    users = set(re.findall(r'\{ user: "([^"]+)"', accounts))
+    variable_of = dict(re.findall(r'\{ user: "([^"]+)", password: \$(SF_NATS_[A-Z0-9_]+)', accounts))
     for name in ("gateway", "evaluator", "notifier", "agent"):
         env = services[name]["environment"]
         assert env["SF_NATS_URL"] == "nats://nats:4222"
-        assert env["SF_NATS_USER"] in users, name
-        assert REQUIRED.match(env["SF_NATS_PASSWORD"]), name
+        assert env["SF_NATS_USER"] in variable_of, name
+        required = REQUIRED.match(env["SF_NATS_PASSWORD"])
+        assert required is not None and required.group(1) == variable_of[env["SF_NATS_USER"]], name
     assert (
         len(
             {
