@@ -1,0 +1,315 @@
+"""The notifier killed with SIGKILL twice while it delivers: once in the middle of 100 firing
+notices, once in the middle of their 100 resolved notices, to two webhook channels answering
+each request in 0.3 s. After each kill a new notifier process starts on the same NATS; when
+all is settled, every notice reached each channel exactly once (counted by the idempotency
+key the receiver saw) or is a dead letter with its reason, no resolved notice reached a
+channel that was not sent the firing notice (nor before it), and no ledger key is left
+``sending``.
+
+Self-contained: its own receiver and notifier processes; only the session's nats-server
+(``tests/conftest.py``) is shared. Only the processes started here are killed, by PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from devstack import ServiceProcess
+from nats.js.errors import NoKeysError
+
+from signalfire.bus import NatsConfig
+from signalfire.events import AlertEvent, encode
+from signalfire.notifier.deadletter import DeadLetter
+from signalfire.notifier.ledger import SentMark
+
+pytestmark = pytest.mark.slow
+
+ALERTS = 100
+CHANNELS = ("hook-a", "hook-b")
+#: How long the receiver takes to answer each request (the attack used 0.3 s).
+ANSWER_DELAY = 0.3
+#: Production's ack_wait is 30 s, so a dead notifier's events and claims come back after
+#: about 30 s; with 2 s (lease = ack_wait, heartbeat = 0.67 s) the same takeovers happen
+#: within seconds and the test stays well under 90 s. The timing formula is the same.
+ACK_WAIT = "2s"
+
+
+@dataclass(frozen=True)
+class Request:
+    channel: str
+    alert_id: str
+    transition: str
+    delivery_id: str
+    at: float
+
+
+class Receiver:
+    """A loopback webhook receiver that records each request on arrival (a real receiver acts
+    on what it got even when its answer never reaches the sender), then answers in 0.3 s."""
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                request = Request(
+                    channel=self.path.strip("/"),
+                    alert_id=body["alert"]["id"],
+                    transition=body["transition"],
+                    delivery_id=self.headers.get("Idempotency-Key", ""),
+                    at=time.monotonic(),
+                )
+                with receiver._lock:
+                    receiver.requests.append(request)
+                time.sleep(ANSWER_DELAY)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def url(self, channel: str) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}/{channel}"
+
+    def got(self, transition: str | None = None) -> list[Request]:
+        with self._lock:
+            return [r for r in self.requests if transition is None or r.transition == transition]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def notify_config(nats_config: NatsConfig, receiver: Receiver, tmp_path: Path) -> Path:
+    path = tmp_path / "notify.yaml"
+    channels = ", ".join(
+        f'{name}: {{type: webhook, url: "{receiver.url(name)}", timeout: 5s}}' for name in CHANNELS
+    )
+    nats = json.dumps(
+        {
+            "url": nats_config.url,
+            "prefix": nats_config.prefix,
+            "metrics_max_bytes": nats_config.metrics_max_bytes,
+        }
+    )
+    path.write_text(
+        f"""\
+nats: {nats}
+log_level: info
+ack_wait: {ACK_WAIT}
+channels: {{{channels}}}
+routes:
+  - channels: [{", ".join(CHANNELS)}]
+"""
+    )
+    return path
+
+
+class Notifiers:
+    """``signalfire notifier`` processes, one after the other; the last may be killed."""
+
+    def __init__(self, config: Path, log_dir: Path) -> None:
+        self._config = config
+        self._log_dir = log_dir
+        self._env = {k: v for k, v in os.environ.items() if not k.startswith("SF_")}
+        self.started: list[ServiceProcess] = []
+
+    def start(self) -> ServiceProcess:
+        name = f"notifier-{len(self.started) + 1}"
+        process = ServiceProcess(name, ["notifier", "--config", str(self._config)], self._env, self._log_dir)
+        self.started.append(process.start())
+        return process
+
+    def kill9(self) -> None:
+        process = self.started[-1]
+        assert process.proc is not None and process.alive(), f"{process.name} died early"
+        os.killpg(process.proc.pid, signal.SIGKILL)
+        process.proc.wait(timeout=10)
+
+    def logs(self) -> str:
+        return "".join(p.log_path.read_text(errors="replace") for p in self.started if p.log_path.exists())
+
+    def stop(self) -> None:
+        for process in self.started:
+            process.stop()
+
+
+@pytest.fixture
+def notifiers(notify_config: Path, tmp_path: Path) -> Iterator[Notifiers]:
+    n = Notifiers(notify_config, tmp_path)
+    yield n
+    n.stop()
+
+
+async def wait_until(check: Callable[[], bool], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def firing(alert_id: str, now: float) -> AlertEvent:
+    return AlertEvent(
+        id=alert_id,
+        fingerprint=f"fp-{alert_id}",
+        rule="HighCPU",
+        status="firing",
+        severity="high",
+        host="web-1",
+        starts_at=now,
+        time=now,
+        value=93.0,
+    )
+
+
+async def publish(nc: Any, nats_config: NatsConfig, alert: AlertEvent) -> None:
+    await nc.jetstream().publish(
+        nats_config.subjects.alerts(alert.host),
+        encode(alert),
+        headers={"Nats-Msg-Id": f"{alert.id}:{alert.status}"},
+    )
+
+
+async def ledger(kv: Any) -> tuple[list[SentMark], list[DeadLetter]]:
+    try:
+        keys = await kv.keys()
+    except NoKeysError:
+        return [], []
+    marks: list[SentMark] = []
+    letters: list[DeadLetter] = []
+    for key in keys:
+        entry = await kv.get(key)
+        if not entry.value:
+            continue
+        if key.startswith("sent."):
+            marks.append(msgspec.json.decode(entry.value, type=SentMark))
+        elif key.startswith("deadletter."):
+            letters.append(msgspec.json.decode(entry.value, type=DeadLetter))
+    return marks, letters
+
+
+async def test_kill_9_mid_delivery_loses_nothing_and_never_resolves_unannounced(
+    nc: Any, nats_config: NatsConfig, receiver: Receiver, notifiers: Notifiers
+) -> None:
+    started = time.monotonic()
+    js = nc.jetstream()
+    kv = await js.key_value(nats_config.subjects.bucket("notify_state"))
+    run = uuid.uuid4().hex[:6]
+    now = time.time()
+    alerts = [firing(f"kill-{run}-{i:03d}", now) for i in range(ALERTS)]
+    notices = ALERTS * len(CHANNELS)
+
+    notifiers.start()
+    for a in alerts:
+        await publish(nc, nats_config, a)
+    # mid-flow: about a quarter of the firing notices are out, the next ones are in flight
+    await wait_until(lambda: len(receiver.got("firing")) >= notices // 4, "the first firing notices", 30)
+    notifiers.kill9()
+    at_first_kill = len(receiver.got("firing"))
+
+    notifiers.start()
+    for a in alerts:
+        ended = time.time()
+        await publish(
+            nc, nats_config, msgspec.structs.replace(a, status="resolved", time=ended, ends_at=ended, seq=2)
+        )
+    await wait_until(lambda: len(receiver.got("resolved")) >= notices // 4, "the first resolved notices", 30)
+    notifiers.kill9()
+    at_second_kill = len(receiver.got("resolved"))
+    notifiers.start()
+
+    marks: list[SentMark] = []
+    letters: list[DeadLetter] = []
+
+    def accounted() -> bool:
+        dead = {(d.alert.id, d.transition, d.channel) for d in letters}
+        done = {(r.alert_id, r.transition, r.channel) for r in receiver.got()}
+        fired = {(a, c) for a, t, c in done if t == "firing"}
+        for a in alerts:
+            for channel in CHANNELS:
+                if (a.id, "firing", channel) not in done | dead:
+                    return False
+                if (a.id, channel) in fired and (a.id, "resolved", channel) not in done | dead:
+                    return False
+        return not any(m.state == "sending" for m in marks)
+
+    settled = False
+    deadline = time.monotonic() + 45
+    while not settled and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        marks, letters = await ledger(kv)
+        info = await js.consumer_info(nats_config.subjects.alerts_stream, "notifier")
+        settled = accounted() and info.num_pending == 0 and info.num_ack_pending == 0
+    await asyncio.sleep(1.0)  # anything still to come (a duplicate) would arrive now
+    marks, letters = await ledger(kv)
+
+    numbers: dict[str, object] = {"at_first_kill": at_first_kill, "at_second_kill": at_second_kill}
+    for transition in ("firing", "resolved"):
+        got = receiver.got(transition)
+        keys = Counter(r.delivery_id for r in got)
+        numbers[f"{transition}_sent"] = len(got)
+        numbers[f"{transition}_unique"] = len(keys)
+        numbers[f"{transition}_duplicates"] = len(got) - len(keys)
+        numbers[f"{transition}_dead"] = sum(d.transition == transition for d in letters)
+    numbers["claims_taken_over"] = notifiers.logs().count("took over a dead replica's claim")
+    numbers["sending_left"] = sum(m.state == "sending" for m in marks)
+    numbers["seconds"] = round(time.monotonic() - started, 1)
+    print(
+        "FAULT notifier_kill: " + " ".join(f"{k}={v}" for k, v in numbers.items()),
+        flush=True,
+    )
+
+    assert settled, "the notifier did not settle within 45 s of the last restart"
+    assert 0 < at_first_kill < notices and 0 < at_second_kill < notices, "the kills were not mid-flow"
+    assert [m for m in marks if m.state == "sending"] == []
+    assert all(d.reason for d in letters), "a dead letter without its reason"
+    by_notice: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    first: dict[tuple[str, str, str], float] = {}
+    for r in receiver.got():
+        by_notice[(r.alert_id, r.transition, r.channel)].add(r.delivery_id)
+        first.setdefault((r.alert_id, r.transition, r.channel), r.at)
+    dead = {(d.alert.id, d.transition, d.channel) for d in letters}
+    for a in alerts:
+        for channel in CHANNELS:
+            fired = (a.id, "firing", channel)
+            resolved = (a.id, "resolved", channel)
+            # one idempotency key per notice: a re-send after a crash carries the first one
+            assert len(by_notice[fired]) + (fired in dead) == 1, (fired, by_notice[fired])
+            if fired in dead:
+                assert resolved not in by_notice, f"{resolved}: resolved without its firing notice"
+                continue
+            assert len(by_notice[resolved]) + (resolved in dead) == 1, (resolved, by_notice[resolved])
+            if resolved in first:
+                assert first[fired] < first[resolved], f"{resolved}: resolved before its firing notice"
+    assert "" not in {r.delivery_id for r in receiver.got()}
