@@ -1,0 +1,327 @@
+"""What a crashed notifier leaves behind, against real NATS JetStream and a real HTTP receiver:
+another replica's claims taken over in order (firing before resolved), the same delivery id
+on every attempt, no resolved notice for a firing notice nobody was sent, and a dead letter
+(logged, counted, published) for what can no longer be delivered — also when JetStream
+gives up on an event. A dead replica is played by writing the ledger entry it left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import msgspec
+import pytest
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from signalfire.bus import NatsConfig
+from signalfire.config import Duration
+from signalfire.events import AlertEvent, DeliveryResult, decode, encode
+from signalfire.notifier.channels.webhook import WebhookChannelConfig
+from signalfire.notifier.config import NotifyConfig, Route
+from signalfire.notifier.deadletter import SUPERSEDED, DeadLetter
+from signalfire.notifier.ledger import SentMark, ledger_key
+from signalfire.notifier.service import DURABLE, NotifierService
+from signalfire.notifier.tracking import alert_key
+
+
+class Receiver:
+    """``/<channel>`` records (transition, alert id, Idempotency-Key) and answers with the
+    channel's scripted statuses, then 200."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, str, str]] = []
+        self.statuses: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                name = self.path.strip("/")
+                with receiver._lock:
+                    receiver.requests.append(
+                        (
+                            name,
+                            body["transition"],
+                            body["alert"]["id"],
+                            self.headers.get("Idempotency-Key", ""),
+                        )
+                    )
+                    script = receiver.statuses.get(name)
+                    status = script.pop(0) if script else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}/{name}"
+
+    def got(self, name: str) -> list[tuple[str, str, str]]:
+        """(transition, alert id, idempotency key) of every request ``name`` got."""
+        with self._lock:
+            return [(t, a, k) for channel, t, a, k in self.requests if channel == name]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+async def results(nc: Any, nats_config: NatsConfig) -> AsyncIterator[list[DeliveryResult]]:
+    seen: list[DeliveryResult] = []
+
+    async def collect(msg: Msg) -> None:
+        seen.append(decode(msg.data, DeliveryResult))
+
+    sub = await nc.subscribe(nats_config.subjects.all_notifications, cb=collect)
+    yield seen
+    await sub.unsubscribe()
+
+
+@pytest.fixture
+async def running(nc: Any) -> AsyncIterator[Callable[[NotifyConfig], Any]]:
+    services: list[NotifierService] = []
+
+    async def start(config: NotifyConfig) -> NotifierService:
+        service = NotifierService(config, nc)
+        await service.start()
+        services.append(service)
+        return service
+
+    yield start
+    for service in services:
+        await service.stop()
+
+
+def config_for(nats_config: NatsConfig, receiver: Receiver, **more: Any) -> NotifyConfig:
+    """One webhook channel ``ops``, every alert routed to it; ``ack_wait`` 1 s (so the lease,
+    which follows it, is 1 s: a dead replica's claim expires within the test)."""
+    return NotifyConfig(
+        nats=nats_config,
+        channels={"ops": WebhookChannelConfig(url=receiver.url("ops"), retry_backoff=Duration(0.01))},
+        routes=[Route(channels=["ops"])],
+        tick=Duration(0.05),
+        ack_wait=Duration(1),
+        **more,
+    )
+
+
+def alert(status: str = "firing", alert_id: str | None = None) -> AlertEvent:
+    alert_id = alert_id or f"alert-{uuid.uuid4().hex[:8]}"
+    now = time.time()
+    return AlertEvent(
+        id=alert_id,
+        fingerprint=f"fp-{alert_id}",
+        rule="HighCPU",
+        status=status,  # type: ignore[arg-type]
+        severity="critical",
+        host="web-1",
+        starts_at=now,
+        time=now,
+    )
+
+
+async def publish(nc: Any, nats_config: NatsConfig, a: AlertEvent) -> None:
+    await nc.jetstream().publish(
+        nats_config.subjects.alerts(a.host), encode(a), headers={"Nats-Msg-Id": f"{a.id}:{a.status}"}
+    )
+
+
+async def wait_until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def kv_of(nc: Any, nats_config: NatsConfig) -> Any:
+    return await nc.jetstream().key_value(nats_config.subjects.bucket("notify_state"))
+
+
+async def mark_of(kv: Any, key: str) -> SentMark | None:
+    try:
+        entry = await kv.get(key)
+    except Exception:
+        return None
+    return msgspec.json.decode(entry.value, type=SentMark) if entry.value else None
+
+
+async def dead_letter(kv: Any, key: str, timeout: float = 10.0) -> DeadLetter:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return msgspec.json.decode((await kv.get(key)).value, type=DeadLetter)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no dead letter {key}") from None
+            await asyncio.sleep(0.05)
+
+
+async def test_a_resolved_event_sends_a_dead_replicas_firing_notice_first_with_its_delivery_id(
+    nc: Any, nats_config: NatsConfig, receiver: Receiver, running: Any
+) -> None:
+    # A replica claimed the firing notice and was killed before it was sent; JetStream will
+    # redeliver the firing event only later, and the resolved event arrives first.
+    kv = await kv_of(nc, nats_config)
+    fired = alert()
+    firing_key = ledger_key(alert_key(fired.id), "firing", "ops")
+    dead = SentMark(
+        alert_id=fired.id,
+        channel="ops",
+        tag="firing",
+        owner="dead",
+        state="sending",
+        time=time.time(),
+        alert=fired,
+    )
+    await kv.create(firing_key, msgspec.json.encode(dead))
+    await running(config_for(nats_config, receiver))
+    await publish(nc, nats_config, msgspec.structs.replace(fired, status="resolved", seq=2))
+
+    await wait_until(lambda: len(receiver.got("ops")) == 2, "the firing and the resolved notice")
+    resolved_key = ledger_key(alert_key(fired.id), "resolved", "ops")
+    assert receiver.got("ops") == [("firing", fired.id, firing_key), ("resolved", fired.id, resolved_key)]
+    assert [(await mark_of(kv, k)).state for k in (firing_key, resolved_key)] == ["sent", "sent"]  # type: ignore[union-attr]
+
+
+async def test_a_resolved_notice_waits_while_the_firing_notice_is_in_flight(
+    nc: Any, nats_config: NatsConfig, receiver: Receiver, running: Any
+) -> None:
+    # another (live) replica is sending the firing notice right now
+    kv = await kv_of(nc, nats_config)
+    fired = alert()
+    firing_key = ledger_key(alert_key(fired.id), "firing", "ops")
+    claim = SentMark(
+        alert_id=fired.id, channel="ops", tag="firing", owner="other", state="sending", time=time.time()
+    )
+    await kv.create(firing_key, msgspec.json.encode(claim))
+    service = await running(config_for(nats_config, receiver, claim_lease=Duration(60)))
+    await publish(nc, nats_config, msgspec.structs.replace(fired, status="resolved", seq=2))
+    await wait_until(lambda: service.busy_waits.value() >= 1, "the resolved event to wait")
+    assert receiver.got("ops") == []
+
+    # the other replica's channel answered: the resolved notice follows
+    await kv.put(firing_key, msgspec.json.encode(msgspec.structs.replace(claim, state="sent")))
+    await wait_until(lambda: len(receiver.got("ops")) == 1, "the resolved notice")
+    assert [t for t, _, _ in receiver.got("ops")] == ["resolved"]
+
+
+async def test_a_firing_event_redelivered_after_its_resolved_is_a_dead_letter_not_a_late_page(
+    nc: Any,
+    nats_config: NatsConfig,
+    receiver: Receiver,
+    running: Any,
+    *,
+    results: list[DeliveryResult],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    kv = await kv_of(nc, nats_config)
+    service = await running(config_for(nats_config, receiver))
+    fired = alert()
+    # the resolved event comes first: nobody was sent the firing notice, so nobody is told it resolved
+    await publish(nc, nats_config, msgspec.structs.replace(fired, status="resolved", seq=2))
+    firing_key = ledger_key(alert_key(fired.id), "firing", "ops")
+
+    async def superseded() -> bool:
+        mark = await mark_of(kv, firing_key)
+        return mark is not None and mark.state == "superseded"
+
+    deadline = time.monotonic() + 10
+    while not await superseded():
+        assert time.monotonic() < deadline, "the firing notice was not marked superseded"
+        await asyncio.sleep(0.05)
+
+    with caplog.at_level(logging.ERROR, logger="signalfire.notifier"):
+        await publish(nc, nats_config, fired)
+        letter = await dead_letter(kv, f"deadletter.{alert_key(fired.id)}.firing.ops")
+        await wait_until(lambda: any(r.status == "failed" for r in results), "the failed result")
+    assert (letter.alert.id, letter.transition, letter.reason) == (fired.id, "firing", SUPERSEDED)
+    assert receiver.got("ops") == []
+    [failed] = [r for r in results if r.status == "failed"]
+    assert (failed.alert_id, failed.reason) == (fired.id, f"dead letter: {SUPERSEDED}")
+    assert service.dispatcher.dead_letters.value(channel="ops") == 1
+    assert any("dead letter" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    assert service.state.tracks_of(fired.id) == []  # no escalations or repeats for a resolved alert
+
+
+async def test_every_attempt_carries_the_same_delivery_id(
+    nc: Any, nats_config: NatsConfig, receiver: Receiver, running: Any
+) -> None:
+    receiver.statuses["ops"] = [503]
+    await running(config_for(nats_config, receiver))
+    fired = alert()
+    await publish(nc, nats_config, fired)
+    await wait_until(lambda: len(receiver.got("ops")) == 2, "the retry")
+    key = ledger_key(alert_key(fired.id), "firing", "ops")
+    assert receiver.got("ops") == [("firing", fired.id, key)] * 2
+
+
+async def test_an_event_jetstream_gives_up_on_becomes_a_dead_letter_and_frees_its_claim(
+    nc: Any,
+    nats_config: NatsConfig,
+    receiver: Receiver,
+    running: Any,
+    results: list[DeliveryResult],
+) -> None:
+    # Two replicas in a row took the event, claimed its message and died (max_deliver 2).
+    js = nc.jetstream()
+    kv = await kv_of(nc, nats_config)
+    stream = nats_config.subjects.alerts_stream
+    await js.add_consumer(
+        stream,
+        ConsumerConfig(
+            durable_name=DURABLE,
+            filter_subject=nats_config.subjects.all_alerts,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=1.0,
+            max_deliver=2,
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=datetime.now(UTC) - timedelta(seconds=60),
+        ),
+    )
+    fired = alert()
+    await publish(nc, nats_config, fired)
+    dying = await js.pull_subscribe_bind(durable=DURABLE, stream=stream)
+    for _ in range(2):
+        [msg] = await dying.fetch(1, timeout=5)
+        assert msg.metadata.sequence.stream > 0
+        await asyncio.sleep(1.2)  # past ack_wait: JetStream takes it back
+    await dying.unsubscribe()
+    firing_key = ledger_key(alert_key(fired.id), "firing", "ops")
+    left = SentMark(
+        alert_id=fired.id, channel="ops", tag="firing", owner="dead", state="sending", time=time.time() - 5
+    )
+    await kv.create(firing_key, msgspec.json.encode(left))
+
+    service = await running(config_for(nats_config, receiver, max_deliver=2))
+    letter = await dead_letter(kv, f"deadletter.{alert_key(fired.id)}.firing.ops")
+    assert letter.reason == "JetStream gave up on the alert event after 2 deliveries"
+    assert (await mark_of(kv, firing_key)).state == "failed"  # type: ignore[union-attr]
+    assert service.given_up.value(consumer=DURABLE) == 1
+    await wait_until(lambda: any(r.status == "failed" for r in results), "the failed result")
+    assert [r.reason for r in results if r.status == "failed"] == [f"dead letter: {letter.reason}"]
+    assert receiver.got("ops") == []
