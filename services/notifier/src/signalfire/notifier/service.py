@@ -11,7 +11,11 @@ For each alert event (one task per event, events of one fingerprint in order):
 4. sending (:mod:`dispatch`): **silence** and **inhibition** suppress, the **ledger** claim
    makes it once, **delivery** retries under the channel's **rate limit**, then the
    **fallback** channel, then a **dead-letter** record; every attempt is a DeliveryResult;
-5. ack the event once the outcome is recorded.
+5. ack the event once the outcome is recorded. An event whose message another replica has
+   claimed waits here (not in JetStream's redelivery) until that claim is done or expired;
+   one heartbeat keeps both the waiting events and our own claims alive (see
+   :class:`~signalfire.notifier.config.Timings`), and JetStream's max-deliveries advisory
+   turns an event it gave up on into dead letters.
 
 Actions (``ack``/``unack``/``resolve``) change the tracks; the :mod:`scheduler` sends the
 escalation steps, repeats and batches that come due. All state is in ``sf_notify_state``.
