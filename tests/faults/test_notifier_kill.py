@@ -150,8 +150,7 @@ class Notifiers:
         self.started.append(process.start())
         return process
 
-    def kill9(self) -> None:
-        process = self.started[-1]
+    def kill9(self, process: ServiceProcess) -> None:
         assert process.proc is not None and process.alive(), f"{process.name} died early"
         os.killpg(process.proc.pid, signal.SIGKILL)
         process.proc.wait(timeout=10)
@@ -219,9 +218,13 @@ async def ledger(kv: Any) -> tuple[list[SentMark], list[DeadLetter]]:
     return marks, letters
 
 
+@pytest.mark.parametrize("replicas", [1, 2], ids=["restarted", "with-a-second-replica"])
 async def test_kill_9_mid_delivery_loses_nothing_and_never_resolves_unannounced(
-    nc: Any, nats_config: NatsConfig, receiver: Receiver, notifiers: Notifiers
+    nc: Any, nats_config: NatsConfig, receiver: Receiver, notifiers: Notifiers, replicas: int
 ) -> None:
+    """``restarted``: one notifier, killed and started again, twice. ``with-a-second-replica``:
+    two notifiers share the work; one is killed during the firing notices (the other takes
+    over while running), the other during the resolved notices, then a fresh one starts."""
     started = time.monotonic()
     js = nc.jetstream()
     kv = await js.key_value(nats_config.subjects.bucket("notify_state"))
@@ -230,22 +233,24 @@ async def test_kill_9_mid_delivery_loses_nothing_and_never_resolves_unannounced(
     alerts = [firing(f"kill-{run}-{i:03d}", now) for i in range(ALERTS)]
     notices = ALERTS * len(CHANNELS)
 
-    notifiers.start()
+    victim = notifiers.start()
+    if replicas == 2:
+        notifiers.start()
     for a in alerts:
         await publish(nc, nats_config, a)
     # mid-flow: about a quarter of the firing notices are out, the next ones are in flight
     await wait_until(lambda: len(receiver.got("firing")) >= notices // 4, "the first firing notices", 30)
-    notifiers.kill9()
+    notifiers.kill9(victim)
     at_first_kill = len(receiver.got("firing"))
 
-    notifiers.start()
+    victim = notifiers.started[1] if replicas == 2 else notifiers.start()
     for a in alerts:
         ended = time.time()
         await publish(
             nc, nats_config, msgspec.structs.replace(a, status="resolved", time=ended, ends_at=ended, seq=2)
         )
     await wait_until(lambda: len(receiver.got("resolved")) >= notices // 4, "the first resolved notices", 30)
-    notifiers.kill9()
+    notifiers.kill9(victim)
     at_second_kill = len(receiver.got("resolved"))
     notifiers.start()
 
@@ -286,7 +291,7 @@ async def test_kill_9_mid_delivery_loses_nothing_and_never_resolves_unannounced(
     numbers["sending_left"] = sum(m.state == "sending" for m in marks)
     numbers["seconds"] = round(time.monotonic() - started, 1)
     print(
-        "FAULT notifier_kill: " + " ".join(f"{k}={v}" for k, v in numbers.items()),
+        f"FAULT notifier_kill[replicas={replicas}]: " + " ".join(f"{k}={v}" for k, v in numbers.items()),
         flush=True,
     )
 
