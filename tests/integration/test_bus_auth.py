@@ -22,6 +22,7 @@ import pytest
 import trustme
 from devstack import NatsServer, bus_credentials
 from nats.errors import NoServersError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
@@ -30,9 +31,12 @@ from signalfire.buspolicy import GATEWAY_DURABLES, NOTIFIER_DURABLES, permission
 from signalfire.config import ConfigError, Duration
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
 from signalfire.events import AlertAction, AlertEvent, DeliveryResult, MetricBatch, Sample, decode, encode
+from signalfire.notifier import service as notifier_service
 from signalfire.notifier.channels.log import LogChannelConfig
 from signalfire.notifier.config import NotifyConfig, Route
+from signalfire.notifier.ledger import SentMark, ledger_key
 from signalfire.notifier.service import NotifierService
+from signalfire.notifier.tracking import alert_key
 from signalfire.subjects import Subjects
 from tests.integration.gateway_support import eventually, gateway_config, running_gateway
 
@@ -238,6 +242,71 @@ async def test_every_service_does_its_whole_job_as_its_own_identity(
         await notifier.stop()
         await evaluator.stop()
     # Nothing any service did along the way was refused (the server would have said so).
+    refusals = [r.getMessage() for r in caplog.records if "permissions violation" in r.getMessage().lower()]
+    assert refusals == []
+
+
+async def test_the_notifier_records_what_jetstream_gave_up_on_as_its_own_identity(
+    bus: Bus, admin: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The advisory subscription and the read by sequence of the crash-safety path, under the
+    # policy: two replicas took the event, claimed its message and died (max_deliver 2).
+    s = bus.subjects
+    js = admin.jetstream()
+    await js.add_consumer(
+        s.alerts_stream,
+        ConsumerConfig(
+            durable_name=notifier_service.DURABLE,
+            filter_subject=s.all_alerts,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=1.0,
+            max_deliver=2,
+            deliver_policy=DeliverPolicy.NEW,
+        ),
+    )
+    now = time.time()
+    fired = AlertEvent(
+        id=f"given-up-{secrets.token_hex(3)}",
+        fingerprint="fp-given-up",
+        rule="R",
+        status="firing",
+        severity="critical",
+        host=WEB1,
+        starts_at=now,
+        time=now,
+    )
+    await js.publish(s.alerts(WEB1), encode(fired))
+    dying = await js.pull_subscribe_bind(durable=notifier_service.DURABLE, stream=s.alerts_stream)
+    for _ in range(2):
+        await dying.fetch(1, timeout=5)
+        await asyncio.sleep(1.2)  # past ack_wait: JetStream takes it back
+    await dying.unsubscribe()
+    kv = await js.key_value(s.bucket("notify_state"))
+    firing_key = ledger_key(alert_key(fired.id), "firing", "ops")
+    left = SentMark(
+        alert_id=fired.id, channel="ops", tag="firing", owner="dead", state="sending", time=now - 5
+    )
+    await kv.create(firing_key, msgspec.json.encode(left))
+    notifier = NotifierService(
+        NotifyConfig(
+            nats=bus.config("notifier"),
+            channels={"ops": LogChannelConfig()},
+            routes=[Route(channels=["ops"])],
+            tick=Duration(0.05),
+            ack_wait=Duration(1),
+            max_deliver=2,
+        )
+    )
+    await notifier.start()
+    try:
+
+        async def recorded() -> None:
+            assert notifier.given_up.value(consumer=notifier_service.DURABLE) == 1
+
+        await eventually(recorded)
+    finally:
+        await notifier.stop()
+        await js.delete_consumer(s.alerts_stream, notifier_service.DURABLE)  # the admin may
     refusals = [r.getMessage() for r in caplog.records if "permissions violation" in r.getMessage().lower()]
     assert refusals == []
 
