@@ -9,6 +9,7 @@ trust its certificate authority.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import time
@@ -213,8 +214,8 @@ async def test_every_service_does_its_whole_job_as_its_own_identity(
 
                 await eventually(stored)
                 # the gateway asks the evaluator over its control subject, which answers
-                rules = await api.get("/api/v1/rules")
-                assert rules.status_code == 200 and "BusAuthHighCPU" in rules.text, rules.text
+                listed = await api.get("/api/v1/rules")
+                assert listed.status_code == 200 and "BusAuthHighCPU" in listed.text, listed.text
                 silence = await api.post(
                     "/api/v1/silences",
                     json={"matchers": [{"name": "host", "value": "nowhere"}], "duration": "1h"},
@@ -253,6 +254,8 @@ async def test_the_notifier_records_what_jetstream_gave_up_on_as_its_own_identit
     # policy: two replicas took the event, claimed its message and died (max_deliver 2).
     s = bus.subjects
     js = admin.jetstream()
+    with contextlib.suppress(NotFoundError):  # the whole-job test's notifier left its own
+        await js.delete_consumer(s.alerts_stream, notifier_service.DURABLE)
     await js.add_consumer(
         s.alerts_stream,
         ConsumerConfig(
