@@ -26,6 +26,8 @@ ENDPOINTS: list[tuple[str, str, Any, str, int]] = [
     ("GET", "/api/v1/query?metric=cpu.usage_percent&agg=p95", None, "viewer", 200),
     ("GET", "/api/v1/latest", None, "viewer", 200),
     ("GET", "/api/v1/events", None, "viewer", 200),
+    ("GET", "/api/v1/events/counts", None, "viewer", 200),
+    ("GET", "/api/v1/metric-names", None, "viewer", 200),
     ("GET", "/api/v1/alerts", None, "viewer", 200),
     ("GET", "/api/v1/alerts/a-1", None, "viewer", 200),
     ("GET", "/api/v1/rules", None, "viewer", 503),  # no evaluator runs here
@@ -434,6 +436,62 @@ async def test_queries_export_latest_and_http_ingest(
         document = (await httpx.AsyncClient(base_url=gw.url).get("/api/v1/openapi.json")).json()
         assert "/api/v1/alerts/{id}/ack" in document["paths"]
         assert "MetricBatch" in document["components"]["schemas"]
+
+
+async def test_metric_names_event_counts_and_a_labelled_export_feed_the_explorer_and_events_pages(
+    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    async with running_gateway(gateway_config(nats_config, database_url, tmp_path)) as gw, gw.client() as api:
+        now = time.time()
+        start = now - now % 60 - 600
+        samples = [
+            {"name": "app.orders", "value": 3.0, "labels": {"shop": "eu"}},
+            {"name": "app.orders", "value": 5.0, "labels": {"shop": "us"}},
+            {"name": "cpu.usage_percent", "value": 7.0},
+        ]
+        for host in ("web-1", "web-2"):
+            body = {"host": host, "time": start, "samples": samples}
+            assert (await api.post("/api/v1/ingest/metrics", json=body)).status_code == 202
+        for i, kind in enumerate(["login", "login", "deploy", "login"]):
+            body = {
+                "host": "web-1" if i < 3 else "web-2",
+                "time": start + 60 * i,
+                "events": [{"type": kind, "message": f"#{i}"}],
+            }
+            assert (await api.post("/api/v1/ingest/events", json=body)).status_code == 202
+
+        async def stored() -> None:
+            assert gw.counter("ingest_samples_total") == 6
+            assert gw.counter("ingest_events_total") == 4
+
+        await eventually(stored)
+        names = (await api.get("/api/v1/metric-names")).json()["metrics"]
+        assert names == [
+            {"name": "app.orders", "series": 4, "hosts": 2, "unit": "", "label_names": ["shop"]},
+            {"name": "cpu.usage_percent", "series": 2, "hosts": 2, "unit": "percent", "label_names": []},
+        ]
+        found = (await api.get("/api/v1/metric-names", params={"host": "web-2", "q": "app."})).json()
+        assert [(m["name"], m["series"]) for m in found["metrics"]] == [("app.orders", 2)]
+
+        window = {"from": str(start), "to": str(start + 600)}
+        counts = (await api.get("/api/v1/events/counts", params={**window, "step": "2m"})).json()
+        assert counts["step"] == 120
+        by_type = {t["type"]: (t["total"], t["points"]) for t in counts["types"]}
+        assert by_type == {
+            "deploy": (1, [[start + 120 - (start + 120) % 120, 1]]),
+            "login": (3, [[start - start % 120, 2], [start + 180 - (start + 180) % 120, 1]]),
+        }
+        one_host = (await api.get("/api/v1/events/counts", params={**window, "host": "web-2"})).json()
+        assert [(t["type"], t["total"]) for t in one_host["types"]] == [("login", 1)]
+        refused = await api.get("/api/v1/events/counts", params={"step": "raw"})
+        assert_error(refused, 400, "step")
+
+        labelled = {**window, "kind": "samples", "format": "json", "metric": "app.orders", "label.shop": "us"}
+        exported = (await api.get("/api/v1/export", params=labelled)).json()
+        assert sorted((r["host"], r["labels"]["shop"], r["value"]) for r in exported) == [
+            ("web-1", "us", 5.0),
+            ("web-2", "us", 5.0),
+        ]
 
 
 async def test_lists_page_with_a_cursor(

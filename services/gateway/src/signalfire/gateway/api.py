@@ -147,6 +147,7 @@ _EXPORTS: dict[str, tuple[str, tuple[str, ...]]] = {
         FROM samples x JOIN series s ON s.id = x.series_id
         WHERE x.time >= to_timestamp($1) AND x.time <= to_timestamp($2)
           AND ($3::text IS NULL OR s.host = $3) AND ($4::text IS NULL OR s.name = $4)
+          AND s.labels @> $5::jsonb
         ORDER BY s.host, s.name, s.id, x.time
         """,
         ("time", "host", "metric", "labels", "value"),
@@ -416,6 +417,33 @@ class Api:
         next_cursor = encode_cursor([series[-1]["id"]]) if len(rows) > limit else None
         return json_response({"series": series, "next_cursor": next_cursor})
 
+    async def metric_names(self, request: Request) -> Response:
+        """Every metric name with how many series and hosts carry it, its unit and the names of
+        its labels: what a metric picker offers (custom ``app.*`` metrics included)."""
+        params = request.query_params
+        rows = await self.pool.fetch(
+            """
+            SELECT s.name, count(DISTINCT s.id) AS series, count(DISTINCT s.host) AS hosts,
+                   max(s.unit) AS unit, array_remove(array_agg(DISTINCT k), NULL) AS label_names
+            FROM series s LEFT JOIN LATERAL jsonb_object_keys(s.labels) AS k ON true
+            WHERE ($1::text IS NULL OR s.host = $1) AND ($2::text IS NULL OR strpos(s.name, $2) > 0)
+            GROUP BY s.name ORDER BY s.name
+            """,
+            params.get("host") or None,
+            params.get("q") or None,
+        )
+        metrics = [
+            {
+                "name": row["name"],
+                "series": row["series"],
+                "hosts": row["hosts"],
+                "unit": row["unit"],
+                "label_names": sorted(row["label_names"]),
+            }
+            for row in rows
+        ]
+        return json_response({"metrics": metrics})
+
     async def query(self, request: Request) -> Response:
         params = request.query_params
         metrics = [m for m in params.getlist("metric") if m]
@@ -624,6 +652,53 @@ class Api:
             last = rows[limit - 1]
             next_cursor = encode_cursor([last["time"], last["host"], last["type"], last["k"]])
         return json_response({"events": events, "next_cursor": next_cursor})
+
+    async def event_counts(self, request: Request) -> Response:
+        """Events per type in time buckets (``step``: ``auto`` or a duration); buckets without
+        events are left out."""
+        params = request.query_params
+        start, end = parse_range(params, time.time(), default_span=86400.0)
+        step = parse_step(params)
+        if step == "raw":
+            raise invalid("step", "event counts need buckets: step=auto or a duration like 5m")
+        width = auto_step(end - start) if step == "auto" else float(step)
+        if (end - start) / width > self.config.query_max_points:
+            raise ApiError(
+                400,
+                "too_many_points",
+                f"the answer would hold more than {self.config.query_max_points} buckets a type; "
+                "use a larger step or a shorter range",
+                "step",
+            )
+        rows = await self.pool.fetch(
+            """
+            SELECT type, extract(epoch FROM date_bin(make_interval(secs => $5), time, 'epoch'))::float8 AS t,
+                   count(*) AS n
+            FROM events
+            WHERE time >= to_timestamp($1) AND time <= to_timestamp($2)
+              AND ($3::text IS NULL OR host = $3) AND ($4::text IS NULL OR type = $4)
+            GROUP BY 1, 2 ORDER BY 1, 2
+            """,
+            start,
+            end,
+            params.get("host") or None,
+            params.get("type") or None,
+            width,
+        )
+        types: dict[str, list[tuple[float, int]]] = {}
+        for row in rows:
+            types.setdefault(row["type"], []).append((row["t"], row["n"]))
+        return json_response(
+            {
+                "step": width,
+                "from": start,
+                "to": end,
+                "types": [
+                    {"type": name, "total": sum(n for _, n in points), "points": points}
+                    for name, points in types.items()
+                ],
+            }
+        )
 
     # Alerts -------------------------------------------------------------------------------------
 
@@ -907,7 +982,10 @@ class Api:
         host = params.get("host") or None
         metric = params.get("metric") or None
         sql, columns = _EXPORTS[kind]
-        args: list[Any] = [start, end, host] + ([metric] if kind == "samples" else [])
+        args: list[Any] = [start, end, host]
+        if kind == "samples":
+            # The same label matchers as /query, so an export holds what the chart showed.
+            args += [metric, _json.encode(label_matchers(params)).decode()]
         media = "text/csv; charset=utf-8" if fmt == "csv" else "application/json"
         filename = f"signalfire-{kind}.{fmt}"
         _audit_skip(request)
@@ -1259,9 +1337,11 @@ def create_app(
         Route(f"{v1}/hosts", api.hosts, methods=["GET"]),
         Route(f"{v1}/hosts/{{host}}", api.host, methods=["GET"]),
         Route(f"{v1}/series", api.series, methods=["GET"]),
+        Route(f"{v1}/metric-names", api.metric_names, methods=["GET"]),
         Route(f"{v1}/query", api.query, methods=["GET"]),
         Route(f"{v1}/latest", api.latest_values, methods=["GET"]),
         Route(f"{v1}/events", api.events, methods=["GET"]),
+        Route(f"{v1}/events/counts", api.event_counts, methods=["GET"]),
         Route(f"{v1}/alerts", api.alerts, methods=["GET"]),
         Route(f"{v1}/alerts/{{id}}", api.alert, methods=["GET"]),
         Route(f"{v1}/alerts/{{id}}/{{action}}", api.alert_action, methods=["POST"]),

@@ -339,6 +339,27 @@ def openapi_document() -> dict[str, Any]:
                 answer=_list("series", "Series"),
             )
         },
+        "/api/v1/metric-names": {
+            "get": _op(
+                "Metric names with their series and host counts, unit and label names",
+                "viewer",
+                params=[_param("host", "host name"), _param("q", "part of the metric name")],
+                answer=_obj(
+                    "metrics",
+                    metrics={
+                        "type": "array",
+                        "items": _obj(
+                            "name series hosts unit label_names",
+                            name=_STR,
+                            series=_INT,
+                            hosts=_INT,
+                            unit=_STR,
+                            label_names={"type": "array", "items": _STR},
+                        ),
+                    },
+                ),
+            )
+        },
         "/api/v1/query": {
             "get": _op(
                 "Range query over one or more series",
@@ -372,6 +393,36 @@ def openapi_document() -> dict[str, Any]:
                 "viewer",
                 params=[_param("host", "host name"), _param("type", "event type"), *_RANGE, *_PAGE],
                 answer=_list("events", "Event"),
+            )
+        },
+        "/api/v1/events/counts": {
+            "get": _op(
+                "Events per type in time buckets (buckets without events are left out)",
+                "viewer",
+                params=[
+                    _param("host", "host name"),
+                    _param("type", "event type"),
+                    *_RANGE,
+                    _param("step", "`auto` (default) or a duration like `10s`, `5m`, `1h`"),
+                ],
+                answer=_obj(
+                    "step from to types",
+                    step=_NUM,
+                    **{"from": _NUM, "to": _NUM},
+                    types={
+                        "type": "array",
+                        "items": _obj(
+                            "type total points",
+                            type=_STR,
+                            total=_INT,
+                            points={
+                                "type": "array",
+                                "description": "[bucket start in unix seconds, events]",
+                                "items": {"type": "array", "items": _NUM, "minItems": 2, "maxItems": 2},
+                            },
+                        ),
+                    },
+                ),
             )
         },
         "/api/v1/alerts": {
@@ -434,6 +485,7 @@ def openapi_document() -> dict[str, Any]:
                     _param("format", "file format", enum=["csv", "json"]),
                     _param("host", "host name"),
                     _param("metric", "metric name (samples)"),
+                    _LABELS,
                     *_RANGE,
                 ],
                 media={
