@@ -166,8 +166,15 @@ def permissions(role: str, subjects: Subjects, host: str | None = None) -> Permi
         )
     if role == "evaluator":
         return Permissions(
-            # events: the evaluator reports a rule's series limit as an event of its own host
-            publish=(f"{p}.alerts.*", f"{p}.events.*", *_service_common(s, role)),
+            # events: the evaluator reports a rule's series limit as an event of its own host;
+            # at start it reads each watched host's last batch (when an `absent` series was
+            # last seen) from the metrics stream
+            publish=(
+                f"{p}.alerts.*",
+                f"{p}.events.*",
+                *_service_common(s, role),
+                f"$JS.API.STREAM.MSG.GET.{s.metrics_stream}",
+            ),
             subscribe=(
                 s.all_metrics,
                 s.all_events,

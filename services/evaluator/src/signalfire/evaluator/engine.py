@@ -16,6 +16,10 @@ differ only in the value they compute and when:
 - ``event_count``: events in the window, on each event batch and on ticks (the count decays);
 - ``absent``: seconds since the series (or host) was last seen, on ticks.
 
+Windows are judged again on ticks as samples slide out of them, not only when a sample
+arrives; a window left with no value (empty, a ratio over nothing) is *no data*, which a
+pending alert leaves for inactive and a firing one resolves from (:meth:`Engine._no_data`).
+
 While the shell cannot see the bus (:meth:`Engine.disconnected` to :meth:`Engine.reconnected`)
 nothing is decided by the passing of time alone, since agents replay what they could not send:
 no absence, no ``for`` or ``keep_firing_for`` running out, no event count decaying. After it
@@ -70,6 +74,9 @@ class Track:
     var: float = 0.0
     n: int = 0
     last_seen: float = 0.0
+    #: Silence counts towards ``absent`` only from here on (the start that loaded the track:
+    #: what was published before it may not have been seen).
+    watched_from: float = 0.0
 
 
 @dataclass
@@ -210,9 +217,16 @@ class Engine:
             out.changed[fp] = None
         return out
 
-    def load(self, states: Iterable[AlertState], now: float) -> None:
+    def load(
+        self, states: Iterable[AlertState], now: float, last_seen: Mapping[str, float] | None = None
+    ) -> None:
         """Adopt states read back from storage (at start). Series an ``absent`` rule watched
-        are watched again, as if seen at ``now``."""
+        are watched again: last seen at ``last_seen[fingerprint]`` when the shell knows it
+        (from the stream's last message), else at ``now``. Either way their silence fires
+        only once it has lasted the rule's ``for`` after ``now`` (what was published while
+        no evaluator ran may be missing from what the shell knows), and then reports the
+        whole silence."""
+        seen = last_seen or {}
         for state in states:
             rule = self._by_name.get(state.rule)
             if rule is None:
@@ -224,7 +238,12 @@ class Engine:
                 continue
             key: Key = (state.host, tuple(sorted(state.labels.items())))
             series = Series(host=state.host, labels=state.labels, context=state.context)
-            self._tracks[rule.name][key] = Track(fp=state.fingerprint, series=series, last_seen=now)
+            self._tracks[rule.name][key] = Track(
+                fp=state.fingerprint,
+                series=series,
+                last_seen=min(now, seen.get(state.fingerprint, now)),
+                watched_from=now,
+            )
 
     def series_count(self, rule: str) -> int:
         """Series (or hosts, for grouped rules) ``rule`` tracks."""
@@ -452,7 +471,7 @@ class Engine:
                 if self._blind:
                     continue
                 for track in self._tracks[rule.name].values():
-                    if now - max(track.last_seen, self._sight_since) < rule.silence:
+                    if now - max(track.last_seen, track.watched_from, self._sight_since) < rule.silence:
                         continue
                     silent = now - track.last_seen
                     state = self.states.get(track.fp)
@@ -470,7 +489,25 @@ class Engine:
                         del tracks[key]
                         continue
                     self._judge(rule, track, float(len(track.points)), now, out)
+            elif rule.window and rule.kind in ("threshold", "change", "ratio") and not self._blind:
+                self._slide(rule, now, out)
         return out
+
+    def _slide(self, rule: Rule, now: float, out: Output) -> None:
+        """Judge ``rule``'s windows again as samples slide out of them: a window judged only
+        when a sample arrives would keep an alert firing forever once its samples stop. Only
+        windows that lost a sample are judged (nothing else changed); an emptied window is
+        no data (see :meth:`_no_data`), and its series is forgotten once no alert remains."""
+        oldest = now - rule.window
+        tracks = self._tracks[rule.name]
+        for key, track in list(tracks.items()):
+            points, below = track.points, track.below
+            if (points and points[0][0] <= oldest) or (below and below[0][0] <= oldest):
+                self._judge_window(rule, track, now, out)
+            if not track.points and not track.below:
+                state = self.states.get(track.fp)
+                if state is None or state.status == "inactive":
+                    del tracks[key]
 
     # Per kind ----------------------------------------------------------------------------
 
@@ -531,7 +568,9 @@ class Engine:
             return
         _evict(track.points, now - rule.window)
         result = aggregate(rule.aggregate, track.points)
-        if result is not None:
+        if result is None:
+            self._no_data(rule, track, now, out)
+        else:
             self._judge(rule, track, result, now, out)
 
     def _seen(
@@ -569,15 +608,28 @@ class Engine:
         if rule.kind == "ratio":
             _evict(track.below, oldest)
             total = math.fsum(v for _, v in track.below)
-            if total <= 0:
-                return
-            value = math.fsum(v for _, v in track.points) / total
+            value = math.fsum(v for _, v in track.points) / total if total > 0 else None
         elif rule.kind == "event_count":
             value = float(len(track.points))
         else:
             value = aggregate(rule.aggregate, track.points)
-        if value is not None:
+        if value is None:
+            self._no_data(rule, track, now, out)
+        else:
             self._judge(rule, track, value, now, out)
+
+    def _no_data(self, rule: Rule, track: Track, now: float, out: Output) -> None:
+        """The window has no value (no samples, a ratio's denominator sums to 0, one sample
+        for ``rate``): nothing says the condition holds, so a pending alert goes back to
+        inactive and a firing one resolves as if ``resolve`` held (after ``keep_firing_for``,
+        subject to flap damping), its events carrying the last value it had."""
+        state = self.states.get(track.fp)
+        if state is None or state.status == "inactive" or state.value is None:
+            return
+        if state.status == "firing" and state.clearing_since is not None:
+            return  # already clearing: the tick resolves it when keep_firing_for is over
+        new, transitions = evaluate(rule, state, state.value, now, track.series, holds=False, clears=True)
+        self._apply(rule, state, new, transitions, out)
 
     def _judge(self, rule: Rule, track: Track, value: float, now: float, out: Output) -> None:
         state = self.states.get(track.fp)

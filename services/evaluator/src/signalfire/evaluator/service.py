@@ -303,9 +303,62 @@ class EvaluatorService:
                     self._dirty[fp] = None
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
-        self.engine.load(states, self._clock())
+        self.engine.load(states, self._clock(), await self._last_seen(states))
         if self._dirty:
             self._wake.set()
+
+    async def _last_seen(self, states: list[AlertState]) -> dict[str, float]:
+        """When each series an ``absent`` rule watches was last seen, by fingerprint, from the
+        last message of its host on the metrics stream (and an ``online`` agent status): the
+        time the stream stored it. A series missing from its host's last batch, or whose host
+        has nothing in the stream, is left out (the engine then counts from now)."""
+        assert self._js is not None
+        js = self._js
+        rules = {rule.name: rule for rule in self.rules if rule.kind == "absent"}
+        watched = [s for s in states if s.rule in rules and not s.retired]
+        stream = self.subjects.metrics_stream
+        last: dict[str, tuple[float, bytes] | None] = {}
+
+        async def look_up(subject: str) -> None:
+            try:
+                msg = await js.get_last_msg(stream, subject)
+            except Exception:  # nothing stored for it (or no right to read): not known
+                last[subject] = None
+                return
+            last[subject] = (msg.time.timestamp(), msg.data or b"") if msg.time is not None else None
+
+        subjects = {self.subjects.metrics(s.host) for s in watched}
+        subjects |= {self.subjects.agents(s.host) for s in watched if not rules[s.rule].metric}
+        pending = sorted(subjects)
+        while pending:  # a few requests at a time: thousands of hosts must not flood the server
+            batch, pending = pending[:32], pending[32:]
+            await asyncio.gather(*(look_up(subject) for subject in batch))
+        seen: dict[str, float] = {}
+        for state in watched:
+            rule = rules[state.rule]
+            times: list[float] = []
+            found = last.get(self.subjects.metrics(state.host))
+            if found is not None:
+                try:
+                    batch_ = decode(found[1], MetricBatch)
+                except PayloadError:
+                    batch_ = None
+                if batch_ is not None and (
+                    not rule.metric
+                    or any(x.name == rule.metric and x.labels == state.labels for x in batch_.samples)
+                ):
+                    times.append(found[0])
+            if not rule.metric:
+                status = last.get(self.subjects.agents(state.host))
+                if status is not None:
+                    try:
+                        if decode(status[1], AgentStatus).status == "online":
+                            times.append(status[0])
+                    except PayloadError:
+                        pass
+            if times:
+                seen[state.fingerprint] = max(times)
+        return seen
 
     # Reload ------------------------------------------------------------------------------
 
