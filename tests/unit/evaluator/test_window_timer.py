@@ -31,7 +31,7 @@ def send(engine: Engine, now: float, **values: float) -> list[AlertEvent]:
 
 
 def ticks(engine: Engine, start: float, end: float) -> list[tuple[float, AlertEvent]]:
-    events = []
+    events: list[tuple[float, AlertEvent]] = []
     now = start
     while now <= end:
         events.extend((now, event) for event in engine.tick(now).events)
