@@ -109,3 +109,27 @@ def test_unknown_fields_in_a_test_file_are_named(tmp_path, capsys):
     path = write_test(tmp_path, "  - name: ok\n    inputs: []\n")
     assert main(["rules", "test", path]) == 1
     assert "inputs" in capsys.readouterr().err
+
+
+def test_host_labels_may_be_set_for_the_whole_file_and_per_test(tmp_path, capsys):
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n"
+        "  - {name: ProdHot, metric: temp, where: {env: prod}, condition: '> 50', severity: high,\n"
+        "     annotations: {summary: '{{ labels.env }}/{{ labels.role }}'}}\n"
+    )
+    path = tmp_path / "rules_test.yaml"
+    path.write_text(
+        "rule_files: [rules.yaml]\n"
+        "host_labels: {a: {env: prod, role: web}, b: {env: dev}}\n"
+        "tests:\n"
+        "  - name: the file's labels apply\n"
+        "    input: [{series: 'temp{host=\"a\"}', values: '60'}, {series: 'temp{host=\"b\"}', values: '60'}]\n"
+        "    expect: [{at: 0s, rule: ProdHot, status: firing, host: a, annotations: {summary: prod/web}}]\n"
+        "  - name: a test's own labels override the file's, label by label\n"
+        "    host_labels: {a: {role: db}, b: {env: prod}}\n"
+        "    input: [{series: 'temp{host=\"a\"}', values: '60'}, {series: 'temp{host=\"b\"}', values: '60'}]\n"
+        "    expect:\n"
+        "      - {at: 0s, rule: ProdHot, status: firing, host: a, annotations: {summary: prod/db}}\n"
+        "      - {at: 0s, rule: ProdHot, status: firing, host: b, annotations: {summary: prod/}}\n"
+    )
+    assert main(["rules", "test", str(path)]) == 0, capsys.readouterr().err

@@ -68,6 +68,9 @@ class TestFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     interval: Duration = Duration(10)
     #: How often the simulated evaluator's timer ticks between inputs.
     tick: Duration = Duration(1)
+    #: Batch labels per host for every test; a test's own ``host_labels`` add to (and, label
+    #: by label, override) them, as its ``interval`` overrides the file's.
+    host_labels: dict[str, dict[str, str]] = {}
 
 
 @dataclass
@@ -304,6 +307,10 @@ def run_file(path: str) -> list[Result]:
         interval = float(test.interval if test.interval is not None else spec.interval)
         if interval <= 0 or spec.tick <= 0:
             raise ConfigError("must be longer than 0s", source=path, field=f"tests[{test.name}].interval")
+        if spec.host_labels:
+            hosts = spec.host_labels.keys() | test.host_labels.keys()
+            labels = {h: {**spec.host_labels.get(h, {}), **test.host_labels.get(h, {})} for h in hosts}
+            test = msgspec.structs.replace(test, host_labels=labels)
         engine = Engine(rules)
         actual = run_test(engine, test, interval, float(spec.tick), path)
         if test.rules is not None:
