@@ -303,14 +303,15 @@ def run_file(path: str) -> list[Result]:
     rule_paths = [str(source.parent / name) for name in spec.rule_files]
     rules = load_rules(rule_paths)
     results: list[Result] = []
-    for test in spec.tests:
+    for written in spec.tests:
+        test = written
         interval = float(test.interval if test.interval is not None else spec.interval)
         if interval <= 0 or spec.tick <= 0:
             raise ConfigError("must be longer than 0s", source=path, field=f"tests[{test.name}].interval")
         if spec.host_labels:
-            hosts = spec.host_labels.keys() | test.host_labels.keys()
-            labels = {h: {**spec.host_labels.get(h, {}), **test.host_labels.get(h, {})} for h in hosts}
-            test = msgspec.structs.replace(test, host_labels=labels)
+            hosts = spec.host_labels.keys() | written.host_labels.keys()
+            labels = {h: {**spec.host_labels.get(h, {}), **written.host_labels.get(h, {})} for h in hosts}
+            test = msgspec.structs.replace(written, host_labels=labels)
         engine = Engine(rules)
         actual = run_test(engine, test, interval, float(spec.tick), path)
         if test.rules is not None:
