@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
+import psutil
 import pytest
 
 from signalfire.collector.agent import Agent
@@ -294,6 +295,23 @@ async def test_process_check_by_name_and_command_line(tmp_path: Path) -> None:
             child.wait()
     missing = values(await ProcessCheck(ProcessCheckConfig(name="no-such-daemon-sf"), 1.0).run())
     assert (missing["up"], missing["count"], missing["rss_bytes"]) == (0, 0, 0)
+
+
+async def test_a_zombie_process_is_not_up(tmp_path: Path) -> None:
+    name = f"sf-zombie-{os.getpid() % 10000:04d}"
+    (tmp_path / name).symlink_to(shutil.which("true") or "/bin/true")
+    child = subprocess.Popen([str(tmp_path / name)])  # noqa: ASYNC220
+    try:
+        # It exits at once; until it is reaped (child.wait) it is a zombie under its name.
+        deadline = time.monotonic() + 20
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the child never became a zombie"
+            await asyncio.sleep(0.01)
+        assert psutil.Process(child.pid).name() == name
+        found = values(await ProcessCheck(ProcessCheckConfig(name=name), 1.0).run())
+        assert (found["up"], found["count"], found["rss_bytes"]) == (0, 0, 0)
+    finally:
+        child.wait()
 
 
 async def test_a_catastrophic_cmdline_pattern_answers_at_once() -> None:

@@ -13,12 +13,17 @@ from signalfire.collector.collectors.base import MetricSpec
 from signalfire.events import Sample
 from signalfire.regex import compile_regex
 
+#: Process states that are not a running process: a zombie still has its name and pid (and
+#: no memory) until its parent reaps it.
+GONE = frozenset({psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD})
+
 
 class ProcessCheck:
     """Matches processes by executable name (``name``) or by a regular expression on the
     command line (``cmdline``), and reports them together: ``proc.cpu_percent`` is the sum
     over the matches (100 = one core), so a pre-forking server counts as one service. CPU
-    usage needs two readings: the first run reports no ``proc.cpu_percent``."""
+    usage needs two readings: the first run reports no ``proc.cpu_percent``. A zombie (exited,
+    not yet reaped by its parent) or dead process is not running and does not count."""
 
     kind: ClassVar[str] = "process"
     METRICS: ClassVar[tuple[MetricSpec, ...]] = (
@@ -45,8 +50,10 @@ class ProcessCheck:
 
     def matches(self) -> list[psutil.Process]:
         found = []
-        for proc in psutil.process_iter(["name"]):
+        for proc in psutil.process_iter(["name", "status"]):
             try:
+                if proc.info["status"] in GONE:
+                    continue
                 if self.cmdline is not None:
                     if self.cmdline.search(" ".join(proc.cmdline())):
                         found.append(proc)
