@@ -170,6 +170,46 @@ async def test_a_reconnect_resumes_without_gap_or_duplicate_and_a_restart_resets
         assert frames[0]["kind"] == "hello" and frames[0]["epoch"] != epoch
 
 
+async def test_a_tab_back_after_a_short_disconnect_gets_every_sample_it_missed(
+    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    async with running_gateway(gateway_config(nats_config, database_url, tmp_path)) as gw:
+        subscribe = {"subscribe": {"hosts": ["web-1"], "alerts": False}}
+        other = await websockets.connect(ws_url(gw, gw.token))  # another tab stays connected
+        await other.send(json.dumps({"subscribe": {"hosts": ["nobody"]}}))
+        await frames_until(other, lambda f: f["kind"] == "hello")
+        async with websockets.connect(ws_url(gw, gw.token)) as ws:
+            await ws.send(json.dumps(subscribe))
+            # The first message is the bare hello object (docs/dashboard.md), not an array.
+            hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert isinstance(hello, dict) and hello["kind"] == "hello"
+            await publish_cpu(nc, nats_config, "web-1", 0.0)
+            last_seq = (await frames_until(ws, lambda f: f["kind"] == "metric"))[-1]["seq"]
+        # Away: one CPU sample a second for five seconds (the page charts each of them).
+        for value in (1.0, 2.0, 3.0, 4.0, 5.0):
+            await publish_cpu(nc, nats_config, "web-1", value)
+
+        async def stored() -> None:
+            assert gw.counter("ingest_samples_total") == 6
+
+        await eventually(stored)
+        async with websockets.connect(ws_url(gw, gw.token)) as ws:
+            await ws.send(json.dumps({**subscribe, "last_seq": last_seq, "epoch": hello["epoch"]}))
+            metrics: list[dict[str, Any]] = []
+
+            def five(frame: dict[str, Any]) -> bool:
+                if frame["kind"] == "metric":
+                    metrics.append(frame)
+                return len(metrics) == 5
+
+            frames = await frames_until(ws, five)
+            assert [f["kind"] for f in frames] == ["hello"] + ["metric"] * 5  # no reset
+            # Every sample (in the order the ingest committed them), not only the newest.
+            assert sorted(f["value"] for f in metrics) == [1.0, 2.0, 3.0, 4.0, 5.0]
+            assert [f["seq"] for f in metrics] == list(range(last_seq + 1, last_seq + 6))
+        await other.close()
+
+
 async def test_bad_tokens_and_subscriptions_are_refused(
     nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
 ) -> None:

@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from signalfire.gateway.stream import AccessRevoked, ClientStalled, StreamClosed, StreamHub, Subscription
+from signalfire.gateway.stream import (
+    REPLAY_CHUNK,
+    AccessRevoked,
+    ClientStalled,
+    StreamClosed,
+    StreamHub,
+    Subscription,
+)
 
 
 class Clock:
@@ -115,6 +122,39 @@ async def test_resume_replays_exactly_what_was_missed() -> None:
     again, complete = hub.connect(Subscription(), last_seq=seen[-1].seq)
     assert complete
     assert [f["n"] for f in decoded(await again.next_frames(0.1))] == [5, 6, 7]
+
+
+async def test_resume_replays_every_sample_missed_not_only_the_newest_per_series() -> None:
+    hub = StreamHub()
+    watching, _ = hub.connect(Subscription())  # another tab keeps the frames coming
+    tab, _ = hub.connect(Subscription(hosts=["web-1"]))
+    hub.publish_samples("web-1", [("cpu", {}, 0.0, 0.0)])
+    [seen] = await tab.next_frames(0.1)
+    hub.disconnect(tab)
+    for second in range(1, 6):  # away for a few seconds: one sample a second of two series
+        hub.publish_samples("web-1", [("cpu", {}, float(second), float(second)), ("load", {}, 0.0, second)])
+        hub.publish_samples("db-1", [("cpu", {}, float(second), 99.0)])  # not this tab's
+    back, complete = hub.connect(Subscription(hosts=["web-1"]), last_seq=seen.seq)
+    assert complete
+    hub.publish_samples("web-1", [("cpu", {}, 6.0, 6.0)])  # live again
+    frames = decoded(await back.next_frames(0.1))
+    assert [(f["metric"], f["value"]) for f in frames] == [
+        (m, float(s)) for s in range(1, 6) for m in ("cpu", "load")
+    ]
+    assert [f["value"] for f in decoded(await back.next_frames(0.1))] == [6.0]
+    assert watching.pending()
+
+
+async def test_a_long_replay_comes_in_chunks_in_order() -> None:
+    hub = StreamHub()
+    hub.connect(Subscription())
+    for i in range(REPLAY_CHUNK + 10):
+        hub.publish_samples("h", [("cpu", {}, float(i), float(i))])
+    client, complete = hub.connect(Subscription(), last_seq=0)
+    assert complete
+    first, second = await client.next_frames(0.1), await client.next_frames(0.1)
+    assert len(first) == REPLAY_CHUNK and len(second) == 10
+    assert [f.seq for f in first + second] == list(range(1, REPLAY_CHUNK + 11))
 
 
 async def test_resume_past_the_ring_asks_for_a_reset() -> None:

@@ -5,9 +5,10 @@ Protocol (WebSocket): the client connects offering the subprotocols ``signalfire
 for clients that cannot offer subprotocols), then sends
 ``{"subscribe": {"hosts": [...], "metrics": [...], "alerts": true}, "last_seq": N|null,
 "epoch": E|null}``; it may send ``{"subscribe": ...}`` again at any time to change what it
-gets. The gateway first sends ``{"kind": "hello", "epoch", "head"}`` (and a ``reset`` frame
-when it cannot resume from ``last_seq`` of ``epoch``: the ring moved past it, or the gateway
-restarted), then JSON arrays of frames (``{"seq", "kind": "metric"|"alert"|"host", ...}``), at
+gets. The gateway first sends ``{"kind": "hello", "epoch", "head"}`` as a bare object (then
+``{"kind": "reset", ...}``, also bare, when it cannot resume from ``last_seq`` of ``epoch``:
+the ring moved past it, or the gateway restarted; on a resume it can serve, every frame
+missed follows), then JSON arrays of frames (``{"seq", "kind": "metric"|"alert"|"host", ...}``), at
 most ``flush_interval`` apart while there is traffic, and a heartbeat every
 ``heartbeat_seconds`` when there is none. A client that stays blocked is disconnected with
 close code 4008 and resumes with its last sequence number; at shutdown every client gets
@@ -138,8 +139,10 @@ class LiveEndpoints:
         )
         reader = asyncio.create_task(self._read_updates(ws, client))
         try:
-            opening = [self._hello()] if complete else [self._hello(), RESET]
-            await ws.send_text(_join(opening).decode())
+            # Control messages are bare objects, frames come in arrays (docs/dashboard.md).
+            await ws.send_text(self._hello().decode())
+            if not complete:
+                await ws.send_text(RESET.decode())
             await self._pump(ws, client)
         except ClientStalled as exc:
             log.warning("disconnecting a stalled stream client", extra={"reason": str(exc)})

@@ -9,15 +9,16 @@ a few minutes. Each client has its own bounded queue:
 - alert and host frames are never dropped; a client whose queue of those grows past
   ``max_pending`` is stalled and is disconnected (it resumes from its last sequence number);
 - on reconnect a client sends the last sequence number it saw and gets every frame after it
-  that its subscription matches, from the ring: no gap and no duplicate. A client whose last
+  that its subscription matches, from the ring, every sample included (a chart that was away
+  for a few seconds draws each point it missed): no gap and no duplicate. A client whose last
   number has already left the ring gets a ``reset`` frame and reloads through the REST API.
 
 Clients that name exact hosts are indexed by host, so a frame is offered only to the clients
 of its host and to those subscribed by pattern or to every host: with many tabs each on one
 host (the Host page), publishing costs what those tabs need, not one check per connection.
 
-Coalescing skips sequence numbers by design: a skipped metric frame was superseded by a
-later one for the same series, which the client does receive.
+Coalescing (of live frames only) skips sequence numbers by design: a skipped metric frame was
+superseded by a later one for the same series, which the client does receive.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ import msgspec
 Kind = Literal["metric", "alert", "host"]
 
 _encoder = msgspec.json.Encoder()
+
+#: Frames replayed from the ring go out at most this many per message, so a tab resuming
+#: after minutes gets a few large messages rather than one huge one.
+REPLAY_CHUNK = 5_000
 
 
 class Frame(msgspec.Struct, frozen=True, gc=False):
@@ -100,6 +105,8 @@ class StreamClient:
     token_id: int | None = None
     _metrics: OrderedDict[str, Frame] = field(default_factory=OrderedDict)
     _others: deque[Frame] = field(default_factory=deque)
+    #: Frames it missed while away, from the ring: every one, in order, before any live frame.
+    _replay: deque[Frame] = field(default_factory=deque)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     stalled: bool = False
     closed: bool = False
@@ -129,8 +136,15 @@ class StreamClient:
             self._others.append(frame)
         self._ready.set()
 
+    def replay(self, frame: Frame) -> None:
+        """Queue a frame missed while disconnected: unlike :meth:`offer`, never coalesced
+        (the samples of the gap are what the chart lacks) and not counted towards a stall."""
+        if self.subscription.matches(frame):
+            self._replay.append(frame)
+            self._ready.set()
+
     def pending(self) -> int:
-        return len(self._metrics) + len(self._others)
+        return len(self._metrics) + len(self._others) + len(self._replay)
 
     async def next_frames(self, timeout: float | None = None) -> list[Frame]:
         """Everything queued, in sequence order; waits up to ``timeout`` when nothing is.
@@ -139,6 +153,12 @@ class StreamClient:
         :class:`AccessRevoked` once its token was revoked, :class:`StreamClosed` at shutdown.
         """
         self._check()
+        if self._replay:
+            # Everything live came later than the whole replay: send the replay first.
+            replay = self._replay
+            frames = [replay.popleft() for _ in range(min(len(replay), REPLAY_CHUNK))]
+            self.last_seq = frames[-1].seq
+            return frames
         if not self._metrics and not self._others:
             self._ready.clear()
             try:
@@ -281,7 +301,7 @@ class StreamHub:
             complete = last_seq + 1 >= oldest
             for frame in self._ring:
                 if frame.seq > last_seq:
-                    client.offer(frame)
+                    client.replay(frame)
         self._clients.add(client)
         self._index(client)
         return client, complete
