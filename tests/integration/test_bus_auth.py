@@ -314,6 +314,19 @@ async def test_the_notifier_records_what_jetstream_gave_up_on_as_its_own_identit
     assert refusals == []
 
 
+async def test_the_evaluator_reads_a_hosts_last_batch_for_its_restart(bus: Bus, admin: Any) -> None:
+    s = bus.subjects
+    agent = await client(bus, user_name("agent", WEB1))
+    evaluator = await client(bus, "evaluator")
+    try:
+        await agent.jetstream().publish(s.metrics(WEB1), batch(WEB1, 42.0), timeout=5)
+        msg = await evaluator.jetstream(timeout=5).get_last_msg(s.metrics_stream, s.metrics(WEB1))
+        assert decode(msg.data or b"", MetricBatch).samples[0].value == 42.0
+    finally:
+        await agent.close()
+        await evaluator.close()
+
+
 # What the server refuses -------------------------------------------------------------------------
 
 
