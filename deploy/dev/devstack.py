@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -516,6 +517,16 @@ def stack(
         print(f"starting PostgreSQL {PG_MAJOR}{edition} on 127.0.0.1:{postgres.port}", flush=True)
         postgres.start()
         database_url = postgres.create_database("signalfire")
+        write_tool_env(
+            state / "env",
+            {
+                "SF_DATABASE_URL": database_url,
+                "SF_NATS_URL": nats_server.url,
+                "SF_NATS_PREFIX": bus.prefix(),
+                "SF_NATS_USER": "admin",
+                "SF_NATS_PASSWORD_FILE": str(bus.password_file("admin")),
+            },
+        )
         env = {
             **os.environ,
             "SF_NATS_URL": nats_server.url,
@@ -559,8 +570,20 @@ def stack(
     finally:
         for service in reversed(services):
             service.stop()
+        (state / "env").unlink(missing_ok=True)
         postgres.stop()
         nats_server.stop()
+
+
+def write_tool_env(path: Path, values: Mapping[str, str]) -> None:
+    """The running stack's settings for command-line tools run in the repository
+    (``signalfire token create`` reads ``.signalfire/env``; ``set -a; . .signalfire/env`` loads
+    it into a shell). Mode 0600: it names the admin's NATS password file."""
+    lines = ["# written by `make up` while it runs: what `signalfire` tools in this repository use"]
+    lines += [f"{key}={shlex.quote(value)}" for key, value in values.items()]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write("\n".join(lines) + "\n")
 
 
 def bus_credentials(
@@ -653,6 +676,7 @@ def up(argv: list[str]) -> int:
                 f"http://127.0.0.1:{args.metrics_port + 1}/metrics (notifier)"
             )
             print(f"  admin token {token_file}")
+            print(f"  tools       signalfire token/db commands in this repository use {state / 'env'}")
             print(f"  logs        {running.logs}/")
             print("Press Ctrl-C to stop.", flush=True)
             while not stopping:

@@ -354,3 +354,44 @@ def test_an_unreachable_database_is_a_one_line_error() -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("signalfire: ")
     assert "Traceback" not in result.stderr
+
+
+def test_token_create_inside_the_repository_finds_the_dev_stack(database_url: str, tmp_path: Path) -> None:
+    from devstack import write_tool_env
+
+    # What `make up` writes while it runs, in a repository the command is run inside of.
+    (tmp_path / ".signalfire").mkdir()
+    write_tool_env(tmp_path / ".signalfire" / "env", {"SF_DATABASE_URL": database_url})
+    (tmp_path / "rules").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "SF_DATABASE_URL"}
+    created = subprocess.run(
+        [sys.executable, "-m", "signalfire.cli", "token", "create", "--name", "me", "--role", "admin"],
+        env=env,
+        cwd=tmp_path / "rules",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert created.returncode == 0, created.stderr
+    assert len(created.stdout.strip()) >= 43
+
+
+def test_an_unreachable_database_says_what_to_set(tmp_path: Path) -> None:
+    from devstack import free_port
+
+    env = {k: v for k, v in os.environ.items() if k != "SF_DATABASE_URL"}
+    outside = subprocess.run(
+        [sys.executable, "-m", "signalfire.cli", "token", "list"],
+        env={**env, "SF_DATABASE_URL": f"postgresql://sf:secret@127.0.0.1:{free_port()}/signalfire"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert outside.returncode == 1
+    [line] = outside.stderr.splitlines()
+    assert line.startswith("signalfire: cannot connect to the database postgresql://sf:***@127.0.0.1:")
+    assert "(SF_DATABASE_URL)" in line and "Set SF_DATABASE_URL" in line and "make up" in line
+    assert "secret" not in line

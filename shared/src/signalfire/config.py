@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import types
 import typing
 from collections.abc import Mapping
@@ -254,3 +255,55 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[str, int]]:
 def line_of(path: str, lines: Mapping[str, int]) -> int | None:
     """The line of field ``path`` (``$.rules[2].for``), or of its nearest ancestor in the file."""
     return _line_for(path, lines)
+
+
+#: Where ``make up`` writes the settings of the stack it runs (``SF_DATABASE_URL``,
+#: ``SF_NATS_*``), relative to the repository; removed when it stops.
+DEV_STACK_ENV = Path(".signalfire") / "env"
+
+
+def find_dev_stack_env(start: Path | None = None) -> Path | None:
+    """The ``.signalfire/env`` of the repository that ``start`` (default: the working
+    directory) is in, if ``make up`` wrote one; ``None`` outside a repository running it."""
+    here = (start or Path.cwd()).resolve()
+    for directory in (here, *here.parents):
+        candidate = directory / DEV_STACK_ENV
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines (values shell-quoted, ``#`` comments), as ``make up`` writes them and
+    ``set -a; . .signalfire/env`` reads them. Lines that are not an assignment are skipped."""
+    values: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return values
+    for raw_line in text.splitlines():
+        line = raw_line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, raw = line.partition("=")
+        try:
+            parts = shlex.split(raw)
+        except ValueError:
+            continue
+        if key.isidentifier():
+            values[key] = parts[0] if parts else ""
+    return values
+
+
+def tool_environ(environ: Mapping[str, str] | None = None) -> tuple[dict[str, str], Path | None]:
+    """The variables a command-line tool (``signalfire token``, ``db migrate``) reads its
+    config from: ``environ`` (default ``os.environ``) over the ``SF_*`` settings of a ``make up``
+    running for the repository it is run in, so ``signalfire token create`` inside the repo
+    finds the dev stack's database. Services never read the file. Also returns the file when
+    one was found (for messages saying where a setting came from)."""
+    env = dict(os.environ if environ is None else environ)
+    found = find_dev_stack_env()
+    if found is None:
+        return env, None
+    stack = {k: v for k, v in read_env_file(found).items() if k.startswith("SF_")}
+    return {**stack, **env}, found

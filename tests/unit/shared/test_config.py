@@ -107,3 +107,29 @@ def test_durations(text: str | int, seconds: float) -> None:
 def test_bad_durations(bad: str | bool) -> None:
     with pytest.raises(ValueError):
         parse_duration(bad)
+
+
+def test_tools_read_the_dev_stack_settings_under_the_environment(tmp_path, monkeypatch):
+    from signalfire.config import tool_environ
+
+    (tmp_path / ".signalfire").mkdir()
+    (tmp_path / ".signalfire" / "env").write_text(
+        "# written by make up\n"
+        "SF_DATABASE_URL='postgresql://signalfire@127.0.0.1:15432/signalfire'\n"
+        "SF_NATS_URL=nats://127.0.0.1:4222\n"
+        "SF_NATS_PASSWORD_FILE='/dir with space/admin'\n"
+        "PATH=/nowhere\n"
+        "not an assignment\n"
+    )
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "deep" / "er")
+    environ, found = tool_environ({"SF_NATS_URL": "nats://elsewhere:4222", "HOME": "/home/x"})
+    assert found == tmp_path / ".signalfire" / "env"
+    assert environ == {
+        "SF_DATABASE_URL": "postgresql://signalfire@127.0.0.1:15432/signalfire",
+        "SF_NATS_URL": "nats://elsewhere:4222",  # what the environment sets wins
+        "SF_NATS_PASSWORD_FILE": "/dir with space/admin",
+        "HOME": "/home/x",  # and only SF_* settings come from the file
+    }
+    monkeypatch.chdir(tmp_path.parent)
+    assert tool_environ({"A": "b"}) == ({"A": "b"}, None)

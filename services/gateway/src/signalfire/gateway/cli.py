@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from signalfire.config import load_config
+from signalfire.config import load_config, read_env_file, tool_environ
 from signalfire.gateway.auth import ROLES, create_token, list_tokens, revoke_token
 from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.migrate import migrate, schema_version
@@ -40,6 +43,46 @@ def _run(main: Callable[[], Awaitable[None]]) -> int:
 
 def _load(args: argparse.Namespace) -> GatewayConfig:
     return load_config(GatewayConfig, args.config)
+
+
+def _load_tool(args: argparse.Namespace) -> tuple[GatewayConfig, Path | None]:
+    """The config of a tool command: like the service's, and inside a repository where
+    ``make up`` runs, its ``.signalfire/env`` fills in what the environment does not set
+    (returned too, for the messages)."""
+    environ, stack_env = tool_environ()
+    return load_config(GatewayConfig, args.config, environ=environ), stack_env
+
+
+async def _connect(args: argparse.Namespace) -> asyncpg.Connection:
+    """A connection to the configured database, or an ``OSError`` saying which database it
+    tried and what to set."""
+    config, stack_env = _load_tool(args)
+    url = config.database_url
+    try:
+        return await asyncpg.connect(url, timeout=10)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        if os.environ.get("SF_DATABASE_URL"):
+            source = "SF_DATABASE_URL"
+        elif stack_env is not None and "SF_DATABASE_URL" in read_env_file(stack_env):
+            source = f"{stack_env}, written by `make up` (is it still running?)"
+        elif args.config:
+            source = f"database_url in {args.config}"
+        else:
+            source = "the default"
+        raise OSError(
+            f"cannot connect to the database {_without_password(url)} ({source}): "
+            f"{str(exc) or type(exc).__name__}. Set SF_DATABASE_URL to your PostgreSQL "
+            "(postgresql://user:password@host:port/database); inside the repository, a "
+            "running `make up` (PostgreSQL on 127.0.0.1:15432) is found without it"
+        ) from None
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def register_gateway(subparsers: Any) -> None:
@@ -88,8 +131,7 @@ def register_db(subparsers: Any) -> None:
 
 def _db_migrate(args: argparse.Namespace) -> int:
     async def main() -> None:
-        config = _load(args)
-        conn = await asyncpg.connect(config.database_url)
+        conn = await _connect(args)
         try:
             applied = await migrate(conn)
             version = await schema_version(conn)
@@ -135,8 +177,7 @@ def _token_create(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> None:
-        config = _load(args)
-        conn = await asyncpg.connect(config.database_url)
+        conn = await _connect(args)
         try:
             await migrate(conn)
             token = await create_token(conn, args.name, args.role)
@@ -149,8 +190,7 @@ def _token_create(args: argparse.Namespace) -> int:
 
 def _token_list(args: argparse.Namespace) -> int:
     async def main() -> None:
-        config = _load(args)
-        conn = await asyncpg.connect(config.database_url)
+        conn = await _connect(args)
         try:
             await migrate(conn)
             tokens = await list_tokens(conn)
@@ -171,8 +211,7 @@ def _token_revoke(args: argparse.Namespace) -> int:
     outcome: list[float | None] = []
 
     async def main() -> None:
-        config = _load(args)
-        conn = await asyncpg.connect(config.database_url)
+        conn = await _connect(args)
         try:
             await migrate(conn)
             outcome.append(await revoke_token(conn, args.id))
