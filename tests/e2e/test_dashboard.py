@@ -185,7 +185,8 @@ def test_viewer_sees_no_action_buttons(browser: Any, running: Stack) -> None:
 
 
 def test_phone_width_has_no_horizontal_scroll(browser: Any, running: Stack) -> None:
-    for path in ("#/", "#/alerts", "#/hosts/ui-web-1", "#/rules", "#/silences", "#/notifications"):
+    pages = ("#/", "#/alerts", "#/hosts/ui-web-1", "#/rules", "#/silences", "#/notifications")
+    for path in (*pages, "#/explore", "#/events", "#/tokens"):
         page = open_signed_in(browser, running, token(running), path, width=390)
         page.wait_for_timeout(500)
         overflow = page.evaluate(

@@ -35,6 +35,9 @@ PAGES = [
     ("rules", "#/rules", "main table"),
     ("silences", "#/silences", "main h1"),
     ("notifications", "#/notifications", "main h1"),
+    ("explore", "#/explore?host={host}&metric=cpu.usage_percent", "#explore-chart figure"),
+    ("events", "#/events", "#event-chart figure"),
+    ("tokens", "#/tokens", "#tokens table"),
 ]
 BACKGROUNDS = {"light": "rgb(246, 247, 249)", "dark": "rgb(17, 20, 24)"}
 
@@ -52,7 +55,7 @@ def _get(running: Stack, path: str, **params: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def scene(running: Stack) -> dict[str, str]:
-    """Something on every page: this host's agent data, a firing alert, a silence."""
+    """Something on every page: this host's agent data, a firing alert, a silence, events."""
     this_host = socket.gethostname()
     publish(running, "ui-shot-1", [("load.1m", 80.0), ("cpu.usage_percent", 35.0)])
     headers = {"Authorization": f"Bearer {token(running)}"}
@@ -67,6 +70,20 @@ def scene(running: Stack) -> dict[str, str]:
         timeout=5,
     )
     assert silence.status_code == 201, silence.text
+    events = httpx.post(
+        f"{running.gateway_url}/api/v1/ingest/events",
+        json={
+            "host": "ui-shot-1",
+            "time": time.time(),
+            "events": [
+                {"type": "login", "message": "alice from 10.0.0.7"},
+                {"type": "deploy", "message": "shop v2.4.1", "labels": {"service": "shop"}},
+            ],
+        },
+        headers=headers,
+        timeout=5,
+    )
+    assert events.status_code == 202, events.text
     end = time.monotonic() + 30
     alert_id = ""
     while time.monotonic() < end:

@@ -20,12 +20,8 @@ export const session = {
 };
 
 export async function api(path, { method = "GET", params, body } = {}) {
-  const url = new URL(`/api/v1${path}`, location.origin);
   // An array value repeats the parameter (`metric=a&metric=b`).
-  for (const [k, v] of Object.entries(params || {})) {
-    for (const item of Array.isArray(v) ? v : [v]) if (item !== undefined && item !== null && item !== "") url.searchParams.append(k, item);
-  }
-  const response = await fetch(url, {
+  const response = await fetch(apiUrl(path, params || {}), {
     method,
     headers: { Authorization: `Bearer ${session.token}`, ...(body ? { "Content-Type": "application/json" } : {}) },
     body: body ? JSON.stringify(body) : undefined,
@@ -33,4 +29,30 @@ export async function api(path, { method = "GET", params, body } = {}) {
   const data = response.status === 204 ? null : await response.json().catch(() => null);
   if (!response.ok) throw new ApiError(response.status, data);
   return data;
+}
+
+/** The URL of an API path with its parameters (the query string the API reads). */
+export function apiUrl(path, params = {}) {
+  const url = new URL(`/api/v1${path}`, location.origin);
+  for (const [k, v] of Object.entries(params)) {
+    for (const item of Array.isArray(v) ? v : [v]) if (item !== undefined && item !== null && item !== "") url.searchParams.append(k, item);
+  }
+  return url;
+}
+
+/**
+ * Download an API answer as a file. A link cannot carry the token (it travels in a header,
+ * never in a URL), so the file is fetched here and handed to the browser as a blob.
+ */
+export async function download(path, params, filename) {
+  const response = await fetch(apiUrl(path, params), { headers: { Authorization: `Bearer ${session.token}` } });
+  if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
+  const href = URL.createObjectURL(await response.blob());
+  const a = document.createElement("a");
+  a.href = href;
+  a.download = filename;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(href), 60000);
 }

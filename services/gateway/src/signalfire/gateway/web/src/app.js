@@ -1,12 +1,15 @@
 // The dashboard shell: sign-in with an API token, theme, hash routing to the pages.
 
 import { api, session, ApiError } from "./api.js";
-import { h, clear, toast } from "./dom.js";
+import { h, clear, toast, showError, describeError } from "./dom.js";
 import { connect, disconnect, onFrame } from "./stream.js";
 import { overviewPage } from "./pages/overview.js";
 import { hostPage } from "./pages/host.js";
 import { alertsPage } from "./pages/alerts.js";
 import { rulesPage, silencesPage, notificationsPage } from "./pages/lists.js";
+import { explorePage } from "./pages/explore.js";
+import { eventsPage } from "./pages/events.js";
+import { tokensPage } from "./pages/tokens.js";
 
 const THEME_KEY = "signalfire.theme";
 const main = document.getElementById("main");
@@ -27,8 +30,18 @@ document.getElementById("theme").addEventListener("click", () => {
 });
 applyTheme(localStorage.getItem(THEME_KEY));
 
+const errors = document.getElementById("errors");
+function dismissErrors() {
+  errors.hidden = true;
+  errors.querySelector("ul").replaceChildren();
+}
+document.getElementById("errors-dismiss").addEventListener("click", dismissErrors);
+// A safety net under attempt(): whatever a control's code forgot to catch is still shown.
+window.addEventListener("unhandledrejection", (e) => showError(`Something failed: ${describeError(e.reason)}`));
+
 document.getElementById("signout").addEventListener("click", () => {
   session.token = "";
+  dismissErrors();
   disconnect();
   route();
 });
@@ -52,10 +65,13 @@ function signIn(message) {
 const routes = [
   [/^#?\/?$/, () => overviewPage(main)],
   [/^#\/hosts\/(.+)$/, (m) => hostPage(main, decodeURIComponent(m[1]))],
-  [/^#\/alerts(?:\/(.+))?$/, (m) => alertsPage(main, m[1] ? decodeURIComponent(m[1]) : null)],
+  [/^#\/alerts(?:\/([^?]+))?(?:\?.*)?$/, (m) => alertsPage(main, m[1] ? decodeURIComponent(m[1]) : null)],
   [/^#\/rules$/, () => rulesPage(main)],
   [/^#\/silences$/, () => silencesPage(main)],
   [/^#\/notifications$/, () => notificationsPage(main)],
+  [/^#\/explore(?:\?.*)?$/, () => explorePage(main)],
+  [/^#\/events(?:\?.*)?$/, () => eventsPage(main)],
+  [/^#\/tokens$/, () => tokensPage(main)],
 ];
 
 async function route() {
@@ -70,6 +86,7 @@ async function route() {
   }
   document.getElementById("signout").hidden = false;
   document.body.dataset.role = session.role;
+  for (const a of document.querySelectorAll("#nav a[data-role=admin]")) a.hidden = session.role !== "admin";
   for (const a of document.querySelectorAll("#nav a")) {
     const active = location.hash.startsWith(a.getAttribute("href")) && (a.getAttribute("href") !== "#/" || ["", "#/", "#"].includes(location.hash));
     if (active) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");

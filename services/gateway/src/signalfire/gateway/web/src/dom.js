@@ -63,7 +63,50 @@ export function formatValue(v, metric = "") {
     return `${(Math.sign(v) * x).toFixed(x < 10 ? 1 : 0)} ${units[i]}${metric.endsWith("per_second") ? "/s" : ""}`;
   }
   if (metric.endsWith("percent")) return `${v.toFixed(1)} %`;
+  if (metric === "events") return String(Math.round(v));
   return Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(2);
+}
+
+/** What an error says to a person: the API's message, and the field it names. */
+export function describeError(err) {
+  const message = (err && err.message) || String(err);
+  return err && err.field && !message.includes(err.field) ? `${message} (field: ${err.field})` : message;
+}
+
+/**
+ * Show an error until the person dismisses it (unlike a toast, it does not fade: a refused
+ * action must not go unnoticed). Newest first; the last few are kept.
+ */
+export function showError(message) {
+  const box = document.getElementById("errors");
+  if (!box) return;
+  const list = box.querySelector("ul");
+  list.prepend(h("li", {}, message));
+  while (list.children.length > 3) list.lastElementChild.remove();
+  box.hidden = false;
+}
+
+/**
+ * Run a control's action (`fn`, async); if it fails, the error is shown with what was tried
+ * (`what`) and the API's reason. Returns fn's result, or undefined after a failure. Every
+ * button and form of the dashboard goes through here, so no refusal is swallowed.
+ */
+export async function attempt(what, fn) {
+  try {
+    return await fn();
+  } catch (err) {
+    showError(`${what} failed: ${describeError(err)}`);
+    return undefined;
+  }
+}
+
+/** A `.catch()` handler for a page's loads: shows the error and answers `fallback`, so the
+ * rest of the page still renders. */
+export function reported(what, fallback) {
+  return (err) => {
+    showError(`${what} failed: ${describeError(err)}`);
+    return fallback;
+  };
 }
 
 export function toast(message) {

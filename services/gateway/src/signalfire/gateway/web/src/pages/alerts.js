@@ -1,7 +1,8 @@
 // Alerts: active and history with filters, detail with timeline and deliveries, actions.
 
 import { api, session } from "../api.js";
-import { h, clear, severityBadge, statusBadge, formatTime, formatValue, toast } from "../dom.js";
+import { h, clear, severityBadge, statusBadge, formatTime, formatValue, toast, attempt } from "../dom.js";
+import { createSilence } from "./lists.js";
 import { onFrame, subscribe } from "../stream.js";
 
 function alertStatus(a) {
@@ -9,7 +10,7 @@ function alertStatus(a) {
 }
 
 export async function alertsPage(main, alertId) {
-  if (alertId && !alertId.startsWith("?")) return alertDetail(main, alertId);
+  if (alertId) return alertDetail(main, alertId);
   const query = new URLSearchParams(location.hash.split("?")[1] || "");
   const filters = { status: query.get("status") || "firing", severity: query.get("severity") || "", host: query.get("host") || "", rule: query.get("rule") || "" };
   const body = h("tbody", { id: "alert-rows" });
@@ -66,13 +67,12 @@ function announce(alert) {
 }
 
 export function actionButtons(a, after) {
-  const act = async (verb, body) => {
-    try {
-      await api(`/alerts/${encodeURIComponent(a.id)}/${verb}`, { method: "POST", body: body || {} });
-      toast(`${verb} sent for ${a.rule} on ${a.host}`);
-      after && after();
-    } catch (err) { toast(`${verb} failed: ${err.message}`); }
-  };
+  const words = { ack: "Acknowledge", unack: "Unacknowledge", resolve: "Resolve" };
+  const act = (verb) => attempt(`${words[verb]} ${a.rule} on ${a.host}`, async () => {
+    await api(`/alerts/${encodeURIComponent(a.id)}/${verb}`, { method: "POST", body: {} });
+    toast(`${words[verb]} sent for ${a.rule} on ${a.host}`);
+    after && after();
+  });
   const acked = Boolean(a.acknowledged_at);
   return h("div", { class: "actions" },
     a.status === "firing" ? h("button", { type: "button", onclick: () => act(acked ? "unack" : "ack"), "aria-label": `${acked ? "Unacknowledge" : "Acknowledge"} ${a.rule} on ${a.host}` }, acked ? "Unacknowledge" : "Acknowledge") : null,
@@ -95,25 +95,35 @@ async function alertDetail(main, id) {
         a.acknowledged_by ? [h("dt", {}, "acknowledged"), h("dd", {}, `${a.acknowledged_by}, ${formatTime(a.acknowledged_at)}`)] : null,
         Object.entries(a.labels || {}).map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]),
         Object.entries(a.annotations || {}).map(([k, v]) => [h("dt", {}, k), h("dd", { class: `annotation-${k}` }, v)]))),
-      h("section", { class: "panel" }, h("h2", {}, "Timeline"), h("ol", {}, (a.history || []).map((e) =>
-        h("li", {}, formatTime(e.time), " ", e.status || e.event || e.action || "", e.actor ? ` by ${e.actor}` : "", e.note ? `: ${e.note}` : "")))),
-      h("section", { class: "panel" }, h("h2", {}, "Deliveries"), (a.deliveries || []).length ? h("table", {}, h("tbody", {}, a.deliveries.map((d) =>
-        h("tr", {}, h("td", {}, d.channel), h("td", {}, d.status), h("td", {}, `attempt ${d.attempt}`), h("td", {}, d.error || ""), h("td", {}, formatTime(d.time))))))
+      h("section", { class: "panel" }, h("h2", {}, "Timeline"), h("ol", { class: "timeline", id: "timeline" }, (a.history || []).map(timelineEntry))),
+      h("section", { class: "panel" }, h("h2", {}, "Deliveries"), (a.deliveries || []).length ? h("ul", { class: "deliveries", id: "deliveries" }, a.deliveries.map((d) =>
+        h("li", {}, h("strong", {}, d.channel), " ", d.status, ` · ${d.transition || "firing"} · attempt ${d.attempt} · `, formatTime(d.time),
+          d.error || d.reason ? h("p", { class: "delivery-error" }, d.error || d.reason) : null)))
         : h("p", { class: "muted" }, "None yet."))),
     session.canAct() ? h("section", { class: "panel" },
       h("h2", {}, "Act"),
       actionButtons(a, () => alertDetail(main, id)),
       h("label", { for: "note" }, "Note"), note,
       h("div", { class: "actions" },
-        h("button", { type: "button", onclick: async () => {
-          if (!note.value.trim()) return;
+        h("button", { type: "button", onclick: () => attempt("Adding the note", async () => {
           await api(`/alerts/${encodeURIComponent(id)}/notes`, { method: "POST", body: { note: note.value } });
           toast("note added");
-          alertDetail(main, id);
-        } }, "Add note"),
-        h("button", { type: "button", onclick: async () => {
-          const matchers = { rule: a.rule, host: a.host };
-          await api("/silences", { method: "POST", body: { matchers, ends_at: Date.now() / 1000 + 3600, comment: `silenced from alert ${a.id}` } });
-          toast("silenced for 1 h");
-        } }, "Silence 1 h"))) : null);
+          await alertDetail(main, id);
+        }) }, "Add note"),
+        h("button", { type: "button", onclick: () => attempt(`Silencing ${a.rule} on ${a.host}`, async () => {
+          await createSilence([{ name: "rule", value: a.rule }, { name: "host", value: a.host }], "1h", `silenced from alert ${a.id}`);
+          toast(`${a.rule} on ${a.host} silenced for 1 h (see Silences)`);
+        }) }, "Silence 1 h"))) : null);
+}
+
+const EVENT_WORDS = { ack: "acknowledged", unack: "acknowledgement withdrawn", resolve: "resolved by hand", note: "note" };
+
+/** One line of an alert's timeline: what happened, who did it, and their note. */
+function timelineEntry(e) {
+  const p = e.payload || {};
+  return h("li", { class: `timeline-${e.event}` },
+    formatTime(e.time), " ", h("strong", {}, EVENT_WORDS[e.event] || e.event),
+    p.actor ? ` by ${p.actor}` : "",
+    e.event === "firing" && p.value !== undefined && p.value !== null ? ` at ${formatValue(p.value)}` : "",
+    p.note ? h("blockquote", { class: "timeline-note" }, p.note) : null);
 }

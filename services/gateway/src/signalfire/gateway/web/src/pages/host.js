@@ -1,7 +1,7 @@
 // Host: live charts with a time-range picker, drag-to-zoom, host facts, checks and alerts.
 
 import { api } from "../api.js";
-import { h, clear, severityBadge, statusBadge, formatTime, formatValue, ago } from "../dom.js";
+import { h, clear, severityBadge, statusBadge, formatTime, formatValue, ago, reported } from "../dom.js";
 import { onFrame, subscribe } from "../stream.js";
 import { lineChart } from "../charts.js";
 
@@ -51,6 +51,8 @@ export async function hostPage(main, hostName) {
   const checksBox = h("div", {});
   clear(main,
     h("h1", {}, "Host ", h("span", { id: "host-name" }, hostName)),
+    h("p", {}, h("a", { href: `#/explore?host=${encodeURIComponent(hostName)}` }, "Every metric of this host (custom ones too) in the explorer"),
+      " · ", h("a", { href: `#/events?host=${encodeURIComponent(hostName)}` }, "its events")),
     picker,
     h("section", { "aria-label": "Charts" }, chartBox),
     h("div", { class: "grid" },
@@ -58,7 +60,9 @@ export async function hostPage(main, hostName) {
       h("section", { class: "panel" }, h("h2", {}, "Checks"), checksBox),
       h("section", { class: "panel" }, h("h2", {}, "Alerts"), alertsBox)));
 
-  const host = await api(`/hosts/${encodeURIComponent(hostName)}`).catch(() => null);
+  // A host that sent only metrics through HTTP ingest may have no record yet (404): no facts.
+  const host = await api(`/hosts/${encodeURIComponent(hostName)}`)
+    .catch((err) => (err.status === 404 ? null : reported("Loading the host's facts", null)(err)));
   if (host) {
     clear(facts,
       h("dt", {}, "status"), h("dd", {}, statusBadge(host.status)),
@@ -69,10 +73,10 @@ export async function hostPage(main, hostName) {
   }
   api("/alerts", { params: { host: hostName, limit: 20 } }).then(({ alerts }) => clear(alertsBox,
     alerts.length ? h("ul", {}, alerts.map((a) => h("li", {}, severityBadge(a.severity), " ", h("a", { href: `#/alerts/${encodeURIComponent(a.id)}` }, a.rule), " ", statusBadge(a.status))))
-      : h("p", { class: "muted" }, "No alerts."))).catch(() => {});
+      : h("p", { class: "muted" }, "No alerts."))).catch(reported("Loading the host's alerts"));
   api("/latest", { params: { host: hostName, metric: "check.*" } }).then(({ samples }) => clear(checksBox,
     samples.length ? h("table", {}, h("tbody", {}, samples.map((s) => h("tr", {}, h("td", {}, s.metric), h("td", {}, Object.values(s.labels || {}).join(" ")), h("td", {}, formatValue(s.value, s.metric))))))
-      : h("p", { class: "muted" }, "No checks configured."))).catch(() => {});
+      : h("p", { class: "muted" }, "No checks configured."))).catch(reported("Loading the host's checks"));
 
   // Frames that arrive while the charts load from the REST API are held and applied after,
   // so a value stored between the query and the first frame is not lost.
@@ -115,7 +119,7 @@ export async function hostPage(main, hostName) {
     const raw = range.live && range.raw;
     const results = await Promise.all(CHARTS.map(([, metric]) =>
       api("/query", { params: { host: hostName, metric, from, to, step: raw ? "raw" : "auto", agg: "avg" } })
-        .catch(() => ({ series: [] }))));
+        .catch(reported(`Loading the chart of ${metric}`, { series: [] }))));
     const open = [];
     CHARTS.forEach(([title, metric], i) => {
       const series = results[i].series || [];
@@ -136,7 +140,7 @@ export async function hostPage(main, hostName) {
     if (open.length) {
       const cuts = new Map(open);
       const seed = await api("/query", { params: { host: hostName, metric: open.map(([m]) => m), from: Math.min(...cuts.values()), step: "raw" } })
-        .catch(() => ({ series: [] }));
+        .catch(reported("Loading the newest samples", { series: [] }));
       for (const s of seed.series || []) {
         for (const [t, v] of s.points) {
           if (v !== null && t >= cuts.get(s.metric)) apply({ metric: s.metric, labels: s.labels, time: t, value: v }, false);

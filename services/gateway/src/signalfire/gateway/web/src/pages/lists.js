@@ -1,7 +1,7 @@
 // Rules (read-only, with active alerts), silences and the notification log.
 
 import { api, session } from "../api.js";
-import { h, clear, severityBadge, formatTime, toast } from "../dom.js";
+import { h, clear, severityBadge, formatTime, toast, attempt } from "../dom.js";
 
 function table(columns, rows) {
   return h("div", { class: "table-wrap" }, h("table", {},
@@ -20,27 +20,63 @@ export async function rulesPage(main) {
       h("td", {}, (r.alerts || r.active || []).length)))));
 }
 
+/** A silence's matchers as text: `host=web-1, rule=~High.*` (the same syntax the form takes). */
+export function formatMatchers(matchers) {
+  const op = (m) => (m.equal === false ? (m.regex ? "!~" : "!=") : (m.regex ? "=~" : "="));
+  return (matchers || []).map((m) => `${m.name}${op(m)}${m.value}`).join(", ");
+}
+
+/**
+ * The matchers typed in the form: comma-separated `name=value`, `name!=value`, `name=~regex`
+ * or `name!~regex`. Throws an Error naming the part it cannot read.
+ */
+export function parseMatchers(text) {
+  const matchers = [];
+  for (const part of String(text).split(",").map((p) => p.trim()).filter(Boolean)) {
+    const m = part.match(/^([^=!~\s]+)\s*(=~|!~|!=|=)\s*(.*)$/);
+    if (!m) throw new Error(`"${part}" is not name=value (or name!=value, name=~regex, name!~regex)`);
+    const [, name, op, value] = m;
+    matchers.push({ name, value: value.trim(), regex: op.endsWith("~"), equal: !op.startsWith("!") });
+  }
+  if (!matchers.length) throw new Error("give at least one matcher, e.g. host=web-1");
+  return matchers;
+}
+
+/** Create a silence; `duration` is seconds or a duration like `1h`. Answers the API's silence. */
+export function createSilence(matchers, duration, comment = "") {
+  return api("/silences", { method: "POST", body: { matchers, duration, comment } });
+}
+
 export async function silencesPage(main) {
+  const list = h("div", { id: "silences" });
   const load = async () => {
     const { silences } = await api("/silences");
-    clear(list, table(["matchers", "until", "author", "comment", session.canAct() ? "" : null].filter((c) => c !== null), silences.map((s) =>
-      h("tr", {}, h("td", {}, Object.entries(s.matchers || {}).map(([k, v]) => `${k}=${v}`).join(", ")), h("td", {}, formatTime(s.ends_at)),
+    clear(list, table(["matchers", "state", "from", "until", "author", "comment", session.canAct() ? "actions" : null].filter(Boolean), silences.map((s) =>
+      h("tr", { dataset: { silence: s.id } }, h("td", {}, formatMatchers(s.matchers)), h("td", {}, s.state),
+        h("td", {}, formatTime(s.starts_at)), h("td", {}, formatTime(s.ends_at)),
         h("td", {}, s.author || ""), h("td", {}, s.comment || ""),
-        session.canAct() ? h("td", {}, h("button", { type: "button", onclick: async () => { await api(`/silences/${encodeURIComponent(s.id)}`, { method: "DELETE" }); toast("silence expired"); load(); } }, "Expire")) : null))));
+        session.canAct() ? h("td", {}, s.state === "expired" ? null : h("button", { type: "button", "aria-label": `Expire silence ${formatMatchers(s.matchers)}`,
+          onclick: () => attempt("Expiring the silence", async () => {
+            await api(`/silences/${encodeURIComponent(s.id)}`, { method: "DELETE" });
+            toast("silence expired");
+            await load();
+          }) }, "Expire")) : null))));
   };
-  const list = h("div", {});
-  const form = session.canAct() ? h("form", { class: "filters", onsubmit: async (e) => {
+  const form = session.canAct() ? h("form", { class: "filters", id: "silence-form", onsubmit: (e) => {
     e.preventDefault();
     const data = new FormData(e.target);
-    const matchers = {};
-    for (const part of String(data.get("matchers")).split(",")) { const [k, v] = part.split("="); if (k && v) matchers[k.trim()] = v.trim(); }
-    await api("/silences", { method: "POST", body: { matchers, ends_at: Date.now() / 1000 + Number(data.get("hours")) * 3600, comment: data.get("comment") } });
-    toast("silence created");
-    load();
+    return attempt("Creating the silence", async () => {
+      const matchers = parseMatchers(data.get("matchers"));
+      await createSilence(matchers, Number(data.get("hours")) * 3600, String(data.get("comment") || ""));
+      toast("silence created");
+      e.target.reset();
+      await load();
+    });
   } }, h("label", {}, "matchers", h("input", { name: "matchers", placeholder: "host=web-1, rule=HighCPU", required: true })),
     h("label", {}, "hours", h("input", { name: "hours", type: "number", min: "0.25", step: "0.25", value: "1" })),
     h("label", {}, "comment", h("input", { name: "comment" })),
-    h("button", { type: "submit", class: "primary" }, "Create silence")) : null;
+    h("button", { type: "submit", class: "primary" }, "Create silence"),
+    h("p", { class: "muted" }, "Matchers: name=value, name!=value, name=~regex, name!~regex; comma-separated. Labels: host, rule, severity and the alert's own.")) : null;
   clear(main, h("h1", {}, "Silences"), form, list);
   await load();
 }

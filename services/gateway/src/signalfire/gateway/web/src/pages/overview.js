@@ -1,7 +1,7 @@
 // Overview: every host as a tile, active alerts by severity, filter and sort.
 
 import { api } from "../api.js";
-import { h, clear, severityBadge, statusBadge, ago, formatValue } from "../dom.js";
+import { h, clear, severityBadge, statusBadge, ago, formatValue, reported } from "../dom.js";
 import { onFrame, subscribe } from "../stream.js";
 import { lineChart, sparkline } from "../charts.js";
 
@@ -27,7 +27,7 @@ export async function overviewPage(main) {
     grid,
     h("section", { "aria-label": "Fleet charts" }, fleet));
 
-  const [hostsReply, latestReply] = await Promise.all([api("/hosts"), api("/latest", { params: { metric: KEY_METRICS.join(",") } }).catch(() => ({ samples: [] }))]);
+  const [hostsReply, latestReply] = await Promise.all([api("/hosts"), api("/latest", { params: { metric: KEY_METRICS.join(",") } }).catch(reported("Loading the newest values", { samples: [] }))]);
   state.hosts = hostsReply.hosts;
   for (const s of latestReply.samples || []) remember(s.host, s.metric, s.value, s.labels);
 
@@ -70,18 +70,26 @@ export async function overviewPage(main) {
 
   async function loadFleet() {
     const replies = await Promise.all(FLEET.map(([, metric]) =>
-      api("/query", { params: { metric, from: "-1h", step: "auto", agg: "avg" } }).catch(() => ({ series: [] }))));
+      api("/query", { params: { metric, from: "-1h", step: "auto", agg: "avg" } }).catch(reported(`Loading the fleet chart of ${metric}`, { series: [] }))));
     for (const c of fleetCharts) c.destroy();
     fleetCharts = [];
     fleet.replaceChildren();
     FLEET.forEach(([title, metric], i) => {
       const newest = (s) => (s.points.length ? s.points[s.points.length - 1][1] ?? 0 : 0);
-      const series = (replies[i].series || []).filter((s) => !Object.keys(s.labels || {}).length && s.points.length)
+      // Series may carry labels (an agent's `labels: {env: dev}` are on every sample): each is
+      // drawn, named by its host, and by its labels too where a host has several series.
+      const series = (replies[i].series || []).filter((s) => s.points.length)
         .sort((a, b) => newest(b) - newest(a)).slice(0, FLEET_HOSTS);
+      const perHost = new Map();
+      for (const s of series) perHost.set(s.host, (perHost.get(s.host) || 0) + 1);
+      const name = (s) => {
+        const labels = Object.entries(s.labels || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+        return perHost.get(s.host) > 1 && labels ? `${s.host} (${labels})` : s.host;
+      };
       if (metric === "cpu.usage_percent") {
         for (const s of series) if (!state.history.has(s.host)) state.history.set(s.host, s.points.slice(-60).map((p) => p[1] ?? 0));
       }
-      if (series.length) fleetCharts.push(lineChart(fleet, title, metric, series.map((s) => ({ label: s.host, points: s.points }))));
+      if (series.length) fleetCharts.push(lineChart(fleet, title, metric, series.map((s) => ({ label: name(s), points: s.points }))));
     });
   }
 
@@ -98,7 +106,11 @@ export async function overviewPage(main) {
   });
   function scheduleRefresh() {
     if (refresh) return;
-    refresh = setTimeout(async () => { refresh = null; state.hosts = (await api("/hosts")).hosts; render(); }, 500);
+    refresh = setTimeout(async () => {
+      refresh = null;
+      const reply = await api("/hosts").catch(reported("Loading the hosts", null));
+      if (reply) { state.hosts = reply.hosts; render(); }
+    }, 500);
   }
   return () => { off(); clearTimeout(refresh); clearInterval(fleetTimer); for (const c of fleetCharts) c.destroy(); };
 }
