@@ -86,3 +86,15 @@ def test_monitoring_is_never_published_and_nats_only_on_loopback() -> None:
     for conf in ("nats.conf", "cluster.conf"):
         http = re.search(r"^http: (\S+)$", (NATS_DIR / conf).read_text(), re.MULTILINE)
         assert http is not None and http.group(1).startswith("127.0.0.1:"), conf
+
+
+def test_compose_database_password_has_no_default() -> None:
+    services = compose()["services"]
+    password = REQUIRED.match(services["timescaledb"]["environment"]["POSTGRES_PASSWORD"])
+    assert password is not None and password.group(1) == "SF_DB_PASSWORD"
+    # The gateway logs in with that same required password, never a default one.
+    url = services["gateway"]["environment"]["SF_DATABASE_URL"]
+    credentials = re.match(r"^postgresql://signalfire:(\$\{[^}]*\})@timescaledb:5432/signalfire$", url)
+    assert credentials is not None, url
+    required = REQUIRED.match(credentials.group(1))
+    assert required is not None and required.group(1) == "SF_DB_PASSWORD"
