@@ -57,6 +57,15 @@ class Request:
     at: float
 
 
+class Server(ThreadingHTTPServer):
+    """Answers each connection in a thread. The listen backlog is raised from socketserver's 5:
+    a full backlog drops the notifier's new connections, which then wait a whole second for
+    TCP to retransmit the SYN, and a message arrives late for no reason of the notifier's."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+
 class Receiver:
     """A loopback webhook receiver that records each request on arrival (a real receiver acts
     on what it got even when its answer never reaches the sender), then answers in 0.3 s."""
@@ -86,8 +95,7 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def url(self, channel: str) -> str:

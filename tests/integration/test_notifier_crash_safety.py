@@ -26,11 +26,20 @@ from signalfire.bus import NatsConfig
 from signalfire.config import Duration
 from signalfire.events import AlertEvent, DeliveryResult, decode, encode
 from signalfire.notifier.channels.webhook import WebhookChannelConfig
-from signalfire.notifier.config import NotifyConfig, Route
+from signalfire.notifier.config import EscalationStep, NotifyConfig, Route
 from signalfire.notifier.deadletter import SUPERSEDED, DeadLetter
 from signalfire.notifier.ledger import SentMark, ledger_key
 from signalfire.notifier.service import DURABLE, NotifierService
 from signalfire.notifier.tracking import alert_key
+
+
+class Server(ThreadingHTTPServer):
+    """Answers each connection in a thread. The listen backlog is raised from socketserver's 5:
+    a full backlog drops the notifier's new connections, which then wait a whole second for
+    TCP to retransmit the SYN, and a message arrives late for no reason of the notifier's."""
+
+    daemon_threads = True
+    request_queue_size = 128
 
 
 class Receiver:
@@ -65,8 +74,7 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def url(self, name: str) -> str:
@@ -325,3 +333,33 @@ async def test_an_event_jetstream_gives_up_on_becomes_a_dead_letter_and_frees_it
     await wait_until(lambda: any(r.status == "failed" for r in results), "the failed result")
     assert [r.reason for r in results if r.status == "failed"] == [f"dead letter: {letter.reason}"]
     assert receiver.got("ops") == []
+
+
+async def test_a_resolved_notice_follows_an_escalation_step_another_replica_is_sending(
+    nc: Any, nats_config: NatsConfig, receiver: Receiver, running: Any
+) -> None:
+    # another replica is sending the escalation step: it is not in the track yet
+    kv = await kv_of(nc, nats_config)
+    channels = {
+        name: WebhookChannelConfig(url=receiver.url(name), retry_backoff=Duration(0.01))
+        for name in ("ops", "oncall")
+    }
+    route = Route(channels=["ops"], escalate=[EscalationStep(after=Duration(3600), channels=["oncall"])])
+    config = msgspec.structs.replace(config_for(nats_config, receiver), channels=channels, routes=[route])
+    service = await running(config)
+    fired = alert()
+    await publish(nc, nats_config, fired)
+    await wait_until(lambda: len(service.state.tracks_of(fired.id)) == 1, "the track")
+    step_key = ledger_key(alert_key(fired.id), "esc0-0", "oncall")
+    claim = SentMark(
+        alert_id=fired.id, channel="oncall", tag="esc0-0", owner="other", state="sending", time=time.time()
+    )
+    await kv.create(step_key, msgspec.json.encode(claim))
+
+    await publish(nc, nats_config, msgspec.structs.replace(fired, status="resolved", seq=2))
+    await wait_until(lambda: service.busy_waits.value() >= 1, "the resolved event to wait")
+    assert [t for t, _, _ in receiver.got("ops")] == ["firing"]
+    await kv.put(step_key, msgspec.json.encode(msgspec.structs.replace(claim, state="sent")))
+    await wait_until(lambda: len(receiver.got("oncall")) == 1, "the resolved notice to oncall")
+    await wait_until(lambda: len(receiver.got("ops")) == 2, "the resolved notice to ops")
+    assert [t for t, _, _ in receiver.got("oncall")] == ["resolved"]

@@ -42,6 +42,15 @@ class Clock:
         return self.now
 
 
+class Server(ThreadingHTTPServer):
+    """Answers each connection in a thread. The listen backlog is raised from socketserver's 5:
+    a full backlog drops the notifier's new connections, which then wait a whole second for
+    TCP to retransmit the SYN, and a message arrives late for no reason of the notifier's."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+
 class Receivers:
     """One HTTP server standing in for every channel: ``/<channel>`` records the request and
     answers with that channel's scripted status (then 200)."""
@@ -69,8 +78,7 @@ class Receivers:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def url(self, name: str) -> str:

@@ -180,7 +180,7 @@ class Dispatcher:
             return Outcome(name, "suppressed")
         key = ledger_key(alert_key, tag, name)
         alert = notification.alert
-        # a firing claim keeps the alert, for a resolved event that must send it first (firing_told)
+        # a firing claim keeps the alert, for a resolved event that must send it first (:meth:`told`)
         keep = alert if tag == "firing" and not notification.alerts else None
         claim = await self._ledger.claim(key, alert.id, name, tag, alert=keep)
         if claim.outcome == "busy":
@@ -309,25 +309,30 @@ class Dispatcher:
             result = result_for(notification, channel, "failed", max(attempts, 1), error=error or None)
         await self._report(msgspec.structs.replace(result, reason=f"dead letter: {reason}"), notification)
 
-    async def firing_told(self, alert: AlertEvent, alert_key: str, channels: list[str]) -> list[str]:
-        """Which of ``channels`` were sent the firing notice of ``alert`` (whose resolved
-        event is being handled): only those get the resolved notice.
+    async def told(self, alert: AlertEvent, alert_key: str, asked: list[tuple[str, str]]) -> list[str]:
+        """Which channels of ``asked`` (``(tag, channel)`` pairs: ``firing`` or an escalation
+        step ``esc<epoch>-<i>``) were sent that message about ``alert``, whose resolved event
+        is being handled: only those get the resolved notice. A resolved notice never
+        overtakes a message in flight.
 
         - ``sent``: told. ``failed``, ``superseded``: not told.
-        - a firing notice in flight (another replica's fresh claim): :class:`Busy`, so the
-          resolved waits for it;
+        - in flight (another replica's fresh claim): :class:`Busy`, so the resolved waits;
         - a dead replica's firing claim: taken over and the firing notice sent now, from the
-          alert kept in the claim, before the resolved notice;
-        - no record at all: not told, and the firing notice is marked ``superseded`` so a
-          firing event redelivered later (after a crash) is not sent after its resolved.
+          alert kept in the claim, before the resolved notice; a dead replica's escalation
+          claim: marked ``superseded`` (the alert resolved; the step is not sent any more);
+        - no firing record at all: not told, and the firing notice is marked ``superseded``
+          so a firing event redelivered later (after a crash) is not sent after its
+          resolved. No escalation record: the step was not sent (and will not be: the
+          resolved deletes the track).
         """
 
-        async def one(name: str) -> bool:
-            key = ledger_key(alert_key, "firing", name)
+        async def one(tag: str, name: str) -> bool:
+            key = ledger_key(alert_key, tag, name)
+            firing = tag == "firing"
             for _ in range(10):
                 found = await self._ledger.read(key)
                 if found is None:
-                    if await self._ledger.close(key, alert.id, name, "firing", "superseded"):
+                    if not firing or await self._ledger.close(key, alert.id, name, tag, "superseded"):
                         return False
                     continue
                 mark, revision = found
@@ -335,8 +340,8 @@ class Dispatcher:
                     return mark.state == "sent"
                 if not self._ledger.expired(mark):
                     raise Busy(key, max(0.0, self._ledger.lease - (self._clock() - mark.time)))
-                if mark.alert is None:
-                    if await self._ledger.close(key, alert.id, name, "firing", "superseded", last=revision):
+                if not firing or mark.alert is None:
+                    if await self._ledger.close(key, alert.id, name, tag, "superseded", last=revision):
                         return False
                     continue
                 outcome = await self._one(
@@ -345,19 +350,19 @@ class Dispatcher:
                 return outcome.status in ("sent", "duplicate")
             raise Busy(key)  # the key keeps changing under us: look again later
 
-        names = [name for name in channels if name in self._channels]
-        answers = await asyncio.gather(*(one(name) for name in names), return_exceptions=True)
+        pairs = [(tag, name) for tag, name in asked if name in self._channels]
+        answers = await asyncio.gather(*(one(tag, name) for tag, name in pairs), return_exceptions=True)
         waits: list[float] = []
         told: list[str] = []
-        for name, answer in zip(names, answers, strict=True):
+        for (_, name), answer in zip(pairs, answers, strict=True):
             if isinstance(answer, Busy):
                 waits.append(answer.wait)
             elif isinstance(answer, BaseException):
                 raise answer
-            elif answer:
+            elif answer and name not in told:
                 told.append(name)
         if waits:
-            raise Busy(f"{alert.id}: its firing notice is being sent", min(waits))
+            raise Busy(f"{alert.id}: a message before its resolved notice is being sent", min(waits))
         return told
 
     async def give_up(self, alert: AlertEvent, channels: list[str], alert_key: str, reason: str) -> None:

@@ -561,10 +561,17 @@ class NotifierService:
             # a grouped firing went out as a batch message: the track lists who was told
             channels = known
         else:
-            # Told = in the track (escalations included), or the ledger shows the firing
-            # notice sent; one still in flight is waited for (Busy), never overtaken.
-            unsure = [name for name in route.channels if name not in known]
-            told = await self.dispatcher.firing_told(alert, alert_key(alert.id), unsure) if unsure else []
+            # Told = in the track, or the ledger shows the firing notice (or an escalation
+            # step not yet in the track) sent; one still in flight is waited for (Busy).
+            unsure = [("firing", name) for name in route.channels if name not in known]
+            if track is not None:
+                unsure += [
+                    (f"esc{track.epoch}-{i}", name)
+                    for i, step in enumerate(route.escalate)
+                    for name in step.channels
+                    if name not in known
+                ]
+            told = await self.dispatcher.told(alert, alert_key(alert.id), unsure) if unsure else []
             channels = merge(known, told)
         if channels:
             await self.dispatcher.send(
