@@ -8,11 +8,18 @@ UV_VERSION := 0.13.9
 TOOLS := .signalfire/tools
 UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 PYTEST_ARGS ?=
+# `make up RULES=a.yaml,rules/ NOTIFY=my-notify.yaml AGENT=my-agent.yaml`: your own files
+# (relative to the repository or absolute) instead of the shipped ones.
+RULES ?=
+NOTIFY ?=
+AGENT ?=
+UP_ARGS = $(if $(RULES),--rules '$(RULES)') $(if $(NOTIFY),--notify '$(NOTIFY)') $(if $(AGENT),--agent-config '$(AGENT)')
 
 .PHONY: help up test sync provision provision-test lint format typecheck unit integration e2e faults screenshots schemas clean
 
 help:  ## list the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## |^##\+ ' $(MAKEFILE_LIST) \
+	  | awk -F':.*## ' '/^##\+ /{print "                   " substr($$0, 5); next} {printf "  make %-11s %s\n", $$1, $$2}'
 
 $(TOOLS)/bin/uv:
 	@echo "[make] installing uv $(UV_VERSION) from PyPI into $(TOOLS)"
@@ -30,7 +37,10 @@ provision-test: provision  ## also Chromium (Debian's) for the browser tests
 	@bash deploy/dev/provision-web.sh chromium
 
 up: sync provision  ## run NATS, PostgreSQL/TimescaleDB, the four services and an agent (Ctrl-C stops)
-	@$(UV) run --no-sync python deploy/dev/devstack.py up
+	@$(UV) run --no-sync python deploy/dev/devstack.py up $(UP_ARGS)
+##+ your own files: RULES=f[,f...] (rule files, directories, globs) NOTIFY=f AGENT=f, relative to
+##+ the repository or absolute; checked before anything starts, rules and NOTIFY reloaded when
+##+ edited; a process that exits is restarted (back-off 1 s doubling to 30 s)
 
 test: sync provision-test lint typecheck  ## lint, types and every test
 	@$(UV) run --no-sync pytest $(PYTEST_ARGS)

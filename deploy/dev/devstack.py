@@ -23,18 +23,28 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from signalfire.bus import NatsConfig
 from signalfire.busauth import CredentialDirectory
 from signalfire.buspolicy import user_name
+from signalfire.collector.config import AgentConfig
+from signalfire.config import ConfigError, load_config
+from signalfire.evaluator.rules import load_rules
+from signalfire.notifier.config import load_notify_config
 
 PG_MAJOR = os.environ.get("SF_PG_MAJOR", "15")
 PG_BIN = Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")
 REPO = Path(__file__).resolve().parents[2]
+#: What ``make up`` runs with unless given ``RULES=``, ``NOTIFY=``, ``AGENT=``.
+DEFAULT_RULES = REPO / "rules" / "default.yaml"
+DEFAULT_NOTIFY = REPO / "deploy" / "dev" / "notify.yaml"
+DEFAULT_AGENT = REPO / "deploy" / "dev" / "agent.yaml"
 #: Debian's Chromium, headless, as root, without the background connections this machine
 #: refuses: the arguments of the browser tests and the dashboard soak.
 CHROMIUM_ARGS = [
@@ -483,13 +493,14 @@ def stack(
     pg_port: int,
     *,
     agent: bool = True,
-    rules: Path = REPO / "rules" / "default.yaml",
-    notify_config: Path = REPO / "deploy" / "dev" / "notify.yaml",
-    agent_config: Path = REPO / "deploy" / "dev" / "agent.yaml",
+    rules: Path | Sequence[Path] = DEFAULT_RULES,
+    notify_config: Path = DEFAULT_NOTIFY,
+    agent_config: Path = DEFAULT_AGENT,
     durable: bool = True,
     metrics_port: int | None = None,
     extra_env: Mapping[str, str] | None = None,
     agent_host: str = socket.gethostname(),
+    supervise: bool = False,
 ) -> Iterator[Stack]:
     """The whole Signalfire stack: NATS, PostgreSQL, the four services and (optionally) an agent.
 
@@ -498,10 +509,18 @@ def stack(
     evaluator serves ``/metrics`` on that port and the notifier on the next one (the gateway
     serves its own at ``/metrics``).
 
+    ``rules`` (files, directories or globs), ``notify_config`` and ``agent_config`` are checked
+    before anything starts (:func:`check_files` raises :class:`DevStackError` naming the bad
+    file). The evaluator watches ``rules`` itself. With ``supervise``, a :class:`Supervisor`
+    restarts whatever exits (with back-off) and makes the notifier reload ``notify_config``
+    when it changes, as ``make up`` does.
+
     NATS requires credentials: each service connects as its own identity, the agent as the
     enrolled ``agent_host``, with passwords made on the first run under ``state/bus``
     (:func:`bus_credentials`); :meth:`Stack.nats_config` connects a test or a tool.
     """
+    rule_paths = [rules] if isinstance(rules, Path) else list(rules)
+    check_files(rule_paths, notify_config, agent_config if agent else None)
     state.mkdir(parents=True, exist_ok=True)
     logs = state / "logs"
     bus = bus_credentials(
@@ -510,6 +529,7 @@ def stack(
     nats_server = NatsServer(state / "nats", nats_port, config=bus.path / "nats.conf")
     postgres = PostgresServer(private_pg_dir(state / "pg"), pg_port, durable=durable)
     services: list[ServiceProcess] = []
+    supervisor: Supervisor | None = None
     try:
         print(f"starting nats-server on {nats_server.url}", flush=True)
         nats_server.start()
@@ -545,7 +565,7 @@ def stack(
                 extra_env={**bus_env(bus, "gateway"), **(extra_env or {})},
             )
         )
-        evaluator_env = {**env, **bus_env(bus, "evaluator"), "SF_RULES": str(rules)}
+        evaluator_env = {**env, **bus_env(bus, "evaluator"), "SF_RULES": ",".join(map(str, rule_paths))}
         notifier_env = {**env, **bus_env(bus, "notifier")}
         if metrics_port is not None:
             evaluator_env["SF_METRICS_LISTEN"] = f"127.0.0.1:{metrics_port}"
@@ -558,7 +578,7 @@ def stack(
             services.append(
                 ServiceProcess("agent", ["agent", "--config", str(agent_config)], agent_env, logs).start()
             )
-        yield Stack(
+        running = Stack(
             nats_server,
             postgres,
             services,
@@ -567,12 +587,232 @@ def stack(
             state / "admin-token",
             bus,
         )
+        if supervise:
+            supervisor = Supervisor(running, notify_config=notify_config).start()
+        yield running
     finally:
+        if supervisor is not None:
+            supervisor.stop()  # first: nothing may be restarted while the stack stops
         for service in reversed(services):
             service.stop()
         (state / "env").unlink(missing_ok=True)
         postgres.stop()
         nats_server.stop()
+
+
+def repo_path(value: str) -> Path:
+    """A path given to ``make up``: absolute, ``~/…``, or relative to the repository (where
+    ``make`` runs, whatever the caller's directory was)."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else REPO / path
+
+
+def check_files(rules: Sequence[Path], notify_config: Path, agent_config: Path | None) -> None:
+    """Validate the stack's own files the way their services will read them; raise
+    :class:`DevStackError` naming the file (and line and field) of the first bad one.
+
+    The same loaders the services use (``signalfire rules check``'s, the notifier's and the
+    agent's), so a file passing here is not refused a moment later by a service.
+    """
+    try:
+        load_rules(str(path) for path in rules)
+    except ConfigError as exc:
+        raise DevStackError(f"rules not valid ({', '.join(map(str, rules))}):\n{exc}") from None
+    try:
+        load_notify_config(notify_config)
+    except ConfigError as exc:
+        raise DevStackError(f"notify config not valid ({notify_config}):\n{exc}") from None
+    if agent_config is not None:
+        try:
+            load_config(AgentConfig, agent_config)
+        except ConfigError as exc:
+            raise DevStackError(f"agent config not valid ({agent_config}):\n{exc}") from None
+
+
+class Supervisable(Protocol):
+    """What :class:`Supervisor` restarts: a server or a service with its process and log."""
+
+    proc: subprocess.Popen[bytes] | None
+    log_path: Path
+
+    def start(self) -> object: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    """Delays between restarts of one process: ``first`` seconds, doubled after each exit up to
+    ``cap``, and ``first`` again once a run lasted ``stable`` seconds (a service that crashes
+    once a day restarts at once; one that crashes on start does not spin)."""
+
+    first: float = 1.0
+    cap: float = 30.0
+    stable: float = 60.0
+
+    def delay(self, previous: float | None, uptime: float) -> float:
+        """The delay before the next start, after a run of ``uptime`` seconds that followed a
+        delay of ``previous`` seconds (``None``: it was the first start)."""
+        if previous is None or uptime >= self.stable:
+            return self.first
+        return min(previous * 2, self.cap)
+
+
+@dataclasses.dataclass
+class _Watched:
+    name: str
+    process: Supervisable
+    started: float
+    delay: float | None = None  # the delay before its latest restart
+    due: float | None = None  # when it is restarted (monotonic clock); None while it runs
+    restarts: int = 0
+
+
+class Supervisor:
+    """Keeps a :class:`Stack` running until it is stopped: a process that exits (a service, or
+    nats-server or PostgreSQL themselves) is started again after a :class:`Backoff` delay, and a
+    change of the notify config file is sent to the notifier as ``SIGHUP`` (its reload).
+
+    Each event is printed and appended to ``devstack.log`` in the stack's log directory. Runs
+    in a thread from :meth:`start` to :meth:`stop`; :meth:`step` is one pass.
+    """
+
+    #: A notifier this young may not have its ``SIGHUP`` handler yet (the signal would kill
+    #: it): a change seen earlier waits until it is this old.
+    SIGHUP_GRACE = 5.0
+
+    def __init__(
+        self,
+        running: Stack,
+        *,
+        notify_config: Path | None = None,
+        backoff: Backoff = Backoff(),
+        interval: float = 0.2,
+    ) -> None:
+        now = time.monotonic()
+        # Servers first: services started while NATS is down only wait for it.
+        self.watched = [
+            _Watched("nats-server", running.nats, now),
+            _Watched("postgres", running.postgres, now),
+            *(_Watched(s.name, s, now) for s in running.services),
+        ]
+        self.backoff = backoff
+        self.interval = interval
+        self.log_path = running.logs / "devstack.log"
+        self.notify_config = notify_config
+        self._notify_seen = self._signature(notify_config)
+        self._notify_pending = False
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="devstack-supervisor", daemon=True)
+
+    def start(self) -> Supervisor:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop supervising; waits for a start under way (a server's start waits until it is
+        ready, at most half a minute)."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval):
+            self.step()
+
+    def say(self, message: str) -> None:
+        """Print ``message`` with the time and append it to ``devstack.log``."""
+        line = f"{time.strftime('%H:%M:%S')} make up: {message}"
+        print(line, file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError), self.log_path.open("a", encoding="utf-8") as log:
+            log.write(line + "\n")
+
+    def step(self, now: float | None = None) -> None:
+        """Notice exits, start what is due, pass on a notify config change."""
+        for watched in self.watched:
+            if self._stopping.is_set():
+                return
+            self._supervise(watched, time.monotonic() if now is None else now)
+        self._watch_notify_config()
+
+    def _supervise(self, watched: _Watched, now: float) -> None:
+        proc = watched.process.proc
+        if watched.due is None:
+            if proc is None or proc.poll() is None:
+                return
+            uptime = now - watched.started
+            watched.delay = self.backoff.delay(watched.delay, uptime)
+            watched.due = now + watched.delay
+            self.say(
+                f"{watched.name} exited ({_exit_status(proc.returncode)}) after {uptime:.0f} s; "
+                f"restarting in {watched.delay:.0f} s (log: {watched.process.log_path})"
+            )
+            return
+        if now < watched.due:
+            return
+        watched.due = None
+        watched.restarts += 1
+        with contextlib.suppress(OSError), watched.process.log_path.open("a", encoding="utf-8") as log:
+            log.write(f"----- make up: restart {watched.restarts} of {watched.name} -----\n")
+        try:
+            watched.process.start()
+        except (DevStackError, OSError) as exc:
+            self.say(f"{watched.name} did not start again: {exc}")
+            failed = watched.process.proc
+            if failed is not None and failed.poll() is None:
+                _stop(failed)  # started but never ready: the next attempt needs its port
+        watched.started = time.monotonic()
+        if watched.process.proc is not None and watched.process.proc.poll() is None:
+            self.say(f"{watched.name} restarted (restart {watched.restarts})")
+
+    @staticmethod
+    def _signature(path: Path | None) -> tuple[int, int] | None:
+        if path is None:
+            return None
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size)
+
+    def _watch_notify_config(self) -> None:
+        if self.notify_config is None:
+            return
+        signature = self._signature(self.notify_config)
+        if signature != self._notify_seen:
+            self._notify_seen = signature
+            try:
+                load_notify_config(self.notify_config)
+            except ConfigError as exc:
+                # The notifier would refuse it too and keep running the old config: say why here,
+                # where the person editing the file is looking.
+                self.say(
+                    f"{self.notify_config} changed but is not valid; the notifier keeps its config:\n{exc}"
+                )
+                self._notify_pending = False
+                return
+            self._notify_pending = True
+        if not self._notify_pending:
+            return
+        notifier = next((w for w in self.watched if w.name == "notifier"), None)
+        if notifier is None or notifier.due is not None:
+            self._notify_pending = False  # not running: its next start reads the file
+            return
+        proc = notifier.process.proc
+        if proc is None or proc.poll() is not None:
+            return  # exited a moment ago: the next step schedules its restart
+        if time.monotonic() - notifier.started < self.SIGHUP_GRACE:
+            return
+        proc.send_signal(signal.SIGHUP)
+        self._notify_pending = False
+        self.say(f"{self.notify_config} changed: the notifier reloads it (SIGHUP)")
+
+
+def _exit_status(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def write_tool_env(path: Path, values: Mapping[str, str]) -> None:
@@ -635,6 +875,7 @@ class Stack:
 
 
 def up(argv: list[str]) -> int:
+    """``make up``: check the files, start the stack, keep it running until Ctrl-C or SIGTERM."""
     parser = argparse.ArgumentParser(prog="devstack up", description="Run the whole stack until Ctrl-C")
     parser.add_argument("--state", default=str(REPO / ".signalfire"))
     parser.add_argument("--nats-port", type=int, default=int(os.environ.get("SF_UP_NATS_PORT", "4222")))
@@ -642,8 +883,20 @@ def up(argv: list[str]) -> int:
     parser.add_argument("--pg-port", type=int, default=int(os.environ.get("SF_UP_PG_PORT", "15432")))
     parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("SF_UP_METRICS_PORT", "9101")))
     parser.add_argument("--no-agent", action="store_true")
+    parser.add_argument(
+        "--rules",
+        action="append",
+        metavar="PATH[,PATH...]",
+        help="rule files, directories or globs (make up RULES=...; default: rules/default.yaml)",
+    )
+    parser.add_argument("--notify", metavar="PATH", help="notify config (make up NOTIFY=...)")
+    parser.add_argument("--agent-config", metavar="PATH", help="the agent's config (make up AGENT=...)")
     args = parser.parse_args(argv)
     state = Path(args.state)
+    rules = [repo_path(p.strip()) for given in args.rules or [] for p in given.split(",") if p.strip()]
+    rules = rules or [DEFAULT_RULES]
+    notify_config = repo_path(args.notify) if args.notify else DEFAULT_NOTIFY
+    agent_config = repo_path(args.agent_config) if args.agent_config else DEFAULT_AGENT
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -659,7 +912,11 @@ def up(argv: list[str]) -> int:
             args.gateway_port,
             args.pg_port,
             agent=not args.no_agent,
+            rules=rules,
+            notify_config=notify_config,
+            agent_config=agent_config,
             metrics_port=args.metrics_port,
+            supervise=True,
         ) as running:
             token_file = state / "admin-token"
             url = f"http://127.0.0.1:{args.gateway_port}/"
@@ -677,13 +934,13 @@ def up(argv: list[str]) -> int:
             )
             print(f"  admin token {token_file}")
             print(f"  tools       signalfire token/db commands in this repository use {state / 'env'}")
-            print(f"  logs        {running.logs}/")
-            print("Press Ctrl-C to stop.", flush=True)
+            print(f"  logs        {running.logs}/  (restarts: devstack.log)")
+            print(f"  rules       {', '.join(map(str, rules))}  (reloaded when changed)")
+            print(f"  notify      {notify_config}  (reloaded when changed)")
+            if not args.no_agent:
+                print(f"  agent       {agent_config}")
+            print("A process that exits is restarted. Press Ctrl-C to stop.", flush=True)
             while not stopping:
-                for service in running.dead():
-                    code = service.proc.returncode if service.proc else "?"
-                    print(f"{service.name} exited (code {code}); see {service.log_path}", file=sys.stderr)
-                    stopping = True
                 time.sleep(0.2)
             print("stopping…", flush=True)
     except DevStackError as exc:
@@ -695,6 +952,9 @@ def up(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] != "up":
-        print("usage: devstack.py up [--state DIR] [--nats-port N] [--gateway-port N] [--pg-port N]")
+        print(
+            "usage: devstack.py up [--state DIR] [--nats-port N] [--gateway-port N] [--pg-port N] "
+            "[--rules PATH[,PATH...]] [--notify PATH] [--agent-config PATH]"
+        )
         sys.exit(2)
     sys.exit(up(sys.argv[2:]))

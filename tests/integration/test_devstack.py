@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
 import asyncpg
+import pytest
+from devstack import REPO, Backoff, ServiceProcess, Stack, free_port, stack
 
 from signalfire.bus import NatsConfig, connect
 
@@ -26,3 +40,168 @@ async def test_postgres_has_timescaledb(postgres, database_url) -> None:
         await conn.close()
     assert version == "2.19.3"
     assert license_ == "apache"
+
+
+# `make up` with a person's own files, and a stack that keeps running -----------------------------
+
+OWN_RULES = """
+rules:
+  - name: MyOwnDiskRule
+    metric: disk.used_percent
+    condition: "> 99"
+    severity: low
+"""
+
+OWN_NOTIFY = """
+channels:
+  mine:
+    type: log
+routes:
+  - match: {severity: critical}
+    channels: [mine]
+"""
+
+
+def test_restart_delay_doubles_to_a_cap_and_starts_over_after_a_stable_run() -> None:
+    backoff = Backoff(first=1, cap=30, stable=60)
+    delays: list[float] = []
+    previous: float | None = None
+    for _ in range(7):  # crashing right after each start
+        previous = backoff.delay(previous, uptime=2)
+        delays.append(previous)
+    assert delays == [1, 2, 4, 8, 16, 30, 30]
+    assert backoff.delay(30, uptime=61) == 1  # it ran a minute: the next crash is news
+
+
+@pytest.fixture(scope="module")
+def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Path, Path]]:
+    """One supervised stack (as `make up` runs it) with a person's own rules and notify files."""
+    root = tmp_path_factory.mktemp("own-files")
+    rules, notify = root / "my-rules.yaml", root / "my-notify.yaml"
+    rules.write_text(OWN_RULES)
+    notify.write_text(OWN_NOTIFY)
+    state = root / "state"
+    try:
+        with stack(
+            state,
+            free_port(),
+            free_port(),
+            free_port(),
+            agent=False,
+            rules=[rules],
+            notify_config=notify,
+            durable=False,
+            supervise=True,
+        ) as running:
+            yield running, rules, notify
+    finally:
+        pg = state / "pg"
+        if pg.is_symlink():  # the postgres user's directory outside the test's tree
+            shutil.rmtree(pg.resolve(), ignore_errors=True)
+
+
+def _get(running: Stack, path: str) -> Any:
+    request = urllib.request.Request(
+        running.gateway_url + path,
+        headers={"Authorization": f"Bearer {running.token_file.read_text().strip()}"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.load(response)
+
+
+def _rule_names(running: Stack) -> set[str]:
+    try:
+        return {rule["name"] for rule in _get(running, "/api/v1/rules")["rules"]}
+    except (OSError, ValueError):
+        return set()  # the gateway or the evaluator not (yet, or again) answering
+
+
+def _eventually(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        time.sleep(0.2)
+
+
+def _service(running: Stack, name: str) -> ServiceProcess:
+    return next(s for s in running.services if s.name == name)
+
+
+def test_own_rules_file_is_the_one_running_and_watched(own_stack: tuple[Stack, Path, Path]) -> None:
+    running, rules, _ = own_stack
+    _eventually(lambda: _rule_names(running) == {"MyOwnDiskRule"}, "the own rule in /api/v1/rules")
+    rules.write_text(
+        OWN_RULES
+        + """
+  - name: MyOwnLoadRule
+    metric: load.1m
+    condition: "> 500"
+    severity: low
+"""
+    )
+    _eventually(
+        lambda: _rule_names(running) == {"MyOwnDiskRule", "MyOwnLoadRule"}, "the edited file reloaded"
+    )
+
+
+def test_editing_the_notify_config_makes_the_notifier_reload_it(own_stack: tuple[Stack, Path, Path]) -> None:
+    running, _, notify = own_stack
+    notifier = _service(running, "notifier")
+    pid = notifier.proc.pid if notifier.proc else None
+    notify.write_text(OWN_NOTIFY + "  - match: {severity: high}\n    channels: [mine]\n")
+    _eventually(lambda: "notifier config reloaded" in notifier.log_path.read_text(), "the notifier's reload")
+    devstack_log = (running.logs / "devstack.log").read_text()
+    assert f"{notify} changed: the notifier reloads it (SIGHUP)" in devstack_log
+    assert notifier.proc is not None and notifier.proc.pid == pid  # reloaded, not restarted
+
+
+def test_a_killed_service_is_restarted_and_answers_again(own_stack: tuple[Stack, Path, Path]) -> None:
+    running, _, _ = own_stack
+    gateway = _service(running, "gateway")
+    _eventually(lambda: bool(_rule_names(running)), "the gateway answering")
+    assert gateway.proc is not None
+    killed = gateway.proc.pid
+    os.kill(killed, signal.SIGKILL)
+    _eventually(lambda: gateway.proc is not None and gateway.proc.pid != killed, "a new gateway process")
+    _eventually(lambda: "MyOwnDiskRule" in _rule_names(running), "the restarted gateway answering")
+    assert _get(running, "/api/v1/hosts") is not None
+    log = (running.logs / "devstack.log").read_text()
+    assert "gateway exited (killed by SIGKILL)" in log and "restarting in 1 s" in log
+    assert "gateway restarted (restart 1)" in log
+    assert not running.dead()
+
+
+@pytest.mark.parametrize(
+    ("flag", "text", "says"),
+    [
+        (
+            "--rules",
+            "rules:\n- name: Broken\n  metric: cpu.usage_percent\n  severity: low\n  condition: '>>> 5'\n",
+            ":5: rules[0].condition",
+        ),
+        ("--notify", None, "cannot read config file"),
+    ],
+    ids=["invalid-rules", "missing-notify-config"],
+)
+def test_make_up_with_a_bad_file_stops_before_anything_starts_naming_it(
+    tmp_path: Path, flag: str, text: str | None, says: str
+) -> None:
+    given = tmp_path / "mine.yaml"
+    if text is not None:
+        given.write_text(text)
+    state = tmp_path / "state"
+    ports = [f"--{name}-port={free_port()}" for name in ("nats", "gateway", "pg", "metrics")]
+    options = ["--no-agent", flag, str(given)]
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(REPO / "deploy/dev/devstack.py"), "up", "--state", str(state), *ports, *options],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{given}" in result.stderr and says in result.stderr, result.stderr
+    assert "starting nats-server" not in result.stdout
+    assert not state.exists()  # nothing was started, not even a directory made
+    assert time.monotonic() - started < 15
