@@ -301,3 +301,29 @@ def test_a_tab_whose_token_is_revoked_goes_back_to_sign_in(browser: Any, running
     page.get_by_role("alert").filter(has_text="not accepted").wait_for(timeout=5000)
     assert page.locator("#token").is_visible()
     page.close()
+
+
+def test_a_sample_the_api_returned_and_the_stream_repeats_is_one_point(browser: Any, running: Stack) -> None:
+    """The database keeps microseconds, the stream the agent's own time (more digits): the
+    chart counts the two as one sample, in raw mode and in a bucket's mean. (Before, after a
+    gateway restart the host chart showed the outage's point twice.)"""
+    page = open_signed_in(browser, running, token(running))
+    counts = page.evaluate(
+        """async () => {
+          const { lineChart } = await import("/ui/src/charts.js");
+          const box = document.createElement("div");
+          document.body.append(box);
+          const sent = 1764650000.1234567;
+          const stored = Math.round(sent * 1e6) / 1e6;
+          const raw = lineChart(box, "raw", "cpu.usage_percent", [{ label: "a", points: [[stored, 22]] }]);
+          raw.push(0, sent, 22, 900);
+          const empty = [{ label: "a", points: [] }];
+          const buckets = lineChart(box, "buckets", "cpu.usage_percent", empty, { step: 10 });
+          buckets.push(0, stored, 10, 3600);
+          buckets.push(0, sent, 10, 3600);
+          buckets.push(0, stored + 1, 40, 3600);
+          return [raw.plot.data[0].length, buckets.plot.data[1].at(-1)];
+        }"""
+    )
+    assert counts == [1, 25]
+    page.close()

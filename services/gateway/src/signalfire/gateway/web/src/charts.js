@@ -133,6 +133,9 @@ export function lineChart(container, title, metric, series, { height = 200, step
      * than the two being folded (late data: a reload shows it).
      */
     push(i, t, v, windowSeconds) {
+      // The database keeps microseconds; the stream sends the agent's time as it was. Rounded
+      // the same way, a sample the REST API returned and the stream repeats is one point.
+      t = Math.round(t * 1e6) / 1e6;
       if (!step) {
         put(i, t, v);
       } else {
