@@ -96,8 +96,9 @@ def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack,
             yield running, rules, notify
     finally:
         pg = state / "pg"
-        if pg.is_symlink():  # the postgres user's directory outside the test's tree
+        if pg.is_symlink():  # the postgres user's directory outside the test's tree, and its log
             shutil.rmtree(pg.resolve(), ignore_errors=True)
+            pg.resolve().with_suffix(".log").unlink(missing_ok=True)
 
 
 def _get(running: Stack, path: str) -> Any:
@@ -114,6 +115,14 @@ def _rule_names(running: Stack) -> set[str]:
         return {rule["name"] for rule in _get(running, "/api/v1/rules")["rules"]}
     except (OSError, ValueError):
         return set()  # the gateway or the evaluator not (yet, or again) answering
+
+
+def _answers(running: Stack, path: str) -> bool:
+    try:
+        _get(running, path)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _eventually(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
@@ -168,6 +177,23 @@ def test_a_killed_service_is_restarted_and_answers_again(own_stack: tuple[Stack,
     log = (running.logs / "devstack.log").read_text()
     assert "gateway exited (killed by SIGKILL)" in log and "restarting in 1 s" in log
     assert "gateway restarted (restart 1)" in log
+    assert not running.dead()
+
+
+@pytest.mark.parametrize("name", ["nats-server", "postgres"])
+def test_a_killed_server_is_restarted_and_the_services_carry_on(
+    own_stack: tuple[Stack, Path, Path], name: str
+) -> None:
+    running, _, _ = own_stack
+    server = running.nats if name == "nats-server" else running.postgres
+    assert server.proc is not None
+    killed = server.proc.pid
+    os.kill(killed, signal.SIGKILL)
+    _eventually(lambda: server.proc is not None and server.proc.pid != killed, f"a new {name}")
+    # The rules come from the evaluator over NATS, the hosts from the database.
+    _eventually(lambda: "MyOwnDiskRule" in _rule_names(running), f"the API after {name} restarted")
+    _eventually(lambda: _answers(running, "/api/v1/hosts"), f"the database after {name} restarted")
+    assert f"{name} restarted (restart 1)" in (running.logs / "devstack.log").read_text()
     assert not running.dead()
 
 
