@@ -63,7 +63,8 @@ export function formatValue(v, metric = "") {
     return `${(Math.sign(v) * x).toFixed(x < 10 ? 1 : 0)} ${units[i]}${metric.endsWith("per_second") ? "/s" : ""}`;
   }
   if (metric.endsWith("percent")) return `${v.toFixed(1)} %`;
-  if (metric === "events") return String(Math.round(v));
+  // Counts: whole numbers only (an axis tick at 0.5 events would read as "1").
+  if (metric === "events") return Number.isInteger(v) ? String(v) : "";
   return Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(2);
 }
 

@@ -100,7 +100,7 @@ async function alertDetail(main, id) {
         h("li", {}, h("strong", {}, d.channel), " ", d.status, ` · ${d.transition || "firing"} · attempt ${d.attempt} · `, formatTime(d.time),
           d.error || d.reason ? h("p", { class: "delivery-error" }, d.error || d.reason) : null)))
         : h("p", { class: "muted" }, "None yet."))),
-    session.canAct() ? h("section", { class: "panel" },
+    session.canAct() ? h("section", { class: "panel act" },
       h("h2", {}, "Act"),
       actionButtons(a, () => alertDetail(main, id)),
       h("label", { for: "note" }, "Note"), note,

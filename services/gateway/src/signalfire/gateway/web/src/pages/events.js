@@ -24,7 +24,7 @@ export async function eventsPage(main) {
   const typeSelect = h("select", { id: "events-type", name: "type" });
   const rangeSelect = h("select", { id: "events-range", name: "range" }, RANGES.map(([name]) => h("option", { value: name, selected: name === state.range }, name)));
   const totals = h("div", { class: "counts", id: "event-totals", "aria-label": "Events by type" });
-  const chartBox = h("div", { class: "charts", id: "event-chart" });
+  const chartBox = h("div", { class: "wide-chart", id: "event-chart" });
   const rows = h("tbody", { id: "event-rows" });
   const more = h("div", { class: "actions" });
   let chart = null;

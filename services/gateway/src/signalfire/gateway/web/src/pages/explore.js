@@ -46,7 +46,7 @@ export async function explorePage(main) {
   const labelHint = h("span", { class: "muted", id: "explore-label-names" });
   const aggSelect = h("select", { id: "explore-agg", name: "agg" }, AGGREGATES.map((a) => h("option", { value: a, selected: a === state.agg }, a)));
   const rangeSelect = h("select", { id: "explore-range", name: "range" }, RANGES.map(([name]) => h("option", { value: name, selected: name === state.range }, name)));
-  const chartBox = h("div", { class: "charts", id: "explore-chart" });
+  const chartBox = h("div", { class: "wide-chart", id: "explore-chart" });
   const tableBox = h("div", { id: "explore-table" });
   const exportBox = h("div", { class: "actions", id: "explore-export" });
   let chart = null;
