@@ -615,18 +615,27 @@ def check_files(rules: Sequence[Path], notify_config: Path, agent_config: Path |
     agent's), so a file passing here is not refused a moment later by a service.
     """
     try:
-        load_rules(str(path) for path in rules)
+        load_rules(_shown(path) for path in rules)
     except ConfigError as exc:
-        raise DevStackError(f"rules not valid ({', '.join(map(str, rules))}):\n{exc}") from None
+        raise DevStackError(f"rules not valid:\n{exc}") from None
     try:
-        load_notify_config(notify_config)
+        load_notify_config(_shown(notify_config))
     except ConfigError as exc:
-        raise DevStackError(f"notify config not valid ({notify_config}):\n{exc}") from None
+        raise DevStackError(f"notify config not valid:\n{exc}") from None
     if agent_config is not None:
         try:
-            load_config(AgentConfig, agent_config)
+            load_config(AgentConfig, _shown(agent_config))
         except ConfigError as exc:
-            raise DevStackError(f"agent config not valid ({agent_config}):\n{exc}") from None
+            raise DevStackError(f"agent config not valid:\n{exc}") from None
+
+
+def _shown(path: Path) -> str:
+    """``path`` as a message shows it: relative to the working directory when inside it (the
+    repository, under ``make``), so it reads as the person typed it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 class Supervisable(Protocol):
