@@ -299,7 +299,7 @@ async def test_kill_9_mid_delivery_loses_nothing_and_never_resolves_unannounced(
     numbers["sending_left"] = sum(m.state == "sending" for m in marks)
     numbers["seconds"] = round(time.monotonic() - started, 1)
     print(
-        f"FAULT notifier_kill[replicas={replicas}]: " + " ".join(f"{k}={v}" for k, v in numbers.items()),
+        f"FAULT notifier-kill-9: replicas={replicas} " + " ".join(f"{k}={v}" for k, v in numbers.items()),
         flush=True,
     )
 
