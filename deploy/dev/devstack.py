@@ -697,7 +697,8 @@ class Supervisor:
         interval: float = 0.2,
     ) -> None:
         now = time.monotonic()
-        # Servers first: services started while NATS is down only wait for it.
+        # Servers first: a server's start returns once it is ready, so in a pass that restarts
+        # NATS or PostgreSQL they are back before any service that needs them is started.
         self.watched = [
             _Watched("nats-server", running.nats, now),
             _Watched("postgres", running.postgres, now),
@@ -725,7 +726,10 @@ class Supervisor:
 
     def _run(self) -> None:
         while not self._stopping.wait(self.interval):
-            self.step()
+            try:
+                self.step()
+            except Exception as exc:  # a dead supervisor thread would restart nothing, silently
+                self.say(f"supervision failed this round ({type(exc).__name__}: {exc}); trying again")
 
     def say(self, message: str) -> None:
         """Print ``message`` with the time and append it to ``devstack.log``."""
