@@ -6,6 +6,7 @@ import random
 import time
 
 import asyncpg
+import msgspec
 import pytest
 
 from signalfire.config import Duration
@@ -102,6 +103,106 @@ async def test_percentiles_from_rollups_are_within_two_percent(pool: asyncpg.Poo
     for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
         estimate = rollup.quantile(merged, q)
         assert estimate == pytest.approx(raw[name], rel=0.03), name
+
+
+async def rollup_percentile(
+    pool: asyncpg.Pool, table: str, series: int, span: tuple[float, float], q: float
+) -> float:
+    """What ``GET /api/v1/query?agg=pXX`` answers from a rollup for one step ``[start, end)``."""
+    from signalfire.gateway import rollup
+
+    texts = await pool.fetchval(
+        f"SELECT array_agg(hist::text) FROM {table} "
+        "WHERE series_id = $1 AND bucket >= to_timestamp($2) AND bucket < to_timestamp($3)",
+        series,
+        *span,
+    )
+    hist: rollup.Hist = {}
+    for text in texts:
+        rollup.merge(hist, msgspec.json.decode(text), limit=None)
+    value = rollup.quantile(hist, q)
+    assert value is not None
+    return value
+
+
+async def raw_percentile(pool: asyncpg.Pool, series: int, start: float, end: float, q: float) -> float:
+    value: float = await pool.fetchval(
+        "SELECT percentile_disc($4::float8) WITHIN GROUP (ORDER BY value) FROM samples "
+        "WHERE series_id = $1 AND time >= to_timestamp($2) AND time < to_timestamp($3)",
+        series,
+        start,
+        end,
+        q,
+    )
+    return value
+
+
+async def test_rollup_percentiles_are_the_raw_ones_for_few_samples_and_within_the_bound_beyond(
+    pool: asyncpg.Pool,
+) -> None:
+    from signalfire.gateway.rollup import EXACT_MAX, RELATIVE_ERROR
+
+    store = Store(pool)
+    start = 1_763_700_000.0 - 1_763_700_000.0 % 3600
+    rng = random.Random(7)
+
+    def sample(host: str, when: float, value: float) -> MetricBatch:
+        return MetricBatch(host=host, time=when, samples=[Sample(name="latency_ms", value=value)])
+
+    # few: the reported case, three samples in one minute (each its own round: merged in SQL);
+    # some: 20 a minute for 10 minutes; many: 200 in one minute, in several rounds.
+    few = [sample("few", start + t, v) for t, v in ((5.0, 201.5), (25.0, 276.97), (45.0, 238.74))]
+    some = [sample("some", start + i * 3.0, rng.lognormvariate(5, 1)) for i in range(200)]
+    many = [sample("many", start + i * 0.25, rng.uniform(-50, 500)) for i in range(200)]
+    rounds = (
+        [[b] for b in few]
+        + [some[i : i + 7] for i in range(0, 200, 7)]
+        + [many[i : i + 60] for i in range(0, 200, 60)]
+    )
+    for batch in rounds:
+        await store.write_metrics(batch)
+
+    ids = {
+        r["host"]: r["id"] for r in await pool.fetch("SELECT host, id FROM series WHERE name = 'latency_ms'")
+    }
+    assert await raw_percentile(pool, ids["few"], start, start + 60, 0.95) == 276.97
+    for host, per_minute in (("few", 3), ("some", 20), ("many", 200)):
+        for table, width in (("samples_1m", 60.0), ("samples_1h", 3600.0)):
+            for step in (60.0, 600.0):  # one row, and a query step spanning ten
+                for q in (0.5, 0.95, 0.99):
+                    exact = await raw_percentile(pool, ids[host], start, start + max(step, width), q)
+                    got = await rollup_percentile(
+                        pool, table, ids[host], (start, start + max(step, width)), q
+                    )
+                    # every row read kept its values: 1-minute rows of up to EXACT_MAX samples,
+                    # and the one hour of "few"
+                    if per_minute <= EXACT_MAX and (width == 60.0 or host == "few"):
+                        assert got == exact, (host, table, step, q)
+                    else:
+                        assert abs(got - exact) <= RELATIVE_ERROR * abs(exact) * (1 + 1e-9), (host, table, q)
+
+
+async def test_rollup_rows_written_before_values_were_kept_still_merge_and_read(pool: asyncpg.Pool) -> None:
+    from signalfire.gateway import rollup
+
+    store = Store(pool)
+    start = 1_763_700_000.0 - 1_763_700_000.0 % 3600
+    await store.write_metrics([MetricBatch(host="old", time=start, samples=[Sample(name="x", value=100.0)])])
+    series = await pool.fetchval("SELECT id FROM series WHERE host = 'old'")
+    # As the row was stored before migration 0006: counts only.
+    await pool.execute(
+        "UPDATE samples_1m SET hist = $2::jsonb WHERE series_id = $1",
+        series,
+        msgspec.json.encode({rollup.hist_key(100.0): 1}).decode(),
+    )
+    await store.write_metrics(
+        [MetricBatch(host="old", time=start + 10, samples=[Sample(name="x", value=200.0)])]
+    )
+    hist = msgspec.json.decode(
+        await pool.fetchval("SELECT hist::text FROM samples_1m WHERE series_id = $1", series)
+    )
+    assert "v" not in hist and sum(hist.values()) == 2
+    assert rollup.quantile(hist, 1.0) == pytest.approx(200.0, rel=rollup.RELATIVE_ERROR)
 
 
 async def test_retention_drops_only_what_is_older_than_configured(pool: asyncpg.Pool) -> None:

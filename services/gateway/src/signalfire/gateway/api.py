@@ -574,9 +574,10 @@ class Api:
         for row in rows:
             value = row["v"]
             if source != "raw" and percentile is not None:
-                hist: dict[str, int] = {}
+                hist: rollup.Hist = {}
                 for text in value:
-                    rollup.merge(hist, msgspec.json.decode(text))
+                    # not stored again: the values may stay known however many they are
+                    rollup.merge(hist, msgspec.json.decode(text), limit=None)
                 value = rollup.quantile(hist, percentile)
             points.setdefault(row["series_id"], []).append((row["t"], value))
         return points

@@ -250,9 +250,14 @@ WITH raw AS MATERIALIZED (
     SELECT x.series_id, floor(extract(epoch FROM x.time) / 60) * 60 AS b, x.time, x.value
     FROM samples x JOIN series s ON s.id = x.series_id
     WHERE s.host = $1 AND x.time >= to_timestamp($2) AND x.time < to_timestamp($3)
-), hists AS (
+), hists AS (  -- as rollup.merge_rows: the values in a row of at most rollup.EXACT_MAX
+    SELECT series_id, b, jsonb_build_object('v', jsonb_agg(to_jsonb(value) ORDER BY time)) AS hist
+    FROM raw GROUP BY 1, 2 HAVING count(*) <= 32
+    UNION ALL  -- else counts per bucket key
     SELECT series_id, b, jsonb_object_agg(k, n) AS hist
-    FROM (SELECT series_id, b, sf_hist_key(value) AS k, count(*) AS n FROM raw GROUP BY 1, 2, 3) AS t
+    FROM (SELECT series_id, b, sf_hist_key(value) AS k, count(*) AS n, sum(count(*)) OVER w AS total
+          FROM raw GROUP BY 1, 2, 3 WINDOW w AS (PARTITION BY series_id, b)) AS t
+    WHERE total > 32
     GROUP BY 1, 2
 ), cells AS (
     SELECT series_id, b, count(*) AS c, sum(value) AS su, min(value) AS mi, max(value) AS ma,
@@ -268,14 +273,24 @@ ON CONFLICT (series_id, bucket) DO NOTHING
 
 _HOURS_FROM_MINUTES = """
 WITH m AS MATERIALIZED (
-    SELECT r.series_id, floor(extract(epoch FROM r.bucket) / 3600) * 3600 AS b,
+    SELECT r.series_id, floor(extract(epoch FROM r.bucket) / 3600) * 3600 AS b, r.bucket,
            r.count, r.sum, r.min, r.max, r.last, r.last_time, r.hist
     FROM samples_1m r JOIN series s ON s.id = r.series_id
     WHERE s.host = $1 AND r.bucket >= to_timestamp($2) AND r.bucket < to_timestamp($3)
+), exact AS (  -- the hours whose minutes all kept their values, at most rollup.EXACT_MAX
+    SELECT series_id, b FROM m GROUP BY 1, 2
+    HAVING bool_and(hist ? 'v' OR hist = '{}'::jsonb) AND sum(count) <= 32
 ), hists AS (
+    SELECT series_id, b, jsonb_build_object('v', jsonb_agg(x.x ORDER BY m.bucket, x.i)) AS hist
+    FROM exact JOIN m USING (series_id, b)
+    CROSS JOIN LATERAL jsonb_array_elements(coalesce(m.hist -> 'v', '[]'::jsonb)) WITH ORDINALITY AS x(x, i)
+    GROUP BY 1, 2
+    UNION ALL  -- else the minutes' counts (made from their values where they kept them) add up
     SELECT series_id, b, jsonb_object_agg(k, n) AS hist
     FROM (SELECT m.series_id, m.b, e.k, sum(e.n::bigint) AS n
-          FROM m, jsonb_each_text(m.hist) AS e(k, n) GROUP BY 1, 2, 3) AS t
+          FROM m LEFT JOIN exact USING (series_id, b), jsonb_each_text(sf_hist_counts(m.hist)) AS e(k, n)
+          WHERE exact.series_id IS NULL
+          GROUP BY 1, 2, 3) AS t
     GROUP BY 1, 2
 ), cells AS (
     SELECT series_id, b, sum(count)::bigint AS c, sum(sum) AS su, min(min) AS mi, max(max) AS ma,

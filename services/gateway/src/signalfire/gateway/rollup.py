@@ -1,27 +1,44 @@
 """1-minute and 1-hour rollups of samples, aggregated in memory and merged with upserts.
 
 A rollup row holds, per series and bucket, the count, sum, min, max, the newest value and a
-histogram for percentiles. The histogram maps a key per value to a count: ``"z"`` for values
-within 1e-9 of zero, ``"p<i>"``/``"n<i>"`` for positive/negative values with
-``i = ceil(log(|v|) / log(GAMMA))``. Bucket bounds are 2 % apart, so a percentile read back
-(:func:`quantile`) is within 1 % of a value that fell in the right bucket. Histograms add up,
-which is what lets late data and several gateways merge into the same row.
+histogram for percentiles. While the row holds at most :data:`EXACT_MAX` samples, the
+histogram is the values themselves, ``{"v": [...]}`` (in no particular order). Beyond that it
+maps a key per value to a count: ``"z"`` for values within 1e-9 of zero, ``"p<i>"``/``"n<i>"``
+for positive/negative values with ``i = ceil(log(|v|) / log(GAMMA))`` (log-spaced buckets, as
+DDSketch's). Histograms merge (value lists join while the total stays within ``EXACT_MAX``,
+else both sides become counts, which add up), which is what lets late data and several
+gateways merge into the same row; PostgreSQL's ``sf_hist_merge`` (migration 0006) does the same.
+
+A percentile read back (:func:`quantile`) uses the raw query's definition, ``percentile_disc``
+(the value at rank ``ceil(q * n)``): exact from values; from counts, the representative of the
+bucket holding that rank, which is within :data:`RELATIVE_ERROR` (0.99 %) of every value in the
+bucket, so of the exact answer too (within 1e-9 absolute for values that close to zero).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
+from typing import Any
 
 import msgspec
 
 GAMMA = 1.02
 _LOG_GAMMA = math.log(GAMMA)
 _ZERO = 1e-9
+#: The largest relative error of a percentile read from the buckets: a bucket's representative
+#: (:func:`_key_value`) against any value of the bucket.
+RELATIVE_ERROR = (GAMMA - 1) / (GAMMA + 1)
+#: Rows with at most this many samples keep the values, so their percentiles are exact. At the
+#: usual 10 s interval a 1-minute row holds 6. ``sf_hist_merge`` (migration 0006) and the
+#: repair queries (:mod:`.maintenance`) use the same number.
+EXACT_MAX = 32
+
+#: A histogram: ``{"v": [values]}``, or counts by bucket key.
+Hist = dict[str, Any]
 
 #: Rollup tables by bucket width in seconds.
 TABLES = {60: "samples_1m", 3600: "samples_1h"}
@@ -51,24 +68,66 @@ def _key_value(key: str) -> float:
     return magnitude if key[0] == "p" else -magnitude
 
 
-def quantile(hist: Mapping[str, int], q: float) -> float | None:
-    """The ``q`` quantile (0 to 1) of a histogram; ``None`` when it is empty."""
+def exact_values(hist: Mapping[str, Any]) -> list[float] | None:
+    """The values of a histogram that kept them (an empty one has none to keep); ``None``
+    when only bucket counts are known."""
+    values = hist.get("v")
+    if values is not None:
+        return list(values)
+    return None if hist else []
+
+
+def counts(hist: Mapping[str, Any]) -> dict[str, int]:
+    """The bucket counts of a histogram (made from its values if it kept them)."""
+    values = hist.get("v")
+    if values is None:
+        return dict(hist)
+    made: dict[str, int] = {}
+    for key in map(_cached_hist_key, values):
+        made[key] = made.get(key, 0) + 1
+    return made
+
+
+def quantile(hist: Mapping[str, Any], q: float) -> float | None:
+    """The ``q`` quantile (0 to 1) of a histogram, as ``percentile_disc(q)`` of its samples:
+    exact while it keeps the values, else within :data:`RELATIVE_ERROR` of it (see the module
+    docstring); ``None`` when it is empty."""
+    values = hist.get("v")
+    if values is not None:
+        if not values:
+            return None
+        ordered_values = sorted(values)
+        return float(ordered_values[max(1, math.ceil(q * len(ordered_values))) - 1])
     total = sum(hist.values())
     if total <= 0:
         return None
-    ordered = sorted(((_key_value(k), n) for k, n in hist.items()), key=lambda kv: kv[0])
-    rank = q * (total - 1)
+    rank = max(1, math.ceil(q * total))  # 1-based, as PostgreSQL's percentile_disc
+    ordered = sorted((_key_value(k), n) for k, n in hist.items())
     seen = 0
     for value, n in ordered:
         seen += n
-        if seen > rank:
+        if seen >= rank:
             return value
     return ordered[-1][0]
 
 
-def merge(into: dict[str, int], other: Mapping[str, int]) -> dict[str, int]:
-    for key, n in other.items():
-        into[key] = into.get(key, 0) + n
+def merge(into: Hist, other: Mapping[str, Any], limit: int | None = EXACT_MAX) -> Hist:
+    """Add histogram ``other`` to ``into`` (in place; also returned). The values stay known
+    while both sides know theirs and together they are at most ``limit`` (``None``: any
+    number, for a query's merge of stored rows, which is not stored again); otherwise the
+    result is bucket counts."""
+    mine, theirs = into.get("v", None if into else ()), other.get("v", None if other else ())
+    if mine is not None and theirs is not None and (limit is None or len(mine) + len(theirs) <= limit):
+        if theirs:
+            into["v"] = [*mine, *theirs]
+        return into
+    if mine is not None:  # `into` held values: counts from now on
+        made = counts(into)
+        into.clear()
+        into.update(made)
+    get = into.get
+    for key, n in (counts(other) if theirs is not None else other).items():
+        into[key] = get(key, 0) + n
     return into
 
 
@@ -82,7 +141,7 @@ class Cell:
     max: float = -math.inf
     last: float = 0.0
     last_time: float = -math.inf
-    hist: dict[str, int] = field(default_factory=dict)
+    hist: Hist = field(default_factory=dict)
 
     def add(self, when: float, value: float) -> None:
         self.count += 1
@@ -92,8 +151,18 @@ class Cell:
         if when >= self.last_time:
             self.last_time = when
             self.last = value
+        hist = self.hist
+        exact = hist.get("v") if hist else []
+        if exact is not None and len(exact) < EXACT_MAX:
+            exact.append(value)
+            hist["v"] = exact
+            return
+        if exact is not None:  # one value too many: counts from now on
+            made = counts(hist)
+            hist.clear()
+            hist.update(made)
         key = hist_key(value)
-        self.hist[key] = self.hist.get(key, 0) + 1
+        hist[key] = hist.get(key, 0) + 1
 
     def merge(self, other: Cell) -> None:
         """Add ``other`` (a cell of the same series, in a bucket inside this one's)."""
@@ -161,17 +230,19 @@ def aggregate_batches(batches: Sequence[StoredBatch], width: int) -> dict[tuple[
             max=max(group),
             last=last,
             last_time=last_time,
-            hist=dict(Counter(map(_cached_hist_key, group))),
+            hist=_histogram(group),
         )
     return cells
 
 
 #: One rollup row: series id, bucket start, count, sum, min, max, last, last time, histogram.
-Row = tuple[int, float, int, float, float, float, float, float, dict[str, int]]
+Row = tuple[int, float, int, float, float, float, float, float, Hist]
 
 
-def _histogram(group: list[float]) -> dict[str, int]:
-    hist: dict[str, int] = {}
+def _histogram(group: list[float]) -> Hist:
+    if len(group) <= EXACT_MAX:
+        return {"v": group}
+    hist: Hist = {}
     for key in map(_cached_hist_key, group):
         hist[key] = hist.get(key, 0) + 1
     return hist
@@ -264,9 +335,10 @@ def coarsen(cells: Mapping[tuple[int, float], Cell], width: int) -> dict[tuple[i
         key = (series_id, bucket - bucket % width)
         into = wide.get(key)
         if into is None:
-            wide[key] = Cell(
-                cell.count, cell.sum, cell.min, cell.max, cell.last, cell.last_time, dict(cell.hist)
-            )
+            hist = dict(cell.hist)
+            if "v" in hist:
+                hist["v"] = list(hist["v"])  # `add` extends the list in place
+            wide[key] = Cell(cell.count, cell.sum, cell.min, cell.max, cell.last, cell.last_time, hist)
         else:
             into.merge(cell)
     return wide

@@ -1,0 +1,115 @@
+"""Percentiles read from rollups against the exact percentiles of the raw samples, with the
+raw query's definition (PostgreSQL's ``percentile_disc``: the value at rank ``ceil(q * n)``):
+exact while a row keeps its values, within ``RELATIVE_ERROR`` for any number of samples."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from signalfire.gateway import rollup
+from signalfire.gateway.rollup import (
+    EXACT_MAX,
+    RELATIVE_ERROR,
+    Cell,
+    StoredBatch,
+    merge,
+    merge_rows,
+    quantile,
+)
+
+QUANTILES = (0.0, 0.25, 0.5, 0.9, 0.95, 0.99, 1.0)
+MINUTE = 1_763_700_000.0 - 1_763_700_000.0 % 3600
+
+
+def percentile_disc(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
+
+
+def close_enough(estimate: float, exact: float) -> bool:
+    # the bound, plus float rounding at a bucket's edge and the zero bucket's 1e-9
+    return abs(estimate - exact) <= RELATIVE_ERROR * (1 + 1e-9) * abs(exact) + 1e-9
+
+
+magnitudes = st.one_of(
+    st.floats(-1e12, 1e12, allow_nan=False, allow_infinity=False),
+    st.floats(-1e-6, 1e-6, allow_nan=False),
+    st.sampled_from([0.0, 1.0, 100.0, -2.0, 1.02, 1e6, 42.5]),
+)
+
+
+def stored_minute(values: list[float], flushes: list[int]) -> rollup.Hist:
+    """The 1-minute row's histogram as ingest builds it: the samples in batches, the batches
+    in rounds (each ``merge_rows``), the rounds merged into the row as the upsert merges."""
+    row: rollup.Hist = {}
+    cuts = sorted({min(len(values), c) for c in flushes} | {0, len(values)})
+    for lo, hi in itertools.pairwise(cuts):
+        batches = [
+            StoredBatch(time=MINUTE + i % 60, ids=[1], values=[v]) for i, v in enumerate(values[lo:hi], lo)
+        ]
+        [hist] = merge_rows(batches)["samples_1m"][8]
+        assert isinstance(hist, str)
+        merge(row, msgspec.json.decode(hist))  # as sf_hist_merge merges it into the stored row
+    return row
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(magnitudes, min_size=1, max_size=400), flushes=st.lists(st.integers(0, 400), max_size=6)
+)
+def test_rollup_percentiles_match_the_raw_samples(values: list[float], flushes: list[int]) -> None:
+    hist = stored_minute(values, flushes)
+    for q in QUANTILES:
+        estimate, exact = quantile(hist, q), percentile_disc(values, q)
+        assert estimate is not None
+        if len(values) <= EXACT_MAX:
+            assert estimate == exact, (q, values)
+        else:
+            assert close_enough(estimate, exact), (q, estimate, exact)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.lists(magnitudes, min_size=1, max_size=40), min_size=1, max_size=30))
+def test_a_query_over_many_rows_is_exact_while_every_row_kept_its_values(rows: list[list[float]]) -> None:
+    merged: rollup.Hist = {}
+    cells = []
+    for values in rows:
+        cell = Cell()
+        for i, value in enumerate(values):
+            cell.add(MINUTE + i, value)
+        cells.append(cell)
+        merge(merged, cell.hist, limit=None)  # as the query merges stored rows
+    everything = [v for values in rows for v in values]
+    for q in QUANTILES:
+        estimate, exact = quantile(merged, q), percentile_disc(everything, q)
+        assert estimate is not None
+        if all(len(values) <= EXACT_MAX for values in rows):
+            assert estimate == exact
+        else:
+            assert close_enough(estimate, exact)
+    # The hourly row built from them keeps the values only while they are few enough.
+    [hour] = rollup.coarsen({(1, MINUTE + 60 * i): c for i, c in enumerate(cells)}, 3600).values()
+    assert ("v" in hour.hist) == (all(len(v) <= EXACT_MAX for v in rows) and len(everything) <= EXACT_MAX)
+
+
+def test_three_samples_in_a_minute_give_the_raw_p95() -> None:
+    # The reported case: raw agg=p95 gave the largest of three, the rollup the middle one.
+    values = [201.5, 238.74, 276.97]
+    hist = stored_minute(values, [1, 2])
+    assert quantile(hist, 0.95) == percentile_disc(values, 0.95) == 276.97
+    assert quantile(hist, 0.5) == 238.74
+
+
+def test_rows_without_values_still_read_from_their_buckets() -> None:
+    # A row written before the values were kept: counts only.
+    old = {"p267": 1, "p276": 1, "p284": 1}
+    assert quantile(old, 0.95) == pytest.approx(276.97, rel=RELATIVE_ERROR)
+    merged = merge(dict(old), {"p267": 1, "v": [201.5]})
+    assert "v" not in merged and sum(merged.values()) == 4
+    assert quantile({}, 0.5) is None
