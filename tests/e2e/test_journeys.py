@@ -378,3 +378,79 @@ def test_the_events_page_lists_and_counts_events_by_type(browser: Any, running: 
     assert "type=deploy" in page.evaluate("location.hash")
     assert not error_banner(page).is_visible()
     page.close()
+
+
+def test_the_filters_sorts_ranges_and_theme(browser: Any, running: Stack) -> None:
+    firing_alert(running, "ui-filter-b")
+    publish(running, "ui-filter-a", [("cpu.usage_percent", 5.0)])
+    page = open_signed_in(browser, running, token(running))
+    theme = page.evaluate("document.documentElement.dataset.theme || ''")
+    page.get_by_role("button", name="Switch colour theme").click()
+    assert page.evaluate("document.documentElement.dataset.theme") in {"light", "dark"} - {theme}
+    # Overview: a glob filter and a sort by name.
+    page.fill("#host-filter", "ui-filter-*")
+    page.select_option("#host-sort", "name")
+    wait_until(
+        lambda: page.locator("#hosts a.tile h3").all_inner_texts() == ["ui-filter-a", "ui-filter-b"],
+        10,
+        "the filtered, sorted tiles",
+        running,
+    )
+    # Alerts: by host, then by status.
+    page.evaluate("location.hash = '#/alerts'")
+    page.locator("#alert-rows tr").first.wait_for(timeout=10_000)
+    page.fill("input[name=host]", "ui-filter-b")
+    page.press("input[name=host]", "Enter")
+
+    def only_that_host() -> bool:
+        rows = page.locator("#alert-rows tr").all_inner_texts()
+        return bool(rows) and all("ui-filter-b" in row for row in rows)
+
+    wait_until(only_that_host, 10, "the alerts of one host", running)
+    page.select_option("select[name=status]", "resolved")
+    page.locator("#alert-rows").get_by_text("No alerts match.").wait_for(timeout=10_000)
+    # Host: a custom range (from/to) is a fixed range; no range button is pressed.
+    page.evaluate("location.hash = '#/hosts/ui-filter-a'")
+    page.locator("figure[aria-label='CPU total']").wait_for(timeout=10_000)
+    page.evaluate(
+        """() => {
+          const local = (d) =>
+            new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+          document.getElementById("from").value = local(new Date(Date.now() - 3600 * 1000));
+          document.getElementById("to").value = local(new Date(Date.now() + 60 * 1000));
+        }"""
+    )
+    page.get_by_role("button", name="apply").click()
+    page.locator("button[data-range][aria-pressed=true]").wait_for(state="detached", timeout=10_000)
+    page.locator("figure[aria-label='CPU total'] .latest").get_by_text("5.0 %").wait_for(timeout=10_000)
+    assert not error_banner(page).is_visible()
+    page.close()
+
+
+def test_the_events_page_pages_on_and_the_explorer_exports_json(
+    browser: Any, running: Stack, tmp_path: Path
+) -> None:
+    host = "ui-events-many"
+    publish_events(running, host, [{"type": "login", "message": f"user {i}"} for i in range(105)])
+    wait_until(
+        lambda: len(get(running, "/events", host=host, limit=200)["events"]) == 105, 15, "events", running
+    )
+    page = open_signed_in(browser, running, token(running), f"#/events?host={host}")
+    page.locator("#event-totals [data-type=login]").get_by_text("login: 105").wait_for(timeout=10_000)
+    assert page.locator("#event-rows tr").count() == 100
+    page.get_by_role("button", name="Show older").click()
+    wait_until(lambda: page.locator("#event-rows tr").count() == 105, 10, "the older events", running)
+    assert page.get_by_role("button", name="Show older").count() == 0
+
+    publish(running, host, [("app.queue_depth", 7.0)])
+    wait_until(lambda: get(running, "/series", host=host)["series"], 15, "the series", running)
+    page.evaluate(f"location.hash = {'#/explore?host=' + host + '&metric=app.queue_depth'!r}")
+    page.locator("#explore-chart figure .latest").get_by_text("7.00").wait_for(timeout=10_000)
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Export JSON").click()
+    saved = tmp_path / "export.json"
+    info.value.save_as(saved)
+    assert [(r["host"], r["metric"], r["value"]) for r in json.loads(saved.read_text())] == [
+        (host, "app.queue_depth", 7.0)
+    ]
+    page.close()
