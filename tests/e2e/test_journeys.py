@@ -326,6 +326,8 @@ def test_the_explorer_charts_a_custom_metric_by_label_and_exports_it(
     page.locator("#explore-metric option[value='app.checkout_ms']").wait_for(state="attached", timeout=10_000)
     page.select_option("#explore-metric", "app.checkout_ms")
     page.locator("#explore-label-names").get_by_text("shop").wait_for(timeout=10_000)
+    # The label pairs are offered as the filter is typed.
+    page.locator("#explore-label-options option[value='shop=us']").wait_for(state="attached", timeout=10_000)
     page.fill("#explore-labels", "shop=us")
     page.select_option("#explore-agg", "max")
     page.get_by_role("button", name="Show", exact=True).click()

@@ -42,7 +42,9 @@ export async function explorePage(main) {
   };
   const hostSelect = h("select", { id: "explore-host", name: "host" });
   const metricSelect = h("select", { id: "explore-metric", name: "metric" });
-  const labelsInput = h("input", { id: "explore-labels", name: "labels", value: state.labels, placeholder: "mount=/, env=dev" });
+  const labelsInput = h("input", { id: "explore-labels", name: "labels", value: state.labels, placeholder: "mount=/, env=dev", list: "explore-label-options" });
+  // The label pairs the chosen metric's series carry, offered as the filter is typed.
+  const labelOptions = h("datalist", { id: "explore-label-options" });
   const labelHint = h("span", { class: "muted", id: "explore-label-names" });
   const aggSelect = h("select", { id: "explore-agg", name: "agg" }, AGGREGATES.map((a) => h("option", { value: a, selected: a === state.agg }, a)));
   const rangeSelect = h("select", { id: "explore-range", name: "range" }, RANGES.map(([name]) => h("option", { value: name, selected: name === state.range }, name)));
@@ -59,7 +61,7 @@ export async function explorePage(main) {
   } },
   h("label", {}, "host", hostSelect),
   h("label", {}, "metric", metricSelect),
-  h("label", {}, "label filter", labelsInput),
+  h("label", {}, "label filter", labelsInput, labelOptions),
   h("label", {}, "aggregate", aggSelect),
   h("label", {}, "range", rangeSelect),
   h("button", { type: "submit", class: "primary" }, "Show"),
@@ -83,6 +85,13 @@ export async function explorePage(main) {
   function hint() {
     const m = metrics.find((x) => x.name === metricSelect.value);
     labelHint.textContent = m && m.label_names.length ? `Labels of ${m.name}: ${m.label_names.join(", ")}` : "";
+    labelOptions.replaceChildren();
+    if (!m || !m.label_names.length) return;
+    attempt("Loading the label values", async () => {
+      const { series } = await api("/series", { params: { metric: m.name, host: hostSelect.value, limit: 500 } });
+      const pairs = new Set(series.flatMap((x) => Object.entries(x.labels || {}).map(([k, v]) => `${k}=${v}`)));
+      labelOptions.replaceChildren(...[...pairs].sort().map((p) => h("option", { value: p })));
+    });
   }
   metricSelect.addEventListener("change", hint);
   hostSelect.addEventListener("change", () => attempt("Loading the metric names", loadMetrics));
