@@ -36,7 +36,7 @@ from signalfire.notifier.channels.email import EmailChannelConfig
 from signalfire.notifier.channels.http import new_session
 from signalfire.notifier.channels.pagerduty import PagerDutyChannelConfig
 from signalfire.notifier.channels.slack import SlackChannelConfig
-from signalfire.notifier.channels.sms import SmsChannelConfig
+from signalfire.notifier.channels.sms import SmsChannelConfig, segment_count
 
 #: For channels built only to check their settings: they never make a request.
 NO_HTTP = cast(aiohttp.ClientSession, None)
@@ -500,21 +500,23 @@ def sms_config(url: str) -> SmsChannelConfig:
     )
 
 
-async def test_sms_posts_twilio_form_with_basic_auth_and_160_characters(
+async def test_sms_posts_twilio_form_with_basic_auth_in_one_segment(
     provider: Provider, http: aiohttp.ClientSession
 ) -> None:
     provider.default = Answer(201, b'{"sid": "SM123", "status": "queued"}')
     chan = channel(sms_config(provider.url), http, TWILIO_TOKEN="tw-token")
-    long = msgspec.structs.replace(ALERT, annotations={"summary": "CPU é " + "x" * 300})
+    # é is in the GSM-7 alphabet (one septet); [ ] cost two each
+    long = msgspec.structs.replace(ALERT, annotations={"summary": "CPU é [x] " + "x" * 300})
     assert await chan.send(Notification(alert=long)) == "SM123"
     [request] = provider.requests
     assert request.path == "/2010-04-01/Accounts/AC0123/Messages.json"
     assert request.headers["Authorization"] == "Basic " + base64.b64encode(b"AC0123:tw-token").decode()
     form = request.form()
     assert (form["To"], form["From"]) == ("+14155550199", "+14155550100")
-    assert form["Body"].startswith("[HIGH] FIRING HighCPU web-1: CPU ? x")
-    assert len(form["Body"]) == 160 and form["Body"].endswith("...")
-    assert form["Body"].isascii()
+    assert form["Body"].startswith("[HIGH] FIRING HighCPU web-1: CPU é [x] x")
+    # 156 characters are 160 septets: the four brackets cost two each
+    assert len(form["Body"]) == 156 and form["Body"].endswith("...")
+    assert segment_count(form["Body"]) == 1
 
 
 async def test_sms_errors(provider: Provider, http: aiohttp.ClientSession) -> None:

@@ -104,6 +104,9 @@ class NotifyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_in_flight: Annotated[int, Meta(ge=1, le=10_000)] = 64
     #: When the durable consumer is first created, alert events this old are still delivered.
     first_start_backlog: Duration = Duration(300)
+    #: How often the config file is checked for changes (reloaded when it changed); 0: never
+    #: (``SIGHUP`` still reloads).
+    watch_interval: Duration = Duration(1)
 
     def problems(self) -> list[tuple[str, str]]:
         """Cross-field mistakes as ``(field path, reason)``, e.g. a route naming an unknown channel."""
@@ -136,6 +139,8 @@ class NotifyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 found.append(("metrics_listen", str(exc)))
         if self.tick <= 0:
             found.append(("tick", "must be more than 0"))
+        if self.watch_interval < 0:
+            found.append(("watch_interval", "must not be negative (0 turns watching off)"))
         found.extend(self._timing_problems())
         return found
 
@@ -237,6 +242,64 @@ def load_notify_config(
     return config
 
 
+def check_notify_config(path: str | os.PathLike[str]) -> tuple[NotifyConfig | None, list[ConfigError]]:
+    """Every mistake in the notify config file ``path``, each ``file:line: field: reason``
+    (``signalfire notify check``): each channel is checked on its own, templates are compiled
+    and trial-rendered, then the cross-field problems. The file alone is checked: ``SF_*``
+    variables are not applied and secrets are not read (``notify test`` and start-up do)."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        return None, [ConfigError(f"cannot read config file: {exc.strerror}", source=source)]
+    except UnicodeDecodeError:
+        return None, [ConfigError("config file is not UTF-8 text", source=source)]
+    try:
+        data, lines = parse_yaml(text, source)
+    except ConfigError as exc:
+        return None, [exc]
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        return None, [ConfigError("expected a mapping at the top level", source=source, line=lines.get("$"))]
+    errors: list[ConfigError] = []
+    channels: Any = data.get("channels")
+    if isinstance(channels, dict):
+        # a broken channel stands in as a `log` channel, so the routes naming it are checked too
+        usable: dict[Any, Any] = {}
+        for name, raw in channels.items():
+            error = _channel_error(str(name), raw, source, lines)
+            if error is not None:
+                errors.append(error)
+            usable[name] = {"type": "log"} if error is not None else raw
+        data = {**data, "channels": usable}
+    try:
+        config = convert(data, NotifyConfig, source=source, lines=lines)
+    except ConfigError as exc:
+        return None, sorted([*errors, exc], key=lambda e: e.line or 0)
+    for field, reason in config.problems():
+        errors.append(ConfigError(reason, source=source, line=line_of(f"$.{field}", lines), field=field))
+    return (None if errors else config), sorted(errors, key=lambda e: e.line or 0)
+
+
+def _channel_error(name: str, raw: Any, source: str, lines: Mapping[str, int]) -> ConfigError | None:
+    """What is wrong with channel ``name`` (its raw YAML value), named ``channels.<name>.<field>``."""
+    prefix = f"$.channels.{name}"
+    own_lines = {
+        "$" + key[len(prefix) :]: line
+        for key, line in lines.items()
+        if key == prefix or key.startswith((prefix + ".", prefix + "["))
+    }
+    try:
+        convert(raw, ChannelConfig, source=source, lines=own_lines)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        where = ": ".join(p for p in (source + (f":{exc.line}" if exc.line else ""), exc.field) if p)
+        reason = str(exc)[len(where) + 2 :]
+        field = f"channels.{name}" + (f".{exc.field}" if exc.field else "")
+        return ConfigError(reason, source=source, line=exc.line, field=field)
+    return None
+
+
 def _raise_for_channel(path: str | os.PathLike[str]) -> None:
     """msgspec reports a bad dict value as ``channels[...]``; find which channel it was."""
     source = str(path)
@@ -245,16 +308,6 @@ def _raise_for_channel(path: str | os.PathLike[str]) -> None:
     if not isinstance(channels, dict):
         return
     for name, raw in channels.items():
-        prefix = f"$.channels.{name}"
-        own_lines = {
-            "$" + key[len(prefix) :]: line
-            for key, line in lines.items()
-            if key == prefix or key.startswith((prefix + ".", prefix + "["))
-        }
-        try:
-            convert(raw, ChannelConfig, source=source, lines=own_lines)  # type: ignore[arg-type]
-        except ConfigError as exc:
-            where = ": ".join(p for p in (source + (f":{exc.line}" if exc.line else ""), exc.field) if p)
-            reason = str(exc)[len(where) + 2 :]
-            field = f"channels.{name}" + (f".{exc.field}" if exc.field else "")
-            raise ConfigError(reason, source=source, line=exc.line, field=field) from None
+        error = _channel_error(str(name), raw, source, lines)
+        if error is not None:
+            raise error

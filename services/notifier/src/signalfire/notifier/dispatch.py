@@ -97,6 +97,24 @@ class Dispatcher:
     def ledger(self) -> DeliveryLedger:
         return self._ledger
 
+    def reconfigure(self, channels: Mapping[str, Channel], settings: Mapping[str, ChannelSettings]) -> None:
+        """Send through ``channels`` from now on (a reload). Deliveries already under way
+        finish on the channel objects they started with; a channel whose rate settings did
+        not change keeps its token bucket (and a provider's ``Retry-After`` pause)."""
+        limiters = {}
+        for name, config in settings.items():
+            old = self._settings.get(name)
+            same = old is not None and (old.rate_limit, old.burst) == (config.rate_limit, config.burst)
+            limiters[name] = (
+                self._limiters[name]
+                if same and name in self._limiters
+                else TokenBucket(float(config.rate_limit), config.burst, sleep=self._sleep)
+            )
+        self._channels = channels
+        self._settings = settings
+        self._policies = {name: RetryPolicy.of(config) for name, config in settings.items()}
+        self._limiters = limiters
+
     async def send(
         self,
         notification: Notification,
@@ -173,11 +191,20 @@ class Dispatcher:
         *,
         fallback: bool,
     ) -> Outcome:
+        # Taken once: a reload swapping the channels does not touch a delivery under way.
+        channel, policy, limiter = (
+            self._channels.get(name),
+            self._policies.get(name),
+            self._limiters.get(name),
+        )
+        if channel is None or policy is None or limiter is None:
+            suppressed = suppressed or "the channel was removed by a config reload"
         if suppressed is not None:
             await self._report(
                 result_for(notification, name, "suppressed", 1, reason=suppressed), notification
             )
             return Outcome(name, "suppressed")
+        assert channel is not None and policy is not None and limiter is not None
         key = ledger_key(alert_key, tag, name)
         alert = notification.alert
         # a firing claim keeps the alert, for a resolved event that must send it first (:meth:`told`)
@@ -206,12 +233,7 @@ class Dispatcher:
             # ``sent`` is reported with the ledger mark; ``failed`` once we know what follows
 
         result, reference = await deliver(
-            self._channels[name],
-            notification,
-            self._policies[name],
-            record,
-            sleep=self._sleep,
-            limiter=self._limiters[name],
+            channel, notification, policy, record, sleep=self._sleep, limiter=limiter
         )
         if result.status == "sent":
             # The mark first and alone: a crash between the provider's answer and this write
@@ -227,7 +249,8 @@ class Dispatcher:
         if not fallback:
             await self._report(result, notification)
             return Outcome(name, "failed")  # a fallback: the channel it stands in for records the loss
-        target = self._settings[name].fallback
+        settings = self._settings.get(name)
+        target = settings.fallback if settings is not None else None
         if target is not None and target in self._channels:
             self.fallbacks.inc(channel=name)
             handed = await self._one(notification, target, alert_key, tag, None, fallback=False)

@@ -48,7 +48,7 @@ from signalfire.events import AlertAction, AlertEvent, DeliveryResult, PayloadEr
 from signalfire.notifier import inhibit, silence
 from signalfire.notifier.channels import Channel, ChannelContext, Notification, build_channel
 from signalfire.notifier.channels.http import new_session, quiet_url_loggers
-from signalfire.notifier.config import NotifyConfig
+from signalfire.notifier.config import NotifyConfig, load_notify_config
 from signalfire.notifier.deadletter import max_deliveries
 from signalfire.notifier.dispatch import Busy, Dispatcher, Outcome
 from signalfire.notifier.group import Batch, add, batch_key, batched, group_of, remove
@@ -67,6 +67,18 @@ DURABLE = "notifier"
 ACTIONS_DURABLE = "notifier-actions"
 #: How long :meth:`NotifierService.stop` lets in-flight deliveries finish.
 DRAIN_TIMEOUT = 10.0
+#: Settings a reload cannot change in a running notifier.
+RESTART_SETTINGS = (
+    "nats",
+    "ack_wait",
+    "claim_lease",
+    "max_deliver",
+    "max_in_flight",
+    "first_start_backlog",
+    "metrics_listen",
+    "log_level",
+    "log_format",
+)
 #: Queue group of the max-deliveries advisory subscription: one replica records each.
 ADVISORY_QUEUE = "signalfire-notifier"
 
@@ -98,12 +110,18 @@ class NotifierService:
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        config_path: str | None = None,
     ) -> None:
         problems = config.problems()
         if problems:
             field, reason = problems[0]
             raise ConfigError(reason, field=field)
         self.config = config
+        #: The file ``config`` came from: :meth:`reload_file` reads it again, and it is
+        #: watched for changes every ``watch_interval``.
+        self.config_path = config_path
+        self._file = self._file_signature()
+        self._reload_lock = asyncio.Lock()
         self._nc = nc
         self._owns_nc = nc is None
         self._environ = os.environ if environ is None else environ
@@ -154,6 +172,9 @@ class NotifierService:
         )
         self.busy_waits = self.registry.counter(
             "busy_waits_total", "Times an event waited for a message another replica (or a dead one) claimed"
+        )
+        self.reloads = self.registry.counter(
+            "reloads_total", "Config reloads (SIGHUP or a changed file), by result", ["result"]
         )
         self.given_up = self.registry.counter(
             "events_given_up_total",
@@ -251,6 +272,8 @@ class NotifierService:
             asyncio.create_task(self._fetch_loop(actions, self._accept_action)),
             asyncio.create_task(self.scheduler.run()),
         ]
+        if self.config_path is not None and self.config.watch_interval > 0:
+            self._loops.append(asyncio.create_task(self._watch_file()))
         self._heartbeat_task = asyncio.create_task(self._heartbeat())
         log.info(
             "notifier started",
@@ -301,19 +324,82 @@ class NotifierService:
             self._nc = None
 
     async def reload(self, config: NotifyConfig) -> None:
-        """Use new routes, inhibit rules and timing (``SIGHUP``); channels need a restart."""
+        """Use a new config (``SIGHUP``, a changed file): routes, inhibit rules, timing and
+        channels. The new channels are built first; when one cannot be (a missing secret),
+        :class:`ConfigError` is raised and nothing changes. Deliveries under way finish on the
+        channels they started with. Settings of the process itself (``nats``, ``ack_wait``,
+        ``claim_lease``, ``max_deliver``, ``max_in_flight``, ``first_start_backlog``,
+        ``metrics_listen``, logging) take effect at the next restart."""
         problems = config.problems()
         if problems:
             field, reason = problems[0]
             raise ConfigError(reason, field=field)
-        if config.channels != self.config.channels:
-            log.warning("channel changes take effect at the next restart; routes were reloaded")
+        channels = self._channels
+        if self._http is not None:
+            context = ChannelContext(http=self._http, environ=self._environ)
+            # every channel anew: a secret file may have been rotated
+            channels = {
+                name: build_channel(name, settings, context) for name, settings in config.channels.items()
+            }
+        kept = [name for name in RESTART_SETTINGS if getattr(config, name) != getattr(self.config, name)]
+        if kept:
+            log.warning("these settings take effect at the next restart", extra={"settings": ",".join(kept)})
         self.config = msgspec.structs.replace(
-            self.config, routes=config.routes, inhibit=config.inhibit, tick=config.tick
+            self.config,
+            routes=config.routes,
+            inhibit=config.inhibit,
+            tick=config.tick,
+            channels=config.channels,
+            watch_interval=config.watch_interval,
         )
+        self._channels = channels
+        if self._dispatcher is not None:
+            self._dispatcher.reconfigure(channels, config.channels)
         if self.scheduler is not None:
             self.scheduler.config = self.config
-        log.info("notifier config reloaded", extra={"routes": len(self.config.routes)})
+        log.info(
+            "notifier config reloaded",
+            extra={"routes": len(self.config.routes), "channels": ",".join(channels)},
+        )
+
+    async def reload_file(self) -> bool:
+        """Read :attr:`config_path` again and :meth:`reload` it. A file with a mistake, or a
+        channel that cannot be built, is logged (``file:line: field: reason``) and counted,
+        and the running config kept. Returns whether the new config is in use."""
+        if self.config_path is None:
+            return False
+        async with self._reload_lock:
+            self._file = self._file_signature()
+            try:
+                await self.reload(load_notify_config(self.config_path, environ=self._environ))
+            except ConfigError as exc:
+                self.reloads.inc(result="failed")
+                log.error(
+                    "config not reloaded; the running config is kept",
+                    extra={"file": self.config_path, "reason": str(exc)},
+                )
+                return False
+            self.reloads.inc(result="ok")
+            return True
+
+    async def reload_on_signal(self) -> None:
+        """The ``SIGHUP`` handler for :func:`signalfire.runner.serve`."""
+        await self.reload_file()
+
+    def _file_signature(self) -> tuple[int, int] | None:
+        if self.config_path is None:
+            return None
+        try:
+            stat = os.stat(self.config_path)
+        except OSError:
+            return (-1, -1)
+        return (stat.st_mtime_ns, stat.st_size)
+
+    async def _watch_file(self) -> None:
+        while True:
+            await asyncio.sleep(float(self.config.watch_interval) or 1.0)
+            if self.config.watch_interval > 0 and self._file_signature() != self._file:
+                await self.reload_file()
 
     def suppression(self, alert: AlertEvent, now: float) -> str | None:
         """Why ``alert`` must not be sent at ``now`` (a silence, an inhibition), or None."""
@@ -543,12 +629,16 @@ class NotifierService:
     async def _resolved(self, alert: AlertEvent, index: int) -> None:
         route = self.config.routes[index]
         state = self.state
+        now = self._clock()
         if batched(route):
             key = batch_key(index, group_of(alert, route))
 
             def without(b: Batch | None) -> Batch | None:
                 if b is None:
                     return None
+                if b.digest and any(a.id == alert.id for a in b.alerts):
+                    # the digest lists the period's alerts: this one as fired and resolved
+                    return add(b, alert, index, route, now)
                 left = remove(b, alert.id)
                 return left if left.alerts else None
 
@@ -574,8 +664,15 @@ class NotifierService:
             told = await self.dispatcher.told(alert, alert_key(alert.id), unsure) if unsure else []
             channels = merge(known, told)
         if channels:
+            # A silence (or an inhibition) that matches now mutes the resolved notice too, as
+            # Alertmanager does: it is reported ``suppressed``, like a muted firing notice.
             await self.dispatcher.send(
-                Notification(alert=alert), channels, alert_key(alert.id), "resolved", references=refs
+                Notification(alert=alert),
+                channels,
+                alert_key(alert.id),
+                "resolved",
+                suppressed=self.suppression(alert, now),
+                references=refs,
             )
         await state.update_track(key, lambda t: None)
 
@@ -612,7 +709,11 @@ class NotifierService:
             track = await state.update_track(key, change)
             if action.action != "ack" or track is None or track.acks == old.acks:
                 continue
-            channels = [name for name in track.channels if self._channels[name].acknowledges]
+            channels = [
+                name
+                for name in track.channels
+                if name in self._channels and self._channels[name].acknowledges
+            ]
             if channels:
                 await self.dispatcher.send(
                     Notification(alert=track.alert, transition="acknowledged"),

@@ -54,9 +54,9 @@ def payload(notification: Notification, username: str) -> dict[str, Any]:
         description = message.summary(alert)
         if extra := alert.annotations.get("description"):
             description += "\n\n" + extra
-        colour = message.colour(notification) if single else message.SEVERITY_COLOURS[alert.severity]
+        colour = message.colour(notification) if single else message.alert_colour(alert)
         embed: dict[str, Any] = {
-            "title": message.shorten(f"{alert.rule} on {alert.host}", TITLE_LIMIT),
+            "title": message.shorten(message.heading(alert, notification), TITLE_LIMIT),
             "description": message.shorten(description, DESCRIPTION_LIMIT),
             "color": int(colour.lstrip("#"), 16),
             "fields": [

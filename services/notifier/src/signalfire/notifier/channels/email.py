@@ -3,7 +3,9 @@ per notification, through an SMTP server with STARTTLS or implicit TLS and optio
 
 from __future__ import annotations
 
+import functools
 import ssl
+from collections.abc import Callable
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -15,9 +17,10 @@ import msgspec
 from msgspec import Meta
 
 from signalfire.config import Duration
-from signalfire.notifier.channels import message
+from signalfire.notifier.channels import message, templating
 from signalfire.notifier.channels.base import ChannelContext, ChannelSettings, DeliveryError, Notification
 
+#: The shipped templates (``email.txt.j2``, ``email.html.j2``).
 TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -37,6 +40,12 @@ class EmailChannelConfig(ChannelSettings, tag="email"):
     #: CA bundle to verify the server with instead of the system's (a private CA).
     ca_file: str | None = None
     timeout: Duration = Duration(30)
+    #: A Jinja2 template for the subject line instead of the message title (one line).
+    subject: str | None = None
+    #: Files holding Jinja2 templates for the plain-text and the HTML body instead of the
+    #: shipped ones (the HTML one is HTML-escaped). Checked when the config is loaded.
+    text_template: str | None = None
+    html_template: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -44,17 +53,56 @@ class EmailChannelConfig(ChannelSettings, tag="email"):
             raise ValueError("from: the sender address is required")
         if (self.password_env or self.password_file) and not self.username:
             raise ValueError("username: required when a password is configured")
+        try:
+            EmailTemplates.of(self)
+        except templating.TemplateProblem as exc:
+            raise ValueError(str(exc)) from None
 
 
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        autoescape=jinja2.select_autoescape(["html.j2"]),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-    )
-    env.globals.update(summary=message.summary, facts=message.facts)
-    return env
+class EmailTemplates(msgspec.Struct, frozen=True):
+    """The compiled subject, text and HTML templates of one email channel."""
+
+    subject: jinja2.Template | None
+    text: jinja2.Template
+    html: jinja2.Template
+
+    @classmethod
+    def of(cls, config: EmailChannelConfig) -> EmailTemplates:
+        """Compile (and trial-render) the templates ``config`` names; the shipped ones for
+        those it does not. Raises ``TemplateProblem`` starting with the setting's name."""
+
+        def named(field: str, load: Callable[[], jinja2.Template]) -> jinja2.Template:
+            try:
+                return load()
+            except templating.TemplateProblem as exc:
+                raise templating.TemplateProblem(f"{field}: {exc}") from None
+
+        subject = None
+        if config.subject is not None:
+            source = config.subject
+            subject = named(
+                "subject",
+                lambda: templating.compile_template(templating.environment(), source, "subject"),
+            )
+        text_path, html_path = config.text_template, config.html_template
+        text = (
+            named("text_template", lambda: templating.load_template(text_path, html=False))
+            if text_path is not None
+            else _shipped("email.txt.j2", html=False)
+        )
+        html = (
+            named("html_template", lambda: templating.load_template(html_path, html=True))
+            if html_path is not None
+            else _shipped("email.html.j2", html=True)
+        )
+        return cls(subject, text, html)
+
+
+@functools.cache
+def _shipped(name: str, *, html: bool) -> jinja2.Template:
+    """A shipped template, compiled and checked once per process."""
+    source = (TEMPLATES / name).read_text(encoding="utf-8")
+    return templating.compile_template(templating.environment(html=html), source, name)
 
 
 class EmailChannel:
@@ -66,20 +114,16 @@ class EmailChannel:
         self.name = name
         self._config = config
         self._password = context.secret(name, "password", config.password_env, config.password_file)
-        self._templates = _environment()
+        self._templates = EmailTemplates.of(config)
         self._port = config.port or {"starttls": 587, "tls": 465, "none": 25}[config.security]
 
     def render(self, notification: Notification) -> EmailMessage:
         """The message for ``notification`` (also what tests parse)."""
-        values = {
-            "title": message.title(notification),
-            "alerts": notification.covered,
-            "colour": message.colour(notification),
-            "channel": self.name,
-            "test": notification.test,
-        }
+        values = templating.context(notification, self.name)
+        templates = self._templates
+        subject = templates.subject.render(values) if templates.subject is not None else values["title"]
         mail = EmailMessage()
-        mail["Subject"] = message.shorten(values["title"], 200)  # type: ignore[arg-type]
+        mail["Subject"] = message.shorten(" ".join(str(subject).split()), 200)
         mail["From"] = self._config.from_
         mail["To"] = ", ".join(self._config.to)
         mail["Date"] = formatdate(localtime=False)
@@ -91,8 +135,8 @@ class EmailChannel:
             else make_msgid(domain="signalfire")
         )
         mail["X-Signalfire-Alert"] = notification.alert.id
-        mail.set_content(self._templates.get_template("email.txt.j2").render(values))
-        mail.add_alternative(self._templates.get_template("email.html.j2").render(values), subtype="html")
+        mail.set_content(templates.text.render(values))
+        mail.add_alternative(templates.html.render(values), subtype="html")
         return mail
 
     async def send(self, notification: Notification) -> None:

@@ -34,6 +34,27 @@ def colour(notification: Notification) -> str:
     return SEVERITY_COLOURS[worst(notification).severity]
 
 
+def alert_colour(alert: AlertEvent) -> str:
+    """The colour of one alert in a group or digest: green when resolved, else its severity."""
+    return RESOLVED_COLOUR if alert.status == "resolved" else SEVERITY_COLOURS[alert.severity]
+
+
+def state(alert: AlertEvent, notification: Notification) -> str:
+    """``firing``, ``resolved``, or ``fired and resolved`` for an alert a digest lists that
+    fired and resolved within the digest's period."""
+    if alert.status != "resolved":
+        return "firing"
+    return "fired and resolved" if notification.digest else "resolved"
+
+
+def heading(alert: AlertEvent, notification: Notification) -> str:
+    """``HighCPU on web-1``; ``HighCPU on web-1 (fired and resolved)`` in a digest."""
+    text = f"{alert.rule} on {alert.host}"
+    if notification.digest and alert.status == "resolved":
+        text += " (fired and resolved)"
+    return text
+
+
 def worst(notification: Notification) -> AlertEvent:
     """The most severe alert a message covers (the first of them on a tie)."""
     order = list(SEVERITY_COLOURS)
@@ -46,11 +67,14 @@ def summary(alert: AlertEvent) -> str:
 
 
 def title(notification: Notification) -> str:
-    """``[FIRING] HighCPU on web-1 (high)``; ``[FIRING x3] …`` for a group, ``[DIGEST] …``."""
+    """``[FIRING] HighCPU on web-1 (high)``; ``[FIRING x3] …`` for a group, ``[DIGEST] 3 alerts
+    (1 fired and resolved)`` for a digest."""
     alert = notification.alert
     count = len(notification.covered)
     if notification.digest:
-        return f"[DIGEST] {count} alert{'s' if count != 1 else ''}"
+        text = f"[DIGEST] {count} alert{'s' if count != 1 else ''}"
+        ended = sum(1 for a in notification.covered if a.status == "resolved")
+        return text + (f" ({ended} fired and resolved)" if ended else "")
     label = LABELS[notification.kind]
     if count > 1:
         return f"[{label} x{count}] {alert.rule} ({worst(notification).severity})"

@@ -85,6 +85,10 @@ class PagerDutyChannel:
 
     async def send(self, notification: Notification) -> None:
         for alert in notification.covered:
+            if notification.digest and alert.status == "resolved":
+                # fired and resolved within the digest's period: triggering it now would open
+                # an incident for something that is over (the digest's other channels list it)
+                continue
             single = Notification(alert=alert, test=notification.test, transition=notification.transition)
             await post(
                 self._http,

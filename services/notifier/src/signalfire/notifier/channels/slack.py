@@ -60,8 +60,8 @@ def payload(notification: Notification) -> dict[str, Any]:
         attachment: dict[str, Any] = {
             "color": message.colour(notification)
             if len(notification.covered) == 1
-            else message.SEVERITY_COLOURS[alert.severity],
-            "title": message.shorten(f"{alert.rule} on {alert.host}", 150),
+            else message.alert_colour(alert),
+            "title": message.shorten(message.heading(alert, notification), 150),
             "text": message.shorten(text, TEXT_LIMIT),
             "fields": [
                 {"title": k, "value": message.shorten(v, 200), "short": True}
