@@ -1,0 +1,175 @@
+"""The notifier's command line as a user runs it: ``notify check`` on the shipped configs
+and on mistakes, ``notify test`` through email for the shipped template, and a running
+``signalfire notifier`` taking a changed config (a new channel) on ``SIGHUP``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiosmtpd.controller import Controller
+from devstack import free_port
+
+from signalfire.bus import NatsConfig
+from signalfire.events import AlertEvent, encode
+from tests.integration.test_notifier_channels import Mailbox
+from tests.integration.test_notifier_pipeline import Receivers
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def signalfire(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "signalfire.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, **env},
+        check=False,
+    )
+
+
+def test_notify_check_passes_the_shipped_configs() -> None:
+    result = signalfire("notify", "check", "notify.example.yaml", "deploy/dev/notify.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "ok: notify.example.yaml: " in result.stdout and "ok: deploy/dev/notify.yaml: " in result.stdout
+
+
+def test_notify_check_lists_every_mistake_as_file_line_field_reason(tmp_path: Path) -> None:
+    bad = tmp_path / "notify.yaml"
+    bad.write_text(
+        textwrap.dedent(
+            """\
+            channels:
+              mail:
+                type: email
+                host: smtp.example.com
+                from: alerts@example.com
+                to: [ops@example.com]
+                subject: "{{ titel }}"
+              hook:
+                type: webhook
+                url: http://127.0.0.1:9/hook
+                timeout: soon
+            routes:
+              - channels: [mail, pager]
+            tick: 0s
+            """
+        )
+    )
+    result = signalfire("notify", "check", str(bad), "deploy/dev/notify.yaml")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{bad}:7: channels.mail.subject: unknown template variable titel; templates may use title, "
+        "alerts, kind, digest, colour, channel, test, summary, facts, state",
+        f"{bad}:11: channels.hook.timeout: expected a duration like 30s, 5m or 1h, got 'soon'",
+        f"{bad}:13: routes[0].channels[1]: unknown channel 'pager' (configured: hook, mail)",
+        f"{bad}:14: tick: must be more than 0",
+    ]
+    assert "ok: deploy/dev/notify.yaml" in result.stdout  # the other file is still checked
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Mailbox, int]]:
+    box = Mailbox()
+    port = free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield box, port
+    controller.stop()
+
+
+def test_notify_test_mail_delivers_with_the_shipped_template(
+    tmp_path: Path, smtp: tuple[Mailbox, int]
+) -> None:
+    box, port = smtp
+    config = tmp_path / "notify.yaml"
+    config.write_text(
+        "channels:\n  mail:\n    type: email\n    host: 127.0.0.1\n"
+        f"    port: {port}\n    security: none\n    from: a@example.com\n    to: [b@example.com]\n"
+    )
+    result = signalfire("notify", "test", "mail", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "sent a test notification through mail (email)" in result.stdout
+    [(_, mail)] = box.messages
+    assert mail["Subject"].startswith("[TEST] SignalfireTestNotification")
+
+
+async def test_sighup_reloads_channels_and_routes_of_a_running_notifier(
+    tmp_path: Path, nats_config: NatsConfig, nc: Any
+) -> None:
+    receivers = Receivers()
+    metrics = free_port()
+    config = tmp_path / "notify.yaml"
+    base = (
+        f"watch_interval: 0s\nmetrics_listen: 127.0.0.1:{metrics}\n"
+        f"nats:\n  url: {nats_config.url}\n  prefix: {nats_config.prefix}\n"
+    )
+    config.write_text(base + "channels:\n  log:\n    type: log\nroutes:\n  - channels: [log]\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "signalfire.cli",
+        "notifier",
+        "--config",
+        str(config),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        await until(lambda: scrape(metrics), "the notifier to start", "reloads_total")
+        config.write_text(
+            base + f"channels:\n  hook:\n    type: webhook\n    url: {receivers.url('hook')}\n"
+            "routes:\n  - channels: [hook]\n"
+        )
+        process.send_signal(signal.SIGHUP)
+        await until(lambda: scrape(metrics), "the reload", 'reloads_total{result="ok"} 1')
+        now = time.time()
+        alert = AlertEvent(
+            id="sighup-1",
+            fingerprint="fp-sighup",
+            rule="HighCPU",
+            status="firing",
+            severity="high",
+            host="web-1",
+            starts_at=now,
+            time=now,
+        )
+        await nc.jetstream().publish(nats_config.subjects.alerts("web-1"), encode(alert))
+        deadline = time.monotonic() + 20
+        while receivers.transitions("hook") != [("sighup-1", "firing")]:
+            assert time.monotonic() < deadline, "timed out waiting for the webhook"
+            await asyncio.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 20)
+        receivers.close()
+    assert "notifier config reloaded" in stderr.decode()
+
+
+async def scrape(port: int) -> str:
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as reply:
+            return await reply.text()
+    except aiohttp.ClientError:
+        return ""
+
+
+async def until(read: Callable[[], Awaitable[str]], what: str, needle: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while needle not in await read():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
