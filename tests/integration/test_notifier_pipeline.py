@@ -20,11 +20,11 @@ import pytest
 from nats.aio.msg import Msg
 
 from signalfire.bus import NatsConfig
-from signalfire.config import Duration
+from signalfire.config import ConfigError, Duration
 from signalfire.events import AlertAction, AlertEvent, DeliveryResult, decode, encode
 from signalfire.notifier.channels.pagerduty import PagerDutyChannelConfig
 from signalfire.notifier.channels.webhook import WebhookChannelConfig
-from signalfire.notifier.config import EscalationStep, InhibitRule, NotifyConfig, Route
+from signalfire.notifier.config import EscalationStep, InhibitRule, NotifyConfig, Route, load_notify_config
 from signalfire.notifier.deadletter import DeadLetter
 from signalfire.notifier.service import NotifierService
 from signalfire.notifier.silence import Matcher, Silence
@@ -518,3 +518,153 @@ async def test_provider_urls_never_reach_the_log(
     await publish(nc, nats_config, alert())
     await wait_until(lambda: len(receivers.got("T0KEN-in-path")) == 1, "the message")
     assert receivers.url("T0KEN-in-path") not in caplog.text
+
+
+async def silence(nc: Any, nats_config: NatsConfig, host: str, starts_at: float) -> None:
+    kv = await nc.jetstream().key_value(nats_config.subjects.bucket("silences"))
+    window = Silence(
+        id=f"maint-{host}",
+        matchers=[Matcher(name="host", value=host)],
+        starts_at=starts_at,
+        ends_at=starts_at + 3600,
+        author="ana",
+    )
+    await kv.put(window.id, msgspec.json.encode(window))
+
+
+async def test_a_silence_mutes_the_resolved_notice_too(  # noqa: PLR0917
+    nc: Any, nats_config: NatsConfig, receivers: Receivers, clock: Clock, running: Any, results: list[Any]
+) -> None:
+    await running(make_config(nats_config, {"ops": hook(receivers, "ops")}, [Route(channels=["ops"])]))
+    # sent while no silence matched, then a silence for its host: the resolved is not sent
+    told = alert(host="web-1")
+    await publish(nc, nats_config, told)
+    await wait_until(lambda: receivers.transitions("ops") == [(told.id, "firing")], "the firing")
+    await silence(nc, nats_config, "web-1", T0 - 1)
+    # silenced from the start: neither its firing nor its resolved notice is sent
+    muted = alert(host="web-1")
+    await publish(nc, nats_config, muted)
+    await publish(nc, nats_config, resolved(told))
+    await publish(nc, nats_config, resolved(muted))
+    other = alert(host="web-2")
+    await publish(nc, nats_config, other)
+    await publish(nc, nats_config, resolved(other))
+    await wait_until(lambda: len(receivers.got("ops")) == 3, "the other host's notices")
+    await quiet()
+    assert receivers.transitions("ops") == [(told.id, "firing"), (other.id, "firing"), (other.id, "resolved")]
+    mine = [(r.alert_id, r.transition, r.status) for r in results if r.alert_id == told.id]
+    assert mine == [(told.id, "firing", "sent"), (told.id, "resolved", "suppressed")]
+    assert [r.reason for r in results if r.alert_id == told.id][-1] == "silenced by maint-web-1 (ana)"
+
+
+async def test_a_digest_lists_an_alert_that_fired_and_resolved_within_its_period(
+    nc: Any, nats_config: NatsConfig, receivers: Receivers, clock: Clock, running: Any
+) -> None:
+    clock.now = 3600.0 * 490_000 + 10
+    route = Route(channels=["mail"], digest=Duration(3600))
+    await running(make_config(nats_config, {"mail": hook(receivers, "mail")}, [route]))
+    brief, lasting = alert(severity="low", host="h1"), alert(severity="low", host="h2")
+    await publish(nc, nats_config, brief)
+    await publish(nc, nats_config, lasting)
+    await publish(nc, nats_config, resolved(brief))
+    await quiet()
+    clock.now = 3600.0 * 490_001
+    await wait_until(lambda: len(receivers.got("mail")) == 1, "the digest")
+    [digest] = receivers.got("mail")
+    assert {(a["id"], a["status"]) for a in digest["alerts"]} == {
+        (brief.id, "resolved"),
+        (lasting.id, "firing"),
+    }
+    # a digest route's only record is the digest: no separate resolved notice
+    await quiet()
+    assert len(receivers.got("mail")) == 1
+
+
+async def test_reload_switches_channels_and_lets_deliveries_under_way_finish_on_the_old_ones(
+    nc: Any, nats_config: NatsConfig, receivers: Receivers, running: Any, results: list[Any]
+) -> None:
+    slow_retry = Duration(0.5)
+    old = make_config(
+        nats_config,
+        {"ops": WebhookChannelConfig(url=receivers.url("old"), retry_backoff=slow_retry)},
+        [Route(channels=["ops"])],
+    )
+    service = await running(old)
+    receivers.statuses["old"] = [503]  # the first attempt fails; its retry comes 0.5 s later
+    first = alert()
+    await publish(nc, nats_config, first)
+    await wait_until(lambda: len(receivers.got("old")) == 1, "the first attempt")
+
+    new = make_config(
+        nats_config,
+        {
+            "ops": WebhookChannelConfig(url=receivers.url("new"), retry_backoff=slow_retry),
+            "team": hook(receivers, "team"),
+        },
+        [Route(channels=["ops", "team"])],
+    )
+    await service.reload(new)
+    # the retry under way still goes to the channel it started on
+    await wait_until(lambda: len(receivers.got("old")) == 2, "the retry on the old channel")
+    assert receivers.got("new") == [] and receivers.got("team") == []
+
+    second = alert()
+    await publish(nc, nats_config, second)
+    await wait_until(lambda: bool(receivers.got("new") and receivers.got("team")), "the new channels")
+    assert receivers.transitions("new") == receivers.transitions("team") == [(second.id, "firing")]
+    assert len(receivers.got("old")) == 2
+
+
+async def test_a_reload_whose_channels_cannot_be_built_keeps_the_running_config(
+    nc: Any, nats_config: NatsConfig, receivers: Receivers, running: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = await running(
+        make_config(nats_config, {"ops": hook(receivers, "ops")}, [Route(channels=["ops"])])
+    )
+    broken = make_config(
+        nats_config,
+        {"ops": hook(receivers, "new"), "pd": PagerDutyChannelConfig(routing_key_env="NOT_SET")},
+        [Route(channels=["ops", "pd"])],
+    )
+    with pytest.raises(ConfigError, match="NOT_SET is not set"):
+        await service.reload(broken)
+    a = alert()
+    await publish(nc, nats_config, a)
+    await wait_until(lambda: receivers.transitions("ops") == [(a.id, "firing")], "the old channel")
+    assert receivers.got("new") == []
+    assert list(service.config.channels) == ["ops"]
+
+
+async def test_the_config_file_is_watched_and_a_bad_change_is_logged_and_ignored(  # noqa: PLR0917
+    nc: Any,
+    nats_config: NatsConfig,
+    receivers: Receivers,
+    clock: Clock,
+    tmp_path: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = tmp_path / "notify.yaml"
+
+    def write(channel: str) -> None:
+        path.write_text(
+            f"watch_interval: 50ms\nchannels:\n  ops:\n    type: webhook\n    url: {receivers.url(channel)}\n"
+            "routes:\n  - channels: [ops]\n"
+        )
+
+    write("before")
+    config = msgspec.structs.replace(load_notify_config(path, environ={}), nats=nats_config)
+    service = NotifierService(config, nc, environ={}, clock=clock.time, config_path=str(path))
+    await service.start()
+    try:
+        write("after")
+        await wait_until(lambda: service.reloads.value(result="ok") == 1, "the reload")
+        path.write_text(path.read_text().replace("channels: [ops]", "channels: [nope]"))
+        await wait_until(lambda: service.reloads.value(result="failed") == 1, "the refused reload")
+        [refused] = [r for r in caplog.records if r.getMessage().startswith("config not reloaded")]
+        assert f"{path}:7: routes[0].channels[0]: unknown channel 'nope'" in refused.__dict__["reason"]
+        a = alert()
+        await publish(nc, nats_config, a)
+        await wait_until(lambda: receivers.transitions("after") == [(a.id, "firing")], "the reloaded channel")
+        assert receivers.got("before") == []
+    finally:
+        await service.stop()
