@@ -371,7 +371,7 @@ def test_the_events_page_lists_and_counts_events_by_type(browser: Any, running: 
     assert totals.locator("[data-type=login]").inner_text() == "login: 3"
     assert totals.locator("[data-type=deploy]").inner_text() == "deploy: 1"
     page.locator("#event-chart figure").wait_for(timeout=10_000)
-    assert page.locator("#event-rows tr").count() == 4
+    wait_until(lambda: page.locator("#event-rows tr").count() == 4, 10, "the event list", running)
     page.select_option("#events-type", "deploy")
     page.get_by_role("button", name="Show", exact=True).click()
     page.locator("#event-rows tr", has_text="shop v2.4.1").wait_for(timeout=10_000)
@@ -439,7 +439,7 @@ def test_the_events_page_pages_on_and_the_explorer_exports_json(
     )
     page = open_signed_in(browser, running, token(running), f"#/events?host={host}")
     page.locator("#event-totals [data-type=login]").get_by_text("login: 105").wait_for(timeout=10_000)
-    assert page.locator("#event-rows tr").count() == 100
+    wait_until(lambda: page.locator("#event-rows tr").count() == 100, 10, "the first page", running)
     page.get_by_role("button", name="Show older").click()
     wait_until(lambda: page.locator("#event-rows tr").count() == 105, 10, "the older events", running)
     assert page.get_by_role("button", name="Show older").count() == 0
