@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from signalfire.events import SEVERITIES, AlertAction, Severity, encode
-from signalfire.gateway.api.endpoint import HOST, PAGE, RANGE, Endpoint, Handler, Param, enum
+from signalfire.gateway.api.endpoint import HOST, PAGE, RANGE, Endpoint, Param, enum, enum_path
 from signalfire.gateway.api.notifications import Notification, notification_rows
 from signalfire.gateway.api.resources import (
     JsonObject,
@@ -25,13 +25,12 @@ from signalfire.gateway.errors import ApiError, invalid
 from signalfire.gateway.params import encode_cursor, parse_choice, parse_cursor, parse_limit, parse_time
 
 ALERT_STATUSES = ("firing", "resolved")
-#: The action paths (``/alerts/{id}/<path>``): the :class:`AlertAction` each publishes and
-#: what it does, as the endpoint's summary says it.
-ACTIONS: dict[str, tuple[Literal["ack", "unack", "resolve", "note"], str]] = {
-    "ack": ("ack", "Acknowledge"),
-    "unack": ("unack", "Withdraw the acknowledgement of"),
-    "resolve": ("resolve", "Resolve by hand"),
-    "notes": ("note", "Add a note to"),
+#: The actions (``/alerts/{id}/<action>``) and the :class:`AlertAction` each publishes.
+ACTIONS: dict[str, Literal["ack", "unack", "resolve", "note"]] = {
+    "ack": "ack",
+    "unack": "unack",
+    "resolve": "resolve",
+    "notes": "note",
 }
 
 _SELECT = """
@@ -173,31 +172,32 @@ async def alert(res: Resources, request: Request) -> Response:
     )
 
 
-def _action_handler(kind: Literal["ack", "unack", "resolve", "note"]) -> Handler:
-    async def act(res: Resources, request: Request) -> Response:
-        alert_id = request.path_params["id"]
-        data: bytes = await request.body()
-        body = parse_body(data, NoteBody) if data.strip() else NoteBody()
-        if kind == "note" and not body.note.strip():
-            raise invalid("note", "a note must not be empty")
-        row = await res.pool.fetchrow("SELECT fingerprint FROM alerts WHERE id = $1", alert_id)
-        if row is None:
-            raise ApiError(404, "not_found", f"no alert {alert_id!r}", "id")
-        action = AlertAction(
-            alert_id=alert_id,
-            action=kind,
-            actor=principal(request).name,
-            time=res.clock(),
-            note=body.note,
-            fingerprint=row["fingerprint"],
-        )
-        await res.publish(res.subjects.actions, encode(action))
-        await res.store.write_actions([action])
-        audit_details(request, {"alert_id": alert_id, "action": kind})
-        found = await alert_rows(res, "WHERE id = $1", alert_id)
-        return json_response(found[0])
-
-    return act
+async def alert_action(res: Resources, request: Request) -> Response:
+    """``/alerts/{id}/{action}``: publish the :class:`AlertAction` and answer the updated alert."""
+    alert_id = request.path_params["id"]
+    kind = ACTIONS.get(request.path_params["action"])
+    if kind is None:
+        raise ApiError(404, "not_found", "no such endpoint")
+    data: bytes = await request.body()
+    body = parse_body(data, NoteBody) if data.strip() else NoteBody()
+    if kind == "note" and not body.note.strip():
+        raise invalid("note", "a note must not be empty")
+    row = await res.pool.fetchrow("SELECT fingerprint FROM alerts WHERE id = $1", alert_id)
+    if row is None:
+        raise ApiError(404, "not_found", f"no alert {alert_id!r}", "id")
+    action = AlertAction(
+        alert_id=alert_id,
+        action=kind,
+        actor=principal(request).name,
+        time=res.clock(),
+        note=body.note,
+        fingerprint=row["fingerprint"],
+    )
+    await res.publish(res.subjects.actions, encode(action))
+    await res.store.write_actions([action])
+    audit_details(request, {"alert_id": alert_id, "action": kind})
+    found = await alert_rows(res, "WHERE id = $1", alert_id)
+    return json_response(found[0])
 
 
 _ID = Param("id", "alert id", where="path")
@@ -230,19 +230,16 @@ routes = [
         params=(_ID,),
         answer=AlertDetail,
     ),
-    *(
-        Endpoint(
-            "POST",
-            f"/api/v1/alerts/{{id}}/{path}",
-            _action_handler(kind),
-            "operator",
-            f"{what} an alert (publishes an AlertAction)",
-            f'body `{{"note": "..."}}` ({"required" if kind == "note" else "optional"}); publishes an '
-            f"`AlertAction` (`{kind}`) on `sf.actions.alerts`, answers the updated alert",
-            params=(_ID,),
-            body=NoteBody,
-            answer=Alert,
-        )
-        for path, (kind, what) in ACTIONS.items()
+    Endpoint(
+        "POST",
+        "/api/v1/alerts/{id}/{action}",
+        alert_action,
+        "operator",
+        "Acknowledge an alert, withdraw that, resolve it by hand or add a note (publishes an AlertAction)",
+        'body `{"note": "..."}` (optional, required for `notes`); publishes an `AlertAction` on '
+        "`sf.actions.alerts`, answers the updated alert",
+        params=(_ID, enum_path("action", "what to do", list(ACTIONS))),
+        body=NoteBody,
+        answer=Alert,
     ),
 ]

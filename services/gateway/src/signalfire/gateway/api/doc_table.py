@@ -27,7 +27,11 @@ def _query(param: Param) -> str:
 def _cell(endpoint: Endpoint) -> str:
     """``METHOD /path?query=`` (the paging parameters, which every list takes, left out)."""
     query = "&".join(_query(p) for p in endpoint.params if p.where == "query" and p not in PAGE)
-    return f"`{endpoint.method} {endpoint.path}{'?' + query if query else ''}`"
+    path = endpoint.path
+    for param in endpoint.params:
+        if param.where == "path" and param.schema.get("enum"):
+            path = path.replace("{" + param.name + "}", _BAR.join(param.schema["enum"]))
+    return f"`{endpoint.method} {path}{'?' + query if query else ''}`"
 
 
 def endpoint_table(endpoints: Sequence[Endpoint]) -> str:

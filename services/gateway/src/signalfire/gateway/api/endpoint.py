@@ -60,6 +60,27 @@ def enum(name: str, description: str, choices: Sequence[str]) -> Param:
     return Param(name, description, schema={"type": "string", "enum": list(choices)})
 
 
+def enum_path(name: str, description: str, choices: Sequence[str]) -> Param:
+    """A path parameter that takes one of ``choices``: one route, documented as one path per
+    choice (``/alerts/{id}/ack``, ``/alerts/{id}/unack``, ...)."""
+    return Param(name, description, where="path", schema={"type": "string", "enum": list(choices)})
+
+
+def documented_paths(endpoint: Endpoint) -> list[tuple[str, tuple[Param, ...]]]:
+    """The paths ``endpoint`` is documented as, each with its remaining parameters: a path
+    parameter with a fixed set of values becomes one path per value."""
+    paths = [(endpoint.path, endpoint.params)]
+    for param in endpoint.params:
+        choices = param.schema.get("enum")
+        if param.where == "path" and choices:
+            paths = [
+                (path.replace("{" + param.name + "}", choice), tuple(p for p in params if p is not param))
+                for path, params in paths
+                for choice in choices
+            ]
+    return paths
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """One operation of the API.

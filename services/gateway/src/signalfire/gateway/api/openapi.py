@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from signalfire.gateway.api.endpoint import Endpoint
+from signalfire.gateway.api.endpoint import Endpoint, Param, documented_paths
 
 _REF = "#/components/schemas/"
 _ERROR_REF = {"$ref": "#/components/responses/Error"}
@@ -33,8 +33,7 @@ _ERROR_SCHEMA = {
 }
 
 
-def _parameter(endpoint: Endpoint, index: int) -> dict[str, Any]:
-    param = endpoint.params[index]
+def _parameter(param: Param) -> dict[str, Any]:
     return {
         "name": param.name,
         "in": param.where,
@@ -45,7 +44,7 @@ def _parameter(endpoint: Endpoint, index: int) -> dict[str, Any]:
 
 
 def _operation(
-    endpoint: Endpoint, answer: dict[str, Any] | None, body: dict[str, Any] | None
+    endpoint: Endpoint, params: tuple[Param, ...], answer: dict[str, Any] | None, body: dict[str, Any] | None
 ) -> dict[str, Any]:
     if endpoint.media is not None:
         content = {kind: {"schema": dict(schema)} for kind, schema in endpoint.media.items()}
@@ -53,12 +52,12 @@ def _operation(
         content = {"application/json": {"schema": answer or {"type": "object"}}}
     responses: dict[str, Any] = {str(endpoint.status): {"description": "success", "content": content}}
     responses.update(dict.fromkeys(_ERRORS, _ERROR_REF))
-    if any(p.where == "path" for p in endpoint.params):
+    if any(p.where == "path" for p in params):
         responses["404"] = _ERROR_REF
     operation: dict[str, Any] = {
         "summary": endpoint.summary,
         "description": f"Needs the `{endpoint.role}` role.",
-        "parameters": [_parameter(endpoint, i) for i in range(len(endpoint.params))],
+        "parameters": [_parameter(p) for p in params],
         "responses": responses,
     }
     if body is not None:
@@ -78,7 +77,8 @@ def openapi_document(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
     for endpoint in described:
         answer = schema_of[id(endpoint.answer)] if endpoint.answer is not None else None
         body = schema_of[id(endpoint.body)] if endpoint.body is not None else None
-        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _operation(endpoint, answer, body)
+        for path, params in documented_paths(endpoint):
+            paths.setdefault(path, {})[endpoint.method.lower()] = _operation(endpoint, params, answer, body)
     components["Error"] = _ERROR_SCHEMA
     return {
         "openapi": "3.1.0",
