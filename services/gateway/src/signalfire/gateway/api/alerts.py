@@ -16,9 +16,9 @@ from signalfire.gateway.api.resources import (
     JsonObject,
     Resources,
     audit_details,
+    from_rows,
     json_response,
     principal,
-    raw_json,
 )
 from signalfire.gateway.bodies import NoteBody, parse_body
 from signalfire.gateway.errors import ApiError, invalid
@@ -40,7 +40,8 @@ SELECT id, fingerprint, rule, status, severity, host, labels::text AS labels,
        extract(epoch FROM ends_at)::float8 AS ends_at,
        extract(epoch FROM last_event_at)::float8 AS updated_at, seq,
        acknowledged_by, extract(epoch FROM acknowledged_at)::float8 AS acknowledged_at,
-       resolved_by, extract(epoch FROM resolved_at)::float8 AS resolved_at, notes::text AS notes
+       resolved_by, extract(epoch FROM resolved_at)::float8 AS resolved_at, notes::text AS notes,
+       acknowledged_at IS NOT NULL AS acknowledged
 FROM alerts
 """
 
@@ -93,19 +94,13 @@ class AlertPage(msgspec.Struct, kw_only=True):
     next_cursor: str | None
 
 
-def _fields(row: Any) -> dict[str, Any]:
-    fields = dict(row)
-    for name in ("labels", "annotations"):
-        fields[name] = raw_json(row[name])
-    fields["notes"] = msgspec.Raw(row["notes"].encode() if row["notes"] else b"[]")
-    fields["acknowledged"] = row["acknowledged_at"] is not None
-    return fields
+_JSON_COLUMNS = ("labels", "annotations", "notes")
 
 
 async def alert_rows(res: Resources, where: str, *args: Any) -> list[Alert]:
     """The alerts ``where`` selects (``WHERE ... ORDER BY ... LIMIT ...`` over ``args``)."""
     rows = await res.pool.fetch(_SELECT + where, *args)
-    return [Alert(**_fields(row)) for row in rows]
+    return from_rows(Alert, rows, json=_JSON_COLUMNS)
 
 
 async def alerts(res: Resources, request: Request) -> Response:
@@ -149,8 +144,8 @@ async def alerts(res: Resources, request: Request) -> Response:
 
 async def alert(res: Resources, request: Request) -> Response:
     alert_id = request.path_params["id"]
-    row = await res.pool.fetchrow(_SELECT + "WHERE id = $1", alert_id)
-    if row is None:
+    found = await alert_rows(res, "WHERE id = $1", alert_id)
+    if not found:
         raise ApiError(404, "not_found", f"no alert {alert_id!r}", "id")
     history = await res.pool.fetch(
         """
@@ -162,11 +157,8 @@ async def alert(res: Resources, request: Request) -> Response:
     deliveries = await notification_rows(res, "WHERE alert_id = $1 ORDER BY time, id LIMIT 1000", alert_id)
     return json_response(
         AlertDetail(
-            **_fields(row),
-            history=[
-                HistoryEntry(time=h["time"], event=h["event"], seq=h["seq"], payload=raw_json(h["payload"]))
-                for h in history
-            ],
+            **msgspec.structs.asdict(found[0]),
+            history=from_rows(HistoryEntry, history, json=("payload",)),
             deliveries=deliveries,
         )
     )

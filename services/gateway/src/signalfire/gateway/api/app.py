@@ -10,6 +10,7 @@ the caller owns and wraps them in the middleware.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -41,6 +42,23 @@ from signalfire.gateway.web import dashboard_routes
 from signalfire.telemetry import Registry
 
 log = logging.getLogger("signalfire.gateway.api")
+
+#: The live stream's gauges: name, help, the :class:`StreamHub` attribute they read.
+_STREAM_GAUGES = (
+    ("stream_clients", "Connected live-stream clients", "clients"),
+    ("stream_frames_published", "Frames published to the live stream", "frames_published"),
+    (
+        "stream_frames_coalesced",
+        "Metric frames replaced by a newer value before a slow client read them",
+        "frames_coalesced",
+    ),
+    ("stream_clients_stalled", "Clients disconnected for not reading", "clients_stalled"),
+    (
+        "stream_clients_revoked",
+        "Clients disconnected because their API token was revoked or deleted",
+        "clients_revoked",
+    ),
+)
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -134,27 +152,8 @@ def create_app(
             "stream_messages_rejected_total", "Live-stream client messages refused (the client was closed)"
         )
         res.live = LiveEndpoints(hub, live_settings, rejected=stream_rejected)
-        registry.gauge("stream_clients", "Connected live-stream clients", function=lambda: hub.clients)
-        registry.gauge(
-            "stream_frames_published",
-            "Frames published to the live stream",
-            function=lambda: hub.frames_published,
-        )
-        registry.gauge(
-            "stream_frames_coalesced",
-            "Metric frames replaced by a newer value before a slow client read them",
-            function=lambda: hub.frames_coalesced,
-        )
-        registry.gauge(
-            "stream_clients_stalled",
-            "Clients disconnected for not reading",
-            function=lambda: hub.clients_stalled,
-        )
-        registry.gauge(
-            "stream_clients_revoked",
-            "Clients disconnected because their API token was revoked or deleted",
-            function=lambda: hub.clients_revoked,
-        )
+        for name, description, attribute in _STREAM_GAUGES:
+            registry.gauge(name, description, function=functools.partial(getattr, hub, attribute))
     routes = [_route(e, res) for e in ENDPOINTS if res.live is not None or not e.needs_hub]
     routes += dashboard_routes()
 

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from signalfire.gateway.api.endpoint import PAGE, Endpoint
-from signalfire.gateway.api.resources import JsonObject, Resources, json_response, raw_json
+from signalfire.gateway.api.resources import JsonObject, Resources, from_rows, json_response
 from signalfire.gateway.params import encode_cursor, parse_cursor, parse_limit
 
 
@@ -43,7 +43,7 @@ async def audit(res: Resources, request: Request) -> Response:
         cursor[0] if cursor else None,
         limit + 1,
     )
-    entries = [AuditEntry(**{**dict(r), "details": raw_json(r["details"])}) for r in rows[:limit]]
+    entries = from_rows(AuditEntry, rows[:limit], json=("details",))
     next_cursor = encode_cursor([entries[-1].id]) if len(rows) > limit else None
     return json_response(AuditPage(audit=entries, next_cursor=next_cursor))
 

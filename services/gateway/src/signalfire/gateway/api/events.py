@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from signalfire.gateway.api.endpoint import HOST, PAGE, RANGE, Endpoint, Param
 from signalfire.gateway.api.query import auto_step, too_many
-from signalfire.gateway.api.resources import JsonObject, Resources, json_response, raw_json
+from signalfire.gateway.api.resources import JsonObject, Resources, from_rows, json_response
 from signalfire.gateway.errors import invalid
 from signalfire.gateway.params import encode_cursor, parse_cursor, parse_limit, parse_range, parse_step
 
@@ -71,17 +71,7 @@ async def events(res: Resources, request: Request) -> Response:
         *(cursor or [None, None, None, None]),
         limit + 1,
     )
-    found = [
-        StoredEvent(
-            time=r["time"],
-            host=r["host"],
-            type=r["type"],
-            message=r["message"],
-            labels=raw_json(r["labels"]),
-            value=r["value"],
-        )
-        for r in rows[:limit]
-    ]
+    found = from_rows(StoredEvent, rows[:limit], json=("labels",))
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]

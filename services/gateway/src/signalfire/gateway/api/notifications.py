@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from signalfire.gateway.api.endpoint import PAGE, Endpoint, Param, enum
-from signalfire.gateway.api.resources import Resources, json_response
+from signalfire.gateway.api.resources import Resources, from_rows, json_response
 from signalfire.gateway.params import encode_cursor, parse_choice, parse_cursor, parse_limit
 
 DELIVERY_STATUSES = ("sent", "failed", "retrying", "suppressed")
@@ -45,7 +45,7 @@ class NotificationPage(msgspec.Struct, kw_only=True):
 async def notification_rows(res: Resources, where: str, *args: Any) -> list[Notification]:
     """The deliveries ``where`` selects (``WHERE ... ORDER BY ... LIMIT ...`` over ``args``)."""
     rows = await res.pool.fetch(_SELECT + where, *args)
-    return [Notification(**row) for row in rows]
+    return from_rows(Notification, rows)
 
 
 async def notifications(res: Resources, request: Request) -> Response:

@@ -4,9 +4,9 @@ clock), and the few things every handler does with a request."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -26,6 +26,7 @@ from signalfire.telemetry import Registry
 log = logging.getLogger("signalfire.gateway.api")
 
 _json = msgspec.json.Encoder()
+S = TypeVar("S", bound=msgspec.Struct)
 
 #: A JSON object passed through as the database's text (``labels``, ``facts``, ...).
 JsonObject = Annotated[msgspec.Raw, msgspec.Meta(extra_json_schema={"type": "object"})]
@@ -78,6 +79,13 @@ def encode_json(data: Any) -> bytes:
 def raw_json(text: str | None) -> msgspec.Raw:
     """A JSON column's text passed through as is (``{}`` when it is empty)."""
     return msgspec.Raw(text.encode() if text else b"{}")
+
+
+def from_rows(kind: type[S], rows: Iterable[Mapping[str, Any]], json: Collection[str] = ()) -> list[S]:
+    """``kind`` structs from database rows whose columns are named as its fields (other
+    columns are ignored); the ``json`` columns are JSON text, passed through as is."""
+    names = kind.__struct_fields__
+    return [kind(**{n: raw_json(row[n]) if n in json else row[n] for n in names}) for row in rows]
 
 
 def decode_json(text: str | None) -> Any:

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from signalfire.gateway.api.endpoint import HOST, LABELS, PAGE, Endpoint, Param
-from signalfire.gateway.api.resources import JsonObject, Resources, encode_json, json_response, raw_json
+from signalfire.gateway.api.resources import JsonObject, Resources, encode_json, from_rows, json_response
 from signalfire.gateway.params import encode_cursor, label_matchers, parse_cursor, parse_limit
 from signalfire.gateway.store import LatestValues
 
@@ -67,7 +67,7 @@ async def series(res: Resources, request: Request) -> Response:
     cursor = parse_cursor(params, (int,))
     rows = await res.pool.fetch(
         """
-        SELECT id, host, name, labels::text AS labels, unit FROM series
+        SELECT id, host, name AS metric, labels::text AS labels, unit FROM series
         WHERE ($1::text IS NULL OR host = $1) AND ($2::text IS NULL OR name = $2)
           AND labels @> $3::jsonb AND ($4::text IS NULL OR strpos(name, $4) > 0)
           AND ($5::bigint IS NULL OR id > $5)
@@ -80,16 +80,7 @@ async def series(res: Resources, request: Request) -> Response:
         cursor[0] if cursor else None,
         limit + 1,
     )
-    found = [
-        Series(
-            id=row["id"],
-            host=row["host"],
-            metric=row["name"],
-            labels=raw_json(row["labels"]),
-            unit=row["unit"],
-        )
-        for row in rows[:limit]
-    ]
+    found = from_rows(Series, rows[:limit], json=("labels",))
     next_cursor = encode_cursor([found[-1].id]) if len(rows) > limit else None
     return json_response(SeriesPage(series=found, next_cursor=next_cursor))
 
