@@ -10,10 +10,12 @@ Four durable consumers, shared by every gateway replica:
 Each round fetches up to ``fetch_batch`` messages, decodes them, writes the good ones in one
 transaction (all samples of the round in one ``COPY``) and acknowledges them only after the
 commit. The metrics consumer runs ``ingest_writers`` rounds at once: while one transaction
-commits, the next round is fetched and copied. The rollups of the metric batches are merged
-every ``rollup_flush`` (many rounds in one merge, which is what keeps them cheap); those
-messages are acknowledged after that merge commits, so a gateway that dies in between has them
-redelivered and their rollups merged by the next one (see :mod:`signalfire.gateway.store`).
+commits, the next round is fetched and copied. The rollups of the metric batches belong to
+:class:`~signalfire.gateway.rollup.Rollups`: each round hands the store a round of it, takes
+what waits for the merge once the write commits, and every ``rollup_flush`` has it merge
+(many rounds in one merge, which is what keeps them cheap) and acknowledges what it merged; a
+gateway that dies in between has those messages redelivered and their rollups merged by the
+next one.
 
 Malformed messages are counted, logged once and terminated (never redelivered); the rest of
 the round is still stored. When the database is unreachable nothing is acknowledged: the
@@ -57,7 +59,8 @@ from signalfire.events import (
 )
 from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.live import LiveFeed
-from signalfire.gateway.store import LatestValues, RollupBacklog, Store
+from signalfire.gateway.rollup import Rollups
+from signalfire.gateway.store import LatestValues, Store
 from signalfire.log import Throttle
 from signalfire.subjects import Subjects
 from signalfire.telemetry import Registry
@@ -200,21 +203,21 @@ class Ingest:
         registry: Registry,
         latest: LatestValues,
         *,
+        rollups: Rollups,
         live: LiveFeed | None = None,
     ) -> None:
         self.config = config
         self.live = live
         self.js = js
         self.store = store
+        self.rollups = rollups
         self.latest = latest
         self.subjects: Subjects = config.nats.subjects
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._backlog = RollupBacklog()
-        #: Messages stored but not acknowledged until their rollups are merged, by sequence,
-        #: with the new samples they brought (counted once merged).
-        self._held: dict[int, tuple[Msg, int]] = {}
+        #: Messages stored but not acknowledged until their rollups are merged, by sequence.
+        self._held: dict[int, Msg] = {}
         #: A fetch error that persists (NATS away) is logged once per 30 s, not per attempt.
         self._fetch_warnings = Throttle(30.0)
         self._consumers = [
@@ -363,20 +366,19 @@ class Ingest:
             await self._flush_once()
 
     async def _flush_once(self) -> None:
-        """Merge the rollups of the backlog, then acknowledge its messages."""
-        if not len(self._backlog):
+        """Merge the rollups of what waits, then acknowledge their messages."""
+        if not len(self.rollups):
             return
         try:
-            done = await self.store.flush_rollups(self._backlog)
-        except Exception as exc:  # kept in the backlog; retried next time
+            merged = await self.rollups.flush()
+        except Exception as exc:  # they keep waiting; retried next time
             self.db_errors.inc(consumer="rollups")
             log.warning("rollup merge failed; will retry", extra={"reason": repr(exc)})
             return
-        for seq in done:
-            held = self._held.pop(seq, None)
-            if held is None:
+        for seq, samples in merged.items():
+            msg = self._held.pop(seq, None)
+            if msg is None:
                 continue
-            msg, samples = held
             self.samples.inc(samples)
             self.messages.inc(kind="metrics")
             try:
@@ -534,26 +536,26 @@ class Ingest:
         events = [p for _, p in items if isinstance(p, EventBatch)]
         statuses = [p for _, p in items if isinstance(p, AgentStatus)]
         sequences = [msg.metadata.sequence.stream for msg, _ in metric_items]
+        rollups = self.rollups.round(sequences)
         written = await self.store.write_metrics(
             metrics,
             events,
             statuses,
-            sequences=sequences,
-            backlog=self._backlog,
+            rollups=rollups,
             redelivered=any(msg.metadata.num_delivered > 1 for msg, _ in items),
         )
         # Batches whose rollups wait for the next merge are counted (and acknowledged) then.
-        held = [msg for (msg, _), seq in zip(metric_items, sequences, strict=True) if seq in written.deferred]
+        waiting = self.rollups.add(rollups)
+        held = [msg for (msg, _), seq in zip(metric_items, sequences, strict=True) if seq in waiting]
         for msg in held:
-            seq = msg.metadata.sequence.stream
-            self._held[seq] = (msg, written.deferred[seq])
+            self._held[msg.metadata.sequence.stream] = msg
         for host, keys, when, values in written.uniform:
             self.latest.update_batch(host, keys, when, values)
         for key, when, value in written.rows:
             self.latest.update(key, when, value)
         if self.live is not None:
             self.live.metrics(metrics, statuses)
-        self.samples.inc(written.samples - sum(written.deferred.values()))
+        self.samples.inc(written.samples - sum(waiting.values()))
         self.duplicates.inc(written.duplicate_samples)
         self.events.inc(written.events)
         self.series.inc(written.new_series)
