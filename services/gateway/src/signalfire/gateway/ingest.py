@@ -44,8 +44,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from signalfire.events import (
     HOST_NAME_PATTERN,
     LABEL_NAME_PATTERN,
+    MAX_HOST_NAME_LENGTH,
+    MAX_LABEL_NAME_LENGTH,
+    MAX_LABEL_VALUE_LENGTH,
     MAX_LABELS,
+    MAX_METRIC_NAME_LENGTH,
     MAX_SAMPLES_PER_BATCH,
+    MAX_UNIX_TIME,
     METRIC_NAME_PATTERN,
     AgentStatus,
     AlertAction,
@@ -98,11 +103,11 @@ class _LeanBatch(MetricBatch, gc=False, kw_only=True):
 
 
 _lean_decoder = msgspec.json.Decoder(_LeanBatch)
-# The contract's own patterns, tested the way msgspec tests them (``search``), so both agree.
+# The contract's own patterns and limits (:mod:`signalfire.events`), the patterns tested the way
+# msgspec tests them (``search``), so both agree.
 _HOST = re.compile(HOST_NAME_PATTERN)
 _NAME = re.compile(METRIC_NAME_PATTERN)
 _LABEL_NAME = re.compile(LABEL_NAME_PATTERN)
-_MAX_TIME = 32503680000.0
 #: Host, metric and label names already checked (bounded: cleared when full).
 _valid_hosts: set[str] = set()
 _valid_names: set[str] = set()
@@ -126,16 +131,19 @@ def _lean_ok(batch: _LeanBatch) -> bool:
     """Whether ``batch`` meets every constraint of :class:`MetricBatch` (checked per batch and
     per distinct name, not per sample field by field)."""
     samples = batch.samples
-    if not (0 <= batch.time <= _MAX_TIME and _names_ok({batch.host}, _valid_hosts, _HOST, 253)):
+    if not (
+        0 <= batch.time <= MAX_UNIX_TIME
+        and _names_ok({batch.host}, _valid_hosts, _HOST, MAX_HOST_NAME_LENGTH)
+    ):
         return False
     if len(samples) > MAX_SAMPLES_PER_BATCH:
         return False
-    if not _names_ok({s.name for s in samples}, _valid_names, _NAME, 200):
+    if not _names_ok({s.name for s in samples}, _valid_names, _NAME, MAX_METRIC_NAME_LENGTH):
         return False
     if not all(map(math.isfinite, [s.value for s in samples])):
         return False
     times = [s.time for s in samples if s.time is not None]
-    if times and not (min(times) >= 0 and max(times) <= _MAX_TIME):
+    if times and not (min(times) >= 0 and max(times) <= MAX_UNIX_TIME):
         return False
     labelled = [s.labels for s in samples if s.labels]
     if batch.labels:
@@ -143,9 +151,10 @@ def _lean_ok(batch: _LeanBatch) -> bool:
     if labelled:
         if max(map(len, labelled)) > MAX_LABELS:
             return False
-        if not _names_ok(set(chain.from_iterable(labelled)), _valid_label_names, _LABEL_NAME, 100):
+        label_names = set(chain.from_iterable(labelled))
+        if not _names_ok(label_names, _valid_label_names, _LABEL_NAME, MAX_LABEL_NAME_LENGTH):
             return False
-        if max(map(len, chain.from_iterable(map(dict.values, labelled)))) > 1024:
+        if max(map(len, chain.from_iterable(map(dict.values, labelled)))) > MAX_LABEL_VALUE_LENGTH:
             return False
     return True
 
