@@ -565,12 +565,14 @@ async def test_a_digest_lists_an_alert_that_fired_and_resolved_within_its_period
     await running(make_config(nats_config, {"mail": hook(receivers, "mail")}, [route]))
     brief, lasting = alert(severity="low", host="h1"), alert(severity="low", host="h2")
     await publish(nc, nats_config, brief)
-    await publish(nc, nats_config, lasting)
     await publish(nc, nats_config, resolved(brief))
+    await quiet(0.1)
+    await publish(nc, nats_config, lasting)
     await quiet()
     clock.now = 3600.0 * 490_001
     await wait_until(lambda: len(receivers.got("mail")) == 1, "the digest")
     [digest] = receivers.got("mail")
+    assert (digest["alert"]["id"], digest["transition"]) == (lasting.id, "firing")
     assert {(a["id"], a["status"]) for a in digest["alerts"]} == {
         (brief.id, "resolved"),
         (lasting.id, "firing"),
