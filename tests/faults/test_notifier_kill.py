@@ -14,15 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +27,12 @@ from devstack import ServiceProcess
 from nats.js.errors import NoKeysError
 
 from signalfire.bus import NatsConfig
-from signalfire.events import AlertEvent, encode
 from signalfire.notifier.deadletter import DeadLetter
 from signalfire.notifier.ledger import SentMark
+from tests.support.alerts import firing_alert, publish_alert
+from tests.support.polling import wait_until
+from tests.support.processes import kill9, notifier_process
+from tests.support.webhook import Posted, WebhookReceiver
 
 pytestmark = pytest.mark.slow
 
@@ -48,77 +46,19 @@ ANSWER_DELAY = 0.3
 ACK_WAIT = "2s"
 
 
-@dataclass(frozen=True)
-class Request:
-    channel: str
-    alert_id: str
-    transition: str
-    delivery_id: str
-    at: float
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    """Answers each request in 0.3 s, having recorded it on arrival."""
+    with WebhookReceiver(delay=ANSWER_DELAY) as r:
+        yield r
 
 
-class Server(ThreadingHTTPServer):
-    """Answers each connection in a thread. The listen backlog is raised from socketserver's 5:
-    a full backlog drops the notifier's new connections, which then wait a whole second for
-    TCP to retransmit the SYN, and a message arrives late for no reason of the notifier's."""
-
-    daemon_threads = True
-    request_queue_size = 128
-
-
-class Receiver:
-    """A loopback webhook receiver that records each request on arrival (a real receiver acts
-    on what it got even when its answer never reaches the sender), then answers in 0.3 s."""
-
-    def __init__(self) -> None:
-        self.requests: list[Request] = []
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                request = Request(
-                    channel=self.path.strip("/"),
-                    alert_id=body["alert"]["id"],
-                    transition=body["transition"],
-                    delivery_id=self.headers.get("Idempotency-Key", ""),
-                    at=time.monotonic(),
-                )
-                with receiver._lock:
-                    receiver.requests.append(request)
-                time.sleep(ANSWER_DELAY)
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = Server(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def url(self, channel: str) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}/{channel}"
-
-    def got(self, transition: str | None = None) -> list[Request]:
-        with self._lock:
-            return [r for r in self.requests if transition is None or r.transition == transition]
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+def got(receiver: WebhookReceiver, transition: str | None = None) -> list[Posted]:
+    return [r for r in receiver.posted() if transition is None or r.transition == transition]
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
-
-
-@pytest.fixture
-def notify_config(nats_config: NatsConfig, receiver: Receiver, tmp_path: Path) -> Path:
+def notify_config(nats_config: NatsConfig, receiver: WebhookReceiver, tmp_path: Path) -> Path:
     path = tmp_path / "notify.yaml"
     channels = ", ".join(
         f'{name}: {{type: webhook, url: "{receiver.url(name)}", timeout: 5s}}' for name in CHANNELS
@@ -149,19 +89,13 @@ class Notifiers:
     def __init__(self, config: Path, log_dir: Path) -> None:
         self._config = config
         self._log_dir = log_dir
-        self._env = {k: v for k, v in os.environ.items() if not k.startswith("SF_")}
         self.started: list[ServiceProcess] = []
 
     def start(self) -> ServiceProcess:
         name = f"notifier-{len(self.started) + 1}"
-        process = ServiceProcess(name, ["notifier", "--config", str(self._config)], self._env, self._log_dir)
+        process = notifier_process(name, self._config, self._log_dir)
         self.started.append(process.start())
         return process
-
-    def kill9(self, process: ServiceProcess) -> None:
-        assert process.proc is not None and process.alive(), f"{process.name} died early"
-        os.killpg(process.proc.pid, signal.SIGKILL)
-        process.proc.wait(timeout=10)
 
     def logs(self) -> str:
         return "".join(p.log_path.read_text(errors="replace") for p in self.started if p.log_path.exists())
@@ -176,36 +110,6 @@ def notifiers(notify_config: Path, tmp_path: Path) -> Iterator[Notifiers]:
     n = Notifiers(notify_config, tmp_path)
     yield n
     n.stop()
-
-
-async def wait_until(check: Callable[[], bool], what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def firing(alert_id: str, now: float) -> AlertEvent:
-    return AlertEvent(
-        id=alert_id,
-        fingerprint=f"fp-{alert_id}",
-        rule="HighCPU",
-        status="firing",
-        severity="high",
-        host="web-1",
-        starts_at=now,
-        time=now,
-        value=93.0,
-    )
-
-
-async def publish(nc: Any, nats_config: NatsConfig, alert: AlertEvent) -> None:
-    await nc.jetstream().publish(
-        nats_config.subjects.alerts(alert.host),
-        encode(alert),
-        headers={"Nats-Msg-Id": f"{alert.id}:{alert.status}"},
-    )
 
 
 async def ledger(kv: Any) -> tuple[list[SentMark], list[DeadLetter]]:
@@ -228,7 +132,7 @@ async def ledger(kv: Any) -> tuple[list[SentMark], list[DeadLetter]]:
 
 @pytest.mark.parametrize("replicas", [1, 2], ids=["restarted", "with-a-second-replica"])
 async def test_kill_9_mid_delivery_loses_nothing_and_never_resolves_unannounced(
-    nc: Any, nats_config: NatsConfig, receiver: Receiver, notifiers: Notifiers, replicas: int
+    nc: Any, nats_config: NatsConfig, receiver: WebhookReceiver, notifiers: Notifiers, replicas: int
 ) -> None:
     """``restarted``: one notifier, killed and started again, twice. ``with-a-second-replica``:
     two notifiers share the work; one is killed during the firing notices (the other takes
@@ -238,28 +142,28 @@ async def test_kill_9_mid_delivery_loses_nothing_and_never_resolves_unannounced(
     kv = await js.key_value(nats_config.subjects.bucket("notify_state"))
     run = uuid.uuid4().hex[:6]
     now = time.time()
-    alerts = [firing(f"kill-{run}-{i:03d}", now) for i in range(ALERTS)]
+    alerts = [firing_alert(f"kill-{run}-{i:03d}", now=now, value=93.0) for i in range(ALERTS)]
     notices = ALERTS * len(CHANNELS)
 
     victim = notifiers.start()
     if replicas == 2:
         notifiers.start()
     for a in alerts:
-        await publish(nc, nats_config, a)
+        await publish_alert(nc, nats_config, a)
     # mid-flow: about a quarter of the firing notices are out, the next ones are in flight
-    await wait_until(lambda: len(receiver.got("firing")) >= notices // 4, "the first firing notices", 30)
-    notifiers.kill9(victim)
-    at_first_kill = len(receiver.got("firing"))
+    await wait_until(lambda: len(got(receiver, "firing")) >= notices // 4, "the first firing notices", 30)
+    kill9(victim)
+    at_first_kill = len(got(receiver, "firing"))
 
     victim = notifiers.started[1] if replicas == 2 else notifiers.start()
     for a in alerts:
         ended = time.time()
-        await publish(
+        await publish_alert(
             nc, nats_config, msgspec.structs.replace(a, status="resolved", time=ended, ends_at=ended, seq=2)
         )
-    await wait_until(lambda: len(receiver.got("resolved")) >= notices // 4, "the first resolved notices", 30)
-    notifiers.kill9(victim)
-    at_second_kill = len(receiver.got("resolved"))
+    await wait_until(lambda: len(got(receiver, "resolved")) >= notices // 4, "the first resolved notices", 30)
+    kill9(victim)
+    at_second_kill = len(got(receiver, "resolved"))
     notifiers.start()
 
     marks: list[SentMark] = []
@@ -267,7 +171,7 @@ async def test_kill_9_mid_delivery_loses_nothing_and_never_resolves_unannounced(
 
     def accounted() -> bool:
         dead = {(d.alert.id, d.transition, d.channel) for d in letters}
-        done = {(r.alert_id, r.transition, r.channel) for r in receiver.got()}
+        done = {(r.alert_id, r.transition, r.channel) for r in got(receiver)}
         fired = {(a, c) for a, t, c in done if t == "firing"}
         for a in alerts:
             for channel in CHANNELS:
@@ -289,11 +193,11 @@ async def test_kill_9_mid_delivery_loses_nothing_and_never_resolves_unannounced(
 
     numbers: dict[str, object] = {"at_first_kill": at_first_kill, "at_second_kill": at_second_kill}
     for transition in ("firing", "resolved"):
-        got = receiver.got(transition)
-        keys = Counter(r.delivery_id for r in got)
-        numbers[f"{transition}_sent"] = len(got)
+        sent = got(receiver, transition)
+        keys = Counter(r.idempotency_key for r in sent)
+        numbers[f"{transition}_sent"] = len(sent)
         numbers[f"{transition}_unique"] = len(keys)
-        numbers[f"{transition}_duplicates"] = len(got) - len(keys)
+        numbers[f"{transition}_duplicates"] = len(sent) - len(keys)
         numbers[f"{transition}_dead"] = sum(d.transition == transition for d in letters)
     numbers["claims_taken_over"] = notifiers.logs().count("took over a dead replica's claim")
     numbers["sending_left"] = sum(m.state == "sending" for m in marks)
@@ -309,8 +213,8 @@ async def test_kill_9_mid_delivery_loses_nothing_and_never_resolves_unannounced(
     assert all(d.reason for d in letters), "a dead letter without its reason"
     by_notice: dict[tuple[str, str, str], set[str]] = defaultdict(set)
     first: dict[tuple[str, str, str], float] = {}
-    for r in receiver.got():
-        by_notice[(r.alert_id, r.transition, r.channel)].add(r.delivery_id)
+    for r in got(receiver):
+        by_notice[(r.alert_id, r.transition, r.channel)].add(r.idempotency_key)
         first.setdefault((r.alert_id, r.transition, r.channel), r.at)
     dead = {(d.alert.id, d.transition, d.channel) for d in letters}
     for a in alerts:
@@ -325,4 +229,4 @@ async def test_kill_9_mid_delivery_loses_nothing_and_never_resolves_unannounced(
             assert len(by_notice[resolved]) + (resolved in dead) == 1, (resolved, by_notice[resolved])
             if resolved in first:
                 assert first[fired] < first[resolved], f"{resolved}: resolved before its firing notice"
-    assert "" not in {r.delivery_id for r in receiver.got()}
+    assert "" not in {r.idempotency_key for r in got(receiver)}

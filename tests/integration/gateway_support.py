@@ -17,8 +17,11 @@ from devstack import PostgresServer, temp_pg_dir
 
 from signalfire.bus import NatsConfig
 from signalfire.config import Duration
+from signalfire.events import MetricBatch
 from signalfire.gateway.config import GatewayConfig
+from signalfire.gateway.rollup import Rollups
 from signalfire.gateway.service import GatewayService
+from signalfire.gateway.store import MetricsWritten, Store
 
 T = TypeVar("T")
 
@@ -93,3 +96,18 @@ def plain_postgres() -> Iterator[PostgresServer]:
     finally:
         server.stop()
         shutil.rmtree(data.parent, ignore_errors=True)
+
+
+async def write_held(
+    store: Store,
+    rollups: Rollups,
+    batches: list[MetricBatch],
+    sequences: list[int],
+    *,
+    redelivered: bool = False,
+) -> tuple[MetricsWritten, dict[int, int]]:
+    """Write ``batches`` (stream ``sequences``) as ingest does: their rollups wait in ``rollups``
+    for its flush. Returns what was written and what waits (sequence: new samples)."""
+    round_ = rollups.round(sequences)
+    written = await store.write_metrics(batches, rollups=round_, redelivered=redelivered)
+    return written, rollups.add(round_)

@@ -19,15 +19,10 @@ from signalfire.config import Duration
 from signalfire.events import MetricBatch, Sample
 from signalfire.gateway import rollup
 from signalfire.gateway.config import GatewayConfig, RetentionConfig
-from signalfire.gateway.maintenance import (
-    PendingBatch,
-    RollupRepair,
-    plan_repair,
-    repair_rollups,
-)
 from signalfire.gateway.migrate import migrate
-from signalfire.gateway.store import RollupBacklog, Store
-from tests.integration.gateway_support import eventually, gateway_config, running_gateway
+from signalfire.gateway.rollup import PendingBatch, RollupRepair, Rollups, plan_repair, repair_rollups
+from signalfire.gateway.store import Store
+from tests.integration.gateway_support import eventually, gateway_config, running_gateway, write_held
 
 HOUR = 3600.0
 Cells = dict[tuple[int, float], rollup.Cell]
@@ -110,8 +105,8 @@ async def assert_rollups_match_raw(pool: asyncpg.Pool) -> None:
 async def orphan(store: Store, batches: list[MetricBatch], sequences: list[int]) -> None:
     """Store ``batches`` as ingest does but never merge their rollups (the gateway died and the
     messages never came back), and make their pending rows two hours old."""
-    written = await store.write_metrics(batches, sequences=sequences, backlog=RollupBacklog())
-    assert set(written.deferred) == set(sequences)
+    _, waiting = await write_held(store, Rollups(store.pool), batches, sequences)
+    assert set(waiting) == set(sequences)
     await store.pool.execute(
         "UPDATE rollup_pending SET created_at = created_at - interval '2 hours' WHERE seq = ANY($1)",
         sequences,
@@ -120,9 +115,9 @@ async def orphan(store: Store, batches: list[MetricBatch], sequences: list[int])
 
 async def merged(store: Store, batches: list[MetricBatch], sequences: list[int]) -> None:
     """Store ``batches`` and merge their rollups, as ingest does."""
-    backlog = RollupBacklog()
-    await store.write_metrics(batches, sequences=sequences, backlog=backlog)
-    assert await store.flush_rollups(backlog) == set(sequences)
+    rollups = Rollups(store.pool)
+    await write_held(store, rollups, batches, sequences)
+    assert set(await rollups.flush()) == set(sequences)
 
 
 async def repair(pool: asyncpg.Pool, retention: RetentionConfig | None = None) -> RollupRepair:
@@ -186,16 +181,16 @@ async def test_an_orphan_waits_for_a_younger_batch_of_its_host_in_the_same_minut
     top = hour_start(3 * HOUR)
     await orphan(store, [metrics("web-1", top + 10, seed=1), metrics("web-2", top + 10, seed=2)], [1, 2])
     # web-1's next batch, in the same minute, is stored and waits for its merge (still young)
-    backlog = RollupBacklog()
-    await store.write_metrics([metrics("web-1", top + 17, seed=3)], sequences=[3], backlog=backlog)
+    rollups = Rollups(pool)
+    await write_held(store, rollups, [metrics("web-1", top + 17, seed=3)], [3])
     # a younger batch of web-1 in another minute holds nothing up
-    await store.write_metrics([metrics("web-1", top + 600, seed=4)], sequences=[4], backlog=RollupBacklog())
+    await write_held(store, Rollups(pool), [metrics("web-1", top + 600, seed=4)], [4])
 
     assert await repair(pool) == RollupRepair(repaired=1, deferred=1)  # web-2's only
     assert await pool.fetchval("SELECT array_agg(seq ORDER BY seq) FROM rollup_pending") == [1, 3, 4]
     assert await repair(pool) == RollupRepair(deferred=1)
 
-    assert await store.flush_rollups(backlog) == {3}  # the younger batch's merge
+    assert await rollups.flush() == {3: 3}  # the younger batch's merge (its three new samples)
     assert await repair(pool) == RollupRepair(repaired=1)
     assert await pool.fetchval("SELECT array_agg(seq ORDER BY seq) FROM rollup_pending") == [4]
     # every sample counts once except those of batch 4, whose merge is still to come

@@ -13,7 +13,9 @@ from signalfire.config import Duration
 from signalfire.events import MetricBatch, Sample
 from signalfire.gateway.config import RetentionConfig
 from signalfire.gateway.maintenance import apply_retention, detect_edition
-from signalfire.gateway.store import RollupBacklog, Store
+from signalfire.gateway.rollup import Rollups
+from signalfire.gateway.store import Store
+from tests.integration.gateway_support import write_held
 
 DAY = 86400.0
 
@@ -47,13 +49,13 @@ async def test_rollups_equal_aggregates_of_the_raw_samples(pool: asyncpg.Pool) -
     data = batches(start, hosts=3, points=1100, step=7.0, seed=1)
     random.Random(2).shuffle(data)  # late data: buckets are revisited by later writes
     for i in range(0, len(data), 250):
-        await store.write_metrics(data[i : i + 250])
-    again = await store.write_metrics(data[:300])  # a redelivery adds nothing
+        await store.write_metrics(data[i : i + 250], rollups=Rollups.round())
+    again = await store.write_metrics(data[:300], rollups=Rollups.round())  # a redelivery adds nothing
     assert again.samples == 0
     assert again.duplicate_samples == 600
     # ... and a mixed round (some new, some redelivered) counts only the new samples
     extra = batches(start + 7.0 * 1100, hosts=3, points=10, step=7.0, seed=3)
-    mixed = await store.write_metrics(data[300:310] + extra)
+    mixed = await store.write_metrics(data[300:310] + extra, rollups=Rollups.round())
     assert mixed.samples == len(extra) * 2
 
     for table, width in (("samples_1m", 60), ("samples_1h", 3600)):
@@ -80,7 +82,7 @@ async def test_rollups_equal_aggregates_of_the_raw_samples(pool: asyncpg.Pool) -
 async def test_percentiles_from_rollups_are_within_two_percent(pool: asyncpg.Pool) -> None:
     store = Store(pool)
     start = 1_763_700_000.0 - 1_763_700_000.0 % 3600
-    await store.write_metrics(batches(start, hosts=1, points=500, step=7.0, seed=5))
+    await store.write_metrics(batches(start, hosts=1, points=500, step=7.0, seed=5), rollups=Rollups.round())
     series = await pool.fetchval("SELECT id FROM series WHERE name = 'cpu.usage_percent'")
     raw = await pool.fetchrow(
         """
@@ -160,7 +162,7 @@ async def test_rollup_percentiles_are_the_raw_ones_for_few_samples_and_within_th
         + [many[i : i + 60] for i in range(0, 200, 60)]
     )
     for batch in rounds:
-        await store.write_metrics(batch)
+        await store.write_metrics(batch, rollups=Rollups.round())
 
     ids = {
         r["host"]: r["id"] for r in await pool.fetch("SELECT host, id FROM series WHERE name = 'latency_ms'")
@@ -187,7 +189,10 @@ async def test_rollup_rows_written_before_values_were_kept_still_merge_and_read(
 
     store = Store(pool)
     start = 1_763_700_000.0 - 1_763_700_000.0 % 3600
-    await store.write_metrics([MetricBatch(host="old", time=start, samples=[Sample(name="x", value=100.0)])])
+    await store.write_metrics(
+        [MetricBatch(host="old", time=start, samples=[Sample(name="x", value=100.0)])],
+        rollups=Rollups.round(),
+    )
     series = await pool.fetchval("SELECT id FROM series WHERE host = 'old'")
     # As the row was stored before migration 0006: counts only.
     await pool.execute(
@@ -196,7 +201,8 @@ async def test_rollup_rows_written_before_values_were_kept_still_merge_and_read(
         msgspec.json.encode({rollup.hist_key(100.0): 1}).decode(),
     )
     await store.write_metrics(
-        [MetricBatch(host="old", time=start + 10, samples=[Sample(name="x", value=200.0)])]
+        [MetricBatch(host="old", time=start + 10, samples=[Sample(name="x", value=200.0)])],
+        rollups=Rollups.round(),
     )
     hist = msgspec.json.decode(
         await pool.fetchval("SELECT hist::text FROM samples_1m WHERE series_id = $1", series)
@@ -211,7 +217,8 @@ async def test_retention_drops_only_what_is_older_than_configured(pool: asyncpg.
     ages = {"ancient": 500 * DAY, "old": 100 * DAY, "month": 40 * DAY, "recent": 10 * DAY}
     for label, age in ages.items():
         await store.write_metrics(
-            [MetricBatch(host=label, time=now - age, samples=[Sample(name="cpu.usage_percent", value=1.0)])]
+            [MetricBatch(host=label, time=now - age, samples=[Sample(name="cpu.usage_percent", value=1.0)])],
+            rollups=Rollups.round(),
         )
     async with pool.acquire() as conn:
         edition = await detect_edition(conn)
@@ -241,21 +248,21 @@ async def test_deferred_rollups_count_every_batch_once(pool: asyncpg.Pool) -> No
     data = batches(start, hosts=2, points=50, step=7.0, seed=4)
     sequences = list(range(1, len(data) + 1))
     first = Store(pool)
-    died = RollupBacklog()  # the backlog of a gateway killed before its merge
-    written = await first.write_metrics(data, sequences=sequences, backlog=died)
+    died = Rollups(pool)  # the rollups of a gateway killed before its merge
+    written, waiting = await write_held(first, died, data, sequences)
     assert written.samples == len(data) * 2
-    assert set(written.deferred) == set(sequences)
+    assert set(waiting) == set(sequences)
     assert await pool.fetchval("SELECT count(*) FROM samples_1m") == 0
 
     # the redelivered messages: nothing stored twice, every batch waits for its merge again
     second, other = Store(pool), Store(pool)
-    held, also_held = RollupBacklog(), RollupBacklog()
-    again = await second.write_metrics(data, sequences=sequences, backlog=held, redelivered=True)
+    held, also_held = Rollups(pool), Rollups(pool)
+    again, _ = await write_held(second, held, data, sequences, redelivered=True)
     assert again.samples == 0
     assert again.duplicate_samples == len(data) * 2
-    await other.write_metrics(data[:10], sequences=sequences[:10], backlog=also_held, redelivered=True)
-    assert await second.flush_rollups(held) == set(sequences)
-    assert await other.flush_rollups(also_held) == set(sequences[:10])  # merged already: no-op
+    await write_held(other, also_held, data[:10], sequences[:10], redelivered=True)
+    assert set(await held.flush()) == set(sequences)
+    assert set(await also_held.flush()) == set(sequences[:10])  # merged already: no-op
     assert len(held) == len(also_held) == 0
 
     total = await pool.fetchval("SELECT count(*) FROM samples")

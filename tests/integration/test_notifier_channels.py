@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email
-import email.policy
 import json
 import ssl
 import subprocess
@@ -16,7 +14,6 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
@@ -24,8 +21,6 @@ from typing import Any, cast
 import aiohttp
 import msgspec
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from devstack import free_port
 
 from signalfire.config import ConfigError, Duration
@@ -37,6 +32,7 @@ from signalfire.notifier.channels.http import new_session
 from signalfire.notifier.channels.pagerduty import PagerDutyChannelConfig
 from signalfire.notifier.channels.slack import SlackChannelConfig
 from signalfire.notifier.channels.sms import SmsChannelConfig, segment_count
+from tests.support.smtp import Mailbox, smtp_server
 
 #: For channels built only to check their settings: they never make a request.
 NO_HTTP = cast(aiohttp.ClientSession, None)
@@ -151,50 +147,10 @@ async def failure(chan: Any, notification: Notification) -> DeliveryError:
 # --- email -------------------------------------------------------------------------------
 
 
-class Mailbox:
-    def __init__(self) -> None:
-        self.messages: list[tuple[Envelope, EmailMessage]] = []
-        self.logins: list[tuple[bytes, bytes]] = []
-        self.refuse: int | None = None
-
-    async def handle_RCPT(
-        self, server: Any, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        if self.refuse is not None:
-            return f"{self.refuse} mailbox unavailable"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
-        assert isinstance(envelope.content, bytes)
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.messages.append((envelope, parsed))
-        return "250 Message accepted"
-
-    def authenticate(
-        self, server: Any, session: Session, envelope: Envelope, mechanism: str, auth: Any
-    ) -> Any:
-        assert isinstance(auth, LoginPassword)
-        self.logins.append((auth.login, auth.password))
-        return AuthResult(success=auth.password == b"mail-secret", handled=False)
-
-
 @pytest.fixture
 def smtp() -> Iterator[tuple[Mailbox, int]]:
-    box = Mailbox()
-    port = free_port()
-    controller = Controller(
-        box,
-        hostname="127.0.0.1",
-        port=port,
-        authenticator=box.authenticate,
-        auth_require_tls=False,
-        auth_required=False,
-    )
-    controller.start()
-    yield box, port
-    controller.stop()
+    with smtp_server(login=True, auth_require_tls=False, auth_required=False) as server:
+        yield server
 
 
 def email_config(port: int, **overrides: Any) -> EmailChannelConfig:
@@ -619,23 +575,13 @@ async def test_email_over_starttls_and_implicit_tls_with_login(
     cert, key = certificate
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    box = Mailbox()
-    port = free_port()
     # aiosmtpd does not count implicit TLS as TLS for AUTH, hence auth_require_tls there
-    tls = (
+    tls: dict[str, Any] = (
         {"tls_context": context, "require_starttls": True}
         if security == "starttls"
         else {"ssl_context": context, "auth_require_tls": False}
     )
-    controller = Controller(
-        box,
-        hostname="127.0.0.1",
-        port=port,
-        authenticator=box.authenticate,
-        **tls,  # type: ignore[arg-type]
-    )
-    controller.start()
-    try:
+    with smtp_server(login=True, **tls) as (box, port):
         config = email_config(
             port, security=security, username="alerts", password_env="SMTP_PASSWORD", ca_file=str(cert)
         )
@@ -643,7 +589,5 @@ async def test_email_over_starttls_and_implicit_tls_with_login(
         # without the private CA the server is not trusted
         untrusted = email_config(port, security=security)
         error = await failure(channel(untrusted, http), Notification(alert=ALERT))
-    finally:
-        controller.stop()
     assert len(box.messages) == 1 and box.logins == [(b"alerts", b"mail-secret")]
     assert "certificate" in str(error).lower()

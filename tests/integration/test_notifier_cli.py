@@ -10,20 +10,20 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiosmtpd.controller import Controller
 from devstack import free_port
 
 from signalfire.bus import NatsConfig
-from signalfire.events import AlertEvent, encode
-from tests.integration.test_notifier_channels import Mailbox
-from tests.integration.test_notifier_pipeline import Receivers
+from signalfire.events import encode
+from tests.support.alerts import firing_alert
+from tests.support.polling import wait_until
+from tests.support.smtp import Mailbox, smtp_server
+from tests.support.webhook import WebhookReceiver
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,12 +82,8 @@ def test_notify_check_lists_every_mistake_as_file_line_field_reason(tmp_path: Pa
 
 @pytest.fixture
 def smtp() -> Iterator[tuple[Mailbox, int]]:
-    box = Mailbox()
-    port = free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield box, port
-    controller.stop()
+    with smtp_server() as server:
+        yield server
 
 
 def test_notify_test_mail_delivers_with_the_shipped_template(
@@ -109,7 +105,7 @@ def test_notify_test_mail_delivers_with_the_shipped_template(
 async def test_sighup_reloads_channels_and_routes_of_a_running_notifier(
     tmp_path: Path, nats_config: NatsConfig, nc: Any
 ) -> None:
-    receivers = Receivers()
+    receivers = WebhookReceiver()
     metrics = free_port()
     config = tmp_path / "notify.yaml"
     base = (
@@ -129,29 +125,16 @@ async def test_sighup_reloads_channels_and_routes_of_a_running_notifier(
         stderr=subprocess.PIPE,
     )
     try:
-        await until(lambda: scrape(metrics), "the notifier to start", "reloads_total")
+        await wait_until(lambda: shows(metrics, "reloads_total"), "the notifier to start", 20)
         config.write_text(
             base + f"channels:\n  hook:\n    type: webhook\n    url: {receivers.url('hook')}\n"
             "routes:\n  - channels: [hook]\n"
         )
         process.send_signal(signal.SIGHUP)
-        await until(lambda: scrape(metrics), "the reload", 'reloads_total{result="ok"} 1')
-        now = time.time()
-        alert = AlertEvent(
-            id="sighup-1",
-            fingerprint="fp-sighup",
-            rule="HighCPU",
-            status="firing",
-            severity="high",
-            host="web-1",
-            starts_at=now,
-            time=now,
-        )
+        await wait_until(lambda: shows(metrics, 'reloads_total{result="ok"} 1'), "the reload", 20)
+        alert = firing_alert("sighup-1", fingerprint="fp-sighup")
         await nc.jetstream().publish(nats_config.subjects.alerts("web-1"), encode(alert))
-        deadline = time.monotonic() + 20
-        while receivers.transitions("hook") != [("sighup-1", "firing")]:
-            assert time.monotonic() < deadline, "timed out waiting for the webhook"
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: receivers.transitions("hook") == [("sighup-1", "firing")], "the webhook", 20)
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), 20)
@@ -159,17 +142,10 @@ async def test_sighup_reloads_channels_and_routes_of_a_running_notifier(
     assert "notifier config reloaded" in stderr.decode()
 
 
-async def scrape(port: int) -> str:
+async def shows(port: int, needle: str) -> bool:
+    """Whether the ``/metrics`` page on ``port`` has ``needle`` (False while nothing answers)."""
     try:
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as reply:
-            return await reply.text()
+            return needle in await reply.text()
     except aiohttp.ClientError:
-        return ""
-
-
-async def until(read: Callable[[], Awaitable[str]], what: str, needle: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while needle not in await read():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+        return False

@@ -7,106 +7,46 @@ gives up on an event. A dead replica is played by writing the ledger entry it le
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import msgspec
 import pytest
-from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from signalfire.bus import NatsConfig
 from signalfire.config import Duration
-from signalfire.events import AlertEvent, DeliveryResult, decode, encode
+from signalfire.events import AlertEvent, DeliveryResult
 from signalfire.notifier.channels.webhook import WebhookChannelConfig
 from signalfire.notifier.config import EscalationStep, NotifyConfig, Route
 from signalfire.notifier.deadletter import SUPERSEDED, DeadLetter
 from signalfire.notifier.ledger import SentMark, ledger_key
 from signalfire.notifier.service import DURABLE, NotifierService
 from signalfire.notifier.tracking import alert_key
+from tests.support.alerts import firing_alert, publish_alert
+from tests.support.delivery_results import results
+from tests.support.polling import wait_until
+from tests.support.webhook import WebhookReceiver
+
+__all__ = ["results"]  # the shared fixture
 
 
-class Server(ThreadingHTTPServer):
-    """Answers each connection in a thread. The listen backlog is raised from socketserver's 5:
-    a full backlog drops the notifier's new connections, which then wait a whole second for
-    TCP to retransmit the SYN, and a message arrives late for no reason of the notifier's."""
-
-    daemon_threads = True
-    request_queue_size = 128
-
-
-class Receiver:
-    """``/<channel>`` records (transition, alert id, Idempotency-Key) and answers with the
-    channel's scripted statuses, then 200."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str, str, str]] = []
-        self.statuses: dict[str, list[int]] = {}
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                name = self.path.strip("/")
-                with receiver._lock:
-                    receiver.requests.append(
-                        (
-                            name,
-                            body["transition"],
-                            body["alert"]["id"],
-                            self.headers.get("Idempotency-Key", ""),
-                        )
-                    )
-                    script = receiver.statuses.get(name)
-                    status = script.pop(0) if script else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = Server(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}/{name}"
+class Receiver(WebhookReceiver):
+    """``/<channel>`` records each request and answers with the channel's scripted statuses,
+    then 200."""
 
     def got(self, name: str) -> list[tuple[str, str, str]]:
         """(transition, alert id, idempotency key) of every request ``name`` got."""
-        with self._lock:
-            return [(t, a, k) for channel, t, a, k in self.requests if channel == name]
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return [(p.transition, p.alert_id, p.idempotency_key) for p in self.posted(name)]
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
-
-
-@pytest.fixture
-async def results(nc: Any, nats_config: NatsConfig) -> AsyncIterator[list[DeliveryResult]]:
-    seen: list[DeliveryResult] = []
-
-    async def collect(msg: Msg) -> None:
-        seen.append(decode(msg.data, DeliveryResult))
-
-    sub = await nc.subscribe(nats_config.subjects.all_notifications, cb=collect)
-    yield seen
-    await sub.unsubscribe()
+    with Receiver() as r:
+        yield r
 
 
 @pytest.fixture
@@ -138,32 +78,7 @@ def config_for(nats_config: NatsConfig, receiver: Receiver, **more: Any) -> Noti
 
 
 def alert(status: str = "firing", alert_id: str | None = None) -> AlertEvent:
-    alert_id = alert_id or f"alert-{uuid.uuid4().hex[:8]}"
-    now = time.time()
-    return AlertEvent(
-        id=alert_id,
-        fingerprint=f"fp-{alert_id}",
-        rule="HighCPU",
-        status=status,  # type: ignore[arg-type]
-        severity="critical",
-        host="web-1",
-        starts_at=now,
-        time=now,
-    )
-
-
-async def publish(nc: Any, nats_config: NatsConfig, a: AlertEvent) -> None:
-    await nc.jetstream().publish(
-        nats_config.subjects.alerts(a.host), encode(a), headers={"Nats-Msg-Id": f"{a.id}:{a.status}"}
-    )
-
-
-async def wait_until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+    return firing_alert(alert_id, status=status, severity="critical")
 
 
 async def kv_of(nc: Any, nats_config: NatsConfig) -> Any:
@@ -208,7 +123,7 @@ async def test_a_resolved_event_sends_a_dead_replicas_firing_notice_first_with_i
     )
     await kv.create(firing_key, msgspec.json.encode(dead))
     await running(config_for(nats_config, receiver))
-    await publish(nc, nats_config, msgspec.structs.replace(fired, status="resolved", seq=2))
+    await publish_alert(nc, nats_config, msgspec.structs.replace(fired, status="resolved", seq=2))
 
     await wait_until(lambda: len(receiver.got("ops")) == 2, "the firing and the resolved notice")
     resolved_key = ledger_key(alert_key(fired.id), "resolved", "ops")
@@ -228,7 +143,7 @@ async def test_a_resolved_notice_waits_while_the_firing_notice_is_in_flight(
     )
     await kv.create(firing_key, msgspec.json.encode(claim))
     service = await running(config_for(nats_config, receiver, claim_lease=Duration(60)))
-    await publish(nc, nats_config, msgspec.structs.replace(fired, status="resolved", seq=2))
+    await publish_alert(nc, nats_config, msgspec.structs.replace(fired, status="resolved", seq=2))
     await wait_until(lambda: service.busy_waits.value() >= 1, "the resolved event to wait")
     assert receiver.got("ops") == []
 
@@ -251,7 +166,7 @@ async def test_a_firing_event_redelivered_after_its_resolved_is_a_dead_letter_no
     service = await running(config_for(nats_config, receiver))
     fired = alert()
     # the resolved event comes first: nobody was sent the firing notice, so nobody is told it resolved
-    await publish(nc, nats_config, msgspec.structs.replace(fired, status="resolved", seq=2))
+    await publish_alert(nc, nats_config, msgspec.structs.replace(fired, status="resolved", seq=2))
     firing_key = ledger_key(alert_key(fired.id), "firing", "ops")
 
     async def superseded() -> bool:
@@ -264,7 +179,7 @@ async def test_a_firing_event_redelivered_after_its_resolved_is_a_dead_letter_no
         await asyncio.sleep(0.05)
 
     with caplog.at_level(logging.ERROR, logger="signalfire.notifier"):
-        await publish(nc, nats_config, fired)
+        await publish_alert(nc, nats_config, fired)
         letter = await dead_letter(kv, f"deadletter.{alert_key(fired.id)}.firing.ops")
         await wait_until(lambda: any(r.status == "failed" for r in results), "the failed result")
     assert (letter.alert.id, letter.transition, letter.reason) == (fired.id, "firing", SUPERSEDED)
@@ -282,7 +197,7 @@ async def test_every_attempt_carries_the_same_delivery_id(
     receiver.statuses["ops"] = [503]
     await running(config_for(nats_config, receiver))
     fired = alert()
-    await publish(nc, nats_config, fired)
+    await publish_alert(nc, nats_config, fired)
     await wait_until(lambda: len(receiver.got("ops")) == 2, "the retry")
     key = ledger_key(alert_key(fired.id), "firing", "ops")
     assert receiver.got("ops") == [("firing", fired.id, key)] * 2
@@ -312,7 +227,7 @@ async def test_an_event_jetstream_gives_up_on_becomes_a_dead_letter_and_frees_it
         ),
     )
     fired = alert()
-    await publish(nc, nats_config, fired)
+    await publish_alert(nc, nats_config, fired)
     dying = await js.pull_subscribe_bind(durable=DURABLE, stream=stream)
     for _ in range(2):
         [msg] = await dying.fetch(1, timeout=5)
@@ -348,7 +263,7 @@ async def test_a_resolved_notice_follows_an_escalation_step_another_replica_is_s
     config = msgspec.structs.replace(config_for(nats_config, receiver), channels=channels, routes=[route])
     service = await running(config)
     fired = alert()
-    await publish(nc, nats_config, fired)
+    await publish_alert(nc, nats_config, fired)
     await wait_until(lambda: len(service.state.tracks_of(fired.id)) == 1, "the track")
     step_key = ledger_key(alert_key(fired.id), "esc0-0", "oncall")
     claim = SentMark(
@@ -356,7 +271,7 @@ async def test_a_resolved_notice_follows_an_escalation_step_another_replica_is_s
     )
     await kv.create(step_key, msgspec.json.encode(claim))
 
-    await publish(nc, nats_config, msgspec.structs.replace(fired, status="resolved", seq=2))
+    await publish_alert(nc, nats_config, msgspec.structs.replace(fired, status="resolved", seq=2))
     await wait_until(lambda: service.busy_waits.value() >= 1, "the resolved event to wait")
     assert [t for t, _, _ in receiver.got("ops")] == ["firing"]
     await kv.put(step_key, msgspec.json.encode(msgspec.structs.replace(claim, state="sent")))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import threading
 import time
 import uuid
@@ -326,6 +327,18 @@ async def test_replicas_share_the_work_without_sending_twice(
     assert sum(r.alerts_received.value(status="firing") for r in replicas) == 20
 
 
+@pytest.fixture
+def root_handlers() -> Iterator[None]:
+    """``notify test`` run in-process points the root logger at this test's captured stderr;
+    put the handlers back, or later log lines (aiosmtpd's) go to a closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("root_handlers")
 def test_notify_test_sends_through_one_channel_and_reports_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -6,28 +6,29 @@ transition with two replicas."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
 import msgspec
 import pytest
-from nats.aio.msg import Msg
 
 from signalfire.bus import NatsConfig
 from signalfire.config import ConfigError, Duration
-from signalfire.events import AlertAction, AlertEvent, DeliveryResult, decode, encode
+from signalfire.events import AlertAction, AlertEvent, DeliveryResult, encode
 from signalfire.notifier.channels.pagerduty import PagerDutyChannelConfig
 from signalfire.notifier.channels.webhook import WebhookChannelConfig
 from signalfire.notifier.config import EscalationStep, InhibitRule, NotifyConfig, Route, load_notify_config
 from signalfire.notifier.deadletter import DeadLetter
 from signalfire.notifier.service import NotifierService
 from signalfire.notifier.silence import Matcher, Silence
+from tests.support.alerts import firing_alert, publish_alert
+from tests.support.delivery_results import results
+from tests.support.polling import wait_until
+from tests.support.webhook import WebhookReceiver
+
+__all__ = ["results"]  # the shared fixture
 
 T0 = 1_763_794_800.0
 
@@ -42,69 +43,13 @@ class Clock:
         return self.now
 
 
-class Server(ThreadingHTTPServer):
-    """Answers each connection in a thread. The listen backlog is raised from socketserver's 5:
-    a full backlog drops the notifier's new connections, which then wait a whole second for
-    TCP to retransmit the SYN, and a message arrives late for no reason of the notifier's."""
-
-    daemon_threads = True
-    request_queue_size = 128
-
-
-class Receivers:
-    """One HTTP server standing in for every channel: ``/<channel>`` records the request and
-    answers with that channel's scripted status (then 200)."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, dict[str, Any]]] = []
-        self.statuses: dict[str, list[int]] = {}
-        self.always: dict[str, int] = {}
-        self._lock = threading.Lock()
-        receivers = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                name = self.path.strip("/")
-                with receivers._lock:
-                    receivers.requests.append((name, json.loads(body)))
-                    script = receivers.statuses.get(name)
-                    status = script.pop(0) if script else receivers.always.get(name, 200)
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = Server(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}/{name}"
-
-    def got(self, name: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [body for channel, body in self.requests if channel == name]
-
-    def transitions(self, name: str) -> list[tuple[str, str]]:
-        """(alert id, transition) of every webhook message ``name`` got."""
-        return [(b["alert"]["id"], b["transition"]) for b in self.got(name)]
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture
-def receivers() -> Iterator[Receivers]:
-    r = Receivers()
-    yield r
-    r.close()
+def receivers() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as r:
+        yield r
 
 
-def hook(receivers: Receivers, name: str, **settings: Any) -> WebhookChannelConfig:
+def hook(receivers: WebhookReceiver, name: str, **settings: Any) -> WebhookChannelConfig:
     return WebhookChannelConfig(url=receivers.url(name), retry_backoff=Duration(0.01), **settings)
 
 
@@ -115,30 +60,12 @@ def make_config(
 
 
 def alert(**overrides: Any) -> AlertEvent:
-    alert_id = overrides.pop("id", f"alert-{uuid.uuid4().hex[:8]}")
-    fields: dict[str, Any] = {
-        "id": alert_id,
-        "fingerprint": f"fp-{alert_id}",
-        "rule": "HighCPU",
-        "status": "firing",
-        "severity": "critical",
-        "host": "web-1",
-        "starts_at": T0,
-        "time": T0,
-        "annotations": {"summary": "CPU 93% on web-1"},
-    }
-    fields.update(overrides)
-    return AlertEvent(**fields)
+    fields: dict[str, Any] = {"severity": "critical", "annotations": {"summary": "CPU 93% on web-1"}}
+    return firing_alert(overrides.pop("id", None), now=T0, **(fields | overrides))
 
 
 def resolved(a: AlertEvent) -> AlertEvent:
     return msgspec.structs.replace(a, status="resolved", ends_at=a.time + 60, seq=a.seq + 1)
-
-
-async def publish(nc: Any, nats_config: NatsConfig, a: AlertEvent) -> None:
-    await nc.jetstream().publish(
-        nats_config.subjects.alerts(a.host), encode(a), headers={"Nats-Msg-Id": f"{a.id}:{a.status}"}
-    )
 
 
 async def act(
@@ -150,29 +77,9 @@ async def act(
     await nc.jetstream().publish(nats_config.subjects.actions, encode(payload))
 
 
-async def wait_until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def quiet(seconds: float = 0.3) -> None:
     """Let several ticks pass (for asserting that nothing more happens)."""
     await asyncio.sleep(seconds)
-
-
-@pytest.fixture
-async def results(nc: Any, nats_config: NatsConfig) -> AsyncIterator[list[DeliveryResult]]:
-    seen: list[DeliveryResult] = []
-
-    async def collect(msg: Msg) -> None:
-        seen.append(decode(msg.data, DeliveryResult))
-
-    sub = await nc.subscribe(nats_config.subjects.all_notifications, cb=collect)
-    yield seen
-    await sub.unsubscribe()
 
 
 @pytest.fixture
@@ -206,39 +113,43 @@ CRITICAL = Route(
 
 
 async def test_escalation_steps_go_out_while_nobody_acknowledges(
-    nc: Any, nats_config: NatsConfig, receivers: Receivers, clock: Clock, running: Any
+    nc: Any, nats_config: NatsConfig, receivers: WebhookReceiver, clock: Clock, running: Any
 ) -> None:
     channels = {name: hook(receivers, name) for name in ("ops", "oncall", "manager")}
     await running(make_config(nats_config, channels, [CRITICAL]))
     a = alert()
-    await publish(nc, nats_config, a)
-    await wait_until(lambda: len(receivers.got("ops")) == 1, "the firing message")
+    await publish_alert(nc, nats_config, a)
+    await wait_until(lambda: len(receivers.bodies("ops")) == 1, "the firing message")
 
     clock.now = T0 + 299
     await quiet()
-    assert receivers.got("oncall") == []
+    assert receivers.bodies("oncall") == []
     clock.now = T0 + 300
-    await wait_until(lambda: len(receivers.got("oncall")) == 1, "the first escalation step")
+    await wait_until(lambda: len(receivers.bodies("oncall")) == 1, "the first escalation step")
     assert receivers.transitions("oncall") == [(a.id, "escalation")]
-    assert receivers.got("manager") == []
+    assert receivers.bodies("manager") == []
     clock.now = T0 + 900
-    await wait_until(lambda: len(receivers.got("manager")) == 1, "the second escalation step")
+    await wait_until(lambda: len(receivers.bodies("manager")) == 1, "the second escalation step")
     clock.now = T0 + 5000
     await quiet()
-    assert (len(receivers.got("ops")), len(receivers.got("oncall")), len(receivers.got("manager"))) == (
+    assert (
+        len(receivers.bodies("ops")),
+        len(receivers.bodies("oncall")),
+        len(receivers.bodies("manager")),
+    ) == (
         1,
         1,
         1,
     )
 
     # the resolved notice goes at once to everyone who was told
-    await publish(nc, nats_config, resolved(a))
-    await wait_until(lambda: all(len(receivers.got(n)) == 2 for n in channels), "the resolved notices")
+    await publish_alert(nc, nats_config, resolved(a))
+    await wait_until(lambda: all(len(receivers.bodies(n)) == 2 for n in channels), "the resolved notices")
     assert {receivers.transitions(n)[-1] for n in channels} == {(a.id, "resolved")}
 
 
 async def test_ack_stops_escalation_and_repeats_and_acknowledges_in_pagerduty(
-    nc: Any, nats_config: NatsConfig, receivers: Receivers, clock: Clock, running: Any
+    nc: Any, nats_config: NatsConfig, receivers: WebhookReceiver, clock: Clock, running: Any
 ) -> None:
     channels: dict[str, Any] = {
         "pd": PagerDutyChannelConfig(routing_key_env="PD_KEY", url=receivers.url("pd")),
@@ -251,109 +162,121 @@ async def test_ack_stops_escalation_and_repeats_and_acknowledges_in_pagerduty(
     )
     await running(make_config(nats_config, channels, [route]))
     a = alert()
-    await publish(nc, nats_config, a)
-    await wait_until(lambda: len(receivers.got("pd")) == 1, "the trigger")
+    await publish_alert(nc, nats_config, a)
+    await wait_until(lambda: len(receivers.bodies("pd")) == 1, "the trigger")
     await act(nc, nats_config, a, "ack")
-    await wait_until(lambda: len(receivers.got("pd")) == 2, "the acknowledgement")
-    assert [b["event_action"] for b in receivers.got("pd")] == ["trigger", "acknowledge"]
-    assert {b["dedup_key"] for b in receivers.got("pd")} == {a.fingerprint}
+    await wait_until(lambda: len(receivers.bodies("pd")) == 2, "the acknowledgement")
+    assert [b["event_action"] for b in receivers.bodies("pd")] == ["trigger", "acknowledge"]
+    assert {b["dedup_key"] for b in receivers.bodies("pd")} == {a.fingerprint}
 
     clock.now = T0 + 2 * 3600
     await quiet()
-    assert receivers.got("oncall") == []
-    assert len(receivers.got("pd")) == 2
+    assert receivers.bodies("oncall") == []
+    assert len(receivers.bodies("pd")) == 2
 
     # unack starts the steps over from now
     await act(nc, nats_config, a, "unack")
     await quiet(0.2)
     clock.now = T0 + 2 * 3600 + 299
     await quiet()
-    assert receivers.got("oncall") == []
+    assert receivers.bodies("oncall") == []
     clock.now = T0 + 2 * 3600 + 300
-    await wait_until(lambda: len(receivers.got("oncall")) == 1, "the escalation after unack")
+    await wait_until(lambda: len(receivers.bodies("oncall")) == 1, "the escalation after unack")
     clock.now = T0 + 3 * 3600
-    await wait_until(lambda: len(receivers.got("pd")) == 3, "the repeat after unack")
-    assert receivers.got("pd")[-1]["event_action"] == "trigger"
+    await wait_until(lambda: len(receivers.bodies("pd")) == 3, "the repeat after unack")
+    assert receivers.bodies("pd")[-1]["event_action"] == "trigger"
 
     # a second ack is announced again; a note changes nothing
     await act(nc, nats_config, a, "note")
     await act(nc, nats_config, a, "ack")
-    await wait_until(lambda: len(receivers.got("pd")) == 4, "the second acknowledgement")
-    await publish(nc, nats_config, resolved(a))
-    await wait_until(lambda: len(receivers.got("pd")) == 5, "the resolve")
-    assert [b["event_action"] for b in receivers.got("pd")][-2:] == ["acknowledge", "resolve"]
+    await wait_until(lambda: len(receivers.bodies("pd")) == 4, "the second acknowledgement")
+    await publish_alert(nc, nats_config, resolved(a))
+    await wait_until(lambda: len(receivers.bodies("pd")) == 5, "the resolve")
+    assert [b["event_action"] for b in receivers.bodies("pd")][-2:] == ["acknowledge", "resolve"]
 
 
 async def test_repeat_reminds_every_period(
-    nc: Any, nats_config: NatsConfig, receivers: Receivers, clock: Clock, running: Any
+    nc: Any, nats_config: NatsConfig, receivers: WebhookReceiver, clock: Clock, running: Any
 ) -> None:
     route = Route(channels=["team"], repeat=Duration(3600))
     await running(make_config(nats_config, {"team": hook(receivers, "team")}, [route]))
     a = alert(severity="high")
-    await publish(nc, nats_config, a)
-    await wait_until(lambda: len(receivers.got("team")) == 1, "the firing message")
+    await publish_alert(nc, nats_config, a)
+    await wait_until(lambda: len(receivers.bodies("team")) == 1, "the firing message")
     clock.now = T0 + 3599
     await quiet()
-    assert len(receivers.got("team")) == 1
+    assert len(receivers.bodies("team")) == 1
     clock.now = T0 + 3600
-    await wait_until(lambda: len(receivers.got("team")) == 2, "the first reminder")
+    await wait_until(lambda: len(receivers.bodies("team")) == 2, "the first reminder")
     clock.now = T0 + 7300
-    await wait_until(lambda: len(receivers.got("team")) == 3, "the second reminder")
+    await wait_until(lambda: len(receivers.bodies("team")) == 3, "the second reminder")
     await quiet()
     assert receivers.transitions("team") == [(a.id, "firing"), (a.id, "repeat"), (a.id, "repeat")]
 
 
 async def test_group_wait_sends_one_message_for_what_fired_meanwhile(
-    nc: Any, nats_config: NatsConfig, receivers: Receivers, clock: Clock, running: Any, *, results: list[Any]
+    nc: Any,
+    nats_config: NatsConfig,
+    receivers: WebhookReceiver,
+    clock: Clock,
+    running: Any,
+    *,
+    results: list[Any],
 ) -> None:
     route = Route(channels=["lead"], group_wait=Duration(300), group_by=["rule"])
     await running(make_config(nats_config, {"lead": hook(receivers, "lead")}, [route]))
     alerts = [alert(severity="high", host=f"web-{i}") for i in range(3)]
     other_rule = alert(severity="high", rule="DiskFull")
     for a in [*alerts, other_rule]:
-        await publish(nc, nats_config, a)
+        await publish_alert(nc, nats_config, a)
     await quiet()
-    assert receivers.got("lead") == []
+    assert receivers.bodies("lead") == []
     clock.now = T0 + 300
-    await wait_until(lambda: len(receivers.got("lead")) == 2, "one message per group")
-    by_rule = {b["alert"]["rule"]: b for b in receivers.got("lead")}
+    await wait_until(lambda: len(receivers.bodies("lead")) == 2, "one message per group")
+    by_rule = {b["alert"]["rule"]: b for b in receivers.bodies("lead")}
     assert sorted(x["id"] for x in by_rule["HighCPU"]["alerts"]) == sorted(a.id for a in alerts)
     assert by_rule["DiskFull"]["alerts"] == []  # a group of one is an ordinary message
     await wait_until(lambda: len(results) == 4, "a result per alert")
     assert sorted(r.alert_id for r in results) == sorted(a.id for a in [*alerts, other_rule])
 
     # resolved goes out at once, no group delay
-    await publish(nc, nats_config, resolved(alerts[0]))
-    await wait_until(lambda: len(receivers.got("lead")) == 3, "the resolved notice")
+    await publish_alert(nc, nats_config, resolved(alerts[0]))
+    await wait_until(lambda: len(receivers.bodies("lead")) == 3, "the resolved notice")
     assert receivers.transitions("lead")[-1] == (alerts[0].id, "resolved")
 
 
 async def test_digest_sends_one_message_per_period(
-    nc: Any, nats_config: NatsConfig, receivers: Receivers, clock: Clock, running: Any
+    nc: Any, nats_config: NatsConfig, receivers: WebhookReceiver, clock: Clock, running: Any
 ) -> None:
     clock.now = 3600.0 * 490_000 + 10  # just after the top of an hour
     route = Route(channels=["mail"], digest=Duration(3600))
     await running(make_config(nats_config, {"mail": hook(receivers, "mail")}, [route]))
     first = [alert(severity="low", host=f"h{i}") for i in range(4)]
     for a in first:
-        await publish(nc, nats_config, a)
+        await publish_alert(nc, nats_config, a)
     await quiet()
     clock.now += 3000
     await quiet()
-    assert receivers.got("mail") == []
+    assert receivers.bodies("mail") == []
     clock.now = 3600.0 * 490_001
-    await wait_until(lambda: len(receivers.got("mail")) == 1, "the digest")
-    assert sorted(x["id"] for x in receivers.got("mail")[0]["alerts"]) == sorted(a.id for a in first)
+    await wait_until(lambda: len(receivers.bodies("mail")) == 1, "the digest")
+    assert sorted(x["id"] for x in receivers.bodies("mail")[0]["alerts"]) == sorted(a.id for a in first)
     late = alert(severity="low")
-    await publish(nc, nats_config, late)
+    await publish_alert(nc, nats_config, late)
     await quiet()
     clock.now = 3600.0 * 490_002
-    await wait_until(lambda: len(receivers.got("mail")) == 2, "the next digest")
-    assert receivers.got("mail")[1]["alert"]["id"] == late.id
+    await wait_until(lambda: len(receivers.bodies("mail")) == 2, "the next digest")
+    assert receivers.bodies("mail")[1]["alert"]["id"] == late.id
 
 
 async def test_silence_suppresses_and_reports_why(
-    nc: Any, nats_config: NatsConfig, receivers: Receivers, clock: Clock, running: Any, *, results: list[Any]
+    nc: Any,
+    nats_config: NatsConfig,
+    receivers: WebhookReceiver,
+    clock: Clock,
+    running: Any,
+    *,
+    results: list[Any],
 ) -> None:
     kv = await nc.jetstream().key_value(nats_config.subjects.bucket("silences"))
     window = Silence(
@@ -370,8 +293,8 @@ async def test_silence_suppresses_and_reports_why(
     service = await running(make_config(nats_config, {"ops": hook(receivers, "ops")}, [route]))
     assert service.bad_state.value(bucket="silences") == 1
     muted, other = alert(), alert(host="web-2")
-    await publish(nc, nats_config, muted)
-    await publish(nc, nats_config, other)
+    await publish_alert(nc, nats_config, muted)
+    await publish_alert(nc, nats_config, other)
     await wait_until(lambda: len(results) == 2, "two results")
     by_alert = {r.alert_id: r for r in results}
     assert (by_alert[muted.id].status, by_alert[muted.id].reason) == (
@@ -387,7 +310,7 @@ async def test_silence_suppresses_and_reports_why(
 
 
 async def test_inhibition_suppresses_alerts_of_a_down_host(
-    nc: Any, nats_config: NatsConfig, receivers: Receivers, running: Any, results: list[Any]
+    nc: Any, nats_config: NatsConfig, receivers: WebhookReceiver, running: Any, results: list[Any]
 ) -> None:
     config = make_config(
         nats_config,
@@ -397,11 +320,11 @@ async def test_inhibition_suppresses_alerts_of_a_down_host(
     )
     await running(config)
     down = alert(rule="HostDown")
-    await publish(nc, nats_config, down)
+    await publish_alert(nc, nats_config, down)
     await wait_until(lambda: len(results) == 1, "the HostDown message")
     cpu, elsewhere = alert(), alert(host="web-9")
-    await publish(nc, nats_config, cpu)
-    await publish(nc, nats_config, elsewhere)
+    await publish_alert(nc, nats_config, cpu)
+    await publish_alert(nc, nats_config, elsewhere)
     await wait_until(lambda: len(results) == 3, "three results")
     by_alert = {r.alert_id: r for r in results}
     assert (by_alert[cpu.id].status, by_alert[cpu.id].reason) == (
@@ -413,7 +336,7 @@ async def test_inhibition_suppresses_alerts_of_a_down_host(
 
 
 async def test_failed_channel_hands_over_to_its_fallback_then_dead_letters(
-    nc: Any, nats_config: NatsConfig, receivers: Receivers, running: Any, results: list[Any]
+    nc: Any, nats_config: NatsConfig, receivers: WebhookReceiver, running: Any, results: list[Any]
 ) -> None:
     receivers.always["slack"] = 500
     channels = {
@@ -424,15 +347,15 @@ async def test_failed_channel_hands_over_to_its_fallback_then_dead_letters(
     config = make_config(nats_config, channels, [Route(channels=["slack", "other"])])
     service = await running(config)
     a = alert()
-    await publish(nc, nats_config, a)
-    await wait_until(lambda: len(receivers.got("mail")) == 1, "the fallback")
-    assert len(receivers.got("slack")) == 2
-    assert len(receivers.got("other")) == 1  # only the failed channel was retried
+    await publish_alert(nc, nats_config, a)
+    await wait_until(lambda: len(receivers.bodies("mail")) == 1, "the fallback")
+    assert len(receivers.bodies("slack")) == 2
+    assert len(receivers.bodies("other")) == 1  # only the failed channel was retried
     assert service.dispatcher.fallbacks.value(channel="slack") == 1
 
     receivers.always["mail"] = 503
     b = alert()
-    await publish(nc, nats_config, b)
+    await publish_alert(nc, nats_config, b)
     kv = await nc.jetstream().key_value(nats_config.subjects.bucket("notify_state"))
 
     async def dead() -> list[str]:
@@ -460,7 +383,7 @@ async def test_failed_channel_hands_over_to_its_fallback_then_dead_letters(
 
 
 async def test_two_replicas_send_exactly_one_message_per_transition(
-    nc: Any, nats_config: NatsConfig, receivers: Receivers, clock: Clock, running: Any
+    nc: Any, nats_config: NatsConfig, receivers: WebhookReceiver, clock: Clock, running: Any
 ) -> None:
     channels = {name: hook(receivers, name) for name in ("ops", "oncall", "manager")}
     config = make_config(nats_config, channels, [CRITICAL])
@@ -468,24 +391,25 @@ async def test_two_replicas_send_exactly_one_message_per_transition(
     await running(config)
     alerts = [alert() for _ in range(10)]
     for a in alerts:
-        await publish(nc, nats_config, a)
-    await wait_until(lambda: len(receivers.got("ops")) == 10, "ten firing messages")
+        await publish_alert(nc, nats_config, a)
+    await wait_until(lambda: len(receivers.bodies("ops")) == 10, "ten firing messages")
     clock.now = T0 + 1000  # both escalation steps due, on both replicas at once
     await wait_until(
-        lambda: len(receivers.got("oncall")) == 10 and len(receivers.got("manager")) == 10, "the escalations"
+        lambda: len(receivers.bodies("oncall")) == 10 and len(receivers.bodies("manager")) == 10,
+        "the escalations",
     )
     for a in alerts[:5]:
-        await publish(nc, nats_config, resolved(a))
-    await wait_until(lambda: len(receivers.got("ops")) == 15, "five resolved notices")
+        await publish_alert(nc, nats_config, resolved(a))
+    await wait_until(lambda: len(receivers.bodies("ops")) == 15, "five resolved notices")
     await quiet(0.5)
     for name in channels:
         sent = receivers.transitions(name)
         assert len(sent) == len(set(sent)), f"{name} got a message twice"
-    assert len(receivers.got("oncall")) == 15 and len(receivers.got("manager")) == 15
+    assert len(receivers.bodies("oncall")) == 15 and len(receivers.bodies("manager")) == 15
 
 
 async def test_retries_longer_than_ack_wait_keep_the_event_from_redelivery(
-    nc: Any, nats_config: NatsConfig, receivers: Receivers, running: Any, results: list[DeliveryResult]
+    nc: Any, nats_config: NatsConfig, receivers: WebhookReceiver, running: Any, results: list[DeliveryResult]
 ) -> None:
     # two failures, then 1 s + 2 s of backoff: three times JetStream's ack_wait
     receivers.statuses["ops"] = [500, 500]
@@ -494,18 +418,22 @@ async def test_retries_longer_than_ack_wait_keep_the_event_from_redelivery(
         make_config(nats_config, channels, [Route(channels=["ops"])], ack_wait=Duration(1))
     )
     a = alert()
-    await publish(nc, nats_config, a)
+    await publish_alert(nc, nats_config, a)
     await wait_until(lambda: any(r.status == "sent" for r in results), "the third attempt", timeout=15)
     await quiet(1.5)
     assert [r.status for r in results] == ["retrying", "retrying", "sent"]
-    assert len(receivers.got("ops")) == 3
+    assert len(receivers.bodies("ops")) == 3
     # the event was worked on the whole time: JetStream never handed it out again
     assert service.alerts_received.value(status="firing") == 1
     assert service.duplicates.value(channel="ops") == 0
 
 
 async def test_provider_urls_never_reach_the_log(
-    nc: Any, nats_config: NatsConfig, receivers: Receivers, running: Any, caplog: pytest.LogCaptureFixture
+    nc: Any,
+    nats_config: NatsConfig,
+    receivers: WebhookReceiver,
+    running: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     await running(
@@ -515,8 +443,8 @@ async def test_provider_urls_never_reach_the_log(
             [Route(channels=["T0KEN-in-path"])],
         )
     )
-    await publish(nc, nats_config, alert())
-    await wait_until(lambda: len(receivers.got("T0KEN-in-path")) == 1, "the message")
+    await publish_alert(nc, nats_config, alert())
+    await wait_until(lambda: len(receivers.bodies("T0KEN-in-path")) == 1, "the message")
     assert receivers.url("T0KEN-in-path") not in caplog.text
 
 
@@ -533,23 +461,28 @@ async def silence(nc: Any, nats_config: NatsConfig, host: str, starts_at: float)
 
 
 async def test_a_silence_mutes_the_resolved_notice_too(  # noqa: PLR0917
-    nc: Any, nats_config: NatsConfig, receivers: Receivers, clock: Clock, running: Any, results: list[Any]
+    nc: Any,
+    nats_config: NatsConfig,
+    receivers: WebhookReceiver,
+    clock: Clock,
+    running: Any,
+    results: list[Any],
 ) -> None:
     await running(make_config(nats_config, {"ops": hook(receivers, "ops")}, [Route(channels=["ops"])]))
     # sent while no silence matched, then a silence for its host: the resolved is not sent
     told = alert(host="web-1")
-    await publish(nc, nats_config, told)
+    await publish_alert(nc, nats_config, told)
     await wait_until(lambda: receivers.transitions("ops") == [(told.id, "firing")], "the firing")
     await silence(nc, nats_config, "web-1", T0 - 1)
     # silenced from the start: neither its firing nor its resolved notice is sent
     muted = alert(host="web-1")
-    await publish(nc, nats_config, muted)
-    await publish(nc, nats_config, resolved(told))
-    await publish(nc, nats_config, resolved(muted))
+    await publish_alert(nc, nats_config, muted)
+    await publish_alert(nc, nats_config, resolved(told))
+    await publish_alert(nc, nats_config, resolved(muted))
     other = alert(host="web-2")
-    await publish(nc, nats_config, other)
-    await publish(nc, nats_config, resolved(other))
-    await wait_until(lambda: len(receivers.got("ops")) == 3, "the other host's notices")
+    await publish_alert(nc, nats_config, other)
+    await publish_alert(nc, nats_config, resolved(other))
+    await wait_until(lambda: len(receivers.bodies("ops")) == 3, "the other host's notices")
     await quiet()
     assert receivers.transitions("ops") == [(told.id, "firing"), (other.id, "firing"), (other.id, "resolved")]
     mine = [(r.alert_id, r.transition, r.status) for r in results if r.alert_id == told.id]
@@ -558,30 +491,32 @@ async def test_a_silence_mutes_the_resolved_notice_too(  # noqa: PLR0917
 
 
 async def test_a_digest_lists_an_alert_that_fired_and_resolved_within_its_period(
-    nc: Any, nats_config: NatsConfig, receivers: Receivers, clock: Clock, running: Any
+    nc: Any, nats_config: NatsConfig, receivers: WebhookReceiver, clock: Clock, running: Any
 ) -> None:
     clock.now = 3600.0 * 490_000 + 10
     route = Route(channels=["mail"], digest=Duration(3600))
     await running(make_config(nats_config, {"mail": hook(receivers, "mail")}, [route]))
     brief, lasting = alert(severity="low", host="h1"), alert(severity="low", host="h2")
-    await publish(nc, nats_config, brief)
-    await publish(nc, nats_config, lasting)
-    await publish(nc, nats_config, resolved(brief))
+    await publish_alert(nc, nats_config, brief)
+    await publish_alert(nc, nats_config, resolved(brief))
+    await quiet(0.1)
+    await publish_alert(nc, nats_config, lasting)
     await quiet()
     clock.now = 3600.0 * 490_001
-    await wait_until(lambda: len(receivers.got("mail")) == 1, "the digest")
-    [digest] = receivers.got("mail")
+    await wait_until(lambda: len(receivers.bodies("mail")) == 1, "the digest")
+    [digest] = receivers.bodies("mail")
+    assert (digest["alert"]["id"], digest["transition"]) == (lasting.id, "firing")
     assert {(a["id"], a["status"]) for a in digest["alerts"]} == {
         (brief.id, "resolved"),
         (lasting.id, "firing"),
     }
     # a digest route's only record is the digest: no separate resolved notice
     await quiet()
-    assert len(receivers.got("mail")) == 1
+    assert len(receivers.bodies("mail")) == 1
 
 
 async def test_reload_switches_channels_and_lets_deliveries_under_way_finish_on_the_old_ones(
-    nc: Any, nats_config: NatsConfig, receivers: Receivers, running: Any, results: list[Any]
+    nc: Any, nats_config: NatsConfig, receivers: WebhookReceiver, running: Any, results: list[Any]
 ) -> None:
     slow_retry = Duration(0.5)
     old = make_config(
@@ -592,8 +527,8 @@ async def test_reload_switches_channels_and_lets_deliveries_under_way_finish_on_
     service = await running(old)
     receivers.statuses["old"] = [503]  # the first attempt fails; its retry comes 0.5 s later
     first = alert()
-    await publish(nc, nats_config, first)
-    await wait_until(lambda: len(receivers.got("old")) == 1, "the first attempt")
+    await publish_alert(nc, nats_config, first)
+    await wait_until(lambda: len(receivers.bodies("old")) == 1, "the first attempt")
 
     new = make_config(
         nats_config,
@@ -605,18 +540,22 @@ async def test_reload_switches_channels_and_lets_deliveries_under_way_finish_on_
     )
     await service.reload(new)
     # the retry under way still goes to the channel it started on
-    await wait_until(lambda: len(receivers.got("old")) == 2, "the retry on the old channel")
-    assert receivers.got("new") == [] and receivers.got("team") == []
+    await wait_until(lambda: len(receivers.bodies("old")) == 2, "the retry on the old channel")
+    assert receivers.bodies("new") == [] and receivers.bodies("team") == []
 
     second = alert()
-    await publish(nc, nats_config, second)
-    await wait_until(lambda: bool(receivers.got("new") and receivers.got("team")), "the new channels")
+    await publish_alert(nc, nats_config, second)
+    await wait_until(lambda: bool(receivers.bodies("new") and receivers.bodies("team")), "the new channels")
     assert receivers.transitions("new") == receivers.transitions("team") == [(second.id, "firing")]
-    assert len(receivers.got("old")) == 2
+    assert len(receivers.bodies("old")) == 2
 
 
 async def test_a_reload_whose_channels_cannot_be_built_keeps_the_running_config(
-    nc: Any, nats_config: NatsConfig, receivers: Receivers, running: Any, caplog: pytest.LogCaptureFixture
+    nc: Any,
+    nats_config: NatsConfig,
+    receivers: WebhookReceiver,
+    running: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     service = await running(
         make_config(nats_config, {"ops": hook(receivers, "ops")}, [Route(channels=["ops"])])
@@ -629,16 +568,16 @@ async def test_a_reload_whose_channels_cannot_be_built_keeps_the_running_config(
     with pytest.raises(ConfigError, match="NOT_SET is not set"):
         await service.reload(broken)
     a = alert()
-    await publish(nc, nats_config, a)
+    await publish_alert(nc, nats_config, a)
     await wait_until(lambda: receivers.transitions("ops") == [(a.id, "firing")], "the old channel")
-    assert receivers.got("new") == []
+    assert receivers.bodies("new") == []
     assert list(service.config.channels) == ["ops"]
 
 
 async def test_the_config_file_is_watched_and_a_bad_change_is_logged_and_ignored(  # noqa: PLR0917
     nc: Any,
     nats_config: NatsConfig,
-    receivers: Receivers,
+    receivers: WebhookReceiver,
     clock: Clock,
     tmp_path: Any,
     caplog: pytest.LogCaptureFixture,
@@ -663,8 +602,8 @@ async def test_the_config_file_is_watched_and_a_bad_change_is_logged_and_ignored
         [refused] = [r for r in caplog.records if r.getMessage().startswith("config not reloaded")]
         assert f"{path}:7: routes[0].channels[0]: unknown channel 'nope'" in refused.__dict__["reason"]
         a = alert()
-        await publish(nc, nats_config, a)
+        await publish_alert(nc, nats_config, a)
         await wait_until(lambda: receivers.transitions("after") == [(a.id, "firing")], "the reloaded channel")
-        assert receivers.got("before") == []
+        assert receivers.bodies("before") == []
     finally:
         await service.stop()

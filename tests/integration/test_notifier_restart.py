@@ -5,77 +5,30 @@ a real HTTP receiver; real (short) time, since another process's clock cannot be
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from devstack import ServiceProcess
 
 from signalfire.bus import NatsConfig
-from signalfire.events import AlertEvent, encode
+from signalfire.events import encode
+from tests.support.alerts import firing_alert
+from tests.support.polling import wait_until
+from tests.support.processes import kill9, notifier_process
+from tests.support.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.slow
 
 
-class Receiver:
-    def __init__(self) -> None:
-        self.bodies: list[tuple[str, dict[str, Any]]] = []
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with receiver._lock:
-                    receiver.bodies.append((self.path.strip("/"), json.loads(body)))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}/{name}"
-
-    def got(self, name: str) -> list[tuple[str, str]]:
-        with self._lock:
-            return [(b["alert"]["id"], b["transition"]) for path, b in self.bodies if path == name]
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
-
-
-async def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as r:
+        yield r
 
 
 async def test_kill_9_mid_escalation_still_escalates_once(
-    nc: Any, nats_config: NatsConfig, receiver: Receiver, tmp_path: Path
+    nc: Any, nats_config: NatsConfig, receiver: WebhookReceiver, tmp_path: Path
 ) -> None:
     config = tmp_path / "notify.yaml"
     config.write_text(
@@ -90,34 +43,21 @@ routes:
     escalate: [{{after: 3s, channels: [oncall]}}]
 """
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SF_")}
-    first = ServiceProcess("notifier-1", ["notifier", "--config", str(config)], env, tmp_path).start()
-    second = ServiceProcess("notifier-2", ["notifier", "--config", str(config)], env, tmp_path)
+    first = notifier_process("notifier-1", config, tmp_path).start()
+    second = notifier_process("notifier-2", config, tmp_path)
     try:
-        alert_id = f"alert-{uuid.uuid4().hex[:8]}"
-        now = time.time()
-        alert = AlertEvent(
-            id=alert_id,
-            fingerprint=f"fp-{alert_id}",
-            rule="HostDown",
-            status="firing",
-            severity="critical",
-            host="web-1",
-            starts_at=now,
-            time=now,
-        )
+        alert = firing_alert(rule="HostDown", severity="critical")
+        alert_id = alert.id
         await nc.jetstream().publish(nats_config.subjects.alerts("web-1"), encode(alert))
-        await wait_until(lambda: len(receiver.got("ops")) == 1, "the firing message")
-        assert first.proc is not None
-        os.killpg(first.proc.pid, signal.SIGKILL)  # mid-escalation: the step is due in ~3 s
-        first.proc.wait(timeout=10)
-        assert receiver.got("oncall") == []
+        await wait_until(lambda: len(receiver.posted("ops")) == 1, "the firing message", 20)
+        kill9(first)  # mid-escalation: the step is due in ~3 s
+        assert receiver.transitions("oncall") == []
 
         second.start()
-        await wait_until(lambda: len(receiver.got("oncall")) == 1, "the escalation after the restart")
+        await wait_until(lambda: len(receiver.posted("oncall")) == 1, "the escalation after the restart", 20)
         await asyncio.sleep(1.0)
-        assert receiver.got("ops") == [(alert_id, "firing")]
-        assert receiver.got("oncall") == [(alert_id, "escalation")]
+        assert receiver.transitions("ops") == [(alert_id, "firing")]
+        assert receiver.transitions("oncall") == [(alert_id, "escalation")]
     finally:
         first.stop()
         second.stop()

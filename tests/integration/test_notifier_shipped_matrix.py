@@ -20,8 +20,6 @@ from typing import Any
 
 import msgspec
 import pytest
-from aiosmtpd.controller import Controller
-from devstack import free_port
 
 from signalfire.evaluator.rules import Rule, load_rules, parse_rule_text
 from signalfire.events import AlertEvent
@@ -37,7 +35,8 @@ from signalfire.notifier.channels.discord import CONTENT_LIMIT, MESSAGE_LIMIT, e
 from signalfire.notifier.channels.http import new_session
 from signalfire.notifier.channels.sms import segment_count
 from signalfire.notifier.cli import make_test_notification
-from tests.integration.test_notifier_channels import Answer, Mailbox, Provider, Request
+from tests.integration.test_notifier_channels import Answer, Provider, Request
+from tests.support.smtp import Mailbox, smtp_server
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_763_794_800.0
@@ -141,12 +140,8 @@ def provider() -> Iterator[Provider]:
 
 @pytest.fixture(scope="module")
 def smtp() -> Iterator[tuple[Mailbox, int]]:
-    box = Mailbox()
-    port = free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield box, port
-    controller.stop()
+    with smtp_server() as server:
+        yield server
 
 
 def configs(provider: Provider, smtp_port: int) -> dict[str, Any]:

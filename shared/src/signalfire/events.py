@@ -21,10 +21,21 @@ from msgspec import Meta, Struct
 #: Version of the wire format; every payload carries it as ``v``.
 CONTRACT_VERSION = 1
 
+# The contract's limits, exported so that every check outside these structs (the gateway's
+# fast decoder, query parameters, the agent's configuration) reads the same numbers.
 # Bounds that keep one hostile payload from costing a service more than a busy host would.
 MAX_SAMPLES_PER_BATCH = 100_000
 MAX_EVENTS_PER_BATCH = 10_000
 MAX_LABELS = 64
+#: The latest time a payload may carry: 3000-01-01T00:00:00Z, in Unix seconds.
+MAX_UNIX_TIME = 32_503_680_000
+#: Lengths in characters: a host name (as DNS bounds it), a metric or event type name, a label
+#: name, a label value, an event's message.
+MAX_HOST_NAME_LENGTH = 253
+MAX_METRIC_NAME_LENGTH = 200
+MAX_LABEL_NAME_LENGTH = 100
+MAX_LABEL_VALUE_LENGTH = 1024
+MAX_EVENT_MESSAGE_LENGTH = 8192
 
 # Patterns end in `$(?!\n)`: msgspec tests them with Python's `re.search`, where a bare `$` also
 # matches before a final newline (so `"cpu\n"` passed as a metric name); ECMAScript regexes
@@ -39,7 +50,7 @@ HostName = Annotated[
     str,
     Meta(
         min_length=1,
-        max_length=253,
+        max_length=MAX_HOST_NAME_LENGTH,
         pattern=HOST_NAME_PATTERN,
         description="The host's real name: any characters but `/` and control characters; not `.` or `..`",
     ),
@@ -48,15 +59,15 @@ MetricName = Annotated[
     str,
     Meta(
         min_length=1,
-        max_length=200,
+        max_length=MAX_METRIC_NAME_LENGTH,
         pattern=METRIC_NAME_PATTERN,
         description="Dotted metric name carrying its unit, e.g. `cpu.usage_percent`",
     ),
 ]
-LabelName = Annotated[str, Meta(min_length=1, max_length=100, pattern=LABEL_NAME_PATTERN)]
-LabelValue = Annotated[str, Meta(max_length=1024)]
+LabelName = Annotated[str, Meta(min_length=1, max_length=MAX_LABEL_NAME_LENGTH, pattern=LABEL_NAME_PATTERN)]
+LabelValue = Annotated[str, Meta(max_length=MAX_LABEL_VALUE_LENGTH)]
 Labels = Annotated[dict[LabelName, LabelValue], Meta(max_length=MAX_LABELS)]
-UnixTime = Annotated[float, Meta(ge=0, le=32503680000, description="Unix time in seconds")]
+UnixTime = Annotated[float, Meta(ge=0, le=MAX_UNIX_TIME, description="Unix time in seconds")]
 # JSON integers have no size limit and msgspec reads any; these bounds are what the database
 # (and most languages) can hold, so a huge number is refused here rather than by an INSERT.
 Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
@@ -89,9 +100,9 @@ class MetricBatch(Struct, kw_only=True):
 class Event(Struct, omit_defaults=True, kw_only=True):
     """One discrete occurrence: a failed login, a deploy, a restart."""
 
-    type: Annotated[str, Meta(min_length=1, max_length=200, pattern=METRIC_NAME_PATTERN)]
+    type: Annotated[str, Meta(min_length=1, max_length=MAX_METRIC_NAME_LENGTH, pattern=METRIC_NAME_PATTERN)]
     time: UnixTime | None = None
-    message: Annotated[str, Meta(max_length=8192)] = ""
+    message: Annotated[str, Meta(max_length=MAX_EVENT_MESSAGE_LENGTH)] = ""
     labels: Labels = {}
     value: float | None = None
 
@@ -211,8 +222,8 @@ _PATTERN_WORDS = {
 
 def host_name_problem(name: str) -> str | None:
     """Why ``name`` cannot be a host name of the contract, or ``None`` when it can."""
-    if not name or len(name) > 253:
-        return "must be 1 to 253 characters long"
+    if not name or len(name) > MAX_HOST_NAME_LENGTH:
+        return f"must be 1 to {MAX_HOST_NAME_LENGTH} characters long"
     if re.search(HOST_NAME_PATTERN, name) is None:
         return "must not contain '/' or control characters, nor be '.' or '..' (it names the host's page)"
     return None

@@ -13,7 +13,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from signalfire.events import MetricBatch, PayloadError, decode, host_name_problem
+from signalfire.events import (
+    MAX_HOST_NAME_LENGTH,
+    MAX_LABEL_NAME_LENGTH,
+    MAX_LABEL_VALUE_LENGTH,
+    MAX_LABELS,
+    MAX_METRIC_NAME_LENGTH,
+    MAX_UNIX_TIME,
+    MetricBatch,
+    PayloadError,
+    decode,
+    host_name_problem,
+)
 from signalfire.gateway.errors import ApiError
 from signalfire.gateway.ingest import decode_metric_batch
 from signalfire.gateway.live import ClientMessage, decode_client_message
@@ -36,30 +47,40 @@ def outcome(decoder: Any, data: bytes) -> tuple[bool, Any]:
 #: For each part of a batch: values that are valid, and values on or past its limits.
 VALID: dict[str, st.SearchStrategy[Any]] = {
     "host": st.one_of(
-        st.sampled_from(["web-1", "db-1.example.com", "h" * 253, "a..", "é"]),
+        st.sampled_from(["web-1", "db-1.example.com", "h" * MAX_HOST_NAME_LENGTH, "a..", "é"]),
         st.text(min_size=1, max_size=20).filter(lambda h: host_name_problem(h) is None),
     ),
-    "time": st.one_of(st.sampled_from([T0, 0, 32503680000]), st.floats(min_value=0, max_value=32503680000)),
+    "time": st.one_of(
+        st.sampled_from([T0, 0, MAX_UNIX_TIME]), st.floats(min_value=0, max_value=MAX_UNIX_TIME)
+    ),
     "name": st.one_of(
-        st.sampled_from(["cpu.usage_percent", "a", "_x", "x:y-z.w", "n" * 200]),
+        st.sampled_from(["cpu.usage_percent", "a", "_x", "x:y-z.w", "n" * MAX_METRIC_NAME_LENGTH]),
         st.from_regex(r"[A-Za-z_][A-Za-z0-9_.:-]{0,8}", fullmatch=True),
     ),
     "value": st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-(10**30), 10**30)),
     "label_name": st.one_of(
-        st.sampled_from(["env", "_a.b-c", "l" * 100]),
+        st.sampled_from(["env", "_a.b-c", "l" * MAX_LABEL_NAME_LENGTH]),
         st.from_regex(r"[A-Za-z_][A-Za-z0-9_.-]{0,8}", fullmatch=True),
     ),
-    "label_value": st.one_of(st.text(max_size=8), st.sampled_from(["v" * 1024, "é" * 1024])),
+    "label_value": st.one_of(
+        st.text(max_size=8), st.sampled_from(["v" * MAX_LABEL_VALUE_LENGTH, "é" * MAX_LABEL_VALUE_LENGTH])
+    ),
     "label_count": st.integers(0, 3),
 }
 INVALID: dict[str, st.SearchStrategy[Any]] = {
-    "host": st.one_of(st.sampled_from(["", "h" * 254, "a/b", ".", "..", "web\n"]), HOSTILE_TEXT),
-    "time": st.one_of(st.sampled_from([-1, -0.001, 32503680000.5, 1e300]), st.floats()),
-    "name": st.one_of(st.sampled_from(["", "n" * 201, "1bad", "cpu\n", "a b"]), HOSTILE_TEXT),
+    "host": st.one_of(
+        st.sampled_from(["", "h" * (MAX_HOST_NAME_LENGTH + 1), "a/b", ".", "..", "web\n"]), HOSTILE_TEXT
+    ),
+    "time": st.one_of(st.sampled_from([-1, -0.001, MAX_UNIX_TIME + 0.5, 1e300]), st.floats()),
+    "name": st.one_of(
+        st.sampled_from(["", "n" * (MAX_METRIC_NAME_LENGTH + 1), "1bad", "cpu\n", "a b"]), HOSTILE_TEXT
+    ),
     "value": st.one_of(st.sampled_from([math.nan, math.inf, -math.inf]), st.integers(10**308, 10**400)),
-    "label_name": st.one_of(st.sampled_from(["", "l" * 101, "1x", "a:b", "env\n"]), HOSTILE_TEXT),
-    "label_value": st.sampled_from(["v" * 1025, "é" * 1025]),
-    "label_count": st.integers(65, 70),
+    "label_name": st.one_of(
+        st.sampled_from(["", "l" * (MAX_LABEL_NAME_LENGTH + 1), "1x", "a:b", "env\n"]), HOSTILE_TEXT
+    ),
+    "label_value": st.sampled_from(["v" * (MAX_LABEL_VALUE_LENGTH + 1), "é" * (MAX_LABEL_VALUE_LENGTH + 1)]),
+    "label_count": st.integers(MAX_LABELS + 1, MAX_LABELS + 6),
 }
 PARTS = [*VALID, "sample_time", None]
 

@@ -11,12 +11,17 @@ import msgspec
 from signalfire.bus import NatsConfig
 from signalfire.collector.checks.base import ChecksConfig
 from signalfire.config import Duration
-from signalfire.events import LABEL_NAME_PATTERN, MAX_LABELS, host_name_problem
+from signalfire.events import (
+    LABEL_NAME_PATTERN,
+    MAX_LABEL_NAME_LENGTH,
+    MAX_LABEL_VALUE_LENGTH,
+    MAX_LABELS,
+    host_name_problem,
+)
 from signalfire.regex import RegexError, compile_regex
 
 #: Label names the event contract accepts (``signalfire.events.LabelName``).
 _LABEL_NAME = re.compile(LABEL_NAME_PATTERN)
-_MAX_LABEL_VALUE = 1024
 
 #: The shortest collection interval; below it the agent would cost more than it tells.
 MIN_INTERVAL = 0.2
@@ -134,10 +139,15 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if len(self.labels) > MAX_LABELS:
             raise ValueError(f"labels: at most {MAX_LABELS} labels, got {len(self.labels)}")
         for name, value in self.labels.items():
-            if len(name) > 100 or not _LABEL_NAME.search(name):
-                raise ValueError(f"labels: name {name!r} must be up to 100 letters, digits, '_', '.' or '-'")
-            if len(value) > _MAX_LABEL_VALUE:
-                raise ValueError(f"labels: value of {name!r} is longer than {_MAX_LABEL_VALUE} characters")
+            if len(name) > MAX_LABEL_NAME_LENGTH or not _LABEL_NAME.search(name):
+                raise ValueError(
+                    f"labels: name {name!r} must be up to {MAX_LABEL_NAME_LENGTH} letters, digits, "
+                    "'_', '.' or '-'"
+                )
+            if len(value) > MAX_LABEL_VALUE_LENGTH:
+                raise ValueError(
+                    f"labels: value of {name!r} is longer than {MAX_LABEL_VALUE_LENGTH} characters"
+                )
 
     @property
     def host(self) -> str:

@@ -10,10 +10,12 @@ Four durable consumers, shared by every gateway replica:
 Each round fetches up to ``fetch_batch`` messages, decodes them, writes the good ones in one
 transaction (all samples of the round in one ``COPY``) and acknowledges them only after the
 commit. The metrics consumer runs ``ingest_writers`` rounds at once: while one transaction
-commits, the next round is fetched and copied. The rollups of the metric batches are merged
-every ``rollup_flush`` (many rounds in one merge, which is what keeps them cheap); those
-messages are acknowledged after that merge commits, so a gateway that dies in between has them
-redelivered and their rollups merged by the next one (see :mod:`signalfire.gateway.store`).
+commits, the next round is fetched and copied. The rollups of the metric batches belong to
+:class:`~signalfire.gateway.rollup.Rollups`: each round hands the store a round of it, takes
+what waits for the merge once the write commits, and every ``rollup_flush`` has it merge
+(many rounds in one merge, which is what keeps them cheap) and acknowledges what it merged; a
+gateway that dies in between has those messages redelivered and their rollups merged by the
+next one.
 
 Malformed messages are counted, logged once and terminated (never redelivered); the rest of
 the round is still stored. When the database is unreachable nothing is acknowledged: the
@@ -42,8 +44,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from signalfire.events import (
     HOST_NAME_PATTERN,
     LABEL_NAME_PATTERN,
+    MAX_HOST_NAME_LENGTH,
+    MAX_LABEL_NAME_LENGTH,
+    MAX_LABEL_VALUE_LENGTH,
     MAX_LABELS,
+    MAX_METRIC_NAME_LENGTH,
     MAX_SAMPLES_PER_BATCH,
+    MAX_UNIX_TIME,
     METRIC_NAME_PATTERN,
     AgentStatus,
     AlertAction,
@@ -57,7 +64,8 @@ from signalfire.events import (
 )
 from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.live import LiveFeed
-from signalfire.gateway.store import LatestValues, RollupBacklog, Store
+from signalfire.gateway.rollup import Rollups
+from signalfire.gateway.store import LatestValues, Store
 from signalfire.log import Throttle
 from signalfire.subjects import Subjects
 from signalfire.telemetry import Registry
@@ -95,11 +103,11 @@ class _LeanBatch(MetricBatch, gc=False, kw_only=True):
 
 
 _lean_decoder = msgspec.json.Decoder(_LeanBatch)
-# The contract's own patterns, tested the way msgspec tests them (``search``), so both agree.
+# The contract's own patterns and limits (:mod:`signalfire.events`), the patterns tested the way
+# msgspec tests them (``search``), so both agree.
 _HOST = re.compile(HOST_NAME_PATTERN)
 _NAME = re.compile(METRIC_NAME_PATTERN)
 _LABEL_NAME = re.compile(LABEL_NAME_PATTERN)
-_MAX_TIME = 32503680000.0
 #: Host, metric and label names already checked (bounded: cleared when full).
 _valid_hosts: set[str] = set()
 _valid_names: set[str] = set()
@@ -123,16 +131,19 @@ def _lean_ok(batch: _LeanBatch) -> bool:
     """Whether ``batch`` meets every constraint of :class:`MetricBatch` (checked per batch and
     per distinct name, not per sample field by field)."""
     samples = batch.samples
-    if not (0 <= batch.time <= _MAX_TIME and _names_ok({batch.host}, _valid_hosts, _HOST, 253)):
+    if not (
+        0 <= batch.time <= MAX_UNIX_TIME
+        and _names_ok({batch.host}, _valid_hosts, _HOST, MAX_HOST_NAME_LENGTH)
+    ):
         return False
     if len(samples) > MAX_SAMPLES_PER_BATCH:
         return False
-    if not _names_ok({s.name for s in samples}, _valid_names, _NAME, 200):
+    if not _names_ok({s.name for s in samples}, _valid_names, _NAME, MAX_METRIC_NAME_LENGTH):
         return False
     if not all(map(math.isfinite, [s.value for s in samples])):
         return False
     times = [s.time for s in samples if s.time is not None]
-    if times and not (min(times) >= 0 and max(times) <= _MAX_TIME):
+    if times and not (min(times) >= 0 and max(times) <= MAX_UNIX_TIME):
         return False
     labelled = [s.labels for s in samples if s.labels]
     if batch.labels:
@@ -140,9 +151,10 @@ def _lean_ok(batch: _LeanBatch) -> bool:
     if labelled:
         if max(map(len, labelled)) > MAX_LABELS:
             return False
-        if not _names_ok(set(chain.from_iterable(labelled)), _valid_label_names, _LABEL_NAME, 100):
+        label_names = set(chain.from_iterable(labelled))
+        if not _names_ok(label_names, _valid_label_names, _LABEL_NAME, MAX_LABEL_NAME_LENGTH):
             return False
-        if max(map(len, chain.from_iterable(map(dict.values, labelled)))) > 1024:
+        if max(map(len, chain.from_iterable(map(dict.values, labelled)))) > MAX_LABEL_VALUE_LENGTH:
             return False
     return True
 
@@ -200,21 +212,21 @@ class Ingest:
         registry: Registry,
         latest: LatestValues,
         *,
+        rollups: Rollups,
         live: LiveFeed | None = None,
     ) -> None:
         self.config = config
         self.live = live
         self.js = js
         self.store = store
+        self.rollups = rollups
         self.latest = latest
         self.subjects: Subjects = config.nats.subjects
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._backlog = RollupBacklog()
-        #: Messages stored but not acknowledged until their rollups are merged, by sequence,
-        #: with the new samples they brought (counted once merged).
-        self._held: dict[int, tuple[Msg, int]] = {}
+        #: Messages stored but not acknowledged until their rollups are merged, by sequence.
+        self._held: dict[int, Msg] = {}
         #: A fetch error that persists (NATS away) is logged once per 30 s, not per attempt.
         self._fetch_warnings = Throttle(30.0)
         self._consumers = [
@@ -363,20 +375,19 @@ class Ingest:
             await self._flush_once()
 
     async def _flush_once(self) -> None:
-        """Merge the rollups of the backlog, then acknowledge its messages."""
-        if not len(self._backlog):
+        """Merge the rollups of what waits, then acknowledge their messages."""
+        if not len(self.rollups):
             return
         try:
-            done = await self.store.flush_rollups(self._backlog)
-        except Exception as exc:  # kept in the backlog; retried next time
+            merged = await self.rollups.flush()
+        except Exception as exc:  # they keep waiting; retried next time
             self.db_errors.inc(consumer="rollups")
             log.warning("rollup merge failed; will retry", extra={"reason": repr(exc)})
             return
-        for seq in done:
-            held = self._held.pop(seq, None)
-            if held is None:
+        for seq, samples in merged.items():
+            msg = self._held.pop(seq, None)
+            if msg is None:
                 continue
-            msg, samples = held
             self.samples.inc(samples)
             self.messages.inc(kind="metrics")
             try:
@@ -534,26 +545,26 @@ class Ingest:
         events = [p for _, p in items if isinstance(p, EventBatch)]
         statuses = [p for _, p in items if isinstance(p, AgentStatus)]
         sequences = [msg.metadata.sequence.stream for msg, _ in metric_items]
+        rollups = self.rollups.round(sequences)
         written = await self.store.write_metrics(
             metrics,
             events,
             statuses,
-            sequences=sequences,
-            backlog=self._backlog,
+            rollups=rollups,
             redelivered=any(msg.metadata.num_delivered > 1 for msg, _ in items),
         )
         # Batches whose rollups wait for the next merge are counted (and acknowledged) then.
-        held = [msg for (msg, _), seq in zip(metric_items, sequences, strict=True) if seq in written.deferred]
+        waiting = self.rollups.add(rollups)
+        held = [msg for (msg, _), seq in zip(metric_items, sequences, strict=True) if seq in waiting]
         for msg in held:
-            seq = msg.metadata.sequence.stream
-            self._held[seq] = (msg, written.deferred[seq])
+            self._held[msg.metadata.sequence.stream] = msg
         for host, keys, when, values in written.uniform:
             self.latest.update_batch(host, keys, when, values)
         for key, when, value in written.rows:
             self.latest.update(key, when, value)
         if self.live is not None:
             self.live.metrics(metrics, statuses)
-        self.samples.inc(written.samples - sum(written.deferred.values()))
+        self.samples.inc(written.samples - sum(waiting.values()))
         self.duplicates.inc(written.duplicate_samples)
         self.events.inc(written.events)
         self.series.inc(written.new_series)

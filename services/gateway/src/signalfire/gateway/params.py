@@ -15,11 +15,11 @@ from typing import Any
 import msgspec
 
 from signalfire.config import parse_duration
+from signalfire.events import MAX_UNIX_TIME
 from signalfire.gateway.errors import invalid
 
 _RELATIVE = re.compile(r"^-\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_MAX_UNIX = 32503680000.0  # year 3000, the contract's bound too
 _MIN_TIME = -62135596800.0  # 0001-01-01, the earliest a relative or RFC 3339 time may reach
 _INT64 = 2**63
 
@@ -43,7 +43,7 @@ def parse_time(value: str, now: float, field: str) -> float:
     except ValueError:
         pass
     else:
-        if not 0 <= seconds <= _MAX_UNIX:
+        if not 0 <= seconds <= MAX_UNIX_TIME:
             raise invalid(field, f"{field}={value!r} is outside the range of unix times")
         return seconds
     try:
@@ -61,7 +61,7 @@ def parse_time(value: str, now: float, field: str) -> float:
 
 
 def _bounded(seconds: float, value: str, field: str) -> float:
-    if not _MIN_TIME <= seconds <= _MAX_UNIX:
+    if not _MIN_TIME <= seconds <= MAX_UNIX_TIME:
         raise invalid(field, f"{field}={value!r} is outside the range of times (year 1 to 3000)")
     return seconds
 
@@ -152,7 +152,7 @@ def _cursor_value_ok(value: Any, kind: type) -> bool:
     if kind is int:
         return isinstance(value, int) and -_INT64 <= value < _INT64
     if kind is float:
-        return isinstance(value, int | float) and _MIN_TIME <= value <= _MAX_UNIX
+        return isinstance(value, int | float) and _MIN_TIME <= value <= MAX_UNIX_TIME
     return isinstance(value, kind)
 
 

@@ -20,6 +20,7 @@ from signalfire.gateway.ingest import Ingest
 from signalfire.gateway.live import LiveFeed
 from signalfire.gateway.maintenance import Maintenance
 from signalfire.gateway.migrate import migrate
+from signalfire.gateway.rollup import Rollups
 from signalfire.gateway.store import LatestValues, Store
 from signalfire.gateway.stream import StreamHub
 from signalfire.telemetry import Registry, parse_listen
@@ -115,16 +116,19 @@ class GatewayService:
         await ensure_streams(js, config.nats)
         sock = _bind(config.listen)
         self.address = sock.getsockname()[:2]
-        self.maintenance = Maintenance(
+        rollups = Rollups(
             self.pool,
-            config.retention,
+            retention=config.retention,
             repair_after=float(config.rollup_repair_after),
             registry=self.registry,
         )
+        self.maintenance = Maintenance(self.pool, config.retention, rollups)
         await self.maintenance.start()
         store = Store(self.pool)
         await store.load_latest(self.latest)
-        self.ingest = Ingest(config, js, store, self.registry, self.latest, live=LiveFeed(self.hub))
+        self.ingest = Ingest(
+            config, js, store, self.registry, self.latest, rollups=rollups, live=LiveFeed(self.hub)
+        )
         await self.ingest.start()
         app = create_app(
             config,

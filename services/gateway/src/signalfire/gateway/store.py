@@ -7,9 +7,9 @@ a staging table with ``ON CONFLICT DO NOTHING``, which tells the new samples fro
 Events go through a staging table the same way; hosts and alerts are upserts that never let an
 older message overwrite a newer one.
 
-Rollups of ingested batches are merged later, many rounds at once (:class:`RollupBacklog`,
-:meth:`Store.flush_rollups`): the ``rollup_pending`` table, written with the samples and
-cleared with the merge, makes each batch count exactly once in the rollups.
+The rollups of the samples are not written here: :meth:`Store.write_metrics` tells the round
+of :class:`~signalfire.gateway.rollup.Rollups` it is handed, inside its transaction, which
+batches it wrote whole and which rows were new, and that unit does the rest.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from signalfire.events import (
     MetricBatch,
     Sample,
 )
-from signalfire.gateway import rollup
+from signalfire.gateway.rollup import RollupRound, StoredBatch
 
 #: (host, metric name, labels as canonical JSON): one stored series.
 SeriesKey = tuple[str, str, str]
@@ -140,30 +140,6 @@ class MetricsWritten:
     #: The samples of batches with one time for all: (host, series keys, time, values) per batch
     #: (the other batches' samples are in ``rows``).
     uniform: list[tuple[str, list[SeriesKey], float, list[float]]] = field(default_factory=list)
-    #: Stream sequences of the batches whose rollups wait in the backlog, with the samples of
-    #: each that this call stored (included in ``samples``; 0 for a batch stored before).
-    deferred: dict[int, int] = field(default_factory=dict)
-
-
-class RollupBacklog:
-    """Stored metric batches whose rollups are not merged yet, by stream sequence."""
-
-    def __init__(self) -> None:
-        self._batches: dict[int, rollup.StoredBatch] = {}
-
-    def add(self, seq: int, batch: rollup.StoredBatch) -> None:
-        self._batches[seq] = batch
-
-    def take(self) -> dict[int, rollup.StoredBatch]:
-        """Everything in the backlog, which is left empty."""
-        batches, self._batches = self._batches, {}
-        return batches
-
-    def put_back(self, batches: dict[int, rollup.StoredBatch]) -> None:
-        self._batches = {**batches, **self._batches}
-
-    def __len__(self) -> int:
-        return len(self._batches)
 
 
 _SAMPLE_COLUMNS = ["time", "series_id", "value"]
@@ -178,14 +154,6 @@ _CREATE_EVENTS_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS events_in (
     t double precision, host text, type text, message text, labels text, value double precision
 ) ON COMMIT DELETE ROWS
-"""
-
-# With each sequence its batch's host and earliest and latest sample time: what maintenance
-# recomputes should the message never come back (``maintenance.repair_rollups``).
-_ADD_PENDING = """
-INSERT INTO rollup_pending (seq, host, t_min, t_max)
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::float8[])
-ON CONFLICT DO NOTHING
 """
 
 _INSERT_SERIES = """
@@ -248,7 +216,7 @@ ON CONFLICT DO NOTHING
 """
 
 
-def _records(batches: Iterable[rollup.StoredBatch]) -> list[tuple[datetime, int, float]]:
+def _records(batches: Iterable[StoredBatch]) -> list[tuple[datetime, int, float]]:
     """``COPY`` records of ``samples`` (one datetime per distinct time, not per sample)."""
     records: list[tuple[datetime, int, float]] = []
     stamps: dict[float, datetime] = {}
@@ -278,7 +246,7 @@ def _pg_time(when: float) -> int:
     return (datetime.fromtimestamp(when, UTC) - _PG_EPOCH) // _MICROSECOND
 
 
-def _copy_data(batches: Iterable[rollup.StoredBatch]) -> tuple[bytes, int]:
+def _copy_data(batches: Iterable[StoredBatch]) -> tuple[bytes, int]:
     """The binary ``COPY`` data of the samples of ``batches`` and how many rows it holds, built
     with one ``struct`` call per batch instead of a Python tuple and datetime per sample."""
     parts = [_COPY_HEADER]
@@ -306,14 +274,24 @@ def _copy_data(batches: Iterable[rollup.StoredBatch]) -> tuple[bytes, int]:
     return b"".join(parts), rows
 
 
-def _rows(stored: rollup.StoredBatch) -> Iterable[tuple[int, float, float]]:
-    """(series id, time, value) of every sample of a stored batch."""
-    return zip(stored.ids, stored.times or repeat(stored.time), stored.values, strict=False)
-
-
 def _inserted(status: str) -> int:
     """Rows inserted, from a command status like ``INSERT 0 42``."""
     return int(status.rsplit(" ", 1)[-1])
+
+
+def _columns(
+    batch: MetricBatch, keys: list[SeriesKey], written: MetricsWritten
+) -> tuple[list[float] | None, list[float]]:
+    """The sample times (``None``: all at the batch's time) and values of ``batch``, whose
+    series are ``keys``; notes them in ``written`` for the latest values."""
+    samples, at = batch.samples, batch.time
+    values = [s.value for s in samples]
+    if any(s.time is not None for s in samples):
+        times = [at if s.time is None else s.time for s in samples]
+        written.rows.extend(zip(keys, times, values, strict=True))
+        return times, values
+    written.uniform.append((batch.host, keys, at, values))
+    return None, values
 
 
 class Store:
@@ -331,124 +309,89 @@ class Store:
         events: list[EventBatch] | None = None,
         statuses: list[AgentStatus] | None = None,
         *,
-        sequences: Sequence[int] | None = None,
-        backlog: RollupBacklog | None = None,
+        rollups: RollupRound,
         redelivered: bool = False,
     ) -> MetricsWritten:
         """Store metric batches, event batches and agent statuses in one transaction.
 
-        Without ``backlog`` the rollups are merged in the same transaction. With it (and
-        ``sequences``, the stream sequence of each metric batch), the samples are copied straight
-        into ``samples`` and their rollups left to :meth:`flush_rollups`: the batches' sequences
-        are then in :attr:`MetricsWritten.deferred`, and their messages must not be acknowledged
-        before that flush. ``redelivered``: some batches may have been stored before.
+        The samples are copied straight into ``samples``; should one of them be stored already
+        (or ``redelivered``: some batches may have been stored before), the round is redone
+        through a staging table that keeps only the new ones. ``rollups`` (whose sequences are
+        those of ``metrics``) is told, inside the transaction, which batches to leave out and
+        what was written; its rollups commit or roll back with the samples.
         """
         events = events or []
         statuses = statuses or []
         written = MetricsWritten()
-        prepared: list[tuple[MetricBatch, list[SeriesKey], list[float] | None, list[float]]] = []
-        keys_seen: set[SeriesKey] = set()
-        shapes: list[_Shape] = []
-        for batch in metrics:
-            host, base, samples, at = batch.host, batch.labels, batch.samples, batch.time
-            shape = self._shape(host, base, samples)
-            keys = shape.keys
-            if shape.ids is None:
-                keys_seen.update(keys)
-            shapes.append(shape)
-            times: list[float] | None = None
-            if any(s.time is not None for s in samples):
-                times = [at if s.time is None else s.time for s in samples]
-            values = [s.value for s in samples]
-            prepared.append((batch, keys, times, values))
-            if times is None:
-                written.uniform.append((host, keys, at, values))
-            else:
-                written.rows.extend(zip(keys, times, values, strict=True))
-        deferring = backlog is not None and sequences is not None
-        stored_before: set[int] = set()
-        held: dict[int, rollup.StoredBatch] = {}
+        shapes = [self._shape(batch.host, batch.labels, batch.samples) for batch in metrics]
+        columns = [_columns(batch, shape.keys, written) for batch, shape in zip(metrics, shapes, strict=True)]
+        unknown = {key for shape in shapes if shape.ids is None for key in shape.keys}
         async with self.pool.acquire() as conn, conn.transaction():
-            new_series = await self._resolve_series(conn, keys_seen)
+            new_series = await self._resolve_series(conn, unknown)
             ids = {**self._series, **new_series} if new_series else self._series
-            fresh: list[tuple[int | None, rollup.StoredBatch]] = []
-            for index, ((batch, keys, times, values), shape) in enumerate(zip(prepared, shapes, strict=True)):
-                # (a shape's ids are shared by its batches, never changed)
-                series_ids = shape.ids if shape.ids is not None else list(map(ids.__getitem__, keys))
-                stored = rollup.StoredBatch(batch.time, series_ids, values, times)
-                fresh.append((sequences[index] if sequences is not None else None, stored))
-            fresh_all = list(fresh)
-            if deferring and redelivered:
-                stored_before = await self._pending(conn, [seq for seq, _ in fresh if seq is not None])
-                for seq, stored in fresh:
-                    if seq in stored_before:
-                        # stored by an earlier delivery whose rollup merge never happened
-                        held[seq] = stored
-                        written.duplicate_samples += len(stored.ids)
-                fresh = [(seq, stored) for seq, stored in fresh if seq not in stored_before]
-            data, count = _copy_data(stored for _, stored in fresh)
-            copied = not redelivered and await self._copy_samples(conn, data, count)
-            if copied:
+            # (a shape's ids are shared by its batches, never changed)
+            stored = [
+                StoredBatch(
+                    batch.time,
+                    shape.ids if shape.ids is not None else list(map(ids.__getitem__, shape.keys)),
+                    values,
+                    times,
+                )
+                for batch, shape, (times, values) in zip(metrics, shapes, columns, strict=True)
+            ]
+            skip = await rollups.exclude(
+                conn, [(b.host, s) for b, s in zip(metrics, stored, strict=True)], redelivered=redelivered
+            )
+            fresh = [i for i in range(len(stored)) if i not in skip]
+            written.duplicate_samples = sum(len(stored[i].ids) for i in skip)
+            data, count = _copy_data(stored[i] for i in fresh)
+            if not redelivered and await self._copy_samples(conn, data, count):
                 written.samples = count
-                if deferring and all(seq is not None for seq, _ in fresh):
-                    waiting = {seq: stored for seq, stored in fresh if seq is not None and stored.ids}
-                    hosts = {seq: item[0].host for (seq, _), item in zip(fresh_all, prepared, strict=True)}
-                    spans = [
-                        (b.time, b.time) if b.times is None else (min(b.times), max(b.times))
-                        for b in waiting.values()
-                    ]
-                    await conn.execute(
-                        _ADD_PENDING,
-                        list(waiting),
-                        [hosts[seq] for seq in waiting],
-                        [first for first, _ in spans],
-                        [last for _, last in spans],
-                    )
-                    held.update(waiting)
-                else:
-                    await self._roll_up(conn, [r for _, stored in fresh for r in _rows(stored)])
+                await rollups.copied(conn, fresh)
             elif count:
-                records = _records([stored for _, stored in fresh])
+                records = _records(stored[i] for i in fresh)
                 new_rows = await self._insert_samples(conn, records)
                 written.samples = len(new_rows)
                 written.duplicate_samples += len(records) - written.samples
-                await self._roll_up(conn, new_rows)
+                await rollups.inserted(conn, new_rows)
             written.events = await self._write_events(conn, events)
-            seen: dict[str, MetricBatch | EventBatch] = {}
-            arrivals: list[MetricBatch | EventBatch] = [*metrics, *events]
-            for arrived in arrivals:
-                if arrived.host not in seen or arrived.time > seen[arrived.host].time:
-                    seen[arrived.host] = arrived
-            if seen:
-                await conn.executemany(
-                    _HOST_SEEN, [(host, b.time, labels_json(b.labels)) for host, b in sorted(seen.items())]
-                )
-            if statuses:
-                await conn.executemany(
-                    _HOST_STATUS,
-                    [
-                        (
-                            s.host,
-                            s.status,
-                            s.time,
-                            s.interval,
-                            msgspec.json.encode(s.facts).decode(),
-                            labels_json(s.labels),
-                        )
-                        for s in statuses
-                    ],
-                )
+            await self._write_hosts(conn, [*metrics, *events], statuses)
         # Only now: ids of series created by a rolled-back transaction do not exist.
         self._series.update(new_series)
-        for shape, (_, stored) in zip(shapes, fresh_all, strict=True):
+        for shape, batch in zip(shapes, stored, strict=True):
             if shape.ids is None:
-                shape.ids = stored.ids
+                shape.ids = batch.ids
         written.new_series = len(new_series)
-        if backlog is not None:
-            for seq, stored in held.items():
-                backlog.add(seq, stored)
-            written.deferred = {seq: 0 if seq in stored_before else len(b.ids) for seq, b in held.items()}
         return written
+
+    @staticmethod
+    async def _write_hosts(
+        conn: asyncpg.Connection, arrivals: list[MetricBatch | EventBatch], statuses: list[AgentStatus]
+    ) -> None:
+        """Mark the hosts of ``arrivals`` seen (the newest batch of each) and store ``statuses``."""
+        seen: dict[str, MetricBatch | EventBatch] = {}
+        for arrived in arrivals:
+            if arrived.host not in seen or arrived.time > seen[arrived.host].time:
+                seen[arrived.host] = arrived
+        if seen:
+            await conn.executemany(
+                _HOST_SEEN, [(host, b.time, labels_json(b.labels)) for host, b in sorted(seen.items())]
+            )
+        if statuses:
+            await conn.executemany(
+                _HOST_STATUS,
+                [
+                    (
+                        s.host,
+                        s.status,
+                        s.time,
+                        s.interval,
+                        msgspec.json.encode(s.facts).decode(),
+                        labels_json(s.labels),
+                    )
+                    for s in statuses
+                ],
+            )
 
     def _shape(self, host: str, base: dict[str, str], samples: Sequence[Sample]) -> _Shape:
         """The series keys of a batch's samples, from the cache of batch layouts."""
@@ -466,14 +409,6 @@ class Store:
             self._shape_keys = len(keys)
         shape = self._shapes[layout] = _Shape(keys)
         return shape
-
-    @staticmethod
-    async def _pending(conn: asyncpg.Connection, sequences: list[int]) -> set[int]:
-        """Which of ``sequences`` are stored and wait for their rollup merge."""
-        if not sequences:
-            return set()
-        rows = await conn.fetch("SELECT seq FROM rollup_pending WHERE seq = ANY($1::bigint[])", sequences)
-        return {row["seq"] for row in rows}
 
     @staticmethod
     async def _copy_samples(conn: asyncpg.Connection, data: bytes, count: int) -> bool:
@@ -521,30 +456,6 @@ class Store:
         )
         return _inserted(status)
 
-    async def flush_rollups(self, backlog: RollupBacklog) -> set[int]:
-        """Merge the rollups of the stored batches in ``backlog``; returns their sequences (their
-        messages may be acknowledged now). On an error the batches stay in ``backlog``.
-
-        Each batch counts once: only the batches whose ``rollup_pending`` row this transaction
-        deletes are merged (another gateway, or an earlier flush, may have done the others).
-        """
-        batches = backlog.take()
-        if not batches:
-            return set()
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                rows = await conn.fetch(
-                    "DELETE FROM rollup_pending WHERE seq = ANY($1::bigint[]) RETURNING seq", list(batches)
-                )
-                mine = [batches[row["seq"]] for row in rows]
-                if mine:
-                    for table, args in rollup.merge_rows(mine).items():
-                        await conn.execute(rollup.upsert_sql(table), *args)
-        except BaseException:
-            backlog.put_back(batches)
-            raise
-        return set(batches)
-
     async def _insert_samples(
         self, conn: asyncpg.Connection, records: list[tuple[datetime, int, float]]
     ) -> list[tuple[int, float, float]]:
@@ -557,15 +468,6 @@ class Store:
         )
         floats = {(series_id, when): (when.timestamp(), value) for when, series_id, value in records}
         return [(row["series_id"], *floats[(row["series_id"], row["time"])]) for row in rows]
-
-    @staticmethod
-    async def _roll_up(conn: asyncpg.Connection, rows: list[tuple[int, float, float]]) -> None:
-        """Merge the new samples into the 1-minute and 1-hour rollups."""
-        if not rows:
-            return
-        for width, table in rollup.TABLES.items():
-            cells = rollup.aggregate(rows, width)
-            await conn.execute(rollup.upsert_sql(table), *rollup.upsert_args(cells))
 
     async def _resolve_series(self, conn: asyncpg.Connection, keys: set[SeriesKey]) -> dict[SeriesKey, int]:
         """Ids of the series in ``keys`` missing from the cache, creating those that do not exist."""

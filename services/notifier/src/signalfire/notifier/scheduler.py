@@ -191,6 +191,9 @@ class Scheduler:
                 )
         group = key.rsplit(".", 1)[-1]
         outcomes: dict[str, Outcome] = {}
+        # a digest names its firing alerts first: the message's own alert (and transition)
+        # is a firing one unless every alert of the period has resolved already
+        sendable.sort(key=lambda a: a.status == "resolved")
         if sendable:
             outcomes = await self._dispatcher.send(
                 Notification(alert=sendable[0], alerts=tuple(sendable), digest=batch.digest),

@@ -272,7 +272,7 @@ class NotifierService:
             asyncio.create_task(self._fetch_loop(actions, self._accept_action)),
             asyncio.create_task(self.scheduler.run()),
         ]
-        if self.config_path is not None and self.config.watch_interval > 0:
+        if self.config_path is not None:
             self._loops.append(asyncio.create_task(self._watch_file()))
         self._heartbeat_task = asyncio.create_task(self._heartbeat())
         log.info(
@@ -396,6 +396,7 @@ class NotifierService:
         return (stat.st_mtime_ns, stat.st_size)
 
     async def _watch_file(self) -> None:
+        # runs with watch_interval 0 too (looking once a second whether a reload turned it on)
         while True:
             await asyncio.sleep(float(self.config.watch_interval) or 1.0)
             if self.config.watch_interval > 0 and self._file_signature() != self._file:

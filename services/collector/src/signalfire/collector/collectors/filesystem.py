@@ -11,13 +11,11 @@ from typing import ClassVar
 import psutil
 
 from signalfire.collector.collectors.base import MetricSpec
-from signalfire.events import Sample
+from signalfire.events import MAX_LABEL_VALUE_LENGTH, Sample
 
 log = logging.getLogger("signalfire.collector.filesystem")
 
 _MOUNT_TABLE = "/proc/self/mounts"
-#: The contract's limit on a label value; a longer mount path could not be published.
-_MAX_LABEL_VALUE = 1024
 
 
 class FilesystemCollector:
@@ -67,7 +65,8 @@ class FilesystemCollector:
                 continue
             if any(fnmatch.fnmatchcase(part.mountpoint, pattern) for pattern in self.exclude_mounts):
                 continue
-            if len(part.mountpoint) > _MAX_LABEL_VALUE or not os.path.isdir(part.mountpoint):
+            # (a mount path longer than the contract's label value could not be published)
+            if len(part.mountpoint) > MAX_LABEL_VALUE_LENGTH or not os.path.isdir(part.mountpoint):
                 continue
             seen[part.mountpoint] = None
         return list(seen)

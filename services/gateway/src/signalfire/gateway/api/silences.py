@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from signalfire.config import parse_duration
+from signalfire.events import MAX_UNIX_TIME
 from signalfire.gateway.api.endpoint import PAGE, Endpoint, Param, enum
 from signalfire.gateway.api.resources import (
     Resources,
@@ -26,7 +27,6 @@ from signalfire.gateway.errors import ApiError, invalid
 from signalfire.gateway.params import encode_cursor, parse_choice, parse_cursor, parse_limit, parse_time
 from signalfire.regex import RegexError, compile_regex
 
-_MAX_UNIX = 32503680000.0  # year 3000, the contract's bound
 STATES = ("active", "pending", "expired")
 State = Literal["active", "pending", "expired"]
 
@@ -76,7 +76,7 @@ def _silence(row: asyncpg.Record, now: float) -> Silence:
 def _body_time(value: TimeValue, now: float, field: str) -> float:
     if isinstance(value, str):
         return parse_time(value, now, field)
-    if not 0 <= value <= _MAX_UNIX:
+    if not 0 <= value <= MAX_UNIX_TIME:
         raise invalid(field, f"{field} is outside the range of unix times")
     return float(value)
 
@@ -121,7 +121,7 @@ def _ends_at(body: SilenceBody, starts_at: float, now: float) -> float:
             ends_at = starts_at + parse_duration(body.duration)
         except ValueError as exc:
             raise invalid("duration", str(exc)) from None
-        if not ends_at <= _MAX_UNIX:
+        if not ends_at <= MAX_UNIX_TIME:
             raise invalid("duration", "duration reaches beyond the range of unix times")
     else:
         raise invalid("ends_at", "a silence needs ends_at or duration")

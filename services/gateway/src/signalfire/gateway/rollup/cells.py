@@ -34,7 +34,7 @@ _ZERO = 1e-9
 RELATIVE_ERROR = (GAMMA - 1) / (GAMMA + 1)
 #: Rows with at most this many samples keep the values, so their percentiles are exact. At the
 #: usual 10 s interval a 1-minute row holds 6. ``sf_hist_merge`` (migration 0006) and the
-#: repair queries (:mod:`.maintenance`) use the same number.
+#: repair queries (:mod:`.repair`) use the same number.
 EXACT_MAX = 32
 
 #: A histogram: ``{"v": [values]}``, or counts by bucket key.
@@ -281,7 +281,7 @@ def merge_rows(batches: Sequence[StoredBatch]) -> dict[str, list[list[object]]]:
     varied = [b for b in batches if b.times is not None]
     if varied:
         cells = aggregate(
-            ((series_id, when, value) for b in varied for series_id, when, value in _triples(b)), width
+            ((series_id, when, value) for b in varied for series_id, when, value in triples(b)), width
         )
         if rows:  # both kinds: merge the cells of the same (series, minute)
             for row in rows:
@@ -315,7 +315,8 @@ def merge_rows(batches: Sequence[StoredBatch]) -> dict[str, list[list[object]]]:
     return {TABLES[60]: minute, TABLES[3600]: hourly}
 
 
-def _triples(batch: StoredBatch) -> Iterable[tuple[int, float, float]]:
+def triples(batch: StoredBatch) -> Iterable[tuple[int, float, float]]:
+    """(series id, time, value) of every sample of a stored batch."""
     return zip(batch.ids, batch.times or repeat(batch.time), batch.values, strict=False)
 
 
