@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from devstack import NatsServer, PostgresServer, ServiceProcess
+from devstack import NatsServer, PostgresServer, ServiceProcess, start_gateway
 
 from signalfire.bus import NatsConfig, request_json
 from signalfire.events import AlertEvent, decode
@@ -53,6 +53,21 @@ def service_env(nats: NatsConfig, database_url: str | None = None, **extra: str)
         env["SF_DATABASE_URL"] = database_url
     env.update(extra)
     return env
+
+
+async def gateway_process(env: Mapping[str, str], port: int, log_dir: Path) -> ServiceProcess:
+    """``signalfire gateway`` on 127.0.0.1:``port``, ready on return, with a :func:`service_env`
+    environment (its NATS and database URLs come from there); its log and its admin token file
+    in ``log_dir``. Waits for readiness in a thread, so the test's event loop goes on."""
+    return await asyncio.to_thread(
+        start_gateway,
+        env["SF_NATS_URL"],
+        env["SF_DATABASE_URL"],
+        port,
+        log_dir=log_dir,
+        token_file=log_dir / "admin-token",
+        extra_env=env,
+    )
 
 
 def kill9(process: ServiceProcess | NatsServer | PostgresServer) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from devstack import free_port, start_gateway
+from devstack import free_port
 
 from signalfire.bus import NatsConfig
 from signalfire.events import MetricBatch, Sample, encode
@@ -16,6 +16,7 @@ from tests.faults.support import (
     consumer_numbers,
     eventually,
     fetch_count,
+    gateway_process,
     kill9,
     report,
     scrape,
@@ -76,18 +77,8 @@ async def test_gateway_kill_9_under_ingest_stores_every_sample_once(
         SF_FETCH_TIMEOUT="0.2s",
     )
 
-    def start() -> Any:
-        return start_gateway(
-            nats_config.url,
-            database_url,
-            port,
-            log_dir=tmp_path,
-            token_file=tmp_path / "admin-token",
-            extra_env=env,
-        )
-
     expected = BATCHES * SAMPLES_PER_BATCH
-    gateway = await asyncio.to_thread(start)
+    gateway = await gateway_process(env, port, tmp_path)
     published: list[int] = []
     publisher = asyncio.create_task(publish_steadily(js, nats_config, published))
     try:
@@ -103,7 +94,7 @@ async def test_gateway_kill_9_under_ingest_stores_every_sample_once(
         at_kill = await fetch_count(database_url, "SELECT count(*) FROM samples")
         published_at_kill = len(published)
         await asyncio.sleep(1)  # down for a second while the publisher goes on
-        gateway = await asyncio.to_thread(start)
+        gateway = await gateway_process(env, port, tmp_path)
         await asyncio.wait_for(publisher, 60)
 
         async def all_merged() -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from devstack import REPO, NatsServer, ServiceProcess, free_port, start_gateway
+from devstack import REPO, NatsServer, ServiceProcess, free_port
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.events import MetricBatch, Sample, decode, encode
@@ -20,6 +20,7 @@ from tests.faults.support import (
     alert_events,
     eventually,
     fetch_count,
+    gateway_process,
     kill9,
     log_tail,
     report,
@@ -96,15 +97,7 @@ async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false
     services: list[ServiceProcess] = []
     spiker: asyncio.Task[None] | None = None
     try:
-        gateway = await asyncio.to_thread(
-            start_gateway,
-            nats.url,
-            database_url,
-            port,
-            log_dir=tmp_path,
-            token_file=tmp_path / "token",
-            extra_env=env,
-        )
+        gateway = await gateway_process(env, port, tmp_path)
         services.append(gateway)
         rules = f"{SHIPPED_RULES},{write(tmp_path / 'spike.yaml', SPIKE_RULES)}"
         evaluator = ServiceProcess("evaluator", ["evaluator"], {**env, "SF_RULES": rules}, tmp_path)

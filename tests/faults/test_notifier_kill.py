@@ -30,8 +30,8 @@ from signalfire.bus import NatsConfig
 from signalfire.notifier.deadletter import DeadLetter
 from signalfire.notifier.ledger import SentMark
 from tests.support.alerts import firing_alert, publish_alert
+from tests.support.notifiers import kill9, notifier_process
 from tests.support.polling import wait_until
-from tests.support.processes import kill9, notifier_process
 from tests.support.webhook import Posted, WebhookReceiver
 
 pytestmark = pytest.mark.slow

@@ -14,24 +14,23 @@ from typing import Any
 
 import msgspec
 import pytest
-from devstack import ServiceProcess, free_port, start_gateway
+from devstack import ServiceProcess, free_port
 
 from signalfire.bus import NatsConfig
 from signalfire.events import (
     AgentStatus,
     AlertAction,
-    AlertEvent,
     DeliveryResult,
     Event,
     EventBatch,
     MetricBatch,
     Sample,
 )
-from tests.e2e.support import Receiver
 from tests.faults.support import (
     consumer_numbers,
     eventually,
     fetch_count,
+    gateway_process,
     log_tail,
     report,
     scrape,
@@ -41,6 +40,8 @@ from tests.faults.support import (
     wait_evaluator,
     write,
 )
+from tests.support.alerts import firing_alert
+from tests.support.webhook import WebhookReceiver
 
 HOST = "poison-h"
 GOOD = 6  # good messages per subject, with a bad one between each two
@@ -66,15 +67,8 @@ def good(kind: str, i: int) -> dict[str, Any]:
     elif kind == "agents":
         payload = AgentStatus(host=HOST, status="online", time=now - 600 + i)
     elif kind == "alerts":
-        payload = AlertEvent(
-            id=f"poison-alert-{i}",
-            fingerprint=f"poison-fp-{i}",
-            rule="PoisonByHand",
-            status="firing",
-            severity="high",
-            host=HOST,
-            starts_at=now,
-            time=now,
+        payload = firing_alert(
+            f"poison-alert-{i}", now=now, fingerprint=f"poison-fp-{i}", rule="PoisonByHand", host=HOST
         )
     elif kind == "actions":
         payload = AlertAction(
@@ -160,11 +154,11 @@ async def test_poison_on_every_subject_is_counted_once_and_spares_every_good_mes
     nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
 ) -> None:
     js = nc.jetstream()
-    receiver = Receiver()
-    receiver.thread.start()
+    receiver = WebhookReceiver()
     notify = write(
         tmp_path / "notify.yaml",
-        f"channels:\n  hook: {{type: webhook, url: '{receiver.url}'}}\nroutes:\n  - channels: [hook]\n",
+        f"channels:\n  hook: {{type: webhook, url: '{receiver.url('hook')}'}}\n"
+        "routes:\n  - channels: [hook]\n",
     )
     gateway_port, evaluator_port, notifier_port = free_port(), free_port(), free_port()
     # ack_wait 3 s instead of 30/60 s: a message left unsettled comes back (and shows as
@@ -172,15 +166,7 @@ async def test_poison_on_every_subject_is_counted_once_and_spares_every_good_mes
     env = service_env(nats_config, database_url, SF_ACK_WAIT="3s")
     services: list[ServiceProcess] = []
     try:
-        gateway = await asyncio.to_thread(
-            start_gateway,
-            nats_config.url,
-            database_url,
-            gateway_port,
-            log_dir=tmp_path,
-            token_file=tmp_path / "token",
-            extra_env={**env, "SF_ROLLUP_FLUSH": "0.5s"},
-        )
+        gateway = await gateway_process({**env, "SF_ROLLUP_FLUSH": "0.5s"}, gateway_port, tmp_path)
         services.append(gateway)
         evaluator_env = {
             **env,
@@ -264,10 +250,10 @@ async def test_poison_on_every_subject_is_counted_once_and_spares_every_good_mes
     finally:
         for service in reversed(services):
             service.stop()
-        receiver.server.shutdown()
+        receiver.close()
 
     n_bad = len(bad("metrics"))
-    hook_firing = sum(1 for b in receiver.bodies if b.get("status") == "firing")
+    hook_firing = sum(1 for b in receiver.bodies("hook") if b.get("status") == "firing")
     fetched = {
         name: int(total(gw, "signalfire_gateway_ingest_fetched_messages_total", consumer=name))
         for name in ("gateway-metrics", "gateway-alerts", "gateway-actions", "gateway-notifications")

@@ -10,11 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from devstack import PostgresServer, free_port, start_gateway, temp_pg_dir
+from devstack import PostgresServer, free_port, temp_pg_dir
 
 from signalfire.bus import NatsConfig
-from signalfire.events import AlertEvent, DeliveryResult, MetricBatch, Sample, encode
-from tests.faults.support import consumer_numbers, eventually, fetch_count, report, scrape, service_env, total
+from signalfire.events import DeliveryResult, MetricBatch, Sample, encode
+from tests.faults.support import (
+    consumer_numbers,
+    eventually,
+    fetch_count,
+    gateway_process,
+    report,
+    scrape,
+    service_env,
+    total,
+)
+from tests.support.alerts import firing_alert
 
 ACK_WAIT = 2.0
 MAX_DELIVER = 3
@@ -41,15 +51,8 @@ async def publish_all_kinds(js: Any, nats: NatsConfig, counts: dict[str, int], s
         if n % 10 == 0:
             now = time.time()
             k = n // 10
-            alert = AlertEvent(
-                id=f"pg-alert-{k}",
-                fingerprint=f"pg-fp-{k}",
-                rule="FaultPg",
-                status="firing",
-                severity="low",
-                host=HOST,
-                starts_at=now,
-                time=now,
+            alert = firing_alert(
+                f"pg-alert-{k}", now=now, fingerprint=f"pg-fp-{k}", rule="FaultPg", severity="low", host=HOST
             )
             await js.publish(nats.subjects.alerts(HOST), encode(alert), headers={"Nats-Msg-Id": f"pg-a-{k}"})
             result = DeliveryResult(alert_id=alert.id, channel="hook", status="sent", attempt=1, time=now)
@@ -82,15 +85,7 @@ async def test_postgres_down_longer_than_ack_wait_times_max_deliver_loses_nothin
         SF_MAX_BACKOFF="2s",
         SF_FETCH_TIMEOUT="0.2s",
     )
-    gateway = await asyncio.to_thread(
-        start_gateway,
-        nats_config.url,
-        database_url,
-        port,
-        log_dir=tmp_path,
-        token_file=tmp_path / "admin-token",
-        extra_env=env,
-    )
+    gateway = await gateway_process(env, port, tmp_path)
     counts = {"samples": 0, "alerts": 0, "deliveries": 0}
     stop = asyncio.Event()
     publisher = asyncio.create_task(publish_all_kinds(js, nats_config, counts, stop))

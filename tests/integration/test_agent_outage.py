@@ -13,7 +13,9 @@ from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.collector.agent import Agent
 from signalfire.collector.config import AgentConfig
 from signalfire.config import Duration
-from tests.integration.test_agent_publish import counters, stored_batches, wait_until
+from tests.integration.test_agent_publish import counters, stored_batches
+from tests.support.polling import wait_until
+from tests.support.private_nats import private_nats
 
 OUTAGE_SECONDS = 30  # as long as the issue asks: past nats-py's reconnect back-off
 
@@ -27,15 +29,11 @@ def assert_every_tick_once_in_order(times: list[float], interval: float) -> None
 
 @pytest.mark.slow
 async def test_every_batch_of_an_outage_arrives_once_and_in_order(tmp_path: Path) -> None:
-    server = NatsServer(tmp_path / "nats").start()
-    nats = NatsConfig(url=server.url, prefix="outage")
-    admin = await connect(nats, "test-admin")
-    await ensure_streams(admin.jetstream(), nats)
-    await admin.close()
+    server, nats = await private_nats(tmp_path / "nats", "outage")
     agent = Agent(AgentConfig(nats=nats, interval=Duration(1), hostname="outage"))
     await agent.start()
     try:
-        await wait_until(lambda: counters(agent)["agent.batches_sent"] >= 2, "first batches")
+        await wait_until(lambda: counters(agent)["agent.batches_sent"] >= 2, "first batches", timeout=20)
         down_at = time.time()
         await asyncio.to_thread(server.stop)  # by its PID
         await asyncio.sleep(OUTAGE_SECONDS)
@@ -43,7 +41,7 @@ async def test_every_batch_of_an_outage_arrives_once_and_in_order(tmp_path: Path
         up_at = time.time()
         server = await asyncio.to_thread(NatsServer(tmp_path / "nats", port=server.port).start)
         await wait_until(
-            lambda: len(agent.outbox) == 0 and counters(agent)["agent.batches_sent"] > 0, "replay"
+            lambda: len(agent.outbox) == 0 and counters(agent)["agent.batches_sent"] > 0, "replay", timeout=20
         )
         await asyncio.sleep(2.2)  # and a couple of live batches after it
     finally:
@@ -70,7 +68,7 @@ async def test_a_spooled_backlog_survives_an_agent_restart(tmp_path: Path, nats_
         AgentConfig(nats=unreachable, interval=Duration(0.2), hostname="respawn", spool_dir=str(spool))
     )
     await first.start()
-    await wait_until(lambda: first.batches_made >= 5, "batches made while NATS is unreachable")
+    await wait_until(lambda: first.batches_made >= 5, "batches made while NATS is unreachable", timeout=20)
     await first.stop()
     spooled = first.batches_made
     assert len(list(spool.glob("*.msg"))) == spooled
@@ -84,7 +82,9 @@ async def test_a_spooled_backlog_survives_an_agent_restart(tmp_path: Path, nats_
         await second.start()
         try:
             await wait_until(
-                lambda: counters(second)["agent.batches_sent"] >= spooled + 3, "replay and new batches"
+                lambda: counters(second)["agent.batches_sent"] >= spooled + 3,
+                "replay and new batches",
+                timeout=20,
             )
         finally:
             await second.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,21 +16,10 @@ from signalfire.collector.collectors import MetricSpec
 from signalfire.collector.config import AgentConfig
 from signalfire.config import Duration
 from signalfire.events import AgentStatus, MetricBatch, Sample, decode
+from tests.support.polling import wait_until
+from tests.support.private_nats import private_nats
 
 INTERVAL = 0.2
-
-
-async def wait_until(condition: Callable[[], bool | Awaitable[bool]], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def stored(js: Any, config: NatsConfig) -> list[tuple[str, bytes]]:
@@ -72,7 +60,7 @@ async def test_online_then_batches_then_offline(nats_config: NatsConfig, nc: Any
     agent = Agent(agent_config(nats_config, hostname="web-1.example.com", labels={"env": "test"}))
     await agent.start()
     try:
-        await wait_until(lambda: counters(agent)["agent.batches_sent"] >= 3, "three batches")
+        await wait_until(lambda: counters(agent)["agent.batches_sent"] >= 3, "three batches", timeout=20)
     finally:
         await agent.stop()
 
@@ -123,7 +111,7 @@ async def test_a_clean_stop_with_a_borrowed_connection_says_offline(nats_config:
     async def online_published() -> bool:
         return any(s == agents_subject for s, _ in await stored(js, nats_config))
 
-    await wait_until(online_published, "online status")
+    await wait_until(online_published, "online status", timeout=20)
     await agent.stop()
     statuses = [
         decode(d, AgentStatus).status for s, d in await stored(js, nats_config) if s == agents_subject
@@ -137,14 +125,16 @@ async def test_batches_wait_for_a_missing_stream_and_keep_their_times(nats_confi
     agent = Agent(agent_config(nats_config, hostname="late-stream"))
     await agent.start()
     try:
-        await wait_until(lambda: len(agent.outbox) >= 4, "four buffered batches")
+        await wait_until(lambda: len(agent.outbox) >= 4, "four buffered batches", timeout=20)
         assert counters(agent)["agent.publish_errors"] >= 1
         created_at = time.time()
         admin = await connect(nats_config, "test-admin")
         try:
             await ensure_streams(admin.jetstream(), nats_config)
-            await wait_until(lambda: counters(agent)["agent.batches_sent"] >= 6, "replay and new batches")
-            await wait_until(lambda: len(agent.outbox) == 0, "an empty buffer")
+            await wait_until(
+                lambda: counters(agent)["agent.batches_sent"] >= 6, "replay and new batches", timeout=20
+            )
+            await wait_until(lambda: len(agent.outbox) == 0, "an empty buffer", timeout=20)
             batches = await stored_batches(admin.jetstream(), nats_config, "late-stream")
             statuses = [s for s, _ in await stored(admin.jetstream(), nats_config)]
         finally:
@@ -167,12 +157,12 @@ async def test_a_full_buffer_drops_the_oldest_and_counts_them(nats_config: NatsC
     agent = Agent(agent_config(nats_config, hostname="small-buffer", buffer_size=3))
     await agent.start()
     try:
-        await wait_until(lambda: agent.outbox.dropped >= 4, "dropped batches")
+        await wait_until(lambda: agent.outbox.dropped >= 4, "dropped batches", timeout=20)
         started_replay = time.time()
         admin = await connect(nats_config, "test-admin")
         try:
             await ensure_streams(admin.jetstream(), nats_config)
-            await wait_until(lambda: counters(agent)["agent.batches_sent"] >= 5, "replay")
+            await wait_until(lambda: counters(agent)["agent.batches_sent"] >= 5, "replay", timeout=20)
             batches = await stored_batches(admin.jetstream(), nats_config, "small-buffer")
         finally:
             await admin.close()
@@ -191,22 +181,22 @@ async def test_a_full_buffer_drops_the_oldest_and_counts_them(nats_config: NatsC
 
 
 async def test_replay_after_the_server_restarts(tmp_path: Path) -> None:
-    server = NatsServer(tmp_path / "nats").start()
-    nats = NatsConfig(url=server.url, prefix="restart")
-    admin = await connect(nats, "test-admin")
-    await ensure_streams(admin.jetstream(), nats)
-    await admin.close()
+    server, nats = await private_nats(tmp_path / "nats", "restart")
     agent = Agent(agent_config(nats, hostname="survivor"))
     await agent.start()
     try:
-        await wait_until(lambda: counters(agent)["agent.batches_sent"] >= 2, "first batches")
+        await wait_until(lambda: counters(agent)["agent.batches_sent"] >= 2, "first batches", timeout=20)
         down_at = time.time()
         await asyncio.to_thread(server.stop)
-        await wait_until(lambda: len(agent.outbox) >= 5, "batches buffered while the server is down")
+        await wait_until(
+            lambda: len(agent.outbox) >= 5, "batches buffered while the server is down", timeout=20
+        )
         up_at = time.time()
         server = await asyncio.to_thread(NatsServer(tmp_path / "nats", port=server.port).start)
         sent_before = counters(agent)["agent.batches_sent"]
-        await wait_until(lambda: counters(agent)["agent.batches_sent"] >= sent_before + 7, "replay")
+        await wait_until(
+            lambda: counters(agent)["agent.batches_sent"] >= sent_before + 7, "replay", timeout=20
+        )
     finally:
         await agent.stop()
     admin = await connect(nats, "test-admin")
@@ -243,7 +233,9 @@ async def test_a_batch_too_large_for_the_server_is_dropped(nats_config: NatsConf
     agent = Agent(agent_config(nats_config, hostname="huge"), nc=nc, collectors=[OneHugeBatch()])
     await agent.start()
     try:
-        await wait_until(lambda: counters(agent)["agent.batches_sent"] >= 2, "batches after the huge one")
+        await wait_until(
+            lambda: counters(agent)["agent.batches_sent"] >= 2, "batches after the huge one", timeout=20
+        )
     finally:
         await agent.stop()
     batches = await stored_batches(nc.jetstream(), nats_config, "huge")

@@ -40,6 +40,9 @@ from signalfire.notifier.service import NotifierService
 from signalfire.notifier.tracking import alert_key
 from signalfire.subjects import Subjects
 from tests.integration.gateway_support import eventually, gateway_config, running_gateway
+from tests.support.alerts import firing_alert
+from tests.support.redelivery import die_holding_it
+from tests.support.subscriptions import collect
 
 WEB1 = "web-1.example"
 WEB2 = "web-2.example"
@@ -158,22 +161,9 @@ async def test_every_service_does_its_whole_job_as_its_own_identity(
     bus: Bus, admin: Any, database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     s = bus.subjects
-    alerts: list[AlertEvent] = []
-    deliveries: list[DeliveryResult] = []
-    actions: list[AlertAction] = []
-
-    async def on_alert(msg: Any) -> None:
-        alerts.append(decode(msg.data, AlertEvent))
-
-    async def on_delivery(msg: Any) -> None:
-        deliveries.append(decode(msg.data, DeliveryResult))
-
-    async def on_action(msg: Any) -> None:
-        actions.append(decode(msg.data, AlertAction))
-
-    await admin.subscribe(s.all_alerts, cb=on_alert)
-    await admin.subscribe(s.all_notifications, cb=on_delivery)
-    await admin.subscribe(s.actions, cb=on_action)
+    alerts = await collect(admin, s.all_alerts, AlertEvent)
+    deliveries = await collect(admin, s.all_notifications, DeliveryResult)
+    actions = await collect(admin, s.actions, AlertAction)
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     evaluator = EvaluatorService(
@@ -268,22 +258,16 @@ async def test_the_notifier_records_what_jetstream_gave_up_on_as_its_own_identit
         ),
     )
     now = time.time()
-    fired = AlertEvent(
-        id=f"given-up-{secrets.token_hex(3)}",
+    fired = firing_alert(
+        f"given-up-{secrets.token_hex(3)}",
+        now=now,
         fingerprint="fp-given-up",
         rule="R",
-        status="firing",
         severity="critical",
         host=WEB1,
-        starts_at=now,
-        time=now,
     )
     await js.publish(s.alerts(WEB1), encode(fired))
-    dying = await js.pull_subscribe_bind(durable=notifier_service.DURABLE, stream=s.alerts_stream)
-    for _ in range(2):
-        await dying.fetch(1, timeout=5)
-        await asyncio.sleep(1.2)  # past ack_wait: JetStream takes it back
-    await dying.unsubscribe()
+    await die_holding_it(js, s.alerts_stream, notifier_service.DURABLE, times=2, ack_wait=1.0)
     kv = await js.key_value(s.bucket("notify_state"))
     firing_key = ledger_key(alert_key(fired.id), "firing", "ops")
     left = SentMark(
@@ -391,12 +375,7 @@ async def test_an_agent_cannot_raise_alerts_for_another_host_from_its_own_subjec
     bus: Bus, admin: Any, tmp_path: Path
 ) -> None:
     s = bus.subjects
-    alerts: list[AlertEvent] = []
-
-    async def on_alert(msg: Any) -> None:
-        alerts.append(decode(msg.data, AlertEvent))
-
-    await admin.subscribe(s.all_alerts, cb=on_alert)
+    alerts = await collect(admin, s.all_alerts, AlertEvent)
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     evaluator = EvaluatorService(
@@ -429,12 +408,7 @@ async def test_a_forged_alert_action_is_refused_from_every_identity_but_the_gate
     bus: Bus, admin: Any, identity: str
 ) -> None:
     s = bus.subjects
-    received: list[AlertAction] = []
-
-    async def on_action(msg: Any) -> None:
-        received.append(decode(msg.data, AlertAction))
-
-    await admin.subscribe(s.actions, cb=on_action)
+    received = await collect(admin, s.actions, AlertAction)
     await admin.flush()
     forged = AlertAction(
         alert_id=f"forged-{identity}", action="resolve", actor="alice (forged)", time=time.time()

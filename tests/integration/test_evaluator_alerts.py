@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -15,6 +13,7 @@ from signalfire.config import Duration
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService, StoredAlert
 from signalfire.evaluator.state import AlertState, fingerprint
 from signalfire.events import AlertEvent, MetricBatch, Sample, decode, encode
+from tests.support.evaluator import running_evaluator
 
 HOST = "web-1.example"
 
@@ -43,16 +42,6 @@ def config(tmp_path: Path, nats_config: NatsConfig) -> EvaluatorConfig:
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     return EvaluatorConfig(nats=nats_config, rules=[str(rules)], tick_interval=Duration(0.05))
-
-
-@contextlib.asynccontextmanager
-async def running(config: EvaluatorConfig) -> AsyncIterator[EvaluatorService]:
-    service = EvaluatorService(config)
-    await service.start()
-    try:
-        yield service
-    finally:
-        await service.stop()
 
 
 class AlertStream:
@@ -85,7 +74,7 @@ def cpu(value: float) -> Sample:
 
 async def test_high_cpu_fires_once_and_resolves_once(nc, nats_config, config):
     alerts = await AlertStream.open(nc, nats_config)
-    async with running(config) as service:
+    async with running_evaluator(config) as service:
         await send(nc, nats_config, cpu(99.0), Sample(name="mem.used_percent", value=10))
         firing, msg_id = await alerts.next()
         assert firing.status == "firing"
@@ -126,7 +115,7 @@ async def test_high_cpu_fires_once_and_resolves_once(nc, nats_config, config):
 
 async def test_where_matchers_filter_series(nc, nats_config, config):
     alerts = await AlertStream.open(nc, nats_config, "db-1")
-    async with running(config):
+    async with running_evaluator(config):
         batch = MetricBatch(host="db-1", time=1.0, labels={"role": "db"}, samples=[cpu(99.0)])
         await nc.publish(nats_config.subjects.metrics("db-1"), encode(batch))
         # role "db" does not match "web*"; the memory rule (no matchers) does fire for db-1
@@ -138,7 +127,7 @@ async def test_where_matchers_filter_series(nc, nats_config, config):
 
 async def test_for_expires_on_the_timer_without_another_sample(nc, nats_config, config):
     alerts = await AlertStream.open(nc, nats_config)
-    async with running(config):
+    async with running_evaluator(config):
         await send(nc, nats_config, Sample(name="mem.used_percent", value=90.0))
         event, _ = await alerts.next()
         assert (event.rule, event.status, event.value, event.severity) == (
@@ -151,7 +140,7 @@ async def test_for_expires_on_the_timer_without_another_sample(nc, nats_config, 
 
 async def test_restart_neither_repeats_a_firing_nor_loses_the_resolve(nc, nats_config, config):
     alerts = await AlertStream.open(nc, nats_config)
-    async with running(config):
+    async with running_evaluator(config):
         await send(nc, nats_config, cpu(99.0))
         firing, _ = await alerts.next()
         assert firing.status == "firing"
@@ -162,7 +151,7 @@ async def test_restart_neither_repeats_a_firing_nor_loses_the_resolve(nc, nats_c
     assert stored.state.alert_id == firing.id
     assert stored.outbox == []
 
-    async with running(config) as second:
+    async with running_evaluator(config) as second:
         rules = await request_json(nc, nats_config.subjects.control("evaluator", "rules"))
         (cpu_rule,) = [r for r in rules["rules"] if r["name"] == "HighCPU"]
         assert [a["alert_id"] for a in cpu_rule["alerts"]] == [firing.id]
@@ -213,7 +202,7 @@ async def test_an_outbox_left_by_a_crash_is_published_once_at_start(nc, nats_con
     )
     await kv.put(fp, msgspec.json.encode(StoredAlert(state=state, outbox=[event])))
 
-    async with running(config) as service:
+    async with running_evaluator(config) as service:
         first, _ = await alerts.next()
         assert first.id == event.id
         await send(nc, nats_config, cpu(10.0))
@@ -227,7 +216,7 @@ async def test_an_outbox_left_by_a_crash_is_published_once_at_start(nc, nats_con
 
 async def test_malformed_batches_are_counted_and_skipped(nc, nats_config, config):
     alerts = await AlertStream.open(nc, nats_config)
-    async with running(config) as service:
+    async with running_evaluator(config) as service:
         subject = nats_config.subjects.metrics(HOST)
         await nc.publish(subject, b"{not json")
         await nc.publish(subject, b'{"host": "x", "time": 1, "samples": [{"name": "cpu.usage_percent"}]}')
@@ -255,7 +244,7 @@ async def test_metrics_endpoint_serves_the_registry(nats_config, config):
 
     port = free_port()
     config = msgspec.structs.replace(config, metrics_listen=f"127.0.0.1:{port}")
-    async with running(config):
+    async with running_evaluator(config):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         body = (await reader.read()).decode()

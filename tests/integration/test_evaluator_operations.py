@@ -4,9 +4,7 @@ series limits and acks."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats.errors
@@ -14,7 +12,7 @@ import pytest
 
 from signalfire.bus import NatsConfig, request_json
 from signalfire.config import Duration
-from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
+from signalfire.evaluator.service import EvaluatorConfig
 from signalfire.events import (
     AgentStatus,
     AlertAction,
@@ -26,6 +24,7 @@ from signalfire.events import (
     decode,
     encode,
 )
+from tests.support.evaluator import running_evaluator
 
 RULES = """\
 rules:
@@ -38,16 +37,6 @@ def rules_file(tmp_path: Path) -> Path:
     path = tmp_path / "rules.yaml"
     path.write_text(RULES)
     return path
-
-
-@contextlib.asynccontextmanager
-async def running(config: EvaluatorConfig) -> AsyncIterator[EvaluatorService]:
-    service = EvaluatorService(config)
-    await service.start()
-    try:
-        yield service
-    finally:
-        await service.stop()
 
 
 def make_config(nats_config: NatsConfig, rules_file: Path, **extra: object) -> EvaluatorConfig:
@@ -76,7 +65,7 @@ async def metric(nc, config: NatsConfig, name: str, value: float, host: str = "h
 
 async def test_reload_request_swaps_rules_and_a_bad_file_keeps_the_old_ones(nc, nats_config, rules_file):
     sub = await alerts(nc, nats_config)
-    async with running(make_config(nats_config, rules_file, watch_interval=Duration(0))):
+    async with running_evaluator(make_config(nats_config, rules_file, watch_interval=Duration(0))):
         reload = nats_config.subjects.control("evaluator", "reload")
         rules_file.write_text(RULES + "  - {name: Cold, metric: temp, condition: '< 0', severity: low}\n")
         reply = await request_json(nc, reload)
@@ -98,7 +87,9 @@ async def test_reload_request_swaps_rules_and_a_bad_file_keeps_the_old_ones(nc, 
 
 async def test_a_changed_rule_file_is_reloaded_and_removed_rules_resolve(nc, nats_config, rules_file):
     sub = await alerts(nc, nats_config)
-    async with running(make_config(nats_config, rules_file, watch_interval=Duration(0.05))) as service:
+    async with running_evaluator(
+        make_config(nats_config, rules_file, watch_interval=Duration(0.05))
+    ) as service:
         await metric(nc, nats_config, "temp", 60)
         firing = await next_alert(sub)
         assert firing.status == "firing"
@@ -116,7 +107,7 @@ async def test_event_counts_fire_from_event_batches(nc, nats_config, rules_file)
         "condition: '> 2', severity: medium}\n"
     )
     sub = await alerts(nc, nats_config)
-    async with running(make_config(nats_config, rules_file)):
+    async with running_evaluator(make_config(nats_config, rules_file)):
         events = [Event(type="auth.login_failed", labels={"user": "root"}) for _ in range(3)]
         batch = EventBatch(host="h1", time=1.0, events=[Event(type="deploy"), *events])
         await nc.publish(nats_config.subjects.events("h1"), encode(batch))
@@ -127,7 +118,7 @@ async def test_event_counts_fire_from_event_batches(nc, nats_config, rules_file)
 async def test_a_clean_offline_status_is_not_an_outage(nc, nats_config, rules_file):
     rules_file.write_text("rules:\n  - {name: Down, kind: absent, for: 300ms, severity: critical}\n")
     sub = await alerts(nc, nats_config)
-    async with running(make_config(nats_config, rules_file)) as service:
+    async with running_evaluator(make_config(nats_config, rules_file)) as service:
         await metric(nc, nats_config, "temp", 1, host="quiet")
         await metric(nc, nats_config, "temp", 1, host="leaving")
         status = AgentStatus(host="leaving", status="offline", time=1.0)
@@ -147,7 +138,7 @@ async def test_a_clean_offline_status_is_not_an_outage(nc, nats_config, rules_fi
 async def test_a_label_explosion_is_capped_counted_and_reported(nc, nats_config, rules_file):
     rules_file.write_text("rules:\n  - {name: Hot, metric: temp, condition: '> 50', severity: low}\n")
     events = await nc.subscribe(nats_config.subjects.all_events)
-    async with running(make_config(nats_config, rules_file, max_series_per_rule=3)) as service:
+    async with running_evaluator(make_config(nats_config, rules_file, max_series_per_rule=3)) as service:
         batch = MetricBatch(
             host="h1",
             time=1.0,
@@ -165,7 +156,7 @@ async def test_a_label_explosion_is_capped_counted_and_reported(nc, nats_config,
 
 
 async def test_bad_payloads_on_every_subject_are_counted(nc, nats_config, rules_file):
-    async with running(make_config(nats_config, rules_file)) as service:
+    async with running_evaluator(make_config(nats_config, rules_file)) as service:
         s = nats_config.subjects
         await nc.publish(s.events("h1"), b'{"host": "h1"}')
         await nc.publish(s.agents("h1"), b'{"host": "h1", "status": "asleep", "time": 1}')
@@ -183,7 +174,7 @@ async def test_bad_payloads_on_every_subject_are_counted(nc, nats_config, rules_
 
 async def test_an_ack_is_carried_on_the_resolve(nc, nats_config, rules_file):
     sub = await alerts(nc, nats_config)
-    async with running(make_config(nats_config, rules_file)):
+    async with running_evaluator(make_config(nats_config, rules_file)):
         await metric(nc, nats_config, "temp", 60)
         firing = await next_alert(sub)
         action = AlertAction(alert_id=firing.id, action="ack", actor="ana", time=5.0)
@@ -199,7 +190,7 @@ async def test_a_resolve_by_hand_ends_the_alert_and_a_still_hot_series_fires_ane
     nc, nats_config, rules_file
 ):
     sub = await alerts(nc, nats_config)
-    async with running(make_config(nats_config, rules_file)) as service:
+    async with running_evaluator(make_config(nats_config, rules_file)) as service:
         await metric(nc, nats_config, "temp", 60)
         firing = await next_alert(sub)
         action = AlertAction(alert_id=firing.id, action="resolve", actor="ana", time=5.0)

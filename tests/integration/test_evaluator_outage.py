@@ -13,13 +13,15 @@ import pytest
 import yaml
 from devstack import NatsServer
 
-from signalfire.bus import NatsConfig, connect, ensure_streams
+from signalfire.bus import NatsConfig, connect
 from signalfire.collector.agent import Agent
 from signalfire.collector.config import AgentConfig
 from signalfire.config import Duration
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
 from signalfire.events import AlertEvent, MetricBatch, Sample, decode, encode
-from tests.integration.test_agent_publish import counters, wait_until
+from tests.integration.test_agent_publish import counters
+from tests.support.polling import wait_until
+from tests.support.private_nats import private_nats
 
 REPO = Path(__file__).resolve().parents[2]
 #: HostDown's `for`, shortened from the shipped 30 s (rule files take no overrides, so the
@@ -71,11 +73,7 @@ async def alert_events(nats: NatsConfig) -> list[AlertEvent]:
 
 @pytest.mark.slow
 async def test_an_outage_raises_host_down_only_for_the_host_that_really_stopped(tmp_path: Path) -> None:
-    server = NatsServer(tmp_path / "nats").start()
-    nats = NatsConfig(url=server.url, prefix="evoutage")
-    admin = await connect(nats, "test-admin")
-    await ensure_streams(admin.jetstream(), nats)
-    await admin.close()
+    server, nats = await private_nats(tmp_path / "nats", "evoutage")
     evaluator = EvaluatorService(
         EvaluatorConfig(
             nats=nats,
@@ -92,8 +90,12 @@ async def test_an_outage_raises_host_down_only_for_the_host_that_really_stopped(
     events: list[AlertEvent] = []
     try:
         await steady.start()
-        await wait_until(lambda: evaluator.engine.series_count("HostDown") == 2, "both hosts seen")
-        await wait_until(lambda: counters(steady)["agent.batches_sent"] >= 2, "steady's first batches")
+        await wait_until(
+            lambda: evaluator.engine.series_count("HostDown") == 2, "both hosts seen", timeout=20
+        )
+        await wait_until(
+            lambda: counters(steady)["agent.batches_sent"] >= 2, "steady's first batches", timeout=20
+        )
         stop_gone.set()  # "gone" dies as NATS goes down
         await gone
         await asyncio.to_thread(server.stop)  # by its PID

@@ -14,7 +14,8 @@ from signalfire.bus import NatsConfig
 from signalfire.config import Duration
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
 from signalfire.events import AlertEvent, MetricBatch, Sample, decode, encode
-from tests.integration.test_agent_publish import wait_until
+from tests.support.evaluator import running_evaluator
+from tests.support.polling import wait_until
 
 HOST = "api-1"
 
@@ -38,12 +39,8 @@ async def running(tmp_path: Path, nats_config: NatsConfig) -> AsyncIterator[Eval
     config = EvaluatorConfig(
         nats=nats_config, rules=[str(rules)], tick_interval=Duration(0.05), watch_interval=Duration(0)
     )
-    service = EvaluatorService(config)
-    await service.start()
-    try:
+    async with running_evaluator(config) as service:
         yield service
-    finally:
-        await service.stop()
 
 
 async def send(nc, nats_config: NatsConfig, **values: float) -> float:
@@ -81,7 +78,7 @@ async def test_after_a_restart_an_absent_alert_reports_the_whole_silence(nc, nat
     sub = await nc.jetstream().subscribe(nats_config.subjects.alerts(HOST), ordered_consumer=True)
     async with running(tmp_path, nats_config) as service:
         last = await send(nc, nats_config, cpu=1.0)
-        await wait_until(lambda: service.engine.series_count("Silent") == 1, "the host watched")
+        await wait_until(lambda: service.engine.series_count("Silent") == 1, "the host watched", timeout=20)
         await asyncio.sleep(0.2)  # its state is stored
     await asyncio.sleep(1.5)  # the host stays silent while no evaluator runs ...
     restarted = time.time()

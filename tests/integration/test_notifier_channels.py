@@ -24,7 +24,6 @@ import pytest
 from devstack import free_port
 
 from signalfire.config import ConfigError, Duration
-from signalfire.events import AlertEvent
 from signalfire.notifier.channels import ChannelContext, DeliveryError, Notification, build_channel
 from signalfire.notifier.channels.discord import DiscordChannelConfig
 from signalfire.notifier.channels.email import EmailChannelConfig
@@ -32,18 +31,15 @@ from signalfire.notifier.channels.http import new_session
 from signalfire.notifier.channels.pagerduty import PagerDutyChannelConfig
 from signalfire.notifier.channels.slack import SlackChannelConfig
 from signalfire.notifier.channels.sms import SmsChannelConfig, segment_count
+from tests.support.alerts import firing_alert
 from tests.support.smtp import Mailbox, smtp_server
 
 #: For channels built only to check their settings: they never make a request.
 NO_HTTP = cast(aiohttp.ClientSession, None)
 
-ALERT = AlertEvent(
-    id="alert-1",
+ALERT = firing_alert(
+    "alert-1",
     fingerprint="fp-highcpu-web1",
-    rule="HighCPU",
-    status="firing",
-    severity="high",
-    host="web-1",
     starts_at=1_763_794_800.0,
     time=1_763_794_860.0,
     labels={"team": "ops"},

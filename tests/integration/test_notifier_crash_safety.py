@@ -24,11 +24,13 @@ from signalfire.notifier.channels.webhook import WebhookChannelConfig
 from signalfire.notifier.config import EscalationStep, NotifyConfig, Route
 from signalfire.notifier.deadletter import SUPERSEDED, DeadLetter
 from signalfire.notifier.ledger import SentMark, ledger_key
-from signalfire.notifier.service import DURABLE, NotifierService
+from signalfire.notifier.service import DURABLE
 from signalfire.notifier.tracking import alert_key
 from tests.support.alerts import firing_alert, publish_alert
 from tests.support.delivery_results import results
+from tests.support.notifiers import notifier_services
 from tests.support.polling import wait_until
+from tests.support.redelivery import die_holding_it
 from tests.support.webhook import WebhookReceiver
 
 __all__ = ["results"]  # the shared fixture
@@ -51,17 +53,8 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 async def running(nc: Any) -> AsyncIterator[Callable[[NotifyConfig], Any]]:
-    services: list[NotifierService] = []
-
-    async def start(config: NotifyConfig) -> NotifierService:
-        service = NotifierService(config, nc)
-        await service.start()
-        services.append(service)
-        return service
-
-    yield start
-    for service in services:
-        await service.stop()
+    async with notifier_services(nc) as start:
+        yield start
 
 
 def config_for(nats_config: NatsConfig, receiver: Receiver, **more: Any) -> NotifyConfig:
@@ -228,12 +221,7 @@ async def test_an_event_jetstream_gives_up_on_becomes_a_dead_letter_and_frees_it
     )
     fired = alert()
     await publish_alert(nc, nats_config, fired)
-    dying = await js.pull_subscribe_bind(durable=DURABLE, stream=stream)
-    for _ in range(2):
-        [msg] = await dying.fetch(1, timeout=5)
-        assert msg.metadata.sequence.stream > 0
-        await asyncio.sleep(1.2)  # past ack_wait: JetStream takes it back
-    await dying.unsubscribe()
+    await die_holding_it(js, stream, DURABLE, times=2, ack_wait=1.0)
     firing_key = ledger_key(alert_key(fired.id), "firing", "ops")
     left = SentMark(
         alert_id=fired.id, channel="ops", tag="firing", owner="dead", state="sending", time=time.time() - 5

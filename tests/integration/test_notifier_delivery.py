@@ -8,18 +8,16 @@ import json
 import logging
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from nats.aio.msg import Msg
 
 from signalfire.bus import NatsConfig
 from signalfire.config import Duration
-from signalfire.events import AlertEvent, DeliveryResult, decode, encode
+from signalfire.events import AlertEvent, DeliveryResult, decode
 from signalfire.notifier.channels.webhook import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -29,6 +27,9 @@ from signalfire.notifier.channels.webhook import (
 from signalfire.notifier.cli import notify_test
 from signalfire.notifier.config import NotifyConfig, Route
 from signalfire.notifier.service import DURABLE, NotifierService
+from tests.support.alerts import firing_alert, publish_alert
+from tests.support.polling import wait_until
+from tests.support.subscriptions import collect
 
 SECRET = "s3cret-for-tests"
 
@@ -88,13 +89,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 def make_alert(**overrides: Any) -> AlertEvent:
-    alert_id = overrides.pop("id", f"alert-{uuid.uuid4().hex[:8]}")
     fields: dict[str, Any] = {
-        "id": alert_id,
-        "fingerprint": f"fp-{alert_id}",
-        "rule": "HighCPU",
-        "status": "firing",
-        "severity": "high",
         "host": "web-1.example.com",
         "starts_at": 1_763_794_800.0,
         "time": 1_763_794_860.0,
@@ -103,8 +98,7 @@ def make_alert(**overrides: Any) -> AlertEvent:
         "value": 93.2,
         "threshold": 80.0,
     }
-    fields.update(overrides)
-    return AlertEvent(**fields)
+    return firing_alert(overrides.pop("id", None), **(fields | overrides))
 
 
 def config_for(nats_config: NatsConfig, receiver: Receiver, **channel: Any) -> NotifyConfig:
@@ -115,30 +109,8 @@ def config_for(nats_config: NatsConfig, receiver: Receiver, **channel: Any) -> N
 
 
 @pytest.fixture
-async def results(nc: Any, nats_config: NatsConfig) -> AsyncIterator[list[DeliveryResult]]:
-    seen: list[DeliveryResult] = []
-
-    async def collect(msg: Msg) -> None:
-        seen.append(decode(msg.data, DeliveryResult))
-
-    sub = await nc.subscribe(nats_config.subjects.notifications("hook"), cb=collect)
-    yield seen
-    await sub.unsubscribe()
-
-
-async def publish(nc: Any, nats_config: NatsConfig, alert: AlertEvent, msg_id: str | None = None) -> Any:
-    msg_id = msg_id or f"{alert.id}:{alert.status}"
-    return await nc.jetstream().publish(
-        nats_config.subjects.alerts(alert.host), encode(alert), headers={"Nats-Msg-Id": msg_id}
-    )
-
-
-async def wait_until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+async def results(nc: Any, nats_config: NatsConfig) -> list[DeliveryResult]:
+    return await collect(nc, nats_config.subjects.notifications("hook"), DeliveryResult)
 
 
 async def started(config: NotifyConfig, nc: Any) -> NotifierService:
@@ -155,8 +127,8 @@ async def test_firing_alert_is_posted_once_with_the_documented_signed_body(
     )
     try:
         alert = make_alert()
-        await publish(nc, nats_config, alert)
-        await wait_until(lambda: len(results) == 1, "a delivery result")
+        await publish_alert(nc, nats_config, alert)
+        await wait_until(lambda: len(results) == 1, "a delivery result", timeout=15)
 
         [(headers, body)] = receiver.requests
         document = json.loads(body)
@@ -198,14 +170,16 @@ async def test_the_same_event_again_is_not_sent_twice(
     service = await started(config, nc)
     alert = make_alert()
     try:
-        await publish(nc, nats_config, alert)
-        await wait_until(lambda: len(results) == 1, "the first delivery")
+        await publish_alert(nc, nats_config, alert)
+        await wait_until(lambda: len(results) == 1, "the first delivery", timeout=15)
         # Same Nats-Msg-Id: the stream itself drops it.
-        ack = await publish(nc, nats_config, alert)
+        ack = await publish_alert(nc, nats_config, alert)
         assert ack.duplicate
         # Published again under another id (e.g. after the dedup window): the ledger skips it.
-        await publish(nc, nats_config, alert, msg_id="another-id")
-        await wait_until(lambda: service.duplicates.value(channel="hook") == 1, "the duplicate to be skipped")
+        await publish_alert(nc, nats_config, alert, msg_id="another-id")
+        await wait_until(
+            lambda: service.duplicates.value(channel="hook") == 1, "the duplicate to be skipped", timeout=15
+        )
     finally:
         await service.stop()
 
@@ -214,7 +188,9 @@ async def test_the_same_event_again_is_not_sent_twice(
     await nc.jetstream().delete_consumer(nats_config.subjects.alerts_stream, DURABLE)
     service = await started(config, nc)
     try:
-        await wait_until(lambda: service.duplicates.value(channel="hook") == 2, "redeliveries to be skipped")
+        await wait_until(
+            lambda: service.duplicates.value(channel="hook") == 2, "redeliveries to be skipped", timeout=15
+        )
     finally:
         await service.stop()
     assert len(receiver.requests) == 1
@@ -223,8 +199,10 @@ async def test_the_same_event_again_is_not_sent_twice(
     # The resolved transition of the same alert is a new notification.
     service = await started(config, nc)
     try:
-        await publish(nc, nats_config, make_alert(id=alert.id, status="resolved", ends_at=alert.time + 60))
-        await wait_until(lambda: len(results) == 2, "the resolved delivery")
+        await publish_alert(
+            nc, nats_config, make_alert(id=alert.id, status="resolved", ends_at=alert.time + 60)
+        )
+        await wait_until(lambda: len(results) == 2, "the resolved delivery", timeout=15)
     finally:
         await service.stop()
     assert [b["status"] for b in receiver.bodies()] == ["firing", "resolved"]
@@ -237,8 +215,10 @@ async def test_failing_receiver_is_retried_until_it_accepts(
         service = await started(config_for(nats_config, receiver, max_attempts=5), nc)
         try:
             alert = make_alert()
-            await publish(nc, nats_config, alert)
-            await wait_until(lambda: bool(results) and results[-1].status == "sent", "the delivery")
+            await publish_alert(nc, nats_config, alert)
+            await wait_until(
+                lambda: bool(results) and results[-1].status == "sent", "the delivery", timeout=15
+            )
         finally:
             await service.stop()
     assert [(r.status, r.attempt) for r in results] == [
@@ -259,10 +239,10 @@ async def test_rejecting_receiver_fails_without_retries(
     with Receiver(statuses=[400]) as receiver:
         service = await started(config_for(nats_config, receiver, max_attempts=5), nc)
         try:
-            await publish(nc, nats_config, make_alert(id="rejected"))
-            await wait_until(lambda: len(results) == 1, "the failed delivery")
-            await publish(nc, nats_config, make_alert(id="accepted"))
-            await wait_until(lambda: len(results) == 2, "the next delivery")
+            await publish_alert(nc, nats_config, make_alert(id="rejected"))
+            await wait_until(lambda: len(results) == 1, "the failed delivery", timeout=15)
+            await publish_alert(nc, nats_config, make_alert(id="accepted"))
+            await wait_until(lambda: len(results) == 2, "the next delivery", timeout=15)
             info = await nc.jetstream().consumer_info(nats_config.subjects.alerts_stream, DURABLE)
         finally:
             await service.stop()
@@ -284,8 +264,8 @@ async def test_malformed_message_is_terminated_and_counted_and_the_next_one_deli
         js = nc.jetstream()
         await js.publish(f"{nats_config.prefix}.alerts.x", b"{not json")
         await js.publish(f"{nats_config.prefix}.alerts.x", b'{"id": "a", "status": "exploded"}')
-        await publish(nc, nats_config, make_alert(id="good"))
-        await wait_until(lambda: len(results) == 1, "the good delivery")
+        await publish_alert(nc, nats_config, make_alert(id="good"))
+        await wait_until(lambda: len(results) == 1, "the good delivery", timeout=15)
         info = await js.consumer_info(nats_config.subjects.alerts_stream, DURABLE)
     finally:
         await service.stop()
@@ -302,8 +282,8 @@ async def test_unrouted_alerts_are_acked_and_counted(
     config.routes[0].match["severity"] = "critical"
     service = await started(config, nc)
     try:
-        await publish(nc, nats_config, make_alert(severity="low"))
-        await wait_until(lambda: service.unrouted.value() == 1, "the alert to be routed nowhere")
+        await publish_alert(nc, nats_config, make_alert(severity="low"))
+        await wait_until(lambda: service.unrouted.value() == 1, "the alert to be routed nowhere", timeout=15)
     finally:
         await service.stop()
     assert receiver.requests == []
@@ -317,8 +297,8 @@ async def test_replicas_share_the_work_without_sending_twice(
     try:
         alerts = [make_alert() for _ in range(20)]
         for alert in alerts:
-            await publish(nc, nats_config, alert)
-        await wait_until(lambda: len(results) == 20, "all deliveries")
+            await publish_alert(nc, nats_config, alert)
+        await wait_until(lambda: len(results) == 20, "all deliveries", timeout=15)
     finally:
         for replica in replicas:
             await replica.stop()

@@ -25,6 +25,7 @@ from signalfire.notifier.service import NotifierService
 from signalfire.notifier.silence import Matcher, Silence
 from tests.support.alerts import firing_alert, publish_alert
 from tests.support.delivery_results import results
+from tests.support.notifiers import notifier_services
 from tests.support.polling import wait_until
 from tests.support.webhook import WebhookReceiver
 
@@ -89,17 +90,8 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def running(nc: Any, clock: Clock) -> AsyncIterator[Callable[[NotifyConfig], Any]]:
-    services: list[NotifierService] = []
-
-    async def start(config: NotifyConfig) -> NotifierService:
-        service = NotifierService(config, nc, environ={"PD_KEY": "routing-key"}, clock=clock.time)
-        await service.start()
-        services.append(service)
-        return service
-
-    yield start
-    for service in services:
-        await service.stop()
+    async with notifier_services(nc, environ={"PD_KEY": "routing-key"}, clock=clock.time) as start:
+        yield start
 
 
 CRITICAL = Route(

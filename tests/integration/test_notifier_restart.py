@@ -14,8 +14,8 @@ import pytest
 from signalfire.bus import NatsConfig
 from signalfire.events import encode
 from tests.support.alerts import firing_alert
+from tests.support.notifiers import kill9, notifier_process
 from tests.support.polling import wait_until
-from tests.support.processes import kill9, notifier_process
 from tests.support.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.slow

@@ -46,12 +46,12 @@ from tests.integration.test_notifier_delivery import (
     Receiver,
     config_for,
     make_alert,
-    publish,
     receiver,
     results,
     started,
-    wait_until,
 )
+from tests.support.alerts import publish_alert
+from tests.support.polling import wait_until
 
 __all__ = ["receiver", "results"]  # fixtures shared with the notifier's delivery tests
 
@@ -289,9 +289,11 @@ async def test_the_notifier_terminates_alert_events_it_cannot_read_and_delivers_
         await js.publish(
             nats_config.subjects.actions, not_utf8_payload({"alert_id": "good", "actor": "x"}, "actor")
         )
-        await publish(nc, nats_config, alert)
-        await wait_until(lambda: len(results) == 1, "the good delivery")
-        await wait_until(lambda: service.rejected.value(reason="malformed") == 3, "three rejections")
+        await publish_alert(nc, nats_config, alert)
+        await wait_until(lambda: len(results) == 1, "the good delivery", timeout=15)
+        await wait_until(
+            lambda: service.rejected.value(reason="malformed") == 3, "three rejections", timeout=15
+        )
         infos = [
             await js.consumer_info(nats_config.subjects.alerts_stream, d) for d in (DURABLE, ACTIONS_DURABLE)
         ]

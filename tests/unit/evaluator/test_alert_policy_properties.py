@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from signalfire.evaluator.engine import Engine
-from signalfire.evaluator.rules import Rule, parse_rule_text
+from signalfire.evaluator.rules import Rule
 from signalfire.events import AlertEvent, MetricBatch, Sample
+from tests.support.rules import parsed_rules
 
 START = 1_700_000_000.0
 
@@ -21,9 +22,7 @@ def make_rule(for_: float, keep: float, cooldown: float, flap: int, resolve: str
         "rules:\n  - name: R\n    metric: m\n    condition: '> 80'\n"
         f"    for: {for_}\n    keep_firing_for: {keep}\n    cooldown: {cooldown}\n    severity: low{extra}\n"
     )
-    rules, errors = parse_rule_text(text, "property.yaml")
-    assert errors == []
-    return rules[0]
+    return parsed_rules(text, "property.yaml")[0]
 
 
 # (seconds since the previous action, value or None for a tick)

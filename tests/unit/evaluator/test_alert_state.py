@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-from signalfire.evaluator.rules import Rule, parse_rule_text
+from signalfire.evaluator.rules import Rule
 from signalfire.evaluator.state import AlertState, Series, Transition, fingerprint, step, tick
+from tests.support.rules import parsed_rules
 
 WEB1 = Series(host="web-1", labels={}, context={"env": "prod"})
 
@@ -21,9 +22,7 @@ def rule(
     for: {for_}{extra}
     severity: high
 """
-    rules, errors = parse_rule_text(text, "test.yaml")
-    assert errors == []
-    return rules[0]
+    return parsed_rules(text)[0]
 
 
 def feed(r: Rule, points: list[tuple[float, float]], state: AlertState | None = None, series: Series = WEB1):

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from signalfire.evaluator.rules import Rule, parse_rule_text
+from signalfire.evaluator.rules import Rule
 from signalfire.evaluator.state import AlertState, Series, Transition, step, tick
+from tests.support.rules import parsed_rules
 
 SERIES = Series(host="web-1", labels={"mount": "/"})
 
@@ -30,9 +31,7 @@ def make_rule(condition: str, resolve: str | None, for_: float) -> Rule:
         f"rules:\n  - name: R\n    metric: m\n    condition: '{condition}'\n"
         f"    for: {for_}{extra}\n    severity: low\n"
     )
-    rules, errors = parse_rule_text(text, "property.yaml")
-    assert errors == []
-    return rules[0]
+    return parsed_rules(text, "property.yaml")[0]
 
 
 @dataclass

@@ -6,15 +6,8 @@ from __future__ import annotations
 import math
 
 from signalfire.evaluator.engine import Engine
-from signalfire.evaluator.rules import Rule, parse_rule_text
 from signalfire.events import AlertAction, AlertEvent, MetricBatch, Sample
-
-
-def rules(text: str) -> list[Rule]:
-    parsed, errors = parse_rule_text(text, "test.yaml")
-    assert errors == []
-    return parsed
-
+from tests.support.rules import parsed_rules
 
 HOT = """\
 rules:
@@ -36,7 +29,7 @@ def act(engine: Engine, kind: str, alert_id: str, now: float, actor: str = "ana"
 
 
 def test_resolve_by_hand_ends_the_instance_and_a_still_hot_series_fires_anew():
-    engine = Engine(rules(HOT))
+    engine = Engine(parsed_rules(HOT))
     [firing] = sample(engine, 60, 10.0)
     assert sample(engine, 70, 11.0) == []  # still firing: nothing new
 
@@ -57,7 +50,7 @@ def test_resolve_by_hand_ends_the_instance_and_a_still_hot_series_fires_anew():
 
 
 def test_resolve_twice_or_of_an_old_instance_changes_nothing():
-    engine = Engine(rules(HOT))
+    engine = Engine(parsed_rules(HOT))
     [firing] = sample(engine, 60, 10.0)
     assert len(act(engine, "resolve", firing.id, 11.0)) == 1
     assert act(engine, "resolve", firing.id, 11.5) == []  # a repeated action
@@ -69,7 +62,7 @@ def test_resolve_twice_or_of_an_old_instance_changes_nothing():
 
 def test_resolve_by_hand_beats_keep_firing_for_and_honours_cooldown():
     engine = Engine(
-        rules("""\
+        parsed_rules("""\
 rules:
   - name: Hot
     metric: temp
@@ -90,7 +83,7 @@ rules:
 
 
 def test_an_ack_rides_on_the_instance_and_not_on_the_next_one():
-    engine = Engine(rules(HOT))
+    engine = Engine(parsed_rules(HOT))
     [firing] = sample(engine, 60, 10.0)
     assert act(engine, "ack", firing.id, 11.0, actor="bo") == []  # no event of its own
     [resolved] = sample(engine, 10, 12.0)
@@ -100,7 +93,7 @@ def test_an_ack_rides_on_the_instance_and_not_on_the_next_one():
 
 
 def test_unack_removes_the_acknowledgement():
-    engine = Engine(rules(HOT))
+    engine = Engine(parsed_rules(HOT))
     [firing] = sample(engine, 60, 10.0)
     act(engine, "ack", firing.id, 11.0)
     act(engine, "unack", firing.id, 12.0)
@@ -110,7 +103,7 @@ def test_unack_removes_the_acknowledgement():
 
 def test_an_absent_alert_resolved_by_hand_stays_quiet_until_the_host_reports_again():
     engine = Engine(
-        rules("""\
+        parsed_rules("""\
 rules:
   - {name: Silent, kind: absent, for: 30s, severity: critical}
 """)
@@ -126,7 +119,7 @@ rules:
 
 
 def test_nan_and_infinite_values_are_rejected_and_counted_the_rest_of_the_batch_counts():
-    engine = Engine(rules(HOT))
+    engine = Engine(parsed_rules(HOT))
     batch = MetricBatch(
         host="web-1",
         time=1.0,

@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from signalfire.evaluator.engine import Engine
-from signalfire.evaluator.rules import Rule, load_rules, parse_rule_text
+from signalfire.evaluator.rules import Rule, load_rules
 from signalfire.events import AlertEvent, Event, EventBatch, MetricBatch, Sample
+from tests.support.rules import parsed_rules
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -21,12 +22,6 @@ rules:
 def shipped_host_down() -> list[Rule]:
     """The shipped HostDown rule, as `rules/default.yaml` has it (`for: 30s`)."""
     return [rule for rule in load_rules([str(REPO / "rules" / "default.yaml")]) if rule.name == "HostDown"]
-
-
-def rules(text: str) -> list[Rule]:
-    parsed, errors = parse_rule_text(text, "test.yaml")
-    assert errors == []
-    return parsed
 
 
 def batch(engine: Engine, host: str, now: float, metric: str = "cpu.usage_percent") -> list[AlertEvent]:
@@ -93,7 +88,7 @@ def test_a_host_that_went_silent_after_the_reconnect_is_judged_from_its_last_sam
 
 
 def test_per_series_absence_is_suspended_too():
-    engine = Engine(rules(PER_SERIES))
+    engine = Engine(parsed_rules(PER_SERIES))
     batch(engine, "web-1", 0.0, metric="check.up")
     engine.disconnected()
     assert ticks(engine, 1.0, 45.0) == []
@@ -129,7 +124,7 @@ def value(engine: Engine, metric: str, v: float, now: float) -> list[AlertEvent]
 
 
 def test_a_pending_alert_whose_condition_cleared_during_the_outage_never_fires():
-    engine = Engine(rules(SPIKE))
+    engine = Engine(parsed_rules(SPIKE))
     assert value(engine, "spike", 60, 0.0) == []  # pending, `for` 10 s
     engine.disconnected()
     assert ticks(engine, 1.0, 33.0) == []  # its `for` ran out while blind: no decision
@@ -141,7 +136,7 @@ def test_a_pending_alert_whose_condition_cleared_during_the_outage_never_fires()
 
 
 def test_a_pending_alert_with_no_news_after_the_outage_fires_for_after_the_reconnect():
-    engine = Engine(rules(SPIKE))
+    engine = Engine(parsed_rules(SPIKE))
     value(engine, "spike", 60, 0.0)
     engine.disconnected()
     assert ticks(engine, 1.0, 33.0) == []
@@ -152,7 +147,7 @@ def test_a_pending_alert_with_no_news_after_the_outage_fires_for_after_the_recon
 
 
 def test_a_replayed_sample_that_still_holds_fires_at_once():
-    engine = Engine(rules(SPIKE))
+    engine = Engine(parsed_rules(SPIKE))
     value(engine, "spike", 60, 0.0)
     engine.disconnected()
     ticks(engine, 1.0, 33.0)
@@ -162,7 +157,7 @@ def test_a_replayed_sample_that_still_holds_fires_at_once():
 
 
 def test_a_clearing_alert_does_not_resolve_while_blind_nor_before_keep_firing_for_after():
-    engine = Engine(rules(SPIKE))
+    engine = Engine(parsed_rules(SPIKE))
     [fired] = value(engine, "sticky", 60, 0.0)
     assert value(engine, "sticky", 10, 1.0) == []  # clearing: resolves 20 s later
     engine.disconnected()
@@ -174,7 +169,7 @@ def test_a_clearing_alert_does_not_resolve_while_blind_nor_before_keep_firing_fo
 
 
 def test_event_counts_do_not_decay_while_blind():
-    engine = Engine(rules(SPIKE))
+    engine = Engine(parsed_rules(SPIKE))
     events = EventBatch(host="web-1", time=0.0, events=[Event(type="login_failed") for _ in range(3)])
     [fired] = engine.events(events, 0.0).events
     engine.disconnected()

@@ -4,8 +4,8 @@ window empties and its alert resolves (driven by a fake clock: `now` is whatever
 from __future__ import annotations
 
 from signalfire.evaluator.engine import Engine
-from signalfire.evaluator.rules import Rule, parse_rule_text
 from signalfire.events import AlertEvent, MetricBatch, Sample
+from tests.support.rules import parsed_rules
 
 ERROR_RATE = """\
 rules:
@@ -17,12 +17,6 @@ rules:
     window: 2m
     severity: high
 """
-
-
-def rules(text: str) -> list[Rule]:
-    parsed, errors = parse_rule_text(text, "test.yaml")
-    assert errors == []
-    return parsed
 
 
 def send(engine: Engine, now: float, **values: float) -> list[AlertEvent]:
@@ -40,7 +34,7 @@ def ticks(engine: Engine, start: float, end: float) -> list[tuple[float, AlertEv
 
 
 def test_an_error_rate_alert_resolves_when_its_window_empties():
-    engine = Engine(rules(ERROR_RATE))
+    engine = Engine(parsed_rules(ERROR_RATE))
     [fired] = send(engine, 0.0, http_errors=5.0, http_requests=10.0)
     assert fired.status == "firing"
     for now in (10.0, 20.0, 30.0):  # the service goes on failing, then stops reporting
@@ -53,7 +47,7 @@ def test_an_error_rate_alert_resolves_when_its_window_empties():
 
 
 def test_a_ratio_whose_failures_slide_out_resolves_though_requests_go_on():
-    engine = Engine(rules(ERROR_RATE))
+    engine = Engine(parsed_rules(ERROR_RATE))
     [fired] = send(engine, 0.0, http_errors=50.0, http_requests=100.0)
     # Healthy traffic from now on, only denominators: at t=80 50/500 is no longer > 0.1.
     events = [e for now in (20.0, 40.0, 60.0, 80.0, 100.0) for e in send(engine, now, http_requests=100.0)]
@@ -69,7 +63,7 @@ def test_a_ratio_whose_failures_slide_out_resolves_though_requests_go_on():
 
 def test_a_windowed_threshold_resolves_when_its_high_samples_slide_out():
     engine = Engine(
-        rules(
+        parsed_rules(
             """\
 rules:
   - {name: HighAvg, kind: threshold, metric: cpu, aggregate: avg, window: 1m, condition: "> 80",
@@ -86,7 +80,7 @@ rules:
 
 def test_a_pending_window_alert_goes_back_quietly_when_its_window_empties():
     engine = Engine(
-        rules(
+        parsed_rules(
             """\
 rules:
   - {name: HighAvg, kind: threshold, metric: cpu, aggregate: avg, window: 1m, condition: "> 80",
@@ -102,7 +96,7 @@ rules:
 
 def test_keep_firing_for_still_holds_an_emptied_window():
     engine = Engine(
-        rules(
+        parsed_rules(
             """\
 rules:
   - {name: HighAvg, kind: threshold, metric: cpu, aggregate: max, window: 1m, condition: "> 80",
@@ -116,7 +110,7 @@ rules:
 
 
 def test_no_window_is_judged_by_time_while_the_bus_is_out_of_sight():
-    engine = Engine(rules(ERROR_RATE))
+    engine = Engine(parsed_rules(ERROR_RATE))
     send(engine, 0.0, http_errors=5.0, http_requests=10.0)
     engine.disconnected()
     assert ticks(engine, 1.0, 300.0) == []

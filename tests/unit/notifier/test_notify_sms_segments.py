@@ -7,20 +7,11 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from signalfire.events import AlertEvent
 from signalfire.notifier.channels.base import Notification
 from signalfire.notifier.channels.sms import fit, is_gsm7, segment_count, text
+from tests.support.alerts import firing_alert
 
-ALERT = AlertEvent(
-    id="a-1",
-    fingerprint="fp",
-    rule="DiskFull",
-    status="firing",
-    severity="high",
-    host="web-1",
-    starts_at=1.0,
-    time=1.0,
-)
+ALERT = firing_alert("a-1", now=1.0, fingerprint="fp", rule="DiskFull")
 
 
 def with_summary(summary: str) -> Notification:

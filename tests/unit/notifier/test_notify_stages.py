@@ -20,22 +20,12 @@ from signalfire.notifier.ratelimit import TokenBucket
 from signalfire.notifier.repeat import due_repeat
 from signalfire.notifier.silence import Matcher, Silence, reason, silenced_by
 from signalfire.notifier.tracking import Track
+from tests.support.alerts import firing_alert
 
 
 def alert(**overrides: Any) -> AlertEvent:
-    fields: dict[str, Any] = {
-        "id": "a1",
-        "fingerprint": "f1",
-        "rule": "HighCPU",
-        "status": "firing",
-        "severity": "critical",
-        "host": "web-1",
-        "starts_at": 0.0,
-        "time": 0.0,
-        "labels": {"team": "ops"},
-    }
-    fields.update(overrides)
-    return AlertEvent(**fields)
+    fields: dict[str, Any] = {"fingerprint": "f1", "severity": "critical", "labels": {"team": "ops"}}
+    return firing_alert(overrides.pop("id", "a1"), now=0.0, **(fields | overrides))
 
 
 CRITICAL = Route(

@@ -9,22 +9,12 @@ from pathlib import Path
 import pytest
 
 from signalfire.config import ConfigError
-from signalfire.events import AlertEvent
 from signalfire.notifier.channels import ChannelContext, Notification, build_channel
 from signalfire.notifier.channels.email import EmailChannel
 from signalfire.notifier.config import check_notify_config, load_notify_config
+from tests.support.alerts import firing_alert
 
-BARE = AlertEvent(
-    id="a-1",
-    fingerprint="fp",
-    rule="HighCPU",
-    status="firing",
-    severity="high",
-    host="web-1",
-    starts_at=1.0,
-    time=1.0,
-    annotations={"summary": "CPU 93% on web-1"},
-)
+BARE = firing_alert("a-1", now=1.0, fingerprint="fp", annotations={"summary": "CPU 93% on web-1"})
 
 
 def config_with(tmp_path: Path, extra: str) -> Path:
