@@ -1,5 +1,5 @@
-"""What the fault scenarios share: services as processes, their ``/metrics``, the streams and
-the database, and the one-line summary each scenario prints.
+"""What the fault scenarios share: services as processes, the streams and the database, and
+the one-line summary each scenario prints (``/metrics`` pages: :mod:`tests.support.metrics`).
 
 Every scenario runs the real ``signalfire`` processes (``devstack.ServiceProcess``) against
 real servers on loopback, kills or stops only the processes it started (by PID), and counts
@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,12 +20,10 @@ from devstack import NatsServer, PostgresServer, ServiceProcess, start_gateway
 
 from signalfire.bus import NatsConfig, request_json
 from signalfire.events import AlertEvent, decode
+from tests.support.streams import stream_messages
 
 #: Every summary line starts with this, so ``pytest -s tests/faults | grep '^FAULT'`` lists them.
 SUMMARY_PREFIX = "FAULT"
-
-_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
-_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
 def report(scenario: str, **numbers: object) -> str:
@@ -107,45 +103,6 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{log_tail(*watch)}")
         await asyncio.sleep(0.1)
-
-
-def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """A ``/metrics`` page as ``{(name, labels): value}``; empty when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-    for line in text.splitlines():
-        match = _SAMPLE.match(line.strip())
-        if match is None or line.startswith("#"):
-            continue
-        name, labels, value = match.groups()
-        samples[(name, frozenset(_LABEL.findall(labels or "")))] = float(value)
-    return samples
-
-
-def total(samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    """The sum of every sample of ``name`` whose labels include ``labels``."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
-
-
-async def stream_messages(js: Any, stream: str, subject_prefix: str = "") -> list[tuple[str, bytes]]:
-    """Every message of ``stream`` whose subject starts with ``subject_prefix``, oldest first."""
-    state = (await js.stream_info(stream)).state
-    found: list[tuple[str, bytes]] = []
-    if state.messages == 0:
-        return found
-    for seq in range(state.first_seq, state.last_seq + 1):
-        try:
-            msg = await js.get_msg(stream, seq)
-        except Exception:  # deleted or discarded
-            continue
-        if msg.subject.startswith(subject_prefix):
-            found.append((msg.subject, msg.data or b""))
-    return found
 
 
 async def alert_events(js: Any, nats: NatsConfig) -> list[AlertEvent]:

@@ -19,10 +19,9 @@ from tests.faults.support import (
     gateway_process,
     kill9,
     report,
-    scrape,
     service_env,
-    total,
 )
+from tests.support.metrics import scrape, total
 
 BATCHES = 200
 SAMPLES_PER_BATCH = 50

@@ -25,10 +25,10 @@ from tests.faults.support import (
     log_tail,
     report,
     service_env,
-    stream_messages,
     wait_evaluator,
     write,
 )
+from tests.support.streams import stream_messages
 
 HOST = "fault-nats-outage"
 OUTAGE = 30.0  # seconds, as in the issue: past nats-py's reconnect back-off and HostDown's `for`

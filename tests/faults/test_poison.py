@@ -33,14 +33,13 @@ from tests.faults.support import (
     gateway_process,
     log_tail,
     report,
-    scrape,
     service_env,
-    stream_messages,
-    total,
     wait_evaluator,
     write,
 )
 from tests.support.alerts import firing_alert
+from tests.support.metrics import scrape, total
+from tests.support.streams import stream_messages
 from tests.support.webhook import WebhookReceiver
 
 HOST = "poison-h"

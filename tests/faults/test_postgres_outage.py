@@ -20,11 +20,10 @@ from tests.faults.support import (
     fetch_count,
     gateway_process,
     report,
-    scrape,
     service_env,
-    total,
 )
 from tests.support.alerts import firing_alert
+from tests.support.metrics import scrape, total
 
 ACK_WAIT = 2.0
 MAX_DELIVER = 3

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from devstack import NatsServer
-from nats.js.errors import NotFoundError
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.collector.agent import AGENT_METRICS, Agent
@@ -18,24 +17,14 @@ from signalfire.config import Duration
 from signalfire.events import AgentStatus, MetricBatch, Sample, decode
 from tests.support.polling import wait_until
 from tests.support.private_nats import private_nats
+from tests.support.streams import stream_messages
 
 INTERVAL = 0.2
 
 
 async def stored(js: Any, config: NatsConfig) -> list[tuple[str, bytes]]:
     """Every message in the metrics stream, oldest first, as (subject, data)."""
-    stream = config.subjects.metrics_stream
-    state = (await js.stream_info(stream)).state
-    messages: list[tuple[str, bytes]] = []
-    if state.messages == 0:
-        return messages
-    for seq in range(state.first_seq, state.last_seq + 1):
-        try:
-            msg = await js.get_msg(stream, seq)
-        except NotFoundError:
-            continue
-        messages.append((msg.subject, msg.data))
-    return messages
+    return await stream_messages(js, config.subjects.metrics_stream)
 
 
 async def stored_batches(js: Any, config: NatsConfig, host: str) -> list[MetricBatch]:

@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from devstack import free_port
 
 from signalfire.bus import NatsConfig
 from signalfire.events import encode
 from tests.support.alerts import firing_alert
+from tests.support.metrics import scrape, total
 from tests.support.polling import wait_until
 from tests.support.smtp import Mailbox, smtp_server
 from tests.support.webhook import WebhookReceiver
@@ -107,6 +107,7 @@ async def test_sighup_reloads_channels_and_routes_of_a_running_notifier(
 ) -> None:
     receivers = WebhookReceiver()
     metrics = free_port()
+    url = f"http://127.0.0.1:{metrics}/metrics"
     config = tmp_path / "notify.yaml"
     base = (
         f"watch_interval: 0s\nmetrics_listen: 127.0.0.1:{metrics}\n"
@@ -125,13 +126,14 @@ async def test_sighup_reloads_channels_and_routes_of_a_running_notifier(
         stderr=subprocess.PIPE,
     )
     try:
-        await wait_until(lambda: shows(metrics, "reloads_total"), "the notifier to start", 20)
+        await wait_until(lambda: bool(scrape(url)), "the notifier to start", 20)
         config.write_text(
             base + f"channels:\n  hook:\n    type: webhook\n    url: {receivers.url('hook')}\n"
             "routes:\n  - channels: [hook]\n"
         )
         process.send_signal(signal.SIGHUP)
-        await wait_until(lambda: shows(metrics, 'reloads_total{result="ok"} 1'), "the reload", 20)
+        reloaded = "signalfire_notifier_reloads_total"
+        await wait_until(lambda: total(scrape(url), reloaded, result="ok") == 1, "the reload", 20)
         alert = firing_alert("sighup-1", fingerprint="fp-sighup")
         await nc.jetstream().publish(nats_config.subjects.alerts("web-1"), encode(alert))
         await wait_until(lambda: receivers.transitions("hook") == [("sighup-1", "firing")], "the webhook", 20)
@@ -140,12 +142,3 @@ async def test_sighup_reloads_channels_and_routes_of_a_running_notifier(
         _, stderr = await asyncio.wait_for(process.communicate(), 20)
         receivers.close()
     assert "notifier config reloaded" in stderr.decode()
-
-
-async def shows(port: int, needle: str) -> bool:
-    """Whether the ``/metrics`` page on ``port`` has ``needle`` (False while nothing answers)."""
-    try:
-        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as reply:
-            return needle in await reply.text()
-    except aiohttp.ClientError:
-        return False
