@@ -15,7 +15,7 @@ NOTIFY ?=
 AGENT ?=
 UP_ARGS = $(if $(RULES),--rules '$(RULES)') $(if $(NOTIFY),--notify '$(NOTIFY)') $(if $(AGENT),--agent-config '$(AGENT)')
 
-.PHONY: help up test sync provision provision-test lint format typecheck unit integration e2e faults screenshots schemas clean
+.PHONY: help up test sync provision provision-test lint format typecheck unit integration e2e faults screenshots schemas api-docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## |^##\+ ' $(MAKEFILE_LIST) \
@@ -73,6 +73,9 @@ screenshots: sync provision-test  ## refresh docs/screenshots (every dashboard p
 
 schemas: sync  ## regenerate docs/schemas from the event contract
 	@$(UV) run --no-sync signalfire schemas write docs/schemas
+
+api-docs: sync  ## regenerate the endpoint table of docs/gateway.md from the API's declarations
+	@$(UV) run --no-sync python -m signalfire.gateway.api.doc_table docs/gateway.md
 
 clean:  ## remove local state (.signalfire), caches and the virtual environment
 	rm -rf .signalfire .venv .pytest_cache .mypy_cache .ruff_cache

@@ -443,7 +443,7 @@ async def test_metric_names_event_counts_and_a_labelled_export_feed_the_explorer
 ) -> None:
     async with running_gateway(gateway_config(nats_config, database_url, tmp_path)) as gw, gw.client() as api:
         now = time.time()
-        start = now - now % 60 - 600
+        start = now - now % 120 - 600  # a whole 2-minute bucket: the counts below assume it
         samples = [
             {"name": "app.orders", "value": 3.0, "labels": {"shop": "eu"}},
             {"name": "app.orders", "value": 5.0, "labels": {"shop": "us"}},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from signalfire.gateway.api import spreadsheet_cell
+from signalfire.gateway.api.export import spreadsheet_cell
 
 
 @pytest.mark.parametrize(

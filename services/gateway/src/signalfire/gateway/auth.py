@@ -1,6 +1,7 @@
 """API tokens: random bearer tokens with a role, stored only as their SHA-256.
 
-Roles are ordered ``viewer`` < ``operator`` < ``admin``; reading needs ``viewer``, changing
+Roles are ordered ``viewer`` < ``operator`` < ``admin``; each endpoint declares the role it
+needs next to its route (``signalfire.gateway.api``): reading needs ``viewer``, changing
 state needs ``operator``, tokens and the audit log need ``admin``. Each token may make
 ``rate_limit`` requests per second on average (bursts of ``rate_burst``). Failed
 authentications are limited per client address (``auth_failure_rate``/``auth_failure_burst``):
@@ -43,12 +44,9 @@ Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
 
-#: Paths under this prefix need a token; everything else (health, metrics) does not.
+#: Paths under this prefix need a token, unless their endpoint is declared public; everything
+#: else (health, metrics, the dashboard's files) does not.
 PROTECTED_PREFIX = "/api/v1/"
-#: ... except these, public like the health endpoints.
-PUBLIC_PATHS = frozenset({"/api/v1/openapi.json"})
-#: Paths that need the admin role for every method.
-ADMIN_PREFIXES = ("/api/v1/tokens", "/api/v1/audit")
 _READ_METHODS = {"GET", "HEAD", "OPTIONS"}
 #: A WebSocket client may send its token as the subprotocol ``signalfire.bearer.<token>``,
 #: offered next to :data:`STREAM_SUBPROTOCOL` (which the gateway selects), so that the token
@@ -181,13 +179,6 @@ async def ensure_admin_token(pool: asyncpg.Pool, path: str | os.PathLike[str]) -
         write_secret_file(target, token + "\n")
     log.warning("created the first admin API token", extra={"file": str(target)})
     return True
-
-
-def required_role(method: str, path: str) -> Role:
-    """The least role that may call ``method path``."""
-    if path.startswith(ADMIN_PREFIXES):
-        return "admin"
-    return "viewer" if method in _READ_METHODS else "operator"
 
 
 class RateLimiter:
@@ -357,7 +348,8 @@ async def _deny(
 
 
 class AuthMiddleware:
-    """Requires a valid token with a sufficient role on every ``/api/v1/`` path.
+    """Requires a valid token with the role ``roles(method, path)`` names on every ``/api/v1/``
+    path (``None``: a public endpoint, no token needed).
 
     The request's :class:`Principal` is put in ``scope["state"]["principal"]``; a request
     refused with 401 or 403 gets a :class:`Refusal` in ``scope["state"]["refused"]`` instead.
@@ -366,12 +358,15 @@ class AuthMiddleware:
     def __init__(
         self,
         app: ASGIApp,
+        *,
+        roles: Callable[[str, str], Role | None],
         pool: asyncpg.Pool,
         limiter: RateLimiter | None = None,
         failures: FailureThrottle | None = None,
         counters: AuthCounters | None = None,
     ) -> None:
         self.app = app
+        self.roles = roles
         self.pool = pool
         self.limiter = limiter
         self.failures = failures
@@ -379,11 +374,9 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if (
-            scope["type"] not in ("http", "websocket")
-            or not path.startswith(PROTECTED_PREFIX)
-            or path in PUBLIC_PATHS
-        ):
+        method = scope.get("method", "GET")
+        needed = self.roles(method, path) if path.startswith(PROTECTED_PREFIX) else None
+        if scope["type"] not in ("http", "websocket") or needed is None:
             _take_query_token(scope)
             await self.app(scope, receive, send)
             return
@@ -406,7 +399,7 @@ class AuthMiddleware:
             return
         try:
             principal = await authenticate(self.pool, token)
-            if principal is None and scope.get("method", "GET") not in _READ_METHODS:
+            if principal is None and method not in _READ_METHODS:
                 actor = await describe_refused_token(self.pool, token)
             else:
                 actor = "unknown token"
@@ -422,7 +415,6 @@ class AuthMiddleware:
             return
         if self.failures is not None:
             self.failures.succeeded(token)
-        needed = required_role(scope.get("method", "GET"), path)
         if not principal.allows(needed):
             message = f"this needs the {needed} role; the token {principal.name!r} is {principal.role}"
             actor = f"{principal.name} (token {principal.token_id}, {principal.role})"

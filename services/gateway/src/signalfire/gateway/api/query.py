@@ -1,0 +1,231 @@
+"""``/api/v1/query``: range queries over series, from the raw samples or the 1-minute and
+1-hour rollups, whichever is coarse enough for the step and still kept for the range."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from signalfire.gateway import rollup
+from signalfire.gateway.api.endpoint import HOST, LABELS, RANGE, Endpoint, Param, enum
+from signalfire.gateway.api.resources import JsonObject, Resources, encode_json, json_response, raw_json
+from signalfire.gateway.config import RetentionConfig
+from signalfire.gateway.errors import ApiError, invalid
+from signalfire.gateway.params import label_matchers, parse_choice, parse_range, parse_step
+
+AGGREGATES = ("avg", "min", "max", "sum", "count", "last", "p50", "p95", "p99")
+_PERCENTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+_RAW_AGG = {
+    "avg": "avg(value)",
+    "min": "min(value)",
+    "max": "max(value)",
+    "sum": "sum(value)",
+    "count": "count(*)::float8",
+    "last": "(array_agg(value ORDER BY time DESC))[1]",
+    **{name: f"percentile_disc({q}) WITHIN GROUP (ORDER BY value)" for name, q in _PERCENTILES.items()},
+}
+_ROLLUP_AGG = {
+    "avg": "sum(sum) / sum(count)",
+    "min": "min(min)",
+    "max": "max(max)",
+    "sum": "sum(sum)",
+    "count": "sum(count)::float8",
+    "last": "(array_agg(last ORDER BY last_time DESC))[1]",
+}
+#: Steps ``step=auto`` picks from: about 500 points per series over the range.
+_NICE_STEPS = (10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+_AUTO_POINTS = 500
+
+Points = dict[int, list[tuple[float, float | None]]]
+
+
+class QuerySeries(msgspec.Struct, kw_only=True):
+    """One series of an answer; ``points`` are ``[unix seconds, value or null]``."""
+
+    host: str
+    metric: str
+    labels: JsonObject
+    points: list[tuple[float, float | None]]
+
+
+class QueryAnswer(msgspec.Struct, kw_only=True):
+    """The points of every series asked for; ``agg`` is null for raw samples."""
+
+    step: float
+    source: Literal["raw", "1m", "1h"]
+    agg: str | None
+    from_: float = msgspec.field(name="from")
+    to: float
+    series: list[QuerySeries]
+
+
+def auto_step(span: float) -> float:
+    """The step ``step=auto`` uses for a range of ``span`` seconds."""
+    wanted = span / _AUTO_POINTS
+    for step in _NICE_STEPS:
+        if step >= wanted:
+            return float(step)
+    return float(math.ceil(wanted / 86400) * 86400)
+
+
+def too_many(limit: int, what: str, field: str) -> ApiError:
+    """The 400 for an answer that would hold more than ``limit`` points."""
+    return ApiError(400, "too_many_points", f"the answer would hold more than {limit} {what}", field)
+
+
+def data_source(
+    retention: RetentionConfig, width: float, start: float, now: float
+) -> Literal["raw", "1m", "1h"]:
+    """The finest data that is coarse enough for ``width`` and still kept for ``start``."""
+    raw_kept = not retention.raw or start >= now - retention.raw
+    if (width < 60 or width % 60) and raw_kept:
+        return "raw"
+    minutes_kept = not retention.rollup_1m or start >= now - retention.rollup_1m
+    if (width < 3600 or width % 3600) and minutes_kept:
+        return "1m"
+    return "1h"
+
+
+async def query(res: Resources, request: Request) -> Response:
+    params = request.query_params
+    metrics = [m for m in params.getlist("metric") if m]
+    if not metrics:
+        raise invalid("metric", "metric is required (repeat it for several metrics)")
+    host = params.get("host") or None
+    matchers = label_matchers(params)
+    step = parse_step(params)
+    agg = parse_choice(params, "agg", AGGREGATES) or "avg"
+    now = res.clock()
+    start, end = parse_range(params, now)
+    series = await res.pool.fetch(
+        """
+        SELECT id, host, name, labels::text AS labels FROM series
+        WHERE name = ANY($1::text[]) AND ($2::text IS NULL OR host = $2) AND labels @> $3::jsonb
+        ORDER BY name, host, labels::text
+        """,
+        metrics,
+        host,
+        encode_json(matchers).decode(),
+    )
+    ids = [row["id"] for row in series]
+    points: Points
+    source: Literal["raw", "1m", "1h"]
+    limit = res.config.query_max_points
+    if step == "raw":
+        source, width = "raw", 0.0
+        points = await _raw_points(res, ids, start, end)
+    else:
+        width = auto_step(end - start) if step == "auto" else float(step)
+        source = data_source(res.config.retention, width, start, now)
+        if max(len(ids), 1) * (end - start) / width > limit:
+            raise too_many(limit, "points; use a larger step or a shorter range", "step")
+        points = await _bucketed(res, ids, start, end, width=width, source=source, agg=agg)
+    return json_response(
+        QueryAnswer(
+            step=width,
+            source=source,
+            agg=None if step == "raw" else agg,
+            from_=start,
+            to=end,
+            series=[
+                QuerySeries(
+                    host=row["host"],
+                    metric=row["name"],
+                    labels=raw_json(row["labels"]),
+                    points=points.get(row["id"], []),
+                )
+                for row in series
+            ],
+        )
+    )
+
+
+async def _raw_points(res: Resources, ids: list[int], start: float, end: float) -> Points:
+    points: Points = {}
+    if not ids:
+        return points
+    limit = res.config.query_max_points
+    rows = await res.pool.fetch(
+        """
+        SELECT series_id, extract(epoch FROM time)::float8 AS t, value FROM samples
+        WHERE series_id = ANY($1::bigint[]) AND time >= to_timestamp($2) AND time <= to_timestamp($3)
+        ORDER BY series_id, time
+        LIMIT $4
+        """,
+        ids,
+        start,
+        end,
+        limit + 1,
+    )
+    if len(rows) > limit:
+        raise too_many(limit, "points; narrow the time range or the series", "from")
+    for row in rows:
+        points.setdefault(row["series_id"], []).append((row["t"], row["value"]))
+    return points
+
+
+async def _bucketed(
+    res: Resources, ids: list[int], start: float, end: float, *, width: float, source: str, agg: str
+) -> Points:
+    points: Points = {}
+    if not ids:
+        return points
+    if source == "raw":
+        table, column, expression = "samples", "time", _RAW_AGG[agg]
+    else:
+        table, column = ("samples_1m" if source == "1m" else "samples_1h"), "bucket"
+        expression = _ROLLUP_AGG.get(agg, "array_agg(hist::text)")
+    rows = await res.pool.fetch(
+        f"""
+        SELECT series_id, extract(epoch FROM b)::float8 AS t, v FROM (
+            SELECT series_id, date_bin(make_interval(secs => $4), {column}, 'epoch') AS b,
+                   {expression} AS v
+            FROM {table}
+            WHERE series_id = ANY($1::bigint[])
+              AND {column} >= to_timestamp($2) AND {column} <= to_timestamp($3)
+            GROUP BY 1, 2
+        ) AS buckets
+        ORDER BY series_id, b
+        """,
+        ids,
+        start - start % width if source != "raw" else start,
+        end,
+        width,
+    )
+    percentile = _PERCENTILES.get(agg)
+    for row in rows:
+        value = row["v"]
+        if source != "raw" and percentile is not None:
+            hist: rollup.Hist = {}
+            for text in value:
+                # not stored again: the values may stay known however many they are
+                rollup.merge(hist, msgspec.json.decode(text), limit=None)
+            value = rollup.quantile(hist, percentile)
+        points.setdefault(row["series_id"], []).append((row["t"], value))
+    return points
+
+
+routes = [
+    Endpoint(
+        "GET",
+        "/api/v1/query",
+        query,
+        "viewer",
+        "Range query over one or more series",
+        '`{"step", "source": "raw\\|1m\\|1h", "agg", "from", "to", "series": [{"host", "metric", "labels", '
+        '"points": [[t, v], ...]}]}`',
+        params=(
+            Param("metric", "metric name; repeat for several", required=True),
+            HOST,
+            LABELS,
+            *RANGE,
+            Param("step", "`raw`, `auto` (default) or a duration like `10s`, `5m`, `1h`"),
+            enum("agg", "aggregate per step", AGGREGATES),
+        ),
+        answer=QueryAnswer,
+    ),
+]

@@ -1,0 +1,104 @@
+"""What the endpoints work with (database, NATS, the newest values, the live-stream hub, the
+clock), and the few things every handler does with a request."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypeVar
+
+import asyncpg
+import msgspec
+from nats.aio.client import Client as NATS
+from starlette.requests import Request
+from starlette.responses import Response
+
+from signalfire.gateway.auth import Principal
+from signalfire.gateway.config import GatewayConfig
+from signalfire.gateway.errors import ApiError
+from signalfire.gateway.live import LiveEndpoints
+from signalfire.gateway.store import LatestValues, Store
+from signalfire.gateway.stream import StreamHub
+from signalfire.subjects import Subjects
+from signalfire.telemetry import Registry
+
+log = logging.getLogger("signalfire.gateway.api")
+
+_json = msgspec.json.Encoder()
+S = TypeVar("S", bound=msgspec.Struct)
+
+#: A JSON object passed through as the database's text (``labels``, ``facts``, ...).
+JsonObject = Annotated[msgspec.Raw, msgspec.Meta(extra_json_schema={"type": "object"})]
+
+
+@dataclass
+class Resources:
+    """The resources the endpoints are bound to; owned by the caller of ``create_app``."""
+
+    config: GatewayConfig
+    pool: asyncpg.Pool
+    nc: NATS | None
+    registry: Registry
+    latest: LatestValues
+    store: Store
+    clock: Callable[[], float]
+    #: The live streams: a token revoked through the API ends its open streams at once.
+    hub: StreamHub | None = None
+    live: LiveEndpoints | None = None
+    #: ``/latest`` for every series, encoded, with the :attr:`LatestValues.version` it shows.
+    latest_encoded: tuple[int, bytes] | None = field(default=None)
+    #: The OpenAPI document, encoded once.
+    openapi_json: bytes = b"{}"
+
+    @property
+    def subjects(self) -> Subjects:
+        return self.config.nats.subjects
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        """Publish to JetStream; a 503 when NATS is away or does not take the message."""
+        if self.nc is None or not self.nc.is_connected:
+            raise ApiError(503, "unavailable", "NATS is not connected; try again shortly")
+        try:
+            await self.nc.jetstream().publish(subject, data, timeout=float(self.config.control_timeout))
+        except Exception as exc:
+            log.warning("publish failed", extra={"subject": subject, "reason": repr(exc)})
+            raise ApiError(503, "unavailable", "NATS did not take the message; try again shortly") from None
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    """``data`` (structs, dicts, lists) encoded as a JSON answer."""
+    return Response(_json.encode(data), status_code=status, media_type="application/json")
+
+
+def encode_json(data: Any) -> bytes:
+    """``data`` as compact JSON."""
+    return _json.encode(data)
+
+
+def raw_json(text: str | None) -> msgspec.Raw:
+    """A JSON column's text passed through as is (``{}`` when it is empty)."""
+    return msgspec.Raw(text.encode() if text else b"{}")
+
+
+def from_rows(kind: type[S], rows: Iterable[Mapping[str, Any]], json: Collection[str] = ()) -> list[S]:
+    """``kind`` structs from database rows whose columns are named as its fields (other
+    columns are ignored); the ``json`` columns are JSON text, passed through as is."""
+    names = kind.__struct_fields__
+    return [kind(**{n: raw_json(row[n]) if n in json else row[n] for n in names}) for row in rows]
+
+
+def decode_json(text: str | None) -> Any:
+    """A JSON column's text decoded (``{}`` when it is empty)."""
+    return msgspec.json.decode(text) if text else {}
+
+
+def principal(request: Request) -> Principal:
+    """Who made ``request`` (put there by the auth middleware)."""
+    found: Principal = request.scope["state"]["principal"]
+    return found
+
+
+def audit_details(request: Request, details: dict[str, Any]) -> None:
+    """What the audit record of this request should say besides method and path."""
+    request.scope.setdefault("state", {}).setdefault("audit", {}).update(details)
