@@ -678,15 +678,11 @@ class _Watched:
 class Supervisor:
     """Keeps a :class:`Stack` running until it is stopped: a process that exits (a service, or
     nats-server or PostgreSQL themselves) is started again after a :class:`Backoff` delay, and a
-    change of the notify config file is sent to the notifier as ``SIGHUP`` (its reload).
+    change of the notify config file is checked and reported (the notifier reloads it itself).
 
     Each event is printed and appended to ``devstack.log`` in the stack's log directory. Runs
     in a thread from :meth:`start` to :meth:`stop`; :meth:`step` is one pass.
     """
-
-    #: A notifier this young may not have its ``SIGHUP`` handler yet (the signal would kill
-    #: it): a change seen earlier waits until it is this old.
-    SIGHUP_GRACE = 5.0
 
     def __init__(
         self,
@@ -709,7 +705,6 @@ class Supervisor:
         self.log_path = running.logs / "devstack.log"
         self.notify_config = notify_config
         self._notify_seen = self._signature(notify_config)
-        self._notify_pending = False
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="devstack-supervisor", daemon=True)
 
@@ -787,36 +782,21 @@ class Supervisor:
         return (stat.st_mtime_ns, stat.st_size)
 
     def _watch_notify_config(self) -> None:
+        """Say in the terminal when the notify config changes. The notifier watches the file
+        itself and reloads it (keeping its old config when the new one is refused); the check
+        here only puts the reason where the person editing the file is looking."""
         if self.notify_config is None:
             return
         signature = self._signature(self.notify_config)
-        if signature != self._notify_seen:
-            self._notify_seen = signature
-            try:
-                load_notify_config(self.notify_config)
-            except ConfigError as exc:
-                # The notifier would refuse it too and keep running the old config: say why here,
-                # where the person editing the file is looking.
-                self.say(
-                    f"{self.notify_config} changed but is not valid; the notifier keeps its config:\n{exc}"
-                )
-                self._notify_pending = False
-                return
-            self._notify_pending = True
-        if not self._notify_pending:
+        if signature == self._notify_seen:
             return
-        notifier = next((w for w in self.watched if w.name == "notifier"), None)
-        if notifier is None or notifier.due is not None:
-            self._notify_pending = False  # not running: its next start reads the file
+        self._notify_seen = signature
+        try:
+            load_notify_config(self.notify_config)
+        except ConfigError as exc:
+            self.say(f"{self.notify_config} changed but is not valid; the notifier keeps its config:\n{exc}")
             return
-        proc = notifier.process.proc
-        if proc is None or proc.poll() is not None:
-            return  # exited a moment ago: the next step schedules its restart
-        if time.monotonic() - notifier.started < self.SIGHUP_GRACE:
-            return
-        proc.send_signal(signal.SIGHUP)
-        self._notify_pending = False
-        self.say(f"{self.notify_config} changed: the notifier reloads it (SIGHUP)")
+        self.say(f"{self.notify_config} changed: the notifier reloads it")
 
 
 def _exit_status(code: int) -> str:
