@@ -30,17 +30,25 @@ def test_sigterm_while_waiting_for_nats(service: str, database_url: str, tmp_pat
     args = [SIGNALFIRE, service]
     if service == "notifier":
         args += ["--config", str(REPO / "deploy" / "dev" / "notify.yaml")]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+    log = tmp_path / "service.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
-        time.sleep(2.0)  # well into its wait for NATS
-        assert proc.poll() is None, proc.communicate()[0].decode()
+        # Signalled once it is in its wait for NATS (its first failed connect is logged), not
+        # after a fixed sleep: on a loaded machine imports alone can take seconds, and a
+        # SIGTERM before the service's handler exists is not the case under test.
+        deadline = time.monotonic() + 60
+        while "NATS error" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        assert "NATS error" in log.read_text(), log.read_text()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    output = proc.stdout.read().decode() if proc.stdout else ""
+    output = log.read_text()
     assert code == 0, output
     assert "Traceback" not in output, output
 
