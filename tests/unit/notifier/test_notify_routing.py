@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from signalfire.events import AlertEvent
 from signalfire.notifier.config import Route
-from signalfire.notifier.routing import matches, route
+from signalfire.notifier.routing import route, route_matches
 
 
 def alert(**overrides: object) -> AlertEvent:
@@ -79,7 +79,7 @@ def test_channels_are_unique_and_come_from_matching_routes(
 ) -> None:
     the_alert = alert()
     routes = [r(channels, match, cont) for channels, match, cont in spec]
-    matching = [rt for rt in routes if matches(rt.match, the_alert)]
+    matching = [rt for rt in routes if route_matches(rt, the_alert)]
     chosen = route(the_alert, routes)
     assert len(chosen) == len(set(chosen))
     assert set(chosen) <= {c for rt in matching for c in rt.channels}
