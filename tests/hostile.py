@@ -186,6 +186,15 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "time": T0,
         "transition": "firing",
     },
+    "Silence": {
+        "v": 1,
+        "id": "s-1",
+        "matchers": [{"name": "host", "value": "web-1"}, {"name": "rule", "op": "=~", "value": "High.*"}],
+        "starts_at": T0,
+        "ends_at": T0 + 3600,
+        "author": "ana",
+        "comment": "maintenance",
+    },
 }
 
 

@@ -205,7 +205,9 @@ async def test_silences_are_stored_in_the_kv_bucket(
             json={
                 "matchers": [
                     {"name": "host", "value": "web-1"},
-                    {"name": "rule", "value": "High.*", "regex": True},
+                    {"name": "rule", "op": "=~", "value": "High.*"},
+                    # The older form (before ``op``) is still accepted, as the same operator.
+                    {"name": "severity", "value": "low", "equal": False},
                 ],
                 "duration": "2h",
                 "comment": "maintenance",
@@ -219,8 +221,9 @@ async def test_silences_are_stored_in_the_kv_bucket(
         kv = await nc.jetstream().key_value(nats_config.subjects.bucket("silences"))
         stored = msgspec.json.decode((await kv.get(silence["id"])).value)
         assert stored["matchers"] == [
-            {"name": "host", "value": "web-1", "regex": False, "equal": True},
-            {"name": "rule", "value": "High.*", "regex": True, "equal": True},
+            {"name": "host", "value": "web-1"},
+            {"name": "rule", "op": "=~", "value": "High.*"},
+            {"name": "severity", "op": "!=", "value": "low"},
         ]
         assert set(stored) == {"id", "matchers", "starts_at", "ends_at", "author", "comment", "v"}
         assert stored["comment"] == "maintenance"

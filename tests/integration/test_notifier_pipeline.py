@@ -16,13 +16,13 @@ import pytest
 
 from signalfire.bus import NatsConfig
 from signalfire.config import ConfigError, Duration
-from signalfire.events import AlertAction, AlertEvent, DeliveryResult, encode
+from signalfire.events import AlertAction, AlertEvent, DeliveryResult, Silence, encode
+from signalfire.matchers import Matcher
 from signalfire.notifier.channels.pagerduty import PagerDutyChannelConfig
 from signalfire.notifier.channels.webhook import WebhookChannelConfig
 from signalfire.notifier.config import EscalationStep, InhibitRule, NotifyConfig, Route, load_notify_config
 from signalfire.notifier.deadletter import DeadLetter
 from signalfire.notifier.service import NotifierService
-from signalfire.notifier.silence import Matcher, Silence
 from tests.support.alerts import firing_alert, publish_alert
 from tests.support.delivery_results import results
 from tests.support.notifiers import notifier_services

@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 from msgspec import Meta, Struct
 
+from signalfire.matchers import Matcher
+
 #: Version of the wire format; every payload carries it as ``v``.
 CONTRACT_VERSION = 1
 
@@ -195,7 +197,27 @@ class DeliveryResult(Struct, kw_only=True):
     v: Version = 1
 
 
-#: Every payload type on the bus, by the name used for its JSON Schema file.
+class Silence(Struct, kw_only=True, forbid_unknown_fields=True):
+    """One silence, as the gateway writes it into the ``silences`` KV bucket (key: ``id``) and
+    the notifier reads it: alerts that every matcher matches (their labels plus ``severity``,
+    ``rule`` and ``host``) are not sent from ``starts_at`` until ``ends_at`` (unix seconds).
+    Matchers are :class:`signalfire.matchers.Matcher` (docs/matchers.md)."""
+
+    id: Annotated[str, Meta(min_length=1, max_length=200)]
+    matchers: Annotated[list[Matcher], Meta(min_length=1, max_length=50)]
+    starts_at: UnixTime
+    ends_at: UnixTime
+    author: str
+    comment: str = ""
+    v: Version = 1
+
+    def active(self, now: float) -> bool:
+        """Whether the silence applies at ``now``."""
+        return self.starts_at <= now < self.ends_at
+
+
+#: Every payload type between services (on the bus, and ``Silence`` in the KV bucket), by
+#: the name used for its JSON Schema file.
 PAYLOADS: dict[str, type[Struct]] = {
     "MetricBatch": MetricBatch,
     "EventBatch": EventBatch,
@@ -203,6 +225,7 @@ PAYLOADS: dict[str, type[Struct]] = {
     "AlertEvent": AlertEvent,
     "AlertAction": AlertAction,
     "DeliveryResult": DeliveryResult,
+    "Silence": Silence,
 }
 
 T = TypeVar("T", bound=Struct)

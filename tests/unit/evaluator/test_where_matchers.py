@@ -72,3 +72,15 @@ def test_what_re2_cannot_do_is_refused_with_the_reason(pattern, reason):
         parse_matcher("host", "~" + pattern)
     with pytest.raises(ValueError, match=reason):
         parse_selector(f'm{{host=~"{pattern}"}}')
+
+
+def test_selectors_use_the_shared_matchers_and_keep_their_meaning() -> None:
+    selector = parse_selector(r'http.requests{status=~"5..", path!~"/health", path!="\\x"}')
+    assert [str(m) for m in selector.matchers] == ['status=~"5.."', 'path!~"/health"', r'path!="\\\\x"']
+    assert selector.matches({"status": "503", "path": "/api"})
+    assert not selector.matches({"status": "5030", "path": "/api"})  # whole value, not searched
+    assert not selector.matches({"path": "/api"})  # a missing label is "", which 5.. does not match
+    assert not selector.matches({"status": "500", "path": "/health"})
+    # A backslash other than before a quote is kept as written, as selectors always read it.
+    assert not selector.matches({"status": "500", "path": "\\\\x"})
+    assert selector.matches({"status": "500", "path": "\\x"})

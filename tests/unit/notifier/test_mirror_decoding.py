@@ -9,8 +9,8 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from nats.js.kv import KeyValue
 
+from signalfire.events import Silence
 from signalfire.notifier.mirror import Mirror
-from signalfire.notifier.silence import Silence
 from tests.hostile import T0, any_input, deep, not_utf8_payload
 
 SILENCE = {

@@ -224,3 +224,21 @@ async def test_reload_takes_new_routes_and_refuses_broken_ones(tmp_path: Path) -
     with pytest.raises(ConfigError, match=r"routes\[0\].channels\[0\]: unknown channel 'nope'"):
         await service.reload(broken)
     assert service.config.routes[0].match == {"severity": "high"}
+
+
+def test_a_route_matcher_that_does_not_parse_names_line_field_and_form(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        GOOD.replace("  - channels: [log]", "  - channels: [log]\n    matchers: ['severity=~\"(\"']"),
+    )
+    error = error_of(path)
+    assert "routes[1]" in error and "matchers[0]" in error and "not a regular expression" in error, error
+    path = write(
+        tmp_path, GOOD.replace("  - channels: [log]", "  - channels: [log]\n    matchers: [severity]")
+    )
+    assert "'severity' is not a matcher" in error_of(path)
+
+
+def test_an_inhibit_rule_with_an_empty_source_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + "inhibit:\n  - source: []\n    equal: [host]\n")
+    assert "source: give at least one matcher" in error_of(path)

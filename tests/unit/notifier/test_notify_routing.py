@@ -7,8 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from signalfire.events import AlertEvent
-from signalfire.notifier.config import Route
-from signalfire.notifier.routing import matches, route
+from signalfire.notifier.config import InhibitRule, Route
+from signalfire.notifier.inhibit import inhibited_by
+from signalfire.notifier.routing import route, route_matches
 
 
 def alert(**overrides: object) -> AlertEvent:
@@ -79,7 +80,7 @@ def test_channels_are_unique_and_come_from_matching_routes(
 ) -> None:
     the_alert = alert()
     routes = [r(channels, match, cont) for channels, match, cont in spec]
-    matching = [rt for rt in routes if matches(rt.match, the_alert)]
+    matching = [rt for rt in routes if route_matches(rt, the_alert)]
     chosen = route(the_alert, routes)
     assert len(chosen) == len(set(chosen))
     assert set(chosen) <= {c for rt in matching for c in rt.channels}
@@ -89,3 +90,35 @@ def test_channels_are_unique_and_come_from_matching_routes(
         assert chosen == list(dict.fromkeys(matching[0].channels))
     if not matching:
         assert chosen == []
+
+
+def test_route_matchers_select_by_regex_and_negation_together_with_match() -> None:
+    pager = Route(channels=["pager"], matchers=['severity=~"high|critical"', 'team!="dev"'])
+    sugar = Route(channels=["env"], match={"env": "prod"}, matchers=['host=~"web-.*"'])
+    assert route(alert(), [pager]) == ["pager"]
+    assert route(alert(severity="critical"), [pager]) == ["pager"]
+    assert route(alert(severity="low"), [pager]) == []
+    assert route(alert(labels={"team": "dev"}), [pager]) == []
+    # Regexes match the whole value: "web" does not select "web-1".
+    assert route(alert(), [Route(channels=["web"], matchers=['host=~"web"'])]) == []
+    assert route(alert(), [sugar]) == ["env"]
+    assert route(alert(host="db-1"), [sugar]) == []
+    assert route(alert(labels={"env": "dev"}), [sugar]) == []
+
+
+@given(st.sampled_from(["high", "low", "critical"]), st.sampled_from(["ops", "dev", "payments"]))
+def test_a_match_map_routes_exactly_as_the_same_equality_matchers(severity: str, team: str) -> None:
+    the_alert = alert(severity=severity, labels={"team": team})
+    as_map = Route(channels=["c"], match={"severity": "high", "team": "ops"})
+    as_matchers = Route(channels=["c"], matchers=['severity="high"', "team=ops"])
+    assert route_matches(as_map, the_alert) == route_matches(as_matchers, the_alert)
+
+
+def test_inhibit_source_and_target_take_matcher_lists() -> None:
+    rule = InhibitRule(
+        source=['rule=~"Host(Down|Unreachable)"'], target=['severity!="critical"'], equal=["host"]
+    )
+    down = alert(id="d", fingerprint="fd", rule="HostUnreachable")
+    assert inhibited_by(alert(id="c", fingerprint="fc"), [down], [rule]) == down
+    assert inhibited_by(alert(id="c", fingerprint="fc", severity="critical"), [down], [rule]) is None
+    assert inhibited_by(alert(id="c", fingerprint="fc", host="web-2"), [down], [rule]) is None

@@ -30,6 +30,8 @@ from msgspec import Meta
 
 from signalfire.config import ConfigError, Duration, convert, line_of, parse_yaml
 from signalfire.events import SEVERITIES, LabelName, LabelValue, MetricName, Severity
+from signalfire.matchers import Matcher as SharedMatcher
+from signalfire.matchers import matches
 from signalfire.regex import RegexError, compile_regex
 
 #: Rule kinds this evaluator runs; :mod:`signalfire.evaluator.engine` has one branch each.
@@ -247,27 +249,32 @@ _SELECTOR_MATCHER = re.compile(
 class Selector:
     """A metric and label matchers, written like PromQL: ``http.requests{status=~"5.."}``.
 
-    ``=`` and ``!=`` compare exactly; ``=~`` and ``!~`` match a whole-value regular expression
-    (RE2 syntax, see :mod:`signalfire.regex`).
+    The matchers are the shared ones (:mod:`signalfire.matchers`, docs/matchers.md): ``=`` and
+    ``!=`` compare exactly; ``=~`` and ``!~`` match the whole value (RE2 syntax); a missing
+    label is the empty string.
     """
 
     metric: str
-    matchers: tuple[Matcher, ...]
+    matchers: tuple[SharedMatcher, ...]
     written: str
 
     def matches(self, labels: Mapping[str, str]) -> bool:
-        return all(m.matches(labels) for m in self.matchers)
+        return matches(self.matchers, labels)
 
 
 def parse_selector(text: str) -> Selector:
-    """``name{label="v", label=~"re", label!="v", label!~"re"}``; raises ``ValueError``."""
+    """``name{label="v", label=~"re", label!="v", label!~"re"}``; raises ``ValueError``.
+
+    Inside the quotes only ``\\"`` is an escape (every other backslash is kept as written),
+    as selectors always read it: a rule file keeps its meaning.
+    """
     match = _SELECTOR.match(text)
     if match is None:
         raise ValueError(
             f'expected a metric and optional matchers like http.requests{{status=~"5.."}}, got {text!r}'
         )
     body = match.group(2) or ""
-    matchers: list[Matcher] = []
+    matchers: list[SharedMatcher] = []
     pos = 0
     while pos < len(body.rstrip()):
         item = _SELECTOR_MATCHER.match(body, pos)
@@ -276,15 +283,11 @@ def parse_selector(text: str) -> Selector:
                 f'cannot read the label matchers at {body[pos:]!r}; write label="value" or label=~"regex"'
             )
         label, op, value = item.group(1), item.group(2), item.group(3).replace('\\"', '"')
-        test: Callable[[str], bool]
-        if op in ("=~", "!~"):
-            try:
-                test = compile_regex(value).fullmatch
-            except RegexError as exc:
-                raise ValueError(f"invalid regular expression {exc}") from None
-        else:
-            test = value.__eq__
-        matchers.append(Matcher(label, f"{op}{value}", op.startswith("!"), test))
+        try:
+            matchers.append(SharedMatcher(name=label, op=op, value=value))  # type: ignore[arg-type]
+        except ValueError as exc:  # only a regex RE2 refuses: the op and label are read above
+            reason = str(exc).removeprefix("value: not a regular expression: ")
+            raise ValueError(f"invalid regular expression {reason}") from None
         pos = item.end()
     return Selector(match.group(1), tuple(matchers), text.strip())
 

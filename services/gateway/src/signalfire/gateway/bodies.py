@@ -12,11 +12,14 @@ from msgspec import Meta
 from signalfire.events import PayloadError, decode
 from signalfire.gateway.auth import Role
 from signalfire.gateway.errors import invalid
+from signalfire.matchers import Matcher
 
 T = TypeVar("T", bound=msgspec.Struct)
 
 _AT = re.compile(r"at `\$\.?([^`]*)`")
 _UNKNOWN = re.compile(r"unknown field `([^`]*)`")
+#: A struct's own check (``__post_init__``) names its field first: ``value: not a regular…``.
+_OWN_FIELD = re.compile(r"^([a-z_]+): ")
 
 Text = Annotated[str, Meta(max_length=16384)]
 #: Unix seconds, or a string the query parameters accept (RFC 3339, ``now``, ``-1h``).
@@ -29,19 +32,10 @@ class NoteBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     note: Text = ""
 
 
-class Matcher(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """One label condition of a silence (the notifier's format): ``regex`` matches the whole
-    value (Python syntax), ``equal: false`` negates."""
-
-    name: Annotated[str, Meta(min_length=1, max_length=200)]
-    value: Annotated[str, Meta(max_length=1024)]
-    regex: bool = False
-    equal: bool = True
-
-
 class SilenceBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A new silence: give ``ends_at`` or ``duration`` (``2h``, seconds)."""
 
+    #: Label matchers (docs/matchers.md); the older ``regex``/``equal`` form is still read.
     matchers: Annotated[list[Matcher], Meta(min_length=1, max_length=50)]
     starts_at: TimeValue | None = None
     ends_at: TimeValue | None = None
@@ -58,7 +52,7 @@ def field_of(message: str) -> str:
     """The field a msgspec error message points at (``samples[3].value``), or ``body``."""
     at = _AT.search(message)
     path = at.group(1) if at else ""
-    unknown = _UNKNOWN.search(message)
+    unknown = _UNKNOWN.search(message) or _OWN_FIELD.search(message)
     if unknown:
         return f"{path}.{unknown.group(1)}" if path else unknown.group(1)
     return path or "body"

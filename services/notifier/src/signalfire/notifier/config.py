@@ -6,9 +6,10 @@ the field, e.g. ``notify.yaml:14: routes[1].channels[0]: unknown channel 'pager'
 
 from __future__ import annotations
 
+import functools
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,11 +19,15 @@ from msgspec import Meta
 
 from signalfire.bus import NatsConfig
 from signalfire.config import ConfigError, Duration, convert, line_of, load_config, parse_yaml
+from signalfire.matchers import Matcher, MatcherError, equality, parse_matcher, parse_matchers
 from signalfire.notifier.channels import ChannelConfig
 from signalfire.telemetry import parse_listen
 
 #: Channel names become subject tokens (``sf.notifications.<name>``) and KV key parts.
 CHANNEL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+#: What a route or inhibit rule matches: a ``{field: value}`` map or matcher texts.
+MatchSpec = dict[str, str] | list[str]
 
 
 class EscalationStep(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -33,15 +38,18 @@ class EscalationStep(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class Route(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Alerts whose fields equal every ``match`` entry go to ``channels``.
+    """Alerts that every ``matchers`` entry and every ``match`` entry match go to ``channels``.
 
-    ``match`` keys are ``severity``, ``rule``, ``host`` or any alert label; an empty
-    ``match`` matches every alert. The first matching route wins unless it says
+    ``matchers`` are label matchers in text form (``'severity=~"high|critical"'``, see
+    docs/matchers.md); ``match`` is the older ``{field: value}`` map, each entry meaning
+    ``field="value"``. Fields are ``severity``, ``rule``, ``host`` or any alert label; a route
+    with neither matches every alert. The first matching route wins unless it says
     ``continue: true``. The timing keys are described in ``docs/notifications.md``.
     """
 
     channels: Annotated[list[str], Meta(min_length=1)]
     match: dict[str, str] = {}
+    matchers: list[str] = []
     continue_: bool = msgspec.field(default=False, name="continue")
     #: Hold the first firing alert this long and send one message for all that fired meanwhile.
     group_wait: Duration = Duration(0)
@@ -56,6 +64,7 @@ class Route(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     repeat: Duration | None = None
 
     def __post_init__(self) -> None:
+        _check_matchers("matchers", self.matchers)
         if self.group_wait < 0:
             raise ValueError("group_wait: must not be negative")
         if self.digest is not None and self.digest < 1:
@@ -70,11 +79,46 @@ class Route(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class InhibitRule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """While an alert matching ``source`` fires, alerts matching ``target`` (default: any
-    other alert) whose ``equal`` fields have the same values are not sent."""
+    other alert) whose ``equal`` fields have the same values are not sent.
 
-    source: Annotated[dict[str, str], Meta(min_length=1)]
-    target: dict[str, str] = {}
+    ``source`` and ``target`` are each a list of label matchers in text form
+    (docs/matchers.md) or a ``{field: value}`` map meaning ``field="value"`` for each entry.
+    """
+
+    source: MatchSpec
+    target: MatchSpec = {}
     equal: list[str] = []
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            raise ValueError("source: give at least one matcher (an empty source would match every alert)")
+        for name in ("source", "target"):
+            spec = getattr(self, name)
+            if isinstance(spec, list):
+                _check_matchers(name, spec)
+
+
+def matcher_list(spec: MatchSpec, more: Sequence[str] = ()) -> tuple[Matcher, ...]:
+    """The matchers of a ``{field: value}`` map or a list of matcher texts, plus ``more``
+    (texts). Parsed once per distinct spec: routes and inhibit rules are tested per alert."""
+    if isinstance(spec, dict):
+        return _parsed(tuple(spec.items()), (), tuple(more))
+    return _parsed((), tuple(spec), tuple(more))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(
+    equal: tuple[tuple[str, str], ...], texts: tuple[str, ...], more: tuple[str, ...]
+) -> tuple[Matcher, ...]:
+    return (*equality(dict(equal)), *parse_matchers(texts), *parse_matchers(more))
+
+
+def _check_matchers(field: str, texts: Sequence[str]) -> None:
+    for i, text in enumerate(texts):
+        try:
+            parse_matcher(text)
+        except MatcherError as exc:
+            raise ValueError(f"{field}[{i}]: {exc}") from None
 
 
 class NotifyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

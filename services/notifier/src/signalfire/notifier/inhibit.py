@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from signalfire.events import AlertEvent
-from signalfire.notifier.config import InhibitRule
-from signalfire.notifier.routing import alert_fields, matches
+from signalfire.matchers import matches
+from signalfire.notifier.config import InhibitRule, matcher_list
+from signalfire.notifier.routing import alert_fields
 
 
 def inhibited_by(
@@ -24,12 +25,15 @@ def inhibited_by(
     candidates = [other for other in firing if other.status == "firing"]
     fields = alert_fields(alert)
     for rule in rules:
-        if not matches(rule.target, alert) or matches(rule.source, alert):
+        source_matchers, target_matchers = matcher_list(rule.source), matcher_list(rule.target)
+        if not matches(target_matchers, fields) or matches(source_matchers, fields):
             continue
         for source in candidates:
-            if source.fingerprint == alert.fingerprint or not matches(rule.source, source):
+            if source.fingerprint == alert.fingerprint:
                 continue
             theirs = alert_fields(source)
+            if not matches(source_matchers, theirs):
+                continue
             if all(fields.get(name) == theirs.get(name) for name in rule.equal):
                 return source
     return None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from signalfire.events import AlertEvent
-from signalfire.notifier.config import Route
+from signalfire.matchers import matches
+from signalfire.notifier.config import Route, matcher_list
 
 
 def alert_fields(alert: AlertEvent) -> dict[str, str]:
@@ -14,10 +15,9 @@ def alert_fields(alert: AlertEvent) -> dict[str, str]:
     return {**alert.labels, "severity": alert.severity, "rule": alert.rule, "host": alert.host}
 
 
-def matches(match: Mapping[str, str], alert: AlertEvent) -> bool:
-    """Whether every ``match`` entry equals the alert's field of that name."""
-    fields = alert_fields(alert)
-    return all(fields.get(key) == value for key, value in match.items())
+def route_matches(route: Route, alert: AlertEvent) -> bool:
+    """Whether ``alert`` satisfies every ``match`` entry and every matcher of ``route``."""
+    return matches(matcher_list(route.match, route.matchers), alert_fields(alert))
 
 
 def matching(alert: AlertEvent, routes: Sequence[Route]) -> list[int]:
@@ -28,7 +28,7 @@ def matching(alert: AlertEvent, routes: Sequence[Route]) -> list[int]:
     """
     chosen: list[int] = []
     for index, candidate in enumerate(routes):
-        if not matches(candidate.match, alert):
+        if not route_matches(candidate, alert):
             continue
         chosen.append(index)
         if not candidate.continue_:

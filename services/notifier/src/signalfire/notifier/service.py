@@ -44,17 +44,18 @@ from nats.js.errors import NotFoundError
 
 from signalfire.bus import connect, ensure_streams
 from signalfire.config import ConfigError
-from signalfire.events import AlertAction, AlertEvent, DeliveryResult, PayloadError, decode, encode
+from signalfire.events import AlertAction, AlertEvent, DeliveryResult, PayloadError, Silence, decode, encode
+from signalfire.matchers import matches
 from signalfire.notifier import inhibit, silence
 from signalfire.notifier.channels import Channel, ChannelContext, Notification, build_channel
 from signalfire.notifier.channels.http import new_session, quiet_url_loggers
-from signalfire.notifier.config import NotifyConfig, load_notify_config
+from signalfire.notifier.config import NotifyConfig, load_notify_config, matcher_list
 from signalfire.notifier.deadletter import max_deliveries
 from signalfire.notifier.dispatch import Busy, Dispatcher, Outcome
 from signalfire.notifier.group import Batch, add, batch_key, batched, group_of, remove
 from signalfire.notifier.ledger import DeliveryLedger
 from signalfire.notifier.mirror import Mirror
-from signalfire.notifier.routing import matches, matching
+from signalfire.notifier.routing import alert_fields, matching
 from signalfire.notifier.scheduler import Scheduler, merge, references, told
 from signalfire.notifier.state import NotifyState
 from signalfire.notifier.tracking import Track, alert_key, track_key
@@ -132,7 +133,7 @@ class NotifierService:
         self._http: aiohttp.ClientSession | None = None
         self._js: JetStreamContext | None = None
         self._state: NotifyState | None = None
-        self._silences: Mirror[silence.Silence] | None = None
+        self._silences: Mirror[Silence] | None = None
         self._dispatcher: Dispatcher | None = None
         self.scheduler: Scheduler | None = None
         self._subs: list[JetStreamContext.PullSubscription] = []
@@ -221,7 +222,7 @@ class NotifierService:
             self._silences = Mirror(
                 await js.key_value(self._subjects.bucket("silences")),
                 ">",
-                lambda data: msgspec.json.decode(data, type=silence.Silence),
+                lambda data: msgspec.json.decode(data, type=Silence),
                 lambda key, why: self._bad_entry("silences", key, why),
             )
             await self._silences.start()
@@ -625,7 +626,8 @@ class NotifierService:
             return True
         if sorted(told(outcomes)) != sorted(route.channels):
             return True
-        return any(matches(rule.source, alert) for rule in self.config.inhibit)
+        fields = alert_fields(alert)
+        return any(matches(matcher_list(rule.source), fields) for rule in self.config.inhibit)
 
     async def _resolved(self, alert: AlertEvent, index: int) -> None:
         route = self.config.routes[index]

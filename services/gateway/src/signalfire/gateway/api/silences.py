@@ -4,13 +4,14 @@ notifier's KV bucket (which mutes notifications) and in PostgreSQL (which lists 
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Literal
 
 import asyncpg
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from signalfire import events
 from signalfire.config import parse_duration
 from signalfire.events import MAX_UNIX_TIME
 from signalfire.gateway.api.endpoint import PAGE, Endpoint, Param, enum
@@ -22,10 +23,10 @@ from signalfire.gateway.api.resources import (
     log,
     principal,
 )
-from signalfire.gateway.bodies import Matcher, SilenceBody, TimeValue, parse_body
+from signalfire.gateway.bodies import SilenceBody, TimeValue, parse_body
 from signalfire.gateway.errors import ApiError, invalid
 from signalfire.gateway.params import encode_cursor, parse_choice, parse_cursor, parse_limit, parse_time
-from signalfire.regex import RegexError, compile_regex
+from signalfire.matchers import Matcher
 
 STATES = ("active", "pending", "expired")
 State = Literal["active", "pending", "expired"]
@@ -135,12 +136,6 @@ def _ends_at(body: SilenceBody, starts_at: float, now: float) -> float:
 async def create_silence(res: Resources, request: Request) -> Response:
     body = parse_body(await request.body(), SilenceBody)
     now = res.clock()
-    for i, matcher in enumerate(body.matchers):
-        if matcher.regex:
-            try:
-                compile_regex(matcher.value)
-            except RegexError as exc:
-                raise invalid(f"matchers[{i}].value", f"not a regular expression: {exc}") from None
     starts_at = _body_time(body.starts_at, now, "starts_at") if body.starts_at is not None else now
     ends_at = _ends_at(body, starts_at, now)
     silence = Silence(
@@ -192,16 +187,15 @@ async def expire_silence(res: Resources, request: Request) -> Response:
 
 
 async def _put(res: Resources, silence: Silence) -> None:
-    """Store ``silence`` in the KV bucket in the notifier's format."""
-    value: dict[str, Any] = {
-        "id": silence.id,
-        "matchers": silence.matchers,
-        "starts_at": silence.starts_at,
-        "ends_at": silence.ends_at,
-        "author": silence.author,
-        "comment": silence.comment,
-        "v": 1,
-    }
+    """Store ``silence`` in the KV bucket as the notifier reads it (:class:`events.Silence`)."""
+    value = events.Silence(
+        id=silence.id,
+        matchers=silence.matchers,
+        starts_at=silence.starts_at,
+        ends_at=silence.ends_at,
+        author=silence.author,
+        comment=silence.comment,
+    )
     if res.nc is None or not res.nc.is_connected:
         raise ApiError(503, "unavailable", "NATS is not connected; silences cannot be stored")
     try:
@@ -229,8 +223,8 @@ routes = [
         create_silence,
         "operator",
         "Create a silence",
-        'body `{"matchers": [{"name", "value", "regex"?, "equal"?}], "starts_at"?, "ends_at" or "duration", '
-        '"comment"?}`; 201 with the silence',
+        'body `{"matchers": [{"name", "op"?, "value"}], "starts_at"?, "ends_at" or "duration", "comment"?}` '
+        "(matchers: docs/matchers.md); 201 with the silence",
         body=SilenceBody,
         answer=Silence,
         status=201,

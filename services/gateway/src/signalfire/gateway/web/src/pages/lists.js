@@ -22,7 +22,8 @@ export async function rulesPage(main) {
 
 /** A silence's matchers as text: `host=web-1, rule=~High.*` (the same syntax the form takes). */
 export function formatMatchers(matchers) {
-  const op = (m) => (m.equal === false ? (m.regex ? "!~" : "!=") : (m.regex ? "=~" : "="));
+  // `op` is omitted when it is "=" (docs/matchers.md).
+  const op = (m) => m.op || "=";
   return (matchers || []).map((m) => `${m.name}${op(m)}${m.value}`).join(", ");
 }
 
@@ -36,7 +37,7 @@ export function parseMatchers(text) {
     const m = part.match(/^([^=!~\s]+)\s*(=~|!~|!=|=)\s*(.*)$/);
     if (!m) throw new Error(`"${part}" is not name=value (or name!=value, name=~regex, name!~regex)`);
     const [, name, op, value] = m;
-    matchers.push({ name, value: value.trim(), regex: op.endsWith("~"), equal: !op.startsWith("!") });
+    matchers.push({ name, op, value: value.trim() });
   }
   if (!matchers.length) throw new Error("give at least one matcher, e.g. host=web-1");
   return matchers;
