@@ -15,7 +15,7 @@ NOTIFY ?=
 AGENT ?=
 UP_ARGS = $(if $(RULES),--rules '$(RULES)') $(if $(NOTIFY),--notify '$(NOTIFY)') $(if $(AGENT),--agent-config '$(AGENT)')
 
-.PHONY: help up test sync provision provision-test lint format typecheck unit integration e2e faults screenshots schemas api-docs clean
+.PHONY: help up test sync provision provision-test lint format typecheck coverage unit integration e2e faults screenshots schemas api-docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## |^##\+ ' $(MAKEFILE_LIST) \
@@ -42,8 +42,21 @@ up: sync provision  ## run NATS, PostgreSQL/TimescaleDB, the four services and a
 ##+ the repository or absolute; checked before anything starts, rules and NOTIFY reloaded when
 ##+ edited; a process that exits is restarted (back-off 1 s doubling to 30 s)
 
-test: sync provision-test lint typecheck  ## lint, types and every test
-	@$(UV) run --no-sync pytest $(PYTEST_ARGS)
+# Coverage: line and branch coverage of shared/src and services/*/src, services started as
+# subprocesses included ([tool.coverage.*] in pyproject.toml). The total is printed even when a
+# test fails; the per-file report is .signalfire/coverage/html/index.html (and coverage.xml).
+COV_DIR := .signalfire/coverage
+
+test: sync provision-test lint typecheck  ## lint, types and every test, with line+branch coverage
+	@rm -rf $(COV_DIR) && mkdir -p $(COV_DIR)
+	@rc=0; $(UV) run --no-sync pytest --cov --cov-report= --cov-report=html --cov-report=xml \
+	  $(PYTEST_ARGS) || rc=$$?; \
+	echo "[make] coverage (line+branch, shared/src and services/*/src):" \
+	  "$$($(UV) run --no-sync coverage report --format=total)% -- per file: $(COV_DIR)/html/index.html"; \
+	exit $$rc
+
+coverage:  ## the per-file coverage table of the last `make test` (least covered first)
+	@$(UV) run --no-sync coverage report --sort=cover
 
 lint:  ## ruff lint and format check
 	@$(UV) run --no-sync ruff check .
