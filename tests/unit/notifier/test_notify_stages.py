@@ -16,10 +16,10 @@ from signalfire.notifier.config import EscalationStep, InhibitRule, Route
 from signalfire.notifier.escalate import due_steps, next_step_at
 from signalfire.notifier.group import add, batch_key, batched, due_at, group_of, remove
 from signalfire.notifier.inhibit import inhibited_by
-from signalfire.notifier.ratelimit import TokenBucket
 from signalfire.notifier.repeat import due_repeat
 from signalfire.notifier.silence import Matcher, Silence, reason, silenced_by
 from signalfire.notifier.tracking import Track
+from signalfire.ratelimit import TokenBucket
 from tests.support.alerts import firing_alert
 
 
