@@ -80,32 +80,24 @@ async def ensure_durable(
     return await js.pull_subscribe_bind(durable=durable, stream=stream)
 
 
+@dataclasses.dataclass
 class Fetcher:
     """Fetches rounds from one pull subscription: an idle stream (nothing within ``timeout``)
     is an empty round, not an error; a real error is counted by ``on_error``, logged once per
-    30 s while it repeats, and followed by a pause that grows by ``backoff`` until a fetch
-    succeeds again. ``pause`` waits (a service passes one that returns early when it stops).
+    30 s while it repeats (by ``warnings``), and followed by a pause that grows by ``backoff``
+    until a fetch succeeds again. ``pause`` waits (a service passes one that returns early
+    when it stops).
     """
 
-    def __init__(
-        self,
-        sub: Any,
-        name: str,
-        *,
-        timeout: float = 1.0,
-        backoff: Backoff = Backoff(),
-        on_error: Callable[[Exception], None] | None = None,
-        pause: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-        warnings: Throttle | None = None,
-    ) -> None:
-        self.sub = sub
-        self.name = name
-        self.timeout = timeout
-        self.backoff = backoff
-        self._on_error = on_error
-        self._pause = pause
-        self._warnings = warnings if warnings is not None else Throttle(30.0)
-        self._delay: float | None = None
+    sub: Any
+    name: str
+    _: dataclasses.KW_ONLY
+    timeout: float = 1.0
+    backoff: Backoff = Backoff()
+    on_error: Callable[[Exception], None] | None = None
+    pause: Callable[[float], Awaitable[Any]] = asyncio.sleep
+    warnings: Throttle = dataclasses.field(default_factory=Throttle)
+    _delay: float | None = dataclasses.field(default=None, init=False)
 
     async def fetch(self, batch: int) -> list[Msg]:
         """Up to ``batch`` messages; ``[]`` when none came in time or the fetch failed."""
@@ -117,12 +109,12 @@ class Fetcher:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if self._on_error is not None:
-                self._on_error(exc)
-            if self._warnings.due((self.name, repr(exc))):
+            if self.on_error is not None:
+                self.on_error(exc)
+            if self.warnings.due((self.name, repr(exc))):
                 log.warning("fetch failed; retrying", extra={"consumer": self.name, "reason": repr(exc)})
             self._delay = self.backoff.delay(self._delay)
-            await self._pause(self._delay)
+            await self.pause(self._delay)
             return []
         self._delay = None
         return messages

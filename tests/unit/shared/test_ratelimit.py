@@ -43,12 +43,25 @@ def test_a_hold_stops_even_an_unlimited_bucket_until_it_ends() -> None:
     assert bucket.wait_time() == 0.0
 
 
-async def test_acquire_waits_its_turn() -> None:
+async def test_token_bucket_spaces_messages_after_the_burst() -> None:
     t = FakeTime()
-    bucket = TokenBucket(1.0, burst=1, clock=t.clock, sleep=t.sleep)
+    bucket = TokenBucket(2.0, burst=3, clock=t.clock, sleep=t.sleep)
+    for _ in range(5):
+        await bucket.acquire()
+    assert t.slept == [0.5, 0.5]
+    t.now += 10
     for _ in range(3):
         await bucket.acquire()
-    assert t.slept == [1.0, 1.0]
+    assert t.slept == [0.5, 0.5]
+
+
+async def test_retry_after_holds_the_whole_channel() -> None:
+    t = FakeTime()
+    bucket = TokenBucket(0.0, clock=t.clock, sleep=t.sleep)
+    await bucket.acquire()
+    bucket.hold(7.0)
+    await bucket.acquire()
+    assert t.slept == [7.0]
 
 
 def test_a_rate_limiter_keeps_a_bucket_per_key_and_forgets_full_ones() -> None:

@@ -68,7 +68,6 @@ from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.live import LiveFeed
 from signalfire.gateway.rollup import Rollups
 from signalfire.gateway.store import LatestValues, Store
-from signalfire.log import Throttle
 from signalfire.subjects import Subjects
 from signalfire.telemetry import Registry
 
@@ -230,8 +229,6 @@ class Ingest:
         self._flusher: asyncio.Task[None] | None = None
         #: Messages stored but not acknowledged until their rollups are merged, by sequence.
         self._held: dict[int, Msg] = {}
-        #: A fetch error that persists (NATS away) is logged once per 30 s, not per attempt.
-        self._fetch_warnings = Throttle(30.0)
         #: One retry policy for fetch errors and for waiting on the database.
         self.backoff = Backoff(first=0.5, cap=float(config.max_backoff))
         self._consumers = [
@@ -317,7 +314,6 @@ class Ingest:
                 backoff=self.backoff,
                 on_error=functools.partial(self._bus_error, consumer.name),
                 pause=self._pause,
-                warnings=self._fetch_warnings,
             )
             self._tasks.append(asyncio.create_task(self._run(consumer), name=f"ingest-{consumer.name}"))
         self._flusher = asyncio.create_task(self._flush_rollups(), name="ingest-rollups")
