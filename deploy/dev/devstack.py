@@ -35,6 +35,7 @@ from signalfire.busauth import CredentialDirectory
 from signalfire.buspolicy import user_name
 from signalfire.collector.config import AgentConfig
 from signalfire.config import ConfigError, load_config
+from signalfire.consumers import Backoff
 from signalfire.evaluator.rules import load_rules
 from signalfire.notifier.config import load_notify_config
 
@@ -647,22 +648,10 @@ class Supervisable(Protocol):
     def start(self) -> object: ...
 
 
-@dataclasses.dataclass(frozen=True)
-class Backoff:
-    """Delays between restarts of one process: ``first`` seconds, doubled after each exit up to
-    ``cap``, and ``first`` again once a run lasted ``stable`` seconds (a service that crashes
-    once a day restarts at once; one that crashes on start does not spin)."""
-
-    first: float = 1.0
-    cap: float = 30.0
-    stable: float = 60.0
-
-    def delay(self, previous: float | None, uptime: float) -> float:
-        """The delay before the next start, after a run of ``uptime`` seconds that followed a
-        delay of ``previous`` seconds (``None``: it was the first start)."""
-        if previous is None or uptime >= self.stable:
-            return self.first
-        return min(previous * 2, self.cap)
+#: Delays between restarts of one process: 1 s, doubled after each exit up to 30 s, and 1 s
+#: again once a run lasted a minute (a service that crashes once a day restarts at once; one
+#: that crashes on start does not spin).
+RESTART_BACKOFF = Backoff(first=1.0, cap=30.0, stable=60.0)
 
 
 @dataclasses.dataclass
@@ -689,7 +678,7 @@ class Supervisor:
         running: Stack,
         *,
         notify_config: Path | None = None,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = RESTART_BACKOFF,
         interval: float = 0.2,
     ) -> None:
         now = time.monotonic()

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from devstack import REPO, Backoff, ServiceProcess, Stack, free_port, stack
+from devstack import REPO, RESTART_BACKOFF, ServiceProcess, Stack, free_port, stack
 
 from signalfire.bus import NatsConfig, connect
 
@@ -63,7 +63,7 @@ routes:
 
 
 def test_restart_delay_doubles_to_a_cap_and_starts_over_after_a_stable_run() -> None:
-    backoff = Backoff(first=1, cap=30, stable=60)
+    backoff = RESTART_BACKOFF
     delays: list[float] = []
     previous: float | None = None
     for _ in range(7):  # crashing right after each start

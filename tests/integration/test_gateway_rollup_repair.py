@@ -123,7 +123,7 @@ async def merged(store: Store, batches: list[MetricBatch], sequences: list[int])
 async def repair(pool: asyncpg.Pool, retention: RetentionConfig | None = None) -> RollupRepair:
     """Repair the orphans older than an hour (the default ``rollup_repair_after``)."""
     async with pool.acquire() as conn:
-        return await repair_rollups(conn, older_than=HOUR, retention=retention)
+        return await repair_rollups(conn, older_than=HOUR, retention=retention, now=time.time())
 
 
 async def test_an_orphan_is_repaired_from_the_raw_samples_and_other_batches_count_once(

@@ -12,7 +12,7 @@ import pytest
 from signalfire.config import Duration
 from signalfire.events import MetricBatch, Sample
 from signalfire.gateway.config import RetentionConfig
-from signalfire.gateway.maintenance import apply_retention, detect_edition
+from signalfire.gateway.maintenance import Maintenance, apply_retention, detect_edition
 from signalfire.gateway.rollup import Rollups
 from signalfire.gateway.store import Store
 from tests.integration.gateway_support import write_held
@@ -270,3 +270,19 @@ async def test_deferred_rollups_count_every_batch_once(pool: asyncpg.Pool) -> No
     for table in ("samples_1m", "samples_1h"):
         assert await pool.fetchval(f"SELECT sum(count) FROM {table}") == total, table
     assert await pool.fetchval("SELECT count(*) FROM rollup_pending") == 0
+
+
+async def test_maintenance_measures_age_by_the_gateways_clock(pool: asyncpg.Pool) -> None:
+    """Retention runs as of the clock the gateway was given, not the machine's."""
+    store = Store(pool)
+    now = time.time()
+    await store.write_metrics(
+        [MetricBatch(host="recent", time=now - DAY, samples=[Sample(name="cpu.usage_percent", value=1.0)])],
+        rollups=Rollups.round(),
+    )
+    maintenance = Maintenance(pool, RetentionConfig(), Rollups(pool), clock=lambda: now + 60 * DAY)
+    async with pool.acquire() as conn:
+        maintenance.edition = await detect_edition(conn)
+    dropped = await maintenance.run_once()
+    assert dropped["samples"] >= 1  # 61 days old by the gateway's clock: past the raw 30 days
+    assert await pool.fetchval("SELECT count(*) FROM samples") == 0

@@ -9,7 +9,6 @@ from pathlib import Path
 from signalfire.gateway.auth import (
     FailureThrottle,
     Principal,
-    RateLimiter,
     _credentials,
     hash_token,
     new_token,
@@ -96,22 +95,6 @@ def test_a_query_token_is_removed_from_the_request_once_read() -> None:
     elsewhere = _scope(query=b"token=secret-3", path="/api/v1/hosts")
     assert _credentials(elsewhere) is None
     assert elsewhere["query_string"] == b""
-
-
-def test_a_rate_limiter_refills_and_forgets_full_buckets() -> None:
-    now = [0.0]
-    limiter = RateLimiter(2.0, 3, clock=lambda: now[0])
-    assert [limiter.wait_time("a") for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert limiter.peek("a") == 0.5
-    assert limiter.wait_time("a") == 0.5
-    assert limiter.peek("b") == 0.0
-    now[0] = 0.5
-    assert limiter.wait_time("a") == 0.0
-    limiter.MAX_KEYS = 2
-    limiter.wait_time("b")
-    now[0] = 100.0
-    limiter.wait_time("c")  # a and b are full again: dropped to make room
-    assert set(limiter._buckets) == {"c"}
 
 
 def test_an_address_over_its_failure_budget_is_refused_except_with_a_known_good_token() -> None:

@@ -12,7 +12,7 @@ from signalfire.notifier.channels import DeliveryError, Notification
 from signalfire.notifier.channels.base import ChannelContext
 from signalfire.notifier.channels.log import LogChannel, LogChannelConfig
 from signalfire.notifier.delivery import MAX_RETRY_AFTER, RetryPolicy, deliver
-from signalfire.notifier.ratelimit import TokenBucket
+from signalfire.ratelimit import TokenBucket
 
 ALERT = msgspec.convert(
     {

@@ -17,7 +17,6 @@ from signalfire.notifier.config import EscalationStep, InhibitRule, Route
 from signalfire.notifier.escalate import due_steps, next_step_at
 from signalfire.notifier.group import add, batch_key, batched, due_at, group_of, remove
 from signalfire.notifier.inhibit import inhibited_by
-from signalfire.notifier.ratelimit import TokenBucket
 from signalfire.notifier.repeat import due_repeat
 from signalfire.notifier.silence import reason, silenced_by
 from signalfire.notifier.tracking import Track
@@ -220,40 +219,3 @@ def test_a_silence_regex_re2_cannot_run_is_refused_with_the_reason(pattern: str,
     with pytest.raises(msgspec.ValidationError, match=f"value: not a regular expression: .*{reason}") as info:
         msgspec.json.decode(data, type=Silence)
     assert "$.matchers[0]" in str(info.value)
-
-
-# --- rate limit --------------------------------------------------------------------------
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(round(seconds, 6))
-        self.now += seconds
-
-
-async def test_token_bucket_spaces_messages_after_the_burst() -> None:
-    t = FakeTime()
-    bucket = TokenBucket(2.0, burst=3, clock=t.clock, sleep=t.sleep)
-    for _ in range(5):
-        await bucket.acquire()
-    assert t.slept == [0.5, 0.5]
-    t.now += 10
-    for _ in range(3):
-        await bucket.acquire()
-    assert t.slept == [0.5, 0.5]
-
-
-async def test_retry_after_holds_the_whole_channel() -> None:
-    t = FakeTime()
-    bucket = TokenBucket(0.0, clock=t.clock, sleep=t.sleep)
-    await bucket.acquire()
-    bucket.hold(7.0)
-    await bucket.acquire()
-    assert t.slept == [7.0]

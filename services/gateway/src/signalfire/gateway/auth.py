@@ -26,7 +26,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -36,6 +36,7 @@ import asyncpg
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from signalfire.gateway.errors import error_response
+from signalfire.ratelimit import RateLimiter
 from signalfire.telemetry import Counter
 
 log = logging.getLogger("signalfire.gateway.auth")
@@ -179,51 +180,6 @@ async def ensure_admin_token(pool: asyncpg.Pool, path: str | os.PathLike[str]) -
         write_secret_file(target, token + "\n")
     log.warning("created the first admin API token", extra={"file": str(target)})
     return True
-
-
-class RateLimiter:
-    """A token bucket per key (an API token's id, a client address): ``rate`` requests per
-    second, bursts up to ``burst``. ``rate`` 0 means no limit."""
-
-    #: Buckets kept at most before full ones (keys idle long enough to be back at ``burst``)
-    #: are dropped; bounds the memory an attacker with many addresses can make it hold.
-    MAX_KEYS = 100_000
-
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.clock = clock
-        self._buckets: dict[Hashable, tuple[float, float]] = {}
-
-    def _level(self, key: Hashable, now: float) -> float:
-        level, since = self._buckets.get(key, (float(self.burst), now))
-        return min(float(self.burst), level + (now - since) * self.rate)
-
-    def wait_time(self, key: Hashable) -> float:
-        """0 when a request may go ahead now (and it is counted), else seconds until one may."""
-        if self.rate <= 0:
-            return 0.0
-        now = self.clock()
-        level = self._level(key, now)
-        if key not in self._buckets and len(self._buckets) >= self.MAX_KEYS:
-            self._prune(now)
-        if level >= 1:
-            self._buckets[key] = (level - 1, now)
-            return 0.0
-        self._buckets[key] = (level, now)
-        return (1 - level) / self.rate
-
-    def peek(self, key: Hashable) -> float:
-        """Like :meth:`wait_time`, without counting a request."""
-        if self.rate <= 0:
-            return 0.0
-        level = self._level(key, self.clock())
-        return 0.0 if level >= 1 else (1 - level) / self.rate
-
-    def _prune(self, now: float) -> None:
-        full = [key for key in self._buckets if self._level(key, now) >= self.burst]
-        for key in full:
-            del self._buckets[key]
 
 
 class FailureThrottle:

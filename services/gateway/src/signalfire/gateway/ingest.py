@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import re
@@ -41,6 +42,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from signalfire.consumers import Backoff, Fetcher, ensure_durable
 from signalfire.events import (
     HOST_NAME_PATTERN,
     LABEL_NAME_PATTERN,
@@ -66,7 +68,6 @@ from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.live import LiveFeed
 from signalfire.gateway.rollup import Rollups
 from signalfire.gateway.store import LatestValues, Store
-from signalfire.log import Throttle
 from signalfire.subjects import Subjects
 from signalfire.telemetry import Registry
 
@@ -199,6 +200,7 @@ class _Consumer:
     write: Callable[[list[tuple[Msg, Payload]]], Awaitable[list[Msg]]]
     writers: int = 1
     subscription: Any = None
+    fetcher: Fetcher | None = None
 
 
 class Ingest:
@@ -227,8 +229,8 @@ class Ingest:
         self._flusher: asyncio.Task[None] | None = None
         #: Messages stored but not acknowledged until their rollups are merged, by sequence.
         self._held: dict[int, Msg] = {}
-        #: A fetch error that persists (NATS away) is logged once per 30 s, not per attempt.
-        self._fetch_warnings = Throttle(30.0)
+        #: One retry policy for fetch errors and for waiting on the database.
+        self.backoff = Backoff(first=0.5, cap=float(config.max_backoff))
         self._consumers = [
             _Consumer(
                 METRICS_CONSUMER,
@@ -289,7 +291,8 @@ class Ingest:
     async def start(self) -> None:
         """Create (or update) the durable consumers and start fetching."""
         for consumer in self._consumers:
-            await self.js.add_consumer(
+            consumer.subscription = await ensure_durable(
+                self.js,
                 consumer.stream,
                 ConsumerConfig(
                     name=consumer.name,
@@ -304,8 +307,13 @@ class Ingest:
                     filter_subject=consumer.filter_subject,
                 ),
             )
-            consumer.subscription = await self.js.pull_subscribe_bind(
-                durable=consumer.name, stream=consumer.stream
+            consumer.fetcher = Fetcher(
+                consumer.subscription,
+                consumer.name,
+                timeout=float(self.config.fetch_timeout),
+                backoff=self.backoff,
+                on_error=functools.partial(self._bus_error, consumer.name),
+                pause=self._pause,
             )
             self._tasks.append(asyncio.create_task(self._run(consumer), name=f"ingest-{consumer.name}"))
         self._flusher = asyncio.create_task(self._flush_rollups(), name="ingest-rollups")
@@ -330,34 +338,16 @@ class Ingest:
     # The loop -------------------------------------------------------------------------------
 
     async def _run(self, consumer: _Consumer) -> None:
-        backoff = 0.5
+        assert consumer.fetcher is not None
         slots = asyncio.Semaphore(consumer.writers)
         in_flight: set[asyncio.Task[None]] = set()
         try:
             while not self._stopping.is_set():
                 await slots.acquire()
-                try:
-                    msgs = await consumer.subscription.fetch(
-                        self.config.fetch_batch, timeout=float(self.config.fetch_timeout)
-                    )
-                except TimeoutError:
-                    # Nothing arrived within fetch_timeout: an idle stream, not a fault. nats-py
-                    # raises its own TimeoutError or the builtin one; both are TimeoutErrors.
+                msgs = await consumer.fetcher.fetch(self.config.fetch_batch)
+                if not msgs:  # idle, or a fetch error the fetcher has counted and waited out
                     slots.release()
                     continue
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    slots.release()
-                    self.bus_errors.inc(consumer=consumer.name)
-                    if self._fetch_warnings.due((consumer.name, repr(exc))):
-                        log.warning(
-                            "fetch failed; retrying", extra={"consumer": consumer.name, "reason": repr(exc)}
-                        )
-                    await self._pause(backoff)
-                    backoff = min(backoff * 2, float(self.config.max_backoff))
-                    continue
-                backoff = 0.5
                 self.rounds.inc(consumer=consumer.name)
                 self.fetched.inc(len(msgs), consumer=consumer.name)
                 task = asyncio.create_task(self._handle_then_release(consumer, msgs, slots))
@@ -366,6 +356,9 @@ class Ingest:
         finally:
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
+
+    def _bus_error(self, consumer: str, _exc: Exception) -> None:
+        self.bus_errors.inc(consumer=consumer)
 
     async def _flush_rollups(self) -> None:
         # Well within ack_wait, so held messages are not redelivered while they wait.
@@ -471,13 +464,13 @@ class Ingest:
             log.warning("term failed", extra={"subject": msg.subject, "reason": repr(err)})
 
     async def _wait_for_database(self) -> None:
-        backoff = 0.5
+        delay = self.backoff.first
         while not self._stopping.is_set():
-            await self._pause(backoff)
+            await self._pause(delay)
             try:
                 await self.store.pool.fetchval("SELECT 1", timeout=5)
             except Exception:
-                backoff = min(backoff * 2, float(self.config.max_backoff))
+                delay = self.backoff.delay(delay)
                 continue
             log.info("database answers again; resuming ingest")
             return

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -98,11 +99,10 @@ async def configure_policies(conn: asyncpg.Connection, retention: RetentionConfi
 
 
 async def apply_retention(
-    conn: asyncpg.Connection, edition: Edition, retention: RetentionConfig, now: float | None = None
+    conn: asyncpg.Connection, edition: Edition, retention: RetentionConfig, now: float
 ) -> dict[str, int]:
-    """Drop data older than its retention; returns what was dropped per table (chunks with
-    TimescaleDB, rows without). Another replica holding the lock makes this a no-op."""
-    now = time.time() if now is None else now
+    """Drop data older than its retention as of ``now``; returns what was dropped per table
+    (chunks with TimescaleDB, rows without). Another replica holding the lock makes this a no-op."""
     dropped: dict[str, int] = {}
     async with conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _RETENTION_LOCK_KEY):
@@ -128,10 +128,18 @@ async def apply_retention(
 class Maintenance:
     """Runs retention every ``check_every`` unless TimescaleDB's policies do it, and has
     ``rollups`` repair its orphans (in every edition) every ``check_every`` or
-    ``rollups.repair_after``, whichever is shorter."""
+    ``rollups.repair_after``, whichever is shorter. ``clock`` is the wall clock what is old
+    is measured by (the gateway's one clock)."""
 
-    def __init__(self, pool: asyncpg.Pool, retention: RetentionConfig, rollups: Rollups) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        retention: RetentionConfig,
+        rollups: Rollups,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.pool = pool
+        self.clock = clock
         self.retention = retention
         self.rollups = rollups
         self.edition: Edition = "postgresql"
@@ -155,7 +163,9 @@ class Maintenance:
 
     async def run_once(self, now: float | None = None) -> dict[str, int]:
         async with self.pool.acquire() as conn:
-            return await apply_retention(conn, self.edition, self.retention, now)
+            return await apply_retention(
+                conn, self.edition, self.retention, self.clock() if now is None else now
+            )
 
     async def _loop(self) -> None:
         every = min(float(self.retention.check_every), self.rollups.repair_after)
@@ -170,7 +180,7 @@ class Maintenance:
                 except Exception as exc:
                     log.warning("retention failed; trying again later", extra={"reason": repr(exc)})
             try:
-                await self.rollups.repair()
+                await self.rollups.repair(self.clock())
             except asyncpg.exceptions.TransactionRollbackError as exc:
                 log.info("rollup repair met a concurrent write; retrying later", extra={"reason": str(exc)})
             except Exception as exc:

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import asyncpg
 import uvicorn
@@ -60,16 +61,23 @@ class GatewayService:
     """Stores the bus in the database and serves the API.
 
     ``pool`` and ``nc`` may be handed in (tests, embedding); otherwise :meth:`start` creates
-    them from ``config`` and :meth:`stop` closes them.
+    them from ``config`` and :meth:`stop` closes them. ``clock`` is the one wall clock the API,
+    the live stream, retention and rollup repair read (tests pass their own).
     """
 
     def __init__(
-        self, config: GatewayConfig, *, pool: asyncpg.Pool | None = None, nc: NATS | None = None
+        self,
+        config: GatewayConfig,
+        *,
+        pool: asyncpg.Pool | None = None,
+        nc: NATS | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.clock = clock
         self.registry = Registry("signalfire_gateway")
         self.latest = LatestValues()
-        self.hub = StreamHub(ring_seconds=config.stream_ring_seconds)
+        self.hub = StreamHub(ring_seconds=config.stream_ring_seconds, clock=clock)
         self.pool = pool
         self.nc = nc
         self._own_pool = pool is None
@@ -121,8 +129,9 @@ class GatewayService:
             retention=config.retention,
             repair_after=float(config.rollup_repair_after),
             registry=self.registry,
+            clock=self.clock,
         )
-        self.maintenance = Maintenance(self.pool, config.retention, rollups)
+        self.maintenance = Maintenance(self.pool, config.retention, rollups, clock=self.clock)
         await self.maintenance.start()
         store = Store(self.pool)
         await store.load_latest(self.latest)
@@ -138,6 +147,7 @@ class GatewayService:
             latest=self.latest,
             store=store,
             hub=self.hub,
+            clock=self.clock,
         )
         self._server = _Server(
             uvicorn.Config(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from signalfire.events import DeliveryResult
 from signalfire.notifier.channels import Channel, ChannelSettings, DeliveryError, Notification
-from signalfire.notifier.ratelimit import TokenBucket
+from signalfire.ratelimit import TokenBucket
 
 log = logging.getLogger("signalfire.notifier.delivery")
 

@@ -25,7 +25,7 @@ from signalfire.notifier.deadletter import (
 )
 from signalfire.notifier.delivery import RetryPolicy, deliver, result_for
 from signalfire.notifier.ledger import DeliveryLedger, SentMark, ledger_key
-from signalfire.notifier.ratelimit import TokenBucket
+from signalfire.ratelimit import TokenBucket
 from signalfire.telemetry import Registry
 
 log = logging.getLogger("signalfire.notifier.dispatch")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import time
@@ -40,10 +39,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 
 from signalfire.bus import connect, ensure_streams
 from signalfire.config import ConfigError
+from signalfire.consumers import Backoff, Fetcher, ensure_durable
 from signalfire.events import AlertAction, AlertEvent, DeliveryResult, PayloadError, Silence, decode, encode
 from signalfire.matchers import matches
 from signalfire.notifier import inhibit, silence
@@ -68,6 +67,8 @@ DURABLE = "notifier"
 ACTIONS_DURABLE = "notifier-actions"
 #: How long :meth:`NotifierService.stop` lets in-flight deliveries finish.
 DRAIN_TIMEOUT = 10.0
+#: Pauses after a failed fetch (NATS away): 0.5 s, doubled up to 5 s, reset by a good fetch.
+FETCH_BACKOFF = Backoff(first=0.5, cap=5.0)
 #: Settings a reload cannot change in a running notifier.
 RESTART_SETTINGS = (
     "nats",
@@ -171,6 +172,9 @@ class NotifierService:
         self.errors = self.registry.counter(
             "processing_errors_total", "Alert events or actions left for redelivery after a NATS error"
         )
+        self.bus_errors = self.registry.counter(
+            "bus_errors_total", "NATS errors while fetching (retried with back-off)", ["consumer"]
+        )
         self.busy_waits = self.registry.counter(
             "busy_waits_total", "Times an event waited for a message another replica (or a dead one) claimed"
         )
@@ -269,8 +273,8 @@ class NotifierService:
         if not self.config.routes:
             log.warning("no routes configured: alert events are acknowledged without notifying anyone")
         self._loops = [
-            asyncio.create_task(self._fetch_loop(alerts, self._accept_alert)),
-            asyncio.create_task(self._fetch_loop(actions, self._accept_action)),
+            asyncio.create_task(self._fetch_loop(alerts, DURABLE, self._accept_alert)),
+            asyncio.create_task(self._fetch_loop(actions, ACTIONS_DURABLE, self._accept_action)),
             asyncio.create_task(self.scheduler.run()),
         ]
         if self.config_path is not None:
@@ -438,52 +442,22 @@ class NotifierService:
             deliver_policy=DeliverPolicy.BY_START_TIME,
             opt_start_time=datetime.now(UTC) - timedelta(seconds=float(self.config.first_start_backlog)),
         )
-        try:
-            info = await js.consumer_info(stream, durable)
-        except NotFoundError:
-            try:
-                await js.add_consumer(stream, wanted)
-            except Exception:
-                # another replica created it first; use theirs
-                await js.consumer_info(stream, durable)
-        else:
-            current = info.config
-            if (current.ack_wait, current.max_deliver, current.filter_subject) != (
-                wanted.ack_wait,
-                wanted.max_deliver,
-                wanted.filter_subject,
-            ):
-                # where the consumer starts is fixed at creation; the rest converges
-                await js.add_consumer(
-                    stream,
-                    dataclasses.replace(
-                        current,
-                        ack_wait=wanted.ack_wait,
-                        max_deliver=wanted.max_deliver,
-                        filter_subject=wanted.filter_subject,
-                    ),
-                )
-        return await js.pull_subscribe_bind(durable=durable, stream=stream)
+        return await ensure_durable(
+            js, stream, wanted, converge=("ack_wait", "max_deliver", "filter_subject")
+        )
 
     async def _fetch_loop(
-        self, sub: JetStreamContext.PullSubscription, accept: Callable[[Msg], Awaitable[None]]
+        self, sub: JetStreamContext.PullSubscription, name: str, accept: Callable[[Msg], Awaitable[None]]
     ) -> None:
+        fetcher = Fetcher(
+            sub, name, backoff=FETCH_BACKOFF, on_error=lambda _exc: self.bus_errors.inc(consumer=name)
+        )
         while True:
             free = self.config.max_in_flight - len(self._in_flight)
             if free <= 0:
                 await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            try:
-                messages = await sub.fetch(batch=min(free, 100), timeout=1.0)
-            except TimeoutError:  # an idle stream; nats-py raises its own or the builtin one
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("fetching from JetStream failed; retrying", extra={"reason": str(exc)})
-                await asyncio.sleep(1.0)
-                continue
-            for msg in messages:
+            for msg in await fetcher.fetch(min(free, 100)):
                 await accept(msg)
 
     def _spawn(self, work: Awaitable[None]) -> None:

@@ -32,13 +32,14 @@ from signalfire.gateway.api.endpoint import Endpoint, Handler, SocketHandler
 from signalfire.gateway.api.middleware import AuditMiddleware, LimitsMiddleware, RequestMetrics
 from signalfire.gateway.api.openapi import openapi_document
 from signalfire.gateway.api.resources import Resources, encode_json
-from signalfire.gateway.auth import AuthCounters, AuthMiddleware, FailureThrottle, RateLimiter
+from signalfire.gateway.auth import AuthCounters, AuthMiddleware, FailureThrottle
 from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.errors import ApiError, error_response
 from signalfire.gateway.live import LiveEndpoints, LiveSettings, TokenWatch
 from signalfire.gateway.store import LatestValues, Store
 from signalfire.gateway.stream import StreamHub
 from signalfire.gateway.web import dashboard_routes
+from signalfire.ratelimit import RateLimiter
 from signalfire.telemetry import Registry
 
 log = logging.getLogger("signalfire.gateway.api")

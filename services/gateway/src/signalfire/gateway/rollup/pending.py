@@ -13,6 +13,9 @@ samples (:mod:`.repair`).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import asyncpg
 
 from signalfire.gateway.config import RetentionConfig
@@ -120,8 +123,11 @@ class Rollups:
         retention: RetentionConfig | None = None,
         repair_after: float = 3600.0,
         registry: Registry | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.pool = pool
+        #: The wall clock orphans' age is measured by.
+        self.clock = clock
         self.retention = retention if retention is not None else RetentionConfig()
         self.repair_after = repair_after
         #: Stored batches whose rollups are not merged yet, by stream sequence, with the new
@@ -181,7 +187,9 @@ class Rollups:
     async def repair(self, now: float | None = None) -> RollupRepair:
         """:func:`.repair.repair_rollups` of the orphans older than ``repair_after``, counted."""
         async with self.pool.acquire() as conn:
-            done = await repair_rollups(conn, self.repair_after, self.retention, now)
+            done = await repair_rollups(
+                conn, self.repair_after, self.retention, now=self.clock() if now is None else now
+            )
         self.repairs.inc(done.repaired)
         self.unrepairable.inc(done.unrepairable)
         return done

@@ -13,7 +13,6 @@ repaired now.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -212,11 +211,12 @@ async def repair_rollups(
     conn: asyncpg.Connection,
     older_than: float,
     retention: RetentionConfig | None = None,
-    now: float | None = None,
+    *,
+    now: float,
 ) -> RollupRepair:
     """Repair the rollups of orphaned batches, in one REPEATABLE READ transaction.
 
-    An orphan is a ``rollup_pending`` row older than ``older_than`` seconds: its batch's
+    An orphan is a ``rollup_pending`` row older than ``older_than`` seconds at ``now``: its batch's
     samples are stored, but its message will not come back to have their rollups merged. For
     each orphan's host the 1-minute rollups of the minutes its samples fall in are recomputed
     from ``samples`` (every batch stored in them counts once, merged or not), then the 1-hour
@@ -228,7 +228,6 @@ async def repair_rollups(
     repairing (holding the lock) makes this a no-op.
     """
     retention = RetentionConfig() if retention is None else retention
-    now = time.time() if now is None else now
     cutoff = now - older_than
     done = RollupRepair()
     async with conn.transaction(isolation="repeatable_read"):
