@@ -187,54 +187,6 @@ class StoredBatch:
     times: list[float] | None = None
 
 
-def aggregate_batches(batches: Sequence[StoredBatch], width: int) -> dict[tuple[int, float], Cell]:
-    """Cells keyed by (series id, bucket start), like :func:`aggregate`, from whole batches.
-
-    Most batches carry one time for all their samples: their values are grouped per cell
-    and counted with builtins, with no per-sample Python arithmetic.
-    """
-    values: dict[tuple[int, float], list[float]] = {}
-    lasts: dict[tuple[int, float], tuple[float, float]] = {}
-    uniform = sorted((b for b in batches if b.times is None), key=lambda b: b.time)
-    for batch in uniform:
-        bucket = batch.time - batch.time % width
-        keys = [(series_id, bucket) for series_id in batch.ids]
-        for key, value in zip(keys, batch.values, strict=True):
-            group = values.get(key)
-            if group is None:
-                values[key] = [value]
-            else:
-                group.append(value)
-        # oldest batch first, so the newest value of each cell is written last
-        lasts.update(zip(keys, zip(repeat(batch.time), batch.values, strict=False), strict=True))
-    for batch in batches:
-        if batch.times is None:
-            continue
-        for series_id, when, value in zip(batch.ids, batch.times, batch.values, strict=True):
-            key = (series_id, when - when % width)
-            group = values.get(key)
-            if group is None:
-                values[key] = [value]
-            else:
-                group.append(value)
-            newest = lasts.get(key)
-            if newest is None or when >= newest[0]:
-                lasts[key] = (when, value)
-    cells: dict[tuple[int, float], Cell] = {}
-    for key, group in values.items():
-        last_time, last = lasts[key]
-        cells[key] = Cell(
-            count=len(group),
-            sum=math.fsum(group),
-            min=min(group),
-            max=max(group),
-            last=last,
-            last_time=last_time,
-            hist=_histogram(group),
-        )
-    return cells
-
-
 #: One rollup row: series id, bucket start, count, sum, min, max, last, last time, histogram.
 Row = tuple[int, float, int, float, float, float, float, float, Hist]
 
@@ -250,7 +202,7 @@ def _histogram(group: list[float]) -> Hist:
 
 def merge_rows(batches: Sequence[StoredBatch]) -> dict[str, list[list[object]]]:
     """The :func:`upsert_args` of every rollup table (by table name) for ``batches``, like
-    ``aggregate_batches`` then ``coarsen`` but without a tuple or a :class:`Cell` per sample:
+    :func:`aggregate` then ``coarsen`` but without a tuple or a :class:`Cell` per sample:
     the values of batches with one time are grouped per bucket in plain lists keyed by the
     series id, and the 1-hour rows are made from the sorted 1-minute rows (usually one each)."""
     width = 60
