@@ -97,7 +97,9 @@ async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false
     services: list[ServiceProcess] = []
     spiker: asyncio.Task[None] | None = None
     try:
-        gateway = await gateway_process(env, port, tmp_path)
+        # A round the gateway fetched just before the server died loses its ack and comes back
+        # after ack_wait: 30 s by default, as long as the whole wait for storage below.
+        gateway = await gateway_process({**env, "SF_ACK_WAIT": "5s"}, port, tmp_path)
         services.append(gateway)
         rules = f"{SHIPPED_RULES},{write(tmp_path / 'spike.yaml', SPIKE_RULES)}"
         evaluator = ServiceProcess("evaluator", ["evaluator"], {**env, "SF_RULES": rules}, tmp_path)
