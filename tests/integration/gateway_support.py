@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -111,3 +114,17 @@ async def write_held(
     round_ = rollups.round(sequences)
     written = await store.write_metrics(batches, rollups=round_, redelivered=redelivered)
     return written, rollups.add(round_)
+
+
+def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``signalfire ARGS...`` against ``database_url``, as a person runs it; never raises on a
+    non-zero exit (tests assert on the result)."""
+    env = {**os.environ, "SF_DATABASE_URL": database_url}
+    return subprocess.run(
+        [sys.executable, "-m", "signalfire.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -18,7 +18,13 @@ import pytest
 from signalfire.bus import NatsConfig
 from signalfire.events import AgentStatus, AlertEvent, MetricBatch, Sample, encode
 from signalfire.gateway.auth import create_token
-from tests.integration.gateway_support import RunningGateway, eventually, gateway_config, running_gateway
+from tests.integration.gateway_support import (
+    RunningGateway,
+    eventually,
+    gateway_config,
+    run_cli,
+    running_gateway,
+)
 
 
 def metric_batch(host: str, when: float, cpu: float) -> MetricBatch:
@@ -317,32 +323,20 @@ def _alert(alert_id: str, host: str, severity: str, now: float) -> AlertEvent:
     )
 
 
-def _cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SF_DATABASE_URL": database_url}
-    return subprocess.run(
-        [sys.executable, "-m", "signalfire.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_db_migrate_and_token_create_commands(database_url: str) -> None:
-    first = _cli(database_url, "db", "migrate")
+    first = run_cli(database_url, "db", "migrate")
     assert first.returncode == 0, first.stderr
     assert "applied 0001_initial" in first.stdout
-    again = _cli(database_url, "db", "migrate")
+    again = run_cli(database_url, "db", "migrate")
     assert again.returncode == 0, again.stderr
     assert "already up to date" in again.stdout
 
-    created = _cli(database_url, "token", "create", "--name", "grafana", "--role", "viewer")
+    created = run_cli(database_url, "token", "create", "--name", "grafana", "--role", "viewer")
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
     assert len(token) >= 43
 
-    bad_role = _cli(database_url, "token", "create", "--name", "x", "--role", "root")
+    bad_role = run_cli(database_url, "token", "create", "--name", "x", "--role", "root")
     assert bad_role.returncode == 2
     assert "--role" in bad_role.stderr
 
@@ -350,7 +344,7 @@ def test_db_migrate_and_token_create_commands(database_url: str) -> None:
 def test_an_unreachable_database_is_a_one_line_error() -> None:
     from devstack import free_port
 
-    result = _cli(f"postgresql://nobody@127.0.0.1:{free_port()}/none", "db", "migrate")
+    result = run_cli(f"postgresql://nobody@127.0.0.1:{free_port()}/none", "db", "migrate")
     assert result.returncode == 1
     assert result.stderr.startswith("signalfire: ")
     assert "Traceback" not in result.stderr

@@ -9,9 +9,6 @@ import asyncio
 import csv
 import io
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
@@ -28,7 +25,13 @@ from websockets.exceptions import ConnectionClosed
 from signalfire.bus import NatsConfig
 from signalfire.events import Event, EventBatch, MetricBatch, Sample, encode
 from signalfire.gateway.auth import create_token
-from tests.integration.gateway_support import RunningGateway, eventually, gateway_config, running_gateway
+from tests.integration.gateway_support import (
+    RunningGateway,
+    eventually,
+    gateway_config,
+    run_cli,
+    running_gateway,
+)
 
 
 def stream_url(gw: RunningGateway, query: str = "") -> str:
@@ -152,7 +155,7 @@ async def test_streams_of_a_token_revoked_by_the_cli_or_deleted_end_within_the_r
 
             # `signalfire token revoke` talks to the database only, like another replica would.
             revoke = await asyncio.to_thread(
-                _cli, database_url, "token", "revoke", str(await token_id(database_url, "laptop"))
+                run_cli, database_url, "token", "revoke", str(await token_id(database_url, "laptop"))
             )
             assert revoke.returncode == 0, revoke.stderr
             conn = await asyncpg.connect(database_url)
@@ -164,18 +167,6 @@ async def test_streams_of_a_token_revoked_by_the_cli_or_deleted_end_within_the_r
             assert await closed_with(cli_ws, timeout=3) == (4401, "token revoked")
             assert await closed_with(deleted_ws, timeout=3) == (4401, "token revoked")
             assert "event: error" in await sse_until_end(sse, timeout=3)
-
-
-def _cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SF_DATABASE_URL": database_url}
-    return subprocess.run(
-        [sys.executable, "-m", "signalfire.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 # Item 7: no token in the log -----------------------------------------------------------------
