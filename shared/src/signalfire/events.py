@@ -177,6 +177,10 @@ class AlertAction(Struct, kw_only=True):
     time: UnixTime
     note: Annotated[str, Meta(max_length=16384)] = ""
     fingerprint: str = ""
+    #: Unique per action (the gateway's API gives each a UUID, also its ``Nats-Msg-Id``): the
+    #: gateway stores an action with an id once, however often it is delivered. Empty in
+    #: actions published before ids existed (those are told apart by alert, action and time).
+    id: Annotated[str, Meta(max_length=200)] = ""
     v: Version = 1
 
 
@@ -209,6 +213,9 @@ class Silence(Struct, kw_only=True, forbid_unknown_fields=True):
     ends_at: UnixTime
     author: str
     comment: str = ""
+    #: When the silence was created (the gateway's API sets it; a silence put by other means
+    #: without it counts as created when the gateway first saw it).
+    created_at: UnixTime | None = None
     v: Version = 1
 
     def active(self, now: float) -> bool:

@@ -94,6 +94,10 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: How often the tokens of open live streams are checked; a stream whose token was revoked
     #: elsewhere (the CLI, another replica) or deleted ends within this long.
     stream_token_recheck: Duration = Duration(5.0)
+    #: How long an alert action or a silence change made through the API waits for the
+    #: gateway's consumer to store it, so the answer shows it; an action not stored by then is
+    #: answered 202 (published, being applied), a silence 201/200 as it is in the KV bucket.
+    apply_wait: Duration = Duration(5.0)
     log_level: str = "info"
     log_format: Literal["logfmt", "json"] = "logfmt"
 
@@ -132,6 +136,8 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("auth_failure_rate: must not be negative")
         if self.auth_failure_burst < 1:
             raise ValueError("auth_failure_burst: must be at least 1")
+        if self.apply_wait < 0:
+            raise ValueError("apply_wait: must not be negative")
         if self.stream_token_recheck <= 0:
             raise ValueError("stream_token_recheck: must be more than 0s")
         if not self.database_url:

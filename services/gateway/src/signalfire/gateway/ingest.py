@@ -4,7 +4,8 @@ Four durable consumers, shared by every gateway replica:
 
 * ``gateway-metrics`` reads all of ``SF_METRICS`` (metric batches, event batches, agent status);
 * ``gateway-alerts`` reads ``sf.alerts.>`` from ``SF_ALERTS``;
-* ``gateway-actions`` reads ``sf.actions.alerts`` (acks, notes, … by people);
+* ``gateway-actions`` reads ``sf.actions.alerts`` (acks, notes, … by people): the one writer of
+  an action into the database (the API only publishes it, then waits for this to store it);
 * ``gateway-notifications`` reads ``sf.notifications.>`` (the notifier's delivery results).
 
 Each round fetches up to ``fetch_batch`` messages, decodes them, writes the good ones in one
@@ -64,6 +65,7 @@ from signalfire.events import (
     Sample,
     decode,
 )
+from signalfire.gateway.commits import Commits
 from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.live import LiveFeed
 from signalfire.gateway.rollup import Rollups
@@ -216,9 +218,12 @@ class Ingest:
         *,
         rollups: Rollups,
         live: LiveFeed | None = None,
+        commits: Commits | None = None,
     ) -> None:
         self.config = config
         self.live = live
+        #: Told after each commit of actions (the API waits for the action it published).
+        self.commits = commits
         self.js = js
         self.store = store
         self.rollups = rollups
@@ -578,6 +583,8 @@ class Ingest:
     async def _write_actions(self, items: list[tuple[Msg, Payload]]) -> list[Msg]:
         actions = [p for _, p in items if isinstance(p, AlertAction)]
         await self.store.write_actions(actions)
+        if self.commits is not None:
+            self.commits.committed()
         self.messages.inc(len(actions), kind="actions")
         if self.live is not None and actions:
             self.live.actions(actions, await self.store.alert_hosts([a.alert_id for a in actions]))

@@ -1,4 +1,5 @@
-"""The gateway process: database, migrations, ingest and the HTTP API in one event loop."""
+"""The gateway process: database, migrations, ingest, the silences mirror and the HTTP API in
+one event loop."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from nats.aio.client import Client as NATS
 from signalfire.bus import connect, ensure_streams
 from signalfire.gateway.api import create_app
 from signalfire.gateway.auth import ensure_admin_token
+from signalfire.gateway.commits import Commits
 from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.ingest import Ingest
 from signalfire.gateway.live import LiveFeed
 from signalfire.gateway.maintenance import Maintenance
 from signalfire.gateway.migrate import migrate
 from signalfire.gateway.rollup import Rollups
+from signalfire.gateway.silence_mirror import SilenceMirror
 from signalfire.gateway.store import LatestValues, Store
 from signalfire.gateway.stream import StreamHub
 from signalfire.telemetry import Registry, parse_listen
@@ -83,6 +86,9 @@ class GatewayService:
         self._own_pool = pool is None
         self._own_nc = nc is None
         self.ingest: Ingest | None = None
+        self.silences: SilenceMirror | None = None
+        #: What the consumers committed, for the API's waits (actions, silences).
+        self.commits = Commits()
         self.maintenance: Maintenance | None = None
         self._server: _Server | None = None
         self._server_task: asyncio.Task[None] | None = None
@@ -136,9 +142,26 @@ class GatewayService:
         store = Store(self.pool)
         await store.load_latest(self.latest)
         self.ingest = Ingest(
-            config, js, store, self.registry, self.latest, rollups=rollups, live=LiveFeed(self.hub)
+            config,
+            js,
+            store,
+            self.registry,
+            self.latest,
+            rollups=rollups,
+            live=LiveFeed(self.hub),
+            commits=self.commits,
         )
         await self.ingest.start()
+        self.silences = SilenceMirror(
+            await js.key_value(config.nats.subjects.bucket("silences")),
+            self.pool,
+            self.registry,
+            db_errors=self.ingest.db_errors,
+            commits=self.commits,
+            backoff=self.ingest.backoff,
+            clock=self.clock,
+        )
+        await self.silences.start()
         app = create_app(
             config,
             pool=self.pool,
@@ -148,6 +171,7 @@ class GatewayService:
             store=store,
             hub=self.hub,
             clock=self.clock,
+            commits=self.commits,
         )
         self._server = _Server(
             uvicorn.Config(
@@ -180,6 +204,9 @@ class GatewayService:
             with contextlib.suppress(Exception):
                 await self._server_task
         self._server = self._server_task = None
+        if self.silences is not None:
+            await self.silences.stop()
+            self.silences = None
         if self.ingest is not None:
             await self.ingest.stop()
             self.ingest = None

@@ -215,6 +215,13 @@ VALUES ($1, to_timestamp($2), $3, $4, $5::jsonb)
 ON CONFLICT DO NOTHING
 """
 
+# Either identity (the action id, or alert, event, seq and time) makes a repeated action a no-op.
+_ACTION_HISTORY = """
+INSERT INTO alert_history (alert_id, time, event, seq, payload, action_id)
+VALUES ($1, to_timestamp($2), $3, 0, $4::jsonb, $5)
+ON CONFLICT DO NOTHING
+"""
+
 
 def _records(batches: Iterable[StoredBatch]) -> list[tuple[datetime, int, float]]:
     """``COPY`` records of ``samples`` (one datetime per distinct time, not per sample)."""
@@ -536,8 +543,8 @@ class Store:
     async def write_actions(self, actions: list[AlertAction]) -> int:
         """Apply people's actions to their alerts and record them in the history.
 
-        An action already recorded (same alert, action and time) changes nothing again.
-        Returns how many actions were new.
+        An action already recorded (the same ``id``; for actions without one, the same alert,
+        action and time) changes nothing again. Returns how many actions were new.
         """
         applied = 0
         if not actions:
@@ -545,12 +552,12 @@ class Store:
         async with self.pool.acquire() as conn, conn.transaction():
             for action in sorted(actions, key=lambda a: (a.alert_id, a.time)):
                 status = await conn.execute(
-                    _ALERT_HISTORY,
+                    _ACTION_HISTORY,
                     action.alert_id,
                     action.time,
                     action.action,
-                    0,
                     msgspec.json.encode(action).decode(),
+                    action.id or None,
                 )
                 if _inserted(status) == 0:
                     continue

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -87,6 +88,14 @@ class AlertDetail(Alert, kw_only=True):
 
     history: list[HistoryEntry]
     deliveries: list[Notification]
+
+
+class ActionPending(msgspec.Struct, kw_only=True):
+    """An action published but not yet stored when the answer was due (202): the gateway's
+    consumer applies it shortly; the alert shows it then."""
+
+    action: AlertAction
+    message: str
 
 
 class AlertPage(msgspec.Struct, kw_only=True):
@@ -184,12 +193,28 @@ async def alert_action(res: Resources, request: Request) -> Response:
         time=res.clock(),
         note=body.note,
         fingerprint=row["fingerprint"],
+        id=uuid.uuid4().hex,
     )
-    await res.publish(res.subjects.actions, encode(action))
-    await res.store.write_actions([action])
+    # The gateway-actions consumer is the one writer of the alert and its history; this only
+    # publishes (the id keeps a retried publish from being stored twice) and waits for that
+    # consumer, here or in another replica, to have stored it.
+    await res.publish(res.subjects.actions, encode(action), msg_id=action.id)
     audit_details(request, {"alert_id": alert_id, "action": kind})
-    found = await alert_rows(res, "WHERE id = $1", alert_id)
-    return json_response(found[0])
+
+    async def applied() -> Alert | None:
+        found = await alert_rows(
+            res,
+            "WHERE id = $1 AND EXISTS (SELECT 1 FROM alert_history h WHERE h.action_id = $2)",
+            alert_id,
+            action.id,
+        )
+        return found[0] if found else None
+
+    stored = await res.commits.wait_for(applied, float(res.config.apply_wait))
+    if stored is None:
+        message = f"published; the gateway is still applying it (GET /api/v1/alerts/{alert_id} shows it then)"
+        return json_response(ActionPending(action=action, message=message), status=202)
+    return json_response(stored)
 
 
 _ID = Param("id", "alert id", where="path")
@@ -229,9 +254,11 @@ routes = [
         "operator",
         "Acknowledge an alert, withdraw that, resolve it by hand or add a note (publishes an AlertAction)",
         'body `{"note": "..."}` (optional, required for `notes`); publishes an `AlertAction` on '
-        "`sf.actions.alerts`, answers the updated alert",
+        "`sf.actions.alerts` and answers the alert once the gateway has stored it (202 with the action "
+        "if that takes longer than `apply_wait`)",
         params=(_ID, enum_path("action", "what to do", list(ACTIONS))),
         body=NoteBody,
         answer=Alert,
+        accepted=ActionPending,
     ),
 ]

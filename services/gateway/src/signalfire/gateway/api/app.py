@@ -33,6 +33,7 @@ from signalfire.gateway.api.middleware import AuditMiddleware, LimitsMiddleware,
 from signalfire.gateway.api.openapi import openapi_document
 from signalfire.gateway.api.resources import Resources, encode_json
 from signalfire.gateway.auth import AuthCounters, AuthMiddleware, FailureThrottle
+from signalfire.gateway.commits import Commits
 from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.errors import ApiError, error_response
 from signalfire.gateway.live import LiveEndpoints, LiveSettings, TokenWatch
@@ -127,11 +128,14 @@ def create_app(
     hub: StreamHub | None = None,
     live_settings: LiveSettings | None = None,
     clock: Callable[[], float] = time.time,
+    commits: Commits | None = None,
 ) -> Starlette:
     """The gateway's ASGI application over resources the caller owns (pool, NATS client).
 
     With ``hub``, it also serves the live stream (WebSocket and SSE) fed from that hub; the
     dashboard is always served at ``/``. ``clock`` gives the time the answers are computed at.
+    ``commits`` is told by the consumers that store what the API publishes (alert actions,
+    silences), so the endpoints that wait for them answer as soon as they are stored.
     """
     res = Resources(
         config=config,
@@ -143,6 +147,7 @@ def create_app(
         clock=clock,
         hub=hub,
         openapi_json=encode_json(openapi_document(ENDPOINTS)),
+        commits=commits if commits is not None else Commits(),
     )
     requests = registry.counter(
         "http_requests_total", "HTTP requests answered", ["method", "route", "status"]

@@ -102,6 +102,8 @@ class Endpoint:
     body: type[msgspec.Struct] | None = None
     answer: Any = None
     status: int = 200
+    #: The type of a 202 answer: the request was taken (published) but not yet applied.
+    accepted: Any = None
     media: Mapping[str, Mapping[str, Any]] | None = None
     openapi: bool = True
     #: Served only when the gateway has a live-stream hub.

@@ -44,13 +44,22 @@ def _parameter(param: Param) -> dict[str, Any]:
 
 
 def _operation(
-    endpoint: Endpoint, params: tuple[Param, ...], answer: dict[str, Any] | None, body: dict[str, Any] | None
+    endpoint: Endpoint,
+    params: tuple[Param, ...],
+    answer: dict[str, Any] | None,
+    body: dict[str, Any] | None,
+    accepted: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     if endpoint.media is not None:
         content = {kind: {"schema": dict(schema)} for kind, schema in endpoint.media.items()}
     else:
         content = {"application/json": {"schema": answer or {"type": "object"}}}
     responses: dict[str, Any] = {str(endpoint.status): {"description": "success", "content": content}}
+    if accepted is not None:
+        responses["202"] = {
+            "description": "taken but not yet applied",
+            "content": {"application/json": {"schema": accepted}},
+        }
     responses.update(dict.fromkeys(_ERRORS, _ERROR_REF))
     if any(p.where == "path" for p in params):
         responses["404"] = _ERROR_REF
@@ -70,15 +79,17 @@ def openapi_document(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
     described = [e for e in endpoints if e.openapi]
     types: list[Any] = []
     for endpoint in described:
-        types += [t for t in (endpoint.answer, endpoint.body) if t is not None]
+        types += [t for t in (endpoint.answer, endpoint.body, endpoint.accepted) if t is not None]
     schemas, components = msgspec.json.schema_components(types, ref_template=_REF + "{name}")
     schema_of = dict(zip(map(id, types), schemas, strict=True))
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in described:
         answer = schema_of[id(endpoint.answer)] if endpoint.answer is not None else None
         body = schema_of[id(endpoint.body)] if endpoint.body is not None else None
+        accepted = schema_of[id(endpoint.accepted)] if endpoint.accepted is not None else None
         for path, params in documented_paths(endpoint):
-            paths.setdefault(path, {})[endpoint.method.lower()] = _operation(endpoint, params, answer, body)
+            operation = _operation(endpoint, params, answer, body, accepted)
+            paths.setdefault(path, {})[endpoint.method.lower()] = operation
     components["Error"] = _ERROR_SCHEMA
     return {
         "openapi": "3.1.0",

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from signalfire.gateway.auth import Principal
+from signalfire.gateway.commits import Commits
 from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.errors import ApiError
 from signalfire.gateway.live import LiveEndpoints
@@ -50,17 +51,24 @@ class Resources:
     latest_encoded: tuple[int, bytes] | None = field(default=None)
     #: The OpenAPI document, encoded once.
     openapi_json: bytes = b"{}"
+    #: Woken by this process's consumers when they commit (actions, silences) the API waits for.
+    commits: Commits = field(default_factory=Commits)
 
     @property
     def subjects(self) -> Subjects:
         return self.config.nats.subjects
 
-    async def publish(self, subject: str, data: bytes) -> None:
-        """Publish to JetStream; a 503 when NATS is away or does not take the message."""
+    async def publish(self, subject: str, data: bytes, msg_id: str | None = None) -> None:
+        """Publish to JetStream and wait for its acknowledgement; a 503 when NATS is away or does
+        not take the message. With ``msg_id`` (``Nats-Msg-Id``) the stream stores a message
+        published again with the same id (a retry) once."""
         if self.nc is None or not self.nc.is_connected:
             raise ApiError(503, "unavailable", "NATS is not connected; try again shortly")
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
         try:
-            await self.nc.jetstream().publish(subject, data, timeout=float(self.config.control_timeout))
+            await self.nc.jetstream().publish(
+                subject, data, timeout=float(self.config.control_timeout), headers=headers
+            )
         except Exception as exc:
             log.warning("publish failed", extra={"subject": subject, "reason": repr(exc)})
             raise ApiError(503, "unavailable", "NATS did not take the message; try again shortly") from None

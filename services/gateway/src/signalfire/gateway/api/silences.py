@@ -1,5 +1,9 @@
-"""``/api/v1/silences``: list, create and expire silences. A silence is stored in the
-notifier's KV bucket (which mutes notifications) and in PostgreSQL (which lists them)."""
+"""``/api/v1/silences``: list, create and expire silences.
+
+The ``sf_silences`` KV bucket is the silences' source of truth (the notifier mutes from it):
+create and expire write only there. The gateway's :class:`~signalfire.gateway.silence_mirror.SilenceMirror`
+copies the bucket into PostgreSQL, which the list reads; create and expire wait (bounded by
+``apply_wait``) until the copy shows their write, so a list right after them shows it."""
 
 from __future__ import annotations
 
@@ -8,12 +12,14 @@ from typing import Literal
 
 import asyncpg
 import msgspec
+from nats.js.errors import InvalidKeyError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
 from starlette.requests import Request
 from starlette.responses import Response
 
 from signalfire import events
 from signalfire.config import parse_duration
-from signalfire.events import MAX_UNIX_TIME
+from signalfire.events import MAX_UNIX_TIME, PayloadError
 from signalfire.gateway.api.endpoint import PAGE, Endpoint, Param, enum
 from signalfire.gateway.api.resources import (
     Resources,
@@ -34,7 +40,7 @@ State = Literal["active", "pending", "expired"]
 _SELECT = """
 SELECT id, matchers::text AS matchers, extract(epoch FROM starts_at)::float8 AS starts_at,
        extract(epoch FROM ends_at)::float8 AS ends_at, author, comment,
-       extract(epoch FROM created_at)::float8 AS created_at
+       extract(epoch FROM created_at)::float8 AS created_at, revision
 FROM silences
 """
 
@@ -138,7 +144,7 @@ async def create_silence(res: Resources, request: Request) -> Response:
     now = res.clock()
     starts_at = _body_time(body.starts_at, now, "starts_at") if body.starts_at is not None else now
     ends_at = _ends_at(body, starts_at, now)
-    silence = Silence(
+    stored = events.Silence(
         id=uuid.uuid4().hex,
         matchers=body.matchers,
         starts_at=starts_at,
@@ -146,64 +152,92 @@ async def create_silence(res: Resources, request: Request) -> Response:
         author=principal(request).name,
         comment=body.comment,
         created_at=now,
-        state=_state(starts_at, ends_at, now),
     )
-    await _put(res, silence)
-    await res.pool.execute(
-        """
-        INSERT INTO silences (id, matchers, starts_at, ends_at, author, comment, created_at)
-        VALUES ($1, $2::jsonb, to_timestamp($3), to_timestamp($4), $5, $6, to_timestamp($7))
-        """,
-        silence.id,
-        encode_json(silence.matchers).decode(),
-        starts_at,
-        ends_at,
-        silence.author,
-        body.comment,
-        now,
-    )
-    audit_details(request, {"silence_id": silence.id})
-    return json_response(silence, status=201)
+    kv = await _bucket(res)
+    try:
+        revision = await kv.create(stored.id, encode_json(stored))
+    except Exception as exc:
+        raise _unavailable(exc) from None
+    audit_details(request, {"silence_id": stored.id})
+    return json_response(await _answer(res, stored, revision), status=201)
 
 
 async def expire_silence(res: Resources, request: Request) -> Response:
     silence_id = request.path_params["id"]
-    row = await res.pool.fetchrow(_SELECT + " WHERE id = $1", silence_id)
-    if row is None:
-        raise ApiError(404, "not_found", f"no silence {silence_id!r}", "id")
-    now = res.clock()
-    silence = _silence(row, now)
-    if silence.state != "expired":
-        silence.ends_at = max(now, silence.starts_at)
-        await _put(res, silence)
-        await res.pool.execute(
-            "UPDATE silences SET ends_at = to_timestamp($2), expired_at = now() WHERE id = $1",
-            silence_id,
-            silence.ends_at,
-        )
-        silence.state = "expired"
+    kv = await _bucket(res)
+    for attempt in (1, 2):
+        try:
+            entry = await kv.get(silence_id)
+        except (NotFoundError, InvalidKeyError):  # never created, deleted, or not a key at all
+            raise ApiError(404, "not_found", f"no silence {silence_id!r}", "id") from None
+        except Exception as exc:
+            raise _unavailable(exc) from None
+        try:
+            stored = events.decode(entry.value or b"", events.Silence)
+        except PayloadError as exc:
+            why = f"silence {silence_id!r} in the KV bucket is unreadable ({exc}); fix or delete it"
+            raise ApiError(409, "conflict", why) from None
+        revision = entry.revision or 0
+        now = res.clock()
+        if stored.ends_at <= now:
+            break  # expired already
+        stored.ends_at = max(now, stored.starts_at)
+        try:
+            revision = await kv.update(silence_id, encode_json(stored), last=revision)
+            break
+        except KeyWrongLastSequenceError:
+            # Changed since we read it (another replica, another request): read it again, once.
+            if attempt == 2:
+                raise ApiError(
+                    409, "conflict", f"silence {silence_id!r} changed while it was expired; try again"
+                ) from None
+        except Exception as exc:
+            raise _unavailable(exc) from None
     audit_details(request, {"silence_id": silence_id})
+    silence = await _answer(res, stored, revision)
+    silence.state = "expired"
     return json_response(silence)
 
 
-async def _put(res: Resources, silence: Silence) -> None:
-    """Store ``silence`` in the KV bucket as the notifier reads it (:class:`events.Silence`)."""
-    value = events.Silence(
-        id=silence.id,
-        matchers=silence.matchers,
-        starts_at=silence.starts_at,
-        ends_at=silence.ends_at,
-        author=silence.author,
-        comment=silence.comment,
-    )
+async def _bucket(res: Resources) -> KeyValue:
     if res.nc is None or not res.nc.is_connected:
         raise ApiError(503, "unavailable", "NATS is not connected; silences cannot be stored")
     try:
-        kv = await res.nc.jetstream().key_value(res.subjects.bucket("silences"))
-        await kv.put(silence.id, encode_json(value))
+        return await res.nc.jetstream().key_value(res.subjects.bucket("silences"))
     except Exception as exc:
-        log.warning("cannot store a silence", extra={"reason": repr(exc)})
-        raise ApiError(503, "unavailable", "the silences bucket is unavailable; try again") from None
+        raise _unavailable(exc) from None
+
+
+def _unavailable(exc: Exception) -> ApiError:
+    log.warning("the silences bucket is unavailable", extra={"reason": repr(exc)})
+    return ApiError(503, "unavailable", "the silences bucket in NATS is unavailable; try again")
+
+
+async def _answer(res: Resources, stored: events.Silence, revision: int) -> Silence:
+    """The silence as the list will show it, once the mirror has copied ``revision`` into the
+    table (waiting up to ``apply_wait``); if it has not by then, as the KV bucket holds it."""
+
+    async def mirrored() -> asyncpg.Record | None:
+        row: asyncpg.Record | None = await res.pool.fetchrow(
+            _SELECT + " WHERE id = $1 AND revision >= $2", stored.id, revision
+        )
+        return row
+
+    row = await res.commits.wait_for(mirrored, float(res.config.apply_wait))
+    now = res.clock()
+    if row is not None:
+        return _silence(row, now)
+    created_at = stored.created_at if stored.created_at is not None else stored.starts_at
+    return Silence(
+        id=stored.id,
+        matchers=stored.matchers,
+        starts_at=stored.starts_at,
+        ends_at=stored.ends_at,
+        author=stored.author,
+        comment=stored.comment,
+        created_at=created_at,
+        state=_state(stored.starts_at, stored.ends_at, now),
+    )
 
 
 routes = [
