@@ -39,7 +39,7 @@ GATEWAY_DURABLES = {
 NOTIFIER_DURABLES = ("notifier", "notifier-actions")
 #: KV buckets (short names, see ``signalfire.bus.BUCKETS``) each service writes or watches.
 WRITES = {"gateway": ("silences",), "evaluator": ("alert_state",), "notifier": ("notify_state",)}
-WATCHES = {"gateway": (), "evaluator": ("alert_state",), "notifier": ("notify_state", "silences")}
+WATCHES = {"gateway": ("silences",), "evaluator": ("alert_state",), "notifier": ("notify_state", "silences")}
 ALL_BUCKETS = ("alert_state", "notify_state", "silences")
 
 
