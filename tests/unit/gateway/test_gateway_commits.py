@@ -38,7 +38,7 @@ async def test_a_commit_elsewhere_is_found_by_polling_and_a_missing_one_times_ou
 
     assert await commits.wait_for(stored_by_another_replica, timeout=10.0) == 3
 
-    async def never() -> None:
+    async def never() -> str | None:
         return None
 
     started = time.monotonic()
