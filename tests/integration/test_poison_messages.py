@@ -43,7 +43,6 @@ from tests.hostile import Raw, deep, dump, not_utf8_payload
 from tests.integration.gateway_support import RunningGateway, eventually, gateway_config, running_gateway
 from tests.integration.test_gateway_live import ws_url
 from tests.integration.test_notifier_delivery import (
-    Receiver,
     config_for,
     make_alert,
     receiver,
@@ -52,6 +51,7 @@ from tests.integration.test_notifier_delivery import (
 )
 from tests.support.alerts import publish_alert
 from tests.support.polling import wait_until
+from tests.support.webhook import WebhookReceiver
 
 __all__ = ["receiver", "results"]  # fixtures shared with the notifier's delivery tests
 
@@ -277,7 +277,7 @@ async def test_the_evaluator_skips_and_counts_alert_states_it_cannot_read(
 
 
 async def test_the_notifier_terminates_alert_events_it_cannot_read_and_delivers_the_next(
-    nc: Any, nats_config: NatsConfig, receiver: Receiver, results: list[DeliveryResult]
+    nc: Any, nats_config: NatsConfig, receiver: WebhookReceiver, results: list[DeliveryResult]
 ) -> None:
     service = await started(config_for(nats_config, receiver), nc)
     try:
@@ -299,5 +299,5 @@ async def test_the_notifier_terminates_alert_events_it_cannot_read_and_delivers_
         ]
     finally:
         await service.stop()
-    assert [b["alert"]["id"] for b in receiver.bodies()] == ["good"]
+    assert [b["alert"]["id"] for b in receiver.bodies("hook")] == ["good"]
     assert [(i.num_ack_pending, i.num_redelivered) for i in infos] == [(0, 0), (0, 0)]
