@@ -9,12 +9,10 @@ subject prefix (so its own streams and KV buckets) and its own database.
 from __future__ import annotations
 
 import secrets
-import shutil
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
-from devstack import NatsServer, PostgresServer, temp_pg_dir
+from devstack import NatsServer, PostgresServer, private_postgres
 from pytest_httpserver import HTTPServer
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
@@ -60,13 +58,8 @@ async def nc(nats_config: NatsConfig) -> AsyncIterator[object]:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    data = temp_pg_dir()
-    server = PostgresServer(data, durable=False).start()
-    try:
+    with private_postgres() as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(Path(data).parent, ignore_errors=True)
 
 
 @pytest.fixture

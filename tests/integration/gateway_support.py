@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import msgspec
-from devstack import PostgresServer, temp_pg_dir
 
 from signalfire.bus import NatsConfig
 from signalfire.config import Duration
@@ -87,18 +85,6 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 10.0) -
             if time.monotonic() > deadline:
                 raise
         await asyncio.sleep(0.05)
-
-
-@contextmanager
-def plain_postgres() -> Iterator[PostgresServer]:
-    """A private PostgreSQL server without TimescaleDB (the third edition the gateway supports)."""
-    data = temp_pg_dir()
-    server = PostgresServer(data, durable=False, timescaledb=False).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(data.parent, ignore_errors=True)
 
 
 async def write_held(
