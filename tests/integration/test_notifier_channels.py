@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import ssl
 import subprocess
 import time
@@ -30,6 +29,7 @@ from signalfire.notifier.channels.pagerduty import PagerDutyChannelConfig
 from signalfire.notifier.channels.slack import SlackChannelConfig
 from signalfire.notifier.channels.sms import SmsChannelConfig, segment_count
 from tests.support.alerts import firing_alert
+from tests.support.httpserver import received
 from tests.support.smtp import Mailbox, smtp_server
 
 #: For channels built only to check their settings: they never make a request.
@@ -50,15 +50,6 @@ ALERT = firing_alert(
     threshold=80.0,
 )
 RESOLVED = msgspec.structs.replace(ALERT, status="resolved", ends_at=1_763_795_000.0)
-
-
-def sent(httpserver: HTTPServer) -> list[Request]:
-    """Every request the stand-in provider got, in order."""
-    return [request for request, _ in httpserver.log]
-
-
-def json_of(request: Request) -> Any:
-    return json.loads(request.get_data())
 
 
 def hanging(seconds: float) -> Callable[[Request], Response]:
@@ -199,9 +190,9 @@ async def test_slack_webhook_posts_a_coloured_attachment(
     config = SlackChannelConfig(webhook_url_env="SLACK_URL")
     chan = channel(config, http, SLACK_URL=httpserver.url_for("/services/T0/B0/secret"))
     assert await chan.send(Notification(alert=ALERT)) is None
-    [request] = sent(httpserver)
+    [request] = received(httpserver)
     assert request.path == "/services/T0/B0/secret"
-    body = json_of(request)
+    body = request.get_json(force=True)
     assert body["text"] == "[FIRING] HighCPU on web-1 (high): CPU 93.2% on web-1"
     [attachment] = body["attachments"]
     assert attachment["color"] == "#f57c00"
@@ -210,7 +201,7 @@ async def test_slack_webhook_posts_a_coloured_attachment(
     assert {"title": "Value", "value": "93.2", "short": True} in attachment["fields"]
 
     await chan.send(Notification(alert=RESOLVED))
-    assert json_of(sent(httpserver)[-1])["attachments"][0]["color"] == "#2e7d32"
+    assert received(httpserver)[-1].get_json(force=True)["attachments"][0]["color"] == "#2e7d32"
 
 
 async def test_slack_bot_threads_the_resolved_notice_under_the_original(
@@ -225,13 +216,13 @@ async def test_slack_bot_threads_the_resolved_notice_under_the_original(
     assert reference == "1763794860.000100"
     await chan.send(Notification(alert=RESOLVED, reference=reference))
 
-    first, second = sent(httpserver)
+    first, second = received(httpserver)
     assert first.path == "/api/chat.postMessage"
     assert first.headers["Authorization"] == "Bearer xoxb-test-token"
-    posted = json_of(first) if first.get_data().startswith(b"{") else first.form
+    posted = first.get_json(force=True) if first.get_data().startswith(b"{") else first.form
     assert posted["channel"] == "#ops"
     assert "thread_ts" not in posted
-    threaded = json_of(second) if second.get_data().startswith(b"{") else second.form
+    threaded = second.get_json(force=True) if second.get_data().startswith(b"{") else second.form
     assert threaded["thread_ts"] == "1763794860.000100"
 
 
@@ -276,7 +267,7 @@ async def test_discord_embed_with_severity_colour(
         DiscordChannelConfig(webhook_url_env="DISCORD_URL"), http, DISCORD_URL=httpserver.url_for("/wh")
     )
     await chan.send(Notification(alert=ALERT))
-    body = json_of(sent(httpserver)[0])
+    body = received(httpserver)[0].get_json(force=True)
     assert body["content"] == "[FIRING] HighCPU on web-1 (high)"
     assert body["allowed_mentions"] == {"parse": []}
     [embed] = body["embeds"]
@@ -299,7 +290,7 @@ async def test_discord_keeps_within_its_limits(httpserver: HTTPServer, http: aio
         DiscordChannelConfig(webhook_url_env="DISCORD_URL"), http, DISCORD_URL=httpserver.url_for("/wh")
     )
     await chan.send(Notification(alert=alerts[0], alerts=alerts))
-    body = json_of(sent(httpserver)[0])
+    body = received(httpserver)[0].get_json(force=True)
     assert 1 <= len(body["embeds"]) <= 10
     total = 0
     for embed in body["embeds"]:
@@ -341,7 +332,7 @@ async def test_pagerduty_trigger_acknowledge_resolve_share_the_dedup_key(
     await chan.send(Notification(alert=ALERT, transition="acknowledged"))
     await chan.send(Notification(alert=RESOLVED))
 
-    trigger, ack, resolve = (json_of(r) for r in sent(httpserver))
+    trigger, ack, resolve = (r.get_json(force=True) for r in received(httpserver))
     assert trigger == {
         "routing_key": "R0UT1NGKEY",
         "event_action": "trigger",
@@ -380,7 +371,7 @@ async def test_pagerduty_severities(
         PagerDutyChannelConfig(routing_key_env="PD_KEY", url=httpserver.url_for("/e")), http, PD_KEY="k"
     )
     await chan.send(Notification(alert=msgspec.structs.replace(ALERT, severity=ours)))
-    assert json_of(sent(httpserver)[0])["payload"]["severity"] == theirs
+    assert received(httpserver)[0].get_json(force=True)["payload"]["severity"] == theirs
 
 
 async def test_pagerduty_bad_request_is_permanent(
@@ -424,7 +415,7 @@ async def test_sms_posts_twilio_form_with_basic_auth_in_one_segment(
     # é is in the GSM-7 alphabet (one septet); [ ] cost two each
     long = msgspec.structs.replace(ALERT, annotations={"summary": "CPU é [x] " + "x" * 300})
     assert await chan.send(Notification(alert=long)) == "SM123"
-    [request] = sent(httpserver)
+    [request] = received(httpserver)
     assert request.path == TWILIO_MESSAGES
     assert request.headers["Authorization"] == "Basic " + base64.b64encode(b"AC0123:tw-token").decode()
     form = request.form
@@ -493,7 +484,7 @@ async def test_redirects_are_not_followed_and_a_refused_connection_is_retried(
     chan = channel(DiscordChannelConfig(webhook_url_env="URL"), http, URL=httpserver.url_for(secret_path))
     moved = await failure(chan, Notification(alert=ALERT))
     assert not moved.retryable and str(moved) == "HTTP 302"
-    assert [r.path for r in sent(httpserver)] == [secret_path]
+    assert [r.path for r in received(httpserver)] == [secret_path]
 
     away = channel(
         DiscordChannelConfig(webhook_url_env="URL"), http, URL=f"http://127.0.0.1:{free_port()}{secret_path}"

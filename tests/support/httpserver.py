@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from pytest_httpserver import HTTPServer
+from werkzeug import Request
 
 
 def loopback_httpserver() -> HTTPServer:
@@ -15,3 +16,9 @@ def loopback_httpserver() -> HTTPServer:
     # werkzeug logs every request at INFO; a test reading its captured log means the service's lines
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     return HTTPServer(host="127.0.0.1", port=0, threaded=True)
+
+
+def received(server: HTTPServer) -> list[Request]:
+    """Every request ``server`` has answered, in order (its body is ``get_data()``, or
+    ``get_json(force=True)``, or ``form``)."""
+    return [request for request, _ in server.log]
