@@ -388,6 +388,14 @@ def test_the_default_rule_pack_loads_and_renders():
             "rules[0].flap.changes",
         ),
         ("{name: A, kind: anomaly, metric: m, alpha: 2, condition: '> 3', severity: low}", "rules[0].alpha"),
+        (
+            "{name: A, kind: null, metric: m, condition: '> 1', severity: low}",
+            "rules[0].kind: Expected `str`, got `null`",
+        ),
+        (
+            "{name: A, kind: 5, metric: m, condition: '> 1', severity: low}",
+            "rules[0].kind: Expected `str`, got `int`",
+        ),
     ],
 )
 def test_kind_specific_mistakes_name_the_field(tmp_path, rule, message):

@@ -87,6 +87,9 @@ def decode_rule(item: Any, check: RuleCheck, source: str, lines: Mapping[str, in
         # msgspec cannot default the tag of a tagged union: a rule without `kind:` is a
         # threshold rule, as it always was.
         item = {"kind": DEFAULT_KIND, **item}
+        if item["kind"] is None:  # msgspec would name the tag's type `NoneType`
+            check.add("kind", "Expected `str`, got `null`")
+            return None
         if isinstance(item["kind"], str):
             kind = item["kind"]
             if kind not in SPECS:
