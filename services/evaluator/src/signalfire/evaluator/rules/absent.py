@@ -18,6 +18,7 @@ class AbsentSpec(BaseRuleSpec, tag="absent", kw_only=True):
 
     #: Without a metric the rule watches hosts (any batch counts as data).
     metric: MetricName | None = None
+    #: The silence that fires; required here, as 0 would fire at once.
     for_: Duration = msgspec.field(name="for")
 
     def default_group(self) -> str:

@@ -11,6 +11,9 @@ from signalfire.evaluator.rules.base import ConditionRuleSpec, RuleCheck
 from signalfire.evaluator.rules.rule import Rule
 from signalfire.events import MetricName
 
+DEFAULT_ALPHA = 0.1
+DEFAULT_WARMUP = 30
+
 
 class AnomalySpec(ConditionRuleSpec, tag="anomaly", kw_only=True):
     """An anomaly rule as written."""
@@ -19,10 +22,11 @@ class AnomalySpec(ConditionRuleSpec, tag="anomaly", kw_only=True):
     groups = ("series",)
 
     metric: MetricName
-    #: EWMA smoothing factor: the weight of each new sample in the baseline.
-    alpha: Annotated[float, Meta(gt=0, le=1)] = 0.1
-    #: Samples that build the baseline before any is judged.
-    warmup: Annotated[int, Meta(ge=1)] = 30
+    #: EWMA smoothing factor: the weight of each new sample in the baseline. ``None`` (or
+    #: ``alpha: null``) is :data:`DEFAULT_ALPHA`, so a rule reads back as it was written.
+    alpha: Annotated[float, Meta(gt=0, le=1)] | None = None
+    #: Samples that build the baseline before any is judged; ``None`` is :data:`DEFAULT_WARMUP`.
+    warmup: Annotated[int, Meta(ge=1)] | None = None
 
     def compile(self, check: RuleCheck) -> Rule | None:
         group_by = check.group_by(self)
@@ -32,7 +36,7 @@ class AnomalySpec(ConditionRuleSpec, tag="anomaly", kw_only=True):
             condition,
             resolve,
             metric=self.metric,
-            alpha=self.alpha,
-            warmup=self.warmup,
+            alpha=self.alpha if self.alpha is not None else DEFAULT_ALPHA,
+            warmup=self.warmup if self.warmup is not None else DEFAULT_WARMUP,
             group_by=group_by,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
+import jinja2
 import msgspec
 from jinja2.sandbox import SandboxedEnvironment
 from msgspec import Meta
@@ -203,15 +204,9 @@ class RuleCheck:
         """
         if spec.severity not in SEVERITIES:
             self.add("severity", f"unknown severity {spec.severity!r}; allowed: {', '.join(SEVERITIES)}")
-        flap_changes, flap_window = 0, 0.0
-        if spec.flap is not None:
-            flap_changes, flap_window = spec.flap.changes, float(spec.flap.window)
-            if flap_window <= 0:
-                self.add("flap.window", "must be longer than 0s")
+        flap_changes, flap_window = self._flap(spec.flap)
         matchers = self._matchers(spec.where)
-        annotations, refused = compile_templates(spec.annotations, self.env)
-        for key, message in refused.items():
-            self.add(f"annotations.{key}", message)
+        annotations = self._annotations(spec.annotations)
         if self.failed or condition is None:
             return None
         fields: dict[str, Any] = {
@@ -239,6 +234,20 @@ class RuleCheck:
             max_series=spec.max_series,
             **fields,
         )
+
+    def _flap(self, flap: FlapSpec | None) -> tuple[int, float]:
+        """Flap damping's (changes, window); (0, 0.0) when off."""
+        if flap is None:
+            return 0, 0.0
+        if flap.window <= 0:
+            self.add("flap.window", "must be longer than 0s")
+        return flap.changes, float(flap.window)
+
+    def _annotations(self, texts: Mapping[str, str]) -> dict[str, jinja2.Template]:
+        templates, refused = compile_templates(texts, self.env)
+        for key, message in refused.items():
+            self.add(f"annotations.{key}", message)
+        return templates
 
     def _matchers(self, where: Mapping[str, str]) -> tuple[Matcher, ...]:
         matchers: list[Matcher] = []

@@ -101,6 +101,7 @@ def decode_rule(item: Any, check: RuleCheck, source: str, lines: Mapping[str, in
     prefix = f"$.{check.where}"
     own_lines = {"$" + k[len(prefix) :]: v for k, v in lines.items() if k.startswith(prefix)}
     try:
+        # msgspec picks the member by `kind`; convert() is typed for one class, not a union.
         spec: BaseRuleSpec = convert(item, RuleSpec, source=source, lines=own_lines)  # type: ignore[arg-type]
     except ConfigError as exc:
         path = f"{check.where}.{exc.field}" if exc.field else check.where
