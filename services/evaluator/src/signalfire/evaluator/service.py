@@ -31,6 +31,7 @@ from nats.js.kv import KeyValue
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.config import ConfigError, Duration
+from signalfire.consumers import Backoff
 from signalfire.evaluator.engine import Engine, Output
 from signalfire.evaluator.rules import DEFAULT_MAX_SERIES, Rule, expand_paths, load_rules
 from signalfire.evaluator.state import AlertState
@@ -50,8 +51,8 @@ from signalfire.telemetry import Registry, parse_listen, serve_metrics
 
 log = logging.getLogger("signalfire.evaluator")
 
-#: Longest wait between two attempts of a failed publish or KV write.
-MAX_BACKOFF = 5.0
+#: Waits between two attempts of a failed publish or KV write: 0.1 s doubling to 5 s.
+RETRY_BACKOFF = Backoff(first=0.1, cap=5.0)
 
 #: After a reconnect, decisions by time alone (absence, `for` running out) stay suspended
 #: until the payload subscriptions hold at most this many messages not yet evaluated (what
@@ -614,7 +615,7 @@ class EvaluatorService:
     async def _retry(self, what: Literal["kv", "publish"], attempt: Callable[[], Awaitable[object]]) -> bool:
         """Run ``attempt`` until it succeeds, backing off; gives up only while stopping."""
         counter = self.kv_failures if what == "kv" else self.publish_failures
-        delay = 0.1
+        delay = RETRY_BACKOFF.first
         failures = 0
         while True:
             try:
@@ -632,7 +633,7 @@ class EvaluatorService:
                 if self._stopping and failures >= 3:
                     return False
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF)
+                delay = RETRY_BACKOFF.delay(delay)
 
     # Control -----------------------------------------------------------------------------
 
