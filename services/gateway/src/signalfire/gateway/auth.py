@@ -33,11 +33,11 @@ from typing import Literal, get_args
 from urllib.parse import unquote_plus
 
 import asyncpg
+from prometheus_client import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from signalfire.gateway.errors import error_response
 from signalfire.ratelimit import RateLimiter
-from signalfire.telemetry import Counter
 
 log = logging.getLogger("signalfire.gateway.auth")
 
@@ -392,4 +392,4 @@ class AuthMiddleware:
         if self.failures is not None:
             self.failures.failed(address, token)
         if self.counters is not None:
-            self.counters.failures.inc(reason="missing" if token is None else "invalid")
+            self.counters.failures.labels(reason="missing" if token is None else "invalid").inc()
