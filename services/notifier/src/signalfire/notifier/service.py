@@ -39,7 +39,6 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from prometheus_client import Counter
 
 from signalfire.bus import connect, ensure_streams
 from signalfire.config import ConfigError
@@ -187,15 +186,6 @@ class NotifierService:
             "Alert events or actions JetStream stopped redelivering (max_deliver reached)",
             ["consumer"],
         )
-
-    @property
-    def deliveries(self) -> Counter:
-        """Delivery attempts by channel and outcome (from :meth:`start` on)."""
-        return self.dispatcher.deliveries
-
-    @property
-    def duplicates(self) -> Counter:
-        return self.dispatcher.duplicates
 
     @property
     def dispatcher(self) -> Dispatcher:
