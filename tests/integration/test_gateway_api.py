@@ -14,7 +14,6 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 
 from signalfire.bus import NatsConfig
 from signalfire.events import AgentStatus, AlertEvent, MetricBatch, Sample, encode
@@ -26,7 +25,7 @@ from tests.integration.gateway_support import (
     run_cli,
     running_gateway,
 )
-from tests.support.metrics import buckets, families, samples, total
+from tests.support.metrics import buckets, families, openmetrics_families, samples, total
 
 
 def metric_batch(host: str, when: float, cpu: float) -> MetricBatch:
@@ -269,7 +268,7 @@ async def test_health_readiness_and_metrics(
         # a scraper asking for OpenMetrics gets it, with the same samples
         assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
         assert openmetrics.text.endswith("# EOF\n")
-        parsed = {f.name: f for f in openmetrics_families(openmetrics.text)}
+        parsed = openmetrics_families(openmetrics.text)
         assert parsed["signalfire_gateway_ingest_lag_seconds"].type == "histogram"
 
         # NATS gone: the gateway is alive but not ready

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 
 #: The samples each kind of family has, after its name.
@@ -31,6 +32,13 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
 def families(text: str) -> dict[str, Metric]:
     """A ``/metrics`` page as its metric families by name (a counter's without ``_total``)."""
     return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def openmetrics_families(text: str) -> dict[str, Metric]:
+    """An OpenMetrics page as its metric families by name (its parser refuses a page without
+    the closing ``# EOF``)."""
+    parse = openmetrics_parser.text_string_to_metric_families  # untyped in prometheus_client
+    return {family.name: family for family in parse(text)}  # type: ignore[no-untyped-call]
 
 
 def buckets(family: Metric, **labels: str) -> list[tuple[float, float]]:

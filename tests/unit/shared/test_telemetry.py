@@ -4,10 +4,9 @@ import asyncio
 
 import pytest
 from prometheus_client import generate_latest
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 
 from signalfire.telemetry import Registry, parse_listen, serve_metrics
-from tests.support.metrics import buckets, families, samples, total, value
+from tests.support.metrics import buckets, families, openmetrics_families, samples, total, value
 
 
 def test_renders_counters_gauges_and_histograms_in_the_prometheus_text_format() -> None:
@@ -102,7 +101,7 @@ async def test_serves_metrics_over_http() -> None:
 
         head, body = await _get(port, "/metrics", "application/openmetrics-text; version=1.0.0")
         assert "Content-Type: application/openmetrics-text" in head
-        assert {f.name: f.type for f in openmetrics_families(body)} == {
+        assert {name: f.type for name, f in openmetrics_families(body).items()} == {
             "signalfire_test_up": "counter",
             "signalfire_test_wait_seconds": "histogram",
         }
