@@ -22,6 +22,10 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 
+# The metric types are the library's own; services import them from here, the package that
+# depends on prometheus_client.
+__all__ = ["Counter", "Gauge", "Histogram", "Registry", "exposition", "parse_listen", "serve_metrics"]
+
 log = logging.getLogger("signalfire.telemetry")
 
 

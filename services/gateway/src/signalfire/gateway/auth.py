@@ -33,11 +33,11 @@ from typing import Literal, get_args
 from urllib.parse import unquote_plus
 
 import asyncpg
-from prometheus_client import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from signalfire.gateway.errors import error_response
 from signalfire.ratelimit import RateLimiter
+from signalfire.telemetry import Counter
 
 log = logging.getLogger("signalfire.gateway.auth")
 

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import asyncpg
 import msgspec
-from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -48,6 +47,7 @@ from signalfire.gateway.stream import (
     StreamHub,
     Subscription,
 )
+from signalfire.telemetry import Counter
 
 log = logging.getLogger("signalfire.gateway.live")
 

@@ -8,7 +8,6 @@ import time
 
 import asyncpg
 import msgspec
-from prometheus_client import Counter, Histogram
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
@@ -17,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from signalfire.gateway.auth import Principal, Refusal
 from signalfire.gateway.errors import ApiError, error_response
 from signalfire.gateway.params import reject_nul
+from signalfire.telemetry import Counter, Histogram
 
 log = logging.getLogger("signalfire.gateway.api")
 
