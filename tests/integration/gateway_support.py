@@ -23,6 +23,7 @@ from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.rollup import Rollups
 from signalfire.gateway.service import GatewayService
 from signalfire.gateway.store import MetricsWritten, Store
+from tests.support.metrics import value
 
 T = TypeVar("T")
 
@@ -55,10 +56,8 @@ class RunningGateway:
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=10)
 
     def counter(self, name: str, **labels: str) -> float:
-        for metric in self.service.registry._metrics.values():
-            if metric.name == f"signalfire_gateway_{name}":
-                return metric.value(**labels)
-        raise KeyError(name)
+        """The gateway's sample ``signalfire_gateway_<name>{labels}`` (``KeyError`` for an unknown name)."""
+        return value(self.service.registry, f"signalfire_gateway_{name}", **labels)
 
 
 @asynccontextmanager

@@ -26,6 +26,7 @@ from signalfire.notifier.cli import notify_test
 from signalfire.notifier.config import NotifyConfig, Route
 from signalfire.notifier.service import DURABLE, NotifierService
 from tests.support.alerts import firing_alert, publish_alert
+from tests.support.metrics import value
 from tests.support.polling import wait_until
 from tests.support.subscriptions import collect
 from tests.support.webhook import WebhookReceiver
@@ -109,8 +110,13 @@ async def test_firing_alert_is_posted_once_with_the_documented_signed_body(
             alert.host,
             None,
         )
-        assert service.deliveries.value(channel="hook", status="sent") == 1
-        assert service.alerts_received.value(status="firing") == 1
+        assert (
+            value(service.registry, "signalfire_notifier_deliveries_total", channel="hook", status="sent")
+            == 1
+        )
+        timed = "signalfire_notifier_delivery_duration_seconds_count"
+        assert value(service.registry, timed, channel="hook") == 1
+        assert value(service.registry, "signalfire_notifier_alerts_received_total", status="firing") == 1
     finally:
         await service.stop()
 
@@ -130,7 +136,11 @@ async def test_the_same_event_again_is_not_sent_twice(
         # Published again under another id (e.g. after the dedup window): the ledger skips it.
         await publish_alert(nc, nats_config, alert, msg_id="another-id")
         await wait_until(
-            lambda: service.duplicates.value(channel="hook") == 1, "the duplicate to be skipped", timeout=15
+            lambda: (
+                value(service.registry, "signalfire_notifier_duplicates_skipped_total", channel="hook") == 1
+            ),
+            "the duplicate to be skipped",
+            timeout=15,
         )
     finally:
         await service.stop()
@@ -141,7 +151,11 @@ async def test_the_same_event_again_is_not_sent_twice(
     service = await started(config, nc)
     try:
         await wait_until(
-            lambda: service.duplicates.value(channel="hook") == 2, "redeliveries to be skipped", timeout=15
+            lambda: (
+                value(service.registry, "signalfire_notifier_duplicates_skipped_total", channel="hook") == 2
+            ),
+            "redeliveries to be skipped",
+            timeout=15,
         )
     finally:
         await service.stop()
@@ -223,7 +237,7 @@ async def test_malformed_message_is_terminated_and_counted_and_the_next_one_deli
         info = await js.consumer_info(nats_config.subjects.alerts_stream, DURABLE)
     finally:
         await service.stop()
-    assert service.rejected.value(reason="malformed") == 2
+    assert value(service.registry, "signalfire_notifier_rejected_messages_total", reason="malformed") == 2
     assert [b["alert"]["id"] for b in receiver.bodies("hook")] == ["good"]
     assert info.num_ack_pending == 0
     assert info.num_redelivered == 0
@@ -237,7 +251,11 @@ async def test_unrouted_alerts_are_acked_and_counted(
     service = await started(config, nc)
     try:
         await publish_alert(nc, nats_config, make_alert(severity="low"))
-        await wait_until(lambda: service.unrouted.value() == 1, "the alert to be routed nowhere", timeout=15)
+        await wait_until(
+            lambda: value(service.registry, "signalfire_notifier_alerts_unrouted_total") == 1,
+            "the alert to be routed nowhere",
+            timeout=15,
+        )
     finally:
         await service.stop()
     assert receiver.posted() == []
@@ -258,7 +276,10 @@ async def test_replicas_share_the_work_without_sending_twice(
             await replica.stop()
     ids = [b["alert"]["id"] for b in receiver.bodies("hook")]
     assert sorted(ids) == sorted(a.id for a in alerts)
-    assert sum(r.alerts_received.value(status="firing") for r in replicas) == 20
+    assert (
+        sum(value(r.registry, "signalfire_notifier_alerts_received_total", status="firing") for r in replicas)
+        == 20
+    )
 
 
 @pytest.fixture
