@@ -1,21 +1,33 @@
-"""Fixtures with real servers: a private nats-server (JetStream) and PostgreSQL + TimescaleDB.
+"""Fixtures with real servers: a private nats-server (JetStream), PostgreSQL + TimescaleDB, and
+pytest-httpserver's ``httpserver`` on loopback.
 
-Both servers start once per test session on free loopback ports and are stopped by PID at
-the end. Tests are isolated from each other without restarts: each test gets its own NATS
+NATS and PostgreSQL start once per test session on free loopback ports and are stopped by PID
+at the end. Tests are isolated from each other without restarts: each test gets its own NATS
 subject prefix (so its own streams and KV buckets) and its own database.
 """
 
 from __future__ import annotations
 
 import secrets
-import shutil
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
-from devstack import NatsServer, PostgresServer, temp_pg_dir
+from devstack import NatsServer, PostgresServer, private_postgres
+from pytest_httpserver import HTTPServer
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
+from tests.support.httpserver import loopback_httpserver
+
+
+@pytest.fixture
+def httpserver() -> Iterator[HTTPServer]:
+    """pytest-httpserver's fixture, threaded and on 127.0.0.1, one server per test: the
+    plugin's own is one server for the session on "localhost", where a handler still sleeping
+    for one test would answer in the next. Fails the test at teardown if a request matched no
+    handler."""
+    with loopback_httpserver() as server:
+        yield server
+        server.check()
 
 
 @pytest.fixture(scope="session")
@@ -46,13 +58,8 @@ async def nc(nats_config: NatsConfig) -> AsyncIterator[object]:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    data = temp_pg_dir()
-    server = PostgresServer(data, durable=False).start()
-    try:
+    with private_postgres() as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(Path(data).parent, ignore_errors=True)
 
 
 @pytest.fixture

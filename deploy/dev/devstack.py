@@ -432,20 +432,32 @@ def http_ok(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def private_servers(state: Path, *, durable: bool = False) -> Iterator[tuple[NatsServer, PostgresServer]]:
-    """A nats-server (data under ``state``) and a PostgreSQL server in a fresh directory, on
-    free ports; both stopped, and PostgreSQL's directory removed, when the block ends."""
+def private_postgres(*, durable: bool = False, timescaledb: bool | None = None) -> Iterator[PostgresServer]:
+    """A PostgreSQL server in a fresh directory on a free loopback port, TimescaleDB preloaded
+    when installed (``timescaledb=False``: plain PostgreSQL); stopped by PID, and its directory
+    removed, when the block ends. The one way tests and benchmarks get a private server; the
+    body may stop and start it again (an outage)."""
     pg_dir = temp_pg_dir()
-    nats = NatsServer(state / "nats").start()
     try:
-        postgres = PostgresServer(pg_dir, durable=durable).start()
+        postgres = PostgresServer(pg_dir, durable=durable, timescaledb=timescaledb).start()
         try:
-            yield nats, postgres
+            yield postgres
         finally:
             postgres.stop()
     finally:
-        nats.stop()
         shutil.rmtree(pg_dir.parent, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_servers(state: Path, *, durable: bool = False) -> Iterator[tuple[NatsServer, PostgresServer]]:
+    """A nats-server (data under ``state``) and a PostgreSQL server in a fresh directory, on
+    free ports; both stopped, and PostgreSQL's directory removed, when the block ends."""
+    nats = NatsServer(state / "nats").start()
+    try:
+        with private_postgres(durable=durable) as postgres:
+            yield nats, postgres
+    finally:
+        nats.stop()
 
 
 def start_gateway(

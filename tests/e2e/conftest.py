@@ -2,7 +2,8 @@
 
 Started the way `make up` starts it (``devstack.stack``): nats-server, PostgreSQL with
 TimescaleDB, ``signalfire gateway``, ``evaluator``, ``notifier`` and an ``agent`` for this host,
-all on free loopback ports. A stdlib HTTP server stands in for the webhook receiver.
+all on free loopback ports. The webhook receiver of tests/support/webhook.py
+(pytest-httpserver) records what the notifier sends.
 """
 
 from __future__ import annotations
@@ -14,21 +15,17 @@ from typing import Any
 import pytest
 from devstack import CHROMIUM_ARGS, Stack, free_port, stack
 
-from tests.e2e.support import Receiver
+from tests.support.webhook import WebhookReceiver
 
 
 @pytest.fixture(scope="session")
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    r.thread.start()
-    try:
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as r:
         yield r
-    finally:
-        r.server.shutdown()
 
 
 @pytest.fixture(scope="session")
-def running(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Stack]:
+def running(tmp_path_factory: pytest.TempPathFactory, receiver: WebhookReceiver) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
     rules = root / "rules.yaml"
     rules.write_text(
@@ -58,7 +55,7 @@ rules:
 channels:
   hook:
     type: webhook
-    url: {receiver.url}
+    url: {receiver.url("hook")}
   dev-log:
     type: log
 routes:

@@ -1,44 +1,22 @@
-"""Helpers shared by the end-to-end tests: the webhook receiver, polling and API calls."""
+"""Helpers shared by the end-to-end tests: what the webhook receiver got, polling and API calls."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 from devstack import Stack
 
+from tests.support.webhook import WebhookReceiver
+
 HOST = "e2e-web-1.example.com"
 
 
-class Receiver:
-    """A webhook receiver: records every POST body it gets."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        received = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                received.append(json.loads(self.rfile.read(length)))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def statuses(self) -> list[str]:
-        return [str(b.get("status")) for b in self.bodies if b.get("alert", {}).get("host") == HOST]
+def statuses(receiver: WebhookReceiver) -> list[str]:
+    """The status of every webhook message the ``hook`` channel got about the test host."""
+    return [str(b.get("status")) for b in receiver.bodies("hook") if b.get("alert", {}).get("host") == HOST]
 
 
 def wait_until(check: Any, timeout: float, what: str, stack_: Stack) -> Any:

@@ -2,8 +2,8 @@
 
 Everything is real and runs as separate processes, started the way `make up` starts them
 (``devstack.stack``): nats-server, PostgreSQL with TimescaleDB, ``signalfire gateway``,
-``signalfire evaluator``, ``signalfire notifier`` and ``signalfire agent`` for this host. A
-stdlib HTTP server on loopback stands in for the webhook receiver.
+``signalfire evaluator``, ``signalfire notifier`` and ``signalfire agent`` for this host. The
+webhook receiver of tests/support/webhook.py (pytest-httpserver) records what it is sent.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from devstack import Stack
 
 from signalfire.bus import connect
 from signalfire.events import AlertEvent, MetricBatch, Sample, decode, encode
-from tests.e2e.support import HOST, Receiver, api, wait_until
+from tests.e2e.support import HOST, api, statuses, wait_until
+from tests.support.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.slow
 
 
-async def test_metric_to_alert_to_webhook_and_api(running: Stack, receiver: Receiver) -> None:
+async def test_metric_to_alert_to_webhook_and_api(running: Stack, receiver: WebhookReceiver) -> None:
     nc = await connect(running.nats_config(), "e2e")
     events: list[tuple[float, AlertEvent]] = []
 
@@ -75,7 +76,7 @@ async def test_metric_to_alert_to_webhook_and_api(running: Stack, receiver: Rece
         assert firing.value == 99.0
         assert firing.annotations["summary"] == f"CPU 99.0% on {HOST}"
 
-        await until(lambda: "firing" in receiver.statuses(), 15, "the webhook POST for firing")
+        await until(lambda: "firing" in statuses(receiver), 15, "the webhook POST for firing")
 
         # Staying high is not a new alert.
         await publish(98.0)
@@ -88,9 +89,9 @@ async def test_metric_to_alert_to_webhook_and_api(running: Stack, receiver: Rece
         await asyncio.sleep(1.0)
         assert [e.status for _, e in events] == ["firing", "resolved"]
         assert events[1][1].id == firing.id
-        await until(lambda: "resolved" in receiver.statuses(), 15, "the webhook POST for resolved")
-        assert receiver.statuses().count("firing") == 1
-        assert receiver.statuses().count("resolved") == 1
+        await until(lambda: "resolved" in statuses(receiver), 15, "the webhook POST for resolved")
+        assert statuses(receiver).count("firing") == 1
+        assert statuses(receiver).count("resolved") == 1
     finally:
         await nc.close()
 

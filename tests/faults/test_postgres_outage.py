@@ -4,13 +4,13 @@ once it is back, every sample, alert event and delivery result is stored exactly
 from __future__ import annotations
 
 import asyncio
-import shutil
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from devstack import PostgresServer, free_port, temp_pg_dir
+from devstack import free_port, private_postgres
 
 from signalfire.bus import NatsConfig
 from signalfire.events import DeliveryResult, MetricBatch, Sample, encode
@@ -70,8 +70,8 @@ async def test_postgres_down_longer_than_ack_wait_times_max_deliver_loses_nothin
     nc: Any, nats_config: NatsConfig, tmp_path: Path
 ) -> None:
     js = nc.jetstream()
-    pg_dir = temp_pg_dir()
-    postgres = await asyncio.to_thread(PostgresServer(pg_dir, durable=False).start)
+    cleanup = contextlib.ExitStack()
+    postgres = await asyncio.to_thread(cleanup.enter_context, private_postgres())
     database_url = await asyncio.to_thread(postgres.create_database, "signalfire")
     port = free_port()
     env = service_env(
@@ -145,8 +145,7 @@ async def test_postgres_down_longer_than_ack_wait_times_max_deliver_loses_nothin
         stop.set()
         publisher.cancel()
         gateway.stop()
-        await asyncio.to_thread(postgres.stop)
-        shutil.rmtree(pg_dir.parent, ignore_errors=True)
+        await asyncio.to_thread(cleanup.close)
     report(
         "postgres-outage",
         outage_s=f"{outage:.1f}",

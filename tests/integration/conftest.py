@@ -7,16 +7,16 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
-from devstack import PostgresServer
+from devstack import PostgresServer, private_postgres
 
 from signalfire.gateway.migrate import migrate
-from tests.integration.gateway_support import plain_postgres
 
 
 @pytest.fixture(scope="module")
 def plain_server() -> Iterator[PostgresServer]:
-    """PostgreSQL without TimescaleDB, for the module's tests."""
-    with plain_postgres() as server:
+    """PostgreSQL without TimescaleDB (the third edition the gateway supports), for the
+    module's tests."""
+    with private_postgres(timescaledb=False) as server:
         yield server
 
 

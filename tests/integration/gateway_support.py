@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import msgspec
-from devstack import PostgresServer, temp_pg_dir
 
 from signalfire.bus import NatsConfig
 from signalfire.config import Duration
@@ -25,6 +23,7 @@ from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.rollup import Rollups
 from signalfire.gateway.service import GatewayService
 from signalfire.gateway.store import MetricsWritten, Store
+from tests.support.metrics import value
 
 T = TypeVar("T")
 
@@ -57,10 +56,8 @@ class RunningGateway:
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=10)
 
     def counter(self, name: str, **labels: str) -> float:
-        for metric in self.service.registry._metrics.values():
-            if metric.name == f"signalfire_gateway_{name}":
-                return metric.value(**labels)
-        raise KeyError(name)
+        """The gateway's sample ``signalfire_gateway_<name>{labels}`` (``KeyError`` for an unknown name)."""
+        return value(self.service.registry, f"signalfire_gateway_{name}", **labels)
 
 
 @asynccontextmanager
@@ -87,18 +84,6 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 10.0) -
             if time.monotonic() > deadline:
                 raise
         await asyncio.sleep(0.05)
-
-
-@contextmanager
-def plain_postgres() -> Iterator[PostgresServer]:
-    """A private PostgreSQL server without TimescaleDB (the third edition the gateway supports)."""
-    data = temp_pg_dir()
-    server = PostgresServer(data, durable=False, timescaledb=False).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(data.parent, ignore_errors=True)
 
 
 async def write_held(

@@ -41,6 +41,7 @@ from signalfire.notifier.tracking import alert_key
 from signalfire.subjects import Subjects
 from tests.integration.gateway_support import eventually, gateway_config, running_gateway
 from tests.support.alerts import firing_alert
+from tests.support.metrics import value
 from tests.support.redelivery import die_holding_it
 from tests.support.subscriptions import collect
 
@@ -288,7 +289,14 @@ async def test_the_notifier_records_what_jetstream_gave_up_on_as_its_own_identit
     try:
 
         async def recorded() -> None:
-            assert notifier.given_up.value(consumer=notifier_service.DURABLE) == 1
+            assert (
+                value(
+                    notifier.registry,
+                    "signalfire_notifier_events_given_up_total",
+                    consumer=notifier_service.DURABLE,
+                )
+                == 1
+            )
 
         await eventually(recorded)
     finally:
@@ -400,7 +408,7 @@ async def test_an_agent_cannot_raise_alerts_for_another_host_from_its_own_subjec
 
 
 async def _counted(evaluator: EvaluatorService, invalid: int) -> None:
-    assert evaluator.invalid_batches.value() == invalid
+    assert value(evaluator.registry, "signalfire_evaluator_invalid_batches_total") == invalid
 
 
 @pytest.mark.parametrize("identity", ["admin", "evaluator", "notifier", user_name("agent", WEB1)])

@@ -20,6 +20,7 @@ from signalfire.config import Duration
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
 from signalfire.events import AlertEvent, MetricBatch, Sample, decode, encode
 from tests.integration.test_agent_publish import counters
+from tests.support.metrics import value
 from tests.support.polling import wait_until
 from tests.support.private_nats import private_nats
 
@@ -108,7 +109,13 @@ async def test_an_outage_raises_host_down_only_for_the_host_that_really_stopped(
         await wait_until(lambda: not evaluator.engine.blind, "absence judged again", timeout=30)
         # "gone" fires `for` after the evaluator sees again; wait a little past that for any
         # false firing to show up too.
-        await wait_until(lambda: evaluator.alert_events.value(status="firing") >= 1, "gone fires", 30)
+        await wait_until(
+            lambda: (
+                value(evaluator.registry, "signalfire_evaluator_alert_events_total", status="firing") >= 1
+            ),
+            "gone fires",
+            30,
+        )
         await asyncio.sleep(2 * FOR)
         assert counters(steady)["agent.batches_dropped"] == 0
     finally:

@@ -25,6 +25,7 @@ from tests.integration.gateway_support import (
     run_cli,
     running_gateway,
 )
+from tests.support.metrics import buckets, families, openmetrics_families, samples, total
 
 
 def metric_batch(host: str, when: float, cpu: float) -> MetricBatch:
@@ -241,11 +242,34 @@ async def test_health_readiness_and_metrics(
         async with httpx.AsyncClient(base_url=gw.url) as http:
             assert (await http.get("/healthz")).json() == {"status": "ok"}
             assert (await http.get("/readyz")).json() == {"status": "ready"}
-            text = (await http.get("/metrics")).text
-        assert 'signalfire_gateway_ingest_messages_total{kind="metrics"} 1' in text
-        assert "signalfire_gateway_ingest_samples_total 3" in text
-        assert 'signalfire_gateway_ingest_rejected_total{reason="invalid_payload"} 1' in text
-        assert 'signalfire_gateway_http_requests_total{method="GET",route="/readyz",status="200"} 1' in text
+            page = await http.get("/metrics")
+            openmetrics = await http.get(
+                "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+            )
+        assert page.headers["content-type"].startswith("text/plain; version=0.0.4")
+        found = samples(page.text)  # prometheus_client's parser: the page must parse
+        assert total(found, "signalfire_gateway_ingest_messages_total", kind="metrics") == 1
+        assert total(found, "signalfire_gateway_ingest_samples_total") == 3
+        assert total(found, "signalfire_gateway_ingest_rejected_total", reason="invalid_payload") == 1
+        requests = "signalfire_gateway_http_requests_total"
+        assert total(found, requests, method="GET", route="/readyz", status="200") == 1
+        # histograms with buckets: the HTTP requests answered, the round that stored the batch
+        pages = families(page.text)
+        duration = pages["signalfire_gateway_http_request_duration_seconds"]
+        assert duration.type == "histogram"
+        readyz = buckets(duration, method="GET", route="/readyz")
+        assert len(readyz) > 1 and readyz[-1] == (float("inf"), 1.0)
+        assert [count for _, count in readyz] == sorted(count for _, count in readyz)  # cumulative
+        for name in ("signalfire_gateway_ingest_write_seconds", "signalfire_gateway_ingest_lag_seconds"):
+            assert pages[name].type == "histogram"
+            stored = buckets(pages[name], consumer="gateway-metrics")
+            assert stored[-1] == (float("inf"), 1.0), name  # one round stored one message
+            assert total(found, f"{name}_sum", consumer="gateway-metrics") >= 0
+        # a scraper asking for OpenMetrics gets it, with the same samples
+        assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+        assert openmetrics.text.endswith("# EOF\n")
+        parsed = openmetrics_families(openmetrics.text)
+        assert parsed["signalfire_gateway_ingest_lag_seconds"].type == "histogram"
 
         # NATS gone: the gateway is alive but not ready
         assert gw.service.nc is not None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
+import contextlib
 import time
 from pathlib import Path
 
@@ -263,11 +263,11 @@ async def test_samples_is_a_hypertable_when_timescaledb_is_there(database_url: s
 async def test_a_database_outage_loses_nothing_on_plain_postgresql(
     nc, nats_config: NatsConfig, tmp_path: Path
 ) -> None:
-    from devstack import PostgresServer, temp_pg_dir
+    from devstack import private_postgres
 
     # A private server without TimescaleDB that this test may stop and start.
-    data = temp_pg_dir()
-    server = await asyncio.to_thread(PostgresServer(data, durable=False, timescaledb=False).start)
+    cleanup = contextlib.ExitStack()
+    server = await asyncio.to_thread(cleanup.enter_context, private_postgres(timescaledb=False))
     try:
         database_url = await asyncio.to_thread(server.create_database, "outage")
         config = gateway_config(nats_config, database_url, tmp_path, max_backoff=Duration(0.5))
@@ -298,8 +298,7 @@ async def test_a_database_outage_loses_nothing_on_plain_postgresql(
         assert not hypertable
         assert brin
     finally:
-        await asyncio.to_thread(server.stop)
-        shutil.rmtree(data.parent, ignore_errors=True)
+        await asyncio.to_thread(cleanup.close)
 
 
 async def _stored(database_url: str, expected: int) -> None:

@@ -23,6 +23,7 @@ from signalfire.gateway.migrate import migrate
 from signalfire.gateway.rollup import PendingBatch, RollupRepair, Rollups, plan_repair, repair_rollups
 from signalfire.gateway.store import Store
 from tests.integration.gateway_support import eventually, gateway_config, running_gateway, write_held
+from tests.support.metrics import samples, total
 
 HOUR = 3600.0
 Cells = dict[tuple[int, float], rollup.Cell]
@@ -298,8 +299,9 @@ async def test_the_gateway_repairs_orphans_and_counts_them(
                     return (await client.get("/metrics")).text
 
             text = await eventually(counted)
-        assert "signalfire_gateway_rollup_repairs_total 1" in text
-        assert "signalfire_gateway_rollup_orphans_unrepairable_total 1" in text
+        page = samples(text)
+        assert total(page, "signalfire_gateway_rollup_repairs_total") == 1
+        assert total(page, "signalfire_gateway_rollup_orphans_unrepairable_total") == 1
         assert await db.fetchval("SELECT count(*) FROM rollup_pending") == 0
         assert await db.fetchval("SELECT sum(count) FROM samples_1m") == 3
     finally:

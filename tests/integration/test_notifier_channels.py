@@ -1,20 +1,15 @@
-"""Every channel type against a real server on loopback: aiosmtpd for email, recording HTTP
-servers standing in for Slack, Discord, PagerDuty and Twilio. Exact payloads, what each
-answer means (accepted, retry with its wait, permanent failure), and timeouts."""
+"""Every channel type against a real server on loopback: aiosmtpd for email, pytest-httpserver
+standing in for Slack, Discord, PagerDuty and Twilio. Exact payloads, what each answer means
+(accepted, retry with its wait, permanent failure), and timeouts."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import ssl
 import subprocess
-import threading
 import time
-import urllib.parse
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,6 +17,8 @@ import aiohttp
 import msgspec
 import pytest
 from devstack import free_port
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
 
 from signalfire.config import ConfigError, Duration
 from signalfire.notifier.channels import ChannelContext, DeliveryError, Notification, build_channel
@@ -32,6 +29,7 @@ from signalfire.notifier.channels.pagerduty import PagerDutyChannelConfig
 from signalfire.notifier.channels.slack import SlackChannelConfig
 from signalfire.notifier.channels.sms import SmsChannelConfig, segment_count
 from tests.support.alerts import firing_alert
+from tests.support.httpserver import received
 from tests.support.smtp import Mailbox, smtp_server
 
 #: For channels built only to check their settings: they never make a request.
@@ -54,74 +52,14 @@ ALERT = firing_alert(
 RESOLVED = msgspec.structs.replace(ALERT, status="resolved", ends_at=1_763_795_000.0)
 
 
-@dataclass
-class Answer:
-    status: int = 200
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    hang: float = 0.0
+def hanging(seconds: float) -> Callable[[Request], Response]:
+    """A provider that answers only after ``seconds`` (to exercise the channels' timeouts)."""
 
+    def answer(request: Request) -> Response:
+        time.sleep(seconds)
+        return Response(b"")
 
-@dataclass
-class Request:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def form(self) -> dict[str, str]:
-        return dict(urllib.parse.parse_qsl(self.body.decode()))
-
-
-class Provider:
-    """A stand-in for a provider's HTTP API: records every POST and answers from a script
-    (then ``default``); an answer may hang to exercise timeouts."""
-
-    def __init__(self, default: Answer | None = None) -> None:
-        self.script: list[Answer] = []
-        self.default = default or Answer()
-        self.requests: list[Request] = []
-        self._lock = threading.Lock()
-        provider = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with provider._lock:
-                    provider.requests.append(Request(self.path, dict(self.headers.items()), body))
-                    answer = provider.script.pop(0) if provider.script else provider.default
-                if answer.hang:
-                    time.sleep(answer.hang)
-                self.send_response(answer.status)
-                for name, value in answer.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(answer.body)))
-                self.end_headers()
-                self.wfile.write(answer.body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-@pytest.fixture
-def provider() -> Iterator[Provider]:
-    server = Provider()
-    yield server
-    server.close()
+    return answer
 
 
 @pytest.fixture
@@ -246,15 +184,15 @@ def test_email_password_from_a_file(tmp_path: Path) -> None:
 
 
 async def test_slack_webhook_posts_a_coloured_attachment(
-    provider: Provider, http: aiohttp.ClientSession
+    httpserver: HTTPServer, http: aiohttp.ClientSession
 ) -> None:
-    provider.default = Answer(body=b"ok")
+    httpserver.expect_request("/services/T0/B0/secret", method="POST").respond_with_data("ok")
     config = SlackChannelConfig(webhook_url_env="SLACK_URL")
-    chan = channel(config, http, SLACK_URL=provider.url + "/services/T0/B0/secret")
+    chan = channel(config, http, SLACK_URL=httpserver.url_for("/services/T0/B0/secret"))
     assert await chan.send(Notification(alert=ALERT)) is None
-    [request] = provider.requests
+    [request] = received(httpserver)
     assert request.path == "/services/T0/B0/secret"
-    body = request.json()
+    body = request.get_json(force=True)
     assert body["text"] == "[FIRING] HighCPU on web-1 (high): CPU 93.2% on web-1"
     [attachment] = body["attachments"]
     assert attachment["color"] == "#f57c00"
@@ -263,39 +201,39 @@ async def test_slack_webhook_posts_a_coloured_attachment(
     assert {"title": "Value", "value": "93.2", "short": True} in attachment["fields"]
 
     await chan.send(Notification(alert=RESOLVED))
-    assert provider.requests[-1].json()["attachments"][0]["color"] == "#2e7d32"
+    assert received(httpserver)[-1].get_json(force=True)["attachments"][0]["color"] == "#2e7d32"
 
 
 async def test_slack_bot_threads_the_resolved_notice_under_the_original(
-    provider: Provider, http: aiohttp.ClientSession
+    httpserver: HTTPServer, http: aiohttp.ClientSession
 ) -> None:
-    provider.default = Answer(
-        body=b'{"ok": true, "channel": "C1", "ts": "1763794860.000100"}',
-        headers={"Content-Type": "application/json"},
+    httpserver.expect_request("/api/chat.postMessage", method="POST").respond_with_json(
+        {"ok": True, "channel": "C1", "ts": "1763794860.000100"}
     )
-    config = SlackChannelConfig(token_env="SLACK_TOKEN", channel="#ops", api_url=provider.url + "/api/")
+    config = SlackChannelConfig(token_env="SLACK_TOKEN", channel="#ops", api_url=httpserver.url_for("/api/"))
     chan = channel(config, http, SLACK_TOKEN="xoxb-test-token")
     reference = await chan.send(Notification(alert=ALERT))
     assert reference == "1763794860.000100"
     await chan.send(Notification(alert=RESOLVED, reference=reference))
 
-    first, second = provider.requests
+    first, second = received(httpserver)
     assert first.path == "/api/chat.postMessage"
     assert first.headers["Authorization"] == "Bearer xoxb-test-token"
-    posted = json.loads(first.body) if first.body.startswith(b"{") else first.form()
+    posted = first.get_json(force=True) if first.get_data().startswith(b"{") else first.form
     assert posted["channel"] == "#ops"
     assert "thread_ts" not in posted
-    threaded = json.loads(second.body) if second.body.startswith(b"{") else second.form()
+    threaded = second.get_json(force=True) if second.get_data().startswith(b"{") else second.form
     assert threaded["thread_ts"] == "1763794860.000100"
 
 
-async def test_slack_rate_limit_and_errors(provider: Provider, http: aiohttp.ClientSession) -> None:
-    config = SlackChannelConfig(token_env="SLACK_TOKEN", channel="#ops", api_url=provider.url + "/api/")
+async def test_slack_rate_limit_and_errors(httpserver: HTTPServer, http: aiohttp.ClientSession) -> None:
+    config = SlackChannelConfig(token_env="SLACK_TOKEN", channel="#ops", api_url=httpserver.url_for("/api/"))
     chan = channel(config, http, SLACK_TOKEN="xoxb-test-token")
-    provider.script = [
-        Answer(429, b'{"ok": false, "error": "ratelimited"}', {"Retry-After": "7"}),
-        Answer(200, b'{"ok": false, "error": "channel_not_found"}', {"Content-Type": "application/json"}),
-    ]
+    post = "/api/chat.postMessage"
+    httpserver.expect_ordered_request(post).respond_with_data(
+        '{"ok": false, "error": "ratelimited"}', 429, {"Retry-After": "7"}
+    )
+    httpserver.expect_ordered_request(post).respond_with_json({"ok": False, "error": "channel_not_found"})
     limited = await failure(chan, Notification(alert=ALERT))
     assert limited.retryable and limited.retry_after == 7.0
     refused = await failure(chan, Notification(alert=ALERT))
@@ -304,14 +242,15 @@ async def test_slack_rate_limit_and_errors(provider: Provider, http: aiohttp.Cli
 
 
 async def test_slack_webhook_500_is_retryable_and_a_hang_times_out(
-    provider: Provider, http: aiohttp.ClientSession
+    httpserver: HTTPServer, http: aiohttp.ClientSession
 ) -> None:
     chan = channel(
         SlackChannelConfig(webhook_url_env="SLACK_URL", timeout=Duration(1)),
         http,
-        SLACK_URL=provider.url + "/hook",
+        SLACK_URL=httpserver.url_for("/hook"),
     )
-    provider.script = [Answer(500, b"oops"), Answer(hang=2.0)]
+    httpserver.expect_ordered_request("/hook").respond_with_data("oops", 500)
+    httpserver.expect_ordered_request("/hook").respond_with_handler(hanging(2.0))
     assert (await failure(chan, Notification(alert=ALERT))).retryable
     hung = await failure(chan, Notification(alert=ALERT))
     assert hung.retryable and "/hook" not in str(hung)
@@ -320,13 +259,15 @@ async def test_slack_webhook_500_is_retryable_and_a_hang_times_out(
 # --- Discord -----------------------------------------------------------------------------
 
 
-async def test_discord_embed_with_severity_colour(provider: Provider, http: aiohttp.ClientSession) -> None:
-    provider.default = Answer(204)
+async def test_discord_embed_with_severity_colour(
+    httpserver: HTTPServer, http: aiohttp.ClientSession
+) -> None:
+    httpserver.expect_request("/wh", method="POST").respond_with_data(status=204)
     chan = channel(
-        DiscordChannelConfig(webhook_url_env="DISCORD_URL"), http, DISCORD_URL=provider.url + "/wh"
+        DiscordChannelConfig(webhook_url_env="DISCORD_URL"), http, DISCORD_URL=httpserver.url_for("/wh")
     )
     await chan.send(Notification(alert=ALERT))
-    body = provider.requests[0].json()
+    body = received(httpserver)[0].get_json(force=True)
     assert body["content"] == "[FIRING] HighCPU on web-1 (high)"
     assert body["allowed_mentions"] == {"parse": []}
     [embed] = body["embeds"]
@@ -336,8 +277,8 @@ async def test_discord_embed_with_severity_colour(provider: Provider, http: aioh
     assert {"name": "Host", "value": "web-1", "inline": True} in embed["fields"]
 
 
-async def test_discord_keeps_within_its_limits(provider: Provider, http: aiohttp.ClientSession) -> None:
-    provider.default = Answer(204)
+async def test_discord_keeps_within_its_limits(httpserver: HTTPServer, http: aiohttp.ClientSession) -> None:
+    httpserver.expect_request("/wh", method="POST").respond_with_data(status=204)
     huge = msgspec.structs.replace(
         ALERT,
         rule="R" * 200,
@@ -346,10 +287,10 @@ async def test_discord_keeps_within_its_limits(provider: Provider, http: aiohttp
     )
     alerts = tuple(msgspec.structs.replace(huge, id=f"a{i}") for i in range(15))
     chan = channel(
-        DiscordChannelConfig(webhook_url_env="DISCORD_URL"), http, DISCORD_URL=provider.url + "/wh"
+        DiscordChannelConfig(webhook_url_env="DISCORD_URL"), http, DISCORD_URL=httpserver.url_for("/wh")
     )
     await chan.send(Notification(alert=alerts[0], alerts=alerts))
-    body = provider.requests[0].json()
+    body = received(httpserver)[0].get_json(force=True)
     assert 1 <= len(body["embeds"]) <= 10
     total = 0
     for embed in body["embeds"]:
@@ -362,10 +303,14 @@ async def test_discord_keeps_within_its_limits(provider: Provider, http: aiohttp
     assert "(showing" in body["content"]
 
 
-async def test_discord_429_retry_after_from_the_body(provider: Provider, http: aiohttp.ClientSession) -> None:
-    provider.script = [Answer(429, b'{"message": "You are being rate limited.", "retry_after": 2.5}')]
+async def test_discord_429_retry_after_from_the_body(
+    httpserver: HTTPServer, http: aiohttp.ClientSession
+) -> None:
+    httpserver.expect_ordered_request("/wh").respond_with_data(
+        '{"message": "You are being rate limited.", "retry_after": 2.5}', 429
+    )
     chan = channel(
-        DiscordChannelConfig(webhook_url_env="DISCORD_URL"), http, DISCORD_URL=provider.url + "/wh"
+        DiscordChannelConfig(webhook_url_env="DISCORD_URL"), http, DISCORD_URL=httpserver.url_for("/wh")
     )
     error = await failure(chan, Notification(alert=ALERT))
     assert error.retryable and error.retry_after == 2.5
@@ -375,17 +320,19 @@ async def test_discord_429_retry_after_from_the_body(provider: Provider, http: a
 
 
 async def test_pagerduty_trigger_acknowledge_resolve_share_the_dedup_key(
-    provider: Provider, http: aiohttp.ClientSession
+    httpserver: HTTPServer, http: aiohttp.ClientSession
 ) -> None:
-    provider.default = Answer(202, b'{"status": "success", "dedup_key": "fp-highcpu-web1"}')
-    config = PagerDutyChannelConfig(routing_key_env="PD_KEY", url=provider.url + "/v2/enqueue")
+    httpserver.expect_request("/v2/enqueue", method="POST").respond_with_data(
+        '{"status": "success", "dedup_key": "fp-highcpu-web1"}', 202
+    )
+    config = PagerDutyChannelConfig(routing_key_env="PD_KEY", url=httpserver.url_for("/v2/enqueue"))
     chan = channel(config, http, PD_KEY="R0UT1NGKEY")
     assert chan.acknowledges
     await chan.send(Notification(alert=ALERT))
     await chan.send(Notification(alert=ALERT, transition="acknowledged"))
     await chan.send(Notification(alert=RESOLVED))
 
-    trigger, ack, resolve = (r.json() for r in provider.requests)
+    trigger, ack, resolve = (r.get_json(force=True) for r in received(httpserver))
     assert trigger == {
         "routing_key": "R0UT1NGKEY",
         "event_action": "trigger",
@@ -417,26 +364,32 @@ async def test_pagerduty_trigger_acknowledge_resolve_share_the_dedup_key(
     ("ours", "theirs"), [("critical", "critical"), ("high", "error"), ("medium", "warning"), ("low", "info")]
 )
 async def test_pagerduty_severities(
-    provider: Provider, http: aiohttp.ClientSession, ours: str, theirs: str
+    httpserver: HTTPServer, http: aiohttp.ClientSession, ours: str, theirs: str
 ) -> None:
-    provider.default = Answer(202)
+    httpserver.expect_request("/e", method="POST").respond_with_data(status=202)
     chan = channel(
-        PagerDutyChannelConfig(routing_key_env="PD_KEY", url=provider.url + "/e"), http, PD_KEY="k"
+        PagerDutyChannelConfig(routing_key_env="PD_KEY", url=httpserver.url_for("/e")), http, PD_KEY="k"
     )
     await chan.send(Notification(alert=msgspec.structs.replace(ALERT, severity=ours)))
-    assert provider.requests[0].json()["payload"]["severity"] == theirs
+    assert received(httpserver)[0].get_json(force=True)["payload"]["severity"] == theirs
 
 
-async def test_pagerduty_bad_request_is_permanent(provider: Provider, http: aiohttp.ClientSession) -> None:
-    provider.script = [Answer(400, b'{"status": "invalid event"}'), Answer(503)]
+async def test_pagerduty_bad_request_is_permanent(
+    httpserver: HTTPServer, http: aiohttp.ClientSession
+) -> None:
+    httpserver.expect_ordered_request("/e").respond_with_data('{"status": "invalid event"}', 400)
+    httpserver.expect_ordered_request("/e").respond_with_data(status=503)
     chan = channel(
-        PagerDutyChannelConfig(routing_key_env="PD_KEY", url=provider.url + "/e"), http, PD_KEY="k"
+        PagerDutyChannelConfig(routing_key_env="PD_KEY", url=httpserver.url_for("/e")), http, PD_KEY="k"
     )
     assert not (await failure(chan, Notification(alert=ALERT))).retryable
     assert (await failure(chan, Notification(alert=ALERT))).retryable
 
 
 # --- SMS (Twilio) ------------------------------------------------------------------------
+
+
+TWILIO_MESSAGES = "/2010-04-01/Accounts/AC0123/Messages.json"
 
 
 def sms_config(url: str) -> SmsChannelConfig:
@@ -453,17 +406,19 @@ def sms_config(url: str) -> SmsChannelConfig:
 
 
 async def test_sms_posts_twilio_form_with_basic_auth_in_one_segment(
-    provider: Provider, http: aiohttp.ClientSession
+    httpserver: HTTPServer, http: aiohttp.ClientSession
 ) -> None:
-    provider.default = Answer(201, b'{"sid": "SM123", "status": "queued"}')
-    chan = channel(sms_config(provider.url), http, TWILIO_TOKEN="tw-token")
+    httpserver.expect_request(TWILIO_MESSAGES, method="POST").respond_with_data(
+        '{"sid": "SM123", "status": "queued"}', 201
+    )
+    chan = channel(sms_config(httpserver.url_for("/")), http, TWILIO_TOKEN="tw-token")
     # é is in the GSM-7 alphabet (one septet); [ ] cost two each
     long = msgspec.structs.replace(ALERT, annotations={"summary": "CPU é [x] " + "x" * 300})
     assert await chan.send(Notification(alert=long)) == "SM123"
-    [request] = provider.requests
-    assert request.path == "/2010-04-01/Accounts/AC0123/Messages.json"
+    [request] = received(httpserver)
+    assert request.path == TWILIO_MESSAGES
     assert request.headers["Authorization"] == "Basic " + base64.b64encode(b"AC0123:tw-token").decode()
-    form = request.form()
+    form = request.form
     assert (form["To"], form["From"]) == ("+14155550199", "+14155550100")
     assert form["Body"].startswith("[HIGH] FIRING HighCPU web-1: CPU é [x] x")
     # 156 characters are 160 septets: the four brackets cost two each
@@ -471,9 +426,12 @@ async def test_sms_posts_twilio_form_with_basic_auth_in_one_segment(
     assert segment_count(form["Body"]) == 1
 
 
-async def test_sms_errors(provider: Provider, http: aiohttp.ClientSession) -> None:
-    provider.script = [Answer(401, b'{"code": 20003, "message": "Authenticate"}'), Answer(429)]
-    chan = channel(sms_config(provider.url), http, TWILIO_TOKEN="tw-token")
+async def test_sms_errors(httpserver: HTTPServer, http: aiohttp.ClientSession) -> None:
+    httpserver.expect_ordered_request(TWILIO_MESSAGES).respond_with_data(
+        '{"code": 20003, "message": "Authenticate"}', 401
+    )
+    httpserver.expect_ordered_request(TWILIO_MESSAGES).respond_with_data(status=429)
+    chan = channel(sms_config(httpserver.url_for("/")), http, TWILIO_TOKEN="tw-token")
     denied = await failure(chan, Notification(alert=ALERT))
     assert not denied.retryable and "20003" in str(denied) and "tw-token" not in str(denied)
     assert (await failure(chan, Notification(alert=ALERT))).retryable
@@ -502,11 +460,11 @@ def test_missing_provider_secret_names_the_setting() -> None:
 
 
 async def test_channels_time_out_on_a_hanging_provider(
-    provider: Provider, http: aiohttp.ClientSession
+    httpserver: HTTPServer, http: aiohttp.ClientSession
 ) -> None:
-    provider.default = Answer(hang=1.5)
+    httpserver.expect_request("/e", method="POST").respond_with_handler(hanging(1.5))
     chan = channel(
-        PagerDutyChannelConfig(routing_key_env="PD_KEY", url=provider.url + "/e", timeout=Duration(0.3)),
+        PagerDutyChannelConfig(routing_key_env="PD_KEY", url=httpserver.url_for("/e"), timeout=Duration(0.3)),
         http,
         PD_KEY="k",
     )
@@ -517,14 +475,16 @@ async def test_channels_time_out_on_a_hanging_provider(
 
 
 async def test_redirects_are_not_followed_and_a_refused_connection_is_retried(
-    provider: Provider, http: aiohttp.ClientSession
+    httpserver: HTTPServer, http: aiohttp.ClientSession
 ) -> None:
     secret_path = "/api/webhooks/42/secret-token"
-    provider.default = Answer(302, headers={"Location": provider.url + "/elsewhere"})
-    chan = channel(DiscordChannelConfig(webhook_url_env="URL"), http, URL=provider.url + secret_path)
+    httpserver.expect_request(secret_path, method="POST").respond_with_data(
+        status=302, headers={"Location": httpserver.url_for("/elsewhere")}
+    )
+    chan = channel(DiscordChannelConfig(webhook_url_env="URL"), http, URL=httpserver.url_for(secret_path))
     moved = await failure(chan, Notification(alert=ALERT))
     assert not moved.retryable and str(moved) == "HTTP 302"
-    assert [r.path for r in provider.requests] == [secret_path]
+    assert [r.path for r in received(httpserver)] == [secret_path]
 
     away = channel(
         DiscordChannelConfig(webhook_url_env="URL"), http, URL=f"http://127.0.0.1:{free_port()}{secret_path}"

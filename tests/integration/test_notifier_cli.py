@@ -137,6 +137,13 @@ async def test_sighup_reloads_channels_and_routes_of_a_running_notifier(
         alert = firing_alert("sighup-1", fingerprint="fp-sighup")
         await nc.jetstream().publish(nats_config.subjects.alerts("web-1"), encode(alert))
         await wait_until(lambda: receivers.transitions("hook") == [("sighup-1", "firing")], "the webhook", 20)
+        # the delivery is timed in the channel's histogram (observed once the POST is answered)
+        timed = "signalfire_notifier_delivery_duration_seconds"
+        await wait_until(lambda: total(scrape(url), f"{timed}_count", channel="hook") == 1, "the timing", 20)
+        found = scrape(url)
+        bounds = [dict(labels)["le"] for name, labels in found if name == f"{timed}_bucket"]
+        assert len(bounds) > 1 and "+Inf" in bounds
+        assert total(found, f"{timed}_bucket", channel="hook", le="+Inf") == 1
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), 20)

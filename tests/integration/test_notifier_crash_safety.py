@@ -28,6 +28,7 @@ from signalfire.notifier.service import DURABLE
 from signalfire.notifier.tracking import alert_key
 from tests.support.alerts import firing_alert, publish_alert
 from tests.support.delivery_results import results
+from tests.support.metrics import value
 from tests.support.notifiers import notifier_services
 from tests.support.polling import wait_until
 from tests.support.redelivery import die_holding_it
@@ -137,7 +138,10 @@ async def test_a_resolved_notice_waits_while_the_firing_notice_is_in_flight(
     await kv.create(firing_key, msgspec.json.encode(claim))
     service = await running(config_for(nats_config, receiver, claim_lease=Duration(60)))
     await publish_alert(nc, nats_config, msgspec.structs.replace(fired, status="resolved", seq=2))
-    await wait_until(lambda: service.busy_waits.value() >= 1, "the resolved event to wait")
+    await wait_until(
+        lambda: value(service.registry, "signalfire_notifier_busy_waits_total") >= 1,
+        "the resolved event to wait",
+    )
     assert receiver.got("ops") == []
 
     # the other replica's channel answered: the resolved notice follows
@@ -179,7 +183,7 @@ async def test_a_firing_event_redelivered_after_its_resolved_is_a_dead_letter_no
     assert receiver.got("ops") == []
     [failed] = [r for r in results if r.status == "failed"]
     assert (failed.alert_id, failed.reason) == (fired.id, f"dead letter: {SUPERSEDED}")
-    assert service.dispatcher.dead_letters.value(channel="ops") == 1
+    assert value(service.registry, "signalfire_notifier_dead_letters_total", channel="ops") == 1
     assert any("dead letter" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
     assert service.state.tracks_of(fired.id) == []  # no escalations or repeats for a resolved alert
 
@@ -232,7 +236,7 @@ async def test_an_event_jetstream_gives_up_on_becomes_a_dead_letter_and_frees_it
     letter = await dead_letter(kv, f"deadletter.{alert_key(fired.id)}.firing.ops")
     assert letter.reason == "JetStream gave up on the alert event after 2 deliveries"
     assert (await mark_of(kv, firing_key)).state == "failed"  # type: ignore[union-attr]
-    assert service.given_up.value(consumer=DURABLE) == 1
+    assert value(service.registry, "signalfire_notifier_events_given_up_total", consumer=DURABLE) == 1
     await wait_until(lambda: any(r.status == "failed" for r in results), "the failed result")
     assert [r.reason for r in results if r.status == "failed"] == [f"dead letter: {letter.reason}"]
     assert receiver.got("ops") == []
@@ -260,7 +264,10 @@ async def test_a_resolved_notice_follows_an_escalation_step_another_replica_is_s
     await kv.create(step_key, msgspec.json.encode(claim))
 
     await publish_alert(nc, nats_config, msgspec.structs.replace(fired, status="resolved", seq=2))
-    await wait_until(lambda: service.busy_waits.value() >= 1, "the resolved event to wait")
+    await wait_until(
+        lambda: value(service.registry, "signalfire_notifier_busy_waits_total") >= 1,
+        "the resolved event to wait",
+    )
     assert [t for t, _, _ in receiver.got("ops")] == ["firing"]
     await kv.put(step_key, msgspec.json.encode(msgspec.structs.replace(claim, state="sent")))
     await wait_until(lambda: len(receiver.got("oncall")) == 1, "the resolved notice to oncall")

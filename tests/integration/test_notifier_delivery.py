@@ -6,10 +6,8 @@ import argparse
 import asyncio
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,63 +26,17 @@ from signalfire.notifier.cli import notify_test
 from signalfire.notifier.config import NotifyConfig, Route
 from signalfire.notifier.service import DURABLE, NotifierService
 from tests.support.alerts import firing_alert, publish_alert
+from tests.support.metrics import value
 from tests.support.polling import wait_until
 from tests.support.subscriptions import collect
+from tests.support.webhook import WebhookReceiver
 
 SECRET = "s3cret-for-tests"
 
 
-class Receiver:
-    """A webhook receiver answering with scripted statuses (then ``default``) and recording
-    every request it got."""
-
-    def __init__(self, statuses: list[int] | None = None, default: int = 200) -> None:
-        self.statuses = list(statuses or [])
-        self.default = default
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with receiver._lock:
-                    receiver.requests.append((dict(self.headers.items()), body))
-                    status = receiver.statuses.pop(0) if receiver.statuses else receiver.default
-                self.send_response(status)
-                if status == 429:
-                    self.send_header("Retry-After", "0")
-                reply = b"{}" if status < 400 else b'{"error": "scripted failure"}'
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}/hook"
-
-    def bodies(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [json.loads(body) for _, body in self.requests]
-
-    def __enter__(self) -> Receiver:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as r:
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as r:
         yield r
 
 
@@ -101,9 +53,9 @@ def make_alert(**overrides: Any) -> AlertEvent:
     return firing_alert(overrides.pop("id", None), **(fields | overrides))
 
 
-def config_for(nats_config: NatsConfig, receiver: Receiver, **channel: Any) -> NotifyConfig:
+def config_for(nats_config: NatsConfig, receiver: WebhookReceiver, **channel: Any) -> NotifyConfig:
     hook = WebhookChannelConfig(
-        url=receiver.url, secret_env="HOOK_SECRET", retry_backoff=Duration(0.05), **channel
+        url=receiver.url("hook"), secret_env="HOOK_SECRET", retry_backoff=Duration(0.05), **channel
     )
     return NotifyConfig(nats=nats_config, channels={"hook": hook}, routes=[Route(channels=["hook"])])
 
@@ -120,7 +72,7 @@ async def started(config: NotifyConfig, nc: Any) -> NotifierService:
 
 
 async def test_firing_alert_is_posted_once_with_the_documented_signed_body(
-    nc: Any, nats_config: NatsConfig, receiver: Receiver, results: list[DeliveryResult]
+    nc: Any, nats_config: NatsConfig, receiver: WebhookReceiver, results: list[DeliveryResult]
 ) -> None:
     service = await started(
         config_for(nats_config, receiver, headers={"X-Team": "ops", "content-type": "text/plain"}), nc
@@ -130,8 +82,9 @@ async def test_firing_alert_is_posted_once_with_the_documented_signed_body(
         await publish_alert(nc, nats_config, alert)
         await wait_until(lambda: len(results) == 1, "a delivery result", timeout=15)
 
-        [(headers, body)] = receiver.requests
-        document = json.loads(body)
+        [posted] = receiver.posted()
+        headers, body = posted.headers, posted.raw
+        document = posted.body
         assert document["version"] == 1
         assert document["status"] == "firing"
         assert document["channel"] == "hook"
@@ -157,14 +110,19 @@ async def test_firing_alert_is_posted_once_with_the_documented_signed_body(
             alert.host,
             None,
         )
-        assert service.deliveries.value(channel="hook", status="sent") == 1
-        assert service.alerts_received.value(status="firing") == 1
+        assert (
+            value(service.registry, "signalfire_notifier_deliveries_total", channel="hook", status="sent")
+            == 1
+        )
+        timed = "signalfire_notifier_delivery_duration_seconds_count"
+        assert value(service.registry, timed, channel="hook") == 1
+        assert value(service.registry, "signalfire_notifier_alerts_received_total", status="firing") == 1
     finally:
         await service.stop()
 
 
 async def test_the_same_event_again_is_not_sent_twice(
-    nc: Any, nats_config: NatsConfig, receiver: Receiver, results: list[DeliveryResult]
+    nc: Any, nats_config: NatsConfig, receiver: WebhookReceiver, results: list[DeliveryResult]
 ) -> None:
     config = config_for(nats_config, receiver)
     service = await started(config, nc)
@@ -178,7 +136,11 @@ async def test_the_same_event_again_is_not_sent_twice(
         # Published again under another id (e.g. after the dedup window): the ledger skips it.
         await publish_alert(nc, nats_config, alert, msg_id="another-id")
         await wait_until(
-            lambda: service.duplicates.value(channel="hook") == 1, "the duplicate to be skipped", timeout=15
+            lambda: (
+                value(service.registry, "signalfire_notifier_duplicates_skipped_total", channel="hook") == 1
+            ),
+            "the duplicate to be skipped",
+            timeout=15,
         )
     finally:
         await service.stop()
@@ -189,11 +151,15 @@ async def test_the_same_event_again_is_not_sent_twice(
     service = await started(config, nc)
     try:
         await wait_until(
-            lambda: service.duplicates.value(channel="hook") == 2, "redeliveries to be skipped", timeout=15
+            lambda: (
+                value(service.registry, "signalfire_notifier_duplicates_skipped_total", channel="hook") == 2
+            ),
+            "redeliveries to be skipped",
+            timeout=15,
         )
     finally:
         await service.stop()
-    assert len(receiver.requests) == 1
+    assert len(receiver.posted()) == 1
     assert [r.status for r in results] == ["sent"]
 
     # The resolved transition of the same alert is a new notification.
@@ -205,13 +171,14 @@ async def test_the_same_event_again_is_not_sent_twice(
         await wait_until(lambda: len(results) == 2, "the resolved delivery", timeout=15)
     finally:
         await service.stop()
-    assert [b["status"] for b in receiver.bodies()] == ["firing", "resolved"]
+    assert [b["status"] for b in receiver.bodies("hook")] == ["firing", "resolved"]
 
 
 async def test_failing_receiver_is_retried_until_it_accepts(
     nc: Any, nats_config: NatsConfig, results: list[DeliveryResult]
 ) -> None:
-    with Receiver(statuses=[500, 429, 500]) as receiver:
+    with WebhookReceiver() as receiver:
+        receiver.statuses["hook"] = [500, 429, 500]
         service = await started(config_for(nats_config, receiver, max_attempts=5), nc)
         try:
             alert = make_alert()
@@ -229,14 +196,15 @@ async def test_failing_receiver_is_retried_until_it_accepts(
     ]
     assert results[0].error == 'HTTP 500: {"error": "scripted failure"}'
     assert results[1].error is not None and results[1].error.startswith("HTTP 429")
-    assert len(receiver.requests) == 4
-    assert {b["alert"]["id"] for b in receiver.bodies()} == {alert.id}
+    assert len(receiver.posted()) == 4
+    assert {b["alert"]["id"] for b in receiver.bodies("hook")} == {alert.id}
 
 
 async def test_rejecting_receiver_fails_without_retries(
     nc: Any, nats_config: NatsConfig, results: list[DeliveryResult]
 ) -> None:
-    with Receiver(statuses=[400]) as receiver:
+    with WebhookReceiver() as receiver:
+        receiver.statuses["hook"] = [400]
         service = await started(config_for(nats_config, receiver, max_attempts=5), nc)
         try:
             await publish_alert(nc, nats_config, make_alert(id="rejected"))
@@ -251,13 +219,13 @@ async def test_rejecting_receiver_fails_without_retries(
         ("accepted", "sent", 1),
     ]
     assert results[0].error == 'HTTP 400: {"error": "scripted failure"}'
-    assert [b["alert"]["id"] for b in receiver.bodies()] == ["rejected", "accepted"]
+    assert [b["alert"]["id"] for b in receiver.bodies("hook")] == ["rejected", "accepted"]
     assert info.num_ack_pending == 0
     assert info.num_redelivered == 0
 
 
 async def test_malformed_message_is_terminated_and_counted_and_the_next_one_delivered(
-    nc: Any, nats_config: NatsConfig, receiver: Receiver, results: list[DeliveryResult]
+    nc: Any, nats_config: NatsConfig, receiver: WebhookReceiver, results: list[DeliveryResult]
 ) -> None:
     service = await started(config_for(nats_config, receiver), nc)
     try:
@@ -269,28 +237,32 @@ async def test_malformed_message_is_terminated_and_counted_and_the_next_one_deli
         info = await js.consumer_info(nats_config.subjects.alerts_stream, DURABLE)
     finally:
         await service.stop()
-    assert service.rejected.value(reason="malformed") == 2
-    assert [b["alert"]["id"] for b in receiver.bodies()] == ["good"]
+    assert value(service.registry, "signalfire_notifier_rejected_messages_total", reason="malformed") == 2
+    assert [b["alert"]["id"] for b in receiver.bodies("hook")] == ["good"]
     assert info.num_ack_pending == 0
     assert info.num_redelivered == 0
 
 
 async def test_unrouted_alerts_are_acked_and_counted(
-    nc: Any, nats_config: NatsConfig, receiver: Receiver
+    nc: Any, nats_config: NatsConfig, receiver: WebhookReceiver
 ) -> None:
     config = config_for(nats_config, receiver)
     config.routes[0].match["severity"] = "critical"
     service = await started(config, nc)
     try:
         await publish_alert(nc, nats_config, make_alert(severity="low"))
-        await wait_until(lambda: service.unrouted.value() == 1, "the alert to be routed nowhere", timeout=15)
+        await wait_until(
+            lambda: value(service.registry, "signalfire_notifier_alerts_unrouted_total") == 1,
+            "the alert to be routed nowhere",
+            timeout=15,
+        )
     finally:
         await service.stop()
-    assert receiver.requests == []
+    assert receiver.posted() == []
 
 
 async def test_replicas_share_the_work_without_sending_twice(
-    nc: Any, nats_config: NatsConfig, receiver: Receiver, results: list[DeliveryResult]
+    nc: Any, nats_config: NatsConfig, receiver: WebhookReceiver, results: list[DeliveryResult]
 ) -> None:
     config = config_for(nats_config, receiver)
     replicas = [await started(config, nc) for _ in range(2)]
@@ -302,9 +274,12 @@ async def test_replicas_share_the_work_without_sending_twice(
     finally:
         for replica in replicas:
             await replica.stop()
-    ids = [b["alert"]["id"] for b in receiver.bodies()]
+    ids = [b["alert"]["id"] for b in receiver.bodies("hook")]
     assert sorted(ids) == sorted(a.id for a in alerts)
-    assert sum(r.alerts_received.value(status="firing") for r in replicas) == 20
+    assert (
+        sum(value(r.registry, "signalfire_notifier_alerts_received_total", status="firing") for r in replicas)
+        == 20
+    )
 
 
 @pytest.fixture
@@ -323,10 +298,12 @@ def test_notify_test_sends_through_one_channel_and_reports_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("HOOK_SECRET", SECRET)
-    with Receiver(statuses=[200, 403]) as receiver:
+    with WebhookReceiver() as receiver:
+        receiver.statuses["hook"] = [200, 403]
         path = tmp_path / "notify.yaml"
         path.write_text(
-            f"channels:\n  hook:\n    type: webhook\n    url: {receiver.url}\n    secret_env: HOOK_SECRET\n"
+            f"channels:\n  hook:\n    type: webhook\n    url: {receiver.url('hook')}\n"
+            "    secret_env: HOOK_SECRET\n"
         )
         args = argparse.Namespace(config=str(path), channel="hook", severity="critical")
         assert notify_test(args) == 0
@@ -335,13 +312,12 @@ def test_notify_test_sends_through_one_channel_and_reports_failure(
         assert "HTTP 403" in capsys.readouterr().err
         assert notify_test(argparse.Namespace(config=str(path), channel="nope", severity="low")) == 2
         assert "unknown channel 'nope' (configured: hook)" in capsys.readouterr().err
-    [first, _] = receiver.requests
-    document = json.loads(first[1])
-    assert (document["test"], document["alert"]["severity"]) == (True, "critical")
-    assert verify(SECRET.encode(), first[1], first[0][SIGNATURE_HEADER])
+    [first, _] = receiver.posted()
+    assert (first.body["test"], first.body["alert"]["severity"]) == (True, "critical")
+    assert verify(SECRET.encode(), first.raw, first.headers[SIGNATURE_HEADER])
 
 
-def test_missing_secret_stops_start_up(nats_config: NatsConfig, receiver: Receiver) -> None:
+def test_missing_secret_stops_start_up(nats_config: NatsConfig, receiver: WebhookReceiver) -> None:
     from signalfire.config import ConfigError
 
     service = NotifierService(config_for(nats_config, receiver), environ={})

@@ -25,6 +25,7 @@ from signalfire.notifier.deadletter import DeadLetter
 from signalfire.notifier.service import NotifierService
 from tests.support.alerts import firing_alert, publish_alert
 from tests.support.delivery_results import results
+from tests.support.metrics import value
 from tests.support.notifiers import notifier_services
 from tests.support.polling import wait_until
 from tests.support.webhook import WebhookReceiver
@@ -283,7 +284,7 @@ async def test_silence_suppresses_and_reports_why(
     await kv.put("garbage", b"{not a silence")
     route = Route(channels=["ops"], repeat=Duration(7200))
     service = await running(make_config(nats_config, {"ops": hook(receivers, "ops")}, [route]))
-    assert service.bad_state.value(bucket="silences") == 1
+    assert value(service.registry, "signalfire_notifier_bad_state_entries_total", bucket="silences") == 1
     muted, other = alert(), alert(host="web-2")
     await publish_alert(nc, nats_config, muted)
     await publish_alert(nc, nats_config, other)
@@ -343,7 +344,7 @@ async def test_failed_channel_hands_over_to_its_fallback_then_dead_letters(
     await wait_until(lambda: len(receivers.bodies("mail")) == 1, "the fallback")
     assert len(receivers.bodies("slack")) == 2
     assert len(receivers.bodies("other")) == 1  # only the failed channel was retried
-    assert service.dispatcher.fallbacks.value(channel="slack") == 1
+    assert value(service.registry, "signalfire_notifier_fallbacks_total", channel="slack") == 1
 
     receivers.always["mail"] = 503
     b = alert()
@@ -369,7 +370,7 @@ async def test_failed_channel_hands_over_to_its_fallback_then_dead_letters(
     letter = msgspec.json.decode((await kv.get(key)).value, type=DeadLetter)
     assert (letter.alert.id, letter.channel, letter.attempts, letter.fallback) == (b.id, "slack", 2, "mail")
     assert letter.error.startswith("HTTP 500")
-    assert service.dispatcher.dead_letters.value(channel="slack") == 1
+    assert value(service.registry, "signalfire_notifier_dead_letters_total", channel="slack") == 1
     slack_b = [(r.status, r.attempt) for r in results if r.alert_id == b.id and r.channel == "slack"]
     assert slack_b == [("retrying", 1), ("failed", 2)]
 
@@ -416,8 +417,8 @@ async def test_retries_longer_than_ack_wait_keep_the_event_from_redelivery(
     assert [r.status for r in results] == ["retrying", "retrying", "sent"]
     assert len(receivers.bodies("ops")) == 3
     # the event was worked on the whole time: JetStream never handed it out again
-    assert service.alerts_received.value(status="firing") == 1
-    assert service.duplicates.value(channel="ops") == 0
+    assert value(service.registry, "signalfire_notifier_alerts_received_total", status="firing") == 1
+    assert value(service.registry, "signalfire_notifier_duplicates_skipped_total", channel="ops") == 0
 
 
 async def test_provider_urls_never_reach_the_log(
@@ -588,9 +589,15 @@ async def test_the_config_file_is_watched_and_a_bad_change_is_logged_and_ignored
     await service.start()
     try:
         write("after")
-        await wait_until(lambda: service.reloads.value(result="ok") == 1, "the reload")
+        await wait_until(
+            lambda: value(service.registry, "signalfire_notifier_reloads_total", result="ok") == 1,
+            "the reload",
+        )
         path.write_text(path.read_text().replace("channels: [ops]", "channels: [nope]"))
-        await wait_until(lambda: service.reloads.value(result="failed") == 1, "the refused reload")
+        await wait_until(
+            lambda: value(service.registry, "signalfire_notifier_reloads_total", result="failed") == 1,
+            "the refused reload",
+        )
         [refused] = [r for r in caplog.records if r.getMessage().startswith("config not reloaded")]
         assert f"{path}:7: routes[0].channels[0]: unknown channel 'nope'" in refused.__dict__["reason"]
         a = alert()

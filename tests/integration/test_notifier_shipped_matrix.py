@@ -2,7 +2,7 @@
 repository (``rules/``, the examples in ``docs/rules.md``, the evaluator's kinds fixture),
 loaded with the evaluator's own rule loader and rendered with its own templates, is
 delivered through every channel type for every kind of message, to real servers on
-loopback (aiosmtpd for email, a recording HTTP server for the others).
+loopback (aiosmtpd for email, pytest-httpserver for the others).
 
 A test alert that carries every annotation proves nothing about a rule that has only a
 summary: email once failed for every shipped rule because every test alert had a
@@ -20,6 +20,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from pytest_httpserver import URI_DEFAULT, HTTPServer
+from werkzeug import Request
 
 from signalfire.evaluator.rules import Rule, load_rules, parse_rule_text
 from signalfire.events import AlertEvent
@@ -35,7 +37,7 @@ from signalfire.notifier.channels.discord import CONTENT_LIMIT, MESSAGE_LIMIT, e
 from signalfire.notifier.channels.http import new_session
 from signalfire.notifier.channels.sms import segment_count
 from signalfire.notifier.cli import make_test_notification
-from tests.integration.test_notifier_channels import Answer, Provider, Request
+from tests.support.httpserver import loopback_httpserver, received
 from tests.support.smtp import Mailbox, smtp_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,11 +133,13 @@ def notification(rule: Rule, kind: str) -> Notification:
 
 
 @pytest.fixture(scope="module")
-def provider() -> Iterator[Provider]:
-    # 200 with a JSON body satisfies every HTTP channel (Twilio reads `sid` from it)
-    server = Provider(Answer(200, b'{"sid": "SM1", "status": "queued"}'))
-    yield server
-    server.close()
+def provider() -> Iterator[HTTPServer]:
+    with loopback_httpserver() as server:
+        # 200 with a JSON body satisfies every HTTP channel (Twilio reads `sid` from it)
+        server.expect_request(URI_DEFAULT, method="POST").respond_with_data(
+            '{"sid": "SM1", "status": "queued"}'
+        )
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +148,7 @@ def smtp() -> Iterator[tuple[Mailbox, int]]:
         yield server
 
 
-def configs(provider: Provider, smtp_port: int) -> dict[str, Any]:
+def configs(provider: HTTPServer, smtp_port: int) -> dict[str, Any]:
     plain = {"max_attempts": 1, "rate_limit": 0}
     return {
         "email": {
@@ -158,25 +162,30 @@ def configs(provider: Provider, smtp_port: int) -> dict[str, Any]:
         },
         "slack": {"type": "slack", "webhook_url_env": "SLACK_URL", **plain},
         "discord": {"type": "discord", "webhook_url_env": "DISCORD_URL", **plain},
-        "pagerduty": {"type": "pagerduty", "routing_key_env": "PD_KEY", "url": f"{provider.url}/pd", **plain},
-        "webhook": {"type": "webhook", "url": f"{provider.url}/webhook", **plain},
+        "pagerduty": {
+            "type": "pagerduty",
+            "routing_key_env": "PD_KEY",
+            "url": provider.url_for("/pd"),
+            **plain,
+        },
+        "webhook": {"type": "webhook", "url": provider.url_for("/webhook"), **plain},
         "sms": {
             "type": "sms",
             "account_sid": "AC1",
             "from": "+14155550100",
             "to": "+14155550199",
             "auth_token_env": "TWILIO_TOKEN",
-            "api_url": provider.url,
+            "api_url": provider.url_for("/"),
             **plain,
         },
     }
 
 
 @pytest.fixture
-async def channels(provider: Provider, smtp: tuple[Mailbox, int]) -> AsyncIterator[dict[str, Channel]]:
+async def channels(provider: HTTPServer, smtp: tuple[Mailbox, int]) -> AsyncIterator[dict[str, Channel]]:
     environ = {
-        "SLACK_URL": f"{provider.url}/slack",
-        "DISCORD_URL": f"{provider.url}/discord",
+        "SLACK_URL": provider.url_for("/slack"),
+        "DISCORD_URL": provider.url_for("/discord"),
         "PD_KEY": "routing-key",
         "TWILIO_TOKEN": "token",
     }
@@ -217,7 +226,7 @@ def check_http(kind: str, note: Notification, requests: list[Request]) -> None:
         expected = [a for a in note.covered if not (note.digest and a.status == "resolved")]
         assert len(requests) == len(expected)
         for request, alert in zip(requests, expected, strict=True):
-            body = request.json()
+            body = request.get_json(force=True)
             assert body["dedup_key"] == alert.fingerprint
             action = {"resolved": "resolve"}.get(note.kind, "trigger")
             assert body["event_action"] == action
@@ -227,12 +236,12 @@ def check_http(kind: str, note: Notification, requests: list[Request]) -> None:
         return
     [request] = requests
     if kind == "sms":
-        text = request.form()["Body"]
+        text = request.form["Body"]
         rendered(text)
         assert segment_count(text) == 1, text
         assert note.alert.rule in text or note.digest
         return
-    body = request.json()
+    body = request.get_json(force=True)
     rendered(json.dumps(body))
     if kind == "webhook":
         assert body["alert"]["rule"] == note.alert.rule
@@ -258,34 +267,34 @@ async def test_every_shipped_rule_reaches_every_channel_as_every_message_kind(  
     channel_type: str,
     kind: str,
     channels: dict[str, Channel],
-    provider: Provider,
+    provider: HTTPServer,
     smtp: tuple[Mailbox, int],
 ) -> None:
     note = notification(rule, kind)
     box, _ = smtp
-    mails, requests = len(box.messages), len(provider.requests)
+    mails, requests = len(box.messages), len(provider.log)
     await channels[channel_type].send(note)
     if channel_type == "email":
         [(_, mail)] = box.messages[mails:]
         check_email(note, mail)
     else:
-        check_http(channel_type, note, provider.requests[requests:])
+        check_http(channel_type, note, received(provider)[requests:])
 
 
 @pytest.mark.parametrize("channel_type", CHANNEL_TYPES)
 async def test_notify_test_message_reaches_every_channel(
-    channel_type: str, channels: dict[str, Channel], provider: Provider, smtp: tuple[Mailbox, int]
+    channel_type: str, channels: dict[str, Channel], provider: HTTPServer, smtp: tuple[Mailbox, int]
 ) -> None:
     note = make_test_notification("low")  # what `signalfire notify test CHANNEL` sends
     box, _ = smtp
-    mails, requests = len(box.messages), len(provider.requests)
+    mails, requests = len(box.messages), len(provider.log)
     await channels[channel_type].send(note)
     if channel_type == "email":
         [(_, mail)] = box.messages[mails:]
         check_email(note, mail)
         assert mail["Subject"].startswith("[TEST]")
     else:
-        check_http(channel_type, note, provider.requests[requests:])
+        check_http(channel_type, note, received(provider)[requests:])
 
 
 def test_the_matrix_covers_the_shipped_rule_pack_and_the_docs_examples() -> None:

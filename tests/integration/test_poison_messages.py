@@ -43,7 +43,6 @@ from tests.hostile import Raw, deep, dump, not_utf8_payload
 from tests.integration.gateway_support import RunningGateway, eventually, gateway_config, running_gateway
 from tests.integration.test_gateway_live import ws_url
 from tests.integration.test_notifier_delivery import (
-    Receiver,
     config_for,
     make_alert,
     receiver,
@@ -51,7 +50,9 @@ from tests.integration.test_notifier_delivery import (
     started,
 )
 from tests.support.alerts import publish_alert
+from tests.support.metrics import value
 from tests.support.polling import wait_until
+from tests.support.webhook import WebhookReceiver
 
 __all__ = ["receiver", "results"]  # fixtures shared with the notifier's delivery tests
 
@@ -258,9 +259,8 @@ async def test_the_evaluator_counts_a_batch_not_utf8_and_still_alerts_on_the_nex
         await nc.publish(subject, encode(good))
         event = msgspec.json.decode((await alerts.next_msg(timeout=10)).data, type=AlertEvent)
         assert (event.status, event.rule, event.host) == ("firing", "HighCPU", "web-1")
-        text = service.registry.render()
-        assert "signalfire_evaluator_invalid_batches_total 2" in text
-        assert 'signalfire_evaluator_batches_total{kind="metrics"} 1' in text
+        assert value(service.registry, "signalfire_evaluator_invalid_batches_total") == 2
+        assert value(service.registry, "signalfire_evaluator_batches_total", kind="metrics") == 1
 
 
 async def test_the_evaluator_skips_and_counts_alert_states_it_cannot_read(
@@ -271,13 +271,13 @@ async def test_the_evaluator_skips_and_counts_alert_states_it_cannot_read(
     await kv.put("deep", deep(100_000))
     await kv.put("garbage", b"{not json")
     async with evaluator(nats_config, tmp_path) as service:
-        assert "signalfire_evaluator_invalid_states_total 3" in service.registry.render()
+        assert value(service.registry, "signalfire_evaluator_invalid_states_total") == 3
     for key in ("not-utf8", "deep", "garbage"):
         await kv.delete(key)
 
 
 async def test_the_notifier_terminates_alert_events_it_cannot_read_and_delivers_the_next(
-    nc: Any, nats_config: NatsConfig, receiver: Receiver, results: list[DeliveryResult]
+    nc: Any, nats_config: NatsConfig, receiver: WebhookReceiver, results: list[DeliveryResult]
 ) -> None:
     service = await started(config_for(nats_config, receiver), nc)
     try:
@@ -292,12 +292,17 @@ async def test_the_notifier_terminates_alert_events_it_cannot_read_and_delivers_
         await publish_alert(nc, nats_config, alert)
         await wait_until(lambda: len(results) == 1, "the good delivery", timeout=15)
         await wait_until(
-            lambda: service.rejected.value(reason="malformed") == 3, "three rejections", timeout=15
+            lambda: (
+                value(service.registry, "signalfire_notifier_rejected_messages_total", reason="malformed")
+                == 3
+            ),
+            "three rejections",
+            timeout=15,
         )
         infos = [
             await js.consumer_info(nats_config.subjects.alerts_stream, d) for d in (DURABLE, ACTIONS_DURABLE)
         ]
     finally:
         await service.stop()
-    assert [b["alert"]["id"] for b in receiver.bodies()] == ["good"]
+    assert [b["alert"]["id"] for b in receiver.bodies("hook")] == ["good"]
     assert [(i.num_ack_pending, i.num_redelivered) for i in infos] == [(0, 0), (0, 0)]

@@ -1,27 +1,22 @@
 """A loopback HTTP server standing in for every webhook channel of a test.
 
-``POST /<channel>`` is recorded the moment it arrives (a real receiver acts on what it got
-even when its answer never reaches the sender), then answered with that channel's scripted
-status, after an optional delay."""
+pytest-httpserver serves; one handler takes every ``POST /<channel>``, records it the moment
+it arrives (a real receiver acts on what it got even when its answer never reaches the
+sender), then answers with that channel's scripted status, after an optional delay."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
+from pytest_httpserver import URI_DEFAULT
+from werkzeug import Request, Response
+from werkzeug.datastructures import Headers
 
-class LoopbackServer(ThreadingHTTPServer):
-    """Answers each connection in a thread. The listen backlog is raised from socketserver's 5:
-    a full backlog drops the notifier's new connections, which then wait a whole second for
-    TCP to retransmit the SYN, and a message arrives late for no reason of the notifier's."""
-
-    daemon_threads = True
-    request_queue_size = 128
+from tests.support.httpserver import loopback_httpserver
 
 
 @dataclass(frozen=True)
@@ -29,10 +24,14 @@ class Posted:
     """One request as the receiver got it."""
 
     channel: str
+    #: The JSON body, decoded.
     body: Any
-    headers: dict[str, str]
+    #: Case-insensitive, as HTTP header names are.
+    headers: Headers
     #: ``time.monotonic()`` on arrival.
     at: float
+    #: The body as sent (what a signature covers).
+    raw: bytes
 
     @property
     def alert_id(self) -> str:
@@ -50,40 +49,35 @@ class Posted:
 class WebhookReceiver:
     """One server for every channel: ``/<channel>`` records the JSON body and answers with the
     channel's next scripted status from ``statuses``, else ``always.get(channel, 200)``, after
-    ``delay`` seconds. Started at once; ``close()`` (or leaving a ``with`` block) stops it."""
+    ``delay`` seconds. A failure status comes with the body ``{"error": "scripted failure"}``,
+    a 429 with ``Retry-After: 0``. Started at once; ``close()`` (or leaving a ``with`` block)
+    stops it."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.requests: list[Posted] = []
         self.statuses: dict[str, list[int]] = {}
         self.always: dict[str, int] = {}
+        self._delay = delay
         self._lock = threading.Lock()
-        receiver = self
+        self.server = loopback_httpserver()
+        self.server.expect_request(URI_DEFAULT, method="POST").respond_with_handler(self._answer)
+        self.server.start()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                posted = Posted(self.path.strip("/"), body, dict(self.headers.items()), time.monotonic())
-                with receiver._lock:
-                    receiver.requests.append(posted)
-                    script = receiver.statuses.get(posted.channel)
-                    status = script.pop(0) if script else receiver.always.get(posted.channel, 200)
-                if delay:
-                    time.sleep(delay)
-                # a sender killed while it waited for the answer is no error of the receiver's
-                with contextlib.suppress(ConnectionError):
-                    self.send_response(status)
-                    self.send_header("Content-Length", "2")
-                    self.end_headers()
-                    self.wfile.write(b"{}")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = LoopbackServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+    def _answer(self, request: Request) -> Response:
+        arrived, raw = time.monotonic(), request.get_data()
+        posted = Posted(request.path.strip("/"), json.loads(raw), Headers(request.headers), arrived, raw)
+        with self._lock:
+            self.requests.append(posted)
+            script = self.statuses.get(posted.channel)
+            status = script.pop(0) if script else self.always.get(posted.channel, 200)
+        if self._delay:
+            time.sleep(self._delay)
+        reply = b"{}" if status < 400 else b'{"error": "scripted failure"}'
+        headers = {"Retry-After": "0"} if status == 429 else {}
+        return Response(reply, status, headers, content_type="application/json")
 
     def url(self, channel: str) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}/{channel}"
+        return self.server.url_for(channel)
 
     def posted(self, channel: str | None = None) -> list[Posted]:
         """Every request so far (to ``channel`` only, when given), in order of arrival."""
@@ -99,8 +93,8 @@ class WebhookReceiver:
         return [(p.alert_id, p.transition) for p in self.posted(channel)]
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        if self.server.is_running():
+            self.server.stop()
 
     def __enter__(self) -> Self:
         return self

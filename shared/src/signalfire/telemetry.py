@@ -1,11 +1,15 @@
-"""Each service's own counters and gauges, exposed in the Prometheus text format.
+"""Each service's own metrics, on ``prometheus_client``, in a registry of the service's own.
 
-A :class:`Registry` belongs to one service instance (no global); the gateway serves it at
-``/metrics``, the other services through :func:`serve_metrics` on ``metrics_listen``::
+A :class:`Registry` belongs to one service instance, never the library's global default
+(tests run several services in one process), and puts every name under the service's
+namespace. The gateway serves it at ``/metrics``, the other services through
+:func:`serve_metrics` on ``metrics_listen``::
 
     registry = Registry("signalfire_evaluator")
-    events = registry.counter("alert_events_total", "Alert events published", ["status"])
-    events.inc(status="firing")
+    events = registry.counter("alert_events", "Alert events published", ["status"])
+    events.labels(status="firing").inc()  # signalfire_evaluator_alert_events_total{status="firing"}
+
+Counters are declared without ``_total``: ``prometheus_client`` appends it to the sample.
 """
 
 from __future__ import annotations
@@ -13,153 +17,87 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.exposition import choose_encoder
+
+# The metric types are the library's own; services import them from here, the package that
+# depends on prometheus_client.
+__all__ = ["Counter", "Gauge", "Histogram", "Registry", "exposition", "parse_listen", "serve_metrics"]
 
 log = logging.getLogger("signalfire.telemetry")
 
-LabelKey = tuple[str, ...]
 
+class Registry(CollectorRegistry):
+    """The metrics of one service instance, every name under ``namespace``.
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-class _Metric:
-    kind = "untyped"
-
-    def __init__(self, name: str, help_text: str, labelnames: Iterable[str] = ()) -> None:
-        self.name = name
-        self.help = help_text
-        self.labelnames = tuple(labelnames)
-        self._values: dict[LabelKey, float] = {}
-        if not self.labelnames:
-            self._values[()] = 0.0
-
-    def _key(self, labels: dict[str, str]) -> LabelKey:
-        if set(labels) != set(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {tuple(labels)}")
-        return tuple(str(labels[n]) for n in self.labelnames)
-
-    def value(self, **labels: str) -> float:
-        return self._values.get(self._key(labels), 0.0)
-
-    def samples(self) -> Iterable[tuple[LabelKey, float]]:
-        return sorted(self._values.items())
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {_escape(self.help)}", f"# TYPE {self.name} {self.kind}"]
-        for key, value in self.samples():
-            if key:
-                labels = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(self.labelnames, key, strict=True))
-                lines.append(f"{self.name}{{{labels}}} {_number(value)}")
-            else:
-                lines.append(f"{self.name} {_number(value)}")
-        return lines
-
-
-class Counter(_Metric):
-    """A value that only goes up (restarts from zero when the process restarts)."""
-
-    kind = "counter"
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError("a counter cannot decrease")
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0.0) + amount
-
-
-class Gauge(_Metric):
-    """A value that goes up and down; may be computed at scrape time by ``function``."""
-
-    kind = "gauge"
-
-    def __init__(
-        self,
-        name: str,
-        help_text: str,
-        labelnames: Iterable[str] = (),
-        function: Callable[[], float] | None = None,
-    ) -> None:
-        super().__init__(name, help_text, labelnames)
-        self.function = function
-
-    def set(self, value: float, **labels: str) -> None:
-        self._values[self._key(labels)] = float(value)
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0.0) + amount
-
-    def dec(self, amount: float = 1.0, **labels: str) -> None:
-        self.inc(-amount, **labels)
-
-    def samples(self) -> Iterable[tuple[LabelKey, float]]:
-        if self.function is not None:
-            return [((), float(self.function()))]
-        return super().samples()
-
-
-class Registry:
-    """The counters and gauges of one service instance, all names under ``namespace``."""
+    A ``CollectorRegistry`` (so ``generate_latest`` and ``get_sample_value`` take it) with
+    factories that register each metric here and not in the library's global registry.
+    """
 
     def __init__(self, namespace: str) -> None:
+        super().__init__()
+        # A counter's `_created` series is process-wide in prometheus_client; Signalfire's
+        # pages never had them, and the OpenMetrics page does not need them.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
         self.namespace = namespace
-        self._metrics: dict[str, _Metric] = {}
 
-    def _add(self, metric: _Metric) -> _Metric:
-        if metric.name in self._metrics:
-            raise ValueError(f"metric {metric.name} registered twice")
-        self._metrics[metric.name] = metric
-        return metric
-
-    def counter(self, name: str, help_text: str, labelnames: Iterable[str] = ()) -> Counter:
-        metric = Counter(f"{self.namespace}_{name}", help_text, labelnames)
-        self._add(metric)
-        return metric
+    def counter(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> Counter:
+        """A counter sampled as ``<namespace>_<name>_total`` (``name`` without ``_total``)."""
+        if name.endswith("_total"):
+            raise ValueError(f"declare counter {name!r} without _total: prometheus_client appends it")
+        return Counter(name, documentation, labelnames, namespace=self.namespace, registry=self)
 
     def gauge(
         self,
         name: str,
-        help_text: str,
-        labelnames: Iterable[str] = (),
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
         function: Callable[[], float] | None = None,
     ) -> Gauge:
-        metric = Gauge(f"{self.namespace}_{name}", help_text, labelnames, function)
-        self._add(metric)
-        return metric
+        """A gauge; with ``function`` (no labels), its value is computed at each scrape."""
+        gauge = Gauge(name, documentation, labelnames, namespace=self.namespace, registry=self)
+        if function is not None:
+            gauge.set_function(function)
+        return gauge
 
-    def render(self) -> str:
-        """The whole registry in the Prometheus text exposition format (0.0.4)."""
-        lines: list[str] = []
-        for metric in self._metrics.values():
-            lines.extend(metric.render())
-        return "\n".join(lines) + "\n"
+    def histogram(
+        self, name: str, documentation: str, labelnames: Sequence[str] = (), *, buckets: Sequence[float]
+    ) -> Histogram:
+        """A histogram (``_bucket``, ``_sum``, ``_count``) with the upper bounds ``buckets``."""
+        return Histogram(
+            name, documentation, labelnames, namespace=self.namespace, registry=self, buckets=buckets
+        )
 
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+def exposition(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+    """``registry``'s page and its content type for a request's ``Accept`` header:
+    OpenMetrics when the scraper asks for it (Prometheus does), else the text format 0.0.4."""
+    encode, content_type = choose_encoder(accept or "")
+    return encode(registry), content_type
 
 
-async def serve_metrics(registry: Registry, host: str, port: int) -> asyncio.Server:
-    """A minimal HTTP server answering ``GET /metrics`` (and ``/healthz``) for ``registry``."""
+async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> asyncio.Server:
+    """An HTTP server on the service's own event loop (prometheus_client's runs a thread)
+    answering ``GET /metrics`` for ``registry`` and ``GET /healthz``."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            parts = request.split(b" ", 2)
-            path = parts[1].decode("latin-1") if len(parts) > 1 else ""
-            if parts[0] == b"GET" and path.split("?")[0] == "/metrics":
-                status, body, ctype = "200 OK", registry.render().encode(), CONTENT_TYPE
-            elif parts[0] == b"GET" and path == "/healthz":
+            head, *header_lines = request.decode("latin-1").split("\r\n")
+            parts = head.split(" ", 2)
+            method, path = (parts[0], parts[1]) if len(parts) > 1 else ("", "")
+            headers = dict(
+                (name.strip().lower(), value.strip())
+                for name, sep, value in (line.partition(":") for line in header_lines)
+                if sep
+            )
+            if method == "GET" and path.split("?")[0] == "/metrics":
+                status = "200 OK"
+                body, ctype = exposition(registry, headers.get("accept"))
+            elif method == "GET" and path == "/healthz":
                 status, body, ctype = "200 OK", b'{"status":"ok"}', "application/json"
             else:
                 status, body, ctype = "404 Not Found", b'{"error":{"code":"not_found"}}', "application/json"

@@ -137,9 +137,34 @@ def test_unquoted_condition_gets_a_hint(tmp_path):
     assert "quote conditions" in message
 
 
-def test_unknown_field_is_named_at_its_line(tmp_path):
+def test_unknown_field_is_named_at_its_line_with_the_fields_its_kind_takes(tmp_path):
     message = load_error(tmp_path, GOOD.replace("for: 1m", "fro: 1m"))
-    assert ":6: rules[0].fro: unknown field; a rule takes name," in message
+    assert message.endswith(
+        ":6: rules[0].fro: unknown field; a threshold rule takes name, severity, kind, condition, "
+        "resolve, metric, aggregate, window, where, group_by, for, keep_firing_for, cooldown, flap, "
+        "max_series, labels, annotations"
+    )
+
+
+def test_an_unknown_field_of_an_absent_rule_lists_only_what_absent_rules_take(tmp_path):
+    message = load_error(tmp_path, "rules:\n  - {name: A, kind: absent, for: 30s, severity: low, fro: 1}\n")
+    assert "rules[0].fro: unknown field; an absent rule takes name, severity, kind, metric, where," in message
+    assert "condition" not in message
+
+
+def test_every_setting_of_another_kind_is_named_with_the_kinds_that_take_it(tmp_path):
+    text = (
+        "rules:\n  - name: A\n    kind: absent\n    for: 30s\n    window: 1m\n"
+        "    condition: '> 1'\n    severity: urgent\n"
+    )
+    assert load_error(tmp_path, text).splitlines() == [
+        f"{tmp_path / 'rules.yaml'}:5: rules[0].window: "
+        "`window` applies to threshold, change, ratio, event_count rules, not absent",
+        f"{tmp_path / 'rules.yaml'}:6: rules[0].condition: "
+        "`condition` applies to threshold, change, anomaly, ratio, event_count rules, not absent",
+        f"{tmp_path / 'rules.yaml'}:7: rules[0].severity: "
+        "unknown severity 'urgent'; allowed: critical, high, medium, low",
+    ]
 
 
 def test_wrong_type_names_the_field(tmp_path):
@@ -363,6 +388,14 @@ def test_the_default_rule_pack_loads_and_renders():
             "rules[0].flap.changes",
         ),
         ("{name: A, kind: anomaly, metric: m, alpha: 2, condition: '> 3', severity: low}", "rules[0].alpha"),
+        (
+            "{name: A, kind: null, metric: m, condition: '> 1', severity: low}",
+            "rules[0].kind: Expected `str`, got `null`",
+        ),
+        (
+            "{name: A, kind: 5, metric: m, condition: '> 1', severity: low}",
+            "rules[0].kind: Expected `str`, got `int`",
+        ),
     ],
 )
 def test_kind_specific_mistakes_name_the_field(tmp_path, rule, message):

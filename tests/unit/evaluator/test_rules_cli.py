@@ -43,7 +43,7 @@ def test_the_default_pack_passes_its_rule_tests(capsys):
 
 def test_every_rule_kind_passes_its_rule_tests(capsys):
     assert main(["rules", "test", str(Path(__file__).parent / "rules" / "kinds_test.yaml")]) == 0
-    assert capsys.readouterr().out == "ok: 14 tests\n"
+    assert capsys.readouterr().out == "ok: 16 tests\n"
 
 
 RULE = "rules:\n  - {name: Hot, metric: temp, condition: '> 50', for: 20s, severity: low}\n"

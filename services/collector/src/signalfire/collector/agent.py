@@ -35,7 +35,6 @@ from signalfire.collector.config import AgentConfig
 from signalfire.collector.facts import host_facts
 from signalfire.collector.outbox import Outbox, Outgoing
 from signalfire.events import AgentStatus, HostFacts, MetricBatch, Sample, encode
-from signalfire.telemetry import Registry
 
 log = logging.getLogger("signalfire.collector")
 
@@ -90,15 +89,11 @@ class Agent:
         self.collectors = list(collectors) if collectors is not None else build_collectors(config)
         self.outbox = Outbox(config.buffer_size, Path(config.spool_dir) if config.spool_dir else None)
         self.checks = CheckRunner(build_checks(config.checks, self.interval))
-        self.registry = Registry("signalfire_agent")
-        self._sent = self.registry.counter("batches_sent_total", "Batches JetStream acknowledged")
-        self._publish_errors = self.registry.counter("publish_errors_total", "Publish attempts that failed")
-        self._collector_errors = self.registry.counter(
-            "collector_errors_total", "Collections that failed", ["collector"]
-        )
-        self._collect_seconds = self.registry.gauge("collect_seconds", "Time the last collection took")
-        self.registry.gauge("batches_buffered", "Batches waiting to be published", function=self._buffered)
-        self.registry.gauge("batches_dropped", "Batches dropped, buffer full", function=self._dropped)
+        # The agent's own counters travel in its batches (``own_samples``), not on a /metrics page.
+        self._sent = 0
+        self._publish_errors = 0
+        self._collector_errors: dict[str, int] = {}
+        self._collect_seconds = 0.0
         self._nc = nc
         self._owns_nc = nc is None
         self._run_id = secrets.token_hex(6)
@@ -159,7 +154,7 @@ class Agent:
             except (TimeoutError, *_PUBLISH_ERRORS):
                 await nc.close()
             self._nc = None
-        log.info("agent stopped", extra={"host": self.host, "batches_sent": int(self._sent.value())})
+        log.info("agent stopped", extra={"host": self.host, "batches_sent": self._sent})
 
     # Collecting --------------------------------------------------------------------------
     async def collect_batch(self, *, run_checks: bool = False) -> MetricBatch:
@@ -169,7 +164,7 @@ class Agent:
         wall = time.time()
         started = time.perf_counter()
         samples = await asyncio.to_thread(self._collect_all, time.monotonic())
-        self._collect_seconds.set(time.perf_counter() - started)
+        self._collect_seconds = time.perf_counter() - started
         samples.extend(await self.checks.run_once() if run_checks else self.checks.latest())
         samples.extend(self.own_samples())
         return MetricBatch(host=self.host, time=wall, samples=samples, labels=dict(self.config.labels))
@@ -181,7 +176,7 @@ class Agent:
             try:
                 collected = collector.collect(now)
             except Exception as exc:
-                self._collector_errors.inc(collector=collector.name)
+                self._collector_errors[collector.name] = self._collector_errors.get(collector.name, 0) + 1
                 if collector.name not in self._failing_collectors:
                     self._failing_collectors.add(collector.name)
                     log.exception("collector failed", extra={"collector": collector.name, "reason": str(exc)})
@@ -195,15 +190,16 @@ class Agent:
     def own_samples(self) -> list[Sample]:
         """The agent's own counters (``AGENT_METRICS``) as samples."""
         samples = [
-            Sample("agent.batches_sent", self._sent.value()),
+            Sample("agent.batches_sent", float(self._sent)),
             Sample("agent.batches_buffered", float(self._buffered())),
             Sample("agent.batches_dropped", float(self._dropped())),
-            Sample("agent.publish_errors", self._publish_errors.value()),
-            Sample("agent.collect_seconds", round(self._collect_seconds.value(), 6)),
+            Sample("agent.publish_errors", float(self._publish_errors)),
+            Sample("agent.collect_seconds", round(self._collect_seconds, 6)),
         ]
         for collector in self.collectors:
             labels = {"collector": collector.name}
-            samples.append(Sample("agent.collector_errors", self._collector_errors.value(**labels), labels))
+            errors = float(self._collector_errors.get(collector.name, 0))
+            samples.append(Sample("agent.collector_errors", errors, labels))
             if (seconds := self._collector_seconds.get(collector.name)) is not None:
                 samples.append(Sample("agent.collector_seconds", round(seconds, 6), labels))
         samples.extend(self._own_usage())
@@ -316,7 +312,7 @@ class Agent:
                 futures.append(None)
                 continue
             except _PUBLISH_ERRORS as exc:
-                self._publish_errors.inc()
+                self._publish_errors += 1
                 self._mark_failing(item.subject, str(exc) or type(exc).__name__)
                 break
             futures.append(future)
@@ -335,11 +331,11 @@ class Agent:
                 error = (
                     "no acknowledgement" if not future.done() or future.cancelled() else future.exception()
                 )
-                self._publish_errors.inc()
+                self._publish_errors += 1
                 self._mark_failing(item.subject, str(error) or type(error).__name__)
                 break
             else:
-                self._sent.inc()
+                self._sent += 1
             acknowledged += 1
         for future in pending:
             if not future.done():
@@ -352,7 +348,7 @@ class Agent:
         try:
             await js.publish(subject, data, timeout=timeout, headers={"Nats-Msg-Id": msg_id})
         except _PUBLISH_ERRORS as exc:
-            self._publish_errors.inc()
+            self._publish_errors += 1
             self._mark_failing(subject, str(exc) or type(exc).__name__)
             return False
         return True

@@ -31,6 +31,7 @@ from nats.js.kv import KeyValue
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.config import ConfigError, Duration
+from signalfire.consumers import Backoff
 from signalfire.evaluator.engine import Engine, Output
 from signalfire.evaluator.rules import DEFAULT_MAX_SERIES, Rule, expand_paths, load_rules
 from signalfire.evaluator.state import AlertState
@@ -50,8 +51,8 @@ from signalfire.telemetry import Registry, parse_listen, serve_metrics
 
 log = logging.getLogger("signalfire.evaluator")
 
-#: Longest wait between two attempts of a failed publish or KV write.
-MAX_BACKOFF = 5.0
+#: Waits between two attempts of a failed publish or KV write: 0.1 s doubling to 5 s.
+RETRY_BACKOFF = Backoff(first=0.1, cap=5.0)
 
 #: After a reconnect, decisions by time alone (absence, `for` running out) stay suspended
 #: until the payload subscriptions hold at most this many messages not yet evaluated (what
@@ -142,41 +143,38 @@ class EvaluatorService:
 
         self.registry = Registry("signalfire_evaluator")
         r = self.registry
-        self.batches = r.counter("batches_total", "Payloads evaluated", ["kind"])
+        self.batches = r.counter("batches", "Payloads evaluated", ["kind"])
         self.invalid_batches = r.counter(
-            "invalid_batches_total", "Payloads dropped because they do not match the contract"
+            "invalid_batches", "Payloads dropped because they do not match the contract"
         )
         self.rejected_samples = r.counter(
-            "rejected_samples_total", "Samples skipped because their value is NaN or infinite"
+            "rejected_samples", "Samples skipped because their value is NaN or infinite"
         )
         self.series_dropped = r.counter(
-            "series_dropped_total", "Samples not evaluated because their rule reached max_series", ["rule"]
+            "series_dropped", "Samples not evaluated because their rule reached max_series", ["rule"]
         )
-        self.alert_events = r.counter("alert_events_total", "Alert events published", ["status"])
+        self.alert_events = r.counter("alert_events", "Alert events published", ["status"])
         self.duplicates = r.counter(
-            "alert_duplicates_total", "Alert events the stream dropped as already published"
+            "alert_duplicates", "Alert events the stream dropped as already published"
         )
         self.publish_failures = r.counter(
-            "publish_failures_total", "Failed attempts to publish an alert event (each is retried)"
+            "publish_failures", "Failed attempts to publish an alert event (each is retried)"
         )
         self.kv_failures = r.counter(
-            "kv_failures_total", "Failed attempts to read or write alert state in the KV bucket"
+            "kv_failures", "Failed attempts to read or write alert state in the KV bucket"
         )
         self.invalid_states = r.counter(
-            "invalid_states_total", "Alert states in the KV bucket that could not be read and were skipped"
+            "invalid_states", "Alert states in the KV bucket that could not be read and were skipped"
         )
         self.template_errors = r.counter(
-            "template_errors_total", "Annotations that failed to render (the raw template was sent)", ["rule"]
+            "template_errors", "Annotations that failed to render (the raw template was sent)", ["rule"]
         )
-        self.reloads = r.counter("reloads_total", "Rule reloads", ["result"])
-        self.latency = r.gauge(
-            "alert_publish_latency_seconds", "Batch arrival to alert publish of the last alert event"
-        )
-        self.latency_sum = r.counter(
-            "alert_publish_latency_seconds_sum", "Total batch-arrival-to-publish time of alert events"
-        )
-        self.latency_count = r.counter(
-            "alert_publish_latency_seconds_count", "Alert events counted in the latency sum"
+        self.reloads = r.counter("reloads", "Rule reloads", ["result"])
+        self.latency = r.histogram(
+            "alert_publish_latency_seconds",
+            "Batch arrival to the publish of the alert event it caused",
+            # milliseconds on a healthy bus; seconds when a publish is retried
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )
         r.gauge("rules", "Rules loaded", function=lambda: len(self.engine.rules))
         r.gauge("alerts_firing", "Alerts currently firing", function=lambda: self._count("firing"))
@@ -370,7 +368,7 @@ class EvaluatorService:
             try:
                 rules = load_rules(self.config.rules)
             except ConfigError as exc:
-                self.reloads.inc(result="failed")
+                self.reloads.labels(result="failed").inc()
                 log.error(
                     "rule reload failed; the previous rules keep running",
                     extra={"reason": str(exc), "rules": len(self.rules)},
@@ -378,7 +376,7 @@ class EvaluatorService:
                 self.last_reload = {"ok": False, "error": str(exc), "time": self._clock()}
                 return {**self.last_reload, "rules": len(self.rules)}
             self.set_rules(rules)
-            self.reloads.inc(result="ok")
+            self.reloads.labels(result="ok").inc()
             log.info("rules reloaded", extra={"rules": len(rules)})
             self.last_reload = {"ok": True, "time": self._clock()}
             return {**self.last_reload, "rules": len(rules)}
@@ -434,7 +432,7 @@ class EvaluatorService:
             out = self.engine.events(payload, now)
         else:
             out = self.engine.agent(payload, now)
-        self.batches.inc(kind=kind)
+        self.batches.labels(kind=kind).inc()
         self._handle(out, arrived)
 
     def evaluate(self, batch: MetricBatch, now: float, arrived: float | None = None) -> None:
@@ -467,11 +465,11 @@ class EvaluatorService:
         if out.rejected:
             self.rejected_samples.inc(out.rejected)
         for rule, count in out.series_dropped.items():
-            self.series_dropped.inc(count, rule=rule)
+            self.series_dropped.labels(rule=rule).inc(count)
         for rule in out.limit_reached:
             self._report_series_limit(rule)
         for rule, key in out.template_errors:
-            self.template_errors.inc(rule=rule)
+            self.template_errors.labels(rule=rule).inc()
             log.warning(
                 "annotation template failed; sent the raw template", extra={"rule": rule, "annotation": key}
             )
@@ -597,13 +595,10 @@ class EvaluatorService:
         if acks and getattr(acks[-1], "duplicate", False):
             self.duplicates.inc()
         else:
-            self.alert_events.inc(status=event.status)
+            self.alert_events.labels(status=event.status).inc()
         arrived = self._arrivals.pop(msg_id, None)
         if arrived is not None:
-            elapsed = time.monotonic() - arrived
-            self.latency.set(elapsed)
-            self.latency_sum.inc(elapsed)
-            self.latency_count.inc()
+            self.latency.observe(time.monotonic() - arrived)
         log.info(
             "alert %s",
             event.status,
@@ -614,7 +609,7 @@ class EvaluatorService:
     async def _retry(self, what: Literal["kv", "publish"], attempt: Callable[[], Awaitable[object]]) -> bool:
         """Run ``attempt`` until it succeeds, backing off; gives up only while stopping."""
         counter = self.kv_failures if what == "kv" else self.publish_failures
-        delay = 0.1
+        delay = RETRY_BACKOFF.first
         failures = 0
         while True:
             try:
@@ -632,7 +627,7 @@ class EvaluatorService:
                 if self._stopping and failures >= 3:
                     return False
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF)
+                delay = RETRY_BACKOFF.delay(delay)
 
     # Control -----------------------------------------------------------------------------
 

@@ -392,4 +392,4 @@ class AuthMiddleware:
         if self.failures is not None:
             self.failures.failed(address, token)
         if self.counters is not None:
-            self.counters.failures.inc(reason="missing" if token is None else "invalid")
+            self.counters.failures.labels(reason="missing" if token is None else "invalid").inc()

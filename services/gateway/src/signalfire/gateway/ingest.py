@@ -32,6 +32,7 @@ import functools
 import logging
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from itertools import chain
@@ -268,28 +269,40 @@ class Ingest:
             ),
         ]
         self.messages = registry.counter(
-            "ingest_messages_total", "Bus messages stored (metrics: once their rollups are merged)", ["kind"]
+            "ingest_messages", "Bus messages stored (metrics: once their rollups are merged)", ["kind"]
         )
         self.samples = registry.counter(
-            "ingest_samples_total", "Samples stored (new rows), counted once their rollups are merged"
+            "ingest_samples", "Samples stored (new rows), counted once their rollups are merged"
         )
         self.duplicates = registry.counter(
-            "ingest_duplicate_samples_total", "Samples already stored (redelivered or repeated)"
+            "ingest_duplicate_samples", "Samples already stored (redelivered or repeated)"
         )
-        self.events = registry.counter("ingest_events_total", "Events stored (new rows)")
-        self.series = registry.counter("ingest_series_created_total", "Series seen for the first time")
+        self.events = registry.counter("ingest_events", "Events stored (new rows)")
+        self.series = registry.counter("ingest_series_created", "Series seen for the first time")
         self.rejected = registry.counter(
-            "ingest_rejected_total", "Messages terminated because they can never be stored", ["reason"]
+            "ingest_rejected", "Messages terminated because they can never be stored", ["reason"]
         )
         self.db_errors = registry.counter(
-            "db_errors_total", "Database errors while ingesting (the messages are retried)", ["consumer"]
+            "db_errors", "Database errors while ingesting (the messages are retried)", ["consumer"]
         )
-        self.bus_errors = registry.counter("bus_errors_total", "NATS errors while fetching", ["consumer"])
+        self.bus_errors = registry.counter("bus_errors", "NATS errors while fetching", ["consumer"])
         self.rounds = registry.counter(
-            "ingest_rounds_total", "Rounds fetched and written (one transaction each)", ["consumer"]
+            "ingest_rounds", "Rounds fetched and written (one transaction each)", ["consumer"]
         )
         self.fetched = registry.counter(
-            "ingest_fetched_messages_total", "Messages fetched, good or bad", ["consumer"]
+            "ingest_fetched_messages", "Messages fetched, good or bad", ["consumer"]
+        )
+        self.write_seconds = registry.histogram(
+            "ingest_write_seconds",
+            "Time one round's database write took (one transaction)",
+            ["consumer"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+        )
+        self.lag = registry.histogram(
+            "ingest_lag_seconds",
+            "Time from a message's arrival in JetStream to the commit that stored it",
+            ["consumer"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
         )
         registry.gauge("latest_series", "Series with a latest value in memory", function=lambda: len(latest))
 
@@ -353,8 +366,8 @@ class Ingest:
                 if not msgs:  # idle, or a fetch error the fetcher has counted and waited out
                     slots.release()
                     continue
-                self.rounds.inc(consumer=consumer.name)
-                self.fetched.inc(len(msgs), consumer=consumer.name)
+                self.rounds.labels(consumer=consumer.name).inc()
+                self.fetched.labels(consumer=consumer.name).inc(len(msgs))
                 task = asyncio.create_task(self._handle_then_release(consumer, msgs, slots))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
@@ -363,7 +376,7 @@ class Ingest:
                 await asyncio.gather(*in_flight, return_exceptions=True)
 
     def _bus_error(self, consumer: str, _exc: Exception) -> None:
-        self.bus_errors.inc(consumer=consumer)
+        self.bus_errors.labels(consumer=consumer).inc()
 
     async def _flush_rollups(self) -> None:
         # Well within ack_wait, so held messages are not redelivered while they wait.
@@ -379,15 +392,20 @@ class Ingest:
         try:
             merged = await self.rollups.flush()
         except Exception as exc:  # they keep waiting; retried next time
-            self.db_errors.inc(consumer="rollups")
+            self.db_errors.labels(consumer="rollups").inc()
             log.warning("rollup merge failed; will retry", extra={"reason": repr(exc)})
             return
-        for seq, samples in merged.items():
+        stored: list[Msg] = []
+        samples = 0
+        for seq, new in merged.items():
             msg = self._held.pop(seq, None)
-            if msg is None:
-                continue
-            self.samples.inc(samples)
-            self.messages.inc(kind="metrics")
+            if msg is not None:
+                stored.append(msg)
+                samples += new
+        # One increment per merge, not per message: a merge acknowledges hundreds of batches.
+        self.samples.inc(samples)
+        self.messages.labels(kind="metrics").inc(len(stored))
+        for msg in stored:
             try:
                 await msg.ack()
             except Exception as exc:  # merged already; a redelivery would be a no-op
@@ -431,11 +449,12 @@ class Ingest:
         When the database refuses the data itself, the items are retried one by one so the
         one bad message is terminated and the others are stored.
         """
+        started = time.perf_counter()
         try:
             held = await consumer.write(items)
         except Exception as exc:
             if not is_data_error(exc):
-                self.db_errors.inc(consumer=consumer.name)
+                self.db_errors.labels(consumer=consumer.name).inc()
                 log.warning(
                     "database write failed; will retry",
                     extra={"consumer": consumer.name, "reason": repr(exc)},
@@ -448,6 +467,12 @@ class Ingest:
                 if not await self._store(consumer, [item]):
                     return False
             return True
+        self.write_seconds.labels(consumer=consumer.name).observe(time.perf_counter() - started)
+        # JetStream stamps a message with the server's wall clock, so the lag is read on it too.
+        committed = time.time()
+        lag = self.lag.labels(consumer=consumer.name)
+        for msg, _ in items:
+            lag.observe(max(0.0, committed - msg.metadata.timestamp.timestamp()))
         later = {id(msg) for msg in held}
         for msg, _ in items:
             if id(msg) in later:
@@ -459,7 +484,7 @@ class Ingest:
         return True
 
     async def _reject(self, msg: Msg, exc: Rejected) -> None:
-        self.rejected.inc(reason=exc.reason)
+        self.rejected.labels(reason=exc.reason).inc()
         log.warning(
             "dropped a message", extra={"subject": msg.subject, "reason": exc.reason, "detail": exc.detail}
         )
@@ -569,13 +594,13 @@ class Ingest:
         counts = (("metrics", len(metrics) - len(held)), ("events", len(events)), ("agents", len(statuses)))
         for name, n in counts:
             if n:
-                self.messages.inc(n, kind=name)
+                self.messages.labels(kind=name).inc(n)
         return held
 
     async def _write_alerts(self, items: list[tuple[Msg, Payload]]) -> list[Msg]:
         alerts = [p for _, p in items if isinstance(p, AlertEvent)]
         await self.store.write_alerts(alerts)
-        self.messages.inc(len(alerts), kind="alerts")
+        self.messages.labels(kind="alerts").inc(len(alerts))
         if self.live is not None:
             self.live.alerts(alerts)
         return []
@@ -585,7 +610,7 @@ class Ingest:
         await self.store.write_actions(actions)
         if self.commits is not None:
             self.commits.committed()
-        self.messages.inc(len(actions), kind="actions")
+        self.messages.labels(kind="actions").inc(len(actions))
         if self.live is not None and actions:
             self.live.actions(actions, await self.store.alert_hosts([a.alert_id for a in actions]))
         return []
@@ -593,5 +618,5 @@ class Ingest:
     async def _write_deliveries(self, items: list[tuple[Msg, Payload]]) -> list[Msg]:
         results = [p for _, p in items if isinstance(p, DeliveryResult)]
         await self.store.write_deliveries(results)
-        self.messages.inc(len(results), kind="notifications")
+        self.messages.labels(kind="notifications").inc(len(results))
         return []

@@ -79,7 +79,7 @@ class SilenceMirror:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.bad_entries = registry.counter(
-            "bad_state_entries_total", "KV entries that could not be read and were skipped", ["bucket"]
+            "bad_state_entries", "KV entries that could not be read and were skipped", ["bucket"]
         )
         #: The ingest's counter, labelled ``consumer="silences"``.
         self.db_errors = db_errors
@@ -141,7 +141,7 @@ class SilenceMirror:
         )
 
     def _bad(self, key: str, why: str) -> None:
-        self.bad_entries.inc(bucket="silences")
+        self.bad_entries.labels(bucket="silences").inc()
         log.warning("ignored an unreadable KV entry", extra={"bucket": "silences", "key": key, "reason": why})
 
     async def _write(self, sql: str, *args: object) -> None:
@@ -157,7 +157,7 @@ class SilenceMirror:
                     return
                 if self._stopping.is_set():
                     return
-                self.db_errors.inc(consumer="silences")
+                self.db_errors.labels(consumer="silences").inc()
                 delay = self._backoff.delay(delay)
                 log.warning("cannot store a silence; will retry", extra={"key": args[0], "reason": repr(exc)})
                 await asyncio.sleep(delay)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -77,20 +78,29 @@ class Dispatcher:
         self._clock = clock
         self._sleep = sleep
         self.deliveries = registry.counter(
-            "deliveries_total",
+            "deliveries",
             "Delivery attempts by channel and outcome (sent/retrying/failed/suppressed)",
             ["channel", "status"],
         )
         self.duplicates = registry.counter(
-            "duplicates_skipped_total", "Deliveries skipped because the ledger shows them sent", ["channel"]
+            "duplicates_skipped", "Deliveries skipped because the ledger shows them sent", ["channel"]
         )
         self.dead_letters = registry.counter(
-            "dead_letters_total",
+            "dead_letters",
             "Notifications that will never be delivered (recorded as dead letters)",
             ["channel"],
         )
+        self.delivery_seconds = registry.histogram(
+            "delivery_duration_seconds",
+            "Time a notification took through a channel, from its first attempt to the channel's "
+            "last answer (sent or failed), rate-limit waits and retries included",
+            ["channel"],
+            # a webhook answers in milliseconds, SMTP and chat APIs in up to seconds, and
+            # retries with back-off take tens of seconds
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
+        )
         self.fallbacks = registry.counter(
-            "fallbacks_total", "Notifications handed to a channel's fallback", ["channel"]
+            "fallbacks", "Notifications handed to a channel's fallback", ["channel"]
         )
 
     @property
@@ -166,7 +176,7 @@ class Dispatcher:
         return found
 
     async def _report(self, result: DeliveryResult, notification: Notification) -> None:
-        self.deliveries.inc(channel=result.channel, status=result.status)
+        self.deliveries.labels(channel=result.channel, status=result.status).inc()
         for alert in notification.covered:
             if alert.id == result.alert_id:
                 await self._publish(result)
@@ -232,9 +242,11 @@ class Dispatcher:
                 await self._report(result, notification)
             # ``sent`` is reported with the ledger mark; ``failed`` once we know what follows
 
+        started = time.monotonic()
         result, reference = await deliver(
             channel, notification, policy, record, sleep=self._sleep, limiter=limiter
         )
+        self.delivery_seconds.labels(channel=name).observe(time.monotonic() - started)
         if result.status == "sent":
             # The mark first and alone: a crash between the provider's answer and this write
             # makes a takeover send the message again (with the same delivery id).
@@ -252,7 +264,7 @@ class Dispatcher:
         settings = self._settings.get(name)
         target = settings.fallback if settings is not None else None
         if target is not None and target in self._channels:
-            self.fallbacks.inc(channel=name)
+            self.fallbacks.labels(channel=name).inc()
             handed = await self._one(notification, target, alert_key, tag, None, fallback=False)
             if handed.status in ("sent", "duplicate"):
                 await self._report(
@@ -285,7 +297,7 @@ class Dispatcher:
         if mark is not None and mark.state == "superseded":
             await self.dead_letter(notification, name, alert_key, tag, reason=SUPERSEDED)
             return Outcome(name, "superseded")
-        self.duplicates.inc(channel=name)
+        self.duplicates.labels(channel=name).inc()
         log.info("already sent; not sending again", extra={"alert_id": alert.id, "tag": tag, "channel": name})
         return Outcome(name, "duplicate", mark.reference if mark else None)
 
@@ -306,7 +318,7 @@ class Dispatcher:
         an error log line, ``dead_letters_total`` and a ``failed`` DeliveryResult whose
         reason starts with ``dead letter:`` (``result``, the last attempt's, when there is one)."""
         alert = notification.alert
-        self.dead_letters.inc(channel=channel)
+        self.dead_letters.labels(channel=channel).inc()
         log.error(
             "dead letter: notification will not be delivered",
             extra={

@@ -58,7 +58,7 @@ from signalfire.notifier.routing import alert_fields, matching
 from signalfire.notifier.scheduler import Scheduler, merge, references, told
 from signalfire.notifier.state import NotifyState
 from signalfire.notifier.tracking import Track, alert_key, track_key
-from signalfire.telemetry import Counter, Registry, parse_listen, serve_metrics
+from signalfire.telemetry import Registry, parse_listen, serve_metrics
 
 log = logging.getLogger("signalfire.notifier")
 
@@ -150,51 +150,42 @@ class NotifierService:
 
         self.registry = Registry("signalfire_notifier")
         self.alerts_received = self.registry.counter(
-            "alerts_received_total", "Alert events received, by status", ["status"]
+            "alerts_received", "Alert events received, by status", ["status"]
         )
         self.actions_received = self.registry.counter(
-            "actions_received_total", "Alert actions received, by action", ["action"]
+            "actions_received", "Alert actions received, by action", ["action"]
         )
         self.rejected = self.registry.counter(
-            "rejected_messages_total",
+            "rejected_messages",
             "Messages on the alerts or actions subjects that were not valid payloads",
             ["reason"],
         )
         self.bad_state = self.registry.counter(
-            "bad_state_entries_total",
+            "bad_state_entries",
             "KV entries (silences, tracks, batches) that could not be read",
             ["bucket"],
         )
-        self.unrouted = self.registry.counter("alerts_unrouted_total", "Alert events no route matched")
+        self.unrouted = self.registry.counter("alerts_unrouted", "Alert events no route matched")
         self.suppressed = self.registry.counter(
-            "suppressed_total", "Notifications not sent because of a silence or an inhibition", ["why"]
+            "suppressed", "Notifications not sent because of a silence or an inhibition", ["why"]
         )
         self.errors = self.registry.counter(
-            "processing_errors_total", "Alert events or actions left for redelivery after a NATS error"
+            "processing_errors", "Alert events or actions left for redelivery after a NATS error"
         )
         self.bus_errors = self.registry.counter(
-            "bus_errors_total", "NATS errors while fetching (retried with back-off)", ["consumer"]
+            "bus_errors", "NATS errors while fetching (retried with back-off)", ["consumer"]
         )
         self.busy_waits = self.registry.counter(
-            "busy_waits_total", "Times an event waited for a message another replica (or a dead one) claimed"
+            "busy_waits", "Times an event waited for a message another replica (or a dead one) claimed"
         )
         self.reloads = self.registry.counter(
-            "reloads_total", "Config reloads (SIGHUP or a changed file), by result", ["result"]
+            "reloads", "Config reloads (SIGHUP or a changed file), by result", ["result"]
         )
         self.given_up = self.registry.counter(
-            "events_given_up_total",
+            "events_given_up",
             "Alert events or actions JetStream stopped redelivering (max_deliver reached)",
             ["consumer"],
         )
-
-    @property
-    def deliveries(self) -> Counter:
-        """Delivery attempts by channel and outcome (from :meth:`start` on)."""
-        return self.dispatcher.deliveries
-
-    @property
-    def duplicates(self) -> Counter:
-        return self.dispatcher.duplicates
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -378,13 +369,13 @@ class NotifierService:
             try:
                 await self.reload(load_notify_config(self.config_path, environ=self._environ))
             except ConfigError as exc:
-                self.reloads.inc(result="failed")
+                self.reloads.labels(result="failed").inc()
                 log.error(
                     "config not reloaded; the running config is kept",
                     extra={"file": self.config_path, "reason": str(exc)},
                 )
                 return False
-            self.reloads.inc(result="ok")
+            self.reloads.labels(result="ok").inc()
             return True
 
     async def reload_on_signal(self) -> None:
@@ -412,17 +403,17 @@ class NotifierService:
         if self._silences is not None:
             found = silence.silenced_by(alert, self._silences.values(), now)
             if found is not None:
-                self.suppressed.inc(why="silence")
+                self.suppressed.labels(why="silence").inc()
                 return silence.reason(found)
         if self._state is not None and self.config.inhibit:
             source = inhibit.inhibited_by(alert, self._state.firing(), self.config.inhibit)
             if source is not None:
-                self.suppressed.inc(why="inhibition")
+                self.suppressed.labels(why="inhibition").inc()
                 return inhibit.reason(source)
         return None
 
     def _bad_entry(self, bucket: str, key: str, why: str) -> None:
-        self.bad_state.inc(bucket=bucket)
+        self.bad_state.labels(bucket=bucket).inc()
         log.warning("ignored an unreadable KV entry", extra={"bucket": bucket, "key": key, "reason": why})
 
     async def _subscribe(
@@ -449,9 +440,8 @@ class NotifierService:
     async def _fetch_loop(
         self, sub: JetStreamContext.PullSubscription, name: str, accept: Callable[[Msg], Awaitable[None]]
     ) -> None:
-        fetcher = Fetcher(
-            sub, name, backoff=FETCH_BACKOFF, on_error=lambda _exc: self.bus_errors.inc(consumer=name)
-        )
+        errors = self.bus_errors.labels(consumer=name)
+        fetcher = Fetcher(sub, name, backoff=FETCH_BACKOFF, on_error=lambda _exc: errors.inc())
         while True:
             free = self.config.max_in_flight - len(self._in_flight)
             if free <= 0:
@@ -469,7 +459,7 @@ class NotifierService:
         task.add_done_callback(self._in_flight.discard)
 
     async def _reject(self, msg: Msg, what: str, exc: Exception) -> None:
-        self.rejected.inc(reason="malformed")
+        self.rejected.labels(reason="malformed").inc()
         log.warning(f"rejected malformed {what}", extra={"subject": msg.subject, "reason": str(exc)})
         await msg.term()
 
@@ -479,7 +469,7 @@ class NotifierService:
         except PayloadError as exc:
             await self._reject(msg, "alert event", exc)
             return
-        self.alerts_received.inc(status=alert.status)
+        self.alerts_received.labels(status=alert.status).inc()
         # Tasks start in creation order, so each takes its fingerprint's lock in stream order.
         self._spawn(self._settle(msg, alert.id, alert.fingerprint, lambda: self._handle_alert(alert)))
 
@@ -489,7 +479,7 @@ class NotifierService:
         except PayloadError as exc:
             await self._reject(msg, "alert action", exc)
             return
-        self.actions_received.inc(action=action.action)
+        self.actions_received.labels(action=action.action).inc()
         self._spawn(
             self._settle(
                 msg,
@@ -760,7 +750,7 @@ class NotifierService:
                 extra={"subject": advisory.subject, "reason": f"{type(exc).__name__}: {exc}"},
             )
             return
-        self.given_up.inc(consumer=notice.consumer)
+        self.given_up.labels(consumer=notice.consumer).inc()
         if notice.consumer != DURABLE:
             log.error(
                 "JetStream gave up on an alert action after max_deliver deliveries",

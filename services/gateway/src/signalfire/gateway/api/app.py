@@ -149,13 +149,17 @@ def create_app(
         openapi_json=encode_json(openapi_document(ENDPOINTS)),
         commits=commits if commits is not None else Commits(),
     )
-    requests = registry.counter(
-        "http_requests_total", "HTTP requests answered", ["method", "route", "status"]
+    requests = registry.counter("http_requests", "HTTP requests answered", ["method", "route", "status"])
+    request_seconds = registry.histogram(
+        "http_request_duration_seconds",
+        "Time from a request's arrival to the end of its answer (a live stream: its whole life)",
+        ["method", "route"],
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
     )
-    audit_failures = registry.counter("audit_failures_total", "Audit records that could not be written")
+    audit_failures = registry.counter("audit_failures", "Audit records that could not be written")
     if hub is not None:
         stream_rejected = registry.counter(
-            "stream_messages_rejected_total", "Live-stream client messages refused (the client was closed)"
+            "stream_messages_rejected", "Live-stream client messages refused (the client was closed)"
         )
         res.live = LiveEndpoints(hub, live_settings, rejected=stream_rejected)
         for name, description, attribute in _STREAM_GAUGES:
@@ -183,15 +187,15 @@ def create_app(
     failed_auth = FailureThrottle(config.auth_failure_rate, config.auth_failure_burst)
     auth_counters = AuthCounters(
         failures=registry.counter(
-            "auth_failures_total", "Requests refused for a missing or invalid API token", ["reason"]
+            "auth_failures", "Requests refused for a missing or invalid API token", ["reason"]
         ),
         throttled=registry.counter(
-            "auth_throttled_total",
+            "auth_throttled",
             "Requests refused (429) for too many failed authentications from their address",
         ),
     )
     middleware = [
-        Middleware(RequestMetrics, routes=routes, counter=requests),
+        Middleware(RequestMetrics, routes=routes, counter=requests, duration=request_seconds),
         Middleware(LimitsMiddleware, max_body_bytes=config.max_body_bytes),
         # Outside the auth, so that refused calls are audited too.
         Middleware(AuditMiddleware, pool=pool, routes=routes, failures=audit_failures),

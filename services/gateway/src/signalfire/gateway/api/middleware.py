@@ -4,6 +4,7 @@ of state-changing calls."""
 from __future__ import annotations
 
 import logging
+import time
 
 import asyncpg
 import msgspec
@@ -15,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from signalfire.gateway.auth import Principal, Refusal
 from signalfire.gateway.errors import ApiError, error_response
 from signalfire.gateway.params import reject_nul
-from signalfire.telemetry import Counter
+from signalfire.telemetry import Counter, Histogram
 
 log = logging.getLogger("signalfire.gateway.api")
 
@@ -23,12 +24,14 @@ _json = msgspec.json.Encoder()
 
 
 class RequestMetrics:
-    """Counts requests by method, route template and status (unknown paths share one label)."""
+    """Counts requests by method, route template and status, and times them by method and
+    route (unknown paths share one label)."""
 
-    def __init__(self, app: ASGIApp, routes: list[BaseRoute], counter: Counter) -> None:
+    def __init__(self, app: ASGIApp, routes: list[BaseRoute], counter: Counter, duration: Histogram) -> None:
         self.app = app
         self.routes = routes
         self.counter = counter
+        self.duration = duration
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -36,10 +39,13 @@ class RequestMetrics:
             return
         route = route_of(self.routes, scope)
         status = ResponseStatus(send)
+        started = time.perf_counter()
         try:
             await self.app(scope, receive, status.send)
         finally:
-            self.counter.inc(method=scope["method"], route=route, status=str(status.code))
+            method = scope["method"]
+            self.duration.labels(method=method, route=route).observe(time.perf_counter() - started)
+            self.counter.labels(method=method, route=route, status=str(status.code)).inc()
 
 
 class ResponseStatus:

@@ -11,7 +11,7 @@ from signalfire.gateway.api.endpoint import Endpoint
 from signalfire.gateway.api.resources import Resources, json_response, principal
 from signalfire.gateway.auth import Role
 from signalfire.gateway.errors import error_body
-from signalfire.telemetry import CONTENT_TYPE
+from signalfire.telemetry import exposition
 
 
 class Whoami(msgspec.Struct, kw_only=True):
@@ -40,7 +40,8 @@ async def readyz(res: Resources, request: Request) -> Response:
 
 
 async def metrics(res: Resources, request: Request) -> Response:
-    return Response(res.registry.render(), media_type=CONTENT_TYPE)
+    body, content_type = exposition(res.registry, request.headers.get("accept"))
+    return Response(body, media_type=content_type)
 
 
 async def openapi(res: Resources, request: Request) -> Response:
@@ -77,7 +78,8 @@ routes = [
         metrics,
         None,
         "Prometheus metrics",
-        "the gateway's counters in the Prometheus text format",
+        "the gateway's counters, gauges and histograms in the Prometheus text format "
+        "(OpenMetrics when the `Accept` header asks for it)",
         openapi=False,
     ),
     Endpoint(

@@ -135,10 +135,10 @@ class Rollups:
         self._backlog: dict[int, tuple[StoredBatch, int]] = {}
         registry = registry if registry is not None else Registry("signalfire_gateway")
         self.repairs = registry.counter(
-            "rollup_repairs_total", "Orphaned batches (message never redelivered) whose rollups were repaired"
+            "rollup_repairs", "Orphaned batches (message never redelivered) whose rollups were repaired"
         )
         self.unrepairable = registry.counter(
-            "rollup_orphans_unrepairable_total",
+            "rollup_orphans_unrepairable",
             "Orphaned batches dropped without repair (no host or time range, or samples past retention)",
         )
 
