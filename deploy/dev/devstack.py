@@ -229,7 +229,7 @@ class NatsServer:
         if self.cluster is not None:
             # As deploy/nats/cluster.conf, on loopback: the routes need no credentials of their
             # own, since nothing off this machine can reach them.
-            routes = " ".join(json.dumps(url) for url in self.cluster.route_urls(self.host))
+            routes = ", ".join(json.dumps(url) for url in self.cluster.route_urls(self.host))
             lines.append(
                 f"cluster {{ name: {json.dumps(self.cluster.name)}, "
                 f"listen: {json.dumps(f'{self.host}:{self.cluster.port}')}, routes: [{routes}] }}"

@@ -26,9 +26,12 @@ def _nats(service: str, environ: dict[str, str]) -> NatsConfig:
     config: Any
     if service == "notifier":
         config = load_notify_config(None, environ=environ)
+    elif service == "agent":
+        config = load_config(AgentConfig, None, environ=environ)
+    elif service == "evaluator":
+        config = load_config(EvaluatorConfig, None, environ=environ)
     else:
-        kind = {"agent": AgentConfig, "evaluator": EvaluatorConfig, "gateway": GatewayConfig}[service]
-        config = load_config(kind, None, environ=environ)
+        config = load_config(GatewayConfig, None, environ=environ)
     assert isinstance(config.nats, NatsConfig)
     return config.nats
 
