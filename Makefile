@@ -10,10 +10,13 @@ UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 PYTEST_ARGS ?=
 # `make up RULES=a.yaml,rules/ NOTIFY=my-notify.yaml AGENT=my-agent.yaml`: your own files
 # (relative to the repository or absolute) instead of the shipped ones.
+# `make up NATS_NODES=3`: a three-node JetStream cluster instead of one nats-server.
 RULES ?=
 NOTIFY ?=
 AGENT ?=
-UP_ARGS = $(if $(RULES),--rules '$(RULES)') $(if $(NOTIFY),--notify '$(NOTIFY)') $(if $(AGENT),--agent-config '$(AGENT)')
+NATS_NODES ?=
+UP_ARGS = $(if $(RULES),--rules '$(RULES)') $(if $(NOTIFY),--notify '$(NOTIFY)') $(if $(AGENT),--agent-config '$(AGENT)') \
+  $(if $(NATS_NODES),--nats-nodes '$(NATS_NODES)')
 
 .PHONY: help up test sync provision provision-test lint format typecheck coverage unit integration e2e faults screenshots schemas api-docs clean
 
@@ -40,7 +43,8 @@ up: sync provision  ## run NATS, PostgreSQL/TimescaleDB, the four services and a
 	@$(UV) run --no-sync python deploy/dev/devstack.py up $(UP_ARGS)
 ##+ your own files: RULES=f[,f...] (rule files, directories, globs) NOTIFY=f AGENT=f, relative to
 ##+ the repository or absolute; checked before anything starts, rules and NOTIFY reloaded when
-##+ edited; a process that exits is restarted (back-off 1 s doubling to 30 s)
+##+ edited; a process that exits is restarted (back-off 1 s doubling to 30 s);
+##+ NATS_NODES=3: a three-node JetStream cluster on loopback, 3 replicas (docs/scaling.md)
 
 # Coverage: line and branch coverage of shared/src and services/*/src, services started as
 # subprocesses included ([tool.coverage.*] in pyproject.toml). The total is printed even when a

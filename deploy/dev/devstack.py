@@ -28,7 +28,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from signalfire.bus import NatsConfig
 from signalfire.busauth import CredentialDirectory
@@ -119,21 +119,49 @@ def venv_bin(name: str) -> str:
     return found
 
 
+@dataclasses.dataclass(frozen=True)
+class ClusterRoutes:
+    """One node's place in a NATS cluster: the cluster's name, the port this node takes routes
+    on, and the route ports of every node (its own included; nats-server skips itself)."""
+
+    name: str
+    port: int
+    routes: tuple[int, ...]
+
+    def route_urls(self, host: str = "127.0.0.1") -> list[str]:
+        return [f"nats-route://{host}:{port}" for port in self.routes]
+
+
 class NatsServer:
     """nats-server with JetStream, storing under ``data_dir``, listening on loopback.
 
     ``config`` is a server config file read first (e.g. one including the ``auth.conf`` of
     ``signalfire bus``, or a ``tls {}`` block); the address, port and store given here win.
     The server's PID is in ``pid_file`` (what ``signalfire bus enroll --pid-file`` reloads).
+
+    With ``cluster`` it is one node of a JetStream cluster (:class:`NatsCluster` makes them),
+    named ``name`` (every node's must differ), and ``monitor_port`` serves the monitoring
+    endpoints (``/healthz``, ``/jsz``) on loopback.
     """
 
     def __init__(
-        self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1", *, config: Path | None = None
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        *,
+        config: Path | None = None,
+        name: str = "signalfire-dev",
+        cluster: ClusterRoutes | None = None,
+        monitor_port: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port or free_port(host)
         self.config = config
+        self.name = name
+        self.cluster = cluster
+        self.monitor_port = monitor_port
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / "nats-server.log"
         self.pid_file = self.data_dir / "nats-server.pid"
@@ -157,10 +185,21 @@ class NatsServer:
                 "--port",
                 str(self.port),
                 "--server_name",
-                "signalfire-dev",
+                self.name,
                 "--pid",
                 str(self.pid_file),
             ]
+            if self.cluster is not None:
+                args += [
+                    "--cluster_name",
+                    self.cluster.name,
+                    "--cluster",
+                    f"nats://{self.host}:{self.cluster.port}",
+                    "--routes",
+                    ",".join(self.cluster.route_urls(self.host)),
+                ]
+            if self.monitor_port is not None:
+                args += ["--http_port", str(self.monitor_port)]
         else:
             args = ["--config", str(self._server_config(self.config))]
         self.proc = subprocess.Popen(
@@ -179,22 +218,143 @@ class NatsServer:
         instead would make nats-server refuse every config reload (``SIGHUP``), and an include
         is relative to the including file, so it is written beside ``config``."""
         server = config.parent / f".{config.stem}-{self.port}.conf"
-        server.write_text(
-            "\n".join(
-                [
-                    "server_name: signalfire-dev",
-                    f"listen: {json.dumps(f'{self.host}:{self.port}')}",
-                    f"pid_file: {json.dumps(str(self.pid_file))}",
-                    f"jetstream {{ store_dir: {json.dumps(str(self.data_dir / 'jetstream'))} }}",
-                    f"include ./{config.name}",
-                    "",
-                ]
+        lines = [
+            f"server_name: {json.dumps(self.name)}",
+            f"listen: {json.dumps(f'{self.host}:{self.port}')}",
+            f"pid_file: {json.dumps(str(self.pid_file))}",
+            f"jetstream {{ store_dir: {json.dumps(str(self.data_dir / 'jetstream'))} }}",
+        ]
+        if self.monitor_port is not None:
+            lines.append(f"http: {json.dumps(f'{self.host}:{self.monitor_port}')}")
+        if self.cluster is not None:
+            # As deploy/nats/cluster.conf, on loopback: the routes need no credentials of their
+            # own, since nothing off this machine can reach them.
+            routes = ", ".join(json.dumps(url) for url in self.cluster.route_urls(self.host))
+            lines.append(
+                f"cluster {{ name: {json.dumps(self.cluster.name)}, "
+                f"listen: {json.dumps(f'{self.host}:{self.cluster.port}')}, routes: [{routes}] }}"
             )
-        )
+        server.write_text("\n".join([*lines, f"include ./{config.name}", ""]))
         return server
+
+    def monitoring(self, path: str) -> Any:
+        """The JSON of a monitoring endpoint (``/jsz?streams=true``); needs ``monitor_port``."""
+        if self.monitor_port is None:
+            raise DevStackError(f"{self.name} was started without a monitoring port")
+        url = f"http://{self.host}:{self.monitor_port}{path}"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return json.load(response)
+
+    def healthy(self) -> bool:
+        """Whether the node says it is healthy (``/healthz``): in a cluster, JetStream is up and
+        current with the cluster's meta leader. Without a monitoring port: whether it listens."""
+        if self.monitor_port is None:
+            return port_open(self.host, self.port)
+        try:
+            return bool(self.monitoring("/healthz").get("status") == "ok")
+        except (OSError, ValueError):
+            return False
 
     def stop(self) -> None:
         _stop(self.proc)
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` different TCP ports nobody listens on right now."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            s = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind((host, 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
+
+
+#: The node counts ``make up NATS_NODES=`` takes: JetStream keeps a stream with a majority of
+#: its replicas, so an even count survives no more failures than the odd one below it, and a
+#: stream has at most 5 replicas.
+NATS_NODE_COUNTS = (1, 3, 5)
+
+
+class NatsCluster:
+    """``nodes`` nats-server processes forming one JetStream cluster on loopback, each with its
+    own store (``state/nats-1``, ``nats-2``, …), client port (``ports``, else free ones), and
+    free route and monitoring ports. Streams and KV buckets on it take ``replicas`` = the node
+    count (:meth:`nats_config`). ``config`` is included by every node: the same accounts
+    everywhere, as deploy/nats/cluster.conf has it.
+    """
+
+    def __init__(
+        self,
+        state: Path,
+        nodes: int = 3,
+        *,
+        ports: Sequence[int] | None = None,
+        config: Path | None = None,
+        name: str = "signalfire-dev",
+    ) -> None:
+        if nodes < 2:
+            raise DevStackError(f"a cluster has at least 2 nodes, not {nodes}")
+        client_ports = list(ports) if ports is not None else free_ports(nodes)
+        if len(client_ports) != nodes:
+            raise DevStackError(f"{nodes} nodes need {nodes} client ports, got {len(client_ports)}")
+        route_ports = free_ports(2 * nodes)
+        routes, monitors = tuple(route_ports[:nodes]), route_ports[nodes:]
+        self.nodes = [
+            NatsServer(
+                state / f"nats-{i + 1}",
+                client_ports[i],
+                config=config,
+                name=f"{name}-{i + 1}",
+                cluster=ClusterRoutes(name, routes[i], routes),
+                monitor_port=monitors[i],
+            )
+            for i in range(nodes)
+        ]
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def start(self, timeout: float = 30) -> NatsCluster:
+        """Start every node and wait until each is healthy (JetStream has a meta leader and
+        the node is current with it); on failure stop what started and raise."""
+        try:
+            for node in self.nodes:
+                node.start(timeout)
+            for node in self.nodes:
+                what = f"nats-server {node.name} (JetStream)"
+                wait_for(node.healthy, what, timeout, node.proc, node.log_path)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def node(self, name: str) -> NatsServer:
+        """The node whose server name is ``name``."""
+        return next(node for node in self.nodes if node.name == name)
+
+    def nats_config(self, **settings: Any) -> NatsConfig:
+        """How a client reaches the cluster: the first node's URL, the others as ``servers``,
+        and streams with a replica on every node; ``settings`` are more :class:`NatsConfig` fields."""
+        return NatsConfig(
+            url=self.nodes[0].url,
+            servers=[node.url for node in self.nodes[1:]],
+            replicas=len(self.nodes),
+            **settings,
+        )
+
+    def env(self) -> dict[str, str]:
+        """The ``SF_NATS_*`` variables that give a service the whole cluster."""
+        return {
+            "SF_NATS_URL": self.nodes[0].url,
+            "SF_NATS_SERVERS": ",".join(node.url for node in self.nodes[1:]),
+            "SF_NATS_REPLICAS": str(len(self.nodes)),
+        }
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 def _postgres_user() -> str | None:
@@ -460,6 +620,27 @@ def private_servers(state: Path, *, durable: bool = False) -> Iterator[tuple[Nat
         nats.stop()
 
 
+@contextlib.contextmanager
+def private_nats_cluster(state: Path, nodes: int = 3) -> Iterator[NatsCluster]:
+    """A JetStream cluster of ``nodes`` nats-servers (stores under ``state``) on free loopback
+    ports, healthy on entry; every node stopped by its PID when the block ends (the body may
+    kill and start nodes again)."""
+    cluster = NatsCluster(state, nodes).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def cluster_ports(first: int, nodes: int) -> list[int]:
+    """Client ports for ``nodes`` nodes: ``first``, then the ports after it (4222, 4223, 4224),
+    each replaced by a free port when something listens there already."""
+    ports = [first]
+    for candidate in range(first + 1, first + nodes):
+        ports.append(free_port() if port_open("127.0.0.1", candidate) else candidate)
+    return ports
+
+
 def start_gateway(
     nats_url: str,
     database_url: str,
@@ -514,6 +695,7 @@ def stack(
     extra_env: Mapping[str, str] | None = None,
     agent_host: str = socket.gethostname(),
     supervise: bool = False,
+    nats_nodes: int = 1,
 ) -> Iterator[Stack]:
     """The whole Signalfire stack: NATS, PostgreSQL, the four services and (optionally) an agent.
 
@@ -531,6 +713,11 @@ def stack(
     NATS requires credentials: each service connects as its own identity, the agent as the
     enrolled ``agent_host``, with passwords made on the first run under ``state/bus``
     (:func:`bus_credentials`); :meth:`Stack.nats_config` connects a test or a tool.
+
+    With ``nats_nodes`` > 1, NATS is a :class:`NatsCluster` (client ports from ``nats_port``
+    on, see :func:`cluster_ports`), every service and the agent get every node's URL
+    (``SF_NATS_URL`` and ``SF_NATS_SERVERS``) and ``SF_NATS_REPLICAS`` = ``nats_nodes``, and
+    the supervisor restarts each node on its own.
     """
     rule_paths = [rules] if isinstance(rules, Path) else list(rules)
     check_files(rule_paths, notify_config, agent_config if agent else None)
@@ -539,13 +726,27 @@ def stack(
     bus = bus_credentials(
         state / "bus", (extra_env or {}).get("SF_NATS_PREFIX", "sf"), agent_host if agent else None
     )
-    nats_server = NatsServer(state / "nats", nats_port, config=bus.path / "nats.conf")
+    cluster: NatsCluster | None = None
+    if nats_nodes > 1:
+        cluster = NatsCluster(
+            state, nats_nodes, ports=cluster_ports(nats_port, nats_nodes), config=bus.path / "nats.conf"
+        )
+        nats_nodes_list = cluster.nodes
+        nats_env = cluster.env()
+    else:
+        nats_nodes_list = [NatsServer(state / "nats", nats_port, config=bus.path / "nats.conf")]
+        nats_env = {"SF_NATS_URL": nats_nodes_list[0].url}
+    nats_server = nats_nodes_list[0]
     postgres = PostgresServer(private_pg_dir(state / "pg"), pg_port, durable=durable)
     services: list[ServiceProcess] = []
     supervisor: Supervisor | None = None
     try:
-        print(f"starting nats-server on {nats_server.url}", flush=True)
-        nats_server.start()
+        if cluster is not None:
+            print(f"starting a {nats_nodes}-node NATS cluster on {', '.join(cluster.urls)}", flush=True)
+            cluster.start()
+        else:
+            print(f"starting nats-server on {nats_server.url}", flush=True)
+            nats_server.start()
         edition = " + TimescaleDB" if postgres.timescaledb else ""
         print(f"starting PostgreSQL {PG_MAJOR}{edition} on 127.0.0.1:{postgres.port}", flush=True)
         postgres.start()
@@ -554,7 +755,7 @@ def stack(
             state / "env",
             {
                 "SF_DATABASE_URL": database_url,
-                "SF_NATS_URL": nats_server.url,
+                **nats_env,
                 "SF_NATS_PREFIX": bus.prefix(),
                 "SF_NATS_USER": "admin",
                 "SF_NATS_PASSWORD_FILE": str(bus.password_file("admin")),
@@ -562,7 +763,7 @@ def stack(
         )
         env = {
             **os.environ,
-            "SF_NATS_URL": nats_server.url,
+            **nats_env,
             "SF_DATABASE_URL": database_url,
             "SF_LISTEN": f"127.0.0.1:{gateway_port}",
             "SF_ADMIN_TOKEN_FILE": str(state / "admin-token"),
@@ -575,7 +776,7 @@ def stack(
                 gateway_port,
                 log_dir=logs,
                 token_file=state / "admin-token",
-                extra_env={**bus_env(bus, "gateway"), **(extra_env or {})},
+                extra_env={**nats_env, **bus_env(bus, "gateway"), **(extra_env or {})},
             )
         )
         evaluator_env = {**env, **bus_env(bus, "evaluator"), "SF_RULES": ",".join(map(str, rule_paths))}
@@ -599,6 +800,7 @@ def stack(
             f"http://127.0.0.1:{gateway_port}",
             state / "admin-token",
             bus,
+            nats_nodes_list,
         )
         if supervise:
             supervisor = Supervisor(running, notify_config=notify_config).start()
@@ -610,7 +812,8 @@ def stack(
             service.stop()
         (state / "env").unlink(missing_ok=True)
         postgres.stop()
-        nats_server.stop()
+        for node in nats_nodes_list:
+            node.stop()
 
 
 def repo_path(value: str) -> Path:
@@ -696,8 +899,12 @@ class Supervisor:
         now = time.monotonic()
         # Servers first: a server's start returns once it is ready, so in a pass that restarts
         # NATS or PostgreSQL they are back before any service that needs them is started.
+        nodes = running.nats_nodes or [running.nats]
         self.watched = [
-            _Watched("nats-server", running.nats, now),
+            *(
+                _Watched("nats-server" if len(nodes) == 1 else f"nats-{i}", node, now)
+                for i, node in enumerate(nodes, 1)
+            ),
             _Watched("postgres", running.postgres, now),
             *(_Watched(s.name, s, now) for s in running.services),
         ]
@@ -854,14 +1061,19 @@ class Stack:
     gateway_url: str
     token_file: Path
     bus: CredentialDirectory
+    #: Every NATS node, ``nats`` first (one node unless ``make up NATS_NODES=3``).
+    nats_nodes: list[NatsServer] = dataclasses.field(default_factory=list)
 
     def dead(self) -> list[ServiceProcess]:
         return [s for s in self.services if not s.alive()]
 
     def nats_config(self, identity: str = "admin") -> NatsConfig:
         """How a test or tool connects to the stack's NATS as ``identity`` (default: admin)."""
+        others = [node.url for node in self.nats_nodes if node is not self.nats]
         return NatsConfig(
             url=self.nats.url,
+            servers=others,
+            replicas=len(others) + 1,
             prefix=self.bus.prefix(),
             user=identity,
             password_file=str(self.bus.password_file(identity)),
@@ -876,6 +1088,13 @@ def up(argv: list[str]) -> int:
     parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("SF_UP_GATEWAY_PORT", "8080")))
     parser.add_argument("--pg-port", type=int, default=int(os.environ.get("SF_UP_PG_PORT", "15432")))
     parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("SF_UP_METRICS_PORT", "9101")))
+    parser.add_argument(
+        "--nats-nodes",
+        type=int,
+        choices=NATS_NODE_COUNTS,
+        default=int(os.environ.get("SF_UP_NATS_NODES", "1")),
+        help="NATS nodes; 3 (or 5): a JetStream cluster, a replica on each (make up NATS_NODES=3)",
+    )
     parser.add_argument("--no-agent", action="store_true")
     parser.add_argument(
         "--rules",
@@ -911,6 +1130,7 @@ def up(argv: list[str]) -> int:
             agent_config=agent_config,
             metrics_port=args.metrics_port,
             supervise=True,
+            nats_nodes=args.nats_nodes,
         ) as running:
             token_file = state / "admin-token"
             url = f"http://127.0.0.1:{args.gateway_port}/"
@@ -918,9 +1138,14 @@ def up(argv: list[str]) -> int:
             print(f"  dashboard   {url}  (sign in with the admin token below)")
             print(f"  API         {url}api/v1/hosts  (Authorization: Bearer $(cat {token_file}))")
             print(
-                f"  NATS        {running.nats.url}  (credentials required: user admin, "
-                f"password in {running.bus.password_file('admin')}; docs/security.md)"
+                f"  NATS        {', '.join(node.url for node in running.nats_nodes)}  (credentials required: "
+                f"user admin, password in {running.bus.password_file('admin')}; docs/security.md)"
             )
+            if len(running.nats_nodes) > 1:
+                print(
+                    f"              a {len(running.nats_nodes)}-node JetStream cluster, streams and KV with "
+                    f"{len(running.nats_nodes)} replicas; every service has every URL (docs/scaling.md)"
+                )
             print(
                 f"  /metrics    {url}metrics (gateway), "
                 f"http://127.0.0.1:{args.metrics_port}/metrics (evaluator), "
@@ -947,8 +1172,8 @@ def up(argv: list[str]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] != "up":
         print(
-            "usage: devstack.py up [--state DIR] [--nats-port N] [--gateway-port N] [--pg-port N] "
-            "[--rules PATH[,PATH...]] [--notify PATH] [--agent-config PATH]"
+            "usage: devstack.py up [--state DIR] [--nats-port N] [--nats-nodes 1|3|5] [--gateway-port N] "
+            "[--pg-port N] [--rules PATH[,PATH...]] [--notify PATH] [--agent-config PATH]"
         )
         sys.exit(2)
     sys.exit(up(sys.argv[2:]))

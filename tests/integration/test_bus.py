@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from pathlib import Path
 
 import msgspec
 import pytest
+from devstack import NatsCluster
 from nats.errors import NoServersError
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
@@ -56,3 +59,53 @@ async def test_unreachable_server_is_a_clear_error() -> None:
     config = NatsConfig(url=f"nats://127.0.0.1:{free_port()}", connect_timeout=Duration(0.5))
     with pytest.raises(NoServersError):
         await connect(config, "t", max_reconnect_attempts=1)
+
+
+async def test_on_a_cluster_every_stream_and_bucket_has_a_replica_on_each_node(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster = NatsCluster(tmp_path, 3)
+    await asyncio.to_thread(cluster.start)
+    try:
+        grown = cluster.nats_config(prefix="tgrown")
+        one = msgspec.structs.replace(grown, replicas=1)  # made while the deployment had one node
+        nc = await connect(grown, "t")
+        try:
+            js = nc.jetstream()
+            fresh = cluster.nats_config(prefix="tfresh")
+            await ensure_streams(js, fresh)
+            for name in _stream_names(fresh):
+                info = await js.stream_info(name)
+                assert info.config.num_replicas == 3, name
+                assert info.cluster is not None and len(info.cluster.replicas or []) == 2, name
+
+            await ensure_streams(js, one)
+            with caplog.at_level(logging.WARNING, logger="signalfire.bus"):
+                await ensure_streams(js, grown)
+            s = grown.subjects
+            for name in (s.metrics_stream, s.alerts_stream):  # the streams follow the config
+                assert (await js.stream_info(name)).config.num_replicas == 3, name
+            for short in (
+                "alert_state",
+                "notify_state",
+                "silences",
+            ):  # a bucket's is only an admin's to change
+                bucket = s.bucket(short)
+                assert (await js.stream_info(f"KV_{bucket}")).config.num_replicas == 1
+                assert any(
+                    "--replicas 3" in r.getMessage() and f"KV_{bucket}" in r.getMessage()
+                    for r in caplog.records
+                ), bucket
+        finally:
+            await nc.close()
+    finally:
+        await asyncio.to_thread(cluster.stop)
+
+
+def _stream_names(nats: NatsConfig) -> list[str]:
+    s = nats.subjects
+    return [
+        s.metrics_stream,
+        s.alerts_stream,
+        *(f"KV_{s.bucket(b)}" for b in ("alert_state", "notify_state", "silences")),
+    ]

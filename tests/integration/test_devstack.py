@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from devstack import REPO, RESTART_BACKOFF, ServiceProcess, Stack, free_port, stack
+from devstack import REPO, RESTART_BACKOFF, DevStackError, ServiceProcess, Stack, free_port, stack
 
 from signalfire.bus import NatsConfig, connect
 
@@ -238,3 +239,98 @@ def test_make_up_with_a_bad_file_stops_before_anything_starts_naming_it(
     assert "starting nats-server" not in result.stdout
     assert not state.exists()  # nothing was started, not even a directory made
     assert time.monotonic() - started < 15
+
+
+# `make up NATS_NODES=3` ----------------------------------------------------------------------
+
+
+def _streams(running: Stack) -> dict[str, tuple[int, str | None, list[tuple[str, bool]], int]]:
+    """Each stream and KV bucket: (replicas, leader, [(follower, current)], messages)."""
+
+    async def read() -> dict[str, tuple[int, str | None, list[tuple[str, bool]], int]]:
+        nats = running.nats_config()
+        nc = await connect(nats, "pytest-cluster")
+        try:
+            js, found = nc.jetstream(), {}
+            names = [nats.subjects.metrics_stream, nats.subjects.alerts_stream]
+            names += [f"KV_{nats.subjects.bucket(b)}" for b in ("alert_state", "notify_state", "silences")]
+            for name in names:
+                info = await js.stream_info(name)
+                cluster = info.cluster
+                followers = (
+                    [(str(p.name), bool(p.current)) for p in (cluster.replicas or [])] if cluster else []
+                )
+                leader = cluster.leader if cluster else None
+                found[name] = (info.config.num_replicas or 1, leader, followers, info.state.messages)
+            return found
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def _samples(running: Stack) -> int:
+    try:
+        return int(running.postgres.psql("SELECT count(*) FROM samples", database="signalfire"))
+    except DevStackError:
+        return 0
+
+
+@pytest.mark.slow
+def test_a_three_node_stack_keeps_storing_when_the_leader_node_is_killed(tmp_path: Path) -> None:
+    agent_config = tmp_path / "agent.yaml"
+    agent_config.write_text("interval: 1s\nlabels: {env: dev}\n")  # a batch a second, not every 5 s
+    state = tmp_path / "state"
+    try:
+        with stack(
+            state,
+            free_port(),
+            free_port(),
+            free_port(),
+            agent_config=agent_config,
+            durable=False,
+            supervise=True,
+            nats_nodes=3,
+        ) as running:
+            nodes = {node.name: node for node in running.nats_nodes}
+            urls = [node.url for node in running.nats_nodes]
+            assert len(nodes) == 3 and len(set(urls)) == 3
+            for service in running.services:  # every service and the agent know every node
+                env = service.env
+                assert [env["SF_NATS_URL"], *env["SF_NATS_SERVERS"].split(",")] == urls, service.name
+                assert env["SF_NATS_REPLICAS"] == "3", service.name
+            _eventually(lambda: _samples(running) > 0, "the agent's samples stored", 60)
+            streams = _streams(running)
+            for name, (replicas, leader, followers, _) in streams.items():
+                assert replicas == 3 and leader in nodes, name
+                assert len(followers) == 2 and all(current for _, current in followers), (name, followers)
+
+            metrics = running.nats_config().subjects.metrics_stream
+            victim = nodes[str(streams[metrics][1])]
+            assert victim.proc is not None
+            killed = victim.proc.pid
+            os.kill(killed, signal.SIGKILL)
+            at_kill = _samples(running)
+            # stored through the survivors while the node is away or catching up
+            _eventually(lambda: _samples(running) > at_kill + 20, "samples stored after the kill", 60)
+            _eventually(
+                lambda: victim.proc is not None and victim.proc.pid != killed, "the node started again"
+            )
+            number = running.nats_nodes.index(victim) + 1
+            log = (running.logs / "devstack.log").read_text()
+            assert f"nats-{number} exited (killed by SIGKILL)" in log and f"nats-{number} restarted" in log
+
+            def caught_up() -> bool:
+                replicas, leader, followers, _ = _streams(running)[metrics]
+                members = {str(leader), *(name for name, current in followers if current)}
+                return replicas == 3 and victim.name in members and len(members) == 3
+
+            _eventually(caught_up, "the restarted node current again", 30)
+            # the evaluator answers over NATS: the rules of the default pack, through the gateway
+            _eventually(lambda: "HostDown" in _rule_names(running), "the evaluator answering the gateway")
+            assert not running.dead(), [s.name for s in running.dead()]
+    finally:
+        pg = state / "pg"
+        if pg.is_symlink():
+            shutil.rmtree(pg.resolve(), ignore_errors=True)
+            pg.resolve().with_suffix(".log").unlink(missing_ok=True)

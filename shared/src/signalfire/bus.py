@@ -40,7 +40,8 @@ class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """How a service reaches NATS. ``SF_NATS_URL`` overrides ``url``."""
 
     url: str = "nats://127.0.0.1:4222"
-    #: Extra servers of a cluster, tried after ``url``.
+    #: The cluster's other servers (``SF_NATS_SERVERS``, a comma-separated list); the client
+    #: connects to any of ``url`` and these and moves to another when its server goes away.
     servers: list[str] = []
     prefix: str = "sf"
     #: A ``.creds`` file (JWT + NKey) for decentralised auth.
@@ -61,7 +62,13 @@ class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     alerts_max_age: Duration = Duration(30 * 86400)
     #: How long a ``Nats-Msg-Id`` is remembered for de-duplication of alert events.
     alerts_duplicate_window: Duration = Duration(3600)
+    #: Copies of every stream and KV bucket, one per node: 3 on a three-node cluster
+    #: (``SF_NATS_REPLICAS``); JetStream allows at most 5.
     replicas: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.replicas <= 5:
+            raise ValueError(f"replicas: must be 1 to 5 (one copy per NATS node), got {self.replicas}")
 
     @property
     def subjects(self) -> Subjects:
@@ -191,7 +198,9 @@ BUCKETS: dict[str, float | None] = {"alert_state": None, "notify_state": 30 * 86
 async def ensure_streams(js: JetStreamContext, config: NatsConfig) -> None:
     """Create (or converge) the ``SF_METRICS`` and ``SF_ALERTS`` streams and the KV buckets.
 
-    Safe to call from every service at every start, also concurrently.
+    Every stream and bucket is created with ``config.replicas`` copies; a stream with another
+    number is updated to it (by the gateway or an admin, see below), a bucket's difference is
+    logged. Safe to call from every service at every start, also concurrently.
     """
     for wanted in stream_configs(config):
         assert wanted.name is not None
@@ -211,6 +220,7 @@ async def ensure_streams(js: JetStreamContext, config: NatsConfig) -> None:
             or current.max_age != wanted.max_age
             or current.duplicate_window != wanted.duplicate_window
             or (current.max_bytes or -1) != (wanted.max_bytes or -1)  # the server reports "no limit" as -1
+            or (current.num_replicas or 1) != wanted.num_replicas  # a cluster grown from one node
         ):
             try:
                 await js.update_stream(wanted)
@@ -227,7 +237,20 @@ async def ensure_streams(js: JetStreamContext, config: NatsConfig) -> None:
     for short, ttl in BUCKETS.items():
         bucket = config.subjects.bucket(short)
         try:
-            await js.key_value(bucket)
+            kv = await js.key_value(bucket)
+            replicas = (await kv.status()).stream_info.config.num_replicas or 1
+            if replicas != config.replicas:
+                # Only an admin may change a bucket's replicas (signalfire.buspolicy); the
+                # bucket works as it is, with fewer copies than the deployment asks for.
+                log.warning(
+                    "KV bucket has %d replicas, the config asks for %d; change it with "
+                    "`nats stream edit KV_%s --replicas %d` as the bus admin",
+                    replicas,
+                    config.replicas,
+                    bucket,
+                    config.replicas,
+                    extra={"bucket": bucket},
+                )
         except (BucketNotFoundError, NotFoundError):
             await js.create_key_value(
                 KeyValueConfig(
