@@ -1,9 +1,7 @@
 """HTTP(S) check: status, latency, body match and days until the TLS certificate expires.
 
-Requests go through httpx; the certificate's ``notAfter`` is read with ``cryptography``.
-This module is imported only by agents that have an HTTP check (and ``cryptography`` only
-once an https check has a certificate to read), so an agent without one does not carry
-either library in memory (docs/benchmarks.md).
+Requests go through httpx. This module is imported only by agents that have an HTTP
+check, so an agent without one does not carry httpx in memory (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -186,17 +184,22 @@ def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
 
 def _expiry_of(ssl_object: Any) -> float | None:
     """Days until the peer certificate of ``ssl_object`` (an ``ssl.SSLObject`` or
-    ``SSLSocket``) expires; read in binary form, which the standard library returns also
-    for a certificate it did not verify."""
+    ``SSLSocket``) expires."""
     if ssl_object is None:
         return None
+    # The standard library decodes a certificate it verified; one it did not (tls_verify
+    # false, or the check's second handshake) is read from its DER form with cryptography,
+    # imported only then: it costs an agent some 7 MB (docs/benchmarks.md).
+    not_after = ssl_object.getpeercert().get("notAfter")
+    if not_after:
+        return (ssl.cert_time_to_seconds(not_after) - time.time()) / 86400
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return None
-    from cryptography import x509  # only agents with an https check pay for it
+    from cryptography import x509
 
     try:
-        not_after = x509.load_der_x509_certificate(der).not_valid_after_utc
+        expires = x509.load_der_x509_certificate(der).not_valid_after_utc
     except ValueError:
         return None
-    return (not_after - dt.datetime.now(dt.UTC)).total_seconds() / 86400
+    return (expires - dt.datetime.now(dt.UTC)).total_seconds() / 86400
