@@ -1,7 +1,7 @@
 """The agent's cost next to Debian's prometheus-node-exporter, in the same run.
 
     uv run python bench/agent_overhead.py [--seconds 120] [--intervals 1 5] [--workspace]
-        [--check none|http|https] [--source CHECKOUT]
+        [--check none|http|https|https-noverify] [--source CHECKOUT]
 
 The agent runs as hosts run it: from an agent-only environment (`signalfire-collector` and
 its locked dependencies, nothing of the server side, as docs/agent.md installs it), which
@@ -19,9 +19,10 @@ if missing, as root).
 
 ``--check http`` or ``https`` gives the agent one HTTP check, run every interval, against a
 loopback server in this process (https: a certificate from a private CA the check trusts
-with ``tls_ca``, so every run verifies it and reads its expiry). ``--source`` measures the
-agent of another checkout of the repository (its code and lockfile) with this script, so
-two versions are compared with the same bench under the same conditions.
+with ``tls_ca``, so every run verifies it and reads its expiry; ``https-noverify``: with
+``tls_verify: false``). ``--source`` measures the agent of another checkout of the
+repository (its code and lockfile) with this script, so two versions are compared with the
+same bench under the same conditions.
 """
 
 from __future__ import annotations
@@ -134,14 +135,15 @@ def check_config(kind: str, work: Path) -> Iterator[list[str]]:
         return
     server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
     server.daemon_threads = True
-    check = f"url: '{kind}://127.0.0.1:{server.server_address[1]}/health', body_match: ok"
-    if kind == "https":
+    scheme = kind.partition("-")[0]
+    check = f"url: '{scheme}://127.0.0.1:{server.server_address[1]}/health', body_match: ok"
+    if scheme == "https":
         ca = trustme.CA()
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ca.issue_cert("127.0.0.1").configure_cert(context)
         server.socket = context.wrap_socket(server.socket, server_side=True)
         ca.cert_pem.write_to_path(str(work / "bench-ca.pem"))
-        check += f", tls_ca: '{work / 'bench-ca.pem'}'"
+        check += ", tls_verify: false" if kind == "https-noverify" else f", tls_ca: '{work / 'bench-ca.pem'}'"
     config = work / f"agent-{kind}.yaml"
     config.write_text(f"checks:\n  http:\n    - {{{check}}}\n")
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -248,9 +250,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--check",
-        choices=["none", "http", "https"],
+        choices=["none", "http", "https", "https-noverify"],
         default="none",
-        help="give the agent one HTTP(S) check against a loopback server (default none)",
+        help="give the agent one HTTP(S) check against a loopback server (https-noverify: tls_verify false)",
     )
     parser.add_argument(
         "--source",
