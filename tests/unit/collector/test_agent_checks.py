@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import os
@@ -68,6 +69,13 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/hang":
             HANG.wait(30)
+            return
+        if self.path == "/auth":
+            # 200 for user:secret in Basic authentication, 401 otherwise.
+            good = self.headers.get("Authorization") == "Basic " + base64.b64encode(b"user:secret").decode()
+            self.send_response(200 if good else 401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         if self.path == "/redirect":
             self.send_response(302)
@@ -253,6 +261,12 @@ async def test_redirects_are_reported_not_followed(http_url: str) -> None:
     strict = await http(f"{http_url}/redirect", expect_status=[200])
     assert (strict["up"], strict["status_code"]) == (0, 302)
     assert strict["result_code"] == RESULT_CODES["bad_status"]
+
+
+async def test_user_and_password_in_the_url_are_sent_as_basic_authentication(http_url: str) -> None:
+    with_user = await http(http_url.replace("://", "://user:secret@") + "/auth")
+    assert (with_user["up"], with_user["status_code"]) == (1, 200)
+    assert (await http(f"{http_url}/auth"))["status_code"] == 401
 
 
 async def test_a_catastrophic_body_match_answers_at_once(http_url: str) -> None:
