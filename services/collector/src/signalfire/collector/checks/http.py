@@ -66,8 +66,8 @@ class HttpCheck:
         self._client: httpx.AsyncClient | None = None
 
     def _ssl_context(self, verify: bool) -> ssl.SSLContext:
-        # The system's trust store (plus tls_ca), as curl and the agent's NATS connection use,
-        # not httpx's default certifi bundle.
+        # The host's trust store plus tls_ca, which operators manage on their hosts, rather
+        # than the certifi bundle httpx would load by default.
         context = ssl.create_default_context(cafile=self.config.tls_ca if verify else None)
         if not verify:
             context.check_hostname = False
@@ -82,8 +82,8 @@ class HttpCheck:
             # otherwise), as a health endpoint that starts redirecting is worth seeing.
             follow_redirects=False,
             limits=httpx.Limits(max_keepalive_connections=0),
-            # No proxies or certificate paths from the environment: the check measures the
-            # endpoint itself, the same from a shell as from the systemd unit.
+            # No proxy or .netrc from the environment: the check measures the endpoint
+            # itself, the same from a shell as from the systemd unit.
             trust_env=False,
         )
 
@@ -98,10 +98,10 @@ class HttpCheck:
 
     async def run(self) -> list[Sample]:
         started = time.perf_counter()
+        # `timeout` bounds the whole probe; httpx's own bounds each connect, read and write.
         try:
             async with asyncio.timeout(self.timeout):
                 result, status, expiry = await self._probe()
-        # The whole probe has `timeout` (httpx's applies to each read and write on its own).
         except (TimeoutError, httpx.TimeoutException):
             return self.failed("timeout")
         latency = (time.perf_counter() - started) * 1000
