@@ -189,7 +189,7 @@ def _expiry_of(ssl_object: Any) -> float | None:
         return None
     # The standard library decodes a certificate it verified; one it did not (tls_verify
     # false, or the check's second handshake) is read from its DER form with cryptography,
-    # imported only then: it costs an agent some 7 MB (docs/benchmarks.md).
+    # imported only then: it costs an agent some 8 MB (docs/benchmarks.md).
     not_after = ssl_object.getpeercert().get("notAfter")
     if not_after:
         return (ssl.cert_time_to_seconds(not_after) - time.time()) / 86400
