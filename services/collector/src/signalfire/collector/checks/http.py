@@ -23,9 +23,9 @@ from signalfire.regex import compile_regex
 #: read into memory, however large the response.
 MAX_BODY = 1 << 20
 
-#: Sent with every request; configured ``headers`` override them. ``identity``: the body is
-#: matched as the server sends it, and a small compressed response cannot inflate past
-#: MAX_BODY in memory.
+#: Sent with every request; configured ``headers`` override them. ``identity`` asks for a
+#: body ``body_match`` can read; whatever comes is read raw, never decompressed, so a small
+#: compressed response cannot inflate in memory either.
 DEFAULT_HEADERS = {
     "User-Agent": "signalfire-agent",
     "Accept": "*/*",
