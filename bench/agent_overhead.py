@@ -1,6 +1,7 @@
 """The agent's cost next to Debian's prometheus-node-exporter, in the same run.
 
     uv run python bench/agent_overhead.py [--seconds 120] [--intervals 1 5] [--workspace]
+        [--check none|http|https|https-noverify] [--source CHECKOUT]
 
 The agent runs as hosts run it: from an agent-only environment (`signalfire-collector` and
 its locked dependencies, nothing of the server side, as docs/agent.md installs it), which
@@ -15,22 +16,37 @@ ratios. The agent's samples are counted in the last batch it published to the st
 batch of the measured time must have arrived); node_exporter's are the non-comment lines of
 its last scrape. Needs the `prometheus-node-exporter` Debian package (installed with apt-get
 if missing, as root).
+
+``--check http`` or ``https`` gives the agent one HTTP check, run every interval, against a
+loopback server in this process (https: a certificate from a private CA the check trusts
+with ``tls_ca``, so every run verifies it and reads its expiry; ``https-noverify``: with
+``tls_verify: false``). ``--source`` measures the agent of another checkout of the
+repository (its code and lockfile) with this script, so two versions are compared with the
+same bench under the same conditions.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import platform
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
+
+import trustme
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.events import MetricBatch, decode
@@ -65,14 +81,14 @@ def find_uv() -> str:
     sys.exit("uv not found: run `make sync` first")
 
 
-def agent_only_env(work: Path) -> str:
+def agent_only_env(work: Path, source: Path) -> str:
     """A virtual environment with the agent's distribution and its locked dependencies
     only; returns its ``signalfire``. The two local packages are installed editable (a
-    path entry to their sources), so the agent measured is the code of this tree."""
+    path entry to their sources), so the agent measured is the code of ``source``."""
     uv, venv = find_uv(), work / "agent-venv"
 
     def run(*command: str) -> str:
-        return subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True).stdout
+        return subprocess.run(command, cwd=source, check=True, capture_output=True, text=True).stdout
 
     run(uv, "venv", "-q", "--python", sys.executable, str(venv))
     requirements = work / "agent-requirements.txt"
@@ -93,6 +109,50 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+class Health(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        body = b'{"status": "ok"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def check_config(kind: str, work: Path) -> Iterator[list[str]]:
+    """The agent's ``--config`` arguments for one HTTP check of ``kind`` (none: no arguments),
+    with the server it probes running meanwhile."""
+    if kind == "none":
+        yield []
+        return
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    server.daemon_threads = True
+    scheme = kind.partition("-")[0]
+    check = f"url: '{scheme}://127.0.0.1:{server.server_address[1]}/health', body_match: ok"
+    if scheme == "https":
+        ca = trustme.CA()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ca.issue_cert("127.0.0.1").configure_cert(context)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        ca.cert_pem.write_to_path(str(work / "bench-ca.pem"))
+        check += ", tls_verify: false" if kind == "https-noverify" else f", tls_ca: '{work / 'bench-ca.pem'}'"
+    config = work / f"agent-{kind}.yaml"
+    config.write_text(f"checks:\n  http:\n    - {{{check}}}\n")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield ["--config", str(config)]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 async def create_streams(url: str) -> None:
@@ -120,14 +180,16 @@ async def published(url: str) -> tuple[int, MetricBatch]:
         await nc.close()
 
 
-def measure(interval: float, seconds: float, work: Path, signalfire: str) -> dict[str, dict[str, float]]:
+def measure(
+    interval: float, seconds: float, work: Path, signalfire: str, agent_args: list[str]
+) -> dict[str, dict[str, float]]:
     nats = NatsServer(work / f"nats-{interval}").start()
     asyncio.run(create_streams(nats.url))
     port = free_port("127.0.0.1")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SF_")}
     env.update(SF_NATS_URL=nats.url, SF_INTERVAL=f"{interval}s", SF_LOG_LEVEL="warning", SF_HOSTNAME=HOST)
     agent = subprocess.Popen(
-        [signalfire, "agent"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [signalfire, "agent", *agent_args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     exporter = subprocess.Popen(
         [NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{port}"],
@@ -160,6 +222,9 @@ def measure(interval: float, seconds: float, work: Path, signalfire: str) -> dic
                 f"the agent published {batches_after - batches_before} batches in {elapsed:.0f} s "
                 f"at {interval:g} s: it fell behind or lost batches"
             )
+        checked = {s.name: s.value for s in last.samples if s.name.startswith("check.http.")}
+        if agent_args and checked.get("check.http.up") != 1.0:
+            sys.exit(f"the agent's HTTP check did not pass: {checked}")
         samples = {agent: float(len(last.samples)), exporter: float(lines)}
         return {
             name: {"cpu": 100.0 * cpu[proc] / elapsed, "rss": rss[proc] / 2**20, "samples": samples[proc]}
@@ -183,7 +248,21 @@ def main() -> None:
     parser.add_argument(
         "--workspace", action="store_true", help="run the workspace's signalfire, not an agent-only install"
     )
+    parser.add_argument(
+        "--check",
+        choices=["none", "http", "https", "https-noverify"],
+        default="none",
+        help="give the agent one HTTP(S) check against a loopback server (https-noverify: tls_verify false)",
+    )
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=REPO,
+        help="the checkout whose agent is measured, in an agent-only install (default: this one)",
+    )
     args = parser.parse_args()
+    if args.workspace and args.source != REPO:
+        parser.error("--workspace runs this checkout's signalfire: leave out --source")
     logging.basicConfig(level=logging.ERROR)  # not the bench's own NATS connections coming and going
     ensure_node_exporter()
     work = Path(tempfile.mkdtemp(prefix="sf-agent-bench-"))
@@ -191,14 +270,17 @@ def main() -> None:
         if args.workspace:
             signalfire, kind = str(Path(sys.executable).parent / "signalfire"), "the workspace"
         else:
-            signalfire, kind = agent_only_env(work), "an agent-only install"
+            signalfire, kind = agent_only_env(work, args.source.resolve()), "an agent-only install"
+            if args.source != REPO:
+                kind += f" of {args.source}"
         print(
             f"{platform.node()}: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; agent from {kind}; "
-            f"{args.seconds:g} s per interval"
+            f"HTTP check: {args.check}; {args.seconds:g} s per interval"
         )
         print(f"{'interval':>8} {'process':<14} {'CPU % core':>10} {'RSS MB':>7} {'samples':>8}")
         for interval in args.intervals:
-            result = measure(interval, args.seconds, work, signalfire)
+            with check_config(args.check, work) as agent_args:
+                result = measure(interval, args.seconds, work, signalfire, agent_args)
             for name, row in result.items():
                 cpu, rss, samples = row["cpu"], row["rss"], row["samples"]
                 print(f"{interval:>7g}s {name:<14} {cpu:>10.2f} {rss:>7.1f} {samples:>8.0f}")

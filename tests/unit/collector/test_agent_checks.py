@@ -1,13 +1,17 @@
-"""Checks against real local servers: HTTP(S) (good, bad, hanging, expired), TCP, processes."""
+"""Checks against real local servers: HTTP(S) (good, bad, hanging, huge, expired), TCP, processes."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import datetime as dt
 import os
 import shutil
+import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,18 +21,18 @@ from typing import Any, ClassVar
 
 import psutil
 import pytest
+import trustme
 
 from signalfire.collector.agent import Agent
 from signalfire.collector.checks import (
     RESULT_CODES,
     CheckRunner,
     ChecksConfig,
-    HttpCheck,
     ProcessCheck,
     TcpCheck,
 )
 from signalfire.collector.checks.base import HttpCheckConfig, ProcessCheckConfig, TcpCheckConfig
-from signalfire.collector.checks.http import certificate_not_after
+from signalfire.collector.checks.http import MAX_BODY, HttpCheck
 from signalfire.collector.collectors import MetricSpec
 from signalfire.collector.config import AgentConfig
 from signalfire.config import Duration
@@ -39,22 +43,57 @@ HANG = threading.Event()
 
 #: `(a+)+$` backtracks ~2^40 steps on it in Python's re; RE2 answers in microseconds.
 EVIL_SUBJECT = "a" * 39 + "b"
+#: Only after the first MAX_BODY bytes of /endless and /huge: a check never sees it.
+LATE_MARKER = b"late-marker"
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    #: Connections accepted (TLS handshakes completed, for https).
+    connections = 0
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    server: Server
+
+    def setup(self) -> None:
+        self.server.connections += 1
+        super().setup()
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b"status: healthy")))
+        self.end_headers()
 
     def do_GET(self) -> None:
         if self.path == "/hang":
             HANG.wait(30)
             return
-        if self.path == "/chunked":
+        if self.path == "/auth":
+            # 200 for user:secret in Basic authentication, 401 otherwise.
+            good = self.headers.get("Authorization") == "Basic " + base64.b64encode(b"user:secret").decode()
+            self.send_response(200 if good else 401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if self.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", "/down")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if self.path in ("/chunked", "/chunked-split"):
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            for part in (b"status: ", b"healthy"):
+            parts = (b"status: ", b"healthy") if self.path == "/chunked" else (b"sta", b"tus: hea", b"lthy")
+            for part in parts:
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
             self.wfile.write(b"0\r\n\r\n")
+            return
+        if self.path in ("/endless", "/huge"):
+            self.stream_forever(chunked=self.path == "/endless")
             return
         status = 503 if self.path == "/down" else 200
         body = b"status: healthy" if status == 200 else b"status: broken"
@@ -65,20 +104,36 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def stream_forever(self, *, chunked: bool) -> None:
+        """``status: healthy``, then filler with LATE_MARKER past the first MAX_BODY bytes,
+        until the client goes away: chunked without end, or under a 1 TiB Content-Length."""
+        self.send_response(200)
+        self.send_header(*(("Transfer-Encoding", "chunked") if chunked else ("Content-Length", str(1 << 40))))
+        self.end_headers()
+        block = b"x" * 65536
+        parts = [b"status: healthy\n", *[block] * (MAX_BODY // len(block)), LATE_MARKER]
+        try:
+            while not HANG.is_set():
+                for part in parts:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
+                parts = [block]
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the check read enough and left
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
-def serve(context: ssl.SSLContext | None = None) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+@contextlib.contextmanager
+def serve(context: ssl.SSLContext | None = None) -> Iterator[tuple[str, Server]]:
+    server = Server(("127.0.0.1", 0), Handler)
     if context is not None:
         server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     scheme = "https" if context else "http"
     try:
-        yield f"{scheme}://127.0.0.1:{server.server_address[1]}"
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}", server
     finally:
         HANG.set()
         server.shutdown()
@@ -86,113 +141,64 @@ def serve(context: ssl.SSLContext | None = None) -> Iterator[str]:
         HANG.clear()
 
 
-def make_certificate(directory: Path, *, expired: bool) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost made with the openssl command line: valid
-    for 30 days, or one that expired in 2020 (``openssl ca`` is what sets past dates)."""
-    directory.mkdir()
-    key, cert = directory / "key.pem", directory / "cert.pem"
-    subject = ["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
-    if not expired:
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                key,
-                "-out",
-                cert,
-                "-days",
-                "30",
-                *subject,
-            ],
-            cwd=directory,
-            check=True,
-            capture_output=True,
-        )
-        return key, cert
-    (directory / "ca.cnf").write_text(
-        "[ca]\ndefault_ca=d\n[d]\ndatabase=index.txt\nnew_certs_dir=.\nserial=serial\n"
-        "default_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n"
-    )
-    (directory / "index.txt").write_text("")
-    (directory / "serial").write_text("01\n")
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-new",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            key,
-            "-out",
-            "r.csr",
-            *subject[:2],
-        ],
-        cwd=directory,
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            "openssl",
-            "ca",
-            "-batch",
-            "-config",
-            "ca.cnf",
-            "-selfsign",
-            "-keyfile",
-            key,
-            "-in",
-            "r.csr",
-            "-out",
-            cert,
-            "-startdate",
-            "20200101000000Z",
-            "-enddate",
-            "20200102000000Z",
-            "-notext",
-        ],
-        cwd=directory,
-        check=True,
-        capture_output=True,
-    )
-    return key, cert
+def in_days(days: float) -> dt.datetime:
+    return dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
 
 
-def tls_context(key: Path, cert: Path) -> ssl.SSLContext:
+def tls_context(ca: trustme.CA, not_after: dt.datetime) -> ssl.SSLContext:
+    """A server context with a certificate for 127.0.0.1 from ``ca`` valid until ``not_after``."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
+    ca.issue_cert("127.0.0.1", "localhost", not_after=not_after).configure_cert(context)
     return context
 
 
 @pytest.fixture(scope="module")
 def http_url() -> Iterator[str]:
-    yield from serve()
+    with serve() as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
-    base = tmp_path_factory.mktemp("certs")
-    return {
-        "valid": make_certificate(base / "valid", expired=False),
-        "expired": make_certificate(base / "expired", expired=True),
-    }
+def ca() -> trustme.CA:
+    """A private CA: its certificates are trusted only with ``tls_ca``."""
+    return trustme.CA()
 
 
 @pytest.fixture(scope="module")
-def https_url(certificates: dict[str, tuple[Path, Path]]) -> Iterator[str]:
-    yield from serve(tls_context(*certificates["valid"]))
+def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
 
 
 @pytest.fixture(scope="module")
-def expired_url(certificates: dict[str, tuple[Path, Path]]) -> Iterator[str]:
-    yield from serve(tls_context(*certificates["expired"]))
+def https_url(ca: trustme.CA) -> Iterator[str]:
+    with serve(tls_context(ca, in_days(30))) as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def expired_url(ca: trustme.CA) -> Iterator[str]:
+    with serve(tls_context(ca, dt.datetime(2020, 1, 2, tzinfo=dt.UTC))) as (url, _):
+        yield url
+
+
+@pytest.fixture
+def silent_address() -> Iterator[str]:
+    """host:port of a socket that completes TCP connections (the kernel does) and never
+    reads or answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+@pytest.fixture
+def closed_address() -> str:
+    """host:port where nothing listens (a port the kernel just handed out and got back)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
 
 
 def values(samples: list[Sample]) -> dict[str, float]:
@@ -201,7 +207,10 @@ def values(samples: list[Sample]) -> dict[str, float]:
 
 async def http(url: str, **fields: Any) -> dict[str, float]:
     check = HttpCheck(HttpCheckConfig(url=url, **fields), 1.0)
-    samples = await check.run()
+    try:
+        samples = await check.run()
+    finally:
+        await check.close()
     assert all(s.labels == {"target": fields.get("name", url)} for s in samples)
     declared = {spec.name for spec in HttpCheck.METRICS}
     assert {s.name for s in samples} <= declared
@@ -214,6 +223,26 @@ async def test_http_ok_with_status_latency_and_body_match(http_url: str) -> None
     assert result["status_code"] == 200 and result["latency_ms"] > 0
     assert "tls_expiry_days" not in result
     assert (await http(f"{http_url}/chunked", body_match="healthy$"))["result_code"] == 0
+    head = await http(f"{http_url}/health", method="HEAD", body_match="^$")
+    assert (head["result_code"], head["status_code"]) == (0, 200)  # no body awaited after a HEAD
+
+
+async def test_a_chunked_body_is_matched_across_its_chunks(http_url: str) -> None:
+    # "sta" + "tus: hea" + "lthy": the match spans three chunks, and no framing is left in.
+    split = await http(f"{http_url}/chunked-split", body_match="^status: healthy$")
+    assert (split["up"], split["result_code"], split["status_code"]) == (1, 0, 200)
+    wrong = await http(f"{http_url}/chunked-split", body_match="unhealthy")
+    assert (wrong["up"], wrong["result_code"]) == (0, RESULT_CODES["bad_content"])
+
+
+@pytest.mark.parametrize("path", ["/endless", "/huge"])
+async def test_a_body_larger_than_max_body_is_read_up_to_max_body_only(http_url: str, path: str) -> None:
+    # A chunked body without end, and one announced as 1 TiB: reading them whole would never
+    # finish (a timeout) or exhaust memory. The first MAX_BODY bytes are matched, no more.
+    head = await http(f"{http_url}{path}", body_match="^status: healthy", timeout=Duration(10))
+    assert (head["up"], head["result_code"], head["status_code"]) == (1, 0, 200)
+    late = await http(f"{http_url}{path}", body_match=LATE_MARKER.decode(), timeout=Duration(10))
+    assert (late["up"], late["result_code"]) == (0, RESULT_CODES["bad_content"])
 
 
 async def test_http_bad_status_and_bad_content(http_url: str) -> None:
@@ -223,6 +252,21 @@ async def test_http_bad_status_and_bad_content(http_url: str) -> None:
     assert expected["result_code"] == 0
     wrong = await http(f"{http_url}/health", body_match="^ready$")
     assert (wrong["up"], wrong["result_code"]) == (0, RESULT_CODES["bad_content"])
+
+
+async def test_redirects_are_reported_not_followed(http_url: str) -> None:
+    # /redirect points at /down (503): following it would make the check fail.
+    redirect = await http(f"{http_url}/redirect")
+    assert (redirect["up"], redirect["result_code"], redirect["status_code"]) == (1, 0, 302)
+    strict = await http(f"{http_url}/redirect", expect_status=[200])
+    assert (strict["up"], strict["status_code"]) == (0, 302)
+    assert strict["result_code"] == RESULT_CODES["bad_status"]
+
+
+async def test_user_and_password_in_the_url_are_sent_as_basic_authentication(http_url: str) -> None:
+    with_user = await http(http_url.replace("://", "://user:secret@") + "/auth")
+    assert (with_user["up"], with_user["status_code"]) == (1, 200)
+    assert (await http(f"{http_url}/auth"))["status_code"] == 401
 
 
 async def test_a_catastrophic_body_match_answers_at_once(http_url: str) -> None:
@@ -238,28 +282,90 @@ async def test_http_connection_failed_and_timeout(http_url: str) -> None:
     assert (hanging["up"], hanging["result_code"]) == (0, RESULT_CODES["timeout"])
 
 
-async def test_https_self_signed_reports_days_to_expiry(https_url: str, certificates: Any) -> None:
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_connection_refused_is_connection_failed(scheme: str, closed_address: str) -> None:
+    refused = await http(f"{scheme}://{closed_address}/health")
+    assert (refused["up"], refused["result_code"]) == (0, RESULT_CODES["connection_failed"])
+    assert "status_code" not in refused and "latency_ms" not in refused
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_a_server_that_accepts_and_never_answers_times_out(scheme: str, silent_address: str) -> None:
+    started = time.monotonic()
+    silent = await http(f"{scheme}://{silent_address}/health", timeout=Duration(0.5))
+    assert (silent["up"], silent["result_code"]) == (0, RESULT_CODES["timeout"])
+    assert "status_code" not in silent
+    assert time.monotonic() - started < 5  # its own timeout, not the runner's last resort
+
+
+async def test_https_self_signed_reports_days_to_expiry(https_url: str, ca_file: str) -> None:
     untrusted = await http(f"{https_url}/health")
     assert untrusted["result_code"] == RESULT_CODES["tls_error"]
     assert 29 < untrusted["tls_expiry_days"] <= 30  # still read, so an operator sees it
     unverified = await http(f"{https_url}/health", tls_verify=False)
     assert unverified["result_code"] == 0 and 29 < unverified["tls_expiry_days"] <= 30
-    trusted = await http(f"{https_url}/health", tls_ca=str(certificates["valid"][1]))
+    trusted = await http(f"{https_url}/health", tls_ca=ca_file)
     assert trusted["result_code"] == 0 and trusted["status_code"] == 200
 
 
-async def test_https_expired_certificate_has_negative_days(expired_url: str, certificates: Any) -> None:
+async def test_https_expired_certificate_has_negative_days(expired_url: str, ca_file: str) -> None:
     days = (dt.datetime(2020, 1, 2, tzinfo=dt.UTC) - dt.datetime.now(dt.UTC)).total_seconds() / 86400
-    verified = await http(f"{expired_url}/health", tls_ca=str(certificates["expired"][1]))
+    verified = await http(f"{expired_url}/health", tls_ca=ca_file)
     assert verified["result_code"] == RESULT_CODES["tls_error"]
     assert verified["tls_expiry_days"] == pytest.approx(days, abs=0.01)
     unverified = await http(f"{expired_url}/health", tls_verify=False)
-    assert unverified["result_code"] == 0 and unverified["tls_expiry_days"] < 0
+    assert unverified["result_code"] == 0 and unverified["tls_expiry_days"] == pytest.approx(days, abs=0.01)
 
 
-def test_certificate_not_after_reads_the_der(certificates: dict[str, tuple[Path, Path]]) -> None:
-    der = ssl.PEM_cert_to_DER_cert(certificates["expired"][1].read_text())
-    assert certificate_not_after(der) == dt.datetime(2020, 1, 2, tzinfo=dt.UTC)
+async def test_a_soon_expiring_certificate_is_up_with_its_days_left(ca: trustme.CA, ca_file: str) -> None:
+    with serve(tls_context(ca, in_days(0.25))) as (url, _):
+        soon = await http(f"{url}/health", tls_ca=ca_file, body_match="healthy")
+        assert (soon["up"], soon["result_code"], soon["status_code"]) == (1, 0, 200)
+        assert soon["tls_expiry_days"] == pytest.approx(0.25, abs=0.01)
+
+
+async def test_https_on_a_plain_http_port_is_a_tls_error(http_url: str) -> None:
+    result = await http(http_url.replace("http://", "https://") + "/health")
+    assert (result["up"], result["result_code"]) == (0, RESULT_CODES["tls_error"])
+    assert "tls_expiry_days" not in result
+
+
+async def test_every_run_connects_afresh_and_reads_the_current_certificate(
+    ca: trustme.CA, ca_file: str
+) -> None:
+    # One client per check, but no connection kept between runs: the latency includes the
+    # handshake, and a renewed certificate shows at the next run.
+    context = tls_context(ca, in_days(30))
+    with serve(context) as (url, server):
+        check = HttpCheck(HttpCheckConfig(url=f"{url}/health", tls_ca=ca_file), 1.0)
+        try:
+            first = values(await check.run())
+            ca.issue_cert("127.0.0.1", not_after=in_days(90)).configure_cert(context)
+            second = values(await check.run())
+        finally:
+            await check.close()
+        assert (first["result_code"], second["result_code"]) == (0, 0)
+        assert first["tls_expiry_days"] == pytest.approx(30, abs=0.01)
+        assert second["tls_expiry_days"] == pytest.approx(90, abs=0.01)
+        assert server.connections == 2
+
+
+def test_an_agent_without_http_checks_does_not_load_httpx() -> None:
+    # httpx and cryptography are most of what an HTTP check costs in memory.
+    code = (
+        "import sys\n"
+        "from signalfire.collector.agent import Agent\n"
+        "from signalfire.collector.checks import ChecksConfig\n"
+        "from signalfire.collector.checks.base import HttpCheckConfig, TcpCheckConfig\n"
+        "from signalfire.collector.config import AgentConfig\n"
+        "loaded = lambda: sorted({'httpx', 'cryptography'} & set(sys.modules))\n"
+        "Agent(AgentConfig(checks=ChecksConfig(tcp=[TcpCheckConfig(address='127.0.0.1:9')])))\n"
+        "print(loaded())\n"
+        "Agent(AgentConfig(checks=ChecksConfig(http=[HttpCheckConfig(url='https://127.0.0.1:9/')])))\n"
+        "print(loaded())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split("\n")[:2] == ["[]", "['httpx']"]
 
 
 async def test_tcp_check_open_and_closed_ports() -> None:
@@ -363,6 +469,9 @@ async def test_the_runner_times_out_a_check_that_ignores_its_own_timeout() -> No
         async def run(self) -> list[Sample]:
             await asyncio.sleep(60)
             return []
+
+        async def close(self) -> None:
+            pass
 
         def failed(self, result: Any) -> list[Sample]:
             return TcpCheck(TcpCheckConfig(address="x:1", name="stuck"), 1.0).failed(result)

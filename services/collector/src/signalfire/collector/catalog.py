@@ -4,7 +4,8 @@ is this module's output (``signalfire agent --list-metrics``), and a test keeps 
 from __future__ import annotations
 
 from signalfire.collector.agent import AGENT_METRICS
-from signalfire.collector.checks import HttpCheck, ProcessCheck, TcpCheck
+from signalfire.collector.checks import ProcessCheck, TcpCheck
+from signalfire.collector.checks.http import HttpCheck
 from signalfire.collector.collectors import COLLECTOR_TYPES, MetricSpec
 
 HEADER = """\

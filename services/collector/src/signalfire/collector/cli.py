@@ -52,9 +52,12 @@ def run(args: argparse.Namespace) -> int:
         configure_logging("agent", config.log_level, config.log_format)
         agent = Agent(config)
         if args.once:
-            await agent.collect_batch()  # primes the rates
-            await asyncio.sleep(ONCE_PRIME_SECONDS)
-            batch = await agent.collect_batch(run_checks=True)
+            try:
+                await agent.collect_batch()  # primes the rates
+                await asyncio.sleep(ONCE_PRIME_SECONDS)
+                batch = await agent.collect_batch(run_checks=True)
+            finally:
+                await agent.checks.stop()
             sys.stdout.buffer.write(encode(batch) + b"\n")
             sys.stdout.flush()
             return

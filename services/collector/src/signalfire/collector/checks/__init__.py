@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from signalfire.collector.checks.base import RESULT_CODES, Check, ChecksConfig
-from signalfire.collector.checks.http import HttpCheck
 from signalfire.collector.checks.process import ProcessCheck
 from signalfire.collector.checks.runner import CheckRunner
 from signalfire.collector.checks.tcp import TcpCheck
@@ -13,7 +12,6 @@ __all__ = [
     "Check",
     "CheckRunner",
     "ChecksConfig",
-    "HttpCheck",
     "ProcessCheck",
     "TcpCheck",
     "build_checks",
@@ -23,7 +21,11 @@ __all__ = [
 def build_checks(config: ChecksConfig, default_interval: float) -> list[Check]:
     """One check object per configured check."""
     checks: list[Check] = []
-    checks += [HttpCheck(c, default_interval) for c in config.http]
+    if config.http:
+        # httpx only for agents that have an HTTP check: it is most of their memory cost.
+        from signalfire.collector.checks.http import HttpCheck
+
+        checks += [HttpCheck(c, default_interval) for c in config.http]
     checks += [TcpCheck(c, default_interval) for c in config.tcp]
     checks += [ProcessCheck(c, default_interval) for c in config.process]
     return checks

@@ -109,7 +109,8 @@ def _check_timing(interval: float | None, timeout: float) -> None:
 class Check(Protocol):
     """A probe run by :class:`~.runner.CheckRunner` every ``interval`` seconds. ``run()``
     returns the samples of one probe and must finish within ``timeout`` on its own (the
-    runner cancels it a second later as a last resort and reports ``timeout``)."""
+    runner cancels it a second later as a last resort and reports ``timeout``); ``close()``
+    releases what a check keeps between runs, once it will run no more."""
 
     kind: ClassVar[str]
     METRICS: ClassVar[tuple[MetricSpec, ...]]
@@ -120,6 +121,8 @@ class Check(Protocol):
     async def run(self) -> list[Sample]: ...
 
     def failed(self, result: Result) -> list[Sample]: ...
+
+    async def close(self) -> None: ...
 
 
 def outcome(kind: str, target: str, result: Result, latency_ms: float | None = None) -> list[Sample]:

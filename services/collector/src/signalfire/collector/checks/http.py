@@ -1,7 +1,7 @@
 """HTTP(S) check: status, latency, body match and days until the TLS certificate expires.
 
-A small HTTP/1.1 client on asyncio streams (one request per connection), so the agent needs
-no HTTP library and a check can never block the event loop.
+Requests go through httpx. This module is imported only by agents that have an HTTP
+check, so an agent without one does not carry httpx in memory (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -10,19 +10,37 @@ import asyncio
 import datetime as dt
 import ssl
 import time
-from typing import ClassVar
-from urllib.parse import urlsplit
+from typing import Any, ClassVar
+
+import httpx
 
 from signalfire.collector.checks.base import HttpCheckConfig, Result, outcome, outcome_specs
 from signalfire.collector.collectors.base import MetricSpec
 from signalfire.events import Sample
 from signalfire.regex import compile_regex
 
-#: How much of a response body is read (and searched by ``body_match``).
+#: How much of a response body is read (and searched by ``body_match``); the rest is never
+#: read into memory, however large the response.
 MAX_BODY = 1 << 20
+
+#: Sent with every request; configured ``headers`` override them. ``identity`` asks for a
+#: body ``body_match`` can read; whatever comes is read raw, never decompressed, so a small
+#: compressed response cannot inflate in memory either.
+DEFAULT_HEADERS = {
+    "User-Agent": "signalfire-agent",
+    "Accept": "*/*",
+    "Accept-Encoding": "identity",
+    "Connection": "close",
+}
 
 
 class HttpCheck:
+    """One endpoint probed every ``interval``. The httpx client lives as long as the check
+    (made on the first run, closed by :meth:`close`), but keeps no connection between runs:
+    every probe connects afresh, so the latency includes connecting and the TLS handshake,
+    and the certificate read is the one the server presents now, not a renewed one's
+    predecessor kept alive in a pool."""
+
     kind: ClassVar[str] = "http"
     METRICS: ClassVar[tuple[MetricSpec, ...]] = (
         *outcome_specs("http", "HTTP"),
@@ -40,31 +58,51 @@ class HttpCheck:
         self.target = config.name or config.url
         self.interval = float(config.interval or default_interval)
         self.timeout = float(config.timeout)
-        url = urlsplit(config.url)
-        self.tls = url.scheme == "https"
-        self.host = url.hostname or ""
-        self.port = url.port or (443 if self.tls else 80)
-        self.path = (url.path or "/") + (f"?{url.query}" if url.query else "")
-        self.host_header = url.netloc.rpartition("@")[2]
+        self.url = httpx.URL(config.url)
+        self.tls = self.url.scheme == "https"
+        self.headers = httpx.Headers(DEFAULT_HEADERS)
+        self.headers.update(config.headers)  # by name, whatever its case
         self.body_match = compile_regex(config.body_match) if config.body_match else None
-        self._context = self._ssl_context(verify=config.tls_verify) if self.tls else None
+        self._client: httpx.AsyncClient | None = None
 
     def _ssl_context(self, verify: bool) -> ssl.SSLContext:
+        # The host's trust store plus tls_ca, which operators manage on their hosts, rather
+        # than the certifi bundle httpx would load by default.
         context = ssl.create_default_context(cafile=self.config.tls_ca if verify else None)
         if not verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
 
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            verify=self._ssl_context(self.config.tls_verify) if self.tls else False,
+            timeout=self.timeout,
+            # Redirects are not followed: a 3xx is the answer (up unless expect_status says
+            # otherwise), as a health endpoint that starts redirecting is worth seeing.
+            follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+            # No proxy or .netrc from the environment: the check measures the endpoint
+            # itself, the same from a shell as from the systemd unit.
+            trust_env=False,
+        )
+
+    async def close(self) -> None:
+        """Close the client (the agent calls this when it stops)."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
     def failed(self, result: Result) -> list[Sample]:
         return outcome("http", self.target, result)
 
     async def run(self) -> list[Sample]:
         started = time.perf_counter()
+        # `timeout` bounds the whole probe; httpx's own bounds each connect, read and write.
         try:
             async with asyncio.timeout(self.timeout):
                 result, status, expiry = await self._probe()
-        except TimeoutError:
+        except (TimeoutError, httpx.TimeoutException):
             return self.failed("timeout")
         latency = (time.perf_counter() - started) * 1000
         samples = outcome("http", self.target, result, latency if status is not None else None)
@@ -77,28 +115,30 @@ class HttpCheck:
 
     async def _probe(self) -> tuple[Result, int | None, float | None]:
         """(result, status, days to certificate expiry) of one request."""
+        if self._client is None:
+            self._client = self._new_client()
         expiry: float | None = None
+        request = self._client.build_request(
+            self.config.method, self.url, headers=self.headers, content=self.config.body.encode() or None
+        )
         try:
-            reader, writer = await asyncio.open_connection(
-                self.host, self.port, ssl=self._context, server_hostname=self.host if self.tls else None
-            )
-        except ssl.SSLCertVerificationError:
-            # Still tell how long the certificate has (or had): an expired one shows negative days.
-            return "tls_error", None, await self._unverified_expiry()
-        except ssl.SSLError:
-            return "tls_error", None, None
-        except OSError:
-            return "connection_failed", None, None
-        try:
-            if self.tls:
-                expiry = _expiry_of(writer.get_extra_info("ssl_object"))
-            writer.write(self._request())
-            await writer.drain()
-            status, body = await _read_response(reader, head=self.config.method == "HEAD")
-        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            response = await self._client.send(request, stream=True)
+            try:
+                if self.tls:
+                    expiry = _expiry_of(response.extensions["network_stream"].get_extra_info("ssl_object"))
+                body = await _read_body(response)
+            finally:
+                await response.aclose()
+        except httpx.ConnectError as exc:
+            tls_error = _ssl_error(exc)
+            if isinstance(tls_error, ssl.SSLCertVerificationError):
+                # The failed handshake leaves no certificate to read: tell how long it has (or
+                # had) from a second, unverified one, so an expired one shows negative days.
+                return "tls_error", None, await self._unverified_expiry()
+            return ("tls_error" if tls_error else "connection_failed"), None, None
+        except httpx.TransportError:
             return "connection_failed", None, expiry
-        finally:
-            writer.close()
+        status = response.status_code
         expected = self.config.expect_status
         if not (status in expected if expected else status < 400):
             return "bad_status", status, expiry
@@ -106,24 +146,11 @@ class HttpCheck:
             return "bad_content", status, expiry
         return "ok", status, expiry
 
-    def _request(self) -> bytes:
-        body = self.config.body.encode()
-        lines = [
-            f"{self.config.method} {self.path} HTTP/1.1",
-            f"Host: {self.host_header}",
-            "User-Agent: signalfire-agent",
-            "Accept: */*",
-            "Connection: close",
-        ]
-        lines += [f"{name}: {value}" for name, value in self.config.headers.items()]
-        if body:
-            lines.append(f"Content-Length: {len(body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
     async def _unverified_expiry(self) -> float | None:
+        host = self.url.host
         try:
             _, writer = await asyncio.open_connection(
-                self.host, self.port, ssl=self._ssl_context(verify=False), server_hostname=self.host
+                host, self.url.port or 443, ssl=self._ssl_context(verify=False), server_hostname=host
             )
         except OSError:
             return None
@@ -133,83 +160,46 @@ class HttpCheck:
             writer.close()
 
 
-async def _read_response(reader: asyncio.StreamReader, head: bool) -> tuple[int, bytes]:
-    """Status and (up to ``MAX_BODY`` of) the body of an HTTP/1.x response."""
-    header_block = await reader.readuntil(b"\r\n\r\n")
-    status_line, *header_lines = header_block.decode("latin-1").split("\r\n")
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise ValueError(f"not an HTTP response: {status_line[:80]!r}")
-    status = int(parts[1])
-    headers = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if head or status in (204, 304) or 100 <= status < 200:
-        return status, b""
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        return status, await _read_chunked(reader)
-    if (length := headers.get("content-length", "")).isdigit():
-        return status, await reader.readexactly(min(int(length), MAX_BODY))
-    return status, await reader.read(MAX_BODY)
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+async def _read_body(response: httpx.Response) -> bytes:
+    """Up to ``MAX_BODY`` of the body as sent (chunked framing removed); what follows is
+    never read."""
     body = bytearray()
-    while len(body) < MAX_BODY:
-        size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
-        if size == 0:
+    async for chunk in response.aiter_raw():
+        body += chunk[: MAX_BODY - len(body)]
+        if len(body) >= MAX_BODY:
             break
-        body += await reader.readexactly(size)
-        await reader.readline()
-    return bytes(body[:MAX_BODY])
+    return bytes(body)
 
 
-def _expiry_of(ssl_object: ssl.SSLObject | None) -> float | None:
+def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a failed connection, if that is what it was (httpx and httpcore
+    each wrap the one below them)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _expiry_of(ssl_object: Any) -> float | None:
+    """Days until the peer certificate of ``ssl_object`` (an ``ssl.SSLObject`` or
+    ``SSLSocket``) expires."""
     if ssl_object is None:
         return None
+    # The standard library decodes a certificate it verified; one it did not (tls_verify
+    # false, or the check's second handshake) is read from its DER form with cryptography,
+    # imported only then: it costs an agent some 8 MB (docs/benchmarks.md).
+    not_after = ssl_object.getpeercert().get("notAfter")
+    if not_after:
+        return (ssl.cert_time_to_seconds(not_after) - time.time()) / 86400
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return None
+    from cryptography import x509
+
     try:
-        not_after = certificate_not_after(der)
-    except (IndexError, ValueError):
+        expires = x509.load_der_x509_certificate(der).not_valid_after_utc
+    except ValueError:
         return None
-    return (not_after - dt.datetime.now(dt.UTC)).total_seconds() / 86400
-
-
-def certificate_not_after(der: bytes) -> dt.datetime:
-    """The ``notAfter`` time of a DER X.509 certificate.
-
-    The standard library only decodes certificates it has verified, and an expired or
-    self-signed one is exactly what this check must still read: so the few DER fields on
-    the way to ``validity`` are walked here.
-    """
-
-    def element(at: int) -> tuple[int, int, int]:
-        """(tag, start of content, end of content) of the element at ``at``."""
-        tag, length = der[at], der[at + 1]
-        at += 2
-        if length & 0x80:
-            count = length & 0x7F
-            length = int.from_bytes(der[at : at + count], "big")
-            at += count
-        return tag, at, at + length
-
-    _, tbs, _ = element(0)  # Certificate ::= SEQUENCE { tbsCertificate, ... }
-    _, at, end = element(tbs)  # tbsCertificate ::= SEQUENCE { ... }
-    tag, _, end = element(at)
-    if tag == 0xA0:  # [0] version, present on v2/v3 certificates
-        _, _, end = element(end)  # serialNumber
-    _, _, end = element(end)  # signature algorithm
-    _, _, end = element(end)  # issuer
-    _, validity, _ = element(end)  # validity ::= SEQUENCE { notBefore, notAfter }
-    _, _, end = element(validity)  # notBefore
-    tag, start, stop = element(end)  # notAfter
-    text = der[start:stop].decode("ascii")
-    if tag == 0x17:  # UTCTime: YYMMDDHHMMSSZ, years 1950-2049
-        year = int(text[:2])
-        text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
-    elif tag != 0x18:  # GeneralizedTime: YYYYMMDDHHMMSSZ
-        raise ValueError(f"unexpected time tag {tag:#x}")
-    return dt.datetime.strptime(text[:14], "%Y%m%d%H%M%S").replace(tzinfo=dt.UTC)
+    return (expires - dt.datetime.now(dt.UTC)).total_seconds() / 86400

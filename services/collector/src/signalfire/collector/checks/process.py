@@ -42,6 +42,9 @@ class ProcessCheck:
         self._cpu: dict[tuple[int, float], float] = {}
         self._at: float | None = None
 
+    async def close(self) -> None:
+        """Nothing is kept between runs."""
+
     def failed(self, result: Result) -> list[Sample]:
         return [Sample("proc.up", 0.0, {"process": self.target})]
 

@@ -33,10 +33,13 @@ class CheckRunner:
             self._tasks.append(asyncio.create_task(self._loop(n, check), name=f"check-{check.kind}-{n}"))
 
     async def stop(self) -> None:
+        """Cancel the checks' tasks and close the checks (their clients)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        for check in self.checks:
+            await check.close()
 
     def latest(self) -> list[Sample]:
         return [sample for n in sorted(self._latest) for sample in self._latest[n]]

@@ -23,6 +23,9 @@ class TcpCheck:
         self.interval = float(config.interval or default_interval)
         self.timeout = float(config.timeout)
 
+    async def close(self) -> None:
+        """Nothing is kept between runs."""
+
     def failed(self, result: Result) -> list[Sample]:
         return outcome("tcp", self.target, result)
 
