@@ -49,6 +49,15 @@ def test_durations_read_like_the_other_services(tmp_path: Path) -> None:
         ("auth_failure_rate: -1\n", "auth_failure_rate"),
         ("auth_failure_burst: 0\n", "auth_failure_burst"),
         ("stream_token_recheck: 0s\n", "stream_token_recheck"),
+        ("fetch_timeout: 0s\n", "fetch_timeout: must be more than 0s"),
+        ("rollup_flush: 0s\n", "rollup_flush: must be more than 0s"),
+        ("rollup_repair_after: 0s\n", "rollup_repair_after: must be more than 0s"),
+        ("rollup_repair_after: 10s\n", "rollup_repair_after: must be at least ack_wait"),
+        ("rate_limit: -1\n", "rate_limit: must not be negative"),
+        ("rate_burst: 0\n", "rate_burst: must be at least 1"),
+        ("database_url: ''\n", "database_url: must not be empty"),
+        ("retention:\n  raw: -1\n", "retention.raw: a duration cannot be negative"),
+        ("retention:\n  check_every: 0s\n", "retention.check_every: must be more than 0s"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path: Path, text: str, field: str) -> None:
