@@ -504,3 +504,46 @@ def test_every_collector_emits_only_what_it_declares() -> None:
         assert_declared(collector, collected)
         assert all(math.isfinite(s.value) for s in collected)
     assert samples
+
+
+def test_without_proc_the_collectors_report_the_same_metrics_through_psutil() -> None:
+    """On macOS or a BSD (no /proc) the agent reads psutil instead: the same names, labels and
+    plausible values as the /proc reading on this host, less what only Linux counts."""
+    on_proc = {
+        c.name: c for c in (CpuCollector(), MemoryCollector(), ProcessesCollector(), ConnectionsCollector())
+    }
+    portable = {
+        c.name: c for c in (CpuCollector(), MemoryCollector(), ProcessesCollector(), ConnectionsCollector())
+    }
+    for collector in portable.values():
+        collector._linux = False  # type: ignore[attr-defined]  # as on a host without /proc
+    connections_there = portable["connections"]
+    assert isinstance(connections_there, ConnectionsCollector)
+    connections_there._netlink = False  # netlink is Linux's too
+    cpu = portable["cpu"]
+    assert isinstance(cpu, CpuCollector)
+    cpu._last = cpu._read()  # primed from psutil, as its __init__ would have there
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        with socket.create_connection(server.getsockname()):
+            burn_cpu(0.2)
+            now = time.monotonic()
+            expected = {name: {s.name: s for s in c.collect(now)} for name, c in on_proc.items()}
+            got = {name: c.collect(now) for name, c in portable.items()}
+    for name, samples in got.items():
+        assert_declared(portable[name], samples)
+        assert all(math.isfinite(s.value) and s.value >= 0 for s in samples), name
+    values = {name: {s.name: s.value for s in samples if not s.labels} for name, samples in got.items()}
+
+    assert 0 < values["cpu"]["cpu.usage_percent"] <= 100
+    assert values["memory"]["mem.total_bytes"] == expected["memory"]["mem.total_bytes"].value
+    assert values["memory"]["swap.total_bytes"] == expected["memory"]["swap.total_bytes"].value
+    # Processes start and end meanwhile: the counts agree within a margin.
+    assert values["processes"]["procs.total"] == pytest.approx(
+        expected["processes"]["procs.total"].value, rel=0.2, abs=5
+    )
+    assert "procs.threads" not in values["processes"]  # Linux's alone
+    states = {s.labels["state"]: s.value for s in got["connections"] if s.name == "net.connections"}
+    assert set(states) == set(TCP_STATES.values())
+    assert states["listen"] >= 1 and states["established"] >= 2  # both ends of our connection
