@@ -235,3 +235,37 @@ def test_a_missing_test_file_and_a_zero_interval_are_named(tmp_path, capsys):
     path = write_test(tmp_path, "  - name: frozen\n    interval: 0s\n    input: []\n")
     assert main(["rules", "test", path]) == 1
     assert f"{path}: tests[frozen].interval: must be longer than 0s" in capsys.readouterr().err
+
+
+def _rule_test(tmp_path: Path, rule: str, test: str) -> str:
+    (tmp_path / "rules.yaml").write_text(f"rules:\n  - {rule}\n")
+    path = tmp_path / "rules_test.yaml"
+    path.write_text(f"rule_files: [rules.yaml]\ninterval: 10s\ntests:\n{test}")
+    return str(path)
+
+
+def test_a_last_value_threshold_grouped_by_host_is_one_alert_per_host(tmp_path, capsys):
+    path = _rule_test(
+        tmp_path,
+        "{name: HostFull, metric: disk.used_percent, condition: '> 90', group_by: host, for: 10s,"
+        " severity: high}",
+        "  - name: any mount of the host, one alert without the mount label\n"
+        "    input:\n"
+        "      - {series: 'disk.used_percent{host=\"a\", mount=\"/var\"}', values: '50 95 95 95 50'}\n"
+        "    expect:\n"
+        "      - {at: 20s, rule: HostFull, status: firing, host: a, value: 95}\n"
+        "      - {at: 40s, rule: HostFull, status: resolved, host: a, value: 50}\n",
+    )
+    assert main(["rules", "test", path]) == 0, capsys.readouterr().err
+
+
+def test_an_anomaly_on_a_flat_baseline_fires_at_the_first_change(tmp_path, capsys):
+    path = _rule_test(
+        tmp_path,
+        "{name: Jump, kind: anomaly, metric: load.1m, alpha: 0.5, warmup: 3, condition: '> 3',"
+        " severity: low}",
+        "  - name: any change from a flat baseline is as unusual as can be\n"
+        "    input: [{series: 'load.1m{host=\"a\"}', values: '5 5 5 5.5'}]\n"
+        "    expect: [{at: 30s, rule: Jump, status: firing, value: 1e9}]\n",
+    )
+    assert main(["rules", "test", path]) == 0, capsys.readouterr().err
