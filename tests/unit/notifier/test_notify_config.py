@@ -12,7 +12,7 @@ from signalfire.config import ConfigError
 from signalfire.notifier.channels.log import LogChannelConfig
 from signalfire.notifier.channels.webhook import WebhookChannelConfig
 from signalfire.notifier.cli import run_notifier
-from signalfire.notifier.config import Route, load_notify_config
+from signalfire.notifier.config import Route, check_notify_config, load_notify_config
 
 GOOD = """\
 channels:
@@ -242,3 +242,61 @@ def test_a_route_matcher_that_does_not_parse_names_line_field_and_form(tmp_path:
 def test_an_inhibit_rule_with_an_empty_source_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD + "inhibit:\n  - source: []\n    equal: [host]\n")
     assert "source: give at least one matcher" in error_of(path)
+
+
+@pytest.mark.parametrize(
+    ("mistake", "expected"),
+    [
+        (("digest: 1h", "digest: 500ms"), "notify.yaml:21: routes[2].digest: must be at least 1s"),
+        (("inhibit:", "metrics_listen: localhost\ninhibit:"), "notify.yaml:22: metrics_listen: "),
+    ],
+)
+def test_timing_and_listen_mistakes_name_file_line_and_field(
+    tmp_path: Path, mistake: tuple[str, str], expected: str
+) -> None:
+    assert expected in error_of(write(tmp_path, PIPELINE.replace(*mistake)))
+
+
+def test_a_mistake_set_by_the_environment_names_the_environment() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_notify_config(None, environ={"SF_TICK": "0s"})
+    assert str(info.value) == "<environment>: tick: must be more than 0"
+
+
+def _checked(path: Path) -> list[str]:
+    """What ``signalfire notify check`` reports for ``path``, one message per mistake."""
+    config, errors = check_notify_config(path)
+    assert (config is None) == bool(errors)
+    return [str(e) for e in errors]
+
+
+def test_notify_check_reports_an_unreadable_file_without_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "notify.yaml"
+    assert _checked(path) == [f"{path}: cannot read config file: No such file or directory"]
+    path.write_bytes(b"channels:\n  log: {type: log}\n# caf\xe9\n")
+    assert _checked(path) == [f"{path}: config file is not UTF-8 text"]
+    path.write_text("channels: [\n")
+    [bad_yaml] = _checked(path)
+    assert bad_yaml.startswith(f"{path}:2: invalid YAML")
+    path.write_text("- log\n- hook\n")
+    assert _checked(path) == [f"{path}:1: expected a mapping at the top level"]
+
+
+def test_notify_check_lists_channel_and_structure_mistakes_in_line_order(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        channels:
+          hook:
+            type: webhook
+        routes: 5
+        """,
+    )
+    assert _checked(path) == [
+        f"{path}:2: channels.hook: Object missing required field `url`",
+        f"{path}:4: routes: Expected `array`, got `int`",
+    ]
+
+
+def test_notify_check_takes_an_empty_file_as_the_defaults(tmp_path: Path) -> None:
+    assert _checked(write(tmp_path, "# nothing configured yet\n")) == []
