@@ -300,3 +300,75 @@ def test_notify_check_lists_channel_and_structure_mistakes_in_line_order(tmp_pat
 
 def test_notify_check_takes_an_empty_file_as_the_defaults(tmp_path: Path) -> None:
     assert _checked(write(tmp_path, "# nothing configured yet\n")) == []
+
+
+@pytest.mark.parametrize(
+    ("channel", "expected"),
+    [
+        ("{type: log, max_attempts: 0}", "channels.c.max_attempts: expected 1 to 100, got 0"),
+        ("{type: log, rate_limit: -1}", "channels.c.rate_limit: must be 0 (no limit) or more"),
+        ("{type: log, concurrency: 101}", "channels.c.concurrency: expected 1 to 100, got 101"),
+        ("{type: log, burst: 0}", "channels.c.burst: expected 1 to 10000, got 0"),
+        (
+            "{type: discord}",
+            "channels.c.webhook_url_env: set exactly one of webhook_url_env and webhook_url_file",
+        ),
+        (
+            "{type: pagerduty, routing_key_env: K, routing_key_file: /k}",
+            "channels.c.routing_key_env: set exactly one of routing_key_env and routing_key_file",
+        ),
+        (
+            "{type: pagerduty, routing_key_env: K, url: ftp://pd}",
+            "channels.c.url: expected an http:// or https:// URL",
+        ),
+        (
+            "{type: sms, account_sid: AC1, from: '+14155550100', to: '+14155550101'}",
+            "channels.c.auth_token_env: set exactly one of auth_token_env and auth_token_file",
+        ),
+        (
+            "{type: sms, account_sid: AC1, from: '+14155550100', to: '+14155550101', auth_token_env: T,"
+            " api_url: twilio.example}",
+            "channels.c.api_url: expected an http:// or https:// URL",
+        ),
+        (
+            "{type: sms, account_sid: AC1, from: '+14155550100', to: '+14155550101', auth_token_env: T,"
+            " segments: 11}",
+            "channels.c.segments: expected 1 to 10, got 11",
+        ),
+    ],
+)
+def test_channel_setting_mistakes_name_the_channel_and_field(
+    tmp_path: Path, channel: str, expected: str
+) -> None:
+    path = tmp_path / "notify.yaml"
+    path.write_text(f"channels:\n  c: {channel}\nroutes:\n  - channels: [c]\n")
+    assert error_of(path) == f"{path}:2: {expected}"
+    assert [str(e) for e in check_notify_config(path)[1]] == [f"{path}:2: {expected}"]
+
+
+def test_an_empty_secret_file_and_a_webhook_url_without_scheme_are_named(tmp_path: Path) -> None:
+    from signalfire.notifier.channels import ChannelContext, build_channel
+    from signalfire.notifier.channels.discord import DiscordChannelConfig
+    from signalfire.notifier.channels.pagerduty import PagerDutyChannelConfig
+
+    context = ChannelContext(http=None, environ={"DISCORD_URL": "discord.com/api/webhooks/1/t"})  # type: ignore[arg-type]
+    empty = tmp_path / "routing-key"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError) as caught:
+        build_channel("pd", PagerDutyChannelConfig(routing_key_file=str(empty)), context)
+    assert str(caught.value) == f"channels.pd.routing_key_file: {empty} is empty"
+
+    with pytest.raises(ConfigError) as caught:
+        build_channel("chat", DiscordChannelConfig(webhook_url_env="DISCORD_URL"), context)
+    assert (
+        str(caught.value)
+        == "channels.chat.webhook_url_env: the webhook URL must start with http:// or https://"
+    )
+    url_file = tmp_path / "discord-url"
+    url_file.write_text("discord.com/api/webhooks/1/t\n")
+    with pytest.raises(ConfigError) as caught:
+        build_channel("chat", DiscordChannelConfig(webhook_url_file=str(url_file)), context)
+    assert (
+        str(caught.value)
+        == "channels.chat.webhook_url_file: the webhook URL must start with http:// or https://"
+    )
