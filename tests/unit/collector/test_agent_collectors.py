@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -184,6 +185,28 @@ def test_agent_own_samples_are_declared() -> None:
     assert {s.name for s in samples} == set(declared)
     for sample in samples:
         assert set(sample.labels) == declared[sample.name]
+
+
+def test_a_failing_collector_is_counted_logged_once_and_loses_nothing_else(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = Agent(AgentConfig())
+    broken = next(c for c in agent.collectors if c.name == "memory")
+
+    def collect(now: float) -> list[Sample]:
+        raise OSError("/proc/meminfo: no such file")
+
+    monkeypatch.setattr(broken, "collect", collect)
+    with caplog.at_level(logging.ERROR, logger="signalfire.collector"):
+        first = agent._collect_all(time.monotonic())
+        agent._collect_all(time.monotonic())
+    assert not [s for s in first if s.name.startswith("mem.")]
+    assert by_name(first, "load.1m")  # the other collectors still report
+    errors = {s.labels["collector"]: s.value for s in by_name(agent.own_samples(), "agent.collector_errors")}
+    assert errors["memory"] == 2
+    assert [r.getMessage() for r in caplog.records] == ["collector failed"]  # once, not every tick
+    monkeypatch.undo()
+    assert by_name(agent._collect_all(time.monotonic()), "mem.used_percent")
 
 
 def prime_and_collect(collector: Collector, pause: float = 0.3) -> list[Sample]:
