@@ -120,7 +120,8 @@ def test_a_damaged_credential_directory_or_pid_file_is_named(
     code, out = run(capsys, "enroll", "web-1", "--dir", str(bus), "--pid-file", str(pid_file))
     assert code == 1
     assert out.endswith(
-        f"signalfire bus: {pid_file}: cannot read nats-server's PID (invalid literal for int() with base 10: 'not a pid')\n"
+        f"signalfire bus: {pid_file}: cannot read nats-server's PID"
+        " (invalid literal for int() with base 10: 'not a pid')\n"
     )
     (bus / "users.json").write_text("{}")
     code, out = run(capsys, "agents", "--dir", str(bus))
