@@ -134,3 +134,20 @@ def test_a_damaged_credential_directory_or_pid_file_is_named(
 def test_render_env_prints_the_committed_compose_accounts(capsys: pytest.CaptureFixture[str]) -> None:
     accounts = Path(__file__).resolve().parents[3] / "deploy" / "nats" / "accounts.conf"
     assert run(capsys, "render-env", "--agent", "compose-agent") == (0, accounts.read_text())
+
+
+def test_an_identity_the_policy_does_not_know_gets_no_permissions_but_an_error() -> None:
+    from signalfire.buspolicy import User, permissions
+    from signalfire.subjects import Subjects
+
+    roles = "admin, gateway, evaluator, notifier, agent"
+    with pytest.raises(ValueError, match=rf"^unknown bus role 'root'; one of {roles}$"):
+        User(name="root", role="root", password="x")
+    with pytest.raises(ValueError, match=rf"^unknown bus role 'root'; one of {roles}$"):
+        permissions("root", Subjects("sf"))
+    with pytest.raises(ValueError, match=r"^an agent identity needs its host, and only an agent has one$"):
+        User(name="agent-web-1", role="agent", password="x")
+    with pytest.raises(ValueError, match=r"^an agent identity needs its host, and only an agent has one$"):
+        User(name="gateway", role="gateway", password="x", host="web-1")
+    with pytest.raises(ValueError, match=r"^an agent's permissions need its host$"):
+        permissions("agent", Subjects("sf"))
