@@ -80,3 +80,16 @@ def test_the_listening_socket_is_tcp_so_answers_are_not_held_by_nagle() -> None:
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+def test_a_listen_address_in_use_is_named() -> None:
+    from signalfire.gateway.service import _bind
+
+    taken = _bind("127.0.0.1:0")
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(OSError) as caught:
+            _bind(f"127.0.0.1:{port}")
+        assert str(caught.value) == f"[Errno 98] cannot listen on 127.0.0.1:{port}: Address already in use"
+    finally:
+        taken.close()
