@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -90,6 +92,7 @@ def test_a_listen_address_in_use_is_named() -> None:
     try:
         with pytest.raises(OSError) as caught:
             _bind(f"127.0.0.1:{port}")
-        assert str(caught.value) == f"[Errno 98] cannot listen on 127.0.0.1:{port}: Address already in use"
+        assert caught.value.errno == errno.EADDRINUSE
+        assert caught.value.strerror == f"cannot listen on 127.0.0.1:{port}: {os.strerror(errno.EADDRINUSE)}"
     finally:
         taken.close()
