@@ -373,6 +373,16 @@ def test_proc_stat_parser() -> None:
     assert (stat.context_switches, stat.interrupts) == (6789, 12345)
 
 
+def test_meminfo_with_more_available_than_total_falls_back_to_free_as_psutil_does() -> None:
+    # Some container kernels report MemAvailable above MemTotal; psutil then uses MemFree.
+    memory = read_meminfo("MemTotal: 1000 kB\nMemFree: 300 kB\nMemAvailable: 4000 kB\n")
+    assert memory is not None
+    mem, _ = memory
+    assert (mem.total, mem.available, mem.used) == (1_024_000, 307_200, 716_800)
+    assert mem.percent == 70.0
+    assert read_meminfo("MemTotal: 1000 kB\nMemFree: 300 kB\n") is None  # before Linux 3.14
+
+
 def test_meminfo_parser_computes_as_psutil_does() -> None:
     text = (
         "MemTotal:       1000 kB\nMemFree:         100 kB\nMemAvailable:    600 kB\n"
