@@ -549,7 +549,7 @@ def test_without_proc_the_collectors_report_the_same_metrics_through_psutil() ->
         c.name: c for c in (CpuCollector(), MemoryCollector(), ProcessesCollector(), ConnectionsCollector())
     }
     for collector in portable.values():
-        collector._linux = False  # type: ignore[attr-defined]  # as on a host without /proc
+        collector._linux = False  # as on a host without /proc
     connections_there = portable["connections"]
     assert isinstance(connections_there, ConnectionsCollector)
     connections_there._netlink = False  # netlink is Linux's too

@@ -29,7 +29,7 @@ def test_bad_values_name_file_line_and_field(tmp_path: Path, text: str, message:
 
 
 def test_watching_can_be_turned_off_and_the_defaults_need_no_file() -> None:
-    assert load_config(EvaluatorConfig, None, environ={"SF_WATCH_INTERVAL": "0"}).watch_interval == 0
+    assert float(load_config(EvaluatorConfig, None, environ={"SF_WATCH_INTERVAL": "0"}).watch_interval) == 0.0
     config = load_config(EvaluatorConfig, None, environ={})
     assert config.rules == ["rules/default.yaml"]
     assert config.metrics_listen is None
