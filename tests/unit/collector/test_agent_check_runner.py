@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from signalfire.collector.checks import CheckRunner, ProcessCheck, TcpCheck
-from signalfire.collector.checks.base import ProcessCheckConfig, TcpCheckConfig
+from signalfire.collector.checks.base import Check, ProcessCheckConfig, TcpCheckConfig
 from signalfire.events import Sample
 
 
@@ -27,7 +27,7 @@ async def test_a_check_that_raises_reports_down_and_the_others_still_run(
         server.bind(("127.0.0.1", 0))
         server.listen()
         host, port = server.getsockname()
-        checks = [
+        checks: list[Check] = [
             BrokenProcessCheck(ProcessCheckConfig(name="nginx"), 10.0),
             TcpCheck(TcpCheckConfig(address=f"{host}:{port}", name="db"), 10.0),
         ]
