@@ -74,3 +74,11 @@ def test_an_unreachable_database_names_the_file_its_address_came_from(tmp_path: 
     for command in (["db", "migrate"], ["token", "revoke", "5"]):
         stderr = _unreachable(tmp_path, *command)
         assert f"({stack_env}, written by `make up` (is it still running?))" in stderr
+
+
+def test_an_id_beyond_the_databases_range_is_a_one_line_error(database_url: str) -> None:
+    result = run_cli(database_url, "token", "revoke", str(2**64))
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("signalfire: database error: ")
+    assert "out of int64 range" in line
