@@ -12,7 +12,7 @@ from signalfire.config import ConfigError
 from signalfire.notifier.channels.log import LogChannelConfig
 from signalfire.notifier.channels.webhook import WebhookChannelConfig
 from signalfire.notifier.cli import run_notifier
-from signalfire.notifier.config import Route, check_notify_config, load_notify_config
+from signalfire.notifier.config import NotifyConfig, Route, check_notify_config, load_notify_config
 
 GOOD = """\
 channels:
@@ -372,3 +372,13 @@ def test_an_empty_secret_file_and_a_webhook_url_without_scheme_are_named(tmp_pat
         str(caught.value)
         == "channels.chat.webhook_url_file: the webhook URL must start with http:// or https://"
     )
+
+
+def test_a_service_built_from_a_config_with_a_mistake_refuses_to_start() -> None:
+    # Code that builds the config itself (not from a file) gets the same check as a file.
+    from signalfire.notifier.service import NotifierService
+
+    config = NotifyConfig(channels={"log": LogChannelConfig()}, routes=[Route(channels=["pager"])])
+    with pytest.raises(ConfigError) as info:
+        NotifierService(config)
+    assert str(info.value) == "routes[0].channels[0]: unknown channel 'pager' (configured: log)"
