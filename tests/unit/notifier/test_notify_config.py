@@ -298,8 +298,9 @@ def test_notify_check_lists_channel_and_structure_mistakes_in_line_order(tmp_pat
     ]
 
 
-def test_notify_check_takes_an_empty_file_as_the_defaults(tmp_path: Path) -> None:
-    assert _checked(write(tmp_path, "# nothing configured yet\n")) == []
+@pytest.mark.parametrize("text", ["# nothing configured yet\n", "~\n"])
+def test_notify_check_takes_an_empty_file_as_the_defaults(tmp_path: Path, text: str) -> None:
+    assert _checked(write(tmp_path, text)) == []
 
 
 @pytest.mark.parametrize(

@@ -143,8 +143,9 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     assert str(error.value) == f"{path}: config file is not UTF-8 text"
 
 
-def test_an_empty_file_gives_the_defaults(tmp_path: Path) -> None:
-    config = load_config(Example, write(tmp_path, "# nothing set yet\n"), environ={})
+@pytest.mark.parametrize("text", ["# nothing set yet\n", "~\n", "---\nnull\n"])
+def test_an_empty_file_gives_the_defaults(tmp_path: Path, text: str) -> None:
+    config = load_config(Example, write(tmp_path, text), environ={})
     assert config.interval == 5.0
     assert config.mode == "safe"
 
