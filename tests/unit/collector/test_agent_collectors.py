@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -186,6 +187,28 @@ def test_agent_own_samples_are_declared() -> None:
         assert set(sample.labels) == declared[sample.name]
 
 
+def test_a_failing_collector_is_counted_logged_once_and_loses_nothing_else(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = Agent(AgentConfig())
+    broken = next(c for c in agent.collectors if c.name == "memory")
+
+    def collect(now: float) -> list[Sample]:
+        raise OSError("/proc/meminfo: no such file")
+
+    monkeypatch.setattr(broken, "collect", collect)
+    with caplog.at_level(logging.ERROR, logger="signalfire.collector"):
+        first = agent._collect_all(time.monotonic())
+        agent._collect_all(time.monotonic())
+    assert not [s for s in first if s.name.startswith("mem.")]
+    assert by_name(first, "load.1m")  # the other collectors still report
+    errors = {s.labels["collector"]: s.value for s in by_name(agent.own_samples(), "agent.collector_errors")}
+    assert errors["memory"] == 2
+    assert [r.getMessage() for r in caplog.records] == ["collector failed"]  # once, not every tick
+    monkeypatch.undo()
+    assert by_name(agent._collect_all(time.monotonic()), "mem.used_percent")
+
+
 def prime_and_collect(collector: Collector, pause: float = 0.3) -> list[Sample]:
     collector.collect(time.monotonic())
     time.sleep(pause)
@@ -350,6 +373,16 @@ def test_proc_stat_parser() -> None:
     assert (stat.context_switches, stat.interrupts) == (6789, 12345)
 
 
+def test_meminfo_with_more_available_than_total_falls_back_to_free_as_psutil_does() -> None:
+    # Some container kernels report MemAvailable above MemTotal; psutil then uses MemFree.
+    memory = read_meminfo("MemTotal: 1000 kB\nMemFree: 300 kB\nMemAvailable: 4000 kB\n")
+    assert memory is not None
+    mem, _ = memory
+    assert (mem.total, mem.available, mem.used) == (1_024_000, 307_200, 716_800)
+    assert mem.percent == 70.0
+    assert read_meminfo("MemTotal: 1000 kB\nMemFree: 300 kB\n") is None  # before Linux 3.14
+
+
 def test_meminfo_parser_computes_as_psutil_does() -> None:
     text = (
         "MemTotal:       1000 kB\nMemFree:         100 kB\nMemAvailable:    600 kB\n"
@@ -504,3 +537,46 @@ def test_every_collector_emits_only_what_it_declares() -> None:
         assert_declared(collector, collected)
         assert all(math.isfinite(s.value) for s in collected)
     assert samples
+
+
+def test_without_proc_the_collectors_report_the_same_metrics_through_psutil() -> None:
+    """On macOS or a BSD (no /proc) the agent reads psutil instead: the same names, labels and
+    plausible values as the /proc reading on this host, less what only Linux counts."""
+    on_proc = {
+        c.name: c for c in (CpuCollector(), MemoryCollector(), ProcessesCollector(), ConnectionsCollector())
+    }
+    portable = {
+        c.name: c for c in (CpuCollector(), MemoryCollector(), ProcessesCollector(), ConnectionsCollector())
+    }
+    for collector in portable.values():
+        collector._linux = False  # as on a host without /proc
+    connections_there = portable["connections"]
+    assert isinstance(connections_there, ConnectionsCollector)
+    connections_there._netlink = False  # netlink is Linux's too
+    cpu = portable["cpu"]
+    assert isinstance(cpu, CpuCollector)
+    cpu._last = cpu._read()  # primed from psutil, as its __init__ would have there
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        with socket.create_connection(server.getsockname()):
+            burn_cpu(0.2)
+            now = time.monotonic()
+            expected = {name: {s.name: s for s in c.collect(now)} for name, c in on_proc.items()}
+            got = {name: c.collect(now) for name, c in portable.items()}
+    for name, samples in got.items():
+        assert_declared(portable[name], samples)
+        assert all(math.isfinite(s.value) and s.value >= 0 for s in samples), name
+    values = {name: {s.name: s.value for s in samples if not s.labels} for name, samples in got.items()}
+
+    assert 0 < values["cpu"]["cpu.usage_percent"] <= 100
+    assert values["memory"]["mem.total_bytes"] == expected["memory"]["mem.total_bytes"].value
+    assert values["memory"]["swap.total_bytes"] == expected["memory"]["swap.total_bytes"].value
+    # Processes start and end meanwhile: the counts agree within a margin.
+    assert values["processes"]["procs.total"] == pytest.approx(
+        expected["processes"]["procs.total"].value, rel=0.2, abs=5
+    )
+    assert "procs.threads" not in values["processes"]  # Linux's alone
+    states = {s.labels["state"]: s.value for s in got["connections"] if s.name == "net.connections"}
+    assert set(states) == set(TCP_STATES.values())
+    assert states["listen"] >= 1 and states["established"] >= 2  # both ends of our connection

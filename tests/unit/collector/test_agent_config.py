@@ -10,6 +10,7 @@ import pytest
 from signalfire.collector.collectors.diskio import DiskIoCollector
 from signalfire.collector.config import AgentConfig
 from signalfire.config import ConfigError, load_config
+from signalfire.events import MAX_LABEL_VALUE_LENGTH, MAX_LABELS
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -149,3 +150,35 @@ def test_the_default_disk_exclude_pattern_runs_on_re2() -> None:
         False,
         False,
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("spool_dir: '  '\n", ":1: spool_dir: must not be empty (leave it out to buffer in memory only)"),
+        (
+            "labels: {" + ", ".join(f"l{i}: x" for i in range(MAX_LABELS + 1)) + "}\n",
+            f":1: labels: at most {MAX_LABELS} labels, got {MAX_LABELS + 1}",
+        ),
+        (
+            "labels:\n  role: " + "x" * (MAX_LABEL_VALUE_LENGTH + 1) + "\n",
+            f":1: labels: value of 'role' is longer than {MAX_LABEL_VALUE_LENGTH} characters",
+        ),
+        ("checks:\n  process:\n    - name: '  '\n", ":3: checks.process[0].name: must not be empty"),
+        (
+            "checks:\n  process:\n    - {name: nginx, min_count: 0}\n",
+            ":3: checks.process[0].min_count: must be 1 or more, got 0",
+        ),
+        (
+            "checks:\n  tcp:\n    - {address: 'db:5432', interval: 100ms}\n",
+            ":3: checks.tcp[0].interval: must be at least 0.2s, got 0.1s",
+        ),
+        (
+            "checks:\n  tcp:\n    - {address: 'db:5432', timeout: 0s}\n",
+            ":3: checks.tcp[0].timeout: must be more than 0s, got 0.0s",
+        ),
+    ],
+)
+def test_more_mistakes_name_line_and_field(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    assert error_of(path) == f"{path}{expected}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,28 @@ def test_a_spool_file_whose_head_is_not_utf8_is_skipped(tmp_path: Path) -> None:
     (spool / "0000000000000002.msg").write_bytes(b"sf.metrics.h\nid-\xfe\n2")
     (spool / "0000000000000003.msg").write_bytes(b"sf.metrics.h\nid-3\n3")
     assert drain(Outbox(10, spool)) == [3]
+
+
+def test_a_spool_that_cannot_be_written_is_logged_and_the_batch_kept_in_memory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = tmp_path / "spool"
+    outbox = Outbox(10, spool)
+    shutil.rmtree(spool)  # the disk under it went away
+    with caplog.at_level(logging.WARNING, logger="signalfire.collector.outbox"):
+        outbox.put(item(1))
+    [warning] = caplog.records
+    assert warning.getMessage() == "cannot write to the spool"
+    assert drain(outbox) == [1]  # published from memory all the same
+    assert outbox.dropped == 0
+
+
+def test_a_spool_reopened_without_room_drops_and_counts_what_it_held(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    first = Outbox(10, spool)
+    for n in range(3):
+        first.put(item(n))
+    # The agent restarted with buffer_size 0: nothing may wait, the spooled batches included.
+    second = Outbox(0, spool)
+    assert (len(second), second.dropped) == (0, 3)
+    assert list(spool.iterdir()) == []

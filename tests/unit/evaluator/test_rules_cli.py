@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from signalfire.cli import main
 
 REPO = Path(__file__).resolve().parents[3]
@@ -135,3 +137,135 @@ def test_host_labels_may_be_set_for_the_whole_file_and_per_test(tmp_path, capsys
         "      - {at: 0s, rule: ProdHot, status: firing, host: b, annotations: {summary: prod/}}\n"
     )
     assert main(["rules", "test", str(path)]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        (
+            "{series: 'temp{host=\"a\"}', values: '60 _+1'}",
+            "cannot read '_+1'; a missing value (_) has no step",
+        ),
+        ("{series: 'temp{host=\"a\"}', values: '1.2.3'}", "cannot read '1.2.3'; write 50, 50x3, 1+2x5 or _"),
+        ("{series: '9temp{host=\"a\"}', values: '60'}", 'expected name{host="…", label="…"}, got \'9temp'),
+        (
+            "{series: 'temp{host=\"a\", mount}', values: '60'}",
+            "cannot read the labels at ' mount'; write label=\"value\"",
+        ),
+        ("{series: 'temp{host=\"a\"}', events: 'deploy{host=\"a\"}', values: '1'}", "give exactly one of"),
+        (
+            "{agent: a, values: 'online maybe'}",
+            "cannot read 'maybe'; write online, offline or _ (xN repeats)",
+        ),
+        ("{events: 'deploy{host=\"a\"}', values: '1.5'}", "an event count must be a whole number, got 1.5"),
+    ],
+)
+def test_input_mistakes_name_the_input(tmp_path, capsys, item: str, message: str):
+    path = write_test(tmp_path, f"  - name: bad\n    input: [{item}]\n")
+    assert main(["rules", "test", path]) == 1
+    assert f"{path}: tests[bad].input[0]: {message}" in capsys.readouterr().err
+
+
+def test_a_falling_series_steps_down(tmp_path, capsys):
+    path = write_test(
+        tmp_path,
+        "  - name: 80 70 60 50 40 is hot for 20 s then cool\n"
+        "    input: [{series: 'temp{host=\"a\"}', values: '80-10x5'}]\n"
+        "    expect:\n"
+        "      - {at: 20s, rule: Hot, status: firing, value: 60}\n"
+        "      - {at: 30s, rule: Hot, status: resolved, value: 50}\n",
+    )
+    assert main(["rules", "test", path]) == 0, capsys.readouterr().err
+
+
+def test_a_diff_shows_only_the_fields_the_test_expects(tmp_path, capsys):
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - {name: Hot, metric: temp, condition: '> 50', severity: low,\n"
+        "     labels: {team: ops}, annotations: {summary: 'hot {{ host }}'}}\n"
+    )
+    path = tmp_path / "rules_test.yaml"
+    path.write_text(
+        "rule_files: [rules.yaml]\ntests:\n"
+        "  - name: every field wrong\n"
+        "    input: [{series: 'temp{host=\"a\"}', values: '60.25'}]\n"
+        "    expect: [{at: 0s, rule: Hot, status: firing, host: b, severity: high, value: 61,\n"
+        "              labels: {team: db}, annotations: {summary: 'hot b'}}]\n"
+    )
+    assert main(["rules", "test", str(path)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert (
+        '  -at=0s rule=Hot status=firing host=b severity=high value=61 labels={"team":"db"}'
+        ' annotations={"summary":"hot b"}'
+    ) in err
+    assert (
+        '  +at=0s rule=Hot status=firing host=a severity=low value=60.25 labels={"team":"ops"}'
+        ' annotations={"summary":"hot a"}'
+    ) in err
+
+
+@pytest.mark.parametrize(
+    ("field", "wrong"),
+    [("rule", "Cold"), ("host", "b"), ("severity", "high"), ("value", "61"), ("labels", "{team: db}")],
+)
+def test_one_wrong_field_fails_the_test(tmp_path, capsys, field: str, wrong: str):
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - {name: Hot, metric: temp, condition: '> 50', severity: low, labels: {team: ops}}\n"
+    )
+    right = {"rule": "Hot", "host": "a", "severity": "low", "value": "60", "labels": "{team: ops}"}
+    expected = ", ".join(f"{k}: {wrong if k == field else v}" for k, v in right.items())
+    path = tmp_path / "rules_test.yaml"
+    path.write_text(
+        "rule_files: [rules.yaml]\ntests:\n"
+        "  - name: one field wrong\n"
+        "    input: [{series: 'temp{host=\"a\"}', values: '60'}]\n"
+        f"    expect: [{{at: 0s, status: firing, {expected}}}]\n"
+    )
+    assert main(["rules", "test", str(path)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == "1 of 1 tests failed"
+    path.write_text(path.read_text().replace(f"{field}: {wrong}", f"{field}: {right[field]}"))
+    assert main(["rules", "test", str(path)]) == 0
+
+
+def test_a_missing_test_file_and_a_zero_interval_are_named(tmp_path, capsys):
+    assert main(["rules", "test", str(tmp_path / "gone.yaml")]) == 1
+    assert (
+        f"{tmp_path / 'gone.yaml'}: cannot read test file: No such file or directory"
+        in capsys.readouterr().err
+    )
+    path = write_test(tmp_path, "  - name: frozen\n    interval: 0s\n    input: []\n")
+    assert main(["rules", "test", path]) == 1
+    assert f"{path}: tests[frozen].interval: must be longer than 0s" in capsys.readouterr().err
+
+
+def _rule_test(tmp_path: Path, rule: str, test: str) -> str:
+    (tmp_path / "rules.yaml").write_text(f"rules:\n  - {rule}\n")
+    path = tmp_path / "rules_test.yaml"
+    path.write_text(f"rule_files: [rules.yaml]\ninterval: 10s\ntests:\n{test}")
+    return str(path)
+
+
+def test_a_last_value_threshold_grouped_by_host_is_one_alert_per_host(tmp_path, capsys):
+    path = _rule_test(
+        tmp_path,
+        "{name: HostFull, metric: disk.used_percent, condition: '> 90', group_by: host, for: 10s,"
+        " severity: high}",
+        "  - name: any mount of the host, one alert without the mount label\n"
+        "    input:\n"
+        "      - {series: 'disk.used_percent{host=\"a\", mount=\"/var\"}', values: '50 95 95 95 50'}\n"
+        "    expect:\n"
+        "      - {at: 20s, rule: HostFull, status: firing, host: a, value: 95}\n"
+        "      - {at: 40s, rule: HostFull, status: resolved, host: a, value: 50}\n",
+    )
+    assert main(["rules", "test", path]) == 0, capsys.readouterr().err
+
+
+def test_an_anomaly_on_a_flat_baseline_fires_at_the_first_change(tmp_path, capsys):
+    path = _rule_test(
+        tmp_path,
+        "{name: Jump, kind: anomaly, metric: load.1m, alpha: 0.5, warmup: 3, condition: '> 3',"
+        " severity: low}",
+        "  - name: any change from a flat baseline is as unusual as can be\n"
+        "    input: [{series: 'load.1m{host=\"a\"}', values: '5 5 5 5.5'}]\n"
+        "    expect: [{at: 30s, rule: Jump, status: firing, value: 1e9}]\n",
+    )
+    assert main(["rules", "test", path]) == 0, capsys.readouterr().err

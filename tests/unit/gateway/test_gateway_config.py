@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,15 @@ def test_durations_read_like_the_other_services(tmp_path: Path) -> None:
         ("auth_failure_rate: -1\n", "auth_failure_rate"),
         ("auth_failure_burst: 0\n", "auth_failure_burst"),
         ("stream_token_recheck: 0s\n", "stream_token_recheck"),
+        ("fetch_timeout: 0s\n", "fetch_timeout: must be more than 0s"),
+        ("rollup_flush: 0s\n", "rollup_flush: must be more than 0s"),
+        ("rollup_repair_after: 0s\n", "rollup_repair_after: must be more than 0s"),
+        ("rollup_repair_after: 10s\n", "rollup_repair_after: must be at least ack_wait"),
+        ("rate_limit: -1\n", "rate_limit: must not be negative"),
+        ("rate_burst: 0\n", "rate_burst: must be at least 1"),
+        ("database_url: ''\n", "database_url: must not be empty"),
+        ("retention:\n  raw: -1\n", "retention.raw: a duration cannot be negative"),
+        ("retention:\n  check_every: 0s\n", "retention.check_every: must be more than 0s"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path: Path, text: str, field: str) -> None:
@@ -71,3 +82,17 @@ def test_the_listening_socket_is_tcp_so_answers_are_not_held_by_nagle() -> None:
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+def test_a_listen_address_in_use_is_named() -> None:
+    from signalfire.gateway.service import _bind
+
+    taken = _bind("127.0.0.1:0")
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(OSError) as caught:
+            _bind(f"127.0.0.1:{port}")
+        assert caught.value.errno == errno.EADDRINUSE
+        assert caught.value.strerror == f"cannot listen on 127.0.0.1:{port}: {os.strerror(errno.EADDRINUSE)}"
+    finally:
+        taken.close()

@@ -19,6 +19,7 @@ from signalfire.events import (
     MAX_LABEL_VALUE_LENGTH,
     MAX_LABELS,
     MAX_METRIC_NAME_LENGTH,
+    MAX_SAMPLES_PER_BATCH,
     MAX_UNIX_TIME,
     MetricBatch,
     PayloadError,
@@ -169,3 +170,23 @@ def test_any_paging_cursor_is_read_or_refused_with_a_400(data: bytes) -> None:
             assert (exc.status, exc.field) == (400, "cursor")
         else:
             assert values is None or len(values) == 2
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b'{"host":"h","time":1,"samples":[{"name":"x","value":1e999}]}', "$.samples[0].value"),
+        (
+            json.dumps(
+                {"host": "h", "time": 1, "samples": [{"name": "x", "value": 1}] * (MAX_SAMPLES_PER_BATCH + 1)}
+            ).encode(),
+            "$.samples",
+        ),
+    ],
+)
+def test_the_fast_decoder_refuses_what_json_cannot_hold_as_the_contract_does(data: bytes, error: str) -> None:
+    # A value that overflows to infinity, and more samples than a batch may hold: both outside
+    # what the property tests above can write.
+    accepted, message = outcome(decode_metric_batch, data)
+    assert not accepted and error in message
+    assert (accepted, message) == outcome(strict, data)

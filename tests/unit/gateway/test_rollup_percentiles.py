@@ -113,3 +113,38 @@ def test_rows_without_values_still_read_from_their_buckets() -> None:
     merged = merge(dict(old), {"p267": 1, "v": [201.5]})
     assert "v" not in merged and sum(merged.values()) == 4
     assert quantile({}, 0.5) is None
+
+
+def test_a_minute_of_many_samples_in_one_round_keeps_bucket_counts() -> None:
+    # More than EXACT_MAX samples of one series reach one ingest round (an agent at 1 s): the
+    # row is written with bucket counts at once, zero in its own bucket.
+    values = [0.0, *(float(v) for v in range(1, 2 * EXACT_MAX))]
+    batches = [StoredBatch(time=MINUTE + i % 60, ids=[1], values=[v]) for i, v in enumerate(values)]
+    columns = merge_rows(batches)["samples_1m"]
+    [text] = columns[8]
+    assert isinstance(text, str)
+    hist = msgspec.json.decode(text)
+    assert "v" not in hist and hist["z"] == 1
+    assert columns[2] == [len(values)]
+    assert quantile(hist, 0.0) == 0.0
+    for q in QUANTILES[1:]:
+        assert close_enough(quantile(hist, q) or math.nan, percentile_disc(values, q))
+
+
+def test_batches_with_one_time_and_with_times_per_sample_merge_into_one_row() -> None:
+    batches = [
+        StoredBatch(time=MINUTE, ids=[1], values=[1.0]),
+        StoredBatch(time=MINUTE + 5, ids=[1, 1], values=[2.0, 3.0], times=[MINUTE + 5, MINUTE + 10]),
+    ]
+    minute = merge_rows(batches)["samples_1m"]
+    # series, bucket, count, sum, min, max, last, last time: one row for the minute
+    assert [column[0] for column in minute[:8]] == [1, MINUTE, 3, 6.0, 1.0, 3.0, 3.0, MINUTE + 10]
+    [text] = minute[8]
+    assert isinstance(text, str)
+    assert sorted(msgspec.json.decode(text)["v"]) == [1.0, 2.0, 3.0]
+
+
+def test_nothing_to_roll_up_is_empty_rows_and_an_empty_histogram_has_no_percentile() -> None:
+    assert merge_rows([]) == {"samples_1m": [[]] * 9, "samples_1h": [[]] * 9}
+    assert quantile({"v": []}, 0.5) is None
+    assert quantile({}, 0.5) is None

@@ -12,7 +12,7 @@ from signalfire.config import ConfigError
 from signalfire.notifier.channels.log import LogChannelConfig
 from signalfire.notifier.channels.webhook import WebhookChannelConfig
 from signalfire.notifier.cli import run_notifier
-from signalfire.notifier.config import Route, load_notify_config
+from signalfire.notifier.config import NotifyConfig, Route, check_notify_config, load_notify_config
 
 GOOD = """\
 channels:
@@ -242,3 +242,144 @@ def test_a_route_matcher_that_does_not_parse_names_line_field_and_form(tmp_path:
 def test_an_inhibit_rule_with_an_empty_source_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD + "inhibit:\n  - source: []\n    equal: [host]\n")
     assert "source: give at least one matcher" in error_of(path)
+
+
+@pytest.mark.parametrize(
+    ("mistake", "expected"),
+    [
+        (("digest: 1h", "digest: 500ms"), "notify.yaml:21: routes[2].digest: must be at least 1s"),
+        (("inhibit:", "metrics_listen: localhost\ninhibit:"), "notify.yaml:22: metrics_listen: "),
+    ],
+)
+def test_timing_and_listen_mistakes_name_file_line_and_field(
+    tmp_path: Path, mistake: tuple[str, str], expected: str
+) -> None:
+    assert expected in error_of(write(tmp_path, PIPELINE.replace(*mistake)))
+
+
+def test_a_mistake_set_by_the_environment_names_the_environment() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_notify_config(None, environ={"SF_TICK": "0s"})
+    assert str(info.value) == "<environment>: tick: must be more than 0"
+
+
+def _checked(path: Path) -> list[str]:
+    """What ``signalfire notify check`` reports for ``path``, one message per mistake."""
+    config, errors = check_notify_config(path)
+    assert (config is None) == bool(errors)
+    return [str(e) for e in errors]
+
+
+def test_notify_check_reports_an_unreadable_file_without_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "notify.yaml"
+    assert _checked(path) == [f"{path}: cannot read config file: No such file or directory"]
+    path.write_bytes(b"channels:\n  log: {type: log}\n# caf\xe9\n")
+    assert _checked(path) == [f"{path}: config file is not UTF-8 text"]
+    path.write_text("channels: [\n")
+    [bad_yaml] = _checked(path)
+    assert bad_yaml.startswith(f"{path}:2: invalid YAML")
+    path.write_text("- log\n- hook\n")
+    assert _checked(path) == [f"{path}:1: expected a mapping at the top level"]
+
+
+def test_notify_check_lists_channel_and_structure_mistakes_in_line_order(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        channels:
+          hook:
+            type: webhook
+        routes: 5
+        """,
+    )
+    assert _checked(path) == [
+        f"{path}:2: channels.hook: Object missing required field `url`",
+        f"{path}:4: routes: Expected `array`, got `int`",
+    ]
+
+
+@pytest.mark.parametrize("text", ["# nothing configured yet\n", "~\n"])
+def test_notify_check_takes_an_empty_file_as_the_defaults(tmp_path: Path, text: str) -> None:
+    assert _checked(write(tmp_path, text)) == []
+
+
+@pytest.mark.parametrize(
+    ("channel", "expected"),
+    [
+        ("{type: log, max_attempts: 0}", "channels.c.max_attempts: expected 1 to 100, got 0"),
+        ("{type: log, rate_limit: -1}", "channels.c.rate_limit: must be 0 (no limit) or more"),
+        ("{type: log, concurrency: 101}", "channels.c.concurrency: expected 1 to 100, got 101"),
+        ("{type: log, burst: 0}", "channels.c.burst: expected 1 to 10000, got 0"),
+        (
+            "{type: discord}",
+            "channels.c.webhook_url_env: set exactly one of webhook_url_env and webhook_url_file",
+        ),
+        (
+            "{type: pagerduty, routing_key_env: K, routing_key_file: /k}",
+            "channels.c.routing_key_env: set exactly one of routing_key_env and routing_key_file",
+        ),
+        (
+            "{type: pagerduty, routing_key_env: K, url: ftp://pd}",
+            "channels.c.url: expected an http:// or https:// URL",
+        ),
+        (
+            "{type: sms, account_sid: AC1, from: '+14155550100', to: '+14155550101'}",
+            "channels.c.auth_token_env: set exactly one of auth_token_env and auth_token_file",
+        ),
+        (
+            "{type: sms, account_sid: AC1, from: '+14155550100', to: '+14155550101', auth_token_env: T,"
+            " api_url: twilio.example}",
+            "channels.c.api_url: expected an http:// or https:// URL",
+        ),
+        (
+            "{type: sms, account_sid: AC1, from: '+14155550100', to: '+14155550101', auth_token_env: T,"
+            " segments: 11}",
+            "channels.c.segments: expected 1 to 10, got 11",
+        ),
+    ],
+)
+def test_channel_setting_mistakes_name_the_channel_and_field(
+    tmp_path: Path, channel: str, expected: str
+) -> None:
+    path = tmp_path / "notify.yaml"
+    path.write_text(f"channels:\n  c: {channel}\nroutes:\n  - channels: [c]\n")
+    assert error_of(path) == f"{path}:2: {expected}"
+    assert [str(e) for e in check_notify_config(path)[1]] == [f"{path}:2: {expected}"]
+
+
+def test_an_empty_secret_file_and_a_webhook_url_without_scheme_are_named(tmp_path: Path) -> None:
+    from signalfire.notifier.channels import ChannelContext, build_channel
+    from signalfire.notifier.channels.discord import DiscordChannelConfig
+    from signalfire.notifier.channels.pagerduty import PagerDutyChannelConfig
+
+    context = ChannelContext(http=None, environ={"DISCORD_URL": "discord.com/api/webhooks/1/t"})  # type: ignore[arg-type]
+    empty = tmp_path / "routing-key"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError) as caught:
+        build_channel("pd", PagerDutyChannelConfig(routing_key_file=str(empty)), context)
+    assert str(caught.value) == f"channels.pd.routing_key_file: {empty} is empty"
+
+    with pytest.raises(ConfigError) as caught:
+        build_channel("chat", DiscordChannelConfig(webhook_url_env="DISCORD_URL"), context)
+    assert (
+        str(caught.value)
+        == "channels.chat.webhook_url_env: the webhook URL must start with http:// or https://"
+    )
+    url_file = tmp_path / "discord-url"
+    url_file.write_text("discord.com/api/webhooks/1/t\n")
+    with pytest.raises(ConfigError) as caught:
+        build_channel("chat", DiscordChannelConfig(webhook_url_file=str(url_file)), context)
+    assert (
+        str(caught.value)
+        == "channels.chat.webhook_url_file: the webhook URL must start with http:// or https://"
+    )
+
+
+def test_a_service_built_from_a_config_with_a_mistake_refuses_to_start() -> None:
+    # Code that builds the config itself (not from a file) gets the same check as a file.
+    from signalfire.notifier.service import NotifierService
+
+    config = NotifyConfig(channels={"log": LogChannelConfig()}, routes=[Route(channels=["pager"])])
+    with pytest.raises(ConfigError) as info:
+        NotifierService(config)
+    assert str(info.value) == "routes[0].channels[0]: unknown channel 'pager' (configured: log)"

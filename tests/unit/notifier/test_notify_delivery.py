@@ -137,6 +137,19 @@ async def test_log_channel_writes_one_line_with_the_alert_fields(caplog: pytest.
     )
 
 
+async def test_log_channel_names_the_labels_and_how_many_alerts_a_grouped_message_covers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    channel = LogChannel("dev", LogChannelConfig(), ChannelContext(http=None, environ={}))  # type: ignore[arg-type]
+    labelled = msgspec.structs.replace(ALERT, labels={"mount": "/var", "env": "prod"})
+    other = msgspec.structs.replace(ALERT, id="a2", host="db-2")
+    with caplog.at_level(logging.DEBUG, logger="signalfire.notifications"):
+        await channel.send(Notification(alert=labelled, alerts=(labelled, other)))
+    [record] = caplog.records
+    assert record.labels == "env=prod,mount=/var"  # type: ignore[attr-defined]
+    assert record.alerts == 2  # type: ignore[attr-defined]
+
+
 async def test_a_429_pauses_the_whole_channel_for_its_retry_after() -> None:
     now = [0.0]
     waits: list[float] = []

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,78 @@ def test_reload_of_a_server_that_is_not_running_says_so(
     pid_file.write_text("999999999\n")
     code, out = run(capsys, "enroll", "web-1", "--dir", str(tmp_path / "bus"), "--pid-file", str(pid_file))
     assert code == 1 and "no nats-server with PID 999999999" in out
+
+
+def test_revoke_reloads_the_server_it_is_given(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A stand-in for nats-server that records the SIGHUP a reload sends.
+    marker = tmp_path / "reloaded"
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import pathlib, signal, sys, time\n"
+            f"signal.signal(signal.SIGHUP, lambda *_: pathlib.Path({str(marker)!r}).touch())\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(30)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline() == "ready\n"
+        bus = str(tmp_path / "bus")
+        run(capsys, "init", "--dir", bus)
+        run(capsys, "enroll", "web-1", "--dir", bus)
+        code, out = run(capsys, "revoke", "web-1", "--dir", bus, "--pid", str(server.pid))
+        assert (code, out) == (0, f"revoked web-1\nreloaded nats-server (PID {server.pid})\n")
+        deadline = time.monotonic() + 10
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert marker.exists()
+        assert run(capsys, "agents", "--dir", bus) == (0, "")
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_a_damaged_credential_directory_or_pid_file_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bus = tmp_path / "bus"
+    run(capsys, "init", "--dir", str(bus))
+    pid_file = tmp_path / "nats.pid"
+    pid_file.write_text("not a pid\n")
+    code, out = run(capsys, "enroll", "web-1", "--dir", str(bus), "--pid-file", str(pid_file))
+    assert code == 1
+    assert out.endswith(
+        f"signalfire bus: {pid_file}: cannot read nats-server's PID"
+        " (invalid literal for int() with base 10: 'not a pid')\n"
+    )
+    (bus / "users.json").write_text("{}")
+    code, out = run(capsys, "agents", "--dir", str(bus))
+    assert (code, out) == (
+        1,
+        f"signalfire bus: {bus / 'users.json'}: not a Signalfire bus credential file ('prefix')\n",
+    )
+
+
+def test_render_env_prints_the_committed_compose_accounts(capsys: pytest.CaptureFixture[str]) -> None:
+    accounts = Path(__file__).resolve().parents[3] / "deploy" / "nats" / "accounts.conf"
+    assert run(capsys, "render-env", "--agent", "compose-agent") == (0, accounts.read_text())
+
+
+def test_an_identity_the_policy_does_not_know_gets_no_permissions_but_an_error() -> None:
+    from signalfire.buspolicy import User, permissions
+    from signalfire.subjects import Subjects
+
+    roles = "admin, gateway, evaluator, notifier, agent"
+    with pytest.raises(ValueError, match=rf"^unknown bus role 'root'; one of {roles}$"):
+        User(name="root", role="root", password="x")
+    with pytest.raises(ValueError, match=rf"^unknown bus role 'root'; one of {roles}$"):
+        permissions("root", Subjects("sf"))
+    with pytest.raises(ValueError, match=r"^an agent identity needs its host, and only an agent has one$"):
+        User(name="agent-web-1", role="agent", password="x")
+    with pytest.raises(ValueError, match=r"^an agent identity needs its host, and only an agent has one$"):
+        User(name="gateway", role="gateway", password="x", host="web-1")
+    with pytest.raises(ValueError, match=r"^an agent's permissions need its host$"):
+        permissions("agent", Subjects("sf"))

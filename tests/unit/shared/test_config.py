@@ -133,3 +133,43 @@ def test_tools_read_the_dev_stack_settings_under_the_environment(tmp_path, monke
     }
     monkeypatch.chdir(tmp_path.parent)
     assert tool_environ({"A": "b"}) == ({"A": "b"}, None)
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "example.yaml"
+    path.write_bytes(b"interval: 5s\nmode: \xff\xfe\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(Example, path, environ={})
+    assert str(error.value) == f"{path}: config file is not UTF-8 text"
+
+
+@pytest.mark.parametrize("text", ["# nothing set yet\n", "~\n", "---\nnull\n"])
+def test_an_empty_file_gives_the_defaults(tmp_path: Path, text: str) -> None:
+    config = load_config(Example, write(tmp_path, text), environ={})
+    assert config.interval == 5.0
+    assert config.mode == "safe"
+
+
+def test_a_negative_duration_is_refused_with_the_field(tmp_path: Path) -> None:
+    path = write(tmp_path, "mode: fast\ninterval: -5\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(Example, path, environ={})
+    assert str(error.value) == f"{path}:2: interval: a duration cannot be negative, got -5"
+
+
+def test_an_environment_value_that_is_not_yaml_is_taken_as_text() -> None:
+    # "[" does not parse as YAML; the loader passes the text on, so the message quotes it as written.
+    with pytest.raises(ConfigError) as error:
+        load_config(Example, None, environ={"SF_INTERVAL": "[5s"})
+    message = str(error.value)
+    assert "interval: expected a duration like 30s, 5m or 1h, got '[5s'" in message
+    assert "SF_INTERVAL" in message
+
+
+def test_the_dev_stack_settings_skip_lines_that_are_not_assignments(tmp_path: Path) -> None:
+    from signalfire.config import read_env_file
+
+    env = tmp_path / "env"
+    env.write_text("SF_A='unclosed\nSF_B='two words'\n1X=bad name\nSF_C=\n")
+    assert read_env_file(env) == {"SF_B": "two words", "SF_C": ""}
+    assert read_env_file(tmp_path / "gone") == {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 from signalfire.log import JsonFormatter, LogfmtFormatter, redact_secrets
 
@@ -37,3 +38,20 @@ def test_both_formats_redact_the_message_its_arguments_and_extra_fields() -> Non
     entry = json.loads(JsonFormatter("gateway").format(record))
     assert "s3cret" not in json.dumps(entry)
     assert entry["url"] == "http://gw/api/v1/events/stream?token=[redacted]"
+
+
+def test_an_exception_is_one_field_of_the_line_with_its_secrets_redacted() -> None:
+    try:
+        raise ConnectionError("cannot reach postgresql://sf:hunter2@db:5432/sf")
+    except ConnectionError:
+        record = logging.LogRecord(
+            "signalfire.gateway", logging.ERROR, __file__, 1, "store failed", (), sys.exc_info()
+        )
+    line = LogfmtFormatter("gateway").format(record)
+    assert "\n" not in line  # one record, one line, the traceback included
+    assert 'msg="store failed" error="Traceback (most recent call last):\\n' in line
+    assert "ConnectionError: cannot reach postgresql://sf:[redacted]@db:5432/sf" in line
+    entry = json.loads(JsonFormatter("gateway").format(record))
+    assert entry["error"].startswith("Traceback (most recent call last):\n")
+    assert entry["error"].endswith("ConnectionError: cannot reach postgresql://sf:[redacted]@db:5432/sf")
+    assert "hunter2" not in line + json.dumps(entry)

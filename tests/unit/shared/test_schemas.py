@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from signalfire.cli import main
 from signalfire.events import PAYLOADS
 from signalfire.schemas import drift, schema_documents
 
@@ -29,3 +32,26 @@ def test_drift_is_detected(tmp_path: Path) -> None:
     assert drift(tmp_path) == []
     (tmp_path / "AlertEvent.schema.json").write_text("{}")
     assert drift(tmp_path) == ["AlertEvent.schema.json"]
+
+
+def test_schemas_write_then_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "docs" / "schemas"
+    assert main(["schemas", "write", str(target)]) == 0
+    assert capsys.readouterr().out == f"wrote {len(PAYLOADS)} schemas to {target}\n"
+    assert drift(target) == []
+    assert main(["schemas", "check", str(target)]) == 0
+    assert capsys.readouterr().out == "schemas up to date\n"
+
+
+def test_schemas_check_names_the_stale_files_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["schemas", "write", str(tmp_path)]) == 0
+    (tmp_path / "AlertEvent.schema.json").write_text("{}")
+    (tmp_path / "MetricBatch.schema.json").unlink()
+    capsys.readouterr()
+    assert main(["schemas", "check", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        f"schemas out of date in {tmp_path}: MetricBatch.schema.json, AlertEvent.schema.json\n"
+        "run: signalfire schemas write docs/schemas\n"
+    )

@@ -96,15 +96,6 @@ class Output:
     #: (rule, annotation) pairs whose template failed to render.
     template_errors: list[tuple[str, str]] = field(default_factory=list)
 
-    def extend(self, other: Output) -> None:
-        self.events.extend(other.events)
-        self.changed.update(other.changed)
-        for rule, count in other.series_dropped.items():
-            self.series_dropped[rule] = self.series_dropped.get(rule, 0) + count
-        self.limit_reached.extend(other.limit_reached)
-        self.rejected += other.rejected
-        self.template_errors.extend(other.template_errors)
-
 
 def aggregate(name: str, points: Points) -> float | None:
     """The window aggregate ``name`` of ``points``; ``None`` when it is undefined (no points,

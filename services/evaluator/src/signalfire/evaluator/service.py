@@ -84,8 +84,6 @@ class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.tick_interval <= 0:
             raise ValueError("tick_interval: must be greater than zero")
-        if self.watch_interval < 0:
-            raise ValueError("watch_interval: must not be negative")
         if self.max_series_per_rule < 1:
             raise ValueError("max_series_per_rule: must be at least 1")
         if not self.rules:
@@ -435,10 +433,6 @@ class EvaluatorService:
         self.batches.labels(kind=kind).inc()
         self._handle(out, arrived)
 
-    def evaluate(self, batch: MetricBatch, now: float, arrived: float | None = None) -> None:
-        """Run every rule that watches a sample of ``batch`` at time ``now``."""
-        self._handle(self.engine.metrics(batch, now), arrived)
-
     def tick(self, now: float) -> None:
         """Advance time to ``now`` (``for`` expiry, absence, sliding windows)."""
         self._handle(self.engine.tick(now), None)
@@ -534,10 +528,6 @@ class EvaluatorService:
         return sum(1 for state in self.engine.states.values() if state.status == status)
 
     # Delivery ----------------------------------------------------------------------------
-
-    def _mark_dirty(self, fp: str) -> None:
-        self._dirty[fp] = None
-        self._wake.set()
 
     async def _deliver(self) -> None:
         """The one writer: persists states and publishes their events, in decision order."""

@@ -25,9 +25,7 @@ class RetentionConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     check_every: Duration = Duration(3600.0)
 
     def __post_init__(self) -> None:
-        for name in ("raw", "rollup_1m", "rollup_1h"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"retention.{name}: must not be negative")
+        # A negative keep time is refused by Duration itself (``a duration cannot be negative``).
         if self.check_every <= 0:
             raise ValueError("retention.check_every: must be more than 0s")
 

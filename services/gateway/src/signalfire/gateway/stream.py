@@ -364,6 +364,3 @@ class StreamHub:
     @property
     def clients(self) -> int:
         return len(self._clients)
-
-    def oldest_seq(self) -> int | None:
-        return self._ring[0].seq if self._ring else None

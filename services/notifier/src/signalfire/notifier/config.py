@@ -65,16 +65,12 @@ class Route(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         _check_matchers("matchers", self.matchers)
-        if self.group_wait < 0:
-            raise ValueError("group_wait: must not be negative")
         if self.digest is not None and self.digest < 1:
             raise ValueError("digest: must be at least 1s")
         if self.repeat is not None and self.repeat < 1:
             raise ValueError("repeat: must be at least 1s")
         if self.digest is not None and self.group_wait:
             raise ValueError("digest: a digest route has no group_wait (the period is the wait)")
-        if any(step.after < 0 for step in self.escalate):
-            raise ValueError("escalate: after must not be negative")
 
 
 class InhibitRule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -183,8 +179,6 @@ class NotifyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 found.append(("metrics_listen", str(exc)))
         if self.tick <= 0:
             found.append(("tick", "must be more than 0"))
-        if self.watch_interval < 0:
-            found.append(("watch_interval", "must not be negative (0 turns watching off)"))
         found.extend(self._timing_problems())
         return found
 

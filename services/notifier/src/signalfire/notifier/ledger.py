@@ -163,11 +163,6 @@ class DeliveryLedger:
         )
         await self._kv.put(key, msgspec.json.encode(done))
 
-    async def release(self, key: str) -> None:
-        """Give a claim up without sending (the send was interrupted before it began)."""
-        self._held.pop(key, None)
-        await self._kv.delete(key)
-
     async def close(
         self,
         key: str,

@@ -9,7 +9,6 @@ in KV a restarted notifier picks up where a killed one stopped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -222,9 +221,3 @@ class Scheduler:
             return msgspec.structs.replace(b, alerts=left, due=due_at(route, self._clock()))
 
         await self._state.update_batch(key, emptied)
-
-
-async def settle(tasks: list[asyncio.Task[None]]) -> None:
-    """Wait for tasks from :meth:`Scheduler.tick` (tests)."""
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.gather(*tasks)

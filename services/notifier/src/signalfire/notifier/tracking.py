@@ -42,11 +42,3 @@ def alert_key(alert_id: str) -> str:
 
 def track_key(alert_id: str, route: int) -> str:
     return f"track.{alert_key(alert_id)}.{route}"
-
-
-def encode_track(track: Track) -> bytes:
-    return msgspec.json.encode(track)
-
-
-def decode_track(data: bytes) -> Track:
-    return msgspec.json.decode(data, type=Track)

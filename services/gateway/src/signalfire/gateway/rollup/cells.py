@@ -68,15 +68,6 @@ def _key_value(key: str) -> float:
     return magnitude if key[0] == "p" else -magnitude
 
 
-def exact_values(hist: Mapping[str, Any]) -> list[float] | None:
-    """The values of a histogram that kept them (an empty one has none to keep); ``None``
-    when only bucket counts are known."""
-    values = hist.get("v")
-    if values is not None:
-        return list(values)
-    return None if hist else []
-
-
 def counts(hist: Mapping[str, Any]) -> dict[str, int]:
     """The bucket counts of a histogram (made from its values if it kept them)."""
     values = hist.get("v")
