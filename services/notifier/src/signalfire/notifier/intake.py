@@ -10,7 +10,8 @@ once its outcome is recorded.
    JetStream's redelivery, until that claim is done or expired.
 5. One heartbeat keeps both the events being worked on (``in_progress``) and our own
    claims in the ledger alive (see :class:`~signalfire.notifier.config.Timings`).
-6. JetStream's max-deliveries advisory turns an event it gave up on into dead letters.
+6. JetStream's max-deliveries advisory turns an event it gave up on into dead letters
+   (:class:`GiveUps`).
 
 An event is acked only after the pipeline has recorded its outcome; one that could not
 finish (NATS trouble, a stop) is left for redelivery, and the ledger keeps channels that
@@ -87,7 +88,6 @@ class Intake:
         self._pipeline = pipeline
         self._ledger = ledger
         self._subs: list[JetStreamContext.PullSubscription] = []
-        self._advisories: list[Subscription] = []
         self._loops: list[asyncio.Task[None]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         # id(msg) → (msg, when JetStream last heard of it): the events being worked on
@@ -116,11 +116,7 @@ class Intake:
         self.busy_waits = registry.counter(
             "busy_waits", "Times an event waited for a message another replica (or a dead one) claimed"
         )
-        self.given_up = registry.counter(
-            "events_given_up",
-            "Alert events or actions JetStream stopped redelivering (max_deliver reached)",
-            ["consumer"],
-        )
+        self.advisories = GiveUps(js, self._subjects.alerts_stream, pipeline, registry)
 
     async def subscribe(self, nc: NATS) -> None:
         """Bind (create or converge) both durable consumers and subscribe to JetStream's
@@ -128,14 +124,7 @@ class Intake:
         alerts = await self._durable(DURABLE, self._subjects.all_alerts, "delivers alert events")
         actions = await self._durable(ACTIONS_DURABLE, self._subjects.actions, "follows alert actions")
         self._subs = [alerts, actions]
-        for durable in (DURABLE, ACTIONS_DURABLE):
-            self._advisories.append(
-                await nc.subscribe(
-                    max_deliveries_subject(self._subjects.alerts_stream, durable),
-                    queue=ADVISORY_QUEUE,
-                    cb=self._on_max_deliveries,
-                )
-            )
+        await self.advisories.subscribe(nc)
 
     def run(self) -> None:
         """Start fetching (after :meth:`subscribe`) and the heartbeat."""
@@ -173,10 +162,7 @@ class Intake:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._subs = []
-        for advisory in self._advisories:
-            with contextlib.suppress(Exception):
-                await advisory.unsubscribe()
-        self._advisories = []
+        await self.advisories.close()
 
     async def _durable(self, durable: str, subject: str, what: str) -> JetStreamContext.PullSubscription:
         stream = self._subjects.alerts_stream
@@ -333,6 +319,41 @@ class Intake:
             await self._ledger.refresh_held()
         except Exception as exc:
             log.warning("could not refresh delivery claims", extra={"reason": f"{type(exc).__name__}: {exc}"})
+
+
+class GiveUps:
+    """JetStream's max-deliveries advisories for both durables (queue group
+    :data:`ADVISORY_QUEUE`, so one replica handles each): an alert event JetStream stopped
+    redelivering becomes dead letters (:meth:`Pipeline.give_up`), an action is logged."""
+
+    def __init__(self, js: JetStreamContext, stream: str, pipeline: Pipeline, registry: Registry) -> None:
+        self._js = js
+        self._stream = stream
+        self._pipeline = pipeline
+        self._subs: list[Subscription] = []
+        self.given_up = registry.counter(
+            "events_given_up",
+            "Alert events or actions JetStream stopped redelivering (max_deliver reached)",
+            ["consumer"],
+        )
+
+    async def subscribe(self, nc: NATS) -> None:
+        """Listen for the advisories of :data:`DURABLE` and :data:`ACTIONS_DURABLE`."""
+        for durable in (DURABLE, ACTIONS_DURABLE):
+            self._subs.append(
+                await nc.subscribe(
+                    max_deliveries_subject(self._stream, durable),
+                    queue=ADVISORY_QUEUE,
+                    cb=self._on_max_deliveries,
+                )
+            )
+
+    async def close(self) -> None:
+        """Stop listening (another replica's subscription in the queue group takes over)."""
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs = []
 
     async def _on_max_deliveries(self, advisory: Msg) -> None:
         """JetStream gave up on an alert event (or action): record a dead letter for every
