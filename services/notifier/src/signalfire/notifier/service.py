@@ -128,6 +128,9 @@ class NotifierService:
         return self._intake
 
     async def start(self) -> None:
+        """Build the channels (a missing secret stops start-up before anything connects),
+        connect, bind the consumers and start the intake, the timers and the file watch.
+        When a step fails, what was started is stopped and the error raised."""
         quiet_url_loggers()
         self._http = new_session()
         try:
@@ -196,6 +199,9 @@ class NotifierService:
         )
 
     async def stop(self) -> None:
+        """Stop taking events and let those in hand finish (up to
+        :data:`~signalfire.notifier.intake.DRAIN_TIMEOUT`; the rest are redelivered and the
+        ledger prevents repeats), then stop the timers and close what the service owns."""
         for loop in self._loops:
             loop.cancel()
         for loop in self._loops:
