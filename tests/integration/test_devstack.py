@@ -162,6 +162,8 @@ def test_editing_the_notify_config_makes_the_notifier_reload_it(own_stack: tuple
     running, _, notify = own_stack
     notifier = _service(running, "notifier")
     pid = notifier.proc.pid if notifier.proc else None
+    # the stack answers before the notifier has read its file: an edit before that is no reload
+    _eventually(lambda: "notifier started" in _read(notifier.log_path), "the notifier's start")
     notify.write_text(OWN_NOTIFY + "  - match: {severity: high}\n    channels: [mine]\n")
     _eventually(lambda: "notifier config reloaded" in notifier.log_path.read_text(), "the notifier's reload")
     # the notifier watches its file itself; the dev stack checks it and says so in its log

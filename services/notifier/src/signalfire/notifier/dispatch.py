@@ -107,6 +107,11 @@ class Dispatcher:
     def ledger(self) -> DeliveryLedger:
         return self._ledger
 
+    @property
+    def channels(self) -> Mapping[str, Channel]:
+        """The channels messages go through now (replaced by :meth:`reconfigure`)."""
+        return self._channels
+
     def reconfigure(self, channels: Mapping[str, Channel], settings: Mapping[str, ChannelSettings]) -> None:
         """Send through ``channels`` from now on (a reload). Deliveries already under way
         finish on the channel objects they started with; a channel whose rate settings did
