@@ -290,10 +290,10 @@ class Engine:
                 del tracks[key]
         dropped: list[str] = []
         for fp, state in list(self.states.items()):
-            rule = self._by_name.get(state.rule)
-            if rule is None:
+            owner = self._by_name.get(state.rule)
+            if owner is None:
                 continue
-            if fleet if rule.group_by == FLEET else host(state.host):
+            if fleet if owner.group_by == FLEET else host(state.host):
                 del self.states[fp]
                 self._timed.discard(fp)
                 self._handed_over.pop(fp, None)
