@@ -275,11 +275,11 @@ class Engine:
                 watched_from=now,
             )
 
-    def forget(self, host: Callable[[str], bool], fleet: bool) -> list[str]:
+    def forget(self, host: Callable[[str], bool], fleet: bool) -> dict[str, AlertState]:
         """Drop, without deciding anything, the alerts and series of hosts for which
         ``host(name)`` is true (rules judged per host), and those of the ``group_by: fleet``
-        rules when ``fleet``: another replica judges them from now on. Returns the
-        fingerprints of the alert states dropped."""
+        rules when ``fleet``: another replica judges them from now on. Returns the alert
+        states dropped, by fingerprint."""
         for rule in self.rules:
             tracks = self._tracks[rule.name]
             if rule.group_by == FLEET:
@@ -288,7 +288,7 @@ class Engine:
                 continue
             for key in [k for k, t in tracks.items() if host(t.series.host)]:
                 del tracks[key]
-        dropped: list[str] = []
+        dropped: dict[str, AlertState] = {}
         for fp, state in list(self.states.items()):
             owner = self._by_name.get(state.rule)
             if owner is None:
@@ -297,7 +297,7 @@ class Engine:
                 del self.states[fp]
                 self._timed.discard(fp)
                 self._handed_over.pop(fp, None)
-                dropped.append(fp)
+                dropped[fp] = state
         return dropped
 
     def series_count(self, rule: str) -> int:
