@@ -113,7 +113,8 @@ async def test_kill_9_of_the_judging_replica_sends_one_firing_and_one_resolved(
         async def taken_over() -> bool:
             return (await holders()).get(partition) == survivor
 
-        await eventually(taken_over, f"replica {survivor} to take partition {partition}", 20, replicas[survivor])
+        what = f"replica {survivor} to take partition {partition}"
+        await eventually(taken_over, what, 20, replicas[survivor])
         return time.monotonic() - killed
 
     level = {host: 30.0 for host in HOSTS}

@@ -182,6 +182,7 @@ class EvaluatorService:
         self._revoked: set[str] = set()  # states taken over by another replica: never write
         self.replica_id = config.replica_id or _sanitized(socket.gethostname()) or "evaluator"
         self._partition_cache: dict[str, str] = {}
+        self._flushing: str | None = None  # the fingerprint `_deliver` is writing now
         self._duplicate_reported = False
 
         self.registry = Registry("signalfire_evaluator")
@@ -580,7 +581,7 @@ class EvaluatorService:
         self._judged.discard(partition)
         leaving = self._forget(partition)
         for fp, state in leaving.items():
-            if fp in self._dirty:
+            if fp in self._dirty or fp == self._flushing:
                 self._leaving[fp] = state
         while any(fp in self._leaving for fp in leaving):
             if partition not in self._leases.held:  # lapsed meanwhile
@@ -775,7 +776,10 @@ class EvaluatorService:
             while self._dirty:
                 fp = next(iter(self._dirty))
                 del self._dirty[fp]
-                if not await self._flush(fp):
+                self._flushing = fp
+                flushed = await self._flush(fp)
+                self._flushing = None
+                if not flushed:
                     self._dirty[fp] = None  # keep it for the next start
                     return
             if self._stopping:
