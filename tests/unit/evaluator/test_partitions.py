@@ -14,6 +14,7 @@ from signalfire.evaluator.partitions import (
     fnv1a_32,
     host_partition,
     partition_names,
+    token_partition,
 )
 
 
@@ -67,3 +68,8 @@ def test_a_third_replica_takes_its_share_and_moves_little_else():
     assert newcomer in (5, 6)  # its fair share of 17
     # What the newcomer takes moves, and at most a couple more to even out the others.
     assert newcomer <= len(moved) <= newcomer + 2
+
+
+def test_the_partition_hashes_the_host_subject_token_so_a_subject_tells_it():
+    assert host_partition("web-1.example.com", 16) == token_partition("web-1_example_com", 16)
+    assert host_partition("web-1.example.com", 16) == f"{fnv1a_32(b'web-1_example_com') % 16:02d}"

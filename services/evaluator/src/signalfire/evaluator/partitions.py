@@ -3,8 +3,11 @@
 Both are pure and deterministic, so every evaluator replica (and any other tool, in any
 language) computes the same answers from the same inputs:
 
-- a host's partition is ``fnv1a_32(utf-8 bytes of the host name) % count``, written as two
-  digits (``"00"`` … ``"15"`` for the default 16); rules with ``group_by: fleet`` pool every
+- a host's partition is ``fnv1a_32(its subject token) % count``, written as two digits
+  (``"00"`` … ``"15"`` for 16). The subject token is the host name with every character
+  outside ``A-Za-z0-9_-`` replaced by ``_`` (:func:`signalfire.subjects.subject_token`), the
+  last token of its subjects: a replica can tell a payload's partition from its subject,
+  without decoding it; rules with ``group_by: fleet`` pool every
   host's samples and so cannot be split by host: they form one more partition, ``"fleet"``;
 - the balanced assignment gives each partition to the live replica that ranks highest for it
   (rendezvous hashing: ``fnv1a_32("<partition>/<replica>")``, ties by replica id) among those
@@ -17,6 +20,8 @@ language) computes the same answers from the same inputs:
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from signalfire.subjects import subject_token
 
 #: The partition of the rules that pool every host (``group_by: fleet``).
 FLEET_PARTITION = "fleet"
@@ -33,9 +38,14 @@ def fnv1a_32(data: bytes) -> int:
     return h
 
 
+def token_partition(token: str, count: int) -> str:
+    """The partition of the host whose subject token is ``token`` (``"00"``, ``"01"``, …)."""
+    return f"{fnv1a_32(token.encode()) % count:02d}"
+
+
 def host_partition(host: str, count: int) -> str:
-    """The partition of ``host`` among ``count`` host partitions (``"00"``, ``"01"``, …)."""
-    return f"{fnv1a_32(host.encode()) % count:02d}"
+    """The partition of ``host`` among ``count`` host partitions."""
+    return token_partition(subject_token(host), count)
 
 
 def partition_names(count: int) -> list[str]:

@@ -42,7 +42,7 @@ from signalfire.config import ConfigError, Duration
 from signalfire.consumers import Backoff
 from signalfire.evaluator.engine import Engine, Output, Scope
 from signalfire.evaluator.leases import LeaseKeeper
-from signalfire.evaluator.partitions import FLEET_PARTITION, assign, host_partition, partition_names
+from signalfire.evaluator.partitions import FLEET_PARTITION, assign, partition_names, token_partition
 from signalfire.evaluator.rules import DEFAULT_MAX_SERIES, FLEET, Rule, expand_paths, load_rules
 from signalfire.evaluator.state import AlertState
 from signalfire.events import (
@@ -482,11 +482,14 @@ class EvaluatorService:
 
     # Partitions --------------------------------------------------------------------------
 
-    def _host_partition(self, host: str) -> str:
-        partition = self._partition_cache.get(host)
+    def _token_partition(self, token: str) -> str:
+        partition = self._partition_cache.get(token)
         if partition is None:
-            partition = self._partition_cache[host] = host_partition(host, self.config.partitions)
+            partition = self._partition_cache[token] = token_partition(token, self.config.partitions)
         return partition
+
+    def _host_partition(self, host: str) -> str:
+        return self._token_partition(subject_token(host))
 
     def _partition_of(self, state: AlertState, rules: dict[str, Rule]) -> str:
         rule = rules.get(state.rule)
@@ -494,12 +497,12 @@ class EvaluatorService:
             return FLEET_PARTITION
         return self._host_partition(state.host)
 
-    def _scope(self, host: str) -> Scope | None:
-        """Which rules judge a payload of ``host`` here (None: none, another replica's)."""
+    def _scope(self, subject: str) -> Scope | None:
+        """Which rules judge a payload on ``subject`` here (None: none, another replica's)."""
         judged = self._judged
         if judged is None:
             return "all"
-        hosts = self._host_partition(host) in judged
+        hosts = self._token_partition(subject.rpartition(".")[2]) in judged
         fleet = FLEET_PARTITION in judged
         if hosts:
             return "all" if fleet else "host"
@@ -632,6 +635,11 @@ class EvaluatorService:
 
     async def _on_payload(self, msg: Msg) -> None:
         arrived = time.monotonic()
+        # Another replica's host is skipped before its payload is decoded: the subject names
+        # the host (a payload naming another host than its subject is dropped below).
+        scope = self._scope(msg.subject)
+        if scope is None:
+            return
         now = self._clock()
         kind = self.subjects.kind_of(msg.subject)
         payload: MetricBatch | EventBatch | AgentStatus
@@ -651,9 +659,6 @@ class EvaluatorService:
             self.invalid_batches.inc()
             log.warning("dropped invalid payload", extra={"subject": msg.subject, "reason": str(exc)})
             return
-        scope = self._scope(payload.host)
-        if scope is None:
-            return  # another replica's partition
         if isinstance(payload, MetricBatch):
             out = self.engine.metrics(payload, now, scope)
         elif isinstance(payload, EventBatch):
