@@ -148,7 +148,7 @@ async def throughput(root: Path, url: str, replicas: int, hosts: int, rounds: in
         started = time.monotonic()
         for round_ in batches[1:]:
             await publish(round_)
-        await judged(hosts * (rounds + 1), 600)
+        await judged(hosts * (rounds + 1), 180)
         elapsed = time.monotonic() - started
     finally:
         group.stop()

@@ -1,6 +1,7 @@
 """Evaluator replicas sharing host partitions on a real NATS: a replica that joins takes its
 share with every firing alert intact (no repeat, no lost resolve), a clean stop hands its
-partitions over at once, and ``signalfire evaluator status`` shows who judges what."""
+partitions over at once, and ``signalfire evaluator status`` and the gateway's rules page
+show who judges what."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from signalfire.evaluator.partitions import host_partition, partition_names
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
 from signalfire.events import MetricBatch, Sample, encode
 from tests.faults.support import alert_events, eventually
+from tests.integration.gateway_support import gateway_config, running_gateway
 
 PARTITIONS = 16
 HOSTS = [f"part-{i}" for i in range(24)]
@@ -143,3 +145,42 @@ async def test_a_joining_replica_takes_its_share_without_repeating_or_losing_an_
     assert handback < 1.0  # a clean stop frees its leases: taken at the next poll (0.2 s)
     # A clean stop leaves no lease behind.
     assert (await status(nats_config))["replicas"] == {}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_the_rules_page_shows_the_alerts_of_every_replica(
+    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    a = EvaluatorService(config(nats_config, rules, "a"))
+    b = EvaluatorService(config(nats_config, rules, "b"))
+    await a.start()
+    await b.start()
+    try:
+
+        def shared() -> bool:
+            judged = [set(r.describe()["replica"]["judged"]) for r in (a, b)]
+            return all(judged) and len(judged[0] | judged[1]) == PARTITIONS + 1
+
+        await eventually(shared, "both replicas to hold partitions", 10)
+        await send_all(nc, nats_config, 95.0)
+
+        def all_firing() -> bool:
+            firing = sum(1 for r in (a, b) for s in r.engine.states.values() if s.status == "firing")
+            return firing == len(HOSTS) + 1
+
+        await eventually(all_firing, "every host and the fleet to fire", 10)
+        gateway = gateway_config(nats_config, database_url, tmp_path)
+        async with running_gateway(gateway) as gw, gw.client() as api:
+            response = await api.get("/api/v1/rules")
+        assert response.status_code == 200, response.text
+        page = response.json()
+        hot = next(r for r in page["rules"] if r["name"] == "Hot")
+        assert sorted(alert["host"] for alert in hot["alerts"]) == sorted(HOSTS)
+        assert page["complete"] is True
+        assert {r["id"] for r in page["replicas"]} == {"a", "b"}
+    finally:
+        await b.stop()
+        await a.stop()

@@ -161,13 +161,18 @@ class LeaseKeeper:
         other errors (NATS unreachable) propagate, and the lease stays valid until
         :attr:`valid_until`."""
         sent = self._clock()
+        last = self.held.get(partition)
+        if last is None:  # given up meanwhile
+            return True
         try:
-            revision = await self.kv.update(
-                PARTITION_PREFIX + partition, self._value(), last=self.held[partition]
-            )
+            revision = await self.kv.update(PARTITION_PREFIX + partition, self._value(), last=last)
         except KeyWrongLastSequenceError:
-            self.drop(partition)
-            return False
+            if self.held.get(partition) == last:
+                self.drop(partition)
+                return False
+            return True  # given up (or renewed) meanwhile
+        if self.held.get(partition) != last:
+            return True  # given up while this renewal was under way: stays given up
         self.held[partition] = revision
         self.valid_until[partition] = sent + self.ttl
         return True

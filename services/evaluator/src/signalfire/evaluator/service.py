@@ -72,6 +72,11 @@ CATCH_UP_BACKLOG = 100
 #: host from alerting.
 CATCH_UP_LIMIT = 30.0
 
+#: A payload callback yields to the event loop when this long (seconds) has passed since it
+#: last did: nats-py runs a subscription's callbacks back to back while its queue holds
+#: messages, so a backlog would otherwise starve the lease renewals and the timer.
+YIELD_EVERY = 0.02
+
 #: A partition lease lasts this share of ``failover_after`` without renewal, and leases are
 #: read and renewed ``POLLS_PER_FAILOVER`` times per ``failover_after``: a dead replica's
 #: partitions are taken over at most ttl + 2 polls (0.8 of failover_after) after its last
@@ -183,6 +188,7 @@ class EvaluatorService:
         self.replica_id = config.replica_id or _sanitized(socket.gethostname()) or "evaluator"
         self._partition_cache: dict[str, str] = {}
         self._flushing: str | None = None  # the fingerprint `_deliver` is writing now
+        self._yielded = 0.0  # when a payload callback last yielded to the event loop
         self._duplicate_reported = False
 
         self.registry = Registry("signalfire_evaluator")
@@ -277,7 +283,10 @@ class EvaluatorService:
         if self.config.watch_interval > 0:
             self._tasks.append(asyncio.create_task(self._watch_files(), name="evaluator-watch"))
         if self._leases is not None:
-            self._tasks.append(asyncio.create_task(self._lease_loop(), name="evaluator-leases"))
+            self._tasks += [
+                asyncio.create_task(self._lease_loop(self._renew, "renewed"), name="evaluator-renew"),
+                asyncio.create_task(self._lease_loop(self._balance, "read"), name="evaluator-balance"),
+            ]
         subjects = self.subjects
         self._subs = [
             await nc.subscribe(subjects.all_metrics, cb=self._on_payload),
@@ -508,22 +517,38 @@ class EvaluatorService:
             return "all" if fleet else "host"
         return "fleet" if fleet else None
 
-    async def _lease_loop(self) -> None:
+    async def _lease_loop(self, step: Callable[[], Awaitable[None]], what: str) -> None:
         period = float(self.config.failover_after) / POLLS_PER_FAILOVER
         failures = 0
         while True:
             await asyncio.sleep(period)
             try:
-                await self._balance()
+                await step()
                 failures = 0
             except Exception as exc:  # NATS away or slow: the leases stay valid until they lapse
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
                     log.warning(
-                        "partition leases not read or renewed; retrying",
+                        "partition leases not %s; retrying",
+                        what,
                         extra={"reason": str(exc) or type(exc).__name__, "attempts": failures},
                     )
             self._expire_leases()
+
+    async def _renew(self) -> None:
+        """Renew every held lease at once (one round trip, not one per partition: a busy
+        replica gets few turns of its event loop). Its own task, so that a partition being
+        given up (waiting for its writes) never delays the renewal of the others."""
+        leases = self._leases
+        assert leases is not None
+        held = list(leases.held)
+        renewed = await asyncio.gather(*(leases.renew(p) for p in held), return_exceptions=True)
+        taken_over = [p for p, ok in zip(held, renewed, strict=True) if ok is False]
+        if taken_over:
+            self._lose(taken_over, "taken over by another replica")
+        failed = [r for r in renewed if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]  # NATS away: they stay valid until they lapse
 
     def _expire_leases(self) -> None:
         if self._leases is not None:
@@ -532,9 +557,9 @@ class EvaluatorService:
                 self._lose(lapsed, "not renewed in time")
 
     async def _balance(self) -> None:
-        """One round of leases: announce this replica, renew what it holds and should, give
-        up what another live replica should hold, take what is free (or expired) and this
-        replica's share, or left without an owner for twice the lease."""
+        """One round of leases: announce this replica, give up what another live replica
+        should hold, take what is free (or expired) and this replica's share, or left without
+        an owner for twice the lease (renewals: :meth:`_renew`)."""
         leases = self._leases
         assert leases is not None and self._judged is not None
         names = partition_names(self.config.partitions)
@@ -554,8 +579,6 @@ class EvaluatorService:
             if partition in leases.held:
                 if owners[partition] != self.replica_id:
                     await self._release(partition)
-                elif not await leases.renew(partition):
-                    self._lose([partition], "taken over by another replica")
                 continue
             free = entry is None or leases.expired(key, entry)
             mine = entry is not None and entry.lease.replica == self.replica_id
@@ -635,6 +658,9 @@ class EvaluatorService:
 
     async def _on_payload(self, msg: Msg) -> None:
         arrived = time.monotonic()
+        if arrived - self._yielded > YIELD_EVERY:
+            await asyncio.sleep(0)
+            self._yielded = arrived = time.monotonic()
         # Another replica's host is skipped before its payload is decoded: the subject names
         # the host (a payload naming another host than its subject is dropped below).
         scope = self._scope(msg.subject)
