@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -232,8 +233,8 @@ async def failover(root: Path, url: str, hosts: int, failover_after: float) -> d
 
 
 async def run(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="sf-scale-") as tmp:
-        root = Path(tmp)
+    root = Path(tempfile.mkdtemp(prefix="sf-scale-"))
+    try:
         server = NatsServer(root / "nats").start()
         try:
             one = await throughput(root, server.url, 1, args.hosts, args.rounds)
@@ -241,6 +242,11 @@ async def run(args: argparse.Namespace) -> int:
             result = await failover(root, server.url, args.failover_hosts, args.failover_after)
         finally:
             server.stop()
+    finally:
+        if args.keep:
+            print(f"run directory (logs): {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     ratio = two / one
     print(f"evaluator throughput, {args.hosts} hosts x 100 series, 50 rules, {args.rounds} rounds:")
     print(f"  1 replica   {one:>12,.0f} samples/s")
@@ -276,6 +282,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=8, help="batches per host, timed")
     parser.add_argument("--failover-hosts", type=int, default=200)
     parser.add_argument("--failover-after", type=float, default=10.0)
+    parser.add_argument("--keep", action="store_true", help="keep the run directory and its logs")
     args = parser.parse_args()
     return asyncio.run(run(args))
 

@@ -183,6 +183,7 @@ class EvaluatorService:
         # Partitions (config.partitions > 0): what this replica judges (None: every host).
         self._judged: set[str] | None = set() if config.partitions else None
         self._leases: LeaseKeeper | None = None
+        self._lease_nc: NATS | None = None
         self._leaving: dict[str, AlertState] = {}  # states given up, still to be written
         self._revoked: set[str] = set()  # states taken over by another replica: never write
         self.replica_id = config.replica_id or _sanitized(socket.gethostname()) or "evaluator"
@@ -272,7 +273,11 @@ class EvaluatorService:
             await self._load_states()
         else:
             ttl = float(self.config.failover_after) * LEASE_SHARE
-            leases = await self._js.key_value(self.subjects.bucket("evaluator_leases"))
+            # A connection of their own: on the payloads' connection a renewal's reply would
+            # queue behind every batch not yet read, and a backlog would let the leases lapse.
+            self._lease_nc = await connect(self.config.nats, "signalfire-evaluator-leases")
+            lease_js = self._lease_nc.jetstream()
+            leases = await lease_js.key_value(self.subjects.bucket("evaluator_leases"))
             self._leases = LeaseKeeper(leases, self.replica_id, ttl)
             await self._balance()
         self._reconnects = nc.stats["reconnects"]
@@ -343,6 +348,10 @@ class EvaluatorService:
                 )
             else:
                 await self._release_all()
+        if self._lease_nc is not None:
+            with contextlib.suppress(Exception):
+                await self._lease_nc.close()
+            self._lease_nc = None
         if self._metrics_server is not None:
             self._metrics_server.close()
             await self._metrics_server.wait_closed()
