@@ -72,9 +72,9 @@ CATCH_UP_BACKLOG = 100
 #: host from alerting.
 CATCH_UP_LIMIT = 30.0
 
-#: A payload callback yields to the event loop when this long (seconds) has passed since it
-#: last did: nats-py runs a subscription's callbacks back to back while its queue holds
-#: messages, so a backlog would otherwise starve the lease renewals and the timer.
+#: With partitions, a payload callback yields to the event loop when this long (seconds) has
+#: passed since it last did: nats-py runs a subscription's callbacks back to back while its
+#: queue holds messages, so a backlog would otherwise starve the lease renewals.
 YIELD_EVERY = 0.02
 
 #: A partition lease lasts this share of ``failover_after`` without renewal, and leases are
@@ -667,7 +667,7 @@ class EvaluatorService:
 
     async def _on_payload(self, msg: Msg) -> None:
         arrived = time.monotonic()
-        if arrived - self._yielded > YIELD_EVERY:
+        if self._judged is not None and arrived - self._yielded > YIELD_EVERY:
             await asyncio.sleep(0)
             self._yielded = arrived = time.monotonic()
         # Another replica's host is skipped before its payload is decoded: the subject names
