@@ -35,6 +35,14 @@ INTERVAL = 5.0
 def bench_rules() -> list[Rule]:
     """50 rules: 20 last-value thresholds, 10 windowed aggregates, 5 change, 5 anomaly,
     5 ratio, 3 absent, 2 event_count."""
+    rules, errors = parse_rule_text(bench_rules_text(), "bench.yaml")
+    assert not errors, errors
+    assert len(rules) == 50
+    return rules
+
+
+def bench_rules_text() -> str:
+    """The rule file of :func:`bench_rules`."""
     lines = ["rules:"]
     aggregates = ["avg", "max", "min", "p95", "rate", "sum", "count", "delta", "p50", "p99"]
     for j in range(20):
@@ -70,10 +78,7 @@ def bench_rules() -> list[Rule]:
             f"  - {{name: E{j}, kind: event_count, event: bench.e{j}, window: 1m, "
             "condition: '> 5', severity: low}"
         )
-    rules, errors = parse_rule_text("\n".join(lines) + "\n", "bench.yaml")
-    assert not errors, errors
-    assert len(rules) == 50
-    return rules
+    return "\n".join(lines) + "\n"
 
 
 def make_batches(hosts: int, rounds: int, seed: int = 7) -> list[list[bytes]]:

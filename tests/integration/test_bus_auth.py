@@ -628,3 +628,45 @@ async def never_connects(config: NatsConfig) -> None:
     with pytest.raises((NoServersError, TimeoutError)):
         nc = await asyncio.wait_for(connect(config, "test-tls", max_reconnect_attempts=1), 5)
         await nc.close()
+
+
+async def test_partitioned_evaluators_share_the_hosts_as_their_own_identity(
+    bus: Bus, admin: Any, tmp_path: Path
+) -> None:
+    s = bus.subjects
+    alerts = await collect(admin, s.all_alerts, AlertEvent)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    replicas = [
+        EvaluatorService(
+            EvaluatorConfig(
+                nats=bus.config("evaluator"),
+                rules=[str(rules)],
+                tick_interval=Duration(0.05),
+                partitions=4,
+                failover_after=Duration(2),
+                replica_id=name,
+            )
+        )
+        for name in ("a", "b")
+    ]
+    for replica in replicas:
+        await replica.start()
+    nc = await client(bus, user_name("agent", WEB1))
+    try:
+
+        async def shared() -> None:
+            judged = [set(r.describe()["replica"]["judged"]) for r in replicas]
+            assert all(judged) and not judged[0] & judged[1] and len(judged[0] | judged[1]) == 5
+
+        await eventually(shared)  # leases read, written and watched under the evaluator's rights
+        await nc.publish(s.metrics(WEB1), batch(WEB1, 99.0))
+
+        async def fired() -> None:
+            assert [a.host for a in alerts if a.status == "firing"] == [WEB1]
+
+        await eventually(fired)
+    finally:
+        await nc.close()
+        for replica in replicas:
+            await replica.stop()

@@ -191,8 +191,15 @@ def stream_configs(config: NatsConfig) -> list[StreamConfig]:
 
 #: KV buckets holding state that must survive restarts, by short name, with their entries'
 #: time to live (None: kept until deleted). The notifier's delivery ledger only has to outlive
-#: the redelivery of the alert events it covers, which stay in SF_ALERTS for 30 days.
-BUCKETS: dict[str, float | None] = {"alert_state": None, "notify_state": 30 * 86400.0, "silences": None}
+#: the redelivery of the alert events it covers, which stay in SF_ALERTS for 30 days. The
+#: evaluator replicas' leases expire by what each replica observes, not by the bucket's TTL
+#: (docs/scaling.md, "Evaluator partitions").
+BUCKETS: dict[str, float | None] = {
+    "alert_state": None,
+    "notify_state": 30 * 86400.0,
+    "silences": None,
+    "evaluator_leases": None,
+}
 
 
 async def ensure_streams(js: JetStreamContext, config: NatsConfig) -> None:

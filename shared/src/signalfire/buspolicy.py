@@ -38,9 +38,17 @@ GATEWAY_DURABLES = {
 }
 NOTIFIER_DURABLES = ("notifier", "notifier-actions")
 #: KV buckets (short names, see ``signalfire.bus.BUCKETS``) each service writes or watches.
-WRITES = {"gateway": ("silences",), "evaluator": ("alert_state",), "notifier": ("notify_state",)}
-WATCHES = {"gateway": ("silences",), "evaluator": ("alert_state",), "notifier": ("notify_state", "silences")}
-ALL_BUCKETS = ("alert_state", "notify_state", "silences")
+WRITES = {
+    "gateway": ("silences",),
+    "evaluator": ("alert_state", "evaluator_leases"),
+    "notifier": ("notify_state",),
+}
+WATCHES = {
+    "gateway": ("silences",),
+    "evaluator": ("alert_state", "evaluator_leases"),
+    "notifier": ("notify_state", "silences"),
+}
+ALL_BUCKETS = ("alert_state", "notify_state", "silences", "evaluator_leases")
 
 
 @dataclass(frozen=True)

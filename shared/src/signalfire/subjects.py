@@ -88,7 +88,8 @@ class Subjects:
         return subject_token(self.prefix).upper()
 
     def bucket(self, name: str) -> str:
-        """KV bucket ``name`` (``alert_state``, ``notify_state``, ``silences``) for this prefix."""
+        """KV bucket ``name`` (``alert_state``, ``notify_state``, ``silences``,
+        ``evaluator_leases``) for this prefix."""
         return f"{subject_token(self.prefix).lower()}_{name}"
 
     def kind_of(self, subject: str) -> str:

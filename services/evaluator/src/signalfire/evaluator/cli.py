@@ -19,6 +19,17 @@ def register_service(subparsers: Any) -> None:
     )
     parser.add_argument("--config", metavar="FILE", help="YAML config file (SF_* variables override it)")
     parser.set_defaults(handler=_run_evaluator)
+    commands = parser.add_subparsers(dest="evaluator_command", metavar="COMMAND")
+    status = commands.add_parser(
+        "status",
+        help="show which evaluator replica judges which partitions",
+        description="Read the evaluator_leases KV bucket (with the NATS settings of --config or SF_* "
+        "variables; the admin or evaluator identity) and print each replica's partitions, the age of "
+        "its oldest lease and of its announcement, and the partitions no replica holds.",
+    )
+    status.add_argument("--config", metavar="FILE", help="YAML config file (SF_* variables override it)")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(handler=_status)
 
 
 def _run_evaluator(args: argparse.Namespace) -> int:
@@ -31,6 +42,38 @@ def _run_evaluator(args: argparse.Namespace) -> int:
         await serve(service, on_reload=service.reload_on_signal)
 
     return run_service(main)
+
+
+def _status(args: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    import msgspec
+
+    from signalfire.bus import connect
+    from signalfire.evaluator.leases import read_bucket
+    from signalfire.evaluator.service import EvaluatorConfig
+    from signalfire.evaluator.status import ownership, render
+
+    async def main() -> dict[str, Any]:
+        config = load_config(EvaluatorConfig, args.config)
+        nc = await connect(config.nats, "signalfire-evaluator-status", max_reconnect_attempts=2)
+        try:
+            kv = await nc.jetstream().key_value(config.nats.subjects.bucket("evaluator_leases"))
+            return ownership(await read_bucket(kv), time.time())
+        finally:
+            await nc.close()
+
+    try:
+        status = asyncio.run(main())
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except Exception as exc:  # unreachable NATS, no bucket (no evaluator ever ran), no right
+        print(f"evaluator status: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+    print(msgspec.json.encode(status).decode() if args.json else render(status))
+    return 0
 
 
 def register_rules(subparsers: Any) -> None:

@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -58,6 +58,20 @@ MAX_DEVIATION = 1e9
 
 Points = deque[tuple[float, float]]
 Key = tuple[str, tuple[tuple[str, str], ...]]
+#: Which rules a payload is judged by: all of them, those judged per host (every rule but
+#: ``group_by: fleet``), or only the fleet-wide ones (partitioned evaluators, see
+#: :mod:`signalfire.evaluator.partitions`).
+Scope = Literal["all", "host", "fleet"]
+
+
+@dataclass(slots=True)
+class Lookup:
+    """The rules that watch each metric, each event type, and every batch (``absent`` per
+    host or fleet), for one :data:`Scope`."""
+
+    by_metric: dict[str, list[tuple[Rule, str]]] = field(default_factory=dict)
+    by_event: dict[str, list[Rule]] = field(default_factory=dict)
+    absent_hosts: list[Rule] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -149,9 +163,7 @@ class Engine:
         #: Every alert state by fingerprint: what the service persists.
         self.states: dict[str, AlertState] = {}
         self._by_name: dict[str, Rule] = {}
-        self._by_metric: dict[str, list[tuple[Rule, str]]] = {}
-        self._by_event: dict[str, list[Rule]] = {}
-        self._absent_hosts: list[Rule] = []
+        self._scoped: dict[Scope, Lookup] = {}
         self._tracks: dict[str, dict[Key, Track]] = {}
         self._timed: set[str] = set()
         self._limited: set[str] = set()
@@ -159,6 +171,9 @@ class Engine:
         #: `_sight_since` at the earliest: what was not seen while blind may have been sent.
         self._blind = False
         self._sight_since = -math.inf
+        #: The same, per alert handed over from another evaluator replica (:meth:`load` with
+        #: ``handover``): it saw what this engine did not.
+        self._handed_over: dict[str, float] = {}
         self.set_rules(list(rules), 0.0)
 
     # Rules and stored state --------------------------------------------------------------
@@ -170,25 +185,26 @@ class Engine:
         previous = self._by_name
         self.rules = list(rules)
         self._by_name = {rule.name: rule for rule in rules}
-        self._by_metric = {}
-        self._by_event = {}
-        self._absent_hosts = []
+        self._scoped = {"all": Lookup(), "host": Lookup(), "fleet": Lookup()}
         for rule in rules:
-            if rule.kind == "threshold" and not rule.window and rule.group_by == "series":
-                # The most common rule, on the hot path: judged inline in `metrics`.
-                self._by_metric.setdefault(rule.metric, []).append((rule, "last"))
-            elif rule.kind in ("threshold", "change", "anomaly"):
-                self._by_metric.setdefault(rule.metric, []).append((rule, "value"))
-            elif rule.kind == "ratio":
-                assert rule.numerator is not None and rule.denominator is not None
-                self._by_metric.setdefault(rule.numerator.metric, []).append((rule, "numerator"))
-                self._by_metric.setdefault(rule.denominator.metric, []).append((rule, "denominator"))
-            elif rule.kind == "event_count":
-                self._by_event.setdefault(rule.event, []).append(rule)
-            elif rule.metric:  # absent, per series of a metric
-                self._by_metric.setdefault(rule.metric, []).append((rule, "seen"))
-            else:  # absent, per host or fleet-wide: any batch counts
-                self._absent_hosts.append(rule)
+            for scope in ("all", "fleet" if rule.group_by == FLEET else "host"):
+                lookup = self._scoped[scope]
+                by_metric = lookup.by_metric
+                if rule.kind == "threshold" and not rule.window and rule.group_by == "series":
+                    # The most common rule, on the hot path: judged inline in `metrics`.
+                    by_metric.setdefault(rule.metric, []).append((rule, "last"))
+                elif rule.kind in ("threshold", "change", "anomaly"):
+                    by_metric.setdefault(rule.metric, []).append((rule, "value"))
+                elif rule.kind == "ratio":
+                    assert rule.numerator is not None and rule.denominator is not None
+                    by_metric.setdefault(rule.numerator.metric, []).append((rule, "numerator"))
+                    by_metric.setdefault(rule.denominator.metric, []).append((rule, "denominator"))
+                elif rule.kind == "event_count":
+                    lookup.by_event.setdefault(rule.event, []).append(rule)
+                elif rule.metric:  # absent, per series of a metric
+                    by_metric.setdefault(rule.metric, []).append((rule, "seen"))
+                else:  # absent, per host or fleet-wide: any batch counts
+                    lookup.absent_hosts.append(rule)
         for name in list(self._tracks):
             old, new = previous.get(name), self._by_name.get(name)
             if new is None or old is None or new.spec != old.spec:
@@ -205,24 +221,38 @@ class Engine:
                 self._emit(gone, resolved, transitions, out)
             del self.states[fp]
             self._timed.discard(fp)
+            self._handed_over.pop(fp, None)
             out.changed[fp] = None
         return out
 
     def load(
-        self, states: Iterable[AlertState], now: float, last_seen: Mapping[str, float] | None = None
+        self,
+        states: Iterable[AlertState],
+        now: float,
+        last_seen: Mapping[str, float] | None = None,
+        *,
+        handover: bool = False,
     ) -> None:
         """Adopt states read back from storage (at start). Series an ``absent`` rule watched
         are watched again: last seen at ``last_seen[fingerprint]`` when the shell knows it
         (from the stream's last message), else at ``now``. Either way their silence fires
         only once it has lasted the rule's ``for`` after ``now`` (what was published while
         no evaluator ran may be missing from what the shell knows), and then reports the
-        whole silence."""
+        whole silence.
+
+        ``handover``: the states come from another replica that judged them until now (a
+        partition moved). They are treated as just :meth:`reconnected` as of ``now``: a
+        pending alert keeps its start (a sample that still holds fires it once ``for`` is
+        over) but fires by time alone only ``for`` after ``now``; a clearing one resolves by
+        time alone only ``keep_firing_for`` after ``now``."""
         seen = last_seen or {}
         for state in states:
             rule = self._by_name.get(state.rule)
             if rule is None:
                 continue
             self.states[state.fingerprint] = state
+            if handover:
+                self._handed_over[state.fingerprint] = now
             if waiting(state):
                 self._timed.add(state.fingerprint)
             if rule.kind == "absent" and state.retired:
@@ -236,19 +266,46 @@ class Engine:
                 watched_from=now,
             )
 
+    def forget(self, host: Callable[[str], bool], fleet: bool) -> dict[str, AlertState]:
+        """Drop, without deciding anything, the alerts and series of hosts for which
+        ``host(name)`` is true (rules judged per host), and those of the ``group_by: fleet``
+        rules when ``fleet``: another replica judges them from now on. Returns the alert
+        states dropped, by fingerprint."""
+        for rule in self.rules:
+            tracks = self._tracks[rule.name]
+            if rule.group_by == FLEET:
+                if fleet:
+                    tracks.clear()
+                continue
+            for key in [k for k, t in tracks.items() if host(t.series.host)]:
+                del tracks[key]
+        dropped: dict[str, AlertState] = {}
+        for fp, state in list(self.states.items()):
+            owner = self._by_name.get(state.rule)
+            if owner is None:
+                continue
+            if fleet if owner.group_by == FLEET else host(state.host):
+                del self.states[fp]
+                self._timed.discard(fp)
+                self._handed_over.pop(fp, None)
+                dropped[fp] = state
+        return dropped
+
     def series_count(self, rule: str) -> int:
         """Series (or hosts, for grouped rules) ``rule`` tracks."""
         return len(self._tracks.get(rule, {}))
 
     # Payloads ----------------------------------------------------------------------------
 
-    def metrics(self, batch: MetricBatch, now: float) -> Output:
-        """Evaluate every rule that watches a sample of ``batch`` (or its host) at ``now``."""
+    def metrics(self, batch: MetricBatch, now: float, scope: Scope = "all") -> Output:
+        """Evaluate every rule (of ``scope``) that watches a sample of ``batch`` (or its host)
+        at ``now``."""
         out = Output()
         host = batch.host
         context = batch.labels
         grouped: dict[int, tuple[Rule, Track]] = {}
-        by_metric = self._by_metric
+        lookup = self._scoped[scope]
+        by_metric = lookup.by_metric
         all_tracks = self._tracks
         for sample in batch.samples:
             value = sample.value
@@ -299,21 +356,22 @@ class Engine:
                         continue
                     (track.points if role == "numerator" else track.below).append((now, value))
                     grouped[id(track)] = (rule, track)
-        if self._absent_hosts:
+        if lookup.absent_hosts:
             labels = {**context, "host": host}
-            for rule in self._absent_hosts:
+            for rule in lookup.absent_hosts:
                 if not rule.where or rule.matches(labels):
                     self._seen(rule, host, {}, context=context, now=now, out=out)
         for rule, track in grouped.values():
             self._judge_window(rule, track, now, out)
         return out
 
-    def events(self, batch: EventBatch, now: float) -> Output:
-        """Count ``batch``'s events for the ``event_count`` rules that watch them."""
+    def events(self, batch: EventBatch, now: float, scope: Scope = "all") -> Output:
+        """Count ``batch``'s events for the ``event_count`` rules (of ``scope``) that watch them."""
         out = Output()
         grouped: dict[int, tuple[Rule, Track]] = {}
+        by_event = self._scoped[scope].by_event
         for event in batch.events:
-            rules = self._by_event.get(event.type)
+            rules = by_event.get(event.type)
             if not rules:
                 continue
             labels = {**batch.labels, **event.labels, "host": batch.host}
@@ -328,20 +386,20 @@ class Engine:
             self._judge_window(rule, track, now, out)
         return out
 
-    def agent(self, status: AgentStatus, now: float) -> Output:
+    def agent(self, status: AgentStatus, now: float, scope: Scope = "all") -> Output:
         """``online`` counts as a sign of life for per-host ``absent`` rules; a clean
-        ``offline`` retires the host from every ``absent`` rule: no alert for its silence
-        (one already firing resolves) until it reports again."""
+        ``offline`` retires the host from every ``absent`` rule (of ``scope``): no alert for
+        its silence (one already firing resolves) until it reports again."""
         out = Output()
         host = status.host
         if status.status == "online":
             labels = {**status.labels, "host": host}
-            for rule in self._absent_hosts:
+            for rule in self._scoped[scope].absent_hosts:
                 if not rule.where or rule.matches(labels):
                     self._seen(rule, host, {}, context=status.labels, now=now, out=out)
             return out
         for rule in self.rules:
-            if rule.kind != "absent":
+            if rule.kind != "absent" or (scope != "all" and (rule.group_by == FLEET) != (scope == "fleet")):
                 continue
             tracks = self._tracks[rule.name]
             for key, track in list(tracks.items()):
@@ -439,7 +497,13 @@ class Engine:
             wait = rule.silence if rule.kind == "absent" else rule.for_
         else:
             wait = rule.keep_firing_for
-        return now - self._sight_since < wait
+        since = self._sight_since
+        handed = self._handed_over.get(state.fingerprint)
+        if handed is not None:
+            if now - handed >= wait:
+                del self._handed_over[state.fingerprint]  # served its purpose
+            since = max(since, handed)
+        return now - since < wait
 
     def tick(self, now: float) -> Output:
         """Advance time to ``now``: ``for`` and cooldown expiry, ``keep_firing_for``, flap
@@ -697,6 +761,7 @@ class Engine:
             # Never announced: nothing to remember (only forget what was stored).
             if old is not None:
                 del self.states[fp]
+                self._handed_over.pop(fp, None)
                 out.changed[fp] = None
             return
         self._emit(rule, new, transitions, out)

@@ -10,6 +10,13 @@ Delivery is an outbox: a state with unpublished events is written to the ``alert
 bucket *before* the events are published, and again once they are. After a crash, a
 restarted evaluator re-publishes what the outbox still holds (the stream drops it if it had
 gone out), so a restart neither repeats a firing nor loses a resolve.
+
+With ``partitions`` set, several replicas share the hosts: each judges only the hosts of the
+partitions whose lease it holds (:mod:`signalfire.evaluator.leases`), and the rules that pool
+every host (``group_by: fleet``) when it holds the ``fleet`` partition. Leases are balanced
+over the live replicas (:func:`signalfire.evaluator.partitions.assign`); a replica that
+takes a partition over loads its alert states from KV and treats them as just reconnected,
+one that gives it up writes what it decided first and then forgets it.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -32,8 +40,10 @@ from nats.js.kv import KeyValue
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.config import ConfigError, Duration
 from signalfire.consumers import Backoff
-from signalfire.evaluator.engine import Engine, Output
-from signalfire.evaluator.rules import DEFAULT_MAX_SERIES, Rule, expand_paths, load_rules
+from signalfire.evaluator.engine import Engine, Output, Scope
+from signalfire.evaluator.leases import LeaseKeeper
+from signalfire.evaluator.partitions import FLEET_PARTITION, assign, partition_names, token_partition
+from signalfire.evaluator.rules import DEFAULT_MAX_SERIES, FLEET, Rule, expand_paths, load_rules
 from signalfire.evaluator.state import AlertState
 from signalfire.events import (
     AgentStatus,
@@ -62,6 +72,20 @@ CATCH_UP_BACKLOG = 100
 #: host from alerting.
 CATCH_UP_LIMIT = 30.0
 
+#: With partitions, a payload callback yields to the event loop when this long (seconds) has
+#: passed since it last did: nats-py runs a subscription's callbacks back to back while its
+#: queue holds messages, so a backlog would otherwise starve the lease renewals.
+YIELD_EVERY = 0.02
+
+#: A partition lease lasts this share of ``failover_after`` without renewal, and leases are
+#: read and renewed ``POLLS_PER_FAILOVER`` times per ``failover_after``: a dead replica's
+#: partitions are taken over at most ttl + 2 polls (0.8 of failover_after) after its last
+#: renewal, which leaves the rest for loading their states.
+LEASE_SHARE = 0.6
+POLLS_PER_FAILOVER = 10
+
+_REPLICA_ID = re.compile(r"^[A-Za-z0-9_=-]+$")
+
 
 class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """``signalfire evaluator --config FILE``; every field also from ``SF_*`` variables."""
@@ -80,6 +104,16 @@ class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Series one rule may track (a rule's own ``max_series`` overrides it); beyond it new
     #: series are dropped, counted and reported, so a label explosion cannot exhaust memory.
     max_series_per_rule: int = DEFAULT_MAX_SERIES
+    #: Host partitions shared by evaluator replicas (16 is a good start); 0: this evaluator
+    #: alone judges every host, without leases. Every replica must have the same value.
+    partitions: int = 0
+    #: With ``partitions``: how soon the partitions of a replica that died are judged again
+    #: by the others. Every replica must have the same value.
+    failover_after: Duration = Duration(10)
+    #: With ``partitions``: this replica's name in the leases (letters, digits, ``-``, ``_``,
+    #: ``=``); the host name when unset. A replica restarted under the same name takes its
+    #: partitions back at once; two running replicas must not share one.
+    replica_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.tick_interval <= 0:
@@ -88,6 +122,12 @@ class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("max_series_per_rule: must be at least 1")
         if not self.rules:
             raise ValueError("rules: name at least one rule file, directory or glob")
+        if not 0 <= self.partitions <= 1024:
+            raise ValueError("partitions: must be between 0 (not partitioned) and 1024")
+        if self.failover_after < 1:
+            raise ValueError("failover_after: must be at least 1s")
+        if self.replica_id is not None and not _REPLICA_ID.match(self.replica_id):
+            raise ValueError("replica_id: use letters, digits, '-', '_' or '=' only")
         if self.metrics_listen is not None:
             try:
                 parse_listen(self.metrics_listen)
@@ -138,6 +178,17 @@ class EvaluatorService:
         self._reload_lock = asyncio.Lock()
         self._reconnects = 0  # nats-py's reconnect count when the bus was last in sight
         self._catch_up_from: float | None = None  # when the bus came back, until caught up
+        # Partitions (config.partitions > 0): what this replica judges (None: every host).
+        self._judged: set[str] | None = set() if config.partitions else None
+        self._leases: LeaseKeeper | None = None
+        self._lease_nc: NATS | None = None
+        self._leaving: dict[str, AlertState] = {}  # states given up, still to be written
+        self._revoked: set[str] = set()  # states taken over by another replica: never write
+        self.replica_id = config.replica_id or _sanitized(socket.gethostname()) or "evaluator"
+        self._partition_cache: dict[str, str] = {}
+        self._flushing: str | None = None  # the fingerprint `_deliver` is writing now
+        self._yielded = 0.0  # when a payload callback last yielded to the event loop
+        self._duplicate_reported = False
 
         self.registry = Registry("signalfire_evaluator")
         r = self.registry
@@ -168,6 +219,17 @@ class EvaluatorService:
             "template_errors", "Annotations that failed to render (the raw template was sent)", ["rule"]
         )
         self.reloads = r.counter("reloads", "Rule reloads", ["result"])
+        self.handovers = r.counter(
+            "partition_handovers",
+            "Partitions taken (acquired), given to another replica (released) or lost (not renewed "
+            "in time, or taken over)",
+            ["change"],
+        )
+        r.gauge(
+            "partitions_judged",
+            "Partitions (of hosts, and `fleet`) this replica judges; all of them when not partitioned",
+            function=lambda: len(self._judged) if self._judged is not None else 1,
+        )
         self.latency = r.histogram(
             "alert_publish_latency_seconds",
             "Batch arrival to the publish of the alert event it caused",
@@ -205,7 +267,17 @@ class EvaluatorService:
         self._js = nc.jetstream()
         await ensure_streams(self._js, self.config.nats)
         self._kv = await self._js.key_value(self.subjects.bucket("alert_state"))
-        await self._load_states()
+        if self._judged is None:
+            await self._load_states()
+        else:
+            ttl = float(self.config.failover_after) * LEASE_SHARE
+            # A connection of their own: on the payloads' connection a renewal's reply would
+            # queue behind every batch not yet read, and a backlog would let the leases lapse.
+            self._lease_nc = await connect(self.config.nats, "signalfire-evaluator-leases")
+            lease_js = self._lease_nc.jetstream()
+            leases = await lease_js.key_value(self.subjects.bucket("evaluator_leases"))
+            self._leases = LeaseKeeper(leases, self.replica_id, ttl)
+            await self._balance()
         self._reconnects = nc.stats["reconnects"]
         self._tasks = [
             asyncio.create_task(self._deliver(), name="evaluator-deliver"),
@@ -213,6 +285,11 @@ class EvaluatorService:
         ]
         if self.config.watch_interval > 0:
             self._tasks.append(asyncio.create_task(self._watch_files(), name="evaluator-watch"))
+        if self._leases is not None:
+            self._tasks += [
+                asyncio.create_task(self._lease_loop(self._renew, "renewed"), name="evaluator-renew"),
+                asyncio.create_task(self._lease_loop(self._balance, "read"), name="evaluator-balance"),
+            ]
         subjects = self.subjects
         self._subs = [
             await nc.subscribe(subjects.all_metrics, cb=self._on_payload),
@@ -236,6 +313,11 @@ class EvaluatorService:
                 "rules": len(self.rules),
                 "alerts_firing": self._count("firing"),
                 "alerts_pending": self._count("pending"),
+                **(
+                    {"replica": self.replica_id, "partitions": ",".join(sorted(self._judged))}
+                    if self._judged is not None
+                    else {}
+                ),
             },
         )
 
@@ -262,6 +344,12 @@ class EvaluatorService:
                     "stopped with alert events unpublished; they are kept for the next start",
                     extra={"alerts": len(self._dirty)},
                 )
+            else:
+                await self._release_all()
+        if self._lease_nc is not None:
+            with contextlib.suppress(Exception):
+                await self._lease_nc.close()
+            self._lease_nc = None
         if self._metrics_server is not None:
             self._metrics_server.close()
             await self._metrics_server.wait_closed()
@@ -275,9 +363,11 @@ class EvaluatorService:
         """Run ``rules`` from now on (states of rules that remain continue)."""
         self._handle(self.engine.set_rules(rules, self._clock()), None)
 
-    async def _load_states(self) -> None:
+    async def _load_states(self, partitions: set[str] | None = None) -> None:
+        """Adopt the stored alert states (only those of ``partitions``, when given: a handover)."""
         assert self._kv is not None
         states: list[AlertState] = []
+        rules = {rule.name: rule for rule in self.rules}
         watcher = await self._kv.watchall(ignore_deletes=True)
         try:
             async for entry in watcher:
@@ -293,13 +383,18 @@ class EvaluatorService:
                     )
                     continue
                 fp = stored.state.fingerprint
+                if partitions is not None and self._partition_of(stored.state, rules) not in partitions:
+                    continue
+                self._revoked.discard(fp)
                 states.append(stored.state)
                 if stored.outbox:
                     self._outbox[fp] = list(stored.outbox)
                     self._dirty[fp] = None
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
-        self.engine.load(states, self._clock(), await self._last_seen(states))
+        self.engine.load(
+            states, self._clock(), await self._last_seen(states), handover=partitions is not None
+        )
         if self._dirty:
             self._wake.set()
 
@@ -401,10 +496,183 @@ class EvaluatorService:
             if self._file_signature() != self._files:
                 await self.reload()
 
+    # Partitions --------------------------------------------------------------------------
+
+    def _token_partition(self, token: str) -> str:
+        partition = self._partition_cache.get(token)
+        if partition is None:
+            partition = self._partition_cache[token] = token_partition(token, self.config.partitions)
+        return partition
+
+    def _host_partition(self, host: str) -> str:
+        return self._token_partition(subject_token(host))
+
+    def _partition_of(self, state: AlertState, rules: dict[str, Rule]) -> str:
+        rule = rules.get(state.rule)
+        if rule is not None and rule.group_by == FLEET:
+            return FLEET_PARTITION
+        return self._host_partition(state.host)
+
+    def _scope(self, subject: str) -> Scope | None:
+        """Which rules judge a payload on ``subject`` here (None: none, another replica's)."""
+        judged = self._judged
+        if judged is None:
+            return "all"
+        hosts = self._token_partition(subject.rpartition(".")[2]) in judged
+        fleet = FLEET_PARTITION in judged
+        if hosts:
+            return "all" if fleet else "host"
+        return "fleet" if fleet else None
+
+    async def _lease_loop(self, step: Callable[[], Awaitable[None]], what: str) -> None:
+        period = float(self.config.failover_after) / POLLS_PER_FAILOVER
+        failures = 0
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await step()
+                failures = 0
+            except Exception as exc:  # NATS away or slow: the leases stay valid until they lapse
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    log.warning(
+                        "partition leases not %s; retrying",
+                        what,
+                        extra={"reason": str(exc) or type(exc).__name__, "attempts": failures},
+                    )
+            self._expire_leases()
+
+    async def _renew(self) -> None:
+        """Renew every held lease at once (one round trip, not one per partition: a busy
+        replica gets few turns of its event loop). Its own task, so that a partition being
+        given up (waiting for its writes) never delays the renewal of the others."""
+        leases = self._leases
+        assert leases is not None
+        held = list(leases.held)
+        renewed = await asyncio.gather(*(leases.renew(p) for p in held), return_exceptions=True)
+        taken_over = [p for p, ok in zip(held, renewed, strict=True) if ok is False]
+        if taken_over:
+            self._lose(taken_over, "taken over by another replica")
+        failed = [r for r in renewed if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]  # NATS away: they stay valid until they lapse
+
+    def _expire_leases(self) -> None:
+        if self._leases is not None:
+            lapsed = self._leases.lapsed()
+            if lapsed:
+                self._lose(lapsed, "not renewed in time")
+
+    async def _balance(self) -> None:
+        """One round of leases: announce this replica, give up what another live replica
+        should hold, take what is free (or expired) and this replica's share, or left without
+        an owner for twice the lease (renewals: :meth:`_renew`)."""
+        leases = self._leases
+        assert leases is not None and self._judged is not None
+        names = partition_names(self.config.partitions)
+        entries = await leases.read(f"partition.{name}" for name in names)
+        if leases.duplicate(entries) and not self._duplicate_reported:
+            self._duplicate_reported = True
+            log.error(
+                "another running evaluator uses this replica_id; give each replica its own",
+                extra={"replica": self.replica_id},
+            )
+        await leases.announce(self._judged)
+        owners = assign(names, leases.live_replicas(entries))
+        taken: set[str] = set()
+        for partition in names:
+            key = f"partition.{partition}"
+            entry = entries.get(key)
+            if partition in leases.held:
+                if owners[partition] != self.replica_id:
+                    await self._release(partition)
+                continue
+            free = entry is None or leases.expired(key, entry)
+            mine = entry is not None and entry.lease.replica == self.replica_id
+            orphaned = free and leases.unchanged_for(key, entry) >= 2 * leases.ttl
+            wanted = (owners[partition] == self.replica_id and (free or mine)) or orphaned
+            if wanted and await leases.claim(partition, entry):
+                taken.add(partition)
+        if taken:
+            await self._load_states(taken)
+            self._judged |= taken
+            self.handovers.labels(change="acquired").inc(len(taken))
+            log.info(
+                "partitions taken",
+                extra={"replica": self.replica_id, "partitions": ",".join(sorted(taken))},
+            )
+
+    def _forget(self, partition: str) -> dict[str, AlertState]:
+        if partition == FLEET_PARTITION:
+            return self.engine.forget(lambda host: False, fleet=True)
+        return self.engine.forget(lambda host: self._host_partition(host) == partition, fleet=False)
+
+    async def _release(self, partition: str) -> None:
+        """Give ``partition`` to the replica that should hold it: stop judging it, write what
+        was decided for it, then delete the lease (the other takes it at its next poll)."""
+        assert self._leases is not None and self._judged is not None
+        self._judged.discard(partition)
+        leaving = self._forget(partition)
+        for fp, state in leaving.items():
+            if fp in self._dirty or fp == self._flushing:
+                self._leaving[fp] = state
+        while any(fp in self._leaving for fp in leaving):
+            if partition not in self._leases.held:  # lapsed meanwhile
+                return
+            await asyncio.sleep(0.05)
+        await self._leases.release(partition)
+        self.handovers.labels(change="released").inc()
+        log.info("partition given up", extra={"replica": self.replica_id, "partition": partition})
+
+    def _lose(self, partitions: list[str], reason: str) -> None:
+        """Stop judging ``partitions`` at once and never write their states again: another
+        replica may hold them already. Nothing is published."""
+        assert self._leases is not None and self._judged is not None
+        for partition in partitions:
+            self._leases.drop(partition)
+            self._judged.discard(partition)
+            gone = set(self._forget(partition))
+            gone |= {fp for fp, state in self._leaving.items() if self._partition_of_fp(state) == partition}
+            for fp in gone:
+                self._revoked.add(fp)
+                self._dirty.pop(fp, None)
+                self._outbox.pop(fp, None)
+                self._leaving.pop(fp, None)
+            self.handovers.labels(change="lost").inc()
+            log.warning(
+                "partition lost: %s", reason, extra={"replica": self.replica_id, "partition": partition}
+            )
+
+    def _partition_of_fp(self, state: AlertState) -> str:
+        return self._partition_of(state, {rule.name: rule for rule in self.rules})
+
+    async def _release_all(self) -> None:
+        """At a clean stop, after everything decided is written: free every lease and the
+        announcement, so the other replicas take over at their next poll."""
+        if self._leases is None:
+            return
+        try:
+            for partition in list(self._leases.held):
+                await self._leases.release(partition)
+            await self._leases.withdraw()
+        except Exception as exc:
+            log.warning(
+                "leases not released; the other replicas take over when they expire",
+                extra={"reason": str(exc) or type(exc).__name__},
+            )
+
     # Evaluation --------------------------------------------------------------------------
 
     async def _on_payload(self, msg: Msg) -> None:
         arrived = time.monotonic()
+        if self._judged is not None and arrived - self._yielded > YIELD_EVERY:
+            await asyncio.sleep(0)
+            self._yielded = arrived = time.monotonic()
+        # Another replica's host is skipped before its payload is decoded: the subject names
+        # the host (a payload naming another host than its subject is dropped below).
+        scope = self._scope(msg.subject)
+        if scope is None:
+            return
         now = self._clock()
         kind = self.subjects.kind_of(msg.subject)
         payload: MetricBatch | EventBatch | AgentStatus
@@ -425,11 +693,11 @@ class EvaluatorService:
             log.warning("dropped invalid payload", extra={"subject": msg.subject, "reason": str(exc)})
             return
         if isinstance(payload, MetricBatch):
-            out = self.engine.metrics(payload, now)
+            out = self.engine.metrics(payload, now, scope)
         elif isinstance(payload, EventBatch):
-            out = self.engine.events(payload, now)
+            out = self.engine.events(payload, now, scope)
         else:
-            out = self.engine.agent(payload, now)
+            out = self.engine.agent(payload, now, scope)
         self.batches.labels(kind=kind).inc()
         self._handle(out, arrived)
 
@@ -490,6 +758,7 @@ class EvaluatorService:
         while True:
             await asyncio.sleep(float(self.config.tick_interval))
             now = self._clock()
+            self._expire_leases()
             self._watch_sight(now)
             self.tick(now)
 
@@ -537,34 +806,54 @@ class EvaluatorService:
             while self._dirty:
                 fp = next(iter(self._dirty))
                 del self._dirty[fp]
-                if not await self._flush(fp):
+                self._flushing = fp
+                flushed = await self._flush(fp)
+                self._flushing = None
+                if not flushed:
                     self._dirty[fp] = None  # keep it for the next start
                     return
             if self._stopping:
                 return
 
+    def _state(self, fp: str) -> AlertState | None:
+        """The state to write for ``fp``: the engine's, or one just given to another replica."""
+        return self.engine.states.get(fp) or self._leaving.get(fp)
+
     async def _flush(self, fp: str) -> bool:
         """Persist ``fp``'s state and publish its outbox. ``False`` when stopping cut it short."""
+        if not await self._write(fp):
+            return False
+        self._leaving.pop(fp, None)
+        return True
+
+    async def _write(self, fp: str) -> bool:
         assert self._kv is not None
         kv = self._kv
         outbox = self._outbox.get(fp)
         if outbox:
             # The intent first: a crash from here on re-publishes, and the stream de-duplicates.
-            if fp in self.engine.states and not await self._retry("kv", lambda: self._put(fp)):
+            if self._state(fp) is not None and not await self._retry("kv", lambda: self._put(fp)):
                 return False
-            while outbox:
+            while outbox and fp not in self._revoked:
                 if not await self._publish(outbox[0]):
                     return False
                 outbox.pop(0)
             self._outbox.pop(fp, None)
-        if fp not in self.engine.states:
-            return await self._retry("kv", lambda: kv.delete(fp))
+        if fp in self._revoked:
+            return True  # another replica holds it now: its state is that replica's to write
+
+        async def delete() -> None:
+            if fp not in self._revoked:
+                await kv.delete(fp)
+
+        if self._state(fp) is None:
+            return await self._retry("kv", delete)
         return await self._retry("kv", lambda: self._put(fp))
 
     async def _put(self, fp: str) -> None:
         assert self._kv is not None
-        state = self.engine.states.get(fp)
-        if state is None:
+        state = self._state(fp)
+        if state is None or fp in self._revoked:
             return
         record = StoredAlert(state=state, outbox=list(self._outbox.get(fp, [])))
         await self._kv.put(fp, msgspec.json.encode(record))
@@ -650,7 +939,15 @@ class EvaluatorService:
                         "acked_by": state.acked_by,
                     }
                 )
+        replica = None
+        if self._judged is not None:
+            replica = {
+                "id": self.replica_id,
+                "partitions": self.config.partitions,
+                "judged": sorted(self._judged),
+            }
         return {
+            "replica": replica,
             "rules": [
                 {
                     **rule.describe(),
@@ -665,3 +962,8 @@ class EvaluatorService:
 
 def _msg_id(event: AlertEvent) -> str:
     return f"{event.id}:{event.status}"
+
+
+def _sanitized(name: str) -> str:
+    """``name`` with every character a lease key cannot hold replaced by ``-``."""
+    return re.sub(r"[^A-Za-z0-9_=-]", "-", name)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -16,13 +20,72 @@ from signalfire.gateway.errors import ApiError
 async def rules(res: Resources, request: Request) -> Response:
     if res.nc is None or not res.nc.is_connected:
         raise ApiError(503, "unavailable", "NATS is not connected; the rules cannot be asked for")
+    subject = res.subjects.control("evaluator", "rules")
+    timeout = float(res.config.control_timeout)
     try:
-        reply = await request_json(
-            res.nc, res.subjects.control("evaluator", "rules"), timeout=float(res.config.control_timeout)
-        )
+        reply = await request_json(res.nc, subject, timeout=timeout)
     except LookupError:
         raise ApiError(503, "unavailable", "no evaluator answered; is one running?") from None
+    replica = reply.get("replica") if isinstance(reply, dict) else None
+    if replica and len(replica["judged"]) < replica["partitions"] + 1:
+        # Partitioned evaluators (docs/scaling.md): each knows the alerts of its own hosts.
+        reply = await _every_replica(res.nc, subject, timeout, replica["partitions"] + 1) or reply
     return json_response(reply)
+
+
+async def _every_replica(nc: NATS, subject: str, timeout: float, partitions: int) -> dict[str, Any] | None:
+    """Every evaluator replica's answer, merged: the rules once, with every replica's alerts
+    and series; ``replicas`` lists who answered, ``complete`` whether they cover every
+    partition (replies are awaited until they do, or for ``timeout``)."""
+    answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def collect(msg: Msg) -> None:
+        answers.put_nowait(msg.data)
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=collect)
+    replies: dict[str, dict[str, Any]] = {}
+    covered: set[str] = set()
+    try:
+        await nc.publish(subject, b"{}", reply=inbox)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(covered) < partitions:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            try:
+                data = await asyncio.wait_for(answers.get(), left)
+            except TimeoutError:
+                break
+            answer = msgspec.json.decode(data)
+            replica = answer.get("replica") or {}
+            replies[str(replica.get("id"))] = answer
+            covered.update(replica.get("judged", []))
+    finally:
+        await sub.unsubscribe()
+    if not replies:
+        return None
+    first = next(iter(replies.values()))
+    alerts: dict[str, list[Any]] = {}
+    series: dict[str, int] = {}
+    for answer in replies.values():
+        for rule in answer["rules"]:
+            alerts.setdefault(rule["name"], []).extend(rule["alerts"])
+            series[rule["name"]] = series.get(rule["name"], 0) + int(rule.get("series", 0))
+    return {
+        **first,
+        "replica": None,
+        "replicas": [
+            {"id": a["replica"]["id"], "judged": a["replica"]["judged"]}
+            for a in replies.values()
+            if a.get("replica")
+        ],
+        "complete": len(covered) >= partitions,
+        "rules": [
+            {**rule, "alerts": alerts.get(rule["name"], []), "series": series.get(rule["name"], 0)}
+            for rule in first["rules"]
+        ],
+    }
 
 
 routes = [
@@ -32,7 +95,8 @@ routes = [
         rules,
         "viewer",
         "The evaluator's rules and their active alerts (503 when no evaluator answers)",
-        "the evaluator's answer on `sf.control.evaluator.rules`; 503 when no evaluator answers",
+        "the evaluator's answer on `sf.control.evaluator.rules` (partitioned replicas: every "
+        "replica's, merged); 503 when no evaluator answers",
         answer=dict[str, Any],
     ),
 ]

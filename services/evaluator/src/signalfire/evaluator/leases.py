@@ -1,0 +1,203 @@
+"""Partition leases of evaluator replicas, in the ``evaluator_leases`` KV bucket.
+
+Keys:
+
+- ``replica.<id>``: a replica's announcement, rewritten every poll while it runs;
+- ``partition.<name>``: the lease of a partition (``00`` … and ``fleet``), held by the replica
+  it names, taken and renewed by compare-and-set on the key's revision.
+
+Both hold a :class:`Lease`. An entry is *expired* once its revision has not changed for
+``ttl`` seconds as the reader observes it on its own monotonic clock: no replica compares
+its wall clock with another's. The holder counts its lease valid until ``ttl`` after it
+*sent* its last successful write, which is before any other replica can observe that write,
+so a replica stops judging a partition before another can take it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import msgspec
+from nats.js.errors import APIError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+REPLICA_PREFIX = "replica."
+PARTITION_PREFIX = "partition."
+
+
+class Lease(msgspec.Struct, kw_only=True):
+    """The value of a lease or announcement."""
+
+    replica: str
+    #: Random per process start: tells a replica's earlier life (or a duplicate id) apart.
+    instance: str
+    #: The writer's wall clock at the write, unix seconds (shown by ``evaluator status``).
+    time: float
+    #: In an announcement: the partitions the replica judges.
+    partitions: list[str] = []
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A key of the bucket as last read."""
+
+    lease: Lease
+    revision: int
+
+
+async def read_bucket(kv: KeyValue) -> dict[str, Entry]:
+    """Every key of the leases bucket with its current value (unreadable values skipped)."""
+    entries: dict[str, Entry] = {}
+    watcher = await kv.watchall(ignore_deletes=True)
+    try:
+        async for item in watcher:
+            if item is None:  # the end of what the bucket holds now
+                break
+            try:
+                lease = msgspec.json.decode(item.value or b"", type=Lease)
+            except msgspec.DecodeError:
+                continue
+            entries[item.key] = Entry(lease=lease, revision=item.revision or 0)
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return entries
+
+
+class LeaseKeeper:
+    """One replica's side of the leases: what it holds, and what it observed of the others."""
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        replica: str,
+        ttl: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.kv = kv
+        self.replica = replica
+        self.instance = secrets.token_hex(8)
+        self.ttl = ttl
+        self._clock = clock
+        self._wall = wall
+        #: Partition → revision of the lease this replica holds.
+        self.held: dict[str, int] = {}
+        #: Partition → monotonic time until which its lease is surely still this replica's.
+        self.valid_until: dict[str, float] = {}
+        # key → (revision, or 0 while the key is absent; when this replica first saw it so)
+        self._observed: dict[str, tuple[int, float]] = {}
+
+    def _value(self, partitions: Iterable[str] = ()) -> bytes:
+        lease = Lease(
+            replica=self.replica, instance=self.instance, time=self._wall(), partitions=list(partitions)
+        )
+        return msgspec.json.encode(lease)
+
+    async def read(self, expected: Iterable[str] = ()) -> dict[str, Entry]:
+        """The bucket now; records when each key's revision (or absence, for the ``expected``
+        keys) was first seen, for :meth:`expired` and :meth:`unchanged_for`."""
+        entries = await read_bucket(self.kv)
+        now = self._clock()
+        observed = {}
+        for key in {*entries, *self._observed, *expected}:
+            entry = entries.get(key)
+            revision = entry.revision if entry is not None else 0
+            seen = self._observed.get(key)
+            observed[key] = seen if seen is not None and seen[0] == revision else (revision, now)
+        self._observed = observed
+        return entries
+
+    def unchanged_for(self, key: str, entry: Entry | None) -> float:
+        """Seconds this replica has seen ``key`` as it is now (``entry``, or absent)."""
+        seen = self._observed.get(key)
+        revision = entry.revision if entry is not None else 0
+        if seen is None or seen[0] != revision:
+            return 0.0
+        return self._clock() - seen[1]
+
+    def expired(self, key: str, entry: Entry) -> bool:
+        """Whether ``entry`` has not changed for ``ttl`` seconds (as this replica saw it)."""
+        return self.unchanged_for(key, entry) >= self.ttl
+
+    def live_replicas(self, entries: dict[str, Entry]) -> list[str]:
+        """Replica ids whose announcement has not expired, this one included."""
+        live = {self.replica}
+        for key, entry in entries.items():
+            if key.startswith(REPLICA_PREFIX) and not self.expired(key, entry):
+                live.add(entry.lease.replica)
+        return sorted(live)
+
+    def duplicate(self, entries: dict[str, Entry]) -> bool:
+        """Whether another live process announces this replica's id."""
+        key = REPLICA_PREFIX + self.replica
+        entry = entries.get(key)
+        return entry is not None and entry.lease.instance != self.instance and not self.expired(key, entry)
+
+    async def announce(self, judged: Iterable[str]) -> None:
+        await self.kv.put(REPLICA_PREFIX + self.replica, self._value(sorted(judged)))
+
+    async def claim(self, partition: str, entry: Entry | None) -> bool:
+        """Take ``partition``'s lease: free (``entry`` None), expired, or this replica's own from
+        an earlier life. ``False`` when another replica was faster."""
+        sent = self._clock()
+        key = PARTITION_PREFIX + partition
+        try:
+            if entry is None:
+                revision = await self.kv.create(key, self._value())
+            else:
+                revision = await self.kv.update(key, self._value(), last=entry.revision)
+        except KeyWrongLastSequenceError:
+            return False
+        self.held[partition] = revision
+        self.valid_until[partition] = sent + self.ttl
+        return True
+
+    async def renew(self, partition: str) -> bool:
+        """Renew a held lease. ``False`` when it is no longer this replica's (taken over);
+        other errors (NATS unreachable) propagate, and the lease stays valid until
+        :attr:`valid_until`."""
+        sent = self._clock()
+        last = self.held.get(partition)
+        if last is None:  # given up meanwhile
+            return True
+        try:
+            revision = await self.kv.update(PARTITION_PREFIX + partition, self._value(), last=last)
+        except KeyWrongLastSequenceError:
+            if self.held.get(partition) == last:
+                self.drop(partition)
+                return False
+            return True  # given up (or renewed) meanwhile
+        if self.held.get(partition) != last:
+            return True  # given up while this renewal was under way: stays given up
+        self.held[partition] = revision
+        self.valid_until[partition] = sent + self.ttl
+        return True
+
+    async def release(self, partition: str) -> None:
+        """Give ``partition`` up (only if still this replica's: compare-and-delete)."""
+        revision = self.held.pop(partition, None)
+        self.valid_until.pop(partition, None)
+        if revision is not None:
+            try:
+                await self.kv.delete(PARTITION_PREFIX + partition, last=revision)
+            except APIError as exc:
+                if exc.err_code not in (10071, 10164):  # not "wrong last sequence": taken already
+                    raise
+
+    async def withdraw(self) -> None:
+        """Delete this replica's announcement (a clean stop)."""
+        await self.kv.delete(REPLICA_PREFIX + self.replica)
+
+    def drop(self, partition: str) -> None:
+        """Forget a lease without touching the bucket (it expired or was taken)."""
+        self.held.pop(partition, None)
+        self.valid_until.pop(partition, None)
+
+    def lapsed(self) -> list[str]:
+        """Held partitions whose lease may have expired for the others (not renewed in time)."""
+        now = self._clock()
+        return [p for p, until in self.valid_until.items() if now >= until]

@@ -1,0 +1,175 @@
+"""Two partitioned evaluator replicas: kill -9 the one that judges a host while its alert is
+pending, then (after the killed replica came back and the partitions were rebalanced) the
+one that judges it while it fires. The alerts stream holds exactly one firing and one
+resolved event, the host's partition is judged again within ``failover_after`` each time,
+and no other host alerts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from devstack import ServiceProcess
+
+from signalfire.bus import NatsConfig
+from signalfire.evaluator.leases import Entry, read_bucket
+from signalfire.evaluator.partitions import host_partition
+from signalfire.evaluator.service import StoredAlert
+from signalfire.evaluator.state import fingerprint
+from signalfire.events import MetricBatch, Sample, decode, encode
+from tests.faults.support import alert_events, eventually, kill9, report, service_env, wait_evaluator, write
+
+HOSTS = [f"failover-{i}" for i in range(12)]
+HOST = HOSTS[0]
+PARTITIONS = 16
+FAILOVER_AFTER = 4.0
+FOR = 3.0
+RULES = f"""\
+rules:
+  - name: FailoverHot
+    metric: fault.temp
+    condition: "> 50"
+    resolve: "< 40"
+    for: {FOR:g}s
+    severity: high
+"""
+
+
+async def publish_every_quarter_second(js: Any, nats: NatsConfig, level: dict[str, float]) -> None:
+    """Every host reporting its ``level`` four times a second."""
+    while True:
+        for host in HOSTS:
+            batch = MetricBatch(
+                host=host, time=time.time(), samples=[Sample(name="fault.temp", value=level.get(host, 30.0))]
+            )
+            with contextlib.suppress(Exception):  # the next one follows in 250 ms
+                await js.publish(nats.subjects.metrics(host), encode(batch), timeout=2)
+        await asyncio.sleep(0.25)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_kill_9_of_the_judging_replica_sends_one_firing_and_one_resolved(
+    nc: Any, nats_config: NatsConfig, tmp_path: Path
+) -> None:
+    js = nc.jetstream()
+    leases = await js.key_value(nats_config.subjects.bucket("evaluator_leases"))
+    states = await js.key_value(nats_config.subjects.bucket("alert_state"))
+    rules = write(tmp_path / "rules.yaml", RULES)
+    partition = host_partition(HOST, PARTITIONS)
+    fp = fingerprint("FailoverHot", HOST, {})
+    replicas: dict[str, ServiceProcess] = {}
+    generation = 0
+
+    async def start(replica: str) -> None:
+        nonlocal generation
+        generation += 1
+        env = service_env(
+            nats_config,
+            SF_RULES=str(rules),
+            SF_TICK_INTERVAL="0.1s",
+            SF_PARTITIONS=str(PARTITIONS),
+            SF_FAILOVER_AFTER=f"{FAILOVER_AFTER:g}s",
+            SF_REPLICA_ID=replica,
+        )
+        process = ServiceProcess(f"evaluator-{replica}-{generation}", ["evaluator"], env, tmp_path).start()
+        replicas[replica] = process
+        await wait_evaluator(nc, nats_config, process)
+
+    async def holders() -> dict[str, str]:
+        """Partition → the replica holding its lease."""
+        entries: dict[str, Entry] = await read_bucket(leases)
+        return {
+            key.removeprefix("partition."): e.lease.replica
+            for key, e in entries.items()
+            if key.startswith("partition.")
+        }
+
+    async def balanced() -> bool:
+        held = await holders()
+        counts = [list(held.values()).count(r) for r in ("a", "b")]
+        return len(held) == PARTITIONS + 1 and sorted(counts) == [8, 9]
+
+    async def status() -> str:
+        try:
+            entry = await states.get(fp)
+        except Exception:
+            return "none"
+        return decode(entry.value or b"", StoredAlert).state.status
+
+    async def events_of(state: str) -> int:
+        return sum(1 for e in await alert_events(js, nats_config) if e.status == state and e.host == HOST)
+
+    async def kill_owner_and_time_takeover() -> float:
+        owner = (await holders())[partition]
+        survivor = "b" if owner == "a" else "a"
+        kill9(replicas[owner])
+        killed = time.monotonic()
+
+        async def taken_over() -> bool:
+            return (await holders()).get(partition) == survivor
+
+        what = f"replica {survivor} to take partition {partition}"
+        await eventually(taken_over, what, 20, replicas[survivor])
+        return time.monotonic() - killed
+
+    level = {host: 30.0 for host in HOSTS}
+    await start("a")
+    await start("b")
+    publisher = asyncio.create_task(publish_every_quarter_second(js, nats_config, level))
+    try:
+        await eventually(balanced, "both replicas to hold their share", 20, *replicas.values())
+        level[HOST] = 60.0
+
+        async def pending() -> bool:
+            return await status() == "pending"
+
+        await eventually(pending, "FailoverHot to be pending", 10, *replicas.values())
+        await asyncio.sleep(1)  # a second into `for`
+        first_takeover = await kill_owner_and_time_takeover()  # 1: while pending
+
+        async def fired() -> bool:
+            return await events_of("firing") >= 1
+
+        await eventually(fired, "FailoverHot to fire on the other replica", 20)
+        # The killed replica comes back (a replica added): the partitions are shared again.
+        dead = next(r for r, p in replicas.items() if not p.alive())
+        await start(dead)
+        await eventually(balanced, "the partitions to be rebalanced", 20, *replicas.values())
+        await asyncio.sleep(1)  # firing a while on its (possibly new) owner
+        assert await status() == "firing"
+        second_takeover = await kill_owner_and_time_takeover()  # 2: while firing
+        level[HOST] = 30.0
+
+        async def resolved() -> bool:
+            return await events_of("resolved") >= 1
+
+        await eventually(resolved, "FailoverHot to resolve after the second kill", 20)
+        await asyncio.sleep(2)  # room for a stray repeat to show up
+        events = await alert_events(js, nats_config)
+    finally:
+        publisher.cancel()
+        for process in replicas.values():
+            if process.alive():
+                process.stop()
+    firing = [e for e in events if e.status == "firing"]
+    resolved_events = [e for e in events if e.status == "resolved"]
+    others = [e for e in events if e.host != HOST]
+    report(
+        "evaluator-failover",
+        kills=2,
+        alert_events=len(events),
+        firing=len(firing),
+        resolved=len(resolved_events),
+        other_hosts=len(others),
+        takeover_pending_s=f"{first_takeover:.1f}",
+        takeover_firing_s=f"{second_takeover:.1f}",
+    )
+    assert len(firing) == 1 and len(resolved_events) == 1, [(e.host, e.status, e.id) for e in events]
+    assert firing[0].id == resolved_events[0].id, "the resolve names another alert than the firing"
+    assert others == [], "an alert for a host that never ran hot"
+    assert first_takeover <= FAILOVER_AFTER and second_takeover <= FAILOVER_AFTER
