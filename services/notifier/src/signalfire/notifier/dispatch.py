@@ -72,6 +72,9 @@ class Dispatcher:
             name: TokenBucket(float(config.rate_limit), config.burst, sleep=sleep)
             for name, config in settings.items()
         }
+        # channels a reload removed since start-up: a resolved notice still owed to one of
+        # them is reported ``suppressed`` rather than dropped without a trace
+        self._removed: set[str] = set()
         self._ledger = ledger
         self._kv = kv
         self._publish = publish
@@ -112,10 +115,17 @@ class Dispatcher:
         """The channels messages go through now (replaced by :meth:`reconfigure`)."""
         return self._channels
 
+    @property
+    def removed(self) -> frozenset[str]:
+        """Channels a reload removed (and none added back) since start-up."""
+        return frozenset(self._removed)
+
     def reconfigure(self, channels: Mapping[str, Channel], settings: Mapping[str, ChannelSettings]) -> None:
         """Send through ``channels`` from now on (a reload). Deliveries already under way
         finish on the channel objects they started with; a channel whose rate settings did
-        not change keeps its token bucket (and a provider's ``Retry-After`` pause)."""
+        not change keeps its token bucket (and a provider's ``Retry-After`` pause). A message
+        for a channel no longer in ``channels`` is reported ``suppressed``."""
+        self._removed = (self._removed | set(self._channels)) - set(channels)
         limiters = {}
         for name, config in settings.items():
             old = self._settings.get(name)
@@ -142,7 +152,8 @@ class Dispatcher:
     ) -> dict[str, Outcome]:
         """Send ``notification`` through each of ``channels`` (at the same time; only the
         failed ones are retried). ``suppressed`` is the reason it must not go out;
-        ``references`` are what each channel returned for the alert's firing message.
+        ``references`` are what each channel returned for the alert's firing message. A
+        channel a reload removed is reported ``suppressed``, not sent.
 
         Raises :class:`Busy` when another replica holds the claim of any channel (after the
         others are done).
@@ -157,7 +168,6 @@ class Dispatcher:
                 fallback=True,
             )
             for name in channels
-            if name in self._channels
         ]
         outcomes: list[Outcome | BaseException]
         if len(sends) == 1:  # the common case, without gather's task per channel
@@ -364,6 +374,8 @@ class Dispatcher:
           so a firing event redelivered later (after a crash) is not sent after its
           resolved. No escalation record: the step was not sent (and will not be: the
           resolved deletes the track).
+        - a channel a reload removed (:attr:`removed`) is only read: told when its message
+          was sent; nothing is written or sent for it.
         """
 
         async def one(tag: str, name: str) -> bool:
@@ -371,6 +383,12 @@ class Dispatcher:
             firing = tag == "firing"
             for _ in range(10):
                 found = await self._ledger.read(key)
+                if name not in self._channels:
+                    # removed: a delivery under way on the old channel is waited for, the rest is history
+                    mark = found[0] if found is not None else None
+                    if mark is not None and mark.state == "sending" and not self._ledger.expired(mark):
+                        raise Busy(key, max(0.0, self._ledger.lease - (self._clock() - mark.time)))
+                    return mark is not None and mark.state == "sent"
                 if found is None:
                     if not firing or await self._ledger.close(key, alert.id, name, tag, "superseded"):
                         return False
@@ -390,7 +408,7 @@ class Dispatcher:
                 return outcome.status in ("sent", "duplicate")
             raise Busy(key)  # the key keeps changing under us: look again later
 
-        pairs = [(tag, name) for tag, name in asked if name in self._channels]
+        pairs = [(tag, name) for tag, name in asked if name in self._channels or name in self._removed]
         answers = await asyncio.gather(*(one(tag, name) for tag, name in pairs), return_exceptions=True)
         waits: list[float] = []
         told: list[str] = []

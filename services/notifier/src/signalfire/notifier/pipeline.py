@@ -145,8 +145,12 @@ class Pipeline:
             channels = known
         else:
             # Told = in the track, or the ledger shows the firing notice (or an escalation
-            # step not yet in the track) sent; one still in flight is waited for (Busy).
-            unsure = [("firing", name) for name in route.channels if name not in known]
+            # step not yet in the track) sent; one still in flight is waited for (Busy). A
+            # channel a reload removed may have been told under the old routes: it is looked
+            # up too, and reported ``suppressed`` when it was.
+            removed = [name for name in self._dispatcher.removed if name not in route.channels]
+            asked = [*route.channels, *removed]
+            unsure = [("firing", name) for name in asked if name not in known]
             if track is not None:
                 unsure += [
                     (f"esc{track.epoch}-{i}", name)
