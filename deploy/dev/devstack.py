@@ -295,18 +295,24 @@ class NatsCluster:
     ) -> None:
         if nodes < 2:
             raise DevStackError(f"a cluster has at least 2 nodes, not {nodes}")
-        client_ports = list(ports) if ports is not None else free_ports(nodes)
-        if len(client_ports) != nodes:
-            raise DevStackError(f"{nodes} nodes need {nodes} client ports, got {len(client_ports)}")
+        if ports is not None and len(ports) != nodes:
+            raise DevStackError(f"{nodes} nodes need {nodes} client ports, got {len(ports)}")
+        self._state, self._config, self._name, self._ports = state, config, name, ports
+        self.nodes = self._build(nodes)
+
+    def _build(self, nodes: int) -> list[NatsServer]:
+        """The nodes, on the given client ports (else free ones) and free route and monitoring
+        ports, each route list naming every node's route port."""
+        client_ports = list(self._ports) if self._ports is not None else free_ports(nodes)
         route_ports = free_ports(2 * nodes)
         routes, monitors = tuple(route_ports[:nodes]), route_ports[nodes:]
-        self.nodes = [
+        return [
             NatsServer(
-                state / f"nats-{i + 1}",
+                self._state / f"nats-{i + 1}",
                 client_ports[i],
-                config=config,
-                name=f"{name}-{i + 1}",
-                cluster=ClusterRoutes(name, routes[i], routes),
+                config=self._config,
+                name=f"{self._name}-{i + 1}",
+                cluster=ClusterRoutes(self._name, routes[i], routes),
                 monitor_port=monitors[i],
             )
             for i in range(nodes)
@@ -319,15 +325,24 @@ class NatsCluster:
     def start(self, timeout: float = 30) -> NatsCluster:
         """Start every node and wait until each is healthy (JetStream has a meta leader and
         the node is current with it); on failure stop what started and raise."""
-        try:
-            for node in self.nodes:
-                node.start(timeout)
-            for node in self.nodes:
-                what = f"nats-server {node.name} (JetStream)"
-                wait_for(node.healthy, what, timeout, node.proc, node.log_path)
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(1, 4):
+            try:
+                for node in self.nodes:
+                    node.start(timeout)
+                for node in self.nodes:
+                    what = f"nats-server {node.name} (JetStream)"
+                    wait_for(node.healthy, what, timeout, node.proc, node.log_path)
+                return self
+            except DevStackError as exc:
+                self.stop()
+                # A port free when it was picked can be taken before the node binds it (an
+                # outgoing connection gets its local port from the same range): pick again.
+                if "address already in use" not in str(exc) or attempt == 3:
+                    raise
+                self.nodes = self._build(len(self.nodes))
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def node(self, name: str) -> NatsServer:

@@ -660,9 +660,12 @@ async def test_partitioned_evaluators_share_the_hosts_as_their_own_identity(
             assert all(judged) and not judged[0] & judged[1] and len(judged[0] | judged[1]) == 5
 
         await eventually(shared)  # leases read, written and watched under the evaluator's rights
-        await nc.publish(s.metrics(WEB1), batch(WEB1, 99.0))
 
         async def fired() -> None:
+            # Published again on every check, as an agent does each interval: on a loaded
+            # machine a lease can change hands in between, and a sample that arrives while its
+            # partition has no owner is not judged.
+            await nc.publish(s.metrics(WEB1), batch(WEB1, 99.0))
             assert [a.host for a in alerts if a.status == "firing"] == [WEB1]
 
         await eventually(fired)
