@@ -49,6 +49,7 @@ def test_durations_read_like_the_other_services(tmp_path: Path) -> None:
         ("auth_failure_rate: -1\n", "auth_failure_rate"),
         ("auth_failure_burst: 0\n", "auth_failure_burst"),
         ("stream_token_recheck: 0s\n", "stream_token_recheck"),
+        ("ingest_linger: 2s\n", "ingest_linger"),  # not less than fetch_timeout (1s)
     ],
 )
 def test_bad_values_name_the_field(tmp_path: Path, text: str, field: str) -> None:
