@@ -12,6 +12,11 @@ Starts a private nats-server and PostgreSQL + TimescaleDB (devstack; run
    times a second, and at the end every published sample must be in ``samples`` and counted
    in the 1-hour rollups.
 
+It ends with the efficiency figure: CPU seconds per million samples of the whole path (gateway +
+PostgreSQL + nats-server, the publisher left out) against the raw COPY's (PostgreSQL + the COPY
+client, the cheaper of the two runs), and their ratio. PostgreSQL is reached over its Unix
+socket, by the ceiling and the gateway alike (``--tcp``: loopback TCP for both).
+
     uv run python bench/ingest.py [--seconds 20] [--rate 100000] [--samples-per-batch 1000]
 """
 
@@ -73,6 +78,16 @@ async def copy_ceiling(url: str, seconds: float, connections: int) -> float:
         await conn.execute("TRUNCATE samples")
         await conn.close()
     return done / elapsed
+
+
+def unix_socket_url(url: str, socket_dir: Path) -> str:
+    """``url`` (``postgresql://user@127.0.0.1:port/db``) over the server's Unix socket in
+    ``socket_dir`` instead of loopback TCP."""
+    rest = url.split("://", 1)[1]
+    user, rest = rest.split("@", 1)
+    address, database = rest.split("/", 1)
+    port = address.rsplit(":", 1)[1]
+    return f"postgresql://{user}@/{database}?host={socket_dir}&port={port}"
 
 
 def batch_templates(per_batch: int, variants: int = 16) -> list[bytes]:
@@ -279,17 +294,23 @@ async def main(args: argparse.Namespace) -> None:
             await migrate(conn)
             await conn.close()
             assert postgres.proc is not None and nats.proc is not None
+            if not args.tcp:
+                ceiling_url = unix_socket_url(ceiling_url, postgres.data_dir)
             ceilings: dict[int, float] = {}
+            ceiling_cpu: dict[int, float] = {}
             for n in (1, 2):
                 meter = CpuMeter({"postgres": postgres.proc.pid, "bench": os.getpid()})
                 meter.start()
                 seconds = args.ceiling_seconds or args.seconds
                 ceilings[n] = await copy_ceiling(ceiling_url, seconds, n)
                 used = meter.stop()
+                ceiling_cpu[n] = sum(used.values()) / (ceilings[n] * seconds) * 1e6
                 print(f"raw COPY ceiling, {n} connection(s): {ceilings[n]:,.0f} rows/s")
                 print("  " + cpu_line(used, ceilings[n] * seconds))
             ceiling = max(ceilings.values())
             db_url = postgres.create_database("signalfire")
+            if not args.tcp:
+                db_url = unix_socket_url(db_url, postgres.data_dir)
             port = free_port()
             gateway = start_gateway(
                 nats.url,
@@ -337,6 +358,15 @@ async def main(args: argparse.Namespace) -> None:
             if rounds:
                 print(f"  {rounds:,.0f} ingest rounds, {fetched / rounds:.1f} messages a round")
             print(f"ratio full path / ceiling: {rate / ceiling:.2f}")
+            # The efficiency target: the whole path's CPU per sample (publisher excluded) against
+            # the cheaper of the two COPY ceilings' (PostgreSQL + the COPY client).
+            path_cpu = (used["gateway"] + used["postgres"] + used["nats"]) / max(1, result["stored"]) * 1e6
+            reference = min(ceiling_cpu.values())
+            print(
+                f"efficiency: full path {path_cpu:.2f} CPU s per million samples (gateway + PostgreSQL"
+                f" + nats-server), raw COPY {reference:.2f} (PostgreSQL + COPY client):"
+                f" {path_cpu / reference:.2f}x"
+            )
         finally:
             if gateway is not None:
                 gateway.stop()
@@ -351,6 +381,11 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--ceiling-seconds", type=float, default=0.0, help="length of the ceiling runs (default: --seconds)"
+    )
+    parser.add_argument(
+        "--tcp",
+        action="store_true",
+        help="reach PostgreSQL over loopback TCP (default: its Unix socket, for the ceiling too)",
     )
     parser.add_argument(
         "--gateway-env",

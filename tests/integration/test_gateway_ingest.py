@@ -303,3 +303,27 @@ async def test_a_database_outage_loses_nothing_on_plain_postgresql(
 
 async def _stored(database_url: str, expected: int) -> None:
     assert await count(database_url, "SELECT count(*) FROM samples") == expected
+
+
+async def test_a_busy_stream_is_written_several_batches_a_transaction(
+    nc, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    """Batches arriving 20 ms apart wait ``ingest_linger`` for each other: fewer transactions
+    than batches, every sample stored once."""
+    js = nc.jetstream()
+    config = gateway_config(
+        nats_config, database_url, tmp_path, ingest_linger=Duration(0.15), ingest_writers=1
+    )
+    async with running_gateway(config) as gw:
+        start = time.time() - 600
+        for i in range(30):
+            await js.publish(nats_config.subjects.metrics("web-1"), encode(batch(when=start + i)))
+            await asyncio.sleep(0.02)
+
+        async def stored() -> None:
+            assert gw.counter("ingest_messages_total", kind="metrics") == 30
+
+        await eventually(stored)
+        assert await count(database_url, "SELECT count(*) FROM samples") == 90
+        rounds = gw.counter("ingest_rounds_total", consumer=METRICS_CONSUMER)
+        assert 1 <= rounds <= 15, rounds  # one round per batch without the linger
