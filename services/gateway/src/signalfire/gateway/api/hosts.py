@@ -16,7 +16,7 @@ from signalfire.gateway.api.alerts import Alert, alert_rows
 from signalfire.gateway.api.endpoint import PAGE, Endpoint, Param
 from signalfire.gateway.api.resources import JsonObject, Resources, decode_json, json_response, raw_json
 from signalfire.gateway.api.series import LatestSample, latest_samples
-from signalfire.gateway.errors import ApiError
+from signalfire.gateway.errors import ApiError, invalid
 from signalfire.gateway.params import encode_cursor, parse_cursor, parse_limit
 from signalfire.gateway.store import LatestValues
 
@@ -117,14 +117,24 @@ def _host_fields(res: Resources, row: Any, now: float, pressure: Mapping[str, fl
     }
 
 
+#: Hosts one ``host=`` list may name: what a dashboard patches at once after a burst of changes.
+MAX_NAMED_HOSTS = 1000
+
+
 async def hosts(res: Resources, request: Request) -> Response:
     params = request.query_params
     limit = parse_limit(params, default=500, maximum=5000)
     cursor = parse_cursor(params, (str,))
+    # The dashboard fetches again only the hosts whose alerts or status changed, never the fleet.
+    named = [name for name in params.getlist("host") if name]
+    if len(named) > MAX_NAMED_HOSTS:
+        raise invalid("host", f"at most {MAX_NAMED_HOSTS} host= names at once, got {len(named)}")
     rows = await res.pool.fetch(
-        _SELECT + " WHERE ($1::text IS NULL OR h.host > $1) ORDER BY h.host LIMIT $2",
+        _SELECT + " WHERE ($1::text IS NULL OR h.host > $1) AND ($3::text[] IS NULL OR h.host = ANY($3))"
+        " ORDER BY h.host LIMIT $2",
         cursor[0] if cursor else None,
         limit + 1,
+        named or None,
     )
     now = res.clock()
     pressure = _pressure(res.latest)
@@ -156,7 +166,10 @@ routes = [
         "Hosts with status, last seen, health score, facts, alert counts",
         '`{"hosts": [{"host", "status": "up\\|down\\|offline", "last_seen", "first_seen", "health", "facts", '
         '"labels", "alerts": {"critical": n, ...}}], "next_cursor"}`',
-        params=PAGE,
+        params=(
+            *PAGE,
+            Param("host", f"only these hosts (repeat it, up to {MAX_NAMED_HOSTS}; unknown names are left out)"),
+        ),
         answer=HostPage,
     ),
     Endpoint(
