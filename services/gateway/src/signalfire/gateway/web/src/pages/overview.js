@@ -19,8 +19,10 @@ const SEVERITIES = ["critical", "high", "medium", "low"];
 const ROW = 36;
 // Rows built above and below the visible ones, so a quick scroll or Tab lands on markup.
 const OVERSCAN = 10;
-// Hosts per API page: each parses in a few milliseconds, so a load never blocks the tab long.
-const PAGE = 2000;
+// Hosts per API page: the first load takes the API's largest pages (fewest round trips); the
+// reloads while the page is live take smaller ones, each parsed in a few milliseconds.
+const PAGE = 5000;
+const RELOAD_PAGE = 1000;
 // The hosts a frame names are fetched again together after this pause (a burst of alerts
 // is one request, not one per alert).
 const PATCH_DELAY_MS = 250;
@@ -52,7 +54,8 @@ export async function overviewPage(main) {
     disk: ["disk, fullest (highest first)", highest("disk.used_percent")],
     seen: ["last seen (oldest first)", (host) => host.last_seen],
   };
-  const LIVE_SORTS = new Set(["cpu", "mem", "disk"]);
+  const LIVE_SORTS = new Set(["cpu", "mem", "disk", "seen"]);
+  const DESCENDING = new Set(["cpu", "mem", "disk"]);
   // [header, sort key or null, cell content]
   const COLUMNS = [
     ["status", null, (host) => statusBadge(host.status)],
@@ -67,8 +70,10 @@ export async function overviewPage(main) {
 
   const counts = h("div", { class: "counts", "aria-label": "Active alerts by severity" });
   const summary = h("p", { id: "fleet-summary", class: "fleet-summary", "aria-live": "polite" }, "Loading the hosts…");
-  const fleet = h("div", { class: "charts", id: "fleet" });
-  let fleetCharts = [];
+  // One slot per chart, so a chart is replaced in its place.
+  const slots = FLEET.map(() => h("div"));
+  const fleet = h("div", { class: "charts", id: "fleet" }, slots);
+  const fleetCharts = FLEET.map(() => null);
   const filter = h("input", { type: "search", id: "host-filter", placeholder: "web-* env=prod",
     oninput: (e) => { state.filter = e.target.value; reorder(); } });
   const sort = h("select", { id: "host-sort", onchange: (e) => { state.sort = e.target.value; reorder(); } },
@@ -138,15 +143,26 @@ export async function overviewPage(main) {
 
   // --- loading: every page of /hosts, and the named hosts again when a frame says they changed
 
-  async function loadAll() {
+  // Every host; answers the names of the hosts whose place in the order may have changed
+  // (new, or another health, status or alert count), or null when hosts have gone.
+  async function loadAll(pageSize) {
     const found = new Map();
+    const changed = new Set();
     let cursor;
     do {
-      const reply = await api("/hosts", { params: { limit: PAGE, cursor } });
-      for (const host of reply.hosts) { found.set(host.host, host); takeUsage(host); }
+      const reply = await api("/hosts", { params: { limit: pageSize, cursor } });
+      for (const host of reply.hosts) {
+        const before = state.hosts.get(host.host);
+        if (!before || before.health !== host.health || before.status !== host.status
+            || SEVERITIES.some((s) => before.alerts[s] !== host.alerts[s])) changed.add(host.host);
+        found.set(host.host, host);
+        takeUsage(host);
+      }
       cursor = reply.next_cursor;
     } while (cursor);
+    const gone = [...state.hosts.keys()].some((name) => !found.has(name));
     state.hosts = found;
+    return gone ? null : changed;
   }
 
   // The API's newest values, where the stream has not said more yet (a disk the stream
@@ -182,13 +198,36 @@ export async function overviewPage(main) {
     return (host) => terms.every((t) => t(host));
   }
 
-  function order() {
-    const key = SORTS[state.sort][1];
+  // The hosts that match the filter as [sort key, host] pairs, in order.
+  let sorted = [];
+  const pairOrder = (a, b) => a[0] - b[0] || (a[1].host < b[1].host ? -1 : a[1].host > b[1].host ? 1 : 0);
+
+  // `changed`: the names of the few hosts that changed since the last order (else all of them).
+  function order(changed) {
+    const key = SORTS[state.sort][1] || (() => 0);
     const match = matcher();
-    const keyed = [];
-    for (const host of state.hosts.values()) if (match(host)) keyed.push([key ? key(host) : 0, host]);
-    keyed.sort((a, b) => a[0] - b[0] || (a[1].host < b[1].host ? -1 : a[1].host > b[1].host ? 1 : 0));
-    const shown = keyed.map((pair) => pair[1]);
+    if (!changed) {
+      sorted = [];
+      for (const host of state.hosts.values()) if (match(host)) sorted.push([key(host), host]);
+      sorted.sort(pairOrder);
+      state.orderedAt = performance.now();
+    } else {
+      // Each changed host leaves its place and is put back where it now belongs (a binary
+      // search): a burst of alerts does not sort the whole fleet again.
+      sorted = sorted.filter((pair) => !changed.has(pair[1].host));
+      for (const name of changed) {
+        const host = state.hosts.get(name);
+        if (!host || !match(host)) continue;
+        const pair = [key(host), host];
+        let lo = 0, hi = sorted.length;
+        while (lo < hi) {
+          const mid = (lo + hi) >> 1;
+          if (pairOrder(sorted[mid], pair) < 0) lo = mid + 1; else hi = mid;
+        }
+        sorted.splice(lo, 0, pair);
+      }
+    }
+    const shown = sorted.map((pair) => pair[1]);
     if (!state.group) {
       state.rows = shown;
     } else {
@@ -210,10 +249,9 @@ export async function overviewPage(main) {
       }
     }
     for (const [key, button] of headCells) {
-      const direction = LIVE_SORTS.has(key) ? "descending" : "ascending";
+      const direction = DESCENDING.has(key) ? "descending" : "ascending";
       button.closest("th").setAttribute("aria-sort", key === state.sort ? direction : "none");
     }
-    state.orderedAt = performance.now();
     // Group rows carry counts: built afresh; host rows are kept and patched.
     for (const [key, tr] of rendered) if (key.startsWith("g:")) { tr.remove(); rendered.delete(key); }
     return shown.length;
@@ -226,14 +264,20 @@ export async function overviewPage(main) {
   }
 
   function renderTotals(shown) {
+    // Written only when they differ: a rewrite lays out the whole page (the charts too).
     const totals = alertTotals(state.hosts.values());
-    clear(counts, SEVERITIES.map((sev) => h("a", { class: "panel", href: `#/alerts?severity=${sev}` }, severityBadge(sev), `: ${totals[sev]}`)));
+    const shownTotals = SEVERITIES.map((sev) => totals[sev]).join(",");
+    if (counts.dataset.totals !== shownTotals) {
+      counts.dataset.totals = shownTotals;
+      clear(counts, SEVERITIES.map((sev) => h("a", { class: "panel", href: `#/alerts?severity=${sev}` }, severityBadge(sev), `: ${totals[sev]}`)));
+    }
     const status = { up: 0, down: 0, offline: 0 };
     for (const host of state.hosts.values()) status[host.status] = (status[host.status] || 0) + 1;
     const n = state.hosts.size;
     const parts = Object.entries(status).map(([k, v]) => `${v.toLocaleString("en")} ${k}`).join(", ");
-    summary.textContent = `${n.toLocaleString("en")} host${n === 1 ? "" : "s"}: ${parts}` +
+    const text = `${n.toLocaleString("en")} host${n === 1 ? "" : "s"}: ${parts}` +
       (shown === n ? "" : `; ${shown.toLocaleString("en")} match the filter`);
+    if (summary.textContent !== text) summary.textContent = text;
     empty.hidden = n > 0;
     scroller.hidden = n === 0;
   }
@@ -258,7 +302,8 @@ export async function overviewPage(main) {
   const view = { top: 0, height: 0 };
   function measure() {
     view.top = scroller.scrollTop;
-    view.height = scroller.clientHeight || 600;
+    // Before its rows exist the region is as short as its header: the window's height bounds it.
+    view.height = Math.max(scroller.clientHeight, window.innerHeight);
   }
 
   function renderWindow() {
@@ -271,7 +316,10 @@ export async function overviewPage(main) {
     for (const row of wanted) {
       const key = keyOf(row);
       let tr = rendered.get(key);
-      if (!tr) { tr = row.group !== undefined ? groupRow(row) : hostRow(row); rendered.set(key, tr); }
+      if (!tr) {
+        tr = row.group !== undefined ? groupRow(row) : hostRow(state.hosts.get(row.host) || row);
+        rendered.set(key, tr);
+      }
       if (tr === at) at = at.nextSibling;
       else body.insertBefore(tr, at);
     }
@@ -287,7 +335,7 @@ export async function overviewPage(main) {
     return h("tr", { class: "group", dataset: { group: row.group } },
       h("th", { scope: "colgroup", colspan: COLUMNS.length + 1 },
         `${state.group} = ${row.group || "(none)"}: ${row.hosts.length.toLocaleString("en")} host${row.hosts.length === 1 ? "" : "s"}`,
-        down ? `, ${down} not up` : "",
+        down ? `, ${down.toLocaleString("en")} not up` : "",
         active.length ? [", alerts ", active.map((s) => [severityBadge(s), ` ${row.alerts[s]} `])] : ""));
   }
 
@@ -308,7 +356,9 @@ export async function overviewPage(main) {
 
   const dirty = new Set();
   const toFetch = new Set();
+  // A full order (filter, sort, group or the whole fleet changed) or the hosts to move.
   let orderStale = false;
+  const moved = new Set();
   let hostsChanged = false;
   let scheduled = false;
   let patchTimer = null;
@@ -322,10 +372,11 @@ export async function overviewPage(main) {
   function flush() {
     scheduled = false;
     if (!orderStale && LIVE_SORTS.has(state.sort) && performance.now() - state.orderedAt > RESORT_MS) orderStale = true;
-    if (orderStale) {
-      orderStale = false;
+    if (orderStale || moved.size) {
       if (hostsChanged) { hostsChanged = false; updateGroupOptions(); }
-      renderTotals(order());
+      renderTotals(orderStale || moved.size > 500 ? order() : order(moved));
+      orderStale = false;
+      moved.clear();
     }
     for (const name of dirty) {
       const tr = rendered.get(`h:${name}`);
@@ -348,14 +399,15 @@ export async function overviewPage(main) {
       patchTimer = null;
       const names = [...toFetch];
       toFetch.clear();
+      const known = state.hosts.size;
       await loadNamed(names).catch(reported("Loading the hosts", null));
-      for (const name of names) dirty.add(name);
-      hostsChanged = true;
-      reorder();
+      for (const name of names) { dirty.add(name); moved.add(name); }
+      if (state.hosts.size !== known) hostsChanged = true;
+      schedule();
     }, PATCH_DELAY_MS);
   }
 
-  await loadAll();
+  await loadAll(PAGE);
   updateGroupOptions();
   renderTotals(order());
   measure();
@@ -384,20 +436,26 @@ export async function overviewPage(main) {
     }
   });
   let reloading = false;
-  const reloadTimer = setInterval(async () => {
+  let reloadTimer = null;
+  async function reload() {
     if (document.hidden || reloading) return;
     reloading = true;
     try {
-      await loadAll();
+      const changed = await loadAll(RELOAD_PAGE);
       for (const name of rendered.keys()) if (name.startsWith("h:")) dirty.add(name.slice(2));
       hostsChanged = true;
-      reorder();
+      // The fleet's new objects replace the old in the order too (a few moved, or all again).
+      if (changed === null || changed.size > 500) orderStale = true;
+      else { for (const pair of sorted) pair[1] = state.hosts.get(pair[1].host) || pair[1]; for (const name of changed) moved.add(name); }
+      schedule();
     } catch (err) {
       reported("Loading the hosts", null)(err);
     } finally {
       reloading = false;
     }
-  }, RELOAD_MS);
+  }
+  // Half a period after the fleet charts' refresh, so the two never share a frame.
+  const reloadStart = setTimeout(() => { reloadTimer = setInterval(reload, RELOAD_MS); reload(); }, RELOAD_MS / 2);
 
   // The FLEET_HOSTS hosts with the highest newest value of `metric`, in one pass (no sort of the fleet).
   function busiest(metric) {
@@ -422,10 +480,10 @@ export async function overviewPage(main) {
           .catch(reported(`Loading the fleet chart of ${metric}`, { series: [] }))));
       return { series: answers.flatMap((a) => a.series || []) };
     }));
-    for (const c of fleetCharts) c.destroy();
-    fleetCharts = [];
-    fleet.replaceChildren();
-    FLEET.forEach(([title, metric], i) => {
+    for (const [i, [title, metric]] of FLEET.entries()) {
+      // One chart per animation frame: building a chart is mostly painting its canvas, and
+      // two in one task made a long task (as on the Host page, charts.js).
+      await new Promise((resolve) => requestAnimationFrame(resolve));
       const newest = (s) => (s.points.length ? s.points[s.points.length - 1][1] ?? 0 : 0);
       // Series may carry labels (an agent's `labels: {env: dev}` are on every sample): each is
       // drawn, named by its host, and by its labels too where a host has several series.
@@ -440,19 +498,23 @@ export async function overviewPage(main) {
       if (metric === "cpu.usage_percent") {
         for (const s of series) if (!state.history.has(s.host)) state.history.set(s.host, s.points.slice(-60).map((p) => p[1] ?? 0));
       }
-      if (series.length) fleetCharts.push(lineChart(fleet, title, metric, series.map((s) => ({ label: name(s), points: s.points }))));
-    });
+      if (fleetCharts[i]) fleetCharts[i].destroy();
+      fleetCharts[i] = null;
+      slots[i].replaceChildren();
+      if (series.length) fleetCharts[i] = lineChart(slots[i], title, metric, series.map((s) => ({ label: name(s), points: s.points })));
+    }
   }
 
   // The charts come after the table: the fleet is on screen before their queries answer.
   loadFleet().catch(reported("Loading the fleet charts", null));
-  const fleetTimer = setInterval(() => { if (!document.hidden) loadFleet(); }, 30000);
+  const fleetTimer = setInterval(() => { if (!document.hidden) loadFleet().catch(reported("Loading the fleet charts", null)); }, RELOAD_MS);
   return () => {
     off();
     clearTimeout(patchTimer);
     clearInterval(fleetTimer);
+    clearTimeout(reloadStart);
     clearInterval(reloadTimer);
     window.removeEventListener("resize", resized);
-    for (const c of fleetCharts) c.destroy();
+    for (const c of fleetCharts) if (c) c.destroy();
   };
 }
