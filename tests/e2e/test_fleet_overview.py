@@ -24,6 +24,7 @@ from devstack import free_port, private_servers, start_gateway
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.events import AlertEvent, MetricBatch, Sample, Severity, encode
+from tests.e2e.test_accessibility import AXE
 
 pytestmark = [
     pytest.mark.slow,
@@ -316,3 +317,27 @@ def test_a_live_sample_patches_its_row_in_place(browser: Any, fleet: Fleet) -> N
     cpu.get_by_text("97.5 %").wait_for(timeout=10_000)
     assert page.evaluate("[...document.querySelectorAll('#hosts tr.host')].every((tr) => tr.__kept)")
     page.close()
+
+
+@pytest.mark.skipif(not AXE.exists(), reason="needs the dashboard's npm packages (make provision)")
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_the_fleet_table_grouped_meets_wcag_21_aa(browser: Any, fleet: Fleet, theme: str) -> None:
+    # bypass_csp only so the test can inject axe; the dashboard itself runs under its CSP.
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, color_scheme=theme, bypass_csp=True)
+    page.goto(fleet.url + "/")
+    page.fill("#token", fleet.token)
+    page.click("button[type=submit]")
+    page.locator("#fleet-summary", has_text=f"{HOSTS:,} hosts:").wait_for(timeout=30_000)
+    page.select_option("#host-group", "env")
+    page.locator("#hosts tr.group").first.wait_for(timeout=10_000)
+    page.add_script_tag(path=str(AXE))
+    result = page.evaluate(
+        """async () => await axe.run(document, {
+            runOnly: {type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]},
+        })"""
+    )
+    found = [
+        f"{v['id']}: {v['help']} at {[n['target'] for n in v['nodes'][:3]]}" for v in result["violations"]
+    ]
+    page.close()
+    assert not found, "\n".join(found)

@@ -75,10 +75,10 @@ export async function overviewPage(main) {
   const fleet = h("div", { class: "charts", id: "fleet" }, slots);
   const fleetCharts = FLEET.map(() => null);
   const filter = h("input", { type: "search", id: "host-filter", placeholder: "web-* env=prod",
-    oninput: (e) => { state.filter = e.target.value; reorder(); } });
-  const sort = h("select", { id: "host-sort", onchange: (e) => { state.sort = e.target.value; reorder(); } },
+    oninput: (e) => { state.filter = e.target.value; fromTheTop(); } });
+  const sort = h("select", { id: "host-sort", onchange: (e) => { state.sort = e.target.value; fromTheTop(); } },
     Object.entries(SORTS).map(([key, [text]]) => h("option", { value: key }, text)));
-  const group = h("select", { id: "host-group", onchange: (e) => { state.group = e.target.value; scroller.scrollTop = 0; reorder(); } });
+  const group = h("select", { id: "host-group", onchange: (e) => { state.group = e.target.value; fromTheTop(); } });
   const headCells = new Map();
   const head = h("tr", {},
     h("th", { scope: "col" }, sortButton("host", "name")),
@@ -109,7 +109,7 @@ export async function overviewPage(main) {
   }
 
   function sortButton(title, key) {
-    const button = h("button", { type: "button", class: "sort", onclick: () => { state.sort = key; sort.value = key; reorder(); } }, title);
+    const button = h("button", { type: "button", class: "sort", onclick: () => { state.sort = key; sort.value = key; fromTheTop(); } }, title);
     headCells.set(key, button);
     return button;
   }
@@ -333,7 +333,7 @@ export async function overviewPage(main) {
     const active = SEVERITIES.filter((s) => row.alerts[s] > 0);
     const down = row.hosts.filter((x) => x.status !== "up").length;
     return h("tr", { class: "group", dataset: { group: row.group } },
-      h("th", { scope: "colgroup", colspan: COLUMNS.length + 1 },
+      h("td", { colspan: COLUMNS.length + 1 },
         `${state.group} = ${row.group || "(none)"}: ${row.hosts.length.toLocaleString("en")} host${row.hosts.length === 1 ? "" : "s"}`,
         down ? `, ${down.toLocaleString("en")} not up` : "",
         active.length ? [", alerts ", active.map((s) => [severityBadge(s), ` ${row.alerts[s]} `])] : ""));
@@ -390,6 +390,13 @@ export async function overviewPage(main) {
   function reorder() {
     orderStale = true;
     schedule();
+  }
+
+  // Another filter, sort or grouping shows its first rows.
+  function fromTheTop() {
+    scroller.scrollTop = 0;
+    view.top = 0;
+    reorder();
   }
 
   function fetchLater(name) {
