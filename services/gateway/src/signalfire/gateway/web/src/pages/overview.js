@@ -56,16 +56,18 @@ export async function overviewPage(main) {
   };
   const LIVE_SORTS = new Set(["cpu", "mem", "disk", "seen"]);
   const DESCENDING = new Set(["cpu", "mem", "disk"]);
-  // [header, sort key or null, cell content]
+  // [header, sort key or null, cell content, and for content that is not text, a string of
+  // what it shows]: a cell is rewritten only when that changes (every rewrite is layout and paint).
   const COLUMNS = [
-    ["status", null, (host) => statusBadge(host.status)],
+    ["status", null, (host) => statusBadge(host.status), (host) => host.status],
     ["health", "health", (host) => `${Math.round(host.health)} / 100`],
     ["CPU", "cpu", (host) => formatValue(value(host, "cpu.usage_percent"), "cpu.usage_percent")],
     ["memory", "mem", (host) => formatValue(value(host, "mem.used_percent"), "mem.used_percent")],
     ["disk", "disk", (host) => formatValue(value(host, "disk.used_percent"), "disk.used_percent")],
     ["last seen", "seen", (host) => ago(host.last_seen)],
-    ["alerts", null, alertCell],
-    ["CPU trend", null, (host) => sparkline(state.history.get(host.host) || [], `CPU trend of ${host.host}`, 80, 20)],
+    ["alerts", null, alertCell, (host) => SEVERITIES.map((sev) => (host.alerts || {})[sev] || 0).join(",")],
+    ["CPU trend", null, (host) => sparkline(state.history.get(host.host) || [], `CPU trend of ${host.host}`, 80, 20),
+      (host) => { const hist = state.history.get(host.host) || []; return `${hist.length}:${hist[0]}:${hist[hist.length - 1]}`; }],
   ];
 
   const counts = h("div", { class: "counts", "aria-label": "Active alerts by severity" });
@@ -349,7 +351,14 @@ export async function overviewPage(main) {
 
   // The first cell (the link) stays: a keyboard user's focus survives live updates.
   function fill(tr, host) {
-    COLUMNS.forEach(([, , cell], i) => clear(tr.cells[i + 1], cell(host)));
+    COLUMNS.forEach(([, , cell, shows], i) => {
+      const td = tr.cells[i + 1];
+      const content = shows ? null : cell(host);
+      const now = shows ? shows(host) : content;
+      if (td.shown === now) return;
+      td.shown = now;
+      clear(td, content ?? cell(host));
+    });
   }
 
   // --- live: frames mark hosts; one animation frame applies them all
