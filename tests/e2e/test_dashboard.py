@@ -275,8 +275,8 @@ def test_host_page_opens_for_a_name_with_url_reserved_characters(browser: Any, r
     host = "ui 50% #2?.example"
     publish(running, host, [("cpu.usage_percent", 12.5)])
     page = open_signed_in(browser, running, token(running))
-    # From the overview's tile, as a user gets there: the link carries the name percent-encoded.
-    page.locator("a.tile", has_text=host).click()
+    # From the overview's row, as a user gets there: the link carries the name percent-encoded.
+    page.locator("#hosts tr.host a", has_text=host).click()
     page.wait_for_selector("#host-name")
     assert page.locator("#host-name").inner_text() == host
     page.locator("figure[aria-label='CPU total'] .latest").get_by_text("12.5 %").wait_for(timeout=5000)

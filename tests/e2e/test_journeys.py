@@ -91,7 +91,7 @@ def error_banner(page: Any) -> Any:
 
 def test_sign_in_and_sign_out(browser: Any, running: Stack) -> None:
     page = open_signed_in(browser, running, token(running))
-    page.locator("#hosts a.tile").first.wait_for(timeout=10_000)
+    page.locator("#hosts tr.host a").first.wait_for(timeout=10_000)
     page.get_by_role("button", name="Sign out").click()
     page.locator("#token").wait_for(timeout=10_000)
     assert page.evaluate("localStorage.getItem('signalfire.token')") is None
@@ -115,8 +115,8 @@ def test_every_page_shows_its_data(browser: Any, running: Stack) -> None:
     assert call(running, "POST", "/ingest/metrics", json=body).status_code == 202
     firing_alert(running, "ui-pages-1")
     page = open_signed_in(browser, running, token(running))
-    # Overview: tiles, and fleet charts that include labelled series.
-    page.locator("a.tile", has_text="ui-labelled-1").wait_for(timeout=10_000)
+    # Overview: the host's row, and fleet charts that include labelled series.
+    page.locator("#hosts tr.host a", has_text="ui-labelled-1").wait_for(timeout=10_000)
     fleet_cpu = page.locator("#fleet figure[aria-label='Fleet CPU, last hour']")
     fleet_cpu.locator(".latest").get_by_text("ui-labelled-1: 99.9 %").wait_for(timeout=10_000)
     page.locator("#fleet figure[aria-label='Fleet memory, last hour']").wait_for(timeout=10_000)
@@ -393,9 +393,9 @@ def test_the_filters_sorts_ranges_and_theme(browser: Any, running: Stack) -> Non
     page.fill("#host-filter", "ui-filter-*")
     page.select_option("#host-sort", "name")
     wait_until(
-        lambda: page.locator("#hosts a.tile h3").all_inner_texts() == ["ui-filter-a", "ui-filter-b"],
+        lambda: page.locator("#hosts tr.host th").all_inner_texts() == ["ui-filter-a", "ui-filter-b"],
         10,
-        "the filtered, sorted tiles",
+        "the filtered, sorted rows",
         running,
     )
     # Alerts: by host, then by status.

@@ -304,6 +304,12 @@ async def test_hosts_report_status_and_firing_alerts(
             hosts = {h["host"]: h for h in (await api.get("/api/v1/hosts")).json()["hosts"]}
             alerts = (await api.get("/api/v1/alerts", params={"host": "web-1", "severity": "high"})).json()
             limited = (await api.get("/api/v1/alerts", params={"limit": "1"})).json()
+            # The dashboard fetches again only the hosts that changed.
+            named = (await api.get("/api/v1/hosts", params={"host": ["web-1", "gone-1", "nobody"]})).json()
+            too_many = await api.get("/api/v1/hosts", params={"host": [f"h{i}" for i in range(1001)]})
+    assert [h["host"] for h in named["hosts"]] == ["gone-1", "web-1"]
+    assert named["hosts"][1]["alerts"] == {"critical": 1, "high": 2, "medium": 0, "low": 0}
+    assert too_many.status_code == 400 and too_many.json()["error"]["field"] == "host"
     assert hosts["web-1"]["status"] == "up"
     assert hosts["web-1"]["facts"] == facts
     assert hosts["web-1"]["labels"] == {"role": "web"}

@@ -4,6 +4,7 @@ host with its newest values and active alerts."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -16,7 +17,7 @@ from signalfire.gateway.api.alerts import Alert, alert_rows
 from signalfire.gateway.api.endpoint import PAGE, Endpoint, Param
 from signalfire.gateway.api.resources import JsonObject, Resources, decode_json, json_response, raw_json
 from signalfire.gateway.api.series import LatestSample, latest_samples
-from signalfire.gateway.errors import ApiError
+from signalfire.gateway.errors import ApiError, invalid
 from signalfire.gateway.params import encode_cursor, parse_cursor, parse_limit
 from signalfire.gateway.store import LatestValues
 
@@ -47,6 +48,8 @@ class Host(msgspec.Struct, kw_only=True):
     facts: JsonObject
     labels: JsonObject
     alerts: dict[str, int]
+    #: The newest values the health score looks at (``disk.used_percent``: the fullest disk).
+    usage: dict[str, float] = {}
 
 
 class HostDetail(Host, kw_only=True):
@@ -88,6 +91,20 @@ def host_status(
     return "up" if now - last_seen <= limit else "down"
 
 
+#: Seconds one gathering of every host's pressure values is reused for.
+_PRESSURE_TTL = 1.0
+
+
+def _pressure_now(res: Resources) -> dict[str, dict[str, float]]:
+    """:func:`_pressure` of the newest values, gathered at most once a second: it walks every
+    series, and reading a 10,000-host fleet takes several pages. Timed by the monotonic clock:
+    this is the age of a cache, not a time the API reports."""
+    now = time.monotonic()
+    if res.pressure is None or not 0 <= now - res.pressure[0] < _PRESSURE_TTL:
+        res.pressure = (now, _pressure(res.latest))
+    return res.pressure[1]
+
+
 def _pressure(values: LatestValues) -> dict[str, dict[str, float]]:
     """Per host, the newest value of each resource metric the health score looks at
     (the fullest disk for ``disk.used_percent``)."""
@@ -114,20 +131,31 @@ def _host_fields(res: Resources, row: Any, now: float, pressure: Mapping[str, fl
         "facts": raw_json(row["facts"]),
         "labels": raw_json(row["labels"]),
         "alerts": alerts,
+        "usage": {name: value for name, value in pressure.items() if math.isfinite(value)},
     }
+
+
+#: Hosts one ``host=`` list may name: what a dashboard patches at once after a burst of changes.
+MAX_NAMED_HOSTS = 1000
 
 
 async def hosts(res: Resources, request: Request) -> Response:
     params = request.query_params
     limit = parse_limit(params, default=500, maximum=5000)
     cursor = parse_cursor(params, (str,))
+    # The dashboard fetches again only the hosts whose alerts or status changed, never the fleet.
+    named = [name for name in params.getlist("host") if name]
+    if len(named) > MAX_NAMED_HOSTS:
+        raise invalid("host", f"at most {MAX_NAMED_HOSTS} host= names at once, got {len(named)}")
     rows = await res.pool.fetch(
-        _SELECT + " WHERE ($1::text IS NULL OR h.host > $1) ORDER BY h.host LIMIT $2",
+        _SELECT + " WHERE ($1::text IS NULL OR h.host > $1) AND ($3::text[] IS NULL OR h.host = ANY($3))"
+        " ORDER BY h.host LIMIT $2",
         cursor[0] if cursor else None,
         limit + 1,
+        named or None,
     )
     now = res.clock()
-    pressure = _pressure(res.latest)
+    pressure = _pressure_now(res)
     found = [Host(**_host_fields(res, row, now, pressure.get(row["host"], {}))) for row in rows[:limit]]
     next_cursor = encode_cursor([found[-1].host]) if len(rows) > limit else None
     return json_response(HostPage(hosts=found, next_cursor=next_cursor))
@@ -138,7 +166,7 @@ async def host(res: Resources, request: Request) -> Response:
     row = await res.pool.fetchrow(_SELECT + " WHERE h.host = $1", name)
     if row is None:
         raise ApiError(404, "not_found", f"no host {name!r} has reported", "host")
-    fields = _host_fields(res, row, res.clock(), _pressure(res.latest).get(name, {}))
+    fields = _host_fields(res, row, res.clock(), _pressure_now(res).get(name, {}))
     active = await alert_rows(
         res, "WHERE host = $1 AND status = 'firing' ORDER BY starts_at DESC, id LIMIT 100", name
     )
@@ -153,10 +181,15 @@ routes = [
         "/api/v1/hosts",
         hosts,
         "viewer",
-        "Hosts with status, last seen, health score, facts, alert counts",
+        "Hosts with status, last seen, health score, facts, alert counts, CPU/memory/disk usage",
         '`{"hosts": [{"host", "status": "up\\|down\\|offline", "last_seen", "first_seen", "health", "facts", '
-        '"labels", "alerts": {"critical": n, ...}}], "next_cursor"}`',
-        params=PAGE,
+        '"labels", "alerts": {"critical": n, ...}, "usage": {"cpu.usage_percent": x, ...}}], "next_cursor"}`',
+        params=(
+            *PAGE,
+            Param(
+                "host", f"only these hosts (repeat it, up to {MAX_NAMED_HOSTS}; unknown names are left out)"
+            ),
+        ),
         answer=HostPage,
     ),
     Endpoint(

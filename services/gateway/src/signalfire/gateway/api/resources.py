@@ -49,6 +49,9 @@ class Resources:
     live: LiveEndpoints | None = None
     #: ``/latest`` for every series, encoded, with the :attr:`LatestValues.version` it shows.
     latest_encoded: tuple[int, bytes] | None = field(default=None)
+    #: Per host, the newest values the health score looks at, with the ``time.monotonic()`` they
+    #: were gathered at (``api.hosts`` reuses them for a second: a dashboard reads the fleet in pages).
+    pressure: tuple[float, dict[str, dict[str, float]]] | None = field(default=None)
     #: The OpenAPI document, encoded once.
     openapi_json: bytes = b"{}"
     #: Woken by this process's consumers when they commit (actions, silences) the API waits for.

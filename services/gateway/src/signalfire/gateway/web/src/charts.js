@@ -192,8 +192,7 @@ function tableFallback(series, metric, data) {
 }
 
 /** A small inline sparkline (SVG, no axes) for host tiles. */
-export function sparkline(values, label) {
-  const w = 120, hgt = 28;
+export function sparkline(values, label, w = 120, hgt = 28) {
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("viewBox", `0 0 ${w} ${hgt}`);
   svg.setAttribute("width", w);

@@ -1,4 +1,7 @@
-// Overview: every host as a tile, active alerts by severity, filter and sort.
+// Overview: the whole fleet in one dense table. Every host is loaded (the API's pages are
+// followed to the end), so the totals and "worst first" cover the fleet, not its first page.
+// Only the rows in view exist in the page (10,000 hosts are about 40 rows of markup), and live
+// frames patch the rows they concern, at most once per animation frame.
 
 import { api } from "../api.js";
 import { h, clear, severityBadge, statusBadge, ago, formatValue, reported } from "../dom.js";
@@ -6,75 +9,497 @@ import { onFrame, subscribe } from "../stream.js";
 import { lineChart, sparkline } from "../charts.js";
 
 const KEY_METRICS = ["cpu.usage_percent", "mem.used_percent", "disk.used_percent"];
-// Fleet-wide charts over the last hour: the hosts with the highest newest values, refreshed
-// every 30 s (the tiles above update live).
+// Fleet-wide charts over the last hour: the series with the highest newest values, refreshed
+// every 30 s (the table above updates live).
 const FLEET = [["Fleet CPU, last hour", "cpu.usage_percent"], ["Fleet memory, last hour", "mem.used_percent"]];
 const FLEET_HOSTS = 10;
+const SEVERITIES = ["critical", "high", "medium", "low"];
+// Every row is this tall (style.css, `.fleet tbody tr`), so a scroll offset maps to a row by
+// division and the rows out of view are two spacers of known height.
+const ROW = 36;
+// Rows built above and below the visible ones, so a quick scroll or Tab lands on markup.
+const OVERSCAN = 10;
+// Hosts per API page: the first load takes the API's largest pages (fewest round trips); the
+// reloads while the page is live take smaller ones, each parsed in a few milliseconds.
+const PAGE = 5000;
+const RELOAD_PAGE = 1000;
+// The hosts a frame names are fetched again together after this pause (a burst of alerts
+// is one request, not one per alert).
+const PATCH_DELAY_MS = 250;
+// A host that stops reporting turns "down" by the gateway's clock, not by a frame, and its
+// health follows its newest values: the whole fleet is read again this often.
+const RELOAD_MS = 30000;
+// Sorted by a live value (CPU, memory, disk), rows move at most this often, not with every sample.
+const RESORT_MS = 5000;
+
+// Worst first: the lowest health; between equal scores (every down host scores 0) the host
+// with more alerts of the higher severity. One number per host, so 10,000 sort in a few ms.
+const badness = (host) => host.health * 1e12
+  - SEVERITIES.reduce((sum, s, i) => sum + Math.min((host.alerts || {})[s] || 0, 999) * 1000 ** (3 - i), 0);
 
 export async function overviewPage(main) {
-  const state = { hosts: [], latest: new Map(), history: new Map(), filter: "", sort: "health" };
+  const state = {
+    hosts: new Map(), usage: new Map(), disks: new Map(), history: new Map(),
+    filter: "", sort: "health", group: "", rows: [], groupKeys: [],
+  };
+  const value = (host, metric) => (state.usage.get(host.host) || {})[metric];
+  const highest = (metric) => (host) => -(value(host, metric) ?? -1);
+  // key: [option text, the number rows are sorted by (ascending; ties by name), or null for the
+  // name]; the live-value sorts are the ones re-applied every RESORT_MS.
+  const SORTS = {
+    health: ["health (worst first)", badness],
+    name: ["name", null],
+    cpu: ["CPU (highest first)", highest("cpu.usage_percent")],
+    mem: ["memory (highest first)", highest("mem.used_percent")],
+    disk: ["disk, fullest (highest first)", highest("disk.used_percent")],
+    seen: ["last seen (oldest first)", (host) => host.last_seen],
+  };
+  const LIVE_SORTS = new Set(["cpu", "mem", "disk", "seen"]);
+  const DESCENDING = new Set(["cpu", "mem", "disk"]);
+  // [header, sort key or null, cell content, and for content that is not text, a string of
+  // what it shows]: a cell is rewritten only when that changes (every rewrite is layout and paint).
+  const COLUMNS = [
+    ["status", null, (host) => statusBadge(host.status), (host) => host.status],
+    ["health", "health", (host) => `${Math.round(host.health)} / 100`],
+    ["CPU", "cpu", (host) => formatValue(value(host, "cpu.usage_percent"), "cpu.usage_percent")],
+    ["memory", "mem", (host) => formatValue(value(host, "mem.used_percent"), "mem.used_percent")],
+    ["disk", "disk", (host) => formatValue(value(host, "disk.used_percent"), "disk.used_percent")],
+    ["last seen", "seen", (host) => ago(host.last_seen)],
+    ["alerts", null, alertCell, (host) => SEVERITIES.map((sev) => (host.alerts || {})[sev] || 0).join(",")],
+    ["CPU trend", null, (host) => sparkline(state.history.get(host.host) || [], `CPU trend of ${host.host}`, 80, 20),
+      (host) => { const hist = state.history.get(host.host) || []; return `${hist.length}:${hist[0]}:${hist[hist.length - 1]}`; }],
+  ];
+
   const counts = h("div", { class: "counts", "aria-label": "Active alerts by severity" });
-  const grid = h("div", { class: "grid", id: "hosts" });
-  const fleet = h("div", { class: "charts", id: "fleet" });
-  let fleetCharts = [];
-  const filter = h("input", { type: "search", id: "host-filter", placeholder: "web-*", oninput: (e) => { state.filter = e.target.value; render(); } });
-  const sort = h("select", { id: "host-sort", onchange: (e) => { state.sort = e.target.value; render(); } },
-    h("option", { value: "health" }, "health (worst first)"), h("option", { value: "name" }, "name"), h("option", { value: "cpu" }, "CPU (highest first)"));
+  const summary = h("p", { id: "fleet-summary", class: "fleet-summary", "aria-live": "polite" }, "Loading the hosts…");
+  // One slot per chart, so a chart is replaced in its place.
+  const slots = FLEET.map(() => h("div"));
+  const fleet = h("div", { class: "charts", id: "fleet" }, slots);
+  const fleetCharts = FLEET.map(() => null);
+  const filter = h("input", { type: "search", id: "host-filter", placeholder: "web-* env=prod",
+    oninput: (e) => { state.filter = e.target.value; fromTheTop(); } });
+  const sort = h("select", { id: "host-sort", onchange: (e) => { state.sort = e.target.value; fromTheTop(); } },
+    Object.entries(SORTS).map(([key, [text]]) => h("option", { value: key }, text)));
+  const group = h("select", { id: "host-group", onchange: (e) => { state.group = e.target.value; fromTheTop(); } });
+  const headCells = new Map();
+  const head = h("tr", {},
+    h("th", { scope: "col" }, sortButton("host", "name")),
+    COLUMNS.map(([title, key]) => h("th", { scope: "col" }, key ? sortButton(title, key) : title)));
+  const body = h("tbody");
+  const topSpacer = spacer();
+  const bottomSpacer = spacer();
+  body.append(topSpacer, bottomSpacer);
+  const scroller = h("div", { class: "fleet", id: "hosts", tabindex: "0", role: "region", "aria-label": "Hosts" },
+    h("table", {}, h("caption", { class: "sr-only" }, "Hosts, one row each; only the rows in view are shown"),
+      h("thead", {}, head), body));
+  const empty = h("p", { class: "muted", hidden: true }, "No hosts yet: start an agent (`signalfire agent`).");
   clear(main,
     h("h1", {}, "Overview"),
+    summary,
     counts,
-    h("div", { class: "filters" }, h("label", {}, "Filter hosts", filter), h("label", {}, "Sort by", sort)),
-    grid,
+    h("div", { class: "filters" },
+      h("label", {}, "Filter hosts", filter),
+      h("label", {}, "Sort by", sort),
+      h("label", {}, "Group by", group)),
+    scroller,
+    empty,
     h("section", { "aria-label": "Fleet charts" }, fleet));
+  updateGroupOptions();
 
-  const [hostsReply, latestReply] = await Promise.all([api("/hosts"), api("/latest", { params: { metric: KEY_METRICS.join(",") } }).catch(reported("Loading the newest values", { samples: [] }))]);
-  state.hosts = hostsReply.hosts;
-  for (const s of latestReply.samples || []) remember(s.host, s.metric, s.value, s.labels);
+  function spacer() {
+    return h("tr", { class: "spacer", "aria-hidden": "true" }, h("td", { colspan: COLUMNS.length + 1 }));
+  }
 
-  function remember(host, metric, value, labels = {}) {
-    if (!KEY_METRICS.includes(metric)) return;
-    if (metric === "disk.used_percent" && labels.mount && labels.mount !== "/") return;
-    state.latest.set(`${host}\u0000${metric}`, value);
+  function sortButton(title, key) {
+    const button = h("button", { type: "button", class: "sort", onclick: () => { state.sort = key; sort.value = key; fromTheTop(); } }, title);
+    headCells.set(key, button);
+    return button;
+  }
+
+  function alertCell(host) {
+    const active = SEVERITIES.filter((sev) => (host.alerts || {})[sev] > 0);
+    return active.length ? active.map((sev) => [severityBadge(sev), ` ${host.alerts[sev]} `]) : "none";
+  }
+
+  function remember(host, metric, v, labels = {}) {
+    if (!KEY_METRICS.includes(metric)) return false;
+    let usage = state.usage.get(host);
+    if (!usage) state.usage.set(host, (usage = {}));
+    if (metric === "disk.used_percent") {
+      // The fullest disk, as the health score counts it.
+      let mounts = state.disks.get(host);
+      if (!mounts) state.disks.set(host, (mounts = new Map()));
+      mounts.set(labels.mount || "", v);
+      usage[metric] = Math.max(...mounts.values());
+    } else {
+      usage[metric] = v;
+    }
     if (metric === "cpu.usage_percent") {
       const hist = state.history.get(host) || [];
-      hist.push(value);
+      hist.push(v);
       if (hist.length > 60) hist.shift();
       state.history.set(host, hist);
     }
+    return true;
   }
 
-  function render() {
-    const totals = { critical: 0, high: 0, medium: 0, low: 0 };
-    for (const host of state.hosts) for (const k of Object.keys(totals)) totals[k] += (host.alerts || {})[k] || 0;
-    clear(counts, Object.entries(totals).map(([sev, n]) => h("a", { class: "panel", href: `#/alerts?severity=${sev}` }, severityBadge(sev), `: ${n}`)));
-    const pattern = state.filter.trim();
-    const re = pattern ? new RegExp(`^${pattern.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".")}`) : null;
-    const cpu = (host) => state.latest.get(`${host.host}\u0000cpu.usage_percent`) ?? -1;
-    const hosts = state.hosts.filter((host) => !re || re.test(host.host)).sort((a, b) =>
-      state.sort === "name" ? a.host.localeCompare(b.host) : state.sort === "cpu" ? cpu(b) - cpu(a) : (a.health ?? 100) - (b.health ?? 100));
-    clear(grid, hosts.length ? hosts.map(tile) : h("p", { class: "muted" }, "No hosts yet: start an agent (`signalfire agent`)."));
+  // --- loading: every page of /hosts, and the named hosts again when a frame says they changed
+
+  // Every host; answers the names of the hosts whose place in the order may have changed
+  // (new, or another health, status or alert count), or null when hosts have gone.
+  async function loadAll(pageSize) {
+    const found = new Map();
+    const changed = new Set();
+    let cursor;
+    do {
+      const reply = await api("/hosts", { params: { limit: pageSize, cursor } });
+      for (const host of reply.hosts) {
+        const before = state.hosts.get(host.host);
+        if (!before || before.health !== host.health || before.status !== host.status
+            || SEVERITIES.some((s) => before.alerts[s] !== host.alerts[s])) changed.add(host.host);
+        found.set(host.host, host);
+        takeUsage(host);
+      }
+      cursor = reply.next_cursor;
+    } while (cursor);
+    const gone = [...state.hosts.keys()].some((name) => !found.has(name));
+    state.hosts = found;
+    return gone ? null : changed;
   }
 
-  function tile(host) {
-    const active = Object.entries(host.alerts || {}).filter(([, n]) => n > 0);
-    return h("a", { class: "panel tile", href: `#/hosts/${encodeURIComponent(host.host)}`, dataset: { host: host.host } },
-      h("h3", {}, host.host),
-      h("dl", { class: "kv" },
-        h("dt", {}, "status"), h("dd", {}, statusBadge(host.status)),
-        h("dt", {}, "health"), h("dd", {}, host.health === undefined ? "–" : `${Math.round(host.health)} / 100`),
-        KEY_METRICS.map((m) => [h("dt", {}, m.split(".")[0]), h("dd", {}, formatValue(state.latest.get(`${host.host}\u0000${m}`), m))]),
-        h("dt", {}, "last seen"), h("dd", {}, ago(host.last_seen)),
-        h("dt", {}, "alerts"), h("dd", {}, active.length ? active.map(([sev, n]) => [severityBadge(sev), ` ${n} `]) : "none")),
-      sparkline(state.history.get(host.host) || [], `CPU trend of ${host.host}`));
+  // The API's newest values, where the stream has not said more yet (a disk the stream
+  // reported is the stream's: the API's fullest disk may be one the stream has not shown).
+  function takeUsage(host) {
+    const usage = { ...host.usage };
+    const mounts = state.disks.get(host.host);
+    if (mounts && mounts.size) usage["disk.used_percent"] = Math.max(...mounts.values());
+    state.usage.set(host.host, usage);
+  }
+
+  async function loadNamed(names) {
+    // A URL carries a few hundred names comfortably; more go in several requests.
+    for (let i = 0; i < names.length; i += 200) {
+      const reply = await api("/hosts", { params: { host: names.slice(i, i + 200), limit: 5000 } });
+      for (const host of reply.hosts) { state.hosts.set(host.host, host); takeUsage(host); }
+    }
+  }
+
+  // --- the rows: filter, group, sort; then only the window in view is built
+
+  function matcher() {
+    // Space-separated terms, all must match: `name=value` a label, anything else a glob on the name.
+    const terms = state.filter.trim().split(/\s+/).filter(Boolean).map((term) => {
+      const eq = term.indexOf("=");
+      if (eq > 0) {
+        const [k, v] = [term.slice(0, eq), term.slice(eq + 1)];
+        return (host) => String((host.labels || {})[k] ?? "") === v;
+      }
+      const re = new RegExp(`^${term.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".")}`);
+      return (host) => re.test(host.host);
+    });
+    return (host) => terms.every((t) => t(host));
+  }
+
+  // The hosts that match the filter as [sort key, host] pairs, in order.
+  let sorted = [];
+  const pairOrder = (a, b) => a[0] - b[0] || (a[1].host < b[1].host ? -1 : a[1].host > b[1].host ? 1 : 0);
+
+  // `changed`: the names of the few hosts that changed since the last order (else all of them).
+  function order(changed) {
+    const key = SORTS[state.sort][1] || (() => 0);
+    const match = matcher();
+    if (!changed) {
+      sorted = [];
+      for (const host of state.hosts.values()) if (match(host)) sorted.push([key(host), host]);
+      sorted.sort(pairOrder);
+      state.orderedAt = performance.now();
+    } else {
+      // Each changed host leaves its place and is put back where it now belongs (a binary
+      // search): a burst of alerts does not sort the whole fleet again.
+      sorted = sorted.filter((pair) => !changed.has(pair[1].host));
+      for (const name of changed) {
+        const host = state.hosts.get(name);
+        if (!host || !match(host)) continue;
+        const pair = [key(host), host];
+        let lo = 0, hi = sorted.length;
+        while (lo < hi) {
+          const mid = (lo + hi) >> 1;
+          if (pairOrder(sorted[mid], pair) < 0) lo = mid + 1; else hi = mid;
+        }
+        sorted.splice(lo, 0, pair);
+      }
+    }
+    const shown = sorted.map((pair) => pair[1]);
+    if (!state.group) {
+      state.rows = shown;
+    } else {
+      const groups = new Map();
+      for (const host of shown) {
+        const key = String((host.labels || {})[state.group] ?? "");
+        if (!groups.has(key)) groups.set(key, []);
+        groups.get(key).push(host);
+      }
+      // Worst first across groups too: the group holding the worst host comes first.
+      const byKey = state.sort === "name" || state.sort === "seen";
+      const keys = [...groups.keys()].sort((a, b) =>
+        (byKey ? 0 : key(groups.get(a)[0]) - key(groups.get(b)[0])) || a.localeCompare(b));
+      state.rows = [];
+      for (const key of keys) {
+        const members = groups.get(key);
+        state.rows.push({ group: key, hosts: members, alerts: alertTotals(members) });
+        state.rows.push(...members);
+      }
+    }
+    for (const [key, button] of headCells) {
+      const direction = DESCENDING.has(key) ? "descending" : "ascending";
+      button.closest("th").setAttribute("aria-sort", key === state.sort ? direction : "none");
+    }
+    // Group rows carry counts: built afresh; host rows are kept and patched.
+    for (const [key, tr] of rendered) if (key.startsWith("g:")) { tr.remove(); rendered.delete(key); }
+    return shown.length;
+  }
+
+  function alertTotals(hosts) {
+    const totals = Object.fromEntries(SEVERITIES.map((s) => [s, 0]));
+    for (const host of hosts) for (const s of SEVERITIES) totals[s] += (host.alerts || {})[s] || 0;
+    return totals;
+  }
+
+  function renderTotals(shown) {
+    // Written only when they differ: a rewrite lays out the whole page (the charts too).
+    const totals = alertTotals(state.hosts.values());
+    const shownTotals = SEVERITIES.map((sev) => totals[sev]).join(",");
+    if (counts.dataset.totals !== shownTotals) {
+      counts.dataset.totals = shownTotals;
+      clear(counts, SEVERITIES.map((sev) => h("a", { class: "panel", href: `#/alerts?severity=${sev}` }, severityBadge(sev), `: ${totals[sev]}`)));
+    }
+    const status = { up: 0, down: 0, offline: 0 };
+    for (const host of state.hosts.values()) status[host.status] = (status[host.status] || 0) + 1;
+    const n = state.hosts.size;
+    const parts = Object.entries(status).map(([k, v]) => `${v.toLocaleString("en")} ${k}`).join(", ");
+    const text = `${n.toLocaleString("en")} host${n === 1 ? "" : "s"}: ${parts}` +
+      (shown === n ? "" : `; ${shown.toLocaleString("en")} match the filter`);
+    if (summary.textContent !== text) summary.textContent = text;
+    empty.hidden = n > 0;
+    scroller.hidden = n === 0;
+  }
+
+  function updateGroupOptions() {
+    const keys = new Set(["env", "role"]);
+    for (const host of state.hosts.values()) for (const k of Object.keys(host.labels || {})) keys.add(k);
+    const sorted = [...keys].sort();
+    if (sorted.join("\u0000") === state.groupKeys.join("\u0000")) return;
+    state.groupKeys = sorted;
+    clear(group, h("option", { value: "" }, "nothing"), sorted.map((k) => h("option", { value: k }, k)));
+    group.value = state.group;
+  }
+
+  // Row key -> its <tr>, for the rows in the window. A kept row is never moved while the
+  // window scrolls, so a focused link in it keeps the focus.
+  const rendered = new Map();
+  const keyOf = (row) => (row.group !== undefined ? `g:${row.group}` : `h:${row.host}`);
+
+  // The scroll position and height, read when they change (scroll, resize): reading them after
+  // the rows were patched would force a layout in the middle of every frame.
+  const view = { top: 0, height: 0 };
+  function measure() {
+    view.top = scroller.scrollTop;
+    // Before its rows exist the region is as short as its header: the window's height bounds it.
+    view.height = Math.max(scroller.clientHeight, window.innerHeight);
+  }
+
+  function renderWindow() {
+    const first = Math.max(0, Math.floor(view.top / ROW) - OVERSCAN);
+    const last = Math.min(state.rows.length, Math.ceil((view.top + view.height) / ROW) + OVERSCAN);
+    const wanted = state.rows.slice(first, last);
+    const keys = new Set(wanted.map(keyOf));
+    for (const [key, tr] of rendered) if (!keys.has(key)) { tr.remove(); rendered.delete(key); }
+    let at = topSpacer.nextSibling;
+    for (const row of wanted) {
+      const key = keyOf(row);
+      let tr = rendered.get(key);
+      if (!tr) {
+        tr = row.group !== undefined ? groupRow(row) : hostRow(state.hosts.get(row.host) || row);
+        rendered.set(key, tr);
+      }
+      if (tr === at) at = at.nextSibling;
+      else body.insertBefore(tr, at);
+    }
+    topSpacer.firstChild.style.height = `${first * ROW}px`;
+    bottomSpacer.firstChild.style.height = `${(state.rows.length - last) * ROW}px`;
+    topSpacer.hidden = first === 0;
+    bottomSpacer.hidden = last === state.rows.length;
+  }
+
+  function groupRow(row) {
+    const active = SEVERITIES.filter((s) => row.alerts[s] > 0);
+    const down = row.hosts.filter((x) => x.status !== "up").length;
+    return h("tr", { class: "group", dataset: { group: row.group } },
+      h("td", { colspan: COLUMNS.length + 1 },
+        `${state.group} = ${row.group || "(none)"}: ${row.hosts.length.toLocaleString("en")} host${row.hosts.length === 1 ? "" : "s"}`,
+        down ? `, ${down.toLocaleString("en")} not up` : "",
+        active.length ? [", alerts ", active.map((s) => [severityBadge(s), ` ${row.alerts[s]} `])] : ""));
+  }
+
+  function hostRow(host) {
+    const tr = h("tr", { class: "host", dataset: { host: host.host } },
+      h("th", { scope: "row" }, h("a", { href: `#/hosts/${encodeURIComponent(host.host)}` }, host.host)),
+      COLUMNS.map(() => h("td")));
+    fill(tr, host);
+    return tr;
+  }
+
+  // The first cell (the link) stays: a keyboard user's focus survives live updates.
+  function fill(tr, host) {
+    COLUMNS.forEach(([, , cell, shows], i) => {
+      const td = tr.cells[i + 1];
+      const content = shows ? null : cell(host);
+      const now = shows ? shows(host) : content;
+      if (td.shown === now) return;
+      td.shown = now;
+      clear(td, content ?? cell(host));
+    });
+  }
+
+  // --- live: frames mark hosts; one animation frame applies them all
+
+  const dirty = new Set();
+  const toFetch = new Set();
+  // A full order (filter, sort, group or the whole fleet changed) or the hosts to move.
+  let orderStale = false;
+  const moved = new Set();
+  let hostsChanged = false;
+  let scheduled = false;
+  let patchTimer = null;
+
+  function schedule() {
+    if (scheduled) return;
+    scheduled = true;
+    requestAnimationFrame(flush);
+  }
+
+  function flush() {
+    scheduled = false;
+    if (!orderStale && LIVE_SORTS.has(state.sort) && performance.now() - state.orderedAt > RESORT_MS) orderStale = true;
+    if (orderStale || moved.size) {
+      if (hostsChanged) { hostsChanged = false; updateGroupOptions(); }
+      renderTotals(orderStale || moved.size > 500 ? order() : order(moved));
+      orderStale = false;
+      moved.clear();
+    }
+    for (const name of dirty) {
+      const tr = rendered.get(`h:${name}`);
+      const host = state.hosts.get(name);
+      if (tr && host) fill(tr, host);
+    }
+    dirty.clear();
+    renderWindow();
+  }
+
+  function reorder() {
+    orderStale = true;
+    schedule();
+  }
+
+  // Another filter, sort or grouping shows its first rows.
+  function fromTheTop() {
+    scroller.scrollTop = 0;
+    view.top = 0;
+    reorder();
+  }
+
+  function fetchLater(name) {
+    toFetch.add(name);
+    if (patchTimer) return;
+    patchTimer = setTimeout(async () => {
+      patchTimer = null;
+      const names = [...toFetch];
+      toFetch.clear();
+      const known = state.hosts.size;
+      await loadNamed(names).catch(reported("Loading the hosts", null));
+      for (const name of names) { dirty.add(name); moved.add(name); }
+      if (state.hosts.size !== known) hostsChanged = true;
+      schedule();
+    }, PATCH_DELAY_MS);
+  }
+
+  await loadAll(PAGE);
+  updateGroupOptions();
+  renderTotals(order());
+  measure();
+  renderWindow();
+
+  let scrollPending = false;
+  scroller.addEventListener("scroll", () => {
+    if (scrollPending) return;
+    scrollPending = true;
+    requestAnimationFrame(() => { scrollPending = false; measure(); renderWindow(); });
+  }, { passive: true });
+  const resized = () => { measure(); schedule(); };
+  window.addEventListener("resize", resized);
+
+  subscribe({ hosts: [], metrics: KEY_METRICS, alerts: true });
+  const off = onFrame((frame) => {
+    if (frame.kind === "metric") {
+      if (!remember(frame.host, frame.metric, frame.value, frame.labels)) return;
+      const host = state.hosts.get(frame.host);
+      if (!host) { fetchLater(frame.host); return; }
+      if (frame.time > host.last_seen) host.last_seen = frame.time;
+      dirty.add(frame.host);
+      schedule();
+    } else if ((frame.kind === "alert" || frame.kind === "host") && frame.host) {
+      fetchLater(frame.host);
+    }
+  });
+  let reloading = false;
+  let reloadTimer = null;
+  async function reload() {
+    if (document.hidden || reloading) return;
+    reloading = true;
+    try {
+      const changed = await loadAll(RELOAD_PAGE);
+      for (const name of rendered.keys()) if (name.startsWith("h:")) dirty.add(name.slice(2));
+      hostsChanged = true;
+      // The fleet's new objects replace the old in the order too (a few moved, or all again).
+      if (changed === null || changed.size > 500) orderStale = true;
+      else { for (const pair of sorted) pair[1] = state.hosts.get(pair[1].host) || pair[1]; for (const name of changed) moved.add(name); }
+      schedule();
+    } catch (err) {
+      reported("Loading the hosts", null)(err);
+    } finally {
+      reloading = false;
+    }
+  }
+  // Half a period after the fleet charts' refresh, so the two never share a frame.
+  const reloadStart = setTimeout(() => { reloadTimer = setInterval(reload, RELOAD_MS); reload(); }, RELOAD_MS / 2);
+
+  // The FLEET_HOSTS hosts with the highest newest value of `metric`, in one pass (no sort of the fleet).
+  function busiest(metric) {
+    const top = [];
+    for (const host of state.hosts.values()) {
+      const v = value(host, metric);
+      if (v === undefined || (top.length === FLEET_HOSTS && v <= top[top.length - 1][0])) continue;
+      top.push([v, host]);
+      top.sort((a, b) => b[0] - a[0]);
+      if (top.length > FLEET_HOSTS) top.pop();
+    }
+    return top.map((pair) => pair[1]);
   }
 
   async function loadFleet() {
-    const replies = await Promise.all(FLEET.map(([, metric]) =>
-      api("/query", { params: { metric, from: "-1h", step: "auto", agg: "avg" } }).catch(reported(`Loading the fleet chart of ${metric}`, { series: [] }))));
-    for (const c of fleetCharts) c.destroy();
-    fleetCharts = [];
-    fleet.replaceChildren();
-    FLEET.forEach(([title, metric], i) => {
+    // The busiest hosts by the newest values the page holds; only their series are fetched
+    // (the whole fleet's hour would be millions of points at 10,000 hosts).
+    const replies = await Promise.all(FLEET.map(async ([, metric]) => {
+      const top = busiest(metric);
+      const answers = await Promise.all(top.map((x) =>
+        api("/query", { params: { metric, host: x.host, from: "-1h", step: "auto", agg: "avg" } })
+          .catch(reported(`Loading the fleet chart of ${metric}`, { series: [] }))));
+      return { series: answers.flatMap((a) => a.series || []) };
+    }));
+    for (const [i, [title, metric]] of FLEET.entries()) {
+      // One chart per animation frame: building a chart is mostly painting its canvas, and
+      // two in one task made a long task (as on the Host page, charts.js).
+      await new Promise((resolve) => requestAnimationFrame(resolve));
       const newest = (s) => (s.points.length ? s.points[s.points.length - 1][1] ?? 0 : 0);
       // Series may carry labels (an agent's `labels: {env: dev}` are on every sample): each is
       // drawn, named by its host, and by its labels too where a host has several series.
@@ -89,28 +514,23 @@ export async function overviewPage(main) {
       if (metric === "cpu.usage_percent") {
         for (const s of series) if (!state.history.has(s.host)) state.history.set(s.host, s.points.slice(-60).map((p) => p[1] ?? 0));
       }
-      if (series.length) fleetCharts.push(lineChart(fleet, title, metric, series.map((s) => ({ label: name(s), points: s.points }))));
-    });
+      if (fleetCharts[i]) fleetCharts[i].destroy();
+      fleetCharts[i] = null;
+      slots[i].replaceChildren();
+      if (series.length) fleetCharts[i] = lineChart(slots[i], title, metric, series.map((s) => ({ label: name(s), points: s.points })));
+    }
   }
 
-  await loadFleet();
-  render();
-  const fleetTimer = setInterval(() => { if (!document.hidden) loadFleet(); }, 30000);
-  subscribe({ hosts: [], metrics: KEY_METRICS, alerts: true });
-  let refresh = null;
-  const off = onFrame((frame) => {
-    if (frame.kind === "metric") remember(frame.host, frame.metric, frame.value, frame.labels);
-    if (frame.kind === "metric" && !state.hosts.some((x) => x.host === frame.host)) scheduleRefresh();
-    if (frame.kind === "alert" || frame.kind === "host") scheduleRefresh();
-    if (!render.pending) { render.pending = true; requestAnimationFrame(() => { render.pending = false; render(); }); }
-  });
-  function scheduleRefresh() {
-    if (refresh) return;
-    refresh = setTimeout(async () => {
-      refresh = null;
-      const reply = await api("/hosts").catch(reported("Loading the hosts", null));
-      if (reply) { state.hosts = reply.hosts; render(); }
-    }, 500);
-  }
-  return () => { off(); clearTimeout(refresh); clearInterval(fleetTimer); for (const c of fleetCharts) c.destroy(); };
+  // The charts come after the table: the fleet is on screen before their queries answer.
+  loadFleet().catch(reported("Loading the fleet charts", null));
+  const fleetTimer = setInterval(() => { if (!document.hidden) loadFleet().catch(reported("Loading the fleet charts", null)); }, RELOAD_MS);
+  return () => {
+    off();
+    clearTimeout(patchTimer);
+    clearInterval(fleetTimer);
+    clearTimeout(reloadStart);
+    clearInterval(reloadTimer);
+    window.removeEventListener("resize", resized);
+    for (const c of fleetCharts) if (c) c.destroy();
+  };
 }

@@ -1,0 +1,343 @@
+"""The Overview at fleet size: 2,100 hosts publishing to a private NATS, the page in Chromium.
+
+A gateway of its own (devstack's private nats-server, PostgreSQL and ``signalfire gateway``),
+so the counts are exact: every host a script publishes, and nothing another test left. The
+hosts publish every few seconds from a thread (Playwright's sync API owns the test's event
+loop); a host past the API's first page (500 hosts by name) has three critical alerts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from devstack import free_port, private_servers, start_gateway
+
+from signalfire.bus import NatsConfig, connect, ensure_streams
+from signalfire.events import AlertEvent, MetricBatch, Sample, Severity, encode
+from tests.e2e.test_accessibility import AXE
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("chromium") is None, reason="needs Debian's chromium (make provision-test)"
+    ),
+]
+
+HOSTS = 2100
+ENVS = ("prod", "staging", "dev")
+ROLES = ("web", "db")
+#: Past the API's first page of 500 hosts by name: the page before this change never showed it.
+FAILING = "fleet-1733"
+ROUND_SECONDS = 5.0
+
+
+def name(i: int) -> str:
+    return f"fleet-{i:04d}"
+
+
+def labels(i: int) -> dict[str, str]:
+    return {"env": ENVS[i % len(ENVS)], "role": ROLES[i % len(ROLES)]}
+
+
+class Publisher:
+    """Every host's batch every ``ROUND_SECONDS``, from a thread with its own event loop."""
+
+    def __init__(self, nats_url: str) -> None:
+        self.config = NatsConfig(url=nats_url)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.nc: Any = None
+        self.task: Future[None] | None = None
+        #: CPU values set by :meth:`publish`, which the rounds keep sending.
+        self.cpu: dict[int, float] = {}
+
+    def start(self) -> None:
+        self.thread.start()
+        self.call(self._connect())
+        self.task = asyncio.run_coroutine_threadsafe(self._rounds(), self.loop)
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    async def _connect(self) -> None:
+        self.nc = await connect(self.config, "e2e-fleet")
+        await ensure_streams(self.nc.jetstream(), self.config)
+
+    async def _rounds(self) -> None:
+        while True:
+            began = time.monotonic()
+            await self.publish_all(time.time())
+            await asyncio.sleep(max(0.0, ROUND_SECONDS - (time.monotonic() - began)))
+
+    async def publish_all(self, when: float) -> None:
+        js = self.nc.jetstream()
+        for start in range(0, HOSTS, 300):
+            await asyncio.gather(
+                *(
+                    js.publish(
+                        self.config.subjects.metrics(name(i)), encode(self.batch(i, when, self.cpu.get(i)))
+                    )
+                    for i in range(start, min(HOSTS, start + 300))
+                )
+            )
+
+    @staticmethod
+    def batch(i: int, when: float, cpu: float | None = None) -> MetricBatch:
+        return MetricBatch(
+            host=name(i),
+            time=when,
+            labels=labels(i),
+            samples=[
+                Sample(name="cpu.usage_percent", value=cpu if cpu is not None else float(i % 60)),
+                Sample(name="mem.used_percent", value=40.0),
+                Sample(name="disk.used_percent", value=30.0, labels={"mount": "/"}),
+            ],
+        )
+
+    def publish(self, i: int, cpu: float) -> None:
+        """One batch of host ``i`` now, with CPU at ``cpu`` (and so on in every round)."""
+
+        async def go() -> None:
+            self.cpu[i] = cpu
+            await self.nc.jetstream().publish(
+                self.config.subjects.metrics(name(i)), encode(self.batch(i, time.time(), cpu))
+            )
+
+        self.call(go())
+
+    def fire(self, host: str, severity: Severity, n: int) -> None:
+        """``n`` firing alerts of ``severity`` on ``host``, as the evaluator publishes them."""
+
+        async def go() -> None:
+            now = time.time()
+            for k in range(n):
+                event = AlertEvent(
+                    id=f"{host}-{severity}-{k}",
+                    fingerprint=f"fp-{host}-{severity}-{k}",
+                    rule=f"Fleet{severity.title()}{k}",
+                    status="firing",
+                    severity=severity,
+                    host=host,
+                    starts_at=now,
+                    time=now,
+                )
+                await self.nc.jetstream().publish(self.config.subjects.alerts(host), encode(event))
+
+        self.call(go())
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.nc is not None:
+            self.call(self.nc.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@dataclass
+class Fleet:
+    url: str
+    token: str
+    publisher: Publisher
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = httpx.get(
+            f"{self.url}/api/v1{path}",
+            params=params,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    root: Path = tmp_path_factory.mktemp("fleet")
+    with private_servers(root) as (nats, postgres):
+        port = free_port()
+        gateway = start_gateway(
+            nats.url,
+            postgres.create_database("signalfire"),
+            port,
+            log_dir=root,
+            token_file=root / "admin-token",
+            extra_env={"SF_LOG_LEVEL": "warning"},
+        )
+        publisher = Publisher(nats.url)
+        try:
+            publisher.start()
+            publisher.fire(FAILING, "critical", 3)
+            publisher.fire("fleet-0042", "high", 1)
+            found = Fleet(f"http://127.0.0.1:{port}", (root / "admin-token").read_text().strip(), publisher)
+            deadline = time.monotonic() + 90
+            while True:
+                listed = found.get("/hosts", limit=5000)["hosts"]
+                failing = [h for h in listed if h["host"] == FAILING]
+                if len(listed) == HOSTS and failing and failing[0]["alerts"]["critical"] == 3:
+                    break
+                assert time.monotonic() < deadline, f"{len(listed)} of {HOSTS} hosts stored in time"
+                time.sleep(0.5)
+            yield found
+        finally:
+            publisher.stop()
+            gateway.stop()
+
+
+def open_overview(browser: Any, fleet: Fleet) -> Any:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(fleet.url + "/")
+    page.fill("#token", fleet.token)
+    page.click("button[type=submit]")
+    page.locator("#fleet-summary", has_text=f"{HOSTS:,} hosts:").wait_for(timeout=30_000)
+    page.wait_for_selector("#live.on", timeout=20_000)
+    return page
+
+
+def shown_hosts(page: Any) -> list[str]:
+    """The host names of the rows in the page, in order (only the rows in view exist)."""
+    names: list[str] = page.locator("#hosts tbody tr.host th").all_inner_texts()
+    return names
+
+
+def wait_for(check: Any, what: str, timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_every_host_is_counted_and_a_failing_host_past_the_first_page_leads_worst_first(
+    browser: Any, fleet: Fleet
+) -> None:
+    # The API's default page holds 500 hosts: the failing one is not on it.
+    assert FAILING not in {h["host"] for h in fleet.get("/hosts")["hosts"]}
+    page = open_overview(browser, fleet)
+    summary = page.locator("#fleet-summary").inner_text()
+    assert summary.startswith(f"{HOSTS:,} hosts: ")
+    counts = " ".join(page.locator(".counts").inner_text().split())
+    assert "critical: 3" in counts and "high: 1" in counts and "medium: 0" in counts
+    assert page.locator("#host-sort").input_value() == "health"
+    wait_for(lambda: shown_hosts(page)[:1] == [FAILING], "the failing host on top")
+    row = page.locator("#hosts tr.host", has_text=FAILING)
+    assert "critical 3" in " ".join(row.inner_text().split())
+    # A row per host, never 2,100 of them in the page.
+    assert len(shown_hosts(page)) < 80
+    page.close()
+
+
+def test_grouping_by_env_puts_the_worst_group_first_with_its_counts(browser: Any, fleet: Fleet) -> None:
+    page = open_overview(browser, fleet)
+    page.select_option("#host-group", "env")
+    env = labels(int(FAILING.split("-")[1]))["env"]
+    first_group = page.locator("#hosts tr.group").first
+    wait_for(
+        lambda: first_group.inner_text().startswith(f"env = {env}: 700 hosts"), "the failing host's env first"
+    )
+    assert "critical 3" in " ".join(first_group.inner_text().split())
+    assert shown_hosts(page)[0] == FAILING
+    # Every group comes with its own count: 2,100 hosts in three envs.
+    page.select_option("#host-sort", "name")
+    groups = wait_for(
+        lambda: (
+            page.locator("#hosts tr.group").all_inner_texts()
+            if page.locator("#hosts tr.group").count()
+            else None
+        ),
+        "the groups by name",
+    )
+    assert groups[0].startswith("env = dev: 700 hosts")
+    # Scrolling on reaches the other groups, built as they come into view.
+    page.evaluate(
+        "document.getElementById('hosts').scrollTop = document.getElementById('hosts').scrollHeight"
+    )
+    # The last group is staging (i % 3 == 1), its last host fleet-2098.
+    wait_for(lambda: shown_hosts(page)[-1:] == ["fleet-2098"], "the last group's last host at the end")
+    assert all(labels(int(n.split("-")[1]))["env"] == "staging" for n in shown_hosts(page))
+    page.close()
+
+
+def test_filters_by_name_and_by_label_count_what_matches(browser: Any, fleet: Fleet) -> None:
+    page = open_overview(browser, fleet)
+    page.fill("#host-filter", "fleet-17*")
+    page.locator("#fleet-summary", has_text="100 match the filter").wait_for(timeout=10_000)
+    names = shown_hosts(page)
+    assert names[0] == FAILING and all(n.startswith("fleet-17") for n in names)
+    # Label terms: every term must match (i % 6 == 3: role db, env prod).
+    page.fill("#host-filter", "role=db env=prod")
+    page.locator("#fleet-summary", has_text="350 match the filter").wait_for(timeout=10_000)
+    assert all(int(n.split("-")[1]) % 6 == 3 for n in shown_hosts(page))
+    page.fill("#host-filter", "")
+    wait_for(lambda: "match" not in page.locator("#fleet-summary").inner_text(), "the filter cleared")
+    page.close()
+
+
+def test_scrolling_builds_the_rows_in_view_on_demand(browser: Any, fleet: Fleet) -> None:
+    page = open_overview(browser, fleet)
+    page.select_option("#host-sort", "name")
+    wait_for(lambda: shown_hosts(page)[:1] == ["fleet-0000"], "the rows by name")
+    assert "fleet-2099" not in shown_hosts(page)
+    # The page stays one screen or so tall (the tiles made 28,000 px of 500 hosts).
+    assert page.evaluate("document.documentElement.scrollHeight") < 3000
+    page.evaluate("document.getElementById('hosts').scrollTop = 36 * 1050")
+    wait_for(lambda: "fleet-1050" in shown_hosts(page), "the rows in the middle")
+    page.evaluate(
+        "document.getElementById('hosts').scrollTop = document.getElementById('hosts').scrollHeight"
+    )
+    wait_for(lambda: shown_hosts(page)[-1:] == ["fleet-2099"], "the last row at the end")
+    names = shown_hosts(page)
+    assert len(names) < 80 and "fleet-0000" not in names
+    # In order, with no gap: the rows shown are consecutive hosts.
+    numbers = [int(n.split("-")[1]) for n in names]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    page.close()
+
+
+def test_a_live_sample_patches_its_row_in_place(browser: Any, fleet: Fleet) -> None:
+    page = open_overview(browser, fleet)
+    page.select_option("#host-sort", "name")
+    wait_for(lambda: shown_hosts(page)[:1] == ["fleet-0000"], "the rows by name")
+    # Mark the row elements: a patched row is the same element, with new text.
+    page.evaluate("document.querySelectorAll('#hosts tr.host').forEach((tr) => { tr.__kept = true; })")
+    fleet.publisher.publish(1, 97.5)
+    cpu = page.locator("#hosts tr.host[data-host='fleet-0001'] td").nth(2)
+    cpu.get_by_text("97.5 %").wait_for(timeout=10_000)
+    assert page.evaluate("[...document.querySelectorAll('#hosts tr.host')].every((tr) => tr.__kept)")
+    page.close()
+
+
+@pytest.mark.skipif(not AXE.exists(), reason="needs the dashboard's npm packages (make provision)")
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_the_fleet_table_grouped_meets_wcag_21_aa(browser: Any, fleet: Fleet, theme: str) -> None:
+    # bypass_csp only so the test can inject axe; the dashboard itself runs under its CSP.
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, color_scheme=theme, bypass_csp=True)
+    page.goto(fleet.url + "/")
+    page.fill("#token", fleet.token)
+    page.click("button[type=submit]")
+    page.locator("#fleet-summary", has_text=f"{HOSTS:,} hosts:").wait_for(timeout=30_000)
+    page.select_option("#host-group", "env")
+    page.locator("#hosts tr.group").first.wait_for(timeout=10_000)
+    page.add_script_tag(path=str(AXE))
+    result = page.evaluate(
+        """async () => await axe.run(document, {
+            runOnly: {type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]},
+        })"""
+    )
+    found = [
+        f"{v['id']}: {v['help']} at {[n['target'] for n in v['nodes'][:3]]}" for v in result["violations"]
+    ]
+    page.close()
+    assert not found, "\n".join(found)
