@@ -76,14 +76,14 @@ class HttpCheck:
         self.tls = url.scheme == "https"
         self.host = url.hostname or ""
         self.port = url.port or (443 if self.tls else 80)
+        self.path = quote((url.path or "/") + (f"?{url.query}" if url.query else ""), safe=TARGET_SAFE)
+        self.body = config.body.encode()
         # A name outside ASCII is sent as its IDNA form, as httpx does; the resolver takes either.
         host = self.host if self.host.isascii() else self.host.encode("idna").decode()
         host = f"[{host}]" if ":" in host else host
-        self.path = quote((url.path or "/") + (f"?{url.query}" if url.query else ""), safe=TARGET_SAFE)
-        self.body = config.body.encode()
-        # By lower-case name, so a configured header replaces a default whatever its case.
         if url.port not in (None, 443 if self.tls else 80):
             host += f":{url.port}"
+        # By lower-case name, so a configured header replaces a default whatever its case.
         headers = {"host": ("Host", host)}
         headers |= {name.lower(): (name, value) for name, value in DEFAULT_HEADERS.items()}
         headers |= {name.lower(): (name, value) for name, value in config.headers.items()}
@@ -95,10 +95,12 @@ class HttpCheck:
             headers["authorization"] = ("Authorization", "Basic " + base64.b64encode(userinfo).decode())
         self.headers = list(headers.values())
         self.body_match = compile_regex(config.body_match) if config.body_match else None
-        # The host's trust store plus tls_ca, which operators manage on their hosts.
-        self._context = self._ssl_context(config.tls_verify) if self.tls else None
+        self._context: ssl.SSLContext | None = None
 
     def _ssl_context(self, verify: bool) -> ssl.SSLContext:
+        # The host's trust store plus tls_ca, which operators manage on their hosts. Made at
+        # the first probe, so an unreadable tls_ca fails this check's runs (logged), not the
+        # agent's start.
         context = ssl.create_default_context(cafile=self.config.tls_ca if verify else None)
         if not verify:
             context.check_hostname = False
@@ -131,6 +133,8 @@ class HttpCheck:
     async def _probe(self) -> tuple[Result, int | None, float | None]:
         """(result, status, days to certificate expiry) of one request."""
         expiry: float | None = None
+        if self.tls and self._context is None:
+            self._context = self._ssl_context(self.config.tls_verify)
         try:
             reader, writer = await asyncio.open_connection(
                 self.host, self.port, ssl=self._context, server_hostname=self.host if self.tls else None
