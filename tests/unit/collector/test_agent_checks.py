@@ -66,6 +66,15 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(b"status: healthy")))
         self.end_headers()
 
+    def do_POST(self) -> None:
+        # Echoes the request body, read as its Content-Length says, and its length.
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        answer = b"%d bytes: %s" % (len(body), body)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
     def do_GET(self) -> None:
         if self.path == "/hang":
             HANG.wait(30)
@@ -273,6 +282,42 @@ async def test_a_catastrophic_body_match_answers_at_once(http_url: str) -> None:
     result = await http(f"{http_url}/aaab", body_match="(a+)+$")
     assert (result["up"], result["result_code"]) == (0, RESULT_CODES["bad_content"])
     assert (await http(f"{http_url}/aaab", body_match="a+b$"))["result_code"] == 0
+
+
+async def test_a_configured_body_is_sent_with_its_length(http_url: str) -> None:
+    sent = await http(
+        f"{http_url}/echo", method="POST", body='{"ping": 1}', body_match=r'^11 bytes: \{"ping": 1\}$'
+    )
+    assert (sent["up"], sent["result_code"], sent["status_code"]) == (1, 0, 200)
+    empty = await http(f"{http_url}/echo", method="POST", body_match="^0 bytes: $")
+    assert (empty["up"], empty["result_code"]) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"SSH-2.0-OpenSSH_9.2\r\n",  # not HTTP
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nstatus: healthy",  # cut short
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nstatus\r\n",  # bad chunk
+    ],
+    ids=["not-http", "truncated", "bad-chunk"],
+)
+async def test_a_response_that_is_not_well_framed_http_is_connection_failed(answer: bytes) -> None:
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(respond, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        result = await http(f"http://127.0.0.1:{port}/health", body_match="healthy")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (result["up"], result["result_code"]) == (0, RESULT_CODES["connection_failed"])
+    assert "status_code" not in result
 
 
 async def test_http_connection_failed_and_timeout(http_url: str) -> None:
