@@ -527,6 +527,43 @@ async def test_the_runner_times_out_a_check_that_ignores_its_own_timeout() -> No
     assert (up.value, code.value) == (0, RESULT_CODES["timeout"])
 
 
+async def test_a_stop_that_arrives_as_a_check_completes_still_stops_the_runner() -> None:
+    # The stop lands between the end of a run and the runner taking its result: lost there,
+    # the runner would probe on and the agent would never exit on SIGTERM.
+    stopping: list[asyncio.Task[None]] = []
+    stop_requested = asyncio.Event()
+
+    class StopsTheRunner:
+        kind: ClassVar[str] = "tcp"
+        METRICS: ClassVar[tuple[MetricSpec, ...]] = TcpCheck.METRICS
+
+        def __init__(self) -> None:
+            self.target, self.interval, self.timeout = "stopper", 0.2, 1.0
+            self.runs = 0
+
+        async def run(self) -> list[Sample]:
+            self.runs += 1
+            if self.runs > 1:
+                # Run again: the stop was lost. Ending the task here keeps the test from hanging.
+                raise asyncio.CancelledError
+            stopping.append(asyncio.create_task(runner.stop()))
+            stop_requested.set()
+            return self.failed("ok")
+
+        async def close(self) -> None:
+            pass
+
+        def failed(self, result: Any) -> list[Sample]:
+            return TcpCheck(TcpCheckConfig(address="x:1", name="stopper"), 1.0).failed(result)
+
+    check = StopsTheRunner()
+    runner = CheckRunner([check])
+    runner.start()
+    await asyncio.wait_for(stop_requested.wait(), 5)
+    await asyncio.wait_for(stopping[0], 5)
+    assert check.runs == 1  # no probe after the stop
+
+
 def test_checks_config_from_yaml(tmp_path: Path) -> None:
     from signalfire.config import load_config
 
