@@ -10,12 +10,12 @@ this script makes with uv in a temporary directory; `--workspace` runs the works
 
 For each interval (1 s, then 5 s) it starts a private nats-server with the contract's
 streams, a `signalfire agent` process publishing to it, and node_exporter on a free loopback
-port scraped at the same cadence by a small loop; after a warm-up it reads both processes'
-CPU time and RSS from /proc and prints CPU % of one core, RSS, samples per interval and the
-ratios. The agent's samples are counted in the last batch it published to the stream (every
-batch of the measured time must have arrived); node_exporter's are the non-comment lines of
-its last scrape. Needs the `prometheus-node-exporter` Debian package (installed with apt-get
-if missing, as root).
+port scraped at the same cadence by a small loop; once the agent has published its first
+batch, and after a warm-up, it reads both processes' CPU time and RSS from /proc and prints
+CPU % of one core, RSS, samples per interval and the ratios. The agent's samples are
+counted in the last batch it published to the stream (every batch of the measured time must
+have arrived); node_exporter's are the non-comment lines of its last scrape. Needs the
+`prometheus-node-exporter` Debian package (installed with apt-get if missing, as root).
 
 ``--check http`` or ``https`` gives the agent one HTTP check, run every interval, against a
 loopback server in this process (https: a certificate from a private CA the check trusts
@@ -55,8 +55,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "dev"))
 from devstack import REPO, NatsServer, free_port
 
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
-#: Time for both processes to start and the agent's rates to prime before measuring.
+#: Time for both processes to start and the agent's rates to prime before measuring, once
+#: the agent's first batch is in the stream.
 WARMUP = 5.0
+#: How long the agent may take to publish its first batch: its fresh environment compiles the
+#: bytecode of every module it imports on that first start, seconds on a loaded machine.
+FIRST_BATCH_LIMIT = 60.0
 TICKS = os.sysconf("SC_CLK_TCK")
 HOST = "bench-agent"
 
@@ -180,6 +184,24 @@ async def published(url: str) -> tuple[int, MetricBatch]:
         await nc.close()
 
 
+async def first_batch(url: str, agent: subprocess.Popen[bytes]) -> None:
+    """Return once the agent has published a batch (or exited: the caller reports that)."""
+    config = NatsConfig(url=url)
+    subject = config.subjects.metrics(HOST)
+    nc = await connect(config, "agent-bench", max_reconnect_attempts=3)
+    try:
+        deadline = time.monotonic() + FIRST_BATCH_LIMIT
+        while agent.poll() is None:
+            info = await nc.jetstream().stream_info(config.subjects.metrics_stream, subjects_filter=subject)
+            if info.state.subjects:
+                return
+            if time.monotonic() > deadline:
+                sys.exit(f"the agent published no batch in {FIRST_BATCH_LIMIT:g} s")
+            await asyncio.sleep(0.5)
+    finally:
+        await nc.close()
+
+
 def measure(
     interval: float, seconds: float, work: Path, signalfire: str, agent_args: list[str]
 ) -> dict[str, dict[str, float]]:
@@ -197,6 +219,7 @@ def measure(
         stderr=subprocess.DEVNULL,
     )
     try:
+        asyncio.run(first_batch(nats.url, agent))
         time.sleep(WARMUP)
         for name, proc in (("agent", agent), ("node_exporter", exporter)):
             if proc.poll() is not None:
@@ -233,7 +256,13 @@ def measure(
     finally:
         for proc in (agent, exporter):
             proc.terminate()
-            proc.wait(10)
+        for name, proc in (("agent", agent), ("node_exporter", exporter)):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                print(f"{name} did not stop within 10 s of SIGTERM: killed", file=sys.stderr)
+                proc.kill()
+                proc.wait()
         nats.stop()
 
 

@@ -66,6 +66,15 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(b"status: healthy")))
         self.end_headers()
 
+    def do_POST(self) -> None:
+        # Echoes the request body, read as its Content-Length says, and its length.
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        answer = b"%d bytes: %s" % (len(body), body)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
     def do_GET(self) -> None:
         if self.path == "/hang":
             HANG.wait(30)
@@ -275,6 +284,42 @@ async def test_a_catastrophic_body_match_answers_at_once(http_url: str) -> None:
     assert (await http(f"{http_url}/aaab", body_match="a+b$"))["result_code"] == 0
 
 
+async def test_a_configured_body_is_sent_with_its_length(http_url: str) -> None:
+    sent = await http(
+        f"{http_url}/echo", method="POST", body='{"ping": 1}', body_match=r'^11 bytes: \{"ping": 1\}$'
+    )
+    assert (sent["up"], sent["result_code"], sent["status_code"]) == (1, 0, 200)
+    empty = await http(f"{http_url}/echo", method="POST", body_match="^0 bytes: $")
+    assert (empty["up"], empty["result_code"]) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"SSH-2.0-OpenSSH_9.2\r\n",  # not HTTP
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nstatus: healthy",  # cut short
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nstatus\r\n",  # bad chunk
+    ],
+    ids=["not-http", "truncated", "bad-chunk"],
+)
+async def test_a_response_that_is_not_well_framed_http_is_connection_failed(answer: bytes) -> None:
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(respond, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        result = await http(f"http://127.0.0.1:{port}/health", body_match="healthy")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (result["up"], result["result_code"]) == (0, RESULT_CODES["connection_failed"])
+    assert "status_code" not in result
+
+
 async def test_http_connection_failed_and_timeout(http_url: str) -> None:
     closed = await http("http://127.0.0.1:9/")
     assert (closed["up"], closed["result_code"]) == (0, RESULT_CODES["connection_failed"])
@@ -350,22 +395,24 @@ async def test_every_run_connects_afresh_and_reads_the_current_certificate(
         assert server.connections == 2
 
 
-def test_an_agent_without_http_checks_does_not_load_httpx() -> None:
-    # httpx and cryptography are most of what an HTTP check costs in memory.
+def test_an_agent_without_http_checks_does_not_load_h11() -> None:
+    # What an HTTP check costs in memory is paid by agents that have one only; httpx (a
+    # development dependency here) is loaded by none, cryptography only to read a
+    # certificate the check did not verify.
     code = (
         "import sys\n"
         "from signalfire.collector.agent import Agent\n"
         "from signalfire.collector.checks import ChecksConfig\n"
         "from signalfire.collector.checks.base import HttpCheckConfig, TcpCheckConfig\n"
         "from signalfire.collector.config import AgentConfig\n"
-        "loaded = lambda: sorted({'httpx', 'cryptography'} & set(sys.modules))\n"
+        "loaded = lambda: sorted({'h11', 'httpx', 'cryptography'} & set(sys.modules))\n"
         "Agent(AgentConfig(checks=ChecksConfig(tcp=[TcpCheckConfig(address='127.0.0.1:9')])))\n"
         "print(loaded())\n"
         "Agent(AgentConfig(checks=ChecksConfig(http=[HttpCheckConfig(url='https://127.0.0.1:9/')])))\n"
         "print(loaded())\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.split("\n")[:2] == ["[]", "['httpx']"]
+    assert result.stdout.split("\n")[:2] == ["[]", "['h11']"]
 
 
 async def test_tcp_check_open_and_closed_ports() -> None:
@@ -478,6 +525,43 @@ async def test_the_runner_times_out_a_check_that_ignores_its_own_timeout() -> No
 
     [up, code] = await CheckRunner([Stuck()]).run_once()
     assert (up.value, code.value) == (0, RESULT_CODES["timeout"])
+
+
+async def test_a_stop_that_arrives_as_a_check_completes_still_stops_the_runner() -> None:
+    # The stop lands between the end of a run and the runner taking its result: lost there,
+    # the runner would probe on and the agent would never exit on SIGTERM.
+    stopping: list[asyncio.Task[None]] = []
+    stop_requested = asyncio.Event()
+
+    class StopsTheRunner:
+        kind: ClassVar[str] = "tcp"
+        METRICS: ClassVar[tuple[MetricSpec, ...]] = TcpCheck.METRICS
+
+        def __init__(self) -> None:
+            self.target, self.interval, self.timeout = "stopper", 0.2, 1.0
+            self.runs = 0
+
+        async def run(self) -> list[Sample]:
+            self.runs += 1
+            if self.runs > 1:
+                # Run again: the stop was lost. Ending the task here keeps the test from hanging.
+                raise asyncio.CancelledError
+            stopping.append(asyncio.create_task(runner.stop()))
+            stop_requested.set()
+            return self.failed("ok")
+
+        async def close(self) -> None:
+            pass
+
+        def failed(self, result: Any) -> list[Sample]:
+            return TcpCheck(TcpCheckConfig(address="x:1", name="stopper"), 1.0).failed(result)
+
+    check = StopsTheRunner()
+    runner = CheckRunner([check])
+    runner.start()
+    await asyncio.wait_for(stop_requested.wait(), 5)
+    await asyncio.wait_for(stopping[0], 5)
+    assert check.runs == 1  # no probe after the stop
 
 
 def test_checks_config_from_yaml(tmp_path: Path) -> None:

@@ -68,15 +68,16 @@ def test_the_agent_imports_nothing_of_the_server_side() -> None:
 def test_signalfire_agent_loads_no_other_command() -> None:
     # The console script registers every installed subcommand only for help; `signalfire
     # agent` imports the agent's module alone, so the server side costs a host no memory.
-    # (httpx is the agent's too, for HTTP checks: --list-metrics reads their declarations;
-    # test_agent_checks checks that an agent without HTTP checks does not load it.)
+    # (h11 is the agent's too, for HTTP checks: --list-metrics reads their declarations;
+    # test_agent_checks checks that an agent without HTTP checks does not load it. httpx,
+    # the gateway's and the notifier's, is not.)
     code = (
         "import contextlib, io, sys\n"
         "from signalfire.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    main(['agent', '--list-metrics'])\n"
         "others = ('signalfire.gateway', 'signalfire.notifier', 'signalfire.evaluator', 'asyncpg',\n"
-        "          'starlette', 'jinja2', 'slack_sdk', 'aiosmtplib')\n"
+        "          'starlette', 'jinja2', 'slack_sdk', 'aiosmtplib', 'httpx')\n"
         "print(sorted(m for m in sys.modules if m.startswith(others)))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

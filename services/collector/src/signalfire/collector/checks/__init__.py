@@ -22,7 +22,7 @@ def build_checks(config: ChecksConfig, default_interval: float) -> list[Check]:
     """One check object per configured check."""
     checks: list[Check] = []
     if config.http:
-        # httpx only for agents that have an HTTP check: it is most of their memory cost.
+        # h11 and the TLS context only for agents that have an HTTP check.
         from signalfire.collector.checks.http import HttpCheck
 
         checks += [HttpCheck(c, default_interval) for c in config.http]
