@@ -133,14 +133,9 @@ def service_config(service: dict[str, Any]) -> Any:
     return load_config(CONFIGS[command[0]], config_file, environ=env)
 
 
-def scaled_with_second_evaluator() -> dict[str, Any]:
-    return scaled(SF_EVALUATOR_2="1")
-
-
 SHAPES: dict[str, Callable[[], dict[str, Any]]] = {
     "default": default,
     "scaled": scaled,
-    "scaled+evaluator-2": scaled_with_second_evaluator,
 }
 
 
@@ -201,12 +196,17 @@ def test_the_scaled_shape_runs_three_nodes_two_gateways_two_notifiers_and_timesc
     project = running(scaled())
     assert sorted(nats_nodes({"services": project})) == ["nats", "nats-2", "nats-3"]
     commands = sorted(s["command"][0] for s in signalfire_services({"services": project}).values())
-    # The second evaluator only on request: two today would notify every alert twice.
-    assert commands == ["agent", "evaluator", "gateway", "gateway", "notifier", "notifier"]
+    assert commands == ["agent", "evaluator", "evaluator", "gateway", "gateway", "notifier", "notifier"]
     assert str(project["timescaledb"]["image"]).startswith("timescale/timescaledb:")
-    with_second = running(scaled(SF_EVALUATOR_2="1"))
-    assert sum(s.get("command", [""])[0] == "evaluator" for s in with_second.values()) == 2
-    assert "SF_EVALUATOR_2" in SCALED.read_text().split("evaluator-2:")[0]  # explained where it is set
+    # Two evaluators only ever as a partitioned pair: the same partition count, distinct replica
+    # ids (two unpartitioned evaluators would notify every alert twice).
+    evaluators = [
+        service_config(s)
+        for s in signalfire_services({"services": project}).values()
+        if s["command"][0] == "evaluator"
+    ]
+    assert {e.partitions for e in evaluators} == {16}
+    assert len({e.replica_id for e in evaluators}) == 2
 
 
 def _cluster_conf() -> str:
@@ -246,7 +246,7 @@ def test_the_three_nodes_are_one_cluster_routing_to_each_other() -> None:
 
 
 def test_every_service_of_the_scaled_shape_knows_all_three_nodes_and_keeps_3_replicas() -> None:
-    project = scaled(SF_EVALUATOR_2="1")
+    project = scaled()
     nodes = nats_nodes(project)
     aliases = {
         alias: name
