@@ -9,6 +9,7 @@ what went in against what came out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -19,7 +20,7 @@ import asyncpg
 from devstack import NatsServer, PostgresServer, ServiceProcess, start_gateway
 
 from signalfire.bus import NatsConfig, request_json
-from signalfire.events import AlertEvent, decode
+from signalfire.events import AlertEvent, MetricBatch, Sample, decode, encode
 from tests.support.streams import stream_messages
 
 #: Every summary line starts with this, so ``pytest -s tests/faults | grep '^FAULT'`` lists them.
@@ -161,3 +162,16 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+async def publish_every_quarter_second(js: Any, nats: NatsConfig, level: Mapping[str, float]) -> None:
+    """Every host of ``level`` reporting ``fault.temp`` at its current level four times a second,
+    like agents with a 250 ms interval; the test changes a level to make a rule fire or clear."""
+    while True:
+        for host in list(level):
+            batch = MetricBatch(
+                host=host, time=time.time(), samples=[Sample(name="fault.temp", value=level[host])]
+            )
+            with contextlib.suppress(Exception):  # the next one follows in 250 ms
+                await js.publish(nats.subjects.metrics(host), encode(batch), timeout=2)
+        await asyncio.sleep(0.25)

@@ -7,7 +7,6 @@ and no other host alerts."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,17 @@ from signalfire.evaluator.leases import Entry, read_bucket
 from signalfire.evaluator.partitions import host_partition
 from signalfire.evaluator.service import StoredAlert
 from signalfire.evaluator.state import fingerprint
-from signalfire.events import MetricBatch, Sample, decode, encode
-from tests.faults.support import alert_events, eventually, kill9, report, service_env, wait_evaluator, write
+from signalfire.events import decode
+from tests.faults.support import (
+    alert_events,
+    eventually,
+    kill9,
+    publish_every_quarter_second,
+    report,
+    service_env,
+    wait_evaluator,
+    write,
+)
 
 HOSTS = [f"failover-{i}" for i in range(12)]
 HOST = HOSTS[0]
@@ -37,18 +45,6 @@ rules:
     for: {FOR:g}s
     severity: high
 """
-
-
-async def publish_every_quarter_second(js: Any, nats: NatsConfig, level: dict[str, float]) -> None:
-    """Every host reporting its ``level`` four times a second."""
-    while True:
-        for host in HOSTS:
-            batch = MetricBatch(
-                host=host, time=time.time(), samples=[Sample(name="fault.temp", value=level.get(host, 30.0))]
-            )
-            with contextlib.suppress(Exception):  # the next one follows in 250 ms
-                await js.publish(nats.subjects.metrics(host), encode(batch), timeout=2)
-        await asyncio.sleep(0.25)
 
 
 @pytest.mark.slow

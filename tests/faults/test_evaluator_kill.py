@@ -4,7 +4,6 @@ stream holds exactly one firing and one resolved event."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -13,11 +12,11 @@ import pytest
 from devstack import ServiceProcess
 
 from signalfire.bus import NatsConfig
-from signalfire.events import MetricBatch, Sample, encode
 from tests.faults.support import (
     alert_events,
     eventually,
     kill9,
+    publish_every_quarter_second,
     report,
     rule_status,
     service_env,
@@ -36,15 +35,6 @@ rules:
     for: {FOR:g}s
     severity: high
 """
-
-
-async def publish_every_quarter_second(js: Any, nats: NatsConfig, level: list[float]) -> None:
-    """A host reporting ``level[0]`` four times a second (like an agent with a 250 ms interval)."""
-    while True:
-        batch = MetricBatch(host=HOST, time=time.time(), samples=[Sample(name="fault.temp", value=level[0])])
-        with contextlib.suppress(Exception):  # the next one follows in 250 ms
-            await js.publish(nats.subjects.metrics(HOST), encode(batch), timeout=2)
-        await asyncio.sleep(0.25)
 
 
 @pytest.mark.slow
@@ -72,7 +62,7 @@ async def test_evaluator_kill_9_while_pending_and_while_firing_sends_one_firing_
     async def events_of(state: str) -> int:
         return sum(1 for e in await alert_events(js, nats_config) if e.status == state)
 
-    level = [60.0]
+    level = {HOST: 60.0}
     evaluator = await start()
     publisher = asyncio.create_task(publish_every_quarter_second(js, nats_config, level))
     try:
@@ -96,7 +86,7 @@ async def test_evaluator_kill_9_while_pending_and_while_firing_sends_one_firing_
         assert await status() == ["firing"]
         kill9(evaluator)  # 2: while firing
         evaluator = await start()
-        level[0] = 30.0  # the condition clears
+        level[HOST] = 30.0  # the condition clears
 
         async def resolved() -> bool:
             return await events_of("resolved") >= 1
