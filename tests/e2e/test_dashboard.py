@@ -240,21 +240,29 @@ def test_the_chart_has_no_gap_after_a_gateway_restart(browser: Any, running: Sta
 def test_a_long_range_folds_live_samples_into_its_buckets(browser: Any, running: Stack) -> None:
     """On "1 h" (10 s buckets) a live sample moves the newest bucket's mean instead of adding a
     point, so a tab left open holds one point per bucket, the same ones a reload draws."""
-    host = "ui-buckets-1"
     # Signed in first (the slow part on a loaded machine), then started early in a 10 s
-    # bucket, so the host page and its "1 h" range load before the bucket ends.
+    # bucket, so the host page and its "1 h" range load before the bucket ends; where the
+    # machine is so loaded that they do not, the round is taken again with a new host (the
+    # bucket the page reads as still filling must be the one the samples go to).
     page = open_signed_in(browser, running, token(running))
-    if time.time() % 10 > 3:
-        time.sleep(10.2 - time.time() % 10)
-    bucket = time.time() // 10 * 10
-    publish_to_nats(running, host, bucket - 5, [("cpu.usage_percent", 40.0)])
-    publish_to_nats(running, host, bucket + 0.1, [("cpu.usage_percent", 10.0)])
-    page.evaluate(f"location.hash = {'#/hosts/' + host!r}")
     figure = page.locator("figure[aria-label='CPU total']")
-    figure.locator(".latest").get_by_text("10.0 %").wait_for(timeout=5000)
-    page.click("button[data-range='1 h']")
-    page.wait_for_selector("button[data-range='1 h'][aria-pressed=true]")
-    figure.locator(".latest").get_by_text("10.0 %").wait_for(timeout=5000)
+    for attempt in range(3):
+        host = f"ui-buckets-{attempt}"
+        if time.time() % 10 > 3:
+            time.sleep(10.2 - time.time() % 10)
+        bucket = time.time() // 10 * 10
+        publish_to_nats(running, host, bucket - 5, [("cpu.usage_percent", 40.0)])
+        publish_to_nats(running, host, bucket + 0.1, [("cpu.usage_percent", 10.0)])
+        page.evaluate(f"location.hash = {'#/hosts/' + host!r}")
+        page.locator("#host-name", has_text=host).wait_for(timeout=5000)
+        figure.locator(".latest").get_by_text("10.0 %").wait_for(timeout=5000)
+        page.click("button[data-range='1 h']")
+        page.wait_for_selector("button[data-range='1 h'][aria-pressed=true]")
+        figure.locator(".latest").get_by_text("10.0 %").wait_for(timeout=5000)
+        if time.time() < bucket + 9:
+            break
+    else:
+        pytest.fail("the host page's 1 h range never loaded within one 10 s bucket")
     # Two more samples in the same bucket, the newer first: the gateway commits rounds in
     # parallel, so a tab can get a series' samples out of order.
     publish_to_nats(running, host, bucket + 2, [("cpu.usage_percent", 60.0)])

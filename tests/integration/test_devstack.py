@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import nats.errors
 import pytest
 from devstack import REPO, RESTART_BACKOFF, DevStackError, ServiceProcess, Stack, free_port, stack
 
@@ -325,7 +326,10 @@ def test_a_three_node_stack_keeps_storing_when_the_leader_node_is_killed(tmp_pat
             assert f"nats-{number} exited (killed by SIGKILL)" in log and f"nats-{number} restarted" in log
 
             def caught_up() -> bool:
-                replicas, leader, followers, _ = _streams(running)[metrics]
+                try:
+                    replicas, leader, followers, _ = _streams(running)[metrics]
+                except (TimeoutError, nats.errors.Error):
+                    return False  # a stream's leader being elected again: its info times out meanwhile
                 members = {str(leader), *(name for name, current in followers if current)}
                 return replicas == 3 and victim.name in members and len(members) == 3
 
