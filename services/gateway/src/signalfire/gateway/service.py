@@ -35,6 +35,9 @@ from signalfire.telemetry import Registry, parse_listen
 
 log = logging.getLogger("signalfire.gateway")
 
+#: Seconds :meth:`GatewayService.start` waits for its ingest workers to start ingesting.
+WORKERS_READY_WITHIN = 60.0
+
 
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handlers: the service's runner owns SIGTERM/SIGINT."""
@@ -183,6 +186,13 @@ class GatewayService:
         else:
             self.workers = IngestWorkers(config, config.ingest_workers, self.registry)
             await self.workers.start()
+            # Started means ingesting, as with ingest in this process; a worker that cannot start
+            # (database or NATS away) is left to its supervision, which keeps trying.
+            if not await self.workers.wait_ready(WORKERS_READY_WITHIN):
+                log.warning(
+                    "not every ingest worker ingests yet; continuing",
+                    extra={"running": self.workers.running(), "workers": config.ingest_workers},
+                )
             db_errors = self.registry.counter(
                 "db_errors", "Database errors (the work is retried)", ["consumer"]
             )

@@ -124,11 +124,13 @@ def _stop_when_stdin_closes() -> None:
 
     def watch() -> None:
         with contextlib.suppress(OSError):
-            while sys.stdin.buffer.read(4096):
+            while os.read(fd, 4096):
                 pass
         os.kill(os.getpid(), signal.SIGTERM)
 
-    # A daemon thread: a blocked read must not keep the process alive at exit.
+    fd = sys.stdin.fileno()
+    # A daemon thread: a blocked read must not keep the process alive at exit (and a raw read:
+    # the buffered reader's lock would be held at interpreter shutdown).
     threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
 
 

@@ -31,6 +31,7 @@ import msgspec
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from signalfire.config import Duration
 from signalfire.consumers import Backoff
 from signalfire.gateway.config import GatewayConfig
 from signalfire.telemetry import Registry
@@ -47,8 +48,17 @@ class _Worker:
     process: asyncio.subprocess.Process | None = None
     started: float = 0.0
     restarts: int = 0
+    #: Whether this process has reported (its ingest started).
+    ingesting: bool = False
     #: The worker's last metrics page, parsed.
     families: list[Metric] = field(default_factory=list)
+
+
+def _seconds(value: object) -> float:
+    """A :class:`~signalfire.config.Duration` as plain seconds (what the worker's config reads)."""
+    if isinstance(value, Duration):
+        return float(value)
+    raise TypeError(f"cannot send a {type(value).__name__} to an ingest worker")
 
 
 class IngestWorkers:
@@ -60,23 +70,37 @@ class IngestWorkers:
         self.backoff = Backoff(first=1.0, cap=float(config.max_backoff), stable=60.0)
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._config_line = msgspec.json.encode(msgspec.to_builtins(config)) + b"\n"
+        self._config_line = msgspec.json.encode(config, enc_hook=_seconds) + b"\n"
         registry.gauge("ingest_workers", "Ingest worker processes configured").set(count)
-        registry.gauge("ingest_workers_running", "Ingest worker processes running", function=self.running)
+        registry.gauge(
+            "ingest_workers_running", "Ingest worker processes whose ingest runs", function=self.running
+        )
         self.restarts = registry.counter(
             "ingest_worker_restarts", "Ingest worker processes started again after they exited", ["worker"]
         )
         registry.include(self.families)
 
     def running(self) -> int:
-        return sum(1 for w in self.workers if w.process is not None and w.process.returncode is None)
+        """Workers alive whose ingest has started (they reported since they were started)."""
+        return sum(
+            1 for w in self.workers if w.ingesting and w.process is not None and w.process.returncode is None
+        )
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until every worker ingests, at most ``timeout`` seconds; whether they all do."""
+        deadline = time.monotonic() + timeout
+        while self.running() < len(self.workers):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     def pids(self) -> list[int]:
         """The process ids of the running workers."""
         return [w.process.pid for w in self.workers if w.process is not None and w.process.returncode is None]
 
     async def start(self) -> None:
-        """Start every worker (their ingest starts in the background)."""
+        """Start every worker (their ingest starts in the background: :meth:`wait_ready`)."""
         for worker in self.workers:
             await self._spawn(worker)
             task = asyncio.create_task(self._supervise(worker), name=f"ingest-worker-{worker.index}")
@@ -133,6 +157,7 @@ class IngestWorkers:
         process.stdin.write(self._config_line)
         await process.stdin.drain()
         worker.process = process
+        worker.ingesting = False
         worker.started = time.monotonic()
 
     async def _supervise(self, worker: _Worker) -> None:
@@ -174,6 +199,7 @@ class IngestWorkers:
                     return
                 page = await stdout.readexactly(int(head))
                 worker.families = list(text_string_to_metric_families(page.decode()))
+                worker.ingesting = True
             except (ValueError, asyncio.IncompleteReadError) as exc:
                 log.warning(
                     "unreadable report from an ingest worker; its metrics are not shown",
