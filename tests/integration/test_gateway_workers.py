@@ -9,6 +9,7 @@ import asyncio
 import json
 import math
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from signalfire.bus import NatsConfig
+from signalfire.config import Duration
 from signalfire.events import MetricBatch, Sample, encode
 from signalfire.gateway.committed import CommittedFrame, CommittedPublisher
 from signalfire.telemetry import Registry
@@ -271,3 +273,61 @@ async def test_a_round_larger_than_max_payload_is_split_over_frames_and_all_of_i
         await eventually(all_applied, timeout=15)
     assert value(registry, "signalfire_test_committed_frames_published_total", kind="metrics") >= 2
     assert value(registry, "signalfire_test_committed_publish_errors_total", reason="too_large") == 0
+
+
+async def test_a_worker_that_dies_is_started_again_and_stop_ends_every_worker(
+    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    # ack_wait 5 s: what the killed worker held is redelivered to the others soon
+    config = gateway_config(
+        nats_config, database_url, tmp_path, ingest_workers=2, fetch_batch=5, ack_wait=Duration(5)
+    )
+    js = nc.jetstream()
+    sent = 0
+
+    async def publish(n: int) -> None:
+        nonlocal sent
+        for _ in range(n):
+            sent += 1
+            batch = MetricBatch(
+                host="web-1", time=time.time(), samples=[Sample(name="cpu.usage_percent", value=float(sent))]
+            )
+            await js.publish(nats_config.subjects.metrics("web-1"), encode(batch))
+
+    async with running_gateway(config) as gw:
+        workers = gw.service.workers
+        assert workers is not None
+        first = workers.pids()
+        await publish(20)
+        os.kill(first[0], signal.SIGKILL)
+
+        async def restarted() -> None:
+            assert gw.counter("ingest_worker_restarts_total", worker="1") == 1
+            assert workers.running() == 2
+
+        await eventually(restarted, timeout=30)
+        assert workers.pids()[0] != first[0] and workers.pids()[1] == first[1]
+        await publish(20)
+        conn = await asyncpg.connect(database_url)
+        try:
+
+            async def all_stored() -> None:
+                assert await conn.fetchval("SELECT count(*) FROM samples") == sent
+
+            await eventually(all_stored, timeout=30)
+        finally:
+            await conn.close()
+        running = workers.pids()
+    # stopped with the gateway: no worker process is left
+    for pid in running:
+        assert not _alive(pid), pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is an ended process its parent has not reaped yet
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"

@@ -184,6 +184,10 @@ class GatewayService:
             db_errors = self.ingest.db_errors
             backoff = self.ingest.backoff
         else:
+            latest = self.latest
+            self.registry.gauge(
+                "latest_series", "Series with a latest value in memory", function=lambda: len(latest)
+            )
             self.workers = IngestWorkers(config, config.ingest_workers, self.registry)
             await self.workers.start()
             # Started means ingesting, as with ingest in this process; a worker that cannot start
