@@ -188,6 +188,9 @@ class IngestWorkers:
                 continue
             worker.restarts += 1
             self.restarts.labels(worker=str(worker.index)).inc()
+            if self._stopping.is_set() and worker.process is not None:  # stop() began meanwhile
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.terminate()
 
     @staticmethod
     async def _read_reports(worker: _Worker, stdout: asyncio.StreamReader) -> None:
