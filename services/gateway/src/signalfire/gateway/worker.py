@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     except (msgspec.DecodeError, ValueError, ConfigError) as exc:
         print(f"signalfire gateway worker: no configuration on stdin: {exc}", file=sys.stderr)
         return 2
-    configure_logging("gateway", config.log_level, config.log_format)
+    # (its lines go to the gateway's stderr: the service name tells them apart)
+    configure_logging(f"gateway-ingest-{args.index}", config.log_level, config.log_format)
     _stop_when_stdin_closes()
 
     async def run() -> None:

@@ -150,6 +150,9 @@ class IngestWorkers:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             # stderr: the gateway's own, so the workers' logs are with its logs
+            # A session of its own: Ctrl-C in a terminal reaches the gateway alone, which then
+            # stops its workers itself (rather than seeing them exit and restarting them).
+            start_new_session=True,
         )
         assert process.stdin is not None
         # The configuration (passwords included) goes through the pipe, not the command line or
