@@ -15,9 +15,12 @@ Starts a private nats-server and PostgreSQL + TimescaleDB (devstack; run
 It ends with the efficiency figure: CPU seconds per million samples of the whole path (gateway +
 PostgreSQL + nats-server, the publisher left out) against the raw COPY's (PostgreSQL + the COPY
 client, the cheaper of the two runs), and their ratio. PostgreSQL is reached over its Unix
-socket, by the ceiling and the gateway alike (``--tcp``: loopback TCP for both).
+socket, by the ceiling and the gateway alike (``--tcp``: loopback TCP for both). With
+``--workers N`` the gateway ingests in N worker processes (``signalfire gateway --workers N``);
+their CPU is the gateway's (they are its children) and its ``/metrics`` sums theirs.
+``bench/scale.py`` runs this with 1 and 2 workers in one run (:func:`measure`).
 
-    uv run python bench/ingest.py [--seconds 20] [--rate 100000] [--samples-per-batch 1000]
+    uv run python bench/ingest.py [--seconds 20] [--rate 100000] [--samples-per-batch 1000] [--workers N]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import argparse
 import asyncio
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -36,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "dev"))
 
 import asyncpg
 from devstack import ServiceProcess, free_port, private_servers, start_gateway
+from prometheus_client.parser import text_string_to_metric_families
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.events import MetricBatch, Sample, encode
@@ -180,16 +185,22 @@ COMMITTED = "signalfire_gateway_ingest_samples_total"
 
 
 def gateway_counter(metrics_url: str, name: str, default: float = 0.0) -> float:
-    """A counter of the gateway's ``/metrics``; ``default`` when it does not answer in time
-    (a gateway busy at full load may answer late)."""
+    """A counter of the gateway's ``/metrics`` (``name`` may end in ``{label="value",…}``),
+    summed over the labels it does not name (ingest workers add ``worker``); ``default``
+    when it does not answer in time (a gateway busy at full load may answer late)."""
+    base, _, rest = name.partition("{")
+    wanted = dict(re.findall(r'(\w+)="([^"]*)"', rest))
     try:
         with urllib.request.urlopen(metrics_url, timeout=10) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith(name + " ") or line.startswith(name + "{}"):
-                    return float(line.rsplit(" ", 1)[-1])
+            page = response.read().decode()
     except OSError:
         return default
-    return 0.0
+    total = 0.0
+    for family in text_string_to_metric_families(page):
+        for sample in family.samples:
+            if sample.name == base and all(sample.labels.get(k) == v for k, v in wanted.items()):
+                total += sample.value
+    return total
 
 
 async def full_path(
@@ -285,7 +296,11 @@ async def full_path(
     }
 
 
-async def main(args: argparse.Namespace) -> None:
+async def measure(args: argparse.Namespace, workers: int) -> dict[str, float]:
+    """One run (the ceilings, then the full path with a gateway of ``workers`` ingest workers)
+    on servers of its own; prints its lines and returns the figures: ``rate`` (samples/s),
+    ``efficiency`` (full path CPU per sample / the ceiling's), ``path_cpu``, ``reference``
+    (CPU s per million samples), ``p99`` and ``lost``."""
     with tempfile.TemporaryDirectory() as tmp, private_servers(Path(tmp), durable=True) as (nats, postgres):
         gateway: ServiceProcess | None = None
         try:
@@ -318,11 +333,16 @@ async def main(args: argparse.Namespace) -> None:
                 port,
                 log_dir=Path(tmp),
                 token_file=Path(tmp) / "admin-token",
-                extra_env={"SF_LOG_LEVEL": "warning", **dict(kv.split("=", 1) for kv in args.gateway_env)},
+                extra_env={
+                    "SF_LOG_LEVEL": "warning",
+                    "SF_INGEST_WORKERS": str(workers),
+                    **dict(kv.split("=", 1) for kv in args.gateway_env),
+                },
             )
             assert gateway.proc is not None
             meter = CpuMeter(
                 {
+                    # the gateway's tree: its ingest workers are its children
                     "gateway": gateway.proc.pid,
                     "postgres": postgres.proc.pid,
                     "nats": nats.proc.pid,
@@ -343,8 +363,10 @@ async def main(args: argparse.Namespace) -> None:
             rounds = gateway_counter(metrics_url, ROUNDS)
             fetched = gateway_counter(metrics_url, FETCHED)
             rate = result["rate"]
+            shape = f"{workers} ingest worker(s)" if workers else "ingest in the gateway process"
             print(
-                f"full path NATS → gateway → committed: {rate:,.0f} samples/s for {args.seconds:.0f} s"
+                f"full path NATS → gateway ({shape}) → committed: {rate:,.0f} samples/s"
+                f" for {args.seconds:.0f} s"
                 f" (offered {args.rate or float('nan'):,.0f}/s), publish→commit"
                 f" p50 {result['p50']:.2f} s p99 {result['p99']:.2f} s max {result['max']:.2f} s,"
                 f" {result['drain']:.1f} s to drain after the last publish"
@@ -367,18 +389,23 @@ async def main(args: argparse.Namespace) -> None:
                 f" + nats-server), raw COPY {reference:.2f} (PostgreSQL + COPY client):"
                 f" {path_cpu / reference:.2f}x"
             )
+            return {
+                "rate": rate,
+                "efficiency": path_cpu / reference,
+                "path_cpu": path_cpu,
+                "reference": reference,
+                "p99": result["p99"],
+                "lost": result["published"] - result["stored"],
+            }
         finally:
             if gateway is not None:
                 gateway.stop()
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of each measurement")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This benchmark's options (``bench/scale.py`` takes them too, prefixed ``--gateway-``
+    where they would clash)."""
     parser.add_argument("--samples-per-batch", type=int, default=1000)
-    parser.add_argument(
-        "--rate", type=float, default=0.0, help="samples/s to publish (default: as fast as it keeps up)"
-    )
     parser.add_argument(
         "--ceiling-seconds", type=float, default=0.0, help="length of the ceiling runs (default: --seconds)"
     )
@@ -394,4 +421,20 @@ if __name__ == "__main__":
         metavar="SF_KEY=VALUE",
         help="a setting for the gateway process (e.g. SF_ROLLUP_FLUSH=10s); repeatable",
     )
+
+
+async def main(args: argparse.Namespace) -> None:
+    await measure(args, args.workers)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each measurement")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="samples/s to publish (default: as fast as it keeps up)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="ingest worker processes of the gateway (default 0: none)"
+    )
+    add_arguments(parser)
     asyncio.run(main(parser.parse_args()))

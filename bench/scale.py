@@ -15,7 +15,14 @@ other, spread over ``failover_after`` + 2 s. The delay of each host is from its 
 sample's publish to its firing AlertEvent's arrival; p99 over the hosts that moved is held
 against ``failover_after`` + 1 s.
 
+**Gateway ingest workers, 1 vs 2.** ``bench/ingest.py``'s measurement (the raw COPY
+ceilings, then agents' batches published to JetStream into a real ``signalfire gateway``) run
+twice in the same run, the gateway with ``--workers 1`` then ``--workers 2``: throughput and
+the efficiency ratio (CPU seconds per million samples of gateway + workers + PostgreSQL +
+nats-server against the raw COPY's) of each.
+
     uv run python bench/scale.py [--hosts 400] [--rounds 8] [--failover-hosts 200] [--failover-after 10]
+        [--part all|evaluator|gateway] [--gateway-seconds 20] [--gateway-rate 0]
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devstack import NatsServer, ServiceProcess, free_port
 
+from bench import ingest as ingest_bench
 from bench.evaluator_throughput import bench_rules_text, make_batches
 from bench.support import percentiles
 from signalfire.bus import NatsConfig, connect, ensure_streams
@@ -232,7 +240,32 @@ async def failover(root: Path, url: str, hosts: int, failover_after: float) -> d
     }
 
 
+async def gateway_workers(args: argparse.Namespace) -> bool:
+    """The ingest benchmark with 1 then 2 gateway ingest workers; whether nothing was lost."""
+    measured: dict[int, dict[str, float]] = {}
+    for workers in (1, 2):
+        print(f"--- gateway with {workers} ingest worker(s)")
+        measured[workers] = await ingest_bench.measure(args, workers)
+    print(
+        f"gateway ingest workers, {args.seconds:g} s each,"
+        f" offered {args.rate or float('nan'):,.0f} samples/s:"
+    )
+    for workers, m in measured.items():
+        print(
+            f"  {workers} worker(s)  {m['rate']:>10,.0f} samples/s   efficiency {m['efficiency']:.2f}x"
+            f" ({m['path_cpu']:.2f} against the COPY's {m['reference']:.2f} CPU s per million samples)"
+            f"   p99 publish→commit {m['p99']:.2f} s   lost {m['lost']:,.0f}"
+        )
+    print(f"  throughput 2 / 1 workers: {measured[2]['rate'] / measured[1]['rate']:.2f}x")
+    return all(m["lost"] == 0 for m in measured.values())
+
+
 async def run(args: argparse.Namespace) -> int:
+    if args.part == "gateway":
+        return 0 if await gateway_workers(args) else 1
+    gateway_ok = True
+    if args.part == "all":
+        gateway_ok = await gateway_workers(args)
     root = Path(tempfile.mkdtemp(prefix="sf-scale-"))
     try:
         server = NatsServer(root / "nats").start()
@@ -267,7 +300,13 @@ async def run(args: argparse.Namespace) -> int:
     if result["missing"]:
         print(f"  never fired: {len(result['missing'])} hosts ({', '.join(result['missing'][:5])} ...)")
     p99 = percentiles(moved)["p99"] if moved else float("inf")
-    ok = ratio >= 1.6 and p99 <= limit and not result["missing"] and result["survivor_holds_all"]
+    ok = (
+        ratio >= 1.6
+        and p99 <= limit
+        and not result["missing"]
+        and result["survivor_holds_all"]
+        and gateway_ok
+    )
     print(
         f"  p99 of moved hosts {p99:.2f}s (target <= {limit:g}s); survivor holds every partition: "
         f"{result['survivor_holds_all']}"
@@ -283,6 +322,24 @@ def main() -> int:
     parser.add_argument("--failover-hosts", type=int, default=200)
     parser.add_argument("--failover-after", type=float, default=10.0)
     parser.add_argument("--keep", action="store_true", help="keep the run directory and its logs")
+    parser.add_argument(
+        "--part", choices=("all", "evaluator", "gateway"), default="all", help="which measurements to run"
+    )
+    parser.add_argument(
+        "--gateway-seconds",
+        dest="seconds",
+        type=float,
+        default=20.0,
+        help="length of each gateway measurement",
+    )
+    parser.add_argument(
+        "--gateway-rate",
+        dest="rate",
+        type=float,
+        default=0.0,
+        help="samples/s published to the gateway (default: as fast as it keeps up)",
+    )
+    ingest_bench.add_arguments(parser)
     args = parser.parse_args()
     return asyncio.run(run(args))
 

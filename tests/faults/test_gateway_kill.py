@@ -1,4 +1,5 @@
-"""kill -9 of the gateway while samples stream in: every sample is stored exactly once."""
+"""kill -9 of the gateway while samples stream in: every sample is stored exactly once, with
+ingest in the gateway's own process and with ingest workers (which then stop on their own)."""
 
 from __future__ import annotations
 
@@ -58,10 +59,33 @@ async def publish_steadily(js: Any, nats: NatsConfig, published: list[int]) -> N
         await asyncio.sleep(1 / RATE)
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a gateway's ingest workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (an ended process not yet reaped by its new parent does not)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [0, 2])
 async def test_gateway_kill_9_under_ingest_stores_every_sample_once(
-    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
+    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path, workers: int
 ) -> None:
     js = nc.jetstream()
     port = free_port()
@@ -74,6 +98,7 @@ async def test_gateway_kill_9_under_ingest_stores_every_sample_once(
         SF_ROLLUP_FLUSH="0.5s",
         SF_FETCH_BATCH="20",
         SF_FETCH_TIMEOUT="0.2s",
+        SF_INGEST_WORKERS=str(workers),
     )
 
     expected = BATCHES * SAMPLES_PER_BATCH
@@ -89,11 +114,19 @@ async def test_gateway_kill_9_under_ingest_stores_every_sample_once(
             return await fetch_count(database_url, "SELECT count(*) FROM samples") > 0
 
         await eventually(some_stored, "the first samples to be stored", 30, gateway)
+        assert gateway.proc is not None
+        orphans = children(gateway.proc.pid)
+        assert len(orphans) == workers
         kill9(gateway)
         at_kill = await fetch_count(database_url, "SELECT count(*) FROM samples")
         published_at_kill = len(published)
         await asyncio.sleep(1)  # down for a second while the publisher goes on
         gateway = await gateway_process(env, port, tmp_path)
+
+        async def orphans_stopped() -> bool:  # the killed gateway's workers saw their stdin close
+            return not any(map(running, orphans))
+
+        await eventually(orphans_stopped, "the killed gateway's workers to stop", 40, gateway)
         await asyncio.wait_for(publisher, 60)
 
         async def all_merged() -> bool:
@@ -111,7 +144,7 @@ async def test_gateway_kill_9_under_ingest_stores_every_sample_once(
         publisher.cancel()
         gateway.stop()
     report(
-        "gateway-kill-9",
+        "gateway-kill-9" + (f"-workers-{workers}" if workers else ""),
         published=expected,
         batches=len(published),
         killed_after_batches=published_at_kill,

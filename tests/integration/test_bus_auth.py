@@ -32,6 +32,7 @@ from signalfire.buspolicy import GATEWAY_DURABLES, NOTIFIER_DURABLES, permission
 from signalfire.config import ConfigError, Duration
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
 from signalfire.events import AlertAction, AlertEvent, DeliveryResult, MetricBatch, Sample, decode, encode
+from signalfire.gateway.committed import CommittedFrame
 from signalfire.notifier import service as notifier_service
 from signalfire.notifier.channels.log import LogChannelConfig
 from signalfire.notifier.config import NotifyConfig, Route
@@ -133,6 +134,20 @@ def test_no_service_may_delete_or_purge_and_only_the_gateway_publishes_actions()
         "sf.events.web-1_example",
         "sf.agents.web-1_example",
     )
+
+
+def test_only_the_gateway_may_publish_or_read_committed_frames() -> None:
+    s = Subjects("sf")
+    gateway = permissions("gateway", s)
+    assert s.all_committed in gateway.publish
+    assert s.all_committed in gateway.subscribe
+    admin = permissions("admin", s)
+    assert s.all_committed in admin.publish_deny
+    assert s.all_committed in admin.subscribe_deny
+    for role, host in (("evaluator", None), ("notifier", None), ("agent", WEB1)):
+        perms = permissions(role, s, host)
+        for right in (*perms.publish, *perms.subscribe):
+            assert not right.startswith("sf.committed") and right not in (">", "sf.>"), (role, right)
 
 
 def test_credential_files_are_private_and_the_server_config_holds_no_password(bus: Bus) -> None:
@@ -440,6 +455,70 @@ async def test_a_forged_alert_action_is_refused_from_every_identity_but_the_gate
 
 async def _has(received: list[AlertAction], alert_id: str) -> None:
     assert alert_id in [a.alert_id for a in received]
+
+
+@pytest.mark.parametrize("identity", ["admin", "evaluator", "notifier", user_name("agent", WEB1)])
+async def test_a_forged_committed_frame_is_refused_from_every_identity_but_the_gateway(
+    bus: Bus, identity: str
+) -> None:
+    s = bus.subjects
+    gateway = await client(bus, "gateway")
+    received: list[CommittedFrame] = []
+
+    async def on_frame(msg: Any) -> None:
+        received.append(decode(msg.data, CommittedFrame))
+
+    try:
+        await gateway.subscribe(s.all_committed, cb=on_frame)
+        await gateway.flush()
+        forged = CommittedFrame(origin=f"forged-{identity}", items=[msgspec.Raw(batch(WEB1, 99.0))])
+        nc = await client(bus, identity)
+        try:
+            await nc.publish(s.committed("metrics"), msgspec.json.encode(forged))
+            await nc.flush()
+        finally:
+            await nc.close()
+        # the gateway's own frame is the control: it arrives
+        genuine = CommittedFrame(origin=f"genuine-{identity}", items=[msgspec.Raw(batch(WEB1, 1.0))])
+        await gateway.publish(s.committed("metrics"), msgspec.json.encode(genuine))
+        await eventually(lambda: _has_frame(received, f"genuine-{identity}"))
+    finally:
+        await gateway.close()
+    assert [f.origin for f in received] == [f"genuine-{identity}"]
+
+
+async def _has_frame(received: list[CommittedFrame], origin: str) -> None:
+    assert origin in [f.origin for f in received]
+
+
+@pytest.mark.parametrize("identity", ["evaluator", user_name("agent", WEB1)])
+async def test_no_identity_but_the_gateway_may_read_committed_frames(
+    bus: Bus, admin: Any, identity: str
+) -> None:
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    received: list[bytes] = []
+
+    async def on_msg(msg: Any) -> None:
+        received.append(msg.data)
+
+    nc = await client(bus, identity)
+    nc._error_cb = on_error  # see the server's refusals as they arrive
+    gateway = await client(bus, "gateway")
+    try:
+        await nc.subscribe(bus.subjects.all_committed, cb=on_msg)
+        await nc.flush()
+        await gateway.publish(bus.subjects.committed("alerts"), b'{"origin": "g", "items": []}')
+        await gateway.flush()
+        await asyncio.sleep(0.3)
+    finally:
+        await gateway.close()
+        await nc.close()
+    assert received == []
+    assert any("permissions violation for subscription" in str(e).lower() for e in errors), errors
 
 
 async def test_an_agent_cannot_read_alerts_or_another_identitys_replies(bus: Bus, admin: Any) -> None:

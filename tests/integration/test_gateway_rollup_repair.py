@@ -4,6 +4,7 @@ are missing from the raw samples, on TimescaleDB (Apache edition) and on plain P
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import time
@@ -173,6 +174,20 @@ async def test_an_orphan_is_repaired_from_the_raw_samples_and_other_batches_coun
     assert await repair(pool) == RollupRepair(repaired=1)
     for table, cells in tables.items():
         assert await stored_cells(pool, table) == cells, table
+
+
+async def test_repairs_run_by_several_gateways_at_once_repair_each_orphan_once(pool: asyncpg.Pool) -> None:
+    # Every gateway's maintenance runs the repair on its schedule; with several gateways (and
+    # their ingest workers merging meanwhile) they may run at the same moment.
+    store = Store(pool)
+    top = hour_start(3 * HOUR)
+    await merged(store, [metrics("web-1", top + 7 * i, seed=i) for i in range(20)], list(range(1, 21)))
+    orphans = [metrics(f"web-{h}", top + 30 + h, seed=100 + h) for h in range(1, 5)]
+    await orphan(store, orphans, [101, 102, 103, 104])
+    done = await asyncio.gather(*(repair(pool) for _ in range(3)))
+    assert sum(d.repaired for d in done) == 4
+    assert await pool.fetchval("SELECT count(*) FROM rollup_pending") == 0
+    await assert_rollups_match_raw(pool)
 
 
 async def test_an_orphan_waits_for_a_younger_batch_of_its_host_in_the_same_minutes(

@@ -13,7 +13,9 @@ and fetch from its own durable consumers and acknowledge their messages, and rea
 the buckets it owns. Deleting or purging a stream, a consumer or a bucket, and deleting a
 message, is left to the ``admin`` identity alone; so is publishing anything else. Alert
 actions (``<prefix>.actions.alerts``) may be published by the gateway alone, which audits
-each one with the API token that asked for it.
+each one with the API token that asked for it. The committed frames
+(``<prefix>.committed.>``, gateway/committed.py) are the gateway's own: only the gateway
+may publish or read them (not even ``admin``), so nobody can forge what a dashboard shows live.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Permissions:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     publish_deny: tuple[str, ...] = ()
+    subscribe_deny: tuple[str, ...] = ()
     #: May answer requests sent to it (core request/reply on control subjects).
     allow_responses: bool = False
 
@@ -147,8 +150,14 @@ def permissions(role: str, subjects: Subjects, host: str | None = None) -> Permi
     s = subjects
     p = s.prefix
     if role == "admin":
-        # Everything, stream deletion and purges included, except forging an alert action.
-        return Permissions(publish=(">",), subscribe=(">",), publish_deny=(s.actions,))
+        # Everything, stream deletion and purges included, except forging an alert action or
+        # touching the gateway's committed frames.
+        return Permissions(
+            publish=(">",),
+            subscribe=(">",),
+            publish_deny=(s.actions, s.all_committed),
+            subscribe_deny=(s.all_committed,),
+        )
     if role == "agent":
         if host is None:
             raise ValueError("an agent's permissions need its host")
@@ -161,16 +170,18 @@ def permissions(role: str, subjects: Subjects, host: str | None = None) -> Permi
         consumers += [d for name in GATEWAY_DURABLES["alerts"] for d in _durable(s.alerts_stream, name)]
         return Permissions(
             # HTTP ingest publishes any host's batches; the API publishes actions and asks
-            # the services over their control subjects.
+            # the services over their control subjects; ingest tells every API process what it
+            # committed, and they read it.
             publish=(
                 f"{p}.metrics.*",
                 f"{p}.events.*",
                 s.actions,
                 f"{p}.control.>",
+                s.all_committed,
                 *_service_common(s, role),
                 *consumers,
             ),
-            subscribe=(f"{inbox_prefix('gateway')}.>",),
+            subscribe=(f"{inbox_prefix('gateway')}.>", s.all_committed),
         )
     if role == "evaluator":
         return Permissions(
@@ -232,11 +243,14 @@ def _render_user(user: User, subjects: Subjects) -> list[str]:
     publish = f"allow: {_strings(perms.publish)}"
     if perms.publish_deny:
         publish += f", deny: {_strings(perms.publish_deny)}"
+    subscribe = f"allow: {_strings(perms.subscribe)}"
+    if perms.subscribe_deny:
+        subscribe += f", deny: {_strings(perms.subscribe_deny)}"
     lines = [
         f"      {{ user: {json.dumps(user.name)}, password: {password}",
         "        permissions: {",
         f"          publish: {{ {publish} }}",
-        f"          subscribe: {{ allow: {_strings(perms.subscribe)} }}",
+        f"          subscribe: {{ {subscribe} }}",
     ]
     if perms.allow_responses:
         lines.append("          allow_responses: true")

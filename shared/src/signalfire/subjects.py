@@ -53,6 +53,11 @@ class Subjects:
     def control(self, service: str, verb: str) -> str:
         return f"{self.prefix}.control.{service}.{verb}"
 
+    def committed(self, kind: str) -> str:
+        """Core subject (no stream) on which the gateway's ingest announces what it committed:
+        ``metrics``, ``status``, ``alerts`` or ``actions``; only the gateway may use it."""
+        return f"{self.prefix}.committed.{kind}"
+
     # Wildcards ----------------------------------------------------------------
     @property
     def all_metrics(self) -> str:
@@ -73,6 +78,10 @@ class Subjects:
     @property
     def all_notifications(self) -> str:
         return f"{self.prefix}.notifications.>"
+
+    @property
+    def all_committed(self) -> str:
+        return f"{self.prefix}.committed.>"
 
     # Streams and buckets --------------------------------------------------------
     @property

@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
 
 # The metric types are the library's own; services import them from here, the package that
 # depends on prometheus_client.
@@ -42,6 +43,31 @@ class Registry(CollectorRegistry):
         # pages never had them, and the OpenMetrics page does not need them.
         disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
         self.namespace = namespace
+        self._included: list[Callable[[], Iterable[Metric]]] = []
+
+    def include(self, source: Callable[[], Iterable[Metric]]) -> None:
+        """Serve the metric families ``source`` returns at each scrape with this registry's own
+        (another process's, e.g. the gateway's ingest workers'). A family of a name this
+        registry has too is merged into it, so the page holds every name once; ``source``'s
+        samples should carry a label that tells them apart."""
+        self._included.append(source)
+
+    def collect(self) -> Iterator[Metric]:
+        if not self._included:
+            yield from super().collect()
+            return
+        families: dict[str, Metric] = {}
+        for family in super().collect():
+            families[family.name] = family
+        for source in self._included:
+            for family in source():
+                mine = families.get(family.name)
+                if mine is None:
+                    families[family.name] = family
+                elif mine.type == family.type:
+                    # (each collect() builds new Metric objects: extending one changes nothing kept)
+                    mine.samples.extend(family.samples)
+        yield from families.values()
 
     def counter(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> Counter:
         """A counter sampled as ``<namespace>_<name>_total`` (``name`` without ``_total``)."""

@@ -61,6 +61,7 @@ def test_durations_read_like_the_other_services(tmp_path: Path) -> None:
         ("retention:\n  raw: -1\n", "retention.raw: a duration cannot be negative"),
         ("retention:\n  check_every: 0s\n", "retention.check_every: must be more than 0s"),
         ("ingest_linger: 2s\n", "ingest_linger"),  # not less than fetch_timeout (1s)
+        ("ingest_workers: -1\n", "ingest_workers: must be 0"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path: Path, text: str, field: str) -> None:
@@ -97,3 +98,15 @@ def test_a_listen_address_in_use_is_named() -> None:
         assert caught.value.strerror == f"cannot listen on 127.0.0.1:{port}: {os.strerror(errno.EADDRINUSE)}"
     finally:
         taken.close()
+
+
+def test_ingest_workers_come_from_the_environment_and_default_to_none() -> None:
+    assert load_config(GatewayConfig, None, environ={}).ingest_workers == 0
+    assert load_config(GatewayConfig, None, environ={"SF_INGEST_WORKERS": "2"}).ingest_workers == 2
+
+
+def test_a_bad_workers_flag_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    from signalfire.cli import main
+
+    assert main(["gateway", "--workers", "-1"]) == 2
+    assert "--workers: ingest_workers: must be 0" in capsys.readouterr().err

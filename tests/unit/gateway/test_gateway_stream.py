@@ -98,6 +98,16 @@ async def test_slow_client_gets_latest_metric_per_series_and_every_alert() -> No
     assert hub.frames_coalesced == 99
 
 
+async def test_a_late_older_sample_does_not_replace_the_newer_one_pending() -> None:
+    # Several ingest processes commit out of order: the tab must end on the newest sample.
+    hub = StreamHub()
+    client, _ = hub.connect(Subscription())
+    for at in (10.0, 30.0, 20.0):
+        hub.publish_samples("web-1", [("cpu.usage_percent", {}, at, at)])
+    frames = decoded(await client.next_frames(0.1))
+    assert [(f["time"], f["value"]) for f in frames] == [(30.0, 30.0)]
+
+
 async def test_client_that_never_reads_alerts_is_stalled() -> None:
     hub = StreamHub(client_max_pending=5)
     slow, _ = hub.connect(Subscription())

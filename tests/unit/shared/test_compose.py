@@ -207,6 +207,18 @@ def test_the_scaled_shape_runs_three_nodes_two_gateways_two_notifiers_and_timesc
     ]
     assert {e.partitions for e in evaluators} == {16}
     assert len({e.replica_id for e in evaluators}) == 2
+    # Two gateways, each ingesting in two worker processes (the API in its own).
+    gateways = [
+        service_config(s)
+        for s in signalfire_services({"services": project}).values()
+        if s["command"][0] == "gateway"
+    ]
+    assert [g.ingest_workers for g in gateways] == [2, 2]
+
+
+def test_the_default_shape_ingests_in_the_gateways_own_process() -> None:
+    (gateway,) = [s for s in signalfire_services(default()).values() if s["command"][0] == "gateway"]
+    assert service_config(gateway).ingest_workers == 0
 
 
 def _cluster_conf() -> str:

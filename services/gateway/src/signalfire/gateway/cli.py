@@ -12,8 +12,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import msgspec
 
-from signalfire.config import load_config, read_env_file, tool_environ
+from signalfire.config import ConfigError, load_config, read_env_file, tool_environ
 from signalfire.gateway.auth import ROLES, create_token, list_tokens, revoke_token
 from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.migrate import migrate, schema_version
@@ -92,6 +93,13 @@ def register_gateway(subparsers: Any) -> None:
         description="Run the gateway: ingest from NATS into PostgreSQL/TimescaleDB, serve the REST API.",
     )
     _add_config(parser)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="ingest in N worker processes while this one serves the API "
+        "(overrides ingest_workers / SF_INGEST_WORKERS; 0: ingest in this process)",
+    )
     parser.set_defaults(handler=_gateway)
 
 
@@ -100,6 +108,12 @@ def _gateway(args: argparse.Namespace) -> int:
         from signalfire.gateway.service import GatewayService
 
         config = _load(args)
+        if args.workers is not None:
+            try:
+                config = msgspec.structs.replace(config, ingest_workers=args.workers)
+                config.__post_init__()
+            except ValueError as exc:
+                raise ConfigError(f"--workers: {exc}") from None
         configure_logging("gateway", config.log_level, config.log_format)
         service = GatewayService(config)
         tune_gc()

@@ -60,8 +60,13 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host_down_after: Duration = Duration(30.0)
     #: The most points one ``/api/v1/query`` answer may hold.
     query_max_points: int = 200_000
-    #: Database transactions writing ingested batches at once (each one a large ``COPY``).
+    #: Database transactions writing ingested batches at once (each one a large ``COPY``), per
+    #: ingesting process.
     ingest_writers: int = 2
+    #: Ingest worker processes (``signalfire gateway --workers N``): 0 ingests in the API's own
+    #: process; N > 0 starts N processes that ingest while this one serves the API, maintenance
+    #: and the silences mirror (docs/scaling.md, "Gateway ingest workers").
+    ingest_workers: int = 0
     #: How long the metrics consumer waits for more messages before writing a round that is not
     #: full: one transaction then carries several batches (a commit, a hosts upsert and a
     #: ``rollup_pending`` insert each fewer), at the price of this much more lag. 0: write what
@@ -121,6 +126,8 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")
+        if not 0 <= self.ingest_workers <= 64:
+            raise ValueError("ingest_workers: must be 0 (ingest in the API process) to 64")
         if self.fetch_timeout <= 0:
             raise ValueError("fetch_timeout: must be more than 0s")
         if self.ingest_linger < 0 or self.ingest_linger >= self.fetch_timeout:

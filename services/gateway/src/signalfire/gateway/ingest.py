@@ -38,7 +38,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import msgspec
@@ -75,6 +75,9 @@ from signalfire.gateway.rollup import Rollups
 from signalfire.gateway.store import LatestValues, Store
 from signalfire.subjects import Subjects
 from signalfire.telemetry import Registry
+
+if TYPE_CHECKING:  # committed.py decodes frames with this module's batch decoder
+    from signalfire.gateway.committed import CommittedPublisher
 
 log = logging.getLogger("signalfire.gateway.ingest")
 
@@ -219,14 +222,17 @@ class Ingest:
         js: JetStreamContext,
         store: Store,
         registry: Registry,
-        latest: LatestValues,
+        latest: LatestValues | None,
         *,
         rollups: Rollups,
         live: LiveFeed | None = None,
         commits: Commits | None = None,
+        committed: CommittedPublisher | None = None,
     ) -> None:
         self.config = config
         self.live = live
+        #: Tells the other API processes (workers' parent, other gateways) what was committed.
+        self.committed = committed
         #: Told after each commit of actions (the API waits for the action it published).
         self.commits = commits
         self.js = js
@@ -309,7 +315,10 @@ class Ingest:
             ["consumer"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
         )
-        registry.gauge("latest_series", "Series with a latest value in memory", function=lambda: len(latest))
+        if latest is not None:  # (an ingest worker keeps none: its parent's API does)
+            registry.gauge(
+                "latest_series", "Series with a latest value in memory", function=lambda: len(latest)
+            )
 
     async def start(self) -> None:
         """Create (or update) the durable consumers and start fetching."""
@@ -601,12 +610,12 @@ class Ingest:
         held = [msg for (msg, _), seq in zip(metric_items, sequences, strict=True) if seq in waiting]
         for msg in held:
             self._held[msg.metadata.sequence.stream] = msg
-        for host, keys, when, values in written.uniform:
-            self.latest.update_batch(host, keys, when, values)
-        for key, when, value in written.rows:
-            self.latest.update(key, when, value)
+        if self.latest is not None:
+            self.latest.note(written)
         if self.live is not None:
             self.live.metrics(metrics, statuses)
+        if self.committed is not None:
+            await self.committed.metrics([msg.data for msg, _ in metric_items], statuses)
         self.samples.inc(written.samples - sum(waiting.values()))
         self.duplicates.inc(written.duplicate_samples)
         self.events.inc(written.events)
@@ -623,6 +632,8 @@ class Ingest:
         self.messages.labels(kind="alerts").inc(len(alerts))
         if self.live is not None:
             self.live.alerts(alerts)
+        if self.committed is not None:
+            await self.committed.alerts(alerts)
         return []
 
     async def _write_actions(self, items: list[tuple[Msg, Payload]]) -> list[Msg]:
@@ -631,8 +642,12 @@ class Ingest:
         if self.commits is not None:
             self.commits.committed()
         self.messages.labels(kind="actions").inc(len(actions))
-        if self.live is not None and actions:
-            self.live.actions(actions, await self.store.alert_hosts([a.alert_id for a in actions]))
+        if actions and (self.live is not None or self.committed is not None):
+            hosts = await self.store.alert_hosts([a.alert_id for a in actions])
+            if self.live is not None:
+                self.live.actions(actions, hosts)
+            if self.committed is not None:
+                await self.committed.actions(actions, hosts)
         return []
 
     async def _write_deliveries(self, items: list[tuple[Msg, Payload]]) -> list[Msg]:

@@ -1,5 +1,6 @@
 """The gateway process: database, migrations, ingest, the silences mirror and the HTTP API in
-one event loop."""
+one event loop; with ``ingest_workers``, the ingest runs in worker processes instead
+(:mod:`.workers`) and this process is fed what they commit (:mod:`.committed`)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import uvicorn
 from nats.aio.client import Client as NATS
 
 from signalfire.bus import connect, ensure_streams
+from signalfire.consumers import Backoff
 from signalfire.gateway.api import create_app
 from signalfire.gateway.auth import ensure_admin_token
 from signalfire.gateway.commits import Commits
+from signalfire.gateway.committed import CommittedFeed, CommittedPublisher, new_origin
 from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.ingest import Ingest
 from signalfire.gateway.live import LiveFeed
@@ -27,9 +30,13 @@ from signalfire.gateway.rollup import Rollups
 from signalfire.gateway.silence_mirror import SilenceMirror
 from signalfire.gateway.store import LatestValues, Store
 from signalfire.gateway.stream import StreamHub
+from signalfire.gateway.workers import IngestWorkers
 from signalfire.telemetry import Registry, parse_listen
 
 log = logging.getLogger("signalfire.gateway")
+
+#: Seconds :meth:`GatewayService.start` waits for its ingest workers to start ingesting.
+WORKERS_READY_WITHIN = 60.0
 
 
 class _Server(uvicorn.Server):
@@ -86,6 +93,11 @@ class GatewayService:
         self._own_pool = pool is None
         self._own_nc = nc is None
         self.ingest: Ingest | None = None
+        #: The ingest worker processes (``ingest_workers`` > 0; then ``ingest`` is ``None``).
+        self.workers: IngestWorkers | None = None
+        #: This process's frames (what its own ingest committed) carry this id.
+        self.origin = new_origin()
+        self.feed: CommittedFeed | None = None
         self.silences: SilenceMirror | None = None
         #: What the consumers committed, for the API's waits (actions, silences).
         self.commits = Commits()
@@ -141,24 +153,61 @@ class GatewayService:
         await self.maintenance.start()
         store = Store(self.pool)
         await store.load_latest(self.latest)
-        self.ingest = Ingest(
-            config,
-            js,
-            store,
-            self.registry,
-            self.latest,
-            rollups=rollups,
-            live=LiveFeed(self.hub),
+        live = LiveFeed(self.hub)
+        ingesting_here = config.ingest_workers == 0
+        # Frames of every other ingest (workers, other gateways); this process's own ingest
+        # feeds the hub directly, its frames are skipped by their origin.
+        self.feed = CommittedFeed(
+            self.nc,
+            config.nats.subjects,
+            store=store,
+            latest=self.latest,
+            live=live,
             commits=self.commits,
+            registry=self.registry,
+            origin=self.origin if ingesting_here else None,
         )
-        await self.ingest.start()
+        await self.feed.start()
+        if ingesting_here:
+            self.ingest = Ingest(
+                config,
+                js,
+                store,
+                self.registry,
+                self.latest,
+                rollups=rollups,
+                live=live,
+                commits=self.commits,
+                committed=CommittedPublisher(self.nc, config.nats.subjects, self.origin, self.registry),
+            )
+            await self.ingest.start()
+            db_errors = self.ingest.db_errors
+            backoff = self.ingest.backoff
+        else:
+            latest = self.latest
+            self.registry.gauge(
+                "latest_series", "Series with a latest value in memory", function=lambda: len(latest)
+            )
+            self.workers = IngestWorkers(config, config.ingest_workers, self.registry)
+            await self.workers.start()
+            # Started means ingesting, as with ingest in this process; a worker that cannot start
+            # (database or NATS away) is left to its supervision, which keeps trying.
+            if not await self.workers.wait_ready(WORKERS_READY_WITHIN):
+                log.warning(
+                    "not every ingest worker ingests yet; continuing",
+                    extra={"running": self.workers.running(), "workers": config.ingest_workers},
+                )
+            db_errors = self.registry.counter(
+                "db_errors", "Database errors (the work is retried)", ["consumer"]
+            )
+            backoff = Backoff(first=0.5, cap=float(config.max_backoff))
         self.silences = SilenceMirror(
             await js.key_value(config.nats.subjects.bucket("silences")),
             self.pool,
             self.registry,
-            db_errors=self.ingest.db_errors,
+            db_errors=db_errors,
             commits=self.commits,
-            backoff=self.ingest.backoff,
+            backoff=backoff,
             clock=self.clock,
         )
         await self.silences.start()
@@ -210,6 +259,12 @@ class GatewayService:
         if self.ingest is not None:
             await self.ingest.stop()
             self.ingest = None
+        if self.workers is not None:
+            await self.workers.stop()
+            self.workers = None
+        if self.feed is not None:
+            await self.feed.stop()
+            self.feed = None
         if self.maintenance is not None:
             await self.maintenance.stop()
             self.maintenance = None

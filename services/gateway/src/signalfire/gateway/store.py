@@ -101,6 +101,14 @@ class LatestValues:
         for key, value in zip(keys, values, strict=True):
             self.update(key, time, value)
 
+    def note(self, written: MetricsWritten) -> None:
+        """Take the latest values of what :meth:`Store.write_metrics` (or
+        :meth:`Store.latest_of`) saw."""
+        for host, keys, when, values in written.uniform:
+            self.update_batch(host, keys, when, values)
+        for key, when, value in written.rows:
+            self.update(key, when, value)
+
     def get(self, key: SeriesKey) -> tuple[float, float] | None:
         time = self._times.get(key)
         return None if time is None else (time, self._values[key])
@@ -371,6 +379,14 @@ class Store:
         written.new_series = len(new_series)
         return written
 
+    def latest_of(self, metrics: Sequence[MetricBatch]) -> MetricsWritten:
+        """The series and values of batches another process stored (its committed frames), for
+        :meth:`LatestValues.note`; nothing is written."""
+        written = MetricsWritten()
+        for batch in metrics:
+            _columns(batch, self._shape(batch.host, batch.labels, batch.samples).keys, written)
+        return written
+
     @staticmethod
     async def _write_hosts(
         conn: asyncpg.Connection, arrivals: list[MetricBatch | EventBatch], statuses: list[AgentStatus]
@@ -396,7 +412,9 @@ class Store:
                         msgspec.json.encode(s.facts).decode(),
                         labels_json(s.labels),
                     )
-                    for s in statuses
+                    # by host (stable: a host's statuses keep their order), like the rows above,
+                    # so concurrent ingest workers lock the hosts in one order
+                    for s in sorted(statuses, key=lambda s: s.host)
                 ],
             )
 
@@ -514,7 +532,8 @@ class Store:
                         a.time,
                         a.seq,
                     )
-                    for a in alerts
+                    # by id: ingest workers writing at once lock the rows in one order
+                    for a in sorted(alerts, key=lambda a: a.id)
                 ],
             )
             await conn.executemany(

@@ -58,6 +58,8 @@ class Frame(msgspec.Struct, frozen=True, gc=False):
     metric: str
     time: float
     data: bytes
+    #: A metric frame's sample time: a pending frame is replaced only by a newer sample.
+    sample_time: float = 0.0
 
 
 class Subscription(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -126,9 +128,14 @@ class StreamClient:
         if self.stalled or not self.subscription.matches(frame):
             return
         if frame.kind == "metric":
-            if frame.key in self._metrics:
-                del self._metrics[frame.key]
+            pending = self._metrics.get(frame.key)
+            if pending is not None:
                 self.on_coalesced(1)
+                # Several ingest processes (writers, workers, gateways) commit out of order: an
+                # older sample that arrives late must not replace the newer one still pending.
+                if pending.sample_time > frame.sample_time:
+                    return
+                del self._metrics[frame.key]
             self._metrics[frame.key] = frame
         else:
             if len(self._others) >= self.max_pending:
@@ -223,7 +230,14 @@ class StreamHub:
 
     # Publishing ------------------------------------------------------------------------
     def publish(
-        self, kind: Kind, host: str, payload: dict[str, Any], *, key: str = "", metric: str = ""
+        self,
+        kind: Kind,
+        host: str,
+        payload: dict[str, Any],
+        *,
+        key: str = "",
+        metric: str = "",
+        sample_time: float = 0.0,
     ) -> Frame:
         """Encode ``payload`` once (adding ``seq`` and ``kind``) and hand it to every client."""
         self.seq += 1
@@ -236,6 +250,7 @@ class StreamHub:
             metric=metric,
             time=self.clock(),
             data=_encoder.encode(body),
+            sample_time=sample_time,
         )
         self._ring.append(frame)
         self._trim()
@@ -258,6 +273,7 @@ class StreamHub:
                 {"host": host, "metric": metric, "labels": labels, "time": at, "value": value},
                 key=f"{host}\x00{series}",
                 metric=metric,
+                sample_time=at,
             )
 
     def _trim(self) -> None:

@@ -1,0 +1,333 @@
+"""Several gateways side by side, one with ingest workers (real processes), on one NATS and one
+PostgreSQL: every sample stored once, the rollups equal to the raw samples' aggregates, and the
+live stream of every API process complete; committed frames that cannot be decoded are
+counted and cost nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from signalfire.bus import NatsConfig
+from signalfire.config import Duration
+from signalfire.events import MetricBatch, Sample, encode
+from signalfire.gateway.committed import CommittedFrame, CommittedPublisher
+from signalfire.telemetry import Registry
+from tests.integration.gateway_support import RunningGateway, eventually, gateway_config, running_gateway
+from tests.support.metrics import value
+
+HOSTS = [f"fleet-{i}" for i in range(4)]
+BATCHES_PER_HOST = 40
+#: Metrics whose series are new in every batch (label ``b``): the stream cannot coalesce them,
+#: so a client must get every one of their samples.
+UNIQUE = ["disk.used_percent", "mem.used_percent", "net.rx_per_second"]
+#: Metrics with one series per host across all batches: several samples per rollup bucket.
+STABLE = ["cpu.usage_percent", "load.1m"]
+
+Point = tuple[str, str, str, float, float]  # host, metric, labels JSON, time, value
+
+
+def ws_url(gw: RunningGateway) -> str:
+    return gw.url.replace("http://", "ws://") + f"/api/v1/stream?token={gw.token}"
+
+
+def fleet_batches() -> list[MetricBatch]:
+    """A bounded, known set of batches: 4 hosts x 40 batches 23 s apart, starting 70 minutes
+    ago, so they cover many minutes and two hours; values are halves (exact float sums)."""
+    hour = math.floor(time.time() / 3600) * 3600
+    base = hour - 3600 - 600
+    batches = []
+    for h, host in enumerate(HOSTS):
+        for i in range(BATCHES_PER_HOST):
+            samples = [
+                Sample(name=name, value=(h * 1000 + i * 10 + k) / 2, labels={"b": str(i)})
+                for k, name in enumerate(UNIQUE)
+            ]
+            samples += [Sample(name=name, value=(i * 7 + k + h) / 2) for k, name in enumerate(STABLE)]
+            batches.append(MetricBatch(host=host, time=base + i * 23 + h, samples=samples))
+    return batches
+
+
+def points(batches: list[MetricBatch]) -> list[Point]:
+    return [
+        (b.host, s.name, json.dumps(s.labels, sort_keys=True), b.time, s.value)
+        for b in batches
+        for s in b.samples
+    ]
+
+
+async def collect_stream(ws: ClientConnection, into: list[dict[str, Any]], stop: asyncio.Event) -> None:
+    """Every metric frame ``ws`` receives, until ``stop``."""
+    while not stop.is_set():
+        try:
+            message = json.loads(await asyncio.wait_for(ws.recv(), 0.5))
+        except TimeoutError:
+            continue
+        for frame in message if isinstance(message, list) else [message]:
+            if frame.get("kind") == "metric":
+                into.append(frame)
+
+
+def received(frames: list[dict[str, Any]]) -> set[Point]:
+    return {
+        (f["host"], f["metric"], json.dumps(f["labels"], sort_keys=True), f["time"], f["value"])
+        for f in frames
+    }
+
+
+async def test_two_gateways_one_with_two_workers_store_once_roll_up_exactly_and_stream_everything(
+    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    # (one database, so one admin token file: the first gateway to start writes it)
+    # Rounds of 5 messages: the 160 batches are shared by the three ingest processes.
+    with_workers = gateway_config(nats_config, database_url, tmp_path, ingest_workers=2, fetch_batch=5)
+    in_process = gateway_config(nats_config, database_url, tmp_path, fetch_batch=5)
+    batches = fleet_batches()
+    expected = points(batches)
+    async with running_gateway(with_workers) as a, running_gateway(in_process) as b:
+        assert a.service.workers is not None and a.service.workers.running() == 2
+        assert all(pid != os.getpid() for pid in a.service.workers.pids())
+        streams: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+        stop = asyncio.Event()
+        async with websockets.connect(ws_url(a)) as ws_a, websockets.connect(ws_url(b)) as ws_b:
+            for ws in (ws_a, ws_b):
+                await ws.send(json.dumps({"subscribe": {"alerts": False, "host_status": False}}))
+                assert json.loads(await ws.recv())["kind"] == "hello"
+            readers = [
+                asyncio.create_task(collect_stream(ws_a, streams["a"], stop)),
+                asyncio.create_task(collect_stream(ws_b, streams["b"], stop)),
+            ]
+            js = nc.jetstream()
+            for batch in batches:
+                await js.publish(nats_config.subjects.metrics(batch.host), encode(batch))
+
+            conn = await asyncpg.connect(database_url)
+            try:
+
+                async def all_rolled_up() -> None:
+                    rolled = await conn.fetchval("SELECT coalesce(sum(count), 0) FROM samples_1h")
+                    assert rolled == len(expected)
+
+                await eventually(all_rolled_up, timeout=90)
+                unique = {p for p in expected if p[1] in UNIQUE}
+
+                async def streams_complete() -> None:
+                    for name in ("a", "b"):
+                        assert unique <= received(streams[name]), name
+
+                await eventually(streams_complete, timeout=30)
+                stop.set()
+                await asyncio.gather(*readers)
+                rows = await conn.fetch(
+                    "SELECT s.host, s.name, s.labels::text AS labels,"
+                    " extract(epoch FROM x.time)::float8 AS t, x.value"
+                    " FROM samples x JOIN series s ON s.id = x.series_id"
+                )
+                stored = [(r["host"], r["name"], r["labels"], r["t"], r["value"]) for r in rows]
+                # Every sample stored exactly once: the same count, the same sum, the same points.
+                assert len(stored) == len(expected)
+                assert math.fsum(p[4] for p in stored) == math.fsum(p[4] for p in expected)
+                normalized = sorted(
+                    (h, n, json.dumps(json.loads(lb), sort_keys=True), t, v) for h, n, lb, t, v in stored
+                )
+                assert normalized == sorted(expected)
+                for table, width in (("samples_1m", 60), ("samples_1h", 3600)):
+                    rolled = await conn.fetch(
+                        f"SELECT series_id, extract(epoch FROM bucket)::float8 AS b, count, sum, min, max"
+                        f" FROM {table} ORDER BY 1, 2"
+                    )
+                    raw = await conn.fetch(
+                        f"SELECT series_id, floor(extract(epoch FROM time) / {width}) * {width} AS b,"
+                        " count(*) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max"
+                        " FROM samples GROUP BY 1, 2 ORDER BY 1, 2"
+                    )
+                    assert [tuple(r) for r in rolled] == [
+                        (r["series_id"], float(r["b"]), r["count"], r["sum"], r["min"], r["max"]) for r in raw
+                    ], table
+                    assert any(r["count"] > 1 for r in rolled), table  # buckets really merged samples
+            finally:
+                await conn.close()
+        # Each stream holds every sample of the series that cannot be coalesced, and the newest
+        # value of every other series.
+        for name in ("a", "b"):
+            newest: dict[tuple[str, str], float] = {}
+            for frame in sorted(streams[name], key=lambda f: f["time"]):
+                newest[(frame["host"], frame["metric"])] = frame["value"]
+            for host in HOSTS:
+                for metric in STABLE:
+                    last = max((p for p in expected if p[0] == host and p[1] == metric), key=lambda p: p[3])
+                    assert newest[(host, metric)] == last[4], (name, host, metric)
+        # The latest values of both API processes (A fed by the workers' frames, B by its own
+        # ingest and A's frames) hold the newest sample of every series.
+        for gw in (a, b):
+            for host in HOSTS:
+                for metric in STABLE:
+                    last = max((p for p in expected if p[0] == host and p[1] == metric), key=lambda p: p[3])
+                    assert gw.service.latest.get((host, metric, "{}")) == (last[3], last[4])
+        # The gateway with workers shows them on /metrics, their ingest counters labelled.
+        page = a.service.registry
+        assert value(page, "signalfire_gateway_ingest_workers_running") == 2
+
+        async def counted_once() -> None:
+            by_workers = [
+                value(page, "signalfire_gateway_ingest_samples_total", worker=w) for w in ("1", "2")
+            ]
+            by_b = value(b.service.registry, "signalfire_gateway_ingest_samples_total")
+            assert sum(by_workers) + by_b == len(expected)
+            assert sum(by_workers) > 0  # the workers did ingest
+
+        await eventually(counted_once, timeout=15)
+
+
+async def test_a_committed_frame_that_cannot_be_decoded_is_counted_and_the_rest_is_delivered(
+    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    subject = nats_config.subjects.committed("metrics")
+    good = MetricBatch(host="web-1", time=time.time(), samples=[Sample(name="cpu.usage_percent", value=12.5)])
+    also_good = MetricBatch(
+        host="web-2", time=time.time(), samples=[Sample(name="cpu.usage_percent", value=7.5)]
+    )
+    async with running_gateway(gateway_config(nats_config, database_url, tmp_path)) as gw:
+        async with websockets.connect(ws_url(gw)) as ws:
+            await ws.send(json.dumps({"subscribe": {"alerts": False, "host_status": False}}))
+            assert json.loads(await ws.recv())["kind"] == "hello"
+            frames: list[dict[str, Any]] = []
+            stop = asyncio.Event()
+            reader = asyncio.create_task(collect_stream(ws, frames, stop))
+            await nc.publish(subject, b"\xff not json")
+            await nc.publish(nats_config.subjects.committed("nonsense"), b"{}")
+            mixed = CommittedFrame(
+                origin="another-gateway",
+                items=[msgspec.Raw(b'{"host": "web-9"}'), msgspec.Raw(encode(good))],
+            )
+            await nc.publish(subject, msgspec.json.encode(mixed))
+            # a frame after the bad ones, and a batch a real ingest commits, still arrive
+            await nc.publish(
+                subject,
+                msgspec.json.encode(CommittedFrame(origin="another", items=[msgspec.Raw(encode(also_good))])),
+            )
+            await nc.jetstream().publish(
+                nats_config.subjects.metrics("web-3"),
+                encode(
+                    MetricBatch(
+                        host="web-3", time=time.time(), samples=[Sample(name="cpu.usage_percent", value=1.0)]
+                    )
+                ),
+            )
+
+            async def all_arrived() -> None:
+                assert {(f["host"], f["value"]) for f in frames} >= {
+                    ("web-1", 12.5),
+                    ("web-2", 7.5),
+                    ("web-3", 1.0),
+                }
+
+            await eventually(all_arrived, timeout=15)
+            stop.set()
+            await reader
+        assert gw.counter("committed_frames_rejected_total", kind="metrics") == 2
+        assert gw.counter("committed_frames_rejected_total", kind="unknown") == 1
+        assert gw.counter("committed_frames_received_total", kind="metrics") == 2
+        # the latest values were fed from the frames too
+        assert gw.service.latest.get(("web-2", "cpu.usage_percent", "{}")) is not None
+
+
+async def test_a_round_larger_than_max_payload_is_split_over_frames_and_all_of_it_arrives(
+    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    # Four batches of ~400 KB each: about 1.6 MB, past the server's 1 MB max_payload.
+    big = [
+        encode(
+            MetricBatch(
+                host=f"big-{i}",
+                time=time.time(),
+                samples=[
+                    Sample(name=f"m.{k}", value=float(k), labels={"pad": "x" * 20}) for k in range(5000)
+                ],
+            )
+        )
+        for i in range(4)
+    ]
+    assert sum(map(len, big)) > nc.max_payload
+    registry = Registry("signalfire_test")
+    publisher = CommittedPublisher(nc, nats_config.subjects, "test-origin", registry)
+    async with running_gateway(gateway_config(nats_config, database_url, tmp_path)) as gw:
+        await publisher.metrics(big, [])
+        await nc.flush()
+
+        async def all_applied() -> None:
+            for i in range(4):
+                assert gw.service.latest.get((f"big-{i}", "m.4999", '{"pad":"' + "x" * 20 + '"}')) is not None
+
+        await eventually(all_applied, timeout=15)
+    assert value(registry, "signalfire_test_committed_frames_published_total", kind="metrics") >= 2
+    assert value(registry, "signalfire_test_committed_publish_errors_total", reason="too_large") == 0
+
+
+async def test_a_worker_that_dies_is_started_again_and_stop_ends_every_worker(
+    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    # ack_wait 5 s: what the killed worker held is redelivered to the others soon
+    config = gateway_config(
+        nats_config, database_url, tmp_path, ingest_workers=2, fetch_batch=5, ack_wait=Duration(5)
+    )
+    js = nc.jetstream()
+    sent = 0
+
+    async def publish(n: int) -> None:
+        nonlocal sent
+        for _ in range(n):
+            sent += 1
+            batch = MetricBatch(
+                host="web-1", time=time.time(), samples=[Sample(name="cpu.usage_percent", value=float(sent))]
+            )
+            await js.publish(nats_config.subjects.metrics("web-1"), encode(batch))
+
+    async with running_gateway(config) as gw:
+        workers = gw.service.workers
+        assert workers is not None
+        first = workers.pids()
+        await publish(20)
+        os.kill(first[0], signal.SIGKILL)
+
+        async def restarted() -> None:
+            assert gw.counter("ingest_worker_restarts_total", worker="1") == 1
+            assert workers.running() == 2
+
+        await eventually(restarted, timeout=30)
+        assert workers.pids()[0] != first[0] and workers.pids()[1] == first[1]
+        await publish(20)
+        conn = await asyncpg.connect(database_url)
+        try:
+
+            async def all_stored() -> None:
+                assert await conn.fetchval("SELECT count(*) FROM samples") == sent
+
+            await eventually(all_stored, timeout=30)
+        finally:
+            await conn.close()
+        running = workers.pids()
+    # stopped with the gateway: no worker process is left
+    for pid in running:
+        assert not _alive(pid), pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is an ended process its parent has not reaped yet
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
