@@ -386,7 +386,7 @@ class Dispatcher:
                 if name not in self._channels:
                     # removed: a delivery under way on the old channel is waited for, the rest is history
                     mark = found[0] if found is not None else None
-                    if mark is not None and mark.state == "sending" and not self._ledger.expired(mark):
+                    if mark is not None and mark.state == "sending" and not self._ledger.abandoned(key, mark):
                         raise Busy(key, max(0.0, self._ledger.lease - (self._clock() - mark.time)))
                     return mark is not None and mark.state == "sent"
                 if found is None:
@@ -396,7 +396,7 @@ class Dispatcher:
                 mark, revision = found
                 if mark.state != "sending":
                     return mark.state == "sent"
-                if not self._ledger.expired(mark):
+                if not self._ledger.abandoned(key, mark):
                     raise Busy(key, max(0.0, self._ledger.lease - (self._clock() - mark.time)))
                 if not firing or mark.alert is None:
                     if await self._ledger.close(key, alert.id, name, tag, "superseded", last=revision):
@@ -442,7 +442,7 @@ class Dispatcher:
                 found = await self._ledger.read(key)
                 if found is None:
                     closed = await self._ledger.close(key, alert.id, name, tag, "failed")
-                elif found[0].state == "sending" and self._ledger.expired(found[0]):
+                elif self._ledger.abandoned(key, found[0]):
                     closed = await self._ledger.close(key, alert.id, name, tag, "failed", last=found[1])
                 else:
                     break  # sent, failed, superseded, or a live replica is on it
