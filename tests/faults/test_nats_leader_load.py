@@ -29,6 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import nats.errors
 import pytest
 from devstack import NatsCluster, NatsServer, ServiceProcess, free_port
@@ -368,6 +369,7 @@ async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_an
         )
         survivor = next(node for node in cluster.nodes if node is not victim)
         new_meta = survivor.monitoring("/jsz")["meta_cluster"]["leader"]
+        results = await _sent_results(database_url)
         alive = [name for name, s in services.items() if s.alive()]
         reconnected = [name for name, s in services.items() if "reconnected to NATS" in _log(s)]
     finally:
@@ -383,6 +385,7 @@ async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_an
     transitions: Counter[tuple[str, str]] = Counter((ev.id, str(ev.status)) for ev in stream_events)
     notices = Counter((p.alert_id, p.transition) for p in posted)
     keys = Counter(p.idempotency_key for p in posted)
+    recorded = Counter(results)
     by_host = Counter((ev.host, ev.status) for ev in stream_events)
     report(
         "nats-leader-kill-9-under-load",
@@ -399,6 +402,7 @@ async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_an
         duplicate_notifications=sum(n - 1 for n in notices.values() if n > 1),
         lost_notifications=sum((transitions - notices).values()),
         unexpected_notifications=sum((notices - transitions).values()),
+        results_stored=len(results),
         in_flight_at_kill=f"events:{events_at_kill},notified:{posted_at_kill}",
         failed_publishes=len(publisher.failures),
         resumed_after_s=f"{resumed_after:.1f}",
@@ -418,9 +422,23 @@ async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_an
     assert len(stream_events) == 2 * len(HOT), "an alert for a host that never ran hot, or a transition twice"
     assert notices == transitions, f"notifications {notices} against alert events {transitions}"
     assert all(n == 1 for n in keys.values()), "a notification sent twice with the same idempotency key"
+    # each delivery result (what the dashboard's alert page lists) stored once
+    assert recorded == transitions, f"stored delivery results {recorded} against alert events {transitions}"
     assert stored_alerts == len(HOT)
     assert alive == ["gateway", "evaluator", "notifier"], log_tail(*services.values())
     assert reconnected == ["gateway", "evaluator", "notifier"]
+
+
+async def _sent_results(database_url: str) -> list[tuple[str, str]]:
+    """(alert id, transition) of every ``sent`` delivery result the gateway stored for the webhook."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT alert_id, transition FROM notifications WHERE channel = 'hook' AND status = 'sent'"
+        )
+    finally:
+        await conn.close()
+    return [(str(r["alert_id"]), str(r["transition"])) for r in rows]
 
 
 async def _stored(database_url: str) -> int:

@@ -17,9 +17,19 @@ from typing import Any
 import msgspec
 import pytest
 
-from signalfire.bus import NatsConfig, connect
+from signalfire.bus import NatsConfig, connect, ensure_streams
+from signalfire.config import Duration
+from signalfire.events import DeliveryResult, decode
+from signalfire.notifier.channels.webhook import WebhookChannelConfig
+from signalfire.notifier.config import NotifyConfig, Route
 from signalfire.notifier.ledger import DeliveryLedger, SentMark, ledger_key
+from tests.support.alerts import firing_alert, publish_alert
+from tests.support.metrics import value
+from tests.support.notifiers import notifier_services
+from tests.support.polling import wait_until
 from tests.support.private_nats import private_nats
+from tests.support.streams import stream_messages
+from tests.support.webhook import WebhookReceiver
 
 OWNER = "notifier-test-a"
 
@@ -101,3 +111,56 @@ async def test_an_answer_that_could_not_be_recorded_is_recorded_not_sent_again(t
     finally:
         await nc.close()
         server.stop()
+
+
+async def test_a_sent_result_that_could_not_be_published_is_published_once_the_bus_answers(
+    nc: Any, nats_config: NatsConfig
+) -> None:
+    js = nc.jetstream()
+    subjects = nats_config.subjects
+    fired = firing_alert(severity="critical")
+    with WebhookReceiver() as receiver:
+        config = NotifyConfig(
+            nats=nats_config,
+            channels={"ops": WebhookChannelConfig(url=receiver.url("ops"))},
+            routes=[Route(channels=["ops"])],
+            ack_wait=Duration(3),
+        )
+        async with notifier_services(nc) as start:
+            service = await start(config)
+            # No stream takes delivery results for a while: their publish finds no responder,
+            # as while the alerts stream elects a leader.
+            alerts = (await js.stream_info(subjects.alerts_stream)).config
+            alerts.subjects = [subjects.all_alerts, subjects.actions]
+            await js.update_stream(alerts)
+            await publish_alert(nc, nats_config, fired)
+            await wait_until(lambda: len(receiver.posted("ops")) == 1, "the notice sent")
+
+            def waits() -> float:
+                return value(service.registry, "signalfire_notifier_bus_waits_total")
+
+            await wait_until(lambda: waits() >= 2, "the result's publish failing, then tried again")
+            await ensure_streams(js, nats_config)  # the results are taken again
+            await wait_until(
+                lambda: (
+                    value(service.registry, "signalfire_notifier_duplicates_skipped_total", channel="ops")
+                    >= 1
+                ),
+                "the event tried again",
+            )
+            await wait_until(lambda: _results(js, nats_config), "the result stored")
+            await asyncio.sleep(1)
+        assert len(receiver.posted("ops")) == 1  # not sent again
+    stored = await _results(js, nats_config)
+    # Before the fix: none (the dashboard never learnt the notice went out).
+    assert [(r.alert_id, r.channel, r.status, r.transition) for r in stored] == [
+        (fired.id, "ops", "sent", "firing")
+    ]
+
+
+async def _results(js: Any, nats_config: NatsConfig) -> list[DeliveryResult]:
+    prefix = nats_config.subjects.all_notifications[:-1]
+    return [
+        decode(data, DeliveryResult)
+        for _, data in await stream_messages(js, nats_config.subjects.alerts_stream, prefix)
+    ]
