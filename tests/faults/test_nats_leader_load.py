@@ -36,7 +36,7 @@ from devstack import NatsCluster, NatsServer, ServiceProcess, free_port
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.collector.outbox import Outbox, Outgoing
-from signalfire.events import AlertEvent, MetricBatch, Sample, encode
+from signalfire.events import AlertEvent, DeliveryResult, MetricBatch, Sample, decode, encode
 from tests.faults.support import (
     alert_events,
     eventually,
@@ -50,6 +50,7 @@ from tests.faults.support import (
     write,
 )
 from tests.support.metrics import scrape
+from tests.support.streams import stream_messages
 from tests.support.webhook import WebhookReceiver
 
 #: Hosts made hot one after another around the kill (each fires once and resolves once).
@@ -62,6 +63,9 @@ METRICS = ("fault.temp", "fault.load", "fault.mem", "fault.disk")  # samples per
 HOT_VALUE, COOL_VALUE = 60.0, 30.0
 PUBLISH_TIMEOUT = 2.0  # the agent's: a publish unanswered this long is retried with the same id
 DOWN_FOR = 8.0  # seconds the killed node stays away
+#: Starts of a service until its random pick of the three nodes is the victim: the odds of
+#: missing it 20 times are (2/3)^20, 1 in 3,300.
+START_TRIES = 20
 RECEIVER_DELAY = 0.3  # how long the webhook receiver takes to answer: notices are in flight
 RULES = """\
 rules:
@@ -160,6 +164,11 @@ def _clients_on(node: NatsServer) -> set[str]:
     return {str(c.get("name", "")) for c in page.get("connections") or []}
 
 
+def _connected(cluster: NatsCluster, name: str) -> bool:
+    """Whether a client connection named ``name`` is on any node of ``cluster``."""
+    return any(name in _clients_on(node) for node in cluster.nodes)
+
+
 async def _current_everywhere(js: Any, streams: list[str], node: str) -> bool:
     """Whether every one of ``streams`` has a leader and three members, ``node`` among them,
     the followers current."""
@@ -233,15 +242,19 @@ async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_an
         }
         service_starts = 0
         for connection, start in starts.items():
-            for _ in range(12):
+            for _ in range(START_TRIES):
                 process = await start()
                 service_starts += 1
+                # ready is not yet connected for every service (the notifier serves /metrics first)
+                await eventually(
+                    partial(_connected, cluster, connection), f"{connection} connected", 30, process
+                )
                 if connection in _clients_on(victim):
                     services[connection.removeprefix("signalfire-")] = process
                     break
                 process.stop()
             else:
-                raise AssertionError(f"{connection} never connected to {victim.name} in 12 starts")
+                raise AssertionError(f"{connection} never connected to {victim.name} in {START_TRIES} starts")
 
         streams = [
             s.config.name
@@ -370,6 +383,12 @@ async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_an
         survivor = next(node for node in cluster.nodes if node is not victim)
         new_meta = survivor.monitoring("/jsz")["meta_cluster"]["leader"]
         results = await _sent_results(database_url)
+        results_prefix = nats.subjects.all_notifications[:-1]
+        in_stream = [
+            decode(data, DeliveryResult)
+            for _, data in await stream_messages(js, nats.subjects.alerts_stream, results_prefix)
+        ]
+        results_in_stream = Counter((r.alert_id, r.transition) for r in in_stream if r.status == "sent")
         alive = [name for name, s in services.items() if s.alive()]
         reconnected = [name for name, s in services.items() if "reconnected to NATS" in _log(s)]
     finally:
@@ -402,6 +421,7 @@ async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_an
         duplicate_notifications=sum(n - 1 for n in notices.values() if n > 1),
         lost_notifications=sum((transitions - notices).values()),
         unexpected_notifications=sum((notices - transitions).values()),
+        results_in_stream=sum(results_in_stream.values()),
         results_stored=len(results),
         in_flight_at_kill=f"events:{events_at_kill},notified:{posted_at_kill}",
         failed_publishes=len(publisher.failures),

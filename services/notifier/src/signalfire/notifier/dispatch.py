@@ -286,8 +286,10 @@ class Dispatcher:
         if result.status == "sent":
             # The mark first and alone: a crash between the provider's answer and this write
             # makes a takeover send the message again (with the same delivery id).
-            await self._ledger.finish(key, mark, "sent", result.attempt, reference)
+            # Owed until published: when the bus fails the mark or the result, the event is
+            # tried again, finds the message sent (:meth:`_done`) and publishes it then.
             self._unreported[key] = (result, notification)
+            await self._ledger.finish(key, mark, "sent", result.attempt, reference)
             await self._report(result, notification, key)
             del self._unreported[key]
             return Outcome(name, "sent", reference)
