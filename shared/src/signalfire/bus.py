@@ -17,7 +17,11 @@ from typing import Any
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError
+from nats.errors import (
+    ConnectionReconnectingError,
+    NoRespondersError,
+    StaleConnectionError,
+)
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -27,7 +31,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from signalfire.buspolicy import inbox_prefix
 from signalfire.config import ConfigError, Duration
@@ -145,6 +149,27 @@ async def connect(
         options["tls"] = tls
     nc: NATS = await nats.connect(**options)
     return nc
+
+
+#: What a client sees while the bus cannot answer for a moment: a request unanswered (a stream
+#: or bucket whose leader is being elected, a server paused), nobody subscribed to answer it
+#: (the stream's only node gone), a JetStream "temporarily unavailable", the connection being
+#: re-established. Worth the same request again shortly, unlike a refusal.
+BUS_UNAVAILABLE: tuple[type[Exception], ...] = (
+    NatsTimeoutError,
+    NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+    ConnectionReconnectingError,
+    StaleConnectionError,
+)
+
+
+def bus_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the bus could not answer right now (:data:`BUS_UNAVAILABLE`),
+    rather than that it refused the request. A denied publish also shows as a timeout, so a
+    caller retrying on this bounds its patience."""
+    return isinstance(exc, BUS_UNAVAILABLE)
 
 
 def _password(config: NatsConfig) -> str:

@@ -32,6 +32,12 @@ from signalfire.telemetry import Registry
 log = logging.getLogger("signalfire.notifier.dispatch")
 
 
+def sent_result_id(key: str, alert_id: str) -> str:
+    """The ``Nats-Msg-Id`` of the ``sent`` result of the message ``key`` (a ledger key) for
+    ``alert_id`` (one of the alerts the message covers)."""
+    return f"result.{key}.{alert_id}"
+
+
 class Busy(Exception):
     """Another replica is sending this message right now: look again later. ``wait`` is
     the seconds until its claim expires should that replica have died (0: look again soon)."""
@@ -60,7 +66,7 @@ class Dispatcher:
         settings: Mapping[str, ChannelSettings],
         ledger: DeliveryLedger,
         kv: KeyValue,
-        publish: Callable[[DeliveryResult], Awaitable[None]],
+        publish: Callable[[DeliveryResult, str | None], Awaitable[None]],
         registry: Registry,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -78,6 +84,8 @@ class Dispatcher:
         self._ledger = ledger
         self._kv = kv
         self._publish = publish
+        # ledger key → the ``sent`` result (and its notification) we could not publish yet
+        self._unreported: dict[str, tuple[DeliveryResult, Notification]] = {}
         self._clock = clock
         self._sleep = sleep
         self.deliveries = registry.counter(
@@ -190,11 +198,23 @@ class Dispatcher:
             raise Busy(f"{tag}: another replica is sending", min(waits))
         return found
 
-    async def _report(self, result: DeliveryResult, notification: Notification) -> None:
-        self.deliveries.labels(channel=result.channel, status=result.status).inc()
+    async def _report(
+        self,
+        result: DeliveryResult,
+        notification: Notification,
+        sent: str | None = None,
+        *,
+        count: bool = True,
+    ) -> None:
+        """Publish ``result`` for every alert ``notification`` covers. ``sent``: the ledger key
+        of a ``sent`` result, which then goes out with a ``Nats-Msg-Id`` made of it
+        (:func:`sent_result_id`), so that publishing it again is stored once."""
+        if count:
+            self.deliveries.labels(channel=result.channel, status=result.status).inc()
         for alert in notification.covered:
+            msg_id = None if sent is None else sent_result_id(sent, alert.id)
             if alert.id == result.alert_id:
-                await self._publish(result)
+                await self._publish(result, msg_id)
             else:
                 await self._publish(
                     msgspec.structs.replace(
@@ -203,7 +223,8 @@ class Dispatcher:
                         fingerprint=alert.fingerprint,
                         rule=alert.rule,
                         host=alert.host,
-                    )
+                    ),
+                    msg_id,
                 )
 
     async def _one(
@@ -238,7 +259,7 @@ class Dispatcher:
         if claim.outcome == "busy":
             raise Busy(key, claim.wait)
         if claim.outcome == "done":
-            return await self._done(notification, name, alert_key, tag, claim.mark)
+            return await self._done(notification, name, alert_key, tag, claim.mark, key=key)
         assert claim.mark is not None
         mark = claim.mark
         notification = msgspec.structs.replace(notification, delivery_id=key)
@@ -265,8 +286,12 @@ class Dispatcher:
         if result.status == "sent":
             # The mark first and alone: a crash between the provider's answer and this write
             # makes a takeover send the message again (with the same delivery id).
+            # Owed until published: when the bus fails the mark or the result, the event is
+            # tried again, finds the message sent (:meth:`_done`) and publishes it then.
+            self._unreported[key] = (result, notification)
             await self._ledger.finish(key, mark, "sent", result.attempt, reference)
-            await self._report(result, notification)
+            await self._report(result, notification, key)
+            del self._unreported[key]
             return Outcome(name, "sent", reference)
         await self._ledger.finish(key, mark, "failed", result.attempt, None)
         log.warning(
@@ -303,9 +328,19 @@ class Dispatcher:
         return Outcome(name, "failed")
 
     async def _done(
-        self, notification: Notification, name: str, alert_key: str, tag: str, mark: SentMark | None
+        self,
+        notification: Notification,
+        name: str,
+        alert_key: str,
+        tag: str,
+        mark: SentMark | None,
+        *,
+        key: str,
     ) -> Outcome:
-        """The outcome of a message the ledger already has an answer for."""
+        """The outcome of a message the ledger already has an answer for. A ``sent`` result
+        this replica could not publish (the bus away between the ``sent`` mark and the result,
+        so the event is tried again) is published now, under the same ``Nats-Msg-Id``: the
+        stream keeps one copy also when the first publish was stored but not acknowledged."""
         alert = notification.alert
         if mark is not None and mark.state == "failed":
             return Outcome(name, "failed")  # recorded (and dead-lettered) when it failed
@@ -314,6 +349,10 @@ class Dispatcher:
             return Outcome(name, "superseded")
         self.duplicates.labels(channel=name).inc()
         log.info("already sent; not sending again", extra={"alert_id": alert.id, "tag": tag, "channel": name})
+        owed = self._unreported.get(key)
+        if owed is not None:
+            await self._report(*owed, key, count=False)
+            self._unreported.pop(key, None)
         return Outcome(name, "duplicate", mark.reference if mark else None)
 
     async def dead_letter(
@@ -386,7 +425,7 @@ class Dispatcher:
                 if name not in self._channels:
                     # removed: a delivery under way on the old channel is waited for, the rest is history
                     mark = found[0] if found is not None else None
-                    if mark is not None and mark.state == "sending" and not self._ledger.expired(mark):
+                    if mark is not None and mark.state == "sending" and not self._ledger.abandoned(key, mark):
                         raise Busy(key, max(0.0, self._ledger.lease - (self._clock() - mark.time)))
                     return mark is not None and mark.state == "sent"
                 if found is None:
@@ -396,7 +435,7 @@ class Dispatcher:
                 mark, revision = found
                 if mark.state != "sending":
                     return mark.state == "sent"
-                if not self._ledger.expired(mark):
+                if not self._ledger.abandoned(key, mark):
                     raise Busy(key, max(0.0, self._ledger.lease - (self._clock() - mark.time)))
                 if not firing or mark.alert is None:
                     if await self._ledger.close(key, alert.id, name, tag, "superseded", last=revision):
@@ -442,7 +481,7 @@ class Dispatcher:
                 found = await self._ledger.read(key)
                 if found is None:
                     closed = await self._ledger.close(key, alert.id, name, tag, "failed")
-                elif found[0].state == "sending" and self._ledger.expired(found[0]):
+                elif self._ledger.abandoned(key, found[0]):
                     closed = await self._ledger.close(key, alert.id, name, tag, "failed", last=found[1])
                 else:
                     break  # sent, failed, superseded, or a live replica is on it

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -31,8 +32,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg
 
+from signalfire.bus import bus_unavailable
 from signalfire.consumers import Backoff, Fetcher, ensure_durable
 from signalfire.events import AlertAction, AlertEvent, PayloadError, decode
 from signalfire.notifier.config import NotifyConfig
@@ -50,6 +52,17 @@ ACTIONS_DURABLE = "notifier-actions"
 DRAIN_TIMEOUT = 10.0
 #: Pauses after a failed fetch (NATS away): 0.5 s, doubled up to 5 s, reset by a good fetch.
 FETCH_BACKOFF = Backoff(first=0.5, cap=5.0)
+#: How long an event waits out NATS trouble (:func:`~signalfire.bus.bus_unavailable`) in
+#: hand, retrying every :data:`BUS_RETRY`, before it is nak'ed to JetStream's redelivery. Each
+#: redelivery uses one of the event's ``max_deliver`` deliveries, ``heartbeat`` apart: when a
+#: JetStream leader node dies the alerts stream can deliver again while the ledger's bucket
+#: still elects its leader (4 to 11 s measured), and five deliveries a second apart
+#: (``ack_wait`` 3 s) let JetStream give up on the event, a lost notification
+#: (tests/faults/test_nats_leader_load.py). Bounded because a publish the bus's permissions
+#: deny also times out: such an event still reaches ``max_deliver`` and a dead letter.
+BUS_PATIENCE = 60.0
+#: Pauses between those retries: 0.25 s, doubled up to 2 s.
+BUS_RETRY = Backoff(first=0.25, cap=2.0)
 #: Queue group of the max-deliveries advisory subscription: one replica records each.
 ADVISORY_QUEUE = "signalfire-notifier"
 
@@ -57,6 +70,28 @@ ADVISORY_QUEUE = "signalfire-notifier"
 def max_deliveries_subject(stream: str, durable: str) -> str:
     """Where JetStream announces that it stopped redelivering a message of ``durable``."""
     return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{durable}"
+
+
+class BusTrouble:
+    """The NATS trouble one piece of work has met so far: :meth:`pause` says how long to wait
+    before trying it again, or ``None`` (a refusal, or trouble past :data:`BUS_PATIENCE`)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._since: float | None = None
+        self._pause: float | None = None
+        #: Whether the last :meth:`pause` was the first of this trouble (log it once).
+        self.first = False
+
+    def pause(self, exc: BaseException) -> float | None:
+        now = self._clock()
+        if not bus_unavailable(exc) or (self._since is not None and now - self._since > BUS_PATIENCE):
+            return None
+        self.first = self._since is None
+        if self._since is None:
+            self._since = now
+        self._pause = BUS_RETRY.delay(self._pause)
+        return self._pause
 
 
 class MaxDeliveries(msgspec.Struct):
@@ -109,6 +144,9 @@ class Intake:
         )
         self.errors = registry.counter(
             "processing_errors", "Alert events or actions left for redelivery after a NATS error"
+        )
+        self.bus_waits = registry.counter(
+            "bus_waits", "Retries of an alert event or action that met NATS trouble, waited out in hand"
         )
         self.bus_errors = registry.counter(
             "bus_errors", "NATS errors while fetching (retried with back-off)", ["consumer"]
@@ -244,7 +282,10 @@ class Intake:
         While another replica holds a claim ``work`` needs (:class:`Busy`), the event waits
         here, kept alive by the heartbeat, and ``work`` runs again when that claim should be
         done or expired: waiting uses none of the event's ``max_deliver`` deliveries, so
-        JetStream cannot give up on it before a dead replica's lease runs out.
+        JetStream cannot give up on it before a dead replica's lease runs out. NATS trouble
+        (:func:`~signalfire.bus.bus_unavailable`: a stream or bucket electing a new leader, a
+        node gone) is waited out here too, for up to :data:`BUS_PATIENCE`, before the event is
+        left to JetStream's redelivery.
         """
         key = id(msg)
         timings = self._config.timings
@@ -252,6 +293,7 @@ class Intake:
         try:
             try:
                 async with self._in_order(fingerprint):
+                    trouble = BusTrouble()
                     while True:
                         try:
                             await work()
@@ -259,6 +301,17 @@ class Intake:
                         except Busy as busy:
                             self.busy_waits.inc()
                             await asyncio.sleep(timings.busy_wait(busy.wait))
+                        except Exception as exc:
+                            pause = trouble.pause(exc)
+                            if pause is None:
+                                raise
+                            self.bus_waits.inc()
+                            if trouble.first:
+                                log.warning(
+                                    "NATS unavailable, retrying",
+                                    extra={"alert_id": alert_id, "reason": f"{type(exc).__name__}: {exc}"},
+                                )
+                            await asyncio.sleep(pause)
                     await msg.ack()
             finally:
                 del self._working[key]
@@ -355,13 +408,27 @@ class GiveUps:
                 await sub.unsubscribe()
         self._subs = []
 
+    async def _look_up(self, notice: MaxDeliveries) -> RawStreamMsg:
+        """The message JetStream gave up on. NATS trouble is waited out (up to
+        :data:`BUS_PATIENCE`): the advisory comes once, and JetStream often gives up on an
+        event precisely because the bus is in trouble, e.g. while a stream elects its leader."""
+        trouble = BusTrouble()
+        while True:
+            try:
+                return await self._js.get_msg(notice.stream, notice.stream_seq)
+            except Exception as exc:
+                pause = trouble.pause(exc)
+                if pause is None:
+                    raise
+                await asyncio.sleep(pause)
+
     async def _on_max_deliveries(self, advisory: Msg) -> None:
         """JetStream gave up on an alert event (or action): record a dead letter for every
         channel that has not been sent its message, and free claims nobody will finish, so
         the loss is visible rather than silent."""
         try:
             notice = msgspec.json.decode(advisory.data, type=MaxDeliveries)
-            stored = await self._js.get_msg(notice.stream, notice.stream_seq)
+            stored = await self._look_up(notice)
         except Exception as exc:
             log.error(
                 "JetStream gave up on a message that could not be looked up",

@@ -13,6 +13,11 @@ service's heartbeat, every ``ack_wait/3``), so a claim older than the lease belo
 to a replica that died mid-send (kill -9): another replica may take it over, with a
 revision-checked update so again only one does. The ledger key is also the message's
 idempotency key: a takeover re-sends with the same key as the first attempt.
+
+A write whose answer is lost (a JetStream leader node dies after the bucket stored the write,
+before the reply reached us) is settled by the same replica when the event is tried again: a
+``sending`` claim of its own that none of its deliveries holds was never sent, and is taken
+back; a channel's answer it could not record is recorded then (:meth:`DeliveryLedger.read`).
 """
 
 from __future__ import annotations
@@ -91,6 +96,10 @@ class DeliveryLedger:
         self._clock = clock
         # our sending claims: key → (mark, its revision, when we last wrote it)
         self._held: dict[str, tuple[SentMark, int, float]] = {}
+        # keys whose claim we are writing now (the write not answered yet)
+        self._claiming: set[str] = set()
+        # key → the channel's answer we could not record (NATS trouble): recorded on next read
+        self._unrecorded: dict[str, SentMark] = {}
 
     async def claim(
         self, key: str, alert_id: str, channel: str, tag: str, *, alert: AlertEvent | None = None
@@ -107,28 +116,37 @@ class DeliveryLedger:
             alert=alert,
         )
         data = msgspec.json.encode(mark)
+        if key in self._claiming:
+            return Claim("busy", None, 0.0)  # another delivery of ours is claiming it right now
+        self._claiming.add(key)
         try:
-            self._hold(key, mark, await self._kv.create(key, data))
-            return Claim("mine", mark)
-        except KeyWrongLastSequenceError:
-            pass
-        found = await self.read(key)
-        if found is None:
-            return Claim("busy", None, 0.0)  # deleted between our create and get: look again
-        current, revision = found
-        if current.state != "sending":
-            return Claim("done", current)
-        age = now - current.time
-        if current.owner == self.owner or age < self.lease:
-            return Claim("busy", current, max(0.0, self.lease - age))
-        try:
-            self._hold(key, mark, await self._kv.update(key, data, last=revision))
-        except KeyWrongLastSequenceError:
-            return Claim("busy", current, 0.0)
-        log.warning(
-            "took over a dead replica's claim",
-            extra={"key": key, "owner": current.owner, "age": round(age, 1)},
-        )
+            try:
+                self._hold(key, mark, await self._kv.create(key, data))
+                return Claim("mine", mark)
+            except KeyWrongLastSequenceError:
+                pass
+            found = await self.read(key)
+            if found is None:
+                return Claim("busy", None, 0.0)  # deleted between our create and get: look again
+            current, revision = found
+            if current.state != "sending":
+                return Claim("done", current)
+            # (the key is in ``_claiming`` only for this very claim, checked above)
+            if not self._nobody_sending(key, current, claiming=False):
+                return Claim("busy", current, max(0.0, self.lease - (now - current.time)))
+            try:
+                self._hold(key, mark, await self._kv.update(key, data, last=revision))
+            except KeyWrongLastSequenceError:
+                return Claim("busy", current, 0.0)
+        finally:
+            self._claiming.discard(key)
+        if current.owner == self.owner:
+            log.warning("took back a claim of ours whose write went unanswered", extra={"key": key})
+        else:
+            log.warning(
+                "took over a dead replica's claim",
+                extra={"key": key, "owner": current.owner, "age": round(now - current.time, 1)},
+            )
         return Claim("mine", mark)
 
     def _hold(self, key: str, mark: SentMark, revision: int) -> None:
@@ -156,12 +174,16 @@ class DeliveryLedger:
     async def finish(
         self, key: str, mark: SentMark, state: Literal["sent", "failed"], attempt: int, reference: str | None
     ) -> None:
-        """Record the channel's answer (unconditionally: it is what happened)."""
+        """Record the channel's answer (unconditionally: it is what happened). When the write
+        fails, the answer is kept and recorded by the next :meth:`read` of ``key`` (the event,
+        tried again, claims the key: it finds the message sent, not a claim to take back)."""
         self._held.pop(key, None)
         done = msgspec.structs.replace(
             mark, state=state, time=self._clock(), attempt=attempt, reference=reference, alert=None
         )
+        self._unrecorded[key] = done
         await self._kv.put(key, msgspec.json.encode(done))
+        self._unrecorded.pop(key, None)
 
     async def close(
         self,
@@ -191,21 +213,38 @@ class DeliveryLedger:
         return True
 
     async def read(self, key: str) -> tuple[SentMark, int] | None:
-        """The stored mark and its revision, or None."""
+        """The stored mark and its revision, or None. A ``sending`` claim of ours whose
+        channel answered but whose answer could not be written (:meth:`finish`) is
+        recorded first, and that answer returned."""
         try:
             entry = await self._kv.get(key)
         except KeyNotFoundError:
             return None
         if not entry.value:
             return None  # a deleted key (a released claim)
-        return msgspec.json.decode(entry.value, type=SentMark), entry.revision or 0
+        mark = msgspec.json.decode(entry.value, type=SentMark)
+        revision = entry.revision or 0
+        done = self._unrecorded.get(key)
+        if done is not None and mark.state == "sending" and mark.owner == self.owner:
+            revision = await self._kv.update(key, msgspec.json.encode(done), last=revision)
+            mark = done
+        if mark.state != "sending":
+            self._unrecorded.pop(key, None)
+        return mark, revision
 
     async def mark(self, key: str) -> SentMark | None:
         found = await self.read(key)
         return found[0] if found else None
 
-    def expired(self, mark: SentMark) -> bool:
-        """Whether ``mark`` is a ``sending`` claim whose owner stopped refreshing it."""
-        return (
-            mark.state == "sending" and mark.owner != self.owner and self._clock() - mark.time >= self.lease
-        )
+    def abandoned(self, key: str, mark: SentMark) -> bool:
+        """Whether ``mark`` (stored under ``key``) is a ``sending`` claim nobody is sending:
+        another replica's that it stopped refreshing (it died), or one of ours that none of
+        our deliveries holds (the write's answer was lost, so nothing was sent)."""
+        return self._nobody_sending(key, mark, claiming=key in self._claiming)
+
+    def _nobody_sending(self, key: str, mark: SentMark, *, claiming: bool) -> bool:
+        if mark.state != "sending":
+            return False
+        if mark.owner != self.owner:
+            return self._clock() - mark.time >= self.lease
+        return key not in self._held and not claiming

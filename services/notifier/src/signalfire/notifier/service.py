@@ -287,6 +287,7 @@ class NotifierService:
         self.bad_state.labels(bucket=bucket).inc()
         log.warning("ignored an unreadable KV entry", extra={"bucket": bucket, "key": key, "reason": why})
 
-    async def _publish_result(self, result: DeliveryResult) -> None:
+    async def _publish_result(self, result: DeliveryResult, msg_id: str | None = None) -> None:
         assert self._js is not None
-        await self._js.publish(self._subjects.notifications(result.channel), encode(result))
+        headers = None if msg_id is None else {"Nats-Msg-Id": msg_id}
+        await self._js.publish(self._subjects.notifications(result.channel), encode(result), headers=headers)
