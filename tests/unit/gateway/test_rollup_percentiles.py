@@ -145,6 +145,6 @@ def test_batches_with_one_time_and_with_times_per_sample_merge_into_one_row() ->
 
 
 def test_nothing_to_roll_up_is_empty_rows_and_an_empty_histogram_has_no_percentile() -> None:
-    assert merge_rows([]) == {"samples_1m": [[]] * 9, "samples_1h": [[]] * 9}
+    assert merge_rows([]) == {"samples_1m": [[]] * 10, "samples_1h": [[]] * 10}
     assert quantile({"v": []}, 0.5) is None
     assert quantile({}, 0.5) is None

@@ -15,6 +15,7 @@ The arithmetic is re-exported here, so readers (the query API, benchmarks) use
 from signalfire.gateway.rollup.cells import (
     EXACT_MAX,
     GAMMA,
+    MERGE_LOCK,
     RELATIVE_ERROR,
     TABLES,
     Cell,
@@ -44,6 +45,7 @@ from signalfire.gateway.rollup.repair import (
 __all__ = [
     "EXACT_MAX",
     "GAMMA",
+    "MERGE_LOCK",
     "RELATIVE_ERROR",
     "TABLES",
     "Cell",

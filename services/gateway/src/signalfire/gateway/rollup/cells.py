@@ -40,6 +40,11 @@ EXACT_MAX = 32
 #: A histogram: ``{"v": [values]}``, or counts by bucket key.
 Hist = dict[str, Any]
 
+#: The transaction-level advisory lock every rollup merge holds (:func:`upsert_sql`): merges
+#: of several gateways or ingest workers take turns instead of deadlocking on rows they
+#: update in different orders.
+MERGE_LOCK = 0x5F72_6D67  # "_rmg"
+
 #: Rollup tables by bucket width in seconds.
 TABLES = {60: "samples_1m", 3600: "samples_1h"}
 
@@ -254,7 +259,7 @@ def merge_rows(batches: Sequence[StoredBatch]) -> dict[str, list[list[object]]]:
             same = False
         else:
             hours.append((row[0], hour, *row[2:]))
-    hourly = _columns(hours, minute[8] if same else None)
+    hourly = _columns(hours, (minute[8], minute[9]) if same else None)
     return {TABLES[60]: minute, TABLES[3600]: hourly}
 
 
@@ -263,12 +268,24 @@ def triples(batch: StoredBatch) -> Iterable[tuple[int, float, float]]:
     return zip(batch.ids, batch.times or repeat(batch.time), batch.values, strict=False)
 
 
-def _columns(rows: list[Row], hists: list[object] | None = None) -> list[list[object]]:
-    """The nine arrays of :func:`upsert_sql` from sorted rows."""
+def _counts_json(hist: Hist) -> str | None:
+    """The tenth array's item for ``hist``: the JSON of its bucket counts when it holds values
+    (``None`` when it holds counts already)."""
+    return _json.encode(counts(hist)).decode() if "v" in hist else None
+
+
+def _columns(rows: list[Row], hists: tuple[list[object], list[object]] | None = None) -> list[list[object]]:
+    """The ten arrays of :func:`upsert_sql` from sorted rows; ``hists``: the last two, made
+    already (by the rows' 1-minute twins)."""
     if not rows:
-        return [[] for _ in range(9)]
+        return [[] for _ in range(10)]
     columns: list[list[object]] = [list(column) for column in zip(*rows, strict=True)]
-    columns[8] = hists if hists is not None else [_json.encode(h).decode() for h in columns[8]]
+    if hists is not None:
+        columns[8], counted = hists
+    else:
+        counted = [_counts_json(h) for h in columns[8]]
+        columns[8] = [_json.encode(h).decode() for h in columns[8]]
+    columns.append(counted)
     return columns
 
 
@@ -301,12 +318,50 @@ def aggregate(rows: Iterable[tuple[int, float, float]], width: int) -> dict[tupl
 
 
 def upsert_sql(table: str) -> str:
-    """The statement merging cells (as parallel arrays) into ``table``."""
+    """The statement merging cells (as the ten parallel arrays of :func:`upsert_args`) into
+    ``table``.
+
+    Existing rows are updated first, with the new samples' bucket counts made by the gateway
+    (the tenth array): a row that holds counts adds them with ``sf_hist_add`` (migration 0008),
+    several times cheaper than ``sf_hist_merge``, which made the counts of both sides in SQL
+    for every row. Rows that do not exist yet are inserted; one another writer inserted
+    meanwhile merges through ``ON CONFLICT`` and ``sf_hist_merge`` as before. Callers hold
+    :data:`MERGE_LOCK` (the rows are updated in the join's order, not sorted).
+    """
     return f"""
+WITH t AS (
+    SELECT s, to_timestamp(b) AS b, c, su, mi, ma, la, to_timestamp(lt) AS lt, h::jsonb AS h,
+           hc::jsonb AS hc
+    FROM unnest($1::bigint[], $2::float8[], $3::bigint[], $4::float8[], $5::float8[], $6::float8[],
+                $7::float8[], $8::float8[], $9::text[], $10::text[]) AS t(s, b, c, su, mi, ma, la, lt, h, hc)
+), updated AS (
+    UPDATE {table} AS r SET
+        count = r.count + t.c,
+        sum = r.sum + t.su,
+        min = least(r.min, t.mi),
+        max = greatest(r.max, t.ma),
+        last = CASE WHEN t.lt >= r.last_time THEN t.la ELSE r.last END,
+        last_time = greatest(r.last_time, t.lt),
+        hist = CASE
+            -- both kept their values and together they are at most EXACT_MAX: join them
+            WHEN t.hc IS NOT NULL AND (r.hist ? 'v' OR r.hist = '{{}}'::jsonb)
+                 AND jsonb_array_length(coalesce(r.hist -> 'v', '[]'::jsonb))
+                     + jsonb_array_length(t.h -> 'v') <= {EXACT_MAX}
+            THEN jsonb_build_object('v', coalesce(r.hist -> 'v', '[]'::jsonb) || (t.h -> 'v'))
+            -- else counts: the row's (made from its values once, when it passes EXACT_MAX)
+            -- plus the new samples'
+            ELSE sf_hist_add(CASE WHEN r.hist ? 'v' THEN sf_hist_counts(r.hist) ELSE r.hist END,
+                             coalesce(t.hc, t.h))
+        END
+    FROM t
+    WHERE r.series_id = t.s AND r.bucket = t.b
+    RETURNING r.series_id, r.bucket
+)
 INSERT INTO {table} AS r (series_id, bucket, count, sum, min, max, last, last_time, hist)
-SELECT s, to_timestamp(b), c, su, mi, ma, la, to_timestamp(lt), h::jsonb
-FROM unnest($1::bigint[], $2::float8[], $3::bigint[], $4::float8[], $5::float8[], $6::float8[],
-            $7::float8[], $8::float8[], $9::text[]) AS t(s, b, c, su, mi, ma, la, lt, h)
+SELECT t.s, t.b, t.c, t.su, t.mi, t.ma, t.la, t.lt, t.h
+FROM t
+WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.series_id = t.s AND u.bucket = t.b)
+ORDER BY t.s, t.b
 ON CONFLICT (series_id, bucket) DO UPDATE SET
     count = r.count + EXCLUDED.count,
     sum = r.sum + EXCLUDED.sum,
@@ -319,9 +374,10 @@ ON CONFLICT (series_id, bucket) DO UPDATE SET
 
 
 def upsert_args(cells: dict[tuple[int, float], Cell]) -> list[list[object]]:
-    """The nine arrays of :func:`upsert_sql`, sorted by key (concurrent writers lock rows in
-    the same order, so they cannot deadlock)."""
-    columns: list[list[object]] = [[] for _ in range(9)]
+    """The ten arrays of :func:`upsert_sql`, sorted by key: per row the series id, bucket start,
+    count, sum, min, max, last, last time, histogram JSON and, when the histogram holds values,
+    the JSON of their bucket counts (else ``None``)."""
+    columns: list[list[object]] = [[] for _ in range(10)]
     for (series_id, bucket), cell in sorted(cells.items()):
         for column, item in zip(
             columns,
@@ -335,6 +391,7 @@ def upsert_args(cells: dict[tuple[int, float], Cell]) -> list[list[object]]:
                 cell.last,
                 cell.last_time,
                 _json.encode(cell.hist).decode(),
+                _counts_json(cell.hist),
             ),
             strict=True,
         ):

@@ -97,6 +97,7 @@ class RollupRound:
         merged now, in the writer's transaction, as no pending row can tell them apart later."""
         if not rows:
             return
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", cells.MERGE_LOCK)
         for width, table in cells.TABLES.items():
             aggregated = cells.aggregate(rows, width)
             await conn.execute(cells.upsert_sql(table), *cells.upsert_args(aggregated))
@@ -174,6 +175,7 @@ class Rollups:
             return {}
         try:
             async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", cells.MERGE_LOCK)
                 rows = await conn.fetch(_TAKE_PENDING, list(batches))
                 mine = [batches[row["seq"]][0] for row in rows]
                 if mine:
