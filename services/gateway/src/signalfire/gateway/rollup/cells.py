@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -196,11 +196,27 @@ def _histogram(group: list[float]) -> Hist:
     return hist
 
 
-def merge_rows(batches: Sequence[StoredBatch]) -> dict[str, list[list[object]]]:
+def minutes_of(batches: Iterable[StoredBatch]) -> set[float]:
+    """The starts of the 1-minute buckets the samples of ``batches`` fall in."""
+    minutes: set[float] = set()
+    for batch in batches:
+        if batch.times is None:
+            minutes.add(batch.time - batch.time % 60)
+        else:
+            minutes.update(t - t % 60 for t in set(batch.times))
+    return minutes
+
+
+def merge_rows(
+    batches: Sequence[StoredBatch], *, hourly: Container[float] | None = None
+) -> dict[str, list[list[object]]]:
     """The :func:`upsert_args` of every rollup table (by table name) for ``batches``, like
     :func:`aggregate` then ``coarsen`` but without a tuple or a :class:`Cell` per sample:
     the values of batches with one time are grouped per bucket in plain lists keyed by the
-    series id, and the 1-hour rows are made from the sorted 1-minute rows (usually one each)."""
+    series id, and the 1-hour rows are made from the sorted 1-minute rows (usually one each).
+
+    ``hourly``: the minutes whose samples also go into the 1-hour rows (``None``: all); the
+    others are added to them later, from their 1-minute rows (:mod:`.fold`)."""
     width = 60
     groups: dict[float, dict[int, list[float]]] = {}
     last_times: dict[float, dict[int, float]] = {}
@@ -246,7 +262,7 @@ def merge_rows(batches: Sequence[StoredBatch]) -> dict[str, list[list[object]]]:
     minute = _columns(rows)
     hours: list[Row] = []
     same = True  # every 1-hour row is one 1-minute row: its histogram JSON is reused
-    for row in rows:
+    for row in rows if hourly is None else [r for r in rows if r[1] in hourly]:
         hour = row[1] - row[1] % 3600
         if hours and hours[-1][0] == row[0] and hours[-1][1] == hour:
             prev = hours[-1]
@@ -259,8 +275,8 @@ def merge_rows(batches: Sequence[StoredBatch]) -> dict[str, list[list[object]]]:
             same = False
         else:
             hours.append((row[0], hour, *row[2:]))
-    hourly = _columns(hours, (minute[8], minute[9]) if same else None)
-    return {TABLES[60]: minute, TABLES[3600]: hourly}
+    same = same and len(hours) == len(rows)
+    return {TABLES[60]: minute, TABLES[3600]: _columns(hours, (minute[8], minute[9]) if same else None)}
 
 
 def triples(batch: StoredBatch) -> Iterable[tuple[int, float, float]]:
@@ -283,8 +299,9 @@ def _columns(rows: list[Row], hists: tuple[list[object], list[object]] | None = 
     if hists is not None:
         columns[8], counted = hists
     else:
-        counted = [_counts_json(h) for h in columns[8]]
-        columns[8] = [_json.encode(h).decode() for h in columns[8]]
+        hist_of: list[Hist] = [row[8] for row in rows]
+        counted = [_counts_json(h) for h in hist_of]
+        columns[8] = [_json.encode(h).decode() for h in hist_of]
     columns.append(counted)
     return columns
 
@@ -317,24 +334,24 @@ def aggregate(rows: Iterable[tuple[int, float, float]], width: int) -> dict[tupl
     return cells
 
 
-def upsert_sql(table: str) -> str:
-    """The statement merging cells (as the ten parallel arrays of :func:`upsert_args`) into
-    ``table``.
-
-    Existing rows are updated first, with the new samples' bucket counts made by the gateway
-    (the tenth array): a row that holds counts adds them with ``sf_hist_add`` (migration 0008),
-    several times cheaper than ``sf_hist_merge``, which made the counts of both sides in SQL
-    for every row. Rows that do not exist yet are inserted; one another writer inserted
-    meanwhile merges through ``ON CONFLICT`` and ``sf_hist_merge`` as before. Callers hold
-    :data:`MERGE_LOCK` (the rows are updated in the join's order, not sorted).
-    """
-    return f"""
-WITH t AS (
+_FROM_ARRAYS = """
     SELECT s, to_timestamp(b) AS b, c, su, mi, ma, la, to_timestamp(lt) AS lt, h::jsonb AS h,
            hc::jsonb AS hc
     FROM unnest($1::bigint[], $2::float8[], $3::bigint[], $4::float8[], $5::float8[], $6::float8[],
                 $7::float8[], $8::float8[], $9::text[], $10::text[]) AS t(s, b, c, su, mi, ma, la, lt, h, hc)
-), updated AS (
+"""
+
+# A minute's 1-minute rows as cells of their hours (``hc``: made in SQL only where needed).
+_FROM_MINUTE = """
+    SELECT series_id AS s, date_trunc('hour', bucket) AS b, count AS c, sum AS su, min AS mi,
+           max AS ma, last AS la, last_time AS lt, hist AS h, NULL::jsonb AS hc
+    FROM samples_1m WHERE bucket = to_timestamp($1)
+"""
+
+
+def _merge_sql(table: str, source: str) -> str:
+    return f"""
+WITH t AS ({source}), updated AS (
     UPDATE {table} AS r SET
         count = r.count + t.c,
         sum = r.sum + t.su,
@@ -344,14 +361,15 @@ WITH t AS (
         last_time = greatest(r.last_time, t.lt),
         hist = CASE
             -- both kept their values and together they are at most EXACT_MAX: join them
-            WHEN t.hc IS NOT NULL AND (r.hist ? 'v' OR r.hist = '{{}}'::jsonb)
+            WHEN t.h ? 'v' AND (r.hist ? 'v' OR r.hist = '{{}}'::jsonb)
                  AND jsonb_array_length(coalesce(r.hist -> 'v', '[]'::jsonb))
                      + jsonb_array_length(t.h -> 'v') <= {EXACT_MAX}
             THEN jsonb_build_object('v', coalesce(r.hist -> 'v', '[]'::jsonb) || (t.h -> 'v'))
             -- else counts: the row's (made from its values once, when it passes EXACT_MAX)
             -- plus the new samples'
-            ELSE sf_hist_add(CASE WHEN r.hist ? 'v' THEN sf_hist_counts(r.hist) ELSE r.hist END,
-                             coalesce(t.hc, t.h))
+            ELSE sf_hist_add(
+                CASE WHEN r.hist ? 'v' THEN sf_hist_counts(r.hist) ELSE r.hist END,
+                coalesce(t.hc, CASE WHEN t.h ? 'v' THEN sf_hist_counts(t.h) ELSE t.h END))
         END
     FROM t
     WHERE r.series_id = t.s AND r.bucket = t.b
@@ -371,6 +389,26 @@ ON CONFLICT (series_id, bucket) DO UPDATE SET
     last_time = greatest(r.last_time, EXCLUDED.last_time),
     hist = sf_hist_merge(r.hist, EXCLUDED.hist)
 """
+
+
+def upsert_sql(table: str) -> str:
+    """The statement merging cells (as the ten parallel arrays of :func:`upsert_args`) into
+    ``table``.
+
+    Existing rows are updated first, with the new samples' bucket counts made by the gateway
+    (the tenth array): a row that holds counts adds them with ``sf_hist_add`` (migration 0008),
+    several times cheaper than ``sf_hist_merge``, which made the counts of both sides in SQL
+    for every row. Rows that do not exist yet are inserted; one another writer inserted
+    meanwhile merges through ``ON CONFLICT`` and ``sf_hist_merge`` as before. Callers hold
+    :data:`MERGE_LOCK` (the rows are updated in the join's order, not sorted).
+    """
+    return _merge_sql(table, _FROM_ARRAYS)
+
+
+def fold_sql() -> str:
+    """The statement adding the 1-minute rows of the minute starting at ``$1`` (epoch seconds)
+    to the 1-hour rows, merged as :func:`upsert_sql` merges (callers hold :data:`MERGE_LOCK`)."""
+    return _merge_sql(TABLES[3600], _FROM_MINUTE)
 
 
 def upsert_args(cells: dict[tuple[int, float], Cell]) -> list[list[object]]:
