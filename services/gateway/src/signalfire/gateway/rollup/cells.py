@@ -40,9 +40,9 @@ EXACT_MAX = 32
 #: A histogram: ``{"v": [values]}``, or counts by bucket key.
 Hist = dict[str, Any]
 
-#: The transaction-level advisory lock every rollup merge holds (:func:`upsert_sql`): merges
-#: of several gateways or ingest workers take turns instead of deadlocking on rows they
-#: update in different orders.
+#: The transaction-level advisory lock every writer of the rollup tables holds until it commits
+#: (the merges, the fold, the repair): they take turns, so :func:`upsert_sql` never meets a row
+#: another one inserted meanwhile, and nobody deadlocks on rows updated in different orders.
 MERGE_LOCK = 0x5F72_6D67  # "_rmg"
 
 #: Rollup tables by bucket width in seconds.
@@ -335,72 +335,61 @@ def aggregate(rows: Iterable[tuple[int, float, float]], width: int) -> dict[tupl
 
 
 _FROM_ARRAYS = """
-    SELECT s, to_timestamp(b) AS b, c, su, mi, ma, la, to_timestamp(lt) AS lt, h::jsonb AS h,
-           hc::jsonb AS hc
+    SELECT s, to_timestamp(b) AS b, c, su, mi, ma, la, to_timestamp(lt) AS lt, h::jsonb AS h, hc
     FROM unnest($1::bigint[], $2::float8[], $3::bigint[], $4::float8[], $5::float8[], $6::float8[],
                 $7::float8[], $8::float8[], $9::text[], $10::text[]) AS t(s, b, c, su, mi, ma, la, lt, h, hc)
 """
 
-# A minute's 1-minute rows as cells of their hours (``hc``: made in SQL only where needed).
+# A minute's 1-minute rows as cells of their hours (their counts made in SQL where needed).
 _FROM_MINUTE = """
     SELECT series_id AS s, date_trunc('hour', bucket) AS b, count AS c, sum AS su, min AS mi,
-           max AS ma, last AS la, last_time AS lt, hist AS h, NULL::jsonb AS hc
+           max AS ma, last AS la, last_time AS lt, hist AS h, NULL::text AS hc
     FROM samples_1m WHERE bucket = to_timestamp($1)
 """
 
 
 def _merge_sql(table: str, source: str) -> str:
+    # New rows are inserted by the CTE; the UPDATE, on the statement's snapshot, sees only the
+    # rows that existed before it. MERGE_LOCK keeps every other writer out until the commit, so
+    # no row appears in between (which DO NOTHING would skip and the UPDATE would not see).
     return f"""
-WITH t AS ({source}), updated AS (
-    UPDATE {table} AS r SET
-        count = r.count + t.c,
-        sum = r.sum + t.su,
-        min = least(r.min, t.mi),
-        max = greatest(r.max, t.ma),
-        last = CASE WHEN t.lt >= r.last_time THEN t.la ELSE r.last END,
-        last_time = greatest(r.last_time, t.lt),
-        hist = CASE
-            -- both kept their values and together they are at most EXACT_MAX: join them
-            WHEN t.h ? 'v' AND (r.hist ? 'v' OR r.hist = '{{}}'::jsonb)
-                 AND jsonb_array_length(coalesce(r.hist -> 'v', '[]'::jsonb))
-                     + jsonb_array_length(t.h -> 'v') <= {EXACT_MAX}
-            THEN jsonb_build_object('v', coalesce(r.hist -> 'v', '[]'::jsonb) || (t.h -> 'v'))
-            -- else counts: the row's (made from its values once, when it passes EXACT_MAX)
-            -- plus the new samples'
-            ELSE sf_hist_add(
-                CASE WHEN r.hist ? 'v' THEN sf_hist_counts(r.hist) ELSE r.hist END,
-                coalesce(t.hc, CASE WHEN t.h ? 'v' THEN sf_hist_counts(t.h) ELSE t.h END))
-        END
-    FROM t
-    WHERE r.series_id = t.s AND r.bucket = t.b
-    RETURNING r.series_id, r.bucket
+WITH t AS MATERIALIZED ({source}), inserted AS (
+    INSERT INTO {table} (series_id, bucket, count, sum, min, max, last, last_time, hist)
+    SELECT s, b, c, su, mi, ma, la, lt, h FROM t
+    ON CONFLICT (series_id, bucket) DO NOTHING
 )
-INSERT INTO {table} AS r (series_id, bucket, count, sum, min, max, last, last_time, hist)
-SELECT t.s, t.b, t.c, t.su, t.mi, t.ma, t.la, t.lt, t.h
+UPDATE {table} AS r SET
+    count = r.count + t.c,
+    sum = r.sum + t.su,
+    min = least(r.min, t.mi),
+    max = greatest(r.max, t.ma),
+    last = CASE WHEN t.lt >= r.last_time THEN t.la ELSE r.last END,
+    last_time = greatest(r.last_time, t.lt),
+    hist = CASE
+        -- both kept their values and together they are at most EXACT_MAX: join them
+        WHEN t.h ? 'v' AND (r.hist ? 'v' OR r.hist = '{{}}'::jsonb)
+             AND jsonb_array_length(coalesce(r.hist -> 'v', '[]'::jsonb))
+                 + jsonb_array_length(t.h -> 'v') <= {EXACT_MAX}
+        THEN jsonb_build_object('v', coalesce(r.hist -> 'v', '[]'::jsonb) || (t.h -> 'v'))
+        -- else counts: the row's (made from its values once, when it passes EXACT_MAX) plus
+        -- the new samples' (made by the gateway, or here from the values)
+        ELSE sf_hist_add(
+            CASE WHEN r.hist ? 'v' THEN sf_hist_counts(r.hist) ELSE r.hist END,
+            coalesce(t.hc::jsonb, CASE WHEN t.h ? 'v' THEN sf_hist_counts(t.h) ELSE t.h END))
+    END
 FROM t
-WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.series_id = t.s AND u.bucket = t.b)
-ORDER BY t.s, t.b
-ON CONFLICT (series_id, bucket) DO UPDATE SET
-    count = r.count + EXCLUDED.count,
-    sum = r.sum + EXCLUDED.sum,
-    min = least(r.min, EXCLUDED.min),
-    max = greatest(r.max, EXCLUDED.max),
-    last = CASE WHEN EXCLUDED.last_time >= r.last_time THEN EXCLUDED.last ELSE r.last END,
-    last_time = greatest(r.last_time, EXCLUDED.last_time),
-    hist = sf_hist_merge(r.hist, EXCLUDED.hist)
+WHERE r.series_id = t.s AND r.bucket = t.b
 """
 
 
 def upsert_sql(table: str) -> str:
     """The statement merging cells (as the ten parallel arrays of :func:`upsert_args`) into
-    ``table``.
+    ``table``; callers hold :data:`MERGE_LOCK` until they commit.
 
-    Existing rows are updated first, with the new samples' bucket counts made by the gateway
-    (the tenth array): a row that holds counts adds them with ``sf_hist_add`` (migration 0008),
-    several times cheaper than ``sf_hist_merge``, which made the counts of both sides in SQL
-    for every row. Rows that do not exist yet are inserted; one another writer inserted
-    meanwhile merges through ``ON CONFLICT`` and ``sf_hist_merge`` as before. Callers hold
-    :data:`MERGE_LOCK` (the rows are updated in the join's order, not sorted).
+    New rows are inserted; existing ones are updated with the new samples' bucket counts made
+    by the gateway (the tenth array): a row that holds counts adds them with ``sf_hist_add``
+    (migration 0008), several times cheaper than ``sf_hist_merge``, which made the counts of
+    both sides in SQL for every row. The rows end up as ``sf_hist_merge`` would leave them.
     """
     return _merge_sql(table, _FROM_ARRAYS)
 

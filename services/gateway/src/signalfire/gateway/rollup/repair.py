@@ -5,9 +5,9 @@ deliveries).
 Every stored batch has a ``rollup_pending`` row until its merge commits (see
 :mod:`.pending`). A row older than ``rollup_repair_after`` belongs to such an orphan: the
 1-minute rollups of its host over the minutes its samples fall in are recomputed from
-``samples``, then the 1-hour rollups of those hours from the 1-minute ones
-(:func:`repair_rollups`), those of folded minutes only (:mod:`.fold`); :func:`plan_repair` decides, without I/O, which orphans can be
-repaired now.
+``samples``, then the 1-hour rollups of those hours from the 1-minute ones of folded minutes
+(:func:`repair_rollups`, :mod:`.fold`); :func:`plan_repair` decides, without I/O, which orphans
+can be repaired now.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from signalfire.gateway.config import RetentionConfig
+from signalfire.gateway.rollup.cells import MERGE_LOCK
 
 log = logging.getLogger("signalfire.gateway.rollup")
 
@@ -173,7 +174,8 @@ ON CONFLICT (series_id, bucket) DO NOTHING
 # later, as any other minute; see .fold).
 _OPEN_MINUTES = """
 INSERT INTO rollup_minutes (bucket)
-SELECT m FROM generate_series(to_timestamp($1), to_timestamp($2) - interval '1 minute', interval '1 minute') AS m
+SELECT m
+FROM generate_series(to_timestamp($1), to_timestamp($2) - interval '1 minute', interval '1 minute') AS m
 WHERE m >= (SELECT horizon FROM rollup_fold)
 ON CONFLICT (bucket) DO NOTHING
 """
@@ -245,6 +247,9 @@ async def repair_rollups(
     async with conn.transaction(isolation="repeatable_read"):
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _REPAIR_LOCK_KEY):
             return done
+        # Every writer of the rollups holds it (.cells.MERGE_LOCK). A merge that committed while
+        # this waited is not in this snapshot: rows it changed make the repair fail, as above.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MERGE_LOCK)
         orphans = _pending(await conn.fetch(_ORPHANS, cutoff))
         if not orphans:
             return done
