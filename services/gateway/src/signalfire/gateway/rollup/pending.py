@@ -184,6 +184,8 @@ class Rollups:
         now = self.clock()
         try:
             async with self.pool.acquire() as conn, conn.transaction():
+                # first: merges of several gateways then take their pending rows in turn too
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", cells.MERGE_LOCK)
                 rows = await conn.fetch(_TAKE_PENDING, list(batches)) if batches else []
                 mine = [batches[row["seq"]][0] for row in rows]
                 if mine:
