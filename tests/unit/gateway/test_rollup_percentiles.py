@@ -18,8 +18,10 @@ from signalfire.gateway.rollup import (
     RELATIVE_ERROR,
     Cell,
     StoredBatch,
+    counts,
     merge,
     merge_rows,
+    minutes_of,
     quantile,
 )
 
@@ -145,6 +147,27 @@ def test_batches_with_one_time_and_with_times_per_sample_merge_into_one_row() ->
 
 
 def test_nothing_to_roll_up_is_empty_rows_and_an_empty_histogram_has_no_percentile() -> None:
-    assert merge_rows([]) == {"samples_1m": [[]] * 9, "samples_1h": [[]] * 9}
+    assert merge_rows([]) == {"samples_1m": [[]] * 10, "samples_1h": [[]] * 10}
     assert quantile({"v": []}, 0.5) is None
     assert quantile({}, 0.5) is None
+
+
+def test_the_merge_sends_the_counts_of_kept_values_and_leaves_open_minutes_out_of_the_hours() -> None:
+    hour = MINUTE - MINUTE % 3600
+    batches = [
+        StoredBatch(time=hour + 5, ids=[1, 2], values=[1.0, 100.0]),
+        StoredBatch(time=hour + 65, ids=[1], values=[2.0]),
+    ]
+    assert minutes_of(batches) == {hour, hour + 60}
+    rows = merge_rows(batches)
+    minute, hourly = rows["samples_1m"], rows["samples_1h"]
+    # the tenth column: the counts of the values a row kept, made here instead of in SQL
+    assert [msgspec.json.decode(t) for t in minute[9] if isinstance(t, str)] == [
+        counts({"v": [1.0]}),
+        counts({"v": [2.0]}),
+        counts({"v": [100.0]}),
+    ]
+    assert hourly[2] == [2, 1]  # series 1: both minutes in its hour
+    only_first = merge_rows(batches, hourly={hour})["samples_1h"]
+    assert only_first[:3] == [[1, 2], [hour, hour], [1, 1]]  # the open minute waits for its fold
+    assert merge_rows(batches, hourly=set())["samples_1h"] == [[]] * 10

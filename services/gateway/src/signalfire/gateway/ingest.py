@@ -416,7 +416,7 @@ class Ingest:
 
     async def _flush_once(self) -> None:
         """Merge the rollups of what waits, then acknowledge their messages."""
-        if not len(self.rollups):
+        if not len(self.rollups) and not self.rollups.fold_due():
             return
         try:
             merged = await self.rollups.flush()

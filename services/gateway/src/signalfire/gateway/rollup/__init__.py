@@ -5,6 +5,7 @@
 * :mod:`.pending` — :class:`Rollups`, the one interface the gateway uses: the batches that
   wait for their merge (each with a ``rollup_pending`` row written with its samples), the
   merge of many rounds at once, and what may be acknowledged after it;
+* :mod:`.fold` — the 1-hour rows made from closed minutes (one merge per series and minute);
 * :mod:`.repair` — recomputing the rollups of orphaned batches (stored, but their message
   never came back to have them merged), run by :class:`Rollups` on maintenance's schedule.
 
@@ -15,6 +16,7 @@ The arithmetic is re-exported here, so readers (the query API, benchmarks) use
 from signalfire.gateway.rollup.cells import (
     EXACT_MAX,
     GAMMA,
+    MERGE_LOCK,
     RELATIVE_ERROR,
     TABLES,
     Cell,
@@ -27,6 +29,7 @@ from signalfire.gateway.rollup.cells import (
     hist_key,
     merge,
     merge_rows,
+    minutes_of,
     quantile,
     triples,
     upsert_args,
@@ -44,6 +47,7 @@ from signalfire.gateway.rollup.repair import (
 __all__ = [
     "EXACT_MAX",
     "GAMMA",
+    "MERGE_LOCK",
     "RELATIVE_ERROR",
     "TABLES",
     "Cell",
@@ -61,6 +65,7 @@ __all__ = [
     "hist_key",
     "merge",
     "merge_rows",
+    "minutes_of",
     "plan_repair",
     "quantile",
     "repair_rollups",

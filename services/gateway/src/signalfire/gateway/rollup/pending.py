@@ -19,7 +19,7 @@ from collections.abc import Callable
 import asyncpg
 
 from signalfire.gateway.config import RetentionConfig
-from signalfire.gateway.rollup import cells
+from signalfire.gateway.rollup import cells, fold
 from signalfire.gateway.rollup.cells import StoredBatch
 from signalfire.gateway.rollup.repair import RollupRepair, repair_rollups
 from signalfire.telemetry import Registry
@@ -46,8 +46,9 @@ class RollupRound:
     dropped: nothing of it reached the database or the backlog.
     """
 
-    def __init__(self, sequences: list[int] | None) -> None:
+    def __init__(self, sequences: list[int] | None, clock: Callable[[], float] = time.time) -> None:
         self._sequences = sequences
+        self._clock = clock
         self._batches: list[tuple[str, StoredBatch]] = []
         #: Batches that wait for the merge, by sequence, with the samples this round stored.
         self.waiting: dict[int, tuple[StoredBatch, int]] = {}
@@ -91,15 +92,13 @@ class RollupRound:
         for seq, _, stored in new:
             self.waiting[seq] = (stored, len(stored.ids))
 
-    @staticmethod
-    async def inserted(conn: asyncpg.Connection, rows: list[tuple[int, float, float]]) -> None:
+    async def inserted(self, conn: asyncpg.Connection, rows: list[tuple[int, float, float]]) -> None:
         """Only ``rows`` (series id, time, value) were new (others were stored before): they are
         merged now, in the writer's transaction, as no pending row can tell them apart later."""
         if not rows:
             return
-        for width, table in cells.TABLES.items():
-            aggregated = cells.aggregate(rows, width)
-            await conn.execute(cells.upsert_sql(table), *cells.upsert_args(aggregated))
+        ids, times, values = (list(column) for column in zip(*rows, strict=True))
+        await fold.merge(conn, [StoredBatch(times[0], ids, values, times)], now=self._clock())
 
 
 class Rollups:
@@ -133,6 +132,8 @@ class Rollups:
         #: Stored batches whose rollups are not merged yet, by stream sequence, with the new
         #: samples each brought.
         self._backlog: dict[int, tuple[StoredBatch, int]] = {}
+        #: Minutes this gateway merged into that were not folded yet when it last looked.
+        self._open: set[float] = set()
         registry = registry if registry is not None else Registry("signalfire_gateway")
         self.repairs = registry.counter(
             "rollup_repairs", "Orphaned batches (message never redelivered) whose rollups were repaired"
@@ -161,6 +162,11 @@ class Rollups:
         """Batches waiting for the merge."""
         return len(self._backlog)
 
+    def fold_due(self) -> bool:
+        """Whether a minute this gateway merged into has ended long enough ago to be folded into
+        the 1-hour rows (:meth:`flush` then folds it even when no batch waits)."""
+        return bool(self._open) and min(self._open) <= self.clock() - 60 - fold.FOLD_DELAY
+
     async def flush(self) -> dict[int, int]:
         """Merge the rollups of every waiting batch, in one transaction; returns their sequences
         with the new samples of each (as :meth:`add` did): their messages may be acknowledged
@@ -168,20 +174,29 @@ class Rollups:
 
         Each batch counts once: only the batches whose ``rollup_pending`` row this transaction
         deletes are merged (another gateway, or an earlier flush, may have done the others).
+        The merge writes the 1-minute rows, and folds the minutes that ended into the 1-hour rows
+        (:mod:`.fold`); with no batch waiting, a flush only folds (when :meth:`fold_due`).
         """
         batches, self._backlog = self._backlog, {}
-        if not batches:
+        if not batches and not self.fold_due():
             return {}
+        opened: set[float] = set()
+        now = self.clock()
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                rows = await conn.fetch(_TAKE_PENDING, list(batches))
+                # first: merges of several gateways then take their pending rows in turn too
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", cells.MERGE_LOCK)
+                rows = await conn.fetch(_TAKE_PENDING, list(batches)) if batches else []
                 mine = [batches[row["seq"]][0] for row in rows]
                 if mine:
-                    for table, args in cells.merge_rows(mine).items():
-                        await conn.execute(cells.upsert_sql(table), *args)
+                    opened = await fold.merge(conn, mine, now=now)
+                else:
+                    await fold.fold(conn, now=now)
         except BaseException:
             self._backlog = {**batches, **self._backlog}
             raise
+        # the fold took every open minute that ended FOLD_DELAY before now
+        self._open = {m for m in self._open | opened if m > now - 60 - fold.FOLD_DELAY}
         return {seq: new for seq, (_, new) in batches.items()}
 
     async def repair(self, now: float | None = None) -> RollupRepair:

@@ -5,9 +5,9 @@ deliveries).
 Every stored batch has a ``rollup_pending`` row until its merge commits (see
 :mod:`.pending`). A row older than ``rollup_repair_after`` belongs to such an orphan: the
 1-minute rollups of its host over the minutes its samples fall in are recomputed from
-``samples``, then the 1-hour rollups of those hours from the 1-minute ones
-(:func:`repair_rollups`); :func:`plan_repair` decides, without I/O, which orphans can be
-repaired now.
+``samples``, then the 1-hour rollups of those hours from the 1-minute ones of folded minutes
+(:func:`repair_rollups`, :mod:`.fold`); :func:`plan_repair` decides, without I/O, which orphans
+can be repaired now.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from signalfire.gateway.config import RetentionConfig
+from signalfire.gateway.rollup.cells import MERGE_LOCK
 
 log = logging.getLogger("signalfire.gateway.rollup")
 
@@ -169,12 +170,25 @@ ORDER BY 1, 2
 ON CONFLICT (series_id, bucket) DO NOTHING
 """
 
+# The recomputed minutes since the fold horizon that are not folded yet stay open (are folded
+# later, as any other minute; see .fold).
+_OPEN_MINUTES = """
+INSERT INTO rollup_minutes (bucket)
+SELECT m
+FROM generate_series(to_timestamp($1), to_timestamp($2) - interval '1 minute', interval '1 minute') AS m
+WHERE m >= (SELECT horizon FROM rollup_fold)
+ON CONFLICT (bucket) DO NOTHING
+"""
+
 _HOURS_FROM_MINUTES = """
 WITH m AS MATERIALIZED (
     SELECT r.series_id, floor(extract(epoch FROM r.bucket) / 3600) * 3600 AS b, r.bucket,
            r.count, r.sum, r.min, r.max, r.last, r.last_time, r.hist
     FROM samples_1m r JOIN series s ON s.id = r.series_id
     WHERE s.host = $1 AND r.bucket >= to_timestamp($2) AND r.bucket < to_timestamp($3)
+      -- folded minutes only: an open minute's rows reach the 1-hour rows at its fold (.fold)
+      AND (r.bucket < (SELECT horizon FROM rollup_fold)
+           OR EXISTS (SELECT 1 FROM rollup_minutes f WHERE f.bucket = r.bucket AND f.folded))
 ), exact AS (  -- the hours whose minutes all kept their values, at most rollup.EXACT_MAX
     SELECT series_id, b FROM m GROUP BY 1, 2
     HAVING bool_and(hist ? 'v' OR hist = '{}'::jsonb) AND sum(count) <= 32
@@ -233,6 +247,9 @@ async def repair_rollups(
     async with conn.transaction(isolation="repeatable_read"):
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _REPAIR_LOCK_KEY):
             return done
+        # Every writer of the rollups holds it (.cells.MERGE_LOCK). A merge that committed while
+        # this waited is not in this snapshot: rows it changed make the repair fail, as above.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MERGE_LOCK)
         orphans = _pending(await conn.fetch(_ORPHANS, cutoff))
         if not orphans:
             return done
@@ -248,6 +265,7 @@ async def repair_rollups(
             for start, end in minutes:
                 await conn.execute(_DELETE_ROLLUPS.format(table="samples_1m"), host, start, end)
                 await conn.execute(_MINUTES_FROM_SAMPLES, host, start, end)
+                await conn.execute(_OPEN_MINUTES, start, end)
             for start, end in _hours_of(minutes):
                 await conn.execute(_DELETE_ROLLUPS.format(table="samples_1h"), host, start, end)
                 await conn.execute(_HOURS_FROM_MINUTES, host, start, end)
