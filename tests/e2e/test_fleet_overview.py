@@ -338,14 +338,14 @@ def test_an_alert_on_the_last_host_moves_it_up_and_into_the_totals_while_the_pag
     wait_for(lambda: shown_hosts(page)[:2] == [FAILING, "fleet-0042"], "the two failing hosts on top")
     last = name(HOSTS - 1)
     try:
-        fleet.publisher.fire(last, "medium", 1)
-        # Health 90: after the critical host (0) and the high one (80), before every healthy host.
-        wait_for(lambda: shown_hosts(page)[:3] == [FAILING, "fleet-0042", last], "the last host moved up")
-        assert "medium: 1" in " ".join(counts.inner_text().split())
+        fleet.publisher.fire(last, "critical", 1)
+        # Health 60: second, after the host with three critical alerts (0), before every other.
+        wait_for(lambda: shown_hosts(page)[:2] == [FAILING, last], "the last host moved up")
+        assert "critical: 4" in " ".join(counts.inner_text().split())
     finally:
-        fleet.publisher.fire(last, "medium", 1, status="resolved")
-    wait_for(lambda: last not in shown_hosts(page)[:3], "the resolved host back among the healthy ones")
-    wait_for(lambda: "medium: 0" in " ".join(counts.inner_text().split()), "the medium total back to 0")
+        fleet.publisher.fire(last, "critical", 1, status="resolved")
+    wait_for(lambda: last not in shown_hosts(page)[:5], "the resolved host back among the healthy ones")
+    wait_for(lambda: "critical: 3" in " ".join(counts.inner_text().split()), "the critical total back to 3")
     page.close()
 
 

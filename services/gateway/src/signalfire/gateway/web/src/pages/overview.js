@@ -34,6 +34,10 @@ const RESORT_MS = 5000;
 // The rows in view get their new values at most this often: a host reports every few seconds,
 // and every rewrite is a layout and a paint (40 rows rewritten one by one were 40 of each).
 const PATCH_MS = 1000;
+// The stream's frames are taken in batches this often (a few thousand a second at 10,000
+// hosts): a batch is a millisecond or two of work, and asks for an animation frame only when
+// something on screen changes, not once per message.
+const DRAIN_MS = 250;
 
 // Worst first: the lowest health; between equal scores (every down host scores 0) the host
 // with more alerts of the higher severity. One number per host, so 10,000 sort in a few ms.
@@ -352,7 +356,13 @@ export async function overviewPage(main) {
 
   function updateGroupOptions() {
     const keys = new Set(["env", "role"]);
-    for (const host of state.hosts.values()) for (const k of Object.keys(host.labels || {})) keys.add(k);
+    // Hosts with the same labels share one object (`label_sets` of /fleet): each is read once.
+    const seen = new Set();
+    for (const host of state.hosts.values()) {
+      if (seen.has(host.labels)) continue;
+      seen.add(host.labels);
+      for (const k of Object.keys(host.labels || {})) keys.add(k);
+    }
     const sorted = [...keys].sort();
     if (sorted.join("\u0000") === state.groupKeys.join("\u0000")) return;
     state.groupKeys = sorted;
@@ -442,12 +452,14 @@ export async function overviewPage(main) {
     });
   }
 
-  // --- live: frames are queued; each animation frame applies what fits in BUDGET_MS
+  // --- live: frames are queued and taken in batches of at most BUDGET_MS; the page is
+  // written once per animation frame, only when something on it changed
 
   // A message of the stream carries up to ~1,200 frames: handling them as they arrive made
-  // one long task per message. They wait here, and flush() takes them in slices.
+  // one long task per message, and a frame drawn per message. They wait here for drain().
   const inbox = [];
   let inboxHead = 0;
+  let drainTimer = null;
   const dirty = new Set();
   const toFetch = new Set();
   // A full order (filter, sort, group or the whole fleet changed) or the hosts to move.
@@ -478,14 +490,21 @@ export async function overviewPage(main) {
     }
   }
 
-  function flush() {
-    scheduled = false;
+  function drain() {
+    drainTimer = null;
     const began = performance.now();
     while (inboxHead < inbox.length) {
       take(inbox[inboxHead++]);
       if ((inboxHead & 15) === 0 && performance.now() - began > BUDGET_MS) break;
     }
     if (inboxHead === inbox.length) { inbox.length = 0; inboxHead = 0; }
+    // What did not fit is taken in a task of its own, after the browser had its turn.
+    else drainTimer = setTimeout(drain, 0);
+    if (dirty.size || moved.size || orderStale) schedule();
+  }
+
+  function flush() {
+    scheduled = false;
     if (!orderStale && LIVE_SORTS.has(state.sort) && performance.now() - state.orderedAt > RESORT_MS) orderStale = true;
     if (orderStale || moved.size) {
       if (hostsChanged) { hostsChanged = false; updateGroupOptions(); }
@@ -505,8 +524,6 @@ export async function overviewPage(main) {
       patchLater = setTimeout(() => { patchLater = null; schedule(); }, PATCH_MS - (performance.now() - patchedAt));
     }
     renderWindow();
-    // What did not fit waits for the next frame.
-    if (inboxHead < inbox.length) schedule();
   }
 
   function reorder() {
@@ -555,7 +572,7 @@ export async function overviewPage(main) {
   const off = onFrame((frame) => {
     if (frame.kind === "metric" || ((frame.kind === "alert" || frame.kind === "host") && frame.host)) {
       inbox.push(frame);
-      schedule();
+      if (!drainTimer) drainTimer = setTimeout(drain, DRAIN_MS);
     }
   });
   let reloading = false;
@@ -639,6 +656,7 @@ export async function overviewPage(main) {
     off();
     clearTimeout(patchTimer);
     clearTimeout(patchLater);
+    clearTimeout(drainTimer);
     clearInterval(fleetTimer);
     clearTimeout(reloadStart);
     clearInterval(reloadTimer);
