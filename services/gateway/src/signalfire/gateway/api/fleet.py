@@ -70,12 +70,15 @@ async def fleet(res: Resources, request: Request) -> Response:
     down_after = float(res.config.host_down_after)
     pressure = pressure_now(res)
     no_pressure: dict[str, float] = {}
+    no_alerts: dict[str, int] = {}
     judged = []
     for row in rows:
         status = host_status(row["status"], row["last_seen"], row["interval"], now, down_after)
         counts = [row[s] for s in SEVERITIES]
         usage = pressure.get(row["host"], no_pressure)
-        health = health_score(status, dict(zip(SEVERITIES, counts, strict=True)), usage)
+        # Most hosts have no firing alert: no dict of four zeros to build and walk.
+        alerts = dict(zip(SEVERITIES, counts, strict=True)) if any(counts) else no_alerts
+        health = health_score(status, alerts, usage)
         judged.append((health, [-n for n in counts], row["host"], status, counts, usage, row))
     judged.sort(key=lambda j: (j[0], j[1], j[2]))
 

@@ -75,8 +75,9 @@ def health_score(status: str, alerts: Mapping[str, int], pressure: Mapping[str, 
         score -= _ALERT_PENALTY.get(severity, 0) * n
     for name in PRESSURE_METRICS:
         value = pressure.get(name)
-        if value is not None and math.isfinite(value):
-            score -= min(max(value - 80.0, 0.0), 20.0)
+        # Compared first: most values are below 80 (and NaN compares false).
+        if value is not None and value > 80.0 and math.isfinite(value):
+            score -= min(value - 80.0, 20.0)
     return max(0, min(100, round(score)))
 
 
