@@ -350,8 +350,10 @@ export async function overviewPage(main) {
     const text = `${n.toLocaleString("en")} host${n === 1 ? "" : "s"}: ${parts}` +
       (shown === n ? "" : `; ${shown.toLocaleString("en")} match the filter`);
     if (summary.textContent !== text) summary.textContent = text;
-    empty.hidden = n > 0;
-    scroller.hidden = n === 0;
+    // Set only when it changes: writing `hidden`, even the same value, restyles the element
+    // and lays out the page around it.
+    if (empty.hidden !== n > 0) empty.hidden = n > 0;
+    if (scroller.hidden !== (n === 0)) scroller.hidden = n === 0;
   }
 
   function updateGroupOptions() {
