@@ -1,8 +1,8 @@
 // Overview: the whole fleet in one dense table. Every host is loaded (`GET /fleet`: one
 // answer, worst first, as columns), so the totals and "worst first" cover the fleet, not a
 // first page. Only the rows in view exist in the page (10,000 hosts are about 40 rows of
-// markup); live frames are queued and applied once per animation frame, within a time budget,
-// and patch only the rows in view.
+// markup); live frames are queued and taken in batches within a time budget, and patch only
+// the rows in view, in an animation frame asked for when something on screen changed.
 
 import { api } from "../api.js";
 import { h, clear, severityBadge, statusBadge, ago, formatValue, reported } from "../dom.js";
