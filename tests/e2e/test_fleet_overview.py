@@ -115,8 +115,9 @@ class Publisher:
 
         self.call(go())
 
-    def fire(self, host: str, severity: Severity, n: int) -> None:
-        """``n`` firing alerts of ``severity`` on ``host``, as the evaluator publishes them."""
+    def fire(self, host: str, severity: Severity, n: int, status: str = "firing") -> None:
+        """``n`` alerts of ``severity`` on ``host`` firing (or resolved: ``status``), as the
+        evaluator publishes them."""
 
         async def go() -> None:
             now = time.time()
@@ -125,7 +126,7 @@ class Publisher:
                     id=f"{host}-{severity}-{k}",
                     fingerprint=f"fp-{host}-{severity}-{k}",
                     rule=f"Fleet{severity.title()}{k}",
-                    status="firing",
+                    status="firing" if status == "firing" else "resolved",
                     severity=severity,
                     host=host,
                     starts_at=now,
@@ -316,6 +317,35 @@ def test_a_live_sample_patches_its_row_in_place(browser: Any, fleet: Fleet) -> N
     cpu = page.locator("#hosts tr.host[data-host='fleet-0001'] td").nth(2)
     cpu.get_by_text("97.5 %").wait_for(timeout=10_000)
     assert page.evaluate("[...document.querySelectorAll('#hosts tr.host')].every((tr) => tr.__kept)")
+    page.close()
+
+
+def test_an_alert_on_the_last_host_moves_it_up_and_into_the_totals_while_the_page_is_open(
+    browser: Any, fleet: Fleet
+) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
+    page.goto(fleet.url + "/")
+    page.fill("#token", fleet.token)
+    page.click("button[type=submit]")
+    page.locator("#fleet-summary", has_text=f"{HOSTS:,} hosts:").wait_for(timeout=30_000)
+    # The whole fleet came in one answer, not page after page of /hosts.
+    api = [url.split("/api/v1", 1)[1] for url in asked if "/api/v1/" in url]
+    assert api.count("/fleet") == 1 and not [path for path in api if path.startswith("/hosts?limit")]
+    page.wait_for_selector("#live.on", timeout=20_000)
+    counts = page.locator(".counts")
+    wait_for(lambda: shown_hosts(page)[:2] == [FAILING, "fleet-0042"], "the two failing hosts on top")
+    last = name(HOSTS - 1)
+    try:
+        fleet.publisher.fire(last, "critical", 1)
+        # Health 60: second, after the host with three critical alerts (0), before every other.
+        wait_for(lambda: shown_hosts(page)[:2] == [FAILING, last], "the last host moved up")
+        assert "critical: 4" in " ".join(counts.inner_text().split())
+    finally:
+        fleet.publisher.fire(last, "critical", 1, status="resolved")
+    wait_for(lambda: last not in shown_hosts(page)[:5], "the resolved host back among the healthy ones")
+    wait_for(lambda: "critical: 3" in " ".join(counts.inner_text().split()), "the critical total back to 3")
     page.close()
 
 

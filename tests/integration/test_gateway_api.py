@@ -322,6 +322,52 @@ async def test_hosts_report_status_and_firing_alerts(
     assert len(limited["alerts"]) == 1
 
 
+async def test_the_fleet_is_one_answer_worst_first_with_the_totals_of_every_host(
+    nc, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    js = nc.jetstream()
+    s = nats_config.subjects
+    now = time.time()
+    async with running_gateway(gateway_config(nats_config, database_url, tmp_path)) as gw:
+        await js.publish(s.agents("web-1"), encode(_status("web-1", "online", now - 2, {"os": "Linux"})))
+        for host, cpu in (("web-1", 10.0), ("web-2", 95.0), ("web-3", 20.0)):
+            await js.publish(s.metrics(host), encode(metric_batch(host, now, cpu)))
+        await js.publish(s.metrics("old-1"), encode(metric_batch("old-1", now - 3600, 10.0)))
+        for i, severity in enumerate(("critical", "high", "high")):
+            await js.publish(s.alerts("web-1"), encode(_alert(f"a{i}", "web-1", severity, now)))
+        await js.publish(s.alerts("web-3"), encode(_alert("b0", "web-3", "critical", now)))
+        await until_stored(gw, "metrics", 4)
+        await until_stored(gw, "alerts", 4)
+        async with gw.client() as api:
+            fleet = (await api.get("/api/v1/fleet")).json()
+            hosts = {h["host"]: h for h in (await api.get("/api/v1/hosts")).json()["hosts"]}
+            refused = await api.post("/api/v1/fleet")
+    columns = fleet["hosts"]
+    # Worst first: down (0), then web-1 (100 - 40 - 2 * 20 = 20), web-3 (60), web-2 (100 - 15 for CPU).
+    assert columns["host"] == ["old-1", "web-1", "web-3", "web-2"]
+    assert columns["health"] == [0, 20, 60, 85]
+    assert columns["status"] == ["down", "up", "up", "up"]
+    assert fleet["total"] == 4
+    assert fleet["status"] == {"up": 3, "down": 1, "offline": 0}
+    assert fleet["alerts"] == {"critical": 2, "high": 2, "medium": 0, "low": 0}
+    assert columns["alerts"]["critical"] == [0, 1, 1, 0] and columns["alerts"]["high"] == [0, 2, 0, 0]
+    # The fullest disk, and no memory value where none was sent.
+    assert columns["usage"]["disk.used_percent"] == [71.2] * 4
+    assert columns["usage"]["cpu.usage_percent"] == [10.0, 10.0, 20.0, 95.0]
+    assert columns["usage"]["mem.used_percent"] == [None] * 4
+    # Each host says what /api/v1/hosts says of it; equal label sets are sent once.
+    for i, name in enumerate(columns["host"]):
+        host = hosts[name]
+        assert (host["health"], host["status"], host["last_seen"]) == (
+            columns["health"][i],
+            columns["status"][i],
+            columns["last_seen"][i],
+        )
+        assert columns["label_sets"][columns["labels"][i]] == host["labels"]
+    assert len(columns["label_sets"]) == len({msgspec.json.encode(h["labels"]) for h in hosts.values()})
+    assert refused.status_code == 405
+
+
 def _status(host: str, status: str, when: float, facts: dict[str, Any]) -> AgentStatus:
     return msgspec.convert(
         {

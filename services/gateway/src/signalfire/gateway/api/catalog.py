@@ -8,6 +8,7 @@ from signalfire.gateway.api import (
     audit,
     events,
     export,
+    fleet,
     hosts,
     ingest,
     notifications,
@@ -23,6 +24,7 @@ from signalfire.gateway.api.endpoint import Endpoint, RoleTable
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     *hosts.routes,
+    *fleet.routes,
     *series.routes,
     *query.routes,
     *streams.routes,

@@ -75,8 +75,9 @@ def health_score(status: str, alerts: Mapping[str, int], pressure: Mapping[str, 
         score -= _ALERT_PENALTY.get(severity, 0) * n
     for name in PRESSURE_METRICS:
         value = pressure.get(name)
-        if value is not None and math.isfinite(value):
-            score -= min(max(value - 80.0, 0.0), 20.0)
+        # Compared first: most values are below 80 (and NaN compares false).
+        if value is not None and value > 80.0 and math.isfinite(value):
+            score -= min(value - 80.0, 20.0)
     return max(0, min(100, round(score)))
 
 
@@ -95,9 +96,10 @@ def host_status(
 _PRESSURE_TTL = 1.0
 
 
-def _pressure_now(res: Resources) -> dict[str, dict[str, float]]:
-    """:func:`_pressure` of the newest values, gathered at most once a second: it walks every
-    series, and reading a 10,000-host fleet takes several pages. Timed by the monotonic clock:
+def pressure_now(res: Resources) -> dict[str, dict[str, float]]:
+    """Per host, the newest value of each resource metric the health score looks at
+    (:func:`_pressure`), gathered at most once a second: it walks every series, and a
+    10,000-host fleet is read in several requests. Timed by the monotonic clock:
     this is the age of a cache, not a time the API reports."""
     now = time.monotonic()
     if res.pressure is None or not 0 <= now - res.pressure[0] < _PRESSURE_TTL:
@@ -155,7 +157,7 @@ async def hosts(res: Resources, request: Request) -> Response:
         named or None,
     )
     now = res.clock()
-    pressure = _pressure_now(res)
+    pressure = pressure_now(res)
     found = [Host(**_host_fields(res, row, now, pressure.get(row["host"], {}))) for row in rows[:limit]]
     next_cursor = encode_cursor([found[-1].host]) if len(rows) > limit else None
     return json_response(HostPage(hosts=found, next_cursor=next_cursor))
@@ -166,7 +168,7 @@ async def host(res: Resources, request: Request) -> Response:
     row = await res.pool.fetchrow(_SELECT + " WHERE h.host = $1", name)
     if row is None:
         raise ApiError(404, "not_found", f"no host {name!r} has reported", "host")
-    fields = _host_fields(res, row, res.clock(), _pressure_now(res).get(name, {}))
+    fields = _host_fields(res, row, res.clock(), pressure_now(res).get(name, {}))
     active = await alert_rows(
         res, "WHERE host = $1 AND status = 'firing' ORDER BY starts_at DESC, id LIMIT 100", name
     )

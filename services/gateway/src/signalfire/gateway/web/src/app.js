@@ -3,7 +3,7 @@
 import { api, session, ApiError } from "./api.js";
 import { h, clear, toast, showError, describeError } from "./dom.js";
 import { connect, disconnect, onFrame } from "./stream.js";
-import { overviewPage } from "./pages/overview.js";
+import { overviewPage, prefetchOverview } from "./pages/overview.js";
 import { hostPage } from "./pages/host.js";
 import { alertsPage } from "./pages/alerts.js";
 import { rulesPage, silencesPage, notificationsPage } from "./pages/lists.js";
@@ -62,8 +62,10 @@ function signIn(message) {
   input.focus();
 }
 
+// [hash pattern, the page, and what the page will ask the API for first, asked for while the
+// token is being checked (the page's first view then waits for one round trip, not two)].
 const routes = [
-  [/^#?\/?$/, () => overviewPage(main)],
+  [/^#?\/?$/, () => overviewPage(main), prefetchOverview],
   [/^#\/hosts\/(.+)$/, (m) => hostPage(main, decodeURIComponent(m[1]))],
   [/^#\/alerts(?:\/([^?]+))?(?:\?.*)?$/, (m) => alertsPage(main, m[1] ? decodeURIComponent(m[1]) : null)],
   [/^#\/rules$/, () => rulesPage(main)],
@@ -77,6 +79,8 @@ const routes = [
 async function route() {
   if (leave) { leave(); leave = null; }
   if (!session.token) return signIn();
+  const prefetch = routes.find(([pattern]) => pattern.test(location.hash))?.[2];
+  if (prefetch) prefetch();
   try {
     const me = await api("/whoami");
     session.role = me.role;

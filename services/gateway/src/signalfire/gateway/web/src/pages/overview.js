@@ -1,7 +1,8 @@
-// Overview: the whole fleet in one dense table. Every host is loaded (the API's pages are
-// followed to the end), so the totals and "worst first" cover the fleet, not its first page.
-// Only the rows in view exist in the page (10,000 hosts are about 40 rows of markup), and live
-// frames patch the rows they concern, at most once per animation frame.
+// Overview: the whole fleet in one dense table. Every host is loaded (`GET /fleet`: one
+// answer, worst first, as columns), so the totals and "worst first" cover the fleet, not a
+// first page. Only the rows in view exist in the page (10,000 hosts are about 40 rows of
+// markup); live frames are queued and taken in batches within a time budget, and patch only
+// the rows in view, in an animation frame asked for when something on screen changed.
 
 import { api } from "../api.js";
 import { h, clear, severityBadge, statusBadge, ago, formatValue, reported } from "../dom.js";
@@ -19,10 +20,9 @@ const SEVERITIES = ["critical", "high", "medium", "low"];
 const ROW = 36;
 // Rows built above and below the visible ones, so a quick scroll or Tab lands on markup.
 const OVERSCAN = 10;
-// Hosts per API page: the first load takes the API's largest pages (fewest round trips); the
-// reloads while the page is live take smaller ones, each parsed in a few milliseconds.
-const PAGE = 5000;
-const RELOAD_PAGE = 1000;
+// Work done in one go before the page yields to the browser (a frame is 16 ms; a task over
+// 50 ms is a stall a user feels, and a loaded machine stretches every millisecond).
+const BUDGET_MS = 8;
 // The hosts a frame names are fetched again together after this pause (a burst of alerts
 // is one request, not one per alert).
 const PATCH_DELAY_MS = 250;
@@ -31,16 +31,43 @@ const PATCH_DELAY_MS = 250;
 const RELOAD_MS = 30000;
 // Sorted by a live value (CPU, memory, disk), rows move at most this often, not with every sample.
 const RESORT_MS = 5000;
+// The rows in view get their new values at most this often: a host reports every few seconds,
+// and every rewrite is a layout and a paint (40 rows rewritten one by one were 40 of each).
+const PATCH_MS = 1000;
+// The stream's frames are taken in batches this often (a few thousand a second at 10,000
+// hosts): a batch is a millisecond or two of work, and asks for an animation frame only when
+// something on screen changes, not once per message.
+const DRAIN_MS = 250;
 
 // Worst first: the lowest health; between equal scores (every down host scores 0) the host
 // with more alerts of the higher severity. One number per host, so 10,000 sort in a few ms.
 const badness = (host) => host.health * 1e12
   - SEVERITIES.reduce((sum, s, i) => sum + Math.min((host.alerts || {})[s] || 0, 999) * 1000 ** (3 - i), 0);
 
+// The fleet's answer, asked for by the router before it has checked the token (the two
+// requests travel together: the first view waits for one round trip, not two).
+let early = null;
+export function prefetchOverview() {
+  early = api("/fleet");
+  early.catch(() => {});
+}
+
+function takeFleet() {
+  const reply = early || api("/fleet");
+  early = null;
+  return reply;
+}
+
+// Lets the browser paint and handle input; not throttled like a timer in a background tab.
+const yieldToBrowser = () => (globalThis.scheduler && scheduler.yield
+  ? scheduler.yield() : new Promise((resolve) => setTimeout(resolve, 0)));
+
 export async function overviewPage(main) {
   const state = {
     hosts: new Map(), usage: new Map(), disks: new Map(), history: new Map(),
     filter: "", sort: "health", group: "", rows: [], groupKeys: [],
+    // The fleet worst first as the gateway ordered it, while no host has moved since.
+    worst: null,
   };
   const value = (host, metric) => (state.usage.get(host.host) || {})[metric];
   const highest = (metric) => (host) => -(value(host, metric) ?? -1);
@@ -143,45 +170,80 @@ export async function overviewPage(main) {
     return true;
   }
 
-  // --- loading: every page of /hosts, and the named hosts again when a frame says they changed
+  // --- loading: the whole fleet in one answer, and the named hosts again when a frame says they changed
 
-  // Every host; answers the names of the hosts whose place in the order may have changed
-  // (new, or another health, status or alert count), or null when hosts have gone.
-  async function loadAll(pageSize) {
+  // A host's record is made once and updated in place: the order and the rows hold it, and
+  // 10,000 new objects every reload would be garbage for the collector to stall on.
+  function record(name) {
+    let host = state.hosts.get(name);
+    if (!host) host = { host: name, status: "up", health: 100, last_seen: 0, labels: {}, alerts: {} };
+    return host;
+  }
+
+  // The fleet from `GET /fleet` (columns, worst first); answers the names of the hosts whose
+  // place in the order may have changed (new, or another health, status or alert count), or
+  // null when hosts have gone. Yields to the browser whenever a slice passes BUDGET_MS.
+  async function applyFleet(reply) {
+    const cols = reply.hosts;
     const found = new Map();
     const changed = new Set();
-    let cursor;
-    do {
-      const reply = await api("/hosts", { params: { limit: pageSize, cursor } });
-      for (const host of reply.hosts) {
-        const before = state.hosts.get(host.host);
-        if (!before || before.health !== host.health || before.status !== host.status
-            || SEVERITIES.some((s) => before.alerts[s] !== host.alerts[s])) changed.add(host.host);
-        found.set(host.host, host);
-        takeUsage(host);
+    const worst = new Array(cols.host.length);
+    let kept = 0;
+    let began = performance.now();
+    for (let i = 0; i < cols.host.length; i++) {
+      if ((i & 31) === 31 && performance.now() - began > BUDGET_MS) {
+        await yieldToBrowser();
+        began = performance.now();
       }
-      cursor = reply.next_cursor;
-    } while (cursor);
-    const gone = [...state.hosts.keys()].some((name) => !found.has(name));
+      const name = cols.host[i];
+      const known = state.hosts.has(name);
+      const host = record(name);
+      if (known) kept++;
+      if (!known || host.health !== cols.health[i] || host.status !== cols.status[i]
+          || SEVERITIES.some((s) => host.alerts[s] !== cols.alerts[s][i])) changed.add(name);
+      host.status = cols.status[i];
+      host.health = cols.health[i];
+      // The stream may have told of a newer sample than the gateway had when it answered.
+      host.last_seen = Math.max(host.last_seen, cols.last_seen[i]);
+      host.labels = cols.label_sets[cols.labels[i]];
+      for (const s of SEVERITIES) host.alerts[s] = cols.alerts[s][i];
+      takeUsage(name, (metric) => cols.usage[metric][i]);
+      found.set(name, host);
+      worst[i] = host;
+    }
+    const gone = kept < state.hosts.size;
     state.hosts = found;
+    state.worst = worst;
     return gone ? null : changed;
   }
 
   // The API's newest values, where the stream has not said more yet (a disk the stream
   // reported is the stream's: the API's fullest disk may be one the stream has not shown).
-  function takeUsage(host) {
-    const usage = { ...host.usage };
-    const mounts = state.disks.get(host.host);
+  function takeUsage(name, valueOf) {
+    let usage = state.usage.get(name);
+    if (!usage) state.usage.set(name, (usage = {}));
+    for (const metric of KEY_METRICS) {
+      const v = valueOf(metric);
+      if (v !== undefined && v !== null) usage[metric] = v;
+    }
+    const mounts = state.disks.get(name);
     if (mounts && mounts.size) usage["disk.used_percent"] = Math.max(...mounts.values());
-    state.usage.set(host.host, usage);
   }
 
   async function loadNamed(names) {
     // A URL carries a few hundred names comfortably; more go in several requests.
     for (let i = 0; i < names.length; i += 200) {
       const reply = await api("/hosts", { params: { host: names.slice(i, i + 200), limit: 5000 } });
-      for (const host of reply.hosts) { state.hosts.set(host.host, host); takeUsage(host); }
+      for (const fresh of reply.hosts) {
+        const host = record(fresh.host);
+        Object.assign(host, { status: fresh.status, health: fresh.health, labels: fresh.labels, alerts: fresh.alerts },
+          { last_seen: Math.max(host.last_seen, fresh.last_seen) });
+        state.hosts.set(fresh.host, host);
+        takeUsage(fresh.host, (metric) => fresh.usage[metric]);
+      }
     }
+    // A host moved: the gateway's order is no longer the fleet's.
+    if (names.length) state.worst = null;
   }
 
   // --- the rows: filter, group, sort; then only the window in view is built
@@ -210,8 +272,13 @@ export async function overviewPage(main) {
     const match = matcher();
     if (!changed) {
       sorted = [];
-      for (const host of state.hosts.values()) if (match(host)) sorted.push([key(host), host]);
-      sorted.sort(pairOrder);
+      if (state.sort === "health" && state.worst) {
+        // Already in this order: the gateway sorted the fleet worst first.
+        for (const host of state.worst) if (match(host)) sorted.push([key(host), host]);
+      } else {
+        for (const host of state.hosts.values()) if (match(host)) sorted.push([key(host), host]);
+        sorted.sort(pairOrder);
+      }
       state.orderedAt = performance.now();
     } else {
       // Each changed host leaves its place and is put back where it now belongs (a binary
@@ -250,9 +317,12 @@ export async function overviewPage(main) {
         state.rows.push(...members);
       }
     }
-    for (const [key, button] of headCells) {
-      const direction = DESCENDING.has(key) ? "descending" : "ascending";
-      button.closest("th").setAttribute("aria-sort", key === state.sort ? direction : "none");
+    if (headCells.sortedBy !== state.sort) {
+      headCells.sortedBy = state.sort;
+      for (const [key, button] of headCells) {
+        const direction = DESCENDING.has(key) ? "descending" : "ascending";
+        button.closest("th").setAttribute("aria-sort", key === state.sort ? direction : "none");
+      }
     }
     // Group rows carry counts: built afresh; host rows are kept and patched.
     for (const [key, tr] of rendered) if (key.startsWith("g:")) { tr.remove(); rendered.delete(key); }
@@ -280,13 +350,21 @@ export async function overviewPage(main) {
     const text = `${n.toLocaleString("en")} host${n === 1 ? "" : "s"}: ${parts}` +
       (shown === n ? "" : `; ${shown.toLocaleString("en")} match the filter`);
     if (summary.textContent !== text) summary.textContent = text;
-    empty.hidden = n > 0;
-    scroller.hidden = n === 0;
+    // Set only when it changes: writing `hidden`, even the same value, restyles the element
+    // and lays out the page around it.
+    if (empty.hidden !== n > 0) empty.hidden = n > 0;
+    if (scroller.hidden !== (n === 0)) scroller.hidden = n === 0;
   }
 
   function updateGroupOptions() {
     const keys = new Set(["env", "role"]);
-    for (const host of state.hosts.values()) for (const k of Object.keys(host.labels || {})) keys.add(k);
+    // Hosts with the same labels share one object (`label_sets` of /fleet): each is read once.
+    const seen = new Set();
+    for (const host of state.hosts.values()) {
+      if (seen.has(host.labels)) continue;
+      seen.add(host.labels);
+      for (const k of Object.keys(host.labels || {})) keys.add(k);
+    }
     const sorted = [...keys].sort();
     if (sorted.join("\u0000") === state.groupKeys.join("\u0000")) return;
     state.groupKeys = sorted;
@@ -301,11 +379,27 @@ export async function overviewPage(main) {
 
   // The scroll position and height, read when they change (scroll, resize): reading them after
   // the rows were patched would force a layout in the middle of every frame.
-  const view = { top: 0, height: 0 };
+  const view = { top: 0, height: 0, head: 0 };
   function measure() {
     view.top = scroller.scrollTop;
     // Before its rows exist the region is as short as its header: the window's height bounds it.
     view.height = Math.max(scroller.clientHeight, window.innerHeight);
+    view.head = scroller.querySelector("thead").offsetHeight;
+  }
+
+  // The region's height is set here, not left to its rows: it is `contain: strict`
+  // (style.css), so a patched row lays out and paints the region only, not the whole page.
+  let regionHeight = "";
+  function sizeRegion() {
+    const height = `min(70vh, ${view.head + state.rows.length * ROW + 2}px)`;
+    if (height !== regionHeight) scroller.style.height = regionHeight = height;
+  }
+
+  // Written only when they differ: setting a style, even to the same value, dirties it.
+  function setSpacer(tr, rows) {
+    const height = `${rows * ROW}px`;
+    if (tr.firstChild.style.height !== height) tr.firstChild.style.height = height;
+    if (tr.hidden !== (rows === 0)) tr.hidden = rows === 0;
   }
 
   function renderWindow() {
@@ -325,10 +419,9 @@ export async function overviewPage(main) {
       if (tr === at) at = at.nextSibling;
       else body.insertBefore(tr, at);
     }
-    topSpacer.firstChild.style.height = `${first * ROW}px`;
-    bottomSpacer.firstChild.style.height = `${(state.rows.length - last) * ROW}px`;
-    topSpacer.hidden = first === 0;
-    bottomSpacer.hidden = last === state.rows.length;
+    setSpacer(topSpacer, first);
+    setSpacer(bottomSpacer, state.rows.length - last);
+    sizeRegion();
   }
 
   function groupRow(row) {
@@ -361,8 +454,14 @@ export async function overviewPage(main) {
     });
   }
 
-  // --- live: frames mark hosts; one animation frame applies them all
+  // --- live: frames are queued and taken in batches of at most BUDGET_MS; the page is
+  // written once per animation frame, only when something on it changed
 
+  // A message of the stream carries up to ~1,200 frames: handling them as they arrive made
+  // one long task per message, and a frame drawn per message. They wait here for drain().
+  const inbox = [];
+  let inboxHead = 0;
+  let drainTimer = null;
   const dirty = new Set();
   const toFetch = new Set();
   // A full order (filter, sort, group or the whole fleet changed) or the hosts to move.
@@ -371,11 +470,39 @@ export async function overviewPage(main) {
   let hostsChanged = false;
   let scheduled = false;
   let patchTimer = null;
+  let patchedAt = 0;
+  let patchLater = null;
 
   function schedule() {
     if (scheduled) return;
     scheduled = true;
     requestAnimationFrame(flush);
+  }
+
+  function take(frame) {
+    if (frame.kind === "metric") {
+      if (!remember(frame.host, frame.metric, frame.value, frame.labels)) return;
+      const host = state.hosts.get(frame.host);
+      if (!host) { fetchLater(frame.host); return; }
+      if (frame.time > host.last_seen) host.last_seen = frame.time;
+      // Only a row in view has anything to rewrite; the others are built from the record.
+      if (rendered.has(`h:${frame.host}`)) dirty.add(frame.host);
+    } else {
+      fetchLater(frame.host);
+    }
+  }
+
+  function drain() {
+    drainTimer = null;
+    const began = performance.now();
+    while (inboxHead < inbox.length) {
+      take(inbox[inboxHead++]);
+      if ((inboxHead & 15) === 0 && performance.now() - began > BUDGET_MS) break;
+    }
+    if (inboxHead === inbox.length) { inbox.length = 0; inboxHead = 0; }
+    // What did not fit is taken in a task of its own, after the browser had its turn.
+    else drainTimer = setTimeout(drain, 0);
+    if (dirty.size || moved.size || orderStale) schedule();
   }
 
   function flush() {
@@ -387,12 +514,17 @@ export async function overviewPage(main) {
       orderStale = false;
       moved.clear();
     }
-    for (const name of dirty) {
-      const tr = rendered.get(`h:${name}`);
-      const host = state.hosts.get(name);
-      if (tr && host) fill(tr, host);
+    if (dirty.size && performance.now() - patchedAt >= PATCH_MS) {
+      patchedAt = performance.now();
+      for (const name of dirty) {
+        const tr = rendered.get(`h:${name}`);
+        const host = state.hosts.get(name);
+        if (tr && host) fill(tr, host);
+      }
+      dirty.clear();
+    } else if (dirty.size && !patchLater) {
+      patchLater = setTimeout(() => { patchLater = null; schedule(); }, PATCH_MS - (performance.now() - patchedAt));
     }
-    dirty.clear();
     renderWindow();
   }
 
@@ -423,7 +555,7 @@ export async function overviewPage(main) {
     }, PATCH_DELAY_MS);
   }
 
-  await loadAll(PAGE);
+  await applyFleet(await takeFleet());
   updateGroupOptions();
   renderTotals(order());
   measure();
@@ -440,15 +572,9 @@ export async function overviewPage(main) {
 
   subscribe({ hosts: [], metrics: KEY_METRICS, alerts: true });
   const off = onFrame((frame) => {
-    if (frame.kind === "metric") {
-      if (!remember(frame.host, frame.metric, frame.value, frame.labels)) return;
-      const host = state.hosts.get(frame.host);
-      if (!host) { fetchLater(frame.host); return; }
-      if (frame.time > host.last_seen) host.last_seen = frame.time;
-      dirty.add(frame.host);
-      schedule();
-    } else if ((frame.kind === "alert" || frame.kind === "host") && frame.host) {
-      fetchLater(frame.host);
+    if (frame.kind === "metric" || ((frame.kind === "alert" || frame.kind === "host") && frame.host)) {
+      inbox.push(frame);
+      if (!drainTimer) drainTimer = setTimeout(drain, DRAIN_MS);
     }
   });
   let reloading = false;
@@ -457,12 +583,12 @@ export async function overviewPage(main) {
     if (document.hidden || reloading) return;
     reloading = true;
     try {
-      const changed = await loadAll(RELOAD_PAGE);
+      const changed = await applyFleet(await api("/fleet"));
       for (const name of rendered.keys()) if (name.startsWith("h:")) dirty.add(name.slice(2));
       hostsChanged = true;
-      // The fleet's new objects replace the old in the order too (a few moved, or all again).
+      // The records were updated in place: the order holds them already (a few moved, or all again).
       if (changed === null || changed.size > 500) orderStale = true;
-      else { for (const pair of sorted) pair[1] = state.hosts.get(pair[1].host) || pair[1]; for (const name of changed) moved.add(name); }
+      else for (const name of changed) moved.add(name);
       schedule();
     } catch (err) {
       reported("Loading the hosts", null)(err);
@@ -490,10 +616,14 @@ export async function overviewPage(main) {
     // The busiest hosts by the newest values the page holds; only their series are fetched
     // (the whole fleet's hour would be millions of points at 10,000 hosts).
     const replies = await Promise.all(FLEET.map(async ([, metric]) => {
-      const top = busiest(metric);
-      const answers = await Promise.all(top.map((x) =>
-        api("/query", { params: { metric, host: x.host, from: "-1h", step: "auto", agg: "avg" } })
-          .catch(reported(`Loading the fleet chart of ${metric}`, { series: [] }))));
+      const asked = [];
+      // One request started per task: twenty started at once were one long task.
+      for (const x of busiest(metric)) {
+        asked.push(api("/query", { params: { metric, host: x.host, from: "-1h", step: "auto", agg: "avg" } })
+          .catch(reported(`Loading the fleet chart of ${metric}`, { series: [] })));
+        await yieldToBrowser();
+      }
+      const answers = await Promise.all(asked);
       return { series: answers.flatMap((a) => a.series || []) };
     }));
     for (const [i, [title, metric]] of FLEET.entries()) {
@@ -527,6 +657,8 @@ export async function overviewPage(main) {
   return () => {
     off();
     clearTimeout(patchTimer);
+    clearTimeout(patchLater);
+    clearTimeout(drainTimer);
     clearInterval(fleetTimer);
     clearTimeout(reloadStart);
     clearInterval(reloadTimer);
