@@ -9,8 +9,8 @@ from devstack import PostgresServer
 
 from signalfire.events import MetricBatch, Sample
 from signalfire.gateway.migrate import migrate, migrations
-from signalfire.gateway.rollup import Rollups
-from signalfire.gateway.rollup.fold import FOLD_DELAY
+from signalfire.gateway.rollup import Rollups, fold
+from signalfire.gateway.rollup.fold import FOLD_DELAY, KEEP_MINUTES
 from signalfire.gateway.store import Store
 from tests.integration.gateway_support import write_held
 
@@ -60,6 +60,53 @@ async def test_an_hour_gets_each_minute_once_it_ended_and_late_samples_at_once(p
     assert await totals(pool) == (82, 82)
     assert await pool.fetchval("SELECT max(max) FROM samples_1h") == 1000.0
     assert await pool.fetchval("SELECT bool_and(folded) FROM rollup_minutes") is True
+
+
+async def test_maintenance_folds_what_no_gateway_did_and_keeps_the_minute_list_to_a_day(
+    pool: asyncpg.Pool,
+) -> None:
+    """A gateway that stopped (or a fleet gone quiet) leaves an ended minute open: the rollups'
+    maintenance round folds it. The list of folded minutes is pruned to a day, and a late sample
+    of a pruned minute still reaches the hour exactly once."""
+    minute = HOUR + 1800
+    now = [minute + 30]
+    store, gone = Store(pool), Rollups(pool, clock=lambda: now[0])
+    await write_held(store, gone, [batch(minute + 1, 1.0), batch(minute + 2, 3.0)], [1, 2])
+    await gone.flush()
+    assert await totals(pool) == (4, 0)  # its minute still going on when this gateway stopped
+
+    other = Rollups(pool, clock=lambda: now[0])  # another gateway, with nothing to merge
+    now[0] = minute + 60 + FOLD_DELAY
+    await other.repair()
+    assert await totals(pool) == (4, 4)
+    assert await pool.fetchval("SELECT count(*) FROM rollup_minutes") == 1
+
+    now[0] = minute + KEEP_MINUTES + 120
+    await other.repair()
+    assert await pool.fetchval("SELECT count(*) FROM rollup_minutes") == 0
+    horizon = await pool.fetchval("SELECT extract(epoch FROM horizon)::float8 FROM rollup_fold")
+    assert horizon == now[0] - KEEP_MINUTES
+    # a late batch of the pruned minute: before the horizon, so merged into both tables once
+    await write_held(store, other, [batch(minute + 50, 5.0)], [3])
+    await other.flush()
+    now[0] += 3600
+    await other.repair()
+    assert await totals(pool) == (6, 6)
+
+
+async def test_pruning_never_moves_the_horizon_past_an_open_minute(pool: asyncpg.Pool) -> None:
+    minute = HOUR + 2400
+    now = [minute + 30]
+    store, rollups = Store(pool), Rollups(pool, clock=lambda: now[0])
+    await write_held(store, rollups, [batch(minute + 1, 1.0)], [1])
+    await rollups.flush()
+    async with pool.acquire() as conn, conn.transaction():
+        assert await fold.prune(conn, now=minute + 10 * KEEP_MINUTES) == 0  # open: kept, not folded
+    horizon = await pool.fetchval("SELECT extract(epoch FROM horizon)::float8 FROM rollup_fold")
+    assert horizon <= minute
+    now[0] = minute + 60 + FOLD_DELAY
+    await rollups.flush()
+    assert await totals(pool) == (2, 2)
 
 
 async def test_a_redelivered_round_merges_its_new_samples_into_the_open_minute_only(

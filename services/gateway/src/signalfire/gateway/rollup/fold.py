@@ -46,6 +46,22 @@ WHERE NOT folded AND bucket <= to_timestamp($1) ORDER BY bucket
 
 _FOLDED = "UPDATE rollup_minutes SET folded = true WHERE bucket = to_timestamp($1)"
 
+#: How long folded minutes stay listed in ``rollup_minutes`` before :func:`prune` moves the
+#: horizon past them (a minute before the horizon counts as folded: the same answer, no row).
+KEEP_MINUTES = 86400.0
+
+# The horizon moved to the cut-off, but never past a minute still open (those must be folded
+# first), and the folded minutes before it dropped from the list; returns the new horizon.
+_PRUNE = """
+WITH cut AS (
+    SELECT least(to_timestamp($1),
+                 coalesce((SELECT min(bucket) FROM rollup_minutes WHERE NOT folded), 'infinity')) AS c
+), moved AS (
+    UPDATE rollup_fold SET horizon = greatest(horizon, (SELECT c FROM cut)) RETURNING horizon
+)
+DELETE FROM rollup_minutes WHERE bucket < (SELECT horizon FROM moved)
+"""
+
 
 async def merge(conn: asyncpg.Connection, batches: Sequence[StoredBatch], *, now: float) -> set[float]:
     """Merge the rollups of ``batches`` in ``conn``'s transaction (1-minute rows; 1-hour rows for
@@ -75,3 +91,12 @@ async def fold(conn: asyncpg.Connection, *, now: float) -> list[float]:
         await conn.execute(cells.fold_sql(), minute)
         await conn.execute(_FOLDED, minute)
     return closed
+
+
+async def prune(conn: asyncpg.Connection, *, now: float) -> int:
+    """Drop the folded minutes older than :data:`KEEP_MINUTES` from ``rollup_minutes`` by moving
+    the horizon past them, in ``conn``'s transaction (under :data:`~.cells.MERGE_LOCK`); the list
+    then holds a day of minutes, not every minute since the migration. Returns the rows dropped."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", cells.MERGE_LOCK)
+    status = await conn.execute(_PRUNE, now - KEEP_MINUTES)
+    return int(status.rsplit(" ", 1)[-1])

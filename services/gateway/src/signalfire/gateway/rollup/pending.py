@@ -200,11 +200,16 @@ class Rollups:
         return {seq: new for seq, (_, new) in batches.items()}
 
     async def repair(self, now: float | None = None) -> RollupRepair:
-        """:func:`.repair.repair_rollups` of the orphans older than ``repair_after``, counted."""
+        """:func:`.repair.repair_rollups` of the orphans older than ``repair_after``, counted;
+        first the minutes that ended and that no gateway folded (one that stopped, or a fleet
+        gone quiet: a fold otherwise comes with the next merge) are folded, and the list of
+        folded minutes is pruned (:func:`.fold.prune`)."""
+        now = self.clock() if now is None else now
         async with self.pool.acquire() as conn:
-            done = await repair_rollups(
-                conn, self.repair_after, self.retention, now=self.clock() if now is None else now
-            )
+            async with conn.transaction():
+                await fold.fold(conn, now=now)
+                await fold.prune(conn, now=now)
+            done = await repair_rollups(conn, self.repair_after, self.retention, now=now)
         self.repairs.inc(done.repaired)
         self.unrepairable.inc(done.unrepairable)
         return done
