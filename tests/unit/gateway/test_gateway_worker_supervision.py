@@ -124,3 +124,29 @@ def test_a_worker_without_a_readable_configuration_exits_2_naming_why(
     err = capsys.readouterr().err
     assert "signalfire gateway worker: no configuration on stdin" in err
     assert named in err
+
+
+async def test_a_worker_that_cannot_be_started_again_is_logged_retried_and_stop_ends_the_waiting(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    supervisor = _supervisor()
+    worker = supervisor.workers[0]
+    worker.process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "pass", stdout=asyncio.subprocess.PIPE
+    )
+    # The interpreter is gone (a package upgrade under the running gateway): starting fails.
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+    with caplog.at_level(logging.WARNING, logger="signalfire.gateway.workers"):
+        task = asyncio.create_task(supervisor._supervise(worker))
+        supervisor._tasks.append(task)
+        for _ in range(100):  # the first restart comes after the 1 s back-off
+            if any(r.getMessage() == "cannot start an ingest worker" for r in caplog.records):
+                break
+            await asyncio.sleep(0.05)
+        [record] = [r for r in caplog.records if r.getMessage() == "cannot start an ingest worker"]
+        assert record.__dict__["worker"] == 1 and "nonexistent" in record.__dict__["reason"]
+        assert not task.done()  # still supervising: it tries again after the next back-off
+        await asyncio.wait_for(supervisor.stop(), timeout=5)  # ends the back-off wait at once
+    assert task.done() and task.exception() is None
+    assert worker.restarts == 0
+    assert supervisor.running() == 0
