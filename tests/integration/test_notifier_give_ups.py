@@ -1,18 +1,23 @@
-"""JetStream's max-deliveries advisories as the notifier meets them: an action given up on,
-a stored event nobody can decode, an advisory that names nothing, and a look-up that meets
-NATS trouble first."""
+"""JetStream's max-deliveries advisories as the notifier meets them (an action given up on,
+a stored event nobody can decode, an advisory that names nothing, a look-up that meets NATS
+trouble first), and an event whose work the bus refuses, left for redelivery."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, cast
 
 import msgspec
+import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
 
 from signalfire.bus import NatsConfig
-from signalfire.notifier.intake import ACTIONS_DURABLE, DURABLE, GiveUps, max_deliveries_subject
+from signalfire.config import Duration
+from signalfire.notifier.config import NotifyConfig
+from signalfire.notifier.intake import ACTIONS_DURABLE, DURABLE, GiveUps, Intake, max_deliveries_subject
+from signalfire.notifier.ledger import DeliveryLedger
 from signalfire.notifier.pipeline import Pipeline
 from signalfire.telemetry import Registry
 from tests.integration.gateway_support import eventually
@@ -130,3 +135,29 @@ async def test_a_look_up_that_meets_no_jetstream_is_retried_until_it_answers(
     await give_ups.close()
     assert len(lookups) == 1
     assert "JetStream gave up on a message that could not be looked up" not in _errors(caplog)
+
+
+async def test_work_the_bus_refuses_is_counted_logged_and_left_for_redelivery(
+    nc: Any, nats_config: NatsConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = NotifyConfig(nats=nats_config, ack_wait=Duration(3.0))  # heartbeat: 1 s
+    registry = Registry("signalfire_test")
+    js = nc.jetstream()
+    intake = Intake(config, js, NO_PIPELINE, cast(DeliveryLedger, None), registry)
+    subject = nats_config.subjects.alerts("web-1")
+    sub = await js.pull_subscribe(subject, durable="settle-test", stream=nats_config.subjects.alerts_stream)
+    await js.publish(subject, b'{"the": "event"}')
+    [msg] = await sub.fetch(1, timeout=5)
+
+    async def refused() -> None:
+        raise nats.js.errors.BadRequestError()  # a refusal, not trouble to wait out
+
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        await asyncio.wait_for(intake._settle(msg, "alert-1", "fp-1", refused), timeout=5)
+    assert value(registry, "signalfire_test_processing_errors_total") == 1
+    [record] = [r for r in caplog.records if r.getMessage() == "left for redelivery"]
+    assert record.__dict__["alert_id"] == "alert-1" and "BadRequestError" in record.__dict__["reason"]
+    # Nak'ed with the heartbeat's delay: JetStream delivers it again, and nothing was acked.
+    [again] = await sub.fetch(1, timeout=5)
+    assert again.data == msg.data and again.metadata.num_delivered == 2
+    await again.ack()
