@@ -125,6 +125,8 @@ async def test_a_look_up_that_meets_no_jetstream_is_retried_until_it_answers(
             nc, nats_config, advisory, ACTIONS_DURABLE, js=nc.jetstream(prefix=relay_prefix)
         )
         await nc.flush()
+        # Long enough for the first look-ups to meet no responders (retried 0.25 s, 0.5 s later).
+        await asyncio.sleep(0.5)
         assert value(registry, "signalfire_test_events_given_up_total", consumer=ACTIONS_DURABLE) == 0
         await nc.subscribe(relay_prefix + ".>", cb=relay)
 
