@@ -13,7 +13,12 @@ import pytest
 from signalfire.config import Duration
 from signalfire.events import MetricBatch, Sample
 from signalfire.gateway.config import RetentionConfig
-from signalfire.gateway.maintenance import _RETENTION_LOCK_KEY, Maintenance, configure_policies
+from signalfire.gateway.maintenance import (
+    _RETENTION_LOCK_KEY,
+    Maintenance,
+    configure_policies,
+    detect_edition,
+)
 from signalfire.gateway.rollup import Rollups
 from signalfire.gateway.store import Store
 from tests.support.polling import wait_until
@@ -92,3 +97,20 @@ async def test_without_the_timescale_license_policies_are_refused_and_said_so(
     [warning] = [r for r in caplog.records if r.name == LOGGER]
     assert warning.levelno == logging.WARNING
     assert warning.getMessage() == "cannot set TimescaleDB policies; the gateway runs retention itself"
+
+
+async def test_timescaledb_installed_but_samples_a_plain_table_is_run_as_plain_postgresql(
+    database_url: str,
+) -> None:
+    # A database where the extension exists but the samples table was made without it (an
+    # operator's restore, the extension added later): TimescaleDB's chunk dropping would find
+    # nothing there, so the gateway deletes old rows itself.
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        await conn.execute("CREATE TABLE samples (time timestamptz NOT NULL, value double precision)")
+        assert await detect_edition(conn) == "postgresql"
+        await conn.execute("SELECT create_hypertable('samples', 'time')")
+        assert await detect_edition(conn) == "apache"
+    finally:
+        await conn.close()
