@@ -315,10 +315,6 @@ class Ingest:
             ["consumer"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
         )
-        if latest is not None:  # (an ingest worker keeps none: its parent's API does)
-            registry.gauge(
-                "latest_series", "Series with a latest value in memory", function=lambda: len(latest)
-            )
 
     async def start(self) -> None:
         """Create (or update) the durable consumers and start fetching."""
@@ -415,9 +411,8 @@ class Ingest:
             await self._flush_once()
 
     async def _flush_once(self) -> None:
-        """Merge the rollups of what waits, then acknowledge their messages."""
-        if not len(self.rollups) and not self.rollups.fold_due():
-            return
+        """Merge the rollups of what waits (or fold the minutes that ended), then acknowledge
+        their messages."""
         try:
             merged = await self.rollups.flush()
         except Exception as exc:  # they keep waiting; retried next time

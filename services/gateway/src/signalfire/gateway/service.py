@@ -28,7 +28,7 @@ from signalfire.gateway.maintenance import Maintenance
 from signalfire.gateway.migrate import migrate
 from signalfire.gateway.rollup import Rollups
 from signalfire.gateway.silence_mirror import SilenceMirror
-from signalfire.gateway.store import LatestValues, Store
+from signalfire.gateway.store import LatestValues, Store, open_pool
 from signalfire.gateway.stream import StreamHub
 from signalfire.gateway.workers import IngestWorkers
 from signalfire.telemetry import Registry, parse_listen
@@ -86,7 +86,10 @@ class GatewayService:
         self.config = config
         self.clock = clock
         self.registry = Registry("signalfire_gateway")
-        self.latest = LatestValues()
+        self.latest = latest = LatestValues()
+        self.registry.gauge(
+            "latest_series", "Series with a latest value in memory", function=lambda: len(latest)
+        )
         self.hub = StreamHub(ring_seconds=config.stream_ring_seconds, clock=clock)
         self.pool = pool
         self.nc = nc
@@ -122,17 +125,7 @@ class GatewayService:
     async def _start(self) -> None:
         config = self.config
         if self.pool is None:
-            self.pool = await asyncpg.create_pool(
-                # min_size=0: while the database is away, the pool does not retry (and log) in the
-                # background; ingest waits for it on its own.
-                config.database_url,
-                min_size=0,
-                max_size=config.db_pool_size,
-                command_timeout=60,
-                # The API's queries are short; PostgreSQL's JIT spent up to 0.8 s compiling a
-                # fleet-wide query that runs in a fraction of that.
-                server_settings={"jit": "off"},
-            )
+            self.pool = await open_pool(config.database_url, config.db_pool_size)
         async with self.pool.acquire() as conn:
             await migrate(conn)
         await ensure_admin_token(self.pool, config.admin_token_file)
@@ -184,10 +177,6 @@ class GatewayService:
             db_errors = self.ingest.db_errors
             backoff = self.ingest.backoff
         else:
-            latest = self.latest
-            self.registry.gauge(
-                "latest_series", "Series with a latest value in memory", function=lambda: len(latest)
-            )
             self.workers = IngestWorkers(config, config.ingest_workers, self.registry)
             await self.workers.start()
             # Started means ingesting, as with ingest in this process; a worker that cannot start

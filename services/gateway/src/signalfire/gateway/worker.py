@@ -32,7 +32,7 @@ from signalfire.gateway.committed import CommittedPublisher, new_origin
 from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.ingest import Ingest
 from signalfire.gateway.rollup import Rollups
-from signalfire.gateway.store import Store
+from signalfire.gateway.store import Store, open_pool
 from signalfire.log import configure_logging
 from signalfire.runner import run_service, serve
 from signalfire.telemetry import Registry
@@ -58,13 +58,7 @@ class IngestWorker:
     async def start(self) -> None:
         config = self.config
         # The writers' transactions, the rollup merge and the action hosts' lookup at once.
-        self.pool = await asyncpg.create_pool(
-            config.database_url,
-            min_size=0,
-            max_size=config.ingest_writers + 3,
-            command_timeout=60,
-            server_settings={"jit": "off"},
-        )
+        self.pool = await open_pool(config.database_url, config.ingest_writers + 3)
         self.nc = await connect(config.nats, f"signalfire-gateway-ingest-{self.index}")
         rollups = Rollups(
             self.pool,

@@ -10,7 +10,6 @@ health score are the ones ``/api/v1/hosts`` reports.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import msgspec
 from starlette.requests import Request
@@ -18,11 +17,15 @@ from starlette.responses import Response
 
 from signalfire.events import SEVERITIES
 from signalfire.gateway.api.endpoint import Endpoint
-from signalfire.gateway.api.hosts import PRESSURE_METRICS, health_score, host_status, pressure_now
+from signalfire.gateway.api.hosts import (
+    HOST_STATUSES,
+    PRESSURE_METRICS,
+    HostStatus,
+    health_score,
+    host_status,
+    pressure_now,
+)
 from signalfire.gateway.api.resources import JsonObject, Resources, json_response, raw_json
-
-Status = Literal["up", "down", "offline"]
-STATUSES: tuple[Status, ...] = ("up", "down", "offline")
 
 # Firing alerts counted per host in one pass over the alerts table (a subquery per host
 # made 10,000 index scans).
@@ -41,7 +44,7 @@ class FleetHosts(msgspec.Struct, kw_only=True):
     ``usage``) is about ``host[i]``."""
 
     host: list[str]
-    status: list[Status]
+    status: list[HostStatus]
     health: list[int]
     last_seen: list[float]
     #: Firing alerts of each severity (``critical``, ``high``, ``medium``, ``low``).
@@ -94,7 +97,7 @@ async def fleet(res: Resources, request: Request) -> Response:
         labels=[],
         label_sets=label_sets,
     )
-    status_totals: dict[str, int] = dict.fromkeys(STATUSES, 0)
+    status_totals: dict[str, int] = dict.fromkeys(HOST_STATUSES, 0)
     alert_totals: dict[str, int] = dict.fromkeys(SEVERITIES, 0)
     for health, _, name, status, counts, usage, row in judged:
         columns.host.append(name)

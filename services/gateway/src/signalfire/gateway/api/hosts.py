@@ -21,6 +21,10 @@ from signalfire.gateway.errors import ApiError, invalid
 from signalfire.gateway.params import encode_cursor, parse_cursor, parse_limit
 from signalfire.gateway.store import LatestValues
 
+#: What a host is: reporting, silent past its interval, or stopped on purpose.
+HostStatus = Literal["up", "down", "offline"]
+HOST_STATUSES: tuple[HostStatus, ...] = ("up", "down", "offline")
+
 #: Resource metrics whose newest values lower a host's health score.
 PRESSURE_METRICS = ("cpu.usage_percent", "mem.used_percent", "disk.used_percent")
 _ALERT_PENALTY = {"critical": 40, "high": 20, "medium": 10, "low": 5}
@@ -41,7 +45,7 @@ class Host(msgspec.Struct, kw_only=True):
     by severity."""
 
     host: str
-    status: Literal["up", "down", "offline"]
+    status: HostStatus
     last_seen: float
     first_seen: float
     health: Annotated[int, msgspec.Meta(ge=0, le=100)]
@@ -83,7 +87,7 @@ def health_score(status: str, alerts: Mapping[str, int], pressure: Mapping[str, 
 
 def host_status(
     reported: str, last_seen: float, interval: float | None, now: float, down_after: float
-) -> Literal["up", "down", "offline"]:
+) -> HostStatus:
     """``offline`` after a clean shutdown; ``up`` while data arrives; ``down`` after three
     missed intervals (or ``down_after`` seconds for hosts that do not report an interval)."""
     if reported == "offline":
