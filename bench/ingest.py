@@ -45,6 +45,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.events import MetricBatch, Sample, encode
+from signalfire.gateway.api.query import HOURS
 from signalfire.gateway.migrate import migrate
 
 
@@ -292,7 +293,8 @@ async def full_path(
     drained = time.monotonic() - stop
     rolled = 0
     while time.monotonic() < deadline + 30:
-        rolled = int(await conn.fetchval("SELECT coalesce(sum(count), 0) FROM samples_1h"))
+        # as a query with 1-hour steps reads them: folded hours' rows, open hours' minutes
+        rolled = int(await conn.fetchval(f"SELECT coalesce(sum(count), 0) FROM {HOURS} AS r"))
         if rolled >= published:
             break
         # seldom: this sum reads every 1-hour row, on the PostgreSQL the path is measured on

@@ -1,16 +1,19 @@
-"""The 1-hour rollups made from closed minutes (the fold), and the migration that brought it."""
+"""The 1-hour rollups made once per hour from its 1-minute rows (the fold), the open hours as
+queries read them, and the migrations that brought it."""
 
 from __future__ import annotations
 
 import time
 
 import asyncpg
+import msgspec
 from devstack import PostgresServer
 
 from signalfire.events import MetricBatch, Sample
+from signalfire.gateway.api import query
 from signalfire.gateway.migrate import migrate, migrations
-from signalfire.gateway.rollup import Rollups, fold
-from signalfire.gateway.rollup.fold import FOLD_DELAY, KEEP_MINUTES
+from signalfire.gateway.rollup import Rollups
+from signalfire.gateway.rollup.fold import FOLD_DELAY, MAX_HOURS
 from signalfire.gateway.store import Store
 from tests.integration.gateway_support import write_held
 
@@ -33,60 +36,83 @@ async def totals(pool: asyncpg.Pool) -> tuple[int, int]:
     return int(minutes), int(hours)
 
 
-async def test_an_hour_gets_each_minute_once_it_ended_and_late_samples_at_once(pool: asyncpg.Pool) -> None:
+async def queried_hours(pool: asyncpg.Pool) -> dict[float, int]:
+    """Samples per hour as a query with 1-hour steps reads them (folded hours from their 1-hour
+    rows, open hours from their 1-minute rows)."""
+    rows = await pool.fetch(
+        "SELECT extract(epoch FROM date_bin('1 hour', bucket, 'epoch'))::float8 AS h, sum(count) AS n"
+        f" FROM {query.HOURS} AS r GROUP BY 1 ORDER BY 1"
+    )
+    return {row["h"]: int(row["n"]) for row in rows}
+
+
+async def test_an_hour_gets_its_rows_once_it_ended_and_late_samples_at_once(pool: asyncpg.Pool) -> None:
     minute = HOUR + 600
     now = [minute + 30]
     store, rollups = Store(pool), Rollups(pool, clock=lambda: now[0])
     data = [batch(minute + i, float(i)) for i in range(40)]  # 80 samples: past the exact values
     await write_held(store, rollups, data, list(range(1, 41)))
     await rollups.flush()
-    assert await totals(pool) == (80, 0)  # the minute is still going on: its hour waits
+    assert await totals(pool) == (80, 0)  # the hour is still going on: its rows wait
+    assert await queried_hours(pool) == {HOUR: 80}  # ... and queries read it from its minutes
+    await write_held(store, rollups, [batch(minute + 1800, 7.0)], [41])  # another minute
+    await rollups.flush()
     assert not rollups.fold_due()
 
-    now[0] = minute + 60 + FOLD_DELAY
+    now[0] = HOUR + 3600 + FOLD_DELAY
     assert rollups.fold_due()
-    assert await rollups.flush() == {}  # nothing waited, but the minute ended: folded
-    assert await totals(pool) == (80, 80)
-    assert not rollups.fold_due()
-    hour_rows = await pool.fetch(f"SELECT series_id, {COLUMNS} FROM samples_1h ORDER BY series_id")
-    minute_rows = await pool.fetch(f"SELECT series_id, {COLUMNS} FROM samples_1m ORDER BY series_id")
-    assert [dict(r) for r in hour_rows] == [dict(r) for r in minute_rows]  # one minute: the same
-
-    # a late batch of the folded minute goes into both at once, and a later fold adds nothing
-    await write_held(store, rollups, [batch(minute + 45, 1000.0)], [41])
-    await rollups.flush()
-    now[0] += 600
-    await rollups.flush()
+    assert await rollups.flush() == {}  # nothing waited, but the hour ended: folded
     assert await totals(pool) == (82, 82)
+    assert await queried_hours(pool) == {HOUR: 82}  # the same answer, now from the hour's rows
+    assert not rollups.fold_due()
+    assert await pool.fetchval("SELECT count(*) FROM samples_1h") == 2  # one per series
+    hour = dict(await pool.fetchrow(f"SELECT {COLUMNS} FROM samples_1h ORDER BY series_id LIMIT 1"))
+    assert hour["count"] == 41 and hour["min"] == 0.0 and hour["max"] == 39.0 and hour["last"] == 7.0
+    assert hour["sum"] == sum(range(40)) + 7.0
+    assert "v" not in msgspec.json.decode(hour["hist"])  # 41 samples: bucket counts
+
+    # a late batch of the folded hour goes into both at once, and a later fold adds nothing
+    await write_held(store, rollups, [batch(minute + 45, 1000.0)], [42])
+    await rollups.flush()
+    now[0] += 7200
+    await rollups.flush()
+    assert await totals(pool) == (84, 84)
+    assert await queried_hours(pool) == {HOUR: 84}
     assert await pool.fetchval("SELECT max(max) FROM samples_1h") == 1000.0
-    assert await pool.fetchval("SELECT bool_and(folded) FROM rollup_minutes") is True
 
 
-async def test_maintenance_folds_what_no_gateway_did_and_keeps_the_minute_list_to_a_day(
-    pool: asyncpg.Pool,
-) -> None:
-    """A gateway that stopped (or a fleet gone quiet) leaves an ended minute open: the rollups'
-    maintenance round folds it. The list of folded minutes is pruned to a day, and a late sample
-    of a pruned minute still reaches the hour exactly once."""
+async def test_an_hour_of_few_samples_keeps_their_values(pool: asyncpg.Pool) -> None:
+    """Minutes that kept their values make an hour that keeps them, while they total at most
+    EXACT_MAX: its percentiles stay exact."""
+    now = [HOUR + 30]
+    store, rollups = Store(pool), Rollups(pool, clock=lambda: now[0])
+    await write_held(store, rollups, [batch(HOUR + 60 * i, float(i)) for i in range(5)], [1, 2, 3, 4, 5])
+    await rollups.flush()
+    now[0] = HOUR + 3600 + FOLD_DELAY
+    await rollups.flush()
+    hist = await pool.fetchval(
+        "SELECT hist::text FROM samples_1h h JOIN series s ON s.id = h.series_id WHERE s.name = 'load'"
+    )
+    assert sorted(msgspec.json.decode(hist)["v"]) == [0.0, 0.1, 0.2, 0.3, 0.4]
+
+
+async def test_maintenance_folds_what_no_gateway_did(pool: asyncpg.Pool) -> None:
+    """A gateway that stopped (or a fleet gone quiet) leaves an ended hour open: the rollups'
+    maintenance round folds it, skipping the hours without samples in one go."""
     minute = HOUR + 1800
     now = [minute + 30]
     store, gone = Store(pool), Rollups(pool, clock=lambda: now[0])
     await write_held(store, gone, [batch(minute + 1, 1.0), batch(minute + 2, 3.0)], [1, 2])
     await gone.flush()
-    assert await totals(pool) == (4, 0)  # its minute still going on when this gateway stopped
+    assert await totals(pool) == (4, 0)  # its hour still going on when this gateway stopped
 
     other = Rollups(pool, clock=lambda: now[0])  # another gateway, with nothing to merge
-    now[0] = minute + 60 + FOLD_DELAY
+    now[0] = HOUR + 3600 + FOLD_DELAY + 86400 * 30  # a month later
     await other.repair()
     assert await totals(pool) == (4, 4)
-    assert await pool.fetchval("SELECT count(*) FROM rollup_minutes") == 1
-
-    now[0] = minute + KEEP_MINUTES + 120
-    await other.repair()
-    assert await pool.fetchval("SELECT count(*) FROM rollup_minutes") == 0
     horizon = await pool.fetchval("SELECT extract(epoch FROM horizon)::float8 FROM rollup_fold")
-    assert horizon == now[0] - KEEP_MINUTES
-    # a late batch of the pruned minute: before the horizon, so merged into both tables once
+    assert horizon == (now[0] - FOLD_DELAY) // 3600 * 3600  # every empty hour since: folded
+    # a late batch of that hour: before the horizon, so merged into both tables once
     await write_held(store, other, [batch(minute + 50, 5.0)], [3])
     await other.flush()
     now[0] += 3600
@@ -94,22 +120,23 @@ async def test_maintenance_folds_what_no_gateway_did_and_keeps_the_minute_list_t
     assert await totals(pool) == (6, 6)
 
 
-async def test_pruning_never_moves_the_horizon_past_an_open_minute(pool: asyncpg.Pool) -> None:
-    minute = HOUR + 2400
-    now = [minute + 30]
+async def test_a_fold_takes_at_most_a_day_of_hours_at_a_time(pool: asyncpg.Pool) -> None:
+    now = [HOUR]
     store, rollups = Store(pool), Rollups(pool, clock=lambda: now[0])
-    await write_held(store, rollups, [batch(minute + 1, 1.0)], [1])
+    hours = MAX_HOURS + 6
+    for i in range(hours):
+        await write_held(store, rollups, [batch(HOUR + 3600 * i + 5, float(i))], [i + 1])
     await rollups.flush()
-    async with pool.acquire() as conn, conn.transaction():
-        assert await fold.prune(conn, now=minute + 10 * KEEP_MINUTES) == 0  # open: kept, not folded
-    horizon = await pool.fetchval("SELECT extract(epoch FROM horizon)::float8 FROM rollup_fold")
-    assert horizon <= minute
-    now[0] = minute + 60 + FOLD_DELAY
+    now[0] = HOUR + 3600 * (hours + 2)
     await rollups.flush()
-    assert await totals(pool) == (2, 2)
+    assert await pool.fetchval("SELECT count(DISTINCT bucket) FROM samples_1h") == MAX_HOURS
+    assert rollups.fold_due()  # hours are left: the next flush goes on
+    await rollups.flush()
+    assert await totals(pool) == (2 * hours, 2 * hours)
+    assert await queried_hours(pool) == {HOUR + 3600 * i: 2 for i in range(hours)}
 
 
-async def test_a_redelivered_round_merges_its_new_samples_into_the_open_minute_only(
+async def test_a_redelivered_round_merges_its_new_samples_into_the_open_hour_only(
     pool: asyncpg.Pool,
 ) -> None:
     """The write path that merges in the samples' own transaction (a redelivery with some
@@ -124,7 +151,7 @@ async def test_a_redelivered_round_merges_its_new_samples_into_the_open_minute_o
     assert written.samples == 1
     minutes, hours = await totals(pool)
     assert (minutes, hours) == (3, 3)  # minute + 1 is long past on the machine's clock: folded
-    assert await pool.fetchval("SELECT count(*) FROM rollup_minutes WHERE NOT folded") == 0
+    assert await queried_hours(pool) == {HOUR: 3}
 
 
 async def test_a_database_migrated_with_rollups_keeps_every_sample_once_in_its_hours(
@@ -173,7 +200,7 @@ async def test_a_database_migrated_with_rollups_keeps_every_sample_once_in_its_h
                 m.version for m in migrations() if m.version >= 8
             ]
             horizon = await conn.fetchval("SELECT extract(epoch FROM horizon)::float8 FROM rollup_fold")
-            assert old_minute < horizon <= time.time() + 60
+            assert old_minute < horizon <= time.time() and horizon % 3600 == 0  # the current hour
 
             store, now = Store(pool), [time.time()]
             rollups = Rollups(pool, clock=lambda: now[0])
@@ -181,15 +208,13 @@ async def test_a_database_migrated_with_rollups_keeps_every_sample_once_in_its_h
             await write_held(store, rollups, [batch(old_minute + 20, 9.0)], [1])
             await rollups.flush()
             assert await totals(pool) == (4, 4)
-            # a minute after the horizon: folded once it ended
+            # a minute of the open hour: its hour made once it ended
             new_minute = horizon + 120
             await write_held(store, rollups, [batch(new_minute + 5, 3.0)], [2])
             now[0] = new_minute + 10
             await rollups.flush()
             assert await totals(pool) == (6, 4)
-            now[0] = new_minute + 60 + FOLD_DELAY
-            await rollups.flush()
-            now[0] += 3600
+            now[0] = horizon + 3600 + FOLD_DELAY
             await rollups.flush()
             assert await totals(pool) == (6, 6)
             per_hour = await conn.fetch(
@@ -199,6 +224,78 @@ async def test_a_database_migrated_with_rollups_keeps_every_sample_once_in_its_h
                 "SELECT date_trunc('hour', time) AS bucket, count(*) AS n FROM samples GROUP BY 1 ORDER BY 1"
             )
             assert [tuple(r) for r in per_hour] == [tuple(r) for r in raw]
+        finally:
+            await pool.close()
+    finally:
+        await conn.close()
+        postgres.drop_database(url.rsplit("/", 1)[1])
+
+
+async def test_the_minute_fold_of_migration_0008_becomes_the_hourly_fold_with_nothing_twice(
+    postgres: PostgresServer,
+) -> None:
+    """A database an 0008 gateway left with one minute of an hour folded (in its 1-hour row) and
+    one not: migration 0009 puts the horizon at that hour, whose rows the next fold remakes from
+    both minutes, once each."""
+    url = postgres.create_database(f"fold9_{int(time.time() * 1000) % 10**9}")
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for migration in migrations():
+            if migration.version <= 8:
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+        series = await conn.fetchval(
+            "INSERT INTO series (host, name, labels, unit) VALUES ('web-1', 'load', '{}', '') RETURNING id"
+        )
+        folded, open_ = HOUR + 60, HOUR + 120
+        for minute, value in ((folded, 1.0), (open_, 2.0)):
+            await conn.execute(
+                "INSERT INTO samples (time, series_id, value) VALUES (to_timestamp($1), $2, $3)",
+                minute + 1,
+                series,
+                value,
+            )
+            await conn.execute(
+                "INSERT INTO samples_1m (series_id, bucket, count, sum, min, max, last, last_time, hist)"
+                " VALUES ($1, to_timestamp($2), 1, $3, $3, $3, $3, to_timestamp($2 + 1),"
+                " jsonb_build_object('v', jsonb_build_array($3::float8)))",
+                series,
+                minute,
+                value,
+            )
+        # the 0008 fold added the first minute to the hour's row, not yet the second
+        await conn.execute(
+            "INSERT INTO samples_1h SELECT series_id, to_timestamp($1), count, sum, min, max, last,"
+            " last_time, hist FROM samples_1m WHERE bucket = to_timestamp($2)",
+            HOUR,
+            folded,
+        )
+        await conn.execute("UPDATE rollup_fold SET horizon = to_timestamp($1)", HOUR)
+        await conn.execute(
+            "INSERT INTO rollup_minutes (bucket, folded)"
+            " VALUES (to_timestamp($1), true), (to_timestamp($2), false)",
+            folded,
+            open_,
+        )
+        assert [m.version for m in await migrate(conn)] == [9]
+        assert await conn.fetchval("SELECT extract(epoch FROM horizon)::float8 FROM rollup_fold") == HOUR
+        assert await conn.fetchval("SELECT to_regclass('rollup_minutes')") is None
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+        try:
+            assert await queried_hours(pool) == {HOUR: 2}  # open: read from its two minutes
+            await Rollups(pool).repair()  # maintenance: the hour ended long ago
+            row = await conn.fetchrow("SELECT count, sum, hist::text FROM samples_1h")
+            assert (row["count"], row["sum"]) == (2, 3.0)
+            assert sorted(msgspec.json.decode(row["hist"])["v"]) == [1.0, 2.0]
+            assert await queried_hours(pool) == {HOUR: 2}
         finally:
             await pool.close()
     finally:

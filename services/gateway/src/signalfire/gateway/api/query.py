@@ -36,6 +36,15 @@ _ROLLUP_AGG = {
     "count": "sum(count)::float8",
     "last": "(array_agg(last ORDER BY last_time DESC))[1]",
 }
+#: The 1-hour rollups as queries read them: the folded hours' rows, and the open hours (from the
+#: fold horizon on, rollup.fold) from their 1-minute rows, which have the same columns.
+HOURS = """(
+    SELECT series_id, bucket, count, sum, min, max, last, last_time, hist FROM samples_1h
+    WHERE bucket < (SELECT horizon FROM rollup_fold)
+    UNION ALL
+    SELECT series_id, bucket, count, sum, min, max, last, last_time, hist FROM samples_1m
+    WHERE bucket >= (SELECT horizon FROM rollup_fold)
+)"""
 #: Steps ``step=auto`` picks from: about 500 points per series over the range.
 _NICE_STEPS = (10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 _AUTO_POINTS = 500
@@ -177,14 +186,14 @@ async def _bucketed(
     if source == "raw":
         table, column, expression = "samples", "time", _RAW_AGG[agg]
     else:
-        table, column = ("samples_1m" if source == "1m" else "samples_1h"), "bucket"
+        table, column = ("samples_1m" if source == "1m" else HOURS), "bucket"
         expression = _ROLLUP_AGG.get(agg, "array_agg(hist::text)")
     rows = await res.pool.fetch(
         f"""
         SELECT series_id, extract(epoch FROM b)::float8 AS t, v FROM (
             SELECT series_id, date_bin(make_interval(secs => $4), {column}, 'epoch') AS b,
                    {expression} AS v
-            FROM {table}
+            FROM {table} AS r
             WHERE series_id = ANY($1::bigint[])
               AND {column} >= to_timestamp($2) AND {column} <= to_timestamp($3)
             GROUP BY 1, 2

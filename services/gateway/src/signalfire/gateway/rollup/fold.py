@@ -1,21 +1,26 @@
-"""The 1-hour rollups made from closed minutes: one merge per series and minute.
+"""The 1-hour rollups, made once per series and hour from the 1-minute rows when the hour ended.
 
-A merge of ingested batches (:func:`merge`) writes their 1-minute rows; the 1-hour rows get
-only the samples of minutes that are *folded* already. A minute is open from its first merge
-(a ``rollup_minutes`` row) until :func:`fold` adds its 1-minute rows to the 1-hour rows, once
-it ended :data:`FOLD_DELAY` ago; after that, late samples of it are merged into both tables at
-once. Each sample therefore reaches the 1-hour rows exactly once: with its minute's rows at the
-fold, or directly when it came later. Merges and folds hold
-:data:`~.cells.MERGE_LOCK`, so a minute cannot be folded between a merge's look at it and
-that merge's commit. The repair (:mod:`.repair`) makes 1-hour rows from folded minutes only.
+A merge of ingested batches (:func:`merge`) writes their 1-minute rows only, while their hour is
+open. Once an hour has ended :data:`FOLD_DELAY` ago, :func:`fold` makes its 1-hour rows from
+its 1-minute rows in one ``INSERT … SELECT`` and moves ``rollup_fold.horizon`` past it: every
+hour before the horizon is *folded* (migration 0009). Samples of a folded hour that arrive later
+are merged into both tables at once. Each sample therefore reaches the 1-hour rows exactly once:
+with its hour at the fold, or directly when it came later. Queries read the hours since the
+horizon from the 1-minute rows (:mod:`signalfire.gateway.api.query`).
 
-A minute before the database's ``rollup_fold.horizon`` (migration 0008) counts as folded: a
-gateway before that migration merged its samples into both tables.
+A 1-hour row is thus written once, not once per minute: a fold that added each minute's rows
+to the hour's rows as the minute ended rewrote every row's histogram sixty times an hour, and
+was half of PostgreSQL's work in ``bench/ingest.py`` (docs/benchmarks.md).
+
+Merges and folds hold :data:`~.cells.MERGE_LOCK`, so an hour cannot be folded between a merge's
+look at the horizon and that merge's commit. The repair (:mod:`.repair`) remakes the 1-hour
+rows of folded hours only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 
 import asyncpg
@@ -23,80 +28,110 @@ import asyncpg
 from signalfire.gateway.rollup import cells
 from signalfire.gateway.rollup.cells import StoredBatch
 
-#: How long after a minute ends its 1-minute rows are added to the 1-hour rows: batches stamped
-#: in the minute that arrive later are merged into both tables (correct, just dearer).
-FOLD_DELAY = 5.0
+#: How long after an hour ends its 1-hour rows are made: the merges of its last minutes (every
+#: ``rollup_flush``) come first; batches stamped in the hour that arrive later are merged into
+#: both tables (correct, just dearer).
+FOLD_DELAY = 120.0
+#: Hours folded at most per call (a database whose gateways were stopped for days catches up
+#: over several rounds, each transaction short).
+MAX_HOURS = 24
 
-# Of the given minutes (epoch seconds), those still open (not folded).
-_OPEN = """
-SELECT m FROM unnest($1::float8[]) AS t(m)
-WHERE to_timestamp(m) >= (SELECT horizon FROM rollup_fold)
-  AND NOT EXISTS (SELECT 1 FROM rollup_minutes f WHERE f.bucket = to_timestamp(t.m) AND f.folded)
+_HORIZON = "SELECT extract(epoch FROM horizon)::float8 FROM rollup_fold"
+
+_NEXT_MINUTE = """
+SELECT extract(epoch FROM min(bucket))::float8 FROM samples_1m
+WHERE ($1::float8 IS NULL OR bucket >= to_timestamp($1)) AND bucket < to_timestamp($2)
 """
 
-_OPENED = """
-INSERT INTO rollup_minutes (bucket) SELECT to_timestamp(m) FROM unnest($1::float8[]) AS t(m)
-ON CONFLICT (bucket) DO NOTHING
-"""
+_MOVE = "UPDATE rollup_fold SET horizon = to_timestamp($1)"
 
-_CLOSED = """
-SELECT extract(epoch FROM bucket)::float8 AS m FROM rollup_minutes
-WHERE NOT folded AND bucket <= to_timestamp($1) ORDER BY bucket
-"""
+_DELETE_HOUR = "DELETE FROM samples_1h WHERE bucket = to_timestamp($1)"
 
-_FOLDED = "UPDATE rollup_minutes SET folded = true WHERE bucket = to_timestamp($1)"
-
-#: How long folded minutes stay listed in ``rollup_minutes`` before :func:`prune` moves the
-#: horizon past them (a minute before the horizon counts as folded: the same answer, no row).
-KEEP_MINUTES = 86400.0
-
-# The horizon moved to the cut-off, but never past a minute still open (those must be folded
-# first), and the folded minutes before it dropped from the list; returns the new horizon.
-_PRUNE = """
-WITH cut AS (
-    SELECT least(to_timestamp($1),
-                 coalesce((SELECT min(bucket) FROM rollup_minutes WHERE NOT folded), 'infinity')) AS c
-), moved AS (
-    UPDATE rollup_fold SET horizon = greatest(horizon, (SELECT c FROM cut)) RETURNING horizon
+# The 1-hour rows of the hour starting at $1 from its 1-minute rows, as the merges would have
+# left them (.cells.merge): the values kept while every minute kept its own and they total at
+# most EXACT_MAX, else the bucket counts added up.
+HOUR_FROM_MINUTES = f"""
+WITH m AS MATERIALIZED (
+    SELECT series_id, bucket, count, sum, min, max, last, last_time, hist FROM samples_1m
+    WHERE bucket >= to_timestamp($1) AND bucket < to_timestamp($1) + interval '1 hour'
+    {{where}}
+), exact AS (
+    SELECT series_id FROM m GROUP BY 1
+    HAVING bool_and(hist ? 'v' OR hist = '{{{{}}}}'::jsonb) AND sum(count) <= {cells.EXACT_MAX}
+), hists AS (
+    SELECT series_id, jsonb_build_object('v', jsonb_agg(x.x ORDER BY m.bucket, x.i)) AS hist
+    FROM exact JOIN m USING (series_id)
+    CROSS JOIN LATERAL jsonb_array_elements(coalesce(m.hist -> 'v', '[]'::jsonb)) WITH ORDINALITY AS x(x, i)
+    GROUP BY 1
+    UNION ALL
+    SELECT series_id, jsonb_object_agg(k, n) AS hist
+    FROM (SELECT m.series_id, e.k, sum(e.n::bigint) AS n
+          FROM m LEFT JOIN exact USING (series_id), jsonb_each_text(sf_hist_counts(m.hist)) AS e(k, n)
+          WHERE exact.series_id IS NULL
+          GROUP BY 1, 2) AS t
+    GROUP BY 1
+), totals AS (
+    SELECT series_id, sum(count)::bigint AS c, sum(sum) AS su, min(min) AS mi, max(max) AS ma,
+           (array_agg(last ORDER BY last_time DESC))[1] AS la, max(last_time) AS lt
+    FROM m GROUP BY 1
 )
-DELETE FROM rollup_minutes WHERE bucket < (SELECT horizon FROM moved)
+INSERT INTO samples_1h (series_id, bucket, count, sum, min, max, last, last_time, hist)
+SELECT t.series_id, to_timestamp($1), t.c, t.su, t.mi, t.ma, t.la, t.lt, coalesce(h.hist, '{{{{}}}}')
+FROM totals t LEFT JOIN hists h USING (series_id)
+ORDER BY 1
 """
 
 
-async def merge(conn: asyncpg.Connection, batches: Sequence[StoredBatch], *, now: float) -> set[float]:
-    """Merge the rollups of ``batches`` in ``conn``'s transaction (1-minute rows; 1-hour rows for
-    the samples of folded minutes), then :func:`fold` the minutes that ended; returns the
-    minutes of ``batches`` left open."""
+def hour_from_minutes_sql(where: str = "") -> str:
+    """:data:`HOUR_FROM_MINUTES` with an extra condition on the 1-minute rows ``m`` (e.g. one
+    host's series, for the repair)."""
+    return HOUR_FROM_MINUTES.format(where=where)
+
+
+async def horizon(conn: asyncpg.Connection) -> float:
+    """The start of the first hour not folded yet (``-inf`` before the first fold)."""
+    value = await conn.fetchval(_HORIZON)
+    return -math.inf if value is None else float(value)
+
+
+async def merge(conn: asyncpg.Connection, batches: Sequence[StoredBatch], *, now: float) -> float:
+    """Merge the rollups of ``batches`` in ``conn``'s transaction (1-minute rows; 1-hour rows
+    too for the samples of folded hours), then :func:`fold` the hours that ended; returns when
+    the next fold is due."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", cells.MERGE_LOCK)  # held to the commit
-    minutes = sorted(cells.minutes_of(batches))
-    opened = {row["m"] for row in await conn.fetch(_OPEN, minutes)} if minutes else set()
+    folded_before = await horizon(conn)
+    minutes = cells.minutes_of(batches)
+    hourly = {m for m in minutes if m < folded_before}
     # In a thread: grouping a flush's samples takes ~1 s of Python per 600,000, which on the
     # event loop would hold up every ingest round (and the publish -> commit lag) meanwhile.
-    merged = await asyncio.to_thread(cells.merge_rows, batches, hourly=set(minutes) - opened)
+    merged = await asyncio.to_thread(cells.merge_rows, batches, hourly=hourly)
     for table, args in merged.items():
         if args[0]:
             await conn.execute(cells.upsert_sql(table), *args)
-    if opened:
-        await conn.execute(_OPENED, sorted(opened))
-    return opened - set(await fold(conn, now=now))
+    return await fold(conn, now=now)
 
 
-async def fold(conn: asyncpg.Connection, *, now: float) -> list[float]:
-    """Add the 1-minute rows of every open minute that ended :data:`FOLD_DELAY` before ``now``
-    to the 1-hour rows, in ``conn``'s transaction (taking :data:`~.cells.MERGE_LOCK` until it ends);
-    returns those minutes."""
+async def fold(conn: asyncpg.Connection, *, now: float) -> float:
+    """Make the 1-hour rows of every open hour that ended :data:`FOLD_DELAY` before ``now``
+    (at most :data:`MAX_HOURS` of them, hours without 1-minute rows skipped) from their 1-minute
+    rows and move the horizon past them, in ``conn``'s transaction (taking
+    :data:`~.cells.MERGE_LOCK` until it ends); returns when the next fold is due (the end of the
+    first open hour + :data:`FOLD_DELAY`; ``now`` when hours are left for the next call)."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", cells.MERGE_LOCK)
-    closed = [row["m"] for row in await conn.fetch(_CLOSED, now - 60 - FOLD_DELAY)]
-    for minute in closed:
-        await conn.execute(cells.fold_sql(), minute)
-        await conn.execute(_FOLDED, minute)
-    return closed
-
-
-async def prune(conn: asyncpg.Connection, *, now: float) -> int:
-    """Drop the folded minutes older than :data:`KEEP_MINUTES` from ``rollup_minutes`` by moving
-    the horizon past them, in ``conn``'s transaction (under :data:`~.cells.MERGE_LOCK`); the list
-    then holds a day of minutes, not every minute since the migration. Returns the rows dropped."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", cells.MERGE_LOCK)
-    status = await conn.execute(_PRUNE, now - KEEP_MINUTES)
-    return int(status.rsplit(" ", 1)[-1])
+    first = await horizon(conn)
+    end = (now - FOLD_DELAY) // 3600 * 3600  # the first hour that may not be folded yet
+    hour, done = first, 0
+    while hour < end and done < MAX_HOURS:
+        # the next hour with 1-minute rows (hours without any have nothing to fold)
+        minute = await conn.fetchval(_NEXT_MINUTE, None if hour == -math.inf else hour, end)
+        if minute is None:
+            hour = end
+            break
+        hour = float(minute) // 3600 * 3600
+        await conn.execute(_DELETE_HOUR, hour)  # left by an older gateway's minute-by-minute fold
+        await conn.execute(hour_from_minutes_sql(), hour)
+        hour += 3600
+        done += 1
+    if hour != first:
+        await conn.execute(_MOVE, hour)
+    return now if hour < end else max(hour, end) + 3600 + FOLD_DELAY

@@ -13,6 +13,7 @@ samples (:mod:`.repair`).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -132,8 +133,8 @@ class Rollups:
         #: Stored batches whose rollups are not merged yet, by stream sequence, with the new
         #: samples each brought.
         self._backlog: dict[int, tuple[StoredBatch, int]] = {}
-        #: Minutes this gateway merged into that were not folded yet when it last looked.
-        self._open: set[float] = set()
+        #: When the next hour is due to be folded, as the last merge or fold saw it (-inf: ask).
+        self._fold_at = -math.inf
         registry = registry if registry is not None else Registry("signalfire_gateway")
         self.repairs = registry.counter(
             "rollup_repairs", "Orphaned batches (message never redelivered) whose rollups were repaired"
@@ -163,9 +164,9 @@ class Rollups:
         return len(self._backlog)
 
     def fold_due(self) -> bool:
-        """Whether a minute this gateway merged into has ended long enough ago to be folded into
-        the 1-hour rows (:meth:`flush` then folds it even when no batch waits)."""
-        return bool(self._open) and min(self._open) <= self.clock() - 60 - fold.FOLD_DELAY
+        """Whether an hour may have ended long enough ago to be folded into the 1-hour rows
+        (:meth:`flush` then folds it even when no batch waits)."""
+        return self.clock() >= self._fold_at
 
     async def flush(self) -> dict[int, int]:
         """Merge the rollups of every waiting batch, in one transaction; returns their sequences
@@ -174,13 +175,12 @@ class Rollups:
 
         Each batch counts once: only the batches whose ``rollup_pending`` row this transaction
         deletes are merged (another gateway, or an earlier flush, may have done the others).
-        The merge writes the 1-minute rows, and folds the minutes that ended into the 1-hour rows
+        The merge writes the 1-minute rows, and folds the hours that ended into the 1-hour rows
         (:mod:`.fold`); with no batch waiting, a flush only folds (when :meth:`fold_due`).
         """
         batches, self._backlog = self._backlog, {}
         if not batches and not self.fold_due():
             return {}
-        opened: set[float] = set()
         now = self.clock()
         try:
             async with self.pool.acquire() as conn, conn.transaction():
@@ -189,26 +189,22 @@ class Rollups:
                 rows = await conn.fetch(_TAKE_PENDING, list(batches)) if batches else []
                 mine = [batches[row["seq"]][0] for row in rows]
                 if mine:
-                    opened = await fold.merge(conn, mine, now=now)
+                    self._fold_at = await fold.merge(conn, mine, now=now)
                 else:
-                    await fold.fold(conn, now=now)
+                    self._fold_at = await fold.fold(conn, now=now)
         except BaseException:
             self._backlog = {**batches, **self._backlog}
             raise
-        # the fold took every open minute that ended FOLD_DELAY before now
-        self._open = {m for m in self._open | opened if m > now - 60 - fold.FOLD_DELAY}
         return {seq: new for seq, (_, new) in batches.items()}
 
     async def repair(self, now: float | None = None) -> RollupRepair:
         """:func:`.repair.repair_rollups` of the orphans older than ``repair_after``, counted;
-        first the minutes that ended and that no gateway folded (one that stopped, or a fleet
-        gone quiet: a fold otherwise comes with the next merge) are folded, and the list of
-        folded minutes is pruned (:func:`.fold.prune`)."""
+        first the hours that ended and that no gateway folded (one that stopped, or a fleet
+        gone quiet: a fold otherwise comes with the next merge) are folded."""
         now = self.clock() if now is None else now
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                await fold.fold(conn, now=now)
-                await fold.prune(conn, now=now)
+                self._fold_at = await fold.fold(conn, now=now)
             done = await repair_rollups(conn, self.repair_after, self.retention, now=now)
         self.repairs.inc(done.repaired)
         self.unrepairable.inc(done.unrepairable)

@@ -5,8 +5,9 @@ deliveries).
 Every stored batch has a ``rollup_pending`` row until its merge commits (see
 :mod:`.pending`). A row older than ``rollup_repair_after`` belongs to such an orphan: the
 1-minute rollups of its host over the minutes its samples fall in are recomputed from
-``samples``, then the 1-hour rollups of those hours from the 1-minute ones of folded minutes
-(:func:`repair_rollups`, :mod:`.fold`); :func:`plan_repair` decides, without I/O, which orphans
+``samples``, then the 1-hour rollups of those hours that are folded already from the 1-minute
+ones (:func:`repair_rollups`, :mod:`.fold`; an open hour's are made at its fold);
+:func:`plan_repair` decides, without I/O, which orphans
 can be repaired now.
 """
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from signalfire.gateway.config import RetentionConfig
+from signalfire.gateway.rollup import fold
 from signalfire.gateway.rollup.cells import MERGE_LOCK
 
 log = logging.getLogger("signalfire.gateway.rollup")
@@ -170,50 +172,13 @@ ORDER BY 1, 2
 ON CONFLICT (series_id, bucket) DO NOTHING
 """
 
-# The recomputed minutes since the fold horizon that are not folded yet stay open (are folded
-# later, as any other minute; see .fold).
-_OPEN_MINUTES = """
-INSERT INTO rollup_minutes (bucket)
-SELECT m
-FROM generate_series(to_timestamp($1), to_timestamp($2) - interval '1 minute', interval '1 minute') AS m
-WHERE m >= (SELECT horizon FROM rollup_fold)
-ON CONFLICT (bucket) DO NOTHING
-"""
+# One host's 1-hour rows of a folded hour, remade from its 1-minute rows (an open hour's are
+# made at its fold, .fold).
+_HOUR_OF_HOST = "AND series_id IN (SELECT id FROM series WHERE host = $2)"
 
-_HOURS_FROM_MINUTES = """
-WITH m AS MATERIALIZED (
-    SELECT r.series_id, floor(extract(epoch FROM r.bucket) / 3600) * 3600 AS b, r.bucket,
-           r.count, r.sum, r.min, r.max, r.last, r.last_time, r.hist
-    FROM samples_1m r JOIN series s ON s.id = r.series_id
-    WHERE s.host = $1 AND r.bucket >= to_timestamp($2) AND r.bucket < to_timestamp($3)
-      -- folded minutes only: an open minute's rows reach the 1-hour rows at its fold (.fold)
-      AND (r.bucket < (SELECT horizon FROM rollup_fold)
-           OR EXISTS (SELECT 1 FROM rollup_minutes f WHERE f.bucket = r.bucket AND f.folded))
-), exact AS (  -- the hours whose minutes all kept their values, at most rollup.EXACT_MAX
-    SELECT series_id, b FROM m GROUP BY 1, 2
-    HAVING bool_and(hist ? 'v' OR hist = '{}'::jsonb) AND sum(count) <= 32
-), hists AS (
-    SELECT series_id, b, jsonb_build_object('v', jsonb_agg(x.x ORDER BY m.bucket, x.i)) AS hist
-    FROM exact JOIN m USING (series_id, b)
-    CROSS JOIN LATERAL jsonb_array_elements(coalesce(m.hist -> 'v', '[]'::jsonb)) WITH ORDINALITY AS x(x, i)
-    GROUP BY 1, 2
-    UNION ALL  -- else the minutes' counts (made from their values where they kept them) add up
-    SELECT series_id, b, jsonb_object_agg(k, n) AS hist
-    FROM (SELECT m.series_id, m.b, e.k, sum(e.n::bigint) AS n
-          FROM m LEFT JOIN exact USING (series_id, b), jsonb_each_text(sf_hist_counts(m.hist)) AS e(k, n)
-          WHERE exact.series_id IS NULL
-          GROUP BY 1, 2, 3) AS t
-    GROUP BY 1, 2
-), cells AS (
-    SELECT series_id, b, sum(count)::bigint AS c, sum(sum) AS su, min(min) AS mi, max(max) AS ma,
-           (array_agg(last ORDER BY last_time DESC))[1] AS la, max(last_time) AS lt
-    FROM m GROUP BY 1, 2
-)
-INSERT INTO samples_1h (series_id, bucket, count, sum, min, max, last, last_time, hist)
-SELECT c.series_id, to_timestamp(c.b), c.c, c.su, c.mi, c.ma, c.la, c.lt, coalesce(h.hist, '{}')
-FROM cells c LEFT JOIN hists h USING (series_id, b)
-ORDER BY 1, 2
-ON CONFLICT (series_id, bucket) DO NOTHING
+_DELETE_HOUR_OF_HOST = """
+DELETE FROM samples_1h r USING series s
+WHERE s.host = $2 AND r.series_id = s.id AND r.bucket = to_timestamp($1)
 """
 
 
@@ -261,14 +226,17 @@ async def repair_rollups(
             raw_since=now - float(retention.raw) if retention.raw > 0 else None,
             minutes_since=now - float(retention.rollup_1m) if retention.rollup_1m > 0 else None,
         )
+        folded_before = await fold.horizon(conn)
         for host, minutes in plan.minutes.items():
             for start, end in minutes:
                 await conn.execute(_DELETE_ROLLUPS.format(table="samples_1m"), host, start, end)
                 await conn.execute(_MINUTES_FROM_SAMPLES, host, start, end)
-                await conn.execute(_OPEN_MINUTES, start, end)
             for start, end in _hours_of(minutes):
-                await conn.execute(_DELETE_ROLLUPS.format(table="samples_1h"), host, start, end)
-                await conn.execute(_HOURS_FROM_MINUTES, host, start, end)
+                hour = start
+                while hour < min(end, folded_before):  # folded hours only
+                    await conn.execute(_DELETE_HOUR_OF_HOST, hour, host)
+                    await conn.execute(fold.hour_from_minutes_sql(_HOUR_OF_HOST), hour, host)
+                    hour += 3600
         gone = [batch.seq for batch in plan.repair] + [batch.seq for batch, _ in plan.unrepairable]
         await conn.execute("DELETE FROM rollup_pending WHERE seq = ANY($1::bigint[])", gone)
     for batch in plan.repair:
