@@ -96,6 +96,7 @@ async def test_gateway_kill_9_under_ingest_stores_every_sample_once(
         # (30 s by default) and rollups are merged (then acknowledged) twice a second.
         SF_ACK_WAIT="3s",
         SF_ROLLUP_FLUSH="0.5s",
+        SF_ROLLUP_MERGE="flush",
         SF_FETCH_BATCH="20",
         SF_FETCH_TIMEOUT="0.2s",
         SF_INGEST_WORKERS=str(workers),

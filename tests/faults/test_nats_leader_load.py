@@ -84,6 +84,7 @@ SHORT = {
     # (30/60 s by default), so a redelivery that would double something shows here.
     "SF_ACK_WAIT": "3s",
     "SF_ROLLUP_FLUSH": "0.5s",
+    "SF_ROLLUP_MERGE": "flush",
 }
 
 

@@ -165,7 +165,9 @@ async def test_poison_on_every_subject_is_counted_once_and_spares_every_good_mes
     env = service_env(nats_config, database_url, SF_ACK_WAIT="3s")
     services: list[ServiceProcess] = []
     try:
-        gateway = await gateway_process({**env, "SF_ROLLUP_FLUSH": "0.5s"}, gateway_port, tmp_path)
+        gateway = await gateway_process(
+            {**env, "SF_ROLLUP_FLUSH": "0.5s", "SF_ROLLUP_MERGE": "flush"}, gateway_port, tmp_path
+        )
         services.append(gateway)
         evaluator_env = {
             **env,

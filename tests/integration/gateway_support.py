@@ -39,6 +39,7 @@ def gateway_config(
         admin_token_file=str(state / "admin-token"),
         fetch_timeout=Duration(0.2),
         rollup_flush=Duration(0.2),  # samples count as stored once their rollups are merged
+        rollup_merge="flush",  # ... every flush, not once their minute ended (minute: a test of its own)
         db_pool_size=4,
     )
     return msgspec.structs.replace(base, **overrides)

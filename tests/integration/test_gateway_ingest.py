@@ -327,3 +327,52 @@ async def test_a_busy_stream_is_written_several_batches_a_transaction(
         assert await count(database_url, "SELECT count(*) FROM samples") == 90
         rounds = gw.counter("ingest_rounds_total", consumer=METRICS_CONSUMER)
         assert 1 <= rounds <= 15, rounds  # one round per batch without the linger
+
+
+async def test_a_minutes_rollups_are_merged_once_it_ended_its_messages_kept_in_progress(
+    nc, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    """``rollup_merge: minute`` (the default): a minute's batches wait for it to end and are
+    merged once, so each 1-minute row is written once. Their messages stay unacknowledged that
+    long, far past ``ack_wait``, without being redelivered (they are kept in progress), and a
+    query already shows them meanwhile, from the raw samples."""
+    js = nc.jetstream()
+    subject = nats_config.subjects.metrics("web-1")
+    config = gateway_config(
+        nats_config, database_url, tmp_path, rollup_merge="minute", ack_wait=Duration(1.0)
+    )
+    if not 2 < time.time() % 60 < 45:  # room for the batches to be stored before their minute ends
+        await asyncio.sleep(60 - time.time() % 60 + 0.5)
+    async with running_gateway(config) as gw:
+        sent = time.time() - 1  # the samples' times: past, as an agent's
+        minute = sent - sent % 60
+        for i in range(4):
+            await js.publish(subject, encode(batch(when=sent + i * 0.1, value=float(i))))
+
+        async def committed() -> None:
+            assert gw.counter("ingest_committed_samples_total") == 12
+
+        await eventually(committed)
+        if time.time() < minute + 60:  # the minute is still going on: nothing merged yet
+            assert await count(database_url, "SELECT count(*) FROM samples_1m") == 0
+            assert gw.counter("ingest_samples_total") == 0
+        async with gw.client() as client:
+            answer = (
+                await client.get(
+                    "/api/v1/query",
+                    params={"metric": "cpu.usage_percent", "step": "1m", "agg": "count", "from": "-5m"},
+                )
+            ).json()
+        assert sum(v for _, v in answer["series"][0]["points"]) == 4  # from the raw samples
+
+        async def merged() -> None:
+            assert await count(database_url, "SELECT coalesce(sum(count), 0) FROM samples_1m") == 12
+
+        await eventually(merged, timeout=90)
+        assert gw.counter("ingest_samples_total") == 12
+        assert gw.counter("ingest_duplicate_samples_total") == 0
+        info = await js.consumer_info(nats_config.subjects.metrics_stream, METRICS_CONSUMER)
+        assert info.num_redelivered == 0 and info.num_ack_pending == 0
+        assert time.time() - sent > 3 * float(config.ack_wait)  # held well past ack_wait
+        rows = await count(database_url, "SELECT count(*) FROM samples_1m")
+        assert rows == 3  # one per series, written once

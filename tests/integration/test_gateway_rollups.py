@@ -14,6 +14,7 @@ from signalfire.events import MetricBatch, Sample
 from signalfire.gateway.config import RetentionConfig
 from signalfire.gateway.maintenance import Maintenance, apply_retention, detect_edition
 from signalfire.gateway.rollup import Rollups
+from signalfire.gateway.rollup.pending import MERGE_GRACE
 from signalfire.gateway.store import Store
 from tests.integration.gateway_support import write_held
 
@@ -286,3 +287,31 @@ async def test_maintenance_measures_age_by_the_gateways_clock(pool: asyncpg.Pool
     dropped = await maintenance.run_once()
     assert dropped["samples"] >= 1  # 61 days old by the gateway's clock: past the raw 30 days
     assert await pool.fetchval("SELECT count(*) FROM samples") == 0
+
+
+async def test_a_flush_of_ended_minutes_leaves_the_open_minutes_batches_waiting(pool: asyncpg.Pool) -> None:
+    """``rollup_merge: minute``: a flush merges the batches whose minutes ended MERGE_GRACE ago,
+    so a minute's 1-minute rows are written once; past ``max_waiting`` it merges them all."""
+    minute = 1_763_700_000.0 - 1_763_700_000.0 % 60
+    now = [minute + 30]
+    store, rollups = Store(pool), Rollups(pool, clock=lambda: now[0], max_waiting=3)
+
+    def one(when: float) -> MetricBatch:
+        return MetricBatch(host="web-1", time=when, samples=[Sample(name="load", value=when % 60)])
+
+    await write_held(store, rollups, [one(minute - 30), one(minute + 10)], [1, 2])
+    assert await rollups.flush(ended_only=True) == {1: 1}  # the minute before: merged
+    assert len(rollups) == 1
+    now[0] = minute + 60 + MERGE_GRACE - 1
+    assert await rollups.flush(ended_only=True) == {}
+    now[0] = minute + 60 + MERGE_GRACE
+    await write_held(store, rollups, [one(minute + 20), one(minute + 61)], [3, 4])
+    assert await rollups.flush(ended_only=True) == {2: 1, 3: 1}  # the minute's two: one merge
+    assert await pool.fetchval("SELECT count FROM samples_1m WHERE bucket = to_timestamp($1)", minute) == 2
+    assert len(rollups) == 1
+
+    # more than max_waiting waiting: all merged at once, their minute still going on
+    await write_held(store, rollups, [one(minute + 62 + i) for i in range(3)], [5, 6, 7])
+    assert await rollups.flush(ended_only=True) == {4: 1, 5: 1, 6: 1, 7: 1}
+    assert len(rollups) == 0
+    assert await pool.fetchval("SELECT sum(count) FROM samples_1m") == 7

@@ -79,6 +79,12 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: merge is an upsert per series and bucket: 10 s instead of 5 s took PostgreSQL's CPU per
     #: million samples from 6.5 to 5.0 s in ``bench/ingest.py`` (docs/benchmarks.md).
     rollup_flush: Duration = Duration(10.0)
+    #: When the waiting rollups are merged: ``minute`` (the default), by every flush once their
+    #: minute has ended (5 s ago), so each 1-minute row is written once (their messages are
+    #: acknowledged then, and kept in progress meanwhile); ``flush``, everything waiting at
+    #: every ``rollup_flush``: fresher rows, each written up to 60 s / ``rollup_flush`` times
+    #: (queries read the last minutes from the raw samples either way).
+    rollup_merge: Literal["minute", "flush"] = "minute"
     #: A batch stored this long ago whose rollups are still not merged is an orphan: its
     #: message will not come back (``max_deliver`` used up, or the stream discarded it), so
     #: maintenance recomputes the rollups it is missing from the raw samples. At least

@@ -86,6 +86,10 @@ ALERTS_CONSUMER = "gateway-alerts"
 ACTIONS_CONSUMER = "gateway-actions"
 NOTIFICATIONS_CONSUMER = "gateway-notifications"
 
+#: Unacknowledged messages a consumer may have out at once: room for the metric batches held
+#: about a minute for their merge (at most ``Rollups.max_waiting`` of them, then merged at once).
+MAX_ACK_PENDING = 50_000
+
 # SQLSTATE classes that mean "this data cannot be stored" rather than "try again later":
 # data exceptions (22), integrity violations (23), program limits such as an oversized key (54).
 _DATA_ERROR_CLASSES = ("22", "23", "54")
@@ -285,6 +289,11 @@ class Ingest:
         self.samples = registry.counter(
             "ingest_samples", "Samples stored (new rows), counted once their rollups are merged"
         )
+        self.committed_samples = registry.counter(
+            "ingest_committed_samples",
+            "Samples committed to the samples table (new rows), counted at once; ingest_samples counts "
+            "them again once their rollups are merged",
+        )
         self.duplicates = registry.counter(
             "ingest_duplicate_samples", "Samples already stored (redelivered or repeated)"
         )
@@ -331,7 +340,7 @@ class Ingest:
                     ack_wait=float(self.config.ack_wait),
                     max_deliver=self.config.max_deliver,
                     # room for the messages held until the next rollup merge
-                    max_ack_pending=max(2 * consumer.writers * self.config.fetch_batch, 20_000),
+                    max_ack_pending=max(2 * consumer.writers * self.config.fetch_batch, MAX_ACK_PENDING),
                     filter_subject=consumer.filter_subject,
                 ),
             )
@@ -408,13 +417,25 @@ class Ingest:
         every = min(float(self.config.rollup_flush), float(self.config.ack_wait) / 3)
         while not self._stopping.is_set():
             await self._pause(every)
-            await self._flush_once()
+            await self._flush_once(ended_only=self.config.rollup_merge == "minute")
+            await self._keep_held()
 
-    async def _flush_once(self) -> None:
-        """Merge the rollups of what waits (or fold the minutes that ended), then acknowledge
-        their messages."""
+    async def _keep_held(self) -> None:
+        """Tell JetStream the messages still waiting for their minute's merge are in progress,
+        so it does not redeliver them after ``ack_wait`` (this runs every ``ack_wait`` / 3 at
+        most; a message waits about a minute)."""
+        for msg in list(self._held.values()):
+            try:
+                await msg.in_progress()
+            except Exception as exc:  # redelivered later: stored once all the same (rollup_pending)
+                log.warning("in-progress failed", extra={"subject": msg.subject, "reason": repr(exc)})
+                return
+
+    async def _flush_once(self, *, ended_only: bool = False) -> None:
+        """Merge the rollups of what waits (``ended_only``: of the minutes that ended; or fold
+        the hours that ended), then acknowledge their messages."""
         try:
-            merged = await self.rollups.flush()
+            merged = await self.rollups.flush(ended_only=ended_only)
         except Exception as exc:  # they keep waiting; retried next time
             self.db_errors.labels(consumer="rollups").inc()
             log.warning("rollup merge failed; will retry", extra={"reason": repr(exc)})
@@ -611,6 +632,9 @@ class Ingest:
             self.live.metrics(metrics, statuses)
         if self.committed is not None:
             await self.committed.metrics([msg.data for msg, _ in metric_items], statuses)
+        for msg in held:  # held about a minute for the merge: only its reply subject is needed
+            msg.data = b""
+        self.committed_samples.inc(written.samples)
         self.samples.inc(written.samples - sum(waiting.values()))
         self.duplicates.inc(written.duplicate_samples)
         self.events.inc(written.events)

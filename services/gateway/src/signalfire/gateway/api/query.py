@@ -36,15 +36,42 @@ _ROLLUP_AGG = {
     "count": "sum(count)::float8",
     "last": "(array_agg(last ORDER BY last_time DESC))[1]",
 }
-#: The 1-hour rollups as queries read them: the folded hours' rows, and the open hours (from the
-#: fold horizon on, rollup.fold) from their 1-minute rows, which have the same columns.
-HOURS = """(
-    SELECT series_id, bucket, count, sum, min, max, last, last_time, hist FROM samples_1h
-    WHERE bucket < (SELECT horizon FROM rollup_fold)
+_COLUMNS = "series_id, bucket, count, sum, min, max, last, last_time, hist"
+#: The 1-hour rollups of every hour: the folded hours' rows, and the open hours (from the fold
+#: horizon on, rollup.fold) made from their 1-minute rows, which have the same columns.
+HOURS = f"""(
+    SELECT {_COLUMNS} FROM samples_1h WHERE bucket < (SELECT horizon FROM rollup_fold)
     UNION ALL
-    SELECT series_id, bucket, count, sum, min, max, last, last_time, hist FROM samples_1m
-    WHERE bucket >= (SELECT horizon FROM rollup_fold)
+    SELECT {_COLUMNS} FROM samples_1m WHERE bucket >= (SELECT horizon FROM rollup_fold)
 )"""
+#: Raw samples since ``{since}`` as rollup rows of one sample each.
+_FRESH = """
+    SELECT series_id, time AS bucket, 1::bigint AS count, value AS sum, value AS min, value AS max,
+           value AS last, time AS last_time, jsonb_build_object('v', jsonb_build_array(value)) AS hist
+    FROM samples WHERE time >= {since}"""
+#: How far back a rollup query reads the raw samples rather than the 1-minute rows, which are
+#: merged once their minute has ended (``rollup_merge: minute``, a few seconds to a few tens
+#: after it): the answer holds every sample stored, up to the newest.
+FRESH_SECONDS = 120.0
+
+
+def rollup_rows(source: Literal["1m", "1h"]) -> str:
+    """The rows a ``1m`` or ``1h`` query aggregates (a derived table; ``$5`` is the start of the
+    minute from which the raw samples are read, see :data:`FRESH_SECONDS`)."""
+    if source == "1m":
+        return f"""(
+    SELECT {_COLUMNS} FROM samples_1m WHERE bucket < to_timestamp($5)
+    UNION ALL {_FRESH.format(since="to_timestamp($5)")}
+)"""
+    fresh = "greatest(to_timestamp($5), (SELECT horizon FROM rollup_fold))"
+    return f"""(
+    SELECT {_COLUMNS} FROM samples_1h WHERE bucket < (SELECT horizon FROM rollup_fold)
+    UNION ALL
+    SELECT {_COLUMNS} FROM samples_1m WHERE bucket >= (SELECT horizon FROM rollup_fold) AND bucket < {fresh}
+    UNION ALL {_FRESH.format(since=fresh)}
+)"""
+
+
 #: Steps ``step=auto`` picks from: about 500 points per series over the range.
 _NICE_STEPS = (10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 _AUTO_POINTS = 500
@@ -183,11 +210,17 @@ async def _bucketed(
     points: Points = {}
     if not ids:
         return points
+    args: list[object] = [ids, start, end, width]
     if source == "raw":
         table, column, expression = "samples", "time", _RAW_AGG[agg]
     else:
-        table, column = ("samples_1m" if source == "1m" else HOURS), "bucket"
+        table, column = rollup_rows("1m" if source == "1m" else "1h"), "bucket"
         expression = _ROLLUP_AGG.get(agg, "array_agg(hist::text)")
+        raw_kept = float(res.config.retention.raw)
+        # the raw samples of the last minutes, while they are kept that long
+        fresh = math.inf if 0 < raw_kept < 2 * FRESH_SECONDS else (res.clock() - FRESH_SECONDS) // 60 * 60
+        args[1] = start - start % width
+        args.append(fresh)
     rows = await res.pool.fetch(
         f"""
         SELECT series_id, extract(epoch FROM b)::float8 AS t, v FROM (
@@ -200,10 +233,7 @@ async def _bucketed(
         ) AS buckets
         ORDER BY series_id, b
         """,
-        ids,
-        start - start % width if source != "raw" else start,
-        end,
-        width,
+        *args,
     )
     percentile = _PERCENTILES.get(agg)
     for row in rows:

@@ -179,8 +179,14 @@ class StoredBatch:
 
     time: float
     ids: list[int]
-    values: list[float]
+    #: A list, or an ``array('d')`` while it waits for its merge (8 bytes a value, not 32).
+    values: Sequence[float]
     times: list[float] | None = None
+
+    @property
+    def last_time(self) -> float:
+        """The time of its newest sample."""
+        return self.time if self.times is None else max(self.times)
 
 
 #: One rollup row: series id, bucket start, count, sum, min, max, last, last time, histogram.

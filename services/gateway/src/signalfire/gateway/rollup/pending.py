@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
 from collections.abc import Callable
 
 import asyncpg
@@ -36,6 +37,11 @@ ON CONFLICT DO NOTHING
 _PENDING = "SELECT seq FROM rollup_pending WHERE seq = ANY($1::bigint[])"
 
 _TAKE_PENDING = "DELETE FROM rollup_pending WHERE seq = ANY($1::bigint[]) RETURNING seq"
+
+
+#: How long after a minute ends its waiting batches are merged (``flush(ended_only=True)``):
+#: batches stamped in it that arrive later are merged on their own (correct, just dearer).
+MERGE_GRACE = 5.0
 
 
 class RollupRound:
@@ -110,8 +116,11 @@ class Rollups:
     * :meth:`round` before writing metric batches, handed to the writer;
     * :meth:`add` once the write committed: the batches that wait for a merge, whose messages
       must not be acknowledged before it;
-    * :meth:`flush` every ``rollup_flush``: merges everything waiting and returns what may be
-      acknowledged now.
+    * :meth:`flush` every ``rollup_flush`` with ``ended_only``: merges the waiting batches whose
+      minutes have all ended (:data:`MERGE_GRACE` ago), so that a 1-minute row is written once
+      rather than once per ``rollup_flush``, and returns what may be acknowledged now; the
+      messages of the others stay unacknowledged (ingest tells JetStream they are in progress);
+    * :meth:`flush` without it when stopping: merges everything.
 
     Maintenance calls :meth:`repair` on its schedule.
     """
@@ -124,6 +133,7 @@ class Rollups:
         repair_after: float = 3600.0,
         registry: Registry | None = None,
         clock: Callable[[], float] = time.time,
+        max_waiting: int = 20_000,
     ) -> None:
         self.pool = pool
         #: The wall clock orphans' age is measured by.
@@ -133,6 +143,9 @@ class Rollups:
         #: Stored batches whose rollups are not merged yet, by stream sequence, with the new
         #: samples each brought.
         self._backlog: dict[int, tuple[StoredBatch, int]] = {}
+        #: At most this many batches wait for their minutes to end; past it, a flush merges
+        #: every batch (a busy fleet then pays more merges rather than holding more messages).
+        self.max_waiting = max_waiting
         #: When the next hour is due to be folded, as the last merge or fold saw it (-inf: ask).
         self._fold_at = -math.inf
         registry = registry if registry is not None else Registry("signalfire_gateway")
@@ -155,8 +168,9 @@ class Rollups:
         """Take the batches of a committed round that wait for the merge; returns their
         sequences with the new samples each stored (0 for a batch stored before)."""
         waiting = committed.waiting
-        for seq, item in waiting.items():
-            self._backlog[seq] = item
+        for seq, (stored, new) in waiting.items():
+            values = stored.values if isinstance(stored.values, array) else array("d", stored.values)
+            self._backlog[seq] = (StoredBatch(stored.time, stored.ids, values, stored.times), new)
         return {seq: new for seq, (_, new) in waiting.items()}
 
     def __len__(self) -> int:
@@ -168,20 +182,27 @@ class Rollups:
         (:meth:`flush` then folds it even when no batch waits)."""
         return self.clock() >= self._fold_at
 
-    async def flush(self) -> dict[int, int]:
-        """Merge the rollups of every waiting batch, in one transaction; returns their sequences
-        with the new samples of each (as :meth:`add` did): their messages may be acknowledged
-        now. On an error (raised) the batches keep waiting.
+    async def flush(self, *, ended_only: bool = False) -> dict[int, int]:
+        """Merge the rollups of every waiting batch (``ended_only``: of those whose samples all
+        fall in minutes that ended :data:`MERGE_GRACE` ago, unless more than ``max_waiting``
+        batches wait), in one transaction; returns their sequences with the new samples of each
+        (as :meth:`add` did): their messages may be acknowledged now. On an error (raised) the
+        batches keep waiting.
 
         Each batch counts once: only the batches whose ``rollup_pending`` row this transaction
         deletes are merged (another gateway, or an earlier flush, may have done the others).
         The merge writes the 1-minute rows, and folds the hours that ended into the 1-hour rows
         (:mod:`.fold`); with no batch waiting, a flush only folds (when :meth:`fold_due`).
         """
-        batches, self._backlog = self._backlog, {}
+        now = self.clock()
+        if ended_only and len(self._backlog) <= self.max_waiting:
+            ended = (now - MERGE_GRACE) // 60 * 60  # samples before it are in minutes that ended
+            batches = {seq: item for seq, item in self._backlog.items() if item[0].last_time < ended}
+            self._backlog = {seq: item for seq, item in self._backlog.items() if seq not in batches}
+        else:
+            batches, self._backlog = self._backlog, {}
         if not batches and not self.fold_due():
             return {}
-        now = self.clock()
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 # first: merges of several gateways then take their pending rows in turn too
