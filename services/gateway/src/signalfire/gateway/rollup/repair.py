@@ -227,6 +227,7 @@ async def repair_rollups(
             minutes_since=now - float(retention.rollup_1m) if retention.rollup_1m > 0 else None,
         )
         folded_before = await fold.horizon(conn)
+        await conn.execute(fold.PLANNER)
         for host, minutes in plan.minutes.items():
             for start, end in minutes:
                 await conn.execute(_DELETE_ROLLUPS.format(table="samples_1m"), host, start, end)
