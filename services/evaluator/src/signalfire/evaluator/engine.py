@@ -332,9 +332,9 @@ class Engine:
         ``now`` at the earliest, as after :meth:`load`: a history cut short by its bounds may
         lack the series' last samples."""
         for name, tracks in other._tracks.items():
-            rule = self._by_name.get(name)
+            rule, theirs = self._by_name.get(name), other._by_name.get(name)
             mine = self._tracks.get(name)
-            if mine is None or rule is None or rule is not other._by_name.get(name):
+            if mine is None or rule is None or theirs is None or rule.spec != theirs.spec:
                 continue
             if rule.kind == "absent":
                 for track in tracks.values():

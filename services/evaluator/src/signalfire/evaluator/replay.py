@@ -9,8 +9,9 @@ nothing left behind: the server deletes the consumer once it is unsubscribed), a
 :class:`signalfire.evaluator.service.EvaluatorService` feeds what belongs to the partitions
 it takes to an engine of their own (:meth:`signalfire.evaluator.engine.Engine.replaying`).
 
-The read is bounded: by :data:`MAX_BATCHES` messages, :data:`MAX_BYTES` bytes and a time
-limit (a share of ``failover_after``, as it delays the takeover), whichever comes first.
+The read is bounded: by :data:`MAX_BATCHES` messages (the newest are read when the history
+holds more), :data:`MAX_BYTES` bytes and a time limit (a share of ``failover_after``, as it
+delays the takeover), whichever comes first.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class Read:
     bytes: int = 0
     #: Why the read stopped before the end of the stream ("time", "batches", "bytes", "error").
     truncated: str | None = None
+    #: The history held more than the bound: its oldest messages were left out.
+    trimmed: bool = False
 
 
 async def read_history(
@@ -90,8 +93,24 @@ async def read_history(
     )
     try:
         info = await sub.consumer_info()
-        if info.num_pending == 0:
-            return
+        # What it holds: still to deliver, and delivered already (the server does not wait).
+        if info.num_pending + (info.delivered.consumer_seq if info.delivered else 0) > max_batches:
+            # More than the bound: the newest messages are the ones that matter (what nobody
+            # judged is at the end), so the oldest are left out, not the newest.
+            await sub.unsubscribe()
+            last = (await js.stream_info(stream)).state.last_seq
+            config = ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=max(1, last - max_batches + 1),
+                filter_subjects=list(subjects),
+            )
+            sub = await js.subscribe(
+                subjects[0], stream=stream, ordered_consumer=True, config=config, idle_heartbeat=1.0
+            )
+            result.trimmed = True
+            info = await sub.consumer_info()
+        if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
+            return  # nothing stored since `start`
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

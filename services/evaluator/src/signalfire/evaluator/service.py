@@ -743,6 +743,8 @@ class EvaluatorService:
         self.replayed.labels(mode="warm").inc(counts["warm"])
         self.replayed.labels(mode="judged").inc(counts["judged"])
         truncated = read.truncated or ("buffer" if buffered.overflow else None)
+        if truncated is None and read.trimmed:
+            truncated = "oldest"
         self.replays.labels(result="truncated" if truncated else "complete").inc()
         extra: dict[str, Any] = {
             "replica": self.replica_id,
