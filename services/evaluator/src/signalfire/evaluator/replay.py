@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, ConsumerInfo, DeliverPolicy
 
 #: At most this many messages are read back per takeover ...
 MAX_BATCHES = 200_000
@@ -94,7 +94,7 @@ async def read_history(
     try:
         info = await sub.consumer_info()
         # What it holds: still to deliver, and delivered already (the server does not wait).
-        if info.num_pending + (info.delivered.consumer_seq if info.delivered else 0) > max_batches:
+        if _held(info) > max_batches:
             # More than the bound: the newest messages are the ones that matter (what nobody
             # judged is at the end), so the oldest are left out, not the newest.
             await sub.unsubscribe()
@@ -109,7 +109,7 @@ async def read_history(
             )
             result.trimmed = True
             info = await sub.consumer_info()
-        if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
+        if _held(info) == 0:
             return  # nothing stored since `start`
         while True:
             remaining = deadline - time.monotonic()
@@ -120,7 +120,7 @@ async def read_history(
                 msg = await sub.next_msg(timeout=min(remaining, 1.0))
             except NatsTimeoutError:
                 info = await sub.consumer_info()
-                if info.num_pending == 0:
+                if not info.num_pending:
                     return
                 continue
             meta = msg.metadata
@@ -139,3 +139,9 @@ async def read_history(
     finally:
         with contextlib.suppress(Exception):  # the server drops the unused consumer anyway
             await sub.unsubscribe()
+
+
+def _held(info: ConsumerInfo) -> int:
+    """Messages of a new consumer: still to deliver, and delivered already."""
+    delivered = info.delivered.consumer_seq if info.delivered is not None else 0
+    return (info.num_pending or 0) + (delivered or 0)
