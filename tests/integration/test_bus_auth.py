@@ -351,6 +351,8 @@ async def test_the_evaluator_reads_the_metrics_streams_history_back_for_a_takeov
             s.metrics_stream,
             [s.all_metrics, s.all_events, s.all_agents],
             since,
+            keep_from=since,
+            wanted=lambda subject: True,
             seconds=10,
             result=read,
         )

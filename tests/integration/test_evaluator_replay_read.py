@@ -1,6 +1,6 @@
 """Reading the metrics stream's history back for a takeover (``signalfire.evaluator.replay``)
-on a real JetStream: every message from the start time on, in order, with the time the stream
-stored it; over the bound, the newest ones (what nobody judged is at the end)."""
+on a real JetStream: every wanted message from the start time on, in order, with the time the
+stream stored it; over the bound, the recent part whole and the oldest left out."""
 
 from __future__ import annotations
 
@@ -18,14 +18,24 @@ async def publish(js: Any, nats: NatsConfig, host: str, value: float) -> None:
     await js.publish(nats.subjects.metrics(host), encode(batch), timeout=5)
 
 
-async def history(js: Any, nats: NatsConfig, start: float, **bounds: Any) -> tuple[list[Any], Read]:
+async def history(
+    js: Any, nats: NatsConfig, start: float, keep_from: float | None = None, **bounds: Any
+) -> tuple[list[Any], Read]:
     s = nats.subjects
     read = Read()
+    history = read_history(
+        js,
+        s.metrics_stream,
+        [s.all_metrics, s.all_events, s.all_agents],
+        start,
+        keep_from=start if keep_from is None else keep_from,
+        wanted=lambda subject: not subject.endswith(".skipped"),
+        result=read,
+        **bounds,
+    )
     got = [
         (subject, decode(data, MetricBatch).samples[0].value, stored)
-        async for subject, data, stored in read_history(
-            js, s.metrics_stream, [s.all_metrics, s.all_events, s.all_agents], start, result=read, **bounds
-        )
+        async for subject, data, stored in history
     ]
     return got, read
 
@@ -57,11 +67,32 @@ async def test_nothing_since_the_start_time_reads_nothing(nc: Any, nats_config: 
     assert got == [] and read.truncated is None
 
 
-async def test_over_the_bound_the_newest_messages_are_read(nc: Any, nats_config: NatsConfig) -> None:
+async def test_over_the_bound_the_recent_part_is_read_whole_and_the_oldest_left_out(
+    nc: Any, nats_config: NatsConfig
+) -> None:
     js = nc.jetstream()
     start = time.time() - 1
-    for value in range(10):
+    for value in range(6):
         await publish(js, nats_config, "web-1", float(value))
-    got, read = await history(js, nats_config, start, seconds=10, max_batches=4)
-    assert [value for _, value, _ in got] == [6.0, 7.0, 8.0, 9.0]
+    await asyncio.sleep(0.05)
+    keep_from = time.time()
+    for value in range(6, 10):
+        await publish(js, nats_config, "web-1", float(value))
+    got, read = await history(js, nats_config, start, keep_from, seconds=10, max_batches=6)
+    assert [value for _, value, _ in got] == [4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
     assert read.trimmed and read.truncated is None
+
+
+async def test_older_history_comes_first_and_unwanted_subjects_are_left_out(
+    nc: Any, nats_config: NatsConfig
+) -> None:
+    js = nc.jetstream()
+    start = time.time() - 1
+    await publish(js, nats_config, "web-1", 1.0)
+    await publish(js, nats_config, "skipped", 2.0)
+    await asyncio.sleep(0.05)
+    keep_from = time.time()
+    await publish(js, nats_config, "web-1", 3.0)
+    got, read = await history(js, nats_config, start, keep_from, seconds=10)
+    assert [value for _, value, _ in got] == [1.0, 3.0]
+    assert (read.messages, read.trimmed, read.truncated) == (3, False, None)

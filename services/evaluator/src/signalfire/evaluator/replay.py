@@ -17,11 +17,13 @@ delays the takeover), whichever comes first.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, ConsumerInfo, DeliverPolicy
@@ -74,71 +76,127 @@ async def read_history(
     subjects: list[str],
     start: float,
     *,
+    keep_from: float,
+    wanted: Callable[[str], bool],
     seconds: float,
     result: Read,
     max_batches: int = MAX_BATCHES,
     max_bytes: int = MAX_BYTES,
 ) -> AsyncGenerator[tuple[str, bytes, float], None]:
-    """Every message of ``stream`` on ``subjects`` stored from ``start`` (unix seconds) to the
-    end of the stream, as ``(subject, data, time the stream stored it)``, in stream order;
-    stops early (``result.truncated`` says why) past ``seconds`` or the bounds."""
+    """The messages of ``stream`` on ``subjects`` stored from ``start`` (unix seconds) to the
+    end of the stream whose subject is ``wanted``, as ``(subject, data, time the stream stored
+    it)``, in stream order.
+
+    What was stored from ``keep_from`` on (what nobody judged) is read first, whole unless it
+    alone exceeds the bounds (then its end is cut: ``result.truncated``), and held; then as
+    much of the older history, up to it, as the time and bounds left allow: when not all of
+    it fits, its oldest messages are left out (``result.trimmed``), never the recent ones."""
     deadline = time.monotonic() + seconds
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_TIME,
-        opt_start_time=datetime.fromtimestamp(start, UTC),
-        filter_subjects=list(subjects),
-    )
-    sub = await js.subscribe(
-        subjects[0], stream=stream, ordered_consumer=True, config=config, idle_heartbeat=1.0
-    )
-    try:
-        info = await sub.consumer_info()
-        # What it holds: still to deliver, and delivered already (the server does not wait).
-        if _held(info) > max_batches:
-            # More than the bound: the newest messages are the ones that matter (what nobody
-            # judged is at the end), so the oldest are left out, not the newest.
-            await sub.unsubscribe()
-            last = (await js.stream_info(stream)).state.last_seq
-            config = ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=max(1, last - max_batches + 1),
-                filter_subjects=list(subjects),
-            )
-            sub = await js.subscribe(
-                subjects[0], stream=stream, ordered_consumer=True, config=config, idle_heartbeat=1.0
-            )
+    kept: list[tuple[str, bytes, float]] = []
+    recent_from: int | None = None  # the stream sequence of the first message from keep_from
+    began = time.monotonic()
+    reader = _Reader(js, stream, list(subjects), result, deadline, max_batches, max_bytes)
+    async for msg in reader.messages(since=keep_from):
+        meta = msg.metadata
+        if recent_from is None:
+            recent_from = meta.sequence.stream
+        if wanted(msg.subject):
+            kept.append((msg.subject, msg.data or b"", meta.timestamp.timestamp()))
+    if keep_from > start and result.truncated is None:
+        # As many older messages as the time left can read at the pace of the recent ones.
+        elapsed = max(time.monotonic() - began, 1e-3)
+        pace = result.messages / elapsed if result.messages >= 100 else math.inf
+        room = min(max_batches - result.messages, (deadline - time.monotonic()) * 0.8 * pace)
+        end = recent_from if recent_from is not None else math.inf
+        if room >= 1:
+            older = reader.messages(since=start, room=int(min(room, 2**62)), before=end)
+            async with contextlib.aclosing(older):
+                async for msg in older:
+                    if wanted(msg.subject):
+                        yield msg.subject, msg.data or b"", msg.metadata.timestamp.timestamp()
+        else:
             result.trimmed = True
-            info = await sub.consumer_info()
-        if _held(info) == 0:
-            return  # nothing stored since `start`
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                result.truncated = "time"
+    for item in kept:
+        yield item
+
+
+@dataclass(slots=True)
+class _Reader:
+    js: JetStreamContext
+    stream: str
+    subjects: list[str]
+    result: Read
+    deadline: float
+    max_batches: int
+    max_bytes: int
+
+    async def _subscribe(self, config: ConsumerConfig) -> JetStreamContext.PushSubscription:
+        config.filter_subjects = self.subjects
+        return await self.js.subscribe(
+            self.subjects[0], stream=self.stream, ordered_consumer=True, config=config, idle_heartbeat=1.0
+        )
+
+    async def messages(
+        self, *, since: float, room: int | None = None, before: float = math.inf
+    ) -> AsyncGenerator[Msg, None]:
+        """The messages stored from ``since`` on (before the stream sequence ``before``),
+        counted in the result; with ``room``, only the last ``room`` of them (``trimmed``
+        when that leaves some out). Stops at the end of the stream, at the deadline or at the
+        bounds (``truncated``)."""
+        result = self.result
+        start = datetime.fromtimestamp(since, UTC)
+        sub = await self._subscribe(
+            ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
+        )
+        try:
+            if _held(await sub.consumer_info()) == 0:
+                return  # nothing stored since `since`
+            msg = await _next(sub, self.deadline, result)
+            if msg is None:
                 return
-            try:
-                msg = await sub.next_msg(timeout=min(remaining, 1.0))
-            except NatsTimeoutError:
-                info = await sub.consumer_info()
-                if not info.num_pending:
+            first = msg.metadata.sequence.stream
+            if room is not None and before != math.inf and before - first > room:
+                # Not all of it fits: the newest `room` messages before `before`.
+                await sub.unsubscribe()
+                sub = await self._subscribe(
+                    ConsumerConfig(
+                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=int(before) - room
+                    )
+                )
+                result.trimmed = True
+                msg = await _next(sub, self.deadline, result)
+            while msg is not None:
+                meta = msg.metadata
+                if meta.sequence.stream >= before:
                     return
-                continue
-            meta = msg.metadata
-            data = msg.data or b""
-            result.messages += 1
-            result.bytes += len(data)
-            yield msg.subject, data, meta.timestamp.timestamp()
-            if meta.num_pending == 0:
-                return
-            if result.messages >= max_batches:
-                result.truncated = "batches"
-                return
-            if result.bytes >= max_bytes:
-                result.truncated = "bytes"
-                return
-    finally:
-        with contextlib.suppress(Exception):  # the server drops the unused consumer anyway
-            await sub.unsubscribe()
+                if result.messages >= self.max_batches or result.bytes >= self.max_bytes:
+                    result.truncated = "batches" if result.messages >= self.max_batches else "bytes"
+                    return
+                result.messages += 1
+                result.bytes += len(msg.data or b"")
+                yield msg
+                if meta.num_pending == 0:
+                    return
+                msg = await _next(sub, self.deadline, result)
+        finally:
+            with contextlib.suppress(Exception):  # the server drops the unused consumer anyway
+                await sub.unsubscribe()
+
+
+async def _next(sub: JetStreamContext.PushSubscription, deadline: float, result: Read) -> Msg | None:
+    """The next message of ``sub``; ``None`` at the end of the stream or past ``deadline``
+    (``result.truncated``)."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            result.truncated = "time"
+            return None
+        try:
+            return await sub.next_msg(timeout=min(remaining, 1.0))
+        except NatsTimeoutError:
+            info = await sub.consumer_info()
+            if not info.num_pending:
+                return None
 
 
 def _held(info: ConsumerInfo) -> int:

@@ -652,7 +652,10 @@ class EvaluatorService:
             entry = previous.get(partition)
             until = entry.lease.time - poll if entry is not None else now - 2 * poll
             judged_until[partition] = max(until, now - 2 * failover)
-        buffered = self._buffered = replay.Buffered(frozenset(taken))
+        # The fleet partition needs the history (every host's) only for rules that pool it.
+        fleet = any(rule.group_by == FLEET for rule in self.rules)
+        replayed = frozenset(taken if fleet else taken - {FLEET_PARTITION})
+        buffered = self._buffered = replay.Buffered(replayed)
         outputs: list[Output] = []
         read = replay.Read()
         counts = {"warm": 0, "judged": 0, "live": 0, "duplicate": 0}
@@ -664,20 +667,25 @@ class EvaluatorService:
             scratch.load(states, now, await self._last_seen(states), handover=True)
             guard = scratch.replaying({state.fingerprint: _decided_at(state) for state in states})
             lookback = min(max((rule.window for rule in scratch.rules), default=0.0), replay.MAX_LOOKBACK)
-            start = min(judged_until.values()) - lookback - poll
+            keep_from = min((judged_until[p] for p in replayed), default=now)
+            start = keep_from - lookback - poll
             subjects = self.subjects
             history = replay.read_history(
                 self._js,
                 subjects.metrics_stream,
                 [subjects.all_metrics, subjects.all_events, subjects.all_agents],
                 start,
+                keep_from=keep_from,
+                wanted=lambda subject: self._replay_scope(subject, replayed) is not None,
                 seconds=failover * replay.TIME_SHARE,
                 result=read,
             )
             try:
+                if not replayed:
+                    await history.aclose()  # nothing to read: the fleet partition, no fleet rules
                 async with contextlib.aclosing(history):
                     async for subject, data, stored in history:
-                        scope = self._replay_scope(subject, taken)
+                        scope = self._replay_scope(subject, replayed)
                         if scope is None:
                             continue
                         payload = self._decode(subject, data, report=False)
@@ -711,7 +719,7 @@ class EvaluatorService:
             if hash((subject, data)) in seen:
                 counts["duplicate"] += 1
                 continue
-            scope = self._replay_scope(subject, taken)
+            scope = self._replay_scope(subject, replayed)
             payload = self._decode(subject, data)
             if scope is None or payload is None:
                 continue
