@@ -1,10 +1,11 @@
 """The imperative shell around :class:`signalfire.evaluator.engine.Engine`.
 
 Metric batches, event batches and agent statuses arrive on core NATS subscriptions (lowest
-latency; the evaluator needs the present, not the stream's history) and go straight into
-the engine, with the service's clock; a timer ticks it for ``for`` expiry, absence and
-sliding event counts. The engine's alert events become :class:`~signalfire.events.AlertEvent`
-publishes on JetStream, de-duplicated by ``Nats-Msg-Id: <alert_id>:<status>``.
+latency; the evaluator needs the present, and reads the stream's history only when it takes
+a partition over) and go straight into the engine, with the service's clock; a timer ticks
+it for ``for`` expiry, absence and sliding event counts. The engine's alert events become
+:class:`~signalfire.events.AlertEvent` publishes on JetStream, de-duplicated by
+``Nats-Msg-Id: <alert_id>:<status>``.
 
 Delivery is an outbox: a state with unpublished events is written to the ``alert_state`` KV
 bucket *before* the events are published, and again once they are. After a crash, a
@@ -284,6 +285,7 @@ class EvaluatorService:
         self._js = nc.jetstream()
         await ensure_streams(self._js, self.config.nats)
         self._kv = await self._js.key_value(self.subjects.bucket("alert_state"))
+        payload_subs: list[Subscription] = []
         if self._judged is None:
             await self._load_states()
         else:
@@ -294,6 +296,11 @@ class EvaluatorService:
             lease_js = self._lease_nc.jetstream()
             leases = await lease_js.key_value(self.subjects.bucket("evaluator_leases"))
             self._leases = LeaseKeeper(leases, self.replica_id, ttl)
+            # Subscribed before the first takeover, which judges nothing live yet: what
+            # arrives while it reads the history back is held for it (`_take`).
+            payload_subs = await self._subscribe_payloads()
+            await nc.flush()
+            await nc.flush()  # see below
             await self._balance()
         self._reconnects = nc.stats["reconnects"]
         self._tasks = [
@@ -309,9 +316,7 @@ class EvaluatorService:
             ]
         subjects = self.subjects
         self._subs = [
-            await nc.subscribe(subjects.all_metrics, cb=self._on_payload),
-            await nc.subscribe(subjects.all_events, cb=self._on_payload),
-            await nc.subscribe(subjects.all_agents, cb=self._on_payload),
+            *(payload_subs or await self._subscribe_payloads()),
             await nc.subscribe(subjects.actions, cb=self._on_action),
             await nc.subscribe(subjects.control("evaluator", "rules"), cb=self._on_rules_request),
             await nc.subscribe(subjects.control("evaluator", "reload"), cb=self._on_reload_request),
@@ -337,6 +342,15 @@ class EvaluatorService:
                 ),
             },
         )
+
+    async def _subscribe_payloads(self) -> list[Subscription]:
+        """Metrics, events and agent statuses, in this order (`_watch_sight` counts on it)."""
+        assert self._nc is not None
+        subjects = self.subjects
+        return [
+            await self._nc.subscribe(subject, cb=self._on_payload)
+            for subject in (subjects.all_metrics, subjects.all_events, subjects.all_agents)
+        ]
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Unsubscribe, publish what is decided (up to ``timeout`` seconds), then close."""
