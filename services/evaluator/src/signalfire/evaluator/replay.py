@@ -103,10 +103,11 @@ async def read_history(
         if wanted(msg.subject):
             kept.append((msg.subject, msg.data or b"", meta.timestamp.timestamp()))
     if keep_from > start and result.truncated is None:
-        # As many older messages as the time left can read at the pace of the recent ones.
+        # As many older messages as the time left can read at half the pace of the recent ones
+        # (those were only held; the older ones are judged between two reads).
         elapsed = max(time.monotonic() - began, 1e-3)
         pace = result.messages / elapsed if result.messages >= 100 else math.inf
-        room = min(max_batches - result.messages, (deadline - time.monotonic()) * 0.8 * pace)
+        room = min(max_batches - result.messages, (deadline - time.monotonic()) * 0.5 * pace)
         end = recent_from if recent_from is not None else math.inf
         if room >= 1:
             older = reader.messages(since=start, room=int(min(room, 2**62)), before=end)
