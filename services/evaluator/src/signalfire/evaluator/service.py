@@ -710,7 +710,7 @@ class EvaluatorService:
                             if warm and isinstance(payload, AgentStatus) and payload.status != "online":
                                 continue  # a retirement the previous holder applied already
                             guard.warming = warm
-                            outputs.append(_feed(scratch, payload, stored, part))
+                            _keep(outputs, _feed(scratch, payload, stored, part))
                             judged = judged or not warm
                         if judged:
                             seen.add(hash((subject, data)))
@@ -737,7 +737,7 @@ class EvaluatorService:
             payload = self._decode(subject, data)
             if scope is None or payload is None:
                 continue
-            outputs.append(_feed(scratch, payload, arrived, scope))
+            _keep(outputs, _feed(scratch, payload, arrived, scope))
             self.batches.labels(kind=self.subjects.kind_of(subject)).inc()
             counts["live"] += 1
         scratch.replayed()
@@ -1178,6 +1178,13 @@ def _feed(
     if isinstance(payload, EventBatch):
         return engine.events(payload, now, scope)
     return engine.agent(payload, now, scope)
+
+
+def _keep(outputs: list[Output], out: Output) -> None:
+    """Append ``out`` unless it decided nothing (most payloads of a history do not)."""
+    decided = out.events or out.changed or out.rejected
+    if decided or out.series_dropped or out.limit_reached or out.template_errors:
+        outputs.append(out)
 
 
 def _decided_at(state: AlertState) -> float:
