@@ -18,6 +18,7 @@ import pytest
 
 from signalfire.bus import NatsConfig
 from signalfire.config import Duration
+from signalfire.evaluator import service as service_module
 from signalfire.evaluator.partitions import assign, host_partition, partition_names
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
 from signalfire.events import MetricBatch, Sample, encode
@@ -261,3 +262,53 @@ async def test_a_window_moved_to_a_joining_replica_fires_when_one_replica_would_
     assert moved_at < expected, "the partition moved after the window crossed: nothing tested"
     assert abs(firing.starts_at - expected) <= 1.0, (firing.starts_at - expected, moved_at - hot_from)
     assert value(b.registry, "signalfire_evaluator_replayed_batches_total", mode="warm") > 0
+
+
+ANOMALY_RULES = """\
+rules:
+  - {name: Odd, kind: anomaly, metric: temp, condition: "> 4", warmup: 20, severity: high}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_an_anomaly_baseline_moves_with_its_partition(
+    nc: Any, nats_config: NatsConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replica that takes a partition starts from the anomaly baselines its previous owner
+    wrote to KV: an outlier right after the move fires, with no second warm-up."""
+    monkeypatch.setattr(service_module, "BASELINE_EVERY", 0.5)
+    js = nc.jetstream()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(ANOMALY_RULES)
+    to_b = {p for p, r in assign(partition_names(PARTITIONS), ["a", "b"]).items() if r == "b"}
+    host = next(f"odd-{i}" for i in range(1000) if host_partition(f"odd-{i}", PARTITIONS) in to_b)
+
+    async def send(value: float) -> None:
+        batch = MetricBatch(host=host, time=time.time(), samples=[Sample(name="temp", value=value)])
+        await nc.publish(nats_config.subjects.metrics(host), encode(batch))
+        await nc.flush()
+
+    a = EvaluatorService(config(nats_config, rules, "a"))
+    b = EvaluatorService(config(nats_config, rules, "b"))
+    await a.start()
+    try:
+        for i in range(30):  # the baseline: 30 samples, warm-up 20
+            await send(50.0 + i % 3)
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.2)  # written to KV
+        await b.start()
+
+        def moved() -> bool:
+            return host_partition(host, PARTITIONS) in b.describe()["replica"]["judged"]
+
+        await eventually(moved, "replica b to take the host's partition", 10)
+        await send(500.0)
+
+        async def fired() -> bool:
+            return any(e.status == "firing" for e in await alert_events(js, nats_config))
+
+        await eventually(fired, "the outlier to fire on the new owner", 5)
+    finally:
+        await b.stop()
+        await a.stop()

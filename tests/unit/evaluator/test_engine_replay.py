@@ -117,3 +117,44 @@ def test_a_series_seen_only_in_the_history_is_not_absent_before_for_after_the_ta
     assert silent == []
     [fired] = [e for e in new.tick(40.0).events if e.rule == "Silent"]
     assert (fired.status, fired.value) == ("firing", 40.0)  # the whole silence, from the history
+
+
+ANOMALY = """\
+rules:
+  - {name: Odd, kind: anomaly, metric: temp, condition: "> 4", warmup: 20, severity: high}
+"""
+
+
+def anomaly_samples(engine: Engine, start: float, values: list[float]) -> list[AlertEvent]:
+    events: list[AlertEvent] = []
+    for i, v in enumerate(values):
+        now = start + i
+        events += engine.metrics(
+            MetricBatch(host="web-1", time=now, samples=[Sample(name="temp", value=v)]), now
+        ).events
+    return events
+
+
+def test_an_anomaly_baseline_carries_over_through_a_snapshot_and_counts_each_sample_once():
+    old = Engine(parsed_rules(ANOMALY))
+    steady = [50.0 + (i % 3) for i in range(30)]
+    anomaly_samples(old, 0.0, steady)
+    snapshot = old.baselines(lambda host: host == "web-1")
+    assert snapshot["Odd"]["series"][0][5] == 30
+    new = Engine(parsed_rules(ANOMALY))
+    assert new.restore_baselines(snapshot, as_of=29.0) == 1
+    # The history read back holds samples the snapshot counted already: they leave it be.
+    anomaly_samples(new, 20.0, steady[20:])
+    assert new.baselines(lambda host: True) == snapshot
+    [fired] = anomaly_samples(new, 31.0, [500.0])  # judged at once: no warm-up again
+    assert fired.status == "firing"
+    assert anomaly_samples(Engine(parsed_rules(ANOMALY)), 31.0, [500.0]) == []  # afresh: warming up
+
+
+def test_a_snapshot_of_a_rule_defined_otherwise_since_is_not_restored():
+    old = Engine(parsed_rules(ANOMALY))
+    anomaly_samples(old, 0.0, [50.0] * 30)
+    snapshot = old.baselines(lambda host: True)
+    changed = Engine(parsed_rules(ANOMALY.replace("warmup: 20", "warmup: 10")))
+    assert changed.restore_baselines(snapshot, as_of=29.0) == 0
+    assert old.baselines(lambda host: host == "web-2") == {}

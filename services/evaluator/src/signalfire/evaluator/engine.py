@@ -36,6 +36,7 @@ judged as it would have been live.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -96,6 +97,8 @@ class Track:
     #: Silence counts towards ``absent`` only from here on (the start that loaded the track:
     #: what was published before it may not have been seen).
     watched_from: float = 0.0
+    #: An anomaly baseline restored from a snapshot holds the samples up to here already.
+    baseline_as_of: float = -math.inf
 
 
 @dataclass(slots=True)
@@ -162,6 +165,11 @@ def aggregate(name: str, points: Points) -> float | None:
     quantile = {"p50": 0.50, "p95": 0.95, "p99": 0.99}[name]
     ordered = sorted(values)
     return ordered[max(0, math.ceil(quantile * len(ordered)) - 1)]  # nearest rank
+
+
+def _digest(rule: Rule) -> str:
+    """What identifies a rule's definition in a baseline snapshot."""
+    return hashlib.sha256(msgspec.json.encode(msgspec.to_builtins(rule.spec, enc_hook=str))).hexdigest()[:16]
 
 
 def _evict(points: Points, oldest: float) -> None:
@@ -354,6 +362,46 @@ class Engine:
         if replay.warming:
             return False
         return now > replay.judged_from.get(fp, -math.inf)
+
+    def baselines(self, host: Callable[[str], bool]) -> dict[str, Any]:
+        """The anomaly baselines of the hosts for which ``host(name)`` is true, by rule:
+        ``{rule: {"spec": <digest of its definition>, "series": [[host, labels, context, mean,
+        var, n], …]}}`` (see :meth:`restore_baselines`)."""
+        snapshot: dict[str, Any] = {}
+        for rule in self.rules:
+            if rule.kind != "anomaly" or rule.group_by == FLEET:
+                continue
+            series = [
+                [t.series.host, t.series.labels, t.series.context, t.mean, t.var, t.n]
+                for t in self._tracks[rule.name].values()
+                if t.n and host(t.series.host)
+            ]
+            if series:
+                snapshot[rule.name] = {"spec": _digest(rule), "series": series}
+        return snapshot
+
+    def restore_baselines(self, snapshot: Mapping[str, Any], as_of: float) -> int:
+        """Take the anomaly baselines of a :meth:`baselines` snapshot taken at ``as_of`` (for
+        the rules still defined the same way); samples up to ``as_of`` leave them as they are.
+        Returns the series restored."""
+        restored = 0
+        for name, entry in snapshot.items():
+            rule = self._by_name.get(name)
+            if rule is None or rule.kind != "anomaly" or entry.get("spec") != _digest(rule):
+                continue
+            tracks = self._tracks[name]
+            for host, labels, context, mean, var, n in entry.get("series", []):
+                key: Key = (host, tuple(sorted(labels.items())))
+                track = tracks.get(key)
+                if track is None:
+                    if len(tracks) >= (rule.max_series or self.max_series):
+                        break
+                    series = Series(host=host, labels=dict(labels), context=dict(context))
+                    track = tracks[key] = Track(fp=fingerprint(name, host, series.labels), series=series)
+                track.mean, track.var, track.n = float(mean), float(var), int(n)
+                track.baseline_as_of = as_of
+                restored += 1
+        return restored
 
     def series_count(self, rule: str) -> int:
         """Series (or hosts, for grouped rules) ``rule`` tracks."""
@@ -658,6 +706,8 @@ class Engine:
                 else:  # a flat baseline: any change is infinitely unusual
                     z = math.copysign(MAX_DEVIATION, deviation) if deviation else 0.0
                 self._judge(rule, track, max(-MAX_DEVIATION, min(MAX_DEVIATION, z)), now, out)
+            if now <= track.baseline_as_of:
+                return  # in the restored snapshot already
             # West's exponentially weighted mean and variance.
             if track.n == 0:
                 track.mean = value

@@ -32,6 +32,7 @@ import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Literal
 
 import msgspec
@@ -90,6 +91,22 @@ LEASE_SHARE = 0.6
 POLLS_PER_FAILOVER = 10
 
 _REPLICA_ID = re.compile(r"^[A-Za-z0-9_=-]+$")
+
+#: With partitions, the anomaly baselines of each partition a replica judges are written to
+#: the ``alert_state`` bucket (key ``baseline.<partition>``) this often (seconds), so the
+#: replica that takes the partition over starts from them rather than afresh.
+BASELINE_EVERY = 30.0
+BASELINE_PREFIX = "baseline."
+#: A partition's snapshot larger than this (bytes) is not written (NATS' max_payload is 1 MiB).
+BASELINE_MAX_BYTES = 900 * 1024
+
+
+class BaselineSnapshot(msgspec.Struct, kw_only=True):
+    """A ``baseline.<partition>`` entry: :meth:`Engine.baselines` at ``time``."""
+
+    time: float
+    rules: dict[str, Any]
+    v: int = 1
 
 
 class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -313,6 +330,7 @@ class EvaluatorService:
             self._tasks += [
                 asyncio.create_task(self._lease_loop(self._renew, "renewed"), name="evaluator-renew"),
                 asyncio.create_task(self._lease_loop(self._balance, "read"), name="evaluator-balance"),
+                asyncio.create_task(self._snapshot_loop(), name="evaluator-baselines"),
             ]
         subjects = self.subjects
         self._subs = [
@@ -405,10 +423,11 @@ class EvaluatorService:
             self._wake.set()
 
     async def _read_states(
-        self, partitions: set[str] | None
+        self, partitions: set[str] | None, baselines: list[BaselineSnapshot] | None = None
     ) -> tuple[list[AlertState], dict[str, list[AlertEvent]]]:
         """The stored alert states (only those of ``partitions``, when given) and the outbox of
-        those that have one, by fingerprint."""
+        those that have one, by fingerprint; the anomaly baselines of ``partitions`` into
+        ``baselines``."""
         assert self._kv is not None
         states: list[AlertState] = []
         outboxes: dict[str, list[AlertEvent]] = {}
@@ -418,6 +437,12 @@ class EvaluatorService:
             async for entry in watcher:
                 if entry is None:  # the end of what the bucket holds now
                     break
+                if entry.key.startswith(BASELINE_PREFIX):
+                    wanted = partitions is not None and entry.key.removeprefix(BASELINE_PREFIX) in partitions
+                    if baselines is not None and wanted:
+                        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                            baselines.append(msgspec.json.decode(entry.value or b"", type=BaselineSnapshot))
+                    continue
                 try:
                     # events.decode: any bytes become a StoredAlert or a PayloadError
                     stored = decode(entry.value or b"", StoredAlert)
@@ -543,6 +568,9 @@ class EvaluatorService:
         if partition is None:
             partition = self._partition_cache[token] = token_partition(token, self.config.partitions)
         return partition
+
+    def _in_partition(self, partition: str, host: str) -> bool:
+        return self._host_partition(host) == partition
 
     def _host_partition(self, host: str) -> str:
         return self._token_partition(subject_token(host))
@@ -674,11 +702,15 @@ class EvaluatorService:
         read = replay.Read()
         counts = {"warm": 0, "judged": 0, "live": 0, "duplicate": 0}
         seen: set[int] = set()  # judged history that may also be in the buffer
+        baselines = 0  # anomaly baselines restored
         rules = {rule.name: rule for rule in self.rules}
         try:
-            states, outboxes = await self._read_states(taken)
+            snapshots: list[BaselineSnapshot] = []
+            states, outboxes = await self._read_states(taken, snapshots)
             scratch = Engine(self.engine.rules, max_series=self.engine.max_series)
             scratch.load(states, now, await self._last_seen(states), handover=True)
+            for snapshot in snapshots:
+                baselines += scratch.restore_baselines(snapshot.rules, snapshot.time)
             guard = scratch.replaying({state.fingerprint: _decided_at(state) for state in states})
             lookback = min(max((rule.window for rule in scratch.rules), default=0.0), replay.MAX_LOOKBACK)
             keep_from = min((judged_until[p] for p in replayed), default=now)
@@ -777,6 +809,7 @@ class EvaluatorService:
             "warm": counts["warm"],
             "judged": counts["judged"],
             "live": counts["live"],
+            "baselines": baselines,
             "seconds": round(time.monotonic() - started, 3),
         }
         if lost:
@@ -786,6 +819,33 @@ class EvaluatorService:
             log.warning("partitions taken; their history was cut short", extra=extra)
         else:
             log.info("partitions taken", extra=extra)
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(BASELINE_EVERY)
+            try:
+                await self._snapshot_baselines()
+            except Exception as exc:  # NATS away: the next round writes them
+                self.kv_failures.inc()
+                log.warning("anomaly baselines not written", extra={"reason": str(exc) or type(exc).__name__})
+
+    async def _snapshot_baselines(self) -> None:
+        """Write the anomaly baselines of each partition judged here (``baseline.<name>``)."""
+        if self._judged is None or self._kv is None or not any(r.kind == "anomaly" for r in self.rules):
+            return
+        for partition in sorted(self._judged - {FLEET_PARTITION}):
+            now = self._clock()
+            rules = self.engine.baselines(partial(self._in_partition, partition))
+            if not rules or partition not in self._judged:
+                continue
+            data = msgspec.json.encode(BaselineSnapshot(time=now, rules=rules))
+            if len(data) > BASELINE_MAX_BYTES:
+                log.warning(
+                    "anomaly baselines of a partition too large to write; they start afresh on a new owner",
+                    extra={"partition": partition, "bytes": len(data)},
+                )
+                continue
+            await self._kv.put(BASELINE_PREFIX + partition, data)
 
     def _replay_parts(
         self, subject: str, scope: Scope, stored: float, judged_until: dict[str, float]
