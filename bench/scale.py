@@ -13,7 +13,10 @@ threshold over ``--failover-hosts`` hosts reporting every 0.5 s. The replica hol
 partitions is killed with SIGKILL, and right then the hosts start running hot one after the
 other, spread over ``failover_after`` + 2 s. The delay of each host is from its first hot
 sample's publish to its firing AlertEvent's arrival; p99 over the hosts that moved is held
-against ``failover_after`` + 1 s.
+against ``failover_after`` + 1 s. The survivor reads the moved partitions' recent history
+back from the metrics stream when it takes them (docs/scaling.md); ``--failover-window``
+adds a rule averaging over that many seconds (that never fires), so it reads that much more,
+and the replicas run that long before the kill.
 
 **Gateway ingest workers, 1 vs 2.** ``bench/ingest.py``'s measurement (the raw COPY
 ceilings, then agents' batches published to JetStream into a real ``signalfire gateway``) run
@@ -22,7 +25,7 @@ the efficiency ratio (CPU seconds per million samples of gateway + workers + Pos
 nats-server against the raw COPY's) of each.
 
     uv run python bench/scale.py [--hosts 400] [--rounds 8] [--failover-hosts 200] [--failover-after 10]
-        [--part all|evaluator|gateway] [--gateway-seconds 20] [--gateway-rate 0]
+        [--failover-window 0] [--part all|evaluator|gateway] [--gateway-seconds 20] [--gateway-rate 0]
 """
 
 from __future__ import annotations
@@ -59,15 +62,20 @@ SAMPLES_PER_BATCH = 100  # make_batches: 20 metrics x 5 devices
 _BATCHES = re.compile(r'^signalfire_evaluator_batches_total\{kind="metrics"\} ([0-9.e+]+)$', re.M)
 
 
-def scrape_batches(port: int) -> float:
-    """The ``batches{kind="metrics"}`` counter of the evaluator serving /metrics on ``port``."""
+def scrape_batches(port: int, pattern: re.Pattern[str] = _BATCHES) -> float:
+    """The ``batches{kind="metrics"}`` counter (or the one ``pattern`` finds) of the evaluator
+    serving /metrics on ``port``."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
             text = response.read().decode()
     except OSError:
         return 0.0
-    found = _BATCHES.search(text)
+    found = pattern.search(text)
     return float(found.group(1)) if found else 0.0
+
+
+def _replayed(mode: str) -> re.Pattern[str]:
+    return re.compile(rf'^signalfire_evaluator_replayed_batches_total\{{mode="{mode}"\}} ([0-9.e+]+)$', re.M)
 
 
 class Replicas:
@@ -171,14 +179,29 @@ rules:
 """
 
 
-async def failover(root: Path, url: str, hosts: int, failover_after: float) -> dict[str, Any]:
+def failover_rules(window: float) -> str:
+    """:data:`FAILOVER_RULES`, and with ``window`` a rule averaging over that window that never
+    fires: the takeover then reads that much more history back (what it costs)."""
+    if not window:
+        return FAILOVER_RULES
+    return (
+        FAILOVER_RULES
+        + f"""  - {{name: ScaleWindow, metric: scale.temp, aggregate: avg, window: {window:g}s,
+     condition: "> 1000", severity: low}}
+"""
+    )
+
+
+async def failover(
+    root: Path, url: str, hosts: int, failover_after: float, window: float = 0.0
+) -> dict[str, Any]:
     """Detection delays (seconds) of hosts turning hot while a replica is killed."""
     nats = NatsConfig(url=url, prefix="scalefo")
     nc = await connect(nats, "bench-scale-failover")
     js = nc.jetstream()
     await ensure_streams(js, nats)
     rules = root / "failover-rules.yaml"
-    rules.write_text(FAILOVER_RULES)
+    rules.write_text(failover_rules(window))
     names = [f"fo-{i}" for i in range(hosts)]
     hot_from: dict[str, float] = {}  # host → monotonic time it starts running hot
     first_hot: dict[str, float] = {}  # host → publish time of its first hot sample
@@ -211,7 +234,7 @@ async def failover(root: Path, url: str, hosts: int, failover_after: float) -> d
     try:
         kv = await js.key_value(nats.subjects.bucket("evaluator_leases"))
         held = await wait_balanced(kv, 2)
-        await asyncio.sleep(2)  # every host seen by its owner
+        await asyncio.sleep(max(2.0, window))  # every host seen by its owner; windows full
         victim = max(("r0", "r1"), key=lambda r: list(held.values()).count(r))
         moved = {h for h in names if held[host_partition(h, PARTITIONS)] == victim}
         process = group.processes[victim]
@@ -225,6 +248,11 @@ async def failover(root: Path, url: str, hosts: int, failover_after: float) -> d
         with contextlib.suppress(TimeoutError):  # the missing ones are reported
             await asyncio.wait_for(all_fired.wait(), spread + failover_after + 15)
         taken = await holders(kv)
+        survivor_port = group.ports[0 if victim == "r1" else 1]
+        replayed = {
+            mode: await asyncio.to_thread(scrape_batches, survivor_port, _replayed(mode))
+            for mode in ("warm", "judged")
+        }
     finally:
         publisher.cancel()
         group.stop()
@@ -237,6 +265,7 @@ async def failover(root: Path, url: str, hosts: int, failover_after: float) -> d
         "delays_stayed": [d for h, d in delays.items() if h not in moved],
         "missing": sorted(set(names) - set(fired)),
         "survivor_holds_all": set(taken.values()) == {"r1" if victim == "r0" else "r0"},
+        "replayed": replayed,
     }
 
 
@@ -272,7 +301,9 @@ async def run(args: argparse.Namespace) -> int:
         try:
             one = await throughput(root, server.url, 1, args.hosts, args.rounds)
             two = await throughput(root, server.url, 2, args.hosts, args.rounds)
-            result = await failover(root, server.url, args.failover_hosts, args.failover_after)
+            result = await failover(
+                root, server.url, args.failover_hosts, args.failover_after, args.failover_window
+            )
         finally:
             server.stop()
     finally:
@@ -297,6 +328,11 @@ async def run(args: argparse.Namespace) -> int:
                 f"  {name:<12} n={len(values):<4} p50 {p['p50']:.2f}s  p99 {p['p99']:.2f}s  "
                 f"max {max(values):.2f}s"
             )
+    replayed = result["replayed"]
+    print(
+        f"  survivor's history read back on taking the partitions (all takeovers of its life): "
+        f"{replayed['warm']:,.0f} batches warm, {replayed['judged']:,.0f} judged"
+    )
     if result["missing"]:
         print(f"  never fired: {len(result['missing'])} hosts ({', '.join(result['missing'][:5])} ...)")
     p99 = percentiles(moved)["p99"] if moved else float("inf")
@@ -321,6 +357,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=8, help="batches per host, timed")
     parser.add_argument("--failover-hosts", type=int, default=200)
     parser.add_argument("--failover-after", type=float, default=10.0)
+    parser.add_argument(
+        "--failover-window",
+        type=float,
+        default=0.0,
+        help="add a rule averaging over this many seconds (never firing): history read back on takeover",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run directory and its logs")
     parser.add_argument(
         "--part", choices=("all", "evaluator", "gateway"), default="all", help="which measurements to run"

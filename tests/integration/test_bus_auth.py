@@ -30,6 +30,7 @@ from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.busauth import CredentialDirectory, reload_server
 from signalfire.buspolicy import GATEWAY_DURABLES, NOTIFIER_DURABLES, permissions, user_name
 from signalfire.config import ConfigError, Duration
+from signalfire.evaluator.replay import Read, read_history
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
 from signalfire.events import AlertAction, AlertEvent, DeliveryResult, MetricBatch, Sample, decode, encode
 from signalfire.gateway.committed import CommittedFrame
@@ -332,6 +333,36 @@ async def test_the_evaluator_reads_a_hosts_last_batch_for_its_restart(bus: Bus, 
     finally:
         await agent.close()
         await evaluator.close()
+
+
+async def test_the_evaluator_reads_the_metrics_streams_history_back_for_a_takeover(
+    bus: Bus, admin: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = bus.subjects
+    agent = await client(bus, user_name("agent", WEB1))
+    evaluator = await client(bus, "evaluator")
+    try:
+        since = time.time() - 1
+        for level in (1.0, 2.0, 3.0):
+            await agent.jetstream().publish(s.metrics(WEB1), batch(WEB1, level), timeout=5)
+        read = Read()
+        history = read_history(
+            evaluator.jetstream(timeout=5),
+            s.metrics_stream,
+            [s.all_metrics, s.all_events, s.all_agents],
+            since,
+            keep_from=since,
+            wanted=lambda subject: True,
+            seconds=10,
+            result=read,
+        )
+        values = [decode(data, MetricBatch).samples[0].value async for _, data, _ in history]
+        assert values[-3:] == [1.0, 2.0, 3.0] and read.truncated is None
+    finally:
+        await agent.close()
+        await evaluator.close()
+    refusals = [r.getMessage() for r in caplog.records if "permissions violation" in r.getMessage().lower()]
+    assert refusals == []
 
 
 # What the server refuses -------------------------------------------------------------------------

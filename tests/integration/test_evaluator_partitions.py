@@ -6,6 +6,7 @@ show who judges what."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -17,11 +18,13 @@ import pytest
 
 from signalfire.bus import NatsConfig
 from signalfire.config import Duration
-from signalfire.evaluator.partitions import host_partition, partition_names
+from signalfire.evaluator import service as service_module
+from signalfire.evaluator.partitions import assign, host_partition, partition_names
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
 from signalfire.events import MetricBatch, Sample, encode
 from tests.faults.support import alert_events, eventually
 from tests.integration.gateway_support import gateway_config, running_gateway
+from tests.support.metrics import value
 
 PARTITIONS = 16
 HOSTS = [f"part-{i}" for i in range(24)]
@@ -139,8 +142,8 @@ async def test_a_joining_replica_takes_its_share_without_repeating_or_losing_an_
         await a.stop()
     per_host = {h: [e.status for e in events if e.host == h and e.rule == "Hot"] for h in HOSTS}
     assert all(statuses == ["firing", "resolved"] for statuses in per_host.values()), per_host
-    # Its window still holds a 60 on whichever replica judges the fleet (windows start afresh
-    # on a new owner: the 95 may be gone, the 60 came after the move).
+    # Its window holds the 95 and the 60 on whichever replica judges the fleet (a new owner
+    # reads the window's history back).
     assert [e.status for e in events if e.rule == "FleetHot"] == ["firing"]
     assert handback < 1.0  # a clean stop frees its leases: taken at the next poll (0.2 s)
     # A clean stop leaves no lease behind.
@@ -181,6 +184,131 @@ async def test_the_rules_page_shows_the_alerts_of_every_replica(
         assert sorted(alert["host"] for alert in hot["alerts"]) == sorted(HOSTS)
         assert page["complete"] is True
         assert {r["id"] for r in page["replicas"]} == {"a", "b"}
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+def average(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+WINDOW_RULES = """\
+rules:
+  - {name: AvgHot, metric: temp, aggregate: avg, window: 10s, condition: "> 50", resolve: "<= 50",
+     severity: high}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_a_window_moved_to_a_joining_replica_fires_when_one_replica_would_have(
+    nc: Any, nats_config: NatsConfig, tmp_path: Path
+) -> None:
+    """A partition given up cleanly to a replica that joins mid-window: the new owner reads the
+    window's history back, so it fires on the sample one replica would have fired on, not on
+    its first (which would be a window of heat only)."""
+    js = nc.jetstream()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(WINDOW_RULES)
+    to_b = {p for p, r in assign(partition_names(PARTITIONS), ["a", "b"]).items() if r == "b"}
+    host = next(f"moving-{i}" for i in range(1000) if host_partition(f"moving-{i}", PARTITIONS) in to_b)
+    level = 30.0
+    published: list[tuple[float, float]] = []
+
+    async def publish_every_quarter_second() -> None:
+        while True:
+            now = time.time()
+            batch = MetricBatch(host=host, time=now, samples=[Sample(name="temp", value=level)])
+            await nc.publish(nats_config.subjects.metrics(host), encode(batch))
+            published.append((now, level))
+            await asyncio.sleep(0.25)
+
+    a = EvaluatorService(config(nats_config, rules, "a"))
+    b = EvaluatorService(config(nats_config, rules, "b"))
+    await a.start()
+    publisher = asyncio.create_task(publish_every_quarter_second())
+    try:
+        await asyncio.sleep(6)  # 6 s of cold samples
+        hot_from = time.time()
+        level = 70.0
+        await asyncio.sleep(2)  # the window's average at about 40
+        await b.start()
+
+        def moved() -> bool:
+            return host_partition(host, PARTITIONS) in b.describe()["replica"]["judged"]
+
+        await eventually(moved, "replica b to take the host's partition", 10)
+        moved_at = time.time()
+
+        async def fired() -> bool:
+            return any(e.status == "firing" for e in await alert_events(js, nats_config))
+
+        await eventually(fired, "AvgHot to fire", 15)
+        await asyncio.sleep(max(1.0, hot_from + 7 - time.time()))  # past when it should fire
+        events = await alert_events(js, nats_config)
+    finally:
+        publisher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publisher
+        await b.stop()
+        await a.stop()
+    expected = next(
+        t
+        for i, (t, _) in enumerate(published)
+        if t > hot_from and average([v for s, v in published[: i + 1] if s > t - 10]) > 50
+    )
+    [firing] = [e for e in events if e.status == "firing"]
+    assert moved_at < expected, "the partition moved after the window crossed: nothing tested"
+    assert abs(firing.starts_at - expected) <= 1.0, (firing.starts_at - expected, moved_at - hot_from)
+    assert value(b.registry, "signalfire_evaluator_replayed_batches_total", mode="warm") > 0
+
+
+ANOMALY_RULES = """\
+rules:
+  - {name: Odd, kind: anomaly, metric: temp, condition: "> 4", warmup: 20, severity: high}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_an_anomaly_baseline_moves_with_its_partition(
+    nc: Any, nats_config: NatsConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replica that takes a partition starts from the anomaly baselines its previous owner
+    wrote to KV: an outlier right after the move fires, with no second warm-up."""
+    monkeypatch.setattr(service_module, "BASELINE_EVERY", 0.5)
+    js = nc.jetstream()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(ANOMALY_RULES)
+    to_b = {p for p, r in assign(partition_names(PARTITIONS), ["a", "b"]).items() if r == "b"}
+    host = next(f"odd-{i}" for i in range(1000) if host_partition(f"odd-{i}", PARTITIONS) in to_b)
+
+    async def send(value: float) -> None:
+        batch = MetricBatch(host=host, time=time.time(), samples=[Sample(name="temp", value=value)])
+        await nc.publish(nats_config.subjects.metrics(host), encode(batch))
+        await nc.flush()
+
+    a = EvaluatorService(config(nats_config, rules, "a"))
+    b = EvaluatorService(config(nats_config, rules, "b"))
+    await a.start()
+    try:
+        for i in range(30):  # the baseline: 30 samples, warm-up 20
+            await send(50.0 + i % 3)
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.2)  # written to KV
+        await b.start()
+
+        def moved() -> bool:
+            return host_partition(host, PARTITIONS) in b.describe()["replica"]["judged"]
+
+        await eventually(moved, "replica b to take the host's partition", 10)
+        await send(500.0)
+
+        async def fired() -> bool:
+            return any(e.status == "firing" for e in await alert_events(js, nats_config))
+
+        await eventually(fired, "the outlier to fire on the new owner", 5)
     finally:
         await b.stop()
         await a.stop()

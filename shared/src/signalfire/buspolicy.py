@@ -119,15 +119,19 @@ def _bucket_read(bucket: str) -> list[str]:
     ]
 
 
-def _bucket_watch(bucket: str) -> list[str]:
-    """A KV watcher is an ephemeral ordered push consumer with flow control."""
-    stream = f"KV_{bucket}"
+def _ordered_consumer(stream: str) -> list[str]:
+    """Create, look up and flow-control an ephemeral ordered push consumer of ``stream``."""
     return [
         f"$JS.API.CONSUMER.CREATE.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}.>",
         f"$JS.API.CONSUMER.INFO.{stream}.*",
         f"$JS.FC.{stream}.>",
     ]
+
+
+def _bucket_watch(bucket: str) -> list[str]:
+    """A KV watcher is an ephemeral ordered push consumer with flow control."""
+    return _ordered_consumer(f"KV_{bucket}")
 
 
 def _service_common(s: Subjects, role: str) -> list[str]:
@@ -187,12 +191,14 @@ def permissions(role: str, subjects: Subjects, host: str | None = None) -> Permi
         return Permissions(
             # events: the evaluator reports a rule's series limit as an event of its own host;
             # at start it reads each watched host's last batch (when an `absent` series was
-            # last seen) from the metrics stream
+            # last seen) from the metrics stream, and a replica taking a partition over reads
+            # its recent history back with an ephemeral ordered consumer (as a KV watcher)
             publish=(
                 f"{p}.alerts.*",
                 f"{p}.events.*",
                 *_service_common(s, role),
                 f"$JS.API.STREAM.MSG.GET.{s.metrics_stream}",
+                *_ordered_consumer(s.metrics_stream),
             ),
             subscribe=(
                 s.all_metrics,

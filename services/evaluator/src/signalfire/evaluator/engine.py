@@ -27,10 +27,16 @@ sees again, each such wait counts from then at the earliest; samples decide as a
 
 Grouped rules (``group_by: host`` or ``fleet``) pool their samples and are judged once per
 batch, after all of its samples are in, so a half-read batch never fires a ratio.
+
+A partition taken over from another replica is rebuilt in an engine of its own from the
+metrics stream's history (:meth:`Engine.replaying`, then :meth:`Engine.adopt` into the running
+engine): history the previous owner judged only fills windows and baselines, the rest is
+judged as it would have been live.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -91,6 +97,18 @@ class Track:
     #: Silence counts towards ``absent`` only from here on (the start that loaded the track:
     #: what was published before it may not have been seen).
     watched_from: float = 0.0
+    #: An anomaly baseline restored from a snapshot holds the samples up to here already.
+    baseline_as_of: float = -math.inf
+
+
+@dataclass(slots=True)
+class Replay:
+    """How an engine rebuilding a partition from history decides (:meth:`Engine.replaying`)."""
+
+    #: Fingerprint → the last time its loaded state was decided by the previous owner.
+    judged_from: dict[str, float]
+    #: Fill windows, baselines and last-seen times only; decide nothing.
+    warming: bool = False
 
 
 @dataclass
@@ -149,6 +167,11 @@ def aggregate(name: str, points: Points) -> float | None:
     return ordered[max(0, math.ceil(quantile * len(ordered)) - 1)]  # nearest rank
 
 
+def _digest(rule: Rule) -> str:
+    """What identifies a rule's definition in a baseline snapshot."""
+    return hashlib.sha256(msgspec.json.encode(msgspec.to_builtins(rule.spec, enc_hook=str))).hexdigest()[:16]
+
+
 def _evict(points: Points, oldest: float) -> None:
     while points and points[0][0] <= oldest:
         points.popleft()
@@ -174,6 +197,8 @@ class Engine:
         #: The same, per alert handed over from another evaluator replica (:meth:`load` with
         #: ``handover``): it saw what this engine did not.
         self._handed_over: dict[str, float] = {}
+        #: While rebuilding a partition from history (:meth:`replaying`): ``None`` otherwise.
+        self._replay: Replay | None = None
         self.set_rules(list(rules), 0.0)
 
     # Rules and stored state --------------------------------------------------------------
@@ -290,6 +315,93 @@ class Engine:
                 self._handed_over.pop(fp, None)
                 dropped[fp] = state
         return dropped
+
+    def replaying(self, judged_from: Mapping[str, float]) -> Replay:
+        """Turn this engine into one that rebuilds a partition from history (the shell feeds
+        it the stream's payloads in order, each at the time the stream stored it): while the
+        returned :class:`Replay`'s ``warming`` is set, payloads only fill windows, baselines
+        and last-seen times and decide nothing (the previous owner judged them); otherwise
+        they are judged, except for an alert whose loaded state (``judged_from``, by
+        fingerprint) was last decided at or after the payload's time: the previous owner saw
+        that payload already, and judging it again on the newer state could repeat a
+        transition under another alert id. Time alone decides nothing here (no :meth:`tick`)."""
+        self._replay = Replay(judged_from=dict(judged_from))
+        return self._replay
+
+    def replayed(self) -> None:
+        """The history is read (see :meth:`replaying`): decide as always from now on."""
+        self._replay = None
+
+    def adopt(self, other: Engine, now: float) -> None:
+        """Take over ``other``'s series and alerts (a partition rebuilt in an engine of its
+        own, see :meth:`replaying`) as of ``now``: from now on this engine judges them.
+        ``other`` must hold nothing this engine holds; the series of a rule reloaded
+        meanwhile start afresh. A series an ``absent`` rule watches counts its silence from
+        ``now`` at the earliest, as after :meth:`load`: a history cut short by its bounds may
+        lack the series' last samples."""
+        for name, tracks in other._tracks.items():
+            rule, theirs = self._by_name.get(name), other._by_name.get(name)
+            mine = self._tracks.get(name)
+            if mine is None or rule is None or theirs is None or rule.spec != theirs.spec:
+                continue
+            if rule.kind == "absent":
+                for track in tracks.values():
+                    track.watched_from = max(track.watched_from, now)
+            mine.update(tracks)
+        for fp, state in other.states.items():
+            if state.rule in self._by_name:
+                self.states[fp] = state
+        self._timed |= {fp for fp in other._timed if fp in self.states}
+        self._handed_over.update({fp: t for fp, t in other._handed_over.items() if fp in self.states})
+
+    def _decides(self, fp: str, now: float) -> bool:
+        """Whether a payload at ``now`` may change ``fp``'s alert (always, outside a replay)."""
+        replay = self._replay
+        if replay is None:
+            return True
+        if replay.warming:
+            return False
+        return now > replay.judged_from.get(fp, -math.inf)
+
+    def baselines(self, host: Callable[[str], bool]) -> dict[str, Any]:
+        """The anomaly baselines of the hosts for which ``host(name)`` is true, by rule:
+        ``{rule: {"spec": <digest of its definition>, "series": [[host, labels, context, mean,
+        var, n], …]}}`` (see :meth:`restore_baselines`)."""
+        snapshot: dict[str, Any] = {}
+        for rule in self.rules:
+            if rule.kind != "anomaly" or rule.group_by == FLEET:
+                continue
+            series = [
+                [t.series.host, t.series.labels, t.series.context, t.mean, t.var, t.n]
+                for t in self._tracks[rule.name].values()
+                if t.n and host(t.series.host)
+            ]
+            if series:
+                snapshot[rule.name] = {"spec": _digest(rule), "series": series}
+        return snapshot
+
+    def restore_baselines(self, snapshot: Mapping[str, Any], as_of: float) -> int:
+        """Take the anomaly baselines of a :meth:`baselines` snapshot taken at ``as_of`` (for
+        the rules still defined the same way); samples up to ``as_of`` leave them as they are.
+        Returns the series restored."""
+        restored = 0
+        for name, entry in snapshot.items():
+            rule = self._by_name.get(name)
+            if rule is None or rule.kind != "anomaly" or entry.get("spec") != _digest(rule):
+                continue
+            tracks = self._tracks[name]
+            for host, labels, context, mean, var, n in entry.get("series", []):
+                key: Key = (host, tuple(sorted(labels.items())))
+                track = tracks.get(key)
+                if track is None:
+                    if len(tracks) >= (rule.max_series or self.max_series):
+                        break
+                    series = Series(host=host, labels=dict(labels), context=dict(context))
+                    track = tracks[key] = Track(fp=fingerprint(name, host, series.labels), series=series)
+                track.mean, track.var, track.n = float(mean), float(var), int(n)
+                track.baseline_as_of = as_of
+                restored += 1
+        return restored
 
     def series_count(self, rule: str) -> int:
         """Series (or hosts, for grouped rules) ``rule`` tracks."""
@@ -594,6 +706,8 @@ class Engine:
                 else:  # a flat baseline: any change is infinitely unusual
                     z = math.copysign(MAX_DEVIATION, deviation) if deviation else 0.0
                 self._judge(rule, track, max(-MAX_DEVIATION, min(MAX_DEVIATION, z)), now, out)
+            if now <= track.baseline_as_of:
+                return  # in the restored snapshot already
             # West's exponentially weighted mean and variance.
             if track.n == 0:
                 track.mean = value
@@ -643,7 +757,9 @@ class Engine:
         if track is None:
             return
         silent = now - track.last_seen
-        track.last_seen = now
+        track.last_seen = max(track.last_seen, now) if self._replay is not None else now
+        if self._replay is not None and not self._decides(track.fp, now):
+            return
         state = self.states.get(track.fp)
         if state is None:
             # Remember the series in storage, so a restarted evaluator keeps watching it.
@@ -678,6 +794,8 @@ class Engine:
         for ``rate``): nothing says the condition holds, so a pending alert goes back to
         inactive and a firing one resolves as if ``resolve`` held (after ``keep_firing_for``,
         subject to flap damping), its events carrying the last value it had."""
+        if self._replay is not None and not self._decides(track.fp, now):
+            return
         state = self.states.get(track.fp)
         if state is None or state.status == "inactive" or state.value is None:
             return
@@ -687,6 +805,8 @@ class Engine:
         self._apply(rule, state, new, transitions, out)
 
     def _judge(self, rule: Rule, track: Track, value: float, now: float, out: Output) -> None:
+        if self._replay is not None and not self._decides(track.fp, now):
+            return
         state = self.states.get(track.fp)
         holds = rule.condition.holds(value)
         if not holds and (state is None or state.status == "inactive"):

@@ -1,10 +1,11 @@
 """The imperative shell around :class:`signalfire.evaluator.engine.Engine`.
 
 Metric batches, event batches and agent statuses arrive on core NATS subscriptions (lowest
-latency; the evaluator needs the present, not the stream's history) and go straight into
-the engine, with the service's clock; a timer ticks it for ``for`` expiry, absence and
-sliding event counts. The engine's alert events become :class:`~signalfire.events.AlertEvent`
-publishes on JetStream, de-duplicated by ``Nats-Msg-Id: <alert_id>:<status>``.
+latency; the evaluator needs the present, and reads the stream's history only when it takes
+a partition over) and go straight into the engine, with the service's clock; a timer ticks
+it for ``for`` expiry, absence and sliding event counts. The engine's alert events become
+:class:`~signalfire.events.AlertEvent` publishes on JetStream, de-duplicated by
+``Nats-Msg-Id: <alert_id>:<status>``.
 
 Delivery is an outbox: a state with unpublished events is written to the ``alert_state`` KV
 bucket *before* the events are published, and again once they are. After a crash, a
@@ -15,8 +16,10 @@ With ``partitions`` set, several replicas share the hosts: each judges only the 
 partitions whose lease it holds (:mod:`signalfire.evaluator.leases`), and the rules that pool
 every host (``group_by: fleet``) when it holds the ``fleet`` partition. Leases are balanced
 over the live replicas (:func:`signalfire.evaluator.partitions.assign`); a replica that
-takes a partition over loads its alert states from KV and treats them as just reconnected,
-one that gives it up writes what it decided first and then forgets it.
+takes a partition over loads its alert states from KV, rebuilds the partition's windows
+from the metrics stream's recent history and judges what was published while nobody held it
+(:mod:`signalfire.evaluator.replay`); one that gives it up writes what it decided first and
+then forgets it.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Literal
 
 import msgspec
@@ -40,8 +45,9 @@ from nats.js.kv import KeyValue
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.config import ConfigError, Duration
 from signalfire.consumers import Backoff
+from signalfire.evaluator import replay
 from signalfire.evaluator.engine import Engine, Output, Scope
-from signalfire.evaluator.leases import LeaseKeeper
+from signalfire.evaluator.leases import Entry, LeaseKeeper
 from signalfire.evaluator.partitions import FLEET_PARTITION, assign, partition_names, token_partition
 from signalfire.evaluator.rules import DEFAULT_MAX_SERIES, FLEET, Rule, expand_paths, load_rules
 from signalfire.evaluator.state import AlertState
@@ -85,6 +91,22 @@ LEASE_SHARE = 0.6
 POLLS_PER_FAILOVER = 10
 
 _REPLICA_ID = re.compile(r"^[A-Za-z0-9_=-]+$")
+
+#: With partitions, the anomaly baselines of each partition a replica judges are written to
+#: the ``alert_state`` bucket (key ``baseline.<partition>``) this often (seconds), so the
+#: replica that takes the partition over starts from them rather than afresh.
+BASELINE_EVERY = 30.0
+BASELINE_PREFIX = "baseline."
+#: A partition's snapshot larger than this (bytes) is not written (NATS' max_payload is 1 MiB).
+BASELINE_MAX_BYTES = 900 * 1024
+
+
+class BaselineSnapshot(msgspec.Struct, kw_only=True):
+    """A ``baseline.<partition>`` entry: :meth:`Engine.baselines` at ``time``."""
+
+    time: float
+    rules: dict[str, Any]
+    v: int = 1
 
 
 class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -189,6 +211,7 @@ class EvaluatorService:
         self._flushing: str | None = None  # the fingerprint `_deliver` is writing now
         self._yielded = 0.0  # when a payload callback last yielded to the event loop
         self._duplicate_reported = False
+        self._buffered: replay.Buffered | None = None  # live payloads of partitions being taken
 
         self.registry = Registry("signalfire_evaluator")
         r = self.registry
@@ -219,6 +242,18 @@ class EvaluatorService:
             "template_errors", "Annotations that failed to render (the raw template was sent)", ["rule"]
         )
         self.reloads = r.counter("reloads", "Rule reloads", ["result"])
+        self.replayed = r.counter(
+            "replayed_batches",
+            "Payloads read back from the metrics stream on taking a partition: `warm` filled "
+            "windows and baselines only (the previous owner judged them), `judged` were judged",
+            ["mode"],
+        )
+        self.replays = r.counter(
+            "replays",
+            "Partition takeovers that read the metrics stream's history back: `complete`, or "
+            "`truncated` by its bounds (time, batches, bytes) or an error",
+            ["result"],
+        )
         self.handovers = r.counter(
             "partition_handovers",
             "Partitions taken (acquired), given to another replica (released) or lost (not renewed "
@@ -267,6 +302,7 @@ class EvaluatorService:
         self._js = nc.jetstream()
         await ensure_streams(self._js, self.config.nats)
         self._kv = await self._js.key_value(self.subjects.bucket("alert_state"))
+        payload_subs: list[Subscription] = []
         if self._judged is None:
             await self._load_states()
         else:
@@ -277,6 +313,11 @@ class EvaluatorService:
             lease_js = self._lease_nc.jetstream()
             leases = await lease_js.key_value(self.subjects.bucket("evaluator_leases"))
             self._leases = LeaseKeeper(leases, self.replica_id, ttl)
+            # Subscribed before the first takeover, which judges nothing live yet: what
+            # arrives while it reads the history back is held for it (`_take`).
+            payload_subs = await self._subscribe_payloads()
+            await nc.flush()
+            await nc.flush()  # see below
             await self._balance()
         self._reconnects = nc.stats["reconnects"]
         self._tasks = [
@@ -289,12 +330,11 @@ class EvaluatorService:
             self._tasks += [
                 asyncio.create_task(self._lease_loop(self._renew, "renewed"), name="evaluator-renew"),
                 asyncio.create_task(self._lease_loop(self._balance, "read"), name="evaluator-balance"),
+                asyncio.create_task(self._snapshot_loop(), name="evaluator-baselines"),
             ]
         subjects = self.subjects
         self._subs = [
-            await nc.subscribe(subjects.all_metrics, cb=self._on_payload),
-            await nc.subscribe(subjects.all_events, cb=self._on_payload),
-            await nc.subscribe(subjects.all_agents, cb=self._on_payload),
+            *(payload_subs or await self._subscribe_payloads()),
             await nc.subscribe(subjects.actions, cb=self._on_action),
             await nc.subscribe(subjects.control("evaluator", "rules"), cb=self._on_rules_request),
             await nc.subscribe(subjects.control("evaluator", "reload"), cb=self._on_reload_request),
@@ -320,6 +360,15 @@ class EvaluatorService:
                 ),
             },
         )
+
+    async def _subscribe_payloads(self) -> list[Subscription]:
+        """Metrics, events and agent statuses, in this order (`_watch_sight` counts on it)."""
+        assert self._nc is not None
+        subjects = self.subjects
+        return [
+            await self._nc.subscribe(subject, cb=self._on_payload)
+            for subject in (subjects.all_metrics, subjects.all_events, subjects.all_agents)
+        ]
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Unsubscribe, publish what is decided (up to ``timeout`` seconds), then close."""
@@ -363,16 +412,37 @@ class EvaluatorService:
         """Run ``rules`` from now on (states of rules that remain continue)."""
         self._handle(self.engine.set_rules(rules, self._clock()), None)
 
-    async def _load_states(self, partitions: set[str] | None = None) -> None:
-        """Adopt the stored alert states (only those of ``partitions``, when given: a handover)."""
+    async def _load_states(self) -> None:
+        """Adopt the stored alert states (at start, not partitioned)."""
+        states, outboxes = await self._read_states(None)
+        for fp, events in outboxes.items():
+            self._outbox[fp] = events
+            self._dirty[fp] = None
+        self.engine.load(states, self._clock(), await self._last_seen(states))
+        if self._dirty:
+            self._wake.set()
+
+    async def _read_states(
+        self, partitions: set[str] | None, baselines: list[BaselineSnapshot] | None = None
+    ) -> tuple[list[AlertState], dict[str, list[AlertEvent]]]:
+        """The stored alert states (only those of ``partitions``, when given) and the outbox of
+        those that have one, by fingerprint; the anomaly baselines of ``partitions`` into
+        ``baselines``."""
         assert self._kv is not None
         states: list[AlertState] = []
+        outboxes: dict[str, list[AlertEvent]] = {}
         rules = {rule.name: rule for rule in self.rules}
         watcher = await self._kv.watchall(ignore_deletes=True)
         try:
             async for entry in watcher:
                 if entry is None:  # the end of what the bucket holds now
                     break
+                if entry.key.startswith(BASELINE_PREFIX):
+                    wanted = partitions is not None and entry.key.removeprefix(BASELINE_PREFIX) in partitions
+                    if baselines is not None and wanted:
+                        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                            baselines.append(msgspec.json.decode(entry.value or b"", type=BaselineSnapshot))
+                    continue
                 try:
                     # events.decode: any bytes become a StoredAlert or a PayloadError
                     stored = decode(entry.value or b"", StoredAlert)
@@ -388,15 +458,10 @@ class EvaluatorService:
                 self._revoked.discard(fp)
                 states.append(stored.state)
                 if stored.outbox:
-                    self._outbox[fp] = list(stored.outbox)
-                    self._dirty[fp] = None
+                    outboxes[fp] = list(stored.outbox)
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
-        self.engine.load(
-            states, self._clock(), await self._last_seen(states), handover=partitions is not None
-        )
-        if self._dirty:
-            self._wake.set()
+        return states, outboxes
 
     async def _last_seen(self, states: list[AlertState]) -> dict[str, float]:
         """When each series an ``absent`` rule watches was last seen, by fingerprint, from the
@@ -504,6 +569,9 @@ class EvaluatorService:
             partition = self._partition_cache[token] = token_partition(token, self.config.partitions)
         return partition
 
+    def _in_partition(self, partition: str, host: str) -> bool:
+        return self._host_partition(host) == partition
+
     def _host_partition(self, host: str) -> str:
         return self._token_partition(subject_token(host))
 
@@ -512,6 +580,14 @@ class EvaluatorService:
         if rule is not None and rule.group_by == FLEET:
             return FLEET_PARTITION
         return self._host_partition(state.host)
+
+    def _replay_scope(self, subject: str, partitions: frozenset[str] | set[str]) -> Scope | None:
+        """Which rules of ``partitions`` judge a payload on ``subject`` (None: none of them)."""
+        hosts = self._token_partition(subject.rpartition(".")[2]) in partitions
+        fleet = FLEET_PARTITION in partitions
+        if hosts:
+            return "all" if fleet else "host"
+        return "fleet" if fleet else None
 
     def _scope(self, subject: str) -> Scope | None:
         """Which rules judge a payload on ``subject`` here (None: none, another replica's)."""
@@ -580,6 +656,7 @@ class EvaluatorService:
         await leases.announce(self._judged)
         owners = assign(names, leases.live_replicas(entries))
         taken: set[str] = set()
+        previous: dict[str, Entry | None] = {}
         for partition in names:
             key = f"partition.{partition}"
             entry = entries.get(key)
@@ -593,19 +670,202 @@ class EvaluatorService:
             wanted = (owners[partition] == self.replica_id and (free or mine)) or orphaned
             if wanted and await leases.claim(partition, entry):
                 taken.add(partition)
+                previous[partition] = entry
         if taken:
-            await self._load_states(taken)
-            self._judged |= taken
-            self.handovers.labels(change="acquired").inc(len(taken))
-            log.info(
-                "partitions taken",
-                extra={"replica": self.replica_id, "partitions": ",".join(sorted(taken))},
-            )
+            await self._take(taken, previous)
 
-    def _forget(self, partition: str) -> dict[str, AlertState]:
+    async def _take(self, taken: set[str], previous: dict[str, Entry | None]) -> None:
+        """Start judging the partitions just claimed. Their alert states come from KV; their
+        recent history from the metrics stream goes into an engine of their own: what the
+        previous holder judged fills windows, baselines and last-seen times, what was
+        published after (nobody judged it) is judged, at the time the stream stored it; then
+        the live payloads that arrived meanwhile; and only then, in one step, does the
+        running engine take it all over."""
+        assert self._judged is not None and self._js is not None and self._leases is not None
+        started = time.monotonic()
+        now = self._clock()
+        failover = float(self.config.failover_after)
+        poll = failover / POLLS_PER_FAILOVER
+        # What the previous holder judged: up to its last renewal (less a poll, for what was
+        # still on its way to it); a free partition was given up a poll or two ago. Never more
+        # than two failover_after back: older history fills windows only.
+        judged_until: dict[str, float] = {}
+        for partition in taken:
+            entry = previous.get(partition)
+            until = entry.lease.time - poll if entry is not None else now - 2 * poll
+            judged_until[partition] = max(until, now - 2 * failover)
+        # The fleet partition needs the history (every host's) only for rules that pool it.
+        fleet = any(rule.group_by == FLEET for rule in self.rules)
+        replayed = frozenset(taken if fleet else taken - {FLEET_PARTITION})
+        buffered = self._buffered = replay.Buffered(replayed)
+        outputs: list[Output] = []
+        read = replay.Read()
+        counts = {"warm": 0, "judged": 0, "live": 0, "duplicate": 0}
+        seen: set[int] = set()  # judged history that may also be in the buffer
+        baselines = 0  # anomaly baselines restored
+        rules = {rule.name: rule for rule in self.rules}
+        try:
+            snapshots: list[BaselineSnapshot] = []
+            states, outboxes = await self._read_states(taken, snapshots)
+            scratch = Engine(self.engine.rules, max_series=self.engine.max_series)
+            scratch.load(states, now, await self._last_seen(states), handover=True)
+            for snapshot in snapshots:
+                baselines += scratch.restore_baselines(snapshot.rules, snapshot.time)
+            guard = scratch.replaying({state.fingerprint: _decided_at(state) for state in states})
+            lookback = min(max((rule.window for rule in scratch.rules), default=0.0), replay.MAX_LOOKBACK)
+            keep_from = min((judged_until[p] for p in replayed), default=now)
+            start = keep_from - lookback - poll
+            subjects = self.subjects
+            history = replay.read_history(
+                self._js,
+                subjects.metrics_stream,
+                [subjects.all_metrics, subjects.all_events, subjects.all_agents],
+                start,
+                keep_from=keep_from,
+                wanted=lambda subject: self._replay_scope(subject, replayed) is not None,
+                seconds=failover * replay.TIME_SHARE,
+                result=read,
+            )
+            try:
+                if not replayed:
+                    await history.aclose()  # nothing to read: the fleet partition, no fleet rules
+                async with contextlib.aclosing(history):
+                    async for subject, data, stored in history:
+                        scope = self._replay_scope(subject, replayed)
+                        if scope is None:
+                            continue
+                        payload = self._decode(subject, data, report=False)
+                        if payload is None:
+                            continue
+                        judged = False
+                        for part, warm in self._replay_parts(subject, scope, stored, judged_until):
+                            if warm and isinstance(payload, AgentStatus) and payload.status != "online":
+                                continue  # a retirement the previous holder applied already
+                            guard.warming = warm
+                            _keep(outputs, _feed(scratch, payload, stored, part))
+                            judged = judged or not warm
+                        if judged:
+                            seen.add(hash((subject, data)))
+                        counts["judged" if judged else "warm"] += 1
+            except Exception as exc:  # the stream unreadable: what the KV holds, as before
+                read.truncated = "error"
+                log.warning(
+                    "partition history not read back; windows start afresh",
+                    extra={"reason": str(exc) or type(exc).__name__},
+                )
+        except BaseException:
+            self._buffered = None
+            for partition in taken:  # not judged: let the leases lapse, to be taken again
+                self._leases.drop(partition)
+            raise
+        # From here on nothing awaits: no live payload slips between the buffer and the engine.
+        self._buffered = None
+        guard.warming = False
+        for subject, data, arrived in buffered.messages:
+            if hash((subject, data)) in seen:
+                counts["duplicate"] += 1
+                continue
+            scope = self._replay_scope(subject, replayed)
+            payload = self._decode(subject, data)
+            if scope is None or payload is None:
+                continue
+            _keep(outputs, _feed(scratch, payload, arrived, scope))
+            self.batches.labels(kind=self.subjects.kind_of(subject)).inc()
+            counts["live"] += 1
+        scratch.replayed()
+        lost = {partition for partition in taken if partition not in self._leases.held}
+        gone: set[str] = set()  # alerts of partitions lost meanwhile
+        if lost:
+            for partition in lost:
+                gone |= set(self._forget(partition, scratch))
+            gone |= {s.fingerprint for s in states if self._partition_of(s, rules) in lost}
+        kept = taken - lost
+        self.engine.adopt(scratch, now)
+        for fp, events in outboxes.items():
+            if fp not in gone:
+                self._outbox[fp] = events
+                self._dirty[fp] = None
+        for out in outputs:
+            if gone:
+                out.events = [e for e in out.events if e.fingerprint not in gone]
+                out.changed = {fp: None for fp in out.changed if fp not in gone}
+            self._handle(out, None)
+        if self._dirty:
+            self._wake.set()
+        self._judged |= kept
+        self.handovers.labels(change="acquired").inc(len(kept))
+        self.replayed.labels(mode="warm").inc(counts["warm"])
+        self.replayed.labels(mode="judged").inc(counts["judged"])
+        truncated = read.truncated or ("buffer" if buffered.overflow else None)
+        if truncated is None and read.trimmed:
+            truncated = "oldest"
+        self.replays.labels(result="truncated" if truncated else "complete").inc()
+        extra: dict[str, Any] = {
+            "replica": self.replica_id,
+            "partitions": ",".join(sorted(kept)),
+            "alerts": len(states),
+            "history_from": round(now - start, 1),
+            "history_read": read.messages,
+            "warm": counts["warm"],
+            "judged": counts["judged"],
+            "live": counts["live"],
+            "baselines": baselines,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        if lost:
+            extra["lost_meanwhile"] = ",".join(sorted(lost))
+        if truncated:
+            extra["truncated"] = truncated
+            log.warning("partitions taken; their history was cut short", extra=extra)
+        else:
+            log.info("partitions taken", extra=extra)
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(BASELINE_EVERY)
+            try:
+                await self._snapshot_baselines()
+            except Exception as exc:  # NATS away: the next round writes them
+                self.kv_failures.inc()
+                log.warning("anomaly baselines not written", extra={"reason": str(exc) or type(exc).__name__})
+
+    async def _snapshot_baselines(self) -> None:
+        """Write the anomaly baselines of each partition judged here (``baseline.<name>``)."""
+        if self._judged is None or self._kv is None or not any(r.kind == "anomaly" for r in self.rules):
+            return
+        for partition in sorted(self._judged - {FLEET_PARTITION}):
+            now = self._clock()
+            rules = self.engine.baselines(partial(self._in_partition, partition))
+            if not rules or partition not in self._judged:
+                continue
+            data = msgspec.json.encode(BaselineSnapshot(time=now, rules=rules))
+            if len(data) > BASELINE_MAX_BYTES:
+                log.warning(
+                    "anomaly baselines of a partition too large to write; they start afresh on a new owner",
+                    extra={"partition": partition, "bytes": len(data)},
+                )
+                continue
+            await self._kv.put(BASELINE_PREFIX + partition, data)
+
+    def _replay_parts(
+        self, subject: str, scope: Scope, stored: float, judged_until: dict[str, float]
+    ) -> list[tuple[Scope, bool]]:
+        """How a payload of the history is fed: per part of ``scope`` (the partition of its
+        host, and ``fleet``), whether it only warms (the previous holder judged it)."""
+        host = self._token_partition(subject.rpartition(".")[2])
+        if scope == "host":
+            return [("host", stored <= judged_until[host])]
+        fleet = stored <= judged_until[FLEET_PARTITION]
+        if scope == "fleet":
+            return [("fleet", fleet)]
+        hosts = stored <= judged_until[host]
+        return [("all", hosts)] if hosts == fleet else [("host", hosts), ("fleet", fleet)]
+
+    def _forget(self, partition: str, engine: Engine | None = None) -> dict[str, AlertState]:
+        engine = engine or self.engine
         if partition == FLEET_PARTITION:
-            return self.engine.forget(lambda host: False, fleet=True)
-        return self.engine.forget(lambda host: self._host_partition(host) == partition, fleet=False)
+            return engine.forget(lambda host: False, fleet=True)
+        return engine.forget(lambda host: self._host_partition(host) == partition, fleet=False)
 
     async def _release(self, partition: str) -> None:
         """Give ``partition`` to the replica that should hold it: stop judging it, write what
@@ -668,38 +928,48 @@ class EvaluatorService:
         if self._judged is not None and arrived - self._yielded > YIELD_EVERY:
             await asyncio.sleep(0)
             self._yielded = arrived = time.monotonic()
+        buffered = self._buffered
+        if buffered is not None and self._replay_scope(msg.subject, buffered.partitions) is not None:
+            # A partition being taken: judged once its history is read (see `_take`).
+            buffered.add(msg.subject, msg.data, self._clock())
         # Another replica's host is skipped before its payload is decoded: the subject names
         # the host (a payload naming another host than its subject is dropped below).
         scope = self._scope(msg.subject)
         if scope is None:
             return
         now = self._clock()
-        kind = self.subjects.kind_of(msg.subject)
+        payload = self._decode(msg.subject, msg.data)
+        if payload is None:
+            return
+        out = _feed(self.engine, payload, now, scope)
+        self.batches.labels(kind=self.subjects.kind_of(msg.subject)).inc()
+        self._handle(out, arrived)
+
+    def _decode(
+        self, subject: str, data: bytes, *, report: bool = True
+    ) -> MetricBatch | EventBatch | AgentStatus | None:
+        """The payload on ``subject``; ``None`` (counted and logged when ``report``) when it
+        does not match the contract."""
+        kind = self.subjects.kind_of(subject)
         payload: MetricBatch | EventBatch | AgentStatus
         try:
             if kind == "metrics":
-                payload = decode(msg.data, MetricBatch)
+                payload = decode(data, MetricBatch)
             elif kind == "events":
-                payload = decode(msg.data, EventBatch)
+                payload = decode(data, EventBatch)
             else:
-                payload = decode(msg.data, AgentStatus)
+                payload = decode(data, AgentStatus)
             expected = f"{self.subjects.prefix}.{kind}.{subject_token(payload.host)}"
-            if msg.subject != expected:
+            if subject != expected:
                 # The bus lets an agent publish on its own host's subjects only; a payload that
                 # names another host would raise and resolve that host's alerts.
-                raise PayloadError(f"payload host {payload.host!r} belongs on {expected}, not {msg.subject}")
+                raise PayloadError(f"payload host {payload.host!r} belongs on {expected}, not {subject}")
         except PayloadError as exc:
-            self.invalid_batches.inc()
-            log.warning("dropped invalid payload", extra={"subject": msg.subject, "reason": str(exc)})
-            return
-        if isinstance(payload, MetricBatch):
-            out = self.engine.metrics(payload, now, scope)
-        elif isinstance(payload, EventBatch):
-            out = self.engine.events(payload, now, scope)
-        else:
-            out = self.engine.agent(payload, now, scope)
-        self.batches.labels(kind=kind).inc()
-        self._handle(out, arrived)
+            if report:
+                self.invalid_batches.inc()
+                log.warning("dropped invalid payload", extra={"subject": subject, "reason": str(exc)})
+            return None
+        return payload
 
     def tick(self, now: float) -> None:
         """Advance time to ``now`` (``for`` expiry, absence, sliding windows)."""
@@ -958,6 +1228,30 @@ class EvaluatorService:
             ],
             "last_reload": self.last_reload or None,
         }
+
+
+def _feed(
+    engine: Engine, payload: MetricBatch | EventBatch | AgentStatus, now: float, scope: Scope
+) -> Output:
+    if isinstance(payload, MetricBatch):
+        return engine.metrics(payload, now, scope)
+    if isinstance(payload, EventBatch):
+        return engine.events(payload, now, scope)
+    return engine.agent(payload, now, scope)
+
+
+def _keep(outputs: list[Output], out: Output) -> None:
+    """Append ``out`` unless it decided nothing (most payloads of a history do not)."""
+    decided = out.events or out.changed or out.rejected
+    if decided or out.series_dropped or out.limit_reached or out.template_errors:
+        outputs.append(out)
+
+
+def _decided_at(state: AlertState) -> float:
+    """The last time the replica that stored ``state`` decided on it (its last sample, or
+    transition): a payload stored at or before it was judged already."""
+    times = (state.last_seen, state.active_since, state.fired_at, state.resolved_at, state.clearing_since)
+    return max((t for t in times if t is not None), default=-math.inf)
 
 
 def _msg_id(event: AlertEvent) -> str:
