@@ -346,14 +346,6 @@ _FROM_ARRAYS = """
                 $7::float8[], $8::float8[], $9::text[], $10::text[]) AS t(s, b, c, su, mi, ma, la, lt, h, hc)
 """
 
-# A minute's 1-minute rows as cells of their hours (their counts made in SQL where needed).
-_FROM_MINUTE = """
-    SELECT series_id AS s, date_trunc('hour', bucket) AS b, count AS c, sum AS su, min AS mi,
-           max AS ma, last AS la, last_time AS lt, hist AS h, NULL::text AS hc
-    FROM samples_1m WHERE bucket = to_timestamp($1)
-"""
-
-
 def _merge_sql(table: str, source: str) -> str:
     # New rows are inserted by the CTE; the UPDATE, on the statement's snapshot, sees only the
     # rows that existed before it. MERGE_LOCK keeps every other writer out until the commit, so
@@ -398,12 +390,6 @@ def upsert_sql(table: str) -> str:
     both sides in SQL for every row. The rows end up as ``sf_hist_merge`` would leave them.
     """
     return _merge_sql(table, _FROM_ARRAYS)
-
-
-def fold_sql() -> str:
-    """The statement adding the 1-minute rows of the minute starting at ``$1`` (epoch seconds)
-    to the 1-hour rows, merged as :func:`upsert_sql` merges (callers hold :data:`MERGE_LOCK`)."""
-    return _merge_sql(TABLES[3600], _FROM_MINUTE)
 
 
 def upsert_args(cells: dict[tuple[int, float], Cell]) -> list[list[object]]:
