@@ -13,6 +13,7 @@ from devstack import free_port
 
 from signalfire.bus import NatsConfig
 from signalfire.events import MetricBatch, Sample, encode
+from signalfire.gateway.api.query import HOURS
 from tests.faults.support import (
     consumer_numbers,
     eventually,
@@ -138,7 +139,8 @@ async def test_gateway_kill_9_under_ingest_stores_every_sample_once(
         rows = await fetch_count(database_url, "SELECT count(*) FROM samples")
         distinct = await fetch_count(database_url, "SELECT count(DISTINCT (series_id, time)) FROM samples")
         rollup_1m = await fetch_count(database_url, "SELECT sum(count) FROM samples_1m")
-        rollup_1h = await fetch_count(database_url, "SELECT sum(count) FROM samples_1h")
+        # the 1-hour rollups as queries read them (the samples' hour may have ended < 2 min ago)
+        rollup_1h = await fetch_count(database_url, f"SELECT sum(count) FROM {HOURS} AS r")
         consumer = await consumer_numbers(js, nats_config.subjects.metrics_stream, "gateway-metrics")
         metrics = scrape(f"http://127.0.0.1:{port}/metrics")
     finally:

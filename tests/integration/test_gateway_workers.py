@@ -22,6 +22,7 @@ from websockets.asyncio.client import ClientConnection
 from signalfire.bus import NatsConfig
 from signalfire.config import Duration
 from signalfire.events import MetricBatch, Sample, encode
+from signalfire.gateway.api.query import HOURS
 from signalfire.gateway.committed import CommittedFrame, CommittedPublisher
 from signalfire.telemetry import Registry
 from tests.integration.gateway_support import RunningGateway, eventually, gateway_config, running_gateway
@@ -36,6 +37,13 @@ UNIQUE = ["disk.used_percent", "mem.used_percent", "net.rx_per_second"]
 STABLE = ["cpu.usage_percent", "load.1m"]
 
 Point = tuple[str, str, str, float, float]  # host, metric, labels JSON, time, value
+
+#: The 1-hour rollups as queries read them (folded hours' rows, open hours from their minutes),
+#: one row per series and hour.
+HOURLY = (
+    "(SELECT series_id, date_bin('1 hour', bucket, 'epoch') AS bucket, sum(count) AS count,"
+    f" sum(sum) AS sum, min(min) AS min, max(max) AS max FROM {HOURS} AS r GROUP BY 1, 2)"
+)
 
 
 def ws_url(gw: RunningGateway) -> str:
@@ -116,7 +124,7 @@ async def test_two_gateways_one_with_two_workers_store_once_roll_up_exactly_and_
             try:
 
                 async def all_rolled_up() -> None:
-                    rolled = await conn.fetchval("SELECT coalesce(sum(count), 0) FROM samples_1h")
+                    rolled = await conn.fetchval(f"SELECT coalesce(sum(count), 0) FROM {HOURS} AS r")
                     assert rolled == len(expected)
 
                 await eventually(all_rolled_up, timeout=90)
@@ -142,10 +150,10 @@ async def test_two_gateways_one_with_two_workers_store_once_roll_up_exactly_and_
                     (h, n, json.dumps(json.loads(lb), sort_keys=True), t, v) for h, n, lb, t, v in stored
                 )
                 assert normalized == sorted(expected)
-                for table, width in (("samples_1m", 60), ("samples_1h", 3600)):
+                for table, width in (("samples_1m", 60), (HOURLY, 3600)):
                     rolled = await conn.fetch(
                         f"SELECT series_id, extract(epoch FROM bucket)::float8 AS b, count, sum, min, max"
-                        f" FROM {table} ORDER BY 1, 2"
+                        f" FROM {table} AS t ORDER BY 1, 2"
                     )
                     raw = await conn.fetch(
                         f"SELECT series_id, floor(extract(epoch FROM time) / {width}) * {width} AS b,"
