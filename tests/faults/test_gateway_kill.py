@@ -32,15 +32,17 @@ KILL_AFTER = 70  # batches published when the gateway is killed
 HOSTS = 4
 
 
-async def publish_steadily(js: Any, nats: NatsConfig, published: list[int]) -> None:
+async def publish_steadily(js: Any, nats: NatsConfig, published: list[int], *, live: bool = False) -> None:
     """Publish every batch once, at ``RATE``, each with its own ``Nats-Msg-Id``; a publish that
-    times out is retried with the same id (as the agent does), so JetStream keeps one copy."""
+    times out is retried with the same id (as the agent does), so JetStream keeps one copy.
+    The batches are stamped an hour back, 1 s apart (minutes long ended), or with ``live``
+    stamped as they are sent (their minutes still going on)."""
     start = time.time() - 3600
     for b in range(BATCHES):
         host = f"fault-gw-{b % HOSTS}"
         batch = MetricBatch(
             host=host,
-            time=start + b,
+            time=time.time() if live else start + b,
             samples=[
                 Sample(name="fault.value", value=float(i), labels={"i": str(i)})
                 for i in range(SAMPLES_PER_BATCH)
@@ -83,11 +85,17 @@ def running(pid: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    "shape", [(0, "flush"), (2, "flush"), (0, "minute")], ids=["in-process", "2-workers", "minute-merges"]
+)
 async def test_gateway_kill_9_under_ingest_stores_every_sample_once(
-    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path, workers: int
+    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path, shape: tuple[int, str]
 ) -> None:
+    """``minute-merges``: the default ``rollup_merge``, with live batches, so the killed gateway
+    holds stored batches unacknowledged for their minute's merge; they come back to the next
+    one, which merges each once."""
+    workers, merge = shape
     js = nc.jetstream()
     port = free_port()
     env = service_env(
@@ -97,7 +105,7 @@ async def test_gateway_kill_9_under_ingest_stores_every_sample_once(
         # (30 s by default) and rollups are merged (then acknowledged) twice a second.
         SF_ACK_WAIT="3s",
         SF_ROLLUP_FLUSH="0.5s",
-        SF_ROLLUP_MERGE="flush",
+        SF_ROLLUP_MERGE=merge,
         SF_FETCH_BATCH="20",
         SF_FETCH_TIMEOUT="0.2s",
         SF_INGEST_WORKERS=str(workers),
@@ -106,7 +114,7 @@ async def test_gateway_kill_9_under_ingest_stores_every_sample_once(
     expected = BATCHES * SAMPLES_PER_BATCH
     gateway = await gateway_process(env, port, tmp_path)
     published: list[int] = []
-    publisher = asyncio.create_task(publish_steadily(js, nats_config, published))
+    publisher = asyncio.create_task(publish_steadily(js, nats_config, published, live=merge == "minute"))
     try:
         await eventually(
             lambda: len(published) >= KILL_AFTER, "the first batches to be published", 30, gateway
@@ -134,7 +142,10 @@ async def test_gateway_kill_9_under_ingest_stores_every_sample_once(
         async def all_merged() -> bool:
             return await fetch_count(database_url, "SELECT sum(count) FROM samples_1m") >= expected
 
-        await eventually(all_merged, f"{expected} samples stored and rolled up", 60, gateway)
+        # minute merges: the last batches' minute must end first
+        await eventually(
+            all_merged, f"{expected} samples stored and rolled up", 60 if merge == "flush" else 150, gateway
+        )
         await asyncio.sleep(4)  # past ack_wait: any redelivery of the killed gateway's rounds is in
         rows = await fetch_count(database_url, "SELECT count(*) FROM samples")
         distinct = await fetch_count(database_url, "SELECT count(DISTINCT (series_id, time)) FROM samples")
@@ -147,7 +158,9 @@ async def test_gateway_kill_9_under_ingest_stores_every_sample_once(
         publisher.cancel()
         gateway.stop()
     report(
-        "gateway-kill-9" + (f"-workers-{workers}" if workers else ""),
+        "gateway-kill-9"
+        + (f"-workers-{workers}" if workers else "")
+        + ("-minute-merges" if merge == "minute" else ""),
         published=expected,
         batches=len(published),
         killed_after_batches=published_at_kill,
