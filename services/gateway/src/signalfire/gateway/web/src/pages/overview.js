@@ -356,6 +356,9 @@ export async function overviewPage(main) {
     return shown.length;
   }
 
+  // The text nodes of the alert totals' numbers, by SEVERITIES.
+  const countText = [];
+
   function alertTotals(hosts) {
     const totals = Object.fromEntries(SEVERITIES.map((s) => [s, 0]));
     for (const host of hosts) for (const s of SEVERITIES) totals[s] += (host.alerts || {})[s] || 0;
@@ -363,13 +366,20 @@ export async function overviewPage(main) {
   }
 
   function renderTotals(shown) {
-    // Written only when they differ: a rewrite lays out the whole page (the charts too).
+    // Written only when they differ, into the text of the number: a rewrite of the links laid
+    // out and painted the whole page (the charts too) every time an alert fired or resolved.
     const totals = alertTotals(state.hosts.values());
-    const shownTotals = SEVERITIES.map((sev) => totals[sev]).join(",");
-    if (counts.dataset.totals !== shownTotals) {
-      counts.dataset.totals = shownTotals;
-      clear(counts, SEVERITIES.map((sev) => h("a", { class: "panel", href: `#/alerts?severity=${sev}` }, severityBadge(sev), `: ${totals[sev]}`)));
+    if (!countText.length) {
+      clear(counts, SEVERITIES.map((sev) => {
+        const number = document.createTextNode("");
+        countText.push(number);
+        return h("a", { class: "panel", href: `#/alerts?severity=${sev}` }, severityBadge(sev), number);
+      }));
     }
+    SEVERITIES.forEach((sev, i) => {
+      const text = `: ${totals[sev]}`;
+      if (countText[i].data !== text) countText[i].data = text;
+    });
     const status = { up: 0, down: 0, offline: 0 };
     for (const host of state.hosts.values()) status[host.status] = (status[host.status] || 0) + 1;
     const n = state.hosts.size;
