@@ -33,6 +33,10 @@ const RESORT_MS = 5000;
 // The rows in view get their new values at most this often: a host reports every few seconds,
 // and every rewrite is a layout and a paint (40 rows rewritten one by one were 40 of each).
 const PATCH_MS = 1000;
+// A round of rewrites (every row in view with a new value) is spread over animation frames,
+// this many rows each: the rendering of 37 rows at once (style, paint, layerize, commit) was
+// 10–20 ms, which a loaded machine stretched past 50 ms (2026-12-02 traces at load 3–4).
+const ROWS_PER_FRAME = 8;
 // The stream's frames are taken in batches this often (a few thousand a second at 10,000
 // hosts): a batch is a millisecond or two of work, and asks for an animation frame only when
 // something on screen changes, not once per message.
@@ -521,6 +525,9 @@ export async function overviewPage(main) {
   let patchTimer = null;
   let patchedAt = 0;
   let patchLater = null;
+  // The rows of a round of rewrites, and how many are done: ROWS_PER_FRAME an animation frame.
+  const patching = [];
+  let patchAt = 0;
 
   function schedule() {
     if (scheduled) return;
@@ -563,16 +570,25 @@ export async function overviewPage(main) {
       orderStale = false;
       moved.clear();
     }
-    if (dirty.size && performance.now() - patchedAt >= PATCH_MS) {
+    if (!patching.length && dirty.size && performance.now() - patchedAt >= PATCH_MS) {
       patchedAt = performance.now();
-      for (const name of dirty) {
-        const tr = rendered.get(`h:${name}`);
-        const host = state.hosts.get(name);
+      for (const name of dirty) patching.push(name);
+      dirty.clear();
+    } else if (!patching.length && dirty.size && !patchLater) {
+      patchLater = setTimeout(() => { patchLater = null; schedule(); }, PATCH_MS - (performance.now() - patchedAt));
+    }
+    if (patching.length) {
+      const end = Math.min(patching.length, patchAt + ROWS_PER_FRAME);
+      for (; patchAt < end; patchAt++) {
+        const tr = rendered.get(`h:${patching[patchAt]}`);
+        const host = state.hosts.get(patching[patchAt]);
         if (tr && host) fill(tr, host);
       }
-      dirty.clear();
-    } else if (dirty.size && !patchLater) {
-      patchLater = setTimeout(() => { patchLater = null; schedule(); }, PATCH_MS - (performance.now() - patchedAt));
+      if (patchAt < patching.length) schedule();
+      else {
+        patching.length = patchAt = 0;
+        if (dirty.size) schedule();
+      }
     }
     renderWindow();
   }
