@@ -352,6 +352,15 @@ async def main(args: argparse.Namespace) -> None:
                 f" (first complete Overview / API read: {first_s / fleet[1]:.2f})"
             )
             if args.frames:
+                print(
+                    "long tasks during live updates (s after the live phase began: ms): "
+                    + (
+                        ", ".join(
+                            f"{(t - live_from) / 1000:.1f}: {d:.0f}" for t, d in tasks if t >= live_from
+                        )
+                        or "none"
+                    )
+                )
                 print("long animation frames during live updates (s after the live phase began):")
                 for frame in frames:
                     if frame["start"] < live_from:
