@@ -73,6 +73,24 @@ new PerformanceObserver((list) => {
   for (const e of list.getEntries()) window.__longtasks.push([e.startTime, e.duration]);
 }).observe({ type: "longtask", buffered: true });
 document.addEventListener("submit", () => { window.__signin = performance.now(); }, true);
+// What a long frame was made of, as the browser attributes it (no trace, so no slowdown):
+// the scripts that ran in it and the time of its rendering.
+window.__frames = [];
+try {
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      if (e.duration <= 50) continue;
+      const end = e.startTime + e.duration;
+      window.__frames.push({
+        start: e.startTime, duration: e.duration,
+        render: e.renderStart ? end - e.renderStart : 0,
+        layout: e.styleAndLayoutStart ? end - e.styleAndLayoutStart : 0,
+        scripts: e.scripts.map((s) => [s.invoker || s.invokerType,
+          Math.round(s.duration), Math.round(s.forcedStyleAndLayoutDuration)]),
+      });
+    }
+  }).observe({ type: "long-animation-frame", buffered: true });
+} catch (err) { /* a browser without the Long Animation Frames API */ }
 """
 
 
@@ -287,6 +305,7 @@ async def main(args: argparse.Namespace) -> None:
                     await asyncio.sleep(args.live_seconds)
                     trace = await longtasks.stop(browser) if args.trace else b""
                     tasks: list[list[float]] = await page.evaluate("window.__longtasks")
+                    frames: list[dict[str, Any]] = await page.evaluate("window.__frames")
                     ref_tasks = [
                         d for t, d in await reference.evaluate("window.__longtasks") if t >= ref_from
                     ]
@@ -332,6 +351,28 @@ async def main(args: argparse.Namespace) -> None:
                 f" reading the fleet through the API: {fleet[1]:.3f} s"
                 f" (first complete Overview / API read: {first_s / fleet[1]:.2f})"
             )
+            if args.frames:
+                print(
+                    "long tasks during live updates (s after the live phase began: ms): "
+                    + (
+                        ", ".join(
+                            f"{(t - live_from) / 1000:.1f}: {d:.0f}" for t, d in tasks if t >= live_from
+                        )
+                        or "none"
+                    )
+                )
+                print("long animation frames during live updates (s after the live phase began):")
+                for frame in frames:
+                    if frame["start"] < live_from:
+                        continue
+                    scripts = ", ".join(
+                        f"{name} {ms} ms (forced layout {forced})" for name, ms, forced in frame["scripts"]
+                    )
+                    print(
+                        f"  {(frame['start'] - live_from) / 1000:5.1f} s: {frame['duration']:.0f} ms,"
+                        f" rendering {frame['render']:.0f} ms (style and layout {frame['layout']:.0f});"
+                        f" {scripts or 'no script'}"
+                    )
             if args.trace:
                 await asyncio.to_thread(Path(args.trace).write_bytes, trace)
                 print(f"trace of sign-in and live updates in {args.trace}:")
@@ -351,5 +392,10 @@ if __name__ == "__main__":
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between a host's batches")
     parser.add_argument("--live-seconds", type=float, default=60.0, help="how long live updates are measured")
     parser.add_argument("--alert-every", type=float, default=2.0, help="seconds between alert changes")
+    parser.add_argument(
+        "--frames",
+        action="store_true",
+        help="print the long animation frames of the live phase: the scripts in each and its rendering time",
+    )
     parser.add_argument("--trace", help="write a Chrome trace of the page here and summarize its long tasks")
     asyncio.run(main(parser.parse_args()))

@@ -349,6 +349,48 @@ def test_an_alert_on_the_last_host_moves_it_up_and_into_the_totals_while_the_pag
     page.close()
 
 
+def test_the_periodic_reload_and_the_fleet_charts_follow_the_fleet_while_the_page_is_open(
+    browser: Any, fleet: Fleet
+) -> None:
+    # What only the 30 s reloads bring: a host's health (the stream carries values, not the
+    # gateway's score), read by a worker; and the busiest hosts of the fleet charts, redrawn
+    # in the charts that are there (an open "Show as table" stays open and shows them too).
+    page = open_overview(browser, fleet)
+    page.select_option("#host-sort", "name")
+    wait_for(lambda: shown_hosts(page)[:1] == ["fleet-0000"], "the rows by name")
+    cpu_chart = page.locator("#fleet figure", has_text="Fleet CPU, last hour")
+    cpu_chart.wait_for(timeout=30_000)
+    cpu_chart.locator("summary").click()
+    page.evaluate("document.querySelectorAll('#fleet figure').forEach((f) => { f.__kept = true; })")
+    health = page.locator("#hosts tr.host[data-host='fleet-0007'] td").nth(1)
+    assert health.inner_text() == "100 / 100"
+    workers: list[str] = []
+    page.on("worker", lambda worker: workers.append(worker.url))
+    try:
+        # The busiest host of the fleet from now on (every other is below 60 %).
+        fleet.publisher.publish(7, 99.0)
+        page.locator("#hosts tr.host[data-host='fleet-0007'] td").nth(2).get_by_text("99.0 %").wait_for(
+            timeout=10_000
+        )
+        # CPU over 80 % costs health (19 points at 99 %): shown after the next reload.
+        wait_for(lambda: health.inner_text() == "81 / 100", "the reloaded health of fleet-0007", timeout=45)
+        assert any(url.endswith("/ui/src/fleetworker.js") for url in workers)
+        wait_for(
+            lambda: "fleet-0007" in cpu_chart.locator(".u-legend").inner_text(),
+            "fleet-0007 in the CPU chart's legend",
+            timeout=45,
+        )
+        assert "fleet-0007" in cpu_chart.locator("details table").inner_text()
+        assert page.evaluate("[...document.querySelectorAll('#fleet figure')].every((f) => f.__kept)")
+        assert cpu_chart.locator("details").evaluate("(d) => d.open")
+        # Every series the legend names is drawn: as many series as entries, ten at most.
+        labels = cpu_chart.locator(".u-legend tr.u-series .u-label").all_inner_texts()
+        assert 2 <= len(labels) <= 11 and len(set(labels)) == len(labels)
+    finally:
+        fleet.publisher.publish(7, 7.0)
+    page.close()
+
+
 @pytest.mark.skipif(not AXE.exists(), reason="needs the dashboard's npm packages (make provision)")
 @pytest.mark.parametrize("theme", ["light", "dark"])
 def test_the_fleet_table_grouped_meets_wcag_21_aa(browser: Any, fleet: Fleet, theme: str) -> None:

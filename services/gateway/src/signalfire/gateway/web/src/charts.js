@@ -39,25 +39,35 @@ function scheduleRedraw(redraw) {
  * ones a reload would draw. (Appending every 1 s sample to a 1 h chart of 10 s buckets grew it
  * tenfold in an hour; to a 7 d chart, without bound.)
  */
-export function lineChart(container, title, metric, series, { height = 200, step = 0, liveFrom = -Infinity, onZoom } = {}) {
-  const times = [...new Set(series.flatMap((s) => s.points.map((p) => p[0])))].sort((a, b) => a - b);
-  const index = new Map(times.map((t, i) => [t, i]));
-  const columns = series.map((s) => {
-    const col = new Array(times.length).fill(null);
-    for (const [t, v] of s.points) col[index.get(t)] = v;
-    return col;
-  });
+export function lineChart(container, title, metric, given, { height = 200, step = 0, liveFrom = -Infinity, onZoom } = {}) {
+  // The chart's own list of series (labels), changed in place by update().
+  const series = given.map((s) => ({ label: s.label }));
   // The chart's columns, changed in place by push(): live points are appended and expired
   // ones cut from the front, and the chart redraws once however many points arrived before
   // its turn (a stream message carries many) — no copy of the window per point.
-  const data = [times, ...columns];
+  const data = [];
   // Per series, the buckets live samples are folded into — the newest two, by start time —
   // with the times already counted: samples of one series can arrive out of order (the
   // gateway commits rounds in parallel), and the stream can repeat what the first query read.
-  const folds = series.map(() => new Map());
+  const folds = [];
   // Per series, the newest sample seen live (a bucket's mean is not the newest value).
-  const newest = series.map(() => null);
-  const newestAt = series.map(() => -Infinity);
+  const newest = [];
+  const newestAt = [];
+  // The columns of `points`, into `data` (and the live state reset), in place.
+  const load = (points) => {
+    const times = [...new Set(points.flatMap((s) => s.points.map((p) => p[0])))].sort((a, b) => a - b);
+    const index = new Map(times.map((t, i) => [t, i]));
+    data.length = 0;
+    data.push(times);
+    for (const s of points) {
+      const col = new Array(times.length).fill(null);
+      for (const [t, v] of s.points) col[index.get(t)] = v;
+      data.push(col);
+    }
+    folds.length = newest.length = newestAt.length = 0;
+    for (let i = 0; i < points.length; i++) { folds.push(new Map()); newest.push(null); newestAt.push(-Infinity); }
+  };
+  load(given);
   const figure = h("figure", { class: "panel chart", "aria-label": title });
   const caption = h("figcaption", {}, h("strong", {}, title));
   const plotBox = h("div", { "aria-hidden": "true" });
@@ -76,6 +86,8 @@ export function lineChart(container, title, metric, series, { height = 200, step
   figure.append(caption, latest, plotBox, table);
   let plot = null;
   container.append(figure);
+  const seriesOptions = (label, i) => ({ label, stroke: PALETTE[i % PALETTE.length], width: 1.5,
+    value: (u, v) => formatValue(v, metric) });
   const css = getComputedStyle(document.documentElement);
   const axis = { stroke: css.getPropertyValue("--muted"), grid: { stroke: css.getPropertyValue("--border") } };
   plot = new uPlot(
@@ -86,8 +98,7 @@ export function lineChart(container, title, metric, series, { height = 200, step
       scales: { x: { time: true } },
       // The value axis is wide enough for "100.0 %" or "1023 MiB/s".
       axes: [axis, { ...axis, size: 76, values: (u, vals) => vals.map((v) => formatValue(v, metric)) }],
-      series: [{}, ...series.map((s, i) => ({ label: s.label, stroke: PALETTE[i % PALETTE.length], width: 1.5,
-        value: (u, v) => formatValue(v, metric) }))],
+      series: [{}, ...series.map((s, i) => seriesOptions(s.label, i))],
       hooks: { setSelect: [(u) => {
         if (!onZoom || u.select.width < 5) return;
         onZoom(u.posToVal(u.select.left, "x"), u.posToVal(u.select.left + u.select.width, "x"));
@@ -163,6 +174,32 @@ export function lineChart(container, title, metric, series, { height = 200, step
       if (expired) for (const col of data) col.splice(0, expired);
       scheduleRedraw(redraw);
     },
+    /**
+     * Other points (and series) in the same chart: the canvas, its legend and the table are
+     * kept and redrawn, not built again (a new uPlot is DOM, style, layout and a first paint:
+     * 7–80 ms a chart on a loaded machine, where a redraw is its paint alone). `series` as
+     * for lineChart(); a series whose label changed is renamed in the legend, and series are
+     * added or removed at the end when there are more or fewer.
+     */
+    update(next) {
+      // The columns first: uPlot reads a column for every series it has.
+      load(next);
+      while (series.length > next.length) { series.pop(); plot.delSeries(series.length + 1); }
+      const rows = () => plot.root.querySelectorAll(".u-legend tr.u-series");
+      next.forEach((s, i) => {
+        if (i >= series.length) {
+          series.push({ label: s.label });
+          plot.addSeries(seriesOptions(s.label, i));
+        } else if (series[i].label !== s.label) {
+          series[i].label = s.label;
+          plot.series[i + 1].label = s.label;
+          const all = rows();
+          const text = all[all.length - series.length + i]?.querySelector(".u-label");
+          if (text) text.textContent = s.label;
+        }
+      });
+      scheduleRedraw(redraw);
+    },
     destroy() { dirty.delete(redraw); resize.disconnect(); sync.unsub(plot); plot.destroy(); },
   };
 }
@@ -191,7 +228,10 @@ function tableFallback(series, metric, data) {
   return details;
 }
 
-/** A small inline sparkline (SVG, no axes) for host tiles. */
+/**
+ * A small inline sparkline (SVG, no axes) for host tiles and rows; drawSparkline() draws
+ * other values into it in place.
+ */
 export function sparkline(values, label, w = 120, hgt = 28) {
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("viewBox", `0 0 ${w} ${hgt}`);
@@ -199,15 +239,31 @@ export function sparkline(values, label, w = 120, hgt = 28) {
   svg.setAttribute("height", hgt);
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", label);
-  if (values.length > 1) {
-    const max = Math.max(...values, 1), min = Math.min(...values, 0);
-    const pts = values.map((v, i) => `${(i / (values.length - 1)) * w},${hgt - ((v - min) / (max - min || 1)) * hgt}`);
-    const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-    line.setAttribute("points", pts.join(" "));
-    line.setAttribute("fill", "none");
-    line.setAttribute("stroke", "currentColor");
-    line.setAttribute("stroke-width", "1.5");
-    svg.append(line);
-  }
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("fill", "none");
+  line.setAttribute("stroke", "currentColor");
+  line.setAttribute("stroke-width", "1.5");
+  svg.append(line);
+  drawSparkline(svg, values);
   return svg;
+}
+
+/**
+ * `values` into a sparkline made by sparkline(): one attribute written, no element made (a
+ * row's trend is redrawn with every sample of its host).
+ */
+export function drawSparkline(svg, values) {
+  const w = svg.width.baseVal.value, hgt = svg.height.baseVal.value;
+  let points = "";
+  if (values.length > 1) {
+    let max = 1, min = 0;
+    for (const v of values) { if (v > max) max = v; if (v < min) min = v; }
+    const span = max - min || 1;
+    for (let i = 0; i < values.length; i++) {
+      points += `${i ? " " : ""}${(i / (values.length - 1)) * w},${hgt - ((values[i] - min) / span) * hgt}`;
+    }
+  }
+  const line = svg.firstChild;
+  if (points) line.setAttribute("points", points);
+  else line.removeAttribute("points");
 }

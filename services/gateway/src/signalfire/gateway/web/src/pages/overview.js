@@ -4,17 +4,16 @@
 // markup); live frames are queued and taken in batches within a time budget, and patch only
 // the rows in view, in an animation frame asked for when something on screen changed.
 
-import { api } from "../api.js";
+import { api, ApiError, session } from "../api.js";
 import { h, clear, severityBadge, statusBadge, ago, formatValue, reported } from "../dom.js";
 import { onFrame, subscribe } from "../stream.js";
-import { lineChart, sparkline } from "../charts.js";
+import { lineChart, sparkline, drawSparkline } from "../charts.js";
+import { packer, unpacker, SEVERITIES, USAGE as KEY_METRICS } from "../fleetpack.js";
 
-const KEY_METRICS = ["cpu.usage_percent", "mem.used_percent", "disk.used_percent"];
 // Fleet-wide charts over the last hour: the series with the highest newest values, refreshed
 // every 30 s (the table above updates live).
 const FLEET = [["Fleet CPU, last hour", "cpu.usage_percent"], ["Fleet memory, last hour", "mem.used_percent"]];
 const FLEET_HOSTS = 10;
-const SEVERITIES = ["critical", "high", "medium", "low"];
 // Every row is this tall (style.css, `.fleet tbody tr`), so a scroll offset maps to a row by
 // division and the rows out of view are two spacers of known height.
 const ROW = 36;
@@ -34,6 +33,10 @@ const RESORT_MS = 5000;
 // The rows in view get their new values at most this often: a host reports every few seconds,
 // and every rewrite is a layout and a paint (40 rows rewritten one by one were 40 of each).
 const PATCH_MS = 1000;
+// A round of rewrites (every row in view with a new value) is spread over animation frames,
+// this many rows each: the rendering of 37 rows at once (style, paint, layerize, commit) was
+// 10–20 ms, which a loaded machine stretched past 50 ms (2026-12-02 traces at load 3–4).
+const ROWS_PER_FRAME = 8;
 // The stream's frames are taken in batches this often (a few thousand a second at 10,000
 // hosts): a batch is a millisecond or two of work, and asks for an animation frame only when
 // something on screen changes, not once per message.
@@ -56,6 +59,13 @@ function takeFleet() {
   const reply = early || api("/fleet");
   early = null;
   return reply;
+}
+
+// The fullest of a host's disks, as the health score counts it (no array spread per sample).
+function fullest(mounts) {
+  let top = -Infinity;
+  for (const v of mounts.values()) if (v > top) top = v;
+  return top;
 }
 
 // Lets the browser paint and handle input; not throttled like a timer in a background tab.
@@ -84,7 +94,8 @@ export async function overviewPage(main) {
   const LIVE_SORTS = new Set(["cpu", "mem", "disk", "seen"]);
   const DESCENDING = new Set(["cpu", "mem", "disk"]);
   // [header, sort key or null, cell content, and for content that is not text, a string of
-  // what it shows]: a cell is rewritten only when that changes (every rewrite is layout and paint).
+  // what it shows, and a function that redraws that content in place]: a cell is rewritten
+  // only when that changes (every rewrite is layout and paint).
   const COLUMNS = [
     ["status", null, (host) => statusBadge(host.status), (host) => host.status],
     ["health", "health", (host) => `${Math.round(host.health)} / 100`],
@@ -94,7 +105,8 @@ export async function overviewPage(main) {
     ["last seen", "seen", (host) => ago(host.last_seen)],
     ["alerts", null, alertCell, (host) => SEVERITIES.map((sev) => (host.alerts || {})[sev] || 0).join(",")],
     ["CPU trend", null, (host) => sparkline(state.history.get(host.host) || [], `CPU trend of ${host.host}`, 80, 20),
-      (host) => { const hist = state.history.get(host.host) || []; return `${hist.length}:${hist[0]}:${hist[hist.length - 1]}`; }],
+      (host) => { const hist = state.history.get(host.host) || []; return `${hist.length}:${hist[0]}:${hist[hist.length - 1]}`; },
+      (svg, host) => drawSparkline(svg, state.history.get(host.host) || [])],
   ];
 
   const counts = h("div", { class: "counts", "aria-label": "Active alerts by severity" });
@@ -157,7 +169,7 @@ export async function overviewPage(main) {
       let mounts = state.disks.get(host);
       if (!mounts) state.disks.set(host, (mounts = new Map()));
       mounts.set(labels.mount || "", v);
-      usage[metric] = Math.max(...mounts.values());
+      usage[metric] = fullest(mounts);
     } else {
       usage[metric] = v;
     }
@@ -180,39 +192,58 @@ export async function overviewPage(main) {
     return host;
   }
 
-  // The fleet from `GET /fleet` (columns, worst first); answers the names of the hosts whose
-  // place in the order may have changed (new, or another health, status or alert count), or
-  // null when hosts have gone. Yields to the browser whenever a slice passes BUDGET_MS.
-  async function applyFleet(reply) {
-    const cols = reply.hosts;
-    const found = new Map();
+  // The fleet from `GET /fleet` (columns, worst first), packed (fleetpack.js) and named by
+  // `table`; answers the names of the hosts whose place in the order may have changed (new, or
+  // another health, status or alert count), or null when hosts have gone. Yields to the
+  // browser whenever a slice passes BUDGET_MS.
+  let generation = 0;
+  // Two arrays for the gateway's order, in turn: the one in use stays whole while the other
+  // is filled over several slices (a new 10,000-entry array per reload is garbage to collect).
+  const worstBuffers = [[], []];
+  async function applyFleet(packed, table) {
+    table.take(packed);
+    const { n, id, health, lastSeen, status, labels, alerts, usage } = packed;
+    const gen = ++generation;
     const changed = new Set();
-    const worst = new Array(cols.host.length);
-    let kept = 0;
+    const worst = state.worst === worstBuffers[0] ? worstBuffers[1] : worstBuffers[0];
+    worst.length = n;
     let began = performance.now();
-    for (let i = 0; i < cols.host.length; i++) {
+    for (let i = 0; i < n; i++) {
       if ((i & 31) === 31 && performance.now() - began > BUDGET_MS) {
         await yieldToBrowser();
         began = performance.now();
       }
-      const name = cols.host[i];
-      const known = state.hosts.has(name);
-      const host = record(name);
-      if (known) kept++;
-      if (!known || host.health !== cols.health[i] || host.status !== cols.status[i]
-          || SEVERITIES.some((s) => host.alerts[s] !== cols.alerts[s][i])) changed.add(name);
-      host.status = cols.status[i];
-      host.health = cols.health[i];
+      const name = table.names[id[i]];
+      let host = state.hosts.get(name);
+      const known = host !== undefined;
+      if (!known) state.hosts.set(name, (host = record(name)));
+      const hostStatus = table.statuses[status[i]];
+      let moved = !known || host.health !== health[i] || host.status !== hostStatus;
+      for (let s = 0; s < 4; s++) {
+        const count = alerts[i * 4 + s];
+        if (host.alerts[SEVERITIES[s]] !== count) { moved = true; host.alerts[SEVERITIES[s]] = count; }
+      }
+      if (moved) changed.add(name);
+      host.status = hostStatus;
+      host.health = health[i];
       // The stream may have told of a newer sample than the gateway had when it answered.
-      host.last_seen = Math.max(host.last_seen, cols.last_seen[i]);
-      host.labels = cols.label_sets[cols.labels[i]];
-      for (const s of SEVERITIES) host.alerts[s] = cols.alerts[s][i];
-      takeUsage(name, (metric) => cols.usage[metric][i]);
-      found.set(name, host);
+      if (lastSeen[i] > host.last_seen) host.last_seen = lastSeen[i];
+      host.labels = labels[i] >= 0 ? table.labelSets[labels[i]] : {};
+      host.gen = gen;
+      let values = state.usage.get(name);
+      if (!values) state.usage.set(name, (values = {}));
+      for (let m = 0; m < 3; m++) {
+        const v = usage[i * 3 + m];
+        if (v === v) values[KEY_METRICS[m]] = v;
+      }
+      const mounts = state.disks.get(name);
+      if (mounts && mounts.size) values["disk.used_percent"] = fullest(mounts);
       worst[i] = host;
     }
-    const gone = kept < state.hosts.size;
-    state.hosts = found;
+    // Hosts the answer no longer names are gone (and so are those the stream added meanwhile,
+    // as before: the next frame of theirs fetches them again).
+    const gone = state.hosts.size > n;
+    if (gone) for (const [name, host] of state.hosts) if (host.gen !== gen) state.hosts.delete(name);
     state.worst = worst;
     return gone ? null : changed;
   }
@@ -227,7 +258,7 @@ export async function overviewPage(main) {
       if (v !== undefined && v !== null) usage[metric] = v;
     }
     const mounts = state.disks.get(name);
-    if (mounts && mounts.size) usage["disk.used_percent"] = Math.max(...mounts.values());
+    if (mounts && mounts.size) usage["disk.used_percent"] = fullest(mounts);
   }
 
   async function loadNamed(names) {
@@ -329,6 +360,9 @@ export async function overviewPage(main) {
     return shown.length;
   }
 
+  // The text nodes of the alert totals' numbers, by SEVERITIES.
+  const countText = [];
+
   function alertTotals(hosts) {
     const totals = Object.fromEntries(SEVERITIES.map((s) => [s, 0]));
     for (const host of hosts) for (const s of SEVERITIES) totals[s] += (host.alerts || {})[s] || 0;
@@ -336,13 +370,20 @@ export async function overviewPage(main) {
   }
 
   function renderTotals(shown) {
-    // Written only when they differ: a rewrite lays out the whole page (the charts too).
+    // Written only when they differ, into the text of the number: a rewrite of the links laid
+    // out and painted the whole page (the charts too) every time an alert fired or resolved.
     const totals = alertTotals(state.hosts.values());
-    const shownTotals = SEVERITIES.map((sev) => totals[sev]).join(",");
-    if (counts.dataset.totals !== shownTotals) {
-      counts.dataset.totals = shownTotals;
-      clear(counts, SEVERITIES.map((sev) => h("a", { class: "panel", href: `#/alerts?severity=${sev}` }, severityBadge(sev), `: ${totals[sev]}`)));
+    if (!countText.length) {
+      clear(counts, SEVERITIES.map((sev) => {
+        const number = document.createTextNode("");
+        countText.push(number);
+        return h("a", { class: "panel", href: `#/alerts?severity=${sev}` }, severityBadge(sev), number);
+      }));
     }
+    SEVERITIES.forEach((sev, i) => {
+      const text = `: ${totals[sev]}`;
+      if (countText[i].data !== text) countText[i].data = text;
+    });
     const status = { up: 0, down: 0, offline: 0 };
     for (const host of state.hosts.values()) status[host.status] = (status[host.status] || 0) + 1;
     const n = state.hosts.size;
@@ -375,6 +416,9 @@ export async function overviewPage(main) {
   // Row key -> its <tr>, for the rows in the window. A kept row is never moved while the
   // window scrolls, so a focused link in it keeps the focus.
   const rendered = new Map();
+  // The names of the hosts whose rows are in `rendered`: a frame asks here (no key string
+  // made per frame, thousands a second).
+  const inView = new Set();
   const keyOf = (row) => (row.group !== undefined ? `g:${row.group}` : `h:${row.host}`);
 
   // The scroll position and height, read when they change (scroll, resize): reading them after
@@ -407,7 +451,9 @@ export async function overviewPage(main) {
     const last = Math.min(state.rows.length, Math.ceil((view.top + view.height) / ROW) + OVERSCAN);
     const wanted = state.rows.slice(first, last);
     const keys = new Set(wanted.map(keyOf));
-    for (const [key, tr] of rendered) if (!keys.has(key)) { tr.remove(); rendered.delete(key); }
+    for (const [key, tr] of rendered) {
+      if (!keys.has(key)) { tr.remove(); rendered.delete(key); if (key.startsWith("h:")) inView.delete(key.slice(2)); }
+    }
     let at = topSpacer.nextSibling;
     for (const row of wanted) {
       const key = keyOf(row);
@@ -415,6 +461,7 @@ export async function overviewPage(main) {
       if (!tr) {
         tr = row.group !== undefined ? groupRow(row) : hostRow(state.hosts.get(row.host) || row);
         rendered.set(key, tr);
+        if (row.group === undefined) inView.add(row.host);
       }
       if (tr === at) at = at.nextSibling;
       else body.insertBefore(tr, at);
@@ -443,15 +490,21 @@ export async function overviewPage(main) {
   }
 
   // The first cell (the link) stays: a keyboard user's focus survives live updates.
+  // Text is written into the cell's text node, a trend redrawn into its SVG: no element is
+  // made for a value that changed.
   function fill(tr, host) {
-    COLUMNS.forEach(([, , cell, shows], i) => {
+    for (let i = 0; i < COLUMNS.length; i++) {
+      const [, , cell, shows, redraw] = COLUMNS[i];
       const td = tr.cells[i + 1];
       const content = shows ? null : cell(host);
       const now = shows ? shows(host) : content;
-      if (td.shown === now) return;
+      if (td.shown === now) continue;
       td.shown = now;
-      clear(td, content ?? cell(host));
-    });
+      const only = td.childNodes.length === 1 ? td.firstChild : null;
+      if (redraw && only) redraw(only, host);
+      else if (typeof content === "string" && only && only.nodeType === Node.TEXT_NODE) only.data = content;
+      else clear(td, content ?? cell(host));
+    }
   }
 
   // --- live: frames are queued and taken in batches of at most BUDGET_MS; the page is
@@ -472,6 +525,9 @@ export async function overviewPage(main) {
   let patchTimer = null;
   let patchedAt = 0;
   let patchLater = null;
+  // The rows of a round of rewrites, and how many are done: ROWS_PER_FRAME an animation frame.
+  const patching = [];
+  let patchAt = 0;
 
   function schedule() {
     if (scheduled) return;
@@ -486,7 +542,7 @@ export async function overviewPage(main) {
       if (!host) { fetchLater(frame.host); return; }
       if (frame.time > host.last_seen) host.last_seen = frame.time;
       // Only a row in view has anything to rewrite; the others are built from the record.
-      if (rendered.has(`h:${frame.host}`)) dirty.add(frame.host);
+      if (inView.has(frame.host)) dirty.add(frame.host);
     } else {
       fetchLater(frame.host);
     }
@@ -514,16 +570,25 @@ export async function overviewPage(main) {
       orderStale = false;
       moved.clear();
     }
-    if (dirty.size && performance.now() - patchedAt >= PATCH_MS) {
+    if (!patching.length && dirty.size && performance.now() - patchedAt >= PATCH_MS) {
       patchedAt = performance.now();
-      for (const name of dirty) {
-        const tr = rendered.get(`h:${name}`);
-        const host = state.hosts.get(name);
+      for (const name of dirty) patching.push(name);
+      dirty.clear();
+    } else if (!patching.length && dirty.size && !patchLater) {
+      patchLater = setTimeout(() => { patchLater = null; schedule(); }, PATCH_MS - (performance.now() - patchedAt));
+    }
+    if (patching.length) {
+      const end = Math.min(patching.length, patchAt + ROWS_PER_FRAME);
+      for (; patchAt < end; patchAt++) {
+        const tr = rendered.get(`h:${patching[patchAt]}`);
+        const host = state.hosts.get(patching[patchAt]);
         if (tr && host) fill(tr, host);
       }
-      dirty.clear();
-    } else if (dirty.size && !patchLater) {
-      patchLater = setTimeout(() => { patchLater = null; schedule(); }, PATCH_MS - (performance.now() - patchedAt));
+      if (patchAt < patching.length) schedule();
+      else {
+        patching.length = patchAt = 0;
+        if (dirty.size) schedule();
+      }
     }
     renderWindow();
   }
@@ -555,7 +620,11 @@ export async function overviewPage(main) {
     }, PATCH_DELAY_MS);
   }
 
-  await applyFleet(await takeFleet());
+  // The first answer is read on this thread (it comes with the page's first view, before the
+  // stream; a worker would first have to start); the reloads are read by a worker.
+  const local = packer();
+  const localTable = unpacker();
+  await applyFleet(local(await takeFleet())[0], localTable);
   updateGroupOptions();
   renderTotals(order());
   measure();
@@ -577,13 +646,52 @@ export async function overviewPage(main) {
       if (!drainTimer) drainTimer = setTimeout(drain, DRAIN_MS);
     }
   });
+  // The 30 s reload: `GET /fleet` fetched, parsed and packed by a worker (fleetworker.js):
+  // the 0.66 MB JSON.parse of 10,000 hosts was one long task of this thread, and its objects
+  // garbage for this thread's collector. Where no worker can run, it is read here.
+  let worker = null;
+  let workerTable = null;
+  let workerBroken = typeof Worker === "undefined";
+  let asked = 0;
+  const waiting = new Map();
+  function fetchFleet() {
+    if (workerBroken) return api("/fleet").then((reply) => [local(reply)[0], localTable]);
+    if (!worker) {
+      worker = new Worker(new URL("../fleetworker.js", import.meta.url), { type: "module" });
+      workerTable = unpacker();
+      worker.onmessage = ({ data }) => {
+        const done = waiting.get(data.seq);
+        waiting.delete(data.seq);
+        if (done) done(data);
+      };
+      worker.onerror = (event) => {
+        event.preventDefault();
+        // A worker that cannot run (or failed): the reloads are read here from now on.
+        workerBroken = true;
+        worker.terminate();
+        worker = null;
+        for (const done of waiting.values()) done({ failed: event.message || "the fleet's reader stopped" });
+        waiting.clear();
+      };
+    }
+    const seq = ++asked;
+    const table = workerTable;
+    return new Promise((resolve, reject) => {
+      waiting.set(seq, (data) => {
+        if (data.packed) resolve([data.packed, table]);
+        else if (data.failed !== undefined) reject(new Error(data.failed));
+        else reject(new ApiError(data.status, data.body));
+      });
+      worker.postMessage({ token: session.token, seq });
+    });
+  }
   let reloading = false;
   let reloadTimer = null;
   async function reload() {
     if (document.hidden || reloading) return;
     reloading = true;
     try {
-      const changed = await applyFleet(await api("/fleet"));
+      const changed = await applyFleet(...await fetchFleet());
       for (const name of rendered.keys()) if (name.startsWith("h:")) dirty.add(name.slice(2));
       hostsChanged = true;
       // The records were updated in place: the order holds them already (a few moved, or all again).
@@ -617,6 +725,8 @@ export async function overviewPage(main) {
     // (the whole fleet's hour would be millions of points at 10,000 hosts).
     const replies = await Promise.all(FLEET.map(async ([, metric]) => {
       const asked = [];
+      // One pass over the fleet per task (each reads 10,000 records).
+      await yieldToBrowser();
       // One request started per task: twenty started at once were one long task.
       for (const x of busiest(metric)) {
         asked.push(api("/query", { params: { metric, host: x.host, from: "-1h", step: "auto", agg: "avg" } })
@@ -644,10 +754,16 @@ export async function overviewPage(main) {
       if (metric === "cpu.usage_percent") {
         for (const s of series) if (!state.history.has(s.host)) state.history.set(s.host, s.points.slice(-60).map((p) => p[1] ?? 0));
       }
-      if (fleetCharts[i]) fleetCharts[i].destroy();
-      fleetCharts[i] = null;
-      slots[i].replaceChildren();
-      if (series.length) fleetCharts[i] = lineChart(slots[i], title, metric, series.map((s) => ({ label: name(s), points: s.points })));
+      const drawn = series.map((s) => ({ label: name(s), points: s.points }));
+      // A chart that is there is redrawn with the new series, not built again (charts.js, update()).
+      if (fleetCharts[i] && series.length) {
+        fleetCharts[i].update(drawn);
+      } else {
+        if (fleetCharts[i]) fleetCharts[i].destroy();
+        fleetCharts[i] = null;
+        slots[i].replaceChildren();
+        if (series.length) fleetCharts[i] = lineChart(slots[i], title, metric, drawn);
+      }
     }
   }
 
@@ -663,6 +779,7 @@ export async function overviewPage(main) {
     clearTimeout(reloadStart);
     clearInterval(reloadTimer);
     window.removeEventListener("resize", resized);
+    if (worker) worker.terminate();
     for (const c of fleetCharts) if (c) c.destroy();
   };
 }
