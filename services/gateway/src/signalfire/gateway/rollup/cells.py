@@ -346,6 +346,7 @@ _FROM_ARRAYS = """
                 $7::float8[], $8::float8[], $9::text[], $10::text[]) AS t(s, b, c, su, mi, ma, la, lt, h, hc)
 """
 
+
 def _merge_sql(table: str, source: str) -> str:
     # New rows are inserted by the CTE; the UPDATE, on the statement's snapshot, sees only the
     # rows that existed before it. MERGE_LOCK keeps every other writer out until the commit, so
