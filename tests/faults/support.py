@@ -20,6 +20,7 @@ import asyncpg
 from devstack import NatsServer, PostgresServer, ServiceProcess, start_gateway
 
 from signalfire.bus import NatsConfig, request_json
+from signalfire.evaluator.leases import Entry, read_bucket
 from signalfire.events import AlertEvent, MetricBatch, Sample, decode, encode
 from tests.support.streams import stream_messages
 
@@ -175,3 +176,36 @@ async def publish_every_quarter_second(js: Any, nats: NatsConfig, level: Mapping
             with contextlib.suppress(Exception):  # the next one follows in 250 ms
                 await js.publish(nats.subjects.metrics(host), encode(batch), timeout=2)
         await asyncio.sleep(0.25)
+
+
+async def start_evaluator_replica(
+    nc: Any,
+    nats: NatsConfig,
+    rules: Path,
+    replica: str,
+    into: dict[str, ServiceProcess],
+    *,
+    name: str,
+    partitions: int,
+    failover_after: float,
+) -> None:
+    """A partitioned ``signalfire evaluator`` replica (``replica_id`` ``replica``), kept in
+    ``into`` (to be stopped or killed by the test) and answering before this returns."""
+    env = service_env(
+        nats,
+        SF_RULES=str(rules),
+        SF_TICK_INTERVAL="0.1s",
+        SF_PARTITIONS=str(partitions),
+        SF_FAILOVER_AFTER=f"{failover_after:g}s",
+        SF_REPLICA_ID=replica,
+    )
+    process = ServiceProcess(name, ["evaluator"], env, rules.parent).start()
+    into[replica] = process
+    await wait_evaluator(nc, nats, process)
+
+
+async def partition_holders(leases: Any) -> dict[str, str]:
+    """Partition → the replica holding its lease, from the ``evaluator_leases`` bucket."""
+    entries: dict[str, Entry] = await read_bucket(leases)
+    prefix = "partition."
+    return {k.removeprefix(prefix): e.lease.replica for k, e in entries.items() if k.startswith(prefix)}

@@ -15,7 +15,6 @@ import pytest
 from devstack import ServiceProcess
 
 from signalfire.bus import NatsConfig
-from signalfire.evaluator.leases import Entry, read_bucket
 from signalfire.evaluator.partitions import host_partition
 from signalfire.evaluator.service import StoredAlert
 from signalfire.evaluator.state import fingerprint
@@ -24,10 +23,10 @@ from tests.faults.support import (
     alert_events,
     eventually,
     kill9,
+    partition_holders,
     publish_every_quarter_second,
     report,
-    service_env,
-    wait_evaluator,
+    start_evaluator_replica,
     write,
 )
 
@@ -64,26 +63,19 @@ async def test_kill_9_of_the_judging_replica_sends_one_firing_and_one_resolved(
     async def start(replica: str) -> None:
         nonlocal generation
         generation += 1
-        env = service_env(
+        await start_evaluator_replica(
+            nc,
             nats_config,
-            SF_RULES=str(rules),
-            SF_TICK_INTERVAL="0.1s",
-            SF_PARTITIONS=str(PARTITIONS),
-            SF_FAILOVER_AFTER=f"{FAILOVER_AFTER:g}s",
-            SF_REPLICA_ID=replica,
+            rules,
+            replica,
+            replicas,
+            name=f"evaluator-{replica}-{generation}",
+            partitions=PARTITIONS,
+            failover_after=FAILOVER_AFTER,
         )
-        process = ServiceProcess(f"evaluator-{replica}-{generation}", ["evaluator"], env, tmp_path).start()
-        replicas[replica] = process
-        await wait_evaluator(nc, nats_config, process)
 
     async def holders() -> dict[str, str]:
-        """Partition → the replica holding its lease."""
-        entries: dict[str, Entry] = await read_bucket(leases)
-        return {
-            key.removeprefix("partition."): e.lease.replica
-            for key, e in entries.items()
-            if key.startswith("partition.")
-        }
+        return await partition_holders(leases)
 
     async def balanced() -> bool:
         held = await holders()

@@ -23,7 +23,6 @@ import pytest
 from devstack import ServiceProcess
 
 from signalfire.bus import NatsConfig
-from signalfire.evaluator.leases import Entry, read_bucket
 from signalfire.evaluator.partitions import host_partition
 from signalfire.events import MetricBatch, Sample, encode
 from tests.faults.support import (
@@ -31,9 +30,9 @@ from tests.faults.support import (
     eventually,
     kill9,
     log_tail,
+    partition_holders,
     report,
-    service_env,
-    wait_evaluator,
+    start_evaluator_replica,
     write,
 )
 
@@ -91,22 +90,19 @@ async def test_the_new_owner_fires_and_resolves_a_window_on_time_and_judges_the_
     published: list[tuple[float, float]] = []  # HOST's fault.temp: (publish time, value)
 
     async def start(replica: str) -> None:
-        env = service_env(
+        await start_evaluator_replica(
+            nc,
             nats_config,
-            SF_RULES=str(rules),
-            SF_TICK_INTERVAL="0.1s",
-            SF_PARTITIONS=str(PARTITIONS),
-            SF_FAILOVER_AFTER=f"{FAILOVER_AFTER:g}s",
-            SF_REPLICA_ID=replica,
+            rules,
+            replica,
+            replicas,
+            name=f"evaluator-replay-{replica}",
+            partitions=PARTITIONS,
+            failover_after=FAILOVER_AFTER,
         )
-        process = ServiceProcess(f"evaluator-replay-{replica}", ["evaluator"], env, tmp_path).start()
-        replicas[replica] = process
-        await wait_evaluator(nc, nats_config, process)
 
     async def holders() -> dict[str, str]:
-        entries: dict[str, Entry] = await read_bucket(leases)
-        prefix = "partition."
-        return {k.removeprefix(prefix): e.lease.replica for k, e in entries.items() if k.startswith(prefix)}
+        return await partition_holders(leases)
 
     async def balanced() -> bool:
         held = list((await holders()).values())

@@ -46,6 +46,22 @@ async def queried_hours(pool: asyncpg.Pool) -> dict[float, int]:
     return {row["h"]: int(row["n"]) for row in rows}
 
 
+async def migrated_through(conn: asyncpg.Connection, last: int) -> None:
+    """The migrations up to ``last`` applied, as a gateway of that version left the database."""
+    await conn.execute(
+        "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for migration in migrations():
+        if migration.version <= last:
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                migration.version,
+                migration.name,
+            )
+
+
 async def test_an_hour_gets_its_rows_once_it_ended_and_late_samples_at_once(pool: asyncpg.Pool) -> None:
     minute = HOUR + 600
     now = [minute + 30]
@@ -162,19 +178,7 @@ async def test_a_database_migrated_with_rollups_keeps_every_sample_once_in_its_h
     url = postgres.create_database(f"fold_{int(time.time() * 1000) % 10**9}")
     conn = await asyncpg.connect(url)
     try:
-        # the database as the gateway before migration 0008 left it
-        await conn.execute(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for migration in migrations():
-            if migration.version < 8:
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version,
-                    migration.name,
-                )
+        await migrated_through(conn, 7)  # the database as the gateway before migration 0008 left it
         old = time.time() - 3600
         old_minute = old - old % 60
         pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
@@ -240,18 +244,7 @@ async def test_the_minute_fold_of_migration_0008_becomes_the_hourly_fold_with_no
     url = postgres.create_database(f"fold9_{int(time.time() * 1000) % 10**9}")
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for migration in migrations():
-            if migration.version <= 8:
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version,
-                    migration.name,
-                )
+        await migrated_through(conn, 8)
         series = await conn.fetchval(
             "INSERT INTO series (host, name, labels, unit) VALUES ('web-1', 'load', '{}', '') RETURNING id"
         )
