@@ -294,6 +294,7 @@ class EvaluatorService:
     async def start(self) -> None:
         """Load the rules and stored alert states, then subscribe. Raises ``ConfigError`` for
         invalid rules and ``OSError``-like errors when NATS is unreachable."""
+        self._stopping = False
         self._files = self._file_signature()
         self.engine.set_rules(load_rules(self.config.rules), self._clock())
         if self._nc is None:
@@ -383,9 +384,14 @@ class EvaluatorService:
             deliver, *timers = tasks
             for task in timers:
                 task.cancel()
-            for task in timers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # The loops also end at their next turn once stopping: Python 3.11's wait_for (under
+            # nats-py's next_msg, in a takeover's history read) can swallow a cancellation that
+            # lands as its message arrives, and a loop that went on kept stop() waiting for ever.
+            _, pending = await asyncio.wait(timers, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending and (await asyncio.wait(pending, timeout=timeout))[1]:
+                log.warning("a background task did not stop", extra={"tasks": len(pending)})
             try:
                 await asyncio.wait_for(deliver, timeout)
             except TimeoutError:
@@ -556,7 +562,7 @@ class EvaluatorService:
         return signature
 
     async def _watch_files(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(float(self.config.watch_interval))
             if self._file_signature() != self._files:
                 await self.reload()
@@ -603,7 +609,7 @@ class EvaluatorService:
     async def _lease_loop(self, step: Callable[[], Awaitable[None]], what: str) -> None:
         period = float(self.config.failover_after) / POLLS_PER_FAILOVER
         failures = 0
-        while True:
+        while not self._stopping:
             await asyncio.sleep(period)
             try:
                 await step()
@@ -821,7 +827,7 @@ class EvaluatorService:
             log.info("partitions taken", extra=extra)
 
     async def _snapshot_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(BASELINE_EVERY)
             try:
                 await self._snapshot_baselines()
@@ -1025,7 +1031,7 @@ class EvaluatorService:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _tick_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(float(self.config.tick_interval))
             now = self._clock()
             self._expire_leases()
