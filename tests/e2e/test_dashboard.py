@@ -141,6 +141,28 @@ def test_published_sample_appears_on_the_host_page(browser: Any, running: Stack)
     page.close()
 
 
+def test_a_range_with_one_bucket_spans_that_bucket_not_years(browser: Any, running: Stack) -> None:
+    """A new host's 7-day chart holds one bucket: its time axis spans around it (uPlot alone
+    spread one point over 1,000 days, labelled 2027, 2028, 2029)."""
+    host = "ui-one-bucket"
+    publish(running, host, [("cpu.usage_percent", 12.0)])
+    page = open_signed_in(browser, running, token(running), f"#/hosts/{host}")
+    page.wait_for_selector("figure[aria-label='CPU total']", timeout=10_000)
+    page.get_by_role("button", name="7 d").click()
+    page.wait_for_selector("figure[aria-label='CPU total'] canvas", timeout=10_000)
+    spans = page.evaluate(
+        """async () => {
+            const { default: uPlot } = await import("/ui/vendor/uplot/uPlot.esm.js");
+            const span = (u) => u.scales.x.max - u.scales.x.min;
+            return uPlot.sync("signalfire").plots.map((u) => [u.data[0].length, span(u)]);
+        }"""
+    )
+    single = [span for points, span in spans if points == 1]
+    assert single, spans
+    assert all(0 < span <= 2 * 86400 for span in single), spans  # a bucket either side, not years
+    page.close()
+
+
 def test_alert_appears_without_reload_and_can_be_acknowledged(browser: Any, running: Stack) -> None:
     host = "ui-db-1"
     page = open_signed_in(browser, running, token(running), "#/alerts")

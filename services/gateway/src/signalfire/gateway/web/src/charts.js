@@ -95,7 +95,9 @@ export function lineChart(container, title, metric, given, { height = 200, step 
       width: Math.max(280, figure.clientWidth - 24),
       height,
       cursor: { sync: { key: sync.key }, drag: { x: true, y: false } },
-      scales: { x: { time: true } },
+      // One time only (a range's first bucket, minutes after the first start): uPlot spans
+      // 86,400,000 of our second-timestamps (1,000 days) for it; a bucket either side instead.
+      scales: { x: { time: true, range: (u, min, max) => (u.data[0].length === 1 ? [min - (step || 60), min + (step || 60)] : [min, max]) } },
       // The value axis is wide enough for "100.0 %" or "1023 MiB/s".
       axes: [axis, { ...axis, size: 76, values: (u, vals) => vals.map((v) => formatValue(v, metric)) }],
       series: [{}, ...series.map((s, i) => seriesOptions(s.label, i))],
