@@ -209,3 +209,11 @@ async def partition_holders(leases: Any) -> dict[str, str]:
     entries: dict[str, Entry] = await read_bucket(leases)
     prefix = "partition."
     return {k.removeprefix(prefix): e.lease.replica for k, e in entries.items() if k.startswith(prefix)}
+
+
+async def partitions_shared(leases: Any, partitions: int, replicas: tuple[str, str] = ("a", "b")) -> bool:
+    """Whether two replicas hold every partition (and ``fleet``) between them, balanced."""
+    held = list((await partition_holders(leases)).values())
+    fewer = (partitions + 1) // 2  # 8 and 9 of 16 partitions and fleet
+    counts = sorted(held.count(r) for r in replicas)
+    return len(held) == partitions + 1 and counts == [fewer, partitions + 1 - fewer]

@@ -24,6 +24,7 @@ from tests.faults.support import (
     eventually,
     kill9,
     partition_holders,
+    partitions_shared,
     publish_every_quarter_second,
     report,
     start_evaluator_replica,
@@ -74,13 +75,8 @@ async def test_kill_9_of_the_judging_replica_sends_one_firing_and_one_resolved(
             failover_after=FAILOVER_AFTER,
         )
 
-    async def holders() -> dict[str, str]:
-        return await partition_holders(leases)
-
     async def balanced() -> bool:
-        held = await holders()
-        counts = [list(held.values()).count(r) for r in ("a", "b")]
-        return len(held) == PARTITIONS + 1 and sorted(counts) == [8, 9]
+        return await partitions_shared(leases, PARTITIONS)
 
     async def status() -> str:
         try:
@@ -93,13 +89,13 @@ async def test_kill_9_of_the_judging_replica_sends_one_firing_and_one_resolved(
         return sum(1 for e in await alert_events(js, nats_config) if e.status == state and e.host == HOST)
 
     async def kill_owner_and_time_takeover() -> float:
-        owner = (await holders())[partition]
+        owner = (await partition_holders(leases))[partition]
         survivor = "b" if owner == "a" else "a"
         kill9(replicas[owner])
         killed = time.monotonic()
 
         async def taken_over() -> bool:
-            return (await holders()).get(partition) == survivor
+            return (await partition_holders(leases)).get(partition) == survivor
 
         what = f"replica {survivor} to take partition {partition}"
         await eventually(taken_over, what, 20, replicas[survivor])

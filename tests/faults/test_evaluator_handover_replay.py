@@ -31,6 +31,7 @@ from tests.faults.support import (
     kill9,
     log_tail,
     partition_holders,
+    partitions_shared,
     report,
     start_evaluator_replica,
     write,
@@ -101,12 +102,8 @@ async def test_the_new_owner_fires_and_resolves_a_window_on_time_and_judges_the_
             failover_after=FAILOVER_AFTER,
         )
 
-    async def holders() -> dict[str, str]:
-        return await partition_holders(leases)
-
     async def balanced() -> bool:
-        held = list((await holders()).values())
-        return len(held) == PARTITIONS + 1 and sorted(held.count(r) for r in ("a", "b")) == [8, 9]
+        return await partitions_shared(leases, PARTITIONS)
 
     async def publish(host: str) -> None:
         now = time.time()
@@ -135,7 +132,7 @@ async def test_the_new_owner_fires_and_resolves_a_window_on_time_and_judges_the_
         hot_from = time.time()
         level[HOST] = 70.0  # the 20 s average crosses 50 once hot samples outnumber cold ones
         await asyncio.sleep(3)  # mid-window: 3 s hot, the average at about 40
-        owner = (await holders())[partition]
+        owner = (await partition_holders(leases))[partition]
         survivor = "b" if owner == "a" else "a"
         kill9(replicas[owner])
         killed = time.monotonic()
@@ -148,7 +145,7 @@ async def test_the_new_owner_fires_and_resolves_a_window_on_time_and_judges_the_
         spike_sent = time.monotonic() - killed
 
         async def taken_over() -> bool:
-            return (await holders()).get(partition) == survivor
+            return (await partition_holders(leases)).get(partition) == survivor
 
         what = f"replica {survivor} to take partition {partition}"
         await eventually(taken_over, what, 20, replicas[survivor])

@@ -45,6 +45,20 @@ async def _given_up(
     return registry, give_ups
 
 
+async def _counted_once(nc: Any, nats_config: NatsConfig, seq: int, durable: str) -> None:
+    """The max-deliveries advisory of message ``seq`` of ``durable`` is counted once as given up."""
+    advisory = _advisory(nats_config.subjects.alerts_stream, durable, seq)
+    registry, give_ups = await _given_up(nc, nats_config, advisory, durable)
+
+    async def counted() -> None:
+        assert value(registry, "signalfire_test_events_given_up_total", consumer=durable) == 1
+
+    try:
+        await eventually(counted, timeout=5)
+    finally:
+        await give_ups.close()
+
+
 def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
@@ -54,14 +68,7 @@ async def test_an_action_given_up_on_is_counted_and_logged_with_its_subject(
 ) -> None:
     ack = await nc.jetstream().publish(nats_config.subjects.actions, b'{"action": "ack"}')
     with caplog.at_level(logging.ERROR, logger=LOGGER):
-        advisory = _advisory(nats_config.subjects.alerts_stream, ACTIONS_DURABLE, ack.seq)
-        registry, give_ups = await _given_up(nc, nats_config, advisory, ACTIONS_DURABLE)
-
-        async def counted() -> None:
-            assert value(registry, "signalfire_test_events_given_up_total", consumer=ACTIONS_DURABLE) == 1
-
-        await eventually(counted, timeout=5)
-    await give_ups.close()
+        await _counted_once(nc, nats_config, ack.seq, ACTIONS_DURABLE)
     [record] = [r for r in caplog.records if "gave up on an alert action" in r.getMessage()]
     assert record.__dict__["seq"] == ack.seq and record.__dict__["subject"] == nats_config.subjects.actions
 
@@ -71,14 +78,7 @@ async def test_a_stored_event_that_cannot_be_decoded_is_counted_and_makes_no_dea
 ) -> None:
     ack = await nc.jetstream().publish(nats_config.subjects.alerts("web-1"), b"{not an alert event")
     with caplog.at_level(logging.ERROR, logger=LOGGER):
-        advisory = _advisory(nats_config.subjects.alerts_stream, DURABLE, ack.seq)
-        registry, give_ups = await _given_up(nc, nats_config, advisory, DURABLE)
-
-        async def counted() -> None:
-            assert value(registry, "signalfire_test_events_given_up_total", consumer=DURABLE) == 1
-
-        await eventually(counted, timeout=5)
-    await give_ups.close()
+        await _counted_once(nc, nats_config, ack.seq, DURABLE)
     assert _errors(caplog) == []  # already counted and terminated when it was first delivered
 
 

@@ -37,13 +37,21 @@ _ROLLUP_AGG = {
     "last": "(array_agg(last ORDER BY last_time DESC))[1]",
 }
 _COLUMNS = "series_id, bucket, count, sum, min, max, last, last_time, hist"
-#: The 1-hour rollups of every hour: the folded hours' rows, and the open hours (from the fold
-#: horizon on, rollup.fold) made from their 1-minute rows, which have the same columns.
-HOURS = f"""(
-    SELECT {_COLUMNS} FROM samples_1h WHERE bucket < (SELECT horizon FROM rollup_fold)
+_HORIZON = "(SELECT horizon FROM rollup_fold)"
+
+
+def _folded_and_open_hours(until: str = "") -> str:
+    """The folded hours' 1-hour rows and the open hours' (from the fold horizon on, rollup.fold)
+    1-minute rows, which have the same columns; ``until``: a condition ending the latter."""
+    return f"""
+    SELECT {_COLUMNS} FROM samples_1h WHERE bucket < {_HORIZON}
     UNION ALL
-    SELECT {_COLUMNS} FROM samples_1m WHERE bucket >= (SELECT horizon FROM rollup_fold)
-)"""
+    SELECT {_COLUMNS} FROM samples_1m WHERE bucket >= {_HORIZON} {until}"""
+
+
+#: The 1-hour rollups of every hour, as a derived table (what the benchmarks and tests check
+#: the rollups against).
+HOURS = f"({_folded_and_open_hours()}\n)"
 #: Raw samples since ``{since}`` as rollup rows of one sample each.
 _FRESH = """
     SELECT series_id, time AS bucket, 1::bigint AS count, value AS sum, value AS min, value AS max,
@@ -59,17 +67,12 @@ def rollup_rows(source: Literal["1m", "1h"]) -> str:
     """The rows a ``1m`` or ``1h`` query aggregates (a derived table; ``$5`` is the start of the
     minute from which the raw samples are read, see :data:`FRESH_SECONDS`)."""
     if source == "1m":
-        return f"""(
-    SELECT {_COLUMNS} FROM samples_1m WHERE bucket < to_timestamp($5)
-    UNION ALL {_FRESH.format(since="to_timestamp($5)")}
-)"""
-    fresh = "greatest(to_timestamp($5), (SELECT horizon FROM rollup_fold))"
-    return f"""(
-    SELECT {_COLUMNS} FROM samples_1h WHERE bucket < (SELECT horizon FROM rollup_fold)
-    UNION ALL
-    SELECT {_COLUMNS} FROM samples_1m WHERE bucket >= (SELECT horizon FROM rollup_fold) AND bucket < {fresh}
-    UNION ALL {_FRESH.format(since=fresh)}
-)"""
+        fresh = "to_timestamp($5)"
+        rolled = f"SELECT {_COLUMNS} FROM samples_1m WHERE bucket < {fresh}"
+    else:
+        fresh = f"greatest(to_timestamp($5), {_HORIZON})"
+        rolled = _folded_and_open_hours(f"AND bucket < {fresh}")
+    return f"({rolled}\n    UNION ALL {_FRESH.format(since=fresh)}\n)"
 
 
 #: Steps ``step=auto`` picks from: about 500 points per series over the range.

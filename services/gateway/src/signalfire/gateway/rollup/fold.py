@@ -121,17 +121,21 @@ async def merge(conn: asyncpg.Connection, batches: Sequence[StoredBatch], *, now
     for table, args in merged.items():
         if args[0]:
             await conn.execute(cells.upsert_sql(table), *args)
-    return await fold(conn, now=now)
+    return await fold(conn, now=now, locked_at=folded_before)
 
 
-async def fold(conn: asyncpg.Connection, *, now: float) -> float:
+async def fold(conn: asyncpg.Connection, *, now: float, locked_at: float | None = None) -> float:
     """Make the 1-hour rows of every open hour that ended :data:`FOLD_DELAY` before ``now``
     (at most :data:`MAX_HOURS` of them, hours without 1-minute rows skipped) from their 1-minute
     rows and move the horizon past them, in ``conn``'s transaction (taking
     :data:`~.cells.MERGE_LOCK` until it ends); returns when the next fold is due (the end of the
-    first open hour + :data:`FOLD_DELAY`; ``now`` when hours are left for the next call)."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", cells.MERGE_LOCK)
-    first = await horizon(conn)
+    first open hour + :data:`FOLD_DELAY`; ``now`` when hours are left for the next call).
+    ``locked_at``: the horizon, read by a caller that holds the lock in this transaction."""
+    if locked_at is None:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", cells.MERGE_LOCK)
+        first = await horizon(conn)
+    else:  # a merge holding the lock read the horizon already
+        first = locked_at
     end = (now - FOLD_DELAY) // 3600 * 3600  # the first hour that may not be folded yet
     hour, done = first, 0
     while hour < end and done < MAX_HOURS:
