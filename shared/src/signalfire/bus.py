@@ -95,8 +95,13 @@ async def connect(
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
     max_reconnect_attempts: int = -1,
     allow_reconnect: bool = True,
+    echo: bool = True,
 ) -> NATS:
     """Connect with reconnect forever (by default); logs disconnects and reconnects.
+
+    ``echo=False``: the server does not deliver this connection's own publishes to its own
+    subscriptions (a gateway subscribes to the committed frames every ingest publishes, and
+    skips its own: without echo they are not sent back to it at all).
 
     With the default ``max_reconnect_attempts=-1`` the first connect also waits until a
     server answers, so services may start before NATS. With a positive number, each server
@@ -134,6 +139,7 @@ async def connect(
         "disconnected_cb": disconnected,
         "reconnected_cb": reconnected,
         "error_cb": error,
+        "no_echo": not echo,
     }
     if config.credentials:
         options["user_credentials"] = config.credentials

@@ -60,7 +60,7 @@ def test_durations_read_like_the_other_services(tmp_path: Path) -> None:
         ("database_url: ''\n", "database_url: must not be empty"),
         ("retention:\n  raw: -1\n", "retention.raw: a duration cannot be negative"),
         ("retention:\n  check_every: 0s\n", "retention.check_every: must be more than 0s"),
-        ("ingest_linger: 2s\n", "ingest_linger"),  # not less than fetch_timeout (1s)
+        ("ingest_linger: 10s\n", "ingest_linger: must be at least 0s and less than a third of ack_wait"),
         ("ingest_workers: -1\n", "ingest_workers: must be 0"),
     ],
 )

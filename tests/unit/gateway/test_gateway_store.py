@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncpg
+import pytest
 
 from signalfire.gateway.ingest import is_data_error
 from signalfire.gateway.migrate import migrations
@@ -49,3 +50,31 @@ def test_migrations_are_numbered_and_in_order() -> None:
     assert found[0].version == 1
     assert [m.version for m in found] == sorted({m.version for m in found})
     assert all(m.sql.strip() for m in found)
+
+
+def test_latest_values_of_waiting_batches_are_what_a_read_sees() -> None:
+    """Batches are applied when read: the newest batch of each layout, in the order they came,
+    and a late older sample never overwrites a newer one that waits."""
+    latest = LatestValues()
+    a = [("web-1", "cpu", "{}"), ("web-1", "mem", "{}")]
+    b = [("web-1", "mem", "{}"), ("web-1", "disk", "{}")]  # another layout sharing "mem"
+    latest.update_batch("web-1", a, 10.0, [1.0, 2.0])
+    latest.update_batch("web-1", b, 11.0, [3.0, 4.0])
+    latest.update_batch("web-1", a, 12.0, [5.0, 6.0])  # the newest "mem" is this one
+    version = latest.version
+    assert latest.get(("web-1", "mem", "{}")) == (12.0, 6.0)
+    assert latest.get(("web-1", "disk", "{}")) == (11.0, 4.0)
+    assert dict(latest.items())[("web-1", "cpu", "{}")] == (12.0, 5.0)
+    latest.update(("web-1", "cpu", "{}"), 9.0, 0.0)  # late and older: ignored
+    assert latest.get(("web-1", "cpu", "{}")) == (12.0, 5.0)
+    latest.update_batch("web-1", b, 8.0, [7.0, 8.0])  # an older batch: applied per series
+    assert latest.get(("web-1", "mem", "{}")) == (12.0, 6.0)
+    assert latest.get(("web-1", "disk", "{}")) == (11.0, 4.0)
+    assert len(latest) == 3
+    assert latest.version > version
+
+
+def test_a_batch_with_more_values_than_series_is_refused() -> None:
+    latest = LatestValues()
+    with pytest.raises(ValueError, match="2 series keys for 3 values"):
+        latest.update_batch("web-1", [("web-1", "a", "{}"), ("web-1", "b", "{}")], 1.0, [1.0, 2.0, 3.0])

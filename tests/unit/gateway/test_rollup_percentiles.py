@@ -171,3 +171,31 @@ def test_the_merge_sends_the_counts_of_kept_values_and_leaves_open_minutes_out_o
     only_first = merge_rows(batches, hourly={hour})["samples_1h"]
     assert only_first[:3] == [[1, 2], [hour, hour], [1, 1]]  # the open minute waits for its fold
     assert merge_rows(batches, hourly=set())["samples_1h"] == [[]] * 10
+
+
+def test_batches_of_shared_layouts_roll_up_as_sample_by_sample() -> None:
+    """Batches sharing a layout (one ``ids`` list, as the store hands them) are gathered by
+    transposing them; a series in two layouts of a minute (a host whose layout changed) is
+    joined. The rows equal the per-sample aggregate's, newest value included."""
+    first = [1, 2, 3]
+    changed = [2, 3, 4]  # series 1 gone, 4 new, 2 and 3 in both
+    batches = [
+        StoredBatch(time=MINUTE + 1, ids=first, values=[1.0, 2.0, 3.0]),
+        StoredBatch(time=MINUTE + 61, ids=first, values=[7.0, 8.0, 9.0]),  # the next minute
+        StoredBatch(time=MINUTE + 31, ids=changed, values=[20.0, 30.0, 40.0]),
+        StoredBatch(time=MINUTE + 11, ids=first, values=[4.0, 5.0, 6.0]),
+        StoredBatch(time=MINUTE + 41, ids=changed, values=[21.0, 31.0, 41.0]),
+    ]
+    minute = merge_rows(batches)["samples_1m"]
+    got = {
+        (sid, bucket): (count, total, low, high, last, last_time, sorted(msgspec.json.decode(h)["v"]))
+        for sid, bucket, count, total, low, high, last, last_time, h, _ in zip(*minute, strict=True)
+    }
+    cells = rollup.cells.aggregate(
+        ((sid, b.time, v) for b in batches for sid, v in zip(b.ids, b.values, strict=True)), 60
+    )
+    assert got == {
+        key: (c.count, c.sum, c.min, c.max, c.last, c.last_time, sorted(c.hist["v"]))
+        for key, c in cells.items()
+    }
+    assert got[(2, MINUTE)][4:6] == (21.0, MINUTE + 41)  # the newest value, from the changed layout

@@ -130,7 +130,7 @@ class GatewayService:
             await migrate(conn)
         await ensure_admin_token(self.pool, config.admin_token_file)
         if self.nc is None:
-            self.nc = await connect(config.nats, "signalfire-gateway")
+            self.nc = await connect(config.nats, "signalfire-gateway", echo=False)
         js = self.nc.jetstream()
         await ensure_streams(js, config.nats)
         sock = _bind(config.listen)

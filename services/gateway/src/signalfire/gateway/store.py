@@ -66,9 +66,19 @@ def unit_of(metric: str) -> str:
     return ""
 
 
+#: Batches :class:`LatestValues` lets wait for a read at most (one per batch layout).
+_LATEST_WAITING = 100_000
+
+
 class LatestValues:
     """The newest (time, value) of every series seen since start, kept in memory (times and
-    values in two dicts, so a whole batch is checked and updated by builtins)."""
+    values in two dicts, so a whole batch is checked and updated by builtins).
+
+    A batch whose time is the newest of its host (the usual case) is not applied sample by
+    sample when it arrives: it waits, by its layout (the series keys list its shape shares),
+    until something reads, and a newer batch of the same layout replaces it. So a host that
+    sends every second while the cache is read every few seconds costs one dict update per
+    series and read, not per sample (the update was 9 % of an ingesting gateway's CPU)."""
 
     def __init__(self) -> None:
         self._times: dict[SeriesKey, float] = {}
@@ -77,9 +87,16 @@ class LatestValues:
         self.version = 0
         #: The newest time of any series of each host.
         self._newest: dict[str, float] = {}
+        #: Batches not applied yet, by the id of their keys list (held here, so the id stays
+        #: theirs), oldest first: (keys, time, values).
+        self._waiting: dict[int, tuple[Sequence[SeriesKey], float, Sequence[float]]] = {}
 
     def update(self, key: SeriesKey, time: float, value: float) -> None:
+        self._settle()
         self.version += 1
+        self._apply(key, time, value)
+
+    def _apply(self, key: SeriesKey, time: float, value: float) -> None:
         if time >= self._times.get(key, -math.inf):
             self._times[key] = time
             self._values[key] = value
@@ -92,14 +109,31 @@ class LatestValues:
         """:meth:`update` of every ``keys[i]`` (series of ``host``) with ``(time, values[i])``."""
         if not keys:
             return
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} series keys for {len(values)} values")
         self.version += 1
         if time >= self._newest.get(host, -math.inf):  # the usual case: nothing of the host is newer
             self._newest[host] = time
-            self._times.update(zip(keys, repeat(time)))
-            self._values.update(zip(keys, values, strict=True))
+            # Moved to the end: applied after every batch that waits from before it.
+            self._waiting.pop(id(keys), None)
+            self._waiting[id(keys)] = (keys, time, values)
+            if len(self._waiting) > _LATEST_WAITING:  # layouts made anew (cache cleared), unread
+                self._settle()
             return
+        self._settle()
         for key, value in zip(keys, values, strict=True):
-            self.update(key, time, value)
+            self._apply(key, time, value)
+
+    def _settle(self) -> None:
+        """Apply the batches that wait, oldest first (each was the newest of its host when it
+        came, so it overwrites without comparing)."""
+        if not self._waiting:
+            return
+        waiting, self._waiting = self._waiting, {}
+        times, values = self._times, self._values
+        for keys, time, batch_values in waiting.values():
+            times.update(zip(keys, repeat(time)))
+            values.update(zip(keys, batch_values, strict=True))
 
     def note(self, written: MetricsWritten) -> None:
         """Take the latest values of what :meth:`Store.write_metrics` (or
@@ -110,14 +144,17 @@ class LatestValues:
             self.update(key, when, value)
 
     def get(self, key: SeriesKey) -> tuple[float, float] | None:
+        self._settle()
         time = self._times.get(key)
         return None if time is None else (time, self._values[key])
 
     def items(self) -> Iterable[tuple[SeriesKey, tuple[float, float]]]:
+        self._settle()
         values = self._values
         return ((key, (time, values[key])) for key, time in self._times.items())
 
     def __len__(self) -> int:
+        self._settle()
         return len(self._times)
 
 
@@ -261,30 +298,76 @@ def _pg_time(when: float) -> int:
     return (datetime.fromtimestamp(when, UTC) - _PG_EPOCH) // _MICROSECOND
 
 
+#: Row templates of uniform batches' layouts: by the id of the layout's ids list (held in the
+#: value, so the id stays its own), every row's constant bytes with holes for time and value.
+_templates: dict[int, tuple[list[int], bytes]] = {}
+_template_rows = 0
+_ROW = struct.calcsize(">" + _COPY_ROW)  # 38 bytes
+_TIME_AT, _VALUE_AT = 6, 30  # offsets of the time and value in a row
+#: Row templates kept at most, in rows (38 bytes each): then they are made anew.
+_TEMPLATE_ROWS = 1_000_000
+_value_structs: dict[int, struct.Struct] = {}
+
+
+def _template(ids: list[int]) -> bytes:
+    """The ``COPY`` rows of ``ids`` with time and value zero, made once per batch layout."""
+    global _template_rows
+    found = _templates.get(id(ids))
+    if found is not None and found[0] is ids:
+        return found[1]
+    rows = struct.pack(">" + _COPY_ROW * len(ids), *chain.from_iterable((3, 8, 0, 8, i, 8, 0.0) for i in ids))
+    _template_rows += len(ids)
+    if _template_rows > _TEMPLATE_ROWS:
+        _templates.clear()
+        _template_rows = len(ids)
+    _templates[id(ids)] = (ids, rows)
+    return rows
+
+
+def _uniform_rows(stored: StoredBatch) -> bytearray:
+    """The ``COPY`` rows of a batch with one time for all its samples: its layout's template
+    with the time and the values written in as 16 strided byte copies, not a ``struct`` field
+    per sample (a sixth of the cost at 1,000 samples a batch)."""
+    n = len(stored.ids)
+    rows = bytearray(_template(stored.ids))
+    stamp = struct.pack(">q", _pg_time(stored.time))
+    packer = _value_structs.get(n)
+    if packer is None:
+        if len(_value_structs) > 64:
+            _value_structs.clear()
+        packer = _value_structs[n] = struct.Struct(f">{n}d")
+    packed = packer.pack(*stored.values)
+    for j in range(8):
+        rows[_TIME_AT + j :: _ROW] = stamp[j : j + 1] * n
+        rows[_VALUE_AT + j :: _ROW] = packed[j::8]
+    return rows
+
+
 def _copy_data(batches: Iterable[StoredBatch]) -> tuple[bytes, int]:
     """The binary ``COPY`` data of the samples of ``batches`` and how many rows it holds, built
-    with one ``struct`` call per batch instead of a Python tuple and datetime per sample."""
-    parts = [_COPY_HEADER]
+    per batch (a layout's template, or one ``struct`` call) instead of a Python tuple and
+    datetime per sample."""
+    parts: list[bytes | bytearray] = [_COPY_HEADER]
     rows = 0
     stamps: dict[float, int] = {}
     for stored in batches:
         n = len(stored.ids)
         if not n:
             continue
+        rows += n
+        if stored.times is None:
+            parts.append(_uniform_rows(stored))
+            continue
         packer = _row_structs.get(n)
         if packer is None:
             if len(_row_structs) > 64:
                 _row_structs.clear()
             packer = _row_structs[n] = struct.Struct(">" + _COPY_ROW * n)
-        if stored.times is None:
-            times: Iterable[int] = repeat(_pg_time(stored.time))
-        else:
-            for when in set(stored.times).difference(stamps):
-                stamps[when] = _pg_time(when)
-            times = map(stamps.__getitem__, stored.times)
+        for when in set(stored.times).difference(stamps):
+            stamps[when] = _pg_time(when)
+        times = map(stamps.__getitem__, stored.times)
         fields = zip(repeat(3), repeat(8), times, repeat(8), stored.ids, repeat(8), stored.values)
         parts.append(packer.pack(*chain.from_iterable(fields)))
-        rows += n
     parts.append(_COPY_TRAILER)
     return b"".join(parts), rows
 

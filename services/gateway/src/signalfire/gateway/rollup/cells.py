@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import Counter
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -196,10 +197,7 @@ Row = tuple[int, float, int, float, float, float, float, float, Hist]
 def _histogram(group: list[float]) -> Hist:
     if len(group) <= EXACT_MAX:
         return {"v": group}
-    hist: Hist = {}
-    for key in map(_cached_hist_key, group):
-        hist[key] = hist.get(key, 0) + 1
-    return hist
+    return dict(Counter(map(_cached_hist_key, group)))
 
 
 def minutes_of(batches: Iterable[StoredBatch]) -> set[float]:
@@ -213,6 +211,39 @@ def minutes_of(batches: Iterable[StoredBatch]) -> set[float]:
     return minutes
 
 
+def _uniform_rows(batches: list[StoredBatch], width: int) -> list[Row]:
+    """The rows of batches with one time for all their samples. Batches of one layout (they
+    share their ``ids`` list: agents send the same series every time) in one bucket are
+    transposed at once (``zip``), so a series' values are gathered without a dict lookup per
+    sample; a series in several layouts of a bucket (a host whose layout changed) is joined."""
+    # (bucket, layout) -> [ids, values of each batch oldest first, time of the newest]
+    layouts: dict[tuple[float, int], tuple[list[int], list[Sequence[float]], list[float]]] = {}
+    for batch in sorted(batches, key=lambda b: b.time):
+        key = (batch.time - batch.time % width, id(batch.ids))
+        found = layouts.get(key)
+        if found is None:
+            layouts[key] = (batch.ids, [batch.values], [batch.time])
+        else:
+            found[1].append(batch.values)
+            found[2][0] = batch.time
+    # (bucket, series) -> (values oldest first, time of the newest)
+    groups: dict[tuple[float, int], tuple[Sequence[float], float]] = {}
+    rows: list[Row] = []
+    for (bucket, _), (ids, columns, (newest,)) in layouts.items():
+        for series_id, values in zip(ids, zip(*columns, strict=True), strict=True):
+            key = (bucket, series_id)
+            seen = groups.get(key)
+            if seen is None:
+                groups[key] = (values, newest)
+            else:  # in another layout too: join, the newer layout's values last
+                older, newer = sorted((seen, (values, newest)), key=lambda g: g[1])
+                groups[key] = ((*older[0], *newer[0]), newer[1])
+    for (bucket, series_id), (gathered, newest) in groups.items():
+        g = list(gathered)
+        rows.append((series_id, bucket, len(g), math.fsum(g), min(g), max(g), g[-1], newest, _histogram(g)))
+    return rows
+
+
 def merge_rows(
     batches: Sequence[StoredBatch], *, hourly: Container[float] | None = None
 ) -> dict[str, list[list[object]]]:
@@ -224,30 +255,7 @@ def merge_rows(
     ``hourly``: the minutes whose samples also go into the 1-hour rows (``None``: all); the
     others are added to them later, from their 1-minute rows (:mod:`.fold`)."""
     width = 60
-    groups: dict[float, dict[int, list[float]]] = {}
-    last_times: dict[float, dict[int, float]] = {}
-    for batch in sorted((b for b in batches if b.times is None), key=lambda b: b.time):
-        bucket = batch.time - batch.time % width
-        per_series = groups.get(bucket)
-        if per_series is None:
-            per_series = groups[bucket] = {}
-            last_times[bucket] = {}
-        get = per_series.get
-        for series_id, value in zip(batch.ids, batch.values, strict=True):
-            group = get(series_id)
-            if group is None:
-                per_series[series_id] = [value]
-            else:
-                group.append(value)
-        # oldest batch first: the last value of each group is the newest
-        last_times[bucket].update(zip(batch.ids, repeat(batch.time)))
-    rows: list[Row] = []
-    for bucket, per_series in groups.items():
-        times = last_times[bucket]
-        rows.extend(
-            (series_id, bucket, len(g), math.fsum(g), min(g), max(g), g[-1], times[series_id], _histogram(g))
-            for series_id, g in per_series.items()
-        )
+    rows = _uniform_rows([b for b in batches if b.times is None], width)
     varied = [b for b in batches if b.times is not None]
     if varied:
         cells = aggregate(
