@@ -72,6 +72,13 @@ def test_latest_values_of_waiting_batches_are_what_a_read_sees() -> None:
     assert latest.get(("web-1", "disk", "{}")) == (11.0, 4.0)
     assert len(latest) == 3
     assert latest.version > version
+    # rounds committed out of order: an older batch of a layout whose newer batch waits
+    latest.update_batch("web-1", a, 14.0, [9.0, 9.5])
+    latest.update_batch("web-1", a, 13.0, [8.0, 8.5])
+    assert latest.get(("web-1", "cpu", "{}")) == (14.0, 9.0)
+    latest.update_batch("web-1", b, 13.5, [1.5, 2.5])  # older than the host's newest, newer for disk
+    assert latest.get(("web-1", "disk", "{}")) == (13.5, 2.5)
+    assert latest.get(("web-1", "mem", "{}")) == (14.0, 9.5)
 
 
 def test_a_batch_with_more_values_than_series_is_refused() -> None:

@@ -199,3 +199,23 @@ def test_batches_of_shared_layouts_roll_up_as_sample_by_sample() -> None:
         for key, c in cells.items()
     }
     assert got[(2, MINUTE)][4:6] == (21.0, MINUTE + 41)  # the newest value, from the changed layout
+
+
+def test_a_merge_is_made_in_parts_of_whole_layouts() -> None:
+    """Each layout's batches stay in one part (its rows are merged once), parts close once they
+    hold the samples asked for, and batches with a time per sample come last."""
+    first, second, third = [1, 2], [3, 4, 5], [6]
+    batches = [
+        StoredBatch(time=MINUTE, ids=first, values=[1.0, 2.0]),
+        StoredBatch(time=MINUTE, ids=second, values=[1.0, 2.0, 3.0]),
+        StoredBatch(time=MINUTE + 1, ids=[7], values=[1.0], times=[MINUTE + 1]),
+        StoredBatch(time=MINUTE + 5, ids=first, values=[3.0, 4.0]),
+        StoredBatch(time=MINUTE + 5, ids=third, values=[1.0]),
+    ]
+    parts = list(rollup.cells.parts_by_layout(batches, 4))
+    assert [[(b.ids, b.time) for b in part] for part in parts] == [
+        [(first, MINUTE), (first, MINUTE + 5)],
+        [(second, MINUTE), (third, MINUTE + 5)],
+        [([7], MINUTE + 1)],
+    ]
+    assert sorted(b.time for part in parts for b in part) == sorted(b.time for b in batches)

@@ -67,13 +67,14 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: process; N > 0 starts N processes that ingest while this one serves the API, maintenance
     #: and the silences mirror (docs/scaling.md, "Gateway ingest workers").
     ingest_workers: int = 0
-    #: How long a metrics round that is not full waits for more messages before it is written:
-    #: one transaction then carries every batch of that time (a commit, a ``hosts`` upsert and
-    #: the rollups' bookkeeping each per round, not per batch). 250 ms took the whole ingest
-    #: path from 17.3 to 12-13 CPU s per million samples in ``bench/ingest.py --rate 60000``
-    #: (rounds of 15 batches instead of 1.1) for at most this much more publish→commit lag.
-    #: 0: write what one fetch brought.
-    ingest_linger: Duration = Duration(0.25)
+    #: How long a metrics round that is not full waits for more messages before it is written,
+    #: counted from when its oldest message reached JetStream: one transaction then carries every
+    #: batch of that time (a commit, a ``hosts`` upsert and the rollups' bookkeeping per round,
+    #: not per batch). 100 ms: rounds of ~7 batches instead of ~2 at 60,000 samples/s, the whole
+    #: ingest path ~10 % cheaper per sample. 250 ms made rounds of ~19 and the path cheaper
+    #: still, but under a loaded machine a round's write grew with its size and publish→commit
+    #: p99 rose past 2 s (``bench/ingest.py``, docs/benchmarks.md). 0: write what one fetch brought.
+    ingest_linger: Duration = Duration(0.1)
     #: How often the rollups of ingested samples are merged (many rounds at once); at most a
     #: third of ``ack_wait`` is used, since messages are acknowledged after their merge. Every
     #: merge is an upsert per series and bucket: 10 s instead of 5 s took PostgreSQL's CPU per

@@ -386,7 +386,7 @@ class Ingest:
                     slots.release()
                     continue
                 if consumer.linger and len(msgs) < self.config.fetch_batch:
-                    msgs += await self._linger(consumer, self.config.fetch_batch - len(msgs))
+                    msgs += await self._linger(consumer, msgs[0], self.config.fetch_batch - len(msgs))
                 self.rounds.labels(consumer=consumer.name).inc()
                 self.fetched.labels(consumer=consumer.name).inc(len(msgs))
                 task = asyncio.create_task(self._handle_then_release(consumer, msgs, slots))
@@ -396,10 +396,19 @@ class Ingest:
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
 
-    async def _linger(self, consumer: _Consumer, room: int) -> list[Msg]:
-        """Up to ``room`` more messages that arrive within ``consumer.linger`` (a busy stream
-        then fills rounds: at 120 batches/s, about 1.2 a round without it)."""
-        await self._pause(consumer.linger)
+    async def _linger(self, consumer: _Consumer, oldest: Msg, room: int) -> list[Msg]:
+        """Up to ``room`` more messages that arrive until the round's ``oldest`` message has
+        waited ``consumer.linger`` since JetStream stored it (a busy stream then fills rounds:
+        at 120 batches/s, about 1.2 a round without it). A round of messages that waited that
+        long already (the writers were behind) is written at once: lingering would only add
+        to a lag that is there."""
+        # JetStream stamps a message with the server's wall clock; a skewed clock at worst
+        # lingers the whole time or not at all.
+        waited = time.time() - oldest.metadata.timestamp.timestamp()
+        remaining = min(consumer.linger, consumer.linger - waited)
+        if remaining <= 0:
+            return []
+        await self._pause(remaining)
         if self._stopping.is_set():
             return []
         try:

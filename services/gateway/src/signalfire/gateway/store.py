@@ -120,6 +120,11 @@ class LatestValues:
             if len(self._waiting) > _LATEST_WAITING:  # layouts made anew (cache cleared), unread
                 self._settle()
             return
+        waiting = self._waiting.get(id(keys))
+        if waiting is not None and waiting[1] >= time:
+            # A newer batch of the same layout waits (rounds written in parallel commit out of
+            # order): it overwrites every one of these series anyway.
+            return
         self._settle()
         for key, value in zip(keys, values, strict=True):
             self._apply(key, time, value)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -242,6 +242,30 @@ def _uniform_rows(batches: list[StoredBatch], width: int) -> list[Row]:
         g = list(gathered)
         rows.append((series_id, bucket, len(g), math.fsum(g), min(g), max(g), g[-1], newest, _histogram(g)))
     return rows
+
+
+def parts_by_layout(batches: Sequence[StoredBatch], samples: int) -> Iterator[list[StoredBatch]]:
+    """``batches`` in parts of about ``samples`` samples, each layout's batches (those sharing
+    an ``ids`` list) in one part, so each of its series' rows is merged once; the batches
+    with a time per sample form the last part."""
+    layouts: dict[int, list[StoredBatch]] = {}
+    varied: list[StoredBatch] = []
+    for batch in batches:
+        if batch.times is None:
+            layouts.setdefault(id(batch.ids), []).append(batch)
+        else:
+            varied.append(batch)
+    part: list[StoredBatch] = []
+    size = 0
+    for group in layouts.values():
+        part.extend(group)
+        size += len(group[0].ids) * len(group)
+        if size >= samples:
+            yield part
+            part, size = [], 0
+    part.extend(varied)
+    if part:
+        yield part
 
 
 def merge_rows(

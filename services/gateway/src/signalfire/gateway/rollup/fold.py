@@ -92,6 +92,12 @@ ORDER BY 1
 #: hours' totals to their histograms is misestimated at one row, and a nested loop over it took
 #: 5 of 6 s for 5,000 series; hashed, with room for its sorts, 16-19 µs per series and minute
 #: (docs/benchmarks.md).
+#: Samples grouped per part of a merge (about 50 ms of Python on the event loop).
+PART_SAMPLES = 50_000
+#: Seconds between the parts of a merge (its transaction, holding :data:`~.cells.MERGE_LOCK`,
+#: stays open that much longer; a minute of 3.6 million samples is 72 parts, 3.6 s of pauses).
+PART_PAUSE = 0.05
+
 PLANNER = "SET LOCAL enable_nestloop = off; SET LOCAL work_mem = '64MB'"
 
 
@@ -115,12 +121,18 @@ async def merge(conn: asyncpg.Connection, batches: Sequence[StoredBatch], *, now
     folded_before = await horizon(conn)
     minutes = cells.minutes_of(batches)
     hourly = {m for m in minutes if m < folded_before}
-    # In a thread: grouping a flush's samples takes ~1 s of Python per 600,000, which on the
-    # event loop would hold up every ingest round (and the publish -> commit lag) meanwhile.
-    merged = await asyncio.to_thread(cells.merge_rows, batches, hourly=hourly)
-    for table, args in merged.items():
-        if args[0]:
-            await conn.execute(cells.upsert_sql(table), *args)
+    # A minute of a busy fleet is millions of samples: merged a few layouts at a time, on the
+    # event loop, each part's upsert awaited before the next is grouped, so ingest rounds run in
+    # between. (In a thread, the merge's pure Python held the GIL against the event loop and
+    # publish -> commit lag rose to 3 s for 13 s after every minute at 60,000 samples/s.) A
+    # series in two parts (its host's layout changed in the minute) is upserted twice: the
+    # second statement sees the first's row and adds to it.
+    for i, part in enumerate(cells.parts_by_layout(batches, PART_SAMPLES)):
+        if i:  # PostgreSQL writes ingest's COPYs in between, not behind the merge's rows
+            await asyncio.sleep(PART_PAUSE)
+        for table, args in cells.merge_rows(part, hourly=hourly).items():
+            if args[0]:
+                await conn.execute(cells.upsert_sql(table), *args)
     return await fold(conn, now=now, locked_at=folded_before)
 
 
