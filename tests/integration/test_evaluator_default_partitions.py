@@ -69,28 +69,28 @@ async def test_a_second_evaluator_started_beside_the_first_shares_the_hosts_with
     nc: Any, nats_config: NatsConfig, tmp_path: Path
 ) -> None:
     js = nc.jetstream()
-    async with running_evaluator(config(nats_config, tmp_path)) as a:
-        async with running_evaluator(config(nats_config, tmp_path)) as b:
-            # One host, so one host name: the second takes the next id, not the first's.
-            assert b.replica_id == f"{a.replica_id}-2"
+    async with (
+        running_evaluator(config(nats_config, tmp_path)) as a,
+        running_evaluator(config(nats_config, tmp_path)) as b,
+    ):
+        # One host, so one host name: the second takes the next id, not the first's.
+        assert b.replica_id == f"{a.replica_id}-2"
 
-            def shared() -> bool:
-                return bool(judged(a)) and bool(judged(b)) and not judged(a) & judged(b)
+        def shared() -> bool:
+            a_, b_ = judged(a), judged(b)
+            return bool(a_) and bool(b_) and not a_ & b_ and a_ | b_ == set(partition_names(16))
 
-            await eventually(shared, "the two evaluators to split the partitions", 15)
-            assert judged(a) | judged(b) == set(partition_names(16))
-            assert {host_partition(h, 16) for h in HOSTS} & judged(b), "no host judged by the second"
-            await send(nc, nats_config, HOSTS, 95.0)
+        await eventually(shared, "the two evaluators to split the partitions", 15)
+        assert {host_partition(h, 16) for h in HOSTS} & judged(b), "no host judged by the second"
+        await send(nc, nats_config, HOSTS, 95.0)
 
-            async def all_fired() -> bool:
-                return len([e for e in await alert_events(js, nats_config) if e.status == "firing"]) >= len(
-                    HOSTS
-                )
+        async def all_fired() -> bool:
+            return len([e for e in await alert_events(js, nats_config) if e.status == "firing"]) >= len(HOSTS)
 
-            await eventually(all_fired, "every host to fire", 10)
-            await asyncio.sleep(1.0)  # a second judge would have published by now
-            firing = [e.host for e in await alert_events(js, nats_config) if e.status == "firing"]
-            assert sorted(firing) == sorted(HOSTS)  # each host once
+        await eventually(all_fired, "every host to fire", 10)
+        await asyncio.sleep(1.0)  # a second judge would have published by now
+        firing = [e.host for e in await alert_events(js, nats_config) if e.status == "firing"]
+        assert sorted(firing) == sorted(HOSTS)  # each host once
 
 
 @pytest.mark.timeout(60)
