@@ -1,6 +1,7 @@
 """Evaluators with nothing configured but NATS and the rules: one alone judges every host from
 its start, a second started beside it takes its share under an id of its own with no alert
-judged twice, and a replica_id set twice is refused by name."""
+judged twice, a replica_id set twice is refused by name, and one killed and started again
+under its id takes every partition back at once."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from devstack import ServiceProcess
 
-from signalfire.bus import NatsConfig
+from signalfire.bus import NatsConfig, request_json
 from signalfire.config import ConfigError, Duration
 from signalfire.evaluator.partitions import host_partition, partition_names
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
 from signalfire.events import MetricBatch, Sample, encode
-from tests.faults.support import alert_events, eventually
+from tests.faults.support import alert_events, eventually, kill9, service_env, wait_evaluator
 from tests.support.evaluator import running_evaluator
 
 HOSTS = [f"default-{i}" for i in range(24)]
@@ -136,3 +138,33 @@ async def test_the_cli_names_the_setting_when_the_replica_id_is_taken(
         _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2
     assert "signalfire: replica_id 'eval-a' is used by a running evaluator" in err.decode()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_an_evaluator_killed_and_started_again_under_its_id_takes_every_partition_back_at_once(
+    nc: Any, nats_config: NatsConfig, tmp_path: Path
+) -> None:
+    js = nc.jetstream()
+    rules = config(nats_config, tmp_path).rules[0]
+    env = service_env(nats_config, SF_RULES=rules, SF_TICK_INTERVAL="0.1s", SF_REPLICA_ID="eval-a")
+    first = ServiceProcess("evaluator-1", ["evaluator"], env, tmp_path).start()
+    second = ServiceProcess("evaluator-2", ["evaluator"], env, tmp_path)
+    try:
+        await wait_evaluator(nc, nats_config, first)
+        await asyncio.sleep(1.5)  # a poll or more: its leases renewed since they were taken
+        kill9(first)  # its announcement and leases stay, not yet expired (6 s)
+        second.start()
+        await wait_evaluator(nc, nats_config, second)
+        described = await request_json(nc, nats_config.subjects.control("evaluator", "rules"), timeout=2)
+        # Its earlier life answers for the id no more: no error, and every partition at once.
+        assert described["replica"] == {"id": "eval-a", "partitions": 16, "judged": partition_names(16)}
+        await send(nc, nats_config, HOSTS[:1], 95.0)
+
+        async def fired() -> bool:
+            return any(e.status == "firing" for e in await alert_events(js, nats_config))
+
+        await eventually(fired, "the restarted evaluator to fire", 5, second)
+    finally:
+        first.stop()
+        second.stop()
