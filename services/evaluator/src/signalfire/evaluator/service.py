@@ -440,7 +440,12 @@ class EvaluatorService:
         except NoRespondersError:
             return None
         except TimeoutError:  # subscribed, but not answering: not free either
-            return f"{subject.rpartition('.')[2]}: a process that did not answer within {wait:g}s"
+            # Or the request was refused: bus accounts rendered before evaluators could ask.
+            return (
+                f"{subject.rpartition('.')[2]}: no answer within {wait:g}s; if no process hangs under "
+                f"this id, allow the evaluator identity to publish on {subject} (render the bus "
+                "accounts again, docs/security.md)"
+            )
         try:
             presence = msgspec.json.decode(reply.data, type=Presence)
         except msgspec.DecodeError:
