@@ -214,7 +214,8 @@ class EvaluatorService:
         self._lease_nc: NATS | None = None
         self._leaving: dict[str, AlertState] = {}  # states given up, still to be written
         self._revoked: set[str] = set()  # states taken over by another replica: never write
-        self.replica_id = config.replica_id or _sanitized(socket.gethostname()) or "evaluator"
+        #: Settled at the start (see `_hold_replica_id`).
+        self.replica_id = config.replica_id or _host_replica_id()
         self._partition_cache: dict[str, str] = {}
         self._flushing: str | None = None  # the fingerprint `_deliver` is writing now
         self._yielded = 0.0  # when a payload callback last yielded to the event loop
@@ -386,10 +387,11 @@ class EvaluatorService:
         assert self._lease_nc is not None
         nc = self._lease_nc
         configured = self.config.replica_id
+        host = _host_replica_id()
         candidates = (
             [configured]
             if configured is not None
-            else [self.replica_id, *(f"{self.replica_id}-{n}" for n in range(2, MAX_SAME_HOST + 1))]
+            else [host, *(f"{host}-{n}" for n in range(2, MAX_SAME_HOST + 1))]
         )
         holders: list[str] = []
         for candidate in candidates:
@@ -1352,6 +1354,11 @@ def _decided_at(state: AlertState) -> float:
 
 def _msg_id(event: AlertEvent) -> str:
     return f"{event.id}:{event.status}"
+
+
+def _host_replica_id() -> str:
+    """The replica id an evaluator wants when none is set: its host name."""
+    return _sanitized(socket.gethostname()) or "evaluator"
 
 
 def _sanitized(name: str) -> str:
