@@ -96,6 +96,28 @@ async def test_a_second_evaluator_started_beside_the_first_shares_the_hosts_with
 
 
 @pytest.mark.timeout(60)
+async def test_evaluators_started_at_the_same_moment_on_one_host_take_distinct_ids(
+    nc: Any, nats_config: NatsConfig, tmp_path: Path
+) -> None:
+    services = [EvaluatorService(config(nats_config, tmp_path)) for _ in range(3)]
+    try:
+        await asyncio.gather(*(service.start() for service in services))
+        # One compare-and-set on the announcement wins each id: the host name, then -2, -3.
+        ids = {service.replica_id for service in services}
+        base = min(ids, key=len)
+        assert ids == {base, f"{base}-2", f"{base}-3"}
+
+        def shared() -> bool:
+            held = [judged(service) for service in services]
+            return all(held) and sum(map(len, held)) == 17 and set().union(*held) == set(partition_names(16))
+
+        await eventually(shared, "the three evaluators to split the partitions", 15)
+    finally:
+        for service in services:
+            await service.stop()
+
+
+@pytest.mark.timeout(60)
 async def test_a_replica_id_a_running_evaluator_has_is_refused_by_name(
     nc: Any, nats_config: NatsConfig, tmp_path: Path
 ) -> None:
