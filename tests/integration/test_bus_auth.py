@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import secrets
 import time
@@ -785,3 +786,25 @@ async def test_partitioned_evaluators_share_the_hosts_as_their_own_identity(
         await nc.close()
         for replica in replicas:
             await replica.stop()
+
+
+async def test_a_starting_evaluator_asks_who_has_its_replica_id_as_its_own_identity(
+    bus: Bus, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    replica = f"auth-{secrets.token_hex(3)}"
+
+    def config() -> EvaluatorConfig:
+        return EvaluatorConfig(nats=bus.config("evaluator"), rules=[str(rules)], replica_id=replica)
+
+    first = EvaluatorService(config())
+    twin = EvaluatorService(config())
+    await first.start()
+    try:
+        # The answer names the running process: the question was allowed, and so was the reply.
+        with pytest.raises(ConfigError, match=rf"replica_id '{replica}' is used by .*: pid {os.getpid()} on"):
+            await twin.start()
+    finally:
+        await twin.stop()
+        await first.stop()

@@ -192,10 +192,12 @@ def permissions(role: str, subjects: Subjects, host: str | None = None) -> Permi
             # events: the evaluator reports a rule's series limit as an event of its own host;
             # at start it reads each watched host's last batch (when an `absent` series was
             # last seen) from the metrics stream, and a replica taking a partition over reads
-            # its recent history back with an ephemeral ordered consumer (as a KV watcher)
+            # its recent history back with an ephemeral ordered consumer (as a KV watcher); a
+            # starting replica asks whether a running one answers for the replica id it wants
             publish=(
                 f"{p}.alerts.*",
                 f"{p}.events.*",
+                f"{p}.control.evaluator.replica.*",
                 *_service_common(s, role),
                 f"$JS.API.STREAM.MSG.GET.{s.metrics_stream}",
                 *_ordered_consumer(s.metrics_stream),

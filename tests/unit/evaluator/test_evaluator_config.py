@@ -33,3 +33,8 @@ def test_watching_can_be_turned_off_and_the_defaults_need_no_file() -> None:
     config = load_config(EvaluatorConfig, None, environ={})
     assert config.rules == ["rules/default.yaml"]
     assert config.metrics_listen is None
+
+
+def test_evaluators_are_partitioned_unless_told_not_to_be() -> None:
+    assert load_config(EvaluatorConfig, None, environ={}).partitions == 16
+    assert load_config(EvaluatorConfig, None, environ={"SF_PARTITIONS": "0"}).partitions == 0

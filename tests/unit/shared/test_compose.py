@@ -198,8 +198,8 @@ def test_the_scaled_shape_runs_three_nodes_two_gateways_two_notifiers_and_timesc
     commands = sorted(s["command"][0] for s in signalfire_services({"services": project}).values())
     assert commands == ["agent", "evaluator", "evaluator", "gateway", "gateway", "notifier", "notifier"]
     assert str(project["timescaledb"]["image"]).startswith("timescale/timescaledb:")
-    # Two evaluators only ever as a partitioned pair: the same partition count, distinct replica
-    # ids (two unpartitioned evaluators would notify every alert twice).
+    # Two evaluators only ever as a partitioned pair: the same partition count (the default),
+    # distinct replica ids (two unpartitioned evaluators would notify every alert twice).
     evaluators = [
         service_config(s)
         for s in signalfire_services({"services": project}).values()

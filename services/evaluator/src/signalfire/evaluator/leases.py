@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import msgspec
-from nats.js.errors import APIError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 REPLICA_PREFIX = "replica."
@@ -38,6 +38,16 @@ class Lease(msgspec.Struct, kw_only=True):
     time: float
     #: In an announcement: the partitions the replica judges.
     partitions: list[str] = []
+
+
+class Presence(msgspec.Struct, kw_only=True):
+    """A running replica's answer to a request on its id's control subject: that the id is
+    taken, and by which process (named in the error of an evaluator that wants the same id)."""
+
+    replica: str
+    instance: str
+    host: str
+    pid: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +146,29 @@ class LeaseKeeper:
         key = REPLICA_PREFIX + self.replica
         entry = entries.get(key)
         return entry is not None and entry.lease.instance != self.instance and not self.expired(key, entry)
+
+    async def announcement(self) -> int:
+        """The revision of this id's announcement; 0 when there is none (never written, or
+        withdrawn by a clean stop)."""
+        try:
+            entry = await self.kv.get(REPLICA_PREFIX + self.replica)
+        except KeyNotFoundError:
+            return 0
+        return entry.revision or 0
+
+    async def hold_id(self, revision: int) -> bool:
+        """Announce this replica, only if its id's announcement is still the one read
+        (``revision``, 0: none). ``False`` when another process announced the id meanwhile:
+        of two processes starting under one id at once, one holds it."""
+        key = REPLICA_PREFIX + self.replica
+        try:
+            if revision == 0:
+                await self.kv.create(key, self._value())
+            else:
+                await self.kv.update(key, self._value(), last=revision)
+        except KeyWrongLastSequenceError:
+            return False
+        return True
 
     async def announce(self, judged: Iterable[str]) -> None:
         await self.kv.put(REPLICA_PREFIX + self.replica, self._value(sorted(judged)))

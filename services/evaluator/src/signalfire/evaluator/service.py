@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import re
 import socket
 import time
@@ -39,6 +40,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -47,7 +49,7 @@ from signalfire.config import ConfigError, Duration
 from signalfire.consumers import Backoff
 from signalfire.evaluator import replay
 from signalfire.evaluator.engine import Engine, Output, Scope
-from signalfire.evaluator.leases import Entry, LeaseKeeper
+from signalfire.evaluator.leases import Entry, LeaseKeeper, Presence
 from signalfire.evaluator.partitions import FLEET_PARTITION, assign, partition_names, token_partition
 from signalfire.evaluator.rules import DEFAULT_MAX_SERIES, FLEET, Rule, expand_paths, load_rules
 from signalfire.evaluator.state import AlertState
@@ -91,6 +93,9 @@ LEASE_SHARE = 0.6
 POLLS_PER_FAILOVER = 10
 
 _REPLICA_ID = re.compile(r"^[A-Za-z0-9_=-]+$")
+#: Without ``replica_id``, the ids an evaluator tries: the host name, then ``<host name>-2``
+#: up to this suffix, for evaluators started side by side on one host.
+MAX_SAME_HOST = 64
 
 #: With partitions, the anomaly baselines of each partition a replica judges are written to
 #: the ``alert_state`` bucket (key ``baseline.<partition>``) this often (seconds), so the
@@ -126,15 +131,18 @@ class EvaluatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Series one rule may track (a rule's own ``max_series`` overrides it); beyond it new
     #: series are dropped, counted and reported, so a label explosion cannot exhaust memory.
     max_series_per_rule: int = DEFAULT_MAX_SERIES
-    #: Host partitions shared by evaluator replicas (16 is a good start); 0: this evaluator
-    #: alone judges every host, without leases. Every replica must have the same value.
-    partitions: int = 0
+    #: Host partitions shared by the evaluator replicas that run: an evaluator alone holds
+    #: them all from its start, a second one started takes its share. 0: this evaluator alone
+    #: judges every host, without leases (never run two so). Every replica must have the same
+    #: value.
+    partitions: int = 16
     #: With ``partitions``: how soon the partitions of a replica that died are judged again
     #: by the others. Every replica must have the same value.
     failover_after: Duration = Duration(10)
     #: With ``partitions``: this replica's name in the leases (letters, digits, ``-``, ``_``,
-    #: ``=``); the host name when unset. A replica restarted under the same name takes its
-    #: partitions back at once; two running replicas must not share one.
+    #: ``=``). A replica restarted under the same name takes its partitions back at once. Set,
+    #: it must be this process's alone: the start fails while a running evaluator has it. Unset:
+    #: the host name, or ``<host name>-2``, ``-3`` … when running evaluators have it.
     replica_id: str | None = None
 
     def __post_init__(self) -> None:
@@ -206,7 +214,8 @@ class EvaluatorService:
         self._lease_nc: NATS | None = None
         self._leaving: dict[str, AlertState] = {}  # states given up, still to be written
         self._revoked: set[str] = set()  # states taken over by another replica: never write
-        self.replica_id = config.replica_id or _sanitized(socket.gethostname()) or "evaluator"
+        #: Settled at the start (see `_hold_replica_id`).
+        self.replica_id = config.replica_id or _host_replica_id()
         self._partition_cache: dict[str, str] = {}
         self._flushing: str | None = None  # the fingerprint `_deliver` is writing now
         self._yielded = 0.0  # when a payload callback last yielded to the event loop
@@ -313,7 +322,8 @@ class EvaluatorService:
             self._lease_nc = await connect(self.config.nats, "signalfire-evaluator-leases")
             lease_js = self._lease_nc.jetstream()
             leases = await lease_js.key_value(self.subjects.bucket("evaluator_leases"))
-            self._leases = LeaseKeeper(leases, self.replica_id, ttl)
+            self._leases = await self._hold_replica_id(leases, ttl)
+            self.replica_id = self._leases.replica
             # Subscribed before the first takeover, which judges nothing live yet: what
             # arrives while it reads the history back is held for it (`_take`).
             payload_subs = await self._subscribe_payloads()
@@ -361,6 +371,88 @@ class EvaluatorService:
                 ),
             },
         )
+
+    async def _hold_replica_id(self, leases: KeyValue, ttl: float) -> LeaseKeeper:
+        """The leases of this replica under an id no running evaluator has: ``replica_id``, or
+        the first free of the host name, ``<host name>-2`` … Raises ``ConfigError`` when
+        ``replica_id`` is set and taken (two processes judging under one id would take each
+        other's partitions in turn).
+
+        An id is taken when its announcement (``replica.<id>``) is another process's and that
+        process answers on the id's control subject; an announcement nobody answers for is an
+        earlier life of this replica (killed), whose partitions this one takes back at once.
+        The announcement is then written by compare-and-set on the revision read, with the
+        answering subscription in place: of two processes starting under one id at once, one
+        holds it, and one starting later finds it answered for."""
+        assert self._lease_nc is not None
+        nc = self._lease_nc
+        configured = self.config.replica_id
+        host = _host_replica_id()
+        candidates = (
+            [configured]
+            if configured is not None
+            else [host, *(f"{host}-{n}" for n in range(2, MAX_SAME_HOST + 1))]
+        )
+        holders: list[str] = []
+        for candidate in candidates:
+            keeper = LeaseKeeper(leases, candidate, ttl)
+            subject = self.subjects.control("evaluator", f"replica.{candidate}")
+            revision = await keeper.announcement()
+            if revision:
+                holder = await self._holder(subject)
+                if holder is not None:
+                    holders.append(holder)
+                    continue
+            presence = Presence(
+                replica=candidate, instance=keeper.instance, host=socket.gethostname(), pid=os.getpid()
+            )
+            answer = msgspec.json.encode(presence)
+
+            async def present(msg: Msg, answer: bytes = answer) -> None:
+                await msg.respond(answer)
+
+            # Answers for the id as long as the leases' connection lives.
+            sub = await nc.subscribe(subject, cb=present)
+            await nc.flush()
+            if await keeper.hold_id(revision):
+                if candidate != candidates[0]:
+                    log.info(
+                        "a running evaluator has this host's replica id; this one takes the next",
+                        extra={"replica": candidate, "taken": ", ".join(holders)},
+                    )
+                return keeper
+            await sub.unsubscribe()
+            holders.append(f"{candidate} (announced by another process just now)")
+        if configured is not None:
+            raise ConfigError(
+                f"replica_id {configured!r} is used by a running evaluator ({holders[0]}); give "
+                "each evaluator its own replica_id (SF_REPLICA_ID), or leave it unset"
+            )
+        raise ConfigError(
+            f"replica ids {candidates[0]} to {candidates[-1]} are all used by running evaluators; "
+            "set replica_id (SF_REPLICA_ID)"
+        )
+
+    async def _holder(self, subject: str) -> str | None:
+        """Who answers for a replica id on ``subject`` (``None``: no process does)."""
+        assert self._lease_nc is not None
+        wait = float(self.config.failover_after) / POLLS_PER_FAILOVER
+        try:
+            reply = await self._lease_nc.request(subject, b"", timeout=wait)
+        except NoRespondersError:
+            return None
+        except TimeoutError:  # subscribed, but not answering: not free either
+            # Or the request was refused: bus accounts rendered before evaluators could ask.
+            return (
+                f"{subject.rpartition('.')[2]}: no answer within {wait:g}s; if no process hangs under "
+                f"this id, allow the evaluator identity to publish on {subject} (render the bus "
+                "accounts again, docs/security.md)"
+            )
+        try:
+            presence = msgspec.json.decode(reply.data, type=Presence)
+        except msgspec.DecodeError:
+            return f"{subject.rpartition('.')[2]}: a process that answered in an unknown format"
+        return f"{presence.replica}: pid {presence.pid} on {presence.host}"
 
     async def _subscribe_payloads(self) -> list[Subscription]:
         """Metrics, events and agent statuses, in this order (`_watch_sight` counts on it)."""
@@ -1262,6 +1354,11 @@ def _decided_at(state: AlertState) -> float:
 
 def _msg_id(event: AlertEvent) -> str:
     return f"{event.id}:{event.status}"
+
+
+def _host_replica_id() -> str:
+    """The replica id an evaluator wants when none is set: its host name."""
+    return _sanitized(socket.gethostname()) or "evaluator"
 
 
 def _sanitized(name: str) -> str:
