@@ -17,7 +17,6 @@ bucket, so of the exact answer too (within 1e-9 absolute for values that close t
 
 from __future__ import annotations
 
-import functools
 import math
 from collections import Counter
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
@@ -62,8 +61,23 @@ def hist_key(value: float) -> str:
 
 
 # Metric values repeat a lot (0, 100, small integers, rounded readings): remembering the key of
-# recent values saves the log per value on the ingest path.
-_cached_hist_key = functools.lru_cache(maxsize=1 << 16)(hist_key)
+# values seen saves the log per value on the ingest path. A plain dict read through ``map`` (no
+# Python call per value when every key is known), cleared when full.
+_hist_keys: dict[float, str] = {}
+_HIST_KEYS = 1 << 16
+
+
+def hist_keys(values: Iterable[float]) -> list[str]:
+    """:func:`hist_key` of each of ``values``."""
+    values = values if isinstance(values, Sequence) else list(values)
+    keys: list[str | None] = list(map(_hist_keys.get, values))
+    if None in keys:
+        if len(_hist_keys) > _HIST_KEYS:
+            _hist_keys.clear()
+        for i, key in enumerate(keys):
+            if key is None:
+                keys[i] = _hist_keys[values[i]] = hist_key(values[i])
+    return keys  # type: ignore[return-value]  # every None was replaced
 
 
 def _key_value(key: str) -> float:
@@ -79,10 +93,7 @@ def counts(hist: Mapping[str, Any]) -> dict[str, int]:
     values = hist.get("v")
     if values is None:
         return dict(hist)
-    made: dict[str, int] = {}
-    for key in map(_cached_hist_key, values):
-        made[key] = made.get(key, 0) + 1
-    return made
+    return dict(Counter(hist_keys(values)))
 
 
 def quantile(hist: Mapping[str, Any], q: float) -> float | None:
@@ -197,7 +208,7 @@ Row = tuple[int, float, int, float, float, float, float, float, Hist]
 def _histogram(group: list[float]) -> Hist:
     if len(group) <= EXACT_MAX:
         return {"v": group}
-    return dict(Counter(map(_cached_hist_key, group)))
+    return dict(Counter(hist_keys(group)))
 
 
 def minutes_of(batches: Iterable[StoredBatch]) -> set[float]:
