@@ -1,12 +1,14 @@
 // Overview: the whole fleet in one dense table. Every host is loaded (`GET /fleet`: one
 // answer, worst first, as columns), so the totals and "worst first" cover the fleet, not a
 // first page. Only the rows in view exist in the page (10,000 hosts are about 40 rows of
-// markup); live frames are queued and taken in batches within a time budget, and patch only
-// the rows in view, in an animation frame asked for when something on screen changed.
+// markup). The stream's metric frames never reach this thread: the stream's worker folds them
+// into one digest of the hosts that reported every 250 ms (stream.js, onDigest()); digests
+// and other frames are taken within a time budget, and patch only the rows in view, in an
+// animation frame asked for when something on screen changed.
 
 import { api, ApiError, session } from "../api.js";
 import { h, clear, severityBadge, statusBadge, ago, formatValue, reported } from "../dom.js";
-import { onFrame, subscribe } from "../stream.js";
+import { onFrame, onDigest, subscribe } from "../stream.js";
 import { lineChart, sparkline, drawSparkline } from "../charts.js";
 import { packer, unpacker, SEVERITIES, USAGE as KEY_METRICS } from "../fleetpack.js";
 
@@ -37,9 +39,10 @@ const PATCH_MS = 1000;
 // this many rows each: the rendering of 37 rows at once (style, paint, layerize, commit) was
 // 10–20 ms, which a loaded machine stretched past 50 ms (2026-12-02 traces at load 3–4).
 const ROWS_PER_FRAME = 8;
-// The stream's frames are taken in batches this often (a few thousand a second at 10,000
-// hosts): a batch is a millisecond or two of work, and asks for an animation frame only when
-// something on screen changes, not once per message.
+// The stream's metric frames (a few thousand a second at 10,000 hosts) come folded into one
+// digest this often, and its alert and host frames are taken in batches this often: a batch
+// is a millisecond or two of work, and asks for an animation frame only when something on
+// screen changes, not once per message.
 const DRAIN_MS = 250;
 
 // Worst first: the lowest health; between equal scores (every down host scores 0) the host
@@ -61,20 +64,15 @@ function takeFleet() {
   return reply;
 }
 
-// The fullest of a host's disks, as the health score counts it (no array spread per sample).
-function fullest(mounts) {
-  let top = -Infinity;
-  for (const v of mounts.values()) if (v > top) top = v;
-  return top;
-}
-
 // Lets the browser paint and handle input; not throttled like a timer in a background tab.
 const yieldToBrowser = () => (globalThis.scheduler && scheduler.yield
   ? scheduler.yield() : new Promise((resolve) => setTimeout(resolve, 0)));
 
 export async function overviewPage(main) {
   const state = {
-    hosts: new Map(), usage: new Map(), disks: new Map(), history: new Map(),
+    // `streamedDisk`: a host's fullest disk over the mounts the stream reported (the worker
+    // keeps them), as the health score counts it.
+    hosts: new Map(), usage: new Map(), streamedDisk: new Map(), history: new Map(),
     filter: "", sort: "health", group: "", rows: [], groupKeys: [],
     // The fleet worst first as the gateway ordered it, while no host has moved since.
     worst: null,
@@ -160,28 +158,6 @@ export async function overviewPage(main) {
     return active.length ? active.map((sev) => [severityBadge(sev), ` ${host.alerts[sev]} `]) : "none";
   }
 
-  function remember(host, metric, v, labels = {}) {
-    if (!KEY_METRICS.includes(metric)) return false;
-    let usage = state.usage.get(host);
-    if (!usage) state.usage.set(host, (usage = {}));
-    if (metric === "disk.used_percent") {
-      // The fullest disk, as the health score counts it.
-      let mounts = state.disks.get(host);
-      if (!mounts) state.disks.set(host, (mounts = new Map()));
-      mounts.set(labels.mount || "", v);
-      usage[metric] = fullest(mounts);
-    } else {
-      usage[metric] = v;
-    }
-    if (metric === "cpu.usage_percent") {
-      const hist = state.history.get(host) || [];
-      hist.push(v);
-      if (hist.length > 60) hist.shift();
-      state.history.set(host, hist);
-    }
-    return true;
-  }
-
   // --- loading: the whole fleet in one answer, and the named hosts again when a frame says they changed
 
   // A host's record is made once and updated in place: the order and the rows hold it, and
@@ -236,8 +212,8 @@ export async function overviewPage(main) {
         const v = usage[i * 3 + m];
         if (v === v) values[KEY_METRICS[m]] = v;
       }
-      const mounts = state.disks.get(name);
-      if (mounts && mounts.size) values["disk.used_percent"] = fullest(mounts);
+      const disk = state.streamedDisk.get(name);
+      if (disk !== undefined) values["disk.used_percent"] = disk;
       worst[i] = host;
     }
     // Hosts the answer no longer names are gone (and so are those the stream added meanwhile,
@@ -257,8 +233,8 @@ export async function overviewPage(main) {
       const v = valueOf(metric);
       if (v !== undefined && v !== null) usage[metric] = v;
     }
-    const mounts = state.disks.get(name);
-    if (mounts && mounts.size) usage["disk.used_percent"] = fullest(mounts);
+    const disk = state.streamedDisk.get(name);
+    if (disk !== undefined) usage["disk.used_percent"] = disk;
   }
 
   async function loadNamed(names) {
@@ -507,13 +483,15 @@ export async function overviewPage(main) {
     }
   }
 
-  // --- live: frames are queued and taken in batches of at most BUDGET_MS; the page is
-  // written once per animation frame, only when something on it changed
+  // --- live: digests and frames are queued and taken in slices of at most BUDGET_MS; the
+  // page is written once per animation frame, only when something on it changed
 
-  // A message of the stream carries up to ~1,200 frames: handling them as they arrive made
-  // one long task per message, and a frame drawn per message. They wait here for drain().
+  // Handling the stream's messages as they arrived made one long task per message, and a
+  // frame drawn per message. Digests ({digest, names}) and alert and host frames wait here
+  // for drain(); `within` is how far into the digest at `inboxHead` drain() got.
   const inbox = [];
   let inboxHead = 0;
+  let within = 0;
   let drainTimer = null;
   const dirty = new Set();
   const toFetch = new Set();
@@ -535,25 +513,57 @@ export async function overviewPage(main) {
     requestAnimationFrame(flush);
   }
 
-  function take(frame) {
-    if (frame.kind === "metric") {
-      if (!remember(frame.host, frame.metric, frame.value, frame.labels)) return;
-      const host = state.hosts.get(frame.host);
-      if (!host) { fetchLater(frame.host); return; }
-      if (frame.time > host.last_seen) host.last_seen = frame.time;
-      // Only a row in view has anything to rewrite; the others are built from the record.
-      if (inView.has(frame.host)) dirty.add(frame.host);
-    } else {
-      fetchLater(frame.host);
+  function enqueue(item, delay) {
+    inbox.push(item);
+    if (!drainTimer) drainTimer = setTimeout(drain, delay);
+  }
+
+  // Entry `i` of a digest (streamcore.js, digester()): its hosts' newest values first, then
+  // the CPU samples of the trends, in the order they came.
+  function takeEntry({ n, ids, values, times, historyIds, historyValues }, names, i) {
+    if (i >= n) {
+      const name = names[historyIds[i - n]];
+      const hist = state.history.get(name) || [];
+      hist.push(historyValues[i - n]);
+      if (hist.length > 60) hist.shift();
+      state.history.set(name, hist);
+      return;
     }
+    const name = names[ids[i]];
+    let usage = state.usage.get(name);
+    if (!usage) state.usage.set(name, (usage = {}));
+    for (let m = 0; m < 3; m++) {
+      const v = values[i * 3 + m];
+      if (v === v) usage[KEY_METRICS[m]] = v;
+    }
+    const disk = values[i * 3 + 2];
+    if (disk === disk) state.streamedDisk.set(name, disk);
+    const host = state.hosts.get(name);
+    if (!host) { fetchLater(name); return; }
+    if (times[i] > host.last_seen) host.last_seen = times[i];
+    // Only a row in view has anything to rewrite; the others are built from the record.
+    if (inView.has(name)) dirty.add(name);
   }
 
   function drain() {
     drainTimer = null;
     const began = performance.now();
-    while (inboxHead < inbox.length) {
-      take(inbox[inboxHead++]);
-      if ((inboxHead & 15) === 0 && performance.now() - began > BUDGET_MS) break;
+    let over = false;
+    while (!over && inboxHead < inbox.length) {
+      const item = inbox[inboxHead];
+      if (item.digest) {
+        const { digest, names } = item;
+        const size = digest.n + digest.historyIds.length;
+        while (within < size) {
+          takeEntry(digest, names, within++);
+          if ((within & 63) === 0 && performance.now() - began > BUDGET_MS) { over = true; break; }
+        }
+        if (within < size) break;
+        within = 0;
+      } else {
+        fetchLater(item.host);
+      }
+      inbox[inboxHead++] = null;
     }
     if (inboxHead === inbox.length) { inbox.length = 0; inboxHead = 0; }
     // What did not fit is taken in a task of its own, after the browser had its turn.
@@ -640,11 +650,12 @@ export async function overviewPage(main) {
   window.addEventListener("resize", resized);
 
   subscribe({ hosts: [], metrics: KEY_METRICS, alerts: true });
+  const offDigest = onDigest(
+    { metrics: KEY_METRICS, fullest: { "disk.used_percent": "mount" }, history: "cpu.usage_percent", every: DRAIN_MS },
+    (digest, names) => enqueue({ digest, names }, 0),
+  );
   const off = onFrame((frame) => {
-    if (frame.kind === "metric" || ((frame.kind === "alert" || frame.kind === "host") && frame.host)) {
-      inbox.push(frame);
-      if (!drainTimer) drainTimer = setTimeout(drain, DRAIN_MS);
-    }
+    if ((frame.kind === "alert" || frame.kind === "host") && frame.host) enqueue(frame, DRAIN_MS);
   });
   // The 30 s reload: `GET /fleet` fetched, parsed and packed by a worker (fleetworker.js):
   // the 0.66 MB JSON.parse of 10,000 hosts was one long task of this thread, and its objects
@@ -772,6 +783,7 @@ export async function overviewPage(main) {
   const fleetTimer = setInterval(() => { if (!document.hidden) loadFleet().catch(reported("Loading the fleet charts", null)); }, RELOAD_MS);
   return () => {
     off();
+    offDigest();
     clearTimeout(patchTimer);
     clearTimeout(patchLater);
     clearTimeout(drainTimer);
