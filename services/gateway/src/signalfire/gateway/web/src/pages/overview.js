@@ -50,16 +50,61 @@ const DRAIN_MS = 250;
 const badness = (host) => host.health * 1e12
   - SEVERITIES.reduce((sum, s, i) => sum + Math.min((host.alerts || {})[s] || 0, 999) * 1000 ** (3 - i), 0);
 
+// The fleet's reader: `GET /fleet` fetched, parsed and packed by a worker (fleetworker.js),
+// started with the page, before sign-in: the 0.66 MB JSON.parse of 10,000 hosts was one long
+// task of the page's thread (at the first view and every reload), its objects garbage for this
+// thread's collector, and the first reload received 10,000 names. Answers [packed, table]
+// (fleetpack.js): the worker numbers a host once, so only the first answer carries the names.
+// Where no worker can run (or it failed), the fleet is read here, by a packer of this thread.
+const readFleet = (() => {
+  const local = packer();
+  const localTable = unpacker();
+  const readHere = () => api("/fleet").then((reply) => [local(reply)[0], localTable]);
+  const table = unpacker();
+  const waiting = new Map();
+  let asked = 0;
+  let worker = null;
+  try {
+    worker = new Worker(new URL("../fleetworker.js", import.meta.url), { type: "module" });
+  } catch {
+    return readHere;
+  }
+  worker.onmessage = ({ data }) => {
+    const done = waiting.get(data.seq);
+    waiting.delete(data.seq);
+    if (!done) return;
+    if (data.packed) done.resolve([data.packed, table]);
+    else if (data.failed !== undefined) done.reject(new Error(data.failed));
+    else done.reject(new ApiError(data.status, data.body));
+  };
+  worker.onerror = (event) => {
+    event.preventDefault();
+    // A worker that cannot run (or failed): what it was asked for, and all from now on, is read here.
+    worker.terminate();
+    worker = null;
+    for (const done of waiting.values()) readHere().then(done.resolve, done.reject);
+    waiting.clear();
+  };
+  return () => {
+    if (!worker) return readHere();
+    const seq = ++asked;
+    return new Promise((resolve, reject) => {
+      waiting.set(seq, { resolve, reject });
+      worker.postMessage({ token: session.token, seq });
+    });
+  };
+})();
+
 // The fleet's answer, asked for by the router before it has checked the token (the two
 // requests travel together: the first view waits for one round trip, not two).
 let early = null;
 export function prefetchOverview() {
-  early = api("/fleet");
+  early = readFleet();
   early.catch(() => {});
 }
 
 function takeFleet() {
-  const reply = early || api("/fleet");
+  const reply = early || readFleet();
   early = null;
   return reply;
 }
@@ -630,11 +675,7 @@ export async function overviewPage(main) {
     }, PATCH_DELAY_MS);
   }
 
-  // The first answer is read on this thread (it comes with the page's first view, before the
-  // stream; a worker would first have to start); the reloads are read by a worker.
-  const local = packer();
-  const localTable = unpacker();
-  await applyFleet(local(await takeFleet())[0], localTable);
+  await applyFleet(...await takeFleet());
   updateGroupOptions();
   renderTotals(order());
   measure();
@@ -657,52 +698,14 @@ export async function overviewPage(main) {
   const off = onFrame((frame) => {
     if ((frame.kind === "alert" || frame.kind === "host") && frame.host) enqueue(frame, DRAIN_MS);
   });
-  // The 30 s reload: `GET /fleet` fetched, parsed and packed by a worker (fleetworker.js):
-  // the 0.66 MB JSON.parse of 10,000 hosts was one long task of this thread, and its objects
-  // garbage for this thread's collector. Where no worker can run, it is read here.
-  let worker = null;
-  let workerTable = null;
-  let workerBroken = typeof Worker === "undefined";
-  let asked = 0;
-  const waiting = new Map();
-  function fetchFleet() {
-    if (workerBroken) return api("/fleet").then((reply) => [local(reply)[0], localTable]);
-    if (!worker) {
-      worker = new Worker(new URL("../fleetworker.js", import.meta.url), { type: "module" });
-      workerTable = unpacker();
-      worker.onmessage = ({ data }) => {
-        const done = waiting.get(data.seq);
-        waiting.delete(data.seq);
-        if (done) done(data);
-      };
-      worker.onerror = (event) => {
-        event.preventDefault();
-        // A worker that cannot run (or failed): the reloads are read here from now on.
-        workerBroken = true;
-        worker.terminate();
-        worker = null;
-        for (const done of waiting.values()) done({ failed: event.message || "the fleet's reader stopped" });
-        waiting.clear();
-      };
-    }
-    const seq = ++asked;
-    const table = workerTable;
-    return new Promise((resolve, reject) => {
-      waiting.set(seq, (data) => {
-        if (data.packed) resolve([data.packed, table]);
-        else if (data.failed !== undefined) reject(new Error(data.failed));
-        else reject(new ApiError(data.status, data.body));
-      });
-      worker.postMessage({ token: session.token, seq });
-    });
-  }
+  // The 30 s reload, by the fleet's reader (readFleet: off this thread).
   let reloading = false;
   let reloadTimer = null;
   async function reload() {
     if (document.hidden || reloading) return;
     reloading = true;
     try {
-      const changed = await applyFleet(...await fetchFleet());
+      const changed = await applyFleet(...await readFleet());
       for (const name of rendered.keys()) if (name.startsWith("h:")) dirty.add(name.slice(2));
       hostsChanged = true;
       // The records were updated in place: the order holds them already (a few moved, or all again).
@@ -791,7 +794,6 @@ export async function overviewPage(main) {
     clearTimeout(reloadStart);
     clearInterval(reloadTimer);
     window.removeEventListener("resize", resized);
-    if (worker) worker.terminate();
     for (const c of fleetCharts) if (c) c.destroy();
   };
 }
