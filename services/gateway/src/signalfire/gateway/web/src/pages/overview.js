@@ -335,7 +335,10 @@ export async function overviewPage(main) {
     } else {
       // Each changed host leaves its place and is put back where it now belongs (a binary
       // search): a burst of alerts does not sort the whole fleet again.
-      sorted = sorted.filter((pair) => !changed.has(pair[1].host));
+      // In place: a new array of 10,000 pairs every few seconds is garbage for the collector.
+      let kept = 0;
+      for (const pair of sorted) if (!changed.has(pair[1].host)) sorted[kept++] = pair;
+      sorted.length = kept;
       for (const name of changed) {
         const host = state.hosts.get(name);
         if (!host || !match(host)) continue;
@@ -616,15 +619,9 @@ export async function overviewPage(main) {
     if (dirty.size || moved.size || orderStale) schedule();
   }
 
-  function flush() {
-    scheduled = false;
-    if (!orderStale && LIVE_SORTS.has(state.sort) && performance.now() - state.orderedAt > RESORT_MS) orderStale = true;
-    if (orderStale || moved.size) {
-      if (hostsChanged) { hostsChanged = false; updateGroupOptions(); }
-      renderTotals(orderStale || moved.size > 500 ? order() : order(moved));
-      orderStale = false;
-      moved.clear();
-    }
+  // The rows marked since the last round are rewritten at most every PATCH_MS, ROWS_PER_FRAME
+  // an animation frame.
+  function patchSome() {
     if (!patching.length && dirty.size && performance.now() - patchedAt >= PATCH_MS) {
       patchedAt = performance.now();
       for (const name of dirty) patching.push(name);
@@ -644,6 +641,25 @@ export async function overviewPage(main) {
         patching.length = patchAt = 0;
         if (dirty.size) schedule();
       }
+    }
+  }
+
+  function flush() {
+    scheduled = false;
+    if (!orderStale && LIVE_SORTS.has(state.sort) && performance.now() - state.orderedAt > RESORT_MS) orderStale = true;
+    const ordered = orderStale || moved.size > 0;
+    if (ordered) {
+      if (hostsChanged) { hostsChanged = false; updateGroupOptions(); }
+      renderTotals(orderStale || moved.size > 500 ? order() : order(moved));
+      orderStale = false;
+      moved.clear();
+    }
+    if (ordered && (patching.length || dirty.size)) {
+      // A new order (10,000 hosts counted, rows moved or built) is this frame's work: the
+      // rewrites wait for the next frame rather than add their rendering to it.
+      schedule();
+    } else {
+      patchSome();
     }
     renderWindow();
   }
