@@ -368,7 +368,7 @@ export async function overviewPage(main) {
       state.rows = [];
       for (const key of keys) {
         const members = groups.get(key);
-        state.rows.push({ group: key, hosts: members, alerts: alertTotals(members) });
+        state.rows.push({ group: key, hosts: members, alerts: totalsOf(members).alerts });
         state.rows.push(...members);
       }
     }
@@ -387,16 +387,29 @@ export async function overviewPage(main) {
   // The text nodes of the alert totals' numbers, by SEVERITIES.
   const countText = [];
 
-  function alertTotals(hosts) {
-    const totals = Object.fromEntries(SEVERITIES.map((s) => [s, 0]));
-    for (const host of hosts) for (const s of SEVERITIES) totals[s] += (host.alerts || {})[s] || 0;
-    return totals;
+  // The alerts of `hosts` per severity (the names of SEVERITIES) and the hosts per status, in
+  // one pass. Named properties, not `totals[severity]`: a keyed access per host and severity
+  // made this pass over 10,000 hosts half of a reordering frame's script (a CPU profile at
+  // load 5: 20–40 ms frames).
+  function totalsOf(hosts) {
+    let critical = 0, high = 0, medium = 0, low = 0, up = 0, down = 0, offline = 0;
+    const other = {};
+    for (const host of hosts) {
+      const a = host.alerts;
+      if (a) { critical += a.critical || 0; high += a.high || 0; medium += a.medium || 0; low += a.low || 0; }
+      const s = host.status;
+      if (s === "up") up++;
+      else if (s === "down") down++;
+      else if (s === "offline") offline++;
+      else other[s] = (other[s] || 0) + 1;
+    }
+    return { alerts: { critical, high, medium, low }, status: { up, down, offline, ...other } };
   }
 
   function renderTotals(shown) {
     // Written only when they differ, into the text of the number: a rewrite of the links laid
     // out and painted the whole page (the charts too) every time an alert fired or resolved.
-    const totals = alertTotals(state.hosts.values());
+    const { alerts: totals, status } = totalsOf(state.hosts.values());
     if (!countText.length) {
       clear(counts, SEVERITIES.map((sev) => {
         const number = document.createTextNode("");
@@ -408,8 +421,6 @@ export async function overviewPage(main) {
       const text = `: ${totals[sev]}`;
       if (countText[i].data !== text) countText[i].data = text;
     });
-    const status = { up: 0, down: 0, offline: 0 };
-    for (const host of state.hosts.values()) status[host.status] = (status[host.status] || 0) + 1;
     const n = state.hosts.size;
     const parts = Object.entries(status).map(([k, v]) => `${v.toLocaleString("en")} ${k}`).join(", ");
     const text = `${n.toLocaleString("en")} host${n === 1 ? "" : "s"}: ${parts}` +
