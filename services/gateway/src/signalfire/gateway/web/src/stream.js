@@ -5,27 +5,87 @@
 // data through the REST API, so a chart never shows a silent gap. The token travels as a
 // WebSocket subprotocol, never in the URL (URLs end up in logs). A stream whose token is
 // revoked is closed with code 4401: the tab goes back to sign-in instead of reconnecting.
+//
+// The socket and the parse of its messages run in a worker, started with the page
+// (streamworker.js, streamcore.js); where no worker can run, in the page.
 
 import { session } from "./api.js";
-
-const CLOSE_TOKEN_REVOKED = 4401;
+import { streamer } from "./streamcore.js";
 
 const listeners = new Set();
-let socket = null;
-let lastSeq = null;
-let epoch = null;
-let retry = 500;
 let subscription = { hosts: [], metrics: [], alerts: true, host_status: true };
+let connected = false;
 let statusEl = null;
+// The one page that asked for a digest: {config, fn, names}; digests of an earlier ask are dropped.
+let digestOf = null;
+let digests = 0;
+
+function receive(message) {
+  if (message.status) setStatus(...message.status);
+  if (message.frames) for (const frame of message.frames) for (const fn of listeners) fn(frame);
+  if (message.digest && digestOf && message.digest.gen === digestOf.config.gen) {
+    const { newNames } = message.digest;
+    const names = typeof newNames === "string" ? (newNames ? newNames.split("\n") : []) : newNames;
+    for (const name of names) digestOf.names.push(name);
+    digestOf.fn(message.digest, digestOf.names);
+  }
+  if (message.signedOut) {
+    connected = false;
+    window.dispatchEvent(new CustomEvent("signalfire:signed-out"));
+  }
+}
+
+let send;
+function inPage() {
+  send = streamer(receive);
+}
+try {
+  const worker = new Worker(new URL("./streamworker.js", import.meta.url), { type: "module" });
+  worker.onmessage = ({ data }) => receive(data);
+  worker.onerror = (event) => {
+    event.preventDefault();
+    // A worker that cannot run (or failed): the stream runs in the page from now on, asked
+    // again for what the page wants (a digest numbers its hosts afresh).
+    worker.terminate();
+    inPage();
+    send({ subscribe: subscription });
+    if (digestOf) {
+      digestOf.config = { ...digestOf.config, gen: ++digests };
+      digestOf.names = [];
+      send({ digest: digestOf.config });
+    }
+    if (connected) connect();
+  };
+  send = (message) => worker.postMessage(message);
+} catch {
+  inPage();
+}
 
 export function onFrame(fn) {
   listeners.add(fn);
   return () => listeners.delete(fn);
 }
 
+/**
+ * The metric frames of `config.metrics` folded per host, every `config.every` ms, in the
+ * worker (streamcore.js, digester()): `fn(digest, names)` with `names[id]` the name of host
+ * number `id`. These frames no longer reach onFrame() listeners. One page at a time; the
+ * function returned stops it.
+ */
+export function onDigest(config, fn) {
+  const mine = { config: { ...config, gen: ++digests }, fn, names: [] };
+  digestOf = mine;
+  send({ digest: mine.config });
+  return () => {
+    if (digestOf !== mine) return;
+    digestOf = null;
+    send({ digest: null });
+  };
+}
+
 export function subscribe(next) {
   subscription = { ...subscription, ...next };
-  if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ subscribe: subscription }));
+  send({ subscribe: subscription });
 }
 
 function setStatus(text, on) {
@@ -35,48 +95,18 @@ function setStatus(text, on) {
   statusEl.classList.toggle("on", on);
 }
 
+// Asked on every route: a stream already open (or waiting to reconnect) stays as it is.
 export function connect() {
-  if (socket || document.hidden || !session.token) return;
+  if (document.hidden || !session.token) return;
+  connected = true;
   const url = new URL("/api/v1/stream", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  try {
-    socket = new WebSocket(url, ["signalfire.v1", `signalfire.bearer.${session.token}`]);
-  } catch {
-    // Not a token a subprotocol can carry (a pasted typo): the REST API will refuse it too.
-    setStatus("offline", false);
-    return;
-  }
-  socket.onopen = () => {
-    retry = 500;
-    setStatus("live", true);
-    socket.send(JSON.stringify({ subscribe: subscription, last_seq: lastSeq, epoch }));
-  };
-  socket.onmessage = (event) => {
-    const frames = JSON.parse(event.data);
-    for (const frame of Array.isArray(frames) ? frames : [frames]) {
-      // Synced from the gateway's newest frame: a reconnect resumes from here even if no
-      // frame came before it.
-      if (frame.kind === "hello") { epoch = frame.epoch; if (lastSeq === null) lastSeq = frame.head; }
-      else if (frame.kind === "reset") lastSeq = null;
-      else if (frame.seq) lastSeq = frame.seq;
-      for (const fn of listeners) fn(frame);
-    }
-  };
-  socket.onclose = (event) => {
-    socket = null;
-    if (event.code === CLOSE_TOKEN_REVOKED) {
-      setStatus("signed out", false);
-      window.dispatchEvent(new CustomEvent("signalfire:signed-out"));
-      return;
-    }
-    setStatus("reconnecting…", false);
-    if (!document.hidden) setTimeout(connect, retry);
-    retry = Math.min(retry * 2, 10000);
-  };
+  send({ connect: { url: url.href, token: session.token } });
 }
 
 export function disconnect() {
-  if (socket) { socket.onclose = null; socket.close(); socket = null; }
+  connected = false;
+  send({ disconnect: true });
   setStatus("paused", false);
 }
 

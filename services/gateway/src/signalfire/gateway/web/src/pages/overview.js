@@ -1,12 +1,14 @@
 // Overview: the whole fleet in one dense table. Every host is loaded (`GET /fleet`: one
 // answer, worst first, as columns), so the totals and "worst first" cover the fleet, not a
 // first page. Only the rows in view exist in the page (10,000 hosts are about 40 rows of
-// markup); live frames are queued and taken in batches within a time budget, and patch only
-// the rows in view, in an animation frame asked for when something on screen changed.
+// markup). The stream's metric frames never reach this thread: the stream's worker folds them
+// into one digest of the hosts that reported every 250 ms (stream.js, onDigest()); digests
+// and other frames are taken within a time budget, and patch only the rows in view, in an
+// animation frame asked for when something on screen changed.
 
 import { api, ApiError, session } from "../api.js";
 import { h, clear, severityBadge, statusBadge, ago, formatValue, reported } from "../dom.js";
-import { onFrame, subscribe } from "../stream.js";
+import { onFrame, onDigest, subscribe } from "../stream.js";
 import { lineChart, sparkline, drawSparkline } from "../charts.js";
 import { packer, unpacker, SEVERITIES, USAGE as KEY_METRICS } from "../fleetpack.js";
 
@@ -37,9 +39,10 @@ const PATCH_MS = 1000;
 // this many rows each: the rendering of 37 rows at once (style, paint, layerize, commit) was
 // 10–20 ms, which a loaded machine stretched past 50 ms (2026-12-02 traces at load 3–4).
 const ROWS_PER_FRAME = 8;
-// The stream's frames are taken in batches this often (a few thousand a second at 10,000
-// hosts): a batch is a millisecond or two of work, and asks for an animation frame only when
-// something on screen changes, not once per message.
+// The stream's metric frames (a few thousand a second at 10,000 hosts) come folded into one
+// digest this often, and its alert and host frames are taken in batches this often: a batch
+// is a millisecond or two of work, and asks for an animation frame only when something on
+// screen changes, not once per message.
 const DRAIN_MS = 250;
 
 // Worst first: the lowest health; between equal scores (every down host scores 0) the host
@@ -47,25 +50,63 @@ const DRAIN_MS = 250;
 const badness = (host) => host.health * 1e12
   - SEVERITIES.reduce((sum, s, i) => sum + Math.min((host.alerts || {})[s] || 0, 999) * 1000 ** (3 - i), 0);
 
+// The fleet's reader: `GET /fleet` fetched, parsed and packed by a worker (fleetworker.js),
+// started with the page, before sign-in: the 0.66 MB JSON.parse of 10,000 hosts was one long
+// task of the page's thread (at the first view and every reload), its objects garbage for this
+// thread's collector, and the first reload received 10,000 names. Answers [packed, table]
+// (fleetpack.js): the worker numbers a host once, so only the first answer carries the names.
+// Where no worker can run (or it failed), the fleet is read here, by a packer of this thread.
+const readFleet = (() => {
+  const local = packer();
+  const localTable = unpacker();
+  const readHere = () => api("/fleet").then((reply) => [local(reply)[0], localTable]);
+  const table = unpacker();
+  const waiting = new Map();
+  let asked = 0;
+  let worker = null;
+  try {
+    worker = new Worker(new URL("../fleetworker.js", import.meta.url), { type: "module" });
+  } catch {
+    return readHere;
+  }
+  worker.onmessage = ({ data }) => {
+    const done = waiting.get(data.seq);
+    waiting.delete(data.seq);
+    if (!done) return;
+    if (data.packed) done.resolve([data.packed, table]);
+    else if (data.failed !== undefined) done.reject(new Error(data.failed));
+    else done.reject(new ApiError(data.status, data.body));
+  };
+  worker.onerror = (event) => {
+    event.preventDefault();
+    // A worker that cannot run (or failed): what it was asked for, and all from now on, is read here.
+    worker.terminate();
+    worker = null;
+    for (const done of waiting.values()) readHere().then(done.resolve, done.reject);
+    waiting.clear();
+  };
+  return () => {
+    if (!worker) return readHere();
+    const seq = ++asked;
+    return new Promise((resolve, reject) => {
+      waiting.set(seq, { resolve, reject });
+      worker.postMessage({ token: session.token, seq });
+    });
+  };
+})();
+
 // The fleet's answer, asked for by the router before it has checked the token (the two
 // requests travel together: the first view waits for one round trip, not two).
 let early = null;
 export function prefetchOverview() {
-  early = api("/fleet");
+  early = readFleet();
   early.catch(() => {});
 }
 
 function takeFleet() {
-  const reply = early || api("/fleet");
+  const reply = early || readFleet();
   early = null;
   return reply;
-}
-
-// The fullest of a host's disks, as the health score counts it (no array spread per sample).
-function fullest(mounts) {
-  let top = -Infinity;
-  for (const v of mounts.values()) if (v > top) top = v;
-  return top;
 }
 
 // Lets the browser paint and handle input; not throttled like a timer in a background tab.
@@ -74,7 +115,9 @@ const yieldToBrowser = () => (globalThis.scheduler && scheduler.yield
 
 export async function overviewPage(main) {
   const state = {
-    hosts: new Map(), usage: new Map(), disks: new Map(), history: new Map(),
+    // `streamedDisk`: a host's fullest disk over the mounts the stream reported (the worker
+    // keeps them), as the health score counts it.
+    hosts: new Map(), usage: new Map(), streamedDisk: new Map(), history: new Map(),
     filter: "", sort: "health", group: "", rows: [], groupKeys: [],
     // The fleet worst first as the gateway ordered it, while no host has moved since.
     worst: null,
@@ -160,28 +203,6 @@ export async function overviewPage(main) {
     return active.length ? active.map((sev) => [severityBadge(sev), ` ${host.alerts[sev]} `]) : "none";
   }
 
-  function remember(host, metric, v, labels = {}) {
-    if (!KEY_METRICS.includes(metric)) return false;
-    let usage = state.usage.get(host);
-    if (!usage) state.usage.set(host, (usage = {}));
-    if (metric === "disk.used_percent") {
-      // The fullest disk, as the health score counts it.
-      let mounts = state.disks.get(host);
-      if (!mounts) state.disks.set(host, (mounts = new Map()));
-      mounts.set(labels.mount || "", v);
-      usage[metric] = fullest(mounts);
-    } else {
-      usage[metric] = v;
-    }
-    if (metric === "cpu.usage_percent") {
-      const hist = state.history.get(host) || [];
-      hist.push(v);
-      if (hist.length > 60) hist.shift();
-      state.history.set(host, hist);
-    }
-    return true;
-  }
-
   // --- loading: the whole fleet in one answer, and the named hosts again when a frame says they changed
 
   // A host's record is made once and updated in place: the order and the rows hold it, and
@@ -236,8 +257,8 @@ export async function overviewPage(main) {
         const v = usage[i * 3 + m];
         if (v === v) values[KEY_METRICS[m]] = v;
       }
-      const mounts = state.disks.get(name);
-      if (mounts && mounts.size) values["disk.used_percent"] = fullest(mounts);
+      const disk = state.streamedDisk.get(name);
+      if (disk !== undefined) values["disk.used_percent"] = disk;
       worst[i] = host;
     }
     // Hosts the answer no longer names are gone (and so are those the stream added meanwhile,
@@ -257,8 +278,8 @@ export async function overviewPage(main) {
       const v = valueOf(metric);
       if (v !== undefined && v !== null) usage[metric] = v;
     }
-    const mounts = state.disks.get(name);
-    if (mounts && mounts.size) usage["disk.used_percent"] = fullest(mounts);
+    const disk = state.streamedDisk.get(name);
+    if (disk !== undefined) usage["disk.used_percent"] = disk;
   }
 
   async function loadNamed(names) {
@@ -314,7 +335,10 @@ export async function overviewPage(main) {
     } else {
       // Each changed host leaves its place and is put back where it now belongs (a binary
       // search): a burst of alerts does not sort the whole fleet again.
-      sorted = sorted.filter((pair) => !changed.has(pair[1].host));
+      // In place: a new array of 10,000 pairs every few seconds is garbage for the collector.
+      let kept = 0;
+      for (const pair of sorted) if (!changed.has(pair[1].host)) sorted[kept++] = pair;
+      sorted.length = kept;
       for (const name of changed) {
         const host = state.hosts.get(name);
         if (!host || !match(host)) continue;
@@ -344,7 +368,7 @@ export async function overviewPage(main) {
       state.rows = [];
       for (const key of keys) {
         const members = groups.get(key);
-        state.rows.push({ group: key, hosts: members, alerts: alertTotals(members) });
+        state.rows.push({ group: key, hosts: members, alerts: totalsOf(members).alerts });
         state.rows.push(...members);
       }
     }
@@ -363,16 +387,29 @@ export async function overviewPage(main) {
   // The text nodes of the alert totals' numbers, by SEVERITIES.
   const countText = [];
 
-  function alertTotals(hosts) {
-    const totals = Object.fromEntries(SEVERITIES.map((s) => [s, 0]));
-    for (const host of hosts) for (const s of SEVERITIES) totals[s] += (host.alerts || {})[s] || 0;
-    return totals;
+  // The alerts of `hosts` per severity (the names of SEVERITIES) and the hosts per status, in
+  // one pass. Named properties, not `totals[severity]`: a keyed access per host and severity
+  // made this pass over 10,000 hosts half of a reordering frame's script (a CPU profile at
+  // load 5: 20–40 ms frames).
+  function totalsOf(hosts) {
+    let critical = 0, high = 0, medium = 0, low = 0, up = 0, down = 0, offline = 0;
+    const other = {};
+    for (const host of hosts) {
+      const a = host.alerts;
+      if (a) { critical += a.critical || 0; high += a.high || 0; medium += a.medium || 0; low += a.low || 0; }
+      const s = host.status;
+      if (s === "up") up++;
+      else if (s === "down") down++;
+      else if (s === "offline") offline++;
+      else other[s] = (other[s] || 0) + 1;
+    }
+    return { alerts: { critical, high, medium, low }, status: { up, down, offline, ...other } };
   }
 
   function renderTotals(shown) {
     // Written only when they differ, into the text of the number: a rewrite of the links laid
     // out and painted the whole page (the charts too) every time an alert fired or resolved.
-    const totals = alertTotals(state.hosts.values());
+    const { alerts: totals, status } = totalsOf(state.hosts.values());
     if (!countText.length) {
       clear(counts, SEVERITIES.map((sev) => {
         const number = document.createTextNode("");
@@ -384,8 +421,6 @@ export async function overviewPage(main) {
       const text = `: ${totals[sev]}`;
       if (countText[i].data !== text) countText[i].data = text;
     });
-    const status = { up: 0, down: 0, offline: 0 };
-    for (const host of state.hosts.values()) status[host.status] = (status[host.status] || 0) + 1;
     const n = state.hosts.size;
     const parts = Object.entries(status).map(([k, v]) => `${v.toLocaleString("en")} ${k}`).join(", ");
     const text = `${n.toLocaleString("en")} host${n === 1 ? "" : "s"}: ${parts}` +
@@ -507,13 +542,15 @@ export async function overviewPage(main) {
     }
   }
 
-  // --- live: frames are queued and taken in batches of at most BUDGET_MS; the page is
-  // written once per animation frame, only when something on it changed
+  // --- live: digests and frames are queued and taken in slices of at most BUDGET_MS; the
+  // page is written once per animation frame, only when something on it changed
 
-  // A message of the stream carries up to ~1,200 frames: handling them as they arrive made
-  // one long task per message, and a frame drawn per message. They wait here for drain().
+  // Handling the stream's messages as they arrived made one long task per message, and a
+  // frame drawn per message. Digests ({digest, names}) and alert and host frames wait here
+  // for drain(); `within` is how far into the digest at `inboxHead` drain() got.
   const inbox = [];
   let inboxHead = 0;
+  let within = 0;
   let drainTimer = null;
   const dirty = new Set();
   const toFetch = new Set();
@@ -535,25 +572,57 @@ export async function overviewPage(main) {
     requestAnimationFrame(flush);
   }
 
-  function take(frame) {
-    if (frame.kind === "metric") {
-      if (!remember(frame.host, frame.metric, frame.value, frame.labels)) return;
-      const host = state.hosts.get(frame.host);
-      if (!host) { fetchLater(frame.host); return; }
-      if (frame.time > host.last_seen) host.last_seen = frame.time;
-      // Only a row in view has anything to rewrite; the others are built from the record.
-      if (inView.has(frame.host)) dirty.add(frame.host);
-    } else {
-      fetchLater(frame.host);
+  function enqueue(item, delay) {
+    inbox.push(item);
+    if (!drainTimer) drainTimer = setTimeout(drain, delay);
+  }
+
+  // Entry `i` of a digest (streamcore.js, digester()): its hosts' newest values first, then
+  // the CPU samples of the trends, in the order they came.
+  function takeEntry({ n, ids, values, times, historyIds, historyValues }, names, i) {
+    if (i >= n) {
+      const name = names[historyIds[i - n]];
+      const hist = state.history.get(name) || [];
+      hist.push(historyValues[i - n]);
+      if (hist.length > 60) hist.shift();
+      state.history.set(name, hist);
+      return;
     }
+    const name = names[ids[i]];
+    let usage = state.usage.get(name);
+    if (!usage) state.usage.set(name, (usage = {}));
+    for (let m = 0; m < 3; m++) {
+      const v = values[i * 3 + m];
+      if (v === v) usage[KEY_METRICS[m]] = v;
+    }
+    const disk = values[i * 3 + 2];
+    if (disk === disk) state.streamedDisk.set(name, disk);
+    const host = state.hosts.get(name);
+    if (!host) { fetchLater(name); return; }
+    if (times[i] > host.last_seen) host.last_seen = times[i];
+    // Only a row in view has anything to rewrite; the others are built from the record.
+    if (inView.has(name)) dirty.add(name);
   }
 
   function drain() {
     drainTimer = null;
     const began = performance.now();
-    while (inboxHead < inbox.length) {
-      take(inbox[inboxHead++]);
-      if ((inboxHead & 15) === 0 && performance.now() - began > BUDGET_MS) break;
+    let over = false;
+    while (!over && inboxHead < inbox.length) {
+      const item = inbox[inboxHead];
+      if (item.digest) {
+        const { digest, names } = item;
+        const size = digest.n + digest.historyIds.length;
+        while (within < size) {
+          takeEntry(digest, names, within++);
+          if ((within & 63) === 0 && performance.now() - began > BUDGET_MS) { over = true; break; }
+        }
+        if (within < size) break;
+        within = 0;
+      } else {
+        fetchLater(item.host);
+      }
+      inbox[inboxHead++] = null;
     }
     if (inboxHead === inbox.length) { inbox.length = 0; inboxHead = 0; }
     // What did not fit is taken in a task of its own, after the browser had its turn.
@@ -561,15 +630,9 @@ export async function overviewPage(main) {
     if (dirty.size || moved.size || orderStale) schedule();
   }
 
-  function flush() {
-    scheduled = false;
-    if (!orderStale && LIVE_SORTS.has(state.sort) && performance.now() - state.orderedAt > RESORT_MS) orderStale = true;
-    if (orderStale || moved.size) {
-      if (hostsChanged) { hostsChanged = false; updateGroupOptions(); }
-      renderTotals(orderStale || moved.size > 500 ? order() : order(moved));
-      orderStale = false;
-      moved.clear();
-    }
+  // The rows marked since the last round are rewritten at most every PATCH_MS, ROWS_PER_FRAME
+  // an animation frame.
+  function patchSome() {
     if (!patching.length && dirty.size && performance.now() - patchedAt >= PATCH_MS) {
       patchedAt = performance.now();
       for (const name of dirty) patching.push(name);
@@ -589,6 +652,25 @@ export async function overviewPage(main) {
         patching.length = patchAt = 0;
         if (dirty.size) schedule();
       }
+    }
+  }
+
+  function flush() {
+    scheduled = false;
+    if (!orderStale && LIVE_SORTS.has(state.sort) && performance.now() - state.orderedAt > RESORT_MS) orderStale = true;
+    const ordered = orderStale || moved.size > 0;
+    if (ordered) {
+      if (hostsChanged) { hostsChanged = false; updateGroupOptions(); }
+      renderTotals(orderStale || moved.size > 500 ? order() : order(moved));
+      orderStale = false;
+      moved.clear();
+    }
+    if (ordered && (patching.length || dirty.size)) {
+      // A new order (10,000 hosts counted, rows moved or built) is this frame's work: the
+      // rewrites wait for the next frame rather than add their rendering to it.
+      schedule();
+    } else {
+      patchSome();
     }
     renderWindow();
   }
@@ -620,11 +702,7 @@ export async function overviewPage(main) {
     }, PATCH_DELAY_MS);
   }
 
-  // The first answer is read on this thread (it comes with the page's first view, before the
-  // stream; a worker would first have to start); the reloads are read by a worker.
-  const local = packer();
-  const localTable = unpacker();
-  await applyFleet(local(await takeFleet())[0], localTable);
+  await applyFleet(...await takeFleet());
   updateGroupOptions();
   renderTotals(order());
   measure();
@@ -640,58 +718,21 @@ export async function overviewPage(main) {
   window.addEventListener("resize", resized);
 
   subscribe({ hosts: [], metrics: KEY_METRICS, alerts: true });
+  const offDigest = onDigest(
+    { metrics: KEY_METRICS, fullest: { "disk.used_percent": "mount" }, history: "cpu.usage_percent", every: DRAIN_MS },
+    (digest, names) => enqueue({ digest, names }, 0),
+  );
   const off = onFrame((frame) => {
-    if (frame.kind === "metric" || ((frame.kind === "alert" || frame.kind === "host") && frame.host)) {
-      inbox.push(frame);
-      if (!drainTimer) drainTimer = setTimeout(drain, DRAIN_MS);
-    }
+    if ((frame.kind === "alert" || frame.kind === "host") && frame.host) enqueue(frame, DRAIN_MS);
   });
-  // The 30 s reload: `GET /fleet` fetched, parsed and packed by a worker (fleetworker.js):
-  // the 0.66 MB JSON.parse of 10,000 hosts was one long task of this thread, and its objects
-  // garbage for this thread's collector. Where no worker can run, it is read here.
-  let worker = null;
-  let workerTable = null;
-  let workerBroken = typeof Worker === "undefined";
-  let asked = 0;
-  const waiting = new Map();
-  function fetchFleet() {
-    if (workerBroken) return api("/fleet").then((reply) => [local(reply)[0], localTable]);
-    if (!worker) {
-      worker = new Worker(new URL("../fleetworker.js", import.meta.url), { type: "module" });
-      workerTable = unpacker();
-      worker.onmessage = ({ data }) => {
-        const done = waiting.get(data.seq);
-        waiting.delete(data.seq);
-        if (done) done(data);
-      };
-      worker.onerror = (event) => {
-        event.preventDefault();
-        // A worker that cannot run (or failed): the reloads are read here from now on.
-        workerBroken = true;
-        worker.terminate();
-        worker = null;
-        for (const done of waiting.values()) done({ failed: event.message || "the fleet's reader stopped" });
-        waiting.clear();
-      };
-    }
-    const seq = ++asked;
-    const table = workerTable;
-    return new Promise((resolve, reject) => {
-      waiting.set(seq, (data) => {
-        if (data.packed) resolve([data.packed, table]);
-        else if (data.failed !== undefined) reject(new Error(data.failed));
-        else reject(new ApiError(data.status, data.body));
-      });
-      worker.postMessage({ token: session.token, seq });
-    });
-  }
+  // The 30 s reload, by the fleet's reader (readFleet: off this thread).
   let reloading = false;
   let reloadTimer = null;
   async function reload() {
     if (document.hidden || reloading) return;
     reloading = true;
     try {
-      const changed = await applyFleet(...await fetchFleet());
+      const changed = await applyFleet(...await readFleet());
       for (const name of rendered.keys()) if (name.startsWith("h:")) dirty.add(name.slice(2));
       hostsChanged = true;
       // The records were updated in place: the order holds them already (a few moved, or all again).
@@ -772,6 +813,7 @@ export async function overviewPage(main) {
   const fleetTimer = setInterval(() => { if (!document.hidden) loadFleet().catch(reported("Loading the fleet charts", null)); }, RELOAD_MS);
   return () => {
     off();
+    offDigest();
     clearTimeout(patchTimer);
     clearTimeout(patchLater);
     clearTimeout(drainTimer);
@@ -779,7 +821,6 @@ export async function overviewPage(main) {
     clearTimeout(reloadStart);
     clearInterval(reloadTimer);
     window.removeEventListener("resize", resized);
-    if (worker) worker.terminate();
     for (const c of fleetCharts) if (c) c.destroy();
   };
 }
