@@ -286,12 +286,14 @@ def test_a_long_range_folds_live_samples_into_its_buckets(browser: Any, running:
     else:
         pytest.fail("the host page's 1 h range never loaded within one 10 s bucket")
     # Two more samples in the same bucket, the newer first: the gateway commits rounds in
-    # parallel, so a tab can get a series' samples out of order.
+    # parallel, so a tab can get a series' samples out of order. The older one is published
+    # once the newer one is on the page: published together they would be written in one
+    # round, and the stream sends a client only the newest pending sample of a series.
     publish_to_nats(running, host, bucket + 2, [("cpu.usage_percent", 60.0)])
+    figure.locator(".latest").get_by_text("60.0 %").wait_for(timeout=5000)
     publish_to_nats(running, host, bucket + 1, [("cpu.usage_percent", 20.0)])
     # The text line shows the newest sample; the chart the bucket's mean of all three (the
     # one the page read at load is not counted twice when the stream repeats it).
-    figure.locator(".latest").get_by_text("60.0 %").wait_for(timeout=5000)
     figure.get_by_text("Show as table").click()
     cells = figure.locator("details table td:nth-child(3)")
     deadline = time.monotonic() + 5
