@@ -141,6 +141,27 @@ def test_published_sample_appears_on_the_host_page(browser: Any, running: Stack)
     page.close()
 
 
+PLOT_SPANS = """async () => {
+    const { default: uPlot } = await import("/ui/vendor/uplot/uPlot.esm.js");
+    const span = (u) => u.scales.x.max - u.scales.x.min;
+    return uPlot.sync("signalfire").plots.map((u) => [u.data[0].length, span(u)]);
+}"""
+
+
+Spans = list[list[float]]
+
+
+def settled_spans(page: Any, done: Callable[[Spans], bool], seconds: float = 10) -> Spans:
+    """The [points, x-span] of every chart on the page, once ``done`` holds for them (or as they
+    are after ``seconds``): a live bucket is drawn an animation frame after it is appended."""
+    deadline = time.monotonic() + seconds
+    while True:
+        spans: Spans = page.evaluate(PLOT_SPANS)
+        if done(spans) or time.monotonic() > deadline:
+            return spans
+        page.wait_for_timeout(100)
+
+
 def test_a_range_with_one_bucket_spans_that_bucket_not_years(browser: Any, running: Stack) -> None:
     """A new host's 7-day chart holds one bucket: its time axis spans around it (uPlot alone
     spread one point over 1,000 days, labelled 2027, 2028, 2029)."""
@@ -149,17 +170,34 @@ def test_a_range_with_one_bucket_spans_that_bucket_not_years(browser: Any, runni
     page = open_signed_in(browser, running, token(running), f"#/hosts/{host}")
     page.wait_for_selector("figure[aria-label='CPU total']", timeout=10_000)
     page.get_by_role("button", name="7 d").click()
+    page.wait_for_selector("button[data-range='7 d'][aria-pressed='true']", timeout=10_000)
     page.wait_for_selector("figure[aria-label='CPU total'] canvas", timeout=10_000)
-    spans = page.evaluate(
-        """async () => {
-            const { default: uPlot } = await import("/ui/vendor/uplot/uPlot.esm.js");
-            const span = (u) => u.scales.x.max - u.scales.x.min;
-            return uPlot.sync("signalfire").plots.map((u) => [u.data[0].length, span(u)]);
-        }"""
-    )
-    single = [span for points, span in spans if points == 1]
-    assert single, spans
-    assert all(0 < span <= 2 * 86400 for span in single), spans  # a bucket either side, not years
+
+    def one_bucket_each(spans: Spans) -> bool:
+        return bool(spans) and all(points == 1 and 0 < span <= 2 * 86400 for points, span in spans)
+
+    spans = settled_spans(page, one_bucket_each)
+    assert spans and all(points == 1 for points, _ in spans), spans  # one bucket per chart, one set of charts
+    assert all(0 < span <= 2 * 86400 for _, span in spans), spans  # a bucket either side, not years
+    page.close()
+
+
+def test_ranges_picked_in_quick_succession_draw_one_set_of_charts(browser: Any, running: Stack) -> None:
+    """Picking ranges faster than they load shows the last one picked, once: each load used to
+    add its own charts when it finished, so three quick clicks left three CPU charts."""
+    host = "ui-quick-ranges"
+    publish(running, host, [("cpu.usage_percent", 21.0), ("load.1m", 0.5)])
+    page = open_signed_in(browser, running, token(running), f"#/hosts/{host}")
+    page.wait_for_selector("figure[aria-label='CPU total']", timeout=10_000)
+    for name in ("1 h", "6 h", "24 h", "7 d", "1 h"):
+        page.get_by_role("button", name=name, exact=True).click()
+    page.wait_for_selector("button[data-range='1 h'][aria-pressed='true']", timeout=10_000)
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(500)
+    assert page.locator("figure[aria-label='CPU total']").count() == 1
+    figures = page.locator("#charts figure").count()
+    assert figures >= 2  # CPU and load
+    assert len(page.evaluate(PLOT_SPANS)) == figures  # no chart of an earlier load left behind
     page.close()
 
 

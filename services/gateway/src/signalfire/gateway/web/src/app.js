@@ -76,7 +76,12 @@ const routes = [
   [/^#\/tokens$/, () => tokensPage(main)],
 ];
 
+// A route that starts while the previous one is still loading (a hash set during sign-in, a
+// stream reset, a quick second click) supersedes it: the older page is left as soon as it
+// has loaded, so its stream listeners and timers do not keep drawing into a page no one sees.
+let routing = 0;
 async function route() {
+  const mine = ++routing;
   if (leave) { leave(); leave = null; }
   if (!session.token) return signIn();
   const prefetch = routes.find(([pattern]) => pattern.test(location.hash))?.[2];
@@ -85,9 +90,11 @@ async function route() {
     const me = await api("/whoami");
     session.role = me.role;
   } catch (err) {
+    if (mine !== routing) return;
     if (err instanceof ApiError && err.status === 401) { session.token = ""; return signIn("That token was not accepted."); }
     toast(`Cannot reach the gateway: ${err.message}`);
   }
+  if (mine !== routing) return;
   document.getElementById("signout").hidden = false;
   document.body.dataset.role = session.role;
   for (const a of document.querySelectorAll("#nav a[data-role=admin]")) a.hidden = session.role !== "admin";
@@ -100,9 +107,11 @@ async function route() {
     const m = location.hash.match(pattern);
     if (m) {
       try {
-        leave = (await page(m)) || null;
+        const left = (await page(m)) || null;
+        if (mine === routing) leave = left;
+        else if (left) left();
       } catch (err) {
-        clear(main, h("p", { role: "alert" }, `Could not load this page: ${err.message}`));
+        if (mine === routing) clear(main, h("p", { role: "alert" }, `Could not load this page: ${err.message}`));
       }
       return;
     }

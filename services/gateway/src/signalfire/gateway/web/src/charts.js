@@ -109,7 +109,8 @@ export function lineChart(container, title, metric, given, { height = 200, step 
     data,
     plotBox,
   );
-  sync.sub(plot);
+  // (uPlot subscribes the plot to the crosshair sync of `cursor.sync.key` itself, and
+  // unsubscribes it in destroy(); subscribing here too listed every chart twice.)
   showLatest();
   const resize = new ResizeObserver(() => plot.setSize({ width: Math.max(280, figure.clientWidth - 24), height }));
   resize.observe(figure);
@@ -202,7 +203,7 @@ export function lineChart(container, title, metric, given, { height = 200, step 
       });
       scheduleRedraw(redraw);
     },
-    destroy() { dirty.delete(redraw); resize.disconnect(); sync.unsub(plot); plot.destroy(); },
+    destroy() { dirty.delete(redraw); resize.disconnect(); plot.destroy(); },
   };
 }
 

@@ -59,9 +59,12 @@ export async function eventsPage(main) {
       h("td", {}, e.value === null || e.value === undefined ? "" : formatValue(e.value)));
   }
 
-  async function page(cursor) {
+  // Only the newest of overlapping loads (a filter changed while one is out) fills the page.
+  let generation = 0;
+  async function page(cursor, mine = generation) {
     const seconds = (RANGES.find(([name]) => name === state.range) || RANGES[2])[1];
     const reply = await api("/events", { params: { host: state.host, type: state.type, from: `-${seconds}s`, limit: PAGE, cursor } });
+    if (mine !== generation) return;
     rows.append(...reply.events.map(row));
     if (!cursor && !reply.events.length) rows.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No events match.")));
     more.replaceChildren(reply.next_cursor
@@ -70,6 +73,7 @@ export async function eventsPage(main) {
   }
 
   async function load() {
+    const mine = ++generation;
     history.replaceState(null, "", `#/events?${new URLSearchParams(Object.entries(state).filter(([, v]) => v))}`);
     const seconds = (RANGES.find(([name]) => name === state.range) || RANGES[2])[1];
     // The types offered are those of the range (for the chosen host), whatever type is chosen.
@@ -77,6 +81,7 @@ export async function eventsPage(main) {
       api("/events/counts", { params: { host: state.host, from: `-${seconds}s` } }),
       api("/events/counts", { params: { host: state.host, type: state.type, from: `-${seconds}s` } }),
     ]);
+    if (mine !== generation) return;
     const types = all.types.map((t) => t.type);
     if (state.type && !types.includes(state.type)) types.push(state.type);
     clear(typeSelect, h("option", { value: "" }, "any type"), types.map((t) => h("option", { value: t, selected: t === state.type }, t)));
@@ -90,9 +95,9 @@ export async function eventsPage(main) {
         counts.types.map((t) => ({ label: t.type, points: filled(t.points, counts.from, counts.to, counts.step) })), { step: counts.step });
     }
     rows.replaceChildren();
-    await page(undefined);
+    await page(undefined, mine);
   }
 
   await load();
-  return () => { if (chart) chart.destroy(); };
+  return () => { generation++; if (chart) chart.destroy(); };
 }

@@ -96,7 +96,10 @@ export async function explorePage(main) {
   metricSelect.addEventListener("change", hint);
   hostSelect.addEventListener("change", () => attempt("Loading the metric names", loadMetrics));
 
+  // Only the newest of overlapping shows (a range picked while a query is out) draws.
+  let generation = 0;
   async function show() {
+    const mine = ++generation;
     const seconds = (RANGES.find(([name]) => name === state.range) || RANGES[1])[1];
     const params = { metric: state.metric, host: state.host, from: `-${seconds}s`, step: "auto", agg: state.agg, ...labelParams(state.labels) };
     history.replaceState(null, "", `#/explore?${new URLSearchParams(Object.entries(state).filter(([, v]) => v))}`);
@@ -105,6 +108,7 @@ export async function explorePage(main) {
     exportBox.replaceChildren();
     if (!state.metric) { clear(tableBox, h("p", { class: "muted" }, "Choose a metric.")); return; }
     const reply = await api("/query", { params });
+    if (mine !== generation) return;
     const series = (reply.series || []).filter((s) => s.points.length);
     const manyHosts = new Set(series.map((s) => s.host)).size > 1 || !state.host;
     if (!series.length) clear(tableBox, h("p", { class: "muted" }, "No samples match in this range."));
@@ -141,5 +145,5 @@ export async function explorePage(main) {
   clear(hostSelect, h("option", { value: "" }, "any host"), known.map((name) => h("option", { value: name, selected: name === state.host }, name)));
   await loadMetrics();
   await attempt("Loading the chart", show);
-  return () => { if (chart) chart.destroy(); };
+  return () => { generation++; if (chart) chart.destroy(); };
 }

@@ -107,7 +107,11 @@ export async function hostPage(main, hostName) {
     else apply(frame);
   });
 
+  // A range picked while the previous one is still loading (or a reload for a new series
+  // meeting a click) must not add a second set of charts: only the newest load draws.
+  let generation = 0;
   async function load() {
+    const mine = ++generation;
     loading = true;
     held = [];
     for (const b of picker.querySelectorAll("button[data-range]")) b.setAttribute("aria-pressed", String(b.dataset.range === range.name));
@@ -120,6 +124,7 @@ export async function hostPage(main, hostName) {
     const results = await Promise.all(CHARTS.map(([, metric]) =>
       api("/query", { params: { host: hostName, metric, from, to, step: raw ? "raw" : "auto", agg: "avg" } })
         .catch(reported(`Loading the chart of ${metric}`, { series: [] }))));
+    if (mine !== generation) return;
     const open = [];
     CHARTS.forEach(([title, metric], i) => {
       const series = results[i].series || [];
@@ -141,6 +146,7 @@ export async function hostPage(main, hostName) {
       const cuts = new Map(open);
       const seed = await api("/query", { params: { host: hostName, metric: open.map(([m]) => m), from: Math.min(...cuts.values()), step: "raw" } })
         .catch(reported("Loading the newest samples", { series: [] }));
+      if (mine !== generation) return;
       for (const s of seed.series || []) {
         for (const [t, v] of s.points) {
           if (v !== null && t >= cuts.get(s.metric)) apply({ metric: s.metric, labels: s.labels, time: t, value: v }, false);
@@ -154,5 +160,5 @@ export async function hostPage(main, hostName) {
   }
 
   await load();
-  return () => { off(); clearTimeout(reload); for (const c of charts) c.chart.destroy(); };
+  return () => { generation++; off(); clearTimeout(reload); for (const c of charts) c.chart.destroy(); };
 }

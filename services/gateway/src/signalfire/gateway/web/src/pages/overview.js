@@ -761,6 +761,9 @@ export async function overviewPage(main) {
     return top.map((pair) => pair[1]);
   }
 
+  // Set when the page is left: a fleet load still out then draws nothing (its charts would
+  // stay subscribed to the crosshair sync of the next page).
+  let left = false;
   async function loadFleet() {
     // The busiest hosts by the newest values the page holds; only their series are fetched
     // (the whole fleet's hour would be millions of points at 10,000 hosts).
@@ -781,6 +784,7 @@ export async function overviewPage(main) {
       // One chart per animation frame: building a chart is mostly painting its canvas, and
       // two in one task made a long task (as on the Host page, charts.js).
       await new Promise((resolve) => requestAnimationFrame(resolve));
+      if (left) return;
       const newest = (s) => (s.points.length ? s.points[s.points.length - 1][1] ?? 0 : 0);
       // Series may carry labels (an agent's `labels: {env: dev}` are on every sample): each is
       // drawn, named by its host, and by its labels too where a host has several series.
@@ -812,6 +816,7 @@ export async function overviewPage(main) {
   loadFleet().catch(reported("Loading the fleet charts", null));
   const fleetTimer = setInterval(() => { if (!document.hidden) loadFleet().catch(reported("Loading the fleet charts", null)); }, RELOAD_MS);
   return () => {
+    left = true;
     off();
     offDigest();
     clearTimeout(patchTimer);
