@@ -89,7 +89,17 @@ async def test_kill_9_of_the_judging_replica_sends_one_firing_and_one_resolved(
         return sum(1 for e in await alert_events(js, nats_config) if e.status == state and e.host == HOST)
 
     async def kill_owner_and_time_takeover() -> float:
-        owner = (await partition_holders(leases))[partition]
+        # A partition handed between the replicas (a lease that lapsed on a loaded machine, then
+        # rebalanced) has no holder between the release and the claim: kill its next holder.
+        holders: dict[str, str] = {}
+
+        async def held() -> bool:
+            nonlocal holders
+            holders = await partition_holders(leases)
+            return partition in holders
+
+        await eventually(held, f"partition {partition} to have a holder", 10, *replicas.values())
+        owner = holders[partition]
         survivor = "b" if owner == "a" else "a"
         kill9(replicas[owner])
         killed = time.monotonic()

@@ -213,7 +213,9 @@ class EvaluatorService:
         self._leases: LeaseKeeper | None = None
         self._lease_nc: NATS | None = None
         self._leaving: dict[str, AlertState] = {}  # states given up, still to be written
-        self._revoked: set[str] = set()  # states taken over by another replica: never write
+        #: States of partitions lost (another replica may hold them): never written, until
+        #: this replica takes their partition again. Fingerprint → partition.
+        self._revoked: dict[str, str] = {}
         #: Settled at the start (see `_hold_replica_id`).
         self.replica_id = config.replica_id or _host_replica_id()
         self._partition_cache: dict[str, str] = {}
@@ -553,7 +555,7 @@ class EvaluatorService:
                 fp = stored.state.fingerprint
                 if partitions is not None and self._partition_of(stored.state, rules) not in partitions:
                     continue
-                self._revoked.discard(fp)
+                self._revoked.pop(fp, None)
                 states.append(stored.state)
                 if stored.outbox:
                     outboxes[fp] = list(stored.outbox)
@@ -878,6 +880,11 @@ class EvaluatorService:
                 gone |= set(self._forget(partition, scratch))
             gone |= {s.fingerprint for s in states if self._partition_of(s, rules) in lost}
         kept = taken - lost
+        # Alerts of a partition lost earlier and taken back are this replica's to write again,
+        # also those the bucket does not hold (their state never reached it).
+        for fp, partition in list(self._revoked.items()):
+            if partition in kept:
+                del self._revoked[fp]
         self.engine.adopt(scratch, now)
         for fp, events in outboxes.items():
             if fp not in gone:
@@ -992,7 +999,7 @@ class EvaluatorService:
             gone = set(self._forget(partition))
             gone |= {fp for fp, state in self._leaving.items() if self._partition_of_fp(state) == partition}
             for fp in gone:
-                self._revoked.add(fp)
+                self._revoked[fp] = partition
                 self._dirty.pop(fp, None)
                 self._outbox.pop(fp, None)
                 self._leaving.pop(fp, None)
@@ -1202,11 +1209,15 @@ class EvaluatorService:
             # The intent first: a crash from here on re-publishes, and the stream de-duplicates.
             if self._state(fp) is not None and not await self._retry("kv", lambda: self._put(fp)):
                 return False
-            while outbox and fp not in self._revoked:
+            # Only while this outbox is still the alert's: its partition lost meanwhile (the
+            # outbox dropped unwritten) and taken back, the alert was judged afresh from the
+            # bucket and the history, and its new outbox is the one to publish, not this one.
+            while outbox and self._outbox.get(fp) is outbox and fp not in self._revoked:
                 if not await self._publish(outbox[0]):
                     return False
                 outbox.pop(0)
-            self._outbox.pop(fp, None)
+            if self._outbox.get(fp) is outbox:
+                del self._outbox[fp]
         if fp in self._revoked:
             return True  # another replica holds it now: its state is that replica's to write
 
