@@ -135,6 +135,26 @@ async def test_an_entry_rewritten_since_it_was_observed_has_not_expired(kv: KeyV
     assert keeper.unchanged_for("replica.never-seen", never_seen) == 0.0
 
 
+async def test_a_replica_whose_lease_lapsed_is_not_live_while_its_announcement_is_newer(kv: KeyValue) -> None:
+    """A replica renews every lease at once: one lease unchanged for the TTL says it stopped,
+    even while its announcement (written by another loop, seen later) has not expired yet;
+    its partitions are then assigned to the live replicas at once."""
+    clock = Clock()
+    keeper = LeaseKeeper(kv, "a", TTL, clock=clock)
+    other = LeaseKeeper(kv, "b", TTL)
+    assert await other.claim("00", None)
+    await keeper.read()  # b's lease seen
+    clock.now += TTL / 2
+    await other.announce(["00"])  # b's last announcement, after its last renewal
+    entries = await keeper.read()
+    assert keeper.live_replicas(entries) == ["a", "b"]
+    clock.now += TTL / 2  # the lease unchanged for the TTL, the announcement for half of it
+    assert not keeper.expired("replica.b", entries["replica.b"])
+    assert keeper.live_replicas(entries) == ["a"]
+    await other.renew("00")  # b renews: live again
+    assert keeper.live_replicas(await keeper.read()) == ["a", "b"]
+
+
 async def test_a_renewal_keeps_the_lease_valid_for_another_ttl_from_when_it_was_sent(kv: KeyValue) -> None:
     clock = Clock()
     a = LeaseKeeper(kv, "a", TTL, clock=clock)

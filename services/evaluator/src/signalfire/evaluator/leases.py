@@ -134,10 +134,21 @@ class LeaseKeeper:
         return self.unchanged_for(key, entry) >= self.ttl
 
     def live_replicas(self, entries: dict[str, Entry]) -> list[str]:
-        """Replica ids whose announcement has not expired, this one included."""
+        """Replica ids whose announcement has not expired, this one included, less those with
+        a partition lease that has: a replica renews all its leases at once, so one lapsed
+        lease says it stopped. (Its announcement, written by another loop, may have been seen
+        up to a poll later than its last renewal; waiting for it to expire too made a
+        takeover a poll or more slower than the lease.)"""
+        lapsed = {
+            entry.lease.replica
+            for key, entry in entries.items()
+            if key.startswith(PARTITION_PREFIX) and self.expired(key, entry)
+        }
         live = {self.replica}
         for key, entry in entries.items():
-            if key.startswith(REPLICA_PREFIX) and not self.expired(key, entry):
+            if not key.startswith(REPLICA_PREFIX) or entry.lease.replica in lapsed:
+                continue
+            if not self.expired(key, entry):
                 live.add(entry.lease.replica)
         return sorted(live)
 

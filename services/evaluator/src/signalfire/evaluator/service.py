@@ -703,8 +703,12 @@ class EvaluatorService:
     async def _lease_loop(self, step: Callable[[], Awaitable[None]], what: str) -> None:
         period = float(self.config.failover_after) / POLLS_PER_FAILOVER
         failures = 0
+        started = time.monotonic()
         while not self._stopping:
-            await asyncio.sleep(period)
+            # A poll every `period` from start to start: a round slowed by a loaded machine
+            # does not push every later one back by its own length.
+            await asyncio.sleep(max(period / 4, period - (time.monotonic() - started)))
+            started = time.monotonic()
             try:
                 await step()
                 failures = 0
