@@ -327,8 +327,8 @@ def test_a_live_sample_patches_its_row_in_place(browser: Any, fleet: Fleet) -> N
       const points = line.points;
       if (!points.numberOfItems) return { n: 0 };
       const at = (p) => new DOMPoint(p.x, p.y).matrixTransform(line.getScreenCTM()).y - box.top;
-      return { n: points.numberOfItems, first: at(points.getItem(0)), last: at(points.getItem(points.numberOfItems - 1)),
-        height: box.height };
+      const n = points.numberOfItems;
+      return { n, first: at(points.getItem(0)), last: at(points.getItem(n - 1)), height: box.height };
     }"""
     # A sample of the host's rounds (1 %) on the page's trend first.
     wait_for(lambda: page.evaluate(ends)["n"] >= 1, "a first sample in the trend", timeout=ROUND_SECONDS * 3)
@@ -357,11 +357,13 @@ def test_every_severity_mark_is_a_shape_in_its_colour_beside_its_word(browser: A
             const ink = [drawn.borderTopColor, drawn.borderBottomColor, drawn.borderLeftColor]
               .find((c) => c !== 'rgba(0, 0, 0, 0)');
             return { kind: badge.className, text: badge.textContent, hidden: mark.getAttribute('aria-hidden'),
-              glyphs: mark.textContent, colour: getComputedStyle(badge).color, ink, size: Math.min(box.width, box.height) };
+              glyphs: mark.textContent, colour: getComputedStyle(badge).color, ink,
+              size: Math.min(box.width, box.height) };
           })"""
     )
     by_kind = {mark["kind"]: mark for mark in marks}
-    assert {"sev sev-critical", "sev sev-high", "sev sev-medium", "sev sev-low", "status status-up"} <= set(by_kind)
+    expected = {"sev sev-critical", "sev sev-high", "sev sev-medium", "sev sev-low", "status status-up"}
+    assert expected <= set(by_kind)
     for mark in marks:
         # The word for screen readers and sighted users alike; the mark a shape, no emoji.
         assert mark["text"].strip() == mark["kind"].split("-", 1)[1], mark
