@@ -321,10 +321,56 @@ def test_a_live_sample_patches_its_row_in_place(browser: Any, fleet: Fleet) -> N
     wait_for(lambda: shown_hosts(page)[:1] == ["fleet-0000"], "the rows by name")
     # Mark the row elements: a patched row is the same element, with new text.
     page.evaluate("document.querySelectorAll('#hosts tr.host').forEach((tr) => { tr.__kept = true; })")
+    ends = """() => {
+      const line = document.querySelector("#hosts tr.host[data-host='fleet-0001'] polyline");
+      const box = line.ownerSVGElement.getBoundingClientRect();
+      const points = line.points;
+      if (!points.numberOfItems) return { n: 0 };
+      const at = (p) => new DOMPoint(p.x, p.y).matrixTransform(line.getScreenCTM()).y - box.top;
+      const n = points.numberOfItems;
+      return { n, first: at(points.getItem(0)), last: at(points.getItem(n - 1)), height: box.height };
+    }"""
+    # A sample of the host's rounds (1 %) on the page's trend first.
+    wait_for(lambda: page.evaluate(ends)["n"] >= 1, "a first sample in the trend", timeout=ROUND_SECONDS * 3)
     fleet.publisher.publish(1, 97.5)
     cpu = page.locator("#hosts tr.host[data-host='fleet-0001'] td").nth(2)
     cpu.get_by_text("97.5 %").wait_for(timeout=10_000)
     assert page.evaluate("[...document.querySelectorAll('#hosts tr.host')].every((tr) => tr.__kept)")
+    # The trend ends with the sample: its last point at the top of the box (97.5 is the
+    # highest), the samples before it (1 %) at the bottom.
+    wait_for(lambda: page.evaluate(ends)["last"] < 1, "the trend's last point at the top")
+    trend = page.evaluate(ends)
+    assert trend["n"] >= 2 and trend["first"] > trend["height"] - 2, trend
+    page.close()
+
+
+def test_every_severity_mark_is_a_shape_in_its_colour_beside_its_word(browser: Any, fleet: Fleet) -> None:
+    page = open_overview(browser, fleet)
+    wait_for(lambda: shown_hosts(page)[:1] == [FAILING], "the failing host on top")
+    marks = page.evaluate(
+        """() => [...document.querySelectorAll('.counts .sev, #hosts tr.host .sev, #hosts tr.host .status')]
+          .map((badge) => {
+            const mark = badge.firstElementChild;
+            const drawn = getComputedStyle(mark);
+            const box = mark.getBoundingClientRect();
+            // The side that draws the shape: a triangle has transparent sides.
+            const ink = [drawn.borderTopColor, drawn.borderBottomColor, drawn.borderLeftColor]
+              .find((c) => c !== 'rgba(0, 0, 0, 0)');
+            return { kind: badge.className, text: badge.textContent, hidden: mark.getAttribute('aria-hidden'),
+              glyphs: mark.textContent, colour: getComputedStyle(badge).color, ink,
+              size: Math.min(box.width, box.height) };
+          })"""
+    )
+    by_kind = {mark["kind"]: mark for mark in marks}
+    expected = {"sev sev-critical", "sev sev-high", "sev sev-medium", "sev sev-low", "status status-up"}
+    assert expected <= set(by_kind)
+    for mark in marks:
+        # The word for screen readers and sighted users alike; the mark a shape, no emoji.
+        assert mark["text"].strip() == mark["kind"].split("-", 1)[1], mark
+        assert mark["hidden"] == "true" and mark["glyphs"] == "", mark
+        assert mark["ink"] == mark["colour"] and mark["size"] >= 4, mark
+    colours = {by_kind[f"sev sev-{sev}"]["colour"] for sev in ("critical", "high", "medium", "low")}
+    assert len(colours) == 4
     page.close()
 
 

@@ -232,12 +232,16 @@ function tableFallback(series, metric, data) {
 }
 
 /**
- * A small inline sparkline (SVG, no axes) for host tiles and rows; drawSparkline() draws
- * other values into it in place.
+ * A small inline sparkline (SVG, no axes) of a trend, `{values, total}`: its newest values and
+ * how many it has had in all (the Overview's CPU trends); drawSparkline() brings it up to date
+ * in place.
  */
-export function sparkline(values, label, w = 120, hgt = 28) {
+export function sparkline(trend, label, w = 120, hgt = 28) {
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("viewBox", `0 0 ${w} ${hgt}`);
+  svg.setAttribute("viewBox", "0 0 1 1");
+  // The viewBox frames the values in their own units (drawSparkline()): stretched to the box,
+  // the line keeps its width.
+  svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("width", w);
   svg.setAttribute("height", hgt);
   svg.setAttribute("role", "img");
@@ -246,27 +250,39 @@ export function sparkline(values, label, w = 120, hgt = 28) {
   line.setAttribute("fill", "none");
   line.setAttribute("stroke", "currentColor");
   line.setAttribute("stroke-width", "1.5");
+  line.setAttribute("vector-effect", "non-scaling-stroke");
   svg.append(line);
-  drawSparkline(svg, values);
+  drawSparkline(svg, trend);
   return svg;
 }
 
 /**
- * `values` into a sparkline made by sparkline(): one attribute written, no element made (a
- * row's trend is redrawn with every sample of its host).
+ * `trend` into a sparkline made by sparkline(). Its points are the values in their own units
+ * (x: the value's number in the trend, y: minus the value), framed by the viewBox from the
+ * lowest value (0 or below) to the highest (1 or above). A new sample is one point appended,
+ * the oldest removed and the viewBox moved: a row's trend changes with every sample of its
+ * host, and writing its 60 points again as a string was most of a rewritten row's script.
  */
-export function drawSparkline(svg, values) {
-  const w = svg.width.baseVal.value, hgt = svg.height.baseVal.value;
-  let points = "";
-  if (values.length > 1) {
-    let max = 1, min = 0;
-    for (const v of values) { if (v > max) max = v; if (v < min) min = v; }
-    const span = max - min || 1;
-    for (let i = 0; i < values.length; i++) {
-      points += `${i ? " " : ""}${(i / (values.length - 1)) * w},${hgt - ((values[i] - min) / span) * hgt}`;
-    }
+export function drawSparkline(svg, { values, total }) {
+  const points = svg.firstChild.points;
+  const first = total - values.length;
+  // The points drawn before that are still in the trend stay; a trend that is not the one
+  // drawn (fewer values in all, or none in common) is drawn anew.
+  let next = svg.drawnTotal ?? first;
+  if (next > total || next < first) {
+    points.clear();
+    next = first;
   }
-  const line = svg.firstChild;
-  if (points) line.setAttribute("points", points);
-  else line.removeAttribute("points");
+  while (points.numberOfItems && points.getItem(0).x < first) points.removeItem(0);
+  for (; next < total; next++) {
+    const point = svg.createSVGPoint();
+    point.x = next;
+    point.y = -values[next - first];
+    points.appendItem(point);
+  }
+  svg.drawnTotal = total;
+  let max = 1, min = 0;
+  for (const v of values) { if (v > max) max = v; if (v < min) min = v; }
+  const box = `${first} ${-max} ${Math.max(values.length - 1, 1)} ${max - min}`;
+  if (svg.getAttribute("viewBox") !== box) svg.setAttribute("viewBox", box);
 }

@@ -27,16 +27,19 @@ export function clear(el, ...children) {
   return el;
 }
 
-export const SEVERITY_ICON = { critical: "\u26D4", high: "\u26A0\uFE0F", medium: "\u25B2", low: "\u2139\uFE0F" };
-
-/** A severity badge: icon + word, never colour alone. */
+/**
+ * A severity badge: a mark + the word, never colour alone. The mark is a shape drawn by CSS
+ * in the badge's colour (style.css, `.mark`), one shape per severity, hidden from screen
+ * readers (they read the word). Colour emoji were the marks before: in the Overview's rows,
+ * rewritten every second, their bitmap glyphs were most of a rewritten row's paint.
+ */
 export function severityBadge(severity) {
-  return h("span", { class: `sev sev-${severity}` }, h("span", { "aria-hidden": "true" }, SEVERITY_ICON[severity] || "•"), ` ${severity}`);
+  return h("span", { class: `sev sev-${severity}` }, h("span", { class: "mark", "aria-hidden": "true" }), ` ${severity}`);
 }
 
+/** A status badge (a host's or an alert's): a mark drawn by CSS, as severityBadge(), + the word. */
 export function statusBadge(status) {
-  const icons = { up: "\u25CF", down: "\u2716", offline: "\u25CB", firing: "\u{1F525}", resolved: "\u2714", acknowledged: "\u270B" };
-  return h("span", { class: `status status-${status}` }, h("span", { "aria-hidden": "true" }, icons[status] || "•"), ` ${status}`);
+  return h("span", { class: `status status-${status}` }, h("span", { class: "mark", "aria-hidden": "true" }), ` ${status}`);
 }
 
 export function formatTime(t) {

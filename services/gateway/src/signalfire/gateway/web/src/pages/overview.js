@@ -16,6 +16,8 @@ import { packer, unpacker, SEVERITIES, USAGE as KEY_METRICS } from "../fleetpack
 // every 30 s (the table above updates live).
 const FLEET = [["Fleet CPU, last hour", "cpu.usage_percent"], ["Fleet memory, last hour", "mem.used_percent"]];
 const FLEET_HOSTS = 10;
+// The CPU samples a row's trend shows, newest last.
+const TREND = 60;
 // Every row is this tall (style.css, `.fleet tbody tr`), so a scroll offset maps to a row by
 // division and the rows out of view are two spacers of known height.
 const ROW = 36;
@@ -123,6 +125,8 @@ export async function overviewPage(main) {
     worst: null,
   };
   const value = (host, metric) => (state.usage.get(host.host) || {})[metric];
+  const NO_TREND = { values: [], total: 0 };
+  const trendOf = (host) => state.history.get(host.host) || NO_TREND;
   const highest = (metric) => (host) => -(value(host, metric) ?? -1);
   // key: [option text, the number rows are sorted by (ascending; ties by name), or null for the
   // name]; the live-value sorts are the ones re-applied every RESORT_MS.
@@ -147,9 +151,8 @@ export async function overviewPage(main) {
     ["disk", "disk", (host) => formatValue(value(host, "disk.used_percent"), "disk.used_percent")],
     ["last seen", "seen", (host) => ago(host.last_seen)],
     ["alerts", null, alertCell, (host) => SEVERITIES.map((sev) => (host.alerts || {})[sev] || 0).join(",")],
-    ["CPU trend", null, (host) => sparkline(state.history.get(host.host) || [], `CPU trend of ${host.host}`, 80, 20),
-      (host) => { const hist = state.history.get(host.host) || []; return `${hist.length}:${hist[0]}:${hist[hist.length - 1]}`; },
-      (svg, host) => drawSparkline(svg, state.history.get(host.host) || [])],
+    ["CPU trend", null, (host) => sparkline(trendOf(host), `CPU trend of ${host.host}`, 80, 20),
+      (host) => trendOf(host).total, (svg, host) => drawSparkline(svg, trendOf(host))],
   ];
 
   const counts = h("div", { class: "counts", "aria-label": "Active alerts by severity" });
@@ -582,10 +585,11 @@ export async function overviewPage(main) {
   function takeEntry({ n, ids, values, times, historyIds, historyValues }, names, i) {
     if (i >= n) {
       const name = names[historyIds[i - n]];
-      const hist = state.history.get(name) || [];
-      hist.push(historyValues[i - n]);
-      if (hist.length > 60) hist.shift();
-      state.history.set(name, hist);
+      let trend = state.history.get(name);
+      if (!trend) state.history.set(name, (trend = { values: [], total: 0 }));
+      trend.values.push(historyValues[i - n]);
+      trend.total++;
+      if (trend.values.length > TREND) trend.values.shift();
       return;
     }
     const name = names[ids[i]];
@@ -797,7 +801,11 @@ export async function overviewPage(main) {
         return perHost.get(s.host) > 1 && labels ? `${s.host} (${labels})` : s.host;
       };
       if (metric === "cpu.usage_percent") {
-        for (const s of series) if (!state.history.has(s.host)) state.history.set(s.host, s.points.slice(-60).map((p) => p[1] ?? 0));
+        for (const s of series) {
+          if (state.history.has(s.host)) continue;
+          const values = s.points.slice(-TREND).map((p) => p[1] ?? 0);
+          state.history.set(s.host, { values, total: values.length });
+        }
       }
       const drawn = series.map((s) => ({ label: name(s), points: s.points }));
       // A chart that is there is redrawn with the new series, not built again (charts.js, update()).
