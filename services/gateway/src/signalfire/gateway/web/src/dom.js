@@ -30,8 +30,9 @@ export function clear(el, ...children) {
 /**
  * A severity badge: a mark + the word, never colour alone. The mark is a shape drawn by CSS
  * in the badge's colour (style.css, `.mark`), one shape per severity, hidden from screen
- * readers (they read the word). Colour emoji were the marks before: in the Overview's rows,
- * rewritten every second, their bitmap glyphs were most of a rewritten row's paint.
+ * readers (they read the word). Colour emoji were the marks before; they depend on the
+ * viewer's emoji font (a box where none is installed) and differ from one platform to the
+ * next. (Traced, they were not slower to paint: docs/benchmarks.md.)
  */
 export function severityBadge(severity) {
   return h("span", { class: `sev sev-${severity}` }, h("span", { class: "mark", "aria-hidden": "true" }), ` ${severity}`);
