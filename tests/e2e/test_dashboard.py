@@ -201,6 +201,28 @@ def test_ranges_picked_in_quick_succession_draw_one_set_of_charts(browser: Any, 
     page.close()
 
 
+def test_value_axis_ticks_closer_than_a_tenth_get_the_decimals_they_need(browser: Any, running: Stack) -> None:
+    """A quiet host's CPU iowait hovers around 0.05 %: its axis ticks are 0.02 % apart, and one
+    decimal labelled them "0.0 %, 0.0 %, 0.1 %, 0.1 %" (found walking `make up`)."""
+    host = "ui-small-ticks"
+    now = time.time()
+    for i, value in enumerate((0.03, 0.09, 0.05)):
+        publish_to_nats(running, host, now - 30 + 10 * i, [("cpu.iowait_percent", value)])
+    page = open_signed_in(browser, running, token(running), f"#/hosts/{host}")
+    page.wait_for_selector("figure[aria-label='CPU iowait'] canvas", timeout=10_000)
+    labels = page.evaluate(
+        """async () => {
+            const { default: uPlot } = await import("/ui/vendor/uplot/uPlot.esm.js");
+            const u = uPlot.sync("signalfire").plots.find((p) => p.root.closest("figure[aria-label='CPU iowait']"));
+            return u.axes[1]._values;
+        }"""
+    )
+    assert len(labels) >= 3, labels
+    assert len(set(labels)) == len(labels), labels  # every tick says another value
+    assert all(label.endswith(" %") for label in labels), labels
+    page.close()
+
+
 def test_alert_appears_without_reload_and_can_be_acknowledged(browser: Any, running: Stack) -> None:
     host = "ui-db-1"
     page = open_signed_in(browser, running, token(running), "#/alerts")

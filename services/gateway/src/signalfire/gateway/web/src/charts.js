@@ -39,6 +39,18 @@ function scheduleRedraw(redraw) {
  * ones a reload would draw. (Appending every 1 s sample to a 1 h chart of 10 s buckets grew it
  * tenfold in an hour; to a 7 d chart, without bound.)
  */
+/**
+ * A value axis's tick labels in ``metric``'s unit, with as many decimals as the ticks' spacing
+ * ``incr`` needs: a CPU iowait around 0.05 % has ticks 0.02 % apart, which one decimal wrote
+ * "0.0 %, 0.0 %, 0.1 %, 0.1 %".
+ */
+export function axisLabels(vals, incr, metric) {
+  const labels = vals.map((v) => formatValue(v, metric));
+  if (new Set(labels).size === labels.length || !(incr > 0)) return labels;
+  const digits = Math.min(6, Math.max(0, Math.ceil(-Math.log10(incr) - 1e-9)));
+  return vals.map((v) => formatValue(v, metric, digits));
+}
+
 export function lineChart(container, title, metric, given, { height = 200, step = 0, liveFrom = -Infinity, onZoom } = {}) {
   // The chart's own list of series (labels), changed in place by update().
   const series = given.map((s) => ({ label: s.label }));
@@ -99,7 +111,7 @@ export function lineChart(container, title, metric, given, { height = 200, step 
       // 86,400,000 of our second-timestamps (1,000 days) for it; a bucket either side instead.
       scales: { x: { time: true, range: (u, min, max) => (u.data[0].length === 1 ? [min - (step || 60), min + (step || 60)] : [min, max]) } },
       // The value axis is wide enough for "100.0 %" or "1023 MiB/s".
-      axes: [axis, { ...axis, size: 76, values: (u, vals) => vals.map((v) => formatValue(v, metric)) }],
+      axes: [axis, { ...axis, size: 76, values: (u, vals, axisIdx, space, incr) => axisLabels(vals, incr, metric) }],
       series: [{}, ...series.map((s, i) => seriesOptions(s.label, i))],
       hooks: { setSelect: [(u) => {
         if (!onZoom || u.select.width < 5) return;

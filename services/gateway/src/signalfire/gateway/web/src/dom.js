@@ -57,7 +57,11 @@ export function ago(t) {
   return `${Math.round(s / 86400)} d ago`;
 }
 
-export function formatValue(v, metric = "") {
+/**
+ * ``v`` for a person, in ``metric``'s unit. ``digits``: decimals for a percentage or a plain
+ * number when the default's are too few (a chart axis whose ticks are closer than them).
+ */
+export function formatValue(v, metric = "", digits = null) {
   if (v === null || v === undefined || Number.isNaN(v)) return "–";
   if (metric.endsWith("_bytes") || metric.endsWith("bytes_per_second")) {
     const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -66,10 +70,10 @@ export function formatValue(v, metric = "") {
     while (x >= 1024 && i < units.length - 1) { x /= 1024; i++; }
     return `${(Math.sign(v) * x).toFixed(x < 10 ? 1 : 0)} ${units[i]}${metric.endsWith("per_second") ? "/s" : ""}`;
   }
-  if (metric.endsWith("percent")) return `${v.toFixed(1)} %`;
+  if (metric.endsWith("percent")) return `${v.toFixed(digits ?? 1)} %`;
   // Counts: whole numbers only (an axis tick at 0.5 events would read as "1").
   if (metric === "events") return Number.isInteger(v) ? String(v) : "";
-  return Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(2);
+  return v.toFixed(digits ?? (Math.abs(v) >= 100 ? 0 : 2));
 }
 
 /** What an error says to a person: the API's message, and the field it names. */
