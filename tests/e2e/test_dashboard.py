@@ -201,7 +201,7 @@ def test_ranges_picked_in_quick_succession_draw_one_set_of_charts(browser: Any, 
     page.close()
 
 
-def test_value_axis_ticks_closer_than_a_tenth_get_the_decimals_they_need(browser: Any, running: Stack) -> None:
+def test_value_axis_ticks_closer_than_a_tenth_get_the_decimals_needed(browser: Any, running: Stack) -> None:
     """A quiet host's CPU iowait hovers around 0.05 %: its axis ticks are 0.02 % apart, and one
     decimal labelled them "0.0 %, 0.0 %, 0.1 %, 0.1 %" (found walking `make up`)."""
     host = "ui-small-ticks"
@@ -213,7 +213,8 @@ def test_value_axis_ticks_closer_than_a_tenth_get_the_decimals_they_need(browser
     labels = page.evaluate(
         """async () => {
             const { default: uPlot } = await import("/ui/vendor/uplot/uPlot.esm.js");
-            const u = uPlot.sync("signalfire").plots.find((p) => p.root.closest("figure[aria-label='CPU iowait']"));
+            const inIowait = (p) => p.root.closest("figure[aria-label='CPU iowait']");
+            const u = uPlot.sync("signalfire").plots.find(inIowait);
             return u.axes[1]._values;
         }"""
     )
