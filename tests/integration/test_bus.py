@@ -109,3 +109,16 @@ def _stream_names(nats: NatsConfig) -> list[str]:
         s.alerts_stream,
         *(f"KV_{s.bucket(b)}" for b in ("alert_state", "notify_state", "silences")),
     ]
+
+
+async def test_closing_a_connection_is_logged_as_information_not_as_a_fault(
+    nats_config: NatsConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A service that stops and a CLI that is done close their connection: that is not
+    "disconnected from NATS", the warning an operator looks for when the bus goes away."""
+    nc = await connect(nats_config, "close-test")
+    with caplog.at_level(logging.INFO, logger="signalfire.bus"):
+        await nc.close()
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "signalfire.bus"]
+    assert (logging.INFO, "NATS connection closed") in messages
+    assert not [m for level, m in messages if level >= logging.WARNING], messages

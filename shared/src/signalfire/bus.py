@@ -109,7 +109,10 @@ async def connect(
     """
 
     async def disconnected() -> None:
-        log.warning("disconnected from NATS", extra={"service": name})
+        if nc.is_closed:  # closed by this process (a stop, a CLI that is done): not a fault
+            log.info("NATS connection closed", extra={"service": name})
+        else:
+            log.warning("disconnected from NATS", extra={"service": name})
         if on_disconnect is not None:
             await on_disconnect()
 
