@@ -18,14 +18,13 @@ from typing import Any
 import pytest
 
 from signalfire.bus import NatsConfig, ensure_streams
-from signalfire.config import Duration
 from signalfire.evaluator.partitions import host_partition
-from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
+from signalfire.evaluator.service import EvaluatorService
 from signalfire.events import MetricBatch, Sample, encode
 from tests.faults.support import alert_events, eventually
+from tests.integration.test_evaluator_partitions import PARTITIONS, config
 from tests.support.metrics import value
 
-PARTITIONS = 16
 HOST = "lost-write-1"
 RULES = 'rules:\n  - {name: LostWriteHot, metric: temp, condition: "> 50", resolve: "< 40", severity: high}\n'
 
@@ -43,17 +42,7 @@ async def test_a_decision_unwritten_when_its_partition_lapsed_is_not_announced_o
     js = nc.jetstream()
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
-    service = EvaluatorService(
-        EvaluatorConfig(
-            nats=nats_config,
-            rules=[str(rules)],
-            tick_interval=Duration(0.1),
-            watch_interval=Duration(0),
-            partitions=PARTITIONS,
-            failover_after=Duration(2),
-            replica_id="lw",
-        )
-    )
+    service = EvaluatorService(config(nats_config, rules, "lw"))  # 16 partitions, failover_after 2 s
     partition = host_partition(HOST, PARTITIONS)
     await service.start()
     try:
