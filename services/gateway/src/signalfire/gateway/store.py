@@ -90,6 +90,10 @@ class LatestValues:
         #: Batches not applied yet, by the id of their keys list (held here, so the id stays
         #: theirs), oldest first: (keys, time, values).
         self._waiting: dict[int, tuple[Sequence[SeriesKey], float, Sequence[float]]] = {}
+        #: Layouts applied before (every key of theirs is in ``_times``), by the id of their keys
+        #: list (held, so the id stays theirs): counting the series does not have to apply a
+        #: batch of one of these (``/metrics`` counts them at every scrape).
+        self._counted: dict[int, Sequence[SeriesKey]] = {}
 
     def update(self, key: SeriesKey, time: float, value: float) -> None:
         self._settle()
@@ -135,10 +139,13 @@ class LatestValues:
         if not self._waiting:
             return
         waiting, self._waiting = self._waiting, {}
-        times, values = self._times, self._values
-        for keys, time, batch_values in waiting.values():
+        times, values, counted = self._times, self._values, self._counted
+        if len(counted) + len(waiting) > _LATEST_WAITING:  # layouts made anew (cache cleared)
+            counted.clear()
+        for layout, (keys, time, batch_values) in waiting.items():
             times.update(zip(keys, repeat(time)))
             values.update(zip(keys, batch_values, strict=True))
+            counted[layout] = keys
 
     def note(self, written: MetricsWritten) -> None:
         """Take the latest values of what :meth:`Store.write_metrics` (or
@@ -159,7 +166,11 @@ class LatestValues:
         return ((key, (time, values[key])) for key, time in self._times.items())
 
     def __len__(self) -> int:
-        self._settle()
+        """The number of series with a value; applies the waiting batches only when one of them
+        has a layout never applied before (it may bring series not counted yet)."""
+        counted = self._counted
+        if any(layout not in counted for layout in self._waiting):
+            self._settle()
         return len(self._times)
 
 
