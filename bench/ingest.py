@@ -4,7 +4,11 @@ Starts a private nats-server and PostgreSQL + TimescaleDB (devstack; run
 ``deploy/dev/provision-postgres.sh`` first, ``make test`` does). In one run:
 
 1. the ceiling: ``copy_records_to_table`` of pre-built ``(time, series_id, value)`` rows into
-   the gateway's own ``samples`` hypertable, best of 1 and 2 connections;
+   the gateway's own ``samples`` hypertable, best of 1 and 2 connections, for
+   ``--ceiling-seconds`` over 1,000 series a connection or, with ``--ceiling-rows auto``, the
+   rows the full path will store over its 50,000 series: the per-row cost of the samples
+   index grows with the chunk (4 µs at 1 M rows, 10 at 9 M, docs/benchmarks.md), so a short
+   ceiling is a cheaper reference than the table the full path fills;
 2. the full path: ``MetricBatch`` JSON (50 hosts, 1,000 samples each) published to JetStream
    at ``--rate`` samples/s, or as fast as the gateway keeps up, into a real ``signalfire
    gateway`` process; committed samples are read from its ``ingest_committed_samples_total`` counter,
@@ -48,31 +52,39 @@ from signalfire.events import MetricBatch, Sample, encode
 from signalfire.gateway.api.query import HOURS
 from signalfire.gateway.migrate import migrate
 
+#: Hosts of the full path; each sends ``--samples-per-batch`` series.
+HOSTS = 50
 
-async def copy_ceiling(url: str, seconds: float, connections: int) -> float:
-    """Rows per second COPYed into ``samples`` by ``connections`` connections."""
+
+async def copy_ceiling(url: str, seconds: float, connections: int, rows: int = 0, series: int = 0) -> float:
+    """Rows per second COPYed into ``samples`` by ``connections`` connections, for ``seconds``
+    or, with ``rows``, until that many rows are in (shared by the connections, each over
+    ``series`` series of its own: the full path's table, size and shape; else 1,000 each)."""
+    from datetime import UTC, datetime
+
     conns = [await asyncpg.connect(url) for _ in range(connections)]
     rows_per_copy = 50_000
     stop = time.monotonic() + seconds
     done = 0
 
+    def more() -> bool:
+        return done < rows if rows else time.monotonic() < stop
+
     async def worker(index: int, conn: asyncpg.Connection) -> None:
         nonlocal done
         base = time.time() - 86400 * (index + 1)
-        n = 0
-        while time.monotonic() < stop:
-            from datetime import UTC, datetime
-
-            t0 = base + n
+        n = 0  # this connection's rows so far; a row's time advances every 1,000 rows
+        first_id = 1_000_000 * (index + 1)
+        while more():
             records = [
                 (
-                    datetime.fromtimestamp(t0 + i // 1000 * 1e-3, UTC),
-                    1_000_000 * (index + 1) + i % 1000,
+                    datetime.fromtimestamp(base + (n + i) // 1000 * 1e-3, UTC),
+                    first_id + ((n + i) % series if series else i % 1000),
                     float(i),
                 )
                 for i in range(rows_per_copy)
             ]
-            n += rows_per_copy // 1000 + 1
+            n += rows_per_copy
             await conn.copy_records_to_table(
                 "samples", records=records, columns=["time", "series_id", "value"]
             )
@@ -232,7 +244,7 @@ async def full_path(
     committed = 0
     newest_published = 0.0
     lags: list[float] = []
-    hosts = [f"web-{h}" for h in range(50)]
+    hosts = [f"web-{h}" for h in range(HOSTS)]
     templates = batch_templates(per_batch)
     for host in hosts:
         data = templates[0].replace(b"%HOST%", host.encode(), 1)
@@ -344,14 +356,19 @@ async def measure(args: argparse.Namespace, workers: int) -> dict[str, float]:
                 ceiling_url = unix_socket_url(ceiling_url, postgres.data_dir)
             ceilings: dict[int, float] = {}
             ceiling_cpu: dict[int, float] = {}
+            rows, series = ceiling_rows(args)
             for n in (1, 2):
                 meter = CpuMeter({"postgres": postgres.proc.pid, "bench": os.getpid()})
                 meter.start()
-                seconds = args.ceiling_seconds or args.seconds
-                ceilings[n] = await copy_ceiling(ceiling_url, seconds, n)
+                began = time.monotonic()
+                ceilings[n] = await copy_ceiling(
+                    ceiling_url, args.ceiling_seconds or args.seconds, n, rows=rows, series=series
+                )
+                seconds = time.monotonic() - began
                 used = meter.stop()
                 ceiling_cpu[n] = sum(used.values()) / (ceilings[n] * seconds) * 1e6
-                print(f"raw COPY ceiling, {n} connection(s): {ceilings[n]:,.0f} rows/s")
+                shape = f", {ceilings[n] * seconds:,.0f} rows over {series:,} series" if rows else ""
+                print(f"raw COPY ceiling, {n} connection(s): {ceilings[n]:,.0f} rows/s{shape}")
                 print("  " + cpu_line(used, ceilings[n] * seconds))
             ceiling = max(ceilings.values())
             db_url = postgres.create_database("signalfire")
@@ -435,12 +452,31 @@ async def measure(args: argparse.Namespace, workers: int) -> dict[str, float]:
                 gateway.stop()
 
 
+def ceiling_rows(args: argparse.Namespace) -> tuple[int, int]:
+    """``(rows, series)`` of the ceiling runs: ``(0, 0)`` for runs of ``--ceiling-seconds``;
+    with ``--ceiling-rows auto``, the rows the full path will store and its series."""
+    if args.ceiling_rows != "auto":
+        return 0, 0
+    if not args.rate:
+        raise SystemExit("--ceiling-rows auto needs --rate (the full path's rows are rate x seconds)")
+    series = HOSTS * args.samples_per_batch
+    return series + int(args.rate * args.seconds), series
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """This benchmark's options (``bench/scale.py`` takes them too, prefixed ``--gateway-``
     where they would clash)."""
     parser.add_argument("--samples-per-batch", type=int, default=1000)
     parser.add_argument(
         "--ceiling-seconds", type=float, default=0.0, help="length of the ceiling runs (default: --seconds)"
+    )
+    parser.add_argument(
+        "--ceiling-rows",
+        choices=["time", "auto"],
+        default="time",
+        help="time: each ceiling run lasts --ceiling-seconds; auto: each COPYs the rows the full"
+        " path will store, over as many series, so both write a table of the same size (the"
+        " per-row cost of the samples index grows with the chunk)",
     )
     parser.add_argument(
         "--tcp",
