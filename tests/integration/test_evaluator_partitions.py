@@ -312,3 +312,65 @@ async def test_an_anomaly_baseline_moves_with_its_partition(
     finally:
         await b.stop()
         await a.stop()
+
+
+SPIKE_RULES = """\
+rules:
+  - {name: Spike, metric: spike, condition: "> 90", severity: high}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_the_gap_after_an_owner_whose_clock_ran_ahead_is_still_judged(
+    nc: Any, nats_config: NatsConfig, tmp_path: Path
+) -> None:
+    """The owner of a partition dies with its clock 30 s ahead of the NATS server's. A sample
+    published after its last renewal, while nobody held the partition, must fire on the new
+    owner and resolve: what the old owner judged is read from when the server stored its
+    renewal, not from the time its own clock wrote in it (which put the whole gap, and the
+    30 s after it, among what it had judged, so the spike was never judged)."""
+    js = nc.jetstream()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(SPIKE_RULES)
+    host = "skewed-0"
+    partition = host_partition(host, PARTITIONS)
+
+    async def send(spike: float) -> None:
+        batch = MetricBatch(host=host, time=time.time(), samples=[Sample(name="spike", value=spike)])
+        await js.publish(nats_config.subjects.metrics(host), encode(batch), timeout=2)
+
+    a = EvaluatorService(config(nats_config, rules, "a"), clock=lambda: time.time() + 30)
+    b = EvaluatorService(config(nats_config, rules, "b"))
+    await a.start()
+    try:
+        assert partition in a.describe()["replica"]["judged"]
+        for _ in range(4):  # judged by a
+            await send(0.0)
+            await asyncio.sleep(0.25)
+        assert a._nc is not None and a._lease_nc is not None
+        # a dies as far as the bus can tell: no renewal, no release, no alert
+        await a._lease_nc.close()
+        await a._nc.close()
+        await asyncio.sleep(0.3)
+        await send(99.0)  # in the gap: nobody judges it now
+        await send(0.0)
+        await b.start()
+
+        def taken() -> bool:
+            return partition in b.describe()["replica"]["judged"]
+
+        await eventually(taken, "replica b to take the dead owner's partition", 20)
+
+        async def resolved() -> bool:
+            return any(e.status == "resolved" for e in await alert_events(js, nats_config))
+
+        await eventually(resolved, "the gap's spike to fire on b and resolve", 10)
+        await asyncio.sleep(1)  # room for a stray repeat
+        events = await alert_events(js, nats_config)
+    finally:
+        await b.stop()
+        with contextlib.suppress(Exception):
+            await a.stop()
+    assert [(e.host, e.status) for e in events] == [(host, "firing"), (host, "resolved")], events
+    assert events[0].value == 99.0 and events[0].id == events[1].id

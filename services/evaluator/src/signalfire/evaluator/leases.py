@@ -56,6 +56,15 @@ class Entry:
 
     lease: Lease
     revision: int
+    #: When the NATS server stored this value: unix seconds on the server's clock, the clock
+    #: of the metrics stream's timestamps (``lease.time`` is the writer's); 0 when unknown.
+    stored: float = 0.0
+
+
+def _stored(created: object) -> float:
+    """Unix seconds of a KV entry's ``created`` (a datetime from the message's metadata)."""
+    timestamp = getattr(created, "timestamp", None)
+    return float(timestamp()) if callable(timestamp) else 0.0
 
 
 async def read_bucket(kv: KeyValue) -> dict[str, Entry]:
@@ -70,7 +79,7 @@ async def read_bucket(kv: KeyValue) -> dict[str, Entry]:
                 lease = msgspec.json.decode(item.value or b"", type=Lease)
             except msgspec.DecodeError:
                 continue
-            entries[item.key] = Entry(lease=lease, revision=item.revision or 0)
+            entries[item.key] = Entry(lease=lease, revision=item.revision or 0, stored=_stored(item.created))
     finally:
         await watcher.stop()  # type: ignore[no-untyped-call]
     return entries
@@ -100,6 +109,9 @@ class LeaseKeeper:
         self.valid_until: dict[str, float] = {}
         # key → (revision, or 0 while the key is absent; when this replica first saw it so)
         self._observed: dict[str, tuple[int, float]] = {}
+        #: The newest server time of a write seen in the last :meth:`read` (announcements are
+        #: renewed every poll, this replica's too): the NATS server's "now", less up to a poll.
+        self.server_time = 0.0
 
     def _value(self, partitions: Iterable[str] = ()) -> bytes:
         lease = Lease(
@@ -119,6 +131,7 @@ class LeaseKeeper:
             seen = self._observed.get(key)
             observed[key] = seen if seen is not None and seen[0] == revision else (revision, now)
         self._observed = observed
+        self.server_time = max((entry.stored for entry in entries.values()), default=0.0)
         return entries
 
     def unchanged_for(self, key: str, entry: Entry | None) -> float:

@@ -397,7 +397,7 @@ class EvaluatorService:
         )
         holders: list[str] = []
         for candidate in candidates:
-            keeper = LeaseKeeper(leases, candidate, ttl)
+            keeper = LeaseKeeper(leases, candidate, ttl, wall=self._clock)
             subject = self.subjects.control("evaluator", f"replica.{candidate}")
             revision = await keeper.announcement()
             if revision:
@@ -792,12 +792,16 @@ class EvaluatorService:
         poll = failover / POLLS_PER_FAILOVER
         # What the previous holder judged: up to its last renewal (less a poll, for what was
         # still on its way to it); a free partition was given up a poll or two ago. Never more
-        # than two failover_after back: older history fills windows only.
+        # than two failover_after back: older history fills windows only. All on the NATS
+        # server's clock, the clock of the history's timestamps: the time the server stored
+        # the renewal, not the time the holder wrote in it (the holder's clock may be off).
+        server_now = self._leases.server_time or now
         judged_until: dict[str, float] = {}
         for partition in taken:
             entry = previous.get(partition)
-            until = entry.lease.time - poll if entry is not None else now - 2 * poll
-            judged_until[partition] = max(until, now - 2 * failover)
+            renewed = (entry.stored or entry.lease.time) if entry is not None else 0.0
+            until = renewed - poll if entry is not None else server_now - 2 * poll
+            judged_until[partition] = max(until, server_now - 2 * failover)
         # The fleet partition needs the history (every host's) only for rules that pool it.
         fleet = any(rule.group_by == FLEET for rule in self.rules)
         replayed = frozenset(taken if fleet else taken - {FLEET_PARTITION})
@@ -817,7 +821,7 @@ class EvaluatorService:
                 baselines += scratch.restore_baselines(snapshot.rules, snapshot.time)
             guard = scratch.replaying({state.fingerprint: _decided_at(state) for state in states})
             lookback = min(max((rule.window for rule in scratch.rules), default=0.0), replay.MAX_LOOKBACK)
-            keep_from = min((judged_until[p] for p in replayed), default=now)
+            keep_from = min((judged_until[p] for p in replayed), default=server_now)
             start = keep_from - lookback - poll
             subjects = self.subjects
             history = replay.read_history(
@@ -913,7 +917,7 @@ class EvaluatorService:
             "replica": self.replica_id,
             "partitions": ",".join(sorted(kept)),
             "alerts": len(states),
-            "history_from": round(now - start, 1),
+            "history_from": round(server_now - start, 1),
             "history_read": read.messages,
             "warm": counts["warm"],
             "judged": counts["judged"],
