@@ -87,21 +87,25 @@ def test_a_batch_with_more_values_than_series_is_refused() -> None:
         latest.update_batch("web-1", [("web-1", "a", "{}"), ("web-1", "b", "{}")], 1.0, [1.0, 2.0, 3.0])
 
 
-def test_counting_series_applies_only_batches_of_new_layouts() -> None:
-    """``/metrics`` counts the series at every scrape: a batch of a layout applied before waits
-    on (counting it changes nothing), a batch of a new layout is applied so its series count."""
-    latest = LatestValues()
+def test_the_series_gauge_applies_waiting_batches_at_most_every_five_seconds() -> None:
+    """``/metrics`` counts the series at every scrape: counting applies the batches that wait
+    for a read at most every 5 s (else a frequent scraper undoes the waiting), so a new
+    series is counted within 5 s, and a read in between is exact all the same."""
+    now = [100.0]
+    latest = LatestValues(clock=lambda: now[0])
     a = [("web-1", "cpu", "{}"), ("web-1", "mem", "{}")]
     b = [("web-1", "mem", "{}"), ("web-1", "disk", "{}")]
     latest.update_batch("web-1", a, 10.0, [1.0, 2.0])
-    assert len(latest) == 2  # a new layout: applied to be counted
+    assert latest.count() == 2  # the first count applies them
     latest.update_batch("web-1", a, 11.0, [3.0, 4.0])
-    assert len(latest) == 2
-    assert latest._waiting  # known layout: still waiting for a read of its values
     latest.update_batch("web-1", b, 12.0, [5.0, 6.0])  # brings "disk"
-    assert len(latest) == 3
+    now[0] += 4.9
+    assert latest.count() == 2  # within 5 s: nothing applied for the gauge
+    assert latest._waiting
+    now[0] += 0.1
+    assert latest.count() == 3
     assert not latest._waiting
-    latest.update_batch("web-1", a, 13.0, [7.0, 8.0])
-    assert len(latest) == 3
-    assert latest.get(("web-1", "cpu", "{}")) == (13.0, 7.0)
-    assert latest.get(("web-1", "disk", "{}")) == (12.0, 6.0)
+    latest.update_batch("web-2", [("web-2", "cpu", "{}")], 13.0, [7.0])
+    assert latest.count() == 3
+    assert latest.get(("web-2", "cpu", "{}")) == (13.0, 7.0)  # a read applies everything
+    assert latest.count() == 4 and len(latest) == 4

@@ -87,9 +87,7 @@ class GatewayService:
         self.clock = clock
         self.registry = Registry("signalfire_gateway")
         self.latest = latest = LatestValues()
-        self.registry.gauge(
-            "latest_series", "Series with a latest value in memory", function=lambda: len(latest)
-        )
+        self.registry.gauge("latest_series", "Series with a latest value in memory", function=latest.count)
         self.hub = StreamHub(ring_seconds=config.stream_ring_seconds, clock=clock)
         self.pool = pool
         self.nc = nc
