@@ -192,8 +192,11 @@ class _Shape:
         self.ids: list[int] | None = None
 
 
-#: Series keys remembered across batch layouts at most (then the layouts are forgotten).
-_SHAPE_KEYS = 1_000_000
+#: Series keys remembered across batch layouts at most (then the layouts are forgotten and
+#: made again as batches come). Room for 10,000 hosts of ~150 series (docs/scaling.md), at
+#: ~213 bytes a key with its layout (measured on 150-series layouts): at most ~430 MB. At
+#: 1 M, such a fleet overflowed it every few seconds and most batches made their layout anew.
+_SHAPE_KEYS = 2_000_000
 
 
 @dataclass
