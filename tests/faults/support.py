@@ -115,6 +115,18 @@ async def alert_events(js: Any, nats: NatsConfig) -> list[AlertEvent]:
     ]
 
 
+async def events_after_resolve(js: Any, nats: NatsConfig, what: str, timeout: float) -> list[AlertEvent]:
+    """Every alert event, read once one of them resolved (``what``: what is awaited, for the
+    failure) and a second later: room for a stray repeat to show up."""
+
+    async def resolved() -> bool:
+        return any(e.status == "resolved" for e in await alert_events(js, nats))
+
+    await eventually(resolved, what, timeout)
+    await asyncio.sleep(1)
+    return await alert_events(js, nats)
+
+
 async def wait_evaluator(nc: Any, nats: NatsConfig, evaluator: ServiceProcess, timeout: float = 30) -> None:
     """Until the evaluator answers its control subject (it has loaded its state and subscribed)."""
 

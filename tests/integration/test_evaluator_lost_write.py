@@ -10,7 +10,6 @@ after the partition came back: none of its transitions was written or published 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from signalfire.bus import NatsConfig, ensure_streams
 from signalfire.evaluator.partitions import host_partition
 from signalfire.evaluator.service import EvaluatorService
 from signalfire.events import MetricBatch, Sample, encode
-from tests.faults.support import alert_events, eventually
+from tests.faults.support import alert_events, events_after_resolve, eventually
 from tests.integration.test_evaluator_partitions import PARTITIONS, config
 from tests.support.metrics import value
 
@@ -72,12 +71,7 @@ async def test_a_decision_unwritten_when_its_partition_lapsed_is_not_announced_o
         await eventually(fired, "the alert to fire after the partition was taken back", 15)
         await send(nc, nats_config, 30.0)
 
-        async def resolved() -> bool:
-            return any(e.status == "resolved" for e in await alert_events(js, nats_config))
-
-        await eventually(resolved, "the alert to resolve", 15)
-        await asyncio.sleep(1)  # room for a stray repeat
-        events = await alert_events(js, nats_config)
+        events = await events_after_resolve(js, nats_config, "the alert to resolve", 15)
     finally:
         await service.stop()
     statuses = [(e.status, e.id) for e in events if e.host == HOST]

@@ -22,7 +22,7 @@ from signalfire.evaluator import service as service_module
 from signalfire.evaluator.partitions import assign, host_partition, partition_names
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
 from signalfire.events import MetricBatch, Sample, encode
-from tests.faults.support import alert_events, eventually
+from tests.faults.support import alert_events, events_after_resolve, eventually
 from tests.integration.gateway_support import gateway_config, running_gateway
 from tests.support.metrics import value
 
@@ -362,12 +362,7 @@ async def test_the_gap_after_an_owner_whose_clock_ran_ahead_is_still_judged(
 
         await eventually(taken, "replica b to take the dead owner's partition", 20)
 
-        async def resolved() -> bool:
-            return any(e.status == "resolved" for e in await alert_events(js, nats_config))
-
-        await eventually(resolved, "the gap's spike to fire on b and resolve", 10)
-        await asyncio.sleep(1)  # room for a stray repeat
-        events = await alert_events(js, nats_config)
+        events = await events_after_resolve(js, nats_config, "the gap's spike to fire on b and resolve", 10)
     finally:
         await b.stop()
         with contextlib.suppress(Exception):
