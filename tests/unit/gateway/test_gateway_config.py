@@ -6,10 +6,12 @@ import errno
 import os
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from signalfire.config import ConfigError, load_config
 from signalfire.gateway.config import GatewayConfig
+from signalfire.gateway.ingest import round_linger
 
 
 def test_defaults_need_no_file() -> None:
@@ -110,3 +112,16 @@ def test_a_bad_workers_flag_is_named(capsys: pytest.CaptureFixture[str]) -> None
 
     assert main(["gateway", "--workers", "-1"]) == 2
     assert "--workers: ingest_workers: must be 0" in capsys.readouterr().err
+
+
+def test_each_ingest_worker_waits_longer_for_its_share_of_the_batches(tmp_path: Path) -> None:
+    """With N workers each takes 1/N of the batches: its rounds wait N times ``ingest_linger`` to
+    hold as many as one process's, never more than a third of ``ack_wait``."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text("ingest_linger: 150ms\n")
+    alone = load_config(GatewayConfig, path, environ={})
+    assert round_linger(alone) == pytest.approx(0.15)
+    two = msgspec.structs.replace(alone, ingest_workers=2)
+    assert round_linger(two) == pytest.approx(0.3)
+    path.write_text("ingest_linger: 4s\ningest_workers: 4\nack_wait: 30s\n")
+    assert round_linger(load_config(GatewayConfig, path, environ={})) == pytest.approx(10.0)
