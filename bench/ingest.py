@@ -39,6 +39,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "dev"))
@@ -60,8 +61,6 @@ async def copy_ceiling(url: str, seconds: float, connections: int, rows: int = 0
     """Rows per second COPYed into ``samples`` by ``connections`` connections, for ``seconds``
     or, with ``rows``, until that many rows are in (shared by the connections, each over
     ``series`` series of its own: the full path's table, size and shape; else 1,000 each)."""
-    from datetime import UTC, datetime
-
     conns = [await asyncpg.connect(url) for _ in range(connections)]
     rows_per_copy = 50_000
     stop = time.monotonic() + seconds

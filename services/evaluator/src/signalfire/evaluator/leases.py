@@ -19,6 +19,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 import msgspec
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
@@ -57,14 +58,14 @@ class Entry:
     lease: Lease
     revision: int
     #: When the NATS server stored this value: unix seconds on the server's clock, the clock
-    #: of the metrics stream's timestamps (``lease.time`` is the writer's); 0 when unknown.
+    #: of the metrics stream's timestamps (``lease.time`` is the writer's).
     stored: float = 0.0
 
 
 def _stored(created: object) -> float:
-    """Unix seconds of a KV entry's ``created`` (a datetime from the message's metadata)."""
-    timestamp = getattr(created, "timestamp", None)
-    return float(timestamp()) if callable(timestamp) else 0.0
+    """Unix seconds of a watched KV entry's ``created``: the stream message's timestamp, a
+    datetime (nats-py annotates it as an int)."""
+    return created.timestamp() if isinstance(created, datetime) else 0.0
 
 
 async def read_bucket(kv: KeyValue) -> dict[str, Entry]:

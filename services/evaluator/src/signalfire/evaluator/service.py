@@ -799,8 +799,7 @@ class EvaluatorService:
         judged_until: dict[str, float] = {}
         for partition in taken:
             entry = previous.get(partition)
-            renewed = (entry.stored or entry.lease.time) if entry is not None else 0.0
-            until = renewed - poll if entry is not None else server_now - 2 * poll
+            until = entry.stored - poll if entry is not None else server_now - 2 * poll
             judged_until[partition] = max(until, server_now - 2 * failover)
         # The fleet partition needs the history (every host's) only for rules that pool it.
         fleet = any(rule.group_by == FLEET for rule in self.rules)
