@@ -1,0 +1,79 @@
+"""PostgreSQL's CPU per ``COPY``ed row as the ``samples`` chunk fills.
+
+One connection ``COPY``s 13,000-row batches (about an ingest round) over ``--series`` series
+into the gateway's own schema on a private PostgreSQL + TimescaleDB (devstack), in windows of
+``--window`` seconds, and prints per window the rows already in the chunk, the rows a second
+and PostgreSQL's CPU µs per row. ``--drop-index`` drops the unique ``(series_id, time DESC)``
+index first: the reference that shows what the index costs (docs/benchmarks.md, "Ingest
+efficiency: the series index, and a ceiling of the same rows").
+
+    uv run python bench/copy_growth.py [--windows 8] [--window 10] [--series 50000] [--drop-index]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "dev"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import asyncpg
+from devstack import private_servers
+
+from bench.ingest import tree_cpu, unix_socket_url
+from signalfire.gateway.migrate import migrate
+
+ROWS_PER_COPY = 13_000
+
+
+async def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp, private_servers(Path(tmp), durable=True) as (_, postgres):
+        url = postgres.create_database("growth")
+        conn = await asyncpg.connect(url)
+        await migrate(conn)
+        if args.drop_index:
+            await conn.execute("DROP INDEX samples_series_time_idx")
+        await conn.close()
+        assert postgres.proc is not None
+        conn = await asyncpg.connect(unix_socket_url(url, postgres.data_dir))
+        base = time.time() - 3600
+        n = 0
+        for window in range(args.windows):
+            before, cpu, began = n, tree_cpu(postgres.proc.pid), time.monotonic()
+            while time.monotonic() < began + args.window:
+                records = [
+                    (
+                        datetime.fromtimestamp(base + (n + i) // 1000 * 0.01, UTC),
+                        1_000_000 + (n + i) % args.series,
+                        0.0,
+                    )
+                    for i in range(ROWS_PER_COPY)
+                ]
+                await conn.copy_records_to_table(
+                    "samples", records=records, columns=["time", "series_id", "value"]
+                )
+                n += ROWS_PER_COPY
+            done = n - before
+            used = tree_cpu(postgres.proc.pid) - cpu
+            print(
+                f"window {window}: rows before {before:>11,}"
+                f"  {done / (time.monotonic() - began):>9,.0f} rows/s"
+                f"  PostgreSQL CPU {used / done * 1e6:.2f} µs a row",
+                flush=True,
+            )
+        await conn.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", type=int, default=8)
+    parser.add_argument("--window", type=float, default=10.0, help="seconds a window")
+    parser.add_argument("--series", type=int, default=50_000)
+    parser.add_argument("--drop-index", action="store_true")
+    asyncio.run(main(parser.parse_args()))
