@@ -2,12 +2,13 @@
 
 One connection ``COPY``s 13,000-row batches (about an ingest round) over ``--series`` series
 into the gateway's own schema on a private PostgreSQL + TimescaleDB (devstack), in windows of
-``--window`` seconds, and prints per window the rows already in the chunk, the rows a second
-and PostgreSQL's CPU µs per row. ``--drop-index`` drops the unique ``(series_id, time DESC)``
+``--window`` seconds, and prints per window the rows already in the chunk, the rows a second,
+PostgreSQL's CPU µs per row and the WAL it wrote per row (bytes, and full-page images). ``--drop-index`` drops the unique ``(series_id, time DESC)``
 index first: the reference that shows what the index costs (docs/benchmarks.md, "Ingest
 efficiency: the series index, and a ceiling of the same rows").
 
     uv run python bench/copy_growth.py [--windows 8] [--window 10] [--series 50000] [--drop-index]
+                                       [--set shared_buffers=256MB ...]
 """
 
 from __future__ import annotations
@@ -40,12 +41,17 @@ async def main(args: argparse.Namespace) -> None:
         if args.drop_index:
             await conn.execute("DROP INDEX samples_series_time_idx")
         await conn.close()
+        if args.set:  # a restart with them, so any setting can be tried
+            postgres.stop()
+            postgres.settings.update(setting.partition("=")[::2] for setting in args.set)
+            postgres.start()
         assert postgres.proc is not None
         conn = await asyncpg.connect(unix_socket_url(url, postgres.data_dir))
         base = time.time() - 3600
         n = 0
         for window in range(args.windows):
             before, cpu, began = n, tree_cpu(postgres.proc.pid), time.monotonic()
+            wal = await conn.fetchrow("SELECT wal_fpi, wal_bytes FROM pg_stat_wal")
             while time.monotonic() < began + args.window:
                 records = [
                     (
@@ -61,10 +67,13 @@ async def main(args: argparse.Namespace) -> None:
                 n += ROWS_PER_COPY
             done = n - before
             used = tree_cpu(postgres.proc.pid) - cpu
+            after = await conn.fetchrow("SELECT wal_fpi, wal_bytes FROM pg_stat_wal")
             print(
                 f"window {window}: rows before {before:>11,}"
                 f"  {done / (time.monotonic() - began):>9,.0f} rows/s"
-                f"  PostgreSQL CPU {used / done * 1e6:.2f} µs a row",
+                f"  PostgreSQL CPU {used / done * 1e6:.2f} µs a row"
+                f"  WAL {(after['wal_bytes'] - wal['wal_bytes']) / done:.0f} B"
+                f" and {(after['wal_fpi'] - wal['wal_fpi']) / done:.3f} full pages a row",
                 flush=True,
             )
         await conn.close()
@@ -76,4 +85,8 @@ if __name__ == "__main__":
     parser.add_argument("--window", type=float, default=10.0, help="seconds a window")
     parser.add_argument("--series", type=int, default=50_000)
     parser.add_argument("--drop-index", action="store_true")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE",
+        help="a PostgreSQL setting for the run, e.g. shared_buffers=256MB (repeatable)",
+    )
     asyncio.run(main(parser.parse_args()))

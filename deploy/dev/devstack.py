@@ -402,6 +402,33 @@ def timescaledb_installed() -> bool:
     return Path(libdir, "timescaledb.so").exists()
 
 
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or its cgroup's limit when lower."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return memory
+    return min(memory, int(limit)) if limit.isdigit() else memory
+
+
+def memory_settings(memory: int) -> dict[str, str]:
+    """PostgreSQL's memory settings for a server given ``memory`` bytes, as ``timescaledb-tune``
+    makes them (the ``timescale/timescaledb`` image of compose.yaml runs it at its first start):
+    a quarter for shared buffers, three quarters assumed cached by the planner.
+
+    The samples' ``(series_id, time DESC)`` index keeps one page per series hot (where that
+    series' newest rows go): with fewer shared buffers than that, every ingest round evicts and
+    rereads index pages, and PostgreSQL's CPU per row doubled (``bench/copy_growth.py``,
+    docs/benchmarks.md "Ingest efficiency: PostgreSQL's shared buffers").
+    """
+    mib = 1 << 20
+    return {
+        "shared_buffers": f"{max(128, memory // 4 // mib)}MB",
+        "effective_cache_size": f"{max(384, memory * 3 // 4 // mib)}MB",
+    }
+
+
 class PostgresServer:
     """A private PostgreSQL cluster (with TimescaleDB preloaded when installed) on loopback."""
 
@@ -420,6 +447,8 @@ class PostgresServer:
         self.superuser = superuser
         self.timescaledb = timescaledb_installed() if timescaledb is None else timescaledb
         self.proc: subprocess.Popen[bytes] | None = None
+        #: Settings over the defaults below, from the next start on (a benchmark's variants).
+        self.settings: dict[str, str] = {}
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
         self.run_as = _postgres_user()
 
@@ -468,7 +497,9 @@ class PostgresServer:
             "port": str(self.port),
             "unix_socket_directories": str(self.data_dir),
             "max_connections": "200",
-            "shared_buffers": "256MB",
+            # Test servers (many at once, small data) keep a fixed small cache; the stack's and
+            # the benchmarks' are sized to the machine like the compose image's.
+            **(memory_settings(machine_memory()) if self.durable else {"shared_buffers": "256MB"}),
         }
         if self.timescaledb:
             settings["shared_preload_libraries"] = "timescaledb"
@@ -476,6 +507,7 @@ class PostgresServer:
             settings["timescaledb.max_background_workers"] = "8"
         if not self.durable:  # test servers: speed over crash safety
             settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
+        settings.update(self.settings)
         args = [str(PG_BIN / "postgres"), "-D", str(self.data_dir)]
         for key, value in settings.items():
             args += ["-c", f"{key}={value}"]

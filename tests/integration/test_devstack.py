@@ -18,7 +18,18 @@ from typing import Any
 import asyncpg
 import nats.errors
 import pytest
-from devstack import REPO, RESTART_BACKOFF, DevStackError, ServiceProcess, Stack, free_port, stack
+from devstack import (
+    REPO,
+    RESTART_BACKOFF,
+    DevStackError,
+    ServiceProcess,
+    Stack,
+    free_port,
+    machine_memory,
+    memory_settings,
+    private_postgres,
+    stack,
+)
 
 from signalfire.bus import NatsConfig, connect
 
@@ -42,6 +53,19 @@ async def test_postgres_has_timescaledb(postgres, database_url) -> None:
         await conn.close()
     assert version == "2.19.3"
     assert license_ == "apache"
+
+
+def test_the_stacks_postgres_caches_a_quarter_of_the_machines_memory_as_the_compose_image_does() -> None:
+    # The samples index keeps a page per series hot: the 256 MB test servers keep would make the
+    # stack's PostgreSQL reread its index every ingest round past ~30,000 series.
+    gib = 1 << 30
+    assert memory_settings(24 * gib) == {"shared_buffers": "6144MB", "effective_cache_size": "18432MB"}
+    assert memory_settings(256 << 20)["shared_buffers"] == "128MB"  # PostgreSQL's own default, at least
+    with private_postgres(durable=True) as server:
+        shown = server.psql("SHOW shared_buffers")
+    assert shown == f"{machine_memory() // 4 >> 20}MB" or shown == f"{machine_memory() // 4 >> 30}GB"
+    with private_postgres() as test_server:
+        assert test_server.psql("SHOW shared_buffers") == "256MB"
 
 
 # `make up` with a person's own files, and a stack that keeps running -----------------------------
