@@ -3,7 +3,8 @@
 One connection ``COPY``s 13,000-row batches (about an ingest round) over ``--series`` series
 into the gateway's own schema on a private PostgreSQL + TimescaleDB (devstack), in windows of
 ``--window`` seconds, and prints per window the rows already in the chunk, the rows a second,
-PostgreSQL's CPU µs per row and the WAL it wrote per row (bytes, and full-page images). ``--drop-index`` drops the unique ``(series_id, time DESC)``
+PostgreSQL's CPU µs per row and the WAL it wrote per row (bytes, and full-page images); at the
+end, the chunk's table and index sizes. ``--drop-index`` drops the unique ``(series_id, time DESC)``
 index first: the reference that shows what the index costs (docs/benchmarks.md, "Ingest
 efficiency: the series index, and a ceiling of the same rows").
 
@@ -76,6 +77,11 @@ async def main(args: argparse.Namespace) -> None:
                 f" and {(after['wal_fpi'] - wal['wal_fpi']) / done:.3f} full pages a row",
                 flush=True,
             )
+        sizes = await conn.fetchrow(
+            "SELECT sum(pg_relation_size(c)) AS heap, sum(pg_indexes_size(c)) AS index"
+            " FROM show_chunks('samples') AS c"
+        )
+        print(f"the chunk: table {sizes['heap'] / 2**20:,.0f} MiB, index {sizes['index'] / 2**20:,.0f} MiB")
         await conn.close()
 
 

@@ -345,6 +345,10 @@ async def measure(args: argparse.Namespace, workers: int) -> dict[str, float]:
     (CPU s per million samples), ``p99`` and ``lost``."""
     with tempfile.TemporaryDirectory() as tmp, private_servers(Path(tmp), durable=True) as (nats, postgres):
         gateway: ServiceProcess | None = None
+        if args.postgres_set:  # a restart with them, so any setting can be tried
+            postgres.stop()
+            postgres.settings.update(setting.partition("=")[::2] for setting in args.postgres_set)
+            postgres.start()
         try:
             ceiling_url = postgres.create_database("ceiling")
             conn = await asyncpg.connect(ceiling_url)
@@ -488,6 +492,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="SF_KEY=VALUE",
         help="a setting for the gateway process (e.g. SF_ROLLUP_FLUSH=10s); repeatable",
+    )
+    parser.add_argument(
+        "--postgres-set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a PostgreSQL setting for the run (e.g. shared_buffers=256MB); repeatable",
     )
 
 
