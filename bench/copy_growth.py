@@ -61,7 +61,9 @@ async def copy_round(conn: asyncpg.Connection, n: int, base: float, args: argpar
             )
             for b in range(batches)
         ]
-        await conn.copy_records_to_table("samples_packed", records=packed, columns=["time", "layout_id", "vals"])
+        await conn.copy_records_to_table(
+            "samples_packed", records=packed, columns=["time", "layout_id", "vals"]
+        )
         return batches * args.packed
     records = [
         (datetime.fromtimestamp(base + (n + i) // 1000 * 0.01, UTC), 1_000_000 + (n + i) % args.series, 0.0)
@@ -128,7 +130,10 @@ if __name__ == "__main__":
         help="a row per batch of N samples (values in an array) instead of a row per sample",
     )
     parser.add_argument(
-        "--set", action="append", default=[], metavar="NAME=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="a PostgreSQL setting for the run, e.g. shared_buffers=256MB (repeatable)",
     )
     asyncio.run(main(parser.parse_args()))

@@ -314,6 +314,61 @@ async def test_an_anomaly_baseline_moves_with_its_partition(
         await a.stop()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("move", ["given up", "owner died"])
+async def test_a_moved_anomaly_baseline_holds_every_sample_of_its_series(
+    nc: Any, nats_config: NatsConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, move: str
+) -> None:
+    """The baseline the new owner judges with counts every sample its series had, not only
+    those of the last snapshot (taken every 30 s): an owner giving the partition up writes its
+    baselines first; the successor of an owner that died reads the stream back from the
+    snapshot on. Before, the samples between the snapshot and the takeover's own look-back
+    (here 40 of 70) were missing from the baseline."""
+    monkeypatch.setattr(service_module, "BASELINE_EVERY", 0.5)
+    js = nc.jetstream()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(ANOMALY_RULES)
+    to_b = {p for p, r in assign(partition_names(PARTITIONS), ["a", "b"]).items() if r == "b"}
+    host = next(f"odd-{i}" for i in range(1000) if host_partition(f"odd-{i}", PARTITIONS) in to_b)
+
+    async def send(count: int) -> None:
+        for i in range(count):
+            batch = MetricBatch(
+                host=host, time=time.time(), samples=[Sample(name="temp", value=50.0 + i % 3)]
+            )
+            await js.publish(nats_config.subjects.metrics(host), encode(batch), timeout=2)
+            await asyncio.sleep(0.05)
+
+    a = EvaluatorService(config(nats_config, rules, "a"))
+    b = EvaluatorService(config(nats_config, rules, "b"))
+    await a.start()
+    try:
+        await send(30)
+        await asyncio.sleep(1.2)  # a snapshot of 30 samples written
+        monkeypatch.setattr(service_module, "BASELINE_EVERY", 3600.0)
+        await asyncio.sleep(0.6)  # the last short wait ends: no snapshot after this one
+        await send(40)
+        await asyncio.sleep(2.5)  # past any takeover's own look-back (a poll is 0.4 s)
+        if move == "owner died":  # as far as the bus can tell: no renewal, no release
+            assert a._nc is not None and a._lease_nc is not None
+            await a._lease_nc.close()
+            await a._nc.close()
+        await b.start()
+
+        def moved() -> bool:
+            return host_partition(host, PARTITIONS) in b.describe()["replica"]["judged"]
+
+        await eventually(moved, "replica b to take the host's partition", 20)
+        [series] = b.engine.baselines(lambda h: h == host)["Odd"]["series"]
+    finally:
+        await b.stop()
+        with contextlib.suppress(Exception):
+            await a.stop()
+    assert series[0] == host
+    assert series[5] == 70, f"the baseline counts {series[5]} samples of 70"
+
+
 SPIKE_RULES = """\
 rules:
   - {name: Spike, metric: spike, condition: "> 90", severity: high}

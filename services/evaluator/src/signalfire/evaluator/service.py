@@ -822,6 +822,10 @@ class EvaluatorService:
             lookback = min(max((rule.window for rule in scratch.rules), default=0.0), replay.MAX_LOOKBACK)
             keep_from = min((judged_until[p] for p in replayed), default=server_now)
             start = keep_from - lookback - poll
+            if snapshots:
+                # The samples after a baseline snapshot bring its baselines up to date: from the
+                # oldest snapshot on (older history is read only as time allows, oldest left out).
+                start = min(start, max(min(s.time for s in snapshots), keep_from - replay.MAX_LOOKBACK))
             subjects = self.subjects
             history = replay.read_history(
                 self._js,
@@ -946,18 +950,39 @@ class EvaluatorService:
         if self._judged is None or self._kv is None or not any(r.kind == "anomaly" for r in self.rules):
             return
         for partition in sorted(self._judged - {FLEET_PARTITION}):
-            now = self._clock()
-            rules = self.engine.baselines(partial(self._in_partition, partition))
-            if not rules or partition not in self._judged:
-                continue
-            data = msgspec.json.encode(BaselineSnapshot(time=now, rules=rules))
-            if len(data) > BASELINE_MAX_BYTES:
-                log.warning(
-                    "anomaly baselines of a partition too large to write; they start afresh on a new owner",
-                    extra={"partition": partition, "bytes": len(data)},
-                )
-                continue
-            await self._kv.put(BASELINE_PREFIX + partition, data)
+            if partition in self._judged:
+                await self._write_baselines(partition, self._baselines_of(partition))
+
+    def _baselines_of(self, partition: str) -> BaselineSnapshot | None:
+        """The anomaly baselines of ``partition`` as the engine holds them now (``None``: none)."""
+        if partition == FLEET_PARTITION or not any(r.kind == "anomaly" for r in self.rules):
+            return None
+        rules = self.engine.baselines(partial(self._in_partition, partition))
+        return BaselineSnapshot(time=self._clock(), rules=rules) if rules else None
+
+    async def _write_baselines(self, partition: str, snapshot: BaselineSnapshot | None) -> None:
+        if snapshot is None or self._kv is None:
+            return
+        data = msgspec.json.encode(snapshot)
+        if len(data) > BASELINE_MAX_BYTES:
+            log.warning(
+                "anomaly baselines of a partition too large to write; they start afresh on a new owner",
+                extra={"partition": partition, "bytes": len(data)},
+            )
+            return
+        await self._kv.put(BASELINE_PREFIX + partition, data)
+
+    async def _hand_over_baselines(self, partition: str, snapshot: BaselineSnapshot | None) -> None:
+        """Write ``partition``'s baselines as judging it ends, before its lease is given up: the
+        next owner starts from every sample this replica saw (not the last 30 s snapshot)."""
+        try:
+            await self._write_baselines(partition, snapshot)
+        except Exception as exc:  # the next owner reads the stream from the older snapshot on
+            self.kv_failures.inc()
+            log.warning(
+                "anomaly baselines not handed over",
+                extra={"partition": partition, "reason": str(exc) or type(exc).__name__},
+            )
 
     def _replay_parts(
         self, subject: str, scope: Scope, stored: float, judged_until: dict[str, float]
@@ -984,6 +1009,7 @@ class EvaluatorService:
         was decided for it, then delete the lease (the other takes it at its next poll)."""
         assert self._leases is not None and self._judged is not None
         self._judged.discard(partition)
+        baselines = self._baselines_of(partition)  # every sample judged here, and no later one
         leaving = self._forget(partition)
         for fp, state in leaving.items():
             if fp in self._dirty or fp == self._flushing:
@@ -992,6 +1018,7 @@ class EvaluatorService:
             if partition not in self._leases.held:  # lapsed meanwhile
                 return
             await asyncio.sleep(0.05)
+        await self._hand_over_baselines(partition, baselines)
         await self._leases.release(partition)
         self.handovers.labels(change="released").inc()
         log.info("partition given up", extra={"replica": self.replica_id, "partition": partition})
@@ -1025,6 +1052,7 @@ class EvaluatorService:
             return
         try:
             for partition in list(self._leases.held):
+                await self._hand_over_baselines(partition, self._baselines_of(partition))
                 await self._leases.release(partition)
             await self._leases.withdraw()
         except Exception as exc:
