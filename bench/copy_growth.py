@@ -69,7 +69,7 @@ async def copy_round(conn: asyncpg.Connection, n: int, base: float, args: argpar
         (datetime.fromtimestamp(base + (n + i) // 1000 * 0.01, UTC), 1_000_000 + (n + i) % args.series, 0.0)
         for i in range(ROWS_PER_COPY)
     ]
-    await conn.copy_records_to_table("samples", records=records, columns=["time", "series_id", "value"])
+    await conn.copy_records_to_table("sample_rows", records=records, columns=["time", "series_id", "value"])
     return ROWS_PER_COPY
 
 
@@ -107,7 +107,7 @@ async def main(args: argparse.Namespace) -> None:
                 f" and {(after['wal_fpi'] - wal['wal_fpi']) / done:.3f} full pages a sample",
                 flush=True,
             )
-        table = "samples_packed" if args.packed else "samples"
+        table = "samples_packed" if args.packed else "sample_rows"
         sizes = await conn.fetchrow(
             f"SELECT sum(pg_relation_size(c)) AS heap, sum(pg_indexes_size(c)) AS index"
             f" FROM show_chunks('{table}') AS c"

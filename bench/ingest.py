@@ -85,7 +85,7 @@ async def copy_ceiling(url: str, seconds: float, connections: int, rows: int = 0
             ]
             n += rows_per_copy
             await conn.copy_records_to_table(
-                "samples", records=records, columns=["time", "series_id", "value"]
+                "sample_rows", records=records, columns=["time", "series_id", "value"]
             )
             done += rows_per_copy
 

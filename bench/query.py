@@ -126,7 +126,7 @@ def rollup_sql(table: str, cells: str, width: int) -> str:
 
 
 _RAW_SQL = f"""
-    INSERT INTO samples (time, series_id, value)
+    INSERT INTO sample_rows (time, series_id, value)
     SELECT to_timestamp(t), s.id, ((s.id * 7 + t / $3) % {_CYCLE})::float8
     FROM generate_series($1::bigint, $2::bigint - $3, $3) t
     CROSS JOIN LATERAL (SELECT id FROM series WHERE t IS NOT NULL ORDER BY id) s

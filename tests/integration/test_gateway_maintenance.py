@@ -42,7 +42,7 @@ async def test_retention_waits_while_another_replica_runs_it(pool: asyncpg.Pool)
         assert await other.fetchval("SELECT pg_try_advisory_xact_lock($1)", _RETENTION_LOCK_KEY)
         assert await maintenance.run_once() == {}
         assert await pool.fetchval("SELECT count(*) FROM samples") == 1
-    assert (await maintenance.run_once())["samples"] >= 1
+    assert (await maintenance.run_once())["sample_batches"] >= 1
     assert await pool.fetchval("SELECT count(*) FROM samples") == 0
 
 
@@ -91,7 +91,7 @@ async def test_without_the_timescale_license_policies_are_refused_and_said_so(
         assert await configure_policies(conn, RetentionConfig()) is False
         compressed = await conn.fetchval(
             "SELECT compression_enabled FROM timescaledb_information.hypertables"
-            " WHERE hypertable_name = 'samples'"
+            " WHERE hypertable_name = 'sample_rows'"
         )
     assert compressed is False
     [warning] = [r for r in caplog.records if r.name == LOGGER]
@@ -108,9 +108,9 @@ async def test_timescaledb_installed_but_samples_a_plain_table_is_run_as_plain_p
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-        await conn.execute("CREATE TABLE samples (time timestamptz NOT NULL, value double precision)")
+        await conn.execute("CREATE TABLE sample_rows (time timestamptz NOT NULL, value double precision)")
         assert await detect_edition(conn) == "postgresql"
-        await conn.execute("SELECT create_hypertable('samples', 'time')")
+        await conn.execute("SELECT create_hypertable('sample_rows', 'time')")
         assert await detect_edition(conn) == "apache"
     finally:
         await conn.close()

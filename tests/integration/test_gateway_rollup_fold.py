@@ -278,7 +278,7 @@ async def test_the_minute_fold_of_migration_0008_becomes_the_hourly_fold_with_no
             folded,
             open_,
         )
-        assert [m.version for m in await migrate(conn)] == [9]
+        assert [m.version for m in await migrate(conn)] == [9, 10]
         assert await conn.fetchval("SELECT extract(epoch FROM horizon)::float8 FROM rollup_fold") == HOUR
         assert await conn.fetchval("SELECT to_regclass('rollup_minutes')") is None
         pool = await asyncpg.create_pool(url, min_size=1, max_size=2)

@@ -210,7 +210,7 @@ async def test_an_orphan_waits_for_a_younger_batch_of_its_host_in_the_same_minut
     assert await repair(pool) == RollupRepair(repaired=1)
     assert await pool.fetchval("SELECT array_agg(seq ORDER BY seq) FROM rollup_pending") == [4]
     # every sample counts once except those of batch 4, whose merge is still to come
-    await pool.execute("DELETE FROM samples WHERE time = to_timestamp($1)", top + 600)
+    await pool.execute("DELETE FROM sample_batches WHERE time = to_timestamp($1)", top + 600)
     await assert_rollups_match_raw(pool)
 
 

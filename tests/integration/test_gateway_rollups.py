@@ -224,7 +224,7 @@ async def test_retention_drops_only_what_is_older_than_configured(pool: asyncpg.
     async with pool.acquire() as conn:
         edition = await detect_edition(conn)
         dropped = await apply_retention(conn, edition, RetentionConfig(), now=now)
-        assert dropped["samples"] >= 3  # chunks or rows
+        assert dropped["sample_batches"] >= 3  # chunks or rows
 
         async def hosts(table: str) -> set[str]:
             rows = await conn.fetch(
@@ -285,7 +285,7 @@ async def test_maintenance_measures_age_by_the_gateways_clock(pool: asyncpg.Pool
     async with pool.acquire() as conn:
         maintenance.edition = await detect_edition(conn)
     dropped = await maintenance.run_once()
-    assert dropped["samples"] >= 1  # 61 days old by the gateway's clock: past the raw 30 days
+    assert dropped["sample_batches"] >= 1  # 61 days old by the gateway's clock: past the raw 30 days
     assert await pool.fetchval("SELECT count(*) FROM samples") == 0
 
 

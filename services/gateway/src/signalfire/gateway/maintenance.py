@@ -2,8 +2,9 @@
 
 Three editions:
 
-* ``timescale`` — TimescaleDB under the Timescale license: ``samples`` is compressed
-  (segmented by series) and TimescaleDB's own retention policies drop old chunks;
+* ``timescale`` — TimescaleDB under the Timescale license: the raw samples are compressed
+  (``sample_rows`` segmented by series, ``sample_batches`` by layout) and TimescaleDB's own
+  retention policies drop old chunks;
 * ``apache`` — TimescaleDB's Apache edition (what Debian ships): hypertables, but no policies,
   so the gateway calls ``drop_chunks`` itself every ``retention.check_every``;
 * ``postgresql`` — no extension: the gateway deletes old rows by time range.
@@ -44,7 +45,8 @@ class Table:
 
 
 TABLES = (
-    Table("samples", "time", "raw"),
+    Table("sample_rows", "time", "raw"),
+    Table("sample_batches", "time", "raw"),
     Table("events", "time", "raw"),
     Table("samples_1m", "bucket", "rollup_1m"),
     Table("samples_1h", "bucket", "rollup_1h"),
@@ -60,7 +62,8 @@ async def detect_edition(conn: asyncpg.Connection) -> Edition:
     if not hyper:
         return "postgresql"
     is_hypertable = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'samples')"
+        "SELECT EXISTS (SELECT 1 FROM timescaledb_information.hypertables"
+        " WHERE hypertable_name = 'sample_rows')"
     )
     if not is_hypertable:
         return "postgresql"
@@ -75,13 +78,14 @@ async def configure_policies(conn: asyncpg.Connection, retention: RetentionConfi
     """
     try:
         async with conn.transaction():
-            await conn.execute(
-                "ALTER TABLE samples SET (timescaledb.compress, timescaledb.compress_segmentby = 'series_id',"
-                " timescaledb.compress_orderby = 'time DESC')"
-            )
-            await conn.execute(
-                "SELECT add_compression_policy('samples', interval '2 days', if_not_exists => true)"
-            )
+            for raw, segment in (("sample_rows", "series_id"), ("sample_batches", "layout_id")):
+                await conn.execute(
+                    f"ALTER TABLE {raw} SET (timescaledb.compress, timescaledb.compress_segmentby ="
+                    f" '{segment}', timescaledb.compress_orderby = 'time DESC')"
+                )
+                await conn.execute(
+                    "SELECT add_compression_policy($1, interval '2 days', if_not_exists => true)", raw
+                )
             for table in TABLES:
                 await conn.execute("SELECT remove_retention_policy($1, if_exists => true)", table.name)
                 keep = float(getattr(retention, table.setting))

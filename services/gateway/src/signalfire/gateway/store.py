@@ -1,9 +1,12 @@
 """Writes what arrives on the bus into PostgreSQL/TimescaleDB.
 
 Every write is idempotent, because JetStream redelivers whatever was not acknowledged.
-Samples are copied (binary ``COPY``) straight into ``samples``, whose unique index refuses a
-sample stored before; only then (a batch sent twice, a redelivery) is the round redone through
-a staging table with ``ON CONFLICT DO NOTHING``, which tells the new samples from the old ones.
+A metric batch whose samples share its time is copied (binary ``COPY``) as one row into
+``sample_batches``: its time, its layout (the ordered series ids, stored once in ``layouts``)
+and its values; a batch whose samples carry times of their own is copied a row per sample into
+``sample_rows`` (migration 0010; ``samples`` is a view over both). Both tables' unique indexes
+refuse what was stored before; only then (a batch sent twice, a redelivery) is the round redone
+through staging tables with ``ON CONFLICT DO NOTHING``, which tell the new from the old.
 Events go through a staging table the same way; hosts and alerts are upserts that never let an
 older message overwrite a newer one.
 
@@ -14,6 +17,7 @@ batches it wrote whole and which rows were new, and that unit does the rest.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 import time as _time
@@ -185,11 +189,13 @@ class _Shape:
     """The series keys of a batch layout (host, labels and sample names and labels in order),
     and their ids once every one of them is stored: agents send the same layout every time."""
 
-    __slots__ = ("ids", "keys")
+    __slots__ = ("ids", "keys", "layout")
 
     def __init__(self, keys: list[SeriesKey]) -> None:
         self.keys = keys
         self.ids: list[int] | None = None
+        #: The id of its row in ``layouts`` once stored.
+        self.layout: int | None = None
 
 
 #: Series keys remembered across batch layouts at most (then the layouts are forgotten and
@@ -214,12 +220,27 @@ class MetricsWritten:
 
 
 _SAMPLE_COLUMNS = ["time", "series_id", "value"]
+_BATCH_COLUMNS = ["time", "layout_id", "vals"]
 
 _CREATE_SAMPLES_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS samples_in (
     time timestamptz, series_id bigint, value double precision
 ) ON COMMIT DELETE ROWS
 """
+
+_CREATE_BATCHES_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS batches_in (
+    time timestamptz, layout_id integer, vals double precision[]
+) ON COMMIT DELETE ROWS
+"""
+
+_INSERT_LAYOUT = "INSERT INTO layouts (digest, series_ids) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING"
+_INSERT_LAYOUT_SERIES = """
+INSERT INTO layout_series (series_id, layout_id, position)
+SELECT series_id, $1, position FROM unnest($2::bigint[]) WITH ORDINALITY AS u(series_id, position)
+ON CONFLICT DO NOTHING
+"""
+_SELECT_LAYOUTS = "SELECT id, digest FROM layouts WHERE digest = ANY($1::bytea[])"
 
 _CREATE_EVENTS_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS events_in (
@@ -369,6 +390,54 @@ def _uniform_rows(stored: StoredBatch) -> bytearray:
     return rows
 
 
+def layout_digest(ids: Sequence[int]) -> bytes:
+    """The key of a layout in ``layouts``: a digest of its series ids in order."""
+    return hashlib.blake2b(struct.pack(f">{len(ids)}q", *ids), digest_size=16).digest()
+
+
+#: Binary ``COPY`` of (time, layout_id, vals): per row 3 fields; the array as PostgreSQL sends
+#: it (dimensions 1, no nulls, element type float8 (701), length, lower bound 1), then each
+#: element's length and value.
+_BATCH_ROW = struct.Struct(">hiqiiiiiiii")
+_FLOAT8_OID = 701
+_array_templates: dict[int, bytes] = {}
+
+
+def _batch_row(stored: StoredBatch, layout: int) -> bytearray:
+    """The ``COPY`` row of a batch with one time for all its samples."""
+    n = len(stored.ids)
+    template = _array_templates.get(n)
+    if template is None:
+        if len(_array_templates) > 256:
+            _array_templates.clear()
+        template = _array_templates[n] = struct.pack(
+            ">" + "id" * n, *chain.from_iterable((8, 0.0) for _ in range(n))
+        )
+    head = _BATCH_ROW.pack(3, 8, _pg_time(stored.time), 4, layout, 20 + 12 * n, 1, 0, _FLOAT8_OID, n, 1)
+    row = bytearray(head) + template
+    packer = _value_structs.get(n)
+    if packer is None:
+        if len(_value_structs) > 64:
+            _value_structs.clear()
+        packer = _value_structs[n] = struct.Struct(f">{n}d")
+    packed = packer.pack(*stored.values)
+    at = len(head) + 4
+    for j in range(8):
+        row[at + j :: 12] = packed[j::8]
+    return row
+
+
+def _batch_data(batches: Iterable[tuple[StoredBatch, int]]) -> tuple[bytes, int]:
+    """The binary ``COPY`` data of ``sample_batches`` rows and how many samples they hold."""
+    parts: list[bytes | bytearray] = [_COPY_HEADER]
+    samples = 0
+    for stored, layout in batches:
+        parts.append(_batch_row(stored, layout))
+        samples += len(stored.ids)
+    parts.append(_COPY_TRAILER)
+    return b"".join(parts), samples
+
+
 def _copy_data(batches: Iterable[StoredBatch]) -> tuple[bytes, int]:
     """The binary ``COPY`` data of the samples of ``batches`` and how many rows it holds, built
     per batch (a layout's template, or one ``struct`` call) instead of a Python tuple and
@@ -483,23 +552,65 @@ class Store:
             )
             fresh = [i for i in range(len(stored)) if i not in skip]
             written.duplicate_samples = sum(len(stored[i].ids) for i in skip)
-            data, count = _copy_data(stored[i] for i in fresh)
-            if not redelivered and await self._copy_samples(conn, data, count):
+            # A row per batch where its samples share its time and name each series once (a
+            # stored layout did); a row per sample otherwise, whose index keeps the first of a
+            # series' samples at one time.
+            uniform = [
+                i
+                for i in fresh
+                if stored[i].times is None
+                and stored[i].ids
+                and (shapes[i].layout is not None or len(set(stored[i].ids)) == len(stored[i].ids))
+            ]
+            packed = set(uniform)
+            per_row = [i for i in fresh if i not in packed]
+            new_layouts = await self._resolve_layouts(
+                conn, [stored[i].ids for i in uniform if shapes[i].layout is None]
+            )
+            placed = [
+                (
+                    stored[i],
+                    layout
+                    if (layout := shapes[i].layout) is not None
+                    else new_layouts[layout_digest(stored[i].ids)],
+                )
+                for i in uniform
+            ]
+            rows, row_count = _copy_data(stored[i] for i in per_row)
+            batches, batch_count = _batch_data(placed)
+            count = row_count + batch_count
+            if not redelivered and await self._copy_samples(conn, rows, row_count, batches, len(placed)):
                 written.samples = count
                 await rollups.copied(conn, fresh)
             elif count:
-                records = _records(stored[i] for i in fresh)
-                new_rows = await self._insert_samples(conn, records)
+                # A batch some of whose samples are stored already (under another layout, or a
+                # row each) keeps only its new ones, a row each: every sample is stored once.
+                held = await self._stored_already(conn, placed)
+                whole: list[tuple[StoredBatch, int]] = []
+                part: list[StoredBatch] = []
+                for b, layout in placed:
+                    stamp = datetime.fromtimestamp(b.time, UTC)
+                    if not any(held.get((i, stamp), {layout}) - {layout} for i in b.ids):
+                        whole.append((b, layout))  # new, or its own row again (refused below)
+                        continue
+                    keep = [k for k, i in enumerate(b.ids) if (i, stamp) not in held]
+                    part.append(StoredBatch(b.time, [b.ids[k] for k in keep], [b.values[k] for k in keep]))
+                new_rows = await self._insert_samples(conn, _records([*(stored[i] for i in per_row), *part]))
+                new_rows += await self._insert_batches(conn, whole)
                 written.samples = len(new_rows)
-                written.duplicate_samples += len(records) - written.samples
+                written.duplicate_samples += count - written.samples
                 await rollups.inserted(conn, new_rows)
             written.events = await self._write_events(conn, events)
             await self._write_hosts(conn, [*metrics, *events], statuses)
-        # Only now: ids of series created by a rolled-back transaction do not exist.
+        # Only now: ids of series (and layouts) created by a rolled-back transaction do not exist.
         self._series.update(new_series)
         for shape, batch in zip(shapes, stored, strict=True):
             if shape.ids is None:
                 shape.ids = batch.ids
+        if new_layouts:
+            for i in uniform:
+                if shapes[i].layout is None:
+                    shapes[i].layout = new_layouts[layout_digest(stored[i].ids)]
         written.new_series = len(new_series)
         return written
 
@@ -560,21 +671,89 @@ class Store:
         return shape
 
     @staticmethod
-    async def _copy_samples(conn: asyncpg.Connection, data: bytes, count: int) -> bool:
-        """``COPY`` the rows (binary ``COPY`` data) straight into ``samples``; ``False`` (and
-        nothing written) when one of them is stored already, e.g. an agent sent the same batch
-        twice."""
-        if not count:
+    async def _copy_samples(
+        conn: asyncpg.Connection, rows: bytes, row_count: int, batches: bytes, batch_count: int
+    ) -> bool:
+        """``COPY`` the per-sample rows and the batch rows (binary ``COPY`` data) straight into
+        their tables; ``False`` (and nothing written) when one of them is stored already, e.g.
+        an agent sent the same batch twice."""
+        if not row_count and not batch_count:
             return True
         try:
-            async with conn.transaction():  # a savepoint: a conflict undoes only the copy
-                # a memoryview: asyncpg would take bytes for a file name
-                await conn.copy_to_table(
-                    "samples", source=memoryview(data), columns=_SAMPLE_COLUMNS, format="binary"
-                )
+            async with conn.transaction():  # a savepoint: a conflict undoes only the copies
+                # memoryviews: asyncpg would take bytes for a file name
+                if row_count:
+                    await conn.copy_to_table(
+                        "sample_rows", source=memoryview(rows), columns=_SAMPLE_COLUMNS, format="binary"
+                    )
+                if batch_count:
+                    await conn.copy_to_table(
+                        "sample_batches", source=memoryview(batches), columns=_BATCH_COLUMNS, format="binary"
+                    )
         except asyncpg.UniqueViolationError:
             return False
         return True
+
+    async def _resolve_layouts(self, conn: asyncpg.Connection, layouts: list[list[int]]) -> dict[bytes, int]:
+        """Ids in ``layouts`` of these series id lists (by :func:`layout_digest`), storing those
+        that are not there yet with their series' positions."""
+        wanted = {layout_digest(ids): ids for ids in layouts}
+        if not wanted:
+            return {}
+        digests = sorted(wanted)  # one order, so concurrent writers lock them alike
+        await conn.executemany(_INSERT_LAYOUT, [(d, wanted[d]) for d in digests])
+        found = {row["digest"]: row["id"] for row in await conn.fetch(_SELECT_LAYOUTS, digests)}
+        await conn.executemany(_INSERT_LAYOUT_SERIES, [(found[d], wanted[d]) for d in digests])
+        return found
+
+    @staticmethod
+    async def _stored_already(
+        conn: asyncpg.Connection, placed: list[tuple[StoredBatch, int]]
+    ) -> dict[tuple[int, datetime], set[int | None]]:
+        """The samples of ``placed`` stored already: (series, time) → the layouts of the batch
+        rows holding them (``None``: a row of their own)."""
+        held: dict[tuple[int, datetime], set[int | None]] = {}
+        if not placed:
+            return held
+        rows = await conn.fetch(
+            "SELECT series_id, time, NULL::integer AS layout FROM sample_rows"
+            " WHERE series_id = ANY($1::bigint[]) AND time = ANY($2::timestamptz[])"
+            " UNION ALL"
+            " SELECT ls.series_id, b.time, b.layout_id FROM sample_batches b"
+            " JOIN layout_series ls ON ls.layout_id = b.layout_id"
+            " WHERE ls.series_id = ANY($1::bigint[]) AND b.time = ANY($2::timestamptz[])",
+            sorted({i for b, _ in placed for i in b.ids}),
+            sorted({datetime.fromtimestamp(b.time, UTC) for b, _ in placed}),
+        )
+        for row in rows:
+            held.setdefault((row["series_id"], row["time"]), set()).add(row["layout"])
+        return held
+
+    @staticmethod
+    async def _insert_batches(
+        conn: asyncpg.Connection, placed: list[tuple[StoredBatch, int]]
+    ) -> list[tuple[int, float, float]]:
+        """Insert the batch rows that are not stored yet; returns their samples as (series,
+        time, value)."""
+        if not placed:
+            return []
+        records = []
+        by_key: dict[tuple[int, datetime], StoredBatch] = {}
+        for stored, layout in placed:
+            stamp = datetime.fromtimestamp(stored.time, UTC)
+            by_key[(layout, stamp)] = stored
+            records.append((stamp, layout, list(stored.values)))
+        await conn.execute(_CREATE_BATCHES_STAGING)
+        await conn.copy_records_to_table("batches_in", records=records, columns=_BATCH_COLUMNS)
+        rows = await conn.fetch(
+            "INSERT INTO sample_batches (time, layout_id, vals) SELECT time, layout_id, vals FROM batches_in "
+            "ON CONFLICT DO NOTHING RETURNING layout_id, time"
+        )
+        new: list[tuple[int, float, float]] = []
+        for row in rows:
+            stored = by_key[(row["layout_id"], row["time"])]
+            new.extend(zip(stored.ids, repeat(stored.time), stored.values, strict=False))
+        return new
 
     @staticmethod
     async def _write_events(conn: asyncpg.Connection, events: list[EventBatch]) -> int:
@@ -609,10 +788,12 @@ class Store:
         self, conn: asyncpg.Connection, records: list[tuple[datetime, int, float]]
     ) -> list[tuple[int, float, float]]:
         """Insert the samples that are not stored yet; returns the new ones as (series, time, value)."""
+        if not records:
+            return []
         await conn.execute(_CREATE_SAMPLES_STAGING)
         await conn.copy_records_to_table("samples_in", records=records, columns=_SAMPLE_COLUMNS)
         rows = await conn.fetch(
-            "INSERT INTO samples (time, series_id, value) SELECT time, series_id, value FROM samples_in "
+            "INSERT INTO sample_rows (time, series_id, value) SELECT time, series_id, value FROM samples_in "
             "ON CONFLICT DO NOTHING RETURNING series_id, time"
         )
         floats = {(series_id, when): (when.timestamp(), value) for when, series_id, value in records}
