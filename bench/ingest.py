@@ -93,7 +93,7 @@ async def copy_ceiling(url: str, seconds: float, connections: int, rows: int = 0
     await asyncio.gather(*(worker(i, c) for i, c in enumerate(conns)))
     elapsed = time.monotonic() - began
     for conn in conns:
-        await conn.execute("TRUNCATE samples")
+        await conn.execute("TRUNCATE sample_rows")
         await conn.close()
     return done / elapsed
 
@@ -287,9 +287,11 @@ async def full_path(
         nonlocal committed, average_rate
         while time.monotonic() < stop:
             await asyncio.sleep(0.25)
+            # the tables, not the view: the newest time needs no batch's samples unfolded
             newest = await conn.fetchval(
-                "SELECT extract(epoch FROM max(time))::float8 FROM samples"
-                " WHERE time > now() - interval '1 minute'"
+                "SELECT extract(epoch FROM greatest("
+                "(SELECT max(time) FROM sample_batches WHERE time > now() - interval '1 minute'),"
+                " (SELECT max(time) FROM sample_rows WHERE time > now() - interval '1 minute')))::float8"
             )
             committed = int(await asyncio.to_thread(gateway_counter, metrics_url, COMMITTED, committed))
             now = time.monotonic()
