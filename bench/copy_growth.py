@@ -50,21 +50,22 @@ async def copy_round(conn: asyncpg.Connection, n: int, base: float, args: argpar
     many samples it wrote. Each series gets a sample every ``series / 1000 * 10`` ms of the
     samples' time, both ways."""
     if args.packed:
-        layouts = max(1, args.series // args.packed)
-        batches = max(1, ROWS_PER_COPY // args.packed)
-        first = n // args.packed
+        size: int = args.packed
+        layouts = max(1, args.series // size)
+        batches = max(1, ROWS_PER_COPY // size)
+        first = n // size
         packed = [
             (
                 datetime.fromtimestamp(base + (first + b) // layouts * args.series / 1000 * 0.01, UTC),
                 (first + b) % layouts,
-                [0.0] * args.packed,
+                [0.0] * size,
             )
             for b in range(batches)
         ]
         await conn.copy_records_to_table(
             "samples_packed", records=packed, columns=["time", "layout_id", "vals"]
         )
-        return batches * args.packed
+        return batches * size
     records = [
         (datetime.fromtimestamp(base + (n + i) // 1000 * 0.01, UTC), 1_000_000 + (n + i) % args.series, 0.0)
         for i in range(ROWS_PER_COPY)
