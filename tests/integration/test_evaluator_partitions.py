@@ -270,6 +270,16 @@ rules:
 """
 
 
+def anomaly_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str]:
+    """The anomaly rules file, baselines written every 0.5 s, and a host that replica ``b``
+    holds once it joins ``a``."""
+    monkeypatch.setattr(service_module, "BASELINE_EVERY", 0.5)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(ANOMALY_RULES)
+    to_b = {p for p, r in assign(partition_names(PARTITIONS), ["a", "b"]).items() if r == "b"}
+    return rules, next(f"odd-{i}" for i in range(1000) if host_partition(f"odd-{i}", PARTITIONS) in to_b)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_an_anomaly_baseline_moves_with_its_partition(
@@ -277,12 +287,8 @@ async def test_an_anomaly_baseline_moves_with_its_partition(
 ) -> None:
     """The replica that takes a partition starts from the anomaly baselines its previous owner
     wrote to KV: an outlier right after the move fires, with no second warm-up."""
-    monkeypatch.setattr(service_module, "BASELINE_EVERY", 0.5)
+    rules, host = anomaly_setup(tmp_path, monkeypatch)
     js = nc.jetstream()
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(ANOMALY_RULES)
-    to_b = {p for p, r in assign(partition_names(PARTITIONS), ["a", "b"]).items() if r == "b"}
-    host = next(f"odd-{i}" for i in range(1000) if host_partition(f"odd-{i}", PARTITIONS) in to_b)
 
     async def send(value: float) -> None:
         batch = MetricBatch(host=host, time=time.time(), samples=[Sample(name="temp", value=value)])
@@ -325,12 +331,8 @@ async def test_a_moved_anomaly_baseline_holds_every_sample_of_its_series(
     baselines first; the successor of an owner that died reads the stream back from the
     snapshot on. Before, the samples between the snapshot and the takeover's own look-back
     (here 40 of 70) were missing from the baseline."""
-    monkeypatch.setattr(service_module, "BASELINE_EVERY", 0.5)
+    rules, host = anomaly_setup(tmp_path, monkeypatch)
     js = nc.jetstream()
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(ANOMALY_RULES)
-    to_b = {p for p, r in assign(partition_names(PARTITIONS), ["a", "b"]).items() if r == "b"}
-    host = next(f"odd-{i}" for i in range(1000) if host_partition(f"odd-{i}", PARTITIONS) in to_b)
 
     async def send(count: int) -> None:
         for i in range(count):

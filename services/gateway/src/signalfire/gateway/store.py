@@ -371,6 +371,17 @@ def _template(ids: list[int]) -> bytes:
     return rows
 
 
+def _packed_values(values: Sequence[float]) -> bytes:
+    """``values`` as big-endian float8s, with one ``struct`` per batch size."""
+    n = len(values)
+    packer = _value_structs.get(n)
+    if packer is None:
+        if len(_value_structs) > 64:
+            _value_structs.clear()
+        packer = _value_structs[n] = struct.Struct(f">{n}d")
+    return packer.pack(*values)
+
+
 def _uniform_rows(stored: StoredBatch) -> bytearray:
     """The ``COPY`` rows of a batch with one time for all its samples: its layout's template
     with the time and the values written in as 16 strided byte copies, not a ``struct`` field
@@ -378,12 +389,7 @@ def _uniform_rows(stored: StoredBatch) -> bytearray:
     n = len(stored.ids)
     rows = bytearray(_template(stored.ids))
     stamp = struct.pack(">q", _pg_time(stored.time))
-    packer = _value_structs.get(n)
-    if packer is None:
-        if len(_value_structs) > 64:
-            _value_structs.clear()
-        packer = _value_structs[n] = struct.Struct(f">{n}d")
-    packed = packer.pack(*stored.values)
+    packed = _packed_values(stored.values)
     for j in range(8):
         rows[_TIME_AT + j :: _ROW] = stamp[j : j + 1] * n
         rows[_VALUE_AT + j :: _ROW] = packed[j::8]
@@ -415,12 +421,7 @@ def _batch_row(stored: StoredBatch, layout: int) -> bytearray:
         )
     head = _BATCH_ROW.pack(3, 8, _pg_time(stored.time), 4, layout, 20 + 12 * n, 1, 0, _FLOAT8_OID, n, 1)
     row = bytearray(head) + template
-    packer = _value_structs.get(n)
-    if packer is None:
-        if len(_value_structs) > 64:
-            _value_structs.clear()
-        packer = _value_structs[n] = struct.Struct(f">{n}d")
-    packed = packer.pack(*stored.values)
+    packed = _packed_values(stored.values)
     at = len(head) + 4
     for j in range(8):
         row[at + j :: 12] = packed[j::8]
