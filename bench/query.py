@@ -371,7 +371,7 @@ async def main(args: argparse.Namespace) -> None:
                 """
                 SELECT t, pg_size_pretty(coalesce(hypertable_size(t::regclass),
                                                   pg_total_relation_size(t::regclass))) AS size
-                FROM unnest(ARRAY['samples', 'samples_1m', 'samples_1h']) t
+                FROM unnest(ARRAY['sample_rows', 'sample_batches', 'samples_1m', 'samples_1h']) t
                 """
             )
             print(
