@@ -84,10 +84,8 @@ async def main(args: argparse.Namespace) -> None:
         if args.packed:
             await conn.execute(_PACKED_TABLE)
         await conn.close()
-        if args.set:  # a restart with them, so any setting can be tried
-            postgres.stop()
-            postgres.settings.update(setting.partition("=")[::2] for setting in args.set)
-            postgres.start()
+        if args.set:
+            postgres.restart_with(args.set)
         assert postgres.proc is not None
         conn = await asyncpg.connect(unix_socket_url(url, postgres.data_dir))
         base = time.time() - 3600

@@ -347,10 +347,8 @@ async def measure(args: argparse.Namespace, workers: int) -> dict[str, float]:
     (CPU s per million samples), ``p99`` and ``lost``."""
     with tempfile.TemporaryDirectory() as tmp, private_servers(Path(tmp), durable=True) as (nats, postgres):
         gateway: ServiceProcess | None = None
-        if args.postgres_set:  # a restart with them, so any setting can be tried
-            postgres.stop()
-            postgres.settings.update(setting.partition("=")[::2] for setting in args.postgres_set)
-            postgres.start()
+        if args.postgres_set:
+            postgres.restart_with(args.postgres_set)
         try:
             ceiling_url = postgres.create_database("ceiling")
             conn = await asyncpg.connect(ceiling_url)

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -526,6 +526,13 @@ class PostgresServer:
         log.close()
         wait_for(self._ready, "postgres", timeout, self.proc, self.log_path)
         return self
+
+    def restart_with(self, settings: Iterable[str]) -> None:
+        """Stop, then start again with ``NAME=VALUE`` settings over the defaults (a benchmark's
+        ``--set``), so any setting can be tried, not only the reloadable ones."""
+        self.stop()
+        self.settings.update(setting.partition("=")[::2] for setting in settings)
+        self.start()
 
     def _ready(self) -> bool:
         result = subprocess.run(

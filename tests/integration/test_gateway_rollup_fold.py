@@ -170,6 +170,25 @@ async def test_a_redelivered_round_merges_its_new_samples_into_the_open_hour_onl
     assert await queried_hours(pool) == {HOUR: 3}
 
 
+async def test_a_batch_naming_a_series_twice_is_stored_a_row_per_sample_once_each(
+    pool: asyncpg.Pool,
+) -> None:
+    """A batch whose layout names a series twice cannot be one row of ``sample_batches`` (its
+    reads would see the series twice): it is stored a row per sample, the repeat refused."""
+    when = HOUR + 1801
+    twice = batch(when, 1.0)
+    twice.samples.append(Sample(name="load", value=9.0))
+    written = await Store(pool).write_metrics([twice], rollups=Rollups.round())
+    assert (written.samples, written.duplicate_samples) == (2, 1)
+    assert await pool.fetchval("SELECT count(*) FROM sample_batches WHERE time = to_timestamp($1)", when) == 0
+    loads = await pool.fetchval(
+        "SELECT count(*) FROM samples x JOIN series s ON s.id = x.series_id"
+        " WHERE s.name = 'load' AND x.time = to_timestamp($1)",
+        when,
+    )
+    assert loads == 1
+
+
 async def test_a_database_migrated_with_rollups_keeps_every_sample_once_in_its_hours(
     postgres: PostgresServer,
 ) -> None:

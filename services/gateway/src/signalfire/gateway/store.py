@@ -234,7 +234,9 @@ CREATE TEMP TABLE IF NOT EXISTS batches_in (
 ) ON COMMIT DELETE ROWS
 """
 
-_INSERT_LAYOUT = "INSERT INTO layouts (digest, series_ids) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING"
+_INSERT_LAYOUT = (
+    "INSERT INTO layouts (digest, series_ids) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING RETURNING id"
+)
 _INSERT_LAYOUT_SERIES = """
 INSERT INTO layout_series (series_id, layout_id, position)
 SELECT series_id, $1, position FROM unnest($2::bigint[]) WITH ORDINALITY AS u(series_id, position)
@@ -697,14 +699,22 @@ class Store:
 
     async def _resolve_layouts(self, conn: asyncpg.Connection, layouts: list[list[int]]) -> dict[bytes, int]:
         """Ids in ``layouts`` of these series id lists (by :func:`layout_digest`), storing those
-        that are not there yet with their series' positions."""
+        that are not there yet with their series' positions (a layout another process stored
+        is only looked up: a restarted gateway writes no ``layout_series`` rows again)."""
         wanted = {layout_digest(ids): ids for ids in layouts}
         if not wanted:
             return {}
         digests = sorted(wanted)  # one order, so concurrent writers lock them alike
-        await conn.executemany(_INSERT_LAYOUT, [(d, wanted[d]) for d in digests])
         found = {row["digest"]: row["id"] for row in await conn.fetch(_SELECT_LAYOUTS, digests)}
-        await conn.executemany(_INSERT_LAYOUT_SERIES, [(found[d], wanted[d]) for d in digests])
+        for digest in digests:
+            if digest in found:
+                continue
+            layout = await conn.fetchval(_INSERT_LAYOUT, digest, wanted[digest])
+            if layout is None:  # another writer stored it meanwhile (its transaction committed)
+                layout = await conn.fetchval(_SELECT_LAYOUTS, [digest])
+            else:
+                await conn.execute(_INSERT_LAYOUT_SERIES, layout, wanted[digest])
+            found[digest] = layout
         return found
 
     @staticmethod
