@@ -161,17 +161,29 @@ def tree_cpu(root: int) -> float:
     return total
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` alone, its children not counted."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 class CpuMeter:
     """CPU seconds used by named process trees between :meth:`start` and :meth:`stop`."""
 
-    def __init__(self, roots: dict[str, int]) -> None:
-        """``roots``: process trees by name; this process's pid counts this process alone."""
+    def __init__(self, roots: dict[str, int], alone: dict[str, int] | None = None) -> None:
+        """``roots``: process trees by name; this process's pid counts this process alone.
+        ``alone``: processes measured without their children (a part of a tree, reported in
+        :attr:`parts`, not in :attr:`used`)."""
         self.roots = roots
+        self.alone = alone or {}
         self.began: dict[str, float] = {}
         self.used: dict[str, float] = {}
+        self.parts: dict[str, float] = {}
 
     def start(self) -> None:
         self.began = {name: self._cpu(pid) for name, pid in self.roots.items()}
+        self.began.update({name: process_cpu(pid) for name, pid in self.alone.items()})
 
     @staticmethod
     def _cpu(pid: int) -> float:
@@ -179,6 +191,7 @@ class CpuMeter:
 
     def stop(self) -> dict[str, float]:
         self.used = {name: self._cpu(pid) - self.began[name] for name, pid in self.roots.items()}
+        self.parts = {name: process_cpu(pid) - self.began[name] for name, pid in self.alone.items()}
         return self.used
 
 
@@ -398,7 +411,9 @@ async def measure(args: argparse.Namespace, workers: int) -> dict[str, float]:
                     "postgres": postgres.proc.pid,
                     "nats": nats.proc.pid,
                     "publisher": os.getpid(),
-                }
+                },
+                # with ingest workers, what the API process itself spends of the gateway's
+                alone={"API process": gateway.proc.pid} if workers else None,
             )
             result = await full_path(
                 nats.url,
@@ -430,6 +445,8 @@ async def measure(args: argparse.Namespace, workers: int) -> dict[str, float]:
                 f" lost {result['published'] - result['stored']:,.0f}"
             )
             print("  " + cpu_line(used, measured))
+            for part, seconds in meter.parts.items():
+                print(f"    of the gateway's, its {part} alone {seconds / max(1, measured) * 1e6:.2f}")
             if rounds:
                 print(f"  {rounds:,.0f} ingest rounds, {fetched / rounds:.1f} messages a round")
             print(f"ratio full path / ceiling: {rate / ceiling:.2f}")

@@ -251,8 +251,8 @@ async def timed(
     call: Callable[[], Awaitable[httpx.Response]],
     *,
     check: Callable[[Any], None] | None = None,
-) -> None:
-    """Median and p95 of ``repeat`` calls (the whole answer received; the client's own JSON
+) -> float:
+    """Median (returned) and p95 of ``repeat`` calls (the whole answer received; the client's own JSON
     decoding is not timed: ``check`` looks at the warm-up call's answer)."""
     first = await call()  # warm-up
     assert first.status_code == 200, first.text
@@ -268,6 +268,7 @@ async def timed(
     p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
     goal = f"  target ≤ {target:.0f} ms {'MET' if median <= target else 'NOT MET'}" if target else ""
     print(f"{label:<44} median {median:7.2f} ms  p95 {p95:7.2f} ms  ({median / ref:6.0f} x ref){goal}")
+    return median
 
 
 #: For comparison: the unique index as it was before migration 0004 made it cover the rollup
@@ -277,6 +278,23 @@ _PLAIN_INDEX = """
     CREATE UNIQUE INDEX samples_1m_series_bucket_plain ON samples_1m (series_id, bucket DESC);
     DROP INDEX samples_1m_series_bucket_covering;
 """
+
+
+async def read_floor(conn: asyncpg.Connection, end: int, repeat: int = 9) -> float:
+    """Median milliseconds of counting the 1-minute rows the fleet CPU query aggregates."""
+    ids = await conn.fetchval("SELECT array_agg(id) FROM series WHERE name = 'cpu.usage_percent'")
+    times = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        await conn.fetchval(
+            "SELECT count(*) FROM samples_1m WHERE series_id = ANY($1::bigint[])"
+            " AND bucket >= to_timestamp($2) AND bucket <= to_timestamp($3)",
+            ids,
+            end - 86400,
+            end,
+        )
+        times.append((time.perf_counter() - began) * 1000)
+    return statistics.median(times)
 
 
 async def measure(url: str, db_url: str, token: str, args: argparse.Namespace, end: int) -> None:
@@ -334,7 +352,11 @@ async def measure(url: str, db_url: str, token: str, args: argparse.Namespace, e
             get("/api/v1/query", {"host": "host-0", "metric": metrics, **window}),
             check=one_host_ok,
         )
-        await timed(
+        # The floor of the fleet query in the same run: PostgreSQL counting the rows it reads
+        # (every host's CPU rollup rows of the 24 h, through the same index), no aggregation.
+        floor = await read_floor(ref_conn, end)
+        print(f"{'  its rows read alone (count, in PostgreSQL)':<44} median {floor:7.2f} ms")
+        fleet = await timed(
             f"fleet CPU overview, {args.hosts} hosts, 24 h",
             200,
             args.repeat,
@@ -342,6 +364,7 @@ async def measure(url: str, db_url: str, token: str, args: argparse.Namespace, e
             get("/api/v1/query", {"metric": "cpu.usage_percent", **window}),
             check=fleet_ok,
         )
+        print(f"{'  fleet query / its rows read alone':<44} {fleet / floor:7.2f} x")
         await timed(
             f"latest values, {args.hosts * args.series:,} series",
             10,

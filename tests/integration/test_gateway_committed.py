@@ -12,8 +12,9 @@ import pytest
 from nats.aio.msg import Msg
 
 from signalfire.bus import NatsConfig, connect
-from signalfire.events import AgentStatus, MetricBatch, Sample, encode
-from signalfire.gateway.committed import CommittedFrame, CommittedPublisher
+from signalfire.events import AgentStatus
+from signalfire.gateway.committed import CommittedFrame, CommittedPublisher, FrameBatch
+from signalfire.gateway.store import MetricsWritten, SeriesKey, labels_json
 from signalfire.telemetry import Registry
 from tests.integration.gateway_support import eventually
 from tests.support.metrics import value
@@ -21,9 +22,10 @@ from tests.support.metrics import value
 LOGGER = "signalfire.gateway.committed"
 
 
-def _batch(host: str, pad: int = 0) -> bytes:
-    labels = {"pad": "x" * pad} if pad else {}
-    return encode(MetricBatch(host=host, time=1.0, samples=[Sample(name="m", value=1.0, labels=labels)]))
+def _batch(host: str, pad: int = 0) -> tuple[str, list[SeriesKey], float, list[float]]:
+    """A stored batch of one sample, as the store reports it."""
+    labels = labels_json({"pad": "x" * pad} if pad else {})
+    return (host, [(host, "m", labels)], 1.0, [1.0])
 
 
 async def test_an_item_too_large_for_any_frame_is_counted_and_the_others_are_published(
@@ -39,11 +41,11 @@ async def test_an_item_too_large_for_any_frame_is_counted_and_the_others_are_pub
     publisher = CommittedPublisher(nc, nats_config.subjects, "test-origin", registry)
     huge = _batch("huge", pad=nc.max_payload)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        await publisher.metrics([_batch("before"), huge, _batch("after")], [])
+        await publisher.metrics(MetricsWritten(uniform=[_batch("before"), huge, _batch("after")]), [])
         await nc.flush()
 
     async def both_small_ones_arrived() -> None:
-        hosts = [msgspec.json.decode(item, type=MetricBatch).host for f in frames for item in f.items]
+        hosts = [msgspec.json.decode(item, type=FrameBatch).host for f in frames for item in f.items]
         assert hosts == ["before", "after"]
 
     await eventually(both_small_ones_arrived, timeout=5)
@@ -51,7 +53,7 @@ async def test_an_item_too_large_for_any_frame_is_counted_and_the_others_are_pub
     # (the two small ones share one frame: the huge one is set aside, not a frame break)
     assert value(registry, "signalfire_test_committed_frames_published_total", kind="metrics") == 1
     [record] = [r for r in caplog.records if "too large for a committed frame" in r.getMessage()]
-    assert record.__dict__["bytes"] == len(huge)
+    assert record.__dict__["bytes"] == len(publisher.metric_items(MetricsWritten(uniform=[huge]))[0])
 
 
 async def test_a_frame_that_cannot_be_published_is_counted_and_does_not_fail_the_ingest(
@@ -64,7 +66,9 @@ async def test_a_frame_that_cannot_be_published_is_counted_and_does_not_fail_the
     status = AgentStatus(host="web-1", status="online", time=1.0)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         # Stored already: the ingest carries on; the API processes read it from the database.
-        await asyncio.wait_for(publisher.metrics([_batch("a"), _batch("b")], [status]), timeout=5)
+        await asyncio.wait_for(
+            publisher.metrics(MetricsWritten(uniform=[_batch("a"), _batch("b")]), [status]), timeout=5
+        )
     assert value(registry, "signalfire_test_committed_publish_errors_total", reason="publish_failed") == 2
     assert value(registry, "signalfire_test_committed_frames_published_total", kind="metrics") == 0
     assert sum("cannot publish a committed frame" in r.getMessage() for r in caplog.records) == 2

@@ -23,7 +23,8 @@ from signalfire.bus import NatsConfig
 from signalfire.config import Duration
 from signalfire.events import MetricBatch, Sample, encode
 from signalfire.gateway.api.query import HOURS
-from signalfire.gateway.committed import CommittedFrame, CommittedPublisher
+from signalfire.gateway.committed import CommittedFrame, CommittedPublisher, FrameBatch
+from signalfire.gateway.store import MetricsWritten, labels_json
 from signalfire.telemetry import Registry
 from tests.integration.gateway_support import RunningGateway, eventually, gateway_config, running_gateway
 from tests.support.metrics import value
@@ -37,6 +38,16 @@ UNIQUE = ["disk.used_percent", "mem.used_percent", "net.rx_per_second"]
 STABLE = ["cpu.usage_percent", "load.1m"]
 
 Point = tuple[str, str, str, float, float]  # host, metric, labels JSON, time, value
+
+
+def stored_as(batches: list[MetricBatch]) -> MetricsWritten:
+    """What an ingest's store reports for ``batches`` (each with one time for its samples)."""
+    written = MetricsWritten()
+    for b in batches:
+        keys = [(b.host, s.name, labels_json({**b.labels, **s.labels})) for s in b.samples]
+        written.uniform.append((b.host, keys, b.time, [s.value for s in b.samples]))
+    return written
+
 
 #: The 1-hour rollups as queries read them (folded hours' rows, open hours from their minutes),
 #: one row per series and hour.
@@ -206,6 +217,7 @@ async def test_a_committed_frame_that_cannot_be_decoded_is_counted_and_the_rest_
     also_good = MetricBatch(
         host="web-2", time=time.time(), samples=[Sample(name="cpu.usage_percent", value=7.5)]
     )
+    publisher = CommittedPublisher(nc, nats_config.subjects, "another", Registry("signalfire_test"))
     async with running_gateway(gateway_config(nats_config, database_url, tmp_path)) as gw:
         async with websockets.connect(ws_url(gw)) as ws:
             await ws.send(json.dumps({"subscribe": {"alerts": False, "host_status": False}}))
@@ -215,15 +227,25 @@ async def test_a_committed_frame_that_cannot_be_decoded_is_counted_and_the_rest_
             reader = asyncio.create_task(collect_stream(ws, frames, stop))
             await nc.publish(subject, b"\xff not json")
             await nc.publish(nats_config.subjects.committed("nonsense"), b"{}")
+            good_item, also_good_item = publisher.metric_items(stored_as([good, also_good]))
             mixed = CommittedFrame(
                 origin="another-gateway",
-                items=[msgspec.Raw(b'{"host": "web-9"}'), msgspec.Raw(encode(good))],
+                items=[
+                    msgspec.Raw(b'{"host": "web-9"}'),
+                    # two series, one value
+                    msgspec.Raw(
+                        msgspec.json.encode(
+                            FrameBatch("web-8", msgspec.Raw(b'[["a.b","{}"],["c.d","{}"]]'), 1.0, b"\0" * 8)
+                        )
+                    ),
+                    msgspec.Raw(good_item),
+                ],
             )
             await nc.publish(subject, msgspec.json.encode(mixed))
             # a frame after the bad ones, and a batch a real ingest commits, still arrive
             await nc.publish(
                 subject,
-                msgspec.json.encode(CommittedFrame(origin="another", items=[msgspec.Raw(encode(also_good))])),
+                msgspec.json.encode(CommittedFrame(origin="another", items=[msgspec.Raw(also_good_item)])),
             )
             await nc.jetstream().publish(
                 nats_config.subjects.metrics("web-3"),
@@ -247,8 +269,9 @@ async def test_a_committed_frame_that_cannot_be_decoded_is_counted_and_the_rest_
         assert gw.counter("committed_frames_rejected_total", kind="metrics") == 2
         assert gw.counter("committed_frames_rejected_total", kind="unknown") == 1
         assert gw.counter("committed_frames_received_total", kind="metrics") == 2
-        # the latest values were fed from the frames too
+        # the latest values were fed from the frames too, and from none of the bad items
         assert gw.service.latest.get(("web-2", "cpu.usage_percent", "{}")) is not None
+        assert gw.service.latest.get(("web-8", "a.b", "{}")) is None
 
 
 async def test_a_round_larger_than_max_payload_is_split_over_frames_and_all_of_it_arrives(
@@ -256,22 +279,18 @@ async def test_a_round_larger_than_max_payload_is_split_over_frames_and_all_of_i
 ) -> None:
     # Four batches of ~400 KB each: about 1.6 MB, past the server's 1 MB max_payload.
     big = [
-        encode(
-            MetricBatch(
-                host=f"big-{i}",
-                time=time.time(),
-                samples=[
-                    Sample(name=f"m.{k}", value=float(k), labels={"pad": "x" * 20}) for k in range(5000)
-                ],
-            )
+        MetricBatch(
+            host=f"big-{i}",
+            time=time.time(),
+            samples=[Sample(name=f"m.{k}", value=float(k), labels={"pad": "x" * 20}) for k in range(5000)],
         )
         for i in range(4)
     ]
-    assert sum(map(len, big)) > nc.max_payload
+    assert sum(len(encode(b)) for b in big) > nc.max_payload
     registry = Registry("signalfire_test")
     publisher = CommittedPublisher(nc, nats_config.subjects, "test-origin", registry)
     async with running_gateway(gateway_config(nats_config, database_url, tmp_path)) as gw:
-        await publisher.metrics(big, [])
+        await publisher.metrics(stored_as(big), [])
         await nc.flush()
 
         async def all_applied() -> None:

@@ -1,18 +1,18 @@
-"""Agent statuses committed by another ingest process reach this API process's live stream."""
+"""What another ingest process committed (agent statuses, samples) reaches this API process's
+live stream and latest values; bad items are counted and cost nothing else."""
 
 from __future__ import annotations
 
 import json
 from typing import cast
 
-import asyncpg
 import msgspec
 from nats.aio.client import Client as NATS
 
 from signalfire.events import AgentStatus
-from signalfire.gateway.committed import CommittedFeed, CommittedFrame
+from signalfire.gateway.committed import CommittedFeed, CommittedFrame, CommittedPublisher
 from signalfire.gateway.live import LiveFeed
-from signalfire.gateway.store import LatestValues, Store
+from signalfire.gateway.store import LatestValues, MetricsWritten
 from signalfire.gateway.stream import StreamHub, Subscription
 from signalfire.subjects import Subjects
 from signalfire.telemetry import Registry
@@ -22,12 +22,11 @@ SUBJECTS = Subjects("sf")
 
 
 def _feed(hub: StreamHub, registry: Registry) -> CommittedFeed:
-    # A status frame touches neither the connection (apply is what the subscription calls)
-    # nor the database: None for both, so a use of either fails the test.
+    # A frame touches neither the connection (apply is what the subscription calls) nor the
+    # database: None for the connection, so a use of it fails the test.
     return CommittedFeed(
         cast(NATS, None),
         SUBJECTS,
-        store=Store(cast(asyncpg.Pool, None)),
         latest=LatestValues(),
         live=LiveFeed(hub),
         commits=None,
@@ -54,3 +53,42 @@ async def test_a_status_frame_from_another_ingest_shows_on_the_live_stream() -> 
     feed.apply(SUBJECTS.committed("status"), _frame("this-process", offline))
     assert await client.next_frames(0.1) == []
     assert value(registry, "signalfire_test_committed_frames_received_total", kind="status") == 1
+
+
+async def test_samples_another_ingest_stored_reach_the_latest_values_and_the_live_stream() -> None:
+    hub, registry = StreamHub(), Registry("signalfire_test")
+    client, _ = hub.connect(Subscription())
+    feed = _feed(hub, registry)
+    publisher = CommittedPublisher(cast(NATS, None), SUBJECTS, "worker-1", Registry("signalfire_worker"))
+    cpu, disk = ("web-1", "cpu.usage_percent", "{}"), ("web-1", "disk.used_percent", '{"mount":"/"}')
+    written = MetricsWritten()
+    written.uniform.append(("web-1", [cpu, disk], 10.0, [12.5, 40.0]))
+    written.uniform.append(("web-1", [cpu, disk], 20.0, [13.5, 41.0]))  # the same layout again
+    written.rows.append((("db-1", "load.1m", "{}"), 15.0, 0.5))  # a sample with its own time
+    items = publisher.metric_items(written)
+    # the layout's series are named in the same bytes each time (a receiver looks them up)
+    assert items[0].count(b"disk.used_percent") == 1 and items[0][:60] == items[1][:60]
+    bad = [
+        b'["b","web-2",[["x.y","{}"]],1.0,"AAAAAAAA8D8=",7]',  # a field too many
+        b'["b","web-2",[["x.y","{}"]],1.0,"AAAA"]',  # 3 bytes of values
+        b'["b","web-2",[["x.y","{}"],["x.z","{}"]],1.0,"AAAAAAAA8D8="]',  # 2 series, 1 value
+        b'["z","web-2"]',  # no such item
+    ]
+    feed.apply(SUBJECTS.committed("metrics"), _frame("worker-1", *items, *bad))
+    assert feed.latest.get(cpu) == (20.0, 13.5)
+    assert feed.latest.get(disk) == (20.0, 41.0)
+    assert feed.latest.get(("db-1", "load.1m", "{}")) == (15.0, 0.5)
+    assert feed.latest.get(("web-2", "x.y", "{}")) is None
+    frames = [json.loads(f.data) for f in await client.next_frames(0.1)]
+    # the stream coalesces by series: the newest sample of each
+    assert sorted((f["host"], f["metric"], f["labels"], f["time"], f["value"]) for f in frames) == [
+        ("db-1", "load.1m", {}, 15.0, 0.5),
+        ("web-1", "cpu.usage_percent", {}, 20.0, 13.5),
+        ("web-1", "disk.used_percent", {"mount": "/"}, 20.0, 41.0),
+    ]
+    assert value(registry, "signalfire_test_committed_frames_received_total", kind="metrics") == 1
+    assert value(registry, "signalfire_test_committed_frames_rejected_total", kind="metrics") == 1
+    # This process's own frames: its ingest fed the values directly already.
+    written = MetricsWritten(uniform=[("web-1", [cpu], 30.0, [99.0])])
+    feed.apply(SUBJECTS.committed("metrics"), _frame("this-process", *publisher.metric_items(written)))
+    assert feed.latest.get(cpu) == (20.0, 13.5)

@@ -5,8 +5,10 @@ alone, so with two gateways (or ingest workers, :mod:`.workers`) a dashboard mis
 others stored. Now every ingest, after a round commits, publishes what it stored on core NATS
 subjects (no stream: a frame is a notice, the database is the record):
 
-* ``<prefix>.committed.metrics``: metric batches, the bytes the agent published (already
-  validated by the ingest; forwarded, not re-encoded);
+* ``<prefix>.committed.metrics``: the samples stored, each batch whose samples share a time
+  as a :class:`FrameBatch` (its series named once per layout, its values as packed float64:
+  a receiver applies it without decoding a sample), any other sample as a
+  :class:`FrameSample`;
 * ``<prefix>.committed.status``: agent statuses;
 * ``<prefix>.committed.alerts``: alert events;
 * ``<prefix>.committed.actions``: people's actions on alerts, with the host of each alert.
@@ -17,6 +19,10 @@ feeds its :class:`~signalfire.gateway.store.LatestValues` and
 fed its own hub already and skips frames of its own ``origin``, so a single gateway pays only
 the publish. Only the gateway identity may publish or read these subjects
 (:mod:`signalfire.buspolicy`).
+
+An API process fed by ingest workers applies every frame: decoding the agents' JSON again
+cost it 1.1 µs a sample (docs/benchmarks.md); a :class:`FrameBatch` costs it a dict lookup of
+its layout and a copy of its values.
 
 The frame is gateway-internal (the gateway talks to itself across processes and replicas of
 one version), so its struct lives here and not in :mod:`signalfire.events`, the contract
@@ -30,6 +36,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sys
+from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
@@ -40,9 +48,8 @@ from nats.aio.subscription import Subscription
 
 from signalfire.events import AgentStatus, AlertAction, AlertEvent, PayloadError, decode
 from signalfire.gateway.commits import Commits
-from signalfire.gateway.ingest import decode_metric_batch
 from signalfire.gateway.live import LiveFeed
-from signalfire.gateway.store import LatestValues, Store
+from signalfire.gateway.store import LatestValues, MetricsWritten, SeriesKey
 from signalfire.log import Throttle
 from signalfire.subjects import Subjects
 from signalfire.telemetry import Registry
@@ -64,6 +71,52 @@ class CommittedFrame(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     items: list[msgspec.Raw]
     #: ``actions`` only: the host of each alert id of the frame (for subscriptions by host).
     hosts: dict[str, str] = {}
+
+
+class FrameBatch(msgspec.Struct, array_like=True, tag="b", forbid_unknown_fields=True):
+    """An item of a ``metrics`` frame: the samples of one stored batch, all at ``time``."""
+
+    host: str
+    #: JSON ``[[metric, labels JSON], …]`` of the batch's series in order: the same bytes for
+    #: every batch of a layout, so a receiver makes the series keys once per layout.
+    series: msgspec.Raw
+    time: float
+    #: The values, float64 little-endian, one per series.
+    values: bytes
+
+
+class FrameSample(msgspec.Struct, array_like=True, tag="s", forbid_unknown_fields=True):
+    """An item of a ``metrics`` frame: one stored sample of a batch with per-sample times."""
+
+    host: str
+    metric: str
+    labels: str
+    time: float
+    value: float
+
+
+_metric_item = msgspec.json.Decoder(FrameBatch | FrameSample)
+_series_names = msgspec.json.Decoder(list[tuple[str, str]])
+_BIG_ENDIAN = sys.byteorder == "big"
+#: Layouts whose series JSON a publisher keeps (then it forgets them and makes them again).
+_PUBLISHED_LAYOUTS = 100_000
+#: Series keys a feed keeps for the layouts it saw (as the store's layout cache, _SHAPE_KEYS).
+_FEED_KEYS = 2_000_000
+
+
+def _packed(values: Sequence[float]) -> bytes:
+    packed = array("d", values)
+    if _BIG_ENDIAN:
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _unpacked(data: bytes) -> array[float]:
+    values = array("d")
+    values.frombytes(data)  # ValueError unless a whole number of float64
+    if _BIG_ENDIAN:
+        values.byteswap()
+    return values
 
 
 def new_origin() -> str:
@@ -110,12 +163,37 @@ class CommittedPublisher:
         self.errors = registry.counter(
             "committed_publish_errors", "Committed frames that could not be published", ["reason"]
         )
+        #: The series JSON of each layout published, by the id of its keys list.
+        self._layouts: dict[int, tuple[list[SeriesKey], bytes]] = {}
 
-    async def metrics(self, batches: Sequence[bytes], statuses: Sequence[AgentStatus]) -> None:
-        """``batches``: the published JSON of the stored metric batches."""
-        await self._publish("metrics", batches)
+    async def metrics(self, written: MetricsWritten, statuses: Sequence[AgentStatus]) -> None:
+        """What :meth:`Store.write_metrics` stored, and agent statuses."""
+        await self._publish("metrics", self.metric_items(written))
         if statuses:
             await self._publish("status", [_encoder.encode(s) for s in statuses])
+
+    def metric_items(self, written: MetricsWritten) -> list[bytes]:
+        """The items of ``metrics`` frames for ``written``."""
+        items = [
+            _encoder.encode(FrameBatch(host, msgspec.Raw(self._series(keys)), at, _packed(values)))
+            for host, keys, at, values in written.uniform
+        ]
+        items.extend(
+            _encoder.encode(FrameSample(key[0], key[1], key[2], at, value)) for key, at, value in written.rows
+        )
+        return items
+
+    def _series(self, keys: list[SeriesKey]) -> bytes:
+        """The series JSON of a layout, made once: ``keys`` is the store's list for the layout
+        (held here with it, so its id stays its own)."""
+        known = self._layouts.get(id(keys))
+        if known is not None and known[0] is keys:
+            return known[1]
+        if len(self._layouts) >= _PUBLISHED_LAYOUTS:
+            self._layouts.clear()
+        series = _encoder.encode([(key[1], key[2]) for key in keys])
+        self._layouts[id(keys)] = (keys, series)
+        return series
 
     async def alerts(self, events: Sequence[AlertEvent]) -> None:
         await self._publish("alerts", [_encoder.encode(e) for e in events])
@@ -158,7 +236,6 @@ class CommittedFeed:
         nc: NATS,
         subjects: Subjects,
         *,
-        store: Store,
         latest: LatestValues,
         live: LiveFeed,
         commits: Commits | None,
@@ -167,7 +244,6 @@ class CommittedFeed:
     ) -> None:
         self.nc = nc
         self.subjects = subjects
-        self.store = store
         self.latest = latest
         self.live = live
         self.commits = commits
@@ -175,6 +251,9 @@ class CommittedFeed:
         self._prefix = subjects.committed("")
         self._subscription: Subscription | None = None
         self._throttle = Throttle(every=60.0)
+        #: The series keys of each layout seen, by host and series JSON.
+        self._layouts: dict[tuple[str, bytes], list[SeriesKey]] = {}
+        self._layout_keys = 0
         self.received = registry.counter(
             "committed_frames_received", "Committed frames of other ingest processes applied", ["kind"]
         )
@@ -213,11 +292,12 @@ class CommittedFeed:
         if frame.origin == self.origin:
             return
         if kind == "metrics":
-            batches = self._items(kind, frame.items, decode_metric_batch)
-            self.latest.note(self.store.latest_of(batches))
-            self.live.metrics(batches, [])
+            written = self._metrics(frame.items)
+            self.latest.note(written)
+            self.live.metrics(written, [])
         elif kind == "status":
-            self.live.metrics([], self._items(kind, frame.items, lambda d: decode(d, AgentStatus)))
+            statuses = self._items(kind, frame.items, lambda d: decode(d, AgentStatus))
+            self.live.metrics(MetricsWritten(), statuses)
         elif kind == "alerts":
             self.live.alerts(self._items(kind, frame.items, lambda d: decode(d, AlertEvent)))
         else:
@@ -225,6 +305,38 @@ class CommittedFeed:
             if self.commits is not None:  # an action the API waits for may be among them
                 self.commits.committed()
         self.received.labels(kind=kind).inc()
+
+    def _metrics(self, items: list[msgspec.Raw]) -> MetricsWritten:
+        written = MetricsWritten()
+        bad: list[str] = []
+        for raw in items:
+            try:
+                item = _metric_item.decode(raw)
+                if isinstance(item, FrameSample):
+                    written.rows.append(((item.host, item.metric, item.labels), item.time, item.value))
+                    continue
+                keys = self._keys(item.host, bytes(item.series))
+                values = _unpacked(item.values)
+                if len(values) != len(keys):
+                    raise ValueError(f"{len(values)} values for {len(keys)} series")
+                written.uniform.append((item.host, keys, item.time, values))
+            except (msgspec.DecodeError, ValueError) as exc:
+                bad.append(str(exc))
+        if bad:
+            self._reject("metrics", f"{len(bad)} of {len(items)} items: {bad[0]}")
+        return written
+
+    def _keys(self, host: str, series: bytes) -> list[SeriesKey]:
+        """The series keys of a layout (one list per layout: the latest values wait by it)."""
+        keys = self._layouts.get((host, series))
+        if keys is None:
+            keys = [(host, metric, labels) for metric, labels in _series_names.decode(series)]
+            self._layout_keys += len(keys)
+            if self._layout_keys > _FEED_KEYS:
+                self._layouts.clear()
+                self._layout_keys = len(keys)
+            self._layouts[(host, series)] = keys
+        return keys
 
     def _items(self, kind: str, items: list[msgspec.Raw], decoder: Callable[[bytes], T]) -> list[T]:
         good: list[T] = []

@@ -38,7 +38,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from itertools import chain
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -69,15 +69,13 @@ from signalfire.events import (
     decode,
 )
 from signalfire.gateway.commits import Commits
+from signalfire.gateway.committed import CommittedPublisher
 from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.live import LiveFeed
 from signalfire.gateway.rollup import Rollups
 from signalfire.gateway.store import LatestValues, Store
 from signalfire.subjects import Subjects
 from signalfire.telemetry import Registry
-
-if TYPE_CHECKING:  # committed.py decodes frames with this module's batch decoder
-    from signalfire.gateway.committed import CommittedPublisher
 
 log = logging.getLogger("signalfire.gateway.ingest")
 
@@ -649,9 +647,9 @@ class Ingest:
         if self.latest is not None:
             self.latest.note(written)
         if self.live is not None:
-            self.live.metrics(metrics, statuses)
+            self.live.metrics(written, statuses)
         if self.committed is not None:
-            await self.committed.metrics([msg.data for msg, _ in metric_items], statuses)
+            await self.committed.metrics(written, statuses)
         for msg in held:  # held about a minute for the merge: only its reply subject is needed
             msg.data = b""
         self.committed_samples.inc(written.samples)

@@ -151,7 +151,6 @@ class GatewayService:
         self.feed = CommittedFeed(
             self.nc,
             config.nats.subjects,
-            store=store,
             latest=self.latest,
             live=live,
             commits=self.commits,

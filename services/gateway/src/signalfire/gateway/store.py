@@ -151,8 +151,8 @@ class LatestValues:
             values.update(zip(keys, batch_values, strict=True))
 
     def note(self, written: MetricsWritten) -> None:
-        """Take the latest values of what :meth:`Store.write_metrics` (or
-        :meth:`Store.latest_of`) saw."""
+        """Take the latest values of what :meth:`Store.write_metrics` saw (here, or in
+        another ingest process: its committed frames)."""
         for host, keys, when, values in written.uniform:
             self.update_batch(host, keys, when, values)
         for key, when, value in written.rows:
@@ -216,7 +216,7 @@ class MetricsWritten:
     rows: list[tuple[SeriesKey, float, float]] = field(default_factory=list)
     #: The samples of batches with one time for all: (host, series keys, time, values) per batch
     #: (the other batches' samples are in ``rows``).
-    uniform: list[tuple[str, list[SeriesKey], float, list[float]]] = field(default_factory=list)
+    uniform: list[tuple[str, list[SeriesKey], float, Sequence[float]]] = field(default_factory=list)
 
 
 _SAMPLE_COLUMNS = ["time", "series_id", "value"]
@@ -615,14 +615,6 @@ class Store:
                 if shapes[i].layout is None:
                     shapes[i].layout = new_layouts[layout_digest(stored[i].ids)]
         written.new_series = len(new_series)
-        return written
-
-    def latest_of(self, metrics: Sequence[MetricBatch]) -> MetricsWritten:
-        """The series and values of batches another process stored (its committed frames), for
-        :meth:`LatestValues.note`; nothing is written."""
-        written = MetricsWritten()
-        for batch in metrics:
-            _columns(batch, self._shape(batch.host, batch.labels, batch.samples).keys, written)
         return written
 
     @staticmethod
