@@ -227,8 +227,8 @@ async def _bucketed(
     percentile = _PERCENTILES.get(agg)
     if source == "raw" or percentile is None:
         # Each series on its own (an index range, a small in-memory aggregate, its buckets in
-        # order as two arrays): one big hash aggregate and sort over every series' rows spilled
-        # to disk and cost twice the time (the fleet CPU over 24 h, 288,000 rows, 200 series).
+        # order as two arrays): one hash aggregate and sort over every series' rows spilled to
+        # disk (the fleet CPU over 24 h, 288,000 rows of 200 series: 278 ms against 178).
         rows = await res.pool.fetch(
             f"""
             SELECT s.id, g.t, g.v FROM unnest($1::bigint[]) AS s(id)
