@@ -9,7 +9,9 @@ entirely server-side (``INSERT … SELECT generate_series``, no rows cross the w
   ``--interval`` seconds (count, sum, min, max, newest value and percentile histogram; the
   per-bucket aggregates are computed once in Python with :mod:`signalfire.gateway.rollup` and
   joined in, since every bucket's values follow from the value formula);
-* the raw samples of the last ``--raw-hours`` hours.
+* the raw samples of the last ``--raw-hours`` hours, a row per host and time in
+  ``sample_batches`` as the gateway stores agents' batches (``--raw-rows``: a row per sample in
+  ``sample_rows``, as before migration 0010 and for batches with per-sample times).
 
 A sample of series ``id`` at unix second ``t`` has the value ``(id * 7 + t / 10) % 100``.
 Then a real gateway process serves the data and the bench times over HTTP on 127.0.0.1, each
@@ -29,7 +31,7 @@ every query up to ~2 days reads) and the last 2 hours of raw samples: the full 1
 rollups would be 200 M rows (~50 GB) and the full raw set 1.2 B rows.
 
     uv run python bench/query.py [--hosts 200] [--series 100] [--days 7] [--rollup-days 2]
-                                 [--raw-hours 2] [--repeat 30] [--workers 2]
+                                 [--raw-hours 2] [--raw-rows] [--repeat 30] [--workers 2]
 """
 
 from __future__ import annotations
@@ -132,6 +134,28 @@ _RAW_SQL = f"""
     CROSS JOIN LATERAL (SELECT id FROM series WHERE t IS NOT NULL ORDER BY id) s
 """
 
+#: Each host's series as one batch layout (its series in id order), as the gateway makes them
+#: for an agent's batches (migration 0010; the digest only needs to be unique here).
+_LAYOUTS_SQL = """
+    WITH made AS (
+        INSERT INTO layouts (digest, series_ids)
+        SELECT decode(md5(host), 'hex'), array_agg(id ORDER BY id) FROM series GROUP BY host
+        RETURNING id, series_ids
+    )
+    INSERT INTO layout_series (series_id, layout_id, position)
+    SELECT u.series_id, made.id, u.position
+    FROM made, unnest(made.series_ids) WITH ORDINALITY AS u(series_id, position)
+"""
+
+#: The raw samples as the gateway stores agents' batches: a row per host and time.
+_RAW_BATCHES_SQL = f"""
+    INSERT INTO sample_batches (time, layout_id, vals)
+    SELECT to_timestamp(t), l.id,
+           (SELECT array_agg(((u.id * 7 + t / $3) % {_CYCLE})::float8 ORDER BY u.position)
+            FROM unnest(l.series_ids) WITH ORDINALITY AS u(id, position))
+    FROM generate_series($1::bigint, $2::bigint - $3, $3) t CROSS JOIN layouts l
+"""
+
 #: The 1-hour row of the current, unfinished hour: what the gateway would hold for it,
 #: merged from that hour's 1-minute rows.
 _PARTIAL_HOUR_SQL = """
@@ -198,8 +222,14 @@ async def load(pool: asyncpg.Pool, args: argparse.Namespace, end: int) -> None:
         await pool.execute(_PARTIAL_HOUR_SQL, hour_end)
         print(f"  1 h rollups of the current hour: {time.monotonic() - began:.0f} s", flush=True)
     if raw_start < end:
-        rows_raw = n * (end - raw_start) // args.interval
-        await in_parallel(pool, f"raw samples, {rows_raw:,} rows", (raw_start, end), 600, _RAW_SQL, args=args)
+        samples_raw = n * (end - raw_start) // args.interval
+        if args.raw_rows:
+            label, sql = f"raw samples, {samples_raw:,} rows", _RAW_SQL
+        else:
+            await pool.execute(_LAYOUTS_SQL)
+            batches = args.hosts * (end - raw_start) // args.interval
+            label, sql = f"raw samples, {samples_raw:,} in {batches:,} batch rows", _RAW_BATCHES_SQL
+        await in_parallel(pool, label, (raw_start, end), 600, sql, args=args)
         await verify(pool, end, raw_start)
     began = time.monotonic()
     await pool.execute("VACUUM ANALYZE")
@@ -441,6 +471,11 @@ if __name__ == "__main__":
     parser.add_argument("--days", type=float, default=7.0, help="span of the 1-hour rollups")
     parser.add_argument("--rollup-days", type=float, default=2.0, help="span of the 1-minute rollups")
     parser.add_argument("--raw-hours", type=float, default=2.0, help="span of the raw samples")
+    parser.add_argument(
+        "--raw-rows",
+        action="store_true",
+        help="load the raw samples a row each (sample_rows) rather than a row per host and time",
+    )
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--workers", type=int, default=2, help="loading connections")
     parser.add_argument(
