@@ -4,13 +4,19 @@ queries read them, and the migrations that brought it."""
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
+from typing import cast
 
 import asyncpg
 import msgspec
+import pytest
 from devstack import PostgresServer
 
+from signalfire.config import Duration
 from signalfire.events import MetricBatch, Sample
 from signalfire.gateway.api import query
+from signalfire.gateway.api.resources import Resources
+from signalfire.gateway.config import GatewayConfig, RetentionConfig
 from signalfire.gateway.migrate import migrate, migrations
 from signalfire.gateway.rollup import Rollups
 from signalfire.gateway.rollup.fold import FOLD_DELAY, MAX_HOURS
@@ -313,3 +319,49 @@ async def test_the_minute_fold_of_migration_0008_becomes_the_hourly_fold_with_no
     finally:
         await conn.close()
         postgres.drop_database(url.rsplit("/", 1)[1])
+
+
+async def test_range_queries_count_each_sample_once_across_the_folded_hours_and_the_fresh_minutes(
+    pool: asyncpg.Pool,
+) -> None:
+    """Buckets wholly before the open rows are read from one table, the rest from the folded
+    hours, the open hours' minutes and the last minutes' raw samples: every answer equals the
+    raw samples' own aggregates, whichever side of the fold horizon and the fresh minutes a
+    bucket falls on."""
+    now = [HOUR + 2 * 3600 + 1515]  # 25 minutes into the third hour
+    store, rollups = Store(pool), Rollups(pool, clock=lambda: now[0])
+    times = [HOUR + 30.0 * i for i in range(int((now[0] - 15 - HOUR) // 30) + 1)]  # every 30 s
+    raw = [(t, float(i % 17)) for i, t in enumerate(times)]
+    await write_held(store, rollups, [batch(t, v) for t, v in raw], list(range(1, len(raw) + 1)))
+    await rollups.flush()  # the first two hours folded, the minutes that ended merged
+    horizon = await pool.fetchval("SELECT extract(epoch FROM horizon)::float8 FROM rollup_fold")
+    assert horizon == HOUR + 2 * 3600
+    # the minutes up to the one going on have their 1-minute rows (the flush merged them all):
+    # the last minutes are then in both their raw samples and those rows, and count once
+    newest = await pool.fetchval("SELECT extract(epoch FROM max(bucket))::float8 FROM samples_1m")
+    assert newest == max(times) == now[0] - 15
+    cpu = await pool.fetchval("SELECT id FROM series WHERE name = 'cpu.usage_percent'")
+    res = cast(
+        Resources,
+        SimpleNamespace(
+            pool=pool,
+            clock=lambda: now[0],
+            config=GatewayConfig(
+                database_url="postgresql://unused", retention=RetentionConfig(raw=Duration(0))
+            ),
+        ),
+    )
+    expect = {
+        "avg": lambda vs: sum(v for _, v in vs) / len(vs),
+        "max": lambda vs: max(v for _, v in vs),
+        "count": lambda vs: float(len(vs)),
+        "last": lambda vs: max(vs)[1],
+    }
+    for source, width in (("1m", 300.0), ("1h", 3600.0), ("1h", 7200.0)):
+        for agg, of in expect.items():
+            points = await query._bucketed(res, [cpu], HOUR, now[0], width=width, source=source, agg=agg)
+            buckets: dict[float, list[tuple[float, float]]] = {}
+            for t, v in raw:
+                buckets.setdefault(t - t % width, []).append((t, v))
+            wanted = [(b, of(vs)) for b, vs in sorted(buckets.items())]
+            assert points[cpu] == [(b, pytest.approx(v)) for b, v in wanted], (source, width, agg)

@@ -122,7 +122,13 @@ async def test_a_resolved_event_sends_a_dead_replicas_firing_notice_first_with_i
     await wait_until(lambda: len(receiver.got("ops")) == 2, "the firing and the resolved notice")
     resolved_key = ledger_key(alert_key(fired.id), "resolved", "ops")
     assert receiver.got("ops") == [("firing", fired.id, firing_key), ("resolved", fired.id, resolved_key)]
-    assert [(await mark_of(kv, k)).state for k in (firing_key, resolved_key)] == ["sent", "sent"]  # type: ignore[union-attr]
+
+    async def both_marked_sent() -> bool:
+        # (the mark is written after the receiver answered: the notice can arrive first)
+        marks = [await mark_of(kv, k) for k in (firing_key, resolved_key)]
+        return [m.state if m else None for m in marks] == ["sent", "sent"]
+
+    await wait_until(both_marked_sent, "both notices marked sent in the ledger")
 
 
 async def test_a_resolved_notice_waits_while_the_firing_notice_is_in_flight(

@@ -207,6 +207,34 @@ async def _raw_points(res: Resources, ids: list[int], start: float, end: float) 
     return points
 
 
+_BIN = "date_bin(make_interval(secs => $4), {column}, 'epoch')"
+
+
+def _series_buckets(source: str, expression: str) -> str:
+    """The buckets ``(b, v)`` of series ``s.id`` in ``[$2, $3]`` (``$4`` seconds wide) from
+    ``source``. From a rollup, the buckets wholly before the rows still open (the last minutes'
+    raw samples, the hours not folded) are read from the one table that holds them, without the
+    union of the open rows, which cost 30 of the fleet query's 180 ms row by row (its rows
+    passing three more plan nodes each)."""
+    if source == "raw":
+        return f"""
+            SELECT {_BIN.format(column="time")} AS b, {expression} AS v FROM samples
+            WHERE series_id = s.id AND time >= to_timestamp($2) AND time <= to_timestamp($3)
+            GROUP BY 1"""
+    settled, until = ("samples_1m", "to_timestamp($5)") if source == "1m" else ("samples_1h", _HORIZON)
+    # (clamped to the range: the horizon may be -infinity, $5 infinity)
+    cut = _BIN.format(column=f"greatest(to_timestamp($2), least({until}, to_timestamp($3)))")
+    return f"""
+            SELECT {_BIN.format(column="bucket")} AS b, {expression} AS v FROM {settled}
+            WHERE series_id = s.id AND bucket >= to_timestamp($2) AND bucket < {cut}
+            GROUP BY 1
+            UNION ALL
+            SELECT {_BIN.format(column="bucket")} AS b, {expression} AS v
+            FROM {rollup_rows("1m" if source == "1m" else "1h")} AS r
+            WHERE series_id = s.id AND bucket >= {cut} AND bucket <= to_timestamp($3)
+            GROUP BY 1"""
+
+
 async def _bucketed(
     res: Resources, ids: list[int], start: float, end: float, *, width: float, source: str, agg: str
 ) -> Points:
@@ -234,13 +262,7 @@ async def _bucketed(
             SELECT s.id, g.t, g.v FROM unnest($1::bigint[]) AS s(id)
             CROSS JOIN LATERAL (
                 SELECT array_agg(date_part('epoch', b) ORDER BY b) AS t, array_agg(v ORDER BY b) AS v
-                FROM (
-                    SELECT date_bin(make_interval(secs => $4), {column}, 'epoch') AS b, {expression} AS v
-                    FROM {table} AS r
-                    WHERE series_id = s.id
-                      AND {column} >= to_timestamp($2) AND {column} <= to_timestamp($3)
-                    GROUP BY 1
-                ) AS buckets
+                FROM ({_series_buckets(source, expression)}) AS buckets
             ) AS g
             WHERE g.t IS NOT NULL
             """,
