@@ -135,6 +135,12 @@ def own_cpu() -> float:
     return times.user + times.system
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def tree_cpu(root: int) -> float:
     """CPU seconds (user + system) of process ``root`` and every process below it, ended ones
     included."""
@@ -143,8 +149,7 @@ def tree_cpu(root: int) -> float:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            fields = _stat_fields(int(entry))
         except OSError:
             continue
         # utime, stime, and cutime, cstime: the children that ended (a closed connection's
@@ -163,8 +168,7 @@ def tree_cpu(root: int) -> float:
 
 def process_cpu(pid: int) -> float:
     """CPU seconds (user + system) of process ``pid`` alone, its children not counted."""
-    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 

@@ -243,9 +243,8 @@ async def _bucketed(
         return points
     args: list[object] = [ids, start, end, width]
     if source == "raw":
-        table, column, expression = "samples", "time", _RAW_AGG[agg]
+        expression = _RAW_AGG[agg]
     else:
-        table, column = rollup_rows("1m" if source == "1m" else "1h"), "bucket"
         expression = _ROLLUP_AGG.get(agg, "array_agg(hist::text)")
         raw_kept = float(res.config.retention.raw)
         # the raw samples of the last minutes, while they are kept that long
@@ -274,11 +273,10 @@ async def _bucketed(
     rows = await res.pool.fetch(
         f"""
         SELECT series_id, extract(epoch FROM b)::float8 AS t, v FROM (
-            SELECT series_id, date_bin(make_interval(secs => $4), {column}, 'epoch') AS b,
-                   {expression} AS v
-            FROM {table} AS r
+            SELECT series_id, {_BIN.format(column="bucket")} AS b, {expression} AS v
+            FROM {rollup_rows("1m" if source == "1m" else "1h")} AS r
             WHERE series_id = ANY($1::bigint[])
-              AND {column} >= to_timestamp($2) AND {column} <= to_timestamp($3)
+              AND bucket >= to_timestamp($2) AND bucket <= to_timestamp($3)
             GROUP BY 1, 2
         ) AS buckets
         ORDER BY series_id, b
