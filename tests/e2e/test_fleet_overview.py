@@ -434,7 +434,12 @@ def test_the_periodic_reload_and_the_fleet_charts_follow_the_fleet_while_the_pag
             "fleet-0007 in the CPU chart's legend",
             timeout=45,
         )
-        assert "fleet-0007" in cpu_chart.locator("details table").inner_text()
+        # The table is redrawn with the canvas, at the next frame after the legend's rename.
+        wait_for(
+            lambda: "fleet-0007" in cpu_chart.locator("details table").inner_text(),
+            "fleet-0007 in the CPU chart's open table",
+            timeout=5,
+        )
         assert page.evaluate("[...document.querySelectorAll('#fleet figure')].every((f) => f.__kept)")
         assert cpu_chart.locator("details").evaluate("(d) => d.open")
         # Every series the legend names is drawn: as many series as entries, ten at most.
