@@ -19,7 +19,9 @@ Then a real gateway process serves the data and the bench times over HTTP on 127
 
 * one host's 20 series over 24 h (``/api/v1/query``, ``step=auto`` → 5 min steps from the
   1-minute rollups);
-* the fleet-wide CPU overview over 24 h (every host's ``cpu.usage_percent``);
+* the fleet-wide CPU overview over 24 h (every host's ``cpu.usage_percent``), and then the
+  same query asked in turn of that gateway (its series dealt among ``query_parallelism`` 2
+  statements) and of a second one started with ``SF_QUERY_PARALLELISM=1`` (one statement);
 * the latest value of every series (``/api/v1/latest``).
 
 The reference, in the same run, is a ``SELECT 1`` round trip through asyncpg and a
@@ -327,7 +329,9 @@ async def read_floor(conn: asyncpg.Connection, end: int, repeat: int = 9) -> flo
     return statistics.median(times)
 
 
-async def measure(url: str, db_url: str, token: str, args: argparse.Namespace, end: int) -> None:
+async def measure(
+    url: str, db_url: str, token: str, args: argparse.Namespace, end: int, *, one_statement_url: str = ""
+) -> None:
     ref_conn = await asyncpg.connect(db_url)
     headers = {"Authorization": f"Bearer {token}"}
     # One connection per request: on a kept-alive connection each answer currently stalls
@@ -395,6 +399,24 @@ async def measure(url: str, db_url: str, token: str, args: argparse.Namespace, e
             check=fleet_ok,
         )
         print(f"{'  fleet query / its rows read alone':<44} {fleet / floor:7.2f} x")
+        if one_statement_url:
+            # The same query from a gateway with query_parallelism 1 (its series in one
+            # statement), the two asked in turn so that both see the machine alike.
+            fleet_params = {"metric": "cpu.usage_percent", **window}
+            async with httpx.AsyncClient(
+                base_url=one_statement_url, headers=headers, timeout=60, limits=fresh
+            ) as single:
+                shared: list[float] = []
+                alone: list[float] = []
+                for _ in range(args.repeat):
+                    for who, times in ((client, shared), (single, alone)):
+                        began = time.perf_counter()
+                        answer = await who.get("/api/v1/query", params=fleet_params)
+                        assert answer.status_code == 200, answer.text
+                        times.append((time.perf_counter() - began) * 1000)
+            a, b = statistics.median(shared), statistics.median(alone)
+            print(f"{'  in turn: dealt among 2 statements':<44} median {a:7.2f} ms")
+            print(f"{'  in turn: one statement (parallelism 1)':<44} median {b:7.2f} ms  ({b / a:.2f} x)")
         await timed(
             f"latest values, {args.hosts * args.series:,} series",
             10,
@@ -410,6 +432,7 @@ async def main(args: argparse.Namespace) -> None:
     # Query latency does not depend on crash safety; loading is much faster without fsync.
     with tempfile.TemporaryDirectory() as tmp, private_servers(Path(tmp)) as (nats, postgres):
         gateway: ServiceProcess | None = None
+        single: ServiceProcess | None = None
         try:
             db_url = postgres.create_database("signalfire")
             pool = await asyncpg.create_pool(db_url, min_size=1, max_size=args.workers)
@@ -445,10 +468,27 @@ async def main(args: argparse.Namespace) -> None:
                 extra_env={"SF_RATE_LIMIT": "0", "SF_LOG_LEVEL": "warning"},
                 timeout=120,
             )
+            single_port = free_port()
+            single = start_gateway(
+                nats.url,
+                db_url,
+                single_port,
+                log_dir=Path(tmp) / "single",
+                token_file=Path(tmp) / "admin-token",
+                extra_env={"SF_RATE_LIMIT": "0", "SF_LOG_LEVEL": "warning", "SF_QUERY_PARALLELISM": "1"},
+                timeout=120,
+            )
             conn = await asyncpg.connect(db_url)
             token = await create_token(conn, "bench", "viewer")
             await conn.close()
-            await measure(f"http://127.0.0.1:{port}", db_url, token, args, end)
+            await measure(
+                f"http://127.0.0.1:{port}",
+                db_url,
+                token,
+                args,
+                end,
+                one_statement_url=f"http://127.0.0.1:{single_port}",
+            )
             if args.plain_index:
                 began = time.monotonic()
                 conn = await asyncpg.connect(db_url)
@@ -459,8 +499,9 @@ async def main(args: argparse.Namespace) -> None:
                 print(f"plain (non-covering) index on samples_1m built in {took:.0f} s; again:")
                 await measure(f"http://127.0.0.1:{port}", db_url, token, args, end)
         finally:
-            if gateway is not None:
-                gateway.stop()
+            for process in (gateway, single):
+                if process is not None:
+                    process.stop()
 
 
 if __name__ == "__main__":

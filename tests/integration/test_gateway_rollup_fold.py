@@ -369,3 +369,42 @@ async def test_range_queries_count_each_sample_once_across_the_folded_hours_and_
             assert [b for b, _ in got] == [b for b, _ in wanted], (source, width, agg)
             for (b, value), (_, want) in zip(got, wanted, strict=True):
                 assert value is not None and math.isclose(value, want, rel_tol=1e-9), (source, width, agg, b)
+
+
+async def test_a_range_query_over_many_series_shared_among_connections_answers_every_series_once(
+    pool: asyncpg.Pool,
+) -> None:
+    """70 series dealt among 3 statements (``query_parallelism``) answer as one statement does:
+    every series, each with its own buckets, none missing or mixed up."""
+    hosts = [f"fleet-{i:02}" for i in range(70)]
+    now = [HOUR + 3600 + 600]
+    store, rollups = Store(pool), Rollups(pool, clock=lambda: now[0])
+    data = [batch(HOUR + 60.0 * m, float(i), host=h) for i, h in enumerate(hosts) for m in range(0, 60, 5)]
+    await write_held(store, rollups, data, list(range(1, len(data) + 1)))
+    await rollups.flush()
+    ids = {
+        row["host"]: row["id"]
+        for row in await pool.fetch("SELECT id, host FROM series WHERE name = 'cpu.usage_percent'")
+    }
+    assert len(ids) == len(hosts)
+    answers = []
+    for parallelism in (1, 3):
+        res = cast(
+            Resources,
+            SimpleNamespace(
+                pool=pool,
+                clock=lambda: now[0],
+                config=GatewayConfig(database_url="postgresql://unused", query_parallelism=parallelism),
+            ),
+        )
+        # at least 32 series a statement: 70 make two statements, not three
+        assert len(query.split_ids(list(ids.values()), parallelism)) == {1: 1, 3: 2}[parallelism]
+        for source, width in (("raw", 600.0), ("1m", 900.0)):
+            points = await query._bucketed(
+                res, list(ids.values()), HOUR, HOUR + 3600, width=width, source=source, agg="max"
+            )
+            assert set(points) == set(ids.values()), (parallelism, source)
+            for i, host in enumerate(hosts):
+                assert points[ids[host]] == [(HOUR + width * b, float(i)) for b in range(int(3600 // width))]
+            answers.append(points)
+    assert answers[0] == answers[2] and answers[1] == answers[3]

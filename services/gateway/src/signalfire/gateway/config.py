@@ -60,6 +60,10 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host_down_after: Duration = Duration(30.0)
     #: The most points one ``/api/v1/query`` answer may hold.
     query_max_points: int = 200_000
+    #: Database connections one range query over many series uses at once (its series dealt
+    #: among that many statements, at least 32 series each): PostgreSQL runs a statement on one
+    #: core. 1: one statement. At most ``db_pool_size``.
+    query_parallelism: int = 2
     #: Database transactions writing ingested batches at once (each one a large ``COPY``), per
     #: ingesting process.
     ingest_writers: int = 2
@@ -128,6 +132,7 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "fetch_batch",
             "max_deliver",
             "query_max_points",
+            "query_parallelism",
             "ingest_writers",
             "max_body_bytes",
         ):
@@ -135,6 +140,8 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ValueError(f"{name}: must be at least 1")
         if not 0 <= self.ingest_workers <= 64:
             raise ValueError("ingest_workers: must be 0 (ingest in the API process) to 64")
+        if self.query_parallelism > self.db_pool_size:
+            raise ValueError("query_parallelism: must be at most db_pool_size")
         if self.fetch_timeout <= 0:
             raise ValueError("fetch_timeout: must be more than 0s")
         if not 0 <= self.ingest_linger < float(self.ack_wait) / 3:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Literal
 
@@ -109,6 +110,18 @@ def auto_step(span: float) -> float:
         if step >= wanted:
             return float(step)
     return float(math.ceil(wanted / 86400) * 86400)
+
+
+#: The fewest series worth a statement of their own (one host's ~20 series stay one statement:
+#: a second statement's round trip and plan cost more than the half of the work it takes).
+_SERIES_PER_PART = 32
+
+
+def split_ids(ids: list[int], parallelism: int) -> list[list[int]]:
+    """``ids`` dealt round-robin into at most ``parallelism`` parts of at least
+    ``_SERIES_PER_PART`` series each (one part when there are fewer)."""
+    count = max(1, min(parallelism, len(ids) // _SERIES_PER_PART))
+    return [ids[i::count] for i in range(count)]
 
 
 def too_many(limit: int, what: str, field: str) -> ApiError:
@@ -256,19 +269,22 @@ async def _bucketed(
         # Each series on its own (an index range, a small in-memory aggregate, its buckets in
         # order as two arrays): one hash aggregate and sort over every series' rows spilled to
         # disk (the fleet CPU over 24 h, 288,000 rows of 200 series: 278 ms against 178).
-        rows = await res.pool.fetch(
-            f"""
+        sql = f"""
             SELECT s.id, g.t, g.v FROM unnest($1::bigint[]) AS s(id)
             CROSS JOIN LATERAL (
                 SELECT array_agg(date_part('epoch', b) ORDER BY b) AS t, array_agg(v ORDER BY b) AS v
                 FROM ({_series_buckets(source, expression)}) AS buckets
             ) AS g
             WHERE g.t IS NOT NULL
-            """,
-            *args,
-        )
-        for series_id, times, values in rows:
-            points[series_id] = list(zip(times, values, strict=True))
+            """
+        # The series shared among up to `query_parallelism` statements on as many connections:
+        # PostgreSQL runs one statement on one core, and a lateral over a list of ids is not
+        # parallel-aware (the fleet CPU over 24 h, 200 series: 151 ms in one statement).
+        parts = split_ids(ids, res.config.query_parallelism)
+        answers = await asyncio.gather(*(res.pool.fetch(sql, part, *args[1:]) for part in parts))
+        for rows in answers:
+            for series_id, times, values in rows:
+                points[series_id] = list(zip(times, values, strict=True))
         return points
     rows = await res.pool.fetch(
         f"""
