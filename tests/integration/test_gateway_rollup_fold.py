@@ -365,7 +365,7 @@ async def test_range_queries_count_each_sample_once_across_the_folded_hours_and_
             for t, v in raw:
                 buckets.setdefault(t - t % width, []).append((t, v))
             wanted = [(b, of(vs)) for b, vs in sorted(buckets.items())]
-            got = points[cpu]
+            got = msgspec.json.decode(points[cpu])
             assert [b for b, _ in got] == [b for b, _ in wanted], (source, width, agg)
             for (b, value), (_, want) in zip(got, wanted, strict=True):
                 assert value is not None and math.isclose(value, want, rel_tol=1e-9), (source, width, agg, b)
@@ -400,11 +400,12 @@ async def test_a_range_query_over_many_series_shared_among_connections_answers_e
         # at least 32 series a statement: 70 make two statements, not three
         assert len(query.split_ids(list(ids.values()), parallelism)) == {1: 1, 3: 2}[parallelism]
         for source, width in (("raw", 600.0), ("1m", 900.0)):
-            points = await query._bucketed(
+            encoded = await query._bucketed(
                 res, list(ids.values()), HOUR, HOUR + 3600, width=width, source=source, agg="max"
             )
+            points = {series_id: msgspec.json.decode(text) for series_id, text in encoded.items()}
             assert set(points) == set(ids.values()), (parallelism, source)
             for i, host in enumerate(hosts):
-                assert points[ids[host]] == [(HOUR + width * b, float(i)) for b in range(int(3600 // width))]
+                assert points[ids[host]] == [[HOUR + width * b, float(i)] for b in range(int(3600 // width))]
             answers.append(points)
     assert answers[0] == answers[2] and answers[1] == answers[3]

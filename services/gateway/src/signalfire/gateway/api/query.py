@@ -80,7 +80,8 @@ def rollup_rows(source: Literal["1m", "1h"]) -> str:
 _NICE_STEPS = (10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 _AUTO_POINTS = 500
 
-Points = dict[int, list[tuple[float, float | None]]]
+#: Each series' points, ``[[t, v], ...]``, as JSON already.
+Points = dict[int, msgspec.Raw]
 
 
 class QuerySeries(msgspec.Struct, kw_only=True):
@@ -101,6 +102,42 @@ class QueryAnswer(msgspec.Struct, kw_only=True):
     from_: float = msgspec.field(name="from")
     to: float
     series: list[QuerySeries]
+
+
+class _EncodedSeries(msgspec.Struct, kw_only=True):
+    """A ``QuerySeries`` as it is sent: its labels and points JSON already."""
+
+    host: str
+    metric: str
+    labels: msgspec.Raw
+    points: msgspec.Raw
+
+
+class _EncodedAnswer(msgspec.Struct, kw_only=True):
+    """A ``QueryAnswer`` as it is sent (the document describes ``QueryAnswer``)."""
+
+    step: float
+    source: Literal["raw", "1m", "1h"]
+    agg: str | None
+    from_: float = msgspec.field(name="from")
+    to: float
+    series: list[_EncodedSeries]
+
+
+_NONE = msgspec.Raw(b"[]")
+#: PostgreSQL's array text as JSON: ``{{t,v},...}`` → ``[[t,v],...]``.
+_ARRAY_TO_JSON = bytes.maketrans(b"{}", b"[]")
+
+
+def points_json(array_text: str) -> msgspec.Raw:
+    """A ``float8[][]`` of ``[t, v]`` pairs, as PostgreSQL writes it, as JSON points: the braces
+    made brackets, and ``NULL`` and the non-finite values (a sum past the largest float) null,
+    as the JSON encoder writes them."""
+    text = array_text.encode().translate(_ARRAY_TO_JSON)
+    if b"N" in text or b"I" in text:  # NULL, NaN, Infinity, -Infinity: no number has either
+        for word in (b"NULL", b"NaN", b"-Infinity", b"Infinity"):
+            text = text.replace(word, b"null")
+    return msgspec.Raw(text)
 
 
 def auto_step(span: float) -> float:
@@ -177,18 +214,18 @@ async def query(res: Resources, request: Request) -> Response:
             raise too_many(limit, "points; use a larger step or a shorter range", "step")
         points = await _bucketed(res, ids, start, end, width=width, source=source, agg=agg)
     return json_response(
-        QueryAnswer(
+        _EncodedAnswer(
             step=width,
             source=source,
             agg=None if step == "raw" else agg,
             from_=start,
             to=end,
             series=[
-                QuerySeries(
+                _EncodedSeries(
                     host=row["host"],
                     metric=row["name"],
                     labels=raw_json(row["labels"]),
-                    points=points.get(row["id"], []),
+                    points=points.get(row["id"], _NONE),
                 )
                 for row in series
             ],
@@ -215,9 +252,14 @@ async def _raw_points(res: Resources, ids: list[int], start: float, end: float) 
     )
     if len(rows) > limit:
         raise too_many(limit, "points; narrow the time range or the series", "from")
+    lists: dict[int, list[tuple[float, float | None]]] = {}
     for row in rows:
-        points.setdefault(row["series_id"], []).append((row["t"], row["value"]))
-    return points
+        lists.setdefault(row["series_id"], []).append((row["t"], row["value"]))
+    return _as_json(lists)
+
+
+def _as_json(lists: dict[int, list[tuple[float, float | None]]]) -> Points:
+    return {series_id: msgspec.Raw(encode_json(pairs)) for series_id, pairs in lists.items()}
 
 
 _BIN = "date_bin(make_interval(secs => $4), {column}, 'epoch')"
@@ -269,13 +311,17 @@ async def _bucketed(
         # Each series on its own (an index range, a small in-memory aggregate, its buckets in
         # order as two arrays): one hash aggregate and sort over every series' rows spilled to
         # disk (the fleet CPU over 24 h, 288,000 rows of 200 series: 278 ms against 178).
+        # ... and as the text of one array of [t, v] pairs, which is the answer's JSON but for
+        # its brackets: PostgreSQL writes the numbers (shortest exact form), and the gateway
+        # does not decode, pair and encode again 57,800 of them (the fleet query: 19 of its
+        # 250 ms, against 3).
         sql = f"""
-            SELECT s.id, g.t, g.v FROM unnest($1::bigint[]) AS s(id)
+            SELECT s.id, g.p::text FROM unnest($1::bigint[]) AS s(id)
             CROSS JOIN LATERAL (
-                SELECT array_agg(date_part('epoch', b) ORDER BY b) AS t, array_agg(v ORDER BY b) AS v
+                SELECT array_agg(ARRAY[date_part('epoch', b), v] ORDER BY b) AS p
                 FROM ({_series_buckets(source, expression)}) AS buckets
             ) AS g
-            WHERE g.t IS NOT NULL
+            WHERE g.p IS NOT NULL
             """
         # The series shared among up to `query_parallelism` statements on as many connections:
         # PostgreSQL runs one statement on one core, and a lateral over a list of ids is not
@@ -283,8 +329,8 @@ async def _bucketed(
         parts = split_ids(ids, res.config.query_parallelism)
         answers = await asyncio.gather(*(res.pool.fetch(sql, part, *args[1:]) for part in parts))
         for rows in answers:
-            for series_id, times, values in rows:
-                points[series_id] = list(zip(times, values, strict=True))
+            for series_id, text in rows:
+                points[series_id] = points_json(text)
         return points
     rows = await res.pool.fetch(
         f"""
@@ -299,14 +345,15 @@ async def _bucketed(
         """,
         *args,
     )
+    lists: dict[int, list[tuple[float, float | None]]] = {}
     for row in rows:
         # a rollup percentile: the buckets' histograms merged (not stored again: the values
         # may stay known however many they are)
         hist: rollup.Hist = {}
         for text in row["v"]:
             rollup.merge(hist, msgspec.json.decode(text), limit=None)
-        points.setdefault(row["series_id"], []).append((row["t"], rollup.quantile(hist, percentile)))
-    return points
+        lists.setdefault(row["series_id"], []).append((row["t"], rollup.quantile(hist, percentile)))
+    return _as_json(lists)
 
 
 routes = [
