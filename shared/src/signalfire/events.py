@@ -11,7 +11,6 @@ generated from these structs into ``docs/schemas/`` (see :mod:`signalfire.schema
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -38,6 +37,11 @@ MAX_METRIC_NAME_LENGTH = 200
 MAX_LABEL_NAME_LENGTH = 100
 MAX_LABEL_VALUE_LENGTH = 1024
 MAX_EVENT_MESSAGE_LENGTH = 8192
+#: The largest magnitude of a sample's value. Sums of samples (a rollup's, a rule window's, a
+#: query's) must stay finite: two values near the float maximum (1.8e308) overflow, which
+#: PostgreSQL refuses with an error (failing a whole merge or fold, every host's rows in it) and
+#: ``math.fsum`` with an exception. 1e300 leaves room for sums of 1e8 such values.
+MAX_SAMPLE_VALUE = 1e300
 
 # Patterns end in `$(?!\n)`: msgspec tests them with Python's `re.search`, where a bare `$` also
 # matches before a final newline (so `"cpu\n"` passed as a metric name); ECMAScript regexes
@@ -73,6 +77,14 @@ UnixTime = Annotated[float, Meta(ge=0, le=MAX_UNIX_TIME, description="Unix time 
 # JSON integers have no size limit and msgspec reads any; these bounds are what the database
 # (and most languages) can hold, so a huge number is refused here rather than by an INSERT.
 Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+SampleValue = Annotated[
+    float,
+    Meta(
+        ge=-MAX_SAMPLE_VALUE,
+        le=MAX_SAMPLE_VALUE,
+        description="a finite number of magnitude at most 1e300 (sums of values must stay finite)",
+    ),
+]
 Severity = Literal["critical", "high", "medium", "low"]
 Version = Literal[1]
 
@@ -84,7 +96,7 @@ class Sample(Struct, omit_defaults=True, forbid_unknown_fields=False):
     was taken at its batch's ``time``."""
 
     name: MetricName
-    value: float
+    value: SampleValue
     labels: Labels = {}
     time: UnixTime | None = None
 
@@ -273,8 +285,8 @@ def decode(data: bytes, kind: type[T]) -> T:
 
     Total over bytes: returns a valid ``kind`` or raises :class:`PayloadError`, whose text names
     the problem and, for a field, the field (e.g. ``$.samples[3].value``): malformed JSON, text
-    that is not UTF-8, nesting too deep to decode, wrong types, out-of-range values and
-    non-finite numbers.
+    that is not UTF-8, nesting too deep to decode, wrong types and out-of-range values (a
+    number too large to be a finite float is out of every range).
     """
     decoder = _decoders.get(kind)
     if decoder is None:
@@ -295,10 +307,6 @@ def decode(data: bytes, kind: type[T]) -> T:
         raise PayloadError("JSON is nested too deeply to decode") from None
     except ValueError as exc:  # anything else msgspec refuses; never expected, still a bad payload
         raise PayloadError(f"cannot decode: {exc}") from None
-    if isinstance(payload, MetricBatch):
-        for i, sample in enumerate(payload.samples):
-            if not math.isfinite(sample.value):
-                raise PayloadError(f"Expected a finite number - at `$.samples[{i}].value`")
     return payload
 
 

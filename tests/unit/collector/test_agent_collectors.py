@@ -209,6 +209,24 @@ def test_a_failing_collector_is_counted_logged_once_and_loses_nothing_else(
     assert by_name(agent._collect_all(time.monotonic()), "mem.used_percent")
 
 
+def test_values_the_contract_refuses_are_left_out_and_the_rest_of_the_batch_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One NaN, infinite or past-1e300 value would make every consumer refuse the whole batch.
+    agent = Agent(AgentConfig())
+    odd = next(c for c in agent.collectors if c.name == "memory")
+    values = [1.0, math.nan, math.inf, -math.inf, 1e301, -1.7976931348623157e308, 1e300, -1e300]
+    monkeypatch.setattr(odd, "collect", lambda now: [Sample(f"odd.v{i}", v) for i, v in enumerate(values)])
+    samples = agent._collect_all(time.monotonic())
+    assert [(s.name, s.value) for s in samples if s.name.startswith("odd.")] == [
+        ("odd.v0", 1.0),
+        ("odd.v6", 1e300),
+        ("odd.v7", -1e300),
+    ]
+    assert by_name(samples, "load.1m")
+    decode(encode(MetricBatch(host="h", time=1.0, samples=samples)), MetricBatch)  # accepted whole
+
+
 def prime_and_collect(collector: Collector, pause: float = 0.3) -> list[Sample]:
     collector.collect(time.monotonic())
     time.sleep(pause)

@@ -19,6 +19,7 @@ from signalfire.events import (
     MAX_LABEL_VALUE_LENGTH,
     MAX_LABELS,
     MAX_METRIC_NAME_LENGTH,
+    MAX_SAMPLE_VALUE,
     MAX_SAMPLES_PER_BATCH,
     MAX_UNIX_TIME,
     MetricBatch,
@@ -58,7 +59,11 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
         st.sampled_from(["cpu.usage_percent", "a", "_x", "x:y-z.w", "n" * MAX_METRIC_NAME_LENGTH]),
         st.from_regex(r"[A-Za-z_][A-Za-z0-9_.:-]{0,8}", fullmatch=True),
     ),
-    "value": st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-(10**30), 10**30)),
+    "value": st.one_of(
+        st.floats(min_value=-MAX_SAMPLE_VALUE, max_value=MAX_SAMPLE_VALUE),
+        st.sampled_from([MAX_SAMPLE_VALUE, -MAX_SAMPLE_VALUE]),
+        st.integers(-(10**30), 10**30),
+    ),
     "label_name": st.one_of(
         st.sampled_from(["env", "_a.b-c", "l" * MAX_LABEL_NAME_LENGTH]),
         st.from_regex(r"[A-Za-z_][A-Za-z0-9_.-]{0,8}", fullmatch=True),
@@ -76,7 +81,14 @@ INVALID: dict[str, st.SearchStrategy[Any]] = {
     "name": st.one_of(
         st.sampled_from(["", "n" * (MAX_METRIC_NAME_LENGTH + 1), "1bad", "cpu\n", "a b"]), HOSTILE_TEXT
     ),
-    "value": st.one_of(st.sampled_from([math.nan, math.inf, -math.inf]), st.integers(10**308, 10**400)),
+    "value": st.one_of(
+        st.sampled_from([math.nan, math.inf, -math.inf, 1.7976931348623157e308, -1e301]),
+        st.sampled_from(
+            [math.nextafter(MAX_SAMPLE_VALUE, math.inf), math.nextafter(-MAX_SAMPLE_VALUE, -math.inf)]
+        ),
+        st.floats(min_value=MAX_SAMPLE_VALUE, exclude_min=True, allow_infinity=False),
+        st.integers(10**301, 10**400),
+    ),
     "label_name": st.one_of(
         st.sampled_from(["", "l" * (MAX_LABEL_NAME_LENGTH + 1), "1x", "a:b", "env\n"]), HOSTILE_TEXT
     ),

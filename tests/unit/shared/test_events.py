@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from signalfire.events import (
+    MAX_SAMPLE_VALUE,
     AgentStatus,
     AlertEvent,
     MetricBatch,
@@ -94,7 +95,7 @@ def test_agent_status_defaults_facts() -> None:
 
 @given(
     host=st.text(min_size=1, max_size=60).filter(lambda s: s.strip() != "" and host_name_problem(s) is None),
-    values=st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=20),
+    values=st.lists(st.floats(min_value=-MAX_SAMPLE_VALUE, max_value=MAX_SAMPLE_VALUE), max_size=20),
 )
 def test_any_valid_batch_round_trips(host: str, values: list[float]) -> None:
     batch = MetricBatch(
@@ -103,3 +104,23 @@ def test_any_valid_batch_round_trips(host: str, values: list[float]) -> None:
         samples=[Sample(name="m.x", value=v, labels={"i": str(i)}) for i, v in enumerate(values)],
     )
     assert decode(encode(batch), MetricBatch) == batch
+
+
+@pytest.mark.parametrize("value", ["1.7976931348623157e308", "-1e301", "1e999", "1.0000000000000002e+300"])
+def test_a_value_whose_sums_could_overflow_is_refused_naming_the_sample(value: str) -> None:
+    # Two values near the float maximum sum to infinity: PostgreSQL refuses such a sum with an
+    # error (a rollup merge, an hourly fold, a query) and math.fsum raises.
+    data = (
+        b'{"host":"h","time":2,"samples":[{"name":"a","value":1},{"name":"b","value":'
+        + value.encode()
+        + b"}]}"
+    )
+    with pytest.raises(
+        PayloadError, match=r"(<= 1e\+300|>= -1e\+300|Number out of range) - at `\$\.samples\[1\]\.value`"
+    ):
+        decode(data, MetricBatch)
+
+
+def test_values_up_to_the_largest_magnitude_are_accepted() -> None:
+    data = b'{"host":"h","time":2,"samples":[{"name":"a","value":1e300},{"name":"b","value":-1e300}]}'
+    assert [s.value for s in decode(data, MetricBatch).samples] == [MAX_SAMPLE_VALUE, -MAX_SAMPLE_VALUE]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import secrets
 import time
@@ -34,7 +33,7 @@ from signalfire.collector.collectors import Collector, MetricSpec, build_collect
 from signalfire.collector.config import AgentConfig
 from signalfire.collector.facts import host_facts
 from signalfire.collector.outbox import Outbox, Outgoing
-from signalfire.events import AgentStatus, HostFacts, MetricBatch, Sample, encode
+from signalfire.events import MAX_SAMPLE_VALUE, AgentStatus, HostFacts, MetricBatch, Sample, encode
 
 log = logging.getLogger("signalfire.collector")
 
@@ -183,8 +182,9 @@ class Agent:
                 continue
             self._collector_seconds[collector.name] = time.perf_counter() - started
             self._failing_collectors.discard(collector.name)
-            # One non-finite value would make consumers reject the whole batch.
-            samples.extend(s for s in collected if math.isfinite(s.value))
+            # One value out of the contract's range (NaN, infinite, past 1e300) would make
+            # consumers reject the whole batch.
+            samples.extend(s for s in collected if -MAX_SAMPLE_VALUE <= s.value <= MAX_SAMPLE_VALUE)
         return samples
 
     def own_samples(self) -> list[Sample]:

@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -55,6 +54,7 @@ from signalfire.events import (
     MAX_LABEL_VALUE_LENGTH,
     MAX_LABELS,
     MAX_METRIC_NAME_LENGTH,
+    MAX_SAMPLE_VALUE,
     MAX_SAMPLES_PER_BATCH,
     MAX_UNIX_TIME,
     METRIC_NAME_PATTERN,
@@ -151,7 +151,9 @@ def _lean_ok(batch: _LeanBatch) -> bool:
         return False
     if not _names_ok({s.name for s in samples}, _valid_names, _NAME, MAX_METRIC_NAME_LENGTH):
         return False
-    if not all(map(math.isfinite, [s.value for s in samples])):
+    values = [s.value for s in samples]
+    # (JSON holds no NaN; a number too large for a float is read as infinity, out of range)
+    if values and not (min(values) >= -MAX_SAMPLE_VALUE and max(values) <= MAX_SAMPLE_VALUE):
         return False
     times = [s.time for s in samples if s.time is not None]
     if times and not (min(times) >= 0 and max(times) <= MAX_UNIX_TIME):
