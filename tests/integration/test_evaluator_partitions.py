@@ -380,7 +380,7 @@ rules:
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_the_gap_after_an_owner_whose_clock_ran_ahead_is_still_judged(
-    nc: Any, nats_config: NatsConfig, tmp_path: Path
+    nc: Any, nats_config: NatsConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The owner of a partition dies with its clock 30 s ahead of the NATS server's. A sample
     published after its last renewal, while nobody held the partition, must fire on the new
@@ -402,6 +402,13 @@ async def test_the_gap_after_an_owner_whose_clock_ran_ahead_is_still_judged(
     await a.start()
     try:
         assert partition in a.describe()["replica"]["judged"]
+
+        def offset_known() -> bool:  # a's announcement read back, with the server's time of it
+            return abs(value(a.registry, "signalfire_evaluator_clock_offset_seconds") - 30) < 1
+
+        await eventually(offset_known, "a's clock offset, 30 s, to be measured", 10)
+        skewed = [r for r in caplog.records if r.getMessage().startswith("this replica's clock is off")]
+        assert [getattr(r, "replica", None) for r in skewed] == ["a"]  # warned of, once
         for _ in range(4):  # judged by a
             await send(0.0)
             await asyncio.sleep(0.25)
@@ -418,6 +425,7 @@ async def test_the_gap_after_an_owner_whose_clock_ran_ahead_is_still_judged(
             return partition in b.describe()["replica"]["judged"]
 
         await eventually(taken, "replica b to take the dead owner's partition", 20)
+        assert abs(value(b.registry, "signalfire_evaluator_clock_offset_seconds")) < 1
 
         events = await events_after_resolve(js, nats_config, "the gap's spike to fire on b and resolve", 10)
     finally:

@@ -62,6 +62,18 @@ class Entry:
     stored: float = 0.0
 
 
+#: A replica's clock this far off the NATS server's is reported (a warning, ``evaluator
+#: status``): the ``for:`` starts and decided-at times it writes are its own clock's.
+CLOCK_OFFSET_WARN = 1.0
+
+
+def clock_offset(entry: Entry) -> float | None:
+    """The writer's wall clock minus the NATS server's at the write of ``entry`` (less the
+    write's one-way latency: milliseconds on a healthy bus); ``None`` when the server's time
+    is not known."""
+    return entry.lease.time - entry.stored if entry.stored > 0 else None
+
+
 def _stored(created: object) -> float:
     """Unix seconds of a watched KV entry's ``created``: the stream message's timestamp, a
     datetime (nats-py annotates it as an int)."""
@@ -165,6 +177,13 @@ class LeaseKeeper:
             if not self.expired(key, entry):
                 live.add(entry.lease.replica)
         return sorted(live)
+
+    def own_clock_offset(self, entries: dict[str, Entry]) -> float | None:
+        """This process's clock minus the NATS server's, from its last announcement read back."""
+        entry = entries.get(REPLICA_PREFIX + self.replica)
+        if entry is None or entry.lease.instance != self.instance:
+            return None
+        return clock_offset(entry)
 
     def duplicate(self, entries: dict[str, Entry]) -> bool:
         """Whether another live process announces this replica's id."""

@@ -49,7 +49,7 @@ from signalfire.config import ConfigError, Duration
 from signalfire.consumers import Backoff
 from signalfire.evaluator import replay
 from signalfire.evaluator.engine import Engine, Output, Scope
-from signalfire.evaluator.leases import Entry, LeaseKeeper, Presence
+from signalfire.evaluator.leases import CLOCK_OFFSET_WARN, Entry, LeaseKeeper, Presence
 from signalfire.evaluator.partitions import FLEET_PARTITION, assign, partition_names, token_partition
 from signalfire.evaluator.rules import DEFAULT_MAX_SERIES, FLEET, Rule, expand_paths, load_rules
 from signalfire.evaluator.state import AlertState
@@ -222,6 +222,9 @@ class EvaluatorService:
         self._flushing: str | None = None  # the fingerprint `_deliver` is writing now
         self._yielded = 0.0  # when a payload callback last yielded to the event loop
         self._duplicate_reported = False
+        #: This replica's clock minus the NATS server's (seconds), and whether that was warned of.
+        self._clock_offset = 0.0
+        self._clock_warned = False
         self._buffered: replay.Buffered | None = None  # live payloads of partitions being taken
 
         self.registry = Registry("signalfire_evaluator")
@@ -270,6 +273,12 @@ class EvaluatorService:
             "Partitions taken (acquired), given to another replica (released) or lost (not renewed "
             "in time, or taken over)",
             ["change"],
+        )
+        r.gauge(
+            "clock_offset_seconds",
+            "This replica's wall clock minus the NATS server's at its last announcement (partitioned "
+            "replicas; 0 until known): the for: starts and decision times it writes are its clock's",
+            function=lambda: self._clock_offset,
         )
         r.gauge(
             "partitions_judged",
@@ -743,6 +752,23 @@ class EvaluatorService:
             if lapsed:
                 self._lose(lapsed, "not renewed in time")
 
+    def _note_clock_offset(self, offset: float | None) -> None:
+        """Keep the offset of this replica's clock from the NATS server's, and warn once when it
+        passes ``CLOCK_OFFSET_WARN`` (again after it came back under half of that)."""
+        if offset is None:
+            return
+        self._clock_offset = offset
+        if abs(offset) > CLOCK_OFFSET_WARN and not self._clock_warned:
+            self._clock_warned = True
+            log.warning(
+                "this replica's clock is off the NATS server's: the for: starts and decision times "
+                "it writes are off by as much, and they move with its partitions; keep the clocks "
+                "of the evaluator hosts in sync (NTP)",
+                extra={"replica": self.replica_id, "offset_seconds": round(offset, 3)},
+            )
+        elif abs(offset) < CLOCK_OFFSET_WARN / 2:
+            self._clock_warned = False
+
     async def _balance(self) -> None:
         """One round of leases: announce this replica, give up what another live replica
         should hold, take what is free (or expired) and this replica's share, or left without
@@ -751,6 +777,7 @@ class EvaluatorService:
         assert leases is not None and self._judged is not None
         names = partition_names(self.config.partitions)
         entries = await leases.read(f"partition.{name}" for name in names)
+        self._note_clock_offset(leases.own_clock_offset(entries))
         if leases.duplicate(entries) and not self._duplicate_reported:
             self._duplicate_reported = True
             log.error(
