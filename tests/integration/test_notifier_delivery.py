@@ -200,6 +200,20 @@ async def test_failing_receiver_is_retried_until_it_accepts(
     assert {b["alert"]["id"] for b in receiver.bodies("hook")} == {alert.id}
 
 
+async def settled(nc: Any, nats_config: NatsConfig) -> Any:
+    """The notifier's consumer once nothing is left waiting for an ack: an event is acknowledged
+    after its delivery is recorded, which is after its result is published (what the tests
+    wait for first), a malformed one terminated."""
+    js = nc.jetstream()
+
+    async def check() -> bool:
+        info = await js.consumer_info(nats_config.subjects.alerts_stream, DURABLE)
+        return bool(info.num_ack_pending == 0 and info.num_pending == 0)
+
+    await wait_until(check, "every message acknowledged or terminated", timeout=10)
+    return await js.consumer_info(nats_config.subjects.alerts_stream, DURABLE)
+
+
 async def test_rejecting_receiver_fails_without_retries(
     nc: Any, nats_config: NatsConfig, results: list[DeliveryResult]
 ) -> None:
@@ -211,7 +225,7 @@ async def test_rejecting_receiver_fails_without_retries(
             await wait_until(lambda: len(results) == 1, "the failed delivery", timeout=15)
             await publish_alert(nc, nats_config, make_alert(id="accepted"))
             await wait_until(lambda: len(results) == 2, "the next delivery", timeout=15)
-            info = await nc.jetstream().consumer_info(nats_config.subjects.alerts_stream, DURABLE)
+            info = await settled(nc, nats_config)
         finally:
             await service.stop()
     assert [(r.alert_id, r.status, r.attempt) for r in results] == [
@@ -234,15 +248,7 @@ async def test_malformed_message_is_terminated_and_counted_and_the_next_one_deli
         await js.publish(f"{nats_config.prefix}.alerts.x", b'{"id": "a", "status": "exploded"}')
         await publish_alert(nc, nats_config, make_alert(id="good"))
         await wait_until(lambda: len(results) == 1, "the good delivery", timeout=15)
-
-        # The good event is acknowledged once its delivery is recorded (after the result is
-        # published), the two malformed ones terminated: nothing left waiting for an ack.
-        async def settled() -> bool:
-            info = await js.consumer_info(nats_config.subjects.alerts_stream, DURABLE)
-            return info.num_ack_pending == 0 and info.num_pending == 0
-
-        await wait_until(settled, "every message acknowledged or terminated", timeout=10)
-        info = await js.consumer_info(nats_config.subjects.alerts_stream, DURABLE)
+        info = await settled(nc, nats_config)
     finally:
         await service.stop()
     assert value(service.registry, "signalfire_notifier_rejected_messages_total", reason="malformed") == 2

@@ -304,6 +304,15 @@ async def test_the_notifier_terminates_alert_events_it_cannot_read_and_delivers_
             "three rejections",
             timeout=15,
         )
+
+        async def acked() -> bool:  # the good event once its delivery is recorded
+            infos = [
+                await js.consumer_info(nats_config.subjects.alerts_stream, d)
+                for d in (DURABLE, ACTIONS_DURABLE)
+            ]
+            return all(i.num_ack_pending == 0 and i.num_pending == 0 for i in infos)
+
+        await wait_until(acked, "every message acknowledged or terminated", timeout=10)
         infos = [
             await js.consumer_info(nats_config.subjects.alerts_stream, d) for d in (DURABLE, ACTIONS_DURABLE)
         ]
