@@ -55,9 +55,15 @@ async def send_all(nc: Any, nats: NatsConfig, value: float) -> None:
     await nc.flush()
 
 
-async def status(nats: NatsConfig) -> dict[str, Any]:
-    """``signalfire evaluator status --json``, run while the replicas in this process go on."""
+async def status(nats: NatsConfig, repository: Path | None = None) -> dict[str, Any]:
+    """``signalfire evaluator status --json``, run while the replicas in this process go on;
+    with ``repository``, run in it with the bus's settings only in its ``.signalfire/env``, as
+    ``make up`` writes them (a newcomer's run in the repository)."""
     env = {**os.environ, "SF_NATS_URL": nats.url, "SF_NATS_PREFIX": nats.prefix}
+    if repository is not None:
+        (repository / ".signalfire").mkdir(exist_ok=True)
+        settings = "".join(f"{k}={env.pop(k)}\n" for k in ("SF_NATS_URL", "SF_NATS_PREFIX"))
+        (repository / ".signalfire" / "env").write_text(settings)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -66,6 +72,7 @@ async def status(nats: NatsConfig) -> dict[str, Any]:
         "status",
         "--json",
         env=env,
+        cwd=repository,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -110,7 +117,7 @@ async def test_a_joining_replica_takes_its_share_without_repeating_or_losing_an_
         async def status_shows_the_split() -> bool:
             # The leases follow the judging: the giver deletes its lease once it has written
             # what it decided, then the taker claims it.
-            shown = await status(nats_config)
+            shown = await status(nats_config, repository=tmp_path)
             return shown["unowned"] == [] and {
                 r: sorted(i["partitions"]) for r, i in shown["replicas"].items()
             } == {"a": sorted(a.describe()["replica"]["judged"]), "b": sorted(judged_b)}

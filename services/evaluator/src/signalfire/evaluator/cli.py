@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from signalfire.config import ConfigError, load_config
+from signalfire.config import ConfigError, load_config, tool_environ
 from signalfire.log import configure_logging
 from signalfire.runner import run_service, serve
 
@@ -56,7 +56,9 @@ def _status(args: argparse.Namespace) -> int:
     from signalfire.evaluator.status import ownership, render
 
     async def main() -> dict[str, Any]:
-        config = load_config(EvaluatorConfig, args.config)
+        # Inside a repository where `make up` runs, its .signalfire/env supplies the bus's
+        # address and the admin's credentials the environment does not set.
+        config = load_config(EvaluatorConfig, args.config, environ=tool_environ()[0])
         nc = await connect(config.nats, "signalfire-evaluator-status", max_reconnect_attempts=2)
         try:
             kv = await nc.jetstream().key_value(config.nats.subjects.bucket("evaluator_leases"))

@@ -42,7 +42,7 @@ def ownership(entries: dict[str, Entry], now: float) -> dict[str, Any]:
         elif key.startswith(REPLICA_PREFIX):
             mine["announced"] = round(max(0.0, now - lease.time), 1)
             offset = clock_offset(entry)
-            mine["clock_offset"] = None if offset is None else round(offset, 2)
+            mine["clock_offset"] = None if offset is None else round(offset, 2) or 0.0  # not -0.0
             known.update(lease.partitions)
     hosts = sorted(p for p in known if p != FLEET_PARTITION)
     if hosts and all(p.isdigit() for p in hosts):
