@@ -379,7 +379,8 @@ async def test_a_range_query_over_many_series_shared_among_connections_answers_e
     hosts = [f"fleet-{i:02}" for i in range(70)]
     now = [HOUR + 3600 + 600]
     store, rollups = Store(pool), Rollups(pool, clock=lambda: now[0])
-    data = [batch(HOUR + 60.0 * m, float(i), host=h) for i, h in enumerate(hosts) for m in range(0, 60, 5)]
+    # values of 17 significant digits (i / 3): read back exactly from PostgreSQL's text
+    data = [batch(HOUR + 60.0 * m, i / 3, host=h) for i, h in enumerate(hosts) for m in range(0, 60, 5)]
     await write_held(store, rollups, data, list(range(1, len(data) + 1)))
     await rollups.flush()
     ids = {
@@ -406,6 +407,6 @@ async def test_a_range_query_over_many_series_shared_among_connections_answers_e
             points = {series_id: msgspec.json.decode(text) for series_id, text in encoded.items()}
             assert set(points) == set(ids.values()), (parallelism, source)
             for i, host in enumerate(hosts):
-                assert points[ids[host]] == [[HOUR + width * b, float(i)] for b in range(int(3600 // width))]
+                assert points[ids[host]] == [[HOUR + width * b, i / 3] for b in range(int(3600 // width))]
             answers.append(points)
     assert answers[0] == answers[2] and answers[1] == answers[3]

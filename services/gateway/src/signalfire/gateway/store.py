@@ -501,7 +501,10 @@ async def open_pool(database_url: str, max_size: int) -> asyncpg.Pool:
         command_timeout=60,
         # The API's queries are short; PostgreSQL's JIT spent up to 0.8 s compiling a
         # fleet-wide query that runs in a fraction of that.
-        server_settings={"jit": "off"},
+        # Range queries' points come as PostgreSQL's text of float8 arrays: 1 is the shortest
+        # form that reads back as the same float (PostgreSQL 12's default), whatever the
+        # server's configuration says.
+        server_settings={"jit": "off", "extra_float_digits": "1"},
     )
 
 

@@ -131,8 +131,9 @@ _ARRAY_TO_JSON = bytes.maketrans(b"{}", b"[]")
 
 def points_json(array_text: str) -> msgspec.Raw:
     """A ``float8[][]`` of ``[t, v]`` pairs, as PostgreSQL writes it, as JSON points: the braces
-    made brackets, and ``NULL`` and the non-finite values (a sum past the largest float) null,
-    as the JSON encoder writes them."""
+    made brackets, and ``NULL`` and the non-finite values a ``float8`` can hold (the contract
+    keeps samples finite; rows written by hand need not be) null, as the JSON encoder writes
+    them."""
     text = array_text.encode().translate(_ARRAY_TO_JSON)
     if b"N" in text or b"I" in text:  # NULL, NaN, Infinity, -Infinity: no number has either
         for word in (b"NULL", b"NaN", b"-Infinity", b"Infinity"):
