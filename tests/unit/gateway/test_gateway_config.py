@@ -65,7 +65,6 @@ def test_durations_read_like_the_other_services(tmp_path: Path) -> None:
         ("ingest_linger: 10s\n", "ingest_linger: must be at least 0s and less than a third of ack_wait"),
         ("ingest_workers: -1\n", "ingest_workers: must be 0"),
         ("query_parallelism: 0\n", "query_parallelism: must be at least 1"),
-        ("db_pool_size: 4\nquery_parallelism: 5\n", "query_parallelism: must be at most db_pool_size"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path: Path, text: str, field: str) -> None:
@@ -102,6 +101,12 @@ def test_a_listen_address_in_use_is_named() -> None:
         assert caught.value.strerror == f"cannot listen on 127.0.0.1:{port}: {os.strerror(errno.EADDRINUSE)}"
     finally:
         taken.close()
+
+
+def test_a_small_pool_alone_is_a_valid_config_and_query_parallelism_comes_from_the_environment() -> None:
+    config = load_config(GatewayConfig, environ={"SF_DB_POOL_SIZE": "1"})
+    assert (config.db_pool_size, config.query_parallelism) == (1, 2)
+    assert load_config(GatewayConfig, environ={"SF_QUERY_PARALLELISM": "4"}).query_parallelism == 4
 
 
 def test_ingest_workers_come_from_the_environment_and_default_to_none() -> None:

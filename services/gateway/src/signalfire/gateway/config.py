@@ -62,7 +62,7 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     query_max_points: int = 200_000
     #: Database connections one range query over many series uses at once (its series dealt
     #: among that many statements, at least 32 series each): PostgreSQL runs a statement on one
-    #: core. 1: one statement. At most ``db_pool_size``.
+    #: core. 1: one statement. No more than ``db_pool_size`` are used.
     query_parallelism: int = 2
     #: Database transactions writing ingested batches at once (each one a large ``COPY``), per
     #: ingesting process.
@@ -140,8 +140,6 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ValueError(f"{name}: must be at least 1")
         if not 0 <= self.ingest_workers <= 64:
             raise ValueError("ingest_workers: must be 0 (ingest in the API process) to 64")
-        if self.query_parallelism > self.db_pool_size:
-            raise ValueError("query_parallelism: must be at most db_pool_size")
         if self.fetch_timeout <= 0:
             raise ValueError("fetch_timeout: must be more than 0s")
         if not 0 <= self.ingest_linger < float(self.ack_wait) / 3:
