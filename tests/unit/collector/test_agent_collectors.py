@@ -182,7 +182,8 @@ def test_agent_own_samples_are_declared() -> None:
     agent._collect_all(time.monotonic())
     time.sleep(0.05)
     samples = agent.own_samples()
-    assert {s.name for s in samples} == set(declared)
+    # agent.invalid_values is sent once a collector made such a value (a test of its own)
+    assert {s.name for s in samples} == set(declared) - {"agent.invalid_values"}
     for sample in samples:
         assert set(sample.labels) == declared[sample.name]
 
@@ -209,8 +210,8 @@ def test_a_failing_collector_is_counted_logged_once_and_loses_nothing_else(
     assert by_name(agent._collect_all(time.monotonic()), "mem.used_percent")
 
 
-def test_values_the_contract_refuses_are_left_out_and_the_rest_of_the_batch_is_kept(
-    monkeypatch: pytest.MonkeyPatch,
+def test_values_the_contract_refuses_are_left_out_counted_and_the_rest_of_the_batch_is_kept(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # One NaN, infinite or past-1e300 value would make every consumer refuse the whole batch.
     agent = Agent(AgentConfig())
@@ -225,6 +226,13 @@ def test_values_the_contract_refuses_are_left_out_and_the_rest_of_the_batch_is_k
     ]
     assert by_name(samples, "load.1m")
     decode(encode(MetricBatch(host="h", time=1.0, samples=samples)), MetricBatch)  # accepted whole
+    agent._collect_all(time.monotonic())
+    invalid = {s.labels["collector"]: s.value for s in by_name(agent.own_samples(), "agent.invalid_values")}
+    assert invalid == {"memory": 10.0}  # 5 a collection, counted; no other collector listed
+    warned = [r for r in caplog.records if r.getMessage().startswith("a collector made a value outside")]
+    assert [(getattr(r, "collector", None), getattr(r, "metric", None)) for r in warned] == [
+        ("memory", "odd.v1")
+    ]
 
 
 def prime_and_collect(collector: Collector, pause: float = 0.3) -> list[Sample]:

@@ -57,6 +57,13 @@ AGENT_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("agent.collect_seconds", (), "seconds", "Time the collectors took for this batch"),
     MetricSpec("agent.collector_errors", ("collector",), "errors", "Collections that failed, per collector"),
     MetricSpec(
+        "agent.invalid_values",
+        ("collector",),
+        "samples",
+        "Samples left out because their value was NaN, infinite or past 1e300 in magnitude, per collector "
+        "(sent once a collector made one)",
+    ),
+    MetricSpec(
         "agent.collector_seconds", ("collector",), "seconds", "Time one collector took for this batch"
     ),
     MetricSpec(
@@ -92,6 +99,7 @@ class Agent:
         self._sent = 0
         self._publish_errors = 0
         self._collector_errors: dict[str, int] = {}
+        self._invalid_values: dict[str, int] = {}
         self._collect_seconds = 0.0
         self._nc = nc
         self._owns_nc = nc is None
@@ -183,8 +191,20 @@ class Agent:
             self._collector_seconds[collector.name] = time.perf_counter() - started
             self._failing_collectors.discard(collector.name)
             # One value out of the contract's range (NaN, infinite, past 1e300) would make
-            # consumers reject the whole batch.
-            samples.extend(s for s in collected if -MAX_SAMPLE_VALUE <= s.value <= MAX_SAMPLE_VALUE)
+            # consumers reject the whole batch: such samples are left out, counted, and the
+            # first of each collector logged.
+            kept = [s for s in collected if -MAX_SAMPLE_VALUE <= s.value <= MAX_SAMPLE_VALUE]
+            if len(kept) < len(collected):
+                seen = self._invalid_values.get(collector.name, 0)
+                self._invalid_values[collector.name] = seen + len(collected) - len(kept)
+                if not seen:
+                    bad = next(s for s in collected if not -MAX_SAMPLE_VALUE <= s.value <= MAX_SAMPLE_VALUE)
+                    log.warning(
+                        "a collector made a value outside what a batch may carry (NaN, infinite or "
+                        "past 1e300); such samples are left out and counted in agent.invalid_values",
+                        extra={"collector": collector.name, "metric": bad.name, "value": repr(bad.value)},
+                    )
+            samples.extend(kept)
         return samples
 
     def own_samples(self) -> list[Sample]:
@@ -200,6 +220,8 @@ class Agent:
             labels = {"collector": collector.name}
             errors = float(self._collector_errors.get(collector.name, 0))
             samples.append(Sample("agent.collector_errors", errors, labels))
+            if invalid := self._invalid_values.get(collector.name):
+                samples.append(Sample("agent.invalid_values", float(invalid), labels))
             if (seconds := self._collector_seconds.get(collector.name)) is not None:
                 samples.append(Sample("agent.collector_seconds", round(seconds, 6), labels))
         samples.extend(self._own_usage())
