@@ -36,6 +36,7 @@ from tests.faults.support import (
     start_evaluator_replica,
     write,
 )
+from tests.support.tasks import cancelled
 
 HOSTS = [f"handover-{i}" for i in range(8)]
 HOST = HOSTS[0]
@@ -172,9 +173,7 @@ async def test_the_new_owner_fires_and_resolves_a_window_on_time_and_judges_the_
         events = await alert_events(js, nats_config)
         survivor_log = log_tail(replicas[survivor], chars=4000)
     finally:
-        publisher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await publisher
+        await cancelled(publisher)
         for process in replicas.values():
             if process.alive():
                 process.stop()

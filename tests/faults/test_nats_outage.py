@@ -29,6 +29,7 @@ from tests.faults.support import (
     write,
 )
 from tests.support.streams import stream_messages
+from tests.support.tasks import cancelled
 
 HOST = "fault-nats-outage"
 OUTAGE = 30.0  # seconds, as in the issue: past nats-py's reconnect back-off and HostDown's `for`
@@ -135,8 +136,7 @@ async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false
         # HostDown's and FaultSpike's decisions fall while NATS is down; give the evaluator time
         # to publish them (they would go out as soon as it reconnects) before counting.
         await asyncio.sleep(8)
-        spiker.cancel()
-        await asyncio.gather(spiker, return_exceptions=True)
+        await cancelled(spiker)
         batches = await batches_in_stream(js, nats)
         spike_batches = await batches_in_stream(js, nats, SPIKE_HOST)
         published = sum(len(b.samples) for b in batches)

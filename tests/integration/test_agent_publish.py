@@ -71,17 +71,17 @@ async def test_online_then_batches_then_offline(nats_config: NatsConfig, nc: Any
 
     batches = [decode(data, MetricBatch) for _, data in messages[1:-1]]
     assert len(batches) >= 3
-    for batch in batches:
+    for i, batch in enumerate(batches):
         assert batch.host == "web-1.example.com"
         assert batch.labels == {"env": "test"}
         names = {s.name for s in batch.samples}
-        assert {
-            "cpu.usage_percent",
-            "cpu.core.usage_percent",
-            "mem.used_percent",
-            "disk.used_percent",
-        } <= names
-        assert {spec.name for spec in AGENT_METRICS} <= names
+        assert {"mem.used_percent", "disk.used_percent"} <= names
+        # CPU shares need a clock tick (10 ms) of a core to pass since the reading before: the
+        # first batch of a busy machine may come sooner after the agent's start
+        if i > 0:
+            assert {"cpu.usage_percent", "cpu.core.usage_percent"} <= names
+        # (agent.invalid_values is sent once a collector made such a value)
+        assert {spec.name for spec in AGENT_METRICS} - {"agent.invalid_values"} <= names
         assert all(
             s.labels.get("mount") or s.labels.get("device")
             for s in batch.samples

@@ -25,6 +25,7 @@ from signalfire.events import MetricBatch, Sample, encode
 from tests.faults.support import alert_events, events_after_resolve, eventually
 from tests.integration.gateway_support import gateway_config, running_gateway
 from tests.support.metrics import value
+from tests.support.tasks import cancelled
 
 PARTITIONS = 16
 HOSTS = [f"part-{i}" for i in range(24)]
@@ -255,9 +256,7 @@ async def test_a_window_moved_to_a_joining_replica_fires_when_one_replica_would_
         await asyncio.sleep(max(1.0, hot_from + 7 - time.time()))  # past when it should fire
         events = await alert_events(js, nats_config)
     finally:
-        publisher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await publisher
+        await cancelled(publisher)
         await b.stop()
         await a.stop()
     expected = next(
