@@ -54,8 +54,8 @@ COV_DIR := .signalfire/coverage
 # Two passes: the fault tests (kill -9, outages and load, with timing tolerances) one at a time
 # on an otherwise quiet machine, then everything else in TEST_WORKERS pytest-xdist processes, a
 # test file to a process (its module fixtures started once). Most of those tests wait on
-# servers, browsers and clocks rather than compute: on 2 cores the second pass takes 8 minutes
-# instead of 17. A pass that selects no test (PYTEST_ARGS=-k ...) is not a failure.
+# servers, browsers and clocks rather than compute: on 2 cores the second pass takes ~10 minutes
+# instead of ~17. A pass that selects no test (PYTEST_ARGS=-k ...) is not a failure.
 TEST_WORKERS ?= 2
 PYTEST_COV = $(UV) run --no-sync pytest --cov --cov-report= --durations=15 $(PYTEST_ARGS)
 

@@ -19,8 +19,10 @@ import pytest
 from signalfire.bus import NatsConfig
 from signalfire.config import Duration
 from signalfire.evaluator import service as service_module
+from signalfire.evaluator.leases import read_bucket
 from signalfire.evaluator.partitions import assign, host_partition, partition_names
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
+from signalfire.evaluator.status import ownership
 from signalfire.events import MetricBatch, Sample, encode
 from tests.faults.support import alert_events, events_after_resolve, eventually
 from tests.integration.gateway_support import gateway_config, running_gateway
@@ -431,7 +433,21 @@ async def test_the_gap_after_an_owner_whose_clock_ran_ahead_is_still_judged(
             return partition in b.describe()["replica"]["judged"]
 
         await eventually(taken, "replica b to take the dead owner's partition", 20)
-        assert abs(value(b.registry, "signalfire_evaluator_clock_offset_seconds")) < 1
+        kv = await js.key_value(nats_config.subjects.bucket("evaluator_leases"))
+
+        async def offsets_shown() -> dict[str, float | None]:
+            replicas = ownership(await read_bucket(kv), time.time())["replicas"]
+            return {r: replicas.get(r, {}).get("clock_offset") for r in ("a", "b")}
+
+        async def both_shown() -> bool:
+            return None not in (await offsets_shown()).values()
+
+        # what `evaluator status` shows: a's last announcement 30 s ahead, b's on time
+        await eventually(both_shown, "both replicas' clock offsets in the leases bucket", 10)
+        shown = await offsets_shown()
+        a_off, b_off = shown["a"], shown["b"]
+        assert a_off is not None and b_off is not None, shown
+        assert abs(a_off - 30) < 1 and abs(b_off) < 1, shown
 
         events = await events_after_resolve(js, nats_config, "the gap's spike to fire on b and resolve", 10)
     finally:

@@ -21,5 +21,6 @@ async def cancelled(task: asyncio.Task[Any], timeout: float = 10.0) -> None:
             raise AssertionError(f"the task {task.get_name()} would not end when cancelled")
         task.cancel()
         await asyncio.wait({task}, timeout=0.1)
-    if not task.cancelled() and task.exception() is not None:
-        raise task.exception()  # type: ignore[misc]
+    error = None if task.cancelled() else task.exception()
+    if error is not None:
+        raise error

@@ -60,7 +60,7 @@ def render(status: dict[str, Any]) -> str:
     for replica, info in sorted(status["replicas"].items()):
         age = "-" if info["lease_age_max"] is None else f"{info['lease_age_max']:.1f}s"
         seen = "-" if info["announced"] is None else f"{info['announced']:.1f}s"
-        offset = info.get("clock_offset")
+        offset = info["clock_offset"]
         clock = "-" if offset is None else f"{offset:+.2f}s"
         if offset is not None and abs(offset) > CLOCK_OFFSET_WARN:
             skewed.append(f"{replica} ({offset:+.1f}s)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 from starlette.requests import Request
@@ -80,7 +80,23 @@ def rollup_rows(source: Literal["1m", "1h"]) -> str:
 _NICE_STEPS = (10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 _AUTO_POINTS = 500
 
-#: Each series' points, ``[[t, v], ...]``, as JSON already.
+#: A series' points, ``[[unix seconds, value or null], ...]``, passed through as JSON text
+#: (PostgreSQL's, or the JSON encoder's), described as what they are.
+JsonPoints = Annotated[
+    msgspec.Raw,
+    msgspec.Meta(
+        extra_json_schema={
+            "type": "array",
+            "items": {
+                "type": "array",
+                "minItems": 2,
+                "maxItems": 2,
+                "prefixItems": [{"type": "number"}, {"anyOf": [{"type": "number"}, {"type": "null"}]}],
+                "items": False,
+            },
+        }
+    ),
+]
 Points = dict[int, msgspec.Raw]
 
 
@@ -90,7 +106,7 @@ class QuerySeries(msgspec.Struct, kw_only=True):
     host: str
     metric: str
     labels: JsonObject
-    points: list[tuple[float, float | None]]
+    points: JsonPoints
 
 
 class QueryAnswer(msgspec.Struct, kw_only=True):
@@ -102,26 +118,6 @@ class QueryAnswer(msgspec.Struct, kw_only=True):
     from_: float = msgspec.field(name="from")
     to: float
     series: list[QuerySeries]
-
-
-class _EncodedSeries(msgspec.Struct, kw_only=True):
-    """A ``QuerySeries`` as it is sent: its labels and points JSON already."""
-
-    host: str
-    metric: str
-    labels: msgspec.Raw
-    points: msgspec.Raw
-
-
-class _EncodedAnswer(msgspec.Struct, kw_only=True):
-    """A ``QueryAnswer`` as it is sent (the document describes ``QueryAnswer``)."""
-
-    step: float
-    source: Literal["raw", "1m", "1h"]
-    agg: str | None
-    from_: float = msgspec.field(name="from")
-    to: float
-    series: list[_EncodedSeries]
 
 
 _NONE = msgspec.Raw(b"[]")
@@ -215,14 +211,14 @@ async def query(res: Resources, request: Request) -> Response:
             raise too_many(limit, "points; use a larger step or a shorter range", "step")
         points = await _bucketed(res, ids, start, end, width=width, source=source, agg=agg)
     return json_response(
-        _EncodedAnswer(
+        QueryAnswer(
             step=width,
             source=source,
             agg=None if step == "raw" else agg,
             from_=start,
             to=end,
             series=[
-                _EncodedSeries(
+                QuerySeries(
                     host=row["host"],
                     metric=row["name"],
                     labels=raw_json(row["labels"]),
@@ -326,7 +322,8 @@ async def _bucketed(
             """
         # The series shared among up to `query_parallelism` statements on as many connections:
         # PostgreSQL runs one statement on one core, and a lateral over a list of ids is not
-        # parallel-aware (the fleet CPU over 24 h, 200 series: 151 ms in one statement).
+        # parallel-aware (the fleet CPU over 24 h, 200 series, in SQL alone: 192 ms in one
+        # statement, 133 in two; docs/benchmarks.md, "Queries").
         parts = split_ids(ids, min(res.config.query_parallelism, res.config.db_pool_size))
         answers = await asyncio.gather(*(res.pool.fetch(sql, part, *args[1:]) for part in parts))
         for rows in answers:
