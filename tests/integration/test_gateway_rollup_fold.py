@@ -15,12 +15,13 @@ from devstack import PostgresServer
 
 from signalfire.config import Duration
 from signalfire.events import MetricBatch, Sample
+from signalfire.gateway import rollup
 from signalfire.gateway.api import query
 from signalfire.gateway.api.resources import Resources
 from signalfire.gateway.config import GatewayConfig, RetentionConfig
 from signalfire.gateway.migrate import migrate, migrations
 from signalfire.gateway.rollup import Rollups
-from signalfire.gateway.rollup.fold import FOLD_DELAY, MAX_HOURS
+from signalfire.gateway.rollup.fold import FOLD_DELAY, MAX_SPAN
 from signalfire.gateway.store import Store
 from tests.integration.gateway_support import write_held
 
@@ -104,6 +105,72 @@ async def test_an_hour_gets_its_rows_once_it_ended_and_late_samples_at_once(pool
     assert await pool.fetchval("SELECT max(max) FROM samples_1h") == 1000.0
 
 
+async def cells_of(pool: asyncpg.Pool, table: str) -> dict[tuple[int, float], tuple[object, ...]]:
+    """A rollup table's rows as (count, sum, min, max, last, last time, bucket counts); sums to 9
+    decimals (added in another order, they differ in their last bits)."""
+    rows = await pool.fetch(
+        f"SELECT series_id, extract(epoch FROM bucket)::float8 AS b, {COLUMNS} FROM {table}"
+    )
+    return {
+        (r["series_id"], r["b"]): (
+            r["count"], round(r["sum"], 9), r["min"], r["max"], r["last"], r["last_time"],
+            rollup.counts(msgspec.json.decode(r["hist"])),
+        )
+        for r in rows
+    }  # fmt: skip
+
+
+async def raw_cells_of(pool: asyncpg.Pool, width: int) -> dict[tuple[int, float], tuple[object, ...]]:
+    """The rows the raw samples make for buckets of ``width`` seconds, as ingest computes them."""
+    rows = await pool.fetch("SELECT series_id, extract(epoch FROM time)::float8 AS t, value FROM samples")
+    cells = rollup.aggregate(((r["series_id"], r["t"], r["value"]) for r in rows), width)
+    return {
+        key: (c.count, round(c.sum, 9), c.min, c.max, c.last, c.last_time, rollup.counts(c.hist))
+        for key, c in cells.items()
+    }
+
+
+async def horizon_5m(pool: asyncpg.Pool) -> float:
+    return float(await pool.fetchval("SELECT extract(epoch FROM horizon_5m)::float8 FROM rollup_fold"))
+
+
+async def test_five_minutes_get_their_rows_once_ended_late_samples_at_once_and_the_hour_from_them(
+    pool: asyncpg.Pool,
+) -> None:
+    """5 minutes get their rows from their minutes once they ended FOLD_DELAY ago; a late sample
+    of folded 5 minutes goes into them at once; the hour is made from its twelve 5-minute rows.
+    Every table equals what the raw samples make (15 samples a series in 5 minutes keep their
+    values; 180 in the hour are counted)."""
+    now = [HOUR + 30]
+    store, rollups = Store(pool), Rollups(pool, clock=lambda: now[0])
+    data = [batch(HOUR + 20 * i + 3, float(i % 23)) for i in range(180)]  # the hour, every 20 s
+    await write_held(store, rollups, data[:45], list(range(1, 46)))  # its first 15 minutes
+    now[0] = HOUR + 900 + FOLD_DELAY
+    await rollups.flush()
+    assert await horizon_5m(pool) == HOUR + 900
+    assert await cells_of(pool, "samples_5m") == await raw_cells_of(pool, 300)
+    assert {b for _, b in await cells_of(pool, "samples_5m")} == {HOUR, HOUR + 300, HOUR + 600}
+    # the next minutes: merged into the 1-minute rows only until their 5 minutes end
+    await write_held(store, rollups, data[45:60], list(range(46, 61)))
+    await rollups.flush()
+    assert {b for _, b in await cells_of(pool, "samples_5m")} == {HOUR, HOUR + 300, HOUR + 600}
+    # a late sample of the first 5 minutes (folded): into their rows at once, counted once
+    await write_held(store, rollups, [batch(HOUR + 61.5, 99.0)], [500])
+    await rollups.flush()
+    five = await cells_of(pool, "samples_5m")
+    assert five == {k: v for k, v in (await raw_cells_of(pool, 300)).items() if k[1] < HOUR + 900}
+    assert sum(int(cast(int, v[0])) for v in five.values()) == 2 * 46
+    # the rest of the hour, then the hour's fold: its rows made from the 5-minute ones
+    await write_held(store, rollups, data[60:], list(range(61, 181)))
+    now[0] = HOUR + 3600 + FOLD_DELAY
+    await rollups.flush()
+    assert await horizon_5m(pool) == HOUR + 3600
+    assert await cells_of(pool, "samples_5m") == await raw_cells_of(pool, 300)
+    hours = await cells_of(pool, "samples_1h")
+    assert hours == await raw_cells_of(pool, 3600)
+    assert {b for _, b in hours} == {HOUR} and all(v[0] == 181 for v in hours.values())
+
+
 async def test_an_hour_of_few_samples_keeps_their_values(pool: asyncpg.Pool) -> None:
     """Minutes that kept their values make an hour that keeps them, while they total at most
     EXACT_MAX: its percentiles stay exact."""
@@ -146,13 +213,13 @@ async def test_maintenance_folds_what_no_gateway_did(pool: asyncpg.Pool) -> None
 async def test_a_fold_takes_at_most_a_day_of_hours_at_a_time(pool: asyncpg.Pool) -> None:
     now = [HOUR]
     store, rollups = Store(pool), Rollups(pool, clock=lambda: now[0])
-    hours = MAX_HOURS + 6
+    hours = MAX_SPAN // 3600 + 6
     for i in range(hours):
         await write_held(store, rollups, [batch(HOUR + 3600 * i + 5, float(i))], [i + 1])
     await rollups.flush()
     now[0] = HOUR + 3600 * (hours + 2)
     await rollups.flush()
-    assert await pool.fetchval("SELECT count(DISTINCT bucket) FROM samples_1h") == MAX_HOURS
+    assert await pool.fetchval("SELECT count(DISTINCT bucket) FROM samples_1h") == MAX_SPAN // 3600
     assert rollups.fold_due()  # hours are left: the next flush goes on
     await rollups.flush()
     assert await totals(pool) == (2 * hours, 2 * hours)
@@ -226,11 +293,16 @@ async def test_a_database_migrated_with_rollups_keeps_every_sample_once_in_its_h
                     " FROM samples",
                     width,
                 )
+            migrated_at = time.time()
             assert [m.version for m in await migrate(conn)] == [
                 m.version for m in migrations() if m.version >= 8
             ]
             horizon = await conn.fetchval("SELECT extract(epoch FROM horizon)::float8 FROM rollup_fold")
             assert old_minute < horizon <= time.time() and horizon % 3600 == 0  # the current hour
+            # the 5-minute rows begin with the current 5 minutes: older minutes are not folded
+            since = await conn.fetchval("SELECT extract(epoch FROM since_5m)::float8 FROM rollup_fold")
+            assert migrated_at - migrated_at % 300 <= since <= time.time() and since % 300 == 0
+            assert await horizon_5m(pool) == since
 
             store, now = Store(pool), [time.time()]
             rollups = Rollups(pool, clock=lambda: now[0])
@@ -238,15 +310,19 @@ async def test_a_database_migrated_with_rollups_keeps_every_sample_once_in_its_h
             await write_held(store, rollups, [batch(old_minute + 20, 9.0)], [1])
             await rollups.flush()
             assert await totals(pool) == (4, 4)
-            # a minute of the open hour: its hour made once it ended
+            # a minute of the open hour, and one after the 5-minute rows begin: the hour made
+            # once it ended, the 5 minutes from `since` on
             new_minute = horizon + 120
-            await write_held(store, rollups, [batch(new_minute + 5, 3.0)], [2])
+            await write_held(store, rollups, [batch(new_minute + 5, 3.0), batch(since + 5, 4.0)], [2, 3])
             now[0] = new_minute + 10
             await rollups.flush()
-            assert await totals(pool) == (6, 4)
+            assert await totals(pool) == (8, 4)
             now[0] = horizon + 3600 + FOLD_DELAY
             await rollups.flush()
-            assert await totals(pool) == (6, 6)
+            assert await totals(pool) == (8, 8)
+            fives = await cells_of(pool, "samples_5m")
+            assert {b for _, b in fives} == {since}  # nothing before it
+            assert sum(int(cast(int, v[0])) for v in fives.values()) == (4 if new_minute >= since else 2)
             per_hour = await conn.fetch(
                 "SELECT bucket, sum(count) AS n FROM samples_1h GROUP BY bucket ORDER BY bucket"
             )
@@ -304,7 +380,7 @@ async def test_the_minute_fold_of_migration_0008_becomes_the_hourly_fold_with_no
             folded,
             open_,
         )
-        assert [m.version for m in await migrate(conn)] == [9, 10]
+        assert [m.version for m in await migrate(conn)] == [9, 10, 11]
         assert await conn.fetchval("SELECT extract(epoch FROM horizon)::float8 FROM rollup_fold") == HOUR
         assert await conn.fetchval("SELECT to_regclass('rollup_minutes')") is None
         pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
@@ -337,6 +413,7 @@ async def test_range_queries_count_each_sample_once_across_the_folded_hours_and_
     await rollups.flush()  # the first two hours folded, the minutes that ended merged
     horizon = await pool.fetchval("SELECT extract(epoch FROM horizon)::float8 FROM rollup_fold")
     assert horizon == HOUR + 2 * 3600
+    assert await horizon_5m(pool) == HOUR + 2 * 3600 + 1200  # 20 minutes into the third hour
     # the minutes up to the one going on have their 1-minute rows (the flush merged them all):
     # the last minutes are then in both their raw samples and those rows, and count once
     newest = await pool.fetchval("SELECT extract(epoch FROM max(bucket))::float8 FROM samples_1m")
@@ -358,7 +435,7 @@ async def test_range_queries_count_each_sample_once_across_the_folded_hours_and_
         "count": lambda vs: float(len(vs)),
         "last": lambda vs: max(vs)[1],
     }
-    for source, width in (("1m", 300.0), ("1h", 3600.0), ("1h", 7200.0)):
+    for source, width in (("1m", 300.0), ("5m", 300.0), ("5m", 900.0), ("1h", 3600.0), ("1h", 7200.0)):
         for agg, of in expect.items():
             points = await query._bucketed(res, [cpu], HOUR, now[0], width=width, source=source, agg=agg)
             buckets: dict[float, list[tuple[float, float]]] = {}
@@ -369,6 +446,15 @@ async def test_range_queries_count_each_sample_once_across_the_folded_hours_and_
             assert [b for b, _ in got] == [b for b, _ in wanted], (source, width, agg)
             for (b, value), (_, want) in zip(got, wanted, strict=True):
                 assert value is not None and math.isclose(value, want, rel_tol=1e-9), (source, width, agg, b)
+    # percentiles from the 5-minute rows' histograms (10 values each, kept) as from the minutes'
+    for width in (300.0, 900.0):
+        answers = [
+            msgspec.json.decode(
+                (await query._bucketed(res, [cpu], HOUR, now[0], width=width, source=source, agg="p95"))[cpu]
+            )
+            for source in ("1m", "5m")
+        ]
+        assert answers[0] == answers[1] and len(answers[0]) == (now[0] - HOUR) // width + 1
 
 
 async def test_a_range_query_over_many_series_shared_among_connections_answers_every_series_once(

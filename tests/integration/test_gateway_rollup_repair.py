@@ -100,8 +100,8 @@ def assert_same(stored: Cells, expected: Cells) -> None:
 
 
 async def assert_rollups_match_raw(pool: asyncpg.Pool) -> None:
-    assert_same(await stored_cells(pool, "samples_1m"), await raw_cells(pool, 60))
-    assert_same(await stored_cells(pool, "samples_1h"), await raw_cells(pool, 3600))
+    for width, table in rollup.TABLES.items():
+        assert_same(await stored_cells(pool, table), await raw_cells(pool, width))
 
 
 async def orphan(store: Store, batches: list[MetricBatch], sequences: list[int]) -> None:
@@ -163,7 +163,7 @@ async def test_an_orphan_is_repaired_from_the_raw_samples_and_other_batches_coun
 
     # (d) a second run finds nothing; repairing the same range again (as if a second orphan
     # covered it) rewrites exactly the same rows
-    tables = {table: await stored_cells(pool, table) for table in ("samples_1m", "samples_1h")}
+    tables = {table: await stored_cells(pool, table) for table in rollup.TABLES.values()}
     assert await repair(pool) == RollupRepair()
     await pool.execute(
         "INSERT INTO rollup_pending (seq, host, t_min, t_max, created_at)"

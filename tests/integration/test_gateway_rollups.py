@@ -234,11 +234,14 @@ async def test_retention_drops_only_what_is_older_than_configured(pool: asyncpg.
 
         assert await hosts("samples") == {"recent"}  # raw: 30 days
         assert await hosts("samples_1m") == {"recent", "month"}  # 90 days
+        assert await hosts("samples_5m") == {"recent", "month", "old"}  # 180 days
         assert await hosts("samples_1h") == {"recent", "month", "old"}  # 1 year
         # nothing more to drop the second time; keeping forever (0s) drops nothing
         again = await apply_retention(conn, edition, RetentionConfig(), now=now)
         assert not any(again.values())
-        forever = RetentionConfig(raw=Duration(0), rollup_1m=Duration(0), rollup_1h=Duration(0))
+        forever = RetentionConfig(
+            raw=Duration(0), rollup_1m=Duration(0), rollup_5m=Duration(0), rollup_1h=Duration(0)
+        )
         assert await apply_retention(conn, edition, forever, now=now + 1000 * DAY) == {}
 
 

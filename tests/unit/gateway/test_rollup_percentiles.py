@@ -147,7 +147,7 @@ def test_batches_with_one_time_and_with_times_per_sample_merge_into_one_row() ->
 
 
 def test_nothing_to_roll_up_is_empty_rows_and_an_empty_histogram_has_no_percentile() -> None:
-    assert merge_rows([]) == {"samples_1m": [[]] * 10, "samples_1h": [[]] * 10}
+    assert merge_rows([]) == {"samples_1m": [[]] * 10, "samples_5m": [[]] * 10, "samples_1h": [[]] * 10}
     assert quantile({"v": []}, 0.5) is None
     assert quantile({}, 0.5) is None
 
@@ -168,9 +168,11 @@ def test_the_merge_sends_the_counts_of_kept_values_and_leaves_open_minutes_out_o
         counts({"v": [100.0]}),
     ]
     assert hourly[2] == [2, 1]  # series 1: both minutes in its hour
-    only_first = merge_rows(batches, hourly={hour})["samples_1h"]
-    assert only_first[:3] == [[1, 2], [hour, hour], [1, 1]]  # the open minute waits for its fold
-    assert merge_rows(batches, hourly=set())["samples_1h"] == [[]] * 10
+    assert rows["samples_5m"][2] == [2, 1]  # ... and in its 5 minutes
+    late = merge_rows(batches, late={300: {hour}, 3600: {hour}})
+    for table in ("samples_5m", "samples_1h"):  # the open minute waits for its fold
+        assert late[table][:3] == [[1, 2], [hour, hour], [1, 1]]
+    assert merge_rows(batches, late={300: set(), 3600: set()})["samples_1h"] == [[]] * 10
 
 
 def test_batches_of_shared_layouts_roll_up_as_sample_by_sample() -> None:

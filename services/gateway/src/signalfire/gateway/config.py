@@ -18,6 +18,8 @@ class RetentionConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     raw: Duration = Duration(30 * 86400.0)
     #: The 1-minute rollups.
     rollup_1m: Duration = Duration(90 * 86400.0)
+    #: The 5-minute rollups.
+    rollup_5m: Duration = Duration(180 * 86400.0)
     #: The 1-hour rollups.
     rollup_1h: Duration = Duration(365 * 86400.0)
     #: How often the gateway looks for data to drop (without the Timescale-licensed edition)

@@ -9,7 +9,7 @@ Three editions:
   so the gateway calls ``drop_chunks`` itself every ``retention.check_every``;
 * ``postgresql`` — no extension: the gateway deletes old rows by time range.
 
-In every edition the gateway maintains the 1-minute and 1-hour rollups itself
+In every edition the gateway maintains the 1-minute, 5-minute and 1-hour rollups itself
 (:mod:`signalfire.gateway.rollup`); maintenance only schedules their repair
 (:meth:`~signalfire.gateway.rollup.Rollups.repair`) next to retention, one loop for both.
 """
@@ -49,6 +49,7 @@ TABLES = (
     Table("sample_batches", "time", "raw"),
     Table("events", "time", "raw"),
     Table("samples_1m", "bucket", "rollup_1m"),
+    Table("samples_5m", "bucket", "rollup_5m"),
     Table("samples_1h", "bucket", "rollup_1h"),
 )
 

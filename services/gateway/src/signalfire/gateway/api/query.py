@@ -1,5 +1,5 @@
-"""``/api/v1/query``: range queries over series, from the raw samples or the 1-minute and
-1-hour rollups, whichever is coarse enough for the step and still kept for the range."""
+"""``/api/v1/query``: range queries over series, from the raw samples or the 1-minute, 5-minute
+and 1-hour rollups, whichever is coarse enough for the step and still kept for the range."""
 
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ _ROLLUP_AGG = {
 }
 _COLUMNS = "series_id, bucket, count, sum, min, max, last, last_time, hist"
 _HORIZON = "(SELECT horizon FROM rollup_fold)"
+_HORIZON_5M = "(SELECT horizon_5m FROM rollup_fold)"
+Source = Literal["raw", "1m", "5m", "1h"]
 
 
 def _folded_and_open_hours(until: str = "") -> str:
@@ -64,17 +66,27 @@ _FRESH = """
 FRESH_SECONDS = 120.0
 
 
-def rollup_rows(source: Literal["1m", "1h"]) -> str:
-    """The rows a ``1m`` or ``1h`` query aggregates (a derived table; ``$5`` is the start of the
-    minute from which the raw samples are read, see :data:`FRESH_SECONDS`)."""
+def rollup_rows(source: Literal["1m", "5m", "1h"]) -> str:
+    """The rows a ``1m``, ``5m`` or ``1h`` query aggregates (a derived table; ``$5`` is the
+    start of the minute from which the raw samples are read, see :data:`FRESH_SECONDS`): the
+    folded intervals' rows of the tier (rollup.fold), the open ones' 1-minute rows, the last
+    minutes' raw samples."""
     if source == "1m":
         fresh = "to_timestamp($5)"
         rolled = f"SELECT {_COLUMNS} FROM samples_1m WHERE bucket < {fresh}"
+    elif source == "5m":
+        fresh = f"greatest(to_timestamp($5), {_HORIZON_5M})"
+        rolled = f"""
+    SELECT {_COLUMNS} FROM samples_5m WHERE bucket < {_HORIZON_5M}
+    UNION ALL
+    SELECT {_COLUMNS} FROM samples_1m WHERE bucket >= {_HORIZON_5M} AND bucket < {fresh}"""
     else:
         fresh = f"greatest(to_timestamp($5), {_HORIZON})"
         rolled = _folded_and_open_hours(f"AND bucket < {fresh}")
     return f"({rolled}\n    UNION ALL {_FRESH.format(since=fresh)}\n)"
 
+
+_SINCE_5M = "SELECT extract(epoch FROM since_5m)::float8 FROM rollup_fold"
 
 #: Steps ``step=auto`` picks from: about 500 points per series over the range.
 _NICE_STEPS = (10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
@@ -113,7 +125,7 @@ class QueryAnswer(msgspec.Struct, kw_only=True):
     """The points of every series asked for; ``agg`` is null for raw samples."""
 
     step: float
-    source: Literal["raw", "1m", "1h"]
+    source: Source
     agg: str | None
     from_: float = msgspec.field(name="from")
     to: float
@@ -163,17 +175,32 @@ def too_many(limit: int, what: str, field: str) -> ApiError:
     return ApiError(400, "too_many_points", f"the answer would hold more than {limit} {what}", field)
 
 
+#: The rollups' bucket widths.
+_WIDTHS: dict[Source, int] = {"raw": 1, "1m": 60, "5m": 300, "1h": 3600}
+
+
 def data_source(
-    retention: RetentionConfig, width: float, start: float, now: float
-) -> Literal["raw", "1m", "1h"]:
-    """The finest data that is coarse enough for ``width`` and still kept for ``start``."""
-    raw_kept = not retention.raw or start >= now - retention.raw
-    if (width < 60 or width % 60) and raw_kept:
-        return "raw"
-    minutes_kept = not retention.rollup_1m or start >= now - retention.rollup_1m
-    if (width < 3600 or width % 3600) and minutes_kept:
-        return "1m"
-    return "1h"
+    retention: RetentionConfig, width: float, start: float, now: float, since_5m: float = -math.inf
+) -> Source:
+    """What buckets ``width`` seconds wide from ``start`` are read from: of the data still kept
+    for ``start``, the coarsest whose buckets divide the width (the raw samples divide any),
+    else the finest (the 1-hour rollups when nothing is kept). ``since_5m``: where the
+    5-minute rows begin (migration 0011)."""
+    keeps: dict[Source, float] = {
+        "raw": retention.raw,
+        "1m": retention.rollup_1m,
+        "5m": retention.rollup_5m,
+        "1h": retention.rollup_1h,
+    }
+    kept = [
+        source
+        for source, keep in keeps.items()
+        if (not keep or start >= now - keep) and (source != "5m" or start >= since_5m)
+    ]
+    dividing = [s for s in kept if width >= _WIDTHS[s] and not width % _WIDTHS[s]]
+    if dividing:
+        return dividing[-1]
+    return kept[0] if kept else "1h"
 
 
 async def query(res: Resources, request: Request) -> Response:
@@ -199,14 +226,17 @@ async def query(res: Resources, request: Request) -> Response:
     )
     ids = [row["id"] for row in series]
     points: Points
-    source: Literal["raw", "1m", "1h"]
+    source: Source
     limit = res.config.query_max_points
     if step == "raw":
         source, width = "raw", 0.0
         points = await _raw_points(res, ids, start, end)
     else:
         width = auto_step(end - start) if step == "auto" else float(step)
-        source = data_source(res.config.retention, width, start, now)
+        since_5m = -math.inf
+        if not width % 300:  # whether the 5-minute rows cover the range (a fixed time, or none)
+            since_5m = await res.pool.fetchval(_SINCE_5M)
+        source = data_source(res.config.retention, width, start, now, since_5m)
         if max(len(ids), 1) * (end - start) / width > limit:
             raise too_many(limit, "points; use a larger step or a shorter range", "step")
         points = await _bucketed(res, ids, start, end, width=width, source=source, agg=agg)
@@ -262,7 +292,7 @@ def _as_json(lists: dict[int, list[tuple[float, float | None]]]) -> Points:
 _BIN = "date_bin(make_interval(secs => $4), {column}, 'epoch')"
 
 
-def _series_buckets(source: str, expression: str) -> str:
+def _series_buckets(source: Source, expression: str) -> str:
     """The buckets ``(b, v)`` of series ``s.id`` in ``[$2, $3]`` (``$4`` seconds wide) from
     ``source``. From a rollup, the buckets wholly before the rows still open (the last minutes'
     raw samples, the hours not folded) are read from the one table that holds them, without the
@@ -273,7 +303,11 @@ def _series_buckets(source: str, expression: str) -> str:
             SELECT {_BIN.format(column="time")} AS b, {expression} AS v FROM samples
             WHERE series_id = s.id AND time >= to_timestamp($2) AND time <= to_timestamp($3)
             GROUP BY 1"""
-    settled, until = ("samples_1m", "to_timestamp($5)") if source == "1m" else ("samples_1h", _HORIZON)
+    settled, until = {
+        "1m": ("samples_1m", "to_timestamp($5)"),
+        "5m": ("samples_5m", _HORIZON_5M),
+        "1h": ("samples_1h", _HORIZON),
+    }[source]
     # (clamped to the range: the horizon may be -infinity, $5 infinity)
     cut = _BIN.format(column=f"greatest(to_timestamp($2), least({until}, to_timestamp($3)))")
     return f"""
@@ -282,13 +316,13 @@ def _series_buckets(source: str, expression: str) -> str:
             GROUP BY 1
             UNION ALL
             SELECT {_BIN.format(column="bucket")} AS b, {expression} AS v
-            FROM {rollup_rows("1m" if source == "1m" else "1h")} AS r
+            FROM {rollup_rows(source)} AS r
             WHERE series_id = s.id AND bucket >= {cut} AND bucket <= to_timestamp($3)
             GROUP BY 1"""
 
 
 async def _bucketed(
-    res: Resources, ids: list[int], start: float, end: float, *, width: float, source: str, agg: str
+    res: Resources, ids: list[int], start: float, end: float, *, width: float, source: Source, agg: str
 ) -> Points:
     points: Points = {}
     if not ids:
@@ -334,7 +368,7 @@ async def _bucketed(
         f"""
         SELECT series_id, extract(epoch FROM b)::float8 AS t, v FROM (
             SELECT series_id, {_BIN.format(column="bucket")} AS b, {expression} AS v
-            FROM {rollup_rows("1m" if source == "1m" else "1h")} AS r
+            FROM {rollup_rows(source)} AS r
             WHERE series_id = ANY($1::bigint[])
               AND bucket >= to_timestamp($2) AND bucket <= to_timestamp($3)
             GROUP BY 1, 2
@@ -361,8 +395,8 @@ routes = [
         query,
         "viewer",
         "Range query over one or more series",
-        '`{"step", "source": "raw\\|1m\\|1h", "agg", "from", "to", "series": [{"host", "metric", "labels", '
-        '"points": [[t, v], ...]}]}`',
+        '`{"step", "source": "raw\\|1m\\|5m\\|1h", "agg", "from", "to", "series": [{"host", "metric", '
+        '"labels", "points": [[t, v], ...]}]}`',
         params=(
             Param("metric", "metric name; repeat for several", required=True),
             HOST,

@@ -1,11 +1,12 @@
-"""The 1-minute and 1-hour rollups of samples: one unit owns them, from aggregation to repair.
+"""The 1-minute, 5-minute and 1-hour rollups of samples: one unit owns them, from aggregation to repair.
 
 * :mod:`.cells` — the arithmetic: cells, histograms and percentiles, the merge rows and the
   upsert statement (pure, no I/O);
 * :mod:`.pending` — :class:`Rollups`, the one interface the gateway uses: the batches that
   wait for their merge (each with a ``rollup_pending`` row written with its samples), the
   merge of many rounds at once, and what may be acknowledged after it;
-* :mod:`.fold` — the 1-hour rows made from closed minutes (one merge per series and minute);
+* :mod:`.fold` — the 5-minute and 1-hour rows made from closed minutes (one merge per series and
+  minute);
 * :mod:`.repair` — recomputing the rollups of orphaned batches (stored, but their message
   never came back to have them merged), run by :class:`Rollups` on maintenance's schedule.
 

@@ -46,7 +46,7 @@ Hist = dict[str, Any]
 MERGE_LOCK = 0x5F72_6D67  # "_rmg"
 
 #: Rollup tables by bucket width in seconds.
-TABLES = {60: "samples_1m", 3600: "samples_1h"}
+TABLES = {60: "samples_1m", 300: "samples_5m", 3600: "samples_1h"}
 
 _json = msgspec.json.Encoder()
 
@@ -280,15 +280,16 @@ def parts_by_layout(batches: Sequence[StoredBatch], samples: int) -> Iterator[li
 
 
 def merge_rows(
-    batches: Sequence[StoredBatch], *, hourly: Container[float] | None = None
+    batches: Sequence[StoredBatch], *, late: Mapping[int, Container[float]] | None = None
 ) -> dict[str, list[list[object]]]:
     """The :func:`upsert_args` of every rollup table (by table name) for ``batches``, like
     :func:`aggregate` then ``coarsen`` but without a tuple or a :class:`Cell` per sample:
     the values of batches with one time are grouped per bucket in plain lists keyed by the
-    series id, and the 1-hour rows are made from the sorted 1-minute rows (usually one each).
+    series id, and the coarser rows are made from the sorted 1-minute rows (usually one each).
 
-    ``hourly``: the minutes whose samples also go into the 1-hour rows (``None``: all); the
-    others are added to them later, from their 1-minute rows (:mod:`.fold`)."""
+    ``late``: per coarser width (300, 3600), the minutes whose samples also go into its rows,
+    their interval being folded already (``None``: every minute into every tier); the others
+    are added to them later, from their 1-minute rows (:mod:`.fold`)."""
     width = 60
     rows = _uniform_rows([b for b in batches if b.times is None], width)
     varied = [b for b in batches if b.times is not None]
@@ -309,23 +310,36 @@ def merge_rows(
         ]
     rows.sort(key=lambda row: (row[0], row[1]))
     minute = _columns(rows)
-    hours: list[Row] = []
-    same = True  # every 1-hour row is one 1-minute row: its histogram JSON is reused
-    for row in rows if hourly is None else [r for r in rows if r[1] in hourly]:
-        hour = row[1] - row[1] % 3600
-        if hours and hours[-1][0] == row[0] and hours[-1][1] == hour:
-            prev = hours[-1]
+    tables = {TABLES[width]: minute}
+    for coarse in (300, 3600):
+        minutes = None if late is None else late.get(coarse, ())
+        chosen = rows if minutes is None else [r for r in rows if r[1] in minutes]
+        wide, same = _coarser(chosen, coarse)
+        # every coarse row is one 1-minute row: its histogram JSON is reused
+        reuse = same and len(wide) == len(rows)
+        tables[TABLES[coarse]] = _columns(wide, (minute[8], minute[9]) if reuse else None)
+    return tables
+
+
+def _coarser(rows: list[Row], width: int) -> tuple[list[Row], bool]:
+    """The rows of ``width``-second buckets made from sorted 1-minute ``rows``, and whether each
+    is one of them."""
+    wide: list[Row] = []
+    same = True
+    for row in rows:
+        bucket = row[1] - row[1] % width
+        if wide and wide[-1][0] == row[0] and wide[-1][1] == bucket:
+            prev = wide[-1]
             last, last_time = (row[6], row[7]) if row[7] >= prev[7] else (prev[6], prev[7])
             hist = merge(dict(prev[8]), row[8])
-            hours[-1] = (
-                row[0], hour, prev[2] + row[2], prev[3] + row[3], min(prev[4], row[4]),
+            wide[-1] = (
+                row[0], bucket, prev[2] + row[2], prev[3] + row[3], min(prev[4], row[4]),
                 max(prev[5], row[5]), last, last_time, hist,
             )  # fmt: skip
             same = False
         else:
-            hours.append((row[0], hour, *row[2:]))
-    same = same and len(hours) == len(rows)
-    return {TABLES[60]: minute, TABLES[3600]: _columns(hours, (minute[8], minute[9]) if same else None)}
+            wide.append((row[0], bucket, *row[2:]))
+    return wide, same
 
 
 def triples(batch: StoredBatch) -> Iterable[tuple[int, float, float]]:

@@ -146,7 +146,7 @@ class Rollups:
         #: At most this many batches wait for their minutes to end; past it, a flush merges
         #: every batch (a busy fleet then pays more merges rather than holding more messages).
         self.max_waiting = max_waiting
-        #: When the next hour is due to be folded, as the last merge or fold saw it (-inf: ask).
+        #: When the next interval is due to be folded, as the last merge or fold saw it (-inf: ask).
         self._fold_at = -math.inf
         registry = registry if registry is not None else Registry("signalfire_gateway")
         self.repairs = registry.counter(
@@ -178,8 +178,8 @@ class Rollups:
         return len(self._backlog)
 
     def fold_due(self) -> bool:
-        """Whether an hour may have ended long enough ago to be folded into the 1-hour rows
-        (:meth:`flush` then folds it even when no batch waits)."""
+        """Whether 5 minutes or an hour may have ended long enough ago to be folded into the
+        5-minute or 1-hour rows (:meth:`flush` then folds them even when no batch waits)."""
         return self.clock() >= self._fold_at
 
     async def flush(self, *, ended_only: bool = False) -> dict[int, int]:
@@ -191,8 +191,9 @@ class Rollups:
 
         Each batch counts once: only the batches whose ``rollup_pending`` row this transaction
         deletes are merged (another gateway, or an earlier flush, may have done the others).
-        The merge writes the 1-minute rows, and folds the hours that ended into the 1-hour rows
-        (:mod:`.fold`); with no batch waiting, a flush only folds (when :meth:`fold_due`).
+        The merge writes the 1-minute rows, and folds the intervals that ended into the
+        5-minute and 1-hour rows (:mod:`.fold`); with no batch waiting, a flush only folds
+        (when :meth:`fold_due`).
         """
         now = self.clock()
         if ended_only and len(self._backlog) <= self.max_waiting:
@@ -220,7 +221,7 @@ class Rollups:
 
     async def repair(self, now: float | None = None) -> RollupRepair:
         """:func:`.repair.repair_rollups` of the orphans older than ``repair_after``, counted;
-        first the hours that ended and that no gateway folded (one that stopped, or a fleet
+        first the intervals that ended and that no gateway folded (one that stopped, or a fleet
         gone quiet: a fold otherwise comes with the next merge) are folded."""
         now = self.clock() if now is None else now
         async with self.pool.acquire() as conn:

@@ -5,8 +5,9 @@ deliveries).
 Every stored batch has a ``rollup_pending`` row until its merge commits (see
 :mod:`.pending`). A row older than ``rollup_repair_after`` belongs to such an orphan: the
 1-minute rollups of its host over the minutes its samples fall in are recomputed from
-``samples``, then the 1-hour rollups of those hours that are folded already from the 1-minute
-ones (:func:`repair_rollups`, :mod:`.fold`; an open hour's are made at its fold);
+``samples``, then the 5-minute and 1-hour rollups of those intervals that are folded already
+from the 1-minute ones (:func:`repair_rollups`, :mod:`.fold`; an open interval's are made at
+its fold);
 :func:`plan_repair` decides, without I/O, which orphans
 can be repaired now.
 """
@@ -14,6 +15,7 @@ can be repaired now.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -70,9 +72,9 @@ def _merged(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
     return merged
 
 
-def _hours_of(minutes: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The ``[start, end)`` ranges of the 1-hour buckets that hold the minute ranges."""
-    return _merged((start - start % 3600, end + (-end) % 3600) for start, end in minutes)
+def _intervals_of(minutes: Sequence[tuple[float, float]], width: int) -> list[tuple[float, float]]:
+    """The ``[start, end)`` ranges of the ``width``-second buckets that hold the minute ranges."""
+    return _merged((start - start % width, end + (-end) % width) for start, end in minutes)
 
 
 def plan_repair(
@@ -172,12 +174,12 @@ ORDER BY 1, 2
 ON CONFLICT (series_id, bucket) DO NOTHING
 """
 
-# One host's 1-hour rows of a folded hour, remade from its 1-minute rows (an open hour's are
+# One host's rows of a folded interval, remade from its 1-minute rows (an open interval's are
 # made at its fold, .fold).
-_HOUR_OF_HOST = "AND series_id IN (SELECT id FROM series WHERE host = $2)"
+_OF_HOST = "AND series_id IN (SELECT id FROM series WHERE host = $2)"
 
-_DELETE_HOUR_OF_HOST = """
-DELETE FROM samples_1h r USING series s
+_DELETE_INTERVAL_OF_HOST = """
+DELETE FROM {table} r USING series s
 WHERE s.host = $2 AND r.series_id = s.id AND r.bucket = to_timestamp($1)
 """
 
@@ -198,8 +200,9 @@ async def repair_rollups(
     An orphan is a ``rollup_pending`` row older than ``older_than`` seconds at ``now``: its batch's
     samples are stored, but its message will not come back to have their rollups merged. For
     each orphan's host the 1-minute rollups of the minutes its samples fall in are recomputed
-    from ``samples`` (every batch stored in them counts once, merged or not), then the 1-hour
-    rollups of those hours from the 1-minute ones, and the row is deleted. Orphans without a
+    from ``samples`` (every batch stored in them counts once, merged or not), then the 5-minute
+    and 1-hour rollups of those intervals (the folded ones) from the 1-minute ones, and the row
+    is deleted. Orphans without a
     host (rows from before migration 0005) or whose samples are past ``retention`` are deleted
     unrepaired; orphans that share minutes with a younger pending batch of their host wait for
     a later run. A repair that meets a concurrent write to the same rollup rows fails with
@@ -226,18 +229,20 @@ async def repair_rollups(
             raw_since=now - float(retention.raw) if retention.raw > 0 else None,
             minutes_since=now - float(retention.rollup_1m) if retention.rollup_1m > 0 else None,
         )
-        folded_before = await fold.horizon(conn)
+        folded = await fold.horizons(conn)
         await conn.execute(fold.PLANNER)
         for host, minutes in plan.minutes.items():
             for start, end in minutes:
                 await conn.execute(_DELETE_ROLLUPS.format(table="samples_1m"), host, start, end)
                 await conn.execute(_MINUTES_FROM_SAMPLES, host, start, end)
-            for start, end in _hours_of(minutes):
-                hour = start
-                while hour < min(end, folded_before):  # folded hours only
-                    await conn.execute(_DELETE_HOUR_OF_HOST, hour, host)
-                    await conn.execute(fold.hour_from_minutes_sql(_HOUR_OF_HOST), hour, host)
-                    hour += 3600
+            for tier in fold.TIERS:
+                since = folded.since_five if tier is fold.FIVE_MINUTES else -math.inf
+                for start, end in _intervals_of(minutes, tier.width):
+                    interval = max(start, since)
+                    while interval < min(end, folded.folded(tier)):  # folded intervals only
+                        await conn.execute(_DELETE_INTERVAL_OF_HOST.format(table=tier.table), interval, host)
+                        await conn.execute(fold.fold_sql(tier, where=_OF_HOST), interval, host)
+                        interval += tier.width
         gone = [batch.seq for batch in plan.repair] + [batch.seq for batch, _ in plan.unrepairable]
         await conn.execute("DELETE FROM rollup_pending WHERE seq = ANY($1::bigint[])", gone)
     for batch in plan.repair:
