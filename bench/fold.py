@@ -1,14 +1,15 @@
-"""What the rollup folds cost PostgreSQL: an hour made from its 60 one-minute rows (the
-reference, as before migration 0011) against twelve 5-minute folds and the hour made from
-their rows (now), per series and minute, on the same rows in the same run.
+"""What the rollup folds cost PostgreSQL per series and minute: the hour's fold (its 1-hour
+rows, histograms included, from its sixty 1-minute rows: the reference) and the twelve
+5-minute folds of the same hour (totals only, migration 0011), on the same rows in the same run.
 
 Starts a private PostgreSQL + TimescaleDB (devstack; run ``deploy/dev/provision-postgres.sh``
 first) and writes, server-side, one hour of 1-minute rows for ``--series`` series with
 ``--per-minute`` samples each (as ingest leaves them: the values kept in a row of at most 32,
-else the bucket counts). Each way is run ``--repeat`` times in a transaction that is rolled
+else the bucket counts). Each fold is run ``--repeat`` times in a transaction that is rolled
 back, the statements exactly the gateway's (``signalfire.gateway.rollup.fold``), and timed by
 the CPU of the PostgreSQL backend that runs them (its ``/proc`` times through psutil). The
-1-hour rows of both ways are compared (count, sum, min, max, newest value, bucket counts).
+5-minute rows are checked against the 1-hour rows (their counts, sums, minima, maxima and
+newest values add up to the hour's).
 
     uv run python bench/fold.py [--series 20000] [--per-minute 12] [--repeat 3]
 """
@@ -26,7 +27,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "dev"))
 
 import asyncpg
-import msgspec
 import psutil
 from devstack import private_postgres
 
@@ -44,7 +44,8 @@ _SERIES = """
 # Each series' 60 minutes of the hour, the values of minute m: (id * 7 + m * n + k) % 100.
 _MINUTES = f"""
     INSERT INTO samples_1m (series_id, bucket, count, sum, min, max, last, last_time, hist)
-    SELECT s.id, to_timestamp($1 + 60 * m), a.n, a.su, a.mi, a.ma, a.la, to_timestamp($1 + 60 * m + 59), h.hist
+    SELECT s.id, to_timestamp($1 + 60 * m), a.n, a.su, a.mi, a.ma, a.la,
+           to_timestamp($1 + 60 * m + 59), h.hist
     FROM series s CROSS JOIN generate_series(0, 59) m
     CROSS JOIN LATERAL (
         SELECT count(*) AS n, sum(v) AS su, min(v) AS mi, max(v) AS ma,
@@ -58,7 +59,16 @@ _MINUTES = f"""
     CROSS JOIN LATERAL (SELECT CASE WHEN a.n <= {rollup.EXACT_MAX} THEN a.kept ELSE a.counted END AS hist) h
 """
 
-_HOURS = "SELECT series_id, count, sum, min, max, last, hist::text AS hist FROM samples_1h ORDER BY 1"
+# Per series: the hour's totals, from the 1-hour rows and from the 5-minute rows.
+_CHECK = """
+    SELECT h.series_id, h.count, round(h.sum::numeric, 6) AS sum, h.min, h.max, h.last,
+           f.count AS f_count, round(f.sum::numeric, 6) AS f_sum, f.min AS f_min, f.max AS f_max,
+           f.last AS f_last
+    FROM samples_1h h JOIN (
+        SELECT series_id, sum(count) AS count, sum(sum) AS sum, min(min) AS min, max(max) AS max,
+               (array_agg(last ORDER BY last_time DESC))[1] AS last
+        FROM samples_5m GROUP BY 1) f USING (series_id)
+"""
 
 
 async def cpu_of(conn: asyncpg.Connection, pid: int, step: Callable[[], Awaitable[object]]) -> float:
@@ -67,49 +77,29 @@ async def cpu_of(conn: asyncpg.Connection, pid: int, step: Callable[[], Awaitabl
     before = backend.cpu_times()
     await step()
     after = backend.cpu_times()
-    return (after.user - before.user) + (after.system - before.system)
+    return float((after.user - before.user) + (after.system - before.system))
 
 
-Hours = dict[int, tuple[object, ...]]
-
-
-def hours_of(rows: list[asyncpg.Record]) -> Hours:
-    return {
-        r["series_id"]: (
-            r["count"], round(r["sum"], 6), r["min"], r["max"], r["last"],
-            rollup.counts(msgspec.json.decode(r["hist"])),
-        )
-        for r in rows
-    }  # fmt: skip
-
-
-async def from_minutes(conn: asyncpg.Connection, pid: int) -> tuple[dict[str, float], Hours]:
-    """The hour from its 1-minute rows (the reference), rolled back."""
+async def both(conn: asyncpg.Connection, pid: int) -> dict[str, float]:
+    """The hour's fold and its twelve 5-minute folds, checked against each other, rolled back."""
     tx = conn.transaction()
     await tx.start()
     try:
         await conn.execute(fold.PLANNER)
-        cpu = await cpu_of(conn, pid, lambda: conn.execute(fold.fold_sql(fold.HOURS, "samples_1m"), HOUR))
-        return {"hour from 1-minute rows": cpu}, hours_of(await conn.fetch(_HOURS))
-    finally:
-        await tx.rollback()
-
-
-async def from_five_minutes(conn: asyncpg.Connection, pid: int) -> tuple[dict[str, float], Hours]:
-    """Twelve 5-minute folds, then the hour from their rows (now), rolled back."""
-    tx = conn.transaction()
-    await tx.start()
-    try:
-        await conn.execute(fold.PLANNER)
+        hour = await cpu_of(conn, pid, lambda: conn.execute(fold.fold_sql(fold.HOURS), HOUR))
 
         async def fives() -> None:
             for i in range(12):
                 await conn.execute(fold.fold_sql(fold.FIVE_MINUTES), HOUR + 300 * i)
 
         five = await cpu_of(conn, pid, fives)
-        hour = await cpu_of(conn, pid, lambda: conn.execute(fold.fold_sql(fold.HOURS, "samples_5m"), HOUR))
-        costs = {"twelve 5-minute folds": five, "hour from 5-minute rows": hour}
-        return costs, hours_of(await conn.fetch(_HOURS))
+        rows = await conn.fetch(_CHECK)
+        assert rows and all(
+            (r["count"], r["sum"], r["min"], r["max"], r["last"])
+            == (r["f_count"], r["f_sum"], r["f_min"], r["f_max"], r["f_last"])
+            for r in rows
+        ), "the 5-minute rows do not add up to the hour's"
+        return {"hour (histograms)": hour, "twelve 5-minute folds": five, "series": float(len(rows))}
     finally:
         await tx.rollback()
 
@@ -126,26 +116,19 @@ async def main(args: argparse.Namespace) -> None:
             await conn.execute("VACUUM ANALYZE samples_1m")
             pid = await conn.fetchval("SELECT pg_backend_pid()")
             costs: dict[str, list[float]] = {}
-            results: list[Hours] = []
             for _ in range(args.repeat):
-                for way in (from_minutes, from_five_minutes):
-                    spent, hours = await way(conn, pid)
-                    results.append(hours)
-                    for name, cpu in spent.items():
-                        costs.setdefault(name, []).append(cpu)
+                for name, cpu in (await both(conn, pid)).items():
+                    costs.setdefault(name, []).append(cpu)
         finally:
             await conn.close()
-    assert all(r == results[0] for r in results[1:]), "the two ways made different 1-hour rows"
-    assert len(results[0]) == args.series
+    assert costs.pop("series") == [float(args.series)] * args.repeat
     per = args.series * 60 / 1e6  # series-minutes, in millions: seconds / per = µs per series-minute
     medians = {name: statistics.median(cpu) for name, cpu in costs.items()}
     for name, cpu in medians.items():
-        print(f"{name:<28} {cpu:7.2f} CPU s   {cpu / per:6.1f} µs per series and minute")
-    before = medians["hour from 1-minute rows"]
-    now = medians["twelve 5-minute folds"] + medians["hour from 5-minute rows"]
-    print(f"{'both tiers now':<28} {now:7.2f} CPU s   {now / per:6.1f} µs per series and minute")
-    print(f"{'now / before':<28} {now / before:7.2f} x   (1-hour rows equal: {len(results[0]):,} series)")
-    if not math.isfinite(now / before):
+        print(f"{name:<24} {cpu:7.2f} CPU s   {cpu / per:6.1f} µs per series and minute")
+    ratio = medians["twelve 5-minute folds"] / medians["hour (histograms)"]
+    print(f"{'5-minute folds / hour':<24} {ratio:7.2f} x   (adding up to the hour's, {args.series:,} series)")
+    if not math.isfinite(ratio):
         raise SystemExit("no CPU time measured")
 
 

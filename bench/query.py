@@ -77,7 +77,7 @@ def bucket_table(width: int, interval: int) -> list[tuple[Any, ...]]:
         cell = rollup.Cell()
         for k in range(per_bucket):
             cell.add(float(k * interval), float((base + k) % _CYCLE))
-        hist = rollup.upsert_args({(0, 0.0): cell})[8][0]
+        hist = rollup.upsert_args({(0, 0.0): cell})[8][0] if width != 300 else "{}"  # 5 min: totals
         rows.append((base, cell.count, cell.sum, cell.min, cell.max, cell.last, cell.last_time, hist))
     return rows
 
@@ -272,8 +272,10 @@ async def verify(pool: asyncpg.Pool, end: int, raw_start: int) -> None:
             cell = cells[(row["series_id"], row["b"])]
             got = (row["count"], row["sum"], row["min"], row["max"], row["last"], row["last_time"])
             assert got == (cell.count, cell.sum, cell.min, cell.max, cell.last, cell.last_time), (table, row)
-            # the same values (kept in no particular order) or the same bucket counts
-            assert rollup.counts(msgspec.json.decode(row["hist"])) == rollup.counts(cell.hist), (table, row)
+            # the same values (kept in no particular order) or the same bucket counts; none in
+            # the 5-minute rows
+            want = rollup.counts(cell.hist) if width != 300 else {}
+            assert rollup.counts(msgspec.json.decode(row["hist"])) == want, (table, row)
     print(f"  rollups equal the gateway's aggregation of the raw samples ({len(raw):,} checked)")
 
 

@@ -124,6 +124,22 @@ async def test_a_published_batch_can_be_queried(
             nothing = await api.get("/api/v1/query", params={"metric": "no.such_metric"})
             assert nothing.json()["series"] == []
 
+            # 5-minute steps: from the 5-minute rollups (their last minutes from the raw samples),
+            # but a percentile from the minutes' histograms (the 5-minute rows keep none)
+            for agg, source in (("count", "5m"), ("max", "5m"), ("p95", "1m")):
+                answer = (
+                    await api.get(
+                        "/api/v1/query",
+                        params={"host": "web-1", "metric": "cpu.usage_percent", "step": "5m", "agg": agg},
+                    )
+                ).json()
+                assert answer["source"] == source, agg
+                values = [v for _, v in answer["series"][0]["points"]]
+                if agg == "count":
+                    assert sum(values) == 3
+                else:
+                    assert max(values) == 30.0, agg
+
 
 async def test_bad_query_parameters_are_400s_naming_the_field(
     nats_config: NatsConfig, database_url: str, tmp_path: Path

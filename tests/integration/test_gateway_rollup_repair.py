@@ -101,7 +101,11 @@ def assert_same(stored: Cells, expected: Cells) -> None:
 
 async def assert_rollups_match_raw(pool: asyncpg.Pool) -> None:
     for width, table in rollup.TABLES.items():
-        assert_same(await stored_cells(pool, table), await raw_cells(pool, width))
+        expected = await raw_cells(pool, width)
+        if width == 300:  # the 5-minute rows keep no histogram
+            for cell in expected.values():
+                cell.hist = {}
+        assert_same(await stored_cells(pool, table), expected)
 
 
 async def orphan(store: Store, batches: list[MetricBatch], sequences: list[int]) -> None:

@@ -168,7 +168,8 @@ def test_the_merge_sends_the_counts_of_kept_values_and_leaves_open_minutes_out_o
         counts({"v": [100.0]}),
     ]
     assert hourly[2] == [2, 1]  # series 1: both minutes in its hour
-    assert rows["samples_5m"][2] == [2, 1]  # ... and in its 5 minutes
+    assert rows["samples_5m"][2] == [2, 1]  # ... and in its 5 minutes, without a histogram
+    assert rows["samples_5m"][8:] == [["{}", "{}"], [None, None]]
     late = merge_rows(batches, late={300: {hour}, 3600: {hour}})
     for table in ("samples_5m", "samples_1h"):  # the open minute waits for its fold
         assert late[table][:3] == [[1, 2], [hour, hour], [1, 1]]

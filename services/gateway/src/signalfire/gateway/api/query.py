@@ -180,12 +180,19 @@ _WIDTHS: dict[Source, int] = {"raw": 1, "1m": 60, "5m": 300, "1h": 3600}
 
 
 def data_source(
-    retention: RetentionConfig, width: float, start: float, now: float, since_5m: float = -math.inf
+    retention: RetentionConfig,
+    width: float,
+    start: float,
+    now: float,
+    since_5m: float = -math.inf,
+    *,
+    percentile: bool = False,
 ) -> Source:
     """What buckets ``width`` seconds wide from ``start`` are read from: of the data still kept
     for ``start``, the coarsest whose buckets divide the width (the raw samples divide any),
     else the finest (the 1-hour rollups when nothing is kept). ``since_5m``: where the
-    5-minute rows begin (migration 0011)."""
+    5-minute rows begin (migration 0011); a ``percentile`` is never read from them (they hold
+    no histogram)."""
     keeps: dict[Source, float] = {
         "raw": retention.raw,
         "1m": retention.rollup_1m,
@@ -195,7 +202,7 @@ def data_source(
     kept = [
         source
         for source, keep in keeps.items()
-        if (not keep or start >= now - keep) and (source != "5m" or start >= since_5m)
+        if (not keep or start >= now - keep) and (source != "5m" or (start >= since_5m and not percentile))
     ]
     dividing = [s for s in kept if width >= _WIDTHS[s] and not width % _WIDTHS[s]]
     if dividing:
@@ -234,9 +241,10 @@ async def query(res: Resources, request: Request) -> Response:
     else:
         width = auto_step(end - start) if step == "auto" else float(step)
         since_5m = -math.inf
-        if not width % 300:  # whether the 5-minute rows cover the range (a fixed time, or none)
+        percentile = agg in _PERCENTILES
+        if not width % 300 and not percentile:  # whether the 5-minute rows cover the range
             since_5m = await res.pool.fetchval(_SINCE_5M)
-        source = data_source(res.config.retention, width, start, now, since_5m)
+        source = data_source(res.config.retention, width, start, now, since_5m, percentile=percentile)
         if max(len(ids), 1) * (end - start) / width > limit:
             raise too_many(limit, "points; use a larger step or a shorter range", "step")
         points = await _bucketed(res, ids, start, end, width=width, source=source, agg=agg)

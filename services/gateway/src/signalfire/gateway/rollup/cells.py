@@ -289,7 +289,8 @@ def merge_rows(
 
     ``late``: per coarser width (300, 3600), the minutes whose samples also go into its rows,
     their interval being folded already (``None``: every minute into every tier); the others
-    are added to them later, from their 1-minute rows (:mod:`.fold`)."""
+    are added to them later, from their 1-minute rows (:mod:`.fold`). The 5-minute rows hold
+    no histogram (an empty one)."""
     width = 60
     rows = _uniform_rows([b for b in batches if b.times is None], width)
     varied = [b for b in batches if b.times is not None]
@@ -314,16 +315,18 @@ def merge_rows(
     for coarse in (300, 3600):
         minutes = None if late is None else late.get(coarse, ())
         chosen = rows if minutes is None else [r for r in rows if r[1] in minutes]
-        wide, same = _coarser(chosen, coarse)
-        # every coarse row is one 1-minute row: its histogram JSON is reused
-        reuse = same and len(wide) == len(rows)
-        tables[TABLES[coarse]] = _columns(wide, (minute[8], minute[9]) if reuse else None)
+        wide, same = _coarser(chosen, coarse, histograms=coarse != 300)
+        if coarse == 300:
+            hists: tuple[list[object], list[object]] | None = (["{}"] * len(wide), [None] * len(wide))
+        else:  # every coarse row is one 1-minute row: its histogram JSON is reused
+            hists = (minute[8], minute[9]) if same and len(wide) == len(rows) else None
+        tables[TABLES[coarse]] = _columns(wide, hists)
     return tables
 
 
-def _coarser(rows: list[Row], width: int) -> tuple[list[Row], bool]:
-    """The rows of ``width``-second buckets made from sorted 1-minute ``rows``, and whether each
-    is one of them."""
+def _coarser(rows: list[Row], width: int, *, histograms: bool = True) -> tuple[list[Row], bool]:
+    """The rows of ``width``-second buckets made from sorted 1-minute ``rows`` (without merging
+    their histograms unless ``histograms``), and whether each is one of them."""
     wide: list[Row] = []
     same = True
     for row in rows:
@@ -331,7 +334,7 @@ def _coarser(rows: list[Row], width: int) -> tuple[list[Row], bool]:
         if wide and wide[-1][0] == row[0] and wide[-1][1] == bucket:
             prev = wide[-1]
             last, last_time = (row[6], row[7]) if row[7] >= prev[7] else (prev[6], prev[7])
-            hist = merge(dict(prev[8]), row[8])
+            hist = merge(dict(prev[8]), row[8]) if histograms else prev[8]
             wide[-1] = (
                 row[0], bucket, prev[2] + row[2], prev[3] + row[3], min(prev[4], row[4]),
                 max(prev[5], row[5]), last, last_time, hist,

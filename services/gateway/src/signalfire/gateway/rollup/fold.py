@@ -5,9 +5,8 @@ A merge of ingested batches (:func:`merge`) writes their 1-minute rows only, whi
 minutes are open. Once 5 minutes have ended :data:`FOLD_DELAY` ago, :func:`fold` makes their
 5-minute rows from their 1-minute rows in one ``INSERT … SELECT`` and moves
 ``rollup_fold.horizon_5m`` past them (migration 0011); once an hour has, its 1-hour rows from
-its twelve 5-minute rows (from its 1-minute rows where the 5-minute ones do not cover it, see
-below), moving ``rollup_fold.horizon`` (migration 0009). Every interval before a horizon is
-*folded*. Samples of folded intervals that arrive later are merged into the 1-minute rows and
+its 1-minute rows, moving ``rollup_fold.horizon`` (migration 0009). Every interval before a
+horizon is *folded*. Samples of folded intervals that arrive later are merged into the 1-minute rows and
 the folded tiers' rows at once. Each sample therefore reaches each tier exactly once: with its
 interval at the fold, or directly when it came later. Queries read the intervals since a
 horizon from the 1-minute rows (:mod:`signalfire.gateway.api.query`).
@@ -16,9 +15,13 @@ A row is thus written once, not once per minute: a fold that added each minute's
 hour's rows as the minute ended rewrote every row's histogram sixty times an hour, and was half
 of PostgreSQL's work in ``bench/ingest.py`` (docs/benchmarks.md).
 
-The 5-minute rows exist from ``rollup_fold.since_5m`` on: ``-infinity`` in a database created
-with them, the time of migration 0011 in one that had rollups before (its older minutes are not
-folded again). An hour before it is folded from its minutes.
+The 5-minute rows hold the totals only (count, sum, min, max, newest value; no histogram):
+they serve every aggregate but the percentiles, which read the minutes' histograms. A histogram
+per 5 minutes cost 41 µs per series and minute to fold (1.7 times the hour's fold, whose
+histograms it would have replaced only in part); the totals alone cost a few
+(`bench/fold.py`, docs/benchmarks.md). They exist from ``rollup_fold.since_5m`` on:
+``-infinity`` in a database created with them, the time of migration 0011 in one that had
+rollups before (its older minutes are not folded again).
 
 Merges and folds hold :data:`~.cells.MERGE_LOCK`, so an interval cannot be folded between a
 merge's look at the horizons and that merge's commit. The repair (:mod:`.repair`) remakes the
@@ -56,7 +59,7 @@ class Tier:
     horizon: str
 
 
-FIVE_MINUTES = Tier(300, "samples_5m", "horizon_5m")
+FIVE_MINUTES = Tier(300, "samples_5m", "horizon_5m")  # totals only
 HOURS = Tier(3600, "samples_1h", "horizon")
 TIERS = (FIVE_MINUTES, HOURS)
 
@@ -85,13 +88,25 @@ SELECT extract(epoch FROM min(bucket))::float8 FROM samples_1m
 WHERE ($1::float8 IS NULL OR bucket >= to_timestamp($1)) AND bucket < to_timestamp($2)
 """
 
-# The rows of a tier's interval starting at $1 from the narrower rows of `source` in it, as the
-# merges would have left them (.cells.merge): the values kept while every narrower row kept its
-# own and they total at most EXACT_MAX, else the bucket counts added up.
-_FOLD = f"""
+# The 5-minute rows of the 5 minutes starting at $1 from their 1-minute rows: the totals, no
+# histogram.
+_FIVE = """
+INSERT INTO samples_5m (series_id, bucket, count, sum, min, max, last, last_time)
+SELECT series_id, to_timestamp($1), sum(count)::bigint, sum(sum), min(min), max(max),
+       (array_agg(last ORDER BY last_time DESC))[1], max(last_time)
+FROM samples_1m
+WHERE bucket >= to_timestamp($1) AND bucket < to_timestamp($1) + interval '300 seconds' {where}
+GROUP BY series_id
+ORDER BY 1
+"""
+
+# The 1-hour rows of the hour starting at $1 from its 1-minute rows, as the merges would have
+# left them (.cells.merge): the values kept while every minute kept its own and they total at
+# most EXACT_MAX, else the bucket counts added up.
+_HOUR = f"""
 WITH m AS MATERIALIZED (
-    SELECT series_id, bucket, count, sum, min, max, last, last_time, hist FROM {{source}}
-    WHERE bucket >= to_timestamp($1) AND bucket < to_timestamp($1) + interval '{{width}} seconds'
+    SELECT series_id, bucket, count, sum, min, max, last, last_time, hist FROM samples_1m
+    WHERE bucket >= to_timestamp($1) AND bucket < to_timestamp($1) + interval '1 hour'
     {{where}}
 ), exact AS (
     SELECT series_id FROM m GROUP BY 1
@@ -101,7 +116,7 @@ WITH m AS MATERIALIZED (
     FROM exact JOIN m USING (series_id)
     CROSS JOIN LATERAL jsonb_array_elements(coalesce(m.hist -> 'v', '[]'::jsonb)) WITH ORDINALITY AS x(x, i)
     GROUP BY 1
-    UNION ALL  -- else the counts: a row's own, or made here from its values (sf_hist_key
+    UNION ALL  -- else the counts: a minute's own, or made here from its values (sf_hist_key
                -- inlined: sf_hist_counts per row costs a function call of ~100 µs)
     SELECT series_id, jsonb_object_agg(k, n) AS hist
     FROM (SELECT series_id, k, sum(n) AS n
@@ -119,7 +134,7 @@ WITH m AS MATERIALIZED (
            (array_agg(last ORDER BY last_time DESC))[1] AS la, max(last_time) AS lt
     FROM m GROUP BY 1
 )
-INSERT INTO {{table}} (series_id, bucket, count, sum, min, max, last, last_time, hist)
+INSERT INTO samples_1h (series_id, bucket, count, sum, min, max, last, last_time, hist)
 SELECT t.series_id, to_timestamp($1), t.c, t.su, t.mi, t.ma, t.la, t.lt, coalesce(h.hist, '{{{{}}}}')
 FROM totals t LEFT JOIN hists h USING (series_id)
 ORDER BY 1
@@ -142,11 +157,10 @@ PART_SAMPLES = 50_000
 PART_PAUSE = 0.05
 
 
-def fold_sql(tier: Tier, source: str = "samples_1m", where: str = "") -> str:
-    """The statement making ``tier``'s rows of the interval starting at ``$1`` from the rows of
-    ``source`` in it, with an extra condition on them ``m`` (e.g. one host's series, for the
-    repair)."""
-    return _FOLD.format(source=source, width=tier.width, table=tier.table, where=where)
+def fold_sql(tier: Tier, where: str = "") -> str:
+    """The statement making ``tier``'s rows of the interval starting at ``$1`` from its 1-minute
+    rows, with an extra condition on them (e.g. one host's series, for the repair)."""
+    return (_FIVE if tier is FIVE_MINUTES else _HOUR).format(where=where)
 
 
 async def horizons(conn: asyncpg.Connection) -> Horizons:
@@ -185,19 +199,17 @@ async def merge(conn: asyncpg.Connection, batches: Sequence[StoredBatch], *, now
 
 async def fold(conn: asyncpg.Connection, *, now: float, locked: Horizons | None = None) -> float:
     """Make the rows of every open interval of each tier that ended :data:`FOLD_DELAY` before
-    ``now`` (at most :data:`MAX_SPAN` of each tier, intervals without 1-minute rows skipped) and
-    move the horizons past them, in ``conn``'s transaction (taking :data:`~.cells.MERGE_LOCK`
-    until it ends): the 5 minutes from their 1-minute rows, then the hours from their 5-minute
-    rows (from their 1-minute rows where the 5-minute rows do not cover the hour). Returns when
-    the next fold is due (the end of the first open interval + :data:`FOLD_DELAY`; ``now`` when
-    intervals are left for the next call). ``locked``: the horizons, read by a caller that holds
-    the lock in this transaction."""
+    ``now`` (at most :data:`MAX_SPAN` of each tier, intervals without 1-minute rows skipped)
+    from their 1-minute rows and move the horizons past them, in ``conn``'s transaction (taking
+    :data:`~.cells.MERGE_LOCK` until it ends). Returns when the next fold is due (the end of
+    the first open interval + :data:`FOLD_DELAY`; ``now`` when intervals are left for the next
+    call). ``locked``: the horizons, read by a caller that holds the lock in this
+    transaction."""
     if locked is None:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", cells.MERGE_LOCK)
         locked = await horizons(conn)
     planned = False
     due = math.inf
-    five = locked.five
     for tier in TIERS:
         first = locked.folded(tier)
         end = (now - FOLD_DELAY) // tier.width * tier.width  # the first that may not be folded yet
@@ -212,17 +224,12 @@ async def fold(conn: asyncpg.Connection, *, now: float, locked: Horizons | None 
             if not planned:
                 await conn.execute(PLANNER)
                 planned = True
-            source = "samples_1m"
-            if tier is HOURS and locked.since_five <= start and start + tier.width <= five:
-                source = FIVE_MINUTES.table  # the hour's 12 rows rather than its 60
             # (rows left in an open interval by an older gateway are replaced)
             await conn.execute(f"DELETE FROM {tier.table} WHERE bucket = to_timestamp($1)", start)
-            await conn.execute(fold_sql(tier, source), start)
+            await conn.execute(fold_sql(tier), start)
             start += tier.width
             done += 1
         if start != first:
             await conn.execute(f"UPDATE rollup_fold SET {tier.horizon} = to_timestamp($1)", start)
-        if tier is FIVE_MINUTES:
-            five = start
         due = min(due, now if start < end else max(start, end) + tier.width + FOLD_DELAY)
     return due
