@@ -4,8 +4,9 @@ Starts a private nats-server and PostgreSQL + TimescaleDB (devstack; run
 ``deploy/dev/provision-postgres.sh`` first), creates ``hosts x series`` series and loads,
 entirely server-side (``INSERT … SELECT generate_series``, no rows cross the wire):
 
-* the 1-hour rollups for ``--days`` days and the 1-minute rollups for ``--rollup-days`` days,
-  with exactly the content the gateway's ingest would have written for raw samples every
+* the 1-hour rollups for ``--days`` days and the 1-minute and 5-minute rollups for
+  ``--rollup-days`` days (the folds' horizons where a gateway would have left them), with
+  exactly the content the gateway's ingest would have written for raw samples every
   ``--interval`` seconds (count, sum, min, max, newest value and percentile histogram; the
   per-bucket aggregates are computed once in Python with :mod:`signalfire.gateway.rollup` and
   joined in, since every bucket's values follow from the value formula);
@@ -18,9 +19,11 @@ Then a real gateway process serves the data and the bench times over HTTP on 127
 ``--repeat`` times (median and p95):
 
 * one host's 20 series over 24 h (``/api/v1/query``, ``step=auto`` → 5 min steps from the
-  1-minute rollups);
-* the fleet-wide CPU overview over 24 h (every host's ``cpu.usage_percent``), and then the
-  same query asked in turn of that gateway (its series dealt among ``query_parallelism`` 2
+  5-minute rollups);
+* the fleet-wide CPU overview over 24 h (every host's ``cpu.usage_percent``), the same at
+  4-minute steps (which the 5-minute rows do not divide: from the 1-minute rollups, five
+  times the rows), each beside the time PostgreSQL takes to count the rows it reads; and the
+  5-minute query asked in turn of that gateway (its series dealt among ``query_parallelism`` 2
   statements) and of a second one started with ``SF_QUERY_PARALLELISM=1`` (one statement);
 * the latest value of every series (``/api/v1/latest``).
 
@@ -470,7 +473,8 @@ async def main(args: argparse.Namespace) -> None:
                 """
                 SELECT t, pg_size_pretty(coalesce(hypertable_size(t::regclass),
                                                   pg_total_relation_size(t::regclass))) AS size
-                FROM unnest(ARRAY['sample_rows', 'sample_batches', 'samples_1m', 'samples_1h']) t
+                FROM unnest(ARRAY['sample_rows', 'sample_batches', 'samples_1m', 'samples_5m',
+                                  'samples_1h']) t
                 """
             )
             print(

@@ -6,9 +6,9 @@ minutes are open. Once 5 minutes have ended :data:`FOLD_DELAY` ago, :func:`fold`
 5-minute rows from their 1-minute rows in one ``INSERT … SELECT`` and moves
 ``rollup_fold.horizon_5m`` past them (migration 0011); once an hour has, its 1-hour rows from
 its 1-minute rows, moving ``rollup_fold.horizon`` (migration 0009). Every interval before a
-horizon is *folded*. Samples of folded intervals that arrive later are merged into the 1-minute rows and
-the folded tiers' rows at once. Each sample therefore reaches each tier exactly once: with its
-interval at the fold, or directly when it came later. Queries read the intervals since a
+horizon is *folded*. Samples of folded intervals that arrive later are merged into the 1-minute
+rows and the folded tiers' rows at once. Each sample therefore reaches each tier exactly once:
+with its interval at the fold, or directly when it came later. Queries read the intervals since a
 horizon from the 1-minute rows (:mod:`signalfire.gateway.api.query`).
 
 A row is thus written once, not once per minute: a fold that added each minute's rows to the
@@ -16,10 +16,10 @@ hour's rows as the minute ended rewrote every row's histogram sixty times an hou
 of PostgreSQL's work in ``bench/ingest.py`` (docs/benchmarks.md).
 
 The 5-minute rows hold the totals only (count, sum, min, max, newest value; no histogram):
-they serve every aggregate but the percentiles, which read the minutes' histograms. A histogram
-per 5 minutes cost 41 µs per series and minute to fold (1.7 times the hour's fold, whose
-histograms it would have replaced only in part); the totals alone cost a few
-(`bench/fold.py`, docs/benchmarks.md). They exist from ``rollup_fold.since_5m`` on:
+they serve every aggregate but the percentiles, which read the minutes' histograms. With a
+histogram, the 5-minute fold cost 41 µs per series and minute, 1.7 times the hour's, and the
+hour made from such rows saved a fifth of its own; the totals alone cost 2.6-2.9 µs
+(``bench/fold.py``, docs/benchmarks.md). They exist from ``rollup_fold.since_5m`` on:
 ``-infinity`` in a database created with them, the time of migration 0011 in one that had
 rollups before (its older minutes are not folded again).
 
@@ -224,8 +224,8 @@ async def fold(conn: asyncpg.Connection, *, now: float, locked: Horizons | None 
             if not planned:
                 await conn.execute(PLANNER)
                 planned = True
-            # (rows left in an open interval by an older gateway are replaced)
-            await conn.execute(f"DELETE FROM {tier.table} WHERE bucket = to_timestamp($1)", start)
+            if tier is HOURS:  # rows left in an open hour by a gateway before 0009 are replaced
+                await conn.execute("DELETE FROM samples_1h WHERE bucket = to_timestamp($1)", start)
             await conn.execute(fold_sql(tier), start)
             start += tier.width
             done += 1
