@@ -1,8 +1,9 @@
 -- The 5-minute rollups: made once per series and 5 minutes from the 1-minute rows when the 5
--- minutes have ended, as the 1-hour rows are (signalfire.gateway.rollup.fold), and the 1-hour
--- rows then from the 5-minute ones (12 rows an hour instead of 60). A query whose step is a
--- multiple of 5 minutes reads a fifth of the rows it read from the 1-minute rollups: the fleet
--- CPU over 24 h at 5-minute steps, 57,600 rows instead of 288,000 (docs/benchmarks.md).
+-- minutes have ended, as the 1-hour rows are (signalfire.gateway.rollup.fold), with the totals
+-- only (count, sum, min, max, newest value; `hist` stays empty: percentiles read the minutes).
+-- A query whose step is a multiple of 5 minutes reads a fifth of the rows it read from the
+-- 1-minute rollups: the fleet CPU over 24 h at 5-minute steps, 57,600 rows instead of 288,000
+-- (docs/benchmarks.md).
 --
 -- rollup_fold.horizon_5m: every 5 minutes from since_5m up to it have their 5-minute rows made
 -- from all their minutes; samples of those minutes that arrive later are merged into the
