@@ -106,7 +106,8 @@ async def create_series(conn: asyncpg.Connection, hosts: int, series: int, end: 
         end - interval,
         float(interval),
     )
-    for width, name in ((60, "cells_1m"), (300, "cells_5m"), (3600, "cells_1h")):
+    for width in rollup.TABLES:
+        name = cells_table(width)
         await conn.execute(
             f"""
             CREATE TABLE {name} (base int PRIMARY KEY, count bigint, sum float8, min float8,
@@ -119,16 +120,21 @@ async def create_series(conn: asyncpg.Connection, hosts: int, series: int, end: 
         )
 
 
-def rollup_sql(table: str, cells: str, width: int) -> str:
+def cells_table(width: int) -> str:
+    """The table of :func:`bucket_table`'s rows for ``width``-second buckets."""
+    return rollup.TABLES[width].replace("samples_", "cells_")
+
+
+def rollup_sql(width: int) -> str:
     """The full buckets of ``width`` seconds in [$1, $2) of every series, time-major like the
     gateway's own writes (each bucket's rows of all series together)."""
     return f"""
-        INSERT INTO {table} (series_id, bucket, count, sum, min, max, last, last_time, hist)
+        INSERT INTO {rollup.TABLES[width]} (series_id, bucket, count, sum, min, max, last, last_time, hist)
         SELECT s.id, to_timestamp(b), c.count, c.sum, c.min, c.max, c.last,
                to_timestamp(b + c.last_offset), c.hist
         FROM generate_series($1::bigint, $2::bigint - {width}, {width}) b
         CROSS JOIN LATERAL (SELECT id FROM series WHERE b IS NOT NULL ORDER BY id) s
-        JOIN {cells} c ON c.base = (s.id * 7 + b / $3) % {_CYCLE}
+        JOIN {cells_table(width)} c ON c.base = (s.id * 7 + b / $3) % {_CYCLE}
     """
 
 
@@ -201,31 +207,17 @@ async def load(pool: asyncpg.Pool, args: argparse.Namespace, end: int) -> None:
     hour_start = hour_end - int(args.days * 86400) // 3600 * 3600
     minute_start = end - int(args.rollup_days * 86400) // 60 * 60
     raw_start = end - int(args.raw_hours * 3600) // args.interval * args.interval
-    await in_parallel(
-        pool,
-        f"1 h rollups, {n * (hour_end - hour_start) // 3600:,} rows",
-        (hour_start, hour_end),
-        86400,
-        rollup_sql("samples_1h", "cells_1h", 3600),
-        args=args,
-    )
-    await in_parallel(
-        pool,
-        f"1 min rollups, {n * (end - minute_start) // 60:,} rows",
-        (minute_start, end),
-        3600,
-        rollup_sql("samples_1m", "cells_1m", 60),
-        args=args,
-    )
     five_start, five_end = minute_start + (-minute_start) % 300, end - end % 300
-    await in_parallel(
-        pool,
-        f"5 min rollups, {n * (five_end - five_start) // 300:,} rows",
-        (five_start, five_end),
-        3600,
-        rollup_sql("samples_5m", "cells_5m", 300),
-        args=args,
+    # (width, its span, the time slice a statement loads)
+    tiers = (
+        (3600, (hour_start, hour_end), 86400),
+        (60, (minute_start, end), 3600),
+        (300, (five_start, five_end), 3600),
     )
+    for width, (start, stop), piece in tiers:
+        label = f"{width // 60} min rollups" if width < 3600 else "1 h rollups"
+        rows = n * (stop - start) // width
+        await in_parallel(pool, f"{label}, {rows:,} rows", (start, stop), piece, rollup_sql(width), args=args)
     # the current hour and 5 minutes are read from their minutes
     await pool.execute(_HORIZON_SQL, hour_end, five_end, five_start)
     if raw_start < end:

@@ -240,10 +240,10 @@ async def query(res: Resources, request: Request) -> Response:
         points = await _raw_points(res, ids, start, end)
     else:
         width = auto_step(end - start) if step == "auto" else float(step)
-        since_5m = -math.inf
         percentile = agg in _PERCENTILES
-        if not width % 300 and not percentile:  # whether the 5-minute rows cover the range
-            since_5m = await res.pool.fetchval(_SINCE_5M)
+        if res.since_5m is None and not width % 300 and not percentile:
+            res.since_5m = float(await res.pool.fetchval(_SINCE_5M))
+        since_5m = -math.inf if res.since_5m is None else res.since_5m
         source = data_source(res.config.retention, width, start, now, since_5m, percentile=percentile)
         if max(len(ids), 1) * (end - start) / width > limit:
             raise too_many(limit, "points; use a larger step or a shorter range", "step")
@@ -311,11 +311,8 @@ def _series_buckets(source: Source, expression: str) -> str:
             SELECT {_BIN.format(column="time")} AS b, {expression} AS v FROM samples
             WHERE series_id = s.id AND time >= to_timestamp($2) AND time <= to_timestamp($3)
             GROUP BY 1"""
-    settled, until = {
-        "1m": ("samples_1m", "to_timestamp($5)"),
-        "5m": ("samples_5m", _HORIZON_5M),
-        "1h": ("samples_1h", _HORIZON),
-    }[source]
+    settled = rollup.TABLES[_WIDTHS[source]]
+    until = {"1m": "to_timestamp($5)", "5m": _HORIZON_5M, "1h": _HORIZON}[source]
     # (clamped to the range: the horizon may be -infinity, $5 infinity)
     cut = _BIN.format(column=f"greatest(to_timestamp($2), least({until}, to_timestamp($3)))")
     return f"""

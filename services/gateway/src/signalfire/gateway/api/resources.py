@@ -54,6 +54,9 @@ class Resources:
     pressure: tuple[float, dict[str, dict[str, float]]] | None = field(default=None)
     #: The OpenAPI document, encoded once.
     openapi_json: bytes = b"{}"
+    #: Where the 5-minute rollups begin (``rollup_fold.since_5m``, unix seconds): fixed by
+    #: migration 0011, which ran before the API serves; read at the first query that needs it.
+    since_5m: float | None = None
     #: Woken by this process's consumers when they commit (actions, silences) the API waits for.
     commits: Commits = field(default_factory=Commits)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -280,7 +280,7 @@ def parts_by_layout(batches: Sequence[StoredBatch], samples: int) -> Iterator[li
 
 
 def merge_rows(
-    batches: Sequence[StoredBatch], *, late: Mapping[int, Container[float]] | None = None
+    batches: Sequence[StoredBatch], *, late: Mapping[int, Collection[float]] | None = None
 ) -> dict[str, list[list[object]]]:
     """The :func:`upsert_args` of every rollup table (by table name) for ``batches``, like
     :func:`aggregate` then ``coarsen`` but without a tuple or a :class:`Cell` per sample:
@@ -314,7 +314,8 @@ def merge_rows(
     tables = {TABLES[width]: minute}
     for coarse in (300, 3600):
         minutes = None if late is None else late.get(coarse, ())
-        chosen = rows if minutes is None else [r for r in rows if r[1] in minutes]
+        # (usually no minute is late: the list of a merge's rows is not walked for nothing)
+        chosen = rows if minutes is None else [r for r in rows if r[1] in minutes] if minutes else []
         wide, same = _coarser(chosen, coarse, histograms=coarse != 300)
         if coarse == 300:
             hists: tuple[list[object], list[object]] | None = (["{}"] * len(wide), [None] * len(wide))
