@@ -120,7 +120,11 @@ class LimitsMiddleware:
 class AuditMiddleware:
     """Records every state-changing ``/api/v1`` call: who, what, when, from where, and how it
     ended (``details.outcome``: ``ok``, ``failed``, or ``denied`` for a 401/403 refusal). Sits
-    outside :class:`AuthMiddleware`, which leaves the caller or its refusal in the state."""
+    outside :class:`AuthMiddleware`, which leaves the caller or its refusal in the state.
+
+    The record is written before the response's last part reaches the caller, so whoever
+    reads the audit log after a call returned finds the call in it; an app that fails
+    without finishing its response is recorded as it unwinds."""
 
     def __init__(self, app: ASGIApp, pool: asyncpg.Pool, routes: list[BaseRoute], failures: Counter) -> None:
         self.app = app
@@ -133,10 +137,20 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         status = ResponseStatus(send)
+        recorded = False
+
+        async def send_after_recording(message: Message) -> None:
+            nonlocal recorded
+            if message["type"] == "http.response.body" and not message.get("more_body") and not recorded:
+                recorded = True
+                await self._record(scope, status.code)
+            await status.send(message)
+
         try:
-            await self.app(scope, receive, status.send)
+            await self.app(scope, receive, send_after_recording)
         finally:
-            await self._record(scope, status.code)
+            if not recorded:
+                await self._record(scope, status.code)
 
     async def _record(self, scope: Scope, status: int) -> None:
         state = scope.get("state", {})
