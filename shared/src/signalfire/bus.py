@@ -7,6 +7,7 @@ idempotent and converges a stream whose settings changed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
@@ -32,6 +33,7 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import BucketNotFoundError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from signalfire.buspolicy import inbox_prefix
 from signalfire.config import ConfigError, Duration
@@ -304,6 +306,69 @@ async def ensure_streams(js: JetStreamContext, config: NatsConfig) -> None:
                 )
             )
             log.info("created KV bucket %s", bucket)
+
+
+#: A whole-bucket read (:func:`bucket_entries`) that comes back short is begun again this many
+#: times in all, 0.1 s doubling between attempts, before it fails.
+BUCKET_READ_ATTEMPTS = 5
+#: Once the watch said it listed the bucket, how long (seconds) a read still short of the
+#: bucket's keys waits for the rest before it begins again.
+BUCKET_READ_STALL = 0.5
+
+
+class BucketReadError(Exception):
+    """A KV bucket could not be read whole (:func:`bucket_entries`)."""
+
+
+async def bucket_entries(kv: KeyValue, *, timeout: float = 5.0) -> dict[str, KeyValue.Entry]:
+    """Every key of the bucket ``kv`` with its current entry, read whole or not at all.
+
+    nats-py's watch ends its listing of what a bucket holds when the server's consumer says
+    nothing more is pending, and for seconds after a JetStream leader was killed that listing
+    was seen to end early: no key, or one fewer, of a bucket of 40 (the evaluator then took a
+    partition over without its alert states and fired its firing alerts again under new ids).
+    So the read goes on until it has seen as many keys as the bucket's stream said it holds
+    after the watch began: a bucket keeping one value a key (history 1, as every Signalfire
+    bucket does) holds a message per key, a deletion's marker included, and the watch lists
+    each once, then what is written after. A read that stalls short of that is begun again
+    with a new watch, up to :data:`BUCKET_READ_ATTEMPTS` times, then raises
+    :class:`BucketReadError`; one whose stream cannot be asked raises what nats-py raised."""
+    short = "nothing read"
+    bucket = "?"
+    for attempt in range(BUCKET_READ_ATTEMPTS):
+        if attempt:
+            await asyncio.sleep(0.1 * 2 ** (attempt - 1))
+        watcher = await kv.watchall()
+        try:
+            status = await kv.status()
+            bucket = status.bucket
+            if status.history != 1:
+                raise ValueError(
+                    f"KV bucket {bucket} keeps {status.history} values a key; it is read whole only with 1"
+                )
+            held = status.stream_info.state.messages
+            entries: dict[str, KeyValue.Entry] = {}
+            seen: set[str] = set()
+            listed = False
+            while len(seen) < held:
+                try:
+                    entry = await watcher.updates(timeout=BUCKET_READ_STALL if listed else timeout)  # type: ignore[no-untyped-call]
+                except TimeoutError:
+                    break
+                if entry is None:  # the watch's end of the listing: maybe early
+                    listed = True
+                    continue
+                seen.add(entry.key)
+                if entry.operation in (KV_DEL, KV_PURGE):
+                    entries.pop(entry.key, None)
+                else:
+                    entries[entry.key] = entry
+            if len(seen) >= held:
+                return entries
+            short = f"{len(seen)} of {held} keys listed"
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+    raise BucketReadError(f"KV bucket {bucket}: not read whole in {BUCKET_READ_ATTEMPTS} attempts ({short})")
 
 
 async def request_json(nc: NATS, subject: str, payload: bytes = b"{}", timeout: float = 2.0) -> Any:

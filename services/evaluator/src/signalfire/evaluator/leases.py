@@ -25,6 +25,8 @@ import msgspec
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from signalfire.bus import bucket_entries
+
 REPLICA_PREFIX = "replica."
 PARTITION_PREFIX = "partition."
 
@@ -81,20 +83,16 @@ def _stored(created: object) -> float:
 
 
 async def read_bucket(kv: KeyValue) -> dict[str, Entry]:
-    """Every key of the leases bucket with its current value (unreadable values skipped)."""
+    """Every key of the leases bucket with its current value (unreadable values skipped),
+    read whole (:func:`signalfire.bus.bucket_entries`): a key missing from a read would look
+    free, a replica missing would look gone."""
     entries: dict[str, Entry] = {}
-    watcher = await kv.watchall(ignore_deletes=True)
-    try:
-        async for item in watcher:
-            if item is None:  # the end of what the bucket holds now
-                break
-            try:
-                lease = msgspec.json.decode(item.value or b"", type=Lease)
-            except msgspec.DecodeError:
-                continue
-            entries[item.key] = Entry(lease=lease, revision=item.revision or 0, stored=_stored(item.created))
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+    for key, item in (await bucket_entries(kv)).items():
+        try:
+            lease = msgspec.json.decode(item.value or b"", type=Lease)
+        except msgspec.DecodeError:
+            continue
+        entries[key] = Entry(lease=lease, revision=item.revision or 0, stored=_stored(item.created))
     return entries
 
 

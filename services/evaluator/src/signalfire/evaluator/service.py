@@ -44,7 +44,7 @@ from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from signalfire.bus import NatsConfig, connect, ensure_streams
+from signalfire.bus import NatsConfig, bucket_entries, connect, ensure_streams
 from signalfire.config import ConfigError, Duration
 from signalfire.consumers import Backoff
 from signalfire.evaluator import replay
@@ -541,35 +541,27 @@ class EvaluatorService:
         states: list[AlertState] = []
         outboxes: dict[str, list[AlertEvent]] = {}
         rules = {rule.name: rule for rule in self.rules}
-        watcher = await self._kv.watchall(ignore_deletes=True)
-        try:
-            async for entry in watcher:
-                if entry is None:  # the end of what the bucket holds now
-                    break
-                if entry.key.startswith(BASELINE_PREFIX):
-                    wanted = partitions is not None and entry.key.removeprefix(BASELINE_PREFIX) in partitions
-                    if baselines is not None and wanted:
-                        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                            baselines.append(msgspec.json.decode(entry.value or b"", type=BaselineSnapshot))
-                    continue
-                try:
-                    # events.decode: any bytes become a StoredAlert or a PayloadError
-                    stored = decode(entry.value or b"", StoredAlert)
-                except PayloadError as exc:
-                    self.invalid_states.inc()
-                    log.warning(
-                        "skipped unreadable alert state", extra={"key": entry.key, "reason": str(exc)}
-                    )
-                    continue
-                fp = stored.state.fingerprint
-                if partitions is not None and self._partition_of(stored.state, rules) not in partitions:
-                    continue
-                self._revoked.pop(fp, None)
-                states.append(stored.state)
-                if stored.outbox:
-                    outboxes[fp] = list(stored.outbox)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        for entry in (await bucket_entries(self._kv)).values():
+            if entry.key.startswith(BASELINE_PREFIX):
+                wanted = partitions is not None and entry.key.removeprefix(BASELINE_PREFIX) in partitions
+                if baselines is not None and wanted:
+                    with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                        baselines.append(msgspec.json.decode(entry.value or b"", type=BaselineSnapshot))
+                continue
+            try:
+                # events.decode: any bytes become a StoredAlert or a PayloadError
+                stored = decode(entry.value or b"", StoredAlert)
+            except PayloadError as exc:
+                self.invalid_states.inc()
+                log.warning("skipped unreadable alert state", extra={"key": entry.key, "reason": str(exc)})
+                continue
+            fp = stored.state.fingerprint
+            if partitions is not None and self._partition_of(stored.state, rules) not in partitions:
+                continue
+            self._revoked.pop(fp, None)
+            states.append(stored.state)
+            if stored.outbox:
+                outboxes[fp] = list(stored.outbox)
         return states, outboxes
 
     async def _last_seen(self, states: list[AlertState]) -> dict[str, float]:
