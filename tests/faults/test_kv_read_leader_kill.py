@@ -1,0 +1,138 @@
+"""kill -9 of the leader of a KV bucket's stream in a three-node cluster, then the bucket read
+back whole again and again while it is being written: every read that answers holds every
+key and no deleted one (:func:`signalfire.bus.bucket_entries`).
+
+What it guards against, seen here: for seconds after such a kill, nats-py's watch listed no
+key, or one fewer, of a 40-key bucket, and an evaluator that took its partitions back from
+such a listing fired its firing alerts again under new ids. The plain watch's listings are
+counted beside, for the report (how often it came back short varies from run to run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+from devstack import NatsCluster
+from nats.js.api import KeyValueConfig
+
+from signalfire.bus import bucket_entries, connect
+from tests.faults.support import eventually, kill9, report
+
+KEYS = 40
+DELETED = 5  # keys written, then deleted: their markers are in the stream, the keys are not
+REWRITTEN = 5  # keys rewritten all along, as the evaluator rewrites its leases and states
+READ_FOR = 15.0  # seconds of reads after the kill
+READERS = 3  # reading at once (a short listing comes in bursts after the election)
+
+
+async def _plain_listing(kv: object) -> int:
+    """How many keys nats-py's watch lists before its end-of-listing marker."""
+    watcher = await kv.watchall(ignore_deletes=True)  # type: ignore[attr-defined]
+    listed = 0
+    try:
+        while await watcher.updates(timeout=5.0) is not None:
+            listed += 1
+    finally:
+        await watcher.stop()
+    return listed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_a_bucket_read_after_its_leader_was_killed_holds_every_key_or_fails(tmp_path: Path) -> None:
+    cluster = NatsCluster(tmp_path / "cluster", 3)
+    await asyncio.to_thread(cluster.start)
+    nats = cluster.nats_config(prefix="kvread")
+    nc = await connect(nats, "fault-kv")
+    writing = True
+    try:
+        js = nc.jetstream()
+        bucket = "kvread_fault"
+
+        async def created() -> bool:
+            try:
+                await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, replicas=3))
+                return True
+            except Exception:  # the cluster still electing its meta leader
+                return False
+
+        await eventually(created, "the bucket", 20)
+        kv = await js.key_value(bucket)
+
+        async def put(key: str, value: bytes) -> bool:
+            try:
+                await kv.put(key, value)
+                return True
+            except Exception:  # the stream's leader being elected
+                return False
+
+        for n in range(KEYS + DELETED):
+            await eventually(partial(put, f"k{n}", b"v" * 100), f"k{n} written", 20)
+        for n in range(KEYS, KEYS + DELETED):
+            await kv.delete(f"k{n}")
+        expected = {f"k{n}" for n in range(KEYS)}
+        assert set(await bucket_entries(kv)) == expected
+
+        async def rewrite() -> None:
+            n = 0
+            while writing:
+                await put(f"k{n % REWRITTEN}", str(n).encode())
+                n += 1
+                await asyncio.sleep(0.02)
+
+        writer = asyncio.create_task(rewrite())
+        placed = (await js.stream_info(f"KV_{bucket}")).cluster
+        assert placed is not None and placed.leader is not None
+        leader = cluster.node(placed.leader)
+        await asyncio.sleep(0.5)
+        kill9(leader)
+        killed_at = time.monotonic()
+        counts = {"whole": 0, "failed": 0, "plain_whole": 0, "plain_short": 0}
+        wrong: list[tuple[float, int]] = []
+
+        async def read() -> None:
+            while time.monotonic() - killed_at < READ_FOR:
+                try:
+                    keys = set(await bucket_entries(kv))
+                except Exception:  # no answer during the election, or not read whole: said so
+                    counts["failed"] += 1
+                else:
+                    if keys == expected:
+                        counts["whole"] += 1
+                    else:
+                        wrong.append((round(time.monotonic() - killed_at, 2), len(keys)))
+                await asyncio.sleep(0.02)
+
+        async def list_plainly() -> None:
+            while time.monotonic() - killed_at < READ_FOR:
+                try:
+                    listed = await _plain_listing(kv)
+                except Exception:
+                    pass
+                else:
+                    counts["plain_whole" if listed == KEYS else "plain_short"] += 1
+                await asyncio.sleep(0.02)
+
+        await asyncio.gather(*(read() for _ in range(READERS)), list_plainly())
+        writing = False
+        await writer
+    finally:
+        writing = False
+        await nc.close()
+        await asyncio.to_thread(cluster.stop)
+    report(
+        "kv-read-after-leader-kill",
+        keys=KEYS,
+        reads_whole=counts["whole"],
+        reads_wrong=len(wrong),
+        reads_failed=counts["failed"],
+        plain_listings_whole=counts["plain_whole"],
+        plain_listings_short=counts["plain_short"],
+        killed=leader.name,
+    )
+    assert wrong == [], f"reads that answered without every key (seconds after the kill, keys): {wrong}"
+    assert counts["whole"] >= 20, "the bucket was hardly read whole after the election"
