@@ -1,6 +1,8 @@
 """kill -9 of the leader of a KV bucket's stream in a three-node cluster, then the bucket read
 back whole again and again while it is being written: every read that answers holds every
-key and no deleted one (:func:`signalfire.bus.bucket_entries`).
+key and no deleted one (:func:`signalfire.bus.bucket_entries`), and every listing of the keys
+under a prefix holds each of them (:func:`signalfire.bus.watch_listed`, as the notifier's and
+the gateway's mirrors list theirs).
 
 What it guards against, seen here: for seconds after such a kill, nats-py's watch listed no
 key, or one fewer, of a 40-key bucket, and an evaluator that took its partitions back from
@@ -19,14 +21,14 @@ import pytest
 from devstack import NatsCluster
 from nats.js.api import KeyValueConfig
 
-from signalfire.bus import bucket_entries, connect
+from signalfire.bus import bucket_entries, connect, watch_listed
 from tests.faults.support import eventually, kill9, report
 
 KEYS = 40
+TRACKED = 30  # of them under ``track.``, listed alone as the notifier's mirrors list theirs
 DELETED = 5  # keys written, then deleted: their markers are in the stream, the keys are not
 REWRITTEN = 5  # keys rewritten all along, as the evaluator rewrites its leases and states
 READ_FOR = 15.0  # seconds of reads after the kill
-READERS = 3  # reading at once (a short listing comes in bursts after the election)
 
 
 async def _plain_listing(kv: object) -> int:
@@ -70,17 +72,29 @@ async def test_a_bucket_read_after_its_leader_was_killed_holds_every_key_or_fail
             except Exception:  # the stream's leader being elected
                 return False
 
+        def key(n: int) -> str:
+            return f"track.k{n}" if n < TRACKED or n >= KEYS else f"other.k{n}"
+
         for n in range(KEYS + DELETED):
-            await eventually(partial(put, f"k{n}", b"v" * 100), f"k{n} written", 20)
-        for n in range(KEYS, KEYS + DELETED):
-            await kv.delete(f"k{n}")
-        expected = {f"k{n}" for n in range(KEYS)}
+            await eventually(partial(put, key(n), b"v" * 100), f"{key(n)} written", 20)
+        deleted = {key(n) for n in range(KEYS, KEYS + DELETED)}
+        for name in deleted:
+            await kv.delete(name)
+        expected = {key(n) for n in range(KEYS)}
+        tracked = {key(n) for n in range(TRACKED)}
+
+        async def read_tracks() -> set[str]:
+            watcher, listed = await watch_listed(kv, "track.>")
+            await watcher.stop()  # type: ignore[no-untyped-call]
+            return {e.key for e in listed}
+
         assert set(await bucket_entries(kv)) == expected
+        assert await read_tracks() == tracked | deleted  # the markers are listed too
 
         async def rewrite() -> None:
             n = 0
             while writing:
-                await put(f"k{n % REWRITTEN}", str(n).encode())
+                await put(key(n % REWRITTEN), str(n).encode())
                 n += 1
                 await asyncio.sleep(0.02)
 
@@ -94,14 +108,14 @@ async def test_a_bucket_read_after_its_leader_was_killed_holds_every_key_or_fail
         counts = {"whole": 0, "failed": 0, "plain_whole": 0, "plain_short": 0}
         wrong: list[tuple[float, int]] = []
 
-        async def read() -> None:
+        async def read(tracks: bool) -> None:
             while time.monotonic() - killed_at < READ_FOR:
                 try:
-                    keys = set(await bucket_entries(kv))
+                    keys = await read_tracks() if tracks else set(await bucket_entries(kv))
                 except Exception:  # no answer during the election, or not read whole: said so
                     counts["failed"] += 1
                 else:
-                    if keys == expected:
+                    if keys == (tracked | deleted if tracks else expected):
                         counts["whole"] += 1
                     else:
                         wrong.append((round(time.monotonic() - killed_at, 2), len(keys)))
@@ -117,7 +131,7 @@ async def test_a_bucket_read_after_its_leader_was_killed_holds_every_key_or_fail
                     counts["plain_whole" if listed == KEYS else "plain_short"] += 1
                 await asyncio.sleep(0.02)
 
-        await asyncio.gather(*(read() for _ in range(READERS)), list_plainly())
+        await asyncio.gather(read(False), read(False), read(True), list_plainly())
         writing = False
         await writer
     finally:

@@ -321,54 +321,71 @@ class BucketReadError(Exception):
 
 
 async def bucket_entries(kv: KeyValue, *, timeout: float = 5.0) -> dict[str, KeyValue.Entry]:
-    """Every key of the bucket ``kv`` with its current entry, read whole or not at all.
+    """Every key of the bucket ``kv`` with its current entry, read whole or not at all
+    (:func:`watch_listed`)."""
+    watcher, listed = await watch_listed(kv, timeout=timeout)
+    await watcher.stop()  # type: ignore[no-untyped-call]
+    return {entry.key: entry for entry in listed if entry.operation not in (KV_DEL, KV_PURGE)}
 
-    nats-py's watch ends its listing of what a bucket holds when the server's consumer says
-    nothing more is pending, and for seconds after a JetStream leader was killed that listing
-    was seen to end early: no key, or one fewer, of a bucket of 40 (the evaluator then took a
-    partition over without its alert states and fired its firing alerts again under new ids).
-    So the read goes on until it has seen as many keys as the bucket's stream said it holds
-    after the watch began: a bucket keeping one value a key (history 1, as every Signalfire
-    bucket does) holds a message per key, a deletion's marker included, and the watch lists
-    each once, then what is written after. A read that stalls short of that is begun again
-    with a new watch, up to :data:`BUCKET_READ_ATTEMPTS` times, then raises
-    :class:`BucketReadError`; one whose stream cannot be asked raises what nats-py raised."""
+
+async def watch_listed(
+    kv: KeyValue, keys: str = ">", *, timeout: float = 5.0
+) -> tuple[KeyValue.KeyWatcher, list[KeyValue.Entry]]:
+    """A watch of the bucket's ``keys`` and every one of them it listed, deletions' markers
+    included, read whole or not at all; the watch goes on with what is written after.
+
+    nats-py's watch ends its listing when the server's consumer says nothing more is
+    pending, and for seconds after the node leading the bucket's stream was killed that
+    listing was seen to end early: no key, or one fewer, of a bucket of 40 (an evaluator then
+    took its partitions back without their alert states and fired its firing alerts again
+    under new ids). So the listing goes on until it holds as many keys as the bucket's stream
+    said it holds after the watch began: a bucket keeping one value a key (history 1, as
+    every Signalfire bucket does) holds a message per key, a deletion's marker included, and
+    the watch lists each once, then what is written after. A listing that stalls short of
+    that is begun again with a new watch, up to :data:`BUCKET_READ_ATTEMPTS` times, then
+    raises :class:`BucketReadError`; a stream that cannot be asked raises what nats-py raised."""
     short = "nothing read"
-    bucket = "?"
     for attempt in range(BUCKET_READ_ATTEMPTS):
         if attempt:
             await asyncio.sleep(0.1 * 2 ** (attempt - 1))
-        watcher = await kv.watchall()
+        watcher = await kv.watch(keys)
         try:
-            status = await kv.status()
-            bucket = status.bucket
-            if status.history != 1:
-                raise ValueError(
-                    f"KV bucket {bucket} keeps {status.history} values a key; it is read whole only with 1"
-                )
-            held = status.stream_info.state.messages
-            entries: dict[str, KeyValue.Entry] = {}
-            seen: set[str] = set()
-            listed = False
-            while len(seen) < held:
+            held = await _keys_held(kv, keys)
+            listed: dict[str, KeyValue.Entry] = {}
+            ended = False
+            while len(listed) < held:
                 try:
-                    entry = await watcher.updates(timeout=BUCKET_READ_STALL if listed else timeout)  # type: ignore[no-untyped-call]
+                    entry = await watcher.updates(timeout=BUCKET_READ_STALL if ended else timeout)  # type: ignore[no-untyped-call]
                 except TimeoutError:
                     break
                 if entry is None:  # the watch's end of the listing: maybe early
-                    listed = True
+                    ended = True
                     continue
-                seen.add(entry.key)
-                if entry.operation in (KV_DEL, KV_PURGE):
-                    entries.pop(entry.key, None)
-                else:
-                    entries[entry.key] = entry
-            if len(seen) >= held:
-                return entries
-            short = f"{len(seen)} of {held} keys listed"
-        finally:
+                listed[entry.key] = entry
+            if len(listed) >= held:
+                return watcher, sorted(listed.values(), key=lambda e: e.revision or 0)
+            short = f"{len(listed)} of {held} keys listed"
+        except BaseException:
             await watcher.stop()  # type: ignore[no-untyped-call]
-    raise BucketReadError(f"KV bucket {bucket}: not read whole in {BUCKET_READ_ATTEMPTS} attempts ({short})")
+            raise
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    raise BucketReadError(
+        f"KV bucket {kv._name}: {keys} not read whole in {BUCKET_READ_ATTEMPTS} attempts ({short})"
+    )
+
+
+async def _keys_held(kv: KeyValue, keys: str) -> int:
+    """How many of ``keys`` the bucket's stream holds now (deletions' markers included)."""
+    status = await kv.status()
+    if status.history != 1:
+        raise ValueError(
+            f"KV bucket {status.bucket} keeps {status.history} values a key; it is read whole only with 1"
+        )
+    if keys == ">":
+        return status.stream_info.state.messages
+    # One subject a key; nats-py's KeyValue keeps its stream and subject prefix to itself.
+    info = await kv._js.stream_info(kv._stream, subjects_filter=f"{kv._pre}{keys}")
+    return len(info.state.subjects or {})
 
 
 async def request_json(nc: NATS, subject: str, payload: bytes = b"{}", timeout: float = 2.0) -> Any:

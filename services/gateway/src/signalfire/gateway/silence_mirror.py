@@ -24,6 +24,7 @@ import asyncpg
 import msgspec
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from signalfire.bus import watch_listed
 from signalfire.consumers import Backoff
 from signalfire.events import PayloadError, Silence, decode
 from signalfire.gateway.commits import Commits
@@ -87,8 +88,11 @@ class SilenceMirror:
     async def start(self) -> None:
         """Copy every entry the bucket holds now into the table, then follow changes in the
         background."""
-        self._watcher = await self._kv.watch(">")
-        while (entry := await self._watcher.updates(timeout=30.0)) is not None:  # type: ignore[no-untyped-call]
+        # Listed whole (signalfire.bus.watch_listed), deletions included: a listing cut short
+        # after a JetStream leader election would leave silences out of the table, or keep
+        # some that were deleted meanwhile.
+        self._watcher, listed = await watch_listed(self._kv, timeout=30.0)
+        for entry in listed:
             await self._apply(entry)
         self._task = asyncio.create_task(self._follow(self._watcher), name="gateway-silences")
         log.info("mirroring silences")

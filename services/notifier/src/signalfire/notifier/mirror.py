@@ -14,6 +14,8 @@ from typing import Generic, TypeVar
 
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from signalfire.bus import watch_listed
+
 log = logging.getLogger("signalfire.notifier.mirror")
 
 T = TypeVar("T")
@@ -42,8 +44,10 @@ class Mirror(Generic[T]):
 
     async def start(self) -> None:
         """Load what is there now, then follow changes in the background."""
-        self._watcher = await self._kv.watch(self._pattern)
-        while (entry := await self._watcher.updates(timeout=30.0)) is not None:  # type: ignore[no-untyped-call]
+        # Listed whole (signalfire.bus.watch_listed): a listing cut short after a JetStream
+        # leader election would leave silences and tracks out until they are written again.
+        self._watcher, listed = await watch_listed(self._kv, self._pattern, timeout=30.0)
+        for entry in listed:
             self._apply(entry)
         self._task = asyncio.create_task(self._follow(self._watcher))
 
