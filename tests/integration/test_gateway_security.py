@@ -284,23 +284,26 @@ async def test_a_call_is_not_answered_before_its_audit_record_is_written(
     """An auditor (or a script) that reads the log right after a call returned finds the
     call: the record is written before the response's last part leaves. Held up here by a
     lock on the table, the call waits for its record instead of answering first."""
-    async with running_gateway(gateway_config(nats_config, database_url, tmp_path)) as gw:
-        async with gw.client() as caller, gw.client() as auditor:
-            target = "/api/v1/alerts/held-up/ack"
-            holder = await asyncpg.connect(database_url)
-            try:
-                locked = holder.transaction()
-                await locked.start()
-                await holder.execute("LOCK TABLE audit IN EXCLUSIVE MODE")
-                call = asyncio.create_task(caller.post(target))
-                await asyncio.sleep(0.5)
-                assert not call.done(), "the call answered before its audit record was written"
-                await locked.rollback()
-            finally:
-                await holder.close()
-            assert (await call).status_code == 404
-            entries = (await auditor.get("/api/v1/audit", params={"limit": 5})).json()["audit"]
-            assert [(e["target"], e["status"]) for e in entries][:1] == [(target, 404)]
+    async with (
+        running_gateway(gateway_config(nats_config, database_url, tmp_path)) as gw,
+        gw.client() as caller,
+        gw.client() as auditor,
+    ):
+        target = "/api/v1/alerts/held-up/ack"
+        holder = await asyncpg.connect(database_url)
+        try:
+            locked = holder.transaction()
+            await locked.start()
+            await holder.execute("LOCK TABLE audit IN EXCLUSIVE MODE")
+            call = asyncio.create_task(caller.post(target))
+            await asyncio.sleep(0.5)
+            assert not call.done(), "the call answered before its audit record was written"
+            await locked.rollback()
+        finally:
+            await holder.close()
+        assert (await call).status_code == 404
+        entries = (await auditor.get("/api/v1/audit", params={"limit": 5})).json()["audit"]
+        assert [(e["target"], e["status"]) for e in entries][:1] == [(target, 404)]
 
 
 # Item 8b: no formulas in CSV -----------------------------------------------------------------
