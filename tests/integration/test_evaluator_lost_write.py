@@ -10,16 +10,18 @@ after the partition came back: none of its transitions was written or published 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
-from signalfire.bus import NatsConfig, ensure_streams
+from signalfire.bus import NatsConfig, bucket_entries, ensure_streams
 from signalfire.evaluator.partitions import host_partition
-from signalfire.evaluator.service import EvaluatorService
-from signalfire.events import MetricBatch, Sample, encode
+from signalfire.evaluator.service import EvaluatorService, StoredAlert
+from signalfire.events import MetricBatch, Sample, decode, encode
 from tests.faults.support import alert_events, events_after_resolve, eventually
 from tests.integration.test_evaluator_partitions import PARTITIONS, config
 from tests.support.metrics import value
@@ -77,3 +79,69 @@ async def test_a_decision_unwritten_when_its_partition_lapsed_is_not_announced_o
     statuses = [(e.status, e.id) for e in events if e.host == HOST]
     assert [s for s, _ in statuses] == ["firing", "resolved"], statuses
     assert statuses[0][1] == statuses[1][1], "the resolve names an alert that was never announced"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_a_state_another_writer_changed_is_continued_not_written_over(
+    nc: Any, nats_config: NatsConfig, tmp_path: Path
+) -> None:
+    """The replica writes alert states by compare-and-set on the revision it last wrote or
+    read. Here the state of its firing alert is changed behind it (as by the replica that took
+    the partition over while this one was cut off, or by this one's own write sent late from
+    the NATS client's buffer): its next decision is not written over the newer state; it drops
+    the partition, takes it back from the bucket, and goes on from what the other wrote (an
+    acknowledgement, which the resolve carries). One firing and one resolve, of one alert."""
+    js = nc.jetstream()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    service = EvaluatorService(config(nats_config, rules, "cas"))  # 16 partitions, failover_after 2 s
+    partition = host_partition(HOST, PARTITIONS)
+    await service.start()
+    try:
+        await send(nc, nats_config, 95.0)
+
+        async def fired() -> bool:
+            return any(e.status == "firing" for e in await alert_events(js, nats_config))
+
+        await eventually(fired, "the alert to fire", 15)
+        kv = await js.key_value(nats_config.subjects.bucket("alert_state"))
+
+        async def stored_firing() -> bool:
+            return any(
+                decode(e.value or b"", StoredAlert).state.status == "firing"
+                for e in (await bucket_entries(kv)).values()
+            )
+
+        await eventually(stored_firing, "the firing state in the bucket", 10)
+        [(fp, entry)] = list((await bucket_entries(kv)).items())
+        theirs = decode(entry.value or b"", StoredAlert)
+        acked = msgspec.structs.replace(theirs.state, acked_by="replica-b", acked_at=time.time())
+        await kv.update(fp, msgspec.json.encode(StoredAlert(state=acked)), last=entry.revision)
+
+        await send(nc, nats_config, 20.0)  # resolved here, on the state the replica had
+
+        def conflicted() -> bool:
+            return value(service.registry, "signalfire_evaluator_state_conflicts_total") == 1
+
+        await eventually(conflicted, "the write over the newer state to be refused", 10)
+
+        async def cooled_and_resolved() -> bool:
+            await send(nc, nats_config, 20.0)  # judged again once the partition is back
+            return any(e.status == "resolved" for e in await alert_events(js, nats_config))
+
+        await eventually(cooled_and_resolved, "the alert to resolve on the partition taken back", 15)
+        await asyncio.sleep(1)
+        events = [e for e in await alert_events(js, nats_config) if e.host == HOST]
+        final = decode((await kv.get(fp)).value or b"", StoredAlert).state
+        judged = partition in service.describe()["replica"]["judged"]
+    finally:
+        await service.stop()
+    assert [(e.status, e.id) for e in events] == [
+        ("firing", theirs.state.alert_id),
+        ("resolved", theirs.state.alert_id),
+    ]
+    assert events[1].annotations.get("acknowledged_by") == "replica-b", events[1].annotations
+    assert final.status == "inactive" and final.resolved_at is not None and final.acked_by == "replica-b"
+    assert judged
+    assert value(service.registry, "signalfire_evaluator_state_conflicts_total") == 1

@@ -42,6 +42,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
+from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from signalfire.bus import NatsConfig, bucket_entries, connect, ensure_streams
@@ -194,6 +195,11 @@ class EvaluatorService:
         self._clock = clock
         self.engine = Engine(max_series=config.max_series_per_rule)
         self._outbox: dict[str, list[AlertEvent]] = {}
+        #: Fingerprint → the revision of its ``alert_state`` entry as this replica last wrote or
+        #: read it: the next write is a compare-and-set on it (unknown: the entry is created).
+        self._revisions: dict[str, int] = {}
+        #: Fingerprint → the bytes of a write whose answer did not come back (it may have landed).
+        self._unconfirmed: dict[str, bytes | None] = {}
         self._dirty: dict[str, None] = {}  # fingerprints to write to KV, in order
         self._arrivals: dict[str, float] = {}  # Nats-Msg-Id → monotonic batch arrival
         self._files: dict[str, tuple[int, int]] = {}  # rule file → (mtime_ns, size) last loaded
@@ -248,6 +254,11 @@ class EvaluatorService:
         )
         self.kv_failures = r.counter(
             "kv_failures", "Failed attempts to read or write alert state in the KV bucket"
+        )
+        self.state_conflicts = r.counter(
+            "state_conflicts",
+            "Alert state writes refused because another writer had changed the entry; the "
+            "partition is dropped and taken again from the bucket",
         )
         self.invalid_states = r.counter(
             "invalid_states", "Alert states in the KV bucket that could not be read and were skipped"
@@ -559,6 +570,7 @@ class EvaluatorService:
             if partitions is not None and self._partition_of(stored.state, rules) not in partitions:
                 continue
             self._revoked.pop(fp, None)
+            self._revisions[fp] = entry.revision or 0
             states.append(stored.state)
             if stored.outbox:
                 outboxes[fp] = list(stored.outbox)
@@ -1037,6 +1049,9 @@ class EvaluatorService:
             if partition not in self._leases.held:  # lapsed meanwhile
                 return
             await asyncio.sleep(0.05)
+        for fp in leaving:
+            self._revisions.pop(fp, None)
+            self._unconfirmed.pop(fp, None)
         await self._hand_over_baselines(partition, baselines)
         await self._leases.release(partition)
         self.handovers.labels(change="released").inc()
@@ -1053,6 +1068,8 @@ class EvaluatorService:
             gone |= {fp for fp, state in self._leaving.items() if self._partition_of_fp(state) == partition}
             for fp in gone:
                 self._revoked[fp] = partition
+                self._revisions.pop(fp, None)
+                self._unconfirmed.pop(fp, None)
                 self._dirty.pop(fp, None)
                 self._outbox.pop(fp, None)
                 self._leaving.pop(fp, None)
@@ -1256,8 +1273,6 @@ class EvaluatorService:
         return True
 
     async def _write(self, fp: str) -> bool:
-        assert self._kv is not None
-        kv = self._kv
         outbox = self._outbox.get(fp)
         if outbox:
             # The intent first: a crash from here on re-publishes, and the stream de-duplicates.
@@ -1277,19 +1292,96 @@ class EvaluatorService:
 
         async def delete() -> None:
             if fp not in self._revoked:
-                await kv.delete(fp)
+                await self._compare_and_set(fp, None)
 
         if self._state(fp) is None:
             return await self._retry("kv", delete)
         return await self._retry("kv", lambda: self._put(fp))
 
     async def _put(self, fp: str) -> None:
-        assert self._kv is not None
         state = self._state(fp)
         if state is None or fp in self._revoked:
             return
         record = StoredAlert(state=state, outbox=list(self._outbox.get(fp, [])))
-        await self._kv.put(fp, msgspec.json.encode(record))
+        await self._compare_and_set(fp, msgspec.json.encode(record))
+
+    async def _compare_and_set(self, fp: str, data: bytes | None) -> None:
+        """Write ``fp``'s entry (delete it: ``data`` None) only if it is still the revision this
+        replica last wrote or read. A write refused so is another writer's change: a replica
+        that lost the partition, whose write the NATS client had buffered through a
+        disconnection and sent once it was back, or the replica that holds it now. Then this
+        one drops the partition (:meth:`_conflict`) and, if it is still its own, takes it
+        again from the bucket, rather than overwrite the newer state."""
+        assert self._kv is not None
+        revision = self._revisions.get(fp)
+        earlier = [self._unconfirmed[fp]] if fp in self._unconfirmed else []
+        self._unconfirmed[fp] = data
+        try:
+            if data is None:
+                await self._kv.delete(fp, last=revision)
+            elif revision:
+                written = await self._kv.update(fp, data, last=revision)
+            else:
+                written = await self._kv.create(fp, data)
+        except APIError as exc:
+            # nats-py raises KeyWrongLastSequenceError (no code) for an update or a create, a
+            # plain APIError for a delete
+            wrong_last = isinstance(exc, KeyWrongLastSequenceError) or exc.err_code in (10071, 10164)
+            if not wrong_last:
+                raise
+            await self._conflict(fp, data, earlier)
+            return
+        del self._unconfirmed[fp]
+        if data is None:
+            self._revisions.pop(fp, None)
+        else:
+            self._revisions[fp] = written
+
+    async def _conflict(self, fp: str, data: bytes | None, earlier: list[bytes | None]) -> None:
+        """A compare-and-set of ``fp`` refused: adopt the entry if it is what this replica
+        wrote (``data``, or an ``earlier`` attempt whose answer was lost), else drop the
+        partition (with one evaluator alone, whose partition nobody else may hold, the write
+        is made over the entry, as before)."""
+        assert self._kv is not None
+        try:
+            current = await self._kv.get(fp)
+        except (KeyNotFoundError, KeyDeletedError):
+            current = None
+        value = current.value if current is not None else None
+        if value == data or value in earlier:
+            if current is None:
+                self._revisions.pop(fp, None)
+            elif current.revision:
+                self._revisions[fp] = current.revision
+            self._unconfirmed.pop(fp, None)
+            if value != data:
+                await self._compare_and_set(fp, data)  # the write after the earlier one
+            return
+        self.state_conflicts.inc()
+        theirs = None
+        if value:
+            with contextlib.suppress(PayloadError):
+                theirs = decode(value, StoredAlert).state
+        state = self._state(fp) or theirs
+        if self._leases is None or state is None:
+            log.warning(
+                "alert state changed by another writer; written over (run one evaluator without "
+                "partitions, or give every replica the same partitions)",
+                extra={"fingerprint": fp},
+            )
+            self._revisions.pop(fp, None)
+            self._unconfirmed.pop(fp, None)
+            if data is None:
+                await self._kv.delete(fp)
+            else:
+                self._revisions[fp] = await self._kv.put(fp, data)
+            return
+        partition = self._partition_of_fp(state)
+        log.warning(
+            "alert state changed by another writer: partition dropped, to be taken again from the bucket",
+            extra={"replica": self.replica_id, "partition": partition, "fingerprint": fp},
+        )
+        self._lose([partition], "its alert state was written by another replica")
 
     async def _publish(self, event: AlertEvent) -> bool:
         assert self._js is not None
