@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 from devstack import NatsCluster
 from nats.errors import NoServersError
+from nats.js.api import KeyValueConfig
 
-from signalfire.bus import NatsConfig, connect, ensure_streams
+from signalfire.bus import BucketReadError, NatsConfig, bucket_entries, connect, ensure_streams, watch_listed
 from signalfire.config import Duration
 
 
@@ -122,3 +124,33 @@ async def test_closing_a_connection_is_logged_as_information_not_as_a_fault(
     messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "signalfire.bus"]
     assert (logging.INFO, "NATS connection closed") in messages
     assert not [m for level, m in messages if level >= logging.WARNING], messages
+
+
+async def test_a_bucket_is_read_whole_with_its_deletions_and_a_listing_that_cannot_be_is_an_error(
+    nc: Any, nats_config: NatsConfig
+) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js, nats_config)
+    bucket = nats_config.subjects.bucket("alert_state")
+    kv = await js.key_value(bucket)
+    for key in ("a.1", "a.2", "b.1", "gone"):
+        await kv.put(key, key.encode())
+    await kv.delete("gone")
+    assert sorted(await bucket_entries(kv)) == ["a.1", "a.2", "b.1"]
+    watcher, listed = await watch_listed(kv, "a.>")
+    await watcher.stop()  # type: ignore[no-untyped-call]
+    assert [e.key for e in listed] == ["a.1", "a.2"]
+    watcher, listed = await watch_listed(kv)
+    await watcher.stop()  # type: ignore[no-untyped-call]
+    assert [(e.key, e.operation) for e in listed][-1] == ("gone", "DEL")  # the deletion listed too
+    # A message in the bucket's stream that nats-py's watch never lists (a marker of a reason
+    # it does not know): the bucket holds one more message than any listing can show.
+    await js.publish(f"$KV.{bucket}.odd", b"", headers={"Nats-Marker-Reason": "Unknown"})
+    with pytest.raises(
+        BucketReadError, match=rf"KV bucket {bucket}: > not read whole in 5 attempts \(4 of 5 keys listed\)"
+    ):
+        await bucket_entries(kv, timeout=1.0)
+    # A bucket keeping more than one value a key cannot be counted by its messages.
+    await js.create_key_value(KeyValueConfig(bucket=f"{bucket}_hist", history=3))
+    with pytest.raises(ValueError, match="keeps 3 values a key"):
+        await bucket_entries(await js.key_value(f"{bucket}_hist"))
