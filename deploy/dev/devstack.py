@@ -336,9 +336,13 @@ class NatsCluster:
             except DevStackError as exc:
                 self.stop()
                 # A port free when it was picked can be taken before the node binds it (an
-                # outgoing connection gets its local port from the same range): pick again.
-                if "address already in use" not in str(exc) or attempt == 3:
+                # outgoing connection gets its local port from the same range): pick again,
+                # keeping a first client port that was asked for (the others were the ports
+                # after it, or free ones: `cluster_ports`).
+                if "already in use" not in str(exc) or attempt == 3:
                     raise
+                if self._ports is not None:
+                    self._ports = [self._ports[0], *free_ports(len(self.nodes) - 1)]
                 self.nodes = self._build(len(self.nodes))
             except BaseException:
                 self.stop()
@@ -798,6 +802,8 @@ def stack(
         if cluster is not None:
             print(f"starting a {nats_nodes}-node NATS cluster on {', '.join(cluster.urls)}", flush=True)
             cluster.start()
+            # a port taken meanwhile is picked again by `start`
+            nats_nodes_list, nats_env, nats_server = cluster.nodes, cluster.env(), cluster.nodes[0]
         else:
             print(f"starting nats-server on {nats_server.url}", flush=True)
             nats_server.start()

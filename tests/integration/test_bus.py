@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,26 @@ async def test_on_a_cluster_every_stream_and_bucket_has_a_replica_on_each_node(
             await nc.close()
     finally:
         await asyncio.to_thread(cluster.stop)
+
+
+def test_a_cluster_node_whose_port_was_taken_before_it_bound_it_starts_on_another(tmp_path: Path) -> None:
+    """``make up NATS_NODES=3`` asks for 4222 and the ports after it; one taken between the
+    check and the node's start (an outgoing connection's local port, in tests) is picked
+    again, and the first node keeps the port asked for."""
+    from devstack import free_port
+
+    first = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cluster = NatsCluster(tmp_path, 3, ports=[first, taken.getsockname()[1], free_port()])
+        cluster.start()
+        try:
+            assert cluster.nodes[0].port == first
+            assert taken.getsockname()[1] not in {node.port for node in cluster.nodes}
+            assert all(node.healthy() for node in cluster.nodes)
+        finally:
+            cluster.stop()
 
 
 def _stream_names(nats: NatsConfig) -> list[str]:
