@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import subprocess
@@ -481,3 +482,58 @@ def test_an_unreachable_database_says_what_to_set(tmp_path: Path) -> None:
     assert line.startswith("signalfire: cannot connect to the database postgresql://sf:***@127.0.0.1:")
     assert "(SF_DATABASE_URL)" in line and "Set SF_DATABASE_URL" in line and "make up" in line
     assert "secret" not in line
+
+
+async def test_fleet_charts_held_up_in_the_database_leave_ingest_its_connections(
+    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    """Range queries hold at most ``query_connections`` pooled connections at once (here: a pool
+    of 4, less 2 for the in-process ingest's writers and 2 for the other writers = 1), so four
+    fleet charts stuck behind a lock neither queue more statements than that nor keep a batch
+    published meanwhile from being stored."""
+    js = nc.jetstream()
+    now = time.time()
+    hosts = [f"fleet-{i:02}" for i in range(64)]  # two statements' worth (32 series each)
+    config = gateway_config(nats_config, database_url, tmp_path)
+    assert (config.db_pool_size, config.query_connections) == (4, 1)
+    async with running_gateway(config) as gw:
+        for host in hosts:
+            await js.publish(nats_config.subjects.metrics(host), encode(metric_batch(host, now - 30, 40.0)))
+        await until_stored(gw, "metrics", len(hosts))
+        holder = await asyncpg.connect(database_url)
+        try:
+            lock = holder.transaction()
+            await lock.start()
+            await holder.execute("LOCK TABLE samples_5m IN ACCESS EXCLUSIVE MODE")
+            async with gw.client() as api:
+                params = {"metric": "cpu.usage_percent", "step": "5m"}
+                charts = [asyncio.create_task(api.get("/api/v1/query", params=params)) for _ in range(4)]
+
+                async def waiting() -> int:
+                    """Statements waiting for the 5-minute rows (in parse or run)."""
+                    return int(
+                        await holder.fetchval(
+                            "SELECT count(*) FROM pg_locks "
+                            "WHERE relation = 'samples_5m'::regclass AND NOT granted"
+                        )
+                    )
+
+                async def one_waits() -> None:
+                    assert await waiting() == 1
+
+                await eventually(one_waits)
+                await js.publish(
+                    nats_config.subjects.metrics("late-1"), encode(metric_batch("late-1", now, 50.0))
+                )
+                await until_stored(gw, "metrics", len(hosts) + 1)  # stored while the charts wait
+                assert await waiting() == 1
+                assert not any(chart.done() for chart in charts)
+                await lock.rollback()
+                answers = await asyncio.gather(*charts)
+        finally:
+            await holder.close()
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["source"] == "5m"
+        # every host's series (late-1's too, where the chart looked its series up after it came)
+        assert len(answer.json()["series"]) in (len(hosts), len(hosts) + 1)

@@ -3,6 +3,7 @@ queries read them, and the migrations that brought it."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -432,6 +433,7 @@ async def test_range_queries_count_each_sample_once_across_the_folded_hours_and_
         SimpleNamespace(
             pool=pool,
             clock=lambda: now[0],
+            query_slots=asyncio.Semaphore(8),
             config=GatewayConfig(
                 database_url="postgresql://unused", retention=RetentionConfig(raw=Duration(0))
             ),
@@ -483,6 +485,7 @@ async def test_a_range_query_over_many_series_shared_among_connections_answers_e
             SimpleNamespace(
                 pool=pool,
                 clock=lambda: now[0],
+                query_slots=asyncio.Semaphore(8),
                 config=GatewayConfig(database_url="postgresql://unused", query_parallelism=parallelism),
             ),
         )

@@ -32,6 +32,11 @@ class RetentionConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("retention.check_every: must be more than 0s")
 
 
+#: Pooled connections kept from the range queries for the writers other than the metrics
+#: ingest (alert, event and notification consumers, the silences mirror, the API's writes).
+QUERY_RESERVED_CONNECTIONS = 2
+
+
 class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Where the gateway stores data, where it listens, and how it ingests.
 
@@ -64,7 +69,8 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     query_max_points: int = 200_000
     #: Database connections one range query over many series uses at once (its series dealt
     #: among that many statements, at least 32 series each): PostgreSQL runs a statement on one
-    #: core. 1: one statement. No more than ``db_pool_size`` are used.
+    #: core. 1: one statement. No more than ``db_pool_size`` are used, and all the range
+    #: queries of a process together use no more than :attr:`query_connections`.
     query_parallelism: int = 2
     #: Database transactions writing ingested batches at once (each one a large ``COPY``), per
     #: ingesting process.
@@ -123,6 +129,16 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     apply_wait: Duration = Duration(5.0)
     log_level: str = "info"
     log_format: Literal["logfmt", "json"] = "logfmt"
+
+    @property
+    def query_connections(self) -> int:
+        """Pooled connections the range queries of this process may hold at once: the pool
+        less what ingest in this process (``ingest_writers`` rounds, with ``ingest_workers``
+        0) and the other writers (alerts, events, silences, the API's own writes) need, so a
+        burst of fleet charts cannot take every connection while a round waits to commit.
+        At least 1."""
+        ingest = self.ingest_writers if self.ingest_workers == 0 else 0
+        return max(1, self.db_pool_size - ingest - QUERY_RESERVED_CONNECTIONS)
 
     def __post_init__(self) -> None:
         try:

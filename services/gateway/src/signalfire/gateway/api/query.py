@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import asyncpg
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
@@ -363,13 +364,14 @@ async def _bucketed(
         # PostgreSQL runs one statement on one core, and a lateral over a list of ids is not
         # parallel-aware (the fleet CPU over 24 h, 200 series, in SQL alone: 192 ms in one
         # statement, 133 in two; docs/benchmarks.md, "Queries").
-        parts = split_ids(ids, min(res.config.query_parallelism, res.config.db_pool_size))
-        answers = await asyncio.gather(*(res.pool.fetch(sql, part, *args[1:]) for part in parts))
+        parts = split_ids(ids, min(res.config.query_parallelism, res.config.query_connections))
+        answers = await asyncio.gather(*(_fetch(res, sql, part, *args[1:]) for part in parts))
         for rows in answers:
             for series_id, text in rows:
                 points[series_id] = points_json(text)
         return points
-    rows = await res.pool.fetch(
+    rows = await _fetch(
+        res,
         f"""
         SELECT series_id, extract(epoch FROM b)::float8 AS t, v FROM (
             SELECT series_id, {_BIN.format(column="bucket")} AS b, {expression} AS v
@@ -391,6 +393,15 @@ async def _bucketed(
             rollup.merge(hist, msgspec.json.decode(text), limit=None)
         lists.setdefault(row["series_id"], []).append((row["t"], rollup.quantile(hist, percentile)))
     return _as_json(lists)
+
+
+async def _fetch(res: Resources, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """A range-query statement on a pooled connection, holding one of the process's query
+    slots (``query_connections``) while it runs: the ingest's rounds keep connections of
+    their own however many charts ask at once."""
+    async with res.query_slots:
+        rows: list[asyncpg.Record] = await res.pool.fetch(sql, *args)
+    return rows
 
 
 routes = [

@@ -3,6 +3,7 @@ clock), and the few things every handler does with a request."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +60,11 @@ class Resources:
     since_5m: float | None = None
     #: Woken by this process's consumers when they commit (actions, silences) the API waits for.
     commits: Commits = field(default_factory=Commits)
+    #: Held by each range-query statement: at most ``config.query_connections`` at once.
+    query_slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.query_slots = asyncio.Semaphore(self.config.query_connections)
 
     @property
     def subjects(self) -> Subjects:
