@@ -1,8 +1,10 @@
-"""The one bus helper: connect to NATS and create Signalfire's streams and KV buckets.
+"""The one bus helper: connect to NATS, create Signalfire's streams and KV buckets, and read
+a bucket whole.
 
 Every service connects through :func:`connect` (reconnecting forever, with credentials and
 TLS from :class:`NatsConfig`) and calls :func:`ensure_streams` at start; creating streams is
-idempotent and converges a stream whose settings changed.
+idempotent and converges a stream whose settings changed. What a service loads from a bucket
+(alert states, leases, mirrors) it lists with :func:`bucket_entries` or :func:`watch_listed`.
 """
 
 from __future__ import annotations
