@@ -35,17 +35,23 @@ async def send(nc: Any, nats: NatsConfig, value: float) -> None:
     await nc.jetstream().publish(nats.subjects.metrics(HOST), encode(batch))
 
 
+async def started(nats: NatsConfig, tmp_path: Path, replica: str) -> tuple[EvaluatorService, str]:
+    """A started replica judging :data:`RULES` (16 partitions, failover_after 2 s), and the
+    partition of :data:`HOST`."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    service = EvaluatorService(config(nats, rules, replica))
+    await service.start()
+    return service, host_partition(HOST, PARTITIONS)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 async def test_a_decision_unwritten_when_its_partition_lapsed_is_not_announced_over_the_new_one(
     nc: Any, nats_config: NatsConfig, tmp_path: Path
 ) -> None:
     js = nc.jetstream()
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
-    service = EvaluatorService(config(nats_config, rules, "lw"))  # 16 partitions, failover_after 2 s
-    partition = host_partition(HOST, PARTITIONS)
-    await service.start()
+    service, partition = await started(nats_config, tmp_path, "lw")
     try:
         # The alert state bucket gone: every state write fails, and is retried with back-off.
         await js.delete_stream(f"KV_{nats_config.subjects.bucket('alert_state')}")
@@ -93,11 +99,7 @@ async def test_a_state_another_writer_changed_is_continued_not_written_over(
     the partition, takes it back from the bucket, and goes on from what the other wrote (an
     acknowledgement, which the resolve carries). One firing and one resolve, of one alert."""
     js = nc.jetstream()
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
-    service = EvaluatorService(config(nats_config, rules, "cas"))  # 16 partitions, failover_after 2 s
-    partition = host_partition(HOST, PARTITIONS)
-    await service.start()
+    service, partition = await started(nats_config, tmp_path, "cas")
     try:
         await send(nc, nats_config, 95.0)
 
