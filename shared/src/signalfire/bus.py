@@ -386,7 +386,7 @@ async def _keys_held(kv: KeyValue, keys: str) -> int:
     if keys == ">":
         return status.stream_info.state.messages
     # One subject a key; nats-py's KeyValue keeps its stream and subject prefix to itself. The
-    # server lists the subjects of one answer up to its page size (100,000 in nats-server 2.10+,
+    # server lists the subjects of one answer up to its page size (100,000, JSMaxSubjectDetails:
     # more than any prefix Signalfire lists: a notifier's tracks and batches of open alerts).
     info = await kv._js.stream_info(kv._stream, subjects_filter=f"{kv._pre}{keys}")
     return len(info.state.subjects or {})
