@@ -487,10 +487,10 @@ def test_an_unreachable_database_says_what_to_set(tmp_path: Path) -> None:
 async def test_fleet_charts_held_up_in_the_database_leave_ingest_its_connections(
     nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
 ) -> None:
-    """Range queries hold at most ``query_connections`` pooled connections at once (here: a pool
-    of 4, less 2 for the in-process ingest's writers and 2 for the other writers = 1), so four
-    fleet charts stuck behind a lock neither queue more statements than that nor keep a batch
-    published meanwhile from being stored."""
+    """Range queries and exports hold at most ``query_connections`` pooled connections at once
+    (here: a pool of 4, less 2 for the in-process ingest's writers and 2 for the other writers
+    = 1), so four fleet charts stuck behind a lock neither queue more statements than that nor
+    keep a batch published meanwhile from being stored; an export waits its turn."""
     js = nc.jetstream()
     now = time.time()
     hosts = [f"fleet-{i:02}" for i in range(64)]  # two statements' worth (32 series each)
@@ -522,16 +522,22 @@ async def test_fleet_charts_held_up_in_the_database_leave_ingest_its_connections
                     assert await waiting() == 1
 
                 await eventually(one_waits)
+                # an export (its connection held as long as its client reads) waits its turn too
+                export = asyncio.create_task(
+                    api.get("/api/v1/export", params={"kind": "samples", "format": "csv", "host": "fleet-00"})
+                )
                 await js.publish(
                     nats_config.subjects.metrics("late-1"), encode(metric_batch("late-1", now, 50.0))
                 )
                 await until_stored(gw, "metrics", len(hosts) + 1)  # stored while the charts wait
                 assert await waiting() == 1
-                assert not any(chart.done() for chart in charts)
+                assert not any(chart.done() for chart in [*charts, export])
                 await lock.rollback()
                 answers = await asyncio.gather(*charts)
+                exported = await export
         finally:
             await holder.close()
+    assert exported.status_code == 200 and "fleet-00" in exported.text, exported.text
     for answer in answers:
         assert answer.status_code == 200, answer.text
         assert answer.json()["source"] == "5m"

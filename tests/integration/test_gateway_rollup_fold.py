@@ -4,6 +4,7 @@ queries read them, and the migrations that brought it."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -28,6 +29,19 @@ from tests.integration.gateway_support import write_held
 
 HOUR = 1_763_700_000.0 - 1_763_700_000.0 % 3600  # long past
 COLUMNS = "count, sum, min, max, last, extract(epoch FROM last_time)::float8 AS last_time, hist::text AS hist"
+
+
+def resources(pool: asyncpg.Pool, clock: Callable[[], float], config: GatewayConfig) -> Resources:
+    """What a range query reads of the API's resources: the pool, its heavy-read slots, the
+    clock and the config."""
+    res = cast(
+        Resources,
+        SimpleNamespace(
+            pool=pool, clock=clock, config=config, query_slots=asyncio.Semaphore(config.query_connections)
+        ),
+    )
+    res.reading = functools.partial(Resources.reading, res)  # type: ignore[method-assign]
+    return res
 
 
 def batch(when: float, value: float, host: str = "web-1") -> MetricBatch:
@@ -428,16 +442,10 @@ async def test_range_queries_count_each_sample_once_across_the_folded_hours_and_
     newest = await pool.fetchval("SELECT extract(epoch FROM max(bucket))::float8 FROM samples_1m")
     assert newest == max(times) == now[0] - 15
     cpu = await pool.fetchval("SELECT id FROM series WHERE name = 'cpu.usage_percent'")
-    res = cast(
-        Resources,
-        SimpleNamespace(
-            pool=pool,
-            clock=lambda: now[0],
-            query_slots=asyncio.Semaphore(8),
-            config=GatewayConfig(
-                database_url="postgresql://unused", retention=RetentionConfig(raw=Duration(0))
-            ),
-        ),
+    res = resources(
+        pool,
+        lambda: now[0],
+        GatewayConfig(database_url="postgresql://unused", retention=RetentionConfig(raw=Duration(0))),
     )
     expect: dict[str, Callable[[list[tuple[float, float]]], float]] = {
         "avg": lambda vs: sum(v for _, v in vs) / len(vs),
@@ -480,14 +488,10 @@ async def test_a_range_query_over_many_series_shared_among_connections_answers_e
     assert len(ids) == len(hosts)
     answers = []
     for parallelism in (1, 3):
-        res = cast(
-            Resources,
-            SimpleNamespace(
-                pool=pool,
-                clock=lambda: now[0],
-                query_slots=asyncio.Semaphore(8),
-                config=GatewayConfig(database_url="postgresql://unused", query_parallelism=parallelism),
-            ),
+        res = resources(
+            pool,
+            lambda: now[0],
+            GatewayConfig(database_url="postgresql://unused", query_parallelism=parallelism),
         )
         # at least 32 series a statement: 70 make two statements, not three
         assert len(query.split_ids(list(ids.values()), parallelism)) == {1: 1, 3: 2}[parallelism]

@@ -377,19 +377,20 @@ async def watch_listed(
 
 
 async def _keys_held(kv: KeyValue, keys: str) -> int:
-    """How many of ``keys`` the bucket's stream holds now (deletions' markers included)."""
-    status = await kv.status()
-    if status.history != 1:
-        raise ValueError(
-            f"KV bucket {status.bucket} keeps {status.history} values a key; it is read whole only with 1"
-        )
+    """How many of ``keys`` the bucket's stream holds now (deletions' markers included), in
+    one request to the stream's leader."""
     if keys == ">":
-        return status.stream_info.state.messages
-    # One subject a key; nats-py's KeyValue keeps its stream and subject prefix to itself. The
-    # server lists the subjects of one answer up to its page size (100,000, JSMaxSubjectDetails:
-    # more than any prefix Signalfire lists: a notifier's tracks and batches of open alerts).
-    info = await kv._js.stream_info(kv._stream, subjects_filter=f"{kv._pre}{keys}")
-    return len(info.state.subjects or {})
+        info = (await kv.status()).stream_info
+    else:
+        # One subject a key; nats-py's KeyValue keeps its stream and subject prefix to itself.
+        # The server lists the subjects of one answer up to its page size (100,000,
+        # JSMaxSubjectDetails: more than any prefix Signalfire lists, a notifier's tracks and
+        # batches of open alerts).
+        info = await kv._js.stream_info(kv._stream, subjects_filter=f"{kv._pre}{keys}")
+    history = info.config.max_msgs_per_subject
+    if history != 1:
+        raise ValueError(f"KV bucket {kv._name} keeps {history} values a key; it is read whole only with 1")
+    return info.state.messages if keys == ">" else len(info.state.subjects or {})
 
 
 async def request_json(nc: NATS, subject: str, payload: bytes = b"{}", timeout: float = 2.0) -> Any:

@@ -1369,12 +1369,12 @@ class EvaluatorService:
                 "partitions, or give every replica the same partitions)",
                 extra={"fingerprint": fp},
             )
-            self._revisions.pop(fp, None)
-            self._unconfirmed.pop(fp, None)
             if data is None:
                 await self._kv.delete(fp)
+                self._revisions.pop(fp, None)
             else:
                 self._revisions[fp] = await self._kv.put(fp, data)
+            self._unconfirmed.pop(fp, None)
             return
         partition = self._partition_of_fp(state)
         log.warning(

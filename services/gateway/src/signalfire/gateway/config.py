@@ -69,8 +69,8 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     query_max_points: int = 200_000
     #: Database connections one range query over many series uses at once (its series dealt
     #: among that many statements, at least 32 series each): PostgreSQL runs a statement on one
-    #: core. 1: one statement. No more than ``db_pool_size`` are used, and all the range
-    #: queries of a process together use no more than :attr:`query_connections`.
+    #: core. 1: one statement. All the range queries and exports of a process together use no
+    #: more than :attr:`query_connections`.
     query_parallelism: int = 2
     #: Database transactions writing ingested batches at once (each one a large ``COPY``), per
     #: ingesting process.
@@ -132,7 +132,7 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     @property
     def query_connections(self) -> int:
-        """Pooled connections the range queries of this process may hold at once: the pool
+        """Pooled connections the range queries and exports of this process may hold at once: the pool
         less what ingest in this process (``ingest_writers`` rounds, with ``ingest_workers``
         0) and the other writers (alerts, events, silences, the API's own writes) need, so a
         burst of fleet charts cannot take every connection while a round waits to commit.

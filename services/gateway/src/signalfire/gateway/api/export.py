@@ -115,7 +115,8 @@ async def _rows(
         yield (",".join(columns) + "\r\n").encode()
     else:
         yield b"["
-    async with res.pool.acquire() as conn, conn.transaction():
+    # a connection held as long as the client reads: one of the heavy reads' slots
+    async with res.reading() as conn, conn.transaction():
         async for row in conn.cursor(sql, *args, prefetch=2000):
             if fmt == "csv":
                 out = io.StringIO()

@@ -396,11 +396,9 @@ async def _bucketed(
 
 
 async def _fetch(res: Resources, sql: str, *args: Any) -> list[asyncpg.Record]:
-    """A range-query statement on a pooled connection, holding one of the process's query
-    slots (``query_connections``) while it runs: the ingest's rounds keep connections of
-    their own however many charts ask at once."""
-    async with res.query_slots:
-        rows: list[asyncpg.Record] = await res.pool.fetch(sql, *args)
+    """A range-query statement on a connection of :meth:`Resources.reading`."""
+    async with res.reading() as conn:
+        rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
     return rows
 
 

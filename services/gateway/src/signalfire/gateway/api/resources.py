@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
@@ -60,11 +61,20 @@ class Resources:
     since_5m: float | None = None
     #: Woken by this process's consumers when they commit (actions, silences) the API waits for.
     commits: Commits = field(default_factory=Commits)
-    #: Held by each range-query statement: at most ``config.query_connections`` at once.
+    #: Held by each heavy read (:meth:`reading`): at most ``config.query_connections`` at once.
     query_slots: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
         self.query_slots = asyncio.Semaphore(self.config.query_connections)
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for a heavy read (a range query's statement, an export), taken
+        only once one of the process's ``query_connections`` slots is free: however many
+        charts and exports ask at once, ingest's rounds and the other writers keep the rest
+        of the pool."""
+        async with self.query_slots, self.pool.acquire() as conn:
+            yield conn
 
     @property
     def subjects(self) -> Subjects:
