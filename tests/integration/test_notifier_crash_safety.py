@@ -16,13 +16,14 @@ from typing import Any
 import msgspec
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError
 
 from signalfire.bus import NatsConfig
 from signalfire.config import Duration
 from signalfire.events import AlertEvent, DeliveryResult
 from signalfire.notifier.channels.webhook import WebhookChannelConfig
 from signalfire.notifier.config import EscalationStep, NotifyConfig, Route
-from signalfire.notifier.deadletter import SUPERSEDED, DeadLetter
+from signalfire.notifier.deadletter import RESOLVED_FIRST, SUPERSEDED, DeadLetter
 from signalfire.notifier.ledger import SentMark, ledger_key
 from signalfire.notifier.service import DURABLE
 from signalfire.notifier.tracking import alert_key
@@ -156,20 +157,20 @@ async def test_a_resolved_notice_waits_while_the_firing_notice_is_in_flight(
     assert [t for t, _, _ in receiver.got("ops")] == ["resolved"]
 
 
-async def test_a_firing_event_redelivered_after_its_resolved_is_a_dead_letter_not_a_late_page(
+async def test_a_firing_event_redelivered_after_its_resolved_sends_the_resolved_notice_not_a_late_page(
     nc: Any,
     nats_config: NatsConfig,
     receiver: Receiver,
     running: Any,
     *,
     results: list[DeliveryResult],
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     kv = await kv_of(nc, nats_config)
     service = await running(config_for(nats_config, receiver))
     fired = alert()
+    resolved = msgspec.structs.replace(fired, status="resolved", seq=2, ends_at=fired.starts_at + 42)
     # the resolved event comes first: nobody was sent the firing notice, so nobody is told it resolved
-    await publish_alert(nc, nats_config, msgspec.structs.replace(fired, status="resolved", seq=2))
+    await publish_alert(nc, nats_config, resolved)
     firing_key = ledger_key(alert_key(fired.id), "firing", "ops")
 
     async def superseded() -> bool:
@@ -180,7 +181,50 @@ async def test_a_firing_event_redelivered_after_its_resolved_is_a_dead_letter_no
     while not await superseded():
         assert time.monotonic() < deadline, "the firing notice was not marked superseded"
         await asyncio.sleep(0.05)
+    assert receiver.got("ops") == []
 
+    # The firing event, redelivered late (twice: a second crash): no page for an alert that
+    # has ended, but the channel hears once that it fired and resolved, and when.
+    await publish_alert(nc, nats_config, fired)
+    await wait_until(lambda: len(receiver.got("ops")) == 1, "the resolved notice")
+    await publish_alert(nc, nats_config, fired, msg_id=f"{fired.id}:firing:again")
+    await wait_until(
+        lambda: sum(r.transition == "firing" and r.status == "suppressed" for r in results) == 2,
+        "both firing events handled",
+    )
+    await asyncio.sleep(0.3)
+    [(transition, alert_id, key)] = receiver.got("ops")
+    resolved_key = ledger_key(alert_key(fired.id), "resolved", "ops")
+    assert (transition, alert_id, key) == ("resolved", fired.id, resolved_key)
+    [body] = [p.body for p in receiver.posted("ops")]
+    assert (body["alert"]["starts_at"], body["alert"]["ends_at"]) == (fired.starts_at, fired.starts_at + 42)
+    firing_results = [r for r in results if r.transition == "firing"]
+    assert {(r.status, r.reason) for r in firing_results} == {("suppressed", RESOLVED_FIRST)}
+    assert [r.status for r in results if r.transition == "resolved"] == ["sent"]
+    assert value(service.registry, "signalfire_notifier_dead_letters_total", channel="ops") == 0
+    with pytest.raises(KeyNotFoundError):
+        await kv.get(f"deadletter.{alert_key(fired.id)}.firing.ops")
+    assert service.state.tracks_of(fired.id) == []  # no escalations or repeats for a resolved alert
+
+
+async def test_a_firing_event_after_a_superseded_mark_without_its_resolved_event_is_a_dead_letter(
+    nc: Any,
+    nats_config: NatsConfig,
+    receiver: Receiver,
+    running: Any,
+    *,
+    results: list[DeliveryResult],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a ``superseded`` mark written by a notifier that did not keep the resolved event in it
+    kv = await kv_of(nc, nats_config)
+    fired = alert()
+    firing_key = ledger_key(alert_key(fired.id), "firing", "ops")
+    mark = SentMark(
+        alert_id=fired.id, channel="ops", tag="firing", owner="older", state="superseded", time=time.time()
+    )
+    await kv.create(firing_key, msgspec.json.encode(mark))
+    service = await running(config_for(nats_config, receiver))
     with caplog.at_level(logging.ERROR, logger="signalfire.notifier"):
         await publish_alert(nc, nats_config, fired)
         letter = await dead_letter(kv, f"deadletter.{alert_key(fired.id)}.firing.ops")
@@ -191,7 +235,7 @@ async def test_a_firing_event_redelivered_after_its_resolved_is_a_dead_letter_no
     assert (failed.alert_id, failed.reason) == (fired.id, f"dead letter: {SUPERSEDED}")
     assert value(service.registry, "signalfire_notifier_dead_letters_total", channel="ops") == 1
     assert any("dead letter" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
-    assert service.state.tracks_of(fired.id) == []  # no escalations or repeats for a resolved alert
+    assert service.state.tracks_of(fired.id) == []
 
 
 async def test_every_attempt_carries_the_same_delivery_id(

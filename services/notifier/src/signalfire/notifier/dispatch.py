@@ -19,6 +19,7 @@ from signalfire.events import AlertEvent, DeliveryResult
 from signalfire.notifier.channels import Channel, ChannelSettings, Notification
 from signalfire.notifier.deadletter import (
     ATTEMPTS_FAILED,
+    RESOLVED_FIRST,
     SUPERSEDED,
     DeadLetter,
     dead_letter_key,
@@ -54,6 +55,9 @@ class Outcome:
     #: notice not sent because the alert's resolved event came first.
     status: Literal["sent", "failed", "suppressed", "duplicate", "superseded"]
     reference: str | None = None
+    #: Of a ``superseded`` firing notice: the resolved event that came first, whose notice
+    #: the channel is owed instead (None for a mark that does not keep it).
+    resolved: AlertEvent | None = None
 
 
 class Dispatcher:
@@ -345,8 +349,14 @@ class Dispatcher:
         if mark is not None and mark.state == "failed":
             return Outcome(name, "failed")  # recorded (and dead-lettered) when it failed
         if mark is not None and mark.state == "superseded":
-            await self.dead_letter(notification, name, alert_key, tag, reason=SUPERSEDED)
-            return Outcome(name, "superseded")
+            resolved = mark.alert if mark.alert is not None and mark.alert.status == "resolved" else None
+            if resolved is None:  # a mark from before the resolved event was kept in it
+                await self.dead_letter(notification, name, alert_key, tag, reason=SUPERSEDED)
+            else:
+                await self._report(
+                    result_for(notification, name, "suppressed", 1, reason=RESOLVED_FIRST), notification
+                )
+            return Outcome(name, "superseded", resolved=resolved)
         self.duplicates.labels(channel=name).inc()
         log.info("already sent; not sending again", extra={"alert_id": alert.id, "tag": tag, "channel": name})
         owed = self._unreported.get(key)
@@ -410,9 +420,10 @@ class Dispatcher:
           alert kept in the claim, before the resolved notice; a dead replica's escalation
           claim: marked ``superseded`` (the alert resolved; the step is not sent any more);
         - no firing record at all: not told, and the firing notice is marked ``superseded``
-          so a firing event redelivered later (after a crash) is not sent after its
-          resolved. No escalation record: the step was not sent (and will not be: the
-          resolved deletes the track).
+          (keeping ``alert``) so a firing event redelivered later (after a crash) is not sent
+          after its resolved: the channel is sent this resolved notice then, which says when
+          the alert fired (:meth:`_done`). No escalation record: the step was not sent (and
+          will not be: the resolved deletes the track).
         - a channel a reload removed (:attr:`removed`) is only read: told when its message
           was sent; nothing is written or sent for it.
         """
@@ -429,7 +440,9 @@ class Dispatcher:
                         raise Busy(key, max(0.0, self._ledger.lease - (self._clock() - mark.time)))
                     return mark is not None and mark.state == "sent"
                 if found is None:
-                    if not firing or await self._ledger.close(key, alert.id, name, tag, "superseded"):
+                    if not firing or await self._ledger.close(
+                        key, alert.id, name, tag, "superseded", alert=alert
+                    ):
                         return False
                     continue
                 mark, revision = found
@@ -438,7 +451,9 @@ class Dispatcher:
                 if not self._ledger.abandoned(key, mark):
                     raise Busy(key, max(0.0, self._ledger.lease - (self._clock() - mark.time)))
                 if not firing or mark.alert is None:
-                    if await self._ledger.close(key, alert.id, name, tag, "superseded", last=revision):
+                    if await self._ledger.close(
+                        key, alert.id, name, tag, "superseded", last=revision, alert=alert if firing else None
+                    ):
                         return False
                     continue
                 outcome = await self._one(

@@ -53,7 +53,9 @@ class SentMark(msgspec.Struct, kw_only=True):
     attempt: int = 0
     reference: str | None = None
     #: The alert of a ``firing`` claim, so that its resolved event can send the firing
-    #: notice first when the claim's owner died (see :mod:`signalfire.notifier.dispatch`).
+    #: notice first when the claim's owner died (see :mod:`signalfire.notifier.dispatch`);
+    #: of a ``superseded`` firing mark, the resolved event that superseded it, so that a
+    #: firing event coming after it sends the resolved notice (which says when it fired).
     alert: AlertEvent | None = None
 
 
@@ -194,13 +196,21 @@ class DeliveryLedger:
         state: Literal["failed", "superseded"],
         *,
         last: int | None = None,
+        alert: AlertEvent | None = None,
     ) -> bool:
         """Mark a message that must no longer be sent: ``superseded`` (a firing notice whose
-        alert resolved before it went out) or ``failed`` (its event was given up on). Creates
-        the key, or, with ``last``, replaces the revision read. False when another writer got
-        there first (read again)."""
+        alert resolved before it went out; ``alert`` is then the resolved event, for a firing
+        event that comes later) or ``failed`` (its event was given up on). Creates the key,
+        or, with ``last``, replaces the revision read. False when another writer got there
+        first (read again)."""
         mark = SentMark(
-            alert_id=alert_id, channel=channel, tag=tag, owner=self.owner, state=state, time=self._clock()
+            alert_id=alert_id,
+            channel=channel,
+            tag=tag,
+            owner=self.owner,
+            state=state,
+            time=self._clock(),
+            alert=alert,
         )
         data = msgspec.json.encode(mark)
         try:

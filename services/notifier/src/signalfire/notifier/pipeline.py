@@ -87,8 +87,23 @@ class Pipeline:
             "firing",
             suppressed=self._suppression(alert, now),
         )
-        if any(outcome.status == "superseded" for outcome in outcomes.values()):
-            return  # its resolved event came first (a late redelivery): nothing to follow up
+        superseded = [o for o in outcomes.values() if o.status == "superseded"]
+        if superseded:
+            # Its resolved event came first (a late redelivery): no late page and nothing to
+            # follow up, but the channels hear that it fired and resolved, through the
+            # resolved notice, once (the ledger's ``resolved`` mark).
+            owed = [o for o in superseded if o.resolved is not None]
+            if owed:
+                resolved = owed[0].resolved
+                assert resolved is not None
+                await self._dispatcher.send(
+                    Notification(alert=resolved),
+                    [o.channel for o in owed],
+                    alert_key(alert.id),
+                    "resolved",
+                    suppressed=self._suppression(resolved, now),
+                )
+            return
 
         if not self._needs_track(alert, index, outcomes):
             return
