@@ -23,7 +23,7 @@ from signalfire.config import Duration
 from signalfire.events import AlertEvent, DeliveryResult
 from signalfire.notifier.channels.webhook import WebhookChannelConfig
 from signalfire.notifier.config import EscalationStep, NotifyConfig, Route
-from signalfire.notifier.deadletter import RESOLVED_FIRST, SUPERSEDED, DeadLetter
+from signalfire.notifier.deadletter import RESOLVED_BEFORE_BATCHED, RESOLVED_FIRST, SUPERSEDED, DeadLetter
 from signalfire.notifier.ledger import SentMark, ledger_key
 from signalfire.notifier.service import DURABLE
 from signalfire.notifier.tracking import alert_key
@@ -236,6 +236,37 @@ async def test_a_firing_event_after_a_superseded_mark_without_its_resolved_event
     assert value(service.registry, "signalfire_notifier_dead_letters_total", channel="ops") == 1
     assert any("dead letter" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
     assert service.state.tracks_of(fired.id) == []
+
+
+async def test_a_firing_event_redelivered_after_its_resolved_is_not_batched_on_a_grouped_route(
+    nc: Any,
+    nats_config: NatsConfig,
+    receiver: Receiver,
+    running: Any,
+    *,
+    results: list[DeliveryResult],
+) -> None:
+    # The example's `high` route: grouped, with hourly reminders. A late firing event joining
+    # the group would page for an ended alert and then remind of it every hour, for ever.
+    route = Route(channels=["ops"], group_wait=Duration(0.5), group_by=["rule"], repeat=Duration(2))
+    service = await running(msgspec.structs.replace(config_for(nats_config, receiver), routes=[route]))
+    fired = alert()
+    js = nc.jetstream()
+
+    async def handled(ack: Any) -> bool:  # the notifier acknowledged the event
+        info = await js.consumer_info(nats_config.subjects.alerts_stream, DURABLE)
+        return info.ack_floor.stream_seq >= ack.seq
+
+    resolved = await publish_alert(nc, nats_config, msgspec.structs.replace(fired, status="resolved", seq=2))
+    await wait_until(lambda: handled(resolved), "the resolved event handled")
+    late = await publish_alert(nc, nats_config, fired)
+    await wait_until(lambda: handled(late), "the late firing event handled")
+    await asyncio.sleep(3)  # past the group's wait and a reminder's interval
+    assert receiver.got("ops") == []
+    [result] = [r for r in results if r.transition == "firing"]
+    assert (result.status, result.reason) == ("suppressed", RESOLVED_BEFORE_BATCHED)
+    assert service.state.tracks_of(fired.id) == []
+    assert service.state.firing() == []
 
 
 async def test_every_attempt_carries_the_same_delivery_id(

@@ -20,6 +20,11 @@ from signalfire.events import AlertEvent
 ATTEMPTS_FAILED = "every attempt failed"
 #: ``reason`` when a firing event came after its alert's resolved event (a redelivery after a crash).
 SUPERSEDED = "the alert resolved before its firing notice was sent (the firing event was redelivered late)"
+#: ``reason`` of the ``suppressed`` result of a firing event a grouped route got after its
+#: resolved event: it is not batched (the group would page for an alert that has ended).
+RESOLVED_BEFORE_BATCHED = (
+    "the alert resolved before its firing event was handled (the event was redelivered late): not batched"
+)
 #: ``reason`` of the ``suppressed`` result of such a firing notice when the channel is sent
 #: the alert's resolved notice instead (it says when the alert fired): not a dead letter.
 RESOLVED_FIRST = (

@@ -477,6 +477,29 @@ class Dispatcher:
             raise Busy(f"{alert.id}: a message before its resolved notice is being sent", min(waits))
         return told
 
+    async def resolved_first(self, alert_key: str, channels: list[str]) -> bool:
+        """Whether the alert's resolved event was handled before this firing event: the
+        ``firing`` mark of one of ``channels`` is ``superseded`` (:meth:`told`,
+        :meth:`supersede`). A grouped route checks it before it batches a firing alert."""
+        marks = await asyncio.gather(
+            *(self._ledger.mark(ledger_key(alert_key, "firing", n)) for n in channels)
+        )
+        return any(mark is not None and mark.state == "superseded" for mark in marks)
+
+    async def supersede(self, alert: AlertEvent, alert_key: str, channels: list[str]) -> None:
+        """Record that ``alert`` (a resolved event) came: a ``superseded`` ``firing`` mark for
+        each of ``channels`` that has none, so a firing event redelivered after it is not
+        batched and sent late (:meth:`resolved_first`). A grouped route's messages are marked
+        by their batch, not by alert, so its alerts' ``firing`` keys are free for this."""
+        await asyncio.gather(
+            *(
+                self._ledger.close(
+                    ledger_key(alert_key, "firing", n), alert.id, n, "firing", "superseded", alert=alert
+                )
+                for n in channels
+            )
+        )
+
     async def give_up(self, alert: AlertEvent, channels: list[str], alert_key: str, reason: str) -> None:
         """JetStream stopped redelivering ``alert``'s event: dead-letter its message for every
         one of ``channels`` that has none recorded (or only a dead replica's claim), and mark

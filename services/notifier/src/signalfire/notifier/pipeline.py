@@ -23,7 +23,7 @@ from signalfire.events import AlertAction, AlertEvent
 from signalfire.matchers import matches
 from signalfire.notifier.channels import Notification
 from signalfire.notifier.config import NotifyConfig, matcher_list
-from signalfire.notifier.deadletter import max_deliveries
+from signalfire.notifier.deadletter import RESOLVED_BEFORE_BATCHED, max_deliveries
 from signalfire.notifier.dispatch import Dispatcher, Outcome
 from signalfire.notifier.group import Batch, add, batch_key, batched, group_of, remove
 from signalfire.notifier.routing import alert_fields, matching
@@ -75,6 +75,19 @@ class Pipeline:
         state = self._state
         now = self._clock()
         if batched(route):
+            akey = alert_key(alert.id)
+            if await self._dispatcher.resolved_first(akey, route.channels):
+                # its resolved event came first (a late redelivery): batching it now would
+                # send a group message, and repeats, for an alert that has ended
+                log.info("firing event after its resolved: not batched", extra={"alert_id": alert.id})
+                await self._dispatcher.send(
+                    Notification(alert=alert),
+                    route.channels,
+                    akey,
+                    "firing",
+                    suppressed=RESOLVED_BEFORE_BATCHED,
+                )
+                return
             key = batch_key(index, group_of(alert, route))
             await state.update_batch(key, lambda b: add(b, alert, index, route, now))
             return
@@ -156,8 +169,10 @@ class Pipeline:
         known = track.channels if track is not None else []
         refs = track.references if track is not None else {}
         if batched(route):
-            # a grouped firing went out as a batch message: the track lists who was told
+            # a grouped firing went out as a batch message: the track lists who was told;
+            # the firing event redelivered after this one must not join a batch any more
             channels = known
+            await self._dispatcher.supersede(alert, alert_key(alert.id), route.channels)
         else:
             # Told = in the track, or the ledger shows the firing notice (or an escalation
             # step not yet in the track) sent; one still in flight is waited for (Busy). A
