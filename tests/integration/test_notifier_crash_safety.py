@@ -255,7 +255,7 @@ async def test_a_firing_event_redelivered_after_its_resolved_is_not_batched_on_a
 
     async def handled(ack: Any) -> bool:  # the notifier acknowledged the event
         info = await js.consumer_info(nats_config.subjects.alerts_stream, DURABLE)
-        return info.ack_floor.stream_seq >= ack.seq
+        return bool(info.ack_floor.stream_seq >= ack.seq)
 
     resolved = await publish_alert(nc, nats_config, msgspec.structs.replace(fired, status="resolved", seq=2))
     await wait_until(lambda: handled(resolved), "the resolved event handled")
