@@ -69,7 +69,7 @@ test: sync provision-test lint typecheck  ## lint, types and every test, with li
 	echo "[make] coverage (line+branch, shared/src and services/*/src):" \
 	  "$$($(UV) run --no-sync coverage report --format=total)% -- per file: $(COV_DIR)/html/index.html"; \
 	if [ $$rc != 0 ]; then echo "[make] the fault pass failed (whole output: $(COV_DIR)/faults.log):"; \
-	  grep -E '^(FAILED|ERROR) |^E  |^FAULT ' $(COV_DIR)/faults.log | cut -c1-400 | head -40; fi; \
+	  grep -E '^(FAILED|ERROR) |^E  |^FAULT ' $(COV_DIR)/faults.log | cut -c1-400 | head -80; fi; \
 	[ $$rc = 0 ] && [ $$rc2 = 0 ]
 
 coverage:  ## the per-file coverage table of the last `make test` (least covered first)

@@ -84,6 +84,23 @@ def log_tail(*services: ServiceProcess, chars: int = 2500) -> str:
     return "\n".join(parts)
 
 
+def warnings_of(*services: ServiceProcess, limit: int = 8, skip: tuple[str, ...] = ()) -> str:
+    """The last ``limit`` distinct warning and error lines of each service's log (timestamps
+    kept, lines containing one of ``skip`` left out), for a failure message that says what
+    the services went through."""
+    parts = []
+    for service in services:
+        text = service.log_path.read_text(errors="replace") if service.log_path.exists() else ""
+        lines = [
+            line
+            for line in text.splitlines()
+            if ("level=warning" in line or "level=error" in line) and not any(s in line for s in skip)
+        ]
+        parts.append(f"--- {service.name}: {len(lines)} warnings")
+        parts.extend(line[:300] for line in dict.fromkeys(lines[-limit:]))
+    return "\n".join(parts)
+
+
 async def eventually(
     check: Callable[[], bool | Awaitable[bool]],
     what: str,
