@@ -24,7 +24,7 @@ from signalfire.events import AlertEvent, DeliveryResult
 from signalfire.notifier.channels.webhook import WebhookChannelConfig
 from signalfire.notifier.config import EscalationStep, NotifyConfig, Route
 from signalfire.notifier.deadletter import RESOLVED_BEFORE_BATCHED, RESOLVED_FIRST, SUPERSEDED, DeadLetter
-from signalfire.notifier.ledger import SentMark, ledger_key
+from signalfire.notifier.ledger import MarkState, SentMark, ledger_key
 from signalfire.notifier.service import DURABLE
 from signalfire.notifier.tracking import alert_key
 from tests.support.alerts import firing_alert, publish_alert
@@ -88,6 +88,25 @@ async def mark_of(kv: Any, key: str) -> SentMark | None:
     return msgspec.json.decode(entry.value, type=SentMark) if entry.value else None
 
 
+async def left_behind(
+    kv: Any, fired: AlertEvent, owner: str, state: MarkState, ago: float = 0.0, **more: Any
+) -> str:
+    """Write the ``firing`` mark of ``fired`` for ``ops`` as replica ``owner`` left it
+    ``ago`` seconds ago; its ledger key."""
+    key = ledger_key(alert_key(fired.id), "firing", "ops")
+    mark = SentMark(
+        alert_id=fired.id,
+        channel="ops",
+        tag="firing",
+        owner=owner,
+        state=state,
+        time=time.time() - ago,
+        **more,
+    )
+    await kv.create(key, msgspec.json.encode(mark))
+    return key
+
+
 async def dead_letter(kv: Any, key: str, timeout: float = 10.0) -> DeadLetter:
     deadline = time.monotonic() + timeout
     while True:
@@ -106,17 +125,7 @@ async def test_a_resolved_event_sends_a_dead_replicas_firing_notice_first_with_i
     # redeliver the firing event only later, and the resolved event arrives first.
     kv = await kv_of(nc, nats_config)
     fired = alert()
-    firing_key = ledger_key(alert_key(fired.id), "firing", "ops")
-    dead = SentMark(
-        alert_id=fired.id,
-        channel="ops",
-        tag="firing",
-        owner="dead",
-        state="sending",
-        time=time.time(),
-        alert=fired,
-    )
-    await kv.create(firing_key, msgspec.json.encode(dead))
+    firing_key = await left_behind(kv, fired, "dead", "sending", alert=fired)
     await running(config_for(nats_config, receiver))
     await publish_alert(nc, nats_config, msgspec.structs.replace(fired, status="resolved", seq=2))
 
@@ -138,11 +147,7 @@ async def test_a_resolved_notice_waits_while_the_firing_notice_is_in_flight(
     # another (live) replica is sending the firing notice right now
     kv = await kv_of(nc, nats_config)
     fired = alert()
-    firing_key = ledger_key(alert_key(fired.id), "firing", "ops")
-    claim = SentMark(
-        alert_id=fired.id, channel="ops", tag="firing", owner="other", state="sending", time=time.time()
-    )
-    await kv.create(firing_key, msgspec.json.encode(claim))
+    firing_key = await left_behind(kv, fired, "other", "sending")
     service = await running(config_for(nats_config, receiver, claim_lease=Duration(60)))
     await publish_alert(nc, nats_config, msgspec.structs.replace(fired, status="resolved", seq=2))
     await wait_until(
@@ -152,6 +157,8 @@ async def test_a_resolved_notice_waits_while_the_firing_notice_is_in_flight(
     assert receiver.got("ops") == []
 
     # the other replica's channel answered: the resolved notice follows
+    claim = await mark_of(kv, firing_key)
+    assert claim is not None
     await kv.put(firing_key, msgspec.json.encode(msgspec.structs.replace(claim, state="sent")))
     await wait_until(lambda: len(receiver.got("ops")) == 1, "the resolved notice")
     assert [t for t, _, _ in receiver.got("ops")] == ["resolved"]
@@ -219,11 +226,7 @@ async def test_a_firing_event_after_a_superseded_mark_without_its_resolved_event
     # a ``superseded`` mark written by a notifier that did not keep the resolved event in it
     kv = await kv_of(nc, nats_config)
     fired = alert()
-    firing_key = ledger_key(alert_key(fired.id), "firing", "ops")
-    mark = SentMark(
-        alert_id=fired.id, channel="ops", tag="firing", owner="older", state="superseded", time=time.time()
-    )
-    await kv.create(firing_key, msgspec.json.encode(mark))
+    await left_behind(kv, fired, "older", "superseded")
     service = await running(config_for(nats_config, receiver))
     with caplog.at_level(logging.ERROR, logger="signalfire.notifier"):
         await publish_alert(nc, nats_config, fired)
@@ -307,11 +310,7 @@ async def test_an_event_jetstream_gives_up_on_becomes_a_dead_letter_and_frees_it
     fired = alert()
     await publish_alert(nc, nats_config, fired)
     await die_holding_it(js, stream, DURABLE, times=2, ack_wait=1.0)
-    firing_key = ledger_key(alert_key(fired.id), "firing", "ops")
-    left = SentMark(
-        alert_id=fired.id, channel="ops", tag="firing", owner="dead", state="sending", time=time.time() - 5
-    )
-    await kv.create(firing_key, msgspec.json.encode(left))
+    firing_key = await left_behind(kv, fired, "dead", "sending", ago=5)
 
     service = await running(config_for(nats_config, receiver, max_deliver=2))
     letter = await dead_letter(kv, f"deadletter.{alert_key(fired.id)}.firing.ops")
