@@ -78,6 +78,7 @@ rules:
     for: 1s
     severity: high
 """
+RESOLVED_ALERTS = "SELECT count(*) FROM alerts WHERE status = 'resolved'"
 #: Warnings every run logs around the kill (a failure message leaves them out).
 NOISE = ("NATS error", "disconnected from NATS", "reconnected to NATS", "partition lost: not renewed")
 #: The ``SF_*`` timings shortened for the test, with why:
@@ -359,9 +360,14 @@ async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_an
         def all_notified() -> bool:
             return len(receiver.posted()) >= 2 * len(HOT)
 
+        async def alerts_stored() -> bool:  # the gateway's alerts consumer may lag after the kill
+            resolved = await fetch_count(database_url, RESOLVED_ALERTS)
+            return resolved >= len(HOT) and len(await _sent_results(database_url)) >= len(receiver.posted())
+
         try:
             await eventually(all_stored, "every acknowledged sample stored", 60, *watched)
             await eventually(all_notified, "every transition notified", 30, *watched)
+            await eventually(alerts_stored, "every alert and delivery result stored", 30, *watched)
         except AssertionError as exc:
             print(exc)
         await asyncio.sleep(4)  # past ack_wait: a redelivery that doubles something shows by now
@@ -374,9 +380,7 @@ async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_an
             "JOIN series ON series.id = s.series_id WHERE series.host = ANY($1)) d",
             HOSTS,
         )
-        stored_alerts = await fetch_count(
-            database_url, "SELECT count(*) FROM alerts WHERE status = 'resolved'"
-        )
+        stored_alerts = await fetch_count(database_url, RESOLVED_ALERTS)
         after_kill_stored = await fetch_count(
             database_url,
             "SELECT count(*) FROM samples s JOIN series ON series.id = s.series_id "
