@@ -34,7 +34,14 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    APIError,
+    BucketNotFoundError,
+    KeyWrongLastSequenceError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from signalfire.buspolicy import inbox_prefix
@@ -316,6 +323,20 @@ BUCKET_READ_ATTEMPTS = 5
 #: Once the watch said it listed the bucket, how long (seconds) a read still short of the
 #: bucket's keys waits for the rest before it begins again.
 BUCKET_READ_STALL = 0.5
+
+
+#: JetStream's "wrong last sequence" error codes (a compare-and-set refused): 10071 for a
+#: message's expected last sequence, 10164 for an expected last sequence per subject.
+WRONG_LAST_SEQUENCE = (10071, 10164)
+
+
+def wrong_last_sequence(exc: BaseException) -> bool:
+    """Whether ``exc`` is a KV write refused by its compare-and-set (another writer got there
+    first). nats-py raises ``KeyWrongLastSequenceError`` for an update or a create, but a
+    plain ``APIError`` (``BadRequestError``) for a delete with ``last=``."""
+    return isinstance(exc, KeyWrongLastSequenceError) or (
+        isinstance(exc, APIError) and exc.err_code in WRONG_LAST_SEQUENCE
+    )
 
 
 class BucketReadError(Exception):

@@ -25,7 +25,7 @@ import msgspec
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from signalfire.bus import bucket_entries
+from signalfire.bus import bucket_entries, wrong_last_sequence
 
 REPLICA_PREFIX = "replica."
 PARTITION_PREFIX = "partition."
@@ -260,7 +260,7 @@ class LeaseKeeper:
             try:
                 await self.kv.delete(PARTITION_PREFIX + partition, last=revision)
             except APIError as exc:
-                if exc.err_code not in (10071, 10164):  # not "wrong last sequence": taken already
+                if not wrong_last_sequence(exc):  # refused: taken already
                     raise
 
     async def withdraw(self) -> None:

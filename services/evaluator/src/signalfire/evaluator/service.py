@@ -42,10 +42,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from signalfire.bus import NatsConfig, bucket_entries, connect, ensure_streams
+from signalfire.bus import NatsConfig, bucket_entries, connect, ensure_streams, wrong_last_sequence
 from signalfire.config import ConfigError, Duration
 from signalfire.consumers import Backoff
 from signalfire.evaluator import replay
@@ -1324,10 +1324,7 @@ class EvaluatorService:
             else:
                 written = await self._kv.create(fp, data)
         except APIError as exc:
-            # nats-py raises KeyWrongLastSequenceError (no code) for an update or a create, a
-            # plain APIError for a delete
-            wrong_last = isinstance(exc, KeyWrongLastSequenceError) or exc.err_code in (10071, 10164)
-            if not wrong_last:
+            if not wrong_last_sequence(exc):
                 raise
             await self._conflict(fp, data, earlier)
             return

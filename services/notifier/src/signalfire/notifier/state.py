@@ -8,9 +8,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from signalfire.bus import wrong_last_sequence
 from signalfire.events import AlertEvent
 from signalfire.notifier.group import Batch
 from signalfire.notifier.mirror import Mirror
@@ -111,6 +112,7 @@ class NotifyState:
                     written = await self.kv.update(key, data, last=revision)
                 mirror.remember(key, new, written)
                 return new
-            except KeyWrongLastSequenceError:
-                continue
+            except APIError as exc:  # a delete's refusal is a plain APIError (bus.wrong_last_sequence)
+                if not wrong_last_sequence(exc):
+                    raise
         raise Conflict(f"{key}: too many concurrent changes")
