@@ -24,6 +24,7 @@ from signalfire.events import AlertEvent, DeliveryResult
 from signalfire.notifier.channels.webhook import WebhookChannelConfig
 from signalfire.notifier.config import EscalationStep, NotifyConfig, Route
 from signalfire.notifier.deadletter import RESOLVED_BEFORE_BATCHED, RESOLVED_FIRST, SUPERSEDED, DeadLetter
+from signalfire.notifier.group import Batch, batch_key, group_of
 from signalfire.notifier.ledger import MarkState, SentMark, ledger_key
 from signalfire.notifier.service import DURABLE
 from signalfire.notifier.tracking import alert_key
@@ -270,6 +271,41 @@ async def test_a_firing_event_redelivered_after_its_resolved_is_not_batched_on_a
     assert (result.status, result.reason) == ("suppressed", RESOLVED_BEFORE_BATCHED)
     assert service.state.tracks_of(fired.id) == []
     assert service.state.firing() == []
+
+
+async def test_a_flush_tried_again_after_its_message_went_out_keeps_the_alerts_that_joined_since(
+    nc: Any, nats_config: NatsConfig, receiver: Receiver, running: Any
+) -> None:
+    # A replica sent a group's message covering `first`, then failed to empty the batch (NATS
+    # away, or killed); `second` joined the batch meanwhile. The flush tried again finds the
+    # message sent: it takes `first` out and leaves `second` for the next message.
+    kv = await kv_of(nc, nats_config)
+    route = Route(channels=["ops"], group_wait=Duration(0.5))
+    first, second = alert(alert_id="in-the-message"), alert(alert_id="joined-after")
+    key = batch_key(0, group_of(first, route))
+    due = float(int(time.time()) - 1)
+    waiting = Batch(route=0, group={}, due=due, digest=False, alerts=[first, second])
+    await kv.create(key, msgspec.json.encode(waiting))
+    message = ledger_key(key.rsplit(".", 1)[-1], f"batch-{int(due)}", "ops")
+    sent = SentMark(
+        alert_id=first.id,
+        channel="ops",
+        tag=f"batch-{int(due)}",
+        owner="older",
+        state="sent",
+        time=time.time() - 1,
+        covered=[first.id],
+    )
+    await kv.create(message, msgspec.json.encode(sent))
+
+    service = await running(msgspec.structs.replace(config_for(nats_config, receiver), routes=[route]))
+    await wait_until(lambda: len(receiver.posted("ops")) == 1, "the next message")
+    await asyncio.sleep(1)  # a second message (or the first sent again) would come by now
+    [posted] = receiver.posted("ops")
+    # a group message of one alert names it alone (`alert`, no `alerts` list)
+    assert (posted.alert_id, posted.body["alerts"]) == (second.id, [])
+    assert service.state.batches.entries == {}
+    assert sorted(a.id for a in service.state.firing()) == sorted([first.id, second.id])
 
 
 async def test_every_attempt_carries_the_same_delivery_id(

@@ -58,6 +58,8 @@ class Outcome:
     #: Of a ``superseded`` firing notice: the resolved event that came first, whose notice
     #: the channel is owed instead (None for a mark that does not keep it).
     resolved: AlertEvent | None = None
+    #: Of a ``duplicate`` group or digest message: the alerts it covered when it was sent.
+    covered: tuple[str, ...] = ()
 
 
 class Dispatcher:
@@ -259,7 +261,8 @@ class Dispatcher:
         alert = notification.alert
         # a firing claim keeps the alert, for a resolved event that must send it first (:meth:`told`)
         keep = alert if tag == "firing" and not notification.alerts else None
-        claim = await self._ledger.claim(key, alert.id, name, tag, alert=keep)
+        covered = [a.id for a in notification.alerts]
+        claim = await self._ledger.claim(key, alert.id, name, tag, alert=keep, covered=covered)
         if claim.outcome == "busy":
             raise Busy(key, claim.wait)
         if claim.outcome == "done":
@@ -363,7 +366,9 @@ class Dispatcher:
         if owed is not None:
             await self._report(*owed, key, count=False)
             self._unreported.pop(key, None)
-        return Outcome(name, "duplicate", mark.reference if mark else None)
+        if mark is None:
+            return Outcome(name, "duplicate")
+        return Outcome(name, "duplicate", mark.reference, covered=tuple(mark.covered))
 
     async def dead_letter(
         self,

@@ -57,6 +57,9 @@ class SentMark(msgspec.Struct, kw_only=True):
     #: of a ``superseded`` firing mark, the resolved event that superseded it, so that a
     #: firing event coming after it sends the resolved notice (which says when it fired).
     alert: AlertEvent | None = None
+    #: The alerts a group or digest message covered: a flush tried again after its message
+    #: went out takes only these out of the batch (others joined it since).
+    covered: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,14 @@ class DeliveryLedger:
         self._unrecorded: dict[str, SentMark] = {}
 
     async def claim(
-        self, key: str, alert_id: str, channel: str, tag: str, *, alert: AlertEvent | None = None
+        self,
+        key: str,
+        alert_id: str,
+        channel: str,
+        tag: str,
+        *,
+        alert: AlertEvent | None = None,
+        covered: list[str] | None = None,
     ) -> Claim:
         """Claim the message ``key`` for this replica (see the module docstring)."""
         now = self._clock()
@@ -116,6 +126,7 @@ class DeliveryLedger:
             state="sending",
             time=now,
             alert=alert,
+            covered=covered or [],
         )
         data = msgspec.json.encode(mark)
         if key in self._claiming:

@@ -200,8 +200,17 @@ class Scheduler:
                 group,
                 f"batch-{int(batch.due)}",
             )
+        flushed = {alert.id for alert in batch.alerts}
+        earlier = {i for o in outcomes.values() if o.status == "duplicate" for i in o.covered}
+        if earlier and all(o.status == "duplicate" for o in outcomes.values()):
+            # The message went out at an earlier try (whose emptying of the batch failed):
+            # only what it covered leaves the batch; alerts that joined since wait for the
+            # next message instead of being taken out unsent.
+            flushed = (flushed & earlier) | {a.id for a in batch.alerts if a not in sendable}
         if not batch.digest:
             for alert in batch.alerts:
+                if alert.id not in flushed:
+                    continue
 
                 def start(t: Track | None, alert: AlertEvent = alert) -> Track | None:
                     if t is not None:
@@ -210,7 +219,6 @@ class Scheduler:
                     return Track(alert=alert, route=batch.route, since=now, channels=channels)
 
                 await self._state.update_track(track_key(alert.id, batch.route), start)
-        flushed = {alert.id for alert in batch.alerts}
 
         def emptied(b: Batch | None) -> Batch | None:
             if b is None:
