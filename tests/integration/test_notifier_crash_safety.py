@@ -276,34 +276,40 @@ async def test_a_firing_event_redelivered_after_its_resolved_is_not_batched_on_a
 async def test_a_flush_tried_again_after_its_message_went_out_keeps_the_alerts_that_joined_since(
     nc: Any, nats_config: NatsConfig, receiver: Receiver, running: Any
 ) -> None:
-    # A replica sent a group's message covering `first`, then failed to empty the batch (NATS
-    # away, or killed); `second` joined the batch meanwhile. The flush tried again finds the
-    # message sent: it takes `first` out and leaves `second` for the next message.
+    # A replica sent a group's message covering `first` to `ops` (not yet to `ops2`), then
+    # failed to empty the batch (NATS away, or killed); `second` joined the batch meanwhile.
+    # The flush tried again sends `ops2` that same message, takes `first` out, and leaves
+    # `second` for the next message, to both.
     kv = await kv_of(nc, nats_config)
-    route = Route(channels=["ops"], group_wait=Duration(0.5))
+    route = Route(channels=["ops", "ops2"], group_wait=Duration(0.5))
     first, second = alert(alert_id="in-the-message"), alert(alert_id="joined-after")
     key = batch_key(0, group_of(first, route))
     due = float(int(time.time()) - 1)
     waiting = Batch(route=0, group={}, due=due, digest=False, alerts=[first, second])
     await kv.create(key, msgspec.json.encode(waiting))
-    message = ledger_key(key.rsplit(".", 1)[-1], f"batch-{int(due)}", "ops")
+    tag = f"batch-{int(due)}"
     sent = SentMark(
         alert_id=first.id,
         channel="ops",
-        tag=f"batch-{int(due)}",
+        tag=tag,
         owner="older",
         state="sent",
         time=time.time() - 1,
         covered=[first.id],
     )
-    await kv.create(message, msgspec.json.encode(sent))
+    await kv.create(ledger_key(key.rsplit(".", 1)[-1], tag, "ops"), msgspec.json.encode(sent))
 
-    service = await running(msgspec.structs.replace(config_for(nats_config, receiver), routes=[route]))
+    config = config_for(nats_config, receiver)
+    channels = {**config.channels, "ops2": WebhookChannelConfig(url=receiver.url("ops2"))}
+    service = await running(msgspec.structs.replace(config, channels=channels, routes=[route]))
     await wait_until(lambda: len(receiver.posted("ops")) == 1, "the next message")
-    await asyncio.sleep(1)  # a second message (or the first sent again) would come by now
-    [posted] = receiver.posted("ops")
+    await asyncio.sleep(1)  # a message more (or the first sent again) would come by now
     # a group message of one alert names it alone (`alert`, no `alerts` list)
-    assert (posted.alert_id, posted.body["alerts"]) == (second.id, [])
+    assert [(p.alert_id, p.body["alerts"]) for p in receiver.posted("ops")] == [(second.id, [])]
+    assert [(p.alert_id, p.body["alerts"]) for p in receiver.posted("ops2")] == [
+        (first.id, []),
+        (second.id, []),
+    ]
     assert service.state.batches.entries == {}
     assert sorted(a.id for a in service.state.firing()) == sorted([first.id, second.id])
 

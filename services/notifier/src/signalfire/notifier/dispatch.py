@@ -58,8 +58,6 @@ class Outcome:
     #: Of a ``superseded`` firing notice: the resolved event that came first, whose notice
     #: the channel is owed instead (None for a mark that does not keep it).
     resolved: AlertEvent | None = None
-    #: Of a ``duplicate`` group or digest message: the alerts it covered when it was sent.
-    covered: tuple[str, ...] = ()
 
 
 class Dispatcher:
@@ -366,9 +364,7 @@ class Dispatcher:
         if owed is not None:
             await self._report(*owed, key, count=False)
             self._unreported.pop(key, None)
-        if mark is None:
-            return Outcome(name, "duplicate")
-        return Outcome(name, "duplicate", mark.reference, covered=tuple(mark.covered))
+        return Outcome(name, "duplicate", mark.reference if mark else None)
 
     async def dead_letter(
         self,
@@ -481,6 +477,15 @@ class Dispatcher:
         if waits:
             raise Busy(f"{alert.id}: a message before its resolved notice is being sent", min(waits))
         return told
+
+    async def covered(self, group: str, tag: str, channels: list[str]) -> set[str] | None:
+        """The alerts an earlier try of the group or digest message ``tag`` covered, from the
+        ledger marks of ``channels`` (None when no channel's message was claimed yet): a
+        flush tried again sends every channel that same message, and takes only those alerts
+        out of its batch."""
+        marks = await asyncio.gather(*(self._ledger.mark(ledger_key(group, tag, n)) for n in channels))
+        earlier = [set(mark.covered) for mark in marks if mark is not None and mark.covered]
+        return set().union(*earlier) if earlier else None
 
     async def resolved_first(self, alert_key: str, channels: list[str]) -> bool:
         """Whether the alert's resolved event was handled before this firing event: the

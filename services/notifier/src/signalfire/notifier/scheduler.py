@@ -189,6 +189,15 @@ class Scheduler:
                     suppressed=reason,
                 )
         group = key.rsplit(".", 1)[-1]
+        tag = f"batch-{int(batch.due)}"
+        flushed = {alert.id for alert in batch.alerts}
+        earlier = await self._dispatcher.covered(group, tag, route.channels)
+        if earlier is not None:
+            # An earlier try claimed or sent this message and did not empty the batch (NATS
+            # away, a kill): every channel gets that same message, only its alerts (and the
+            # suppressed) leave the batch, and those that joined since wait for the next one.
+            flushed = {a.id for a in batch.alerts if a.id in earlier or a not in sendable}
+            sendable = [a for a in sendable if a.id in earlier]
         outcomes: dict[str, Outcome] = {}
         # a digest names its firing alerts first: the message's own alert (and transition)
         # is a firing one unless every alert of the period has resolved already
@@ -198,15 +207,8 @@ class Scheduler:
                 Notification(alert=sendable[0], alerts=tuple(sendable), digest=batch.digest),
                 route.channels,
                 group,
-                f"batch-{int(batch.due)}",
+                tag,
             )
-        flushed = {alert.id for alert in batch.alerts}
-        earlier = {i for o in outcomes.values() if o.status == "duplicate" for i in o.covered}
-        if earlier and all(o.status == "duplicate" for o in outcomes.values()):
-            # The message went out at an earlier try (whose emptying of the batch failed):
-            # only what it covered leaves the batch; alerts that joined since wait for the
-            # next message instead of being taken out unsent.
-            flushed = (flushed & earlier) | {a.id for a in batch.alerts if a not in sendable}
         if not batch.digest:
             for alert in batch.alerts:
                 if alert.id not in flushed:
