@@ -330,13 +330,18 @@ BUCKET_READ_STALL = 0.5
 WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
-def wrong_last_sequence(exc: BaseException) -> bool:
-    """Whether ``exc`` is a KV write refused by its compare-and-set (another writer got there
-    first). nats-py raises ``KeyWrongLastSequenceError`` for an update or a create, but a
-    plain ``APIError`` (``BadRequestError``) for a delete with ``last=``."""
-    return isinstance(exc, KeyWrongLastSequenceError) or (
-        isinstance(exc, APIError) and exc.err_code in WRONG_LAST_SEQUENCE
-    )
+async def delete_if(kv: KeyValue, key: str, last: int | None) -> None:
+    """Delete ``key`` only while its revision is ``last`` (``None``: whatever it is). A refusal
+    raises ``KeyWrongLastSequenceError``, as an update's or a create's does: nats-py raises a
+    plain ``BadRequestError`` for a delete, which a caller catching the former misses."""
+    try:
+        await kv.delete(key, last=last)
+    except KeyWrongLastSequenceError:
+        raise
+    except APIError as exc:
+        if exc.err_code in WRONG_LAST_SEQUENCE:
+            raise KeyWrongLastSequenceError(exc.description) from exc
+        raise
 
 
 class BucketReadError(Exception):

@@ -15,6 +15,7 @@ so a replica stops judging a partition before another can take it.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -22,10 +23,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import msgspec
-from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from signalfire.bus import bucket_entries, wrong_last_sequence
+from signalfire.bus import bucket_entries, delete_if
 
 REPLICA_PREFIX = "replica."
 PARTITION_PREFIX = "partition."
@@ -257,11 +258,8 @@ class LeaseKeeper:
         revision = self.held.pop(partition, None)
         self.valid_until.pop(partition, None)
         if revision is not None:
-            try:
-                await self.kv.delete(PARTITION_PREFIX + partition, last=revision)
-            except APIError as exc:
-                if not wrong_last_sequence(exc):  # refused: taken already
-                    raise
+            with contextlib.suppress(KeyWrongLastSequenceError):  # refused: taken already
+                await delete_if(self.kv, PARTITION_PREFIX + partition, revision)
 
     async def withdraw(self) -> None:
         """Delete this replica's announcement (a clean stop)."""

@@ -42,10 +42,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from signalfire.bus import NatsConfig, bucket_entries, connect, ensure_streams, wrong_last_sequence
+from signalfire.bus import NatsConfig, bucket_entries, connect, delete_if, ensure_streams
 from signalfire.config import ConfigError, Duration
 from signalfire.consumers import Backoff
 from signalfire.evaluator import replay
@@ -1318,14 +1318,12 @@ class EvaluatorService:
         self._unconfirmed[fp] = data
         try:
             if data is None:
-                await self._kv.delete(fp, last=revision)
+                await delete_if(self._kv, fp, revision)
             elif revision:
                 written = await self._kv.update(fp, data, last=revision)
             else:
                 written = await self._kv.create(fp, data)
-        except APIError as exc:
-            if not wrong_last_sequence(exc):
-                raise
+        except KeyWrongLastSequenceError:
             await self._conflict(fp, data, earlier)
             return
         del self._unconfirmed[fp]

@@ -483,18 +483,22 @@ class Dispatcher:
         ledger marks of ``channels`` (None when no channel's message was claimed yet): a
         flush tried again sends every channel that same message, and takes only those alerts
         out of its batch."""
-        marks = await asyncio.gather(*(self._ledger.mark(ledger_key(group, tag, n)) for n in channels))
-        earlier = [set(mark.covered) for mark in marks if mark is not None and mark.covered]
+        earlier = [
+            set(mark.covered) for mark in await self._marks(group, tag, channels) if mark and mark.covered
+        ]
         return set().union(*earlier) if earlier else None
 
     async def resolved_first(self, alert_key: str, channels: list[str]) -> bool:
         """Whether the alert's resolved event was handled before this firing event: the
         ``firing`` mark of one of ``channels`` is ``superseded`` (:meth:`told`,
         :meth:`supersede`). A grouped route checks it before it batches a firing alert."""
-        marks = await asyncio.gather(
-            *(self._ledger.mark(ledger_key(alert_key, "firing", n)) for n in channels)
-        )
+        marks = await self._marks(alert_key, "firing", channels)
         return any(mark is not None and mark.state == "superseded" for mark in marks)
+
+    async def _marks(self, key: str, tag: str, channels: list[str]) -> list[SentMark | None]:
+        """The ledger's marks of message ``tag`` of ``key`` (an alert's or a group's) for
+        each of ``channels``, read at once."""
+        return list(await asyncio.gather(*(self._ledger.mark(ledger_key(key, tag, n)) for n in channels)))
 
     async def supersede(self, alert: AlertEvent, alert_key: str, channels: list[str]) -> None:
         """Record that ``alert`` (a resolved event) came: a ``superseded`` ``firing`` mark for

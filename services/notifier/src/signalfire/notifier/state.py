@@ -8,10 +8,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import msgspec
-from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from signalfire.bus import wrong_last_sequence
+from signalfire.bus import delete_if
 from signalfire.events import AlertEvent
 from signalfire.notifier.group import Batch
 from signalfire.notifier.mirror import Mirror
@@ -99,7 +99,7 @@ class NotifyState:
             try:
                 if new is None:
                     if old is not None:
-                        await self.kv.delete(key, last=revision)
+                        await delete_if(self.kv, key, revision)
                     mirror.forget(key)
                     return None
                 if new == old:
@@ -112,7 +112,6 @@ class NotifyState:
                     written = await self.kv.update(key, data, last=revision)
                 mirror.remember(key, new, written)
                 return new
-            except APIError as exc:  # a delete's refusal is a plain APIError (bus.wrong_last_sequence)
-                if not wrong_last_sequence(exc):
-                    raise
+            except KeyWrongLastSequenceError:
+                continue
         raise Conflict(f"{key}: too many concurrent changes")
