@@ -14,7 +14,15 @@ from devstack import NatsCluster
 from nats.errors import NoServersError
 from nats.js.api import KeyValueConfig
 
-from signalfire.bus import BucketReadError, NatsConfig, bucket_entries, connect, ensure_streams, watch_listed
+from signalfire.bus import (
+    BucketReadError,
+    NatsConfig,
+    bucket_entries,
+    connect,
+    ensure_streams,
+    watch,
+    watch_listed,
+)
 from signalfire.config import Duration
 
 
@@ -159,13 +167,13 @@ async def test_a_bucket_is_read_whole_with_its_deletions_and_a_listing_that_cann
     await kv.delete("gone")
     assert sorted(await bucket_entries(kv)) == ["a.1", "a.2", "b.1"]
     watcher, listed = await watch_listed(kv, "a.>")
-    await watcher.stop()  # type: ignore[no-untyped-call]
+    await watcher.stop()
     assert [e.key for e in listed] == ["a.1", "a.2"]
     watcher, listed = await watch_listed(kv)
-    await watcher.stop()  # type: ignore[no-untyped-call]
+    await watcher.stop()
     assert [(e.key, e.operation) for e in listed][-1] == ("gone", "DEL")  # the deletion listed too
-    # A message in the bucket's stream that nats-py's watch never lists (a marker of a reason
-    # it does not know): the bucket holds one more message than any listing can show.
+    # A message in the bucket's stream that a watch never lists (a marker of a reason this
+    # client does not know): the bucket holds one more message than any listing can show.
     await js.publish(f"$KV.{bucket}.odd", b"", headers={"Nats-Marker-Reason": "Unknown"})
     with pytest.raises(
         BucketReadError, match=rf"KV bucket {bucket}: > not read whole in 5 attempts \(4 of 5 keys listed\)"
@@ -175,3 +183,44 @@ async def test_a_bucket_is_read_whole_with_its_deletions_and_a_listing_that_cann
     await js.create_key_value(KeyValueConfig(bucket=f"{bucket}_hist", history=3))
     with pytest.raises(ValueError, match="keeps 3 values a key"):
         await bucket_entries(await js.key_value(f"{bucket}_hist"))
+
+
+async def test_a_watch_gives_each_keys_entry_then_every_write_in_order_until_it_is_stopped(
+    nc: Any, nats_config: NatsConfig
+) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js, nats_config)
+    bucket = nats_config.subjects.bucket("notify_state")
+    kv = await js.key_value(bucket)
+    await kv.put("track.a", b"1")
+    await kv.put("track.a", b"2")  # replaces the first: the watch starts from this one
+    await kv.put("other", b"x")
+    follower = await watch(kv, "track.>")
+    first = await follower.updates(timeout=5.0)
+    assert (first.key, first.value, first.operation, first.delta) == ("track.a", b"2", None, 0)
+    await kv.put("other", b"y")  # not under track.
+    await kv.put("track.b", b"3")
+    await kv.delete("track.a")
+    await kv.purge("track.b")
+    # the server's own markers of an entry's end (nats-server 2.11+)
+    await js.publish(f"$KV.{bucket}.track.c", b"", headers={"Nats-Marker-Reason": "Remove"})
+    await js.publish(f"$KV.{bucket}.track.d", b"", headers={"Nats-Marker-Reason": "MaxAge"})
+    await js.publish(f"$KV.{bucket}.track.e", b"", headers={"Nats-Marker-Reason": "Unknown"})
+    await kv.put("track.f", b"4")
+    got = [await follower.updates(timeout=5.0) for _ in range(6)]
+    assert [(e.key, e.value, e.operation) for e in got] == [
+        ("track.b", b"3", None),
+        ("track.a", b"", "DEL"),
+        ("track.b", b"", "PURGE"),
+        ("track.c", b"", "DEL"),
+        ("track.d", b"", "PURGE"),
+        ("track.f", b"4", None),  # the marker of a reason it does not know is skipped
+    ]
+    assert [e.revision for e in got] == sorted(e.revision or 0 for e in got)
+    with pytest.raises(TimeoutError):
+        await follower.updates(timeout=0.3)
+    await follower.stop()
+    assert [e async for e in follower] == []  # an iteration ends once it is stopped
+    with pytest.raises(StopAsyncIteration):
+        await follower.updates(timeout=0.3)
+    await follower.stop()  # stopping twice is harmless

@@ -4,12 +4,14 @@ a bucket whole.
 Every service connects through :func:`connect` (reconnecting forever, with credentials and
 TLS from :class:`NatsConfig`) and calls :func:`ensure_streams` at start; creating streams is
 idempotent and converges a stream whose settings changed. What a service loads from a bucket
-(alert states, leases, mirrors) it lists with :func:`bucket_entries` or :func:`watch_listed`.
+(alert states, leases, mirrors) it lists with :func:`bucket_entries` or :func:`watch_listed`,
+and follows with :func:`watch`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -20,6 +22,7 @@ from typing import Any
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import (
     ConnectionReconnectingError,
     NoRespondersError,
@@ -28,6 +31,7 @@ from nats.errors import (
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
+    DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
@@ -42,7 +46,7 @@ from nats.js.errors import (
     NotFoundError,
     ServiceUnavailableError,
 )
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from signalfire.buspolicy import inbox_prefix
 from signalfire.config import ConfigError, Duration
@@ -344,6 +348,108 @@ async def delete_if(kv: KeyValue, key: str, last: int | None) -> None:
         raise
 
 
+#: A watch's heartbeat (seconds): the server sends one to a watch it has nothing else to send,
+#: and a watch that misses two begins again after the last entry it received (nats-py's ordered
+#: consumer, :func:`watch`). How long a watch can fall behind after the node serving it died.
+#: nats-py's own KV watch leaves it at 5 s: missed for 10 s, then 10 s more for each attempt
+#: that failed while the stream had no leader.
+WATCH_HEARTBEAT = 1.0
+
+#: ``Nats-Marker-Reason`` (nats-server 2.11+): the server's own markers of an entry's end, with
+#: the operation each stands for.
+_MARKER_REASONS = {"MaxAge": KV_PURGE, "Purge": KV_PURGE, "Remove": KV_DEL}
+
+
+class Watch:
+    """The entries written to some keys of a bucket, in the order they were written, from each
+    key's current entry on (:func:`watch`). Iterate over it, or take one with :meth:`updates`;
+    :meth:`stop` ends it. ``Entry.delta`` is how many entries the server had not yet sent when
+    it sent that one (0: the watch had caught up then)."""
+
+    _STOP = object()
+
+    def __init__(self) -> None:
+        # Bounded as nats-py's watch is: a consumer that falls behind holds the subscription
+        # back (and the server's flow control holds the consumer) instead of growing a queue.
+        self._updates: asyncio.Queue[KeyValue.Entry | object] = asyncio.Queue(maxsize=256)
+        self._sub: JetStreamContext.PushSubscription | None = None
+
+    async def updates(self, timeout: float = 5.0) -> KeyValue.Entry:
+        """The next entry; ``TimeoutError`` when none came within ``timeout`` seconds, and
+        ``StopAsyncIteration`` once the watch is stopped."""
+        entry = await asyncio.wait_for(self._updates.get(), timeout)
+        if entry is Watch._STOP:
+            self._updates.put_nowait(entry)
+            raise StopAsyncIteration
+        return entry  # type: ignore[return-value]
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> KeyValue.Entry:
+        entry = await self._updates.get()
+        if entry is Watch._STOP:
+            self._updates.put_nowait(entry)
+            raise StopAsyncIteration
+        return entry  # type: ignore[return-value]
+
+    async def stop(self) -> None:
+        """End the watch: its consumer goes, and an iteration ends after what it holds."""
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(Exception):  # a connection already closed has no consumer left
+                await sub.unsubscribe()
+        while True:
+            try:
+                self._updates.put_nowait(Watch._STOP)
+                return
+            except asyncio.QueueFull:
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    self._updates.get_nowait()
+
+
+async def watch(kv: KeyValue, keys: str = ">") -> Watch:
+    """Follow the bucket ``kv``'s ``keys``: each one's current entry (deletions' markers
+    included), then every entry written after.
+
+    nats-py's ``KeyValue.watch`` does the same with a 5 s heartbeat, which it does not let its
+    caller choose: after a kill -9 of the node serving the watch's consumer, a watch was seen
+    to deliver a write 14 s late (a notifier muting from a silence that late, or paging from a
+    track another replica ended). This one asks for :data:`WATCH_HEARTBEAT`."""
+    result = Watch()
+    prefix = kv._pre  # nats-py keeps the bucket's subject prefix and stream to itself
+
+    async def received(msg: Msg) -> None:
+        headers = msg.headers or {}
+        operation = headers.get(KV_OP)
+        if operation is None and "Nats-Marker-Reason" in headers:
+            operation = _MARKER_REASONS.get(headers["Nats-Marker-Reason"])
+            if operation is None:
+                return  # a marker of a reason this client does not know, skipped as nats-py does
+        meta = msg.metadata
+        entry = KeyValue.Entry(
+            bucket=kv._name,
+            key=msg.subject[len(prefix) :],
+            value=msg.data,
+            revision=meta.sequence.stream,
+            delta=meta.num_pending,
+            created=meta.timestamp,  # type: ignore[arg-type]  # nats-py gives the datetime
+            operation=operation,
+        )
+        await result._updates.put(entry)
+
+    result._sub = await kv._js.subscribe(
+        f"{prefix}{keys}",
+        stream=kv._stream,
+        cb=received,
+        ordered_consumer=True,
+        idle_heartbeat=WATCH_HEARTBEAT,
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        inactive_threshold=300.0,
+    )
+    return result
+
+
 class BucketReadError(Exception):
     """A KV bucket could not be read whole (:func:`bucket_entries`)."""
 
@@ -352,51 +458,50 @@ async def bucket_entries(kv: KeyValue, *, timeout: float = 5.0) -> dict[str, Key
     """Every key of the bucket ``kv`` with its current entry, read whole or not at all
     (:func:`watch_listed`)."""
     watcher, listed = await watch_listed(kv, timeout=timeout)
-    await watcher.stop()  # type: ignore[no-untyped-call]
+    await watcher.stop()
     return {entry.key: entry for entry in listed if entry.operation not in (KV_DEL, KV_PURGE)}
 
 
 async def watch_listed(
     kv: KeyValue, keys: str = ">", *, timeout: float = 5.0
-) -> tuple[KeyValue.KeyWatcher, list[KeyValue.Entry]]:
-    """A watch of the bucket's ``keys`` and every one of them it listed, deletions' markers
-    included, read whole or not at all; the watch goes on with what is written after.
+) -> tuple[Watch, list[KeyValue.Entry]]:
+    """A watch of the bucket's ``keys`` (:func:`watch`) and every one of them it listed,
+    deletions' markers included, read whole or not at all; the watch goes on with what is
+    written after.
 
-    nats-py's watch ends its listing when the server's consumer says nothing more is
-    pending, and for seconds after the node leading the bucket's stream was killed that
-    listing was seen to end early: no key, or one fewer, of a bucket of 40 (an evaluator then
-    took its partitions back without their alert states and fired its firing alerts again
-    under new ids). So the listing goes on until it holds as many keys as the bucket's stream
-    said it holds after the watch began: a bucket keeping one value a key (history 1, as
-    every Signalfire bucket does) holds a message per key, a deletion's marker included, and
-    the watch lists each once, then what is written after. A listing that stalls short of
-    that is begun again with a new watch, up to :data:`BUCKET_READ_ATTEMPTS` times, then
-    raises :class:`BucketReadError`; a stream that cannot be asked raises what nats-py raised."""
+    A watch's listing ends when the server's consumer says nothing more is pending, and for
+    seconds after the node leading the bucket's stream was killed that listing was seen to end
+    early: no key, or one fewer, of a bucket of 40 (an evaluator then took its partitions back
+    without their alert states and fired its firing alerts again under new ids). So the
+    listing goes on until it holds as many keys as the bucket's stream said it holds after the
+    watch began: a bucket keeping one value a key (history 1, as every Signalfire bucket does)
+    holds a message per key, a deletion's marker included, and the watch lists each once, then
+    what is written after. A listing that stalls short of that is begun again with a new watch,
+    up to :data:`BUCKET_READ_ATTEMPTS` times, then raises :class:`BucketReadError`; a stream
+    that cannot be asked raises what nats-py raised."""
     short = "nothing read"
     for attempt in range(BUCKET_READ_ATTEMPTS):
         if attempt:
             await asyncio.sleep(0.1 * 2 ** (attempt - 1))
-        watcher = await kv.watch(keys)
+        watcher = await watch(kv, keys)
         try:
             held = await _keys_held(kv, keys)
             listed: dict[str, KeyValue.Entry] = {}
             ended = False
             while len(listed) < held:
                 try:
-                    entry = await watcher.updates(timeout=BUCKET_READ_STALL if ended else timeout)  # type: ignore[no-untyped-call]
+                    entry = await watcher.updates(timeout=BUCKET_READ_STALL if ended else timeout)
                 except TimeoutError:
                     break
-                if entry is None:  # the watch's end of the listing: maybe early
-                    ended = True
-                    continue
                 listed[entry.key] = entry
+                ended = ended or entry.delta == 0  # the server said the listing ended: maybe early
             if len(listed) >= held:
                 return watcher, sorted(listed.values(), key=lambda e: e.revision or 0)
             short = f"{len(listed)} of {held} keys listed"
         except BaseException:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+            await watcher.stop()
             raise
-        await watcher.stop()  # type: ignore[no-untyped-call]
+        await watcher.stop()
     raise BucketReadError(
         f"KV bucket {kv._name}: {keys} not read whole in {BUCKET_READ_ATTEMPTS} attempts ({short})"
     )

@@ -24,7 +24,7 @@ import asyncpg
 import msgspec
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from signalfire.bus import watch_listed
+from signalfire.bus import Watch, watch_listed
 from signalfire.consumers import Backoff
 from signalfire.events import PayloadError, Silence, decode
 from signalfire.gateway.commits import Commits
@@ -76,7 +76,7 @@ class SilenceMirror:
         self._commits = commits
         self._backoff = backoff or Backoff()
         self._clock = clock
-        self._watcher: KeyValue.KeyWatcher | None = None
+        self._watcher: Watch | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.bad_entries = registry.counter(
@@ -107,13 +107,12 @@ class SilenceMirror:
             self._task = None
         if self._watcher is not None:
             with contextlib.suppress(Exception):
-                await self._watcher.stop()  # type: ignore[no-untyped-call]
+                await self._watcher.stop()
             self._watcher = None
 
-    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+    async def _follow(self, watcher: Watch) -> None:
         async for entry in watcher:
-            if entry is not None:
-                await self._apply(entry)
+            await self._apply(entry)
 
     async def _apply(self, entry: KeyValue.Entry) -> None:
         revision = entry.revision or 0

@@ -14,7 +14,7 @@ from typing import Generic, TypeVar
 
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from signalfire.bus import watch_listed
+from signalfire.bus import Watch, watch_listed
 
 log = logging.getLogger("signalfire.notifier.mirror")
 
@@ -40,7 +40,7 @@ class Mirror(Generic[T]):
         self._decode = decode
         self._on_bad = on_bad
         self._task: asyncio.Task[None] | None = None
-        self._watcher: KeyValue.KeyWatcher | None = None
+        self._watcher: Watch | None = None
 
     async def start(self) -> None:
         """Load what is there now, then follow changes in the background."""
@@ -59,7 +59,7 @@ class Mirror(Generic[T]):
             self._task = None
         if self._watcher is not None:
             with contextlib.suppress(Exception):
-                await self._watcher.stop()  # type: ignore[no-untyped-call]
+                await self._watcher.stop()
             self._watcher = None
 
     def values(self) -> list[T]:
@@ -75,10 +75,9 @@ class Mirror(Generic[T]):
         if current is None or current[1] < revision:
             self.entries[key] = (value, revision)
 
-    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+    async def _follow(self, watcher: Watch) -> None:
         async for entry in watcher:
-            if entry is not None:
-                self._apply(entry)
+            self._apply(entry)
 
     def _apply(self, entry: KeyValue.Entry) -> None:
         key = entry.key
