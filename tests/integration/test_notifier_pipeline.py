@@ -491,6 +491,73 @@ async def test_a_silence_mutes_the_resolved_notice_too(  # noqa: PLR0917
     assert [r.reason for r in results if r.alert_id == told.id][-1] == "silenced by maint-web-1 (ana)"
 
 
+async def test_a_silence_written_while_the_silence_watch_is_behind_mutes_the_next_alert(  # noqa: PLR0917
+    nc: Any,
+    nats_config: NatsConfig,
+    receivers: WebhookReceiver,
+    clock: Clock,
+    running: Any,
+    results: list[Any],
+) -> None:
+    """The watch of the silences stalls for seconds when the NATS node serving it dies
+    (docs/faults.md scenario 11): a silence created then must still mute the next alert."""
+    service = await running(
+        make_config(nats_config, {"ops": hook(receivers, "ops")}, [Route(channels=["ops"])])
+    )
+    held = service._silences
+    assert held is not None and held._watcher is not None
+    await held._watcher.stop()  # the watch hears nothing more, as one whose node died
+    await silence(nc, nats_config, "web-1", T0 - 1)
+    muted, other = alert(host="web-1"), alert(host="web-2")
+    await publish_alert(nc, nats_config, muted)
+    await publish_alert(nc, nats_config, other)
+    await wait_until(lambda: len(results) == 2, "both alerts' results")
+    by_alert = {r.alert_id: r for r in results}
+    assert (by_alert[muted.id].status, by_alert[muted.id].reason) == (
+        "suppressed",
+        "silenced by maint-web-1 (ana)",
+    )
+    assert receivers.transitions("ops") == [(other.id, "firing")]
+    reads = value(service.registry, "signalfire_notifier_silence_checks_total", result="read")
+    assert reads >= 1
+    # ended behind the watch's back too: the next alert of the host is sent
+    kv = await nc.jetstream().key_value(nats_config.subjects.bucket("silences"))
+    await kv.delete("maint-web-1")
+    again = alert(host="web-1")
+    await publish_alert(nc, nats_config, again)
+    await wait_until(
+        lambda: (again.id, "firing") in receivers.transitions("ops"), "the alert after the silence"
+    )
+    assert value(service.registry, "signalfire_notifier_silence_checks_total", result="read") > reads
+
+
+async def test_when_the_silences_cannot_be_checked_the_alert_is_decided_on_the_silences_held(  # noqa: PLR0917
+    nc: Any,
+    nats_config: NatsConfig,
+    receivers: WebhookReceiver,
+    clock: Clock,
+    running: Any,
+    results: list[Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A page is not held back because the silences' bucket cannot answer: the copy held
+    decides, and the operator is told once."""
+    await silence(nc, nats_config, "web-1", T0 - 1)
+    service = await running(
+        make_config(nats_config, {"ops": hook(receivers, "ops")}, [Route(channels=["ops"])])
+    )
+    await nc.jetstream().delete_stream(f"KV_{nats_config.subjects.bucket('silences')}")  # no bucket to ask
+    alerts = [alert(host="web-1"), alert(host="web-2"), alert(host="web-1")]
+    for a in alerts:
+        await publish_alert(nc, nats_config, a)
+    await wait_until(lambda: len(results) == 3, "the alerts' results")
+    status = {r.alert_id: r.status for r in results}
+    assert [status[a.id] for a in alerts] == ["suppressed", "sent", "suppressed"]
+    assert value(service.registry, "signalfire_notifier_silence_checks_total", result="failed") == 3
+    warnings = [r for r in caplog.records if "silences not checked against their bucket" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+
+
 async def test_a_digest_lists_an_alert_that_fired_and_resolved_within_its_period(
     nc: Any, nats_config: NatsConfig, receivers: WebhookReceiver, clock: Clock, running: Any
 ) -> None:

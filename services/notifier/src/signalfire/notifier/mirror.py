@@ -1,7 +1,10 @@
-"""A local, always current copy of part of a KV bucket (a JetStream watch).
+"""A local copy of part of a KV bucket, kept by a JetStream watch.
 
 Every replica mirrors the tracks, batches and silences, so its timers and its silence and
-inhibition checks see what every other replica wrote, without a KV read per decision.
+inhibition checks see what every other replica wrote, without a KV read per decision. A watch
+is milliseconds behind its bucket, and seconds behind after the node serving it died
+(:data:`signalfire.bus.WATCH_HEARTBEAT`); :meth:`Mirror.current` is for a decision that must
+not be taken on a copy older than itself (a silence created a moment before a page).
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from signalfire.bus import Watch, watch_listed
 
 log = logging.getLogger("signalfire.notifier.mirror")
 
+#: How long (seconds) :meth:`Mirror.current` waits for the watch to give what the bucket holds
+#: before it reads the bucket whole instead (a healthy watch is milliseconds behind).
+CATCH_UP = 0.2
+
 T = TypeVar("T")
 
 
@@ -25,7 +32,9 @@ class Mirror(Generic[T]):
     """``entries`` maps key → (decoded value, revision) for keys matching ``pattern``.
     Values that do not decode (whatever their bytes) are skipped and reported to ``on_bad``
     with the key and the reason; ``decode`` raises ``ValueError`` for them (as msgspec and
-    :func:`signalfire.events.decode` do)."""
+    :func:`signalfire.events.decode` do). ``on_check`` hears how each check of
+    :meth:`current` ended: ``current``, ``caught_up`` (the watch got there) or ``read`` (the
+    bucket was read whole)."""
 
     def __init__(
         self,
@@ -33,14 +42,29 @@ class Mirror(Generic[T]):
         pattern: str,
         decode: Callable[[bytes], T],
         on_bad: Callable[[str, str], None] | None = None,
+        on_check: Callable[[str], None] | None = None,
     ) -> None:
         self.entries: dict[str, tuple[T, int]] = {}
         self._kv = kv
         self._pattern = pattern
         self._decode = decode
         self._on_bad = on_bad
+        self._on_check = on_check
         self._task: asyncio.Task[None] | None = None
         self._watcher: Watch | None = None
+        #: The newest revision applied or passed over (a deletion, an entry that did not
+        #: decode), and the newest the watch gave: a whole read gets ahead of the watch.
+        self._seen = 0
+        self._watched = 0
+        #: Keys a whole read found deleted, with the deletion's revision, until the watch has
+        #: passed it: an older entry the watch still gives must not bring the key back.
+        self._gone: dict[str, int] = {}
+        self._moved = asyncio.Event()  # the watch gave an entry
+        #: :meth:`current`'s checks: the one running, when it began (event-loop time), and
+        #: when the last one that finished had begun.
+        self._check: asyncio.Task[None] | None = None
+        self._check_began = 0.0
+        self._checked_from = float("-inf")
 
     async def start(self) -> None:
         """Load what is there now, then follow changes in the background."""
@@ -49,6 +73,7 @@ class Mirror(Generic[T]):
         self._watcher, listed = await watch_listed(self._kv, self._pattern, timeout=30.0)
         for entry in listed:
             self._apply(entry)
+        self._watched = self._seen
         self._task = asyncio.create_task(self._follow(self._watcher))
 
     async def stop(self) -> None:
@@ -75,18 +100,92 @@ class Mirror(Generic[T]):
         if current is None or current[1] < revision:
             self.entries[key] = (value, revision)
 
+    async def current(self) -> None:
+        """Return once the mirror holds every entry the bucket held when this was called.
+
+        Asks the bucket's stream for its last sequence (one request; callers arriving while
+        a check runs share the next one); when the watch has not reached it, gives the watch
+        :data:`CATCH_UP` seconds, then reads the keys whole (:func:`signalfire.bus.watch_listed`)
+        and applies them. Raises what the request or the read raised (NATS away). For a mirror
+        of the whole bucket only (``pattern`` ``>``): the stream's last sequence is a key's."""
+        if self._pattern != ">":
+            raise ValueError(f"only a whole bucket's mirror can be checked current, not {self._pattern}")
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        while self._checked_from < asked:
+            check = self._check
+            if check is None:
+                self._check_began = loop.time()
+                check = self._check = asyncio.create_task(self._catch_up(self._check_began))
+                # its callers may all have given up waiting (a timeout): nobody else reads its error
+                check.add_done_callback(lambda t: t.cancelled() or t.exception())
+            # A check that began before this call may miss a write made just before it: wait
+            # for it to end, then begin (or join) the next one.
+            await asyncio.shield(check)
+
+    async def _catch_up(self, began: float) -> None:
+        try:
+            last = (await self._kv.status()).stream_info.state.last_seq
+            outcome = "current"
+            if self._seen < last:
+                await self._reached(last, CATCH_UP)
+                outcome = "caught_up"
+            if self._seen < last:
+                await self._read_whole(last)
+                outcome = "read"
+            self._checked_from = began
+            if self._on_check is not None:
+                self._on_check(outcome)
+        finally:
+            self._check = None
+
+    async def _reached(self, revision: int, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the watch to give ``revision``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self._seen < revision:
+                    self._moved.clear()
+                    await self._moved.wait()
+
+    async def _read_whole(self, last: int) -> None:
+        """Read the keys whole and apply them: the watch is behind (its node died, or it is
+        slow); it goes on, and what it gives later that is older is passed over."""
+        log.info(
+            "mirror behind its bucket: read whole",
+            extra={"bucket": self._kv._name, "keys": self._pattern, "seen": self._seen, "last": last},
+        )
+        reader, listed = await watch_listed(self._kv, self._pattern, timeout=5.0)
+        await reader.stop()
+        listed_keys = {entry.key for entry in listed}
+        for entry in listed:
+            self._apply(entry, read=True)
+        # gone from the bucket without a marker left (purged, aged out)
+        unlisted = [k for k, (_, rev) in self.entries.items() if k not in listed_keys and rev <= last]
+        for key in unlisted:
+            del self.entries[key]
+        self._seen = max(self._seen, last)
+
     async def _follow(self, watcher: Watch) -> None:
         async for entry in watcher:
+            self._watched = max(self._watched, entry.revision or 0)
             self._apply(entry)
+            self._moved.set()
+            if self._gone and self._watched >= max(self._gone.values()):
+                self._gone.clear()  # the watch has passed every deletion a read found
 
-    def _apply(self, entry: KeyValue.Entry) -> None:
+    def _apply(self, entry: KeyValue.Entry, *, read: bool = False) -> None:
         key = entry.key
         revision = entry.revision or 0
-        if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-            self.entries.pop(key, None)
-            return
+        self._seen = max(self._seen, revision)
         current = self.entries.get(key)
         if current is not None and current[1] >= revision:
+            return  # we wrote it (remember), or a whole read got ahead of the watch
+        if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+            self.entries.pop(key, None)
+            if read:
+                self._gone[key] = revision
+            return
+        if self._gone.get(key, 0) >= revision:
             return
         try:
             value = self._decode(entry.value)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -37,7 +37,8 @@ log = logging.getLogger("signalfire.notifier")
 
 class Pipeline:
     """The event-driven stages. ``config`` is replaced by a reload (routes and inhibit rules
-    take effect for the next event); ``suppression`` and ``clock`` are the service's."""
+    take effect for the next event); ``suppression``, ``silences_current`` (awaited before
+    the silences are consulted) and ``clock`` are the service's."""
 
     def __init__(
         self,
@@ -46,6 +47,7 @@ class Pipeline:
         dispatcher: Dispatcher,
         *,
         suppression: Suppression,
+        silences_current: Callable[[], Awaitable[None]],
         clock: Callable[[], float],
         registry: Registry,
     ) -> None:
@@ -53,6 +55,7 @@ class Pipeline:
         self._state = state
         self._dispatcher = dispatcher
         self._suppression = suppression
+        self._silences_current = silences_current
         self._clock = clock
         self.unrouted = registry.counter("alerts_unrouted", "Alert events no route matched")
 
@@ -64,6 +67,8 @@ class Pipeline:
             self.unrouted.inc()
             log.info("no route matched", extra={"alert_id": alert.id, "rule": alert.rule, "host": alert.host})
             return
+        # a silence written before this event was taken mutes it, whatever the watch's delay
+        await self._silences_current()
         handle = self._firing if alert.status == "firing" else self._resolved
         if len(indexes) == 1:
             await handle(alert, indexes[0])

@@ -50,11 +50,14 @@ class Scheduler:
         dispatcher: Dispatcher,
         suppression: Suppression,
         clock: Callable[[], float],
+        *,
+        silences_current: Callable[[], Awaitable[None]],
     ) -> None:
         self.config = config
         self._state = state
         self._dispatcher = dispatcher
         self._suppression = suppression
+        self._silences_current = silences_current
         self._clock = clock
         self._running: dict[str, asyncio.Task[None]] = {}
 
@@ -124,9 +127,12 @@ class Scheduler:
         track = fresh
         steps = due_steps(track, route, now)
         repeat = due_repeat(track, route, now)
+        if not steps and repeat is None:
+            return
         alert = track.alert
         akey = alert_key(alert.id)
-        suppressed = self._suppression(alert, now) if steps or repeat is not None else None
+        await self._silences_current()
+        suppressed = self._suppression(alert, now)
         epoch = track.epoch
         for index in steps:
             step = route.escalate[index]
@@ -175,6 +181,7 @@ class Scheduler:
     async def _flush(self, key: str, batch: Batch, route: Route, now: float) -> None:
         """Send the batch as one message per channel, then track its alerts (a group) and
         empty it (alerts that joined meanwhile wait for the next one)."""
+        await self._silences_current()
         sendable: list[AlertEvent] = []
         for alert in batch.alerts:
             reason = self._suppression(alert, now)

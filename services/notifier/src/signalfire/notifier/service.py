@@ -55,6 +55,11 @@ __all__ = ["ACTIONS_DURABLE", "DURABLE", "NotifierService"]
 
 log = logging.getLogger("signalfire.notifier")
 
+#: How long (seconds) a notification waits for the silences to be checked against their
+#: bucket (:meth:`NotifierService.silences_current`) before it is decided on the copy held:
+#: with NATS away a page is not held back by a silence check.
+SILENCE_CHECK_TIMEOUT = 2.0
+
 
 class NotifierService:
     """Delivers alert events to people. ``nc`` may be passed in (tests); else it is created
@@ -103,6 +108,14 @@ class NotifierService:
         self.suppressed = self.registry.counter(
             "suppressed", "Notifications not sent because of a silence or an inhibition", ["why"]
         )
+        self.silence_checks = self.registry.counter(
+            "silence_checks",
+            "Checks of the silences against their bucket before a decision, by how they ended:"
+            " current, caught_up (the watch got there), read (read whole: the watch was behind),"
+            " failed (decided on the copy held)",
+            ["result"],
+        )
+        self._silence_check_failing = False
         self._file = ConfigFile(
             config_path, self._environ, self.reload, lambda: self.config.watch_interval, self.registry
         )
@@ -148,6 +161,7 @@ class NotifierService:
                 ">",
                 lambda data: msgspec.json.decode(data, type=Silence),
                 lambda key, why: self._bad_entry("silences", key, why),
+                lambda result: self.silence_checks.labels(result=result).inc(),
             )
             await self._silences.start()
             timings = self.config.timings
@@ -169,13 +183,19 @@ class NotifierService:
                 sleep=self._sleep,
             )
             self.scheduler = Scheduler(
-                self.config, self._state, self._dispatcher, self.suppression, self._clock
+                self.config,
+                self._state,
+                self._dispatcher,
+                self.suppression,
+                self._clock,
+                silences_current=self.silences_current,
             )
             self._pipeline = Pipeline(
                 self.config,
                 self._state,
                 self._dispatcher,
                 suppression=self.suppression,
+                silences_current=self.silences_current,
                 clock=self._clock,
                 registry=self.registry,
             )
@@ -263,6 +283,29 @@ class NotifierService:
     async def reload_on_signal(self) -> None:
         """The ``SIGHUP`` handler for :func:`signalfire.runner.serve`."""
         await self.reload_file()
+
+    async def silences_current(self) -> None:
+        """Bring the silences held up to every silence written before now, before a decision
+        that consults them (:meth:`Mirror.current`: a silence created a moment before an
+        alert fires mutes it, also while the watch is seconds behind after a NATS node died).
+        When that cannot be done within :data:`SILENCE_CHECK_TIMEOUT` (NATS away), the
+        decision is taken on the copy held: counted, and a warning when it starts failing."""
+        if self._silences is None:
+            return
+        try:
+            await asyncio.wait_for(self._silences.current(), SILENCE_CHECK_TIMEOUT)
+        except Exception as exc:
+            self.silence_checks.labels(result="failed").inc()
+            if not self._silence_check_failing:
+                self._silence_check_failing = True
+                log.warning(
+                    "silences not checked against their bucket; deciding on the copy held",
+                    extra={"reason": f"{type(exc).__name__}: {exc}"},
+                )
+            return
+        if self._silence_check_failing:
+            self._silence_check_failing = False
+            log.info("silences checked against their bucket again")
 
     def suppression(self, alert: AlertEvent, now: float) -> str | None:
         """Why ``alert`` must not be sent at ``now`` (a silence, an inhibition), or None."""
