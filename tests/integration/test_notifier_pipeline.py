@@ -22,6 +22,7 @@ from signalfire.notifier.channels.pagerduty import PagerDutyChannelConfig
 from signalfire.notifier.channels.webhook import WebhookChannelConfig
 from signalfire.notifier.config import EscalationStep, InhibitRule, NotifyConfig, Route, load_notify_config
 from signalfire.notifier.deadletter import DeadLetter
+from signalfire.notifier.mirror import FRESH_FOR
 from signalfire.notifier.service import NotifierService
 from tests.support.alerts import firing_alert, publish_alert
 from tests.support.delivery_results import results
@@ -508,6 +509,7 @@ async def test_a_silence_written_while_the_silence_watch_is_behind_mutes_the_nex
     assert held is not None and held._watcher is not None
     await held._watcher.stop()  # the watch hears nothing more, as one whose node died
     await silence(nc, nats_config, "web-1", T0 - 1)
+    await asyncio.sleep(FRESH_FOR)  # what the check promises: written at least that long before
     muted, other = alert(host="web-1"), alert(host="web-2")
     await publish_alert(nc, nats_config, muted)
     await publish_alert(nc, nats_config, other)
@@ -523,6 +525,7 @@ async def test_a_silence_written_while_the_silence_watch_is_behind_mutes_the_nex
     # ended behind the watch's back too: the next alert of the host is sent
     kv = await nc.jetstream().key_value(nats_config.subjects.bucket("silences"))
     await kv.delete("maint-web-1")
+    await asyncio.sleep(FRESH_FOR)
     again = alert(host="web-1")
     await publish_alert(nc, nats_config, again)
     await wait_until(

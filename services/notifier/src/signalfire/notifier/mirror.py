@@ -24,6 +24,11 @@ log = logging.getLogger("signalfire.notifier.mirror")
 #: How long (seconds) :meth:`Mirror.current` waits for the watch to give what the bucket holds
 #: before it reads the bucket whole instead (a healthy watch is milliseconds behind).
 CATCH_UP = 0.2
+#: A check of :meth:`Mirror.current` that began at most this long (seconds) before a call
+#: answers it: at 1,000 alerts/s one check in 50 ms instead of one per alert (each is a
+#: request to the bucket's stream, ~0.1 ms of CPU), and a write that recent is still given
+#: by a watch that is not behind, within milliseconds.
+FRESH_FOR = 0.05
 
 T = TypeVar("T")
 
@@ -60,10 +65,9 @@ class Mirror(Generic[T]):
         #: passed it: an older entry the watch still gives must not bring the key back.
         self._gone: dict[str, int] = {}
         self._moved = asyncio.Event()  # the watch gave an entry
-        #: :meth:`current`'s checks: the one running, when it began (event-loop time), and
-        #: when the last one that finished had begun.
+        #: :meth:`current`'s checks: the one running, and when (event-loop time) the last one
+        #: that finished had begun.
         self._check: asyncio.Task[None] | None = None
-        self._check_began = 0.0
         self._checked_from = float("-inf")
 
     async def start(self) -> None:
@@ -100,28 +104,33 @@ class Mirror(Generic[T]):
         if current is None or current[1] < revision:
             self.entries[key] = (value, revision)
 
-    async def current(self) -> None:
-        """Return once the mirror holds every entry the bucket held when this was called.
+    async def current(self, timeout: float | None = None) -> None:
+        """Return once the mirror holds every entry the bucket held :data:`FRESH_FOR` before
+        this was called.
 
-        Asks the bucket's stream for its last sequence (one request; callers arriving while
-        a check runs share the next one); when the watch has not reached it, gives the watch
-        :data:`CATCH_UP` seconds, then reads the keys whole (:func:`signalfire.bus.watch_listed`)
-        and applies them. Raises what the request or the read raised (NATS away). For a mirror
-        of the whole bucket only (``pattern`` ``>``): the stream's last sequence is a key's."""
+        Asks the bucket's stream for its last sequence: one request, shared by the callers
+        arriving while it runs (they share the next one, or this one when it began at most
+        :data:`FRESH_FOR` before them). When the watch has not reached that sequence it is
+        given :data:`CATCH_UP` seconds, then the keys are read whole
+        (:func:`signalfire.bus.watch_listed`) and applied. Raises what the request or the read
+        raised (NATS away), ``TimeoutError`` after ``timeout`` seconds. For a mirror of the
+        whole bucket only (``pattern`` ``>``): the stream's last sequence is a key's."""
         if self._pattern != ">":
             raise ValueError(f"only a whole bucket's mirror can be checked current, not {self._pattern}")
         loop = asyncio.get_running_loop()
-        asked = loop.time()
-        while self._checked_from < asked:
-            check = self._check
-            if check is None:
-                self._check_began = loop.time()
-                check = self._check = asyncio.create_task(self._catch_up(self._check_began))
-                # its callers may all have given up waiting (a timeout): nobody else reads its error
-                check.add_done_callback(lambda t: t.cancelled() or t.exception())
-            # A check that began before this call may miss a write made just before it: wait
-            # for it to end, then begin (or join) the next one.
-            await asyncio.shield(check)
+        asked = loop.time() - FRESH_FOR
+        if self._checked_from >= asked:
+            return  # most decisions under load: no task, no timer
+        async with asyncio.timeout(timeout):
+            while self._checked_from < asked:
+                check = self._check
+                if check is None:
+                    check = self._check = asyncio.create_task(self._catch_up(loop.time()))
+                    # its callers may all have given up waiting: nobody else reads its error
+                    check.add_done_callback(lambda t: t.cancelled() or t.exception())
+                # One that began earlier than that may miss a write made since: wait for it
+                # to end, then begin (or join) the next one.
+                await asyncio.shield(check)
 
     async def _catch_up(self, began: float) -> None:
         try:

@@ -293,7 +293,7 @@ class NotifierService:
         if self._silences is None:
             return
         try:
-            await asyncio.wait_for(self._silences.current(), SILENCE_CHECK_TIMEOUT)
+            await self._silences.current(SILENCE_CHECK_TIMEOUT)
         except Exception as exc:
             self.silence_checks.labels(result="failed").inc()
             if not self._silence_check_failing:
