@@ -18,6 +18,7 @@ from signalfire.bus import (
     BucketReadError,
     NatsConfig,
     bucket_entries,
+    bucket_latest,
     connect,
     ensure_streams,
     watch,
@@ -224,3 +225,27 @@ async def test_a_watch_gives_each_keys_entry_then_every_write_in_order_until_it_
     with pytest.raises(StopAsyncIteration):
         await follower.updates(timeout=0.3)
     await follower.stop()  # stopping twice is harmless
+
+
+async def test_a_buckets_latest_entries_are_read_without_a_consumer_with_their_deletions(
+    nc: Any, nats_config: NatsConfig
+) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js, nats_config)
+    bucket = nats_config.subjects.bucket("silences")
+    kv = await js.key_value(bucket)
+    assert await bucket_latest(kv) == (0, [])
+    await kv.put("a", b"1")
+    await kv.put("b", b"2")
+    await kv.put("a", b"3")
+    await kv.delete("b")
+    await kv.put("c", b"4")
+    await kv.purge("c")
+    last, entries = await bucket_latest(kv)
+    assert last == 6
+    assert sorted((e.key, e.value, e.revision, e.operation) for e in entries) == [
+        ("a", b"3", 3, None),
+        ("b", b"", 4, "DEL"),
+        ("c", b"", 6, "PURGE"),
+    ]
+    assert (await js.stream_info(f"KV_{bucket}")).state.consumer_count == 0  # no consumer made

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 import time
@@ -41,6 +42,7 @@ from nats.js.api import (
 from nats.js.errors import (
     APIError,
     BucketNotFoundError,
+    KeyNotFoundError,
     KeyWrongLastSequenceError,
     NoStreamResponseError,
     NotFoundError,
@@ -505,6 +507,27 @@ async def watch_listed(
     raise BucketReadError(
         f"KV bucket {kv._name}: {keys} not read whole in {BUCKET_READ_ATTEMPTS} attempts ({short})"
     )
+
+
+async def bucket_latest(kv: KeyValue) -> tuple[int, list[KeyValue.Entry]]:
+    """The bucket's stream's last sequence and every key's current entry, deletions' markers
+    included (``operation`` ``DEL`` or ``PURGE``), read without a consumer: one request to the
+    stream for its keys, then one get a key.
+
+    :func:`watch_listed` makes a consumer, and making one waits for the cluster's meta leader:
+    for seconds after that leader's node died, nothing can. A stream (and its keys) answers as
+    soon as its own leader does. For buckets of tens of keys (the silences): a get is ~0.2 ms."""
+    info = await kv._js.stream_info(kv._stream, subjects_filter=f"{kv._pre}>")
+    entries: list[KeyValue.Entry] = []
+    for subject in info.state.subjects or {}:
+        key = subject[len(kv._pre) :]
+        try:
+            entries.append(await kv.get(key, validate_keys=False))
+        except KeyNotFoundError as exc:  # nats-py's answer for a deletion's marker too
+            if exc.entry is not None:
+                entries.append(dataclasses.replace(exc.entry, value=exc.entry.value or b"", operation=exc.op))
+            # else: gone since the keys were listed; the caller's next read sees why
+    return info.state.last_seq, entries
 
 
 async def _keys_held(kv: KeyValue, keys: str) -> int:

@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from signalfire.bus import Watch, watch_listed
+from signalfire.bus import Watch, bucket_latest, watch_listed
 
 log = logging.getLogger("signalfire.notifier.mirror")
 
@@ -111,8 +111,8 @@ class Mirror(Generic[T]):
         Asks the bucket's stream for its last sequence: one request, shared by the callers
         arriving while it runs (they share the next one, or this one when it began at most
         :data:`FRESH_FOR` before them). When the watch has not reached that sequence it is
-        given :data:`CATCH_UP` seconds, then the keys are read whole
-        (:func:`signalfire.bus.watch_listed`) and applied. Raises what the request or the read
+        given :data:`CATCH_UP` seconds, then every key's current entry is read
+        (:func:`signalfire.bus.bucket_latest`) and applied. Raises what the request or the read
         raised (NATS away), ``TimeoutError`` after ``timeout`` seconds. For a mirror of the
         whole bucket only (``pattern`` ``>``): the stream's last sequence is a key's."""
         if self._pattern != ">":
@@ -157,22 +157,23 @@ class Mirror(Generic[T]):
                     await self._moved.wait()
 
     async def _read_whole(self, last: int) -> None:
-        """Read the keys whole and apply them: the watch is behind (its node died, or it is
-        slow); it goes on, and what it gives later that is older is passed over."""
+        """Read every key's current entry and apply them: the watch is behind (its node died,
+        or it is slow); it goes on, and what it gives later that is older is passed over.
+        Read without a consumer (:func:`signalfire.bus.bucket_latest`): the watch's node dying
+        may have been the cluster's meta leader, without which no consumer can be made."""
         log.info(
             "mirror behind its bucket: read whole",
             extra={"bucket": self._kv._name, "keys": self._pattern, "seen": self._seen, "last": last},
         )
-        reader, listed = await watch_listed(self._kv, self._pattern, timeout=5.0)
-        await reader.stop()
-        listed_keys = {entry.key for entry in listed}
-        for entry in listed:
+        read_at, entries = await bucket_latest(self._kv)
+        for entry in entries:
             self._apply(entry, read=True)
+        listed = {entry.key for entry in entries}
         # gone from the bucket without a marker left (purged, aged out)
-        unlisted = [k for k, (_, rev) in self.entries.items() if k not in listed_keys and rev <= last]
+        unlisted = [k for k, (_, rev) in self.entries.items() if k not in listed and rev <= read_at]
         for key in unlisted:
             del self.entries[key]
-        self._seen = max(self._seen, last)
+        self._seen = max(self._seen, read_at)
 
     async def _follow(self, watcher: Watch) -> None:
         async for entry in watcher:
