@@ -156,13 +156,18 @@ async def test_closing_a_connection_is_logged_as_information_not_as_a_fault(
     assert not [m for level, m in messages if level >= logging.WARNING], messages
 
 
+async def signalfire_bucket(nc: Any, nats_config: NatsConfig, short: str) -> tuple[str, Any]:
+    """One of Signalfire's buckets, made as the services make them: its name and itself."""
+    await ensure_streams(nc.jetstream(), nats_config)
+    bucket = nats_config.subjects.bucket(short)
+    return bucket, await nc.jetstream().key_value(bucket)
+
+
 async def test_a_bucket_is_read_whole_with_its_deletions_and_a_listing_that_cannot_be_is_an_error(
     nc: Any, nats_config: NatsConfig
 ) -> None:
     js = nc.jetstream()
-    await ensure_streams(js, nats_config)
-    bucket = nats_config.subjects.bucket("alert_state")
-    kv = await js.key_value(bucket)
+    bucket, kv = await signalfire_bucket(nc, nats_config, "alert_state")
     for key in ("a.1", "a.2", "b.1", "gone"):
         await kv.put(key, key.encode())
     await kv.delete("gone")
@@ -190,9 +195,7 @@ async def test_a_watch_gives_each_keys_entry_then_every_write_in_order_until_it_
     nc: Any, nats_config: NatsConfig
 ) -> None:
     js = nc.jetstream()
-    await ensure_streams(js, nats_config)
-    bucket = nats_config.subjects.bucket("notify_state")
-    kv = await js.key_value(bucket)
+    bucket, kv = await signalfire_bucket(nc, nats_config, "notify_state")
     await kv.put("track.a", b"1")
     await kv.put("track.a", b"2")  # replaces the first: the watch starts from this one
     await kv.put("other", b"x")
@@ -231,9 +234,7 @@ async def test_a_buckets_latest_entries_are_read_without_a_consumer_with_their_d
     nc: Any, nats_config: NatsConfig
 ) -> None:
     js = nc.jetstream()
-    await ensure_streams(js, nats_config)
-    bucket = nats_config.subjects.bucket("silences")
-    kv = await js.key_value(bucket)
+    bucket, kv = await signalfire_bucket(nc, nats_config, "silences")
     assert await bucket_latest(kv) == (0, [])
     await kv.put("a", b"1")
     await kv.put("b", b"2")
