@@ -33,12 +33,23 @@ from signalfire.buspolicy import GATEWAY_DURABLES, NOTIFIER_DURABLES, permission
 from signalfire.config import ConfigError, Duration
 from signalfire.evaluator.replay import Read, read_history
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
-from signalfire.events import AlertAction, AlertEvent, DeliveryResult, MetricBatch, Sample, decode, encode
+from signalfire.events import (
+    AlertAction,
+    AlertEvent,
+    DeliveryResult,
+    MetricBatch,
+    Sample,
+    Silence,
+    decode,
+    encode,
+)
 from signalfire.gateway.committed import CommittedFrame
+from signalfire.matchers import Matcher
 from signalfire.notifier import service as notifier_service
 from signalfire.notifier.channels.log import LogChannelConfig
 from signalfire.notifier.config import NotifyConfig, Route
 from signalfire.notifier.ledger import SentMark, ledger_key
+from signalfire.notifier.mirror import FRESH_FOR
 from signalfire.notifier.service import NotifierService
 from signalfire.notifier.tracking import alert_key
 from signalfire.subjects import Subjects
@@ -319,6 +330,39 @@ async def test_the_notifier_records_what_jetstream_gave_up_on_as_its_own_identit
     finally:
         await notifier.stop()
         await js.delete_consumer(s.alerts_stream, notifier_service.DURABLE)  # the admin may
+    refusals = [r.getMessage() for r in caplog.records if "permissions violation" in r.getMessage().lower()]
+    assert refusals == []
+
+
+async def test_the_notifier_reads_the_silences_itself_when_its_watch_is_behind_as_its_own_identity(
+    bus: Bus, admin: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found walking `make up NATS_NODES=3`: the notifier could watch the silences but not read
+    # them, and its whole read after a node's death was refused (and timed out).
+    s = bus.subjects
+    notifier = NotifierService(
+        NotifyConfig(nats=bus.config("notifier"), channels={"ops": LogChannelConfig()}, routes=[])
+    )
+    await notifier.start()
+    try:
+        held = notifier._silences
+        assert held is not None and held._watcher is not None
+        await held._watcher.stop()  # behind from here on, as a watch whose node died
+        kv = await admin.jetstream().key_value(s.bucket("silences"))
+        window = Silence(
+            id=f"maint-{secrets.token_hex(3)}",
+            matchers=[Matcher(name="host", value=WEB1)],
+            starts_at=time.time(),
+            ends_at=time.time() + 600,
+            author="ana",
+        )
+        await kv.put(window.id, msgspec.json.encode(window))
+        await asyncio.sleep(FRESH_FOR)
+        await notifier.silences_current()
+        assert value(notifier.registry, "signalfire_notifier_silence_checks_total", result="read") == 1
+        assert window.id in held.entries
+    finally:
+        await notifier.stop()
     refusals = [r.getMessage() for r in caplog.records if "permissions violation" in r.getMessage().lower()]
     assert refusals == []
 

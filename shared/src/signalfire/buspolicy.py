@@ -145,8 +145,9 @@ def _service_common(s: Subjects, role: str) -> list[str]:
     for short in WRITES[role]:
         rights += [f"$KV.{s.bucket(short)}.>", *_bucket_read(s.bucket(short))]
     for short in WATCHES[role]:
-        rights += _bucket_watch(s.bucket(short))
-    return rights
+        # a watcher whose watch is behind reads the bucket itself (the notifier's silences)
+        rights += [*_bucket_watch(s.bucket(short)), *_bucket_read(s.bucket(short))]
+    return list(dict.fromkeys(rights))
 
 
 def permissions(role: str, subjects: Subjects, host: str | None = None) -> Permissions:
