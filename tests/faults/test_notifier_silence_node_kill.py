@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from devstack import NatsCluster, ServiceProcess, free_port
+from devstack import NatsCluster, ServiceProcess, bus_credentials, bus_env, free_port
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.events import Silence
@@ -54,9 +54,17 @@ async def _retried(what: str, call: Any) -> Any:
 async def test_a_silence_created_right_after_the_node_serving_the_notifiers_watch_died_mutes_the_alert(
     tmp_path: Path,
 ) -> None:
-    cluster = NatsCluster(tmp_path / "cluster", 3)
+    # with the bus's credentials, as `make up` runs it: the notifier as its own identity (a
+    # walk found its read of the silences refused by the policy, which no test without them saw)
+    bus = bus_credentials(tmp_path / "bus", prefix="silkill")
+    cluster = NatsCluster(tmp_path / "cluster", 3, config=bus.path / "nats.conf")
     await asyncio.to_thread(cluster.start)
-    nats = cluster.nats_config(prefix="silkill", metrics_max_bytes=16 << 20)
+    nats = cluster.nats_config(
+        prefix="silkill",
+        metrics_max_bytes=16 << 20,
+        user="admin",
+        password_file=str(bus.password_file("admin")),
+    )
     receiver = WebhookReceiver()
     notify = write(
         tmp_path / "notify.yaml",
@@ -64,7 +72,9 @@ async def test_a_silence_created_right_after_the_node_serving_the_notifiers_watc
         "routes:\n  - channels: [hook]\n",
     )
     port = free_port()
-    env = service_env(nats, **cluster.env(), SF_METRICS_LISTEN=f"127.0.0.1:{port}")
+    env = service_env(
+        nats, **cluster.env(), **bus_env(bus, "notifier"), SF_METRICS_LISTEN=f"127.0.0.1:{port}"
+    )
     metrics = f"http://127.0.0.1:{port}/metrics"
     admin = await connect(nats, "fault-admin")
     notifier: ServiceProcess | None = None
@@ -164,7 +174,10 @@ async def test_a_silence_created_right_after_the_node_serving_the_notifiers_watc
     assert published_after < PROMPT, (
         "the alert was not taken at once after the kill: the scenario did not happen"
     )
-    assert sent == [(other.id, "firing")], log_tail(notifier) if notifier else sent
+    assert notifier is not None
+    assert sent == [(other.id, "firing")], log_tail(notifier)
+    refused = [line for line in notifier.log_path.read_text().splitlines() if "permissions violation" in line]
+    assert refused == [], "the bus refused the notifier what it needs"
     assert muted_count == 1
 
 
