@@ -15,6 +15,7 @@ from nats.errors import NoServersError
 from nats.js.api import KeyValueConfig
 
 from signalfire.bus import (
+    WATCH_HEARTBEAT,
     BucketReadError,
     NatsConfig,
     bucket_entries,
@@ -250,3 +251,23 @@ async def test_a_buckets_latest_entries_are_read_without_a_consumer_with_their_d
         ("c", b"", 6, "PURGE"),
     ]
     assert (await js.stream_info(f"KV_{bucket}")).state.consumer_count == 0  # no consumer made
+
+
+async def test_a_watch_whose_consumer_went_away_makes_it_again_and_misses_nothing(
+    nc: Any, nats_config: NatsConfig
+) -> None:
+    # The server removes a watch's consumer WATCH_INACTIVE after nobody listens to it (a
+    # client away that long), as it loses it with the node that served it.
+    bucket, kv = await signalfire_bucket(nc, nats_config, "silences")
+    follower = await watch(kv)
+    try:
+        await kv.put("a", b"1")
+        assert (await follower.updates(timeout=5.0)).value == b"1"
+        assert follower._sub is not None
+        await nc.jetstream().delete_consumer(f"KV_{bucket}", follower._sub._consumer)
+        await kv.put("a", b"2")
+        await kv.put("b", b"3")
+        got = [await follower.updates(timeout=4 * WATCH_HEARTBEAT + 2) for _ in range(2)]
+        assert [(e.key, e.value) for e in got] == [("a", b"2"), ("b", b"3")]
+    finally:
+        await follower.stop()

@@ -356,6 +356,12 @@ async def delete_if(kv: KeyValue, key: str, last: int | None) -> None:
 #: nats-py's own KV watch leaves it at 5 s: missed for 10 s, then 10 s more for each attempt
 #: that failed while the stream had no leader.
 WATCH_HEARTBEAT = 1.0
+#: How long (seconds) the server keeps a watch's consumer once nobody listens to it: a stopped
+#: watch's (every whole read stops one: the evaluator reads its leases every poll) goes after
+#: that, not after nats-py's 5 minutes (hundreds of idle consumers a replica, each made and
+#: removed through the cluster's meta leader). A client away for longer makes it again when it
+#: is back (its heartbeats missing), from the entry after the last it received.
+WATCH_INACTIVE = 10.0
 
 #: ``Nats-Marker-Reason`` (nats-server 2.11+): the server's own markers of an entry's end, with
 #: the operation each stands for.
@@ -447,7 +453,7 @@ async def watch(kv: KeyValue, keys: str = ">") -> Watch:
         ordered_consumer=True,
         idle_heartbeat=WATCH_HEARTBEAT,
         deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        inactive_threshold=300.0,
+        inactive_threshold=WATCH_INACTIVE,
     )
     return result
 
