@@ -402,7 +402,8 @@ class Watch:
         return entry  # type: ignore[return-value]
 
     async def stop(self) -> None:
-        """End the watch: its consumer goes, and an iteration ends after what it holds."""
+        """End the watch: nobody listens to its consumer any more (the server removes it
+        :data:`WATCH_INACTIVE` later), and an iteration ends after what it holds."""
         if self._sub is not None:
             sub, self._sub = self._sub, None
             with contextlib.suppress(Exception):  # a connection already closed has no consumer left
@@ -421,9 +422,10 @@ async def watch(kv: KeyValue, keys: str = ">") -> Watch:
     included), then every entry written after.
 
     nats-py's ``KeyValue.watch`` does the same with a 5 s heartbeat, which it does not let its
-    caller choose: after a kill -9 of the node serving the watch's consumer, a watch was seen
-    to deliver a write 14 s late (a notifier muting from a silence that late, or paging from a
-    track another replica ended). This one asks for :data:`WATCH_HEARTBEAT`."""
+    caller choose: after a kill -9 of the node serving the watch's consumer, its watch gave
+    writes 11 to 19 s late (a notifier muting from a silence that late, or following a track
+    another replica had ended). This one asks for :data:`WATCH_HEARTBEAT`, and has its consumer
+    removed :data:`WATCH_INACTIVE` after nobody listens to it."""
     result = Watch()
     prefix = kv._pre  # nats-py keeps the bucket's subject prefix and stream to itself
 
