@@ -385,11 +385,7 @@ class Watch:
     async def updates(self, timeout: float = 5.0) -> KeyValue.Entry:
         """The next entry; ``TimeoutError`` when none came within ``timeout`` seconds, and
         ``StopAsyncIteration`` once the watch is stopped."""
-        entry = await asyncio.wait_for(self._updates.get(), timeout)
-        if entry is Watch._STOP:
-            self._updates.put_nowait(entry)
-            raise StopAsyncIteration
-        return entry  # type: ignore[return-value]
+        return await asyncio.wait_for(self.__anext__(), timeout)
 
     def __aiter__(self) -> Watch:
         return self
