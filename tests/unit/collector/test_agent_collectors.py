@@ -312,21 +312,58 @@ def test_network_rates_skip_loopback_and_virtual_by_default() -> None:
 
 def test_tcp_connection_states_see_a_listening_socket() -> None:
     collector = ConnectionsCollector()
+    start = time.monotonic()
+    collector.collect(start)  # the rates' first reading
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
         with socket.create_connection(server.getsockname()):
             # accepted: the server's end is established too (the client's end is as soon as
-            # the connect returns, the server's once the handshake's last ACK is in, which a
-            # busy machine can delay past the sample: make test saw 1 established of 2)
+            # the connect returns, the server's once the handshake's last ACK is in)
             accepted, _ = server.accept()
             with accepted:
-                samples = prime_and_collect(collector, 0.1)
+                # a tick whose recount of the rare states is due: established is CurrEstab,
+                # a count of the whole machine, less close_wait counted at the same moment
+                # (other tests' connections come and go meanwhile)
+                samples = collector.collect(start + TABLE_WALK_SECONDS)
     states = {s.labels["state"]: s.value for s in by_name(samples, "net.connections")}
     assert states["listen"] >= 1 and states["established"] >= 2  # both ends of our connection
     assert len(states) == 11
     assert_declared(collector, samples)
     assert all(s.value >= 0 for s in samples)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CurrEstab is Linux's")
+def test_established_is_not_taken_below_the_kernels_count_by_close_waits_gone_since_the_last_recount() -> None:
+    """An agent ticking faster than the recount: a burst of half-closed connections counted
+    at one tick and gone by the next must not take the next tick's established to 0 (it
+    did: 0 established with 2 open, the burst's close_wait subtracted from a CurrEstab that
+    no longer held it)."""
+    collector = ConnectionsCollector()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(256)
+        half_closed = []
+        try:
+            for _ in range(200):  # more than other tests' connections could make up for
+                client = socket.create_connection(server.getsockname())
+                half_closed.append(client)
+                accepted, _ = server.accept()
+                accepted.close()  # the client's end is in CLOSE_WAIT until it closes
+            deadline = time.monotonic() + 5
+            while collector.states()["close_wait"] < 200 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            start = time.monotonic()
+            assert collector.states(now=start)["close_wait"] >= 200  # counted at this tick
+        finally:
+            for client in half_closed:
+                client.close()
+        with socket.create_connection(server.getsockname()):
+            accepted, _ = server.accept()
+            with accepted:
+                states = collector.states(now=start + 0.1)  # no recount due yet
+    assert states["established"] >= 2
+    assert states["close_wait"] < 200
 
 
 def listening(count: int) -> list[socket.socket]:

@@ -182,7 +182,8 @@ class ConnectionsCollector:
             ("state",),
             "connections",
             "TCP connections (IPv4 and IPv6) per state; states other than established and "
-            f"time_wait recounted at most once per {TABLE_WALK_SECONDS:g} s",
+            f"time_wait recounted at most once per {TABLE_WALK_SECONDS:g} s (established is "
+            "the kernel's count less the last recount's close_wait)",
         ),
         *(MetricSpec(metric, (), "1/s", text) for metric, text in _SNMP.values()),
         *(MetricSpec(metric, (), "sockets", text) for metric, text in _SOCKSTAT.values()),
@@ -211,7 +212,14 @@ class ConnectionsCollector:
             try:
                 if established is None or time_wait is None:
                     return netlink_tcp_states()
-                if now is None or walk_due(now, self._dumped_at):
+                # CurrEstab counts close-wait connections too, so the last walk's close-wait
+                # count is taken off it: a walk more than a moment old may count close-wait
+                # connections that are gone since (more than CurrEstab holds now: walk again).
+                if (
+                    now is None
+                    or walk_due(now, self._dumped_at)
+                    or established < self._rare.get("close_wait", 0)
+                ):
                     self._rare = netlink_tcp_states(_RARE_STATES)
                     self._dumped_at = now if now is not None else float("-inf")
             except OSError:
