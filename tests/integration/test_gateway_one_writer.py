@@ -169,6 +169,79 @@ async def test_a_silence_expired_through_the_api_is_expired_in_the_bucket_and_th
         assert (await api.delete("/api/v1/silences/nope")).status_code == 404
 
 
+async def test_a_silence_created_while_the_silence_watch_is_behind_is_listed_at_once(
+    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    """After a NATS node's death the mirror's watch is seconds behind while its consumer is
+    made again, in the middle of an incident, when silences are made: the create waited for
+    the mirror (``apply_wait``, 5 s) and the list did not show the silence until the watch
+    came back. The API copies what it wrote into the table itself."""
+    kv = await nc.jetstream().key_value(nats_config.subjects.bucket("silences"))
+    config = gateway_config(nats_config, database_url, tmp_path, apply_wait=Duration(5))
+    async with running_gateway(config) as gw, gw.client() as api:
+        assert gw.service.silences is not None
+        await gw.service.silences.stop()  # the watch hears nothing from now on
+        body = {"matchers": [{"name": "host", "value": "web-1"}], "duration": "1h", "comment": "incident"}
+        started = time.monotonic()
+        response = await api.post("/api/v1/silences", json=body)
+        took = time.monotonic() - started
+        assert response.status_code == 201, response.text
+        created = response.json()
+        assert took < 2.5, f"the create waited {took:.1f} s for a watch that is behind"
+        active = await listed(gw, state="active")
+        assert set(active) == {created["id"]}
+        assert active[created["id"]]["comment"] == "incident"
+        assert active[created["id"]]["author"] == "bootstrap-admin"
+
+        response = await api.delete(f"/api/v1/silences/{created['id']}")
+        assert response.status_code == 200, response.text
+        assert set(await listed(gw, state="expired")) == {created["id"]}
+        stored = msgspec.json.decode((await kv.get(created["id"])).value, type=Silence)
+
+        # A newer write by someone else is the watch's to copy: it replaces the API's copy,
+        # and the watch's copy of what the API wrote changes nothing.
+        stored.comment = "edited by hand"
+        await kv.put(created["id"], encode(stored))
+        await gw.service.silences.start()
+
+        async def newer() -> None:
+            assert (await listed(gw))[created["id"]]["comment"] == "edited by hand"
+
+        await eventually(newer)
+        row = (await listed(gw))[created["id"]]
+        assert row["created_at"] == pytest.approx(created["created_at"])
+        assert row["state"] == "expired"
+
+
+async def test_a_silence_the_table_refuses_is_answered_as_the_bucket_holds_it(
+    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    kv = await nc.jetstream().key_value(nats_config.subjects.bucket("silences"))
+    config = gateway_config(nats_config, database_url, tmp_path, apply_wait=Duration(0.5))
+    async with running_gateway(config) as gw, gw.client() as api:
+        conn = await asyncpg.connect(database_url)
+        try:  # a table that refuses this one silence, as a database might refuse a write
+            await conn.execute("ALTER TABLE silences ADD CONSTRAINT no_refused CHECK (comment <> 'refused')")
+        finally:
+            await conn.close()
+        body = {"matchers": [{"name": "host", "value": "web-1"}], "duration": "1h", "comment": "refused"}
+        response = await api.post("/api/v1/silences", json=body)
+        assert response.status_code == 201, response.text  # stored where it mutes: the bucket
+        created = response.json()
+        assert created["comment"] == "refused" and created["state"] == "active"
+        assert (await kv.get(created["id"])).value
+        [refused] = [
+            r for r in caplog.records if r.getMessage() == "silence not copied into the table by the API"
+        ]
+        assert "no_refused" in refused.reason  # type: ignore[attr-defined]
+
+        async def counted() -> None:  # the mirror could not copy it either, and says so
+            assert gw.counter("bad_state_entries_total", bucket="silences") == 1
+
+        await eventually(counted)
+        assert await listed(gw) == {}
+
+
 async def asyncpg_row(database_url: str, silence_id: str) -> Any:
     conn = await asyncpg.connect(database_url)
     try:

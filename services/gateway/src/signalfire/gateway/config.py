@@ -123,9 +123,11 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: How often the tokens of open live streams are checked; a stream whose token was revoked
     #: elsewhere (the CLI, another replica) or deleted ends within this long.
     stream_token_recheck: Duration = Duration(5.0)
-    #: How long an alert action or a silence change made through the API waits for the
-    #: gateway's consumer to store it, so the answer shows it; an action not stored by then is
-    #: answered 202 (published, being applied), a silence 201/200 as it is in the KV bucket.
+    #: How long an alert action made through the API waits for the gateway's consumer to
+    #: store it, so the answer shows it; an action not stored by then is answered 202
+    #: (published, being applied). A silence change is copied into the table by the API
+    #: itself; only when the table refused that does it wait this long for the watch, then
+    #: answer 201/200 as the KV bucket holds it.
     apply_wait: Duration = Duration(5.0)
     log_level: str = "info"
     log_format: Literal["logfmt", "json"] = "logfmt"

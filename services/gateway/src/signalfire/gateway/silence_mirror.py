@@ -57,6 +57,30 @@ WHERE id = $1 AND revision < $3
 """
 
 
+def _upsert_args(silence: Silence, revision: int, written: float) -> tuple[object, ...]:
+    return (
+        silence.id,
+        msgspec.json.encode(silence.matchers).decode(),
+        silence.starts_at,
+        silence.ends_at,
+        silence.author,
+        silence.comment,
+        silence.created_at if silence.created_at is not None else written,
+        revision,
+        written,
+        silence.created_at is not None,
+    )
+
+
+async def store_written(pool: asyncpg.Pool, silence: Silence, revision: int, written: float) -> None:
+    """Copy a silence this process has just written to the bucket (at ``revision``, at about
+    ``written``) into the table, as the watch will: the API's list shows it at once, however
+    far behind the watch is (after a NATS node's death its consumer is made again, seconds).
+    The watch's copy of the same revision then changes nothing, and a newer one replaces it:
+    each row keeps the revision it shows. Raises what the database raises."""
+    await pool.execute(_UPSERT, *_upsert_args(silence, revision, written))
+
+
 class SilenceMirror:
     """Watches ``kv`` and keeps the ``silences`` table in ``pool`` a copy of it, until :meth:`stop`."""
 
@@ -129,19 +153,7 @@ class SilenceMirror:
         except PayloadError as exc:
             self._bad(entry.key, str(exc))
             return
-        await self._write(
-            _UPSERT,
-            silence.id,
-            msgspec.json.encode(silence.matchers).decode(),
-            silence.starts_at,
-            silence.ends_at,
-            silence.author,
-            silence.comment,
-            silence.created_at if silence.created_at is not None else written,
-            revision,
-            written,
-            silence.created_at is not None,
-        )
+        await self._write(_UPSERT, *_upsert_args(silence, revision, written))
 
     def _bad(self, key: str, why: str) -> None:
         self.bad_entries.labels(bucket="silences").inc()

@@ -2,8 +2,10 @@
 
 The ``sf_silences`` KV bucket is the silences' source of truth (the notifier mutes from it):
 create and expire write only there. The gateway's :class:`~signalfire.gateway.silence_mirror.SilenceMirror`
-copies the bucket into PostgreSQL, which the list reads; create and expire wait (bounded by
-``apply_wait``) until the copy shows their write, so a list right after them shows it."""
+copies the bucket into PostgreSQL, which the list reads; create and expire copy their write
+into the table themselves (as the mirror will: each row keeps the revision it shows, so the
+two copies agree in any order), so a list right after them shows it even while the mirror's
+watch is behind."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from signalfire.gateway.api.resources import (
 from signalfire.gateway.bodies import SilenceBody, TimeValue, parse_body
 from signalfire.gateway.errors import ApiError, invalid
 from signalfire.gateway.params import encode_cursor, parse_choice, parse_cursor, parse_limit, parse_time
+from signalfire.gateway.silence_mirror import store_written
 from signalfire.matchers import Matcher
 
 STATES = ("active", "pending", "expired")
@@ -214,8 +217,13 @@ def _unavailable(exc: Exception) -> ApiError:
 
 
 async def _answer(res: Resources, stored: events.Silence, revision: int) -> Silence:
-    """The silence as the list will show it, once the mirror has copied ``revision`` into the
-    table (waiting up to ``apply_wait``); if it has not by then, as the KV bucket holds it."""
+    """The silence as the list will show it: copied into the table by this request (as the
+    mirror will copy it), or, when the database refused that, once the mirror has copied
+    ``revision`` (waiting up to ``apply_wait``); if it has not by then, as the bucket holds it."""
+    try:
+        await store_written(res.pool, stored, revision, res.clock())
+    except Exception as exc:  # the mirror copies it when the database is back
+        log.warning("silence not copied into the table by the API", extra={"reason": repr(exc)})
 
     async def mirrored() -> asyncpg.Record | None:
         row: asyncpg.Record | None = await res.pool.fetchrow(
