@@ -422,3 +422,60 @@ def test_a_sample_the_api_returned_and_the_stream_repeats_is_one_point(browser: 
     )
     assert counts == [1, 25]
     page.close()
+
+
+def test_the_rules_page_shows_which_evaluator_judges_what_through_a_replicas_death(
+    browser: Any, running: Stack
+) -> None:
+    """The operator's view of a failover: a second evaluator replica joins and takes its share,
+    is killed, and the page names the partitions no one judges until the first takes them over."""
+    import os
+    import signal
+
+    from devstack import ServiceProcess, free_port
+
+    page = open_signed_in(browser, running, token(running), "#/rules")
+    rows = page.locator("#evaluators tbody tr[data-replica]")
+    rows.first.wait_for(timeout=10_000)
+    assert rows.count() == 1
+    first = rows.first.get_attribute("data-replica")
+    assert rows.first.locator("td").nth(1).inner_text() == "17 of 17"  # 16 host partitions and fleet
+    assert page.locator("#evaluators").get_by_role("alert").count() == 0
+
+    [evaluator] = [s for s in running.services if s.name == "evaluator"]
+    env = {**evaluator.env, "SF_REPLICA_ID": "e2e-second", "SF_METRICS_LISTEN": f"127.0.0.1:{free_port()}"}
+    second = ServiceProcess("evaluator-second", ["evaluator"], env, running.logs).start()
+    try:
+        # the page asks again by itself (every 10 s): the joining replica's share appears
+        page.locator("#evaluators tr[data-replica='e2e-second']").wait_for(timeout=40_000)
+
+        def shares() -> dict[str, int]:
+            found = {}
+            for row in rows.all():
+                judges = row.locator("td").nth(1).inner_text()
+                found[str(row.get_attribute("data-replica"))] = int(judges.split(" of ")[0])
+            return found
+
+        deadline = time.monotonic() + 30
+        while shares() != {first: 9, "e2e-second": 8} and time.monotonic() < deadline:
+            page.wait_for_timeout(500)
+        assert shares() == {first: 9, "e2e-second": 8}  # balanced: 17 partitions between two
+        held = page.locator("#evaluators tr[data-replica='e2e-second'] td").nth(2).inner_text().split()
+
+        assert second.proc is not None
+        os.kill(second.proc.pid, signal.SIGKILL)
+        second.proc.wait(timeout=10)
+        page.evaluate("location.hash = '#/silences'")
+        page.locator("#silences").wait_for(timeout=10_000)
+        page.evaluate("location.hash = '#/rules'")
+        warning = page.locator("#evaluators").get_by_role("alert")
+        warning.wait_for(timeout=10_000)
+        assert warning.inner_text().split(":")[1].split(".")[0].split() == held
+        assert shares() == {str(first): 9}
+
+        # taken over within failover_after (10 s): the warning goes at the next refresh
+        warning.wait_for(state="detached", timeout=40_000)
+        assert shares() == {str(first): 17}
+    finally:
+        second.stop()
+        page.close()

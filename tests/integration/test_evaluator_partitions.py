@@ -188,14 +188,41 @@ async def test_the_rules_page_shows_the_alerts_of_every_replica(
         gateway = gateway_config(nats_config, database_url, tmp_path)
         async with running_gateway(gateway) as gw, gw.client() as api:
             response = await api.get("/api/v1/rules")
-        assert response.status_code == 200, response.text
-        page = response.json()
-        hot = next(r for r in page["rules"] if r["name"] == "Hot")
-        assert sorted(alert["host"] for alert in hot["alerts"]) == sorted(HOSTS)
-        assert page["complete"] is True
-        assert {r["id"] for r in page["replicas"]} == {"a", "b"}
+            assert response.status_code == 200, response.text
+            page = response.json()
+            hot = next(r for r in page["rules"] if r["name"] == "Hot")
+            assert sorted(alert["host"] for alert in hot["alerts"]) == sorted(HOSTS)
+            assert page["complete"] is True
+            assert {r["id"] for r in page["replicas"]} == {"a", "b"}
+            b_judged = sorted(b.describe()["replica"]["judged"])
+            assert page["evaluators"] == {
+                "partitions": PARTITIONS,
+                "replicas": [
+                    {"id": "a", "judged": sorted(a.describe()["replica"]["judged"])},
+                    {"id": "b", "judged": b_judged},
+                ],
+                "unjudged": [],
+            }
+
+            # b dies, as far as the bus can tell (no renewal, no release, no answer): until a
+            # takes its partitions over, the page names them as judged by no one.
+            assert b._nc is not None and b._lease_nc is not None
+            await b._lease_nc.close()
+            await b._nc.close()
+            response = await api.get("/api/v1/rules")
+            assert response.status_code == 200, response.text
+            evaluators = response.json()["evaluators"]
+            assert [r["id"] for r in evaluators["replicas"]] == ["a"]
+            assert evaluators["unjudged"] == b_judged
+
+            async def taken_over() -> bool:
+                again = (await api.get("/api/v1/rules")).json()["evaluators"]
+                return again["unjudged"] == [] and len(again["replicas"][0]["judged"]) == PARTITIONS + 1
+
+            await eventually(taken_over, "a to take b's partitions over", 20)
     finally:
-        await b.stop()
+        with contextlib.suppress(Exception):
+            await b.stop()
         await a.stop()
 
 

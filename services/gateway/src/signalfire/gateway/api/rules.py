@@ -15,6 +15,7 @@ from signalfire.bus import request_json
 from signalfire.gateway.api.endpoint import Endpoint
 from signalfire.gateway.api.resources import Resources, json_response
 from signalfire.gateway.errors import ApiError
+from signalfire.partitions import partition_names
 
 
 async def rules(res: Resources, request: Request) -> Response:
@@ -30,7 +31,29 @@ async def rules(res: Resources, request: Request) -> Response:
     if replica and len(replica["judged"]) < replica["partitions"] + 1:
         # Partitioned evaluators (docs/scaling.md): each knows the alerts of its own hosts.
         reply = await _every_replica(res.nc, subject, timeout, replica["partitions"] + 1) or reply
+    if isinstance(reply, dict):
+        reply["evaluators"] = _evaluators(reply)
     return json_response(reply)
+
+
+def _evaluators(reply: dict[str, Any]) -> dict[str, Any] | None:
+    """Who judges what, as the replicas that answered say: ``partitions`` (the host
+    partitions' count), ``replicas`` (each one's ``id`` and the partitions it ``judged``) and
+    ``unjudged``, the partitions no replica that answered judges (a replica died and its
+    leases have not been taken over yet, or one did not answer in time). None for an evaluator
+    without partitions, which judges every host."""
+    answered = reply.get("replicas") or ([reply["replica"]] if reply.get("replica") else [])
+    if not answered:
+        return None
+    count = int(answered[0]["partitions"])
+    judged = {p for r in answered for p in r["judged"]}
+    return {
+        "partitions": count,
+        "replicas": sorted(
+            ({"id": r["id"], "judged": sorted(r["judged"])} for r in answered), key=lambda r: r["id"]
+        ),
+        "unjudged": [p for p in partition_names(count) if p not in judged],
+    }
 
 
 async def _every_replica(nc: NATS, subject: str, timeout: float, partitions: int) -> dict[str, Any] | None:
@@ -76,7 +99,7 @@ async def _every_replica(nc: NATS, subject: str, timeout: float, partitions: int
         **first,
         "replica": None,
         "replicas": [
-            {"id": a["replica"]["id"], "judged": a["replica"]["judged"]}
+            {k: a["replica"][k] for k in ("id", "partitions", "judged")}
             for a in replies.values()
             if a.get("replica")
         ],
@@ -96,7 +119,8 @@ routes = [
         "viewer",
         "The evaluator's rules and their active alerts (503 when no evaluator answers)",
         "the evaluator's answer on `sf.control.evaluator.rules` (partitioned replicas: every "
-        "replica's, merged); 503 when no evaluator answers",
+        "replica's, merged), with `evaluators`: who judges which partitions and which none "
+        "judges (null without partitions); 503 when no evaluator answers",
         answer=dict[str, Any],
     ),
 ]

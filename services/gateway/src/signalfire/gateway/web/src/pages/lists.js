@@ -1,4 +1,4 @@
-// Rules (read-only, with active alerts), silences and the notification log.
+// Rules (read-only, with active alerts, and which evaluator replica judges what), silences and the notification log.
 
 import { api, session } from "../api.js";
 import { h, clear, severityBadge, formatTime, toast, attempt } from "../dom.js";
@@ -9,15 +9,51 @@ function table(columns, rows) {
     h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: columns.length, class: "muted" }, "Nothing here.")))));
 }
 
+// How often the Rules page asks again: who judges what changes when an evaluator replica
+// dies, joins or leaves (the gateway merges every replica's answer; a dead one's partitions
+// show as judged by no one until another takes them over).
+const RULES_RELOAD_MS = 10_000;
+
+/** Which evaluator replica judges which host partitions, and those no replica judges now. */
+function evaluatorsSection(evaluators) {
+  if (!evaluators) return null;  // one evaluator without partitions judges every host
+  const total = evaluators.partitions + 1;  // the host partitions and `fleet`
+  const unjudged = evaluators.unjudged || [];
+  return h("section", { id: "evaluators", "aria-labelledby": "evaluators-title" },
+    h("h2", { id: "evaluators-title" }, "Evaluators"),
+    unjudged.length ? h("p", { class: "sev sev-critical", role: "alert" },
+      `Judged by no evaluator right now: ${unjudged.join(" ")}. The alerts of their hosts wait until a replica takes them over ` +
+      "(within failover_after, 10 s by default); if this stays, start an evaluator.") : null,
+    table(["replica", "judges", "partitions"], evaluators.replicas.map((r) =>
+      h("tr", { dataset: { replica: r.id } }, h("td", {}, r.id), h("td", {}, `${r.judged.length} of ${total}`),
+        h("td", {}, r.judged.join(" "))))));
+}
+
 export async function rulesPage(main) {
   clear(main, h("h1", {}, "Rules"), h("p", { class: "muted" }, "Loading…"));
-  let reply;
-  try { reply = await api("/rules"); } catch (err) { clear(main, h("h1", {}, "Rules"), h("p", { role: "alert" }, err.message)); return; }
-  const rules = reply.rules || [];
-  clear(main, h("h1", {}, "Rules"), table(["rule", "kind", "severity", "condition", "active alerts"], rules.map((r) =>
-    h("tr", {}, h("td", {}, r.name), h("td", {}, r.kind || "threshold"), h("td", {}, severityBadge(r.severity)),
-      h("td", {}, [r.metric, r.aggregate, r.condition, r.for ? `for ${r.for}s` : ""].filter(Boolean).join(" ")),
-      h("td", {}, (r.alerts || r.active || []).length)))));
+  let left = false;
+  let timer = null;
+  const load = async () => {
+    let reply;
+    try { reply = await api("/rules"); } catch (err) {
+      if (!left) clear(main, h("h1", {}, "Rules"), h("p", { role: "alert" }, err.message));
+      return;
+    }
+    if (left) return;
+    const rules = reply.rules || [];
+    clear(main, h("h1", {}, "Rules"), evaluatorsSection(reply.evaluators),
+      h("h2", {}, "Rules"), table(["rule", "kind", "severity", "condition", "active alerts"], rules.map((r) =>
+        h("tr", {}, h("td", {}, r.name), h("td", {}, r.kind || "threshold"), h("td", {}, severityBadge(r.severity)),
+          h("td", {}, [r.metric, r.aggregate, r.condition, r.for ? `for ${r.for}s` : ""].filter(Boolean).join(" ")),
+          h("td", {}, (r.alerts || r.active || []).length)))));
+  };
+  const again = async () => {
+    if (!document.hidden) await load();
+    if (!left) timer = setTimeout(again, RULES_RELOAD_MS);
+  };
+  await load();
+  if (!left) timer = setTimeout(again, RULES_RELOAD_MS);
+  return () => { left = true; clearTimeout(timer); };
 }
 
 /** A silence's matchers as text: `host=web-1, rule=~High.*` (the same syntax the form takes). */
