@@ -10,11 +10,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import httpx
+import msgspec
 import pytest
 from devstack import Stack
 
 from signalfire.bus import connect
-from signalfire.events import AlertAction, MetricBatch, Sample, decode, encode
+from signalfire.events import AgentStatus, AlertAction, MetricBatch, Sample, decode, encode
 from signalfire.subjects import Subjects
 
 pytestmark = [
@@ -479,3 +480,40 @@ def test_the_rules_page_shows_which_evaluator_judges_what_through_a_replicas_dea
     finally:
         second.stop()
         page.close()
+
+
+def test_a_page_reloads_when_its_gateway_missed_frames_of_another_ingest(
+    browser: Any, running: Stack
+) -> None:
+    """With ingest workers or several gateways, an API process hears what the others stored
+    over core NATS; a frame it missed (it was reconnecting after a node died) would leave a
+    hole in the live charts. The skipped frame number makes the open page reload."""
+    from signalfire.gateway.committed import CommittedFrame
+
+    host = "ui-gap-1"
+    publish(running, host, [("cpu.usage_percent", 20.0)])
+    page = open_signed_in(browser, running, token(running), f"#/hosts/{host}")
+    page.locator("figure[aria-label='CPU total'] .latest").get_by_text("20.0 %").wait_for(timeout=10_000)
+    page.evaluate(
+        "document.querySelector('main').appendChild(document.createElement('i')).id = 'before-reset'"
+    )
+
+    async def frames(*numbers: int) -> None:
+        # as another ingest process does: the gateway identity publishes committed frames
+        nc = await connect(running.nats_config("gateway"), "e2e-other-ingest")
+        try:
+            status = encode(AgentStatus(host=host, status="online", time=time.time()))
+            for seq in numbers:
+                frame = CommittedFrame(origin="e2e-other-ingest", items=[msgspec.Raw(status)], seq=seq)
+                await nc.publish(Subjects().committed("status"), msgspec.json.encode(frame))
+            await nc.flush()
+        finally:
+            await nc.close()
+
+    in_thread(lambda: frames(1, 2))
+    page.wait_for_timeout(1000)
+    assert page.locator("#before-reset").count() == 1  # in order: nothing to reload
+    in_thread(lambda: frames(4))  # 3 never came
+    page.locator("#before-reset").wait_for(state="detached", timeout=10_000)
+    page.locator("figure[aria-label='CPU total'] .latest").get_by_text("20.0 %").wait_for(timeout=10_000)
+    page.close()

@@ -1,5 +1,5 @@
 """Committed frames as the API processes receive them when publishing goes wrong: an item too
-large for any frame, a connection that is gone."""
+large for any frame, a connection that is gone, a frame that never arrives."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from nats.aio.msg import Msg
 
 from signalfire.bus import NatsConfig, connect
 from signalfire.events import AgentStatus
-from signalfire.gateway.committed import CommittedFrame, CommittedPublisher, FrameBatch
-from signalfire.gateway.store import MetricsWritten, SeriesKey, labels_json
+from signalfire.gateway.committed import CommittedFeed, CommittedFrame, CommittedPublisher, FrameBatch
+from signalfire.gateway.live import LiveFeed
+from signalfire.gateway.store import LatestValues, MetricsWritten, SeriesKey, labels_json
+from signalfire.gateway.stream import StreamHub, Subscription
 from signalfire.telemetry import Registry
 from tests.integration.gateway_support import eventually
 from tests.support.metrics import value
@@ -50,6 +52,8 @@ async def test_an_item_too_large_for_any_frame_is_counted_and_the_others_are_pub
 
     await eventually(both_small_ones_arrived, timeout=5)
     assert value(registry, "signalfire_test_committed_publish_errors_total", reason="too_large") == 1
+    # the frame not made took its number: an API process that had the one before sees the gap
+    assert [f.seq for f in frames] == [2]
     # (the two small ones share one frame: the huge one is set aside, not a frame break)
     assert value(registry, "signalfire_test_committed_frames_published_total", kind="metrics") == 1
     [record] = [r for r in caplog.records if "too large for a committed frame" in r.getMessage()]
@@ -72,3 +76,38 @@ async def test_a_frame_that_cannot_be_published_is_counted_and_does_not_fail_the
     assert value(registry, "signalfire_test_committed_publish_errors_total", reason="publish_failed") == 2
     assert value(registry, "signalfire_test_committed_frames_published_total", kind="metrics") == 0
     assert sum("cannot publish a committed frame" in r.getMessage() for r in caplog.records) == 2
+
+
+async def test_an_api_process_that_missed_a_frame_tells_its_live_clients_to_reload(
+    nc: Any, nats_config: NatsConfig
+) -> None:
+    """Over a real NATS: the frames another ingest publishes reach this process's live
+    clients; one that never arrives (its item too large for any frame: the same gap as one
+    published while this process was reconnecting) makes every client reload."""
+    hub, registry = StreamHub(), Registry("signalfire_test")
+    client, _ = hub.connect(Subscription())
+    feed = CommittedFeed(
+        nc, nats_config.subjects, latest=LatestValues(), live=LiveFeed(hub), commits=None, registry=registry
+    )
+    await feed.start()
+    try:
+        publisher = CommittedPublisher(nc, nats_config.subjects, "worker-1", Registry("signalfire_worker"))
+        await publisher.metrics(MetricsWritten(uniform=[_batch("web-1")]), [])
+        await publisher.metrics(MetricsWritten(uniform=[_batch("web-1", pad=nc.max_payload)]), [])
+        await publisher.metrics(MetricsWritten(uniform=[_batch("web-2")]), [])
+        await nc.flush()
+
+        async def reset_then_sample() -> None:
+            assert value(registry, "signalfire_test_committed_frames_received_total", kind="metrics") == 2
+            assert value(registry, "signalfire_test_committed_frames_missed_total") == 1
+
+        await eventually(reset_then_sample, timeout=5)
+        frames = [msgspec.json.decode(f.data) for f in await client.next_frames(0.1)]
+        assert [(f["kind"], f.get("host")) for f in frames] == [
+            ("metric", "web-1"),
+            ("reset", None),
+            ("metric", "web-2"),
+        ]
+        assert hub.resets == 1
+    finally:
+        await feed.stop()

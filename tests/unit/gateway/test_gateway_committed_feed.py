@@ -92,3 +92,42 @@ async def test_samples_another_ingest_stored_reach_the_latest_values_and_the_liv
     written = MetricsWritten(uniform=[("web-1", [cpu], 30.0, [99.0])])
     feed.apply(SUBJECTS.committed("metrics"), _frame("this-process", *publisher.metric_items(written)))
     assert feed.latest.get(cpu) == (20.0, 13.5)
+
+
+def _numbered(origin: str, seq: int, *items: bytes) -> bytes:
+    frame = CommittedFrame(origin=origin, items=[msgspec.Raw(i) for i in items], seq=seq)
+    return msgspec.json.encode(frame)
+
+
+async def test_a_frame_missed_tells_every_live_client_to_reload() -> None:
+    """A frame of another ingest lost on the way (a NATS node died while this process was
+    reconnecting): its samples are stored, but the charts fed live would keep a hole until
+    reloaded. The skipped number resets every client, whatever it subscribed to."""
+    hub, registry = StreamHub(), Registry("signalfire_test")
+    web = hub.connect(Subscription(hosts=["web-1"]))[0]
+    quiet = hub.connect(Subscription(hosts=["db-9"], alerts=False, host_status=False))[0]
+    feed = _feed(hub, registry)
+    status = msgspec.json.encode(AgentStatus(host="web-1", status="online", time=5.0))
+
+    feed.apply(SUBJECTS.committed("status"), _numbered("worker-1", 7, status))  # first seen: no gap
+    feed.apply(SUBJECTS.committed("status"), _numbered("worker-1", 8, status))
+    feed.apply(SUBJECTS.committed("status"), _numbered("worker-2", 1, status))
+    assert [json.loads(f.data)["kind"] for f in await web.next_frames(0.1)] == ["host", "host", "host"]
+    assert await quiet.next_frames(0.1) == []
+    assert value(registry, "signalfire_test_committed_frames_missed_total") == 0
+
+    feed.apply(SUBJECTS.committed("status"), _numbered("worker-1", 11, status))  # 9 and 10 lost
+    for client in (web, quiet):
+        frames = [json.loads(f.data) for f in await client.next_frames(0.1)]
+        assert frames[0]["kind"] == "reset" and "missed" in frames[0]["reason"]
+    assert value(registry, "signalfire_test_committed_frames_missed_total") == 2
+    assert hub.resets == 1
+    # a tab that resumes from before the gap reloads too
+    assert hub.connect(Subscription(), last_seq=hub.seq - 1, epoch=hub.epoch)[1] is False
+
+    # late or repeated numbers, and unnumbered frames (older publishers), change nothing
+    feed.apply(SUBJECTS.committed("status"), _numbered("worker-1", 10, status))
+    feed.apply(SUBJECTS.committed("status"), _numbered("worker-1", 12, status))
+    feed.apply(SUBJECTS.committed("status"), _frame("worker-3", status))
+    assert [json.loads(f.data)["kind"] for f in await web.next_frames(0.1)] == ["host", "host", "host"]
+    assert hub.resets == 1

@@ -71,6 +71,10 @@ class CommittedFrame(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     items: list[msgspec.Raw]
     #: ``actions`` only: the host of each alert id of the frame (for subscriptions by host).
     hosts: dict[str, str] = {}
+    #: The frame's number among its origin's, from 1: one per frame the origin made, whatever
+    #: its kind, sent or not (a publish that failed, an item too large for any frame). A
+    #: receiver that sees a number skipped missed a frame (0: not numbered).
+    seq: int = 0
 
 
 class FrameBatch(msgspec.Struct, array_like=True, tag="b", forbid_unknown_fields=True):
@@ -102,6 +106,8 @@ _BIG_ENDIAN = sys.byteorder == "big"
 _PUBLISHED_LAYOUTS = 100_000
 #: Series keys a feed keeps for the layouts it saw (as the store's layout cache, _SHAPE_KEYS).
 _FEED_KEYS = 2_000_000
+#: Origins whose frame numbers a feed follows (each process start is a new origin).
+_FEED_ORIGINS = 1024
 
 
 def _packed(values: Sequence[float]) -> bytes:
@@ -165,6 +171,8 @@ class CommittedPublisher:
         )
         #: The series JSON of each layout published, by the id of its keys list.
         self._layouts: dict[int, tuple[list[SeriesKey], bytes]] = {}
+        #: The number of the last frame made (:attr:`CommittedFrame.seq`).
+        self._seq = 0
 
     async def metrics(self, written: MetricsWritten, statuses: Sequence[AgentStatus]) -> None:
         """What :meth:`Store.write_metrics` stored, and agent statuses."""
@@ -208,6 +216,9 @@ class CommittedPublisher:
         hosts = hosts or {}
         room = self.nc.max_payload - _FRAME_OVERHEAD - len(self.origin) - len(_encoder.encode(hosts))
         for group, too_big in _chunks(items, room):
+            # Numbered before it is sent (no await between here and the publish, so numbers
+            # go out in order): one that does not arrive is a gap its receivers see.
+            self._seq += 1
             if too_big:
                 self.errors.labels(reason="too_large").inc()
                 log.warning(
@@ -215,7 +226,9 @@ class CommittedPublisher:
                     extra={"subject": subject, "bytes": len(too_big[0])},
                 )
                 continue
-            frame = CommittedFrame(origin=self.origin, items=[msgspec.Raw(i) for i in group], hosts=hosts)
+            frame = CommittedFrame(
+                origin=self.origin, items=[msgspec.Raw(i) for i in group], hosts=hosts, seq=self._seq
+            )
             try:
                 await self.nc.publish(subject, _encoder.encode(frame))
             except Exception as exc:  # stored all the same; counted, said once per failure
@@ -229,7 +242,15 @@ class CommittedPublisher:
 
 class CommittedFeed:
     """Feeds one API process's latest values and live stream from the committed frames of every
-    ingest (its own ``origin`` skipped: that ingest feeds this process directly)."""
+    ingest (its own ``origin`` skipped: that ingest feeds this process directly).
+
+    Core NATS delivers a frame at most once: one published while this process was reconnecting
+    (a NATS node died), dropped as a slow consumer's, or never sent, is missed, and the live
+    charts it would have fed would keep a hole until reloaded. So each origin numbers its
+    frames, and a number skipped tells every live client to reload what it shows through the
+    REST API (a ``reset`` frame), where the missed samples are: they were stored before their
+    frame was made. A gap is seen when the origin's next frame arrives (its agents report
+    every few seconds)."""
 
     def __init__(
         self,
@@ -254,6 +275,8 @@ class CommittedFeed:
         #: The series keys of each layout seen, by host and series JSON.
         self._layouts: dict[tuple[str, bytes], list[SeriesKey]] = {}
         self._layout_keys = 0
+        #: Origin → the number its next frame should have.
+        self._next: dict[str, int] = {}
         self.received = registry.counter(
             "committed_frames_received", "Committed frames of other ingest processes applied", ["kind"]
         )
@@ -261,6 +284,11 @@ class CommittedFeed:
             "committed_frames_rejected",
             "Committed frames (or items in them) that could not be decoded; the rest was applied",
             ["kind"],
+        )
+        self.missed = registry.counter(
+            "committed_frames_missed",
+            "Committed frames of other ingest processes that never arrived (numbers skipped); "
+            "each gap sends the live clients a reset, and they reload from the database",
         )
 
     async def start(self) -> None:
@@ -291,6 +319,8 @@ class CommittedFeed:
             return
         if frame.origin == self.origin:
             return
+        if frame.seq:
+            self._count(frame.origin, frame.seq)
         if kind == "metrics":
             written = self._metrics(frame.items)
             self.latest.note(written)
@@ -305,6 +335,22 @@ class CommittedFeed:
             if self.commits is not None:  # an action the API waits for may be among them
                 self.commits.committed()
         self.received.labels(kind=kind).inc()
+
+    def _count(self, origin: str, seq: int) -> None:
+        """Note frame ``seq`` of ``origin``; a number skipped resets the live clients."""
+        expected = self._next.get(origin)
+        if expected is not None and seq > expected:
+            self.missed.inc(seq - expected)
+            if self._throttle.due("missed"):
+                log.warning(
+                    "committed frames of another ingest were missed; live clients reload",
+                    extra={"origin": origin, "missed": seq - expected},
+                )
+            self.live.reset("committed frames were missed: reload")
+        if expected is None or seq >= expected:  # an older one (out of order) changes nothing
+            if expected is None and len(self._next) >= _FEED_ORIGINS:
+                self._next.clear()  # processes that stopped long ago: numbering starts again
+            self._next[origin] = seq + 1
 
     def _metrics(self, items: list[msgspec.Raw]) -> MetricsWritten:
         written = MetricsWritten()

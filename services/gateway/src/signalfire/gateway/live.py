@@ -317,6 +317,10 @@ class LiveFeed:
                 key=f"host\x00{status.host}",
             )
 
+    def reset(self, reason: str) -> None:
+        """Frames this process should have had were missed: every client reloads."""
+        self.hub.reset(reason)
+
     def alerts(self, events: Sequence[AlertEvent]) -> None:
         for event in events:
             self.hub.publish("alert", event.host, msgspec.to_builtins(event), key=event.id)

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import msgspec
 
-Kind = Literal["metric", "alert", "host"]
+Kind = Literal["metric", "alert", "host", "reset"]
 
 _encoder = msgspec.json.Encoder()
 
@@ -143,6 +143,12 @@ class StreamClient:
             self._others.append(frame)
         self._ready.set()
 
+    def tell(self, frame: Frame) -> None:
+        """Queue ``frame`` whatever the subscription, never coalesced (a ``reset``)."""
+        if not self.stalled:
+            self._others.append(frame)
+            self._ready.set()
+
     def replay(self, frame: Frame) -> None:
         """Queue a frame missed while disconnected: unlike :meth:`offer`, never coalesced
         (the samples of the gap are what the chart lacks) and not counted towards a stall."""
@@ -227,6 +233,8 @@ class StreamHub:
         self.frames_coalesced = 0
         self.clients_stalled = 0
         self.clients_revoked = 0
+        #: ``reset`` frames sent to every client (frames this process should have had were missed).
+        self.resets = 0
 
     # Publishing ------------------------------------------------------------------------
     def publish(
@@ -321,6 +329,18 @@ class StreamHub:
         self._clients.add(client)
         self._index(client)
         return client, complete
+
+    def reset(self, reason: str) -> None:
+        """Tell every connected client to reload what it shows through the REST API (frames
+        it should have had were missed: see :class:`~signalfire.gateway.committed.CommittedFeed`),
+        with a ``reset`` frame whatever its subscription; a client that resumes from a
+        sequence number up to here is told so too."""
+        self.metrics_skipped_after = self.seq
+        data = _encoder.encode({"kind": "reset", "reason": reason})
+        frame = Frame(seq=self.seq, kind="reset", host="", key="", metric="", time=self.clock(), data=data)
+        for client in self._clients:
+            client.tell(frame)
+        self.resets += 1
 
     def skip_metrics(self) -> None:
         """Record that metric frames were left unmade from here (there were no clients)."""

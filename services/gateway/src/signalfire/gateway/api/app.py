@@ -55,6 +55,7 @@ _STREAM_GAUGES = (
         "frames_coalesced",
     ),
     ("stream_clients_stalled", "Clients disconnected for not reading", "clients_stalled"),
+    ("stream_resets", "Times every client was told to reload (committed frames were missed)", "resets"),
     (
         "stream_clients_revoked",
         "Clients disconnected because their API token was revoked or deleted",
