@@ -3,13 +3,16 @@ live stream and latest values; bad items are counted and cost nothing else."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import cast
 
 import msgspec
+import pytest
 from nats.aio.client import Client as NATS
 
 from signalfire.events import AgentStatus
+from signalfire.gateway import committed
 from signalfire.gateway.committed import CommittedFeed, CommittedFrame, CommittedPublisher
 from signalfire.gateway.live import LiveFeed
 from signalfire.gateway.store import LatestValues, MetricsWritten
@@ -131,3 +134,25 @@ async def test_a_frame_missed_tells_every_live_client_to_reload() -> None:
     feed.apply(SUBJECTS.committed("status"), _frame("worker-3", status))
     assert [json.loads(f.data)["kind"] for f in await web.next_frames(0.1)] == ["host", "host", "host"]
     assert hub.resets == 1
+
+
+async def test_gaps_one_after_the_other_reload_a_page_once_then_once_more_after_the_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A publisher whose frames keep going missing (an item too large every round) must not
+    reload the open pages every round: one reset at once, the next gaps' one after
+    ``RESET_EVERY``, which covers them all."""
+    monkeypatch.setattr(committed, "RESET_EVERY", 0.3)
+    hub, registry = StreamHub(), Registry("signalfire_test")
+    client = hub.connect(Subscription())[0]
+    feed = _feed(hub, registry)
+    status = msgspec.json.encode(AgentStatus(host="web-1", status="online", time=5.0))
+    for seq in (1, 3, 5, 7):  # a gap before each but the first
+        feed.apply(SUBJECTS.committed("status"), _numbered("worker-1", seq, status))
+    assert hub.resets == 1
+    await asyncio.sleep(0.45)
+    assert hub.resets == 2
+    kinds = [json.loads(f.data)["kind"] for f in await client.next_frames(0.1)]
+    assert kinds.count("reset") == 2
+    assert value(registry, "signalfire_test_committed_frames_missed_total") == 3
+    await feed.stop()

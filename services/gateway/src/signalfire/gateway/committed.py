@@ -34,9 +34,11 @@ delivered.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import sys
+import time
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
@@ -108,6 +110,8 @@ _PUBLISHED_LAYOUTS = 100_000
 _FEED_KEYS = 2_000_000
 #: Origins whose frame numbers a feed follows (each process start is a new origin).
 _FEED_ORIGINS = 1024
+#: Live clients are reset (and reload) at most once in this many seconds for missed frames.
+RESET_EVERY = 10.0
 
 
 def _packed(values: Sequence[float]) -> bytes:
@@ -277,6 +281,8 @@ class CommittedFeed:
         self._layout_keys = 0
         #: Origin → the number its next frame should have.
         self._next: dict[str, int] = {}
+        self._last_reset = float("-inf")
+        self._reset_due: asyncio.TimerHandle | None = None
         self.received = registry.counter(
             "committed_frames_received", "Committed frames of other ingest processes applied", ["kind"]
         )
@@ -296,6 +302,9 @@ class CommittedFeed:
         self._subscription = await self.nc.subscribe(self.subjects.all_committed, cb=self._on_frame)
 
     async def stop(self) -> None:
+        if self._reset_due is not None:
+            self._reset_due.cancel()
+            self._reset_due = None
         if self._subscription is not None:
             try:
                 await self._subscription.unsubscribe()
@@ -346,11 +355,27 @@ class CommittedFeed:
                     "committed frames of another ingest were missed; live clients reload",
                     extra={"origin": origin, "missed": seq - expected},
                 )
-            self.live.reset("committed frames were missed: reload")
+            self._reset_live()
         if expected is None or seq >= expected:  # an older one (out of order) changes nothing
             if expected is None and len(self._next) >= _FEED_ORIGINS:
                 self._next.clear()  # processes that stopped long ago: numbering starts again
             self._next[origin] = seq + 1
+
+    def _reset_live(self) -> None:
+        """Reset the live clients now, or, within :data:`RESET_EVERY` of the last reset, once
+        at its end (gaps one after the other reload a page once, not every round)."""
+        if self._reset_due is not None:
+            return  # one is on its way, and covers this gap: it goes after it
+        wait = self._last_reset + RESET_EVERY - time.monotonic()
+        if wait <= 0:
+            self._reset_now()
+            return
+        self._reset_due = asyncio.get_running_loop().call_later(wait, self._reset_now)
+
+    def _reset_now(self) -> None:
+        self._reset_due = None
+        self._last_reset = time.monotonic()
+        self.live.reset("committed frames were missed: reload")
 
     def _metrics(self, items: list[msgspec.Raw]) -> MetricsWritten:
         written = MetricsWritten()
