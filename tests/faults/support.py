@@ -3,7 +3,10 @@ the one-line summary each scenario prints (``/metrics`` pages: :mod:`tests.suppo
 
 Every scenario runs the real ``signalfire`` processes (``devstack.ServiceProcess``) against
 real servers on loopback, kills or stops only the processes it started (by PID), and counts
-what went in against what came out.
+what went in against what came out. The bus requires credentials, as under ``make up``: each
+service connects as its own identity (:func:`service_env`), the test's clients as ``admin``,
+and a ``permissions violation`` in a service's log fails the scenario
+(:func:`permission_violations`, checked by tests/faults/conftest.py).
 """
 
 from __future__ import annotations
@@ -12,14 +15,16 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 from devstack import NatsServer, PostgresServer, ServiceProcess, start_gateway
 
 from signalfire.bus import NatsConfig, request_json
+from signalfire.busauth import CredentialDirectory
 from signalfire.evaluator.leases import Entry, read_bucket
 from signalfire.events import AlertEvent, MetricBatch, Sample, decode, encode
 from tests.support.streams import stream_messages
@@ -38,8 +43,32 @@ def report(scenario: str, **numbers: object) -> str:
     return line
 
 
-def service_env(nats: NatsConfig, database_url: str | None = None, **extra: str) -> dict[str, str]:
-    """The environment of a service process on ``nats`` (its prefix and stream limits too)."""
+def credentials_of(nats: NatsConfig) -> CredentialDirectory:
+    """The credential directory ``nats`` connects with: the one holding its password file
+    (the admin's), where every identity's password file is."""
+    if nats.password_file is None:
+        raise AssertionError(f"{nats.url}: the scenario connects without the bus's credentials")
+    return CredentialDirectory(Path(nats.password_file).parent)
+
+
+def as_identity(nats: NatsConfig, identity: str, bus: CredentialDirectory | None = None) -> NatsConfig:
+    """``nats`` connecting as ``identity`` (``admin``, ``gateway``, ``evaluator``,
+    ``notifier``, an ``agent-<host>``), its password file from ``bus``: by default the
+    directory of the credentials ``nats`` already connects with (:func:`credentials_of`)."""
+    password_file = (bus or credentials_of(nats)).password_file(identity)
+    return msgspec.structs.replace(nats, user=identity, password_file=str(password_file))
+
+
+def service_env(
+    nats: NatsConfig, database_url: str | None = None, *, identity: str | None = None, **extra: str
+) -> dict[str, str]:
+    """The environment of a service process on ``nats`` (its prefix and stream limits too).
+
+    On a bus that requires credentials (``nats`` has a password file: every fault scenario's)
+    the service connects as ``identity``, which must be named: its own (``gateway``,
+    ``evaluator``, ``notifier``, an agent's ``agent-<host>``), as ``make up`` runs it, its
+    password file from the directory of ``nats``'s credentials (:func:`credentials_of`).
+    Without ``identity``, a bus that requires none (the integration tests' session server)."""
     env = {
         **os.environ,
         "SF_NATS_URL": nats.url,
@@ -47,6 +76,12 @@ def service_env(nats: NatsConfig, database_url: str | None = None, **extra: str)
         "SF_NATS_METRICS_MAX_BYTES": str(nats.metrics_max_bytes),
         "SF_LOG_LEVEL": "info",
     }
+    if identity is not None:
+        own = as_identity(nats, identity)
+        assert own.password_file is not None
+        env.update(SF_NATS_USER=identity, SF_NATS_PASSWORD_FILE=own.password_file)
+    elif nats.password_file is not None:
+        raise AssertionError("a service on the bus's credentials connects as its own identity: name it")
     if database_url is not None:
         env["SF_DATABASE_URL"] = database_url
     env.update(extra)
@@ -55,8 +90,10 @@ def service_env(nats: NatsConfig, database_url: str | None = None, **extra: str)
 
 async def gateway_process(env: Mapping[str, str], port: int, log_dir: Path) -> ServiceProcess:
     """``signalfire gateway`` on 127.0.0.1:``port``, ready on return, with a :func:`service_env`
-    environment (its NATS and database URLs come from there); its log and its admin token file
-    in ``log_dir``. Waits for readiness in a thread, so the test's event loop goes on."""
+    environment for the ``gateway`` identity (its NATS and database URLs come from there); its
+    log and its admin token file in ``log_dir``. Waits for readiness in a thread, so the test's
+    event loop goes on."""
+    assert env.get("SF_NATS_USER") == "gateway", "the gateway connects as its own identity"
     return await asyncio.to_thread(
         start_gateway,
         env["SF_NATS_URL"],
@@ -81,6 +118,37 @@ def log_tail(*services: ServiceProcess, chars: int = 2500) -> str:
     for service in services:
         text = service.log_path.read_text(errors="replace") if service.log_path.exists() else ""
         parts.append(f"--- {service.name} ({service.log_path})\n{text[-chars:]}")
+    return "\n".join(parts)
+
+
+#: What nats-py reports (and a service logs, ``NATS error: ...``) when the bus refuses a publish
+#: or a subscription to the identity it connected as.
+REFUSED = "permissions violation"
+
+
+def permission_violations(services: Sequence[ServiceProcess], limit: int = 10) -> str:
+    """What the bus refused the ``services`` (each one's log read once): for each service
+    whose log holds a ``permissions violation``, its name, the identity it connected as and
+    its refused lines (the first ``limit`` distinct ones); empty when the bus refused none."""
+    parts = []
+    seen: set[Path] = set()
+    for service in services:
+        if service.log_path in seen or not service.log_path.exists():
+            continue
+        seen.add(service.log_path)
+        text = service.log_path.read_text(errors="replace")
+        refused = [line for line in text.splitlines() if REFUSED in line.lower()]
+        if not refused:
+            continue
+        identity = service.env.get("SF_NATS_USER", "the identity of its config file")
+        distinct = list(dict.fromkeys(refused))
+        parts.append(
+            f"the bus refused {service.name} (connected as {identity}) {len(refused)} time(s), "
+            f"in {service.log_path}:"
+        )
+        parts.extend(f"    {line[:400]}" for line in distinct[:limit])
+        if len(distinct) > limit:
+            parts.append(f"    ... and {len(distinct) - limit} more")
     return "\n".join(parts)
 
 
@@ -222,6 +290,7 @@ async def start_evaluator_replica(
     ``into`` (to be stopped or killed by the test) and answering before this returns."""
     env = service_env(
         nats,
+        identity="evaluator",
         SF_RULES=str(rules),
         SF_TICK_INTERVAL="0.1s",
         SF_PARTITIONS=str(partitions),

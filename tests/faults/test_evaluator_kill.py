@@ -45,7 +45,10 @@ async def test_evaluator_kill_9_while_pending_and_while_firing_sends_one_firing_
     js = nc.jetstream()
     # A fast tick so `for` expiry is seen within 0.1 s (the default 1 s would only blur timings).
     env = service_env(
-        nats_config, SF_RULES=str(write(tmp_path / "rules.yaml", RULES)), SF_TICK_INTERVAL="0.1s"
+        nats_config,
+        identity="evaluator",
+        SF_RULES=str(write(tmp_path / "rules.yaml", RULES)),
+        SF_TICK_INTERVAL="0.1s",
     )
     generation = 0
 

@@ -101,6 +101,7 @@ async def test_gateway_kill_9_under_ingest_stores_every_sample_once(
     env = service_env(
         nats_config,
         database_url,
+        identity="gateway",
         # Short, so the killed gateway's unacknowledged rounds come back within seconds
         # (30 s by default) and rollups are merged (then acknowledged) twice a second.
         SF_ACK_WAIT="3s",

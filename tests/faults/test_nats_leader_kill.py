@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from devstack import NatsCluster, NatsServer
+from devstack import NatsCluster, NatsServer, bus_credentials
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.collector.outbox import Outbox, Outgoing
 from signalfire.events import MetricBatch, Sample, decode, encode
-from tests.faults.support import eventually, kill9, report
+from tests.faults.support import as_identity, eventually, kill9, report
 from tests.support.streams import stream_messages
 
 BATCHES = 600
@@ -97,11 +97,14 @@ async def _publish_through_outbox(
 
 @pytest.mark.slow
 async def test_killing_the_leader_node_loses_and_doubles_nothing_and_it_catches_up(tmp_path: Path) -> None:
-    cluster = NatsCluster(tmp_path / "cluster", 3)
+    # with the bus's credentials, as `make up` runs it; the publisher (an agent's outbox,
+    # publishing one host) and the test's other clients as the admin
+    bus = bus_credentials(tmp_path / "bus", prefix="fleader")
+    cluster = NatsCluster(tmp_path / "cluster", 3, config=bus.path / "nats.conf")
     await asyncio.to_thread(cluster.start)
     clients: list[Any] = []
     try:
-        nats = cluster.nats_config(prefix="fleader", metrics_max_bytes=16 << 20)
+        nats = as_identity(cluster.nats_config(prefix="fleader", metrics_max_bytes=16 << 20), "admin", bus)
         stream = nats.subjects.metrics_stream
         admin = await connect(nats, "fault-admin")
         clients.append(admin)

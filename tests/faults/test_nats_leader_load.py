@@ -33,13 +33,14 @@ from typing import Any
 import asyncpg
 import nats.errors
 import pytest
-from devstack import NatsCluster, NatsServer, ServiceProcess, free_port
+from devstack import NatsCluster, NatsServer, ServiceProcess, bus_credentials, free_port
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.collector.outbox import Outbox, Outgoing
 from signalfire.events import AlertEvent, DeliveryResult, MetricBatch, Sample, decode, encode
 from tests.faults.support import (
     alert_events,
+    as_identity,
     eventually,
     fetch_count,
     gateway_process,
@@ -196,16 +197,22 @@ async def _current_everywhere(js: Any, streams: list[str], node: str) -> bool:
 async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_and_no_notification(
     database_url: str, tmp_path: Path
 ) -> None:
-    cluster = NatsCluster(tmp_path / "cluster", 3)
+    # with the bus's credentials, as `make up` runs it: each service as its own identity, the
+    # agents' publisher (one outbox for every host) and the test's other clients as the admin
+    bus = bus_credentials(tmp_path / "bus", prefix="lload")
+    cluster = NatsCluster(tmp_path / "cluster", 3, config=bus.path / "nats.conf")
     await asyncio.to_thread(cluster.start)
-    nats = cluster.nats_config(prefix="lload", metrics_max_bytes=16 << 20)
+    nats = as_identity(cluster.nats_config(prefix="lload", metrics_max_bytes=16 << 20), "admin", bus)
     receiver = WebhookReceiver(delay=RECEIVER_DELAY)
     notify = write(
         tmp_path / "notify.yaml",
         f"channels:\n  hook: {{type: webhook, url: '{receiver.url('hook')}', timeout: 5s}}\n"
         "routes:\n  - channels: [hook]\n",
     )
-    env = service_env(nats, database_url, **cluster.env(), **SHORT)
+
+    def env(identity: str) -> dict[str, str]:
+        return service_env(nats, database_url, identity=identity, **cluster.env(), **SHORT)
+
     services: dict[str, ServiceProcess] = {}
     clients: list[Any] = []
     tasks: list[asyncio.Task[None]] = []
@@ -218,11 +225,11 @@ async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_an
         gateway_port, evaluator_port, notifier_port = free_port(), free_port(), free_port()
 
         async def start_gateway() -> ServiceProcess:
-            return await gateway_process(env, gateway_port, tmp_path)
+            return await gateway_process(env("gateway"), gateway_port, tmp_path)
 
         async def start_evaluator() -> ServiceProcess:
             evaluator_env = {
-                **env,
+                **env("evaluator"),
                 "SF_RULES": str(write(tmp_path / "rules.yaml", RULES)),
                 "SF_METRICS_LISTEN": f"127.0.0.1:{evaluator_port}",
             }
@@ -231,7 +238,7 @@ async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_an
             return process
 
         async def start_notifier() -> ServiceProcess:
-            notifier_env = {**env, "SF_METRICS_LISTEN": f"127.0.0.1:{notifier_port}"}
+            notifier_env = {**env("notifier"), "SF_METRICS_LISTEN": f"127.0.0.1:{notifier_port}"}
             args = ["notifier", "--config", str(notify)]
             process = ServiceProcess("notifier", args, notifier_env, tmp_path).start()
             url = f"http://127.0.0.1:{notifier_port}/metrics"

@@ -12,12 +12,14 @@ from typing import Any
 
 import pytest
 import yaml
-from devstack import REPO, NatsServer, ServiceProcess, free_port
+from devstack import REPO, NatsServer, ServiceProcess, bus_credentials, free_port
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
+from signalfire.buspolicy import user_name
 from signalfire.events import MetricBatch, Sample, decode, encode
 from tests.faults.support import (
     alert_events,
+    as_identity,
     eventually,
     fetch_count,
     gateway_process,
@@ -88,26 +90,35 @@ async def publish_through_a_buffer(nc: Any, nats: NatsConfig, high: asyncio.Even
 async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false_alert(
     database_url: str, tmp_path: Path
 ) -> None:
-    server = await asyncio.to_thread(NatsServer(tmp_path / "nats").start)
+    # with the bus's credentials, as `make up` runs it: each service as its own identity, the
+    # agent as the one enrolled for its host, the test's buffered publisher as the admin
+    bus = bus_credentials(tmp_path / "bus", prefix="faultnats", agent_host=HOST)
+    server_config = bus.path / "nats.conf"
+    server = await asyncio.to_thread(NatsServer(tmp_path / "nats", config=server_config).start)
     # 64 MB: JetStream reserves a stream's max_bytes from the server's storage up front.
-    nats = NatsConfig(url=server.url, prefix="faultnats", metrics_max_bytes=64 << 20)
+    nats = as_identity(
+        NatsConfig(url=server.url, prefix="faultnats", metrics_max_bytes=64 << 20), "admin", bus
+    )
     admin = await connect(nats, "fault-admin")
     await ensure_streams(admin.jetstream(), nats)
-    env = service_env(nats, database_url)
     port = free_port()
     services: list[ServiceProcess] = []
     spiker: asyncio.Task[None] | None = None
     try:
         # A round the gateway fetched just before the server died loses its ack and comes back
         # after ack_wait: 30 s by default, as long as the whole wait for storage below.
-        gateway = await gateway_process({**env, "SF_ACK_WAIT": "5s"}, port, tmp_path)
+        gateway = await gateway_process(
+            service_env(nats, database_url, identity="gateway", SF_ACK_WAIT="5s"), port, tmp_path
+        )
         services.append(gateway)
         rules = f"{SHIPPED_RULES},{write(tmp_path / 'spike.yaml', SPIKE_RULES)}"
-        evaluator = ServiceProcess("evaluator", ["evaluator"], {**env, "SF_RULES": rules}, tmp_path)
+        evaluator_env = service_env(nats, database_url, identity="evaluator", SF_RULES=rules)
+        evaluator = ServiceProcess("evaluator", ["evaluator"], evaluator_env, tmp_path)
         services.append(evaluator.start())
         await wait_evaluator(admin, nats, evaluator)
         agent_yaml = write(tmp_path / "agent.yaml", f"interval: {INTERVAL:g}s\nhostname: {HOST}\n")
-        agent = ServiceProcess("agent", ["agent", "--config", str(agent_yaml)], env, tmp_path)
+        agent_env = service_env(nats, identity=user_name("agent", HOST))
+        agent = ServiceProcess("agent", ["agent", "--config", str(agent_yaml)], agent_env, tmp_path)
         services.append(agent.start())
 
         async def reporting() -> bool:
@@ -124,7 +135,8 @@ async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false
         high.clear()  # the condition clears as NATS dies: FaultSpike must not fire
         await asyncio.to_thread(kill9, server)  # a crash: no clean shutdown of JetStream
         await asyncio.sleep(OUTAGE)
-        server = await asyncio.to_thread(NatsServer(tmp_path / "nats", port=server.port).start)
+        restarted = NatsServer(tmp_path / "nats", port=server.port, config=server_config)
+        server = await asyncio.to_thread(restarted.start)
         up_at = time.time()
         js = admin.jetstream()
 

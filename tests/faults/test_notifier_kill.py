@@ -7,8 +7,9 @@ channel that was not sent the firing notice (nor before it) — except where the
 redelivered after the kill, came after its resolved: then the channel gets no late page but
 the resolved notice, once — and no ledger key is left ``sending``.
 
-Self-contained: its own receiver and notifier processes; only the session's nats-server
-(``tests/conftest.py``) is shared. Only the processes started here are killed, by PID.
+Self-contained: its own receiver, notifier processes and nats-server (the scenario's, with
+the bus's credentials: tests/faults/conftest.py). Only the processes started here are killed,
+by PID.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from nats.js.errors import NoKeysError
 from signalfire.bus import NatsConfig
 from signalfire.notifier.deadletter import DeadLetter
 from signalfire.notifier.ledger import SentMark
+from tests.faults.support import as_identity
 from tests.support.alerts import firing_alert, publish_alert
 from tests.support.notifiers import kill9, notifier_process
 from tests.support.polling import wait_until
@@ -64,11 +66,15 @@ def notify_config(nats_config: NatsConfig, receiver: WebhookReceiver, tmp_path: 
     channels = ", ".join(
         f'{name}: {{type: webhook, url: "{receiver.url(name)}", timeout: 5s}}' for name in CHANNELS
     )
+    # the notifier as its own identity, as `make up` runs it
+    notifier = as_identity(nats_config, "notifier")
     nats = json.dumps(
         {
             "url": nats_config.url,
             "prefix": nats_config.prefix,
             "metrics_max_bytes": nats_config.metrics_max_bytes,
+            "user": notifier.user,
+            "password_file": notifier.password_file,
         }
     )
     path.write_text(

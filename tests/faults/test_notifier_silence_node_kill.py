@@ -17,14 +17,14 @@ from typing import Any
 
 import msgspec
 import pytest
-from devstack import NatsCluster, ServiceProcess, bus_credentials, bus_env, free_port
+from devstack import NatsCluster, ServiceProcess, bus_credentials, free_port
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.events import Silence
 from signalfire.matchers import Matcher
 from signalfire.notifier.intake import DURABLE
 from signalfire.notifier.mirror import FRESH_FOR
-from tests.faults.support import eventually, kill9, log_tail, report, service_env, write
+from tests.faults.support import as_identity, eventually, kill9, log_tail, report, service_env, write
 from tests.support.alerts import firing_alert, publish_alert
 from tests.support.metrics import scrape
 from tests.support.webhook import WebhookReceiver
@@ -55,16 +55,12 @@ async def test_a_silence_created_right_after_the_node_serving_the_notifiers_watc
     tmp_path: Path,
 ) -> None:
     # with the bus's credentials, as `make up` runs it: the notifier as its own identity (a
-    # walk found its read of the silences refused by the policy, which no test without them saw)
+    # walk found its read of the silences refused by the policy, which no test without them
+    # saw; a refusal in its log fails the scenario: tests/faults/conftest.py)
     bus = bus_credentials(tmp_path / "bus", prefix="silkill")
     cluster = NatsCluster(tmp_path / "cluster", 3, config=bus.path / "nats.conf")
     await asyncio.to_thread(cluster.start)
-    nats = cluster.nats_config(
-        prefix="silkill",
-        metrics_max_bytes=16 << 20,
-        user="admin",
-        password_file=str(bus.password_file("admin")),
-    )
+    nats = as_identity(cluster.nats_config(prefix="silkill", metrics_max_bytes=16 << 20), "admin", bus)
     receiver = WebhookReceiver()
     notify = write(
         tmp_path / "notify.yaml",
@@ -72,9 +68,7 @@ async def test_a_silence_created_right_after_the_node_serving_the_notifiers_watc
         "routes:\n  - channels: [hook]\n",
     )
     port = free_port()
-    env = service_env(
-        nats, **cluster.env(), **bus_env(bus, "notifier"), SF_METRICS_LISTEN=f"127.0.0.1:{port}"
-    )
+    env = service_env(nats, identity="notifier", **cluster.env(), SF_METRICS_LISTEN=f"127.0.0.1:{port}")
     metrics = f"http://127.0.0.1:{port}/metrics"
     admin = await connect(nats, "fault-admin")
     notifier: ServiceProcess | None = None
@@ -176,8 +170,6 @@ async def test_a_silence_created_right_after_the_node_serving_the_notifiers_watc
     )
     assert notifier is not None
     assert sent == [(other.id, "firing")], log_tail(notifier)
-    refused = [line for line in notifier.log_path.read_text().splitlines() if "permissions violation" in line]
-    assert refused == [], "the bus refused the notifier what it needs"
     assert muted_count == 1
 
 

@@ -16,7 +16,7 @@ import msgspec
 import pytest
 from devstack import ServiceProcess, free_port
 
-from signalfire.bus import NatsConfig
+from signalfire.bus import NatsConfig, connect
 from signalfire.events import (
     AgentStatus,
     AlertAction,
@@ -27,6 +27,7 @@ from signalfire.events import (
     Sample,
 )
 from tests.faults.support import (
+    as_identity,
     consumer_numbers,
     eventually,
     fetch_count,
@@ -160,23 +161,29 @@ async def test_poison_on_every_subject_is_counted_once_and_spares_every_good_mes
         "routes:\n  - channels: [hook]\n",
     )
     gateway_port, evaluator_port, notifier_port = free_port(), free_port(), free_port()
+
     # ack_wait 3 s instead of 30/60 s: a message left unsettled comes back (and shows as
     # redelivered) within the test instead of after it.
-    env = service_env(nats_config, database_url, SF_ACK_WAIT="3s")
+    def env(identity: str, **extra: str) -> dict[str, str]:
+        return service_env(nats_config, database_url, identity=identity, SF_ACK_WAIT="3s", **extra)
+
     services: list[ServiceProcess] = []
+    # Alert actions may be published by the gateway's identity alone (signalfire.buspolicy):
+    # the poisoned ones go out through a connection as the gateway, the rest as the admin.
+    actions_nc = await connect(as_identity(nats_config, "gateway"), "fault-actions")
     try:
         gateway = await gateway_process(
-            {**env, "SF_ROLLUP_FLUSH": "0.5s", "SF_ROLLUP_MERGE": "flush"}, gateway_port, tmp_path
+            env("gateway", SF_ROLLUP_FLUSH="0.5s", SF_ROLLUP_MERGE="flush"), gateway_port, tmp_path
         )
         services.append(gateway)
-        evaluator_env = {
-            **env,
-            "SF_RULES": str(write(tmp_path / "rules.yaml", RULES)),
-            "SF_METRICS_LISTEN": f"127.0.0.1:{evaluator_port}",
-        }
+        evaluator_env = env(
+            "evaluator",
+            SF_RULES=str(write(tmp_path / "rules.yaml", RULES)),
+            SF_METRICS_LISTEN=f"127.0.0.1:{evaluator_port}",
+        )
         evaluator = ServiceProcess("evaluator", ["evaluator"], evaluator_env, tmp_path).start()
         services.append(evaluator)
-        notifier_env = {**env, "SF_METRICS_LISTEN": f"127.0.0.1:{notifier_port}"}
+        notifier_env = env("notifier", SF_METRICS_LISTEN=f"127.0.0.1:{notifier_port}")
         notifier = ServiceProcess(
             "notifier", ["notifier", "--config", str(notify)], notifier_env, tmp_path
         ).start()
@@ -188,10 +195,11 @@ async def test_poison_on_every_subject_is_counted_once_and_spares_every_good_mes
 
         async def publish(kind: str) -> None:
             poisons = list(bad(kind).values())
+            through = actions_nc.jetstream() if kind == "actions" else js
             for i in range(GOOD):
-                await js.publish(subject(nats_config, kind), json.dumps(good(kind, i)).encode())
+                await through.publish(subject(nats_config, kind), json.dumps(good(kind, i)).encode())
                 if i < len(poisons):
-                    await js.publish(subject(nats_config, kind), poisons[i])
+                    await through.publish(subject(nats_config, kind), poisons[i])
 
         for kind in ("metrics", "events", "agents", "alerts"):
             await publish(kind)
@@ -251,6 +259,7 @@ async def test_poison_on_every_subject_is_counted_once_and_spares_every_good_mes
     finally:
         for service in reversed(services):
             service.stop()
+        await actions_nc.close()
         receiver.close()
 
     n_bad = len(bad("metrics"))

@@ -77,6 +77,7 @@ async def test_postgres_down_longer_than_ack_wait_times_max_deliver_loses_nothin
     env = service_env(
         nats_config,
         database_url,
+        identity="gateway",
         # A 2 s x 3 redelivery budget instead of 30 s x 10, so a 12 s outage outlasts it; the
         # database is probed at least every 2 s (instead of up to 30 s) so recovery is quick.
         SF_ACK_WAIT=f"{ACK_WAIT:g}s",
