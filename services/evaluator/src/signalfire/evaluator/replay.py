@@ -121,6 +121,34 @@ async def read_history(
         yield item
 
 
+async def read_window(
+    js: JetStreamContext,
+    stream: str,
+    subjects: list[str],
+    start: float,
+    end: float,
+    *,
+    wanted: Callable[[str], bool],
+    seconds: float,
+    result: Read,
+    max_batches: int = MAX_BATCHES,
+    max_bytes: int = MAX_BYTES,
+) -> AsyncGenerator[tuple[str, bytes, float], None]:
+    """The messages of ``stream`` on ``subjects`` stored from ``start`` to ``end`` (unix
+    seconds on the server's clock) whose subject is ``wanted``, as ``(subject, data, time the
+    stream stored it)``, in stream order: what a replica's subscriptions missed while its
+    connection was away (see ``EvaluatorService._catch_up``). Bounded as a takeover's read."""
+    deadline = time.monotonic() + seconds
+    reader = _Reader(js, stream, list(subjects), result, deadline, max_batches, max_bytes)
+    async with contextlib.aclosing(reader.messages(since=start)) as messages:
+        async for msg in messages:
+            stored = msg.metadata.timestamp.timestamp()
+            if stored > end:
+                return
+            if wanted(msg.subject):
+                yield msg.subject, msg.data or b"", stored
+
+
 @dataclass(slots=True)
 class _Reader:
     js: JetStreamContext

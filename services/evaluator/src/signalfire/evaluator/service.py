@@ -81,6 +81,20 @@ CATCH_UP_BACKLOG = 100
 #: host from alerting.
 CATCH_UP_LIMIT = 30.0
 
+#: After a reconnect, what the bus stored while the connection was away is read back from the
+#: metrics stream and judged (core subscriptions deliver nothing while disconnected): from
+#: this long (seconds) before the bus was last seen ...
+MISSED_MARGIN = 1.0
+#: ... for at most this long, retries included (the stream may be electing a leader) ...
+MISSED_READ_LIMIT = 30.0
+#: ... skipping a metric batch or agent status stored no later than this long after its
+#: subject's last live payload (received live, or older than what was) and an event batch
+#: received live (live event batches are remembered for ``LIVE_EVENTS_KEEP`` seconds).
+MISSED_SLACK = 0.05
+LIVE_EVENTS_KEEP = 60.0
+#: Subjects not heard from for this long are forgotten by the catch-up's bookkeeping.
+LIVE_SUBJECTS_KEEP = 3600.0
+
 #: With partitions, a payload callback yields to the event loop when this long (seconds) has
 #: passed since it last did: nats-py runs a subscription's callbacks back to back while its
 #: queue holds messages, so a backlog would otherwise starve the lease renewals.
@@ -214,6 +228,16 @@ class EvaluatorService:
         self._reload_lock = asyncio.Lock()
         self._reconnects = 0  # nats-py's reconnect count when the bus was last in sight
         self._catch_up_from: float | None = None  # when the bus came back, until caught up
+        #: The last tick the bus was in sight (connected, no reconnect since the tick before).
+        self._in_sight_at: float | None = None
+        #: Subject → when its last live metric batch or agent status was judged (this clock),
+        #: and live event batches judged (hash of subject and bytes → when): what a catch-up
+        #: after a reconnect must not judge again.
+        self._last_live: dict[str, float] = {}
+        self._live_events: dict[int, float] = {}
+        self._swept_at = 0.0
+        self._catching_up: asyncio.Task[None] | None = None
+        self._missed_window: tuple[float, float] | None = None  # the next catch-up's since, until
         # Partitions (config.partitions > 0): what this replica judges (None: every host).
         self._judged: set[str] | None = set() if config.partitions else None
         self._leases: LeaseKeeper | None = None
@@ -270,7 +294,8 @@ class EvaluatorService:
         self.replayed = r.counter(
             "replayed_batches",
             "Payloads read back from the metrics stream on taking a partition: `warm` filled "
-            "windows and baselines only (the previous owner judged them), `judged` were judged",
+            "windows and baselines only (the previous owner judged them), `judged` were judged; "
+            "after a reconnect: `missed`, stored while the connection was away, judged",
             ["mode"],
         )
         self.replays = r.counter(
@@ -353,6 +378,7 @@ class EvaluatorService:
             await nc.flush()  # see below
             await self._balance()
         self._reconnects = nc.stats["reconnects"]
+        self._in_sight_at = self._clock()
         self._tasks = [
             asyncio.create_task(self._deliver(), name="evaluator-deliver"),
             asyncio.create_task(self._tick_loop(), name="evaluator-tick"),
@@ -1118,7 +1144,12 @@ class EvaluatorService:
         if payload is None:
             return
         out = _feed(self.engine, payload, now, scope)
-        self.batches.labels(kind=self.subjects.kind_of(msg.subject)).inc()
+        kind = self.subjects.kind_of(msg.subject)
+        if kind == "events":
+            self._live_events[hash((msg.subject, msg.data))] = now
+        else:
+            self._last_live[msg.subject] = now
+        self.batches.labels(kind=kind).inc()
         self._handle(out, arrived)
 
     def _decode(
@@ -1219,6 +1250,10 @@ class EvaluatorService:
             return
         connected = nc.is_connected
         reconnects = nc.stats["reconnects"]
+        if connected and reconnects == self._reconnects:
+            self._in_sight_at = now
+            if now - self._swept_at >= 60.0:
+                self._sweep_live(now)
         if not connected or reconnects != self._reconnects:  # down, or down and back since
             if not self.engine.blind:
                 self.engine.disconnected()
@@ -1228,6 +1263,8 @@ class EvaluatorService:
                 return
             self._reconnects = reconnects
             self._catch_up_from = now
+            if self._in_sight_at is not None:
+                self._missed(self._in_sight_at, now)
         if self.engine.blind and self._catch_up_from is not None:
             backlog = sum(sub.pending_msgs for sub in self._subs[:3])  # metrics, events, agents
             waited = now - self._catch_up_from
@@ -1238,6 +1275,123 @@ class EvaluatorService:
                     "NATS in sight again: absence and `for` judged again, counting from now",
                     extra={"backlog": backlog, "caught_up_after": round(waited, 3)},
                 )
+
+    def _sweep_live(self, now: float) -> None:
+        """Forget subjects and event batches too old for any catch-up to need."""
+        self._swept_at = now
+        self._last_live = {s: t for s, t in self._last_live.items() if t >= now - LIVE_SUBJECTS_KEEP}
+        self._live_events = {h: t for h, t in self._live_events.items() if t >= now - LIVE_EVENTS_KEEP}
+
+    def _missed(self, since: float, until: float) -> None:
+        """Have what the bus stored from ``since`` to ``until`` judged (:meth:`_catch_up`):
+        now, or right after the catch-up under way, in one window with what it still waits for."""
+        if self._js is None or self._stopping:
+            return
+        pending = self._missed_window
+        self._missed_window = (min(since, pending[0]), until) if pending is not None else (since, until)
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = asyncio.create_task(self._catch_ups(), name="evaluator-catch-up")
+            self._tasks = [t for t in self._tasks if not t.done()] + [self._catching_up]
+
+    async def _catch_ups(self) -> None:
+        while self._missed_window is not None and not self._stopping:
+            since, until = self._missed_window
+            self._missed_window = None
+            await self._catch_up(since, until)
+
+    async def _catch_up(self, since: float, until: float) -> None:
+        """Judge what the metrics stream stored while this replica's connection was away.
+
+        Payloads come on core NATS subscriptions, which deliver nothing to a connection that
+        is down: after a NATS node's death the replica reconnects to another within a second,
+        and the batches stored meanwhile (agents on other nodes publish on) would never be
+        judged; a spike or a burst of events in them would go unalerted. They are read back
+        from ``since`` (the last tick the bus was in sight) less :data:`MISSED_MARGIN` to
+        ``until`` (the tick that saw the reconnect), on the server's clock, and judged now,
+        oldest first, but for what was judged live: a metric batch or agent status not newer
+        than its subject's last live one (received, or superseded: judging an older value
+        after a newer one would undo it) and an event batch judged live (remembered by its
+        bytes). A replica taking a partition over reads its history itself (`_take`)."""
+        assert self._js is not None
+        offset = self._clock_offset  # this clock minus the server's (0 until measured)
+        # `since` is a tick old at most when the connection dropped
+        margin = MISSED_MARGIN + float(self.config.tick_interval)
+        start, end = since - offset - margin, until - offset + MISSED_MARGIN
+        subjects = self.subjects
+        deadline = time.monotonic() + MISSED_READ_LIMIT
+        judged: set[int] = set()  # across retries: a read cut short is read again
+        counts = {"judged": 0, "live": 0}
+        read = replay.Read()
+        while not self._stopping:
+            read = replay.Read()
+            history = replay.read_window(
+                self._js,
+                subjects.metrics_stream,
+                [subjects.all_metrics, subjects.all_events, subjects.all_agents],
+                start,
+                end,
+                wanted=lambda subject: self._scope(subject) is not None,
+                seconds=max(0.0, deadline - time.monotonic()),
+                result=read,
+            )
+            try:
+                async with contextlib.aclosing(history):
+                    async for subject, data, stored in history:
+                        key = hash((subject, data))
+                        if key in judged:
+                            continue
+                        judged.add(key)
+                        if self._judge_missed(subject, data, stored + offset):
+                            counts["judged"] += 1
+                        else:
+                            counts["live"] += 1
+            except Exception as exc:  # the stream electing a leader: read again, shortly
+                if time.monotonic() >= deadline:
+                    read.truncated = "error"
+                    log.warning(
+                        "what the bus stored while NATS was out of sight was not read back",
+                        extra={"reason": str(exc) or type(exc).__name__, "judged": counts["judged"]},
+                    )
+                    break
+                await asyncio.sleep(0.5)
+                continue
+            break
+        self.replayed.labels(mode="missed").inc(counts["judged"])
+        log.info(
+            "judged what the bus stored while NATS was out of sight",
+            extra={
+                "seconds": round(end - start, 1),
+                "read": read.messages,
+                "judged": counts["judged"],
+                "judged_live": counts["live"],
+                **({"truncated": read.truncated} if read.truncated else {}),
+            },
+        )
+
+    def _judge_missed(self, subject: str, data: bytes, stored: float) -> bool:
+        """Judge a payload read back after a reconnect (``stored`` on this clock) unless it was
+        judged live; whether it was judged now."""
+        scope = self._scope(subject)
+        if scope is None:  # its partition given up meanwhile
+            return False
+        now = self._clock()
+        kind = self.subjects.kind_of(subject)
+        if kind == "events":
+            key = hash((subject, data))
+            if key in self._live_events:
+                return False
+            self._live_events[key] = now  # judged: not again by a later catch-up
+        else:
+            last = self._last_live.get(subject)
+            if last is not None and last >= stored - MISSED_SLACK:
+                return False
+            self._last_live[subject] = stored  # judged: a later catch-up skips it, not newer ones
+        payload = self._decode(subject, data, report=False)
+        if payload is None:
+            return False
+        self._handle(_feed(self.engine, payload, now, scope), None)
+        self.batches.labels(kind=kind).inc()
+        return True
 
     def _count(self, status: str) -> int:
         return sum(1 for state in self.engine.states.values() if state.status == status)
