@@ -1320,7 +1320,7 @@ class EvaluatorService:
         subjects = self.subjects
         deadline = time.monotonic() + MISSED_READ_LIMIT
         judged: set[int] = set()  # across retries: a read cut short is read again
-        counts = {"judged": 0, "live": 0}
+        counts = {"judged": 0, "skipped": 0}
         read = replay.Read()
         while not self._stopping:
             read = replay.Read()
@@ -1344,7 +1344,7 @@ class EvaluatorService:
                         if self._judge_missed(subject, data, stored + offset):
                             counts["judged"] += 1
                         else:
-                            counts["live"] += 1
+                            counts["skipped"] += 1
             except Exception as exc:  # the stream electing a leader: read again, shortly
                 if time.monotonic() >= deadline:
                     read.truncated = "error"
@@ -1357,16 +1357,15 @@ class EvaluatorService:
                 continue
             break
         self.replayed.labels(mode="missed").inc(counts["judged"])
-        log.info(
-            "judged what the bus stored while NATS was out of sight",
-            extra={
-                "seconds": round(end - start, 1),
-                "read": read.messages,
-                "judged": counts["judged"],
-                "judged_live": counts["live"],
-                **({"truncated": read.truncated} if read.truncated else {}),
-            },
-        )
+        # skipped: judged live already, or not this replica's (anymore)
+        extra = {"seconds": round(end - start, 1), "read": read.messages, **counts}
+        if read.truncated:
+            log.warning(
+                "judged what the bus stored while NATS was out of sight; the read was cut short",
+                extra={**extra, "truncated": read.truncated},
+            )
+        else:
+            log.info("judged what the bus stored while NATS was out of sight", extra=extra)
 
     def _judge_missed(self, subject: str, data: bytes, stored: float) -> bool:
         """Judge a payload read back after a reconnect (``stored`` on this clock) unless it was
