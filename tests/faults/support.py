@@ -315,3 +315,12 @@ async def partitions_shared(leases: Any, partitions: int, replicas: tuple[str, s
     fewer = (partitions + 1) // 2  # 8 and 9 of 16 partitions and fleet
     counts = sorted(held.count(r) for r in replicas)
     return len(held) == partitions + 1 and counts == [fewer, partitions + 1 - fewer]
+
+
+def clients_on(node: NatsServer) -> set[str]:
+    """The names of the client connections ``node`` serves (its monitoring ``/connz``)."""
+    try:
+        page = node.monitoring("/connz?limit=1000")
+    except (OSError, ValueError):
+        return set()
+    return {str(c.get("name", "")) for c in page.get("connections") or []}

@@ -15,13 +15,14 @@ from typing import Any
 
 import msgspec
 import pytest
-from devstack import NatsCluster, NatsServer, ServiceProcess, bus_credentials
+from devstack import NatsCluster, ServiceProcess, bus_credentials
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.events import Event, EventBatch, encode
 from tests.faults.support import (
     alert_events,
     as_identity,
+    clients_on,
     eventually,
     kill9,
     log_tail,
@@ -44,14 +45,6 @@ rules:
      condition: "> {BATCHES}", severity: high}}
 """
 STEPDOWN_TRIES = 10
-
-
-def _clients_on(node: NatsServer) -> set[str]:
-    try:
-        page = node.monitoring("/connz?limit=1000")
-    except (OSError, ValueError):
-        return set()
-    return {str(c.get("name", "")) for c in page.get("connections") or []}
 
 
 async def _led_by(nc: Any, nats: NatsConfig, node: str) -> list[str]:
@@ -90,7 +83,7 @@ async def test_batches_stored_while_the_evaluator_reconnected_after_its_node_die
         await ensure_streams(js, nats)
         evaluator = ServiceProcess("evaluator", ["evaluator"], env, tmp_path).start()
         await wait_evaluator(admin, nats, evaluator)
-        [victim] = [n for n in cluster.nodes if "signalfire-evaluator" in _clients_on(n)]
+        [victim] = [n for n in cluster.nodes if "signalfire-evaluator" in clients_on(n)]
         for _ in range(STEPDOWN_TRIES):  # the kill takes only the evaluator's connection away
             led = await _led_by(admin, nats, victim.name)
             if not led:

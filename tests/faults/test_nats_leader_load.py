@@ -33,7 +33,7 @@ from typing import Any
 import asyncpg
 import nats.errors
 import pytest
-from devstack import NatsCluster, NatsServer, ServiceProcess, bus_credentials, free_port
+from devstack import NatsCluster, ServiceProcess, bus_credentials, free_port
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.collector.outbox import Outbox, Outgoing
@@ -41,6 +41,7 @@ from signalfire.events import AlertEvent, DeliveryResult, MetricBatch, Sample, d
 from tests.faults.support import (
     alert_events,
     as_identity,
+    clients_on,
     eventually,
     fetch_count,
     gateway_process,
@@ -162,18 +163,9 @@ async def _move_leader(nc: Any, stream: str, to: str, timeout: float = 20) -> No
     raise AssertionError(f"{to} never became the leader of {stream}")
 
 
-def _clients_on(node: NatsServer) -> set[str]:
-    """The names of the client connections ``node`` serves."""
-    try:
-        page = node.monitoring("/connz?limit=1000")
-    except (OSError, ValueError):
-        return set()
-    return {str(c.get("name", "")) for c in page.get("connections") or []}
-
-
 def _connected(cluster: NatsCluster, name: str) -> bool:
     """Whether a client connection named ``name`` is on any node of ``cluster``."""
-    return any(name in _clients_on(node) for node in cluster.nodes)
+    return any(name in clients_on(node) for node in cluster.nodes)
 
 
 async def _current_everywhere(js: Any, streams: list[str], node: str) -> bool:
@@ -262,7 +254,7 @@ async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_an
                 await eventually(
                     partial(_connected, cluster, connection), f"{connection} connected", 30, process
                 )
-                if connection in _clients_on(victim):
+                if connection in clients_on(victim):
                     services[connection.removeprefix("signalfire-")] = process
                     break
                 process.stop()
