@@ -334,7 +334,7 @@ def test_tcp_connection_states_see_a_listening_socket() -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CurrEstab is Linux's")
-def test_established_is_not_taken_below_the_kernels_count_by_close_waits_gone_since_the_last_recount() -> None:
+def test_close_waits_gone_since_the_last_dump_do_not_take_established_to_zero() -> None:
     """An agent ticking faster than the recount: a burst of half-closed connections counted
     at one tick and gone by the next must not take the next tick's established to 0 (it
     did: 0 established with 2 open, the burst's close_wait subtracted from a CurrEstab that
