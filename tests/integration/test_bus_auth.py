@@ -426,6 +426,38 @@ async def test_the_evaluator_cannot_delete_the_alerts_stream(bus: Bus, admin: An
     assert info.config.name == bus.subjects.alerts_stream
 
 
+async def test_the_evaluator_cannot_change_the_gateways_durable_consumers(bus: Bus, admin: Any) -> None:
+    """A consumer create names a consumer and carries its config: one that may make consumers
+    on a stream may also update its durables (a create with their name is an update). The
+    evaluator could so set the gateway's `headers_only` (empty bodies: samples lost) or an
+    `inactive_threshold` (the durable gone while the gateway is down); it reads the stream's
+    history with direct gets instead, and may make no consumer on it."""
+    s = bus.subjects
+    durable = "gateway-metrics"
+    js = admin.jetstream()
+    wanted = ConsumerConfig(
+        durable_name=durable, name=durable, filter_subject=s.all_metrics, ack_policy=AckPolicy.EXPLICIT
+    )
+    await js.add_consumer(s.metrics_stream, wanted)
+    changed = {
+        "stream_name": s.metrics_stream,
+        "config": {**wanted.as_dict(), "headers_only": True, "inactive_threshold": 5_000_000_000},
+    }
+    nc = await client(bus, "evaluator")
+    try:
+        for subject in (
+            f"$JS.API.CONSUMER.CREATE.{s.metrics_stream}.{durable}.{s.all_metrics}",
+            f"$JS.API.CONSUMER.CREATE.{s.metrics_stream}.{durable}",
+            f"$JS.API.CONSUMER.CREATE.{s.metrics_stream}",
+        ):
+            with pytest.raises(Exception):  # noqa: B017 - the server drops the request; it times out
+                await nc.request(subject, msgspec.json.encode(changed), timeout=REFUSED_WAIT)
+    finally:
+        await nc.close()
+    config = (await js.consumer_info(s.metrics_stream, durable)).config
+    assert not config.headers_only and not config.inactive_threshold
+
+
 async def test_the_notifier_cannot_purge_the_metrics_stream(bus: Bus, admin: Any) -> None:
     s = bus.subjects
     await admin.jetstream().publish(s.metrics("kept"), batch("kept", 1.0))

@@ -11,12 +11,13 @@ and follows with :func:`watch`.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import dataclasses
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,10 @@ def stream_configs(config: NatsConfig) -> list[StreamConfig]:
             duplicate_window=120.0,
             num_replicas=config.replicas,
             description="Signalfire metric batches, events and agent status",
+            # The evaluator reads its history with direct gets (`direct_messages`): a reader
+            # that needs no consumer, so its identity is given no right to make one (one that
+            # may make a consumer may also change the gateway's durables: docs/security.md).
+            allow_direct=True,
         ),
         StreamConfig(
             name=s.alerts_stream,
@@ -279,6 +284,7 @@ async def ensure_streams(js: JetStreamContext, config: NatsConfig) -> None:
             or current.duplicate_window != wanted.duplicate_window
             or (current.max_bytes or -1) != (wanted.max_bytes or -1)  # the server reports "no limit" as -1
             or (current.num_replicas or 1) != wanted.num_replicas  # a cluster grown from one node
+            or bool(current.allow_direct) != bool(wanted.allow_direct)
         ):
             try:
                 await js.update_stream(wanted)
@@ -549,6 +555,98 @@ async def _keys_held(kv: KeyValue, keys: str) -> int:
     if history != 1:
         raise ValueError(f"KV bucket {kv._name} keeps {history} values a key; it is read whole only with 1")
     return info.state.messages if keys == ">" else len(info.state.subjects or {})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as a stream stored it (:func:`direct_messages`)."""
+
+    subject: str
+    data: bytes
+    seq: int
+    #: When the stream stored it: unix seconds on the server's clock.
+    time: float
+    #: Messages after it that the answering server held.
+    pending: int
+
+
+#: Messages asked for per direct-get request.
+DIRECT_BATCH = 1000
+
+
+class DirectGetError(Exception):
+    """A direct get the stream did not answer with messages (no responders: the stream does
+    not allow direct gets, or none of its servers answered; or another status)."""
+
+
+def _stored_time(stamp: str) -> float:
+    """``Nats-Time-Stamp`` (RFC 3339 in UTC, to the nanosecond) as unix seconds."""
+    head, _, fraction = stamp.rstrip("Z").partition(".")
+    whole = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
+    return whole + (int(fraction[:9].ljust(9, "0")) / 1e9 if fraction else 0.0)
+
+
+async def direct_messages(
+    nc: NATS,
+    stream: str,
+    *,
+    start_time: float | None = None,
+    seq: int = 1,
+    up_to_seq: int | None = None,
+    batch: int = DIRECT_BATCH,
+    timeout: float = 5.0,
+) -> AsyncGenerator[StoredMessage, None]:
+    """The messages of ``stream`` from ``start_time`` (unix seconds) or stream sequence
+    ``seq`` on, in stream order, up to ``up_to_seq`` or the end of what the answering server
+    holds, read with JetStream's batched direct get (``$JS.API.DIRECT.GET.<stream>``, the
+    stream with ``allow_direct``): no consumer is made, so a reader needs no right to make one.
+    Any of the stream's servers may answer, a follower possibly a moment behind its leader: a
+    reader that needs everything up to a point compares the last sequence it got with the
+    leader's (``stream_info``). Raises :class:`DirectGetError` when the stream does not
+    answer, ``TimeoutError`` when an answer stops coming for ``timeout`` seconds."""
+    request: dict[str, Any] = {"batch": batch}
+    if start_time is not None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start_time))
+        request["start_time"] = f"{stamp}.{int((start_time % 1) * 1e6):06d}Z"
+    else:
+        request["seq"] = seq
+    if up_to_seq is not None:
+        request["up_to_seq"] = up_to_seq
+    subject = f"$JS.API.DIRECT.GET.{stream}"
+    while True:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        last = 0
+        pending = 0
+        try:
+            await nc.publish(subject, msgspec.json.encode(request), reply=inbox)
+            while True:
+                msg = await sub.next_msg(timeout=timeout)
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status == "204":  # the end of this batch
+                    pending = int(headers.get("Nats-Num-Pending", "0"))
+                    break
+                if status == "404":  # nothing (more) stored from there
+                    return
+                if status:  # 503: no server answers direct gets of it (no `allow_direct`)
+                    raise DirectGetError(f"direct get of {stream} answered {status}: {headers}")
+                last = int(headers["Nats-Sequence"])
+                yield StoredMessage(
+                    subject=headers["Nats-Subject"],
+                    data=msg.data,
+                    seq=last,
+                    time=_stored_time(headers["Nats-Time-Stamp"]),
+                    pending=int(headers.get("Nats-Num-Pending", "0")),
+                )
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if last == 0 or pending == 0 or (up_to_seq is not None and last >= up_to_seq):
+            return
+        request = {"batch": batch, "seq": last + 1}
+        if up_to_seq is not None:
+            request["up_to_seq"] = up_to_seq
 
 
 async def request_json(nc: NATS, subject: str, payload: bytes = b"{}", timeout: float = 2.0) -> Any:

@@ -192,16 +192,18 @@ def permissions(role: str, subjects: Subjects, host: str | None = None) -> Permi
         return Permissions(
             # events: the evaluator reports a rule's series limit as an event of its own host;
             # at start it reads each watched host's last batch (when an `absent` series was
-            # last seen) from the metrics stream, and a replica taking a partition over reads
-            # its recent history back with an ephemeral ordered consumer (as a KV watcher); a
-            # starting replica asks whether a running one answers for the replica id it wants
+            # last seen) from the metrics stream, and a replica taking a partition over (or
+            # back from a reconnect) reads its recent history with direct gets, which make no
+            # consumer: a right to make one on the stream would also let it change the
+            # gateway's durables there (a create with their name updates them); a starting
+            # replica asks whether a running one answers for the replica id it wants
             publish=(
                 f"{p}.alerts.*",
                 f"{p}.events.*",
                 f"{p}.control.evaluator.replica.*",
                 *_service_common(s, role),
                 f"$JS.API.STREAM.MSG.GET.{s.metrics_stream}",
-                *_ordered_consumer(s.metrics_stream),
+                f"$JS.API.DIRECT.GET.{s.metrics_stream}",
             ),
             subscribe=(
                 s.all_metrics,

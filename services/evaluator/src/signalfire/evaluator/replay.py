@@ -4,8 +4,9 @@ The evaluator judges live payloads from core NATS subscriptions, so what is publ
 no replica holds a partition (between an owner's death and its successor's takeover) reaches
 no evaluator, and what an owner kept in memory (windows, baselines) dies with it. The metrics
 stream (``SF_METRICS``: every metric batch, event batch and agent status) holds both: the
-new owner reads it from a start time with an ephemeral ordered consumer (no acknowledgements,
-nothing left behind: the server deletes the consumer once it is unsubscribed), and
+new owner reads it from a start time with JetStream's batched direct gets (no consumer: the
+evaluator's identity may not make one on the stream, as one that may could change the
+gateway's durables there), and
 :class:`signalfire.evaluator.service.EvaluatorService` feeds what belongs to the partitions
 it takes to an engine of their own (:meth:`signalfire.evaluator.engine.Engine.replaying`).
 
@@ -16,17 +17,16 @@ delays the takeover), whichever comes first.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
-from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, ConsumerInfo, DeliverPolicy
+
+from signalfire.bus import StoredMessage, direct_messages
 
 #: At most this many messages are read back per takeover ...
 MAX_BATCHES = 200_000
@@ -97,11 +97,10 @@ async def read_history(
     began = time.monotonic()
     reader = _Reader(js, stream, list(subjects), result, deadline, max_batches, max_bytes)
     async for msg in reader.messages(since=keep_from):
-        meta = msg.metadata
         if recent_from is None:
-            recent_from = meta.sequence.stream
+            recent_from = msg.seq
         if wanted(msg.subject):
-            kept.append((msg.subject, msg.data or b"", meta.timestamp.timestamp()))
+            kept.append((msg.subject, msg.data, msg.time))
     if keep_from > start and result.truncated is None:
         # As many older messages as the time left can read at half the pace of the recent ones
         # (those were only held; the older ones are judged between two reads).
@@ -114,7 +113,7 @@ async def read_history(
             async with contextlib.aclosing(older):
                 async for msg in older:
                     if wanted(msg.subject):
-                        yield msg.subject, msg.data or b"", msg.metadata.timestamp.timestamp()
+                        yield msg.subject, msg.data, msg.time
         else:
             result.trimmed = True
     for item in kept:
@@ -142,11 +141,10 @@ async def read_window(
     reader = _Reader(js, stream, list(subjects), result, deadline, max_batches, max_bytes)
     async with contextlib.aclosing(reader.messages(since=start)) as messages:
         async for msg in messages:
-            stored = msg.metadata.timestamp.timestamp()
-            if stored > end:
+            if msg.time > end:
                 return
             if wanted(msg.subject):
-                yield msg.subject, msg.data or b"", stored
+                yield msg.subject, msg.data, msg.time
 
 
 @dataclass(slots=True)
@@ -159,76 +157,61 @@ class _Reader:
     max_batches: int
     max_bytes: int
 
-    async def _subscribe(self, config: ConsumerConfig) -> JetStreamContext.PushSubscription:
-        config.filter_subjects = self.subjects
-        return await self.js.subscribe(
-            self.subjects[0], stream=self.stream, ordered_consumer=True, config=config, idle_heartbeat=1.0
-        )
-
     async def messages(
         self, *, since: float, room: int | None = None, before: float = math.inf
-    ) -> AsyncGenerator[Msg, None]:
+    ) -> AsyncGenerator[StoredMessage, None]:
         """The messages stored from ``since`` on (before the stream sequence ``before``),
         counted in the result; with ``room``, only the last ``room`` of them (``trimmed``
-        when that leaves some out). Stops at the end of the stream, at the deadline or at the
-        bounds (``truncated``)."""
+        when that leaves some out). Stops at the end of the stream as its leader saw it when
+        the read began, at the deadline or at the bounds (``truncated``).
+
+        Read with direct gets (:func:`signalfire.bus.direct_messages`): no consumer, so the
+        evaluator's identity has no right to make one on the stream. A follower answering a
+        moment behind the leader ends a batch early; the read asks again from where it got to
+        until it reaches the leader's last sequence."""
         result = self.result
-        start = datetime.fromtimestamp(since, UTC)
-        sub = await self._subscribe(
-            ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
-        )
-        try:
-            if _held(await sub.consumer_info()) == 0:
+        nc = self.js._nc
+        last = (await self.js.stream_info(self.stream)).state.last_seq
+        up_to = int(min(last, before - 1)) if before != math.inf else last
+        position: dict[str, float | int] = {"start_time": since}
+        checked_room = room is None
+        if up_to < 1:
+            return  # an empty stream
+        while True:
+            got = 0
+            restart = False
+            batches = direct_messages(nc, self.stream, up_to_seq=up_to, **position)  # type: ignore[arg-type]
+            async with contextlib.aclosing(batches):
+                async for msg in batches:
+                    if not checked_room:
+                        checked_room = True
+                        if before != math.inf and room is not None and before - msg.seq > room:
+                            # Not all of it fits: the newest `room` messages before `before`.
+                            result.trimmed = True
+                            position = {"seq": int(before) - room}
+                            restart = True
+                            break
+                    if msg.seq > up_to:
+                        return
+                    if result.messages >= self.max_batches or result.bytes >= self.max_bytes:
+                        result.truncated = "batches" if result.messages >= self.max_batches else "bytes"
+                        return
+                    if time.monotonic() >= self.deadline:
+                        result.truncated = "time"
+                        return
+                    result.messages += 1
+                    result.bytes += len(msg.data)
+                    got += 1
+                    yield msg
+                    position = {"seq": msg.seq + 1}
+                    if msg.seq >= up_to:
+                        return
+            if restart:
+                continue
+            if got == 0 and "start_time" in position:
                 return  # nothing stored since `since`
-            msg = await _next(sub, self.deadline, result)
-            if msg is None:
+            # The answering server held no more: a follower a moment behind the leader.
+            if time.monotonic() >= self.deadline:
+                result.truncated = "time"
                 return
-            first = msg.metadata.sequence.stream
-            if room is not None and before != math.inf and before - first > room:
-                # Not all of it fits: the newest `room` messages before `before`.
-                await sub.unsubscribe()
-                sub = await self._subscribe(
-                    ConsumerConfig(
-                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=int(before) - room
-                    )
-                )
-                result.trimmed = True
-                msg = await _next(sub, self.deadline, result)
-            while msg is not None:
-                meta = msg.metadata
-                if meta.sequence.stream >= before:
-                    return
-                if result.messages >= self.max_batches or result.bytes >= self.max_bytes:
-                    result.truncated = "batches" if result.messages >= self.max_batches else "bytes"
-                    return
-                result.messages += 1
-                result.bytes += len(msg.data or b"")
-                yield msg
-                if meta.num_pending == 0:
-                    return
-                msg = await _next(sub, self.deadline, result)
-        finally:
-            with contextlib.suppress(Exception):  # the server drops the unused consumer anyway
-                await sub.unsubscribe()
-
-
-async def _next(sub: JetStreamContext.PushSubscription, deadline: float, result: Read) -> Msg | None:
-    """The next message of ``sub``; ``None`` at the end of the stream or past ``deadline``
-    (``result.truncated``)."""
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            result.truncated = "time"
-            return None
-        try:
-            return await sub.next_msg(timeout=min(remaining, 1.0))
-        except NatsTimeoutError:
-            info = await sub.consumer_info()
-            if not info.num_pending:
-                return None
-
-
-def _held(info: ConsumerInfo) -> int:
-    """Messages of a new consumer: still to deliver, and delivered already."""
-    delivered = info.delivered.consumer_seq if info.delivered is not None else 0
-    return (info.num_pending or 0) + (delivered or 0)
+            await asyncio.sleep(0.05)
