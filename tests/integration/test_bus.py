@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import logging
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +15,19 @@ import msgspec
 import pytest
 from devstack import NatsCluster
 from nats.errors import NoServersError
-from nats.js.api import KeyValueConfig
+from nats.js.api import KeyValueConfig, StreamConfig
 
 from signalfire.bus import (
     WATCH_HEARTBEAT,
     BucketReadError,
+    DirectGetError,
     NatsConfig,
     bucket_entries,
     bucket_latest,
     connect,
+    direct_messages,
     ensure_streams,
+    stream_configs,
     watch,
     watch_listed,
 )
@@ -271,3 +277,51 @@ async def test_a_watch_whose_consumer_went_away_makes_it_again_and_misses_nothin
         assert [(e.key, e.value) for e in got] == [("a", b"2"), ("b", b"3")]
     finally:
         await follower.stop()
+
+
+async def test_a_streams_history_is_read_with_direct_gets_in_order_across_batches(
+    nc: Any, nats_config: NatsConfig
+) -> None:
+    js = nc.jetstream()
+    s = nats_config.subjects
+    before = time.time() - 1
+    for i in range(35):
+        await js.publish(s.metrics(f"dg-{i % 3}"), f"{i}".encode())
+    read = [m async for m in direct_messages(nc, s.metrics_stream, start_time=before, batch=10)]
+    assert [m.data for m in read] == [f"{i}".encode() for i in range(35)]  # four requests
+    assert [m.subject for m in read[:3]] == [s.metrics("dg-0"), s.metrics("dg-1"), s.metrics("dg-2")]
+    assert all(b.seq == a.seq + 1 for a, b in itertools.pairwise(read))
+    assert all(before <= m.time <= time.time() for m in read)
+    assert read[-1].pending == 0
+    # up to a sequence; from a sequence; from after the last message: nothing
+    middle = [
+        m.seq async for m in direct_messages(nc, s.metrics_stream, seq=read[5].seq, up_to_seq=read[9].seq)
+    ]
+    assert middle == [m.seq for m in read[5:10]]
+    assert [m async for m in direct_messages(nc, s.metrics_stream, start_time=time.time() + 60)] == []
+
+
+async def test_a_direct_get_of_a_stream_that_does_not_allow_them_is_an_error_naming_it(nc: Any) -> None:
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="NODIRECT", subjects=["nodirect.>"]))
+    try:
+        await js.publish("nodirect.a", b"1")
+        with pytest.raises(DirectGetError, match="NODIRECT answered 503"):
+            [m async for m in direct_messages(nc, "NODIRECT", seq=1)]
+    finally:
+        await js.delete_stream("NODIRECT")
+
+
+async def test_a_metrics_stream_made_before_direct_gets_is_given_them(nats_config: NatsConfig) -> None:
+    """A deployment from before: its metrics stream without ``allow_direct``; the gateway (or
+    an admin) converges it at its start, and the evaluator's history reads work again."""
+    nc = await connect(nats_config, "t")
+    try:
+        js = nc.jetstream()
+        old = dataclasses.replace(stream_configs(nats_config)[0], allow_direct=False)
+        await js.add_stream(old)
+        assert not (await js.stream_info(nats_config.subjects.metrics_stream)).config.allow_direct
+        await ensure_streams(js, nats_config)
+        assert (await js.stream_info(nats_config.subjects.metrics_stream)).config.allow_direct
+    finally:
+        await nc.close()

@@ -610,8 +610,6 @@ async def direct_messages(
         request["start_time"] = f"{stamp}.{int((start_time % 1) * 1e6):06d}Z"
     else:
         request["seq"] = seq
-    if up_to_seq is not None:
-        request["up_to_seq"] = up_to_seq
     subject = f"$JS.API.DIRECT.GET.{stream}"
     while True:
         inbox = nc.new_inbox()
@@ -632,6 +630,8 @@ async def direct_messages(
                 if status:  # 503: no server answers direct gets of it (no `allow_direct`)
                     raise DirectGetError(f"direct get of {stream} answered {status}: {headers}")
                 last = int(headers["Nats-Sequence"])
+                if up_to_seq is not None and last > up_to_seq:
+                    return  # (the server applies `up_to_seq` to `multi_last` requests only)
                 yield StoredMessage(
                     subject=headers["Nats-Subject"],
                     data=msg.data,
@@ -645,8 +645,6 @@ async def direct_messages(
         if last == 0 or pending == 0 or (up_to_seq is not None and last >= up_to_seq):
             return
         request = {"batch": batch, "seq": last + 1}
-        if up_to_seq is not None:
-            request["up_to_seq"] = up_to_seq
 
 
 async def request_json(nc: NATS, subject: str, payload: bytes = b"{}", timeout: float = 2.0) -> Any:
