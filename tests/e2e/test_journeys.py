@@ -114,6 +114,17 @@ def test_every_page_shows_its_data(browser: Any, running: Stack) -> None:
     }
     assert call(running, "POST", "/ingest/metrics", json=body).status_code == 202
     firing_alert(running, "ui-pages-1")
+    # HTTP ingest answers 202 before the sample is stored; the Overview's fleet charts read the
+    # last hour once when the page opens (then every 30 s): open it once the sample is stored
+    # (make test's parallel run lost that race once).
+    wait_until(
+        lambda: get(running, "/query", host="ui-labelled-1", metric="cpu.usage_percent", step="raw")[
+            "series"
+        ],
+        10,
+        "the labelled host's sample stored",
+        running,
+    )
     page = open_signed_in(browser, running, token(running))
     # Overview: the host's row, and fleet charts that include labelled series.
     page.locator("#hosts tr.host a", has_text="ui-labelled-1").wait_for(timeout=10_000)
