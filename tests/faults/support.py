@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from devstack import NatsServer, PostgresServer, ServiceProcess, start_gateway
+from devstack import NatsCluster, NatsServer, PostgresServer, ServiceProcess, bus_credentials, start_gateway
 
 from signalfire.bus import NatsConfig, request_json
 from signalfire.busauth import CredentialDirectory
@@ -324,3 +324,54 @@ def clients_on(node: NatsServer) -> set[str]:
     except (OSError, ValueError):
         return set()
     return {str(c.get("name", "")) for c in page.get("connections") or []}
+
+
+async def secured_cluster(tmp_path: Path, prefix: str, **settings: Any) -> tuple[NatsCluster, NatsConfig]:
+    """A three-node cluster requiring the bus's credentials for ``prefix`` (as ``make up
+    NATS_NODES=3`` runs it), started; and how the test's clients reach it, as ``admin``
+    (``settings``: more :class:`NatsConfig` fields). Services connect as their own identity
+    through :func:`service_env`."""
+    bus = bus_credentials(tmp_path / "bus", prefix=prefix)
+    cluster = NatsCluster(tmp_path / "cluster", 3, config=bus.path / "nats.conf")
+    await asyncio.to_thread(cluster.start)
+    return cluster, as_identity(cluster.nats_config(prefix=prefix, **settings), "admin", bus)
+
+
+#: Rounds of leader step-downs :func:`move_leaders_off` asks for before it gives up.
+STEPDOWN_TRIES = 10
+
+
+async def move_leaders_off(
+    nc: Any, node: str, streams: Sequence[str], consumers: Sequence[tuple[str, str]] = ()
+) -> int:
+    """Have the other nodes lead ``streams`` and ``consumers`` (stream, durable), with
+    JetStream's ``LEADER.STEPDOWN`` requests, so that a kill of ``node`` takes away only what
+    the scenario means it to; those without a leader are asked again. Returns the step-downs
+    asked for; fails when ``node`` still leads one after :data:`STEPDOWN_TRIES` rounds."""
+
+    async def led() -> list[str]:
+        js = nc.jetstream()
+        requests = []
+        for stream in streams:
+            placed = (await js.stream_info(stream)).cluster
+            if placed is None or placed.leader in (None, node):
+                requests.append(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}")
+        for stream, durable in consumers:
+            placed = (await js.consumer_info(stream, durable)).cluster
+            if placed is None or placed.leader in (None, node):
+                requests.append(f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{durable}")
+        return requests
+
+    stepdowns = 0
+    for _ in range(STEPDOWN_TRIES):
+        requests = await led()
+        if not requests:
+            return stepdowns
+        for subject in requests:
+            with contextlib.suppress(Exception):
+                await nc.request(subject, b"", timeout=5)
+                stepdowns += 1
+        await asyncio.sleep(1.0)
+    still = await led()
+    assert not still, f"{node} still leads after {STEPDOWN_TRIES} rounds of step-downs: {still}"
+    return stepdowns

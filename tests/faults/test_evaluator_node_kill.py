@@ -15,18 +15,19 @@ from typing import Any
 
 import msgspec
 import pytest
-from devstack import NatsCluster, ServiceProcess, bus_credentials
+from devstack import ServiceProcess
 
-from signalfire.bus import NatsConfig, connect, ensure_streams
+from signalfire.bus import connect, ensure_streams
 from signalfire.events import Event, EventBatch, encode
 from tests.faults.support import (
     alert_events,
-    as_identity,
     clients_on,
     eventually,
     kill9,
     log_tail,
+    move_leaders_off,
     report,
+    secured_cluster,
     service_env,
     wait_evaluator,
     write,
@@ -44,22 +45,6 @@ rules:
   - {{name: LoginsCountedTwice, kind: event_count, event: auth.login_failed, window: 5m,
      condition: "> {BATCHES}", severity: high}}
 """
-STEPDOWN_TRIES = 10
-
-
-async def _led_by(nc: Any, nats: NatsConfig, node: str) -> list[str]:
-    """The step-down requests of the streams the evaluator needs that ``node`` leads (or that
-    have no leader): the metrics and alerts streams, its state and leases buckets."""
-    js = nc.jetstream()
-    streams = [nats.subjects.metrics_stream, nats.subjects.alerts_stream] + [
-        f"KV_{nats.subjects.bucket(b)}" for b in ("alert_state", "evaluator_leases")
-    ]
-    led = []
-    for stream in streams:
-        placed = (await js.stream_info(stream)).cluster
-        if placed is None or placed.leader in (None, node):
-            led.append(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}")
-    return led
 
 
 @pytest.mark.slow
@@ -67,10 +52,7 @@ async def _led_by(nc: Any, nats: NatsConfig, node: str) -> list[str]:
 async def test_batches_stored_while_the_evaluator_reconnected_after_its_node_died_are_judged_once(
     tmp_path: Path,
 ) -> None:
-    bus = bus_credentials(tmp_path / "bus", prefix="evkill")
-    cluster = NatsCluster(tmp_path / "cluster", 3, config=bus.path / "nats.conf")
-    await asyncio.to_thread(cluster.start)
-    nats = as_identity(cluster.nats_config(prefix="evkill", metrics_max_bytes=16 << 20), "admin", bus)
+    cluster, nats = await secured_cluster(tmp_path, "evkill", metrics_max_bytes=16 << 20)
     rules = write(tmp_path / "rules.yaml", RULES)
     env = service_env(
         nats, identity="evaluator", **cluster.env(), SF_RULES=str(rules), SF_TICK_INTERVAL="0.1s"
@@ -84,15 +66,11 @@ async def test_batches_stored_while_the_evaluator_reconnected_after_its_node_die
         evaluator = ServiceProcess("evaluator", ["evaluator"], env, tmp_path).start()
         await wait_evaluator(admin, nats, evaluator)
         [victim] = [n for n in cluster.nodes if "signalfire-evaluator" in clients_on(n)]
-        for _ in range(STEPDOWN_TRIES):  # the kill takes only the evaluator's connection away
-            led = await _led_by(admin, nats, victim.name)
-            if not led:
-                break
-            for subject in led:
-                with contextlib.suppress(Exception):
-                    await admin.request(subject, b"", timeout=5)
-            await asyncio.sleep(1.0)
-        assert not await _led_by(admin, nats, victim.name), f"{victim.name} still leads a stream"
+        # the kill takes only the evaluator's connection away: the other nodes lead the metrics
+        # and alerts streams and its state and leases buckets
+        s = nats.subjects
+        buckets = [f"KV_{s.bucket(b)}" for b in ("alert_state", "evaluator_leases")]
+        await move_leaders_off(admin, victim.name, [s.metrics_stream, s.alerts_stream, *buckets])
 
         spared = next(n for n in cluster.nodes if n is not victim)
         publisher = await connect(msgspec.structs.replace(nats, url=spared.url, servers=[]), "fault-agent")

@@ -20,13 +20,17 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from devstack import NatsCluster, bus_credentials
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
 from signalfire.bus import bucket_entries, connect, watch, watch_listed
-from tests.faults.support import as_identity, eventually, kill9, report
+from tests.faults.support import (
+    eventually,
+    kill9,
+    report,
+    secured_cluster,
+)
 
 KEYS = 40
 TRACKED = 30  # of them under ``track.``, listed alone as the notifier's mirrors list theirs
@@ -79,10 +83,7 @@ async def _plain_listing(kv: object) -> int:
 @pytest.mark.timeout(120)
 async def test_a_bucket_read_after_its_leader_was_killed_holds_every_key_or_fails(tmp_path: Path) -> None:
     # with the bus's credentials, as `make up` runs it; the test's client as the admin
-    bus = bus_credentials(tmp_path / "bus", prefix="kvread")
-    cluster = NatsCluster(tmp_path / "cluster", 3, config=bus.path / "nats.conf")
-    await asyncio.to_thread(cluster.start)
-    nats = as_identity(cluster.nats_config(prefix="kvread"), "admin", bus)
+    cluster, nats = await secured_cluster(tmp_path, "kvread")
     nc = await connect(nats, "fault-kv")
     writing = True
     try:
@@ -176,10 +177,8 @@ async def test_a_bucket_read_after_its_leader_was_killed_holds_every_key_or_fail
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_a_watch_whose_node_was_killed_follows_the_bucket_again_within_seconds(tmp_path: Path) -> None:
-    bus = bus_credentials(tmp_path / "bus", prefix="kvwatch")
-    cluster = NatsCluster(tmp_path / "cluster", 3, config=bus.path / "nats.conf")
-    await asyncio.to_thread(cluster.start)
-    nc = await connect(as_identity(cluster.nats_config(prefix="kvwatch"), "admin", bus), "fault-kv-watch")
+    cluster, nats = await secured_cluster(tmp_path, "kvwatch")
+    nc = await connect(nats, "fault-kv-watch")
     writing = True
     acked: list[tuple[float, str, int]] = []  # when each write was taken, its key and revision
     delivered: dict[str, list[tuple[int, float]]] = {}  # key -> (revision, when) as the watch gave them

@@ -11,12 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from devstack import NatsCluster, NatsServer, bus_credentials
+from devstack import NatsServer
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.collector.outbox import Outbox, Outgoing
 from signalfire.events import MetricBatch, Sample, decode, encode
-from tests.faults.support import as_identity, eventually, kill9, report
+from tests.faults.support import (
+    eventually,
+    kill9,
+    report,
+    secured_cluster,
+)
 from tests.support.streams import stream_messages
 
 BATCHES = 600
@@ -99,12 +104,9 @@ async def _publish_through_outbox(
 async def test_killing_the_leader_node_loses_and_doubles_nothing_and_it_catches_up(tmp_path: Path) -> None:
     # with the bus's credentials, as `make up` runs it; the publisher (an agent's outbox,
     # publishing one host) and the test's other clients as the admin
-    bus = bus_credentials(tmp_path / "bus", prefix="fleader")
-    cluster = NatsCluster(tmp_path / "cluster", 3, config=bus.path / "nats.conf")
-    await asyncio.to_thread(cluster.start)
+    cluster, nats = await secured_cluster(tmp_path, "fleader", metrics_max_bytes=16 << 20)
     clients: list[Any] = []
     try:
-        nats = as_identity(cluster.nats_config(prefix="fleader", metrics_max_bytes=16 << 20), "admin", bus)
         stream = nats.subjects.metrics_stream
         admin = await connect(nats, "fault-admin")
         clients.append(admin)

@@ -33,14 +33,13 @@ from typing import Any
 import asyncpg
 import nats.errors
 import pytest
-from devstack import NatsCluster, ServiceProcess, bus_credentials, free_port
+from devstack import NatsCluster, ServiceProcess, free_port
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.collector.outbox import Outbox, Outgoing
 from signalfire.events import AlertEvent, DeliveryResult, MetricBatch, Sample, decode, encode
 from tests.faults.support import (
     alert_events,
-    as_identity,
     clients_on,
     eventually,
     fetch_count,
@@ -48,6 +47,7 @@ from tests.faults.support import (
     kill9,
     log_tail,
     report,
+    secured_cluster,
     service_env,
     wait_evaluator,
     warnings_of,
@@ -191,10 +191,7 @@ async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_an
 ) -> None:
     # with the bus's credentials, as `make up` runs it: each service as its own identity, the
     # agents' publisher (one outbox for every host) and the test's other clients as the admin
-    bus = bus_credentials(tmp_path / "bus", prefix="lload")
-    cluster = NatsCluster(tmp_path / "cluster", 3, config=bus.path / "nats.conf")
-    await asyncio.to_thread(cluster.start)
-    nats = as_identity(cluster.nats_config(prefix="lload", metrics_max_bytes=16 << 20), "admin", bus)
+    cluster, nats = await secured_cluster(tmp_path, "lload", metrics_max_bytes=16 << 20)
     receiver = WebhookReceiver(delay=RECEIVER_DELAY)
     notify = write(
         tmp_path / "notify.yaml",

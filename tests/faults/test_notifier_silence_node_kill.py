@@ -10,28 +10,33 @@ seconds behind (docs/faults.md scenario 12, docs/notifications.md "Silences").
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from devstack import NatsCluster, ServiceProcess, bus_credentials, free_port
+from devstack import ServiceProcess, free_port
 
-from signalfire.bus import NatsConfig, connect, ensure_streams
+from signalfire.bus import connect, ensure_streams
 from signalfire.events import Silence
 from signalfire.matchers import Matcher
 from signalfire.notifier.intake import DURABLE
 from signalfire.notifier.mirror import FRESH_FOR
-from tests.faults.support import as_identity, eventually, kill9, log_tail, report, service_env, write
+from tests.faults.support import (
+    eventually,
+    kill9,
+    log_tail,
+    move_leaders_off,
+    report,
+    secured_cluster,
+    service_env,
+    write,
+)
 from tests.support.alerts import firing_alert, publish_alert
 from tests.support.metrics import scrape
 from tests.support.webhook import WebhookReceiver
 
-#: Rounds of leader step-downs (JetStream's own ``LEADER.STEPDOWN`` requests) until the node
-#: serving the notifier's watch of the silences leads none of what the notifier needs.
-STEPDOWN_TRIES = 10
 #: The scenario's premise: the alert reached JetStream within this many seconds of the kill
 #: (the watch needs two missed 1 s heartbeats to notice its node died).
 PROMPT = 1.5
@@ -57,10 +62,7 @@ async def test_a_silence_created_right_after_the_node_serving_the_notifiers_watc
     # with the bus's credentials, as `make up` runs it: the notifier as its own identity (a
     # walk found its read of the silences refused by the policy, which no test without them
     # saw; a refusal in its log fails the scenario: tests/faults/conftest.py)
-    bus = bus_credentials(tmp_path / "bus", prefix="silkill")
-    cluster = NatsCluster(tmp_path / "cluster", 3, config=bus.path / "nats.conf")
-    await asyncio.to_thread(cluster.start)
-    nats = as_identity(cluster.nats_config(prefix="silkill", metrics_max_bytes=16 << 20), "admin", bus)
+    cluster, nats = await secured_cluster(tmp_path, "silkill", metrics_max_bytes=16 << 20)
     receiver = WebhookReceiver()
     notify = write(
         tmp_path / "notify.yaml",
@@ -93,17 +95,13 @@ async def test_a_silence_created_right_after_the_node_serving_the_notifiers_watc
         # Whatever else the node leads moves to the others: the kill then takes only the watch
         # (and, maybe, the cluster's meta leader) away, and the silence is written and the
         # alert taken at once, while the watch is behind.
-        stepdowns = 0
-        for _ in range(STEPDOWN_TRIES):
-            led = await _led_by(admin, nats, node)
-            if not led:
-                break
-            for subject in led:
-                with contextlib.suppress(Exception):
-                    await admin.request(subject, b"", timeout=5)
-                    stepdowns += 1
-            await asyncio.sleep(1.0)
-        assert not await _led_by(admin, nats, node), f"{node} still leads what the notifier needs"
+        s = nats.subjects
+        stepdowns = await move_leaders_off(
+            admin,
+            node,
+            [f"KV_{s.bucket(b)}" for b in ("silences", "notify_state")] + [s.alerts_stream],
+            [(s.alerts_stream, DURABLE)],
+        )
         assert notifier is not None
         running = notifier
         await eventually(lambda: bool(scrape(metrics)), "the notifier", 30, running)
@@ -171,23 +169,6 @@ async def test_a_silence_created_right_after_the_node_serving_the_notifiers_watc
     assert notifier is not None
     assert sent == [(other.id, "firing")], log_tail(notifier)
     assert muted_count == 1
-
-
-async def _led_by(nc: Any, nats: NatsConfig, node: str) -> list[str]:
-    """The step-down requests of what ``node`` leads of the streams the notifier uses (the
-    silences, its state, the alerts) and of its durable consumer; those without a leader too."""
-    js = nc.jetstream()
-    alerts = nats.subjects.alerts_stream
-    streams = [f"KV_{nats.subjects.bucket(b)}" for b in ("silences", "notify_state")] + [alerts]
-    led = []
-    for stream in streams:
-        placed = (await js.stream_info(stream)).cluster
-        if placed is None or placed.leader in (None, node):
-            led.append(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}")
-    placed = (await js.consumer_info(alerts, DURABLE)).cluster
-    if placed is None or placed.leader in (None, node):
-        led.append(f"$JS.API.CONSUMER.LEADER.STEPDOWN.{alerts}.{DURABLE}")
-    return led
 
 
 async def _consumers(js: Any, stream: str) -> dict[str, Any]:

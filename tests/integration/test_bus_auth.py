@@ -394,7 +394,6 @@ async def test_the_evaluator_reads_the_metrics_streams_history_back_for_a_takeov
         history = read_history(
             evaluator.jetstream(timeout=5),
             s.metrics_stream,
-            [s.all_metrics, s.all_events, s.all_agents],
             since,
             keep_from=since,
             wanted=lambda subject: True,

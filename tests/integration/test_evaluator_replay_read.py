@@ -26,7 +26,6 @@ async def history(
     history = read_history(
         js,
         s.metrics_stream,
-        [s.all_metrics, s.all_events, s.all_agents],
         start,
         keep_from=start if keep_from is None else keep_from,
         wanted=lambda subject: not subject.endswith(".skipped"),

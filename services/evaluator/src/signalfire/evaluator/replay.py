@@ -73,7 +73,6 @@ class Read:
 async def read_history(
     js: JetStreamContext,
     stream: str,
-    subjects: list[str],
     start: float,
     *,
     keep_from: float,
@@ -83,7 +82,7 @@ async def read_history(
     max_batches: int = MAX_BATCHES,
     max_bytes: int = MAX_BYTES,
 ) -> AsyncGenerator[tuple[str, bytes, float], None]:
-    """The messages of ``stream`` on ``subjects`` stored from ``start`` (unix seconds) to the
+    """The messages of ``stream`` (all of its subjects) stored from ``start`` (unix seconds) to the
     end of the stream whose subject is ``wanted``, as ``(subject, data, time the stream stored
     it)``, in stream order.
 
@@ -95,7 +94,7 @@ async def read_history(
     kept: list[tuple[str, bytes, float]] = []
     recent_from: int | None = None  # the stream sequence of the first message from keep_from
     began = time.monotonic()
-    reader = _Reader(js, stream, list(subjects), result, deadline, max_batches, max_bytes)
+    reader = _Reader(js, stream, result, deadline, max_batches, max_bytes)
     async for msg in reader.messages(since=keep_from):
         if recent_from is None:
             recent_from = msg.seq
@@ -123,7 +122,6 @@ async def read_history(
 async def read_window(
     js: JetStreamContext,
     stream: str,
-    subjects: list[str],
     start: float,
     end: float,
     *,
@@ -133,12 +131,12 @@ async def read_window(
     max_batches: int = MAX_BATCHES,
     max_bytes: int = MAX_BYTES,
 ) -> AsyncGenerator[tuple[str, bytes, float], None]:
-    """The messages of ``stream`` on ``subjects`` stored from ``start`` to ``end`` (unix
+    """The messages of ``stream`` (all of its subjects) stored from ``start`` to ``end`` (unix
     seconds on the server's clock) whose subject is ``wanted``, as ``(subject, data, time the
     stream stored it)``, in stream order: what a replica's subscriptions missed while its
     connection was away (see ``EvaluatorService._catch_up``). Bounded as a takeover's read."""
     deadline = time.monotonic() + seconds
-    reader = _Reader(js, stream, list(subjects), result, deadline, max_batches, max_bytes)
+    reader = _Reader(js, stream, result, deadline, max_batches, max_bytes)
     async with contextlib.aclosing(reader.messages(since=start)) as messages:
         async for msg in messages:
             if msg.time > end:
@@ -151,7 +149,6 @@ async def read_window(
 class _Reader:
     js: JetStreamContext
     stream: str
-    subjects: list[str]
     result: Read
     deadline: float
     max_batches: int
@@ -170,29 +167,24 @@ class _Reader:
         moment behind the leader ends a batch early; the read asks again from where it got to
         until it reaches the leader's last sequence."""
         result = self.result
-        nc = self.js._nc
+        nc = self.js._nc  # a direct get is a plain request: the context's connection
         last = (await self.js.stream_info(self.stream)).state.last_seq
         up_to = int(min(last, before - 1)) if before != math.inf else last
-        position: dict[str, float | int] = {"start_time": since}
-        checked_room = room is None
         if up_to < 1:
             return  # an empty stream
+        start_time: float | None = since
+        seq = 1
+        room_checked = room is None or before == math.inf
         while True:
             got = 0
-            restart = False
-            batches = direct_messages(nc, self.stream, up_to_seq=up_to, **position)  # type: ignore[arg-type]
+            batches = direct_messages(nc, self.stream, start_time=start_time, seq=seq, up_to_seq=up_to)
             async with contextlib.aclosing(batches):
                 async for msg in batches:
-                    if not checked_room:
-                        checked_room = True
-                        if before != math.inf and room is not None and before - msg.seq > room:
-                            # Not all of it fits: the newest `room` messages before `before`.
-                            result.trimmed = True
-                            position = {"seq": int(before) - room}
-                            restart = True
-                            break
-                    if msg.seq > up_to:
-                        return
+                    if not room_checked:
+                        room_checked = True
+                        assert room is not None
+                        if before - msg.seq > room:
+                            break  # not all of it fits: the newest `room` messages before `before`
                     if result.messages >= self.max_batches or result.bytes >= self.max_bytes:
                         result.truncated = "batches" if result.messages >= self.max_batches else "bytes"
                         return
@@ -203,15 +195,17 @@ class _Reader:
                     result.bytes += len(msg.data)
                     got += 1
                     yield msg
-                    position = {"seq": msg.seq + 1}
+                    start_time, seq = None, msg.seq + 1
                     if msg.seq >= up_to:
                         return
-            if restart:
-                continue
-            if got == 0 and "start_time" in position:
-                return  # nothing stored since `since`
-            # The answering server held no more: a follower a moment behind the leader.
-            if time.monotonic() >= self.deadline:
-                result.truncated = "time"
-                return
-            await asyncio.sleep(0.05)
+                else:
+                    if got == 0 and start_time is not None:
+                        return  # nothing stored since `since`
+                    # The answering server held no more: a follower a moment behind the leader.
+                    if time.monotonic() >= self.deadline:
+                        result.truncated = "time"
+                        return
+                    await asyncio.sleep(0.05)
+                    continue
+            result.trimmed = True  # the loop broke: read the newest `room` instead
+            start_time, seq = None, int(before) - room

@@ -887,7 +887,6 @@ class EvaluatorService:
             history = replay.read_history(
                 self._js,
                 subjects.metrics_stream,
-                [subjects.all_metrics, subjects.all_events, subjects.all_agents],
                 start,
                 keep_from=keep_from,
                 wanted=lambda subject: self._replay_scope(subject, replayed) is not None,
@@ -1317,17 +1316,14 @@ class EvaluatorService:
         # `since` is a tick old at most when the connection dropped
         margin = MISSED_MARGIN + float(self.config.tick_interval)
         start, end = since - offset - margin, until - offset + MISSED_MARGIN
-        subjects = self.subjects
         deadline = time.monotonic() + MISSED_READ_LIMIT
-        judged: set[int] = set()  # across retries: a read cut short is read again
         counts = {"judged": 0, "skipped": 0}
         read = replay.Read()
         while not self._stopping:
             read = replay.Read()
             history = replay.read_window(
                 self._js,
-                subjects.metrics_stream,
-                [subjects.all_metrics, subjects.all_events, subjects.all_agents],
+                self.subjects.metrics_stream,
                 start,
                 end,
                 wanted=lambda subject: self._scope(subject) is not None,
@@ -1336,11 +1332,9 @@ class EvaluatorService:
             )
             try:
                 async with contextlib.aclosing(history):
+                    # A read cut short is read again whole: what it judged the first time is
+                    # skipped as judged live is (`_judge_missed` notes it).
                     async for subject, data, stored in history:
-                        key = hash((subject, data))
-                        if key in judged:
-                            continue
-                        judged.add(key)
                         if self._judge_missed(subject, data, stored + offset):
                             counts["judged"] += 1
                         else:

@@ -226,8 +226,9 @@ class StreamHub:
         self._wide: set[StreamClient] = set()
         self.closed = False
         #: Metric frames are not made while no client is connected (nobody would read them,
-        #: and the ingest would pay for them); a client resuming from at or before this
-        #: sequence number may have missed some, so it gets a ``reset`` instead.
+        #: and the ingest would pay for them), and frames of other ingest processes can be
+        #: missed (:meth:`reset`); a client resuming from at or before this sequence number may
+        #: have missed some, so it gets a ``reset`` instead.
         self.metrics_skipped_after: int | None = None
         self.frames_published = 0
         self.frames_coalesced = 0
