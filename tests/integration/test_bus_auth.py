@@ -31,7 +31,7 @@ from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.busauth import CredentialDirectory, reload_server
 from signalfire.buspolicy import GATEWAY_DURABLES, NOTIFIER_DURABLES, permissions, user_name
 from signalfire.config import ConfigError, Duration
-from signalfire.evaluator.replay import Read, read_history
+from signalfire.evaluator.replay import Read, read_actions, read_history
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
 from signalfire.events import (
     AlertAction,
@@ -404,6 +404,30 @@ async def test_the_evaluator_reads_the_metrics_streams_history_back_for_a_takeov
         assert values[-3:] == [1.0, 2.0, 3.0] and read.truncated is None
     finally:
         await agent.close()
+        await evaluator.close()
+    refusals = [r.getMessage() for r in caplog.records if "permissions violation" in r.getMessage().lower()]
+    assert refusals == []
+
+
+async def test_the_evaluator_reads_peoples_actions_back_from_the_alerts_stream(
+    bus: Bus, admin: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = bus.subjects
+    gateway = await client(bus, "gateway")
+    evaluator = await client(bus, "evaluator")
+    try:
+        since = time.time() - 1
+        for kind in ("ack", "resolve"):
+            action = AlertAction(alert_id="fp:1", action=kind, actor="alice", time=time.time())  # type: ignore[arg-type]
+            await gateway.jetstream().publish(s.actions, encode(action), timeout=5)
+        read = Read()
+        actions = read_actions(
+            evaluator.jetstream(timeout=5), s.alerts_stream, s.actions, since, seconds=10, result=read
+        )
+        kinds = [decode(data, AlertAction).action async for data, _ in actions]
+        assert kinds[-2:] == ["ack", "resolve"] and read.truncated is None
+    finally:
+        await gateway.close()
         await evaluator.close()
     refusals = [r.getMessage() for r in caplog.records if "permissions violation" in r.getMessage().lower()]
     assert refusals == []

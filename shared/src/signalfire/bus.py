@@ -579,11 +579,18 @@ class DirectGetError(Exception):
     not allow direct gets, or none of its servers answered; or another status)."""
 
 
-def _stored_time(stamp: str) -> float:
-    """``Nats-Time-Stamp`` (RFC 3339 in UTC, to the nanosecond) as unix seconds."""
+def stored_time(stamp: str) -> float:
+    """A time the server stored a message (``Nats-Time-Stamp``, a message get's ``time``: RFC
+    3339 in UTC, to the nanosecond) as unix seconds."""
     head, _, fraction = stamp.rstrip("Z").partition(".")
     whole = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
     return whole + (int(fraction[:9].ljust(9, "0")) / 1e9 if fraction else 0.0)
+
+
+def rfc3339(unix: float) -> str:
+    """Unix seconds as a JetStream request's ``start_time`` (RFC 3339 in UTC, microseconds)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(unix))
+    return f"{stamp}.{int((unix % 1) * 1e6):06d}Z"
 
 
 async def direct_messages(
@@ -606,8 +613,7 @@ async def direct_messages(
     answer, ``TimeoutError`` when an answer stops coming for ``timeout`` seconds."""
     request: dict[str, Any] = {"batch": batch}
     if start_time is not None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start_time))
-        request["start_time"] = f"{stamp}.{int((start_time % 1) * 1e6):06d}Z"
+        request["start_time"] = rfc3339(start_time)
     else:
         request["seq"] = seq
     subject = f"$JS.API.DIRECT.GET.{stream}"
@@ -636,7 +642,7 @@ async def direct_messages(
                     subject=headers["Nats-Subject"],
                     data=msg.data,
                     seq=last,
-                    time=_stored_time(headers["Nats-Time-Stamp"]),
+                    time=stored_time(headers["Nats-Time-Stamp"]),
                     pending=int(headers.get("Nats-Num-Pending", "0")),
                 )
         finally:

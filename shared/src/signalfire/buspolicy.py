@@ -195,8 +195,10 @@ def permissions(role: str, subjects: Subjects, host: str | None = None) -> Permi
             # last seen) from the metrics stream, and a replica taking a partition over (or
             # back from a reconnect) reads its recent history with direct gets, which make no
             # consumer: a right to make one on the stream would also let it change the
-            # gateway's durables there (a create with their name updates them); a starting
-            # replica asks whether a running one answers for the replica id it wants
+            # gateway's durables there (a create with their name updates them); after a start,
+            # a takeover or a reconnect it reads people's actions on its firing alerts back
+            # from the alerts stream's leader, one message at a time; a starting replica asks
+            # whether a running one answers for the replica id it wants
             publish=(
                 f"{p}.alerts.*",
                 f"{p}.events.*",
@@ -204,6 +206,7 @@ def permissions(role: str, subjects: Subjects, host: str | None = None) -> Permi
                 *_service_common(s, role),
                 f"$JS.API.STREAM.MSG.GET.{s.metrics_stream}",
                 f"$JS.API.DIRECT.GET.{s.metrics_stream}",
+                f"$JS.API.STREAM.MSG.GET.{s.alerts_stream}",
             ),
             subscribe=(
                 s.all_metrics,

@@ -134,3 +134,30 @@ def test_nan_and_infinite_values_are_rejected_and_counted_the_rest_of_the_batch_
     assert out.rejected == 3
     [firing] = out.events
     assert firing.labels["zone"] == "c" and firing.value == 99.0
+
+
+def test_of_acks_and_unacks_applied_out_of_order_the_newest_stands():
+    """The service reads actions back from the stream after applying newer ones live (a start,
+    a takeover, a reconnect): an older ack must not undo a newer unack, nor the reverse."""
+    engine = Engine(parsed_rules(HOT))
+    [firing] = sample(engine, 60, 10.0)
+    fp = firing.fingerprint
+    unack = AlertAction(alert_id=firing.id, action="unack", actor="ana", time=12.0)
+    ack = AlertAction(alert_id=firing.id, action="ack", actor="bo", time=11.0)
+    assert engine.action(unack, 12.5).changed  # live: the newer one first
+    assert not engine.action(ack, 13.0).changed  # read back: older, it changes nothing
+    assert engine.states[fp].acked_by is None
+    assert not engine.action(unack, 13.0).changed  # and the newer again, nothing either
+    later = AlertAction(alert_id=firing.id, action="ack", actor="cy", time=14.0)
+    assert engine.action(later, 14.0).changed
+    assert not engine.action(ack, 14.5).changed
+    assert (engine.states[fp].acked_by, engine.states[fp].acked_at) == ("cy", 14.0)
+    [end] = sample(engine, 10, 15.0)
+    assert end.annotations["acknowledged_by"] == "cy"
+
+    # A new instance starts unacknowledged, and an ack older than the last instance's counts.
+    [again] = sample(engine, 60, 16.0)
+    assert "acknowledged_by" not in again.annotations
+    early = AlertAction(alert_id=again.id, action="ack", actor="di", time=13.0)
+    assert engine.action(early, 16.5).changed
+    assert engine.states[fp].acked_by == "di"

@@ -534,7 +534,9 @@ class Engine:
         older instance, and ``note``, change nothing here).
 
         - ``ack``/``unack``: recorded; later events of the instance carry
-          ``acknowledged_by``/``acknowledged_at`` annotations.
+          ``acknowledged_by``/``acknowledged_at`` annotations. Of several, the newest by its
+          ``time`` stands, in whatever order they are applied (the shell reads actions back
+          from the stream after live ones: a start, a takeover, a reconnect).
         - ``resolve``: a firing instance resolves at once (whatever ``keep_firing_for`` or
           flap damping would hold), its ``resolved`` event annotated ``resolved_by``. The
           series starts over from inactive: if the condition still holds, the next sample
@@ -565,10 +567,16 @@ class Engine:
             for event in out.events:
                 event.annotations["resolved_by"] = action.actor
             return out
+        if state.ack_changed_at is not None and action.time < state.ack_changed_at:
+            return out  # an older ack or unack than the one applied: that one stands
         if action.action == "ack":
-            new = msgspec.structs.replace(state, acked_by=action.actor, acked_at=action.time)
+            new = msgspec.structs.replace(
+                state, acked_by=action.actor, acked_at=action.time, ack_changed_at=action.time
+            )
         else:
-            new = msgspec.structs.replace(state, acked_by=None, acked_at=None)
+            new = msgspec.structs.replace(state, acked_by=None, acked_at=None, ack_changed_at=action.time)
+        if new == state:
+            return out  # applied already
         self.states[fp] = new
         out.changed[fp] = None
         return out

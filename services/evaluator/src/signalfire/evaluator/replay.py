@@ -13,12 +13,18 @@ it takes to an engine of their own (:meth:`signalfire.evaluator.engine.Engine.re
 The read is bounded: by :data:`MAX_BATCHES` messages (the newest are read when the history
 holds more), :data:`MAX_BYTES` bytes and a time limit (a share of ``failover_after``, as it
 delays the takeover), whichever comes first.
+
+People's actions on alerts (``sf.actions.alerts`` on ``SF_ALERTS``) reach the evaluator on a
+core subscription too; :func:`read_actions` reads them back after a start, a takeover or a
+reconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import math
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -26,7 +32,7 @@ from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 
-from signalfire.bus import StoredMessage, direct_messages
+from signalfire.bus import StoredMessage, direct_messages, rfc3339, stored_time
 
 #: At most this many messages are read back per takeover ...
 MAX_BATCHES = 200_000
@@ -209,3 +215,53 @@ class _Reader:
                     continue
             result.trimmed = True  # the loop broke: read the newest `room` instead
             start_time, seq = None, int(before) - room
+
+
+#: At most this many alert actions are read back at once (people's acks and resolves: a
+#: handful a day for most fleets; a read past this keeps the newest out and says so).
+MAX_ACTIONS = 10_000
+
+
+async def read_actions(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    start: float,
+    *,
+    seconds: float,
+    result: Read,
+    max_actions: int = MAX_ACTIONS,
+) -> AsyncGenerator[tuple[bytes, float], None]:
+    """People's alert actions (``subject``) stored in ``stream`` from ``start`` (unix seconds
+    on the server's clock) on, as ``(data, time the stream stored it)``, in stream order.
+
+    Read one by one from the stream's leader (``$JS.API.STREAM.MSG.GET`` with
+    ``next_by_subj``): actions are few, the server skips the alert events and delivery results
+    between them, and the leader holds every action published before the read began (a
+    follower answering a direct get may be a moment behind, and an action has no later one to
+    tell it was missed). Raises on errors other than the end of the stream."""
+    deadline = time.monotonic() + seconds
+    nc = js._nc  # a message get is a plain request: the context's connection
+    api = f"$JS.API.STREAM.MSG.GET.{stream}"
+    request: dict[str, object] = {"next_by_subj": subject, "start_time": rfc3339(start)}
+    while True:
+        if result.messages >= max_actions:
+            result.truncated = "batches"
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            result.truncated = "time"
+            return
+        reply = await nc.request(api, json.dumps(request).encode(), timeout=min(remaining, 5.0))
+        answer = json.loads(reply.data)
+        error = answer.get("error")
+        if error is not None:
+            if error.get("code") == 404:  # no action stored past the last one read
+                return
+            raise RuntimeError(f"reading {subject} from {stream}: {error.get('description') or error}")
+        message = answer["message"]
+        data = base64.b64decode(message.get("data") or "")
+        result.messages += 1
+        result.bytes += len(data)
+        yield data, stored_time(message["time"])
+        request = {"next_by_subj": subject, "seq": int(message["seq"]) + 1}

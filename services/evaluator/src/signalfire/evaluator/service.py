@@ -32,7 +32,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any, Literal
 
@@ -94,6 +94,13 @@ MISSED_SLACK = 0.05
 LIVE_EVENTS_KEEP = 60.0
 #: Subjects not heard from for this long are forgotten by the catch-up's bookkeeping.
 LIVE_SUBJECTS_KEEP = 3600.0
+
+#: People's alert actions reach the evaluator on a core subscription too: after a start, a
+#: takeover or a reconnect, those on its firing alerts are read back from the alerts stream,
+#: from this long (seconds) before the oldest of them fired ...
+ACTIONS_MARGIN = 10.0
+#: ... for at most this long.
+ACTIONS_READ_LIMIT = 5.0
 
 #: With partitions, a payload callback yields to the event loop when this long (seconds) has
 #: passed since it last did: nats-py runs a subscription's callbacks back to back while its
@@ -256,6 +263,9 @@ class EvaluatorService:
         self._clock_offset = 0.0
         self._clock_warned = False
         self._buffered: replay.Buffered | None = None  # live payloads of partitions being taken
+        #: Alert actions that arrived while partitions were being taken: applied to them after
+        #: those read back from the stream.
+        self._held_actions: list[AlertAction] | None = None
 
         self.registry = Registry("signalfire_evaluator")
         r = self.registry
@@ -297,6 +307,12 @@ class EvaluatorService:
             "windows and baselines only (the previous owner judged them), `judged` were judged; "
             "after a reconnect: `missed`, stored while the connection was away, judged",
             ["mode"],
+        )
+        self.missed_actions = r.counter(
+            "missed_actions_applied",
+            "Alerts changed by people's actions (ack, unack, resolve) that no replica judging them "
+            "had received live, read back from the alerts stream after a start, a partition "
+            "takeover or a reconnect",
         )
         self.replays = r.counter(
             "replays",
@@ -360,6 +376,7 @@ class EvaluatorService:
         await ensure_streams(self._js, self.config.nats)
         self._kv = await self._js.key_value(self.subjects.bucket("alert_state"))
         payload_subs: list[Subscription] = []
+        action_sub: Subscription | None = None
         if self._judged is None:
             await self._load_states()
         else:
@@ -374,6 +391,9 @@ class EvaluatorService:
             # Subscribed before the first takeover, which judges nothing live yet: what
             # arrives while it reads the history back is held for it (`_take`).
             payload_subs = await self._subscribe_payloads()
+            # also people's actions: one published while a partition's history is read is
+            # held for it, as payloads are (`_take`)
+            action_sub = await nc.subscribe(self.subjects.actions, cb=self._on_action)
             await nc.flush()
             await nc.flush()  # see below
             await self._balance()
@@ -394,7 +414,7 @@ class EvaluatorService:
         subjects = self.subjects
         self._subs = [
             *(payload_subs or await self._subscribe_payloads()),
-            await nc.subscribe(subjects.actions, cb=self._on_action),
+            action_sub or await nc.subscribe(subjects.actions, cb=self._on_action),
             await nc.subscribe(subjects.control("evaluator", "rules"), cb=self._on_rules_request),
             await nc.subscribe(subjects.control("evaluator", "reload"), cb=self._on_reload_request),
         ]
@@ -403,6 +423,10 @@ class EvaluatorService:
         # second PING goes out after them: once it returns, no batch published now is missed.
         await nc.flush()
         await nc.flush()
+        if self._judged is None:
+            # what people did to the firing alerts while no evaluator ran (partitioned
+            # replicas read them for each partition they take)
+            await self._actions_missed(self._firing_since(self.engine.states.values()), "start")
         if self.config.metrics_listen:
             host, port = parse_listen(self.config.metrics_listen)
             self._metrics_server = await serve_metrics(self.registry, host, port)
@@ -862,6 +886,9 @@ class EvaluatorService:
         fleet = any(rule.group_by == FLEET for rule in self.rules)
         replayed = frozenset(taken if fleet else taken - {FLEET_PARTITION})
         buffered = self._buffered = replay.Buffered(replayed)
+        held: list[AlertAction] = []
+        self._held_actions = held
+        actions: list[AlertAction] = []  # people's actions on their firing alerts, read back
         outputs: list[Output] = []
         read = replay.Read()
         counts = {"warm": 0, "judged": 0, "live": 0, "duplicate": 0}
@@ -920,13 +947,16 @@ class EvaluatorService:
                     "partition history not read back; windows start afresh",
                     extra={"reason": str(exc) or type(exc).__name__},
                 )
+            actions = await self._read_actions(self._firing_since(states), "takeover")
         except BaseException:
             self._buffered = None
+            self._held_actions = None
             for partition in taken:  # not judged: let the leases lapse, to be taken again
                 self._leases.drop(partition)
             raise
         # From here on nothing awaits: no live payload slips between the buffer and the engine.
         self._buffered = None
+        self._held_actions = None
         guard.warming = False
         for subject, data, arrived in buffered.messages:
             if hash((subject, data)) in seen:
@@ -940,6 +970,10 @@ class EvaluatorService:
             self.batches.labels(kind=self.subjects.kind_of(subject)).inc()
             counts["live"] += 1
         scratch.replayed()
+        # What people did to these alerts while nobody judged them (and meanwhile), after the
+        # history: a resolve ends the instance as it stands now.
+        applied, acted_on = self._apply_actions(scratch, actions + held, now)
+        outputs += applied
         lost = {partition for partition in taken if partition not in self._leases.held}
         gone: set[str] = set()  # alerts of partitions lost meanwhile
         if lost:
@@ -982,6 +1016,7 @@ class EvaluatorService:
             "judged": counts["judged"],
             "live": counts["live"],
             "baselines": baselines,
+            "alerts_acted_on": acted_on,
             "seconds": round(time.monotonic() - started, 3),
         }
         if lost:
@@ -1188,7 +1223,84 @@ class EvaluatorService:
             self.invalid_batches.inc()
             log.warning("dropped invalid alert action", extra={"subject": msg.subject, "reason": str(exc)})
             return
+        if self._held_actions is not None:
+            self._held_actions.append(action)  # its alert may be in a partition being taken
         self._handle(self.engine.action(action, self._clock()), None)
+
+    @staticmethod
+    def _firing_since(states: Iterable[AlertState]) -> float | None:
+        """When the oldest of ``states`` that is firing fired (None: none is): no action
+        published before it concerns them."""
+        fired = (s.fired_at for s in states if s.status == "firing" and s.fired_at is not None)
+        return min(fired, default=None)
+
+    async def _read_actions(self, since: float | None, after: str) -> list[AlertAction]:
+        """People's actions the alerts stream stored from ``since`` (this clock) less
+        :data:`ACTIONS_MARGIN` on, oldest first: none when nothing fires. They reach the
+        evaluator live on a core subscription, which delivers nothing to a replica that is
+        not running, not connected, or not yet holding the alert's partition: a resolve made
+        then would be lost and the alert fire on. Read back, they are applied as live ones
+        are (:meth:`Engine.action`: what was applied already changes nothing). A stream that
+        cannot be read is logged, and the actions read until then are returned."""
+        if since is None or self._js is None:
+            return []
+        read = replay.Read()
+        actions: list[AlertAction] = []
+        reader = replay.read_actions(
+            self._js,
+            self.subjects.alerts_stream,
+            self.subjects.actions,
+            since - self._clock_offset - ACTIONS_MARGIN,
+            seconds=ACTIONS_READ_LIMIT,
+            result=read,
+        )
+        try:
+            async with contextlib.aclosing(reader):
+                async for data, _stored in reader:
+                    with contextlib.suppress(PayloadError):  # counted when it came live
+                        actions.append(decode(data, AlertAction))
+        except Exception as exc:
+            read.truncated = "error"
+            log.warning(
+                "alert actions not read back: an ack or resolve made while no evaluator received it "
+                "is not applied",
+                extra={"after": after, "read": read.messages, "reason": str(exc) or type(exc).__name__},
+            )
+        else:
+            if read.truncated:
+                log.warning(
+                    "alert actions read back only in part",
+                    extra={"after": after, "read": read.messages, "truncated": read.truncated},
+                )
+        return actions
+
+    def _apply_actions(
+        self, engine: Engine, actions: list[AlertAction], now: float
+    ) -> tuple[list[Output], int]:
+        """Apply actions read back (then held) to ``engine``, in order: what they decided, and
+        how many alerts they changed (those applied live already change nothing)."""
+        before: dict[str, AlertState | None] = {}
+        outputs: list[Output] = []
+        for action in actions:
+            fp = action.fingerprint or action.alert_id.rpartition(":")[0]
+            before.setdefault(fp, engine.states.get(fp))
+            _keep(outputs, engine.action(action, now))
+        changed = sum(1 for fp, state in before.items() if engine.states.get(fp) != state)
+        self.missed_actions.inc(changed)
+        return outputs, changed
+
+    async def _actions_missed(self, since: float | None, after: str) -> None:
+        """Read back and apply to the running engine the actions on alerts firing since
+        ``since`` (:meth:`_read_actions`); logged when one changed an alert."""
+        actions = await self._read_actions(since, after)
+        outputs, changed = self._apply_actions(self.engine, actions, self._clock())
+        for out in outputs:
+            self._handle(out, None)
+        if changed:
+            log.info(
+                "applied alert actions no evaluator had received",
+                extra={"after": after, "read": len(actions), "alerts_changed": changed},
+            )
 
     def _handle(self, out: Output, arrived: float | None) -> None:
         """Queue what the engine decided: events to the outbox, changed states to storage."""
@@ -1351,6 +1463,8 @@ class EvaluatorService:
                 continue
             break
         self.replayed.labels(mode="missed").inc(counts["judged"])
+        if self._firing_since(self.engine.states.values()) is not None:
+            await self._actions_missed(since, "reconnect")
         # skipped: judged live already, or not this replica's (anymore)
         extra = {"seconds": round(end - start, 1), "read": read.messages, **counts}
         if read.truncated:

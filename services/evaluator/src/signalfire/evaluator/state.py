@@ -78,6 +78,9 @@ class AlertState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     #: ``AlertAction`` ``ack`` on the current instance: who and when.
     acked_by: str | None = None
     acked_at: float | None = None
+    #: The time (as the gateway stamped it) of the last ``ack`` or ``unack`` applied to the
+    #: current instance: an older one, read back after it, does not undo it.
+    ack_changed_at: float | None = None
     v: int = 1
 
 
@@ -211,6 +214,7 @@ def _fire_if_due(rule: Rule, state: AlertState, now: float) -> tuple[AlertState,
         flapping=flapping,
         acked_by=None,
         acked_at=None,
+        ack_changed_at=None,
     )
     event = Transition(
         status="firing",

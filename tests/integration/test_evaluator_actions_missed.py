@@ -1,0 +1,228 @@
+"""People's actions on alerts (ack, unack, resolve) that reached no evaluator live: published
+while it was stopped, while its connection was away (its NATS node died), or while the
+replica that now judges the alert's partition did not yet hold it. They reach the evaluator
+on a core subscription, which delivers nothing then; the alerts stream keeps them, and the
+evaluator reads them back after its start, a takeover and a reconnect. A user's resolve must
+end the alert, and an ack must show on its later events. Real NATS; the actions go on the
+bus as the gateway's API publishes them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from signalfire.bus import NatsConfig
+from signalfire.config import Duration
+from signalfire.evaluator.partitions import host_partition
+from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
+from signalfire.events import AlertAction, AlertEvent, MetricBatch, Sample, encode
+from tests.faults.support import alert_events, eventually
+from tests.support.metrics import value
+from tests.support.tcpproxy import TcpProxy
+
+RULES = """\
+rules:
+  - {name: Hot, metric: temp, condition: "> 50", resolve: "< 40", severity: high}
+"""
+
+
+def config(nats: NatsConfig, rules: Path, **extra: Any) -> EvaluatorConfig:
+    return EvaluatorConfig(
+        nats=nats, rules=[str(rules)], tick_interval=Duration(0.1), watch_interval=Duration(0), **extra
+    )
+
+
+async def send(js: Any, nats: NatsConfig, host: str, temp: float) -> None:
+    batch = MetricBatch(host=host, time=time.time(), samples=[Sample(name="temp", value=temp)])
+    await js.publish(nats.subjects.metrics(host), encode(batch), timeout=2)
+
+
+async def act(js: Any, nats: NatsConfig, alert: AlertEvent, action: str, actor: str) -> None:
+    """What the gateway's API publishes when ``actor`` acts on ``alert`` in the dashboard."""
+    done = AlertAction(
+        alert_id=alert.id,
+        action=action,  # type: ignore[arg-type]
+        actor=actor,
+        time=time.time(),
+        fingerprint=alert.fingerprint,
+        id=str(uuid.uuid4()),
+    )
+    await js.publish(nats.subjects.actions, encode(done), headers={"Nats-Msg-Id": done.id}, timeout=2)
+    await asyncio.sleep(0.01)  # one after the other, as people click
+
+
+async def firing(js: Any, nats: NatsConfig, hosts: list[str]) -> dict[str, AlertEvent]:
+    async def all_fired() -> bool:
+        fired = {e.host for e in await alert_events(js, nats) if e.status == "firing"}
+        return set(hosts) <= fired
+
+    await eventually(all_fired, f"{', '.join(hosts)} to fire", 10)
+    return {e.host: e for e in await alert_events(js, nats) if e.status == "firing"}
+
+
+def transitions(events: list[AlertEvent]) -> list[tuple[str, str]]:
+    return sorted((e.host, e.status) for e in events)
+
+
+@pytest.mark.timeout(60)
+async def test_actions_made_while_the_evaluator_was_stopped_apply_when_it_starts(
+    nc: Any, nats_config: NatsConfig, tmp_path: Path
+) -> None:
+    js = nc.jetstream()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    hosts = ["act-resolved", "act-acked", "act-unacked"]
+    first = EvaluatorService(config(nats_config, rules))
+    await first.start()
+    try:
+        for host in hosts:
+            await send(js, nats_config, host, 95.0)
+        alerts = await firing(js, nats_config, hosts)
+    finally:
+        await first.stop()
+
+    # The evaluator is down (an upgrade, a crash); the on-call works through the dashboard.
+    await act(js, nats_config, alerts["act-resolved"], "resolve", "alice")
+    await act(js, nats_config, alerts["act-acked"], "ack", "bob")
+    await act(js, nats_config, alerts["act-unacked"], "ack", "carol")
+    await act(js, nats_config, alerts["act-unacked"], "unack", "carol")
+
+    second = EvaluatorService(config(nats_config, rules))
+    await second.start()
+    try:
+
+        async def resolved() -> bool:
+            return any(e.status == "resolved" for e in await alert_events(js, nats_config))
+
+        await eventually(resolved, "the alert resolved while the evaluator was down to resolve", 10)
+        [ended] = [e for e in await alert_events(js, nats_config) if e.status == "resolved"]
+        assert (ended.host, ended.id, ended.annotations.get("resolved_by")) == (
+            "act-resolved",
+            alerts["act-resolved"].id,
+            "alice",
+        )
+        states = {s.host: s for s in second.engine.states.values()}
+        assert (states["act-acked"].acked_by, states["act-unacked"].acked_by) == ("bob", None)
+        assert value(second.registry, "signalfire_evaluator_missed_actions_applied_total") == 3
+    finally:
+        await second.stop()
+
+    # Started again: the same actions are read back and change nothing.
+    third = EvaluatorService(config(nats_config, rules))
+    await third.start()
+    try:
+        await asyncio.sleep(0.5)
+        assert value(third.registry, "signalfire_evaluator_missed_actions_applied_total") == 0
+        for host in ("act-acked", "act-unacked"):
+            await send(js, nats_config, host, 10.0)
+
+        async def both_resolved() -> bool:
+            ended = {e.host for e in await alert_events(js, nats_config) if e.status == "resolved"}
+            return {"act-acked", "act-unacked"} <= ended
+
+        await eventually(both_resolved, "the acked and unacked alerts to resolve", 10)
+        await asyncio.sleep(0.5)  # room for a stray event
+    finally:
+        await third.stop()
+    events = await alert_events(js, nats_config)
+    assert transitions(events) == sorted([(h, s) for h in hosts for s in ("firing", "resolved")])
+    ends = {e.host: e.annotations for e in events if e.status == "resolved"}
+    assert ends["act-acked"].get("acknowledged_by") == "bob"
+    assert "acknowledged_by" not in ends["act-unacked"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_a_resolve_made_while_no_replica_held_the_partition_applies_on_takeover(
+    nc: Any, nats_config: NatsConfig, tmp_path: Path
+) -> None:
+    js = nc.jetstream()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    host = "act-moved"
+    partitioned = {"partitions": 16, "failover_after": Duration(2)}
+    a = EvaluatorService(config(nats_config, rules, replica_id="a", **partitioned))
+    b = EvaluatorService(config(nats_config, rules, replica_id="b", **partitioned))
+    await a.start()
+    try:
+        await send(js, nats_config, host, 95.0)
+        alert = (await firing(js, nats_config, [host]))[host]
+        # a dies as far as the bus can tell: no renewal, no release
+        assert a._nc is not None and a._lease_nc is not None
+        await a._lease_nc.close()
+        await a._nc.close()
+        await act(js, nats_config, alert, "resolve", "alice")  # nobody judges the host now
+        await b.start()
+
+        def taken() -> bool:
+            return host_partition(host, 16) in b.describe()["replica"]["judged"]
+
+        await eventually(taken, "replica b to take the dead owner's partition", 20)
+
+        async def resolved() -> bool:
+            return any(e.status == "resolved" for e in await alert_events(js, nats_config))
+
+        await eventually(resolved, "the alert resolved while nobody held it to resolve", 10)
+        await asyncio.sleep(0.5)
+        events = await alert_events(js, nats_config)
+        assert transitions(events) == [(host, "firing"), (host, "resolved")]
+        assert [e.annotations.get("resolved_by") for e in events if e.status == "resolved"] == ["alice"]
+        assert value(b.registry, "signalfire_evaluator_missed_actions_applied_total") == 1
+    finally:
+        await b.stop()
+        with contextlib.suppress(Exception):
+            await a.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_resolve_made_while_the_evaluators_connection_was_away_applies_when_it_is_back(
+    nc: Any, nats_config: NatsConfig, tmp_path: Path
+) -> None:
+    js = nc.jetstream()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    host, port = nats_config.url.removeprefix("nats://").rsplit(":", 1)
+    proxy = await TcpProxy(host, int(port)).start()
+    through = msgspec.structs.replace(nats_config, url=proxy.url)
+    evaluator = EvaluatorService(config(through, rules))
+    await evaluator.start()
+    try:
+        await send(js, nats_config, "act-away", 95.0)
+        await send(js, nats_config, "act-acked-live", 95.0)
+        alerts = await firing(js, nats_config, ["act-away", "act-acked-live"])
+        await act(js, nats_config, alerts["act-acked-live"], "ack", "bob")  # applied live
+
+        def acked() -> bool:
+            return any(s.acked_by == "bob" for s in evaluator.engine.states.values())
+
+        await eventually(acked, "the live ack", 5)
+        proxy.cut()
+        await eventually(lambda: not evaluator._nc.is_connected, "the evaluator disconnected", 5)  # type: ignore[union-attr]
+        await act(js, nats_config, alerts["act-away"], "resolve", "alice")
+        await asyncio.sleep(0.3)
+        proxy.restore()
+
+        async def resolved() -> bool:
+            return any(e.status == "resolved" for e in await alert_events(js, nats_config))
+
+        await eventually(resolved, "the resolve made while disconnected to apply", 15)
+        await asyncio.sleep(0.5)
+        events = await alert_events(js, nats_config)
+        assert transitions(events) == [
+            ("act-acked-live", "firing"),
+            ("act-away", "firing"),
+            ("act-away", "resolved"),
+        ]
+        assert [e.annotations.get("resolved_by") for e in events if e.status == "resolved"] == ["alice"]
+        # the live ack, read back with it, counted no change
+        assert value(evaluator.registry, "signalfire_evaluator_missed_actions_applied_total") == 1
+    finally:
+        await evaluator.stop()
+        await proxy.stop()
