@@ -218,6 +218,14 @@ async def measure(
     }
 
 
+#: ``--inhibit``: the shipped example's rule (none of the timed alerts is a source): every
+#: decision then also checks every replica's tracks and batches against their bucket.
+INHIBIT = """\
+inhibit:
+  - {source: {rule: HostDown}, equal: [host]}
+"""
+
+
 async def run(url: str, root: Path, args: argparse.Namespace) -> dict[str, object]:
     receiver = Receiver()
     port = await receiver.start()
@@ -230,7 +238,7 @@ channels:
   hook: {{type: webhook, url: "http://127.0.0.1:{port}/hook"{concurrency}}}
 routes:
   - channels: [hook]
-"""
+{INHIBIT if args.inhibit else ""}"""
     )
     env = {**os.environ, "SF_NATS_URL": url}
     notifier = ServiceProcess(
@@ -254,6 +262,9 @@ def main() -> int:
         "--ref-seconds", type=float, default=5.0, help="length of the raw-bus run at the same rate"
     )
     parser.add_argument("--in-flight", type=int, default=64, help="the notifier's max_in_flight")
+    parser.add_argument(
+        "--inhibit", action="store_true", help="with an inhibit rule (HostDown mutes its host's alerts)"
+    )
     parser.add_argument("--concurrency", type=int, default=None, help="the webhook's concurrency")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sf-bench-") as tmp:

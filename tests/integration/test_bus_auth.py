@@ -358,7 +358,7 @@ async def test_the_notifier_reads_the_silences_itself_when_its_watch_is_behind_a
         )
         await kv.put(window.id, msgspec.json.encode(window))
         await asyncio.sleep(FRESH_FOR)
-        await notifier.silences_current()
+        await notifier.suppressions_current()
         assert value(notifier.registry, "signalfire_notifier_silence_checks_total", result="read") == 1
         assert window.id in held.entries
     finally:

@@ -190,3 +190,31 @@ async def test_an_evaluator_killed_and_started_again_under_its_id_takes_every_pa
     finally:
         first.stop()
         second.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_an_id_whose_holder_does_not_answer_is_passed_over_with_a_warning(
+    nc: Any, nats_config: NatsConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The host's id was announced, and something listens on its control subject but never
+    answers (a hung process, or a bus whose accounts refuse the question): the evaluator takes
+    the next id, and says so as a warning, naming why: the silent one may be this host's own
+    evaluator killed a moment ago, whose partitions then wait for their leases to lapse."""
+    first = EvaluatorService(config(nats_config, tmp_path))
+    await first.start()
+    host_id = first.replica_id
+    assert first._nc is not None and first._lease_nc is not None
+    await first._lease_nc.close()  # dead as far as the bus can tell; its announcement stays
+    await first._nc.close()
+    silent = await nc.subscribe(nats_config.subjects.control("evaluator", f"replica.{host_id}"))
+    try:
+        async with running_evaluator(config(nats_config, tmp_path)) as second:
+            assert second.replica_id == f"{host_id}-2"
+        [record] = [
+            r for r in caplog.records if r.getMessage().startswith("a running evaluator has this host's")
+        ]
+        assert record.levelname == "WARNING"
+        assert "no answer within" in getattr(record, "taken", "")
+    finally:
+        await silent.unsubscribe()
+        await first.stop()

@@ -1,13 +1,12 @@
 """The notifier's KV mirrors against real NATS JetStream: :meth:`Mirror.current` brings a
-mirror up to what its bucket held when asked, by its watch when the watch gets there, by a
-whole read when it does not, and callers asking together share one check."""
+mirror up to what its bucket held when asked (of the keys it mirrors), by its watch when the
+watch gets there, by a whole read when it does not, and callers asking together share one
+check."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
-
-import pytest
 
 from signalfire.bus import NatsConfig
 from signalfire.notifier.mirror import FRESH_FOR, Mirror
@@ -76,10 +75,34 @@ async def test_callers_asking_together_share_one_check(nc: Any, nats_config: Nat
         await mirror.stop()
 
 
-async def test_only_a_whole_buckets_mirror_can_be_checked(nc: Any, nats_config: NatsConfig) -> None:
-    _, mirror, _ = await mirror_of(nc, nats_config, "track.>")
+async def test_a_mirror_of_some_keys_is_checked_against_those_keys_alone(
+    nc: Any, nats_config: NatsConfig
+) -> None:
+    """The notifier's tracks (``track.>``) share their bucket with its ledger and batches:
+    writes to those must not make the tracks' mirror look behind, and when it is behind only
+    its own keys are read."""
+    kv, mirror, checks = await mirror_of(nc, nats_config, "track.>")
     try:
-        with pytest.raises(ValueError, match=r"not track\.>"):
-            await mirror.current()
+        await mirror.current()
+        assert checks == ["current"]  # no track yet: nothing to wait for
+        await written(kv, "put", "track.a", b"1")
+        await written(kv, "put", "ledger.x", b"L")  # newer than every track
+        await mirror.current()
+        assert checks[-1] in {"current", "caught_up"} and mirror.entries["track.a"][0] == b"1"
+        assert mirror._watcher is not None
+        await mirror._watcher.stop()  # the watch gives nothing from here
+        await written(kv, "put", "ledger.y", b"L")
+        await mirror.current()
+        assert checks[-1] == "current"  # no track written: not behind
+        await written(kv, "put", "track.b", b"2")
+        await mirror.current()
+        assert checks[-1] == "read"
+        assert {key: value for key, (value, _) in mirror.entries.items()} == {
+            "track.a": b"1",
+            "track.b": b"2",
+        }
+        await written(kv, "delete", "track.a")
+        await mirror.current()
+        assert checks[-1] == "read" and list(mirror.entries) == ["track.b"]
     finally:
         await mirror.stop()

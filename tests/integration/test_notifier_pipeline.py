@@ -337,6 +337,48 @@ async def test_inhibition_suppresses_alerts_of_a_down_host(
     assert sorted(receivers.transitions("ops")) == sorted([(down.id, "firing"), (elsewhere.id, "firing")])
 
 
+async def test_an_alert_is_inhibited_while_its_source_is_still_being_sent_by_either_replica(
+    nc: Any, nats_config: NatsConfig, receivers: WebhookReceiver, running: Any, results: list[Any]
+) -> None:
+    """A down host pages through a slow channel (the pager answers after 1.5 s); its CPU alert
+    comes 0.2 s later, to whichever of two replicas takes it. The page is still on its way, yet
+    the CPU alert must be muted: the inhibiting alert is tracked as soon as it is taken, and
+    each replica checks the tracks against their bucket before deciding. Before, its track was
+    written once its page was answered, and the CPU alert went out."""
+    with WebhookReceiver(delay=1.5) as slow:
+        config = make_config(
+            nats_config,
+            {"ops": hook(receivers, "ops"), "pager": hook(slow, "pager")},
+            [Route(match={"rule": "HostDown"}, channels=["pager"]), Route(channels=["ops"])],
+            inhibit=[InhibitRule(source={"rule": "HostDown"}, equal=["host"])],
+        )
+        replicas = [await running(config), await running(config)]
+        for round_ in range(3):
+            host = f"web-{round_}"
+            down = alert(rule="HostDown", host=host)
+            await publish_alert(nc, nats_config, down)
+            await asyncio.sleep(0.2)
+            cpu = alert(host=host)
+            await publish_alert(nc, nats_config, cpu)
+            done = 2 * (round_ + 1)
+            await wait_until(lambda: len(results) == done, "the page and the CPU alert's result")  # noqa: B023
+            by_alert = {r.alert_id: r for r in results}
+            assert (by_alert[cpu.id].status, by_alert[cpu.id].reason) == (
+                "suppressed",
+                f"inhibited by HostDown on {host}",
+            ), round_
+            assert by_alert[down.id].status == "sent"
+        assert receivers.transitions("ops") == []
+        checks = {
+            result: sum(
+                value(r.registry, "signalfire_notifier_inhibition_checks_total", result=result)
+                for r in replicas
+            )
+            for result in ("current", "caught_up", "read", "failed")
+        }
+        assert checks["failed"] == 0 and sum(checks.values()) >= 3, checks  # one a decision at least
+
+
 async def test_failed_channel_hands_over_to_its_fallback_then_dead_letters(
     nc: Any, nats_config: NatsConfig, receivers: WebhookReceiver, running: Any, results: list[Any]
 ) -> None:

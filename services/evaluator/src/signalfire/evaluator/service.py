@@ -488,7 +488,11 @@ class EvaluatorService:
             await nc.flush()
             if await keeper.hold_id(revision):
                 if candidate != candidates[0]:
-                    log.info(
+                    # A silent id (no answer: hung, or the bus refusing the question) may be
+                    # this host's evaluator killed a moment ago, whose partitions wait for their
+                    # leases to lapse rather than coming back at once: worth a warning.
+                    unsure = any("no answer within" in holder for holder in holders)
+                    (log.warning if unsure else log.info)(
                         "a running evaluator has this host's replica id; this one takes the next",
                         extra={"replica": candidate, "taken": ", ".join(holders)},
                     )

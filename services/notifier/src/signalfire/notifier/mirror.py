@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from signalfire.bus import Watch, bucket_latest, watch_listed
+from signalfire.bus import Watch, bucket_latest, last_revision, watch_listed
 
 log = logging.getLogger("signalfire.notifier.mirror")
 
@@ -108,15 +108,13 @@ class Mirror(Generic[T]):
         """Return once the mirror holds every entry the bucket held :data:`FRESH_FOR` before
         this was called.
 
-        Asks the bucket's stream for its last sequence: one request, shared by the callers
-        arriving while it runs (they share the next one, or this one when it began at most
-        :data:`FRESH_FOR` before them). When the watch has not reached that sequence it is
-        given :data:`CATCH_UP` seconds, then every key's current entry is read
+        Asks the bucket's stream for the newest revision of the mirrored keys
+        (:func:`signalfire.bus.last_revision`): one request, shared by the callers arriving
+        while it runs (they share the next one, or this one when it began at most
+        :data:`FRESH_FOR` before them). When the watch has not reached it, it is given
+        :data:`CATCH_UP` seconds, then every mirrored key's current entry is read
         (:func:`signalfire.bus.bucket_latest`) and applied. Raises what the request or the read
-        raised (NATS away), ``TimeoutError`` after ``timeout`` seconds. For a mirror of the
-        whole bucket only (``pattern`` ``>``): the stream's last sequence is a key's."""
-        if self._pattern != ">":
-            raise ValueError(f"only a whole bucket's mirror can be checked current, not {self._pattern}")
+        raised (NATS away), ``TimeoutError`` after ``timeout`` seconds."""
         loop = asyncio.get_running_loop()
         asked = loop.time() - FRESH_FOR
         if self._checked_from >= asked:
@@ -134,7 +132,7 @@ class Mirror(Generic[T]):
 
     async def _catch_up(self, began: float) -> None:
         try:
-            last = (await self._kv.status()).stream_info.state.last_seq
+            last = await last_revision(self._kv, self._pattern)
             outcome = "current"
             if self._seen < last:
                 await self._reached(last, CATCH_UP)
@@ -165,7 +163,7 @@ class Mirror(Generic[T]):
             "mirror behind its bucket: read whole",
             extra={"bucket": self._kv._name, "keys": self._pattern, "seen": self._seen, "last": last},
         )
-        read_at, entries = await bucket_latest(self._kv)
+        read_at, entries = await bucket_latest(self._kv, self._pattern)
         for entry in entries:
             self._apply(entry, read=True)
         listed = {entry.key for entry in entries}

@@ -37,7 +37,7 @@ log = logging.getLogger("signalfire.notifier")
 
 class Pipeline:
     """The event-driven stages. ``config`` is replaced by a reload (routes and inhibit rules
-    take effect for the next event); ``suppression``, ``silences_current`` (awaited before
+    take effect for the next event); ``suppression``, ``suppressions_current`` (awaited before
     the silences are consulted) and ``clock`` are the service's."""
 
     def __init__(
@@ -47,7 +47,7 @@ class Pipeline:
         dispatcher: Dispatcher,
         *,
         suppression: Suppression,
-        silences_current: Callable[[], Awaitable[None]],
+        suppressions_current: Callable[[], Awaitable[None]],
         clock: Callable[[], float],
         registry: Registry,
     ) -> None:
@@ -55,7 +55,7 @@ class Pipeline:
         self._state = state
         self._dispatcher = dispatcher
         self._suppression = suppression
-        self._silences_current = silences_current
+        self._suppressions_current = suppressions_current
         self._clock = clock
         self.unrouted = registry.counter("alerts_unrouted", "Alert events no route matched")
 
@@ -68,7 +68,7 @@ class Pipeline:
             log.info("no route matched", extra={"alert_id": alert.id, "rule": alert.rule, "host": alert.host})
             return
         # a silence written before this event was taken mutes it, whatever the watch's delay
-        await self._silences_current()
+        await self._suppressions_current()
         handle = self._firing if alert.status == "firing" else self._resolved
         if len(indexes) == 1:
             await handle(alert, indexes[0])
@@ -96,6 +96,13 @@ class Pipeline:
             key = batch_key(index, group_of(alert, route))
             await state.update_batch(key, lambda b: add(b, alert, index, route, now))
             return
+        key = track_key(alert.id, index)
+        source = self._inhibits(alert)
+        if source:
+            # An alert that inhibits others is tracked as soon as it is taken: a target that
+            # arrives while its own notice is being sent (a slow channel, seconds), here or at
+            # another replica (which checks the tracks against the bucket), is muted by it.
+            await state.update_track(key, lambda t: t or Track(alert=alert, route=index, since=now))
         # Sent first, tracked after: a crash in between leaves the event unacked, and its
         # redelivery finds the sends in the ledger and writes the track then.
         outcomes = await self._dispatcher.send(
@@ -121,9 +128,11 @@ class Pipeline:
                     "resolved",
                     suppressed=self._suppression(resolved, now),
                 )
+            if source:  # it has ended: it inhibits nothing
+                await state.update_track(key, lambda t: None)
             return
 
-        if not self._needs_track(alert, index, outcomes):
+        if not source and not self._needs_track(alert, index, outcomes):
             return
 
         def record(t: Track | None) -> Track:
@@ -136,21 +145,23 @@ class Pipeline:
                 references={**t.references, **references(outcomes)},
             )
 
-        await state.update_track(track_key(alert.id, index), record)
+        await state.update_track(key, record)
+
+    def _inhibits(self, alert: AlertEvent) -> bool:
+        """Whether ``alert`` is the source of an inhibit rule: it must be tracked while it fires."""
+        fields = alert_fields(alert)
+        return any(matches(matcher_list(rule.source), fields) for rule in self.config.inhibit)
 
     def _needs_track(self, alert: AlertEvent, index: int, outcomes: dict[str, Outcome]) -> bool:
         """Whether a firing alert must be remembered until it resolves: for its escalation
-        or repeats, for a reference to thread under, because not every channel was told
-        (its resolved notice must go to those that were), or as a possible inhibition
-        source. Otherwise the resolved notice simply goes to the route's channels, and one
-        KV write per alert is saved (it matters at 1,000 alerts/s)."""
+        or repeats, for a reference to thread under, or because not every channel was told
+        (its resolved notice must go to those that were); an inhibition source is tracked
+        anyway. Otherwise the resolved notice simply goes to the route's channels, and one KV
+        write per alert is saved (it matters at 1,000 alerts/s)."""
         route = self.config.routes[index]
         if route.escalate or route.repeat is not None or references(outcomes):
             return True
-        if sorted(told(outcomes)) != sorted(route.channels):
-            return True
-        fields = alert_fields(alert)
-        return any(matches(matcher_list(rule.source), fields) for rule in self.config.inhibit)
+        return sorted(told(outcomes)) != sorted(route.channels)
 
     async def _resolved(self, alert: AlertEvent, index: int) -> None:
         route = self.config.routes[index]

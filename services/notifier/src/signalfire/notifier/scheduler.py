@@ -51,13 +51,13 @@ class Scheduler:
         suppression: Suppression,
         clock: Callable[[], float],
         *,
-        silences_current: Callable[[], Awaitable[None]],
+        suppressions_current: Callable[[], Awaitable[None]],
     ) -> None:
         self.config = config
         self._state = state
         self._dispatcher = dispatcher
         self._suppression = suppression
-        self._silences_current = silences_current
+        self._suppressions_current = suppressions_current
         self._clock = clock
         self._running: dict[str, asyncio.Task[None]] = {}
 
@@ -131,7 +131,7 @@ class Scheduler:
             return
         alert = track.alert
         akey = alert_key(alert.id)
-        await self._silences_current()
+        await self._suppressions_current()
         suppressed = self._suppression(alert, now)
         epoch = track.epoch
         for index in steps:
@@ -181,7 +181,7 @@ class Scheduler:
     async def _flush(self, key: str, batch: Batch, route: Route, now: float) -> None:
         """Send the batch as one message per channel, then track its alerts (a group) and
         empty it (alerts that joined meanwhile wait for the next one)."""
-        await self._silences_current()
+        await self._suppressions_current()
         sendable: list[AlertEvent] = []
         for alert in batch.alerts:
             reason = self._suppression(alert, now)

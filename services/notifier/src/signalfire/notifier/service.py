@@ -29,6 +29,7 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -49,15 +50,15 @@ from signalfire.notifier.pipeline import Pipeline
 from signalfire.notifier.reload import ConfigFile, adopt, check
 from signalfire.notifier.scheduler import Scheduler
 from signalfire.notifier.state import NotifyState
-from signalfire.telemetry import Registry, parse_listen, serve_metrics
+from signalfire.telemetry import Counter, Registry, parse_listen, serve_metrics
 
 __all__ = ["ACTIONS_DURABLE", "DURABLE", "NotifierService"]
 
 log = logging.getLogger("signalfire.notifier")
 
-#: How long (seconds) a notification waits for the silences to be checked against their
-#: bucket (:meth:`NotifierService.silences_current`) before it is decided on the copy held:
-#: with NATS away a page is not held back by a silence check.
+#: How long (seconds) a notification waits for the silences (and the alerts that may inhibit
+#: it) to be checked against their buckets (:meth:`NotifierService.suppressions_current`)
+#: before it is decided on the copies held: with NATS away a page is not held back by a check.
 SILENCE_CHECK_TIMEOUT = 2.0
 
 
@@ -115,7 +116,14 @@ class NotifierService:
             " failed (decided on the copy held)",
             ["result"],
         )
-        self._silence_check_failing = False
+        self.inhibition_checks = self.registry.counter(
+            "inhibition_checks",
+            "Checks of the alerts that may inhibit (every replica's tracks and batches) against "
+            "their bucket before a decision, with inhibit rules, by how they ended: as for "
+            "silence_checks",
+            ["result"],
+        )
+        self._failing: set[str] = set()  # what is not checked against its bucket now
         self._file = ConfigFile(
             config_path, self._environ, self.reload, lambda: self.config.watch_interval, self.registry
         )
@@ -154,7 +162,11 @@ class NotifierService:
             js = self._js = self._nc.jetstream()
             await ensure_streams(js, self.config.nats)
             kv = await js.key_value(self._subjects.bucket("notify_state"))
-            self._state = NotifyState(kv, lambda key, why: self._bad_entry("notify_state", key, why))
+            self._state = NotifyState(
+                kv,
+                lambda key, why: self._bad_entry("notify_state", key, why),
+                lambda result: self.inhibition_checks.labels(result=result).inc(),
+            )
             await self._state.start()
             self._silences = Mirror(
                 await js.key_value(self._subjects.bucket("silences")),
@@ -188,14 +200,14 @@ class NotifierService:
                 self._dispatcher,
                 self.suppression,
                 self._clock,
-                silences_current=self.silences_current,
+                suppressions_current=self.suppressions_current,
             )
             self._pipeline = Pipeline(
                 self.config,
                 self._state,
                 self._dispatcher,
                 suppression=self.suppression,
-                silences_current=self.silences_current,
+                suppressions_current=self.suppressions_current,
                 clock=self._clock,
                 registry=self.registry,
             )
@@ -284,28 +296,39 @@ class NotifierService:
         """The ``SIGHUP`` handler for :func:`signalfire.runner.serve`."""
         await self.reload_file()
 
-    async def silences_current(self) -> None:
-        """Bring the silences held up to every silence written before now, before a decision
-        that consults them (:meth:`Mirror.current`: a silence created a moment before an
-        alert fires mutes it, also while the watch is seconds behind after a NATS node died).
-        When that cannot be done within :data:`SILENCE_CHECK_TIMEOUT` (NATS away), the
-        decision is taken on the copy held: counted, and a warning when it starts failing."""
-        if self._silences is None:
-            return
+    async def suppressions_current(self) -> None:
+        """Bring what may suppress a notification up to every write made before now, before a
+        decision that consults it (:meth:`Mirror.current`): the silences, so that a silence
+        created a moment before an alert fires mutes it, also while the watch is seconds
+        behind after a NATS node died; and, with inhibit rules, the tracks and batches of
+        every replica, where an alert that may inhibit others is written as soon as it is
+        taken (before its own notice is sent). When that cannot be done within
+        :data:`SILENCE_CHECK_TIMEOUT` (NATS away), the decision is taken on the copies held:
+        counted, and a warning when it starts failing."""
+        checks = []
+        if self._silences is not None:
+            checks.append(self._current("silences", [self._silences], self.silence_checks))
+        if self.config.inhibit and self._state is not None:
+            mirrors: list[Mirror[Any]] = [self._state.tracks, self._state.batches]
+            checks.append(self._current("inhibiting alerts", mirrors, self.inhibition_checks))
+        await asyncio.gather(*checks)
+
+    async def _current(self, what: str, mirrors: list[Mirror[Any]], checks: Counter) -> None:
         try:
-            await self._silences.current(SILENCE_CHECK_TIMEOUT)
+            async with asyncio.timeout(SILENCE_CHECK_TIMEOUT):
+                await asyncio.gather(*(mirror.current() for mirror in mirrors))
         except Exception as exc:
-            self.silence_checks.labels(result="failed").inc()
-            if not self._silence_check_failing:
-                self._silence_check_failing = True
+            checks.labels(result="failed").inc()
+            if what not in self._failing:
+                self._failing.add(what)
                 log.warning(
-                    "silences not checked against their bucket; deciding on the copy held",
+                    f"{what} not checked against their bucket; deciding on the copy held",
                     extra={"reason": f"{type(exc).__name__}: {exc}"},
                 )
             return
-        if self._silence_check_failing:
-            self._silence_check_failing = False
-            log.info("silences checked against their bucket again")
+        if what in self._failing:
+            self._failing.discard(what)
+            log.info(f"{what} checked against their bucket again")
 
     def suppression(self, alert: AlertEvent, now: float) -> str | None:
         """Why ``alert`` must not be sent at ``now`` (a silence, an inhibition), or None."""

@@ -28,13 +28,18 @@ class Conflict(Exception):
 
 
 class NotifyState:
-    def __init__(self, kv: KeyValue, on_bad: Callable[[str, str], None]) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        on_bad: Callable[[str, str], None],
+        on_check: Callable[[str], None] | None = None,
+    ) -> None:
         self.kv = kv
         self.tracks: Mirror[Track] = Mirror(
-            kv, "track.>", lambda b: msgspec.json.decode(b, type=Track), on_bad
+            kv, "track.>", lambda b: msgspec.json.decode(b, type=Track), on_bad, on_check
         )
         self.batches: Mirror[Batch] = Mirror(
-            kv, "batch.>", lambda b: msgspec.json.decode(b, type=Batch), on_bad
+            kv, "batch.>", lambda b: msgspec.json.decode(b, type=Batch), on_bad, on_check
         )
 
     async def start(self) -> None:
