@@ -299,6 +299,14 @@ async def test_a_streams_history_is_read_with_direct_gets_in_order_across_batche
     ]
     assert middle == [m.seq for m in read[5:10]]
     assert [m async for m in direct_messages(nc, s.metrics_stream, start_time=time.time() + 60)] == []
+    # one subject's messages only, across batches too
+    one = [
+        m
+        async for m in direct_messages(
+            nc, s.metrics_stream, start_time=before, subject=s.metrics("dg-1"), batch=4
+        )
+    ]
+    assert [m.data for m in one] == [f"{i}".encode() for i in range(1, 35, 3)]  # 12: three requests
 
 
 async def test_a_direct_get_of_a_stream_that_does_not_allow_them_is_an_error_naming_it(nc: Any) -> None:

@@ -20,9 +20,10 @@ import pytest
 
 from signalfire.bus import NatsConfig
 from signalfire.config import Duration
+from signalfire.evaluator import replay
 from signalfire.evaluator.partitions import host_partition
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
-from signalfire.events import AlertAction, AlertEvent, MetricBatch, Sample, encode
+from signalfire.events import AlertAction, AlertEvent, MetricBatch, Sample, decode, encode
 from tests.faults.support import alert_events, eventually
 from tests.support.metrics import value
 from tests.support.tcpproxy import TcpProxy
@@ -140,9 +141,13 @@ async def test_actions_made_while_the_evaluator_was_stopped_apply_when_it_starts
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("gone", ["died", "stopped"])
 async def test_a_resolve_made_while_no_replica_held_the_partition_applies_on_takeover(
-    nc: Any, nats_config: NatsConfig, tmp_path: Path
+    nc: Any, nats_config: NatsConfig, tmp_path: Path, gone: str
 ) -> None:
+    """The owner of the alert's partition dies (its lease left to lapse) or stops cleanly (its
+    states written, its leases given up); the resolve is made before another replica takes the
+    partition."""
     js = nc.jetstream()
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
@@ -154,11 +159,15 @@ async def test_a_resolve_made_while_no_replica_held_the_partition_applies_on_tak
     try:
         await send(js, nats_config, host, 95.0)
         alert = (await firing(js, nats_config, [host]))[host]
-        # a dies as far as the bus can tell: no renewal, no release
-        assert a._nc is not None and a._lease_nc is not None
-        await a._lease_nc.close()
-        await a._nc.close()
+        if gone == "died":  # as far as the bus can tell: no renewal, no release
+            assert a._nc is not None and a._lease_nc is not None
+            await a._lease_nc.close()
+            await a._nc.close()
+        else:
+            await a.stop()
+        await asyncio.sleep(0.5)
         await act(js, nats_config, alert, "resolve", "alice")  # nobody judges the host now
+        await asyncio.sleep(0.5)
         await b.start()
 
         def taken() -> bool:
@@ -226,3 +235,34 @@ async def test_a_resolve_made_while_the_evaluators_connection_was_away_applies_w
     finally:
         await evaluator.stop()
         await proxy.stop()
+
+
+async def test_reading_actions_back_stops_at_its_bound_and_says_so(nc: Any, nats_config: NatsConfig) -> None:
+    js = nc.jetstream()
+    s = nats_config.subjects
+    since = time.time() - 1
+    fired = AlertEvent(
+        id="fp-bound:1",
+        fingerprint="fp-bound",
+        rule="Hot",
+        status="firing",
+        severity="high",
+        host="h",
+        starts_at=since,
+        time=since,
+    )
+    for actor in ("ana", "bo", "cy"):
+        await act(js, nats_config, fired, "ack", actor)
+        await js.publish(s.alerts("h"), b"{}", timeout=2)  # other messages between them
+
+    async def read(bound: int) -> tuple[list[str], str | None]:
+        result = replay.Read()
+        reader = replay.read_actions(
+            js, s.alerts_stream, s.actions, since, seconds=10, result=result, max_actions=bound
+        )
+        actors = [decode(data, AlertAction).actor async for data, _ in reader]
+        return actors, result.truncated
+
+    assert await read(3) == (["ana", "bo", "cy"], None)  # all of them: not cut short
+    assert await read(2) == (["ana", "bo"], "batches")
+    assert await read(10) == (["ana", "bo", "cy"], None)

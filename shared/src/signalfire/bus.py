@@ -614,30 +614,34 @@ async def direct_messages(
     start_time: float | None = None,
     seq: int = 1,
     up_to_seq: int | None = None,
+    subject: str | None = None,
     batch: int = DIRECT_BATCH,
     timeout: float = 5.0,
 ) -> AsyncGenerator[StoredMessage, None]:
-    """The messages of ``stream`` from ``start_time`` (unix seconds) or stream sequence
-    ``seq`` on, in stream order, up to ``up_to_seq`` or the end of what the answering server
-    holds, read with JetStream's batched direct get (``$JS.API.DIRECT.GET.<stream>``, the
+    """The messages of ``stream`` (only those on ``subject``, a subject or a wildcard, when
+    given) from ``start_time`` (unix seconds) or stream sequence ``seq`` on, in stream order,
+    up to ``up_to_seq`` or the end of what the answering server holds, read with JetStream's
+    batched direct get (``$JS.API.DIRECT.GET.<stream>``, the
     stream with ``allow_direct``): no consumer is made, so a reader needs no right to make one.
     Any of the stream's servers may answer, a follower possibly a moment behind its leader: a
     reader that needs everything up to a point compares the last sequence it got with the
     leader's (``stream_info``). Raises :class:`DirectGetError` when the stream does not
     answer, ``TimeoutError`` when an answer stops coming for ``timeout`` seconds."""
     request: dict[str, Any] = {"batch": batch}
+    if subject is not None:
+        request["next_by_subj"] = subject
     if start_time is not None:
         request["start_time"] = rfc3339(start_time)
     else:
         request["seq"] = seq
-    subject = f"$JS.API.DIRECT.GET.{stream}"
+    api = f"$JS.API.DIRECT.GET.{stream}"
     while True:
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         last = 0
         pending = 0
         try:
-            await nc.publish(subject, msgspec.json.encode(request), reply=inbox)
+            await nc.publish(api, msgspec.json.encode(request), reply=inbox)
             while True:
                 msg = await sub.next_msg(timeout=timeout)
                 headers = msg.headers or {}
@@ -665,6 +669,8 @@ async def direct_messages(
         if last == 0 or pending == 0 or (up_to_seq is not None and last >= up_to_seq):
             return
         request = {"batch": batch, "seq": last + 1}
+        if subject is not None:
+            request["next_by_subj"] = subject
 
 
 async def request_json(nc: NATS, subject: str, payload: bytes = b"{}", timeout: float = 2.0) -> Any:

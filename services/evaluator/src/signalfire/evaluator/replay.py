@@ -245,9 +245,6 @@ async def read_actions(
     api = f"$JS.API.STREAM.MSG.GET.{stream}"
     request: dict[str, object] = {"next_by_subj": subject, "start_time": rfc3339(start)}
     while True:
-        if result.messages >= max_actions:
-            result.truncated = "batches"
-            return
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             result.truncated = "time"
@@ -259,6 +256,9 @@ async def read_actions(
             if error.get("code") == 404:  # no action stored past the last one read
                 return
             raise RuntimeError(f"reading {subject} from {stream}: {error.get('description') or error}")
+        if result.messages >= max_actions:  # there is one more
+            result.truncated = "batches"
+            return
         message = answer["message"]
         data = base64.b64decode(message.get("data") or "")
         result.messages += 1

@@ -96,8 +96,9 @@ LIVE_EVENTS_KEEP = 60.0
 LIVE_SUBJECTS_KEEP = 3600.0
 
 #: People's alert actions reach the evaluator on a core subscription too: after a start, a
-#: takeover or a reconnect, those on its firing alerts are read back from the alerts stream,
-#: from this long (seconds) before the oldest of them fired ...
+#: takeover or a reconnect, those stored since the alerts' last writer may have stopped
+#: applying them are read back from the alerts stream, from this long (seconds) earlier (for
+#: clocks apart, and a write still on its way) ...
 ACTIONS_MARGIN = 10.0
 #: ... for at most this long.
 ACTIONS_READ_LIMIT = 5.0
@@ -426,7 +427,7 @@ class EvaluatorService:
         if self._judged is None:
             # what people did to the firing alerts while no evaluator ran (partitioned
             # replicas read them for each partition they take)
-            await self._actions_missed(self._firing_since(self.engine.states.values()), "start")
+            await self._actions_missed(self._written_until(self.engine.states.values()), "start")
         if self.config.metrics_listen:
             host, port = parse_listen(self.config.metrics_listen)
             self._metrics_server = await serve_metrics(self.registry, host, port)
@@ -951,7 +952,7 @@ class EvaluatorService:
                     "partition history not read back; windows start afresh",
                     extra={"reason": str(exc) or type(exc).__name__},
                 )
-            actions = await self._read_actions(self._firing_since(states), "takeover")
+            actions = await self._read_actions(self._taken_until(states, previous, poll), "takeover")
         except BaseException:
             self._buffered = None
             self._held_actions = None
@@ -1231,21 +1232,43 @@ class EvaluatorService:
             self._held_actions.append(action)  # its alert may be in a partition being taken
         self._handle(self.engine.action(action, self._clock()), None)
 
-    @staticmethod
-    def _firing_since(states: Iterable[AlertState]) -> float | None:
-        """When the oldest of ``states`` that is firing fired (None: none is): no action
-        published before it concerns them."""
-        fired = (s.fired_at for s in states if s.status == "firing" and s.fired_at is not None)
-        return min(fired, default=None)
+    def _written_until(self, states: Iterable[AlertState]) -> float | None:
+        """From when (the server's clock) the actions on ``states`` may not have been applied
+        by whoever wrote them last: its newest decision among them (it ran until then at
+        least, and had applied every action it received before). None when none of them
+        fires: an action changes only a firing alert."""
+        states = list(states)
+        if not any(state.status == "firing" for state in states):
+            return None
+        return max(_decided_at(state) for state in states) - self._clock_offset
+
+    def _taken_until(
+        self, states: list[AlertState], previous: dict[str, Entry | None], poll: float
+    ) -> float | None:
+        """:meth:`_written_until` for partitions being taken: a partition whose holder's
+        lease was left behind (it died) was judged until its last renewal less a poll; one
+        given up cleanly (no lease left) had its states written at its release."""
+        rules = {rule.name: rule for rule in self.rules}
+        held: dict[str, list[AlertState]] = {}
+        for state in states:
+            held.setdefault(self._partition_of(state, rules), []).append(state)
+        until: list[float] = []
+        for partition, group in held.items():
+            entry = previous.get(partition)
+            written = self._written_until(group)
+            if written is not None:
+                until.append(entry.stored - poll if entry is not None else written)
+        return min(until, default=None)
 
     async def _read_actions(self, since: float | None, after: str) -> list[AlertAction]:
-        """People's actions the alerts stream stored from ``since`` (this clock) less
-        :data:`ACTIONS_MARGIN` on, oldest first: none when nothing fires. They reach the
-        evaluator live on a core subscription, which delivers nothing to a replica that is
-        not running, not connected, or not yet holding the alert's partition: a resolve made
-        then would be lost and the alert fire on. Read back, they are applied as live ones
-        are (:meth:`Engine.action`: what was applied already changes nothing). A stream that
-        cannot be read is logged, and the actions read until then are returned."""
+        """People's actions the alerts stream stored from ``since`` (the server's clock) less
+        :data:`ACTIONS_MARGIN` on, oldest first: none when ``since`` is None (nothing fires).
+        They reach the evaluator live on a core subscription, which delivers nothing to a
+        replica that is not running, not connected, or not yet holding the alert's
+        partition: a resolve made then would be lost and the alert fire on. Read back, they
+        are applied as live ones are (:meth:`Engine.action`: what was applied already
+        changes nothing). A stream that cannot be read is logged, and the actions read until
+        then are returned."""
         if since is None or self._js is None:
             return []
         read = replay.Read()
@@ -1254,7 +1277,7 @@ class EvaluatorService:
             self._js,
             self.subjects.alerts_stream,
             self.subjects.actions,
-            since - self._clock_offset - ACTIONS_MARGIN,
+            since - ACTIONS_MARGIN,
             seconds=ACTIONS_READ_LIMIT,
             result=read,
         )
@@ -1294,8 +1317,8 @@ class EvaluatorService:
         return outputs, changed
 
     async def _actions_missed(self, since: float | None, after: str) -> None:
-        """Read back and apply to the running engine the actions on alerts firing since
-        ``since`` (:meth:`_read_actions`); logged when one changed an alert."""
+        """Read back the actions stored from ``since`` (:meth:`_read_actions`) and apply them
+        to the running engine; logged when one changed an alert."""
         actions = await self._read_actions(since, after)
         outputs, changed = self._apply_actions(self.engine, actions, self._clock())
         for out in outputs:
@@ -1467,8 +1490,8 @@ class EvaluatorService:
                 continue
             break
         self.replayed.labels(mode="missed").inc(counts["judged"])
-        if self._firing_since(self.engine.states.values()) is not None:
-            await self._actions_missed(since, "reconnect")
+        if any(state.status == "firing" for state in self.engine.states.values()):
+            await self._actions_missed(since - offset, "reconnect")
         # skipped: judged live already, or not this replica's (anymore)
         extra = {"seconds": round(end - start, 1), "read": read.messages, **counts}
         if read.truncated:
