@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -266,3 +267,44 @@ async def test_reading_actions_back_stops_at_its_bound_and_says_so(nc: Any, nats
     assert await read(3) == (["ana", "bo", "cy"], None)  # all of them: not cut short
     assert await read(2) == (["ana", "bo"], "batches")
     assert await read(10) == (["ana", "bo", "cy"], None)
+
+
+@pytest.mark.timeout(60)
+async def test_a_read_back_that_fails_is_tried_again(
+    nc: Any, nats_config: NatsConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alerts stream may be electing a leader when the evaluator reads the actions back
+    (a NATS node died): the read is tried again, and the resolve still applies."""
+    js = nc.jetstream()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    first = EvaluatorService(config(nats_config, rules))
+    await first.start()
+    try:
+        await send(js, nats_config, "act-retry", 95.0)
+        alerts = await firing(js, nats_config, ["act-retry"])
+    finally:
+        await first.stop()
+    await act(js, nats_config, alerts["act-retry"], "resolve", "alice")
+    real = replay.read_actions
+    calls: list[float] = []
+
+    async def failing_once(*args: Any, **kwargs: Any) -> AsyncIterator[tuple[bytes, float]]:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise TimeoutError("nats: timeout (the stream has no leader yet)")
+        async for item in real(*args, **kwargs):
+            yield item
+
+    monkeypatch.setattr(replay, "read_actions", failing_once)
+    second = EvaluatorService(config(nats_config, rules))
+    await second.start()
+    try:
+
+        async def resolved() -> bool:
+            return any(e.status == "resolved" for e in await alert_events(js, nats_config))
+
+        await eventually(resolved, "the resolve, read back on the second try", 10)
+    finally:
+        await second.stop()
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.5

@@ -100,8 +100,8 @@ LIVE_SUBJECTS_KEEP = 3600.0
 #: applying them are read back from the alerts stream, from this long (seconds) earlier (for
 #: clocks apart, and a write still on its way) ...
 ACTIONS_MARGIN = 10.0
-#: ... for at most this long.
-ACTIONS_READ_LIMIT = 5.0
+#: ... for at most this long, retries included (the stream may be electing a leader).
+ACTIONS_READ_LIMIT = 30.0
 
 #: With partitions, a payload callback yields to the event loop when this long (seconds) has
 #: passed since it last did: nats-py runs a subscription's callbacks back to back while its
@@ -264,9 +264,10 @@ class EvaluatorService:
         self._clock_offset = 0.0
         self._clock_warned = False
         self._buffered: replay.Buffered | None = None  # live payloads of partitions being taken
-        #: Alert actions that arrived while partitions were being taken: applied to them after
-        #: those read back from the stream.
-        self._held_actions: list[AlertAction] | None = None
+        #: People's actions to read back (:meth:`_read_back_actions`): from when (the server's
+        #: clock) and after what, for the next read; the task reading them.
+        self._actions_window: tuple[float, str] | None = None
+        self._reading_actions: asyncio.Task[None] | None = None
 
         self.registry = Registry("signalfire_evaluator")
         r = self.registry
@@ -377,7 +378,6 @@ class EvaluatorService:
         await ensure_streams(self._js, self.config.nats)
         self._kv = await self._js.key_value(self.subjects.bucket("alert_state"))
         payload_subs: list[Subscription] = []
-        action_sub: Subscription | None = None
         if self._judged is None:
             await self._load_states()
         else:
@@ -392,9 +392,6 @@ class EvaluatorService:
             # Subscribed before the first takeover, which judges nothing live yet: what
             # arrives while it reads the history back is held for it (`_take`).
             payload_subs = await self._subscribe_payloads()
-            # also people's actions: one published while a partition's history is read is
-            # held for it, as payloads are (`_take`)
-            action_sub = await nc.subscribe(self.subjects.actions, cb=self._on_action)
             await nc.flush()
             await nc.flush()  # see below
             await self._balance()
@@ -415,7 +412,7 @@ class EvaluatorService:
         subjects = self.subjects
         self._subs = [
             *(payload_subs or await self._subscribe_payloads()),
-            action_sub or await nc.subscribe(subjects.actions, cb=self._on_action),
+            await nc.subscribe(subjects.actions, cb=self._on_action),
             await nc.subscribe(subjects.control("evaluator", "rules"), cb=self._on_rules_request),
             await nc.subscribe(subjects.control("evaluator", "reload"), cb=self._on_reload_request),
         ]
@@ -427,7 +424,7 @@ class EvaluatorService:
         if self._judged is None:
             # what people did to the firing alerts while no evaluator ran (partitioned
             # replicas read them for each partition they take)
-            await self._actions_missed(self._written_until(self.engine.states.values()), "start")
+            self._read_back_actions(self._written_until(self.engine.states.values()), "start")
         if self.config.metrics_listen:
             host, port = parse_listen(self.config.metrics_listen)
             self._metrics_server = await serve_metrics(self.registry, host, port)
@@ -891,9 +888,6 @@ class EvaluatorService:
         fleet = any(rule.group_by == FLEET for rule in self.rules)
         replayed = frozenset(taken if fleet else taken - {FLEET_PARTITION})
         buffered = self._buffered = replay.Buffered(replayed)
-        held: list[AlertAction] = []
-        self._held_actions = held
-        actions: list[AlertAction] = []  # people's actions on their firing alerts, read back
         outputs: list[Output] = []
         read = replay.Read()
         counts = {"warm": 0, "judged": 0, "live": 0, "duplicate": 0}
@@ -952,16 +946,13 @@ class EvaluatorService:
                     "partition history not read back; windows start afresh",
                     extra={"reason": str(exc) or type(exc).__name__},
                 )
-            actions = await self._read_actions(self._taken_until(states, previous, poll), "takeover")
         except BaseException:
             self._buffered = None
-            self._held_actions = None
             for partition in taken:  # not judged: let the leases lapse, to be taken again
                 self._leases.drop(partition)
             raise
         # From here on nothing awaits: no live payload slips between the buffer and the engine.
         self._buffered = None
-        self._held_actions = None
         guard.warming = False
         for subject, data, arrived in buffered.messages:
             if hash((subject, data)) in seen:
@@ -975,10 +966,6 @@ class EvaluatorService:
             self.batches.labels(kind=self.subjects.kind_of(subject)).inc()
             counts["live"] += 1
         scratch.replayed()
-        # What people did to these alerts while nobody judged them (and meanwhile), after the
-        # history: a resolve ends the instance as it stands now.
-        applied, acted_on = self._apply_actions(scratch, actions + held, now)
-        outputs += applied
         lost = {partition for partition in taken if partition not in self._leases.held}
         gone: set[str] = set()  # alerts of partitions lost meanwhile
         if lost:
@@ -1004,6 +991,10 @@ class EvaluatorService:
         if self._dirty:
             self._wake.set()
         self._judged |= kept
+        # What people did to their alerts while nobody judged them, read back now that the
+        # running engine holds them (live ones from here on apply to it as they come).
+        mine = [s for s in states if self._partition_of(s, rules) in kept]
+        self._read_back_actions(self._taken_until(mine, previous, poll), "takeover")
         self.handovers.labels(change="acquired").inc(len(kept))
         self.replayed.labels(mode="warm").inc(counts["warm"])
         self.replayed.labels(mode="judged").inc(counts["judged"])
@@ -1021,7 +1012,6 @@ class EvaluatorService:
             "judged": counts["judged"],
             "live": counts["live"],
             "baselines": baselines,
-            "alerts_acted_on": acted_on,
             "seconds": round(time.monotonic() - started, 3),
         }
         if lost:
@@ -1228,8 +1218,6 @@ class EvaluatorService:
             self.invalid_batches.inc()
             log.warning("dropped invalid alert action", extra={"subject": msg.subject, "reason": str(exc)})
             return
-        if self._held_actions is not None:
-            self._held_actions.append(action)  # its alert may be in a partition being taken
         self._handle(self.engine.action(action, self._clock()), None)
 
     def _written_until(self, states: Iterable[AlertState]) -> float | None:
@@ -1260,52 +1248,81 @@ class EvaluatorService:
                 until.append(entry.stored - poll if entry is not None else written)
         return min(until, default=None)
 
-    async def _read_actions(self, since: float | None, after: str) -> list[AlertAction]:
-        """People's actions the alerts stream stored from ``since`` (the server's clock) less
-        :data:`ACTIONS_MARGIN` on, oldest first: none when ``since`` is None (nothing fires).
+    def _read_back_actions(self, since: float | None, after: str) -> None:
+        """Have people's actions stored from ``since`` (the server's clock) on read back and
+        applied (:meth:`_actions_missed`), in the background: now, or right after the read
+        under way, in one read with what it still waits for. Nothing when ``since`` is None
+        (nothing fires)."""
+        if since is None or self._js is None or self._stopping:
+            return
+        pending = self._actions_window
+        self._actions_window = (min(since, pending[0]), pending[1]) if pending is not None else (since, after)
+        if self._reading_actions is None or self._reading_actions.done():
+            self._reading_actions = asyncio.create_task(self._actions_reads(), name="evaluator-actions")
+            self._tasks = [t for t in self._tasks if not t.done()] + [self._reading_actions]
+
+    async def _actions_reads(self) -> None:
+        while self._actions_window is not None and not self._stopping:
+            since, after = self._actions_window
+            self._actions_window = None
+            await self._actions_missed(since, after)
+
+    async def _actions_missed(self, since: float, after: str) -> None:
+        """Read back the people's actions the alerts stream stored from ``since`` less
+        :data:`ACTIONS_MARGIN` on and apply them to the running engine, oldest first.
+
         They reach the evaluator live on a core subscription, which delivers nothing to a
         replica that is not running, not connected, or not yet holding the alert's
         partition: a resolve made then would be lost and the alert fire on. Read back, they
         are applied as live ones are (:meth:`Engine.action`: what was applied already
-        changes nothing). A stream that cannot be read is logged, and the actions read until
-        then are returned."""
-        if since is None or self._js is None:
-            return []
-        read = replay.Read()
-        actions: list[AlertAction] = []
-        reader = replay.read_actions(
-            self._js,
-            self.subjects.alerts_stream,
-            self.subjects.actions,
-            since - ACTIONS_MARGIN,
-            seconds=ACTIONS_READ_LIMIT,
-            result=read,
-        )
-        try:
-            async with contextlib.aclosing(reader):
-                async for data, _stored in reader:
-                    with contextlib.suppress(PayloadError):  # counted when it came live
-                        actions.append(decode(data, AlertAction))
-        except Exception as exc:
-            read.truncated = "error"
-            log.warning(
-                "alert actions not read back: an ack or resolve made while no evaluator received it "
-                "is not applied",
-                extra={"after": after, "read": read.messages, "reason": str(exc) or type(exc).__name__},
-            )
-        else:
-            if read.truncated:
-                log.warning(
-                    "alert actions read back only in part",
-                    extra={"after": after, "read": read.messages, "truncated": read.truncated},
+        changes nothing, and of acks and unacks the newest stands). The stream may be
+        electing a leader (after a NATS node died): the read is tried again until
+        :data:`ACTIONS_READ_LIMIT`, then given up with a warning."""
+        assert self._js is not None
+        deadline = time.monotonic() + ACTIONS_READ_LIMIT
+        while not self._stopping:
+            read = replay.Read()
+            actions: list[AlertAction] = []
+            try:
+                reader = replay.read_actions(
+                    self._js,
+                    self.subjects.alerts_stream,
+                    self.subjects.actions,
+                    since - ACTIONS_MARGIN,
+                    seconds=max(0.0, deadline - time.monotonic()),
+                    result=read,
                 )
-        return actions
+                async with contextlib.aclosing(reader):
+                    async for data, _stored in reader:
+                        with contextlib.suppress(PayloadError):  # counted when it came live
+                            actions.append(decode(data, AlertAction))
+            except Exception as exc:  # the stream electing a leader: read again, shortly
+                if time.monotonic() < deadline:
+                    await asyncio.sleep(0.5)
+                    continue
+                log.warning(
+                    "alert actions not read back: an ack or resolve made while no evaluator received it "
+                    "is not applied",
+                    extra={"after": after, "reason": str(exc) or type(exc).__name__},
+                )
+                return
+            break
+        else:
+            return
+        outputs, changed = self._apply_actions(self.engine, actions, self._clock())
+        for out in outputs:
+            self._handle(out, None)
+        extra = {"after": after, "read": len(actions), "alerts_changed": changed}
+        if read.truncated:
+            log.warning("alert actions read back only in part", extra={**extra, "truncated": read.truncated})
+        elif changed:
+            log.info("applied alert actions no evaluator had received", extra=extra)
 
     def _apply_actions(
         self, engine: Engine, actions: list[AlertAction], now: float
     ) -> tuple[list[Output], int]:
-        """Apply actions read back (then held) to ``engine``, in order: what they decided, and
-        how many alerts they changed (those applied live already change nothing)."""
+        """Apply actions read back to ``engine``, in order: what they decided, and how many
+        alerts they changed (those applied live already change nothing)."""
         before: dict[str, AlertState | None] = {}
         outputs: list[Output] = []
         for action in actions:
@@ -1315,19 +1332,6 @@ class EvaluatorService:
         changed = sum(1 for fp, state in before.items() if engine.states.get(fp) != state)
         self.missed_actions.inc(changed)
         return outputs, changed
-
-    async def _actions_missed(self, since: float | None, after: str) -> None:
-        """Read back the actions stored from ``since`` (:meth:`_read_actions`) and apply them
-        to the running engine; logged when one changed an alert."""
-        actions = await self._read_actions(since, after)
-        outputs, changed = self._apply_actions(self.engine, actions, self._clock())
-        for out in outputs:
-            self._handle(out, None)
-        if changed:
-            log.info(
-                "applied alert actions no evaluator had received",
-                extra={"after": after, "read": len(actions), "alerts_changed": changed},
-            )
 
     def _handle(self, out: Output, arrived: float | None) -> None:
         """Queue what the engine decided: events to the outbox, changed states to storage."""
@@ -1491,7 +1495,7 @@ class EvaluatorService:
             break
         self.replayed.labels(mode="missed").inc(counts["judged"])
         if any(state.status == "firing" for state in self.engine.states.values()):
-            await self._actions_missed(since - offset, "reconnect")
+            self._read_back_actions(since - offset, "reconnect")
         # skipped: judged live already, or not this replica's (anymore)
         extra = {"seconds": round(end - start, 1), "read": read.messages, **counts}
         if read.truncated:
