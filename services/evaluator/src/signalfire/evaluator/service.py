@@ -398,8 +398,9 @@ class EvaluatorService:
         self._reconnects = nc.stats["reconnects"]
         self._in_sight_at = self._clock()
         self._tasks = [
-            asyncio.create_task(self._deliver(), name="evaluator-deliver"),
+            asyncio.create_task(self._deliver(), name="evaluator-deliver"),  # first: see stop()
             asyncio.create_task(self._tick_loop(), name="evaluator-tick"),
+            *self._tasks,  # a first takeover's read-back of actions, under way
         ]
         if self.config.watch_interval > 0:
             self._tasks.append(asyncio.create_task(self._watch_files(), name="evaluator-watch"))
