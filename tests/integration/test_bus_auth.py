@@ -418,7 +418,7 @@ async def test_the_evaluator_reads_peoples_actions_back_from_the_alerts_stream(
     try:
         since = time.time() - 1
         for kind in ("ack", "resolve"):
-            action = AlertAction(alert_id="fp:1", action=kind, actor="alice", time=time.time())  # type: ignore[arg-type]
+            action = AlertAction(alert_id="fp:1", action=kind, actor="alice", time=time.time())
             await gateway.jetstream().publish(s.actions, encode(action), timeout=5)
         read = Read()
         actions = read_actions(

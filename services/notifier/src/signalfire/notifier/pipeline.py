@@ -38,7 +38,7 @@ log = logging.getLogger("signalfire.notifier")
 class Pipeline:
     """The event-driven stages. ``config`` is replaced by a reload (routes and inhibit rules
     take effect for the next event); ``suppression``, ``suppressions_current`` (awaited before
-    the silences are consulted) and ``clock`` are the service's."""
+    the silences and inhibitions are consulted) and ``clock`` are the service's."""
 
     def __init__(
         self,
