@@ -27,12 +27,15 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from nats.js import JetStreamContext
 
 from signalfire.bus import StoredMessage, direct_messages, rfc3339, stored_time
+
+T = TypeVar("T")
 
 #: At most this many messages are read back per takeover ...
 MAX_BATCHES = 200_000
@@ -265,3 +268,34 @@ async def read_actions(
         result.bytes += len(data)
         yield data, stored_time(message["time"])
         request = {"next_by_subj": subject, "seq": int(message["seq"]) + 1}
+
+
+class Rereads(Generic[T]):
+    """Reads of a stream from a time on, run in the background one at a time: one asked for
+    while another runs is run right after it, together with any other asked meanwhile (from
+    the earliest start, with the latest ``detail``)."""
+
+    def __init__(
+        self, read: Callable[[float, T], Awaitable[None]], name: str, stopping: Callable[[], bool]
+    ) -> None:
+        self._read = read
+        self._name = name
+        self._stopping = stopping
+        self._next: tuple[float, T] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def ask(self, since: float, detail: T) -> asyncio.Task[None] | None:
+        """Have ``read(since, detail)`` run; the task started for it, if one was (the caller
+        keeps it to end it), else None (the running one will)."""
+        pending = self._next
+        self._next = (min(since, pending[0]), detail) if pending is not None else (since, detail)
+        if self._task is not None and not self._task.done():
+            return None
+        self._task = asyncio.create_task(self._run(), name=self._name)
+        return self._task
+
+    async def _run(self) -> None:
+        while self._next is not None and not self._stopping():
+            since, detail = self._next
+            self._next = None
+            await self._read(since, detail)

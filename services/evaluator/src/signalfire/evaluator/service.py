@@ -244,8 +244,8 @@ class EvaluatorService:
         self._last_live: dict[str, float] = {}
         self._live_events: dict[int, float] = {}
         self._swept_at = 0.0
-        self._catching_up: asyncio.Task[None] | None = None
-        self._missed_window: tuple[float, float] | None = None  # the next catch-up's since, until
+        #: Catch-ups after a reconnect: what the bus stored from since to until (:meth:`_catch_up`).
+        self._catch_ups = replay.Rereads(self._catch_up, "evaluator-catch-up", lambda: self._stopping)
         # Partitions (config.partitions > 0): what this replica judges (None: every host).
         self._judged: set[str] | None = set() if config.partitions else None
         self._leases: LeaseKeeper | None = None
@@ -264,10 +264,9 @@ class EvaluatorService:
         self._clock_offset = 0.0
         self._clock_warned = False
         self._buffered: replay.Buffered | None = None  # live payloads of partitions being taken
-        #: People's actions to read back (:meth:`_read_back_actions`): from when (the server's
-        #: clock) and after what, for the next read; the task reading them.
-        self._actions_window: tuple[float, str] | None = None
-        self._reading_actions: asyncio.Task[None] | None = None
+        #: People's actions read back (:meth:`_actions_missed`): from when (the server's clock),
+        #: after what.
+        self._action_reads = replay.Rereads(self._actions_missed, "evaluator-actions", lambda: self._stopping)
 
         self.registry = Registry("signalfire_evaluator")
         r = self.registry
@@ -1256,17 +1255,12 @@ class EvaluatorService:
         (nothing fires)."""
         if since is None or self._js is None or self._stopping:
             return
-        pending = self._actions_window
-        self._actions_window = (min(since, pending[0]), pending[1]) if pending is not None else (since, after)
-        if self._reading_actions is None or self._reading_actions.done():
-            self._reading_actions = asyncio.create_task(self._actions_reads(), name="evaluator-actions")
-            self._tasks = [t for t in self._tasks if not t.done()] + [self._reading_actions]
+        self._keep_task(self._action_reads.ask(since, after))
 
-    async def _actions_reads(self) -> None:
-        while self._actions_window is not None and not self._stopping:
-            since, after = self._actions_window
-            self._actions_window = None
-            await self._actions_missed(since, after)
+    def _keep_task(self, task: asyncio.Task[None] | None) -> None:
+        """Keep ``task`` among those :meth:`stop` ends."""
+        if task is not None:
+            self._tasks = [t for t in self._tasks if not t.done()] + [task]
 
     async def _actions_missed(self, since: float, after: str) -> None:
         """Read back the people's actions the alerts stream stored from ``since`` less
@@ -1430,17 +1424,7 @@ class EvaluatorService:
         now, or right after the catch-up under way, in one window with what it still waits for."""
         if self._js is None or self._stopping:
             return
-        pending = self._missed_window
-        self._missed_window = (min(since, pending[0]), until) if pending is not None else (since, until)
-        if self._catching_up is None or self._catching_up.done():
-            self._catching_up = asyncio.create_task(self._catch_ups(), name="evaluator-catch-up")
-            self._tasks = [t for t in self._tasks if not t.done()] + [self._catching_up]
-
-    async def _catch_ups(self) -> None:
-        while self._missed_window is not None and not self._stopping:
-            since, until = self._missed_window
-            self._missed_window = None
-            await self._catch_up(since, until)
+        self._keep_task(self._catch_ups.ask(since, until))
 
     async def _catch_up(self, since: float, until: float) -> None:
         """Judge what the metrics stream stored while this replica's connection was away.
