@@ -69,6 +69,15 @@ async def firing(js: Any, nats: NatsConfig, hosts: list[str]) -> dict[str, Alert
     return {e.host: e for e in await alert_events(js, nats) if e.status == "firing"}
 
 
+async def resolves(js: Any, nats: NatsConfig, what: str, timeout: float = 10) -> None:
+    """Until an alert event resolves (``what``: what is awaited, for the failure)."""
+
+    async def resolved() -> bool:
+        return any(e.status == "resolved" for e in await alert_events(js, nats))
+
+    await eventually(resolved, what, timeout)
+
+
 def transitions(events: list[AlertEvent]) -> list[tuple[str, str]]:
     return sorted((e.host, e.status) for e in events)
 
@@ -99,11 +108,7 @@ async def test_actions_made_while_the_evaluator_was_stopped_apply_when_it_starts
     second = EvaluatorService(config(nats_config, rules))
     await second.start()
     try:
-
-        async def resolved() -> bool:
-            return any(e.status == "resolved" for e in await alert_events(js, nats_config))
-
-        await eventually(resolved, "the alert resolved while the evaluator was down to resolve", 10)
+        await resolves(js, nats_config, "the alert resolved while the evaluator was down to resolve")
         [ended] = [e for e in await alert_events(js, nats_config) if e.status == "resolved"]
         assert (ended.host, ended.id, ended.annotations.get("resolved_by")) == (
             "act-resolved",
@@ -176,10 +181,7 @@ async def test_a_resolve_made_while_no_replica_held_the_partition_applies_on_tak
 
         await eventually(taken, "replica b to take the dead owner's partition", 20)
 
-        async def resolved() -> bool:
-            return any(e.status == "resolved" for e in await alert_events(js, nats_config))
-
-        await eventually(resolved, "the alert resolved while nobody held it to resolve", 10)
+        await resolves(js, nats_config, "the alert resolved while nobody held it to resolve")
         await asyncio.sleep(0.5)
         events = await alert_events(js, nats_config)
         assert transitions(events) == [(host, "firing"), (host, "resolved")]
@@ -219,10 +221,7 @@ async def test_a_resolve_made_while_the_evaluators_connection_was_away_applies_w
         await asyncio.sleep(0.3)
         proxy.restore()
 
-        async def resolved() -> bool:
-            return any(e.status == "resolved" for e in await alert_events(js, nats_config))
-
-        await eventually(resolved, "the resolve made while disconnected to apply", 15)
+        await resolves(js, nats_config, "the resolve made while disconnected to apply", 15)
         await asyncio.sleep(0.5)
         events = await alert_events(js, nats_config)
         assert transitions(events) == [
@@ -300,11 +299,7 @@ async def test_a_read_back_that_fails_is_tried_again(
     second = EvaluatorService(config(nats_config, rules))
     await second.start()
     try:
-
-        async def resolved() -> bool:
-            return any(e.status == "resolved" for e in await alert_events(js, nats_config))
-
-        await eventually(resolved, "the resolve, read back on the second try", 10)
+        await resolves(js, nats_config, "the resolve, read back on the second try")
     finally:
         await second.stop()
     assert len(calls) == 2 and calls[1] - calls[0] >= 0.5
