@@ -259,6 +259,40 @@ def test_alert_appears_without_reload_and_can_be_acknowledged(browser: Any, runn
     page.close()
 
 
+def test_an_action_on_its_way_holds_its_rows_buttons(browser: Any, running: Stack) -> None:
+    """The gateway answers an action once NATS took it, seconds later while a NATS node dies
+    (publish_wait): meanwhile the row's buttons wait, so a second click makes no second
+    action. The answer is held back here: the request waits until the test lets it go."""
+    host = "ui-db-slow"
+    page = open_signed_in(browser, running, token(running), "#/alerts")
+    page.wait_for_selector("#alert-rows")
+    publish(running, host, [("load.1m", 99.0)])
+    row = page.locator("#alert-rows tr", has_text=host)
+    row.wait_for(timeout=5000)
+
+    held: list[Any] = []
+    page.route("**/api/v1/alerts/*/resolve", lambda route: held.append(route))  # let go by the test
+    resolve = row.get_by_role("button", name="Resolve")
+    resolve.click()
+    row.locator("[aria-busy=true]").wait_for(timeout=5000)
+    assert resolve.is_disabled() and row.get_by_role("button", name="Acknowledge").is_disabled()
+    resolve.click(force=True)  # a second click on the waiting button: nothing more is sent
+    while not held:
+        page.wait_for_timeout(50)
+    page.wait_for_timeout(300)
+    assert len(held) == 1
+    held[0].continue_()
+    page.locator("#alert-rows [aria-busy]").wait_for(state="detached", timeout=10000)
+    alerts = httpx.get(
+        f"{running.gateway_url}/api/v1/alerts",
+        params={"host": host},
+        headers={"Authorization": f"Bearer {token(running)}"},
+        timeout=5,
+    ).json()["alerts"]
+    assert [a["status"] for a in alerts] == ["resolved"]
+    page.close()
+
+
 def test_viewer_sees_no_action_buttons(browser: Any, running: Stack) -> None:
     publish(running, "ui-db-2", [("load.1m", 99.0)])
     page = open_signed_in(browser, running, viewer_token(running), "#/alerts")

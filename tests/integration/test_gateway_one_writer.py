@@ -288,10 +288,9 @@ async def test_without_nats_actions_and_silences_are_answered_503_naming_nats(
     try:
         admin = await connect(nats, "test-admin")
         try:
-            async with (
-                running_gateway(gateway_config(nats, database_url, tmp_path)) as gw,
-                gw.client() as api,
-            ):
+            # NATS stays away longer than an action is published again (publish_wait)
+            config = gateway_config(nats, database_url, tmp_path, publish_wait=Duration(0.5))
+            async with running_gateway(config) as gw, gw.client() as api:
                 await seeded(gw, admin, nats)
                 body = {"matchers": [{"name": "host", "value": "web-1"}], "duration": "1h"}
                 silence = (await api.post("/api/v1/silences", json=body)).json()

@@ -129,6 +129,10 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: itself; only when the table refused that does it wait this long for the watch, then
     #: answer 201/200 as the KV bucket holds it.
     apply_wait: Duration = Duration(5.0)
+    #: How long an alert action through the API is published again while NATS does not take it
+    #: (the connection moving to another node, a JetStream leader being elected after a node
+    #: died: seconds); its id keeps the stream from storing it twice. 0: tried once.
+    publish_wait: Duration = Duration(15.0)
     log_level: str = "info"
     log_format: Literal["logfmt", "json"] = "logfmt"
 
@@ -185,6 +189,8 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("auth_failure_burst: must be at least 1")
         if self.apply_wait < 0:
             raise ValueError("apply_wait: must not be negative")
+        if self.publish_wait < 0:
+            raise ValueError("publish_wait: must not be negative")
         if self.stream_token_recheck <= 0:
             raise ValueError("stream_token_recheck: must be more than 0s")
         if not self.database_url:

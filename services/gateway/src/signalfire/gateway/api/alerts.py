@@ -254,8 +254,9 @@ routes = [
         "operator",
         "Acknowledge an alert, withdraw that, resolve it by hand or add a note (publishes an AlertAction)",
         'body `{"note": "..."}` (optional, required for `notes`); publishes an `AlertAction` on '
-        "`sf.actions.alerts` and answers the alert once the gateway has stored it (202 with the action "
-        "if that takes longer than `apply_wait`)",
+        "`sf.actions.alerts` (again, for up to `publish_wait`, while NATS does not take it) and answers "
+        "the alert once the gateway has stored it (202 with the action if that takes longer than "
+        "`apply_wait`)",
         params=(_ID, enum_path("action", "what to do", list(ACTIONS))),
         body=NoteBody,
         answer=Alert,

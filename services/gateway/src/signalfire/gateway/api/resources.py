@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -82,18 +83,33 @@ class Resources:
 
     async def publish(self, subject: str, data: bytes, msg_id: str | None = None) -> None:
         """Publish to JetStream and wait for its acknowledgement; a 503 when NATS is away or does
-        not take the message. With ``msg_id`` (``Nats-Msg-Id``) the stream stores a message
-        published again with the same id (a retry) once."""
-        if self.nc is None or not self.nc.is_connected:
-            raise ApiError(503, "unavailable", "NATS is not connected; try again shortly")
+        not take the message. With ``msg_id`` (``Nats-Msg-Id``: the stream stores a message
+        published again with the same id once) it is published again for up to
+        ``publish_wait`` while NATS is away or does not take it: a person's resolve made while
+        the gateway's NATS node dies, or while a stream elects a new leader, is answered when
+        NATS takes it rather than refused."""
+        wait = float(self.config.publish_wait) if msg_id else 0.0
+        deadline = time.monotonic() + wait
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-        try:
-            await self.nc.jetstream().publish(
-                subject, data, timeout=float(self.config.control_timeout), headers=headers
-            )
-        except Exception as exc:
-            log.warning("publish failed", extra={"subject": subject, "reason": repr(exc)})
-            raise ApiError(503, "unavailable", "NATS did not take the message; try again shortly") from None
+        pause = 0.1
+        while True:
+            if self.nc is None or not self.nc.is_connected:
+                reason = "NATS is not connected"
+            else:
+                left = deadline - time.monotonic()
+                timeout = float(self.config.control_timeout) if wait == 0 else max(0.1, min(left, 2.0))
+                try:
+                    await self.nc.jetstream().publish(subject, data, timeout=timeout, headers=headers)
+                    return
+                except Exception as exc:
+                    reason = repr(exc)
+            if time.monotonic() + pause > deadline:
+                log.warning("publish failed", extra={"subject": subject, "reason": reason, "waited": wait})
+                if reason == "NATS is not connected":
+                    raise ApiError(503, "unavailable", "NATS is not connected; try again shortly")
+                raise ApiError(503, "unavailable", "NATS did not take the message; try again shortly")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
 
 def json_response(data: Any, status: int = 200) -> Response:

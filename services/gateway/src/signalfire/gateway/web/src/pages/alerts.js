@@ -68,15 +68,29 @@ function announce(alert) {
 
 export function actionButtons(a, after) {
   const words = { ack: "Acknowledge", unack: "Unacknowledge", resolve: "Resolve" };
-  const act = (verb) => attempt(`${words[verb]} ${a.rule} on ${a.host}`, async () => {
-    await api(`/alerts/${encodeURIComponent(a.id)}/${verb}`, { method: "POST", body: {} });
-    toast(`${words[verb]} sent for ${a.rule} on ${a.host}`);
-    after && after();
-  });
+  // The row's buttons wait while an action is on its way: the gateway answers once NATS took
+  // it, which may take seconds while a NATS node dies (publish_wait), and a second click
+  // would be a second action.
+  const act = async (verb, button) => {
+    const row = button.parentElement;
+    const buttons = [...row.querySelectorAll("button")];
+    for (const b of buttons) b.disabled = true;
+    row.setAttribute("aria-busy", "true");
+    try {
+      await attempt(`${words[verb]} ${a.rule} on ${a.host}`, async () => {
+        await api(`/alerts/${encodeURIComponent(a.id)}/${verb}`, { method: "POST", body: {} });
+        toast(`${words[verb]} sent for ${a.rule} on ${a.host}`);
+        after && after();
+      });
+    } finally {
+      for (const b of buttons) b.disabled = false;
+      row.removeAttribute("aria-busy");
+    }
+  };
   const acked = Boolean(a.acknowledged_at);
   return h("div", { class: "actions" },
-    a.status === "firing" ? h("button", { type: "button", onclick: () => act(acked ? "unack" : "ack"), "aria-label": `${acked ? "Unacknowledge" : "Acknowledge"} ${a.rule} on ${a.host}` }, acked ? "Unacknowledge" : "Acknowledge") : null,
-    a.status === "firing" ? h("button", { type: "button", onclick: () => act("resolve"), "aria-label": `Resolve ${a.rule} on ${a.host}` }, "Resolve") : null);
+    a.status === "firing" ? h("button", { type: "button", onclick: (e) => act(acked ? "unack" : "ack", e.currentTarget), "aria-label": `${acked ? "Unacknowledge" : "Acknowledge"} ${a.rule} on ${a.host}` }, acked ? "Unacknowledge" : "Acknowledge") : null,
+    a.status === "firing" ? h("button", { type: "button", onclick: (e) => act("resolve", e.currentTarget), "aria-label": `Resolve ${a.rule} on ${a.host}` }, "Resolve") : null);
 }
 
 async function alertDetail(main, id) {

@@ -1,0 +1,101 @@
+"""A person's action on an alert made while the gateway's NATS connection is away (its node
+died and it reconnects to another; a stream electing a leader answers nothing for seconds):
+the API publishes it again until NATS takes it, for up to ``publish_wait``, and answers then,
+instead of refusing it; the stream stores it once. Real NATS, the gateway's connection through
+a TCP proxy the test cuts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from signalfire.bus import NatsConfig
+from signalfire.config import Duration
+from signalfire.events import AlertAction, AlertEvent, decode, encode
+from tests.integration.gateway_support import eventually, gateway_config, running_gateway
+from tests.support.streams import stream_messages
+from tests.support.tcpproxy import TcpProxy
+
+
+def alert(alert_id: str) -> AlertEvent:
+    now = time.time()
+    return AlertEvent(
+        id=alert_id,
+        fingerprint=f"fp-{alert_id}",
+        rule="HighCPU",
+        status="firing",
+        severity="high",
+        host="web-1",
+        starts_at=now - 60,
+        time=now - 60,
+        value=91.0,
+        threshold=80.0,
+    )
+
+
+async def test_a_resolve_made_while_nats_is_away_is_published_once_it_is_back(
+    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    js = nc.jetstream()
+    host, port = nats_config.url.removeprefix("nats://").rsplit(":", 1)
+    proxy = await TcpProxy(host, int(port)).start()
+    through = msgspec.structs.replace(nats_config, url=proxy.url)
+    try:
+        async with running_gateway(gateway_config(through, database_url, tmp_path)) as gw:
+            await js.publish(nats_config.subjects.alerts("web-1"), encode(alert("away-1")))
+            await js.publish(nats_config.subjects.alerts("web-1"), encode(alert("away-2")))
+
+            async def stored() -> None:
+                assert gw.counter("ingest_messages_total", kind="alerts") >= 2
+
+            await eventually(stored)
+            service_nc = gw.service.nc
+            assert service_nc is not None
+            async with gw.client() as api:
+                proxy.cut()
+                await eventually(_disconnected(service_nc), 5)
+                started = time.monotonic()
+                pending = asyncio.ensure_future(api.post("/api/v1/alerts/away-1/resolve"))
+                await asyncio.sleep(1.5)  # longer than a single try (control_timeout, 2 s) would wait
+                assert not pending.done(), "answered while NATS was away"
+                proxy.restore()
+                answer = await pending
+                waited = time.monotonic() - started
+                assert answer.status_code == 200, answer.text
+                assert (answer.json()["status"], answer.json()["resolved_by"]) == (
+                    "resolved",
+                    "bootstrap-admin",
+                )
+                assert 1.5 <= waited < 15
+        # With publish_wait 0 the API refuses at once, as before.
+        config = gateway_config(through, database_url, tmp_path, publish_wait=Duration(0))
+        async with running_gateway(config) as gw, gw.client() as api:
+            service_nc = gw.service.nc
+            assert service_nc is not None
+            proxy.cut()
+            await eventually(_disconnected(service_nc), 5)
+            started = time.monotonic()
+            refused = await api.post("/api/v1/alerts/away-2/resolve")
+            assert refused.status_code == 503 and "NATS is not connected" in refused.text
+            assert time.monotonic() - started < 1
+            proxy.restore()
+    finally:
+        await proxy.stop()
+    actions = [
+        decode(data, AlertAction)
+        for _, data in await stream_messages(
+            js, nats_config.subjects.alerts_stream, nats_config.subjects.actions
+        )
+    ]
+    assert [(a.alert_id, a.action) for a in actions] == [("away-1", "resolve")]  # once, however often sent
+
+
+def _disconnected(nc: Any) -> Any:
+    async def check() -> None:
+        assert not nc.is_connected
+
+    return check
