@@ -271,6 +271,7 @@ def test_an_action_on_its_way_holds_its_rows_buttons(browser: Any, running: Stac
     row.wait_for(timeout=5000)
 
     held: list[Any] = []
+
     def hold(route: Any) -> None:  # (Playwright does not take a bound builtin as a handler)
         held.append(route)
 
