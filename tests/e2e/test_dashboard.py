@@ -225,6 +225,18 @@ def test_value_axis_ticks_closer_than_a_tenth_get_the_decimals_needed(browser: A
     page.close()
 
 
+def alerts_of(running: Stack, host: str) -> list[dict[str, Any]]:
+    """The alerts of ``host`` as the API lists them."""
+    answer = httpx.get(
+        f"{running.gateway_url}/api/v1/alerts",
+        params={"host": host},
+        headers={"Authorization": f"Bearer {token(running)}"},
+        timeout=5,
+    )
+    alerts: list[dict[str, Any]] = answer.json()["alerts"]
+    return alerts
+
+
 def test_alert_appears_without_reload_and_can_be_acknowledged(browser: Any, running: Stack) -> None:
     host = "ui-db-1"
     page = open_signed_in(browser, running, token(running), "#/alerts")
@@ -237,12 +249,7 @@ def test_alert_appears_without_reload_and_can_be_acknowledged(browser: Any, runn
     assert page.evaluate("window.__xss") is None
     row.get_by_role("button", name="Acknowledge").click()
     page.locator("#alert-rows tr", has_text=host).get_by_text("acknowledged").wait_for(timeout=5000)
-    alerts = httpx.get(
-        f"{running.gateway_url}/api/v1/alerts",
-        params={"host": host},
-        headers={"Authorization": f"Bearer {token(running)}"},
-        timeout=5,
-    ).json()["alerts"]
+    alerts = alerts_of(running, host)
     assert alerts[0]["acknowledged_by"]
     # The acknowledgement went out on the bus (for the notifier) and into the audit log.
     action = last_action_on_the_bus(running)
@@ -287,12 +294,7 @@ def test_an_action_on_its_way_holds_its_rows_buttons(browser: Any, running: Stac
     assert len(held) == 1
     held[0].continue_()
     page.locator("#alert-rows [aria-busy]").wait_for(state="detached", timeout=10000)
-    alerts = httpx.get(
-        f"{running.gateway_url}/api/v1/alerts",
-        params={"host": host},
-        headers={"Authorization": f"Bearer {token(running)}"},
-        timeout=5,
-    ).json()["alerts"]
+    alerts = alerts_of(running, host)
     assert [a["status"] for a in alerts] == ["resolved"]
     page.close()
 

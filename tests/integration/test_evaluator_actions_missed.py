@@ -35,6 +35,13 @@ rules:
 """
 
 
+@pytest.fixture
+def rules(tmp_path: Path) -> Path:
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES)
+    return path
+
+
 def config(nats: NatsConfig, rules: Path, **extra: Any) -> EvaluatorConfig:
     return EvaluatorConfig(
         nats=nats, rules=[str(rules)], tick_interval=Duration(0.1), watch_interval=Duration(0), **extra
@@ -84,11 +91,9 @@ def transitions(events: list[AlertEvent]) -> list[tuple[str, str]]:
 
 @pytest.mark.timeout(60)
 async def test_actions_made_while_the_evaluator_was_stopped_apply_when_it_starts(
-    nc: Any, nats_config: NatsConfig, tmp_path: Path
+    nc: Any, nats_config: NatsConfig, rules: Path
 ) -> None:
     js = nc.jetstream()
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
     hosts = ["act-resolved", "act-acked", "act-unacked"]
     first = EvaluatorService(config(nats_config, rules))
     await first.start()
@@ -149,14 +154,12 @@ async def test_actions_made_while_the_evaluator_was_stopped_apply_when_it_starts
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("gone", ["died", "stopped"])
 async def test_a_resolve_made_while_no_replica_held_the_partition_applies_on_takeover(
-    nc: Any, nats_config: NatsConfig, tmp_path: Path, gone: str
+    nc: Any, nats_config: NatsConfig, rules: Path, gone: str
 ) -> None:
     """The owner of the alert's partition dies (its lease left to lapse) or stops cleanly (its
     states written, its leases given up); the resolve is made before another replica takes the
     partition."""
     js = nc.jetstream()
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
     host = "act-moved"
     partitioned = {"partitions": 16, "failover_after": Duration(2)}
     a = EvaluatorService(config(nats_config, rules, replica_id="a", **partitioned))
@@ -195,11 +198,9 @@ async def test_a_resolve_made_while_no_replica_held_the_partition_applies_on_tak
 
 @pytest.mark.timeout(60)
 async def test_a_resolve_made_while_the_evaluators_connection_was_away_applies_when_it_is_back(
-    nc: Any, nats_config: NatsConfig, tmp_path: Path
+    nc: Any, nats_config: NatsConfig, rules: Path
 ) -> None:
     js = nc.jetstream()
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
     host, port = nats_config.url.removeprefix("nats://").rsplit(":", 1)
     proxy = await TcpProxy(host, int(port)).start()
     through = msgspec.structs.replace(nats_config, url=proxy.url)
@@ -270,13 +271,11 @@ async def test_reading_actions_back_stops_at_its_bound_and_says_so(nc: Any, nats
 
 @pytest.mark.timeout(60)
 async def test_a_read_back_that_fails_is_tried_again(
-    nc: Any, nats_config: NatsConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    nc: Any, nats_config: NatsConfig, rules: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The alerts stream may be electing a leader when the evaluator reads the actions back
     (a NATS node died): the read is tried again, and the resolve still applies."""
     js = nc.jetstream()
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
     first = EvaluatorService(config(nats_config, rules))
     await first.start()
     try:

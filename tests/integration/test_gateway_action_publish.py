@@ -15,26 +15,11 @@ import msgspec
 
 from signalfire.bus import NatsConfig
 from signalfire.config import Duration
-from signalfire.events import AlertAction, AlertEvent, decode, encode
+from signalfire.events import AlertAction, decode, encode
 from tests.integration.gateway_support import eventually, gateway_config, running_gateway
+from tests.integration.test_gateway_endpoints import alert
 from tests.support.streams import stream_messages
 from tests.support.tcpproxy import TcpProxy
-
-
-def alert(alert_id: str) -> AlertEvent:
-    now = time.time()
-    return AlertEvent(
-        id=alert_id,
-        fingerprint=f"fp-{alert_id}",
-        rule="HighCPU",
-        status="firing",
-        severity="high",
-        host="web-1",
-        starts_at=now - 60,
-        time=now - 60,
-        value=91.0,
-        threshold=80.0,
-    )
 
 
 async def test_a_resolve_made_while_nats_is_away_is_published_once_it_is_back(
