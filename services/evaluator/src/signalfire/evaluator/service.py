@@ -70,8 +70,10 @@ from signalfire.telemetry import Registry, parse_listen, serve_metrics
 
 log = logging.getLogger("signalfire.evaluator")
 
-#: Waits between two attempts of a failed publish or KV write: 0.1 s doubling to 5 s.
-RETRY_BACKOFF = Backoff(first=0.1, cap=5.0)
+#: Waits between two attempts of a failed publish or KV write: 0.1 s doubling to 1 s (a stream
+#: electing a leader after a NATS node died answers again within seconds, and an alert
+#: waiting for it must go out within a second of that, not up to 5 s later).
+RETRY_BACKOFF = Backoff(first=0.1, cap=1.0)
 
 #: After a reconnect, decisions by time alone (absence, `for` running out) stay suspended
 #: until the payload subscriptions hold at most this many messages not yet evaluated (what
