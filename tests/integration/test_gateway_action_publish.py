@@ -1,13 +1,14 @@
-"""A person's action on an alert made while the gateway's NATS connection is away (its node
-died and it reconnects to another; a stream electing a leader answers nothing for seconds):
-the API publishes it again until NATS takes it, for up to ``publish_wait``, and answers then,
-instead of refusing it; the stream stores it once. Real NATS, the gateway's connection through
-a TCP proxy the test cuts."""
+"""A person's action on an alert, or a silence made or expired, while the gateway's NATS
+connection is away (its node died and it reconnects to another; a stream electing a leader
+answers nothing for seconds): the API writes it again until NATS takes it, for up to
+``publish_wait``, and answers then, instead of refusing it; it is stored once. Real NATS, the
+gateway's connection through a TCP proxy the test cuts."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,17 @@ async def test_a_resolve_made_while_nats_is_away_is_published_once_it_is_back(
                     "bootstrap-admin",
                 )
                 assert 1.5 <= waited < 15
+
+                # A silence made, then expired, while the connection is away: the same.
+                body = {"matchers": [{"name": "host", "value": "web-1"}], "duration": "1h"}
+                created = await while_away(proxy, service_nc, api.post("/api/v1/silences", json=body))
+                assert created.status_code == 201, created.text
+                listed = (await api.get("/api/v1/silences")).json()["silences"]
+                assert [x["id"] for x in listed] == [created.json()["id"]]
+                expired = await while_away(
+                    proxy, service_nc, api.delete(f"/api/v1/silences/{created.json()['id']}")
+                )
+                assert (expired.status_code, expired.json()["state"]) == (200, "expired"), expired.text
         # With publish_wait 0 the API refuses at once, as before.
         config = gateway_config(through, database_url, tmp_path, publish_wait=Duration(0))
         async with running_gateway(config) as gw, gw.client() as api:
@@ -77,6 +89,18 @@ async def test_a_resolve_made_while_nats_is_away_is_published_once_it_is_back(
         )
     ]
     assert [(a.alert_id, a.action) for a in actions] == [("away-1", "resolve")]  # once, however often sent
+
+
+async def while_away(proxy: TcpProxy, nc: Any, request: Awaitable[Any]) -> Any:
+    """``request``'s answer, sent while the gateway's connection is cut and answered after it
+    is restored 1.5 s later."""
+    proxy.cut()
+    await eventually(_disconnected(nc), 5)
+    pending = asyncio.ensure_future(request)
+    await asyncio.sleep(1.5)
+    assert not pending.done(), "answered while NATS was away"
+    proxy.restore()
+    return await pending
 
 
 def _disconnected(nc: Any) -> Any:

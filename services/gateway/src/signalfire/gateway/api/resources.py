@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
@@ -31,6 +31,7 @@ log = logging.getLogger("signalfire.gateway.api")
 
 _json = msgspec.json.Encoder()
 S = TypeVar("S", bound=msgspec.Struct)
+T = TypeVar("T")
 
 #: A JSON object passed through as the database's text (``labels``, ``facts``, ...).
 JsonObject = Annotated[msgspec.Raw, msgspec.Meta(extra_json_schema={"type": "object"})]
@@ -84,13 +85,33 @@ class Resources:
     async def publish(self, subject: str, data: bytes, msg_id: str | None = None) -> None:
         """Publish to JetStream and wait for its acknowledgement; a 503 when NATS is away or does
         not take the message. With ``msg_id`` (``Nats-Msg-Id``: the stream stores a message
-        published again with the same id once) it is published again for up to
-        ``publish_wait`` while NATS is away or does not take it: a person's resolve made while
-        the gateway's NATS node dies, or while a stream elects a new leader, is answered when
-        NATS takes it rather than refused."""
-        wait = float(self.config.publish_wait) if msg_id else 0.0
-        deadline = time.monotonic() + wait
+        published again with the same id once) it is published again while NATS does not take
+        it (:meth:`persist`): a person's resolve made while the gateway's NATS node dies, or
+        while a stream elects a new leader, is answered when NATS takes it, not refused."""
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+
+        async def send(nc: NATS, timeout: float) -> None:
+            await nc.jetstream().publish(subject, data, timeout=timeout, headers=headers)
+
+        await self.persist(send, "NATS did not take the message", again=msg_id is not None, subject=subject)
+
+    async def persist(
+        self,
+        attempt: Callable[[NATS, float], Awaitable[T]],
+        refused: str,
+        *,
+        again: bool = True,
+        keep: tuple[type[BaseException], ...] = (),
+        **context: object,
+    ) -> T:
+        """Run ``attempt(nc, timeout)``, a write NATS may not take at once (the gateway's
+        connection moving to another node, a stream or bucket electing its leader after a node
+        died: seconds), again until it succeeds, for up to ``publish_wait`` (with ``again``);
+        then a 503 saying ``refused`` (or that NATS is not connected). ``attempt`` must be safe
+        to repeat: a message with its id, a write that recognises its own earlier landing.
+        Exceptions of the ``keep`` types are the answer, not NATS trouble: raised at once."""
+        wait = float(self.config.publish_wait) if again else 0.0
+        deadline = time.monotonic() + wait
         pause = 0.1
         while True:
             if self.nc is None or not self.nc.is_connected:
@@ -99,15 +120,16 @@ class Resources:
                 left = deadline - time.monotonic()
                 timeout = float(self.config.control_timeout) if wait == 0 else max(0.1, min(left, 2.0))
                 try:
-                    await self.nc.jetstream().publish(subject, data, timeout=timeout, headers=headers)
-                    return
+                    return await attempt(self.nc, timeout)
+                except keep:
+                    raise
                 except Exception as exc:
                     reason = repr(exc)
             if time.monotonic() + pause > deadline:
-                log.warning("publish failed", extra={"subject": subject, "reason": reason, "waited": wait})
+                log.warning("NATS did not take a write", extra={**context, "reason": reason, "waited": wait})
                 if reason == "NATS is not connected":
                     raise ApiError(503, "unavailable", "NATS is not connected; try again shortly")
-                raise ApiError(503, "unavailable", "NATS did not take the message; try again shortly")
+                raise ApiError(503, "unavailable", f"{refused}; try again shortly")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
 

@@ -14,6 +14,7 @@ from typing import Literal
 
 import asyncpg
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.js.errors import InvalidKeyError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 from starlette.requests import Request
@@ -156,64 +157,69 @@ async def create_silence(res: Resources, request: Request) -> Response:
         comment=body.comment,
         created_at=now,
     )
-    kv = await _bucket(res)
-    try:
-        revision = await kv.create(stored.id, encode_json(stored))
-    except Exception as exc:
-        raise _unavailable(exc) from None
+    payload = encode_json(stored)
+
+    async def create(nc: NATS, timeout: float) -> int:
+        kv = await _bucket(res, nc, timeout)
+        try:
+            return await kv.create(stored.id, payload)
+        except KeyWrongLastSequenceError:
+            # an earlier try landed and its answer was lost (the id is new): that one
+            entry = await kv.get(stored.id)
+            if entry.value != payload:
+                raise
+            return entry.revision or 0
+
+    # Written again while NATS does not take it (a node died: the bucket elects a leader), so
+    # an operator silencing what pages in the middle of an incident is answered, not refused.
+    revision = await res.persist(create, UNAVAILABLE, bucket="silences")
     audit_details(request, {"silence_id": stored.id})
     return json_response(await _answer(res, stored, revision), status=201)
 
 
 async def expire_silence(res: Resources, request: Request) -> Response:
     silence_id = request.path_params["id"]
-    kv = await _bucket(res)
-    for attempt in (1, 2):
-        try:
-            entry = await kv.get(silence_id)
-        except (NotFoundError, InvalidKeyError):  # never created, deleted, or not a key at all
-            raise ApiError(404, "not_found", f"no silence {silence_id!r}", "id") from None
-        except Exception as exc:
-            raise _unavailable(exc) from None
-        try:
-            stored = events.decode(entry.value or b"", events.Silence)
-        except PayloadError as exc:
-            why = f"silence {silence_id!r} in the KV bucket is unreadable ({exc}); fix or delete it"
-            raise ApiError(409, "conflict", why) from None
-        revision = entry.revision or 0
-        now = res.clock()
-        if stored.ends_at <= now:
-            break  # expired already
-        stored.ends_at = max(now, stored.starts_at)
-        try:
-            revision = await kv.update(silence_id, encode_json(stored), last=revision)
-            break
-        except KeyWrongLastSequenceError:
-            # Changed since we read it (another replica, another request): read it again, once.
-            if attempt == 2:
-                raise ApiError(
-                    409, "conflict", f"silence {silence_id!r} changed while it was expired; try again"
-                ) from None
-        except Exception as exc:
-            raise _unavailable(exc) from None
+
+    async def expire(nc: NATS, timeout: float) -> tuple[events.Silence, int]:
+        kv = await _bucket(res, nc, timeout)
+        for attempt in (1, 2):
+            try:
+                entry = await kv.get(silence_id)
+            except (NotFoundError, InvalidKeyError):  # never created, deleted, or not a key at all
+                raise ApiError(404, "not_found", f"no silence {silence_id!r}", "id") from None
+            try:
+                stored = events.decode(entry.value or b"", events.Silence)
+            except PayloadError as exc:
+                why = f"silence {silence_id!r} in the KV bucket is unreadable ({exc}); fix or delete it"
+                raise ApiError(409, "conflict", why) from None
+            revision = entry.revision or 0
+            now = res.clock()
+            if stored.ends_at <= now:
+                return stored, revision  # expired already (also by an earlier try of this one)
+            stored.ends_at = max(now, stored.starts_at)
+            try:
+                return stored, await kv.update(silence_id, encode_json(stored), last=revision)
+            except KeyWrongLastSequenceError:
+                # Changed since we read it (another replica, another request): read it again, once.
+                if attempt == 2:
+                    raise ApiError(
+                        409, "conflict", f"silence {silence_id!r} changed while it was expired; try again"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    stored, revision = await res.persist(expire, UNAVAILABLE, keep=(ApiError,), bucket="silences")
     audit_details(request, {"silence_id": silence_id})
     silence = await _answer(res, stored, revision)
     silence.state = "expired"
     return json_response(silence)
 
 
-async def _bucket(res: Resources) -> KeyValue:
-    if res.nc is None or not res.nc.is_connected:
-        raise ApiError(503, "unavailable", "NATS is not connected; silences cannot be stored")
-    try:
-        return await res.nc.jetstream().key_value(res.subjects.bucket("silences"))
-    except Exception as exc:
-        raise _unavailable(exc) from None
+#: Why a silence could not be written (NATS answered nothing, or refused).
+UNAVAILABLE = "the silences bucket in NATS is unavailable"
 
 
-def _unavailable(exc: Exception) -> ApiError:
-    log.warning("the silences bucket is unavailable", extra={"reason": repr(exc)})
-    return ApiError(503, "unavailable", "the silences bucket in NATS is unavailable; try again")
+async def _bucket(res: Resources, nc: NATS, timeout: float) -> KeyValue:
+    return await nc.jetstream(timeout=timeout).key_value(res.subjects.bucket("silences"))
 
 
 async def _answer(res: Resources, stored: events.Silence, revision: int) -> Silence:
