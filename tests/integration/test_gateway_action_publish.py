@@ -1,8 +1,8 @@
-"""A person's action on an alert, or a silence made or expired, while the gateway's NATS
-connection is away (its node died and it reconnects to another; a stream electing a leader
-answers nothing for seconds): the API writes it again until NATS takes it, for up to
-``publish_wait``, and answers then, instead of refusing it; it is stored once. Real NATS, the
-gateway's connection through a TCP proxy the test cuts."""
+"""A person's action on an alert, a silence made or expired, or a batch posted over HTTP,
+while the gateway's NATS connection is away (its node died and it reconnects to another; a
+stream electing a leader answers nothing for seconds): the API writes it again until NATS
+takes it, for up to ``publish_wait``, and answers then, instead of refusing it; it is stored
+once. Real NATS, the gateway's connection through a TCP proxy the test cuts."""
 
 from __future__ import annotations
 
@@ -68,6 +68,13 @@ async def test_a_resolve_made_while_nats_is_away_is_published_once_it_is_back(
                     proxy, service_nc, api.delete(f"/api/v1/silences/{created.json()['id']}")
                 )
                 assert (expired.status_code, expired.json()["state"]) == (200, "expired"), expired.text
+
+                # A batch posted over HTTP while the connection is away: published once it is
+                # back; sent again by a client that missed the answer, still stored once.
+                batch = {"host": "web-http", "time": time.time(), "samples": [{"name": "cpu", "value": 1.0}]}
+                posted = await while_away(proxy, service_nc, api.post("/api/v1/ingest/metrics", json=batch))
+                assert posted.status_code == 202, posted.text
+                assert (await api.post("/api/v1/ingest/metrics", json=batch)).status_code == 202
         # With publish_wait 0 the API refuses at once, as before.
         config = gateway_config(through, database_url, tmp_path, publish_wait=Duration(0))
         async with running_gateway(config) as gw, gw.client() as api:
@@ -89,6 +96,10 @@ async def test_a_resolve_made_while_nats_is_away_is_published_once_it_is_back(
         )
     ]
     assert [(a.alert_id, a.action) for a in actions] == [("away-1", "resolve")]  # once, however often sent
+    batches = await stream_messages(
+        js, nats_config.subjects.metrics_stream, nats_config.subjects.metrics("web-http")
+    )
+    assert len(batches) == 1
 
 
 async def while_away(proxy: TcpProxy, nc: Any, request: Awaitable[Any]) -> Any:

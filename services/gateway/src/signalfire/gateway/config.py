@@ -129,10 +129,11 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: itself; only when the table refused that does it wait this long for the watch, then
     #: answer 201/200 as the KV bucket holds it.
     apply_wait: Duration = Duration(5.0)
-    #: How long an alert action, or a silence made or expired, through the API is written again
-    #: while NATS does not take it (the connection moving to another node, a JetStream leader
-    #: being elected after a node died: seconds); each is stored once however often it was
-    #: sent (an action by its id, a silence by its key). 0: tried once.
+    #: How long an alert action, a silence made or expired, or a batch posted to the ingest
+    #: endpoints, through the API, is written again while NATS does not take it (the
+    #: connection moving to another node, a JetStream leader being elected after a node died:
+    #: seconds); each is stored once however often it was sent (an action by its id, a batch
+    #: by an id made of its bytes, a silence by its key). 0: tried once.
     publish_wait: Duration = Duration(15.0)
     log_level: str = "info"
     log_format: Literal["logfmt", "json"] = "logfmt"
