@@ -237,13 +237,20 @@ def alerts_of(running: Stack, host: str) -> list[dict[str, Any]]:
     return alerts
 
 
-def test_alert_appears_without_reload_and_can_be_acknowledged(browser: Any, running: Stack) -> None:
-    host = "ui-db-1"
+def alerts_page_with_a_new_alert(browser: Any, running: Stack, host: str) -> tuple[Any, Any]:
+    """The Alerts page, signed in as the admin, and the row of an alert of ``host`` that
+    fired while it was open."""
     page = open_signed_in(browser, running, token(running), "#/alerts")
     page.wait_for_selector("#alert-rows")
     publish(running, host, [("load.1m", 99.0)])
     row = page.locator("#alert-rows tr", has_text=host)
     row.wait_for(timeout=5000)
+    return page, row
+
+
+def test_alert_appears_without_reload_and_can_be_acknowledged(browser: Any, running: Stack) -> None:
+    host = "ui-db-1"
+    page, row = alerts_page_with_a_new_alert(browser, running, host)
     # Annotations are text, never markup.
     assert "<script>" in row.inner_text()
     assert page.evaluate("window.__xss") is None
@@ -271,11 +278,7 @@ def test_an_action_on_its_way_holds_its_rows_buttons(browser: Any, running: Stac
     (publish_wait): meanwhile the row's buttons wait, so a second click makes no second
     action. The answer is held back here: the request waits until the test lets it go."""
     host = "ui-db-slow"
-    page = open_signed_in(browser, running, token(running), "#/alerts")
-    page.wait_for_selector("#alert-rows")
-    publish(running, host, [("load.1m", 99.0)])
-    row = page.locator("#alert-rows tr", has_text=host)
-    row.wait_for(timeout=5000)
+    page, row = alerts_page_with_a_new_alert(browser, running, host)
 
     held: list[Any] = []
 

@@ -627,13 +627,11 @@ async def direct_messages(
     reader that needs everything up to a point compares the last sequence it got with the
     leader's (``stream_info``). Raises :class:`DirectGetError` when the stream does not
     answer, ``TimeoutError`` when an answer stops coming for ``timeout`` seconds."""
-    request: dict[str, Any] = {"batch": batch}
+    base: dict[str, Any] = {"batch": batch}
     if subject is not None:
-        request["next_by_subj"] = subject
-    if start_time is not None:
-        request["start_time"] = rfc3339(start_time)
-    else:
-        request["seq"] = seq
+        base["next_by_subj"] = subject
+    first = {"start_time": rfc3339(start_time)} if start_time is not None else {"seq": seq}
+    request = {**base, **first}
     api = f"$JS.API.DIRECT.GET.{stream}"
     while True:
         inbox = nc.new_inbox()
@@ -668,9 +666,7 @@ async def direct_messages(
                 await sub.unsubscribe()
         if last == 0 or pending == 0 or (up_to_seq is not None and last >= up_to_seq):
             return
-        request = {"batch": batch, "seq": last + 1}
-        if subject is not None:
-            request["next_by_subj"] = subject
+        request = {**base, "seq": last + 1}
 
 
 async def request_json(nc: NATS, subject: str, payload: bytes = b"{}", timeout: float = 2.0) -> Any:

@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+import msgspec
 from nats.js import JetStreamContext
 
 from signalfire.bus import StoredMessage, direct_messages, rfc3339, stored_time
@@ -252,8 +252,8 @@ async def read_actions(
         if remaining <= 0:
             result.truncated = "time"
             return
-        reply = await nc.request(api, json.dumps(request).encode(), timeout=min(remaining, 5.0))
-        answer = json.loads(reply.data)
+        reply = await nc.request(api, msgspec.json.encode(request), timeout=min(remaining, 5.0))
+        answer = msgspec.json.decode(reply.data)
         error = answer.get("error")
         if error is not None:
             if error.get("code") == 404:  # no action stored past the last one read

@@ -466,6 +466,7 @@ class EvaluatorService:
             else [host, *(f"{host}-{n}" for n in range(2, MAX_SAME_HOST + 1))]
         )
         holders: list[str] = []
+        silent = False  # an id passed over was held by a subscriber that gave no answer
         for candidate in candidates:
             keeper = LeaseKeeper(leases, candidate, ttl, wall=self._clock)
             subject = self.subjects.control("evaluator", f"replica.{candidate}")
@@ -473,7 +474,8 @@ class EvaluatorService:
             if revision:
                 holder = await self._holder(subject)
                 if holder is not None:
-                    holders.append(holder)
+                    holders.append(holder[0])
+                    silent = silent or not holder[1]
                     continue
             presence = Presence(
                 replica=candidate, instance=keeper.instance, host=socket.gethostname(), pid=os.getpid()
@@ -491,8 +493,7 @@ class EvaluatorService:
                     # A silent id (no answer: hung, or the bus refusing the question) may be
                     # this host's evaluator killed a moment ago, whose partitions wait for their
                     # leases to lapse rather than coming back at once: worth a warning.
-                    unsure = any("no answer within" in holder for holder in holders)
-                    (log.warning if unsure else log.info)(
+                    (log.warning if silent else log.info)(
                         "a running evaluator has this host's replica id; this one takes the next",
                         extra={"replica": candidate, "taken": ", ".join(holders)},
                     )
@@ -509,8 +510,9 @@ class EvaluatorService:
             "set replica_id (SF_REPLICA_ID)"
         )
 
-    async def _holder(self, subject: str) -> str | None:
-        """Who answers for a replica id on ``subject`` (``None``: no process does)."""
+    async def _holder(self, subject: str) -> tuple[str, bool] | None:
+        """Who answers for a replica id on ``subject``, and whether it did answer (a
+        subscriber that gave no answer in time holds it too); ``None``: no process does."""
         assert self._lease_nc is not None
         wait = float(self.config.failover_after) / POLLS_PER_FAILOVER
         try:
@@ -522,13 +524,14 @@ class EvaluatorService:
             return (
                 f"{subject.rpartition('.')[2]}: no answer within {wait:g}s; if no process hangs under "
                 f"this id, allow the evaluator identity to publish on {subject} (render the bus "
-                "accounts again, docs/security.md)"
+                "accounts again, docs/security.md)",
+                False,
             )
         try:
             presence = msgspec.json.decode(reply.data, type=Presence)
         except msgspec.DecodeError:
-            return f"{subject.rpartition('.')[2]}: a process that answered in an unknown format"
-        return f"{presence.replica}: pid {presence.pid} on {presence.host}"
+            return f"{subject.rpartition('.')[2]}: a process that answered in an unknown format", True
+        return f"{presence.replica}: pid {presence.pid} on {presence.host}", True
 
     async def _subscribe_payloads(self) -> list[Subscription]:
         """Metrics, events and agent statuses, in this order (`_watch_sight` counts on it)."""
@@ -995,8 +998,7 @@ class EvaluatorService:
         self._judged |= kept
         # What people did to their alerts while nobody judged them, read back now that the
         # running engine holds them (live ones from here on apply to it as they come).
-        mine = [s for s in states if self._partition_of(s, rules) in kept]
-        self._read_back_actions(self._taken_until(mine, previous, poll), "takeover")
+        self._read_back_actions(self._taken_until(states, kept, previous, poll, rules), "takeover")
         self.handovers.labels(change="acquired").inc(len(kept))
         self.replayed.labels(mode="warm").inc(counts["warm"])
         self.replayed.labels(mode="judged").inc(counts["judged"])
@@ -1233,15 +1235,21 @@ class EvaluatorService:
         return max(_decided_at(state) for state in states) - self._clock_offset
 
     def _taken_until(
-        self, states: list[AlertState], previous: dict[str, Entry | None], poll: float
+        self,
+        states: list[AlertState],
+        kept: set[str],
+        previous: dict[str, Entry | None],
+        poll: float,
+        rules: dict[str, Rule],
     ) -> float | None:
-        """:meth:`_written_until` for partitions being taken: a partition whose holder's
-        lease was left behind (it died) was judged until its last renewal less a poll; one
-        given up cleanly (no lease left) had its states written at its release."""
-        rules = {rule.name: rule for rule in self.rules}
+        """:meth:`_written_until` for the states of the partitions taken (``kept``): a
+        partition whose holder's lease was left behind (it died) was judged until its last
+        renewal less a poll; one given up cleanly (no lease left) had its states written at
+        its release."""
         held: dict[str, list[AlertState]] = {}
         for state in states:
-            held.setdefault(self._partition_of(state, rules), []).append(state)
+            if (partition := self._partition_of(state, rules)) in kept:
+                held.setdefault(partition, []).append(state)
         until: list[float] = []
         for partition, group in held.items():
             entry = previous.get(partition)
@@ -1257,9 +1265,9 @@ class EvaluatorService:
         (nothing fires)."""
         if since is None or self._js is None or self._stopping:
             return
-        self._keep_task(self._action_reads.ask(since, after))
+        self._track_task(self._action_reads.ask(since, after))
 
-    def _keep_task(self, task: asyncio.Task[None] | None) -> None:
+    def _track_task(self, task: asyncio.Task[None] | None) -> None:
         """Keep ``task`` among those :meth:`stop` ends."""
         if task is not None:
             self._tasks = [t for t in self._tasks if not t.done()] + [task]
@@ -1276,35 +1284,35 @@ class EvaluatorService:
         electing a leader (after a NATS node died): the read is tried again until
         :data:`ACTIONS_READ_LIMIT`, then given up with a warning."""
         assert self._js is not None
-        deadline = time.monotonic() + ACTIONS_READ_LIMIT
-        while not self._stopping:
+        js = self._js
+        actions: list[AlertAction] = []
+        read = replay.Read()
+
+        async def once(deadline: float) -> None:
+            nonlocal read
             read = replay.Read()
-            actions: list[AlertAction] = []
-            try:
-                reader = replay.read_actions(
-                    self._js,
-                    self.subjects.alerts_stream,
-                    self.subjects.actions,
-                    since - ACTIONS_MARGIN,
-                    seconds=max(0.0, deadline - time.monotonic()),
-                    result=read,
-                )
-                async with contextlib.aclosing(reader):
-                    async for data, _stored in reader:
-                        with contextlib.suppress(PayloadError):  # counted when it came live
-                            actions.append(decode(data, AlertAction))
-            except Exception as exc:  # the stream electing a leader: read again, shortly
-                if time.monotonic() < deadline:
-                    await asyncio.sleep(0.5)
-                    continue
-                log.warning(
-                    "alert actions not read back: an ack or resolve made while no evaluator received it "
-                    "is not applied",
-                    extra={"after": after, "reason": str(exc) or type(exc).__name__},
-                )
-                return
-            break
-        else:
+            actions.clear()
+            reader = replay.read_actions(
+                js,
+                self.subjects.alerts_stream,
+                self.subjects.actions,
+                since - ACTIONS_MARGIN,
+                seconds=max(0.0, deadline - time.monotonic()),
+                result=read,
+            )
+            async with contextlib.aclosing(reader):
+                async for data, _stored in reader:
+                    with contextlib.suppress(PayloadError):  # counted when it came live
+                        actions.append(decode(data, AlertAction))
+
+        failed = await self._retried(once, ACTIONS_READ_LIMIT)
+        if failed is not None:
+            log.warning(
+                "alert actions not read back: an ack or resolve made while no evaluator received it "
+                "is not applied",
+                extra={"after": after, "reason": str(failed) or type(failed).__name__},
+            )
+        if failed is not None or self._stopping:
             return
         outputs, changed = self._apply_actions(self.engine, actions, self._clock())
         for out in outputs:
@@ -1314,6 +1322,22 @@ class EvaluatorService:
             log.warning("alert actions read back only in part", extra={**extra, "truncated": read.truncated})
         elif changed:
             log.info("applied alert actions no evaluator had received", extra=extra)
+
+    async def _retried(self, read: Callable[[float], Awaitable[None]], limit: float) -> Exception | None:
+        """Run ``read(deadline)`` (``deadline`` on the monotonic clock) until it completes, again
+        every 0.5 s while it raises (a stream electing its leader after a NATS node died), for
+        up to ``limit`` seconds: None once it completed (or the service stops), else its last
+        error."""
+        deadline = time.monotonic() + limit
+        while not self._stopping:
+            try:
+                await read(deadline)
+                return None
+            except Exception as exc:
+                if time.monotonic() >= deadline:
+                    return exc
+                await asyncio.sleep(0.5)
+        return None
 
     def _apply_actions(
         self, engine: Engine, actions: list[AlertAction], now: float
@@ -1426,7 +1450,7 @@ class EvaluatorService:
         now, or right after the catch-up under way, in one window with what it still waits for."""
         if self._js is None or self._stopping:
             return
-        self._keep_task(self._catch_ups.ask(since, until))
+        self._track_task(self._catch_ups.ask(since, until))
 
     async def _catch_up(self, since: float, until: float) -> None:
         """Judge what the metrics stream stored while this replica's connection was away.
@@ -1441,18 +1465,20 @@ class EvaluatorService:
         than its subject's last live one (received, or superseded: judging an older value
         after a newer one would undo it) and an event batch judged live (remembered by its
         bytes). A replica taking a partition over reads its history itself (`_take`)."""
-        assert self._js is not None
         offset = self._clock_offset  # this clock minus the server's (0 until measured)
         # `since` is a tick old at most when the connection dropped
         margin = MISSED_MARGIN + float(self.config.tick_interval)
         start, end = since - offset - margin, until - offset + MISSED_MARGIN
-        deadline = time.monotonic() + MISSED_READ_LIMIT
+        assert self._js is not None
+        js = self._js
         counts = {"judged": 0, "skipped": 0}
         read = replay.Read()
-        while not self._stopping:
+
+        async def once(deadline: float) -> None:
+            nonlocal read
             read = replay.Read()
             history = replay.read_window(
-                self._js,
+                js,
                 self.subjects.metrics_stream,
                 start,
                 end,
@@ -1460,26 +1486,22 @@ class EvaluatorService:
                 seconds=max(0.0, deadline - time.monotonic()),
                 result=read,
             )
-            try:
-                async with contextlib.aclosing(history):
-                    # A read cut short is read again whole: what it judged the first time is
-                    # skipped as judged live is (`_judge_missed` notes it).
-                    async for subject, data, stored in history:
-                        if self._judge_missed(subject, data, stored + offset):
-                            counts["judged"] += 1
-                        else:
-                            counts["skipped"] += 1
-            except Exception as exc:  # the stream electing a leader: read again, shortly
-                if time.monotonic() >= deadline:
-                    read.truncated = "error"
-                    log.warning(
-                        "what the bus stored while NATS was out of sight was not read back",
-                        extra={"reason": str(exc) or type(exc).__name__, "judged": counts["judged"]},
-                    )
-                    break
-                await asyncio.sleep(0.5)
-                continue
-            break
+            async with contextlib.aclosing(history):
+                # A read cut short is read again whole: what it judged the first time is
+                # skipped as judged live is (`_judge_missed` notes it).
+                async for subject, data, stored in history:
+                    if self._judge_missed(subject, data, stored + offset):
+                        counts["judged"] += 1
+                    else:
+                        counts["skipped"] += 1
+
+        failed = await self._retried(once, MISSED_READ_LIMIT)
+        if failed is not None:
+            read.truncated = "error"
+            log.warning(
+                "what the bus stored while NATS was out of sight was not read back",
+                extra={"reason": str(failed) or type(failed).__name__, "judged": counts["judged"]},
+            )
         self.replayed.labels(mode="missed").inc(counts["judged"])
         if any(state.status == "firing" for state in self.engine.states.values()):
             self._read_back_actions(since - offset, "reconnect")

@@ -117,8 +117,10 @@ class Resources:
             if self.nc is None or not self.nc.is_connected:
                 reason = "NATS is not connected"
             else:
-                left = deadline - time.monotonic()
-                timeout = float(self.config.control_timeout) if wait == 0 else max(0.1, min(left, 2.0))
+                # each try within what is left of the wait (one try: the whole control_timeout)
+                timeout = float(self.config.control_timeout)
+                if wait:
+                    timeout = max(0.1, min(deadline - time.monotonic(), timeout))
                 try:
                     return await attempt(self.nc, timeout)
                 except keep:

@@ -182,7 +182,8 @@ async def expire_silence(res: Resources, request: Request) -> Response:
 
     async def expire(nc: NATS, timeout: float) -> tuple[events.Silence, int]:
         kv = await _bucket(res, nc, timeout)
-        for attempt in (1, 2):
+        changed = False  # by another writer since it was read, once already
+        while True:
             try:
                 entry = await kv.get(silence_id)
             except (NotFoundError, InvalidKeyError):  # never created, deleted, or not a key at all
@@ -201,11 +202,11 @@ async def expire_silence(res: Resources, request: Request) -> Response:
                 return stored, await kv.update(silence_id, encode_json(stored), last=revision)
             except KeyWrongLastSequenceError:
                 # Changed since we read it (another replica, another request): read it again, once.
-                if attempt == 2:
+                if changed:
                     raise ApiError(
                         409, "conflict", f"silence {silence_id!r} changed while it was expired; try again"
                     ) from None
-        raise AssertionError("unreachable")
+                changed = True
 
     stored, revision = await res.persist(expire, UNAVAILABLE, keep=(ApiError,), bucket="silences")
     audit_details(request, {"silence_id": silence_id})
