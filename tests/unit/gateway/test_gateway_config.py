@@ -65,6 +65,8 @@ def test_durations_read_like_the_other_services(tmp_path: Path) -> None:
         ("ingest_linger: 10s\n", "ingest_linger: must be at least 0s and less than a third of ack_wait"),
         ("ingest_workers: -1\n", "ingest_workers: must be 0"),
         ("query_parallelism: 0\n", "query_parallelism: must be at least 1"),
+        ("publish_wait: -1s\n", "publish_wait"),
+        ("publish_wait: soon\n", "publish_wait"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path: Path, text: str, field: str) -> None:
