@@ -4,6 +4,7 @@ series limits and acks."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from pathlib import Path
 
@@ -58,8 +59,13 @@ async def next_alert(sub) -> AlertEvent:
     return decode(msg.data, AlertEvent)
 
 
+_TIMES = itertools.count(1)
+
+
 async def metric(nc, config: NatsConfig, name: str, value: float, host: str = "h1") -> None:
-    batch = MetricBatch(host=host, time=1.0, samples=[Sample(name=name, value=value)])
+    """A batch as an agent sends it: each at a time of its own (the same batch again within two
+    minutes is a publisher's retry, judged once)."""
+    batch = MetricBatch(host=host, time=float(next(_TIMES)), samples=[Sample(name=name, value=value)])
     await nc.publish(config.subjects.metrics(host), encode(batch))
     await nc.flush()
 

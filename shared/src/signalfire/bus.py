@@ -211,6 +211,11 @@ def _password(config: NatsConfig) -> str:
         ) from None
 
 
+#: How long (seconds) the metrics stream remembers a ``Nats-Msg-Id``: a batch its publisher
+#: sends again within it (its acknowledgement lost) is stored once, and judged once.
+METRICS_DUPLICATE_WINDOW = 120.0
+
+
 def stream_configs(config: NatsConfig) -> list[StreamConfig]:
     """The two streams of the contract, as this deployment configures them."""
     s = config.subjects
@@ -223,7 +228,7 @@ def stream_configs(config: NatsConfig) -> list[StreamConfig]:
             max_age=float(config.metrics_max_age),
             max_bytes=config.metrics_max_bytes,
             discard=DiscardPolicy.OLD,
-            duplicate_window=120.0,
+            duplicate_window=METRICS_DUPLICATE_WINDOW,
             num_replicas=config.replicas,
             description="Signalfire metric batches, events and agent status",
             # The evaluator reads its history with direct gets (`direct_messages`): a reader

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -45,7 +46,14 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from signalfire.bus import NatsConfig, bucket_entries, connect, delete_if, ensure_streams
+from signalfire.bus import (
+    METRICS_DUPLICATE_WINDOW,
+    NatsConfig,
+    bucket_entries,
+    connect,
+    delete_if,
+    ensure_streams,
+)
 from signalfire.config import ConfigError, Duration
 from signalfire.consumers import Backoff
 from signalfire.evaluator import replay
@@ -90,10 +98,15 @@ MISSED_MARGIN = 1.0
 #: ... for at most this long, retries included (the stream may be electing a leader) ...
 MISSED_READ_LIMIT = 30.0
 #: ... skipping a metric batch or agent status stored no later than this long after its
-#: subject's last live payload (received live, or older than what was) and an event batch
-#: received live (live event batches are remembered for ``LIVE_EVENTS_KEEP`` seconds).
+#: subject's last live payload (received live, or older than what was) and a batch judged
+#: already (see ``JUDGED_KEEP``).
 MISSED_SLACK = 0.05
-LIVE_EVENTS_KEEP = 60.0
+#: Payloads judged are remembered (a hash of subject and bytes) for as long as the metrics
+#: stream remembers a ``Nats-Msg-Id``: a publisher that sends a batch again because the
+#: stream's acknowledgement was lost (the agent's outbox, the gateway's HTTP ingest) has it
+#: stored once, but every core subscription receives it twice; judged once all the same. A
+#: catch-up after a reconnect skips what was judged live the same way.
+JUDGED_KEEP = METRICS_DUPLICATE_WINDOW
 #: Subjects not heard from for this long are forgotten by the catch-up's bookkeeping.
 LIVE_SUBJECTS_KEEP = 3600.0
 
@@ -240,11 +253,12 @@ class EvaluatorService:
         self._catch_up_from: float | None = None  # when the bus came back, until caught up
         #: The last tick the bus was in sight (connected, no reconnect since the tick before).
         self._in_sight_at: float | None = None
-        #: Subject → when its last live metric batch or agent status was judged (this clock),
-        #: and live event batches judged (hash of subject and bytes → when): what a catch-up
-        #: after a reconnect must not judge again.
+        #: Subject → when its last live metric batch or agent status was judged (this clock):
+        #: what a catch-up after a reconnect must not judge again.
         self._last_live: dict[str, float] = {}
-        self._live_events: dict[int, float] = {}
+        #: Payloads judged (hash of subject and bytes → when, oldest first): not judged again
+        #: for ``JUDGED_KEEP`` seconds (a publisher's second copy, a catch-up's read).
+        self._seen: dict[int, float] = {}
         self._swept_at = 0.0
         #: Catch-ups after a reconnect: what the bus stored from since to until (:meth:`_catch_up`).
         self._catch_ups = replay.Rereads(self._catch_up, "evaluator-catch-up", lambda: self._stopping)
@@ -275,6 +289,11 @@ class EvaluatorService:
         self.batches = r.counter("batches", "Payloads evaluated", ["kind"])
         self.invalid_batches = r.counter(
             "invalid_batches", "Payloads dropped because they do not match the contract"
+        )
+        self.duplicate_batches = r.counter(
+            "duplicate_batches",
+            "Payloads received again (a publisher's retry after a lost acknowledgement), not judged twice",
+            ["kind"],
         )
         self.rejected_samples = r.counter(
             "rejected_samples", "Samples skipped because their value is NaN or infinite"
@@ -896,7 +915,8 @@ class EvaluatorService:
         outputs: list[Output] = []
         read = replay.Read()
         counts = {"warm": 0, "judged": 0, "live": 0, "duplicate": 0}
-        seen: set[int] = set()  # judged history that may also be in the buffer
+        seen: set[int] = set()  # history that may also be in the buffer
+        recent: list[int] = []  # what a publisher may still send again (see `JUDGED_KEEP`)
         baselines = 0  # anomaly baselines restored
         rules = {rule.name: rule for rule in self.rules}
         try:
@@ -942,8 +962,12 @@ class EvaluatorService:
                             guard.warming = warm
                             _keep(outputs, _feed(scratch, payload, stored, part))
                             judged = judged or not warm
-                        if judged:
-                            seen.add(hash((subject, data)))
+                        # Judged here or by the previous holder: not again from the buffer, nor
+                        # as a publisher's retry arriving live later (see `JUDGED_KEEP`).
+                        key = hash((subject, data))
+                        seen.add(key)
+                        if stored >= server_now - JUDGED_KEEP:
+                            recent.append(key)
                         counts["judged" if judged else "warm"] += 1
             except Exception as exc:  # the stream unreadable: what the KV holds, as before
                 read.truncated = "error"
@@ -960,9 +984,12 @@ class EvaluatorService:
         self._buffered = None
         guard.warming = False
         for subject, data, arrived in buffered.messages:
-            if hash((subject, data)) in seen:
+            key = hash((subject, data))
+            if key in seen:
                 counts["duplicate"] += 1
                 continue
+            seen.add(key)
+            recent.append(key)
             scope = self._replay_scope(subject, replayed)
             payload = self._decode(subject, data)
             if scope is None or payload is None:
@@ -971,6 +998,7 @@ class EvaluatorService:
             self.batches.labels(kind=self.subjects.kind_of(subject)).inc()
             counts["live"] += 1
         scratch.replayed()
+        self._seen.update(dict.fromkeys(recent, now))
         lost = {partition for partition in taken if partition not in self._leases.held}
         gone: set[str] = set()  # alerts of partitions lost meanwhile
         if lost:
@@ -1172,15 +1200,18 @@ class EvaluatorService:
         scope = self._scope(msg.subject)
         if scope is None:
             return
+        kind = self.subjects.kind_of(msg.subject)
+        key = hash((msg.subject, msg.data))
+        if key in self._seen:  # judged already: a publisher's retry (see `JUDGED_KEEP`)
+            self.duplicate_batches.labels(kind=kind).inc()
+            return
         now = self._clock()
         payload = self._decode(msg.subject, msg.data)
         if payload is None:
             return
         out = _feed(self.engine, payload, now, scope)
-        kind = self.subjects.kind_of(msg.subject)
-        if kind == "events":
-            self._live_events[hash((msg.subject, msg.data))] = now
-        else:
+        self._seen[key] = now
+        if kind != "events":
             self._last_live[msg.subject] = now
         self.batches.labels(kind=kind).inc()
         self._handle(out, arrived)
@@ -1415,6 +1446,7 @@ class EvaluatorService:
         reconnects = nc.stats["reconnects"]
         if connected and reconnects == self._reconnects:
             self._in_sight_at = now
+            self._forget_seen(now)
             if now - self._swept_at >= 60.0:
                 self._sweep_live(now)
         if not connected or reconnects != self._reconnects:  # down, or down and back since
@@ -1440,10 +1472,16 @@ class EvaluatorService:
                 )
 
     def _sweep_live(self, now: float) -> None:
-        """Forget subjects and event batches too old for any catch-up to need."""
+        """Forget subjects too old for any catch-up to need."""
         self._swept_at = now
         self._last_live = {s: t for s, t in self._last_live.items() if t >= now - LIVE_SUBJECTS_KEEP}
-        self._live_events = {h: t for h, t in self._live_events.items() if t >= now - LIVE_EVENTS_KEEP}
+
+    def _forget_seen(self, now: float) -> None:
+        """Forget the payloads judged more than ``JUDGED_KEEP`` ago: each tick, oldest first,
+        so only those are visited (a tick's worth, not a minute's in one go)."""
+        seen, until = self._seen, now - JUDGED_KEEP
+        for key in [key for key, _ in itertools.takewhile(lambda item: item[1] < until, seen.items())]:
+            del seen[key]
 
     def _missed(self, since: float, until: float) -> None:
         """Have what the bus stored from ``since`` to ``until`` judged (:meth:`_catch_up`):
@@ -1523,16 +1561,15 @@ class EvaluatorService:
             return False
         now = self._clock()
         kind = self.subjects.kind_of(subject)
-        if kind == "events":
-            key = hash((subject, data))
-            if key in self._live_events:
-                return False
-            self._live_events[key] = now  # judged: not again by a later catch-up
-        else:
+        key = hash((subject, data))
+        if key in self._seen:
+            return False
+        if kind != "events":
             last = self._last_live.get(subject)
             if last is not None and last >= stored - MISSED_SLACK:
                 return False
             self._last_live[subject] = stored  # judged: a later catch-up skips it, not newer ones
+        self._seen[key] = now  # judged: not again by a later catch-up or a publisher's retry
         payload = self._decode(subject, data, report=False)
         if payload is None:
             return False
