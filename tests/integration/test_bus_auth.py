@@ -52,7 +52,12 @@ from signalfire.notifier.ledger import SentMark, ledger_key
 from signalfire.notifier.mirror import FRESH_FOR
 from signalfire.notifier.service import NotifierService
 from signalfire.notifier.tracking import alert_key
-from signalfire.subjects import Subjects
+from signalfire.notifier.watch import KEY as WATCH_KEY
+from signalfire.notifier.watch import EvaluationWatch
+from signalfire.notifier.watch import publisher as watch_publisher
+from signalfire.partitions import Lease
+from signalfire.subjects import SELF_HOST, Subjects
+from signalfire.telemetry import Registry
 from tests.integration.gateway_support import eventually, gateway_config, running_gateway
 from tests.support.alerts import firing_alert
 from tests.support.metrics import value
@@ -431,6 +436,53 @@ async def test_the_evaluator_reads_peoples_actions_back_from_the_alerts_stream(
         await evaluator.close()
     refusals = [r.getMessage() for r in caplog.records if "permissions violation" in r.getMessage().lower()]
     assert refusals == []
+
+
+async def test_the_notifier_watches_the_evaluators_and_raises_its_own_alert_alone(
+    bus: Bus, admin: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As its own identity the notifier reads the evaluators' leases and publishes its
+    ``EvaluationStopped`` on the one alerts subject it may: an alert for a host it publishes
+    there is refused."""
+    s = bus.subjects
+    alerts = await collect(admin, s.all_alerts, AlertEvent)
+    evaluator = await client(bus, "evaluator")
+    notifier = await client(bus, "notifier")
+    leases = await evaluator.jetstream(timeout=5).key_value(s.bucket("evaluator_leases"))
+    try:
+        announcement = Lease(replica="r", instance="i", time=time.time(), partitions=[], count=1)
+        await leases.put("replica.r", msgspec.json.encode(announcement))
+        js = notifier.jetstream(timeout=5)
+        watch = EvaluationWatch(
+            await js.key_value(s.bucket("evaluator_leases")),
+            await js.key_value(s.bucket("notify_state")),
+            watch_publisher(js, s.alerts(SELF_HOST)),
+            lambda: 0.2,
+            Registry("test_watch"),
+        )
+        await watch.check(0.2)
+        await asyncio.sleep(0.3)
+        await watch.check(0.2)  # no lease for either partition: it fires
+
+        async def raised() -> None:
+            assert [(a.rule, a.host) for a in alerts] == [("EvaluationStopped", SELF_HOST)]
+
+        await eventually(raised)
+        refusals = [
+            r.getMessage() for r in caplog.records if "permissions violation" in r.getMessage().lower()
+        ]
+        assert refusals == []
+        forged = firing_alert("forged-by-the-notifier", host=WEB1)
+        with pytest.raises(Exception):  # noqa: B017 - the stream never hears of it
+            await js.publish(s.alerts(WEB1), encode(forged), timeout=REFUSED_WAIT)
+    finally:
+        # The bus is the module's: a later test's evaluator must not see replica r, nor its
+        # notifier resolve this alert.
+        await leases.delete("replica.r")
+        await (await notifier.jetstream(timeout=5).key_value(s.bucket("notify_state"))).delete(WATCH_KEY)
+        await evaluator.close()
+        await notifier.close()
+    assert "forged-by-the-notifier" not in [a.id for a in alerts]
 
 
 # What the server refuses -------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from signalfire.subjects import Subjects, subject_token
+from signalfire.subjects import SELF_HOST, Subjects, subject_token
 
 ROLES = ("admin", "gateway", "evaluator", "notifier", "agent")
 #: The identities a deployment always has (agents are added per host).
@@ -48,7 +48,8 @@ WRITES = {
 WATCHES = {
     "gateway": ("silences",),
     "evaluator": ("alert_state", "evaluator_leases"),
-    "notifier": ("notify_state", "silences"),
+    # the notifier reads the evaluators' leases to page when no replica judges some hosts
+    "notifier": ("notify_state", "silences", "evaluator_leases"),
 }
 ALL_BUCKETS = ("alert_state", "notify_state", "silences", "evaluator_leases")
 
@@ -223,6 +224,9 @@ def permissions(role: str, subjects: Subjects, host: str | None = None) -> Permi
         return Permissions(
             publish=(
                 f"{p}.notifications.*",
+                # its own alert when no evaluator judges some hosts (signalfire.notifier.watch):
+                # on this one subject, so it cannot forge another host's
+                s.alerts(SELF_HOST),
                 *_service_common(s, role),
                 *consumers,
                 # an alert event whose deliveries ran out is read again by its sequence

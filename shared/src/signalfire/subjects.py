@@ -11,6 +11,10 @@ import re
 from dataclasses import dataclass
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+#: The host of Signalfire's own alerts (the notifier's ``EvaluationStopped``): they go on
+#: ``<prefix>.alerts.signalfire``, the one alerts subject the notifier may publish on.
+SELF_HOST = "signalfire"
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
 

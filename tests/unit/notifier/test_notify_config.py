@@ -383,3 +383,11 @@ def test_a_service_built_from_a_config_with_a_mistake_refuses_to_start() -> None
     with pytest.raises(ConfigError) as info:
         NotifierService(config)
     assert str(info.value) == "routes[0].channels[0]: unknown channel 'pager' (configured: log)"
+
+
+def test_the_evaluation_watch_defaults_to_a_minute_and_a_bad_one_is_named(tmp_path: Path) -> None:
+    assert load_notify_config(write(tmp_path, GOOD), environ={}).evaluation_watch == 60.0
+    off = load_notify_config(write(tmp_path, GOOD + "evaluation_watch: 0s\n"), environ={})
+    assert off.evaluation_watch == 0.0
+    for bad, reason in (("-5", "a duration cannot be negative"), ("soon", "expected a duration like 30s")):
+        assert f"evaluation_watch: {reason}" in error_of(write(tmp_path, GOOD + f"evaluation_watch: {bad}\n"))

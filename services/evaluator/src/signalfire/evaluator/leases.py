@@ -6,7 +6,8 @@ Keys:
 - ``partition.<name>``: the lease of a partition (``00`` … and ``fleet``), held by the replica
   it names, taken and renewed by compare-and-set on the key's revision.
 
-Both hold a :class:`Lease`. An entry is *expired* once its revision has not changed for
+Both hold a :class:`Lease` (the bucket's contract, read by others too, is in
+:mod:`signalfire.partitions`). An entry is *expired* once its revision has not changed for
 ``ttl`` seconds as the reader observes it on its own monotonic clock: no replica compares
 its wall clock with another's. The holder counts its lease valid until ``ttl`` after it
 *sent* its last successful write, which is before any other replica can observe that write,
@@ -19,29 +20,15 @@ import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import datetime
 
 import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from signalfire.bus import bucket_entries, delete_if
+from signalfire.bus import delete_if
+from signalfire.partitions import PARTITION_PREFIX, REPLICA_PREFIX, Entry, Lease, read_bucket
 
-REPLICA_PREFIX = "replica."
-PARTITION_PREFIX = "partition."
-
-
-class Lease(msgspec.Struct, kw_only=True):
-    """The value of a lease or announcement."""
-
-    replica: str
-    #: Random per process start: tells a replica's earlier life (or a duplicate id) apart.
-    instance: str
-    #: The writer's wall clock at the write, unix seconds (shown by ``evaluator status``).
-    time: float
-    #: In an announcement: the partitions the replica judges.
-    partitions: list[str] = []
+__all__ = ["PARTITION_PREFIX", "REPLICA_PREFIX", "Entry", "Lease", "LeaseKeeper", "Presence", "read_bucket"]
 
 
 class Presence(msgspec.Struct, kw_only=True):
@@ -54,17 +41,6 @@ class Presence(msgspec.Struct, kw_only=True):
     pid: int
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A key of the bucket as last read."""
-
-    lease: Lease
-    revision: int
-    #: When the NATS server stored this value: unix seconds on the server's clock, the clock
-    #: of the metrics stream's timestamps (``lease.time`` is the writer's).
-    stored: float = 0.0
-
-
 #: A replica's clock this far off the NATS server's is reported (a warning, ``evaluator
 #: status``): the ``for:`` starts and decided-at times it writes are its own clock's.
 CLOCK_OFFSET_WARN = 1.0
@@ -75,26 +51,6 @@ def clock_offset(entry: Entry) -> float | None:
     write's one-way latency: milliseconds on a healthy bus); ``None`` when the server's time
     is not known."""
     return entry.lease.time - entry.stored if entry.stored > 0 else None
-
-
-def _stored(created: object) -> float:
-    """Unix seconds of a watched KV entry's ``created``: the stream message's timestamp, a
-    datetime (nats-py annotates it as an int)."""
-    return created.timestamp() if isinstance(created, datetime) else 0.0
-
-
-async def read_bucket(kv: KeyValue) -> dict[str, Entry]:
-    """Every key of the leases bucket with its current value (unreadable values skipped),
-    read whole (:func:`signalfire.bus.bucket_entries`): a key missing from a read would look
-    free, a replica missing would look gone."""
-    entries: dict[str, Entry] = {}
-    for key, item in (await bucket_entries(kv)).items():
-        try:
-            lease = msgspec.json.decode(item.value or b"", type=Lease)
-        except msgspec.DecodeError:
-            continue
-        entries[key] = Entry(lease=lease, revision=item.revision or 0, stored=_stored(item.created))
-    return entries
 
 
 class LeaseKeeper:
@@ -125,9 +81,13 @@ class LeaseKeeper:
         #: renewed every poll, this replica's too): the NATS server's "now", less up to a poll.
         self.server_time = 0.0
 
-    def _value(self, partitions: Iterable[str] = ()) -> bytes:
+    def _value(self, partitions: Iterable[str] = (), count: int = 0) -> bytes:
         lease = Lease(
-            replica=self.replica, instance=self.instance, time=self._wall(), partitions=list(partitions)
+            replica=self.replica,
+            instance=self.instance,
+            time=self._wall(),
+            partitions=list(partitions),
+            count=count,
         )
         return msgspec.json.encode(lease)
 
@@ -213,8 +173,9 @@ class LeaseKeeper:
             return False
         return True
 
-    async def announce(self, judged: Iterable[str]) -> None:
-        await self.kv.put(REPLICA_PREFIX + self.replica, self._value(sorted(judged)))
+    async def announce(self, judged: Iterable[str], count: int = 0) -> None:
+        """Announce this replica, judging ``judged`` of ``count`` host partitions."""
+        await self.kv.put(REPLICA_PREFIX + self.replica, self._value(sorted(judged), count))
 
     async def claim(self, partition: str, entry: Entry | None) -> bool:
         """Take ``partition``'s lease: free (``entry`` None), expired, or this replica's own from

@@ -864,7 +864,7 @@ class EvaluatorService:
                 "another running evaluator uses this replica_id; give each replica its own",
                 extra={"replica": self.replica_id},
             )
-        await leases.announce(self._judged)
+        await leases.announce(self._judged, self.config.partitions)
         owners = assign(names, leases.live_replicas(entries))
         taken: set[str] = set()
         previous: dict[str, Entry | None] = {}

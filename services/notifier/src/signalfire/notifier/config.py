@@ -147,6 +147,10 @@ class NotifyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: How often the config file is checked for changes (reloaded when it changed); 0: never
     #: (``SIGHUP`` still reloads).
     watch_interval: Duration = Duration(1)
+    #: A host partition judged by no evaluator replica for this long (its lease neither renewed
+    #: nor taken over) raises the notifier's own ``EvaluationStopped`` alert; 0: not watched.
+    #: Longer than the evaluators' ``failover_after``, which a handover takes at most.
+    evaluation_watch: Duration = Duration(60)
 
     def problems(self) -> list[tuple[str, str]]:
         """Cross-field mistakes as ``(field path, reason)``, e.g. a route naming an unknown channel."""

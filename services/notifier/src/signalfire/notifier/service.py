@@ -50,6 +50,9 @@ from signalfire.notifier.pipeline import Pipeline
 from signalfire.notifier.reload import ConfigFile, adopt, check
 from signalfire.notifier.scheduler import Scheduler
 from signalfire.notifier.state import NotifyState
+from signalfire.notifier.watch import HOST as WATCH_HOST
+from signalfire.notifier.watch import EvaluationWatch
+from signalfire.notifier.watch import publisher as watch_publisher
 from signalfire.telemetry import Counter, Registry, parse_listen, serve_metrics
 
 __all__ = ["ACTIONS_DURABLE", "DURABLE", "NotifierService"]
@@ -96,6 +99,7 @@ class NotifierService:
         self._dispatcher: Dispatcher | None = None
         self._pipeline: Pipeline | None = None
         self._intake: Intake | None = None
+        self._watch: EvaluationWatch | None = None
         self.scheduler: Scheduler | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._metrics_server: asyncio.Server | None = None
@@ -211,6 +215,14 @@ class NotifierService:
                 clock=self._clock,
                 registry=self.registry,
             )
+            self._watch = EvaluationWatch(
+                await js.key_value(self._subjects.bucket("evaluator_leases")),
+                kv,
+                watch_publisher(js, self._subjects.alerts(WATCH_HOST)),
+                lambda: float(self.config.evaluation_watch),
+                self.registry,
+                clock=self._clock,
+            )
             self._intake = Intake(self.config, js, self._pipeline, ledger, self.registry)
             await self._intake.subscribe(self._nc)
             if self.config.metrics_listen is not None:
@@ -223,6 +235,8 @@ class NotifierService:
             log.warning("no routes configured: alert events are acknowledged without notifying anyone")
         self._intake.run()
         self._loops = [asyncio.create_task(self.scheduler.run())]
+        if self._watch is not None:
+            self._loops.append(asyncio.create_task(self._watch.run()))
         if self.config_path is not None:
             self._loops.append(asyncio.create_task(self._file.watch()))
         log.info(

@@ -1,0 +1,199 @@
+"""Who watches the evaluators: when no evaluator replica judges some hosts (every one of them
+down, or cut off from NATS), the notifier pages about it once, whichever of its replicas
+notices, and sends the resolve once when a replica judges them again. Real NATS, a real
+partitioned evaluator, two notifier replicas, a loopback webhook receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from signalfire.bus import NatsConfig
+from signalfire.config import Duration
+from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
+from signalfire.events import AlertEvent
+from signalfire.notifier.channels.webhook import WebhookChannelConfig
+from signalfire.notifier.config import NotifyConfig, Route
+from signalfire.notifier.watch import KEY, RULE, EvaluationWatch, Watch
+from signalfire.partitions import PARTITION_PREFIX, Lease
+from signalfire.subjects import SELF_HOST
+from signalfire.telemetry import Registry
+from tests.faults.support import alert_events, eventually
+from tests.support.metrics import value
+from tests.support.notifiers import notifier_services
+from tests.support.webhook import WebhookReceiver
+
+RULES = "rules:\n  - {name: Hot, metric: temp, condition: '> 50', severity: high}\n"
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as r:
+        yield r
+
+
+def notify_config(nats: NatsConfig, receiver: WebhookReceiver, watch: float) -> NotifyConfig:
+    return NotifyConfig(
+        nats=nats,
+        channels={"oncall": WebhookChannelConfig(url=receiver.url("oncall"), retry_backoff=Duration(0.01))},
+        routes=[Route(channels=["oncall"])],
+        tick=Duration(0.05),
+        evaluation_watch=Duration(watch),
+    )
+
+
+def evaluator(nats: NatsConfig, rules: Path, replica: str) -> EvaluatorService:
+    return EvaluatorService(
+        EvaluatorConfig(
+            nats=nats,
+            rules=[str(rules)],
+            tick_interval=Duration(0.1),
+            watch_interval=Duration(0),
+            replica_id=replica,
+            partitions=4,
+            failover_after=Duration(1),
+        )
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_no_evaluator_judging_pages_once_and_resolves_once_with_two_notifiers(
+    nc: Any, nats_config: NatsConfig, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    js = nc.jetstream()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    a = evaluator(nats_config, rules, "a")
+    await a.start()
+    try:
+        async with notifier_services(nc) as start:
+            config = notify_config(nats_config, receiver, watch=2.0)
+            notifiers = [await start(config), await start(config)]
+
+            def checks(result: str) -> float:
+                return sum(
+                    value(n.registry, "signalfire_notifier_evaluation_checks_total", result=result)
+                    for n in notifiers
+                )
+
+            # Judged: the watch reads the leases and stays quiet past its 2 s.
+            await eventually(lambda: checks("judged") >= 12, "the watch's checks while a judges", 10)
+            assert receiver.posted() == [] and checks("unjudged") == 0
+
+            # Every evaluator gone (a's leases left to lapse, as after kill -9).
+            assert a._nc is not None and a._lease_nc is not None
+            await a._lease_nc.close()
+            await a._nc.close()
+            died = time.monotonic()
+            await eventually(lambda: len(receiver.posted("oncall")) >= 1, "the page about evaluation", 10)
+            paged = receiver.posted("oncall")[0]
+            assert paged.at - died < 2.0 + 1.0  # evaluation_watch, and a check's interval
+            assert (paged.transition, paged.body["alert"]["rule"], paged.body["alert"]["host"]) == (
+                "firing",
+                RULE,
+                SELF_HOST,
+            )
+            summary = paged.body["alert"]["annotations"]["summary"]
+            assert "00, 01, 02, 03, fleet" in summary, summary
+            await asyncio.sleep(2.0)  # both replicas keep checking: no second page
+            assert len(receiver.posted("oncall")) == 1
+
+            # A replica judges again: the resolve, once.
+            b = evaluator(nats_config, rules, "b")
+            await b.start()
+            try:
+                await eventually(lambda: len(receiver.posted("oncall")) >= 2, "the resolve", 15)
+                await asyncio.sleep(1.5)
+                assert [(p.alert_id, p.transition) for p in receiver.posted("oncall")] == [
+                    (paged.alert_id, "firing"),
+                    (paged.alert_id, "resolved"),
+                ]
+            finally:
+                await b.stop()
+    finally:
+        await a.stop()
+    # On the alerts stream as every alert is (the gateway stores it, the dashboard lists it).
+    ours = [(e.rule, e.host, e.status, e.seq) for e in await alert_events(js, nats_config)]
+    assert ours == [(RULE, SELF_HOST, "firing", 1), (RULE, SELF_HOST, "resolved", 2)]
+
+
+async def test_a_partition_gone_from_the_setting_is_not_watched_and_nothing_without_leases(
+    nc: Any, nats_config: NatsConfig, receiver: WebhookReceiver
+) -> None:
+    """The newest announcement's count says which partitions there are: a lease of a partition
+    the replicas no longer have (the setting lowered from 2 to 1) lapses unnoticed. And with no
+    lease in the bucket nothing is watched (an evaluator without partitions writes none)."""
+    js = nc.jetstream()
+    leases = await js.key_value(nats_config.subjects.bucket("evaluator_leases"))
+
+    def lease(**fields: Any) -> bytes:
+        return msgspec.json.encode(Lease(replica="r", instance="i", time=time.time(), **fields))
+
+    async with notifier_services(nc) as start:
+        notifier = await start(notify_config(nats_config, receiver, watch=0.6))
+
+        def checks(result: str) -> float:
+            return value(notifier.registry, "signalfire_notifier_evaluation_checks_total", result=result)
+
+        await eventually(lambda: checks("judged") >= 3, "checks of an empty bucket", 5)
+        await leases.put(PARTITION_PREFIX + "01", lease())  # left by the old setting, never renewed
+        for _ in range(8):  # the replica renews what it holds, and announces one partition
+            await leases.put("replica.r", lease(partitions=["00", "fleet"], count=1))
+            for partition in ("00", "fleet"):
+                await leases.put(PARTITION_PREFIX + partition, lease())
+            await asyncio.sleep(0.15)
+        assert checks("unjudged") == 0 and receiver.posted() == []
+        with pytest.raises(Exception):  # noqa: B017 - no transition was ever decided
+            await (await js.key_value(nats_config.subjects.bucket("notify_state"))).get(KEY)
+
+
+async def test_an_unreadable_watch_state_is_replaced_and_the_page_still_goes_out(
+    nc: Any, nats_config: NatsConfig, receiver: WebhookReceiver
+) -> None:
+    js = nc.jetstream()
+    state = await js.key_value(nats_config.subjects.bucket("notify_state"))
+    await state.put(KEY, b"{not json")
+    leases = await js.key_value(nats_config.subjects.bucket("evaluator_leases"))
+    await leases.put(
+        "replica.r",
+        msgspec.json.encode(Lease(replica="r", instance="i", time=time.time(), partitions=[], count=1)),
+    )
+    async with notifier_services(nc) as start:
+        await start(notify_config(nats_config, receiver, watch=0.5))
+        await eventually(lambda: len(receiver.posted("oncall")) == 1, "the page", 5)
+    stored = msgspec.json.decode((await state.get(KEY)).value or b"", type=Watch)
+    assert (stored.status, stored.unjudged) == ("firing", ["00", "fleet"])
+
+
+async def test_two_replicas_deciding_at_the_same_moment_raise_one_alert(
+    nc: Any, nats_config: NatsConfig
+) -> None:
+    """Both read the leases, find the partitions unjudged and try the transition at once: the
+    compare-and-set lets one decide, and both publish that one instance (the stream keeps one
+    copy, by its id)."""
+    js = nc.jetstream()
+    subjects = nats_config.subjects
+    leases = await js.key_value(subjects.bucket("evaluator_leases"))
+    state = await js.key_value(subjects.bucket("notify_state"))
+    announcement = Lease(replica="r", instance="i", time=time.time(), partitions=[], count=1)
+    await leases.put("replica.r", msgspec.json.encode(announcement))
+    published: list[AlertEvent] = []
+
+    async def publish(alert: AlertEvent) -> None:
+        published.append(alert)
+
+    watches = [EvaluationWatch(leases, state, publish, lambda: 0.2, Registry(f"watch_{i}")) for i in range(2)]
+    await asyncio.gather(*(watch.check(0.2) for watch in watches))  # the first look
+    await asyncio.sleep(0.3)
+    await asyncio.gather(*(watch.check(0.2) for watch in watches))  # both find them unjudged
+    assert len(published) == 1  # the one that decided publishes
+    await asyncio.gather(*(watch.check(0.2) for watch in watches))  # the next look: both do
+    assert len(published) == 3
+    assert len({alert.id for alert in published}) == 1 and {a.status for a in published} == {"firing"}
