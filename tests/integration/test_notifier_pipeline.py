@@ -379,6 +379,44 @@ async def test_an_alert_is_inhibited_while_its_source_is_still_being_sent_by_eit
         assert checks["failed"] == 0 and sum(checks.values()) >= 3, checks  # one a decision at least
 
 
+async def test_a_group_wait_on_the_targets_route_mutes_a_target_arriving_with_its_source(
+    nc: Any,
+    nats_config: NatsConfig,
+    receivers: WebhookReceiver,
+    clock: Clock,
+    running: Any,
+    results: list[Any],
+) -> None:
+    """A source and its target published at the same moment, to two replicas: the target may
+    be decided before the source's track is written anywhere. Held by its route's group_wait,
+    it is decided again when its batch is sent, by then against the source's track."""
+    config = make_config(
+        nats_config,
+        {"ops": hook(receivers, "ops"), "pager": hook(receivers, "pager")},
+        [
+            Route(match={"rule": "HostDown"}, channels=["pager"]),
+            Route(channels=["ops"], group_wait=Duration(1), group_by=["host"]),
+        ],
+        inhibit=[InhibitRule(source={"rule": "HostDown"}, equal=["host"])],
+    )
+    await running(config)
+    await running(config)
+    for round_ in range(5):
+        host = f"db-{round_}"
+        down, cpu = alert(rule="HostDown", host=host), alert(host=host)
+        await asyncio.gather(publish_alert(nc, nats_config, cpu), publish_alert(nc, nats_config, down))
+        await wait_until(lambda: len(receivers.bodies("pager")) == round_ + 1, "the page")  # noqa: B023
+        await quiet(0.2)  # the target joined its batch
+        clock.now += 1.5  # its group_wait is over
+        await wait_until(lambda: len(results) == 2 * (round_ + 1), "the target's result")  # noqa: B023
+        by_alert = {r.alert_id: r for r in results}
+        assert (by_alert[cpu.id].status, by_alert[cpu.id].reason) == (
+            "suppressed",
+            f"inhibited by HostDown on {host}",
+        ), round_
+    assert receivers.bodies("ops") == []
+
+
 async def test_failed_channel_hands_over_to_its_fallback_then_dead_letters(
     nc: Any, nats_config: NatsConfig, receivers: WebhookReceiver, running: Any, results: list[Any]
 ) -> None:
