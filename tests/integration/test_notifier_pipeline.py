@@ -385,6 +385,7 @@ async def test_a_group_wait_on_the_targets_route_mutes_a_target_arriving_with_it
     receivers: WebhookReceiver,
     clock: Clock,
     running: Any,
+    *,
     results: list[Any],
 ) -> None:
     """A source and its target published at the same moment, to two replicas: the target may
