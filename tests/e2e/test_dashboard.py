@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -16,7 +17,9 @@ from devstack import Stack
 
 from signalfire.bus import connect
 from signalfire.events import AgentStatus, AlertAction, MetricBatch, Sample, decode, encode
-from signalfire.subjects import Subjects
+from signalfire.notifier.watch import Watch
+from signalfire.notifier.watch import event as own_alert_event
+from signalfire.subjects import SELF_HOST, Subjects
 
 pytestmark = [
     pytest.mark.slow,
@@ -299,6 +302,40 @@ def test_an_action_on_its_way_holds_its_rows_buttons(browser: Any, running: Stac
     page.locator("#alert-rows [aria-busy]").wait_for(state="detached", timeout=10000)
     alerts = alerts_of(running, host)
     assert [a["status"] for a in alerts] == ["resolved"]
+    page.close()
+
+
+def publish_own_alert(running: Stack, watch: Watch) -> None:
+    """Signalfire's own alert, as the notifier publishes it when no evaluator judges some hosts."""
+
+    async def go() -> None:
+        nc = await connect(running.nats_config(), "e2e-ui")
+        try:
+            alert = own_alert_event(watch)
+            msg_id = f"{alert.id}:{alert.status}"
+            await nc.jetstream().publish(
+                Subjects().alerts(SELF_HOST), encode(alert), headers={"Nats-Msg-Id": msg_id}
+            )
+        finally:
+            await nc.close()
+
+    in_thread(go)
+
+
+def test_the_overview_shows_signalfires_own_alert_while_it_fires(browser: Any, running: Stack) -> None:
+    """EvaluationStopped belongs to no host row and counts in no host's totals: a banner above
+    them says it, and goes when it resolves, without a reload."""
+    now = time.time()
+    watch = Watch(id=uuid.uuid4().hex, status="firing", since=now, time=now, seq=1, unjudged=["03", "fleet"])
+    page = open_signed_in(browser, running, token(running))
+    publish_own_alert(running, watch)
+    banner = page.locator("#own-alerts .own-alert")
+    banner.wait_for(timeout=10000)
+    text = banner.inner_text()
+    assert "EvaluationStopped" in text and "No evaluator judges host partitions 03, fleet" in text, text
+    assert banner.get_attribute("role") == "alert"
+    publish_own_alert(running, msgspec.structs.replace(watch, status="resolved", time=now + 1, seq=2))
+    banner.wait_for(state="detached", timeout=10000)
     page.close()
 
 

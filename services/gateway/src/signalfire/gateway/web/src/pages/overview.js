@@ -12,6 +12,9 @@ import { onFrame, onDigest, subscribe } from "../stream.js";
 import { lineChart, sparkline, drawSparkline } from "../charts.js";
 import { packer, unpacker, SEVERITIES, USAGE as KEY_METRICS } from "../fleetpack.js";
 
+// The host of Signalfire's own alerts (signalfire.subjects.SELF_HOST).
+const SELF_HOST = "signalfire";
+
 // Fleet-wide charts over the last hour: the series with the highest newest values, refreshed
 // every 30 s (the table above updates live).
 const FLEET = [["Fleet CPU, last hour", "cpu.usage_percent"], ["Fleet memory, last hour", "mem.used_percent"]];
@@ -156,6 +159,10 @@ export async function overviewPage(main) {
   ];
 
   const counts = h("div", { class: "counts", "aria-label": "Active alerts by severity" });
+  // Signalfire's own alerts (the notifier's EvaluationStopped: no evaluator judges some hosts,
+  // so nothing about them alerts) belong to no host row and count in no host's totals: each
+  // is a banner above them, while it fires.
+  const own = h("div", { id: "own-alerts" });
   const summary = h("p", { id: "fleet-summary", class: "fleet-summary", "aria-live": "polite" }, "Loading the hosts…");
   // One slot per chart, so a chart is replaced in its place.
   const slots = FLEET.map(() => h("div"));
@@ -180,6 +187,7 @@ export async function overviewPage(main) {
   const empty = h("p", { class: "muted", hidden: true }, "No hosts yet: start an agent (`signalfire agent`).");
   clear(main,
     h("h1", {}, "Overview"),
+    own,
     summary,
     counts,
     h("div", { class: "filters" },
@@ -190,6 +198,13 @@ export async function overviewPage(main) {
     empty,
     h("section", { "aria-label": "Fleet charts" }, fleet));
   updateGroupOptions();
+
+  async function loadOwn() {
+    const reply = await api("/alerts", { params: { status: "firing", host: SELF_HOST } });
+    clear(own, reply.alerts.map((alert) => h("p", { class: `sev sev-${alert.severity} own-alert`, role: "alert" },
+      severityBadge(alert.severity), " ", h("strong", {}, alert.rule), `: ${alert.annotations.summary || "Signalfire itself"} `,
+      h("a", { href: "#/alerts" }, "Alerts"))));
+  }
 
   function spacer() {
     return h("tr", { class: "spacer", "aria-hidden": "true" }, h("td", { colspan: COLUMNS.length + 1 }));
@@ -706,6 +721,7 @@ export async function overviewPage(main) {
     }, PATCH_DELAY_MS);
   }
 
+  loadOwn().catch(reported("Loading Signalfire's own alerts", null));
   await applyFleet(...await takeFleet());
   updateGroupOptions();
   renderTotals(order());
@@ -727,7 +743,8 @@ export async function overviewPage(main) {
     (digest, names) => enqueue({ digest, names }, 0),
   );
   const off = onFrame((frame) => {
-    if ((frame.kind === "alert" || frame.kind === "host") && frame.host) enqueue(frame, DRAIN_MS);
+    if (frame.kind === "alert" && frame.host === SELF_HOST) loadOwn().catch(reported("Loading Signalfire's own alerts", null));
+    else if ((frame.kind === "alert" || frame.kind === "host") && frame.host) enqueue(frame, DRAIN_MS);
   });
   // The 30 s reload, by the fleet's reader (readFleet: off this thread).
   let reloading = false;
@@ -736,6 +753,7 @@ export async function overviewPage(main) {
     if (document.hidden || reloading) return;
     reloading = true;
     try {
+      loadOwn().catch(reported("Loading Signalfire's own alerts", null));
       const changed = await applyFleet(...await readFleet());
       for (const name of rendered.keys()) if (name.startsWith("h:")) dirty.add(name.slice(2));
       hostsChanged = true;
