@@ -17,8 +17,7 @@ from devstack import Stack
 
 from signalfire.bus import connect
 from signalfire.events import AgentStatus, AlertAction, MetricBatch, Sample, decode, encode
-from signalfire.notifier.watch import Watch
-from signalfire.notifier.watch import event as own_alert_event
+from signalfire.notifier.watch import Watch, evaluation_alert, publisher
 from signalfire.subjects import SELF_HOST, Subjects
 
 pytestmark = [
@@ -311,11 +310,10 @@ def publish_own_alert(running: Stack, watch: Watch) -> None:
     async def go() -> None:
         nc = await connect(running.nats_config(), "e2e-ui")
         try:
-            alert = own_alert_event(watch)
-            msg_id = f"{alert.id}:{alert.status}"
-            await nc.jetstream().publish(
-                Subjects().alerts(SELF_HOST), encode(alert), headers={"Nats-Msg-Id": msg_id}
-            )
+            js = nc.jetstream()
+            subjects = Subjects()
+            own = evaluation_alert(await js.key_value(subjects.bucket("notify_state")), publisher(js, ""))
+            await publisher(js, subjects.alerts(SELF_HOST))(own.event(watch))
         finally:
             await nc.close()
 
@@ -326,7 +324,9 @@ def test_the_overview_shows_signalfires_own_alert_while_it_fires(browser: Any, r
     """EvaluationStopped belongs to no host row and counts in no host's totals: a banner above
     them says it, and goes when it resolves, without a reload."""
     now = time.time()
-    watch = Watch(id=uuid.uuid4().hex, status="firing", since=now, time=now, seq=1, unjudged=["03", "fleet"])
+    watch = Watch(
+        id=uuid.uuid4().hex, status="firing", since=now, time=now, seq=1, what=["03", "fleet"], value=2.0
+    )
     page = open_signed_in(browser, running, token(running))
     publish_own_alert(running, watch)
     banner = page.locator("#own-alerts .own-alert")

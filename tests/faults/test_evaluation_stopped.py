@@ -31,7 +31,6 @@ import pytest
 from devstack import ServiceProcess
 
 from signalfire.bus import NatsConfig
-from signalfire.notifier.watch import RULE
 from signalfire.subjects import SELF_HOST
 from tests.faults.support import (
     alert_events,
@@ -59,6 +58,7 @@ ACK_WAIT = "2s"
 SLACK = 5.0
 CHANNEL = "oncall"
 #: A rule nothing ever makes fire (no metrics are published): the evaluators only judge.
+RULE = "EvaluationStopped"
 RULES = """\
 rules:
   - name: StoppedProbe

@@ -52,8 +52,7 @@ from signalfire.notifier.ledger import SentMark, ledger_key
 from signalfire.notifier.mirror import FRESH_FOR
 from signalfire.notifier.service import NotifierService
 from signalfire.notifier.tracking import alert_key
-from signalfire.notifier.watch import KEY as WATCH_KEY
-from signalfire.notifier.watch import EvaluationWatch
+from signalfire.notifier.watch import EvaluationWatch, checks_counter, evaluation_alert
 from signalfire.notifier.watch import publisher as watch_publisher
 from signalfire.partitions import Lease
 from signalfire.subjects import SELF_HOST, Subjects
@@ -453,12 +452,15 @@ async def test_the_notifier_watches_the_evaluators_and_raises_its_own_alert_alon
         announcement = Lease(replica="r", instance="i", time=time.time(), partitions=[], count=1)
         await leases.put("replica.r", msgspec.json.encode(announcement))
         js = notifier.jetstream(timeout=5)
+        registry = Registry("test_watch")
         watch = EvaluationWatch(
             await js.key_value(s.bucket("evaluator_leases")),
-            await js.key_value(s.bucket("notify_state")),
-            watch_publisher(js, s.alerts(SELF_HOST)),
+            evaluation_alert(
+                await js.key_value(s.bucket("notify_state")), watch_publisher(js, s.alerts(SELF_HOST))
+            ),
             lambda: 0.2,
-            Registry("test_watch"),
+            registry=registry,
+            checks=checks_counter(registry),
         )
         await watch.check(0.2)
         await asyncio.sleep(0.3)
@@ -479,10 +481,33 @@ async def test_the_notifier_watches_the_evaluators_and_raises_its_own_alert_alon
         # The bus is the module's: a later test's evaluator must not see replica r, nor its
         # notifier resolve this alert.
         await leases.delete("replica.r")
-        await (await notifier.jetstream(timeout=5).key_value(s.bucket("notify_state"))).delete(WATCH_KEY)
+        await (await notifier.jetstream(timeout=5).key_value(s.bucket("notify_state"))).delete(
+            "watch.evaluation"
+        )
         await evaluator.close()
         await notifier.close()
     assert "forged-by-the-notifier" not in [a.id for a in alerts]
+
+
+async def test_the_notifier_reads_how_far_the_gateways_consumers_are_and_cannot_take_from_them(
+    bus: Bus, admin: Any
+) -> None:
+    s = bus.subjects
+    with contextlib.suppress(Exception):  # made already by a test's gateway, or made here
+        await admin.jetstream().add_consumer(
+            s.metrics_stream, ConsumerConfig(durable_name="gateway-metrics", ack_policy=AckPolicy.EXPLICIT)
+        )
+    await admin.jetstream().publish(s.metrics(WEB1), batch(WEB1, 1.0))  # something to take
+    notifier = await client(bus, "notifier")
+    try:
+        js = notifier.jetstream(timeout=REFUSED_WAIT)
+        info = await js.consumer_info(s.metrics_stream, "gateway-metrics")
+        assert info.name == "gateway-metrics" and (info.num_pending or 0) >= 1
+        with pytest.raises(Exception):  # noqa: B017 - refused: nobody answers the fetch
+            taker = await js.pull_subscribe_bind("gateway-metrics", s.metrics_stream)
+            await taker.fetch(1, timeout=REFUSED_WAIT)
+    finally:
+        await notifier.close()
 
 
 # What the server refuses -------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
 from signalfire.events import AlertEvent
 from signalfire.notifier.channels.webhook import WebhookChannelConfig
 from signalfire.notifier.config import NotifyConfig, Route
-from signalfire.notifier.watch import KEY, RULE, EvaluationWatch, Watch
+from signalfire.notifier.watch import EvaluationWatch, Watch, checks_counter, evaluation_alert
 from signalfire.partitions import PARTITION_PREFIX, Lease
 from signalfire.subjects import SELF_HOST
 from signalfire.telemetry import Registry
@@ -29,6 +29,8 @@ from tests.support.metrics import value
 from tests.support.notifiers import notifier_services
 from tests.support.webhook import WebhookReceiver
 
+RULE = "EvaluationStopped"
+KEY = "watch.evaluation"
 RULES = "rules:\n  - {name: Hot, metric: temp, condition: '> 50', severity: high}\n"
 
 
@@ -79,13 +81,18 @@ async def test_no_evaluator_judging_pages_once_and_resolves_once_with_two_notifi
 
             def checks(result: str) -> float:
                 return sum(
-                    value(n.registry, "signalfire_notifier_evaluation_checks_total", result=result)
+                    value(
+                        n.registry,
+                        "signalfire_notifier_watch_checks_total",
+                        watch="evaluation",
+                        result=result,
+                    )
                     for n in notifiers
                 )
 
             # Judged: the watch reads the leases and stays quiet past its 2 s.
-            await eventually(lambda: checks("judged") >= 12, "the watch's checks while a judges", 10)
-            assert receiver.posted() == [] and checks("unjudged") == 0
+            await eventually(lambda: checks("ok") >= 12, "the watch's checks while a judges", 10)
+            assert receiver.posted() == [] and checks("trouble") == 0
 
             # Every evaluator gone (a's leases left to lapse, as after kill -9).
             assert a._nc is not None and a._lease_nc is not None
@@ -140,16 +147,18 @@ async def test_a_partition_gone_from_the_setting_is_not_watched_and_nothing_with
         notifier = await start(notify_config(nats_config, receiver, watch=0.6))
 
         def checks(result: str) -> float:
-            return value(notifier.registry, "signalfire_notifier_evaluation_checks_total", result=result)
+            return value(
+                notifier.registry, "signalfire_notifier_watch_checks_total", watch="evaluation", result=result
+            )
 
-        await eventually(lambda: checks("judged") >= 3, "checks of an empty bucket", 5)
+        await eventually(lambda: checks("ok") >= 3, "checks of an empty bucket", 5)
         await leases.put(PARTITION_PREFIX + "01", lease())  # left by the old setting, never renewed
         for _ in range(8):  # the replica renews what it holds, and announces one partition
             await leases.put("replica.r", lease(partitions=["00", "fleet"], count=1))
             for partition in ("00", "fleet"):
                 await leases.put(PARTITION_PREFIX + partition, lease())
             await asyncio.sleep(0.15)
-        assert checks("unjudged") == 0 and receiver.posted() == []
+        assert checks("trouble") == 0 and receiver.posted() == []
         with pytest.raises(Exception):  # noqa: B017 - no transition was ever decided
             await (await js.key_value(nats_config.subjects.bucket("notify_state"))).get(KEY)
 
@@ -169,7 +178,7 @@ async def test_an_unreadable_watch_state_is_replaced_and_the_page_still_goes_out
         await start(notify_config(nats_config, receiver, watch=0.5))
         await eventually(lambda: len(receiver.posted("oncall")) == 1, "the page", 5)
     stored = msgspec.json.decode((await state.get(KEY)).value or b"", type=Watch)
-    assert (stored.status, stored.unjudged) == ("firing", ["00", "fleet"])
+    assert (stored.status, stored.what, stored.value) == ("firing", ["00", "fleet"], 2.0)
 
 
 async def test_two_replicas_deciding_at_the_same_moment_raise_one_alert(
@@ -189,7 +198,13 @@ async def test_two_replicas_deciding_at_the_same_moment_raise_one_alert(
     async def publish(alert: AlertEvent) -> None:
         published.append(alert)
 
-    watches = [EvaluationWatch(leases, state, publish, lambda: 0.2, Registry(f"watch_{i}")) for i in range(2)]
+    registries = [Registry(f"watch_{i}") for i in range(2)]
+    watches = [
+        EvaluationWatch(
+            leases, evaluation_alert(state, publish), lambda: 0.2, registry=r, checks=checks_counter(r)
+        )
+        for r in registries
+    ]
     await asyncio.gather(*(watch.check(0.2) for watch in watches))  # the first look
     await asyncio.sleep(0.3)
     await asyncio.gather(*(watch.check(0.2) for watch in watches))  # both find them unjudged

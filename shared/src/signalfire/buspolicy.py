@@ -39,6 +39,15 @@ GATEWAY_DURABLES = {
     "alerts": ("gateway-alerts", "gateway-actions", "gateway-notifications"),
 }
 NOTIFIER_DURABLES = ("notifier", "notifier-actions")
+
+
+def gateway_consumers(s: Subjects) -> list[tuple[str, str]]:
+    """(stream, durable) of every durable consumer of the gateway's."""
+    return [(s.metrics_stream, d) for d in GATEWAY_DURABLES["metrics"]] + [
+        (s.alerts_stream, d) for d in GATEWAY_DURABLES["alerts"]
+    ]
+
+
 #: KV buckets (short names, see ``signalfire.bus.BUCKETS``) each service writes or watches.
 WRITES = {
     "gateway": ("silences",),
@@ -172,8 +181,7 @@ def permissions(role: str, subjects: Subjects, host: str | None = None) -> Permi
             subscribe=(f"{inbox_prefix(user_name('agent', host))}.>",),
         )
     if role == "gateway":
-        consumers = [d for name in GATEWAY_DURABLES["metrics"] for d in _durable(s.metrics_stream, name)]
-        consumers += [d for name in GATEWAY_DURABLES["alerts"] for d in _durable(s.alerts_stream, name)]
+        consumers = [right for stream, name in gateway_consumers(s) for right in _durable(stream, name)]
         return Permissions(
             # HTTP ingest publishes any host's batches; the API publishes actions and asks
             # the services over their control subjects; ingest tells every API process what it
@@ -224,9 +232,11 @@ def permissions(role: str, subjects: Subjects, host: str | None = None) -> Permi
         return Permissions(
             publish=(
                 f"{p}.notifications.*",
-                # its own alert when no evaluator judges some hosts (signalfire.notifier.watch):
-                # on this one subject, so it cannot forge another host's
+                # its own alerts when no evaluator judges some hosts or nothing is stored
+                # (signalfire.notifier.watch): on this one subject, so it cannot forge another
+                # host's; it reads how far the gateway's consumers are, and cannot change them
                 s.alerts(SELF_HOST),
+                *(f"$JS.API.CONSUMER.INFO.{stream}.{name}" for stream, name in gateway_consumers(s)),
                 *_service_common(s, role),
                 *consumers,
                 # an alert event whose deliveries ran out is read again by its sequence

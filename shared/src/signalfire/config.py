@@ -59,7 +59,7 @@ def _dec_hook(kind: type, value: Any) -> Any:
 
 def parse_duration(value: str | float | int) -> float:
     """Seconds in a duration: ``90``, ``"90s"``, ``"1.5m"``, ``"250ms"``, ``"2h"``, ``"1d"``."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"expected a duration like 30s, 5m or 1h, got {value!r}")
     if isinstance(value, int | float):
         seconds = float(value)

@@ -385,8 +385,11 @@ def test_a_service_built_from_a_config_with_a_mistake_refuses_to_start() -> None
     assert str(info.value) == "routes[0].channels[0]: unknown channel 'pager' (configured: log)"
 
 
-def test_the_evaluation_watch_defaults_to_a_minute_and_a_bad_one_is_named(tmp_path: Path) -> None:
-    assert load_notify_config(write(tmp_path, GOOD), environ={}).evaluation_watch == 60.0
+def test_the_watches_default_to_a_minute_and_five_and_a_bad_one_is_named(tmp_path: Path) -> None:
+    defaults = load_notify_config(write(tmp_path, GOOD), environ={})
+    assert (defaults.evaluation_watch, defaults.storage_watch) == (60.0, 300.0)
+    for bad, reason in (("-5", "a duration cannot be negative"), ("[5m]", "expected a duration like 30s")):
+        assert f"storage_watch: {reason}" in error_of(write(tmp_path, GOOD + f"storage_watch: {bad}\n"))
     off = load_notify_config(write(tmp_path, GOOD + "evaluation_watch: 0s\n"), environ={})
     assert off.evaluation_watch == 0.0
     for bad, reason in (("-5", "a duration cannot be negative"), ("soon", "expected a duration like 30s")):

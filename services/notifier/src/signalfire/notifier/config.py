@@ -151,6 +151,10 @@ class NotifyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: nor taken over) raises the notifier's own ``EvaluationStopped`` alert; 0: not watched.
     #: Longer than the evaluators' ``failover_after``, which a handover takes at most.
     evaluation_watch: Duration = Duration(60)
+    #: A consumer of the gateway's with messages waiting whose acknowledged floor has not moved
+    #: for this long (nothing stored: every gateway down, PostgreSQL unreachable or full)
+    #: raises the notifier's own ``StorageStalled`` alert; 0: not watched.
+    storage_watch: Duration = Duration(300)
 
     def problems(self) -> list[tuple[str, str]]:
         """Cross-field mistakes as ``(field path, reason)``, e.g. a route naming an unknown channel."""

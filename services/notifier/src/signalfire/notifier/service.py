@@ -37,8 +37,9 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from signalfire.bus import connect, ensure_streams
+from signalfire.buspolicy import gateway_consumers
 from signalfire.events import AlertEvent, DeliveryResult, Silence, encode
-from signalfire.notifier import inhibit, silence
+from signalfire.notifier import inhibit, silence, watch
 from signalfire.notifier.channels import Channel, ChannelContext, build_channel
 from signalfire.notifier.channels.http import new_session, quiet_url_loggers
 from signalfire.notifier.config import NotifyConfig
@@ -50,9 +51,6 @@ from signalfire.notifier.pipeline import Pipeline
 from signalfire.notifier.reload import ConfigFile, adopt, check
 from signalfire.notifier.scheduler import Scheduler
 from signalfire.notifier.state import NotifyState
-from signalfire.notifier.watch import HOST as WATCH_HOST
-from signalfire.notifier.watch import EvaluationWatch
-from signalfire.notifier.watch import publisher as watch_publisher
 from signalfire.telemetry import Counter, Registry, parse_listen, serve_metrics
 
 __all__ = ["ACTIONS_DURABLE", "DURABLE", "NotifierService"]
@@ -99,7 +97,7 @@ class NotifierService:
         self._dispatcher: Dispatcher | None = None
         self._pipeline: Pipeline | None = None
         self._intake: Intake | None = None
-        self._watch: EvaluationWatch | None = None
+        self._watches: list[watch.EvaluationWatch | watch.StorageWatch] = []
         self.scheduler: Scheduler | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._metrics_server: asyncio.Server | None = None
@@ -215,14 +213,25 @@ class NotifierService:
                 clock=self._clock,
                 registry=self.registry,
             )
-            self._watch = EvaluationWatch(
-                await js.key_value(self._subjects.bucket("evaluator_leases")),
-                kv,
-                watch_publisher(js, self._subjects.alerts(WATCH_HOST)),
-                lambda: float(self.config.evaluation_watch),
-                self.registry,
-                clock=self._clock,
-            )
+            publish_own = watch.publisher(js, self._subjects.alerts(watch.HOST))
+            checks = watch.checks_counter(self.registry)
+            self._watches = [
+                watch.EvaluationWatch(
+                    await js.key_value(self._subjects.bucket("evaluator_leases")),
+                    watch.evaluation_alert(kv, publish_own, self._clock),
+                    lambda: float(self.config.evaluation_watch),
+                    registry=self.registry,
+                    checks=checks,
+                ),
+                watch.StorageWatch(
+                    js,
+                    gateway_consumers(self._subjects),
+                    watch.storage_alert(kv, publish_own, self._clock),
+                    lambda: float(self.config.storage_watch),
+                    registry=self.registry,
+                    checks=checks,
+                ),
+            ]
             self._intake = Intake(self.config, js, self._pipeline, ledger, self.registry)
             await self._intake.subscribe(self._nc)
             if self.config.metrics_listen is not None:
@@ -235,8 +244,7 @@ class NotifierService:
             log.warning("no routes configured: alert events are acknowledged without notifying anyone")
         self._intake.run()
         self._loops = [asyncio.create_task(self.scheduler.run())]
-        if self._watch is not None:
-            self._loops.append(asyncio.create_task(self._watch.run()))
+        self._loops += [asyncio.create_task(each.run()) for each in self._watches]
         if self.config_path is not None:
             self._loops.append(asyncio.create_task(self._file.watch()))
         log.info(
@@ -248,6 +256,8 @@ class NotifierService:
         """Stop taking events and let those in hand finish (up to
         :data:`~signalfire.notifier.intake.DRAIN_TIMEOUT`; the rest are redelivered and the
         ledger prevents repeats), then stop the timers and close what the service owns."""
+        for each in self._watches:
+            each.stop()
         for loop in self._loops:
             loop.cancel()
         for loop in self._loops:
