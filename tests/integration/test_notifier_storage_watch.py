@@ -45,7 +45,7 @@ def notify_config(nats: NatsConfig, receiver: WebhookReceiver) -> NotifyConfig:
 
 
 async def test_nothing_stored_while_messages_wait_pages_once_and_resolves_once(
-    nc: Any, nats_config: NatsConfig, receiver: WebhookReceiver
+    nc: Any, nats_config: NatsConfig, receiver: WebhookReceiver, caplog: pytest.LogCaptureFixture
 ) -> None:
     js = nc.jetstream()
     subjects = nats_config.subjects
@@ -100,6 +100,9 @@ async def test_nothing_stored_while_messages_wait_pages_once_and_resolves_once(
         ]
     ours = [(e.rule, e.status, e.seq) for e in await alert_events(js, nats_config)]
     assert ours == [("StorageStalled", "firing", 1), ("StorageStalled", "resolved", 2)]
+    # 1 s is far shorter than the gateway holds a batch (its minute's merge): said once a replica.
+    short = [r for r in caplog.records if r.getMessage().startswith("storage_watch is shorter")]
+    assert len(short) == 2
 
 
 async def test_a_gateway_that_keeps_storing_through_a_backlog_pages_nobody(

@@ -13,6 +13,7 @@ from signalfire.notifier.channels.log import LogChannelConfig
 from signalfire.notifier.channels.webhook import WebhookChannelConfig
 from signalfire.notifier.cli import run_notifier
 from signalfire.notifier.config import NotifyConfig, Route, check_notify_config, load_notify_config
+from signalfire.notifier.reload import adopt
 
 GOOD = """\
 channels:
@@ -394,3 +395,12 @@ def test_the_watches_default_to_a_minute_and_five_and_a_bad_one_is_named(tmp_pat
     assert off.evaluation_watch == 0.0
     for bad, reason in (("-5", "a duration cannot be negative"), ("soon", "expected a duration like 30s")):
         assert f"evaluation_watch: {reason}" in error_of(write(tmp_path, GOOD + f"evaluation_watch: {bad}\n"))
+
+
+def test_a_reload_takes_new_watch_settings(tmp_path: Path) -> None:
+    running = load_notify_config(write(tmp_path, GOOD), environ={})
+    changed = load_notify_config(
+        write(tmp_path, GOOD + "evaluation_watch: 2m\nstorage_watch: 10m\n"), environ={}
+    )
+    adopted = adopt(running, changed)
+    assert (adopted.evaluation_watch, adopted.storage_watch) == (120.0, 600.0)

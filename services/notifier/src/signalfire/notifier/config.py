@@ -153,7 +153,8 @@ class NotifyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     evaluation_watch: Duration = Duration(60)
     #: A consumer of the gateway's with messages waiting whose acknowledged floor has not moved
     #: for this long (nothing stored: every gateway down, PostgreSQL unreachable or full)
-    #: raises the notifier's own ``StorageStalled`` alert; 0: not watched.
+    #: raises the notifier's own ``StorageStalled`` alert; 0: not watched. At least 2 minutes:
+    #: the gateway acknowledges a batch once its minute's rollups are merged.
     storage_watch: Duration = Duration(300)
 
     def problems(self) -> list[tuple[str, str]]:

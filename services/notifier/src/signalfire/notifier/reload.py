@@ -58,6 +58,8 @@ def adopt(running: NotifyConfig, new: NotifyConfig) -> NotifyConfig:
         tick=new.tick,
         channels=new.channels,
         watch_interval=new.watch_interval,
+        evaluation_watch=new.evaluation_watch,
+        storage_watch=new.storage_watch,
     )
 
 

@@ -57,6 +57,10 @@ HOST = SELF_HOST
 REPUBLISH_FOR = 60.0
 #: How often a watch looks (at most; a quarter of its setting when shorter).
 CHECK_EVERY = 5.0
+#: The gateway acknowledges a metric batch once its minute's rollups are merged (docs/gateway.md):
+#: its consumer's floor moves about once a minute, so a ``storage_watch`` shorter than this
+#: pages about a gateway that stores (warned once).
+STORAGE_WATCH_MIN = 120.0
 
 
 class Watch(msgspec.Struct, kw_only=True):
@@ -341,6 +345,7 @@ class StorageWatch(_Watcher):
         self.consumers = list(consumers)
         self.alert = alert
         self._nothing_logged = False
+        self._short_warned = False
         self.waiting_gauge = registry.gauge(
             "unstored_messages",
             "Messages the gateway's consumers have not acknowledged (stored), as this replica last read them",
@@ -348,6 +353,13 @@ class StorageWatch(_Watcher):
 
     async def check(self, after: float) -> None:
         """Read the consumers, and fire or resolve the alert when its condition changed."""
+        if after < STORAGE_WATCH_MIN and not self._short_warned:
+            self._short_warned = True
+            log.warning(
+                "storage_watch is shorter than the gateway holds a batch before acknowledging it "
+                "(until its minute's rollups are merged): expect pages about a gateway that stores",
+                extra={"storage_watch": after, "at_least": STORAGE_WATCH_MIN},
+            )
         floors: dict[str, int] = {}
         waiting: dict[str, int] = {}
         for stream, durable in self.consumers:
