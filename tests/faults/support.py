@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -57,6 +58,21 @@ def as_identity(nats: NatsConfig, identity: str, bus: CredentialDirectory | None
     directory of the credentials ``nats`` already connects with (:func:`credentials_of`)."""
     password_file = (bus or credentials_of(nats)).password_file(identity)
     return msgspec.structs.replace(nats, user=identity, password_file=str(password_file))
+
+
+def notifier_nats_json(nats: NatsConfig) -> str:
+    """The ``nats:`` block of a notify.yaml (JSON, which YAML reads) connecting as the
+    ``notifier`` identity, as `make up` runs it."""
+    notifier = as_identity(nats, "notifier")
+    return json.dumps(
+        {
+            "url": nats.url,
+            "prefix": nats.prefix,
+            "metrics_max_bytes": nats.metrics_max_bytes,
+            "user": notifier.user,
+            "password_file": notifier.password_file,
+        }
+    )
 
 
 def service_env(

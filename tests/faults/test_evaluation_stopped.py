@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import time
@@ -34,9 +33,9 @@ from signalfire.bus import NatsConfig
 from signalfire.subjects import SELF_HOST
 from tests.faults.support import (
     alert_events,
-    as_identity,
     eventually,
     log_tail,
+    notifier_nats_json,
     partitions_shared,
     report,
     start_evaluator_replica,
@@ -77,17 +76,7 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 
 def notify_config(nats_config: NatsConfig, receiver: WebhookReceiver, path: Path) -> Path:
-    # the notifier as its own identity, as `make up` runs it
-    notifier = as_identity(nats_config, "notifier")
-    nats = json.dumps(
-        {
-            "url": nats_config.url,
-            "prefix": nats_config.prefix,
-            "metrics_max_bytes": nats_config.metrics_max_bytes,
-            "user": notifier.user,
-            "password_file": notifier.password_file,
-        }
-    )
+    nats = notifier_nats_json(nats_config)  # the notifier as its own identity, as `make up` runs it
     return write(
         path,
         f"""\

@@ -15,7 +15,6 @@ by PID.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -31,7 +30,7 @@ from nats.js.errors import NoKeysError
 from signalfire.bus import NatsConfig
 from signalfire.notifier.deadletter import DeadLetter
 from signalfire.notifier.ledger import SentMark
-from tests.faults.support import as_identity
+from tests.faults.support import notifier_nats_json
 from tests.support.alerts import firing_alert, publish_alert
 from tests.support.notifiers import kill9, notifier_process
 from tests.support.polling import wait_until
@@ -66,17 +65,7 @@ def notify_config(nats_config: NatsConfig, receiver: WebhookReceiver, tmp_path: 
     channels = ", ".join(
         f'{name}: {{type: webhook, url: "{receiver.url(name)}", timeout: 5s}}' for name in CHANNELS
     )
-    # the notifier as its own identity, as `make up` runs it
-    notifier = as_identity(nats_config, "notifier")
-    nats = json.dumps(
-        {
-            "url": nats_config.url,
-            "prefix": nats_config.prefix,
-            "metrics_max_bytes": nats_config.metrics_max_bytes,
-            "user": notifier.user,
-            "password_file": notifier.password_file,
-        }
-    )
+    nats = notifier_nats_json(nats_config)  # the notifier as its own identity, as `make up` runs it
     path.write_text(
         f"""\
 nats: {nats}

@@ -17,7 +17,7 @@ from signalfire.evaluator.partitions import host_partition
 from signalfire.evaluator.service import JUDGED_KEEP, EvaluatorConfig, EvaluatorService
 from signalfire.events import Event, EventBatch, MetricBatch, Sample, encode
 from tests.faults.support import alert_events, eventually
-from tests.support.evaluator import running_evaluator
+from tests.support.evaluator import replica, running_evaluator
 from tests.support.metrics import value
 
 RULES = """\
@@ -105,25 +105,12 @@ async def test_a_copy_arriving_after_its_judge_died_is_not_judged_again_by_the_t
     rules.write_text(RULES)
     host = "dup-moved"
 
-    def replica(name: str) -> EvaluatorService:
-        return EvaluatorService(
-            EvaluatorConfig(
-                nats=nats_config,
-                rules=[str(rules)],
-                tick_interval=Duration(0.1),
-                watch_interval=Duration(0),
-                replica_id=name,
-                partitions=16,
-                failover_after=Duration(2),
-            )
-        )
-
     def batch(count: int) -> bytes:
         events = [Event(type="auth.login_failed", time=time.time())] * count
         return encode(EventBatch(host=host, time=time.time(), events=events))
 
     copied = batch(2)
-    a, b = replica("a"), replica("b")
+    a, b = (replica(nats_config, rules, name, partitions=16, failover_after=2) for name in ("a", "b"))
     await a.start()
     try:
         await js.publish(subjects.events(host), copied, headers={"Nats-Msg-Id": "agent-run-1"})

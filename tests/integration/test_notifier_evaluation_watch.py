@@ -16,7 +16,7 @@ import pytest
 
 from signalfire.bus import NatsConfig
 from signalfire.config import Duration
-from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
+from signalfire.evaluator.service import EvaluatorService
 from signalfire.events import AlertEvent
 from signalfire.notifier.channels.webhook import WebhookChannelConfig
 from signalfire.notifier.config import NotifyConfig, Route
@@ -25,6 +25,7 @@ from signalfire.partitions import PARTITION_PREFIX, Lease
 from signalfire.subjects import SELF_HOST
 from signalfire.telemetry import Registry
 from tests.faults.support import alert_events, eventually
+from tests.support.evaluator import replica
 from tests.support.metrics import value
 from tests.support.notifiers import notifier_services
 from tests.support.webhook import WebhookReceiver
@@ -50,18 +51,8 @@ def notify_config(nats: NatsConfig, receiver: WebhookReceiver, watch: float) -> 
     )
 
 
-def evaluator(nats: NatsConfig, rules: Path, replica: str) -> EvaluatorService:
-    return EvaluatorService(
-        EvaluatorConfig(
-            nats=nats,
-            rules=[str(rules)],
-            tick_interval=Duration(0.1),
-            watch_interval=Duration(0),
-            replica_id=replica,
-            partitions=4,
-            failover_after=Duration(1),
-        )
-    )
+def evaluator(nats: NatsConfig, rules: Path, replica_id: str) -> EvaluatorService:
+    return replica(nats, rules, replica_id, partitions=4, failover_after=1)
 
 
 @pytest.mark.slow

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+from signalfire.bus import NatsConfig
+from signalfire.config import Duration
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
 
 
@@ -17,3 +20,21 @@ async def running_evaluator(config: EvaluatorConfig) -> AsyncIterator[EvaluatorS
         yield service
     finally:
         await service.stop()
+
+
+def replica(
+    nats: NatsConfig, rules: Path, replica_id: str, *, partitions: int, failover_after: float
+) -> EvaluatorService:
+    """An evaluator replica (not started) judging its share of ``partitions`` host partitions,
+    taking a dead one's over after ``failover_after`` seconds; a 0.1 s tick, no rule-file watch."""
+    return EvaluatorService(
+        EvaluatorConfig(
+            nats=nats,
+            rules=[str(rules)],
+            tick_interval=Duration(0.1),
+            watch_interval=Duration(0),
+            replica_id=replica_id,
+            partitions=partitions,
+            failover_after=Duration(failover_after),
+        )
+    )

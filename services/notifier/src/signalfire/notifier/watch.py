@@ -183,13 +183,17 @@ class _Watcher:
     #: Logged when a check fails (it is tried again next time, and never pages).
     unreadable = ""
 
-    def __init__(self, after: Callable[[], float], checks: Counter, monotonic: Callable[[], float]) -> None:
+    def __init__(
+        self, alert: OwnAlert, after: Callable[[], float], checks: Counter, monotonic: Callable[[], float]
+    ) -> None:
+        self.alert = alert
         self._after = after
         self._checks = checks
         self._monotonic = monotonic
         #: What is watched → (its last value read, 0 while missing; when this replica first saw it so).
         self._observed: dict[str, tuple[int, float]] = {}
         self._stopped = False
+        self._nothing_logged = False  # said once: nothing to watch yet
 
     def stop(self) -> None:
         """End :meth:`run` after the check under way, even one whose cancellation got lost (a
@@ -254,10 +258,8 @@ class EvaluationWatch(_Watcher):
         checks: Counter,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(after, checks, monotonic)
+        super().__init__(alert, after, checks, monotonic)
         self.leases = leases
-        self.alert = alert
-        self._nothing_logged = False
         self._count = 0  # host partitions, as the newest announcement said
         self.unjudged_gauge = registry.gauge(
             "unjudged_partitions",
@@ -339,12 +341,10 @@ class StorageWatch(_Watcher):
         checks: Counter,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(after, checks, monotonic)
+        super().__init__(alert, after, checks, monotonic)
         self.js = js
         #: (stream, durable) of every consumer of the gateway's.
         self.consumers = list(consumers)
-        self.alert = alert
-        self._nothing_logged = False
         self._short_warned = False
         self.waiting_gauge = registry.gauge(
             "unstored_messages",
