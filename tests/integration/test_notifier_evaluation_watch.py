@@ -6,6 +6,7 @@ partitioned evaluator, two notifier replicas, a loopback webhook receiver."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from signalfire.bus import NatsConfig
+from signalfire.bus import NatsConfig, connect
 from signalfire.config import Duration
 from signalfire.evaluator.service import EvaluatorService
 from signalfire.events import AlertEvent
@@ -28,6 +29,7 @@ from tests.faults.support import alert_events, eventually
 from tests.support.evaluator import replica
 from tests.support.metrics import value
 from tests.support.notifiers import notifier_services
+from tests.support.tcpproxy import TcpProxy
 from tests.support.webhook import WebhookReceiver
 
 RULE = "EvaluationStopped"
@@ -203,3 +205,66 @@ async def test_two_replicas_deciding_at_the_same_moment_raise_one_alert(
     await asyncio.gather(*(watch.check(0.2) for watch in watches))  # the next look: both do
     assert len(published) == 3
     assert len({alert.id for alert in published}) == 1 and {a.status for a in published} == {"firing"}
+
+
+async def test_after_reads_failed_for_a_while_the_leases_are_timed_from_the_next_read(
+    nc: Any, nats_config: NatsConfig
+) -> None:
+    """NATS away for longer than evaluation_watch (here the watch's connection cut): nothing
+    renewed meanwhile, and on the first read after it the evaluators may not have renewed yet.
+    That read starts the clock again instead of paging at once."""
+    js = nc.jetstream()
+    subjects = nats_config.subjects
+    leases = await js.key_value(subjects.bucket("evaluator_leases"))
+    announcement = Lease(replica="r", instance="i", time=time.time(), partitions=["00", "fleet"], count=1)
+    await leases.put("replica.r", msgspec.json.encode(announcement))
+    for partition in ("00", "fleet"):
+        await leases.put(PARTITION_PREFIX + partition, msgspec.json.encode(announcement))
+    host, port = nats_config.url.removeprefix("nats://").rsplit(":", 1)
+    proxy = await TcpProxy(host, int(port)).start()
+    watcher_nc = await connect(msgspec.structs.replace(nats_config, url=proxy.url), "watch-test")
+    published: list[float] = []
+
+    async def publish(alert: AlertEvent) -> None:
+        published.append(time.monotonic())
+
+    registry = Registry("signalfire_notifier")
+    wjs = watcher_nc.jetstream(timeout=0.5)
+    watch = EvaluationWatch(
+        await wjs.key_value(subjects.bucket("evaluator_leases")),
+        evaluation_alert(await wjs.key_value(subjects.bucket("notify_state")), publish),
+        lambda: 1.2,
+        registry=registry,
+        checks=checks_counter(registry),
+    )
+    task = asyncio.create_task(watch.run())
+    try:
+        await eventually(
+            lambda: (
+                value(registry, "signalfire_notifier_watch_checks_total", watch="evaluation", result="ok")
+                >= 1
+            ),
+            "a first read",
+            5,
+        )
+        proxy.cut()
+        await eventually(
+            lambda: (
+                value(registry, "signalfire_notifier_watch_checks_total", watch="evaluation", result="failed")
+                >= 1
+            ),
+            "failed reads",
+            10,
+        )
+        await asyncio.sleep(1.5)  # longer than evaluation_watch, nothing read
+        proxy.restore()
+        restored = time.monotonic()
+        await eventually(lambda: bool(published), "the page, the leases still unrenewed", 15)
+        assert published[0] - restored >= 1.2 - 0.3  # a whole evaluation_watch after reads resumed
+    finally:
+        watch.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await watcher_nc.close()
+        await proxy.stop()

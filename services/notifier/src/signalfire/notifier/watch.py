@@ -213,6 +213,9 @@ class _Watcher:
                 except Exception as exc:
                     self.counted("failed")
                     log.warning(self.unreadable, extra={"reason": str(exc) or type(exc).__name__})
+                    # What was not seen meanwhile (NATS away: nothing renews, nothing is
+                    # stored) is timed from the next read, not from the last one before.
+                    self._observed = {}
             await asyncio.sleep(min(CHECK_EVERY, after / 4) if after > 0 else CHECK_EVERY)
 
     async def check(self, after: float) -> None:
