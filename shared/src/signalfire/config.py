@@ -28,7 +28,7 @@ T = TypeVar("T")
 _PATH_IN_MESSAGE = re.compile(r" - at `(\$[^`]*)`$")
 _NAMED_FIELD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*): ")
 _UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]+)`$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
 
 

@@ -157,6 +157,14 @@ def test_a_negative_duration_is_refused_with_the_field(tmp_path: Path) -> None:
     assert str(error.value) == f"{path}:2: interval: a duration cannot be negative, got -5"
 
 
+@pytest.mark.parametrize("text", ["-2m", "-0.5s", " -3 "])
+def test_a_negative_duration_with_a_unit_says_so(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, f"interval: '{text}'\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(Example, path, environ={})
+    assert str(error.value) == f"{path}:1: interval: a duration cannot be negative, got {text!r}"
+
+
 def test_an_environment_value_that_is_not_yaml_is_taken_as_text() -> None:
     # "[" does not parse as YAML; the loader passes the text on, so the message quotes it as written.
     with pytest.raises(ConfigError) as error:
