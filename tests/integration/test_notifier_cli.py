@@ -20,6 +20,7 @@ from devstack import free_port
 from signalfire.bus import NatsConfig
 from signalfire.events import encode
 from tests.support.alerts import firing_alert
+from tests.support.httpserver import loopback_httpserver
 from tests.support.metrics import scrape, total
 from tests.support.polling import wait_until
 from tests.support.smtp import Mailbox, smtp_server
@@ -78,6 +79,42 @@ def test_notify_check_lists_every_mistake_as_file_line_field_reason(tmp_path: Pa
         f"{bad}:14: tick: must be more than 0",
     ]
     assert "ok: deploy/dev/notify.yaml" in result.stdout  # the other file is still checked
+
+
+def test_notify_heartbeat_requests_the_shipped_configs_switch_once() -> None:
+    with loopback_httpserver() as switch:
+        switch.expect_request("/ping/hb-secret-1").respond_with_data("OK")
+        result = signalfire(
+            "notify",
+            "heartbeat",
+            "--config",
+            "notify.example.yaml",
+            SIGNALFIRE_HEARTBEAT_URL=switch.url_for("/ping/hb-secret-1"),
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "the heartbeat was taken (HTTP 200); the notifier sends one every 60s\n"
+        [(request, _)] = switch.log
+        assert request.headers["User-Agent"].startswith("signalfire-notifier/")
+
+        switch.clear()
+        switch.expect_request("/ping/hb-secret-1").respond_with_data("no such check", status=404)
+        refused = signalfire(
+            "notify",
+            "heartbeat",
+            "--config",
+            "notify.example.yaml",
+            SIGNALFIRE_HEARTBEAT_URL=switch.url_for("/ping/hb-secret-1"),
+        )
+        assert refused.returncode == 1
+        assert refused.stderr == "the heartbeat was not taken: HTTP 404: no such check\n"
+
+    unset = signalfire("notify", "heartbeat", "--config", "notify.example.yaml", SIGNALFIRE_HEARTBEAT_URL="")
+    assert unset.returncode == 2
+    assert unset.stderr == (
+        "signalfire: heartbeat.url_env: environment variable SIGNALFIRE_HEARTBEAT_URL is not set "
+        "(it must hold the url)\n"
+    )
+    assert "hb-secret" not in result.stderr + refused.stderr + unset.stderr
 
 
 @pytest.fixture

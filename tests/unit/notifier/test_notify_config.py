@@ -404,3 +404,44 @@ def test_a_reload_takes_new_watch_settings(tmp_path: Path) -> None:
     )
     adopted = adopt(running, changed)
     assert (adopted.evaluation_watch, adopted.storage_watch) == (120.0, 600.0)
+
+
+def test_a_heartbeat_is_off_unless_configured_and_takes_a_minute_by_default(tmp_path: Path) -> None:
+    assert load_notify_config(write(tmp_path, GOOD), environ={}).heartbeat is None
+    config = load_notify_config(write(tmp_path, GOOD + "heartbeat:\n  url_env: HC_URL\n"), environ={})
+    assert config.heartbeat is not None
+    assert (config.heartbeat.url_env, config.heartbeat.every, config.heartbeat.timeout) == (
+        "HC_URL",
+        60.0,
+        10.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("heartbeat:\n  every: 1m\n", ":14: heartbeat.url_env: set exactly one of url_env and url_file"),
+        (
+            "heartbeat:\n  url_env: A\n  url_file: /run/secrets/hc\n",
+            ":15: heartbeat.url_env: set exactly one of url_env and url_file",
+        ),
+        ("heartbeat:\n  url_env: A\n  every: 0s\n", ":16: heartbeat.every: must be more than 0"),
+        (
+            "heartbeat:\n  url_env: A\n  every: 30s\n  timeout: 1m\n",
+            ":17: heartbeat.timeout: must be more than 0 and at most every (30s)",
+        ),
+        ("heartbeat:\n  url_env: A\n  every: soon\n", ":16: heartbeat.every: expected a duration like 30s"),
+        ("heartbeat:\n  url: https://hc-ping.example/abc\n", ":15: heartbeat.url: unknown field"),
+    ],
+)
+def test_a_bad_heartbeat_is_named(tmp_path: Path, text: str, reason: str) -> None:
+    assert reason in error_of(write(tmp_path, GOOD + text))
+
+
+def test_a_reload_takes_a_new_heartbeat(tmp_path: Path) -> None:
+    running = load_notify_config(write(tmp_path, GOOD), environ={})
+    changed = load_notify_config(
+        write(tmp_path, GOOD + "heartbeat:\n  url_env: HC_URL\n  every: 2m\n"), environ={}
+    )
+    adopted = adopt(running, changed)
+    assert adopted.heartbeat is not None and adopted.heartbeat.every == 120.0

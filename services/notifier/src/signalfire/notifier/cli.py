@@ -1,4 +1,5 @@
-"""``signalfire notifier`` (the service) and ``signalfire notify test CHANNEL``."""
+"""``signalfire notifier`` (the service), ``signalfire notify test CHANNEL``, ``notify heartbeat``
+and ``notify check``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from typing import Any
 
 from signalfire.events import SEVERITIES, AlertEvent, DeliveryResult
 from signalfire.log import configure_logging
+from signalfire.notifier import heartbeat
 from signalfire.notifier.channels import ChannelContext, Notification, build_channel, channel_type
+from signalfire.notifier.channels.base import DeliveryError
 from signalfire.notifier.channels.http import new_session, quiet_url_loggers
 from signalfire.notifier.config import check_notify_config, load_notify_config
 from signalfire.notifier.delivery import RetryPolicy, deliver
@@ -39,7 +42,7 @@ def register_service(subparsers: Any) -> None:
 
 def register_notify(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "notify", help="notification tools (notify test CHANNEL, notify check FILE)"
+        "notify", help="notification tools (notify test CHANNEL, notify heartbeat, notify check FILE)"
     )
     commands = parser.add_subparsers(dest="notify_command", metavar="COMMAND", required=True)
     test = commands.add_parser(
@@ -52,6 +55,14 @@ def register_notify(subparsers: Any) -> None:
     test.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     test.add_argument("--severity", choices=SEVERITIES, default="low", help="severity of the test alert")
     test.set_defaults(handler=notify_test)
+    beat = commands.add_parser(
+        "heartbeat",
+        help="send one heartbeat to the configured dead man's switch",
+        description="Request the heartbeat URL of the config once (no NATS needed) and print the answer, "
+        "to check the dead man's switch before relying on it. Exit status 1 when it was not taken.",
+    )
+    beat.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    beat.set_defaults(handler=notify_heartbeat)
     check = commands.add_parser(
         "check",
         help="validate notify config files",
@@ -120,6 +131,35 @@ def notify_check(args: argparse.Namespace) -> int:
             continue
         print(f"ok: {path}: {len(config.channels)} channels, {len(config.routes)} routes")
     return 1 if failed else 0
+
+
+def notify_heartbeat(args: argparse.Namespace) -> int:
+    taken: list[bool] = []
+
+    async def main() -> None:
+        config = load_notify_config(args.config)
+        configure_logging("notify", config.log_level, config.log_format)
+        target = heartbeat.target(config.heartbeat, os.environ)
+        if target is None:
+            print("signalfire: no heartbeat is configured (heartbeat: in the notify config)", file=sys.stderr)
+            return
+        quiet_url_loggers()
+        async with new_session() as http:
+            try:
+                status = await heartbeat.ping(http, target)
+            except DeliveryError as exc:
+                print(f"the heartbeat was not taken: {exc}", file=sys.stderr)
+                taken.append(False)
+                return
+        print(f"the heartbeat was taken (HTTP {status}); the notifier sends one every {target.every:g}s")
+        taken.append(True)
+
+    code = run_service(main)
+    if code:
+        return code
+    if not taken:
+        return 2
+    return 0 if taken[0] else 1
 
 
 def notify_test(args: argparse.Namespace) -> int:

@@ -117,6 +117,29 @@ def _check_matchers(field: str, texts: Sequence[str]) -> None:
             raise ValueError(f"{field}[{i}]: {exc}") from None
 
 
+class HeartbeatConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``heartbeat:``, a dead man's switch: every ``every``, each notifier replica that gets an
+    answer from JetStream requests the URL (a GET) of an outside service that pages when the
+    requests stop (healthchecks.io, Dead Man's Snitch, Better Stack, Cronitor). What no
+    alert of Signalfire's can say, it says by falling silent: NATS down or cut off, the alerts
+    stream without a leader, every notifier down. The URL holds the check's secret, so it
+    comes from the variable named by ``url_env`` or the file ``url_file``, never the YAML."""
+
+    url_env: str | None = None
+    url_file: str | None = None
+    every: Duration = Duration(60)
+    #: The longest a request (and the JetStream answer before it) may take.
+    timeout: Duration = Duration(10)
+
+    def __post_init__(self) -> None:
+        if (self.url_env is None) == (self.url_file is None):
+            raise ValueError("url_env: set exactly one of url_env and url_file")
+        if self.every <= 0:
+            raise ValueError("every: must be more than 0")
+        if not 0 < self.timeout <= self.every:
+            raise ValueError(f"timeout: must be more than 0 and at most every ({self.every:g}s)")
+
+
 class NotifyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The notifier's settings; see ``notify.example.yaml`` and ``docs/notifications.md``."""
 
@@ -156,6 +179,9 @@ class NotifyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: raises the notifier's own ``StorageStalled`` alert; 0: not watched. At least 2 minutes:
     #: the gateway acknowledges a batch once its minute's rollups are merged.
     storage_watch: Duration = Duration(300)
+    #: A request to an outside dead man's switch while this replica can reach JetStream;
+    #: none when unset (see :class:`HeartbeatConfig`).
+    heartbeat: HeartbeatConfig | None = None
 
     def problems(self) -> list[tuple[str, str]]:
         """Cross-field mistakes as ``(field path, reason)``, e.g. a route naming an unknown channel."""

@@ -1,8 +1,9 @@
 """Config reload: which settings a running notifier takes from a new config, and the config
 file, read again on ``SIGHUP`` and whenever it changes.
 
-A reload takes routes, inhibit rules, ``tick``, channels and ``watch_interval``; the
-settings of the process itself (:data:`RESTART_SETTINGS`) take effect at the next restart.
+A reload takes routes, inhibit rules, ``tick``, channels, ``watch_interval``, the watches and
+the heartbeat; the settings of the process itself (:data:`RESTART_SETTINGS`) take effect at
+the next restart.
 The service builds the new channels and hands the result to its parts
 (:meth:`~signalfire.notifier.service.NotifierService.reload`).
 """
@@ -60,6 +61,7 @@ def adopt(running: NotifyConfig, new: NotifyConfig) -> NotifyConfig:
         watch_interval=new.watch_interval,
         evaluation_watch=new.evaluation_watch,
         storage_watch=new.storage_watch,
+        heartbeat=new.heartbeat,
     )
 
 

@@ -39,7 +39,7 @@ from nats.js import JetStreamContext
 from signalfire.bus import connect, ensure_streams
 from signalfire.buspolicy import gateway_consumers
 from signalfire.events import AlertEvent, DeliveryResult, Silence, encode
-from signalfire.notifier import inhibit, silence, watch
+from signalfire.notifier import heartbeat, inhibit, silence, watch
 from signalfire.notifier.channels import Channel, ChannelContext, build_channel
 from signalfire.notifier.channels.http import new_session, quiet_url_loggers
 from signalfire.notifier.config import NotifyConfig
@@ -98,6 +98,7 @@ class NotifierService:
         self._pipeline: Pipeline | None = None
         self._intake: Intake | None = None
         self._watches: list[watch.EvaluationWatch | watch.StorageWatch] = []
+        self._heartbeat: heartbeat.Heartbeat | None = None
         self.scheduler: Scheduler | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._metrics_server: asyncio.Server | None = None
@@ -159,6 +160,7 @@ class NotifierService:
         try:
             # before connecting: a missing secret must stop start-up, not the first delivery
             self._channels = self._build_channels(self.config)
+            beat = heartbeat.target(self.config.heartbeat, self._environ)
             if self._nc is None:
                 self._nc = await connect(self.config.nats, "signalfire-notifier")
             js = self._js = self._nc.jetstream()
@@ -234,6 +236,14 @@ class NotifierService:
             ]
             self._intake = Intake(self.config, js, self._pipeline, ledger, self.registry)
             await self._intake.subscribe(self._nc)
+            alerts_stream = self._subjects.alerts_stream
+            self._heartbeat = heartbeat.Heartbeat(
+                beat,
+                lambda: js.consumer_info(alerts_stream, DURABLE),
+                self._http,
+                self.registry,
+                time.monotonic,
+            )
             if self.config.metrics_listen is not None:
                 host, port = parse_listen(self.config.metrics_listen)
                 self._metrics_server = await serve_metrics(self.registry, host, port)
@@ -245,6 +255,7 @@ class NotifierService:
         self._intake.run()
         self._loops = [asyncio.create_task(self.scheduler.run())]
         self._loops += [asyncio.create_task(each.run()) for each in self._watches]
+        self._loops.append(asyncio.create_task(self._heartbeat.run()))
         if self.config_path is not None:
             self._loops.append(asyncio.create_task(self._file.watch()))
         log.info(
@@ -258,6 +269,8 @@ class NotifierService:
         ledger prevents repeats), then stop the timers and close what the service owns."""
         for each in self._watches:
             each.stop()
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         for loop in self._loops:
             loop.cancel()
         for loop in self._loops:
@@ -286,8 +299,9 @@ class NotifierService:
             self._nc = None
 
     async def reload(self, config: NotifyConfig) -> None:
-        """Use a new config (``SIGHUP``, a changed file): routes, inhibit rules, timing and
-        channels. The new channels are built first; when one cannot be (a missing secret),
+        """Use a new config (``SIGHUP``, a changed file): routes, inhibit rules, timing,
+        channels, the watches and the heartbeat. The new channels and the heartbeat's URL are
+        read first; when one cannot be (a missing secret),
         :class:`ConfigError` is raised and nothing changes. Deliveries under way finish on the
         channels they started with. Settings of the process itself (``nats``, ``ack_wait``,
         ``claim_lease``, ``max_deliver``, ``max_in_flight``, ``first_start_backlog``,
@@ -297,6 +311,7 @@ class NotifierService:
         if self._http is not None:
             # every channel anew: a secret file may have been rotated
             channels = self._build_channels(config)
+        beat = heartbeat.target(config.heartbeat, self._environ)
         self.config = adopt(self.config, config)
         self._channels = channels
         if self._dispatcher is not None:
@@ -305,6 +320,8 @@ class NotifierService:
             self.scheduler.config = self.config
         if self._pipeline is not None:
             self._pipeline.config = self.config
+        if self._heartbeat is not None:
+            self._heartbeat.target = beat
         log.info(
             "notifier config reloaded",
             extra={"routes": len(self.config.routes), "channels": ",".join(channels)},

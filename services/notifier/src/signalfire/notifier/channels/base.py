@@ -90,31 +90,40 @@ class ChannelContext:
     environ: Mapping[str, str]
 
     def secret(self, channel: str, what: str, env: str | None, file: str | None) -> str | None:
-        """A secret named by a channel's ``<what>_env`` or ``<what>_file`` setting.
+        """A secret named by a channel's ``<what>_env`` or ``<what>_file`` setting
+        (:func:`read_secret`)."""
+        return read_secret(self.environ, f"channels.{channel}", what, env, file)
 
-        Secrets never live in ``notify.yaml``: the YAML names an environment variable or a
-        file. Raises ``ConfigError`` naming the setting when it is set but empty or
-        unreadable; returns None when neither is set.
-        """
-        if env is not None:
-            value = self.environ.get(env, "").strip()
-            if not value:
-                raise ConfigError(
-                    f"environment variable {env} is not set (it must hold the {what.replace('_', ' ')})",
-                    field=f"channels.{channel}.{what}_env",
-                )
-            return value
-        if file is not None:
-            try:
-                value = Path(file).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot read {file}: {exc.strerror or exc}", field=f"channels.{channel}.{what}_file"
-                ) from None
-            if not value:
-                raise ConfigError(f"{file} is empty", field=f"channels.{channel}.{what}_file")
-            return value
-        return None
+
+def read_secret(
+    environ: Mapping[str, str], owner: str, what: str, env: str | None, file: str | None
+) -> str | None:
+    """A secret named by the ``<what>_env`` or ``<what>_file`` setting of ``owner`` (a field
+    path: ``channels.pager``, ``heartbeat``).
+
+    Secrets never live in ``notify.yaml``: the YAML names an environment variable or a
+    file. Raises ``ConfigError`` naming the setting when it is set but empty or
+    unreadable; returns None when neither is set.
+    """
+    if env is not None:
+        value = environ.get(env, "").strip()
+        if not value:
+            raise ConfigError(
+                f"environment variable {env} is not set (it must hold the {what.replace('_', ' ')})",
+                field=f"{owner}.{what}_env",
+            )
+        return value
+    if file is not None:
+        try:
+            value = Path(file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read {file}: {exc.strerror or exc}", field=f"{owner}.{what}_file"
+            ) from None
+        if not value:
+            raise ConfigError(f"{file} is empty", field=f"{owner}.{what}_file")
+        return value
+    return None
 
 
 class ChannelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type"):

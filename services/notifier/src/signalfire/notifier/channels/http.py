@@ -1,9 +1,10 @@
 """One HTTP request to a provider, and what its answer means for retries.
 
-Every HTTP channel (webhook, Discord, PagerDuty, Twilio) posts through :func:`post`, so they
-agree on what is retryable: timeouts, connection errors, 408, 429 and 5xx are; any other
-non-2xx answer is a permanent failure. Error texts carry the status and the start of the
-response body, never the URL (provider URLs often hold secrets).
+Every HTTP channel (webhook, Discord, PagerDuty, Twilio) posts through :func:`post`, and the
+heartbeat requests with :func:`get`, so they agree on what is retryable: timeouts, connection
+errors, 408, 429 and 5xx are; any other non-2xx answer is a permanent failure. Error texts
+carry the status and the start of the response body, never the URL (provider URLs often hold
+secrets).
 
 The client is aiohttp: one :func:`new_session` (a keep-alive connection pool) shared by
 every channel of a process. It costs about a sixth of the CPU per request that httpx did,
@@ -110,17 +111,50 @@ async def post(
         sent_headers.setdefault("Content-Type", "application/json")
     elif form is not None:
         data = dict(form)
+    return await _request(
+        http,
+        "POST",
+        url,
+        timeout=timeout,
+        data=data,
+        headers=sent_headers,
+        retry_after=retry_after,
+        slots=slots,
+    )
+
+
+async def get(
+    http: aiohttp.ClientSession, url: str, *, timeout: float, headers: Mapping[str, str] | None = None
+) -> Reply:
+    """GET ``url`` and return a 2xx reply; raise :class:`DeliveryError` for anything else,
+    as :func:`post` does."""
+    return await _request(http, "GET", url, timeout=timeout, data=None, headers=dict(headers or {}))
+
+
+async def _request(
+    http: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    timeout: float,
+    data: Any,
+    headers: dict[str, str],
+    retry_after: Callable[[Reply], float | None] | None = None,
+    slots: asyncio.Semaphore | None = None,
+) -> Reply:
     try:
         if slots is None:
-            reply = await _post(http, url, timeout=timeout, data=data, headers=sent_headers)
+            reply = await _send(http, method, url, timeout=timeout, data=data, headers=headers)
         else:
             async with slots:
-                reply = await _post(http, url, timeout=timeout, data=data, headers=sent_headers)
+                reply = await _send(http, method, url, timeout=timeout, data=data, headers=headers)
     except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
         raise DeliveryError(f"no answer within {timeout:g}s", retryable=True) from None
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as exc:
         # refused, reset, TLS failure, a broken or malformed answer: worth another try
         raise DeliveryError(f"request failed: {type(exc).__name__}: {exc}", retryable=True) from None
+    except aiohttp.InvalidURL:  # its text is the URL, which may hold a secret
+        raise DeliveryError("request failed: the URL is not valid", retryable=False) from None
     except aiohttp.ClientError as exc:
         raise DeliveryError(f"request failed: {type(exc).__name__}: {exc}", retryable=False) from None
     status = reply.status
@@ -138,15 +172,17 @@ async def post(
     raise DeliveryError(message, retryable=False)
 
 
-async def _post(
+async def _send(
     http: aiohttp.ClientSession,
+    method: str,
     url: str,
     *,
     timeout: float,
     data: Any,
     headers: dict[str, str],
 ) -> Reply:
-    async with http.post(
+    async with http.request(
+        method,
         url,
         data=data,
         headers=headers,
