@@ -1,10 +1,12 @@
-"""nats-server killed for 30 s under a real agent, gateway and evaluator: the agent's buffer
-replays every batch once, the database has no gap and no duplicate, and nobody is told the
-host was down, nor that a condition held that cleared during the outage."""
+"""nats-server killed for 30 s under a real agent, gateway, evaluator and notifier: the agent's
+buffer replays every batch once, the database has no gap and no duplicate, nobody is told the
+host was down, nor that a condition held that cleared during the outage, and the notifier's
+heartbeat to an outside dead man's switch stops for the outage and comes back after it."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from devstack import REPO, NatsServer, ServiceProcess, bus_credentials, free_port
+from werkzeug import Request, Response
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.buspolicy import user_name
@@ -25,11 +28,14 @@ from tests.faults.support import (
     gateway_process,
     kill9,
     log_tail,
+    notifier_nats_json,
     report,
     service_env,
     wait_evaluator,
     write,
 )
+from tests.support.httpserver import loopback_httpserver
+from tests.support.notifiers import notifier_process
 from tests.support.streams import stream_messages
 from tests.support.tasks import cancelled
 
@@ -44,6 +50,43 @@ SPIKE_RULES = """\
 rules:
   - {name: FaultSpike, metric: fault.spike, condition: "> 50", for: 10s, severity: critical}
 """
+#: The notifier's heartbeat: every second, its JetStream question and request given a second.
+HEARTBEAT_EVERY = 1.0
+
+
+class Switch:
+    """The outside dead man's switch: the time (``time.time()``) of every heartbeat it took."""
+
+    def __init__(self) -> None:
+        self.server = loopback_httpserver()
+        self._lock = threading.Lock()
+        self._times: list[float] = []
+
+        def taken(request: Request) -> Response:
+            with self._lock:
+                self._times.append(time.time())
+            return Response("OK")
+
+        self.server.expect_request("/ping/nats-outage").respond_with_handler(taken)
+
+    @property
+    def times(self) -> list[float]:
+        with self._lock:
+            return list(self._times)
+
+
+def notify_config(nats: NatsConfig, switch: Switch, tmp_path: Path) -> Path:
+    """The notifier as `make up` runs it (its own identity), its heartbeat's URL in a file."""
+    url = write(tmp_path / "heartbeat-url", switch.server.url_for("/ping/nats-outage"))
+    return write(
+        tmp_path / "notify.yaml",
+        f"""\
+nats: {notifier_nats_json(nats)}
+channels: {{log: {{type: log}}}}
+routes: [{{channels: [log]}}]
+heartbeat: {{url_file: "{url}", every: {HEARTBEAT_EVERY:g}s, timeout: {HEARTBEAT_EVERY:g}s}}
+""",
+    )
 
 
 def absence_rules() -> list[str]:
@@ -104,6 +147,8 @@ async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false
     port = free_port()
     services: list[ServiceProcess] = []
     spiker: asyncio.Task[None] | None = None
+    switch = Switch()
+    switch.server.start()
     try:
         # A round the gateway fetched just before the server died loses its ack and comes back
         # after ack_wait: 30 s by default, as long as the whole wait for storage below.
@@ -120,11 +165,14 @@ async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false
         agent_env = service_env(nats, identity=user_name("agent", HOST))
         agent = ServiceProcess("agent", ["agent", "--config", str(agent_yaml)], agent_env, tmp_path)
         services.append(agent.start())
+        notifier = notifier_process("notifier", notify_config(nats, switch, tmp_path), tmp_path)
+        services.append(notifier.start())
 
         async def reporting() -> bool:
             return len(await batches_in_stream(admin.jetstream(), nats)) >= 3
 
         await eventually(reporting, "the agent's first batches", 30, *services)
+        await eventually(lambda: len(switch.times) >= 2, "the notifier's heartbeats", 30, notifier)
         high = asyncio.Event()
         high.set()
         spike_made: list[float] = []
@@ -145,6 +193,9 @@ async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false
             return bool(batches) and max(b.time for b in batches) > up_at + 3 * INTERVAL
 
         await eventually(replayed, "the agent to replay its buffer and report live again", 60, *services)
+        await eventually(
+            lambda: any(t > up_at for t in switch.times), "the heartbeat to come back", 30, notifier
+        )
         # HostDown's and FaultSpike's decisions fall while NATS is down; give the evaluator time
         # to publish them (they would go out as soon as it reconnects) before counting.
         await asyncio.sleep(8)
@@ -190,8 +241,14 @@ async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false
             service.stop()
         await admin.close()
         await asyncio.to_thread(server.stop)
+        switch.server.stop()
 
     times = [b.time for b in batches]
+    beats = switch.times
+    beats_before = [t for t in beats if t <= kill9_at]
+    # one already asked for as the server died may still arrive: none a heartbeat later
+    beats_during = [t for t in beats if kill9_at + 2 * HEARTBEAT_EVERY + 0.5 < t < up_at]
+    beats_after = [t for t in beats if t > up_at]
     ticks = [round(t / INTERVAL) for t in times]
     missing = sorted(set(range(ticks[0], ticks[-1] + 1)) - set(ticks))
     during = [t for t in times if kill9_at < t < up_at]
@@ -216,6 +273,10 @@ async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false
         events=",".join(f"{e.rule}:{e.status}@{e.time - kill9_at:+.0f}s" for e in events) or "-",
         false_alerts=len(false_alerts),
         buffered_publisher=f"{len(set(spike_times))}/{len(spike_made)}",
+        heartbeats_before=len(beats_before),
+        heartbeat_stopped_after_s=f"{max(t for t in beats if t < up_at) - kill9_at:+.1f}",
+        heartbeats_during_outage=len(beats_during),
+        heartbeat_back_after_s=f"{beats_after[0] - up_at:.1f}",
     )
     assert missing == [], f"ticks with no batch: {missing[:10]}"
     assert len(set(times)) == len(times), "a batch is in the stream twice"
@@ -224,3 +285,6 @@ async def test_nats_down_30s_agent_replays_without_gap_or_duplicate_and_no_false
     assert spike_times == sorted(spike_times) and len(set(spike_times)) == len(spike_times)
     assert len(spike_batches) >= len(spike_made) - 1, "the buffered publisher lost batches"  # -1: in flight
     assert false_alerts == [], [(e.rule, e.status, e.host, e.value, e.time - kill9_at) for e in false_alerts]
+    # the dead man's switch hears nothing while NATS is down, and the heartbeat again after
+    assert len(beats_before) >= 2 and beats_during == [], (beats_before[-3:], beats_during)
+    assert beats_after[0] - up_at < 20, log_tail(notifier)
