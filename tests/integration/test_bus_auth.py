@@ -239,6 +239,11 @@ async def test_every_service_does_its_whole_job_as_its_own_identity(
                 # the gateway asks the evaluator over its control subject, which answers
                 listed = await api.get("/api/v1/rules")
                 assert listed.status_code == 200 and "BusAuthHighCPU" in listed.text, listed.text
+                # ... and the notifier, which answers as its own identity
+                notifiers = (await api.get("/api/v1/notifiers")).json()["notifiers"]
+                assert [(n["replica"], n["channels"]) for n in notifiers] == [
+                    (notifier.replica, {"ops-log": "log"})
+                ]
                 silence = await api.post(
                     "/api/v1/silences",
                     json={"matchers": [{"name": "host", "value": "nowhere"}], "duration": "1h"},

@@ -674,6 +674,41 @@ async def direct_messages(
         request = {**base, "seq": last + 1}
 
 
+async def request_every(
+    nc: NATS, subject: str, *, timeout: float, quiet: float = 0.25, payload: bytes = b"{}"
+) -> list[bytes]:
+    """Every answer to one request on a control subject that several replicas answer: collected
+    until ``quiet`` seconds pass without another after the first (replicas on one bus answer
+    within milliseconds of each other), or ``timeout`` seconds in all; none when nobody answers
+    (at once when the server says nobody listens)."""
+    answers: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def collect(msg: Msg) -> None:
+        if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+            answers.put_nowait(None)  # no responders: the server's notice, not an answer
+        else:
+            answers.put_nowait(msg.data)
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=collect)
+    got: list[bytes] = []
+    try:
+        await nc.publish(subject, payload, reply=inbox)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (left := deadline - loop.time()) > 0:
+            try:
+                answer = await asyncio.wait_for(answers.get(), min(left, quiet) if got else left)
+            except TimeoutError:
+                break
+            if answer is None:
+                break
+            got.append(answer)
+    finally:
+        await sub.unsubscribe()
+    return got
+
+
 async def request_json(nc: NATS, subject: str, payload: bytes = b"{}", timeout: float = 2.0) -> Any:
     """Request/reply on a control subject; returns the decoded JSON reply.
 

@@ -19,6 +19,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -101,6 +102,8 @@ class Heartbeat:
         )
         self._trouble: str | None = None  # what stops the heartbeat now, logged once
         self._stopped = False
+        #: The last heartbeat's result (None: none yet).
+        self.last: Literal["sent", "failed", "skipped"] | None = None
 
     def stop(self) -> None:
         """End :meth:`run` after the heartbeat under way."""
@@ -116,7 +119,7 @@ class Heartbeat:
             await self.beat(target)
             await asyncio.sleep(max(0.0, target.every - (self._monotonic() - started)))
 
-    async def beat(self, target: Target) -> str:
+    async def beat(self, target: Target) -> Literal["sent", "failed", "skipped"]:
         """One heartbeat: ``sent``, ``failed`` or ``skipped`` (counted, and a change of trouble
         logged)."""
         try:
@@ -133,7 +136,10 @@ class Heartbeat:
             return self._counted("failed", f"the heartbeat was not taken: {exc}")
         return self._counted("sent", None)
 
-    def _counted(self, result: str, trouble: str | None) -> str:
+    def _counted(
+        self, result: Literal["sent", "failed", "skipped"], trouble: str | None
+    ) -> Literal["sent", "failed", "skipped"]:
+        self.last = result
         self._results.labels(result=result).inc()
         if trouble is not None and trouble != self._trouble:
             log.warning(trouble)

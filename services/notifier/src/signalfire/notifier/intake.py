@@ -164,6 +164,11 @@ class Intake:
         self._subs = [alerts, actions]
         await self.advisories.subscribe(nc)
 
+    @property
+    def in_flight(self) -> int:
+        """Alert events and actions being worked on now."""
+        return len(self._in_flight)
+
     def run(self) -> None:
         """Start fetching (after :meth:`subscribe`) and the heartbeat."""
         alerts, actions = self._subs

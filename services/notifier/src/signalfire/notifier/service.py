@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -38,9 +39,10 @@ from nats.js import JetStreamContext
 
 from signalfire.bus import connect, ensure_streams
 from signalfire.buspolicy import gateway_consumers
+from signalfire.control import NOTIFIER_STATUS, NotifierStatus
 from signalfire.events import AlertEvent, DeliveryResult, Silence, encode
 from signalfire.notifier import heartbeat, inhibit, silence, watch
-from signalfire.notifier.channels import Channel, ChannelContext, build_channel
+from signalfire.notifier.channels import Channel, ChannelContext, build_channel, channel_type
 from signalfire.notifier.channels.http import new_session, quiet_url_loggers
 from signalfire.notifier.config import NotifyConfig
 from signalfire.notifier.dispatch import Dispatcher
@@ -102,6 +104,10 @@ class NotifierService:
         self.scheduler: Scheduler | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._metrics_server: asyncio.Server | None = None
+        self._control: Any = None  # the subscription answering sf.control.notifier.status
+        #: This replica's id: its claims in the ledger carry it, and its status answer.
+        self.replica = f"notifier-{uuid.uuid4().hex[:12]}"
+        self._started = 0.0
 
         self.registry = Registry("signalfire_notifier")
         self.bad_state = self.registry.counter(
@@ -156,6 +162,7 @@ class NotifierService:
         connect, bind the consumers and start the intake, the timers and the file watch.
         When a step fails, what was started is stopped and the error raised."""
         quiet_url_loggers()
+        self._started = self._clock()
         self._http = new_session()
         try:
             # before connecting: a missing secret must stop start-up, not the first delivery
@@ -183,7 +190,7 @@ class NotifierService:
             timings = self.config.timings
             ledger = DeliveryLedger(
                 kv,
-                f"notifier-{uuid.uuid4().hex[:12]}",
+                self.replica,
                 timings.lease,
                 self._clock,
                 refresh_every=timings.heartbeat,
@@ -244,6 +251,9 @@ class NotifierService:
                 self.registry,
                 time.monotonic,
             )
+            self._control = await self._nc.subscribe(
+                self._subjects.control("notifier", NOTIFIER_STATUS), cb=self._on_status_request
+            )
             if self.config.metrics_listen is not None:
                 host, port = parse_listen(self.config.metrics_listen)
                 self._metrics_server = await serve_metrics(self.registry, host, port)
@@ -277,6 +287,10 @@ class NotifierService:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
         self._loops = []
+        if self._control is not None:
+            with contextlib.suppress(Exception):
+                await self._control.unsubscribe()
+            self._control = None
         if self._intake is not None:
             await self._intake.drain()
         if self.scheduler is not None:
@@ -384,6 +398,24 @@ class NotifierService:
                 self.suppressed.labels(why="inhibition").inc()
                 return inhibit.reason(source)
         return None
+
+    def status(self) -> NotifierStatus:
+        """This replica as it answers ``sf.control.notifier.status``."""
+        beat = self._heartbeat
+        return NotifierStatus(
+            replica=self.replica,
+            hostname=socket.gethostname(),
+            started=self._started,
+            channels={name: channel_type(settings) for name, settings in self.config.channels.items()},
+            routes=len(self.config.routes),
+            in_flight=self._intake.in_flight if self._intake is not None else 0,
+            heartbeat_every=beat.target.every if beat is not None and beat.target is not None else None,
+            heartbeat_last=beat.last if beat is not None and beat.target is not None else None,
+        )
+
+    async def _on_status_request(self, msg: Any) -> None:
+        if msg.reply:
+            await msg.respond(msgspec.json.encode(self.status()))
 
     def _build_channels(self, config: NotifyConfig) -> dict[str, Channel]:
         assert self._http is not None

@@ -1,0 +1,35 @@
+"""Answers on the control subjects that more than one service reads (``sf.control.<service>.<verb>``,
+core request/reply, nothing stored).
+
+``sf.control.notifier.status``: every notifier replica answers with a :class:`NotifierStatus`,
+so the gateway (``GET /api/v1/notifiers``, the Overview's warning) can tell who delivers the
+alerts, and that nobody does when none answers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+#: The verb of ``sf.control.notifier.<verb>`` every notifier replica answers.
+NOTIFIER_STATUS = "status"
+
+
+class NotifierStatus(msgspec.Struct, kw_only=True):
+    """One notifier replica, as it describes itself."""
+
+    #: The replica's id (``notifier-<12 hex>``, new at every start; its claims in the ledger
+    #: carry it).
+    replica: str
+    #: The machine it runs on.
+    hostname: str
+    #: When it started (unix seconds).
+    started: float
+    #: Its channels, name → type (``webhook``, ``email``, …).
+    channels: dict[str, str]
+    routes: int
+    #: Alert events it is working on now.
+    in_flight: int
+    #: The heartbeat's period in seconds (None: no heartbeat) and its last result.
+    heartbeat_every: float | None = None
+    heartbeat_last: Literal["sent", "failed", "skipped"] | None = None
