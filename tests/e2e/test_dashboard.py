@@ -339,6 +339,31 @@ def test_the_overview_shows_signalfires_own_alert_while_it_fires(browser: Any, r
     page.close()
 
 
+def test_the_overview_says_when_no_notifier_runs(browser: Any, running: Stack) -> None:
+    """With no notifier running, alerts fire and nobody is told: a banner above everything says
+    so while none answers, and goes once one runs again, without a reload."""
+    notifier = next(s for s in running.services if s.name == "notifier")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(running.gateway_url + "/")
+    page.fill("#token", token(running))
+    with page.expect_response(lambda r: "/api/v1/notifiers" in r.url, timeout=15_000) as answered:
+        page.click("button[type=submit]")
+    assert answered.value.json()["notifiers"], "the stack's notifier did not answer"
+    banner = page.locator("#no-notifier .own-alert")
+    assert banner.count() == 0
+
+    notifier.stop()
+    try:
+        banner.wait_for(timeout=20_000)  # the next look, within 10 s
+        text = banner.inner_text()
+        assert "No notifier is running" in text and "signalfire notifier" in text, text
+        assert banner.get_attribute("role") == "alert"
+    finally:
+        notifier.start()
+    banner.wait_for(state="detached", timeout=30_000)
+    page.close()
+
+
 def test_viewer_sees_no_action_buttons(browser: Any, running: Stack) -> None:
     publish(running, "ui-db-2", [("load.1m", 99.0)])
     page = open_signed_in(browser, running, viewer_token(running), "#/alerts")

@@ -35,6 +35,8 @@ const PATCH_DELAY_MS = 250;
 // A host that stops reporting turns "down" by the gateway's clock, not by a frame, and its
 // health follows its newest values: the whole fleet is read again this often.
 const RELOAD_MS = 30000;
+// How often the page asks whether a notifier runs (GET /notifiers: one NATS request).
+const NOTIFIERS_MS = 10000;
 // Sorted by a live value (CPU, memory, disk), rows move at most this often, not with every sample.
 const RESORT_MS = 5000;
 // The rows in view get their new values at most this often: a host reports every few seconds,
@@ -163,6 +165,9 @@ export async function overviewPage(main) {
   // so nothing about them alerts) belong to no host row and count in no host's totals: each
   // is a banner above them, while it fires.
   const own = h("div", { id: "own-alerts" });
+  // No notifier answering (none runs, or all hang): alerts fire and nobody is told. Said above
+  // everything, looked for every NOTIFIERS_MS.
+  const nobody = h("div", { id: "no-notifier" });
   const summary = h("p", { id: "fleet-summary", class: "fleet-summary", "aria-live": "polite" }, "Loading the hosts…");
   // One slot per chart, so a chart is replaced in its place.
   const slots = FLEET.map(() => h("div"));
@@ -187,6 +192,7 @@ export async function overviewPage(main) {
   const empty = h("p", { class: "muted", hidden: true }, "No hosts yet: start an agent (`signalfire agent`).");
   clear(main,
     h("h1", {}, "Overview"),
+    nobody,
     own,
     summary,
     counts,
@@ -204,6 +210,19 @@ export async function overviewPage(main) {
     clear(own, reply.alerts.map((alert) => h("p", { class: `sev sev-${alert.severity} own-alert`, role: "alert" },
       severityBadge(alert.severity), " ", h("strong", {}, alert.rule), `: ${alert.annotations.summary || "Signalfire itself"} `,
       h("a", { href: "#/alerts" }, "Alerts"))));
+  }
+
+  async function loadNotifiers() {
+    // A 503 (the gateway has no NATS: the live indicator says so) tells nothing about notifiers.
+    const reply = await api("/notifiers").catch((err) => {
+      if (err instanceof ApiError && err.status === 503) return null;
+      throw err;
+    });
+    if (reply === null) return;
+    clear(nobody, reply.notifiers.length ? [] : h("p", { class: "sev sev-critical own-alert", role: "alert" },
+      severityBadge("critical"), " ", h("strong", {}, "No notifier is running"),
+      ": alerts fire, but nobody is notified. Start ", h("code", {}, "signalfire notifier"),
+      " (docs/notifications.md)."));
   }
 
   function spacer() {
@@ -722,6 +741,10 @@ export async function overviewPage(main) {
   }
 
   loadOwn().catch(reported("Loading Signalfire's own alerts", null));
+  loadNotifiers().catch(reported("Asking for the notifiers", null));
+  const notifiersTimer = setInterval(() => {
+    if (!document.hidden) loadNotifiers().catch(reported("Asking for the notifiers", null));
+  }, NOTIFIERS_MS);
   await applyFleet(...await takeFleet());
   updateGroupOptions();
   renderTotals(order());
@@ -849,6 +872,7 @@ export async function overviewPage(main) {
     clearTimeout(patchLater);
     clearTimeout(drainTimer);
     clearInterval(fleetTimer);
+    clearInterval(notifiersTimer);
     clearTimeout(reloadStart);
     clearInterval(reloadTimer);
     window.removeEventListener("resize", resized);
