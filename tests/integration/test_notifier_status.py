@@ -64,7 +64,7 @@ async def test_the_gateway_lists_every_notifier_and_none_once_they_stopped(
             assert [n["replica"] for n in listed] == [a.replica]
 
         async def nobody() -> bool:
-            return (await api.get("/api/v1/notifiers")).json() == {"notifiers": []}
+            return bool((await api.get("/api/v1/notifiers")).json() == {"notifiers": []})
 
         await wait_until(nobody, "no notifier to answer once both stopped", 10)
 
