@@ -29,8 +29,11 @@ async def notifiers(res: Resources, request: Request) -> Response:
     if res.nc is None or not res.nc.is_connected:
         raise ApiError(503, "unavailable", "NATS is not connected; the notifiers cannot be asked")
     subject = res.subjects.control("notifier", NOTIFIER_STATUS)
+    answers = await request_every(res.nc, subject, timeout=float(res.config.control_timeout))
+    if not answers and not res.nc.is_connected:  # cut off while asking: that says nothing
+        raise ApiError(503, "unavailable", "NATS is not connected; the notifiers cannot be asked")
     found: dict[str, NotifierStatus] = {}
-    for data in await request_every(res.nc, subject, timeout=float(res.config.control_timeout)):
+    for data in answers:
         try:
             status = msgspec.json.decode(data, type=NotifierStatus)
         except msgspec.DecodeError as exc:  # a notifier of another version, or not a notifier
