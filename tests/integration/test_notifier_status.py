@@ -4,7 +4,11 @@ Overview then says that firing alerts notify nobody). Real NATS, notifiers and a
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -113,3 +117,55 @@ async def test_every_answer_is_collected_until_the_replies_go_quiet(nc: Any, nat
     asked = time.monotonic()
     assert await request_every(nc, subject, timeout=5) == []
     assert time.monotonic() - asked < 1
+
+
+async def notify_status(nats: NatsConfig, *args: str) -> tuple[int, str, str]:
+    """``signalfire notify status`` run as a user runs it, with the bus's settings from ``SF_*``."""
+    env = {**os.environ, "SF_NATS_URL": nats.url, "SF_NATS_PREFIX": nats.prefix}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "signalfire.cli",
+        "notify",
+        "status",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_notify_status_prints_every_replica_and_fails_when_none_runs(
+    nc: Any, nats_config: NatsConfig
+) -> None:
+    code, out, err = await notify_status(nats_config)
+    assert (code, out, err) == (1, "", "no notifier answers: firing alerts notify nobody\n")
+
+    async with notifier_services(nc) as start:
+        a = await start(notify_config(nats_config))
+        b = await start(notify_config(nats_config))
+        code, out, err = await notify_status(nats_config)
+        assert code == 0, err
+        header, *rows = out.splitlines()
+        assert header.split() == [
+            "replica",
+            "host",
+            "started",
+            "channels",
+            "routes",
+            "in",
+            "flight",
+            "heartbeat",
+        ]
+        assert [row.split()[0] for row in rows] == sorted([a.replica, b.replica])
+        assert all("hook (webhook), ops-log (log)" in row and row.endswith("off") for row in rows), rows
+
+        code, out, _ = await notify_status(nats_config, "--json")
+        assert code == 0
+        listed = json.loads(out)["notifiers"]
+        assert [(n["replica"], n["routes"]) for n in listed] == [
+            (r, 2) for r in sorted([a.replica, b.replica])
+        ]

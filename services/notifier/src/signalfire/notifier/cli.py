@@ -1,5 +1,5 @@
-"""``signalfire notifier`` (the service), ``signalfire notify test CHANNEL``, ``notify heartbeat``
-and ``notify check``."""
+"""``signalfire notifier`` (the service), ``signalfire notify test CHANNEL``, ``notify heartbeat``,
+``notify status`` and ``notify check``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ import time
 import uuid
 from typing import Any
 
+import msgspec
+
+from signalfire.bus import connect, request_every
+from signalfire.config import tool_environ
+from signalfire.control import NOTIFIER_STATUS, NotifierStatus
 from signalfire.events import SEVERITIES, AlertEvent, DeliveryResult
 from signalfire.log import configure_logging
 from signalfire.notifier import heartbeat
@@ -42,7 +47,8 @@ def register_service(subparsers: Any) -> None:
 
 def register_notify(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "notify", help="notification tools (notify test CHANNEL, notify heartbeat, notify check FILE)"
+        "notify",
+        help="notification tools (notify test CHANNEL, notify heartbeat, notify status, notify check FILE)",
     )
     commands = parser.add_subparsers(dest="notify_command", metavar="COMMAND", required=True)
     test = commands.add_parser(
@@ -63,6 +69,16 @@ def register_notify(subparsers: Any) -> None:
     )
     beat.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     beat.set_defaults(handler=notify_heartbeat)
+    status = commands.add_parser(
+        "status",
+        help="which notifier replicas run, with their channels",
+        description="Ask every running notifier replica what it is (sf.control.notifier.status) and print "
+        "them. Inside a repository where `make up` runs, its bus settings are used. Exit status 1 when "
+        "none answers: firing alerts then notify nobody.",
+    )
+    status.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(handler=notify_status)
     check = commands.add_parser(
         "check",
         help="validate notify config files",
@@ -131,6 +147,55 @@ def notify_check(args: argparse.Namespace) -> int:
             continue
         print(f"ok: {path}: {len(config.channels)} channels, {len(config.routes)} routes")
     return 1 if failed else 0
+
+
+def notify_status(args: argparse.Namespace) -> int:
+    replicas: list[NotifierStatus] = []
+
+    async def main() -> None:
+        # inside a repository where `make up` runs, its .signalfire/env supplies the bus's
+        # address and the admin's credentials the environment does not set
+        config = load_notify_config(args.config, environ=tool_environ()[0])
+        nc = await connect(config.nats, "signalfire-notify-status", max_reconnect_attempts=2)
+        try:
+            subject = config.nats.subjects.control("notifier", NOTIFIER_STATUS)
+            for data in await request_every(nc, subject, timeout=2.0):
+                try:
+                    replicas.append(msgspec.json.decode(data, type=NotifierStatus))
+                except msgspec.DecodeError:
+                    print(
+                        "notify status: an answer that is not a notifier's status was skipped",
+                        file=sys.stderr,
+                    )
+        finally:
+            await nc.close()
+
+    code = run_service(main)
+    if code:
+        return code
+    replicas.sort(key=lambda r: r.replica)
+    if args.json:
+        print(msgspec.json.encode({"notifiers": replicas}).decode())
+    elif replicas:
+        print(render_status(replicas))
+    if not replicas:
+        print("no notifier answers: firing alerts notify nobody", file=sys.stderr)
+        return 1
+    return 0
+
+
+def render_status(replicas: list[NotifierStatus]) -> str:
+    """The table ``notify status`` prints: a row per replica."""
+    rows = [("replica", "host", "started", "channels", "routes", "in flight", "heartbeat")]
+    for r in replicas:
+        channels = ", ".join(f"{name} ({kind})" for name, kind in sorted(r.channels.items())) or "none"
+        beat = f"every {r.heartbeat_every:g}s, last {r.heartbeat_last or '-'}" if r.heartbeat_every else "off"
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))
+        rows.append((r.replica, r.hostname, started, channels, str(r.routes), str(r.in_flight), beat))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
 
 
 def notify_heartbeat(args: argparse.Namespace) -> int:
