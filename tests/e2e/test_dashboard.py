@@ -364,6 +364,23 @@ def test_the_overview_says_when_no_notifier_runs(browser: Any, running: Stack) -
     page.close()
 
 
+def test_the_notification_log_names_the_notifiers_that_deliver(browser: Any, running: Stack) -> None:
+    page = open_signed_in(browser, running, token(running), "#/notifications")
+    row = page.locator("#notifiers tr[data-replica]")
+    row.wait_for(timeout=10_000)
+    answer = httpx.get(
+        f"{running.gateway_url}/api/v1/notifiers",
+        headers={"Authorization": f"Bearer {token(running)}"},
+        timeout=5,
+    )
+    [listed] = answer.json()["notifiers"]
+    assert row.get_attribute("data-replica") == listed["replica"]
+    cells = row.locator("td").all_inner_texts()
+    assert cells[3] == "hook (webhook), dev-log (log)" and cells[5] == "off", cells  # as configured
+    assert page.locator("#notifiers [role=alert]").count() == 0
+    page.close()
+
+
 def test_viewer_sees_no_action_buttons(browser: Any, running: Stack) -> None:
     publish(running, "ui-db-2", [("load.1m", 99.0)])
     page = open_signed_in(browser, running, viewer_token(running), "#/alerts")

@@ -1,4 +1,5 @@
-// Rules (read-only, with active alerts, and which evaluator replica judges what), silences and the notification log.
+// Rules (read-only, with active alerts, and which evaluator replica judges what), silences, and
+// the notification log with the notifier replicas that deliver.
 
 import { api, session } from "../api.js";
 import { h, clear, severityBadge, formatTime, toast, attempt } from "../dom.js";
@@ -118,9 +119,29 @@ export async function silencesPage(main) {
   await load();
 }
 
+/** The notifier replicas running (GET /notifiers), or a warning that none is. */
+function notifiersSection(reply) {
+  const title = h("h2", { id: "notifiers-title" }, "Notifiers");
+  if (reply === null) return h("section", { id: "notifiers", "aria-labelledby": "notifiers-title" }, title,
+    h("p", { class: "muted" }, "The notifiers cannot be asked: the gateway is not connected to NATS."));
+  const beat = (n) => (n.heartbeat_every ? `every ${n.heartbeat_every}s, last ${n.heartbeat_last || "–"}` : "off");
+  return h("section", { id: "notifiers", "aria-labelledby": "notifiers-title" }, title,
+    reply.notifiers.length ? null : h("p", { class: "sev sev-critical", role: "alert" },
+      "No notifier is running: alerts fire, but nobody is notified. Start signalfire notifier."),
+    table(["replica", "host", "started", "channels", "in flight", "heartbeat"], reply.notifiers.map((n) =>
+      h("tr", { dataset: { replica: n.replica } }, h("td", {}, n.replica), h("td", {}, n.hostname),
+        h("td", {}, formatTime(n.started)),
+        h("td", {}, Object.entries(n.channels).map(([name, type]) => `${name} (${type})`).join(", ") || "none"),
+        h("td", {}, n.in_flight), h("td", {}, beat(n))))));
+}
+
 export async function notificationsPage(main) {
-  const { notifications } = await api("/notifications", { params: { limit: 200 } });
-  clear(main, h("h1", {}, "Notification log"), table(["time", "channel", "status", "alert", "attempt", "error"], notifications.map((n) =>
+  const [{ notifications }, notifiers] = await Promise.all([
+    api("/notifications", { params: { limit: 200 } }),
+    api("/notifiers").catch((err) => { if (err.status === 503) return null; throw err; }),
+  ]);
+  clear(main, h("h1", {}, "Notification log"), notifiersSection(notifiers),
+    h("h2", {}, "Deliveries"), table(["time", "channel", "status", "alert", "attempt", "error"], notifications.map((n) =>
     h("tr", {}, h("td", {}, formatTime(n.time)), h("td", {}, n.channel), h("td", {}, n.status),
       h("td", {}, h("a", { href: `#/alerts/${encodeURIComponent(n.alert_id)}` }, n.rule || n.alert_id)), h("td", {}, n.attempt), h("td", {}, n.error || "")))));
 }
