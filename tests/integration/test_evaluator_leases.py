@@ -71,6 +71,33 @@ async def test_a_lease_taken_over_is_not_renewed_and_is_dropped(kv: KeyValue) ->
     assert await _holder(kv, "00") == "b"
 
 
+async def test_a_renewal_stored_whose_answer_was_lost_keeps_the_lease(kv: KeyValue) -> None:
+    """A NATS node died with a renewal's answer (or it came after the request's timeout): the
+    bucket holds this process's renewal, the keeper still the revision before it. The next
+    renewal is refused as written over, and must not read as "taken over" (every partition
+    was dropped and taken again, with its history, after a JetStream leader's kill)."""
+    a = LeaseKeeper(kv, "a", TTL)
+    assert await a.claim("00", None)
+    before = a.held["00"]
+    stored = await kv.update(PARTITION_PREFIX + "00", a._value(), last=before)  # the lost answer
+    assert await a.renew("00") is True
+    assert a.held["00"] == stored and "00" in a.valid_until
+    assert await a.renew("00") is True  # and the one after goes through
+    assert a.held["00"] > stored
+    assert await _holder(kv, "00") == "a"
+
+
+async def test_a_lease_written_by_an_earlier_life_of_the_replica_is_not_taken_for_its_own(
+    kv: KeyValue,
+) -> None:
+    a = LeaseKeeper(kv, "a", TTL)
+    assert await a.claim("00", None)
+    earlier = LeaseKeeper(kv, "a", TTL)  # the same replica id, another process (instance)
+    await kv.update(PARTITION_PREFIX + "00", earlier._value(), last=a.held["00"])
+    assert await a.renew("00") is False
+    assert "00" not in a.held
+
+
 async def test_a_lease_given_up_while_its_renewal_is_under_way_stays_given_up(kv: KeyValue) -> None:
     a = LeaseKeeper(kv, "a", TTL)
     assert await a.claim("00", None)

@@ -201,18 +201,43 @@ class LeaseKeeper:
         last = self.held.get(partition)
         if last is None:  # given up meanwhile
             return True
+        key = PARTITION_PREFIX + partition
         try:
-            revision = await self.kv.update(PARTITION_PREFIX + partition, self._value(), last=last)
+            revision = await self.kv.update(key, self._value(), last=last)
         except KeyWrongLastSequenceError:
-            if self.held.get(partition) == last:
+            if self.held.get(partition) != last:
+                return True  # given up (or renewed) meanwhile
+            own = await self._own_revision(key)
+            if own is None:
                 self.drop(partition)
                 return False
-            return True  # given up (or renewed) meanwhile
+            # This process's own earlier renewal, stored though its answer was lost (a NATS
+            # node died with it, or it came after the request's timeout): still ours. Valid
+            # from the next renewal on, which now has the right revision.
+            self.held[partition] = own
+            return True
         if self.held.get(partition) != last:
             return True  # given up while this renewal was under way: stays given up
         self.held[partition] = revision
         self.valid_until[partition] = sent + self.ttl
         return True
+
+    async def _own_revision(self, key: str) -> int | None:
+        """The revision of ``key`` when this process (its replica id and instance) wrote its
+        current value; None when another did, or it is gone or unreadable."""
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        try:
+            lease = msgspec.json.decode(entry.value, type=Lease)
+        except msgspec.DecodeError:
+            return None
+        if (lease.replica, lease.instance) != (self.replica, self.instance):
+            return None
+        return entry.revision
 
     async def release(self, partition: str) -> None:
         """Give ``partition`` up (only if still this replica's: compare-and-delete)."""

@@ -163,6 +163,10 @@ class _Reader:
     max_batches: int
     max_bytes: int
 
+    def _left(self) -> float:
+        """The longest one request may wait: the read's time left (at least 0.1 s), at most 5 s."""
+        return max(0.1, min(5.0, self.deadline - time.monotonic()))
+
     async def messages(
         self, *, since: float, room: int | None = None, before: float = math.inf
     ) -> AsyncGenerator[StoredMessage, None]:
@@ -177,7 +181,9 @@ class _Reader:
         until it reaches the leader's last sequence."""
         result = self.result
         nc = self.js._nc  # a direct get is a plain request: the context's connection
-        last = (await self.js.stream_info(self.stream)).state.last_seq
+        # Each request waits at most what is left of the read's time (nats-py waits 5 s): while
+        # a stream elects a leader nobody answers, and a takeover's read must end on time.
+        last = (await asyncio.wait_for(self.js.stream_info(self.stream), self._left())).state.last_seq
         up_to = int(min(last, before - 1)) if before != math.inf else last
         if up_to < 1:
             return  # an empty stream
@@ -186,7 +192,9 @@ class _Reader:
         room_checked = room is None or before == math.inf
         while True:
             got = 0
-            batches = direct_messages(nc, self.stream, start_time=start_time, seq=seq, up_to_seq=up_to)
+            batches = direct_messages(
+                nc, self.stream, start_time=start_time, seq=seq, up_to_seq=up_to, timeout=self._left()
+            )
             async with contextlib.aclosing(batches):
                 async for msg in batches:
                     if not room_checked:

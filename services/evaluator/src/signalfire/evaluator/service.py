@@ -82,6 +82,13 @@ log = logging.getLogger("signalfire.evaluator")
 #: electing a leader after a NATS node died answers again within seconds, and an alert
 #: waiting for it must go out within a second of that, not up to 5 s later).
 RETRY_BACKOFF = Backoff(first=0.1, cap=1.0)
+#: How long one attempt of an alert event's publish or of an alert state's write waits for the
+#: stream's answer (nats-py's default is 5 s). While a stream elects a leader after a NATS node
+#: died, nobody answers: an attempt sent just before the election ends would wait out its whole
+#: timeout, and the alert with it. A retry carries the same ``Nats-Msg-Id`` (the stream keeps
+#: one copy) or compare-and-set revision (:meth:`EvaluatorService._compare_and_set` tells a
+#: write whose answer was lost), so a short wait costs nothing when the answer is merely slow.
+WRITE_TIMEOUT = 2.0
 
 #: After a reconnect, decisions by time alone (absence, `for` running out) stay suspended
 #: until the payload subscriptions hold at most this many messages not yet evaluated (what
@@ -246,6 +253,7 @@ class EvaluatorService:
         self._tasks: list[asyncio.Task[None]] = []
         self._subs: list[Subscription] = []
         self._js: JetStreamContext | None = None
+        self._write_js: JetStreamContext | None = None
         self._kv: KeyValue | None = None
         self._metrics_server: asyncio.Server | None = None
         self._reload_lock = asyncio.Lock()
@@ -396,7 +404,10 @@ class EvaluatorService:
         nc = self._nc
         self._js = nc.jetstream()
         await ensure_streams(self._js, self.config.nats)
-        self._kv = await self._js.key_value(self.subjects.bucket("alert_state"))
+        # the alert states and events are written with WRITE_TIMEOUT; everything else waits as long
+        # as nats-py's default
+        self._write_js = nc.jetstream(timeout=WRITE_TIMEOUT)
+        self._kv = await self._write_js.key_value(self.subjects.bucket("alert_state"))
         payload_subs: list[Subscription] = []
         if self._judged is None:
             await self._load_states()
@@ -405,7 +416,13 @@ class EvaluatorService:
             # A connection of their own: on the payloads' connection a renewal's reply would
             # queue behind every batch not yet read, and a backlog would let the leases lapse.
             self._lease_nc = await connect(self.config.nats, "signalfire-evaluator-leases")
-            lease_js = self._lease_nc.jetstream()
+            # A request waits at most a poll (at least 1 s; nats-py waits 5 s): while the bucket
+            # elects a leader after a NATS node died nobody answers, and a renewal that waited
+            # 5 s let every lease lapse; asked again every poll, the first renewal the new
+            # leader answers keeps them (a renewal stored whose answer was lost is recognised).
+            lease_js = self._lease_nc.jetstream(
+                timeout=max(1.0, float(self.config.failover_after) / POLLS_PER_FAILOVER)
+            )
             leases = await lease_js.key_value(self.subjects.bucket("evaluator_leases"))
             self._leases = await self._hold_replica_id(leases, ttl)
             self.replica_id = self._leases.replica
@@ -1717,8 +1734,8 @@ class EvaluatorService:
         self._lose([partition], "its alert state was written by another replica")
 
     async def _publish(self, event: AlertEvent) -> bool:
-        assert self._js is not None
-        js = self._js
+        assert self._write_js is not None
+        js = self._write_js
         msg_id = _msg_id(event)
         subject = self.subjects.alerts(event.host)
         payload = encode(event)
