@@ -364,6 +364,41 @@ def test_the_overview_says_when_no_notifier_runs(browser: Any, running: Stack) -
     page.close()
 
 
+def test_one_empty_answer_about_the_notifiers_raises_no_warning(browser: Any, running: Stack) -> None:
+    """A notifier reconnecting (a NATS node died) misses a question: the Overview asks again
+    3 s later before it says nobody is notified."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    asked: list[str] = []
+
+    def first_one_empty(route: Any) -> None:
+        if not asked:
+            asked.append("empty")
+            route.fulfill(status=200, content_type="application/json", body='{"notifiers": []}')
+        else:
+            asked.append("real")
+            route.continue_()
+
+    page.route("**/api/v1/notifiers", first_one_empty)
+    page.goto(running.gateway_url + "/")
+    page.fill("#token", token(running))
+    page.click("button[type=submit]")
+    banner = page.locator("#no-notifier .own-alert")
+
+    def asked_times(n: int, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while len(asked) < n and time.monotonic() < deadline:
+            page.wait_for_timeout(50)
+        assert len(asked) >= n, asked
+
+    asked_times(1, 15)
+    page.wait_for_timeout(1500)
+    assert banner.count() == 0  # not on one empty answer
+    asked_times(2, 3)  # asked again 3 s after it, not at the next 10 s look
+    page.wait_for_timeout(500)  # the real answer applied
+    assert asked[:2] == ["empty", "real"] and banner.count() == 0
+    page.close()
+
+
 def test_the_notification_log_names_the_notifiers_that_deliver(browser: Any, running: Stack) -> None:
     page = open_signed_in(browser, running, token(running), "#/notifications")
     row = page.locator("#notifiers tr[data-replica]")

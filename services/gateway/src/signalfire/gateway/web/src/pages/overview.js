@@ -37,6 +37,9 @@ const PATCH_DELAY_MS = 250;
 const RELOAD_MS = 30000;
 // How often the page asks whether a notifier runs (GET /notifiers: one NATS request).
 const NOTIFIERS_MS = 10000;
+// An empty answer is asked again this much later, and the warning shown only when that one is
+// empty too: a notifier reconnecting (a NATS node died) misses one question, not two.
+const NOTIFIERS_CONFIRM_MS = 3000;
 // Sorted by a live value (CPU, memory, disk), rows move at most this often, not with every sample.
 const RESORT_MS = 5000;
 // The rows in view get their new values at most this often: a host reports every few seconds,
@@ -212,14 +215,22 @@ export async function overviewPage(main) {
       h("a", { href: "#/alerts" }, "Alerts"))));
   }
 
-  async function loadNotifiers() {
+  let confirmTimer = null;
+  async function loadNotifiers(confirming = false) {
     // A 503 (the gateway has no NATS: the live indicator says so) tells nothing about notifiers.
     const reply = await api("/notifiers").catch((err) => {
       if (err instanceof ApiError && err.status === 503) return null;
       throw err;
     });
-    if (reply === null) return;
-    clear(nobody, reply.notifiers.length ? [] : h("p", { class: "sev sev-critical own-alert", role: "alert" },
+    if (reply === null || !nobody.isConnected) return;  // no NATS, or the page was left
+    const none = reply.notifiers.length === 0;
+    if (none && !confirming && !nobody.firstChild) {
+      clearTimeout(confirmTimer);
+      confirmTimer = setTimeout(() => loadNotifiers(true).catch(reported("Asking for the notifiers", null)),
+        NOTIFIERS_CONFIRM_MS);
+      return;
+    }
+    clear(nobody, !none ? [] : h("p", { class: "sev sev-critical own-alert", role: "alert" },
       severityBadge("critical"), " ", h("strong", {}, "No notifier is running"),
       ": alerts fire, but nobody is notified. Start ", h("code", {}, "signalfire notifier"),
       " (docs/notifications.md)."));
@@ -873,6 +884,7 @@ export async function overviewPage(main) {
     clearTimeout(drainTimer);
     clearInterval(fleetTimer);
     clearInterval(notifiersTimer);
+    clearTimeout(confirmTimer);
     clearTimeout(reloadStart);
     clearInterval(reloadTimer);
     window.removeEventListener("resize", resized);
