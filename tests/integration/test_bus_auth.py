@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -244,6 +245,29 @@ async def test_every_service_does_its_whole_job_as_its_own_identity(
                 assert [(n["replica"], n["channels"]) for n in notifiers] == [
                     (notifier.replica, {"ops-log": "log"})
                 ]
+                # `signalfire notify status` with the notifier's own credentials asks it too
+                own = bus.config("notifier")
+                assert own.password_file is not None
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "signalfire.cli",
+                    "notify",
+                    "status",
+                    "--json",
+                    env={
+                        **os.environ,
+                        "SF_NATS_URL": own.url,
+                        "SF_NATS_PREFIX": own.prefix,
+                        "SF_NATS_USER": own.user or "",
+                        "SF_NATS_PASSWORD_FILE": own.password_file,
+                    },
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                )
+                out, err = await asyncio.wait_for(proc.communicate(), 30)
+                assert proc.returncode == 0, err.decode()
+                assert [n["replica"] for n in msgspec.json.decode(out)["notifiers"]] == [notifier.replica]
                 silence = await api.post(
                     "/api/v1/silences",
                     json={"matchers": [{"name": "host", "value": "nowhere"}], "duration": "1h"},

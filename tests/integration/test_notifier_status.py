@@ -161,7 +161,7 @@ async def test_notify_status_prints_every_replica_and_fails_when_none_runs(
             "heartbeat",
         ]
         assert [row.split()[0] for row in rows] == sorted([a.replica, b.replica])
-        assert all("hook (webhook), ops-log (log)" in row and row.endswith("off") for row in rows), rows
+        assert all("ops-log (log), hook (webhook)" in row and row.endswith("off") for row in rows), rows
 
         code, out, _ = await notify_status(nats_config, "--json")
         assert code == 0

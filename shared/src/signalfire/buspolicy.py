@@ -24,6 +24,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from signalfire.control import NOTIFIER_STATUS
 from signalfire.subjects import SELF_HOST, Subjects, subject_token
 
 ROLES = ("admin", "gateway", "evaluator", "notifier", "agent")
@@ -237,6 +238,8 @@ def permissions(role: str, subjects: Subjects, host: str | None = None) -> Permi
                 # host's; it reads how far the gateway's consumers are, and cannot change them
                 s.alerts(SELF_HOST),
                 *(f"$JS.API.CONSUMER.INFO.{stream}.{name}" for stream, name in gateway_consumers(s)),
+                # `signalfire notify status` run with the notifier's own credentials asks the others
+                s.control("notifier", NOTIFIER_STATUS),
                 *_service_common(s, role),
                 *consumers,
                 # an alert event whose deliveries ran out is read again by its sequence

@@ -188,7 +188,9 @@ def render_status(replicas: list[NotifierStatus]) -> str:
     """The table ``notify status`` prints: a row per replica."""
     rows = [("replica", "host", "started", "channels", "routes", "in flight", "heartbeat")]
     for r in replicas:
-        channels = ", ".join(f"{name} ({kind})" for name, kind in sorted(r.channels.items())) or "none"
+        channels = (
+            ", ".join(f"{name} ({kind})" for name, kind in r.channels.items()) or "none"
+        )  # as configured
         beat = f"every {r.heartbeat_every:g}s, last {r.heartbeat_last or '-'}" if r.heartbeat_every else "off"
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))
         rows.append((r.replica, r.hostname, started, channels, str(r.routes), str(r.in_flight), beat))
