@@ -13,7 +13,6 @@ import contextlib
 import os
 import re
 import secrets
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -60,6 +59,7 @@ from signalfire.subjects import SELF_HOST, Subjects
 from signalfire.telemetry import Registry
 from tests.integration.gateway_support import eventually, gateway_config, running_gateway
 from tests.support.alerts import firing_alert
+from tests.support.cli import signalfire_cli
 from tests.support.metrics import value
 from tests.support.redelivery import die_holding_it
 from tests.support.subscriptions import collect
@@ -248,25 +248,18 @@ async def test_every_service_does_its_whole_job_as_its_own_identity(
                 # `signalfire notify status` with the notifier's own credentials asks it too
                 own = bus.config("notifier")
                 assert own.password_file is not None
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "signalfire.cli",
+                code, out, err = await signalfire_cli(
                     "notify",
                     "status",
                     "--json",
                     env={
-                        **os.environ,
                         "SF_NATS_URL": own.url,
                         "SF_NATS_PREFIX": own.prefix,
                         "SF_NATS_USER": own.user or "",
                         "SF_NATS_PASSWORD_FILE": own.password_file,
                     },
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
                 )
-                out, err = await asyncio.wait_for(proc.communicate(), 30)
-                assert proc.returncode == 0, err.decode()
+                assert code == 0, err
                 assert [n["replica"] for n in msgspec.json.decode(out)["notifiers"]] == [notifier.replica]
                 silence = await api.post(
                     "/api/v1/silences",

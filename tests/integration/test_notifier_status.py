@@ -4,11 +4,8 @@ Overview then says that firing alerts notify nobody). Real NATS, notifiers and a
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from signalfire.notifier.channels.log import LogChannelConfig
 from signalfire.notifier.channels.webhook import WebhookChannelConfig
 from signalfire.notifier.config import NotifyConfig, Route
 from tests.integration.gateway_support import gateway_config, running_gateway
+from tests.support.cli import signalfire_cli
 from tests.support.notifiers import notifier_services
 from tests.support.polling import wait_until
 
@@ -121,21 +119,9 @@ async def test_every_answer_is_collected_until_the_replies_go_quiet(nc: Any, nat
 
 async def notify_status(nats: NatsConfig, *args: str) -> tuple[int, str, str]:
     """``signalfire notify status`` run as a user runs it, with the bus's settings from ``SF_*``."""
-    env = {**os.environ, "SF_NATS_URL": nats.url, "SF_NATS_PREFIX": nats.prefix}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "signalfire.cli",
-        "notify",
-        "status",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    return await signalfire_cli(
+        "notify", "status", *args, env={"SF_NATS_URL": nats.url, "SF_NATS_PREFIX": nats.prefix}
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_notify_status_prints_every_replica_and_fails_when_none_runs(
