@@ -10,10 +10,11 @@ import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
+from nats.js.kv import KeyValue
 
 from signalfire.bus import NatsConfig, connect
 from signalfire.config import Duration
@@ -174,6 +175,28 @@ async def test_an_unreadable_watch_state_is_replaced_and_the_page_still_goes_out
     assert (stored.status, stored.what, stored.value) == ("firing", ["00", "fleet"], 2.0)
 
 
+class ReadTogether:
+    """The notify state bucket, whose reads of a watch key wait, while ``hold`` is set, until
+    both replicas have read: neither has written yet when the other reads. (Left to the event
+    loop, one replica's read and write could both come before the other's read, which then
+    found the alert firing and published it again, as it should.)"""
+
+    def __init__(self, kv: Any) -> None:
+        self.kv = kv
+        self.hold = False
+        self._barrier = asyncio.Barrier(2)
+
+    async def get(self, key: str) -> Any:
+        try:
+            return await self.kv.get(key)
+        finally:
+            if self.hold:
+                await self._barrier.wait()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.kv, name)
+
+
 async def test_two_replicas_deciding_at_the_same_moment_raise_one_alert(
     nc: Any, nats_config: NatsConfig
 ) -> None:
@@ -191,16 +214,23 @@ async def test_two_replicas_deciding_at_the_same_moment_raise_one_alert(
     async def publish(alert: AlertEvent) -> None:
         published.append(alert)
 
+    together = ReadTogether(state)
     registries = [Registry(f"watch_{i}") for i in range(2)]
     watches = [
         EvaluationWatch(
-            leases, evaluation_alert(state, publish), lambda: 0.2, registry=r, checks=checks_counter(r)
+            leases,
+            evaluation_alert(cast(KeyValue, together), publish),
+            lambda: 0.2,
+            registry=r,
+            checks=checks_counter(r),
         )
         for r in registries
     ]
     await asyncio.gather(*(watch.check(0.2) for watch in watches))  # the first look
     await asyncio.sleep(0.3)
+    together.hold = True  # both read the state before either writes: the same moment
     await asyncio.gather(*(watch.check(0.2) for watch in watches))  # both find them unjudged
+    together.hold = False
     assert len(published) == 1  # the one that decided publishes
     await asyncio.gather(*(watch.check(0.2) for watch in watches))  # the next look: both do
     assert len(published) == 3
