@@ -391,6 +391,7 @@ async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_an
         await asyncio.sleep(4)  # past ack_wait: a redelivery that doubles something shows by now
         stream_events = await alert_events(js, nats)
         posted = receiver.posted("hook")
+        wall_minus_monotonic = time.time() - time.monotonic()
         stored = await _stored(database_url)
         distinct = await fetch_count(
             database_url,
@@ -435,6 +436,15 @@ async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_an
     keys = Counter(p.idempotency_key for p in posted)
     recorded = Counter(results)
     by_host = Counter((ev.host, ev.status) for ev in stream_events)
+    # From an alert event decided after the kill (its time, the evaluator's clock, this
+    # machine's) to its notice at the webhook: what the elections cost a page.
+    killed_wall = killed_at + wall_minus_monotonic
+    decided = {(ev.id, str(ev.status)): ev.time for ev in stream_events if ev.time >= killed_wall}
+    notice_delays = [
+        p.at + wall_minus_monotonic - decided[(p.alert_id, p.transition)]
+        for p in posted
+        if (p.alert_id, p.transition) in decided
+    ]
     report(
         "nats-leader-kill-9-under-load",
         hosts=len(HOSTS),
@@ -457,6 +467,9 @@ async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_an
         failed_publishes=len(publisher.failures),
         resumed_after_s=f"{resumed_after:.1f}",
         alerting_after_s=f"{alerting_after:.1f}",
+        notified_after_event_s=(
+            f"{min(notice_delays):.2f}-{max(notice_delays):.2f}" if notice_delays else "-"
+        ),
         caught_up_after_s=f"{caught_up_after:.1f}",
         # partitions the evaluator let lapse while the leases' bucket elected a leader (each
         # taken again with its history: alerting waits for it)
