@@ -14,6 +14,10 @@ import msgspec
 #: The verb of ``sf.control.notifier.<verb>`` every notifier replica answers.
 NOTIFIER_STATUS = "status"
 
+#: What a notifier's heartbeat to the outside dead man's switch came to: answered 2xx, not
+#: answered 2xx, or not sent because JetStream did not answer.
+HeartbeatResult = Literal["sent", "failed", "skipped"]
+
 
 class NotifierStatus(msgspec.Struct, kw_only=True):
     """One notifier replica, as it describes itself."""
@@ -32,4 +36,20 @@ class NotifierStatus(msgspec.Struct, kw_only=True):
     in_flight: int
     #: The heartbeat's period in seconds (None: no heartbeat) and its last result.
     heartbeat_every: float | None = None
-    heartbeat_last: Literal["sent", "failed", "skipped"] | None = None
+    heartbeat_last: HeartbeatResult | None = None
+
+
+def read_statuses(answers: list[bytes]) -> tuple[list[NotifierStatus], int]:
+    """The notifier replicas among ``answers`` to ``sf.control.notifier.status``, one per
+    replica id, in id order, and how many answers were not a notifier's status (a notifier of
+    another version, or something else answering on the subject)."""
+    found: dict[str, NotifierStatus] = {}
+    unreadable = 0
+    for data in answers:
+        try:
+            status = msgspec.json.decode(data, type=NotifierStatus)
+        except msgspec.DecodeError:
+            unreadable += 1
+            continue
+        found[status.replica] = status
+    return [found[replica] for replica in sorted(found)], unreadable

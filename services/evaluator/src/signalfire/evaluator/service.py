@@ -391,6 +391,11 @@ class EvaluatorService:
     def rules(self) -> list[Rule]:
         return self.engine.rules
 
+    @property
+    def _poll(self) -> float:
+        """Seconds between two reads and renewals of the leases."""
+        return float(self.config.failover_after) / POLLS_PER_FAILOVER
+
     # Lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -420,9 +425,7 @@ class EvaluatorService:
             # elects a leader after a NATS node died nobody answers, and a renewal that waited
             # 5 s let every lease lapse; asked again every poll, the first renewal the new
             # leader answers keeps them (a renewal stored whose answer was lost is recognised).
-            lease_js = self._lease_nc.jetstream(
-                timeout=max(1.0, float(self.config.failover_after) / POLLS_PER_FAILOVER)
-            )
+            lease_js = self._lease_nc.jetstream(timeout=max(1.0, self._poll))
             leases = await lease_js.key_value(self.subjects.bucket("evaluator_leases"))
             self._leases = await self._hold_replica_id(leases, ttl)
             self.replica_id = self._leases.replica
@@ -550,7 +553,7 @@ class EvaluatorService:
         """Who answers for a replica id on ``subject``, and whether it did answer (a
         subscriber that gave no answer in time holds it too); ``None``: no process does."""
         assert self._lease_nc is not None
-        wait = float(self.config.failover_after) / POLLS_PER_FAILOVER
+        wait = self._poll
         try:
             reply = await self._lease_nc.request(subject, b"", timeout=wait)
         except NoRespondersError:
@@ -807,7 +810,7 @@ class EvaluatorService:
         return "fleet" if fleet else None
 
     async def _lease_loop(self, step: Callable[[], Awaitable[None]], what: str) -> None:
-        period = float(self.config.failover_after) / POLLS_PER_FAILOVER
+        period = self._poll
         failures = 0
         started = time.monotonic()
         while not self._stopping:
@@ -913,7 +916,7 @@ class EvaluatorService:
         started = time.monotonic()
         now = self._clock()
         failover = float(self.config.failover_after)
-        poll = failover / POLLS_PER_FAILOVER
+        poll = self._poll
         # What the previous holder judged: up to its last renewal (less a poll, for what was
         # still on its way to it); a free partition was given up a poll or two ago. Never more
         # than two failover_after back: older history fills windows only. All on the NATS

@@ -17,7 +17,7 @@ import msgspec
 
 from signalfire.bus import connect, request_every
 from signalfire.config import tool_environ
-from signalfire.control import NOTIFIER_STATUS, NotifierStatus
+from signalfire.control import NOTIFIER_STATUS, NotifierStatus, read_statuses
 from signalfire.events import SEVERITIES, AlertEvent, DeliveryResult
 from signalfire.log import configure_logging
 from signalfire.notifier import heartbeat
@@ -159,21 +159,16 @@ def notify_status(args: argparse.Namespace) -> int:
         nc = await connect(config.nats, "signalfire-notify-status", max_reconnect_attempts=2)
         try:
             subject = config.nats.subjects.control("notifier", NOTIFIER_STATUS)
-            for data in await request_every(nc, subject, timeout=2.0):
-                try:
-                    replicas.append(msgspec.json.decode(data, type=NotifierStatus))
-                except msgspec.DecodeError:
-                    print(
-                        "notify status: an answer that is not a notifier's status was skipped",
-                        file=sys.stderr,
-                    )
+            found, unreadable = read_statuses(await request_every(nc, subject, timeout=2.0))
         finally:
             await nc.close()
+        replicas.extend(found)
+        for _ in range(unreadable):
+            print("notify status: an answer that is not a notifier's status was skipped", file=sys.stderr)
 
     code = run_service(main)
     if code:
         return code
-    replicas.sort(key=lambda r: r.replica)
     if args.json:
         print(msgspec.json.encode({"notifiers": replicas}).decode())
     elif replicas:

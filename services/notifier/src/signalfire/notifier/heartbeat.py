@@ -19,12 +19,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from signalfire.config import ConfigError
+from signalfire.control import HeartbeatResult
 from signalfire.notifier.channels.base import DeliveryError, read_secret
 from signalfire.notifier.channels.http import get
 from signalfire.notifier.config import HeartbeatConfig
@@ -103,7 +103,7 @@ class Heartbeat:
         self._trouble: str | None = None  # what stops the heartbeat now, logged once
         self._stopped = False
         #: The last heartbeat's result (None: none yet).
-        self.last: Literal["sent", "failed", "skipped"] | None = None
+        self.last: HeartbeatResult | None = None
 
     def stop(self) -> None:
         """End :meth:`run` after the heartbeat under way."""
@@ -119,7 +119,7 @@ class Heartbeat:
             await self.beat(target)
             await asyncio.sleep(max(0.0, target.every - (self._monotonic() - started)))
 
-    async def beat(self, target: Target) -> Literal["sent", "failed", "skipped"]:
+    async def beat(self, target: Target) -> HeartbeatResult:
         """One heartbeat: ``sent``, ``failed`` or ``skipped`` (counted, and a change of trouble
         logged)."""
         try:
@@ -136,9 +136,7 @@ class Heartbeat:
             return self._counted("failed", f"the heartbeat was not taken: {exc}")
         return self._counted("sent", None)
 
-    def _counted(
-        self, result: Literal["sent", "failed", "skipped"], trouble: str | None
-    ) -> Literal["sent", "failed", "skipped"]:
+    def _counted(self, result: HeartbeatResult, trouble: str | None) -> HeartbeatResult:
         self.last = result
         self._results.labels(result=result).inc()
         if trouble is not None and trouble != self._trouble:

@@ -402,6 +402,7 @@ class NotifierService:
     def status(self) -> NotifierStatus:
         """This replica as it answers ``sf.control.notifier.status``."""
         beat = self._heartbeat
+        target = beat.target if beat is not None else None
         return NotifierStatus(
             replica=self.replica,
             hostname=socket.gethostname(),
@@ -409,8 +410,8 @@ class NotifierService:
             channels={name: channel_type(settings) for name, settings in self.config.channels.items()},
             routes=len(self.config.routes),
             in_flight=self._intake.in_flight if self._intake is not None else 0,
-            heartbeat_every=beat.target.every if beat is not None and beat.target is not None else None,
-            heartbeat_last=beat.last if beat is not None and beat.target is not None else None,
+            heartbeat_every=target.every if target is not None else None,
+            heartbeat_last=beat.last if beat is not None and target is not None else None,
         )
 
     async def _on_status_request(self, msg: Any) -> None:

@@ -224,6 +224,13 @@ class _Watcher:
     def counted(self, result: str) -> None:
         self._checks.labels(watch=self.name, result=result).inc()
 
+    def nothing_yet(self, what: str) -> None:
+        """Nothing to watch yet: the check counts as ``ok``, and ``what`` is logged once."""
+        if not self._nothing_logged:
+            self._nothing_logged = True
+            log.info(what)
+        self.counted("ok")
+
     def unchanged(self, values: dict[str, int], after: float) -> list[str]:
         """Record ``values`` as read now; those that have not changed (or been missing, 0) for
         ``after`` seconds as observed here, sorted. Only the names given are kept."""
@@ -291,10 +298,9 @@ class EvaluationWatch(_Watcher):
         keys = {key: entries[key].revision if key in entries else 0 for key in self._wanted(entries)}
         unjudged = [key.removeprefix(PARTITION_PREFIX) for key in self.unchanged(keys, after)]
         if not keys:
-            if not self._nothing_logged:
-                self._nothing_logged = True
-                log.info("no evaluator partition lease seen yet: evaluation is watched from the first one")
-            self.counted("ok")
+            self.nothing_yet(
+                "no evaluator partition lease seen yet: evaluation is watched from the first one"
+            )
             return
         self.unjudged_gauge.set(len(unjudged))
         self.counted("trouble" if unjudged else "ok")
@@ -374,10 +380,7 @@ class StorageWatch(_Watcher):
             # A consumer with nothing waiting is not stalled, however long its floor stood.
             floors[durable] = info.ack_floor.stream_seq if info.ack_floor and waiting[durable] else -1
         if not floors:
-            if not self._nothing_logged:
-                self._nothing_logged = True
-                log.info("no consumer of the gateway's seen yet: storage is watched from the first one")
-            self.counted("ok")
+            self.nothing_yet("no consumer of the gateway's seen yet: storage is watched from the first one")
             return
         # -1 (nothing waiting) changes nothing below: counted as moving.
         stalled = [d for d in self.unchanged(floors, after) if floors[d] != -1]

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from signalfire.bus import request_every
-from signalfire.control import NOTIFIER_STATUS, NotifierStatus
+from signalfire.control import NOTIFIER_STATUS, NotifierStatus, read_statuses
 from signalfire.gateway.api.endpoint import Endpoint
 from signalfire.gateway.api.resources import Resources, json_response
 from signalfire.gateway.errors import ApiError
@@ -32,17 +32,12 @@ async def notifiers(res: Resources, request: Request) -> Response:
     answers = await request_every(res.nc, subject, timeout=float(res.config.control_timeout))
     if not answers and not res.nc.is_connected:  # cut off while asking: that says nothing
         raise ApiError(503, "unavailable", "NATS is not connected; the notifiers cannot be asked")
-    found: dict[str, NotifierStatus] = {}
-    for data in answers:
-        try:
-            status = msgspec.json.decode(data, type=NotifierStatus)
-        except msgspec.DecodeError as exc:  # a notifier of another version, or not a notifier
-            log.warning(
-                "an answer on the notifiers' status subject is not readable", extra={"reason": str(exc)}
-            )
-            continue
-        found[status.replica] = status
-    return json_response(Notifiers(notifiers=[found[k] for k in sorted(found)]))
+    statuses, unreadable = read_statuses(answers)
+    if unreadable:
+        log.warning(
+            "an answer on the notifiers' status subject is not readable", extra={"answers": unreadable}
+        )
+    return json_response(Notifiers(notifiers=statuses))
 
 
 routes = [

@@ -119,6 +119,13 @@ export async function silencesPage(main) {
   await load();
 }
 
+/** The warning that no notifier answers (GET /notifiers is empty): alerts reach nobody. */
+export function noNotifierWarning(className = "sev sev-critical") {
+  return h("p", { class: className, role: "alert" }, severityBadge("critical"), " ",
+    h("strong", {}, "No notifier is running"), ": alerts fire, but nobody is notified. Start ",
+    h("code", {}, "signalfire notifier"), " (docs/notifications.md).");
+}
+
 /** The notifier replicas running (GET /notifiers), or a warning that none is. */
 function notifiersSection(reply) {
   const title = h("h2", { id: "notifiers-title" }, "Notifiers");
@@ -126,8 +133,7 @@ function notifiersSection(reply) {
     h("p", { class: "muted" }, "The notifiers cannot be asked: the gateway is not connected to NATS."));
   const beat = (n) => (n.heartbeat_every ? `every ${n.heartbeat_every}s, last ${n.heartbeat_last || "–"}` : "off");
   return h("section", { id: "notifiers", "aria-labelledby": "notifiers-title" }, title,
-    reply.notifiers.length ? null : h("p", { class: "sev sev-critical", role: "alert" },
-      "No notifier is running: alerts fire, but nobody is notified. Start signalfire notifier."),
+    reply.notifiers.length ? null : noNotifierWarning(),
     table(["replica", "host", "started", "channels", "in flight", "heartbeat"], reply.notifiers.map((n) =>
       h("tr", { dataset: { replica: n.replica } }, h("td", {}, n.replica), h("td", {}, n.hostname),
         h("td", {}, formatTime(n.started)),

@@ -10,6 +10,7 @@ import { api, ApiError, session } from "../api.js";
 import { h, clear, severityBadge, statusBadge, ago, formatValue, reported } from "../dom.js";
 import { onFrame, onDigest, subscribe } from "../stream.js";
 import { lineChart, sparkline, drawSparkline } from "../charts.js";
+import { noNotifierWarning } from "./lists.js";
 import { packer, unpacker, SEVERITIES, USAGE as KEY_METRICS } from "../fleetpack.js";
 
 // The host of Signalfire's own alerts (signalfire.subjects.SELF_HOST).
@@ -230,10 +231,7 @@ export async function overviewPage(main) {
         NOTIFIERS_CONFIRM_MS);
       return;
     }
-    clear(nobody, !none ? [] : h("p", { class: "sev sev-critical own-alert", role: "alert" },
-      severityBadge("critical"), " ", h("strong", {}, "No notifier is running"),
-      ": alerts fire, but nobody is notified. Start ", h("code", {}, "signalfire notifier"),
-      " (docs/notifications.md)."));
+    clear(nobody, none ? noNotifierWarning("sev sev-critical own-alert") : []);
   }
 
   function spacer() {
