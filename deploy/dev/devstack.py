@@ -1020,6 +1020,7 @@ class Supervisor:
             self.say(
                 f"{watched.name} exited ({_exit_status(proc.returncode)}) after {uptime:.0f} s; "
                 f"restarting in {watched.delay:.0f} s (log: {watched.process.log_path})"
+                + _config_error(proc.returncode, watched.process.log_path)
             )
             return
         if now < watched.due:
@@ -1065,6 +1066,26 @@ class Supervisor:
             self.say(f"{self.notify_config} changed but is not valid; the notifier keeps its config:\n{exc}")
             return
         self.say(f"{self.notify_config} changed: the notifier reloads it")
+
+
+#: The exit status of a `signalfire` command whose configuration is wrong (a file's mistake,
+#: a secret not set: ``signalfire.runner.run_service``).
+CONFIG_ERROR_EXIT = 2
+
+
+def _config_error(code: int, log_path: Path) -> str:
+    """For a service that exited on a configuration error, the reason its log ends with (what
+    the person editing the files must see without opening the log); else nothing."""
+    if code != CONFIG_ERROR_EXIT:
+        return ""
+    try:
+        with log_path.open("rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 4096))
+            lines = log.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    reason = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    return f"\n  {reason}" if reason else ""
 
 
 def _exit_status(code: int) -> str:
