@@ -13,19 +13,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from signalfire.bus import NatsConfig
 from signalfire.config import ConfigError, Duration
-from signalfire.notifier.config import HeartbeatConfig, NotifyConfig
+from signalfire.notifier.channels.webhook import WebhookChannelConfig
+from signalfire.notifier.config import HeartbeatConfig, NotifyConfig, Route
 from signalfire.notifier.service import NotifierService
+from tests.support.alerts import firing_alert, publish_alert
 from tests.support.httpserver import loopback_httpserver
 from tests.support.metrics import value
 from tests.support.notifiers import notifier_services
 from tests.support.polling import wait_until
 from tests.support.private_nats import private_nats
+from tests.support.webhook import WebhookReceiver
 
 #: The check's secret, in the URL's path as healthchecks.io and Dead Man's Snitch have it.
 SECRET = "5f0c2b9e-hb-secret"
@@ -70,12 +74,14 @@ def switch() -> Iterator[Switch]:
         yield Switch(server)
 
 
-def config(nats: NatsConfig, *, every: float = EVERY, env: str = "HEARTBEAT_URL") -> NotifyConfig:
+def config(
+    nats: NatsConfig, *, every: float = EVERY, env: str = "HEARTBEAT_URL", stalled_after: float = 180.0
+) -> NotifyConfig:
+    heartbeat = HeartbeatConfig(
+        url_env=env, every=Duration(every), timeout=Duration(every), stalled_after=Duration(stalled_after)
+    )
     return NotifyConfig(
-        nats=nats,
-        evaluation_watch=Duration(0),
-        storage_watch=Duration(0),
-        heartbeat=HeartbeatConfig(url_env=env, every=Duration(every), timeout=Duration(every)),
+        nats=nats, evaluation_watch=Duration(0), storage_watch=Duration(0), heartbeat=heartbeat
     )
 
 
@@ -136,6 +142,44 @@ async def test_a_heartbeat_the_service_refuses_is_counted_and_logged_without_its
         "heartbeat sent again",
     ]
     assert SECRET not in caplog.text
+
+
+async def test_a_notifier_whose_deliveries_all_hang_stops_its_heartbeat_until_one_finishes(
+    nc: Any, nats_config: NatsConfig, switch: Switch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its one delivery slot held by a receiver that answers only after 3 s: from
+    ``stalled_after`` (1 s) on, no heartbeat (the replica takes no page), then the answer
+    comes, the alert is delivered once and the heartbeats go on."""
+    caplog.set_level(logging.INFO, "signalfire.notifier.heartbeat")
+    hold = 3.0
+    with WebhookReceiver(delay=hold) as receiver:
+        settings = msgspec.structs.replace(
+            config(nats_config, stalled_after=1.0),
+            max_in_flight=1,
+            routes=[Route(channels=["hook"])],
+            channels={"hook": WebhookChannelConfig(url=receiver.url("hook"), max_attempts=1)},
+        )
+        async with notifier_services(nc, environ={"HEARTBEAT_URL": switch.url()}) as start:
+            service = await start(settings)
+            await wait_until(lambda: switch.count() >= 2, "heartbeats", 5)
+            alert = firing_alert()
+            await publish_alert(nc, nats_config, alert)
+            await wait_until(lambda: len(receiver.requests) == 1, "the delivery under way", 5)
+            posted = receiver.requests[0].at
+            await wait_until(lambda: heartbeats(service, "skipped") >= 2, "heartbeats skipped", hold)
+            # none from a beat after stalled_after (+ the beat under way) until the answer came
+            answered = posted + hold
+            during = [at for at in switch.times() if posted + 1.0 + 2 * EVERY < at < answered]
+            assert during == []
+            await wait_until(
+                lambda: any(at > answered for at in switch.times()), "a heartbeat after the answer", 5
+            )
+            assert [p.alert_id for p in receiver.requests] == [alert.id]
+    lines = [r.getMessage() for r in caplog.records if r.name.endswith("heartbeat")]
+    assert lines == [
+        "the intake is stuck (no alert event taken or finished for over 1s): no heartbeat sent",
+        "heartbeat sent again",
+    ]
 
 
 async def test_a_reload_moves_the_heartbeat_and_one_without_its_secret_changes_nothing(

@@ -46,6 +46,8 @@ async def notifier_services(
         services.append(service)
         return service
 
-    yield start
-    for service in services:
-        await service.stop()
+    try:
+        yield start
+    finally:  # a failing test's services too: left running, they hold the test's event loop
+        for service in services:
+            await service.stop()

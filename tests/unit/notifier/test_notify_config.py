@@ -410,10 +410,12 @@ def test_a_heartbeat_is_off_unless_configured_and_takes_a_minute_by_default(tmp_
     assert load_notify_config(write(tmp_path, GOOD), environ={}).heartbeat is None
     config = load_notify_config(write(tmp_path, GOOD + "heartbeat:\n  url_env: HC_URL\n"), environ={})
     assert config.heartbeat is not None
-    assert (config.heartbeat.url_env, config.heartbeat.every, config.heartbeat.timeout) == (
+    heartbeat = config.heartbeat
+    assert (heartbeat.url_env, heartbeat.every, heartbeat.timeout, heartbeat.stalled_after) == (
         "HC_URL",
         60.0,
         10.0,
+        180.0,
     )
 
 
@@ -429,6 +431,10 @@ def test_a_heartbeat_is_off_unless_configured_and_takes_a_minute_by_default(tmp_
         (
             "heartbeat:\n  url_env: A\n  every: 30s\n  timeout: 1m\n",
             ":17: heartbeat.timeout: must be more than 0 and at most every (30s)",
+        ),
+        (
+            "heartbeat:\n  url_env: A\n  stalled_after: 0s\n",
+            ":16: heartbeat.stalled_after: must be more than 0",
         ),
         ("heartbeat:\n  url_env: A\n  every: soon\n", ":16: heartbeat.every: expected a duration like 30s"),
         ("heartbeat:\n  url: https://hc-ping.example/abc\n", ":15: heartbeat.url: unknown field"),

@@ -122,14 +122,21 @@ class HeartbeatConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     answer from JetStream requests the URL (a GET) of an outside service that pages when the
     requests stop (healthchecks.io, Dead Man's Snitch, Better Stack, Cronitor). What no
     alert of Signalfire's can say, it says by falling silent: NATS down or cut off, the alerts
-    stream without a leader, every notifier down. The URL holds the check's secret, so it
-    comes from the variable named by ``url_env`` or the file ``url_file``, never the YAML."""
+    stream without a leader, every notifier down, or a notifier's intake stuck (no alert
+    event taken or finished for ``stalled_after`` while it has no room for more). The URL
+    holds the check's secret, so it comes from the variable named by ``url_env`` or the file
+    ``url_file``, never the YAML."""
 
     url_env: str | None = None
     url_file: str | None = None
     every: Duration = Duration(60)
     #: The longest a request (and the JetStream answer before it) may take.
     timeout: Duration = Duration(10)
+    #: How long a replica may go without progress (a fetch of alert events answered, an event
+    #: finished) before it counts as stuck and sends no heartbeat. Longer than a delivery's
+    #: attempts take with the default retry settings (an email: 3 attempts of up to 30 s and
+    #: 3 s of back-off) plus a NATS outage waited out in hand (60 s).
+    stalled_after: Duration = Duration(180)
 
     def __post_init__(self) -> None:
         if (self.url_env is None) == (self.url_file is None):
@@ -138,6 +145,8 @@ class HeartbeatConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("every: must be more than 0")
         if not 0 < self.timeout <= self.every:
             raise ValueError(f"timeout: must be more than 0 and at most every ({self.every:g}s)")
+        if self.stalled_after <= 0:
+            raise ValueError("stalled_after: must be more than 0")
 
 
 class NotifyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

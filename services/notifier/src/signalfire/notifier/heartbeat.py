@@ -5,8 +5,10 @@ The notifier pages when no evaluator judges some hosts and when nothing is store
 stream without a leader, or every notifier down, nothing can say so. An outside service
 can, by noticing a silence (healthchecks.io, Dead Man's Snitch, Better Stack, Cronitor): every
 ``heartbeat.every``, each replica asks JetStream for its alerts consumer (the stream it
-takes pages from) and, when the answer comes within ``heartbeat.timeout``, requests the
-service's URL (a GET). When the requests stop, the service pages through a path of its own.
+takes pages from) and, when the answer comes within ``heartbeat.timeout`` and its intake
+is not stuck (progress within ``heartbeat.stalled_after``: a fetch answered or an event
+finished), requests the service's URL (a GET). When the requests stop, the service pages
+through a path of its own.
 
 Every replica requests on its own, so the service hears from the fleet while one notifier
 lives. The URL holds the check's secret: it is never logged, and a request that fails is
@@ -42,9 +44,10 @@ class Target:
     url: str
     every: float
     timeout: float
+    stalled_after: float
 
     def __repr__(self) -> str:  # the URL is a secret
-        return f"Target(every={self.every:g}, timeout={self.timeout:g})"
+        return f"Target(every={self.every:g}, timeout={self.timeout:g}, stalled_after={self.stalled_after:g})"
 
 
 def target(settings: HeartbeatConfig | None, environ: Mapping[str, str]) -> Target | None:
@@ -64,7 +67,7 @@ def target(settings: HeartbeatConfig | None, environ: Mapping[str, str]) -> Targ
         valid = False
     if not valid:
         raise ConfigError("the heartbeat URL must be an http:// or https:// URL with a host", field=field)
-    return Target(url, float(settings.every), float(settings.timeout))
+    return Target(url, float(settings.every), float(settings.timeout), float(settings.stalled_after))
 
 
 async def ping(http: aiohttp.ClientSession, target: Target) -> int:
@@ -76,8 +79,9 @@ async def ping(http: aiohttp.ClientSession, target: Target) -> int:
 
 class Heartbeat:
     """Requests :attr:`target`'s URL every ``every`` while ``alive()`` returns within
-    ``timeout`` (see the module's docstring); :attr:`target` may be replaced (a reload) or
-    None (off)."""
+    ``timeout`` and ``stalled()`` (seconds since the intake's last progress) is within
+    ``stalled_after`` (see the module's docstring); :attr:`target` may be replaced (a reload)
+    or None (off)."""
 
     #: How often a heartbeat that is off looks whether it was turned on.
     IDLE = 1.0
@@ -86,18 +90,22 @@ class Heartbeat:
         self,
         target: Target | None,
         alive: Callable[[], Awaitable[object]],
+        stalled: Callable[[], float],
+        *,
         http: aiohttp.ClientSession,
         registry: Registry,
         monotonic: Callable[[], float],
     ) -> None:
         self.target = target
         self._alive = alive
+        self._stalled = stalled
         self._http = http
         self._monotonic = monotonic
         self._results = registry.counter(
             "heartbeats",
             "Heartbeat requests to the outside dead man's switch, by result: sent (answered 2xx),"
-            " failed (no 2xx answer), skipped (JetStream did not answer, so none was sent)",
+            " failed (no 2xx answer), skipped (JetStream did not answer, or the intake is stuck,"
+            " so none was sent)",
             ["result"],
         )
         self._trouble: str | None = None  # what stops the heartbeat now, logged once
@@ -122,6 +130,12 @@ class Heartbeat:
     async def beat(self, target: Target) -> HeartbeatResult:
         """One heartbeat: ``sent``, ``failed`` or ``skipped`` (counted, and a change of trouble
         logged)."""
+        if self._stalled() > target.stalled_after:
+            return self._counted(
+                "skipped",
+                f"the intake is stuck (no alert event taken or finished for over"
+                f" {target.stalled_after:g}s): no heartbeat sent",
+            )
         try:
             async with asyncio.timeout(target.timeout):
                 await self._alive()

@@ -128,6 +128,8 @@ class Intake:
         # id(msg) → (msg, when JetStream last heard of it): the events being worked on
         self._working: dict[int, tuple[Msg, float]] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
+        # loop time of the intake's last progress: a fetch of alert events, an event finished
+        self._progress: float | None = None
         # fingerprint → (lock, users): events of one alert are handled in stream order
         self._order: dict[str, tuple[asyncio.Lock, int]] = {}
 
@@ -169,8 +171,22 @@ class Intake:
         """Alert events and actions being worked on now."""
         return len(self._in_flight)
 
+    def stalled(self) -> float:
+        """Seconds since the intake last made progress: a fetch of alert events answered
+        (empty or not: an idle one returns every second, one failing every 5 s at most) or an
+        event finished. It grows while every ``max_in_flight`` slot is held by a delivery that
+        does not end, or if the fetching stopped; a replica so stuck pages nobody, and the
+        heartbeat stops on it. 0 before :meth:`run`."""
+        if self._progress is None:
+            return 0.0
+        return asyncio.get_running_loop().time() - self._progress
+
+    def _progressed(self, _task: object = None) -> None:
+        self._progress = asyncio.get_running_loop().time()
+
     def run(self) -> None:
         """Start fetching (after :meth:`subscribe`) and the heartbeat."""
+        self._progressed()
         alerts, actions = self._subs
         self._loops = [
             asyncio.create_task(self._fetch_loop(alerts, DURABLE, self._accept_alert)),
@@ -237,7 +253,10 @@ class Intake:
             if free <= 0:
                 await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            for msg in await fetcher.fetch(min(free, 100)):
+            messages = await fetcher.fetch(min(free, 100))
+            if name == DURABLE:
+                self._progressed()
+            for msg in messages:
                 await accept(msg)
 
     def _spawn(self, work: Awaitable[None]) -> None:
@@ -247,6 +266,7 @@ class Intake:
         task = asyncio.create_task(run())
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
+        task.add_done_callback(self._progressed)
 
     async def _reject(self, msg: Msg, what: str, exc: Exception) -> None:
         self.rejected.labels(reason="malformed").inc()

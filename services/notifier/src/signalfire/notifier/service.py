@@ -247,9 +247,10 @@ class NotifierService:
             self._heartbeat = heartbeat.Heartbeat(
                 beat,
                 lambda: js.consumer_info(alerts_stream, DURABLE),
-                self._http,
-                self.registry,
-                time.monotonic,
+                self._intake.stalled,
+                http=self._http,
+                registry=self.registry,
+                monotonic=time.monotonic,
             )
             self._control = await self._nc.subscribe(
                 self._subjects.control("notifier", NOTIFIER_STATUS), cb=self._on_status_request
