@@ -819,6 +819,8 @@ def stack(
                 "SF_NATS_PREFIX": bus.prefix(),
                 "SF_NATS_USER": "admin",
                 "SF_NATS_PASSWORD_FILE": str(bus.password_file("admin")),
+                # for `signalfire notify test|heartbeat|status` run without --config
+                "SF_UP_NOTIFY_FILE": str(notify_config),
             },
         )
         env = {

@@ -324,10 +324,40 @@ def test_notify_test_sends_through_one_channel_and_reports_failure(
         assert notify_test(args) == 1
         assert "HTTP 403" in capsys.readouterr().err
         assert notify_test(argparse.Namespace(config=str(path), channel="nope", severity="low")) == 2
-        assert "unknown channel 'nope' (configured: hook)" in capsys.readouterr().err
+        assert f"unknown channel 'nope' (configured: hook; {path})" in capsys.readouterr().err
     [first, _] = receiver.posted()
     assert (first.body["test"], first.body["alert"]["severity"]) == (True, "critical")
     assert verify(SECRET.encode(), first.raw, first.headers[SIGNATURE_HEADER])
+
+
+@pytest.mark.usefixtures("root_handlers")
+def test_notify_test_inside_a_repository_running_make_up_uses_the_notify_config_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``make up`` names its notify config in ``.signalfire/env``; ``notify test CHANNEL`` run
+    anywhere in that repository without ``--config`` sends through that file's channel, and
+    outside one it says that no config was given."""
+    monkeypatch.delenv("SF_UP_NOTIFY_FILE", raising=False)
+    with WebhookReceiver() as receiver:
+        repository = tmp_path / "repo"
+        (repository / ".signalfire").mkdir(parents=True)
+        (repository / "deploy").mkdir()
+        notify = repository / "deploy" / "notify.yaml"
+        notify.write_text(f"channels:\n  hook:\n    type: webhook\n    url: {receiver.url('hook')}\n")
+        (repository / ".signalfire" / "env").write_text(f"SF_UP_NOTIFY_FILE={notify}\n")
+        monkeypatch.chdir(repository / "deploy")
+        assert notify_test(argparse.Namespace(config=None, channel="hook", severity="low")) == 0
+        out, err = capsys.readouterr()
+        assert "sent a test notification through hook (webhook)" in out
+        assert f"notify: {notify}, the notify config `make up` runs" in err
+        assert [p.channel for p in receiver.posted()] == ["hook"]
+
+        monkeypatch.chdir(tmp_path)
+        assert notify_test(argparse.Namespace(config=None, channel="hook", severity="low")) == 2
+        assert (
+            "unknown channel 'hook' (configured: none; no notify config given: --config FILE)"
+            in capsys.readouterr().err
+        )
 
 
 def test_missing_secret_stops_start_up(nats_config: NatsConfig, receiver: WebhookReceiver) -> None:

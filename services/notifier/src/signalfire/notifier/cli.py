@@ -32,6 +32,25 @@ from signalfire.runner import run_service, serve
 log = logging.getLogger("signalfire.notifier")
 
 CONFIG_HELP = "notify.yaml with channels and routes (default: settings from SF_* variables only)"
+TOOL_CONFIG_HELP = (
+    "notify.yaml with channels and routes (default: inside a repository where `make up` runs,"
+    " the file it runs; else settings from SF_* variables only)"
+)
+#: Where ``make up`` names, in ``.signalfire/env``, the notify config it runs.
+UP_NOTIFY_FILE = "SF_UP_NOTIFY_FILE"
+
+
+def tool_config(given: str | None) -> str | None:
+    """The notify config a ``notify`` tool reads: ``--config``, else the one ``make up`` runs
+    for the repository the tool is run in (said on stderr), else none."""
+    if given is not None:
+        return given
+    path = tool_environ()[0].get(UP_NOTIFY_FILE) or None
+    if path is not None:
+        print(
+            f"notify: {path}, the notify config `make up` runs (--config FILE for another)", file=sys.stderr
+        )
+    return path
 
 
 def register_service(subparsers: Any) -> None:
@@ -58,7 +77,7 @@ def register_notify(subparsers: Any) -> None:
         "channel's retries, and print each attempt. Exit status 1 when it was not delivered.",
     )
     test.add_argument("channel", metavar="CHANNEL", help="a channel name from the config")
-    test.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    test.add_argument("--config", metavar="FILE", help=TOOL_CONFIG_HELP)
     test.add_argument("--severity", choices=SEVERITIES, default="low", help="severity of the test alert")
     test.set_defaults(handler=notify_test)
     beat = commands.add_parser(
@@ -67,7 +86,7 @@ def register_notify(subparsers: Any) -> None:
         description="Request the heartbeat URL of the config once (no NATS needed) and print the answer, "
         "to check the dead man's switch before relying on it. Exit status 1 when it was not taken.",
     )
-    beat.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    beat.add_argument("--config", metavar="FILE", help=TOOL_CONFIG_HELP)
     beat.set_defaults(handler=notify_heartbeat)
     status = commands.add_parser(
         "status",
@@ -76,7 +95,7 @@ def register_notify(subparsers: Any) -> None:
         "them. Inside a repository where `make up` runs, its bus settings are used. Exit status 1 when "
         "none answers: firing alerts then notify nobody.",
     )
-    status.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    status.add_argument("--config", metavar="FILE", help=TOOL_CONFIG_HELP)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.set_defaults(handler=notify_status)
     check = commands.add_parser(
@@ -155,7 +174,7 @@ def notify_status(args: argparse.Namespace) -> int:
     async def main() -> None:
         # inside a repository where `make up` runs, its .signalfire/env supplies the bus's
         # address and the admin's credentials the environment does not set
-        config = load_notify_config(args.config, environ=tool_environ()[0])
+        config = load_notify_config(tool_config(args.config), environ=tool_environ()[0])
         nc = await connect(config.nats, "signalfire-notify-status", max_reconnect_attempts=2)
         try:
             subject = config.nats.subjects.control("notifier", NOTIFIER_STATUS)
@@ -199,7 +218,7 @@ def notify_heartbeat(args: argparse.Namespace) -> int:
     taken: list[bool] = []
 
     async def main() -> None:
-        config = load_notify_config(args.config)
+        config = load_notify_config(tool_config(args.config))
         configure_logging("notify", config.log_level, config.log_format)
         target = heartbeat.target(config.heartbeat, os.environ)
         if target is None:
@@ -228,12 +247,17 @@ def notify_test(args: argparse.Namespace) -> int:
     outcome: list[DeliveryResult] = []
 
     async def main() -> None:
-        config = load_notify_config(args.config)
+        path = tool_config(args.config)
+        config = load_notify_config(path)
         configure_logging("notify", config.log_level, config.log_format)
         settings = config.channels.get(args.channel)
         if settings is None:
             known = ", ".join(sorted(config.channels)) or "none"
-            print(f"signalfire: unknown channel {args.channel!r} (configured: {known})", file=sys.stderr)
+            where = path or "no notify config given: --config FILE"
+            print(
+                f"signalfire: unknown channel {args.channel!r} (configured: {known}; {where})",
+                file=sys.stderr,
+            )
             return
 
         async def show(result: DeliveryResult) -> None:
