@@ -24,6 +24,7 @@ from signalfire.evaluator.partitions import assign, host_partition, partition_na
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
 from signalfire.evaluator.status import ownership
 from signalfire.events import MetricBatch, Sample, encode
+from signalfire.runner import ServiceFailed, serve
 from tests.faults.support import alert_events, events_after_resolve, eventually
 from tests.integration.gateway_support import gateway_config, running_gateway
 from tests.support.metrics import value
@@ -158,6 +159,52 @@ async def test_a_joining_replica_takes_its_share_without_repeating_or_losing_an_
     assert handback < 1.0  # a clean stop frees its leases: taken at the next poll (0.2 s)
     # A clean stop leaves no lease behind.
     assert (await status(nats_config))["replicas"] == {}
+
+
+@pytest.mark.timeout(60)
+async def test_a_replica_whose_judging_loop_breaks_exits_and_the_other_judges_its_hosts(
+    nc: Any, nats_config: NatsConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in b's tick (something no test foresaw) ends its tick loop: b stops and its
+    process would exit with status 1 for its supervisor to start it again, instead of living
+    on with its leases renewed and nothing judged; a takes its partitions, and a host of
+    theirs that runs hot fires, once."""
+    js = nc.jetstream()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    a = EvaluatorService(config(nats_config, rules, "a"))
+    b = EvaluatorService(config(nats_config, rules, "b"))
+    await a.start()
+    serving_b = asyncio.create_task(serve(b))
+    try:
+
+        def shared() -> bool:
+            return bool(b.describe()["replica"]["judged"]) and bool(a.describe()["replica"]["judged"])
+
+        await eventually(shared, "the replicas to share the partitions", 10)
+        host = next(h for h in HOSTS if host_partition(h, PARTITIONS) in b.describe()["replica"]["judged"])
+
+        def broken(now: float) -> None:
+            raise RuntimeError("a bug in judging")
+
+        monkeypatch.setattr(b, "tick", broken)
+        with pytest.raises(ServiceFailed, match=r"^evaluator-tick ended: RuntimeError: a bug in judging$"):
+            await asyncio.wait_for(serving_b, 10)
+        await eventually(lambda: len(a.describe()["replica"]["judged"]) == PARTITIONS + 1, "a to take all", 5)
+        batch = MetricBatch(host=host, time=time.time(), samples=[Sample(name="temp", value=95.0)])
+        await nc.publish(nats_config.subjects.metrics(host), encode(batch))
+
+        async def fired() -> bool:
+            return any(e.host == host and e.status == "firing" for e in await alert_events(js, nats_config))
+
+        await eventually(fired, f"{host} to fire on a", 10)
+        await asyncio.sleep(0.5)
+        events = [e for e in await alert_events(js, nats_config) if e.host == host]
+    finally:
+        serving_b.cancel()
+        await b.stop()
+        await a.stop()
+    assert [(e.rule, e.status) for e in events] == [("Hot", "firing")]
 
 
 @pytest.mark.slow

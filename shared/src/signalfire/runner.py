@@ -23,6 +23,67 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
+class ServiceFailed(Exception):
+    """A task the service cannot run without ended while it was not stopping."""
+
+
+class Essentials:
+    """The tasks a service cannot run without: the loops that judge, deliver, store, publish.
+
+    One that ends while the service is not stopping, by raising (a bug, data nobody foresaw)
+    or by returning, is logged with its traceback and makes :func:`serve` stop the service and
+    the process exit with status 1, so that what supervises it (``make up``, systemd, compose,
+    Kubernetes) starts it again. Before, the process lived on without that loop: an evaluator
+    kept renewing its partition leases and judged nothing, a notifier answered JetStream and
+    delivered nothing, and nothing outside could see it. Restarted, it reads its state back
+    (KV, the durable consumers) and other replicas cover it meanwhile.
+
+    A service calls :meth:`stop` first thing in its own ``stop()``; from then on its tasks
+    may end."""
+
+    def __init__(self) -> None:
+        self._stopping = False
+        self._failed: asyncio.Future[str] | None = None
+
+    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """``asyncio.create_task(work)``, watched."""
+        task = asyncio.create_task(work, name=name)
+        self.watch(task)
+        return task
+
+    def watch(self, *tasks: asyncio.Task[Any]) -> None:
+        """Watch tasks made elsewhere (a component's own loops)."""
+        for task in tasks:
+            task.add_done_callback(self._ended)
+
+    def stop(self) -> None:
+        """The service is stopping: its tasks may end now."""
+        self._stopping = True
+
+    def _future(self) -> asyncio.Future[str]:
+        if self._failed is None:
+            self._failed = asyncio.get_running_loop().create_future()
+        return self._failed
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        if self._stopping or task.cancelled():
+            return
+        exc = task.exception()
+        reason = f"{task.get_name()} ended" + (f": {type(exc).__name__}: {exc}" if exc is not None else "")
+        log.error(
+            "an essential task ended; stopping so that the process is started again",
+            extra={"task": task.get_name(), "reason": reason},
+            exc_info=exc,
+        )
+        failed = self._future()
+        if not failed.done():
+            failed.set_result(reason)
+
+    async def failed(self) -> str:
+        """Wait until an essential task ends unexpectedly; what ended, and how."""
+        return await asyncio.shield(self._future())
+
+
 async def serve(service: Service, on_reload: Callable[[], Coroutine[Any, Any, None]] | None = None) -> None:
     """Start ``service``, wait for SIGTERM or SIGINT, then stop it cleanly.
 
@@ -45,11 +106,16 @@ async def serve(service: Service, on_reload: Callable[[], Coroutine[Any, Any, No
         loop.add_signal_handler(signal.SIGHUP, hup)
     starting = asyncio.ensure_future(service.start())
     stop_requested = asyncio.ensure_future(stopping.wait())
+    essentials: Essentials | None = getattr(service, "essentials", None)
+    failure = asyncio.ensure_future(essentials.failed() if essentials is not None else asyncio.Event().wait())
+    failed: str | None = None
     try:
         await asyncio.wait({starting, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done():
             starting.result()  # a failed start raises here
-            await stop_requested
+            await asyncio.wait({stop_requested, failure}, return_when=asyncio.FIRST_COMPLETED)
+            if failure.done() and not stop_requested.done():
+                failed = str(failure.result())
         else:
             log.info("stop requested while starting")
             starting.cancel()
@@ -58,7 +124,10 @@ async def serve(service: Service, on_reload: Callable[[], Coroutine[Any, Any, No
         log.info("stopping")
     finally:
         stop_requested.cancel()
+        failure.cancel()
         await service.stop()
+    if failed is not None:
+        raise ServiceFailed(failed)
 
 
 def run_service(main: Callable[[], Coroutine[Any, Any, None]]) -> int:
@@ -68,6 +137,9 @@ def run_service(main: Callable[[], Coroutine[Any, Any, None]]) -> int:
     except ConfigError as exc:
         print(f"signalfire: {exc}", file=sys.stderr)
         return 2
+    except ServiceFailed as exc:
+        print(f"signalfire: stopped: {exc}", file=sys.stderr)
+        return 1
     except (OSError, ConnectionError) as exc:
         print(f"signalfire: {exc}", file=sys.stderr)
         return 1

@@ -34,6 +34,7 @@ from signalfire.collector.config import AgentConfig
 from signalfire.collector.facts import host_facts
 from signalfire.collector.outbox import Outbox, Outgoing
 from signalfire.events import MAX_SAMPLE_VALUE, AgentStatus, HostFacts, MetricBatch, Sample, encode
+from signalfire.runner import Essentials
 
 log = logging.getLogger("signalfire.collector")
 
@@ -115,6 +116,8 @@ class Agent:
         self._cpu_reading = (time.monotonic(), times.user + times.system)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        #: The loops it cannot run without; one that ends stops the process (signalfire.runner).
+        self.essentials = Essentials()
         self._connected = asyncio.Event()
 
     # Lifecycle -------------------------------------------------------------------------
@@ -126,8 +129,8 @@ class Agent:
         else:
             self._tasks.append(asyncio.create_task(self._connect(), name="agent-connect"))
         self.checks.start()
-        self._tasks.append(asyncio.create_task(self._collect_loop(), name="agent-collect"))
-        self._tasks.append(asyncio.create_task(self._publish_loop(), name="agent-publish"))
+        self._tasks.append(self.essentials.spawn(self._collect_loop(), "agent-collect"))
+        self._tasks.append(self.essentials.spawn(self._publish_loop(), "agent-publish"))
         log.info(
             "agent started",
             extra={"host": self.host, "subject": self.subjects.metrics(self.host), "interval": self.interval},
@@ -136,6 +139,7 @@ class Agent:
     async def stop(self) -> None:
         """Stop collecting; publish the buffer and ``offline`` (best effort, bounded in time);
         drain and close the connection if the agent opened it."""
+        self.essentials.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -73,6 +73,7 @@ from signalfire.events import (
     decode,
     encode,
 )
+from signalfire.runner import Essentials
 from signalfire.subjects import subject_token
 from signalfire.telemetry import Registry, parse_listen, serve_metrics
 
@@ -234,6 +235,8 @@ class EvaluatorService:
     ) -> None:
         self.config = config
         self.subjects = config.nats.subjects
+        #: The loops it cannot run without; one that ends stops the process (signalfire.runner).
+        self.essentials = Essentials()
         self._nc = nc
         self._own_nc = nc is None
         self._clock = clock
@@ -437,18 +440,19 @@ class EvaluatorService:
             await self._balance()
         self._reconnects = nc.stats["reconnects"]
         self._in_sight_at = self._clock()
+        spawn = self.essentials.spawn
         self._tasks = [
-            asyncio.create_task(self._deliver(), name="evaluator-deliver"),  # first: see stop()
-            asyncio.create_task(self._tick_loop(), name="evaluator-tick"),
+            spawn(self._deliver(), "evaluator-deliver"),  # first: see stop()
+            spawn(self._tick_loop(), "evaluator-tick"),
             *self._tasks,  # a first takeover's read-back of actions, under way
         ]
         if self.config.watch_interval > 0:
-            self._tasks.append(asyncio.create_task(self._watch_files(), name="evaluator-watch"))
+            self._tasks.append(spawn(self._watch_files(), "evaluator-watch"))
         if self._leases is not None:
             self._tasks += [
-                asyncio.create_task(self._lease_loop(self._renew, "renewed"), name="evaluator-renew"),
-                asyncio.create_task(self._lease_loop(self._balance, "read"), name="evaluator-balance"),
-                asyncio.create_task(self._snapshot_loop(), name="evaluator-baselines"),
+                spawn(self._lease_loop(self._renew, "renewed"), "evaluator-renew"),
+                spawn(self._lease_loop(self._balance, "read"), "evaluator-balance"),
+                spawn(self._snapshot_loop(), "evaluator-baselines"),
             ]
         subjects = self.subjects
         self._subs = [
@@ -583,6 +587,7 @@ class EvaluatorService:
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Unsubscribe, publish what is decided (up to ``timeout`` seconds), then close."""
+        self.essentials.stop()
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

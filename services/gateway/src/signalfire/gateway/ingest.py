@@ -367,6 +367,11 @@ class Ingest:
         self._flusher = asyncio.create_task(self._flush_rollups(), name="ingest-rollups")
         log.info("ingesting", extra={"consumers": ",".join(c.name for c in self._consumers)})
 
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """Its loops (a consumer's fetching each, the rollup merges), once started."""
+        return [*self._tasks, *([self._flusher] if self._flusher is not None else [])]
+
     async def stop(self) -> None:
         """Stop fetching; the round in flight is finished (stored and acknowledged) first."""
         self._stopping.set()

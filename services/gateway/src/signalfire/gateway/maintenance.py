@@ -159,6 +159,11 @@ class Maintenance:
         log.info("database edition", extra={"edition": self.edition, "policies": self.policies})
         self._task = asyncio.create_task(self._loop(), name="gateway-maintenance")
 
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """Its loop, once started."""
+        return [self._task] if self._task is not None else []
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()

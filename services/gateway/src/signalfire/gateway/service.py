@@ -31,6 +31,7 @@ from signalfire.gateway.silence_mirror import SilenceMirror
 from signalfire.gateway.store import LatestValues, Store, open_pool
 from signalfire.gateway.stream import StreamHub
 from signalfire.gateway.workers import IngestWorkers
+from signalfire.runner import Essentials
 from signalfire.telemetry import Registry, parse_listen
 
 log = logging.getLogger("signalfire.gateway")
@@ -105,6 +106,8 @@ class GatewayService:
         self.maintenance: Maintenance | None = None
         self._server: _Server | None = None
         self._server_task: asyncio.Task[None] | None = None
+        #: The loops it cannot run without; one that ends stops the process (signalfire.runner).
+        self.essentials = Essentials()
         #: The address the API listens on (the real port when ``listen`` asked for port 0).
         self.address: tuple[str, int] | None = None
 
@@ -142,6 +145,7 @@ class GatewayService:
         )
         self.maintenance = Maintenance(self.pool, config.retention, rollups, clock=self.clock)
         await self.maintenance.start()
+        self.essentials.watch(*self.maintenance.tasks)
         store = Store(self.pool)
         await store.load_latest(self.latest)
         live = LiveFeed(self.hub)
@@ -171,11 +175,13 @@ class GatewayService:
                 committed=CommittedPublisher(self.nc, config.nats.subjects, self.origin, self.registry),
             )
             await self.ingest.start()
+            self.essentials.watch(*self.ingest.tasks)
             db_errors = self.ingest.db_errors
             backoff = self.ingest.backoff
         else:
             self.workers = IngestWorkers(config, config.ingest_workers, self.registry)
             await self.workers.start()
+            self.essentials.watch(*self.workers.tasks)
             # Started means ingesting, as with ingest in this process; a worker that cannot start
             # (database or NATS away) is left to its supervision, which keeps trying.
             if not await self.workers.wait_ready(WORKERS_READY_WITHIN):
@@ -197,6 +203,7 @@ class GatewayService:
             clock=self.clock,
         )
         await self.silences.start()
+        self.essentials.watch(*self.silences.tasks)
         app = create_app(
             config,
             pool=self.pool,
@@ -222,7 +229,7 @@ class GatewayService:
                 ws_per_message_deflate=False,
             )
         )
-        self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]), name="gateway-http")
+        self._server_task = self.essentials.spawn(self._server.serve(sockets=[sock]), "gateway-http")
         while not self._server.started:
             if self._server_task.done():
                 self._server_task.result()
@@ -232,6 +239,7 @@ class GatewayService:
 
     async def stop(self) -> None:
         """Stop serving, finish the ingest round in flight, close what this service opened."""
+        self.essentials.stop()
         # Live streams end first (their clients reconnect and resume), so the server can stop.
         self.hub.close()
         if self._server is not None and self._server_task is not None:

@@ -121,6 +121,11 @@ class SilenceMirror:
         self._task = asyncio.create_task(self._follow(self._watcher), name="gateway-silences")
         log.info("mirroring silences")
 
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """Its loop following the bucket, once started."""
+        return [self._task] if self._task is not None else []
+
     async def stop(self) -> None:
         """Stop following; an entry being written is finished first."""
         self._stopping.set()

@@ -34,7 +34,7 @@ from signalfire.gateway.ingest import Ingest
 from signalfire.gateway.rollup import Rollups
 from signalfire.gateway.store import Store, open_pool
 from signalfire.log import configure_logging
-from signalfire.runner import run_service, serve
+from signalfire.runner import Essentials, run_service, serve
 from signalfire.telemetry import Registry
 
 log = logging.getLogger("signalfire.gateway.worker")
@@ -54,6 +54,9 @@ class IngestWorker:
         self.nc: NATS | None = None
         self.ingest: Ingest | None = None
         self._reporter: asyncio.Task[None] | None = None
+        #: The loops it cannot run without; one that ends stops the process (signalfire.runner),
+        #: and the gateway starts it again.
+        self.essentials = Essentials()
 
     async def start(self) -> None:
         config = self.config
@@ -76,11 +79,13 @@ class IngestWorker:
             committed=CommittedPublisher(self.nc, config.nats.subjects, new_origin(), self.registry),
         )
         await self.ingest.start()
+        self.essentials.watch(*self.ingest.tasks)
         self._report()
-        self._reporter = asyncio.create_task(self._report_every(), name="worker-report")
+        self._reporter = self.essentials.spawn(self._report_every(), "worker-report")
         log.info("ingest worker started", extra={"worker": self.index})
 
     async def stop(self) -> None:
+        self.essentials.stop()
         if self._reporter is not None:
             self._reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):

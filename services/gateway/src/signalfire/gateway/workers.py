@@ -107,6 +107,11 @@ class IngestWorkers:
             self._tasks.append(task)
         log.info("ingest workers started", extra={"workers": len(self.workers), "pids": self.pids()})
 
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The loops supervising each worker, once started."""
+        return list(self._tasks)
+
     async def stop(self) -> None:
         """SIGTERM every worker (by its pid), wait for them, SIGKILL those still running after
         ``STOP_TIMEOUT`` seconds."""

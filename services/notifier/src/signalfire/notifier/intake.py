@@ -24,8 +24,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -184,15 +185,16 @@ class Intake:
     def _progressed(self, _task: object = None) -> None:
         self._progress = asyncio.get_running_loop().time()
 
-    def run(self) -> None:
-        """Start fetching (after :meth:`subscribe`) and the heartbeat."""
+    def run(self, spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]]) -> None:
+        """Start fetching (after :meth:`subscribe`) and the heartbeat, as tasks made by
+        ``spawn(work, name)`` (the service's :class:`~signalfire.runner.Essentials`)."""
         self._progressed()
         alerts, actions = self._subs
         self._loops = [
-            asyncio.create_task(self._fetch_loop(alerts, DURABLE, self._accept_alert)),
-            asyncio.create_task(self._fetch_loop(actions, ACTIONS_DURABLE, self._accept_action)),
+            spawn(self._fetch_loop(alerts, DURABLE, self._accept_alert), "notifier-intake-alerts"),
+            spawn(self._fetch_loop(actions, ACTIONS_DURABLE, self._accept_action), "notifier-intake-actions"),
         ]
-        self._heartbeat_task = asyncio.create_task(self._heartbeat())
+        self._heartbeat_task = spawn(self._heartbeat(), "notifier-intake-heartbeat")
 
     async def drain(self) -> None:
         """Stop fetching, give the events in hand :data:`DRAIN_TIMEOUT` to finish, then stop

@@ -80,6 +80,11 @@ class Mirror(Generic[T]):
         self._watched = self._seen
         self._task = asyncio.create_task(self._follow(self._watcher))
 
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """Its loop following the bucket, once started."""
+        return [self._task] if self._task is not None else []
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()

@@ -53,6 +53,7 @@ from signalfire.notifier.pipeline import Pipeline
 from signalfire.notifier.reload import ConfigFile, adopt, check
 from signalfire.notifier.scheduler import Scheduler
 from signalfire.notifier.state import NotifyState
+from signalfire.runner import Essentials
 from signalfire.telemetry import Counter, Registry, parse_listen, serve_metrics
 
 __all__ = ["ACTIONS_DURABLE", "DURABLE", "NotifierService"]
@@ -101,6 +102,8 @@ class NotifierService:
         self._intake: Intake | None = None
         self._watches: list[watch.EvaluationWatch | watch.StorageWatch] = []
         self._heartbeat: heartbeat.Heartbeat | None = None
+        #: The loops it cannot run without; one that ends stops the process (signalfire.runner).
+        self.essentials = Essentials()
         self.scheduler: Scheduler | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._metrics_server: asyncio.Server | None = None
@@ -179,6 +182,7 @@ class NotifierService:
                 lambda result: self.inhibition_checks.labels(result=result).inc(),
             )
             await self._state.start()
+            self.essentials.watch(*self._state.tracks.tasks, *self._state.batches.tasks)
             self._silences = Mirror(
                 await js.key_value(self._subjects.bucket("silences")),
                 ">",
@@ -187,6 +191,7 @@ class NotifierService:
                 lambda result: self.silence_checks.labels(result=result).inc(),
             )
             await self._silences.start()
+            self.essentials.watch(*self._silences.tasks)
             timings = self.config.timings
             ledger = DeliveryLedger(
                 kv,
@@ -263,12 +268,13 @@ class NotifierService:
             raise
         if not self.config.routes:
             log.warning("no routes configured: alert events are acknowledged without notifying anyone")
-        self._intake.run()
-        self._loops = [asyncio.create_task(self.scheduler.run())]
-        self._loops += [asyncio.create_task(each.run()) for each in self._watches]
-        self._loops.append(asyncio.create_task(self._heartbeat.run()))
+        spawn = self.essentials.spawn
+        self._intake.run(spawn)
+        self._loops = [spawn(self.scheduler.run(), "notifier-scheduler")]
+        self._loops += [spawn(each.run(), f"notifier-{type(each).__name__}") for each in self._watches]
+        self._loops.append(spawn(self._heartbeat.run(), "notifier-heartbeat"))
         if self.config_path is not None:
-            self._loops.append(asyncio.create_task(self._file.watch()))
+            self._loops.append(spawn(self._file.watch(), "notifier-config-watch"))
         log.info(
             "notifier started",
             extra={"stream": self._subjects.alerts_stream, "channels": ",".join(self._channels)},
@@ -278,6 +284,7 @@ class NotifierService:
         """Stop taking events and let those in hand finish (up to
         :data:`~signalfire.notifier.intake.DRAIN_TIMEOUT`; the rest are redelivered and the
         ledger prevents repeats), then stop the timers and close what the service owns."""
+        self.essentials.stop()
         for each in self._watches:
             each.stop()
         if self._heartbeat is not None:
