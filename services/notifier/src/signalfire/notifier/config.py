@@ -122,8 +122,8 @@ class HeartbeatConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     answer from JetStream requests the URL (a GET) of an outside service that pages when the
     requests stop (healthchecks.io, Dead Man's Snitch, Better Stack, Cronitor). What no
     alert of Signalfire's can say, it says by falling silent: NATS down or cut off, the alerts
-    stream without a leader, every notifier down, or a notifier's intake stuck (no alert
-    event taken or finished for ``stalled_after`` while it has no room for more). The URL
+    stream without a leader, every notifier down, or a notifier's intake stuck (no fetch of
+    alert events answered and no event finished for ``stalled_after``). The URL
     holds the check's secret, so it comes from the variable named by ``url_env`` or the file
     ``url_file``, never the YAML."""
 
