@@ -1022,7 +1022,7 @@ class Supervisor:
             self.say(
                 f"{watched.name} exited ({_exit_status(proc.returncode)}) after {uptime:.0f} s; "
                 f"restarting in {watched.delay:.0f} s (log: {watched.process.log_path})"
-                + _config_error(proc.returncode, watched.process.log_path)
+                + _exit_reason(proc.returncode, watched.process.log_path)
             )
             return
         if now < watched.due:
@@ -1075,10 +1075,13 @@ class Supervisor:
 CONFIG_ERROR_EXIT = 2
 
 
-def _config_error(code: int, log_path: Path) -> str:
+def _exit_reason(code: int, log_path: Path) -> str:
     """For a service that exited on a configuration error, the reason its log ends with (what
-    the person editing the files must see without opening the log); else nothing."""
-    if code != CONFIG_ERROR_EXIT:
+    the person editing the files must see without opening the log); for one that stopped with
+    status 1 saying why in one line (``signalfire: stopped: evaluator-tick ended: …``, a loop
+    it cannot live without ended; ``signalfire: …``, NATS or the database refused it), that
+    line; else nothing (a traceback is for the log)."""
+    if code not in (CONFIG_ERROR_EXIT, 1):
         return ""
     try:
         with log_path.open("rb") as log:
@@ -1087,6 +1090,8 @@ def _config_error(code: int, log_path: Path) -> str:
     except OSError:
         return ""
     reason = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    if code != CONFIG_ERROR_EXIT and not reason.startswith("signalfire: "):
+        return ""
     return f"\n  {reason}" if reason else ""
 
 

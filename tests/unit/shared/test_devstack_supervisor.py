@@ -1,5 +1,6 @@
 """`make up`'s supervisor says why a service that exited on a configuration error did (a secret
-not set, a file's mistake), where the person editing the files looks: its terminal."""
+not set, a file's mistake), or stopped because a loop it cannot live without ended, where the
+person editing the files looks: its terminal."""
 
 from __future__ import annotations
 
@@ -51,3 +52,14 @@ def test_another_exit_is_shown_without_its_log(tmp_path: Path, capsys: pytest.Ca
     gateway = Exited(tmp_path, "gateway", 1, "Traceback (most recent call last):\n  boom\n")
     said = supervised(tmp_path, gateway, capsys)
     assert "gateway exited (exit code 1)" in said and "boom" not in said, said
+
+
+def test_a_service_stopped_by_a_loop_that_ended_is_shown_with_the_loop(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reason = "signalfire: stopped: evaluator-tick ended: RuntimeError: a bug in judging"
+    log = f"Traceback (most recent call last):\n  boom\nRuntimeError: a bug in judging\n{reason}\n"
+    evaluator = Exited(tmp_path, "evaluator", 1, log)
+    said = supervised(tmp_path, evaluator, capsys)
+    assert "evaluator exited (exit code 1)" in said and said.rstrip().endswith(f"\n  {reason}"), said
+    assert "boom" not in said
