@@ -49,9 +49,20 @@ rules:
       summary: '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2"> load {{ value }}'
 """
     )
+    # The dead man's switch: a loopback check down for maintenance, so each heartbeat fails and
+    # the notifier says why (the Notifications page shows it).
+    receiver.server.expect_request("/beat", method="GET").respond_with_data(
+        "down for maintenance", status=503
+    )
+    beat_url = root / "heartbeat-url"
+    beat_url.write_text(receiver.server.url_for("/beat"))
     notify = root / "notify.yaml"
     notify.write_text(
         f"""
+heartbeat:
+  url_file: {beat_url}
+  every: 1s
+  timeout: 1s
 channels:
   hook:
     type: webhook

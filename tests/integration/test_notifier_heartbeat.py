@@ -18,9 +18,11 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from signalfire.bus import NatsConfig
+from signalfire.bus import NatsConfig, request_every
 from signalfire.config import ConfigError, Duration
+from signalfire.control import NOTIFIER_STATUS, read_statuses
 from signalfire.notifier.channels.webhook import WebhookChannelConfig
+from signalfire.notifier.cli import render_status
 from signalfire.notifier.config import HeartbeatConfig, NotifyConfig, Route
 from signalfire.notifier.service import NotifierService
 from tests.support.alerts import firing_alert, publish_alert
@@ -31,6 +33,7 @@ from tests.support.polling import wait_until
 from tests.support.private_nats import private_nats
 from tests.support.webhook import WebhookReceiver
 
+STUCK = "the intake is stuck (no alert event taken or finished for over 1s): no heartbeat sent"
 #: The check's secret, in the URL's path as healthchecks.io and Dead Man's Snitch have it.
 SECRET = "5f0c2b9e-hb-secret"
 EVERY = 0.3
@@ -151,6 +154,7 @@ async def test_a_notifier_whose_deliveries_all_hang_stops_its_heartbeat_until_on
     ``stalled_after`` (1 s) on, no heartbeat (the replica takes no page), then the answer
     comes, the alert is delivered once and the heartbeats go on."""
     caplog.set_level(logging.INFO, "signalfire.notifier.heartbeat")
+    status_subject = nats_config.subjects.control("notifier", NOTIFIER_STATUS)
     hold = 3.0
     with WebhookReceiver(delay=hold) as receiver:
         settings = msgspec.structs.replace(
@@ -167,6 +171,10 @@ async def test_a_notifier_whose_deliveries_all_hang_stops_its_heartbeat_until_on
             await wait_until(lambda: len(receiver.requests) == 1, "the delivery under way", 5)
             posted = receiver.requests[0].at
             await wait_until(lambda: heartbeats(service, "skipped") >= 2, "heartbeats skipped", hold)
+            # what `notify status`, the API and the Notifications page show meanwhile
+            [stuck] = read_statuses(await request_every(nc, status_subject, timeout=2))[0]
+            assert (stuck.heartbeat_last, stuck.heartbeat_trouble) == ("skipped", STUCK)
+            assert render_status([stuck]).splitlines()[1].endswith(f"every {EVERY:g}s, last skipped: {STUCK}")
             # none from a beat after stalled_after (+ the beat under way) until the answer came
             answered = posted + hold
             during = [at for at in switch.times() if posted + 1.0 + 2 * EVERY < at < answered]
@@ -175,11 +183,10 @@ async def test_a_notifier_whose_deliveries_all_hang_stops_its_heartbeat_until_on
                 lambda: any(at > answered for at in switch.times()), "a heartbeat after the answer", 5
             )
             assert [p.alert_id for p in receiver.requests] == [alert.id]
+            [going] = read_statuses(await request_every(nc, status_subject, timeout=2))[0]
+            assert (going.heartbeat_last, going.heartbeat_trouble) == ("sent", None)
     lines = [r.getMessage() for r in caplog.records if r.name.endswith("heartbeat")]
-    assert lines == [
-        "the intake is stuck (no alert event taken or finished for over 1s): no heartbeat sent",
-        "heartbeat sent again",
-    ]
+    assert lines == [STUCK, "heartbeat sent again"]
 
 
 async def test_a_reload_moves_the_heartbeat_and_one_without_its_secret_changes_nothing(

@@ -59,7 +59,11 @@ async def test_the_gateway_lists_every_notifier_and_none_once_they_stopped(
                 assert answer["hostname"] == socket.gethostname()
                 assert before - 1 < answer["started"] <= time.time()
                 assert answer["in_flight"] == 0
-                assert (answer["heartbeat_every"], answer["heartbeat_last"]) == (None, None)
+                assert (answer["heartbeat_every"], answer["heartbeat_last"], answer["heartbeat_trouble"]) == (
+                    None,
+                    None,
+                    None,
+                )
 
             await b.stop()
             listed = (await api.get("/api/v1/notifiers")).json()["notifiers"]

@@ -37,6 +37,9 @@ class NotifierStatus(msgspec.Struct, kw_only=True):
     #: The heartbeat's period in seconds (None: no heartbeat) and its last result.
     heartbeat_every: float | None = None
     heartbeat_last: HeartbeatResult | None = None
+    #: Why the last heartbeat was ``skipped`` or ``failed`` (None when it was sent): JetStream
+    #: did not answer, the intake is stuck, or the switch's answer (never its URL).
+    heartbeat_trouble: str | None = None
 
 
 def read_statuses(answers: list[bytes]) -> tuple[list[NotifierStatus], int]:

@@ -206,6 +206,8 @@ def render_status(replicas: list[NotifierStatus]) -> str:
             ", ".join(f"{name} ({kind})" for name, kind in r.channels.items()) or "none"
         )  # as configured
         beat = f"every {r.heartbeat_every:g}s, last {r.heartbeat_last or '-'}" if r.heartbeat_every else "off"
+        if r.heartbeat_every and r.heartbeat_trouble:
+            beat += f": {r.heartbeat_trouble}"
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))
         rows.append((r.replica, r.hostname, started, channels, str(r.routes), str(r.in_flight), beat))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -108,7 +108,8 @@ class Heartbeat:
             " so none was sent)",
             ["result"],
         )
-        self._trouble: str | None = None  # what stops the heartbeat now, logged once
+        #: What stops the heartbeat now (logged once when it changes), None when it is sent.
+        self.trouble: str | None = None
         self._stopped = False
         #: The last heartbeat's result (None: none yet).
         self.last: HeartbeatResult | None = None
@@ -153,9 +154,9 @@ class Heartbeat:
     def _counted(self, result: HeartbeatResult, trouble: str | None) -> HeartbeatResult:
         self.last = result
         self._results.labels(result=result).inc()
-        if trouble is not None and trouble != self._trouble:
+        if trouble is not None and trouble != self.trouble:
             log.warning(trouble)
-        elif trouble is None and self._trouble is not None:
+        elif trouble is None and self.trouble is not None:
             log.info("heartbeat sent again")
-        self._trouble = trouble
+        self.trouble = trouble
         return result

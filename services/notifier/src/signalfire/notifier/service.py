@@ -420,6 +420,7 @@ class NotifierService:
             in_flight=self._intake.in_flight if self._intake is not None else 0,
             heartbeat_every=target.every if target is not None else None,
             heartbeat_last=beat.last if beat is not None and target is not None else None,
+            heartbeat_trouble=beat.trouble if beat is not None and target is not None else None,
         )
 
     async def _on_status_request(self, msg: Any) -> None:

@@ -48,9 +48,9 @@ routes = [
         "viewer",
         "The notifier replicas running, with their channels (empty when none runs)",
         '`{"notifiers": [{"replica", "hostname", "started", "channels": {"name": "type"}, "routes", '
-        '"in_flight", "heartbeat_every", "heartbeat_last"}]}`: every replica that answered on '
-        "`sf.control.notifier.status` within `control_timeout` (collected until 0.25 s pass without "
-        "another); empty when none runs, and then firing alerts notify nobody",
+        '"in_flight", "heartbeat_every", "heartbeat_last", "heartbeat_trouble"}]}`: every replica that '
+        "answered on `sf.control.notifier.status` within `control_timeout` (collected until 0.25 s "
+        "pass without another); empty when none runs, and then firing alerts notify nobody",
         answer=Notifiers,
     ),
 ]

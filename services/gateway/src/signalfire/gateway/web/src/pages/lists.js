@@ -131,7 +131,9 @@ function notifiersSection(reply) {
   const title = h("h2", { id: "notifiers-title" }, "Notifiers");
   if (reply === null) return h("section", { id: "notifiers", "aria-labelledby": "notifiers-title" }, title,
     h("p", { class: "muted" }, "The notifiers cannot be asked: the gateway is not connected to NATS."));
-  const beat = (n) => (n.heartbeat_every ? `every ${n.heartbeat_every}s, last ${n.heartbeat_last || "–"}` : "off");
+  const beat = (n) => (n.heartbeat_every
+    ? `every ${n.heartbeat_every}s, last ${n.heartbeat_last || "–"}${n.heartbeat_trouble ? `: ${n.heartbeat_trouble}` : ""}`
+    : "off");
   return h("section", { id: "notifiers", "aria-labelledby": "notifiers-title" }, title,
     reply.notifiers.length ? null : noNotifierWarning(),
     table(["replica", "host", "started", "channels", "in flight", "heartbeat"], reply.notifiers.map((n) =>
