@@ -174,6 +174,7 @@ async def test_a_notifier_whose_deliveries_all_hang_stops_its_heartbeat_until_on
             # what `notify status`, the API and the Notifications page show meanwhile
             [stuck] = read_statuses(await request_every(nc, status_subject, timeout=2))[0]
             assert (stuck.heartbeat_last, stuck.heartbeat_trouble) == ("skipped", STUCK)
+            assert value(service.registry, "signalfire_notifier_intake_idle_seconds") > 1.0
             assert render_status([stuck]).splitlines()[1].endswith(f"every {EVERY:g}s, last skipped: {STUCK}")
             # none from a beat after stalled_after (+ the beat under way) until the answer came
             answered = posted + hold
@@ -185,6 +186,7 @@ async def test_a_notifier_whose_deliveries_all_hang_stops_its_heartbeat_until_on
             assert [p.alert_id for p in receiver.requests] == [alert.id]
             [going] = read_statuses(await request_every(nc, status_subject, timeout=2))[0]
             assert (going.heartbeat_last, going.heartbeat_trouble) == ("sent", None)
+            assert value(service.registry, "signalfire_notifier_intake_idle_seconds") < 3.0
     lines = [r.getMessage() for r in caplog.records if r.name.endswith("heartbeat")]
     assert lines == [STUCK, "heartbeat sent again"]
 

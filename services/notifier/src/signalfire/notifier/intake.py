@@ -129,7 +129,7 @@ class Intake:
         # id(msg) → (msg, when JetStream last heard of it): the events being worked on
         self._working: dict[int, tuple[Msg, float]] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
-        # loop time of the intake's last progress: a fetch of alert events, an event finished
+        # time.monotonic() of the intake's last progress: a fetch of alert events, an event finished
         self._progress: float | None = None
         # fingerprint → (lock, users): events of one alert are handled in stream order
         self._order: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -158,6 +158,13 @@ class Intake:
             "busy_waits", "Times an event waited for a message another replica (or a dead one) claimed"
         )
         self.advisories = GiveUps(js, self._subjects.alerts_stream, pipeline, registry)
+        registry.gauge(
+            "intake_idle_seconds",
+            "Seconds since the intake last made progress (a fetch of alert events answered, an "
+            "event finished): about a second when idle, growing while every max_in_flight slot is "
+            "held by deliveries that do not end (the heartbeat stops past heartbeat.stalled_after)",
+            function=self.stalled,
+        )
 
     async def subscribe(self, nc: NATS) -> None:
         """Bind (create or converge) both durable consumers and subscribe to JetStream's
@@ -177,13 +184,13 @@ class Intake:
         (empty or not: an idle one returns every second, one failing every 5 s at most) or an
         event finished. It grows while every ``max_in_flight`` slot is held by a delivery that
         does not end, or if the fetching stopped; a replica so stuck pages nobody, and the
-        heartbeat stops on it. 0 before :meth:`run`."""
+        heartbeat stops on it. 0 before :meth:`run`. Also ``signalfire_notifier_intake_idle_seconds``."""
         if self._progress is None:
             return 0.0
-        return asyncio.get_running_loop().time() - self._progress
+        return time.monotonic() - self._progress
 
     def _progressed(self, _task: object = None) -> None:
-        self._progress = asyncio.get_running_loop().time()
+        self._progress = time.monotonic()
 
     def run(self, spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]]) -> None:
         """Start fetching (after :meth:`subscribe`) and the heartbeat, as tasks made by
