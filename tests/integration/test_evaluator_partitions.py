@@ -52,6 +52,13 @@ def config(nats: NatsConfig, rules: Path, replica: str) -> EvaluatorConfig:
     )
 
 
+def two_replicas(nats: NatsConfig, tmp_path: Path) -> tuple[EvaluatorService, EvaluatorService]:
+    """Replicas ``a`` and ``b`` of :data:`RULES` (written to ``tmp_path``), not started."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    return EvaluatorService(config(nats, rules, "a")), EvaluatorService(config(nats, rules, "b"))
+
+
 async def send_all(nc: Any, nats: NatsConfig, value: float) -> None:
     for host in HOSTS:
         batch = MetricBatch(host=host, time=time.time(), samples=[Sample(name="temp", value=value)])
@@ -92,10 +99,7 @@ async def test_a_joining_replica_takes_its_share_without_repeating_or_losing_an_
     nc: Any, nats_config: NatsConfig, tmp_path: Path
 ) -> None:
     js = nc.jetstream()
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
-    a = EvaluatorService(config(nats_config, rules, "a"))
-    b = EvaluatorService(config(nats_config, rules, "b"))
+    a, b = two_replicas(nats_config, tmp_path)
     await a.start()
     try:
         assert a.describe()["replica"]["judged"] == partition_names(PARTITIONS)  # alone: everything
@@ -170,10 +174,7 @@ async def test_a_replica_whose_judging_loop_breaks_exits_and_the_other_judges_it
     on with its leases renewed and nothing judged; a takes its partitions, and a host of
     theirs that runs hot fires, once."""
     js = nc.jetstream()
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
-    a = EvaluatorService(config(nats_config, rules, "a"))
-    b = EvaluatorService(config(nats_config, rules, "b"))
+    a, b = two_replicas(nats_config, tmp_path)
     await a.start()
     serving_b = asyncio.create_task(serve(b))
     try:
@@ -212,10 +213,7 @@ async def test_a_replica_whose_judging_loop_breaks_exits_and_the_other_judges_it
 async def test_the_rules_page_shows_the_alerts_of_every_replica(
     nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
 ) -> None:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
-    a = EvaluatorService(config(nats_config, rules, "a"))
-    b = EvaluatorService(config(nats_config, rules, "b"))
+    a, b = two_replicas(nats_config, tmp_path)
     await a.start()
     await b.start()
     try:
