@@ -55,7 +55,7 @@ from tests.faults.support import (
     write,
 )
 from tests.support.metrics import scrape
-from tests.support.streams import stream_messages
+from tests.support.streams import stream_messages, stream_records
 from tests.support.webhook import WebhookReceiver
 
 #: Hosts made hot one after another around the kill (each fires once and resolves once).
@@ -390,6 +390,11 @@ async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_an
             print(exc)
         await asyncio.sleep(4)  # past ack_wait: a redelivery that doubles something shows by now
         stream_events = await alert_events(js, nats)
+        stored_at = {
+            (ev.id, str(ev.status)): msg.time.timestamp()
+            for msg in await stream_records(js, nats.subjects.alerts_stream, nats.subjects.all_alerts[:-1])
+            for ev in [decode(msg.data or b"", AlertEvent)]
+        }
         posted = receiver.posted("hook")
         wall_minus_monotonic = time.time() - time.monotonic()
         stored = await _stored(database_url)
@@ -445,6 +450,12 @@ async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_an
         for p in posted
         if (p.alert_id, p.transition) in decided
     ]
+    # Of that, the notifier's share: from the event's arrival in the stream to its notice.
+    notifier_delays = [
+        p.at + wall_minus_monotonic - stored_at[(p.alert_id, p.transition)]
+        for p in posted
+        if (p.alert_id, p.transition) in decided
+    ]
     report(
         "nats-leader-kill-9-under-load",
         hosts=len(HOSTS),
@@ -469,6 +480,9 @@ async def test_killing_the_leader_node_under_load_loses_and_doubles_no_sample_an
         alerting_after_s=f"{alerting_after:.1f}",
         notified_after_event_s=(
             f"{min(notice_delays):.2f}-{max(notice_delays):.2f}" if notice_delays else "-"
+        ),
+        notified_after_stored_s=(
+            f"{min(notifier_delays):.2f}-{max(notifier_delays):.2f}" if notifier_delays else "-"
         ),
         caught_up_after_s=f"{caught_up_after:.1f}",
         # partitions the evaluator let lapse while the leases' bucket elected a leader (each

@@ -66,6 +66,11 @@ log = logging.getLogger("signalfire.notifier")
 SILENCE_CHECK_TIMEOUT = 2.0
 
 
+#: How long a request of the deciding path (a ledger claim or mark, a track, the silences'
+#: check, a delivery result) waits for JetStream before it is retried (BUS_RETRY, in hand).
+REQUEST_TIMEOUT = 2.0
+
+
 class NotifierService:
     """Delivers alert events to people. ``nc`` may be passed in (tests); else it is created
     in :meth:`start` from ``config.nats`` and closed in :meth:`stop`. ``clock`` is the one
@@ -173,9 +178,13 @@ class NotifierService:
             beat = heartbeat.target(self.config.heartbeat, self._environ)
             if self._nc is None:
                 self._nc = await connect(self.config.nats, "signalfire-notifier")
-            js = self._js = self._nc.jetstream()
+            js = self._nc.jetstream()
             await ensure_streams(js, self.config.nats)
-            kv = await js.key_value(self._subjects.bucket("notify_state"))
+            # The deciding path (claims, marks, tracks, results) asks with a shorter wait than
+            # nats-py's 5 s: while a bucket elects a leader after a NATS node died nobody
+            # answers, and each 5 s wait pushed the retry that the new leader answers back.
+            fast = self._js = self._nc.jetstream(timeout=REQUEST_TIMEOUT)
+            kv = await fast.key_value(self._subjects.bucket("notify_state"))
             self._state = NotifyState(
                 kv,
                 lambda key, why: self._bad_entry("notify_state", key, why),
@@ -184,7 +193,7 @@ class NotifierService:
             await self._state.start()
             self.essentials.watch(*self._state.tracks.tasks, *self._state.batches.tasks)
             self._silences = Mirror(
-                await js.key_value(self._subjects.bucket("silences")),
+                await fast.key_value(self._subjects.bucket("silences")),
                 ">",
                 lambda data: msgspec.json.decode(data, type=Silence),
                 lambda key, why: self._bad_entry("silences", key, why),
