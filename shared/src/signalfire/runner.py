@@ -15,14 +15,6 @@ from signalfire.config import ConfigError
 log = logging.getLogger("signalfire.runner")
 
 
-class Service(Protocol):
-    """What :func:`run_service` drives: explicit start and stop, resources owned inside."""
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
 class ServiceFailed(Exception):
     """A task the service cannot run without ended while it was not stopping."""
 
@@ -84,6 +76,17 @@ class Essentials:
         return await asyncio.shield(self._future())
 
 
+class Service(Protocol):
+    """What :func:`serve` drives: explicit start and stop, resources owned inside, and the
+    tasks it cannot run without."""
+
+    essentials: Essentials
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 async def serve(service: Service, on_reload: Callable[[], Coroutine[Any, Any, None]] | None = None) -> None:
     """Start ``service``, wait for SIGTERM or SIGINT, then stop it cleanly.
 
@@ -106,8 +109,7 @@ async def serve(service: Service, on_reload: Callable[[], Coroutine[Any, Any, No
         loop.add_signal_handler(signal.SIGHUP, hup)
     starting = asyncio.ensure_future(service.start())
     stop_requested = asyncio.ensure_future(stopping.wait())
-    essentials: Essentials | None = getattr(service, "essentials", None)
-    failure = asyncio.ensure_future(essentials.failed() if essentials is not None else asyncio.Event().wait())
+    failure = asyncio.ensure_future(service.essentials.failed())
     failed: str | None = None
     try:
         await asyncio.wait({starting, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
@@ -115,7 +117,7 @@ async def serve(service: Service, on_reload: Callable[[], Coroutine[Any, Any, No
             starting.result()  # a failed start raises here
             await asyncio.wait({stop_requested, failure}, return_when=asyncio.FIRST_COMPLETED)
             if failure.done() and not stop_requested.done():
-                failed = str(failure.result())
+                failed = failure.result()
         else:
             log.info("stop requested while starting")
             starting.cancel()

@@ -11,6 +11,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -40,12 +41,13 @@ TOOL_CONFIG_HELP = (
 UP_NOTIFY_FILE = "SF_UP_NOTIFY_FILE"
 
 
-def tool_config(given: str | None) -> str | None:
+def tool_config(given: str | None, environ: Mapping[str, str] | None = None) -> str | None:
     """The notify config a ``notify`` tool reads: ``--config``, else the one ``make up`` runs
-    for the repository the tool is run in (said on stderr), else none."""
+    for the repository the tool is run in (said on stderr), else none. ``environ``: the
+    tool's variables when the caller has read them (:func:`~signalfire.config.tool_environ`)."""
     if given is not None:
         return given
-    path = tool_environ()[0].get(UP_NOTIFY_FILE) or None
+    path = (tool_environ()[0] if environ is None else environ).get(UP_NOTIFY_FILE) or None
     if path is not None:
         print(
             f"notify: {path}, the notify config `make up` runs (--config FILE for another)", file=sys.stderr
@@ -174,7 +176,8 @@ def notify_status(args: argparse.Namespace) -> int:
     async def main() -> None:
         # inside a repository where `make up` runs, its .signalfire/env supplies the bus's
         # address and the admin's credentials the environment does not set
-        config = load_notify_config(tool_config(args.config), environ=tool_environ()[0])
+        environ = tool_environ()[0]
+        config = load_notify_config(tool_config(args.config, environ), environ=environ)
         nc = await connect(config.nats, "signalfire-notify-status", max_reconnect_attempts=2)
         try:
             subject = config.nats.subjects.control("notifier", NOTIFIER_STATUS)

@@ -24,9 +24,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -192,16 +191,25 @@ class Intake:
     def _progressed(self, _task: object = None) -> None:
         self._progress = time.monotonic()
 
-    def run(self, spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]]) -> None:
-        """Start fetching (after :meth:`subscribe`) and the heartbeat, as tasks made by
-        ``spawn(work, name)`` (the service's :class:`~signalfire.runner.Essentials`)."""
+    def run(self) -> None:
+        """Start fetching (after :meth:`subscribe`) and the heartbeat."""
         self._progressed()
         alerts, actions = self._subs
         self._loops = [
-            spawn(self._fetch_loop(alerts, DURABLE, self._accept_alert), "notifier-intake-alerts"),
-            spawn(self._fetch_loop(actions, ACTIONS_DURABLE, self._accept_action), "notifier-intake-actions"),
+            asyncio.create_task(
+                self._fetch_loop(alerts, DURABLE, self._accept_alert), name="notifier-intake-alerts"
+            ),
+            asyncio.create_task(
+                self._fetch_loop(actions, ACTIONS_DURABLE, self._accept_action),
+                name="notifier-intake-actions",
+            ),
         ]
-        self._heartbeat_task = spawn(self._heartbeat(), "notifier-intake-heartbeat")
+        self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="notifier-intake-heartbeat")
+
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """Its loops (fetching each consumer, the heartbeat), once running."""
+        return [*self._loops, *([self._heartbeat_task] if self._heartbeat_task is not None else [])]
 
     async def drain(self) -> None:
         """Stop fetching, give the events in hand :data:`DRAIN_TIMEOUT` to finish, then stop

@@ -277,8 +277,9 @@ class NotifierService:
             raise
         if not self.config.routes:
             log.warning("no routes configured: alert events are acknowledged without notifying anyone")
+        self._intake.run()
+        self.essentials.watch(*self._intake.tasks)
         spawn = self.essentials.spawn
-        self._intake.run(spawn)
         self._loops = [spawn(self.scheduler.run(), "notifier-scheduler")]
         self._loops += [spawn(each.run(), f"notifier-{type(each).__name__}") for each in self._watches]
         self._loops.append(spawn(self._heartbeat.run(), "notifier-heartbeat"))
