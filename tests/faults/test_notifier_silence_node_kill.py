@@ -84,11 +84,14 @@ async def test_a_silence_created_right_after_the_node_serving_the_notifiers_watc
 
         async def watching() -> bool:
             try:
+                # its watch of the silences, and its durable on the alerts, which the step-downs
+                # below ask about (asked for too early, the durable was not found yet)
+                await js.consumer_info(nats.subjects.alerts_stream, DURABLE)
                 return len(await _consumers(js, stream)) == 1
             except Exception:  # the cluster still settling
                 return False
 
-        await eventually(watching, "the notifier's watch of the silences", 30, notifier)
+        await eventually(watching, "the notifier's watch of the silences and its durable", 30, notifier)
         [consumer] = (await _consumers(js, stream)).values()
         node = consumer.cluster.leader if consumer.cluster else None
         assert node is not None

@@ -341,8 +341,13 @@ async def test_a_minutes_rollups_are_merged_once_it_ended_its_messages_kept_in_p
     config = gateway_config(
         nats_config, database_url, tmp_path, rollup_merge="minute", ack_wait=Duration(1.0)
     )
-    if not 2 < time.time() % 60 < 45:  # room for the batches to be stored before their minute ends
-        await asyncio.sleep(60 - time.time() % 60 + 0.5)
+    # room for the batches to be stored before their minute ends: at most 17.5 s of waiting
+    # (waiting for the next minute from within its first 2 s left too little of the 120 s)
+    phase = time.time() % 60
+    if phase < 2:
+        await asyncio.sleep(2.5 - phase)
+    elif phase > 45:
+        await asyncio.sleep(62.5 - phase)
     async with running_gateway(config) as gw:
         sent = time.time() - 1  # the samples' times: past, as an agent's
         minute = sent - sent % 60
