@@ -779,15 +779,76 @@ async def test_an_agent_cannot_read_alerts_or_another_identitys_replies(bus: Bus
     assert any("permissions violation for subscription" in str(e).lower() for e in errors), errors
 
 
-async def test_a_wrong_password_is_refused(bus: Bus, tmp_path: Path) -> None:
+async def test_a_wrong_password_or_none_is_refused_naming_what_was_sent(bus: Bus, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong.password"
     wrong.write_text("not-the-password\n")
-    with pytest.raises(NoServersError):
-        await connect(bus.config("gateway", password_file=str(wrong)), "test", max_reconnect_attempts=1)
-    with pytest.raises(NoServersError):
-        await connect(
-            msgspec.structs.replace(bus.config("gateway"), user=None), "test", max_reconnect_attempts=1
-        )
+    # a service's connect, which would wait forever for a server: the refusal ends it at once
+    with pytest.raises(ConfigError) as refused:
+        await asyncio.wait_for(connect(bus.config("gateway", password_file=str(wrong)), "test"), 10)
+    assert f"user 'gateway' was refused (a wrong password in {wrong}" in str(refused.value)
+    assert bus.server.url in str(refused.value) and "Authorization Violation" in str(refused.value)
+    assert "not-the-password" not in str(refused.value)
+    with pytest.raises(ConfigError, match="requires credentials and none were given: set SF_NATS_USER"):
+        await asyncio.wait_for(connect(msgspec.structs.replace(bus.config("gateway"), user=None), "test"), 10)
+
+
+async def test_a_service_started_without_credentials_exits_2_saying_so(bus: Bus) -> None:
+    """An evaluator started by hand beside a secured bus, with no credentials: before, it
+    tried again every half second forever, logging each refusal; now it exits with status 2
+    and one line saying what to set, and logs the refusal once."""
+    from devstack import free_port
+
+    started = time.monotonic()
+    status, _, err = await signalfire_cli(
+        "evaluator",
+        env={
+            "SF_NATS_URL": bus.server.url,
+            "SF_NATS_PREFIX": bus.subjects.prefix,
+            "SF_NATS_USER": "",
+            "SF_NATS_PASSWORD_FILE": "",
+            "SF_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+        },
+    )
+    assert status == 2, err
+    assert time.monotonic() - started < 20
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(
+        f"signalfire: NATS ({bus.server.url}) refused the connection: it requires credentials"
+    )
+    assert err.count("Authorization Violation'\"") <= 1  # the log line, at most once
+
+
+async def test_a_connection_whose_credentials_are_revoked_keeps_trying_and_says_so_once(
+    bus: Bus, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused on every reconnect, an attempt fails twice (the refusal, then the connection
+    reset): each is logged once per 30 s, not every half second; and the connection, which
+    was up, keeps trying (the credentials may come back)."""
+    host = f"gone-{secrets.token_hex(2)}"
+    password = tmp_path / "agent.password"
+    name = bus.creds.enroll(host, password)
+    assert bus.server.proc is not None
+    reload_server(bus.server.proc.pid)
+    config = bus.config(name, password_file=str(password))
+
+    async def connected() -> Any:
+        try:
+            return await connect(config, "test-revoked")  # reconnecting forever, as a service
+        except ConfigError:
+            raise AssertionError("the enrolled agent cannot connect yet") from None
+
+    nc = await eventually(connected)
+    try:
+        with caplog.at_level("WARNING", logger="signalfire.bus"):
+            assert bus.creds.revoke(host)
+            reload_server(bus.server.proc.pid)
+            await asyncio.sleep(8)  # an attempt every 1-2 s
+        said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("NATS error")]
+        assert any("Authorization Violation" in line for line in said), said
+        assert len(said) == len(set(said)), said
+        assert not nc.is_closed
+    finally:
+        await nc.close()
 
 
 def test_an_unreadable_password_file_names_the_file(bus: Bus, tmp_path: Path) -> None:
@@ -807,7 +868,7 @@ async def test_enroll_then_revoke_takes_effect_on_reload(bus: Bus, admin: Any, t
     async def can_publish() -> None:
         try:
             nc = await connect(config, "test-enrolled", max_reconnect_attempts=1)
-        except NoServersError:
+        except ConfigError:
             raise AssertionError("the enrolled agent cannot connect yet") from None
         try:
             await nc.jetstream().publish(bus.subjects.agents(host), b"{}", timeout=5)
@@ -821,7 +882,8 @@ async def test_enroll_then_revoke_takes_effect_on_reload(bus: Bus, admin: Any, t
     async def refused() -> None:
         try:
             nc = await connect(config, "test-revoked", max_reconnect_attempts=1)
-        except NoServersError:
+        except ConfigError as exc:
+            assert f"user '{name}' was refused" in str(exc)
             return
         await nc.close()
         raise AssertionError("a revoked agent could still connect")
@@ -839,7 +901,7 @@ async def test_the_shipped_compose_config_lets_in_only_its_users(
     server = NatsServer(tmp_path / "data", config=tmp_path / "accounts.conf").start()
     try:
         url = server.url
-        with pytest.raises(NoServersError):
+        with pytest.raises(ConfigError, match="none were given"):
             await connect(NatsConfig(url=url), "anonymous", max_reconnect_attempts=1)
         agent = NatsConfig(
             url=url, user="agent-compose-agent", password="pw-SF_NATS_AGENT_COMPOSE_AGENT_PASSWORD"

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import (
+    AuthorizationError,
     ConnectionReconnectingError,
     NoRespondersError,
     StaleConnectionError,
@@ -124,6 +124,13 @@ async def connect(
     With the default ``max_reconnect_attempts=-1`` the first connect also waits until a
     server answers, so services may start before NATS. With a positive number, each server
     is tried that many more times and then ``nats.errors.NoServersError`` is raised.
+
+    A first connect the servers refuse (``Authorization Violation``: no credentials, a wrong
+    password, a user the server does not know) raises :class:`ConfigError` naming what was
+    sent, once as many attempts as there are servers were refused: waiting would not change
+    the answer, and a service then exits with status 2 saying why instead of trying every
+    half second. A connection that was up and is refused when it reconnects (credentials
+    revoked, then maybe restored) keeps trying.
     """
 
     async def disconnected() -> None:
@@ -141,17 +148,29 @@ async def connect(
         if on_reconnect is not None:
             await on_reconnect()
 
-    last_error: dict[str, str | float] = {"text": "", "at": 0.0}
+    servers = [config.url, *config.servers]
+    said: dict[str, float] = {}  # each error's text: when it was last logged
+    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    refusals = 0
 
     async def error(exc: Exception) -> None:
-        # While the server is away nats-py reports every attempt; say it once per 30 s.
+        nonlocal refusals
         text, now = str(exc), time.monotonic()
-        if text != last_error["text"] or now - float(last_error["at"]) > 30:
-            last_error.update(text=text, at=now)
-            log.warning("NATS error: %s", text, extra={"servers": ",".join([config.url, *config.servers])})
+        if not refused.done() and not connected and _refusal(exc):
+            refusals += 1
+            if refusals >= len(servers):
+                refused.set_result(text)
+                return
+        # While the server is away nats-py reports every attempt, and an attempt can fail
+        # twice (refused, then the connection reset): say each error once per 30 s.
+        if now - said.get(text, -30.0) >= 30:
+            if len(said) > 64:
+                said.clear()
+            said[text] = now
+            log.warning("NATS error: %s", text, extra={"servers": ",".join(servers)})
 
     options: dict[str, Any] = {
-        "servers": [config.url, *config.servers],
+        "servers": servers,
         "name": name,
         "connect_timeout": float(config.connect_timeout),
         "max_reconnect_attempts": max_reconnect_attempts,
@@ -174,8 +193,49 @@ async def connect(
     tls = config.tls_context()
     if tls is not None:
         options["tls"] = tls
-    nc: NATS = await nats.connect(**options)
-    return nc
+    connected = False
+    nc = NATS()
+    connecting = asyncio.ensure_future(nc.connect(**options))
+    try:
+        either: list[asyncio.Future[Any]] = [connecting, refused]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        connecting.cancel()
+        raise
+    if connecting.done():
+        refused.cancel()
+        connecting.result()  # what the first connect raised (no server answered)
+        connected = True
+        return nc
+    connecting.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await connecting
+    with contextlib.suppress(Exception):
+        await nc.close()
+    raise _refused_error(config, servers, refused.result())
+
+
+def _refusal(exc: Exception) -> bool:
+    """Whether ``exc`` is the server refusing the credentials (not a network failure)."""
+    return isinstance(exc, AuthorizationError) or "authorization violation" in str(exc).lower()
+
+
+def _refused_error(config: NatsConfig, servers: list[str], text: str) -> ConfigError:
+    """What a refused first connect says: what was sent, and what to set."""
+    if config.user:
+        where = f" in {config.password_file}" if config.password_file else ""
+        sent = f"user '{config.user}' was refused (a wrong password{where}, or a user it does not know)"
+    elif config.credentials:
+        sent = f"the credentials in {config.credentials} were refused"
+    elif config.token:
+        sent = "the token was refused"
+    else:
+        sent = (
+            "it requires credentials and none were given: set SF_NATS_USER and "
+            "SF_NATS_PASSWORD_FILE (or SF_NATS_CREDENTIALS, SF_NATS_TOKEN)"
+        )
+    addresses = ", ".join(servers)
+    return ConfigError(f"NATS ({addresses}) refused the connection: {sent} ({text}; docs/security.md)")
 
 
 #: What a client sees while the bus cannot answer for a moment: a request unanswered (a stream
