@@ -11,12 +11,19 @@ PYTEST_ARGS ?=
 # `make up RULES=a.yaml,rules/ NOTIFY=my-notify.yaml AGENT=my-agent.yaml`: your own files
 # (relative to the repository or absolute) instead of the shipped ones.
 # `make up NATS_NODES=3`: a three-node JetStream cluster instead of one nats-server.
+# `make up EVALUATORS=2 NOTIFIERS=2 GATEWAYS=2 INGEST_WORKERS=2`: replicas side by side.
 RULES ?=
 NOTIFY ?=
 AGENT ?=
 NATS_NODES ?=
+EVALUATORS ?=
+NOTIFIERS ?=
+GATEWAYS ?=
+INGEST_WORKERS ?=
 UP_ARGS = $(if $(RULES),--rules '$(RULES)') $(if $(NOTIFY),--notify '$(NOTIFY)') $(if $(AGENT),--agent-config '$(AGENT)') \
-  $(if $(NATS_NODES),--nats-nodes '$(NATS_NODES)')
+  $(if $(NATS_NODES),--nats-nodes '$(NATS_NODES)') $(if $(EVALUATORS),--evaluators '$(EVALUATORS)') \
+  $(if $(NOTIFIERS),--notifiers '$(NOTIFIERS)') $(if $(GATEWAYS),--gateways '$(GATEWAYS)') \
+  $(if $(INGEST_WORKERS),--ingest-workers '$(INGEST_WORKERS)')
 
 .PHONY: help up test sync provision provision-test lint format typecheck coverage unit integration e2e faults screenshots schemas api-docs clean
 
@@ -44,7 +51,8 @@ up: sync provision  ## run NATS, PostgreSQL/TimescaleDB, the four services and a
 ##+ your own files: RULES=f[,f...] (rule files, directories, globs) NOTIFY=f AGENT=f, relative to
 ##+ the repository or absolute; checked before anything starts, rules and NOTIFY reloaded when
 ##+ edited; a process that exits is restarted (back-off 1 s doubling to 30 s);
-##+ NATS_NODES=3: a three-node JetStream cluster on loopback, 3 replicas (docs/scaling.md)
+##+ NATS_NODES=3: a three-node JetStream cluster on loopback, 3 replicas (docs/scaling.md);
+##+ EVALUATORS=N NOTIFIERS=N GATEWAYS=N INGEST_WORKERS=N: replicas side by side (docs/scaling.md)
 
 # Coverage: line and branch coverage of shared/src and services/*/src, services started as
 # subprocesses included ([tool.coverage.*] in pyproject.toml). The total is printed even when a

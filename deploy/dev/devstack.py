@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -708,8 +708,10 @@ def start_gateway(
     token_file: Path,
     extra_env: Mapping[str, str] | None = None,
     timeout: float = 60.0,
+    name: str = "gateway",
 ) -> ServiceProcess:
-    """A ``signalfire gateway`` process on 127.0.0.1:``port``, ready (``/readyz``) on return.
+    """A ``signalfire gateway`` process on 127.0.0.1:``port``, ready (``/readyz``) on return;
+    ``name`` names it and its log (``gateway-2``: a second one).
 
     Raises :class:`DevStackError` with the end of its log when it exits or is not ready in
     ``timeout`` seconds (and then stops it).
@@ -722,11 +724,11 @@ def start_gateway(
         "SF_ADMIN_TOKEN_FILE": str(token_file),
         **(extra_env or {}),
     }
-    gateway = ServiceProcess("gateway", ["gateway"], env, log_dir).start()
+    gateway = ServiceProcess(name, ["gateway"], env, log_dir).start()
     try:
         wait_for(
             lambda: http_ok(f"http://127.0.0.1:{port}/readyz"),
-            "gateway",
+            name,
             timeout,
             gateway.proc,
             gateway.log_path,
@@ -754,6 +756,10 @@ def stack(
     agent_host: str = socket.gethostname(),
     supervise: bool = False,
     nats_nodes: int = 1,
+    evaluators: int = 1,
+    notifiers: int = 1,
+    gateways: int = 1,
+    ingest_workers: int = 0,
 ) -> Iterator[Stack]:
     """The whole Signalfire stack: NATS, PostgreSQL, the four services and (optionally) an agent.
 
@@ -776,6 +782,12 @@ def stack(
     on, see :func:`cluster_ports`), every service and the agent get every node's URL
     (``SF_NATS_URL`` and ``SF_NATS_SERVERS``) and ``SF_NATS_REPLICAS`` = ``nats_nodes``, and
     the supervisor restarts each node on its own.
+
+    ``evaluators``, ``notifiers`` and ``gateways`` > 1 run that many of each side by side, as
+    replicas of one another (:func:`replica_names`: ``evaluator``, ``evaluator-2`` …); the
+    k-th evaluator and notifier serve ``/metrics`` on ``metrics_port`` + 2(k-1) and the port
+    after it, the k-th gateway listens on ``gateway_port`` + k - 1. ``ingest_workers``: each
+    gateway's (``SF_INGEST_WORKERS``; 0, the default, ingests in the gateway's own process).
     """
     rule_paths = [rules] if isinstance(rules, Path) else list(rules)
     check_files(rule_paths, notify_config, agent_config if agent else None)
@@ -831,24 +843,30 @@ def stack(
             "SF_ADMIN_TOKEN_FILE": str(state / "admin-token"),
             **(extra_env or {}),
         }
-        services.append(
-            start_gateway(
-                nats_server.url,
-                database_url,
-                gateway_port,
-                log_dir=logs,
-                token_file=state / "admin-token",
-                extra_env={**nats_env, **bus_env(bus, "gateway"), **(extra_env or {})},
+        workers = {"SF_INGEST_WORKERS": str(ingest_workers)} if ingest_workers else {}
+        for k, name in enumerate(replica_names("gateway", gateways)):
+            services.append(
+                start_gateway(
+                    nats_server.url,
+                    database_url,
+                    gateway_port + k,
+                    log_dir=logs,
+                    token_file=state / "admin-token",
+                    extra_env={**nats_env, **bus_env(bus, "gateway"), **workers, **(extra_env or {})},
+                    name=name,
+                )
             )
-        )
         evaluator_env = {**env, **bus_env(bus, "evaluator"), "SF_RULES": ",".join(map(str, rule_paths))}
         notifier_env = {**env, **bus_env(bus, "notifier")}
-        if metrics_port is not None:
-            evaluator_env["SF_METRICS_LISTEN"] = f"127.0.0.1:{metrics_port}"
-            notifier_env["SF_METRICS_LISTEN"] = f"127.0.0.1:{metrics_port + 1}"
-        services.append(ServiceProcess("evaluator", ["evaluator"], evaluator_env, logs).start())
-        notifier_args = ["notifier", "--config", str(notify_config)]
-        services.append(ServiceProcess("notifier", notifier_args, notifier_env, logs).start())
+        for kind, count, service_env, args, offset in (
+            ("evaluator", evaluators, evaluator_env, ["evaluator"], 0),
+            ("notifier", notifiers, notifier_env, ["notifier", "--config", str(notify_config)], 1),
+        ):
+            for k, name in enumerate(replica_names(kind, count)):
+                listen = {}
+                if metrics_port is not None:
+                    listen["SF_METRICS_LISTEN"] = f"127.0.0.1:{metrics_port + 2 * k + offset}"
+                services.append(ServiceProcess(name, args, {**service_env, **listen}, logs).start())
         if agent:
             agent_env = {**env, **bus_env(bus, user_name("agent", agent_host)), "SF_HOSTNAME": agent_host}
             services.append(
@@ -876,6 +894,12 @@ def stack(
         postgres.stop()
         for node in nats_nodes_list:
             node.stop()
+
+
+def replica_names(kind: str, count: int) -> list[str]:
+    """The names of ``count`` processes of one ``kind`` in the stack (their logs, the
+    supervisor's lines): ``evaluator``, then ``evaluator-2``, ``evaluator-3`` …"""
+    return [kind if k == 1 else f"{kind}-{k}" for k in range(1, count + 1)]
 
 
 def repo_path(value: str) -> Path:
@@ -1168,6 +1192,30 @@ class Stack:
         )
 
 
+def _count(least: int, most: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``least`` to ``most``."""
+
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not least <= number <= most:
+            raise argparse.ArgumentTypeError(f"expected {least} to {most}, got {number}")
+        return number
+
+    return parse
+
+
+def _metrics_urls(args: argparse.Namespace) -> str:
+    """Where each evaluator and notifier of ``make up`` serves ``/metrics``."""
+    urls = []
+    for kind, count, offset in (("evaluator", args.evaluators, 0), ("notifier", args.notifiers, 1)):
+        for k, name in enumerate(replica_names(kind, count)):
+            urls.append(f"http://127.0.0.1:{args.metrics_port + 2 * k + offset}/metrics ({name})")
+    return ", ".join(urls)
+
+
 def up(argv: list[str]) -> int:
     """``make up``: check the files, start the stack, keep it running until Ctrl-C or SIGTERM."""
     parser = argparse.ArgumentParser(prog="devstack up", description="Run the whole stack until Ctrl-C")
@@ -1183,6 +1231,18 @@ def up(argv: list[str]) -> int:
         default=int(os.environ.get("SF_UP_NATS_NODES", "1")),
         help="NATS nodes; 3 (or 5): a JetStream cluster, a replica on each (make up NATS_NODES=3)",
     )
+    for flag, variable, limit, what in (
+        ("--evaluators", "EVALUATORS", 9, "evaluator replicas sharing the hosts' partitions"),
+        ("--notifiers", "NOTIFIERS", 9, "notifier replicas sharing the alerts' durable consumer"),
+        ("--gateways", "GATEWAYS", 9, "gateways (API, stream, ingest) on consecutive ports"),
+        ("--ingest-workers", "INGEST_WORKERS", 16, "each gateway's ingest worker processes (0: in-process)"),
+    ):
+        parser.add_argument(
+            flag,
+            type=_count(0 if variable == "INGEST_WORKERS" else 1, limit),
+            default=os.environ.get(f"SF_UP_{variable}", "0" if variable == "INGEST_WORKERS" else "1"),
+            help=f"{what} (make up {variable}=N)",
+        )
     parser.add_argument("--no-agent", action="store_true")
     parser.add_argument(
         "--rules",
@@ -1219,6 +1279,10 @@ def up(argv: list[str]) -> int:
             metrics_port=args.metrics_port,
             supervise=True,
             nats_nodes=args.nats_nodes,
+            evaluators=args.evaluators,
+            notifiers=args.notifiers,
+            gateways=args.gateways,
+            ingest_workers=args.ingest_workers,
         ) as running:
             token_file = state / "admin-token"
             url = f"http://127.0.0.1:{args.gateway_port}/"
@@ -1234,11 +1298,21 @@ def up(argv: list[str]) -> int:
                     f"              a {len(running.nats_nodes)}-node JetStream cluster, streams and KV with "
                     f"{len(running.nats_nodes)} replicas; every service has every URL (docs/scaling.md)"
                 )
-            print(
-                f"  /metrics    {url}metrics (gateway), "
-                f"http://127.0.0.1:{args.metrics_port}/metrics (evaluator), "
-                f"http://127.0.0.1:{args.metrics_port + 1}/metrics (notifier)"
-            )
+            if args.gateways > 1:
+                others = ", ".join(
+                    f"http://127.0.0.1:{args.gateway_port + k}/ ({name})"
+                    for k, name in enumerate(replica_names("gateway", args.gateways))
+                    if k
+                )
+                print(f"              also {others}: the same API, stream and dashboard")
+            if args.ingest_workers:
+                print(f"  ingest      {args.ingest_workers} ingest workers a gateway (docs/scaling.md)")
+            print(f"  /metrics    {url}metrics (gateway), {_metrics_urls(args)}")
+            if args.evaluators > 1 or args.notifiers > 1:
+                print(
+                    f"              {args.evaluators} evaluators share the hosts (signalfire evaluator "
+                    f"status), {args.notifiers} notifiers the alerts (signalfire notify status)"
+                )
             print(f"  admin token {token_file}")
             print(f"  tools       signalfire token/db commands in this repository use {state / 'env'}")
             print(f"  logs        {running.logs}/  (restarts: devstack.log)")
@@ -1261,7 +1335,8 @@ if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] != "up":
         print(
             "usage: devstack.py up [--state DIR] [--nats-port N] [--nats-nodes 1|3|5] [--gateway-port N] "
-            "[--pg-port N] [--rules PATH[,PATH...]] [--notify PATH] [--agent-config PATH]"
+            "[--pg-port N] [--evaluators N] [--notifiers N] [--gateways N] [--ingest-workers N] "
+            "[--rules PATH[,PATH...]] [--notify PATH] [--agent-config PATH]"
         )
         sys.exit(2)
     sys.exit(up(sys.argv[2:]))

@@ -376,3 +376,143 @@ def test_a_three_node_stack_keeps_storing_when_the_leader_node_is_killed(tmp_pat
         if pg.is_symlink():
             shutil.rmtree(pg.resolve(), ignore_errors=True)
             pg.resolve().with_suffix(".log").unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+def test_a_stack_of_replicas_runs_each_and_they_share_the_work(tmp_path: Path) -> None:
+    """`make up EVALUATORS=2 NOTIFIERS=2 GATEWAYS=2 INGEST_WORKERS=1`: two of each, their
+    logs and /metrics apart, the evaluators splitting the partitions, both notifiers known
+    to the API, both gateways serving the agent's host from their ingest workers; an
+    evaluator killed is restarted and the two share the partitions again."""
+    agent_config = tmp_path / "agent.yaml"
+    agent_config.write_text("interval: 1s\n")
+    state = tmp_path / "state"
+    gateway_port, metrics_port = free_port(), free_port()
+    while not all(_free(metrics_port + k) for k in range(1, 4)) or not _free(gateway_port + 1):
+        gateway_port, metrics_port = free_port(), free_port()
+    try:
+        with stack(
+            state,
+            free_port(),
+            gateway_port,
+            free_port(),
+            agent_config=agent_config,
+            durable=False,
+            supervise=True,
+            metrics_port=metrics_port,
+            evaluators=2,
+            notifiers=2,
+            gateways=2,
+            ingest_workers=1,
+        ) as running:
+            names = [s.name for s in running.services]
+            assert names == [
+                "gateway",
+                "gateway-2",
+                "evaluator",
+                "evaluator-2",
+                "notifier",
+                "notifier-2",
+                "agent",
+            ]
+            for name in names:
+                assert (running.logs / f"{name}.log").exists(), name
+            second = f"http://127.0.0.1:{gateway_port + 1}"
+            ports = ["evaluator", "notifier", "evaluator-2", "notifier-2"]  # from metrics_port on
+            for port, service in enumerate(ports, metrics_port):
+                family = "signalfire_evaluator_" if "evaluator" in service else "signalfire_notifier_"
+                url = f"http://127.0.0.1:{port}/metrics"
+                _eventually(lambda url=url, family=family: family in _page(url), f"{service}'s {url}")  # type: ignore[misc]
+
+            def judged_by_both() -> bool:
+                status = _evaluator_status(running)
+                held = [info["partitions"] for info in status["replicas"].values() if info["partitions"]]
+                return len(held) == 2 and sum(map(len, held)) == 17 and not status["unowned"]
+
+            _eventually(judged_by_both, "the two evaluators holding every partition between them", 60)
+
+            def both_notifiers() -> bool:
+                try:
+                    return len(_get_from(running, second, "/api/v1/notifiers")["notifiers"]) == 2
+                except (OSError, ValueError, KeyError):
+                    return False
+
+            _eventually(both_notifiers, "two notifiers listed by the second gateway", 60)
+            host = _service(running, "agent").env["SF_HOSTNAME"]
+            for url in (running.gateway_url, second):
+                _eventually(lambda url=url: _has_host(running, url, host), f"the host served by {url}", 60)  # type: ignore[misc]
+                assert "signalfire_gateway_ingest_workers 1" in _page(f"{url}/metrics")
+
+            evaluator = _service(running, "evaluator")
+            assert evaluator.proc is not None
+            killed = evaluator.proc.pid
+            os.kill(killed, signal.SIGKILL)
+            _eventually(
+                lambda: evaluator.proc is not None and evaluator.proc.pid != killed, "the evaluator restarted"
+            )
+            _eventually(judged_by_both, "the partitions shared by two evaluators again", 60)
+            assert not running.dead(), [s.name for s in running.dead()]
+    finally:
+        pg = state / "pg"
+        if pg.is_symlink():
+            shutil.rmtree(pg.resolve(), ignore_errors=True)
+            pg.resolve().with_suffix(".log").unlink(missing_ok=True)
+
+
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _page(url: str) -> str:
+    """The text at ``url``; empty while nothing answers there."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as page:
+            return str(page.read().decode())
+    except OSError:
+        return ""
+
+
+def _get_from(running: Stack, base: str, path: str) -> Any:
+    request = urllib.request.Request(
+        base + path, headers={"Authorization": f"Bearer {running.token_file.read_text().strip()}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.load(response)
+
+
+def _has_host(running: Stack, base: str, host: str) -> bool:
+    try:
+        return any(h["host"] == host for h in _get_from(running, base, "/api/v1/hosts")["hosts"])
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _evaluator_status(running: Stack) -> dict[str, Any]:
+    """`signalfire evaluator status --json`, as a person runs it against the stack."""
+    nats = running.nats_config()
+    env = {
+        **os.environ,
+        "SF_NATS_URL": nats.url,
+        "SF_NATS_PREFIX": nats.prefix,
+        "SF_NATS_USER": "admin",
+        "SF_NATS_PASSWORD_FILE": str(nats.password_file),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "signalfire.cli", "evaluator", "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if done.returncode != 0:  # no bucket yet: no evaluator has started
+        return {"replicas": {}, "unowned": []}
+    status: dict[str, Any] = json.loads(done.stdout)
+    return status
