@@ -121,10 +121,16 @@ def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack,
         ) as running:
             yield running, rules, notify
     finally:
-        pg = state / "pg"
-        if pg.is_symlink():  # the postgres user's directory outside the test's tree, and its log
-            shutil.rmtree(pg.resolve(), ignore_errors=True)
-            pg.resolve().with_suffix(".log").unlink(missing_ok=True)
+        _remove_postgres(state)
+
+
+def _remove_postgres(state: Path) -> None:
+    """The stack's PostgreSQL directory, which is the postgres user's outside the test's tree
+    (``state/pg`` links to it), and its log."""
+    pg = state / "pg"
+    if pg.is_symlink():
+        shutil.rmtree(pg.resolve(), ignore_errors=True)
+        pg.resolve().with_suffix(".log").unlink(missing_ok=True)
 
 
 def _get(running: Stack, path: str) -> Any:
@@ -372,10 +378,7 @@ def test_a_three_node_stack_keeps_storing_when_the_leader_node_is_killed(tmp_pat
             _eventually(lambda: "HostDown" in _rule_names(running), "the evaluator answering the gateway")
             assert not running.dead(), [s.name for s in running.dead()]
     finally:
-        pg = state / "pg"
-        if pg.is_symlink():
-            shutil.rmtree(pg.resolve(), ignore_errors=True)
-            pg.resolve().with_suffix(".log").unlink(missing_ok=True)
+        _remove_postgres(state)
 
 
 @pytest.mark.slow
@@ -453,10 +456,7 @@ def test_a_stack_of_replicas_runs_each_and_they_share_the_work(tmp_path: Path) -
             _eventually(judged_by_both, "the partitions shared by two evaluators again", 60)
             assert not running.dead(), [s.name for s in running.dead()]
     finally:
-        pg = state / "pg"
-        if pg.is_symlink():
-            shutil.rmtree(pg.resolve(), ignore_errors=True)
-            pg.resolve().with_suffix(".log").unlink(missing_ok=True)
+        _remove_postgres(state)
 
 
 def _free(port: int) -> bool:
