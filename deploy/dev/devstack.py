@@ -858,14 +858,14 @@ def stack(
             )
         evaluator_env = {**env, **bus_env(bus, "evaluator"), "SF_RULES": ",".join(map(str, rule_paths))}
         notifier_env = {**env, **bus_env(bus, "notifier")}
-        for kind, count, service_env, args, offset in (
-            ("evaluator", evaluators, evaluator_env, ["evaluator"], 0),
-            ("notifier", notifiers, notifier_env, ["notifier", "--config", str(notify_config)], 1),
+        for kind, count, service_env, args in (
+            ("evaluator", evaluators, evaluator_env, ["evaluator"]),
+            ("notifier", notifiers, notifier_env, ["notifier", "--config", str(notify_config)]),
         ):
             for k, name in enumerate(replica_names(kind, count)):
                 listen = {}
                 if metrics_port is not None:
-                    listen["SF_METRICS_LISTEN"] = f"127.0.0.1:{metrics_port + 2 * k + offset}"
+                    listen["SF_METRICS_LISTEN"] = f"127.0.0.1:{replica_metrics_port(metrics_port, kind, k)}"
                 services.append(ServiceProcess(name, args, {**service_env, **listen}, logs).start())
         if agent:
             agent_env = {**env, **bus_env(bus, user_name("agent", agent_host)), "SF_HOSTNAME": agent_host}
@@ -900,6 +900,12 @@ def replica_names(kind: str, count: int) -> list[str]:
     """The names of ``count`` processes of one ``kind`` in the stack (their logs, the
     supervisor's lines): ``evaluator``, then ``evaluator-2``, ``evaluator-3`` …"""
     return [kind if k == 1 else f"{kind}-{k}" for k in range(1, count + 1)]
+
+
+def replica_metrics_port(base: int, kind: str, k: int) -> int:
+    """Where the ``k``-th (from 0) evaluator or notifier of the stack serves ``/metrics``:
+    evaluators on ``base``, ``base`` + 2 …, each notifier on the port after its evaluator's."""
+    return base + 2 * k + (kind == "notifier")
 
 
 def repo_path(value: str) -> Path:
@@ -1210,9 +1216,11 @@ def _count(least: int, most: int) -> Callable[[str], int]:
 def _metrics_urls(args: argparse.Namespace) -> str:
     """Where each evaluator and notifier of ``make up`` serves ``/metrics``."""
     urls = []
-    for kind, count, offset in (("evaluator", args.evaluators, 0), ("notifier", args.notifiers, 1)):
+    for kind, count in (("evaluator", args.evaluators), ("notifier", args.notifiers)):
         for k, name in enumerate(replica_names(kind, count)):
-            urls.append(f"http://127.0.0.1:{args.metrics_port + 2 * k + offset}/metrics ({name})")
+            urls.append(
+                f"http://127.0.0.1:{replica_metrics_port(args.metrics_port, kind, k)}/metrics ({name})"
+            )
     return ", ".join(urls)
 
 

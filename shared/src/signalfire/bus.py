@@ -208,8 +208,7 @@ async def connect(
         connected = True
         return nc
     connecting.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await connecting
+    await asyncio.wait([connecting])  # its end, without its CancelledError (this task's own passes)
     with contextlib.suppress(Exception):
         await nc.close()
     raise _refused_error(config, servers, refused.result())
