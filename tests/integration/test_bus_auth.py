@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 import pytest
 import trustme
-from devstack import NatsServer, bus_credentials
+from devstack import NatsServer, bus_credentials, free_port
 from nats.errors import NoServersError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -30,6 +30,8 @@ from nats.js.errors import NotFoundError
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from signalfire.busauth import CredentialDirectory, reload_server
 from signalfire.buspolicy import GATEWAY_DURABLES, NOTIFIER_DURABLES, permissions, user_name
+from signalfire.collector.agent import RECONNECT_PAUSE, Agent
+from signalfire.collector.config import AgentConfig
 from signalfire.config import ConfigError, Duration
 from signalfire.evaluator.replay import Read, read_actions, read_history
 from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
@@ -58,6 +60,8 @@ from signalfire.partitions import Lease
 from signalfire.subjects import SELF_HOST, Subjects
 from signalfire.telemetry import Registry
 from tests.integration.gateway_support import eventually, gateway_config, running_gateway
+from tests.integration.test_agent_outage import assert_every_tick_once_in_order
+from tests.integration.test_agent_publish import stored_batches
 from tests.support.alerts import firing_alert
 from tests.support.cli import signalfire_cli
 from tests.support.metrics import value
@@ -796,8 +800,6 @@ async def test_a_service_started_without_credentials_exits_2_saying_so(bus: Bus)
     """An evaluator started by hand beside a secured bus, with no credentials: before, it
     tried again every half second forever, logging each refusal; now it exits with status 2
     and one line saying what to set, and logs the refusal once."""
-    from devstack import free_port
-
     started = time.monotonic()
     status, _, err = await signalfire_cli(
         "evaluator",
@@ -824,11 +826,6 @@ async def test_an_agent_refused_at_start_keeps_measuring_and_sends_it_all_once_i
     """The agent is the one process that does not stop on a refusal: it says why, keeps its
     batches (buffer and spool) and tries again every few seconds, reading the password file
     afresh, so fixing the file is enough and nothing measured meanwhile is lost."""
-    from signalfire.collector.agent import RECONNECT_PAUSE, Agent
-    from signalfire.collector.config import AgentConfig
-    from tests.integration.test_agent_outage import assert_every_tick_once_in_order
-    from tests.integration.test_agent_publish import stored_batches
-
     identity = user_name("agent", WEB2)
     password = tmp_path / "agent.password"
     password.write_text("an old password\n")

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from devstack import (
     DevStackError,
     ServiceProcess,
     Stack,
+    bus_env,
     free_port,
     machine_memory,
     memory_settings,
@@ -32,6 +34,7 @@ from devstack import (
 )
 
 from signalfire.bus import NatsConfig, connect
+from tests.support.cli import signalfire_cli
 
 
 async def test_nats_server_has_jetstream(nats_server) -> None:
@@ -133,9 +136,10 @@ def _remove_postgres(state: Path) -> None:
         pg.resolve().with_suffix(".log").unlink(missing_ok=True)
 
 
-def _get(running: Stack, path: str) -> Any:
+def _get(running: Stack, path: str, base: str | None = None) -> Any:
+    """``path`` of the stack's gateway (``base``: another one's address), as the admin."""
     request = urllib.request.Request(
-        running.gateway_url + path,
+        (base or running.gateway_url) + path,
         headers={"Authorization": f"Bearer {running.token_file.read_text().strip()}"},
     )
     with urllib.request.urlopen(request, timeout=5) as response:
@@ -436,7 +440,7 @@ def test_a_stack_of_replicas_runs_each_and_they_share_the_work(tmp_path: Path) -
 
             def both_notifiers() -> bool:
                 try:
-                    return len(_get_from(running, second, "/api/v1/notifiers")["notifiers"]) == 2
+                    return len(_get(running, "/api/v1/notifiers", second)["notifiers"]) == 2
                 except (OSError, ValueError, KeyError):
                     return False
 
@@ -460,8 +464,6 @@ def test_a_stack_of_replicas_runs_each_and_they_share_the_work(tmp_path: Path) -
 
 
 def _free(port: int) -> bool:
-    import socket
-
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", port))
@@ -479,40 +481,18 @@ def _page(url: str) -> str:
         return ""
 
 
-def _get_from(running: Stack, base: str, path: str) -> Any:
-    request = urllib.request.Request(
-        base + path, headers={"Authorization": f"Bearer {running.token_file.read_text().strip()}"}
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.load(response)
-
-
 def _has_host(running: Stack, base: str, host: str) -> bool:
     try:
-        return any(h["host"] == host for h in _get_from(running, base, "/api/v1/hosts")["hosts"])
+        return any(h["host"] == host for h in _get(running, "/api/v1/hosts", base)["hosts"])
     except (OSError, ValueError, KeyError):
         return False
 
 
 def _evaluator_status(running: Stack) -> dict[str, Any]:
-    """`signalfire evaluator status --json`, as a person runs it against the stack."""
-    nats = running.nats_config()
-    env = {
-        **os.environ,
-        "SF_NATS_URL": nats.url,
-        "SF_NATS_PREFIX": nats.prefix,
-        "SF_NATS_USER": "admin",
-        "SF_NATS_PASSWORD_FILE": str(nats.password_file),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "signalfire.cli", "evaluator", "status", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    if done.returncode != 0:  # no bucket yet: no evaluator has started
+    """`signalfire evaluator status --json`, as a person runs it against the stack (as admin)."""
+    env = {**_service(running, "evaluator").env, **bus_env(running.bus, "admin")}
+    code, out, _ = asyncio.run(signalfire_cli("evaluator", "status", "--json", env=env))
+    if code != 0:  # no bucket yet: no evaluator has started
         return {"replicas": {}, "unowned": []}
-    status: dict[str, Any] = json.loads(done.stdout)
+    status: dict[str, Any] = json.loads(out)
     return status

@@ -79,7 +79,7 @@ async def ping(http: aiohttp.ClientSession, target: Target) -> int:
 
 class Heartbeat:
     """Requests :attr:`target`'s URL every ``every`` while ``alive()`` returns within
-    ``timeout`` and ``stalled()`` (seconds since the intake's last progress) is within
+    ``timeout`` and ``idle_seconds()`` (since the intake's last progress) is within
     ``stalled_after`` (see the module's docstring); :attr:`target` may be replaced (a reload)
     or None (off)."""
 
@@ -90,7 +90,7 @@ class Heartbeat:
         self,
         target: Target | None,
         alive: Callable[[], Awaitable[object]],
-        stalled: Callable[[], float],
+        idle_seconds: Callable[[], float],
         *,
         http: aiohttp.ClientSession,
         registry: Registry,
@@ -98,7 +98,7 @@ class Heartbeat:
     ) -> None:
         self.target = target
         self._alive = alive
-        self._stalled = stalled
+        self._idle_seconds = idle_seconds
         self._http = http
         self._monotonic = monotonic
         self._results = registry.counter(
@@ -131,7 +131,7 @@ class Heartbeat:
     async def beat(self, target: Target) -> HeartbeatResult:
         """One heartbeat: ``sent``, ``failed`` or ``skipped`` (counted, and a change of trouble
         logged)."""
-        if self._stalled() > target.stalled_after:
+        if self._idle_seconds() > target.stalled_after:
             return self._counted(
                 "skipped",
                 f"the intake is stuck (no alert event taken or finished for over"

@@ -162,7 +162,7 @@ class Intake:
             "Seconds since the intake last made progress (a fetch of alert events answered, an "
             "event finished): about a second when idle, growing while every max_in_flight slot is "
             "held by deliveries that do not end (the heartbeat stops past heartbeat.stalled_after)",
-            function=self.stalled,
+            function=self.idle_seconds,
         )
 
     async def subscribe(self, nc: NATS) -> None:
@@ -178,7 +178,7 @@ class Intake:
         """Alert events and actions being worked on now."""
         return len(self._in_flight)
 
-    def stalled(self) -> float:
+    def idle_seconds(self) -> float:
         """Seconds since the intake last made progress: a fetch of alert events answered
         (empty or not: an idle one returns every second, one failing every 5 s at most) or an
         event finished. It grows while every ``max_in_flight`` slot is held by a delivery that

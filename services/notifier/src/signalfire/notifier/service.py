@@ -261,7 +261,7 @@ class NotifierService:
             self._heartbeat = heartbeat.Heartbeat(
                 beat,
                 lambda: js.consumer_info(alerts_stream, DURABLE),
-                self._intake.stalled,
+                self._intake.idle_seconds,
                 http=self._http,
                 registry=self.registry,
                 monotonic=time.monotonic,
