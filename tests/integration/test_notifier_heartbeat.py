@@ -176,9 +176,17 @@ async def test_a_notifier_whose_deliveries_all_hang_stops_its_heartbeat_until_on
             assert (stuck.heartbeat_last, stuck.heartbeat_trouble) == ("skipped", STUCK)
             assert value(service.registry, "signalfire_notifier_intake_idle_seconds") > 1.0
             assert render_status([stuck]).splitlines()[1].endswith(f"every {EVERY:g}s, last skipped: {STUCK}")
+            sent_while_stuck = heartbeats(service, "sent")
             answered = posted + hold
+            # the switch records a heartbeat before its answer reaches the notifier, which then
+            # counts it as sent and shows it in its status
             await wait_until(
-                lambda: any(at > answered for at in switch.times()), "a heartbeat after the answer", 5
+                lambda: (
+                    any(at > answered for at in switch.times())
+                    and heartbeats(service, "sent") > sent_while_stuck
+                ),
+                "a heartbeat after the answer",
+                5,
             )
             # none from a beat after stalled_after (+ the beat under way) until the answer came:
             # read once the heartbeats after the answer are in, so every one before it is too
