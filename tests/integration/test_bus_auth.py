@@ -144,9 +144,13 @@ def test_the_policy_names_the_durable_consumers_the_services_create() -> None:
 
 def test_no_service_may_delete_or_purge_and_only_the_gateway_publishes_actions() -> None:
     s = Subjects("sf")
+    # the one removal a service may make: the gateway's, of a metrics-stream consumer (a read
+    # position: its messages stay), for a number of ingest workers no gateway runs any more
+    own_consumers = f"$JS.API.CONSUMER.DELETE.{s.metrics_stream}.*"
     for role in ("gateway", "evaluator", "notifier"):
-        rights = permissions(role, s).publish
+        rights = [r for r in permissions(role, s).publish if not (role == "gateway" and r == own_consumers)]
         assert not [r for r in rights if ".DELETE." in r or ".PURGE." in r or r in (">", "$JS.API.>")], role
+    assert own_consumers in permissions("gateway", s).publish
     assert s.actions in permissions("gateway", s).publish
     assert s.actions in permissions("admin", s).publish_deny
     for role in ("evaluator", "notifier"):
@@ -519,21 +523,59 @@ async def test_the_notifier_reads_how_far_the_gateways_consumers_are_and_cannot_
     bus: Bus, admin: Any
 ) -> None:
     s = bus.subjects
-    with contextlib.suppress(Exception):  # made already by a test's gateway, or made here
-        await admin.jetstream().add_consumer(
-            s.metrics_stream, ConsumerConfig(durable_name="gateway-metrics", ack_policy=AckPolicy.EXPLICIT)
-        )
+    for name in ("gateway-metrics", "gateway-metrics-2of2"):
+        with contextlib.suppress(Exception):  # made already by a test's gateway, or made here
+            await admin.jetstream().add_consumer(
+                s.metrics_stream, ConsumerConfig(durable_name=name, ack_policy=AckPolicy.EXPLICIT)
+            )
+    with contextlib.suppress(Exception):
+        await admin.jetstream().add_consumer(s.alerts_stream, ConsumerConfig(durable_name="gateway-alerts"))
     await admin.jetstream().publish(s.metrics(WEB1), batch(WEB1, 1.0))  # something to take
     notifier = await client(bus, "notifier")
     try:
         js = notifier.jetstream(timeout=REFUSED_WAIT)
-        info = await js.consumer_info(s.metrics_stream, "gateway-metrics")
-        assert info.name == "gateway-metrics" and (info.num_pending or 0) >= 1
+        listed = {i.name: i for i in await js.consumers_info(s.metrics_stream)}
+        for name in ("gateway-metrics", "gateway-metrics-2of2"):
+            assert (listed[name].num_pending or 0) >= 1, name
+        info = await js.consumer_info(s.alerts_stream, "gateway-alerts")
+        assert info.name == "gateway-alerts"
         with pytest.raises(Exception):  # noqa: B017 - refused: nobody answers the fetch
-            taker = await js.pull_subscribe_bind("gateway-metrics", s.metrics_stream)
+            taker = await js.pull_subscribe_bind("gateway-metrics-2of2", s.metrics_stream)
             await taker.fetch(1, timeout=REFUSED_WAIT)
+        with pytest.raises(Exception):  # noqa: B017 - refused: the request times out
+            await js.delete_consumer(s.metrics_stream, "gateway-metrics-2of2")
     finally:
         await notifier.close()
+    assert (await admin.jetstream().consumer_info(s.metrics_stream, "gateway-metrics-2of2")).num_pending
+
+
+async def test_the_gateway_may_remove_a_metrics_consumer_and_nothing_else(bus: Bus, admin: Any) -> None:
+    """Its own read positions on the metrics stream (those of a number of ingest workers no
+    gateway runs any more); not another stream's consumer, nor a stream, nor a message."""
+    s = bus.subjects
+    ajs = admin.jetstream()
+    await ajs.add_consumer(s.metrics_stream, ConsumerConfig(durable_name="gateway-metrics-1of3"))
+    with contextlib.suppress(Exception):  # made already by a test's gateway, or made here
+        await ajs.add_consumer(s.alerts_stream, ConsumerConfig(durable_name="gateway-alerts"))
+    await ajs.publish(s.metrics(WEB1), batch(WEB1, 1.0))
+    stored = (await ajs.stream_info(s.metrics_stream)).state.messages
+    gateway = await client(bus, "gateway")
+    try:
+        js = gateway.jetstream(timeout=REFUSED_WAIT)
+        assert await js.delete_consumer(s.metrics_stream, "gateway-metrics-1of3")
+        for refused in (
+            js.delete_consumer(s.alerts_stream, "gateway-alerts"),
+            js.delete_stream(s.metrics_stream),
+            js.purge_stream(s.metrics_stream),
+            js.delete_msg(s.metrics_stream, 1),
+        ):
+            with pytest.raises(Exception):  # noqa: B017 - the server drops the request; it times out
+                await refused
+    finally:
+        await gateway.close()
+    assert "gateway-metrics-1of3" not in {i.name for i in await ajs.consumers_info(s.metrics_stream)}
+    assert (await ajs.consumer_info(s.alerts_stream, "gateway-alerts")).name == "gateway-alerts"
+    assert (await ajs.stream_info(s.metrics_stream)).state.messages == stored
 
 
 # What the server refuses -------------------------------------------------------------------------

@@ -21,6 +21,7 @@ may publish or read them (not even ``admin``), so nobody can forge what a dashbo
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -34,19 +35,43 @@ SERVICE_ROLES = ("admin", "gateway", "evaluator", "notifier")
 ACCOUNT = "SIGNALFIRE"
 
 #: Durable consumers, by the service that owns them. They are named here and in the
-#: services (``gateway/ingest.py``, ``notifier/service.py``); a test keeps them equal.
+#: services (``gateway/ingest.py``, ``notifier/service.py``); a test keeps them equal. The
+#: metrics stream's are :func:`metrics_consumer`'s: ``gateway-metrics``, or one per share of
+#: the hosts when the gateways run ingest workers.
 GATEWAY_DURABLES = {
     "metrics": ("gateway-metrics",),
     "alerts": ("gateway-alerts", "gateway-actions", "gateway-notifications"),
 }
 NOTIFIER_DURABLES = ("notifier", "notifier-actions")
 
+_METRICS_DURABLE = GATEWAY_DURABLES["metrics"][0]
+_METRICS_SHARE = re.compile(rf"^{_METRICS_DURABLE}-([1-9][0-9]*)of([1-9][0-9]*)$")
 
-def gateway_consumers(s: Subjects) -> list[tuple[str, str]]:
-    """(stream, durable) of every durable consumer of the gateway's."""
-    return [(s.metrics_stream, d) for d in GATEWAY_DURABLES["metrics"]] + [
-        (s.alerts_stream, d) for d in GATEWAY_DURABLES["alerts"]
-    ]
+
+def metrics_consumer(share: int = 1, shares: int = 1) -> str:
+    """The durable consumer of the metrics stream that takes share ``share`` (1-based) of the
+    hosts among ``shares``: ``gateway-metrics`` for all of them, else ``gateway-metrics-<k>of<n>``
+    (docs/scaling.md, "Ingest workers each take a share of the hosts")."""
+    if not 1 <= share <= shares:
+        raise ValueError(f"share {share} of {shares}: a share is 1 to the number of shares")
+    return _METRICS_DURABLE if shares == 1 else f"{_METRICS_DURABLE}-{share}of{shares}"
+
+
+def metrics_consumer_share(name: str) -> tuple[int, int] | None:
+    """(share, shares) of a metrics consumer's name, ``None`` for a name that is not one."""
+    if name == _METRICS_DURABLE:
+        return (1, 1)
+    match = _METRICS_SHARE.match(name)
+    if match is None:
+        return None
+    share, shares = int(match.group(1)), int(match.group(2))
+    return (share, shares) if share <= shares else None
+
+
+def gateway_alerts_consumers(s: Subjects) -> list[tuple[str, str]]:
+    """(stream, durable) of the gateway's durable consumers of the alerts stream (those of the
+    metrics stream are named by the share of the hosts they take: :func:`metrics_consumer`)."""
+    return [(s.alerts_stream, d) for d in GATEWAY_DURABLES["alerts"]]
 
 
 #: KV buckets (short names, see ``signalfire.bus.BUCKETS``) each service writes or watches.
@@ -182,7 +207,15 @@ def permissions(role: str, subjects: Subjects, host: str | None = None) -> Permi
             subscribe=(f"{inbox_prefix(user_name('agent', host))}.>",),
         )
     if role == "gateway":
-        consumers = [right for stream, name in gateway_consumers(s) for right in _durable(stream, name)]
+        # Every consumer of the metrics stream is the gateway's (named by the share of the
+        # hosts it takes, which the number of ingest workers sets): it lists them, and removes
+        # those of a number no gateway runs any more. No other service makes one there.
+        consumers = [
+            *_durable(s.metrics_stream, "*"),
+            f"$JS.API.CONSUMER.LIST.{s.metrics_stream}",
+            f"$JS.API.CONSUMER.DELETE.{s.metrics_stream}.*",
+            *(right for stream, name in gateway_alerts_consumers(s) for right in _durable(stream, name)),
+        ]
         return Permissions(
             # HTTP ingest publishes any host's batches; the API publishes actions and asks
             # the services over their control subjects; ingest tells every API process what it
@@ -237,7 +270,8 @@ def permissions(role: str, subjects: Subjects, host: str | None = None) -> Permi
                 # (signalfire.notifier.watch): on this one subject, so it cannot forge another
                 # host's; it reads how far the gateway's consumers are, and cannot change them
                 s.alerts(SELF_HOST),
-                *(f"$JS.API.CONSUMER.INFO.{stream}.{name}" for stream, name in gateway_consumers(s)),
+                f"$JS.API.CONSUMER.LIST.{s.metrics_stream}",
+                *(f"$JS.API.CONSUMER.INFO.{stream}.{name}" for stream, name in gateway_alerts_consumers(s)),
                 # `signalfire notify status` run with the notifier's own credentials asks the others
                 s.control("notifier", NOTIFIER_STATUS),
                 *_service_common(s, role),

@@ -79,6 +79,11 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: process; N > 0 starts N processes that ingest while this one serves the API, maintenance
     #: and the silences mirror (docs/scaling.md, "Gateway ingest workers").
     ingest_workers: int = 0
+    #: With ingest workers each takes a share of the hosts through a consumer of its own,
+    #: named by the number of workers (``gateway-metrics-2of3``). Those of another number (the
+    #: setting changed) that nobody has read for this long are removed by the gateways
+    #: running now, which took over from where they had stored (docs/scaling.md).
+    ingest_prune_after: Duration = Duration(120.0)
     #: How long a metrics round that is not full waits for more messages before it is written,
     #: counted from when its oldest message reached JetStream: one transaction then carries every
     #: batch of that time (a commit, a ``hosts`` upsert and the rollups' bookkeeping per round,
@@ -166,6 +171,8 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ValueError(f"{name}: must be at least 1")
         if not 0 <= self.ingest_workers <= 64:
             raise ValueError("ingest_workers: must be 0 (ingest in the API process) to 64")
+        if float(self.ingest_prune_after) < 3 * float(self.fetch_timeout):
+            raise ValueError("ingest_prune_after: must be at least 3 fetch_timeouts (a reader waits one)")
         if self.fetch_timeout <= 0:
             raise ValueError("fetch_timeout: must be more than 0s")
         if not 0 <= self.ingest_linger < float(self.ack_wait) / 3:

@@ -3,6 +3,8 @@
 Four durable consumers, shared by every gateway replica:
 
 * ``gateway-metrics`` reads all of ``SF_METRICS`` (metric batches, event batches, agent status);
+  with N ingest workers, worker k reads ``gateway-metrics-<k>of<N>`` instead and stores only
+  its share of the hosts (see "Shares of the hosts" below);
 * ``gateway-alerts`` reads ``sf.alerts.>`` from ``SF_ALERTS``;
 * ``gateway-actions`` reads ``sf.actions.alerts`` (acks, notes, … by people): the one writer of
   an action into the database (the API only publishes it, then waits for this to store it);
@@ -19,6 +21,15 @@ what waits for the merge once the write commits, and every ``rollup_flush`` has 
 (many rounds in one merge, which is what keeps them cheap) and acknowledges what it merged; a
 gateway that dies in between has those messages redelivered and their rollups merged by the
 next one.
+
+Shares of the hosts: with N ingest workers (N > 1), each worker takes one share of the hosts
+(``fnv1a_32(host subject token) % N``, the evaluator partitions' hash) through a consumer of its
+own on the whole stream, and acknowledges the other shares' messages unread; each series'
+minute rollups are then merged by one process, where workers on one shared consumer merged
+nearly every series in each of them (docs/scaling.md). The workers of every gateway with the
+same N share their share's consumer. A consumer made new starts at the lowest acknowledged
+floor of the metrics consumers there are (not at the stream's start), and those of another N
+that nobody has read for ``ingest_prune_after`` (twice in a row) are removed.
 
 Malformed messages are counted, logged once and terminated (never redelivered); the rest of
 the round is still stored. When the database is unreachable nothing is acknowledged: the
@@ -43,8 +54,10 @@ import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
+from nats.js.errors import NotFoundError
 
+from signalfire.buspolicy import metrics_consumer, metrics_consumer_share
 from signalfire.consumers import Backoff, Fetcher, ensure_durable
 from signalfire.events import (
     HOST_NAME_PATTERN,
@@ -74,12 +87,14 @@ from signalfire.gateway.config import GatewayConfig
 from signalfire.gateway.live import LiveFeed
 from signalfire.gateway.rollup import Rollups
 from signalfire.gateway.store import LatestValues, Store
+from signalfire.log import Throttle
+from signalfire.partitions import fnv1a_32
 from signalfire.subjects import Subjects
 from signalfire.telemetry import Registry
 
 log = logging.getLogger("signalfire.gateway.ingest")
 
-METRICS_CONSUMER = "gateway-metrics"
+METRICS_CONSUMER = metrics_consumer()
 ALERTS_CONSUMER = "gateway-alerts"
 ACTIONS_CONSUMER = "gateway-actions"
 NOTIFICATIONS_CONSUMER = "gateway-notifications"
@@ -87,6 +102,11 @@ NOTIFICATIONS_CONSUMER = "gateway-notifications"
 #: Unacknowledged messages a consumer may have out at once: room for the metric batches held
 #: about a minute for their merge (at most ``Rollups.max_waiting`` of them, then merged at once).
 MAX_ACK_PENDING = 50_000
+
+#: Seconds between two looks at the metrics stream's consumers (one of this process's own
+#: made again if it was removed; those of another number of workers removed once unused), at
+#: most: half of ``ingest_prune_after`` when that is shorter.
+TEND_EVERY = 30.0
 
 # SQLSTATE classes that mean "this data cannot be stored" rather than "try again later":
 # data exceptions (22), integrity violations (23), program limits such as an oversized key (54).
@@ -222,6 +242,9 @@ class _Consumer:
     #: Stores the items; returns the messages to acknowledge later (after the rollup merge).
     write: Callable[[list[tuple[Msg, Payload]]], Awaitable[list[Msg]]]
     writers: int = 1
+    #: Messages asked for a round (``fetch_batch``, times the shares for a share's consumer:
+    #: it sees every share's messages and keeps its own).
+    batch: int = 0
     #: Seconds to wait for more messages before writing a round that is not full.
     linger: float = 0.0
     subscription: Any = None
@@ -243,8 +266,17 @@ class Ingest:
         live: LiveFeed | None = None,
         commits: Commits | None = None,
         committed: CommittedPublisher | None = None,
+        share: tuple[int, int] = (1, 1),
     ) -> None:
         self.config = config
+        #: (k, N): this process stores the metrics stream's messages of the hosts of share k
+        #: among N (an ingest worker's); (1, 1): every host's.
+        self.share = share
+        #: Whether a host subject token is in this process's share, by token.
+        self._mine: dict[str, bool] = {}
+        #: The metrics consumers of another number of shares seen unused at the last look.
+        self._unused: set[str] = set()
+        self._mixed = Throttle(600.0)
         self.live = live
         #: Tells the other API processes (workers' parent, other gateways) what was committed.
         self.committed = committed
@@ -264,12 +296,13 @@ class Ingest:
         self.backoff = Backoff(first=0.5, cap=float(config.max_backoff))
         self._consumers = [
             _Consumer(
-                METRICS_CONSUMER,
+                metrics_consumer(*share),
                 self.subjects.metrics_stream,
                 None,
                 self._decode_metrics,
                 self._write_metrics,
                 writers=config.ingest_writers,
+                batch=config.fetch_batch * share[1],
                 linger=round_linger(config),
             ),
             _Consumer(
@@ -310,6 +343,14 @@ class Ingest:
         )
         self.events = registry.counter("ingest_events", "Events stored (new rows)")
         self.series = registry.counter("ingest_series_created", "Series seen for the first time")
+        self.passed = registry.counter(
+            "ingest_passed_messages",
+            "Metrics-stream messages of hosts in another ingest worker's share: acknowledged unread",
+        )
+        self.pruned = registry.counter(
+            "ingest_pruned_consumers",
+            "Metrics-stream consumers of another number of ingest workers, removed once unused",
+        )
         self.rejected = registry.counter(
             "ingest_rejected", "Messages terminated because they can never be stored", ["reason"]
         )
@@ -339,21 +380,10 @@ class Ingest:
     async def start(self) -> None:
         """Create (or update) the durable consumers and start fetching."""
         for consumer in self._consumers:
+            consumer.batch = consumer.batch or self.config.fetch_batch
+            start = await self._resume_point(consumer) if consumer is self._consumers[0] else None
             consumer.subscription = await ensure_durable(
-                self.js,
-                consumer.stream,
-                ConsumerConfig(
-                    name=consumer.name,
-                    durable_name=consumer.name,
-                    description="Signalfire gateway: stores into the database",
-                    deliver_policy=DeliverPolicy.ALL,
-                    ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=float(self.config.ack_wait),
-                    max_deliver=self.config.max_deliver,
-                    # room for the messages held until the next rollup merge
-                    max_ack_pending=max(2 * consumer.writers * self.config.fetch_batch, MAX_ACK_PENDING),
-                    filter_subject=consumer.filter_subject,
-                ),
+                self.js, consumer.stream, self._wanted(consumer, start)
             )
             consumer.fetcher = Fetcher(
                 consumer.subscription,
@@ -365,7 +395,100 @@ class Ingest:
             )
             self._tasks.append(asyncio.create_task(self._run(consumer), name=f"ingest-{consumer.name}"))
         self._flusher = asyncio.create_task(self._flush_rollups(), name="ingest-rollups")
+        self._tasks.append(asyncio.create_task(self._tend_metrics_consumers(), name="ingest-tend"))
         log.info("ingesting", extra={"consumers": ",".join(c.name for c in self._consumers)})
+
+    def _wanted(self, consumer: _Consumer, start: int | None) -> ConsumerConfig:
+        """The durable ``consumer`` as this process makes it: from stream sequence ``start``
+        (a new share's, see :meth:`_resume_point`) or from the stream's first message."""
+        return ConsumerConfig(
+            name=consumer.name,
+            durable_name=consumer.name,
+            description="Signalfire gateway: stores into the database",
+            deliver_policy=DeliverPolicy.ALL if start is None else DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=float(self.config.ack_wait),
+            max_deliver=self.config.max_deliver,
+            # room for the messages held until the next rollup merge
+            max_ack_pending=max(2 * consumer.writers * consumer.batch, MAX_ACK_PENDING),
+            filter_subject=consumer.filter_subject,
+        )
+
+    async def _metrics_consumers(self) -> dict[str, ConsumerInfo]:
+        """The gateway's consumers of the metrics stream there are now, by name."""
+        infos = await self.js.consumers_info(self.subjects.metrics_stream)
+        return {i.name: i for i in infos if metrics_consumer_share(i.name) is not None}
+
+    async def _resume_point(self, consumer: _Consumer) -> int | None:
+        """Where the metrics ``consumer`` starts if it must be made: after the lowest
+        acknowledged floor of the metrics consumers there are (those of another number of
+        workers, when that number changed), so a new share does not store the whole stream
+        again; ``None`` (the stream's start) when it exists already or there are none."""
+        there = await self._metrics_consumers()
+        if consumer.name in there or not there:
+            return None
+        floor = min(i.ack_floor.stream_seq if i.ack_floor else 0 for i in there.values())
+        log.info(
+            "a new consumer of the metrics stream starts where the others stored up to",
+            extra={"consumer": consumer.name, "from_seq": floor + 1, "others": ",".join(sorted(there))},
+        )
+        return floor + 1
+
+    async def _tend_metrics_consumers(self) -> None:
+        every = min(TEND_EVERY, float(self.config.ingest_prune_after) / 2)
+        while not self._stopping.is_set():
+            await self._pause(every)
+            if self._stopping.is_set():
+                return
+            try:
+                await self._tend_once()
+            except Exception as exc:  # the bus is away: looked at again next time
+                self._bus_error(self._consumers[0].name, exc)
+                log.warning("cannot look at the metrics consumers", extra={"reason": repr(exc)})
+
+    async def _tend_once(self) -> None:
+        """Make this process's metrics consumer again if it is gone (removed by hand, or by a
+        gateway of another number of workers while this one could not read), and remove those
+        of another number of workers unused at this look and the last, once every share of
+        this process's number is there (they then store whatever the removed ones did)."""
+        consumer = self._consumers[0]
+        there = await self._metrics_consumers()
+        if consumer.name not in there:
+            start = await self._resume_point(consumer)
+            log.warning(
+                "the metrics consumer was gone; made again",
+                extra={"consumer": consumer.name, "from_seq": start or 1},
+            )
+            await self.js.add_consumer(consumer.stream, self._wanted(consumer, start))
+            there = await self._metrics_consumers()
+        shares = self.share[1]
+        complete = all(metrics_consumer(k, shares) in there for k in range(1, shares + 1))
+        unused: set[str] = set()
+        now = time.time()
+        for name, info in there.items():
+            share = metrics_consumer_share(name)
+            if share is None or share[1] == shares:
+                continue
+            if info.num_waiting or now - _last_active(info) < float(self.config.ingest_prune_after):
+                if self._mixed.due(name):
+                    log.warning(
+                        "gateways with another number of ingest workers read the metrics stream too,"
+                        " so every sample is stored twice: give every gateway the same ingest_workers",
+                        extra={"consumer": name, "ours": consumer.name},
+                    )
+                continue
+            unused.add(name)
+            if name in self._unused and complete:
+                with contextlib.suppress(NotFoundError):  # another worker removed it first
+                    await self.js.delete_consumer(consumer.stream, name)
+                    self.pruned.inc()
+                    log.warning(
+                        "removed a consumer of the metrics stream no gateway reads any more"
+                        " (another number of ingest workers)",
+                        extra={"consumer": name, "unstored": info.num_pending, "ours": consumer.name},
+                    )
+        self._unused = unused
 
     @property
     def tasks(self) -> list[asyncio.Task[None]]:
@@ -397,12 +520,13 @@ class Ingest:
         try:
             while not self._stopping.is_set():
                 await slots.acquire()
-                msgs = await consumer.fetcher.fetch(self.config.fetch_batch)
+                msgs = await self._share_of(consumer, await consumer.fetcher.fetch(consumer.batch))
                 if not msgs:  # idle, or a fetch error the fetcher has counted and waited out
                     slots.release()
                     continue
                 if consumer.linger and len(msgs) < self.config.fetch_batch:
-                    msgs += await self._linger(consumer, msgs[0], self.config.fetch_batch - len(msgs))
+                    room = (self.config.fetch_batch - len(msgs)) * (consumer.batch // self.config.fetch_batch)
+                    msgs += await self._share_of(consumer, await self._linger(consumer, msgs[0], room))
                 self.rounds.labels(consumer=consumer.name).inc()
                 self.fetched.labels(consumer=consumer.name).inc(len(msgs))
                 task = asyncio.create_task(self._handle_then_release(consumer, msgs, slots))
@@ -433,6 +557,30 @@ class Ingest:
         except Exception:  # TimeoutError (none came), or an error the next fetch meets again
             return []
         return more
+
+    async def _share_of(self, consumer: _Consumer, msgs: list[Msg]) -> list[Msg]:
+        """The messages of this process's share of the hosts (all of them but on a share's
+        consumer); the others are acknowledged unread: another worker's consumer stores them."""
+        share, shares = self.share
+        if shares == 1 or consumer is not self._consumers[0] or not msgs:
+            return msgs
+        own: list[Msg] = []
+        for msg in msgs:
+            token = msg.subject.rpartition(".")[2]  # the host's subject token
+            mine = self._mine.get(token)
+            if mine is None:
+                if len(self._mine) >= 1 << 16:
+                    self._mine.clear()
+                mine = self._mine[token] = fnv1a_32(token.encode()) % shares == share - 1
+            if mine:
+                own.append(msg)
+                continue
+            try:
+                await msg.ack()
+            except Exception:  # delivered again after ack_wait, and passed over again
+                self._bus_error(consumer.name, RuntimeError("ack failed"))
+        self.passed.inc(len(msgs) - len(own))
+        return own
 
     def _bus_error(self, consumer: str, _exc: Exception) -> None:
         self.bus_errors.labels(consumer=consumer).inc()
@@ -699,3 +847,14 @@ class Ingest:
         await self.store.write_deliveries(results)
         self.messages.labels(kind="notifications").inc(len(results))
         return []
+
+
+def _last_active(info: ConsumerInfo) -> float:
+    """Unix seconds (the server's clock) of a consumer's last delivery or acknowledgement, or of
+    its creation when it has had neither."""
+    times = [
+        info.created,
+        info.delivered and info.delivered.last_active,
+        info.ack_floor and info.ack_floor.last_active,
+    ]
+    return max(t.timestamp() for t in times if t)

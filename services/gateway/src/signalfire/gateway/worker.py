@@ -77,6 +77,8 @@ class IngestWorker:
             None,
             rollups=rollups,
             committed=CommittedPublisher(self.nc, config.nats.subjects, new_origin(), self.registry),
+            # each worker stores one share of the hosts, so each series' rollups are merged once
+            share=(self.index, max(1, config.ingest_workers)),
         )
         await self.ingest.start()
         self.essentials.watch(*self.ingest.tasks)

@@ -38,7 +38,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from signalfire.bus import connect, ensure_streams
-from signalfire.buspolicy import gateway_consumers
+from signalfire.buspolicy import gateway_alerts_consumers
 from signalfire.control import NOTIFIER_STATUS, NotifierStatus
 from signalfire.events import AlertEvent, DeliveryResult, Silence, encode
 from signalfire.notifier import heartbeat, inhibit, silence, watch
@@ -248,7 +248,8 @@ class NotifierService:
                 ),
                 watch.StorageWatch(
                     js,
-                    gateway_consumers(self._subjects),
+                    self._subjects.metrics_stream,
+                    gateway_alerts_consumers(self._subjects),
                     watch.storage_alert(kv, publish_own, self._clock),
                     lambda: float(self.config.storage_watch),
                     registry=self.registry,

@@ -12,8 +12,9 @@ watches both, each replica every few seconds:
   compare-and-set every poll, so a partition whose lease has not changed (or has been
   missing) for ``evaluation_watch`` seconds, as this replica observed it, is judged by
   nobody: ``EvaluationStopped``.
-- **storage** (``storage_watch``): the gateway's durable consumers (``gateway-metrics`` on
-  the metrics stream, its three on the alerts stream). One with messages waiting whose
+- **storage** (``storage_watch``): the gateway's durable consumers (every one of the metrics
+  stream, listed at each check: ``gateway-metrics``, or one per share of the hosts with ingest
+  workers; its three on the alerts stream). One with messages waiting whose
   acknowledged floor has not moved for ``storage_watch`` seconds, as observed here, stores
   nothing: ``StorageStalled``.
 
@@ -42,6 +43,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+from signalfire.buspolicy import metrics_consumer_share
 from signalfire.events import AlertEvent, Severity, encode
 from signalfire.partitions import PARTITION_PREFIX, REPLICA_PREFIX, Entry, partition_names, read_bucket
 from signalfire.subjects import SELF_HOST
@@ -342,6 +344,7 @@ class StorageWatch(_Watcher):
     def __init__(
         self,
         js: JetStreamContext,
+        metrics_stream: str,
         consumers: Iterable[tuple[str, str]],
         alert: OwnAlert,
         after: Callable[[], float],
@@ -352,7 +355,9 @@ class StorageWatch(_Watcher):
     ) -> None:
         super().__init__(alert, after, checks, monotonic)
         self.js = js
-        #: (stream, durable) of every consumer of the gateway's.
+        #: Every consumer of this stream whose name is a metrics consumer's is the gateway's.
+        self.metrics_stream = metrics_stream
+        #: (stream, durable) of the gateway's other consumers.
         self.consumers = list(consumers)
         self._short_warned = False
         self.waiting_gauge = registry.gauge(
@@ -371,11 +376,18 @@ class StorageWatch(_Watcher):
             )
         floors: dict[str, int] = {}
         waiting: dict[str, int] = {}
+        infos = [
+            info
+            for info in await self.js.consumers_info(self.metrics_stream)
+            if metrics_consumer_share(info.name) is not None
+        ]
         for stream, durable in self.consumers:
             try:
-                info = await self.js.consumer_info(stream, durable)
+                infos.append(await self.js.consumer_info(stream, durable))
             except NotFoundError:
                 continue  # no gateway has made it yet (or it was deleted): not watched
+        for info in infos:
+            durable = info.name
             waiting[durable] = (info.num_pending or 0) + (info.num_ack_pending or 0)
             # A consumer with nothing waiting is not stalled, however long its floor stood.
             floors[durable] = info.ack_floor.stream_seq if info.ack_floor and waiting[durable] else -1
