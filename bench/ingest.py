@@ -206,9 +206,11 @@ def cpu_line(used: dict[str, float], rows: float) -> str:
     return f"CPU seconds per million rows: {', '.join(parts)}; total {total:.2f}"
 
 
-#: The gateway's rounds (transactions) and the messages they fetched, of the metrics consumer.
-ROUNDS = 'signalfire_gateway_ingest_rounds_total{consumer="gateway-metrics"}'
-FETCHED = 'signalfire_gateway_ingest_fetched_messages_total{consumer="gateway-metrics"}'
+#: The gateway's rounds (transactions) and the messages they kept, of every consumer (the run
+#: publishes metrics only; with ingest workers each reads the metrics stream through a
+#: consumer of its own, ``gateway-metrics-<k>of<N>``).
+ROUNDS = "signalfire_gateway_ingest_rounds_total"
+FETCHED = "signalfire_gateway_ingest_fetched_messages_total"
 
 #: The gateway counts a sample once it is committed (its rollups are merged once its minute
 #: ended, ``rollup_merge: minute``; the run waits for them at the end).

@@ -12,6 +12,7 @@ import pytest
 from devstack import free_port
 
 from signalfire.bus import NatsConfig
+from signalfire.buspolicy import metrics_consumer
 from signalfire.events import MetricBatch, Sample, encode
 from signalfire.gateway.api.query import HOURS
 from tests.faults.support import (
@@ -87,14 +88,17 @@ def running(pid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
-    "shape", [(0, "flush"), (2, "flush"), (0, "minute")], ids=["in-process", "2-workers", "minute-merges"]
+    "shape",
+    [(0, "flush"), (0, "minute"), (2, "minute")],
+    ids=["in-process", "minute-merges", "2-workers-minute-merges"],
 )
 async def test_gateway_kill_9_under_ingest_stores_every_sample_once(
     nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path, shape: tuple[int, str]
 ) -> None:
     """``minute-merges``: the default ``rollup_merge``, with live batches, so the killed gateway
     holds stored batches unacknowledged for their minute's merge; they come back to the next
-    one, which merges each once."""
+    one, which merges each once. ``2-workers``: each worker stores a share of the hosts through
+    a consumer of its own (``gateway-metrics-1of2``, ``-2of2``); both are killed with it."""
     workers, merge = shape
     js = nc.jetstream()
     port = free_port()
@@ -153,7 +157,12 @@ async def test_gateway_kill_9_under_ingest_stores_every_sample_once(
         rollup_1m = await fetch_count(database_url, "SELECT sum(count) FROM samples_1m")
         # the 1-hour rollups as queries read them (the samples' hour may have ended < 2 min ago)
         rollup_1h = await fetch_count(database_url, f"SELECT sum(count) FROM {HOURS} AS r")
-        consumer = await consumer_numbers(js, nats_config.subjects.metrics_stream, "gateway-metrics")
+        consumers = [
+            await consumer_numbers(
+                js, nats_config.subjects.metrics_stream, metrics_consumer(k, max(1, workers))
+            )
+            for k in range(1, max(1, workers) + 1)
+        ]
         metrics = scrape(f"http://127.0.0.1:{port}/metrics")
     finally:
         publisher.cancel()
@@ -171,9 +180,9 @@ async def test_gateway_kill_9_under_ingest_stores_every_sample_once(
         rollup_1m=rollup_1m,
         rollup_1h=rollup_1h,
         duplicates_skipped=int(total(metrics, "signalfire_gateway_ingest_duplicate_samples_total")),
-        ack_pending=consumer["ack_pending"],
+        ack_pending=sum(c["ack_pending"] for c in consumers),
     )
     assert at_kill < expected, "the gateway had stored everything before it was killed"
     assert rows == distinct == expected, "lost or duplicated samples"
     assert rollup_1m == rollup_1h == expected, "a sample is missing from or counted twice in the rollups"
-    assert consumer["ack_pending"] == 0 and consumer["pending"] == 0
+    assert [(c["ack_pending"], c["pending"]) for c in consumers] == [(0, 0)] * len(consumers)

@@ -25,6 +25,8 @@ from signalfire.events import MetricBatch, Sample, encode
 from signalfire.gateway.api.query import HOURS
 from signalfire.gateway.committed import CommittedFrame, CommittedPublisher, FrameBatch
 from signalfire.gateway.store import MetricsWritten, labels_json
+from signalfire.partitions import fnv1a_32
+from signalfire.subjects import subject_token
 from signalfire.telemetry import Registry
 from tests.integration.gateway_support import RunningGateway, eventually, gateway_config, running_gateway
 from tests.support.metrics import value
@@ -55,6 +57,35 @@ HOURLY = (
     "(SELECT series_id, date_bin('1 hour', bucket, 'epoch') AS bucket, sum(count) AS count,"
     f" sum(sum) AS sum, min(min) AS min, max(max) AS max FROM {HOURS} AS r GROUP BY 1, 2)"
 )
+
+
+async def assert_stored_once_and_rolled_up_exactly(conn: asyncpg.Connection, expected: list[Point]) -> None:
+    """Every sample of ``expected`` stored exactly once (the same count, the same sum, the same
+    points), and the 1-minute and 1-hour rollups equal to the raw samples' aggregates."""
+    rows = await conn.fetch(
+        "SELECT s.host, s.name, s.labels::text AS labels,"
+        " extract(epoch FROM x.time)::float8 AS t, x.value"
+        " FROM samples x JOIN series s ON s.id = x.series_id"
+    )
+    stored = [(r["host"], r["name"], r["labels"], r["t"], r["value"]) for r in rows]
+    assert len(stored) == len(expected)
+    assert math.fsum(p[4] for p in stored) == math.fsum(p[4] for p in expected)
+    normalized = sorted((h, n, json.dumps(json.loads(lb), sort_keys=True), t, v) for h, n, lb, t, v in stored)
+    assert normalized == sorted(expected)
+    for table, width in (("samples_1m", 60), (HOURLY, 3600)):
+        rolled = await conn.fetch(
+            f"SELECT series_id, extract(epoch FROM bucket)::float8 AS b, count, sum, min, max"
+            f" FROM {table} AS t ORDER BY 1, 2"
+        )
+        raw = await conn.fetch(
+            f"SELECT series_id, floor(extract(epoch FROM time) / {width}) * {width} AS b,"
+            " count(*) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max"
+            " FROM samples GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+        assert [tuple(r) for r in rolled] == [
+            (r["series_id"], float(r["b"]), r["count"], r["sum"], r["min"], r["max"]) for r in raw
+        ], table
+        assert any(r["count"] > 1 for r in rolled), table  # buckets really merged samples
 
 
 def ws_url(gw: RunningGateway) -> str:
@@ -148,33 +179,7 @@ async def test_two_gateways_one_with_two_workers_store_once_roll_up_exactly_and_
                 await eventually(streams_complete, timeout=30)
                 stop.set()
                 await asyncio.gather(*readers)
-                rows = await conn.fetch(
-                    "SELECT s.host, s.name, s.labels::text AS labels,"
-                    " extract(epoch FROM x.time)::float8 AS t, x.value"
-                    " FROM samples x JOIN series s ON s.id = x.series_id"
-                )
-                stored = [(r["host"], r["name"], r["labels"], r["t"], r["value"]) for r in rows]
-                # Every sample stored exactly once: the same count, the same sum, the same points.
-                assert len(stored) == len(expected)
-                assert math.fsum(p[4] for p in stored) == math.fsum(p[4] for p in expected)
-                normalized = sorted(
-                    (h, n, json.dumps(json.loads(lb), sort_keys=True), t, v) for h, n, lb, t, v in stored
-                )
-                assert normalized == sorted(expected)
-                for table, width in (("samples_1m", 60), (HOURLY, 3600)):
-                    rolled = await conn.fetch(
-                        f"SELECT series_id, extract(epoch FROM bucket)::float8 AS b, count, sum, min, max"
-                        f" FROM {table} AS t ORDER BY 1, 2"
-                    )
-                    raw = await conn.fetch(
-                        f"SELECT series_id, floor(extract(epoch FROM time) / {width}) * {width} AS b,"
-                        " count(*) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max"
-                        " FROM samples GROUP BY 1, 2 ORDER BY 1, 2"
-                    )
-                    assert [tuple(r) for r in rolled] == [
-                        (r["series_id"], float(r["b"]), r["count"], r["sum"], r["min"], r["max"]) for r in raw
-                    ], table
-                    assert any(r["count"] > 1 for r in rolled), table  # buckets really merged samples
+                await assert_stored_once_and_rolled_up_exactly(conn, expected)
             finally:
                 await conn.close()
         # Each stream holds every sample of the series that cannot be coalesced, and the newest
@@ -207,6 +212,127 @@ async def test_two_gateways_one_with_two_workers_store_once_roll_up_exactly_and_
             assert sum(by_workers) > 0  # the workers did ingest
 
         await eventually(counted_once, timeout=15)
+
+
+def share_of(host: str, shares: int) -> int:
+    """The share (1-based) of the hosts ``host`` is in among ``shares`` (docs/scaling.md)."""
+    return fnv1a_32(subject_token(host).encode()) % shares + 1
+
+
+async def metrics_consumers(js: Any, stream: str) -> dict[str, Any]:
+    return {i.name: i for i in await js.consumers_info(stream) if i.name.startswith("gateway-metrics")}
+
+
+async def test_each_worker_stores_its_share_of_the_hosts_and_a_new_number_of_workers_goes_on_where_storing_stood(
+    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    """One process, then two workers, then one process again, on one stream: worker k stores
+    (and merges the rollups of) the hosts of share k alone; each change of the number starts
+    where storing stood (nothing stored twice, the stream not read again from its start), and
+    the consumers of the number no gateway runs any more are removed."""
+    js = nc.jetstream()
+    subjects = nats_config.subjects
+    stream = subjects.metrics_stream
+    batches = fleet_batches()
+    phases = [
+        [b for n, b in enumerate(batches) if lo <= n % BATCHES_PER_HOST < hi]
+        for lo, hi in ((0, 14), (14, 28), (28, 40))
+    ]
+    assert {share_of(h, 2) for h in HOSTS} == {1, 2}  # both shares hold hosts
+    quick = {"ingest_prune_after": Duration(1.0), "fetch_batch": 5}
+    conn = await asyncpg.connect(database_url)
+    published: list[MetricBatch] = []
+
+    async def publish(phase: list[MetricBatch]) -> int:
+        """Publishes ``phase``; the stream sequence before it."""
+        before = (await js.stream_info(stream)).state.last_seq
+        for batch in phase:
+            await js.publish(subjects.metrics(batch.host), encode(batch))
+        published.extend(phase)
+        return before
+
+    async def stored_and_acknowledged(names: set[str]) -> None:
+        assert await conn.fetchval(f"SELECT coalesce(sum(count), 0) FROM {HOURS} AS r") == len(
+            points(published)
+        )
+        consumers = await metrics_consumers(js, stream)
+        for name in names:
+            assert (consumers[name].num_pending, consumers[name].num_ack_pending) == (0, 0), name
+
+    async def only(names: set[str]) -> None:
+        assert set(await metrics_consumers(js, stream)) == names
+
+    try:
+        async with running_gateway(gateway_config(nats_config, database_url, tmp_path, **quick)):
+            await publish(phases[0])
+            await eventually(lambda: stored_and_acknowledged({"gateway-metrics"}), timeout=30)
+
+        shares = {"gateway-metrics-1of2", "gateway-metrics-2of2"}
+        config = gateway_config(nats_config, database_url, tmp_path, ingest_workers=2, **quick)
+        async with running_gateway(config) as gw:
+            consumers = await metrics_consumers(js, stream)
+            stood = (await js.stream_info(stream)).state.last_seq
+            for name in shares:  # each share starts after what the one consumer had stored
+                assert consumers[name].config.opt_start_seq == stood + 1, name
+            await publish(phases[1])
+            await eventually(lambda: stored_and_acknowledged(shares), timeout=30)
+            await eventually(lambda: only(shares), timeout=15)  # the one of one process, removed
+
+            async def by_share() -> None:
+                for k in (1, 2):
+                    worker = str(k)
+                    mine = [b for b in phases[1] if share_of(b.host, 2) == k]
+                    assert gw.counter("ingest_samples_total", worker=worker) == sum(
+                        len(b.samples) for b in mine
+                    )
+                    assert gw.counter("ingest_passed_messages_total", worker=worker) == len(phases[1]) - len(
+                        mine
+                    )
+                    assert gw.counter("ingest_duplicate_samples_total", worker=worker) == 0
+                pruned = [gw.counter("ingest_pruned_consumers_total", worker=w) for w in ("1", "2")]
+                assert sum(pruned) == 1
+
+            await eventually(by_share, timeout=15)
+
+        async with running_gateway(gateway_config(nats_config, database_url, tmp_path, **quick)) as gw:
+            stood = (await js.stream_info(stream)).state.last_seq
+            consumer = (await metrics_consumers(js, stream))["gateway-metrics"]
+            assert consumer.config.opt_start_seq == stood + 1
+            await publish(phases[2])
+            await eventually(lambda: stored_and_acknowledged({"gateway-metrics"}), timeout=30)
+            await eventually(lambda: only({"gateway-metrics"}), timeout=15)
+            assert gw.counter("ingest_samples_total") == len(points(phases[2]))
+            assert gw.counter("ingest_duplicate_samples_total") == 0
+            assert gw.counter("ingest_pruned_consumers_total") == 2
+        await assert_stored_once_and_rolled_up_exactly(conn, points(batches))
+    finally:
+        await conn.close()
+
+
+async def test_a_metrics_consumer_removed_while_the_gateway_runs_is_made_again_where_it_stood(
+    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
+) -> None:
+    """Removed by hand (or by a gateway of another number of workers while this one could not
+    read): made again from its floor at the gateway's last look, and storing goes on."""
+    js = nc.jetstream()
+    subjects = nats_config.subjects
+    batches = fleet_batches()
+    first, then = batches[::2], batches[1::2]
+    config = gateway_config(nats_config, database_url, tmp_path, ingest_prune_after=Duration(1.0))
+    async with running_gateway(config) as gw:
+        for batch in first:
+            await js.publish(subjects.metrics(batch.host), encode(batch))
+
+        async def stored(count: int) -> None:
+            assert gw.counter("ingest_samples_total") == count
+
+        await eventually(lambda: stored(len(points(first))), timeout=30)
+        await asyncio.sleep(1.5)  # the gateway looks at its consumer every 0.5 s (ingest_prune_after / 2)
+        await js.delete_consumer(subjects.metrics_stream, "gateway-metrics")
+        for batch in then:
+            await js.publish(subjects.metrics(batch.host), encode(batch))
+        await eventually(lambda: stored(len(points(batches))), timeout=30)
+        assert gw.counter("ingest_duplicate_samples_total") == 0
 
 
 async def test_a_committed_frame_that_cannot_be_decoded_is_counted_and_the_rest_is_delivered(

@@ -132,3 +132,28 @@ async def test_a_gateway_that_keeps_storing_through_a_backlog_pages_nobody(
             == 0
         )
     assert receiver.posted() == []
+
+
+async def test_a_share_of_the_hosts_nobody_stores_pages_naming_its_consumer(
+    nc: Any, nats_config: NatsConfig, receiver: WebhookReceiver
+) -> None:
+    """With ingest workers each share of the hosts has a consumer of its own: the one whose
+    worker stores nothing pages, though the other share's is stored."""
+    js = nc.jetstream()
+    subjects = nats_config.subjects
+    for name in ("gateway-metrics-1of2", "gateway-metrics-2of2"):
+        await js.add_consumer(
+            subjects.metrics_stream, ConsumerConfig(durable_name=name, ack_policy=AckPolicy.EXPLICIT)
+        )
+    for i in range(3):
+        batch = MetricBatch(host=f"st-{i}", time=time.time(), samples=[Sample(name="temp", value=1.0)])
+        await js.publish(subjects.metrics(f"st-{i}"), encode(batch))
+    stored = await js.pull_subscribe_bind("gateway-metrics-1of2", subjects.metrics_stream)
+    for msg in await stored.fetch(3, timeout=5):
+        await msg.ack_sync()
+    async with notifier_services(nc) as start:
+        await start(notify_config(nats_config, receiver))
+        await eventually(lambda: len(receiver.posted("oncall")) >= 1, "the page about storage", 10)
+    summary = receiver.posted("oncall")[0].body["alert"]["annotations"]["summary"]
+    assert "gateway-metrics-2of2 took nothing while 3 messages wait" in summary
+    assert "1of2" not in summary

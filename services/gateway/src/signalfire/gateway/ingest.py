@@ -276,6 +276,9 @@ class Ingest:
         self._mine: dict[str, bool] = {}
         #: The metrics consumers of another number of shares seen unused at the last look.
         self._unused: set[str] = set()
+        #: This process's metrics consumer's acknowledged floor at the last look: where it is
+        #: made again if it is removed and no other is there to say where storing stood.
+        self._floor = 0
         self._mixed = Throttle(600.0)
         self.live = live
         #: Tells the other API processes (workers' parent, other gateways) what was committed.
@@ -426,9 +429,11 @@ class Ingest:
         workers, when that number changed), so a new share does not store the whole stream
         again; ``None`` (the stream's start) when it exists already or there are none."""
         there = await self._metrics_consumers()
-        if consumer.name in there or not there:
+        if consumer.name in there or not (there or self._floor):
             return None
-        floor = min(i.ack_floor.stream_seq if i.ack_floor else 0 for i in there.values())
+        floor = min(
+            (i.ack_floor.stream_seq if i.ack_floor else 0 for i in there.values()), default=self._floor
+        )
         log.info(
             "a new consumer of the metrics stream starts where the others stored up to",
             extra={"consumer": consumer.name, "from_seq": floor + 1, "others": ",".join(sorted(there))},
@@ -462,6 +467,9 @@ class Ingest:
             )
             await self.js.add_consumer(consumer.stream, self._wanted(consumer, start))
             there = await self._metrics_consumers()
+        ours = there.get(consumer.name)
+        if ours is not None and ours.ack_floor is not None:
+            self._floor = ours.ack_floor.stream_seq
         shares = self.share[1]
         complete = all(metrics_consumer(k, shares) in there for k in range(1, shares + 1))
         unused: set[str] = set()
