@@ -6,6 +6,7 @@ counted and cost nothing else."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -136,28 +137,37 @@ def received(frames: list[dict[str, Any]]) -> set[Point]:
     }
 
 
-async def test_two_gateways_one_with_two_workers_store_once_roll_up_exactly_and_stream_everything(
+async def test_three_gateways_two_with_two_workers_store_once_roll_up_exactly_and_stream_everything(
     nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
 ) -> None:
+    """A and B run 2 ingest workers each (worker k of both reads share k of the hosts); C
+    ingests in its own process through the one consumer of everything (a gateway left at
+    another number of workers: each sample is then stored by whichever gets it first, and
+    counted once)."""
     # (one database, so one admin token file: the first gateway to start writes it)
-    # Rounds of 5 messages: the 160 batches are shared by the three ingest processes.
+    # Rounds of 5 messages: the 160 batches are shared by the five ingest processes.
     with_workers = gateway_config(nats_config, database_url, tmp_path, ingest_workers=2, fetch_batch=5)
     in_process = gateway_config(nats_config, database_url, tmp_path, fetch_batch=5)
     batches = fleet_batches()
     expected = points(batches)
-    async with running_gateway(with_workers) as a, running_gateway(in_process) as b:
-        assert a.service.workers is not None and a.service.workers.running() == 2
-        assert all(pid != os.getpid() for pid in a.service.workers.pids())
-        streams: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+    async with (
+        running_gateway(with_workers) as a,
+        running_gateway(with_workers) as b,
+        running_gateway(in_process) as c,
+    ):
+        gateways = {"a": a, "b": b, "c": c}
+        for gw in (a, b):
+            assert gw.service.workers is not None and gw.service.workers.running() == 2
+            assert all(pid != os.getpid() for pid in gw.service.workers.pids())
+        streams: dict[str, list[dict[str, Any]]] = {name: [] for name in gateways}
         stop = asyncio.Event()
-        async with websockets.connect(ws_url(a)) as ws_a, websockets.connect(ws_url(b)) as ws_b:
-            for ws in (ws_a, ws_b):
+        async with contextlib.AsyncExitStack() as sockets:
+            readers = []
+            for name, gw in gateways.items():
+                ws = await sockets.enter_async_context(websockets.connect(ws_url(gw)))
                 await ws.send(json.dumps({"subscribe": {"alerts": False, "host_status": False}}))
                 assert json.loads(await ws.recv())["kind"] == "hello"
-            readers = [
-                asyncio.create_task(collect_stream(ws_a, streams["a"], stop)),
-                asyncio.create_task(collect_stream(ws_b, streams["b"], stop)),
-            ]
+                readers.append(asyncio.create_task(collect_stream(ws, streams[name], stop)))
             js = nc.jetstream()
             for batch in batches:
                 await js.publish(nats_config.subjects.metrics(batch.host), encode(batch))
@@ -173,7 +183,7 @@ async def test_two_gateways_one_with_two_workers_store_once_roll_up_exactly_and_
                 unique = {p for p in expected if p[1] in UNIQUE}
 
                 async def streams_complete() -> None:
-                    for name in ("a", "b"):
+                    for name in gateways:
                         assert unique <= received(streams[name]), name
 
                 await eventually(streams_complete, timeout=30)
@@ -184,7 +194,7 @@ async def test_two_gateways_one_with_two_workers_store_once_roll_up_exactly_and_
                 await conn.close()
         # Each stream holds every sample of the series that cannot be coalesced, and the newest
         # value of every other series.
-        for name in ("a", "b"):
+        for name in gateways:
             newest: dict[tuple[str, str], float] = {}
             for frame in sorted(streams[name], key=lambda f: f["time"]):
                 newest[(frame["host"], frame["metric"])] = frame["value"]
@@ -192,24 +202,25 @@ async def test_two_gateways_one_with_two_workers_store_once_roll_up_exactly_and_
                 for metric in STABLE:
                     last = max((p for p in expected if p[0] == host and p[1] == metric), key=lambda p: p[3])
                     assert newest[(host, metric)] == last[4], (name, host, metric)
-        # The latest values of both API processes (A fed by the workers' frames, B by its own
-        # ingest and A's frames) hold the newest sample of every series.
-        for gw in (a, b):
+        # The latest values of every API process (A's and B's fed by the workers' frames, C's by
+        # its own ingest and the others' frames) hold the newest sample of every series.
+        for gw in gateways.values():
             for host in HOSTS:
                 for metric in STABLE:
                     last = max((p for p in expected if p[0] == host and p[1] == metric), key=lambda p: p[3])
                     assert gw.service.latest.get((host, metric, "{}")) == (last[3], last[4])
-        # The gateway with workers shows them on /metrics, their ingest counters labelled.
-        page = a.service.registry
-        assert value(page, "signalfire_gateway_ingest_workers_running") == 2
+        # The gateways with workers show them on /metrics, their ingest counters labelled.
+        for gw in (a, b):
+            assert value(gw.service.registry, "signalfire_gateway_ingest_workers_running") == 2
 
         async def counted_once() -> None:
             by_workers = [
-                value(page, "signalfire_gateway_ingest_samples_total", worker=w) for w in ("1", "2")
+                value(gw.service.registry, "signalfire_gateway_ingest_samples_total", worker=w)
+                for gw in (a, b)
+                for w in ("1", "2")
             ]
-            by_b = value(b.service.registry, "signalfire_gateway_ingest_samples_total")
-            assert sum(by_workers) + by_b == len(expected)
-            assert sum(by_workers) > 0  # the workers did ingest
+            by_c = value(c.service.registry, "signalfire_gateway_ingest_samples_total")
+            assert sum(by_workers) + by_c == len(expected)
 
         await eventually(counted_once, timeout=15)
 
@@ -223,7 +234,7 @@ async def metrics_consumers(js: Any, stream: str) -> dict[str, Any]:
     return {i.name: i for i in await js.consumers_info(stream) if i.name.startswith("gateway-metrics")}
 
 
-async def test_each_worker_stores_its_share_of_the_hosts_and_a_new_number_of_workers_goes_on_where_storing_stood(
+async def test_each_worker_stores_its_share_of_the_hosts_and_a_new_number_goes_on_where_storing_stood(
     nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
 ) -> None:
     """One process, then two workers, then one process again, on one stream: worker k stores
@@ -243,13 +254,10 @@ async def test_each_worker_stores_its_share_of_the_hosts_and_a_new_number_of_wor
     conn = await asyncpg.connect(database_url)
     published: list[MetricBatch] = []
 
-    async def publish(phase: list[MetricBatch]) -> int:
-        """Publishes ``phase``; the stream sequence before it."""
-        before = (await js.stream_info(stream)).state.last_seq
+    async def publish(phase: list[MetricBatch]) -> None:
         for batch in phase:
             await js.publish(subjects.metrics(batch.host), encode(batch))
         published.extend(phase)
-        return before
 
     async def stored_and_acknowledged(names: set[str]) -> None:
         assert await conn.fetchval(f"SELECT coalesce(sum(count), 0) FROM {HOURS} AS r") == len(
