@@ -481,8 +481,9 @@ class Ingest:
             if info.num_waiting or now - _last_active(info) < float(self.config.ingest_prune_after):
                 if self._mixed.due(name):
                     log.warning(
-                        "gateways with another number of ingest workers read the metrics stream too,"
-                        " so every sample is stored twice: give every gateway the same ingest_workers",
+                        "gateways with another number of ingest workers read the metrics stream too:"
+                        " both write every sample (stored once, at twice the work); give every"
+                        " gateway the same ingest_workers",
                         extra={"consumer": name, "ours": consumer.name},
                     )
                 continue
@@ -533,7 +534,7 @@ class Ingest:
                     slots.release()
                     continue
                 if consumer.linger and len(msgs) < self.config.fetch_batch:
-                    room = (self.config.fetch_batch - len(msgs)) * (consumer.batch // self.config.fetch_batch)
+                    room = consumer.batch - len(msgs) * (consumer.batch // self.config.fetch_batch)
                     msgs += await self._share_of(consumer, await self._linger(consumer, msgs[0], room))
                 self.rounds.labels(consumer=consumer.name).inc()
                 self.fetched.labels(consumer=consumer.name).inc(len(msgs))
