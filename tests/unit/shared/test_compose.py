@@ -207,7 +207,8 @@ def test_the_scaled_shape_runs_three_nodes_two_gateways_two_notifiers_and_timesc
     ]
     assert {e.partitions for e in evaluators} == {16}
     assert len({e.replica_id for e in evaluators}) == 2
-    # Two gateways, each ingesting in two worker processes (the API in its own).
+    # Two gateways, each ingesting in two worker processes (the API in its own), the same number:
+    # worker k of each reads share k of the hosts (different numbers would both read everything).
     gateways = [
         service_config(s)
         for s in signalfire_services({"services": project}).values()
