@@ -64,6 +64,11 @@ def test_durations_read_like_the_other_services(tmp_path: Path) -> None:
         ("retention:\n  check_every: 0s\n", "retention.check_every: must be more than 0s"),
         ("ingest_linger: 10s\n", "ingest_linger: must be at least 0s and less than a third of ack_wait"),
         ("ingest_workers: -1\n", "ingest_workers: must be 0"),
+        (
+            "ingest_prune_after: 1s\nfetch_timeout: 1s\n",
+            "ingest_prune_after: must be at least 3 fetch_timeouts",
+        ),
+        ("ingest_prune_after: later\n", "ingest_prune_after"),
         ("query_parallelism: 0\n", "query_parallelism: must be at least 1"),
         ("publish_wait: -1s\n", "publish_wait"),
         ("publish_wait: soon\n", "publish_wait"),

@@ -151,3 +151,31 @@ def test_an_identity_the_policy_does_not_know_gets_no_permissions_but_an_error()
         User(name="gateway", role="gateway", password="x", host="web-1")
     with pytest.raises(ValueError, match=r"^an agent's permissions need its host$"):
         permissions("agent", Subjects("sf"))
+
+
+def test_a_metrics_consumer_is_named_by_its_share_of_the_hosts_and_read_back() -> None:
+    from signalfire.buspolicy import metrics_consumer, metrics_consumer_share
+
+    assert metrics_consumer() == metrics_consumer(1, 1) == "gateway-metrics"
+    assert [metrics_consumer(k, 3) for k in (1, 2, 3)] == [
+        "gateway-metrics-1of3",
+        "gateway-metrics-2of3",
+        "gateway-metrics-3of3",
+    ]
+    for shares in (1, 2, 16):
+        for share in range(1, shares + 1):
+            assert metrics_consumer_share(metrics_consumer(share, shares)) == (share, shares)
+    for bad in ((0, 2), (3, 2), (1, 0)):
+        with pytest.raises(ValueError, match=f"share {bad[0]} of {bad[1]}: a share is 1 to the number"):
+            metrics_consumer(*bad)
+    # names that are not the gateway's metrics consumers: a user's own, or no share there can be
+    for other in (
+        "gateway-alerts",
+        "my-reader",
+        "gateway-metrics-3of2",
+        "gateway-metrics-0of2",
+        "gateway-metrics-1of0",
+        "gateway-metrics-1of2x",
+        "gateway-metrics-01of2",
+    ):
+        assert metrics_consumer_share(other) is None, other
