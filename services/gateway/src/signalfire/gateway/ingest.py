@@ -280,6 +280,7 @@ class Ingest:
         #: made again if it is removed and no other is there to say where storing stood.
         self._floor = 0
         self._mixed = Throttle(600.0)
+        self._tend_warnings = Throttle(600.0)
         self.live = live
         #: Tells the other API processes (workers' parent, other gateways) what was committed.
         self.committed = committed
@@ -428,14 +429,27 @@ class Ingest:
         acknowledged floor of the metrics consumers there are (those of another number of
         workers, when that number changed), so a new share does not store the whole stream
         again; ``None`` (the stream's start) when it exists already or there are none."""
-        there = await self._metrics_consumers()
-        if consumer.name in there or not (there or self._floor):
+        try:
+            await self.js.consumer_info(consumer.stream, consumer.name)
+            return None  # where it starts was settled when it was made
+        except NotFoundError:
+            pass
+        try:
+            there = await self._metrics_consumers()
+        except Exception as exc:  # a bus whose permissions predate the list: it starts at the start
+            log.warning(
+                "cannot list the metrics stream's consumers (regenerate the bus permissions:"
+                " signalfire bus init, docs/security.md); a new one starts at the stream's start",
+                extra={"consumer": consumer.name, "reason": repr(exc)},
+            )
+            there = {}
+        if not (there or self._floor):
             return None
         floor = min(
             (i.ack_floor.stream_seq if i.ack_floor else 0 for i in there.values()), default=self._floor
         )
         log.info(
-            "a new consumer of the metrics stream starts where the others stored up to",
+            "a new consumer of the metrics stream starts where storing stood",
             extra={"consumer": consumer.name, "from_seq": floor + 1, "others": ",".join(sorted(there))},
         )
         return floor + 1
@@ -450,7 +464,8 @@ class Ingest:
                 await self._tend_once()
             except Exception as exc:  # the bus is away: looked at again next time
                 self._bus_error(self._consumers[0].name, exc)
-                log.warning("cannot look at the metrics consumers", extra={"reason": repr(exc)})
+                if self._tend_warnings.due(repr(exc)):
+                    log.warning("cannot look at the metrics consumers", extra={"reason": repr(exc)})
 
     async def _tend_once(self) -> None:
         """Make this process's metrics consumer again if it is gone (removed by hand, or by a
