@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import signal
@@ -17,6 +18,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -138,7 +140,7 @@ def received(frames: list[dict[str, Any]]) -> set[Point]:
 
 
 async def test_three_gateways_two_with_two_workers_store_once_roll_up_exactly_and_stream_everything(
-    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path
+    nc: Any, nats_config: NatsConfig, database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A and B run 2 ingest workers each (worker k of both reads share k of the hosts); C
     ingests in its own process through the one consumer of everything (a gateway left at
@@ -146,8 +148,12 @@ async def test_three_gateways_two_with_two_workers_store_once_roll_up_exactly_an
     counted once)."""
     # (one database, so one admin token file: the first gateway to start writes it)
     # Rounds of 5 messages: the 160 batches are shared by the five ingest processes.
-    with_workers = gateway_config(nats_config, database_url, tmp_path, ingest_workers=2, fetch_batch=5)
-    in_process = gateway_config(nats_config, database_url, tmp_path, fetch_batch=5)
+    # Every process looks at the metrics consumers every 0.5 s: none of another number that is
+    # read is removed.
+    quick = {"fetch_batch": 5, "ingest_prune_after": Duration(1.0)}
+    with_workers = gateway_config(nats_config, database_url, tmp_path, ingest_workers=2, **quick)
+    in_process = gateway_config(nats_config, database_url, tmp_path, **quick)
+    caplog.set_level(logging.WARNING, "signalfire.gateway.ingest")
     batches = fleet_batches()
     expected = points(batches)
     async with (
@@ -223,6 +229,19 @@ async def test_three_gateways_two_with_two_workers_store_once_roll_up_exactly_an
             assert sum(by_workers) + by_c == len(expected)
 
         await eventually(counted_once, timeout=15)
+        assert set(await metrics_consumers(nc.jetstream(), nats_config.subjects.metrics_stream)) == {
+            "gateway-metrics",
+            "gateway-metrics-1of2",
+            "gateway-metrics-2of2",
+        }
+        assert c.counter("ingest_pruned_consumers_total") == 0
+        for gw in (a, b):
+            for w in ("1", "2"):
+                assert gw.counter("ingest_pruned_consumers_total", worker=w) == 0
+        mixed = {
+            r.consumer for r in caplog.records if "another number of ingest workers read" in r.getMessage()
+        }
+        assert mixed == {"gateway-metrics-1of2", "gateway-metrics-2of2"}  # C's, once each
 
 
 def share_of(host: str, shares: int) -> int:

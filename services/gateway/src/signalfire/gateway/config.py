@@ -81,8 +81,9 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ingest_workers: int = 0
     #: With ingest workers each takes a share of the hosts through a consumer of its own,
     #: named by the number of workers (``gateway-metrics-2of3``). Those of another number (the
-    #: setting changed) that nobody has read for this long are removed by the gateways
-    #: running now, which took over from where they had stored (docs/scaling.md).
+    #: setting changed) that no process has read for this long (no pull waiting, nothing
+    #: delivered or acknowledged, as each ingesting process sees them) are removed by the
+    #: gateways running now, which took over from where they had stored (docs/scaling.md).
     ingest_prune_after: Duration = Duration(120.0)
     #: How long a metrics round that is not full waits for more messages before it is written,
     #: counted from when its oldest message reached JetStream: one transaction then carries every

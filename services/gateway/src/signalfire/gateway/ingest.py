@@ -29,7 +29,7 @@ minute rollups are then merged by one process, where workers on one shared consu
 nearly every series in each of them (docs/scaling.md). The workers of every gateway with the
 same N share their share's consumer. A consumer made new starts at the lowest acknowledged
 floor of the metrics consumers there are (not at the stream's start), and those of another N
-that nobody has read for ``ingest_prune_after`` (twice in a row) are removed.
+that no process has read for ``ingest_prune_after`` (as this process saw them) are removed.
 
 Malformed messages are counted, logged once and terminated (never redelivered); the rest of
 the round is still stored. When the database is unreachable nothing is acknowledged: the
@@ -274,8 +274,11 @@ class Ingest:
         self.share = share
         #: Whether a host subject token is in this process's share, by token.
         self._mine: dict[str, bool] = {}
-        #: The metrics consumers of another number of shares seen unused at the last look.
-        self._unused: set[str] = set()
+        #: The metrics consumers of another number of shares read by no process at the last
+        #: look: their (delivered, acknowledged) stream sequences then, and since when they have
+        #: stood (this process's monotonic clock: a server's activity times do not survive its
+        #: restart).
+        self._unused: dict[str, tuple[tuple[int, int], float]] = {}
         #: This process's metrics consumer's acknowledged floor at the last look: where it is
         #: made again if it is removed and no other is there to say where storing stood.
         self._floor = 0
@@ -470,8 +473,10 @@ class Ingest:
     async def _tend_once(self) -> None:
         """Make this process's metrics consumer again if it is gone (removed by hand, or by a
         gateway of another number of workers while this one could not read), and remove those
-        of another number of workers unused at this look and the last, once every share of
-        this process's number is there (they then store whatever the removed ones did)."""
+        of another number of workers that no process has read for ``ingest_prune_after`` (no
+        pull waiting at any look, their delivered and acknowledged sequences unmoved), once
+        every share of this process's number is there (they then store whatever the removed
+        ones did)."""
         consumer = self._consumers[0]
         there = await self._metrics_consumers()
         if consumer.name not in there:
@@ -487,14 +492,19 @@ class Ingest:
             self._floor = ours.ack_floor.stream_seq
         shares = self.share[1]
         complete = all(metrics_consumer(k, shares) in there for k in range(1, shares + 1))
-        unused: set[str] = set()
-        now = time.time()
+        unused: dict[str, tuple[tuple[int, int], float]] = {}
+        now = time.monotonic()
         for name, info in there.items():
             share = metrics_consumer_share(name)
             if share is None or share[1] == shares:
                 continue
-            if info.num_waiting or now - _last_active(info) < float(self.config.ingest_prune_after):
-                if self._mixed.due(name):
+            seen = (
+                info.delivered.stream_seq if info.delivered else 0,
+                info.ack_floor.stream_seq if info.ack_floor else 0,
+            )
+            before = self._unused.get(name)
+            if info.num_waiting or (before is not None and before[0] != seen):
+                if self._mixed.due(name):  # a process reads it now, or did since the last look
                     log.warning(
                         "gateways with another number of ingest workers read the metrics stream too:"
                         " both write every sample (stored once, at twice the work); give every"
@@ -502,16 +512,18 @@ class Ingest:
                         extra={"consumer": name, "ours": consumer.name},
                     )
                 continue
-            unused.add(name)
-            if name in self._unused and complete:
-                with contextlib.suppress(NotFoundError):  # another worker removed it first
-                    await self.js.delete_consumer(consumer.stream, name)
-                    self.pruned.inc()
-                    log.warning(
-                        "removed a consumer of the metrics stream no gateway reads any more"
-                        " (another number of ingest workers)",
-                        extra={"consumer": name, "unstored": info.num_pending, "ours": consumer.name},
-                    )
+            since = before[1] if before is not None else now
+            if not complete or now - since < float(self.config.ingest_prune_after):
+                unused[name] = (seen, since)
+                continue
+            with contextlib.suppress(NotFoundError):  # another process removed it first
+                await self.js.delete_consumer(consumer.stream, name)
+                self.pruned.inc()
+                log.warning(
+                    "removed a consumer of the metrics stream no gateway reads any more"
+                    " (another number of ingest workers)",
+                    extra={"consumer": name, "unstored": info.num_pending, "ours": consumer.name},
+                )
         self._unused = unused
 
     @property
@@ -871,14 +883,3 @@ class Ingest:
         await self.store.write_deliveries(results)
         self.messages.labels(kind="notifications").inc(len(results))
         return []
-
-
-def _last_active(info: ConsumerInfo) -> float:
-    """Unix seconds (the server's clock) of a consumer's last delivery or acknowledgement, or of
-    its creation when it has had neither."""
-    times = [
-        info.created,
-        info.delivered and info.delivered.last_active,
-        info.ack_floor and info.ack_floor.last_active,
-    ]
-    return max(t.timestamp() for t in times if t)
