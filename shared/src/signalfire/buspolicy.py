@@ -10,8 +10,11 @@ list of :class:`User` into the ``accounts`` block of a ``nats-server`` config (o
 The JetStream API rights name streams, consumers and KV buckets one by one: a service may
 look up and create the streams and buckets (``ensure_streams`` runs at every start), bind
 and fetch from its own durable consumers and acknowledge their messages, and read and write
-the buckets it owns. Deleting or purging a stream, a consumer or a bucket, and deleting a
-message, is left to the ``admin`` identity alone; so is publishing anything else. Alert
+the buckets it owns. Every consumer of the metrics stream is the gateway's (one per share of
+the hosts when it runs ingest workers, named by their number): it may make, list and remove
+any there, a read position (no message goes with it); no other service makes one there.
+Deleting or purging a stream, another consumer or a bucket, and deleting a message, is left
+to the ``admin`` identity alone; so is publishing anything else. Alert
 actions (``<prefix>.actions.alerts``) may be published by the gateway alone, which audits
 each one with the API token that asked for it. The committed frames
 (``<prefix>.committed.>``, gateway/committed.py) are the gateway's own: only the gateway
@@ -51,7 +54,7 @@ _METRICS_SHARE = re.compile(rf"^{_METRICS_DURABLE}-([1-9][0-9]*)of([1-9][0-9]*)$
 def metrics_consumer(share: int = 1, shares: int = 1) -> str:
     """The durable consumer of the metrics stream that takes share ``share`` (1-based) of the
     hosts among ``shares``: ``gateway-metrics`` for all of them, else ``gateway-metrics-<k>of<n>``
-    (docs/scaling.md, "Ingest workers each take a share of the hosts")."""
+    (docs/scaling.md, "Gateway ingest workers")."""
     if not 1 <= share <= shares:
         raise ValueError(f"share {share} of {shares}: a share is 1 to the number of shares")
     return _METRICS_DURABLE if shares == 1 else f"{_METRICS_DURABLE}-{share}of{shares}"
