@@ -1239,16 +1239,23 @@ def up(argv: list[str]) -> int:
         default=int(os.environ.get("SF_UP_NATS_NODES", "1")),
         help="NATS nodes; 3 (or 5): a JetStream cluster, a replica on each (make up NATS_NODES=3)",
     )
-    for flag, variable, limit, what in (
-        ("--evaluators", "EVALUATORS", 9, "evaluator replicas sharing the hosts' partitions"),
-        ("--notifiers", "NOTIFIERS", 9, "notifier replicas sharing the alerts' durable consumer"),
-        ("--gateways", "GATEWAYS", 9, "gateways (API, stream, ingest) on consecutive ports"),
-        ("--ingest-workers", "INGEST_WORKERS", 16, "each gateway's ingest worker processes (0: in-process)"),
+    # (flag, make's variable, the fewest (also the default), the most, what it counts)
+    for flag, variable, least, most, what in (
+        ("--evaluators", "EVALUATORS", 1, 9, "evaluator replicas sharing the hosts' partitions"),
+        ("--notifiers", "NOTIFIERS", 1, 9, "notifier replicas sharing the alerts' durable consumer"),
+        ("--gateways", "GATEWAYS", 1, 9, "gateways (API, stream, ingest) on consecutive ports"),
+        (
+            "--ingest-workers",
+            "INGEST_WORKERS",
+            0,
+            16,
+            "each gateway's ingest worker processes (0: in-process)",
+        ),
     ):
         parser.add_argument(
             flag,
-            type=_count(0 if variable == "INGEST_WORKERS" else 1, limit),
-            default=os.environ.get(f"SF_UP_{variable}", "0" if variable == "INGEST_WORKERS" else "1"),
+            type=_count(least, most),
+            default=os.environ.get(f"SF_UP_{variable}", str(least)),
             help=f"{what} (make up {variable}=N)",
         )
     parser.add_argument("--no-agent", action="store_true")

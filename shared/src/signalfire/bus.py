@@ -53,6 +53,7 @@ from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from signalfire.buspolicy import inbox_prefix
 from signalfire.config import ConfigError, Duration
+from signalfire.log import Throttle
 from signalfire.subjects import Subjects
 
 log = logging.getLogger("signalfire.bus")
@@ -149,13 +150,13 @@ async def connect(
             await on_reconnect()
 
     servers = [config.url, *config.servers]
-    said: dict[str, float] = {}  # each error's text: when it was last logged
+    said = Throttle(30.0)  # each error's text, once per 30 s
     refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     refusals = 0
 
     async def error(exc: Exception) -> None:
         nonlocal refusals
-        text, now = str(exc), time.monotonic()
+        text = str(exc)
         if not refused.done() and not connected and _refusal(exc):
             refusals += 1
             if refusals >= len(servers):
@@ -163,10 +164,7 @@ async def connect(
                 return
         # While the server is away nats-py reports every attempt, and an attempt can fail
         # twice (refused, then the connection reset): say each error once per 30 s.
-        if now - said.get(text, -30.0) >= 30:
-            if len(said) > 64:
-                said.clear()
-            said[text] = now
+        if said.due(text):
             log.warning("NATS error: %s", text, extra={"servers": ",".join(servers)})
 
     options: dict[str, Any] = {

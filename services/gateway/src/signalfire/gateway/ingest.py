@@ -446,6 +446,12 @@ class Ingest:
                 extra={"consumer": consumer.name, "reason": repr(exc)},
             )
             there = {}
+        return self._start_after(consumer, there)
+
+    def _start_after(self, consumer: _Consumer, there: dict[str, ConsumerInfo]) -> int | None:
+        """Where the missing metrics ``consumer`` starts, given the metrics consumers ``there``
+        are: after their lowest acknowledged floor (or its own at the last look, when there are
+        none); ``None`` (the stream's start) when nothing says where storing stood."""
         if not (there or self._floor):
             return None
         floor = min(
@@ -479,16 +485,16 @@ class Ingest:
         ones did)."""
         consumer = self._consumers[0]
         there = await self._metrics_consumers()
-        if consumer.name not in there:
-            start = await self._resume_point(consumer)
+        ours = there.get(consumer.name)
+        if ours is None:
+            start = self._start_after(consumer, there)
             log.warning(
                 "the metrics consumer was gone; made again",
                 extra={"consumer": consumer.name, "from_seq": start or 1},
             )
             await self.js.add_consumer(consumer.stream, self._wanted(consumer, start))
-            there = await self._metrics_consumers()
-        ours = there.get(consumer.name)
-        if ours is not None and ours.ack_floor is not None:
+            return  # the next look sees it (and, with it there, may remove others)
+        if ours.ack_floor is not None:
             self._floor = ours.ack_floor.stream_seq
         shares = self.share[1]
         complete = all(metrics_consumer(k, shares) in there for k in range(1, shares + 1))
@@ -561,7 +567,7 @@ class Ingest:
                     slots.release()
                     continue
                 if consumer.linger and len(msgs) < self.config.fetch_batch:
-                    room = consumer.batch - len(msgs) * (consumer.batch // self.config.fetch_batch)
+                    room = (self.config.fetch_batch - len(msgs)) * self.share[1]
                     msgs += await self._share_of(consumer, await self._linger(consumer, msgs[0], room))
                 self.rounds.labels(consumer=consumer.name).inc()
                 self.fetched.labels(consumer=consumer.name).inc(len(msgs))
