@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -394,9 +395,7 @@ def test_a_stack_of_replicas_runs_each_and_they_share_the_work(tmp_path: Path) -
     agent_config = tmp_path / "agent.yaml"
     agent_config.write_text("interval: 1s\n")
     state = tmp_path / "state"
-    gateway_port, metrics_port = free_port(), free_port()
-    while not all(_free(metrics_port + k) for k in range(1, 4)) or not _free(gateway_port + 1):
-        gateway_port, metrics_port = free_port(), free_port()
+    gateway_port, metrics_port = _free_run(2), _free_run(4)
     try:
         with stack(
             state,
@@ -470,6 +469,18 @@ def _free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _free_run(count: int) -> int:
+    """The first of ``count`` consecutive ports nobody listens on, below the kernel's
+    ephemeral range (as `make up`'s defaults are): a port of that range free now may be any
+    connection's own port a second later (the stack's own services connect as they start),
+    and a replica's listener, numbered from the first, then cannot bind it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        first = random.randrange(10_000, low - count)
+        if all(_free(first + k) for k in range(count)):
+            return first
 
 
 def _page(url: str) -> str:
