@@ -342,9 +342,13 @@ async def test_each_worker_stores_its_share_of_the_hosts_and_a_new_number_goes_o
             await publish(phases[2])
             await eventually(lambda: stored_and_acknowledged({"gateway-metrics"}), timeout=30)
             await eventually(lambda: only({"gateway-metrics"}), timeout=15)
+
+            async def pruned_both() -> None:  # counted once the removal's answer is back
+                assert gw.counter("ingest_pruned_consumers_total") == 2
+
+            await eventually(pruned_both, timeout=5)
             assert gw.counter("ingest_samples_total") == len(points(phases[2]))
             assert gw.counter("ingest_duplicate_samples_total") == 0
-            assert gw.counter("ingest_pruned_consumers_total") == 2
         await assert_stored_once_and_rolled_up_exactly(conn, points(batches))
     finally:
         await conn.close()
@@ -368,7 +372,12 @@ async def test_a_metrics_consumer_removed_while_the_gateway_runs_is_made_again_w
             assert gw.counter("ingest_samples_total") == count
 
         await eventually(lambda: stored(len(points(first))), timeout=30)
-        await asyncio.sleep(1.5)  # the gateway looks at its consumer every 0.5 s (ingest_prune_after / 2)
+        last = (await js.stream_info(subjects.metrics_stream)).state.last_seq
+
+        async def looked() -> None:  # every 0.5 s (ingest_prune_after / 2) it notes its floor
+            assert gw.service.ingest is not None and gw.service.ingest._floor == last
+
+        await eventually(looked, timeout=15)
         await js.delete_consumer(subjects.metrics_stream, "gateway-metrics")
         for batch in then:
             await js.publish(subjects.metrics(batch.host), encode(batch))
