@@ -8,15 +8,72 @@ subject prefix (so its own streams and KV buckets) and its own database.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import faulthandler
+import gc
+import os
 import secrets
+import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 
+import psutil
 import pytest
 from devstack import NatsServer, PostgresServer, private_postgres
 from pytest_httpserver import HTTPServer
 
 from signalfire.bus import NatsConfig, connect, ensure_streams
 from tests.support.httpserver import loopback_httpserver
+
+#: How long past its timeout a test may still run before its process is ended (below).
+HUNG_GRACE = 60.0
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """End a test's process when it outlives its timeout by ``HUNG_GRACE``, naming it.
+
+    pytest-timeout fails a test once, by a signal in the main thread; a test whose teardown
+    then hangs (a task its event loop cannot cancel) would stall the whole run, and under
+    pytest-xdist nobody would say which test. This says which, prints every unfinished asyncio
+    task's stack and every thread's, stops the processes the test process started, and exits
+    it: pytest-xdist reports the test as failed and goes on in a new worker."""
+    marker = item.get_closest_marker("timeout")
+    given = item.config.getoption("timeout", None)  # --timeout, else the ini's
+    limit = float(marker.args[0] if marker and marker.args else given or item.config.getini("timeout") or 0)
+    done = threading.Event()
+    if limit > 0:
+        threading.Thread(
+            target=_end_if_hung, args=(item, limit + HUNG_GRACE, done), daemon=True, name="hung-test"
+        ).start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+def _end_if_hung(item: pytest.Item, after: float, done: threading.Event) -> None:
+    if done.wait(after):
+        return
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:  # what is written now reaches the run's output, not the test's capture
+        capture.suspend_global_capture(in_=False)
+    err = sys.stderr
+    err.write(
+        f"\n[conftest] {item.nodeid}: still running {after:.0f} s after it began; its unfinished tasks:\n"
+    )
+    for task in [o for o in gc.get_objects() if isinstance(o, asyncio.Task) and not o.done()]:
+        err.write(f"--- {task!r}\n")
+        task.print_stack(file=err)
+    err.write("[conftest] every thread:\n")
+    err.flush()
+    faulthandler.dump_traceback(file=err, all_threads=True)
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # gone already
+            child.terminate()
+    err.flush()
+    os._exit(3)
 
 
 @pytest.fixture
