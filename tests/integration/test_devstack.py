@@ -395,7 +395,8 @@ def test_a_stack_of_replicas_runs_each_and_they_share_the_work(tmp_path: Path) -
     agent_config = tmp_path / "agent.yaml"
     agent_config.write_text("interval: 1s\n")
     state = tmp_path / "state"
-    gateway_port, metrics_port = _free_run(2), _free_run(4)
+    metrics_port = _free_run(6)  # 4 metrics ports, then the 2 gateways'
+    gateway_port = metrics_port + 4
     try:
         with stack(
             state,
