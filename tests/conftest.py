@@ -17,6 +17,7 @@ import secrets
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -28,29 +29,37 @@ from tests.support.httpserver import loopback_httpserver
 
 #: How long past its timeout a test may still run before its process is ended (below).
 HUNG_GRACE = 60.0
+#: A timed test's: set when its teardown is over.
+_TIMED = pytest.StashKey[threading.Event]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
+    """End a test's process when it outlives its timeout by ``HUNG_GRACE``, naming it.
+
+    pytest-timeout (whose settings, of the marker, option or ini, come in ``settings``) fails a
+    test once, by a signal in the main thread; a test whose teardown then hangs (a task its
+    event loop cannot cancel) would stall the whole run, and under pytest-xdist nobody would
+    say which test. This says which, prints every unfinished asyncio task's stack and every
+    thread's, stops the processes the test process started, and exits it: pytest-xdist
+    reports the test as failed and goes on in a new worker. Returns nothing, so that
+    pytest-timeout's own timer is set as well."""
+    done = item.stash[_TIMED] = threading.Event()
+    threading.Thread(
+        target=_end_if_hung, args=(item, settings.timeout + HUNG_GRACE, done), daemon=True, name="hung-test"
+    ).start()
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    """End a test's process when it outlives its timeout by ``HUNG_GRACE``, naming it.
-
-    pytest-timeout fails a test once, by a signal in the main thread; a test whose teardown
-    then hangs (a task its event loop cannot cancel) would stall the whole run, and under
-    pytest-xdist nobody would say which test. This says which, prints every unfinished asyncio
-    task's stack and every thread's, stops the processes the test process started, and exits
-    it: pytest-xdist reports the test as failed and goes on in a new worker."""
-    marker = item.get_closest_marker("timeout")
-    given = item.config.getoption("timeout", None)  # --timeout, else the ini's
-    limit = float(marker.args[0] if marker and marker.args else given or item.config.getini("timeout") or 0)
-    done = threading.Event()
-    if limit > 0:
-        threading.Thread(
-            target=_end_if_hung, args=(item, limit + HUNG_GRACE, done), daemon=True, name="hung-test"
-        ).start()
+    """The watch above ends with the test's teardown: not with pytest-timeout's timer, which
+    is cancelled as soon as the test fails (its timeout included)."""
     try:
         yield
     finally:
-        done.set()
+        done = item.stash.get(_TIMED, None)
+        if done is not None:
+            done.set()
 
 
 def _end_if_hung(item: pytest.Item, after: float, done: threading.Event) -> None:
