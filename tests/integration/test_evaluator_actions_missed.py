@@ -302,3 +302,60 @@ async def test_a_read_back_that_fails_is_tried_again(
     finally:
         await second.stop()
     assert len(calls) == 2 and calls[1] - calls[0] >= 0.5
+
+
+@pytest.mark.timeout(60)
+async def test_batches_taken_before_a_resolve_and_published_after_it_page_no_second_time(
+    nc: Any, nats_config: NatsConfig, tmp_path: Path
+) -> None:
+    """An agent's outbox holds what the bus did not acknowledge (a NATS node died) and sends it
+    once the bus is back: the person who saw the alert may have resolved it meanwhile. Those
+    hot batches, taken before the resolve, must not fire it again; fresh hot ones do, after
+    `for`, as a still-hot series resolved by hand always does."""
+    rules = tmp_path / "for.yaml"
+    rules.write_text('rules:\n  - {name: Hot, metric: temp, condition: "> 50", for: 1s, severity: high}\n')
+    js = nc.jetstream()
+    host = "late-outbox"
+    service = EvaluatorService(config(nats_config, rules))
+    await service.start()
+    try:
+
+        async def publish(temp: float, stamped: float) -> None:
+            batch = MetricBatch(host=host, time=stamped, samples=[Sample(name="temp", value=temp)])
+            await js.publish(nats_config.subjects.metrics(host), encode(batch), timeout=2)
+
+        # Hot every 0.1 s until it fires; the agent keeps the last four batches (taken before
+        # the resolve) unacknowledged.
+        async def fired() -> bool:
+            await publish(95.0, time.time())
+            return any(e.status == "firing" for e in await alert_events(js, nats_config))
+
+        await eventually(fired, "the alert to fire", 10)
+        held = []
+        for _ in range(4):
+            held.append(MetricBatch(host=host, time=time.time(), samples=[Sample(name="temp", value=95.0)]))
+            await asyncio.sleep(0.4)
+        [alert] = [e for e in await alert_events(js, nats_config) if e.status == "firing"]
+        await act(js, nats_config, alert, "resolve", "alice")
+        await resolves(js, nats_config, "the alert resolved by hand to resolve")
+        for batch in held:  # the outbox, sent once the bus is back: over 1 s apart by their own times
+            await js.publish(nats_config.subjects.metrics(host), encode(batch), timeout=2)
+        await eventually(
+            lambda: value(service.registry, "signalfire_evaluator_before_resolve_total") == len(held),
+            "the held batches to be judged",
+            5,
+        )
+        await asyncio.sleep(1.5)  # past `for`, for a second instance to show
+        assert transitions(await alert_events(js, nats_config)) == [(host, "firing"), (host, "resolved")]
+        assert service.engine.states[alert.fingerprint].status == "inactive"
+
+        # Still hot, taken after the resolve: a new instance.
+        async def fired_again() -> bool:
+            await publish(95.0, time.time())
+            return sum(e.status == "firing" for e in await alert_events(js, nats_config)) == 2
+
+        await eventually(fired_again, "a new instance from fresh samples", 10)
+    finally:
+        await service.stop()
+    ids = {e.id for e in await alert_events(js, nats_config) if e.status == "firing"}
+    assert len(ids) == 2 and alert.id in ids

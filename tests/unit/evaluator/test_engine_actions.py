@@ -18,8 +18,14 @@ rules:
 """
 
 
-def sample(engine: Engine, value: float, now: float, host: str = "web-1") -> list[AlertEvent]:
-    batch = MetricBatch(host=host, time=now, samples=[Sample(name="temp", value=value)])
+def sample(
+    engine: Engine, value: float, now: float, host: str = "web-1", *, stamped: float | None = None
+) -> list[AlertEvent]:
+    """A batch of one ``temp`` sample arriving at ``now``, stamped ``stamped`` by the host's
+    clock (``now``: a clock in step, delivered at once)."""
+    batch = MetricBatch(
+        host=host, time=now if stamped is None else stamped, samples=[Sample(name="temp", value=value)]
+    )
     return engine.metrics(batch, now).events
 
 
@@ -161,3 +167,101 @@ def test_of_acks_and_unacks_applied_out_of_order_the_newest_stands():
     early = AlertAction(alert_id=again.id, action="ack", actor="di", time=13.0)
     assert engine.action(early, 16.5).changed
     assert engine.states[fp].acked_by == "di"
+
+
+HOT_FOR = """\
+rules:
+  - name: Hot
+    metric: temp
+    condition: "> 50"
+    for: 1s
+    severity: high
+"""
+
+
+def fire(engine: Engine, start: float, offset: float, delay: float = 0.02) -> AlertEvent:
+    """Hot samples every second from ``start`` (engine clock) from a host whose clock is
+    ``offset`` behind, each delivered ``delay`` after it is taken, until the alert fires."""
+    for n in range(5):
+        t = start + n
+        events = sample(engine, 60, t + delay, stamped=t - offset)
+        if events:
+            [firing] = events
+            assert firing.status == "firing"
+            return firing
+    raise AssertionError("did not fire")
+
+
+def test_samples_taken_before_a_resolve_by_hand_and_arriving_after_it_start_no_new_alert():
+    """An agent's batches held in its outbox through a NATS election arrive after the person
+    resolved the alert, though taken before it: what they show was handled. Fresh samples
+    that still hold start a new instance after `for`, as always."""
+    engine = Engine(parsed_rules(HOT_FOR))
+    firing = fire(engine, 100.0, offset=0.0)
+    # Taken at 102 and 103, held back; the person resolves at 105.5 (engine clock).
+    [resolved] = act(engine, "resolve", firing.id, 105.5)
+    assert resolved.status == "resolved"
+    out = engine.metrics(
+        MetricBatch(host="web-1", time=102.0, samples=[Sample(name="temp", value=60)]), 105.6
+    )
+    assert (out.events, out.before_resolve) == ([], 1)
+    out = engine.metrics(
+        MetricBatch(host="web-1", time=103.0, samples=[Sample(name="temp", value=60)]), 106.7
+    )
+    assert (out.events, out.before_resolve) == ([], 1)
+    assert engine.tick(107.0).events == []
+    assert engine.states[firing.fingerprint].status == "inactive"  # nothing pending either
+    # Taken after the resolve and still hot: a new instance, `for` after its first sample.
+    assert sample(engine, 60, 106.02, stamped=106.0) == []
+    [again] = sample(engine, 60, 107.02, stamped=107.0)
+    assert again.status == "firing" and again.id != firing.id and again.time == 107.02
+
+
+def test_a_host_whose_clock_is_off_fires_again_after_a_resolve_by_hand_as_one_in_step_does():
+    """Samples are placed in time by the host's own delivery delay, not by its clock: a host
+    five minutes behind (or ahead) still starts a new instance from samples taken after the
+    resolve, and held-back ones taken before it still start nothing."""
+    for offset in (300.0, -300.0):
+        engine = Engine(parsed_rules(HOT_FOR))
+        firing = fire(engine, 1000.0, offset=offset)
+        [resolved] = act(engine, "resolve", firing.id, 1004.5)
+        assert resolved.status == "resolved"
+        held = engine.metrics(
+            MetricBatch(host="web-1", time=1003.0 - offset, samples=[Sample(name="temp", value=60)]), 1004.6
+        )
+        assert (held.events, held.before_resolve) == ([], 1), offset
+        assert sample(engine, 60, 1005.02, stamped=1005.0 - offset) == []
+        [again] = sample(engine, 60, 1006.02, stamped=1006.0 - offset)
+        assert again.status == "firing" and again.id != firing.id, offset
+
+
+def test_a_host_clock_set_back_delays_a_new_alert_after_a_resolve_by_two_minutes_at_most():
+    """A host clock stepped back makes its samples look older than they are until the least
+    delivery delay is measured anew (each minute, the last two minutes' least)."""
+    engine = Engine(parsed_rules(HOT_FOR))
+    firing = fire(engine, 0.0, offset=0.0)
+    [resolved] = act(engine, "resolve", firing.id, 3.5)
+    assert resolved.status == "resolved"
+    # From 4 s on the host's clock is 30 minutes behind: a new instance waits ...
+    fired = None
+    for n in range(4, 200):
+        events = sample(engine, 60, n + 0.02, stamped=n - 1800.0)
+        if events:
+            fired = n + 0.02
+            break
+    # ... until the delay of before the step has left the windows (60 s each), then `for`.
+    assert fired is not None and 60.0 < fired <= 2 * 60.0 + 1.0 + 2.0, fired
+
+
+def test_the_first_sample_of_a_host_counts_as_taken_when_it_arrives():
+    """Nothing is known yet of the host's delay: its first batch counts as taken on arrival,
+    as every batch did before (an alert resolved by hand while its host was not yet seen by
+    this engine, after a restart, fires again from the first hot sample after `for`)."""
+    engine = Engine(parsed_rules(HOT_FOR))
+    firing = fire(engine, 0.0, offset=0.0)
+    assert len(act(engine, "resolve", firing.id, 3.5)) == 1
+    restarted = Engine(parsed_rules(HOT_FOR))
+    restarted.load(list(engine.states.values()), 4.0)
+    assert sample(restarted, 60, 5.0, stamped=2.0) == []  # stamped before the resolve, first seen
+    [again] = sample(restarted, 60, 6.0, stamped=3.0)  # ... so this one is 1 s after it
+    assert again.status == "firing" and again.id != firing.id

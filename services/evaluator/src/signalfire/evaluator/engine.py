@@ -61,6 +61,10 @@ from signalfire.events import AgentStatus, AlertAction, AlertEvent, EventBatch, 
 
 #: |z| of an anomaly is capped here so events always carry a finite value.
 MAX_DEVIATION = 1e9
+#: A host's payloads arrive at least its clock's offset from the engine's clock after the time
+#: written in them; the least delay seen over the current and the previous window of this
+#: many seconds stands for that offset (:class:`Lag`).
+LAG_WINDOW = 60.0
 
 Points = deque[tuple[float, float]]
 Key = tuple[str, tuple[tuple[str, str], ...]]
@@ -102,6 +106,29 @@ class Track:
 
 
 @dataclass(slots=True)
+class Lag:
+    """The least delay (engine clock at arrival minus the payload's own time) of one host's
+    payloads: its clock's offset from the engine's plus the quickest delivery. A payload's
+    time plus it is when the payload was taken, on the engine's clock, whatever the host's
+    clock says; one held back (an agent's outbox through an outage) arrives later than that.
+    The least of the current and the previous window, so a host clock set back is followed
+    within two windows."""
+
+    since: float
+    current: float
+    previous: float = math.inf
+
+    def see(self, delay: float, now: float) -> float:
+        """Note a payload's ``delay`` at ``now``; the least delay."""
+        if now - self.since >= LAG_WINDOW:
+            self.previous = self.current if now - self.since < 2 * LAG_WINDOW else math.inf
+            self.since, self.current = now, delay
+        elif delay < self.current:
+            self.current = delay
+        return min(self.current, self.previous)
+
+
+@dataclass(slots=True)
 class Replay:
     """How an engine rebuilding a partition from history decides (:meth:`Engine.replaying`)."""
 
@@ -125,6 +152,9 @@ class Output:
     limit_reached: list[str] = field(default_factory=list)
     #: Samples rejected because their value is NaN or infinite.
     rejected: int = 0
+    #: Payloads whose condition held on a series resolved after they were taken: no new
+    #: alert started (see :meth:`Engine.action`).
+    before_resolve: int = 0
     #: (rule, annotation) pairs whose template failed to render.
     template_errors: list[tuple[str, str]] = field(default_factory=list)
 
@@ -199,6 +229,12 @@ class Engine:
         self._handed_over: dict[str, float] = {}
         #: While rebuilding a partition from history (:meth:`replaying`): ``None`` otherwise.
         self._replay: Replay | None = None
+        #: Each host's :class:`Lag`, and when hosts no longer heard from were last forgotten.
+        self._lags: dict[str, Lag] = {}
+        self._lags_swept = -math.inf
+        #: When the payload being judged was taken, on this engine's clock (see :class:`Lag`;
+        #: ``now`` for ticks): a series resolved after it does not start a new alert from it.
+        self._taken = math.inf
         self.set_rules(list(rules), 0.0)
 
     # Rules and stored state --------------------------------------------------------------
@@ -304,6 +340,8 @@ class Engine:
                 continue
             for key in [k for k, t in tracks.items() if host(t.series.host)]:
                 del tracks[key]
+        for name in [name for name in self._lags if host(name)]:
+            del self._lags[name]
         dropped: dict[str, AlertState] = {}
         for fp, state in list(self.states.items()):
             owner = self._by_name.get(state.rule)
@@ -352,6 +390,7 @@ class Engine:
             if state.rule in self._by_name:
                 self.states[fp] = state
         self._timed |= {fp for fp in other._timed if fp in self.states}
+        self._lags.update(other._lags)
         self._handed_over.update({fp: t for fp, t in other._handed_over.items() if fp in self.states})
 
     def _decides(self, fp: str, now: float) -> bool:
@@ -415,6 +454,7 @@ class Engine:
         out = Output()
         host = batch.host
         context = batch.labels
+        self._taken = self._taken_at(host, batch.time, now)
         grouped: dict[int, tuple[Rule, Track]] = {}
         lookup = self._scoped[scope]
         by_metric = lookup.by_metric
@@ -480,6 +520,7 @@ class Engine:
     def events(self, batch: EventBatch, now: float, scope: Scope = "all") -> Output:
         """Count ``batch``'s events for the ``event_count`` rules (of ``scope``) that watch them."""
         out = Output()
+        self._taken = self._taken_at(batch.host, batch.time, now)
         grouped: dict[int, tuple[Rule, Track]] = {}
         by_event = self._scoped[scope].by_event
         for event in batch.events:
@@ -541,8 +582,10 @@ class Engine:
           flap damping would hold), its ``resolved`` event annotated ``resolved_by``. The
           series starts over from inactive: if the condition still holds, the next sample
           starts a new instance with a new id, after ``for`` and ``cooldown`` as for any other
-          resolve. An ``absent`` series is retired instead (as by a clean ``offline``): no
-          alert for its silence until it reports again.
+          resolve; but not a sample taken before the resolve that arrives after it (from an
+          agent's outbox after an outage, see :class:`Lag`), as after any resolve. An
+          ``absent`` series is retired instead (as by a clean ``offline``): no alert for its
+          silence until it reports again.
         """
         out = Output()
         if action.action not in ("ack", "unack", "resolve"):
@@ -630,6 +673,10 @@ class Engine:
         holds, absence, and event counts sliding out of their window (none of it while
         :attr:`blind`, see :meth:`disconnected`)."""
         out = Output()
+        self._taken = now
+        if now - self._lags_swept >= LAG_WINDOW:
+            self._lags_swept = now
+            self._lags = {host: lag for host, lag in self._lags.items() if now - lag.since < 2 * LAG_WINDOW}
         for fp in list(self._timed):
             state = self.states.get(fp)
             rule = self._by_name.get(state.rule) if state is not None else None
@@ -817,12 +864,29 @@ class Engine:
             return
         state = self.states.get(track.fp)
         holds = rule.condition.holds(value)
-        if not holds and (state is None or state.status == "inactive"):
-            return
+        if state is None or state.status == "inactive":
+            if not holds:
+                return
+            if state is not None and state.resolved_at is not None and self._taken < state.resolved_at:
+                # Taken before the alert resolved, arriving after (held in an agent's outbox
+                # through an outage): what it shows was resolved already.
+                out.before_resolve += 1
+                return
         new, transitions = evaluate(
             rule, state, value, now, track.series, holds=holds, clears=rule.resolve.holds(value)
         )
         self._apply(rule, state, new, transitions, out)
+
+    def _taken_at(self, host: str, stamped: float, now: float) -> float:
+        """When ``host``'s payload stamped ``stamped`` (by the host's clock) and arriving at
+        ``now`` was taken, on this engine's clock: ``now`` less how much later it arrived than
+        the host's quickest (see :class:`Lag`); ``now`` for a host not seen before."""
+        delay = now - stamped
+        lag = self._lags.get(host)
+        if lag is None:
+            self._lags[host] = Lag(since=now, current=delay)
+            return now
+        return min(now, stamped + lag.see(delay, now))
 
     # Series ------------------------------------------------------------------------------
 

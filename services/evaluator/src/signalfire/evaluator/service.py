@@ -309,6 +309,11 @@ class EvaluatorService:
         self.rejected_samples = r.counter(
             "rejected_samples", "Samples skipped because their value is NaN or infinite"
         )
+        self.before_resolve = r.counter(
+            "before_resolve",
+            "Payloads whose condition held, taken before their alert resolved and arriving after it "
+            "(an agent's outbox after an outage): no new alert started",
+        )
         self.series_dropped = r.counter(
             "series_dropped", "Samples not evaluated because their rule reached max_series", ["rule"]
         )
@@ -1422,6 +1427,8 @@ class EvaluatorService:
             self._wake.set()
         if out.rejected:
             self.rejected_samples.inc(out.rejected)
+        if out.before_resolve:
+            self.before_resolve.inc(out.before_resolve)
         for rule, count in out.series_dropped.items():
             self.series_dropped.labels(rule=rule).inc(count)
         for rule in out.limit_reached:
@@ -1855,7 +1862,7 @@ def _feed(
 
 def _keep(outputs: list[Output], out: Output) -> None:
     """Append ``out`` unless it decided nothing (most payloads of a history do not)."""
-    decided = out.events or out.changed or out.rejected
+    decided = out.events or out.changed or out.rejected or out.before_resolve
     if decided or out.series_dropped or out.limit_reached or out.template_errors:
         outputs.append(out)
 
