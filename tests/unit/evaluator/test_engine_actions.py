@@ -265,3 +265,40 @@ def test_the_first_sample_of_a_host_counts_as_taken_when_it_arrives():
     assert sample(restarted, 60, 5.0, stamped=2.0) == []  # stamped before the resolve, first seen
     [again] = sample(restarted, 60, 6.0, stamped=3.0)  # ... so this one is 1 s after it
     assert again.status == "firing" and again.id != firing.id
+
+
+def test_a_resolve_the_rule_decided_itself_lets_the_next_hot_batch_start_at_once():
+    """Only a person's resolve holds older batches back: one the rule decided on a cool sample
+    was decided in the order the host took its batches, so a hot batch queued behind that
+    cool one (the evaluator busy for 0.3 s) is newer and starts the next instance."""
+    engine = Engine(parsed_rules(HOT_FOR))
+    firing = fire(engine, 0.0, offset=0.0)
+    [resolved] = sample(engine, 10, 10.3, stamped=10.0)  # processed 0.3 s late
+    assert resolved.status == "resolved"
+    assert engine.states[firing.fingerprint].resolved_by_hand_at is None
+    assert sample(engine, 60, 10.31, stamped=10.1) == []
+    assert engine.states[firing.fingerprint].status == "pending"
+    [again] = sample(engine, 60, 11.32, stamped=11.1)
+    assert again.status == "firing" and again.id != firing.id
+
+
+def test_the_resolve_by_hand_is_kept_with_the_state_and_forgotten_when_a_new_instance_fires():
+    """Stored with the alert's state, the person's resolve holds older batches back in an
+    evaluator that loads it (a restart, a partition taken over), until a new instance fires."""
+    engine = Engine(parsed_rules(HOT_FOR))
+    firing = fire(engine, 0.0, offset=0.0)
+    assert len(act(engine, "resolve", firing.id, 5.5)) == 1
+    stored = engine.states[firing.fingerprint]
+    assert stored.resolved_by_hand_at == 5.5
+    taken_over = Engine(parsed_rules(HOT_FOR))
+    taken_over.load([stored], 6.0, handover=True)
+    assert sample(taken_over, 10, 6.0, stamped=6.0) == []  # cool: the host's delay measured
+    held = taken_over.metrics(
+        MetricBatch(host="web-1", time=4.0, samples=[Sample(name="temp", value=60)]), 6.5
+    )
+    assert (held.events, held.before_resolve) == ([], 1)
+    assert taken_over.states[firing.fingerprint].status == "inactive"
+    assert sample(taken_over, 60, 7.0, stamped=7.0) == []
+    [again] = sample(taken_over, 60, 8.0, stamped=8.0)
+    assert again.status == "firing" and again.id != firing.id
+    assert taken_over.states[firing.fingerprint].resolved_by_hand_at is None

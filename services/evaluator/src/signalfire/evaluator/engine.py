@@ -152,8 +152,8 @@ class Output:
     limit_reached: list[str] = field(default_factory=list)
     #: Samples rejected because their value is NaN or infinite.
     rejected: int = 0
-    #: Payloads whose condition held on a series resolved after they were taken: no new
-    #: alert started (see :meth:`Engine.action`).
+    #: Payloads whose condition held on a series a person resolved after they were taken: no
+    #: new alert started (see :meth:`Engine.action`).
     before_resolve: int = 0
     #: (rule, annotation) pairs whose template failed to render.
     template_errors: list[tuple[str, str]] = field(default_factory=list)
@@ -233,7 +233,7 @@ class Engine:
         self._lags: dict[str, Lag] = {}
         self._lags_swept = -math.inf
         #: When the payload being judged was taken, on this engine's clock (see :class:`Lag`;
-        #: ``now`` for ticks): a series resolved after it does not start a new alert from it.
+        #: ``now`` for ticks): a series resolved by hand after it starts no new alert from it.
         self._taken = math.inf
         self.set_rules(list(rules), 0.0)
 
@@ -583,7 +583,7 @@ class Engine:
           series starts over from inactive: if the condition still holds, the next sample
           starts a new instance with a new id, after ``for`` and ``cooldown`` as for any other
           resolve; but not a sample taken before the resolve that arrives after it (from an
-          agent's outbox after an outage, see :class:`Lag`), as after any resolve. An
+          agent's outbox after an outage, see :class:`Lag`). An
           ``absent`` series is retired instead (as by a clean ``offline``): no alert for its
           silence until it reports again.
         """
@@ -599,6 +599,7 @@ class Engine:
             if rule is None or state.status != "firing":
                 return out
             resolved, transitions = end(state, now)
+            resolved = msgspec.structs.replace(resolved, resolved_by_hand_at=now)
             if rule.kind == "absent":
                 # Silence would fire again on the next tick: retire the series instead, as a
                 # clean shutdown does, until it reports again.
@@ -867,9 +868,10 @@ class Engine:
         if state is None or state.status == "inactive":
             if not holds:
                 return
-            if state is not None and state.resolved_at is not None and self._taken < state.resolved_at:
-                # Taken before the alert resolved, arriving after (held in an agent's outbox
-                # through an outage): what it shows was resolved already.
+            handled = state.resolved_by_hand_at if state is not None else None
+            if handled is not None and self._taken < handled:
+                # Taken before a person resolved the alert, arriving after (held in an agent's
+                # outbox through an outage): what it shows was handled.
                 out.before_resolve += 1
                 return
         new, transitions = evaluate(

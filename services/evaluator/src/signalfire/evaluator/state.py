@@ -81,6 +81,9 @@ class AlertState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     #: The time (as the gateway stamped it) of the last ``ack`` or ``unack`` applied to the
     #: current instance: an older one, read back after it, does not undo it.
     ack_changed_at: float | None = None
+    #: When a person resolved the last instance (``AlertAction`` ``resolve``), on the
+    #: evaluator's clock: a sample taken before it starts no new instance.
+    resolved_by_hand_at: float | None = None
     v: int = 1
 
 
@@ -215,6 +218,7 @@ def _fire_if_due(rule: Rule, state: AlertState, now: float) -> tuple[AlertState,
         acked_by=None,
         acked_at=None,
         ack_changed_at=None,
+        resolved_by_hand_at=None,
     )
     event = Transition(
         status="firing",
