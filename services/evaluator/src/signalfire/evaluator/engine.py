@@ -152,8 +152,9 @@ class Output:
     limit_reached: list[str] = field(default_factory=list)
     #: Samples rejected because their value is NaN or infinite.
     rejected: int = 0
-    #: Payloads whose condition held on a series a person resolved after they were taken: no
-    #: new alert started (see :meth:`Engine.action`).
+    #: Judgments (of a sample, or of a window on a payload's arrival) whose condition held on a
+    #: series a person resolved after the payload was taken: no new alert started (see
+    #: :meth:`Engine.action`).
     before_resolve: int = 0
     #: (rule, annotation) pairs whose template failed to render.
     template_errors: list[tuple[str, str]] = field(default_factory=list)
@@ -583,9 +584,8 @@ class Engine:
           series starts over from inactive: if the condition still holds, the next sample
           starts a new instance with a new id, after ``for`` and ``cooldown`` as for any other
           resolve; but not a sample taken before the resolve that arrives after it (from an
-          agent's outbox after an outage, see :class:`Lag`). An
-          ``absent`` series is retired instead (as by a clean ``offline``): no alert for its
-          silence until it reports again.
+          agent's outbox after an outage, see :class:`Lag`). An ``absent`` series is retired
+          instead (as by a clean ``offline``): no alert for its silence until it reports again.
         """
         out = Output()
         if action.action not in ("ack", "unack", "resolve"):

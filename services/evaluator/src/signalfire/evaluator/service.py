@@ -311,8 +311,8 @@ class EvaluatorService:
         )
         self.before_resolve = r.counter(
             "before_resolve",
-            "Payloads whose condition held, taken before a person resolved their alert and arriving "
-            "after it (an agent's outbox after an outage): no new alert started",
+            "Samples (or windows) whose condition held, of payloads taken before a person resolved "
+            "their alert and arriving after it (an agent's outbox after an outage): no new alert started",
         )
         self.series_dropped = r.counter(
             "series_dropped", "Samples not evaluated because their rule reached max_series", ["rule"]
