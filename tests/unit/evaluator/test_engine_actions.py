@@ -212,9 +212,9 @@ def test_samples_taken_before_a_resolve_by_hand_and_arriving_after_it_start_no_n
     assert engine.tick(107.0).events == []
     assert engine.states[firing.fingerprint].status == "inactive"  # nothing pending either
     # Taken after the resolve and still hot: a new instance, `for` after its first sample.
-    assert sample(engine, 60, 106.02, stamped=106.0) == []
-    [again] = sample(engine, 60, 107.02, stamped=107.0)
-    assert again.status == "firing" and again.id != firing.id and again.time == 107.02
+    assert sample(engine, 60, 107.02, stamped=107.0) == []
+    [again] = sample(engine, 60, 108.02, stamped=108.0)
+    assert again.status == "firing" and again.id != firing.id and again.time == 108.02
 
 
 def test_a_host_whose_clock_is_off_fires_again_after_a_resolve_by_hand_as_one_in_step_does():
