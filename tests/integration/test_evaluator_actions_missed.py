@@ -359,3 +359,60 @@ async def test_batches_taken_before_a_resolve_and_published_after_it_page_no_sec
         await service.stop()
     ids = {e.id for e in await alert_events(js, nats_config) if e.status == "firing"}
     assert len(ids) == 2 and alert.id in ids
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("partitions", [0, 16], ids=["one-evaluator", "partitioned"])
+async def test_batches_taken_before_a_resolve_page_no_second_time_after_an_evaluator_restart(
+    nc: Any, nats_config: NatsConfig, tmp_path: Path, partitions: int
+) -> None:
+    """The same outbox, sent after the evaluator restarted: the new one has heard nothing from
+    the host, so it measures the host's delay from its last batch on the stream (at its start,
+    or when it takes the partition) before judging the held batches."""
+    rules = tmp_path / "for.yaml"
+    rules.write_text('rules:\n  - {name: Hot, metric: temp, condition: "> 50", for: 1s, severity: high}\n')
+    js = nc.jetstream()
+    host = "late-restart"
+    # partitioned: the replica taking the partition reads the history of two polls (0.8 s)
+    # before the last owner gave it up, which does not reach the host's last batch
+    settings: dict[str, Any] = {"partitions": partitions, "failover_after": Duration(2)}
+    first = EvaluatorService(config(nats_config, rules, **settings))
+    await first.start()
+    try:
+
+        async def fired() -> bool:
+            batch = MetricBatch(host=host, time=time.time(), samples=[Sample(name="temp", value=95.0)])
+            await js.publish(nats_config.subjects.metrics(host), encode(batch), timeout=2)
+            return any(e.status == "firing" for e in await alert_events(js, nats_config))
+
+        await eventually(fired, "the alert to fire", 10)
+        held = []
+        for _ in range(4):
+            held.append(MetricBatch(host=host, time=time.time(), samples=[Sample(name="temp", value=95.0)]))
+            await asyncio.sleep(0.4)
+        [alert] = [e for e in await alert_events(js, nats_config) if e.status == "firing"]
+        await act(js, nats_config, alert, "resolve", "alice")
+        await resolves(js, nats_config, "the alert resolved by hand to resolve")
+        await asyncio.sleep(1.5)  # its state written; the host silent (its outbox holds on)
+    finally:
+        await first.stop()
+    second = EvaluatorService(config(nats_config, rules, **settings))
+    await second.start()
+    try:
+        if partitions:
+            await eventually(
+                lambda: host_partition(host, partitions) in second.describe()["replica"]["judged"],
+                "the restarted evaluator to take the host's partition",
+                20,
+            )
+        for batch in held:  # the outbox, sent once the bus is back
+            await js.publish(nats_config.subjects.metrics(host), encode(batch), timeout=2)
+        await eventually(
+            lambda: value(second.registry, "signalfire_evaluator_before_resolve_total") == len(held),
+            "the held batches to be held back",
+            5,
+        )
+        await asyncio.sleep(1.5)  # past `for`, for a second instance to show
+    finally:
+        await second.stop()
+    assert transitions(await alert_events(js, nats_config)) == [(host, "firing"), (host, "resolved")]

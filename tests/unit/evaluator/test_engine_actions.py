@@ -255,8 +255,8 @@ def test_a_host_clock_set_back_delays_a_new_alert_after_a_resolve_by_two_minutes
 
 def test_the_first_sample_of_a_host_counts_as_taken_when_it_arrives():
     """Nothing is known yet of the host's delay: its first batch counts as taken on arrival,
-    as every batch did before (an alert resolved by hand while its host was not yet seen by
-    this engine, after a restart, fires again from the first hot sample after `for`)."""
+    as every batch did before (the service measures the delay of a host resolved by hand
+    from the stream first, see the next test)."""
     engine = Engine(parsed_rules(HOT_FOR))
     firing = fire(engine, 0.0, offset=0.0)
     assert len(act(engine, "resolve", firing.id, 3.5)) == 1
@@ -302,3 +302,34 @@ def test_the_resolve_by_hand_is_kept_with_the_state_and_forgotten_when_a_new_ins
     [again] = sample(taken_over, 60, 8.0, stamped=8.0)
     assert again.status == "firing" and again.id != firing.id
     assert taken_over.states[firing.fingerprint].resolved_by_hand_at is None
+
+
+def test_a_host_resolved_by_hand_is_placed_by_a_delay_measured_elsewhere():
+    """After a start the shell asks which hosts resolved by hand the engine has not heard
+    from (the newest resolve first, none older than asked, no fleet-wide alert) and gives
+    their delay measured from the stream: then the first held batch is held back too."""
+    rules = parsed_rules(
+        HOT_FOR + "  - {name: Fleet, metric: temp, aggregate: max, window: 10s, group_by: fleet, "
+        'condition: "> 50", severity: high}\n'
+    )
+    engine = Engine(rules)
+    fired: dict[tuple[str, str], AlertEvent] = {}
+    for n in range(3):
+        for host in ("web-1", "web-2", "web-3"):
+            for event in sample(engine, 60, n + 0.02, host=host, stamped=float(n)):
+                fired[(event.rule, event.host)] = event
+    hot = {host: fired[("Hot", host)] for host in ("web-1", "web-2", "web-3")}
+    [fleet] = [e for (rule, _), e in fired.items() if rule == "Fleet"]
+    for host, at in (("web-3", 2.5), ("web-1", 5.5), ("web-2", 6.5)):
+        assert len(act(engine, "resolve", hot[host].id, at)) == 1
+    assert len(act(engine, "resolve", fleet.id, 6.6)) == 1  # no host of its own to measure
+    restarted = Engine(rules)
+    restarted.load(list(engine.states.values()), 7.0)
+    assert restarted.unplaced(since=3.0) == ["web-2", "web-1"]
+    restarted.note_delay("web-1", 0.02, 7.0)
+    assert restarted.unplaced(since=3.0) == ["web-2"]
+    held = restarted.metrics(
+        MetricBatch(host="web-1", time=4.0, samples=[Sample(name="temp", value=60)]), 7.5
+    )
+    # held back for its host's alert and for the fleet's, both resolved after it was taken
+    assert (held.events, held.before_resolve) == ([], 2)

@@ -879,6 +879,30 @@ class Engine:
         )
         self._apply(rule, state, new, transitions, out)
 
+    def unplaced(self, since: float) -> list[str]:
+        """Hosts with an alert a person resolved by hand at ``since`` or later (newest first)
+        whose delay this engine has not measured (see :class:`Lag`): a batch of theirs taken
+        before the resolve would count as taken on arrival. The shell measures it elsewhere
+        (:meth:`note_delay`) after a start or a takeover."""
+        resolved: dict[str, float] = {}
+        for state in self.states.values():
+            handled = state.resolved_by_hand_at
+            rule = self._by_name.get(state.rule)
+            if handled is None or handled < since or state.status != "inactive" or rule is None:
+                continue
+            if rule.group_by != FLEET and state.host not in self._lags:
+                resolved[state.host] = max(handled, resolved.get(state.host, handled))
+        return sorted(resolved, key=lambda host: -resolved[host])
+
+    def note_delay(self, host: str, delay: float, now: float) -> None:
+        """A delay of ``host``'s payloads measured elsewhere (its last batch on the stream:
+        stored at, less its own time), counted as if a payload of it arrived at ``now``."""
+        lag = self._lags.get(host)
+        if lag is None:
+            self._lags[host] = Lag(since=now, current=delay)
+        else:
+            lag.see(delay, now)
+
     def _taken_at(self, host: str, stamped: float, now: float) -> float:
         """When ``host``'s payload stamped ``stamped`` (by the host's clock) and arriving at
         ``now`` was taken, on this engine's clock: ``now`` less how much later it arrived than

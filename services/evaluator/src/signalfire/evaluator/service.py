@@ -117,6 +117,12 @@ MISSED_SLACK = 0.05
 JUDGED_KEEP = METRICS_DUPLICATE_WINDOW
 #: Subjects not heard from for this long are forgotten by the catch-up's bookkeeping.
 LIVE_SUBJECTS_KEEP = 3600.0
+#: After a start or a takeover, the delay of each host with an alert a person resolved by
+#: hand within this long (seconds; an agent's outbox of 1,000 batches at a 10 s interval
+#: holds under three hours) is measured from its last batch on the metrics stream ...
+PLACE_RESOLVED_WITHIN = 3 * 3600.0
+#: ... for at most this many hosts, the most recent resolves first.
+PLACE_MAX_HOSTS = 1000
 
 #: People's alert actions reach the evaluator on a core subscription too: after a start, a
 #: takeover or a reconnect, those stored since the alerts' last writer may have stopped
@@ -645,8 +651,36 @@ class EvaluatorService:
             self._outbox[fp] = events
             self._dirty[fp] = None
         self.engine.load(states, self._clock(), await self._last_seen(states))
+        await self._place(self.engine)
         if self._dirty:
             self._wake.set()
+
+    async def _place(self, engine: Engine) -> None:
+        """Measure the delay (see :class:`~.engine.Lag`) of each host with an alert a person
+        resolved by hand that ``engine`` has not heard from, from the host's last batch on the
+        metrics stream: the time the stream stored it (on this clock) less its own time. Its
+        agent may still hold batches taken before the resolve (its NATS node died); judged
+        after a start or a takeover without it, the first would count as taken on arrival and
+        could start the alert the person resolved again. Best effort: a host not found keeps
+        counting from its first batch."""
+        now = self._clock()
+        hosts = engine.unplaced(now - PLACE_RESOLVED_WITHIN)[:PLACE_MAX_HOSTS]
+        if not hosts or self._js is None:
+            return
+        js, stream, offset = self._js, self.subjects.metrics_stream, self._clock_offset
+
+        async def look_up(host: str) -> None:
+            try:
+                msg = await js.get_last_msg(stream, self.subjects.metrics(host))
+                batch = decode(msg.data or b"", MetricBatch)
+            except Exception:  # nothing stored for it, unreadable, or the stream unavailable
+                return
+            if msg.time is not None and batch.host == host:
+                engine.note_delay(host, msg.time.timestamp() + offset - batch.time, now)
+
+        while hosts:  # a few requests at a time: thousands of hosts must not flood the server
+            batch_, hosts = hosts[:32], hosts[32:]
+            await asyncio.gather(*(look_up(host) for host in batch_))
 
     async def _read_states(
         self, partitions: set[str] | None, baselines: list[BaselineSnapshot] | None = None
@@ -1005,6 +1039,7 @@ class EvaluatorService:
                     "partition history not read back; windows start afresh",
                     extra={"reason": str(exc) or type(exc).__name__},
                 )
+            await self._place(scratch)  # hosts resolved by hand the history did not show
         except BaseException:
             self._buffered = None
             for partition in taken:  # not judged: let the leases lapse, to be taken again
