@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,14 +22,17 @@ from typing import Any
 import msgspec
 import pytest
 
-from signalfire.bus import NatsConfig
+from signalfire.bus import NatsConfig, connect
 from signalfire.config import Duration
 from signalfire.evaluator import replay
+from signalfire.evaluator.engine import Engine
 from signalfire.evaluator.partitions import host_partition
-from signalfire.evaluator.service import EvaluatorConfig, EvaluatorService
+from signalfire.evaluator.service import PLACE_LIMIT, EvaluatorConfig, EvaluatorService
 from signalfire.events import AlertAction, AlertEvent, MetricBatch, Sample, decode, encode
 from tests.faults.support import alert_events, eventually
 from tests.support.metrics import value
+from tests.support.private_nats import private_nats
+from tests.support.rules import parsed_rules
 from tests.support.tcpproxy import TcpProxy
 
 RULES = """\
@@ -416,3 +422,44 @@ async def test_batches_taken_before_a_resolve_page_no_second_time_after_an_evalu
     finally:
         await second.stop()
     assert transitions(await alert_events(js, nats_config)) == [(host, "firing"), (host, "resolved")]
+
+
+@pytest.mark.timeout(60)
+async def test_placing_hosts_resolved_by_hand_gives_up_after_its_limit_when_nats_does_not_answer(
+    tmp_path: Path, rules: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The host look-ups of a start or a takeover are bounded: a NATS server that stops
+    answering (frozen here with SIGSTOP) holds the evaluator up for `PLACE_LIMIT`, not for a
+    request timeout per 32 hosts, and the evaluator says what it gave up."""
+    server, nats = await private_nats(tmp_path / "nats", "place")
+    service = EvaluatorService(config(nats, rules))
+    try:
+        nc = await connect(nats, "test-admin")
+        service._js = nc.jetstream()
+        engine = Engine(parsed_rules(RULES))
+        hosts = [f"place-{i}" for i in range(100)]
+        for host in hosts:
+            [firing] = engine.metrics(
+                MetricBatch(host=host, time=1.0, samples=[Sample(name="temp", value=95)]), 1.0
+            ).events
+            engine.action(
+                AlertAction(alert_id=firing.id, action="resolve", actor="ana", time=2.0), time.time()
+            )
+        restarted = Engine(parsed_rules(RULES))
+        restarted.load(list(engine.states.values()), time.time())
+        assert len(restarted.unplaced(time.time() - 60)) == len(hosts)
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            with caplog.at_level(logging.WARNING, logger="signalfire.evaluator"):
+                await service._place(restarted)
+            took = time.monotonic() - began
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert PLACE_LIMIT <= took < PLACE_LIMIT + 1.0, took
+        assert "hosts resolved by hand not all placed in time" in caplog.text
+        assert len(restarted.unplaced(time.time() - 60)) == len(hosts)  # none placed: counted on arrival
+        await nc.close()
+    finally:
+        server.stop()

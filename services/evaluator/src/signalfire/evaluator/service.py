@@ -121,8 +121,11 @@ LIVE_SUBJECTS_KEEP = 3600.0
 #: hand within this long (seconds; an agent's outbox of 1,000 batches at a 10 s interval
 #: holds under three hours) is measured from its last batch on the metrics stream ...
 PLACE_RESOLVED_WITHIN = 3 * 3600.0
-#: ... for at most this many hosts, the most recent resolves first.
+#: ... for at most this many hosts, the most recent resolves first, and for at most this
+#: long (seconds; 1,000 hosts take 0.15 s, ``bench/place_hosts.py``): a stream electing its
+#: leader must not hold a start or a takeover up.
 PLACE_MAX_HOSTS = 1000
+PLACE_LIMIT = 2.0
 
 #: People's alert actions reach the evaluator on a core subscription too: after a start, a
 #: takeover or a reconnect, those stored since the alerts' last writer may have stopped
@@ -661,8 +664,8 @@ class EvaluatorService:
         metrics stream: the time the stream stored it (on this clock) less its own time. Its
         agent may still hold batches taken before the resolve (its NATS node died); judged
         after a start or a takeover without it, the first would count as taken on arrival and
-        could start the alert the person resolved again. Best effort: a host not found keeps
-        counting from its first batch."""
+        could start the alert the person resolved again. Best effort: a host not found (or not
+        read within :data:`PLACE_LIMIT`) keeps counting from its first batch."""
         now = self._clock()
         hosts = engine.unplaced(now - PLACE_RESOLVED_WITHIN)[:PLACE_MAX_HOSTS]
         if not hosts or self._js is None:
@@ -678,9 +681,19 @@ class EvaluatorService:
             if msg.time is not None and batch.host == host:
                 engine.note_delay(host, msg.time.timestamp() + offset - batch.time, now)
 
-        while hosts:  # a few requests at a time: thousands of hosts must not flood the server
-            batch_, hosts = hosts[:32], hosts[32:]
-            await asyncio.gather(*(look_up(host) for host in batch_))
+        async def look_up_all(hosts: list[str]) -> None:
+            while hosts:  # a few requests at a time: thousands must not flood the server
+                batch_, hosts = hosts[:32], hosts[32:]
+                await asyncio.gather(*(look_up(host) for host in batch_))
+
+        try:
+            await asyncio.wait_for(look_up_all(hosts), PLACE_LIMIT)
+        except TimeoutError:
+            log.warning(
+                "hosts resolved by hand not all placed in time: a batch of theirs held back "
+                "through an outage may count as taken on arrival",
+                extra={"hosts": len(hosts), "seconds": PLACE_LIMIT},
+            )
 
     async def _read_states(
         self, partitions: set[str] | None, baselines: list[BaselineSnapshot] | None = None
