@@ -310,6 +310,36 @@ async def test_a_read_back_that_fails_is_tried_again(
     assert len(calls) == 2 and calls[1] - calls[0] >= 0.5
 
 
+HOT_FOR = 'rules:\n  - {name: Hot, metric: temp, condition: "> 50", for: 1s, severity: high}\n'
+
+
+async def hot_batch(js: Any, nats: NatsConfig, host: str) -> None:
+    batch = MetricBatch(host=host, time=time.time(), samples=[Sample(name="temp", value=95.0)])
+    await js.publish(nats.subjects.metrics(host), encode(batch), timeout=2)
+
+
+async def resolved_by_hand_with_an_outbox(
+    js: Any, nats: NatsConfig, host: str
+) -> tuple[AlertEvent, list[MetricBatch]]:
+    """``host`` runs hot (a batch every 0.1 s) until it fires; then its agent keeps its next
+    four hot batches, 0.4 s apart, unacknowledged (its NATS node died), and a person resolves
+    the alert. The alert, and the batches its outbox holds."""
+
+    async def fired() -> bool:
+        await hot_batch(js, nats, host)
+        return any(e.status == "firing" for e in await alert_events(js, nats))
+
+    await eventually(fired, "the alert to fire", 10)
+    held = []
+    for _ in range(4):
+        held.append(MetricBatch(host=host, time=time.time(), samples=[Sample(name="temp", value=95.0)]))
+        await asyncio.sleep(0.4)
+    [alert] = [e for e in await alert_events(js, nats) if e.status == "firing"]
+    await act(js, nats, alert, "resolve", "alice")
+    await resolves(js, nats, "the alert resolved by hand to resolve")
+    return alert, held
+
+
 @pytest.mark.timeout(60)
 async def test_batches_taken_before_a_resolve_and_published_after_it_page_no_second_time(
     nc: Any, nats_config: NatsConfig, tmp_path: Path
@@ -319,31 +349,13 @@ async def test_batches_taken_before_a_resolve_and_published_after_it_page_no_sec
     hot batches, taken before the resolve, must not fire it again; fresh hot ones do, after
     `for`, as a still-hot series resolved by hand always does."""
     rules = tmp_path / "for.yaml"
-    rules.write_text('rules:\n  - {name: Hot, metric: temp, condition: "> 50", for: 1s, severity: high}\n')
+    rules.write_text(HOT_FOR)
     js = nc.jetstream()
     host = "late-outbox"
     service = EvaluatorService(config(nats_config, rules))
     await service.start()
     try:
-
-        async def publish(temp: float, stamped: float) -> None:
-            batch = MetricBatch(host=host, time=stamped, samples=[Sample(name="temp", value=temp)])
-            await js.publish(nats_config.subjects.metrics(host), encode(batch), timeout=2)
-
-        # Hot every 0.1 s until it fires; the agent keeps the last four batches (taken before
-        # the resolve) unacknowledged.
-        async def fired() -> bool:
-            await publish(95.0, time.time())
-            return any(e.status == "firing" for e in await alert_events(js, nats_config))
-
-        await eventually(fired, "the alert to fire", 10)
-        held = []
-        for _ in range(4):
-            held.append(MetricBatch(host=host, time=time.time(), samples=[Sample(name="temp", value=95.0)]))
-            await asyncio.sleep(0.4)
-        [alert] = [e for e in await alert_events(js, nats_config) if e.status == "firing"]
-        await act(js, nats_config, alert, "resolve", "alice")
-        await resolves(js, nats_config, "the alert resolved by hand to resolve")
+        alert, held = await resolved_by_hand_with_an_outbox(js, nats_config, host)
         for batch in held:  # the outbox, sent once the bus is back: over 1 s apart by their own times
             await js.publish(nats_config.subjects.metrics(host), encode(batch), timeout=2)
         await eventually(
@@ -357,7 +369,7 @@ async def test_batches_taken_before_a_resolve_and_published_after_it_page_no_sec
 
         # Still hot, taken after the resolve: a new instance.
         async def fired_again() -> bool:
-            await publish(95.0, time.time())
+            await hot_batch(js, nats_config, host)
             return sum(e.status == "firing" for e in await alert_events(js, nats_config)) == 2
 
         await eventually(fired_again, "a new instance from fresh samples", 10)
@@ -376,7 +388,7 @@ async def test_batches_taken_before_a_resolve_page_no_second_time_after_an_evalu
     the host, so it measures the host's delay from its last batch on the stream (at its start,
     or when it takes the partition) before judging the held batches."""
     rules = tmp_path / "for.yaml"
-    rules.write_text('rules:\n  - {name: Hot, metric: temp, condition: "> 50", for: 1s, severity: high}\n')
+    rules.write_text(HOT_FOR)
     js = nc.jetstream()
     host = "late-restart"
     # partitioned: the replica taking the partition reads the history of two polls (0.8 s)
@@ -385,20 +397,7 @@ async def test_batches_taken_before_a_resolve_page_no_second_time_after_an_evalu
     first = EvaluatorService(config(nats_config, rules, **settings))
     await first.start()
     try:
-
-        async def fired() -> bool:
-            batch = MetricBatch(host=host, time=time.time(), samples=[Sample(name="temp", value=95.0)])
-            await js.publish(nats_config.subjects.metrics(host), encode(batch), timeout=2)
-            return any(e.status == "firing" for e in await alert_events(js, nats_config))
-
-        await eventually(fired, "the alert to fire", 10)
-        held = []
-        for _ in range(4):
-            held.append(MetricBatch(host=host, time=time.time(), samples=[Sample(name="temp", value=95.0)]))
-            await asyncio.sleep(0.4)
-        [alert] = [e for e in await alert_events(js, nats_config) if e.status == "firing"]
-        await act(js, nats_config, alert, "resolve", "alice")
-        await resolves(js, nats_config, "the alert resolved by hand to resolve")
+        _, held = await resolved_by_hand_with_an_outbox(js, nats_config, host)
         await asyncio.sleep(1.5)  # its state written; the host silent (its outbox holds on)
     finally:
         await first.stop()
