@@ -894,25 +894,21 @@ class Engine:
                 resolved[state.host] = max(handled, resolved.get(state.host, handled))
         return sorted(resolved, key=lambda host: -resolved[host])
 
-    def note_delay(self, host: str, delay: float, now: float) -> None:
-        """A delay of ``host``'s payloads measured elsewhere (its last batch on the stream:
-        stored at, less its own time), counted as if a payload of it arrived at ``now``."""
+    def note_delay(self, host: str, delay: float, now: float) -> float:
+        """Note a ``delay`` of ``host``'s payloads at ``now`` (a payload's, or one measured
+        elsewhere: its last batch on the stream, stored at less its own time); the least
+        delay known (see :class:`Lag`)."""
         lag = self._lags.get(host)
         if lag is None:
             self._lags[host] = Lag(since=now, current=delay)
-        else:
-            lag.see(delay, now)
+            return delay
+        return lag.see(delay, now)
 
     def _taken_at(self, host: str, stamped: float, now: float) -> float:
         """When ``host``'s payload stamped ``stamped`` (by the host's clock) and arriving at
         ``now`` was taken, on this engine's clock: ``now`` less how much later it arrived than
         the host's quickest (see :class:`Lag`); ``now`` for a host not seen before."""
-        delay = now - stamped
-        lag = self._lags.get(host)
-        if lag is None:
-            self._lags[host] = Lag(since=now, current=delay)
-            return now
-        return min(now, stamped + lag.see(delay, now))
+        return min(now, stamped + self.note_delay(host, now - stamped, now))
 
     # Series ------------------------------------------------------------------------------
 

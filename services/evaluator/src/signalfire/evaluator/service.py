@@ -668,32 +668,48 @@ class EvaluatorService:
         read within :data:`PLACE_LIMIT`) keeps counting from its first batch."""
         now = self._clock()
         hosts = engine.unplaced(now - PLACE_RESOLVED_WITHIN)[:PLACE_MAX_HOSTS]
-        if not hosts or self._js is None:
+        if not hosts:
             return
-        js, stream, offset = self._js, self.subjects.metrics_stream, self._clock_offset
-
-        async def look_up(host: str) -> None:
-            try:
-                msg = await js.get_last_msg(stream, self.subjects.metrics(host))
-                batch = decode(msg.data or b"", MetricBatch)
-            except Exception:  # nothing stored for it, unreadable, or the stream unavailable
-                return
-            if msg.time is not None and batch.host == host:
-                engine.note_delay(host, msg.time.timestamp() + offset - batch.time, now)
-
-        async def look_up_all(hosts: list[str]) -> None:
-            while hosts:  # a few requests at a time: thousands must not flood the server
-                batch_, hosts = hosts[:32], hosts[32:]
-                await asyncio.gather(*(look_up(host) for host in batch_))
-
+        last: dict[str, tuple[float, bytes] | None] = {}
+        subjects = {self.subjects.metrics(host): host for host in hosts}
         try:
-            await asyncio.wait_for(look_up_all(hosts), PLACE_LIMIT)
+            await asyncio.wait_for(self._last_messages(subjects, last), PLACE_LIMIT)
         except TimeoutError:
             log.warning(
                 "hosts resolved by hand not all placed in time: a batch of theirs held back "
                 "through an outage may count as taken on arrival",
-                extra={"hosts": len(hosts), "seconds": PLACE_LIMIT},
+                extra={"hosts": len(hosts), "placed": len(last), "seconds": PLACE_LIMIT},
             )
+        for subject, found in last.items():
+            if found is None:
+                continue
+            with contextlib.suppress(PayloadError):
+                batch = decode(found[1], MetricBatch)
+                if batch.host == subjects[subject]:
+                    engine.note_delay(batch.host, found[0] + self._clock_offset - batch.time, now)
+
+    async def _last_messages(
+        self, subjects: Iterable[str], into: dict[str, tuple[float, bytes] | None]
+    ) -> None:
+        """The last message of each of ``subjects`` on the metrics stream, into ``into``: the
+        time the stream stored it (the server's clock) and its data, or ``None`` when it has
+        none (or may not be read). A few requests at a time: thousands of hosts must not flood
+        the server. Filled as the answers come, so a caller that stops waiting keeps those."""
+        assert self._js is not None
+        js, stream = self._js, self.subjects.metrics_stream
+
+        async def look_up(subject: str) -> None:
+            try:
+                msg = await js.get_last_msg(stream, subject)
+            except Exception:  # nothing stored for it (or no right to read): not known
+                into[subject] = None
+                return
+            into[subject] = (msg.time.timestamp(), msg.data or b"") if msg.time is not None else None
+
+        pending = sorted(subjects)
+        while pending:
+            batch, pending = pending[:32], pending[32:]
+            await asyncio.gather(*(look_up(subject) for subject in batch))
 
     async def _read_states(
         self, partitions: set[str] | None, baselines: list[BaselineSnapshot] | None = None
@@ -734,27 +750,12 @@ class EvaluatorService:
         last message of its host on the metrics stream (and an ``online`` agent status): the
         time the stream stored it. A series missing from its host's last batch, or whose host
         has nothing in the stream, is left out (the engine then counts from now)."""
-        assert self._js is not None
-        js = self._js
         rules = {rule.name: rule for rule in self.rules if rule.kind == "absent"}
         watched = [s for s in states if s.rule in rules and not s.retired]
-        stream = self.subjects.metrics_stream
         last: dict[str, tuple[float, bytes] | None] = {}
-
-        async def look_up(subject: str) -> None:
-            try:
-                msg = await js.get_last_msg(stream, subject)
-            except Exception:  # nothing stored for it (or no right to read): not known
-                last[subject] = None
-                return
-            last[subject] = (msg.time.timestamp(), msg.data or b"") if msg.time is not None else None
-
         subjects = {self.subjects.metrics(s.host) for s in watched}
         subjects |= {self.subjects.agents(s.host) for s in watched if not rules[s.rule].metric}
-        pending = sorted(subjects)
-        while pending:  # a few requests at a time: thousands of hosts must not flood the server
-            batch, pending = pending[:32], pending[32:]
-            await asyncio.gather(*(look_up(subject) for subject in batch))
+        await self._last_messages(subjects, last)
         seen: dict[str, float] = {}
         for state in watched:
             rule = rules[state.rule]
